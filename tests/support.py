@@ -1,0 +1,77 @@
+"""Shared helpers for tests: required tools and services, spawning processes.
+
+A test that needs an outside tool (curl, lftp, aria2c, chromium) or service
+(PostgreSQL) asks for it here.  On a developer's machine without it the test
+is skipped with the reason; under ``CI=true`` it fails instead, because CI
+must provide everything (see ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip (developer machine) or fail (CI) for a missing tool or service."""
+    if in_ci():
+        pytest.fail(f"CI must provide this: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The absolute path of command ``name``, or skip/fail when it is absent."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed (apt-get install {name})")
+    return path
+
+
+def postgres_url() -> str:
+    """The PostgreSQL server tests use, or skip/fail when none answers."""
+    url = os.environ.get("WSFS_TEST_POSTGRES", DEFAULT_POSTGRES)
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), 2):
+            pass
+    except OSError as e:
+        missing(f"no PostgreSQL answers at {url} ({e}); set WSFS_TEST_POSTGRES")
+    return url
+
+
+def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child Python process that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.pop("WSFS_FAILPOINTS", None)
+    env.pop("WSFS_FAILPOINT_LOG", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def twistd_argv(plugin: str, *args: str) -> list[str]:
+    """argv that runs ``twistd -n PLUGIN ARGS`` with this checkout's plugins."""
+    return [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", plugin, *args]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

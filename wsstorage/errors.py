@@ -1,0 +1,116 @@
+"""Errors of the storage tier, shared by the server, the client and the fake.
+
+Each has a stable wire ``code`` so the client can raise the same class the
+server raised.  The transfer layer tells them apart: a ``StaleEpoch`` ends a
+write session (it is never a replica failure), a ``ChecksumError`` or a
+``NodeUnavailable`` sends a read to another replica.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class; ``code`` is the wire error code (docs/wire-protocol.md)."""
+
+    code = "error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+
+
+class BadRequest(StorageError):
+    """The request is malformed (bad field, bad blob id, bad range)."""
+
+    code = "bad_request"
+
+
+class BlobNotFound(StorageError):
+    """No blob with that id on this server."""
+
+    code = "not_found"
+
+
+class BlobExists(StorageError):
+    """A blob with that id already exists (copy or create would overwrite)."""
+
+    code = "exists"
+
+
+class BlobSealed(StorageError):
+    """The blob is sealed (committed); it can no longer be written."""
+
+    code = "sealed"
+
+
+class StaleEpoch(StorageError):
+    """The request's epoch is older than the blob's: another writer took over."""
+
+    code = "stale_epoch"
+
+
+class InvalidOffset(StorageError):
+    """A write or fence beyond the end of the blob, or a read past its end."""
+
+    code = "invalid_offset"
+
+
+class ChecksumError(StorageError):
+    """A block of the blob failed its checksum: read another replica."""
+
+    code = "checksum"
+
+
+class DiskFull(StorageError):
+    """The server's disk is full; committed blobs are untouched."""
+
+    code = "disk_full"
+
+
+class AuthenticationFailed(StorageError):
+    """The peer could not prove knowledge of the cluster secret."""
+
+    code = "auth_failed"
+
+
+class ProtocolError(StorageError):
+    """The peer broke the wire protocol (bad frame, wrong version)."""
+
+    code = "protocol"
+
+
+class NodeUnavailable(StorageError):
+    """The storage server could not be reached or the connection was lost."""
+
+    code = "unavailable"
+
+
+class Busy(StorageError):
+    """The server refuses more work right now (too many streams)."""
+
+    code = "busy"
+
+
+ERRORS_BY_CODE: dict[str, type[StorageError]] = {
+    cls.code: cls
+    for cls in (
+        StorageError,
+        BadRequest,
+        BlobNotFound,
+        BlobExists,
+        BlobSealed,
+        StaleEpoch,
+        InvalidOffset,
+        ChecksumError,
+        DiskFull,
+        AuthenticationFailed,
+        ProtocolError,
+        NodeUnavailable,
+        Busy,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> StorageError:
+    """Rebuild the error a peer reported; unknown codes become StorageError."""
+    return ERRORS_BY_CODE.get(code, StorageError)(message)

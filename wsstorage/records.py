@@ -1,0 +1,59 @@
+"""Plain records exchanged between the storage tier and its callers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from wsstorage.errors import BadRequest
+
+#: Blob ids are opaque tokens chosen by the front end; never paths.
+BLOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+#: Blob states as reported by stat and list.
+OPEN = "open"  # being written; ``durable`` bytes are fsync'd
+SEALED = "sealed"  # committed: immutable, fully fsync'd
+INCOMPLETE = "incomplete"  # found unsealed after a restart: a torn tail may follow ``durable``
+
+
+def check_blob_id(blob_id: object) -> str:
+    """Return ``blob_id`` if it is a valid id, else raise BadRequest."""
+    if not isinstance(blob_id, str) or not BLOB_ID_RE.match(blob_id):
+        raise BadRequest(f"invalid blob id {blob_id!r}")
+    return blob_id
+
+
+@attrs.frozen
+class BlobInfo:
+    """What a storage server knows of one blob.
+
+    ``size`` is the number of bytes stored; ``durable`` how many of them are
+    known to be fsync'd (equal to ``size`` once sealed).  ``meta`` is the
+    writer's record (inode, extent index, owner) kept beside the blob so a
+    lost catalog can be rebuilt.
+    """
+
+    blob_id: str
+    size: int
+    durable: int
+    state: str
+    epoch: int
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def sealed(self) -> bool:
+        return self.state == SEALED
+
+
+@attrs.frozen
+class Health:
+    """A storage server's answer to a health probe."""
+
+    name: str
+    free_bytes: int
+    total_bytes: int
+    blobs: int
+    active_streams: int
+    version: int
