@@ -1,0 +1,247 @@
+"""The catalog's one interface, provided by the SQLite and PostgreSQL backends.
+
+Every method returns a Deferred (the database work runs in a thread pool of
+the catalog's own, never on the reactor thread) and fails with the errors of
+``wsfront.catalog.errors``.  Paths are absolute ``str`` (``"/a/b"``) already
+joined with the user's root by the transfer layer; they are checked against
+the name policy (``names.split_path``) and refused with ``InvalidName``.
+
+Session operations that take an ``epoch`` are compare-and-set: they change
+the session only if its epoch is still ``epoch`` and fail with
+``EpochConflict`` otherwise (``UploadFinished``, a subclass, once the session
+is committed, aborted or expired).  Of two front ends racing, exactly one
+wins.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class ICatalog(Interface):
+    """Namespace, upload sessions, blobs, users, storage nodes and admin jobs."""
+
+    # -- namespace -----------------------------------------------------------
+
+    def stat(path):
+        """Fire with the Entry at ``path`` (``version`` with extents and the
+        live ``upload`` filled in); NotFound, NotADirectory on the way."""
+
+    def list_dir(path, after=None, limit=1000, include_pending=False):
+        """Fire with up to ``limit`` Entries of the directory ``path`` whose
+        names sort after ``after`` (byte order of UTF-8), in that order.
+        Page with ``after=last_page[-1].name``.  Files with only a pending
+        upload are left out unless ``include_pending``.  NotFound,
+        NotADirectory."""
+
+    def mkdir(path):
+        """Create the directory; fire with its Entry.  Exists (also for a
+        pending-only file), NotFound (parent), NotADirectory."""
+
+    def rmdir(path):
+        """Remove an empty directory.  NotEmpty (pending-only files count),
+        NotADirectory, NotFound; the root cannot be removed (InvalidMove)."""
+
+    def delete(path, abort_pending=False):
+        """Remove a file: its version's blobs become collectable and its
+        owner's usage drops.  A live upload on it makes this fail with
+        PendingUploadExists unless ``abort_pending``, which aborts the upload
+        too.  IsADirectory, NotFound."""
+
+    def rename(src, dst, replace=False):
+        """Move one entry (file or directory, no data).  Exists when ``dst``
+        exists and not ``replace`` (a replaced file is deleted as by
+        ``delete``; a directory is never replaced); InvalidMove into its own
+        subtree; NotFound; NotADirectory.  Fires with the new Entry."""
+
+    # -- upload sessions -----------------------------------------------------
+
+    def begin_upload(
+        user,
+        path,
+        *,
+        base_length,
+        blob_id,
+        replicas,
+        wanted_replicas,
+        owner,
+        expires_at,
+        declared_length=None,
+        meta=None,
+    ):
+        """Start a pending upload on ``path``, creating the file inode if the
+        path has none (parent must exist and be a directory).  The session
+        keeps the committed extents up to ``base_length`` (InvalidOffset above
+        the committed size; 0 for a new file) and its current blob
+        ``blob_id`` (on the node names ``replicas``) starts there; epoch 1,
+        checkpoint = base_length, state active.  IsADirectory;
+        PendingUploadExists while another live upload is on the path (an
+        expired one is expired first).  Of two racing, exactly one wins.
+        Fires with the UploadSession."""
+
+    def get_upload(upload_id):
+        """Fire with the UploadSession (any state); NotFound."""
+
+    def find_upload(path):
+        """Fire with the live UploadSession on ``path``, or None."""
+
+    def list_uploads(states=None, owner=None):
+        """Fire with the UploadSessions in ``states`` (default: live ones),
+        optionally only those owned by front end ``owner``."""
+
+    def checkpoint(upload_id, epoch, durable_offset, replicas=None):
+        """CAS: record ``durable_offset`` (>= the current checkpoint, else
+        InvalidOffset) and, if given, the current blob's replica set (node
+        names) after a replica dropped out.  Fires with the UploadSession."""
+
+    def take_over(upload_id, expected_epoch, new_owner):
+        """CAS: epoch + 1, owner = ``new_owner``, state active.  The loser of
+        a race gets EpochConflict.  Fires with the new UploadSession."""
+
+    def restart_at(upload_id, epoch, offset, blob_id, replicas, wanted_replicas):
+        """CAS: resume at file ``offset`` (<= checkpoint, else InvalidOffset).
+        The current blob is kept as an extent up to ``offset`` (and sealed in
+        the catalog: the caller fences/commits it on the storage servers), or
+        dropped if ``offset`` is below its start, base extents trimmed to
+        ``offset``; a new current blob ``blob_id`` starts at ``offset`` and
+        checkpoint = ``offset``.  The epoch is unchanged.  Fires with the
+        UploadSession."""
+
+    def commit_upload(upload_id, epoch, length, sha256=None, mtime=None):
+        """CAS: the session's extents (base + current blob up to ``length``)
+        become the file's committed version, replacing the old one; usage is
+        updated (QuotaExceeded leaves everything as it was); the current blob
+        is sealed; state committed.  InvalidOffset if ``length`` is below the
+        current blob's start or differs from a declared length.  Fires with
+        the Version."""
+
+    def interrupt_upload(upload_id, epoch):
+        """CAS: state interrupted (the owning front end lost its client).
+        Fires with the UploadSession."""
+
+    def interrupt_sessions_of(owner):
+        """Mark every active upload owned by front end ``owner`` interrupted
+        (it restarted).  Fires with the list of UploadSessions changed."""
+
+    def abort_upload(upload_id, epoch=None):
+        """End the upload (tus termination); CAS when ``epoch`` is given.
+        Its blobs become collectable; a pending-only inode disappears.
+        Fires with the UploadSession."""
+
+    def expire_uploads(now=None):
+        """Expire live uploads whose expires_at <= ``now`` (default: the
+        clock) as abort_upload does, state expired.  Fires with them."""
+
+    # -- blobs ---------------------------------------------------------------
+
+    def get_blob(blob_id):
+        """Fire with the BlobRecord; NotFound."""
+
+    def mark_replica(blob_id, node, state):
+        """Set the state (ok / lost / stale) of one replica of a blob."""
+
+    def add_replica(blob_id, node):
+        """Record a new (or repaired) ok replica of a blob."""
+
+    def under_replicated(limit=100):
+        """Fire with up to ``limit`` BlobRecords of sealed, referenced blobs
+        with fewer ok replicas than wanted."""
+
+    def count_under_replicated():
+        """Fire with the number of such blobs."""
+
+    def collectable_blobs(limit=100):
+        """Fire with up to ``limit`` BlobRecords no version and no live upload
+        references: their bytes may be deleted from the storage servers."""
+
+    def forget_blob(blob_id):
+        """Remove a collectable blob's record (after its replicas were
+        deleted).  A blob still referenced is refused with Exists."""
+
+    # -- users ---------------------------------------------------------------
+
+    def add_user(
+        name,
+        password,
+        *,
+        admin=False,
+        root=None,
+        permissions=None,
+        quota_bytes=None,
+        quota_files=None,
+    ):
+        """Create a user (root default ``/<name>``, created as a directory
+        with its parents; permissions default all).  Exists.  Fires with the
+        User."""
+
+    def get_user(name):
+        """Fire with the User; NotFound."""
+
+    def list_users():
+        """Fire with every User, by name."""
+
+    def delete_user(name):
+        """Remove the account (its files stay).  NotFound."""
+
+    def set_password(name, password):
+        """Replace the password hash (new salt).  NotFound."""
+
+    def set_quota(name, quota_bytes, quota_files):
+        """Set both quotas (None: unlimited).  Fires with the User."""
+
+    def set_permissions(name, permissions):
+        """Set the permission set (subset of records.PERMISSIONS)."""
+
+    def authenticate(name, password):
+        """Fire with the User, or fail with AuthFailed (same scrypt work for
+        unknown users and wrong passwords)."""
+
+    # -- storage nodes -------------------------------------------------------
+
+    def register_node(name, endpoint):
+        """Insert or update a storage server; fires with the Node."""
+
+    def list_nodes():
+        """Fire with every Node, by name."""
+
+    def set_node_health(name, state, free_bytes, total_bytes, seen_at):
+        """Record a health probe's outcome.  NotFound."""
+
+    # -- admin jobs and leases -----------------------------------------------
+
+    def enqueue_job(kind, args):
+        """Queue a job; fires with the Job."""
+
+    def claim_job(owner, kinds):
+        """Take the oldest queued job of one of ``kinds`` (state running,
+        owner set); of racing claimers exactly one gets it.  Fires with the
+        Job or None."""
+
+    def update_job(job_id, owner, progress):
+        """Record progress of a running job owned by ``owner`` (LeaseHeld
+        otherwise).  Fires with the Job."""
+
+    def finish_job(job_id, owner, result=None, error=None):
+        """End the job: done, or failed when ``error`` is given."""
+
+    def get_job(job_id):
+        """Fire with the Job; NotFound."""
+
+    def list_jobs(states=None):
+        """Fire with the Jobs in ``states`` (default all), oldest first."""
+
+    def acquire_lease(name, owner, ttl_seconds):
+        """Take or renew the named lease; fires True if ``owner`` holds it
+        until now + ttl, False if another owner holds an unexpired one."""
+
+    def release_lease(name, owner):
+        """Give the lease up if ``owner`` holds it."""
+
+    # -- whole catalog -------------------------------------------------------
+
+    def status():
+        """Fire with a dict: files, bytes, dirs, live_uploads,
+        under_replicated, nodes (list of Node)."""
+
+    def close():
+        """Stop the thread pool and close the connections; fires when done."""

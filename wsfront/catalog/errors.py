@@ -1,0 +1,82 @@
+"""Errors of the catalog, shared by both backends.
+
+Every front end maps them to protocol replies the same way (FTP 550/450/553,
+HTTP 404/409/412...), so each failure a user can cause has its own class.
+Session errors are distinct: an ``EpochConflict`` means another front end
+took the upload over, and ends this session; it is never retried.
+"""
+
+from __future__ import annotations
+
+
+class CatalogError(Exception):
+    """Base class of every catalog error."""
+
+    def __init__(self, message: str = "") -> None:
+        doc = (self.__class__.__doc__ or self.__class__.__name__).strip()
+        super().__init__(message or doc)
+        self.message = message or doc
+
+
+class NotFound(CatalogError):
+    """No such file, directory, upload, user, blob or job."""
+
+
+class Exists(CatalogError):
+    """The name is already taken."""
+
+
+class NotEmpty(CatalogError):
+    """The directory is not empty."""
+
+
+class NotADirectory(CatalogError):
+    """A component of the path, or the target, is not a directory."""
+
+
+class IsADirectory(CatalogError):
+    """The path is a directory where a file was expected."""
+
+
+class InvalidName(CatalogError):
+    """The path or name breaks the name policy (DESIGN.md, Files)."""
+
+
+class InvalidMove(CatalogError):
+    """A directory cannot be moved into its own subtree (or the root moved)."""
+
+
+class PendingUploadExists(CatalogError):
+    """A live upload owned by another session is pending on this path."""
+
+
+class EpochConflict(CatalogError):
+    """The session's epoch moved on: another front end took the upload over."""
+
+
+class UploadFinished(EpochConflict):
+    """The upload is committed, aborted or expired: no further change is possible."""
+
+
+class InvalidOffset(CatalogError):
+    """The offset is above the durable checkpoint, or otherwise out of range."""
+
+
+class QuotaExceeded(CatalogError):
+    """The user's byte or file quota would be exceeded."""
+
+
+class PermissionDenied(CatalogError):
+    """The user lacks the permission for this operation."""
+
+
+class AuthFailed(CatalogError):
+    """Unknown user or wrong password (deliberately indistinguishable)."""
+
+
+class LeaseHeld(CatalogError):
+    """The job or lease belongs to another owner."""
+
+
+class SchemaTooNew(CatalogError):
+    """The database schema is newer than this code: upgrade wsfs first."""

@@ -1,0 +1,201 @@
+"""Plain frozen records the catalog hands out.
+
+Times are seconds since the epoch (floats) from the catalog's injectable
+clock.  Records are snapshots: they never change under the caller, and a
+later call returns a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+# Entry kinds.
+FILE = "file"
+DIR = "dir"
+
+# Replica states of a blob on one storage server.
+REPLICA_OK = "ok"
+REPLICA_LOST = "lost"
+REPLICA_STALE = "stale"
+REPLICA_STATES = frozenset({REPLICA_OK, REPLICA_LOST, REPLICA_STALE})
+
+# Upload session states.
+ACTIVE = "active"
+INTERRUPTED = "interrupted"
+COMMITTED = "committed"
+ABORTED = "aborted"
+EXPIRED = "expired"
+LIVE_STATES = frozenset({ACTIVE, INTERRUPTED})
+UPLOAD_STATES = frozenset({ACTIVE, INTERRUPTED, COMMITTED, ABORTED, EXPIRED})
+
+# User permissions.
+PERMISSIONS = frozenset({"read", "write", "delete", "rename", "mkdir"})
+
+# Job states.
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+
+
+@attrs.frozen
+class Replica:
+    """One storage server's copy of a blob and what the catalog knows of it."""
+
+    node: str
+    state: str = REPLICA_OK
+
+
+@attrs.frozen
+class Extent:
+    """``length`` bytes of the file at ``file_offset``, read from ``blob_id``
+    at ``blob_offset``.  ``replicas`` is the blob's current replica set, so a
+    reader can pick one (ok replicas first) without another query."""
+
+    blob_id: str
+    blob_offset: int
+    length: int
+    file_offset: int
+    replicas: tuple[Replica, ...] = ()
+
+
+@attrs.frozen
+class Version:
+    """The committed content of a file: what everyone reads.
+
+    ``etag`` is derived from the extent list (strong: the same extents mean the
+    same bytes); ``sha256`` is the whole-file hash when it was cheap to know.
+    """
+
+    version_id: int
+    inode: int
+    size: int
+    mtime: float
+    etag: str
+    sha256: str | None
+    extents: tuple[Extent, ...]
+
+
+@attrs.frozen
+class UploadSession:
+    """A write session as the catalog records it (DESIGN.md, Sessions).
+
+    The file being built is ``base_extents`` (everything below ``blob_start``:
+    the kept committed prefix and earlier segments) followed by the current
+    blob ``blob_id`` from file offset ``blob_start``.  ``checkpoint`` is the
+    durable file offset (never above what every live replica fsync'd).
+    ``path`` is the file's path now (sessions follow the inode through
+    renames), or the path it was begun at if the inode is gone.
+    """
+
+    upload_id: str
+    inode: int
+    path: str
+    user: str
+    base_extents: tuple[Extent, ...]
+    blob_id: str
+    blob_start: int
+    replicas: tuple[Replica, ...]
+    wanted_replicas: int
+    checkpoint: int
+    owner: str
+    epoch: int
+    state: str
+    declared_length: int | None
+    meta: dict[str, Any]
+    created_at: float
+    updated_at: float
+    expires_at: float
+
+    @property
+    def live(self) -> bool:
+        """Active or interrupted (expiry by time is the catalog's business)."""
+        return self.state in LIVE_STATES
+
+
+@attrs.frozen
+class Entry:
+    """A name in the namespace, as ``stat`` and ``list_dir`` see it.
+
+    ``pending`` is true for a file that has only a pending upload and no
+    committed version: it exists for its upload's owner only.  ``stat`` fills
+    ``version`` (with extents) and ``upload`` (the live one, if any);
+    ``list_dir`` leaves both ``None`` to stay cheap on large directories and
+    gives ``size``, ``mtime`` and ``etag`` of the committed version.
+    """
+
+    path: str
+    name: str
+    kind: str
+    inode: int
+    size: int
+    mtime: float
+    etag: str | None = None
+    pending: bool = False
+    version: Version | None = None
+    upload: UploadSession | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+
+@attrs.frozen
+class BlobRecord:
+    """A blob and its replicas; ``length`` is known once sealed (or the
+    durable length of a current blob)."""
+
+    blob_id: str
+    length: int
+    sealed: bool
+    wanted_replicas: int
+    replicas: tuple[Replica, ...]
+
+    @property
+    def ok_replicas(self) -> tuple[str, ...]:
+        return tuple(r.node for r in self.replicas if r.state == REPLICA_OK)
+
+
+@attrs.frozen
+class User:
+    """An account; ``quota_*`` of ``None`` means unlimited."""
+
+    name: str
+    admin: bool
+    root: str
+    permissions: frozenset[str]
+    quota_bytes: int | None
+    quota_files: int | None
+    used_bytes: int
+    used_files: int
+    created_at: float
+
+
+@attrs.frozen
+class Node:
+    """A storage server in the registry; ``state`` is up / down / draining."""
+
+    name: str
+    endpoint: str
+    state: str
+    free_bytes: int | None
+    total_bytes: int | None
+    seen_at: float | None
+
+
+@attrs.frozen
+class Job:
+    """An admin job (repair, drain...) queued by the CLI, run by a front end."""
+
+    job_id: int
+    kind: str
+    args: dict[str, Any]
+    state: str
+    owner: str | None
+    progress: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    updated_at: float
