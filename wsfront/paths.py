@@ -32,14 +32,17 @@ from urllib.parse import quote
 
 from attrs import frozen
 
-MAX_NAME_BYTES = 255
+from wsfront.catalog import names
+from wsfront.catalog.errors import InvalidName
+
+MAX_NAME_BYTES = names.MAX_NAME_BYTES
 """Longest component, in UTF-8 bytes (DESIGN.md, Files)."""
 
 MAX_PATH_BYTES = 4096
 """Longest client-supplied path, so a hostile client can't make us split megabytes."""
 
-RESERVED_ROOT_NAME = "-"
-"""The root-level name HTTP uses for the server's own endpoints (``/-/``)."""
+RESERVED_ROOT_NAMES = names.RESERVED_ROOT_NAMES
+"""Root-level names kept for the server: ``-`` is HTTP's ``/-/``."""
 
 _FORBIDDEN_CHARS = ("\x00", "\r", "\n")
 _PERCENT_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -104,6 +107,10 @@ def check_name(name: str) -> None:
             PathErrorKind.INVALID_NAME,
             f"a file name is at most {MAX_NAME_BYTES} bytes ({len(encoded)} given)",
         )
+    try:
+        names.check_name(name)
+    except InvalidName as e:
+        raise PathError(PathErrorKind.INVALID_NAME, str(e)) from None
 
 
 def _resolve_components(base: list[str], components: list[str], clamp_at_root: bool) -> list[str]:
@@ -119,10 +126,8 @@ def _resolve_components(base: list[str], components: list[str], clamp_at_root: b
             continue
         check_name(component)
         parts.append(component)
-    if parts and parts[0] == RESERVED_ROOT_NAME:
-        raise PathError(
-            PathErrorKind.RESERVED, f"the name {RESERVED_ROOT_NAME!r} at the root is reserved"
-        )
+    if parts and parts[0] in RESERVED_ROOT_NAMES:
+        raise PathError(PathErrorKind.RESERVED, f"the name {parts[0]!r} at the root is reserved")
     return parts
 
 
