@@ -1,0 +1,1 @@
+"""The protocol-independent transfer layer (see docs/architecture.md)."""

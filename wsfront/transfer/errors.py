@@ -1,0 +1,42 @@
+"""Errors of the transfer layer, one per answer an adapter must give.
+
+FTP and HTTP map these to reply codes (see docs/architecture.md); nothing
+else about replicas, epochs or catalogs leaks into the adapters.
+"""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """Base class of the transfer layer's errors."""
+
+
+class NoReplicasAvailable(TransferError):
+    """Every replica of the data is unreachable (FTP 451, HTTP 503)."""
+
+
+class SessionFenced(TransferError):
+    """Another front end took this upload over; this writer must stop.
+
+    Never a replica failure: the client gets an error, not a 226/201.
+    """
+
+
+class SessionFailed(TransferError):
+    """The upload could not go on (FTP 451, HTTP 500/503)."""
+
+
+class TransferAborted(TransferError):
+    """The transfer was stopped by its client (disconnect, ABOR)."""
+
+
+class QuotaExceeded(TransferError):
+    """The user's quota does not allow these bytes (FTP 552, HTTP 507)."""
+
+
+class OffsetTooLarge(TransferError):
+    """A resume or read offset beyond what is stored (FTP 554, HTTP 416)."""
+
+
+class UploadBusy(TransferError):
+    """Another user's (or session's) pending upload holds the path (450/409)."""

@@ -1,0 +1,133 @@
+"""The storage servers a front end writes to and reads from.
+
+The pool owns one ``IStorageClient`` per storage server, probes their health
+so a dead server stops being chosen within seconds (and is chosen again when
+it comes back), and picks replica sets: distinct servers, most free space
+first.  Readers and writers report failures here so the pool reacts before
+the next probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wsstorage._interfaces import IStorageClient
+
+log = Logger()
+
+
+@attrs.define
+class NodeState:
+    """What the pool knows of one storage server."""
+
+    name: str
+    endpoint: str
+    client: IStorageClient
+    up: bool = True
+    free_bytes: int = 0
+    total_bytes: int = 0
+    last_seen: float | None = None
+    last_error: str | None = None
+
+
+class StoragePool:
+    """Storage servers by name, with health and replica choice."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        probe_interval: float = 1.0,
+        probe_timeout: float = 2.0,
+    ) -> None:
+        self._clock = clock
+        self._nodes: dict[str, NodeState] = {}
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._loop: LoopingCall | None = None
+
+    def add(self, name: str, endpoint: str, client: IStorageClient) -> None:
+        self._nodes[name] = NodeState(name, endpoint, client)
+
+    def names(self) -> list[str]:
+        return list(self._nodes)
+
+    def nodes(self) -> list[NodeState]:
+        return list(self._nodes.values())
+
+    def client(self, name: str) -> IStorageClient:
+        return self._nodes[name].client
+
+    def endpoint(self, name: str) -> str:
+        return self._nodes[name].endpoint
+
+    def is_up(self, name: str) -> bool:
+        node = self._nodes.get(name)
+        return node is not None and node.up
+
+    def mark_down(self, name: str, reason: str) -> None:
+        """A reader or writer saw ``name`` fail: stop choosing it now."""
+        node = self._nodes.get(name)
+        if node is not None and node.up:
+            node.up = False
+            node.last_error = reason
+            log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
+
+    def choose(self, count: int, exclude: Iterable[str] = ()) -> list[str]:
+        """Up to ``count`` distinct healthy servers, most free space first."""
+        excluded = set(exclude)
+        candidates = [n for n in self._nodes.values() if n.up and n.name not in excluded]
+        candidates.sort(key=lambda n: (-n.free_bytes, n.name))
+        return [n.name for n in candidates[:count]]
+
+    def order_for_read(self, replicas: Sequence[str], spread: int = 0) -> list[str]:
+        """Replicas known here, healthy ones first; ``spread`` rotates the
+        healthy ones so concurrent readers of one file share the load."""
+        known = [r for r in replicas if r in self._nodes]
+        healthy = [r for r in known if self._nodes[r].up]
+        if healthy:
+            k = spread % len(healthy)
+            healthy = healthy[k:] + healthy[:k]
+        return healthy + [r for r in known if not self._nodes[r].up]
+
+    # -- health probes -------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Probe every server now, then every ``probe_interval`` seconds."""
+        self._loop = LoopingCall(self.probe_all)
+        self._loop.clock = self._clock
+        self._loop.start(self._probe_interval, now=False)
+        return self.probe_all()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def probe_all(self) -> Deferred:
+        return DeferredList([self._probe(n) for n in self._nodes.values()], consumeErrors=True)
+
+    @inlineCallbacks
+    def _probe(self, node: NodeState):
+        d = node.client.health()
+        d.addTimeout(self._probe_timeout, self._clock)
+        try:
+            health = yield d
+        except Exception as e:
+            if node.up:
+                log.warn("storage server {name} is down: {err}", name=node.name, err=e)
+            node.up = False
+            node.last_error = str(e) or e.__class__.__name__
+            return
+        if not node.up:
+            log.info("storage server {name} is up again", name=node.name)
+        node.up = True
+        node.free_bytes = health.free_bytes
+        node.total_bytes = health.total_bytes
+        node.last_seen = self._clock.seconds()
+        node.last_error = None

@@ -1,0 +1,251 @@
+"""Reading a committed version, failing over between replicas mid-stream.
+
+A ``ReadStream`` is the push producer a protocol adapter registers on its
+client connection.  It walks the version's extents and reads each from one
+replica.  When that replica dies, stalls or reports a damaged block, it
+reopens the same extent on another replica at exactly the next undelivered
+byte, so the consumer sees one continuous stream and the client a short
+stall at most.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
+from wsfront.transfer.pool import StoragePool
+from wsstorage import errors as storage_errors
+from wsstorage import failpoints
+
+log = Logger()
+_spread = itertools.count()
+
+
+@attrs.frozen
+class ReadExtent:
+    """One piece of a file: ``length`` bytes of ``blob_id`` from ``blob_offset``."""
+
+    blob_id: str
+    blob_offset: int
+    length: int
+    replicas: tuple[str, ...]
+
+
+class _Stalled(Exception):
+    """No byte arrived from a replica for the stall timeout."""
+
+
+@implementer(IConsumer)
+class _ExtentSink:
+    """The consumer handed to one storage read: counts and forwards bytes,
+    and routes pause/resume from the real consumer to the storage producer."""
+
+    def __init__(self, stream: ReadStream) -> None:
+        self._stream = stream
+        self.producer = None
+        self.delivered = 0
+        self.closed = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+        if self._stream._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.delivered += len(data)
+        self._stream._deliver(data)
+
+
+@implementer(IPushProducer)
+class ReadStream:
+    """Streams ``extents`` (a file's version) from file offset ``offset``."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        pool: StoragePool,
+        extents: Sequence[ReadExtent],
+        offset: int = 0,
+        length: int | None = None,
+        stall_timeout: float = 5.0,
+        max_rounds: int = 2,
+    ) -> None:
+        self._clock = clock
+        self._pool = pool
+        self._extents = list(extents)
+        self._offset = offset
+        total = sum(e.length for e in extents)
+        self._end = total if length is None else min(total, offset + length)
+        self._stall_timeout = stall_timeout
+        self._max_rounds = max_rounds
+        self._paused = False
+        self._stopped = False
+        self._sink: _ExtentSink | None = None
+        self._current: Deferred | None = None
+        self._consumer: IConsumer | None = None
+        self._stall_call = None
+        self._stalled_read: Deferred | None = None
+        self.delivered = 0
+        self.failovers = 0
+        self.serving: str | None = None
+
+    @property
+    def length(self) -> int:
+        return max(0, self._end - self._offset)
+
+    def start(self, consumer: IConsumer) -> Deferred:
+        """Register on ``consumer`` and stream; fires with the byte count.
+
+        The producer is unregistered before the Deferred fires.  It fails
+        with TransferAborted when the consumer stopped us, and with
+        NoReplicasAvailable when no replica of some extent could be read.
+        """
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        d = self._run()
+
+        def unregister(result):
+            consumer.unregisterProducer()
+            return result
+
+        return d.addBoth(unregister)
+
+    @inlineCallbacks
+    def _run(self):
+        position = 0
+        for extent in self._extents:
+            extent_start, extent_end = position, position + extent.length
+            position = extent_end
+            lo, hi = max(extent_start, self._offset), min(extent_end, self._end)
+            if lo >= hi:
+                continue
+            yield self._read_extent(extent, lo - extent_start, hi - lo)
+        return self.delivered
+
+    @inlineCallbacks
+    def _read_extent(self, extent: ReadExtent, skip: int, want: int):
+        """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
+        got = 0
+        errors: list[str] = []
+        order = self._pool.order_for_read(extent.replicas, next(_spread))
+        for attempt, node in enumerate(order * self._max_rounds):
+            if attempt:
+                self.failovers += 1
+                log.info(
+                    "read of {blob} fails over to {node} at byte {at}",
+                    blob=extent.blob_id,
+                    node=node,
+                    at=extent.blob_offset + skip + got,
+                )
+            self.serving = node
+            sink = _ExtentSink(self)
+            self._sink = sink
+            try:
+                yield self._read_from(node, extent, skip + got, want - got, sink)
+            except Exception as e:
+                sink.closed = True
+                got += sink.delivered
+                if self._stopped:
+                    raise TransferAborted("consumer stopped the read") from e
+                reason = f"{node}: {e.__class__.__name__}: {e}"
+                errors.append(reason)
+                if isinstance(e, storage_errors.NodeUnavailable | _Stalled):
+                    self._pool.mark_down(node, reason)
+                if got >= want:
+                    return
+                continue
+            got += sink.delivered
+            if got >= want:
+                return
+            errors.append(f"{node}: short read ({got} of {want})")
+        raise NoReplicasAvailable(
+            f"no replica of blob {extent.blob_id} could be read: " + "; ".join(errors)
+        )
+
+    def _read_from(self, node, extent, skip, count, sink) -> Deferred:
+        client = self._pool.client(node)
+        d = client.read(extent.blob_id, extent.blob_offset + skip, count, sink)
+        self._current = d
+        self._arm_stall(d, sink)
+
+        def finished(result):
+            if self._current is d:
+                self._current = None
+                self._cancel_stall()
+            return result
+
+        def translate(failure):
+            if failure.check(CancelledError) and self._stalled_read is d:
+                raise _Stalled(f"no byte for {self._stall_timeout}s")
+            return failure
+
+        return d.addBoth(finished).addErrback(translate)
+
+    # -- stall detection -------------------------------------------------
+
+    def _arm_stall(self, d: Deferred, sink: _ExtentSink) -> None:
+        self._cancel_stall()
+        seen = sink.delivered
+
+        def check():
+            self._stall_call = None
+            if self._current is not d:
+                return
+            if self._paused or sink.delivered != seen:
+                self._arm_stall(d, sink)
+                return
+            self._stalled_read = d
+            d.cancel()
+
+        self._stall_call = self._clock.callLater(self._stall_timeout, check)
+
+    def _cancel_stall(self) -> None:
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+
+    # -- data path -------------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        limit = failpoints.threshold("transfer.read.bytes")
+        if limit is not None and self.delivered + len(data) >= limit > self.delivered:
+            cut = limit - self.delivered
+            self._consumer.write(data[:cut])
+            self.delivered += cut
+            failpoints.hit("transfer.read.bytes", self.delivered)
+            data = data[cut:]
+            if not data:
+                return
+        self.delivered += len(data)
+        self._consumer.write(data)
+
+    # -- IPushProducer ---------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._sink is not None and self._sink.producer is not None:
+            self._sink.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._sink is not None and self._sink.producer is not None:
+            self._sink.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The client went away: stop the upstream read at once."""
+        self._stopped = True
+        self._cancel_stall()
+        if self._current is not None:
+            self._current.cancel()

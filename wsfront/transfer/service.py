@@ -1,0 +1,429 @@
+"""``Transfers``: the one API the FTP, HTTP and tus adapters stand on.
+
+It turns a user and a virtual path into catalog and storage operations:
+permissions and the user's root are applied here (so every protocol answers
+the same way), uploads are started, resumed or taken over from another front
+end per docs/architecture.md, and reads are handed out as failover-capable
+producers.  Adapters never see replicas, epochs or checkpoints.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE, Entry, UploadSession, User, Version
+from wsfront.transfer.errors import (
+    NoReplicasAvailable,
+    OffsetTooLarge,
+    UploadBusy,
+)
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsfront.transfer.writer import WriteSession
+from wsstorage import errors as storage_errors
+from wsstorage import failpoints
+
+log = Logger()
+
+
+@attrs.frozen
+class TransferSettings:
+    """Knobs of the transfer layer, with the defaults a front end runs on."""
+
+    replicas: int = 2
+    checkpoint_bytes: int = 8 << 20
+    checkpoint_seconds: float = 2.0
+    upload_expiry: float = 24 * 3600.0
+    read_stall_timeout: float = 5.0
+    hash_uploads: bool = True
+
+
+@attrs.frozen
+class FileInfo:
+    """A path as one user sees it: the pending upload for its owner, the
+    committed version for everyone else."""
+
+    path: str
+    is_dir: bool
+    size: int
+    mtime: float
+    etag: str | None
+    inode: int
+    pending: bool = False
+    upload_id: str | None = None
+    sha256: str | None = None
+
+
+@attrs.frozen
+class ReadHandle:
+    """An open download: metadata for the reply, and the producer."""
+
+    info: FileInfo
+    version: Version
+    stream: ReadStream
+
+
+def _replica_names(replicas) -> tuple[str, ...]:
+    ok = [r.node for r in replicas if r.state == REPLICA_OK]
+    return tuple(ok + [r.node for r in replicas if r.state != REPLICA_OK])
+
+
+def new_blob_id() -> str:
+    """A fresh random blob id (URL- and file-name-safe)."""
+    return "b" + secrets.token_hex(16)
+
+
+class PermissionDenied(catalog_errors.PermissionDenied):
+    """The user lacks the permission (FTP 550, HTTP 403)."""
+
+
+class Transfers:
+    """The transfer layer of one front end named ``name``."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        catalog,
+        pool: StoragePool,
+        name: str,
+        settings: TransferSettings | None = None,
+    ) -> None:
+        self._clock = clock
+        self.catalog = catalog
+        self.pool = pool
+        self.name = name
+        self.settings = settings or TransferSettings()
+        self.sessions: dict[str, WriteSession] = {}
+
+    # -- helpers ----------------------------------------------------------
+
+    @staticmethod
+    def _need(user: User, permission: str) -> None:
+        if permission not in user.permissions:
+            raise PermissionDenied(f"{user.name} may not {permission}")
+
+    @staticmethod
+    def full_path(user: User, vpath: str) -> str:
+        return paths.to_storage_path(user.root, vpath)
+
+    def _info(self, user: User, vpath: str, entry: Entry) -> FileInfo:
+        upload = entry.upload
+        if upload is not None and upload.live and upload.user == user.name and not entry.is_dir:
+            return FileInfo(
+                path=vpath,
+                is_dir=False,
+                size=upload.checkpoint,
+                mtime=upload.updated_at,
+                etag=None,
+                inode=entry.inode,
+                pending=True,
+                upload_id=upload.upload_id,
+            )
+        if entry.pending:
+            raise catalog_errors.NotFound(vpath)
+        version = entry.version
+        return FileInfo(
+            path=vpath,
+            is_dir=entry.is_dir,
+            size=entry.size,
+            mtime=entry.mtime,
+            etag=entry.etag if version is None else version.etag,
+            inode=entry.inode,
+            sha256=None if version is None else version.sha256,
+        )
+
+    # -- namespace --------------------------------------------------------
+
+    @inlineCallbacks
+    def stat(self, user: User, vpath: str):
+        """FileInfo of ``vpath`` as ``user`` sees it (NotFound otherwise)."""
+        entry = yield self.catalog.stat(self.full_path(user, vpath))
+        return self._info(user, vpath, entry)
+
+    @inlineCallbacks
+    def list_dir(self, user: User, vpath: str, after: str | None = None, limit: int = 1000):
+        """One page of a directory listing (committed files only)."""
+        self._need(user, "read")
+        entries = yield self.catalog.list_dir(self.full_path(user, vpath), after, limit)
+        return entries
+
+    def mkdir(self, user: User, vpath: str):
+        self._need(user, "mkdir")
+        return self.catalog.mkdir(self.full_path(user, vpath))
+
+    def rmdir(self, user: User, vpath: str):
+        self._need(user, "delete")
+        return self.catalog.rmdir(self.full_path(user, vpath))
+
+    def delete(self, user: User, vpath: str):
+        self._need(user, "delete")
+        return self.catalog.delete(self.full_path(user, vpath))
+
+    def rename(self, user: User, src: str, dst: str, replace: bool = True):
+        self._need(user, "rename")
+        return self.catalog.rename(self.full_path(user, src), self.full_path(user, dst), replace)
+
+    # -- reads ------------------------------------------------------------
+
+    @inlineCallbacks
+    def open_read(self, user: User, vpath: str, offset: int = 0, length: int | None = None):
+        """A ReadHandle streaming the committed version from ``offset``."""
+        self._need(user, "read")
+        entry = yield self.catalog.stat(self.full_path(user, vpath))
+        if entry.is_dir:
+            raise catalog_errors.IsADirectory(vpath)
+        version = entry.version
+        if version is None:
+            raise catalog_errors.NotFound(vpath)
+        if offset > version.size:
+            raise OffsetTooLarge(f"offset {offset} is beyond the size {version.size}")
+        extents = [
+            ReadExtent(e.blob_id, e.blob_offset, e.length, _replica_names(e.replicas))
+            for e in version.extents
+        ]
+        stream = ReadStream(
+            self._clock,
+            self.pool,
+            extents,
+            offset,
+            length,
+            stall_timeout=self.settings.read_stall_timeout,
+        )
+        info = FileInfo(
+            path=vpath,
+            is_dir=False,
+            size=version.size,
+            mtime=version.mtime,
+            etag=version.etag,
+            inode=entry.inode,
+            sha256=version.sha256,
+        )
+        return ReadHandle(info, version, stream)
+
+    # -- writes -----------------------------------------------------------
+
+    @inlineCallbacks
+    def open_write(
+        self,
+        user: User,
+        vpath: str,
+        offset: int = 0,
+        *,
+        append: bool = False,
+        declared_length: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ):
+        """Start or resume the path's pending upload at ``offset`` and fire
+        with a WriteSession (an IConsumer; ``finish()`` commits).
+
+        ``append`` resumes at the size the user sees (APPE).  A pending
+        upload of the same user is taken over (from this or another front
+        end, with an epoch bump and a fence); another user's is UploadBusy.
+        """
+        self._need(user, "write")
+        full = self.full_path(user, vpath)
+        try:
+            entry = yield self.catalog.stat(full)
+        except catalog_errors.NotFound:
+            entry = None
+        if entry is not None and entry.is_dir:
+            raise catalog_errors.IsADirectory(vpath)
+        upload = entry.upload if entry is not None else None
+        if upload is not None and upload.live:
+            if upload.user != user.name:
+                raise UploadBusy(f"{vpath} has a pending upload of another user")
+            if append:
+                offset = upload.checkpoint
+            session = yield self._take_over(user, upload, offset)
+            return session
+        committed = entry.size if entry is not None and entry.version is not None else 0
+        if append:
+            offset = committed
+        if offset > committed:
+            raise OffsetTooLarge(f"offset {offset} is beyond the size {committed}")
+        replicas = self._choose_replicas()
+        blob_id = new_blob_id()
+        try:
+            upload = yield self.catalog.begin_upload(
+                user.name,
+                full,
+                base_length=offset,
+                blob_id=blob_id,
+                replicas=list(replicas),
+                wanted_replicas=self.settings.replicas,
+                owner=self.name,
+                expires_at=self._clock.seconds() + self.settings.upload_expiry,
+                declared_length=declared_length,
+                meta=dict(meta or {}),
+            )
+        except catalog_errors.PendingUploadExists as e:
+            raise UploadBusy(str(e)) from e
+        log.info(
+            "upload {id} starts: {user} {path} at {offset} on {replicas}",
+            id=upload.upload_id,
+            user=user.name,
+            path=full,
+            offset=offset,
+            replicas=",".join(replicas),
+        )
+        session = yield self._open_session(user, upload, committed)
+        return session
+
+    def _choose_replicas(self) -> tuple[str, ...]:
+        replicas = tuple(self.pool.choose(self.settings.replicas))
+        if not replicas:
+            raise NoReplicasAvailable("no storage server is available")
+        return replicas
+
+    @inlineCallbacks
+    def _take_over(self, user: User, upload: UploadSession, offset: int):
+        """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob."""
+        if offset > upload.checkpoint:
+            raise OffsetTooLarge(
+                f"offset {offset} is beyond the durable offset {upload.checkpoint}"
+            )
+        local = self.sessions.get(upload.upload_id)
+        try:
+            upload = yield self.catalog.take_over(upload.upload_id, upload.epoch, self.name)
+        except catalog_errors.EpochConflict as e:
+            raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
+        if local is not None:
+            local.abort()
+        log.info(
+            "upload {id} taken over by {me} at epoch {epoch}, resuming at {offset}",
+            id=upload.upload_id,
+            me=self.name,
+            epoch=upload.epoch,
+            offset=offset,
+        )
+        keep = max(0, offset - upload.blob_start)
+        failpoints.hit("transfer.before_fence")
+        yield self._fence_current_blob(upload, keep)
+        failpoints.hit("transfer.after_fence")
+        replicas = self._choose_replicas()
+        upload = yield self.catalog.restart_at(
+            upload.upload_id,
+            upload.epoch,
+            offset,
+            new_blob_id(),
+            list(replicas),
+            self.settings.replicas,
+        )
+        session = yield self._open_session(user, upload, None)
+        return session
+
+    @inlineCallbacks
+    def _fence_current_blob(self, upload: UploadSession, keep: int):
+        """Fence every reachable replica of the current blob at ``keep`` bytes
+        with the new epoch and seal it, so the old writer can add nothing.
+        A replica that misses the fence leaves the replica set."""
+        nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
+
+        @inlineCallbacks
+        def fence_one(node: str):
+            client = self.pool.client(node)
+            try:
+                yield client.fence(upload.blob_id, upload.epoch, keep)
+                if keep:
+                    try:
+                        yield client.commit(upload.blob_id, upload.epoch)
+                    except storage_errors.BlobSealed:
+                        pass  # sealed by an earlier, interrupted takeover
+            except storage_errors.BlobNotFound:
+                if keep:
+                    raise
+            return node
+
+        results = yield DeferredList([fence_one(n) for n in nodes], consumeErrors=True)
+        fenced = []
+        for node, (ok, value) in zip(nodes, results):
+            if ok:
+                fenced.append(node)
+                continue
+            log.warn(
+                "replica {node} of {blob} missed the fence: {err}",
+                node=node,
+                blob=upload.blob_id,
+                err=value.value,
+            )
+            yield self.catalog.mark_replica(upload.blob_id, node, REPLICA_STALE)
+        if keep and not fenced:
+            raise NoReplicasAvailable(f"no replica of {upload.blob_id} could be fenced")
+
+    @inlineCallbacks
+    def _open_session(self, user: User, upload: UploadSession, replaced_size: int | None):
+        """Open the replica writers of ``upload``'s current blob."""
+        nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
+        meta = {
+            "inode": upload.inode,
+            "path": upload.path,
+            "owner": upload.user,
+            "upload": upload.upload_id,
+            "file_offset": upload.blob_start,
+        }
+
+        def open_one(node: str):
+            return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
+
+        results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
+        writers = {}
+        for node, (ok, value) in zip(nodes, results):
+            if ok:
+                writers[node] = value
+            else:
+                log.warn("replica {node} refused the upload: {err}", node=node, err=value.value)
+                if isinstance(value.value, storage_errors.NodeUnavailable):
+                    self.pool.mark_down(node, str(value.value))
+        if not writers:
+            yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
+            raise NoReplicasAvailable("no storage server accepted the upload")
+        quota = None
+        if user.quota_bytes is not None:
+            # The old committed bytes are released when the new version replaces them.
+            quota = user.quota_bytes - user.used_bytes + (replaced_size or 0) - upload.blob_start
+            quota = max(0, quota)
+        session = WriteSession(
+            self._clock,
+            self.pool,
+            self.catalog,
+            upload,
+            writers,
+            quota_remaining=quota,
+            checkpoint_bytes=self.settings.checkpoint_bytes,
+            checkpoint_seconds=self.settings.checkpoint_seconds,
+            hash_whole_file=self.settings.hash_uploads,
+            on_end=self._session_ended,
+        )
+        if len(writers) < len(nodes):
+            session.checkpoint()
+        self.sessions[upload.upload_id] = session
+        return session
+
+    def _session_ended(self, session: WriteSession) -> None:
+        if self.sessions.get(session.upload_id) is session:
+            del self.sessions[session.upload_id]
+
+    # -- lifecycle --------------------------------------------------------
+
+    def recover(self):
+        """At start: our sessions from a previous life are interrupted."""
+        return self.catalog.interrupt_sessions_of(self.name)
+
+    @inlineCallbacks
+    def shutdown(self):
+        """Checkpoint and interrupt every running upload (clean stop)."""
+        sessions = list(self.sessions.values())
+        yield DeferredList([s.interrupt() for s in sessions], consumeErrors=True)
+
+    def expire(self):
+        """Drop expired pending uploads (their blobs become collectable)."""
+        return self.catalog.expire_uploads(self._clock.seconds())

@@ -1,0 +1,404 @@
+"""Writing an upload to its replicas: the consumer an adapter writes into.
+
+A ``WriteSession`` fans every chunk out to the replica writers of the
+session's current blob (see docs/architecture.md for why fan-out), pauses the
+client while any replica is behind, checkpoints the durable offset into the
+catalog every few MiB or seconds, and on ``finish()`` seals every replica and
+commits in the catalog conditionally on its epoch, so nothing is acknowledged
+before it is durable and recorded.  A replica that dies drops out; a write
+or catalog update refused for its epoch ends the session as fenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import UploadSession, Version
+from wsfront.transfer.errors import (
+    NoReplicasAvailable,
+    QuotaExceeded,
+    SessionFailed,
+    SessionFenced,
+    TransferAborted,
+)
+from wsfront.transfer.pool import StoragePool
+from wsstorage import errors as storage_errors
+from wsstorage import failpoints
+from wsstorage._interfaces import IBlobWriter
+
+log = Logger()
+
+STREAMING = "streaming"
+COMMITTING = "committing"
+DONE = "done"
+INTERRUPTED = "interrupted"
+FENCED = "fenced"
+FAILED = "failed"
+
+#: Bytes relayed into uploads by this process, for ``transfer.write.bytes``.
+_relayed = 0
+
+
+@implementer(IPushProducer)
+class _ReplicaBackpressure:
+    """Registered on one replica writer: its pause pauses the whole upload."""
+
+    def __init__(self, session: WriteSession, node: str) -> None:
+        self._session = session
+        self._node = node
+
+    def pauseProducing(self) -> None:
+        self._session._replica_paused(self._node)
+
+    def resumeProducing(self) -> None:
+        self._session._replica_resumed(self._node)
+
+    def stopProducing(self) -> None:
+        self._session._replica_resumed(self._node)
+
+
+@implementer(IConsumer)
+class WriteSession:
+    """One front end's live handle on an upload session."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        pool: StoragePool,
+        catalog,
+        session: UploadSession,
+        writers: dict[str, IBlobWriter],
+        *,
+        quota_remaining: int | None = None,
+        checkpoint_bytes: int = 8 << 20,
+        checkpoint_seconds: float = 2.0,
+        hash_whole_file: bool = False,
+        on_end: Callable[[WriteSession], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._pool = pool
+        self._catalog = catalog
+        self.session = session
+        self.upload_id = session.upload_id
+        self.epoch = session.epoch
+        self.blob_id = session.blob_id
+        self.blob_start = session.blob_start
+        self.offset = session.blob_start
+        self.durable = session.checkpoint
+        self.state = STREAMING
+        self.error: Exception | None = None
+        self.received = 0
+        self._writers = dict(writers)
+        self._recorded_replicas = tuple(sorted(writers))
+        self._quota_remaining = quota_remaining
+        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_seconds = checkpoint_seconds
+        self._sha = hashlib.sha256() if hash_whole_file and session.blob_start == 0 else None
+        self._since_checkpoint = 0
+        self._checkpointing: Deferred | None = None
+        self._timer = None
+        self._producer = None
+        self._paused_by: set[str] = set()
+        self._failure_waiters: list[Deferred] = []
+        self._on_end = on_end
+        for node, writer in self._writers.items():
+            writer.registerProducer(_ReplicaBackpressure(self, node), True)
+            writer.when_failed().addErrback(self._replica_failed, node)
+        self._arm_timer()
+
+    # -- what adapters use ------------------------------------------------
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        return tuple(self._writers)
+
+    def when_failed(self) -> Deferred:
+        """Errbacks with the error that ended the session early (fenced,
+        every replica gone, quota); never fires on success."""
+        d: Deferred = Deferred()
+        if self.error is not None and self.state in (FENCED, FAILED):
+            d.errback(self.error)
+        else:
+            self._failure_waiters.append(d)
+        return d
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._producer = producer
+        if self._paused_by:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        """Relay a chunk from the client to every live replica."""
+        global _relayed
+        if self.state != STREAMING or not data:
+            return
+        quota = self._quota_remaining
+        if quota is not None and self.received + len(data) > quota:
+            self._fail(QuotaExceeded("the upload exceeds the user's quota"))
+            return
+        limit = failpoints.threshold("transfer.write.bytes")
+        if limit is not None and _relayed + len(data) >= limit > _relayed:
+            cut = limit - _relayed
+            self._relay(data[:cut])
+            _relayed += cut
+            failpoints.hit("transfer.write.bytes", _relayed)
+            data = data[cut:]
+            if not data or self.state != STREAMING:
+                return
+        _relayed += len(data)
+        self._relay(data)
+
+    def _relay(self, data: bytes) -> None:
+        for node, writer in list(self._writers.items()):
+            try:
+                writer.write(data)
+            except Exception as e:
+                self._drop_replica(node, e)
+        if self.state != STREAMING:
+            return
+        if self._sha is not None:
+            self._sha.update(data)
+        self.offset += len(data)
+        self.received += len(data)
+        self._since_checkpoint += len(data)
+        if self._since_checkpoint >= self._checkpoint_bytes:
+            self.checkpoint()
+
+    # -- checkpoints ------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._checkpoint_seconds > 0:
+            self._timer = self._clock.callLater(self._checkpoint_seconds, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state != STREAMING:
+            return
+        if self._since_checkpoint:
+            self.checkpoint()
+        self._arm_timer()
+
+    def checkpoint(self) -> Deferred:
+        """Flush every live replica and record the least durable offset.
+
+        At most one checkpoint runs at a time; a call while one runs returns
+        that one.  Errors end the session (fenced or failed); the Deferred
+        itself never fails.
+        """
+        if self._checkpointing is not None:
+            return self._checkpointing
+        self._since_checkpoint = 0
+        d = self._checkpointing = self._do_checkpoint()
+
+        def done(result):
+            self._checkpointing = None
+            if isinstance(result, Failure):
+                self._fail(result.value)
+            return None
+
+        d.addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _do_checkpoint(self, final: bool = False):
+        writers = list(self._writers.items())
+        results = yield DeferredList([w.flush() for _, w in writers], consumeErrors=True)
+        lengths = []
+        for (node, _), (ok, value) in zip(writers, results):
+            if ok:
+                lengths.append(value)
+            else:
+                self._drop_replica(node, value.value)
+        if self.state not in (STREAMING, COMMITTING, INTERRUPTED):
+            return
+        if not lengths:
+            raise NoReplicasAvailable("every replica failed")
+        durable = self.blob_start + min(lengths)
+        replicas = tuple(sorted(self._writers))
+        changed = replicas != self._recorded_replicas
+        if durable <= self.durable and not changed:
+            return
+        failpoints.hit("transfer.before_checkpoint")
+        yield self._catalog.checkpoint(
+            self.upload_id, self.epoch, durable, replicas=list(replicas) if changed else None
+        )
+        self._recorded_replicas = replicas
+        self.durable = durable
+        failpoints.hit("transfer.after_checkpoint")
+
+    # -- the end of a session ---------------------------------------------
+
+    @inlineCallbacks
+    def finish(self) -> Version:
+        """Seal every replica, then commit in the catalog; fires with the
+        committed Version.  Only after this fires may an adapter answer
+        226/201/204."""
+        if self.state != STREAMING:
+            raise self.error or SessionFailed(f"upload is {self.state}")
+        self.state = COMMITTING
+        self._cancel_timer()
+        try:
+            if self._checkpointing is not None:
+                yield self._checkpointing
+                if self.state != COMMITTING:
+                    raise self.error or SessionFailed(f"upload is {self.state}")
+            failpoints.hit("transfer.before_commit")
+            writers = list(self._writers.items())
+            results = yield DeferredList([w.commit() for _, w in writers], consumeErrors=True)
+            for (node, _), (ok, value) in zip(writers, results):
+                if not ok:
+                    self._drop_replica(node, value.value)
+            if self.state != COMMITTING:
+                raise self.error or SessionFailed(f"upload is {self.state}")
+            if not self._writers:
+                raise NoReplicasAvailable("no replica could seal the upload")
+            replicas = tuple(sorted(self._writers))
+            if replicas != self._recorded_replicas or self.durable < self.offset:
+                yield self._catalog.checkpoint(
+                    self.upload_id, self.epoch, self.offset, replicas=list(replicas)
+                )
+                self._recorded_replicas = replicas
+                self.durable = self.offset
+            version = yield self._catalog.commit_upload(
+                self.upload_id,
+                self.epoch,
+                self.offset,
+                sha256=self._sha.hexdigest() if self._sha is not None else None,
+            )
+        except Exception as e:
+            self._fail(self._translate(e))
+            raise self.error from e
+        self.state = DONE
+        failpoints.hit("transfer.after_commit")
+        self._ended()
+        return version
+
+    @inlineCallbacks
+    def interrupt(self):
+        """The client went away: keep the durable part, mark the session
+        interrupted so it can be resumed from ``durable`` anywhere."""
+        if self.state != STREAMING:
+            return
+        self.state = INTERRUPTED
+        self._cancel_timer()
+        try:
+            if self._checkpointing is not None:
+                yield self._checkpointing
+            yield self._do_checkpoint()
+            yield self._catalog.interrupt_upload(self.upload_id, self.epoch)
+        except Exception as e:
+            log.warn(
+                "upload {id} could not record its interruption: {err}", id=self.upload_id, err=e
+            )
+        finally:
+            yield self._release_writers()
+            self._ended()
+
+    def abort(self) -> Deferred:
+        """Stop without recording anything more (the adapter gives up)."""
+        if self.state in (DONE, FENCED, FAILED):
+            return succeed(None)
+        self._fail(TransferAborted("upload aborted"))
+        return succeed(None)
+
+    # -- failures ---------------------------------------------------------
+
+    def _translate(self, error: Exception) -> Exception:
+        if isinstance(error, storage_errors.StaleEpoch | catalog_errors.EpochConflict):
+            return SessionFenced(f"upload {self.upload_id} was taken over: {error}")
+        if isinstance(error, catalog_errors.QuotaExceeded):
+            return QuotaExceeded(str(error))
+        return error
+
+    def _replica_failed(self, failure: Failure, node: str) -> None:
+        self._drop_replica(node, failure.value)
+
+    def _drop_replica(self, node: str, error: Exception) -> None:
+        if node not in self._writers:
+            return
+        if isinstance(error, storage_errors.StaleEpoch):
+            self._fail(self._translate(error))
+            return
+        writer = self._writers.pop(node)
+        self._paused_by.discard(node)
+        log.warn(
+            "upload {id}: replica {node} dropped out: {err}",
+            id=self.upload_id,
+            node=node,
+            err=error,
+        )
+        if isinstance(error, storage_errors.NodeUnavailable):
+            self._pool.mark_down(node, str(error))
+        try:
+            writer.abort()
+        except Exception:
+            pass
+        if not self._writers:
+            self._fail(NoReplicasAvailable(f"every replica failed, last: {node}: {error}"))
+        elif not self._paused_by:
+            self._resume_upstream()
+
+    def _fail(self, error: Exception) -> None:
+        if self.state in (DONE, FENCED, FAILED):
+            return
+        error = self._translate(error)
+        self.state = FENCED if isinstance(error, SessionFenced) else FAILED
+        self.error = error
+        self._cancel_timer()
+        log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
+        self._release_writers()
+        waiters, self._failure_waiters = self._failure_waiters, []
+        for d in waiters:
+            d.errback(error)
+        self._ended()
+
+    def _release_writers(self) -> Deferred:
+        writers, self._writers = list(self._writers.values()), {}
+        ds = []
+        for w in writers:
+            try:
+                ds.append(w.abort())
+            except Exception:
+                pass
+        return DeferredList(ds, consumeErrors=True)
+
+    def _ended(self) -> None:
+        self._cancel_timer()
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- backpressure -----------------------------------------------------
+
+    def _replica_paused(self, node: str) -> None:
+        if node not in self._writers:
+            return
+        first = not self._paused_by
+        self._paused_by.add(node)
+        if first and self._producer is not None:
+            self._producer.pauseProducing()
+
+    def _replica_resumed(self, node: str) -> None:
+        self._paused_by.discard(node)
+        if not self._paused_by:
+            self._resume_upstream()
+
+    def _resume_upstream(self) -> None:
+        if self._producer is not None and self.state == STREAMING:
+            self._producer.resumeProducing()
