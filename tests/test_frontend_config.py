@@ -1,0 +1,82 @@
+"""wsfront options: TOML beneath the command line, clear errors."""
+
+import pytest
+from twisted.python import usage
+
+from wsfront.config import FrontendOptions
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text("s" * 32)
+    return str(path)
+
+
+def parse(*argv):
+    opts = FrontendOptions()
+    opts.parseOptions(list(argv))
+    return opts.config
+
+
+def test_command_line_alone_is_enough(secret):
+    cfg = parse(
+        "--name", "fe1", "--catalog", "sqlite:///tmp/c.sqlite", "--secret-file", secret,
+        "--ftp", "tcp:2121", "--storage", "s1=tcp:127.0.0.1:7001",
+        "--storage", "s2=tcp:127.0.0.1:7002", "--replicas", "2", "--passive-ports", "30000-30010",
+    )  # fmt: skip
+    assert cfg.name == "fe1"
+    assert cfg.storage == (("s1", "tcp:127.0.0.1:7001"), ("s2", "tcp:127.0.0.1:7002"))
+    assert cfg.passive_ports == (30000, 30010)
+    assert cfg.secret == b"s" * 32
+
+
+def test_command_line_wins_over_toml(tmp_path, secret):
+    toml = tmp_path / "fe.toml"
+    toml.write_text(
+        'name = "from-file"\ncatalog = "sqlite:///x.sqlite"\nhttp = "tcp:8080"\n'
+        f'secret-file = "{secret}"\nstorage = ["s1=tcp:h:1"]\nreplicas = 3\n'
+    )
+    cfg = parse("--config", str(toml), "--name", "from-cli")
+    assert cfg.name == "from-cli"
+    assert cfg.replicas == 3
+    assert cfg.http == "tcp:8080"
+    assert cfg.storage == (("s1", "tcp:h:1"),)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--catalog", "sqlite:///x"], "missing options: --name"),
+        (["--name", "a", "--catalog", "mysql://x", "--ftp", "tcp:1"], "expected sqlite"),
+        (["--name", "a", "--catalog", "sqlite:///x"], "at least one of"),
+        (
+            ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1", "--storage", "bad"],
+            "NAME=ENDPOINT",
+        ),
+        (
+            ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1", "--replicas", "x"],
+            "whole number",
+        ),
+        (
+            ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1", "--passive-ports", "9-1"],
+            "--passive-ports",
+        ),
+    ],
+)
+def test_bad_options_name_the_problem(secret, argv, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv, "--secret-file", secret)
+
+
+def test_unreadable_secret_file_is_a_clear_error(tmp_path):
+    with pytest.raises(usage.UsageError, match="cannot read"):
+        parse("--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1",
+              "--secret-file", str(tmp_path / "nope"))  # fmt: skip
+
+
+def test_unknown_toml_option_is_refused(tmp_path, secret):
+    toml = tmp_path / "fe.toml"
+    toml.write_text('colour = "blue"\n')
+    with pytest.raises(usage.UsageError, match="unknown options: colour"):
+        parse("--config", str(toml))

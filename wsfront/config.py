@@ -1,0 +1,162 @@
+"""Command-line options of ``twistd wsfront``, with a TOML file beneath them.
+
+Every option can also come from ``--config FILE.toml`` under the same name
+(``passive-ports = "30000-30100"``, ``storage = ["s1=tcp:host:7001"]``); the
+command line wins.  Problems are reported as ``usage.UsageError`` with a
+message that names the option, so twistd prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.python import usage
+
+
+@attrs.frozen
+class FrontendConfig:
+    """A front end's settings after the command line and TOML are merged."""
+
+    name: str
+    catalog: str
+    storage: tuple[tuple[str, str], ...]
+    replicas: int
+    secret: bytes
+    ftp: str | None = None
+    ftps: str | None = None
+    http: str | None = None
+    passive_ports: tuple[int, int] | None = None
+    public_address: str | None = None
+    checkpoint_mib: int = 8
+    upload_expiry_hours: float = 24.0
+
+
+def read_secret(path: str) -> bytes:
+    """The cluster secret from ``path``; UsageError when unusable."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise usage.UsageError(f"--secret-file {path}: cannot read it: {e.strerror}") from e
+    if len(secret) < 16:
+        raise usage.UsageError(f"--secret-file {path}: the secret must be at least 16 bytes")
+    return secret
+
+
+def parse_port_range(spec: str) -> tuple[int, int]:
+    """``LO-HI`` -> (lo, hi), both unprivileged ports, lo <= hi."""
+    lo, sep, hi = spec.partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise ValueError("expected LO-HI")
+    low, high = int(lo), int(hi)
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError("expected 1024 <= LO <= HI <= 65535")
+    return low, high
+
+
+def parse_storage(spec: str) -> tuple[str, str]:
+    """``NAME=ENDPOINT`` -> (name, endpoint)."""
+    name, sep, endpoint = spec.partition("=")
+    if not sep or not name or not endpoint:
+        raise usage.UsageError(f"--storage {spec!r}: expected NAME=ENDPOINT")
+    return name, endpoint
+
+
+class FrontendOptions(usage.Options):
+    """``twistd -n wsfront --name NAME --ftp EP --http EP --catalog URL
+    --storage NAME=EP ... --replicas N --secret-file FILE``."""
+
+    optParameters = [
+        ["config", None, None, "TOML file with any of these options (command line wins)"],
+        ["name", None, None, "this front end's name (unique in the cluster)"],
+        ["ftp", None, None, "FTP endpoint, e.g. tcp:2121:interface=127.0.0.1"],
+        ["ftps", None, None, "implicit FTPS endpoint (needs a certificate)"],
+        ["http", None, None, "HTTP endpoint, e.g. tcp:8080:interface=127.0.0.1"],
+        ["catalog", None, None, "sqlite:///abs/path or postgresql://user@host/db"],
+        ["replicas", None, None, "replicas of every file (default 2)"],
+        ["secret-file", None, None, "file holding the cluster secret"],
+        ["passive-ports", None, None, "passive FTP data ports LO-HI"],
+        ["public-address", None, None, "address advertised in PASV replies"],
+        ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
+        ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["storage"] = []
+
+    def opt_storage(self, spec: str) -> None:
+        """register a storage server NAME=ENDPOINT (repeatable)"""
+        self["storage"].append(spec)
+
+    def postOptions(self) -> None:
+        self.config = build_config(self)
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise usage.UsageError(f"--config {path}: cannot read it: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise usage.UsageError(f"--config {path}: not valid TOML: {e}") from e
+    known = {p[0] for p in FrontendOptions.optParameters} | {"storage"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise usage.UsageError(f"--config {path}: unknown options: {', '.join(unknown)}")
+    return data
+
+
+def build_config(opts: usage.Options) -> FrontendConfig:
+    """Merge the TOML file under the command line and check the result."""
+    file = _from_toml(opts["config"]) if opts["config"] else {}
+
+    def get(name: str, default=None):
+        value = opts[name]
+        if value in (None, []):
+            value = file.get(name, default)
+        return value
+
+    missing = [n for n in ("name", "catalog", "secret-file") if not get(n)]
+    if missing:
+        raise usage.UsageError("missing options: " + ", ".join("--" + n for n in missing))
+    storage_specs = get("storage", [])
+    if isinstance(storage_specs, str):
+        storage_specs = [storage_specs]
+    storage = tuple(parse_storage(s) for s in storage_specs)
+    names = [n for n, _ in storage]
+    if len(set(names)) != len(names):
+        raise usage.UsageError("--storage: the same storage server name is given twice")
+    try:
+        replicas = int(get("replicas", 2))
+    except ValueError as e:
+        raise usage.UsageError("--replicas must be a whole number") from e
+    if replicas < 1:
+        raise usage.UsageError("--replicas must be at least 1")
+    if not (get("ftp") or get("http") or get("ftps")):
+        raise usage.UsageError("give at least one of --ftp, --ftps, --http")
+    catalog = get("catalog")
+    if not catalog.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise usage.UsageError(f"--catalog {catalog!r}: expected sqlite:///... or postgresql://...")
+    passive = get("passive-ports")
+    try:
+        passive_ports = parse_port_range(passive) if passive else None
+    except ValueError as e:
+        raise usage.UsageError(f"--passive-ports {passive!r}: {e}") from e
+    return FrontendConfig(
+        name=get("name"),
+        catalog=catalog,
+        storage=storage,
+        replicas=replicas,
+        secret=read_secret(get("secret-file")),
+        ftp=get("ftp"),
+        ftps=get("ftps"),
+        http=get("http"),
+        passive_ports=passive_ports,
+        public_address=get("public-address"),
+        checkpoint_mib=int(get("checkpoint-mib", 8)),
+        upload_expiry_hours=float(get("upload-expiry-hours", 24.0)),
+    )
