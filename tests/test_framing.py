@@ -1,0 +1,116 @@
+"""Frames of the wire protocol: encoding, decoding, caps, malformed input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsstorage import framing
+from wsstorage.errors import ProtocolError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+control_bodies = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+control_types = st.sampled_from(sorted(framing.CONTROL_TYPES))
+request_ids = st.integers(0, framing.MAX_REQUEST_ID)
+
+
+def decode_all(data: bytes) -> list[tuple[int, int, object]]:
+    return list(framing.FrameDecoder().frames(data))
+
+
+@pytest.mark.parametrize("ftype", sorted(framing.CONTROL_TYPES))
+def test_every_control_frame_type_round_trips(ftype: int) -> None:
+    frame = framing.encode_control(ftype, 7, {"op": "stat", "blob": "b1"})
+    assert decode_all(frame) == [(ftype, 7, {"op": "stat", "blob": "b1"})]
+
+
+def test_data_frames_cut_large_chunks_at_the_cap() -> None:
+    data = bytes(range(256)) * ((framing.MAX_DATA * 2 + 1000) // 256)
+    wire = b"".join(bytes(p) for p in framing.data_frames(3, data))
+    frames = decode_all(wire)
+    assert [len(b) for _, _, b in frames] == [
+        framing.MAX_DATA,
+        framing.MAX_DATA,
+        len(data) - 2 * framing.MAX_DATA,
+    ]
+    assert all(t == framing.DATA and rid == 3 for t, rid, _ in frames)
+    assert b"".join(b for _, _, b in frames) == data
+
+
+@given(control_types, request_ids, control_bodies, st.binary(max_size=3000), st.integers(1, 50))
+def test_frames_survive_any_split_of_the_byte_stream(ftype, rid, body, data, step) -> None:
+    wire = framing.encode_control(ftype, rid, body) + b"".join(
+        bytes(p) for p in framing.data_frames(rid, data)
+    )
+    decoder = framing.FrameDecoder()
+    frames = []
+    for i in range(0, len(wire), step):
+        frames.extend(decoder.frames(wire[i : i + step]))
+    expected = [(ftype, rid, body)] + ([(framing.DATA, rid, data)] if data else [])
+    assert frames == expected
+    assert decoder.buffered == 0
+
+
+def test_truncated_frame_waits_for_more_bytes() -> None:
+    wire = framing.encode_control(framing.REQUEST, 1, {"op": "health"})
+    decoder = framing.FrameDecoder()
+    assert list(decoder.frames(wire[:5])) == []
+    assert list(decoder.frames(wire[5:-1])) == []
+    assert decoder.buffered == len(wire) - 1
+    assert list(decoder.frames(wire[-1:])) == [(framing.REQUEST, 1, {"op": "health"})]
+
+
+def test_bad_magic_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="magic"):
+        decode_all(b"XX" + framing.encode_control(framing.REQUEST, 1, {})[2:])
+
+
+def test_wrong_version_is_a_protocol_error() -> None:
+    wire = struct.pack("!2sBBII", b"WS", 9, framing.REQUEST, 1, 2) + b"{}"
+    with pytest.raises(ProtocolError, match="version 9"):
+        decode_all(wire)
+
+
+def test_unknown_frame_type_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="unknown frame type 99"):
+        decode_all(framing.encode_header(99, 1, 0))
+
+
+def test_oversized_data_frame_is_refused_from_its_header_alone() -> None:
+    decoder = framing.FrameDecoder()
+    decoder.feed(framing.encode_header(framing.DATA, 1, framing.MAX_DATA + 1))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+def test_oversized_control_frame_is_refused_from_its_header_alone() -> None:
+    decoder = framing.FrameDecoder()
+    decoder.feed(framing.encode_header(framing.REQUEST, 1, framing.MAX_CONTROL + 1))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+def test_encoding_an_oversized_control_body_fails() -> None:
+    with pytest.raises(ProtocolError):
+        framing.encode_control(framing.REPLY, 1, {"x": "a" * framing.MAX_CONTROL})
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b"\xff\xfe", b'"text"'])
+def test_control_body_must_be_a_json_object(body: bytes) -> None:
+    wire = framing.encode_header(framing.REQUEST, 1, len(body)) + body
+    with pytest.raises(ProtocolError):
+        decode_all(wire)
+
+
+def test_data_is_not_a_control_type() -> None:
+    with pytest.raises(ProtocolError):
+        framing.encode_control(framing.DATA, 1, {})

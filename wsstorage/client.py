@@ -1,0 +1,716 @@
+"""The wire-protocol client of one storage server (provides IStorageClient).
+
+Each operation borrows an authenticated connection from a small pool (one
+request or stream at a time per connection, docs/wire-protocol.md) and gives
+it back when the operation ends cleanly; a connection that broke, timed out
+or was cancelled is closed instead.
+
+Flow control is TCP's: a read registers a streaming producer on the caller's
+consumer, and pausing it pauses the socket; a write is an IConsumer whose
+producer is paused by the socket's send buffer.  A frozen server (SIGSTOP,
+a dead link) is noticed by an idle timer: while the client waits for the
+server and the server sends nothing (not even a KEEPALIVE) for
+``idle_timeout`` seconds, the connection is dropped and the operation fails
+with NodeUnavailable, so the caller can go to another replica.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsstorage import auth, framing
+from wsstorage._interfaces import IBlobWriter, IStorageClient
+from wsstorage.errors import (
+    AuthenticationFailed,
+    NodeUnavailable,
+    ProtocolError,
+    StorageError,
+    error_from_code,
+)
+from wsstorage.records import BlobInfo, Health, check_blob_id
+
+log = Logger()
+
+
+def info_from_wire(body: dict[str, Any]) -> BlobInfo:
+    try:
+        return BlobInfo(
+            blob_id=body["blob_id"],
+            size=body["size"],
+            durable=body["durable"],
+            state=body["state"],
+            epoch=body["epoch"],
+            meta=body.get("meta") or {},
+        )
+    except (KeyError, TypeError) as e:
+        raise ProtocolError(f"malformed blob info from server: {e}") from None
+
+
+class _Call:
+    """A request answered by one REPLY (or ERROR)."""
+
+    def __init__(self) -> None:
+        self.d: defer.Deferred = defer.Deferred()
+
+    def frame(self, proto: _ClientProtocol, ftype: int, body: Any) -> bool:
+        """Handle a frame for this request; True when the request is over."""
+        if ftype == framing.REPLY:
+            self.d.callback(body)
+            return True
+        if ftype == framing.ERROR:
+            self.d.errback(error_from_code(str(body.get("code")), str(body.get("message"))))
+            return True
+        raise ProtocolError(f"unexpected {framing.FRAME_NAMES[ftype]} frame for a request")
+
+    def fail(self, err: BaseException) -> None:
+        if not self.d.called:
+            self.d.errback(err)
+
+
+class _ListCall(_Call):
+    """The paged reply of ``list``: REPLY frames until one says more=false."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blobs: list[BlobInfo] = []
+
+    def frame(self, proto: _ClientProtocol, ftype: int, body: Any) -> bool:
+        if ftype == framing.REPLY:
+            blobs = body.get("blobs")
+            if not isinstance(blobs, list):
+                raise ProtocolError("list page without blobs")
+            self.blobs.extend(info_from_wire(b) for b in blobs)
+            if body.get("more"):
+                return False
+            self.d.callback(self.blobs)
+            return True
+        return super().frame(proto, ftype, body)
+
+
+@implementer(IPushProducer)
+class _ReadCall(_Call):
+    """A read stream: REPLY, DATA..., then END or ERROR, into a consumer."""
+
+    def __init__(self, proto: _ClientProtocol, consumer: Any, length: int | None) -> None:
+        super().__init__()
+        self.proto = proto
+        self.consumer = consumer
+        self.expected = length
+        self.delivered = 0
+        self.registered = False
+        self.d = defer.Deferred(self._cancel)
+
+    def frame(self, proto: _ClientProtocol, ftype: int, body: Any) -> bool:
+        if self.d.called:
+            return ftype in (framing.END, framing.ERROR)
+        if ftype == framing.REPLY:
+            length = body.get("length")
+            if not isinstance(length, int) or (
+                self.expected is not None and length != self.expected
+            ):
+                raise ProtocolError(f"read reply announces {length!r} bytes")
+            self.expected = length
+            self.consumer.registerProducer(self, True)
+            self.registered = True
+            return False
+        if ftype == framing.DATA:
+            if not self.registered or self.delivered + len(body) > (self.expected or 0):
+                raise ProtocolError("more DATA than the read asked for")
+            self.delivered += len(body)
+            self.consumer.write(body)
+            return False
+        if ftype == framing.END:
+            if self.delivered != self.expected:
+                raise ProtocolError(f"read ended after {self.delivered} of {self.expected}")
+            self._unregister()
+            self.d.callback(self.delivered)
+            return True
+        if ftype == framing.ERROR:
+            self._unregister()
+        return super().frame(proto, ftype, body)
+
+    def fail(self, err: BaseException) -> None:
+        self._unregister()
+        super().fail(err)
+
+    def _unregister(self) -> None:
+        if self.registered:
+            self.registered = False
+            self.consumer.unregisterProducer()
+
+    def _cancel(self, d: defer.Deferred) -> None:
+        self._unregister()
+        self.proto.resume_reading()
+        self.proto.transport.abortConnection()
+
+    # IPushProducer, registered on the caller's consumer
+    def pauseProducing(self) -> None:
+        self.proto.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self.proto.resume_reading()
+
+    def stopProducing(self) -> None:
+        if not self.d.called:
+            self.fail(StorageError("read stopped by its consumer"))
+            self.proto.transport.abortConnection()
+
+
+class _ClientProtocol(Protocol):
+    """One connection: handshake, then requests one at a time."""
+
+    def __init__(self, client: StorageClient) -> None:
+        self.client = client
+        self.reactor = client.reactor
+        self._decoder = framing.FrameDecoder()
+        self._nonce = auth.new_nonce()
+        self.ready: defer.Deferred = defer.Deferred()
+        self.lost: defer.Deferred = defer.Deferred()
+        self.connected = False
+        self.authenticated = False
+        self._pending: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._held = False
+        self.writer: BlobWriter | None = None
+        self.write_blocked = False
+        self._timer: Any = None
+        self._error: StorageError | None = None
+
+    # -- connection ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self.transport.write(
+            framing.encode_control(
+                framing.HELLO,
+                0,
+                {"version": framing.VERSION, "nonce": self._nonce, "name": self.client.name},
+            )
+        )
+        self._arm()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connected = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        err = self._error or NodeUnavailable(
+            f"connection to storage server {self.client.name} lost"
+        )
+        if not self.ready.called:
+            self.ready.errback(err)
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            call.fail(err)
+        if self.writer is not None:
+            self.writer.failed(err)
+        self.client._forget(self)
+        self.lost.callback(None)
+
+    def fail_connection(self, err: StorageError) -> None:
+        """Drop the connection, failing everything on it with ``err``."""
+        if self._error is None:
+            self._error = err
+        if self.connected:
+            self.transport.abortConnection()
+
+    # -- idle timer ----------------------------------------------------
+
+    def _waiting(self) -> bool:
+        if not self.authenticated:
+            return True
+        if self.write_blocked:
+            return True
+        return bool(self._pending) and not self._held
+
+    def _arm(self) -> None:
+        timeout = self.client.idle_timeout
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self.reactor.callLater(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if not self.connected:
+            return
+        if self._waiting():
+            log.warn(
+                "storage server {name} silent for {t}s: dropping the connection",
+                name=self.client.name,
+                t=self.client.idle_timeout,
+            )
+            self.fail_connection(
+                NodeUnavailable(
+                    f"storage server {self.client.name} did not answer within "
+                    f"{self.client.idle_timeout}s"
+                )
+            )
+        else:
+            self._arm()
+
+    def activity(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.client.idle_timeout)
+
+    # -- frames in -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.activity()
+        self._decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        while not self._held and self.connected:
+            try:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    return
+                self._frame(*frame)
+            except ProtocolError as e:
+                log.warn(
+                    "storage server {name} broke the protocol: {why}",
+                    name=self.client.name,
+                    why=e.message,
+                )
+                self.fail_connection(e)
+                return
+
+    def pause_reading(self) -> None:
+        self._held = True
+        if self.connected:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self.connected:
+            self.activity()
+            self.transport.resumeProducing()
+            self._process()
+
+    def _frame(self, ftype: int, rid: int, body: Any) -> None:
+        if not self.authenticated:
+            self._handshake(ftype, body)
+            return
+        if ftype == framing.KEEPALIVE:
+            return
+        call = self._pending.get(rid)
+        if call is None:
+            if self.writer is not None and rid == self.writer.rid and ftype == framing.ERROR:
+                self.writer.failed(error_from_code(str(body.get("code")), str(body.get("message"))))
+                return
+            if ftype == framing.ERROR and rid == 0:
+                raise ProtocolError(f"server closed the connection: {body.get('message')}")
+            raise ProtocolError(f"{framing.FRAME_NAMES[ftype]} frame for unknown request {rid}")
+        # Out of the table before the call's Deferred fires, so callbacks see
+        # the connection idle and may reuse it.
+        del self._pending[rid]
+        try:
+            done = call.frame(self, ftype, body)
+        except ProtocolError:
+            self._pending[rid] = call  # failed by connectionLost
+            raise
+        if not done:
+            self._pending[rid] = call
+
+    def _handshake(self, ftype: int, body: Any) -> None:
+        if ftype == framing.ERROR:
+            code, message = str(body.get("code")), str(body.get("message"))
+            err = error_from_code(code, message)
+            if not isinstance(err, AuthenticationFailed):
+                err = ProtocolError(f"handshake refused: {message}")
+            self.fail_connection(err)
+            return
+        if ftype == framing.CHALLENGE and not hasattr(self, "_server_nonce"):
+            nonce = body.get("nonce")
+            if body.get("version") != framing.VERSION or not auth.valid_nonce(nonce):
+                raise ProtocolError(f"bad CHALLENGE from server: version {body.get('version')!r}")
+            secret = self.client.secret
+            expected = auth.server_proof(secret, self._nonce, nonce)
+            if not auth.proofs_match(expected, body.get("proof")):
+                self.fail_connection(
+                    AuthenticationFailed(
+                        f"storage server {self.client.name} could not prove the cluster secret"
+                    )
+                )
+                return
+            self._server_nonce = nonce
+            proof = auth.client_proof(secret, self._nonce, nonce)
+            self.transport.write(framing.encode_control(framing.AUTH, 0, {"proof": proof}))
+            return
+        if ftype == framing.READY and hasattr(self, "_server_nonce"):
+            self.authenticated = True
+            self.ready.callback(self)
+            return
+        raise ProtocolError(f"unexpected {framing.FRAME_NAMES[ftype]} frame in the handshake")
+
+    # -- requests ------------------------------------------------------
+
+    def start(self, body: dict[str, Any], call: _Call | None = None) -> tuple[int, _Call]:
+        if not self.connected:
+            raise NodeUnavailable(f"connection to storage server {self.client.name} lost")
+        call = call or _Call()
+        rid = next(self._ids)
+        self._pending[rid] = call
+        self.transport.write(framing.encode_control(framing.REQUEST, rid, body))
+        self.activity()
+        return rid, call
+
+    def call(self, body: dict[str, Any]) -> defer.Deferred:
+        try:
+            return self.start(body)[1].d
+        except StorageError as e:
+            return defer.fail(e)
+
+
+class _ClientFactory(Factory):
+    def __init__(self, client: StorageClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> _ClientProtocol:
+        return _ClientProtocol(self.client)
+
+
+@implementer(IPushProducer)
+class _ProducerProxy:
+    """Stands for the caller's producer on the transport, so the writer knows
+    when the socket is blocked (for the idle timer) and can detach it."""
+
+    def __init__(self, writer: BlobWriter, producer: Any) -> None:
+        self.writer = writer
+        self.producer = producer
+
+    def pauseProducing(self) -> None:
+        self.writer._blocked(True)
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.writer._blocked(False)
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.writer._blocked(False)
+        self.producer.stopProducing()
+
+
+@implementer(IBlobWriter)
+class BlobWriter:
+    """An open write stream on one connection (provides IBlobWriter)."""
+
+    def __init__(
+        self,
+        client: StorageClient,
+        conn: _ClientProtocol,
+        rid: int,
+        blob_id: str,
+        epoch: int,
+        offset: int,
+    ) -> None:
+        self.client = client
+        self.conn = conn
+        self.rid = rid
+        self.blob_id = blob_id
+        self.epoch = epoch
+        self.offset = offset
+        self.error: StorageError | None = None
+        self.finished = False
+        self._watchers: list[defer.Deferred] = []
+        self._proxy: _ProducerProxy | None = None
+
+    # IConsumer
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._proxy is not None:
+            raise RuntimeError("a producer is already registered on this writer")
+        self._proxy = _ProducerProxy(self, producer)
+        if self.conn.connected and self.error is None:
+            self.conn.transport.registerProducer(self._proxy, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self._proxy is None:
+            return
+        self._proxy = None
+        self._blocked(False)
+        if self.conn.connected:
+            self.conn.transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise StorageError("write after commit or abort")
+        if self.error is not None or not data:
+            return
+        self.conn.transport.writeSequence(list(framing.data_frames(self.rid, data)))
+        self.offset += len(data)
+
+    def _blocked(self, blocked: bool) -> None:
+        self.conn.write_blocked = blocked
+        self.conn.activity()
+
+    # stream control
+    def flush(self) -> defer.Deferred:
+        if self.error is not None:
+            return defer.fail(self.error)
+        return self.conn.call({"op": "flush"}).addCallback(lambda b: int(b["durable"]))
+
+    def commit(self) -> defer.Deferred:
+        if self.error is not None:
+            return defer.fail(self.error)
+        self.unregisterProducer()
+
+        def sealed(body: dict[str, Any]) -> BlobInfo:
+            self._end()
+            return info_from_wire(body)
+
+        return self.conn.call({"op": "commit"}).addCallback(sealed)
+
+    def abort(self) -> defer.Deferred:
+        self.unregisterProducer()
+        if not self.conn.connected:
+            self._end()
+            return defer.succeed(None)
+
+        def released(_: Any) -> None:
+            self._end()
+
+        def lost(f: Failure) -> None:
+            f.trap(NodeUnavailable)
+            self._end()
+
+        return self.conn.call({"op": "abort"}).addCallbacks(released, lost)
+
+    def when_failed(self) -> defer.Deferred:
+        if self.error is not None:
+            return defer.fail(self.error)
+        d: defer.Deferred = defer.Deferred()
+        self._watchers.append(d)
+        return d
+
+    def failed(self, err: StorageError) -> None:
+        """The stream broke (server error or lost connection)."""
+        if self.error is not None or self.finished:
+            return
+        self.error = err
+        if self._proxy is not None and self.conn.connected:
+            self.conn.transport.unregisterProducer()
+        watchers, self._watchers = self._watchers, []
+        for d in watchers:
+            d.errback(err)
+
+    def _end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._proxy = None
+        self.conn.write_blocked = False
+        self.conn.writer = None
+        self._watchers = []
+        self.client._release(self.conn)
+
+
+@implementer(IStorageClient)
+class StorageClient:
+    """Talks to one storage server; see the module docstring.
+
+    ``endpoint`` is a Twisted client endpoint string (``tcp:127.0.0.1:7001``)
+    or an IStreamClientEndpoint.  ``connect_timeout`` bounds connecting plus
+    the handshake; ``idle_timeout`` is how long the server may stay silent
+    while we wait for it; ``pool_size`` is how many idle connections are kept.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        endpoint: Any,
+        secret: bytes,
+        *,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 5.0,
+        pool_size: int = 4,
+    ) -> None:
+        self.reactor = reactor
+        self.name = name
+        self.endpoint = (
+            clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+        )
+        self.secret = secret
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.pool_size = pool_size
+        self._idle: list[_ClientProtocol] = []
+        self._conns: set[_ClientProtocol] = set()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<StorageClient {self.name}>"
+
+    # -- pool ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _acquire(self) -> Any:
+        if self._closing:
+            raise NodeUnavailable(f"client of {self.name} is closed")
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.connected:
+                return conn
+        factory = _ClientFactory(self)
+        try:
+            d = self.endpoint.connect(factory)
+            d.addTimeout(self.connect_timeout, self.reactor)
+            conn = yield d
+        except defer.TimeoutError:
+            raise NodeUnavailable(
+                f"could not connect to storage server {self.name} within {self.connect_timeout}s"
+            ) from None
+        except StorageError:
+            raise
+        except Exception as e:
+            raise NodeUnavailable(f"could not connect to storage server {self.name}: {e}") from None
+        self._conns.add(conn)
+        yield conn.ready
+        return conn
+
+    def _release(self, conn: _ClientProtocol) -> None:
+        """Give back a connection whose operation ended cleanly."""
+        if not conn.connected:
+            return
+        if self._closing or len(self._idle) >= self.pool_size or conn._pending:
+            conn.transport.loseConnection()
+        else:
+            self._idle.append(conn)
+
+    def _discard(self, conn: _ClientProtocol) -> None:
+        if conn.connected:
+            conn.transport.abortConnection()
+
+    def _forget(self, conn: _ClientProtocol) -> None:
+        self._conns.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    @defer.inlineCallbacks
+    def _simple(self, body: dict[str, Any]) -> Any:
+        if "blob" in body:
+            check_blob_id(body["blob"])
+        conn = yield self._acquire()
+        try:
+            result = yield conn.call(body)
+        except StorageError as e:
+            if isinstance(e, NodeUnavailable | ProtocolError):
+                self._discard(conn)
+            else:
+                self._release(conn)
+            raise
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return result
+
+    # -- IStorageClient ------------------------------------------------
+
+    def stat(self, blob_id: str) -> defer.Deferred:
+        return self._simple({"op": "stat", "blob": blob_id}).addCallback(info_from_wire)
+
+    @defer.inlineCallbacks
+    def read(self, blob_id: str, offset: int, length: int | None, consumer: Any) -> Any:
+        check_blob_id(blob_id)
+        conn = yield self._acquire()
+        call = _ReadCall(conn, consumer, length)
+        try:
+            conn.start({"op": "read", "blob": blob_id, "offset": offset, "length": length}, call)
+            n = yield call.d
+        except StorageError as e:
+            if isinstance(e, NodeUnavailable | ProtocolError) or conn._pending:
+                self._discard(conn)
+            else:
+                self._release(conn)
+            raise
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return n
+
+    @defer.inlineCallbacks
+    def write(self, blob_id: str, epoch: int, offset: int, meta: dict[str, Any]) -> Any:
+        check_blob_id(blob_id)
+        conn = yield self._acquire()
+        try:
+            rid, call = conn.start(
+                {"op": "write", "blob": blob_id, "epoch": epoch, "offset": offset, "meta": meta}
+            )
+            yield call.d
+        except StorageError as e:
+            if isinstance(e, NodeUnavailable | ProtocolError):
+                self._discard(conn)
+            else:
+                self._release(conn)
+            raise
+        except BaseException:
+            self._discard(conn)
+            raise
+        writer = BlobWriter(self, conn, rid, blob_id, epoch, offset)
+        conn.writer = writer
+        return writer
+
+    def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
+        body = {"op": "fence", "blob": blob_id, "epoch": epoch, "truncate_to": truncate_to}
+        return self._simple(body).addCallback(info_from_wire)
+
+    def commit(self, blob_id: str, epoch: int) -> defer.Deferred:
+        body = {"op": "commit", "blob": blob_id, "epoch": epoch}
+        return self._simple(body).addCallback(info_from_wire)
+
+    def delete(self, blob_id: str) -> defer.Deferred:
+        return self._simple({"op": "delete", "blob": blob_id}).addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def list_blobs(self) -> Any:
+        conn = yield self._acquire()
+        call = _ListCall()
+        try:
+            conn.start({"op": "list"}, call)
+            blobs = yield call.d
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return blobs
+
+    def copy_from(self, blob_id: str, source_endpoint: str) -> defer.Deferred:
+        body = {"op": "copy", "blob": blob_id, "source": source_endpoint}
+        return self._simple(body).addCallback(info_from_wire)
+
+    def health(self) -> defer.Deferred:
+        def record(b: dict[str, Any]) -> Health:
+            return Health(
+                name=b["name"],
+                free_bytes=b["free_bytes"],
+                total_bytes=b["total_bytes"],
+                blobs=b["blobs"],
+                active_streams=b["active_streams"],
+                version=b["version"],
+            )
+
+        return self._simple({"op": "health"}).addCallback(record)
+
+    def close(self) -> defer.Deferred:
+        self._closing = True
+        waits = []
+        for conn in list(self._conns):
+            if conn.connected:
+                waits.append(conn.lost)
+                conn.transport.loseConnection()
+        self._idle = []
+        return defer.DeferredList(waits).addCallback(lambda _: None)

@@ -1,0 +1,163 @@
+"""Frames of the wsstorage wire protocol (docs/wire-protocol.md).
+
+Every frame is a fixed 12-byte header followed by a body::
+
+    magic "WS" (2) | version (1) | type (1) | request id (4) | body length (4)
+
+Control frames (HELLO, CHALLENGE, AUTH, READY, REQUEST, REPLY, ERROR, END,
+KEEPALIVE) carry a UTF-8 JSON object of at most ``MAX_CONTROL`` bytes; DATA
+frames carry raw blob bytes, at most ``MAX_DATA``.  The caps are checked from
+the header, before the body is buffered, so a hostile peer cannot make us
+hold more than one frame's worth of bytes.
+
+This module only encodes and decodes; it knows nothing about operations.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from wsstorage.errors import ProtocolError
+
+MAGIC = b"WS"
+VERSION = 1
+HEADER = struct.Struct("!2sBBII")
+HEADER_SIZE = HEADER.size
+
+#: Hard caps on a frame body, checked from the header before buffering it.
+MAX_CONTROL = 1024 * 1024
+MAX_DATA = 256 * 1024
+
+HELLO = 1
+CHALLENGE = 2
+AUTH = 3
+READY = 4
+REQUEST = 5
+REPLY = 6
+ERROR = 7
+DATA = 8
+END = 9
+KEEPALIVE = 10
+
+FRAME_NAMES = {
+    HELLO: "HELLO",
+    CHALLENGE: "CHALLENGE",
+    AUTH: "AUTH",
+    READY: "READY",
+    REQUEST: "REQUEST",
+    REPLY: "REPLY",
+    ERROR: "ERROR",
+    DATA: "DATA",
+    END: "END",
+    KEEPALIVE: "KEEPALIVE",
+}
+CONTROL_TYPES = frozenset(FRAME_NAMES) - {DATA}
+MAX_REQUEST_ID = 2**32 - 1
+
+
+def encode_header(frame_type: int, request_id: int, length: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, frame_type, request_id, length)
+
+
+def encode_control(frame_type: int, request_id: int, body: dict[str, Any]) -> bytes:
+    """One control frame; raises ProtocolError if the body is over the cap."""
+    if frame_type not in CONTROL_TYPES:
+        raise ProtocolError(f"frame type {frame_type} is not a control frame")
+    payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_CONTROL:
+        raise ProtocolError(f"control frame of {len(payload)} bytes exceeds {MAX_CONTROL}")
+    return encode_header(frame_type, request_id, len(payload)) + payload
+
+
+def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
+    """Header and body pieces of DATA frames carrying ``data``, for writeSequence.
+
+    Large chunks are cut at ``MAX_DATA``; slices of a memoryview avoid copying
+    the body.
+    """
+    view = memoryview(data)
+    for start in range(0, len(view), MAX_DATA):
+        piece = view[start : start + MAX_DATA]
+        yield encode_header(DATA, request_id, len(piece))
+        yield piece  # type: ignore[misc]
+
+
+def decode_control(body: bytes) -> dict[str, Any]:
+    """Parse a control body; anything but a JSON object is a ProtocolError."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"control frame is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("control frame is not a JSON object")
+    return value
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes, then take frames with ``next_frame``.
+
+    A frame comes out as ``(type, request_id, body)``: control bodies parsed
+    (a dict), DATA bodies as bytes.  Any violation (bad magic, unknown version
+    or type, a body over its cap, undecodable JSON) raises ProtocolError; the
+    caller then drops the connection, so the decoder need not recover.
+    Taking frames one at a time lets a protocol stop mid-buffer (a paused
+    consumer, a pending fsync) and resume later without losing bytes; the
+    buffer never holds more than what was fed and not yet taken.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> tuple[int, int, Any] | None:
+        """The next complete frame, or None until more bytes are fed."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        magic, version, ftype, request_id, length = HEADER.unpack_from(buf, pos)
+        check_header(magic, version, ftype, length)
+        end = pos + HEADER_SIZE + length
+        if len(buf) < end:
+            return None
+        body = bytes(buf[pos + HEADER_SIZE : end])
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        if ftype == DATA:
+            return ftype, request_id, body
+        return ftype, request_id, decode_control(body)
+
+    def frames(self, data: bytes = b"") -> Iterator[tuple[int, int, Any]]:
+        """Feed ``data`` and yield every complete frame (for simple callers)."""
+        self.feed(data)
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+
+def check_header(magic: bytes, version: int, ftype: int, length: int) -> None:
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
+    if ftype not in FRAME_NAMES:
+        raise ProtocolError(f"unknown frame type {ftype}")
+    cap = MAX_DATA if ftype == DATA else MAX_CONTROL
+    if length > cap:
+        raise ProtocolError(
+            f"{FRAME_NAMES[ftype]} frame of {length} bytes exceeds the {cap}-byte cap"
+        )

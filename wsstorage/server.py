@@ -1,0 +1,783 @@
+"""The storage server: the wire protocol (docs/wire-protocol.md) over an IBlobStore.
+
+One ``StorageServerProtocol`` per connection runs at most one request at a
+time; a read or write is a stream that occupies the connection until it
+ends.  Clients keep a small pool of connections per server for concurrency.
+Flow control is TCP's own: a read stream is an IPushProducer on the
+transport (paused when the send buffer fills), and while the server cannot
+take a client's bytes (an fsync in a thread) it stops reading the socket and
+leaves unprocessed frames in the decoder.  Memory per connection is one
+socket read plus one frame whatever the blob size.
+
+Disk work that may block for long (open, fsync, seal, fence, commit, list,
+delete) runs through ``run_blocking`` (a thread pool by default); single
+chunk reads and writes run in the reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsstorage import auth, failpoints, framing
+from wsstorage.errors import (
+    BadRequest,
+    BlobExists,
+    BlobNotFound,
+    DiskFull,
+    InvalidOffset,
+    ProtocolError,
+    StorageError,
+)
+from wsstorage.records import BlobInfo, check_blob_id
+
+log = Logger()
+
+#: Bytes read from the store per DATA frame of a read stream.
+READ_CHUNK = framing.MAX_DATA
+#: DATA frames sent per producer turn before yielding to the reactor.
+FRAMES_PER_TURN = 8
+#: Largest JSON meta record accepted beside a blob.
+MAX_META = 64 * 1024
+#: Target size of one page of a list reply.
+LIST_PAGE_BYTES = 256 * 1024
+LIST_BATCH = 500
+
+RunBlocking = Callable[..., defer.Deferred]
+
+
+def info_to_wire(info: BlobInfo) -> dict[str, Any]:
+    return attrs.asdict(info)
+
+
+def storage_error(exc: BaseException) -> StorageError:
+    """Map anything raised by the store to a wire error."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"disk full: {exc}")
+    return StorageError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _int_field(req: dict[str, Any], name: str, *, optional: bool = False) -> int | None:
+    value = req.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"field {name!r} must be a non-negative integer")
+    return value
+
+
+def _meta_field(req: dict[str, Any]) -> dict[str, Any]:
+    meta = req.get("meta", {})
+    if not isinstance(meta, dict):
+        raise BadRequest("field 'meta' must be an object")
+    if len(json.dumps(meta)) > MAX_META:
+        raise BadRequest(f"meta record larger than {MAX_META} bytes")
+    return meta
+
+
+class _ProcessCounters:
+    """Bytes moved by this process, for the byte-counting failpoints."""
+
+    written = 0
+    read = 0
+
+
+def _cut_at_failpoint(name: str, total: int, data: bytes) -> bytes:
+    """The part of ``data`` before failpoint ``name``'s byte threshold."""
+    limit = failpoints.threshold(name)
+    if limit is not None and total + len(data) >= limit:
+        return data[: max(0, limit - total)]
+    return data
+
+
+class StorageServerFactory(Factory):
+    """Serves one blob store.  Start it in-process with
+    ``endpoint.listen(StorageServerFactory(reactor, store, name, secret))``.
+
+    ``peer_client(endpoint_string)`` builds the IStorageClient used to pull
+    a blob for ``copy``; by default a ``wsstorage.client.StorageClient``
+    with this server's secret.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: Any,
+        name: str,
+        secret: bytes,
+        *,
+        run_blocking: RunBlocking | None = None,
+        peer_client: Callable[[str], Any] | None = None,
+        handshake_timeout: float = 10.0,
+        keepalive_interval: float = 1.0,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.name = name
+        self.secret = secret
+        self.handshake_timeout = handshake_timeout
+        self.keepalive_interval = keepalive_interval
+        self.connections: set[StorageServerProtocol] = set()
+        if run_blocking is None:
+            pool = reactor.getThreadPool()
+
+            def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+                return threads.deferToThreadPool(reactor, pool, f, *args)
+
+        self.run_blocking = run_blocking
+        self._peer_client = peer_client
+
+    def buildProtocol(self, addr: Any) -> StorageServerProtocol:
+        p = StorageServerProtocol()
+        p.factory = self
+        return p
+
+    def peer_client(self, endpoint: str) -> Any:
+        if self._peer_client is not None:
+            return self._peer_client(endpoint)
+        from wsstorage.client import StorageClient
+
+        return StorageClient(self.reactor, f"peer:{endpoint}", endpoint, self.secret)
+
+    @property
+    def active_streams(self) -> int:
+        return sum(1 for c in self.connections if c.streaming)
+
+
+class StorageServerProtocol(Protocol):
+    """One authenticated connection; see the module docstring."""
+
+    factory: StorageServerFactory
+
+    def __init__(self) -> None:
+        self._decoder = framing.FrameDecoder()
+        self._state = "hello"  # hello -> auth -> ready; closed
+        self._client_nonce = ""
+        self._server_nonce = ""
+        self._held = False  # frames wait in the decoder while True
+        self._busy_id: int | None = None  # request running in a thread
+        self._keepalive: Any = None
+        self._handshake_timer: Any = None
+        self._read: _ReadStream | None = None
+        self._write: _WriteStream | None = None
+        self._list_resume: defer.Deferred | None = None
+        self._paused = False
+        self.peer = "?"
+
+    # -- connection ----------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        return self._read is not None or self._write is not None
+
+    def connectionMade(self) -> None:
+        self.peer = str(self.transport.getPeer())
+        self.factory.connections.add(self)
+        self._handshake_timer = self.factory.reactor.callLater(
+            self.factory.handshake_timeout, self._handshake_expired
+        )
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._state = "closed"
+        self.factory.connections.discard(self)
+        for timer in (self._handshake_timer, self._keepalive):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self._read is not None:
+            self._read.close()
+            self._read = None
+        if self._write is not None:
+            self._write.close(self.factory)
+            self._write = None
+        if self._list_resume is not None:
+            d, self._list_resume = self._list_resume, None
+            d.errback(ConnectionError("connection lost"))
+
+    def _handshake_expired(self) -> None:
+        if self._state in ("hello", "auth"):
+            log.warn("dropping {peer}: no handshake within the timeout", peer=self.peer)
+            self.transport.abortConnection()
+
+    def drop(self, reason: str, code: str = ProtocolError.code) -> None:
+        """Log why, tell the peer, and close: used for every protocol violation."""
+        if self._state == "closed":
+            return
+        log.warn("dropping {peer}: {reason}", peer=self.peer, reason=reason)
+        self._send(framing.ERROR, 0, {"code": code, "message": reason})
+        self._state = "closed"
+        self.transport.loseConnection()
+
+    # -- frames in -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state == "closed":
+            return
+        self._decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        while not self._held and self._state != "closed":
+            try:
+                frame = self._decoder.next_frame()
+            except ProtocolError as e:
+                self.drop(e.message)
+                return
+            if frame is None:
+                return
+            ftype, rid, body = frame
+            try:
+                self._frame(ftype, rid, body)
+            except ProtocolError as e:
+                self.drop(e.message)
+                return
+
+    def _hold(self) -> None:
+        """Stop taking frames (and reading the socket) until _release."""
+        self._held = True
+        self.transport.pauseProducing()
+
+    def _release(self) -> None:
+        self._held = False
+        if self._state == "closed":
+            return
+        self.transport.resumeProducing()
+        self._process()
+
+    def _frame(self, ftype: int, rid: int, body: Any) -> None:
+        if self._state == "hello":
+            if ftype != framing.HELLO:
+                raise ProtocolError(f"expected HELLO, got {framing.FRAME_NAMES[ftype]}")
+            self._hello(body)
+        elif self._state == "auth":
+            if ftype != framing.AUTH:
+                raise ProtocolError(f"expected AUTH, got {framing.FRAME_NAMES[ftype]}")
+            self._auth(body)
+        elif ftype == framing.DATA:
+            if self._write is None or rid != self._write.rid:
+                raise ProtocolError("DATA frame outside a write stream")
+            self._write.data(self, body)
+        elif ftype == framing.REQUEST:
+            if self._read is not None or self._list_resume is not None:
+                raise ProtocolError("request while a stream is being sent")
+            self._request(rid, body)
+        elif ftype == framing.KEEPALIVE:
+            pass
+        else:
+            raise ProtocolError(f"unexpected {framing.FRAME_NAMES[ftype]} frame from a client")
+
+    # -- handshake -----------------------------------------------------
+
+    def _hello(self, body: dict[str, Any]) -> None:
+        if body.get("version") != framing.VERSION:
+            raise ProtocolError(f"client speaks version {body.get('version')!r}")
+        if not auth.valid_nonce(body.get("nonce")):
+            raise ProtocolError("HELLO without a valid nonce")
+        self._client_nonce = body["nonce"]
+        self._server_nonce = auth.new_nonce()
+        proof = auth.server_proof(self.factory.secret, self._client_nonce, self._server_nonce)
+        self._send(
+            framing.CHALLENGE,
+            0,
+            {
+                "version": framing.VERSION,
+                "nonce": self._server_nonce,
+                "proof": proof,
+                "name": self.factory.name,
+            },
+        )
+        self._state = "auth"
+
+    def _auth(self, body: dict[str, Any]) -> None:
+        expected = auth.client_proof(self.factory.secret, self._client_nonce, self._server_nonce)
+        if not auth.proofs_match(expected, body.get("proof")):
+            self.drop("authentication failed: wrong proof of the cluster secret", "auth_failed")
+            return
+        self._state = "ready"
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._send(framing.READY, 0, {"name": self.factory.name, "version": framing.VERSION})
+
+    # -- frames out ----------------------------------------------------
+
+    def _send(self, ftype: int, rid: int, body: dict[str, Any]) -> None:
+        self.transport.write(framing.encode_control(ftype, rid, body))
+
+    def _send_error(self, rid: int, exc: BaseException) -> None:
+        err = storage_error(exc)
+        if type(err) is StorageError:
+            log.failure(
+                "request {rid} from {peer} failed",
+                Failure(exc) if not isinstance(exc, Failure) else exc,
+                rid=rid,
+                peer=self.peer,
+            )
+        self._send(framing.ERROR, rid, {"code": err.code, "message": err.message})
+
+    # -- requests ------------------------------------------------------
+
+    def _request(self, rid: int, req: dict[str, Any]) -> None:
+        op = req.get("op")
+        if self._write is not None:
+            handler = {
+                "flush": self._op_flush,
+                "commit": self._op_stream_commit,
+                "abort": self._op_abort,
+            }.get(op)
+            if handler is None:
+                self._send_error(rid, BadRequest(f"op {op!r} is not allowed in a write stream"))
+                return
+        else:
+            handler = {
+                "stat": self._op_stat,
+                "read": self._op_read,
+                "write": self._op_write,
+                "fence": self._op_fence,
+                "commit": self._op_commit,
+                "delete": self._op_delete,
+                "list": self._op_list,
+                "copy": self._op_copy,
+                "health": self._op_health,
+            }.get(op)
+            if handler is None:
+                self._send_error(rid, BadRequest(f"unknown op {op!r}"))
+                return
+        self._run(rid, handler, req)
+
+    def _run(self, rid: int, handler: Callable[..., Any], req: dict[str, Any]) -> None:
+        """Run a handler with frames held; send its result or error."""
+        self._hold()
+        self._busy_id = rid
+        self._start_keepalive()
+        d = defer.maybeDeferred(handler, rid, req)
+
+        def done(result: Any) -> None:
+            self._busy_id = None
+            if self._state == "closed":
+                return
+            if isinstance(result, Failure):
+                self._send_error(rid, result.value)
+            elif result is not None:
+                self._send(framing.REPLY, rid, result)
+            self._release()
+
+        d.addBoth(done)
+
+    def _start_keepalive(self) -> None:
+        """While a request is in a thread, tell the client we are alive.
+
+        Lets the client tell a slow fsync from a frozen server.
+        """
+        if self._keepalive is not None and self._keepalive.active():
+            return
+
+        def tick() -> None:
+            self._keepalive = None
+            if self._busy_id is not None and self._state != "closed":
+                self._send(framing.KEEPALIVE, self._busy_id, {})
+                self._start_keepalive()
+
+        self._keepalive = self.factory.reactor.callLater(self.factory.keepalive_interval, tick)
+
+    def _blocking(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return self.factory.run_blocking(f, *args)
+
+    def _op_stat(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        blob_id = check_blob_id(req.get("blob"))
+        return self._blocking(self.factory.store.stat, blob_id).addCallback(info_to_wire)
+
+    def _op_fence(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        blob_id = check_blob_id(req.get("blob"))
+        epoch = _int_field(req, "epoch")
+        truncate_to = _int_field(req, "truncate_to")
+        d = self._blocking(self.factory.store.fence, blob_id, epoch, truncate_to)
+        return d.addCallback(info_to_wire)
+
+    @defer.inlineCallbacks
+    def _op_commit(self, rid: int, req: dict[str, Any]) -> Any:
+        blob_id = check_blob_id(req.get("blob"))
+        epoch = _int_field(req, "epoch")
+        failpoints.hit("storage.before_commit")
+        info = yield self._blocking(self.factory.store.commit, blob_id, epoch)
+        failpoints.hit("storage.after_commit")
+        return info_to_wire(info)
+
+    def _op_delete(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        blob_id = check_blob_id(req.get("blob"))
+        return self._blocking(self.factory.store.delete, blob_id).addCallback(lambda _: {})
+
+    def _op_health(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        store = self.factory.store
+
+        def probe() -> dict[str, Any]:
+            free, total = store.free_space()
+            blobs = sum(1 for _ in store.list_blobs())
+            return {"free_bytes": free, "total_bytes": total, "blobs": blobs}
+
+        def reply(r: dict[str, Any]) -> dict[str, Any]:
+            r.update(
+                name=self.factory.name,
+                active_streams=self.factory.active_streams,
+                version=framing.VERSION,
+                load=list(os.getloadavg()),
+            )
+            return r
+
+        return self._blocking(probe).addCallback(reply)
+
+    # -- read stream ---------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _op_read(self, rid: int, req: dict[str, Any]) -> Any:
+        blob_id = check_blob_id(req.get("blob"))
+        offset = _int_field(req, "offset")
+        length = _int_field(req, "length", optional=True)
+        store = self.factory.store
+
+        def open_read() -> tuple[Any, int, int]:
+            info = store.stat(blob_id)
+            n = info.size - offset if length is None else length
+            if offset > info.size or offset + n > info.size:
+                raise InvalidOffset(
+                    f"read of {n} bytes at {offset} is past the end ({info.size} bytes)"
+                )
+            return store.open_read(blob_id, offset, n), n, info.size
+
+        handle, n, size = yield self._blocking(open_read)
+        if self._state == "closed":
+            handle.close()
+            return None
+        self._send(framing.REPLY, rid, {"length": n, "size": size})
+        stream = _ReadStream(self, rid, handle, n)
+        self._read = stream
+        self.transport.registerProducer(stream, True)
+        stream.resumeProducing()
+        result = yield stream.done
+        return result
+
+    def _read_finished(self, stream: _ReadStream) -> None:
+        if self._read is stream:
+            self._read = None
+            self.transport.unregisterProducer()
+
+    # -- write stream --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _op_write(self, rid: int, req: dict[str, Any]) -> Any:
+        blob_id = check_blob_id(req.get("blob"))
+        epoch = _int_field(req, "epoch")
+        offset = _int_field(req, "offset")
+        meta = _meta_field(req)
+        handle = yield self._blocking(self.factory.store.open_write, blob_id, epoch, offset, meta)
+        if self._state == "closed":
+            handle.close()
+            return None
+        self._write = _WriteStream(rid, blob_id, handle)
+        return {"offset": offset}
+
+    def _op_flush(self, rid: int, req: dict[str, Any]) -> Any:
+        stream = self._write
+        assert stream is not None
+        if stream.error is not None:
+            raise stream.error
+        return self._blocking(stream.handle.sync).addCallback(lambda n: {"durable": n})
+
+    @defer.inlineCallbacks
+    def _op_stream_commit(self, rid: int, req: dict[str, Any]) -> Any:
+        stream = self._write
+        assert stream is not None
+        if stream.error is not None:
+            raise stream.error
+        handle = stream.handle
+
+        def seal() -> BlobInfo:
+            handle.sync()
+            return handle.seal()
+
+        failpoints.hit("storage.before_commit")
+        try:
+            info = yield self._blocking(seal)
+        except Exception as e:
+            stream.error = storage_error(e)
+            raise
+        failpoints.hit("storage.after_commit")
+        self._end_write()
+        return info_to_wire(info)
+
+    def _op_abort(self, rid: int, req: dict[str, Any]) -> dict[str, Any]:
+        self._end_write()
+        return {}
+
+    def _end_write(self) -> None:
+        stream, self._write = self._write, None
+        if stream is not None:
+            stream.close(self.factory)
+
+    def write_failed(self, stream: _WriteStream, exc: BaseException) -> None:
+        """A chunk could not be stored: report it once on the stream's id."""
+        stream.error = storage_error(exc)
+        log.warn(
+            "write to {blob} from {peer} failed: {err}",
+            blob=stream.blob_id,
+            peer=self.peer,
+            err=stream.error.message,
+        )
+        self._send_error(stream.rid, stream.error)
+
+    # -- list ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _op_list(self, rid: int, req: dict[str, Any]) -> Any:
+        """Stream the blob list as REPLY pages with ``more``; the last has more=false."""
+        store = self.factory.store
+        it = yield self._blocking(lambda: iter(store.list_blobs()))
+        producer = _PauseFlag()
+        self.transport.registerProducer(producer, True)
+        try:
+            page: list[dict[str, Any]] = []
+            page_bytes = 0
+            while True:
+                batch = yield self._blocking(lambda: list(itertools.islice(it, LIST_BATCH)))
+                if self._state == "closed":
+                    return None
+                for info in batch:
+                    item = info_to_wire(info)
+                    size = len(json.dumps(item)) + 1
+                    if page and page_bytes + size > LIST_PAGE_BYTES:
+                        self._send(framing.REPLY, rid, {"blobs": page, "more": True})
+                        page, page_bytes = [], 0
+                    page.append(item)
+                    page_bytes += size
+                if not batch:
+                    break
+                if producer.paused:
+                    self._list_resume = producer.wait()
+                    yield self._list_resume
+                    self._list_resume = None
+            return {"blobs": page, "more": False}
+        finally:
+            if self._state != "closed":
+                self.transport.unregisterProducer()
+
+    # -- copy ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _op_copy(self, rid: int, req: dict[str, Any]) -> Any:
+        blob_id = check_blob_id(req.get("blob"))
+        source = req.get("source")
+        if not isinstance(source, str) or not source:
+            raise BadRequest("field 'source' must be a client endpoint string")
+        store = self.factory.store
+        try:
+            local = yield self._blocking(store.stat, blob_id)
+        except BlobNotFound:
+            local = None
+        if local is not None and local.sealed:
+            raise BlobExists(f"blob {blob_id} is already sealed here")
+        peer = self.factory.peer_client(source)
+        try:
+            info = yield peer.stat(blob_id)
+            if not info.sealed:
+                raise BadRequest(f"blob {blob_id} is not sealed on {source}")
+            handle = yield self._blocking(store.open_write, blob_id, info.epoch, 0, info.meta)
+            sink = _HandleConsumer(handle)
+            try:
+                got = yield peer.read(blob_id, 0, None, sink)
+                if sink.error is not None:
+                    raise sink.error
+                if got != info.size or sink.count != info.size:
+                    raise StorageError(f"copy of {blob_id} got {got} of {info.size} bytes")
+
+                def seal() -> BlobInfo:
+                    handle.sync()
+                    return handle.seal()
+
+                sealed = yield self._blocking(seal)
+            except BaseException:
+                handle.close()
+                try:
+                    yield self._blocking(store.delete, blob_id)
+                except Exception:
+                    pass
+                raise
+            handle.close()
+        finally:
+            yield peer.close()
+        log.info("copied {blob} ({n} bytes) from {src}", blob=blob_id, n=sealed.size, src=source)
+        return info_to_wire(sealed)
+
+
+@implementer(IPushProducer)
+class _PauseFlag:
+    """A producer that only records whether the transport wants a pause."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiting: list[defer.Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def wait(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if self.paused:
+            self._waiting.append(d)
+        else:
+            d.callback(None)
+        return d
+
+
+@implementer(IPushProducer)
+class _ReadStream:
+    """Sends one blob range as DATA frames, paced by the transport."""
+
+    def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
+        self.proto = proto
+        self.rid = rid
+        self.handle = handle
+        self.remaining = length
+        self.sent = 0
+        self.paused = False
+        self.done: defer.Deferred = defer.Deferred()
+        self._scheduled: Any = None
+        self._finished = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._scheduled is None and not self._finished:
+            self._scheduled = self.proto.factory.reactor.callLater(0, self._turn)
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    def _turn(self) -> None:
+        self._scheduled = None
+        transport = self.proto.transport
+        for _ in range(FRAMES_PER_TURN):
+            if self.paused or self._finished:
+                return
+            if self.remaining == 0:
+                self._finish({"length": self.sent}, None)
+                return
+            try:
+                data = self.handle.read(min(READ_CHUNK, self.remaining))
+                if not data:
+                    raise StorageError(f"blob ended {self.remaining} bytes early")
+                data = _cut_at_failpoint("storage.read.bytes", _ProcessCounters.read, data)
+            except Exception as e:
+                self._finish(None, e)
+                return
+            if data:
+                transport.writeSequence(list(framing.data_frames(self.rid, data)))
+                self.remaining -= len(data)
+                self.sent += len(data)
+                _ProcessCounters.read += len(data)
+            failpoints.hit("storage.read.bytes", _ProcessCounters.read)
+        if not self.paused:
+            self.resumeProducing()
+
+    def _finish(self, end: dict[str, Any] | None, error: BaseException | None) -> None:
+        self._finished = True
+        self.proto._read_finished(self)
+        if error is not None:
+            self.proto._send_error(self.rid, error)
+        else:
+            self.proto._send(framing.END, self.rid, end or {})
+        self.close()
+
+    def close(self) -> None:
+        self._finished = True
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            handle.close()
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class _WriteStream:
+    """An open write: DATA frames go straight to the store's handle."""
+
+    def __init__(self, rid: int, blob_id: str, handle: Any) -> None:
+        self.rid = rid
+        self.blob_id = blob_id
+        self.handle = handle
+        self.error: StorageError | None = None
+
+    def data(self, proto: StorageServerProtocol, body: bytes) -> None:
+        if self.error is not None:
+            return  # already reported; the client will abort
+        chunk = _cut_at_failpoint("storage.write.bytes", _ProcessCounters.written, body)
+        try:
+            if chunk:
+                self.handle.write(chunk)
+                _ProcessCounters.written += len(chunk)
+            failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+            if len(chunk) < len(body):
+                rest = body[len(chunk) :]
+                self.handle.write(rest)
+                _ProcessCounters.written += len(rest)
+        except Exception as e:
+            proto.write_failed(self, e)
+
+    def close(self, factory: StorageServerFactory) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except Exception:
+                log.failure("closing the write handle of {blob}", blob=self.blob_id)
+
+
+class _HandleConsumer:
+    """IConsumer that writes a peer's read stream into a local write handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.count = 0
+        self.error: BaseException | None = None
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.handle.write(data)
+            self.count += len(data)
+        except Exception as e:
+            self.error = storage_error(e)
+            if self.producer is not None:
+                self.producer.stopProducing()
