@@ -1,0 +1,308 @@
+"""The storage server's local blob store: layout, writes, reads, epochs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from wsstorage.blobstore import BlobStore, FormatError
+from wsstorage.errors import (
+    BadRequest,
+    BlobNotFound,
+    BlobSealed,
+    InvalidOffset,
+    StaleEpoch,
+)
+from wsstorage.records import OPEN, SEALED
+
+BLOCK = 4096
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes that differ from block to block (so a swapped block shows)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+def write_all(store: BlobStore, blob_id: str, data: bytes, chunk: int = 1000, epoch: int = 1):
+    """Write ``data`` into a new blob in chunks; return the open handle."""
+    handle = store.open_write(blob_id, epoch, 0, {"inode": 7})
+    for i in range(0, len(data), chunk):
+        handle.write(data[i : i + chunk])
+    return handle
+
+
+def read_all(store: BlobStore, blob_id: str, offset: int = 0, length: int | None = None, n=1500):
+    reader = store.open_read(blob_id, offset, length)
+    try:
+        parts = []
+        while chunk := reader.read(n):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        reader.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = BlobStore.open(tmp_path / "data", block_size=BLOCK)
+    yield s
+    s.close()
+
+
+def test_open_creates_layout_with_format_version(tmp_path):
+    store = BlobStore.open(tmp_path / "d")
+    store.close()
+    record = json.loads((tmp_path / "d" / "FORMAT").read_text())
+    assert record == {"format": "wsfs-blobstore", "version": 1, "block_size": 65536}
+    assert (tmp_path / "d" / "blobs").is_dir()
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    BlobStore.open(tmp_path / "d").close()
+    fmt = tmp_path / "d" / "FORMAT"
+    fmt.write_text(json.dumps({"format": "wsfs-blobstore", "version": 99, "block_size": 65536}))
+    with pytest.raises(FormatError, match="version 99 is not supported"):
+        BlobStore.open(tmp_path / "d")
+
+
+def test_blobs_without_format_file_are_refused(tmp_path):
+    (tmp_path / "d" / "blobs").mkdir(parents=True)
+    with pytest.raises(FormatError, match="no FORMAT"):
+        BlobStore.open(tmp_path / "d")
+
+
+def test_second_store_on_same_directory_is_refused(store):
+    with pytest.raises(FormatError, match="in use"):
+        BlobStore.open(store.root)
+
+
+def test_existing_store_keeps_its_block_size(tmp_path):
+    BlobStore.open(tmp_path / "d", block_size=BLOCK).close()
+    store = BlobStore.open(tmp_path / "d", block_size=65536)
+    try:
+        assert store.block_size == BLOCK
+    finally:
+        store.close()
+
+
+def test_write_seal_read_roundtrip_keeps_bytes_and_meta(store):
+    data = pattern(5 * BLOCK + 123)
+    handle = write_all(store, "b1", data, chunk=777)
+    assert handle.size == len(data)
+    info = handle.seal()
+    assert (info.size, info.durable, info.state, info.epoch) == (len(data), len(data), SEALED, 1)
+    assert info.meta == {"inode": 7}
+    got = read_all(store, "b1")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert store.stat("b1") == info
+
+
+def test_sync_reports_durable_length(store):
+    handle = write_all(store, "b", pattern(3000))
+    assert store.stat("b").durable == 0
+    assert handle.sync() == 3000
+    handle.write(b"x" * 100)
+    info = store.stat("b")
+    assert (info.size, info.durable, info.state) == (3100, 3000, OPEN)
+
+
+def test_read_range_within_and_across_blocks(store):
+    data = pattern(4 * BLOCK)
+    write_all(store, "b", data).seal()
+    assert read_all(store, "b", BLOCK - 10, 20) == data[BLOCK - 10 : BLOCK + 10]
+    assert read_all(store, "b", 3 * BLOCK + 5, None, n=7) == data[3 * BLOCK + 5 :]
+    assert read_all(store, "b", len(data), 0) == b""
+
+
+def test_read_past_end_is_invalid_offset(store):
+    write_all(store, "b", pattern(1000)).seal()
+    with pytest.raises(InvalidOffset):
+        store.open_read("b", 900, 101)
+    with pytest.raises(InvalidOffset):
+        store.open_read("b", 1001, None)
+
+
+def test_unsealed_blob_reads_up_to_its_size_including_unsynced_bytes(store):
+    data = pattern(2 * BLOCK + 50)
+    handle = write_all(store, "b", data[: BLOCK + 10])
+    handle.sync()
+    handle.write(data[BLOCK + 10 :])
+    assert read_all(store, "b") == data
+
+
+def test_rewrite_at_smaller_offset_truncates_first(store):
+    first = pattern(3 * BLOCK, seed=1)
+    handle = write_all(store, "b", first)
+    handle.sync()
+    handle.close()
+    again = store.open_write("b", 1, BLOCK + 5, {"inode": 7})
+    assert again.size == BLOCK + 5
+    tail = pattern(100, seed=2)
+    again.write(tail)
+    info = again.seal()
+    assert info.size == BLOCK + 105
+    assert read_all(store, "b") == first[: BLOCK + 5] + tail
+
+
+def test_write_beyond_end_is_invalid_offset(store):
+    write_all(store, "b", pattern(100)).close()
+    with pytest.raises(InvalidOffset):
+        store.open_write("b", 1, 101, {})
+    with pytest.raises(InvalidOffset):
+        store.open_write("new", 1, 1, {})
+    with pytest.raises(BlobNotFound):
+        store.stat("new")
+
+
+def test_sealed_blob_refuses_writes(store):
+    write_all(store, "b", pattern(100)).seal()
+    with pytest.raises(BlobSealed):
+        store.open_write("b", 1, 100, {})
+    with pytest.raises(BlobSealed):
+        store.open_write("b", 5, 0, {})
+
+
+def test_older_epoch_is_refused_and_newer_is_adopted_durably(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(100), epoch=3).close()
+    with pytest.raises(StaleEpoch):
+        store.open_write("b", 2, 100, {})
+    store.open_write("b", 4, 100, {"inode": 8}).close()
+    store.close()
+    reopened = BlobStore.open(tmp_path / "d")
+    try:
+        info = reopened.stat("b")
+        assert (info.epoch, info.meta) == (4, {"inode": 8})
+    finally:
+        reopened.close()
+
+
+def test_fence_with_newer_epoch_makes_old_handle_fail(store):
+    handle = write_all(store, "b", pattern(3000))
+    handle.sync()
+    info = store.fence("b", 2, 2000)
+    assert (info.size, info.durable, info.epoch) == (2000, 2000, 2)
+    with pytest.raises(StaleEpoch):
+        handle.write(b"late")
+    with pytest.raises(StaleEpoch):
+        handle.sync()
+    with pytest.raises(StaleEpoch):
+        handle.seal()
+    assert store.stat("b").size == 2000
+
+
+def test_fence_rules(store):
+    handle = write_all(store, "b", pattern(3000), epoch=2)
+    handle.sync()
+    with pytest.raises(StaleEpoch):
+        store.fence("b", 1, 100)
+    with pytest.raises(InvalidOffset):
+        store.fence("b", 2, 3001)
+    assert store.fence("b", 3, 2500).size == 2500
+    assert store.fence("b", 3, 2500) == store.stat("b")  # a retry changes nothing
+
+
+def test_fence_makes_unsynced_bytes_durable(store):
+    handle = write_all(store, "b", pattern(3000))
+    info = store.fence("b", 2, 2500)
+    assert (info.size, info.durable) == (2500, 2500)
+    assert read_all(store, "b") == pattern(3000)[:2500]
+    del handle
+
+
+def test_fence_of_sealed_blob_allows_only_a_no_op(store):
+    sealed = write_all(store, "b", pattern(300)).seal()
+    assert store.fence("b", 5, 300) == sealed
+    with pytest.raises(BlobSealed):
+        store.fence("b", 5, 200)
+    with pytest.raises(StaleEpoch):
+        store.fence("b", 0, 300)
+
+
+def test_new_writer_supersedes_old_handle(store):
+    old = write_all(store, "b", pattern(100))
+    new = store.open_write("b", 1, 100, {})
+    with pytest.raises(StaleEpoch):
+        old.write(b"x")
+    new.write(b"y")
+    assert store.stat("b").size == 101
+
+
+def test_commit_without_stream_seals_current_size(store):
+    handle = write_all(store, "b", pattern(1500))
+    handle.sync()
+    handle.close()
+    with pytest.raises(StaleEpoch):
+        store.commit("b", 0)
+    info = store.commit("b", 2)
+    assert (info.state, info.size, info.epoch) == (SEALED, 1500, 2)
+    assert store.commit("b", 2) == info
+    assert read_all(store, "b") == pattern(1500)
+    with pytest.raises(BlobSealed):
+        store.open_write("b", 2, 1500, {})
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 129, ".hidden", "a b", None, 5])
+def test_bad_blob_ids_are_refused_before_touching_disk(store, bad):
+    before = sorted(os.walk(store.root))
+    for call in (
+        lambda: store.open_write(bad, 1, 0, {}),
+        lambda: store.open_read(bad, 0, 0),
+        lambda: store.stat(bad),
+        lambda: store.fence(bad, 1, 0),
+        lambda: store.commit(bad, 1),
+        lambda: store.delete(bad),
+    ):
+        with pytest.raises(BadRequest):
+            call()
+    assert sorted(os.walk(store.root)) == before
+
+
+def test_bad_epoch_offset_and_meta_are_bad_requests(store):
+    with pytest.raises(BadRequest):
+        store.open_write("b", -1, 0, {})
+    with pytest.raises(BadRequest):
+        store.open_write("b", 1, -5, {})
+    with pytest.raises(BadRequest):
+        store.open_write("b", 1, 0, {"x": object()})
+    with pytest.raises(BadRequest):
+        store.open_write("b", 1, 0, ["not", "a", "dict"])
+    with pytest.raises(BlobNotFound):
+        store.stat("b")
+
+
+def test_delete_removes_blob_and_its_files(store):
+    write_all(store, "b", pattern(100)).seal()
+    handle = write_all(store, "c", pattern(100))
+    store.delete("b")
+    store.delete("c")
+    with pytest.raises(BlobNotFound):
+        store.stat("b")
+    with pytest.raises(BlobNotFound):
+        store.delete("b")
+    with pytest.raises(BlobNotFound):
+        handle.write(b"x")
+    leftovers = [f for _, _, files in os.walk(os.path.join(store.root, "blobs")) for f in files]
+    assert leftovers == []
+
+
+def test_list_blobs_reports_every_blob(store):
+    write_all(store, "sealed1", pattern(10)).seal()
+    write_all(store, "open1", pattern(20)).sync()
+    infos = {i.blob_id: i for i in store.list_blobs()}
+    assert set(infos) == {"sealed1", "open1"}
+    assert infos["sealed1"].state == SEALED
+    assert (infos["open1"].state, infos["open1"].durable) == (OPEN, 20)
+
+
+def test_free_space_reports_free_and_total(store):
+    free, total = store.free_space()
+    assert 0 < free <= total

@@ -1,0 +1,842 @@
+"""The storage server's blobs on local disk (``IBlobStore``).
+
+Open a store with ``BlobStore.open(data_dir)``; it creates the layout on
+first use, refuses an unknown on-disk format (``FormatError``), takes an
+exclusive lock on the directory (one process per data dir) and scans it:
+sealed blobs are left on disk, unsealed ones are verified against their
+checksums and reported ``INCOMPLETE`` with ``durable`` = the verified length.
+``store.close()`` releases the lock.  The layout and the fsync order are in
+``docs/storage-format.md``.
+
+API (refinements of ``IBlobStore`` are marked *):
+
+* ``stat(blob_id) -> BlobInfo``
+* ``open_write(blob_id, epoch, offset, meta) -> BlobWriteHandle`` with
+  ``write(data)``, ``sync() -> int`` (durable length), ``seal() -> BlobInfo``,
+  ``close()`` and attributes ``blob_id``, ``epoch``, ``size`` (= offset of the
+  next byte), ``durable``.  *A new ``open_write`` on the same blob supersedes
+  any earlier handle (its next call raises StaleEpoch), whatever the epoch.
+  *``close()`` keeps the unsynced bytes (they stay readable and can be synced
+  by the next handle); only ``durable`` is guaranteed across a crash.
+* ``open_read(blob_id, offset, length) -> BlobReadHandle`` with ``read(n)``
+  (at most ``n`` verified bytes, ``b""`` at the end), ``close()``,
+  ``remaining``.  *``length=None`` reads to the end.
+* ``fence(blob_id, epoch, truncate_to) -> BlobInfo``; *on a sealed blob a
+  no-op fence returns the blob unchanged (a sealed blob never changes);
+  any other fence of a sealed blob is BlobSealed.
+* ``commit(blob_id, epoch) -> BlobInfo``; *committing a sealed blob again
+  with an epoch not older than its own returns it (an idempotent retry).
+* ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
+  ``free_space() -> (free, total)``, *``close()``.
+* *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
+  up to the blob's *verified* length: after a restart the torn tail of an
+  INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
+
+Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
+cache and may run in the reactor thread.  ``open_write`` (it creates files
+and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
+``delete``, ``list_blobs`` and ``BlobStore.open`` block on fsync or on
+scanning and belong in a thread.  Each blob has a lock; ``sync`` does not
+hold it while it fsyncs, so writes go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from zope.interface import implementer
+
+from wsstorage._interfaces import IBlobStore
+from wsstorage.diskformat import (
+    BLOBS_DIR,
+    DATA_SUFFIX,
+    DEFAULT_BLOCK_SIZE,
+    ENTRY,
+    FORMAT_FILE,
+    LOCK_FILE,
+    META_SUFFIX,
+    STATE_OPEN,
+    STATE_SEALED,
+    SUMS_SUFFIX,
+    TMP_SUFFIX,
+    BlobPaths,
+    FormatError,
+    MetaRecord,
+    check_block_size,
+    crc,
+    encode_meta,
+    format_record,
+    parse_format,
+)
+from wsstorage.errors import (
+    BadRequest,
+    BlobNotFound,
+    BlobSealed,
+    ChecksumError,
+    DiskFull,
+    InvalidOffset,
+    StaleEpoch,
+    StorageError,
+)
+from wsstorage.fsops import OsFileSystem
+from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
+
+__all__ = ["BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def _disk_errors() -> Iterator[None]:
+    """Turn a full disk into DiskFull, the error the wire protocol knows."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise DiskFull(f"no space left on device: {e}") from e
+        raise
+
+
+def _check_epoch(epoch: object) -> int:
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise BadRequest(f"epoch must be a non-negative integer, not {epoch!r}")
+    return epoch
+
+
+def _check_offset(offset: object, what: str = "offset") -> int:
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise BadRequest(f"{what} must be a non-negative integer, not {offset!r}")
+    return offset
+
+
+class _Blob:
+    """One blob's in-memory state; every field is guarded by ``lock``.
+
+    ``size`` is the length of the data that counts; ``covered`` how much of it
+    has known checksums (equal to ``size`` except for the torn tail of a blob
+    found unsealed at start); ``durable`` how much is fsync'd with its
+    checksums.  Checksums of full blocks not yet written to the ``.sums`` file
+    are in ``pending``; the running CRC of the last, partial block is
+    ``tail_crc``.  ``generation`` changes whenever another party (a new
+    writer, a fence, a commit, a delete) takes the blob away from its current
+    write handle.
+    """
+
+    def __init__(self, store: BlobStore, blob_id: str, record: MetaRecord) -> None:
+        self.lock = threading.RLock()
+        self.store = store
+        self.fs = store.fs
+        self.blob_id = blob_id
+        self.paths = BlobPaths.of(store.root, blob_id)
+        self.block_size = record.block_size
+        self.epoch = record.epoch
+        self.meta = record.meta
+        self.sealed = record.state == STATE_SEALED
+        self.size = record.size
+        self.covered = record.size
+        self.durable = record.size
+        self.pending: dict[int, int] = {}
+        self.tail_crc = 0
+        self.tail_known = False
+        self.generation = 0
+        self.incomplete = False
+        self.deleted = False
+        self.data_fd: int | None = None
+        self.sums_fd: int | None = None
+
+    # -- records --------------------------------------------------------
+
+    def record(self, state: str | None = None) -> MetaRecord:
+        return MetaRecord(
+            blob_id=self.blob_id,
+            state=state or (STATE_SEALED if self.sealed else STATE_OPEN),
+            epoch=self.epoch,
+            block_size=self.block_size,
+            size=self.size,
+            meta=self.meta,
+        )
+
+    def info(self) -> BlobInfo:
+        if self.sealed:
+            state = SEALED
+        elif self.incomplete:
+            state = INCOMPLETE
+        else:
+            state = OPEN
+        return BlobInfo(
+            blob_id=self.blob_id,
+            size=self.size,
+            durable=self.size if self.sealed else self.durable,
+            state=state,
+            epoch=self.epoch,
+            meta=dict(self.meta),
+        )
+
+    def write_record(self, record: MetaRecord) -> None:
+        """Replace the ``.meta`` file atomically: temp file, fsync, rename,
+        fsync the directory.  A crash leaves the old or the new record."""
+        self.store.write_atomic(self.paths.meta, record.encode(), self.paths.directory)
+
+    # -- files ----------------------------------------------------------
+
+    def open_files(self) -> None:
+        if self.data_fd is None:
+            self.data_fd = self.fs.open(self.paths.data, os.O_RDWR)
+            self.sums_fd = self.fs.open(self.paths.sums, os.O_RDWR)
+
+    def close_files(self) -> None:
+        for fd in (self.data_fd, self.sums_fd):
+            if fd is not None:
+                self.fs.close(fd)
+        self.data_fd = self.sums_fd = None
+
+    # -- checksums ------------------------------------------------------
+
+    def entry(self, index: int, sums_fd: int) -> tuple[int, int] | None:
+        """(bytes covered, crc) of block ``index``, or None if it has none."""
+        if index in self.pending:
+            return self.block_size, self.pending[index]
+        tail_len = self.covered % self.block_size
+        if self.tail_known and index == self.covered // self.block_size and tail_len:
+            return tail_len, self.tail_crc
+        if index * self.block_size >= self.covered:
+            return None
+        raw = self.fs.pread(sums_fd, ENTRY.size, index * ENTRY.size)
+        if len(raw) != ENTRY.size:
+            return None
+        return ENTRY.unpack(raw)
+
+    def absorb(self, data: bytes | memoryview) -> None:
+        """Fold bytes appended at ``covered`` into the running checksums."""
+        view = memoryview(data)
+        bs = self.block_size
+        while view:
+            room = bs - self.covered % bs
+            piece = view[:room]
+            self.tail_crc = crc(piece, self.tail_crc)
+            self.covered += len(piece)
+            view = view[len(piece) :]
+            if self.covered % bs == 0:
+                self.pending[self.covered // bs - 1] = self.tail_crc
+                self.tail_crc = 0
+
+    def entries_up_to(self, length: int) -> list[tuple[int, int, int]]:
+        """Checksum entries (index, covered, crc) describing ``[0, length)``
+        that are not yet in the ``.sums`` file; ``length`` is ``covered``."""
+        out = [(i, self.block_size, c) for i, c in sorted(self.pending.items())]
+        tail_len = length % self.block_size
+        if tail_len:
+            out.append((length // self.block_size, tail_len, self.tail_crc))
+        return out
+
+    def write_entries(self, entries: list[tuple[int, int, int]]) -> None:
+        assert self.sums_fd is not None
+        for index, covered, value in entries:
+            self.fs.pwrite_all(self.sums_fd, ENTRY.pack(covered, value), index * ENTRY.size)
+        for index, covered, _ in entries:
+            if covered == self.block_size:
+                self.pending.pop(index, None)
+
+    # -- truncation and durability (caller holds the lock) -------------
+
+    def truncate(self, n: int) -> None:
+        """Cut the blob to ``n`` bytes (``n <= covered``).  The ``.sums`` file
+        is cut first and fsync'd, then the data, so that after a crash no
+        checksum describes a byte beyond ``n``."""
+        self.open_files()
+        assert self.data_fd is not None and self.sums_fd is not None
+        bs = self.block_size
+        tail_index, tail_len = divmod(n, bs)
+        tail_crc = 0
+        if tail_len:
+            tail_crc = crc(self.fs.pread(self.data_fd, tail_len, tail_index * bs))
+        self.pending = {i: c for i, c in self.pending.items() if i < tail_index}
+        want_entries = min(tail_index + (1 if tail_len else 0), -(-self.durable // bs))
+        sums_size = self.fs.fstat_size(self.sums_fd)
+        if sums_size > want_entries * ENTRY.size or self.durable > n:
+            self.fs.ftruncate(self.sums_fd, tail_index * ENTRY.size)
+            if tail_len and self.durable > tail_index * bs:
+                self.fs.pwrite_all(
+                    self.sums_fd, ENTRY.pack(tail_len, tail_crc), tail_index * ENTRY.size
+                )
+            self.fs.fsync(self.sums_fd)
+        self.fs.ftruncate(self.data_fd, n)
+        if self.durable > n:
+            self.fs.fsync(self.data_fd)
+            self.durable = n
+        self.size = self.covered = n
+        self.tail_crc = tail_crc
+        self.incomplete = False
+
+    def sync_locked(self) -> int:
+        """fsync data, then write and fsync the checksums; under the lock."""
+        self.open_files()
+        assert self.data_fd is not None and self.sums_fd is not None
+        length = self.covered
+        self.fs.fsync(self.data_fd)
+        self.write_entries(self.entries_up_to(length))
+        self.fs.fsync(self.sums_fd)
+        self.durable = max(self.durable, length)
+        return self.durable
+
+    def seal_locked(self) -> BlobInfo:
+        """Seal at ``size``: data and checksums fsync'd, then the record."""
+        if self.size > self.covered:
+            self.truncate(self.covered)
+        self.open_files()
+        assert self.data_fd is not None
+        if self.fs.fstat_size(self.data_fd) != self.size:
+            self.fs.ftruncate(self.data_fd, self.size)
+        self.sync_locked()
+        self.write_record(self.record(STATE_SEALED))
+        self.sealed = True
+        self.incomplete = False
+        self.generation += 1
+        self.close_files()
+        self.store.forget(self)
+        return self.info()
+
+
+class BlobWriteHandle:
+    """A write stream into one blob, at ``size``; see the module docstring."""
+
+    def __init__(self, blob: _Blob, epoch: int, generation: int) -> None:
+        self._blob = blob
+        self.blob_id = blob.blob_id
+        self.epoch = epoch
+        self._generation = generation
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._blob.size
+
+    @property
+    def durable(self) -> int:
+        return self._blob.durable
+
+    def _check(self) -> _Blob:
+        """Raise unless this handle still owns the blob (caller holds lock)."""
+        blob = self._blob
+        if self._closed:
+            raise StorageError("write handle is closed")
+        if blob.deleted:
+            raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        if blob.epoch > self.epoch:
+            raise StaleEpoch(f"blob {self.blob_id} is at epoch {blob.epoch} > {self.epoch}")
+        if blob.sealed:
+            raise BlobSealed(f"blob {self.blob_id} is sealed")
+        if blob.generation != self._generation:
+            raise StaleEpoch(f"blob {self.blob_id} was taken over by another writer")
+        return blob
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` (page cache only; safe in the reactor thread).
+
+        On a full disk the bytes are not accepted (``size`` is unchanged) and
+        DiskFull is raised."""
+        blob = self._blob
+        with blob.lock:
+            self._check()
+            blob.open_files()
+            assert blob.data_fd is not None
+            try:
+                with _disk_errors():
+                    blob.fs.pwrite_all(blob.data_fd, data, blob.size)
+            except BaseException:
+                try:
+                    blob.fs.ftruncate(blob.data_fd, blob.size)
+                except OSError:
+                    pass
+                raise
+            blob.absorb(data)
+            blob.size = blob.covered
+
+    def sync(self) -> int:
+        """Make every byte written so far durable; return the durable length.
+
+        Blocks (fsync); the blob's lock is not held during the fsyncs."""
+        blob = self._blob
+        with blob.lock:
+            self._check()
+            blob.open_files()
+            data_fd, sums_fd = blob.data_fd, blob.sums_fd
+            length = blob.covered
+            if blob.durable >= length:
+                return blob.durable
+            entries = blob.entries_up_to(length)
+        assert data_fd is not None and sums_fd is not None
+        with _disk_errors():
+            blob.fs.fsync(data_fd)
+            with blob.lock:
+                self._check()
+                blob.write_entries(entries)
+            blob.fs.fsync(sums_fd)
+        with blob.lock:
+            self._check()
+            blob.durable = max(blob.durable, length)
+            return blob.durable
+
+    def seal(self) -> BlobInfo:
+        """Commit: fsync data and checksums, then the sealed record, then the
+        directory, and only then return the sealed BlobInfo.  Blocks."""
+        self.sync()
+        blob = self._blob
+        with blob.lock, _disk_errors():
+            self._check()
+            info = blob.seal_locked()
+        self._closed = True
+        return info
+
+    def close(self) -> None:
+        """Release the handle; unsynced bytes stay (not durable)."""
+        self._closed = True
+
+
+class BlobReadHandle:
+    """Verified reads of ``[offset, offset + length)`` of one blob."""
+
+    def __init__(self, blob: _Blob, offset: int, length: int) -> None:
+        self._blob = blob
+        self._fs = blob.fs
+        self.blob_id = blob.blob_id
+        self.offset = offset
+        self.remaining = length
+        self._block_index = -1
+        self._block = b""
+        self._data_fd: int | None = self._fs.open(blob.paths.data, os.O_RDONLY)
+        try:
+            self._sums_fd: int | None = self._fs.open(blob.paths.sums, os.O_RDONLY)
+        except BaseException:
+            self._fs.close(self._data_fd)
+            raise
+
+    def _load(self, index: int, needed: int) -> bytes:
+        """Block ``index``, verified; ``needed`` = bytes of it the read uses."""
+        blob = self._blob
+        bs = blob.block_size
+        assert self._data_fd is not None and self._sums_fd is not None
+        with blob.lock:
+            if blob.deleted:
+                raise BlobNotFound(f"blob {self.blob_id} was deleted")
+            if index * bs + needed > blob.size:
+                raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
+            entry = blob.entry(index, self._sums_fd)
+            if entry is None or entry[0] < needed:
+                raise ChecksumError(
+                    f"blob {self.blob_id} block {index} has no checksum (torn tail)"
+                )
+            covered, expected = entry
+            data = self._fs.pread(self._data_fd, covered, index * bs)
+        if len(data) != covered or crc(data) != expected:
+            raise ChecksumError(f"blob {self.blob_id} block {index} fails its checksum")
+        return data
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` verified bytes (``b""`` at the end).  Raises
+        ChecksumError on a damaged block, before returning any of its bytes."""
+        if n < 0:
+            raise BadRequest("read size must be non-negative")
+        bs = self._blob.block_size
+        parts: list[bytes] = []
+        want = min(n, self.remaining)
+        while want:
+            index, start = divmod(self.offset, bs)
+            take = min(want, bs - start)
+            if index != self._block_index:
+                needed = min(bs, start + self.remaining)
+                self._block = self._load(index, needed)
+                self._block_index = index
+            parts.append(self._block[start : start + take])
+            self.offset += take
+            self.remaining -= take
+            want -= take
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for fd in (self._data_fd, self._sums_fd):
+            if fd is not None:
+                self._fs.close(fd)
+        self._data_fd = self._sums_fd = None
+        self._block = b""
+
+
+@implementer(IBlobStore)
+class BlobStore:
+    """Blobs under ``root``; build with ``BlobStore.open``."""
+
+    def __init__(self, root: str, fs: OsFileSystem, block_size: int, lock_fd: int) -> None:
+        self.root = root
+        self.fs = fs
+        self.block_size = block_size
+        self._lock_fd: int | None = lock_fd
+        self._registry_lock = threading.Lock()
+        self._live: dict[str, _Blob] = {}
+
+    # -- opening --------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        fs: OsFileSystem | None = None,
+    ) -> BlobStore:
+        """Open (creating on first use) the store in ``data_dir``.
+
+        ``block_size`` applies only to a new store; an existing one keeps the
+        size in its FORMAT file.  Blocks: scans and verifies unsealed blobs.
+        Raises FormatError for an unknown format or a directory in use."""
+        fs = fs or OsFileSystem()
+        root = os.path.abspath(os.fspath(data_dir))
+        os.makedirs(root, exist_ok=True)
+        lock_fd = os.open(os.path.join(root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(lock_fd)
+            raise FormatError(f"{root} is in use by another blob store process") from e
+        try:
+            block_size = cls._prepare(root, fs, block_size)
+            store = cls(root, fs, block_size, lock_fd)
+            store._scan()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    @staticmethod
+    def _prepare(root: str, fs: OsFileSystem, block_size: int) -> int:
+        fmt = os.path.join(root, FORMAT_FILE)
+        blobs = os.path.join(root, BLOBS_DIR)
+        if fs.exists(fmt):
+            with open(fmt, "rb") as f:
+                return parse_format(f.read(4096), fmt)
+        if fs.exists(blobs):
+            raise FormatError(f"{root} has a {BLOBS_DIR}/ directory but no {FORMAT_FILE} file")
+        check_block_size(block_size)
+        fs.mkdir(blobs)
+        _write_atomic(fs, fmt, format_record(block_size), root)
+        return block_size
+
+    def _scan(self) -> None:
+        """Clean up after a crash and load every unsealed blob as INCOMPLETE.
+
+        Temp files and blob files without a record (a creation or delete cut
+        short) are removed; nothing they held was ever acknowledged."""
+        blobs = os.path.join(self.root, BLOBS_DIR)
+        for prefix in sorted(self.fs.listdir(blobs)):
+            directory = os.path.join(blobs, prefix)
+            names = set(self.fs.listdir(directory))
+            records = {n[: -len(META_SUFFIX)] for n in names if n.endswith(META_SUFFIX)}
+            for name in sorted(names):
+                stem, ext = os.path.splitext(name)
+                path = os.path.join(directory, name)
+                if ext == TMP_SUFFIX or (ext in (DATA_SUFFIX, SUMS_SUFFIX) and stem not in records):
+                    self.fs.unlink(path)
+            for blob_id in sorted(records):
+                record = self._read_record(BlobPaths.of(self.root, blob_id))
+                if record is not None and record.state == STATE_OPEN:
+                    self._live[blob_id] = self._recover(record)
+
+    def _recover(self, record: MetaRecord) -> _Blob:
+        """Verify an unsealed blob block by block; its durable length is the
+        longest prefix whose blocks match their stored checksums."""
+        blob = _Blob(self, record.blob_id, record)
+        blob.incomplete = True
+        blob.tail_known = True
+        bs = blob.block_size
+        data_fd = self.fs.open(blob.paths.data, os.O_RDONLY | os.O_CREAT)
+        sums_fd = self.fs.open(blob.paths.sums, os.O_RDONLY | os.O_CREAT)
+        try:
+            size = self.fs.fstat_size(data_fd)
+            verified, tail_crc, index = 0, 0, 0
+            while True:
+                raw = self.fs.pread(sums_fd, ENTRY.size, index * ENTRY.size)
+                if len(raw) != ENTRY.size:
+                    break
+                covered, value = ENTRY.unpack(raw)
+                if not 0 < covered <= bs:
+                    break
+                data = self.fs.pread(data_fd, covered, index * bs)
+                if len(data) != covered or crc(data) != value:
+                    break
+                verified += covered
+                index += 1
+                if covered < bs:
+                    tail_crc = value
+                    break
+        finally:
+            self.fs.close(data_fd)
+            self.fs.close(sums_fd)
+        blob.size = size
+        blob.covered = blob.durable = verified
+        blob.tail_crc = tail_crc
+        return blob
+
+    def close(self) -> None:
+        """Close open files and release the data directory's lock."""
+        with self._registry_lock:
+            live = list(self._live.values())
+            self._live.clear()
+        for blob in live:
+            with blob.lock:
+                blob.close_files()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- helpers --------------------------------------------------------
+
+    def write_atomic(self, path: str, data: bytes, directory: str) -> None:
+        with _disk_errors():
+            _write_atomic(self.fs, path, data, directory)
+
+    def _read_record(self, paths: BlobPaths) -> MetaRecord | None:
+        try:
+            fd = self.fs.open(paths.meta, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            raw = self.fs.pread(fd, 1 << 20, 0)
+        finally:
+            self.fs.close(fd)
+        return MetaRecord.decode(raw)
+
+    def _get(self, blob_id: str, create: MetaRecord | None = None) -> tuple[_Blob, bool]:
+        """The blob's state: the live object if unsealed, else from disk.
+
+        With ``create``, an absent blob is registered from that record and
+        returned with its lock already held (``True``): the caller creates
+        its files, so a concurrent caller waits on the lock."""
+        check_blob_id(blob_id)
+        with self._registry_lock:
+            blob = self._live.get(blob_id)
+            if blob is not None:
+                return blob, False
+            record = self._read_record(BlobPaths.of(self.root, blob_id))
+            if record is not None:
+                if record.state == STATE_SEALED:
+                    return _Blob(self, blob_id, record), False
+                blob = self._recover(record)
+            elif create is not None:
+                blob = _Blob(self, blob_id, create)
+                blob.tail_known = True
+                blob.lock.acquire()
+            else:
+                raise BlobNotFound(f"no blob {blob_id}")
+            self._live[blob_id] = blob
+            return blob, record is None
+
+    def _blob(self, blob_id: str) -> _Blob:
+        return self._get(blob_id)[0]
+
+    def forget(self, blob: _Blob) -> None:
+        with self._registry_lock:
+            if self._live.get(blob.blob_id) is blob:
+                del self._live[blob.blob_id]
+
+    def _create(self, blob: _Blob) -> None:
+        """Create an empty blob: its files, then its record, then the
+        directory entry are durable before the handle is returned."""
+        paths = blob.paths
+        with _disk_errors():
+            try:
+                self.fs.mkdir(paths.directory)
+                self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
+            except FileExistsError:
+                pass
+            try:
+                for path in (paths.data, paths.sums):
+                    self.fs.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+                blob.write_record(blob.record())
+            except BaseException:
+                blob.deleted = True
+                self.forget(blob)
+                for path in (paths.meta, paths.data, paths.sums):
+                    try:
+                        self.fs.unlink(path)
+                    except OSError:
+                        pass
+                raise
+
+    # -- IBlobStore -----------------------------------------------------
+
+    def stat(self, blob_id: str) -> BlobInfo:
+        blob = self._blob(blob_id)
+        with blob.lock:
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            return blob.info()
+
+    def open_write(
+        self, blob_id: str, epoch: int, offset: int, meta: dict[str, Any]
+    ) -> BlobWriteHandle:
+        """Create the blob (offset 0) or continue an unsealed one at
+        ``offset`` (truncating it first if smaller than its size).  Blocks."""
+        check_blob_id(blob_id)
+        _check_epoch(epoch)
+        _check_offset(offset)
+        meta = encode_meta(meta)
+        new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
+        blob, created = self._get(blob_id, create=new)
+        if created:
+            try:
+                if offset != 0:
+                    blob.deleted = True
+                    self.forget(blob)
+                    raise InvalidOffset(f"blob {blob_id} does not exist; writes start at 0")
+                self._create(blob)
+                return BlobWriteHandle(blob, epoch, blob.generation)
+            finally:
+                blob.lock.release()
+        with blob.lock, _disk_errors():
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if blob.sealed:
+                raise BlobSealed(f"blob {blob_id} is sealed")
+            if epoch < blob.epoch:
+                raise StaleEpoch(f"blob {blob_id} is at epoch {blob.epoch} > {epoch}")
+            if offset > blob.covered:
+                raise InvalidOffset(
+                    f"offset {offset} beyond the end of blob {blob_id} ({blob.covered})"
+                )
+            blob.generation += 1
+            if offset < blob.size or blob.incomplete:
+                blob.truncate(offset)
+            if epoch > blob.epoch or meta != blob.meta:
+                new = blob.record()
+                blob.write_record(
+                    MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, meta)
+                )
+                blob.epoch, blob.meta = epoch, meta
+            return BlobWriteHandle(blob, epoch, blob.generation)
+
+    def open_read(self, blob_id: str, offset: int, length: int | None) -> BlobReadHandle:
+        """Verified reads of a range; past the end is InvalidOffset."""
+        _check_offset(offset)
+        if length is not None:
+            _check_offset(length, "length")
+        blob = self._blob(blob_id)
+        with blob.lock:
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            size = blob.size
+        if length is None:
+            length = max(size - offset, 0)
+        if offset + length > size or offset > size:
+            raise InvalidOffset(f"range {offset}+{length} is past the end of {blob_id} ({size})")
+        return BlobReadHandle(blob, offset, length)
+
+    def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
+        """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
+        Every write handle with an older epoch fails from now on.  Blocks."""
+        _check_epoch(epoch)
+        _check_offset(truncate_to, "truncate_to")
+        blob = self._blob(blob_id)
+        with blob.lock, _disk_errors():
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if epoch < blob.epoch:
+                raise StaleEpoch(f"blob {blob_id} is at epoch {blob.epoch} > {epoch}")
+            if blob.sealed:
+                if truncate_to != blob.size:
+                    raise BlobSealed(f"blob {blob_id} is sealed at {blob.size}")
+                return blob.info()
+            if truncate_to > blob.covered:
+                raise InvalidOffset(
+                    f"truncate_to {truncate_to} beyond the end of {blob_id} ({blob.covered})"
+                )
+            unchanged = truncate_to == blob.size == blob.durable and not blob.incomplete
+            if epoch == blob.epoch and unchanged:
+                return blob.info()
+            blob.generation += 1
+            if truncate_to < blob.size or blob.incomplete:
+                blob.truncate(truncate_to)
+            if blob.durable < blob.size:
+                blob.sync_locked()
+            if epoch > blob.epoch:
+                new = blob.record()
+                blob.write_record(
+                    MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, new.meta)
+                )
+                blob.epoch = epoch
+            return blob.info()
+
+    def commit(self, blob_id: str, epoch: int) -> BlobInfo:
+        """Seal at the current (verified) size without a stream.  Blocks."""
+        _check_epoch(epoch)
+        blob = self._blob(blob_id)
+        with blob.lock, _disk_errors():
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if epoch < blob.epoch:
+                raise StaleEpoch(f"blob {blob_id} is at epoch {blob.epoch} > {epoch}")
+            if blob.sealed:
+                return blob.info()
+            blob.generation += 1
+            blob.epoch = epoch
+            return blob.seal_locked()
+
+    def delete(self, blob_id: str) -> None:
+        """Remove the record first, then the data: a crash in between leaves
+        files without a record, which the next start removes.  Blocks."""
+        blob = self._blob(blob_id)
+        with blob.lock:
+            if blob.deleted:
+                raise BlobNotFound(f"no blob {blob_id}")
+            blob.deleted = True
+            blob.generation += 1
+            blob.close_files()
+            for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
+                try:
+                    self.fs.unlink(path)
+                except FileNotFoundError:
+                    pass
+            self.fs.fsync_dir(blob.paths.directory)
+        self.forget(blob)
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Every blob, one record file at a time (no blob data is read)."""
+        blobs = os.path.join(self.root, BLOBS_DIR)
+        for prefix in sorted(self.fs.listdir(blobs)):
+            directory = os.path.join(blobs, prefix)
+            try:
+                names = sorted(self.fs.listdir(directory))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(META_SUFFIX):
+                    try:
+                        yield self.stat(name[: -len(META_SUFFIX)])
+                    except BlobNotFound:
+                        continue
+
+    def free_space(self) -> tuple[int, int]:
+        return self.fs.statvfs(self.root)
+
+
+def _write_atomic(fs: OsFileSystem, path: str, data: bytes, directory: str) -> None:
+    tmp = path + TMP_SUFFIX
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        try:
+            fs.pwrite_all(fd, data, 0)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.rename(tmp, path)
+    except BaseException:
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fs.fsync_dir(directory)

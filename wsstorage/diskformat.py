@@ -1,0 +1,175 @@
+"""The blob store's on-disk format: file names, the FORMAT file, records.
+
+Kept apart from ``blobstore`` so the layout (documented in
+``docs/storage-format.md``) is readable in one place and a future format
+version can be recognised before anything else touches the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from typing import Any
+
+import attrs
+import crc32c
+
+from wsstorage.errors import BadRequest, StorageError
+
+FORMAT_NAME = "wsfs-blobstore"
+FORMAT_VERSION = 1
+DEFAULT_BLOCK_SIZE = 64 * 1024
+MAX_BLOCK_SIZE = 1024 * 1024
+MIN_BLOCK_SIZE = 512
+#: Upper bound on a writer's encoded meta record: it is metadata, not data.
+MAX_META_BYTES = 64 * 1024
+
+FORMAT_FILE = "FORMAT"
+LOCK_FILE = "LOCK"
+BLOBS_DIR = "blobs"
+DATA_SUFFIX = ".data"
+SUMS_SUFFIX = ".sums"
+META_SUFFIX = ".meta"
+TMP_SUFFIX = ".tmp"
+
+#: One checksum entry per block: bytes covered in the block, then CRC32C.
+ENTRY = struct.Struct(">II")
+
+STATE_OPEN = "open"
+STATE_SEALED = "sealed"
+
+
+class FormatError(StorageError):
+    """The data directory holds an unknown or damaged on-disk format."""
+
+    code = "format"
+
+
+def crc(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC32C of ``data``, continuing from ``value``."""
+    return crc32c.crc32c(data, value=value)
+
+
+def prefix_dir(blob_id: str) -> str:
+    """The fan-out directory of a blob: two hex digits of a hash of its id.
+
+    Hashing (not the id's first letters) spreads ids that share a prefix,
+    such as ``inode42-0``, ``inode42-1``, evenly over 256 directories.
+    """
+    return hashlib.sha256(blob_id.encode()).hexdigest()[:2]
+
+
+@attrs.frozen
+class BlobPaths:
+    """The three files of one blob, and the directory that holds them."""
+
+    directory: str
+    data: str
+    sums: str
+    meta: str
+
+    @classmethod
+    def of(cls, root: str, blob_id: str) -> BlobPaths:
+        d = os.path.join(root, BLOBS_DIR, prefix_dir(blob_id))
+        base = os.path.join(d, blob_id)
+        return cls(d, base + DATA_SUFFIX, base + SUMS_SUFFIX, base + META_SUFFIX)
+
+
+@attrs.frozen
+class MetaRecord:
+    """The ``.meta`` JSON file: everything about a blob except its bytes."""
+
+    blob_id: str
+    state: str
+    epoch: int
+    block_size: int
+    size: int
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+    def encode(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "format": FORMAT_VERSION,
+                    "blob_id": self.blob_id,
+                    "state": self.state,
+                    "epoch": self.epoch,
+                    "block_size": self.block_size,
+                    "size": self.size,
+                    "meta": self.meta,
+                },
+                sort_keys=True,
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MetaRecord:
+        try:
+            d = json.loads(raw)
+            if d["format"] != FORMAT_VERSION:
+                raise FormatError(f"blob record of unknown format {d['format']!r}")
+            rec = cls(
+                blob_id=str(d["blob_id"]),
+                state=str(d["state"]),
+                epoch=int(d["epoch"]),
+                block_size=int(d["block_size"]),
+                size=int(d["size"]),
+                meta=dict(d["meta"]),
+            )
+        except FormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"damaged blob record: {e}") from e
+        if rec.state not in (STATE_OPEN, STATE_SEALED):
+            raise FormatError(f"blob record with unknown state {rec.state!r}")
+        return rec
+
+
+def encode_meta(meta: object) -> dict[str, Any]:
+    """Check a writer's meta record (a small JSON-able dict) and return it."""
+    if not isinstance(meta, dict):
+        raise BadRequest("meta must be a JSON object")
+    try:
+        raw = json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise BadRequest(f"meta is not JSON-able: {e}") from e
+    if len(raw) > MAX_META_BYTES:
+        raise BadRequest(f"meta record larger than {MAX_META_BYTES} bytes")
+    return json.loads(raw)
+
+
+def format_record(block_size: int) -> bytes:
+    return (
+        json.dumps(
+            {"format": FORMAT_NAME, "version": FORMAT_VERSION, "block_size": block_size},
+            sort_keys=True,
+        ).encode()
+        + b"\n"
+    )
+
+
+def parse_format(raw: bytes, path: str) -> int:
+    """Validate the FORMAT file and return the store's block size."""
+    try:
+        d = json.loads(raw)
+        name, version, block_size = d["format"], d["version"], int(d["block_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"{path}: not a wsfs blob store FORMAT file ({e})") from e
+    if name != FORMAT_NAME:
+        raise FormatError(f"{path}: format {name!r} is not {FORMAT_NAME!r}")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: on-disk format version {version!r} is not supported "
+            f"(this wsstorage reads version {FORMAT_VERSION})"
+        )
+    check_block_size(block_size)
+    return block_size
+
+
+def check_block_size(block_size: int) -> int:
+    if not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE) or block_size % MIN_BLOCK_SIZE:
+        raise FormatError(f"block size {block_size} is not a multiple of 512 in 512..1 MiB")
+    return block_size

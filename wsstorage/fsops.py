@@ -1,0 +1,78 @@
+"""The few file-system calls the blob store makes, behind one injectable object.
+
+The blob store never calls ``os`` directly: it goes through an ``OsFileSystem``
+so a test can substitute a subclass that records the sequence of calls (to
+check that a commit fsyncs data, then metadata, then the directory) or that
+fails a call (``ENOSPC`` on the n-th byte) without filling a real disk.
+
+Every method is a thin wrapper over the ``os`` function of the same name;
+``pwrite_all`` loops over short writes and ``fsync_dir`` opens a directory just
+to fsync it (which is how a rename or a new file is made durable on Linux).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+
+class OsFileSystem:
+    """The real file system.  Subclass and override to record or inject faults."""
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def pwrite_all(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """Write every byte of ``data`` at ``offset``, retrying short writes."""
+        view = memoryview(data)
+        while view:
+            n = self.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def fstat_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o755)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> Iterator[str]:
+        with os.scandir(path) as it:
+            for entry in it:
+                yield entry.name
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def statvfs(self, path: str) -> tuple[int, int]:
+        """(free bytes available to us, total bytes) of the file system."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize

@@ -1,0 +1,103 @@
+"""File-system shims for tests of the blob store and the storage server.
+
+``RecordingFileSystem`` records the order of writes, fsyncs and renames (to
+check that a commit is durable in the right order); ``FullDiskFileSystem``
+fails writes with ``ENOSPC`` on demand; ``GatedFsyncFileSystem`` holds an
+fsync until the test releases it.  Pass one as ``BlobStore.open(..., fs=)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from wsstorage.fsops import OsFileSystem
+
+__all__ = ["FullDiskFileSystem", "GatedFsyncFileSystem", "RecordingFileSystem"]
+
+
+class RecordingFileSystem(OsFileSystem):
+    """Records every mutating call as ``(op, path)``; paths are basenames."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.paths: dict[int, str] = {}
+
+    def _name(self, fd: int) -> str:
+        return os.path.basename(self.paths.get(fd, "?"))
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = path
+        self.calls.append(("open", os.path.basename(path)))
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.paths.pop(fd, None)
+        super().close(fd)
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        self.calls.append(("write", self._name(fd)))
+        return super().pwrite(fd, data, offset)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        self.calls.append(("read", self._name(fd)))
+        return super().pread(fd, length, offset)
+
+    def fsync(self, fd: int) -> None:
+        self.calls.append(("fsync", self._name(fd)))
+        super().fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self.calls.append(("truncate", self._name(fd)))
+        super().ftruncate(fd, length)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.calls.append(("rename", os.path.basename(dst)))
+        super().rename(src, dst)
+
+    def fsync_dir(self, path: str) -> None:
+        self.calls.append(("fsync_dir", os.path.basename(path)))
+        super().fsync_dir(path)
+
+
+class FullDiskFileSystem(RecordingFileSystem):
+    """Fails writes with ENOSPC once ``full`` is set, after ``allow`` more bytes
+    (a short write first, like a real disk filling up mid-call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+        self.allow = 0
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        if self.full:
+            if self.allow <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            data = memoryview(data)[: self.allow]
+            self.allow -= len(data)
+        return super().pwrite(fd, data, offset)
+
+
+class GatedFsyncFileSystem(OsFileSystem):
+    """Holds the first fsync of a ``.data`` file until ``release`` is set, so a
+    test can act while a sync is in the middle of its fsync."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.paths: dict[int, str] = {}
+        self.armed = False
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = path
+        return fd
+
+    def fsync(self, fd: int) -> None:
+        if self.armed and self.paths.get(fd, "").endswith(".data"):
+            self.armed = False
+            self.entered.set()
+            self.release.wait(30)
+        super().fsync(fd)
