@@ -107,6 +107,7 @@ class _ReadCall(_Call):
         self.expected = length
         self.delivered = 0
         self.registered = False
+        self.cancelled = False
         self.d = defer.Deferred(self._cancel)
 
     def frame(self, proto: _ClientProtocol, ftype: int, body: Any) -> bool:
@@ -140,7 +141,8 @@ class _ReadCall(_Call):
 
     def fail(self, err: BaseException) -> None:
         self._unregister()
-        super().fail(err)
+        if not self.cancelled:
+            super().fail(err)
 
     def _unregister(self) -> None:
         if self.registered:
@@ -148,9 +150,10 @@ class _ReadCall(_Call):
             self.consumer.unregisterProducer()
 
     def _cancel(self, d: defer.Deferred) -> None:
+        # The Deferred fails with CancelledError once this returns.
         self._unregister()
-        self.proto.resume_reading()
-        self.proto.transport.abortConnection()
+        self.cancelled = True
+        self.proto.fail_connection(NodeUnavailable("read cancelled"))
 
     # IPushProducer, registered on the caller's consumer
     def pauseProducing(self) -> None:
@@ -161,8 +164,7 @@ class _ReadCall(_Call):
 
     def stopProducing(self) -> None:
         if not self.d.called:
-            self.fail(StorageError("read stopped by its consumer"))
-            self.proto.transport.abortConnection()
+            self.proto.fail_connection(StorageError("read stopped by its consumer"))
 
 
 class _ClientProtocol(Protocol):
@@ -199,12 +201,16 @@ class _ClientProtocol(Protocol):
         self._arm()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._fail_all(NodeUnavailable(f"connection to storage server {self.client.name} lost"))
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def _fail_all(self, err: StorageError) -> None:
+        """Fail everything on this connection (once) and forget it."""
         self.connected = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        err = self._error or NodeUnavailable(
-            f"connection to storage server {self.client.name} lost"
-        )
+        err = self._error = self._error or err
         if not self.ready.called:
             self.ready.errback(err)
         pending, self._pending = self._pending, {}
@@ -213,14 +219,15 @@ class _ClientProtocol(Protocol):
         if self.writer is not None:
             self.writer.failed(err)
         self.client._forget(self)
-        self.lost.callback(None)
 
     def fail_connection(self, err: StorageError) -> None:
-        """Drop the connection, failing everything on it with ``err``."""
-        if self._error is None:
-            self._error = err
-        if self.connected:
-            self.transport.abortConnection()
+        """Drop the connection now, failing everything on it with ``err``;
+        bytes still arriving from the server are ignored."""
+        if not self.connected:
+            return
+        transport = self.transport
+        self._fail_all(err)
+        transport.abortConnection()
 
     # -- idle timer ----------------------------------------------------
 
@@ -264,6 +271,8 @@ class _ClientProtocol(Protocol):
     # -- frames in -----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.connected:
+            return
         self.activity()
         self._decoder.feed(data)
         self._process()
