@@ -242,13 +242,15 @@ def test_server_sending_more_data_than_asked_is_a_protocol_error() -> None:
     conn = rig.client._idle[0]
     c2 = CollectingConsumer()
     d2 = rig.client.read("b1", 0, 2, c2)
-    # inject a bogus extra DATA frame ahead of the server's answer
+    [rid] = conn._pending
+    # a server that answers a 2-byte read with 3 bytes
     conn.dataReceived(
-        framing.encode_control(framing.REPLY, 2, {"length": 2, "size": 10})
-        + b"".join(bytes(p) for p in framing.data_frames(2, b"abc"))
+        framing.encode_control(framing.REPLY, rid, {"length": 2, "size": 10})
+        + b"".join(bytes(p) for p in framing.data_frames(rid, b"abc"))
     )
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="more DATA"):
         rig.result(d2)
+    assert c2.registrations == 1 and c2.data == b""
     assert c2.unregistered and not conn.connected
 
 
