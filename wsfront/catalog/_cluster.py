@@ -1,0 +1,220 @@
+"""The storage-server registry, admin jobs, named leases and status.
+
+Jobs are claimed with a compare-and-set on their state, so of several front
+ends polling the queue exactly one runs each job.  A lease is a named row
+with an owner and an expiry: whoever holds it unexpired (one front end runs
+repair at a time) may renew it; anyone may take it once it has expired.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from wsfront.catalog._blobs import count_under_replicated
+from wsfront.catalog._db import Tx
+from wsfront.catalog.errors import LeaseHeld, NotFound
+from wsfront.catalog.records import (
+    JOB_DONE,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    Job,
+    Node,
+)
+from wsfront.catalog.schema import LIVE_SQL
+
+
+def _node(row: Any) -> Node:
+    return Node(
+        name=row["name"],
+        endpoint=row["endpoint"],
+        state=row["state"],
+        free_bytes=row["free_bytes"],
+        total_bytes=row["total_bytes"],
+        seen_at=row["seen_at"],
+    )
+
+
+def register_node(tx: Tx, name: str, endpoint: str) -> Node:
+    tx.execute(
+        "INSERT INTO nodes (name, endpoint, state) VALUES (?, ?, 'unknown') "
+        "ON CONFLICT (name) DO UPDATE SET endpoint = excluded.endpoint",
+        name,
+        endpoint,
+    )
+    return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
+
+
+def list_nodes(tx: Tx) -> list[Node]:
+    return [_node(r) for r in tx.all("SELECT * FROM nodes ORDER BY name")]
+
+
+def set_node_health(
+    tx: Tx,
+    name: str,
+    state: str,
+    free_bytes: int | None,
+    total_bytes: int | None,
+    seen_at: float | None,
+) -> Node:
+    if not tx.execute(
+        "UPDATE nodes SET state = ?, free_bytes = ?, total_bytes = ?, seen_at = ? WHERE name = ?",
+        state,
+        free_bytes,
+        total_bytes,
+        seen_at,
+        name,
+    ):
+        raise NotFound(f"no storage node {name!r}")
+    return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        kind=row["kind"],
+        args=json.loads(row["args"]),
+        state=row["state"],
+        owner=row["owner"],
+        progress=json.loads(row["progress"]),
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def get_job(tx: Tx, job_id: int) -> Job:
+    row = tx.one("SELECT * FROM jobs WHERE job_id = ?", job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return _job(row)
+
+
+def list_jobs(tx: Tx, states: Iterable[str] | None) -> list[Job]:
+    if states is None:
+        rows = tx.all("SELECT * FROM jobs ORDER BY job_id")
+    else:
+        wanted = sorted(set(states))
+        marks = ", ".join("?" for _ in wanted)
+        rows = tx.all(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY job_id", *wanted)
+    return [_job(r) for r in rows]
+
+
+def enqueue_job(tx: Tx, now: float, kind: str, args: dict[str, Any]) -> Job:
+    job_id = tx.value(
+        "INSERT INTO jobs (kind, args, state, progress, created_at, updated_at) "
+        "VALUES (?, ?, ?, '{}', ?, ?) RETURNING job_id",
+        kind,
+        json.dumps(args),
+        JOB_QUEUED,
+        now,
+        now,
+    )
+    return get_job(tx, job_id)
+
+
+def claim_job(tx: Tx, now: float, owner: str, kinds: Iterable[str]) -> Job | None:
+    """Take the oldest queued job of ``kinds``; a candidate another claimer
+    took meanwhile (the CAS changed no row) is skipped for the next one."""
+    wanted = sorted(set(kinds))
+    if not wanted:
+        return None
+    marks = ", ".join("?" for _ in wanted)
+    skipped: list[int] = []
+    while True:
+        sql = f"SELECT job_id FROM jobs WHERE state = ? AND kind IN ({marks})"
+        params: list[Any] = [JOB_QUEUED, *wanted]
+        if skipped:
+            sql += f" AND job_id NOT IN ({', '.join('?' for _ in skipped)})"
+            params += skipped
+        candidate = tx.value(sql + " ORDER BY job_id LIMIT 1", *params)
+        if candidate is None:
+            return None
+        if tx.execute(
+            "UPDATE jobs SET state = ?, owner = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+            JOB_RUNNING,
+            owner,
+            now,
+            candidate,
+            JOB_QUEUED,
+        ):
+            return get_job(tx, candidate)
+        skipped.append(candidate)
+
+
+def _owned_running(tx: Tx, job_id: int, owner: str) -> None:
+    job = get_job(tx, job_id)
+    if job.state != JOB_RUNNING or job.owner != owner:
+        raise LeaseHeld(f"job {job_id} is {job.state} and owned by {job.owner}")
+
+
+def update_job(tx: Tx, now: float, job_id: int, owner: str, progress: dict[str, Any]) -> Job:
+    _owned_running(tx, job_id, owner)
+    tx.execute(
+        "UPDATE jobs SET progress = ?, updated_at = ? WHERE job_id = ? AND owner = ?",
+        json.dumps(progress),
+        now,
+        job_id,
+        owner,
+    )
+    return get_job(tx, job_id)
+
+
+def finish_job(
+    tx: Tx,
+    now: float,
+    job_id: int,
+    owner: str,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> Job:
+    _owned_running(tx, job_id, owner)
+    tx.execute(
+        "UPDATE jobs SET state = ?, result = ?, error = ?, updated_at = ? "
+        "WHERE job_id = ? AND owner = ?",
+        JOB_FAILED if error is not None else JOB_DONE,
+        json.dumps(result) if result is not None else None,
+        error,
+        now,
+        job_id,
+        owner,
+    )
+    return get_job(tx, job_id)
+
+
+def acquire_lease(tx: Tx, now: float, name: str, owner: str, ttl_seconds: float) -> bool:
+    row = tx.one(
+        "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+        "expires_at = excluded.expires_at "
+        "WHERE leases.owner = excluded.owner OR leases.expires_at <= ? RETURNING owner",
+        name,
+        owner,
+        now + ttl_seconds,
+        now,
+    )
+    return row is not None
+
+
+def release_lease(tx: Tx, name: str, owner: str) -> bool:
+    return bool(tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner))
+
+
+def status(tx: Tx) -> dict[str, Any]:
+    files = tx.one(
+        "SELECT COUNT(*) AS files, COALESCE(SUM(v.size), 0) AS bytes "
+        "FROM inodes i JOIN versions v ON v.version_id = i.version_id"
+    )
+    return {
+        "files": int(files["files"]),
+        "bytes": int(files["bytes"]),
+        "dirs": int(tx.value("SELECT COUNT(*) AS n FROM inodes WHERE kind = 'dir'")),
+        "live_uploads": int(
+            tx.value(f"SELECT COUNT(*) AS n FROM uploads WHERE state IN {LIVE_SQL}")
+        ),
+        "under_replicated": count_under_replicated(tx),
+        "nodes": list_nodes(tx),
+    }

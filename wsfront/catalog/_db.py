@@ -1,0 +1,172 @@
+"""Database plumbing shared by both backends: a transaction wrapper with one
+placeholder style, per-thread connections and a private thread pool.
+
+The catalog's logic is written once against ``Tx``; a backend (SQLite or
+PostgreSQL) only says how to connect, how to begin a write transaction
+(``BEGIN IMMEDIATE`` on SQLite, row locks on PostgreSQL), which errors mean
+"retry the transaction" and which mean "a unique constraint fired".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 8
+
+
+class Tx:
+    """One transaction on one connection.  SQL uses ``?`` placeholders; rows
+    come back as mappings indexed by column name."""
+
+    def __init__(self, backend: Backend, cursor: Any) -> None:
+        self.backend = backend
+        self._cursor = cursor
+
+    def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+        self._cursor.execute(self.backend.sql(sql), params)
+        return self._cursor.rowcount
+
+    def all(self, sql: str, *params: Any) -> list[Any]:
+        self._cursor.execute(self.backend.sql(sql), params)
+        return list(self._cursor.fetchall())
+
+    def one(self, sql: str, *params: Any) -> Any | None:
+        self._cursor.execute(self.backend.sql(sql), params)
+        return self._cursor.fetchone()
+
+    def value(self, sql: str, *params: Any) -> Any:
+        row = self.one(sql, *params)
+        if row is None:
+            return None
+        return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+    def lock_rows(self, table: str, key: str, values: list[Any]) -> None:
+        """Hold write locks on these rows until the transaction ends (a
+        no-op on SQLite, whose BEGIN IMMEDIATE already serialises writers).
+        Rows are locked in key order so two transactions cannot deadlock."""
+        self.backend.lock_rows(self, table, key, sorted(set(values)))
+
+    def lock_global(self, key: int) -> None:
+        """Serialise this transaction with every other one taking ``key``."""
+        self.backend.lock_global(self, key)
+
+
+class Backend:
+    """What differs between SQLite and PostgreSQL."""
+
+    #: Substitutions for ``schema.MIGRATIONS``.
+    dialect: dict[str, str] = {}
+    name = "sql"
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def begin(self, conn: Any, write: bool) -> Any:
+        """Start a transaction; return a cursor."""
+        raise NotImplementedError
+
+    def commit(self, conn: Any, cursor: Any) -> None:
+        raise NotImplementedError
+
+    def rollback(self, conn: Any, cursor: Any) -> None:
+        raise NotImplementedError
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def is_retryable(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def lock_rows(self, tx: Tx, table: str, key: str, values: list[Any]) -> None:
+        pass
+
+    def lock_global(self, tx: Tx, key: int) -> None:
+        pass
+
+    def prepare(self, tx: Tx) -> None:
+        """Per-database start-up work inside the migration transaction."""
+
+
+class Runner:
+    """Runs transactions in a private thread pool, one connection per thread.
+
+    A transaction function gets a ``Tx`` and runs entirely in one worker
+    thread; it is retried from the start when the database reports a
+    deadlock or serialisation failure, so it must have no side effects
+    outside the database.
+    """
+
+    def __init__(self, reactor: Any, backend: Backend, threads: int = 4) -> None:
+        self.reactor = reactor
+        self.backend = backend
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name=f"catalog-{backend.name}")
+        self._pool.start()
+        self._closed = False
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.backend.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def run_sync(self, fn: Callable[[Tx], T], write: bool = True) -> T:
+        """Run ``fn`` in a transaction in the calling thread."""
+        conn = self._connection()
+        for attempt in range(MAX_ATTEMPTS):
+            cursor = self.backend.begin(conn, write)
+            try:
+                result = fn(Tx(self.backend, cursor))
+                self.backend.commit(conn, cursor)
+                return result
+            except BaseException as e:
+                self.backend.rollback(conn, cursor)
+                if attempt + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def run(self, fn: Callable[[Tx], T], write: bool = True) -> Deferred[T]:
+        """Run ``fn`` in a transaction in the pool; fire with its result."""
+        if self._closed:
+            raise RuntimeError("catalog is closed")
+        return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn`` (which may call ``run_sync``) in the pool: for work such
+        as password hashing that must not run on the reactor thread."""
+        if self._closed:
+            raise RuntimeError("catalog is closed")
+        return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop the pool (waiting for running transactions) and close every
+        connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.stop()
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            self._connections.clear()

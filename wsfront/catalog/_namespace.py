@@ -1,0 +1,232 @@
+"""Namespace operations: stat, list, mkdir, rmdir, delete, rename.
+
+Each function runs inside one transaction.  Changes lock the directories
+they touch (row locks on PostgreSQL; SQLite's BEGIN IMMEDIATE already
+serialises writers), so two front ends creating the same name cannot both
+succeed.  A file with only a pending upload is hidden from listings unless
+asked for, but still holds its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsfront.catalog._db import Tx
+from wsfront.catalog._rows import (
+    ROOT,
+    child,
+    end_upload,
+    live_upload_row,
+    load_upload,
+    load_version,
+    lock_dirs,
+    remove_file_inode,
+    resolve,
+    resolve_existing,
+    resolve_parent,
+    touch,
+)
+from wsfront.catalog.errors import (
+    Exists,
+    InvalidMove,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PendingUploadExists,
+)
+from wsfront.catalog.names import join_path, split_path
+from wsfront.catalog.records import ABORTED, DIR, EXPIRED, FILE, Entry
+
+#: Advisory-lock key taken by directory moves (PostgreSQL).
+DIRECTORY_MOVE_LOCK = 0x77736D76
+
+
+def full_entry(tx: Tx, parts: tuple[str, ...], row: Any) -> Entry:
+    """The Entry of an inode row with its version extents and live upload."""
+    name = parts[-1] if parts else ""
+    if row["kind"] == DIR:
+        return Entry(join_path(parts), name, DIR, row["inode"], 0, row["mtime"])
+    version = load_version(tx, row["version_id"]) if row["version_id"] is not None else None
+    up = live_upload_row(tx, row["inode"])
+    return Entry(
+        path=join_path(parts),
+        name=name,
+        kind=FILE,
+        inode=row["inode"],
+        size=version.size if version else 0,
+        mtime=version.mtime if version else row["mtime"],
+        etag=version.etag if version else None,
+        pending=version is None,
+        version=version,
+        upload=load_upload(tx, up) if up is not None else None,
+    )
+
+
+def stat(tx: Tx, path: str) -> Entry:
+    parts = split_path(path)
+    return full_entry(tx, parts, resolve_existing(tx, parts))
+
+
+def list_dir(
+    tx: Tx, path: str, after: str | None, limit: int, include_pending: bool
+) -> list[Entry]:
+    parts = split_path(path)
+    row = resolve_existing(tx, parts)
+    if row["kind"] != DIR:
+        raise NotADirectory(f"{path} is not a directory")
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    sql = (
+        "SELECT d.name, i.inode, i.kind, i.mtime AS imtime, i.version_id, "
+        "v.size, v.mtime AS vmtime, v.etag "
+        "FROM dirents d JOIN inodes i ON i.inode = d.inode "
+        "LEFT JOIN versions v ON v.version_id = i.version_id WHERE d.parent = ?"
+    )
+    params: list[Any] = [row["inode"]]
+    if after is not None:
+        sql += " AND d.name > ?"
+        params.append(after)
+    if not include_pending:
+        sql += " AND (i.kind = 'dir' OR i.version_id IS NOT NULL)"
+    sql += " ORDER BY d.name LIMIT ?"
+    params.append(limit)
+    base = join_path(parts)
+    prefix = base if base.endswith("/") else base + "/"
+    entries = []
+    for r in tx.all(sql, *params):
+        is_file = r["kind"] == FILE
+        entries.append(
+            Entry(
+                path=prefix + r["name"],
+                name=r["name"],
+                kind=r["kind"],
+                inode=r["inode"],
+                size=(r["size"] or 0) if is_file else 0,
+                mtime=r["vmtime"] if r["vmtime"] is not None else r["imtime"],
+                etag=r["etag"],
+                pending=is_file and r["version_id"] is None,
+            )
+        )
+    return entries
+
+
+def make_dir(tx: Tx, parent: int, name: str, now: float) -> int:
+    inode = tx.value("INSERT INTO inodes (kind, mtime) VALUES ('dir', ?) RETURNING inode", now)
+    tx.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", parent, name, inode)
+    touch(tx, parent, now)
+    return inode
+
+
+def mkdir(tx: Tx, path: str, now: float) -> Entry:
+    parts = split_path(path)
+    if not parts:
+        raise Exists("/ exists")
+    parent = resolve_parent(tx, parts)
+    lock_dirs(tx, parent)
+    if child(tx, parent, parts[-1]) is not None:
+        raise Exists(f"{path} exists")
+    inode = make_dir(tx, parent, parts[-1], now)
+    return Entry(join_path(parts), parts[-1], DIR, inode, 0, now)
+
+
+def makedirs(tx: Tx, parts: tuple[str, ...], now: float) -> None:
+    """Create ``parts`` and any missing ancestors (user roots)."""
+    parent = ROOT
+    for depth, name in enumerate(parts):
+        row = child(tx, parent, name)
+        if row is None:
+            lock_dirs(tx, parent)
+            parent = make_dir(tx, parent, name, now)
+        elif row["kind"] != DIR:
+            raise NotADirectory(f"{join_path(parts[: depth + 1])} is not a directory")
+        else:
+            parent = row["inode"]
+
+
+def rmdir(tx: Tx, path: str, now: float) -> None:
+    parts = split_path(path)
+    if not parts:
+        raise InvalidMove("the root cannot be removed")
+    parent = resolve_parent(tx, parts)
+    row = resolve_existing(tx, parts)
+    if row["kind"] != DIR:
+        raise NotADirectory(f"{path} is not a directory")
+    lock_dirs(tx, parent, row["inode"])
+    if tx.one("SELECT inode FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None:
+        raise NotEmpty(f"{path} is not empty")
+    tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
+    tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
+    touch(tx, parent, now)
+
+
+def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) -> None:
+    """Remove a file inode; a live upload on it refuses, unless expired (it
+    is expired) or ``abort_pending`` (it is aborted)."""
+    up = live_upload_row(tx, row["inode"])
+    if up is not None:
+        if up["expires_at"] <= now:
+            end_upload(tx, up, EXPIRED, now)
+        elif abort_pending:
+            end_upload(tx, up, ABORTED, now)
+        else:
+            raise PendingUploadExists(f"an upload is pending on {path}")
+    row = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
+    if row is not None:
+        remove_file_inode(tx, row)
+
+
+def delete(tx: Tx, path: str, abort_pending: bool, now: float) -> None:
+    parts = split_path(path)
+    if not parts:
+        raise IsADirectory("/ is a directory")
+    parent = resolve_parent(tx, parts)
+    row = resolve_existing(tx, parts)
+    if row["kind"] == DIR:
+        raise IsADirectory(f"{path} is a directory")
+    lock_dirs(tx, parent)
+    tx.lock_rows("inodes", "inode", [row["inode"]])
+    unlink_file(tx, row, abort_pending, now, path)
+    touch(tx, parent, now)
+
+
+def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
+    s, d = split_path(src), split_path(dst)
+    if not s or not d:
+        raise InvalidMove("the root cannot be moved or replaced")
+    if s == d:
+        return stat(tx, dst)
+    if d[: len(s)] == s:
+        raise InvalidMove(f"{src} cannot move into its own subtree")
+    row = resolve_existing(tx, s)
+    if row["kind"] == DIR:
+        tx.lock_global(DIRECTORY_MOVE_LOCK)
+    src_parent = resolve_parent(tx, s)
+    dst_parent = resolve_parent(tx, d)
+    lock_dirs(tx, src_parent, dst_parent)
+    row = child(tx, src_parent, s[-1])
+    if row is None:
+        raise NotFound(f"{src} was removed meanwhile")
+    if row["kind"] == DIR:
+        ancestor = dst_parent
+        while ancestor != ROOT:
+            if ancestor == row["inode"]:
+                raise InvalidMove(f"{src} cannot move into its own subtree")
+            ancestor = tx.value("SELECT parent FROM dirents WHERE inode = ?", ancestor)
+    existing = child(tx, dst_parent, d[-1])
+    if existing is not None:
+        if not replace:
+            raise Exists(f"{dst} exists")
+        if existing["kind"] == DIR:
+            raise Exists(f"{dst} is a directory and is never replaced")
+        tx.lock_rows("inodes", "inode", [existing["inode"]])
+        unlink_file(tx, existing, False, now, dst)
+    tx.execute(
+        "UPDATE dirents SET parent = ?, name = ? WHERE inode = ?", dst_parent, d[-1], row["inode"]
+    )
+    touch(tx, src_parent, now)
+    touch(tx, dst_parent, now)
+    return full_entry(tx, d, resolve_existing(tx, d))
+
+
+__all__ = ["delete", "list_dir", "makedirs", "mkdir", "rename", "resolve", "rmdir", "stat"]

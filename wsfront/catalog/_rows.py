@@ -1,0 +1,339 @@
+"""Reading and writing the catalog's rows: path resolution, records from
+rows, and the low-level changes several operations share (removing an inode,
+ending an upload, charging usage).  Every function runs inside a ``Tx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from wsfront.catalog._db import Tx
+from wsfront.catalog.errors import NotADirectory, NotFound, QuotaExceeded
+from wsfront.catalog.names import join_path
+from wsfront.catalog.records import (
+    DIR,
+    FILE,
+    LIVE_STATES,
+    REPLICA_OK,
+    BlobRecord,
+    Extent,
+    Replica,
+    UploadSession,
+    Version,
+)
+from wsfront.catalog.schema import LIVE_SQL
+
+ROOT = 1
+_CHUNK = 500
+
+INODE_COLUMNS = "i.inode, i.kind, i.version_id, i.owner, i.mtime"
+
+
+def resolve(tx: Tx, parts: tuple[str, ...]) -> Any | None:
+    """The inode row at ``parts``, or None if the last component is missing.
+    NotFound / NotADirectory for a missing or non-directory ancestor."""
+    row = tx.one(f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.inode = ?", ROOT)
+    for depth, name in enumerate(parts):
+        if row["kind"] != DIR:
+            raise NotADirectory(f"{join_path(parts[:depth])} is not a directory")
+        row = tx.one(
+            f"SELECT {INODE_COLUMNS} FROM dirents d JOIN inodes i ON i.inode = d.inode "
+            "WHERE d.parent = ? AND d.name = ?",
+            row["inode"],
+            name,
+        )
+        if row is None:
+            if depth + 1 < len(parts):
+                raise NotFound(f"{join_path(parts[: depth + 1])} does not exist")
+            return None
+    return row
+
+
+def resolve_existing(tx: Tx, parts: tuple[str, ...]) -> Any:
+    row = resolve(tx, parts)
+    if row is None:
+        raise NotFound(f"{join_path(parts)} does not exist")
+    return row
+
+
+def resolve_parent(tx: Tx, parts: tuple[str, ...]) -> int:
+    """The inode of the directory that holds (or would hold) ``parts``."""
+    parent = resolve_existing(tx, parts[:-1])
+    if parent["kind"] != DIR:
+        raise NotADirectory(f"{join_path(parts[:-1])} is not a directory")
+    return parent["inode"]
+
+
+def path_of(tx: Tx, inode: int) -> str | None:
+    """The current path of ``inode``, or None if it is no longer linked."""
+    names: list[str] = []
+    while inode != ROOT:
+        row = tx.one("SELECT parent, name FROM dirents WHERE inode = ?", inode)
+        if row is None:
+            return None
+        names.append(row["name"])
+        inode = row["parent"]
+    return join_path(list(reversed(names)))
+
+
+def chunks(values: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def replicas_of(tx: Tx, blob_ids: Iterable[str]) -> dict[str, tuple[Replica, ...]]:
+    """Replica sets of several blobs, ok replicas first."""
+    found: dict[str, list[Replica]] = {}
+    for chunk in chunks(sorted(set(blob_ids))):
+        marks = ", ".join("?" for _ in chunk)
+        for row in tx.all(
+            f"SELECT blob_id, node, state FROM replicas WHERE blob_id IN ({marks})", *chunk
+        ):
+            found.setdefault(row["blob_id"], []).append(Replica(row["node"], row["state"]))
+    return {
+        blob: tuple(sorted(reps, key=lambda r: (r.state != REPLICA_OK, r.node)))
+        for blob, reps in found.items()
+    }
+
+
+def extents_from_rows(tx: Tx, rows: list[Any]) -> tuple[Extent, ...]:
+    replicas = replicas_of(tx, (r["blob_id"] for r in rows))
+    return tuple(
+        Extent(
+            blob_id=r["blob_id"],
+            blob_offset=r["blob_offset"],
+            length=r["length"],
+            file_offset=r["file_offset"],
+            replicas=replicas.get(r["blob_id"], ()),
+        )
+        for r in rows
+    )
+
+
+def etag_of(extents: Iterable[Any]) -> str:
+    """A strong ETag: the same extent list always means the same bytes.
+    ``extents`` are rows or mappings with blob_id, blob_offset, length."""
+    digest = hashlib.sha256()
+    for e in extents:
+        digest.update(f"{e['blob_id']}:{e['blob_offset']}:{e['length']};".encode())
+    return digest.hexdigest()[:32]
+
+
+def truncate_extents(rows: Iterable[Any], length: int) -> list[dict[str, Any]]:
+    """The extents covering file bytes [0, length): later ones dropped, the
+    last one shortened by reference (no byte is copied)."""
+    kept = []
+    for r in rows:
+        if r["file_offset"] >= length:
+            break
+        kept.append(
+            {
+                "blob_id": r["blob_id"],
+                "blob_offset": r["blob_offset"],
+                "length": min(r["length"], length - r["file_offset"]),
+                "file_offset": r["file_offset"],
+            }
+        )
+    return kept
+
+
+def write_extents(tx: Tx, table: str, key: str, key_value: Any, rows: list[Any]) -> None:
+    """Replace the extent list of one version or upload."""
+    tx.execute(f"DELETE FROM {table} WHERE {key} = ?", key_value)
+    for idx, r in enumerate(rows):
+        tx.execute(
+            f"INSERT INTO {table} ({key}, idx, blob_id, blob_offset, length, file_offset) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            key_value,
+            idx,
+            r["blob_id"],
+            r["blob_offset"],
+            r["length"],
+            r["file_offset"],
+        )
+
+
+def load_version(tx: Tx, version_id: int) -> Version:
+    row = tx.one("SELECT * FROM versions WHERE version_id = ?", version_id)
+    rows = tx.all(
+        "SELECT blob_id, blob_offset, length, file_offset FROM version_extents "
+        "WHERE version_id = ? ORDER BY idx",
+        version_id,
+    )
+    return Version(
+        version_id=row["version_id"],
+        inode=row["inode"],
+        size=row["size"],
+        mtime=row["mtime"],
+        etag=row["etag"],
+        sha256=row["sha256"],
+        extents=extents_from_rows(tx, rows),
+    )
+
+
+def upload_row(tx: Tx, upload_id: str, lock: bool = False) -> Any:
+    """The upload's row (locked for update when ``lock``), or NotFound."""
+    if lock:
+        tx.lock_rows("uploads", "upload_id", [upload_id])
+    row = tx.one("SELECT * FROM uploads WHERE upload_id = ?", upload_id)
+    if row is None:
+        raise NotFound(f"no upload {upload_id!r}")
+    return row
+
+
+def live_upload_row(tx: Tx, inode: int) -> Any | None:
+    return tx.one(f"SELECT * FROM uploads WHERE inode = ? AND state IN {LIVE_SQL}", inode)
+
+
+def upload_extent_rows(tx: Tx, upload_id: str) -> list[Any]:
+    return tx.all(
+        "SELECT blob_id, blob_offset, length, file_offset FROM upload_extents "
+        "WHERE upload_id = ? ORDER BY idx",
+        upload_id,
+    )
+
+
+def load_upload(tx: Tx, row: Any) -> UploadSession:
+    replicas = replicas_of(tx, [row["blob_id"]]).get(row["blob_id"], ())
+    wanted = tx.value("SELECT wanted FROM blobs WHERE blob_id = ?", row["blob_id"])
+    return UploadSession(
+        upload_id=row["upload_id"],
+        inode=row["inode"],
+        path=path_of(tx, row["inode"]) or row["path"],
+        user=row["username"],
+        base_extents=extents_from_rows(tx, upload_extent_rows(tx, row["upload_id"])),
+        blob_id=row["blob_id"],
+        blob_start=row["blob_start"],
+        replicas=replicas,
+        wanted_replicas=wanted if wanted is not None else len(replicas),
+        checkpoint=row["checkpoint"],
+        owner=row["owner"],
+        epoch=row["epoch"],
+        state=row["state"],
+        declared_length=row["declared_length"],
+        meta=json.loads(row["meta"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def load_blob(tx: Tx, blob_id: str) -> BlobRecord | None:
+    row = tx.one("SELECT * FROM blobs WHERE blob_id = ?", blob_id)
+    if row is None:
+        return None
+    return BlobRecord(
+        blob_id=row["blob_id"],
+        length=row["length"],
+        sealed=bool(row["sealed"]),
+        wanted_replicas=row["wanted"],
+        replicas=replicas_of(tx, [blob_id]).get(blob_id, ()),
+    )
+
+
+def insert_blob(tx: Tx, blob_id: str, nodes: Iterable[str], wanted: int, now: float) -> None:
+    tx.execute(
+        "INSERT INTO blobs (blob_id, length, sealed, wanted, created_at) VALUES (?, 0, 0, ?, ?)",
+        blob_id,
+        wanted,
+        now,
+    )
+    set_replicas(tx, blob_id, nodes)
+
+
+def set_replicas(tx: Tx, blob_id: str, nodes: Iterable[str]) -> None:
+    """Make the ok replica set of a blob exactly ``nodes``; others become lost."""
+    nodes = list(dict.fromkeys(nodes))
+    tx.execute("UPDATE replicas SET state = 'lost' WHERE blob_id = ?", blob_id)
+    for node in nodes:
+        if tx.execute(
+            "UPDATE replicas SET state = 'ok' WHERE blob_id = ? AND node = ?", blob_id, node
+        ):
+            continue
+        tx.execute("INSERT INTO replicas (blob_id, node, state) VALUES (?, ?, 'ok')", blob_id, node)
+
+
+def charge(tx: Tx, user: str | None, dbytes: int, dfiles: int, check: bool) -> None:
+    """Add to a user's usage; with ``check``, QuotaExceeded when a growth
+    passes a quota (the caller's transaction then rolls back)."""
+    if user is None or (dbytes == 0 and dfiles == 0):
+        return
+    row = tx.one(
+        "UPDATE users SET used_bytes = used_bytes + ?, used_files = used_files + ? "
+        "WHERE name = ? RETURNING used_bytes, used_files, quota_bytes, quota_files",
+        dbytes,
+        dfiles,
+        user,
+    )
+    if row is None or not check:
+        return
+    if dbytes > 0 and row["quota_bytes"] is not None and row["used_bytes"] > row["quota_bytes"]:
+        raise QuotaExceeded(f"{user} would use {row['used_bytes']} of {row['quota_bytes']} bytes")
+    if dfiles > 0 and row["quota_files"] is not None and row["used_files"] > row["quota_files"]:
+        raise QuotaExceeded(f"{user} would have {row['used_files']} of {row['quota_files']} files")
+
+
+def drop_version(tx: Tx, inode_row: Any, refund: bool = True) -> None:
+    """Forget the inode's committed version and (with ``refund``) give its
+    usage back to the file's owner."""
+    version_id = inode_row["version_id"]
+    if version_id is None:
+        return
+    size = tx.value("SELECT size FROM versions WHERE version_id = ?", version_id)
+    tx.execute("DELETE FROM version_extents WHERE version_id = ?", version_id)
+    tx.execute("DELETE FROM versions WHERE version_id = ?", version_id)
+    tx.execute("UPDATE inodes SET version_id = NULL WHERE inode = ?", inode_row["inode"])
+    if refund:
+        charge(tx, inode_row["owner"], -(size or 0), -1, check=False)
+
+
+def remove_file_inode(tx: Tx, inode_row: Any) -> None:
+    """Unlink and forget a file inode (its blobs become collectable)."""
+    drop_version(tx, inode_row)
+    tx.execute("DELETE FROM dirents WHERE inode = ?", inode_row["inode"])
+    tx.execute("DELETE FROM inodes WHERE inode = ?", inode_row["inode"])
+
+
+def end_upload(tx: Tx, row: Any, state: str, now: float) -> None:
+    """Move a live upload to a final state (committed uploads go through
+    commit instead).  Its blobs lose their references; a file with only this
+    pending upload disappears."""
+    tx.execute(
+        "UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ?",
+        state,
+        now,
+        row["upload_id"],
+    )
+    tx.execute("DELETE FROM upload_extents WHERE upload_id = ?", row["upload_id"])
+    inode = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
+    if inode is not None and inode["kind"] == FILE and inode["version_id"] is None:
+        remove_file_inode(tx, inode)
+
+
+def is_live(row: Any) -> bool:
+    return row["state"] in LIVE_STATES
+
+
+def child(tx: Tx, parent: int, name: str) -> Any | None:
+    return tx.one(
+        f"SELECT {INODE_COLUMNS} FROM dirents d JOIN inodes i ON i.inode = d.inode "
+        "WHERE d.parent = ? AND d.name = ?",
+        parent,
+        name,
+    )
+
+
+def lock_dirs(tx: Tx, *inodes: int) -> None:
+    """Lock directories about to change; NotFound if one vanished meanwhile
+    (a concurrent rmdir won)."""
+    tx.lock_rows("inodes", "inode", list(inodes))
+    for inode in inodes:
+        if tx.one("SELECT inode FROM inodes WHERE inode = ?", inode) is None:
+            raise NotFound("the directory was removed meanwhile")
+
+
+def touch(tx: Tx, inode: int, now: float) -> None:
+    tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ?", now, inode)

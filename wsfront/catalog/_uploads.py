@@ -1,0 +1,436 @@
+"""Upload sessions (DESIGN.md, "Sessions, durability, fencing").
+
+Every change to a session is a compare-and-set on its epoch: the row is
+locked (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), the
+epoch and state are checked, and the ``UPDATE ... WHERE epoch = ?`` must
+change exactly one row.  A lost CAS is ``EpochConflict``; a session that has
+ended is ``UploadFinished``.  One live upload per inode is also guarded by
+a partial unique index, so two writers racing on one path cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from wsfront.catalog._db import Tx
+from wsfront.catalog._rows import (
+    charge,
+    child,
+    drop_version,
+    end_upload,
+    etag_of,
+    insert_blob,
+    is_live,
+    live_upload_row,
+    load_upload,
+    load_version,
+    lock_dirs,
+    resolve,
+    resolve_parent,
+    set_replicas,
+    touch,
+    truncate_extents,
+    upload_extent_rows,
+    upload_row,
+    write_extents,
+)
+from wsfront.catalog.errors import (
+    EpochConflict,
+    InvalidOffset,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PendingUploadExists,
+    QuotaExceeded,
+    UploadFinished,
+)
+from wsfront.catalog.names import split_path
+from wsfront.catalog.records import (
+    ABORTED,
+    ACTIVE,
+    DIR,
+    EXPIRED,
+    INTERRUPTED,
+    LIVE_STATES,
+    UPLOAD_STATES,
+    UploadSession,
+    Version,
+)
+
+
+def new_upload_id() -> str:
+    """An opaque, unguessable token that is safe in a URL."""
+    return secrets.token_urlsafe(18)
+
+
+def _check_quota_ahead(tx: Tx, user: str, grow_bytes: int, new_file: bool) -> None:
+    """Refuse early when a declared length cannot fit (commit checks again)."""
+    row = tx.one("SELECT * FROM users WHERE name = ?", user)
+    if row is None:
+        return
+    quota = row["quota_bytes"]
+    if grow_bytes > 0 and quota is not None and row["used_bytes"] + grow_bytes > quota:
+        raise QuotaExceeded(f"{user} has no room for {grow_bytes} more bytes")
+    if new_file and row["quota_files"] is not None and row["used_files"] + 1 > row["quota_files"]:
+        raise QuotaExceeded(f"{user} has reached the file quota")
+
+
+def begin_upload(
+    tx: Tx,
+    now: float,
+    user: str,
+    path: str,
+    base_length: int,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    owner: str,
+    expires_at: float,
+    declared_length: int | None,
+    meta: dict[str, Any] | None,
+) -> UploadSession:
+    parts = split_path(path)
+    if not parts:
+        raise IsADirectory("/ is a directory")
+    if base_length < 0 or (declared_length is not None and base_length > declared_length):
+        raise InvalidOffset(f"base length {base_length} is out of range")
+    parent = resolve_parent(tx, parts)
+    lock_dirs(tx, parent)
+    row = child(tx, parent, parts[-1])
+    if row is not None and row["kind"] == DIR:
+        raise IsADirectory(f"{path} is a directory")
+    if row is not None:
+        tx.lock_rows("inodes", "inode", [row["inode"]])
+        live = live_upload_row(tx, row["inode"])
+        if live is not None:
+            if live["expires_at"] > now:
+                raise PendingUploadExists(f"an upload is pending on {path}")
+            end_upload(tx, live, EXPIRED, now)
+            row = child(tx, parent, parts[-1])
+    if row is None:
+        if base_length != 0:
+            raise InvalidOffset(f"{path} is new: an upload can only start at 0")
+        inode = tx.value("INSERT INTO inodes (kind, mtime) VALUES ('file', ?) RETURNING inode", now)
+        tx.execute(
+            "INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", parent, parts[-1], inode
+        )
+        touch(tx, parent, now)
+        base: list[Any] = []
+        committed_size = 0
+    else:
+        inode = row["inode"]
+        version = load_version(tx, row["version_id"]) if row["version_id"] is not None else None
+        committed_size = version.size if version else 0
+        if base_length > committed_size:
+            raise InvalidOffset(f"{path} has {committed_size} committed bytes, not {base_length}")
+        base = truncate_extents(
+            (
+                {
+                    "blob_id": e.blob_id,
+                    "blob_offset": e.blob_offset,
+                    "length": e.length,
+                    "file_offset": e.file_offset,
+                }
+                for e in (version.extents if version else ())
+            ),
+            base_length,
+        )
+    if declared_length is not None:
+        _check_quota_ahead(tx, user, declared_length - committed_size, row is None)
+    insert_blob(tx, blob_id, replicas, wanted_replicas, now)
+    upload_id = new_upload_id()
+    tx.execute(
+        "INSERT INTO uploads (upload_id, inode, path, username, blob_id, blob_start, checkpoint, "
+        "owner, epoch, state, declared_length, meta, created_at, updated_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 'active', ?, ?, ?, ?, ?)",
+        upload_id,
+        inode,
+        path,
+        user,
+        blob_id,
+        base_length,
+        base_length,
+        owner,
+        declared_length,
+        json.dumps(meta or {}),
+        now,
+        now,
+        expires_at,
+    )
+    write_extents(tx, "upload_extents", "upload_id", upload_id, base)
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def get_upload(tx: Tx, upload_id: str) -> UploadSession:
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def find_upload(tx: Tx, path: str) -> UploadSession | None:
+    try:
+        row = resolve(tx, split_path(path))
+    except (NotFound, NotADirectory):
+        return None
+    if row is None or row["kind"] == DIR:
+        return None
+    up = live_upload_row(tx, row["inode"])
+    return load_upload(tx, up) if up is not None else None
+
+
+def list_uploads(tx: Tx, states: Iterable[str] | None, owner: str | None) -> list[UploadSession]:
+    wanted = sorted(set(states) if states is not None else LIVE_STATES)
+    unknown = set(wanted) - UPLOAD_STATES
+    if unknown:
+        raise ValueError(f"unknown upload states {sorted(unknown)}")
+    marks = ", ".join("?" for _ in wanted)
+    sql = f"SELECT * FROM uploads WHERE state IN ({marks})"
+    params: list[Any] = list(wanted)
+    if owner is not None:
+        sql += " AND owner = ?"
+        params.append(owner)
+    sql += " ORDER BY created_at, upload_id"
+    return [load_upload(tx, row) for row in tx.all(sql, *params)]
+
+
+def _locked_live(tx: Tx, upload_id: str, epoch: int) -> Any:
+    """The session row, locked, if it is live and still at ``epoch``."""
+    row = upload_row(tx, upload_id, lock=True)
+    if not is_live(row):
+        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+    if row["epoch"] != epoch:
+        raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
+    return row
+
+
+def _cas(tx: Tx, upload_id: str, epoch: int, assignments: str, *params: Any) -> None:
+    changed = tx.execute(
+        f"UPDATE uploads SET {assignments} WHERE upload_id = ? AND epoch = ? "
+        "AND state IN ('active', 'interrupted')",
+        *params,
+        upload_id,
+        epoch,
+    )
+    if changed != 1:
+        raise EpochConflict(f"upload {upload_id} changed under epoch {epoch}")
+
+
+def checkpoint(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    epoch: int,
+    durable_offset: int,
+    replicas: Iterable[str] | None,
+    expires_at: float | None,
+) -> UploadSession:
+    row = _locked_live(tx, upload_id, epoch)
+    if durable_offset < row["checkpoint"]:
+        raise InvalidOffset(f"checkpoint {durable_offset} is below {row['checkpoint']}")
+    if row["declared_length"] is not None and durable_offset > row["declared_length"]:
+        raise InvalidOffset(f"checkpoint {durable_offset} is past the declared length")
+    _cas(
+        tx,
+        upload_id,
+        epoch,
+        "checkpoint = ?, updated_at = ?, expires_at = ?",
+        durable_offset,
+        now,
+        expires_at if expires_at is not None else row["expires_at"],
+    )
+    tx.execute(
+        "UPDATE blobs SET length = ? WHERE blob_id = ?",
+        durable_offset - row["blob_start"],
+        row["blob_id"],
+    )
+    if replicas is not None:
+        set_replicas(tx, row["blob_id"], replicas)
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def take_over(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    expected_epoch: int,
+    new_owner: str,
+    expires_at: float | None,
+) -> UploadSession:
+    row = _locked_live(tx, upload_id, expected_epoch)
+    _cas(
+        tx,
+        upload_id,
+        expected_epoch,
+        "epoch = epoch + 1, owner = ?, state = 'active', updated_at = ?, expires_at = ?",
+        new_owner,
+        now,
+        expires_at if expires_at is not None else row["expires_at"],
+    )
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def restart_at(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    epoch: int,
+    offset: int,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    expires_at: float | None,
+) -> UploadSession:
+    row = _locked_live(tx, upload_id, epoch)
+    if offset < 0 or offset > row["checkpoint"]:
+        raise InvalidOffset(f"offset {offset} is above the durable checkpoint {row['checkpoint']}")
+    start = row["blob_start"]
+    extents = [dict(r) for r in upload_extent_rows(tx, upload_id)]
+    if offset >= start:
+        segment = offset - start
+        if segment > 0:
+            extents.append(
+                {
+                    "blob_id": row["blob_id"],
+                    "blob_offset": 0,
+                    "length": segment,
+                    "file_offset": start,
+                }
+            )
+            tx.execute(
+                "UPDATE blobs SET length = ?, sealed = 1 WHERE blob_id = ?", segment, row["blob_id"]
+            )
+    else:
+        extents = truncate_extents(extents, offset)
+    write_extents(tx, "upload_extents", "upload_id", upload_id, extents)
+    insert_blob(tx, blob_id, replicas, wanted_replicas, now)
+    _cas(
+        tx,
+        upload_id,
+        epoch,
+        "blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, expires_at = ?",
+        blob_id,
+        offset,
+        offset,
+        now,
+        expires_at if expires_at is not None else row["expires_at"],
+    )
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def commit_upload(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    epoch: int,
+    length: int,
+    sha256: str | None,
+    mtime: float | None,
+) -> Version:
+    row = _locked_live(tx, upload_id, epoch)
+    start = row["blob_start"]
+    if length < start:
+        raise InvalidOffset(f"length {length} is below the current blob's start {start}")
+    if row["declared_length"] is not None and length != row["declared_length"]:
+        raise InvalidOffset(f"length {length} differs from the declared {row['declared_length']}")
+    tx.lock_rows("inodes", "inode", [row["inode"]])
+    inode = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
+    if inode is None:
+        raise NotFound("the file was removed meanwhile")
+    extents = [dict(r) for r in upload_extent_rows(tx, upload_id)]
+    segment = length - start
+    if segment > 0:
+        extents.append(
+            {"blob_id": row["blob_id"], "blob_offset": 0, "length": segment, "file_offset": start}
+        )
+    tx.execute("UPDATE blobs SET length = ?, sealed = 1 WHERE blob_id = ?", segment, row["blob_id"])
+    user = row["username"]
+    old_size = tx.value("SELECT size FROM versions WHERE version_id = ?", inode["version_id"])
+    same_owner = inode["owner"] == user
+    drop_version(tx, inode, refund=not same_owner)
+    if same_owner and old_size is not None:
+        charge(tx, user, length - old_size, 0, check=True)
+    else:
+        charge(tx, user, length, 1, check=True)
+    when = mtime if mtime is not None else now
+    version_id = tx.value(
+        "INSERT INTO versions (inode, size, mtime, etag, sha256) VALUES (?, ?, ?, ?, ?) "
+        "RETURNING version_id",
+        inode["inode"],
+        length,
+        when,
+        etag_of(extents),
+        sha256,
+    )
+    write_extents(tx, "version_extents", "version_id", version_id, extents)
+    tx.execute(
+        "UPDATE inodes SET version_id = ?, owner = ?, mtime = ? WHERE inode = ?",
+        version_id,
+        user,
+        when,
+        inode["inode"],
+    )
+    _cas(tx, upload_id, epoch, "state = 'committed', checkpoint = ?, updated_at = ?", length, now)
+    tx.execute("DELETE FROM upload_extents WHERE upload_id = ?", upload_id)
+    return load_version(tx, version_id)
+
+
+def interrupt_upload(tx: Tx, now: float, upload_id: str, epoch: int) -> UploadSession:
+    _locked_live(tx, upload_id, epoch)
+    _cas(tx, upload_id, epoch, "state = ?, updated_at = ?", INTERRUPTED, now)
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def interrupt_sessions_of(tx: Tx, now: float, owner: str) -> list[UploadSession]:
+    ids = [
+        r["upload_id"]
+        for r in tx.all(
+            "SELECT upload_id FROM uploads WHERE owner = ? AND state = ? ORDER BY upload_id",
+            owner,
+            ACTIVE,
+        )
+    ]
+    tx.lock_rows("uploads", "upload_id", ids)
+    changed = []
+    for upload_id in ids:
+        if tx.execute(
+            "UPDATE uploads SET state = ?, updated_at = ? "
+            "WHERE upload_id = ? AND owner = ? AND state = ?",
+            INTERRUPTED,
+            now,
+            upload_id,
+            owner,
+            ACTIVE,
+        ):
+            changed.append(load_upload(tx, upload_row(tx, upload_id)))
+    return changed
+
+
+def abort_upload(tx: Tx, now: float, upload_id: str, epoch: int | None) -> UploadSession:
+    row = upload_row(tx, upload_id, lock=True)
+    if not is_live(row):
+        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+    if epoch is not None and row["epoch"] != epoch:
+        raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
+    tx.lock_rows("inodes", "inode", [row["inode"]])
+    end_upload(tx, row, ABORTED, now)
+    return load_upload(tx, upload_row(tx, upload_id))
+
+
+def expire_uploads(tx: Tx, now: float) -> list[UploadSession]:
+    ids = [
+        r["upload_id"]
+        for r in tx.all(
+            "SELECT upload_id FROM uploads WHERE state IN ('active', 'interrupted') "
+            "AND expires_at <= ? ORDER BY upload_id",
+            now,
+        )
+    ]
+    expired = []
+    for upload_id in ids:
+        row = upload_row(tx, upload_id, lock=True)
+        if is_live(row) and row["expires_at"] <= now:
+            tx.lock_rows("inodes", "inode", [row["inode"]])
+            end_upload(tx, row, EXPIRED, now)
+            expired.append(load_upload(tx, upload_row(tx, upload_id)))
+    return expired

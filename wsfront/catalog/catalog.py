@@ -1,0 +1,327 @@
+"""``SqlCatalog``: ICatalog over a ``Runner`` (SQLite or PostgreSQL).
+
+Each method validates its arguments, then runs one transaction of the
+operation modules (``_namespace``, ``_uploads``, ``_blobs``, ``_accounts``,
+``_cluster``) in the catalog's thread pool and fires with its result.  The
+clock is injectable so expiry and lease tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from wsfront.catalog import _accounts, _blobs, _cluster, _namespace, _uploads
+from wsfront.catalog._db import Runner
+from wsfront.catalog._interfaces import ICatalog
+from wsfront.catalog.errors import Exists, PendingUploadExists
+from wsfront.catalog.passwords import hash_password
+
+
+@implementer(ICatalog)
+class SqlCatalog:
+    """The catalog on one database; ``runner.backend`` says which kind."""
+
+    def __init__(self, runner: Runner, clock: Callable[[], float] = time.time) -> None:
+        self._runner = runner
+        self._clock = clock
+
+    @property
+    def backend_name(self) -> str:
+        return self._runner.backend.name
+
+    def _write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        return self._runner.run(lambda tx: fn(tx, *args), write=True).addErrback(self._translate)
+
+    def _translate(self, failure: Any) -> Any:
+        """Unique constraints are the last line of defence against races;
+        report them as the catalog error they stand for."""
+        if self._runner.backend.is_unique_violation(failure.value):
+            message = str(failure.value)
+            if "uploads" in message and "inode" in message:
+                raise PendingUploadExists("an upload is pending on this path")
+            raise Exists(message)
+        return failure
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        return self._runner.run(lambda tx: fn(tx, *args), write=False)
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    # -- namespace -----------------------------------------------------------
+
+    def stat(self, path: str) -> Deferred:
+        return self._read(_namespace.stat, path)
+
+    def list_dir(
+        self, path: str, after: str | None = None, limit: int = 1000, include_pending: bool = False
+    ) -> Deferred:
+        return self._read(_namespace.list_dir, path, after, limit, include_pending)
+
+    def mkdir(self, path: str) -> Deferred:
+        return self._write(_namespace.mkdir, path, self._now())
+
+    def rmdir(self, path: str) -> Deferred:
+        return self._write(_namespace.rmdir, path, self._now())
+
+    def delete(self, path: str, abort_pending: bool = False) -> Deferred:
+        return self._write(_namespace.delete, path, abort_pending, self._now())
+
+    def rename(self, src: str, dst: str, replace: bool = False) -> Deferred:
+        return self._write(_namespace.rename, src, dst, replace, self._now())
+
+    # -- upload sessions -----------------------------------------------------
+
+    def begin_upload(
+        self,
+        user: str,
+        path: str,
+        *,
+        base_length: int,
+        blob_id: str,
+        replicas: Iterable[str],
+        wanted_replicas: int,
+        owner: str,
+        expires_at: float,
+        declared_length: int | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Deferred:
+        return self._write(
+            _uploads.begin_upload,
+            self._now(),
+            user,
+            path,
+            base_length,
+            blob_id,
+            list(replicas),
+            wanted_replicas,
+            owner,
+            expires_at,
+            declared_length,
+            dict(meta or {}),
+        )
+
+    def get_upload(self, upload_id: str) -> Deferred:
+        return self._read(_uploads.get_upload, upload_id)
+
+    def find_upload(self, path: str) -> Deferred:
+        return self._read(_uploads.find_upload, path)
+
+    def list_uploads(self, states: Iterable[str] | None = None, owner: str | None = None):
+        return self._read(_uploads.list_uploads, list(states) if states else None, owner)
+
+    def checkpoint(
+        self,
+        upload_id: str,
+        epoch: int,
+        durable_offset: int,
+        replicas: Iterable[str] | None = None,
+        *,
+        expires_at: float | None = None,
+    ) -> Deferred:
+        return self._write(
+            _uploads.checkpoint,
+            self._now(),
+            upload_id,
+            epoch,
+            durable_offset,
+            list(replicas) if replicas is not None else None,
+            expires_at,
+        )
+
+    def take_over(
+        self,
+        upload_id: str,
+        expected_epoch: int,
+        new_owner: str,
+        *,
+        expires_at: float | None = None,
+    ) -> Deferred:
+        return self._write(
+            _uploads.take_over, self._now(), upload_id, expected_epoch, new_owner, expires_at
+        )
+
+    def restart_at(
+        self,
+        upload_id: str,
+        epoch: int,
+        offset: int,
+        blob_id: str,
+        replicas: Iterable[str],
+        wanted_replicas: int,
+        *,
+        expires_at: float | None = None,
+    ) -> Deferred:
+        return self._write(
+            _uploads.restart_at,
+            self._now(),
+            upload_id,
+            epoch,
+            offset,
+            blob_id,
+            list(replicas),
+            wanted_replicas,
+            expires_at,
+        )
+
+    def commit_upload(
+        self,
+        upload_id: str,
+        epoch: int,
+        length: int,
+        sha256: str | None = None,
+        mtime: float | None = None,
+    ) -> Deferred:
+        return self._write(
+            _uploads.commit_upload, self._now(), upload_id, epoch, length, sha256, mtime
+        )
+
+    def interrupt_upload(self, upload_id: str, epoch: int) -> Deferred:
+        return self._write(_uploads.interrupt_upload, self._now(), upload_id, epoch)
+
+    def interrupt_sessions_of(self, owner: str) -> Deferred:
+        return self._write(_uploads.interrupt_sessions_of, self._now(), owner)
+
+    def abort_upload(self, upload_id: str, epoch: int | None = None) -> Deferred:
+        return self._write(_uploads.abort_upload, self._now(), upload_id, epoch)
+
+    def expire_uploads(self, now: float | None = None) -> Deferred:
+        return self._write(_uploads.expire_uploads, self._now() if now is None else now)
+
+    # -- blobs ---------------------------------------------------------------
+
+    def get_blob(self, blob_id: str) -> Deferred:
+        return self._read(_blobs.get_blob, blob_id)
+
+    def mark_replica(self, blob_id: str, node: str, state: str) -> Deferred:
+        return self._write(_blobs.mark_replica, blob_id, node, state)
+
+    def add_replica(self, blob_id: str, node: str) -> Deferred:
+        return self._write(_blobs.add_replica, blob_id, node)
+
+    def under_replicated(self, limit: int = 100) -> Deferred:
+        return self._read(_blobs.under_replicated, limit)
+
+    def count_under_replicated(self) -> Deferred:
+        return self._read(_blobs.count_under_replicated)
+
+    def collectable_blobs(self, limit: int = 100) -> Deferred:
+        return self._read(_blobs.collectable_blobs, limit)
+
+    def forget_blob(self, blob_id: str) -> Deferred:
+        return self._write(_blobs.forget_blob, blob_id)
+
+    # -- users ---------------------------------------------------------------
+
+    def add_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        admin: bool = False,
+        root: str | None = None,
+        permissions: Iterable[str] | None = None,
+        quota_bytes: int | None = None,
+        quota_files: int | None = None,
+    ) -> Deferred:
+        now = self._now()
+        perms = list(permissions) if permissions is not None else None
+
+        def hash_then_insert() -> Any:
+            stored = hash_password(password)
+            return self._runner.run_sync(
+                lambda tx: _accounts.add_user(
+                    tx, now, name, stored, admin, root, perms, quota_bytes, quota_files
+                )
+            )
+
+        return self._runner.call(hash_then_insert).addErrback(self._translate)
+
+    def get_user(self, name: str) -> Deferred:
+        return self._read(_accounts.get_user, name)
+
+    def list_users(self) -> Deferred:
+        return self._read(_accounts.list_users)
+
+    def delete_user(self, name: str) -> Deferred:
+        return self._write(_accounts.delete_user, name)
+
+    def set_password(self, name: str, password: str) -> Deferred:
+        def hash_then_update() -> None:
+            stored = hash_password(password)
+            self._runner.run_sync(lambda tx: _accounts.set_password_hash(tx, name, stored))
+
+        return self._runner.call(hash_then_update)
+
+    def set_quota(self, name: str, quota_bytes: int | None, quota_files: int | None) -> Deferred:
+        return self._write(_accounts.set_quota, name, quota_bytes, quota_files)
+
+    def set_permissions(self, name: str, permissions: Iterable[str]) -> Deferred:
+        return self._write(_accounts.set_permissions, name, list(permissions))
+
+    def authenticate(self, name: str, password: str) -> Deferred:
+        return self._read(_accounts.authenticate, name, password)
+
+    # -- storage nodes -------------------------------------------------------
+
+    def register_node(self, name: str, endpoint: str) -> Deferred:
+        return self._write(_cluster.register_node, name, endpoint)
+
+    def list_nodes(self) -> Deferred:
+        return self._read(_cluster.list_nodes)
+
+    def set_node_health(
+        self,
+        name: str,
+        state: str,
+        free_bytes: int | None,
+        total_bytes: int | None,
+        seen_at: float | None,
+    ) -> Deferred:
+        return self._write(_cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at)
+
+    # -- admin jobs and leases -----------------------------------------------
+
+    def enqueue_job(self, kind: str, args: dict[str, Any]) -> Deferred:
+        return self._write(_cluster.enqueue_job, self._now(), kind, dict(args))
+
+    def claim_job(self, owner: str, kinds: Iterable[str]) -> Deferred:
+        return self._write(_cluster.claim_job, self._now(), owner, list(kinds))
+
+    def update_job(self, job_id: int, owner: str, progress: dict[str, Any]) -> Deferred:
+        return self._write(_cluster.update_job, self._now(), job_id, owner, dict(progress))
+
+    def finish_job(
+        self,
+        job_id: int,
+        owner: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Deferred:
+        return self._write(_cluster.finish_job, self._now(), job_id, owner, result, error)
+
+    def get_job(self, job_id: int) -> Deferred:
+        return self._read(_cluster.get_job, job_id)
+
+    def list_jobs(self, states: Iterable[str] | None = None) -> Deferred:
+        return self._read(_cluster.list_jobs, list(states) if states else None)
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Deferred:
+        return self._write(_cluster.acquire_lease, self._now(), name, owner, ttl_seconds)
+
+    def release_lease(self, name: str, owner: str) -> Deferred:
+        return self._write(_cluster.release_lease, name, owner)
+
+    # -- whole catalog -------------------------------------------------------
+
+    def status(self) -> Deferred:
+        return self._read(_cluster.status)
+
+    def close(self) -> Deferred:
+        self._runner.close()
+        return succeed(None)

@@ -1,0 +1,166 @@
+"""Numbered schema migrations, the same for both backends.
+
+``MIGRATIONS[n - 1]`` takes a database from version ``n - 1`` to ``n``;
+the version lives in the one-row table ``schema_version``.  A database newer
+than the code is refused (SchemaTooNew) rather than guessed at.  Each
+migration is a list of statements with ``{placeholders}`` the backend fills
+in (``{pk}``, ``{int}``, ``{real}``, ``{name}``) where the dialects differ.
+"""
+
+from __future__ import annotations
+
+from wsfront.catalog.errors import SchemaTooNew
+
+LIVE_SQL = "('active', 'interrupted')"
+
+MIGRATIONS: list[list[str]] = [
+    # 1: the namespace, blobs and upload sessions.
+    [
+        """CREATE TABLE inodes (
+            inode {pk},
+            kind TEXT NOT NULL,
+            version_id {int},
+            owner TEXT,
+            mtime {real} NOT NULL
+        )""",
+        "INSERT INTO inodes (kind, mtime) VALUES ('dir', 0)",
+        """CREATE TABLE dirents (
+            parent {int} NOT NULL,
+            name {name} NOT NULL,
+            inode {int} NOT NULL UNIQUE,
+            PRIMARY KEY (parent, name)
+        )""",
+        """CREATE TABLE versions (
+            version_id {pk},
+            inode {int} NOT NULL,
+            size {int} NOT NULL,
+            mtime {real} NOT NULL,
+            etag TEXT NOT NULL,
+            sha256 TEXT
+        )""",
+        """CREATE TABLE version_extents (
+            version_id {int} NOT NULL,
+            idx {int} NOT NULL,
+            blob_id TEXT NOT NULL,
+            blob_offset {int} NOT NULL,
+            length {int} NOT NULL,
+            file_offset {int} NOT NULL,
+            PRIMARY KEY (version_id, idx)
+        )""",
+        "CREATE INDEX version_extents_blob ON version_extents (blob_id)",
+        """CREATE TABLE blobs (
+            blob_id TEXT PRIMARY KEY,
+            length {int} NOT NULL DEFAULT 0,
+            sealed {int} NOT NULL DEFAULT 0,
+            wanted {int} NOT NULL,
+            created_at {real} NOT NULL
+        )""",
+        """CREATE TABLE replicas (
+            blob_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (blob_id, node)
+        )""",
+        """CREATE TABLE uploads (
+            upload_id TEXT PRIMARY KEY,
+            inode {int} NOT NULL,
+            path TEXT NOT NULL,
+            username TEXT NOT NULL,
+            blob_id TEXT NOT NULL,
+            blob_start {int} NOT NULL,
+            checkpoint {int} NOT NULL,
+            owner TEXT NOT NULL,
+            epoch {int} NOT NULL,
+            state TEXT NOT NULL,
+            declared_length {int},
+            meta TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            expires_at {real} NOT NULL
+        )""",
+        f"CREATE UNIQUE INDEX uploads_live_inode ON uploads (inode) WHERE state IN {LIVE_SQL}",
+        "CREATE INDEX uploads_state ON uploads (state, expires_at)",
+        "CREATE INDEX uploads_blob ON uploads (blob_id)",
+        "CREATE INDEX uploads_owner ON uploads (owner, state)",
+        """CREATE TABLE upload_extents (
+            upload_id TEXT NOT NULL,
+            idx {int} NOT NULL,
+            blob_id TEXT NOT NULL,
+            blob_offset {int} NOT NULL,
+            length {int} NOT NULL,
+            file_offset {int} NOT NULL,
+            PRIMARY KEY (upload_id, idx)
+        )""",
+        "CREATE INDEX upload_extents_blob ON upload_extents (blob_id)",
+    ],
+    # 2: users and the storage-server registry.
+    [
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            admin {int} NOT NULL,
+            root TEXT NOT NULL,
+            permissions TEXT NOT NULL,
+            quota_bytes {int},
+            quota_files {int},
+            used_bytes {int} NOT NULL DEFAULT 0,
+            used_files {int} NOT NULL DEFAULT 0,
+            password_hash TEXT NOT NULL,
+            created_at {real} NOT NULL
+        )""",
+        """CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            endpoint TEXT NOT NULL,
+            state TEXT NOT NULL,
+            free_bytes {int},
+            total_bytes {int},
+            seen_at {real}
+        )""",
+    ],
+    # 3: admin jobs and named leases.
+    [
+        """CREATE TABLE jobs (
+            job_id {pk},
+            kind TEXT NOT NULL,
+            args TEXT NOT NULL,
+            state TEXT NOT NULL,
+            owner TEXT,
+            progress TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        "CREATE INDEX jobs_state ON jobs (state, job_id)",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at {real} NOT NULL
+        )""",
+    ],
+]
+
+LATEST = len(MIGRATIONS)
+
+
+def current_version(tx) -> int:
+    """The schema version of the database behind ``tx`` (0: empty)."""
+    tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = tx.one("SELECT version FROM schema_version")
+    if row is None:
+        tx.execute("INSERT INTO schema_version (version) VALUES (0)")
+        return 0
+    return int(row["version"])
+
+
+def migrate(tx, dialect: dict[str, str], target: int = LATEST) -> int:
+    """Bring the schema up to ``target`` inside the caller's write
+    transaction; return the version found before.  SchemaTooNew if the
+    database is ahead of this code."""
+    found = current_version(tx)
+    if found > LATEST:
+        raise SchemaTooNew(f"catalog schema is version {found}; this wsfs knows up to {LATEST}")
+    for number in range(found + 1, target + 1):
+        for statement in MIGRATIONS[number - 1]:
+            tx.execute(statement.format(**dialect))
+        tx.execute("UPDATE schema_version SET version = ?", number)
+    return found

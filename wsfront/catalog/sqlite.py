@@ -1,0 +1,63 @@
+"""The SQLite backend: one file shared by the front ends of one host.
+
+WAL mode lets readers run beside one writer and several processes open the
+file; every write transaction is ``BEGIN IMMEDIATE``, so the write lock is
+taken before anything is read and a compare-and-set can never be decided on
+a stale read.  ``synchronous=FULL``: a commit is on disk when it returns,
+because front ends acknowledge clients right after it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from wsfront.catalog._db import Backend
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+    dialect = {
+        "pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "int": "INTEGER",
+        "real": "REAL",
+        "name": "TEXT",
+    }
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def begin(self, conn: sqlite3.Connection, write: bool) -> Any:
+        cursor = conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        return cursor
+
+    def commit(self, conn: sqlite3.Connection, cursor: Any) -> None:
+        cursor.execute("COMMIT")
+        cursor.close()
+
+    def rollback(self, conn: sqlite3.Connection, cursor: Any) -> None:
+        if conn.in_transaction:
+            conn.rollback()
+        cursor.close()
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError)
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return False
