@@ -1,0 +1,333 @@
+"""The blob store on a bad day: fsync order, crashes, torn tails, damaged
+blocks, a full disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from tests.support import python_env
+from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from wsstorage.blobstore import BlobStore
+from wsstorage.diskformat import BlobPaths
+from wsstorage.errors import BlobSealed, ChecksumError, DiskFull, InvalidOffset
+from wsstorage.fsshims import FullDiskFileSystem, GatedFsyncFileSystem, RecordingFileSystem
+from wsstorage.records import INCOMPLETE, OPEN, SEALED
+
+
+def paths(store: BlobStore, blob_id: str) -> BlobPaths:
+    return BlobPaths.of(store.root, blob_id)
+
+
+def reopen(store: BlobStore, **kw) -> BlobStore:
+    store.close()
+    return BlobStore.open(store.root, **kw)
+
+
+def flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(3 * BLOCK + 1))
+    directory = os.path.basename(paths(store, "b").directory)
+    fs.calls.clear()
+    handle.seal()
+    calls = fs.calls
+
+    def last(call):
+        return max(i for i, c in enumerate(calls) if c == call)
+
+    data_synced = last(("fsync", "b.data"))
+    sums_synced = last(("fsync", "b.sums"))
+    record_written = calls.index(("write", "b.meta.tmp"))
+    record_synced = calls.index(("fsync", "b.meta.tmp"))
+    renamed = calls.index(("rename", "b.meta"))
+    dir_synced = calls.index(("fsync_dir", directory))
+    assert data_synced < sums_synced < record_written < record_synced < renamed < dir_synced
+    assert calls[-1] == ("fsync_dir", directory)
+    store.close()
+
+
+def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(2 * BLOCK + 7))
+    assert ("write", "b.sums") not in fs.calls
+    fs.calls.clear()
+    handle.sync()
+    writes = [c for c in fs.calls if c[0] in ("fsync", "write")]
+    assert writes[0] == ("fsync", "b.data")
+    assert writes[1:-1] == [("write", "b.sums")] * 3
+    assert writes[-1] == ("fsync", "b.sums")
+    store.close()
+
+
+def test_metadata_update_is_atomic_rename(tmp_path):
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "b", pattern(10)).close()
+    fs.calls.clear()
+    store.fence("b", 9, 10)
+    assert ("write", "b.meta") not in fs.calls
+    assert fs.calls.index(("fsync", "b.meta.tmp")) < fs.calls.index(("rename", "b.meta"))
+    store.close()
+
+
+def test_unsynced_tail_is_reported_incomplete_after_restart(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(3 * BLOCK + 100)
+    handle = write_all(store, "b", data[: BLOCK + 50])
+    handle.sync()
+    handle.write(data[BLOCK + 50 :])
+    store = reopen(store)  # no sync: as after a crash that kept the page cache
+    info = store.stat("b")
+    assert (info.state, info.durable, info.size) == (INCOMPLETE, BLOCK + 50, len(data))
+    assert read_all(store, "b", 0, BLOCK + 50) == data[: BLOCK + 50]
+    with pytest.raises(ChecksumError):
+        read_all(store, "b", BLOCK, 100)
+    with pytest.raises(InvalidOffset):
+        store.open_write("b", 1, BLOCK + 51, {})
+    resumed = store.open_write("b", 1, BLOCK + 50, {})
+    resumed.write(data[BLOCK + 50 :])
+    assert resumed.seal().size == len(data)
+    assert read_all(store, "b") == data
+    store.close()
+
+
+def test_torn_data_under_a_checksum_is_detected_at_restart(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(4 * BLOCK)
+    write_all(store, "b", data).sync()
+    store.close()
+    flip_byte(paths(store, "b").data, 2 * BLOCK + 9)  # block 2 never reached the disk
+    store = BlobStore.open(store.root)
+    info = store.stat("b")
+    assert (info.state, info.durable) == (INCOMPLETE, 2 * BLOCK)
+    info = store.fence("b", 2, info.durable)
+    assert (info.state, info.size, info.durable) == (OPEN, 2 * BLOCK, 2 * BLOCK)
+    store = reopen(store)
+    assert store.stat("b").durable == 2 * BLOCK
+    assert read_all(store, "b") == data[: 2 * BLOCK]
+    store.close()
+
+
+def test_sealed_blob_survives_restart_intact(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(5 * BLOCK + 3)
+    write_all(store, "b", data).seal()
+    store = reopen(store)
+    assert store.stat("b").state == SEALED
+    assert read_all(store, "b") == data
+    store.close()
+
+
+def test_damaged_block_fails_read_with_checksum_error_after_good_bytes(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(6 * BLOCK)
+    write_all(store, "b", data).seal()
+    flip_byte(paths(store, "b").data, 3 * BLOCK + 77)
+    reader = store.open_read("b", 0, None)
+    good = reader.read(3 * BLOCK)
+    assert good == data[: 3 * BLOCK]
+    with pytest.raises(ChecksumError):
+        reader.read(10)
+    reader.close()
+    assert read_all(store, "b", 4 * BLOCK, BLOCK) == data[4 * BLOCK : 5 * BLOCK]
+    store.close()
+
+
+def test_damaged_checksum_file_fails_read(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(2 * BLOCK)).seal()
+    flip_byte(paths(store, "b").sums, 8 + 6)
+    with pytest.raises(ChecksumError):
+        read_all(store, "b", BLOCK, 1)
+    store.close()
+
+
+def test_truncated_data_file_of_sealed_blob_fails_read(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(2 * BLOCK)).seal()
+    os.truncate(paths(store, "b").data, BLOCK + 10)
+    with pytest.raises(ChecksumError):
+        read_all(store, "b")
+    store.close()
+
+
+def test_start_removes_temp_files_and_files_without_record(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "kept", pattern(10)).seal()
+    store.close()
+    orphan = paths(store, "orphan")
+    os.makedirs(orphan.directory, exist_ok=True)
+    for p in (orphan.data, orphan.sums, paths(store, "kept").meta + ".tmp"):
+        with open(p, "wb") as f:
+            f.write(b"junk")
+    store = BlobStore.open(store.root)
+    assert not os.path.exists(orphan.data)
+    assert not os.path.exists(orphan.sums)
+    assert not os.path.exists(paths(store, "kept").meta + ".tmp")
+    assert [i.blob_id for i in store.list_blobs()] == ["kept"]
+    store.close()
+
+
+def test_list_blobs_reads_no_blob_data(tmp_path):
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    for i in range(5):
+        write_all(store, f"b{i}", pattern(3 * BLOCK)).seal()
+    fs.calls.clear()
+    assert len(list(store.list_blobs())) == 5
+    assert not [c for c in fs.calls if c[1].endswith((".data", ".sums"))]
+    store.close()
+
+
+def test_sigkill_mid_write_keeps_sealed_blobs_and_reports_torn_one(tmp_path):
+    root = tmp_path / "d"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, hashlib
+        from wsstorage.blobstore import BlobStore
+        from tests.test_blobstore import pattern
+        store = BlobStore.open({str(root)!r}, block_size={BLOCK})
+        for i in range(3):
+            h = store.open_write(f"sealed{{i}}", 1, 0, {{"i": i}})
+            h.write(pattern(5 * {BLOCK} + i, seed=i))
+            h.seal()
+        h = store.open_write("torn", 1, 0, {{}})
+        h.write(pattern(2 * {BLOCK} + 10))
+        h.sync()
+        h.write(pattern(3 * {BLOCK}, seed=9))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=python_env(), cwd=tmp_path)
+    assert proc.returncode == -9
+    store = BlobStore.open(root)
+    for i in range(3):
+        got = read_all(store, f"sealed{i}")
+        want = pattern(5 * BLOCK + i, seed=i)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+    info = store.stat("torn")
+    assert (info.state, info.durable) == (INCOMPLETE, 2 * BLOCK + 10)
+    store.close()
+
+
+def test_disk_full_during_write_leaves_blob_and_others_intact(tmp_path):
+    fs = FullDiskFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    other = pattern(2 * BLOCK, seed=5)
+    write_all(store, "other", other).seal()
+    handle = write_all(store, "b", pattern(1000))
+    fs.full, fs.allow = True, 300
+    with pytest.raises(DiskFull):
+        handle.write(pattern(5000, seed=1))
+    assert handle.size == 1000
+    assert os.path.getsize(paths(store, "b").data) == 1000
+    fs.full = False
+    handle.write(b"z" * 10)
+    assert handle.seal().size == 1010
+    assert read_all(store, "b") == pattern(1000) + b"z" * 10
+    assert read_all(store, "other") == other
+    store.close()
+
+
+def test_disk_full_while_sealing_keeps_blob_unsealed_and_retryable(tmp_path):
+    fs = FullDiskFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(1000))
+    handle.sync()
+    fs.full = True
+    with pytest.raises(DiskFull):
+        handle.seal()
+    assert store.stat("b").state == OPEN
+    assert not os.path.exists(paths(store, "b").meta + ".tmp")
+    fs.full = False
+    assert handle.seal().state == SEALED
+    store = reopen(store)
+    assert read_all(store, "b") == pattern(1000)
+    store.close()
+
+
+def test_disk_full_when_creating_leaves_no_blob(tmp_path):
+    fs = FullDiskFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    fs.full = True
+    with pytest.raises(DiskFull):
+        store.open_write("b", 1, 0, {})
+    fs.full = False
+    assert list(store.list_blobs()) == []
+    store.open_write("b", 1, 0, {}).write(b"ok")
+    assert store.stat("b").size == 2
+    store.close()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_real_full_disk_gives_disk_full_and_keeps_sealed_blobs(tiny_tmpfs):
+    store = BlobStore.open(tiny_tmpfs / "d", block_size=BLOCK)
+    kept = pattern(16 * 1024, seed=3)
+    write_all(store, "kept", kept).seal()
+    handle = store.open_write("big", 1, 0, {})
+    with pytest.raises(DiskFull):
+        for _ in range(1000):
+            handle.write(pattern(8192))
+    assert read_all(store, "kept") == kept
+    store.delete("big")
+    store.close()
+
+
+def test_writes_go_on_while_a_sync_waits_for_its_fsync(tmp_path):
+    fs = GatedFsyncFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(3000))
+    fs.armed = True
+    result = {}
+    syncer = threading.Thread(target=lambda: result.setdefault("durable", handle.sync()))
+    syncer.start()
+    assert fs.entered.wait(30)
+    handle.write(b"more")  # would deadlock if sync held the blob's lock
+    assert store.stat("b").size == 3004
+    fs.release.set()
+    syncer.join(30)
+    assert result["durable"] == 3000
+    assert handle.sync() == 3004
+    store = reopen(store)
+    assert store.stat("b").durable == 3004
+    store.close()
+
+
+def test_sealed_blob_refuses_fence_that_would_change_it(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(10)).seal()
+    store = reopen(store)
+    with pytest.raises(BlobSealed):
+        store.fence("b", 3, 0)
+    store.close()
