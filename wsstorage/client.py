@@ -383,6 +383,8 @@ class _ClientProtocol(Protocol):
 
 
 class _ClientFactory(Factory):
+    noisy = False
+
     def __init__(self, client: StorageClient) -> None:
         self.client = client
 

@@ -113,6 +113,8 @@ class StorageServerFactory(Factory):
     with this server's secret.
     """
 
+    noisy = False
+
     def __init__(
         self,
         reactor: Any,

@@ -1,0 +1,155 @@
+"""``twistd -n wsstorage``: options, the service, and an in-process starter.
+
+``start_storage_server`` is what tests (and ``wslocal``) use to run a
+server inside the current reactor; the twistd service is a thin wrapper
+around it.  The blob store is opened (and its startup scan run) in a
+thread, and the port opens only after that, so a client that connects
+finds every blob already recovered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from wsstorage import auth
+from wsstorage.blobstore import BlobStore
+from wsstorage.records import BLOB_ID_RE
+from wsstorage.server import StorageServerFactory
+
+log = Logger()
+
+
+@attrs.define
+class RunningServer:
+    """A storage server listening in this process."""
+
+    factory: StorageServerFactory
+    store: Any
+    port: Any
+
+    @property
+    def client_endpoint(self) -> str:
+        """A client endpoint string that reaches this server (TCP)."""
+        addr = self.port.getHost()
+        return f"tcp:{addr.host}:{addr.port}"
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening, drop connections, close the store (in a thread)."""
+        yield defer.maybeDeferred(self.port.stopListening)
+        for conn in list(self.factory.connections):
+            conn.transport.abortConnection()
+        yield self.factory.run_blocking(self.store.close)
+
+
+@defer.inlineCallbacks
+def start_storage_server(
+    reactor: Any,
+    endpoint: str,
+    data_dir: str,
+    name: str,
+    secret: bytes,
+    **factory_kw: Any,
+) -> Any:
+    """Open the store under ``data_dir`` (in a thread) and listen on ``endpoint``
+    (a server endpoint string such as ``tcp:0:interface=127.0.0.1``).
+
+    Fires with a RunningServer."""
+    store = yield threads.deferToThreadPool(
+        reactor, reactor.getThreadPool(), BlobStore.open, data_dir
+    )
+    try:
+        factory = StorageServerFactory(reactor, store, name, secret, **factory_kw)
+        port = yield serverFromString(reactor, endpoint).listen(factory)
+    except BaseException:
+        store.close()
+        raise
+    log.info(
+        "wsstorage {name} listening on {addr}, data in {data}",
+        name=name,
+        addr=port.getHost(),
+        data=data_dir,
+    )
+    return RunningServer(factory, store, port)
+
+
+class Options(usage.Options):
+    synopsis = "--listen EP --data DIR --name NAME --secret-file FILE"
+    longdesc = (
+        "Run a wsfs storage server: blobs on local disk under DIR, served over the "
+        "authenticated wsstorage wire protocol on the Twisted server endpoint EP."
+    )
+    optParameters = [
+        ["listen", None, None, "server endpoint string, e.g. tcp:7001:interface=127.0.0.1"],
+        ["data", None, None, "directory holding the blobs"],
+        ["name", None, None, "this storage server's name in the cluster"],
+        ["secret-file", None, None, "cluster secret (created with a random one if absent)"],
+    ]
+
+    def postOptions(self) -> None:
+        missing = [f"--{k}" for k in ("listen", "data", "name", "secret-file") if not self[k]]
+        if missing:
+            raise usage.UsageError(f"missing required option(s): {', '.join(missing)}")
+        if not BLOB_ID_RE.match(self["name"]):
+            raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
+        try:
+            self.secret, self.secret_created = auth.ensure_secret(self["secret-file"])
+        except auth.SecretError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class StorageService(Service):
+    """Runs one storage server under twistd."""
+
+    def __init__(self, reactor: Any, options: Options) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.running_server: RunningServer | None = None
+        self._starting: defer.Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        opts = self.options
+        if opts.secret_created:
+            log.warn(
+                "created secret file {path} with a new random secret; copy it to every "
+                "front end and storage server of this cluster",
+                path=os.path.abspath(opts["secret-file"]),
+            )
+        d = start_storage_server(
+            self.reactor, opts["listen"], opts["data"], opts["name"], opts.secret
+        )
+        d.addCallbacks(self._started, self._failed)
+        self._starting = d
+
+    def _started(self, server: RunningServer) -> None:
+        self.running_server = server
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("wsstorage could not start", failure)
+        sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._starting is not None:
+            yield self._starting
+        if self.running_server is not None:
+            yield self.running_server.stop()
+
+
+def makeService(options: Options) -> StorageService:
+    from twisted.internet import reactor
+
+    return StorageService(reactor, options)
