@@ -1,0 +1,159 @@
+"""Contract: users, passwords, permissions and quota accounting."""
+
+import pytest
+import pytest_twisted
+
+from wsfront.catalog.errors import AuthFailed, Exists, InvalidName, NotFound, QuotaExceeded
+from wsfront.catalog.passwords import hash_password, verify_password
+from wsfront.catalog.records import DIR, PERMISSIONS
+
+pytest_plugins = ["tests.catalog_fixtures"]
+
+
+async def upload(cat, user, path, size, blob, base=0):
+    up = await cat.begin_upload(
+        user,
+        path,
+        base_length=base,
+        blob_id=blob,
+        replicas=["s1"],
+        wanted_replicas=1,
+        owner="fe1",
+        expires_at=cat._clock() + 60,
+    )
+    return await cat.commit_upload(up.upload_id, up.epoch, size)
+
+
+def test_password_hashes_are_salted_and_verified_in_constant_time():
+    a, b = hash_password("secret"), hash_password("secret")
+    assert a != b and a.startswith("scrypt$16384$8$1$")
+    assert verify_password("secret", a) and not verify_password("Secret", a)
+    assert not verify_password("secret", "garbage")
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_user_creates_their_root_and_authenticates(catalog):
+    user = await catalog.add_user("alice", "pw")
+    assert (user.name, user.root, user.admin, user.permissions) == (
+        "alice",
+        "/alice",
+        False,
+        PERMISSIONS,
+    )
+    assert (await catalog.stat("/alice")).kind == DIR
+    assert (await catalog.authenticate("alice", "pw")).name == "alice"
+    with pytest.raises(AuthFailed):
+        await catalog.authenticate("alice", "wrong")
+    with pytest.raises(AuthFailed):
+        await catalog.authenticate("nobody", "pw")
+
+
+@pytest_twisted.ensureDeferred
+async def test_admins_may_have_the_root_and_nested_roots_are_created(catalog):
+    admin = await catalog.add_user("root", "pw", admin=True, root="/")
+    assert admin.admin and admin.root == "/"
+    deep = await catalog.add_user("carol", "pw", root="/home/carol")
+    assert deep.root == "/home/carol"
+    assert (await catalog.stat("/home/carol")).kind == DIR
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_management_errors(catalog):
+    await catalog.add_user("alice", "pw")
+    with pytest.raises(Exists):
+        await catalog.add_user("alice", "pw")
+    with pytest.raises(InvalidName):
+        await catalog.add_user("a/b", "pw")
+    with pytest.raises(InvalidName):
+        await catalog.add_user("-", "pw")
+    with pytest.raises(NotFound):
+        await catalog.get_user("bob")
+    with pytest.raises(NotFound):
+        await catalog.delete_user("bob")
+    with pytest.raises(ValueError):
+        await catalog.set_permissions("alice", ["fly"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_permission_and_quota_changes_stick(catalog):
+    await catalog.add_user("alice", "pw")
+    await catalog.add_user("bob", "pw")
+    await catalog.set_password("alice", "new")
+    with pytest.raises(AuthFailed):
+        await catalog.authenticate("alice", "pw")
+    assert (await catalog.authenticate("alice", "new")).name == "alice"
+    assert (await catalog.set_permissions("alice", ["read"])).permissions == {"read"}
+    user = await catalog.set_quota("alice", 1000, 5)
+    assert (user.quota_bytes, user.quota_files) == (1000, 5)
+    assert [u.name for u in await catalog.list_users()] == ["alice", "bob"]
+    await catalog.delete_user("bob")
+    assert [u.name for u in await catalog.list_users()] == ["alice"]
+    assert (await catalog.stat("/bob")).kind == DIR  # files stay
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_follows_commits_overwrites_resumes_and_deletes(catalog):
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/a", 100, "b1")
+    await upload(catalog, "alice", "/alice/b", 50, "b2")
+    user = await catalog.get_user("alice")
+    assert (user.used_bytes, user.used_files) == (150, 2)
+    await upload(catalog, "alice", "/alice/a", 30, "b3")  # overwrite shrinks
+    await upload(catalog, "alice", "/alice/b", 80, "b4", base=50)  # resume grows
+    user = await catalog.get_user("alice")
+    assert (user.used_bytes, user.used_files) == (110, 2)
+    await catalog.delete("/alice/a")
+    user = await catalog.get_user("alice")
+    assert (user.used_bytes, user.used_files) == (80, 1)
+    await catalog.rename("/alice/b", "/alice/c")
+    assert (await catalog.get_user("alice")).used_bytes == 80
+
+
+@pytest_twisted.ensureDeferred
+async def test_overwriting_another_users_file_moves_the_usage(catalog):
+    await catalog.add_user("alice", "pw", root="/shared")
+    await catalog.add_user("bob", "pw", root="/shared")
+    await upload(catalog, "alice", "/shared/f", 100, "b1")
+    await upload(catalog, "bob", "/shared/f", 40, "b2")
+    alice, bob = await catalog.get_user("alice"), await catalog.get_user("bob")
+    assert (alice.used_bytes, alice.used_files, bob.used_bytes, bob.used_files) == (0, 0, 40, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_byte_quota_refuses_the_commit_and_leaves_everything_as_it_was(catalog):
+    await catalog.add_user("alice", "pw", quota_bytes=100)
+    await upload(catalog, "alice", "/alice/a", 60, "b1")
+    up = await catalog.begin_upload(
+        "alice", "/alice/b", base_length=0, blob_id="b2", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=catalog._clock() + 60,
+    )  # fmt: skip
+    with pytest.raises(QuotaExceeded):
+        await catalog.commit_upload(up.upload_id, 1, 41)
+    assert (await catalog.get_upload(up.upload_id)).state == "active"
+    assert (await catalog.get_user("alice")).used_bytes == 60
+    await catalog.commit_upload(up.upload_id, 1, 40)
+    assert (await catalog.get_user("alice")).used_bytes == 100
+    await upload(catalog, "alice", "/alice/a", 10, "b3")  # shrinking is always allowed
+
+
+@pytest_twisted.ensureDeferred
+async def test_declared_length_over_quota_is_refused_before_any_byte(catalog):
+    await catalog.add_user("alice", "pw", quota_bytes=100)
+    with pytest.raises(QuotaExceeded):
+        await catalog.begin_upload(
+            "alice", "/alice/big", base_length=0, blob_id="b1", replicas=["s1"],
+            wanted_replicas=1, owner="fe1", expires_at=catalog._clock() + 60,
+            declared_length=101,
+        )  # fmt: skip
+    with pytest.raises(NotFound):
+        await catalog.stat("/alice/big")
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_quota_counts_new_files_only(catalog):
+    await catalog.add_user("alice", "pw", quota_files=1)
+    await upload(catalog, "alice", "/alice/a", 1, "b1")
+    await upload(catalog, "alice", "/alice/a", 2, "b2")
+    with pytest.raises(QuotaExceeded):
+        await upload(catalog, "alice", "/alice/b", 1, "b3")
+    assert (await catalog.get_user("alice")).used_files == 1
