@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -146,14 +146,14 @@ class Runner:
     def run(self, fn: Callable[[Tx], T], write: bool = True) -> Deferred[T]:
         """Run ``fn`` in a transaction in the pool; fire with its result."""
         if self._closed:
-            raise RuntimeError("catalog is closed")
+            return fail(RuntimeError("catalog is closed"))
         return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write)
 
     def call(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``fn`` (which may call ``run_sync``) in the pool: for work such
         as password hashing that must not run on the reactor thread."""
         if self._closed:
-            raise RuntimeError("catalog is closed")
+            return fail(RuntimeError("catalog is closed"))
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
 
     def close(self) -> None:

@@ -1,0 +1,112 @@
+"""Contract: storage-node registry, admin jobs, leases, status, close."""
+
+import pytest
+import pytest_twisted
+
+from wsfront.catalog import ICatalog, open_catalog
+from wsfront.catalog.errors import LeaseHeld, NotFound
+
+pytest_plugins = ["tests.catalog_fixtures"]
+
+
+def test_both_backends_provide_the_interface(catalog):
+    assert ICatalog.providedBy(catalog)
+
+
+def test_unknown_url_schemes_are_refused():
+    from twisted.internet import reactor
+
+    with pytest.raises(ValueError):
+        open_catalog(reactor, "mysql://x/y")
+    with pytest.raises(ValueError):
+        open_catalog(reactor, "sqlite://relative/path")
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_node_upserts_and_health_is_recorded(catalog):
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    await catalog.register_node("s2", "tcp:127.0.0.1:7002")
+    node = await catalog.register_node("s1", "tcp:127.0.0.1:7101")
+    assert node.endpoint == "tcp:127.0.0.1:7101"
+    await catalog.set_node_health("s1", "up", 10, 100, 5.0)
+    nodes = await catalog.list_nodes()
+    assert [(n.name, n.state, n.free_bytes, n.total_bytes, n.seen_at) for n in nodes] == [
+        ("s1", "up", 10, 100, 5.0),
+        ("s2", "unknown", None, None, None),
+    ]
+    with pytest.raises(NotFound):
+        await catalog.set_node_health("s9", "up", 1, 1, 1.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_lifecycle_queued_running_done(catalog):
+    job = await catalog.enqueue_job("repair", {"limit": 5})
+    assert (job.state, job.owner, job.args) == ("queued", None, {"limit": 5})
+    assert await catalog.claim_job("fe1", ["drain"]) is None
+    claimed = await catalog.claim_job("fe1", ["repair", "drain"])
+    assert (claimed.job_id, claimed.state, claimed.owner) == (job.job_id, "running", "fe1")
+    assert await catalog.claim_job("fe2", ["repair"]) is None
+    with pytest.raises(LeaseHeld):
+        await catalog.update_job(job.job_id, "fe2", {"done": 1})
+    assert (await catalog.update_job(job.job_id, "fe1", {"done": 1})).progress == {"done": 1}
+    done = await catalog.finish_job(job.job_id, "fe1", result={"copied": 3})
+    assert (done.state, done.result) == ("done", {"copied": 3})
+    assert (await catalog.get_job(job.job_id)) == done
+    with pytest.raises(LeaseHeld):
+        await catalog.finish_job(job.job_id, "fe1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_jobs_keep_their_error_and_jobs_list_by_state(catalog):
+    a = await catalog.enqueue_job("repair", {})
+    b = await catalog.enqueue_job("repair", {})
+    await catalog.claim_job("fe1", ["repair"])
+    failed = await catalog.finish_job(a.job_id, "fe1", error="no nodes")
+    assert (failed.state, failed.error) == ("failed", "no nodes")
+    assert [j.job_id for j in await catalog.list_jobs(["queued"])] == [b.job_id]
+    assert [j.job_id for j in await catalog.list_jobs()] == [a.job_id, b.job_id]
+    with pytest.raises(NotFound):
+        await catalog.get_job(10**6)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_has_one_holder_until_released_or_expired(catalog, clock):
+    assert await catalog.acquire_lease("repair", "fe1", 30)
+    assert not await catalog.acquire_lease("repair", "fe2", 30)
+    assert await catalog.acquire_lease("repair", "fe1", 30)  # renewal
+    clock.advance(31)
+    assert await catalog.acquire_lease("repair", "fe2", 30)
+    assert not await catalog.release_lease("repair", "fe1")
+    assert await catalog.release_lease("repair", "fe2")
+    assert await catalog.acquire_lease("repair", "fe1", 30)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_counts_files_bytes_uploads_and_nodes(catalog):
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    await catalog.mkdir("/d")
+    up = await catalog.begin_upload(
+        "alice", "/d/f", base_length=0, blob_id="b1", replicas=["s1"],
+        wanted_replicas=2, owner="fe1", expires_at=catalog._clock() + 60,
+    )  # fmt: skip
+    await catalog.commit_upload(up.upload_id, 1, 123)
+    await catalog.begin_upload(
+        "alice", "/d/g", base_length=0, blob_id="b2", replicas=["s1"],
+        wanted_replicas=2, owner="fe1", expires_at=catalog._clock() + 60,
+    )  # fmt: skip
+    status = await catalog.status()
+    assert {k: status[k] for k in ("files", "bytes", "dirs", "live_uploads")} == {
+        "files": 1,
+        "bytes": 123,
+        "dirs": 2,
+        "live_uploads": 1,
+    }
+    assert status["under_replicated"] == 1
+    assert [n.name for n in status["nodes"]] == ["s1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_catalog_refuses_work(catalog):
+    await catalog.close()
+    with pytest.raises(RuntimeError):
+        await catalog.stat("/")
