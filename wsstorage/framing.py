@@ -75,14 +75,19 @@ def encode_control(frame_type: int, request_id: int, body: dict[str, Any]) -> by
 def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
     """Header and body pieces of DATA frames carrying ``data``, for writeSequence.
 
-    Large chunks are cut at ``MAX_DATA``; slices of a memoryview avoid copying
-    the body.
+    Chunks up to ``MAX_DATA`` go out as they are (no copy); larger ones are
+    cut at ``MAX_DATA``.
     """
-    view = memoryview(data)
-    for start in range(0, len(view), MAX_DATA):
-        piece = view[start : start + MAX_DATA]
+    if not data:
+        return
+    if len(data) <= MAX_DATA:
+        yield encode_header(DATA, request_id, len(data))
+        yield bytes(data)
+        return
+    for start in range(0, len(data), MAX_DATA):
+        piece = bytes(data[start : start + MAX_DATA])
         yield encode_header(DATA, request_id, len(piece))
-        yield piece  # type: ignore[misc]
+        yield piece
 
 
 def decode_control(body: bytes) -> dict[str, Any]:

@@ -1,0 +1,240 @@
+"""Real servers over real TCP on 127.0.0.1 with the real blob store on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from tests.storage_procs import StorageProcess, pattern, read_sha, write_blob
+from wsstorage import framing
+from wsstorage.client import StorageClient
+from wsstorage.errors import (
+    AuthenticationFailed,
+    BlobSealed,
+    InvalidOffset,
+    NodeUnavailable,
+    StaleEpoch,
+)
+from wsstorage.service import start_storage_server
+
+SECRET = b"tcp-test-secret-0123456789abcdef"
+
+
+@pytest_twisted.async_yield_fixture
+async def server(tmp_path):
+    running = await start_storage_server(
+        reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "data"), "s1", SECRET
+    )
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def client(server):
+    c = StorageClient(reactor, "s1", server.client_endpoint, SECRET, idle_timeout=10)
+    yield c
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_of_several_mib_round_trips_over_tcp(client) -> None:
+    data = pattern(5 * 1024 * 1024 + 123)
+    info = await write_blob(client, "big", data)
+    assert info.size == len(data) and info.sealed
+    sha, n = await read_sha(client, "big")
+    assert (sha, n) == (hashlib.sha256(data).hexdigest(), len(data))
+    sha, n = await read_sha(client, "big", 1_000_001, 2_000_000)
+    assert sha == hashlib.sha256(data[1_000_001:3_000_001]).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_flush_fence_and_stale_epoch_over_tcp(client) -> None:
+    w, durable = await write_blob(client, "b1", b"a" * 300_000, epoch=1, commit=False)
+    assert durable == 300_000
+    failed = w.when_failed()
+    info = await client.fence("b1", 2, 200_000)
+    assert (info.epoch, info.size) == (2, 200_000)
+    w.write(b"too late")
+    with pytest.raises(StaleEpoch):
+        await failed
+    await w.abort()
+    with pytest.raises(StaleEpoch):
+        await client.commit("b1", 1)
+    sealed = await client.commit("b1", 2)
+    assert (sealed.size, sealed.state) == (200_000, "sealed")
+    with pytest.raises(BlobSealed):
+        await client.write("b1", 2, 0, {})
+    with pytest.raises(InvalidOffset):
+        await read_sha(client, "b1", 0, 200_001)
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_health_and_delete_over_tcp(client) -> None:
+    for i in range(20):
+        await write_blob(client, f"blob{i}", pattern(i * 1000, seed=i))
+    blobs = await client.list_blobs()
+    assert sorted(b.blob_id for b in blobs) == sorted(f"blob{i}" for i in range(20))
+    health = await client.health()
+    assert health.name == "s1" and health.blobs == 20 and health.free_bytes > 0
+    assert health.version == framing.VERSION
+    await client.delete("blob3")
+    assert len(await client.list_blobs()) == 19
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_from_a_peer_moves_bytes_server_to_server(tmp_path, server, client) -> None:
+    peer = await start_storage_server(
+        reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "peer"), "s2", SECRET
+    )
+    try:
+        peer_client = StorageClient(reactor, "s2", peer.client_endpoint, SECRET)
+        data = pattern(3 * 1024 * 1024 + 7, seed=9)
+        src = await write_blob(peer_client, "rep", data, epoch=5)
+        info = await client.copy_from("rep", peer.client_endpoint)
+        assert (info.size, info.epoch, info.meta, info.state) == (
+            len(data),
+            5,
+            src.meta,
+            "sealed",
+        )
+        sha, _ = await read_sha(client, "rep")
+        assert sha == hashlib.sha256(data).hexdigest()
+        await peer_client.close()
+    finally:
+        await peer.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_secret_over_tcp_is_refused_and_stores_nothing(server) -> None:
+    bad = StorageClient(reactor, "s1", server.client_endpoint, b"not-the-cluster-secret!!")
+    with pytest.raises(AuthenticationFailed):
+        await bad.health()
+    assert list(server.store.list_blobs()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_on_the_socket_gets_an_error_frame_and_a_close(server) -> None:
+    addr = server.port.getHost()
+
+    def talk() -> bytes:
+        with socket.create_connection((addr.host, addr.port), 5) as s:
+            s.sendall(b"\x00" * 64)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    from twisted.internet import threads
+
+    answer = await threads.deferToThread(talk)
+    [(ftype, _, body)] = list(framing.FrameDecoder().frames(answer))
+    assert (ftype, body["code"]) == (framing.ERROR, "protocol")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_server_is_node_unavailable(server) -> None:
+    port = server.port.getHost().port
+    await server.stop()
+    c = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", SECRET, connect_timeout=2)
+    with pytest.raises(NodeUnavailable):
+        await c.stat("b1")
+
+
+# -- twistd subprocess ------------------------------------------------------
+
+
+@pytest.fixture
+def storage_process(tmp_path):
+    p = StorageProcess(tmp_path)
+    yield p
+    p.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_server_creates_its_secret_and_serves(storage_process) -> None:
+    storage_process.start()
+    assert os.stat(storage_process.secret_file).st_mode & 0o777 == 0o600
+    assert "created secret file" in storage_process.log()
+    c = storage_process.client(reactor)
+    data = pattern(2 * 1024 * 1024, seed=3)
+    await write_blob(c, "b1", data)
+    sha, _ = await read_sha(c, "b1")
+    assert sha == hashlib.sha256(data).hexdigest()
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigstopped_server_fails_a_stalled_read_within_the_timeout(storage_process) -> None:
+    storage_process.start()
+    c = storage_process.client(reactor, idle_timeout=2.0)
+    await write_blob(c, "b1", pattern(64 * 1024 * 1024, seed=1))
+
+    class Stopper:
+        """Freezes the server as soon as the first bytes arrive."""
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def registerProducer(self, p, s) -> None:
+            pass
+
+        def unregisterProducer(self) -> None:
+            pass
+
+        def write(self, data: bytes) -> None:
+            if self.count == 0:
+                os.kill(storage_process.proc.pid, signal.SIGSTOP)
+            self.count += len(data)
+
+    started = reactor.seconds()
+    try:
+        with pytest.raises(NodeUnavailable, match="did not answer"):
+            await c.read("b1", 0, None, Stopper())
+    finally:
+        os.kill(storage_process.proc.pid, signal.SIGCONT)
+    assert reactor.seconds() - started < 6
+    await c.close()
+
+
+def test_empty_secret_file_is_a_clear_startup_error(tmp_path) -> None:
+    import subprocess
+
+    from tests.storage_procs import twistd_storage_argv
+    from tests.support import python_env
+
+    (tmp_path / "secret").write_bytes(b"\n")
+    out = subprocess.run(
+        twistd_storage_argv(
+            "--listen", "tcp:0", "--data", str(tmp_path / "d"), "--name", "s1",
+            "--secret-file", str(tmp_path / "secret"),
+        ),
+        env=python_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "secret file" in out.stdout + out.stderr and "is empty" in out.stdout + out.stderr
+
+
+def test_missing_options_are_a_usage_error(tmp_path) -> None:
+    import subprocess
+
+    from tests.storage_procs import twistd_storage_argv
+    from tests.support import python_env
+
+    out = subprocess.run(
+        twistd_storage_argv("--data", str(tmp_path)),
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "missing required option(s): --listen, --name, --secret-file" in out.stderr + out.stdout
+
+
+_ = defer  # keep import for type readers
