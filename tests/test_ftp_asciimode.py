@@ -91,6 +91,7 @@ def test_chunking_never_changes_the_output(data, cuts):
 def test_streaming_matches_the_whole_buffer_rule(data, cuts):
     assert run(FromNetwork(), chunked(data, cuts)) == data.replace(b"\r\n", b"\n")
     sent = run(ToNetwork(), chunked(data, cuts))
+    assert sent == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     assert b"\n" not in sent.replace(b"\r\n", b"")
 
 

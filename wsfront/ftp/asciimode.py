@@ -30,7 +30,8 @@ class ToNetwork:
         """The converted bytes of ``chunk``; nothing is held back."""
         if not chunk:
             return b""
-        out = _to_network_slow(chunk) if b"\r" in chunk else chunk.replace(b"\n", b"\r\n")
+        # Normalising CRLF to LF first leaves existing CRLFs single after the LF -> CRLF.
+        out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if self._after_cr and chunk[0] == _LF:
             out = out[1:]
         self._after_cr = chunk[-1] == _CR
@@ -40,23 +41,6 @@ class ToNetwork:
         """The end of the stream: nothing is ever pending, so always empty."""
         self._after_cr = False
         return b""
-
-
-def _to_network_slow(chunk: bytes) -> bytes:
-    """LF -> CRLF for a chunk that holds CRs: only LFs without a CR before them."""
-    out = bytearray()
-    start = 0
-    while True:
-        i = chunk.find(b"\n", start)
-        if i < 0:
-            out += chunk[start:]
-            return bytes(out)
-        out += chunk[start:i]
-        if i > 0 and chunk[i - 1] == _CR:
-            out.append(_LF)
-        else:
-            out += b"\r\n"
-        start = i + 1
 
 
 class FromNetwork:
