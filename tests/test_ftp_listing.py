@@ -20,6 +20,7 @@ from wsfront.ftp.listing import (
     mode_string,
     nlst_lines,
     opts_mlst_reply_text,
+    parse_list_argument,
     parse_opts_mlst,
     perm_fact,
 )
@@ -163,3 +164,22 @@ def test_list_date_has_one_of_two_fixed_widths(mtime, now):
     date = list_date(mtime, now)
     assert len(date) == 12
     assert re.fullmatch(r"\w{3} [ \d]\d (\d\d:\d\d| \d{4})", date)
+
+
+@pytest.mark.parametrize(
+    ("argument", "options", "path"),
+    [
+        ("", set(), ""),
+        ("docs", set(), "docs"),
+        ("-la", {"l", "a"}, ""),
+        ("-l -a docs", {"l", "a"}, "docs"),
+        ("-la my dir", {"l", "a"}, "my dir"),
+        ("./-la", set(), "./-la"),
+        ("-", set(), "-"),
+        ("--", set(), "--"),
+        ("-1 x", set(), "-1 x"),
+        ("a -l", set(), "a -l"),
+    ],
+)
+def test_list_argument_splits_ls_options_from_the_path(argument, options, path):
+    assert parse_list_argument(argument) == (frozenset(options), path)

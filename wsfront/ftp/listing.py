@@ -14,6 +14,7 @@ MLST's ``perm`` fact.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -196,3 +197,25 @@ def opts_mlst_reply_text(selected: Sequence[str]) -> str:
 def feat_mlst_line(selected: Sequence[str]) -> str:
     """The FEAT line for MLST: every supported fact, selected ones starred."""
     return "MLST " + "".join(f"{f}{'*' if f in selected else ''};" for f in MLST_FACTS)
+
+
+_LIST_OPTION = re.compile(r"-[A-Za-z]+\Z")
+
+
+def parse_list_argument(argument: str) -> tuple[frozenset[str], str]:
+    """(option letters, path) of a LIST/NLST/STAT argument such as ``-la docs``.
+
+    Clients send ``ls`` options (``LIST -a``, ``LIST -la dir``) that the
+    server should accept and mostly ignore, as vsftpd and pyftpdlib do.
+    Leading words of the form ``-letters`` are options; the rest is the
+    path, kept as given.  A file whose name looks like options (``-la``) must
+    be named with a path (``./-la``).
+    """
+    options: set[str] = set()
+    rest = argument
+    while True:
+        word, _, after = rest.lstrip(" ").partition(" ")
+        if not _LIST_OPTION.match(word):
+            return frozenset(options), rest.lstrip(" ")
+        options.update(word[1:])
+        rest = after
