@@ -139,6 +139,7 @@ def test_check_name_refuses_empty_and_dot_names(name):
         (b"/%252e%252e", HttpTarget("/%2e%2e", False)),
         (b"/100%25", HttpTarget("/100%", False)),
         ("/docs/a.txt", HttpTarget("/docs/a.txt", False)),
+        ("/caf\u00e9/%C3%A9", HttpTarget("/caf\u00e9/\u00e9", False)),
     ],
 )
 def test_resolve_http_decodes_each_component_once(raw, expected):

@@ -204,13 +204,14 @@ class HttpTarget:
 def resolve_http(raw_path: bytes | str) -> HttpTarget:
     """The virtual path of an HTTP request path (still percent-encoded, no query).
 
-    Must start with ``/`` (an absolute-form URI is reduced to its path by the
-    HTTP layer first).  Each component is percent-decoded exactly once, so
-    ``%252e`` names a file called ``%2e``.  Paths under ``/-/`` are the
-    server's own and raise ``PathError(RESERVED)``: route them before
+    Must start with ``/`` (an absolute-form URI is reduced to its path by
+    the HTTP layer first); a ``str`` is taken as its UTF-8 bytes.  Each
+    component is percent-decoded exactly once, so ``%252e`` names a file
+    called ``%2e``.  Paths under ``/-/`` are the server's own and raise
+    ``PathError(RESERVED)``: route them before
     calling this.
     """
-    raw = raw_path.encode("latin-1") if isinstance(raw_path, str) else raw_path
+    raw = raw_path.encode("utf-8", "surrogateescape") if isinstance(raw_path, str) else raw_path
     _check_length(raw)
     if not raw.startswith(b"/"):
         raise PathError(PathErrorKind.MALFORMED, "an HTTP path must start with '/'")
