@@ -208,8 +208,7 @@ def resolve_http(raw_path: bytes | str) -> HttpTarget:
     the HTTP layer first); a ``str`` is taken as its UTF-8 bytes.  Each
     component is percent-decoded exactly once, so ``%252e`` names a file
     called ``%2e``.  Paths under ``/-/`` are the server's own and raise
-    ``PathError(RESERVED)``: route them before
-    calling this.
+    ``PathError(RESERVED)``: route them before calling this.
     """
     raw = raw_path.encode("utf-8", "surrogateescape") if isinstance(raw_path, str) else raw_path
     _check_length(raw)
