@@ -1,0 +1,153 @@
+"""User paths over HTTP: method routing and the namespace methods.
+
+GET/HEAD live in ``download.py``, PUT in ``upload.py``; DELETE, MKCOL and
+MOVE are here because each is one transfer-layer call plus its
+preconditions.  Every path is resolved inside the user's root first.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import inlineCallbacks
+
+from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
+from wsfront.http import conditional
+from wsfront.http.errors_map import HttpError
+from wsfront.http.request import StreamingRequest
+
+ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE"
+
+
+def handle(context, request: StreamingRequest, user, raw_path: bytes):
+    """Run the method of ``request`` on the user path ``raw_path``."""
+    from wsfront.http import download, upload
+
+    target = paths.resolve_http(raw_path)
+    method = request.method
+    if method in (b"GET", b"HEAD"):
+        return download.serve(context, request, user, target)
+    if method == b"PUT":
+        return upload.put(context, request, user, target)
+    if method == b"DELETE":
+        return delete(context, request, user, target)
+    if method == b"MKCOL":
+        return mkcol(context, request, user, target)
+    if method == b"MOVE":
+        return move(context, request, user, target)
+    if method == b"OPTIONS":
+        return options(request)
+    raise HttpError(405, "method not allowed", (("Allow", ALLOWED),))
+
+
+@inlineCallbacks
+def options(request: StreamingRequest):
+    yield request.discard_body()
+    request.respond(204, headers=(("Allow", ALLOWED),))
+
+
+def headers_of(request: StreamingRequest) -> dict[str, str]:
+    """The request's headers as ``conditional.evaluate`` wants them."""
+    return {
+        name.decode("latin-1"): ", ".join(v.decode("latin-1") for v in values)
+        for name, values in request.requestHeaders.getAllRawHeaders()
+    }
+
+
+def has_preconditions(request: StreamingRequest) -> bool:
+    return any(
+        request.requestHeaders.hasHeader(h)
+        for h in (b"If-Match", b"If-None-Match", b"If-Unmodified-Since", b"If-Modified-Since")
+    )
+
+
+@inlineCallbacks
+def stat_or_none(context, user, vpath: str):
+    """The FileInfo of ``vpath`` for ``user``, None if it does not exist."""
+    try:
+        info = yield context.transfers.stat(user, vpath)
+    except catalog_errors.NotFound:
+        return None
+    return info
+
+
+def check_write_preconditions(request: StreamingRequest, info) -> None:
+    """412 unless If-Match / If-None-Match / If-Unmodified-Since hold for the
+    committed version ``info`` (None: nothing committed)."""
+    if not has_preconditions(request):
+        return
+    etag = None
+    mtime = None
+    if info is not None and not info.pending:
+        etag = quote_etag(info.etag) if info.etag else '"dir"'
+        mtime = info.mtime
+    method = request.method.decode("latin-1")
+    verdict = conditional.evaluate(method, headers_of(request), etag, mtime)
+    if verdict is conditional.Verdict.PRECONDITION_FAILED:
+        raise HttpError(412, "precondition failed")
+
+
+def quote_etag(etag: str) -> str:
+    return f'"{etag}"'
+
+
+@inlineCallbacks
+def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    yield request.discard_body()
+    if target.path == "/":
+        raise HttpError(403, "the root cannot be deleted")
+    info = yield stat_or_none(context, user, target.path)
+    check_write_preconditions(request, info)
+    if info is None:
+        raise HttpError(404, "no such file or directory")
+    if info.is_dir:
+        yield context.transfers.rmdir(user, target.path)
+    else:
+        yield context.transfers.delete(user, target.path)
+    request.respond(204)
+
+
+@inlineCallbacks
+def mkcol(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    yield request.discard_body(0)
+    if target.path == "/":
+        raise HttpError(405, "the root exists")
+    try:
+        yield context.transfers.mkdir(user, target.path)
+    except catalog_errors.Exists:
+        raise HttpError(405, "that name exists already") from None
+    except catalog_errors.NotFound:
+        raise HttpError(409, "the parent directory does not exist") from None
+    request.respond(201, headers=(("Location", paths.to_url_path(target.path, directory=True)),))
+
+
+def destination_path(request: StreamingRequest) -> paths.HttpTarget:
+    """The user path a MOVE's Destination header names (URL or absolute path)."""
+    header = request.getHeader(b"Destination")
+    if not header:
+        raise HttpError(400, "MOVE needs a Destination header")
+    split = urlsplit(header)
+    raw = split.path if split.scheme or split.netloc else header.split(b"?", 1)[0]
+    if not raw.startswith(b"/") or raw == b"/-" or raw.startswith(b"/-/"):
+        raise HttpError(400, "the Destination must be a user path on this server")
+    return paths.resolve_http(raw)
+
+
+@inlineCallbacks
+def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    yield request.discard_body()
+    dest = destination_path(request)
+    if target.path == "/" or dest.path == "/":
+        raise HttpError(403, "the root cannot be moved")
+    overwrite = (request.getHeader(b"Overwrite") or b"T").strip().upper() != b"F"
+    info = yield stat_or_none(context, user, target.path)
+    check_write_preconditions(request, info)
+    existed = (yield stat_or_none(context, user, dest.path)) is not None
+    if existed and not overwrite:
+        raise HttpError(412, "the destination exists and Overwrite is F")
+    try:
+        yield context.transfers.rename(user, target.path, dest.path, replace=overwrite)
+    except catalog_errors.Exists:
+        raise HttpError(412, "the destination exists") from None
+    request.respond(204 if existed else 201)

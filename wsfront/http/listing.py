@@ -1,0 +1,151 @@
+"""Directory listings: HTML for browsers, JSON for ``Accept: application/json``.
+
+A directory may hold millions of entries, so a listing is written page by
+page as the catalog returns them (``Transfers.list_dir`` with ``after=``),
+chunked, and waits while the client's socket is full: memory stays at one
+page whatever the directory's size.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from wsfront import paths
+from wsfront.http import conditional
+from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
+
+
+@implementer(IPushProducer)
+class _Flow:
+    """Registered on the request so the listing waits while the client is slow."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiting: Deferred | None = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def ready(self) -> Deferred | None:
+        """None when writing may go on, else a Deferred that fires when it may."""
+        if not self.paused or self.stopped:
+            return None
+        self._waiting = Deferred()
+        return self._waiting
+
+
+def wants_json(request: StreamingRequest) -> bool:
+    accept = (request.getHeader(b"Accept") or b"").decode("latin-1").lower()
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _json_entry(entry) -> bytes:
+    return json.dumps(
+        {
+            "name": entry.name,
+            "type": "dir" if entry.is_dir else "file",
+            "size": entry.size,
+            "mtime": entry.mtime,
+            "etag": entry.etag,
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def _html_head(vpath: str) -> bytes:
+    title = html.escape(vpath)
+    up = ""
+    if vpath != "/":
+        href = html.escape(paths.to_url_path(paths.parent(vpath), directory=True))
+        up = f'<tr><td><a href="{href}">../</a></td><td></td><td></td></tr>\n'
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
+        "<table>\n<tr><th>Name</th><th>Size</th><th>Modified</th></tr>\n" + up
+    ).encode("utf-8")
+
+
+def _html_entry(vpath: str, entry) -> bytes:
+    child = paths.to_url_path(
+        ("" if vpath == "/" else vpath) + "/" + entry.name, directory=entry.is_dir
+    )
+    name = entry.name + ("/" if entry.is_dir else "")
+    size = "" if entry.is_dir else str(entry.size)
+    return (
+        f'<tr><td><a href="{html.escape(child)}">{html.escape(name)}</a></td>'
+        f"<td>{size}</td><td>{conditional.format_http_date(entry.mtime)}</td></tr>\n"
+    ).encode()
+
+
+_HTML_TAIL = b"</table>\n</body></html>\n"
+
+
+@inlineCallbacks
+def serve(context, request: StreamingRequest, user, vpath: str):
+    """Write the listing of directory ``vpath`` (headers only for HEAD)."""
+    as_json = wants_json(request)
+    transfers = context.transfers
+    page_size = context.settings.listing_page
+    first = yield transfers.list_dir(user, vpath, None, page_size)
+    request.setResponseCode(200)
+    request.set_headers(CONTENT_SECURITY_HEADERS)
+    request.setHeader(b"Vary", b"Accept")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    ctype = b"application/json" if as_json else b"text/html; charset=utf-8"
+    request.setHeader(b"Content-Type", ctype)
+    if request.method == b"HEAD":
+        request.finish()
+        return
+    flow = _Flow()
+    request.registerProducer(flow, True)
+    try:
+        if as_json:
+            name = json.dumps(vpath, ensure_ascii=False).encode("utf-8")
+            request.write(b'{"path": ' + name + b', "entries": [')
+        else:
+            request.write(_html_head(vpath))
+        page, count = first, 0
+        while True:
+            chunk = []
+            for entry in page:
+                if as_json:
+                    chunk.append((b"," if count else b"") + _json_entry(entry))
+                else:
+                    chunk.append(_html_entry(vpath, entry))
+                count += 1
+            if chunk:
+                request.write(b"".join(chunk))
+            if len(page) < page_size or request.gone:
+                break
+            waiting = flow.ready()
+            if waiting is not None:
+                yield waiting
+            if flow.stopped or request.gone:
+                return
+            page = yield transfers.list_dir(user, vpath, page[-1].name, page_size)
+        if request.gone:
+            return
+        request.write(b"]}\n" if as_json else _HTML_TAIL)
+    finally:
+        if not request._disconnected:
+            request.unregisterProducer()
+    request.finish()

@@ -1,0 +1,354 @@
+"""A streaming HTTP/1.1 channel and request for wsfront.
+
+twisted.web reads a whole request body before any resource runs (into a temp
+file above 100 KB) and answers ``Expect: 100-continue`` by itself.  An upload
+of gigabytes must instead flow from the client's socket into the transfer
+layer with backpressure, and authentication, permissions and quota must be
+checked *before* the client is told to send the body.  So:
+
+- ``StreamingChannel.allHeadersReceived`` hands the method, target and version
+  to the request as soon as the headers are in, sends no ``100 Continue``,
+  and keeps the socket paused until a handler claims the body.
+- ``StreamingRequest`` never buffers a body: a handler either streams it
+  into a consumer (``stream_body``), with the client's socket paused
+  whenever that consumer is, or discards a small one (``discard_body``).
+  Only then does the ``100 Continue`` go out.
+- A request answered before its body arrived (401, 403, 409...) closes the
+  connection after the answer, since the unread body would otherwise be
+  parsed as the next request.
+
+Tested with Twisted 26.x (its private ``_command`` / ``_path`` /
+``_version`` / ``_networkProducer`` of ``HTTPChannel``).  HTTP/2 is off by
+construction: the site builds this channel directly, never Twisted's
+protocol-negotiating wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qs
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from zope.interface import implementer
+
+from wsfront.http.errors_map import HttpError
+
+log = Logger()
+
+#: Headers every answer carrying user content (or pages about it) gets, so an
+#: uploaded page can't run script in the origin of ``/-/``.
+CONTENT_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "sandbox"),
+)
+
+DISCARD_LIMIT = 64 << 10
+"""The largest body a method that ignores bodies (GET, DELETE...) reads and drops."""
+
+
+class BodyLost(Exception):
+    """The client went away before the request body was complete."""
+
+
+@implementer(IPushProducer)
+class _BodyValve:
+    """The producer a body consumer sees: pausing it pauses the client's socket."""
+
+    def __init__(self, channel: StreamingChannel) -> None:
+        self._channel: StreamingChannel | None = channel
+
+    def pauseProducing(self) -> None:
+        if self._channel is not None:
+            self._channel.pause_body("consumer")
+
+    def resumeProducing(self) -> None:
+        if self._channel is not None:
+            self._channel.resume_body("consumer")
+
+    def stopProducing(self) -> None:
+        if self._channel is not None:
+            self._channel.pause_body("stopped")
+
+    def detach(self) -> None:
+        if self._channel is not None:
+            self._channel.resume_body("consumer")
+            self._channel = None
+
+
+class StreamingChannel(http.HTTPChannel):
+    """HTTPChannel that dispatches at end of headers and streams bodies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._body_pauses: set[str] = set()
+        self._abandoned = False
+
+    # -- reading the body under the request's control -----------------------
+
+    def pause_body(self, reason: str) -> None:
+        """Stop reading from the client until ``resume_body(reason)``."""
+        self._body_pauses.add(reason)
+        if self.transport is not None:
+            self._networkProducer.pauseProducing()
+
+    def resume_body(self, reason: str) -> None:
+        self._body_pauses.discard(reason)
+        if not self._body_pauses and not self._waitingForTransport and self.transport is not None:
+            self._networkProducer.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self._body_pauses and not self._handlingRequest:
+            self._networkProducer.pauseProducing()
+
+    def abandon(self) -> None:
+        """The current request is answered before its body was read: drop the
+        rest of the input and close after the answer."""
+        self._abandoned = True
+        self.persistent = False
+        self._body_pauses.clear()
+
+    # -- HTTPChannel hooks ---------------------------------------------------
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        self.persistent = self.checkPersistence(request, self._version)
+        request.gotLength(self.length)
+        request.headers_received(self._command, self._path, self._version)
+
+    def allContentReceived(self) -> None:
+        if self._abandoned:
+            return
+        super().allContentReceived()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._abandoned:
+            return
+        super().dataReceived(data)
+
+    def requestDone(self, request) -> None:
+        self._body_pauses.clear()
+        super().requestDone(request)
+
+
+class StreamingRequest(server.Request):
+    """A request whose body is streamed to whoever claims it.
+
+    The site's ``dispatch(request)`` is called once the method and target are
+    known: at the end of the headers when a body follows, else when the
+    (empty) body is complete.  ``method``, ``uri``, ``path`` and ``args`` are
+    set by then.
+    """
+
+    defaultContentType = None
+
+    def __init__(self, channel, *args, **kwargs) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.content = None
+        self.body_length: int | None = 0
+        self.body_received = 0
+        self.body_complete = False
+        self.expects_continue = False
+        self._continue_sent = False
+        self._dispatched = False
+        self._sink: IConsumer | None = None
+        self._valve: _BodyValve | None = None
+        self._buffer: list[bytes] = []
+        self._discard_limit: int | None = None
+        self._body_waiters: list[Deferred] = []
+        self._body_error: BaseException | None = None
+
+    # -- channel side ----------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = None
+        self.body_length = length
+
+    def headers_received(self, command: bytes, uri: bytes, version: bytes) -> None:
+        self.method, self.uri, self.clientproto = command, uri, version
+        path, _, query = uri.partition(b"?")
+        self.path = path
+        self.args = parse_qs(query, 1) if query else {}
+        self.site = self.channel.site
+        self.prepath, self.postpath = [], []
+        expect = self.requestHeaders.getRawHeaders(b"Expect") or []
+        self.expects_continue = version == b"HTTP/1.1" and any(
+            e.lower() == b"100-continue" for e in expect
+        )
+        if self.body_length != 0:
+            self.channel.pause_body("unclaimed")
+            self._dispatch()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_received += len(data)
+        if self._sink is not None:
+            self._sink.write(data)
+        elif self._discard_limit is not None:
+            if self.body_received > self._discard_limit:
+                self.fail_body(HttpError(413, "this request must not carry a body that large"))
+        elif self._body_error is None:
+            self._buffer.append(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The whole body is in (twisted calls this name at end of body)."""
+        self.body_complete = True
+        if self._sink is not None:
+            self._detach_sink()
+        if not self._dispatched:
+            self._dispatch()
+        waiters, self._body_waiters = self._body_waiters, []
+        if self._body_error is None:
+            for d in waiters:
+                d.callback(self.body_received)
+
+    def connectionLost(self, reason) -> None:
+        self._lose_body(BodyLost("the client closed the connection"))
+        super().connectionLost(reason)
+
+    def _dispatch(self) -> None:
+        self._dispatched = True
+        self.setHeader(b"Server", b"wsfs")
+        self.setHeader(b"Date", http.datetimeToString())
+        self.site.dispatch(self)
+
+    # -- the body, for handlers ------------------------------------------------
+
+    def stream_body(self, consumer: IConsumer) -> Deferred:
+        """Send the body into ``consumer`` (registering a push producer on it
+        that pauses the client); fires with the byte count at its end."""
+        if self._body_error is not None:
+            return fail(self._body_error)
+        if self.body_complete and not self._buffer:
+            return succeed(self.body_received)
+        self._valve = _BodyValve(self.channel)
+        consumer.registerProducer(self._valve, True)
+        self._sink = consumer
+        buffered, self._buffer = self._buffer, []
+        for chunk in buffered:
+            consumer.write(chunk)
+        if self.body_complete:
+            self._detach_sink()
+            return succeed(self.body_received)
+        d = self.when_body_complete()
+        self._claim()
+        return d
+
+    def discard_body(self, limit: int = DISCARD_LIMIT) -> Deferred:
+        """Read and drop a small body (more than ``limit`` bytes: 413)."""
+        if self._body_error is not None:
+            return fail(self._body_error)
+        self._buffer = []
+        if self.body_received > limit:
+            self.fail_body(HttpError(413, "this request must not carry a body that large"))
+            return fail(self._body_error)
+        if self.body_complete:
+            return succeed(self.body_received)
+        self._discard_limit = limit
+        d = self.when_body_complete()
+        self._claim()
+        return d
+
+    def when_body_complete(self) -> Deferred:
+        """Fires with the body length once it is all in; fails if it never will."""
+        if self._body_error is not None:
+            return fail(self._body_error)
+        if self.body_complete:
+            return succeed(self.body_received)
+        d: Deferred = Deferred()
+        self._body_waiters.append(d)
+        return d
+
+    def fail_body(self, error: BaseException) -> None:
+        """Stop taking the body: its waiters fail with ``error``; nothing more
+        reaches the consumer."""
+        self._lose_body(error)
+        if self.channel is not None and not self.body_complete:
+            self.channel.pause_body("failed")
+
+    def _lose_body(self, error: BaseException) -> None:
+        if self._body_error is not None or self.body_complete:
+            return
+        self._body_error = error
+        self._buffer = []
+        if self._sink is not None:
+            self._detach_sink()
+        waiters, self._body_waiters = self._body_waiters, []
+        for d in waiters:
+            d.errback(Failure(error))
+
+    def _claim(self) -> None:
+        if self.expects_continue and not self._continue_sent and not self.body_complete:
+            self._continue_sent = True
+            self.channel._send100Continue()
+        self.channel.resume_body("unclaimed")
+
+    def _detach_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        valve, self._valve = self._valve, None
+        if valve is not None:
+            valve.detach()
+        if sink is not None:
+            sink.unregisterProducer()
+
+    # -- answering -------------------------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """The client disconnected, or the answer is complete."""
+        return bool(self._disconnected or self.finished)
+
+    def set_headers(self, headers: Iterable[tuple[str, str]]) -> None:
+        for name, value in headers:
+            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    def before_answer(self) -> None:
+        """Call before answering: an answer sent before the body was read
+        closes the connection (the rest of the body is never read)."""
+        if not self.body_complete and self.channel is not None:
+            self.fail_body(BodyLost("answered before the body was read"))
+            self.channel.abandon()
+
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str | None = "text/plain; charset=utf-8",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Send a complete, small answer (nothing if the client is gone)."""
+        if self.gone:
+            return
+        if self.startedWriting:
+            self.abort()
+            return
+        self.before_answer()
+        self.setResponseCode(status)
+        self.set_headers(headers)
+        if body and content_type:
+            self.setHeader(b"Content-Type", content_type.encode("latin-1"))
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        if body:
+            self.write(body)
+        self.finish()
+
+    def respond_error(self, error: HttpError) -> None:
+        """Answer ``error`` as a short text/plain page."""
+        self.respond(
+            error.status,
+            (error.message + "\n").encode("utf-8", "replace"),
+            headers=error.headers,
+        )
+
+    def abort(self) -> None:
+        """Drop the connection: the status line is sent, so the only way to tell
+        the client the body is incomplete is to cut it short."""
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.abortConnection()
+
+    def on_gone(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when the client disconnects before the answer ends."""
+        self.notifyFinish().addErrback(lambda _: callback())

@@ -1,0 +1,126 @@
+"""PUT: stream a request body into a transfer-layer upload.
+
+Everything that can refuse the upload (authentication, the path, If-Match /
+If-None-Match, quota, a pending upload of another user) is decided before
+the client is told ``100 Continue``.  The body then flows straight from the
+socket into the ``WriteSession``, whose backpressure pauses the socket; 201
+or 204 goes out only after ``finish()`` fired, i.e. after every replica
+sealed the data and the catalog committed it.
+
+``Content-Range: bytes a-b/total`` continues the user's pending upload at
+``a`` (curl ``-C OFFSET -T``).  A body that ends before ``total`` is kept as
+the pending upload (202, ``Upload-Offset``); one that does not match the
+length it announced is refused (400) and nothing is committed.  A client
+that disconnects leaves the durable part pending, resumable from the offset
+HEAD reports in ``Upload-Offset``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IConsumer
+from zope.interface import implementer
+
+from wsfront import paths
+from wsfront.http import ranges
+from wsfront.http.errors_map import HttpError
+from wsfront.http.files import check_write_preconditions, quote_etag, stat_or_none
+from wsfront.http.request import BodyLost, StreamingRequest
+
+
+@implementer(IConsumer)
+class _Bounded:
+    """Passes at most ``limit`` bytes to ``session``; more fails the request
+    (400) instead of writing past the range the client announced."""
+
+    def __init__(self, request: StreamingRequest, session, limit: int | None) -> None:
+        self._request = request
+        self._session = session
+        self._limit = limit
+        self.count = 0
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._session.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._session.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self.count += len(data)
+        if self._limit is not None and self.count > self._limit:
+            self._request.fail_body(
+                HttpError(400, f"the body is longer than the {self._limit} bytes announced")
+            )
+            return
+        self._session.write(data)
+
+
+def _content_range(request: StreamingRequest) -> ranges.RequestContentRange | None:
+    header = request.getHeader(b"Content-Range")
+    if header is None:
+        return None
+    try:
+        return ranges.parse_content_range(header)
+    except ranges.ContentRangeError as e:
+        raise HttpError(400, str(e)) from None
+
+
+def _check_quota(user, info, offset: int, length: int | None) -> None:
+    """507 before the body is sent when its announced length cannot fit."""
+    if user.quota_bytes is None or length is None:
+        return
+    replaced = 0 if info is None or info.pending else info.size
+    if offset + length - replaced > user.quota_bytes - user.used_bytes:
+        raise HttpError(507, "the upload would exceed your quota")
+
+
+@inlineCallbacks
+def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    if target.path == "/" or target.trailing_slash:
+        raise HttpError(409, "PUT needs a file path, not a directory")
+    paths.check_name(paths.basename(target.path))
+    crange = _content_range(request)
+    length = request.body_length
+    if crange is not None and length is not None and length != crange.length:
+        raise HttpError(
+            400, f"Content-Length {length} does not match Content-Range ({crange.length} bytes)"
+        )
+    offset = 0 if crange is None else crange.first
+    expected = length if crange is None else crange.length
+    info = yield stat_or_none(context, user, target.path)
+    if info is not None and info.is_dir:
+        raise HttpError(409, "a directory has that name")
+    existed = info is not None and not info.pending
+    check_write_preconditions(request, info)
+    _check_quota(user, info, offset, expected)
+    session = yield context.transfers.open_write(
+        user,
+        target.path,
+        offset,
+        declared_length=None if crange is None else crange.total,
+    )
+    session.when_failed().addErrback(lambda f: request.fail_body(f.value))
+    sink = _Bounded(request, session, expected)
+    try:
+        yield request.stream_body(sink)
+    except BodyLost:
+        yield session.interrupt()
+        raise
+    except Exception:
+        if session.state == "streaming":
+            yield session.interrupt()
+        raise
+    if expected is not None and sink.count != expected:
+        yield session.interrupt()
+        raise HttpError(400, f"the body has {sink.count} bytes, {expected} were announced")
+    if crange is not None and crange.total is not None and crange.last + 1 < crange.total:
+        yield session.interrupt()
+        request.respond(202, headers=(("Upload-Offset", str(session.durable)),))
+        return
+    version = yield session.finish()
+    headers = [("ETag", quote_etag(version.etag))]
+    if existed:
+        request.respond(204, headers=headers)
+    else:
+        location = paths.to_url_path(target.path)
+        request.respond(201, headers=[*headers, ("Location", location)])
