@@ -1,0 +1,162 @@
+"""Races between two catalog instances (two connections) on one database,
+with real threads: exactly one of two racers wins, on both backends."""
+
+import threading
+
+import psycopg
+import pytest
+from twisted.internet import reactor
+
+from tests.catalog_race import TIMEOUT, in_tx, race, wait_until
+from wsfront.catalog import _cluster, _namespace, _uploads, open_catalog
+from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists
+
+pytest_plugins = ["tests.catalog_fixtures"]
+NOW = 1_000_000.0
+ROUNDS = 15
+
+
+@pytest.fixture
+def two(catalog_url, clock):
+    a = open_catalog(reactor, catalog_url, clock=clock)
+    b = open_catalog(reactor, catalog_url, clock=clock)
+    yield a, b, catalog_url
+    a.close()
+    b.close()
+
+
+def begin_call(cat, path, blob, owner):
+    return in_tx(
+        cat, _uploads.begin_upload, NOW, "alice", path, 0, blob, ["s1"], 1, owner,
+        NOW + 60, None, None,
+    )  # fmt: skip
+
+
+def one_winner(outcomes, error):
+    winners = [o for o in outcomes if o.error is None]
+    losers = [o for o in outcomes if o.error is not None]
+    assert len(winners) == 1, [o.error for o in losers]
+    for o in losers:
+        assert isinstance(o.error, error), repr(o.error)
+    return winners[0].result
+
+
+def test_two_front_ends_taking_over_one_session_exactly_one_wins(two):
+    a, b, _ = two
+    for i in range(ROUNDS):
+        up = in_tx(a, _uploads.begin_upload, NOW, "alice", f"/f{i}", 0, f"b{i}", ["s1"], 1,
+                   "fe0", NOW + 60, None, None)()  # fmt: skip
+        outcomes = race(
+            [
+                in_tx(a, _uploads.take_over, NOW, up.upload_id, 1, "feA", None),
+                in_tx(b, _uploads.take_over, NOW, up.upload_id, 1, "feB", None),
+            ]
+        )
+        won = one_winner(outcomes, EpochConflict)
+        final = in_tx(a, _uploads.get_upload, up.upload_id)()
+        assert (final.epoch, final.owner) == (2, won.owner)
+
+
+def test_two_writers_starting_an_upload_on_one_path_exactly_one_wins(two):
+    a, b, _ = two
+    for i in range(ROUNDS):
+        outcomes = race(
+            [begin_call(a, f"/p{i}", f"x{i}", "feA"), begin_call(b, f"/p{i}", f"y{i}", "feB")]
+        )
+        won = one_winner(outcomes, PendingUploadExists)
+        live = in_tx(a, _uploads.find_upload, f"/p{i}")()
+        assert live.upload_id == won.upload_id
+
+
+def test_two_mkdirs_of_one_name_exactly_one_wins(two):
+    a, b, _ = two
+    for i in range(ROUNDS):
+        outcomes = race(
+            [in_tx(a, _namespace.mkdir, f"/d{i}", NOW), in_tx(b, _namespace.mkdir, f"/d{i}", NOW)]
+        )
+        one_winner(outcomes, Exists)
+
+
+def test_claimers_racing_for_jobs_each_job_runs_once(two):
+    a, b, _ = two
+    for _ in range(6):
+        in_tx(a, _cluster.enqueue_job, NOW, "repair", {})()
+    claimed = {"A": [], "B": []}
+
+    def claim_all(cat, name):
+        def run():
+            while True:
+                job = in_tx(cat, _cluster.claim_job, NOW, name, ["repair"])()
+                if job is None:
+                    return
+                claimed[name].append(job.job_id)
+
+        return run
+
+    race([claim_all(a, "A"), claim_all(b, "B")])
+    ids = claimed["A"] + claimed["B"]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 6
+
+
+def test_one_job_two_claimers_exactly_one_gets_it(two):
+    a, b, _ = two
+    for _ in range(ROUNDS):
+        in_tx(a, _cluster.enqueue_job, NOW, "repair", {})()
+        outcomes = race(
+            [
+                in_tx(a, _cluster.claim_job, NOW, "A", ["repair"]),
+                in_tx(b, _cluster.claim_job, NOW, "B", ["repair"]),
+            ]
+        )
+        assert all(o.error is None for o in outcomes)
+        assert sum(o.result is not None for o in outcomes) == 1
+
+
+def _backend_waiting_for_a_lock(url, pids):
+    def check():
+        if not pids:
+            return False
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pids[0],)
+            ).fetchone()
+            return row is not None and row[0] == "Lock"
+
+    return check
+
+
+def test_a_take_over_blocked_behind_an_open_one_loses_when_it_commits(two):
+    """Interleaved: A has bumped the epoch but not committed; B starts its
+    take-over meanwhile (on PostgreSQL it is seen waiting on the row lock);
+    A commits; B must then see epoch 2 and lose."""
+    a, b, url = two
+    up = in_tx(a, _uploads.begin_upload, NOW, "alice", "/f", 0, "b0", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    a_updated, b_started = threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids = []
+
+    def a_take_over(tx):
+        result = _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None)
+        a_updated.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            wait_until(_backend_waiting_for_a_lock(url, b_pids), "B to wait for A's row lock")
+        return result
+
+    def b_take_over():
+        assert a_updated.wait(TIMEOUT)
+
+        def take_over(tx):
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            return _uploads.take_over(tx, NOW, up.upload_id, 1, "feB", None)
+
+        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
+            b_started.set()
+        return b._runner.run_sync(take_over)
+
+    outcomes = race([lambda: a._runner.run_sync(a_take_over), b_take_over])
+    assert outcomes[0].error is None and outcomes[0].result.owner == "feA"
+    assert isinstance(outcomes[1].error, EpochConflict)
