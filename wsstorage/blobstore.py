@@ -439,8 +439,11 @@ class BlobReadHandle:
         return data
 
     def read(self, n: int) -> bytes:
-        """Up to ``n`` verified bytes (``b""`` at the end).  Raises
-        ChecksumError on a damaged block, before returning any of its bytes."""
+        """Up to ``n`` verified bytes (``b""`` at the end).
+
+        A damaged block raises ChecksumError; the good bytes before it in
+        the same call are returned first and the next call raises, so a
+        caller can deliver everything that verified."""
         if n < 0:
             raise BadRequest("read size must be non-negative")
         bs = self._blob.block_size
@@ -451,7 +454,12 @@ class BlobReadHandle:
             take = min(want, bs - start)
             if index != self._block_index:
                 needed = min(bs, start + self.remaining)
-                self._block = self._load(index, needed)
+                try:
+                    self._block = self._load(index, needed)
+                except StorageError:
+                    if parts:  # hand over the good bytes; the next call raises
+                        break
+                    raise
                 self._block_index = index
             parts.append(self._block[start : start + take])
             self.offset += take
