@@ -16,7 +16,7 @@ import pytest
 from tests.support import python_env
 from tests.test_blobstore import BLOCK, pattern, read_all, write_all
 from wsstorage.blobstore import BlobStore
-from wsstorage.diskformat import BlobPaths
+from wsstorage.diskformat import BlobPaths, FormatError
 from wsstorage.errors import BlobSealed, ChecksumError, DiskFull, InvalidOffset
 from wsstorage.fsshims import FullDiskFileSystem, GatedFsyncFileSystem, RecordingFileSystem
 from wsstorage.records import INCOMPLETE, OPEN, SEALED
@@ -331,4 +331,20 @@ def test_sealed_blob_refuses_fence_that_would_change_it(tmp_path):
     store = reopen(store)
     with pytest.raises(BlobSealed):
         store.fence("b", 3, 0)
+    store.close()
+
+
+def test_damaged_record_is_reported_and_does_not_stop_the_store(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "good", pattern(10)).seal()
+    write_all(store, "bad", pattern(10)).seal()
+    store.close()
+    with open(paths(store, "bad").meta, "wb") as f:
+        f.write(b"{not json")
+    store = BlobStore.open(store.root)
+    assert store.damaged == ["bad"]
+    assert [i.blob_id for i in store.list_blobs()] == ["good"]
+    with pytest.raises(FormatError):
+        store.stat("bad")
+    assert os.path.exists(paths(store, "bad").data)
     store.close()

@@ -486,6 +486,9 @@ class BlobStore:
         self._lock_fd: int | None = lock_fd
         self._registry_lock = threading.Lock()
         self._live: dict[str, _Blob] = {}
+        #: Blobs whose record could not be read at start: left on disk as
+        #: they are, absent from list_blobs, FormatError from stat.
+        self.damaged: list[str] = []
 
     # -- opening --------------------------------------------------------
 
@@ -550,7 +553,11 @@ class BlobStore:
                 if ext == TMP_SUFFIX or (ext in (DATA_SUFFIX, SUMS_SUFFIX) and stem not in records):
                     self.fs.unlink(path)
             for blob_id in sorted(records):
-                record = self._read_record(BlobPaths.of(self.root, blob_id))
+                try:
+                    record = self._read_record(BlobPaths.of(self.root, blob_id))
+                except FormatError:
+                    self.damaged.append(blob_id)
+                    continue
                 if record is not None and record.state == STATE_OPEN:
                     self._live[blob_id] = self._recover(record)
 
@@ -824,7 +831,7 @@ class BlobStore:
                 if name.endswith(META_SUFFIX):
                     try:
                         yield self.stat(name[: -len(META_SUFFIX)])
-                    except BlobNotFound:
+                    except (BlobNotFound, FormatError, BadRequest):
                         continue
 
     def free_space(self) -> tuple[int, int]:
