@@ -1,0 +1,143 @@
+"""Catalog operations per second, on SQLite and PostgreSQL.
+
+Measures, through the public Deferred API on the real reactor (so the
+thread-pool hop is included): ``stat`` of a committed file, create+commit
+of an empty file (``begin_upload`` + ``commit_upload``) and a session
+``checkpoint`` update.  Each runs ``--ops`` times with 1 and with
+``--concurrency`` operations in flight.  SQLite runs with
+``synchronous=FULL`` (every commit fsync'd) on ``--dir``; PostgreSQL uses
+``WSFS_TEST_POSTGRES`` (default postgresql://postgres@127.0.0.1:5432/test)
+in a schema of its own, dropped afterwards.
+
+    python bench/catalog_ops.py --ops 2000 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from twisted.internet import defer, task  # noqa: E402
+
+from wsfront.catalog import open_catalog  # noqa: E402
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+_names = itertools.count()
+
+
+async def timed(ops: int, concurrency: int, op) -> float:
+    """Run ``op()`` ``ops`` times with ``concurrency`` in flight; ops/s."""
+    todo = iter(range(ops))
+
+    async def worker():
+        for _ in todo:
+            await op()
+
+    start = time.perf_counter()
+    await defer.gatherResults(
+        [defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True
+    )
+    return ops / (time.perf_counter() - start)
+
+
+async def bench_backend(cat, ops: int, concurrencies: list[int]) -> dict[str, list[float]]:
+    far = time.time() + 86400
+    await cat.mkdir("/bench")
+
+    async def begin(path):
+        n = next(_names)
+        return await cat.begin_upload(
+            "bench", path, base_length=0, blob_id=f"blob{n}", replicas=["s1", "s2"],
+            wanted_replicas=2, owner="fe1", expires_at=far,
+        )  # fmt: skip
+
+    up = await begin("/bench/statme")
+    await cat.commit_upload(up.upload_id, 1, 1234)
+
+    async def stat():
+        await cat.stat("/bench/statme")
+
+    async def create_commit():
+        up = await begin(f"/bench/f{next(_names)}")
+        await cat.commit_upload(up.upload_id, up.epoch, 0)
+
+    sessions = [await begin(f"/bench/ck{i}") for i in range(max(concurrencies))]
+    offsets = {s.upload_id: 0 for s in sessions}
+    free = list(sessions)
+
+    async def checkpoint():
+        s = free.pop()
+        try:
+            offsets[s.upload_id] += 65536
+            await cat.checkpoint(s.upload_id, s.epoch, offsets[s.upload_id])
+        finally:
+            free.append(s)
+
+    results: dict[str, list[float]] = {}
+    for name, op in (("stat", stat), ("create+commit", create_commit), ("checkpoint", checkpoint)):
+        results[name] = [await timed(ops, c, op) for c in concurrencies]
+    return results
+
+
+def postgres_schema(base: str):
+    import psycopg
+
+    schema = "wsfs_bench_" + secrets.token_hex(4)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    return schema, f"{base}{sep}options={quote('-csearch_path=' + schema)}"
+
+
+async def main(reactor, args) -> None:
+    concurrencies = [1, args.concurrency]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        targets = [("sqlite", f"sqlite:///{tmp}/catalog.sqlite", None)]
+        if not args.no_postgres:
+            base = os.environ.get("WSFS_TEST_POSTGRES", DEFAULT_POSTGRES)
+            schema, url = postgres_schema(base)
+            targets.append(("postgresql", url, (base, schema)))
+        for backend, url, cleanup in targets:
+            cat = open_catalog(reactor, url, threads=args.concurrency)
+            try:
+                results = await bench_backend(cat, args.ops, concurrencies)
+            finally:
+                await cat.close()
+                if cleanup:
+                    import psycopg
+
+                    with psycopg.connect(cleanup[0], autocommit=True) as conn:
+                        conn.execute(f"DROP SCHEMA {cleanup[1]} CASCADE")
+            for op, figures in results.items():
+                rows.append((backend, op, *figures))
+    header = (
+        "backend",
+        "operation",
+        "ops/s (1 in flight)",
+        f"ops/s ({args.concurrency} in flight)",
+    )
+    print(f"{header[0]:<11} {header[1]:<14} {header[2]:>20} {header[3]:>20}")
+    for backend, op, one, many in rows:
+        print(f"{backend:<11} {op:<14} {one:>20.0f} {many:>20.0f}")
+    print(f"({args.ops} operations each; SQLite synchronous=FULL, WAL, in {args.dir or '/tmp'})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--dir", default=None, help="directory for the SQLite file")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))
