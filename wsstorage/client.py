@@ -190,6 +190,7 @@ class _ClientProtocol(Protocol):
     # -- connection ----------------------------------------------------
 
     def connectionMade(self) -> None:
+        framing.tune_transport(self.transport)
         self.connected = True
         self.transport.write(
             framing.encode_control(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,8 @@ HEADER_SIZE = HEADER.size
 #: Hard caps on a frame body, checked from the header before buffering it.
 MAX_CONTROL = 1024 * 1024
 MAX_DATA = 256 * 1024
+#: Socket read size and send limit for stream connections (tune_transport).
+TRANSPORT_BUFFER = 1024 * 1024
 
 HELLO = 1
 CHALLENGE = 2
@@ -111,38 +114,74 @@ class FrameDecoder:
     Taking frames one at a time lets a protocol stop mid-buffer (a paused
     consumer, a pending fsync) and resume later without losing bytes; the
     buffer never holds more than what was fed and not yet taken.
+
+    Fed chunks are kept as they are (no growing buffer); a body is one slice
+    of a chunk, or one join when it spans chunks, so each byte is copied once.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._chunks: deque[bytes] = deque()
+        self._off = 0  # consumed bytes of self._chunks[0]
+        self._len = 0  # unconsumed bytes in total
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._len
 
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        if data:
+            self._chunks.append(data)
+            self._len += len(data)
+
+    def _peek_header(self) -> tuple[bytes, int, int, int, int]:
+        first = self._chunks[0]
+        if len(first) - self._off >= HEADER_SIZE:
+            return HEADER.unpack_from(first, self._off)
+        return HEADER.unpack(self._take(HEADER_SIZE, consume=False))
+
+    def _take(self, n: int, consume: bool = True) -> bytes:
+        chunks, off = self._chunks, self._off
+        first = chunks[0]
+        if len(first) - off >= n:
+            piece = first if off == 0 and n == len(first) else first[off : off + n]
+            if consume:
+                self._advance(n)
+            return piece
+        parts = []
+        need = n
+        for chunk in chunks:
+            part = chunk[off : off + need] if off or need < len(chunk) else chunk
+            parts.append(part)
+            need -= len(part)
+            off = 0
+            if not need:
+                break
+        if consume:
+            self._advance(n)
+        return b"".join(parts)
+
+    def _advance(self, n: int) -> None:
+        self._len -= n
+        chunks = self._chunks
+        while n:
+            left = len(chunks[0]) - self._off
+            if n < left:
+                self._off += n
+                return
+            n -= left
+            chunks.popleft()
+            self._off = 0
 
     def next_frame(self) -> tuple[int, int, Any] | None:
         """The next complete frame, or None until more bytes are fed."""
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+        if self._len < HEADER_SIZE:
             return None
-        magic, version, ftype, request_id, length = HEADER.unpack_from(buf, pos)
+        magic, version, ftype, request_id, length = self._peek_header()
         check_header(magic, version, ftype, length)
-        end = pos + HEADER_SIZE + length
-        if len(buf) < end:
+        if self._len < HEADER_SIZE + length:
             return None
-        body = bytes(buf[pos + HEADER_SIZE : end])
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        else:
-            self._pos = end
+        self._advance(HEADER_SIZE)
+        body = self._take(length) if length else b""
         if ftype == DATA:
             return ftype, request_id, body
         return ftype, request_id, decode_control(body)
@@ -152,6 +191,18 @@ class FrameDecoder:
         self.feed(data)
         while (frame := self.next_frame()) is not None:
             yield frame
+
+
+def tune_transport(transport: Any) -> None:
+    """Raise a TCP transport's read size and send limit, if it has them.
+
+    Twisted's defaults (64 KiB per read, 128 KiB per send) cost a reactor
+    turn per 64 KiB of a stream; 1 MiB cuts that overhead several-fold while
+    still bounding a connection's buffers.
+    """
+    if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
+        transport.bufferSize = TRANSPORT_BUFFER
+        transport.SEND_LIMIT = TRANSPORT_BUFFER
 
 
 def check_header(magic: bytes, version: int, ftype: int, length: int) -> None:

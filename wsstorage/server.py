@@ -187,6 +187,7 @@ class StorageServerProtocol(Protocol):
         return self._read is not None or self._write is not None
 
     def connectionMade(self) -> None:
+        framing.tune_transport(self.transport)
         self.peer = str(self.transport.getPeer())
         self.factory.connections.add(self)
         self._handshake_timer = self.factory.reactor.callLater(
