@@ -1,0 +1,283 @@
+"""Repair: bring every referenced blob back to its wanted count of ok replicas.
+
+A pass has two steps.  First it decides which unreachable storage servers
+count as *lost*: automatic passes wait ``grace_seconds`` after a server was
+first seen down (a reboot should not trigger a copy storm), the operator's
+``wsfs repair`` (``now=True``) counts every unreachable server as lost at
+once.  Replicas of sealed blobs on lost servers are marked ``lost`` in the
+catalog.  Then it takes ``catalog.under_replicated`` batch by batch and for
+each blob has a healthy target server pull the blob from a healthy source
+(``copy_from``: the bytes go storage-to-storage, never through the front
+end), checks the copy's size against the catalog and records it with
+``add_replica``.
+
+Safety rules (docs/maintenance.md):
+* a target is a live server without an ok replica of the blob; a copy the
+  catalog does not vouch for (a lost or stale replica, a leftover of an
+  earlier attempt) is deleted and replaced, never trusted;
+* a source whose size differs from the catalog's is marked stale, not used;
+* copies are throttled (bytes per second) and bounded in number at a time;
+* only sealed blobs are touched: a live upload's current blob belongs to its
+  write session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
+from wsfront.maintenance.inventory import referenced_blob_ids
+from wsfront.maintenance.throttle import Throttle
+from wsfront.transfer.pool import StoragePool
+from wsstorage import errors as storage_errors
+
+log = Logger()
+
+Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@attrs.frozen
+class RepairSettings:
+    """Knobs of repair, with the defaults a front end runs on."""
+
+    #: Seconds an unreachable server is given before its replicas count as lost.
+    grace_seconds: float = 600.0
+    #: Copy budget in bytes per second over all copies (None: unlimited).
+    bytes_per_second: float | None = 64 * 1024 * 1024
+    #: Copies running at the same time.
+    concurrency: int = 2
+    #: Blobs fetched from the catalog at a time.
+    batch: int = 100
+
+
+class Repairer:
+    """Repair passes of one front end (the maintenance lease holder)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        catalog,
+        pool: StoragePool,
+        settings: RepairSettings | None = None,
+        throttle: Throttle | None = None,
+    ) -> None:
+        self._clock = clock
+        self._catalog = catalog
+        self._pool = pool
+        self.settings = settings or RepairSettings()
+        self._throttle = throttle or Throttle(clock, self.settings.bytes_per_second)
+        self._down_since: dict[str, float] = {}
+
+    # -- which servers are lost ------------------------------------------
+
+    def observe(self) -> None:
+        """Note which servers are down now (call every tick, cheap)."""
+        now = self._clock.seconds()
+        for name in self._pool.names():
+            if self._pool.is_up(name):
+                self._down_since.pop(name, None)
+            else:
+                self._down_since.setdefault(name, now)
+
+    def lost_nodes(self, now: bool = False) -> set[str]:
+        """Unreachable servers whose replicas no longer count."""
+        self.observe()
+        if now:
+            return set(self._down_since)
+        limit = self._clock.seconds() - self.settings.grace_seconds
+        return {n for n, since in self._down_since.items() if since <= limit}
+
+    def _usable(self, node: str, lost: set[str]) -> bool:
+        return self._pool.is_up(node) and node not in lost
+
+    # -- a pass ------------------------------------------------------------
+
+    async def run_pass(self, now: bool = False, progress: Progress | None = None) -> dict:
+        """One repair pass; fires with a summary dict.  ``now`` counts every
+        unreachable server as lost at once (``wsfs repair``)."""
+        if now:
+            await self._pool.probe_all()
+        lost = self.lost_nodes(now)
+        stats: dict[str, Any] = {
+            "phase": "marking",
+            "lost_nodes": sorted(lost),
+            "marked_lost": 0,
+            "examined": 0,
+            "copied": 0,
+            "bytes": 0,
+            "failed": 0,
+            "unrecoverable": [],
+        }
+
+        async def report() -> None:
+            if progress is not None:
+                result = progress(dict(stats))
+                if result is not None:
+                    await result
+
+        await report()
+        if lost:
+            stats["marked_lost"] = await self._mark_lost(lost)
+        stats["phase"] = "copying"
+        await report()
+        given_up: set[str] = set()
+        semaphore = DeferredSemaphore(max(1, self.settings.concurrency))
+        while True:
+            limit = self.settings.batch + len(given_up)
+            batch = await self._catalog.under_replicated(limit)
+            todo = [b for b in batch if b.blob_id not in given_up]
+            if not todo:
+                break
+
+            async def one(blob: BlobRecord) -> None:
+                ok = await self._repair_blob(blob, lost, stats)
+                stats["examined"] += 1
+                if not ok:
+                    given_up.add(blob.blob_id)
+
+            await gatherResults(
+                [semaphore.run(lambda b=b: ensureDeferred(one(b))) for b in todo],
+                consumeErrors=True,
+            )
+            await report()
+        stats["phase"] = "done"
+        stats["under_replicated"] = await self._catalog.count_under_replicated()
+        await report()
+        return stats
+
+    async def _mark_lost(self, lost: set[str]) -> int:
+        """Mark ok replicas of sealed referenced blobs on ``lost`` servers lost."""
+        marked = 0
+        for blob_id in sorted(await referenced_blob_ids(self._catalog)):
+            try:
+                blob = await self._catalog.get_blob(blob_id)
+            except catalog_errors.NotFound:
+                continue
+            if not blob.sealed:
+                continue
+            for replica in blob.replicas:
+                if replica.state == REPLICA_OK and replica.node in lost:
+                    await self._catalog.mark_replica(blob_id, replica.node, REPLICA_LOST)
+                    marked += 1
+        if marked:
+            log.info("repair: {n} replicas on lost servers marked lost", n=marked)
+        return marked
+
+    async def _repair_blob(self, blob: BlobRecord, lost: set[str], stats: dict) -> bool:
+        """Copy ``blob`` until it has its wanted ok replicas; False if it
+        could not be brought to strength now."""
+        ok = set(blob.ok_replicas)
+        sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
+        if not sources:
+            log.error("repair: blob {blob} has no reachable ok replica", blob=blob.blob_id)
+            stats["unrecoverable"].append(blob.blob_id)
+            return False
+        need = blob.wanted_replicas - len(ok)
+        known = {r.node for r in blob.replicas}
+        candidates = [n for n in self._pool.choose(len(self._pool.names()), exclude=ok)]
+        candidates = [n for n in candidates if n not in lost]
+        candidates.sort(key=lambda n: n in known)  # servers without any copy first
+        for target in candidates:
+            if need <= 0:
+                break
+            if not sources:
+                break
+            done = await self._copy(blob, target, sources, stats)
+            if done:
+                need -= 1
+        if need > 0:
+            log.warn(
+                "repair: blob {blob} still needs {n} replicas (no more targets)",
+                blob=blob.blob_id,
+                n=need,
+            )
+            return False
+        return True
+
+    async def _copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
+        """Have ``target`` pull ``blob`` from one of ``sources``; True once
+        recorded.  A source found wrong is removed from ``sources``."""
+        client = self._pool.client(target)
+        await self._throttle.reserve(blob.length)
+        await self._discard_untrusted(blob, target)
+        for source in list(sources):
+            try:
+                info = await client.copy_from(blob.blob_id, self._pool.endpoint(source))
+            except storage_errors.BlobExists:
+                # A sealed leftover the catalog does not vouch for: replace it.
+                await self._discard_untrusted(blob, target, force=True)
+                try:
+                    info = await client.copy_from(blob.blob_id, self._pool.endpoint(source))
+                except Exception as e:
+                    return self._copy_failed(blob, target, source, e, stats)
+            except Exception as e:
+                # The target or the source failed (the target reports a source
+                # it cannot reach as unavailable too): try the next source.
+                self._copy_failed(blob, target, source, e, stats)
+                continue
+            if not info.sealed or info.size != blob.length:
+                log.error(
+                    "repair: copy of {blob} from {src} has {size} bytes, catalog says {length}",
+                    blob=blob.blob_id,
+                    src=source,
+                    size=info.size,
+                    length=blob.length,
+                )
+                await self._discard_untrusted(blob, target, force=True)
+                await self._catalog.mark_replica(blob.blob_id, source, REPLICA_STALE)
+                sources.remove(source)
+                continue
+            await self._catalog.add_replica(blob.blob_id, target)
+            stats["copied"] += 1
+            stats["bytes"] += info.size
+            log.info(
+                "repair: {blob} ({n} bytes) copied {src} -> {dst}",
+                blob=blob.blob_id,
+                n=info.size,
+                src=source,
+                dst=target,
+            )
+            return True
+        return False
+
+    def _copy_failed(self, blob, target, source, error, stats) -> bool:
+        stats["failed"] += 1
+        log.warn(
+            "repair: copy of {blob} {src} -> {dst} failed: {err}",
+            blob=blob.blob_id,
+            src=source,
+            dst=target,
+            err=error,
+        )
+        return False
+
+    async def _discard_untrusted(self, blob: BlobRecord, target: str, force: bool = False) -> None:
+        """Delete ``target``'s copy of ``blob`` if the catalog does not count
+        it ok (``force``: whatever it is)."""
+        states = {r.node: r.state for r in blob.replicas}
+        if not force and target not in states:
+            return
+        if states.get(target) == REPLICA_OK:
+            return
+        try:
+            await self._pool.client(target).delete(blob.blob_id)
+        except storage_errors.BlobNotFound:
+            pass
+
+    # -- damage reports ----------------------------------------------------
+
+    async def report_damaged(self, blob_id: str, node: str) -> None:
+        """A read or a scrub found ``node``'s copy of ``blob_id`` damaged:
+        stop counting it; the next pass replaces it from a good copy."""
+        try:
+            await self._catalog.mark_replica(blob_id, node, REPLICA_STALE)
+        except catalog_errors.NotFound:
+            return
+        log.warn("repair: replica of {blob} on {node} is damaged", blob=blob_id, node=node)
