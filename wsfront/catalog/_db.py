@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from wsfront.catalog.errors import CatalogUnavailable
+
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
@@ -89,6 +91,14 @@ class Backend:
     def is_retryable(self, error: BaseException) -> bool:
         raise NotImplementedError
 
+    def is_busy(self, error: BaseException) -> bool:
+        """Whether ``error`` means the database stayed locked too long."""
+        return False
+
+    def connection_lost(self, conn: Any) -> bool:
+        """Whether ``conn`` is unusable (server restarted, network cut)."""
+        return False
+
     def lock_rows(self, tx: Tx, table: str, key: str, values: list[Any]) -> None:
         pass
 
@@ -127,6 +137,16 @@ class Runner:
                 self._connections.append(conn)
         return conn
 
+    def _forget(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except Exception:
+            pass
+
     def run_sync(self, fn: Callable[[Tx], T], write: bool = True) -> T:
         """Run ``fn`` in a transaction in the calling thread."""
         conn = self._connection()
@@ -137,9 +157,16 @@ class Runner:
                 self.backend.commit(conn, cursor)
                 return result
             except BaseException as e:
+                if self.backend.connection_lost(conn):
+                    # Never retried: the commit may have reached the server.
+                    # The next transaction of this thread reconnects.
+                    self._forget(conn)
+                    raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
                 self.backend.rollback(conn, cursor)
                 if attempt + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
                     continue
+                if self.backend.is_busy(e):
+                    raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
                 raise
         raise AssertionError("unreachable")
 

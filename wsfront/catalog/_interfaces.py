@@ -89,16 +89,21 @@ class ICatalog(Interface):
         """Fire with the UploadSessions in ``states`` (default: live ones),
         optionally only those owned by front end ``owner``."""
 
-    def checkpoint(upload_id, epoch, durable_offset, replicas=None):
-        """CAS: record ``durable_offset`` (>= the current checkpoint, else
-        InvalidOffset) and, if given, the current blob's replica set (node
-        names) after a replica dropped out.  Fires with the UploadSession."""
+    def checkpoint(upload_id, epoch, durable_offset, replicas=None, *, expires_at=None):
+        """CAS: record ``durable_offset`` (>= the current checkpoint and <= a
+        declared length, else InvalidOffset) and, if given, the current
+        blob's replica set (node names; replicas left out are marked lost)
+        after a replica dropped out, and a later ``expires_at`` (activity
+        keeps a session alive).  Fires with the UploadSession."""
 
-    def take_over(upload_id, expected_epoch, new_owner):
-        """CAS: epoch + 1, owner = ``new_owner``, state active.  The loser of
-        a race gets EpochConflict.  Fires with the new UploadSession."""
+    def take_over(upload_id, expected_epoch, new_owner, *, expires_at=None):
+        """CAS: epoch + 1, owner = ``new_owner``, state active (from active or
+        interrupted).  The loser of a race gets EpochConflict.  Fires with
+        the new UploadSession."""
 
-    def restart_at(upload_id, epoch, offset, blob_id, replicas, wanted_replicas):
+    def restart_at(
+        upload_id, epoch, offset, blob_id, replicas, wanted_replicas, *, expires_at=None
+    ):
         """CAS: resume at file ``offset`` (<= checkpoint, else InvalidOffset).
         The current blob is kept as an extent up to ``offset`` (and sealed in
         the catalog: the caller fences/commits it on the storage servers), or

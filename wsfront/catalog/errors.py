@@ -78,5 +78,10 @@ class LeaseHeld(CatalogError):
     """The job or lease belongs to another owner."""
 
 
+class CatalogUnavailable(CatalogError):
+    """The metadata database could not be reached or stayed locked; the
+    operation may or may not have taken effect."""
+
+
 class SchemaTooNew(CatalogError):
     """The database schema is newer than this code: upgrade wsfs first."""

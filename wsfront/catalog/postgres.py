@@ -61,6 +61,9 @@ class PostgresBackend(Backend):
     def is_retryable(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
+    def connection_lost(self, conn: psycopg.Connection) -> bool:
+        return conn.closed or conn.broken
+
     def lock_rows(self, tx: Tx, table: str, key: str, values: list[Any]) -> None:
         if values:
             marks = ", ".join("?" for _ in values)

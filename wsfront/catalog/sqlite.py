@@ -61,3 +61,6 @@ class SQLiteBackend(Backend):
 
     def is_retryable(self, error: BaseException) -> bool:
         return False
+
+    def is_busy(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)

@@ -1,0 +1,33 @@
+"""PostgreSQL-only behaviour: a lost server connection."""
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.catalog_fixtures import postgres_schema_url
+from wsfront.catalog import open_catalog
+from wsfront.catalog.errors import CatalogUnavailable
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url():
+    yield from postgres_schema_url()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_connection_fails_one_call_then_the_catalog_reconnects(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=1)
+    try:
+        await cat.mkdir("/a")
+        pid = await cat._runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(CatalogUnavailable):
+            await cat.mkdir("/b")
+        await cat.mkdir("/c")
+        assert [e.name for e in await cat.list_dir("/")] == ["a", "c"]
+    finally:
+        await cat.close()
