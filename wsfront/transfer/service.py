@@ -349,6 +349,9 @@ class Transfers:
             if ok:
                 fenced.append(node)
                 continue
+            if value.check(storage_errors.StaleEpoch):
+                # A newer takeover fenced it first: that one owns the upload.
+                raise UploadBusy(f"upload {upload.upload_id} was taken over again meanwhile")
             log.warn(
                 "replica {node} of {blob} missed the fence: {err}",
                 node=node,

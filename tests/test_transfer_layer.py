@@ -1,0 +1,315 @@
+"""The transfer layer over real storage servers and a real SQLite catalog.
+
+Walks docs/architecture.md's path-state x operation table, then failures:
+replicas dying mid-read and mid-write, damaged blocks, takeover and fencing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.transfer_env import Feeder, PausingCollector, TransferEnv, sha256
+from wsfront.catalog import errors as catalog_errors
+from wsfront.transfer.errors import OffsetTooLarge, SessionFenced, UploadBusy
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(TransferEnv(reactor, tmp_path).start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+def payload(size: int, seed: int = 1) -> bytes:
+    block = os.urandom(min(size, 256 * 1024)) if seed else b"x" * min(size, 256 * 1024)
+    return (block * (size // len(block) + 1))[:size] if size else b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_then_download_is_identical_on_two_replicas(env):
+    data = payload(3 * MiB + 123)
+    version = await env.upload("/big.bin", data)
+    assert version.size == len(data)
+    assert version.sha256 == sha256(data)
+    [extent] = version.extents
+    assert len(extent.replicas) == 2
+    got, stream = await env.download("/big.bin")
+    assert sha256(got) == sha256(data)
+    assert stream.failovers == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_from_an_offset(env):
+    data = payload(MiB)
+    await env.upload("/f", data)
+    got, _ = await env.download("/f", 1000)
+    assert got == data[1000:]
+    with pytest.raises(OffsetTooLarge):
+        await env.download("/f", len(data) + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_of_missing_path_and_of_pending_only_path_is_not_found(env):
+    with pytest.raises(catalog_errors.NotFound):
+        await env.download("/nothing")
+    session = await env.transfers.open_write(env.user, "/pending", 0)
+    await Feeder(env.reactor, session, b"abc").start()
+    await session.checkpoint()
+    with pytest.raises(catalog_errors.NotFound):
+        await env.download("/pending")
+    await session.finish()
+    got, _ = await env.download("/pending")
+    assert got == b"abc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_file_round_trips(env):
+    version = await env.upload("/empty", b"")
+    assert version.size == 0
+    got, _ = await env.download("/empty")
+    assert got == b""
+
+
+# -- path state x operation: uploads --------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_owner_sees_the_pending_size_and_others_the_committed_one(env):
+    old = payload(100_000)
+    await env.upload("/f", old)
+    bob = await env.catalog.add_user("bob", "pw-bob-123456", root="/alice")
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"y" * 5000).start()
+    await session.checkpoint()
+    mine = await env.transfers.stat(env.user, "/f")
+    theirs = await env.transfers.stat(bob, "/f")
+    assert (mine.pending, mine.size) == (True, 5000)
+    assert (theirs.pending, theirs.size) == (False, len(old))
+    got, _ = await env.download("/f")
+    assert got == old, "readers see the committed version, never pending bytes"
+    with pytest.raises(UploadBusy):
+        await env.transfers.open_write(bob, "/f", 0)
+    await session.finish()
+    got, _ = await env.download("/f")
+    assert got == b"y" * 5000
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_to_a_committed_file_copies_no_bytes(env):
+    first, second = payload(300_000), payload(200_000, seed=2)
+    await env.upload("/log", first)
+    session = await env.transfers.open_write(env.user, "/log", append=True)
+    await Feeder(env.reactor, session, second).start()
+    version = await session.finish()
+    assert session.received == len(second)
+    assert [e.length for e in version.extents] == [len(first), len(second)]
+    got, _ = await env.download("/log")
+    assert got == first + second
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_below_the_committed_size_truncates_then_continues(env):
+    data = payload(500_000)
+    await env.upload("/f", data)
+    version = await env.upload("/f", b"TAIL", offset=1000)
+    assert version.size == 1004
+    got, _ = await env.download("/f")
+    assert got == data[:1000] + b"TAIL"
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_above_the_size_is_refused_and_changes_nothing(env):
+    data = payload(10_000)
+    await env.upload("/f", data)
+    with pytest.raises(OffsetTooLarge):
+        await env.transfers.open_write(env.user, "/f", len(data) + 1)
+    got, _ = await env.download("/f")
+    assert got == data
+    assert await env.catalog.find_upload("/alice/f") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupted_upload_resumes_at_its_durable_offset(env):
+    data = payload(2 * MiB)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, data, stop_at=MiB + 77).start()
+    await session.interrupt()
+    info = await env.transfers.stat(env.user, "/f")
+    assert info.pending and info.size == MiB + 77
+    resumed = await env.transfers.open_write(env.user, "/f", append=True)
+    assert resumed.offset == MiB + 77
+    await Feeder(env.reactor, resumed, data[MiB + 77 :]).start()
+    version = await resumed.finish()
+    assert resumed.received == len(data) - (MiB + 77)
+    assert version.size == len(data)
+    got, _ = await env.download("/f")
+    assert sha256(got) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_below_the_durable_offset_rolls_back(env):
+    data = payload(MiB)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"z" * 600_000).start()
+    await session.interrupt()
+    resumed = await env.transfers.open_write(env.user, "/f", 400_000)
+    await Feeder(env.reactor, resumed, data[400_000:]).start()
+    await resumed.finish()
+    got, _ = await env.download("/f")
+    assert got == b"z" * 400_000 + data[400_000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_above_the_durable_offset_is_refused(env):
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"q" * 1000).start()
+    await session.interrupt()
+    with pytest.raises(OffsetTooLarge):
+        await env.transfers.open_write(env.user, "/f", 1001)
+    info = await env.transfers.stat(env.user, "/f")
+    assert info.size == 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_upload_disappears(env):
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"q" * 1000).start()
+    await session.interrupt()
+    expired = await env.catalog.expire_uploads(env.reactor.seconds() + 10 * 86400)
+    assert [u.path for u in expired] == ["/alice/f"]
+    with pytest.raises(catalog_errors.NotFound):
+        await env.transfers.stat(env.user, "/f")
+
+
+@pytest_twisted.ensureDeferred
+async def test_quota_is_enforced_mid_stream(env):
+    await env.catalog.set_quota("alice", 100_000, None)
+    user = await env.refresh_user()
+    session = await env.transfers.open_write(user, "/f", 0)
+    failed = session.when_failed()
+    await Feeder(env.reactor, session, payload(300_000)).start()
+    from wsfront.transfer.errors import QuotaExceeded
+
+    with pytest.raises(QuotaExceeded):
+        await failed
+    with pytest.raises(QuotaExceeded):
+        await session.finish()
+    assert session.received <= 100_000
+
+
+# -- failures ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_fails_over_when_the_serving_replica_dies(env):
+    data = payload(16 * MiB)
+    await env.upload("/f", data)
+    handle = await env.transfers.open_read(env.user, "/f")
+    sink = PausingCollector(pause_at=MiB)
+    done = handle.stream.start(sink)
+    await sink.paused
+    serving = handle.stream.serving
+    await env.nodes[serving].kill()
+    killed_at = sink.received
+    sink.producer.resumeProducing()
+    await done
+    assert 0 < killed_at < len(data)
+    assert sha256(sink.data) == sha256(data)
+    assert handle.stream.failovers == 1
+    assert handle.stream.serving != serving
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_survives_a_flipped_byte_in_one_replica(env):
+    data = payload(MiB)
+    version = await env.upload("/f", data)
+    [extent] = version.extents
+    victim = extent.replicas[0].node
+    path = env.nodes[victim].blob_path(extent.blob_id)
+    with open(path, "r+b") as f:
+        f.seek(300_000)
+        b = f.read(1)
+        f.seek(300_000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    # Reads rotate over healthy replicas: of two downloads, one starts on
+    # the damaged replica and fails over at the bad block.
+    got1, stream1 = await env.download("/f")
+    got2, stream2 = await env.download("/f")
+    assert sha256(got1) == sha256(got2) == sha256(data)
+    assert stream1.failovers + stream2.failovers == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_survives_a_replica_dying_and_is_under_replicated(env):
+    data = payload(3 * MiB)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    feeder = Feeder(env.reactor, session, data)
+    done = feeder.start()
+    while feeder.pos < MiB:
+        await task.deferLater(env.reactor, 0.001, lambda: None)
+    victim = session.replicas[0]
+    await env.nodes[victim].kill()
+    await done
+    version = await session.finish()
+    assert victim not in session.replicas
+    got, _ = await env.download("/f")
+    assert sha256(got) == sha256(data)
+    assert await env.catalog.count_under_replicated() == 1
+    assert version.size == len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_takeover_fences_the_old_writer(env):
+    data = payload(2 * MiB)
+    session_a = await env.transfers.open_write(env.user, "/f", 0)
+    failed_a = session_a.when_failed()
+    await Feeder(env.reactor, session_a, data[:MiB]).start()
+    await session_a.checkpoint()
+    fe_b = await env.front_end("fe-b")
+    session_b = await fe_b.open_write(env.user, "/f", append=True)
+    assert session_b.offset == MiB
+    assert session_b.epoch == session_a.epoch + 1
+    # A wakes up and writes on: its write is refused for its epoch.
+    session_a.write(b"stale bytes from A")
+    with pytest.raises(SessionFenced):
+        await failed_a
+    with pytest.raises(SessionFenced):
+        await session_a.finish()
+    await Feeder(env.reactor, session_b, data[MiB:]).start()
+    await session_b.finish()
+    got, _ = await env.download("/f")
+    assert sha256(got) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_front_ends_racing_to_take_over_one_wins(env):
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"a" * 1000).start()
+    await session.interrupt()
+    fe_b = await env.front_end("fe-b")
+    fe_c = await env.front_end("fe-c")
+    # Both saw the same session (same epoch) and race to take it over.
+    upload = await env.catalog.find_upload("/alice/f")
+    results = await defer.DeferredList(
+        [
+            defer.ensureDeferred(fe_b._take_over(env.user, upload, 1000)),
+            defer.ensureDeferred(fe_c._take_over(env.user, upload, 1000)),
+        ],
+        consumeErrors=True,
+    )
+    assert sorted(ok for ok, _ in results) == [False, True]
+    [loser] = [v for ok, v in results if not ok]
+    assert loser.check(UploadBusy)
+    [winner] = [v for ok, v in results if ok]
+    await Feeder(env.reactor, winner, b"b" * 10).start()
+    await winner.finish()
+    got, _ = await env.download("/f")
+    assert got == b"a" * 1000 + b"b" * 10
