@@ -19,11 +19,12 @@ from wsfront.transfer.errors import OffsetTooLarge, SessionFenced, UploadBusy
 MiB = 1 << 20
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=["real", "fake"])
+def env(request, tmp_path):
     from twisted.internet import reactor
 
-    e = pytest_twisted.blockon(defer.ensureDeferred(TransferEnv(reactor, tmp_path).start()))
+    e = TransferEnv(reactor, tmp_path, backend=request.param)
+    e = pytest_twisted.blockon(defer.ensureDeferred(e.start()))
     yield e
     pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
 
@@ -217,7 +218,7 @@ async def test_read_fails_over_when_the_serving_replica_dies(env):
     done = handle.stream.start(sink)
     await sink.paused
     serving = handle.stream.serving
-    await env.nodes[serving].kill()
+    await env.kill(serving)
     killed_at = sink.received
     sink.producer.resumeProducing()
     await done
@@ -232,13 +233,7 @@ async def test_read_survives_a_flipped_byte_in_one_replica(env):
     data = payload(MiB)
     version = await env.upload("/f", data)
     [extent] = version.extents
-    victim = extent.replicas[0].node
-    path = env.nodes[victim].blob_path(extent.blob_id)
-    with open(path, "r+b") as f:
-        f.seek(300_000)
-        b = f.read(1)
-        f.seek(300_000)
-        f.write(bytes([b[0] ^ 0xFF]))
+    env.corrupt(extent.replicas[0].node, extent.blob_id, 300_000)
     # Reads rotate over healthy replicas: of two downloads, one starts on
     # the damaged replica and fails over at the bad block.
     got1, stream1 = await env.download("/f")
@@ -256,7 +251,7 @@ async def test_write_survives_a_replica_dying_and_is_under_replicated(env):
     while feeder.pos < MiB:
         await task.deferLater(env.reactor, 0.001, lambda: None)
     victim = session.replicas[0]
-    await env.nodes[victim].kill()
+    await env.kill(victim)
     await done
     version = await session.finish()
     assert victim not in session.replicas

@@ -163,11 +163,25 @@ class StorageNode:
 
 
 class TransferEnv:
-    """Storage servers, catalog, pool and Transfers for one test."""
+    """Storage servers, catalog, pool and Transfers for one test.
 
-    def __init__(self, reactor, tmp_path: Path, nodes: int = 3, replicas: int = 2, **settings):
+    ``backend="real"`` runs real storage servers in-process over TCP;
+    ``backend="fake"`` uses ``wsstorage.testing.FakeStorageCluster``.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        tmp_path: Path,
+        nodes: int = 3,
+        replicas: int = 2,
+        backend: str = "real",
+        **settings,
+    ):
         self.reactor = reactor
         self.tmp_path = tmp_path
+        self.backend = backend
+        self.cluster = None
         self.node_count = nodes
         self.settings = TransferSettings(replicas=replicas, **settings)
         self.nodes: dict[str, StorageNode] = {}
@@ -177,10 +191,18 @@ class TransferEnv:
         self.pools: list[StoragePool] = []
 
     async def start(self) -> TransferEnv:
-        for i in range(1, self.node_count + 1):
-            node = StorageNode(self.reactor, f"s{i}", self.tmp_path / f"s{i}")
-            self.nodes[node.name] = node
-            self.endpoints[node.name] = await node.listen()
+        names = [f"s{i}" for i in range(1, self.node_count + 1)]
+        if self.backend == "fake":
+            from wsstorage.testing import FakeStorageCluster
+
+            self.cluster = FakeStorageCluster(self.reactor, names)
+            for name in names:
+                self.endpoints[name] = self.cluster.endpoint(name)
+        else:
+            for name in names:
+                node = StorageNode(self.reactor, name, self.tmp_path / name)
+                self.nodes[name] = node
+                self.endpoints[name] = await node.listen()
         self.catalog_url = f"sqlite:///{self.tmp_path / 'catalog.sqlite'}"
         self.catalog = self._open_catalog()
         for name, ep in self.endpoints.items():
@@ -199,12 +221,34 @@ class TransferEnv:
         catalog = self.catalog if not self.pools else self._open_catalog()
         pool = StoragePool(self.reactor, probe_interval=0.5, probe_timeout=2.0)
         for node, ep in self.endpoints.items():
-            client = StorageClient(self.reactor, node, ep, SECRET, idle_timeout=3.0)
+            if self.cluster is not None:
+                client = self.cluster.node(node).client()
+            else:
+                client = StorageClient(self.reactor, node, ep, SECRET, idle_timeout=3.0)
             self.clients.append(client)
             pool.add(node, ep, client)
         self.pools.append(pool)
         await pool.start()
         return Transfers(self.reactor, catalog, pool, name, self.settings)
+
+    async def kill(self, name: str) -> None:
+        """The storage server ``name`` dies (connections cut, no listening)."""
+        if self.cluster is not None:
+            self.cluster.node(name).kill()
+        else:
+            await self.nodes[name].kill()
+
+    def corrupt(self, name: str, blob_id: str, offset: int) -> None:
+        """Damage the byte at ``offset`` of a blob on one server."""
+        if self.cluster is not None:
+            self.cluster.node(name).corrupt(blob_id, offset)
+            return
+        path = self.nodes[name].blob_path(blob_id)
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            b = f.read(1)
+            f.seek(offset)
+            f.write(bytes([b[0] ^ 0xFF]))
 
     async def refresh_user(self):
         self.user = await self.catalog.get_user("alice")
