@@ -1,0 +1,243 @@
+"""Garbage collection: delete the bytes nothing references any more.
+
+Two sources of garbage:
+
+* **collectable blobs** (``catalog.collectable_blobs``): blobs of
+  overwritten or deleted files, aborted and expired uploads.  Once a blob
+  has been seen collectable for ``grace_seconds`` (downloads that started
+  before the delete may still be reading it), its replicas are deleted from
+  every reachable server and the record is forgotten (``forget_blob``).
+  Copies on servers that were unreachable are left behind, to be found by:
+* the **storage sweep**: each live server's ``list_blobs`` is compared with
+  the catalog.  A blob the catalog does not know (an *orphan*: a delete
+  missed while the server was away) and a copy the catalog does not count
+  ok while the blob has its wanted ok replicas elsewhere (a *stray*: a
+  replica that missed a fence, or was replaced by repair while its server
+  was away) are deleted once they have been seen so for
+  ``orphan_grace_seconds``, after a last check against the catalog.
+
+Safety rules (docs/maintenance.md): the catalog records a blob before any
+byte of it is written, so a blob being written is never an orphan; grace
+periods are counted from the first time *this* collector saw the blob as
+garbage (a restarted front end starts counting again, never sooner); a
+server where more than ``orphan_guard`` of the blobs look orphaned is left
+alone (a catalog that lost data, or the wrong catalog, must not empty the
+storage tier); a blob the catalog still references is never deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import REPLICA_OK, BlobRecord
+from wsfront.maintenance.repair import Progress
+from wsfront.transfer.pool import StoragePool
+from wsstorage import errors as storage_errors
+from wsstorage.records import BlobInfo
+
+log = Logger()
+
+ORPHAN = "orphan"
+STRAY = "stray"
+
+
+@attrs.frozen
+class GCSettings:
+    """Knobs of garbage collection."""
+
+    #: Seconds a blob stays collectable before its bytes are deleted.
+    grace_seconds: float = 3600.0
+    #: Seconds an orphan or stray copy is left alone after it is first seen.
+    orphan_grace_seconds: float = 3600.0
+    #: Above this fraction of a server's blobs looking orphaned, touch nothing.
+    orphan_guard: float = 0.9
+    #: ... unless the server holds fewer orphans than this.
+    orphan_guard_min: int = 8
+    #: Blobs fetched from the catalog at a time.
+    batch: int = 100
+    #: Expire overdue uploads first, so their blobs become collectable.
+    expire_uploads: bool = True
+
+
+@attrs.frozen
+class Garbage:
+    """A copy on one server that the sweep found unreferenced."""
+
+    node: str
+    blob_id: str
+    kind: str
+    size: int
+
+
+class GarbageCollector:
+    """GC passes of one front end (the maintenance lease holder)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        catalog,
+        pool: StoragePool,
+        settings: GCSettings | None = None,
+    ) -> None:
+        self._clock = clock
+        self._catalog = catalog
+        self._pool = pool
+        self.settings = settings or GCSettings()
+        self._collectable_since: dict[str, float] = {}
+        self._garbage_since: dict[tuple[str, str], float] = {}
+
+    async def run_pass(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Expire uploads, collect collectable blobs, sweep the servers."""
+        stats: dict[str, Any] = {"expired_uploads": 0}
+        if self.settings.expire_uploads:
+            expired = await self._catalog.expire_uploads(self._clock.seconds())
+            stats["expired_uploads"] = len(expired)
+        stats.update(await self.collect())
+        stats.update(await self.sweep())
+        if progress is not None:
+            result = progress(dict(stats))
+            if result is not None:
+                await result
+        return stats
+
+    # -- collectable blobs ------------------------------------------------
+
+    async def collect(self) -> dict[str, Any]:
+        """Delete and forget blobs collectable for longer than the grace."""
+        now = self._clock.seconds()
+        grace = self.settings.grace_seconds
+        skip: set[str] = set()
+        seen: set[str] = set()
+        forgotten = 0
+        left_behind = 0
+        while True:
+            limit = self.settings.batch + len(skip)
+            batch = await self._catalog.collectable_blobs(limit)
+            todo = [b for b in batch if b.blob_id not in skip]
+            if not todo:
+                break
+            for blob in todo:
+                seen.add(blob.blob_id)
+                since = self._collectable_since.setdefault(blob.blob_id, now)
+                if now - since < grace:
+                    skip.add(blob.blob_id)
+                    continue
+                left_behind += await self._delete_replicas(blob)
+                try:
+                    await self._catalog.forget_blob(blob.blob_id)
+                except catalog_errors.Exists:
+                    log.error("gc: blob {blob} is referenced again; kept", blob=blob.blob_id)
+                    skip.add(blob.blob_id)
+                    continue
+                except catalog_errors.NotFound:
+                    pass
+                self._collectable_since.pop(blob.blob_id, None)
+                forgotten += 1
+            if len(batch) < limit:
+                break
+        for blob_id in list(self._collectable_since):
+            if blob_id not in seen:
+                del self._collectable_since[blob_id]
+        return {"forgotten": forgotten, "waiting": len(skip), "left_behind": left_behind}
+
+    async def _delete_replicas(self, blob: BlobRecord) -> int:
+        """Delete every reachable copy; return how many were unreachable."""
+        missed = 0
+        for replica in blob.replicas:
+            node = replica.node
+            if node not in self._pool.names() or not self._pool.is_up(node):
+                missed += 1
+                continue
+            try:
+                await self._pool.client(node).delete(blob.blob_id)
+            except storage_errors.BlobNotFound:
+                pass
+            except Exception as e:
+                log.warn("gc: delete of {blob} on {node}: {err}", blob=blob.blob_id, node=node,
+                         err=e)  # fmt: skip
+                missed += 1
+        return missed
+
+    # -- the storage sweep -------------------------------------------------
+
+    async def find_garbage(self, node: str) -> tuple[list[Garbage], int]:
+        """Orphan and stray copies on ``node`` now, and its blob count."""
+        infos: list[BlobInfo] = await self._pool.client(node).list_blobs()
+        found = []
+        for info in infos:
+            kind = await self._classify(node, info.blob_id)
+            if kind is not None:
+                found.append(Garbage(node, info.blob_id, kind, info.size))
+        return found, len(infos)
+
+    async def _classify(self, node: str, blob_id: str) -> str | None:
+        try:
+            blob = await self._catalog.get_blob(blob_id)
+        except catalog_errors.NotFound:
+            return ORPHAN
+        states = {r.node: r.state for r in blob.replicas}
+        if states.get(node) == REPLICA_OK or not blob.sealed:
+            return None
+        others = [n for n, s in states.items() if s == REPLICA_OK and n != node]
+        if len(others) >= blob.wanted_replicas:
+            return STRAY
+        return None  # maybe the last copy: repair decides, not GC
+
+    def guarded(self, garbage: list[Garbage], total: int) -> bool:
+        """True if the server looks too orphaned to trust the catalog."""
+        orphans = sum(1 for g in garbage if g.kind == ORPHAN)
+        return orphans >= self.settings.orphan_guard_min and orphans > (
+            self.settings.orphan_guard * total
+        )
+
+    async def sweep(self, grace: float | None = None) -> dict[str, Any]:
+        """Delete orphan and stray copies on every live server once they
+        have been garbage for ``grace`` (default ``orphan_grace_seconds``)."""
+        grace = self.settings.orphan_grace_seconds if grace is None else grace
+        now = self._clock.seconds()
+        stats: dict[str, Any] = {"orphans_deleted": 0, "strays_deleted": 0, "guarded": []}
+        for node in self._pool.names():
+            if not self._pool.is_up(node):
+                continue
+            try:
+                garbage, total = await self.find_garbage(node)
+            except storage_errors.StorageError as e:
+                log.warn("gc: cannot list {node}: {err}", node=node, err=e)
+                continue
+            current = {(node, g.blob_id) for g in garbage}
+            for key in [k for k in self._garbage_since if k[0] == node and k not in current]:
+                del self._garbage_since[key]
+            if self.guarded(garbage, total):
+                log.error(
+                    "gc: {n} of {total} blobs on {node} are unknown to the catalog; "
+                    "refusing to delete any (wrong or damaged catalog?)",
+                    n=sum(1 for g in garbage if g.kind == ORPHAN),
+                    total=total,
+                    node=node,
+                )
+                stats["guarded"].append(node)
+                continue
+            for g in garbage:
+                since = self._garbage_since.setdefault((node, g.blob_id), now)
+                if now - since < grace:
+                    continue
+                if await self._classify(node, g.blob_id) != g.kind:
+                    continue  # the catalog changed meanwhile
+                try:
+                    await self._pool.client(node).delete(g.blob_id)
+                except storage_errors.BlobNotFound:
+                    pass
+                except storage_errors.StorageError as e:
+                    log.warn("gc: delete of {blob} on {node}: {err}", blob=g.blob_id, node=node,
+                             err=e)  # fmt: skip
+                    continue
+                self._garbage_since.pop((node, g.blob_id), None)
+                log.info("gc: {kind} copy of {blob} deleted on {node}", kind=g.kind,
+                         blob=g.blob_id, node=node)  # fmt: skip
+                stats["orphans_deleted" if g.kind == ORPHAN else "strays_deleted"] += 1
+        return stats
