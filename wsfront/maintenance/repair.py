@@ -189,7 +189,7 @@ class Repairer:
                 break
             if not sources:
                 break
-            done = await self._copy(blob, target, sources, stats)
+            done = await self.copy(blob, target, sources, stats)
             if done:
                 need -= 1
         if need > 0:
@@ -201,9 +201,11 @@ class Repairer:
             return False
         return True
 
-    async def _copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
-        """Have ``target`` pull ``blob`` from one of ``sources``; True once
-        recorded.  A source found wrong is removed from ``sources``."""
+    async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
+        """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
+        True once recorded with ``add_replica``.  A source found wrong is
+        marked stale and removed from ``sources``.  ``stats`` counts
+        ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too."""
         client = self._pool.client(target)
         await self._throttle.reserve(blob.length)
         await self._discard_untrusted(blob, target)

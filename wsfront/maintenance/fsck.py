@@ -1,0 +1,146 @@
+"""fsck: cross-check the catalog against what the storage servers hold.
+
+For every blob the catalog references (committed versions and live
+uploads), every replica it counts ok must exist on its server, sealed, with
+the catalog's length; a server that is unreachable is reported, not judged.
+Every blob a server holds must be known to the catalog and counted (else it
+is an orphan or a stray copy, see ``gc``).  The report is a plain dict (it
+becomes the result of the ``fsck`` job that ``wsfs fsck`` waits for).
+
+With ``fix``: replicas found missing are marked lost and replicas with the
+wrong size or state stale, then a repair pass (``now``) re-copies them from
+good ones, and orphans and strays are deleted without waiting (the operator
+asked; the orphan guard still applies).  A scrub that quarantined a damaged
+blob makes it *missing* here, so scrub + fsck (or the periodic audit the
+maintenance service runs) heal it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
+from wsfront.maintenance.gc import ORPHAN, GarbageCollector
+from wsfront.maintenance.inventory import referenced_blob_ids
+from wsfront.maintenance.repair import Progress, Repairer
+from wsfront.transfer.pool import StoragePool
+from wsstorage.records import BlobInfo
+
+log = Logger()
+
+#: Problems listed by blob id in the report are capped at this many each.
+LIST_CAP = 100
+
+
+async def _listing(pool: StoragePool) -> tuple[dict[str, dict[str, BlobInfo]], list[str]]:
+    held: dict[str, dict[str, BlobInfo]] = {}
+    unreachable = []
+    for node in pool.names():
+        if not pool.is_up(node):
+            unreachable.append(node)
+            continue
+        try:
+            infos = await pool.client(node).list_blobs()
+        except Exception as e:
+            log.warn("fsck: cannot list {node}: {err}", node=node, err=e)
+            unreachable.append(node)
+            continue
+        held[node] = {i.blob_id: i for i in infos}
+    return held, sorted(unreachable)
+
+
+async def check(catalog, pool: StoragePool, gc: GarbageCollector) -> dict[str, Any]:
+    """Compare catalog and servers; return the report (and the raw findings
+    under ``_bad``, which ``fsck`` uses to fix and drops from the result)."""
+    await pool.probe_all()
+    held, unreachable = await _listing(pool)
+    report: dict[str, Any] = {
+        "blobs_checked": 0,
+        "replicas_checked": 0,
+        "missing": [],
+        "wrong": [],
+        "unreachable_nodes": unreachable,
+        "orphans": 0,
+        "strays": 0,
+        "guarded_nodes": [],
+    }
+    bad: list[tuple[str, str, str]] = []
+    for blob_id in sorted(await referenced_blob_ids(catalog)):
+        try:
+            blob = await catalog.get_blob(blob_id)
+        except catalog_errors.NotFound:
+            report["missing"].append({"blob": blob_id, "node": None, "why": "no blob record"})
+            continue
+        report["blobs_checked"] += 1
+        if not blob.sealed:
+            continue  # a live upload's current blob: its session is the authority
+        for replica in blob.replicas:
+            if replica.state != REPLICA_OK or replica.node not in held:
+                continue
+            report["replicas_checked"] += 1
+            info = held[replica.node].get(blob_id)
+            if info is None:
+                bad.append((blob_id, replica.node, REPLICA_LOST))
+                report["missing"].append({"blob": blob_id, "node": replica.node})
+            elif not info.sealed or info.size != blob.length:
+                bad.append((blob_id, replica.node, REPLICA_STALE))
+                report["wrong"].append(
+                    {"blob": blob_id, "node": replica.node, "state": info.state,
+                     "size": info.size, "length": blob.length}
+                )  # fmt: skip
+    for node in held:
+        garbage, total = await gc.find_garbage(node)
+        report["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
+        report["strays"] += sum(1 for g in garbage if g.kind != ORPHAN)
+        if gc.guarded(garbage, total):
+            report["guarded_nodes"].append(node)
+    report["under_replicated"] = await catalog.count_under_replicated()
+    report["problems"] = (
+        len(report["missing"])
+        + len(report["wrong"])
+        + report["orphans"]
+        + report["strays"]
+        + report["under_replicated"]
+    )
+    for key in ("missing", "wrong"):
+        report[key] = report[key][:LIST_CAP]
+    report["_bad"] = bad
+    return report
+
+
+async def fsck(
+    catalog,
+    pool: StoragePool,
+    repairer: Repairer,
+    gc: GarbageCollector,
+    fix: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Check, and with ``fix`` repair what was found; fire with the report."""
+
+    async def report(stage: dict[str, Any]) -> None:
+        if progress is not None:
+            result = progress(stage)
+            if result is not None:
+                await result
+
+    await report({"phase": "checking"})
+    found = await check(catalog, pool, gc)
+    bad = found.pop("_bad")
+    if not fix:
+        return found
+    for blob_id, node, state in bad:
+        await catalog.mark_replica(blob_id, node, state)
+    found["marked"] = len(bad)
+
+    async def repair_progress(stats: dict[str, Any]) -> None:
+        await report({"phase": "repairing", **stats})
+
+    found["repair"] = await repairer.run_pass(now=True, progress=repair_progress)
+    await report({"phase": "collecting"})
+    found["gc"] = await gc.sweep(grace=0.0)
+    found["under_replicated"] = await catalog.count_under_replicated()
+    return found

@@ -1,0 +1,46 @@
+"""The admin jobs a front end runs, by kind, as ``JobRunner`` handlers.
+
+Job arguments are what ``wsfs`` puts in the queue: ``repair {"now": true}``,
+``fsck {"fix": bool}``, ``drain {"node": NAME}``, ``rebalance
+{"max_bytes": n}``.  Each handler reports progress and fires with the result
+dict the CLI prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsfront.maintenance.fsck import fsck
+from wsfront.maintenance.gc import GarbageCollector
+from wsfront.maintenance.jobs import Handler, Report
+from wsfront.maintenance.nodes import drain, rebalance
+from wsfront.maintenance.repair import Repairer
+from wsfront.transfer.pool import StoragePool
+
+
+def job_handlers(
+    repairer: Repairer, gc: GarbageCollector, catalog, pool: StoragePool
+) -> dict[str, Handler]:
+    """Handlers for ``repair``, ``fsck``, ``drain`` and ``rebalance``."""
+
+    async def repair_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        return await repairer.run_pass(now=bool(args.get("now", True)), progress=report)
+
+    async def fsck_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        return await fsck(catalog, pool, repairer, gc, fix=bool(args.get("fix")), progress=report)
+
+    async def drain_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        return await drain(catalog, pool, repairer, str(args["node"]), progress=report)
+
+    async def rebalance_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        limit = args.get("max_bytes")
+        return await rebalance(
+            catalog, pool, repairer, None if limit is None else int(limit), progress=report
+        )
+
+    return {
+        "repair": repair_job,
+        "fsck": fsck_job,
+        "drain": drain_job,
+        "rebalance": rebalance_job,
+    }

@@ -1,0 +1,76 @@
+"""The maintenance lease: one front end at a time runs repair, GC and jobs.
+
+Two front ends repairing at once would copy the same blob twice, and GC on
+one could delete a copy the other's repair just made but has not recorded
+yet.  So all maintenance runs on the holder of one named catalog lease,
+renewed every ``ttl / 3``; if the holder dies, another front end takes it
+over once it expires.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+LEASE_NAME = "maintenance"
+
+
+class LeaseKeeper:
+    """Takes and renews a named lease; ``held`` says whether we have it."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        catalog,
+        owner: str,
+        name: str = LEASE_NAME,
+        ttl_seconds: float = 30.0,
+    ) -> None:
+        self._clock = clock
+        self._catalog = catalog
+        self.owner = owner
+        self.name = name
+        self.ttl = ttl_seconds
+        self.held = False
+        self._expires = 0.0
+        self._loop: LoopingCall | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Held and not past the expiry we were granted (a slow catalog
+        must not let us act on a lease another front end may now hold)."""
+        return self.held and self._clock.seconds() < self._expires
+
+    async def renew(self) -> bool:
+        """Take or renew the lease now; True if we hold it."""
+        asked = self._clock.seconds()
+        try:
+            held = await self._catalog.acquire_lease(self.name, self.owner, self.ttl)
+        except Exception as e:
+            log.warn("maintenance lease: catalog error: {err}", err=e)
+            held = False
+        if held and not self.held:
+            log.info("{owner} holds the {name} lease", owner=self.owner, name=self.name)
+        self.held = bool(held)
+        self._expires = asked + self.ttl if held else 0.0
+        return self.held
+
+    def start(self) -> Deferred:
+        from twisted.internet.defer import ensureDeferred
+
+        self._loop = LoopingCall(lambda: ensureDeferred(self.renew()))
+        self._loop.clock = self._clock
+        return self._loop.start(self.ttl / 3, now=True)
+
+    def stop(self) -> Deferred:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if not self.held:
+            return succeed(None)
+        self.held = False
+        return self._catalog.release_lease(self.name, self.owner)

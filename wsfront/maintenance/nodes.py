@@ -1,0 +1,139 @@
+"""Node lifecycle: drain a storage server, rebalance toward an even fill.
+
+Both move replicas the same safe way: copy first (``Repairer.copy``, storage
+to storage, throttled, checked against the catalog), record the new replica,
+and only then mark the old one stale.  A blob therefore never has fewer ok
+replicas than before; the stale copy's bytes are removed later by GC's
+storage sweep (a *stray*).  Only sealed blobs move; a live upload's current
+blob stays with its session (drain reports it as ``busy``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
+from wsfront.maintenance.inventory import referenced_blob_ids
+from wsfront.maintenance.repair import Progress, Repairer
+from wsfront.transfer.pool import StoragePool
+
+log = Logger()
+
+
+async def _tell(progress: Progress | None, stats: dict[str, Any]) -> None:
+    if progress is not None:
+        result = progress(dict(stats))
+        if result is not None:
+            await result
+
+
+async def drain(
+    catalog,
+    pool: StoragePool,
+    repairer: Repairer,
+    node: str,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Re-home every replica on ``node`` to other servers; afterwards the
+    catalog counts no ok replica there and the server can go."""
+    if node not in pool.names():
+        raise ValueError(f"unknown storage server {node!r}")
+    try:
+        await catalog.set_node_health(node, "draining", None, None, None)
+    except catalog_errors.NotFound:
+        pass
+    stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,
+                             "busy": 0, "stuck": []}  # fmt: skip
+    for blob_id in sorted(await referenced_blob_ids(catalog)):
+        try:
+            blob = await catalog.get_blob(blob_id)
+        except catalog_errors.NotFound:
+            continue
+        if node not in blob.ok_replicas:
+            continue
+        if not blob.sealed:
+            stats["busy"] += 1
+            continue
+        ok = set(blob.ok_replicas)
+        sources = [n for n in pool.order_for_read(sorted(ok)) if pool.is_up(n)]
+        sources.sort(key=lambda n: n == node)  # spare the draining server
+        targets = pool.choose(len(pool.names()), exclude=ok | {node})
+        moved = False
+        for target in targets:
+            if await repairer.copy(blob, target, sources, stats):
+                moved = True
+                break
+        if moved:
+            await catalog.mark_replica(blob_id, node, REPLICA_STALE)
+            stats["moved"] += 1
+        else:
+            stats["stuck"].append(blob_id)
+        await _tell(progress, stats)
+    return stats
+
+
+async def rebalance(
+    catalog,
+    pool: StoragePool,
+    repairer: Repairer,
+    max_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Move replicas from the server holding the most bytes to the one
+    holding the least while that narrows the gap (at most ``max_bytes``).
+    The fill is measured as the bytes of ok replicas each server holds, so
+    servers sharing a disk (or of different sizes) compare fairly."""
+    await pool.probe_all()
+    live = [n for n in pool.names() if pool.is_up(n)]
+    stats: dict[str, Any] = {"moved": 0, "copied": 0, "bytes": 0, "failed": 0}
+    if len(live) < 2:
+        return stats
+    held: dict[str, dict[str, int]] = {}
+    for node in live:
+        held[node] = {i.blob_id: i.size for i in await pool.client(node).list_blobs() if i.sealed}
+    load = {n: 0 for n in live}
+    movable: dict[str, list[tuple[int, str]]] = {n: [] for n in live}
+    for node, blobs in held.items():
+        for blob_id, size in blobs.items():
+            try:
+                blob = await catalog.get_blob(blob_id)
+            except catalog_errors.NotFound:
+                continue
+            if node in blob.ok_replicas:
+                load[node] += size
+                if blob.sealed:
+                    movable[node].append((size, blob_id))
+    stats["before"] = dict(load)
+    tried: set[str] = set()
+    while max_bytes is None or stats["bytes"] < max_bytes:
+        src = max(live, key=lambda n: (load[n], n))
+        dst = min(live, key=lambda n: (load[n], n))
+        gap = load[src] - load[dst]
+        candidates = sorted(
+            (c for c in movable[src] if c[0] * 2 <= gap and c[1] not in tried), reverse=True
+        )
+        chosen = None
+        for size, blob_id in candidates:
+            tried.add(blob_id)
+            blob = await catalog.get_blob(blob_id)
+            states = {r.node: r.state for r in blob.replicas}
+            if states.get(src) != REPLICA_OK or states.get(dst) == REPLICA_OK:
+                continue
+            chosen = (size, blob)
+            break
+        if chosen is None:
+            break
+        size, blob = chosen
+        if not await repairer.copy(blob, dst, [src], stats):
+            break
+        await catalog.mark_replica(blob.blob_id, src, REPLICA_STALE)
+        movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
+        load[src] -= size
+        load[dst] += size
+        stats["moved"] += 1
+        await _tell(progress, stats)
+    stats["after"] = dict(load)
+    return stats

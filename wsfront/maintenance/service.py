@@ -1,0 +1,128 @@
+"""``MaintenanceService``: the periodic work a front end runs in the background.
+
+The lead mounts one in every front end (``service.setServiceParent(app)``);
+only the holder of the maintenance lease does anything.  Each tick it runs
+a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``),
+then a repair pass if one is due, then a GC pass if one is due.  Work never
+overlaps: repair and GC of the same front end run one after the other,
+which is what makes GC's view of "a copy the catalog does not count" safe
+against a repair copy not yet recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wsfront.maintenance.gc import GarbageCollector, GCSettings
+from wsfront.maintenance.handlers import job_handlers
+from wsfront.maintenance.jobs import Handler, JobRunner
+from wsfront.maintenance.lease import LeaseKeeper
+from wsfront.maintenance.repair import Repairer, RepairSettings
+from wsfront.transfer.pool import StoragePool
+
+log = Logger()
+
+
+@attrs.frozen
+class MaintenanceSettings:
+    """How often each kind of work runs."""
+
+    tick_seconds: float = 2.0
+    repair_every: float = 60.0
+    gc_every: float = 600.0
+    lease_ttl: float = 30.0
+    repair: RepairSettings = attrs.field(factory=RepairSettings)
+    gc: GCSettings = attrs.field(factory=GCSettings)
+
+
+class MaintenanceService(Service):
+    """Repair, GC and admin jobs for the front end ``name``."""
+
+    name = "maintenance"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        catalog,
+        pool: StoragePool,
+        front_end: str,
+        settings: MaintenanceSettings | None = None,
+        extra_handlers: Mapping[str, Handler] | None = None,
+    ) -> None:
+        self._clock = clock
+        self.catalog = catalog
+        self.pool = pool
+        self.front_end = front_end
+        self.settings = settings or MaintenanceSettings()
+        self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
+        self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
+        self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
+        handlers = job_handlers(self.repairer, self.gc, catalog, pool)
+        handlers.update(extra_handlers or {})
+        self.jobs = JobRunner(clock, catalog, front_end, handlers)
+        self._loop: LoopingCall | None = None
+        self._running: Deferred | None = None
+        now = clock.seconds()
+        self._next_repair = now + self.settings.repair_every
+        self._next_gc = now + self.settings.gc_every
+
+    def startService(self) -> Deferred:
+        super().startService()
+        self.lease.start()
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self._clock
+        self._loop.start(self.settings.tick_seconds, now=False)
+        return succeed(None)
+
+    def tick(self) -> Deferred:
+        """One round of work (the loop calls it; tests may call it directly)."""
+        if self._running is not None:
+            return self._running
+        d = self._running = ensureDeferred(self._tick())
+
+        def done(result):
+            self._running = None
+            return result
+
+        def failed(failure):
+            log.failure("maintenance tick failed", failure)
+
+        return d.addErrback(failed).addBoth(done)
+
+    async def _tick(self) -> list[str]:
+        """Run what is due, one after the other; return what ran."""
+        self.repairer.observe()
+        if not self.lease.valid:
+            return []
+        ran = []
+        if await self.jobs.run_one() is not None:
+            ran.append("job")
+        now = self._clock.seconds()
+        if now >= self._next_repair:
+            self._next_repair = now + self.settings.repair_every
+            await self.repairer.run_pass()
+            ran.append("repair")
+        if now >= self._next_gc:
+            self._next_gc = now + self.settings.gc_every
+            await self.gc.run_pass()
+            ran.append("gc")
+        return ran
+
+    async def _stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._running is not None:
+            await self._running
+        await self.lease.stop()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return ensureDeferred(self._stop())
