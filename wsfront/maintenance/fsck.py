@@ -144,3 +144,16 @@ async def fsck(
     found["gc"] = await gc.sweep(grace=0.0)
     found["under_replicated"] = await catalog.count_under_replicated()
     return found
+
+
+async def audit(catalog, pool: StoragePool, gc: GarbageCollector) -> int:
+    """The periodic part of fsck: mark replicas that are missing (a scrub
+    quarantined them, a disk was replaced) or wrong, so the next repair pass
+    re-copies them.  Deletes nothing.  Returns how many were marked."""
+    found = await check(catalog, pool, gc)
+    bad = found["_bad"]
+    for blob_id, node, state in bad:
+        await catalog.mark_replica(blob_id, node, state)
+    if bad:
+        log.warn("audit: {n} replicas missing or wrong, marked for repair", n=len(bad))
+    return len(bad)

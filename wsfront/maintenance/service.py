@@ -3,9 +3,9 @@
 The lead mounts one in every front end (``service.setServiceParent(app)``);
 only the holder of the maintenance lease does anything.  Each tick it runs
 a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``),
-then a repair pass if one is due, then a GC pass if one is due.  Work never
-overlaps: repair and GC of the same front end run one after the other,
-which is what makes GC's view of "a copy the catalog does not count" safe
+then an audit (``fsck.audit``), a repair pass and a GC pass, each when
+due.  Work never overlaps: repair and GC of the same front end run one
+after the other, which is what makes GC's view of "a copy the catalog does not count" safe
 against a repair copy not yet recorded.
 """
 
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
 from wsfront.maintenance.jobs import Handler, JobRunner
@@ -37,6 +38,8 @@ class MaintenanceSettings:
     tick_seconds: float = 2.0
     repair_every: float = 60.0
     gc_every: float = 600.0
+    #: Cross-check catalog and servers (finds replicas scrub quarantined).
+    audit_every: float = 3600.0
     lease_ttl: float = 30.0
     repair: RepairSettings = attrs.field(factory=RepairSettings)
     gc: GCSettings = attrs.field(factory=GCSettings)
@@ -72,6 +75,7 @@ class MaintenanceService(Service):
         now = clock.seconds()
         self._next_repair = now + self.settings.repair_every
         self._next_gc = now + self.settings.gc_every
+        self._next_audit = now + self.settings.audit_every
 
     def startService(self) -> Deferred:
         super().startService()
@@ -105,6 +109,11 @@ class MaintenanceService(Service):
         if await self.jobs.run_one() is not None:
             ran.append("job")
         now = self._clock.seconds()
+        if now >= self._next_audit:
+            self._next_audit = now + self.settings.audit_every
+            if await audit(self.catalog, self.pool, self.gc):
+                self._next_repair = now  # heal at once
+            ran.append("audit")
         if now >= self._next_repair:
             self._next_repair = now + self.settings.repair_every
             await self.repairer.run_pass()

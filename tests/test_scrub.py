@@ -1,0 +1,146 @@
+"""Scrub: damaged blobs on disk are found, quarantined, and healed by repair."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.maintenance_env import check_full_strength, full_path, populate
+from tests.transfer_env import TransferEnv
+from wsfront.maintenance.repair import RepairSettings
+from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
+from wsstorage.blobstore import BlobStore
+from wsstorage.diskformat import BlobPaths
+from wsstorage.errors import BlobNotFound
+from wsstorage.scrub import QUARANTINE_DIR, Scrubber, inline
+
+
+def put(store: BlobStore, blob_id: str, data: bytes) -> None:
+    handle = store.open_write(blob_id, 1, 0, {"path": "/x"})
+    handle.write(data)
+    handle.seal()
+
+
+def flip(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = BlobStore.open(tmp_path / "data", block_size=4096)
+    yield s
+    s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flipped_byte_is_found_and_the_blob_quarantined(store):
+    for i in range(3):
+        put(store, f"blob{i}", os.urandom(50_000))
+    flip(BlobPaths.of(store.root, "blob1").data, 30_000)
+    reported = []
+    clock = task.Clock()
+    scrubber = Scrubber(
+        clock, store, bytes_per_second=10**12, run_blocking=inline, on_damaged=reported.append
+    )
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    while not d.called:
+        clock.advance(1)
+    result = await d
+    assert result == {"checked": 3, "damaged": 1, "bytes": 150_000}
+    assert [r.blob_id for r in reported] == ["blob1"] and reported[0].quarantined
+    assert "ChecksumError" in reported[0].error
+    with pytest.raises(BlobNotFound):
+        store.stat("blob1")
+    assert sorted(i.blob_id for i in store.list_blobs()) == ["blob0", "blob2"]
+    kept = os.listdir(os.path.join(store.root, QUARANTINE_DIR))
+    assert len(kept) == 3 and all(name.startswith("blob1.") for name in kept)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_truncated_data_file_is_damage_too(store):
+    put(store, "short", os.urandom(20_000))
+    os.truncate(BlobPaths.of(store.root, "short").data, 10_000)
+    clock = task.Clock()
+    scrubber = Scrubber(clock, store, bytes_per_second=10**12, run_blocking=inline)
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    while not d.called:
+        clock.advance(1)
+    assert (await d)["damaged"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrub_reads_no_faster_than_its_pace(store):
+    put(store, "big", os.urandom(1024 * 1024))
+    clock = task.Clock()
+    scrubber = Scrubber(
+        clock, store, bytes_per_second=256 * 1024, chunk=64 * 1024, run_blocking=inline
+    )
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    steps = 0
+    while not d.called:
+        clock.advance(0.01)
+        steps += 1
+    # 1 MiB at 256 KiB/s takes 4 s (16 chunks, each rounded up to a step).
+    assert 4.0 <= steps * 0.01 <= 4.0 + 16 * 0.011
+    assert (await d)["damaged"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_only_mode_leaves_the_blob_in_place(store):
+    put(store, "bad", os.urandom(10_000))
+    flip(BlobPaths.of(store.root, "bad").data, 5)
+    clock = task.Clock()
+    scrubber = Scrubber(clock, store, bytes_per_second=10**12, quarantine=False,
+                        run_blocking=inline)  # fmt: skip
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    while not d.called:
+        clock.advance(1)
+    await d
+    assert [x.blob_id for x in scrubber.damaged] == ["bad"]
+    assert store.stat("bad").sealed
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = TransferEnv(reactor, tmp_path, nodes=3)
+    pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_flipped_bytes_on_a_replica_are_found_by_scrub_and_healed_by_repair(env):
+    from twisted.internet import reactor
+
+    files = await populate(env, count=3)
+    entry = await env.catalog.stat(full_path(env, "/f2.bin"))
+    [extent] = entry.version.extents
+    bad_node = extent.replicas[0].node
+    flip(env.nodes[bad_node].blob_path(extent.blob_id), extent.length // 2)
+
+    scrubber = Scrubber(reactor, env.nodes[bad_node].store, bytes_per_second=10**12)
+    result = await scrubber.scrub_pass()
+    assert result["damaged"] == 1
+    assert scrubber.damaged[0].blob_id == extent.blob_id
+
+    clock = task.Clock()
+    settings = MaintenanceSettings(repair=RepairSettings(bytes_per_second=None),
+                                   audit_every=60.0)  # fmt: skip
+    svc = MaintenanceService(clock, env.catalog, env.transfers.pool, "fe-a", settings)
+    await svc.lease.renew()
+    clock.advance(60)
+    await svc.lease.renew()
+    ran = await svc.tick()
+    assert "audit" in ran and "repair" in ran
+    blob = await env.catalog.get_blob(extent.blob_id)
+    assert len(blob.ok_replicas) == 2 and bad_node not in blob.ok_replicas
+    await check_full_strength(env, files)
