@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 import attrs
@@ -143,7 +144,7 @@ def _chain(pieces: list[Piece]) -> list[Piece]:
 
 def _complete(chain: list[Piece]) -> bool:
     """Every segment but the last reaches the next one's start."""
-    return all(a.start + a.size >= b.start for a, b in zip(chain, chain[1:]))
+    return all(a.start + a.size >= b.start for a, b in pairwise(chain))
 
 
 def plan_files(pieces: list[Piece]) -> tuple[list[tuple[str, Upload]], list[dict[str, Any]]]:
