@@ -65,9 +65,14 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+#: twistd proper (``python -m twisted`` is the newer ``twist`` runner, which
+#: has no --nodaemon or --pidfile).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
 def twistd_argv(plugin: str, *args: str) -> list[str]:
     """argv that runs ``twistd -n PLUGIN ARGS`` with this checkout's plugins."""
-    return [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", plugin, *args]
+    return [*TWISTD, "--nodaemon", "--pidfile=", plugin, *args]
 
 
 def free_port() -> int:

@@ -205,6 +205,9 @@ class WriteSession:
             self._checkpointing = None
             if isinstance(result, Failure):
                 self._fail(result.value)
+            elif self.state == STREAMING and self._since_checkpoint >= self._checkpoint_bytes:
+                # Bytes kept arriving while we flushed: chain the next one.
+                self.checkpoint()
             return None
 
         d.addBoth(done)
@@ -229,13 +232,13 @@ class WriteSession:
         changed = replicas != self._recorded_replicas
         if durable <= self.durable and not changed:
             return
-        failpoints.hit("transfer.before_checkpoint")
+        failpoints.hit("transfer.before_checkpoint", durable)
         yield self._catalog.checkpoint(
             self.upload_id, self.epoch, durable, replicas=list(replicas) if changed else None
         )
         self._recorded_replicas = replicas
         self.durable = durable
-        failpoints.hit("transfer.after_checkpoint")
+        failpoints.hit("transfer.after_checkpoint", durable)
 
     # -- the end of a session ---------------------------------------------
 
