@@ -1,0 +1,131 @@
+"""Storage pool health and read-stream behaviour, on the fake storage tier
+driven by a Clock (no sleeps): dead servers stop being chosen, frozen
+replicas are failed over after the stall timeout, a consumer that goes away
+stops the upstream at once."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from tests.transfer_env import Collector, PausingCollector
+from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsstorage.testing import FakeStorageCluster
+
+NAMES = ["s1", "s2", "s3"]
+
+
+def run(clock: task.Clock, d: Deferred, limit: int = 10_000):
+    """Advance the fake clock until ``d`` fires; return its result."""
+    results = []
+    d.addBoth(results.append)
+    for _ in range(limit):
+        if results:
+            break
+        clock.advance(0.01)
+    assert results, "the Deferred never fired"
+    result = results[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+@pytest.fixture
+def clock():
+    return task.Clock()
+
+
+@pytest.fixture
+def cluster(clock):
+    return FakeStorageCluster(clock, NAMES)
+
+
+@pytest.fixture
+def pool(clock, cluster):
+    p = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5)
+    for n in NAMES:
+        p.add(n, cluster.endpoint(n), cluster.node(n).client())
+    run(clock, p.start())
+    yield p
+    p.stop()
+
+
+def store_blob(clock, cluster, nodes, blob_id, data):
+    for n in nodes:
+        w = run(clock, cluster.node(n).write(blob_id, 1, 0, {}))
+        w.write(data)
+        run(clock, w.commit())
+
+
+def test_dead_server_is_no_longer_chosen_and_is_chosen_again_when_back(clock, cluster, pool):
+    assert sorted(pool.choose(3)) == NAMES
+    cluster.node("s2").kill()
+    clock.advance(1.0)  # the next probe
+    run(clock, pool.probe_all())
+    assert "s2" not in pool.choose(3)
+    assert not pool.is_up("s2")
+    cluster.node("s2").revive()
+    clock.advance(1.0)
+    run(clock, pool.probe_all())
+    assert "s2" in pool.choose(3)
+
+
+def test_frozen_server_counts_as_down_after_the_probe_timeout(clock, cluster, pool):
+    cluster.node("s1").freeze()
+    d = pool.probe_all()
+    run(clock, d)
+    assert not pool.is_up("s1")
+    assert pool.is_up("s2")
+
+
+def test_choice_prefers_free_space_and_distinct_servers(pool):
+    for node, free in zip(pool.nodes(), (10, 30, 20)):
+        node.free_bytes = free
+    assert pool.choose(2) == ["s2", "s3"]
+    assert pool.choose(5) == ["s2", "s3", "s1"]
+    assert pool.choose(2, exclude=["s2"]) == ["s3", "s1"]
+
+
+def test_read_fails_over_from_a_frozen_replica_after_the_stall_timeout(clock, cluster, pool):
+    data = bytes(range(256)) * 4096  # 1 MiB
+    store_blob(clock, cluster, ["s1", "s2"], "b1", data)
+    cluster.node("s1").freeze()
+    stream = ReadStream(clock, pool, [ReadExtent("b1", 0, len(data), ("s1", "s2"))], 0,
+                        stall_timeout=2.0)  # fmt: skip
+    sink = Collector()
+    # Whichever replica the stream starts on, the frozen one stalls and the
+    # stream moves on to the other one.
+    n = run(clock, stream.start(sink))
+    assert n == len(data)
+    assert sink.data == data
+    assert stream.serving == "s2"
+
+
+def test_consumer_stop_cancels_the_upstream_read(clock, cluster, pool):
+    data = b"x" * (4 << 20)
+    store_blob(clock, cluster, ["s1"], "b2", data)
+    stream = ReadStream(clock, pool, [ReadExtent("b2", 0, len(data), ("s1",))])
+    sink = PausingCollector(pause_at=1)
+    d = stream.start(sink)
+    clock.advance(0)
+    assert sink.paused.called
+    stream.stopProducing()
+    with pytest.raises(TransferAborted):
+        run(clock, d)
+    sent = cluster.node("s1").bytes_read
+    for _ in range(50):
+        clock.advance(0.01)
+    assert cluster.node("s1").bytes_read == sent < len(data)
+    assert sink.producer is None
+
+
+def test_no_readable_replica_is_a_clear_error(clock, cluster, pool):
+    store_blob(clock, cluster, ["s1", "s2"], "b3", b"abc")
+    cluster.node("s1").kill()
+    cluster.node("s2").corrupt("b3", 1)
+    stream = ReadStream(clock, pool, [ReadExtent("b3", 0, 3, ("s1", "s2"))])
+    with pytest.raises(NoReplicasAvailable, match="b3"):
+        run(clock, stream.start(Collector()))
