@@ -208,6 +208,7 @@ def test_time_values_parse_as_utc_with_fractions():
         "20200101000000.",
         "20200101000000Z",
         " 20200101000000",
+        "00000101000000",
     ],
 )
 def test_bad_time_values_are_argument_errors(text):
@@ -235,3 +236,13 @@ def test_mfmt_argument_splits_time_and_path():
     for bad in ("20200101000000", "20200101000000 ", "bad name", ""):
         with pytest.raises(ArgumentError):
             parse_mfmt(bad)
+
+
+@settings(max_examples=300)
+@given(st.from_regex(r"[0-9]{14}(\.[0-9]{1,3})?", fullmatch=True))
+def test_any_fourteen_digits_parse_or_are_argument_errors(text):
+    try:
+        value = parse_time_value(text)
+    except ArgumentError:
+        return
+    assert format_time_value(value) == text[:14]

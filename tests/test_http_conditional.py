@@ -211,6 +211,8 @@ def test_all_three_http_date_formats_parse(value):
         "Sun, 06 Nov 1994 24:00:00 GMT",
         "Sun, 06 Xyz 1994 08:49:37 GMT",
         "1994-11-06T08:49:37Z",
+        "Sun, 01 Jan 0000 00:00:00 GMT",
+        "Sun Jan  1 00:00:00 0000",
     ],
 )
 def test_invalid_http_dates_are_none(value):
@@ -252,3 +254,32 @@ def test_a_304_only_for_safe_methods_and_412_only_when_a_condition_failed(method
         assert result is not Verdict.PRECONDITION_FAILED
     if result is Verdict.IGNORE_RANGE:
         assert method == "GET" and "If-Range" in headers
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["GET", "HEAD", "PUT", "DELETE", "get"]),
+    st.dictionaries(
+        st.sampled_from(
+            ["If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"]
+        ),
+        st.text(max_size=40),
+    ),
+)
+def test_any_header_text_gives_a_verdict_never_an_exception(method, headers):
+    headers["Range"] = "bytes=0-"
+    assert isinstance(evaluate(method, headers, ETAG, MTIME), Verdict)
+
+
+@settings(max_examples=300)
+@given(
+    st.from_regex(
+        r"(Sun, [0-9]{2} (Jan|Feb) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+        r"|Sun (Jan|Feb) [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}"
+        r"|Sunday, [0-9]{2}-(Jan|Feb)-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT)",
+        fullmatch=True,
+    )
+)
+def test_date_shaped_text_parses_or_is_none_never_raises(text):
+    result = parse_http_date(text)
+    assert result is None or isinstance(result, int)

@@ -217,7 +217,7 @@ def parse_time_value(text: str) -> float:
     if match is None:
         raise ArgumentError(f"expected YYYYMMDDHHMMSS[.sss], not {text[:40]!r}")
     year, month, day, hh, mm, ss = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and hh <= 23 and mm <= 59 and ss <= 60):
+    if not (year >= 1 and 1 <= month <= 12 and hh <= 23 and mm <= 59 and ss <= 60):
         raise ArgumentError(f"{text} is not a valid time")
     if not 1 <= day <= calendar.monthrange(year, month)[1]:
         raise ArgumentError(f"{text} is not a valid date")

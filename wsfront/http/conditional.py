@@ -135,7 +135,7 @@ _ASCTIME = re.compile(
 
 
 def _epoch(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> int | None:
-    if not (1 <= month <= 12 and hh <= 23 and mm <= 59 and ss <= 60):
+    if not (year >= 1 and 1 <= month <= 12 and hh <= 23 and mm <= 59 and ss <= 60):
         return None
     if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
