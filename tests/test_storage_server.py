@@ -290,6 +290,18 @@ def test_write_failpoint_cuts_the_chunk_exactly_at_its_threshold(rig: Rig, monke
     assert rig.store.blobs["b1"].data == b"a" * 600 + b"b" * 400
 
 
+def test_read_failpoint_stops_the_stream_exactly_at_its_threshold(rig: Rig, monkeypatch) -> None:
+    write_blob(rig, "b1", bytes(range(256)) * 4000)
+    monkeypatch.setattr(server._ProcessCounters, "read", 0)
+    monkeypatch.setattr(
+        failpoints, "_global", failpoints.Failpoints("storage.read.bytes=raise@300001")
+    )
+    c = CollectingConsumer()
+    with pytest.raises(StorageError, match="FailpointError"):
+        rig.result(rig.client.read("b1", 0, None, c))
+    assert c.data == (bytes(range(256)) * 4000)[:300001]
+
+
 # -- raw frames against one server protocol ---------------------------------
 
 
@@ -419,7 +431,7 @@ def test_data_frame_outside_a_write_stream_drops_the_connection(rig: Rig) -> Non
     assert rig.store.blobs["b1"].data == b"keep"
 
 
-def test_unknown_op_and_bad_fields_get_an_error_and_keep_the_connection(rig: Rig) -> None:
+def test_unknown_op_and_bad_fields_get_an_error_and_keep_the_connection(rig, logged) -> None:
     raw = RawPeer(rig)
     raw.login()
     cases = [
@@ -434,6 +446,7 @@ def test_unknown_op_and_bad_fields_get_an_error_and_keep_the_connection(rig: Rig
         [(ftype, got_rid, body)] = raw.send(framing.encode_control(framing.REQUEST, rid, req))
         assert (ftype, got_rid, body["code"]) == (framing.ERROR, rid, "bad_request")
         assert why in body["message"]
+        assert f"refused request {rid}" in log_text(logged)
     assert not raw.closed
     assert rig.store.blobs == {}
 

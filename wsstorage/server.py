@@ -328,6 +328,13 @@ class StorageServerProtocol(Protocol):
                 rid=rid,
                 peer=self.peer,
             )
+        elif isinstance(err, BadRequest):
+            log.info(
+                "refused request {rid} from {peer}: {why}",
+                rid=rid,
+                peer=self.peer,
+                why=err.message,
+            )
         self._send(framing.ERROR, rid, {"code": err.code, "message": err.message})
 
     # -- requests ------------------------------------------------------
@@ -700,7 +707,11 @@ class _ReadStream:
                 self.remaining -= len(data)
                 self.sent += len(data)
                 _ProcessCounters.read += len(data)
-            failpoints.hit("storage.read.bytes", _ProcessCounters.read)
+            try:
+                failpoints.hit("storage.read.bytes", _ProcessCounters.read)
+            except Exception as e:
+                self._finish(None, e)
+                return
         if not self.paused:
             self.resumeProducing()
 
