@@ -1,0 +1,170 @@
+"""Read and write through the transfer layer against real storage processes.
+
+Layout: 3 ``twistd -n wsstorage`` subprocesses on 127.0.0.1 (fsync on commit
+and on every checkpoint), this process as the front end (Transfers, pool,
+SQLite catalog), replicas R.  In the same run, the same number of bytes goes
+through a plain loopback socket copy as the reference.  Writes run twice:
+with checkpoints every 8 MiB (sessions on), and with checkpointing off, to
+show what session management costs.
+
+    python bench/transfer.py --size-mib 1024 --replicas 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import defer, task
+
+from bench._common import peak_rss_mib, socket_copy_mbps, start_storage
+from tests.transfer_env import Feeder
+from wsfront.catalog import open_catalog
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.service import Transfers, TransferSettings
+from wsstorage.client import StorageClient
+
+
+class _Discard:
+    """A consumer that counts and drops bytes."""
+
+    def __init__(self):
+        self.n = 0
+        self.producer = None
+
+    def registerProducer(self, p, s):
+        self.producer = p
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.n += len(data)
+
+
+class _Repeat:
+    """``size`` bytes made of one random MiB repeated: no big buffer."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.block = os.urandom(1 << 20)
+
+
+async def run(reactor, args) -> None:
+    size = args.size_mib << 20
+    tmp = Path(tempfile.mkdtemp(prefix="wsfs-bench-"))
+    secret = tmp / "secret"
+    secret.write_bytes(os.urandom(32).hex().encode())
+    procs = []
+    endpoints = {}
+    for i in range(1, 4):
+        proc, ep = start_storage(tmp / f"s{i}", f"s{i}", secret)
+        procs.append(proc)
+        endpoints[f"s{i}"] = ep
+    catalog = open_catalog(reactor, f"sqlite:///{tmp / 'catalog.sqlite'}")
+    user = await catalog.add_user("bench", "bench-password")
+    for name, ep in endpoints.items():
+        await catalog.register_node(name, ep)
+
+    pools = []
+
+    async def front_end(checkpoints: bool) -> Transfers:
+        pool = StoragePool(reactor)
+        pools.append(pool)
+        for name, ep in endpoints.items():
+            pool.add(name, ep, StorageClient(reactor, name, ep, secret.read_bytes().strip()))
+        await pool.start()
+        settings = TransferSettings(
+            replicas=args.replicas,
+            checkpoint_bytes=(8 << 20) if checkpoints else 1 << 62,
+            checkpoint_seconds=2.0 if checkpoints else 0,
+            hash_uploads=False,
+        )
+        return Transfers(reactor, catalog, pool, "bench", settings)
+
+    ref = socket_copy_mbps(size)
+    results = {}
+    for label, checkpoints in (
+        ("write, checkpoints off", False),
+        ("write, checkpoints 8 MiB", True),
+    ):
+        transfers = await front_end(checkpoints)
+        session = await transfers.open_write(user, f"/{label[:5]}-{checkpoints}", 0)
+        start = time.perf_counter()
+        feeder = _StreamFeeder(reactor, session, size)
+        await feeder.start()
+        await session.finish()
+        results[label] = size / (time.perf_counter() - start) / 1e6
+    transfers = await front_end(True)
+    handle = await transfers.open_read(user, "/write-True", 0)
+    sink = _Discard()
+    start = time.perf_counter()
+    await handle.stream.start(sink)
+    results["read"] = size / (time.perf_counter() - start) / 1e6
+    assert sink.n == size
+    rss = max(peak_rss_mib(p.pid) for p in procs)
+    own = peak_rss_mib(os.getpid())
+    print(
+        f"transfer layer benchmark: {args.size_mib} MiB, replicas={args.replicas}, "
+        "3 wsstorage processes + front end in this process, fsync on checkpoint and commit"
+    )
+    print(f"{'what':28s} {'MB/s':>8s} {'ratio':>7s}")
+    print(f"{'socket copy (reference)':28s} {ref:8.0f} {1.0:7.2f}")
+    for label, mbps in results.items():
+        print(f"{label:28s} {mbps:8.0f} {mbps / ref:7.2f}")
+    off, on = results["write, checkpoints off"], results["write, checkpoints 8 MiB"]
+    print(f"session management cost (checkpoints on vs off): {(1 - on / off) * 100:+.1f}%")
+    print(f"peak RSS: storage server {rss:.0f} MiB, front end (this process) {own:.0f} MiB")
+    for pool in pools:
+        pool.stop()
+        for node in pool.nodes():
+            await node.client.close()
+    await catalog.close()
+    for p in procs:
+        p.terminate()
+        p.wait()
+
+
+class _StreamFeeder(Feeder):
+    """Feeder over a repeated random MiB, so GiBs need no big buffer."""
+
+    def __init__(self, reactor, consumer, size: int, chunk: int = 256 * 1024):
+        super().__init__(reactor, consumer, b"", chunk, stop_at=size)
+        self.block = os.urandom(1 << 20)
+
+    def _step(self):
+        self._call = None
+        if self.paused or self.stopped:
+            return
+        if self.pos >= self.stop_at:
+            self.consumer.unregisterProducer()
+            self.done.callback(self.pos)
+            return
+        # Several chunks per reactor turn: the client side would batch too.
+        for _ in range(8):
+            n = min(self.chunk, self.stop_at - self.pos)
+            if n <= 0 or self.paused:
+                break
+            off = self.pos % len(self.block)
+            piece = self.block[off : off + n] if off + n <= len(self.block) else self.block[:n]
+            self.pos += n
+            self.consumer.write(piece)
+        self._schedule()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--replicas", type=int, default=2)
+    args = p.parse_args()
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()
