@@ -83,6 +83,12 @@ def test_if_match_fails_when_there_is_no_resource():
     assert verdict("DELETE", etag=None, if_match='"v1"') is Verdict.PRECONDITION_FAILED
 
 
+def test_get_of_a_missing_resource_ignores_preconditions_so_it_can_be_a_404():
+    for method in ("GET", "HEAD"):
+        assert verdict(method, etag=None, mtime=None, if_match="*") is Verdict.PROCEED
+        assert verdict(method, etag=None, mtime=None, if_none_match="*") is Verdict.PROCEED
+
+
 def test_weak_current_etag_never_satisfies_if_match():
     assert verdict("PUT", etag='W/"v1"', if_match='"v1"') is Verdict.PRECONDITION_FAILED
 

@@ -236,10 +236,18 @@ def evaluate(
     entity-tag (``'"abc"'``, ``'W/"abc"'``, a bare opaque string read as
     strong, or an ``EntityTag``), or None when the target does not exist.
     ``last_modified`` is POSIX seconds, None if unknown or absent.
+
+    Preconditions are ignored when the answer would be an error anyway
+    (RFC 9110 13.2.1): GET/HEAD on no resource gives ``PROCEED`` so the
+    adapter answers 404; for other methods that need an existing target
+    (DELETE, MOVE), answer 404 before calling this.
     """
     current = None if etag is None else _as_tag(etag)
     modified = None if last_modified is None or current is None else int(last_modified)
     safe = method in ("GET", "HEAD")
+    if safe and current is None:
+        # The answer is a 404 whatever the conditions say (RFC 9110 13.2.1).
+        return Verdict.PROCEED
 
     if_match = _header(headers, "if-match")
     if if_match is not None:
