@@ -347,3 +347,38 @@ def watch_sessions(env) -> defer.Deferred:
 
     env.transfers._open_session = wrapped
     return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_download_stops_the_upstream_read(env):
+    from twisted.internet import reactor
+
+    data = payload(32 * MiB)
+    await env.upload("/long.bin", data)
+    opened: defer.Deferred = defer.Deferred()
+    stopped: defer.Deferred = defer.Deferred()
+    original = env.transfers.open_read
+
+    def open_read(*a, **kw):
+        def watch(handle):
+            stream, stop = handle.stream, handle.stream.stopProducing
+
+            def stop_and_tell():
+                stop()
+                if not stopped.called:
+                    stopped.callback(stream.delivered)
+
+            stream.stopProducing = stop_and_tell
+            opened.callback(handle)
+            return handle
+
+        return original(*a, **kw).addCallback(watch)
+
+    env.transfers.open_read = open_read
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(b"GET /long.bin HTTP/1.1\r\nHost: x\r\n" + basic() + b"\r\n")
+    await opened
+    await client.until(b"\r\n\r\n")
+    client.close()
+    delivered = await stopped
+    assert delivered < len(data) // 2
