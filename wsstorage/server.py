@@ -45,10 +45,11 @@ from wsstorage.records import BlobInfo, check_blob_id
 
 log = Logger()
 
-#: Bytes read from the store per DATA frame of a read stream.
-READ_CHUNK = framing.MAX_DATA
-#: DATA frames sent per producer turn before yielding to the reactor.
-FRAMES_PER_TURN = 8
+#: Bytes read from the store per DATA frame of a read stream: one checksum
+#: block, so the store hands its verified block over without copying it.
+READ_CHUNK = 64 * 1024
+#: Bytes a read stream reads ahead in a thread while it sends the previous batch.
+READ_AHEAD = 1024 * 1024
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
 #: Target size of one page of a list reply.
@@ -661,18 +662,27 @@ class _PauseFlag:
 
 @implementer(IPushProducer)
 class _ReadStream:
-    """Sends one blob range as DATA frames, paced by the transport."""
+    """Sends one blob range as DATA frames, paced by the transport.
+
+    Reading and verifying blocks (pread + CRC, both release the GIL) runs in
+    a thread, one ``READ_AHEAD`` batch ahead of what the reactor thread is
+    sending, so disk work and socket work overlap.  At most two batches are
+    in memory: the one being sent and the one being read.
+    """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
         self.proto = proto
         self.rid = rid
         self.handle = handle
-        self.remaining = length
+        self.remaining = length  # not yet sent
+        self.to_fetch = length  # not yet asked of the store
         self.sent = 0
         self.paused = False
         self.done: defer.Deferred = defer.Deferred()
         self._scheduled: Any = None
         self._finished = False
+        self._fetching = False
+        self._ready: tuple[list[bytes], BaseException | None] | None = None
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -685,35 +695,86 @@ class _ReadStream:
     def stopProducing(self) -> None:
         self.close()
 
-    def _turn(self) -> None:
-        self._scheduled = None
-        transport = self.proto.transport
-        for _ in range(FRAMES_PER_TURN):
-            if self.paused or self._finished:
-                return
-            if self.remaining == 0:
-                self._finish({"length": self.sent}, None)
-                return
+    def _fetch(self) -> None:
+        n = min(READ_AHEAD, self.to_fetch)
+        self.to_fetch -= n
+        self._fetching = True
+        handle = self.handle
+
+        def work() -> tuple[list[bytes], BaseException | None]:
+            out: list[bytes] = []
+            left = n
             try:
-                data = self.handle.read(min(READ_CHUNK, self.remaining))
-                if not data:
-                    raise StorageError(f"blob ended {self.remaining} bytes early")
-                data = _cut_at_failpoint("storage.read.bytes", _ProcessCounters.read, data)
+                while left:
+                    data = handle.read(min(READ_CHUNK, left))
+                    if not data:
+                        raise StorageError(f"blob ended {left} bytes early")
+                    out.append(data)
+                    left -= len(data)
             except Exception as e:
-                self._finish(None, e)
-                return
-            if data:
-                transport.writeSequence(list(framing.data_frames(self.rid, data)))
-                self.remaining -= len(data)
-                self.sent += len(data)
-                _ProcessCounters.read += len(data)
-            try:
-                failpoints.hit("storage.read.bytes", _ProcessCounters.read)
-            except Exception as e:
-                self._finish(None, e)
-                return
+                return out, e  # the good blocks before a bad one still go out
+            return out, None
+
+        self.proto.factory.run_blocking(work).addBoth(self._fetched)
+
+    def _fetched(self, result: Any) -> None:
+        self._fetching = False
+        if isinstance(result, Failure):
+            result = ([], result.value)
+        if self._finished:
+            self._close_handle()
+            return
+        self._ready = result
         if not self.paused:
             self.resumeProducing()
+
+    def _turn(self) -> None:
+        self._scheduled = None
+        if self.paused or self._finished:
+            return
+        if self.remaining == 0:
+            self._finish({"length": self.sent}, None)
+            return
+        if self._ready is None:
+            if not self._fetching:
+                self._fetch()  # _fetched resumes us
+            return
+        batch, error = self._ready
+        self._ready = None
+        if error is None and self.to_fetch:
+            self._fetch()
+        try:
+            self._send_batch(batch)
+        except Exception as e:
+            self._finish(None, e)
+            return
+        if error is not None:
+            self._finish(None, error)
+        elif not self.paused:
+            self.resumeProducing()
+
+    def _send_batch(self, batch: list[bytes]) -> None:
+        transport = self.proto.transport
+        frames: list[bytes] = []
+        for data in batch:
+            cut = _cut_at_failpoint("storage.read.bytes", _ProcessCounters.read, data)
+            if len(cut) < len(data):
+                if cut:
+                    frames.extend(framing.data_frames(self.rid, cut))
+                    self._count(len(cut))
+                transport.writeSequence(frames)
+                frames = []
+                failpoints.hit("storage.read.bytes", _ProcessCounters.read)
+                data = data[len(cut) :]
+            frames.extend(framing.data_frames(self.rid, data))
+            self._count(len(data))
+        if frames:
+            transport.writeSequence(frames)
+
+    def _count(self, n: int) -> None:
+        self.remaining -= n
+        self.sent += n
+        _ProcessCounters.read += n
 
     def _finish(self, end: dict[str, Any] | None, error: BaseException | None) -> None:
         self._finished = True
@@ -726,14 +787,19 @@ class _ReadStream:
 
     def close(self) -> None:
         self._finished = True
+        self._ready = None
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
+        if not self._fetching:
+            self._close_handle()  # else _fetched closes it when the thread is done
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _close_handle(self) -> None:
         if self.handle is not None:
             handle, self.handle = self.handle, None
             handle.close()
-        if not self.done.called:
-            self.done.callback(None)
 
 
 class _WriteStream:
