@@ -1,0 +1,164 @@
+"""``twistd wslocal``: a whole wsfs cluster in one process, for trying it out.
+
+N storage servers (each with its own data folder), one front end, and a
+SQLite catalog, all under ``--data`` (default ``./wsfs-data``).  The first
+start creates the cluster secret and a demo user with a random password and
+prints the URLs and the login; later starts reuse the data and the login.
+Storage servers listen on 127.0.0.1 on ports the system picks; their current
+endpoints are re-registered in the catalog at every start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from wsfront.catalog import open_catalog
+from wsfront.catalog.errors import NotFound
+from wsfront.config import FrontendConfig
+from wsfront.service import FrontendService
+
+log = Logger()
+DEMO_USER = "demo"
+
+
+class LocalOptions(usage.Options):
+    """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]``"""
+
+    optParameters = [
+        ["data", None, "./wsfs-data", "folder holding every server's data and the catalog"],
+        ["ftp", None, "tcp:2121:interface=127.0.0.1", "FTP endpoint"],
+        ["http", None, "tcp:8080:interface=127.0.0.1", "HTTP endpoint"],
+        ["nodes", None, "3", "storage servers to run"],
+        ["replicas", None, "2", "replicas of every file"],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("nodes", "replicas"):
+            try:
+                self[name] = int(self[name])
+            except ValueError as e:
+                raise usage.UsageError(f"--{name} must be a whole number") from e
+        if self["nodes"] < 1:
+            raise usage.UsageError("--nodes must be at least 1")
+        if not 1 <= self["replicas"] <= self["nodes"]:
+            raise usage.UsageError("--replicas must be between 1 and --nodes")
+
+
+class LocalClusterService(service.MultiService):
+    """Storage servers, then the front end, in one reactor."""
+
+    def __init__(self, reactor, options: LocalOptions, out=None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.options = options
+        self.data = Path(options["data"]).resolve()
+        self.out = out or sys.stdout
+        self.storage_ports: dict[str, object] = {}
+        self.stores: dict[str, object] = {}
+        self.frontend: FrontendService | None = None
+        self.login: tuple[str, str] | None = None
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+
+        def failed(f):
+            log.failure("wslocal could not start", f)
+            self.reactor.stop()
+            return f
+
+        d.addCallbacks(self.ready.callback, failed)
+
+    async def _start(self) -> LocalClusterService:
+        from wsstorage.auth import ensure_secret
+        from wsstorage.blobstore import BlobStore
+        from wsstorage.server import StorageServerFactory
+
+        self.data.mkdir(parents=True, exist_ok=True)
+        secret, _ = ensure_secret(self.data / "secret")
+        storage = []
+        for i in range(1, self.options["nodes"] + 1):
+            name = f"s{i}"
+            store = BlobStore.open(self.data / "storage" / name)
+            self.stores[name] = store
+            factory = StorageServerFactory(self.reactor, store, name, secret)
+            port = await serverFromString(self.reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+            self.storage_ports[name] = port
+            storage.append((name, f"tcp:127.0.0.1:{port.getHost().port}"))
+        catalog_url = f"sqlite:///{self.data / 'catalog.sqlite'}"
+        self.login = await self._demo_login(catalog_url)
+        config = FrontendConfig(
+            name="local",
+            catalog=catalog_url,
+            storage=tuple(storage),
+            replicas=self.options["replicas"],
+            secret=secret,
+            ftp=self.options["ftp"],
+            http=self.options["http"],
+        )
+        self.frontend = FrontendService(self.reactor, config)
+        self.frontend.setServiceParent(self)
+        await self.frontend.ready
+        self._announce()
+        return self
+
+    async def _demo_login(self, catalog_url: str) -> tuple[str, str]:
+        """The demo user's login, created with a random password on first start."""
+        login_file = self.data / "demo-login.txt"
+        catalog = open_catalog(self.reactor, catalog_url)
+        try:
+            if login_file.exists():
+                name, _, password = login_file.read_text().strip().partition(":")
+                try:
+                    await catalog.get_user(name)
+                    return name, password
+                except NotFound:
+                    pass
+            password = secrets.token_urlsafe(12)
+            try:
+                await catalog.get_user(DEMO_USER)
+                await catalog.set_password(DEMO_USER, password)
+            except NotFound:
+                await catalog.add_user(DEMO_USER, password)
+            fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{DEMO_USER}:{password}\n")
+            return DEMO_USER, password
+        finally:
+            await catalog.close()
+
+    def _announce(self) -> None:
+        name, password = self.login
+        lines = [f"wsfs local cluster ready: {self.options['nodes']} storage servers, "
+                 f"{self.options['replicas']} replicas, data in {self.data}"]  # fmt: skip
+        if "ftp" in self.frontend.ports:
+            a = self.frontend.address("ftp")
+            lines.append(f"  FTP:  ftp://{name}:{password}@{a.host}:{a.port}/")
+        if "http" in self.frontend.ports:
+            a = self.frontend.address("http")
+            lines.append(f"  HTTP: http://{name}:{password}@{a.host}:{a.port}/")
+        lines.append(f"  login: {name} / {password}   (saved in {self.data / 'demo-login.txt'})")
+        # Straight to the terminal: the user needs these lines, whatever the
+        # log is configured to do.
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield defer.maybeDeferred(super().stopService)
+        for port in self.storage_ports.values():
+            yield port.stopListening()
+        for store in self.stores.values():
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()

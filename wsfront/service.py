@@ -1,0 +1,133 @@
+"""A front end as a Twisted service: catalog, storage pool, transfer layer,
+and the FTP and HTTP listeners, started and stopped in the right order.
+
+Start: open the catalog, register the ``--storage`` servers in it, build the
+pool from the catalog's registry (so every front end and the CLI see the same
+set), mark this front end's sessions from a previous life interrupted, probe
+the storage servers, then listen.  Stop: stop listening, checkpoint and
+interrupt running uploads so clients can resume them anywhere, close.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wsfront.auth import CachingAuthenticator, make_portal
+from wsfront.catalog import open_catalog
+from wsfront.config import FrontendConfig
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.service import Transfers, TransferSettings
+
+log = Logger()
+
+
+def with_backlog(endpoint: str, backlog: int = 512) -> str:
+    """Add an explicit listen backlog to a tcp endpoint string (Twisted's
+    default of 50 drops clients when hundreds connect at once)."""
+    if endpoint.startswith(("tcp:", "tcp6:")) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={backlog}"
+    return endpoint
+
+
+class FrontendService(service.Service):
+    """One wsfront process (or the front end inside wslocal)."""
+
+    def __init__(self, reactor, config: FrontendConfig, client_factory=None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self._client_factory = client_factory or self._storage_client
+        self.catalog = None
+        self.pool: StoragePool | None = None
+        self.transfers: Transfers | None = None
+        self.ports: dict[str, object] = {}
+        self._expiry: LoopingCall | None = None
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def _storage_client(self, name: str, endpoint: str):
+        from wsstorage.client import StorageClient
+
+        return StorageClient(self.reactor, name, endpoint, self.config.secret)
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+
+        def failed(f):
+            log.failure("wsfront {name} could not start", f, name=self.config.name)
+            self.reactor.stop()
+            return f
+
+        d.addCallbacks(self.ready.callback, failed)
+
+    async def _start(self) -> FrontendService:
+        cfg = self.config
+        self.catalog = open_catalog(self.reactor, cfg.catalog)
+        for name, endpoint in cfg.storage:
+            await self.catalog.register_node(name, endpoint)
+        self.pool = StoragePool(self.reactor)
+        for node in await self.catalog.list_nodes():
+            self.pool.add(node.name, node.endpoint, self._client_factory(node.name, node.endpoint))
+        settings = TransferSettings(
+            replicas=cfg.replicas,
+            checkpoint_bytes=cfg.checkpoint_mib << 20,
+            upload_expiry=cfg.upload_expiry_hours * 3600,
+        )
+        self.transfers = Transfers(self.reactor, self.catalog, self.pool, cfg.name, settings)
+        interrupted = await self.transfers.recover()
+        if interrupted:
+            log.info(
+                "{n} upload(s) of this front end's previous life marked interrupted",
+                n=len(interrupted),
+            )
+        await self.pool.start()
+        self._expiry = LoopingCall(self.transfers.expire)
+        self._expiry.clock = self.reactor
+        self._expiry.start(60, now=True)
+        authenticator = CachingAuthenticator(self.catalog, self.reactor)
+        if cfg.ftp:
+            from wsfront.ftp.factory import FTPFactory, FTPSettings
+
+            ftp_settings = FTPSettings(
+                passive_ports=cfg.passive_ports, public_address=cfg.public_address
+            )
+            factory = FTPFactory(
+                self.reactor, self.transfers, make_portal(authenticator), ftp_settings
+            )
+            self.ports["ftp"] = await serverFromString(self.reactor, with_backlog(cfg.ftp)).listen(
+                factory
+            )
+        if cfg.http:
+            from wsfront.http.site import SiteSettings, make_site
+
+            site = make_site(self.reactor, self.transfers, authenticator, SiteSettings())
+            self.ports["http"] = await serverFromString(
+                self.reactor, with_backlog(cfg.http)
+            ).listen(site)
+        for proto, port in self.ports.items():
+            log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
+                     addr=port.getHost())  # fmt: skip
+        return self
+
+    def address(self, proto: str):
+        """The bound address of the ``proto`` listener (for tests, wslocal)."""
+        return self.ports[proto].getHost()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield defer.maybeDeferred(super().stopService)
+        for port in self.ports.values():
+            yield port.stopListening()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        if self.transfers is not None:
+            yield self.transfers.shutdown()
+        if self.pool is not None:
+            self.pool.stop()
+            for node in self.pool.nodes():
+                yield defer.maybeDeferred(node.client.close)
+        if self.catalog is not None:
+            yield self.catalog.close()
