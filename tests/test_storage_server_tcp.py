@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
 from tests.storage_procs import StorageProcess, pattern, read_sha, write_blob
 from wsstorage import framing
@@ -237,4 +237,57 @@ def test_missing_options_are_a_usage_error(tmp_path) -> None:
     assert "missing required option(s): --listen, --name, --secret-file" in out.stderr + out.stdout
 
 
-_ = defer  # keep import for type readers
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the reactor (a condition wait, not a fixed sleep)."""
+    from twisted.internet import task
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not reached"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_paused_consumer_pauses_the_server_and_bounds_its_buffers(server, client) -> None:
+    size = 48 * 1024 * 1024
+    data = pattern(size, seed=4)
+    await write_blob(client, "slow", data, chunk=1024 * 1024)
+    del data
+
+    class Paused:
+        def __init__(self) -> None:
+            self.count = 0
+            self.sha = hashlib.sha256()
+            self.producer = None
+
+        def registerProducer(self, producer, streaming) -> None:
+            self.producer = producer
+
+        def unregisterProducer(self) -> None:
+            self.producer = None
+
+        def write(self, chunk: bytes) -> None:
+            if self.count == 0:
+                self.producer.pauseProducing()
+            self.count += len(chunk)
+            self.sha.update(chunk)
+
+    consumer = Paused()
+    d = client.read("slow", 0, None, consumer)
+
+    def server_stream():
+        for conn in server.factory.connections:
+            if conn._read is not None:
+                return conn._read
+        return None
+
+    await wait_for(lambda: server_stream() is not None and server_stream().paused)
+    stream = server_stream()
+    transport = next(c for c in server.factory.connections if c._read is stream).transport
+    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    assert buffered <= 3 * 1024 * 1024
+    assert stream.sent < size // 2  # kernel socket buffers hold the rest, not us
+    assert consumer.count <= 2 * 1024 * 1024  # one socket read, not the stream
+    consumer.producer.resumeProducing()
+    assert await d == size
+    assert consumer.sha.hexdigest() == hashlib.sha256(pattern(size, seed=4)).hexdigest()
