@@ -1,0 +1,328 @@
+"""tus 1.0 on the wire, request by request (treq against a real site).
+
+Each test checks the answer a tus client relies on and what the catalog
+holds afterwards: the durable offset, the committed bytes, the session state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.http_env import payload
+from tests.tus_env import OCTETS, b64, committed, create, sha, start_env, stop_env, tus
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(start_env(reactor, tmp_path)))
+    yield e
+    pytest_twisted.blockon(stop_env(e))
+
+
+def upload_id(location: str) -> str:
+    assert location.startswith("/-/uploads/")
+    return location.rsplit("/", 1)[1]
+
+
+def digest(name: str, data: bytes) -> str:
+    return f"{name} {base64.b64encode(hashlib.new(name, data).digest()).decode()}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_options_advertises_version_extensions_size_and_checksums(env):
+    status, headers, _ = await tus(env, "OPTIONS", "/-/uploads/", auth=False)
+    assert status == 204
+    assert headers["tus-version"] == "1.0.0"
+    extensions = set(headers["tus-extension"].split(","))
+    assert {"creation", "creation-with-upload", "creation-defer-length"} <= extensions
+    assert {"termination", "checksum", "expiration"} <= extensions
+    assert int(headers["tus-max-size"]) == env.tus.settings.max_size
+    assert set(headers["tus-checksum-algorithm"].split(",")) == {"sha1", "sha256"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_without_credentials_are_challenged(env):
+    status, headers, _ = await tus(env, "POST", "/-/uploads/", {"Upload-Length": "3"}, auth=False)
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Basic")
+
+
+@pytest_twisted.ensureDeferred
+async def test_creation_makes_a_pending_upload_on_the_named_path(env):
+    status, headers, _ = await create(env, 10, {"filename": "a.bin"})
+    assert status == 201
+    uid = upload_id(headers["location"])
+    assert "upload-expires" in headers
+    upload = await env.catalog.get_upload(uid)
+    assert upload.path == "/alice/a.bin"
+    assert upload.declared_length == 10
+    assert upload.meta == {"filename": "a.bin"}
+    info = await env.transfers.stat(env.user, "/a.bin")
+    assert info.pending and info.upload_id == uid
+
+    status, headers, _ = await tus(env, "HEAD", f"/-/uploads/{uid}")
+    assert status == 200
+    assert headers["upload-offset"] == "0"
+    assert headers["upload-length"] == "10"
+    assert headers["cache-control"] == "no-store"
+    assert headers["upload-metadata"] == f"filename {b64('a.bin')}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_path_places_the_file_in_a_directory(env):
+    await env.transfers.mkdir(env.user, "/docs")
+    status, headers, _ = await create(env, 4, {"path": "/docs/", "filename": "n.txt"})
+    assert status == 201
+    uid = upload_id(headers["location"])
+    status, _, _ = await tus(
+        env, "PATCH", f"/-/uploads/{uid}", {**OCTETS, "Upload-Offset": "0"}, b"abcd"
+    )
+    assert status == 204
+    assert await committed(env, "/docs/n.txt") == b"abcd"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_that_leaves_the_tree_or_names_nothing_is_refused(env):
+    assert (await create(env, 4, {"path": "/../bob/x"}))[0] in (400, 403)
+    assert (await create(env, 4, {"filename": "../x"}))[0] == 400
+    assert (await create(env, 4, {"type": "text/plain"}))[0] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_patches_append_and_the_last_one_commits(env):
+    data = payload(3 * 65536 + 17)
+    _, headers, _ = await create(env, len(data), {"filename": "p.bin"})
+    url = headers["location"]
+    offset = 0
+    for cut in (65536, 2 * 65536, len(data)):
+        status, headers, _ = await tus(
+            env, "PATCH", url, {**OCTETS, "Upload-Offset": str(offset)}, data[offset:cut]
+        )
+        assert status == 204
+        assert headers["upload-offset"] == str(cut)
+        offset = cut
+        if cut < len(data):
+            upload = await env.catalog.get_upload(upload_id(url))
+            assert upload.checkpoint == cut and upload.live
+    assert sha(await committed(env, "/p.bin")) == sha(data)
+    status, headers, _ = await tus(env, "HEAD", url)
+    assert status == 200 and headers["upload-offset"] == str(len(data))
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_at_the_wrong_offset_is_a_conflict_and_changes_nothing(env):
+    _, headers, _ = await create(env, 8, {"filename": "c.bin"})
+    url = headers["location"]
+    await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    for wrong in ("0", "2", "6"):
+        status, headers, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": wrong}, b"zz")
+        assert status == 409
+        assert headers["upload-offset"] == "4"
+    assert (await env.catalog.get_upload(upload_id(url))).checkpoint == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_content_type_and_version_are_refused_before_the_body(env):
+    _, headers, _ = await create(env, 8, {"filename": "v.bin"})
+    url = headers["location"]
+    status, _, _ = await tus(
+        env,
+        "PATCH",
+        url,
+        {"Content-Type": "application/octet-stream", "Upload-Offset": "0"},
+        b"1234",
+    )
+    assert status == 415
+    status, headers, _ = await tus(
+        env, "PATCH", url, {**OCTETS, "Upload-Offset": "0", "Tus-Resumable": "0.2.2"}, b"1234"
+    )
+    assert status == 412
+    assert headers["tus-version"] == "1.0.0"
+    assert (await env.catalog.get_upload(upload_id(url))).checkpoint == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_past_the_upload_length_is_refused(env):
+    _, headers, _ = await create(env, 4, {"filename": "l.bin"})
+    status, _, _ = await tus(
+        env, "PATCH", headers["location"], {**OCTETS, "Upload-Offset": "0"}, b"12345"
+    )
+    assert status == 413
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
+async def test_matching_checksum_is_accepted(env, algorithm):
+    data = payload(200_000)
+    _, headers, _ = await create(env, len(data), {"filename": "s.bin"})
+    status, headers, _ = await tus(
+        env,
+        "PATCH",
+        headers["location"],
+        {**OCTETS, "Upload-Offset": "0", "Upload-Checksum": digest(algorithm, data)},
+        data,
+    )
+    assert status == 204 and headers["upload-offset"] == str(len(data))
+    assert sha(await committed(env, "/s.bin")) == sha(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_checksum_mismatch_is_460_and_the_offset_stays(tmp_path):
+    from twisted.internet import reactor
+
+    # Small checkpoints: the bad PATCH is recorded durable part-way through,
+    # so only a real rollback brings the offset back.
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        data = payload(1 << 20)
+        _, headers, _ = await create(env, len(data), {"filename": "m.bin"})
+        url = headers["location"]
+        half = len(data) // 2
+        await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, data[:half])
+        status, headers, _ = await tus(
+            env,
+            "PATCH",
+            url,
+            {**OCTETS, "Upload-Offset": str(half), "Upload-Checksum": digest("sha1", b"other")},
+            data[half:],
+        )
+        assert status == 460
+        upload = await env.catalog.get_upload(upload_id(url))
+        assert upload.checkpoint == half and upload.live
+        status, headers, _ = await tus(env, "HEAD", url)
+        assert headers["upload-offset"] == str(half)
+        status, headers, _ = await tus(
+            env,
+            "PATCH",
+            url,
+            {**OCTETS, "Upload-Offset": str(half), "Upload-Checksum": digest("sha1", data[half:])},
+            data[half:],
+        )
+        assert status == 204
+        assert sha(await committed(env, "/m.bin")) == sha(data)
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_checksum_algorithm_is_a_bad_request(env):
+    _, headers, _ = await create(env, 4, {"filename": "u.bin"})
+    status, _, _ = await tus(
+        env,
+        "PATCH",
+        headers["location"],
+        {**OCTETS, "Upload-Offset": "0", "Upload-Checksum": "md4 AAAA"},
+        b"1234",
+    )
+    assert status == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_creation_with_upload_takes_the_first_bytes(env):
+    data = payload(100_000)
+    status, headers, _ = await create(env, len(data) * 2, {"filename": "w.bin"}, data)
+    assert status == 201
+    assert headers["upload-offset"] == str(len(data))
+    upload = await env.catalog.get_upload(upload_id(headers["location"]))
+    assert upload.checkpoint == len(data)
+    status, headers, _ = await create(env, len(data), {"filename": "whole.bin"}, data)
+    assert status == 201
+    assert sha(await committed(env, "/whole.bin")) == sha(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_upload_is_committed_at_creation(env):
+    status, _, _ = await create(env, 0, {"filename": "empty"})
+    assert status == 201
+    assert await committed(env, "/empty") == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_deferred_length_is_given_by_the_last_patch(env):
+    status, headers, _ = await create(env, None, {"filename": "d.bin"})
+    assert status == 201
+    url = headers["location"]
+    status, headers, _ = await tus(env, "HEAD", url)
+    assert headers["upload-defer-length"] == "1" and "upload-length" not in headers
+    await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"hello ")
+    assert (await env.catalog.get_upload(upload_id(url))).live
+    status, headers, _ = await tus(
+        env, "PATCH", url, {**OCTETS, "Upload-Offset": "6", "Upload-Length": "11"}, b"world"
+    )
+    assert status == 204 and headers["upload-offset"] == "11"
+    assert await committed(env, "/d.bin") == b"hello world"
+
+
+@pytest_twisted.ensureDeferred
+async def test_termination_removes_the_pending_upload(env):
+    _, headers, _ = await create(env, 8, {"filename": "t.bin"})
+    url = headers["location"]
+    await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    status, _, _ = await tus(env, "DELETE", url)
+    assert status == 204
+    assert (await env.catalog.get_upload(upload_id(url))).state == "aborted"
+    status, _, _ = await tus(env, "HEAD", url)
+    assert status in (404, 410)
+    status, _, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"5678")
+    assert status in (404, 410)
+    assert await env.catalog.find_upload("/alice/t.bin") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_upload_is_gone_and_its_blobs_are_collectable(env):
+    _, headers, _ = await create(env, 8, {"filename": "e.bin"})
+    url = headers["location"]
+    await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    upload = await env.catalog.get_upload(upload_id(url))
+    blobs = {upload.blob_id, *(e.blob_id for e in upload.base_extents)}
+    expired = await env.catalog.expire_uploads(upload.expires_at + 1)
+    assert [u.upload_id for u in expired] == [upload.upload_id]
+    status, _, _ = await tus(env, "HEAD", url)
+    assert status == 410
+    status, _, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"5678")
+    assert status == 410
+    collectable = {b.blob_id for b in await env.catalog.collectable_blobs(1000)}
+    assert blobs <= collectable
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_users_upload_is_not_found(env):
+    _, headers, _ = await create(env, 8, {"filename": "o.bin"})
+    await env.catalog.add_user("bob", "bob's password")
+    token = base64.b64encode(b"bob:bob's password").decode()
+    status, _, _ = await tus(
+        env, "HEAD", headers["location"], {"Authorization": f"Basic {token}"}, auth=False
+    )
+    assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_creation_replaces_the_owners_pending_upload_on_that_path(env):
+    _, first, _ = await create(env, 8, {"filename": "r.bin"})
+    await tus(env, "PATCH", first["location"], {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    status, second, _ = await create(env, 3, {"filename": "r.bin"})
+    assert status == 201 and second["location"] != first["location"]
+    assert (await env.catalog.get_upload(upload_id(first["location"]))).state == "aborted"
+    await tus(env, "PATCH", second["location"], {**OCTETS, "Upload-Offset": "0"}, b"new")
+    assert await committed(env, "/r.bin") == b"new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_method_override_lets_post_carry_patch(env):
+    _, headers, _ = await create(env, 2, {"filename": "x.bin"})
+    status, headers, _ = await tus(
+        env,
+        "POST",
+        headers["location"],
+        {**OCTETS, "Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"},
+        b"ok",
+    )
+    assert status == 204
+    assert await committed(env, "/x.bin") == b"ok"

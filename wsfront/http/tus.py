@@ -1,0 +1,384 @@
+"""tus 1.0 resumable uploads at ``/-/uploads/``, over transfer-layer sessions.
+
+Every tus upload *is* a transfer-layer pending upload (docs/tus.md): the
+creation POST calls ``Transfers.open_write`` on the path the metadata names,
+the tus URL is ``/-/uploads/<upload_id>`` of that session, and HEAD / PATCH
+look the session up in the catalog, so any front end can continue an upload
+another one began (or one begun over FTP or PUT).  A PATCH resumes the
+session at its offset through ``open_write`` (a takeover when another
+request or front end held it), streams the body into it, and ends by
+committing (offset = length) or by interrupting it at its durable offset,
+which is what the answer's ``Upload-Offset`` reports: nothing is
+acknowledged before it is on disk on every live replica and in the catalog.
+
+Checksums: the body streams to the replicas as it arrives and is hashed on
+the way; a PATCH whose digest does not match (or that breaks off) is rolled
+back by resuming the session at the PATCH's first offset, which fences the
+unverified bytes away, before the 460 goes out.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import COMMITTED
+from wsfront.http.errors_map import HttpError
+from wsfront.http.request import StreamingRequest
+from wsfront.http.site import authenticate
+from wsfront.http.tus_body import ChunkSink
+from wsfront.http.tus_headers import (
+    CHECKSUMS,
+    EXTENSIONS,
+    TUS_VERSION,
+    check_offset_content_type,
+    check_resumable,
+    format_expires,
+    format_metadata,
+    parse_checksum,
+    parse_metadata,
+    parse_number,
+    upload_url,
+)
+from wsfront.transfer.writer import STREAMING
+
+log = Logger()
+
+_COLLECTION_METHODS = "OPTIONS, POST"
+_UPLOAD_METHODS = "OPTIONS, HEAD, PATCH, DELETE"
+
+
+@attrs.frozen
+class TusSettings:
+    """Knobs of the tus endpoint."""
+
+    max_size: int = 1 << 40
+    """Tus-Max-Size: the largest Upload-Length accepted."""
+
+
+class TusEndpoint:
+    """The ``uploads`` endpoint of a ``WsSite``: ``site.mount("uploads", TusEndpoint())``.
+
+    State kept here is only a cache: the length a deferred-length upload
+    learned from a PATCH (until the catalog can record it) and the start
+    offsets of checksummed PATCHes still being verified, so HEAD on this
+    front end never reports unverified bytes.
+    """
+
+    def __init__(self, settings: TusSettings | None = None) -> None:
+        self.settings = settings or TusSettings()
+        self._learned_lengths: dict[str, int] = {}
+        self._verifying: dict[str, int] = {}
+
+    def __call__(self, request: StreamingRequest, context, segments: list[str]):
+        method = request.method
+        override = request.getHeader(b"X-HTTP-Method-Override")
+        if method == b"POST" and override:
+            method = override.strip().upper()
+        if segments in ([], [""]):
+            upload_id = None
+            allowed = _COLLECTION_METHODS
+        elif len(segments) == 1 and segments[0]:
+            upload_id = segments[0]
+            allowed = _UPLOAD_METHODS
+        else:
+            raise HttpError(404, "no such upload")
+        if method == b"OPTIONS":
+            return self.options(request)
+        request.setHeader(b"Tus-Resumable", TUS_VERSION.encode())
+        handler = self._handler(method, upload_id)
+        if handler is None:
+            raise HttpError(405, "method not allowed", (("Allow", allowed),))
+        d = authenticate(context, request)
+        d.addCallback(lambda user: handler(context, request, user, upload_id))
+        return d
+
+    def _handler(self, method: bytes, upload_id: str | None):
+        if upload_id is None:
+            return self.create if method == b"POST" else None
+        return {b"HEAD": self.head, b"PATCH": self.patch, b"DELETE": self.terminate}.get(method)
+
+    # -- discovery ---------------------------------------------------------
+
+    @inlineCallbacks
+    def options(self, request: StreamingRequest):
+        """Discovery; no authentication (browsers send it as a CORS preflight)."""
+        yield request.discard_body()
+        request.respond(
+            204,
+            headers=(
+                ("Tus-Resumable", TUS_VERSION),
+                ("Tus-Version", TUS_VERSION),
+                ("Tus-Extension", ",".join(EXTENSIONS)),
+                ("Tus-Max-Size", str(self.settings.max_size)),
+                ("Tus-Checksum-Algorithm", ",".join(CHECKSUMS)),
+            ),
+        )
+
+    # -- creation ------------------------------------------------------------
+
+    @inlineCallbacks
+    def create(self, context, request: StreamingRequest, user, _upload_id):
+        check_resumable(request.getHeader(b"Tus-Resumable"))
+        length = parse_number("Upload-Length", request.getHeader(b"Upload-Length"))
+        defer_length = request.getHeader(b"Upload-Defer-Length")
+        if defer_length is not None and defer_length.strip() != b"1":
+            raise HttpError(400, "Upload-Defer-Length must be 1")
+        if (length is None) == (defer_length is None):
+            raise HttpError(400, "give exactly one of Upload-Length and Upload-Defer-Length: 1")
+        self._check_size(length)
+        meta = parse_metadata(request.getHeader(b"Upload-Metadata"))
+        vpath = target_path(meta)
+        has_body = request.body_length != 0
+        checksum = None
+        if has_body:
+            check_offset_content_type(request.getHeader(b"Content-Type"))
+            checksum = parse_checksum(request.getHeader(b"Upload-Checksum"))
+            self._check_body_fits(request, length)
+        yield self._replace_own_pending(context, user, vpath)
+        session = yield context.transfers.open_write(
+            user, vpath, 0, declared_length=length, meta=meta
+        )
+        upload_id = session.upload_id
+        headers = [
+            ("Location", upload_url(upload_id)),
+            ("Upload-Expires", format_expires(session.session.expires_at)),
+        ]
+        log.info(
+            "tus upload {id} created for {user}: {path}", id=upload_id, user=user.name, path=vpath
+        )
+        if has_body:
+            try:
+                offset = yield self._receive(
+                    request, session, context, user, vpath, 0, length, checksum
+                )
+            except HttpError as e:
+                raise HttpError(e.status, e.message, (*e.headers, *headers)) from None
+            headers.append(("Upload-Offset", str(offset)))
+        elif length == 0:
+            yield session.finish()
+        else:
+            yield session.interrupt()
+        request.respond(201, headers=headers)
+
+    @inlineCallbacks
+    def _replace_own_pending(self, context, user, vpath: str):
+        """A new upload to a path replaces its owner's own pending one there
+        (as STOR and PUT restart it); another user's stays and wins (409)."""
+        try:
+            info = yield context.transfers.stat(user, vpath)
+        except catalog_errors.NotFound:
+            return
+        if not info.pending or not info.upload_id:
+            return
+        yield self._abort(context, info.upload_id)
+
+    # -- core: HEAD and PATCH ----------------------------------------------------
+
+    @inlineCallbacks
+    def head(self, context, request: StreamingRequest, user, upload_id: str):
+        check_resumable(request.getHeader(b"Tus-Resumable"))
+        yield request.discard_body()
+        upload = yield self._load(context, user, upload_id)
+        headers = [("Cache-Control", "no-store"), ("Upload-Offset", str(self._offset(upload)))]
+        length = self._length(upload)
+        if length is None:
+            headers.append(("Upload-Defer-Length", "1"))
+        else:
+            headers.append(("Upload-Length", str(length)))
+        if upload.meta:
+            headers.append(("Upload-Metadata", format_metadata(upload.meta)))
+        if upload.state != COMMITTED:
+            headers.append(("Upload-Expires", format_expires(upload.expires_at)))
+        request.respond(200, headers=headers)
+
+    @inlineCallbacks
+    def patch(self, context, request: StreamingRequest, user, upload_id: str):
+        check_resumable(request.getHeader(b"Tus-Resumable"))
+        check_offset_content_type(request.getHeader(b"Content-Type"))
+        offset = parse_number("Upload-Offset", request.getHeader(b"Upload-Offset"))
+        if offset is None:
+            raise HttpError(400, "PATCH needs Upload-Offset")
+        checksum = parse_checksum(request.getHeader(b"Upload-Checksum"))
+        new_length = parse_number("Upload-Length", request.getHeader(b"Upload-Length"))
+        upload = yield self._load(context, user, upload_id)
+        current = self._offset(upload)
+        if offset != current:
+            raise HttpError(
+                409,
+                f"Upload-Offset {offset} is not the upload's offset {current}",
+                (("Upload-Offset", str(current)),),
+            )
+        length = self._length(upload)
+        if new_length is not None and new_length != length:
+            if length is not None:
+                raise HttpError(400, f"the upload's length is {length} already")
+            if new_length < offset:
+                raise HttpError(400, f"Upload-Length {new_length} is below the offset {offset}")
+            self._check_size(new_length)
+            length = new_length
+        if upload.state == COMMITTED:
+            yield request.discard_body(0)
+            request.respond(204, headers=(("Upload-Offset", str(current)),))
+            return
+        self._check_body_fits(request, None if length is None else length - offset)
+        complete = length is not None and offset == length
+        if request.body_length == 0 and not complete:
+            request.respond(204, headers=(("Upload-Offset", str(offset)),))
+            return
+        vpath = self._vpath(user, upload)
+        session = yield context.transfers.open_write(user, vpath, offset)
+        if new_length is not None and upload.declared_length is None:
+            self._learned_lengths[upload_id] = new_length
+        done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
+        request.respond(204, headers=(("Upload-Offset", str(done)),))
+
+    @inlineCallbacks
+    def _receive(self, request, session, context, user, vpath, offset, length, checksum):
+        """Stream the body into ``session`` from ``offset``; commit when it
+        reaches ``length``, else interrupt at the durable offset.  Fires with
+        the offset to report; 460 (rolled back) when the checksum fails."""
+        upload_id = session.upload_id
+        limit = None if length is None else length - offset
+        sink = ChunkSink(request, session, limit, checksum)
+        session.when_failed().addErrback(lambda f: request.fail_body(f.value))
+        if checksum is not None:
+            self._verifying[upload_id] = offset
+        try:
+            try:
+                yield request.stream_body(sink)
+            except BaseException:
+                if session.state == STREAMING:
+                    if checksum is not None:
+                        yield self._roll_back(context, user, vpath, session, offset)
+                    else:
+                        yield session.interrupt()
+                raise
+            if not sink.verified:
+                yield self._roll_back(context, user, vpath, session, offset)
+                raise HttpError(
+                    460,
+                    f"Upload-Checksum ({checksum.algorithm}) does not match the body",
+                    (("Upload-Offset", str(offset)),),
+                )
+            if length is not None and session.offset == length:
+                yield session.finish()
+                self._learned_lengths.pop(upload_id, None)
+                return session.offset
+            yield session.interrupt()
+            return session.durable
+        finally:
+            if self._verifying.get(upload_id) == offset:
+                del self._verifying[upload_id]
+
+    @inlineCallbacks
+    def _roll_back(self, context, user, vpath: str, session, offset: int):
+        """Forget the unverified bytes after ``offset``: resume the session
+        there (fencing the rest away) and leave it interrupted.  Skipped when
+        a newer request took the session over meanwhile: it owns the offset."""
+        yield session.abort()
+        try:
+            upload = yield context.transfers.catalog.get_upload(session.upload_id)
+        except catalog_errors.NotFound:
+            return
+        if upload.epoch != session.epoch or not upload.live:
+            return
+        fresh = yield context.transfers.open_write(user, vpath, offset)
+        yield fresh.interrupt()
+        log.info("tus upload {id} rolled back to {offset}", id=session.upload_id, offset=offset)
+
+    # -- termination ---------------------------------------------------------------
+
+    @inlineCallbacks
+    def terminate(self, context, request: StreamingRequest, user, upload_id: str):
+        check_resumable(request.getHeader(b"Tus-Resumable"))
+        yield request.discard_body()
+        upload = yield self._load(context, user, upload_id)
+        if upload.state == COMMITTED:
+            raise HttpError(410, "the upload is complete; delete the file instead")
+        yield self._abort(context, upload_id)
+        request.respond(204)
+
+    @inlineCallbacks
+    def _abort(self, context, upload_id: str):
+        local = context.transfers.sessions.get(upload_id)
+        if local is not None:
+            yield local.abort()
+        try:
+            yield context.transfers.catalog.abort_upload(upload_id)
+        except catalog_errors.UploadFinished:
+            raise HttpError(410, "the upload has ended") from None
+        self._learned_lengths.pop(upload_id, None)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _load(self, context, user, upload_id: str):
+        """The user's upload ``upload_id``: live or committed; 404 / 410 otherwise."""
+        try:
+            upload = yield context.transfers.catalog.get_upload(upload_id)
+        except catalog_errors.NotFound:
+            raise HttpError(404, "no such upload") from None
+        if upload.user != user.name:
+            raise HttpError(404, "no such upload")
+        if upload.state == COMMITTED:
+            return upload
+        if not upload.live or upload.expires_at <= context.reactor.seconds():
+            raise HttpError(410, f"the upload is gone ({upload.state})")
+        return upload
+
+    def _offset(self, upload) -> int:
+        """The offset a client resumes at: the durable checkpoint, never
+        past a checksummed PATCH still being verified here."""
+        verifying = self._verifying.get(upload.upload_id)
+        if verifying is None:
+            return upload.checkpoint
+        return min(verifying, upload.checkpoint)
+
+    def _length(self, upload) -> int | None:
+        if upload.state == COMMITTED:
+            return upload.checkpoint
+        if upload.declared_length is not None:
+            return upload.declared_length
+        return self._learned_lengths.get(upload.upload_id)
+
+    def _check_size(self, length: int | None) -> None:
+        if length is not None and length > self.settings.max_size:
+            raise HttpError(413, f"the largest upload is {self.settings.max_size} bytes")
+
+    @staticmethod
+    def _check_body_fits(request: StreamingRequest, room: int | None) -> None:
+        if room is not None and request.body_length is not None and request.body_length > room:
+            raise HttpError(413, f"the body goes past the upload's length ({room} bytes left)")
+
+    @staticmethod
+    def _vpath(user, upload) -> str:
+        try:
+            return paths.to_virtual_path(user.root, upload.path)
+        except paths.PathError:
+            raise HttpError(404, "the upload is outside your tree") from None
+
+
+def target_path(meta: dict[str, str]) -> str:
+    """Where an upload lands, from its metadata: ``path`` (in the user's
+    tree; ending in ``/`` it names a directory for ``filename``), else
+    ``filename`` (or Uppy's ``name``) in the user's root."""
+    filename = meta.get("filename") or meta.get("name")
+    if filename is not None:
+        if "/" in filename:
+            raise HttpError(400, "Upload-Metadata filename must be a name, not a path")
+        paths.check_name(filename)
+    raw = meta.get("path")
+    if raw:
+        vpath = paths.resolve("/", raw)
+        if raw.endswith("/") or vpath == "/":
+            if filename is None:
+                raise HttpError(400, "Upload-Metadata path names a directory: add filename")
+            vpath = paths.resolve(vpath, filename)
+        return vpath
+    if filename is None:
+        raise HttpError(400, "Upload-Metadata needs filename or path")
+    return "/" + filename
