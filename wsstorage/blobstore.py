@@ -38,6 +38,11 @@ and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
 ``delete``, ``list_blobs`` and ``BlobStore.open`` block on fsync or on
 scanning and belong in a thread.  Each blob has a lock; ``sync`` does not
 hold it while it fsyncs, so writes go on meanwhile.
+
+Memory: no call reads more than one block (<= 1 MiB) at a time.  The
+checksums of bytes written but not yet synced are kept in memory (one entry
+per block, about 100 bytes per 64 KiB), so a writer that syncs now and then
+keeps that small.
 """
 
 from __future__ import annotations
