@@ -113,3 +113,73 @@ async def committed(env, vpath: str) -> bytes:
 
 def environ() -> dict[str, str]:
     return dict(os.environ)
+
+
+class SessionWatch:
+    """Watches the WriteSessions ``transfers.open_write`` hands out, so a
+    test can act when bytes reach the server or a session is interrupted,
+    instead of sleeping."""
+
+    def __init__(self, transfers) -> None:
+        self._queue: list = []
+        self._waiters: list[defer.Deferred] = []
+        original = transfers.open_write
+
+        def open_write(*args, **kwargs):
+            return original(*args, **kwargs).addCallback(self._opened)
+
+        transfers.open_write = open_write
+
+    def _opened(self, session):
+        self.watch(session)
+        if self._waiters:
+            self._waiters.pop(0).callback(session)
+        else:
+            self._queue.append(session)
+        return session
+
+    def next_session(self) -> defer.Deferred:
+        """Fires with the next session opened (in order, none skipped)."""
+        if self._queue:
+            return defer.succeed(self._queue.pop(0))
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def drain(self) -> list:
+        """The sessions opened and not yet taken by ``next_session``."""
+        sessions, self._queue = self._queue, []
+        return sessions
+
+    @staticmethod
+    def watch(session) -> None:
+        session.arrival_waiters = []
+        session.interrupted = defer.Deferred()
+        write, interrupt = session.write, session.interrupt
+
+        def counting_write(data: bytes) -> None:
+            write(data)
+            for n, d in list(session.arrival_waiters):
+                if session.received >= n and not d.called:
+                    session.arrival_waiters.remove((n, d))
+                    d.callback(session.received)
+
+        def noting_interrupt():
+            def done(result):
+                if not session.interrupted.called:
+                    session.interrupted.callback(session)
+                return result
+
+            return defer.maybeDeferred(interrupt).addBoth(done)
+
+        session.write = counting_write
+        session.interrupt = noting_interrupt
+
+    @staticmethod
+    def arrived(session, n: int) -> defer.Deferred:
+        """Fires once ``session`` relayed at least ``n`` bytes."""
+        if session.received >= n:
+            return defer.succeed(session.received)
+        d: defer.Deferred = defer.Deferred()
+        session.arrival_waiters.append((n, d))
+        return d
