@@ -207,3 +207,34 @@ async def test_head_of_a_pending_path_links_to_its_tus_upload(env):
     _, headers = head_of(await client.until(b"\r\n\r\n"))
     client.close()
     assert headers["link"] == f'</-/uploads/{upload.upload_id}>; rel="tus-upload"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_begun_on_one_front_end_is_finished_on_another(env):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from wsfront.http.site import make_site
+    from wsfront.http.tus import TusEndpoint
+
+    other = await env.transfer.front_end("fe-b")
+    site = make_site(reactor, other, env.authenticator)
+    site.mount("uploads", TusEndpoint())
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    try:
+        data = payload(1 * MiB + 5)
+        path = write_file(env, "src.bin", data)
+        first = await tuspy(
+            env, endpoint=endpoint(env), file=path, metadata={"filename": "fe.bin"}, stop_at=MiB
+        )
+        upload_path = first["url"].split(env.base, 1)[1]
+        url_b = f"http://127.0.0.1:{port.getHost().port}{upload_path}"
+        done = await tuspy(env, url=url_b, file=path, checksum=True)
+        assert done["offset"] == len(data)
+        upload = await env.catalog.find_upload("/alice/fe.bin")
+        assert upload is None
+        assert sha(await committed(env, "/fe.bin")) == sha(data)
+        finished = await env.catalog.get_upload(upload_path.rsplit("/", 1)[1])
+        assert (finished.state, finished.owner) == ("committed", "fe-b")
+    finally:
+        await port.stopListening()
