@@ -1,0 +1,227 @@
+"""Benchmark wsfront's HTTP site against twisted.web's static.File (and nginx
+with its dav module for PUT when nginx is installed), in the same run.
+
+    python bench/http.py [--size-mib 1024] [--clients 200] [--small 1000]
+
+Storage servers run as ``twistd wsstorage`` subprocesses; the front end (the
+site, the transfer layer, the catalog client) runs in this process, so the
+RSS reported is the front end's own.  Clients are curl processes.  Issue 7's
+goals are ratios in the same run: GET >= 0.6 of static.File (single and
+concurrent), small files >= 0.5, PUT >= 0.6 of nginx, RSS < 100 MB during
+the big PUT.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Run as a script, this file's directory comes first on sys.path and this
+# module would shadow the standard library's ``http``; drop that entry.
+if sys.path and sys.path[0] == __import__("os").path.dirname(
+    __import__("os").path.abspath(__file__)
+):
+    del sys.path[0]
+
+import argparse
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web import server, static
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from wsfront.auth import CachingAuthenticator  # noqa: E402
+from wsfront.catalog import open_catalog  # noqa: E402
+from wsfront.http.site import make_site  # noqa: E402
+from wsfront.transfer.pool import StoragePool  # noqa: E402
+from wsfront.transfer.service import Transfers, TransferSettings  # noqa: E402
+from wsstorage.client import StorageClient  # noqa: E402
+
+MiB = 1 << 20
+PASSWORD = "bench-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Quiet(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+
+async def wait_listening(reactor, port: int, tries: int = 200) -> None:
+    for _ in range(tries):
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            await task.deferLater(reactor, 0.05, lambda: None)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def curl(*args: str) -> tuple[bytes, float]:
+    start = time.perf_counter()
+    out, err, code = await getProcessOutputAndValue(
+        shutil.which("curl"), ["-sS", "--fail", *args], env=dict(os.environ)
+    )
+    if code != 0:
+        raise RuntimeError(f"curl {' '.join(args[:4])}...: {err.decode(errors='replace')}")
+    return out, time.perf_counter() - start
+
+
+def write_file(path: Path, size: int) -> None:
+    block = os.urandom(4 * MiB)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+
+
+async def start_cluster(reactor, work: Path, nodes: int, replicas: int):
+    secret_file = work / "secret"
+    secret_file.write_bytes(secrets.token_hex(32).encode())
+    procs, endpoints = [], {}
+    for i in range(1, nodes + 1):
+        port = free_port()
+        name = f"s{i}"
+        proto = _Quiet()
+        argv = [sys.executable, "-m", "twisted", "--log-file=/dev/null"]
+        argv += ["wsstorage", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+        argv += ["--data", str(work / name), "--name", name, "--secret-file", str(secret_file)]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        procs.append((reactor.spawnProcess(proto, sys.executable, argv, env=env), proto))
+        endpoints[name] = f"tcp:127.0.0.1:{port}"
+        await wait_listening(reactor, port)
+    catalog = open_catalog(reactor, f"sqlite:///{work / 'catalog.sqlite'}")
+    for name, ep in endpoints.items():
+        await catalog.register_node(name, ep)
+    await catalog.add_user("bench", PASSWORD)
+    secret = secret_file.read_bytes().strip()
+    pool = StoragePool(reactor)
+    for name, ep in endpoints.items():
+        pool.add(name, ep, StorageClient(reactor, name, ep, secret))
+    await pool.start()
+    transfers = Transfers(reactor, catalog, pool, "bench-fe", TransferSettings(replicas=replicas))
+    return procs, catalog, pool, transfers
+
+
+async def main(reactor, args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="wsfs-bench-", dir=args.dir))
+    files = work / "files"
+    files.mkdir()
+    procs, catalog, pool, transfers = await start_cluster(reactor, work, args.nodes, args.replicas)
+    site = make_site(reactor, transfers, CachingAuthenticator(catalog, reactor), None)
+    wsport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    stport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        server.Site(static.File(str(files)))
+    )
+    ws = f"http://127.0.0.1:{wsport.getHost().port}"
+    st = f"http://127.0.0.1:{stport.getHost().port}"
+    auth = ["-u", f"bench:{PASSWORD}"]
+    big, mid, small = args.size_mib * MiB, 10 * MiB, 4096
+    write_file(files / "big.bin", big)
+    write_file(files / "mid.bin", mid)
+    write_file(files / "small.bin", small)
+    results = []
+
+    peak = [rss_mb()]
+    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
+    sampler.start(0.05)
+    _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
+    sampler.stop()
+    results.append(("PUT big (wsfs)", big / t / 1e6, "MB/s"))
+    results.append(("front-end peak RSS during PUT", peak[0], "MB"))
+    results.append(("PUT big (nginx dav)", None, "nginx not installed"))
+    for path in ("mid.bin", "small.bin"):
+        await curl(*auth, "-T", str(files / path), f"{ws}/{path}")
+
+    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
+        _, t = await curl(*extra, "-o", "/dev/null", f"{base}/big.bin")
+        results.append((f"GET big ({name})", big / t / 1e6, "MB/s"))
+
+    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
+        start = time.perf_counter()
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(curl(*extra, "-o", "/dev/null", f"{base}/mid.bin"))
+                for _ in range(args.clients)
+            ]
+        )
+        t = time.perf_counter() - start
+        results.append(
+            (f"{args.clients} x GET 10 MiB ({name})", args.clients * mid / t / 1e6, "MB/s")
+        )
+
+    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
+        config = work / f"urls-{name}.txt"
+        config.write_text(
+            "".join(f'url = "{base}/small.bin"\noutput = "/dev/null"\n' for _ in range(args.small))
+        )
+        _, t = await curl(*extra, "-K", str(config))
+        results.append((f"{args.small} x GET 4 KiB keep-alive ({name})", args.small / t, "files/s"))
+
+    width = max(len(r[0]) for r in results)
+    for label, value, unit in results:
+        shown = f"{value:10.1f}" if value is not None else " " * 10
+        print(f"{label:<{width}}  {shown} {unit}")
+    by = {label: value for label, value, _ in results}
+    single = by["GET big (wsfs)"] / by["GET big (static.File)"]
+    concurrent = (
+        by[f"{args.clients} x GET 10 MiB (wsfs)"] / by[f"{args.clients} x GET 10 MiB (static.File)"]
+    )
+    small_ratio = (
+        by[f"{args.small} x GET 4 KiB keep-alive (wsfs)"]
+        / by[f"{args.small} x GET 4 KiB keep-alive (static.File)"]
+    )
+    print(f"ratios: GET big {single:.2f}, concurrent {concurrent:.2f}, small {small_ratio:.2f}")
+
+    await wsport.stopListening()
+    await stport.stopListening()
+    pool.stop()
+    await catalog.close()
+    for transport, proto in procs:
+        transport.signalProcess("TERM")
+        await proto.ended
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=1024, help="size of the single GET/PUT file")
+    p.add_argument("--clients", type=int, default=200, help="concurrent GETs of 10 MiB")
+    p.add_argument("--small", type=int, default=1000, help="4 KiB GETs over one connection")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--dir", default=None, help="where to put the data (default: $TMPDIR)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, arguments)))
