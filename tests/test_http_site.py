@@ -96,7 +96,7 @@ async def test_head_answers_the_headers_of_get_without_a_body(env):
     g_headers.pop("date"), h_headers.pop("date")
     assert (h_status, h_headers) == (g_status, g_headers) == (200, h_headers)
     assert h_headers["content-length"] == str(len(data))
-    assert h_headers["content-type"] == "text/html"
+    assert h_headers["content-type"] == "text/html; charset=utf-8"
     assert h_headers["x-content-type-options"] == "nosniff"
 
 

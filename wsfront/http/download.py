@@ -9,8 +9,6 @@ durable size it can resume its PUT from (DESIGN.md, Uploads).
 
 from __future__ import annotations
 
-import mimetypes
-
 from twisted.internet.defer import inlineCallbacks
 
 from wsfront import paths
@@ -18,20 +16,11 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.http import conditional, listing, ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import headers_of, quote_etag
+from wsfront.http.mimetypes import content_type
 from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
 from wsfront.transfer.errors import TransferAborted
 
 _OPEN_ATTEMPTS = 3
-
-
-def content_type(name: str) -> str:
-    """The Content-Type of a file by its extension (octet-stream if unknown)."""
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
-    if guessed is None or encoding is not None:
-        return "application/octet-stream"
-    if guessed.startswith("text/"):
-        return guessed
-    return guessed
 
 
 @inlineCallbacks
