@@ -134,3 +134,17 @@ def test_a_silent_client_is_dropped_after_the_idle_timeout():
     clock.advance(2)
     assert transport.disconnecting
     assert seen == []
+
+
+def test_connections_per_address_are_limited_and_released_on_close():
+    from twisted.internet.address import IPv4Address
+
+    site = make_site(Clock(), None, None, SiteSettings(max_connections_per_address=2))
+    addr = IPv4Address("TCP", "10.0.0.1", 1234)
+    first, second = site.buildProtocol(addr), site.buildProtocol(addr)
+    assert first is not None and second is not None
+    assert site.buildProtocol(addr) is None
+    assert site.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)) is not None
+    first.makeConnection(StringTransport())
+    first.connectionLost(None)
+    assert site.buildProtocol(addr) is not None

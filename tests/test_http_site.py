@@ -382,3 +382,41 @@ async def test_a_client_that_leaves_mid_download_stops_the_upstream_read(env):
     client.close()
     delivered = await stopped
     assert delivered < len(data) // 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_without_write_permission_gets_403_before_sending_the_body(env):
+    await env.catalog.set_permissions("alice", frozenset({"read"}))
+    env.authenticator.forget("alice")
+    got = await raw_exchange(
+        env,
+        b"PUT /ro HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n"
+        + basic()
+        + b"\r\n",
+    )
+    assert head_of(got)[0] == 403
+    assert b"100 Continue" not in got
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_storage_server_left_means_503(env):
+    await put(env, "/kept", b"data")
+    for node in env.transfer.nodes.values():
+        await node.kill()
+    r = await put(env, "/new", b"data")
+    assert r.code == 503
+    r, _ = await get(env, "/kept")
+    assert r.code == 503
+    assert header(r, "ETag") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_reads_when_configured_but_never_writes(env):
+    await put(env, "/public.txt", b"hello all")
+    env.site.context.settings = attrs.evolve(env.site.context.settings, anonymous_user="alice")
+    r = await env.request("GET", "/public.txt", auth=False)
+    assert (r.code, await r.content()) == (200, b"hello all")
+    r = await env.request("PUT", "/public.txt", auth=False, data=b"defaced")
+    assert r.code == 401
+    r = await env.request("DELETE", "/public.txt", auth=False)
+    assert r.code == 401

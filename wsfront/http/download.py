@@ -122,7 +122,8 @@ def _pump(request, handle):
     except TransferAborted:
         return False
     except Exception:
-        request.abort()
+        if request.startedWriting:
+            request.abort()
         raise
     return True
 

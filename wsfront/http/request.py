@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from wsfront.http.errors_map import HttpError
@@ -81,6 +82,9 @@ class _BodyValve:
 
 class StreamingChannel(http.HTTPChannel):
     """HTTPChannel that dispatches at end of headers and streams bodies."""
+
+    on_lost: Callable[[], object] | None = None
+    """Called once when the connection ends (the site counts connections)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,6 +137,12 @@ class StreamingChannel(http.HTTPChannel):
     def requestDone(self, request) -> None:
         self._body_pauses.clear()
         super().requestDone(request)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
 
 class StreamingRequest(server.Request):
@@ -326,6 +336,8 @@ class StreamingRequest(server.Request):
             self.abort()
             return
         self.before_answer()
+        if status >= 400:
+            self._reset_headers()
         self.setResponseCode(status)
         self.set_headers(headers)
         if body and content_type:
@@ -334,6 +346,18 @@ class StreamingRequest(server.Request):
         if body:
             self.write(body)
         self.finish()
+
+    def _reset_headers(self) -> None:
+        """Forget headers set for an answer that is not going out after all
+        (an error found after the download's headers were prepared)."""
+        keep = [
+            (name, self.responseHeaders.getRawHeaders(name))
+            for name in (b"Server", b"Date", b"Connection")
+        ]
+        self.responseHeaders = Headers()
+        for name, values in keep:
+            if values:
+                self.responseHeaders.setRawHeaders(name, values)
 
     def respond_error(self, error: HttpError) -> None:
         """Answer ``error`` as a short text/plain page."""

@@ -47,6 +47,10 @@ class SiteSettings:
     """The longest request line or header line."""
     listing_page: int = 500
     """Directory entries fetched from the catalog per page of a listing."""
+    max_connections_per_address: int | None = 256
+    """Open connections one client address may hold; more are closed at once."""
+    anonymous_user: str | None = None
+    """Requests without credentials act as this account, read-only (GET/HEAD)."""
 
 
 @attrs.define
@@ -74,14 +78,30 @@ class WsSite(server.Site):
         )
         self.context = context
         self.endpoints: dict[str, Endpoint] = {}
+        self.connections: dict[str, int] = {}
 
     def buildProtocol(self, addr):
-        channel = super().buildProtocol(addr)
         settings = self.context.settings
+        host = getattr(addr, "host", None)
+        limit = settings.max_connections_per_address
+        if host is not None and limit is not None:
+            if self.connections.get(host, 0) >= limit:
+                return None
+            self.connections[host] = self.connections.get(host, 0) + 1
+        channel = super().buildProtocol(addr)
+        if host is not None and limit is not None:
+            channel.on_lost = lambda: self._release(host)
         channel.totalHeadersSize = settings.max_header_bytes
         channel.maxHeaders = settings.max_headers
         channel.MAX_LENGTH = settings.max_line_bytes
         return channel
+
+    def _release(self, host: str) -> None:
+        left = self.connections.get(host, 0) - 1
+        if left > 0:
+            self.connections[host] = left
+        else:
+            self.connections.pop(host, None)
 
     def mount(self, name: str, endpoint: Endpoint) -> None:
         """Serve ``/-/<name>`` and below with ``endpoint``."""
@@ -141,10 +161,19 @@ def challenge(settings: SiteSettings) -> tuple[tuple[str, str], ...]:
 
 
 def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
-    """Fire with the User of the request's Basic credentials, or fail with 401."""
+    """Fire with the User of the request's Basic credentials, or fail with 401.
+
+    Without credentials, a GET or HEAD acts as ``settings.anonymous_user``
+    (read permission only) when one is configured.
+    """
     header = request.getHeader(b"Authorization")
     unauthorized = HttpError(401, "authentication required", challenge(context.settings))
     if header is None:
+        anonymous = context.settings.anonymous_user
+        if anonymous is not None and request.method in (b"GET", b"HEAD"):
+            return maybeDeferred(context.transfers.catalog.get_user, anonymous).addCallback(
+                lambda user: attrs.evolve(user, permissions=frozenset({"read"}))
+            )
         raise unauthorized
     scheme, _, value = header.partition(b" ")
     if scheme.lower() != b"basic":
