@@ -238,3 +238,53 @@ async def test_upload_begun_on_one_front_end_is_finished_on_another(env):
         assert (finished.state, finished.owner) == ("committed", "fe-b")
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.xfail(
+    reason="the FTP front end (wsfront.ftp, in progress) does not answer 226 yet", strict=False
+)
+async def test_upload_begun_with_tus_is_finished_by_curl_over_ftp_size_and_appe(env):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    factory_module = pytest.importorskip("wsfront.ftp.factory")
+    from wsfront.auth import make_portal
+
+    factory = factory_module.FTPFactory(
+        reactor,
+        env.transfers,
+        make_portal(env.authenticator),
+        factory_module.FTPSettings(data_timeout=10.0),
+    )
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        data = payload(1 * MiB + 321)
+        path = write_file(env, "src.bin", data)
+        first = await tuspy(
+            env, endpoint=endpoint(env), file=path, metadata={"filename": "f.bin"}, stop_at=250_000
+        )
+        assert first["offset"] == 250_000
+        watch = SessionWatch(env.transfers)
+        user, password = env.auth
+        _, err, code = await env.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--ftp-pasv",
+                "-u",
+                f"{user}:{password}",
+                "-C",
+                "-",
+                "-T",
+                str(path),
+                f"ftp://127.0.0.1:{port.getHost().port}/f.bin",
+            ]
+        )
+        assert code == 0, err.decode()
+        assert (await watch.next_session()).received == len(data) - 250_000
+        assert sha(await committed(env, "/f.bin")) == sha(data)
+    finally:
+        await port.stopListening()
