@@ -73,3 +73,96 @@ async def blobs_on(env, node: str) -> set[str]:
 
 def all_sha256(files: dict[str, bytes]) -> dict[str, str]:
     return {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+
+
+class ProcessCluster:
+    """``twistd -n wsstorage`` subprocesses, a SQLite catalog, one in-process
+    front end (``Transfers`` + ``MaintenanceService`` on the real reactor),
+    and the ``wsfs`` CLI run as a subprocess without blocking the reactor.
+    Offers what ``check_full_strength`` needs (catalog, transfers, user,
+    download)."""
+
+    def __init__(self, reactor, tmp_path, nodes: int = 3, replicas: int = 2) -> None:
+        from tests.storage_procs import StorageProcess
+
+        self.reactor = reactor
+        self.tmp = tmp_path
+        self.procs = {f"s{i}": StorageProcess(tmp_path, f"s{i}") for i in range(1, nodes + 1)}
+        self.catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        self.replicas = replicas
+        self.service = None
+        self.clients = []
+
+    async def start(self, **maintenance) -> ProcessCluster:
+        from tests.transfer_env import PASSWORD
+        from wsfront.catalog import open_catalog
+
+        for proc in self.procs.values():
+            proc.start()
+        self.catalog = open_catalog(self.reactor, self.catalog_url)
+        for name, proc in self.procs.items():
+            await self.catalog.register_node(name, proc.endpoint)
+        self.user = await self.catalog.add_user("alice", PASSWORD)
+        await self.front_end(**maintenance)
+        return self
+
+    async def front_end(self, **maintenance) -> None:
+        from wsfront.maintenance.repair import RepairSettings
+        from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
+        from wsfront.transfer.pool import StoragePool
+        from wsfront.transfer.service import Transfers, TransferSettings
+
+        self.pool = StoragePool(self.reactor, probe_interval=0.5, probe_timeout=2.0)
+        for name, proc in self.procs.items():
+            client = proc.client(self.reactor, idle_timeout=3.0)
+            self.clients.append(client)
+            self.pool.add(name, proc.endpoint, client)
+        await self.pool.start()
+        settings = TransferSettings(replicas=self.replicas)
+        self.transfers = Transfers(self.reactor, self.catalog, self.pool, "fe-a", settings)
+        maintenance.setdefault("tick_seconds", 0.1)
+        maintenance.setdefault("repair", RepairSettings(bytes_per_second=None))
+        self.service = MaintenanceService(
+            self.reactor, self.catalog, self.pool, "fe-a", MaintenanceSettings(**maintenance)
+        )
+        self.service.startService()
+
+    async def upload(self, vpath: str, data: bytes):
+        from tests.transfer_env import Feeder
+
+        session = await self.transfers.open_write(self.user, vpath)
+        await Feeder(self.reactor, session, data).start()
+        return await session.finish()
+
+    async def download(self, vpath: str):
+        handle = await self.transfers.open_read(self.user, vpath)
+        sink = Collector()
+        await handle.stream.start(sink)
+        return sink.data, handle.stream
+
+    async def wsfs(self, *args: str) -> tuple[str, str, int]:
+        """Run the CLI; fire with (stdout, stderr, exit code)."""
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.support import python_env
+
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "wsfront.cli", "--catalog", self.catalog_url, *args],
+            env=python_env(),
+            path=str(self.tmp),
+            reactor=self.reactor,
+        )
+        return out.decode(), err.decode(), code
+
+    async def stop(self) -> None:
+        if self.service is not None and self.service.running:
+            await self.service.stopService()
+        self.pool.stop()
+        for client in self.clients:
+            await client.close()
+        await self.catalog.close()
+        for proc in self.procs.values():
+            proc.stop()

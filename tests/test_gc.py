@@ -177,8 +177,8 @@ async def test_a_catalog_that_knows_nothing_of_a_server_makes_gc_touch_nothing(e
         gc = GarbageCollector(clock, empty, env.transfers.pool, GCSettings(orphan_grace_seconds=0))
         result = await gc.run_pass()
         assert result["orphans_deleted"] == 0
-        assert sorted(result["guarded"]) == sorted(n for n, b in stored.items() if len(b) >= 8)
-        assert result["guarded"]
+        # Also a server holding few blobs: the cluster as a whole looks orphaned.
+        assert sorted(result["guarded"]) == sorted(env.nodes)
     finally:
         await empty.close()
     assert {name: await blobs_on(env, name) for name in env.nodes} == stored

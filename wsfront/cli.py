@@ -2,8 +2,10 @@
 
 Every front end and this CLI share the catalog, so user management, status
 and the list of sessions need no running front end.  Work that needs the
-storage tier (``repair``) is queued as a job in the catalog; a front end
-runs it and the CLI follows its progress.  Tables by default, ``--json`` for
+storage tier (``repair``, ``drain``, ``rebalance``, ``fsck``) is queued as a
+job in the catalog; a front end runs it and the CLI follows its progress.
+``fsck --rebuild-catalog`` talks to the storage servers itself (the catalog
+it would find them in is the thing being rebuilt).  Tables by default, ``--json`` for
 scripts.
 """
 
@@ -163,8 +165,9 @@ class Commands:
         ]  # fmt: skip
         self.emit(entries, _table(rows, ["name", "size", "modified"]))
 
-    async def repair(self) -> None:
-        job = await self.catalog.enqueue_job("repair", {"now": True})
+    async def _job(self, kind: str, args: dict[str, Any]) -> Any:
+        """Queue a job for a front end and follow it to the end."""
+        job = await self.catalog.enqueue_job(kind, args)
         deadline = time.monotonic() + self.args.timeout
         shown = None
         from twisted.internet import reactor
@@ -172,18 +175,113 @@ class Commands:
         while job.state in ("queued", "running"):
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"wsfs: repair job {job.job_id} is still {job.state} after "
+                    f"wsfs: {kind} job {job.job_id} is still {job.state} after "
                     f"{self.args.timeout:.0f}s; is a front end running?"
                 )
             if job.progress != shown and not self.args.json:
                 shown = job.progress
-                self.out.write(f"repair job {job.job_id}: {job.state} {job.progress}\n")
+                self.out.write(f"{kind} job {job.job_id}: {job.state} {job.progress}\n")
                 self.out.flush()
-            await task.deferLater(reactor, 0.5, lambda: None)
+            await task.deferLater(reactor, self.args.poll, lambda: None)
             job = await self.catalog.get_job(job.job_id)
         if job.state == "failed":
-            raise SystemExit(f"wsfs: repair failed: {job.error}")
+            raise SystemExit(f"wsfs: {kind} failed: {job.error}")
+        return job
+
+    async def repair(self) -> None:
+        job = await self._job("repair", {"now": True})
         self.emit(job, f"repair done: {job.result}")
+
+    async def drain(self) -> None:
+        job = await self._job("drain", {"node": self.args.name})
+        r = job.result
+        text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
+        if r.get("stuck") or r.get("busy"):
+            text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
+        self.emit(job, text)
+
+    async def rebalance(self) -> None:
+        args = {} if self.args.max_bytes is None else {"max_bytes": self.args.max_bytes}
+        job = await self._job("rebalance", args)
+        r = job.result
+        self.emit(job, f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})")
+
+    async def fsck(self) -> None:
+        if self.args.rebuild_catalog:
+            await self._rebuild()
+            return
+        job = await self._job("fsck", {"fix": self.args.fix})
+        r = job.result
+        lines = [
+            f"blobs checked: {r['blobs_checked']}  replicas checked: {r['replicas_checked']}",
+            f"missing replicas: {len(r['missing'])}  wrong replicas: {len(r['wrong'])}  "
+            f"orphans: {r['orphans']}  strays: {r['strays']}  "
+            f"under-replicated: {r['under_replicated']}",
+        ]
+        if r["unreachable_nodes"]:
+            lines.append("unreachable: " + ", ".join(r["unreachable_nodes"]))
+        if r["guarded_nodes"]:
+            lines.append("too many unknown blobs (left alone): " + ", ".join(r["guarded_nodes"]))
+        for m in r["missing"]:
+            lines.append(f"missing: blob {m['blob']} on {m['node']}")
+        for w in r["wrong"]:
+            lines.append(f"wrong: blob {w['blob']} on {w['node']} ({w['size']} != {w['length']})")
+        if self.args.fix:
+            deleted = r["gc"]["orphans_deleted"] + r["gc"]["strays_deleted"]
+            lines.append(
+                f"fixed: {r.get('marked', 0)} replicas marked, "
+                f"{r['repair']['copied']} copied, {deleted} deleted"
+            )
+        self.emit(job, "\n".join(lines))
+        if not self.args.fix and r["problems"]:
+            raise SystemExit(3)
+
+    async def _rebuild(self) -> None:
+        from twisted.internet import reactor
+
+        from wsfront.maintenance.rebuild import rebuild_catalog
+        from wsfront.transfer.pool import StoragePool
+        from wsstorage.client import StorageClient
+
+        a = self.args
+        if not a.storage or not a.secret_file:
+            raise SystemExit("wsfs: --rebuild-catalog needs --storage NAME=EP and --secret-file")
+        with open(a.secret_file, "rb") as f:
+            secret = f.read().strip()
+        pool = StoragePool(reactor)
+        clients = []
+        for spec in a.storage:
+            name, sep, endpoint = spec.partition("=")
+            if not sep or not name or not endpoint:
+                raise SystemExit(f"wsfs: --storage wants NAME=ENDPOINT, not {spec!r}")
+            client = StorageClient(reactor, name, endpoint, secret)
+            clients.append(client)
+            pool.add(name, endpoint, client)
+        try:
+            try:
+                report = await rebuild_catalog(self.catalog, pool, a.replicas, time.time())
+            except ValueError as e:
+                raise SystemExit(f"wsfs: {e}") from None
+        finally:
+            for client in clients:
+                await client.close()
+        text = [f"rebuilt: {report['files']} files from {report['blobs']} blobs; "
+                f"under-replicated: {report['under_replicated']}"]  # fmt: skip
+        for p in report["problems"]:
+            text.append("problem: " + ", ".join(f"{k}={v}" for k, v in p.items()))
+        if report["skipped"]:
+            text.append(f"skipped blobs: {report['skipped']}")
+        text.append("re-create users with: wsfs user add NAME")
+        self.emit(report, "\n".join(text))
+
+    async def backup(self) -> None:
+        from twisted.internet import threads
+
+        from wsfront.maintenance.backup import backup_catalog
+
+        size = await threads.deferToThread(backup_catalog, self.args.catalog, self.args.file)
+        self.emit({"file": self.args.file, "bytes": size},
+                  f"catalog backed up to {self.args.file} ({_human(size)})")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,8 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sessions", help="live and interrupted uploads")
     ls = sub.add_parser("ls", help="list a directory of the namespace")
     ls.add_argument("path", nargs="?", default="/")
-    rep = sub.add_parser("repair", help="restore the replica count now")
-    rep.add_argument("--timeout", type=float, default=3600.0)
+
+    def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--timeout", type=float, default=3600.0)
+        parser.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+        return parser
+
+    job_options(sub.add_parser("repair", help="restore the replica count now"))
+    drain = job_options(sub.add_parser("drain", help="move every replica off a storage server"))
+    drain.add_argument("name")
+    reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
+    reb.add_argument("--max-bytes", type=int, default=None, help="stop after moving this much")
+    fsck = job_options(sub.add_parser("fsck", help="cross-check catalog and storage servers"))
+    fsck.add_argument("--fix", action="store_true", help="repair what is found")
+    fsck.add_argument(
+        "--rebuild-catalog",
+        action="store_true",
+        help="rebuild an empty catalog from the blobs' metadata (needs --storage, --secret-file)",
+    )
+    fsck.add_argument("--storage", action="append", default=[], metavar="NAME=EP")
+    fsck.add_argument("--secret-file", default=None)
+    fsck.add_argument("--replicas", type=int, default=2)
+    backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
+    backup.add_argument("file")
     return p
 
 

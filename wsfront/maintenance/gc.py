@@ -20,9 +20,10 @@ Safety rules (docs/maintenance.md): the catalog records a blob before any
 byte of it is written, so a blob being written is never an orphan; grace
 periods are counted from the first time *this* collector saw the blob as
 garbage (a restarted front end starts counting again, never sooner); a
-server where more than ``orphan_guard`` of the blobs look orphaned is left
-alone (a catalog that lost data, or the wrong catalog, must not empty the
-storage tier); a blob the catalog still references is never deleted.
+server where more than ``orphan_guard`` of the blobs look orphaned, or every
+server when that holds over the whole cluster, is left alone (a catalog
+that lost data, or the wrong catalog, must not empty the storage tier); a
+blob the catalog still references is never deleted.
 """
 
 from __future__ import annotations
@@ -201,24 +202,28 @@ class GarbageCollector:
         grace = self.settings.orphan_grace_seconds if grace is None else grace
         now = self._clock.seconds()
         stats: dict[str, Any] = {"orphans_deleted": 0, "strays_deleted": 0, "guarded": []}
+        found: dict[str, tuple[list[Garbage], int]] = {}
         for node in self._pool.names():
             if not self._pool.is_up(node):
                 continue
             try:
-                garbage, total = await self.find_garbage(node)
+                found[node] = await self.find_garbage(node)
             except storage_errors.StorageError as e:
                 log.warn("gc: cannot list {node}: {err}", node=node, err=e)
-                continue
+        everything = [g for garbage, _ in found.values() for g in garbage]
+        whole = self.guarded(everything, sum(total for _, total in found.values()))
+        for node, (garbage, total) in found.items():
             current = {(node, g.blob_id) for g in garbage}
             for key in [k for k in self._garbage_since if k[0] == node and k not in current]:
                 del self._garbage_since[key]
-            if self.guarded(garbage, total):
+            if whole or self.guarded(garbage, total):
                 log.error(
-                    "gc: {n} of {total} blobs on {node} are unknown to the catalog; "
-                    "refusing to delete any (wrong or damaged catalog?)",
+                    "gc: {n} of {total} blobs on {node} are unknown to the catalog "
+                    "(cluster-wide: {all}); refusing to delete any (wrong or damaged catalog?)",
                     n=sum(1 for g in garbage if g.kind == ORPHAN),
                     total=total,
                     node=node,
+                    all="too many" if whole else "ok",
                 )
                 stats["guarded"].append(node)
                 continue

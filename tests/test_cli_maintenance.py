@@ -1,0 +1,147 @@
+"""``wsfs repair / fsck / drain / rebalance / backup`` end to end: real
+``twistd -n wsstorage`` processes (one SIGKILLed), a front end running the
+maintenance service, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.maintenance_env import (
+    ProcessCluster,
+    all_sha256,
+    check_full_strength,
+    full_path,
+    payload,
+)
+from tests.transfer_env import sha256
+from wsfront.catalog import open_catalog
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    from twisted.internet import reactor
+
+    c = ProcessCluster(reactor, tmp_path)
+    pytest_twisted.blockon(defer.ensureDeferred(c.start()))
+    yield c
+    pytest_twisted.blockon(defer.ensureDeferred(c.stop()))
+
+
+async def populate(cluster, count=5, size=200_000) -> dict[str, bytes]:
+    files = {}
+    for i in range(count):
+        files[f"/f{i}.bin"] = payload(size + 1000 * i)
+        await cluster.upload(f"/f{i}.bin", files[f"/f{i}.bin"])
+    return files
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_repair_after_a_storage_process_is_sigkilled_restores_every_file(cluster):
+    files = await populate(cluster)
+    before = all_sha256(files)
+    entry = await cluster.catalog.stat(full_path(cluster, "/f0.bin"))
+    victim = entry.version.extents[0].replicas[0].node
+    proc = cluster.procs[victim].proc
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+    out, err, code = await cluster.wsfs("--json", "repair", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err
+    job = json.loads(out)
+    assert job["state"] == "done"
+    assert job["result"]["lost_nodes"] == [victim]
+    assert job["result"]["copied"] > 0 and job["result"]["under_replicated"] == 0
+    await check_full_strength(cluster, files, dead=[victim])
+    assert all_sha256(files) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_reports_problems_with_exit_3_and_fix_clears_them(cluster):
+    files = await populate(cluster, count=3)
+    out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    assert "missing replicas: 0" in out
+    # A blob nobody references, left on a server (a delete it missed).
+    await (
+        cluster.pool.client("s2")
+        .write("borphan42", 1, 0, {})
+        .addCallback(lambda w: (w.write(b"junk"), w.commit())[1])
+    )
+    out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 3, err + out
+    assert "orphans: 1" in out
+    out, err, code = await cluster.wsfs("fsck", "--fix", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    assert "1 deleted" in out
+    out, err, code = await cluster.wsfs("--json", "fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 0 and json.loads(out)["result"]["problems"] == 0
+    await check_full_strength(cluster, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_drain_empties_a_server_that_can_then_go(cluster):
+    files = await populate(cluster, count=4)
+    entry = await cluster.catalog.stat(full_path(cluster, "/f1.bin"))
+    leaving = entry.version.extents[0].replicas[0].node
+    out, err, code = await cluster.wsfs("drain", leaving, "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err
+    assert f"drain of {leaving} done" in out
+    await cluster.service.gc.sweep(grace=0)
+    assert await cluster.pool.client(leaving).list_blobs() == []
+    cluster.procs[leaving].stop()
+    await check_full_strength(cluster, files, dead=[leaving])
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_backup_writes_a_catalog_that_opens_with_every_file(cluster, tmp_path):
+    from twisted.internet import reactor
+
+    files = await populate(cluster, count=2)
+    dest = tmp_path / "backup.sqlite"
+    out, err, code = await cluster.wsfs("backup", str(dest))
+    assert code == 0, err
+    assert "backed up" in out and dest.exists()
+    copy = open_catalog(reactor, f"sqlite:///{dest}")
+    try:
+        for vpath in files:
+            entry = await copy.stat(full_path(cluster, vpath))
+            assert entry.size == len(files[vpath])
+        assert (await copy.get_user("alice")).name == "alice"
+    finally:
+        await copy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluster):
+    from twisted.internet import reactor
+
+    from tests.transfer_env import PASSWORD
+    from wsfront.transfer.service import Transfers
+
+    files = await populate(cluster, count=4)
+    await cluster.service.stopService()
+    await cluster.catalog.close()
+    path = cluster.catalog_url[len("sqlite://") :]
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    args = ["fsck", "--rebuild-catalog", "--secret-file", str(cluster.tmp / "secret")]
+    for name, proc in cluster.procs.items():
+        args += ["--storage", f"{name}={proc.endpoint}"]
+    out, err, code = await cluster.wsfs(*args)
+    assert code == 0, err + out
+    assert f"rebuilt: {len(files)} files" in out
+    cluster.catalog = open_catalog(reactor, cluster.catalog_url)
+    await cluster.catalog.add_user("alice", PASSWORD)
+    cluster.user = await cluster.catalog.get_user("alice")
+    cluster.transfers = Transfers(reactor, cluster.catalog, cluster.pool, "fe-a")
+    for vpath, data in files.items():
+        got, _ = await cluster.download(vpath)
+        assert sha256(got) == sha256(data), vpath
