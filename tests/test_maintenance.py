@@ -170,3 +170,35 @@ async def test_rebalance_moves_replicas_to_a_new_empty_server(env):
     assert max(after.values()) - min(after.values()) <= 2 * biggest
     await svc.gc.sweep(grace=0)
     await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_left_running_by_a_dead_front_end_are_failed_not_waited_for(env):
+    import time
+
+    orphaned = await env.catalog.enqueue_job("repair", {"now": True})
+    await env.catalog.claim_job("fe-dead", ["repair"])
+    mine = await env.catalog.enqueue_job("fsck", {})
+    await env.catalog.claim_job("fe-a", ["fsck"])
+    clock = task.Clock()
+    clock.advance(time.time())
+    svc = service(env, clock, stale_job_seconds=600.0)
+    assert await svc.fail_abandoned_jobs(mine=True) == 1  # ours, from a previous life
+    assert (await env.catalog.get_job(mine.job_id)).state == JOB_FAILED
+    assert await svc.fail_abandoned_jobs() == 0  # fe-dead's job is still fresh
+    clock.advance(601)
+    assert await svc.fail_abandoned_jobs() == 1
+    job = await env.catalog.get_job(orphaned.job_id)
+    assert job.state == JOB_FAILED and "fe-dead" in job.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repair_pass_stops_when_the_lease_is_lost(env):
+    await populate(env, count=3)
+    entry = await env.catalog.stat(full_path(env, "/f0.bin"))
+    victim = entry.version.extents[0].replicas[0].node
+    await kill(env, victim)
+    svc = service(env, task.Clock())
+    result = await svc.repairer.run_pass(now=True, keep_going=lambda: False)
+    assert result["copied"] == 0
+    assert result["under_replicated"] > 0

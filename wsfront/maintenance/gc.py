@@ -28,6 +28,7 @@ blob the catalog still references is never deleted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -92,14 +93,18 @@ class GarbageCollector:
         self._collectable_since: dict[str, float] = {}
         self._garbage_since: dict[tuple[str, str], float] = {}
 
-    async def run_pass(self, progress: Progress | None = None) -> dict[str, Any]:
-        """Expire uploads, collect collectable blobs, sweep the servers."""
+    async def run_pass(
+        self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
+    ) -> dict[str, Any]:
+        """Expire uploads, collect collectable blobs, sweep the servers; the
+        sweep is skipped once ``keep_going()`` is false (the lease is lost)."""
         stats: dict[str, Any] = {"expired_uploads": 0}
         if self.settings.expire_uploads:
             expired = await self._catalog.expire_uploads(self._clock.seconds())
             stats["expired_uploads"] = len(expired)
         stats.update(await self.collect())
-        stats.update(await self.sweep())
+        if keep_going():
+            stats.update(await self.sweep())
         if progress is not None:
             result = progress(dict(stats))
             if result is not None:

@@ -99,9 +99,15 @@ class Repairer:
 
     # -- a pass ------------------------------------------------------------
 
-    async def run_pass(self, now: bool = False, progress: Progress | None = None) -> dict:
+    async def run_pass(
+        self,
+        now: bool = False,
+        progress: Progress | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> dict:
         """One repair pass; fires with a summary dict.  ``now`` counts every
-        unreachable server as lost at once (``wsfs repair``)."""
+        unreachable server as lost at once (``wsfs repair``).  The pass stops
+        between batches once ``keep_going()`` is false (the lease is lost)."""
         if now:
             await self._pool.probe_all()
         lost = self.lost_nodes(now)
@@ -129,7 +135,7 @@ class Repairer:
         await report()
         given_up: set[str] = set()
         semaphore = DeferredSemaphore(max(1, self.settings.concurrency))
-        while True:
+        while keep_going():
             limit = self.settings.batch + len(given_up)
             batch = await self._catalog.under_replicated(limit)
             todo = [b for b in batch if b.blob_id not in given_up]
@@ -262,11 +268,16 @@ class Repairer:
 
     async def _discard_untrusted(self, blob: BlobRecord, target: str, force: bool = False) -> None:
         """Delete ``target``'s copy of ``blob`` if the catalog does not count
-        it ok (``force``: whatever it is)."""
+        it ok (``force``: also an unrecorded one).  The catalog is asked
+        again first: a copy another repairer recorded meanwhile stays."""
         states = {r.node: r.state for r in blob.replicas}
         if not force and target not in states:
             return
-        if states.get(target) == REPLICA_OK:
+        try:
+            fresh = await self._catalog.get_blob(blob.blob_id)
+        except catalog_errors.NotFound:
+            return
+        if target in fresh.ok_replicas:
             return
         try:
             await self._pool.client(target).delete(blob.blob_id)

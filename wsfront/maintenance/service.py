@@ -41,6 +41,9 @@ class MaintenanceSettings:
     #: Cross-check catalog and servers (finds replicas scrub quarantined).
     audit_every: float = 3600.0
     lease_ttl: float = 30.0
+    #: A job another front end has run without progress for this long is
+    #: failed by the lease holder (its runner died or lost the lease).
+    stale_job_seconds: float = 900.0
     repair: RepairSettings = attrs.field(factory=RepairSettings)
     gc: GCSettings = attrs.field(factory=GCSettings)
 
@@ -72,6 +75,7 @@ class MaintenanceService(Service):
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
         self._loop: LoopingCall | None = None
         self._running: Deferred | None = None
+        self._cleanup: Deferred | None = None
         now = clock.seconds()
         self._next_repair = now + self.settings.repair_every
         self._next_gc = now + self.settings.gc_every
@@ -79,6 +83,9 @@ class MaintenanceService(Service):
 
     def startService(self) -> Deferred:
         super().startService()
+        self._cleanup = ensureDeferred(self.fail_abandoned_jobs(mine=True)).addErrback(
+            lambda f: log.failure("maintenance: cannot clean up old jobs", f)
+        )
         self.lease.start()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self._clock
@@ -106,6 +113,7 @@ class MaintenanceService(Service):
         if not self.lease.valid:
             return []
         ran = []
+        await self.fail_abandoned_jobs()
         if await self.jobs.run_one() is not None:
             ran.append("job")
         now = self._clock.seconds()
@@ -116,20 +124,44 @@ class MaintenanceService(Service):
             ran.append("audit")
         if now >= self._next_repair:
             self._next_repair = now + self.settings.repair_every
-            await self.repairer.run_pass()
+            await self.repairer.run_pass(keep_going=lambda: self.lease.valid)
             ran.append("repair")
         if now >= self._next_gc:
             self._next_gc = now + self.settings.gc_every
-            await self.gc.run_pass()
+            await self.gc.run_pass(keep_going=lambda: self.lease.valid)
             ran.append("gc")
         return ran
+
+    async def fail_abandoned_jobs(self, mine: bool = False) -> int:
+        """Fail running jobs nobody runs any more: ours from a previous life
+        (``mine``), or another front end's without progress for
+        ``stale_job_seconds``.  Their CLI then exits instead of waiting."""
+        failed = 0
+        limit = self._clock.seconds() - self.settings.stale_job_seconds
+        for job in await self.catalog.list_jobs(["running"]):
+            if mine:
+                if job.owner != self.front_end:
+                    continue
+                why = f"interrupted: front end {job.owner} restarted"
+            elif job.owner == self.front_end or job.updated_at > limit:
+                continue
+            else:
+                why = f"abandoned: no progress from front end {job.owner}"
+            try:
+                await self.catalog.finish_job(job.job_id, job.owner, error=why)
+                failed += 1
+                log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
+            except Exception as e:
+                log.warn("job {id}: cannot fail it: {err}", id=job.job_id, err=e)
+        return failed
 
     async def _stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        if self._running is not None:
-            await self._running
+        for pending in (self._cleanup, self._running):
+            if pending is not None:
+                await pending
         await self.lease.stop()
 
     def stopService(self) -> Deferred:
