@@ -290,3 +290,23 @@ def test_health_reports_capacity_blobs_and_streams(clock, cluster):
     health = outcome(d)
     assert (health.name, health.blobs, health.active_streams) == ("a", 2, 1)
     assert health.free_bytes == health.total_bytes - 200
+
+
+def test_killing_a_frozen_node_fails_its_held_calls(clock, cluster):
+    node = cluster.node("a")
+    node.freeze()
+    d = node.list_blobs()
+    settle(clock)
+    assert not d.called
+    node.kill()
+    settle(clock)
+    failure_of(d, NodeUnavailable)
+
+
+def test_client_factory_gives_clients_of_the_named_node(clock, cluster):
+    store(clock, cluster.node("b"), "x", b"x" * 10)
+    client = cluster.client_factory("b", cluster.endpoint("b"))
+    assert client.name == "b"
+    d = client.stat("x")
+    settle(clock)
+    assert outcome(d).size == 10

@@ -14,6 +14,7 @@ storage servers, plus controls a test needs to stage failures::
     s1.freeze(); s1.thaw()               # calls and streams hang, like SIGSTOP
     s1.bytes_read, s1.bytes_written      # counters
     cluster.endpoint("s2")               # "fake:s2", for copy_from
+    cluster.client_factory("s2", "fake:s2")  # a new client, for wsfront.service
 
 Behaviour that mirrors the real client and server (``tests/storage_contract.py``
 checks both):
@@ -137,6 +138,12 @@ class FakeStorageCluster:
     def endpoint(self, name: str) -> str:
         return FAKE_SCHEME + name
 
+    def client_factory(self, name: str, endpoint: str) -> FakeStorageClient:
+        """A new client of the node ``endpoint`` (``fake:NAME``) names, else of
+        the node called ``name``: fits ``wsfront.service``'s client_factory."""
+        node = self.resolve(endpoint) or self.nodes[name]
+        return node.client()
+
     def resolve(self, endpoint: str) -> FakeStorageNode | None:
         """The node an endpoint string names, or None."""
         if not isinstance(endpoint, str) or not endpoint.startswith(FAKE_SCHEME):
@@ -206,8 +213,10 @@ class FakeStorageNode:
     # -- test controls ------------------------------------------------
 
     def kill(self) -> None:
-        """Die like a power loss: unsynced bytes go, open streams fail."""
+        """Die like a power loss: unsynced bytes go, open streams fail; a
+        frozen node dies too (its held calls fail)."""
         self.alive = False
+        self.frozen = False
         for blob in self.blobs.values():
             if blob.state != SEALED:
                 blob.truncate(blob.durable)
