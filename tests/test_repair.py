@@ -209,3 +209,19 @@ async def test_no_copy_starts_before_the_throttle_allows_its_bytes(env):
     result = await d
     assert result["copied"] == len(gate.asked) == under
     assert result["under_replicated"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_now_counts_a_server_no_front_end_knows_as_lost(env):
+    files = await populate(env, count=1)
+    entry = await env.catalog.stat(full_path(env, "/f0.bin"))
+    [extent] = entry.version.extents
+    await env.catalog.add_replica(extent.blob_id, "s-retired")  # a server long gone
+    await env.catalog.mark_replica(extent.blob_id, extent.replicas[0].node, REPLICA_LOST)
+    rep = repairer(env)
+    assert (await rep.run_pass())["copied"] == 0  # s-retired still counts ok
+    result = await rep.run_pass(now=True)
+    assert result["marked_lost"] == 1 and result["copied"] == 1
+    blob = await env.catalog.get_blob(extent.blob_id)
+    assert "s-retired" not in blob.ok_replicas and len(blob.ok_replicas) == 2
+    await check_full_strength(env, files)

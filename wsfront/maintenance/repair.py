@@ -129,8 +129,8 @@ class Repairer:
                     await result
 
         await report()
-        if lost:
-            stats["marked_lost"] = await self._mark_lost(lost)
+        if lost or now:
+            stats["marked_lost"] = await self._mark_lost(lost, unknown_too=now)
         stats["phase"] = "copying"
         await report()
         given_up: set[str] = set()
@@ -158,8 +158,10 @@ class Repairer:
         await report()
         return stats
 
-    async def _mark_lost(self, lost: set[str]) -> int:
-        """Mark ok replicas of sealed referenced blobs on ``lost`` servers lost."""
+    async def _mark_lost(self, lost: set[str], unknown_too: bool = False) -> int:
+        """Mark ok replicas of sealed referenced blobs on ``lost`` servers lost
+        (``unknown_too``: also on servers this front end does not know)."""
+        known = set(self._pool.names())
         marked = 0
         for blob_id in sorted(await referenced_blob_ids(self._catalog)):
             try:
@@ -169,7 +171,8 @@ class Repairer:
             if not blob.sealed:
                 continue
             for replica in blob.replicas:
-                if replica.state == REPLICA_OK and replica.node in lost:
+                gone = replica.node in lost or (unknown_too and replica.node not in known)
+                if replica.state == REPLICA_OK and gone:
                     await self._catalog.mark_replica(blob_id, replica.node, REPLICA_LOST)
                     marked += 1
         if marked:
