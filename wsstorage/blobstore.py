@@ -27,7 +27,8 @@ API (refinements of ``IBlobStore`` are marked *):
 * ``commit(blob_id, epoch) -> BlobInfo``; *committing a sealed blob again
   with an epoch not older than its own returns it (an idempotent retry).
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
-  ``free_space() -> (free, total)``, *``close()``.
+  ``free_space() -> (free, total)``, *``close()``, *``damaged`` (ids whose
+  record did not parse at start: left on disk, not listed, FormatError).
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
