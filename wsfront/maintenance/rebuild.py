@@ -10,9 +10,12 @@ catalog enforces.
 How a file is put back together:
 
 * blobs are grouped by inode, then by upload; within an upload each
-  takeover raised the epoch, so replaying its blobs by epoch (a blob
-  dropping every earlier one that starts at or after it) gives the upload's
-  chain of segments;
+  takeover raised the epoch, so its sealed blobs in epoch order are its
+  segments as they were written, and they are replayed in that order with
+  ``restart_at`` (a segment that starts below where the previous one ended
+  is a rollback: the catalog cuts the earlier segments by reference, as it
+  did the first time; a placeholder blob id stands for the segment that was
+  dropped unsealed, and is left collectable);
 * an upload whose first segment starts above 0 resumed a committed file
   (APPE, REST + STOR): its base is another upload of the same inode that
   covers that offset, replayed first, so the base blob keeps its full length
@@ -136,15 +139,15 @@ def pieces_from_listings(
 
 
 def _chain(pieces: list[Piece]) -> list[Piece]:
-    chain: list[Piece] = []
-    for p in sorted(pieces, key=lambda p: (p.epoch, p.start, p.blob_id)):
-        chain = [q for q in chain if q.start < p.start] + [p]
-    return chain
+    """An upload's sealed segments in the order they were written: each
+    takeover raised the epoch."""
+    return sorted(pieces, key=lambda p: (p.epoch, p.start, p.blob_id))
 
 
 def _complete(chain: list[Piece]) -> bool:
-    """Every segment but the last reaches the next one's start."""
-    return all(a.start + a.size >= b.start for a, b in pairwise(chain))
+    """Each segment starts at or below where the one before it ended (a
+    resume never skips bytes); a gap means a segment is missing."""
+    return all(b.start <= a.start + a.size for a, b in pairwise(chain))
 
 
 def plan_files(pieces: list[Piece]) -> tuple[list[tuple[str, Upload]], list[dict[str, Any]]]:
@@ -219,10 +222,18 @@ async def _replay(catalog, path: str, up: Upload, replicas: int, now: float) -> 
         meta={"rebuilt": True},
     )
     uid, epoch = session.upload_id, session.epoch
+    current = first
     for piece in up.chain[1:]:
-        await catalog.checkpoint(uid, epoch, piece.start)
+        end = current.start + current.size
+        await catalog.checkpoint(uid, epoch, end)
+        if piece.start < end:
+            # The takeover rolled back below a segment that was dropped
+            # unsealed (so it is not on any server): stand in for it, so the
+            # segment before keeps its full length and is cut by reference.
+            await catalog.restart_at(uid, epoch, end, f"{piece.blob_id}-gap", [], replicas)
         await catalog.restart_at(uid, epoch, piece.start, piece.blob_id, list(piece.nodes),
                                  replicas)  # fmt: skip
+        current = piece
     await catalog.checkpoint(uid, epoch, up.end)
     await catalog.commit_upload(uid, epoch, up.end)
 
@@ -245,8 +256,22 @@ async def rebuild_catalog(
         raise ValueError(f"storage servers unreachable: {', '.join(down)}; all are needed")
     listings = {}
     for node in pool.names():
-        await catalog.register_node(node, pool.endpoint(node))
         listings[node] = await pool.client(node).list_blobs()
+    endpoints = {node: pool.endpoint(node) for node in pool.names()}
+    return await rebuild_from_listings(catalog, listings, endpoints, replicas, now)
+
+
+async def rebuild_from_listings(
+    catalog,
+    listings: dict[str, Iterable[BlobInfo]],
+    endpoints: dict[str, str],
+    replicas: int,
+    now: float,
+) -> dict[str, Any]:
+    """Rebuild from each server's ``list_blobs`` (``rebuild_catalog`` without
+    the network part); registers the servers of ``endpoints``."""
+    for node, endpoint in sorted(endpoints.items()):
+        await catalog.register_node(node, endpoint)
     pieces, skipped = pieces_from_listings(listings)
     files, problems = plan_files(pieces)
     restored = 0
