@@ -225,3 +225,34 @@ async def test_repair_now_counts_a_server_no_front_end_knows_as_lost(env):
     blob = await env.catalog.get_blob(extent.blob_id)
     assert "s-retired" not in blob.ok_replicas and len(blob.ok_replicas) == 2
     await check_full_strength(env, files)
+
+
+class CountingCatalog:
+    """The catalog, counting directory listings (the namespace walk)."""
+
+    def __init__(self, catalog) -> None:
+        self._catalog = catalog
+        self.listings = 0
+
+    def list_dir(self, *args, **kw):
+        self.listings += 1
+        return self._catalog.list_dir(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._catalog, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_server_costs_one_namespace_walk_not_one_per_pass(env):
+    from twisted.internet import reactor
+
+    await populate(env, count=3)
+    counting = CountingCatalog(env.catalog)
+    rep = Repairer(reactor, counting, env.transfers.pool, RepairSettings(grace_seconds=0))
+    entry = await env.catalog.stat(full_path(env, "/f0.bin"))
+    await kill(env, entry.version.extents[0].replicas[0].node)
+    first = await rep.run_pass()
+    assert first["marked_lost"] > 0 and counting.listings > 0
+    walked = counting.listings
+    second = await rep.run_pass()
+    assert second["marked_lost"] == 0 and counting.listings == walked

@@ -8,6 +8,7 @@ dict the CLI prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from wsfront.maintenance.fsck import fsck
@@ -19,12 +20,18 @@ from wsfront.transfer.pool import StoragePool
 
 
 def job_handlers(
-    repairer: Repairer, gc: GarbageCollector, catalog, pool: StoragePool
+    repairer: Repairer,
+    gc: GarbageCollector,
+    catalog,
+    pool: StoragePool,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Handler]:
     """Handlers for ``repair``, ``fsck``, ``drain`` and ``rebalance``."""
 
     async def repair_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
-        return await repairer.run_pass(now=bool(args.get("now", True)), progress=report)
+        return await repairer.run_pass(
+            now=bool(args.get("now", True)), progress=report, keep_going=keep_going
+        )
 
     async def fsck_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
         return await fsck(catalog, pool, repairer, gc, fix=bool(args.get("fix")), progress=report)

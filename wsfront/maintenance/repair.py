@@ -74,6 +74,7 @@ class Repairer:
         self.settings = settings or RepairSettings()
         self._throttle = throttle or Throttle(clock, self.settings.bytes_per_second)
         self._down_since: dict[str, float] = {}
+        self._marked: set[str] = set()  # lost servers whose replicas are all marked
 
     # -- which servers are lost ------------------------------------------
 
@@ -83,6 +84,7 @@ class Repairer:
         for name in self._pool.names():
             if self._pool.is_up(name):
                 self._down_since.pop(name, None)
+                self._marked.discard(name)
             else:
                 self._down_since.setdefault(name, now)
 
@@ -129,8 +131,10 @@ class Repairer:
                     await result
 
         await report()
-        if lost or now:
+        if now or lost - self._marked:
+            # One namespace walk per newly lost server: it is O(files).
             stats["marked_lost"] = await self._mark_lost(lost, unknown_too=now)
+            self._marked |= lost
         stats["phase"] = "copying"
         await report()
         given_up: set[str] = set()

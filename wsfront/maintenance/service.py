@@ -70,7 +70,9 @@ class MaintenanceService(Service):
         self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
-        handlers = job_handlers(self.repairer, self.gc, catalog, pool)
+        handlers = job_handlers(
+            self.repairer, self.gc, catalog, pool, keep_going=lambda: self.lease.valid
+        )
         handlers.update(extra_handlers or {})
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
         self._loop: LoopingCall | None = None
