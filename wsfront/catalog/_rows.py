@@ -241,7 +241,8 @@ def insert_blob(tx: Tx, blob_id: str, nodes: Iterable[str], wanted: int, now: fl
         wanted,
         now,
     )
-    set_replicas(tx, blob_id, nodes)
+    for node in dict.fromkeys(nodes):
+        tx.execute("INSERT INTO replicas (blob_id, node, state) VALUES (?, ?, 'ok')", blob_id, node)
 
 
 def set_replicas(tx: Tx, blob_id: str, nodes: Iterable[str]) -> None:
