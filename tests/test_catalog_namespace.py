@@ -267,3 +267,31 @@ async def test_uploads_follow_their_inode_through_a_parent_rename(catalog, clock
     assert (await catalog.get_upload(up.upload_id)).path == "/e/f"
     await catalog.commit_upload(up.upload_id, up.epoch, 5)
     assert (await catalog.stat("/e/f")).size == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_upload_does_not_block_delete(catalog, clock):
+    await write_file(catalog, "/f", 4, "blob-1")
+    up = await catalog.begin_upload(
+        "alice", "/f", base_length=4, blob_id="blob-2", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=clock.now + 10,
+    )  # fmt: skip
+    clock.advance(11)
+    await catalog.delete("/f")
+    assert (await catalog.get_upload(up.upload_id)).state == "expired"
+    with pytest.raises(NotFound):
+        await catalog.stat("/f")
+
+
+@pytest_twisted.ensureDeferred
+async def test_rename_never_replaces_a_file_with_a_live_upload(catalog, clock):
+    await write_file(catalog, "/src", 1, "blob-1")
+    await write_file(catalog, "/dst", 2, "blob-2")
+    await catalog.begin_upload(
+        "alice", "/dst", base_length=2, blob_id="blob-3", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=clock.now + 60,
+    )  # fmt: skip
+    with pytest.raises(PendingUploadExists):
+        await catalog.rename("/src", "/dst", replace=True)
+    assert (await catalog.stat("/src")).size == 1
+    assert (await catalog.stat("/dst")).size == 2
