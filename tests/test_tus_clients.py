@@ -16,6 +16,7 @@ from tests.tus_env import (
     auth_value,
     client_argv,
     committed,
+    create,
     environ,
     sha,
     start_env,
@@ -288,3 +289,55 @@ async def test_upload_begun_with_tus_is_finished_by_curl_over_ftp_size_and_appe(
         assert sha(await committed(env, "/f.bin")) == sha(data)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_patch_on_one_front_end_is_taken_over_from_another(tmp_path):
+    """A client whose PATCH hangs on front end A resumes with tuspy on B:
+    B takes the still-active session over at its checkpoint, A's writer is
+    fenced, and the file is exactly the client's."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from wsfront.http.site import make_site
+    from wsfront.http.tus import TusEndpoint
+
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024)
+    other = await env.transfer.front_end("fe-b")
+    site = make_site(reactor, other, env.authenticator)
+    site.mount("uploads", TusEndpoint())
+    port_b = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    try:
+        data = payload(1 * MiB + 3)
+        status, headers, _ = await create(env, len(data), {"filename": "stall.bin"})
+        assert status == 201
+        uid = headers["location"].rsplit("/", 1)[1]
+        watch = SessionWatch(env.transfers)
+        client = await connect(reactor, env.port.getHost().port)
+        client.send(
+            b"PATCH /-/uploads/%s HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            b"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            b"Content-Length: %d\r\nAuthorization: %s\r\n\r\n"
+            % (uid.encode(), len(data), auth_value(env).encode())
+        )
+        stalled = await watch.next_session()
+        client.send(data[:300_000])
+        await SessionWatch.arrived(stalled, 300_000)
+        while stalled.durable < 300_000:
+            await stalled.checkpoint()
+        upload = await env.catalog.get_upload(uid)
+        assert (upload.state, upload.owner, upload.checkpoint) == ("active", "fe-a", 300_000)
+
+        path = write_file(env, "src.bin", data)
+        url_b = f"http://127.0.0.1:{port_b.getHost().port}/-/uploads/{uid}"
+        done = await tuspy(env, url=url_b, file=path)
+        assert done["offset"] == len(data)
+        client.close()
+        await stalled.interrupted
+        assert stalled.state == "fenced"
+        finished = await env.catalog.get_upload(uid)
+        assert (finished.state, finished.owner) == ("committed", "fe-b")
+        assert sha(await committed(env, "/stall.bin")) == sha(data)
+    finally:
+        await port_b.stopListening()
+        await env.stop()
