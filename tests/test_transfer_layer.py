@@ -226,6 +226,8 @@ async def test_read_fails_over_when_the_serving_replica_dies(env):
     assert sha256(sink.data) == sha256(data)
     assert handle.stream.failovers == 1
     assert handle.stream.serving != serving
+    assert env.transfers.stats.read_failovers == 1
+    assert [e.kind for e in env.transfers.stats.events] == ["failover"]
 
 
 @pytest_twisted.ensureDeferred
@@ -278,8 +280,10 @@ async def test_takeover_fences_the_old_writer(env):
         await failed_a
     with pytest.raises(SessionFenced):
         await session_a.finish()
+    assert (fe_b.stats.takeovers, env.transfers.stats.fenced) == (1, 1)
     await Feeder(env.reactor, session_b, data[MiB:]).start()
     await session_b.finish()
+    assert fe_b.stats.uploads_committed == 1
     got, _ = await env.download("/f")
     assert sha256(got) == sha256(data)
 

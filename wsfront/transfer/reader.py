@@ -17,6 +17,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
@@ -81,6 +82,7 @@ class ReadStream:
         length: int | None = None,
         stall_timeout: float = 5.0,
         max_rounds: int = 2,
+        stats=None,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -90,6 +92,7 @@ class ReadStream:
         self._end = total if length is None else min(total, offset + length)
         self._stall_timeout = stall_timeout
         self._max_rounds = max_rounds
+        self._stats = stats
         self._paused = False
         self._stopped = False
         self._sink: _ExtentSink | None = None
@@ -114,10 +117,14 @@ class ReadStream:
         """
         self._consumer = consumer
         consumer.registerProducer(self, True)
+        if self._stats is not None:
+            self._stats.reads_started += 1
         d = self._run()
 
         def unregister(result):
             consumer.unregisterProducer()
+            if self._stats is not None and not isinstance(result, Failure):
+                self._stats.reads_completed += 1
             return result
 
         return d.addBoth(unregister)
@@ -143,6 +150,16 @@ class ReadStream:
         for attempt, node in enumerate(order * self._max_rounds):
             if attempt:
                 self.failovers += 1
+                if self._stats is not None:
+                    self._stats.read_failovers += 1
+                    self._stats.event(
+                        self._clock.seconds(),
+                        "failover",
+                        blob=extent.blob_id,
+                        to=node,
+                        at=extent.blob_offset + skip + got,
+                        errors=list(errors),
+                    )
                 log.info(
                     "read of {blob} fails over to {node} at byte {at}",
                     blob=extent.blob_id,
@@ -224,11 +241,15 @@ class ReadStream:
             cut = limit - self.delivered
             self._consumer.write(data[:cut])
             self.delivered += cut
+            if self._stats is not None:
+                self._stats.read_bytes += cut
             failpoints.hit("transfer.read.bytes", self.delivered)
             data = data[cut:]
             if not data:
                 return
         self.delivered += len(data)
+        if self._stats is not None:
+            self._stats.read_bytes += len(data)
         self._consumer.write(data)
 
     # -- IPushProducer ---------------------------------------------------

@@ -28,6 +28,7 @@ from wsfront.transfer.errors import (
 )
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsfront.transfer.stats import TransferStats
 from wsfront.transfer.writer import WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
@@ -103,6 +104,7 @@ class Transfers:
         self.name = name
         self.settings = settings or TransferSettings()
         self.sessions: dict[str, WriteSession] = {}
+        self.stats = TransferStats()
 
     # -- helpers ----------------------------------------------------------
 
@@ -197,6 +199,7 @@ class Transfers:
             offset,
             length,
             stall_timeout=self.settings.read_stall_timeout,
+            stats=self.stats,
         )
         info = FileInfo(
             path=vpath,
@@ -298,6 +301,11 @@ class Transfers:
             raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
         if local is not None:
             local.abort()
+        self.stats.takeovers += 1
+        self.stats.event(
+            self._clock.seconds(), "takeover", upload=upload.upload_id, epoch=upload.epoch,
+            offset=offset, front_end=self.name,
+        )  # fmt: skip
         log.info(
             "upload {id} taken over by {me} at epoch {epoch}, resuming at {offset}",
             id=upload.upload_id,
@@ -405,6 +413,7 @@ class Transfers:
             checkpoint_seconds=self.settings.checkpoint_seconds,
             hash_whole_file=self.settings.hash_uploads,
             on_end=self._session_ended,
+            stats=self.stats,
         )
         if len(writers) < len(nodes):
             session.checkpoint()

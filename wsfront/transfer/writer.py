@@ -82,6 +82,7 @@ class WriteSession:
         checkpoint_seconds: float = 2.0,
         hash_whole_file: bool = False,
         on_end: Callable[[WriteSession], None] | None = None,
+        stats=None,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -109,6 +110,9 @@ class WriteSession:
         self._paused_by: set[str] = set()
         self._failure_waiters: list[Deferred] = []
         self._on_end = on_end
+        self._stats = stats
+        if stats is not None:
+            stats.uploads_started += 1
         for node, writer in self._writers.items():
             writer.registerProducer(_ReplicaBackpressure(self, node), True)
             writer.when_failed().addErrback(self._replica_failed, node)
@@ -171,6 +175,8 @@ class WriteSession:
             self._sha.update(data)
         self.offset += len(data)
         self.received += len(data)
+        if self._stats is not None:
+            self._stats.write_bytes += len(data)
         self._since_checkpoint += len(data)
         if self._since_checkpoint >= self._checkpoint_bytes:
             self.checkpoint()
@@ -283,6 +289,8 @@ class WriteSession:
             self._fail(self._translate(e))
             raise self.error from e
         self.state = DONE
+        if self._stats is not None:
+            self._stats.uploads_committed += 1
         failpoints.hit("transfer.after_commit")
         self._ended()
         return version
@@ -294,6 +302,8 @@ class WriteSession:
         if self.state != STREAMING:
             return
         self.state = INTERRUPTED
+        if self._stats is not None:
+            self._stats.uploads_interrupted += 1
         self._cancel_timer()
         try:
             if self._checkpointing is not None:
@@ -335,6 +345,12 @@ class WriteSession:
             return
         writer = self._writers.pop(node)
         self._paused_by.discard(node)
+        if self._stats is not None:
+            self._stats.replica_drops += 1
+            self._stats.event(
+                self._clock.seconds(), "replica-dropped", upload=self.upload_id, node=node,
+                error=str(error),
+            )  # fmt: skip
         log.warn(
             "upload {id}: replica {node} dropped out: {err}",
             id=self.upload_id,
@@ -357,6 +373,12 @@ class WriteSession:
             return
         error = self._translate(error)
         self.state = FENCED if isinstance(error, SessionFenced) else FAILED
+        if self._stats is not None:
+            if self.state == FENCED:
+                self._stats.fenced += 1
+                self._stats.event(self._clock.seconds(), "fenced", upload=self.upload_id)
+            else:
+                self._stats.uploads_failed += 1
         self.error = error
         self._cancel_timer()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
