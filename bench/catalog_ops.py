@@ -25,6 +25,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
+# Run as a script, Python puts bench/ first on the path, where a module may
+# shadow the standard library (bench/http.py shadows ``http``): drop it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
 from twisted.internet import defer, task  # noqa: E402
