@@ -326,3 +326,20 @@ async def test_method_override_lets_post_carry_patch(env):
     )
     assert status == 204
     assert await committed(env, "/x.bin") == b"ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_creation_beyond_the_quota_is_refused_and_leaves_nothing(env):
+    await env.catalog.set_quota("alice", 4096, None)
+    status, _, _ = await create(env, 5000, {"filename": "q.bin"})
+    assert status == 507
+    assert await env.catalog.find_upload("/alice/q.bin") is None
+    status, _, _ = await create(env, 4000, {"filename": "q.bin"})
+    assert status == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_creation_larger_than_tus_max_size_is_413(env):
+    status, _, _ = await create(env, env.tus.settings.max_size + 1, {"filename": "big"})
+    assert status == 413
+    assert await env.catalog.find_upload("/alice/big") is None
