@@ -10,7 +10,9 @@ pytest_plugins = ["tests.catalog_fixtures"]
 
 
 def test_both_backends_provide_the_interface(catalog):
-    assert ICatalog.providedBy(catalog)
+    from zope.interface.verify import verifyObject
+
+    assert verifyObject(ICatalog, catalog)
 
 
 def test_unknown_url_schemes_are_refused():

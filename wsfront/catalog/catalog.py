@@ -112,7 +112,9 @@ class SqlCatalog:
     def find_upload(self, path: str) -> Deferred:
         return self._read(_uploads.find_upload, path)
 
-    def list_uploads(self, states: Iterable[str] | None = None, owner: str | None = None):
+    def list_uploads(
+        self, states: Iterable[str] | None = None, owner: str | None = None
+    ) -> Deferred:
         return self._read(_uploads.list_uploads, list(states) if states else None, owner)
 
     def checkpoint(
