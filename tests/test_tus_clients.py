@@ -12,6 +12,7 @@ from twisted.internet import defer, protocol
 from tests.http_env import MiB, payload
 from tests.http_raw import connect, head_of
 from tests.tus_env import (
+    OCTETS,
     SessionWatch,
     auth_value,
     client_argv,
@@ -340,4 +341,41 @@ async def test_stalled_patch_on_one_front_end_is_taken_over_from_another(tmp_pat
         assert sha(await committed(env, "/stall.bin")) == sha(data)
     finally:
         await port_b.stopListening()
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newer_patch_supersedes_one_still_running(tmp_path):
+    from twisted.internet import reactor
+
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        data = payload(600_000)
+        _, headers, _ = await create(env, len(data), {"filename": "two.bin"})
+        uid = headers["location"].rsplit("/", 1)[1]
+        watch = SessionWatch(env.transfers)
+        old = await connect(reactor, env.port.getHost().port)
+        old.send(
+            b"PATCH /-/uploads/%s HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            b"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            b"Content-Length: %d\r\nAuthorization: %s\r\n\r\n"
+            % (uid.encode(), len(data), auth_value(env).encode())
+        )
+        first = await watch.next_session()
+        old.send(data[:200_000])
+        await SessionWatch.arrived(first, 200_000)
+        while first.durable < 200_000:
+            await first.checkpoint()
+        status, headers, _ = await tus(
+            env,
+            "PATCH",
+            f"/-/uploads/{uid}",
+            {**OCTETS, "Upload-Offset": str(first.durable)},
+            data[first.durable :],
+        )
+        assert status == 204 and headers["upload-offset"] == str(len(data))
+        answer = await old.until(b"\r\n\r\n")
+        assert head_of(answer)[0] == 409
+        assert sha(await committed(env, "/two.bin")) == sha(data)
+    finally:
         await env.stop()

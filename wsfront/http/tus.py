@@ -43,6 +43,7 @@ from wsfront.http.tus_headers import (
     parse_number,
     upload_url,
 )
+from wsfront.transfer.errors import TransferAborted
 from wsfront.transfer.writer import STREAMING
 
 log = Logger()
@@ -251,11 +252,14 @@ class TusEndpoint:
             try:
                 yield request.stream_body(sink)
             except BaseException:
+                superseded = isinstance(session.error, TransferAborted)
                 if session.state == STREAMING:
                     if checksum is not None:
                         yield self._roll_back(context, user, vpath, session, offset)
                     else:
                         yield session.interrupt()
+                if superseded:
+                    raise HttpError(409, "a newer request took this upload over") from None
                 raise
             if not sink.verified:
                 yield self._roll_back(context, user, vpath, session, offset)
