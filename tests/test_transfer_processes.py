@@ -144,6 +144,14 @@ def process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """The failpoint logs before it sends itself SIGSTOP: wait for the stop."""
+    deadline = time.monotonic() + timeout
+    while process_state(pid) != "T":
+        assert time.monotonic() < deadline, f"process {pid} never stopped"
+        time.sleep(0.01)  # polling /proc for the state change
+
+
 @pytest_twisted.ensureDeferred
 async def test_frozen_writer_is_fenced_after_a_takeover(cluster, tmp_path):
     size, stop_at = 16 * MiB, 2 * MiB
@@ -163,7 +171,7 @@ async def test_frozen_writer_is_fenced_after_a_takeover(cluster, tmp_path):
     try:
         line = wait_for_line(fp_log, "transfer.after_checkpoint fired", writer)
         checkpoint = int(line.split("count=")[1].split()[0])
-        assert process_state(writer.pid) == "T"
+        wait_stopped(writer.pid)
         fe_b = await cluster.front_end("fe-b")
         session = await fe_b.open_write(cluster.user, "/f", append=True)
         resumed_at = session.offset

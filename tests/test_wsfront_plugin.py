@@ -100,3 +100,17 @@ def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 32)
+    port = free_port()  # nothing listens there
+    proc = subprocess.run(
+        twistd_argv("wsfront", "--name", "a", "--catalog", f"postgresql://nobody@127.0.0.1:{port}/x",
+                    "--secret-file", str(secret), "--http", "tcp:0:interface=127.0.0.1"),
+        env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "could not start" in proc.stdout
+    assert "Connection refused" in proc.stdout

@@ -74,7 +74,10 @@ class LocalClusterService(service.MultiService):
 
         def failed(f):
             log.failure("wslocal could not start", f)
-            self.reactor.stop()
+            # twistd would exit 0 after reactor.stop(): make the failure visible.
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            # Start-up may fail before the reactor runs: stop it once it does.
+            self.reactor.callWhenRunning(self.reactor.stop)
             return f
 
         d.addCallbacks(self.ready.callback, failed)

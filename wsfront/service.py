@@ -10,6 +10,8 @@ interrupt running uploads so clients can resume them anywhere, close.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -58,7 +60,10 @@ class FrontendService(service.Service):
 
         def failed(f):
             log.failure("wsfront {name} could not start", f, name=self.config.name)
-            self.reactor.stop()
+            # twistd would exit 0 after reactor.stop(): make the failure visible.
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            # Start-up may fail before the reactor runs: stop it once it does.
+            self.reactor.callWhenRunning(self.reactor.stop)
             return f
 
         d.addCallbacks(self.ready.callback, failed)
