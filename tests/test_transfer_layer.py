@@ -312,3 +312,28 @@ async def test_two_front_ends_racing_to_take_over_one_wins(env):
     await winner.finish()
     got, _ = await env.download("/f")
     assert got == b"a" * 1000 + b"b" * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_is_refused_while_a_pending_upload_is_live(env):
+    await env.upload("/f", b"committed")
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, b"new").start()
+    with pytest.raises(UploadBusy):
+        await env.transfers.delete(env.user, "/f")
+    await session.finish()
+    await env.transfers.delete(env.user, "/f")
+    with pytest.raises(catalog_errors.NotFound):
+        await env.transfers.stat(env.user, "/f")
+
+
+@pytest_twisted.ensureDeferred
+async def test_checkpoints_keep_a_long_upload_from_expiring(env):
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    first = (await env.catalog.get_upload(session.upload_id)).expires_at
+    await Feeder(env.reactor, session, b"x" * 1000).start()
+    await session.checkpoint()
+    later = (await env.catalog.get_upload(session.upload_id)).expires_at
+    assert later >= first
+    assert later >= env.reactor.seconds() + env.transfers.settings.upload_expiry - 60
+    await session.finish()

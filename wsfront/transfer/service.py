@@ -167,8 +167,16 @@ class Transfers:
         return self.catalog.rmdir(self.full_path(user, vpath))
 
     def delete(self, user: User, vpath: str):
+        """Remove a file; refused (UploadBusy) while a pending upload is live
+        on it, as docs/architecture.md's table says."""
         self._need(user, "delete")
-        return self.catalog.delete(self.full_path(user, vpath))
+        d = self.catalog.delete(self.full_path(user, vpath))
+
+        def busy(failure):
+            failure.trap(catalog_errors.PendingUploadExists)
+            raise UploadBusy(f"{vpath} has a pending upload")
+
+        return d.addErrback(busy)
 
     def rename(self, user: User, src: str, dst: str, replace: bool = True):
         self._need(user, "rename")
@@ -264,7 +272,7 @@ class Transfers:
                 replicas=list(replicas),
                 wanted_replicas=self.settings.replicas,
                 owner=self.name,
-                expires_at=self._clock.seconds() + self.settings.upload_expiry,
+                expires_at=self._expiry(),
                 declared_length=declared_length,
                 meta=dict(meta or {}),
             )
@@ -281,6 +289,10 @@ class Transfers:
         session = yield self._open_session(user, upload, committed)
         return session
 
+    def _expiry(self) -> float:
+        """When a session left alone from now on expires."""
+        return self._clock.seconds() + self.settings.upload_expiry
+
     def _choose_replicas(self) -> tuple[str, ...]:
         replicas = tuple(self.pool.choose(self.settings.replicas))
         if not replicas:
@@ -296,7 +308,9 @@ class Transfers:
             )
         local = self.sessions.get(upload.upload_id)
         try:
-            upload = yield self.catalog.take_over(upload.upload_id, upload.epoch, self.name)
+            upload = yield self.catalog.take_over(
+                upload.upload_id, upload.epoch, self.name, expires_at=self._expiry()
+            )
         except catalog_errors.EpochConflict as e:
             raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
         if local is not None:
@@ -325,6 +339,7 @@ class Transfers:
             new_blob_id(),
             list(replicas),
             self.settings.replicas,
+            expires_at=self._expiry(),
         )
         session = yield self._open_session(user, upload, None)
         return session
@@ -414,6 +429,7 @@ class Transfers:
             hash_whole_file=self.settings.hash_uploads,
             on_end=self._session_ended,
             stats=self.stats,
+            expiry=self.settings.upload_expiry,
         )
         if len(writers) < len(nodes):
             session.checkpoint()

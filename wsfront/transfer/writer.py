@@ -83,6 +83,7 @@ class WriteSession:
         hash_whole_file: bool = False,
         on_end: Callable[[WriteSession], None] | None = None,
         stats=None,
+        expiry: float | None = None,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -111,6 +112,7 @@ class WriteSession:
         self._failure_waiters: list[Deferred] = []
         self._on_end = on_end
         self._stats = stats
+        self._expiry = expiry
         if stats is not None:
             stats.uploads_started += 1
         for node, writer in self._writers.items():
@@ -240,11 +242,19 @@ class WriteSession:
             return
         failpoints.hit("transfer.before_checkpoint", durable)
         yield self._catalog.checkpoint(
-            self.upload_id, self.epoch, durable, replicas=list(replicas) if changed else None
+            self.upload_id,
+            self.epoch,
+            durable,
+            replicas=list(replicas) if changed else None,
+            expires_at=self._expires_at(),
         )
         self._recorded_replicas = replicas
         self.durable = durable
         failpoints.hit("transfer.after_checkpoint", durable)
+
+    def _expires_at(self) -> float | None:
+        """Activity keeps the session alive for another expiry period."""
+        return None if self._expiry is None else self._clock.seconds() + self._expiry
 
     # -- the end of a session ---------------------------------------------
 
