@@ -12,23 +12,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
-from tests.support import free_port, python_env
+from tests.support import free_port, python_env, twistd_argv
 from wsstorage.client import StorageClient
-
-#: twistd proper (``python -m twisted`` is the newer ``twist`` runner, which
-#: has no --nodaemon or --pidfile).
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def twistd_storage_argv(*args: str) -> list[str]:
-    return [*TWISTD, "--nodaemon", "--pidfile=", "wsstorage", *args]
+    return twistd_argv("wsstorage", *args)
 
 
 class StorageProcess:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.storage_procs import TWISTD
-from tests.support import python_env
+from tests.support import TWISTD, python_env
 
 
 def test_twistd_help_lists_the_wsstorage_plugin() -> None:
