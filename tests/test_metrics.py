@@ -1,0 +1,152 @@
+"""``/-/metrics``: the numbers move when transfers, failovers, replica drops
+and takeovers happen (scraped over HTTP before and after, parsed with
+prometheus_client's parser), and each front end keeps its own registry."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+from prometheus_client import REGISTRY, generate_latest
+from twisted.internet import defer
+
+from tests.http_env import MiB, payload
+from tests.status_env import StatusEnv, value
+from tests.transfer_env import Feeder, PausingCollector, sha256
+from wsfront.ftp.factory import FTPStats
+from wsfront.metrics import make_registry
+from wsfront.transfer.stats import TransferStats
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(StatusEnv(reactor, tmp_path).start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_upload_and_download_move_byte_and_transfer_counters(env):
+    before = await env.scrape()
+    data = payload(MiB + 5)
+    r = await env.request("PUT", "/m.bin", data=data)
+    assert r.code == 201, await r.text()
+    r = await env.request("GET", "/m.bin")
+    assert (await r.content()) == data
+    after = await env.scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("wsfs_transfer_bytes_total", direction="write") == len(data)
+    assert delta("wsfs_transfer_bytes_total", direction="read") == len(data)
+    assert delta("wsfs_transfer_uploads_total", outcome="committed") == 1
+    assert delta("wsfs_transfer_reads_total", outcome="completed") == 1
+    assert delta("wsfs_protocol_bytes_total", protocol="http", direction="in") == len(data)
+    assert delta("wsfs_protocol_bytes_total", protocol="http", direction="out") >= len(data)
+    assert delta("wsfs_protocol_transfers_total", protocol="http", direction="upload") == 1
+    assert delta("wsfs_protocol_transfers_total", protocol="http", direction="download") == 1
+    assert delta("wsfs_http_requests_total", method="PUT", code="201") == 1
+    assert delta("wsfs_http_requests_total", method="GET", code="200") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_failover_and_a_dead_server_show_in_the_metrics(env):
+    data = payload(8 * MiB)
+    await env.upload("/f", data)
+    before = await env.scrape()
+    assert {value(before, "wsfs_storage_up", node=n) for n in ("s1", "s2", "s3")} == {1}
+    assert value(before, "wsfs_storage_total_bytes", node="s1") > 0
+    assert value(before, "wsfs_read_failovers_total") == 0
+
+    handle = await env.transfers.open_read(env.user, "/f")
+    sink = PausingCollector(pause_at=MiB)
+    done = handle.stream.start(sink)
+    await sink.paused
+    victim = handle.stream.serving
+    await env.transfer.kill(victim)
+    sink.producer.resumeProducing()
+    await done
+    assert sha256(sink.data) == sha256(data)
+    await env.transfers.pool.probe_all()
+    after = await env.scrape()
+    assert value(after, "wsfs_read_failovers_total") == 1
+    assert value(after, "wsfs_storage_up", node=victim) == 0
+    assert {value(after, "wsfs_storage_up", node=n) for n in ("s1", "s2", "s3") if n != victim} == {
+        1
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_lost_mid_upload_counts_a_drop_and_an_under_replicated_blob(env):
+    before = await env.scrape()
+    assert value(before, "wsfs_under_replicated_blobs") == 0
+    data = payload(3 * MiB)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session, data, stop_at=MiB).start()
+    during = await env.scrape()
+    assert value(during, "wsfs_active_upload_sessions") == 1
+    assert value(during, "wsfs_live_uploads", front_end="fe-a", state="active") == 1
+    victim = session.replicas[0]
+    await env.transfer.kill(victim)
+    rest = Feeder(env.reactor, session, data)
+    rest.pos = MiB
+    await rest.start()
+    await session.finish()
+    after = await env.scrape()
+    assert value(after, "wsfs_replica_drops_total") == 1
+    assert value(after, "wsfs_under_replicated_blobs") == 1
+    assert value(after, "wsfs_active_upload_sessions") == 0
+    assert value(after, "wsfs_live_uploads", front_end="fe-a", state="active") == 0
+    assert value(after, "wsfs_catalog_query_duration_seconds_count") >= 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_takeover_and_fence_are_counted_on_the_front_ends_involved(env):
+    from wsfront.transfer.errors import SessionFenced
+
+    session_a = await env.transfers.open_write(env.user, "/t", 0)
+    failed_a = session_a.when_failed()
+    await Feeder(env.reactor, session_a, b"x" * 1000).start()
+    await session_a.checkpoint()
+    fe_b = await env.transfer.front_end("fe-b")
+    session_b = await fe_b.open_write(env.user, "/t", append=True)
+    session_a.write(b"late")
+    with pytest.raises(SessionFenced):
+        await failed_a
+    await session_b.finish()
+    a = await env.scrape()
+    assert value(a, "wsfs_fenced_writes_total") == 1
+    assert value(a, "wsfs_takeovers_total") == 0
+    b_text = generate_latest(make_registry(fe_b)).decode()
+    assert "wsfs_takeovers_total 1.0" in b_text
+    assert 'wsfs_frontend_info{name="fe-b"} 1.0' in b_text
+
+
+def test_ftp_counters_are_read_from_ftp_stats_at_scrape_time():
+    pool = SimpleNamespace(nodes=lambda: [])
+    transfers = SimpleNamespace(name="fe-x", sessions={}, pool=pool, stats=TransferStats())
+    ftp = FTPStats()
+    registry = make_registry(transfers, ftp=ftp)
+    ftp.bytes_sent, ftp.bytes_received, ftp.downloads_completed = 300, 20, 2
+    text = generate_latest(registry).decode()
+    assert 'wsfs_protocol_bytes_total{direction="out",protocol="ftp"} 300.0' in text
+    assert 'wsfs_protocol_bytes_total{direction="in",protocol="ftp"} 20.0' in text
+    assert 'wsfs_protocol_transfers_total{direction="download",protocol="ftp"} 2.0' in text
+    assert b"wsfs_" not in generate_latest(REGISTRY), "the global registry stays clean"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_answer_prometheus_text_and_refuse_other_methods(env):
+    code, headers, body = await env.get("/-/metrics")
+    assert code == 200
+    assert headers.getRawHeaders("Content-Type")[0].startswith("text/plain; version=")
+    assert b"# TYPE wsfs_transfer_bytes_total counter" in body
+    r = await env.request("POST", "/-/metrics", auth=False)
+    assert r.code == 405
+    await r.content()
+    code, _h, _b = await env.get("/-/metrics/nope")
+    assert code == 404

@@ -1,0 +1,330 @@
+"""Prometheus metrics of one front end, served at ``/-/metrics``.
+
+The transfer layer, the FTP factory and the storage pool already keep plain
+counters (``TransferStats``, ``FTPStats``, ``NodeState``); this module reads
+them at scrape time through a custom collector instead of hooking
+``prometheus_client`` objects into the hot paths, so a transfer costs the
+same whether anyone scrapes or not.  Each front end gets its own
+``CollectorRegistry`` (never the global one): several front ends in one
+process (tests, ``wslocal``) do not mix their numbers.
+
+Wiring (``FrontendService``)::
+
+    snapshot = CatalogSnapshot(reactor, catalog)
+    http = HttpCounters(); http.attach(site)
+    registry = make_registry(transfers, snapshot, ftp=ftp_factory, http=http)
+    site.mount("metrics", metrics_endpoint(registry, snapshot))
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from twisted.internet.defer import inlineCallbacks
+
+from wsfront.metrics_catalog import CatalogSnapshot, LatencyHistogram
+
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class HttpCounters:
+    """Per-request HTTP counters, fed by the site's access-log hook.
+
+    ``WsSite.log(request)`` runs once per finished request and does nothing
+    by default ("access logging is left to metrics"); ``attach(site)``
+    points it here.  A transfer is a 2xx GET or PUT of a user's file, or a
+    tus PATCH (one chunk); the server's own ``/-/`` pages are requests but
+    not transfers.  A request that carries ``started_at`` (reactor seconds
+    at dispatch) also lands in the latency histogram.
+    """
+
+    def __init__(self, clock=None) -> None:
+        self._clock = clock
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.downloads = 0
+        self.uploads = 0
+        self.latency = LatencyHistogram(HTTP_BUCKETS)
+
+    def attach(self, site) -> None:
+        """Count every request ``site`` finishes (it calls ``site.log``)."""
+        self._clock = self._clock or getattr(site, "reactor", None)
+        site.log = self.observe
+
+    def observe(self, request) -> None:
+        method = request.method.decode("latin-1", "replace").upper()
+        if method not in _METHODS:
+            method = "other"
+        code = int(getattr(request, "code", 0) or 0)
+        self.requests[(method, str(code))] += 1
+        self.bytes_out += int(getattr(request, "sentLength", 0) or 0)
+        self.bytes_in += int(getattr(request, "body_received", 0) or 0)
+        if 200 <= code < 300:
+            path = getattr(request, "path", b"") or b""
+            own = path == b"/-" or path.startswith(b"/-/")
+            if method == "GET" and not own:
+                self.downloads += 1
+            elif (method == "PUT" and not own) or (
+                method == "PATCH" and path.startswith(b"/-/uploads/")
+            ):
+                self.uploads += 1
+        started = getattr(request, "started_at", None)
+        if started is not None and self._clock is not None:
+            self.latency.observe(max(0.0, self._clock.seconds() - started))
+
+
+def _histogram(name: str, doc: str, hist: LatencyHistogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=hist.cumulative(), sum_value=hist.sum)
+
+
+class FrontendCollector(Collector):
+    """Reads a front end's counters at scrape time.
+
+    ``ftp`` is the ``FTPFactory`` (or just its ``FTPStats``), ``http`` an
+    ``HttpCounters``; either may be None when that protocol is off.
+    ``snapshot`` supplies the catalog-wide numbers (under-replicated blobs,
+    live uploads per front end, repair backlog) as last refreshed.
+    """
+
+    def __init__(
+        self,
+        transfers,
+        snapshot: CatalogSnapshot | None = None,
+        ftp: Any = None,
+        http: HttpCounters | None = None,
+    ) -> None:
+        self.transfers = transfers
+        self.snapshot = snapshot
+        self.ftp = ftp
+        self.http = http
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._frontend()
+        yield from self._transfer_layer()
+        yield from self._protocols()
+        yield from self._storage()
+        if self.snapshot is not None:
+            yield from self._catalog()
+
+    def _frontend(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("wsfs_frontend", "This front end.")
+        info.add_metric([], {"name": self.transfers.name})
+        yield info
+        sessions = list(self.transfers.sessions.values())
+        yield GaugeMetricFamily(
+            "wsfs_active_upload_sessions",
+            "Upload sessions streaming on this front end now.",
+            value=len(sessions),
+        )
+        yield GaugeMetricFamily(
+            "wsfs_active_upload_received_bytes",
+            "Bytes the live upload sessions of this front end received so far.",
+            value=sum(s.received for s in sessions),
+        )
+
+    def _transfer_layer(self) -> Iterator[Metric]:
+        s = self.transfers.stats
+        moved = CounterMetricFamily(
+            "wsfs_transfer_bytes",
+            "Bytes through the transfer layer, every protocol (read: to clients).",
+            labels=["direction"],
+        )
+        moved.add_metric(["read"], s.read_bytes)
+        moved.add_metric(["write"], s.write_bytes)
+        yield moved
+        reads = CounterMetricFamily(
+            "wsfs_transfer_reads", "Downloads by outcome.", labels=["outcome"]
+        )
+        reads.add_metric(["started"], s.reads_started)
+        reads.add_metric(["completed"], s.reads_completed)
+        yield reads
+        uploads = CounterMetricFamily(
+            "wsfs_transfer_uploads", "Upload sessions by outcome.", labels=["outcome"]
+        )
+        for outcome in ("started", "committed", "interrupted", "failed"):
+            uploads.add_metric([outcome], getattr(s, f"uploads_{outcome}"))
+        yield uploads
+        yield CounterMetricFamily(
+            "wsfs_read_failovers",
+            "Reads moved to another replica mid-stream (server died, checksum, stall).",
+            value=s.read_failovers,
+        )
+        yield CounterMetricFamily(
+            "wsfs_takeovers", "Uploads this front end took over (epoch bump).", value=s.takeovers
+        )
+        yield CounterMetricFamily(
+            "wsfs_fenced_writes",
+            "Upload sessions ended because another front end took them over.",
+            value=s.fenced,
+        )
+        yield CounterMetricFamily(
+            "wsfs_replica_drops",
+            "Replicas dropped from an upload mid-write (the file is under-replicated).",
+            value=s.replica_drops,
+        )
+
+    def _protocols(self) -> Iterator[Metric]:
+        moved = CounterMetricFamily(
+            "wsfs_protocol_bytes",
+            "Bytes on the wire by protocol (in: from clients).",
+            labels=["protocol", "direction"],
+        )
+        transfers = CounterMetricFamily(
+            "wsfs_protocol_transfers",
+            "Completed transfers by protocol and direction.",
+            labels=["protocol", "direction"],
+        )
+        ftp = getattr(self.ftp, "stats", self.ftp)
+        if ftp is not None:
+            moved.add_metric(["ftp", "in"], ftp.bytes_received)
+            moved.add_metric(["ftp", "out"], ftp.bytes_sent)
+            transfers.add_metric(["ftp", "download"], ftp.downloads_completed)
+            transfers.add_metric(["ftp", "upload"], ftp.uploads_committed)
+        http = self.http
+        if http is not None:
+            moved.add_metric(["http", "in"], http.bytes_in)
+            moved.add_metric(["http", "out"], http.bytes_out)
+            transfers.add_metric(["http", "download"], http.downloads)
+            transfers.add_metric(["http", "upload"], http.uploads)
+        yield moved
+        yield transfers
+        if ftp is not None:
+            yield CounterMetricFamily(
+                "wsfs_ftp_connections", "FTP control connections.", value=ftp.connections
+            )
+            yield CounterMetricFamily("wsfs_ftp_logins", "Successful FTP logins.", value=ftp.logins)
+            yield CounterMetricFamily(
+                "wsfs_ftp_aborted_transfers", "FTP transfers aborted.", value=ftp.transfers_aborted
+            )
+            sessions = getattr(self.ftp, "sessions", None)
+            if sessions is not None:
+                yield GaugeMetricFamily(
+                    "wsfs_ftp_open_connections", "FTP control connections open now.",
+                    value=len(sessions),
+                )  # fmt: skip
+        if http is not None:
+            requests = CounterMetricFamily(
+                "wsfs_http_requests", "Finished HTTP requests.", labels=["method", "code"]
+            )
+            for (method, code), n in sorted(http.requests.items()):
+                requests.add_metric([method, code], n)
+            yield requests
+            if http.latency.count:
+                yield _histogram(
+                    "wsfs_http_request_duration_seconds",
+                    "Time from dispatch to the last byte of the answer.",
+                    http.latency,
+                )
+
+    def _storage(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("wsfs_storage_up", "1 if the storage server answers probes.",
+                               labels=["node"])  # fmt: skip
+        free = GaugeMetricFamily("wsfs_storage_free_bytes", "Free space on the storage server.",
+                                 labels=["node"])  # fmt: skip
+        total = GaugeMetricFamily("wsfs_storage_total_bytes", "Size of the storage server's disk.",
+                                  labels=["node"])  # fmt: skip
+        for node in self.transfers.pool.nodes():
+            up.add_metric([node.name], 1 if node.up else 0)
+            free.add_metric([node.name], node.free_bytes)
+            total.add_metric([node.name], node.total_bytes)
+        yield up
+        yield free
+        yield total
+
+    def _catalog(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        if snap.under_replicated is not None:
+            yield GaugeMetricFamily(
+                "wsfs_under_replicated_blobs",
+                "Sealed, referenced blobs with fewer ok replicas than wanted (repair backlog).",
+                value=snap.under_replicated,
+            )
+        live = GaugeMetricFamily(
+            "wsfs_live_uploads",
+            "Pending uploads in the catalog by owning front end and state.",
+            labels=["front_end", "state"],
+        )
+        for owner, states in sorted(snap.uploads_by_owner().items()):
+            for state, n in sorted(states.items()):
+                live.add_metric([owner, state], n)
+        yield live
+        jobs = GaugeMetricFamily(
+            "wsfs_admin_jobs", "Queued and running admin jobs (repair, drain...).",
+            labels=["kind", "state"],
+        )  # fmt: skip
+        for (kind, state), n in sorted(snap.jobs.items()):
+            jobs.add_metric([kind, state], n)
+        yield jobs
+        yield CounterMetricFamily(
+            "wsfs_catalog_snapshot_errors", "Failed catalog queries for metrics.", value=snap.errors
+        )
+        if snap.latency.count:
+            yield _histogram(
+                "wsfs_catalog_query_duration_seconds",
+                "Latency of the catalog queries behind metrics and the status page.",
+                snap.latency,
+            )
+
+
+def make_registry(
+    transfers,
+    snapshot: CatalogSnapshot | None = None,
+    ftp: Any = None,
+    http: HttpCounters | None = None,
+) -> CollectorRegistry:
+    """A registry of this front end's own (not the process-global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FrontendCollector(transfers, snapshot, ftp, http))
+    return registry
+
+
+def metrics_endpoint(
+    registry: CollectorRegistry,
+    snapshot: CatalogSnapshot | None = None,
+    *,
+    require_admin: bool = False,
+):
+    """The ``/-/metrics`` endpoint: ``site.mount("metrics", metrics_endpoint(...))``.
+
+    Open by default, as Prometheus scrapers expect (the numbers name no
+    user or file); ``require_admin`` asks for an administrator's Basic
+    credentials instead.  The catalog snapshot is refreshed (at most once
+    per its ttl) before the registry is rendered.
+    """
+    from wsfront.http.errors_map import HttpError
+
+    @inlineCallbacks
+    def endpoint(request, context, segments: list[str]):
+        if segments not in ([], [""]):
+            raise HttpError(404, "no such metrics page")
+        if request.method not in (b"GET", b"HEAD"):
+            raise HttpError(405, "metrics are read with GET", (("Allow", "GET, HEAD"),))
+        if require_admin:
+            from wsfront.status.access import require_admin as check
+
+            yield check(context, request)
+        if snapshot is not None:
+            yield snapshot.refresh()
+        body = generate_latest(registry)
+        request.respond(
+            200,
+            b"" if request.method == b"HEAD" else body,
+            content_type=CONTENT_TYPE_LATEST,
+            headers=(("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")),
+        )
+
+    return endpoint

@@ -1,0 +1,117 @@
+"""A briefly cached view of the catalog for metrics and the status page.
+
+Prometheus collectors run synchronously at scrape time and the status page
+polls every second; neither may put a catalog query on every request of
+every watcher.  ``CatalogSnapshot`` asks the catalog at most once per
+``ttl`` seconds (concurrent askers share one query) and keeps the last
+answer, so a slow or unreachable catalog shows as stale numbers, never as a
+hung scrape.  It also times its own queries: the catalog latency histogram
+costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsfront.catalog.records import JOB_QUEUED, JOB_RUNNING
+
+log = Logger()
+
+#: Upper bounds of the catalog query latency histogram, in seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class LatencyHistogram:
+    """Cumulative bucket counts, the shape Prometheus histograms expose."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(le, count), ...]`` including ``+Inf``."""
+        return [(repr(b), c) for b, c in zip(self.buckets, self.counts)] + [("+Inf", self.count)]
+
+
+class CatalogSnapshot:
+    """Under-replicated count, live uploads and the repair backlog, cached."""
+
+    def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0) -> None:
+        self._clock = clock
+        self._catalog = catalog
+        self.ttl = ttl
+        self.refreshed_at: float | None = None
+        self.under_replicated: int | None = None
+        self.uploads: list = []
+        self.jobs: Counter[tuple[str, str]] = Counter()
+        self.errors = 0
+        self.latency = LatencyHistogram()
+        self._querying = False
+        self._waiters: list[Deferred] = []
+
+    def fresh(self) -> bool:
+        if self.refreshed_at is None:
+            return False
+        return self._clock.seconds() - self.refreshed_at < self.ttl
+
+    def refresh(self) -> Deferred:
+        """Fire (with self) once the snapshot is at most ``ttl`` old; never fails."""
+        if self.fresh():
+            return succeed(self)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        if not self._querying:
+            self._querying = True
+            self._query()
+        return d
+
+    def _query(self) -> None:
+        started = time.monotonic()
+        queries = [
+            self._catalog.count_under_replicated(),
+            self._catalog.list_uploads(),
+            self._catalog.list_jobs([JOB_QUEUED, JOB_RUNNING]),
+        ]
+        d = DeferredList(queries, consumeErrors=True)
+        d.addCallback(self._got, started)
+
+    def _got(self, results: list[tuple[bool, Any]], started: float) -> None:
+        self.latency.observe(time.monotonic() - started)
+        (ok_count, count), (ok_uploads, uploads), (ok_jobs, jobs) = results
+        for ok, value in results:
+            if not ok:
+                self.errors += 1
+                log.warn("catalog snapshot query failed: {err}", err=value.value)
+        if ok_count:
+            self.under_replicated = int(count)
+        if ok_uploads:
+            self.uploads = list(uploads)
+        if ok_jobs:
+            self.jobs = Counter((job.kind, job.state) for job in jobs)
+        self.refreshed_at = self._clock.seconds()
+        self._querying = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def uploads_by_owner(self) -> dict[str, Counter[str]]:
+        """``{front end: Counter(state: live uploads)}`` from the last snapshot."""
+        owners: dict[str, Counter[str]] = {}
+        for upload in self.uploads:
+            owners.setdefault(upload.owner, Counter())[upload.state] += 1
+        return owners
