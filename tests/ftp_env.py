@@ -1,0 +1,214 @@
+"""An in-process FTP server over a real transfer layer, and a small async client.
+
+``FTPEnv`` starts ``tests.transfer_env.TransferEnv`` (storage servers on
+127.0.0.1, a SQLite catalog, user ``alice``) and mounts ``FTPFactory`` on a
+real TCP port with the real twisted.cred portal.  ``FTPClient`` is a
+Twisted client that speaks raw FTP commands over a real socket, so protocol
+tests can send anything (pipelined lines, ABOR mid-transfer, garbage) and
+read replies without blocking the reactor.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.protocols.basic import LineOnlyReceiver
+
+from tests.transfer_env import PASSWORD, TransferEnv, sha256
+from wsfront.auth import CachingAuthenticator, make_portal
+from wsfront.ftp.addresses import parse_epsv_reply
+from wsfront.ftp.factory import FTPFactory, FTPSettings
+
+__all__ = ["PASSWORD", "FTPClient", "FTPEnv", "sha256"]
+
+
+class FTPEnv:
+    """A transfer layer plus an FTP server listening on 127.0.0.1."""
+
+    def __init__(self, reactor, tmp_path, settings: FTPSettings | None = None, **env_kw) -> None:
+        self.reactor = reactor
+        self.tmp_path = tmp_path
+        self.settings = settings or FTPSettings(data_timeout=10.0)
+        self.env_kw = env_kw
+        self.clients: list[FTPClient] = []
+
+    async def start(self) -> FTPEnv:
+        self.env = await TransferEnv(self.reactor, self.tmp_path, **self.env_kw).start()
+        self.catalog = self.env.catalog
+        self.transfers = self.env.transfers
+        auth = CachingAuthenticator(self.env.catalog, self.reactor)
+        self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), self.settings)
+        ep = serverFromString(self.reactor, "tcp:0:interface=127.0.0.1:backlog=512")
+        self.listening = await ep.listen(self.factory)
+        self.port = self.listening.getHost().port
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ftp://alice:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}"
+
+    async def client(self, login: bool = True) -> FTPClient:
+        ep = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port)
+        client = await ep.connect(_ClientFactory(self.reactor))
+        self.clients.append(client)
+        code, _ = await client.reply()
+        assert code == 220
+        if login:
+            await client.login("alice", PASSWORD)
+        return client
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            client.transport.abortConnection()
+        await self.listening.stopListening()
+        for session in list(self.factory.sessions):
+            session.transport.abortConnection()
+        # Let pending uploads settle (commit/interrupt) before storage goes away.
+        for _ in range(20):
+            if not self.transfers.sessions:
+                break
+            await _later(self.reactor, 0.05)
+        await self.env.stop()
+
+
+def _later(reactor, seconds: float):
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class _ClientFactory(protocol.Factory):
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def buildProtocol(self, addr):
+        client = FTPClient()
+        client.reactor = self.reactor
+        return client
+
+
+class FTPClient(LineOnlyReceiver):
+    """Raw FTP over one control connection: ``send``, ``reply``, ``cmd``."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self) -> None:
+        self._replies: list[tuple[int, str]] = []
+        self._waiting: list[defer.Deferred] = []
+        self._partial: list[str] = []
+        self.closed = defer.Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.decode("utf-8", "surrogateescape")
+        if self._partial:
+            self._partial.append(text)
+            if re.match(r"^\d{3} ", text) and text[:3] == self._partial[0][:3]:
+                lines, self._partial = self._partial, []
+                self._deliver(int(lines[0][:3]), "\n".join([lines[0][4:], *lines[1:]]))
+            return
+        if re.match(r"^\d{3}-", text):
+            self._partial = [text]
+            return
+        self._deliver(int(text[:3]), text[4:])
+
+    def _deliver(self, code: int, text: str) -> None:
+        if self._waiting:
+            self._waiting.pop(0).callback((code, text))
+        else:
+            self._replies.append((code, text))
+
+    def connectionLost(self, reason=None) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback((0, "connection closed"))
+        self.closed.callback(None)
+
+    def send(self, line: str | bytes) -> None:
+        raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
+        self.transport.write(raw + b"\r\n")
+
+    def reply(self) -> defer.Deferred:
+        if self._replies:
+            return defer.succeed(self._replies.pop(0))
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    async def cmd(self, line: str | bytes) -> tuple[int, str]:
+        self.send(line)
+        return await self.reply()
+
+    async def login(self, name: str, password: str) -> None:
+        code, text = await self.cmd(f"USER {name}")
+        assert code == 331, text
+        code, text = await self.cmd(f"PASS {password}")
+        assert code == 230, text
+
+    async def epsv(self) -> int:
+        code, text = await self.cmd("EPSV")
+        assert code == 229, text
+        return parse_epsv_reply(text)
+
+    async def data_connection(self, port: int) -> DataPeer:
+        ep = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+        return await ep.connect(protocol.Factory.forProtocol(DataPeer))
+
+    async def retr(self, path: str, rest: int | None = None) -> bytes:
+        """EPSV + [REST] + RETR; the bytes, after 150 and 226."""
+        await self.cmd("TYPE I")
+        port = await self.epsv()
+        if rest is not None:
+            code, text = await self.cmd(f"REST {rest}")
+            assert code == 350, text
+        peer = await self.data_connection(port)
+        code, text = await self.cmd(f"RETR {path}")
+        assert code == 150, (code, text)
+        data = await peer.done
+        code, text = await self.reply()
+        assert code == 226, (code, text)
+        return data
+
+    async def stor(self, path: str, data: bytes, verb: str = "STOR") -> tuple[int, str]:
+        """EPSV + STOR/APPE of ``data``; the final reply."""
+        await self.cmd("TYPE I")
+        port = await self.epsv()
+        peer = await self.data_connection(port)
+        code, text = await self.cmd(f"{verb} {path}")
+        if code != 150:
+            peer.transport.loseConnection()
+            return code, text
+        peer.transport.write(data)
+        peer.transport.loseConnection()
+        return await self.reply()
+
+    async def listing(self, verb: str = "LIST", path: str = "") -> str:
+        port = await self.epsv()
+        peer = await self.data_connection(port)
+        code, text = await self.cmd(f"{verb} {path}".rstrip())
+        assert code == 150, (code, text)
+        data = await peer.done
+        code, text = await self.reply()
+        assert code == 226, (code, text)
+        return data.decode("utf-8")
+
+
+class DataPeer(protocol.Protocol):
+    """The client end of a data connection: collects what arrives."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.done: defer.Deferred = defer.Deferred()
+        self.on_data = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.received += len(data)
+        if self.on_data is not None:
+            self.on_data(self)
+
+    def connectionLost(self, reason=None) -> None:
+        self.done.callback(b"".join(self.chunks))

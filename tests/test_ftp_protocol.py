@@ -1,0 +1,558 @@
+"""The FTP control protocol, command by command, over real sockets.
+
+An in-process server (``tests.ftp_env``) on a real transfer layer; a raw
+async client sends each command and checks the reply code and its effect.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from wsfront.ftp.commands import COMMANDS, FEATURES
+from wsfront.ftp.factory import FTPSettings
+
+MiB = 1 << 20
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(min(size, 64 * 1024) or 1)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _start(tmp_path, settings=None, **kw) -> FTPEnv:
+    from twisted.internet import reactor
+
+    env = FTPEnv(reactor, tmp_path, settings, **kw)
+    return pytest_twisted.blockon(defer.ensureDeferred(env.start()))
+
+
+async def _astart(tmp_path, settings=None, **kw) -> FTPEnv:
+    from twisted.internet import reactor
+
+    return await FTPEnv(reactor, tmp_path, settings, **kw).start()
+
+
+@pytest.fixture
+def ftp(tmp_path):
+    env = _start(tmp_path)
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+# -- login -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_with_the_catalog_password_and_refusal_of_a_wrong_one(ftp):
+    c = await ftp.client(login=False)
+    assert (await c.cmd("PWD"))[0] == 530
+    assert (await c.cmd("USER alice"))[0] == 331
+    assert (await c.cmd("PASS wrong"))[0] == 530
+    assert (await c.cmd("PWD"))[0] == 530
+    assert (await c.cmd("USER alice"))[0] == 331
+    code, text = await c.cmd(f"PASS {PASSWORD}")
+    assert code == 230, text
+    assert await c.cmd("PWD") == (257, '"/" is the current directory')
+
+
+@pytest_twisted.ensureDeferred
+async def test_pass_without_user_is_out_of_order(ftp):
+    c = await ftp.client(login=False)
+    assert (await c.cmd("PASS x"))[0] == 503
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_failed_logins_close_the_connection(ftp):
+    c = await ftp.client(login=False)
+    for _ in range(2):
+        await c.cmd("USER alice")
+        assert (await c.cmd("PASS nope"))[0] == 530
+    await c.cmd("USER alice")
+    assert (await c.cmd("PASS nope"))[0] == 421
+    await c.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_is_refused_when_not_configured(ftp):
+    c = await ftp.client(login=False)
+    await c.cmd("USER anonymous")
+    assert (await c.cmd("PASS guest@example.org"))[0] == 530
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_when_configured_reads_but_cannot_write(tmp_path):
+    env = await _astart(tmp_path / "a", FTPSettings(anonymous=True, anonymous_root="/alice"))
+    try:
+        await env.env.upload("/pub.txt", b"public bytes")
+        c = await env.client(login=False)
+        await c.login("anonymous", "guest@example.org")
+        assert await c.retr("/pub.txt") == b"public bytes"
+        code, _ = await c.stor("/new.txt", b"x")
+        assert code == 550
+        assert (await c.cmd("MKD /d"))[0] == 550
+        assert (await c.cmd("DELE /pub.txt"))[0] == 550
+    finally:
+        await env.stop()
+
+
+# -- simple commands ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_syst_noop_type_mode_stru_and_opts(ftp):
+    c = await ftp.client()
+    assert await c.cmd("SYST") == (215, "UNIX Type: L8")
+    assert (await c.cmd("NOOP"))[0] == 200
+    assert (await c.cmd("TYPE I"))[0] == 200
+    assert (await c.cmd("TYPE A"))[0] == 200
+    assert (await c.cmd("TYPE L 8"))[0] == 200
+    assert (await c.cmd("TYPE E"))[0] == 504
+    assert (await c.cmd("TYPE"))[0] == 501
+    assert (await c.cmd("MODE S"))[0] == 200
+    assert (await c.cmd("MODE B"))[0] == 504
+    assert (await c.cmd("STRU F"))[0] == 200
+    assert (await c.cmd("STRU R"))[0] == 504
+    assert (await c.cmd("OPTS UTF8 ON"))[0] == 200
+    assert (await c.cmd("OPTS FOO"))[0] == 501
+    assert (await c.cmd("XYZZY"))[0] == 500
+
+
+@pytest_twisted.ensureDeferred
+async def test_feat_lists_only_commands_that_work(ftp):
+    c = await ftp.client()
+    code, text = await c.cmd("FEAT")
+    assert code == 211
+    lines = [line.strip() for line in text.split("\n")[1:-1]]
+    assert "REST STREAM" in lines and "UTF8" in lines and "EPSV" in lines
+    assert any(line.startswith("MLST type*;size*;") for line in lines)
+    for line in lines:
+        verb = line.split()[0]
+        if verb not in ("UTF8", "TVFS"):
+            assert verb in COMMANDS
+    assert len(lines) == len(FEATURES)
+
+
+@pytest_twisted.ensureDeferred
+async def test_help_lists_every_command_and_each_has_a_handler(ftp):
+    from wsfront.ftp.protocol import FTPControl
+
+    c = await ftp.client()
+    code, text = await c.cmd("HELP")
+    assert code == 214
+    listed = set(" ".join(text.split("\n")[1:-1]).split())
+    assert listed == set(COMMANDS)
+    for verb in COMMANDS:
+        assert callable(getattr(FTPControl, "ftp_" + verb))
+    assert (await c.cmd("HELP RETR"))[0] == 214
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_long_line_gets_500_and_the_session_goes_on(ftp):
+    c = await ftp.client()
+    code, _ = await c.cmd(b"NOOP " + b"x" * 10240)
+    assert code == 500
+    assert (await c.cmd("NOOP"))[0] == 200
+    code, _ = await c.cmd(b"NO\x00OP")
+    assert code == 500
+    assert (await c.cmd("PWD"))[0] == 257
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_commands_are_answered_in_order(ftp):
+    c = await ftp.client()
+    c.send("MKD /p")
+    c.send("CWD /p")
+    c.send("PWD")
+    c.send("CDUP")
+    c.send("PWD")
+    assert [(await c.reply())[0] for _ in range(5)] == [257, 250, 257, 250, 257]
+
+
+@pytest_twisted.ensureDeferred
+async def test_quit_says_goodbye_and_closes(ftp):
+    c = await ftp.client()
+    assert (await c.cmd("QUIT"))[0] == 221
+    await c.closed
+
+
+# -- namespace -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_mkd_cwd_cdup_pwd_rmd(ftp):
+    c = await ftp.client()
+    assert await c.cmd("MKD docs") == (257, '"/docs" created')
+    assert (await c.cmd("MKD docs"))[0] == 550
+    assert (await c.cmd("CWD docs"))[0] == 250
+    assert (await c.cmd("MKD sub"))[0] == 257
+    assert await c.cmd("PWD") == (257, '"/docs" is the current directory')
+    assert (await c.cmd("CWD missing"))[0] == 550
+    assert (await c.cmd("CDUP"))[0] == 250
+    assert (await c.cmd("CDUP"))[0] == 250  # clamped at the root
+    assert await c.cmd("PWD") == (257, '"/" is the current directory')
+    assert (await c.cmd("RMD docs"))[0] == 550  # not empty
+    assert (await c.cmd("RMD docs/sub"))[0] == 250
+    assert (await c.cmd("RMD docs"))[0] == 250
+    assert (await c.cmd("CWD docs"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_paths_cannot_leave_the_users_root(ftp):
+    await ftp.catalog.add_user("bob", "bob password")
+    bob = await ftp.catalog.get_user("bob")
+    await ftp.env.upload("/secret.txt", b"alice only")
+    assert bob.root != ftp.env.user.root
+    c = await ftp.client(login=False)
+    await c.login("bob", "bob password")
+    assert (await c.cmd("CWD ../alice"))[0] == 550
+    assert (await c.cmd("SIZE /../alice/secret.txt"))[0] in (501, 550)
+    await c.cmd("TYPE I")
+    assert (await c.cmd("SIZE /../alice/secret.txt"))[0] == 550
+    assert (await c.cmd("SIZE /secret.txt"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_names_get_553(ftp):
+    c = await ftp.client()
+    assert (await c.cmd("MKD a\\b"))[0] == 553
+    assert (await c.cmd("MKD /-"))[0] == 553
+    assert (await c.cmd(b"MKD \xc3\x28x"))[0] == 553
+    assert (await c.cmd("MKD " + "n" * 300))[0] == 553
+
+
+@pytest_twisted.ensureDeferred
+async def test_dele_rnfr_rnto(ftp):
+    await ftp.env.upload("/a.txt", b"A")
+    c = await ftp.client()
+    assert (await c.cmd("RNTO b.txt"))[0] == 503
+    assert (await c.cmd("RNFR missing"))[0] == 550
+    assert (await c.cmd("RNFR a.txt"))[0] == 350
+    assert (await c.cmd("RNTO b.txt"))[0] == 250
+    assert (await c.cmd("RNTO c.txt"))[0] == 503
+    assert (await c.cmd("RNFR b.txt"))[0] == 350
+    await c.cmd("NOOP")
+    assert (await c.cmd("RNTO c.txt"))[0] == 503  # RNTO must follow RNFR
+    await c.cmd("TYPE I")
+    assert (await c.cmd("SIZE b.txt"))[0] == 213
+    assert (await c.cmd("DELE b.txt"))[0] == 250
+    assert (await c.cmd("DELE b.txt"))[0] == 550
+    assert (await c.cmd("MKD d"))[0] == 257
+    assert (await c.cmd("DELE d"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_size_mdtm_and_mlst(ftp):
+    await ftp.env.upload("/f.bin", b"x" * 1234)
+    c = await ftp.client()
+    assert (await c.cmd("TYPE A"))[0] == 200
+    assert (await c.cmd("SIZE f.bin"))[0] == 501
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE f.bin") == (213, "1234")
+    assert (await c.cmd("SIZE nope"))[0] == 550
+    await c.cmd("MKD d")
+    assert (await c.cmd("SIZE d"))[0] == 550
+    code, text = await c.cmd("MDTM f.bin")
+    assert code == 213 and len(text) == 14 and text.isdigit()
+    code, text = await c.cmd("MLST f.bin")
+    assert code == 250
+    facts = text.split("\n")[1]
+    assert "type=file;" in facts and "size=1234;" in facts and facts.endswith(" /f.bin")
+    code, text = await c.cmd("MLST")
+    assert code == 250 and "type=dir;" in text
+
+
+# -- data connections ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_stor_then_retr_is_identical_and_counted(ftp):
+    data = payload(3 * MiB + 17)
+    c = await ftp.client()
+    code, text = await c.stor("/big.bin", data)
+    assert code == 226, text
+    assert await c.cmd("SIZE /big.bin") == (213, str(len(data)))
+    got = await c.retr("/big.bin")
+    assert sha256(got) == sha256(data)
+    assert ftp.factory.stats.bytes_received == len(data)
+    assert ftp.factory.stats.bytes_sent == len(data)
+    assert ftp.factory.stats.uploads_committed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_then_retr_streams_from_the_offset(ftp):
+    data = payload(MiB)
+    await ftp.env.upload("/f", data)
+    c = await ftp.client()
+    assert await c.retr("/f", rest=1000) == data[1000:]
+    assert await c.retr("/f", rest=len(data)) == b""
+    await c.epsv()
+    await c.cmd(f"REST {len(data) + 1}")
+    assert (await c.cmd("RETR /f"))[0] == 554
+    await c.cmd("TYPE A")
+    assert (await c.cmd("REST 5"))[0] == 501
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST -5"))[0] == 501
+
+
+@pytest_twisted.ensureDeferred
+async def test_retr_of_missing_file_or_directory_is_550_without_a_data_connection(ftp):
+    c = await ftp.client()
+    await c.cmd("MKD d")
+    assert (await c.cmd("RETR nope"))[0] == 550
+    assert (await c.cmd("RETR d"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_transfer_without_pasv_or_port_is_425(ftp):
+    await ftp.env.upload("/f", b"data")
+    c = await ftp.client()
+    assert (await c.cmd("RETR f"))[0] == 425
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_then_stor_truncates_and_continues(ftp):
+    data = payload(MiB)
+    await ftp.env.upload("/f", data[:600_000])
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    assert (await c.cmd("REST 500000"))[0] == 350
+    peer = await c.data_connection(port)
+    code, text = await c.cmd("STOR f")
+    assert code == 150 and "resuming at 500000" in text
+    peer.transport.write(data[500_000:])
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    assert sha256(await c.retr("/f")) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_beyond_the_size_then_stor_is_554(ftp):
+    await ftp.env.upload("/f", b"12345")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    await c.epsv()
+    await c.cmd("REST 6")
+    assert (await c.cmd("STOR f"))[0] == 554
+    assert await c.retr("/f") == b"12345"
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_appends_at_the_size_the_user_sees(ftp):
+    c = await ftp.client()
+    assert (await c.stor("/log", b"one\n"))[0] == 226
+    assert (await c.stor("/log", b"two\n", verb="APPE"))[0] == 226
+    assert (await c.stor("/new", b"fresh", verb="APPE"))[0] == 226
+    assert await c.retr("/log") == b"one\ntwo\n"
+    assert await c.retr("/new") == b"fresh"
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_resumes_at_the_size_this_connection_got_from_size(ftp):
+    c = await ftp.client()
+    await c.stor("/f", b"0123456789")
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    other = await ftp.client()
+    await other.stor("/f", b"0123456789ABCDEF")  # grows behind our back
+    assert (await c.stor("/f", b"abc", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"0123456789abc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stou_stores_under_a_fresh_name(ftp):
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    code, text = await c.cmd("STOU")
+    assert code == 150 and text.startswith("FILE: stou.")
+    name = text.split()[1]
+    peer.transport.write(b"unique")
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    assert await c.retr(name) == b"unique"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stor_to_a_directory_is_550(ftp):
+    c = await ftp.client()
+    await c.cmd("MKD d")
+    code, _ = await c.stor("d", b"x")
+    assert code == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_nlst_and_mlsd(ftp):
+    await ftp.env.upload("/a.txt", b"aaa")
+    await ftp.env.upload("/b.bin", b"b" * 2000)
+    c = await ftp.client()
+    await c.cmd("MKD sub")
+    text = await c.listing("LIST")
+    lines = text.splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("d") and line.endswith(" sub") for line in lines)
+    assert any(" 2000 " in line and line.endswith(" b.bin") for line in lines)
+    assert sorted((await c.listing("NLST")).split("\r\n")[:-1]) == ["a.txt", "b.bin", "sub"]
+    mlsd = await c.listing("MLSD")
+    assert "type=file;size=3;" in mlsd and "type=dir;" in mlsd
+    assert (await c.listing("LIST", "-la a.txt")).endswith(" a.txt\r\n")
+    assert (await c.cmd("LIST nope"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_of_a_large_directory_is_paged(tmp_path):
+    env = await _astart(tmp_path, FTPSettings(listing_page=7))
+    try:
+        c = await env.client()
+        await c.cmd("MKD many")
+        for i in range(30):
+            await env.env.upload(f"/many/f{i:02d}", b"x")
+        names = (await c.listing("NLST", "many")).split("\r\n")[:-1]
+        assert names == [f"f{i:02d}" for i in range(30)]
+    finally:
+        await env.stop()
+
+
+# -- data connection addresses -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_pasv_answers_at_once_and_later_commands_are_not_blocked(ftp):
+    c = await ftp.client()
+    code, text = await c.cmd("PASV")
+    assert code == 227 and "(127,0,0,1," in text
+    # No data connection yet: other commands still answer.
+    assert (await c.cmd("PWD"))[0] == 257
+    assert (await c.cmd("NOOP"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_port_range_and_public_address_are_used(tmp_path):
+    from tests.support import free_port
+
+    low = free_port()
+    settings = FTPSettings(passive_ports=(low, low), public_address="10.1.2.3")
+    env = await _astart(tmp_path, settings)
+    try:
+        c = await env.client()
+        code, text = await c.cmd("PASV")
+        assert code == 227
+        assert f"(10,1,2,3,{low >> 8},{low & 255})" in text
+        assert await c.epsv() == low
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_and_eprt_to_another_host_or_privileged_port_are_refused(ftp):
+    c = await ftp.client()
+    assert (await c.cmd("PORT 10,0,0,1,200,10"))[0] == 504
+    assert (await c.cmd("PORT 127,0,0,1,0,21"))[0] == 504
+    assert (await c.cmd("EPRT |1|10.0.0.1|51234|"))[0] == 504
+    assert (await c.cmd("EPRT |2|::2|51234|"))[0] == 504
+    assert (await c.cmd("EPRT |3|x|1|"))[0] == 522
+    assert (await c.cmd("PORT 1,2,3"))[0] == 501
+    assert (await c.cmd("PORT 127,0,0,1,200,10"))[0] == 200
+    assert (await c.cmd("EPRT |1|127.0.0.1|51234|"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_active_mode_transfer_with_eprt(ftp):
+    from twisted.internet import protocol as tproto
+    from twisted.internet import reactor
+
+    from tests.ftp_env import DataPeer
+
+    data = payload(200_000)
+    await ftp.env.upload("/f", data)
+    peers: list[DataPeer] = []
+
+    def build():
+        peer = DataPeer()
+        peers.append(peer)
+        return peer
+
+    factory = tproto.Factory.forProtocol(build)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        c = await ftp.client()
+        await c.cmd("TYPE I")
+        assert (await c.cmd(f"EPRT |1|127.0.0.1|{port.getHost().port}|"))[0] == 200
+        assert (await c.cmd("RETR f"))[0] == 150
+        assert (await c.reply())[0] == 226
+        assert sha256(await peers[0].done) == sha256(data)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_epsv_all_refuses_pasv_and_port(ftp):
+    c = await ftp.client()
+    assert (await c.cmd("EPSV ALL"))[0] == 200
+    assert (await c.cmd("PASV"))[0] == 503
+    assert (await c.cmd("PORT 127,0,0,1,200,10"))[0] == 503
+    assert (await c.cmd("EPSV 1"))[0] == 229
+    assert (await c.cmd("EPSV 2"))[0] == 522
+
+
+# -- ABOR ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_during_retr_answers_426_then_226_and_the_session_goes_on(ftp):
+    data = payload(32 * MiB)
+    await ftp.env.upload("/big", data)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    peer.transport.pauseProducing()  # a slow reader: the transfer can't finish
+    assert (await c.cmd("RETR big"))[0] == 150
+    c.send(b"\xff\xf4\xff\xf2ABOR")
+    assert (await c.reply())[0] == 426
+    assert (await c.reply())[0] == 226
+    assert (await c.cmd("NOOP"))[0] == 200
+    assert peer.received < len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_during_stor_keeps_the_upload_resumable(ftp):
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR part"))[0] == 150
+    first = payload(300_000)
+    peer.transport.write(first)
+    # Wait until the server has relayed what we sent.
+    for _ in range(200):
+        if any(s.received >= len(first) for s in ftp.transfers.sessions.values()):
+            break
+        await _tick()
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+    code, text = await c.cmd("SIZE part")
+    assert code == 213
+    durable = int(text)
+    assert durable == len(first)
+    rest = payload(100_000)
+    assert (await c.stor("part", rest, verb="APPE"))[0] == 226
+    assert await c.retr("part") == first + rest
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_without_a_transfer_is_225(ftp):
+    c = await ftp.client()
+    assert (await c.cmd("ABOR"))[0] == 225
+
+
+def _tick():
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, 0.01, lambda: None)

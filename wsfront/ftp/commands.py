@@ -1,0 +1,83 @@
+"""The commands the FTP server knows: login needs, arguments, help, FEAT.
+
+One table, so HELP, FEAT and the dispatcher can't disagree: every command
+HELP lists has a handler (``FTPControl.ftp_<VERB>``), and a test checks it.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+
+@frozen
+class CommandSpec:
+    """``login``: refused with 530 before login; ``needs_arg``: 501 without one."""
+
+    login: bool
+    needs_arg: bool
+    help: str
+
+
+def _spec(login: bool, needs_arg: bool, help: str) -> CommandSpec:
+    return CommandSpec(login, needs_arg, help)
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "USER": _spec(False, True, "<username>"),
+    "PASS": _spec(False, False, "<password>"),
+    "QUIT": _spec(False, False, "(end the session)"),
+    "NOOP": _spec(False, False, ""),
+    "SYST": _spec(False, False, "(system type)"),
+    "FEAT": _spec(False, False, "(list extensions)"),
+    "HELP": _spec(False, False, "[<command>]"),
+    "OPTS": _spec(False, True, "UTF8 ON | MLST <facts>"),
+    "TYPE": _spec(True, True, "A | I"),
+    "MODE": _spec(True, True, "S"),
+    "STRU": _spec(True, True, "F"),
+    "ALLO": _spec(True, False, "<size> (not needed)"),
+    "PWD": _spec(True, False, "(current directory)"),
+    "CWD": _spec(True, True, "<directory>"),
+    "CDUP": _spec(True, False, "(parent directory)"),
+    "MKD": _spec(True, True, "<directory>"),
+    "RMD": _spec(True, True, "<directory>"),
+    "DELE": _spec(True, True, "<file>"),
+    "RNFR": _spec(True, True, "<old name>"),
+    "RNTO": _spec(True, True, "<new name>"),
+    "SIZE": _spec(True, True, "<file> (binary mode only)"),
+    "MDTM": _spec(True, True, "<file>"),
+    "MLST": _spec(True, False, "[<path>]"),
+    "PASV": _spec(True, False, "(passive data connection)"),
+    "EPSV": _spec(True, False, "[1 | 2 | ALL]"),
+    "PORT": _spec(True, True, "h1,h2,h3,h4,p1,p2"),
+    "EPRT": _spec(True, True, "|proto|address|port|"),
+    "REST": _spec(True, True, "<offset> (binary mode only)"),
+    "RETR": _spec(True, True, "<file>"),
+    "STOR": _spec(True, True, "<file>"),
+    "STOU": _spec(True, False, "(store under a unique name)"),
+    "APPE": _spec(True, True, "<file>"),
+    "LIST": _spec(True, False, "[<path>]"),
+    "NLST": _spec(True, False, "[<path>]"),
+    "MLSD": _spec(True, False, "[<directory>]"),
+    "ABOR": _spec(True, False, "(abort the transfer)"),
+    "STAT": _spec(True, False, "(server status)"),
+}
+
+FEATURES: tuple[str, ...] = (
+    "EPRT",
+    "EPSV",
+    "MDTM",
+    "MLST",
+    "PASV",
+    "REST STREAM",
+    "SIZE",
+    "TVFS",
+    "UTF8",
+)
+"""FEAT lines; ``MLST`` is expanded with its facts by the protocol."""
+
+
+def help_lines() -> list[str]:
+    """The 214 reply to HELP: every command, eight a line."""
+    verbs = sorted(COMMANDS)
+    rows = [" ".join(f"{v:<5}" for v in verbs[i : i + 8]).rstrip() for i in range(0, len(verbs), 8)]
+    return ["The following commands are recognized:", *rows, "Help OK"]

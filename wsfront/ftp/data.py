@@ -1,0 +1,334 @@
+"""FTP data connections: passive listeners, active connects, and the channel.
+
+A data connection is opened before the command that uses it is known
+(PASV, then RETR or STOR), so a ``DataChannel`` starts with its reads paused
+and waits to be claimed by a transfer.  Passive listeners accept exactly one
+connection, and only from the control connection's peer: anything else is
+dropped on arrival, so a third party can neither steal a transfer nor use the
+server to bounce data (RFC 2577).  Nothing here blocks the control
+connection: opening a passive port answers at once, and the transfer that
+needs the connection waits for it with a timeout.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsfront.ftp.addresses import same_host
+
+log = Logger()
+
+
+class DataConnectionFailed(Exception):
+    """No data connection could be made (FTP 425)."""
+
+
+@implementer(IPushProducer)
+class DataChannel(Protocol):
+    """One data connection.  Reads stay paused until a transfer claims it:
+    ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
+
+    ``closed`` fires with the reason (an exception instance: ConnectionDone
+    for a clean close) when the connection is gone.
+    """
+
+    def __init__(self, on_connect: Callable[[DataChannel], None] | None = None) -> None:
+        self._on_connect = on_connect
+        self.closed: Deferred = Deferred()
+        self.received = 0
+        self.sent = 0
+        self._sink: Callable[[bytes], None] | None = None
+        self._discard = False
+        self._resume_waiters: list[Deferred] = []
+        self._paused = False
+        self.is_closed = False
+        self.claimed = False
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        if self._on_connect is not None:
+            on_connect, self._on_connect = self._on_connect, None
+            on_connect(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._sink is not None:
+            self.received += len(data)
+            self._sink(data)
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
+        self.is_closed = True
+        waiters, self._resume_waiters = self._resume_waiters, []
+        for d in waiters:
+            d.callback(None)
+        # The exception itself, not the Failure: a Failure would errback.
+        self.closed.callback(getattr(reason, "value", reason))
+
+    # -- uploads -------------------------------------------------------
+
+    def receive_into(self, consumer: IConsumer, decode: Callable[[bytes], bytes] | None) -> None:
+        """Relay every byte that arrives into ``consumer`` (after ``decode``),
+        with the connection registered as its push producer."""
+        write = consumer.write
+
+        def sink(data: bytes) -> None:
+            if decode is not None:
+                data = decode(data)
+            if data:
+                write(data)
+
+        self._sink = sink
+        self.claimed = True
+        self.transport.resumeProducing()
+        consumer.registerProducer(self.transport, True)
+
+    # -- downloads -----------------------------------------------------
+
+    def watch_for_close(self) -> None:
+        """Read (and drop) what the client sends during a download, so a
+        client that closes early is noticed at once."""
+        self._sink = _drop
+        self.claimed = True
+        self.transport.resumeProducing()
+
+    def consumer(self, encode: Callable[[bytes], bytes] | None) -> IConsumer:
+        """An IConsumer writing to this connection (after ``encode``)."""
+        return _ChannelConsumer(self, encode)
+
+    def write_paced(self, data: bytes) -> Deferred:
+        """Write ``data``; fires once the connection can take more (listings
+        are written page by page without holding a whole directory)."""
+        if self.is_closed:
+            return fail(net_error.ConnectionDone("data connection closed"))
+        if not self._registered_self():
+            self.transport.registerProducer(self, True)
+        self.sent += len(data)
+        self.transport.write(data)
+        if not self._paused:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._resume_waiters.append(d)
+        return d
+
+    def _registered_self(self) -> bool:
+        return getattr(self.transport, "producer", None) is self
+
+    def close(self) -> Deferred:
+        """Flush and close; fires with the reason once closed."""
+        if not self.is_closed:
+            if self._registered_self():
+                self.transport.unregisterProducer()
+            self.transport.loseConnection()
+        return self.closed_reason()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes included."""
+        if not self.is_closed:
+            self.transport.abortConnection()
+
+    def closed_reason(self) -> Deferred:
+        """A fresh Deferred firing with the close reason (many may wait)."""
+        d: Deferred = Deferred()
+
+        def relay(reason):
+            d.callback(reason)
+            return reason
+
+        self.closed.addBoth(relay)
+        return d
+
+    # IPushProducer, for write_paced.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        waiters, self._resume_waiters = self._resume_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+def _drop(data: bytes) -> None:
+    return None
+
+
+@implementer(IConsumer)
+class _ChannelConsumer:
+    """What a ``ReadStream`` writes into: the data connection, through the
+    TYPE A encoder if there is one, counting bytes."""
+
+    def __init__(self, channel: DataChannel, encode: Callable[[bytes], bytes] | None) -> None:
+        self._channel = channel
+        self._encode = encode
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        if self._channel.is_closed:
+            producer.stopProducing()
+            return
+        self._channel.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if not self._channel.is_closed:
+            self._channel.transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if self._encode is not None:
+            data = self._encode(data)
+        self._channel.sent += len(data)
+        self._channel.transport.write(data)
+
+
+class _PassiveFactory(Factory):
+    """Accepts one data connection from the expected peer, then stops listening."""
+
+    def __init__(self, listener: PassiveListener) -> None:
+        self._listener = listener
+
+    def buildProtocol(self, addr):
+        return self._listener._accept(addr)
+
+
+class _Refused(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class PassiveListener:
+    """A listening port for one passive data connection (PASV/EPSV)."""
+
+    def __init__(self, peer_host: str) -> None:
+        self.peer_host = peer_host
+        self.port = None
+        self.channel: DataChannel | None = None
+        self.connected: DataChannel | None = None
+        self._waiters: list[Deferred] = []
+        self.refused = 0
+
+    @property
+    def port_number(self) -> int:
+        return self.port.getHost().port
+
+    def _accept(self, addr) -> Protocol:
+        host = getattr(addr, "host", "")
+        if self.channel is not None or not same_host(host, self.peer_host):
+            self.refused += 1
+            log.warn(
+                "refused a data connection from {host} (control peer {peer})",
+                host=host,
+                peer=self.peer_host,
+            )
+            return _Refused()
+        self.channel = DataChannel(self._connected)
+        self.stop_listening()
+        return self.channel
+
+    def _connected(self, channel: DataChannel) -> None:
+        self.connected = channel
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(channel)
+
+    def wait(self, clock, timeout: float) -> Deferred:
+        """Fires with the DataChannel once the client connects (or at once
+        if it already has); DataConnectionFailed after ``timeout``."""
+        if self.connected is not None:
+            return succeed(self.connected)
+        d: Deferred = Deferred(lambda _: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(d)
+        d.addTimeout(timeout, clock)
+
+        def timed_out(failure):
+            failure.trap(net_error.TimeoutError, DeferredTimeout)
+            raise DataConnectionFailed("the data connection did not arrive in time")
+
+        return d.addErrback(timed_out)
+
+    def stop_listening(self) -> None:
+        port, self.port = self.port, None
+        if port is not None:
+            port.stopListening()
+
+    def close(self) -> None:
+        """Stop listening, drop a connection nobody claimed, cancel waiters."""
+        self.stop_listening()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.cancel()
+        if self.channel is not None and not self.channel.claimed:
+            self.channel.abort()
+
+
+def open_passive(
+    reactor,
+    interface: str,
+    peer_host: str,
+    port_range: tuple[int, int] | None,
+    backlog: int = 5,
+) -> PassiveListener:
+    """Listen for one passive connection on ``interface``, on a free port of
+    ``port_range`` (inclusive; any port when None).  Raises
+    DataConnectionFailed when the range is exhausted."""
+    listener = PassiveListener(peer_host)
+    factory = _PassiveFactory(listener)
+    if port_range is None:
+        candidates = [0]
+    else:
+        lo, hi = port_range
+        candidates = list(range(lo, hi + 1))
+        random.shuffle(candidates)
+    for port in candidates:
+        try:
+            listener.port = reactor.listenTCP(port, factory, backlog=backlog, interface=interface)
+        except net_error.CannotListenError:
+            continue
+        return listener
+    raise DataConnectionFailed("no passive port is free")
+
+
+class _ActiveFactory(ClientFactory):
+    protocol = DataChannel
+
+    def __init__(self) -> None:
+        self.result: Deferred = Deferred()
+
+    def buildProtocol(self, addr):
+        return DataChannel(self._connected)
+
+    def _connected(self, channel: DataChannel) -> None:
+        if self.result.called:
+            channel.abort()  # the transfer gave up while we were connecting
+        else:
+            self.result.callback(channel)
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        if not self.result.called:
+            self.result.errback(
+                DataConnectionFailed(f"cannot open data connection: {reason.value}")
+            )
+
+
+def connect_active(reactor, host: str, port: int, timeout: float) -> Deferred:
+    """Connect to the client's PORT/EPRT address; fires with a DataChannel
+    (once connected) or fails with DataConnectionFailed."""
+    factory = _ActiveFactory()
+    connector = reactor.connectTCP(host, port, factory, timeout=timeout)
+    d = factory.result
+
+    def cancel_connect(failure):
+        if failure.check(DataConnectionFailed) is None:
+            connector.disconnect()
+        return failure
+
+    return d.addErrback(cancel_connect)

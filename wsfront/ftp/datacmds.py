@@ -1,0 +1,365 @@
+"""RETR, STOR, APPE, STOU, LIST, NLST and MLSD: one transfer each.
+
+Each command checks its path with the transfer layer first (so errors come
+without a data connection), then waits for the data connection, answers 150
+and couples the two ends: a ``ReadStream`` pushing into the data connection
+for downloads, the data connection pushing into a ``WriteSession`` for
+uploads.  The control connection keeps reading meanwhile, so ABOR stops the
+transfer (the client gets 426, then 226 for the ABOR).
+
+Upload endings (DESIGN.md, Uploads): the data connection closing, cleanly or
+not, commits what arrived (``WriteSession.finish()``; 226 only once it has
+fired), because stream mode can't tell a finished upload from a dead client.
+ABOR instead interrupts the session, leaving it pending and resumable with
+REST + STOR or APPE.  A session that fails (quota, fenced, no replica) gets
+its error reply and never a 226.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+
+from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
+from wsfront.ftp import listing
+from wsfront.ftp.asciimode import FromNetwork, ToNetwork
+from wsfront.ftp.data import DataChannel, connect_active
+from wsfront.transfer.errors import TransferAborted
+
+_LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
+
+
+class Transfer:
+    """One running transfer, as ABOR, STAT and a lost control connection see it."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.aborted = False
+        self.waiting: Deferred | None = None
+        self.channel: DataChannel | None = None
+        self.session = None
+        self.streaming_upload = False
+        self._abort_hooks: list = []
+        self._done_waiters: list[Deferred] = []
+        self.finished = False
+
+    def on_abort(self, hook) -> None:
+        self._abort_hooks.append(hook)
+
+    def abort(self) -> None:
+        """ABOR (or the client is gone): stop the transfer now."""
+        if self.aborted or self.finished:
+            return
+        self.aborted = True
+        hooks, self._abort_hooks = self._abort_hooks, []
+        for hook in hooks:
+            hook()
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if self.channel is not None:
+            self.channel.abort()
+
+    def control_lost(self, clock, grace: float) -> None:
+        """The control connection is gone.  A running upload is left to its
+        data connection, whose close commits what arrived (the client may
+        just have died: FTP can't tell); after ``grace`` seconds a data
+        connection still open is cut.  Anything else stops at once."""
+        if not self.streaming_upload:
+            self.abort()
+            return
+        channel = self.channel
+
+        def cut():
+            if channel is not None and not channel.is_closed:
+                channel.abort()
+
+        clock.callLater(grace, cut)
+
+    def bytes_moved(self) -> int:
+        channel = self.channel
+        if channel is None:
+            return 0
+        return channel.received + channel.sent
+
+    def done_deferred(self) -> Deferred:
+        """Fires once the transfer command has sent its final reply."""
+        d: Deferred = Deferred()
+        if self.finished:
+            d.callback(None)
+        else:
+            self._done_waiters.append(d)
+        return d
+
+    def finish(self) -> None:
+        self.finished = True
+        waiters, self._done_waiters = self._done_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+async def _run(ctl, verb: str, body) -> None:
+    """Run ``body(transfer)`` as the connection's transfer; its errors become
+    replies, sent before anyone waiting on the transfer (ABOR) is told."""
+    from wsfront.ftp.protocol import Reply
+
+    transfer = Transfer(verb)
+    ctl.transfer = transfer
+    try:
+        await body(transfer)
+    except Exception as e:
+        if transfer.aborted and not isinstance(e, Reply):
+            ctl.stats.transfers_aborted += 1
+            ctl.reply(426, "Connection closed; transfer aborted")
+        else:
+            ctl.reply_error(e)
+    finally:
+        if ctl.transfer is transfer:
+            ctl.transfer = None
+        transfer.finish()
+
+
+async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
+    """The data connection PASV/EPSV or PORT/EPRT prepared, once it is up."""
+    from wsfront.ftp.protocol import Reply
+
+    timeout = ctl.settings.data_timeout
+    listener = ctl.passive
+    if listener is not None:
+        ctl.passive = None
+        d = listener.wait(ctl.reactor, timeout)
+    elif ctl.active is not None:
+        target, ctl.active = ctl.active, None
+        d = connect_active(ctl.reactor, target.host, target.port, timeout)
+    else:
+        raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+    transfer.waiting = d
+    try:
+        channel = await d
+    except CancelledError:
+        raise TransferAborted("aborted while waiting for the data connection") from None
+    finally:
+        transfer.waiting = None
+        if listener is not None:
+            listener.stop_listening()
+            ctl.stats.refused_data_connections += listener.refused
+    transfer.channel = channel
+    if transfer.aborted:
+        channel.abort()
+        raise TransferAborted("aborted")
+    return channel
+
+
+async def _close_cleanly(ctl, channel: DataChannel) -> None:
+    """Flush and close the data connection; 426 unless it closed cleanly."""
+    from wsfront.ftp.protocol import Reply
+
+    reason = await channel.close()
+    if not isinstance(reason, net_error.ConnectionDone):
+        raise Reply(426, "Data connection lost; transfer aborted")
+
+
+# -- downloads -----------------------------------------------------------------
+
+
+async def retrieve(ctl, path: str, offset: int) -> None:
+    """RETR from ``offset`` (REST): the committed version, streamed."""
+    from wsfront.ftp.protocol import Reply
+
+    handle = await ctl.transfers.open_read(ctl.user, path, offset)
+
+    async def body(transfer: Transfer) -> None:
+        channel = await _data_channel(ctl, transfer)
+        mode = "BINARY" if ctl.binary else "ASCII"
+        ctl.reply(
+            150,
+            f"Opening {mode} mode data connection for {paths.basename(path)} "
+            f"({handle.stream.length} bytes)",
+        )
+        channel.watch_for_close()
+        encode = None if ctl.binary else ToNetwork().feed
+        try:
+            await handle.stream.start(channel.consumer(encode))
+        except Exception:
+            gone = channel.is_closed
+            channel.abort()
+            ctl.stats.bytes_sent += channel.sent
+            if transfer.aborted:
+                raise
+            if gone:
+                raise Reply(426, "Data connection closed; transfer aborted") from None
+            raise
+        ctl.stats.bytes_sent += channel.sent
+        await _close_cleanly(ctl, channel)
+        ctl.stats.downloads_completed += 1
+        ctl.reply(226, "Transfer complete")
+
+    await _run(ctl, "RETR", body)
+
+
+# -- uploads -------------------------------------------------------------------
+
+
+async def store(
+    ctl, path: str, offset: int | None, *, append: bool = False, announce: str | None = None
+) -> None:
+    """STOR at ``offset`` (REST), or APPE: at ``offset`` when SIZE told the
+    client a size on this connection, else at the size the user sees."""
+    from wsfront.ftp.protocol import Reply
+
+    if path == "/":
+        raise catalog_errors.IsADirectory("/")
+
+    if append and offset is None:
+        session = await ctl.transfers.open_write(ctl.user, path, 0, append=True)
+    else:
+        session = await ctl.transfers.open_write(ctl.user, path, offset or 0)
+
+    async def body(transfer: Transfer) -> None:
+        transfer.session = session
+        try:
+            channel = await _data_channel(ctl, transfer)
+        except Exception:
+            await session.interrupt()
+            raise
+        if transfer.aborted:
+            await session.interrupt()
+            raise TransferAborted("aborted")
+        start = session.offset
+        ctl.sizes.pop(path, None)
+        text = announce or f"Ok to send data for {paths.basename(path)}"
+        ctl.reply(150, text + (f", resuming at {start}" if start else ""))
+
+        outcome: Deferred = Deferred()
+
+        def settle(tag, value=None):
+            if not outcome.called:
+                outcome.callback((tag, value))
+
+        channel.closed_reason().addCallback(lambda reason: settle("closed", reason))
+        session.when_failed().addErrback(lambda f: settle("failed", f.value))
+        transfer.on_abort(lambda: settle("aborted"))
+        decoder = None if ctl.binary else FromNetwork()
+        channel.receive_into(session, decoder.feed if decoder is not None else None)
+        transfer.streaming_upload = True
+        tag, value = await outcome
+        transfer.streaming_upload = False
+        session.unregisterProducer()
+        ctl.stats.bytes_received += channel.received
+        if tag == "aborted":
+            channel.abort()
+            await session.interrupt()
+            ctl.stats.transfers_aborted += 1
+            raise Reply(426, "Transfer aborted; the upload is kept, resume it with REST or APPE")
+        if tag == "failed":
+            channel.abort()
+            raise value
+        if decoder is not None:
+            tail = decoder.flush()
+            if tail:
+                session.write(tail)
+        version = await session.finish()
+        ctl.stats.uploads_committed += 1
+        ctl.reply(226, f"Transfer complete, {version.size} bytes stored")
+
+    await _run(ctl, "APPE" if append else "STOR", body)
+
+
+async def store_unique(ctl, argument: str) -> None:
+    """STOU: store under a fresh name in the cwd (or beside ``argument``)."""
+    base = ctl.path(argument) if argument.strip(" ") else None
+    directory = paths.parent(base) if base else ctl.cwd
+    stem = paths.basename(base) if base else "stou"
+    for _ in range(10):
+        name = f"{stem}.{secrets.token_hex(4)}"
+        target = paths.resolve(directory, name)
+        try:
+            await ctl.transfers.stat(ctl.user, target)
+        except catalog_errors.NotFound:
+            break
+    else:
+        raise catalog_errors.Exists("no unique name found")
+    await store(ctl, target, 0, announce=f"FILE: {name}")
+
+
+# -- listings ------------------------------------------------------------------
+
+
+def listing_entry(user, name: str, info) -> listing.Entry:
+    """A ``listing.Entry`` for a stat result (FileInfo)."""
+    return listing.Entry(
+        name=name,
+        is_dir=info.is_dir,
+        size=info.size,
+        mtime=info.mtime,
+        inode=info.inode,
+        perms=user.permissions,
+    )
+
+
+def _catalog_entry(user, entry) -> listing.Entry:
+    return listing.Entry(
+        name=entry.name,
+        is_dir=entry.is_dir,
+        size=entry.size,
+        mtime=entry.mtime,
+        inode=entry.inode,
+        perms=user.permissions,
+    )
+
+
+async def list_dir(ctl, argument: str, verb: str) -> None:
+    """LIST, NLST or MLSD of a directory (page by page) or of one file."""
+    from wsfront.ftp.protocol import Reply
+
+    if verb != "MLSD":
+        argument = _LIST_OPTIONS.sub("", argument.strip(" "))
+    target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
+    info = await ctl.transfers.stat(ctl.user, target)
+    if verb == "MLSD" and not info.is_dir:
+        raise Reply(501, "MLSD needs a directory; use MLST for a file")
+    now = ctl.reactor.seconds()
+
+    def render(entries) -> bytes:
+        if verb == "LIST":
+            return b"".join(listing.list_lines(entries, now))
+        if verb == "NLST":
+            return b"".join(listing.nlst_lines(entries))
+        return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
+
+    async def body(transfer: Transfer) -> None:
+        channel = await _data_channel(ctl, transfer)
+        ctl.reply(150, "Here comes the directory listing")
+        channel.watch_for_close()
+        try:
+            if not info.is_dir:
+                await channel.write_paced(
+                    render([listing_entry(ctl.user, paths.basename(target), info)])
+                )
+            else:
+                after = None
+                page = ctl.settings.listing_page
+                while True:
+                    entries = await ctl.transfers.list_dir(ctl.user, target, after, page)
+                    if entries:
+                        await channel.write_paced(
+                            render(_catalog_entry(ctl.user, e) for e in entries)
+                        )
+                    if transfer.aborted:
+                        raise TransferAborted("aborted")
+                    if len(entries) < page:
+                        break
+                    after = entries[-1].name
+        except net_error.ConnectionDone:
+            raise Reply(426, "Data connection closed; listing aborted") from None
+        except Exception:
+            channel.abort()
+            raise
+        ctl.stats.bytes_sent += channel.sent
+        await _close_cleanly(ctl, channel)
+        ctl.reply(226, "Directory send OK")
+
+    await _run(ctl, verb, body)

@@ -1,0 +1,72 @@
+"""Transfer-layer, catalog and path errors turned into FTP replies.
+
+The transfer layer raises one class per answer a client must get
+(docs/architecture.md); this table is the only place that knows which FTP
+code each one becomes, so every command answers a given failure the same way.
+Anything unexpected becomes 451 (a local error the client may retry) and is
+logged by the caller, never shown as a traceback.
+"""
+
+from __future__ import annotations
+
+from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
+from wsfront.transfer import errors as transfer_errors
+
+_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    # Transfer layer (checked first: some subclass catalog errors).
+    (transfer_errors.UploadBusy, 450, "File busy: another upload is pending on it"),
+    (transfer_errors.OffsetTooLarge, 554, "Restart offset beyond the end of the file"),
+    (transfer_errors.QuotaExceeded, 552, "Quota exceeded"),
+    (transfer_errors.SessionFenced, 451, "Upload taken over by another session"),
+    (transfer_errors.NoReplicasAvailable, 451, "Storage unavailable, try again later"),
+    (transfer_errors.SessionFailed, 451, "Upload failed, try again later"),
+    (transfer_errors.TransferAborted, 426, "Transfer aborted"),
+    # Catalog.
+    (catalog_errors.PermissionDenied, 550, "Permission denied"),
+    (catalog_errors.NotFound, 550, "No such file or directory"),
+    (catalog_errors.Exists, 550, "File exists"),
+    (catalog_errors.NotEmpty, 550, "Directory not empty"),
+    (catalog_errors.NotADirectory, 550, "Not a directory"),
+    (catalog_errors.IsADirectory, 550, "Is a directory"),
+    (catalog_errors.InvalidName, 553, "File name not allowed"),
+    (catalog_errors.InvalidMove, 553, "Cannot move a directory into itself"),
+    (catalog_errors.PendingUploadExists, 450, "File busy: an upload is pending on it"),
+    (catalog_errors.UploadFinished, 451, "Upload already finished"),
+    (catalog_errors.EpochConflict, 451, "Upload taken over by another session"),
+    (catalog_errors.InvalidOffset, 554, "Restart offset beyond the end of the file"),
+    (catalog_errors.QuotaExceeded, 552, "Quota exceeded"),
+    (catalog_errors.AuthFailed, 530, "Login incorrect"),
+)
+
+UNEXPECTED = (451, "Local error in processing")
+
+
+def reply_for(error: BaseException) -> tuple[int, str]:
+    """The (code, text) an FTP client gets for ``error``.
+
+    Transfer errors carry their own message after the generic text so a user
+    sees why (``554 ...: offset 9 is beyond the size 3``); catalog messages
+    are left out because they name storage paths (the user's root is not
+    theirs to see).  Path refusals use the code ``wsfront.paths`` chose.
+    """
+    if isinstance(error, paths.PathError):
+        return error.ftp_code, error.message
+    for cls, code, text in _TABLE:
+        if isinstance(error, cls):
+            detail = str(error) if isinstance(error, transfer_errors.TransferError) else ""
+            if detail and detail != text:
+                return code, f"{text}: {_one_line(detail)}"
+            return code, text
+    return UNEXPECTED
+
+
+def is_expected(error: BaseException) -> bool:
+    """Whether ``error`` is a failure a client can cause (not worth a traceback)."""
+    return isinstance(error, paths.PathError) or any(isinstance(error, c) for c, _, _ in _TABLE)
+
+
+def _one_line(text: str) -> str:
+    """Reply text must not break the reply framing (CR/LF) nor run on forever."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= 300 else flat[:297] + "..."

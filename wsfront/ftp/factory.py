@@ -1,0 +1,124 @@
+"""The FTP server factory: settings, login, and one control protocol per client.
+
+``FTPFactory(reactor, transfers, portal, settings)`` is what a twistd
+service mounts on an endpoint (with an explicit backlog, see
+``wsfront.service.with_backlog``).  Everything a control connection needs
+from outside comes through here: the reactor (never imported globally), the
+transfer layer, the twisted.cred portal that checks passwords against the
+catalog, and the settings.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.cred import credentials
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import ServerFactory
+
+from wsfront.auth import IUser
+from wsfront.catalog.errors import AuthFailed
+from wsfront.catalog.records import User
+from wsfront.transfer.service import Transfers
+
+ANONYMOUS_NAMES = frozenset({"anonymous", "ftp"})
+
+
+@attrs.frozen
+class FTPSettings:
+    """Knobs of the FTP front end.
+
+    ``passive_ports`` is an inclusive (low, high) range (None: any free
+    port); ``public_address`` is the IPv4 address PASV advertises (None: the
+    address the client connected to, right on a LAN, wrong behind NAT).
+    ``anonymous_root`` is the catalog directory anonymous users see,
+    read-only, when ``anonymous`` is on.
+    """
+
+    passive_ports: tuple[int, int] | None = None
+    public_address: str | None = None
+    anonymous: bool = False
+    anonymous_root: str = "/pub"
+    banner: str = "wsfs FTP server ready"
+    idle_timeout: float = 900.0
+    data_timeout: float = 30.0
+    max_login_failures: int = 3
+    max_queued_commands: int = 64
+    listing_page: int = 1000
+
+
+@attrs.define
+class FTPStats:
+    """Counters of one factory, for tests, the benchmark and metrics."""
+
+    connections: int = 0
+    logins: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    uploads_committed: int = 0
+    downloads_completed: int = 0
+    transfers_aborted: int = 0
+    refused_data_connections: int = 0
+
+
+class FTPFactory(ServerFactory):
+    """Builds one ``FTPControl`` per control connection."""
+
+    def __init__(
+        self,
+        reactor,
+        transfers: Transfers,
+        portal: Portal | None,
+        settings: FTPSettings | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.transfers = transfers
+        self.portal = portal
+        self.settings = settings or FTPSettings()
+        self.stats = FTPStats()
+        self.sessions: set = set()
+
+    def buildProtocol(self, addr):
+        from wsfront.ftp.protocol import FTPControl
+
+        protocol = FTPControl(self)
+        protocol.factory = self
+        return protocol
+
+    def login(self, name: str, password: str) -> Deferred:
+        """Fire with the catalog ``User`` of (name, password), or fail with
+        AuthFailed.  Anonymous names get the read-only anonymous user when
+        anonymous access is on."""
+        if name.lower() in ANONYMOUS_NAMES:
+            if not self.settings.anonymous:
+                return fail(AuthFailed("anonymous access is off"))
+            return succeed(self.anonymous_user())
+        if self.portal is None:
+            return fail(AuthFailed("no authentication configured"))
+        creds = credentials.UsernamePassword(
+            name.encode("utf-8", "surrogateescape"), password.encode("utf-8", "surrogateescape")
+        )
+        d = self.portal.login(creds, None, IUser)
+
+        def avatar(result):
+            _interface, user, _logout = result
+            return user
+
+        def refused(failure):
+            raise AuthFailed("login incorrect")
+
+        return d.addCallbacks(avatar, refused)
+
+    def anonymous_user(self) -> User:
+        """A read-only user confined to ``anonymous_root``."""
+        return User(
+            name="anonymous",
+            admin=False,
+            root=self.settings.anonymous_root,
+            permissions=frozenset({"read"}),
+            quota_bytes=0,
+            quota_files=0,
+            used_bytes=0,
+            used_files=0,
+            created_at=0.0,
+        )

@@ -1,0 +1,571 @@
+"""The FTP control connection: framing, the command queue, login and state.
+
+Not ``twisted.protocols.ftp.FTP``: that one pauses its transport while a
+command runs, so ABOR can't be read during a transfer, and its PASV waits
+for the data connection before answering.  Here the transport keeps reading;
+commands queue and run one at a time in order (their replies must stay in
+order), except ABOR and STAT, which act at once on the running transfer.
+Data transfers run as producer/consumer pairs between the data connection
+and the transfer layer (``wsfront.ftp.datacmds``); the control connection
+only waits for their outcome.
+
+State per connection: the logged-in catalog ``User``, a virtual cwd
+(``wsfront.paths``: the transfer layer joins the user's root, so nothing
+here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
+or active address, and the sizes SIZE last reported (APPE resumes there).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsfront import paths
+from wsfront.catalog.errors import AuthFailed
+from wsfront.ftp import addresses, datacmds, listing
+from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
+from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
+from wsfront.ftp.errors_map import is_expected, reply_for
+from wsfront.ftp.parsing import (
+    ArgumentError,
+    Command,
+    LineBuffer,
+    LineTooLong,
+    Malformed,
+    format_time_value,
+    parse_line,
+    parse_offset,
+)
+
+log = Logger()
+
+OUT_OF_BAND = frozenset({"ABOR", "STAT"})
+"""Commands acted on at once while a transfer runs (the rest queue behind it)."""
+
+
+class Reply(Exception):
+    """A command's answer raised from deep inside it (``501 ...``)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+def quote_path(path: str) -> str:
+    """A path inside a 257 reply: double quotes doubled (RFC 959 appendix II)."""
+    return '"' + path.replace('"', '""') + '"'
+
+
+class FTPControl(Protocol):
+    """One client's control connection."""
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
+        self.reactor = factory.reactor
+        self.transfers = factory.transfers
+        self.settings = factory.settings
+        self.stats = factory.stats
+        self._lines = LineBuffer()
+        self._queue: deque = deque()
+        self._busy = False
+        self._paused_reading = False
+        self._idle_call = None
+        self.connected_ = False
+        # Session state.
+        self.user = None
+        self._login_name: str | None = None
+        self._login_failures = 0
+        self.cwd = "/"
+        self.binary = False
+        self.rest: int | None = None
+        self.rnfr: str | None = None
+        self.passive: PassiveListener | None = None
+        self.active: addresses.HostPort | None = None
+        self.epsv_all = False
+        self.sizes: dict[str, int] = {}
+        self.mlst_facts: tuple[str, ...] = listing.MLST_FACTS
+        self.transfer: datacmds.Transfer | None = None
+
+    # -- connection ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+        self.stats.connections += 1
+        self.factory.sessions.add(self)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # not a TCP transport (tests)
+        self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.local_host = getattr(self.transport.getHost(), "host", "")
+        self._arm_idle()
+        self.reply(220, self.settings.banner)
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
+        self.connected_ = False
+        self.factory.sessions.discard(self)
+        self._cancel_idle()
+        self._queue.clear()
+        if self.transfer is not None:
+            self.transfer.control_lost(self.reactor, self.settings.data_timeout)
+        if self.passive is not None:
+            self.passive.close()
+            self.passive = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm_idle()
+        for line in self._lines.feed(data):
+            if not self.connected_:
+                return
+            parsed = line if isinstance(line, LineTooLong) else parse_line(line)
+            if (
+                isinstance(parsed, Command)
+                and parsed.verb in OUT_OF_BAND
+                and self.transfer is not None
+                and self.user is not None
+            ):
+                self._run(parsed)
+                continue
+            self._queue.append(parsed)
+        if len(self._queue) > self.settings.max_queued_commands and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pauseProducing()
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and not self._busy and self.connected_:
+            d = self._run(self._queue.popleft())
+            if d is not None and not d.called:
+                self._busy = True
+                d.addBoth(self._command_done)
+                return
+        if self._paused_reading and not self._queue and self.connected_:
+            self._paused_reading = False
+            self.transport.resumeProducing()
+
+    def _command_done(self, _result) -> None:
+        self._busy = False
+        self._pump()
+
+    # -- replies ------------------------------------------------------
+
+    def reply(self, code: int, text: str) -> None:
+        """Send a one-line reply, or a multi-line one if ``text`` has newlines."""
+        lines = text.split("\n")
+        self.reply_lines(code, lines)
+
+    def reply_lines(self, code: int, lines: list[str]) -> None:
+        if not self.connected_:
+            return
+        if len(lines) <= 1:
+            out = f"{code} {lines[0] if lines else ''}\r\n"
+        else:
+            body = "".join(f" {line}\r\n" if line[:1] != " " else f"{line}\r\n"
+                           for line in lines[1:-1])  # fmt: skip
+            out = f"{code}-{lines[0]}\r\n{body}{code} {lines[-1]}\r\n"
+        self.transport.write(out.encode("utf-8", "surrogateescape"))
+
+    def reply_error(self, error: BaseException) -> None:
+        if isinstance(error, Reply):
+            self.reply(error.code, error.text)
+            return
+        if isinstance(error, addresses.AddressError):
+            self.reply(error.code, str(error))
+            return
+        if isinstance(error, ArgumentError):
+            self.reply(501, str(error))
+            return
+        if isinstance(error, DataConnectionFailed):
+            self.reply(425, str(error))
+            return
+        if not is_expected(error):
+            log.failure(
+                "FTP command failed unexpectedly", Failure(error, type(error), error.__traceback__)
+            )
+        self.reply(*reply_for(error))
+
+    # -- dispatch -----------------------------------------------------
+
+    def _run(self, parsed) -> Deferred | None:
+        """Run one parsed line; a Deferred while the command is still going."""
+        if isinstance(parsed, LineTooLong):
+            self.reply(500, f"Command line too long ({parsed.length} bytes)")
+            return None
+        if isinstance(parsed, Malformed):
+            self.reply(500, f"Syntax error: {parsed.reason}")
+            return None
+        spec = COMMANDS.get(parsed.verb)
+        if spec is None:
+            self.reply(500, f"Unknown command {parsed.verb}")
+            return None
+        if spec.login and self.user is None:
+            self.reply(530, "Please log in with USER and PASS first")
+            return None
+        if spec.needs_arg and not parsed.argument.strip(" "):
+            self.reply(501, f"Syntax error: {parsed.verb} needs an argument")
+            return None
+        if parsed.verb not in ("RNFR", "RNTO"):
+            self.rnfr = None  # RNTO must follow RNFR directly
+        handler = getattr(self, "ftp_" + parsed.verb)
+        try:
+            result = handler(parsed.argument)
+        except Exception as e:
+            self.reply_error(e)
+            return None
+        if inspect.iscoroutine(result):
+            d = Deferred.fromCoroutine(result)
+            return d.addErrback(lambda f: self.reply_error(f.value))
+        return None
+
+    # -- idle timeout -------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        if self.settings.idle_timeout > 0 and self.connected_:
+            self._idle_call = self.reactor.callLater(self.settings.idle_timeout, self._idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if self.transfer is not None:
+            self._arm_idle()  # a long transfer is not idleness
+            return
+        self.reply(421, "Idle timeout, closing the control connection")
+        self.transport.loseConnection()
+
+    # -- helpers for commands -----------------------------------------
+
+    def path(self, argument: str) -> str:
+        """The virtual path ``argument`` names from the cwd (PathError if bad)."""
+        return paths.resolve(self.cwd, argument)
+
+    def take_rest(self) -> int:
+        rest, self.rest = self.rest, None
+        return rest or 0
+
+    def need_write(self) -> None:
+        if "write" not in self.user.permissions:
+            raise Reply(550, "Permission denied")
+
+    # -- login --------------------------------------------------------
+
+    def ftp_USER(self, argument: str) -> None:
+        self.user = None
+        self._login_name = argument
+        if argument.lower() in ("anonymous", "ftp") and self.settings.anonymous:
+            self.reply(331, "Anonymous login ok, send your e-mail address as password")
+        else:
+            self.reply(331, f"Password required for {argument}")
+
+    async def ftp_PASS(self, argument: str) -> None:
+        if self._login_name is None:
+            raise Reply(503, "Log in with USER first")
+        name, self._login_name = self._login_name, None
+        try:
+            user = await self.factory.login(name, argument)
+        except AuthFailed:
+            self._login_failures += 1
+            if self._login_failures >= self.settings.max_login_failures:
+                self.reply(421, "Too many failed logins, closing the control connection")
+                self.transport.loseConnection()
+                return
+            raise Reply(530, "Login incorrect") from None
+        self.user = user
+        self.cwd = "/"
+        self.stats.logins += 1
+        self.reply(230, f"User {user.name} logged in")
+
+    def ftp_QUIT(self, argument: str) -> None:
+        self.reply(221, "Goodbye")
+        self.transport.loseConnection()
+
+    # -- session settings ---------------------------------------------
+
+    def ftp_NOOP(self, argument: str) -> None:
+        self.reply(200, "NOOP ok")
+
+    def ftp_SYST(self, argument: str) -> None:
+        self.reply(215, "UNIX Type: L8")
+
+    def ftp_TYPE(self, argument: str) -> None:
+        words = argument.upper().split()
+        if words in (["I"], ["L", "8"]):
+            self.binary = True
+            self.reply(200, "Type set to I")
+        elif words in (["A"], ["A", "N"]):
+            self.binary = False
+            self.rest = None
+            self.reply(200, "Type set to A")
+        else:
+            raise Reply(504, f"TYPE {argument} not supported")
+
+    def ftp_MODE(self, argument: str) -> None:
+        if argument.strip(" ").upper() != "S":
+            raise Reply(504, "Only MODE S (stream) is supported")
+        self.reply(200, "Mode set to S")
+
+    def ftp_STRU(self, argument: str) -> None:
+        if argument.strip(" ").upper() != "F":
+            raise Reply(504, "Only STRU F (file) is supported")
+        self.reply(200, "Structure set to F")
+
+    def ftp_OPTS(self, argument: str) -> None:
+        option, _, value = argument.strip(" ").partition(" ")
+        option = option.upper()
+        if option == "UTF8":
+            if value.strip(" ").upper() in ("ON", ""):
+                self.reply(200, "UTF8 mode is always on")
+                return
+            raise Reply(504, "UTF8 cannot be turned off")
+        if option == "MLST":
+            self.mlst_facts = listing.parse_opts_mlst(value)
+            self.reply(200, listing.opts_mlst_reply_text(self.mlst_facts))
+            return
+        raise Reply(501, f"Unknown option {option}")
+
+    def ftp_FEAT(self, argument: str) -> None:
+        lines = ["Features:"]
+        for feature in FEATURES:
+            lines.append(listing.feat_mlst_line(self.mlst_facts) if feature == "MLST" else feature)
+        lines.append("End")
+        self.reply_lines(211, lines)
+
+    def ftp_HELP(self, argument: str) -> None:
+        verb = argument.strip(" ").upper()
+        if verb:
+            spec = COMMANDS.get(verb)
+            if spec is None:
+                raise Reply(502, f"Unknown command {verb}")
+            self.reply(214, f"Syntax: {verb} {spec.help}".rstrip())
+            return
+        self.reply_lines(214, help_lines())
+
+    def ftp_ALLO(self, argument: str) -> None:
+        self.reply(202, "No storage allocation necessary")
+
+    # -- navigation ---------------------------------------------------
+
+    def ftp_PWD(self, argument: str) -> None:
+        self.reply(257, f"{quote_path(self.cwd)} is the current directory")
+
+    async def _change_dir(self, target: str) -> None:
+        info = await self.transfers.stat(self.user, target)
+        if not info.is_dir:
+            raise Reply(550, "Not a directory")
+        self.cwd = target
+        self.reply(250, f"Directory changed to {target}")
+
+    def ftp_CWD(self, argument: str):
+        return self._change_dir(self.path(argument))
+
+    def ftp_CDUP(self, argument: str):
+        return self._change_dir(paths.resolve(self.cwd, "..", clamp_at_root=True))
+
+    # -- namespace ----------------------------------------------------
+
+    async def ftp_MKD(self, argument: str) -> None:
+        target = self.path(argument)
+        if target == "/":
+            raise Reply(550, "File exists")
+        await self.transfers.mkdir(self.user, target)
+        self.reply(257, f"{quote_path(target)} created")
+
+    async def ftp_RMD(self, argument: str) -> None:
+        target = self.path(argument)
+        if target == "/" or target == self.cwd:
+            raise Reply(550, "Cannot remove the current or root directory")
+        await self.transfers.rmdir(self.user, target)
+        self.reply(250, "Directory removed")
+
+    async def ftp_DELE(self, argument: str) -> None:
+        target = self.path(argument)
+        info = await self.transfers.stat(self.user, target)
+        if info.is_dir:
+            raise Reply(550, "Is a directory (use RMD)")
+        await self.transfers.delete(self.user, target)
+        self.sizes.pop(target, None)
+        self.reply(250, "File deleted")
+
+    async def ftp_RNFR(self, argument: str) -> None:
+        self.rnfr = None
+        source = self.path(argument)
+        if source == "/":
+            raise Reply(550, "Cannot rename the root directory")
+        await self.transfers.stat(self.user, source)
+        self.rnfr = source
+        self.reply(350, "Ready for the destination name (RNTO)")
+
+    async def ftp_RNTO(self, argument: str) -> None:
+        source, self.rnfr = self.rnfr, None
+        if source is None:
+            raise Reply(503, "RNFR required first")
+        target = self.path(argument)
+        if target == "/":
+            raise Reply(553, "Cannot rename onto the root directory")
+        await self.transfers.rename(self.user, source, target)
+        self.sizes.pop(source, None)
+        self.reply(250, "Rename successful")
+
+    # -- file facts ---------------------------------------------------
+
+    async def ftp_SIZE(self, argument: str) -> None:
+        if not self.binary:
+            raise Reply(501, "SIZE not allowed in ASCII mode (send TYPE I)")
+        target = self.path(argument)
+        info = await self.transfers.stat(self.user, target)
+        if info.is_dir:
+            raise Reply(550, "Not a regular file")
+        self.sizes[target] = info.size
+        self.reply(213, str(info.size))
+
+    async def ftp_MDTM(self, argument: str) -> None:
+        target = self.path(argument)
+        info = await self.transfers.stat(self.user, target)
+        if info.is_dir:
+            raise Reply(550, "Not a regular file")
+        self.reply(213, format_time_value(info.mtime))
+
+    async def ftp_MLST(self, argument: str) -> None:
+        target = self.path(argument) if argument.strip(" ") else self.cwd
+        info = await self.transfers.stat(self.user, target)
+        entry = datacmds.listing_entry(self.user, paths.basename(target) or "/", info)
+        if info.pending:
+            self.sizes[target] = info.size
+        facts = listing.mlst_facts(entry, self.mlst_facts, name=target)
+        self.reply_lines(250, [f"Listing {target}", " " + facts, "End"])
+
+    # -- data connection setup ----------------------------------------
+
+    def _close_data_setup(self) -> None:
+        if self.passive is not None:
+            self.passive.close()
+            self.passive = None
+        self.active = None
+
+    def _open_passive(self) -> PassiveListener:
+        """A listener for the next transfer.  An unused one from an earlier
+        PASV/EPSV is kept: a PASV flood then holds one port, not a range."""
+        current = self.passive
+        if current is not None and current.port is not None and current.channel is None:
+            self.active = None
+            return current
+        self._close_data_setup()
+        listener = open_passive(
+            self.reactor, self.local_host, self.peer_host, self.settings.passive_ports
+        )
+        self.passive = listener
+        return listener
+
+    def ftp_PASV(self, argument: str) -> None:
+        if self.epsv_all:
+            raise Reply(503, "Only EPSV is allowed after EPSV ALL")
+        advertised = self.settings.public_address or self.local_host
+        try:
+            addresses.format_pasv(advertised, 1024)
+        except addresses.AddressError:
+            raise Reply(425, "PASV needs IPv4; use EPSV") from None
+        listener = self._open_passive()
+        self.reply(227, addresses.pasv_reply_text(advertised, listener.port_number))
+
+    def ftp_EPSV(self, argument: str) -> None:
+        request = addresses.parse_epsv(argument)
+        if request.all:
+            self.epsv_all = True
+            self.reply(200, "EPSV ALL ok")
+            return
+        family = 6 if ":" in self.local_host else 4
+        if request.family is not None and request.family != family:
+            raise Reply(522, f"Network protocol not supported, use ({1 if family == 4 else 2})")
+        listener = self._open_passive()
+        self.reply(229, addresses.epsv_reply_text(listener.port_number))
+
+    def _set_active(self, target: addresses.HostPort) -> None:
+        if self.epsv_all:
+            raise Reply(503, "Only EPSV is allowed after EPSV ALL")
+        addresses.check_active_target(target, self.peer_host)
+        self._close_data_setup()
+        self.active = target
+
+    def ftp_PORT(self, argument: str) -> None:
+        self._set_active(addresses.parse_port(argument))
+        self.reply(200, "PORT command successful")
+
+    def ftp_EPRT(self, argument: str) -> None:
+        self._set_active(addresses.parse_eprt(argument))
+        self.reply(200, "EPRT command successful")
+
+    def ftp_REST(self, argument: str) -> None:
+        offset = parse_offset(argument)
+        if not self.binary and offset:
+            raise Reply(501, "REST not allowed in ASCII mode (send TYPE I)")
+        self.rest = offset
+        self.reply(350, f"Restarting at {offset}; send STOR or RETR")
+
+    # -- transfers (wsfront.ftp.datacmds) -----------------------------
+
+    def ftp_RETR(self, argument: str):
+        return datacmds.retrieve(self, self.path(argument), self.take_rest())
+
+    def ftp_STOR(self, argument: str):
+        self.need_write()
+        return datacmds.store(self, self.path(argument), self.take_rest())
+
+    def ftp_APPE(self, argument: str):
+        self.need_write()
+        self.rest = None
+        target = self.path(argument)
+        return datacmds.store(self, target, self.sizes.get(target), append=True)
+
+    def ftp_STOU(self, argument: str):
+        self.need_write()
+        self.rest = None
+        return datacmds.store_unique(self, argument)
+
+    def ftp_LIST(self, argument: str):
+        return datacmds.list_dir(self, argument, "LIST")
+
+    def ftp_NLST(self, argument: str):
+        return datacmds.list_dir(self, argument, "NLST")
+
+    def ftp_MLSD(self, argument: str):
+        return datacmds.list_dir(self, argument, "MLSD")
+
+    def ftp_ABOR(self, argument: str):
+        transfer = self.transfer
+        if transfer is None:
+            self.reply(225, "No transfer to abort")
+            return None
+        transfer.abort()
+
+        def answered(_):
+            self.reply(226, "ABOR successful")
+
+        return transfer.done_deferred().addCallback(answered)
+
+    def ftp_STAT(self, argument: str) -> None:
+        transfer = self.transfer
+        if argument.strip(" "):
+            raise Reply(504, "STAT with an argument is not supported; use LIST")
+        lines = [
+            "wsfs FTP server status:",
+            f"Connected from {self.peer_host}",
+            f"Logged in as {self.user.name}",
+            f"TYPE: {'BINARY' if self.binary else 'ASCII'}, STRUcture: File, MODE: Stream",
+        ]
+        if transfer is not None:
+            lines.append(f"{transfer.verb} in progress, {transfer.bytes_moved()} bytes moved")
+        else:
+            lines.append("No data connection")
+        lines.append("End of status")
+        self.reply_lines(211, lines)
