@@ -289,3 +289,25 @@ async def test_put_of_64_mib_needs_no_temp_file_and_is_durable_in_part_midway(en
     digest = hashlib.sha256()
     await r.collect(digest.update)
     assert digest.hexdigest() == sha(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_sees_the_committed_file_and_the_pending_offset_side_by_side(env):
+    r = await env.request("PUT", "/cp", data=b"old content")
+    assert r.code == 201
+    r = await env.request("PUT", "/cp", data=b"new c", headers={"Content-Range": "bytes 0-4/20"})
+    assert r.code == 202
+    r, body = await get(env, "/cp")
+    assert (r.code, body, r.headers.getRawHeaders("Upload-Offset")) == (200, b"old content", ["5"])
+    await env.catalog.add_user("bob", "bobpass", root="/alice")
+    r = await env.request(
+        "GET",
+        "/cp",
+        auth=False,
+        headers={"Authorization": "Basic " + base64.b64encode(b"bob:bobpass").decode()},
+    )
+    assert (r.code, await r.content(), r.headers.getRawHeaders("Upload-Offset")) == (
+        200,
+        b"old content",
+        None,
+    )
