@@ -1,0 +1,264 @@
+"""Real FTP clients against the in-process server on 127.0.0.1.
+
+ftplib runs in a thread; curl, lftp and aria2c run as subprocesses through
+``getProcessOutputAndValue``, so the reactor (and the server in it) keeps
+running while they work.  Every byte is checked with sha256, and resumes
+are checked to move fewer bytes than the file.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, threads
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.support import require_tool
+
+MiB = 1 << 20
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(min(size, 64 * 1024) or 1)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def file_sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture
+def ftp(tmp_path):
+    from twisted.internet import reactor
+
+    env = FTPEnv(reactor, tmp_path / "server")
+    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+async def run(tool: str, *args: str, cwd=None) -> tuple[str, str]:
+    exe = require_tool(tool)
+    out, err, code = await getProcessOutputAndValue(
+        exe, list(args), env=dict(os.environ), path=str(cwd) if cwd else None
+    )
+    text_out, text_err = out.decode(errors="replace"), err.decode(errors="replace")
+    assert code == 0, f"{tool} {' '.join(args)} exited {code}: {text_err[-2000:]}"
+    return text_out, text_err
+
+
+def _ftplib(ftp_env):
+    client = ftplib.FTP()
+    client.connect("127.0.0.1", ftp_env.port, timeout=30)
+    client.login("alice", PASSWORD)
+    return client
+
+
+# -- ftplib ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_round_trip_with_rest_rename_and_ascii(ftp):
+    data = payload(2 * MiB + 5)
+
+    def session():
+        c = _ftplib(ftp)
+        c.mkd("dir")
+        c.cwd("dir")
+        c.storbinary("STOR f.bin", io.BytesIO(data))
+        assert c.size("f.bin") == len(data)
+        got = io.BytesIO()
+        c.retrbinary("RETR f.bin", got.write)
+        tail = io.BytesIO()
+        c.retrbinary("RETR f.bin", tail.write, rest=12345)
+        c.rename("f.bin", "g.bin")
+        names = c.nlst()
+        c.storlines("STOR t.txt", io.BytesIO(b"one\r\ntwo\r\n"))
+        lines: list[str] = []
+        c.retrlines("RETR t.txt", lines.append)
+        c.voidcmd("TYPE I")
+        raw = io.BytesIO()
+        c.retrbinary("RETR t.txt", raw.write)
+        c.delete("g.bin")
+        after = c.nlst()
+        c.quit()
+        return got.getvalue(), tail.getvalue(), names, lines, raw.getvalue(), after
+
+    got, tail, names, lines, raw, after = await threads.deferToThread(session)
+    assert sha256(got) == sha256(data)
+    assert tail == data[12345:]
+    assert names == ["g.bin"]
+    assert lines == ["one", "two"]
+    assert raw == b"one\ntwo\n"  # TYPE A stored Unix line ends
+    assert after == ["t.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_active_mode(ftp):
+    data = payload(300_000)
+
+    def session():
+        c = _ftplib(ftp)
+        c.set_pasv(False)
+        c.storbinary("STOR a.bin", io.BytesIO(data))
+        got = io.BytesIO()
+        c.retrbinary("RETR a.bin", got.write)
+        c.quit()
+        return got.getvalue()
+
+    assert sha256(await threads.deferToThread(session)) == sha256(data)
+
+
+# -- curl ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_upload_and_download(ftp, tmp_path):
+    data = payload(3 * MiB + 1)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    base = f"ftp://127.0.0.1:{ftp.port}"
+    user = f"alice:{PASSWORD}"
+    await run("curl", "-sS", "-u", user, "-T", str(src), f"{base}/up/src.bin", "--ftp-create-dirs")
+    dst = tmp_path / "dst.bin"
+    await run("curl", "-sS", "-u", user, "-o", str(dst), f"{base}/up/src.bin")
+    assert file_sha(dst) == sha256(data)
+    await run("curl", "-sS", "--ftp-pasv", "--disable-epsv", "-u", user, "-o", str(dst),
+              f"{base}/up/src.bin")  # fmt: skip
+    assert file_sha(dst) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_resumes_an_interrupted_download_with_rest(ftp, tmp_path):
+    data = payload(4 * MiB)
+    await ftp.env.upload("/big.bin", data)
+    partial = tmp_path / "big.bin"
+    partial.write_bytes(data[: 3 * MiB + 7])  # what an interrupted download left
+    before = ftp.factory.stats.bytes_sent
+    await run("curl", "-sS", "-u", f"alice:{PASSWORD}", "-C", "-", "-o", str(partial),
+              f"ftp://127.0.0.1:{ftp.port}/big.bin")  # fmt: skip
+    assert file_sha(partial) == sha256(data)
+    assert ftp.factory.stats.bytes_sent - before == len(data) - (3 * MiB + 7)
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_resumes_an_interrupted_upload_with_size_and_appe(ftp, tmp_path):
+    data = payload(4 * MiB)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    # An interrupted upload: the server committed what arrived.
+    c = await ftp.client()
+    assert (await c.stor("/up.bin", data[: MiB + 3]))[0] == 226
+    before = ftp.factory.stats.bytes_received
+    await run("curl", "-sS", "-u", f"alice:{PASSWORD}", "-C", "-", "-T", str(src),
+              f"ftp://127.0.0.1:{ftp.port}/up.bin")  # fmt: skip
+    received = ftp.factory.stats.bytes_received - before
+    assert received == len(data) - (MiB + 3) < len(data)
+    got, _ = await ftp.env.download("/up.bin")
+    assert sha256(got) == sha256(data)
+
+
+# -- lftp ------------------------------------------------------------------------
+
+
+def _tree(root, files: dict[str, bytes]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def _read_tree(root) -> dict[str, str]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = file_sha(full)
+    return out
+
+
+async def lftp(ftp, script: str, cwd) -> str:
+    out, _ = await run(
+        "lftp",
+        "-c",
+        f"set net:max-retries 1; set net:timeout 20; set ftp:ssl-allow no; "
+        f"open -u 'alice,{PASSWORD}' -p {ftp.port} 127.0.0.1; {script}",
+        cwd=cwd,
+    )
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_mirror_a_nested_tree_up_and_back(ftp, tmp_path):
+    src = tmp_path / "src"
+    files = {
+        "a.txt": b"alpha\n",
+        "empty": b"",
+        "d1/b.bin": payload(700_000),
+        "d1/d2/c.bin": payload(1_500_000),
+        "d1/d2/d3/deep name.txt": "caf\u00e9 \u2603\n".encode(),
+        "z/\u00fcnicode-\u00e9.bin": payload(1000),
+    }
+    _tree(src, files)
+    await lftp(ftp, f"mirror -R {src} /tree", tmp_path)
+    back = tmp_path / "back"
+    await lftp(ftp, f"mirror /tree {back}", tmp_path)
+    assert _read_tree(back) == {k: sha256(v) for k, v in files.items()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_reget_and_reput_resume(ftp, tmp_path):
+    data = payload(3 * MiB)
+    await ftp.env.upload("/r.bin", data)
+    local = tmp_path / "r.bin"
+    local.write_bytes(data[:MiB])
+    sent = ftp.factory.stats.bytes_sent
+    await lftp(ftp, f"reget /r.bin -o {local}", tmp_path)
+    assert file_sha(local) == sha256(data)
+    assert ftp.factory.stats.bytes_sent - sent == len(data) - MiB
+
+    up = tmp_path / "u.bin"
+    up.write_bytes(data)
+    c = await ftp.client()
+    assert (await c.stor("/u.bin", data[: 2 * MiB]))[0] == 226  # interrupted earlier
+    received = ftp.factory.stats.bytes_received
+    await lftp(ftp, f"reput {up} -o /u.bin", tmp_path)
+    assert ftp.factory.stats.bytes_received - received == len(data) - 2 * MiB
+    got, _ = await ftp.env.download("/u.bin")
+    assert sha256(got) == sha256(data)
+
+
+# -- aria2c ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_aria2c_segmented_download_with_four_connections(ftp, tmp_path):
+    data = payload(8 * MiB + 333)
+    await ftp.env.upload("/seg.bin", data)
+    await run(
+        "aria2c",
+        "-q",
+        "-x4",
+        "-s4",
+        "-k1M",
+        "--file-allocation=none",
+        "--ftp-user=alice",
+        f"--ftp-passwd={PASSWORD}",
+        "-d",
+        str(tmp_path),
+        "-o",
+        "seg.bin",
+        f"ftp://127.0.0.1:{ftp.port}/seg.bin",
+    )
+    assert file_sha(tmp_path / "seg.bin") == sha256(data)
+    assert ftp.factory.stats.connections >= 2
