@@ -28,7 +28,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
-from wsfront.transfer.errors import TransferAborted
+from wsfront.transfer.errors import SessionFenced, TransferAborted
 
 _LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
 
@@ -256,6 +256,10 @@ async def store(
             raise Reply(426, "Transfer aborted; the upload is kept, resume it with REST or APPE")
         if tag == "failed":
             channel.abort()
+            if isinstance(value, TransferAborted):
+                # Transfers aborts a local session it takes over (same user,
+                # another connection): for this client that is a fence.
+                raise SessionFenced("taken over by another connection") from value
             raise value
         if decoder is not None:
             tail = decoder.flush()

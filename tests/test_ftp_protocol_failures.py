@@ -1,0 +1,178 @@
+"""FTP uploads that end badly, and the guards around data connections.
+
+Quota, takeover by another session (fenced), a client that vanishes
+mid-upload, a busy path, a data connection from a stranger: each gets its
+own reply (never a 226 for bytes that were not committed) and leaves the
+stored data consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from tests.ftp_env import PASSWORD, FTPEnv, sha256
+
+MiB = 1 << 20
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(min(size, 64 * 1024) or 1)
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture
+def ftp(tmp_path):
+    from twisted.internet import reactor
+
+    env = FTPEnv(reactor, tmp_path)
+    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+def _tick(seconds: float = 0.01):
+    from twisted.internet import reactor
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def _until(predicate, what: str, rounds: int = 500) -> None:
+    for _ in range(rounds):
+        if predicate():
+            return
+        await _tick()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _session_received(ftp) -> int:
+    return max((s.received for s in ftp.transfers.sessions.values()), default=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_quota_exceeded_during_stor_is_552_and_nothing_is_committed(ftp):
+    await ftp.catalog.set_quota("alice", 100_000, None)
+    c = await ftp.client(login=False)
+    await c.login("alice", PASSWORD)
+    code, text = await c.stor("/big.bin", payload(300_000))
+    assert code == 552, text
+    await c.cmd("TYPE I")
+    assert (await c.cmd("RETR big.bin"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_taken_over_by_another_connection_is_fenced_not_226(ftp):
+    first = payload(200_000)
+    c1 = await ftp.client()
+    await c1.cmd("TYPE I")
+    port = await c1.epsv()
+    peer = await c1.data_connection(port)
+    assert (await c1.cmd("STOR f.bin"))[0] == 150
+    peer.transport.write(first)
+    await _until(lambda: _session_received(ftp) >= len(first), "the first bytes")
+    # The same user resumes from another connection (as after a crash).
+    c2 = await ftp.client()
+    full = payload(300_000)
+    code, text = await c2.stor("f.bin", full)
+    assert code == 226, text
+    # The old connection's upload ends with an error, never a 226.
+    peer.transport.write(b"late bytes")
+    peer.transport.loseConnection()
+    code, text = await c1.reply()
+    assert code == 451, text
+    got, _ = await ftp.env.download("/f.bin")
+    assert sha256(got) == sha256(full)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_vanishing_mid_upload_commits_what_arrived(ftp):
+    data = payload(500_000)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR v.bin"))[0] == 150
+    peer.transport.write(data[:200_000])
+    await _until(lambda: _session_received(ftp) >= 200_000, "the bytes")
+    c.transport.abortConnection()
+    peer.transport.abortConnection()
+    await _until(lambda: not ftp.transfers.sessions, "the commit")
+    c2 = await ftp.client()
+    await c2.cmd("TYPE I")
+    assert await c2.cmd("SIZE v.bin") == (213, "200000")
+    assert (await c2.stor("v.bin", data[200_000:], verb="APPE"))[0] == 226
+    assert await c2.retr("v.bin") == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_of_a_file_with_a_live_upload_is_450(ftp):
+    c = await ftp.client()
+    assert (await c.stor("/f", b"committed"))[0] == 226
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR f"))[0] == 150
+    peer.transport.write(b"partial")
+    c2 = await ftp.client()
+    assert (await c2.cmd("DELE f"))[0] == 450
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    assert (await c2.cmd("DELE f"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_connection_from_another_address_is_refused(ftp):
+    from twisted.internet import reactor
+
+    c = await ftp.client()
+    port = await c.epsv()
+    stranger_lost = defer.Deferred()
+
+    class Stranger(protocol.Protocol):
+        def connectionLost(self, reason=None):
+            stranger_lost.callback(None)
+
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=("127.0.0.2", 0))
+    await ep.connect(protocol.Factory.forProtocol(Stranger))
+    await stranger_lost  # dropped on arrival
+    await ftp.env.upload("/f", b"for alice only")
+    assert await c.retr("/f") == b"for alice only"
+    assert ftp.factory.stats.refused_data_connections >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_connections_have_tcp_nodelay(ftp):
+    await ftp.client()
+    [session] = list(ftp.factory.sessions)
+    sock = session.transport.getHandle()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_connection_that_never_arrives_is_425(tmp_path):
+    from twisted.internet import reactor
+
+    from wsfront.ftp.factory import FTPSettings
+
+    env = await FTPEnv(reactor, tmp_path, FTPSettings(data_timeout=0.3)).start()
+    try:
+        await env.env.upload("/f", b"x")
+        c = await env.client()
+        await c.cmd("TYPE I")
+        await c.epsv()
+        assert (await c.cmd("RETR f"))[0] == 425
+        assert (await c.cmd("NOOP"))[0] == 200
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_hundred_clients_connecting_at_once_all_log_in(ftp):
+    clients = await defer.gatherResults([defer.ensureDeferred(ftp.client()) for _ in range(200)])
+    assert len(clients) == 200
+    assert ftp.factory.stats.logins == 200
