@@ -20,7 +20,7 @@ from wsfront.metrics_catalog import CatalogSnapshot
 from wsfront.status import status_endpoint
 
 ADMIN = "root"
-ADMIN_PASSWORD = "admin password 42"
+ADMIN_PASSWORD = "admin-pass-42"  # URL-safe: the browser test puts it in the URL
 
 
 def basic(user: str, password: str) -> dict[bytes, list[bytes]]:

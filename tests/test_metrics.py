@@ -92,9 +92,7 @@ async def test_a_replica_lost_mid_upload_counts_a_drop_and_an_under_replicated_b
     assert value(during, "wsfs_live_uploads", front_end="fe-a", state="active") == 1
     victim = session.replicas[0]
     await env.transfer.kill(victim)
-    rest = Feeder(env.reactor, session, data)
-    rest.pos = MiB
-    await rest.start()
+    await Feeder(env.reactor, session, data[MiB:]).start()
     await session.finish()
     after = await env.scrape()
     assert value(after, "wsfs_replica_drops_total") == 1

@@ -3,7 +3,7 @@
 Routes (all for administrators only, see ``access.py``)::
 
     GET  /-/status              the page (static HTML)
-    GET  /-/status/status.js    its script, status.css its style sheet
+    GET  /-/status/status.js    its script (status.css, favicon.svg alike)
     GET  /-/status/feed.json    the live snapshot the page polls (feed.py)
     POST /-/status/repair       queue a repair job now (CSRF token required)
 
@@ -82,6 +82,7 @@ class StatusEndpoint:
         self._files = {
             "status.js": (script, "text/javascript; charset=utf-8"),
             "status.css": (_static("status.css"), "text/css; charset=utf-8"),
+            "favicon.svg": (_static("favicon.svg"), "image/svg+xml"),
         }
         self._page = _static("index.html").replace(b"{{SCRIPT_SRI}}", self.script_hash.encode())
         self.policy = page_policy(self.script_hash)

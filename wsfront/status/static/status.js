@@ -4,7 +4,11 @@
 "use strict";
 
 (function () {
-  const FEED = "/-/status/feed.json";
+  // Absolute URLs on the origin: a page opened as http://user:pass@host/...
+  // has a document URL with credentials, and fetch() refuses URLs that
+  // resolve to one.  The browser keeps the login for the origin anyway.
+  const FEED = new URL("/-/status/feed.json", window.location.origin).href;
+  const REPAIR = new URL("/-/status/repair", window.location.origin).href;
   const POLL_MS = 1000;
   let csrf = null;
 
@@ -64,9 +68,12 @@
       const state = el("span", n.up ? "up" : "down", { className: "state", "data-state": n.up ? "up" : "down" });
       if (!n.up && n.last_error) state.title = n.last_error;
       const fill = el("meter", null, { min: 0, max: 1, value: n.fill === null ? 0 : n.fill, high: 0.85 });
-      fill.title = n.fill === null ? "unknown" : (100 * n.fill).toFixed(1) + " %";
+      const percent = n.fill === null ? "?" : (100 * n.fill).toFixed(1) + " %";
+      fill.title = percent;
+      const fillCell = el("span");
+      fillCell.append(fill, " " + percent);
       const seen = n.seen_ago === null ? "never" : n.seen_ago.toFixed(1) + " s ago";
-      body.appendChild(row([n.name, state, fill, bytes(n.free_bytes), seen], { "data-node": n.name }));
+      body.appendChild(row([n.name, state, fillCell, bytes(n.free_bytes), seen], { "data-node": n.name }));
     }
   }
 
@@ -180,7 +187,7 @@
   async function repair() {
     const out = document.getElementById("repair-result");
     try {
-      const answer = await fetch("/-/status/repair", {
+      const answer = await fetch(REPAIR, {
         method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf || "" },
       });
       const text = answer.ok ? "repair job " + (await answer.json()).job_id + " queued" : "refused: " + answer.status;
