@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol
 class RawClient(Protocol):
     def __init__(self) -> None:
         self.received = b""
+        self.reason = None
         self.closed: Deferred = Deferred()
         self._waiters: list[tuple[bytes, Deferred]] = []
 
@@ -30,6 +31,7 @@ class RawClient(Protocol):
         self._waiters = still
 
     def connectionLost(self, reason) -> None:
+        self.reason = reason
         waiters, self._waiters = self._waiters, []
         for _, d in waiters:
             d.callback(self.received)

@@ -311,3 +311,17 @@ async def test_the_owner_sees_the_committed_file_and_the_pending_offset_side_by_
         b"old content",
         None,
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_early_refusal_reaches_a_client_already_sending_its_body(env):
+    from twisted.internet.error import ConnectionDone
+
+    client = await connect(reactor_(), env.port.getHost().port)
+    client.send(b"PUT /f HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n" + b"z" * 600_000)
+    got = await client.until(b"authentication required\n")
+    status, headers = head_of(got)
+    assert (status, headers["connection"]) == (401, "close")
+    client.send(b"z" * 600_000)
+    await client.closed
+    assert client.reason.check(ConnectionDone), client.reason

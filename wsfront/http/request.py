@@ -83,6 +83,9 @@ class _BodyValve:
 class StreamingChannel(http.HTTPChannel):
     """HTTPChannel that dispatches at end of headers and streams bodies."""
 
+    LINGER = 5.0
+    """Seconds an early-answered connection keeps draining the client's input."""
+
     on_lost: Callable[[], object] | None = None
     """Called once when the connection ends (the site counts connections)."""
 
@@ -115,6 +118,31 @@ class StreamingChannel(http.HTTPChannel):
         self._abandoned = True
         self.persistent = False
         self._body_pauses.clear()
+
+    def loseConnection(self) -> None:
+        """After an early answer, close only our side and keep reading (and
+        dropping) what the client still sends, for at most ``LINGER``
+        seconds: closing with unread input makes the kernel send a reset,
+        which can destroy the answer before the client reads it."""
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if not self._abandoned or half_close is None:
+            super().loseConnection()
+            return
+        self._networkProducer.unregisterProducer()
+        self._networkProducer.resumeProducing()
+        self.setTimeout(self.LINGER)
+        half_close()
+
+    def timeoutConnection(self) -> None:
+        if self._abandoned and self.transport is not None:
+            self.transport.abortConnection()
+            return
+        super().timeoutConnection()
+
+    def readConnectionLost(self) -> None:
+        """The client finished sending (half-close support)."""
+        if self._abandoned and self.transport is not None:
+            self.transport.loseConnection()
 
     # -- HTTPChannel hooks ---------------------------------------------------
 
@@ -321,6 +349,7 @@ class StreamingRequest(server.Request):
         if not self.body_complete and self.channel is not None:
             self.fail_body(BodyLost("answered before the body was read"))
             self.channel.abandon()
+            self.setHeader(b"Connection", b"close")
 
     def respond(
         self,
