@@ -243,6 +243,8 @@ async def test_a_segment_that_ends_before_the_total_stays_pending(env):
     assert (r.code, r.headers.getRawHeaders("Upload-Offset")) == (202, ["1000"])
     r, _ = await get(env, "/seg")
     assert (r.code, r.headers.getRawHeaders("Upload-Offset")) == (404, ["1000"])
+    upload = await env.catalog.find_upload("/alice/seg")
+    assert r.headers.getRawHeaders("Link") == [f'</-/uploads/{upload.upload_id}>; rel="tus-upload"']
     r = await env.request(
         "PUT", "/seg", data=data[1000:], headers={"Content-Range": "bytes 1000-2999/3000"}
     )

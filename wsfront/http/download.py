@@ -4,7 +4,8 @@ HEAD answers exactly the headers GET would (HEAD ignores Range, as RFC 9110
 requires).  The body streams from the transfer layer's ``ReadStream`` with
 ``request.registerProducer``; a client that leaves stops the upstream read
 at once.  The owner of a pending upload also gets ``Upload-Offset``: the
-durable size it can resume its PUT from (DESIGN.md, Uploads).
+durable size it can resume its PUT from (DESIGN.md, Uploads), and a ``Link``
+to the same upload as a tus resource (``rel="tus-upload"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from wsfront.http.errors_map import HttpError
 from wsfront.http.files import headers_of, quote_etag
 from wsfront.http.mimetypes import content_type
 from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
+from wsfront.http.tus_headers import tus_link
 from wsfront.transfer.errors import TransferAborted
 
 _OPEN_ATTEMPTS = 3
@@ -37,8 +39,12 @@ def serve(context, request: StreamingRequest, user, target: paths.HttpTarget):
         return
     if target.trailing_slash:
         raise HttpError(404, "not a directory")
-    upload_offset = info.size if info.pending else None
-    extra = [] if upload_offset is None else [("Upload-Offset", str(upload_offset))]
+    extra = []
+    if info.pending:
+        extra.append(("Upload-Offset", str(info.size)))
+        link = tus_link(info)
+        if link is not None:
+            extra.append(link)
     try:
         yield _serve_committed(context, request, user, target.path, info, extra)
     except catalog_errors.NotFound:
