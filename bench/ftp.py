@@ -1,0 +1,280 @@
+"""FTP benchmark: wsfs (``twistd -n wslocal``) against pyftpdlib in the same run.
+
+Workloads (issue 5): single-stream STOR and RETR of one large file, N
+clients at once each fetching a file, many small files over one control
+connection.  pyftpdlib serves the same files from a plain directory with
+sendfile off, so the ratios compare like with like on this machine.
+
+    python bench/ftp.py                 # the issue's sizes (1 GiB, 200 x 10 MiB, 1000 x 4 KiB)
+    python bench/ftp.py --quick         # small sizes, a smoke run
+
+Prints MB/s, files/s, p99 per-client time, failed clients, the server's
+peak RSS (VmHWM: for wslocal that is the front end *and* its in-process
+storage servers), replica count and fsync policy, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ftplib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BLOCK = 256 * 1024
+MB = 1e6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+
+
+class Server:
+    name = ""
+    replicas = ""
+    fsync = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.user = self.password = ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Wsfs(Server):
+    name = "wsfs"
+
+    def __init__(self, workdir: Path, replicas: int, nodes: int) -> None:
+        super().__init__(workdir)
+        self.replicas = str(replicas)
+        self.nodes = nodes
+        self.fsync = "fsync at checkpoints (8 MiB / 2 s) and before 226"
+
+    def start(self) -> None:
+        data = self.workdir / "wsfs-data"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--nodaemon", "--pidfile=", "wslocal",
+                "--data", str(data), "--ftp", f"tcp:{self.port}:interface=127.0.0.1",
+                "--http", f"tcp:{free_port()}:interface=127.0.0.1",
+                "--nodes", str(self.nodes), "--replicas", self.replicas]  # fmt: skip
+        with open(self.workdir / "wslocal.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
+        wait_port(self.port, self.proc)
+        login = (data / "demo-login.txt").read_text().strip()
+        self.user, _, self.password = login.partition(":")
+
+
+class Pyftpdlib(Server):
+    name = "pyftpdlib"
+    replicas = "1 (local disk)"
+    fsync = "none"
+
+    def start(self) -> None:
+        root = self.workdir / "pyftpd-root"
+        root.mkdir(exist_ok=True)
+        self.user, self.password = "bench", "bench-password"
+        script = f"""
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+a = DummyAuthorizer()
+a.add_user({self.user!r}, {self.password!r}, {str(root)!r}, perm="elradfmwMT")
+FTPHandler.authorizer = a
+FTPHandler.use_sendfile = False
+FTPHandler.banner = "bench"
+s = FTPServer(("127.0.0.1", {self.port}), FTPHandler)
+s.max_cons = 1024
+s.serve_forever()
+"""
+        with open(self.workdir / "pyftpdlib.log", "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=log)
+        wait_port(self.port, self.proc)
+
+
+def connect(server: Server) -> ftplib.FTP:
+    c = ftplib.FTP()
+    c.connect("127.0.0.1", server.port, timeout=120)
+    c.login(server.user, server.password)
+    c.voidcmd("TYPE I")
+    return c
+
+
+class Generated:
+    """A file-like object of ``size`` pseudo-random bytes, never all in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(BLOCK)
+
+    def read(self, n: int = BLOCK) -> bytes:
+        n = min(n, self.left, BLOCK)
+        self.left -= n
+        return self.block[:n]
+
+
+def stor(server: Server, name: str, size: int) -> float:
+    c = connect(server)
+    t = time.perf_counter()
+    c.storbinary(f"STOR {name}", Generated(size), blocksize=BLOCK)
+    dt = time.perf_counter() - t
+    c.quit()
+    return dt
+
+
+def retr(server: Server, name: str, expect: int) -> float:
+    c = connect(server)
+    got = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal got
+        got += len(chunk)
+
+    t = time.perf_counter()
+    c.retrbinary(f"RETR {name}", sink, blocksize=BLOCK)
+    dt = time.perf_counter() - t
+    c.quit()
+    if got != expect:
+        raise RuntimeError(f"got {got} bytes of {expect}")
+    return dt
+
+
+def many_clients(server: Server, clients: int, size: int) -> dict:
+    stor(server, "shared.bin", size)
+
+    def one(_):
+        try:
+            t = time.perf_counter()
+            retr(server, "shared.bin", size)
+            return time.perf_counter() - t
+        except Exception as e:
+            return e
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients)))
+    wall = time.perf_counter() - t
+    times = sorted(r for r in results if isinstance(r, float))
+    failed = len(results) - len(times)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times else float("nan")
+    return {"MB/s": len(times) * size / MB / wall, "p99 s": p99, "failed": failed}
+
+
+def small_files(server: Server, count: int, size: int) -> dict:
+    c = connect(server)
+    c.mkd("small")
+    c.cwd("small")
+    block = os.urandom(size)
+    t = time.perf_counter()
+    for i in range(count):
+        c.storbinary(f"STOR f{i:05d}", _Bytes(block))
+    up = count / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(count):
+        c.retrbinary(f"RETR f{i:05d}", lambda _chunk: None)
+    down = count / (time.perf_counter() - t)
+    c.quit()
+    return {"STOR files/s": up, "RETR files/s": down}
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int = BLOCK) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def run(server: Server, args) -> dict:
+    big = args.size_mib << 20
+    out: dict = {}
+    out["STOR MB/s"] = big / MB / stor(server, "big.bin", big)
+    out["RETR MB/s"] = big / MB / retr(server, "big.bin", big)
+    many = many_clients(server, args.clients, args.client_mib << 20)
+    out[f"{args.clients} clients MB/s"] = many["MB/s"]
+    out[f"{args.clients} clients p99 s"] = many["p99 s"]
+    out[f"{args.clients} clients failed"] = many["failed"]
+    out.update(small_files(server, args.small, args.small_kib << 10))
+    out["peak RSS MB"] = peak_rss_mb(server.proc.pid)
+    out["replicas"] = server.replicas
+    out["fsync"] = server.fsync
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--clients", type=int, default=200)
+    p.add_argument("--client-mib", type=int, default=10)
+    p.add_argument("--small", type=int, default=1000)
+    p.add_argument("--small-kib", type=int, default=4)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args()
+    if args.quick:
+        args.size_mib, args.clients, args.client_mib, args.small = 64, 20, 2, 200
+    workdir = Path(tempfile.mkdtemp(prefix="wsfs-bench-"))
+    results = {}
+    try:
+        for server in (Wsfs(workdir, args.replicas, args.nodes), Pyftpdlib(workdir)):
+            try:
+                server.start()
+                results[server.name] = run(server, args)
+            finally:
+                server.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    keys = list(results["wsfs"])
+    print(f"{'':24} {'wsfs':>28} {'pyftpdlib':>16} {'ratio':>7}")
+    for key in keys:
+        a, b = results["wsfs"][key], results["pyftpdlib"][key]
+        if isinstance(a, float | int) and isinstance(b, float | int) and b:
+            print(f"{key:24} {a:28.2f} {b:16.2f} {a / b:7.2f}")
+        else:
+            print(f"{key:24} {a!s:>28} {b!s:>16}")
+
+
+if __name__ == "__main__":
+    main()
