@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.protocols.basic import LineOnlyReceiver
 
 from tests.transfer_env import PASSWORD, TransferEnv, sha256
@@ -27,8 +27,16 @@ __all__ = ["PASSWORD", "FTPClient", "FTPEnv", "sha256"]
 class FTPEnv:
     """A transfer layer plus an FTP server listening on 127.0.0.1."""
 
-    def __init__(self, reactor, tmp_path, settings: FTPSettings | None = None, **env_kw) -> None:
+    def __init__(
+        self,
+        reactor,
+        tmp_path,
+        settings: FTPSettings | None = None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        **env_kw,
+    ) -> None:
         self.reactor = reactor
+        self.listen = listen
         self.tmp_path = tmp_path
         self.settings = settings or FTPSettings(data_timeout=10.0)
         self.env_kw = env_kw
@@ -40,7 +48,7 @@ class FTPEnv:
         self.transfers = self.env.transfers
         auth = CachingAuthenticator(self.env.catalog, self.reactor)
         self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), self.settings)
-        ep = serverFromString(self.reactor, "tcp:0:interface=127.0.0.1:backlog=512")
+        ep = serverFromString(self.reactor, f"{self.listen}:backlog=512")
         self.listening = await ep.listen(self.factory)
         self.port = self.listening.getHost().port
         return self
@@ -49,8 +57,8 @@ class FTPEnv:
     def url(self) -> str:
         return f"ftp://alice:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}"
 
-    async def client(self, login: bool = True) -> FTPClient:
-        ep = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port)
+    async def client(self, login: bool = True, host: str = "127.0.0.1") -> FTPClient:
+        ep = HostnameEndpoint(self.reactor, host, self.port)
         client = await ep.connect(_ClientFactory(self.reactor))
         self.clients.append(client)
         code, _ = await client.reply()
@@ -153,7 +161,8 @@ class FTPClient(LineOnlyReceiver):
         return parse_epsv_reply(text)
 
     async def data_connection(self, port: int) -> DataPeer:
-        ep = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+        host = self.transport.getPeer().host
+        ep = HostnameEndpoint(self.reactor, host, port)
         return await ep.connect(protocol.Factory.forProtocol(DataPeer))
 
     async def retr(self, path: str, rest: int | None = None) -> bytes:

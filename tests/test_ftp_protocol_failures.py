@@ -182,3 +182,47 @@ async def test_two_hundred_clients_connecting_at_once_all_get_the_banner(ftp):
     assert ftp.factory.stats.connections == 200
     replies = await defer.gatherResults([defer.ensureDeferred(c.cmd("NOOP")) for c in clients])
     assert {code for code, _ in replies} == {200}
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest_twisted.ensureDeferred
+async def test_ipv6_control_connection_with_epsv_and_eprt(tmp_path):
+    from twisted.internet import reactor
+
+    from tests.ftp_env import DataPeer
+
+    env = await FTPEnv(reactor, tmp_path, listen=r"tcp6:0:interface=\:\:1").start()
+    try:
+        data = payload(100_000)
+        await env.env.upload("/six.bin", data)
+        c = await env.client(host="::1")
+        assert (await c.cmd("PASV"))[0] == 425  # PASV can't describe IPv6
+        assert (await c.cmd("EPSV 1"))[0] == 522
+        assert await c.retr("/six.bin") == data
+        peers: list[DataPeer] = []
+
+        def build():
+            peers.append(DataPeer())
+            return peers[-1]
+
+        listening = reactor.listenTCP(0, protocol.Factory.forProtocol(build), interface="::1")
+        try:
+            assert (await c.cmd("EPRT |1|127.0.0.1|40000|"))[0] == 504
+            port = listening.getHost().port
+            assert (await c.cmd(f"EPRT |2|::1|{port}|"))[0] == 200
+            assert (await c.cmd("RETR six.bin"))[0] == 150
+            assert (await c.reply())[0] == 226
+            assert await peers[0].done == data
+        finally:
+            await listening.stopListening()
+    finally:
+        await env.stop()
