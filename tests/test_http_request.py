@@ -148,3 +148,14 @@ def test_connections_per_address_are_limited_and_released_on_close():
     first.makeConnection(StringTransport())
     first.connectionLost(None)
     assert site.buildProtocol(addr) is not None
+
+
+def test_an_overlong_request_line_gets_414_and_an_overlong_header_431():
+    _, channel, transport, seen = channel_for(SiteSettings(max_line_bytes=100))
+    channel.dataReceived(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 414 ")
+    assert transport.disconnecting
+    _, channel, transport, seen = channel_for(SiteSettings(max_line_bytes=100))
+    channel.dataReceived(b"GET / HTTP/1.1\r\nX-Long: " + b"b" * 200 + b"\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 431 ")
+    assert seen == []

@@ -162,6 +162,14 @@ class StreamingChannel(http.HTTPChannel):
             return
         super().dataReceived(data)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line over ``MAX_LENGTH``: say which (414 or
+        431) and close, instead of LineReceiver's silent close."""
+        first = getattr(self, "_HTTPChannel__first_line", 1)
+        status = b"414 URI Too Long" if first else b"431 Request Header Fields Too Large"
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n\r\n")
+        self.loseConnection()
+
     def requestDone(self, request) -> None:
         self._body_pauses.clear()
         super().requestDone(request)
