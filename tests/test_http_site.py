@@ -181,6 +181,17 @@ async def test_conditional_get_answers_304_and_412(env):
     etag, modified = header(r, "ETag"), header(r, "Last-Modified")
     r, body = await get(env, "/c", {"If-None-Match": etag})
     assert (r.code, body, header(r, "ETag")) == (304, b"", etag)
+    got = await raw_exchange(
+        env,
+        b"GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "
+        + etag.encode()
+        + b"\r\n"
+        + basic()
+        + b"\r\n",
+    )
+    status, headers = head_of(got)
+    assert status == 304 and "content-length" not in headers
+    assert headers["last-modified"] == modified
     r, _ = await get(env, "/c", {"If-Modified-Since": modified})
     assert r.code == 304
     r, _ = await get(env, "/c", {"If-Match": '"other"'})

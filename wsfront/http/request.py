@@ -379,7 +379,9 @@ class StreamingRequest(server.Request):
         self.set_headers(headers)
         if body and content_type:
             self.setHeader(b"Content-Type", content_type.encode("latin-1"))
-        self.setHeader(b"Content-Length", b"%d" % len(body))
+        if status not in (204, 304):
+            # A 304's length would be the representation's; a 204 has none.
+            self.setHeader(b"Content-Length", b"%d" % len(body))
         if body:
             self.write(body)
         self.finish()
