@@ -1,0 +1,173 @@
+"""Three ``twistd -n wsstorage`` and two ``twistd -n wsfront`` processes on one
+catalog (SQLite file or a PostgreSQL schema), for session-migration tests.
+
+Front ends are killed, frozen and restarted at exact moments through
+failpoints (``WSFS_FAILPOINTS`` in a front end's environment); clients are
+real (curl, lftp, tuspy) and run against either front end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.storage_procs import StorageProcess
+from tests.support import free_port, python_env, twistd_argv
+
+USER, PASSWORD = "mia", "mia-password-42"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_until(predicate, what: str, timeout: float = 60.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling a condition, not a guessed delay
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+class FrontEnd:
+    """One ``twistd -n wsfront`` child with FTP and HTTP on 127.0.0.1."""
+
+    def __init__(self, cluster: MigrationCluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.ftp_port = free_port()
+        self.http_port = free_port()
+        self.log_path = cluster.tmp / f"{name}.log"
+        self.fp_log = cluster.tmp / f"{name}.failpoints"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://{USER}:{PASSWORD}@127.0.0.1:{self.http_port}"
+
+    @property
+    def ftp(self) -> str:
+        return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.ftp_port}"
+
+    def start(self, failpoints: str | None = None, attempts: int = 3) -> FrontEnd:
+        """Start; a port taken meanwhile by another process means new ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start(failpoints)
+            except AssertionError:
+                in_use = "Address already in use" in self.log()
+                self.stop()
+                if not in_use or attempt == attempts - 1:
+                    raise
+                self.ftp_port, self.http_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, failpoints: str | None) -> FrontEnd:
+        c = self.cluster
+        argv = twistd_argv(
+            "wsfront", "--name", self.name, "--catalog", c.catalog_url,
+            "--secret-file", str(c.tmp / "secret"), "--replicas", "2",
+            "--ftp", f"tcp:{self.ftp_port}:interface=127.0.0.1",
+            "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
+            "--checkpoint-mib", "1",
+            *[a for s in c.storage for a in ("--storage", f"{s.name}={s.endpoint}")],
+        )  # fmt: skip
+        extra = {}
+        if failpoints:
+            extra = {"WSFS_FAILPOINTS": failpoints, "WSFS_FAILPOINT_LOG": str(self.fp_log)}
+        self.log_file = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            argv, env=python_env(extra), stdout=self.log_file, stderr=subprocess.STDOUT,
+            cwd=c.tmp,
+        )  # fmt: skip
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+        def ready() -> bool:
+            text = self.log_path.read_text()[offset:]
+            return "serves ftp on" in text and "serves http on" in text
+
+        wait_until(ready, f"{self.name} to listen", proc=self.proc)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_failpoint(self, name: str, timeout: float = 60.0) -> int:
+        """Wait for failpoint ``name`` to fire; return the count it fired at."""
+
+        def fired() -> bool:
+            return self.fp_log.exists() and f"failpoint {name} fired" in self.fp_log.read_text()
+
+        wait_until(fired, f"failpoint {name} on {self.name}", timeout)
+        m = re.search(rf"failpoint {re.escape(name)} fired count=(\S+)", self.fp_log.read_text())
+        return int(m.group(1)) if m.group(1) != "None" else -1
+
+    def wait_killed(self) -> None:
+        assert self.proc.wait(60) == -signal.SIGKILL, self.log()[-3000:]
+
+    def wait_stopped(self) -> None:
+        wait_until(lambda: process_state(self.proc.pid) == "T", f"{self.name} to stop")
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log_file", None) is not None:
+            self.log_file.close()
+            self.log_file = None
+
+    def resumed_at(self) -> list[int]:
+        """Offsets this front end resumed uploads at (from its log)."""
+        return [int(x) for x in re.findall(r"resuming at (\d+)", self.log())]
+
+
+class MigrationCluster:
+    """Storage processes, a catalog with user ``mia``, front ends A and B."""
+
+    def __init__(self, tmp: Path, catalog_url: str) -> None:
+        self.tmp = tmp
+        self.catalog_url = catalog_url
+        self.storage = [StorageProcess(tmp, f"s{i}") for i in (1, 2, 3)]
+        self.a = FrontEnd(self, "fe-a")
+        self.b = FrontEnd(self, "fe-b")
+
+    def start(self) -> MigrationCluster:
+        for s in self.storage:
+            s.start()
+        self.wsfs("user", "add", USER, stdin=PASSWORD + "\n")
+        return self
+
+    def wsfs(self, *args: str, stdin: str = "") -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wsfront.cli", "--catalog", self.catalog_url, *args],
+            input=stdin, capture_output=True, text=True, env=python_env(), timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def stop(self) -> None:
+        for fe in (self.a, self.b):
+            fe.stop()
+        for s in self.storage:
+            s.stop()

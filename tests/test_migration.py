@@ -1,0 +1,140 @@
+"""Session migration (issue 10): front ends die, clients resume elsewhere,
+nothing corrupts.  Three storage processes and two front-end processes on one
+catalog, SQLite and PostgreSQL; real clients; exact moments via failpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.catalog_fixtures import postgres_schema_url
+from tests.migration_cluster import MigrationCluster, sha256
+from tests.support import require_tool
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+#: A client on a modest link (16 MB/s): the upload spans many checkpoints, so
+#: a failpoint at "checkpoint >= N" always fires mid-upload, never after it.
+SLOW = ("--limit-rate", "16M")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def cluster(request, tmp_path):
+    if request.param == "sqlite":
+        urls = iter([f"sqlite:///{tmp_path / 'catalog.sqlite'}"])
+    else:
+        urls = postgres_schema_url()
+    url = next(urls)
+    c = MigrationCluster(tmp_path, url).start()
+    yield c
+    c.stop()
+    for _ in urls:  # drops the PostgreSQL schema
+        pass
+
+
+@pytest.fixture
+def payload(tmp_path):
+    data = os.urandom(12 * MiB + 321)
+    path = tmp_path / "payload.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def curl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [require_tool("curl"), "-sS", *args], capture_output=True, timeout=timeout
+    )
+
+
+def kill_after_checkpoint(at: int) -> str:
+    """SIGKILL a front end right after it recorded a durable offset >= ``at``:
+    an exact, reproducible moment mid-upload."""
+    return f"transfer.after_checkpoint=kill@{at}"
+
+
+def http_head(url: str) -> dict[str, str]:
+    out = curl("-I", url).stdout.decode("latin-1")
+    return {k.lower(): v.strip() for k, v in re.findall(r"^([\w-]+):\s*(.*)$", out, re.M)}
+
+
+def test_put_killed_on_a_resumes_with_content_range_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(3 * MiB))
+    cluster.b.start()
+    first = curl(*SLOW, "-T", str(path), f"{cluster.a.http}/big.bin")
+    assert first.returncode != 0, "the client saw its front end die"
+    cluster.a.wait_killed()
+    checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+    offset = int(http_head(f"{cluster.b.http}/big.bin")["upload-offset"])
+    assert offset == checkpoint >= 3 * MiB
+    second = curl("-C", str(offset), "-T", str(path), "-w", "%{http_code} %{size_upload}",
+                  f"{cluster.b.http}/big.bin")  # fmt: skip
+    code, sent = second.stdout.decode().split()
+    assert code in ("201", "204"), second
+    assert int(sent) == len(data) - offset < len(data), "B received fewer bytes than the file"
+    assert cluster.b.resumed_at() == [offset]
+    got = curl(f"{cluster.b.http}/big.bin").stdout
+    assert sha256(got) == sha256(data)
+
+
+def test_download_interrupted_on_a_resumes_with_range_and_if_range_on_b(cluster, payload, tmp_path):
+    path, data = payload
+    cluster.b.start()
+    assert curl("-T", str(path), f"{cluster.b.http}/d.bin").returncode == 0
+    kill_at = 3 * MiB + 5
+    cluster.a.start(f"transfer.read.bytes=kill@{kill_at}")
+    part = tmp_path / "part.bin"
+    headers = tmp_path / "headers.txt"
+    first = curl("-D", str(headers), "-o", str(part), f"{cluster.a.http}/d.bin")
+    assert first.returncode != 0
+    cluster.a.wait_killed()
+    have = part.stat().st_size
+    assert 0 < have <= kill_at < len(data)
+    etag = re.search(r"(?im)^etag:\s*(\S+)", headers.read_text()).group(1)
+    rest = curl("-H", f"If-Range: {etag}", "-r", f"{have}-", "-w", "%{http_code}",
+                "-o", str(tmp_path / "rest.bin"), f"{cluster.b.http}/d.bin")  # fmt: skip
+    assert rest.stdout == b"206", rest
+    assert sha256(part.read_bytes() + (tmp_path / "rest.bin").read_bytes()) == sha256(data)
+
+
+def test_frozen_front_end_is_fenced_and_its_client_never_gets_a_success(cluster, payload):
+    path, data = payload
+    cluster.a.start(f"transfer.after_checkpoint=stop@{2 * MiB}")
+    cluster.b.start()
+    client_a = subprocess.Popen(
+        [require_tool("curl"), "-sS", *SLOW, "-T", str(path), "-w", "%{http_code}",
+         f"{cluster.a.http}/f.bin"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+        cluster.a.wait_stopped()
+        offset = int(http_head(f"{cluster.b.http}/f.bin")["upload-offset"])
+        assert offset == checkpoint
+        done = curl("-C", str(offset), "-T", str(path), "-w", "%{http_code}",
+                    f"{cluster.b.http}/f.bin")  # fmt: skip
+        assert done.stdout in (b"201", b"204"), done
+    finally:
+        cluster.a.resume()
+    out, _err = client_a.communicate(timeout=120)
+    assert out not in (b"201", b"204"), "A's client must never be told its upload succeeded"
+    assert "fenced" in cluster.a.log() or "taken over" in cluster.a.log()
+    got = curl(f"{cluster.b.http}/f.bin").stdout
+    assert sha256(got) == sha256(data), "the file is B's"
+
+
+def test_restarted_front_end_marks_its_old_sessions_interrupted(cluster, payload):
+    path, _data = payload
+    cluster.a.start(kill_after_checkpoint(2 * MiB))
+    curl(*SLOW, "-T", str(path), f"{cluster.a.http}/r.bin")
+    cluster.a.wait_killed()
+    [before] = json.loads(cluster.wsfs("--json", "sessions"))
+    assert (before["state"], before["owner"]) == ("active", "fe-a")
+    cluster.a.start()
+    [after] = json.loads(cluster.wsfs("--json", "sessions"))
+    assert (after["state"], after["owner"]) == ("interrupted", "fe-a")
+    assert after["checkpoint"] == before["checkpoint"] > 0
