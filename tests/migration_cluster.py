@@ -62,11 +62,11 @@ class FrontEnd:
     def ftp(self) -> str:
         return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.ftp_port}"
 
-    def start(self, failpoints: str | None = None, attempts: int = 3) -> FrontEnd:
+    def start(self, failpoints: str | None = None, *extra_args: str, attempts: int = 3) -> FrontEnd:
         """Start; a port taken meanwhile by another process means new ports."""
         for attempt in range(attempts):
             try:
-                return self._start(failpoints)
+                return self._start(failpoints, extra_args)
             except AssertionError:
                 in_use = "Address already in use" in self.log()
                 self.stop()
@@ -75,7 +75,7 @@ class FrontEnd:
                 self.ftp_port, self.http_port = free_port(), free_port()
         raise AssertionError("unreachable")
 
-    def _start(self, failpoints: str | None) -> FrontEnd:
+    def _start(self, failpoints: str | None, extra_args=()) -> FrontEnd:
         c = self.cluster
         argv = twistd_argv(
             "wsfront", "--name", self.name, "--catalog", c.catalog_url,
@@ -84,6 +84,7 @@ class FrontEnd:
             "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
             "--checkpoint-mib", "1",
             *[a for s in c.storage for a in ("--storage", f"{s.name}={s.endpoint}")],
+            *extra_args,
         )  # fmt: skip
         extra = {}
         if failpoints:

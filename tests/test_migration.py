@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 
 import pytest
 
 from tests.catalog_fixtures import postgres_schema_url
-from tests.migration_cluster import MigrationCluster, sha256
+from tests.migration_cluster import MigrationCluster, sha256, wait_until
 from tests.support import require_tool
 
 pytestmark = pytest.mark.slow
@@ -138,3 +140,54 @@ def test_restarted_front_end_marks_its_old_sessions_interrupted(cluster, payload
     [after] = json.loads(cluster.wsfs("--json", "sessions"))
     assert (after["state"], after["owner"]) == ("interrupted", "fe-a")
     assert after["checkpoint"] == before["checkpoint"] > 0
+
+
+def start_slow_upload(cluster, fe, path, name: str, rate: str) -> subprocess.Popen:
+    client = subprocess.Popen(
+        [require_tool("curl"), "-sS", "--limit-rate", rate, "-T", str(path), "-w",
+         "%{http_code}", f"{fe.http}/{name}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_until(lambda: f"/{name} at 0" in fe.log(), f"the upload of {name} to start")
+    return client
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_draining_front_end_lets_running_uploads_finish_and_takes_no_new_ones(cluster, payload):
+    path, data = payload
+    cluster.a.start(None, "--drain-seconds", "60")
+    cluster.b.start()
+    client = start_slow_upload(cluster, cluster.a, path, "drain.bin", "6M")
+    os.kill(cluster.a.proc.pid, signal.SIGUSR1)
+    wait_until(lambda: refuses_connections(cluster.a.http_port), "A to stop listening")
+    assert refuses_connections(cluster.a.ftp_port)
+    out, err = client.communicate(timeout=120)
+    assert out == b"201", (out, err)
+    assert cluster.a.proc.wait(60) == 0, "A exits once drained"
+    assert sha256(curl(f"{cluster.b.http}/drain.bin").stdout) == sha256(data)
+
+
+def test_draining_checkpoints_what_does_not_finish_and_the_client_resumes_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(None, "--drain-seconds", "0.5")
+    cluster.b.start()
+    client = start_slow_upload(cluster, cluster.a, path, "late.bin", "2M")
+    wait_until(lambda: int(http_head(f"{cluster.a.http}/late.bin").get("upload-offset", 0)) > 0,
+               "a first checkpoint")  # fmt: skip
+    os.kill(cluster.a.proc.pid, signal.SIGUSR1)
+    out, _ = client.communicate(timeout=120)
+    assert out not in (b"201", b"204")
+    assert cluster.a.proc.wait(60) == 0
+    offset = int(http_head(f"{cluster.b.http}/late.bin")["upload-offset"])
+    assert 0 < offset < len(data)
+    done = curl("-C", str(offset), "-T", str(path), "-w", "%{http_code}",
+                f"{cluster.b.http}/late.bin")  # fmt: skip
+    assert done.stdout == b"201", done
+    assert sha256(curl(f"{cluster.b.http}/late.bin").stdout) == sha256(data)

@@ -32,6 +32,7 @@ class FrontendConfig:
     public_address: str | None = None
     checkpoint_mib: int = 8
     upload_expiry_hours: float = 24.0
+    drain_seconds: float = 30.0
 
 
 def read_secret(path: str) -> bytes:
@@ -81,6 +82,7 @@ class FrontendOptions(usage.Options):
         ["public-address", None, None, "address advertised in PASV replies"],
         ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
         ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
+        ["drain-seconds", None, None, "on SIGUSR1, let transfers finish this long (default 30)"],
     ]
 
     def __init__(self) -> None:
@@ -159,4 +161,5 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         public_address=get("public-address"),
         checkpoint_mib=int(get("checkpoint-mib", 8)),
         upload_expiry_hours=float(get("upload-expiry-hours", 24.0)),
+        drain_seconds=float(get("drain-seconds", 30.0)),
     )

@@ -11,9 +11,10 @@ interrupt running uploads so clients can resume them anywhere, close.
 from __future__ import annotations
 
 import os
+import signal
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -112,10 +113,49 @@ class FrontendService(service.Service):
             self.ports["http"] = await serverFromString(
                 self.reactor, with_backlog(cfg.http)
             ).listen(site)
+        self._install_drain_signal()
         for proto, port in self.ports.items():
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
                      addr=port.getHost())  # fmt: skip
         return self
+
+    # -- draining for a rolling upgrade ------------------------------------
+
+    def _install_drain_signal(self) -> None:
+        if not hasattr(signal, "SIGUSR1"):
+            return
+
+        def on_signal(signum, frame):
+            self.reactor.callFromThread(self.drain_and_exit)
+
+        signal.signal(signal.SIGUSR1, on_signal)
+
+    @defer.inlineCallbacks
+    def drain(self, grace: float | None = None):
+        """Stop taking new sessions, let running ones finish for ``grace``
+        seconds, then checkpoint and interrupt the rest so their clients can
+        resume on another front end."""
+        grace = self.config.drain_seconds if grace is None else grace
+        log.info("wsfront {name} drains (grace {grace}s)", name=self.config.name, grace=grace)
+        for port in list(self.ports.values()):
+            yield port.stopListening()
+        self.ports.clear()
+        self.transfers.draining = True
+        deadline = self.reactor.seconds() + grace
+        while self.transfers.busy and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+        left = len(self.transfers.sessions)
+        yield self.transfers.shutdown()
+        log.info(
+            "wsfront {name} drained; {left} upload(s) checkpointed for resumption elsewhere",
+            name=self.config.name,
+            left=left,
+        )
+
+    @defer.inlineCallbacks
+    def drain_and_exit(self):
+        yield self.drain()
+        self.reactor.stop()
 
     def address(self, proto: str):
         """The bound address of the ``proto`` listener (for tests, wslocal)."""

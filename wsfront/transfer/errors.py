@@ -40,3 +40,7 @@ class OffsetTooLarge(TransferError):
 
 class UploadBusy(TransferError):
     """Another user's (or session's) pending upload holds the path (450/409)."""
+
+
+class Draining(TransferError):
+    """This front end is draining for a restart: try another (FTP 421, HTTP 503)."""

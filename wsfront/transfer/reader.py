@@ -123,8 +123,10 @@ class ReadStream:
 
         def unregister(result):
             consumer.unregisterProducer()
-            if self._stats is not None and not isinstance(result, Failure):
-                self._stats.reads_completed += 1
+            if self._stats is not None:
+                self._stats.reads_ended += 1
+                if not isinstance(result, Failure):
+                    self._stats.reads_completed += 1
             return result
 
         return d.addBoth(unregister)

@@ -22,6 +22,7 @@ from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE, Entry, UploadSession, User, Version
 from wsfront.transfer.errors import (
+    Draining,
     NoReplicasAvailable,
     OffsetTooLarge,
     UploadBusy,
@@ -105,6 +106,7 @@ class Transfers:
         self.settings = settings or TransferSettings()
         self.sessions: dict[str, WriteSession] = {}
         self.stats = TransferStats()
+        self.draining = False
 
     # -- helpers ----------------------------------------------------------
 
@@ -187,6 +189,7 @@ class Transfers:
     @inlineCallbacks
     def open_read(self, user: User, vpath: str, offset: int = 0, length: int | None = None):
         """A ReadHandle streaming the committed version from ``offset``."""
+        self._refuse_if_draining()
         self._need(user, "read")
         entry = yield self.catalog.stat(self.full_path(user, vpath))
         if entry.is_dir:
@@ -240,6 +243,7 @@ class Transfers:
         upload of the same user is taken over (from this or another front
         end, with an epoch bump and a fence); another user's is UploadBusy.
         """
+        self._refuse_if_draining()
         self._need(user, "write")
         full = self.full_path(user, vpath)
         try:
@@ -288,6 +292,10 @@ class Transfers:
         )
         session = yield self._open_session(user, upload, committed)
         return session
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Draining(f"front end {self.name} is draining; reconnect to another one")
 
     def _expiry(self) -> float:
         """When a session left alone from now on expires."""
@@ -451,6 +459,11 @@ class Transfers:
         """Checkpoint and interrupt every running upload (clean stop)."""
         sessions = list(self.sessions.values())
         yield DeferredList([s.interrupt() for s in sessions], consumeErrors=True)
+
+    @property
+    def busy(self) -> bool:
+        """Any upload or download still running here?"""
+        return bool(self.sessions) or self.stats.active_reads > 0
 
     def expire(self):
         """Drop expired pending uploads (their blobs become collectable)."""

@@ -28,6 +28,7 @@ class TransferStats:
 
     reads_started: int = 0
     reads_completed: int = 0
+    reads_ended: int = 0
     read_bytes: int = 0
     read_failovers: int = 0
     uploads_started: int = 0
@@ -39,6 +40,10 @@ class TransferStats:
     fenced: int = 0
     replica_drops: int = 0
     events: deque = attrs.field(factory=lambda: deque(maxlen=200))
+
+    @property
+    def active_reads(self) -> int:
+        return self.reads_started - self.reads_ended
 
     def event(self, when: float, kind: str, **detail: Any) -> None:
         self.events.append(TransferEvent(when, kind, detail))
