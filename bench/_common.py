@@ -49,8 +49,10 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_storage(data_dir: Path, name: str, secret_file: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_storage(
+    data_dir: Path, name: str, secret_file: Path, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
          "--nodaemon", "--pidfile=", "wsstorage",

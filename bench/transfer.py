@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root instead of bench/ (whose module names must not shadow the stdlib).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from twisted.internet import defer, task
 
