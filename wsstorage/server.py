@@ -342,6 +342,9 @@ class StorageServerProtocol(Protocol):
 
     def _request(self, rid: int, req: dict[str, Any]) -> None:
         op = req.get("op")
+        if self._write is not None and op == "flush":
+            self._flush_while_streaming(rid)
+            return
         if self._write is not None:
             handler = {
                 "flush": self._op_flush,
@@ -504,7 +507,46 @@ class StorageServerProtocol(Protocol):
         assert stream is not None
         if stream.error is not None:
             raise stream.error
-        return self._blocking(stream.handle.sync).addCallback(lambda n: {"durable": n})
+        return self._sync_stream(stream).addCallback(lambda n: {"durable": n})
+
+    def _sync_stream(self, stream: _WriteStream) -> defer.Deferred:
+        """fsync the stream's blob in a thread, after any fsync still running."""
+        d = stream.syncing.addBoth(lambda _: self._blocking(stream.handle.sync))
+        stream.syncing = defer.Deferred()
+        mine = stream.syncing
+        d.addBoth(lambda result: (mine.callback(None), result)[1])
+        return d
+
+    def _flush_while_streaming(self, rid: int) -> None:
+        """A flush inside a write stream does not hold the stream's frames.
+
+        DATA frames that follow keep going to the store while the fsync runs
+        in a thread (the store allows writes during a sync), so a checkpoint
+        costs the writer no stall; the reply carries the durable length,
+        at least every byte received before the flush.
+        """
+        stream = self._write
+        assert stream is not None
+        if stream.error is not None:
+            self._send_error(rid, stream.error)
+            return
+        if self._busy_id is None:
+            self._busy_id = rid
+            self._start_keepalive()
+        d = self._sync_stream(stream)
+
+        def done(result: Any) -> None:
+            if self._busy_id == rid:
+                self._busy_id = None
+            if self._state == "closed":
+                return
+            if isinstance(result, Failure):
+                stream.error = storage_error(result.value)
+                self._send_error(rid, result.value)
+            else:
+                self._send(framing.REPLY, rid, {"durable": result})
+
+        d.addBoth(done)
 
     @defer.inlineCallbacks
     def _op_stream_commit(self, rid: int, req: dict[str, Any]) -> Any:
@@ -518,6 +560,7 @@ class StorageServerProtocol(Protocol):
             handle.sync()
             return handle.seal()
 
+        yield stream.syncing  # a flush still running finishes first
         failpoints.hit("storage.before_commit")
         try:
             info = yield self._blocking(seal)
@@ -810,6 +853,8 @@ class _WriteStream:
         self.blob_id = blob_id
         self.handle = handle
         self.error: StorageError | None = None
+        #: Fires when the last fsync started for this stream is done.
+        self.syncing: defer.Deferred = defer.succeed(None)
 
     def data(self, proto: StorageServerProtocol, body: bytes) -> None:
         if self.error is not None:
