@@ -4,6 +4,7 @@ configured from a TOML file, and its clear refusals of bad configuration."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -50,12 +51,14 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
         )
         log_path = tmp_path / "fe.log"
         with open(log_path, "w") as log:
+            argv = twistd_argv("wsfront", "--config", str(toml))
+            argv.insert(argv.index("wsfront"), "--logger=wsfront.logs.json_observer")
             fe = subprocess.Popen(
-                twistd_argv("wsfront", "--config", str(toml)),
+                argv,
                 env=python_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
             )  # fmt: skip
         try:
-            wait_for(log_path, r"serves http on", fe)
+            wait_for(log_path, r"\"proto\": \"http\"", fe)
             payload = os.urandom(2 << 20)
             (tmp_path / "p.bin").write_bytes(payload)
             url = f"http://ann:ann-password-1@127.0.0.1:{http_port}/p.bin"
@@ -71,6 +74,21 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
             assert re.search(r"files: 1\b", status.stdout), status.stdout
             for s in storage:
                 assert s.name in status.stdout
+            as_json = subprocess.run(
+                [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "--json", "status"],
+                env=python_env(), capture_output=True, text=True,
+            )  # fmt: skip
+            events = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+            ids = {e["id"] for e in events if "upload {id} starts" in e.get("log_format", "")}
+            [upload_id] = ids
+            assert any(
+                e.get("id") == upload_id and e.get("size") == len(payload)
+                for e in events
+                if "committed" in e.get("log_format", "")
+            ), "one JSON event per session start and end, with its fields"
+            nodes = json.loads(as_json.stdout)["nodes"]
+            assert sorted(n["name"] for n in nodes) == ["s1", "s2", "s3"]
+            assert all(n["state"] == "up" and n["free_bytes"] > 0 for n in nodes), nodes
         finally:
             fe.send_signal(signal.SIGTERM)
             fe.wait(60)

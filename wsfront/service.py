@@ -48,6 +48,7 @@ class FrontendService(service.Service):
         self.transfers: Transfers | None = None
         self.ports: dict[str, object] = {}
         self._expiry: LoopingCall | None = None
+        self._health: LoopingCall | None = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def _storage_client(self, name: str, endpoint: str):
@@ -93,6 +94,9 @@ class FrontendService(service.Service):
         self._expiry = LoopingCall(self.transfers.expire)
         self._expiry.clock = self.reactor
         self._expiry.start(60, now=True)
+        self._health = LoopingCall(self.record_node_health)
+        self._health.clock = self.reactor
+        self._health.start(5, now=True)
         authenticator = CachingAuthenticator(self.catalog, self.reactor)
         if cfg.ftp:
             from wsfront.ftp.factory import FTPFactory, FTPSettings
@@ -118,6 +122,22 @@ class FrontendService(service.Service):
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
                      addr=port.getHost())  # fmt: skip
         return self
+
+    @defer.inlineCallbacks
+    def record_node_health(self):
+        """Write what the pool's probes saw into the catalog's registry, so
+        ``wsfs status`` and other front ends see it."""
+        for node in self.pool.nodes():
+            try:
+                yield self.catalog.set_node_health(
+                    node.name,
+                    "up" if node.up else "down",
+                    node.free_bytes if node.last_seen is not None else None,
+                    node.total_bytes if node.last_seen is not None else None,
+                    node.last_seen,
+                )
+            except Exception as e:
+                log.warn("could not record health of {node}: {err}", node=node.name, err=e)
 
     # -- draining for a rolling upgrade ------------------------------------
 
@@ -166,8 +186,9 @@ class FrontendService(service.Service):
         yield defer.maybeDeferred(super().stopService)
         for port in self.ports.values():
             yield port.stopListening()
-        if self._expiry is not None and self._expiry.running:
-            self._expiry.stop()
+        for loop in (self._expiry, self._health):
+            if loop is not None and loop.running:
+                loop.stop()
         if self.transfers is not None:
             yield self.transfers.shutdown()
         if self.pool is not None:

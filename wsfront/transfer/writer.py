@@ -301,6 +301,13 @@ class WriteSession:
         self.state = DONE
         if self._stats is not None:
             self._stats.uploads_committed += 1
+        log.info(
+            "upload {id} committed: {size} bytes at epoch {epoch} on {replicas}",
+            id=self.upload_id,
+            size=self.offset,
+            epoch=self.epoch,
+            replicas=",".join(sorted(self._writers)),
+        )
         failpoints.hit("transfer.after_commit")
         self._ended()
         return version
