@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["wsstorage", "wsstorage.*", "wsfront", "wsfront.*"])
     + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["*.py"]},
+    package_data={"twisted.plugins": ["*.py"], "wsfront.status": ["static/*"]},
     install_requires=[
         "Twisted[tls]>=24.7,<27",
         "zope.interface>=6",
@@ -27,6 +27,7 @@ setup(
         "treq>=23.11",
         "crc32c>=2.4",
         "psycopg[binary]>=3.1",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [
@@ -35,7 +36,11 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            "tuspy>=1.0",
+            "selenium>=4.11",
+            "atheris>=2.3",
         ],
+        "bench": ["pyftpdlib>=1.5"],
     },
     entry_points={"console_scripts": ["wsfs = wsfront.cli:main"]},
 )
