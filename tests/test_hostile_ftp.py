@@ -206,3 +206,27 @@ async def test_pipelined_flood_of_commands_is_answered_in_order(site):
     codes = [(await c.reply())[0] for _ in range(501)]
     assert codes == [200] * 500 + [257]
     await _still_fine(site)
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_data_connection_from_another_address_is_refused(site):
+    """Data-connection theft: a third party racing to the PASV port gets
+    nothing; the client that asked for it still transfers."""
+    from twisted.internet import reactor
+
+    from tests.ftp_env import DataPeer
+
+    env, _hoard, _good = site
+    c = await env.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    thief = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=("127.0.0.2", 0)), DataPeer()
+    )
+    assert await thief.done == b""  # closed at once, nothing sent
+    peer = await c.data_connection(port)
+    code, _ = await c.cmd("RETR /keep/b.txt")
+    assert code == 150
+    assert await peer.done == b"alice's text\n"
+    assert (await c.reply())[0] == 226
+    await _still_fine(site)

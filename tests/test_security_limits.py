@@ -1,0 +1,93 @@
+"""Resource limits and response hardening that keep one client from taking
+the service away from others, and uploaded content from attacking browsers.
+
+Connections per address (HTTP), idle/slow-client timeouts (HTTP slow-loris,
+FTP idle control connection), and the headers that stop an uploaded page
+from running script in the server's origin.
+"""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.web.client import readBody
+
+from tests.ftp_env import FTPEnv
+from tests.http_env import HttpEnv
+from tests.http_raw import connect, head_of
+from wsfront.ftp.factory import FTPSettings
+from wsfront.http.site import SiteSettings
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_connections_per_address_are_capped_and_others_still_served(tmp_path):
+    from twisted.internet import reactor
+
+    env = await HttpEnv(reactor, tmp_path, SiteSettings(max_connections_per_address=3)).start()
+    try:
+        port = env.port.getHost().port
+        held = [await connect(reactor, port) for _ in range(3)]
+        extra = await connect(reactor, port)
+        assert await extra.closed.addTimeout(10, reactor) == b""  # cut at once, no answer
+        # A held connection is still served; once one closes, a new one is accepted.
+        held[0].send(b"GET /-/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head_of(await held[0].until(b"\r\n\r\n"))[0] == 404
+        held[1].close()
+        await held[1].closed
+        for _ in range(100):  # the server sees the close on its next reactor turn
+            again = await connect(reactor, port)
+            again.send(b"GET /-/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = await again.until(b"\r\n\r\n")
+            again.close()
+            if received:
+                break
+        assert head_of(received)[0] == 404
+        for c in held:
+            c.close()
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_slow_client_that_never_finishes_its_headers_is_dropped(tmp_path):
+    from twisted.internet import reactor
+
+    env = await HttpEnv(reactor, tmp_path, SiteSettings(idle_timeout=0.5)).start()
+    try:
+        slow = await connect(reactor, env.port.getHost().port)
+        slow.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # ... and nothing more
+        await slow.closed.addTimeout(10, reactor)
+        response = await env.request("GET", "/")
+        await readBody(response)
+        assert response.code == 200  # everyone else is served meanwhile
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftp_idle_control_connection_gets_421_and_is_closed(tmp_path):
+    from twisted.internet import reactor
+
+    env = await FTPEnv(reactor, tmp_path, FTPSettings(idle_timeout=0.5)).start()
+    try:
+        c = await env.client(login=False)
+        code, _ = await c.reply()  # sent by the server on its own
+        assert code == 421
+        await c.closed.addTimeout(10, reactor)
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploaded_html_is_served_sandboxed_and_unsniffable(tmp_path):
+    from twisted.internet import reactor
+
+    env = await HttpEnv(reactor, tmp_path).start()
+    try:
+        page = b"<html><script>alert(document.cookie)</script></html>"
+        await env.upload("/evil.html", page)
+        response = await env.request("GET", "/evil.html")
+        assert await readBody(response) == page
+        assert response.headers.getRawHeaders(b"X-Content-Type-Options") == [b"nosniff"]
+        assert response.headers.getRawHeaders(b"Content-Security-Policy") == [b"sandbox"]
+    finally:
+        await env.stop()
