@@ -8,6 +8,7 @@ from running script in the server's origin.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.web.client import readBody
 
@@ -90,4 +91,34 @@ async def test_uploaded_html_is_served_sandboxed_and_unsniffable(tmp_path):
         assert response.headers.getRawHeaders(b"X-Content-Type-Options") == [b"nosniff"]
         assert response.headers.getRawHeaders(b"Content-Security-Policy") == [b"sandbox"]
     finally:
+        await env.stop()
+
+
+FTP_PER_ADDRESS = 256
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not implemented: wsfront/ftp/factory.py FTPFactory accepts any number of control "
+    "connections from one address (HTTP caps them: SiteSettings.max_connections_per_address). "
+    "Expected: beyond a per-address cap (256 like HTTP) the server answers "
+    "'421 Too many connections from your address' and closes",
+)
+@pytest_twisted.ensureDeferred
+async def test_ftp_control_connections_per_address_are_capped(tmp_path):
+    from twisted.internet import reactor
+
+    env = await FTPEnv(reactor, tmp_path).start()
+    conns = []
+    try:
+        port = env.listening.getHost().port
+        for _ in range(FTP_PER_ADDRESS + 10):
+            c = await connect(reactor, port)
+            conns.append(c)
+        greetings = [(await c.until(b"\r\n"))[:3] for c in conns]
+        assert greetings[:FTP_PER_ADDRESS] == [b"220"] * FTP_PER_ADDRESS
+        assert set(greetings[FTP_PER_ADDRESS:]) == {b"421"}
+    finally:
+        for c in conns:
+            c.close()
         await env.stop()
