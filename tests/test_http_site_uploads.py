@@ -327,3 +327,13 @@ async def test_an_early_refusal_reaches_a_client_already_sending_its_body(env):
     client.send(b"z" * 600_000)
     await client.closed
     assert client.reason.check(ConnectionDone), client.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_upload_that_outgrows_the_quota_is_507_and_not_committed(env):
+    await env.catalog.set_quota("alice", MiB, None)
+    env.authenticator.forget("alice")
+    r = await env.request("PUT", "/grow", data=ChunkedBody(reactor_(), payload(3 * MiB)))
+    assert r.code == 507
+    r, _ = await get(env, "/grow")
+    assert r.code == 404
