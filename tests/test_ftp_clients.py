@@ -262,3 +262,59 @@ async def test_aria2c_segmented_download_with_four_connections(ftp, tmp_path):
     )
     assert file_sha(tmp_path / "seg.bin") == sha256(data)
     assert ftp.factory.stats.connections >= 2
+
+
+async def run_status(tool: str, *args: str) -> int:
+    exe = require_tool(tool)
+    _out, _err, code = await getProcessOutputAndValue(exe, list(args), env=dict(os.environ))
+    return code
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_really_interrupted_download_then_resumed(ftp, tmp_path):
+    data = payload(16 * MiB)
+    await ftp.env.upload("/big.bin", data)
+    local = tmp_path / "big.bin"
+    url = f"ftp://127.0.0.1:{ftp.port}/big.bin"
+    user = f"alice:{PASSWORD}"
+    # curl gives up after a second at 1 MB/s: a real interruption mid-file.
+    code = await run_status("curl", "-sS", "-u", user, "--limit-rate", "1M", "--max-time", "1",
+                            "-o", str(local), url)  # fmt: skip
+    assert code == 28  # operation timed out
+    partial = local.stat().st_size
+    assert 0 < partial < len(data)
+    before = ftp.factory.stats.bytes_sent
+    await run("curl", "-sS", "-u", user, "-C", "-", "-o", str(local), url)
+    assert file_sha(local) == sha256(data)
+    assert ftp.factory.stats.bytes_sent - before == len(data) - partial
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_really_interrupted_upload_then_resumed(ftp, tmp_path):
+    data = payload(8 * MiB)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    url = f"ftp://127.0.0.1:{ftp.port}/up.bin"
+    user = f"alice:{PASSWORD}"
+    code = await run_status("curl", "-sS", "-u", user, "--limit-rate", "2M", "--max-time", "1",
+                            "-T", str(src), url)  # fmt: skip
+    assert code == 28
+    # The server commits what arrived when the data connection drops.
+    for _ in range(500):
+        if not ftp.transfers.sessions:
+            break
+        await _tick()
+    first = ftp.factory.stats.bytes_received
+    assert 0 < first < len(data)
+    await run("curl", "-sS", "-u", user, "-C", "-", "-T", str(src), url)
+    second = ftp.factory.stats.bytes_received - first
+    assert second < len(data)
+    assert first + second >= len(data)
+    got, _ = await ftp.env.download("/up.bin")
+    assert sha256(got) == sha256(data)
+
+
+def _tick():
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, 0.01, lambda: None)
