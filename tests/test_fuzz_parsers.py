@@ -532,3 +532,70 @@ def test_deeply_nested_control_json_is_a_protocol_error(body):
     decoder.feed(framing.encode_header(framing.HELLO, 0, len(body)) + body)
     with pytest.raises(ProtocolError):
         decoder.next_frame()
+
+
+# -- tus headers and metadata ----------------------------------------------------------
+
+metadata_value = st.one_of(
+    st.sampled_from(["-", "..", ".", "a/b", "/", "../x", "a\\b", "", "-/x", "/-", "x/"]),
+    st.text(max_size=30),
+)
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["filename", "name", "path"]), metadata_value, max_size=3))
+@example({"filename": "-"})
+@pytest.mark.xfail(
+    strict=True,
+    reason="wsfront/http/tus.py target_path: filename '-' gives '/-', not a virtual path "
+    "(tests/test_hostile_tus.py::test_reserved_root_name_as_tus_filename_is_400)",
+)
+def test_tus_metadata_names_a_path_inside_the_root_or_is_refused(meta):
+    from wsfront.http.errors_map import HttpError
+    from wsfront.http.tus import target_path
+
+    try:
+        vpath = target_path(meta)
+    except (HttpError, paths.PathError):
+        return
+    _assert_inside_root(vpath)
+
+
+def _only_http_4xx(parse, raw) -> None:
+    from wsfront.http.errors_map import HttpError
+
+    try:
+        parse(raw)
+    except HttpError as e:
+        assert 400 <= e.status < 500
+
+
+@FAST
+@given(st.binary(max_size=200))
+@example("٣".encode())
+@example(b"1" * 30)
+def test_tus_numbers_versions_and_content_types_answer_only_http_errors(raw):
+    from wsfront.http import tus_headers
+
+    _only_http_4xx(lambda r: tus_headers.parse_number("Upload-Length", r), raw)
+    _only_http_4xx(tus_headers.check_resumable, raw)
+    _only_http_4xx(tus_headers.check_offset_content_type, raw)
+
+
+@FAST
+@given(st.binary(max_size=200))
+@example(b"filename YQ==,filename Yg==")
+@example(b"sha1 " + b"A" * 28)
+@example(b"filename \x80")
+@example(b"sha1 \xe9")
+@pytest.mark.xfail(
+    strict=True,
+    reason="wsfront/http/tus_headers.py parse_metadata and parse_checksum: a non-ASCII byte in "
+    "a base64 value makes base64.b64decode raise ValueError (not binascii.Error), which "
+    "escapes as 500; expected 400",
+)
+def test_tus_metadata_and_checksums_answer_only_http_errors(raw):
+    from wsfront.http import tus_headers
+
+    _only_http_4xx(tus_headers.parse_metadata, raw)
+    _only_http_4xx(tus_headers.parse_checksum, raw)

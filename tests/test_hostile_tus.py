@@ -40,7 +40,7 @@ async def _tus(env, method, path, headers=None, data=None, who=None):
     from twisted.web.client import readBody
 
     merged = {**TUS, **(headers or {})}
-    raw = {k.encode(): [str(v).encode()] for k, v in merged.items()}
+    raw = {k.encode(): [v if isinstance(v, bytes) else str(v).encode()] for k, v in merged.items()}
     if who is None:
         raw.update(env.auth_header)
     else:
@@ -199,4 +199,28 @@ async def test_bogus_upload_urls_are_404(site, upload_id):
     env, hoard = site
     code, _, _ = await _tus(env, "HEAD", "/-/uploads/" + upload_id)
     assert code in (400, 404, 414)
+    await hoard.check()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="wsfront/http/tus_headers.py parse_metadata / parse_checksum: base64.b64decode raises "
+    "ValueError on a non-ASCII value, which escapes as 500 instead of 400",
+)
+@pytest.mark.parametrize(
+    ("method", "header", "value"),
+    [("POST", "Upload-Metadata", b"filename \x80"), ("PATCH", "Upload-Checksum", b"sha1 \xe9")],
+    ids=["metadata", "checksum"],
+)
+@pytest_twisted.ensureDeferred
+async def test_non_ascii_base64_in_tus_headers_is_400(site, method, header, value):
+    env, hoard = site
+    if method == "POST":
+        headers = {"Upload-Length": "5", header: value}
+        path = "/-/uploads/"
+    else:
+        path = await _new_upload(env, "checksum.bin", length=3)
+        headers = {"Upload-Offset": "0", header: value, **OCTETS}
+    code, _, _ = await _tus(env, method, path, headers, data=b"abc" if method == "PATCH" else None)
+    assert code == 400
     await hoard.check()
