@@ -320,3 +320,47 @@ async def test_overlong_lines_cost_only_the_connection(site):
     for request in (get(b"/" + b"a" * 20000), get(b"/", b"X-Big: " + b"b" * 20000 + b"\r\n")):
         await _exchange(env, request, until_closed=True)  # fails if never closed
     await _still_fine(site)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="wsfront/http/files.py destination_path: urllib.parse.urlsplit raises on a "
+    "non-ASCII byte (UnicodeDecodeError) or a broken IPv6 host (ValueError), which escapes "
+    "as 500; expected 400 'the Destination must be a user path on this server'",
+)
+@pytest.mark.parametrize(
+    "destination", [b"/caf\xe9.txt", b"http://[::1/keep/x.txt"], ids=["non-ascii", "bad-ipv6"]
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_move_destination_is_400(site, destination):
+    env, _hoard = site
+    request = (
+        b"MOVE /keep/b.txt HTTP/1.1\r\n"
+        + HOST
+        + AUTH
+        + b"Destination: "
+        + destination
+        + b"\r\n\r\n"
+    )
+    received = await _exchange(env, request)
+    assert head_of(received)[0] == 400
+    await _still_fine(site)
+
+
+@pytest.mark.parametrize(
+    "destination", [b"/caf\xe9.txt", b"http://[::1/keep/x.txt"], ids=["non-ascii", "bad-ipv6"]
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_move_destination_moves_nothing(site, destination):
+    env, _hoard = site
+    request = (
+        b"MOVE /keep/b.txt HTTP/1.1\r\n"
+        + HOST
+        + AUTH
+        + b"Destination: "
+        + destination
+        + b"\r\n\r\n"
+    )
+    received = await _exchange(env, request)
+    assert head_of(received)[0] >= 400
+    await _still_fine(site)  # /keep/b.txt is still there, unchanged
