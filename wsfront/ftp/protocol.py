@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from wsfront import paths
 from wsfront.catalog.errors import AuthFailed
-from wsfront.ftp import addresses, datacmds, listing
+from wsfront.ftp import addresses, datacmds, listing, replies
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
 from wsfront.ftp.errors_map import is_expected, reply_for
@@ -42,6 +42,7 @@ from wsfront.ftp.parsing import (
     parse_line,
     parse_offset,
 )
+from wsfront.ftp.replies import quote_path
 
 log = Logger()
 
@@ -56,11 +57,6 @@ class Reply(Exception):
         super().__init__(f"{code} {text}")
         self.code = code
         self.text = text
-
-
-def quote_path(path: str) -> str:
-    """A path inside a 257 reply: double quotes doubled (RFC 959 appendix II)."""
-    return '"' + path.replace('"', '""') + '"'
 
 
 class FTPControl(Protocol):
@@ -158,19 +154,15 @@ class FTPControl(Protocol):
 
     def reply(self, code: int, text: str) -> None:
         """Send a one-line reply, or a multi-line one if ``text`` has newlines."""
-        lines = text.split("\n")
-        self.reply_lines(code, lines)
+        if self.connected_:
+            self.transport.write(replies.reply(code, text))
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
-        if not self.connected_:
-            return
-        if len(lines) <= 1:
-            out = f"{code} {lines[0] if lines else ''}\r\n"
-        else:
-            body = "".join(f" {line}\r\n" if line[:1] != " " else f"{line}\r\n"
-                           for line in lines[1:-1])  # fmt: skip
-            out = f"{code}-{lines[0]}\r\n{body}{code} {lines[-1]}\r\n"
-        self.transport.write(out.encode("utf-8", "surrogateescape"))
+        """A reply of several lines; middle lines are sent as given (FEAT's
+        and HELP's start with a space), and ``replies`` keeps any from
+        looking like the end."""
+        if self.connected_:
+            self.transport.write(replies.reply(code, lines))
 
     def reply_error(self, error: BaseException) -> None:
         if isinstance(error, Reply):
@@ -337,7 +329,8 @@ class FTPControl(Protocol):
     def ftp_FEAT(self, argument: str) -> None:
         lines = ["Features:"]
         for feature in FEATURES:
-            lines.append(listing.feat_mlst_line(self.mlst_facts) if feature == "MLST" else feature)
+            text = listing.feat_mlst_line(self.mlst_facts) if feature == "MLST" else feature
+            lines.append(" " + text)
         lines.append("End")
         self.reply_lines(211, lines)
 
@@ -349,7 +342,8 @@ class FTPControl(Protocol):
                 raise Reply(502, f"Unknown command {verb}")
             self.reply(214, f"Syntax: {verb} {spec.help}".rstrip())
             return
-        self.reply_lines(214, help_lines())
+        first, *rows, last = help_lines()
+        self.reply_lines(214, [first, *(" " + row for row in rows), last])
 
     def ftp_ALLO(self, argument: str) -> None:
         self.reply(202, "No storage allocation necessary")
@@ -559,13 +553,13 @@ class FTPControl(Protocol):
             raise Reply(504, "STAT with an argument is not supported; use LIST")
         lines = [
             "wsfs FTP server status:",
-            f"Connected from {self.peer_host}",
-            f"Logged in as {self.user.name}",
-            f"TYPE: {'BINARY' if self.binary else 'ASCII'}, STRUcture: File, MODE: Stream",
+            f" Connected from {self.peer_host}",
+            f" Logged in as {self.user.name}",
+            f" TYPE: {'BINARY' if self.binary else 'ASCII'}, STRUcture: File, MODE: Stream",
         ]
         if transfer is not None:
-            lines.append(f"{transfer.verb} in progress, {transfer.bytes_moved()} bytes moved")
+            lines.append(f" {transfer.verb} in progress, {transfer.bytes_moved()} bytes moved")
         else:
-            lines.append("No data connection")
+            lines.append(" No data connection")
         lines.append("End of status")
         self.reply_lines(211, lines)
