@@ -108,13 +108,15 @@ TRAVERSALS = [
 
 
 @pytest.mark.parametrize("path", TRAVERSALS)
-@pytest.mark.parametrize("verb", ["RETR", "SIZE", "DELE", "RNFR", "CWD", "MKD", "STOR", "MDTM"])
+@pytest.mark.parametrize(
+    "verb", ["RETR", "SIZE", "DELE", "RNFR", "CWD", "MKD", "STOR", "MDTM", "MLST", "LIST"]
+)
 @pytest_twisted.ensureDeferred
 async def test_traversal_out_of_the_root_is_refused_for_every_command(site, verb, path):
     env, _hoard, _good = site
     c = await env.client()
     await c.cmd("TYPE I")
-    if verb in ("RETR", "STOR"):
+    if verb in ("RETR", "STOR", "LIST"):
         await c.epsv()
     code, text = await c.cmd(f"{verb} {path}")
     assert code in (550, 553), (code, text)
