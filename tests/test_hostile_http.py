@@ -288,11 +288,6 @@ async def test_truncated_overwrite_keeps_the_committed_version(site):
     await _still_fine(site)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/request.py StreamingChannel: a request line over max_line_bytes "
-    "is dropped without an answer (Twisted's lineLengthExceeded); should be 414 URI Too Long",
-)
 @pytest_twisted.ensureDeferred
 async def test_overlong_request_line_gets_414(site):
     env, _hoard = site
@@ -300,11 +295,6 @@ async def test_overlong_request_line_gets_414(site):
     assert received and head_of(received)[0] == 414
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/request.py StreamingChannel: a header line over max_line_bytes is "
-    "dropped without an answer; should be 431 Request Header Fields Too Large",
-)
 @pytest_twisted.ensureDeferred
 async def test_overlong_header_line_gets_431(site):
     env, _hoard = site
