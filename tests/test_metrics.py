@@ -148,3 +148,26 @@ async def test_metrics_answer_prometheus_text_and_refuse_other_methods(env):
     await r.content()
     code, _h, _b = await env.get("/-/metrics/nope")
     assert code == 404
+
+
+def test_http_latency_is_observed_when_the_site_stamps_the_dispatch_time():
+    from twisted.internet.task import Clock
+
+    from wsfront.metrics import HttpCounters
+
+    clock = Clock()
+    counters = HttpCounters(clock)
+    stamped = SimpleNamespace(
+        method=b"GET", code=200, path=b"/f", sentLength=10, body_received=0, started_at=0.0
+    )
+    clock.advance(0.3)
+    counters.observe(stamped)
+    counters.observe(SimpleNamespace(method=b"BREW", code=405, path=b"/f"))
+    pool = SimpleNamespace(nodes=lambda: [])
+    transfers = SimpleNamespace(name="fe-x", sessions={}, pool=pool, stats=TransferStats())
+    text = generate_latest(make_registry(transfers, http=counters)).decode()
+    assert 'wsfs_http_request_duration_seconds_bucket{le="0.25"} 0.0' in text
+    assert 'wsfs_http_request_duration_seconds_bucket{le="0.5"} 1.0' in text
+    assert "wsfs_http_request_duration_seconds_count 1.0" in text
+    assert 'wsfs_http_requests_total{code="405",method="other"} 1.0' in text
+    assert 'wsfs_protocol_transfers_total{direction="download",protocol="http"} 1.0' in text
