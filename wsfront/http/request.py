@@ -139,11 +139,6 @@ class StreamingChannel(http.HTTPChannel):
             return
         super().timeoutConnection()
 
-    def readConnectionLost(self) -> None:
-        """The client finished sending (half-close support)."""
-        if self._abandoned and self.transport is not None:
-            self.transport.loseConnection()
-
     # -- HTTPChannel hooks ---------------------------------------------------
 
     def allHeadersReceived(self) -> None:
