@@ -191,3 +191,73 @@ def test_draining_checkpoints_what_does_not_finish_and_the_client_resumes_on_b(c
                 f"{cluster.b.http}/late.bin")  # fmt: skip
     assert done.stdout == b"201", done
     assert sha256(curl(f"{cluster.b.http}/late.bin").stdout) == sha256(data)
+
+
+# -- FTP ----------------------------------------------------------------------
+
+
+def test_ftp_upload_killed_on_a_resumes_with_curl_size_and_appe_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(3 * MiB))
+    cluster.b.start()
+    first = curl(*SLOW, "-T", str(path), f"{cluster.a.ftp}/up.bin")
+    assert first.returncode != 0
+    cluster.a.wait_killed()
+    checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+    # curl -C - -T: SIZE (the pending upload, to its owner), then APPE.
+    second = curl("-C", "-", "-T", str(path), "-w", "%{size_upload}", f"{cluster.b.ftp}/up.bin")
+    assert second.returncode == 0, second
+    assert int(second.stdout) == len(data) - checkpoint < len(data)
+    assert cluster.b.resumed_at() == [checkpoint]
+    assert sha256(curl(f"{cluster.b.ftp}/up.bin").stdout) == sha256(data)
+
+
+def test_ftp_upload_killed_on_a_resumes_with_lftp_reput_on_b(cluster, payload, tmp_path):
+    lftp = require_tool("lftp")
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(3 * MiB))
+    cluster.b.start()
+    curl(*SLOW, "-T", str(path), f"{cluster.a.ftp}/lf.bin")
+    cluster.a.wait_killed()
+    checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+    # lftp reput: SIZE, then REST n + STOR.
+    script = (
+        "set cmd:fail-exit yes; set net:max-retries 1; "
+        f"open -u mia,mia-password-42 -p {cluster.b.ftp_port} 127.0.0.1; "
+        f"reput {path} -o lf.bin; bye"
+    )
+    out = subprocess.run([lftp, "-c", script], capture_output=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out
+    assert cluster.b.resumed_at() == [checkpoint]
+    assert sha256(curl(f"{cluster.b.ftp}/lf.bin").stdout) == sha256(data)
+
+
+def test_ftp_download_killed_on_a_resumes_with_rest_and_retr_on_b(cluster, payload, tmp_path):
+    path, data = payload
+    cluster.b.start()
+    assert curl("-T", str(path), f"{cluster.b.ftp}/dl.bin").returncode == 0
+    kill_at = 4 * MiB + 3
+    cluster.a.start(f"transfer.read.bytes=kill@{kill_at}")
+    out = tmp_path / "dl.bin"
+    assert curl("-o", str(out), f"{cluster.a.ftp}/dl.bin").returncode != 0
+    cluster.a.wait_killed()
+    have = out.stat().st_size
+    assert 0 < have <= kill_at
+    # curl -C - on a download: REST <have> + RETR on the other front end.
+    rest = curl("-C", "-", "-o", str(out), "-w", "%{size_download}", f"{cluster.b.ftp}/dl.bin")
+    assert rest.returncode == 0, rest
+    assert int(rest.stdout) == len(data) - have
+    assert sha256(out.read_bytes()) == sha256(data)
+
+
+def test_ftp_upload_on_a_is_finished_with_put_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(2 * MiB))
+    cluster.b.start()
+    curl(*SLOW, "-T", str(path), f"{cluster.a.ftp}/x.bin")
+    cluster.a.wait_killed()
+    offset = int(http_head(f"{cluster.b.http}/x.bin")["upload-offset"])
+    done = curl("-C", str(offset), "-T", str(path), "-w", "%{http_code}",
+                f"{cluster.b.http}/x.bin")  # fmt: skip
+    assert done.stdout == b"201", done
+    assert sha256(curl(f"{cluster.b.ftp}/x.bin").stdout) == sha256(data)
