@@ -81,6 +81,13 @@ def test_wslocal_serves_http_and_ftp_and_keeps_data_and_login_across_restarts(tm
         got = curl(ftp + "via-http.bin")
         assert got.returncode == 0, got
         assert hashlib.sha256(got.stdout).hexdigest() == digest
+        # The server's own endpoints are mounted under /-/.
+        metrics = curl(http + "-/metrics").stdout.decode()
+        assert "wsfs_" in metrics
+        status = curl("-o", "/dev/null", "-w", "%{http_code}", http + "-/status")
+        assert status.stdout == b"403", "the demo user is no administrator"
+        tus = curl("-X", "OPTIONS", "-D", "-", "-o", "/dev/null", http + "-/uploads/")
+        assert b"Tus-Version: 1.0.0" in tus.stdout
     finally:
         assert first.stop(), log_path.read_text()
     login = (data / "demo-login.txt").read_text().strip()

@@ -49,6 +49,7 @@ class FrontendService(service.Service):
         self.ports: dict[str, object] = {}
         self._expiry: LoopingCall | None = None
         self._health: LoopingCall | None = None
+        self.status_page = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def _storage_client(self, name: str, endpoint: str):
@@ -98,22 +99,24 @@ class FrontendService(service.Service):
         self._health.clock = self.reactor
         self._health.start(5, now=True)
         authenticator = CachingAuthenticator(self.catalog, self.reactor)
+        ftp_factory = None
         if cfg.ftp:
             from wsfront.ftp.factory import FTPFactory, FTPSettings
 
             ftp_settings = FTPSettings(
                 passive_ports=cfg.passive_ports, public_address=cfg.public_address
             )
-            factory = FTPFactory(
+            ftp_factory = FTPFactory(
                 self.reactor, self.transfers, make_portal(authenticator), ftp_settings
             )
             self.ports["ftp"] = await serverFromString(self.reactor, with_backlog(cfg.ftp)).listen(
-                factory
+                ftp_factory
             )
         if cfg.http:
             from wsfront.http.site import SiteSettings, make_site
 
             site = make_site(self.reactor, self.transfers, authenticator, SiteSettings())
+            self._mount_endpoints(site, ftp_factory)
             self.ports["http"] = await serverFromString(
                 self.reactor, with_backlog(cfg.http)
             ).listen(site)
@@ -122,6 +125,24 @@ class FrontendService(service.Service):
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
                      addr=port.getHost())  # fmt: skip
         return self
+
+    def _mount_endpoints(self, site, ftp_factory) -> None:
+        """The server's own endpoints under ``/-/``: tus uploads, Prometheus
+        metrics and the administrators' live status page."""
+        from wsfront.http.tus import TusEndpoint
+        from wsfront.metrics import HttpCounters, make_registry, metrics_endpoint
+        from wsfront.metrics_catalog import CatalogSnapshot
+        from wsfront.status import status_endpoint
+
+        site.mount("uploads", TusEndpoint())
+        snapshot = CatalogSnapshot(self.reactor, self.catalog)
+        http = HttpCounters(self.reactor)
+        http.attach(site)
+        registry = make_registry(self.transfers, snapshot, ftp=ftp_factory, http=http)
+        site.mount("metrics", metrics_endpoint(registry, snapshot))
+        self.status_page = status_endpoint(self.reactor, self.transfers, snapshot)
+        self.status_page.start()
+        site.mount("status", self.status_page)
 
     @defer.inlineCallbacks
     def record_node_health(self):
@@ -186,6 +207,8 @@ class FrontendService(service.Service):
         yield defer.maybeDeferred(super().stopService)
         for port in self.ports.values():
             yield port.stopListening()
+        if self.status_page is not None:
+            self.status_page.stop()
         for loop in (self._expiry, self._health):
             if loop is not None and loop.running:
                 loop.stop()
