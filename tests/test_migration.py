@@ -15,7 +15,7 @@ import pytest
 
 from tests.catalog_fixtures import postgres_schema_url
 from tests.migration_cluster import MigrationCluster, sha256, wait_until
-from tests.support import require_tool
+from tests.support import python_env, require_tool
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -261,3 +261,70 @@ def test_ftp_upload_on_a_is_finished_with_put_on_b(cluster, payload):
                 f"{cluster.b.http}/x.bin")  # fmt: skip
     assert done.stdout == b"201", done
     assert sha256(curl(f"{cluster.b.ftp}/x.bin").stdout) == sha256(data)
+
+
+# -- tus ------------------------------------------------------------------------
+
+
+def tuspy(spec: dict) -> subprocess.CompletedProcess:
+    """Run the real tus client (tuspy) in its own process."""
+    import base64
+    import sys
+
+    spec = {"auth": "Basic " + base64.b64encode(b"mia:mia-password-42").decode(), **spec}
+    return subprocess.run(
+        [sys.executable, "-m", "tests.tus_client_proc", json.dumps(spec)],
+        capture_output=True, text=True, timeout=120, env=python_env(),
+    )  # fmt: skip
+
+
+def http_base(fe) -> str:
+    return f"http://127.0.0.1:{fe.http_port}"
+
+
+def test_tus_upload_killed_on_a_is_resumed_by_a_new_tuspy_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(2 * MiB))
+    cluster.b.start()
+    first = tuspy({"endpoint": http_base(cluster.a) + "/-/uploads/", "file": str(path),
+                   "chunk_size": MiB, "metadata": {"filename": "t.bin"}})  # fmt: skip
+    assert first.returncode != 0
+    cluster.a.wait_killed()
+    checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+    [session] = json.loads(cluster.wsfs("--json", "sessions"))
+    url = f"{http_base(cluster.b)}/-/uploads/{session['upload_id']}"
+    second = tuspy({"url": url, "file": str(path), "chunk_size": 4 * MiB})
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["offset"] == len(data)
+    assert cluster.b.resumed_at()[0] == checkpoint > 0
+    assert sha256(curl(f"{cluster.b.http}/t.bin").stdout) == sha256(data)
+
+
+def test_ftp_upload_on_a_is_finished_with_tuspy_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(2 * MiB))
+    cluster.b.start()
+    curl(*SLOW, "-T", str(path), f"{cluster.a.ftp}/c.bin")
+    cluster.a.wait_killed()
+    link = http_head(f"{cluster.b.http}/c.bin")["link"]
+    tus_path = re.match(r"<([^>]+)>", link).group(1)
+    # An FTP upload declares no length (creation-defer-length): the tus client
+    # declares it on its PATCH, as the tus spec has it.
+    done = tuspy({"url": http_base(cluster.b) + tus_path, "file": str(path),
+                  "headers": {"Upload-Length": str(len(data))}})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sha256(curl(f"{cluster.b.http}/c.bin").stdout) == sha256(data)
+
+
+def test_tus_upload_on_a_is_finished_with_appe_on_b(cluster, payload):
+    path, data = payload
+    cluster.a.start(kill_after_checkpoint(2 * MiB))
+    cluster.b.start()
+    tuspy({"endpoint": http_base(cluster.a) + "/-/uploads/", "file": str(path),
+           "chunk_size": MiB, "metadata": {"filename": "u.bin"}})  # fmt: skip
+    cluster.a.wait_killed()
+    checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
+    done = curl("-C", "-", "-T", str(path), "-w", "%{size_upload}", f"{cluster.b.ftp}/u.bin")
+    assert done.returncode == 0, done
+    assert int(done.stdout) == len(data) - checkpoint
+    assert sha256(curl(f"{cluster.b.ftp}/u.bin").stdout) == sha256(data)
