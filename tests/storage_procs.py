@@ -43,7 +43,7 @@ class StorageProcess:
     def endpoint(self) -> str:
         return f"tcp:127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> StorageProcess:
+    def start(self, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> StorageProcess:
         self.port = free_port()
         argv = twistd_storage_argv(
             "--listen",
@@ -54,6 +54,7 @@ class StorageProcess:
             self.name,
             "--secret-file",
             str(self.secret_file),
+            *extra,
         )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

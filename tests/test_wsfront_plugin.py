@@ -86,6 +86,13 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
                 for e in events
                 if "committed" in e.get("log_format", "")
             ), "one JSON event per session start and end, with its fields"
+            repair = subprocess.run(
+                [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "--json", "repair",
+                 "--timeout", "60"],
+                env=python_env(), capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+            assert repair.returncode == 0, repair.stderr
+            assert json.loads(repair.stdout)["state"] == "done", "a front end ran the job"
             nodes = json.loads(as_json.stdout)["nodes"]
             assert sorted(n["name"] for n in nodes) == ["s1", "s2", "s3"]
             assert all(n["state"] == "up" and n["free_bytes"] > 0 for n in nodes), nodes
@@ -132,3 +139,21 @@ def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):
     assert proc.returncode == 1
     assert "could not start" in proc.stdout
     assert "Connection refused" in proc.stdout
+
+
+def test_wsstorage_serves_prometheus_metrics_when_asked(tmp_path):
+    curl = require_tool("curl")
+    port = free_port()
+    proc = StorageProcess(tmp_path, "s1")
+    try:
+        proc.start(extra=("--metrics", f"tcp:{port}:interface=127.0.0.1"))
+        deadline = time.monotonic() + 30
+        while True:
+            got = subprocess.run([curl, "-sS", f"http://127.0.0.1:{port}/metrics"],
+                                 capture_output=True, text=True)  # fmt: skip
+            if got.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling until the metrics port listens
+        assert "wsstorage_" in got.stdout, got
+    finally:
+        proc.stop()

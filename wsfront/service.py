@@ -50,6 +50,7 @@ class FrontendService(service.Service):
         self._expiry: LoopingCall | None = None
         self._health: LoopingCall | None = None
         self.status_page = None
+        self.maintenance = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def _storage_client(self, name: str, endpoint: str):
@@ -92,6 +93,10 @@ class FrontendService(service.Service):
                 n=len(interrupted),
             )
         await self.pool.start()
+        from wsfront.maintenance.service import MaintenanceService
+
+        self.maintenance = MaintenanceService(self.reactor, self.catalog, self.pool, cfg.name)
+        self.maintenance.startService()
         self._expiry = LoopingCall(self.transfers.expire)
         self._expiry.clock = self.reactor
         self._expiry.start(60, now=True)
@@ -214,6 +219,8 @@ class FrontendService(service.Service):
                 loop.stop()
         if self.transfers is not None:
             yield self.transfers.shutdown()
+        if self.maintenance is not None:
+            yield defer.maybeDeferred(self.maintenance.stopService)
         if self.pool is not None:
             self.pool.stop()
             for node in self.pool.nodes():

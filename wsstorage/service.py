@@ -93,6 +93,9 @@ class Options(usage.Options):
         ["data", None, None, "directory holding the blobs"],
         ["name", None, None, "this storage server's name in the cluster"],
         ["secret-file", None, None, "cluster secret (created with a random one if absent)"],
+        ["metrics", None, None, "serve Prometheus metrics on this endpoint (off by default)"],
+        ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
+        ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
     ]
 
     def postOptions(self) -> None:
@@ -101,6 +104,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"missing required option(s): {', '.join(missing)}")
         if not BLOB_ID_RE.match(self["name"]):
             raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
+        for name in ("scrub-mib-per-second", "scrub-interval-hours"):
+            try:
+                self[name] = float(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a number") from None
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
         try:
             self.secret, self.secret_created = auth.ensure_secret(self["secret-file"])
         except auth.SecretError as e:
@@ -115,6 +125,8 @@ class StorageService(Service):
         self.options = options
         self.running_server: RunningServer | None = None
         self._starting: defer.Deferred | None = None
+        self.scrubber = None
+        self.metrics_port = None
 
     def startService(self) -> None:
         super().startService()
@@ -131,8 +143,24 @@ class StorageService(Service):
         d.addCallbacks(self._started, self._failed)
         self._starting = d
 
-    def _started(self, server: RunningServer) -> None:
+    @defer.inlineCallbacks
+    def _started(self, server: RunningServer):
         self.running_server = server
+        opts = self.options
+        if opts["scrub-mib-per-second"] > 0 and opts["scrub-interval-hours"] > 0:
+            from wsstorage.scrub import Scrubber
+
+            self.scrubber = Scrubber(
+                self.reactor, server.store, bytes_per_second=opts["scrub-mib-per-second"] * 2**20
+            )
+            self.scrubber.start(opts["scrub-interval-hours"] * 3600)
+        if opts["metrics"]:
+            from wsstorage.metrics import listen_metrics, storage_registry
+
+            self.metrics_port = yield listen_metrics(
+                self.reactor, opts["metrics"], storage_registry(server.factory)
+            )
+            log.info("wsstorage metrics on {addr}", addr=self.metrics_port.getHost())
 
     def _failed(self, failure: Any) -> None:
         log.failure("wsstorage could not start", failure)
@@ -145,6 +173,10 @@ class StorageService(Service):
         super().stopService()
         if self._starting is not None:
             yield self._starting
+        if self.scrubber is not None:
+            self.scrubber.stop()
+        if self.metrics_port is not None:
+            yield self.metrics_port.stopListening()
         if self.running_server is not None:
             yield self.running_server.stop()
 
