@@ -153,11 +153,19 @@ class FrontendService(service.Service):
     def record_node_health(self):
         """Write what the pool's probes saw into the catalog's registry, so
         ``wsfs status`` and other front ends see it."""
+        try:
+            registry = {n.name: n for n in (yield self.catalog.list_nodes())}
+        except Exception as e:
+            log.warn("could not read the storage registry: {err}", err=e)
+            return
         for node in self.pool.nodes():
+            known = registry.get(node.name)
+            draining = known is not None and known.state == "draining"
+            self.pool.set_draining(node.name, draining)
             try:
                 yield self.catalog.set_node_health(
                     node.name,
-                    "up" if node.up else "down",
+                    "draining" if draining else "up" if node.up else "down",
                     node.free_bytes if node.last_seen is not None else None,
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,

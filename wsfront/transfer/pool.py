@@ -30,6 +30,7 @@ class NodeState:
     endpoint: str
     client: IStorageClient
     up: bool = True
+    draining: bool = False
     free_bytes: int = 0
     total_bytes: int = 0
     last_seen: float | None = None
@@ -70,6 +71,12 @@ class StoragePool:
         node = self._nodes.get(name)
         return node is not None and node.up
 
+    def set_draining(self, name: str, draining: bool) -> None:
+        """A draining server (``wsfs drain``) still serves reads, takes no new writes."""
+        node = self._nodes.get(name)
+        if node is not None:
+            node.draining = draining
+
     def mark_down(self, name: str, reason: str) -> None:
         """A reader or writer saw ``name`` fail: stop choosing it now."""
         node = self._nodes.get(name)
@@ -81,7 +88,9 @@ class StoragePool:
     def choose(self, count: int, exclude: Iterable[str] = ()) -> list[str]:
         """Up to ``count`` distinct healthy servers, most free space first."""
         excluded = set(exclude)
-        candidates = [n for n in self._nodes.values() if n.up and n.name not in excluded]
+        candidates = [
+            n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
+        ]
         candidates.sort(key=lambda n: (-n.free_bytes, n.name))
         return [n.name for n in candidates[:count]]
 

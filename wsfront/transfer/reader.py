@@ -37,6 +37,8 @@ class ReadExtent:
     blob_offset: int
     length: int
     replicas: tuple[str, ...]
+    fallback: tuple[str, ...] = ()
+    """Replicas the catalog does not count as ok (stale, lost): tried last."""
 
 
 class _Stalled(Exception):
@@ -83,6 +85,7 @@ class ReadStream:
         stall_timeout: float = 5.0,
         max_rounds: int = 2,
         stats=None,
+        on_damage=None,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -93,6 +96,7 @@ class ReadStream:
         self._stall_timeout = stall_timeout
         self._max_rounds = max_rounds
         self._stats = stats
+        self._on_damage = on_damage
         self._paused = False
         self._stopped = False
         self._sink: _ExtentSink | None = None
@@ -149,6 +153,7 @@ class ReadStream:
         got = 0
         errors: list[str] = []
         order = self._pool.order_for_read(extent.replicas, next(_spread))
+        order += [n for n in self._pool.order_for_read(extent.fallback) if n not in order]
         for attempt, node in enumerate(order * self._max_rounds):
             if attempt:
                 self.failovers += 1
@@ -182,6 +187,9 @@ class ReadStream:
                 errors.append(reason)
                 if isinstance(e, storage_errors.NodeUnavailable | _Stalled):
                     self._pool.mark_down(node, reason)
+                elif isinstance(e, storage_errors.ChecksumError) and self._on_damage is not None:
+                    # Repair replaces a damaged replica; don't wait for scrub.
+                    self._on_damage(extent.blob_id, node)
                 if got >= want:
                     return
                 continue

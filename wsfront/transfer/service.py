@@ -74,9 +74,11 @@ class ReadHandle:
     stream: ReadStream
 
 
-def _replica_names(replicas) -> tuple[str, ...]:
-    ok = [r.node for r in replicas if r.state == REPLICA_OK]
-    return tuple(ok + [r.node for r in replicas if r.state != REPLICA_OK])
+def _read_extent(extent) -> ReadExtent:
+    """A catalog extent as the reader wants it: ok replicas, then the rest."""
+    ok = tuple(r.node for r in extent.replicas if r.state == REPLICA_OK)
+    rest = tuple(r.node for r in extent.replicas if r.state != REPLICA_OK)
+    return ReadExtent(extent.blob_id, extent.blob_offset, extent.length, ok, rest)
 
 
 def new_blob_id() -> str:
@@ -199,10 +201,7 @@ class Transfers:
             raise catalog_errors.NotFound(vpath)
         if offset > version.size:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {version.size}")
-        extents = [
-            ReadExtent(e.blob_id, e.blob_offset, e.length, _replica_names(e.replicas))
-            for e in version.extents
-        ]
+        extents = [_read_extent(e) for e in version.extents]
         stream = ReadStream(
             self._clock,
             self.pool,
@@ -211,6 +210,7 @@ class Transfers:
             length,
             stall_timeout=self.settings.read_stall_timeout,
             stats=self.stats,
+            on_damage=self._replica_damaged,
         )
         info = FileInfo(
             path=vpath,
@@ -292,6 +292,14 @@ class Transfers:
         )
         session = yield self._open_session(user, upload, committed)
         return session
+
+    def _replica_damaged(self, blob_id: str, node: str) -> None:
+        """A read found a bad block: mark that replica stale for repair."""
+        log.warn("replica {node} of {blob} is damaged; marked stale", node=node, blob=blob_id)
+        d = self.catalog.mark_replica(blob_id, node, REPLICA_STALE)
+        d.addErrback(
+            lambda f: log.warn("could not mark {blob} stale: {err}", blob=blob_id, err=f.value)
+        )
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
@@ -403,6 +411,8 @@ class Transfers:
             "owner": upload.user,
             "upload": upload.upload_id,
             "file_offset": upload.blob_start,
+            "epoch": upload.epoch,
+            "created_at": self._clock.seconds(),
         }
 
         def open_one(node: str):
