@@ -21,7 +21,7 @@ setup(
     + ["twisted.plugins"],
     package_data={"twisted.plugins": ["*.py"], "wsfront.status": ["static/*"]},
     install_requires=[
-        "Twisted[tls]>=24.7,<27",
+        "Twisted[tls]>=26.10,<27",
         "zope.interface>=6",
         "attrs>=23.1",
         "treq>=23.11",
