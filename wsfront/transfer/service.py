@@ -330,7 +330,7 @@ class Transfers:
         except catalog_errors.EpochConflict as e:
             raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
         if local is not None:
-            local.abort()
+            local.fence(f"upload {upload.upload_id} was taken over by another connection")
         self.stats.takeovers += 1
         self.stats.event(
             self._clock.seconds(), "takeover", upload=upload.upload_id, epoch=upload.epoch,

@@ -335,6 +335,11 @@ class WriteSession:
             yield self._release_writers()
             self._ended()
 
+    def fence(self, reason: str) -> None:
+        """Another connection or front end took this upload over: end it as
+        fenced (its client gets an error, never a success)."""
+        self._fail(SessionFenced(reason))
+
     def abort(self) -> Deferred:
         """Stop without recording anything more (the adapter gives up)."""
         if self.state in (DONE, FENCED, FAILED):
