@@ -337,3 +337,19 @@ async def test_checkpoints_keep_a_long_upload_from_expiring(env):
     assert later >= first
     assert later >= env.reactor.seconds() + env.transfers.settings.upload_expiry - 60
     await session.finish()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_draining_front_end_takes_no_new_sessions_and_says_so_per_protocol(env):
+    from wsfront.ftp.errors_map import reply_for
+    from wsfront.http.errors_map import http_error
+    from wsfront.transfer.errors import Draining
+
+    await env.upload("/f", b"abc")
+    env.transfers.draining = True
+    with pytest.raises(Draining) as read:
+        await env.transfers.open_read(env.user, "/f")
+    with pytest.raises(Draining):
+        await env.transfers.open_write(env.user, "/g", 0)
+    assert reply_for(read.value)[0] == 421
+    assert http_error(read.value).status == 503

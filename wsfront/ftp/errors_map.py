@@ -22,6 +22,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.NoReplicasAvailable, 451, "Storage unavailable, try again later"),
     (transfer_errors.SessionFailed, 451, "Upload failed, try again later"),
     (transfer_errors.TransferAborted, 426, "Transfer aborted"),
+    (transfer_errors.Draining, 421, "Server restarting: reconnect to resume"),
     # Catalog.
     (catalog_errors.PermissionDenied, 550, "Permission denied"),
     (catalog_errors.NotFound, 550, "No such file or directory"),

@@ -51,6 +51,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (transfer_errors.SessionFenced, 409),
     (transfer_errors.SessionFailed, 503),
     (transfer_errors.TransferAborted, 400),
+    (transfer_errors.Draining, 503),
 )
 
 
