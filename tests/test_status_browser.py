@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from selenium.webdriver.common.by import By
 from twisted.internet import defer
 
 from tests.http_env import MiB, payload
 from tests.status_browser import Browser
 from tests.status_env import ADMIN, ADMIN_PASSWORD, StatusEnv
-from tests.support import REPO, require_tool
+from tests.support import REPO, missing, require_tool
 from tests.transfer_env import Feeder, PausingCollector
 
 
@@ -23,28 +22,43 @@ def env(tmp_path):
     from twisted.internet import reactor
 
     require_tool("chromium")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing("selenium is not installed (pip install selenium)")
     e = pytest_twisted.blockon(defer.ensureDeferred(StatusEnv(reactor, tmp_path).start()))
     yield e
     pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
 
 
-def state_of(driver, css: str) -> str | None:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].get_attribute("data-state") if found else None
+# The page redraws every second, so elements found by Selenium can go stale
+# between find and read; each read is one script run in the page instead.
 
 
-def bar_value(driver, upload_id: str) -> float | None:
-    """The value of an upload's progress bar on the page (None: no bar)."""
-    bars = driver.find_elements(
-        By.CSS_SELECTOR, f'#sessions tr[data-upload="{upload_id}"] progress'
+def query(driver, css: str, expression: str):
+    """``expression`` of the first element matching ``css`` (``e``), or None."""
+    return driver.execute_script(
+        f"const e = document.querySelector(arguments[0]); return e ? ({expression}) : null;",
+        css,
     )
-    return float(bars[0].get_attribute("value")) if bars else None
+
+
+def texts(driver, css: str) -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);", css
+    )
+
+
+def state_of(driver, css: str) -> str | None:
+    return query(driver, css, "e.dataset.state")
 
 
 def bar_reaches(upload_id: str, at_least: int):
+    """Condition: the upload's progress bar shows ``at_least``; fires with (value, max)."""
+
     def condition(driver):
-        value = bar_value(driver, upload_id)
-        return value if value is not None and value >= at_least else False
+        bar = query(driver, f'#sessions tr[data-upload="{upload_id}"] progress', "[e.value, e.max]")
+        return bar if bar is not None and bar[0] >= at_least else False
 
     return condition
 
@@ -66,23 +80,19 @@ async def _watch(env, browser: Browser, tmp_path) -> None:
     await browser.wait(
         lambda d: state_of(d, "#connection") == "live", message="the page never went live"
     )
-    title = await browser.call(lambda d: d.find_element(By.ID, "front-end").text)
+    title = await browser.call(lambda d: query(d, "#front-end", "e.textContent"))
     assert title == "fe-a"
 
     # A slow upload, driven a step at a time: the bar follows each step.
     data = payload(4 * MiB)
     session = await env.transfers.open_write(env.user, "/watched.bin", 0, declared_length=len(data))
     await Feeder(env.reactor, session, data[:MiB]).start()
-    first = await browser.wait(bar_reaches(session.upload_id, MiB), message="no progress bar")
-    assert first == MiB
-    maximum = await browser.call(
-        lambda d: d.find_element(
-            By.CSS_SELECTOR, f'tr[data-upload="{session.upload_id}"] progress'
-        ).get_attribute("max")
+    first, maximum = await browser.wait(
+        bar_reaches(session.upload_id, MiB), message="no progress bar"
     )
-    assert float(maximum) == len(data)
+    assert (first, maximum) == (MiB, len(data))
     await Feeder(env.reactor, session, data[MiB : 3 * MiB]).start()
-    second = await browser.wait(bar_reaches(session.upload_id, 3 * MiB), message="bar stuck")
+    second, _ = await browser.wait(bar_reaches(session.upload_id, 3 * MiB), message="bar stuck")
     assert second == 3 * MiB > first
     await browser.screenshot(
         REPO / "artifacts" / "status-upload.png", tmp_path / "status-upload.png"
@@ -90,7 +100,7 @@ async def _watch(env, browser: Browser, tmp_path) -> None:
     await Feeder(env.reactor, session, data[3 * MiB :]).start()
     await session.finish()
     await browser.wait(
-        lambda d: not d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"),
+        lambda d: not texts(d, "#sessions tbody tr"),
         message="the finished upload stayed on the page",
     )
 
@@ -106,9 +116,7 @@ async def _watch(env, browser: Browser, tmp_path) -> None:
     await done
     assert len(sink.data) == 8 * MiB and handle.stream.failovers == 1
     text = await browser.wait(
-        lambda d: [
-            e.text for e in d.find_elements(By.CSS_SELECTOR, '#events li[data-kind="failover"]')
-        ],
+        lambda d: texts(d, '#events li[data-kind="failover"]'),
         message="no failover event on the page",
     )
     assert f"moved to {handle.stream.serving}" in text[0]
@@ -117,7 +125,7 @@ async def _watch(env, browser: Browser, tmp_path) -> None:
         message=f"{victim} never showed as down",
     )
     await browser.wait(
-        lambda d: int(d.find_element(By.ID, "chart").get_attribute("data-points") or 0) >= 2,
+        lambda d: int(query(d, "#chart", "e.dataset.points") or 0) >= 2,
         message="no throughput chart",
     )
     name = "status-page.png"
