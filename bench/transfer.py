@@ -83,7 +83,7 @@ async def run(reactor, args) -> None:
         await pool.start()
         settings = TransferSettings(
             replicas=args.replicas,
-            checkpoint_bytes=(8 << 20) if checkpoints else 1 << 62,
+            checkpoint_bytes=(args.checkpoint_mib << 20) if checkpoints else 1 << 62,
             checkpoint_seconds=2.0 if checkpoints else 0,
             hash_uploads=False,
         )
@@ -91,9 +91,10 @@ async def run(reactor, args) -> None:
 
     ref = socket_copy_mbps(size)
     results = {}
+    on_label = f"write, checkpoints {args.checkpoint_mib} MiB"
     for label, checkpoints in (
         ("write, checkpoints off", False),
-        ("write, checkpoints 8 MiB", True),
+        (on_label, True),
     ):
         transfers = await front_end(checkpoints)
         session = await transfers.open_write(user, f"/{label[:5]}-{checkpoints}", 0)
@@ -119,7 +120,7 @@ async def run(reactor, args) -> None:
     print(f"{'socket copy (reference)':28s} {ref:8.0f} {1.0:7.2f}")
     for label, mbps in results.items():
         print(f"{label:28s} {mbps:8.0f} {mbps / ref:7.2f}")
-    off, on = results["write, checkpoints off"], results["write, checkpoints 8 MiB"]
+    off, on = results["write, checkpoints off"], results[on_label]
     print(f"session management cost (checkpoints on vs off): {(1 - on / off) * 100:+.1f}%")
     print(f"peak RSS: storage server {rss:.0f} MiB, front end (this process) {own:.0f} MiB")
     for pool in pools:
@@ -163,6 +164,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--checkpoint-mib", type=int, default=8)
     args = p.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
 
