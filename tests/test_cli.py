@@ -69,3 +69,39 @@ def test_status_sessions_and_ls_on_an_empty_cluster(catalog):
     assert json.loads(wsfs(catalog, "--json", "sessions").stdout) == []
     listing = wsfs(catalog, "ls", "/").stdout
     assert "carol/" in listing
+
+
+class _Terminal:
+    """A stand-in terminal: records writes, says it is a TTY (or not)."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_job_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(tty):
+    import argparse
+    from types import SimpleNamespace
+
+    from wsfront.cli import Commands
+
+    out = _Terminal(tty)
+    commands = Commands(None, argparse.Namespace(json=False), out)
+    job = SimpleNamespace(job_id=7, state="running",
+                          progress={"phase": "copying", "copied": 5, "total": 10})  # fmt: skip
+    commands._show_progress("repair", job)
+    if tty:
+        assert out.text.startswith("\rrepair [") and "5/10" in out.text
+        assert "#" * 15 + "-" * 15 in out.text and "\n" not in out.text
+    else:
+        assert out.text == "repair job 7: running {'phase': 'copying', 'copied': 5, 'total': 10}\n"

@@ -165,6 +165,21 @@ class Commands:
         ]  # fmt: skip
         self.emit(entries, _table(rows, ["name", "size", "modified"]))
 
+    def _show_progress(self, kind: str, job) -> None:
+        """A redrawn bar on a terminal, one plain line per change otherwise."""
+        p = job.progress or {}
+        done, total = p.get("copied"), p.get("total")
+        if not self.out.isatty():
+            self.out.write(f"{kind} job {job.job_id}: {job.state} {p}\n")
+        elif isinstance(done, int) and isinstance(total, int) and total > 0:
+            width = 30
+            filled = min(width, width * done // total)
+            bar = "#" * filled + "-" * (width - filled)
+            self.out.write(f"\r{kind} [{bar}] {done}/{total} {p.get('phase', job.state)}  ")
+        else:
+            self.out.write(f"\r{kind}: {p.get('phase', job.state)} {p}"[:120])
+        self.out.flush()
+
     async def _job(self, kind: str, args: dict[str, Any]) -> Any:
         """Queue a job for a front end and follow it to the end."""
         job = await self.catalog.enqueue_job(kind, args)
@@ -180,10 +195,11 @@ class Commands:
                 )
             if job.progress != shown and not self.args.json:
                 shown = job.progress
-                self.out.write(f"{kind} job {job.job_id}: {job.state} {job.progress}\n")
-                self.out.flush()
+                self._show_progress(kind, job)
             await task.deferLater(reactor, self.args.poll, lambda: None)
             job = await self.catalog.get_job(job.job_id)
+        if shown is not None and self.out.isatty():
+            self.out.write("\n")
         if job.state == "failed":
             raise SystemExit(f"wsfs: {kind} failed: {job.error}")
         return job

@@ -136,6 +136,7 @@ class Repairer:
             stats["marked_lost"] = await self._mark_lost(lost, unknown_too=now)
             self._marked |= lost
         stats["phase"] = "copying"
+        stats["total"] = await self._catalog.count_under_replicated()
         await report()
         given_up: set[str] = set()
         semaphore = DeferredSemaphore(max(1, self.settings.concurrency))
