@@ -56,7 +56,9 @@ class FrontendService(service.Service):
     def _storage_client(self, name: str, endpoint: str):
         from wsstorage.client import StorageClient
 
-        return StorageClient(self.reactor, name, endpoint, self.config.secret)
+        # A busy storage server still sends keepalives every second; only ten
+        # silent seconds mean it is gone (reads also fail over on a stall).
+        return StorageClient(self.reactor, name, endpoint, self.config.secret, idle_timeout=10.0)
 
     def startService(self) -> None:
         super().startService()

@@ -109,6 +109,7 @@ class Transfers:
         self.sessions: dict[str, WriteSession] = {}
         self.stats = TransferStats()
         self.draining = False
+        self._opening = 0  # open_write calls between their start and a WriteSession
 
     # -- helpers ----------------------------------------------------------
 
@@ -244,6 +245,15 @@ class Transfers:
         end, with an epoch bump and a fence); another user's is UploadBusy.
         """
         self._refuse_if_draining()
+        self._opening += 1
+        try:
+            session = yield self._open_write(user, vpath, offset, append, declared_length, meta)
+        finally:
+            self._opening -= 1
+        return session
+
+    @inlineCallbacks
+    def _open_write(self, user, vpath, offset, append, declared_length, meta):
         self._need(user, "write")
         full = self.full_path(user, vpath)
         try:
@@ -472,8 +482,8 @@ class Transfers:
 
     @property
     def busy(self) -> bool:
-        """Any upload or download still running here?"""
-        return bool(self.sessions) or self.stats.active_reads > 0
+        """Any upload or download still running (or being opened) here?"""
+        return bool(self.sessions) or self._opening > 0 or self.stats.active_reads > 0
 
     def expire(self):
         """Drop expired pending uploads (their blobs become collectable)."""
