@@ -242,9 +242,6 @@ async def test_upload_begun_on_one_front_end_is_finished_on_another(env):
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.xfail(
-    reason="the FTP front end (wsfront.ftp, in progress) does not answer 226 yet", strict=False
-)
 async def test_upload_begun_with_tus_is_finished_by_curl_over_ftp_size_and_appe(env):
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString

@@ -43,7 +43,15 @@ def test_metadata_key_without_value_is_empty_text():
 
 
 @pytest.mark.parametrize(
-    "raw", [b"filename !!!", b"a YQ==,a YQ==", b"k " + base64.b64encode(b"\xff"), b",", b"a b c"]
+    "raw",
+    [
+        b"filename !!!",
+        b"a YQ==,a YQ==",
+        b"k " + base64.b64encode(b"\xff"),
+        b",",
+        b"a b c",
+        b"filename \x80",
+    ],
 )
 def test_malformed_metadata_is_a_bad_request(raw):
     with pytest.raises(HttpError) as e:
@@ -59,7 +67,9 @@ def test_checksum_header_is_parsed_for_sha1_and_sha256():
     assert parse_checksum(None) is None
 
 
-@pytest.mark.parametrize("raw", [b"md5 AAAA", b"sha1 not-base64!", b"sha1 AAAA", b"sha256"])
+@pytest.mark.parametrize(
+    "raw", [b"md5 AAAA", b"sha1 not-base64!", b"sha1 AAAA", b"sha256", b"sha1 \xe9"]
+)
 def test_unsupported_or_malformed_checksums_are_bad_requests(raw):
     with pytest.raises(HttpError) as e:
         parse_checksum(raw)

@@ -245,7 +245,7 @@ class TusEndpoint:
         upload_id = session.upload_id
         limit = None if length is None else length - offset
         sink = ChunkSink(request, session, limit, checksum)
-        session.when_failed().addErrback(lambda f: request.fail_body(f.value))
+        session.when_failed().addErrback(_stop_body, request)
         if checksum is not None:
             self._verifying[upload_id] = offset
         try:
@@ -366,6 +366,13 @@ class TusEndpoint:
             raise HttpError(404, "the upload is outside your tree") from None
 
 
+def _stop_body(failure, request: StreamingRequest) -> None:
+    """The session ended early: stop taking the body (if the request still
+    has one; a session can fail after its request was answered)."""
+    if getattr(request, "channel", None) is not None and not request.gone:
+        request.fail_body(failure.value)
+
+
 def target_path(meta: dict[str, str]) -> str:
     """Where an upload lands, from its metadata: ``path`` (in the user's
     tree; ending in ``/`` it names a directory for ``filename``), else
@@ -385,4 +392,6 @@ def target_path(meta: dict[str, str]) -> str:
         return vpath
     if filename is None:
         raise HttpError(400, "Upload-Metadata needs filename or path")
-    return "/" + filename
+    # Through the same resolver as every other path, so the reserved root
+    # name "-" is refused here too.
+    return paths.resolve("/", filename)

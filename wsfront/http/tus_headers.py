@@ -9,7 +9,6 @@ parser raises ``HttpError`` with the status tus prescribes for that header.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Callable, Mapping
 
@@ -106,7 +105,7 @@ def parse_checksum(raw: bytes | None) -> Checksum | None:
         )
     try:
         digest = base64.b64decode(value.strip(), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise HttpError(400, "the Upload-Checksum digest is not base64") from None
     if len(digest) != CHECKSUMS[name]().digest_size:
         raise HttpError(400, f"the Upload-Checksum digest has the wrong length for {name}")
@@ -129,7 +128,7 @@ def parse_metadata(raw: bytes | None) -> dict[str, str]:
             raise HttpError(400, "malformed Upload-Metadata")
         try:
             meta[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, non-ASCII text, UnicodeDecodeError
             raise HttpError(400, f"Upload-Metadata value of {key!r} is not base64 UTF-8") from None
     return meta
 
