@@ -519,12 +519,6 @@ def test_control_bodies_that_are_no_json_object_are_protocol_errors(body):
         decoder.next_frame()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsstorage/framing.py decode_control: json.loads raises RecursionError (not "
-    "ProtocolError) on a deeply nested control body; the server's _process then lets it "
-    "escape dataReceived instead of answering ERROR and dropping the peer",
-)
 @pytest.mark.parametrize(
     "body", [b"[" * 100_000, b'{"a":' * 100_000], ids=["deep-array", "deep-object"]
 )
@@ -546,11 +540,6 @@ metadata_value = st.one_of(
 @FAST
 @given(st.dictionaries(st.sampled_from(["filename", "name", "path"]), metadata_value, max_size=3))
 @example({"filename": "-"})
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/tus.py target_path: filename '-' gives '/-', not a virtual path "
-    "(tests/test_hostile_tus.py::test_reserved_root_name_as_tus_filename_is_400)",
-)
 def test_tus_metadata_names_a_path_inside_the_root_or_is_refused(meta):
     from wsfront.http.errors_map import HttpError
     from wsfront.http.tus import target_path
@@ -589,12 +578,6 @@ def test_tus_numbers_versions_and_content_types_answer_only_http_errors(raw):
 @example(b"sha1 " + b"A" * 28)
 @example(b"filename \x80")
 @example(b"sha1 \xe9")
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/tus_headers.py parse_metadata and parse_checksum: a non-ASCII byte in "
-    "a base64 value makes base64.b64decode raise ValueError (not binascii.Error), which "
-    "escapes as 500; expected 400",
-)
 def test_tus_metadata_and_checksums_answer_only_http_errors(raw):
     from wsfront.http import tus_headers
 

@@ -312,12 +312,6 @@ async def test_overlong_lines_cost_only_the_connection(site):
     await _still_fine(site)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/files.py destination_path: urllib.parse.urlsplit raises on a "
-    "non-ASCII byte (UnicodeDecodeError) or a broken IPv6 host (ValueError), which escapes "
-    "as 500; expected 400 'the Destination must be a user path on this server'",
-)
 @pytest.mark.parametrize(
     "destination", [b"/caf\xe9.txt", b"http://[::1/keep/x.txt"], ids=["non-ascii", "bad-ipv6"]
 )

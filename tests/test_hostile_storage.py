@@ -249,12 +249,6 @@ async def test_deeply_nested_hello_leaves_the_server_serving(node):
     await _still_fine(node)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsstorage/framing.py decode_control lets RecursionError escape (deeply nested "
-    "JSON); wsstorage/server.py _process only catches ProtocolError, so the peer gets no "
-    "ERROR frame and the server logs an unhandled error instead of 'dropping ...'",
-)
 @pytest_twisted.ensureDeferred
 async def test_deeply_nested_hello_gets_a_protocol_error_frame(node):
     proc, _client, _digest = node

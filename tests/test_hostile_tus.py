@@ -85,12 +85,6 @@ async def test_hostile_upload_metadata_is_refused(site, metadata, status):
     await hoard.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/tus.py target_path returns '/' + filename without wsfront.paths.resolve, "
-    "so filename '-' (the reserved root name) becomes '/-', which is no virtual path: "
-    "to_storage_path raises ValueError and the client gets 500. Expected: 400 (reserved name)",
-)
 @pytest_twisted.ensureDeferred
 async def test_reserved_root_name_as_tus_filename_is_400(site):
     env, hoard = site
@@ -202,11 +196,6 @@ async def test_bogus_upload_urls_are_404(site, upload_id):
     await hoard.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsfront/http/tus_headers.py parse_metadata / parse_checksum: base64.b64decode raises "
-    "ValueError on a non-ASCII value, which escapes as 500 instead of 400",
-)
 @pytest.mark.parametrize(
     ("method", "header", "value"),
     [("POST", "Upload-Metadata", b"filename \x80"), ("PATCH", "Upload-Checksum", b"sha1 \xe9")],

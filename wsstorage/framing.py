@@ -99,6 +99,8 @@ def decode_control(body: bytes) -> dict[str, Any]:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"control frame is not JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("control frame nests too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError("control frame is not a JSON object")
     return value

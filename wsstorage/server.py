@@ -173,6 +173,7 @@ class StorageServerProtocol(Protocol):
         self._server_nonce = ""
         self._held = False  # frames wait in the decoder while True
         self._busy_id: int | None = None  # request running in a thread
+        self._flushes: dict[int, None] = {}  # stream flushes whose fsync still runs
         self._keepalive: Any = None
         self._handshake_timer: Any = None
         self._read: _ReadStream | None = None
@@ -400,8 +401,9 @@ class StorageServerProtocol(Protocol):
 
         def tick() -> None:
             self._keepalive = None
-            if self._busy_id is not None and self._state != "closed":
-                self._send(framing.KEEPALIVE, self._busy_id, {})
+            busy = self._busy_id if self._busy_id is not None else next(iter(self._flushes), None)
+            if busy is not None and self._state != "closed":
+                self._send(framing.KEEPALIVE, busy, {})
                 self._start_keepalive()
 
         self._keepalive = self.factory.reactor.callLater(self.factory.keepalive_interval, tick)
@@ -530,14 +532,12 @@ class StorageServerProtocol(Protocol):
         if stream.error is not None:
             self._send_error(rid, stream.error)
             return
-        if self._busy_id is None:
-            self._busy_id = rid
-            self._start_keepalive()
+        self._flushes[rid] = None
+        self._start_keepalive()
         d = self._sync_stream(stream)
 
         def done(result: Any) -> None:
-            if self._busy_id == rid:
-                self._busy_id = None
+            self._flushes.pop(rid, None)
             if self._state == "closed":
                 return
             if isinstance(result, Failure):

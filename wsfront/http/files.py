@@ -127,7 +127,10 @@ def destination_path(request: StreamingRequest) -> paths.HttpTarget:
     header = request.getHeader(b"Destination")
     if not header:
         raise HttpError(400, "MOVE needs a Destination header")
-    split = urlsplit(header)
+    try:
+        split = urlsplit(header)
+    except ValueError:  # a broken IPv6 host, a non-ASCII byte
+        raise HttpError(400, "the Destination header is not a URL") from None
     raw = split.path if split.scheme or split.netloc else header.split(b"?", 1)[0]
     if not raw.startswith(b"/") or raw == b"/-" or raw.startswith(b"/-/"):
         raise HttpError(400, "the Destination must be a user path on this server")

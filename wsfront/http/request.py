@@ -307,8 +307,9 @@ class StreamingRequest(server.Request):
         """Stop taking the body: its waiters fail with ``error``; nothing more
         reaches the consumer."""
         self._lose_body(error)
-        if self.channel is not None and not self.body_complete:
-            self.channel.pause_body("failed")
+        channel = getattr(self, "channel", None)  # Twisted deletes it once finished
+        if channel is not None and not self.body_complete:
+            channel.pause_body("failed")
 
     def _lose_body(self, error: BaseException) -> None:
         if self._body_error is not None or self.body_complete:
@@ -349,7 +350,7 @@ class StreamingRequest(server.Request):
     def before_answer(self) -> None:
         """Call before answering: an answer sent before the body was read
         closes the connection (the rest of the body is never read)."""
-        if not self.body_complete and self.channel is not None:
+        if not self.body_complete and getattr(self, "channel", None) is not None:
             self.fail_body(BodyLost("answered before the body was read"))
             self.channel.abandon()
             self.setHeader(b"Connection", b"close")
@@ -404,7 +405,7 @@ class StreamingRequest(server.Request):
     def abort(self) -> None:
         """Drop the connection: the status line is sent, so the only way to tell
         the client the body is incomplete is to cut it short."""
-        if self.channel is not None and self.channel.transport is not None:
+        if getattr(self, "channel", None) is not None and self.channel.transport is not None:
             self.channel.transport.abortConnection()
 
     def on_gone(self, callback: Callable[[], object]) -> None:

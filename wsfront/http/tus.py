@@ -393,5 +393,8 @@ def target_path(meta: dict[str, str]) -> str:
     if filename is None:
         raise HttpError(400, "Upload-Metadata needs filename or path")
     # Through the same resolver as every other path, so the reserved root
-    # name "-" is refused here too.
-    return paths.resolve("/", filename)
+    # name "-" is refused here too: bad metadata, 400.
+    try:
+        return paths.resolve("/", filename)
+    except paths.PathError as e:
+        raise HttpError(400, f"Upload-Metadata filename: {e}") from None
