@@ -132,7 +132,8 @@ class LocalClusterService(service.MultiService):
                 await catalog.get_user(DEMO_USER)
                 await catalog.set_password(DEMO_USER, password)
             except NotFound:
-                await catalog.add_user(DEMO_USER, password)
+                # An administrator, so the status page at /-/status works out of the box.
+                await catalog.add_user(DEMO_USER, password, admin=True)
             fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{DEMO_USER}:{password}\n")
