@@ -121,3 +121,9 @@ def test_link_header_points_the_owner_at_the_pending_upload():
     assert tus_link(pending) == ("Link", '</-/uploads/u1>; rel="tus-upload"')
     assert tus_link(committed) is None
     assert tus_link(None) is None
+
+
+def test_reserved_top_level_filename_is_a_bad_request():
+    with pytest.raises(HttpError) as e:
+        target_path({"filename": "-"})
+    assert e.value.status == 400

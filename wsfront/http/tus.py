@@ -375,8 +375,13 @@ def _stop_body(failure, request: StreamingRequest) -> None:
 
 def target_path(meta: dict[str, str]) -> str:
     """Where an upload lands, from its metadata: ``path`` (in the user's
-    tree; ending in ``/`` it names a directory for ``filename``), else
-    ``filename`` (or Uppy's ``name``) in the user's root."""
+    tree; ending in ``/`` it names a directory for ``filename``; refused as
+    the URL path would be), else ``filename`` (or Uppy's ``name``) in the
+    user's root, which must be a plain, unreserved name (400 otherwise)."""
+    return _target_path(meta)
+
+
+def _target_path(meta: dict[str, str]) -> str:
     filename = meta.get("filename") or meta.get("name")
     if filename is not None:
         if "/" in filename:
@@ -392,9 +397,7 @@ def target_path(meta: dict[str, str]) -> str:
         return vpath
     if filename is None:
         raise HttpError(400, "Upload-Metadata needs filename or path")
-    # Through the same resolver as every other path, so the reserved root
-    # name "-" is refused here too: bad metadata, 400.
     try:
         return paths.resolve("/", filename)
     except paths.PathError as e:
-        raise HttpError(400, f"Upload-Metadata filename: {e}") from None
+        raise HttpError(400, f"Upload-Metadata filename: {e.message}") from None
