@@ -157,3 +157,16 @@ def test_wsstorage_serves_prometheus_metrics_when_asked(tmp_path):
         assert "wsstorage_" in got.stdout, got
     finally:
         proc.stop()
+
+
+def test_a_bad_endpoint_string_stops_wsfront_with_a_clear_error(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 32)
+    proc = subprocess.run(
+        twistd_argv("wsfront", "--name", "a", "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}",
+                    "--secret-file", str(secret), "--http", "tcp:notaport"),
+        env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "could not start" in proc.stdout
+    assert "notaport" in proc.stdout
