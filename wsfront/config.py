@@ -9,11 +9,13 @@ message that names the option, so twistd prints it and exits non-zero.
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.python import usage
+
+from wsfront.ftp.addresses import parse_port_range
+from wsstorage.auth import SecretError, load_secret
 
 
 @attrs.frozen
@@ -36,25 +38,11 @@ class FrontendConfig:
 
 
 def read_secret(path: str) -> bytes:
-    """The cluster secret from ``path``; UsageError when unusable."""
+    """The cluster secret from ``path`` (wsstorage's rules); UsageError when unusable."""
     try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise usage.UsageError(f"--secret-file {path}: cannot read it: {e.strerror}") from e
-    if len(secret) < 16:
-        raise usage.UsageError(f"--secret-file {path}: the secret must be at least 16 bytes")
-    return secret
-
-
-def parse_port_range(spec: str) -> tuple[int, int]:
-    """``LO-HI`` -> (lo, hi), both unprivileged ports, lo <= hi."""
-    lo, sep, hi = spec.partition("-")
-    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
-        raise ValueError("expected LO-HI")
-    low, high = int(lo), int(hi)
-    if not 1024 <= low <= high <= 65535:
-        raise ValueError("expected 1024 <= LO <= HI <= 65535")
-    return low, high
+        return load_secret(path)
+    except SecretError as e:
+        raise usage.UsageError(f"--secret-file {path}: {e}") from None
 
 
 def parse_storage(spec: str) -> tuple[str, str]:
@@ -145,7 +133,8 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         raise usage.UsageError(f"--catalog {catalog!r}: expected sqlite:///... or postgresql://...")
     passive = get("passive-ports")
     try:
-        passive_ports = parse_port_range(passive) if passive else None
+        ports = parse_port_range(passive) if passive else None
+        passive_ports = (ports.start, ports.stop - 1) if ports else None
     except ValueError as e:
         raise usage.UsageError(f"--passive-ports {passive!r}: {e}") from e
     return FrontendConfig(
