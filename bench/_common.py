@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -20,12 +22,6 @@ def child_env() -> dict[str, str]:
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:

@@ -41,6 +41,7 @@ from twisted.web import server, static
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.support import free_port  # noqa: E402
 from wsfront.auth import CachingAuthenticator  # noqa: E402
 from wsfront.catalog import open_catalog  # noqa: E402
 from wsfront.http.site import make_site  # noqa: E402
@@ -50,12 +51,6 @@ from wsstorage.client import StorageClient  # noqa: E402
 
 MiB = 1 << 20
 PASSWORD = "bench-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb() -> float:
