@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from tests.migration_cluster import process_state, wait_until
 from tests.storage_procs import StorageProcess
 from tests.support import python_env
 from tests.transfer_env import Feeder, PausingCollector, sha256
@@ -139,17 +140,9 @@ def wait_for_line(path, needle: str, proc: subprocess.Popen, timeout: float = 60
     raise AssertionError(f"{needle!r} never appeared in {path}")
 
 
-def process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
-def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+def wait_stopped(pid: int) -> None:
     """The failpoint logs before it sends itself SIGSTOP: wait for the stop."""
-    deadline = time.monotonic() + timeout
-    while process_state(pid) != "T":
-        assert time.monotonic() < deadline, f"process {pid} never stopped"
-        time.sleep(0.01)  # polling /proc for the state change
+    wait_until(lambda: process_state(pid) == "T", f"process {pid} to stop", timeout=30)
 
 
 @pytest_twisted.ensureDeferred
