@@ -219,21 +219,32 @@ class FrontendService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """Stop in order; each step is bounded, so Ctrl-C never hangs on a
+        storage server or a maintenance pass that does not answer."""
         yield defer.maybeDeferred(super().stopService)
         for port in self.ports.values():
-            yield port.stopListening()
+            yield self._bounded(port.stopListening(), "stop listening")
         if self.status_page is not None:
             self.status_page.stop()
         for loop in (self._expiry, self._health):
             if loop is not None and loop.running:
                 loop.stop()
         if self.transfers is not None:
-            yield self.transfers.shutdown()
+            yield self._bounded(self.transfers.shutdown(), "checkpoint running uploads")
         if self.maintenance is not None:
-            yield defer.maybeDeferred(self.maintenance.stopService)
+            yield self._bounded(self.maintenance.stopService(), "stop maintenance")
         if self.pool is not None:
             self.pool.stop()
             for node in self.pool.nodes():
-                yield defer.maybeDeferred(node.client.close)
+                yield self._bounded(node.client.close(), f"close {node.name}")
         if self.catalog is not None:
-            yield self.catalog.close()
+            yield self._bounded(self.catalog.close(), "close the catalog")
+
+    def _bounded(self, result, what: str, seconds: float = 15.0) -> defer.Deferred:
+        d = defer.maybeDeferred(lambda: result)
+        d.addTimeout(seconds, self.reactor)
+
+        def gave_up(failure):
+            log.warn("shutdown: {what} did not finish: {err}", what=what, err=failure.value)
+
+        return d.addErrback(gave_up)
