@@ -35,6 +35,26 @@ class FrontendConfig:
     checkpoint_mib: int = 8
     upload_expiry_hours: float = 24.0
     drain_seconds: float = 30.0
+    https: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls: bool = False
+    require_tls_users: tuple[str, ...] = ()
+    anonymous: bool = False
+    anonymous_root: str = "/pub"
+    max_connections_per_address: int = 256
+    max_connections: int = 4096
+    max_sessions_per_user: int = 64
+    login_failures_per_address: int = 10
+    login_failures_per_user: int = 50
+    login_window_seconds: float = 300.0
+
+    def tls_pem(self) -> bytes | None:
+        """Certificate and key as one PEM blob, for ``PrivateCertificate.loadPEM``
+        (FTPS and HTTPS share them); None when no certificate is set."""
+        if self.tls_cert is None:
+            return None
+        return read_pem(self.tls_cert, self.tls_key)
 
 
 def read_secret(path: str) -> bytes:
@@ -43,6 +63,33 @@ def read_secret(path: str) -> bytes:
         return load_secret(path)
     except SecretError as e:
         raise usage.UsageError(f"--secret-file {path}: {e}") from None
+
+
+def read_pem(cert_path: str, key_path: str | None) -> bytes:
+    """The certificate file, then the key file (when it is another file)."""
+    paths = [cert_path] + ([key_path] if key_path and key_path != cert_path else [])
+    blobs = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        except OSError as e:
+            raise usage.UsageError(f"cannot read {path}: {e.strerror}") from e
+    return b"\n".join(blobs)
+
+
+def check_certificate(cert_path: str, key_path: str | None) -> None:
+    """Refuse at start-up a certificate/key pair TLS could not use."""
+    from twisted.internet.ssl import PrivateCertificate
+
+    try:
+        PrivateCertificate.loadPEM(read_pem(cert_path, key_path))
+    except usage.UsageError:
+        raise
+    except Exception as e:
+        raise usage.UsageError(
+            f"--tls-cert {cert_path}: not a PEM certificate with its private key ({e})"
+        ) from e
 
 
 def parse_storage(spec: str) -> tuple[str, str]:
@@ -71,11 +118,30 @@ class FrontendOptions(usage.Options):
         ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
         ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
         ["drain-seconds", None, None, "on SIGUSR1, let transfers finish this long (default 30)"],
+        ["https", None, None, "HTTPS endpoint (needs --tls-cert), e.g. tcp:8443"],
+        ["tls-cert", None, None, "PEM certificate for FTPS and HTTPS (may hold the key too)"],
+        ["tls-key", None, None, "PEM private key, when not in --tls-cert"],
+        ["anonymous-root", None, None, "directory anonymous users see read-only (default /pub)"],
+        ["max-connections-per-address", None, None, "per protocol and client address (256)"],
+        ["max-connections", None, None, "open connections per protocol (default 4096)"],
+        ["max-sessions-per-user", None, None, "concurrent transfers per user (default 64)"],
+        ["login-failures-per-address", None, None, "failed logins an address may make (10)"],
+        ["login-failures-per-user", None, None, "failed logins for one user, any address (50)"],
+        ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
+    ]
+    optFlags = [
+        ["require-tls", None, "FTP logins need AUTH TLS first and PROT P for data"],
+        ["anonymous", None, "let anonymous users read anonymous-root (FTP and HTTP)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["storage"] = []
+        self["require-tls-user"] = []
+
+    def opt_require_tls_user(self, name: str) -> None:
+        """this user may log in over TLS only (repeatable)"""
+        self["require-tls-user"].append(name)
 
     def opt_storage(self, spec: str) -> None:
         """register a storage server NAME=ENDPOINT (repeatable)"""
@@ -93,7 +159,11 @@ def _from_toml(path: str) -> dict[str, Any]:
         raise usage.UsageError(f"--config {path}: cannot read it: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise usage.UsageError(f"--config {path}: not valid TOML: {e}") from e
-    known = {p[0] for p in FrontendOptions.optParameters} | {"storage"}
+    known = (
+        {p[0] for p in FrontendOptions.optParameters}
+        | {f[0] for f in FrontendOptions.optFlags}
+        | {"storage", "require-tls-user"}
+    )
     unknown = sorted(set(data) - known)
     if unknown:
         raise usage.UsageError(f"--config {path}: unknown options: {', '.join(unknown)}")
@@ -108,6 +178,22 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         value = opts[name]
         if value in (None, []):
             value = file.get(name, default)
+        return value
+
+    def flag(name: str) -> bool:
+        value = bool(opts[name]) or file.get(name, False)
+        if not isinstance(value, bool):
+            raise usage.UsageError(f"{name} must be true or false")
+        return value
+
+    def number(name: str, default, kind=int, least=1):
+        raw = get(name, default)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(f"--{name} {raw!r}: expected a number") from e
+        if value < least:
+            raise usage.UsageError(f"--{name} must be at least {least}")
         return value
 
     missing = [n for n in ("name", "catalog", "secret-file") if not get(n)]
@@ -126,8 +212,24 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         raise usage.UsageError("--replicas must be a whole number") from e
     if replicas < 1:
         raise usage.UsageError("--replicas must be at least 1")
-    if not (get("ftp") or get("http") or get("ftps")):
-        raise usage.UsageError("give at least one of --ftp, --ftps, --http")
+    if not (get("ftp") or get("http") or get("ftps") or get("https")):
+        raise usage.UsageError("give at least one of --ftp, --ftps, --http, --https")
+    tls_cert, tls_key = get("tls-cert"), get("tls-key")
+    require_tls = flag("require-tls")
+    require_tls_users = get("require-tls-user", [])
+    if isinstance(require_tls_users, str):
+        require_tls_users = [require_tls_users]
+    needs_cert = [
+        o for o, on in (("--ftps", get("ftps")), ("--https", get("https")),
+                        ("--require-tls", require_tls), ("--require-tls-user", require_tls_users))
+        if on
+    ]  # fmt: skip
+    if needs_cert and not tls_cert:
+        raise usage.UsageError(f"{', '.join(needs_cert)} needs --tls-cert")
+    if tls_key and not tls_cert:
+        raise usage.UsageError("--tls-key needs --tls-cert")
+    if tls_cert:
+        check_certificate(tls_cert, tls_key)
     catalog = get("catalog")
     if not catalog.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise usage.UsageError(f"--catalog {catalog!r}: expected sqlite:///... or postgresql://...")
@@ -151,4 +253,17 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         checkpoint_mib=int(get("checkpoint-mib", 8)),
         upload_expiry_hours=float(get("upload-expiry-hours", 24.0)),
         drain_seconds=float(get("drain-seconds", 30.0)),
+        https=get("https"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        require_tls=require_tls,
+        require_tls_users=tuple(require_tls_users),
+        anonymous=flag("anonymous"),
+        anonymous_root=get("anonymous-root", "/pub"),
+        max_connections_per_address=number("max-connections-per-address", 256),
+        max_connections=number("max-connections", 4096),
+        max_sessions_per_user=number("max-sessions-per-user", 64),
+        login_failures_per_address=number("login-failures-per-address", 10),
+        login_failures_per_user=number("login-failures-per-user", 50),
+        login_window_seconds=number("login-window-seconds", 300.0, float),
     )
