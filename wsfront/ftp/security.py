@@ -1,0 +1,96 @@
+"""FTPS (RFC 4217): AUTH TLS, PBSZ and PROT, and the TLS options they use.
+
+One ``CertificateOptions`` per front end serves the control connections and
+every data connection: it caches one OpenSSL context, and OpenSSL's session
+cache lives in that context, so a client that resumes its control session
+on a data connection (FileZilla, lftp and Python's ftplib all do; vsftpd's
+``require_ssl_reuse`` insists on it) finds the session there.  Session
+caching and TLS 1.3 tickets are on for that reason.  TLS 1.2 is the oldest
+version offered (Twisted's default minimum, kept explicit here).
+
+``Protection`` is one control connection's state machine:
+
+- ``AUTH TLS`` (also ``TLS-C`` and the old synonym ``SSL``): 234, then the
+  control connection speaks TLS.  Anything the client pipelined after the
+  AUTH line in plain text is dropped, never run as if it had come over TLS
+  (the STARTTLS command-injection flaw, CVE-2011-0411).
+- ``PBSZ 0``: only after AUTH (503 before); any size is answered ``PBSZ=0``.
+- ``PROT C`` / ``PROT P``: only after PBSZ (503); ``S`` and ``E`` are 536.
+- Implicit FTPS starts with TLS, PBSZ 0 and PROT P already in force, as
+  clients of port 990-style servers expect.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
+
+from wsfront.ftp.replies import Reply
+
+AUTH_MECHANISMS = frozenset({"TLS", "TLS-C", "SSL"})
+FEAT_LINES = ("AUTH TLS", "PBSZ", "PROT")
+
+
+def server_tls_options(pem: bytes) -> CertificateOptions:
+    """TLS server options from a PEM blob holding the certificate and its key
+    (``FrontendConfig.tls_pem()``), shared by control and data connections."""
+    cert = PrivateCertificate.loadPEM(pem)
+    return CertificateOptions(
+        privateKey=cert.privateKey.original,
+        certificate=cert.original,
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        enableSessions=True,
+        enableSessionTickets=True,
+    )
+
+
+@attrs.define
+class Protection:
+    """AUTH/PBSZ/PROT state of one control connection."""
+
+    available: bool
+    active: bool = False
+    pbsz: bool = False
+    private: bool = False
+
+    @classmethod
+    def implicit(cls) -> Protection:
+        """TLS from the first byte, data connections protected by default."""
+        return cls(available=True, active=True, pbsz=True, private=True)
+
+    def check_auth(self, argument: str) -> None:
+        """Whether AUTH ``argument`` may start TLS now (raises Reply if not)."""
+        mechanism = argument.strip(" ").upper()
+        if not self.available:
+            raise Reply(431, "TLS is not configured on this server")
+        if mechanism not in AUTH_MECHANISMS:
+            raise Reply(504, f"AUTH {argument[:20]} not supported; use AUTH TLS")
+        if self.active:
+            raise Reply(503, "TLS is already active on this connection")
+
+    def started(self) -> None:
+        self.active = True
+        self.pbsz = False
+        self.private = False
+
+    def set_pbsz(self, argument: str) -> str:
+        """The 200 text for PBSZ (always 0 for TLS, RFC 4217 9)."""
+        text = argument.strip(" ")
+        if not self.active:
+            raise Reply(503, "PBSZ needs AUTH TLS first")
+        if not text.isascii() or not text.isdigit():
+            raise Reply(501, "PBSZ needs a decimal buffer size (0)")
+        self.pbsz = True
+        return "PBSZ=0"
+
+    def set_prot(self, argument: str) -> str:
+        """The 200 text for PROT C or PROT P."""
+        level = argument.strip(" ").upper()
+        if not self.active or not self.pbsz:
+            raise Reply(503, "PROT needs AUTH TLS and PBSZ first")
+        if level in ("S", "E"):
+            raise Reply(536, f"PROT {level} not supported; use C or P")
+        if level not in ("C", "P"):
+            raise Reply(504, "PROT takes C or P")
+        self.private = level == "P"
+        return f"Protection level set to {level}"
