@@ -57,10 +57,15 @@ class FTPEnv:
     def url(self) -> str:
         return f"ftp://alice:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}"
 
-    async def client(self, login: bool = True, host: str = "127.0.0.1") -> FTPClient:
+    async def client(
+        self, login: bool = True, host: str = "127.0.0.1", preamble: bytes = b""
+    ) -> FTPClient:
+        """A logged-in client; ``preamble`` is sent first (a PROXY header)."""
         ep = HostnameEndpoint(self.reactor, host, self.port)
         client = await ep.connect(_ClientFactory(self.reactor))
         self.clients.append(client)
+        if preamble:
+            client.transport.write(preamble)
         code, _ = await client.reply()
         assert code == 220
         if login:

@@ -25,6 +25,7 @@ from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
@@ -67,6 +68,31 @@ def socket_host(transport) -> str:
     return getattr(transport.getHost(), "host", "")
 
 
+def awaiting_proxy_header(transport, then) -> bool:
+    """True when ``transport`` sits on a PROXY-protocol wrapper
+    (``haproxy:`` endpoints) whose header has not arrived yet; ``then()`` is
+    called once it has.  Twisted's wrapper connects the protocol before the
+    header, when ``getPeer()`` is still the balancer's address, and says
+    nothing when the header arrives alone, so its ``dataReceived`` is
+    watched until it has parsed one."""
+    while isinstance(transport, ProtocolWrapper) and not isinstance(
+        transport, HAProxyProtocolWrapper
+    ):
+        transport = transport.transport
+    if not isinstance(transport, HAProxyProtocolWrapper) or transport._proxyInfo is not None:
+        return False
+    wrapper, original = transport, transport.dataReceived
+
+    def watch(data: bytes) -> None:
+        original(data)
+        if wrapper._proxyInfo is not None:
+            del wrapper.dataReceived
+            then()
+
+    wrapper.dataReceived = watch
+    return True
+
+
 class FTPControl(Protocol):
     """One client's control connection."""
 
@@ -84,6 +110,9 @@ class FTPControl(Protocol):
         self._idle_call = None
         self._tls_switching = False
         self._admitted = False
+        self._header_call = None
+        self._started = False
+        self.peer_host = ""
         self._hashing = None
         self.connected_ = False
         # Session state.
@@ -108,7 +137,23 @@ class FTPControl(Protocol):
     # -- connection ---------------------------------------------------
 
     def connectionMade(self) -> None:
-        # Behind a PROXY-protocol balancer getPeer() is the real client.
+        if awaiting_proxy_header(self.transport, self._start_session):
+            # A balancer sends its header at once; a peer that doesn't goes.
+            self._header_call = self.reactor.callLater(
+                self.settings.data_timeout, self.transport.abortConnection
+            )
+            return
+        self._start_session()
+
+    def _start_session(self) -> None:
+        """Admit the client and greet it, knowing its real address (behind
+        a PROXY-protocol balancer, the one its header names)."""
+        if self._started:
+            return
+        self._started = True
+        call, self._header_call = self._header_call, None
+        if call is not None and call.active():
+            call.cancel()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
         refused = self.factory.connections.admit(self.peer_host)
         if refused is not None:
@@ -128,6 +173,9 @@ class FTPControl(Protocol):
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
+        call, self._header_call = self._header_call, None
+        if call is not None and call.active():
+            call.cancel()
         if not self._admitted:
             return
         self._admitted = False
@@ -145,6 +193,10 @@ class FTPControl(Protocol):
             self.passive = None
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._started:
+            # Behind a PROXY wrapper: its header was parsed just now, and a
+            # command arrived in the same read.
+            self._start_session()
         if self._tls_switching:
             return  # plain text after AUTH TLS: never run (CVE-2011-0411)
         self._arm_idle()
