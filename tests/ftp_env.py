@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 
+import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.transfer_env import PASSWORD, TransferEnv, sha256
 from wsfront.auth import CachingAuthenticator, make_portal
@@ -33,10 +35,13 @@ class FTPEnv:
         tmp_path,
         settings: FTPSettings | None = None,
         listen: str = "tcp:0:interface=127.0.0.1",
+        *,
+        implicit_tls: bool = False,
         **env_kw,
     ) -> None:
         self.reactor = reactor
         self.listen = listen
+        self.implicit_tls = implicit_tls
         self.tmp_path = tmp_path
         self.settings = settings or FTPSettings(data_timeout=10.0)
         self.env_kw = env_kw
@@ -47,9 +52,15 @@ class FTPEnv:
         self.catalog = self.env.catalog
         self.transfers = self.env.transfers
         auth = CachingAuthenticator(self.env.catalog, self.reactor)
-        self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), self.settings)
+        settings = self.settings
+        if self.implicit_tls:
+            settings = attrs.evolve(settings, implicit_tls=True)
+        self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), settings)
+        listening_factory = self.factory
+        if self.implicit_tls:  # as wsfront.service mounts --ftps
+            listening_factory = TLSMemoryBIOFactory(settings.tls, False, self.factory)
         ep = serverFromString(self.reactor, f"{self.listen}:backlog=512")
-        self.listening = await ep.listen(self.factory)
+        self.listening = await ep.listen(listening_factory)
         self.port = self.listening.getHost().port
         return self
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +33,7 @@ class DataConnectionFailed(Exception):
     """No data connection could be made (FTP 425)."""
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class DataChannel(Protocol):
     """One data connection.  Reads stay paused until a transfer claims it:
     ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
@@ -59,6 +59,7 @@ class DataChannel(Protocol):
         self._on_stall: list[Callable[[], None]] = []
         self.stalled = False
         self.tls = False
+        self._handshake: Deferred | None = None
         self.closed: Deferred = Deferred()
         self.received = 0
         self.sent = 0
@@ -84,6 +85,7 @@ class DataChannel(Protocol):
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
         self.is_closed = True
         self._cancel_stall()
+        self.handshakeCompleted()  # nobody waits for a handshake that can't come
         waiters, self._resume_waiters = self._resume_waiters, []
         for d in waiters:
             d.callback(None)
@@ -96,8 +98,14 @@ class DataChannel(Protocol):
         """Protect this connection (PROT P): we are the TLS server even when
         we opened the TCP connection (active mode).  Bytes the client sent
         first wait in the socket, since reads are still paused."""
+        self._handshake = Deferred()
         self.transport.startTLS(options, not self.outgoing)
         self.tls = True
+
+    def handshakeCompleted(self) -> None:
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.callback(None)
 
     def watch_stall(
         self, clock, timeout: float, on_stall: Callable[[], None] | None = None
@@ -193,7 +201,13 @@ class DataChannel(Protocol):
     _producer_registered = False
 
     def close(self) -> Deferred:
-        """Flush and close; fires with the reason once closed."""
+        """Flush and close; fires with the reason once closed.  A TLS
+        connection closes only after its handshake (Twisted aborts one
+        closed before it: an empty listing would reach the client as a
+        reset); the stall watch bounds that wait."""
+        if self._handshake is not None and not self.is_closed:
+            self._handshake.addCallback(lambda _: self.close())
+            return self.closed_reason()
         if not self.is_closed:
             if self._registered_self():
                 self._producer_registered = False

@@ -5,8 +5,17 @@ every data connection: it caches one OpenSSL context, and OpenSSL's session
 cache lives in that context, so a client that resumes its control session
 on a data connection (FileZilla, lftp and Python's ftplib all do; vsftpd's
 ``require_ssl_reuse`` insists on it) finds the session there.  Session
-caching and TLS 1.3 tickets are on for that reason.  TLS 1.2 is the oldest
-version offered (Twisted's default minimum, kept explicit here).
+caching and session tickets are on for that reason.
+
+FTPS speaks TLS 1.2 only (ECDHE with AEAD ciphers, Twisted's defaults).
+TLS 1.3 sends its session tickets *after* the handshake: a client that
+uploads over a data connection and closes it without reading them (lftp
+with GnuTLS does) makes its kernel answer with a reset, and the reset
+throws away upload bytes still waiting in the server's socket buffer; a
+2 MiB ``put`` was stored as 212992 bytes about half the time.  OpenSSL
+avoids that with ``SSL_set_num_tickets(ssl, 0)`` on data connections, but
+pyOpenSSL does not expose it; in TLS 1.2 tickets travel inside the
+handshake, so nothing is left unread.
 
 ``Protection`` is one control connection's state machine:
 
@@ -15,7 +24,8 @@ version offered (Twisted's default minimum, kept explicit here).
   AUTH line in plain text is dropped, never run as if it had come over TLS
   (the STARTTLS command-injection flaw, CVE-2011-0411).
 - ``PBSZ 0``: only after AUTH (503 before); any size is answered ``PBSZ=0``.
-- ``PROT C`` / ``PROT P``: only after PBSZ (503); ``S`` and ``E`` are 536.
+- ``PROT P``: only after PBSZ (503); ``PROT C`` after AUTH alone (it is the
+  default, and ftplib's ``prot_c`` sends no PBSZ); ``S`` and ``E`` are 536.
 - Implicit FTPS starts with TLS, PBSZ 0 and PROT P already in force, as
   clients of port 990-style servers expect.
 """
@@ -34,11 +44,12 @@ FEAT_LINES = ("AUTH TLS", "PBSZ", "PROT")
 def server_tls_options(pem: bytes) -> CertificateOptions:
     """TLS server options from a PEM blob holding the certificate and its key
     (``FrontendConfig.tls_pem()``), shared by control and data connections."""
-    cert = PrivateCertificate.loadPEM(pem)
+    cert = PrivateCertificate.loadPEM(pem)  # refuses a certificate without its key
     return CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
+        privateKey=cert.privateKey.original.to_cryptography_key(),
+        certificate=cert.original.to_cryptography(),
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
         enableSessions=True,
         enableSessionTickets=True,
     )
@@ -86,8 +97,10 @@ class Protection:
     def set_prot(self, argument: str) -> str:
         """The 200 text for PROT C or PROT P."""
         level = argument.strip(" ").upper()
-        if not self.active or not self.pbsz:
-            raise Reply(503, "PROT needs AUTH TLS and PBSZ first")
+        if not self.active:
+            raise Reply(503, "PROT needs AUTH TLS first")
+        if level == "P" and not self.pbsz:
+            raise Reply(503, "PROT P needs PBSZ first")
         if level in ("S", "E"):
             raise Reply(536, f"PROT {level} not supported; use C or P")
         if level not in ("C", "P"):
