@@ -16,12 +16,12 @@ import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.transfer_env import PASSWORD, TransferEnv, sha256
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.ftp.addresses import parse_epsv_reply
 from wsfront.ftp.factory import FTPFactory, FTPSettings
+from wsfront.ftp.security import implicit_tls_factory
 
 __all__ = ["PASSWORD", "FTPClient", "FTPEnv", "sha256"]
 
@@ -58,7 +58,7 @@ class FTPEnv:
         self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), settings)
         listening_factory = self.factory
         if self.implicit_tls:  # as wsfront.service mounts --ftps
-            listening_factory = TLSMemoryBIOFactory(settings.tls, False, self.factory)
+            listening_factory = implicit_tls_factory(self.factory)
         ep = serverFromString(self.reactor, f"{self.listen}:backlog=512")
         self.listening = await ep.listen(listening_factory)
         self.port = self.listening.getHost().port

@@ -109,10 +109,9 @@ class FrontendService(service.Service):
         ftp_factory = None
         if cfg.ftp or cfg.ftps:
             import attrs
-            from twisted.protocols.tls import TLSMemoryBIOFactory
 
             from wsfront.ftp.factory import FTPFactory, FTPSettings
-            from wsfront.ftp.security import server_tls_options
+            from wsfront.ftp.security import implicit_tls_factory, server_tls_options
 
             pem = cfg.tls_pem()
             ftp_settings = FTPSettings(
@@ -146,7 +145,7 @@ class FrontendService(service.Service):
                 )
                 self.ports["ftps"] = await serverFromString(
                     self.reactor, with_backlog(cfg.ftps)
-                ).listen(TLSMemoryBIOFactory(ftp_settings.tls, False, implicit))
+                ).listen(implicit_tls_factory(implicit))
                 ftp_factory = ftp_factory or implicit
         if cfg.http:
             from wsfront.http.site import SiteSettings, make_site

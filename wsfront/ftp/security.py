@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from wsfront.ftp.replies import Reply
 
@@ -53,6 +54,16 @@ def server_tls_options(pem: bytes) -> CertificateOptions:
         enableSessions=True,
         enableSessionTickets=True,
     )
+
+
+def implicit_tls_factory(ftp_factory) -> TLSMemoryBIOFactory:
+    """What an implicit FTPS port listens with: TLS from the first byte
+    around ``ftp_factory``, whose settings must say ``implicit_tls`` (so
+    its connections start with PROT P) and carry the TLS options."""
+    settings = ftp_factory.settings
+    if settings.tls is None or not settings.implicit_tls:
+        raise ValueError("implicit FTPS needs settings with tls and implicit_tls=True")
+    return TLSMemoryBIOFactory(settings.tls, False, ftp_factory)
 
 
 @attrs.define
