@@ -425,3 +425,40 @@ async def test_lftp_over_tls_put_and_get(ftps, certificate, tmp_path):
     back = (work / "back.bin").read_bytes()
     assert (len(back), sha256(back)) == (len(data), sha256(data))
     assert ftps.factory.stats.uploads_committed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_active_mode_prot_p_and_abor_of_a_protected_download(ftps, certificate):
+    """PORT/EPRT with PROT P: the server opens the TCP connection but is the
+    TLS server on it.  ABOR stops a protected download and the session
+    goes on."""
+    data = payload(300_000)
+    big = payload(32 * MiB)
+    await ftps.env.upload("/big.bin", big)
+
+    def session():
+        c = RecordingFTP_TLS(context=_context(certificate), timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.set_pasv(False)
+        c.storbinary("STOR a.bin", io.BytesIO(data))
+        got = io.BytesIO()
+        c.retrbinary("RETR a.bin", got.write)
+        c.set_pasv(True)
+        conn = c.transfercmd("RETR big.bin")
+        first = conn.recv(65536)
+        answer = c.abort()  # ABOR on the TLS control connection: 426 ...
+        answer += " / " + c.getmultiline()  # ... then 226 for the ABOR itself
+        conn.close()
+        pwd = c.pwd()
+        c.quit()
+        return got.getvalue(), c.data_connections, len(first), answer, pwd
+
+    got, connections, first, answer, pwd = await threads.deferToThread(session)
+    assert got == data
+    assert connections[:2] == [(True, True), (True, True)]
+    assert first > 0
+    assert answer[:3] == "426" and answer.split(" / ")[1][:3] == "226"
+    assert pwd == "/"
+    assert ftps.factory.stats.transfers_aborted == 1
