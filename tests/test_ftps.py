@@ -462,3 +462,25 @@ async def test_active_mode_prot_p_and_abor_of_a_protected_download(ftps, certifi
     assert answer[:3] == "426" and answer.split(" / ")[1][:3] == "226"
     assert pwd == "/"
     assert ftps.factory.stats.transfers_aborted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_implicit_ftps_url(tmp_path, certificate):
+    env = await _start(tmp_path / "srv", _settings(certificate), implicit_tls=True)
+    try:
+        data = payload(MiB + 5)
+        work = tmp_path / "lftp"
+        work.mkdir()
+        (work / "i.bin").write_bytes(data)
+        script = (
+            f"set ssl:ca-file {certificate.cert_path}; set ssl:check-hostname no; "
+            "set net:max-retries 1; set net:timeout 20; "
+            "put i.bin; get i.bin -o back.bin; bye"
+        )
+        await _run(
+            "lftp", "-u", f"alice,{PASSWORD}", "-e", script, f"ftps://127.0.0.1:{env.port}",
+            cwd=work,
+        )  # fmt: skip
+        assert sha256((work / "back.bin").read_bytes()) == sha256(data)
+    finally:
+        await env.stop()
