@@ -66,3 +66,18 @@ def test_hash_algorithms_select_and_feat():
     assert consumer.hexdigest() == hashlib.sha1(whole).hexdigest()
     assert consumer.length == len(whole)
     assert hashing.reply_text("SHA-1", 3, "ff", "a b") == "SHA-1 0-3 ff a b"
+
+
+def test_an_implicit_ftps_factory_shares_the_limits_of_the_ftp_one():
+    """Two ports of one front end: guesses and connections count once."""
+    from twisted.internet.task import Clock
+
+    from wsfront.ftp.factory import FTPFactory, FTPSettings
+
+    clock = Clock()
+    plain = FTPFactory(clock, None, None, FTPSettings(login_failures_per_address=2))
+    implicit = FTPFactory(clock, None, None, FTPSettings(), share_limits_with=plain)
+    plain.throttle.failed("alice", "192.0.2.1")
+    implicit.throttle.failed("bob", "192.0.2.1")
+    assert plain.throttle.retry_after("carol", "192.0.2.1") is not None
+    assert implicit.connections is plain.connections

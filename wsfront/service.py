@@ -142,6 +142,7 @@ class FrontendService(service.Service):
                     self.transfers,
                     portal,
                     attrs.evolve(ftp_settings, implicit_tls=True),
+                    share_limits_with=ftp_factory,
                 )
                 self.ports["ftps"] = await serverFromString(
                     self.reactor, with_backlog(cfg.ftps)

@@ -98,13 +98,23 @@ class FTPFactory(ServerFactory):
         transfers: Transfers,
         portal: Portal | None,
         settings: FTPSettings | None = None,
+        *,
+        share_limits_with: FTPFactory | None = None,
     ) -> None:
+        """``share_limits_with``: another factory of the same front end (the
+        implicit FTPS port beside the FTP port) whose login throttle and
+        connection counts this one uses too, so a second port doubles
+        neither the guesses nor the connections an address gets."""
         self.reactor = reactor
         self.transfers = transfers
         self.portal = portal
         self.settings = settings or FTPSettings()
         self.stats = FTPStats()
         self.sessions: set = set()
+        if share_limits_with is not None:
+            self.throttle = share_limits_with.throttle
+            self.connections = share_limits_with.connections
+            return
         s = self.settings
         self.throttle = LoginThrottle(
             reactor,
