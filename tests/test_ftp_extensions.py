@@ -378,3 +378,37 @@ def test_stall_watch_counts_activity_with_a_clock():
     assert not fired
     clock.advance(0.2)
     assert fired == [13.1] and channel.stalled
+
+
+def test_a_data_connection_paused_by_storage_is_not_a_stalled_client():
+    """Unit: while the upload's consumer (storage) holds reading paused, the
+    stall watch waits; once reading resumes the client is watched again."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from wsfront.ftp.data import DataChannel
+
+    class Session:
+        producer = None
+
+        def registerProducer(self, producer, streaming):
+            self.producer = producer
+
+        def write(self, data):
+            pass
+
+    clock = Clock()
+    channel = DataChannel()
+    channel.makeConnection(StringTransport())
+    fired = []
+    channel.watch_stall(clock, 5.0, lambda: fired.append(clock.seconds()))
+    session = Session()
+    channel.receive_into(session, None)
+    session.producer.pauseProducing()  # storage is slow
+    assert channel.transport.producerState == "paused"
+    clock.pump([1.0] * 30)
+    assert not fired
+    session.producer.resumeProducing()
+    assert channel.transport.producerState == "producing"
+    clock.pump([1.0] * 6)
+    assert fired and channel.stalled

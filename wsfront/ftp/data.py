@@ -58,6 +58,7 @@ class DataChannel(Protocol):
         self._last_activity = 0.0
         self._on_stall: list[Callable[[], None]] = []
         self.stalled = False
+        self.reading_paused = False
         self.tls = False
         self._handshake: Deferred | None = None
         self.closed: Deferred = Deferred()
@@ -132,6 +133,8 @@ class DataChannel(Protocol):
         self._stall_call = None
         if self.is_closed:
             return
+        if self.reading_paused:
+            self.activity()  # waiting on our side (storage) is not the client stalling
         idle = self._clock.seconds() - self._last_activity
         if idle < self._stall_timeout:
             self._stall_call = self._clock.callLater(self._stall_timeout - idle, self._check_stall)
@@ -163,7 +166,7 @@ class DataChannel(Protocol):
         self._sink = sink
         self.claimed = True
         self.transport.resumeProducing()
-        consumer.registerProducer(self.transport, True)
+        consumer.registerProducer(_ReadPacer(self), True)
 
     # -- downloads -----------------------------------------------------
 
@@ -247,6 +250,27 @@ class DataChannel(Protocol):
 
 def _drop(data: bytes) -> None:
     return None
+
+
+@implementer(IPushProducer)
+class _ReadPacer:
+    """What an upload's consumer pauses: the data connection's reading,
+    noted on the channel so the stall watch knows the wait is ours."""
+
+    def __init__(self, channel: DataChannel) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        self._channel.reading_paused = True
+        self._channel.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._channel.reading_paused = False
+        self._channel.activity()
+        self._channel.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._channel.transport.stopProducing()
 
 
 @implementer(IConsumer)
