@@ -160,6 +160,11 @@ class WsSite(server.Site):
         )
         return False
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN over TLS: HTTP/1.1 only, even where Twisted could speak h2
+        (the ``h2`` package installed), since the streaming channel can't."""
+        return [b"http/1.1"]
+
     def mount(self, name: str, endpoint: Endpoint) -> None:
         """Serve ``/-/<name>`` and below with ``endpoint``."""
         self.endpoints[name] = endpoint
