@@ -27,6 +27,7 @@ from tests.security_support import BOB_PASSWORD
 from tests.test_security_auth import count_password_checks
 from tests.tls_support import make_certificate
 from tests.transfer_env import PASSWORD, sha256
+from wsfront.catalog.errors import NotFound
 from wsfront.config import FrontendConfig
 from wsfront.http.site import SiteSettings
 from wsfront.http.tls import HSTS_MAX_AGE, listen_https, site_settings
@@ -119,6 +120,18 @@ async def test_https_serves_the_same_files_with_tls_1_2_at_least_and_no_http2(tl
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_answer_before_the_body_reaches_the_client_over_https(tls):
+    for _ in range(3):
+        response = await tls.client.put(
+            tls.url("/x.bin"), data=payload(1 << 20), auth=("alice", "wrong")
+        )
+        assert response.code == 401
+        assert b"wrong user name or password" in await response.content()
+    with pytest.raises(NotFound):
+        await tls.http.transfers.stat(tls.http.user, "/x.bin")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_user_who_must_use_tls_is_refused_over_plain_http_without_a_password_check(tls):
     checks = count_password_checks(tls.http)
     response = await tls.http.http.get(
@@ -169,6 +182,29 @@ async def test_tls_required_globally_refuses_every_plain_login_and_sends_hsts(tm
         await response.content()
         assert response.code == 401  # over HTTPS, the challenge is fine
         assert response.headers.hasHeader(b"Strict-Transport-Security")
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_and_https_share_one_connection_cap_and_https_gets_its_503(tmp_path):
+    from twisted.internet import reactor
+
+    env = await TlsEnv(reactor, tmp_path, SiteSettings(max_connections=1)).start()
+    try:
+        held = await connect(reactor, env.http.port.getHost().port)  # plain HTTP, idle
+        response = await env.client.get(env.url("/"), auth=("alice", PASSWORD), unbuffered=True)
+        body = await response.content()
+        assert response.code == 503 and b"too many connections in total" in body
+        assert response.headers.getRawHeaders(b"Retry-After") == [b"5"]
+        held.close()
+        await held.closed
+        for _ in range(100):  # the server sees the close on its next reactor turn
+            response = await env.client.get(env.url("/"), auth=("alice", PASSWORD), unbuffered=True)
+            await response.content()
+            if response.code != 503:
+                break
+        assert response.code == 200
     finally:
         await env.stop()
 

@@ -155,8 +155,12 @@ class StreamingChannel(http.HTTPChannel):
         """After an early answer, close only our side and keep reading (and
         dropping) what the client still sends, for at most ``LINGER``
         seconds: closing with unread input makes the kernel send a reset,
-        which can destroy the answer before the client reads it."""
+        which can destroy the answer before the client reads it.  Over TLS
+        the whole connection is closed the TLS way instead (a TCP half-close
+        under TLS would cut the records TLS still has to send)."""
         half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self.isSecure():
+            half_close = None
         if not self._abandoned or half_close is None:
             super().loseConnection()
             return
