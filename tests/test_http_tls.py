@@ -287,3 +287,28 @@ def test_site_settings_follow_the_front_end_options():
     assert site_settings(attrs.evolve(config, anonymous=False)).anonymous_root is None
     strict = site_settings(attrs.evolve(config, require_tls=True))
     assert strict.require_tls and strict.hsts_max_age == HSTS_MAX_AGE
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_status_page_sends_no_plain_http_challenge_where_tls_is_required(tmp_path):
+    """Administrators log in to /-/status too: over plain HTTP with TLS
+    required they get the 403 naming the HTTPS URL, never a challenge their
+    browser would answer in clear; over HTTPS the challenge is fine."""
+    from twisted.internet import reactor
+
+    from wsfront.metrics_catalog import CatalogSnapshot
+    from wsfront.status import status_endpoint
+
+    env = await TlsEnv(reactor, tmp_path, SiteSettings(require_tls=True)).start()
+    page = status_endpoint(reactor, env.http.transfers, CatalogSnapshot(reactor, env.http.catalog))
+    env.http.site.mount("status", page)
+    try:
+        response = await env.http.request("GET", "/-/status/", auth=False)
+        body = await response.content()
+        assert response.code == 403 and b"TLS required: use https://" in body
+        assert not response.headers.hasHeader(b"WWW-Authenticate")
+        response = await env.client.get(env.url("/-/status/"), unbuffered=True)
+        await response.content()
+        assert response.code == 401 and response.headers.hasHeader(b"WWW-Authenticate")
+    finally:
+        await env.stop()
