@@ -130,7 +130,7 @@ class FrontendOptions(usage.Options):
         ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
     ]
     optFlags = [
-        ["require-tls", None, "FTP logins need AUTH TLS first and PROT P for data"],
+        ["require-tls", None, "logins need TLS: FTP AUTH TLS + PROT P, HTTP over --https"],
         ["anonymous", None, "let anonymous users read anonymous-root (FTP and HTTP)"],
     ]
 
