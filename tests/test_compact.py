@@ -275,3 +275,56 @@ async def test_the_throttle_paces_the_relay(env):
             waited += 0.25
     assert (await running)[COMPACTED] == 1
     assert 1.5 <= waited <= 2.5, waited
+
+
+def service(env, clock, name="fe-a", **kw):
+    from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
+
+    settings = MaintenanceSettings(compact=CompactSettings(min_extents=3), **kw)
+    return MaintenanceService(clock, env.catalog, env.transfers.pool, name, settings)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lease_holder_compacts_periodically_and_nobody_else_does(env):
+    content = await resumed_file(env, "/f", [(0, 20 * KiB), (20 * KiB, 20 * KiB), (40 * KiB, 7)])
+    clock = task.Clock()
+    holder = service(env, clock, "fe-a", compact_every=50.0)
+    other = service(env, clock, "fe-b", compact_every=50.0)
+    clock.advance(50)
+    assert await holder.lease.renew()
+    assert not await other.lease.renew()
+    assert await other.tick() == []
+    assert len((await version_of(env, "/f")).extents) == 3
+    assert await holder.tick() == ["compact"]
+    version = await version_of(env, "/f")
+    assert len(version.extents) == 1 and version.sha256 == sha256(content)
+    never = service(env, clock, "fe-a", compact_every=None)
+    clock.advance(10**6)
+    await never.lease.renew()
+    assert "compact" not in await never.tick()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_compact_job_reports_progress_with_a_total(env):
+    files = {}
+    for name in ("/a", "/b", "/c"):
+        files[name] = await resumed_file(
+            env, name, [(0, 9 * KiB), (9 * KiB, 9 * KiB), (18 * KiB, 9)]
+        )
+    await resumed_file(env, "/short", [(0, 9 * KiB), (9 * KiB, 9 * KiB)])
+    clock = task.Clock()
+    svc = service(env, clock)
+    await svc.lease.renew()
+    job = await env.catalog.enqueue_job("compact", {"min_extents": 3, "max_files": 2})
+    assert await svc.tick() == ["job"]
+    done = await env.catalog.get_job(job.job_id)
+    assert done.state == "done", done.error
+    assert (done.result["compacted"], done.result["total"]) == (2, 2)
+    assert (done.progress["done"], done.progress["phase"]) == (2, "done")
+    job = await env.catalog.enqueue_job("compact", {})  # min_extents from the settings: 3
+    await svc.tick()
+    assert (await env.catalog.get_job(job.job_id)).result["compacted"] == 1
+    for name, content in files.items():
+        got, _ = await env.download(name)
+        assert got == content
+    assert len((await version_of(env, "/short")).extents) == 2

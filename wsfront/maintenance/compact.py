@@ -220,12 +220,16 @@ class Compactor:
         keep_going: Callable[[], bool] = lambda: True,
         min_extents: int | None = None,
         max_files: int | None = None,
+        count: bool = False,
     ) -> dict[str, Any]:
         """Compact every candidate (at most ``max_files``); fires with a
-        summary.  Stops between files once ``keep_going()`` is false."""
+        summary.  Stops between files once ``keep_going()`` is false.
+        ``count`` first counts the candidates, so progress has a ``total``
+        (``wsfs compact`` draws a bar from it)."""
         wanted = max(2, min_extents if min_extents is not None else self.settings.min_extents)
         stats: dict[str, Any] = {
             "phase": "compacting",
+            "done": 0,
             "examined": 0,
             COMPACTED: 0,
             CHANGED: 0,
@@ -242,6 +246,8 @@ class Compactor:
                 if result is not None:
                     await result
 
+        if count:
+            stats["total"] = await self._count(wanted, max_files)
         await report()
         after = None
         while keep_going() and (max_files is None or stats["examined"] < max_files):
@@ -255,6 +261,7 @@ class Compactor:
                 stats["examined"] += 1
                 outcome = await self.compact(candidate, keep_going)
                 stats[outcome] += 1
+                stats["done"] = stats["examined"]
                 if outcome == COMPACTED:
                     stats["bytes"] += candidate.size
                     stats["extents_before"] += candidate.extents
@@ -264,6 +271,16 @@ class Compactor:
         stats["phase"] = "done"
         await report()
         return stats
+
+    async def _count(self, min_extents: int, max_files: int | None) -> int:
+        total, after = 0, None
+        while max_files is None or total < max_files:
+            page = await self._catalog.compaction_candidates(min_extents, 1000, after)
+            total += len(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].inode
+        return total if max_files is None else min(total, max_files)
 
     async def compact(
         self, candidate: CompactionCandidate, keep_going: Callable[[], bool] = lambda: True
