@@ -289,6 +289,10 @@ class Compactor:
         limit = self.settings.max_file_bytes
         if candidate.size <= 0 or (limit is not None and candidate.size > limit):
             return SKIPPED
+        # Stamped before the catalog is read: an upload not visible then
+        # writes blobs stamped later, so fsck --rebuild-catalog ranks it above
+        # this copy should an abandoned one survive on a server.
+        started = self._clock.seconds()
         try:
             entry = await self._catalog.stat(candidate.path)
         except catalog_errors.CatalogError:
@@ -318,7 +322,10 @@ class Compactor:
             log.warn("compact: {path}: cannot record a new blob: {err}", path=candidate.path, err=e)
             return FAILED
         try:
-            outcome = await self._write_and_swap(candidate, version, blob_id, targets, keep_going)
+            meta = self._meta(candidate, version, blob_id, started)
+            outcome = await self._write_and_swap(
+                candidate, version, blob_id, targets, meta, keep_going
+            )
         except Exception as e:
             log.warn("compact: {path} failed: {err}", path=candidate.path, err=e)
             outcome = FAILED
@@ -336,7 +343,9 @@ class Compactor:
             wanted = max(wanted, blob.wanted_replicas)
         return wanted
 
-    def _meta(self, candidate: CompactionCandidate, version: Version, blob_id: str) -> dict:
+    def _meta(
+        self, candidate: CompactionCandidate, version: Version, blob_id: str, started: float
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "inode": candidate.inode,
             "path": candidate.path,
@@ -344,7 +353,7 @@ class Compactor:
             "upload": f"compact-{blob_id}",
             "file_offset": 0,
             "epoch": 1,
-            "created_at": self._clock.seconds(),
+            "created_at": started,
             "compacted": True,
             "etag": version.etag,
         }
@@ -359,9 +368,9 @@ class Compactor:
         version: Version,
         blob_id: str,
         targets: list[str],
+        meta: dict[str, Any],
         keep_going: Callable[[], bool],
     ) -> str:
-        meta = self._meta(candidate, version, blob_id)
         opened = await DeferredList(
             [self._pool.client(n).write(blob_id, 1, 0, meta) for n in targets], consumeErrors=True
         )
