@@ -305,6 +305,10 @@ class Commands:
             text.append("problem: " + ", ".join(f"{k}={v}" for k, v in p.items()))
         if report["skipped"]:
             text.append(f"skipped blobs: {report['skipped']}")
+        if report.get("replaced_by_compaction"):
+            text.append(
+                f"blobs replaced by compaction, left for GC: {report['replaced_by_compaction']}"
+            )
         text.append("re-create users with: wsfs user add NAME")
         self.emit(report, "\n".join(text))
 
