@@ -158,6 +158,17 @@ async def test_small_files_and_files_of_few_extents_are_left_alone(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pass_starts_no_new_file_once_its_byte_budget_is_spent(env):
+    for name in ("/a", "/b"):
+        await resumed_file(env, name, [(0, 20 * KiB), (20 * KiB, 20 * KiB), (40 * KiB, 5)])
+    first = await compactor(env).run_pass(max_bytes=1)
+    assert (first["examined"], first[COMPACTED], first["relayed"]) == (1, 1, 40 * KiB + 5)
+    second = await compactor(env).run_pass(max_bytes=1)
+    assert (second["examined"], second[COMPACTED]) == (1, 1)
+    assert (await compactor(env).run_pass())["examined"] == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_download_running_across_compaction_reads_the_old_blobs_to_the_end(env):
     content = await resumed_file(
         env, "/movie", [(0, 200 * KiB), (200 * KiB, 200 * KiB), (400 * KiB, 200 * KiB)]

@@ -95,6 +95,10 @@ class CompactSettings:
     bytes_per_second: float | None = 32 * 1024 * 1024
     #: Larger files are left alone (None: no limit).
     max_file_bytes: int | None = None
+    #: A periodic pass stops starting files once it has relayed this much:
+    #: repair and GC run in the same serial tick and must not wait an hour
+    #: (None: no limit; ``wsfs compact`` has none unless ``--max-files``).
+    pass_bytes: int | None = 4 << 30
     #: Candidates fetched from the catalog at a time.
     batch: int = 50
     #: Seconds without a byte from a replica before the read fails over.
@@ -221,9 +225,11 @@ class Compactor:
         min_extents: int | None = None,
         max_files: int | None = None,
         count: bool = False,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """Compact every candidate (at most ``max_files``); fires with a
-        summary.  Stops between files once ``keep_going()`` is false.
+        """Compact every candidate (at most ``max_files``, and no new file
+        once ``max_bytes`` were relayed); fires with a summary.  Stops
+        between files once ``keep_going()`` is false.
         ``count`` first counts the candidates, so progress has a ``total``
         (``wsfs compact`` draws a bar from it)."""
         wanted = max(2, min_extents if min_extents is not None else self.settings.min_extents)
@@ -237,6 +243,7 @@ class Compactor:
             MISMATCH: 0,
             SKIPPED: 0,
             "bytes": 0,
+            "relayed": 0,
             "extents_before": 0,
         }
 
@@ -249,18 +256,28 @@ class Compactor:
         if count:
             stats["total"] = await self._count(wanted, max_files)
         await report()
+
+        def more() -> bool:
+            return (
+                keep_going()
+                and (max_files is None or stats["examined"] < max_files)
+                and (max_bytes is None or stats["relayed"] < max_bytes)
+            )
+
         after = None
-        while keep_going() and (max_files is None or stats["examined"] < max_files):
+        while more():
             batch = await self._catalog.compaction_candidates(wanted, self.settings.batch, after)
             if not batch:
                 break
             for candidate in batch:
                 after = candidate.inode
-                if not keep_going() or (max_files is not None and stats["examined"] >= max_files):
+                if not more():
                     break
                 stats["examined"] += 1
                 outcome = await self.compact(candidate, keep_going)
                 stats[outcome] += 1
+                if outcome != SKIPPED:
+                    stats["relayed"] += candidate.size
                 stats["done"] = stats["examined"]
                 if outcome == COMPACTED:
                     stats["bytes"] += candidate.size

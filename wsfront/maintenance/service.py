@@ -148,7 +148,10 @@ class MaintenanceService(Service):
         if self._next_compact is not None and now >= self._next_compact:
             assert self.settings.compact_every is not None
             self._next_compact = now + self.settings.compact_every
-            await self.compactor.run_pass(keep_going=lambda: self.lease.valid)
+            await self.compactor.run_pass(
+                keep_going=lambda: self.lease.valid,
+                max_bytes=self.settings.compact.pass_bytes,
+            )
             ran.append("compact")
         return ran
 
