@@ -339,3 +339,29 @@ async def test_the_compact_job_reports_progress_with_a_total(env):
         got, _ = await env.download(name)
         assert got == content
     assert len((await version_of(env, "/short")).extents) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storage_server_dying_mid_compaction_abandons_it_and_loses_nothing(env):
+    content = await resumed_file(
+        env, "/f", [(0, 100 * KiB), (100 * KiB, 100 * KiB), (200 * KiB, 5)]
+    )
+    old = await version_of(env, "/f")
+    throttle = HeldThrottle()
+    comp = compactor(env, throttle=throttle)
+    [candidate] = await env.catalog.compaction_candidates(3)
+    running = defer.ensureDeferred(comp.compact(candidate))
+    await until(throttle.holding, "compaction paused mid-file")
+    [new_blob] = await env.catalog.collectable_blobs(100)
+    victim = new_blob.ok_replicas[0]
+    await env.kill(victim)
+    throttle.release()
+    assert await running == FAILED
+    assert await version_of(env, "/f") == old
+    with pytest.raises(catalog_errors.NotFound):
+        await env.catalog.get_blob(new_blob.blob_id)
+    for node in set(new_blob.ok_replicas) - {victim}:
+        assert new_blob.blob_id not in await blobs_on(env, node)
+    await env.transfers.pool.probe_all()
+    got, _ = await env.download("/f")
+    assert got == content
