@@ -481,6 +481,11 @@ class Compactor:
             return
         except catalog_errors.NotFound:
             pass
+        except Exception as e:
+            # Unknown (catalog unreachable): keep the bytes; an unreferenced
+            # record is GC's to collect, a referenced one is the file.
+            log.warn("compact: cannot forget {blob}: {err}; left to GC", blob=blob_id, err=e)
+            return
         for node in targets:
             try:
                 await self._pool.client(node).delete(blob_id)
