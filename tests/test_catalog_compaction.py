@@ -82,6 +82,8 @@ async def test_replace_extents_swaps_in_one_blob_keeping_etag_size_and_mtime(cat
     assert await collectable(catalog) == {"A", "B", "C"}
     with pytest.raises(Exists):
         await catalog.forget_blob("N")
+    with pytest.raises(Exists):
+        await catalog.add_blob("N", ["s2"], 2)
     await catalog.forget_blob("A")
 
 
