@@ -20,6 +20,13 @@ How a file is put back together:
   (APPE, REST + STOR): its base is another upload of the same inode that
   covers that offset, replayed first, so the base blob keeps its full length
   and is truncated by reference exactly as before;
+* a compacted blob (``wsfront.maintenance.compact``: meta ``compacted``)
+  is a one-segment upload from offset 0.  Its ``sources`` are the blobs of
+  the version it replaced; uploads that wrote any of those are
+  *superseded* (the compacted blob holds the same bytes) and are set aside
+  before bases are chosen, so old blobs GC had not yet collected neither
+  compete for the path nor serve as a base; they are recorded unreferenced,
+  so GC collects them as it would have;
 * uploads nothing is based on are *tips*.  One tip per inode is the file
   (the one with ``created_at`` in its meta if writers record it, else the
   largest); other tips (old versions GC had not yet collected) go to
@@ -66,6 +73,8 @@ class Piece:
     owner: str
     created_at: float | None
     nodes: tuple[str, ...]
+    #: For a compacted blob: the blobs of the version it replaced.
+    sources: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -133,6 +142,7 @@ def pieces_from_listings(
                 owner=str(meta["owner"]),
                 created_at=float(created) if created is not None else None,
                 nodes=nodes,
+                sources=tuple(meta.get("sources") or ()) if meta.get("compacted") else (),
             )
         )
     return pieces, dict(skipped)
@@ -150,11 +160,23 @@ def _complete(chain: list[Piece]) -> bool:
     return all(b.start <= a.start + a.size for a, b in pairwise(chain))
 
 
+def superseded(pieces: list[Piece]) -> set[tuple[int, str]]:
+    """(inode, upload) of every upload that wrote a blob a compacted blob of
+    the same inode replaced: the compacted blob holds those bytes now."""
+    sources: dict[int, set[str]] = defaultdict(set)
+    for p in pieces:
+        sources[p.inode].update(p.sources)
+    return {(p.inode, p.upload) for p in pieces if p.blob_id in sources[p.inode]}
+
+
 def plan_files(pieces: list[Piece]) -> tuple[list[tuple[str, Upload]], list[dict[str, Any]]]:
     """(path, tip upload) to create, in order, and the problems found."""
     problems: list[dict[str, Any]] = []
+    replaced = superseded(pieces)
     by_inode: dict[int, dict[str, list[Piece]]] = defaultdict(lambda: defaultdict(list))
     for p in pieces:
+        if (p.inode, p.upload) in replaced:
+            continue
         by_inode[p.inode][p.upload].append(p)
     files: list[tuple[str, Upload]] = []
     taken: set[str] = set()
@@ -282,10 +304,17 @@ async def rebuild_from_listings(
             restored += 1
         except catalog_errors.CatalogError as e:
             problems.append({"upload": tip.upload_id, "path": path, "why": str(e)})
+    # Blobs a compaction replaced are recorded unreferenced, so GC deletes
+    # them after its grace like any collectable blob (not as orphans).
+    replaced = superseded(pieces)
+    old = [p for p in pieces if (p.inode, p.upload) in replaced]
+    for p in old:
+        await catalog.add_blob(p.blob_id, list(p.nodes), replicas)
     log.info("rebuild: {n} files restored from {b} blobs", n=restored, b=len(pieces))
     return {
         "files": restored,
         "blobs": len(pieces),
+        "replaced_by_compaction": len(old),
         "skipped": skipped,
         "problems": problems,
         "under_replicated": await catalog.count_under_replicated(),
