@@ -29,7 +29,7 @@ from wsfront.transfer.errors import (
 )
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
-from wsfront.transfer.sessions_per_user import SessionsPerUser
+from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
 from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
@@ -253,6 +253,7 @@ class Transfers:
         append: bool = False,
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        capped: bool = True,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -260,9 +261,12 @@ class Transfers:
         ``append`` resumes at the size the user sees (APPE).  A pending
         upload of the same user is taken over (from this or another front
         end, with an epoch bump and a fence); another user's is UploadBusy.
+        ``capped=False`` skips the per-user session cap: for the server's
+        own repairs of a session (a checksum rollback), which must not lose
+        to the user's other transfers.
         """
         self._refuse_if_draining()
-        slot = self.per_user.acquire(user.name)
+        slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
         self._opening += 1
         try:
             session = yield self._open_write(user, vpath, offset, append, declared_length, meta)

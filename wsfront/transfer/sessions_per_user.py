@@ -18,9 +18,10 @@ from wsfront.transfer.errors import TooManySessions
 
 class Slot:
     """One running transfer of ``user``; ``release()`` may be called any
-    number of times, only the first counts."""
+    number of times, only the first counts.  A slot without an owner counts
+    nowhere (an uncapped session)."""
 
-    def __init__(self, owner: SessionsPerUser, user: str) -> None:
+    def __init__(self, owner: SessionsPerUser | None, user: str) -> None:
         self._owner: SessionsPerUser | None = owner
         self.user = user
 
