@@ -249,3 +249,28 @@ async def test_connections_in_total_are_capped_whatever_the_addresses(tmp_path):
         for c in held:
             c.close()
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_concurrent_guesses_gets_no_more_checks_than_the_limit(tmp_path):
+    """Forty wrong passwords sent at once on forty connections: attempts
+    being checked count, so only the per-address limit's worth of password
+    checks run and the rest get 429 at once."""
+    from twisted.internet import reactor
+
+    env = await HttpEnv(reactor, tmp_path).start()
+    conns = []
+    try:
+        checks = count_password_checks(env)
+        port = env.port.getHost().port
+        conns = [await connect(reactor, port) for _ in range(40)]
+        for i, c in enumerate(conns):
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + _basic_line("alice", f"guess{i}") + b"\r\n")
+        codes = [head_of(await c.until(b"\r\n\r\n"))[0] for c in conns]
+        limit = env.site.context.throttle.per_address
+        assert codes.count(401) == limit == len(checks)
+        assert codes.count(429) == len(conns) - limit
+    finally:
+        for c in conns:
+            c.close()
+        await env.stop()

@@ -266,7 +266,7 @@ def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
         raise tls_required(settings, request)
     host = client_host(request)
     throttle = context.throttle
-    wait = throttle.retry_after(name, host)
+    wait = throttle.begin(name, host)
     if wait is not None:
         raise HttpError(
             429,
@@ -279,7 +279,9 @@ def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
         return user
 
     def refused(failure):
-        failure.trap(catalog_errors.AuthFailed)
+        if not failure.check(catalog_errors.AuthFailed):
+            throttle.abandoned(name, host)
+            return failure
         throttle.failed(name, host)
         raise HttpError(401, "wrong user name or password", challenge(settings))
 
