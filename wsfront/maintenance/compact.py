@@ -95,9 +95,9 @@ class CompactSettings:
     bytes_per_second: float | None = 32 * 1024 * 1024
     #: Larger files are left alone (None: no limit).
     max_file_bytes: int | None = None
-    #: A periodic pass stops starting files once it has relayed this much:
-    #: repair and GC run in the same serial tick and must not wait an hour
-    #: (None: no limit; ``wsfs compact`` has none unless ``--max-files``).
+    #: A periodic pass relays at most this much and skips a file that would
+    #: take it past that: repair and GC run in the same serial tick and must
+    #: not wait an hour (None: no limit; ``wsfs compact`` has none).
     pass_bytes: int | None = 4 << 30
     #: Candidates fetched from the catalog at a time.
     batch: int = 50
@@ -274,6 +274,14 @@ class Compactor:
                 if not more():
                     break
                 stats["examined"] += 1
+                if max_bytes is not None and candidate.size > max_bytes - stats["relayed"]:
+                    # A budgeted (periodic) pass never starts a file it could
+                    # not finish within its budget: one huge file would hold
+                    # repair and GC back for hours.  ``wsfs compact`` has no
+                    # budget and takes it.
+                    stats[SKIPPED] += 1
+                    stats["done"] = stats["examined"]
+                    continue
                 outcome = await self.compact(candidate, keep_going)
                 stats[outcome] += 1
                 if outcome != SKIPPED:
