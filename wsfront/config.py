@@ -226,6 +226,10 @@ def build_config(opts: usage.Options) -> FrontendConfig:
     ]  # fmt: skip
     if needs_cert and not tls_cert:
         raise usage.UsageError(f"{', '.join(needs_cert)} needs --tls-cert")
+    if (require_tls and get("http")) and not get("https"):
+        raise usage.UsageError(
+            "--require-tls refuses every login over plain --http: give --https too"
+        )
     if tls_key and not tls_cert:
         raise usage.UsageError("--tls-key needs --tls-cert")
     if tls_cert:
