@@ -88,7 +88,9 @@ async def read_path(env, path: str) -> bytes:
 
     entry = await env.catalog.stat(path)
     sink = Collector()
-    stream = ReadStream(reactor, env.transfers.pool, [_read_extent(e) for e in entry.version.extents])
+    stream = ReadStream(
+        reactor, env.transfers.pool, [_read_extent(e) for e in entry.version.extents]
+    )
     await stream.start(sink)
     return sink.data
 
@@ -106,9 +108,7 @@ async def collect_garbage(env) -> None:
 @pytest.mark.parametrize("ahead", [600.0, 0.0], ids=["compactor-clock-fast", "same-clock"])
 @pytest.mark.parametrize("collected", [False, True], ids=["old-blobs-kept", "old-blobs-collected"])
 @pytest_twisted.ensureDeferred
-async def test_an_abandoned_compaction_copy_never_outranks_a_newer_overwrite(
-    env, ahead, collected
-):
+async def test_an_abandoned_compaction_copy_never_outranks_a_newer_overwrite(env, ahead, collected):
     from twisted.internet import reactor
 
     old = await build_in_pieces(env, "/f.bin")
