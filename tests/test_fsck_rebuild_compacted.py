@@ -15,12 +15,15 @@ from twisted.internet import defer
 
 from tests.maintenance_env import payload
 from tests.test_fsck_rebuild import lose_and_rebuild
+from tests.test_fsck_rebuild_replay import NODES, History, snapshot
 from tests.transfer_env import Collector, TransferEnv, sha256
+from wsfront.catalog import open_catalog
 from wsfront.maintenance.compact import CHANGED, Compactor, CompactSettings
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
-from wsfront.maintenance.rebuild import LOST_FOUND
+from wsfront.maintenance.rebuild import LOST_FOUND, rebuild_from_listings
 from wsfront.transfer.reader import ReadStream
 from wsfront.transfer.service import _read_extent
+from wsstorage.records import OPEN, SEALED, BlobInfo
 
 
 @pytest.fixture
@@ -136,3 +139,250 @@ async def test_an_abandoned_compaction_copy_never_outranks_a_newer_overwrite(env
     [moved] = [p["moved_to"] for p in report["problems"] if p.get("why") == "ambiguous"]
     assert moved.startswith(LOST_FOUND)
     assert sha256(await read_path(env, moved)) == sha256(old)
+
+
+# Scripted histories (as in test_fsck_rebuild_replay), with compaction copies
+# written as ``Compactor._meta`` writes them, swapped in or abandoned.
+
+
+class CompactingHistory(History):
+    """``History`` plus compaction, GC taking blobs, and per-blob stamps."""
+
+    def __init__(self, catalog) -> None:
+        super().__init__(catalog)
+        self.now = 1000.0
+        self.origin: dict[str, list[tuple[str, int, int]]] = {}
+
+    def _meta(self, upload) -> None:
+        super()._meta(upload)
+        self.blobs[upload.blob_id]["meta"]["created_at"] = self.now
+        self.now += 1.0
+
+    async def compact(self, path, swap=True, nodes=NODES, clock=None) -> str:
+        """A compaction copy of ``path``'s version, swapped in or not."""
+        entry = await self.catalog.stat(path)
+        version = entry.version
+        blob_id = f"c{next(self.ids):06d}"
+        self.blobs[blob_id] = {
+            "size": version.size, "sealed": True, "epoch": 1, "start": 0, "nodes": nodes,
+            "meta": {
+                "inode": entry.inode, "path": path, "owner": "alice",
+                "upload": f"compact-{blob_id}", "file_offset": 0, "epoch": 1,
+                "created_at": self.now if clock is None else clock, "compacted": True,
+                "etag": version.etag, "sources": sorted({e.blob_id for e in version.extents}),
+            },
+        }  # fmt: skip
+        self.now += 1.0
+        self.origin[blob_id] = expand(version.extents, self.origin)
+        if swap:
+            await self.catalog.add_blob(blob_id, list(nodes), 2)
+            await self.catalog.replace_extents(
+                entry.inode, version.etag, [(blob_id, 0, version.size)]
+            )
+        return blob_id
+
+    def collect(self, *blob_ids: str) -> None:
+        """GC deleted these blobs everywhere."""
+        for blob_id in blob_ids:
+            self.blobs[blob_id]["gone"] = True
+
+    def blobs_of(self, *paths: str, compacted: bool = False) -> list[str]:
+        return [
+            b for b, v in self.blobs.items()
+            if v["meta"]["path"] in paths and bool(v["meta"].get("compacted")) == compacted
+        ]  # fmt: skip
+
+    def listings(self) -> dict[str, list[BlobInfo]]:
+        out = {}
+        for node in NODES:
+            out[node] = [
+                BlobInfo(blob_id=b, size=v["size"], durable=v["size"],
+                         state=SEALED if v["sealed"] else OPEN, epoch=v["epoch"], meta=v["meta"])
+                for b, v in self.blobs.items()
+                if not v.get("gone") and node in v.get("nodes", NODES)
+            ]  # fmt: skip
+        return out
+
+
+def expand(extents, origin) -> list[tuple[str, int, int]]:
+    """A version's bytes as (original blob, offset, length) runs: a
+    compaction copy's bytes are those of the version it copied."""
+    runs: list[tuple[str, int, int]] = []
+    for e in extents:
+        if e.blob_id in origin:
+            at = 0
+            for blob, off, n in origin[e.blob_id]:
+                lo, hi = max(at, e.blob_offset), min(at + n, e.blob_offset + e.length)
+                if lo < hi:
+                    runs.append((blob, off + lo - at, hi - lo))
+                at += n
+        else:
+            runs.append((e.blob_id, e.blob_offset, e.length))
+    merged: list[tuple[str, int, int]] = []
+    for blob, off, n in runs:
+        if merged and merged[-1][0] == blob and merged[-1][1] + merged[-1][2] == off:
+            merged[-1] = (blob, merged[-1][1], merged[-1][2] + n)
+        else:
+            merged.append((blob, off, n))
+    return merged
+
+
+async def build(h, path="/a/f", pieces=(100, 50, 30), at: int = 0) -> None:
+    for n in pieces:
+        await h.start(path, at=at)
+        await h.write(n)
+        await h.commit()
+        at += n
+
+
+@pytest.fixture
+def catalogs(tmp_path):
+    from twisted.internet import reactor
+
+    original = open_catalog(reactor, f"sqlite:///{tmp_path / 'a.sqlite'}")
+    rebuilt = open_catalog(reactor, f"sqlite:///{tmp_path / 'b.sqlite'}")
+    pytest_twisted.blockon(defer.ensureDeferred(original.mkdir("/a")))
+    yield original, rebuilt
+    pytest_twisted.blockon(defer.ensureDeferred(original.close()))
+    pytest_twisted.blockon(defer.ensureDeferred(rebuilt.close()))
+
+
+async def rebuild(h, rebuilt) -> dict:
+    endpoints = {n: f"tcp:127.0.0.1:{7000 + i}" for i, n in enumerate(NODES)}
+    return await rebuild_from_listings(rebuilt, h.listings(), endpoints, 2, 0.0)
+
+
+def whys(report) -> list[str]:
+    return sorted(p["why"] for p in report["problems"])
+
+
+@pytest.mark.parametrize("collected", [False, True], ids=["old-blobs-kept", "old-blobs-collected"])
+@pytest.mark.parametrize("append", [False, True], ids=["as-compacted", "appended-after"])
+@pytest_twisted.ensureDeferred
+async def test_a_swapped_compaction_copy_is_the_file(catalogs, collected, append):
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    old = h.blobs_of("/a/f")
+    await h.compact("/a/f")
+    if append:
+        await h.start("/a/f", at=180)
+        await h.write(20)
+        await h.commit()
+    if collected:
+        h.collect(*old)
+    want = await snapshot(original, ["/a/f"])
+    report = await rebuild(h, rebuilt)
+    assert report["problems"] == [] and report["files"] == 1
+    assert report["replaced_by_compaction"] == (0 if collected else 3)
+    assert await snapshot(rebuilt, ["/a/f"]) == want
+
+
+@pytest.mark.parametrize(
+    "collected",
+    ["nothing", "first-sources", "all-but-the-last-copy"],
+)
+@pytest.mark.parametrize("first_swapped", [True, False], ids=["swapped", "abandoned"])
+@pytest_twisted.ensureDeferred
+async def test_compacting_a_compacted_file_again(catalogs, collected, first_swapped):
+    """Compacted, appended to, compacted again: the last copy is the file
+    whichever older blobs GC took; a first copy that was abandoned (the
+    appends built on the old blobs) is reported and left for GC."""
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    first_sources = h.blobs_of("/a/f")
+    first = await h.compact("/a/f", swap=first_swapped)
+    await build(h, pieces=(10, 10, 10), at=180)  # three appends
+    appended = [b for b in h.blobs_of("/a/f") if b not in first_sources]
+    await h.compact("/a/f")
+    if collected != "nothing":
+        h.collect(*first_sources)
+    if collected == "all-but-the-last-copy":
+        h.collect(first, *appended)
+    want = await snapshot(original, ["/a/f"])
+    report = await rebuild(h, rebuilt)
+    assert report["files"] == 1
+    assert await snapshot(rebuilt, ["/a/f"]) == want
+    if first_swapped or collected == "all-but-the-last-copy":
+        assert report["problems"] == []
+    else:
+        assert whys(report) == ["unused compaction copy"]
+
+
+@pytest.mark.parametrize("clock", [1e9, None], ids=["compactor-clock-fast", "same-clock"])
+@pytest.mark.parametrize("collected", [False, True], ids=["old-blobs-kept", "old-blobs-collected"])
+@pytest.mark.parametrize("swapped", [False, True], ids=["abandoned", "swapped-then-overwritten"])
+@pytest_twisted.ensureDeferred
+async def test_a_later_overwrite_keeps_the_path_whatever_the_clocks(
+    catalogs, clock, collected, swapped
+):
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    old = h.blobs_of("/a/f")
+    copy = await h.compact("/a/f", swap=swapped, clock=clock)
+    before = expand((await original.stat("/a/f")).version.extents, h.origin)
+    await h.start("/a/f")  # the overwrite, through another front end
+    await h.write(70)
+    await h.commit()
+    if collected:
+        h.collect(*old)
+    want = await snapshot(original, ["/a/f"])
+    report = await rebuild(h, rebuilt)
+    assert await snapshot(rebuilt, ["/a/f"]) == want
+    # The old content is in /lost+found, from its blobs or from the copy.
+    [moved] = [p["moved_to"] for p in report["problems"] if p["why"] == "ambiguous"]
+    assert expand((await rebuilt.stat(moved)).version.extents, h.origin) == before
+    if collected:
+        assert whys(report) == ["ambiguous"]
+        assert (await rebuilt.stat(moved)).version.extents[0].blob_id == copy
+    else:
+        assert whys(report) == ["ambiguous", "unused compaction copy"]
+        assert report["unused_compaction_copies"] == 1
+        assert len(await rebuilt.collectable_blobs(100)) == 1  # the copy, GC's to delete
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_abandoned_to_an_append_gives_the_same_bytes(catalogs):
+    """The append began while the copy was written (the swap was refused):
+    the appended file reads the same, on the old blobs or on the copy."""
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    await h.start("/a/f", at=180)
+    await h.compact("/a/f", swap=False, clock=1e9)
+    await h.write(20)
+    await h.commit()
+    want = expand((await original.stat("/a/f")).version.extents, h.origin)
+    report = await rebuild(h, rebuilt)
+    assert report["files"] == 1 and report["problems"] == []
+    assert expand((await rebuilt.stat("/a/f")).version.extents, h.origin) == want
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_short_of_replicas_does_not_replace_the_old_blobs(catalogs):
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    want = await snapshot(original, ["/a/f"])
+    await h.compact("/a/f", swap=False, nodes=NODES[:1])  # one writer failed
+    report = await rebuild(h, rebuilt)
+    assert whys(report) == ["unused compaction copy"]
+    assert await snapshot(rebuilt, ["/a/f"]) == want
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_copies_of_one_version_use_one(catalogs):
+    """A lease holder lost the lease mid-compaction and another compacted
+    the same version: one copy is the file, the other is left for GC."""
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h)
+    want = expand((await original.stat("/a/f")).version.extents, {})
+    await h.compact("/a/f", swap=False, clock=1e9)
+    await h.compact("/a/f")
+    report = await rebuild(h, rebuilt)
+    assert report["files"] == 1 and whys(report) == ["unused compaction copy"]
+    [extent] = (await rebuilt.stat("/a/f")).version.extents
+    assert expand([extent], h.origin) == want

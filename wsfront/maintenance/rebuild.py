@@ -20,15 +20,27 @@ How a file is put back together:
   (APPE, REST + STOR): its base is another upload of the same inode that
   covers that offset, replayed first, so the base blob keeps its full length
   and is truncated by reference exactly as before;
-* a compacted blob (``wsfront.maintenance.compact``: meta ``compacted``)
-  is a one-segment upload from offset 0.  Its ``sources`` are the blobs of
-  the version it replaced; uploads that wrote any of those are
-  *superseded* (the compacted blob holds the same bytes) and are set aside
-  before bases are chosen, so old blobs GC had not yet collected neither
-  compete for the path nor serve as a base; they are recorded unreferenced,
-  so GC collects them as it would have;
+* a compaction copy (``wsfront.maintenance.compact``: meta ``compacted``)
+  is recognised by content, never by its ``created_at`` (the clock of the
+  front end that compacted, which may be fast, and which is stamped even on
+  a copy whose compaction lost its race and whose delete failed): it is a
+  copy of the version whose replayed extent list has the ETag it kept (a
+  digest of that list), its size and its ``sources``.  Where that version
+  is in the history that keeps the path (the file itself or the base of a
+  later resume), the copy stands in for it, as it did once the compaction
+  swapped it in (if it is on ``replicas`` servers; else the old blobs stay);
+  where it is not (the file was overwritten, or that version went to
+  ``/lost+found/``), the copy is not used, is reported and left for GC.  A
+  copy no surviving history reproduces (GC took the old blobs) is a version
+  of its own: uploads that wrote its ``sources`` are older, set aside and
+  recorded unreferenced, so GC collects them; it serves as a base where no
+  ordinary upload covers the offset, and as a version it ranks below every
+  ordinary upload of the inode (a surviving upload is newer than the blobs
+  GC took, or the copy was abandoned to it), so at worst it goes to
+  ``/lost+found/``;
 * uploads nothing is based on are *tips*.  One tip per inode is the file
-  (the one with ``created_at`` in its meta if writers record it, else the
+  (ordinary uploads before compaction copies; among them the one with the
+  newest ``created_at`` in its meta if writers record it, else the
   largest); other tips (old versions GC had not yet collected) go to
   ``/lost+found/`` so nothing is lost silently, and the report names them.
 
@@ -238,33 +250,31 @@ class _Inode:
 
     def choose_bases(self) -> None:
         """Each upload that resumed a committed file (first segment above
-        0) gets the upload that covers that offset as its base: the newest
-        ordinary upload, else a compaction copy (one whose history is gone:
-        a resume after a compaction whose old blobs GC took)."""
+        0) gets an upload that covers that offset as its base: an ordinary
+        upload, else a compaction copy (one whose history is gone: a resume
+        after a compaction whose old blobs GC took).  Among those, one
+        stamped before the resume began, then the newest; never one that
+        is itself based on the resume (a base was committed before)."""
         ordinary = [u for u in self.uploads.values() if u.upload_id not in self.aside]
         copies = [c for c in self.copies.values() if c.upload_id not in self.aside]
         for up in self.uploads.values():
             up.base = None
-            if up.start == 0 or up.upload_id in self.aside:
+        # The latest resumes choose first, so an earlier one never takes a
+        # later one (which builds on it) for its base.
+        for up in sorted(ordinary, key=lambda u: (_began(u), u.start, u.upload_id), reverse=True):
+            if up.start == 0:
                 continue
+            mine = {p.blob_id for p in up.chain}  # a copy of them came later
             for group in (ordinary, copies):
-                bases = sorted(
-                    (b for b in group if b is not up and b.end >= up.start),
-                    key=_rank,
-                )
+                bases = [
+                    b for b in group
+                    if b is not up and b.end >= up.start and not _based_on(b, up)
+                    and not mine & set(b.chain[0].sources)
+                ]  # fmt: skip
                 if bases:
-                    up.base = bases[-1]
+                    began = _began(up)
+                    up.base = max(bases, key=lambda b: ((b.created_at or 0.0) <= began, _rank(b)))
                     break
-        # A resume can only build on what was there before it: a cycle
-        # of bases means the histories are ambiguous; break it.
-        for up in self.uploads.values():
-            seen: set[str] = set()
-            b = up
-            while b is not None and b.upload_id not in seen:
-                seen.add(b.upload_id)
-                b = b.base
-            if b is not None:
-                up.base = None
 
     def match_copies(self) -> None:
         """Work out the layouts each upload's version may have had (with
@@ -303,27 +313,47 @@ class _Inode:
 
     def set_aside(self) -> bool:
         """Set aside what a compaction copy that no surviving history
-        reproduces has replaced: uploads (and older copies) that wrote its
-        ``sources``, and so on down.  Fires True when that grew."""
+        reproduces has replaced: uploads and older copies that wrote its
+        ``sources``, and so on down; a copy of a version whose blobs are
+        all among them; all but one copy of one version.  Fires True when
+        that grew."""
         matched = self.matched()
-        blobs: set[str] = set()
-        todo = [c for c in self.copies.values() if c.upload_id not in matched]
-        todo = [c for c in todo if c.upload_id not in self.aside]
-        by_blob = {p.blob_id: u for u in [*self.uploads.values(), *self.copies.values()]
-                   for p in u.chain}  # fmt: skip
-        while todo:
-            copy = todo.pop()
-            for blob_id in copy.chain[0].sources:
-                if blob_id in blobs:
-                    continue
-                blobs.add(blob_id)
-                owner = by_blob.get(blob_id)
-                if owner is not None and owner.compacted:
-                    todo.append(owner)
-        aside = {u.upload_id for u in by_blob.values() if any(p.blob_id in blobs for p in u.chain)}
+        everything = [*self.uploads.values(), *self.copies.values()]
+        by_blob = {p.blob_id: u for u in everything for p in u.chain}
+        unmatched = [c for c in self.copies.values() if c.upload_id not in matched | self.aside]
+        aside: set[str] = set()
+        for copy in unmatched:
+            replaced = self._replaced_by(copy, by_blob)
+            aside |= {
+                u.upload_id for u in everything if any(p.blob_id in replaced for p in u.chain)
+            }
+            aside |= {
+                c.upload_id for c in self.copies.values()
+                if c is not copy and c.chain[0].sources and set(c.chain[0].sources) < replaced
+            }  # fmt: skip
+        seen: set[tuple[str | None, int]] = set()
+        for copy in sorted(unmatched, key=lambda c: (-len(c.chain[0].nodes), c.upload_id)):
+            key = (copy.chain[0].etag, copy.end)
+            if copy.chain[0].etag is not None and key in seen:
+                aside.add(copy.upload_id)
+            seen.add(key)
         grew = not aside <= self.aside
         self.aside |= aside
         return grew
+
+    @staticmethod
+    def _replaced_by(copy: Upload, by_blob: dict[str, Upload]) -> set[str]:
+        """The blobs ``copy`` replaced: its ``sources``, theirs, and so on."""
+        blobs: set[str] = set()
+        todo = [copy]
+        while todo:
+            for blob_id in todo.pop().chain[0].sources:
+                if blob_id not in blobs:
+                    blobs.add(blob_id)
+                    owner = by_blob.get(blob_id)
+                    if owner is not None and owner.compacted:
+                        todo.append(owner)
+        return blobs
 
 
 def plan_files(
@@ -393,6 +423,21 @@ def plan_files(
             taken.add(path)
             files.append((path, tip))
     return files, problems
+
+
+def _began(up: Upload) -> float:
+    """The stamp of an upload's first segment (0 without stamps)."""
+    return up.chain[0].created_at or 0.0
+
+
+def _based_on(up: Upload, other: Upload) -> bool:
+    """Whether ``other`` is in ``up``'s line of bases (or is ``up``)."""
+    seen = 0
+    while up is not None and seen <= 10_000:
+        if up is other:
+            return True
+        up, seen = up.base, seen + 1
+    return False
 
 
 def _rank(up: Upload) -> tuple[float, int, str]:
