@@ -256,6 +256,20 @@ def whys(report) -> list[str]:
     return sorted(p["why"] for p in report["problems"])
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_file_of_many_stamped_uploads_comes_back_whole(catalogs):
+    """Appends and a resume below the size, stamped as front ends stamp
+    them: each builds on the one before, none on a later one."""
+    original, rebuilt = catalogs
+    h = CompactingHistory(original)
+    await build(h, pieces=(100, 20, 10, 5))
+    await build(h, pieces=(30,), at=110)
+    want = await snapshot(original, ["/a/f"])
+    report = await rebuild(h, rebuilt)
+    assert report["problems"] == [] and report["files"] == 1
+    assert await snapshot(rebuilt, ["/a/f"]) == want
+
+
 @pytest.mark.parametrize("collected", [False, True], ids=["old-blobs-kept", "old-blobs-collected"])
 @pytest.mark.parametrize("append", [False, True], ids=["as-compacted", "appended-after"])
 @pytest_twisted.ensureDeferred

@@ -272,8 +272,7 @@ class _Inode:
                     and not mine & set(b.chain[0].sources)
                 ]  # fmt: skip
                 if bases:
-                    began = _began(up)
-                    up.base = max(bases, key=lambda b: ((b.created_at or 0.0) <= began, _rank(b)))
+                    up.base = max(bases, key=lambda b: _base_rank(b, up))
                     break
 
     def match_copies(self) -> None:
@@ -438,6 +437,14 @@ def _based_on(up: Upload, other: Upload) -> bool:
             return True
         up, seen = up.base, seen + 1
     return False
+
+
+def _base_rank(base: Upload, up: Upload) -> tuple[bool, float, bool, int, str]:
+    """How likely ``base`` is what ``up`` resumed: stamped before ``up``
+    began, then the newest; between equal stamps (none recorded) one that
+    ends where ``up`` starts (an append), then the largest."""
+    stamp = base.created_at or 0.0
+    return (stamp <= _began(up), stamp, base.end == up.start, base.end, base.upload_id)
 
 
 def _rank(up: Upload) -> tuple[float, int, str]:
