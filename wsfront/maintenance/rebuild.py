@@ -268,11 +268,11 @@ class _Inode:
             for group in (ordinary, copies):
                 bases = [
                     b for b in group
-                    if b is not up and b.end >= up.start and not _based_on(b, up)
-                    and not mine & set(b.chain[0].sources)
+                    if b is not up and b.end >= up.start and not mine & set(b.chain[0].sources)
                 ]  # fmt: skip
-                if bases:
-                    up.base = max(bases, key=lambda b: _base_rank(b, up))
+                bases.sort(key=lambda b: _base_rank(b, up), reverse=True)
+                up.base = next((b for b in bases if not _based_on(b, up)), None)
+                if up.base is not None:
                     break
 
     def match_copies(self) -> None:
@@ -282,26 +282,26 @@ class _Inode:
         layouts: dict[str, list[Layout]] = {}
         self.matches = {}
 
-        def layouts_of(up: Upload) -> list[Layout]:
-            if up.upload_id in layouts:
-                return layouts[up.upload_id]
-            layouts[up.upload_id] = []  # a cycle ends here
-            if up.compacted:
-                found = [_lay((), up)]
-            else:
-                below = layouts_of(up.base) if up.base is not None else [()]
-                found = list(dict.fromkeys(_lay(b, up) for b in below))[:MAX_LAYOUTS]
+        def layouts_of(up: Upload) -> None:
+            line = _line(up)  # up and its bases, down to the first one
+            for u in reversed(line):
+                if u.upload_id in layouts:
+                    continue
+                if u.compacted:
+                    layouts[u.upload_id] = [_lay((), u)]
+                    continue
+                below = layouts.get(u.base.upload_id, []) if u.base is not None else [()]
+                found = list(dict.fromkeys(_lay(b, u) for b in below))[:MAX_LAYOUTS]
                 mine = [
                     c for c in self.copies.values()
                     if c.upload_id not in self.aside and any(_copies(c.chain[0], x) for x in found)
                 ]  # fmt: skip
                 if mine:
                     mine.sort(key=lambda c: (-len(c.chain[0].nodes), c.upload_id))
-                    self.matches[up.upload_id] = mine
+                    self.matches[u.upload_id] = mine
                     found += [_lay((), c) for c in mine if _lay((), c) not in found]
                     found = found[:MAX_LAYOUTS]
-            layouts[up.upload_id] = found
-            return found
+                layouts[u.upload_id] = found
 
         for up in self.uploads.values():
             if up.upload_id not in self.aside and (up.start == 0 or up.base is not None):
@@ -431,12 +431,7 @@ def _began(up: Upload) -> float:
 
 def _based_on(up: Upload, other: Upload) -> bool:
     """Whether ``other`` is in ``up``'s line of bases (or is ``up``)."""
-    seen = 0
-    while up is not None and seen <= 10_000:
-        if up is other:
-            return True
-        up, seen = up.base, seen + 1
-    return False
+    return any(u is other for u in _line(up))
 
 
 def _base_rank(base: Upload, up: Upload) -> tuple[bool, float, bool, int, str]:
@@ -452,21 +447,34 @@ def _rank(up: Upload) -> tuple[float, int, str]:
     return (up.created_at or 0.0, up.end, up.upload_id)
 
 
+def _line(up: Upload) -> list[Upload]:
+    """``up``, its base, that one's base, and so on (a loop is cut)."""
+    line: list[Upload] = []
+    seen: set[int] = set()
+    while up is not None and id(up) not in seen:
+        seen.add(id(up))
+        line.append(up)
+        up = up.base
+    return line
+
+
 def _swap_in_copies(up: Upload, matches: dict[str, list[Upload]], replicas: int) -> Upload:
     """``up`` with the newest version in its history that a compaction
     copy at full strength holds replaced by that copy (the same bytes in one
     blob, what the catalog held once the compaction swapped it in)."""
-    for copy in matches.get(up.upload_id, ()):
-        if len(copy.chain[0].nodes) >= replicas:
-            return copy
-    if up.base is not None:
-        up.base = _swap_in_copies(up.base, matches, replicas)
+    line = _line(up)
+    for i, u in enumerate(line):
+        strong = [c for c in matches.get(u.upload_id, ()) if len(c.chain[0].nodes) >= replicas]
+        if strong:
+            if i == 0:
+                return strong[0]
+            line[i - 1].base = strong[0]
+            break
     return up
 
 
 def _blobs_of(up: Upload) -> set[str]:
-    blobs = {p.blob_id for p in up.chain}
-    return blobs | _blobs_of(up.base) if up.base is not None else blobs
+    return {p.blob_id for u in _line(up) for p in u.chain}
 
 
 def _left_over(
@@ -507,8 +515,12 @@ async def _makedirs(catalog, path: str) -> None:
 
 async def _replay(catalog, path: str, up: Upload, replicas: int, now: float) -> None:
     """Replay ``up`` (after its base) as uploads committed at ``path``."""
-    if up.base is not None:
-        await _replay(catalog, path, up.base, replicas, now)
+    for u in reversed(_line(up)):
+        await _replay_one(catalog, path, u, replicas, now)
+
+
+async def _replay_one(catalog, path: str, up: Upload, replicas: int, now: float) -> None:
+    """Replay one upload, its base being the committed version at ``path``."""
     first = up.chain[0]
     session = await catalog.begin_upload(
         up.owner,
