@@ -241,7 +241,6 @@ class _Inode:
     inode: int
     uploads: dict[str, Upload]
     copies: dict[str, Upload]
-    problems: list[dict[str, Any]]
     #: upload id -> the compaction copies of its version, best first
     matches: dict[str, list[Upload]] = attrs.Factory(dict)
     #: uploads set aside: they wrote a blob a compaction copy with no
@@ -388,7 +387,7 @@ def plan_files(
                 problems.append({"upload": upload_id, "inode": inode, "why": "hole in segments"})
                 continue
             uploads[upload_id] = Upload(upload_id, chain)
-        plan = _Inode(inode, uploads, copies, problems)
+        plan = _Inode(inode, uploads, copies)
         for _ in range(8):
             plan.choose_bases()
             plan.match_copies()
