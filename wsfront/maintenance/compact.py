@@ -314,9 +314,9 @@ class Compactor:
         limit = self.settings.max_file_bytes
         if candidate.size <= 0 or (limit is not None and candidate.size > limit):
             return SKIPPED
-        # Stamped before the catalog is read: an upload not visible then
-        # writes blobs stamped later, so fsck --rebuild-catalog ranks it above
-        # this copy should an abandoned one survive on a server.
+        # Stamped before the catalog is read.  fsck --rebuild-catalog does not
+        # rank a copy by it (this front end's clock may be fast): it matches
+        # the copy to the version by the etag and sources in its meta.
         started = self._clock.seconds()
         try:
             entry = await self._catalog.stat(candidate.path)
