@@ -309,6 +309,11 @@ class Commands:
             text.append(
                 f"blobs replaced by compaction, left for GC: {report['replaced_by_compaction']}"
             )
+        if report.get("unused_compaction_copies"):
+            text.append(
+                "compaction copies not used (abandoned or of an overwritten version), "
+                f"left for GC: {report['unused_compaction_copies']}"
+            )
         text.append("re-create users with: wsfs user add NAME")
         self.emit(report, "\n".join(text))
 
