@@ -36,9 +36,17 @@ def payload(size: int) -> bytes:
 class HttpEnv:
     """TransferEnv plus a listening HTTP site."""
 
-    def __init__(self, reactor, tmp_path, settings: SiteSettings | None = None, **transfer_kw):
+    def __init__(
+        self,
+        reactor,
+        tmp_path,
+        settings: SiteSettings | None = None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        **transfer_kw,
+    ):
         self.reactor = reactor
         self.tmp_path = tmp_path
+        self.listen = listen
         self.transfer = TransferEnv(reactor, tmp_path, **transfer_kw)
         self.site_settings = settings or SiteSettings()
         self.port = None
@@ -49,7 +57,7 @@ class HttpEnv:
         self.site = make_site(
             self.reactor, self.transfer.transfers, self.authenticator, self.site_settings
         )
-        ep = serverFromString(self.reactor, "tcp:0:interface=127.0.0.1")
+        ep = serverFromString(self.reactor, self.listen)
         self.port = await ep.listen(self.site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)

@@ -166,3 +166,16 @@ class ProcessCluster:
         await self.catalog.close()
         for proc in self.procs.values():
             proc.stop()
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    """Wait (polling the reactor every 10 ms) until ``condition()`` is true;
+    fail after ``timeout`` seconds.  For states a test cannot get a Deferred
+    for, such as "the relay is waiting on its throttle"."""
+    from twisted.internet import reactor, task
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.01, lambda: None)

@@ -80,3 +80,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sigint_as_ctrl_c() -> None:
+    """``preexec_fn`` for a child that the test stops with SIGINT.
+
+    A process started from a non-interactive shell's background job (as CI
+    runners and ``nohup`` do) inherits SIGINT *ignored*; Python then installs
+    no KeyboardInterrupt handler and twistd no shutdown handler, so the
+    child would never see the test's Ctrl-C.  Restore the default first.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

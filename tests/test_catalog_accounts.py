@@ -66,6 +66,9 @@ async def test_user_management_errors(catalog):
         await catalog.add_user("a/b", "pw")
     with pytest.raises(InvalidName):
         await catalog.add_user("-", "pw")
+    for reserved in ("anonymous", "FTP"):  # the names anonymous clients get
+        with pytest.raises(InvalidName, match="reserved"):
+            await catalog.add_user(reserved, "pw")
     with pytest.raises(NotFound):
         await catalog.get_user("bob")
     with pytest.raises(NotFound):

@@ -145,3 +145,58 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
     for vpath, data in files.items():
         got, _ = await cluster.download(vpath)
         assert sha256(got) == sha256(data), vpath
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_compact_merges_resumed_files_and_a_rebuilt_catalog_reads_them_back(cluster):
+    from twisted.internet import reactor
+
+    from tests.transfer_env import PASSWORD, Feeder
+    from wsfront.transfer.service import Transfers
+
+    files = await populate(cluster, count=1)
+    for name in ("/resumed-a.bin", "/resumed-b.bin"):
+        content = b""
+        for i in range(4):
+            piece = payload(100_000 + 1000 * i)
+            session = await cluster.transfers.open_write(cluster.user, name, len(content))
+            await Feeder(reactor, session, piece).start()
+            await session.finish()
+            content += piece
+        files[name] = content
+    before = {v: await cluster.catalog.stat(full_path(cluster, v)) for v in files}
+    out, err, code = await cluster.wsfs(
+        "compact", "--min-extents", "3", "--poll", "0.1", "--timeout", "60"
+    )
+    assert code == 0, err + out
+    assert "compact done: 2 of 2 files merged into one blob" in out, out
+    for vpath, data in files.items():
+        entry = await cluster.catalog.stat(full_path(cluster, vpath))
+        assert len(entry.version.extents) == 1
+        assert entry.version.etag == before[vpath].version.etag
+        if vpath.startswith("/resumed"):
+            assert entry.version.sha256 == sha256(data)
+    await check_full_strength(cluster, files)
+    # The catalog is lost before GC took the replaced blobs: a rebuild still
+    # gives every file back, once, at its path.
+    await cluster.service.stopService()
+    await cluster.catalog.close()
+    path = cluster.catalog_url[len("sqlite://") :]
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    args = ["--json", "fsck", "--rebuild-catalog", "--secret-file", str(cluster.tmp / "secret")]
+    for name, proc in cluster.procs.items():
+        args += ["--storage", f"{name}={proc.endpoint}"]
+    out, err, code = await cluster.wsfs(*args)
+    assert code == 0, err + out
+    report = json.loads(out)
+    assert report["files"] == len(files) and report["problems"] == [], report
+    assert report["replaced_by_compaction"] == 8
+    cluster.catalog = open_catalog(reactor, cluster.catalog_url)
+    await cluster.catalog.add_user("alice", PASSWORD)
+    cluster.user = await cluster.catalog.get_user("alice")
+    cluster.transfers = Transfers(reactor, cluster.catalog, cluster.pool, "fe-a")
+    for vpath, data in files.items():
+        got, _ = await cluster.download(vpath)
+        assert sha256(got) == sha256(data), vpath

@@ -80,3 +80,15 @@ def test_unknown_toml_option_is_refused(tmp_path, secret):
     toml.write_text('colour = "blue"\n')
     with pytest.raises(usage.UsageError, match="unknown options: colour"):
         parse("--config", str(toml))
+
+
+def test_require_tls_with_plain_http_needs_https_too(tmp_path, secret):
+    from tests.tls_support import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    base = ["--name", "a", "--catalog", "sqlite:///x", "--secret-file", secret,
+            "--tls-cert", str(cert), "--tls-key", str(key), "--require-tls"]  # fmt: skip
+    with pytest.raises(usage.UsageError, match="give --https too"):
+        parse(*base, "--http", "tcp:1")
+    cfg = parse(*base, "--http", "tcp:1", "--https", "tcp:2")
+    assert cfg.require_tls and cfg.https == "tcp:2"

@@ -109,3 +109,56 @@ async def test_rebuild_refuses_a_catalog_that_has_files(env):
     await env.upload("/x", b"x" * 10)
     with pytest.raises(ValueError, match="not empty"):
         await rebuild_catalog(env.catalog, env.transfers.pool, 2, reactor.seconds())
+
+
+@pytest.mark.parametrize("collected", [False, True], ids=["old-blobs-kept", "old-blobs-collected"])
+@pytest_twisted.ensureDeferred
+async def test_compacted_files_are_rebuilt_from_their_one_blob(env, collected):
+    """Compacted files come back whole, whether GC already deleted the old
+    blobs or not (then they are recognised as replaced, not as another
+    version for /lost+found); so do files resumed after compaction."""
+    from twisted.internet import reactor, task
+
+    from wsfront.maintenance.compact import Compactor, CompactSettings
+    from wsfront.maintenance.gc import GCSettings
+
+    files = await populate(env, count=2)
+    pieces = [payload(30_000 + 1000 * i) for i in range(4)]
+    for name in ("/c1.bin", "/c2.bin", "/c3.bin"):
+        content = b""
+        for piece in pieces:
+            await env.upload(name, piece, offset=len(content))
+            content += piece
+        files[name] = content
+    compactor = Compactor(
+        reactor, env.catalog, env.transfers.pool, CompactSettings(min_extents=4,
+                                                                  bytes_per_second=None)
+    )  # fmt: skip
+    assert (await compactor.run_pass())["compacted"] == 3
+    # After compaction: one file appended to, one rolled back and resumed.
+    tail = payload(20_000)
+    await env.upload("/c2.bin", tail, append=True)
+    files["/c2.bin"] += tail
+    await env.upload("/c3.bin", tail, offset=50_000)
+    files["/c3.bin"] = files["/c3.bin"][:50_000] + tail
+    if collected:
+        clock = task.Clock()
+        gc = GarbageCollector(clock, env.catalog, env.transfers.pool, GCSettings(grace_seconds=1))
+        await gc.collect()
+        clock.advance(1)
+        assert (await gc.collect())["forgotten"] == 4 * 3
+
+    report = await lose_and_rebuild(env)
+    assert report["problems"] == [], report
+    assert report["files"] == len(files)
+    replaced = 0 if collected else 4 * 3
+    assert report["replaced_by_compaction"] == replaced
+    assert len(await env.catalog.collectable_blobs(100)) == replaced  # GC's, not orphans
+    for vpath, want in files.items():
+        got, _ = await env.download(vpath)
+        assert sha256(got) == sha256(want), vpath
+    assert len((await env.catalog.stat("/alice/c1.bin")).version.extents) == 1
+    assert len((await env.catalog.stat("/alice/c2.bin")).version.extents) == 2
+    gc = GarbageCollector(reactor, env.catalog, env.transfers.pool)
+    found = await check(env.catalog, env.transfers.pool, gc)
+    assert found["missing"] == [] and found["wrong"] == [] and found["orphans"] == 0

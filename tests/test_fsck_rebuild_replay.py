@@ -147,6 +147,22 @@ async def s_append_to_committed(h):
     await h.commit()
 
 
+async def s_appended_twice(h):
+    # Each append covers the offset the one before it starts at: a base is
+    # never taken from a later upload (that made a cycle and dropped both).
+    await s_append_to_committed(h)
+    await h.start("/a/f", at=120)
+    await h.write(10)
+    await h.commit()
+
+
+async def s_appended_twice_then_resumed_below(h):
+    await s_appended_twice(h)
+    await h.start("/a/f", at=110)
+    await h.write(30)
+    await h.commit()
+
+
 async def s_resume_then_roll_back_into_the_base(h):
     await s_simple(h)
     await h.start("/a/f", at=80)
@@ -177,6 +193,8 @@ SCENARIOS = [
     s_rollback_below_the_current_blob,
     s_resume_committed_below_its_size,
     s_append_to_committed,
+    s_appended_twice,
+    s_appended_twice_then_resumed_below,
     s_resume_then_roll_back_into_the_base,
     s_several_files_and_takeovers,
 ]

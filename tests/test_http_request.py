@@ -136,18 +136,42 @@ def test_a_silent_client_is_dropped_after_the_idle_timeout():
     assert seen == []
 
 
-def test_connections_per_address_are_limited_and_released_on_close():
+def _connect(site, host: str):
     from twisted.internet.address import IPv4Address
 
+    channel = site.buildProtocol(IPv4Address("TCP", host, 1234))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1234))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_connections_per_address_are_limited_and_released_on_close():
     site = make_site(Clock(), None, None, SiteSettings(max_connections_per_address=2))
-    addr = IPv4Address("TCP", "10.0.0.1", 1234)
-    first, second = site.buildProtocol(addr), site.buildProtocol(addr)
-    assert first is not None and second is not None
-    assert site.buildProtocol(addr) is None
-    assert site.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)) is not None
-    first.makeConnection(StringTransport())
+    (first, t1), (_, t2) = _connect(site, "10.0.0.1"), _connect(site, "10.0.0.1")
+    assert t1.value() == t2.value() == b"" and not t1.disconnecting
+    _, refused = _connect(site, "10.0.0.1")
+    answer = refused.value()
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nRetry-After: 5\r\n" in answer and b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(b"too many connections from your address; try again later\n")
+    assert refused.disconnecting
+    _, other = _connect(site, "10.0.0.2")
+    assert other.value() == b"" and not other.disconnecting
     first.connectionLost(None)
-    assert site.buildProtocol(addr) is not None
+    _, again = _connect(site, "10.0.0.1")
+    assert again.value() == b"" and not again.disconnecting
+
+
+def test_connections_in_total_are_limited():
+    site = make_site(Clock(), None, None, SiteSettings(max_connections=3))
+    channels = [_connect(site, f"10.0.0.{i}")[0] for i in range(3)]
+    _, refused = _connect(site, "10.0.0.9")
+    assert refused.value().startswith(b"HTTP/1.1 503 ")
+    assert b"too many connections in total" in refused.value()
+    channels[0].connectionLost(None)
+    _, admitted = _connect(site, "10.0.0.9")
+    assert admitted.value() == b""
+    assert site.context.limits.open == 3
 
 
 def test_an_overlong_request_line_gets_414_and_an_overlong_header_431():

@@ -2,7 +2,7 @@
 
 from twisted.internet.testing import Clock
 
-from wsfront.limits import ConnectionLimits, LoginThrottle
+from wsfront.limits import ConnectionLimits, LoginThrottle, address_key
 
 
 def throttle(**kw):
@@ -87,3 +87,59 @@ def test_no_limits_admit_everyone():
     limits = ConnectionLimits(per_address=None, total=None)
     assert all(limits.admit("a") is None for _ in range(1000))
     assert limits.open == 1000
+
+
+def test_attempts_being_checked_count_so_a_burst_cannot_slip_through():
+    _clock, t = throttle(per_address=10, per_user=50, window=300)
+    allowed = [t.begin("alice", "h") is None for _ in range(40)]
+    assert allowed.count(True) == 10  # no decision yet, yet only 10 go on
+    for _ in range(10):
+        t.failed("alice", "h")
+    wait = t.begin("alice", "h")
+    assert wait is not None and wait > 290
+
+
+def test_an_undecided_attempt_stops_counting_after_a_while():
+    clock, t = throttle(per_address=2, per_user=50, window=300)
+    assert t.begin("a", "h") is None
+    assert t.begin("b", "h") is None
+    assert t.begin("c", "h") == 1.0  # two still being checked
+    t.abandoned("a", "h")
+    assert t.begin("c", "h") is None
+    clock.advance(LoginThrottle.INFLIGHT_SECONDS + 1)  # b and c were never decided
+    assert t.retry_after("d", "h") is None
+
+
+def test_the_per_user_limit_spares_addresses_the_user_logged_in_from():
+    _clock, t = throttle(per_address=100, per_user=5, window=300)
+    assert t.begin("alice", "home") is None
+    t.succeeded("alice", "home")
+    for i in range(5):
+        t.begin("alice", f"10.0.0.{i}")
+        t.failed("alice", f"10.0.0.{i}")
+    assert t.retry_after("alice", "10.9.9.9") is not None  # strangers are throttled
+    assert t.retry_after("alice", "home") is None  # her usual machine is not
+
+
+def test_ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4():
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("not an address") == "not an address"
+    _clock, t = throttle(per_address=3, per_user=100, window=300)
+    for i in range(3):
+        t.failed(f"u{i}", f"2001:db8:1:2::{i + 1:x}")
+    assert t.retry_after("x", "2001:db8:1:2:9999::1") is not None
+    limits = ConnectionLimits(per_address=1, total=None)
+    assert limits.admit("2001:db8::1") is None
+    assert limits.admit("2001:db8::2") == "from your address"
+    limits.release("2001:db8::1")
+    assert limits.admit("2001:db8::2") is None
+
+
+def test_limits_above_a_thousand_still_throttle():
+    _clock, t = throttle(per_address=2000, per_user=5000, window=300)
+    for _ in range(2000):
+        t.failed("u", "h")
+    assert t.retry_after("u", "h") is not None

@@ -74,3 +74,43 @@ async def test_repair_job_and_gc_on_postgresql(env):
     for name in env.nodes:
         if name != victim:
             assert await blobs_on(env, name) <= referenced
+
+
+@pytest_twisted.ensureDeferred
+async def test_compact_job_then_gc_on_postgresql(env):
+    from tests.maintenance_env import payload
+    from wsfront.maintenance.compact import CompactSettings
+
+    files = {}
+    for name in ("/a.bin", "/b.bin"):
+        content = b""
+        for i in range(4):
+            piece = payload(40_000 + 100 * i)
+            await env.upload(name, piece, offset=len(content))
+            content += piece
+        files[name] = content
+    before = {v: await env.catalog.stat(full_path(env, v)) for v in files}
+    clock = task.Clock()
+    settings = MaintenanceSettings(
+        gc=GCSettings(grace_seconds=0.0, orphan_grace_seconds=0.0),
+        compact=CompactSettings(min_extents=4, bytes_per_second=None),
+        gc_every=3600.0,
+        repair_every=3600.0,
+    )
+    svc = MaintenanceService(clock, env.catalog, env.transfers.pool, "fe-a", settings)
+    await svc.lease.renew()
+    job = await env.catalog.enqueue_job("compact", {})
+    assert await svc.tick() == ["job"]
+    done = await env.catalog.get_job(job.job_id)
+    assert done.state == JOB_DONE, done.error
+    assert done.result["compacted"] == 2
+    for vpath, entry in before.items():
+        after = await env.catalog.stat(full_path(env, vpath))
+        assert len(after.version.extents) == 1 and after.etag == entry.etag
+    assert len(await env.catalog.collectable_blobs(100)) == 8
+    await svc.gc.run_pass()
+    assert await env.catalog.collectable_blobs(100) == []
+    await check_full_strength(env, files)
+    referenced = await referenced_blob_ids(env.catalog)
+    for name in env.nodes:
+        assert await blobs_on(env, name) <= referenced

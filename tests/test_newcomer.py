@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support import REPO, require_tool
+from tests.support import REPO, require_tool, sigint_as_ctrl_c
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,7 @@ def test_fresh_venv_pip_install_then_wslocal_serves_files(tmp_path):
             [twistd, "-n", "--pidfile=", "wslocal", "--ftp", "tcp:0:interface=127.0.0.1",
              "--http", "tcp:0:interface=127.0.0.1"],
             cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=sigint_as_ctrl_c,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 60

@@ -5,8 +5,8 @@ Timing: the catalog runs the same scrypt work for both (a dummy hash for
 unknown users), so the median time of each path, measured over a number of
 tries, must be within a generous factor of the other.  Throttling: after
 repeated failures for one user, or from one address, across connections,
-the next attempt gets a clear "too many failures" reply at once (xfail: only
-a per-connection limit exists today).
+the next attempt gets a clear "too many failures" reply at once (FTP 421,
+HTTP 429), also behind a PROXY-protocol balancer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tests.http_env import HttpEnv
 from tests.transfer_env import PASSWORD
 from wsfront.catalog.errors import AuthFailed
 from wsfront.ftp.factory import FTPSettings
+from wsfront.http.site import SiteSettings
 
 TRIES = 12
 FACTOR = 3.0
@@ -69,6 +70,18 @@ def http(tmp_path):
     pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
 
 
+@pytest.fixture
+def http_unthrottled(tmp_path):
+    """An HTTP site whose login throttle never triggers in a test's worth of
+    failures: for measuring scrypt timing, not throttling."""
+    from twisted.internet import reactor
+
+    settings = SiteSettings(login_failures_per_address=1000, login_failures_per_user=1000)
+    env = pytest_twisted.blockon(defer.ensureDeferred(HttpEnv(reactor, tmp_path, settings).start()))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
 async def _ftp_attempt(env, name: str, password: str) -> tuple[tuple, tuple]:
     c = await env.client(login=False)
     user_reply = await c.cmd(f"USER {name}")
@@ -105,6 +118,19 @@ async def test_http_answers_are_the_same_for_unknown_user_and_wrong_password(htt
         answers.append((response.code, body, headers))
     assert answers[0][0] == 401
     assert answers[0] == answers[1]
+
+
+def count_password_checks(env) -> list[str]:
+    """The names the catalog checks a password for from now on."""
+    calls: list[str] = []
+    original = env.catalog.authenticate
+
+    def counted(name, password):
+        calls.append(name)
+        return original(name, password)
+
+    env.catalog.authenticate = counted
+    return calls
 
 
 async def _median_seconds(reactor, attempt, tries: int = TRIES) -> float:
@@ -150,8 +176,12 @@ async def test_ftp_login_takes_as_long_for_unknown_users_as_for_wrong_passwords(
 
 
 @pytest_twisted.ensureDeferred
-async def test_http_login_takes_as_long_for_unknown_users_as_for_wrong_passwords(http):
+async def test_http_login_takes_as_long_for_unknown_users_as_for_wrong_passwords(
+    http_unthrottled,
+):
     from twisted.internet import reactor
+
+    http = http_unthrottled
 
     async def attempt(name):
         response = await http.request("GET", "/", auth=False, headers=_basic(name, "wrong"))
@@ -213,22 +243,21 @@ async def test_ftp_failed_logins_from_one_address_are_throttled_across_users(ftp
     assert reply[0] == 421 and "too many" in reply[1].lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: wsfront/http/site.py authenticate never throttles; every wrong "
-    "Basic password gets 401 forever. Expected: after repeated failures for one user or from "
-    "one address, 429 Too Many Requests with Retry-After, without running scrypt",
-)
 @pytest_twisted.ensureDeferred
 async def test_http_failed_logins_are_throttled_with_429(http):
     for _ in range(THROTTLE_AFTER):
         response = await http.request("GET", "/", auth=False, headers=_basic("alice", "guess"))
         await readBody(response)
         assert response.code == 401
+    checks = count_password_checks(http)
+    start = time.perf_counter()
     response = await http.request("GET", "/", auth=False, headers=_basic("alice", "guess"))
-    await readBody(response)
+    body = await readBody(response)
+    assert time.perf_counter() - start < 5  # a clear reply, not a hang
     assert response.code == 429
+    assert b"too many failed logins" in body
     assert response.headers.hasHeader(b"Retry-After")
+    assert checks == []  # refused before any password check (no scrypt)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,9 +1,9 @@
 """Resource limits and response hardening that keep one client from taking
 the service away from others, and uploaded content from attacking browsers.
 
-Connections per address (HTTP), idle/slow-client timeouts (HTTP slow-loris,
-FTP idle control connection), and the headers that stop an uploaded page
-from running script in the server's origin.
+Connections per address (HTTP: more get 503 with Retry-After), idle and
+slow-client timeouts (HTTP slow-loris, FTP idle control connection), and the
+headers that stop an uploaded page from running script in the server's origin.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ async def test_http_connections_per_address_are_capped_and_others_still_served(t
         port = env.port.getHost().port
         held = [await connect(reactor, port) for _ in range(3)]
         extra = await connect(reactor, port)
-        assert await extra.closed.addTimeout(10, reactor) == b""  # cut at once, no answer
+        refused = await extra.closed.addTimeout(10, reactor)  # answered, then closed
+        status, headers = head_of(refused)
+        assert (status, headers["retry-after"], headers["connection"]) == (503, "5", "close")
+        assert refused.endswith(b"too many connections from your address; try again later\n")
         # A held connection is still served; once one closes, a new one is accepted.
         held[0].send(b"GET /-/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         assert head_of(await held[0].until(b"\r\n\r\n"))[0] == 404

@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from tests.http_env import payload
 from tests.tus_env import OCTETS, b64, committed, create, sha, start_env, stop_env, tus
+from wsfront.catalog.errors import NotFound
 
 
 @pytest.fixture
@@ -207,6 +208,84 @@ async def test_checksum_mismatch_is_460_and_the_offset_stays(tmp_path):
         )
         assert status == 204
         assert sha(await committed(env, "/m.bin")) == sha(data)
+    finally:
+        await env.stop()
+
+
+async def _bad_patch_with_a_hook_at_its_end(env, hook):
+    """A 1 MiB upload, half sent; then a PATCH of the rest with a wrong
+    checksum, ``hook(transfers)`` run the moment its session ends (the
+    window in which the rollback reopens the upload)."""
+    data = payload(1 << 20)
+    _, headers, _ = await create(env, len(data), {"filename": "m.bin"})
+    url = headers["location"]
+    half = len(data) // 2
+    await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, data[:half])
+    transfers = env.transfers
+    ended = transfers._session_ended
+    fired = []
+
+    def hooked(session):
+        ended(session)
+        if session.upload_id == upload_id(url) and not fired:
+            fired.append(hook(transfers))
+
+    transfers._session_ended = hooked
+    status, _, _ = await tus(
+        env,
+        "PATCH",
+        url,
+        {**OCTETS, "Upload-Offset": str(half), "Upload-Checksum": digest("sha1", b"other")},
+        data[half:],
+    )
+    assert fired, "the bad PATCH's session never ended"
+    return data, url, half, status
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checksum_rollback_is_not_refused_by_the_users_session_cap(tmp_path):
+    """The slot the failed PATCH gives back is taken by another transfer of
+    the same user before the rollback reopens the upload: the rollback must
+    still happen (else the bytes that failed their checksum stay durable and
+    the client resumes after them)."""
+    from twisted.internet import reactor
+
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024, max_sessions_per_user=1)
+    try:
+        _, url, half, status = await _bad_patch_with_a_hook_at_its_end(
+            env, lambda transfers: transfers.per_user.acquire(env.user.name)
+        )
+        assert status == 460
+        assert env.transfers.per_user.running(env.user.name) == 1  # only the hook's slot
+        upload = await env.catalog.get_upload(upload_id(url))
+        assert upload.checkpoint == half and upload.live
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checksum_rollback_that_cannot_run_aborts_the_upload(tmp_path):
+    """If the rollback cannot reopen the upload (here the front end starts
+    draining at that moment), the upload is aborted: never left resumable
+    after bytes that failed their checksum."""
+    from twisted.internet import reactor
+
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+
+        def drain(transfers):
+            transfers.draining = True
+            return True
+
+        _, url, _, status = await _bad_patch_with_a_hook_at_its_end(env, drain)
+        assert status == 460
+        upload = await env.catalog.get_upload(upload_id(url))
+        assert not upload.live and upload.state == "aborted"
+        env.transfers.draining = False
+        status, _, _ = await tus(env, "HEAD", url)
+        assert status in (404, 410)
+        with pytest.raises(NotFound):
+            await env.catalog.stat("/alice/m.bin")
     finally:
         await env.stop()
 

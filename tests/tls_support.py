@@ -1,10 +1,8 @@
-"""A self-signed certificate made on the fly, for FTPS and HTTPS tests.
+"""Self-signed certificates made on the fly for the TLS tests.
 
-``self_signed(directory)`` writes ``cert.pem`` and ``key.pem`` for
-``localhost`` and 127.0.0.1 (an EC P-256 key: quick to make) and returns
-their paths and the combined PEM that ``FrontendConfig.tls_pem()`` would
-give.  Clients in tests either skip verification or trust ``cert.pem`` as
-their CA file (it is its own issuer).
+``make_certificate(dir)`` writes ``cert.pem`` and ``key.pem`` for
+``127.0.0.1`` and ``localhost`` (subjectAltName, so curl and Python verify
+them with the certificate itself as the trust root) and returns their paths.
 """
 
 from __future__ import annotations
@@ -20,43 +18,52 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-@frozen
-class TestCertificate:
-    cert_path: Path
-    key_path: Path
-    pem: bytes
-
-
-def self_signed(directory: Path, name: str = "localhost") -> TestCertificate:
-    """A fresh key and self-signed certificate valid for a day."""
-    directory.mkdir(parents=True, exist_ok=True)
+def make_certificate(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wsfs test")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert_pem)
-    key_path.write_bytes(key_pem)
-    return TestCertificate(cert_path, key_path, cert_pem + b"\n" + key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@frozen
+class TestCertificate:
+    """``make_certificate``'s files and the PEM blob ``FrontendConfig.tls_pem()``
+    would read from them (what ``wsfront.ftp.security.server_tls_options``
+    takes)."""
+
+    cert_path: Path
+    key_path: Path
+    pem: bytes
+
+
+def self_signed(directory: Path) -> TestCertificate:
+    """A fresh certificate in ``directory`` (made if missing), for FTPS tests."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = make_certificate(directory)
+    return TestCertificate(cert_path, key_path, cert_path.read_bytes() + key_path.read_bytes())

@@ -28,6 +28,23 @@ class IUser(Interface):
     """The avatar interface: the avatar is the catalog's ``User`` record."""
 
 
+def anonymous_user(root: str) -> User:
+    """The built-in ``anonymous`` user: read-only, confined to ``root``, no
+    quota to write with (FTP's anonymous login and HTTP requests without
+    credentials, when anonymous access is on)."""
+    return User(
+        name="anonymous",
+        admin=False,
+        root=root,
+        permissions=frozenset({"read"}),
+        quota_bytes=0,
+        quota_files=0,
+        used_bytes=0,
+        used_files=0,
+        created_at=0.0,
+    )
+
+
 class CachingAuthenticator:
     """``authenticate(name, password) -> Deferred[User]`` with a short cache."""
 

@@ -2,7 +2,7 @@
 
 Every front end and this CLI share the catalog, so user management, status
 and the list of sessions need no running front end.  Work that needs the
-storage tier (``repair``, ``drain``, ``rebalance``, ``fsck``) is queued as a
+storage tier (``repair``, ``drain``, ``rebalance``, ``fsck``, ``compact``) is queued as a
 job in the catalog; a front end runs it and the CLI follows its progress.
 ``fsck --rebuild-catalog`` talks to the storage servers itself (the catalog
 it would find them in is the thing being rebuilt).  Tables by default, ``--json`` for
@@ -168,7 +168,7 @@ class Commands:
     def _show_progress(self, kind: str, job) -> None:
         """A redrawn bar on a terminal, one plain line per change otherwise."""
         p = job.progress or {}
-        done, total = p.get("copied"), p.get("total")
+        done, total = p.get("copied", p.get("done")), p.get("total")
         if not self.out.isatty():
             self.out.write(f"{kind} job {job.job_id}: {job.state} {p}\n")
         elif isinstance(done, int) and isinstance(total, int) and total > 0:
@@ -221,6 +221,24 @@ class Commands:
         job = await self._job("rebalance", args)
         r = job.result
         self.emit(job, f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})")
+
+    async def compact(self) -> None:
+        args = {
+            k: v
+            for k, v in (("min_extents", self.args.min_extents), ("max_files", self.args.max_files))
+            if v is not None
+        }
+        job = await self._job("compact", args)
+        r = job.result
+        self.emit(
+            job,
+            f"compact done: {r['compacted']} of {r['examined']} files merged into one blob "
+            f"({_human(r['bytes'])}, {r['extents_before']} extents before); "
+            f"{r['changed']} changed meanwhile, {r['failed']} failed, {r['mismatch']} with a "
+            f"sha256 mismatch, {r['skipped']} skipped",
+        )
+        if r["mismatch"]:
+            raise SystemExit(3)
 
     async def fsck(self) -> None:
         if self.args.rebuild_catalog:
@@ -287,6 +305,15 @@ class Commands:
             text.append("problem: " + ", ".join(f"{k}={v}" for k, v in p.items()))
         if report["skipped"]:
             text.append(f"skipped blobs: {report['skipped']}")
+        if report.get("replaced_by_compaction"):
+            text.append(
+                f"blobs replaced by compaction, left for GC: {report['replaced_by_compaction']}"
+            )
+        if report.get("unused_compaction_copies"):
+            text.append(
+                "compaction copies not used (abandoned or of an overwritten version), "
+                f"left for GC: {report['unused_compaction_copies']}"
+            )
         text.append("re-create users with: wsfs user add NAME")
         self.emit(report, "\n".join(text))
 
@@ -340,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
     reb.add_argument("--max-bytes", type=int, default=None, help="stop after moving this much")
+    comp = job_options(
+        sub.add_parser("compact", help="merge files of many extents into one blob each")
+    )
+    comp.add_argument("--min-extents", type=int, default=None, help="files with at least N")
+    comp.add_argument("--max-files", type=int, default=None, help="stop after N files")
     fsck = job_options(sub.add_parser("fsck", help="cross-check catalog and storage servers"))
     fsck.add_argument("--fix", action="store_true", help="repair what is found")
     fsck.add_argument(

@@ -130,7 +130,7 @@ class FrontendOptions(usage.Options):
         ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
     ]
     optFlags = [
-        ["require-tls", None, "FTP logins need AUTH TLS first and PROT P for data"],
+        ["require-tls", None, "logins need TLS: FTP AUTH TLS + PROT P, HTTP over --https"],
         ["anonymous", None, "let anonymous users read anonymous-root (FTP and HTTP)"],
     ]
 
@@ -226,6 +226,10 @@ def build_config(opts: usage.Options) -> FrontendConfig:
     ]  # fmt: skip
     if needs_cert and not tls_cert:
         raise usage.UsageError(f"{', '.join(needs_cert)} needs --tls-cert")
+    if (require_tls and get("http")) and not get("https"):
+        raise usage.UsageError(
+            "--require-tls refuses every login over plain --http: give --https too"
+        )
     if tls_key and not tls_cert:
         raise usage.UsageError("--tls-key needs --tls-cert")
     if tls_cert:

@@ -10,30 +10,57 @@ Shared by FTP and HTTP, so both protocols count the same way:
     exists, so it leaks nothing), until the oldest counted failure ages out.
     The per-user limit is higher than the per-address one: a distributed
     guesser is slowed down, but one address cannot lock a user out of every
-    other address for long.  A successful login clears only its own pair.
+    other address for long; and it does not apply at all to an address the
+    user logged in from successfully before (so guessers elsewhere cannot
+    lock out the user's usual machines).  A successful login clears only its
+    own pair.  Attempts still being checked count as failures until they
+    are decided (``begin``), so a burst of concurrent guesses cannot slip
+    past the limit while the password checks run.
 
 ``ConnectionLimits``
     Open connections per client address and in total, for one listener.
 
-Memory is bounded: at most ``max_tracked`` keys are remembered, the least
-recently touched forgotten first.
+Addresses are grouped as attackers get them: an IPv6 client counts by its
+/64 (one subscriber's allocation), an IPv4-mapped IPv6 address as the IPv4
+address.  Memory is bounded: at most ``max_tracked`` keys are remembered, the
+least recently touched forgotten first.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
 
-class _Window:
-    """Timestamps of recent events per key, within ``window`` seconds."""
+def address_key(host: str | None) -> str | None:
+    """The key limits count a client address under (see the module doc)."""
+    if host is None:
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
-    def __init__(self, clock: IReactorTime, window: float, max_tracked: int) -> None:
+
+class _Window:
+    """Timestamps of recent events per key, within ``window`` seconds; a
+    key keeps at most ``keep`` of them (the most any limit asks about)."""
+
+    def __init__(
+        self, clock: IReactorTime, window: float, max_tracked: int, keep: int = 1024
+    ) -> None:
         self._clock = clock
         self._window = window
         self._max = max_tracked
+        self._keep = keep
         self._events: OrderedDict[Hashable, deque[float]] = OrderedDict()
 
     def _recent(self, key: Hashable) -> deque[float] | None:
@@ -71,17 +98,31 @@ class _Window:
             self._events.move_to_end(key)
         events.append(self._clock.seconds())
         # A key never needs more timestamps than the largest limit asks about.
-        while len(events) > 1024:
+        while len(events) > self._keep:
             events.popleft()
+
+    def remove_one(self, key: Hashable) -> None:
+        """Forget the oldest event of ``key`` (an attempt that was decided)."""
+        events = self._recent(key)
+        if events:
+            events.popleft()
+            if not events:
+                del self._events[key]
 
     def clear(self, key: Hashable) -> None:
         self._events.pop(key, None)
 
 
 class LoginThrottle:
-    """``retry_after(user, address)`` before checking a password; then
-    ``failed`` or ``succeeded``.  Addresses are host strings (the real
+    """Before checking a password, ``begin(user, address)``: None lets the
+    check run (then exactly one of ``failed`` / ``succeeded``), a number is
+    the seconds the client should wait.  ``retry_after`` is the same answer
+    without counting an attempt.  Addresses are host strings (the real
     client's, also behind a PROXY-protocol balancer)."""
+
+    #: An attempt still undecided after this long stops counting (a caller
+    #: that lost track of it must not throttle the address for good).
+    INFLIGHT_SECONDS = 60.0
 
     def __init__(
         self,
@@ -91,34 +132,74 @@ class LoginThrottle:
         per_pair: int | None = None,
         window: float = 300.0,
         max_tracked: int = 100_000,
+        trust_seconds: float = 30 * 86400.0,
     ) -> None:
         self.per_address = per_address
         self.per_user = per_user
         self.per_pair = per_pair if per_pair is not None else per_address
-        self._failures = _Window(clock, window, max_tracked)
+        keep = max(self.per_address, self.per_user, self.per_pair) + 1
+        self._failures = _Window(clock, window, max_tracked, keep)
+        self._inflight = _Window(clock, self.INFLIGHT_SECONDS, max_tracked, keep)
+        self._trusted = _Window(clock, trust_seconds, max_tracked, 1)
         self.refused = 0
         """Attempts refused by the throttle (for metrics and tests)."""
 
+    def _keys(self, user: str, address: str | None) -> list[tuple[Hashable, int]]:
+        address = address_key(address)
+        keys: list[tuple[Hashable, int]] = []
+        if address is None or not self._trusted.count(("pair", user, address)):
+            keys.append((("user", user), self.per_user))
+        if address is not None:
+            keys.append((("address", address), self.per_address))
+            keys.append((("pair", user, address), self.per_pair))
+        return keys
+
+    def _wait(self, key: Hashable, limit: int) -> float | None:
+        failures = self._failures.count(key)
+        if failures + self._inflight.count(key) < limit:
+            return None
+        if failures >= limit:
+            return self._failures.wait(key, limit)
+        return 1.0  # the attempts being checked decide it in a moment
+
     def retry_after(self, user: str, address: str | None) -> float | None:
         """Seconds the client should wait, or None when it may try now."""
-        waits = [self._failures.wait(("user", user), self.per_user)]
-        if address is not None:
-            waits.append(self._failures.wait(("address", address), self.per_address))
-            waits.append(self._failures.wait(("pair", user, address), self.per_pair))
+        waits = [self._wait(key, limit) for key, limit in self._keys(user, address)]
         longest = max((w for w in waits if w is not None), default=None)
         if longest is not None:
             self.refused += 1
         return longest
 
+    def begin(self, user: str, address: str | None) -> float | None:
+        """``retry_after``, and when the attempt may go on, count it as
+        undecided until ``failed`` or ``succeeded``."""
+        wait = self.retry_after(user, address)
+        if wait is None:
+            for key, _limit in self._keys(user, address):
+                self._inflight.add(key)
+        return wait
+
+    def _decided(self, user: str, address: str | None) -> list[tuple[Hashable, int]]:
+        keys = self._keys(user, address)
+        for key, _limit in keys:
+            self._inflight.remove_one(key)
+        return keys
+
+    def abandoned(self, user: str, address: str | None) -> None:
+        """The check could not be made (e.g. the catalog failed): the attempt
+        counts neither way."""
+        self._decided(user, address)
+
     def failed(self, user: str, address: str | None) -> None:
-        self._failures.add(("user", user))
-        if address is not None:
-            self._failures.add(("address", address))
-            self._failures.add(("pair", user, address))
+        for key, _limit in self._decided(user, address):
+            self._failures.add(key)
 
     def succeeded(self, user: str, address: str | None) -> None:
+        self._decided(user, address)
+        address = address_key(address)
         if address is not None:
             self._failures.clear(("pair", user, address))
+            self._trusted.add(("pair", user, address))
 
 
 class ConnectionLimits:
@@ -134,6 +215,7 @@ class ConnectionLimits:
         self.refused = 0
 
     def admit(self, host: str | None) -> str | None:
+        host = address_key(host)
         if self.total is not None and self.open >= self.total:
             self.refused += 1
             return "in total"
@@ -146,6 +228,7 @@ class ConnectionLimits:
         return None
 
     def release(self, host: str | None) -> None:
+        host = address_key(host)
         self.open = max(self.open - 1, 0)
         if host is not None and host in self._by_address:
             left = self._by_address[host] - 1
@@ -155,4 +238,4 @@ class ConnectionLimits:
                 del self._by_address[host]
 
     def count(self, host: str) -> int:
-        return self._by_address.get(host, 0)
+        return self._by_address.get(address_key(host) or host, 0)

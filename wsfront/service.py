@@ -31,7 +31,8 @@ log = Logger()
 def with_backlog(endpoint: str, backlog: int = 512) -> str:
     """Add an explicit listen backlog to a tcp endpoint string (Twisted's
     default of 50 drops clients when hundreds connect at once)."""
-    if endpoint.startswith(("tcp:", "tcp6:")) and "backlog=" not in endpoint:
+    kinds = ("tcp:", "tcp6:", "haproxy:tcp:", "haproxy:tcp6:")
+    if endpoint.startswith(kinds) and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
 
@@ -86,6 +87,7 @@ class FrontendService(service.Service):
             replicas=cfg.replicas,
             checkpoint_bytes=cfg.checkpoint_mib << 20,
             upload_expiry=cfg.upload_expiry_hours * 3600,
+            max_sessions_per_user=cfg.max_sessions_per_user,
         )
         self.transfers = Transfers(self.reactor, self.catalog, self.pool, cfg.name, settings)
         interrupted = await self.transfers.recover()
@@ -148,14 +150,27 @@ class FrontendService(service.Service):
                     self.reactor, with_backlog(cfg.ftps)
                 ).listen(implicit_tls_factory(implicit))
                 ftp_factory = ftp_factory or implicit
-        if cfg.http:
-            from wsfront.http.site import SiteSettings, make_site
+        if cfg.http or cfg.https:
+            import attrs
 
-            site = make_site(self.reactor, self.transfers, authenticator, SiteSettings())
+            from wsfront.http.site import make_site
+            from wsfront.http.tls import listen_https, site_settings
+
+            # One site for both listeners: one login throttle, one set of caps.
+            site = make_site(self.reactor, self.transfers, authenticator, site_settings(cfg))
             self._mount_endpoints(site, ftp_factory)
-            self.ports["http"] = await serverFromString(
-                self.reactor, with_backlog(cfg.http)
-            ).listen(site)
+            if cfg.https:
+                port = await listen_https(
+                    self.reactor, with_backlog(cfg.https), site, cfg.tls_pem()
+                )
+                self.ports["https"] = port
+                site.context.settings = attrs.evolve(
+                    site.context.settings, https_port=port.getHost().port
+                )
+            if cfg.http:
+                self.ports["http"] = await serverFromString(
+                    self.reactor, with_backlog(cfg.http)
+                ).listen(site)
         self._install_drain_signal()
         for proto, port in self.ports.items():
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,

@@ -43,6 +43,11 @@ def get_user(tx: Tx, name: str) -> User:
     return user_from_row(row)
 
 
+#: Names FTP and HTTP give anonymous clients: an account under one of them
+#: would share their session budget and their view.
+RESERVED_NAMES = frozenset({"anonymous", "ftp"})
+
+
 def add_user(
     tx: Tx,
     now: float,
@@ -57,6 +62,8 @@ def add_user(
     check_name(name)
     if name == "-":
         raise InvalidName("the user name '-' is reserved")
+    if name.lower() in RESERVED_NAMES:
+        raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._rows import load_blob
+from wsfront.catalog._rows import insert_blob, load_blob
 from wsfront.catalog.errors import Exists, NotFound
 from wsfront.catalog.records import REPLICA_STATES, BlobRecord
 from wsfront.catalog.schema import LIVE_SQL
@@ -35,6 +35,11 @@ def _blob(tx: Tx, blob_id: str) -> BlobRecord:
 
 
 def get_blob(tx: Tx, blob_id: str) -> BlobRecord:
+    return _blob(tx, blob_id)
+
+
+def add_blob(tx: Tx, now: float, blob_id: str, replicas: list[str], wanted: int) -> BlobRecord:
+    insert_blob(tx, blob_id, replicas, wanted, now)
     return _blob(tx, blob_id)
 
 

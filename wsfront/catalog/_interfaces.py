@@ -142,6 +142,13 @@ class ICatalog(Interface):
     def get_blob(blob_id):
         """Fire with the BlobRecord; NotFound."""
 
+    def add_blob(blob_id, replicas, wanted_replicas):
+        """Record a new, unsealed blob on the node names ``replicas`` before
+        its first byte is written (compaction), so GC's storage sweep never
+        takes it for an orphan.  Nothing references it yet: abandoned, it is
+        collectable like an aborted upload's blob.  Fires with the
+        BlobRecord; Exists if the id is taken."""
+
     def mark_replica(blob_id, node, state):
         """Set the state (ok / lost / stale) of one replica of a blob."""
 
@@ -162,6 +169,38 @@ class ICatalog(Interface):
     def forget_blob(blob_id):
         """Remove a collectable blob's record (after its replicas were
         deleted).  A blob still referenced is refused with Exists."""
+
+    # -- compaction and late hashes -----------------------------------------
+
+    def replace_extents(inode, expected_etag, extents, sha256=None):
+        """CAS: give the committed version of file ``inode`` the extent list
+        ``extents`` (Extents, mappings or ``(blob_id, blob_offset, length)``
+        tuples;
+        file offsets follow from the order) holding the same bytes, in one
+        transaction.  Only if the version still has ``expected_etag``
+        (VersionChanged otherwise: overwritten, appended, truncated, deleted)
+        and no upload is live on the file (PendingUploadExists).  The new
+        extents must cover exactly the version's size (ValueError) and their
+        blobs must still be recorded (NotFound: GC forgot an abandoned one);
+        an unsealed one is sealed at the length the extents use (the caller
+        committed it on every replica first).  ``sha256``, when given, is
+        recorded (HashMismatch if a different one is).  The version keeps
+        its version_id, size, mtime and ETag (same bytes, same strong ETag:
+        resumed downloads go on).  Old blobs nothing else references (no
+        other version, no live upload's base) become collectable.  Fires
+        with the new Version."""
+
+    def set_sha256(inode, expected_etag, sha256):
+        """CAS: record the whole-file sha256 of file ``inode``'s committed
+        version computed after its commit (FTP HASH, scrub, compaction),
+        if the version still has ``expected_etag`` (VersionChanged).
+        HashMismatch if a different hash is already recorded; the same one
+        is a no-op.  Fires with the Version."""
+
+    def compaction_candidates(min_extents, limit=100, after=None):
+        """Fire with up to ``limit`` CompactionCandidates, by inode above
+        ``after``: committed files whose version has at least ``min_extents``
+        extents and no live upload.  Page with ``after=last[-1].inode``."""
 
     # -- users ---------------------------------------------------------------
 

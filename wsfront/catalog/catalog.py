@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from wsfront.catalog import _accounts, _blobs, _cluster, _namespace, _uploads
+from wsfront.catalog import _accounts, _blobs, _cluster, _compaction, _namespace, _uploads
 from wsfront.catalog._db import Runner
 from wsfront.catalog._interfaces import ICatalog
 from wsfront.catalog.errors import Exists, PendingUploadExists
@@ -200,6 +200,9 @@ class SqlCatalog:
     def get_blob(self, blob_id: str) -> Deferred:
         return self._read(_blobs.get_blob, blob_id)
 
+    def add_blob(self, blob_id: str, replicas: Iterable[str], wanted_replicas: int) -> Deferred:
+        return self._write(_blobs.add_blob, self._now(), blob_id, list(replicas), wanted_replicas)
+
     def mark_replica(self, blob_id: str, node: str, state: str) -> Deferred:
         return self._write(_blobs.mark_replica, blob_id, node, state)
 
@@ -217,6 +220,21 @@ class SqlCatalog:
 
     def forget_blob(self, blob_id: str) -> Deferred:
         return self._write(_blobs.forget_blob, blob_id)
+
+    # -- compaction and late hashes -----------------------------------------
+
+    def replace_extents(
+        self, inode: int, expected_etag: str, extents: Iterable[Any], sha256: str | None = None
+    ) -> Deferred:
+        return self._write(_compaction.replace_extents, inode, expected_etag, list(extents), sha256)
+
+    def set_sha256(self, inode: int, expected_etag: str, sha256: str) -> Deferred:
+        return self._write(_compaction.set_sha256, inode, expected_etag, sha256)
+
+    def compaction_candidates(
+        self, min_extents: int, limit: int = 100, after: int | None = None
+    ) -> Deferred:
+        return self._read(_compaction.compaction_candidates, min_extents, limit, after)
 
     # -- users ---------------------------------------------------------------
 

@@ -58,6 +58,16 @@ class UploadFinished(EpochConflict):
     """The upload is committed, aborted or expired: no further change is possible."""
 
 
+class VersionChanged(CatalogError):
+    """The file's committed version is no longer the one expected (it was
+    overwritten, appended to, truncated or deleted meanwhile)."""
+
+
+class HashMismatch(CatalogError):
+    """The whole-file sha256 differs from the one already recorded: the bytes
+    read are not the bytes that were committed."""
+
+
 class InvalidOffset(CatalogError):
     """The offset is above the durable checkpoint, or otherwise out of range."""
 

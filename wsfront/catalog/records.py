@@ -199,3 +199,18 @@ class Job:
     error: str | None
     created_at: float
     updated_at: float
+
+
+@attrs.frozen
+class CompactionCandidate:
+    """A committed file whose version is built from ``extents`` extents and
+    that has no live upload: background compaction may merge it into one
+    blob.  ``etag`` is what ``replace_extents`` must still find."""
+
+    inode: int
+    path: str
+    owner: str | None
+    size: int
+    etag: str
+    sha256: str | None
+    extents: int

@@ -23,6 +23,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.SessionFailed, 451, "Upload failed, try again later"),
     (transfer_errors.TransferAborted, 426, "Transfer aborted"),
     (transfer_errors.Draining, 421, "Server restarting: reconnect to resume"),
+    (transfer_errors.TooManySessions, 450, "Too many transfers at once, try again later"),
     # Catalog.
     (catalog_errors.PermissionDenied, 550, "Permission denied"),
     (catalog_errors.NotFound, 550, "No such file or directory"),

@@ -373,7 +373,9 @@ class FTPControl(Protocol):
             raise Reply(503, "Log in with USER first")
         name, self._login_name = self._login_name, None
         throttle = self.factory.throttle
-        wait = throttle.retry_after(name, self.peer_host)
+        # Counted as an attempt until decided: parallel connections can't
+        # slip more guesses past the limit while scrypt runs.
+        wait = throttle.begin(name, self.peer_host)
         if wait is not None:
             self.reply(421, f"Too many failed logins, try again in {math.ceil(wait)} seconds")
             self.transport.loseConnection()
@@ -388,6 +390,9 @@ class FTPControl(Protocol):
                 self.transport.loseConnection()
                 return
             raise Reply(530, "Login incorrect") from None
+        except BaseException:
+            throttle.abandoned(name, self.peer_host)  # the check itself failed
+            raise
         throttle.succeeded(name, self.peer_host)
         self.user = user
         self.cwd = "/"

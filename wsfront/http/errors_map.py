@@ -52,6 +52,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (transfer_errors.SessionFailed, 503),
     (transfer_errors.TransferAborted, 400),
     (transfer_errors.Draining, 503),
+    (transfer_errors.TooManySessions, 429),
 )
 
 
@@ -63,5 +64,7 @@ def http_error(error: BaseException) -> HttpError:
         return HttpError(error.http_status, error.message)
     for cls, status in _STATUS:
         if isinstance(error, cls):
-            return HttpError(status, str(error) or cls.__name__)
+            retry = getattr(error, "retry_after", None)
+            headers = () if retry is None else (("Retry-After", str(retry)),)
+            return HttpError(status, str(error) or cls.__name__, headers)
     return HttpError(500, "internal server error")

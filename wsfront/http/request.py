@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
@@ -86,13 +87,44 @@ class StreamingChannel(http.HTTPChannel):
     LINGER = 5.0
     """Seconds an early-answered connection keeps draining the client's input."""
 
+    REFUSED_LINGER = 1.0
+    """The same for a connection refused before its first request (``refuse``):
+    short, because such connections are not counted against any limit."""
+
     on_lost: Callable[[], object] | None = None
     """Called once when the connection ends (the site counts connections)."""
+
+    admit: Callable[[StreamingChannel], bool] | None = None
+    """Set by the site: called once the client's address is known (at
+    connection, or behind a PROXY-protocol balancer at the first bytes after
+    the PROXY header); returns False after refusing the connection itself."""
 
     def __init__(self) -> None:
         super().__init__()
         self._body_pauses: set[str] = set()
         self._abandoned = False
+        self._linger = self.LINGER
+
+    # -- admission -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.admit is not None and not behind_proxy_protocol(self.transport):
+            self._admit()
+
+    def _admit(self) -> bool:
+        admit, self.admit = self.admit, None
+        return admit(self)
+
+    def refuse(self, response: bytes) -> None:
+        """Send ``response`` (a whole HTTP response, ``Connection: close``)
+        before reading any request, then close, dropping the client's input
+        for at most ``REFUSED_LINGER`` seconds so the answer is not lost to
+        a reset."""
+        self.abandon()
+        self._linger = self.REFUSED_LINGER
+        self.transport.write(response)
+        self.loseConnection()
 
     # -- reading the body under the request's control -----------------------
 
@@ -123,14 +155,18 @@ class StreamingChannel(http.HTTPChannel):
         """After an early answer, close only our side and keep reading (and
         dropping) what the client still sends, for at most ``LINGER``
         seconds: closing with unread input makes the kernel send a reset,
-        which can destroy the answer before the client reads it."""
+        which can destroy the answer before the client reads it.  Over TLS
+        the whole connection is closed the TLS way instead (a TCP half-close
+        under TLS would cut the records TLS still has to send)."""
         half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self.isSecure():
+            half_close = None
         if not self._abandoned or half_close is None:
             super().loseConnection()
             return
         self._networkProducer.unregisterProducer()
         self._networkProducer.resumeProducing()
-        self.setTimeout(self.LINGER)
+        self.setTimeout(self._linger)
         half_close()
 
     def timeoutConnection(self) -> None:
@@ -155,6 +191,8 @@ class StreamingChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._abandoned:
             return
+        if self.admit is not None and not self._admit():
+            return
         super().dataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -174,6 +212,19 @@ class StreamingChannel(http.HTTPChannel):
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost()
+
+
+def behind_proxy_protocol(transport) -> bool:
+    """Whether ``transport`` (or one it wraps, e.g. TLS over PROXY) reads a
+    PROXY-protocol header first: the client's address is known only once
+    the connection's first bytes have been passed on."""
+    for _ in range(4):
+        if transport is None:
+            return False
+        if isinstance(transport, HAProxyProtocolWrapper):
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
 
 
 class StreamingRequest(server.Request):
@@ -387,7 +438,7 @@ class StreamingRequest(server.Request):
         (an error found after the download's headers were prepared)."""
         keep = [
             (name, self.responseHeaders.getRawHeaders(name))
-            for name in (b"Server", b"Date", b"Connection")
+            for name in (b"Server", b"Date", b"Connection", b"Strict-Transport-Security")
         ]
         self.responseHeaders = Headers()
         for name, values in keep:

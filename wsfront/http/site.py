@@ -1,4 +1,4 @@
-"""The HTTP site of a front end: settings, routing, authentication.
+"""The HTTP site of a front end: settings, routing, authentication, limits.
 
 ``make_site(reactor, transfers, authenticator, settings)`` returns a
 twisted.web ``Site`` whose channel streams bodies (``request.py``).  Each
@@ -7,25 +7,38 @@ the server's own endpoints (mounted with ``site.mount``: ``metrics``,
 ``status``, ``uploads`` for tus), every other path is a user's file, reached
 after Basic authentication and confined to the user's root by
 ``wsfront.paths.resolve_http``.
+
+Limits (``wsfront.limits``, shared with FTP): connections are admitted per
+client address and in total once the address is known (behind a
+PROXY-protocol balancer, the address in the PROXY header); one beyond a cap
+gets a canned ``503`` with ``Retry-After`` and is closed, which costs one
+write and at most ``REFUSED_LINGER`` seconds of a socket.  Failed logins are
+counted per address, per user and per pair; a throttled login gets ``429``
+with ``Retry-After`` before any password check (no scrypt, and no body read:
+a PUT is refused before ``100 Continue``).  The same site serves HTTP and
+HTTPS, so both share one set of counters.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from wsfront import paths
+from wsfront.auth import anonymous_user
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http.errors_map import HttpError, http_error
 from wsfront.http.request import BodyLost, StreamingChannel, StreamingRequest
+from wsfront.limits import ConnectionLimits, LoginThrottle
 
 log = Logger()
 
@@ -48,19 +61,57 @@ class SiteSettings:
     listing_page: int = 500
     """Directory entries fetched from the catalog per page of a listing."""
     max_connections_per_address: int | None = 256
-    """Open connections one client address may hold; more are closed at once."""
+    """Open connections one client address may hold; more get 503 and are closed."""
+    max_connections: int | None = 4096
+    """Open connections in total (HTTP and HTTPS together); more get 503."""
+    connection_retry_after: int = 5
+    """The Retry-After of a connection refused for a cap, in seconds."""
+    login_failures_per_address: int = 10
+    """Failed logins one address may make in ``login_window`` (any user names)."""
+    login_failures_per_user: int = 50
+    """Failed logins for one user name in ``login_window``, from any address."""
+    login_window: float = 300.0
+    """Seconds a failed login counts against its address and user."""
     anonymous_user: str | None = None
     """Requests without credentials act as this account, read-only (GET/HEAD)."""
+    anonymous_root: str | None = None
+    """Requests without credentials read (GET/HEAD) this catalog directory as
+    the built-in ``anonymous`` user (what wsfront ``--anonymous`` turns on)."""
+    require_tls: bool = False
+    """Over plain HTTP, refuse every request that logs in (403), and answer a
+    missing login with 403 instead of a challenge that would make a browser
+    send a password in clear."""
+    require_tls_users: frozenset[str] = frozenset()
+    """These users may log in over HTTPS only (403 over plain HTTP)."""
+    https_port: int | None = None
+    """The HTTPS port, named in the 403 that refuses a plain-HTTP login."""
+    hsts_max_age: int | None = None
+    """Strict-Transport-Security max-age on HTTPS answers (None: not sent)."""
 
 
 @attrs.define
 class SiteContext:
-    """What handlers need: the transfer layer, the reactor, the settings."""
+    """What handlers need: the transfer layer, the reactor, the settings, and
+    the counters that throttle logins and cap connections."""
 
     reactor: Any
     transfers: Any
     authenticator: Any
     settings: SiteSettings
+    throttle: LoginThrottle = attrs.field(default=None)
+    limits: ConnectionLimits = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        s = self.settings
+        if self.throttle is None:
+            self.throttle = LoginThrottle(
+                self.reactor,
+                per_address=s.login_failures_per_address,
+                per_user=s.login_failures_per_user,
+                window=s.login_window,
+            )
+        if self.limits is None:
+            self.limits = ConnectionLimits(s.max_connections_per_address, s.max_connections)
 
 
 class WsSite(server.Site):
@@ -78,30 +129,41 @@ class WsSite(server.Site):
         )
         self.context = context
         self.endpoints: dict[str, Endpoint] = {}
-        self.connections: dict[str, int] = {}
 
     def buildProtocol(self, addr):
         settings = self.context.settings
-        host = getattr(addr, "host", None)
-        limit = settings.max_connections_per_address
-        if host is not None and limit is not None:
-            if self.connections.get(host, 0) >= limit:
-                return None
-            self.connections[host] = self.connections.get(host, 0) + 1
         channel = super().buildProtocol(addr)
-        if host is not None and limit is not None:
-            channel.on_lost = lambda: self._release(host)
+        channel.admit = self._admit
         channel.totalHeadersSize = settings.max_header_bytes
         channel.maxHeaders = settings.max_headers
         channel.MAX_LENGTH = settings.max_line_bytes
         return channel
 
-    def _release(self, host: str) -> None:
-        left = self.connections.get(host, 0) - 1
-        if left > 0:
-            self.connections[host] = left
-        else:
-            self.connections.pop(host, None)
+    def _admit(self, channel: StreamingChannel) -> bool:
+        """Count the connection against its client's address and the total,
+        or answer 503 and close it."""
+        host = getattr(channel.transport.getPeer(), "host", None)
+        limits = self.context.limits
+        reason = limits.admit(host)
+        if reason is None:
+            channel.on_lost = lambda: limits.release(host)
+            return True
+        retry = self.context.settings.connection_retry_after
+        body = f"too many connections {reason}; try again later\n".encode()
+        channel.refuse(
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"Server: wsfs\r\n"
+            b"Retry-After: %d\r\n"
+            b"Connection: close\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (retry, len(body), body)
+        )
+        return False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN over TLS: HTTP/1.1 only, even where Twisted could speak h2
+        (the ``h2`` package installed), since the streaming channel can't."""
+        return [b"http/1.1"]
 
     def mount(self, name: str, endpoint: Endpoint) -> None:
         """Serve ``/-/<name>`` and below with ``endpoint``."""
@@ -113,6 +175,9 @@ class WsSite(server.Site):
     # -- dispatch --------------------------------------------------------------
 
     def dispatch(self, request: StreamingRequest) -> None:
+        max_age = self.context.settings.hsts_max_age
+        if max_age is not None and request.isSecure():
+            request.setHeader(b"Strict-Transport-Security", b"max-age=%d" % max_age)
         d = maybeDeferred(self._route, request)
         d.addErrback(self._failed, request)
 
@@ -161,20 +226,32 @@ def challenge(settings: SiteSettings) -> tuple[tuple[str, str], ...]:
 
 
 def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
-    """Fire with the User of the request's Basic credentials, or fail with 401.
+    """Fire with the User of the request's Basic credentials, or fail with
+    401 (wrong login), 429 (too many failed logins: ``Retry-After``, no
+    password check) or 403 (a login over plain HTTP where TLS is required:
+    no password check either).
 
-    Without credentials, a GET or HEAD acts as ``settings.anonymous_user``
-    (read permission only) when one is configured.
+    Without credentials, a GET or HEAD acts as the built-in anonymous user
+    under ``settings.anonymous_root``, or as ``settings.anonymous_user``
+    (read permission only), when one is configured.
     """
+    settings = context.settings
+    secure = request.isSecure()
     header = request.getHeader(b"Authorization")
-    unauthorized = HttpError(401, "authentication required", challenge(context.settings))
+    unauthorized = HttpError(401, "authentication required", challenge(settings))
     if header is None:
-        anonymous = context.settings.anonymous_user
-        if anonymous is not None and request.method in (b"GET", b"HEAD"):
-            return maybeDeferred(context.transfers.catalog.get_user, anonymous).addCallback(
-                lambda user: attrs.evolve(user, permissions=frozenset({"read"}))
-            )
+        if request.method in (b"GET", b"HEAD"):
+            if settings.anonymous_root is not None:
+                return succeed(anonymous_user(settings.anonymous_root))
+            if settings.anonymous_user is not None:
+                return maybeDeferred(
+                    context.transfers.catalog.get_user, settings.anonymous_user
+                ).addCallback(lambda user: attrs.evolve(user, permissions=frozenset({"read"})))
+        if settings.require_tls and not secure:
+            raise tls_required(settings, request)
         raise unauthorized
+    if settings.require_tls and not secure:
+        raise tls_required(settings, request)
     scheme, _, value = header.partition(b" ")
     if scheme.lower() != b"basic":
         raise unauthorized
@@ -185,12 +262,51 @@ def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
     name, colon, password = decoded.partition(":")
     if not colon:
         raise HttpError(400, "malformed Basic credentials")
+    if name in settings.require_tls_users and not secure:
+        raise tls_required(settings, request)
+    host = client_host(request)
+    throttle = context.throttle
+    wait = throttle.begin(name, host)
+    if wait is not None:
+        raise HttpError(
+            429,
+            "too many failed logins; try again later",
+            (("Retry-After", str(math.ceil(wait))),),
+        )
+
+    def accepted(user):
+        throttle.succeeded(name, host)
+        return user
 
     def refused(failure):
-        failure.trap(catalog_errors.AuthFailed)
-        raise HttpError(401, "wrong user name or password", challenge(context.settings))
+        if not failure.check(catalog_errors.AuthFailed):
+            throttle.abandoned(name, host)
+            return failure
+        throttle.failed(name, host)
+        raise HttpError(401, "wrong user name or password", challenge(settings))
 
-    return maybeDeferred(context.authenticator.authenticate, name, password).addErrback(refused)
+    return maybeDeferred(context.authenticator.authenticate, name, password).addCallbacks(
+        accepted, refused
+    )
+
+
+def client_host(request: StreamingRequest) -> str | None:
+    """The client's address: the peer's, or behind a PROXY-protocol balancer
+    the one its PROXY header names."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
+def tls_required(settings: SiteSettings, request: StreamingRequest) -> HttpError:
+    """The 403 for a login (or a challenge) over plain HTTP where TLS is
+    required, naming the HTTPS URL to use when the HTTPS port is known."""
+    where = "https://"
+    if settings.https_port is not None:
+        host = (request.getHeader(b"Host") or b"").decode("latin-1").strip()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name and all(c.isalnum() or c in ".-[]:" for c in name):
+            port = "" if settings.https_port == 443 else f":{settings.https_port}"
+            where = f"https://{name}{port}{request.path.decode('latin-1')}"
+    return HttpError(403, f"TLS required: use {where}")
 
 
 def resolve(raw: bytes) -> paths.HttpTarget:

@@ -282,15 +282,35 @@ class TusEndpoint:
     def _roll_back(self, context, user, vpath: str, session, offset: int):
         """Forget the unverified bytes after ``offset``: resume the session
         there (fencing the rest away) and leave it interrupted.  Skipped when
-        a newer request took the session over meanwhile: it owns the offset."""
+        a newer request took the session over meanwhile: it owns the offset.
+
+        The checkpoint may already lie past ``offset`` (checkpoints run while
+        the body streams), so the rollback must not fail quietly: it is not
+        subject to the user's session cap, and if it still cannot be done
+        (draining, no replicas) the upload is aborted rather than left
+        resumable after bytes that failed their checksum.
+        """
+        transfers = context.transfers
         yield session.abort()
         try:
-            upload = yield context.transfers.catalog.get_upload(session.upload_id)
+            upload = yield transfers.catalog.get_upload(session.upload_id)
         except catalog_errors.NotFound:
             return
         if upload.epoch != session.epoch or not upload.live:
             return
-        fresh = yield context.transfers.open_write(user, vpath, offset)
+        try:
+            fresh = yield transfers.open_write(user, vpath, offset, capped=False)
+        except Exception as e:
+            log.error(
+                "tus upload {id}: cannot roll back to {offset} ({err}); aborting it so the "
+                "unverified bytes are never resumed",
+                id=session.upload_id, offset=offset, err=e,
+            )  # fmt: skip
+            try:
+                yield transfers.catalog.abort_upload(session.upload_id)
+            except catalog_errors.NotFound:
+                pass
+            return
         yield fresh.interrupt()
         log.info("tus upload {id} rolled back to {offset}", id=session.upload_id, offset=offset)
 

@@ -2,7 +2,8 @@
 
 Job arguments are what ``wsfs`` puts in the queue: ``repair {"now": true}``,
 ``fsck {"fix": bool}``, ``drain {"node": NAME}``, ``rebalance
-{"max_bytes": n}``.  Each handler reports progress and fires with the result
+{"max_bytes": n}``, ``compact {"min_extents": n, "max_files": n}`` (both
+optional).  Each handler reports progress and fires with the result
 dict the CLI prints.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from wsfront.maintenance.compact import Compactor
 from wsfront.maintenance.fsck import fsck
 from wsfront.maintenance.gc import GarbageCollector
 from wsfront.maintenance.jobs import Handler, Report
@@ -25,8 +27,10 @@ def job_handlers(
     catalog,
     pool: StoragePool,
     keep_going: Callable[[], bool] = lambda: True,
+    compactor: Compactor | None = None,
 ) -> dict[str, Handler]:
-    """Handlers for ``repair``, ``fsck``, ``drain`` and ``rebalance``."""
+    """Handlers for ``repair``, ``fsck``, ``drain``, ``rebalance`` and, given
+    a ``compactor``, ``compact``."""
 
     async def repair_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
         return await repairer.run_pass(
@@ -45,9 +49,23 @@ def job_handlers(
             catalog, pool, repairer, None if limit is None else int(limit), progress=report
         )
 
-    return {
+    async def compact_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        assert compactor is not None
+        min_extents, max_files = args.get("min_extents"), args.get("max_files")
+        return await compactor.run_pass(
+            progress=report,
+            keep_going=keep_going,
+            min_extents=None if min_extents is None else int(min_extents),
+            max_files=None if max_files is None else int(max_files),
+            count=True,
+        )
+
+    handlers: dict[str, Handler] = {
         "repair": repair_job,
         "fsck": fsck_job,
         "drain": drain_job,
         "rebalance": rebalance_job,
     }
+    if compactor is not None:
+        handlers["compact"] = compact_job
+    return handlers

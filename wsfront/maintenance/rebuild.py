@@ -20,8 +20,27 @@ How a file is put back together:
   (APPE, REST + STOR): its base is another upload of the same inode that
   covers that offset, replayed first, so the base blob keeps its full length
   and is truncated by reference exactly as before;
+* a compaction copy (``wsfront.maintenance.compact``: meta ``compacted``)
+  is recognised by content, never by its ``created_at`` (the clock of the
+  front end that compacted, which may be fast, and which is stamped even on
+  a copy whose compaction lost its race and whose delete failed): it is a
+  copy of the version whose replayed extent list has the ETag it kept (a
+  digest of that list), its size and its ``sources``.  Where that version
+  is in the history that keeps the path (the file itself or the base of a
+  later resume), the copy stands in for it, as it did once the compaction
+  swapped it in (if it is on ``replicas`` servers; else the old blobs stay);
+  where it is not (the file was overwritten, or that version went to
+  ``/lost+found/``), the copy is not used, is reported and left for GC.  A
+  copy no surviving history reproduces (GC took the old blobs) is a version
+  of its own: uploads that wrote its ``sources`` are older, set aside and
+  recorded unreferenced, so GC collects them; it serves as a base where no
+  ordinary upload covers the offset, and as a version it ranks below every
+  ordinary upload of the inode (a surviving upload is newer than the blobs
+  GC took, or the copy was abandoned to it), so at worst it goes to
+  ``/lost+found/``;
 * uploads nothing is based on are *tips*.  One tip per inode is the file
-  (the one with ``created_at`` in its meta if writers record it, else the
+  (ordinary uploads before compaction copies; among them the one with the
+  newest ``created_at`` in its meta if writers record it, else the
   largest); other tips (old versions GC had not yet collected) go to
   ``/lost+found/`` so nothing is lost silently, and the report names them.
 
@@ -42,6 +61,7 @@ import attrs
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog._rows import etag_of
 from wsfront.transfer.pool import StoragePool
 from wsstorage.records import BlobInfo
 
@@ -66,11 +86,18 @@ class Piece:
     owner: str
     created_at: float | None
     nodes: tuple[str, ...]
+    #: For a compacted blob: the blobs of the version it replaced.
+    sources: tuple[str, ...] = ()
+    #: A compaction copy (meta ``compacted``), and the ETag of the version
+    #: it copied (the ETag is a digest of that version's extent list).
+    compacted: bool = False
+    etag: str | None = None
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Upload:
-    """One upload's chain of segments and what it was based on."""
+    """One upload's chain of segments and what it was based on.  A
+    compaction copy is a one-segment upload from offset 0."""
 
     upload_id: str
     chain: list[Piece]
@@ -91,6 +118,10 @@ class Upload:
     @property
     def owner(self) -> str:
         return self.chain[-1].owner
+
+    @property
+    def compacted(self) -> bool:
+        return self.chain[0].compacted
 
     @property
     def created_at(self) -> float | None:
@@ -121,6 +152,7 @@ def pieces_from_listings(
         size = max(sizes, key=lambda s: (sizes[s], s))
         nodes = tuple(sorted(node for node, info in held if info.size == size))
         created = meta.get("created_at")
+        compacted = bool(meta.get("compacted"))
         pieces.append(
             Piece(
                 blob_id=blob_id,
@@ -133,6 +165,9 @@ def pieces_from_listings(
                 owner=str(meta["owner"]),
                 created_at=float(created) if created is not None else None,
                 nodes=nodes,
+                sources=tuple(meta.get("sources") or ()) if compacted else (),
+                compacted=compacted,
+                etag=str(meta["etag"]) if compacted and meta.get("etag") else None,
             )
         )
     return pieces, dict(skipped)
@@ -150,8 +185,191 @@ def _complete(chain: list[Piece]) -> bool:
     return all(b.start <= a.start + a.size for a, b in pairwise(chain))
 
 
-def plan_files(pieces: list[Piece]) -> tuple[list[tuple[str, Upload]], list[dict[str, Any]]]:
-    """(path, tip upload) to create, in order, and the problems found."""
+#: A version's extent list as the catalog holds it: (blob, file offset,
+#: length), every extent starting at offset 0 of its blob.
+Layout = tuple[tuple[str, int, int], ...]
+
+#: Layouts worked out per upload (one per combination of compactions that
+#: may or may not have been swapped in below it); more are not looked at.
+MAX_LAYOUTS = 64
+
+
+def _cut(layout: Layout, length: int) -> Layout:
+    """The catalog's truncation by reference (``truncate_extents``)."""
+    kept = []
+    for blob_id, offset, size in layout:
+        if offset >= length:
+            break
+        kept.append((blob_id, offset, min(size, length - offset)))
+    return tuple(kept)
+
+
+def _lay(base: Layout, up: Upload) -> Layout:
+    """``up``'s version laid over ``base`` as the replay (and the upload
+    the first time) builds it: each segment cuts what lies at or above its
+    start, and an empty segment adds no extent."""
+    layout = base
+    for piece in up.chain:
+        layout = _cut(layout, piece.start)
+        if piece.size > 0:
+            layout += ((piece.blob_id, piece.start, piece.size),)
+    return layout
+
+
+def _etag(layout: Layout) -> str:
+    return etag_of({"blob_id": b, "blob_offset": 0, "length": n} for b, _, n in layout)
+
+
+def _copies(copy: Piece, layout: Layout) -> bool:
+    """Whether the compaction copy ``copy`` is a copy of the version laid
+    out as ``layout``: same size, the ETag compaction kept is that layout's,
+    and its ``sources`` (when recorded) are that layout's blobs."""
+    if not layout or sum(n for _, _, n in layout) != copy.size:
+        return False
+    if copy.etag is None and not copy.sources:
+        return False
+    if copy.etag is not None and copy.etag != _etag(layout):
+        return False
+    return not copy.sources or set(copy.sources) == {b for b, _, _ in layout}
+
+
+@attrs.define
+class _Inode:
+    """The planning of one inode: its uploads, their bases, and which
+    compaction copy stands for which upload's version."""
+
+    inode: int
+    uploads: dict[str, Upload]
+    copies: dict[str, Upload]
+    #: upload id -> the compaction copies of its version, best first
+    matches: dict[str, list[Upload]] = attrs.Factory(dict)
+    #: uploads set aside: they wrote a blob a compaction copy with no
+    #: surviving history replaced, so they are older than that copy
+    aside: set[str] = attrs.Factory(set)
+
+    def choose_bases(self) -> None:
+        """Each upload that resumed a committed file (first segment above
+        0) gets an upload that covers that offset as its base: an ordinary
+        upload, else a compaction copy (one whose history is gone: a resume
+        after a compaction whose old blobs GC took).  Among those, one
+        stamped before the resume began, then the newest; never one that
+        is itself based on the resume (a base was committed before)."""
+        ordinary = [u for u in self.uploads.values() if u.upload_id not in self.aside]
+        copies = [c for c in self.copies.values() if c.upload_id not in self.aside]
+        for up in self.uploads.values():
+            up.base = None
+        # The latest resumes choose first, so an earlier one never takes a
+        # later one (which builds on it) for its base.
+        for up in sorted(ordinary, key=lambda u: (_began(u), u.start, u.upload_id), reverse=True):
+            if up.start == 0:
+                continue
+            mine = {p.blob_id for p in up.chain}  # a copy of them came later
+            for group in (ordinary, copies):
+                bases = [
+                    b for b in group
+                    if b is not up and b.end >= up.start and not mine & set(b.chain[0].sources)
+                ]  # fmt: skip
+                bases.sort(key=lambda b: _base_rank(b, up), reverse=True)
+                up.base = next((b for b in bases if not _based_on(b, up)), None)
+                if up.base is not None:
+                    break
+
+    def match_copies(self) -> None:
+        """Work out the layouts each upload's version may have had (with
+        each compaction below it swapped in or not) and which compaction
+        copies copied exactly one of them."""
+        layouts: dict[str, list[Layout]] = {}
+        self.matches = {}
+
+        def layouts_of(up: Upload) -> None:
+            line = _line(up)  # up and its bases, down to the first one
+            for u in reversed(line):
+                if u.upload_id in layouts:
+                    continue
+                if u.compacted:
+                    layouts[u.upload_id] = [_lay((), u)]
+                    continue
+                below = layouts.get(u.base.upload_id, []) if u.base is not None else [()]
+                found = list(dict.fromkeys(_lay(b, u) for b in below))[:MAX_LAYOUTS]
+                mine = [
+                    c for c in self.copies.values()
+                    if c.upload_id not in self.aside and any(_copies(c.chain[0], x) for x in found)
+                ]  # fmt: skip
+                if mine:
+                    mine.sort(key=lambda c: (-len(c.chain[0].nodes), c.upload_id))
+                    self.matches[u.upload_id] = mine
+                    found += [_lay((), c) for c in mine if _lay((), c) not in found]
+                    found = found[:MAX_LAYOUTS]
+                layouts[u.upload_id] = found
+
+        for up in self.uploads.values():
+            if up.upload_id not in self.aside and (up.start == 0 or up.base is not None):
+                layouts_of(up)
+
+    def matched(self) -> set[str]:
+        return {c.upload_id for copies in self.matches.values() for c in copies}
+
+    def set_aside(self) -> bool:
+        """Set aside what a compaction copy that no surviving history
+        reproduces has replaced: uploads and older copies that wrote its
+        ``sources``, and so on down; a copy of a version whose blobs are
+        all among them; all but one copy of one version.  Fires True when
+        that grew."""
+        matched = self.matched()
+        everything = [*self.uploads.values(), *self.copies.values()]
+        by_blob = {p.blob_id: u for u in everything for p in u.chain}
+        unmatched = [c for c in self.copies.values() if c.upload_id not in matched | self.aside]
+        aside: set[str] = set()
+        for copy in unmatched:
+            replaced = self._replaced_by(copy, by_blob)
+            aside |= {
+                u.upload_id for u in everything if any(p.blob_id in replaced for p in u.chain)
+            }
+            aside |= {
+                c.upload_id for c in self.copies.values()
+                if c is not copy and c.chain[0].sources and set(c.chain[0].sources) < replaced
+            }  # fmt: skip
+        seen: set[tuple[str | None, int]] = set()
+        for copy in sorted(unmatched, key=lambda c: (-len(c.chain[0].nodes), c.upload_id)):
+            key = (copy.chain[0].etag, copy.end)
+            if copy.chain[0].etag is not None and key in seen:
+                aside.add(copy.upload_id)
+            seen.add(key)
+        grew = not aside <= self.aside
+        self.aside |= aside
+        return grew
+
+    @staticmethod
+    def _replaced_by(copy: Upload, by_blob: dict[str, Upload]) -> set[str]:
+        """The blobs ``copy`` replaced: its ``sources``, theirs, and so on."""
+        blobs: set[str] = set()
+        todo = [copy]
+        while todo:
+            for blob_id in todo.pop().chain[0].sources:
+                if blob_id not in blobs:
+                    blobs.add(blob_id)
+                    owner = by_blob.get(blob_id)
+                    if owner is not None and owner.compacted:
+                        todo.append(owner)
+        return blobs
+
+
+def plan_files(
+    pieces: list[Piece], replicas: int = 1
+) -> tuple[list[tuple[str, Upload]], list[dict[str, Any]]]:
+    """(path, tip upload) to create, in order, and the problems found.
+
+    A compaction copy stands for the version it copied only where that
+    version is, in the history that keeps the path, the file's content (or
+    the base of it): it is recognised by content (its size, the ETag it
+    kept, which is a digest of the extent list it copied, and its
+    ``sources``), never by its ``created_at``, which is the clock of the
+    front end that compacted.  A copy whose version is not there (the
+    compaction lost its race and its copy survived the delete, or the file
+    changed after it) is left for GC.  A copy whose history is gone (GC took
+    the old blobs) is a version of its own, but ranks below every ordinary
+    upload: an upload that survives beside it is newer than the blobs GC
+    took, or the copy was abandoned to it."""
     problems: list[dict[str, Any]] = []
     by_inode: dict[int, dict[str, list[Piece]]] = defaultdict(lambda: defaultdict(list))
     for p in pieces:
@@ -159,41 +377,130 @@ def plan_files(pieces: list[Piece]) -> tuple[list[tuple[str, Upload]], list[dict
     files: list[tuple[str, Upload]] = []
     taken: set[str] = set()
     for inode in sorted(by_inode):
-        uploads = {}
+        uploads, copies = {}, {}
         for upload_id, group in sorted(by_inode[inode].items()):
             chain = _chain(group)
+            if chain[0].compacted:
+                copies[upload_id] = Upload(upload_id, chain[:1])  # compact-<blob>: one blob
+                continue
             if not _complete(chain):
                 problems.append({"upload": upload_id, "inode": inode, "why": "hole in segments"})
                 continue
             uploads[upload_id] = Upload(upload_id, chain)
-        used_as_base: set[str] = set()
-        for up in uploads.values():
-            if up.start == 0:
-                continue
-            bases = sorted(
-                (b for b in uploads.values() if b is not up and b.end >= up.start),
-                key=lambda b: (b.created_at or 0.0, b.end, b.upload_id),
-            )
-            if not bases:
+        plan = _Inode(inode, uploads, copies)
+        for _ in range(8):
+            plan.choose_bases()
+            plan.match_copies()
+            if not plan.set_aside():
+                break
+        live = {k: u for k, u in uploads.items() if k not in plan.aside}
+        matched = plan.matched()
+        used_as_base = {u.base.upload_id for u in live.values() if u.base is not None}
+        for up in live.values():
+            if up.start != 0 and up.base is None:
                 problems.append({"upload": up.upload_id, "inode": inode, "why": "no base"})
-                continue
-            up.base = bases[-1]
-            used_as_base.add(bases[-1].upload_id)
-        tips = [
-            u for u in uploads.values()
-            if u.upload_id not in used_as_base and (u.start == 0 or u.base is not None)
-        ]  # fmt: skip
-        tips.sort(key=lambda u: (u.created_at or 0.0, u.end, u.upload_id), reverse=True)
-        for i, tip in enumerate(tips):
+        tips = sorted(
+            (u for u in live.values()
+             if u.upload_id not in used_as_base and (u.start == 0 or u.base is not None)),
+            key=_rank, reverse=True,
+        )  # fmt: skip
+        tips += sorted(
+            (c for c in copies.values()
+             if c.upload_id not in plan.aside | matched | used_as_base),
+            key=_rank, reverse=True,
+        )  # fmt: skip
+        for i, tip in enumerate(tips):  # ordinary uploads first, then copies
             path = tip.path
             if i > 0 or path in taken:
                 name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
                 path = f"{LOST_FOUND}/{inode}-{tip.upload_id}-{name}"
                 problems.append({"inode": inode, "upload": tip.upload_id, "why": "ambiguous",
                                  "moved_to": path})  # fmt: skip
+            else:
+                tip = _swap_in_copies(tip, plan.matches, replicas)
             taken.add(path)
             files.append((path, tip))
     return files, problems
+
+
+def _began(up: Upload) -> float:
+    """The stamp of an upload's first segment (0 without stamps)."""
+    return up.chain[0].created_at or 0.0
+
+
+def _based_on(up: Upload, other: Upload) -> bool:
+    """Whether ``other`` is in ``up``'s line of bases (or is ``up``)."""
+    return any(u is other for u in _line(up))
+
+
+def _base_rank(base: Upload, up: Upload) -> tuple[bool, float, bool, int, str]:
+    """How likely ``base`` is what ``up`` resumed: stamped before ``up``
+    began, then the newest; between equal stamps (none recorded) one that
+    ends where ``up`` starts (an append), then the largest."""
+    stamp = base.created_at or 0.0
+    return (stamp <= _began(up), stamp, base.end == up.start, base.end, base.upload_id)
+
+
+def _rank(up: Upload) -> tuple[float, int, str]:
+    """Between versions of one kind: the newest stamp, else the largest."""
+    return (up.created_at or 0.0, up.end, up.upload_id)
+
+
+def _line(up: Upload) -> list[Upload]:
+    """``up``, its base, that one's base, and so on (a loop is cut)."""
+    line: list[Upload] = []
+    seen: set[int] = set()
+    while up is not None and id(up) not in seen:
+        seen.add(id(up))
+        line.append(up)
+        up = up.base
+    return line
+
+
+def _swap_in_copies(up: Upload, matches: dict[str, list[Upload]], replicas: int) -> Upload:
+    """``up`` with the newest version in its history that a compaction
+    copy at full strength holds replaced by that copy (the same bytes in one
+    blob, what the catalog held once the compaction swapped it in)."""
+    line = _line(up)
+    for i, u in enumerate(line):
+        strong = [c for c in matches.get(u.upload_id, ()) if len(c.chain[0].nodes) >= replicas]
+        if strong:
+            if i == 0:
+                return strong[0]
+            line[i - 1].base = strong[0]
+            break
+    return up
+
+
+def _blobs_of(up: Upload) -> set[str]:
+    return {p.blob_id for u in _line(up) for p in u.chain}
+
+
+def _left_over(
+    pieces: list[Piece], files: list[tuple[str, Upload]], problems: list[dict[str, Any]]
+) -> tuple[list[Piece], list[Piece]]:
+    """The blobs no rebuilt file uses, besides those of uploads reported
+    broken (a hole, no base: orphans for GC's sweep, as before): (replaced
+    by a compaction, compaction copies nothing replaced).  A copy is
+    replaced when a copy in use lists it among its ``sources``, down the
+    line."""
+    used: set[str] = set()
+    for _, tip in files:
+        used |= _blobs_of(tip)
+    broken = {p["upload"] for p in problems if p.get("why") in ("hole in segments", "no base")}
+    by_blob = {p.blob_id: p for p in pieces}
+    superseded: set[str] = set()
+    todo = [by_blob[b] for b in used if b in by_blob and by_blob[b].compacted]
+    while todo:
+        for blob_id in todo.pop().sources:
+            if blob_id not in superseded:
+                superseded.add(blob_id)
+                if blob_id in by_blob and by_blob[blob_id].compacted:
+                    todo.append(by_blob[blob_id])
+    left = [p for p in pieces if p.blob_id not in used and p.upload not in broken]
+    replaced = [p for p in left if not p.compacted or p.blob_id in superseded]
+    unused = [p for p in left if p.compacted and p.blob_id not in superseded]
+    return replaced, unused
 
 
 async def _makedirs(catalog, path: str) -> None:
@@ -207,8 +514,12 @@ async def _makedirs(catalog, path: str) -> None:
 
 async def _replay(catalog, path: str, up: Upload, replicas: int, now: float) -> None:
     """Replay ``up`` (after its base) as uploads committed at ``path``."""
-    if up.base is not None:
-        await _replay(catalog, path, up.base, replicas, now)
+    for u in reversed(_line(up)):
+        await _replay_one(catalog, path, u, replicas, now)
+
+
+async def _replay_one(catalog, path: str, up: Upload, replicas: int, now: float) -> None:
+    """Replay one upload, its base being the committed version at ``path``."""
     first = up.chain[0]
     session = await catalog.begin_upload(
         up.owner,
@@ -273,7 +584,7 @@ async def rebuild_from_listings(
     for node, endpoint in sorted(endpoints.items()):
         await catalog.register_node(node, endpoint)
     pieces, skipped = pieces_from_listings(listings)
-    files, problems = plan_files(pieces)
+    files, problems = plan_files(pieces, replicas)
     restored = 0
     for path, tip in files:
         try:
@@ -282,10 +593,22 @@ async def rebuild_from_listings(
             restored += 1
         except catalog_errors.CatalogError as e:
             problems.append({"upload": tip.upload_id, "path": path, "why": str(e)})
+    # Blobs a compaction replaced, and compaction copies no file uses, are
+    # recorded unreferenced, so GC deletes them after its grace like any
+    # collectable blob (not as orphans).
+    replaced, unused = _left_over(pieces, files, problems)
+    for p in replaced + unused:
+        await catalog.add_blob(p.blob_id, list(p.nodes), replicas)
+    for p in unused:
+        log.warn("rebuild: compaction copy {blob} of {path} is not used; left for GC",
+                 blob=p.blob_id, path=p.path)  # fmt: skip
+        problems.append({"inode": p.inode, "blob": p.blob_id, "why": "unused compaction copy"})
     log.info("rebuild: {n} files restored from {b} blobs", n=restored, b=len(pieces))
     return {
         "files": restored,
         "blobs": len(pieces),
+        "replaced_by_compaction": len(replaced),
+        "unused_compaction_copies": len(unused),
         "skipped": skipped,
         "problems": problems,
         "under_replicated": await catalog.count_under_replicated(),

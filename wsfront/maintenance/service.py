@@ -2,9 +2,9 @@
 
 The lead mounts one in every front end (``service.setServiceParent(app)``);
 only the holder of the maintenance lease does anything.  Each tick it runs
-a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``),
-then an audit (``fsck.audit``), a repair pass and a GC pass, each when
-due.  Work never overlaps: repair and GC of the same front end run one
+a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``,
+``compact``), then an audit (``fsck.audit``), a repair pass, a GC pass and a
+compaction pass, each when due.  Work never overlaps: repair and GC of the same front end run one
 after the other, which is what makes GC's view of "a copy the catalog does not count" safe
 against a repair copy not yet recorded.
 """
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wsfront.maintenance.compact import Compactor, CompactSettings
 from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
@@ -40,12 +41,16 @@ class MaintenanceSettings:
     gc_every: float = 600.0
     #: Cross-check catalog and servers (finds replicas scrub quarantined).
     audit_every: float = 3600.0
+    #: Merge files of many extents into one blob (None: never on its own;
+    #: ``wsfs compact`` still works).
+    compact_every: float | None = 3600.0
     lease_ttl: float = 30.0
     #: A job another front end has run without progress for this long is
     #: failed by the lease holder (its runner died or lost the lease).
     stale_job_seconds: float = 900.0
     repair: RepairSettings = attrs.field(factory=RepairSettings)
     gc: GCSettings = attrs.field(factory=GCSettings)
+    compact: CompactSettings = attrs.field(factory=CompactSettings)
 
 
 class MaintenanceService(Service):
@@ -70,8 +75,14 @@ class MaintenanceService(Service):
         self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
+        self.compactor = Compactor(clock, catalog, pool, self.settings.compact)
         handlers = job_handlers(
-            self.repairer, self.gc, catalog, pool, keep_going=lambda: self.lease.valid
+            self.repairer,
+            self.gc,
+            catalog,
+            pool,
+            keep_going=lambda: self.lease.valid,
+            compactor=self.compactor,
         )
         handlers.update(extra_handlers or {})
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
@@ -82,6 +93,8 @@ class MaintenanceService(Service):
         self._next_repair = now + self.settings.repair_every
         self._next_gc = now + self.settings.gc_every
         self._next_audit = now + self.settings.audit_every
+        every = self.settings.compact_every
+        self._next_compact = None if every is None else now + every
 
     def startService(self) -> Deferred:
         super().startService()
@@ -132,6 +145,14 @@ class MaintenanceService(Service):
             self._next_gc = now + self.settings.gc_every
             await self.gc.run_pass(keep_going=lambda: self.lease.valid)
             ran.append("gc")
+        if self._next_compact is not None and now >= self._next_compact:
+            assert self.settings.compact_every is not None
+            self._next_compact = now + self.settings.compact_every
+            await self.compactor.run_pass(
+                keep_going=lambda: self.lease.valid,
+                max_bytes=self.settings.compact.pass_bytes,
+            )
+            ran.append("compact")
         return ran
 
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:

@@ -44,3 +44,11 @@ class UploadBusy(TransferError):
 
 class Draining(TransferError):
     """This front end is draining for a restart: try another (FTP 421, HTTP 503)."""
+
+
+class TooManySessions(TransferError):
+    """The user has as many transfers running as allowed (FTP 450, HTTP 429
+    with ``Retry-After``): one account can't take every slot of a front end."""
+
+    retry_after = 5
+    """Seconds a client should wait before trying again."""

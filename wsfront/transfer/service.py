@@ -29,8 +29,9 @@ from wsfront.transfer.errors import (
 )
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
-from wsfront.transfer.writer import WriteSession
+from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 
@@ -47,6 +48,8 @@ class TransferSettings:
     upload_expiry: float = 24 * 3600.0
     read_stall_timeout: float = 5.0
     hash_uploads: bool = True
+    max_sessions_per_user: int | None = 64
+    """Transfers (reads and writes) one user may run at once here."""
 
 
 @attrs.frozen
@@ -110,6 +113,8 @@ class Transfers:
         self.stats = TransferStats()
         self.draining = False
         self._opening = 0  # open_write calls between their start and a WriteSession
+        self.per_user = SessionsPerUser(self.settings.max_sessions_per_user)
+        self._slots: dict[int, Any] = {}  # id(WriteSession) -> its user's Slot
 
     # -- helpers ----------------------------------------------------------
 
@@ -191,9 +196,21 @@ class Transfers:
 
     @inlineCallbacks
     def open_read(self, user: User, vpath: str, offset: int = 0, length: int | None = None):
-        """A ReadHandle streaming the committed version from ``offset``."""
+        """A ReadHandle streaming the committed version from ``offset``
+        (one of the user's sessions until its stream ends)."""
         self._refuse_if_draining()
         self._need(user, "read")
+        slot = self.per_user.acquire(user.name)
+        try:
+            handle = yield self._open_read(user, vpath, offset, length)
+        except BaseException:
+            slot.release()
+            raise
+        self.per_user.hold_read(slot, handle.stream)
+        return handle
+
+    @inlineCallbacks
+    def _open_read(self, user: User, vpath: str, offset: int, length: int | None):
         entry = yield self.catalog.stat(self.full_path(user, vpath))
         if entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
@@ -236,6 +253,7 @@ class Transfers:
         append: bool = False,
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        capped: bool = True,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -243,13 +261,24 @@ class Transfers:
         ``append`` resumes at the size the user sees (APPE).  A pending
         upload of the same user is taken over (from this or another front
         end, with an epoch bump and a fence); another user's is UploadBusy.
+        ``capped=False`` skips the per-user session cap: for the server's
+        own repairs of a session (a checksum rollback), which must not lose
+        to the user's other transfers.
         """
         self._refuse_if_draining()
+        slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
         self._opening += 1
         try:
             session = yield self._open_write(user, vpath, offset, append, declared_length, meta)
+        except BaseException:
+            slot.release()
+            raise
         finally:
             self._opening -= 1
+        if session.state == STREAMING:
+            self._slots[id(session)] = slot
+        else:
+            slot.release()
         return session
 
     @inlineCallbacks
@@ -467,6 +496,9 @@ class Transfers:
     def _session_ended(self, session: WriteSession) -> None:
         if self.sessions.get(session.upload_id) is session:
             del self.sessions[session.upload_id]
+        slot = self._slots.pop(id(session), None)
+        if slot is not None:
+            slot.release()
 
     # -- lifecycle --------------------------------------------------------
 
