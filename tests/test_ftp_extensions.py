@@ -138,6 +138,12 @@ async def test_hash_of_an_appended_file_is_computed_by_streaming(ftp):
     code, text = await c.cmd("HASH log")
     assert text.split()[2] == hashlib.sha1(whole).hexdigest()
     assert ftp.transfers.stats.reads_started >= reads + 2
+    # The streamed SHA-256 was recorded: asked again, nothing is read.
+    assert (await ftp.catalog.stat(ftp.env.user.root + "/log")).version.sha256 == sha256(whole)
+    await c.cmd("OPTS HASH SHA-256")
+    reads = ftp.transfers.stats.reads_started
+    assert (await c.cmd("HASH log"))[1].split()[2] == sha256(whole)
+    assert ftp.transfers.stats.reads_started == reads
 
 
 @pytest_twisted.ensureDeferred

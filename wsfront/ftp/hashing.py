@@ -8,7 +8,8 @@ Only a file's committed version is hashed, never a pending upload: a
 pending upload is still growing and its owner resumes it by size, so a digest
 of it would describe bytes that may yet be rolled back.  SHA-256 of a version
 whose sha256 the catalog already knows (one straight upload, or scrub) is
-answered from the catalog; anything else is computed by streaming the
+answered from the catalog (and a SHA-256 streamed here is recorded there,
+``set_sha256``); anything else is computed by streaming the
 version through the transfer layer's read path (``ReadStream``) into a
 consumer that hashes each chunk as it arrives, so at most one read chunk is
 ever held whatever the file size, and a storage server dying mid-hash fails
@@ -20,7 +21,12 @@ from __future__ import annotations
 import hashlib
 
 from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
 from zope.interface import implementer
+
+from wsfront.catalog import errors as catalog_errors
+
+log = Logger()
 
 ALGORITHMS: dict[str, str] = {"SHA-256": "sha256", "SHA-1": "sha1", "MD5": "md5"}
 """FTP names of the supported algorithms -> hashlib names, in FEAT order."""
@@ -96,4 +102,26 @@ async def file_digest(
     if on_stream is not None:
         on_stream(handle.stream)
     await handle.stream.start(consumer)
-    return consumer.length, consumer.hexdigest()
+    digest = consumer.hexdigest()
+    if algorithm == "SHA-256":
+        await _remember(transfers.catalog, handle, digest)
+    return consumer.length, digest
+
+
+async def _remember(catalog, handle, digest: str) -> None:
+    """Record a streamed SHA-256 in the catalog (``set_sha256``, a CAS on
+    the version's ETag), so the next HASH, scrub or compaction has it free.
+    A version replaced meanwhile is no error (the answer was right for the
+    bytes read); a different recorded hash means the bytes read are not the
+    ones committed, and is refused rather than reported as the file's."""
+    try:
+        await catalog.set_sha256(handle.info.inode, handle.version.etag, digest)
+    except catalog_errors.VersionChanged:
+        return
+    except catalog_errors.HashMismatch:
+        log.error(
+            "HASH read {path} with sha256 {digest}, the catalog has another",
+            path=handle.info.path,
+            digest=digest,
+        )
+        raise
