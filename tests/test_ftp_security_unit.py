@@ -81,3 +81,19 @@ def test_an_implicit_ftps_factory_shares_the_limits_of_the_ftp_one():
     implicit.throttle.failed("bob", "192.0.2.1")
     assert plain.throttle.retry_after("carol", "192.0.2.1") is not None
     assert implicit.connections is plain.connections
+
+
+def test_tls_options_send_the_chain_and_share_one_context(tmp_path):
+    """Intermediates after the certificate go out as the chain (as HTTPS
+    does); one OpenSSL context serves every connection (session reuse)."""
+    from OpenSSL import SSL
+
+    from tests.tls_support import self_signed
+    from wsfront.ftp.security import server_tls_options
+
+    leaf, other = self_signed(tmp_path / "leaf"), self_signed(tmp_path / "other")
+    pem = leaf.cert_path.read_bytes() + other.cert_path.read_bytes() + leaf.key_path.read_bytes()
+    options = server_tls_options(pem)
+    assert len(options.extraCertChain) == 1
+    assert options.getContext() is options.getContext()
+    assert options._options & SSL.OP_NO_TICKET == 0  # tickets on: sessions resume

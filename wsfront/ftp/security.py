@@ -33,7 +33,7 @@ handshake, so nothing is left unread.
 from __future__ import annotations
 
 import attrs
-from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from wsfront.ftp.replies import Reply
@@ -43,12 +43,17 @@ FEAT_LINES = ("AUTH TLS", "PBSZ", "PROT")
 
 
 def server_tls_options(pem: bytes) -> CertificateOptions:
-    """TLS server options from a PEM blob holding the certificate and its key
-    (``FrontendConfig.tls_pem()``), shared by control and data connections."""
-    cert = PrivateCertificate.loadPEM(pem)  # refuses a certificate without its key
+    """TLS server options from a PEM blob holding the certificate, any
+    intermediates (sent as the chain) and the key (``FrontendConfig.tls_pem()``),
+    shared by control and data connections.  The PEM is read as HTTPS reads
+    it (``wsfront.http.tls``); only the TLS settings differ."""
+    from wsfront.http.tls import server_tls_options as https_options
+
+    parsed = https_options(pem)
     return CertificateOptions(
-        privateKey=cert.privateKey.original.to_cryptography_key(),
-        certificate=cert.original.to_cryptography(),
+        privateKey=parsed.privateKey,
+        certificate=parsed.certificate,
+        extraCertChain=parsed.extraCertChain,
         raiseMinimumTo=TLSVersion.TLSv1_2,
         lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
         enableSessions=True,
