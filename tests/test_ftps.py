@@ -484,3 +484,42 @@ async def test_lftp_implicit_ftps_url(tmp_path, certificate):
         assert sha256((work / "back.bin").read_bytes()) == sha256(data)
     finally:
         await env.stop()
+
+
+class ProxiedImplicitFTP_TLS(ImplicitFTP_TLS):
+    """Implicit FTPS through a PROXY-protocol balancer: the header, then TLS."""
+
+    proxy_header = b""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock.sendall(self.proxy_header)
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_ftps_behind_a_proxy_protocol_balancer(tmp_path, certificate):
+    env = await _start(
+        tmp_path, _settings(certificate), listen="haproxy:tcp:0:interface=127.0.0.1",
+        implicit_tls=True,
+    )  # fmt: skip
+    try:
+
+        def session():
+            c = ProxiedImplicitFTP_TLS(context=_context(certificate), timeout=30)
+            c.proxy_header = f"PROXY TCP4 127.0.0.2 192.0.2.1 4000 {env.port}\r\n".encode()
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            status = c.sendcmd("STAT")
+            c.quit()
+            return status
+
+        status = await threads.deferToThread(session)
+        assert "Connected from 127.0.0.2" in status
+    finally:
+        await env.stop()
