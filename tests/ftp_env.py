@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.protocols.basic import LineOnlyReceiver
@@ -20,6 +21,7 @@ from tests.transfer_env import PASSWORD, TransferEnv, sha256
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.ftp.addresses import parse_epsv_reply
 from wsfront.ftp.factory import FTPFactory, FTPSettings
+from wsfront.ftp.security import implicit_tls_factory
 
 __all__ = ["PASSWORD", "FTPClient", "FTPEnv", "sha256"]
 
@@ -33,10 +35,13 @@ class FTPEnv:
         tmp_path,
         settings: FTPSettings | None = None,
         listen: str = "tcp:0:interface=127.0.0.1",
+        *,
+        implicit_tls: bool = False,
         **env_kw,
     ) -> None:
         self.reactor = reactor
         self.listen = listen
+        self.implicit_tls = implicit_tls
         self.tmp_path = tmp_path
         self.settings = settings or FTPSettings(data_timeout=10.0)
         self.env_kw = env_kw
@@ -47,9 +52,15 @@ class FTPEnv:
         self.catalog = self.env.catalog
         self.transfers = self.env.transfers
         auth = CachingAuthenticator(self.env.catalog, self.reactor)
-        self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), self.settings)
+        settings = self.settings
+        if self.implicit_tls:
+            settings = attrs.evolve(settings, implicit_tls=True)
+        self.factory = FTPFactory(self.reactor, self.transfers, make_portal(auth), settings)
+        listening_factory = self.factory
+        if self.implicit_tls:  # as wsfront.service mounts --ftps
+            listening_factory = implicit_tls_factory(self.factory)
         ep = serverFromString(self.reactor, f"{self.listen}:backlog=512")
-        self.listening = await ep.listen(self.factory)
+        self.listening = await ep.listen(listening_factory)
         self.port = self.listening.getHost().port
         return self
 
@@ -57,10 +68,15 @@ class FTPEnv:
     def url(self) -> str:
         return f"ftp://alice:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}"
 
-    async def client(self, login: bool = True, host: str = "127.0.0.1") -> FTPClient:
+    async def client(
+        self, login: bool = True, host: str = "127.0.0.1", preamble: bytes = b""
+    ) -> FTPClient:
+        """A logged-in client; ``preamble`` is sent first (a PROXY header)."""
         ep = HostnameEndpoint(self.reactor, host, self.port)
         client = await ep.connect(_ClientFactory(self.reactor))
         self.clients.append(client)
+        if preamble:
+            client.transport.write(preamble)
         code, _ = await client.reply()
         assert code == 220
         if login:

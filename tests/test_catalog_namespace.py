@@ -295,3 +295,31 @@ async def test_rename_never_replaces_a_file_with_a_live_upload(catalog, clock):
         await catalog.rename("/src", "/dst", replace=True)
     assert (await catalog.stat("/src")).size == 1
     assert (await catalog.stat("/dst")).size == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_mtime_changes_only_the_time_of_a_file_or_directory(catalog, clock):
+    made = await write_file(catalog, "/f", 7, "blob-1")
+    before = await catalog.stat("/f")
+    entry = await catalog.set_mtime("/f", 1_000_000_000.25)
+    assert entry.mtime == 1_000_000_000.25
+    after = await catalog.stat("/f")
+    assert after.mtime == 1_000_000_000.25
+    assert (after.size, after.etag, after.inode) == (before.size, before.etag, before.inode)
+    assert after.version.version_id == made.version_id
+    assert [e.mtime for e in await catalog.list_dir("/")] == [1_000_000_000.25]
+    await catalog.mkdir("/d")
+    await catalog.set_mtime("/d", 86400.0)
+    assert (await catalog.stat("/d")).mtime == 86400.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_mtime_of_a_missing_or_pending_only_file_is_not_found(catalog, clock):
+    with pytest.raises(NotFound):
+        await catalog.set_mtime("/nope", 1.0)
+    await catalog.begin_upload(
+        "alice", "/p", base_length=0, blob_id="blob-p", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=clock.now + 60,
+    )  # fmt: skip
+    with pytest.raises(NotFound):
+        await catalog.set_mtime("/p", 1.0)

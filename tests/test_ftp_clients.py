@@ -318,3 +318,28 @@ def _tick():
     from twisted.internet import reactor, task
 
     return task.deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_mirror_r_twice_uploads_nothing_the_second_time(ftp, tmp_path):
+    """lftp sets each uploaded file's time with MFMT (FEAT lists it) and
+    compares size and time on the next run: unchanged files stay put."""
+    src = tmp_path / "src"
+    files = {
+        "a.txt": b"alpha\n",
+        "d1/b.bin": payload(300_000),
+        "d1/d2/c.bin": payload(100_000),
+    }
+    _tree(src, files)
+    old = 1_600_000_000.5  # a time with a fraction: MDTM/MLSD show whole seconds
+    for rel in files:
+        os.utime(src / rel, (old, old))
+    await lftp(ftp, f"mirror -R {src} /m", tmp_path)
+    assert ftp.factory.stats.uploads_committed == len(files)
+    entry = await ftp.catalog.stat(ftp.env.user.root + "/m/d1/b.bin")
+    assert int(entry.mtime) == int(old)  # MFMT set the local time
+    await lftp(ftp, f"mirror -R {src} /m", tmp_path)
+    assert ftp.factory.stats.uploads_committed == len(files)  # nothing again
+    (src / "a.txt").write_bytes(b"alpha, changed\n")
+    await lftp(ftp, f"mirror -R {src} /m", tmp_path)
+    assert ftp.factory.stats.uploads_committed == len(files) + 1  # only the changed one

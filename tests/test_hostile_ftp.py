@@ -82,6 +82,18 @@ LINES = [
     ("mkd-reserved-root-name", [b"MKD /-"], [553]),
     ("mkd-backslash", [b"MKD a\\b"], [553]),
     ("mkd-name-of-300-bytes", [b"MKD " + b"n" * 300], [553]),
+    ("mfmt-time-out-of-range", [b"MFMT 20261399999999 /keep/b.txt"], [501]),
+    ("mfmt-negative-year", [b"MFMT -0010101000000 /keep/b.txt"], [501]),
+    ("mfmt-on-a-directory", [b"MFMT 20200101000000 /keep"], [550]),
+    ("mfmt-huge-fraction", [b"MFMT 20200101000000." + b"9" * 50 + b" /keep/b.txt"], [501]),
+    ("hash-of-a-directory", [b"HASH /keep"], [550]),
+    ("opts-hash-unknown", [b"OPTS HASH CRC32"], [501]),
+    ("site-exec", [b"SITE EXEC /bin/sh -c id"], [504]),
+    ("site-chmod-not-octal", [b"SITE CHMOD 999 /keep/b.txt"], [501]),
+    ("site-chmod-missing", [b"SITE CHMOD 644 /nope"], [550]),
+    ("auth-tls-without-a-certificate", [b"AUTH TLS"], [431]),
+    ("pbsz-before-auth", [b"PBSZ 0"], [503]),
+    ("prot-before-auth", [b"PROT P"], [503]),
 ]
 
 
@@ -109,8 +121,10 @@ TRAVERSALS = [
 
 @pytest.mark.parametrize("path", TRAVERSALS)
 @pytest.mark.parametrize(
-    "verb", ["RETR", "SIZE", "DELE", "RNFR", "CWD", "MKD", "STOR", "MDTM", "MLST", "LIST"]
-)
+    "verb",
+    ["RETR", "SIZE", "DELE", "RNFR", "CWD", "MKD", "STOR", "MDTM", "MLST", "LIST", "MFMT",
+     "HASH", "SITE CHMOD 644"],
+)  # fmt: skip
 @pytest_twisted.ensureDeferred
 async def test_traversal_out_of_the_root_is_refused_for_every_command(site, verb, path):
     env, _hoard, _good = site
@@ -118,6 +132,8 @@ async def test_traversal_out_of_the_root_is_refused_for_every_command(site, verb
     await c.cmd("TYPE I")
     if verb in ("RETR", "STOR", "LIST"):
         await c.epsv()
+    if verb == "MFMT":
+        verb = "MFMT 20200101000000"
     code, text = await c.cmd(f"{verb} {path}")
     assert code in (550, 553), (code, text)
     assert "/bob" not in text  # the reply names no storage path

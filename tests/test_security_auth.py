@@ -5,8 +5,8 @@ Timing: the catalog runs the same scrypt work for both (a dummy hash for
 unknown users), so the median time of each path, measured over a number of
 tries, must be within a generous factor of the other.  Throttling: after
 repeated failures for one user, or from one address, across connections,
-the next attempt gets a clear "too many failures" reply at once (xfail: only
-a per-connection limit exists today).
+the next attempt gets a clear "too many failures" reply at once (FTP 421,
+HTTP 429), also behind a PROXY-protocol balancer.
 """
 
 from __future__ import annotations
@@ -43,6 +43,20 @@ def ftp(tmp_path):
     env = pytest_twisted.blockon(
         defer.ensureDeferred(FTPEnv(reactor, tmp_path, FTPSettings(max_login_failures=100)).start())
     )
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+@pytest.fixture
+def ftp_unthrottled(tmp_path):
+    """For the timing tests: dozens of failed logins from 127.0.0.1, which
+    measure scrypt, not the throttle (raised out of their way here)."""
+    from twisted.internet import reactor
+
+    settings = FTPSettings(
+        max_login_failures=100, login_failures_per_address=1000, login_failures_per_user=1000
+    )
+    env = pytest_twisted.blockon(defer.ensureDeferred(FTPEnv(reactor, tmp_path, settings).start()))
     yield env
     pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
 
@@ -129,10 +143,12 @@ async def _median_seconds(reactor, attempt, tries: int = TRIES) -> float:
 
 
 @pytest_twisted.ensureDeferred
-async def test_catalog_spends_the_same_time_on_unknown_users_as_on_wrong_passwords(ftp):
+async def test_catalog_spends_the_same_time_on_unknown_users_as_on_wrong_passwords(
+    ftp_unthrottled,
+):
     from twisted.internet import reactor
 
-    catalog = ftp.catalog
+    catalog = ftp_unthrottled.catalog
 
     async def refused(name):
         with pytest.raises(AuthFailed):
@@ -146,8 +162,12 @@ async def test_catalog_spends_the_same_time_on_unknown_users_as_on_wrong_passwor
 
 
 @pytest_twisted.ensureDeferred
-async def test_ftp_login_takes_as_long_for_unknown_users_as_for_wrong_passwords(ftp):
+async def test_ftp_login_takes_as_long_for_unknown_users_as_for_wrong_passwords(
+    ftp_unthrottled,
+):
     from twisted.internet import reactor
+
+    ftp = ftp_unthrottled
 
     await _ftp_attempt(ftp, "nobody-warm-up", "x")
     known = await _median_seconds(reactor, lambda: _ftp_attempt(ftp, "alice", "wrong"))
@@ -198,12 +218,6 @@ async def test_failed_logins_on_one_ftp_connection_close_it(tmp_path):
 THROTTLE_AFTER = 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: wsfront/ftp/protocol.py ftp_PASS counts failures per connection "
-    "only; a client reconnecting between guesses is never throttled. Expected: after repeated "
-    "failures for one user (any connection) PASS answers 421 'Too many failed logins, try later'",
-)
 @pytest_twisted.ensureDeferred
 async def test_ftp_failed_logins_for_one_user_are_throttled_across_connections(ftp):
     for _ in range(THROTTLE_AFTER):
@@ -212,15 +226,14 @@ async def test_ftp_failed_logins_for_one_user_are_throttled_across_connections(f
     start = time.perf_counter()
     _, reply = await _ftp_attempt(ftp, "alice", "guess")
     assert reply[0] == 421 and "too many" in reply[1].lower()
+    assert "try again in" in reply[1]
     assert time.perf_counter() - start < 5  # a clear reply, not a hang
+    # Refused before the password is checked: the right one is refused too.
+    _, reply = await _ftp_attempt(ftp, "alice", PASSWORD)
+    assert reply[0] == 421
+    assert ftp.factory.throttle.refused == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: no per-address limit on failed FTP logins (wsfront/ftp/protocol.py "
-    "ftp_PASS / factory.login). Expected: after repeated failures from one address, whatever "
-    "the user names, PASS answers 421 'Too many failed logins, try later'",
-)
 @pytest_twisted.ensureDeferred
 async def test_ftp_failed_logins_from_one_address_are_throttled_across_users(ftp):
     for i in range(THROTTLE_AFTER):
@@ -256,3 +269,38 @@ async def test_a_correct_password_still_works_after_other_peoples_failures(ftp):
     c = await ftp.client(login=False)
     await c.login("alice", PASSWORD)
     assert (await c.cmd("PWD"))[0] == 257
+
+
+async def _proxied_attempt(env, source: str, name: str, password: str) -> tuple[int, str]:
+    header = f"PROXY TCP4 {source} 127.0.0.1 40000 {env.port}\r\n".encode()
+    c = await env.client(login=False, preamble=header)
+    await c.cmd(f"USER {name}")
+    reply = await c.cmd(f"PASS {password}")
+    c.transport.loseConnection()
+    return reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftp_behind_a_proxy_protocol_balancer_throttles_the_real_client(tmp_path):
+    """Behind ``haproxy:tcp:...`` every connection comes from the balancer
+    (127.0.0.1 here); the throttle keys on the address in the PROXY header."""
+    from twisted.internet import reactor
+
+    env = await FTPEnv(reactor, tmp_path, listen="haproxy:tcp:0:interface=127.0.0.1").start()
+    try:
+        for _ in range(THROTTLE_AFTER):
+            code, _ = await _proxied_attempt(env, "203.0.113.7", "alice", "guess")
+            assert code == 530
+        code, text = await _proxied_attempt(env, "203.0.113.7", "alice", "guess")
+        assert code == 421 and "too many" in text.lower()
+        # Another client behind the same balancer logs in as usual.
+        reply = await _proxied_attempt(env, "198.51.100.9", "alice", PASSWORD)
+        assert reply[0] == 230, reply
+        session = await env.client(
+            login=False, preamble=f"PROXY TCP4 198.51.100.9 127.0.0.1 1 {env.port}\r\n".encode()
+        )
+        await session.login("alice", PASSWORD)
+        code, text = await session.cmd("STAT")
+        assert code == 211 and "Connected from 198.51.100.9" in text
+    finally:
+        await env.stop()

@@ -8,7 +8,6 @@ headers that stop an uploaded page from running script in the server's origin.
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 from twisted.web.client import readBody
 
@@ -100,13 +99,6 @@ async def test_uploaded_html_is_served_sandboxed_and_unsniffable(tmp_path):
 FTP_PER_ADDRESS = 256
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: wsfront/ftp/factory.py FTPFactory accepts any number of control "
-    "connections from one address (HTTP caps them: SiteSettings.max_connections_per_address). "
-    "Expected: beyond a per-address cap (256 like HTTP) the server answers "
-    "'421 Too many connections from your address' and closes",
-)
 @pytest_twisted.ensureDeferred
 async def test_ftp_control_connections_per_address_are_capped(tmp_path):
     from twisted.internet import reactor
@@ -121,7 +113,73 @@ async def test_ftp_control_connections_per_address_are_capped(tmp_path):
         greetings = [(await c.until(b"\r\n"))[:3] for c in conns]
         assert greetings[:FTP_PER_ADDRESS] == [b"220"] * FTP_PER_ADDRESS
         assert set(greetings[FTP_PER_ADDRESS:]) == {b"421"}
+        assert b"Too many connections from your address" in conns[-1].received
+        await conns[-1].closed
+        # Once one closes, the address may connect again.
+        conns[0].close()
+        await conns[0].closed
+        for _ in range(100):
+            again = await connect(reactor, port)
+            conns.append(again)
+            if (await again.until(b"\r\n"))[:3] == b"220":
+                break
+        assert again.received[:3] == b"220"
     finally:
         for c in conns:
             c.close()
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftp_connections_in_total_are_capped(tmp_path):
+    from twisted.internet import reactor
+
+    env = await FTPEnv(reactor, tmp_path, FTPSettings(max_connections=3)).start()
+    conns = []
+    try:
+        port = env.listening.getHost().port
+        for _ in range(4):
+            conns.append(await connect(reactor, port))
+        greetings = [await c.until(b"\r\n") for c in conns]
+        assert [g[:3] for g in greetings] == [b"220", b"220", b"220", b"421"]
+        assert b"Too many connections in total" in greetings[3]
+        assert len(env.factory.sessions) == 3
+    finally:
+        for c in conns:
+            c.close()
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftp_behind_a_proxy_protocol_balancer_takes_data_only_from_the_real_client(
+    tmp_path,
+):
+    """The PROXY header names the client (127.0.0.2 here) and a destination
+    that is no local address: the passive port opens on the real socket's
+    address, PORT may point only at the client, and a data connection from
+    the balancer's address (127.0.0.1) is refused while the client's works."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from tests.ftp_env import DataPeer
+
+    env = await FTPEnv(reactor, tmp_path, listen="haproxy:tcp:0:interface=127.0.0.1").start()
+    try:
+        await env.env.upload("/f.txt", b"through the balancer")
+        header = f"PROXY TCP4 127.0.0.2 192.0.2.1 40000 {env.port}\r\n".encode()
+        c = await env.client(preamble=header)
+        assert (await c.cmd("PORT 127,0,0,1,200,10"))[0] == 504
+        assert (await c.cmd("EPRT |1|127.0.0.2|51234|"))[0] == 200
+        await c.cmd("TYPE I")
+        port = await c.epsv()
+        stranger = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), DataPeer())
+        assert await stranger.done == b""
+        peer = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=("127.0.0.2", 0)),
+            DataPeer(),
+        )
+        assert (await c.cmd("RETR f.txt"))[0] == 150
+        assert await peer.done == b"through the balancer"
+        assert (await c.reply())[0] == 226
+    finally:
         await env.stop()

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 from pathlib import Path
 
+from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,3 +49,21 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+@frozen
+class TestCertificate:
+    """``make_certificate``'s files and the PEM blob ``FrontendConfig.tls_pem()``
+    would read from them (what ``wsfront.ftp.security.server_tls_options``
+    takes)."""
+
+    cert_path: Path
+    key_path: Path
+    pem: bytes
+
+
+def self_signed(directory: Path) -> TestCertificate:
+    """A fresh certificate in ``directory`` (made if missing), for FTPS tests."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = make_certificate(directory)
+    return TestCertificate(cert_path, key_path, cert_path.read_bytes() + key_path.read_bytes())

@@ -109,18 +109,47 @@ class FrontendService(service.Service):
         self._health.start(5, now=True)
         authenticator = CachingAuthenticator(self.catalog, self.reactor)
         ftp_factory = None
-        if cfg.ftp:
-            from wsfront.ftp.factory import FTPFactory, FTPSettings
+        if cfg.ftp or cfg.ftps:
+            import attrs
 
+            from wsfront.ftp.factory import FTPFactory, FTPSettings
+            from wsfront.ftp.security import implicit_tls_factory, server_tls_options
+
+            pem = cfg.tls_pem()
             ftp_settings = FTPSettings(
-                passive_ports=cfg.passive_ports, public_address=cfg.public_address
+                passive_ports=cfg.passive_ports,
+                public_address=cfg.public_address,
+                anonymous=cfg.anonymous,
+                anonymous_root=cfg.anonymous_root,
+                tls=server_tls_options(pem) if pem else None,
+                require_tls=cfg.require_tls,
+                require_tls_users=frozenset(cfg.require_tls_users),
+                login_failures_per_address=cfg.login_failures_per_address,
+                login_failures_per_user=cfg.login_failures_per_user,
+                login_window=cfg.login_window_seconds,
+                max_connections_per_address=cfg.max_connections_per_address,
+                max_connections=cfg.max_connections,
             )
-            ftp_factory = FTPFactory(
-                self.reactor, self.transfers, make_portal(authenticator), ftp_settings
-            )
-            self.ports["ftp"] = await serverFromString(self.reactor, with_backlog(cfg.ftp)).listen(
-                ftp_factory
-            )
+            portal = make_portal(authenticator)
+            if cfg.ftp:
+                ftp_factory = FTPFactory(self.reactor, self.transfers, portal, ftp_settings)
+                self.ports["ftp"] = await serverFromString(
+                    self.reactor, with_backlog(cfg.ftp)
+                ).listen(ftp_factory)
+            if cfg.ftps:
+                # Implicit FTPS: TLS from the first byte, PROT P by default.
+                # The same options object, so sessions resume across both.
+                implicit = FTPFactory(
+                    self.reactor,
+                    self.transfers,
+                    portal,
+                    attrs.evolve(ftp_settings, implicit_tls=True),
+                    share_limits_with=ftp_factory,
+                )
+                self.ports["ftps"] = await serverFromString(
+                    self.reactor, with_backlog(cfg.ftps)
+                ).listen(implicit_tls_factory(implicit))
+                ftp_factory = ftp_factory or implicit
         if cfg.http or cfg.https:
             import attrs
 

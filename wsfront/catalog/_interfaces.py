@@ -289,3 +289,11 @@ class ICatalog(Interface):
 
     def close():
         """Stop the thread pool and close the connections; fires when done."""
+
+    # -- file times ----------------------------------------------------------
+
+    def set_mtime(path, mtime):
+        """Set the modification time (POSIX seconds) of a file's committed
+        version or of a directory; fire with the new Entry.  Content, ETag
+        and any pending upload are untouched.  NotFound (also for a file with
+        only a pending upload)."""

@@ -230,3 +230,21 @@ def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
 
 
 __all__ = ["delete", "list_dir", "makedirs", "mkdir", "rename", "resolve", "rmdir", "stat"]
+
+
+def set_mtime(tx: Tx, path: str, mtime: float) -> Entry:
+    """Set the modification time a path shows (MFMT): a file's committed
+    version, or a directory's inode.  A file with only a pending upload has
+    no committed time to set (NotFound); its upload sets one on commit."""
+    parts = split_path(path)
+    row = resolve_existing(tx, parts)
+    if row["kind"] == DIR:
+        tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ?", mtime, row["inode"])
+    elif row["version_id"] is None:
+        raise NotFound(f"{path} has no committed version")
+    else:
+        tx.execute("UPDATE versions SET mtime = ? WHERE version_id = ?", mtime, row["version_id"])
+    return full_entry(tx, parts, resolve_existing(tx, parts))
+
+
+__all__.append("set_mtime")

@@ -345,3 +345,8 @@ class SqlCatalog:
     def close(self) -> Deferred:
         self._runner.close()
         return succeed(None)
+
+    # -- file times (MFMT) ---------------------------------------------------
+
+    def set_mtime(self, path: str, mtime: float) -> Deferred:
+        return self._write(_namespace.set_mtime, path, float(mtime))

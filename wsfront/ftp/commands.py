@@ -30,7 +30,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "SYST": _spec(False, False, "(system type)"),
     "FEAT": _spec(False, False, "(list extensions)"),
     "HELP": _spec(False, False, "[<command>]"),
-    "OPTS": _spec(False, True, "UTF8 ON | MLST <facts>"),
+    "OPTS": _spec(False, True, "UTF8 ON | MLST <facts> | HASH [<algorithm>]"),
     "TYPE": _spec(True, True, "A | I"),
     "MODE": _spec(True, True, "S"),
     "STRU": _spec(True, True, "F"),
@@ -60,12 +60,21 @@ COMMANDS: dict[str, CommandSpec] = {
     "MLSD": _spec(True, False, "[<directory>]"),
     "ABOR": _spec(True, False, "(abort the transfer)"),
     "STAT": _spec(True, False, "(server status)"),
+    "ACCT": _spec(False, False, "<account> (not needed)"),
+    "MFMT": _spec(True, True, "YYYYMMDDHHMMSS[.sss] <file>"),
+    "HASH": _spec(True, True, "<file> (digest, algorithm set with OPTS HASH)"),
+    "SITE": _spec(True, True, "HELP | CHMOD <mode> <path>"),
+    "AUTH": _spec(False, True, "TLS"),
+    "PBSZ": _spec(False, True, "0"),
+    "PROT": _spec(False, True, "C | P"),
 }
 
 FEATURES: tuple[str, ...] = (
     "EPRT",
     "EPSV",
+    "HASH",
     "MDTM",
+    "MFMT",
     "MLST",
     "PASV",
     "REST STREAM",
@@ -73,7 +82,8 @@ FEATURES: tuple[str, ...] = (
     "TVFS",
     "UTF8",
 )
-"""FEAT lines; ``MLST`` is expanded with its facts by the protocol."""
+"""FEAT lines; ``MLST`` and ``HASH`` are expanded by the protocol, which
+adds the FTPS lines (AUTH TLS, PBSZ, PROT) when a certificate is configured."""
 
 
 def help_lines() -> list[str]:

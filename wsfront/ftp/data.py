@@ -18,7 +18,7 @@ from collections.abc import Callable
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,17 +33,34 @@ class DataConnectionFailed(Exception):
     """No data connection could be made (FTP 425)."""
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class DataChannel(Protocol):
     """One data connection.  Reads stay paused until a transfer claims it:
     ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
 
     ``closed`` fires with the reason (an exception instance: ConnectionDone
     for a clean close) when the connection is gone.
+
+    With PROT P the transfer calls ``start_tls`` before any byte moves: the
+    server side of the handshake, whichever end opened the TCP connection.
+    ``watch_stall`` cuts a connection on which nothing moved either way for
+    a while (the client stopped reading or sending without closing).
     """
+
+    outgoing = False
+    """True for an active-mode connection (we connected to the client)."""
 
     def __init__(self, on_connect: Callable[[DataChannel], None] | None = None) -> None:
         self._on_connect = on_connect
+        self._clock = None
+        self._stall_timeout = 0.0
+        self._stall_call = None
+        self._last_activity = 0.0
+        self._on_stall: list[Callable[[], None]] = []
+        self.stalled = False
+        self.reading_paused = False
+        self.tls = False
+        self._handshake: Deferred | None = None
         self.closed: Deferred = Deferred()
         self.received = 0
         self.sent = 0
@@ -63,15 +80,75 @@ class DataChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._sink is not None:
             self.received += len(data)
+            self.activity()
             self._sink(data)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
         self.is_closed = True
+        self._cancel_stall()
+        self.handshakeCompleted()  # nobody waits for a handshake that can't come
         waiters, self._resume_waiters = self._resume_waiters, []
         for d in waiters:
             d.callback(None)
         # The exception itself, not the Failure: a Failure would errback.
         self.closed.callback(getattr(reason, "value", reason))
+
+    # -- TLS and stalls -----------------------------------------------
+
+    def start_tls(self, options) -> None:
+        """Protect this connection (PROT P): we are the TLS server even when
+        we opened the TCP connection (active mode).  Bytes the client sent
+        first wait in the socket, since reads are still paused."""
+        self._handshake = Deferred()
+        self.transport.startTLS(options, not self.outgoing)
+        self.tls = True
+
+    def handshakeCompleted(self) -> None:
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.callback(None)
+
+    def watch_stall(
+        self, clock, timeout: float, on_stall: Callable[[], None] | None = None
+    ) -> None:
+        """Cut the connection (after calling ``on_stall``) once no byte has
+        moved either way for ``timeout`` seconds."""
+        if on_stall is not None:
+            self._on_stall.append(on_stall)
+        if self._clock is not None or timeout <= 0 or self.is_closed:
+            return
+        self._clock = clock
+        self._stall_timeout = timeout
+        self.activity()
+        self._stall_call = clock.callLater(timeout, self._check_stall)
+
+    def on_stall(self, hook: Callable[[], None]) -> None:
+        self._on_stall.append(hook)
+
+    def activity(self) -> None:
+        if self._clock is not None:
+            self._last_activity = self._clock.seconds()
+
+    def _check_stall(self) -> None:
+        self._stall_call = None
+        if self.is_closed:
+            return
+        if self.reading_paused:
+            self.activity()  # waiting on our side (storage) is not the client stalling
+        idle = self._clock.seconds() - self._last_activity
+        if idle < self._stall_timeout:
+            self._stall_call = self._clock.callLater(self._stall_timeout - idle, self._check_stall)
+            return
+        self.stalled = True
+        hooks, self._on_stall = self._on_stall, []
+        for hook in hooks:
+            hook()
+        self.abort()
+
+    def _cancel_stall(self) -> None:
+        call, self._stall_call = self._stall_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     # -- uploads -------------------------------------------------------
 
@@ -89,7 +166,7 @@ class DataChannel(Protocol):
         self._sink = sink
         self.claimed = True
         self.transport.resumeProducing()
-        consumer.registerProducer(self.transport, True)
+        consumer.registerProducer(_ReadPacer(self), True)
 
     # -- downloads -----------------------------------------------------
 
@@ -111,7 +188,9 @@ class DataChannel(Protocol):
             return fail(net_error.ConnectionDone("data connection closed"))
         if not self._registered_self():
             self.transport.registerProducer(self, True)
+            self._producer_registered = True
         self.sent += len(data)
+        self.activity()
         self.transport.write(data)
         if not self._paused:
             return succeed(None)
@@ -120,12 +199,21 @@ class DataChannel(Protocol):
         return d
 
     def _registered_self(self) -> bool:
-        return getattr(self.transport, "producer", None) is self
+        return self._producer_registered
+
+    _producer_registered = False
 
     def close(self) -> Deferred:
-        """Flush and close; fires with the reason once closed."""
+        """Flush and close; fires with the reason once closed.  A TLS
+        connection closes only after its handshake (Twisted aborts one
+        closed before it: an empty listing would reach the client as a
+        reset); the stall watch bounds that wait."""
+        if self._handshake is not None and not self.is_closed:
+            self._handshake.addCallback(lambda _: self.close())
+            return self.closed_reason()
         if not self.is_closed:
             if self._registered_self():
+                self._producer_registered = False
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
         return self.closed_reason()
@@ -164,6 +252,27 @@ def _drop(data: bytes) -> None:
     return None
 
 
+@implementer(IPushProducer)
+class _ReadPacer:
+    """What an upload's consumer pauses: the data connection's reading,
+    noted on the channel so the stall watch knows the wait is ours."""
+
+    def __init__(self, channel: DataChannel) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        self._channel.reading_paused = True
+        self._channel.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._channel.reading_paused = False
+        self._channel.activity()
+        self._channel.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._channel.transport.stopProducing()
+
+
 @implementer(IConsumer)
 class _ChannelConsumer:
     """What a ``ReadStream`` writes into: the data connection, through the
@@ -187,6 +296,7 @@ class _ChannelConsumer:
         if self._encode is not None:
             data = self._encode(data)
         self._channel.sent += len(data)
+        self._channel.activity()
         self._channel.transport.write(data)
 
 
@@ -304,7 +414,9 @@ class _ActiveFactory(ClientFactory):
         self.result: Deferred = Deferred()
 
     def buildProtocol(self, addr):
-        return DataChannel(self._connected)
+        channel = DataChannel(self._connected)
+        channel.outgoing = True
+        return channel
 
     def _connected(self, channel: DataChannel) -> None:
         if self.result.called:

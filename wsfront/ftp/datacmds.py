@@ -28,6 +28,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
+from wsfront.ftp.replies import Reply
 from wsfront.transfer.errors import SessionFenced, TransferAborted
 
 _LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
@@ -104,8 +105,6 @@ class Transfer:
 async def _run(ctl, verb: str, body) -> None:
     """Run ``body(transfer)`` as the connection's transfer; its errors become
     replies, sent before anyone waiting on the transfer (ABOR) is told."""
-    from wsfront.ftp.protocol import Reply
-
     transfer = Transfer(verb)
     ctl.transfer = transfer
     try:
@@ -124,8 +123,6 @@ async def _run(ctl, verb: str, body) -> None:
 
 async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
     """The data connection PASV/EPSV or PORT/EPRT prepared, once it is up."""
-    from wsfront.ftp.protocol import Reply
-
     timeout = ctl.settings.data_timeout
     listener = ctl.passive
     if listener is not None:
@@ -150,13 +147,17 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
     if transfer.aborted:
         channel.abort()
         raise TransferAborted("aborted")
+    if ctl.protection.private:
+        channel.start_tls(ctl.settings.tls)
+    channel.watch_stall(ctl.reactor, timeout)
     return channel
+
+
+STALLED = "Data connection timed out (nothing moved for too long)"
 
 
 async def _close_cleanly(ctl, channel: DataChannel) -> None:
     """Flush and close the data connection; 426 unless it closed cleanly."""
-    from wsfront.ftp.protocol import Reply
-
     reason = await channel.close()
     if not isinstance(reason, net_error.ConnectionDone):
         raise Reply(426, "Data connection lost; transfer aborted")
@@ -167,8 +168,6 @@ async def _close_cleanly(ctl, channel: DataChannel) -> None:
 
 async def retrieve(ctl, path: str, offset: int) -> None:
     """RETR from ``offset`` (REST): the committed version, streamed."""
-    from wsfront.ftp.protocol import Reply
-
     handle = await ctl.transfers.open_read(ctl.user, path, offset)
 
     async def body(transfer: Transfer) -> None:
@@ -189,6 +188,8 @@ async def retrieve(ctl, path: str, offset: int) -> None:
             ctl.stats.bytes_sent += channel.sent
             if transfer.aborted:
                 raise
+            if channel.stalled:
+                raise Reply(426, STALLED + "; transfer aborted") from None
             if gone:
                 raise Reply(426, "Data connection closed; transfer aborted") from None
             raise
@@ -208,8 +209,6 @@ async def store(
 ) -> None:
     """STOR at ``offset`` (REST), or APPE: at ``offset`` when SIZE told the
     client a size on this connection, else at the size the user sees."""
-    from wsfront.ftp.protocol import Reply
-
     if path == "/":
         raise catalog_errors.IsADirectory("/")
 
@@ -242,6 +241,7 @@ async def store(
         channel.closed_reason().addCallback(lambda reason: settle("closed", reason))
         session.when_failed().addErrback(lambda f: settle("failed", f.value))
         transfer.on_abort(lambda: settle("aborted"))
+        channel.on_stall(lambda: settle("stalled"))
         decoder = None if ctl.binary else FromNetwork()
         channel.receive_into(session, decoder.feed if decoder is not None else None)
         transfer.streaming_upload = True
@@ -254,6 +254,10 @@ async def store(
             await session.interrupt()
             ctl.stats.transfers_aborted += 1
             raise Reply(426, "Transfer aborted; the upload is kept, resume it with REST or APPE")
+        if tag == "stalled":
+            await session.interrupt()
+            ctl.stats.transfers_aborted += 1
+            raise Reply(426, STALLED + "; the upload is kept, resume it with REST or APPE")
         if tag == "failed":
             channel.abort()
             if isinstance(value, TransferAborted):
@@ -317,8 +321,6 @@ def _catalog_entry(user, entry) -> listing.Entry:
 
 async def list_dir(ctl, argument: str, verb: str) -> None:
     """LIST, NLST or MLSD of a directory (page by page) or of one file."""
-    from wsfront.ftp.protocol import Reply
-
     if verb != "MLSD":
         argument = _LIST_OPTIONS.sub("", argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
@@ -358,6 +360,8 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
                         break
                     after = entries[-1].name
         except net_error.ConnectionDone:
+            if channel.stalled:
+                raise Reply(426, STALLED + "; listing aborted") from None
             raise Reply(426, "Data connection closed; listing aborted") from None
         except Exception:
             channel.abort()

@@ -39,6 +39,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (catalog_errors.InvalidOffset, 554, "Restart offset beyond the end of the file"),
     (catalog_errors.QuotaExceeded, 552, "Quota exceeded"),
     (catalog_errors.AuthFailed, 530, "Login incorrect"),
+    (catalog_errors.HashMismatch, 451, "Read back data does not match the file's recorded hash"),
 )
 
 UNEXPECTED = (451, "Local error in processing")

@@ -10,6 +10,8 @@ catalog, and the settings.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from twisted.cred import credentials
 from twisted.cred.portal import Portal
@@ -19,6 +21,7 @@ from twisted.internet.protocol import ServerFactory
 from wsfront.auth import IUser
 from wsfront.catalog.errors import AuthFailed
 from wsfront.catalog.records import User
+from wsfront.limits import ConnectionLimits, LoginThrottle
 from wsfront.transfer.service import Transfers
 
 ANONYMOUS_NAMES = frozenset({"anonymous", "ftp"})
@@ -33,6 +36,20 @@ class FTPSettings:
     address the client connected to, right on a LAN, wrong behind NAT).
     ``anonymous_root`` is the catalog directory anonymous users see,
     read-only, when ``anonymous`` is on.
+
+    The control connection's queue: once ``max_queued_commands`` lines wait,
+    ABOR, STAT and QUIT jump it; reading pauses past ``max_queued_lines`` or
+    ``max_queued_bytes`` (memory per client stays bounded).
+
+    FTPS: ``tls`` is the one TLS server options object
+    (``security.server_tls_options``) for control and data connections, None
+    for no FTPS; ``implicit_tls`` marks a factory mounted behind TLS from
+    the first byte; ``require_tls`` refuses logins (and data transfers)
+    without TLS, ``require_tls_users`` does so for the named users.
+
+    Limits (``wsfront.limits``, one of each per factory): failed logins per
+    address and per user within ``login_window`` seconds, then 421 before
+    any password is checked; open connections per address and in total.
     """
 
     passive_ports: tuple[int, int] | None = None
@@ -44,7 +61,18 @@ class FTPSettings:
     data_timeout: float = 30.0
     max_login_failures: int = 3
     max_queued_commands: int = 64
+    max_queued_lines: int = 1024
+    max_queued_bytes: int = 64 * 1024
     listing_page: int = 1000
+    tls: Any = None
+    implicit_tls: bool = False
+    require_tls: bool = False
+    require_tls_users: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    login_failures_per_address: int = 10
+    login_failures_per_user: int = 50
+    login_window: float = 300.0
+    max_connections_per_address: int | None = 256
+    max_connections: int | None = 4096
 
 
 @attrs.define
@@ -70,13 +98,31 @@ class FTPFactory(ServerFactory):
         transfers: Transfers,
         portal: Portal | None,
         settings: FTPSettings | None = None,
+        *,
+        share_limits_with: FTPFactory | None = None,
     ) -> None:
+        """``share_limits_with``: another factory of the same front end (the
+        implicit FTPS port beside the FTP port) whose login throttle and
+        connection counts this one uses too, so a second port doubles
+        neither the guesses nor the connections an address gets."""
         self.reactor = reactor
         self.transfers = transfers
         self.portal = portal
         self.settings = settings or FTPSettings()
         self.stats = FTPStats()
         self.sessions: set = set()
+        if share_limits_with is not None:
+            self.throttle = share_limits_with.throttle
+            self.connections = share_limits_with.connections
+            return
+        s = self.settings
+        self.throttle = LoginThrottle(
+            reactor,
+            per_address=s.login_failures_per_address,
+            per_user=s.login_failures_per_user,
+            window=s.login_window,
+        )
+        self.connections = ConnectionLimits(s.max_connections_per_address, s.max_connections)
 
     def buildProtocol(self, addr):
         from wsfront.ftp.protocol import FTPControl

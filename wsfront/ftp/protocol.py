@@ -18,17 +18,20 @@ or active address, and the sizes SIZE last reported (APPE resumes there).
 from __future__ import annotations
 
 import inspect
+import math
 from collections import deque
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from wsfront import paths
 from wsfront.catalog.errors import AuthFailed
-from wsfront.ftp import addresses, datacmds, listing, replies
+from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
 from wsfront.ftp.errors_map import is_expected, reply_for
@@ -40,23 +43,54 @@ from wsfront.ftp.parsing import (
     Malformed,
     format_time_value,
     parse_line,
+    parse_mfmt,
     parse_offset,
 )
-from wsfront.ftp.replies import quote_path
+from wsfront.ftp.replies import Reply, quote_path
 
 log = Logger()
 
 OUT_OF_BAND = frozenset({"ABOR", "STAT"})
 """Commands acted on at once while a transfer runs (the rest queue behind it)."""
 
+URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
+"""Commands acted on at once, ahead of the queue, once it holds more than
+``max_queued_commands`` lines: a client that pipelined a flood can still
+abort its transfer, ask for status, or leave."""
 
-class Reply(Exception):
-    """A command's answer raised from deep inside it (``501 ...``)."""
 
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{code} {text}")
-        self.code = code
-        self.text = text
+def socket_host(transport) -> str:
+    """The local address of the socket under ``transport``: below the TLS
+    and PROXY-protocol wrappers (whose ``getHost`` is the balancer's idea of
+    the destination), where a passive data port can actually be opened."""
+    while isinstance(transport, ProtocolWrapper) and transport.transport is not None:
+        transport = transport.transport
+    return getattr(transport.getHost(), "host", "")
+
+
+def awaiting_proxy_header(transport, then) -> bool:
+    """True when ``transport`` sits on a PROXY-protocol wrapper
+    (``haproxy:`` endpoints) whose header has not arrived yet; ``then()`` is
+    called once it has.  Twisted's wrapper connects the protocol before the
+    header, when ``getPeer()`` is still the balancer's address, and says
+    nothing when the header arrives alone, so its ``dataReceived`` is
+    watched until it has parsed one."""
+    while isinstance(transport, ProtocolWrapper) and not isinstance(
+        transport, HAProxyProtocolWrapper
+    ):
+        transport = transport.transport
+    if not isinstance(transport, HAProxyProtocolWrapper) or transport._proxyInfo is not None:
+        return False
+    wrapper, original = transport, transport.dataReceived
+
+    def watch(data: bytes) -> None:
+        original(data)
+        if wrapper._proxyInfo is not None:
+            del wrapper.dataReceived
+            then()
+
+    wrapper.dataReceived = watch
+    return True
 
 
 class FTPControl(Protocol):
@@ -72,7 +106,14 @@ class FTPControl(Protocol):
         self._queue: deque = deque()
         self._busy = False
         self._paused_reading = False
+        self._queued_bytes = 0
         self._idle_call = None
+        self._tls_switching = False
+        self._admitted = False
+        self._header_call = None
+        self._started = False
+        self.peer_host = ""
+        self._hashing = None
         self.connected_ = False
         # Session state.
         self.user = None
@@ -87,11 +128,39 @@ class FTPControl(Protocol):
         self.epsv_all = False
         self.sizes: dict[str, int] = {}
         self.mlst_facts: tuple[str, ...] = listing.MLST_FACTS
+        self.hash_algorithm = hashing.DEFAULT
         self.transfer: datacmds.Transfer | None = None
+        tls = self.settings.tls is not None
+        implicit = tls and self.settings.implicit_tls
+        self.protection = security.Protection.implicit() if implicit else security.Protection(tls)
 
     # -- connection ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        if awaiting_proxy_header(self.transport, self._start_session):
+            # A balancer sends its header at once; a peer that doesn't goes.
+            self._header_call = self.reactor.callLater(
+                self.settings.data_timeout, self.transport.abortConnection
+            )
+            return
+        self._start_session()
+
+    def _start_session(self) -> None:
+        """Admit the client and greet it, knowing its real address (behind
+        a PROXY-protocol balancer, the one its header names)."""
+        if self._started:
+            return
+        self._started = True
+        call, self._header_call = self._header_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        refused = self.factory.connections.admit(self.peer_host)
+        if refused is not None:
+            self.transport.write(replies.reply(421, f"Too many connections {refused}"))
+            self.transport.loseConnection()
+            return
+        self._admitted = True
         self.connected_ = True
         self.stats.connections += 1
         self.factory.sessions.add(self)
@@ -99,16 +168,24 @@ class FTPControl(Protocol):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass  # not a TCP transport (tests)
-        self.peer_host = getattr(self.transport.getPeer(), "host", "")
-        self.local_host = getattr(self.transport.getHost(), "host", "")
+        self.local_host = socket_host(self.transport)
         self._arm_idle()
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
+        call, self._header_call = self._header_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.factory.connections.release(self.peer_host)
         self.connected_ = False
         self.factory.sessions.discard(self)
         self._cancel_idle()
         self._queue.clear()
+        if self._hashing is not None:
+            self._hashing.stopProducing()
         if self.transfer is not None:
             self.transfer.control_lost(self.reactor, self.settings.data_timeout)
         if self.passive is not None:
@@ -116,28 +193,50 @@ class FTPControl(Protocol):
             self.passive = None
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._started:
+            # Behind a PROXY wrapper: its header was parsed just now, and a
+            # command arrived in the same read.
+            self._start_session()
+        if self._tls_switching:
+            return  # plain text after AUTH TLS: never run (CVE-2011-0411)
         self._arm_idle()
         for line in self._lines.feed(data):
             if not self.connected_:
                 return
             parsed = line if isinstance(line, LineTooLong) else parse_line(line)
-            if (
-                isinstance(parsed, Command)
-                and parsed.verb in OUT_OF_BAND
-                and self.transfer is not None
-                and self.user is not None
-            ):
+            if isinstance(parsed, Command) and self._urgent(parsed):
                 self._run(parsed)
                 continue
-            self._queue.append(parsed)
-        if len(self._queue) > self.settings.max_queued_commands and not self._paused_reading:
+            size = len(line) + 2 if isinstance(line, bytes) else 0
+            self._queue.append((parsed, size))
+            self._queued_bytes += size
+            if isinstance(parsed, Command) and parsed.verb == "AUTH" and parsed.argument.strip():
+                # What follows AUTH in this read was sent in plain text.
+                self._tls_switching = True
+                self._lines = LineBuffer()
+                break
+        if (
+            len(self._queue) > self.settings.max_queued_lines
+            or self._queued_bytes > self.settings.max_queued_bytes
+        ) and not self._paused_reading:
             self._paused_reading = True
             self.transport.pauseProducing()
         self._pump()
 
+    def _urgent(self, command: Command) -> bool:
+        """Whether ``command`` acts now, ahead of the queued ones."""
+        if self.user is None:
+            return False
+        if command.verb in OUT_OF_BAND and self.transfer is not None:
+            return True
+        full = len(self._queue) >= self.settings.max_queued_commands
+        return full and command.verb in URGENT_WHEN_FULL
+
     def _pump(self) -> None:
         while self._queue and not self._busy and self.connected_:
-            d = self._run(self._queue.popleft())
+            parsed, size = self._queue.popleft()
+            self._queued_bytes -= size
+            d = self._run(parsed)
             if d is not None and not d.called:
                 self._busy = True
                 d.addBoth(self._command_done)
@@ -252,8 +351,17 @@ class FTPControl(Protocol):
 
     # -- login --------------------------------------------------------
 
+    def tls_required(self, name: str) -> bool:
+        """Whether ``name`` may log in only over a TLS control connection."""
+        if self.protection.active:
+            return False
+        return self.settings.require_tls or name in self.settings.require_tls_users
+
     def ftp_USER(self, argument: str) -> None:
         self.user = None
+        self._login_name = None
+        if self.tls_required(argument):
+            raise Reply(530, "TLS required: send AUTH TLS before logging in")
         self._login_name = argument
         if argument.lower() in ("anonymous", "ftp") and self.settings.anonymous:
             self.reply(331, "Anonymous login ok, send your e-mail address as password")
@@ -264,15 +372,28 @@ class FTPControl(Protocol):
         if self._login_name is None:
             raise Reply(503, "Log in with USER first")
         name, self._login_name = self._login_name, None
+        throttle = self.factory.throttle
+        # Counted as an attempt until decided: parallel connections can't
+        # slip more guesses past the limit while scrypt runs.
+        wait = throttle.begin(name, self.peer_host)
+        if wait is not None:
+            self.reply(421, f"Too many failed logins, try again in {math.ceil(wait)} seconds")
+            self.transport.loseConnection()
+            return
         try:
             user = await self.factory.login(name, argument)
         except AuthFailed:
+            throttle.failed(name, self.peer_host)
             self._login_failures += 1
             if self._login_failures >= self.settings.max_login_failures:
                 self.reply(421, "Too many failed logins, closing the control connection")
                 self.transport.loseConnection()
                 return
             raise Reply(530, "Login incorrect") from None
+        except BaseException:
+            throttle.abandoned(name, self.peer_host)  # the check itself failed
+            raise
+        throttle.succeeded(name, self.peer_host)
         self.user = user
         self.cwd = "/"
         self.stats.logins += 1
@@ -324,14 +445,33 @@ class FTPControl(Protocol):
             self.mlst_facts = listing.parse_opts_mlst(value)
             self.reply(200, listing.opts_mlst_reply_text(self.mlst_facts))
             return
+        if option == "HASH":
+            if value.strip(" "):
+                try:
+                    self.hash_algorithm = hashing.select(value)
+                except hashing.UnknownAlgorithm as e:
+                    raise Reply(501, str(e)) from None
+            self.reply(200, self.hash_algorithm)
+            return
         raise Reply(501, f"Unknown option {option}")
 
-    def ftp_FEAT(self, argument: str) -> None:
-        lines = ["Features:"]
+    def feature_lines(self) -> list[str]:
+        """What FEAT lists: FEATURES with MLST and HASH expanded, and the
+        FTPS lines when a certificate is configured."""
+        lines = []
         for feature in FEATURES:
-            text = listing.feat_mlst_line(self.mlst_facts) if feature == "MLST" else feature
-            lines.append(" " + text)
-        lines.append("End")
+            if feature == "MLST":
+                lines.append(listing.feat_mlst_line(self.mlst_facts))
+            elif feature == "HASH":
+                lines.append(hashing.feat_line(self.hash_algorithm))
+            else:
+                lines.append(feature)
+        if self.protection.available:
+            lines.extend(security.FEAT_LINES)
+        return sorted(lines)
+
+    def ftp_FEAT(self, argument: str) -> None:
+        lines = ["Features:", *(" " + line for line in self.feature_lines()), "End"]
         self.reply_lines(211, lines)
 
     def ftp_HELP(self, argument: str) -> None:
@@ -347,6 +487,58 @@ class FTPControl(Protocol):
 
     def ftp_ALLO(self, argument: str) -> None:
         self.reply(202, "No storage allocation necessary")
+
+    def ftp_ACCT(self, argument: str) -> None:
+        self.reply(202, "ACCT not needed, superfluous at this site")
+
+    # -- FTPS (wsfront.ftp.security) ------------------------------------
+
+    def ftp_AUTH(self, argument: str) -> None:
+        try:
+            self.protection.check_auth(argument)
+        except Reply:
+            self._tls_switching = False
+            raise
+        # RFC 4217 4: a USER sent before AUTH does not count after it.
+        self._login_name = None
+        self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
+        self.transport.startTLS(self.settings.tls)
+        self.protection.started()
+        self._tls_switching = False
+
+    def ftp_PBSZ(self, argument: str) -> None:
+        self.reply(200, self.protection.set_pbsz(argument))
+
+    def ftp_PROT(self, argument: str) -> None:
+        self.reply(200, self.protection.set_prot(argument))
+
+    def need_protection(self) -> None:
+        """Refuse a data transfer in clear when TLS is required (521)."""
+        if self.protection.private:
+            return
+        if self.settings.require_tls or self.user.name in self.settings.require_tls_users:
+            raise Reply(521, "PROT P required: data connections must use TLS")
+
+    # -- SITE -------------------------------------------------------------
+
+    SITE_HELP = {"CHMOD": "<mode> <path> (accepted, no effect: wsfs keeps no modes)",
+                 "HELP": "(this list)"}  # fmt: skip
+
+    async def ftp_SITE(self, argument: str) -> None:
+        sub, _, rest = argument.strip(" ").partition(" ")
+        sub = sub.upper()
+        if sub == "HELP":
+            rows = [f" {verb} {text}" for verb, text in sorted(self.SITE_HELP.items())]
+            self.reply_lines(214, ["SITE commands:", *rows, "End"])
+            return
+        if sub == "CHMOD":
+            mode, _, name = rest.strip(" ").partition(" ")
+            if not mode or not name or not all(c in "01234567" for c in mode) or len(mode) > 4:
+                raise Reply(501, "Syntax: SITE CHMOD <octal mode> <path>")
+            await self.transfers.stat(self.user, self.path(name))
+            self.reply(200, "SITE CHMOD ok (no effect: wsfs keeps no file modes)")
+            return
+        raise Reply(504, f"SITE {sub[:20]} not supported; see SITE HELP")
 
     # -- navigation ---------------------------------------------------
 
@@ -430,6 +622,37 @@ class FTPControl(Protocol):
             raise Reply(550, "Not a regular file")
         self.reply(213, format_time_value(info.mtime))
 
+    async def ftp_MFMT(self, argument: str) -> None:
+        """MFMT (draft-somers-ftp-mfxx): set a file's modification time, so
+        ``lftp mirror -R`` finds it unchanged next time."""
+        self.need_write()
+        mtime, name = parse_mfmt(argument)
+        target = self.path(name)
+        info = await self.transfers.stat(self.user, target)
+        if info.is_dir:
+            raise Reply(550, "Not a regular file")
+        if info.pending:
+            raise Reply(550, "File has no committed version yet")
+        full = self.transfers.full_path(self.user, target)
+        entry = await self.transfers.catalog.set_mtime(full, mtime)
+        self.reply(213, f"Modify={format_time_value(entry.mtime)}; {name}")
+
+    async def ftp_HASH(self, argument: str) -> None:
+        """HASH (wsfront.ftp.hashing): the digest of the committed version."""
+        target = self.path(argument)
+        algorithm = self.hash_algorithm
+
+        def started(stream):
+            self._hashing = stream
+
+        try:
+            size, digest = await hashing.file_digest(
+                self.transfers, self.user, target, algorithm, on_stream=started
+            )
+        finally:
+            self._hashing = None
+        self.reply(213, hashing.reply_text(algorithm, size, digest, argument))
+
     async def ftp_MLST(self, argument: str) -> None:
         target = self.path(argument) if argument.strip(" ") else self.cwd
         info = await self.transfers.stat(self.user, target)
@@ -509,30 +732,37 @@ class FTPControl(Protocol):
     # -- transfers (wsfront.ftp.datacmds) -----------------------------
 
     def ftp_RETR(self, argument: str):
+        self.need_protection()
         return datacmds.retrieve(self, self.path(argument), self.take_rest())
 
     def ftp_STOR(self, argument: str):
         self.need_write()
+        self.need_protection()
         return datacmds.store(self, self.path(argument), self.take_rest())
 
     def ftp_APPE(self, argument: str):
         self.need_write()
+        self.need_protection()
         self.rest = None
         target = self.path(argument)
         return datacmds.store(self, target, self.sizes.get(target), append=True)
 
     def ftp_STOU(self, argument: str):
         self.need_write()
+        self.need_protection()
         self.rest = None
         return datacmds.store_unique(self, argument)
 
     def ftp_LIST(self, argument: str):
+        self.need_protection()
         return datacmds.list_dir(self, argument, "LIST")
 
     def ftp_NLST(self, argument: str):
+        self.need_protection()
         return datacmds.list_dir(self, argument, "NLST")
 
     def ftp_MLSD(self, argument: str):
+        self.need_protection()
         return datacmds.list_dir(self, argument, "MLSD")
 
     def ftp_ABOR(self, argument: str):

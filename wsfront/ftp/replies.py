@@ -65,6 +65,15 @@ TEXTS: dict[int, str] = {
 """Default texts by code, for replies whose wording needs nothing specific."""
 
 
+class Reply(Exception):
+    """A command's answer raised from deep inside it (``501 ...``)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
 def _check_code(code: int) -> None:
     if not 100 <= code <= 599:
         raise ValueError(f"FTP reply codes are 100-599, not {code}")

@@ -1,0 +1,525 @@
+"""FTPS (RFC 4217): explicit AUTH TLS and implicit TLS, with real clients.
+
+A certificate is made on the fly (``tests.tls_support``).  ftplib's FTP_TLS
+runs in a thread (PROT P transfers checked with sha256, TLS session reuse
+on data connections checked from the client's side), curl and lftp run as
+subprocesses; raw clients check the reply codes of AUTH/PBSZ/PROT in every
+order, the require-TLS policy, and hostile handshakes.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import socket
+import ssl
+import warnings
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, threads
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.support import require_tool
+from tests.tls_support import self_signed
+from wsfront.catalog.errors import NotFound
+from wsfront.ftp.factory import FTPSettings
+from wsfront.ftp.security import server_tls_options
+
+MiB = 1 << 20
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(min(size, 64 * 1024) or 1)
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+def _settings(certificate, **kw) -> FTPSettings:
+    return FTPSettings(data_timeout=10.0, tls=server_tls_options(certificate.pem), **kw)
+
+
+async def _start(tmp_path, settings, **kw) -> FTPEnv:
+    from twisted.internet import reactor
+
+    return await FTPEnv(reactor, tmp_path, settings, **kw).start()
+
+
+@pytest.fixture
+def ftps(tmp_path, certificate):
+    env = pytest_twisted.blockon(defer.ensureDeferred(_start(tmp_path, _settings(certificate))))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+def _context(certificate) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificate.cert_path))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class RecordingFTP_TLS(ftplib.FTP_TLS):
+    """FTP_TLS that offers the control connection's TLS session on each data
+    connection, as FileZilla and lftp do (Python 3.11's ftplib does not),
+    and notes per data connection whether it was TLS and whether the
+    server resumed that session."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.data_connections: list[tuple[bool, bool]] = []
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session
+            )
+        tls = isinstance(conn, ssl.SSLSocket)
+        self.data_connections.append((tls, tls and conn.session_reused))
+        return conn, size
+
+
+class ImplicitFTP_TLS(RecordingFTP_TLS):
+    """Implicit FTPS: the control socket speaks TLS from its first byte."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+# -- ftplib ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_prot_p_round_trip_resumes_the_control_session(ftps, certificate):
+    data = payload(2 * MiB + 3)
+    context = _context(certificate)
+
+    def session():
+        c = RecordingFTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)  # AUTH TLS first: FTP_TLS.login does it
+        assert c.sock.version() == "TLSv1.2"  # see wsfront.ftp.security
+        c.prot_p()
+        c.storbinary("STOR secret.bin", io.BytesIO(data))
+        got = io.BytesIO()
+        c.retrbinary("RETR secret.bin", got.write)
+        names = c.nlst()
+        c.quit()
+        return got.getvalue(), names, c.data_connections
+
+    got, names, connections = await threads.deferToThread(session)
+    assert sha256(got) == sha256(data)
+    assert names == ["secret.bin"]
+    assert [tls for tls, _ in connections] == [True, True, True]
+    assert all(reused for _, reused in connections), connections
+    assert ftps.factory.stats.uploads_committed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_below_1_2_is_refused(ftps, certificate):
+    def handshake():
+        context = _context(certificate)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1_1 is, rightly
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        c = ftplib.FTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        try:
+            c.auth()
+        except (ssl.SSLError, OSError) as e:
+            return e
+        finally:
+            c.close()
+        return None
+
+    assert await threads.deferToThread(handshake) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_prot_c_after_auth_tls_transfers_in_clear(ftps, certificate):
+    def session():
+        c = RecordingFTP_TLS(context=_context(certificate), timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_c()
+        c.storbinary("STOR clear.txt", io.BytesIO(b"in clear"))
+        got = io.BytesIO()
+        c.retrbinary("RETR clear.txt", got.write)
+        c.quit()
+        return got.getvalue(), c.data_connections
+
+    got, connections = await threads.deferToThread(session)
+    assert got == b"in clear"
+    assert connections == [(False, False), (False, False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_ftps_with_ftplib(tmp_path, certificate):
+    env = await _start(tmp_path, _settings(certificate), implicit_tls=True)
+    data = payload(MiB + 1)
+    try:
+
+        def session():
+            c = ImplicitFTP_TLS(context=_context(certificate), timeout=30)
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)  # no AUTH: TLS is already on
+            c._prot_p = True  # PROT P is the default on an implicit port
+            c.storbinary("STOR i.bin", io.BytesIO(data))
+            got = io.BytesIO()
+            c.retrbinary("RETR i.bin", got.write)
+            auth = c.sendcmd("PBSZ 0")
+            c.quit()
+            return got.getvalue(), c.data_connections, auth
+
+        got, connections, pbsz = await threads.deferToThread(session)
+        assert sha256(got) == sha256(data)
+        assert [tls for tls, _ in connections] == [True, True]
+        assert pbsz.startswith("200")
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_client_on_the_implicit_port_gets_nothing_and_others_are_served(
+    tmp_path, certificate
+):
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect
+
+    env = await _start(tmp_path, _settings(certificate), implicit_tls=True)
+    try:
+        plain = await connect(reactor, env.port)
+        plain.send(b"USER alice\r\n")
+        assert b"220" not in await plain.closed  # no plain greeting, dropped
+
+        def session():
+            c = ImplicitFTP_TLS(context=_context(certificate), timeout=30)
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            pwd = c.pwd()
+            c.quit()
+            return pwd
+
+        assert await threads.deferToThread(session) == "/"
+    finally:
+        await env.stop()
+
+
+# -- the AUTH / PBSZ / PROT state machine ---------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_pbsz_and_prot_need_auth_first_and_feat_lists_tls(ftps):
+    c = await ftps.client(login=False)
+    feat = [line.strip() for line in (await c.cmd("FEAT"))[1].split("\n")]
+    assert {"AUTH TLS", "PBSZ", "PROT"} <= set(feat)
+    assert (await c.cmd("PBSZ 0"))[0] == 503
+    assert (await c.cmd("PROT P"))[0] == 503
+    assert (await c.cmd("AUTH KERBEROS"))[0] == 504
+    assert (await c.cmd("AUTH"))[0] == 501
+    await c.login("alice", PASSWORD)
+    assert (await c.cmd("PROT P"))[0] == 503  # still no TLS
+
+
+@pytest_twisted.ensureDeferred
+async def test_prot_levels_over_tls(ftps, certificate):
+    def session():
+        c = ftplib.FTP_TLS(context=_context(certificate), timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.auth()
+        codes = []
+        for line in ["PROT P", "PBSZ x", "PBSZ 0", "PROT S", "PROT E", "PROT Q", "PROT C",
+                     "PROT P", "AUTH TLS"]:  # fmt: skip
+            try:
+                codes.append(c.sendcmd(line)[:3])
+            except ftplib.Error as e:
+                codes.append(str(e)[:3])
+        c.login("alice", PASSWORD)
+        c.quit()
+        return codes
+
+    codes = await threads.deferToThread(session)
+    assert codes == ["503", "501", "200", "536", "536", "504", "200", "200", "503"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_tls_without_a_certificate_is_431_and_feat_does_not_list_it(tmp_path):
+    env = await _start(tmp_path, FTPSettings())
+    try:
+        c = await env.client(login=False)
+        feat = (await c.cmd("FEAT"))[1]
+        assert "AUTH" not in feat and "PROT" not in feat
+        assert (await c.cmd("AUTH TLS"))[0] == 431
+        await c.login("alice", PASSWORD)  # the session goes on in clear
+        assert (await c.cmd("PWD"))[0] == 257
+    finally:
+        await env.stop()
+
+
+# -- require TLS -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_tls_refuses_plain_logins_and_clear_data(tmp_path, certificate):
+    env = await _start(tmp_path, _settings(certificate, require_tls=True))
+    try:
+        c = await env.client(login=False)
+        code, text = await c.cmd("USER alice")
+        assert code == 530 and "TLS required" in text
+        assert (await c.cmd(f"PASS {PASSWORD}"))[0] == 503  # no USER was taken
+
+        def session():
+            c = ftplib.FTP_TLS(context=_context(certificate), timeout=30)
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            try:
+                c.nlst()
+            except ftplib.Error as e:
+                clear = str(e)
+            c.prot_p()
+            c.storbinary("STOR ok.txt", io.BytesIO(b"protected"))
+            names = c.nlst()
+            c.quit()
+            return clear, names
+
+        clear, names = await threads.deferToThread(session)
+        assert clear.startswith("521") and "PROT P required" in clear
+        assert names == ["ok.txt"]
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_tls_for_listed_users_only(tmp_path, certificate):
+    env = await _start(tmp_path, _settings(certificate, require_tls_users=frozenset({"alice"})))
+    try:
+        await env.catalog.add_user("bob", "bob password")
+        c = await env.client(login=False)
+        assert (await c.cmd("USER alice"))[0] == 530
+        await c.login("bob", "bob password")  # bob may use plain FTP
+        assert (await c.stor("/b.txt", b"bob"))[0] == 226
+    finally:
+        await env.stop()
+
+
+# -- hostile handshakes ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_instead_of_a_handshake_is_dropped_and_others_are_served(ftps, certificate):
+    c = await ftps.client(login=False)
+    assert (await c.cmd("AUTH TLS"))[0] == 234
+    c.send(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(300))
+    await c.closed  # the TLS layer refuses it and the connection goes
+
+    def session():
+        good = ftplib.FTP_TLS(context=_context(certificate), timeout=30)
+        good.connect("127.0.0.1", ftps.port)
+        good.login("alice", PASSWORD)
+        pwd = good.pwd()
+        good.quit()
+        return pwd
+
+    assert await threads.deferToThread(session) == "/"
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_pipelined_after_auth_tls_in_clear_are_never_run(ftps, certificate):
+    """CVE-2011-0411 (STARTTLS command injection): a line sent in clear right
+    behind AUTH TLS must not run once TLS is up."""
+    sock = socket.create_connection(("127.0.0.1", ftps.port), timeout=30)
+
+    def session():
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"AUTH TLS\r\nMKD /injected\r\n")
+        assert f.readline().startswith(b"234")
+        tls = _context(certificate).wrap_socket(sock, server_hostname="127.0.0.1")
+        tf = tls.makefile("rb")
+        tls.sendall(b"NOOP\r\n")
+        first = tf.readline()
+        tls.sendall(b"QUIT\r\n")
+        tf.readline()
+        tls.close()
+        return first
+
+    first = await threads.deferToThread(session)
+    assert first.startswith(b"200")  # the NOOP's answer, not the MKD's
+    with pytest.raises(NotFound):
+        await ftps.catalog.stat(ftps.env.user.root + "/injected")
+
+
+# -- curl and lftp -------------------------------------------------------------------
+
+
+async def _run(tool: str, *args: str, cwd=None) -> tuple[str, str]:
+    exe = require_tool(tool)
+    out, err, code = await getProcessOutputAndValue(
+        exe, list(args), env=dict(os.environ), path=str(cwd) if cwd else None
+    )
+    text_out, text_err = out.decode(errors="replace"), err.decode(errors="replace")
+    assert code == 0, f"{tool} {' '.join(args)} exited {code}: {text_err[-2000:]}"
+    return text_out, text_err
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_ssl_reqd_upload_and_download(ftps, certificate, tmp_path):
+    data = payload(3 * MiB + 7)
+    src, dst = tmp_path / "up.bin", tmp_path / "down.bin"
+    src.write_bytes(data)
+    url = f"ftp://127.0.0.1:{ftps.port}/curl.bin"
+    auth = f"alice:{PASSWORD}"
+    common = ["--ssl-reqd", "--cacert", str(certificate.cert_path), "-u", auth, "-sS"]
+    await _run("curl", *common, "-T", str(src), url)
+    await _run("curl", *common, "-o", str(dst), url)
+    assert sha256(dst.read_bytes()) == sha256(data)
+    # Without a certificate on the server, --ssl-reqd refuses to go on in clear.
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_ssl_reqd_refuses_a_server_without_tls(tmp_path):
+    env = await _start(tmp_path, FTPSettings())
+    try:
+        exe = require_tool("curl")
+        _out, _err, code = await getProcessOutputAndValue(
+            exe, ["--ssl-reqd", "-sS", "-u", f"alice:{PASSWORD}", f"ftp://127.0.0.1:{env.port}/"]
+        )
+        assert code != 0  # 64: "Requested SSL level failed"
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_over_tls_put_and_get(ftps, certificate, tmp_path):
+    data = payload(2 * MiB + 9)
+    work = tmp_path / "lftp"
+    work.mkdir()
+    (work / "l.bin").write_bytes(data)
+    script = (
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
+        f"set ssl:ca-file {certificate.cert_path}; set ssl:check-hostname no; "
+        "set net:max-retries 1; set net:timeout 20; "
+        "put l.bin -o l.bin; get l.bin -o back.bin; bye"
+    )
+    await _run(
+        "lftp", "-u", f"alice,{PASSWORD}", "-p", str(ftps.port), "127.0.0.1", "-e", script,
+        cwd=work,
+    )  # fmt: skip
+    stored = await ftps.catalog.stat(ftps.env.user.root + "/l.bin")
+    assert stored.size == len(data)
+    back = (work / "back.bin").read_bytes()
+    assert (len(back), sha256(back)) == (len(data), sha256(data))
+    assert ftps.factory.stats.uploads_committed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_active_mode_prot_p_and_abor_of_a_protected_download(ftps, certificate):
+    """PORT/EPRT with PROT P: the server opens the TCP connection but is the
+    TLS server on it.  ABOR stops a protected download and the session
+    goes on."""
+    data = payload(300_000)
+    big = payload(32 * MiB)
+    await ftps.env.upload("/big.bin", big)
+
+    def session():
+        c = RecordingFTP_TLS(context=_context(certificate), timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.set_pasv(False)
+        c.storbinary("STOR a.bin", io.BytesIO(data))
+        got = io.BytesIO()
+        c.retrbinary("RETR a.bin", got.write)
+        c.set_pasv(True)
+        conn = c.transfercmd("RETR big.bin")
+        first = conn.recv(65536)
+        answer = c.abort()  # ABOR on the TLS control connection: 426 ...
+        answer += " / " + c.getmultiline()  # ... then 226 for the ABOR itself
+        conn.close()
+        pwd = c.pwd()
+        c.quit()
+        return got.getvalue(), c.data_connections, len(first), answer, pwd
+
+    got, connections, first, answer, pwd = await threads.deferToThread(session)
+    assert got == data
+    assert connections[:2] == [(True, True), (True, True)]
+    assert first > 0
+    assert answer[:3] == "426" and answer.split(" / ")[1][:3] == "226"
+    assert pwd == "/"
+    assert ftps.factory.stats.transfers_aborted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_lftp_implicit_ftps_url(tmp_path, certificate):
+    env = await _start(tmp_path / "srv", _settings(certificate), implicit_tls=True)
+    try:
+        data = payload(MiB + 5)
+        work = tmp_path / "lftp"
+        work.mkdir()
+        (work / "i.bin").write_bytes(data)
+        script = (
+            f"set ssl:ca-file {certificate.cert_path}; set ssl:check-hostname no; "
+            "set net:max-retries 1; set net:timeout 20; "
+            "put i.bin; get i.bin -o back.bin; bye"
+        )
+        await _run(
+            "lftp", "-u", f"alice,{PASSWORD}", "-e", script, f"ftps://127.0.0.1:{env.port}",
+            cwd=work,
+        )  # fmt: skip
+        assert sha256((work / "back.bin").read_bytes()) == sha256(data)
+    finally:
+        await env.stop()
+
+
+class ProxiedImplicitFTP_TLS(ImplicitFTP_TLS):
+    """Implicit FTPS through a PROXY-protocol balancer: the header, then TLS."""
+
+    proxy_header = b""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock.sendall(self.proxy_header)
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_ftps_behind_a_proxy_protocol_balancer(tmp_path, certificate):
+    env = await _start(
+        tmp_path, _settings(certificate), listen="haproxy:tcp:0:interface=127.0.0.1",
+        implicit_tls=True,
+    )  # fmt: skip
+    try:
+
+        def session():
+            c = ProxiedImplicitFTP_TLS(context=_context(certificate), timeout=30)
+            c.proxy_header = f"PROXY TCP4 127.0.0.2 192.0.2.1 4000 {env.port}\r\n".encode()
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            status = c.sendcmd("STAT")
+            c.quit()
+            return status
+
+        status = await threads.deferToThread(session)
+        assert "Connected from 127.0.0.2" in status
+    finally:
+        await env.stop()
