@@ -45,9 +45,6 @@ from wsstorage.records import BlobInfo, check_blob_id
 
 log = Logger()
 
-#: Bytes read from the store per DATA frame of a read stream: one checksum
-#: block, so the store hands its verified block over without copying it.
-READ_CHUNK = 64 * 1024
 #: Bytes a read stream reads ahead in a thread while it sends the previous batch.
 READ_AHEAD = 1024 * 1024
 #: Largest JSON meta record accepted beside a blob.
@@ -703,6 +700,18 @@ class _PauseFlag:
         return d
 
 
+@attrs.frozen
+class _Batch:
+    """One read-ahead batch: verified ``pieces`` (``length`` bytes), the DATA
+    frames carrying them as one bytes (``wire``; None when they must be cut
+    at a failpoint), and the error that ended the batch early, if any."""
+
+    pieces: list[bytes]
+    length: int
+    wire: bytes | None
+    error: BaseException | None
+
+
 @implementer(IPushProducer)
 class _ReadStream:
     """Sends one blob range as DATA frames, paced by the transport.
@@ -725,7 +734,7 @@ class _ReadStream:
         self._scheduled: Any = None
         self._finished = False
         self._fetching = False
-        self._ready: tuple[list[bytes], BaseException | None] | None = None
+        self._ready: _Batch | None = None
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -742,28 +751,33 @@ class _ReadStream:
         n = min(READ_AHEAD, self.to_fetch)
         self.to_fetch -= n
         self._fetching = True
-        handle = self.handle
+        handle, rid = self.handle, self.rid
+        # With a read failpoint armed, batches are cut byte-exactly in the
+        # reactor thread (_send_pieces); otherwise framed here, off it.
+        frame_here = failpoints.threshold("storage.read.bytes") is None
 
-        def work() -> tuple[list[bytes], BaseException | None]:
-            out: list[bytes] = []
+        def work() -> _Batch:
+            pieces: list[bytes] = []
             left = n
+            error: BaseException | None = None
             try:
                 while left:
-                    data = handle.read(min(READ_CHUNK, left))
+                    data = handle.read(left)
                     if not data:
                         raise StorageError(f"blob ended {left} bytes early")
-                    out.append(data)
+                    pieces.append(data)
                     left -= len(data)
             except Exception as e:
-                return out, e  # the good blocks before a bad one still go out
-            return out, None
+                error = e  # the good blocks before a bad one still go out
+            wire = framing.join_data_frames(rid, pieces) if frame_here else None
+            return _Batch(pieces, n - left, wire, error)
 
         self.proto.factory.run_blocking(work).addBoth(self._fetched)
 
     def _fetched(self, result: Any) -> None:
         self._fetching = False
         if isinstance(result, Failure):
-            result = ([], result.value)
+            result = _Batch([], 0, None, result.value)
         if self._finished:
             self._close_handle()
             return
@@ -782,21 +796,26 @@ class _ReadStream:
             if not self._fetching:
                 self._fetch()  # _fetched resumes us
             return
-        batch, error = self._ready
-        self._ready = None
-        if error is None and self.to_fetch:
+        batch, self._ready = self._ready, None
+        if batch.error is None and self.to_fetch:
             self._fetch()
         try:
-            self._send_batch(batch)
+            if batch.wire is not None:
+                if batch.wire:
+                    self.proto.transport.write(batch.wire)
+                self._count(batch.length)
+            else:
+                self._send_pieces(batch.pieces)
         except Exception as e:
             self._finish(None, e)
             return
-        if error is not None:
-            self._finish(None, error)
+        if batch.error is not None:
+            self._finish(None, batch.error)
         elif not self.paused:
             self.resumeProducing()
 
-    def _send_batch(self, batch: list[bytes]) -> None:
+    def _send_pieces(self, batch: list[bytes]) -> None:
+        """Send verified pieces, stopping at the read failpoint's exact byte."""
         transport = self.proto.transport
         frames: list[bytes] = []
         for data in batch:
