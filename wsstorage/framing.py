@@ -221,7 +221,10 @@ def tune_transport(transport: Any) -> None:
     """
     if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
         transport.bufferSize = TRANSPORT_BUFFER
-        transport.SEND_LIMIT = TRANSPORT_BUFFER
+        # A read batch is 1 MiB of data plus its frame headers: one send()
+        # takes all of it (what the kernel accepts), not 1 MiB and a
+        # 48-byte remainder a reactor turn later.
+        transport.SEND_LIMIT = 2 * TRANSPORT_BUFFER
     # Requests and replies are small frames answered one at a time: Nagle's
     # algorithm would hold each back until the previous one is acknowledged
     # (up to 40 ms per round trip with delayed ACKs).

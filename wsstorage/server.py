@@ -20,6 +20,7 @@ import errno
 import itertools
 import json
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,8 +46,11 @@ from wsstorage.records import BlobInfo, check_blob_id
 
 log = Logger()
 
-#: Bytes a read stream reads ahead in a thread while it sends the previous batch.
+#: Bytes of one read-ahead batch (read and verified in a thread, then sent).
 READ_AHEAD = 1024 * 1024
+#: Batches a read stream keeps ready beyond the one in the transport, so a
+#: reactor or thread that is scheduled late does not leave the socket idle.
+READ_BATCHES = 2
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
 #: Target size of one page of a list reply.
@@ -132,6 +136,7 @@ class StorageServerFactory(Factory):
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.connections: set[StorageServerProtocol] = set()
+        self._threaded = run_blocking is None
         if run_blocking is None:
             pool = reactor.getThreadPool()
 
@@ -140,6 +145,15 @@ class StorageServerFactory(Factory):
 
         self.run_blocking = run_blocking
         self._peer_client = peer_client
+
+    def from_thread(self, f: Callable[[], None]) -> Callable[[], None]:
+        """``f`` made callable from work given to ``run_blocking``: through
+        callFromThread when that work runs in the reactor's thread pool,
+        directly when a given run_blocking runs it inline (unit tests)."""
+        if self._threaded:
+            call = self.reactor.callFromThread
+            return lambda: call(f)
+        return f
 
     def buildProtocol(self, addr: Any) -> StorageServerProtocol:
         p = StorageServerProtocol()
@@ -716,10 +730,13 @@ class _Batch:
 class _ReadStream:
     """Sends one blob range as DATA frames, paced by the transport.
 
-    Reading and verifying blocks (pread + CRC, both release the GIL) runs in
-    a thread, one ``READ_AHEAD`` batch ahead of what the reactor thread is
-    sending, so disk work and socket work overlap.  At most two batches are
-    in memory: the one being sent and the one being read.
+    Reading and verifying blocks (one pread and a CRC per block, both
+    release the GIL) and framing them runs in a thread, up to
+    ``READ_BATCHES`` batches of ``READ_AHEAD`` bytes ahead of what the
+    reactor thread is sending, so disk work and socket work overlap and a
+    thread scheduled late on a busy machine does not stall the socket.  At
+    most READ_BATCHES + 2 batches are in memory: those ready, the one being
+    read and the one in the transport's buffer.
     """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
@@ -731,32 +748,57 @@ class _ReadStream:
         self.sent = 0
         self.paused = False
         self.done: defer.Deferred = defer.Deferred()
-        self._scheduled: Any = None
+        self._in_turn = False
         self._finished = False
         self._fetching = False
-        self._ready: _Batch | None = None
+        self._ready: deque[_Batch] = deque()
+        self._failed = False  # a batch ended with an error: fetch no more
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
+        # Straight on, not in a later reactor turn: the transport resumes us
+        # from doWrite when its buffer has drained, and the next batch should
+        # be in the socket before the kernel's buffer drains too.
         self.paused = False
-        if self._scheduled is None and not self._finished:
-            self._scheduled = self.proto.factory.reactor.callLater(0, self._turn)
+        if not self._in_turn and not self._finished:
+            self._turn()
 
     def stopProducing(self) -> None:
         self.close()
 
+    def _fill(self) -> None:
+        """Start a reading task if there is room and none is running."""
+        if (
+            not self._fetching
+            and not self._failed
+            and self.to_fetch
+            and len(self._ready) < READ_BATCHES
+            and not self._finished
+        ):
+            self._fetch()
+
     def _fetch(self) -> None:
-        n = min(READ_AHEAD, self.to_fetch)
-        self.to_fetch -= n
+        """One task in a thread reads batches while fewer than READ_BATCHES
+        are ready, handing each over as soon as it is verified.
+
+        The task does not come back to the reactor between batches (a
+        round trip per MiB would idle the disk side while the reactor is
+        busy or scheduled late); it ends when the ready queue is full, and
+        _fill starts another once the reactor has taken a batch.  While it
+        runs only it touches ``to_fetch`` and the handle; ``_ready`` is a
+        deque, whose append and popleft are atomic.
+        """
         self._fetching = True
-        handle, rid = self.handle, self.rid
+        factory = self.proto.factory
+        handle, rid, ready = self.handle, self.rid, self._ready
         # With a read failpoint armed, batches are cut byte-exactly in the
         # reactor thread (_send_pieces); otherwise framed here, off it.
         frame_here = failpoints.threshold("storage.read.bytes") is None
+        arrived = factory.from_thread(self._arrived)
 
-        def work() -> _Batch:
+        def read_batch(n: int) -> _Batch:
             pieces: list[bytes] = []
             left = n
             error: BaseException | None = None
@@ -772,47 +814,66 @@ class _ReadStream:
             wire = framing.join_data_frames(rid, pieces) if frame_here else None
             return _Batch(pieces, n - left, wire, error)
 
-        self.proto.factory.run_blocking(work).addBoth(self._fetched)
+        def work() -> None:
+            while self.to_fetch and len(ready) < READ_BATCHES and not self._finished:
+                n = min(READ_AHEAD, self.to_fetch)
+                self.to_fetch -= n
+                batch = read_batch(n)
+                if batch.error is not None:
+                    self._failed = True
+                ready.append(batch)
+                arrived()
+                if self._failed:
+                    return
+
+        factory.run_blocking(work).addBoth(self._fetched)
+
+    def _arrived(self) -> None:
+        """A batch is ready (called in the reactor thread)."""
+        if not self.paused and not self._finished:
+            self.resumeProducing()
 
     def _fetched(self, result: Any) -> None:
         self._fetching = False
-        if isinstance(result, Failure):
-            result = _Batch([], 0, None, result.value)
+        if isinstance(result, Failure):  # not a read error: those are in batches
+            self._failed = True
+            self._ready.append(_Batch([], 0, None, result.value))
         if self._finished:
             self._close_handle()
             return
-        self._ready = result
+        self._fill()
         if not self.paused:
             self.resumeProducing()
 
     def _turn(self) -> None:
-        self._scheduled = None
-        if self.paused or self._finished:
-            return
-        if self.remaining == 0:
-            self._finish({"length": self.sent}, None)
-            return
-        if self._ready is None:
-            if not self._fetching:
-                self._fetch()  # _fetched resumes us
-            return
-        batch, self._ready = self._ready, None
-        if batch.error is None and self.to_fetch:
-            self._fetch()
+        """Send ready batches until paused, finished, or waiting for the disk."""
+        self._in_turn = True
         try:
-            if batch.wire is not None:
-                if batch.wire:
-                    self.proto.transport.write(batch.wire)
-                self._count(batch.length)
-            else:
-                self._send_pieces(batch.pieces)
-        except Exception as e:
-            self._finish(None, e)
-            return
-        if batch.error is not None:
-            self._finish(None, batch.error)
-        elif not self.paused:
-            self.resumeProducing()
+            while not self.paused and not self._finished:
+                if self.remaining == 0:
+                    self._finish({"length": self.sent}, None)
+                    return
+                if not self._ready:
+                    self._fill()  # _fetched resumes us (or already has)
+                    if not self._ready:
+                        return
+                batch = self._ready.popleft()
+                self._fill()
+                try:
+                    if batch.wire is not None:
+                        if batch.wire:
+                            self.proto.transport.write(batch.wire)
+                        self._count(batch.length)
+                    else:
+                        self._send_pieces(batch.pieces)
+                except Exception as e:
+                    self._finish(None, e)
+                    return
+                if batch.error is not None:
+                    self._finish(None, batch.error)
+                    return
+        finally:
+            self._in_turn = False
 
     def _send_pieces(self, batch: list[bytes]) -> None:
         """Send verified pieces, stopping at the read failpoint's exact byte."""
@@ -849,10 +910,7 @@ class _ReadStream:
 
     def close(self) -> None:
         self._finished = True
-        self._ready = None
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        self._ready.clear()
         if not self._fetching:
             self._close_handle()  # else _fetched closes it when the thread is done
         if not self.done.called:
