@@ -43,6 +43,7 @@ from wsstorage.errors import (
     StorageError,
 )
 from wsstorage.records import BlobInfo, check_blob_id
+from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
 
@@ -178,7 +179,7 @@ class StorageServerProtocol(Protocol):
     factory: StorageServerFactory
 
     def __init__(self) -> None:
-        self._decoder = framing.FrameDecoder()
+        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
         self._state = "hello"  # hello -> auth -> ready; closed
         self._client_nonce = ""
         self._server_nonce = ""
@@ -208,6 +209,14 @@ class StorageServerProtocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._state in ("hello", "auth") and reason is not None:
+            # Mostly a TLS handshake that failed (wrong CA, plain TCP to a
+            # TLS port) or a port probe; say which, as the client cannot.
+            log.info(
+                "connection from {peer} ended before the handshake: {why}",
+                peer=self.peer,
+                why=describe_loss(reason),
+            )
         self._state = "closed"
         self.factory.connections.discard(self)
         for timer in (self._handshake_timer, self._keepalive):
@@ -323,6 +332,7 @@ class StorageServerProtocol(Protocol):
             self.drop("authentication failed: wrong proof of the cluster secret", "auth_failed")
             return
         self._state = "ready"
+        self._decoder.limit = None
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._send(framing.READY, 0, {"name": self.factory.name, "version": framing.VERSION})
