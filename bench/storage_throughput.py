@@ -179,19 +179,19 @@ class CountingConsumer:
         self.count += len(data)
 
 
-def start_server(workdir: Path, listen: str) -> subprocess.Popen:
+def start_server(workdir: Path, name: str, listen: str) -> subprocess.Popen:
     env = child_env()
     env.pop("WSFS_FAILPOINTS", None)
-    with open(workdir / "server.log", "wb") as log:
+    with open(workdir / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(
             [
                 *twistd_argv("wsstorage"),
                 "--listen",
                 listen,
                 "--data",
-                str(workdir / "data"),
+                str(workdir / f"data-{name}"),
                 "--name",
-                "bench",
+                name,
                 "--secret-file",
                 str(workdir / "secret"),
             ],
@@ -202,11 +202,11 @@ def start_server(workdir: Path, listen: str) -> subprocess.Popen:
     return proc
 
 
-def wait_listening(proc: subprocess.Popen, port: int, workdir: Path) -> None:
+def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
-            raise SystemExit((workdir / "server.log").read_text())
+            raise SystemExit(log.read_text())
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
             return
@@ -224,30 +224,34 @@ async def timed_read(client: StorageClient) -> float:
     return time.perf_counter() - start
 
 
-async def wire(
-    reactor, endpoints: dict[str, str], secret: bytes, size: int, rounds: int, ref_port: int
-) -> dict:
-    """Write once, then per round read over every endpoint and make one
-    socket-copy read, alternating, so all see the same machine load (this
-    box is shared); returns seconds per round."""
-    from twisted.internet import threads
-
-    clients = {
-        kind: StorageClient(reactor, "bench", ep, secret, idle_timeout=30)
-        for kind, ep in endpoints.items()
-    }
-    plain = clients["plain"]
+async def timed_write(reactor, client: StorageClient, size: int) -> float:
     start = time.perf_counter()
-    writer = await plain.write("bench", 1, 0, {"bench": True})
+    writer = await client.write("bench", 1, 0, {"bench": True})
     producer = PatternProducer(reactor, writer, size)
     writer.registerProducer(producer, True)
     producer.resumeProducing()
     await producer.done
     writer.unregisterProducer()
     info = await writer.commit()
-    out: dict = {"write": time.perf_counter() - start, "ref": []}
     assert info.size == size, info
-    for kind in clients:
+    return time.perf_counter() - start
+
+
+async def wire(
+    reactor, endpoints: dict[str, str], secret: bytes, size: int, rounds: int, ref_port: int
+) -> dict:
+    """Write the blob to every server, then per round read it from each and
+    make one socket-copy read, alternating, so all see the same machine
+    load (this box is shared); returns seconds."""
+    from twisted.internet import threads
+
+    clients = {
+        kind: StorageClient(reactor, "bench", ep, secret, idle_timeout=30)
+        for kind, ep in endpoints.items()
+    }
+    out: dict = {"ref": [], "write": {}}
+    for kind, client in clients.items():
+        out["write"][kind] = await timed_write(reactor, client, size)
         out[kind] = []
     for _ in range(rounds):
         for kind, client in clients.items():
@@ -264,7 +268,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="read rounds (default 5)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     parser.add_argument(
-        "--tls", action="store_true", help="also read over TLS (a second listener, same server)"
+        "--tls",
+        action="store_true",
+        help="also run a server behind TLS (ssl:/tls: endpoints, a CA made here) and read from it",
     )
     parser.add_argument("--reference-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,16 +280,22 @@ def main() -> None:
     size = args.size_mib * MiB
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    servers: dict[str, tuple[int, str, str]] = {}  # kind -> port, listen, connect
     port = free_port()
-    listen = f"tcp:{port}:interface=127.0.0.1"
-    endpoints = {"plain": f"tcp:127.0.0.1:{port}"}
+    servers["plain"] = (port, f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
     if args.tls:
-        listen, endpoints["tls"] = add_tls(workdir, listen)
-    proc = start_server(workdir, listen)
+        from tests.storage_tls import make_tls
+
+        tls = make_tls(workdir / "tls")
+        port = free_port()
+        servers["tls"] = (port, tls.listen(port), tls.connect(port))
+    procs = {kind: start_server(workdir, kind, listen) for kind, (_, listen, _) in servers.items()}
     ref, ref_port = start_reference_peer()
     try:
-        wait_listening(proc, port, workdir)
+        for kind, (port, _, _) in servers.items():
+            wait_listening(procs[kind], port, workdir / f"{kind}.log")
         secret = (workdir / "secret").read_bytes().strip()
+        endpoints = {kind: connect for kind, (_, _, connect) in servers.items()}
         result: dict = {}
 
         async def run(reactor):
@@ -294,10 +306,10 @@ def main() -> None:
         except SystemExit as e:
             if e.code:
                 raise
-        rss = peak_rss_mib(proc.pid)
+        rss = {kind: peak_rss_mib(proc.pid) for kind, proc in procs.items()}
         ref_write = socket_copy(ref_port, size, "write")
     finally:
-        for p in (proc, ref):
+        for p in (*procs.values(), ref):
             p.terminate()
             p.wait()
     report(args, size, result, ref_write, rss)
@@ -305,7 +317,9 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, size: int, result: dict, ref_write: float, rss: float) -> None:
+def report(
+    args: argparse.Namespace, size: int, result: dict, ref_write: float, rss: dict[str, float]
+) -> None:
     mb = size / 1e6
     refs = result["ref"]
 
@@ -331,18 +345,15 @@ def report(args: argparse.Namespace, size: int, result: dict, ref_write: float, 
     if "tls" in result:
         print(ratio_line("tls", refs, "socket copy"))
         print(ratio_line("tls", result["plain"], "plain wire "))
-    write_s = result["write"]
-    print(
-        f"write  wire {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
-        f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
-    )
+    for kind, write_s in result["write"].items():
+        print(
+            f"write  wire {kind:5} {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
+            f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
+        )
     print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
     print("       acknowledged; the write figure includes it, the socket copy has none)")
-    print(f"server peak RSS (VmHWM): {rss:.1f} MiB")
-
-
-def add_tls(workdir: Path, listen: str) -> tuple[str, str]:
-    raise SystemExit("--tls: not yet")
+    for kind, peak in rss.items():
+        print(f"server peak RSS (VmHWM), {kind}: {peak:.1f} MiB")
 
 
 if __name__ == "__main__":

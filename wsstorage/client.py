@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsstorage import auth, framing
+from wsstorage import allocator, auth, framing
 from wsstorage._interfaces import IBlobWriter, IStorageClient
 from wsstorage.errors import (
     AuthenticationFailed,
@@ -566,6 +566,7 @@ class StorageClient:
         idle_timeout: float = 5.0,
         pool_size: int = 4,
     ) -> None:
+        allocator.tune()  # once per process: 1 MiB socket reads reuse the heap
         self.reactor = reactor
         self.name = name
         self.endpoint = (
