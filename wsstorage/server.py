@@ -20,6 +20,7 @@ import errno
 import itertools
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,12 @@ READ_AHEAD = 1024 * 1024
 #: Batches a read stream keeps ready beyond the one in the transport, so a
 #: reactor or thread that is scheduled late does not leave the socket idle.
 READ_BATCHES = 2
+#: Seconds a reading task waits for room before it gives its thread back.
+READ_IDLE = 0.05
+#: Batches one reading task reads at most before it gives its pool thread
+#: back (and _fill starts the next): other streams and blocking requests
+#: (fsync, stat) wait at most that long for a thread.
+READ_TASK_BATCHES = 16
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
 #: Target size of one page of a list reply.
@@ -137,7 +144,8 @@ class StorageServerFactory(Factory):
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.connections: set[StorageServerProtocol] = set()
-        self._threaded = run_blocking is None
+        #: run_blocking is the reactor's thread pool (not an inline stand-in)
+        self.threaded = run_blocking is None
         if run_blocking is None:
             pool = reactor.getThreadPool()
 
@@ -151,7 +159,7 @@ class StorageServerFactory(Factory):
         """``f`` made callable from work given to ``run_blocking``: through
         callFromThread when that work runs in the reactor's thread pool,
         directly when a given run_blocking runs it inline (unit tests)."""
-        if self._threaded:
+        if self.threaded:
             call = self.reactor.callFromThread
             return lambda: call(f)
         return f
@@ -762,6 +770,7 @@ class _ReadStream:
         self._finished = False
         self._fetching = False
         self._ready: deque[_Batch] = deque()
+        self._room = threading.Condition()  # notified when a batch is taken
         self._failed = False  # a batch ended with an error: fetch no more
 
     def pauseProducing(self) -> None:
@@ -794,11 +803,16 @@ class _ReadStream:
         are ready, handing each over as soon as it is verified.
 
         The task does not come back to the reactor between batches (a
-        round trip per MiB would idle the disk side while the reactor is
-        busy or scheduled late); it ends when the ready queue is full, and
-        _fill starts another once the reactor has taken a batch.  While it
-        runs only it touches ``to_fetch`` and the handle; ``_ready`` is a
-        deque, whose append and popleft are atomic.
+        round trip per batch would idle the disk side while the reactor is
+        busy or scheduled late, and a thread dispatch costs more than
+        reading a cached MiB): when the ready queue is full it waits on
+        ``_room``, which the reactor notifies when it takes a batch, and
+        only after READ_IDLE seconds without room (a paused consumer) does
+        it end and give its pool thread back; it also ends after
+        READ_TASK_BATCHES batches so that streams share the pool fairly.
+        _fill starts the next task.
+        While it runs only it touches ``to_fetch`` and the handle;
+        ``_ready`` is a deque, whose append and popleft are atomic.
         """
         self._fetching = True
         factory = self.proto.factory
@@ -824,10 +838,20 @@ class _ReadStream:
             wire = framing.join_data_frames(rid, pieces) if frame_here else None
             return _Batch(pieces, n - left, wire, error)
 
+        room = self._room
+        # Inline (unit tests) nobody can take a batch while we wait: don't.
+        idle = READ_IDLE if factory.threaded else 0
+
         def work() -> None:
-            while self.to_fetch and len(ready) < READ_BATCHES and not self._finished:
-                n = min(READ_AHEAD, self.to_fetch)
-                self.to_fetch -= n
+            for _ in range(READ_TASK_BATCHES):
+                with room:
+                    while len(ready) >= READ_BATCHES and not self._finished:
+                        if not room.wait(idle):
+                            return  # the consumer is slow: give the thread back
+                    if self._finished or not self.to_fetch:
+                        return
+                    n = min(READ_AHEAD, self.to_fetch)
+                    self.to_fetch -= n
                 batch = read_batch(n)
                 if batch.error is not None:
                     self._failed = True
@@ -837,6 +861,14 @@ class _ReadStream:
                     return
 
         factory.run_blocking(work).addBoth(self._fetched)
+
+    def _make_room(self) -> None:
+        """A batch was taken: wake the reading task, or start one."""
+        if self._fetching:
+            with self._room:
+                self._room.notify()
+        else:
+            self._fill()
 
     def _arrived(self) -> None:
         """A batch is ready (called in the reactor thread)."""
@@ -868,7 +900,7 @@ class _ReadStream:
                     if not self._ready:
                         return
                 batch = self._ready.popleft()
-                self._fill()
+                self._make_room()
                 try:
                     if batch.wire is not None:
                         if batch.wire:
@@ -921,6 +953,8 @@ class _ReadStream:
     def close(self) -> None:
         self._finished = True
         self._ready.clear()
+        with self._room:
+            self._room.notify()  # a reading task waiting for room ends now
         if not self._fetching:
             self._close_handle()  # else _fetched closes it when the thread is done
         if not self.done.called:
