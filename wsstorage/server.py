@@ -7,11 +7,13 @@ Flow control is TCP's own: a read stream is an IPushProducer on the
 transport (paused when the send buffer fills), and while the server cannot
 take a client's bytes (an fsync in a thread) it stops reading the socket and
 leaves unprocessed frames in the decoder.  Memory per connection is one
-socket read plus one frame whatever the blob size.
+socket read, one frame and a read stream's few 1 MiB batches, whatever the
+blob size.
 
 Disk work that may block for long (open, fsync, seal, fence, commit, list,
-delete) runs through ``run_blocking`` (a thread pool by default); single
-chunk reads and writes run in the reactor thread.
+delete) and a read stream's read-ahead (pread, CRC, framing) run through
+``run_blocking`` (a thread pool by default); single chunk writes run in the
+reactor thread.
 """
 
 from __future__ import annotations
