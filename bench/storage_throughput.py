@@ -1,14 +1,17 @@
 """Throughput of the wsstorage wire protocol against a plain socket copy.
 
 Starts a real ``twistd -n wsstorage`` on 127.0.0.1, writes one blob of
-``--size-mib`` MiB through the client (streaming, committed with fsync) and
-reads it back into a consumer that only counts; then moves the same number
-of bytes through a tiny plain-socket server/client pair (sendall/recv_into
-in Python, no framing, no checksums) as the reference.  Prints MB/s for both,
-the read and write ratios, the fsync setting and the server's peak RSS
-(VmHWM).  Goal: reads >= 0.7 of the socket copy, RSS < 100 MB.
+``--size-mib`` MiB through the client (streaming, committed with fsync),
+then for ``--rounds`` rounds reads it back into a consumer that only counts
+and, alternating with it, moves the same number of bytes from a second
+Python process through a plain socket (sendall/recv_into, the wire's 1 MiB
+per system call, no framing, no checksums, no disk) as the reference.
+Prints MB/s for every round, the median of the per-round ratios, the write
+ratio, the fsync setting and the server's peak RSS (VmHWM).  With ``--tls``
+the server also listens with TLS and every round reads over it too.
+Goal: reads >= 0.7 of the socket copy, RSS < 100 MB.
 
-    python bench/storage_throughput.py --size-mib 1024
+    python bench/storage_throughput.py --size-mib 1024 [--rounds 7] [--tls]
 """
 
 from __future__ import annotations
@@ -22,22 +25,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO)
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
+import struct  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.interfaces import IPushProducer  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
+from bench._common import child_env, peak_rss_mib  # noqa: E402
+from tests.support import free_port, twistd_argv  # noqa: E402
 from wsstorage.client import StorageClient  # noqa: E402
+from wsstorage.framing import TRANSPORT_BUFFER  # noqa: E402
 
 MiB = 1024 * 1024
-CHUNK = 256 * 1024
 
 
 def pattern_block() -> bytes:
@@ -45,54 +50,72 @@ def pattern_block() -> bytes:
 
 
 # -- reference: a plain socket copy ------------------------------------------
+#
+# A fair reference moves the same bytes between two Python processes, as the
+# wire does (the storage server is one, this bench the other), with the
+# chunk size the wire uses per system call on both sides
+# (framing.TRANSPORT_BUFFER): sendall of a ready buffer on one side,
+# recv_into a reused buffer on the other; no framing, no checksums, no disk.
+
+CHUNK = TRANSPORT_BUFFER
+#: What the bench's writer hands the wire client per write() (a front end's size).
+WRITE_CHUNK = 256 * 1024
+_REQUEST = struct.Struct("!cQ")  # b"r" (peer sends) or b"w" (peer receives), size
 
 
-def socket_copy(size: int, direction: str) -> float:
-    """Seconds to move ``size`` bytes server->client ('read') or client->server."""
+def reference_peer() -> None:
+    """Run as ``--reference-peer``: print a port, then serve copies forever."""
     block = memoryview(pattern_block())
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def send_all(s: socket.socket) -> None:
-        left = size
-        while left:
-            n = min(CHUNK, left)
-            s.sendall(
-                block[(size - left) % MiB :][:n] if (size - left) % MiB + n <= MiB else block[:n]
-            )
-            left -= n
-
-    def recv_all(s: socket.socket) -> None:
-        buf = bytearray(CHUNK)
-        got = 0
-        while got < size:
-            n = s.recv_into(buf)
-            if not n:
-                raise RuntimeError("reference peer closed early")
-            got += n
-
-    def serve() -> None:
+    print(listener.getsockname()[1], flush=True)
+    buf = bytearray(CHUNK)
+    while True:
         conn, _ = listener.accept()
         with conn:
-            if direction == "read":
-                send_all(conn)
+            head = conn.recv(_REQUEST.size, socket.MSG_WAITALL)
+            direction, size = _REQUEST.unpack(head)
+            if direction == b"r":
+                for start in range(0, size, CHUNK):
+                    n = min(CHUNK, size - start)
+                    conn.sendall(block[:n])
             else:
-                recv_all(conn)
+                got = 0
+                while got < size:
+                    n = conn.recv_into(buf)
+                    if not n:
+                        break
+                    got += n
                 conn.sendall(b"k")
 
-    t = threading.Thread(target=serve)
-    t.start()
+
+def start_reference_peer() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--reference-peer"], stdout=subprocess.PIPE, env=child_env()
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def socket_copy(port: int, size: int, direction: str) -> float:
+    """Seconds to move ``size`` bytes from the peer ('read') or to it ('write')."""
+    block = memoryview(pattern_block())
+    buf = bytearray(CHUNK)
     start = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sendall(_REQUEST.pack(b"r" if direction == "read" else b"w", size))
         if direction == "read":
-            recv_all(c)
+            got = 0
+            while got < size:
+                n = c.recv_into(buf)
+                if not n:
+                    raise RuntimeError("reference peer closed early")
+                got += n
         else:
-            send_all(c)
+            for offset in range(0, size, CHUNK):
+                c.sendall(block[: min(CHUNK, size - offset)])
             c.recv(1)
-    elapsed = time.perf_counter() - start
-    t.join()
-    listener.close()
-    return elapsed
+    return time.perf_counter() - start
 
 
 # -- the wire protocol ---------------------------------------------------------
@@ -108,7 +131,7 @@ class PatternProducer:
         self.left = size
         self.paused = False
         self.block = pattern_block()
-        self.chunks = [self.block[i : i + CHUNK] for i in range(0, MiB, CHUNK)]
+        self.chunks = [self.block[i : i + WRITE_CHUNK] for i in range(0, MiB, WRITE_CHUNK)]
         self.i = 0
         self.done: defer.Deferred = defer.Deferred()
         self.scheduled = None
@@ -156,34 +179,19 @@ class CountingConsumer:
         self.count += len(data)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def start_server(workdir: Path, name: str, listen: str) -> subprocess.Popen:
+    env = child_env()
     env.pop("WSFS_FAILPOINTS", None)
-    with open(workdir / "server.log", "wb") as log:
+    with open(workdir / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "--nodaemon",
-                "--pidfile=",
-                "wsstorage",
+                *twistd_argv("wsstorage"),
                 "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
+                listen,
                 "--data",
-                str(workdir / "data"),
+                str(workdir / f"data-{name}"),
                 "--name",
-                "bench",
+                name,
                 "--secret-file",
                 str(workdir / "secret"),
             ],
@@ -191,27 +199,32 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, int]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return proc
+
+
+def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
-            raise SystemExit((workdir / "server.log").read_text())
+            raise SystemExit(log.read_text())
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return proc, port
+            return
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
 
-async def wire(
-    reactor, port: int, secret: bytes, size: int, rounds: int
-) -> tuple[float, list[float], list[float]]:
-    """Write once, then alternate wire reads with socket-copy reads, so both
-    see the same machine load (this box is shared); returns seconds."""
-    from twisted.internet import threads
+async def timed_read(client: StorageClient) -> float:
+    consumer = CountingConsumer()
+    start = time.perf_counter()
+    n = await client.read("bench", 0, None, consumer)
+    assert n == consumer.count, (n, consumer.count)
+    return time.perf_counter() - start
 
-    client = StorageClient(reactor, "bench", f"tcp:127.0.0.1:{port}", secret, idle_timeout=30)
+
+async def timed_write(reactor, client: StorageClient, size: int) -> float:
     start = time.perf_counter()
     writer = await client.write("bench", 1, 0, {"bench": True})
     producer = PatternProducer(reactor, writer, size)
@@ -220,75 +233,127 @@ async def wire(
     await producer.done
     writer.unregisterProducer()
     info = await writer.commit()
-    write_s = time.perf_counter() - start
     assert info.size == size, info
-    wire_reads, ref_reads = [], []
+    return time.perf_counter() - start
+
+
+async def wire(
+    reactor, endpoints: dict[str, str], secret: bytes, size: int, rounds: int, ref_port: int
+) -> dict:
+    """Write the blob to every server, then per round read it from each and
+    make one socket-copy read, alternating, so all see the same machine
+    load (this box is shared); returns seconds."""
+    from twisted.internet import threads
+
+    clients = {
+        kind: StorageClient(reactor, "bench", ep, secret, idle_timeout=30)
+        for kind, ep in endpoints.items()
+    }
+    out: dict = {"ref": [], "write": {}}
+    for kind, client in clients.items():
+        out["write"][kind] = await timed_write(reactor, client, size)
+        out[kind] = []
     for _ in range(rounds):
-        consumer = CountingConsumer()
-        start = time.perf_counter()
-        n = await client.read("bench", 0, None, consumer)
-        wire_reads.append(time.perf_counter() - start)
-        assert n == consumer.count == size
-        ref_reads.append(await threads.deferToThread(socket_copy, size, "read"))
-    await client.close()
-    return write_s, wire_reads, ref_reads
+        for kind, client in clients.items():
+            out[kind].append(await timed_read(client))
+        out["ref"].append(await threads.deferToThread(socket_copy, ref_port, size, "read"))
+    for client in clients.values():
+        await client.close()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="blob size (default 1024)")
-    parser.add_argument("--rounds", type=int, default=3, help="read rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="read rounds (default 5)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run a server behind TLS (ssl:/tls: endpoints, a CA made here) and read from it",
+    )
+    parser.add_argument("--reference-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_peer:
+        reference_peer()
+        return
     size = args.size_mib * MiB
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    proc, port = start_server(workdir)
+    servers: dict[str, tuple[int, str, str]] = {}  # kind -> port, listen, connect
+    port = free_port()
+    servers["plain"] = (port, f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
+    if args.tls:
+        from tests.storage_tls import make_tls
+
+        tls = make_tls(workdir / "tls")
+        port = free_port()
+        servers["tls"] = (port, tls.listen(port), tls.connect(port))
+    procs = {kind: start_server(workdir, kind, listen) for kind, (_, listen, _) in servers.items()}
+    ref, ref_port = start_reference_peer()
     try:
+        for kind, (port, _, _) in servers.items():
+            wait_listening(procs[kind], port, workdir / f"{kind}.log")
         secret = (workdir / "secret").read_bytes().strip()
-        result: dict[str, object] = {}
+        endpoints = {kind: connect for kind, (_, _, connect) in servers.items()}
+        result: dict = {}
 
         async def run(reactor):
-            result["write"], result["reads"], result["refs"] = await wire(
-                reactor, port, secret, size, args.rounds
-            )
+            result.update(await wire(reactor, endpoints, secret, size, args.rounds, ref_port))
 
         try:
             task.react(lambda r: defer.ensureDeferred(run(r)))
         except SystemExit as e:
             if e.code:
                 raise
-        rss = peak_rss_mb(proc.pid)
+        rss = {kind: peak_rss_mib(proc.pid) for kind, proc in procs.items()}
+        ref_write = socket_copy(ref_port, size, "write")
     finally:
-        proc.terminate()
-        proc.wait()
-    ref_write = socket_copy(size, "write")
-    mb = size / 1e6
-    reads, refs = sorted(result["reads"]), sorted(result["refs"])
-    write_s = result["write"]
-
-    print(f"blob size {args.size_mib} MiB over 127.0.0.1, python {sys.version.split()[0]}")
-    print(
-        "read   wire "
-        + " ".join(f"{mb / t:7.1f}" for t in reads)
-        + " MB/s;  socket copy "
-        + " ".join(f"{mb / t:7.1f}" for t in refs)
-        + " MB/s"
-    )
-    print(
-        f"read   best wire {mb / reads[0]:7.1f} MB/s vs best socket copy {mb / refs[0]:7.1f}"
-        f" MB/s: ratio {refs[0] / reads[0]:4.2f}  (median ratio"
-        f" {refs[len(refs) // 2] / reads[len(reads) // 2]:4.2f})"
-    )
-    print(
-        f"write  wire {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
-        f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
-    )
-    print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
-    print("       acknowledged; the write figure includes it, the socket copy has none)")
-    print(f"server peak RSS (VmHWM): {rss:.1f} MB")
+        for p in (*procs.values(), ref):
+            p.terminate()
+            p.wait()
+    report(args, size, result, ref_write, rss)
     if not args.dir:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(
+    args: argparse.Namespace, size: int, result: dict, ref_write: float, rss: dict[str, float]
+) -> None:
+    mb = size / 1e6
+    refs = result["ref"]
+
+    def speeds(times: list[float]) -> str:
+        return " ".join(f"{mb / t:7.1f}" for t in times)
+
+    def ratio_line(kind: str, against: list[float], label: str) -> str:
+        ratios = [a / t for a, t in zip(against, result[kind])]
+        return (
+            f"read   {kind:5} vs {label}: median ratio {statistics.median(ratios):4.2f}"
+            f"  (per round {' '.join(f'{r:4.2f}' for r in ratios)})"
+        )
+
+    print(
+        f"blob size {args.size_mib} MiB over 127.0.0.1, python {sys.version.split()[0]},"
+        f" {args.rounds} alternating rounds"
+    )
+    for kind in ("plain", "tls"):
+        if kind in result:
+            print(f"read   wire {kind:5} {speeds(result[kind])} MB/s")
+    print(f"read   socket copy {speeds(refs)} MB/s")
+    print(ratio_line("plain", refs, "socket copy"))
+    if "tls" in result:
+        print(ratio_line("tls", refs, "socket copy"))
+        print(ratio_line("tls", result["plain"], "plain wire "))
+    for kind, write_s in result["write"].items():
+        print(
+            f"write  wire {kind:5} {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
+            f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
+        )
+    print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
+    print("       acknowledged; the write figure includes it, the socket copy has none)")
+    for kind, peak in rss.items():
+        print(f"server peak RSS (VmHWM), {kind}: {peak:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ``StorageProcess`` runs ``twistd -n wsstorage`` in a child process with its
 log in a file, and waits for its port by polling a connect (and watching the
-child so a crash at startup fails fast instead of timing out).
+child so a crash at startup fails fast instead of timing out).  Given
+``tls=make_tls(...)`` it listens with TLS and ``endpoint`` is the ``tls:``
+client string that trusts the test CA.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from tests.storage_tls import TlsFiles
 from tests.support import free_port, python_env, twistd_argv
 from wsstorage.client import StorageClient
 
@@ -29,8 +32,15 @@ def twistd_storage_argv(*args: str) -> list[str]:
 class StorageProcess:
     """One ``twistd -n wsstorage`` child on 127.0.0.1."""
 
-    def __init__(self, tmp: Path, name: str = "s1", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str = "s1",
+        env: dict[str, str] | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.tls = tls
         self.name = name
         self.data = tmp / f"data-{name}"
         self.secret_file = tmp / "secret"
@@ -41,13 +51,22 @@ class StorageProcess:
 
     @property
     def endpoint(self) -> str:
+        """The client endpoint string front ends register (TLS if started so)."""
+        if self.tls is not None:
+            return self.tls.connect(self.port)
         return f"tcp:127.0.0.1:{self.port}"
+
+    @property
+    def listen(self) -> str:
+        if self.tls is not None:
+            return self.tls.listen(self.port)
+        return f"tcp:{self.port}:interface=127.0.0.1"
 
     def start(self, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> StorageProcess:
         self.port = free_port()
         argv = twistd_storage_argv(
             "--listen",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            self.listen,
             "--data",
             str(self.data),
             "--name",

@@ -114,3 +114,22 @@ def test_control_body_must_be_a_json_object(body: bytes) -> None:
 def test_data_is_not_a_control_type() -> None:
     with pytest.raises(ProtocolError):
         framing.encode_control(framing.DATA, 1, {})
+
+
+def test_preauth_limit_refuses_any_frame_over_it_from_its_header() -> None:
+    decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
+    decoder.feed(framing.encode_header(framing.HELLO, 0, framing.MAX_PREAUTH + 1))
+    with pytest.raises(ProtocolError, match="before the handshake is complete"):
+        decoder.next_frame()
+
+
+def test_preauth_limit_lets_frames_up_to_it_through_and_can_be_lifted() -> None:
+    decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
+    body = {"pad": "x" * (framing.MAX_PREAUTH - 20)}
+    small = framing.encode_control(framing.HELLO, 0, body)
+    assert len(small) - framing.HEADER_SIZE <= framing.MAX_PREAUTH
+    assert list(decoder.frames(small)) == [(framing.HELLO, 0, body)]
+    big = framing.encode_control(framing.REQUEST, 1, {"pad": "y" * 100_000})
+    decoder.limit = None  # what the protocols do once the handshake is done
+    [(_, _, body)] = decoder.frames(big)
+    assert body["pad"] == "y" * 100_000

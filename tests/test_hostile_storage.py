@@ -257,3 +257,23 @@ async def test_deeply_nested_hello_gets_a_protocol_error_frame(node):
     raw.send(framing.encode_header(framing.HELLO, 0, len(body)) + body)
     frames = await raw.all_until_closed()
     assert [(t, b["code"]) for t, _, b in frames] == [(framing.ERROR, "protocol")]
+
+
+@pytest.mark.parametrize("stage", ["before-hello", "after-hello"])
+@pytest_twisted.ensureDeferred
+async def test_a_large_frame_before_the_handshake_is_refused_without_its_body(node, stage):
+    """Before AUTH succeeds a peer gets MAX_PREAUTH bytes a frame, not 1 MiB."""
+    proc, _client, _digest = node
+    raw = await _open(proc)
+    frames_before = 0
+    if stage == "after-hello":
+        raw.send(_hello(auth.new_nonce()))
+        assert (await raw.frame(0))[0] == framing.CHALLENGE
+        frames_before = 1
+    # A 1 MiB AUTH announced; only 1000 bytes of it are ever sent.
+    raw.send(framing.encode_header(framing.AUTH, 0, framing.MAX_CONTROL) + b"x" * 1000)
+    frames = await raw.all_until_closed()
+    assert [(t, b["code"]) for t, _, b in frames[frames_before:]] == [(framing.ERROR, "protocol")]
+    assert f"exceeds the {framing.MAX_PREAUTH}-byte cap" in frames[-1][2]["message"]
+    assert f"before the handshake is complete exceeds the {framing.MAX_PREAUTH}" in proc.log()
+    await _still_fine(node)

@@ -263,3 +263,33 @@ def test_close_closes_every_connection() -> None:
     assert rig.factory.connections == set()
     with pytest.raises(NodeUnavailable):
         rig.result(rig.client.stat("b1"))
+
+
+@implementer(IStreamClientEndpoint)
+class HostileServer:
+    """Connects the client to a transport; the test feeds it the server's bytes."""
+
+    def __init__(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        self.transport = StringTransport()
+        self.proto = None
+
+    def connect(self, factory):
+        self.proto = factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        return defer.succeed(self.proto)
+
+
+def test_a_large_frame_from_a_server_before_ready_is_refused_from_its_header() -> None:
+    rig = Rig()
+    server = HostileServer()
+    client = StorageClient(rig.clock, "s9", server, b"x" * 20)
+    d = client.health()
+    assert server.transport.value()  # our HELLO went out
+    server.proto.dataReceived(
+        framing.encode_header(framing.CHALLENGE, 0, framing.MAX_PREAUTH + 1) + b"{"
+    )
+    with pytest.raises(StorageError, match="before the handshake is complete"):
+        rig.result(d)
+    assert server.transport.disconnecting

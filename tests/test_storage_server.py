@@ -397,6 +397,31 @@ def test_wrong_protocol_version_in_hello_drops_the_connection(rig: Rig) -> None:
     assert raw.closed
 
 
+@pytest.mark.parametrize("stage", ["hello", "auth"])
+def test_a_large_frame_before_the_handshake_is_refused_from_its_header(
+    rig: Rig, stage: str, logged
+) -> None:
+    raw = RawPeer(rig)
+    if stage == "auth":
+        raw.hello()
+    header = framing.encode_header(framing.AUTH, 0, framing.MAX_PREAUTH + 1)
+    frames = raw.send(header + b"x" * 100)  # the body never has to arrive
+    assert [(f[0], f[2]["code"]) for f in frames] == [(framing.ERROR, "protocol")]
+    assert raw.closed
+    assert f"exceeds the {framing.MAX_PREAUTH}-byte cap" in log_text(logged)
+
+
+def test_after_the_handshake_control_frames_may_be_larger_than_the_preauth_cap(rig) -> None:
+    write_blob(rig, "b1", b"keep")
+    raw = RawPeer(rig)
+    [(ftype, _, _)] = raw.login()
+    assert ftype == framing.READY
+    request = {"op": "stat", "blob": "b1", "pad": "z" * (4 * framing.MAX_PREAUTH)}
+    [(ftype, rid, body)] = raw.send(framing.encode_control(framing.REQUEST, 7, request))
+    assert (ftype, rid, body["size"]) == (framing.REPLY, 7, 4)
+    assert not raw.closed
+
+
 @pytest.mark.parametrize(
     "garbage",
     [

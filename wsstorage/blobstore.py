@@ -40,7 +40,8 @@ and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
 scanning and belong in a thread.  Each blob has a lock; ``sync`` does not
 hold it while it fsyncs, so writes go on meanwhile.
 
-Memory: no call reads more than one block (<= 1 MiB) at a time.  The
+Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
+blocks are larger) at a time.  The
 checksums of bytes written but not yet synced are kept in memory (one entry
 per block, about 100 bytes per 64 KiB), so a writer that syncs now and then
 keeps that small.
@@ -96,6 +97,8 @@ from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
 __all__ = ["BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: Most bytes one ``BlobReadHandle.read`` reads from disk (one block if larger).
+MAX_READ_SPAN = 1024 * 1024
 
 
 @contextmanager
@@ -206,17 +209,29 @@ class _Blob:
 
     def entry(self, index: int, sums_fd: int) -> tuple[int, int] | None:
         """(bytes covered, crc) of block ``index``, or None if it has none."""
-        if index in self.pending:
-            return self.block_size, self.pending[index]
-        tail_len = self.covered % self.block_size
-        if self.tail_known and index == self.covered // self.block_size and tail_len:
-            return tail_len, self.tail_crc
-        if index * self.block_size >= self.covered:
-            return None
-        raw = self.fs.pread(sums_fd, ENTRY.size, index * ENTRY.size)
-        if len(raw) != ENTRY.size:
-            return None
-        return ENTRY.unpack(raw)
+        return self.entries(index, 1, sums_fd)[0]
+
+    def entries(self, first: int, count: int, sums_fd: int) -> list[tuple[int, int] | None]:
+        """``entry`` of blocks ``first .. first + count - 1``, with one pread
+        of the ``.sums`` file for all of them (a 1 MiB read needs 16)."""
+        bs = self.block_size
+        tail_len = self.covered % bs
+        tail_index = self.covered // bs if self.tail_known and tail_len else -1
+        raw = b""
+        if first * bs < self.covered:
+            raw = self.fs.pread(sums_fd, ENTRY.size * count, first * ENTRY.size)
+        out: list[tuple[int, int] | None] = []
+        for k in range(count):
+            index = first + k
+            if index in self.pending:
+                out.append((bs, self.pending[index]))
+            elif index == tail_index:
+                out.append((tail_len, self.tail_crc))
+            elif index * bs >= self.covered or ENTRY.size * (k + 1) > len(raw):
+                out.append(None)
+            else:
+                out.append(ENTRY.unpack_from(raw, ENTRY.size * k))
+        return out
 
     def absorb(self, data: bytes | memoryview) -> None:
         """Fold bytes appended at ``covered`` into the running checksums."""
@@ -406,7 +421,14 @@ class BlobWriteHandle:
 
 
 class BlobReadHandle:
-    """Verified reads of ``[offset, offset + length)`` of one blob."""
+    """Verified reads of ``[offset, offset + length)`` of one blob.
+
+    A read of many blocks costs one ``pread`` of the data and one of the
+    checksum entries (at most ``MAX_READ_SPAN`` bytes per call), and every
+    block is checked against its entry before any of its bytes is returned.
+    A read that ends inside a block keeps that verified block, so small
+    sequential reads do not read and check it again.
+    """
 
     def __init__(self, blob: _Blob, offset: int, length: int) -> None:
         self._blob = blob
@@ -423,25 +445,48 @@ class BlobReadHandle:
             self._fs.close(self._data_fd)
             raise
 
-    def _load(self, index: int, needed: int) -> bytes:
-        """Block ``index``, verified; ``needed`` = bytes of it the read uses."""
+    def _load(self, first: int, count: int, end: int) -> bytes:
+        """Blocks ``first .. first + count - 1``, verified, as one bytes.
+
+        ``end`` is where this handle's range ends: a block must have a
+        checksum covering every byte of it the handle will use.  When a block
+        fails, the good blocks before it are returned (the next call starts
+        at the bad one and raises); a first block that fails raises.
+        """
         blob = self._blob
         bs = blob.block_size
         assert self._data_fd is not None and self._sums_fd is not None
         with blob.lock:
             if blob.deleted:
                 raise BlobNotFound(f"blob {self.blob_id} was deleted")
-            if index * bs + needed > blob.size:
+            if min(end, (first + count) * bs) > blob.size:
                 raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
-            entry = blob.entry(index, self._sums_fd)
-            if entry is None or entry[0] < needed:
-                raise ChecksumError(
-                    f"blob {self.blob_id} block {index} has no checksum (torn tail)"
-                )
-            covered, expected = entry
-            data = self._fs.pread(self._data_fd, covered, index * bs)
-        if len(data) != covered or crc(data) != expected:
-            raise ChecksumError(f"blob {self.blob_id} block {index} fails its checksum")
+            entries = blob.entries(first, count, self._sums_fd)
+            good = 0
+            error: StorageError | None = None
+            for k, entry in enumerate(entries):
+                needed = min(bs, end - (first + k) * bs)
+                if entry is None or entry[0] < needed or (k < count - 1 and entry[0] != bs):
+                    error = ChecksumError(
+                        f"blob {self.blob_id} block {first + k} has no checksum (torn tail)"
+                    )
+                    break
+                good += 1
+            total = sum(entry[0] for entry in entries[:good])  # type: ignore[index]
+            data = self._fs.pread(self._data_fd, total, first * bs) if total else b""
+        view = memoryview(data)
+        for k in range(good):
+            covered, expected = entries[k]  # type: ignore[misc]
+            block = view[k * bs : k * bs + covered]
+            if len(block) != covered or crc(block) != expected:
+                error = ChecksumError(f"blob {self.blob_id} block {first + k} fails its checksum")
+                good = k
+                break
+        view.release()
+        if error is not None:
+            if good == 0:
+                raise error
+            return data[: good * bs]
         return data
 
     def read(self, n: int) -> bytes:
@@ -452,26 +497,25 @@ class BlobReadHandle:
         caller can deliver everything that verified."""
         if n < 0:
             raise BadRequest("read size must be non-negative")
-        bs = self._blob.block_size
-        parts: list[bytes] = []
         want = min(n, self.remaining)
-        while want:
-            index, start = divmod(self.offset, bs)
-            take = min(want, bs - start)
-            if index != self._block_index:
-                needed = min(bs, start + self.remaining)
-                try:
-                    self._block = self._load(index, needed)
-                except StorageError:
-                    if parts:  # hand over the good bytes; the next call raises
-                        break
-                    raise
-                self._block_index = index
-            parts.append(self._block[start : start + take])
-            self.offset += take
-            self.remaining -= take
-            want -= take
-        return b"".join(parts)
+        if not want:
+            return b""
+        bs = self._blob.block_size
+        index, start = divmod(self.offset, bs)
+        if index == self._block_index:  # the rest of the block kept last time
+            piece = self._block[start : start + want]
+        else:
+            span = max(1, MAX_READ_SPAN // bs)
+            last = min((self.offset + want - 1) // bs, index + span - 1)
+            data = self._load(index, last - index + 1, self.offset + self.remaining)
+            stop = min(start + want, len(data))
+            piece = data if start == 0 and stop == len(data) else data[start:stop]
+            if stop % bs and stop < len(data):  # ends inside a block: keep it
+                self._block_index = index + stop // bs
+                self._block = data[stop // bs * bs : (stop // bs + 1) * bs]
+        self.offset += len(piece)
+        self.remaining -= len(piece)
+        return piece
 
     def close(self) -> None:
         for fd in (self._data_fd, self._sums_fd):

@@ -21,13 +21,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsstorage import auth, framing
+from wsstorage import allocator, auth, framing
 from wsstorage._interfaces import IBlobWriter, IStorageClient
 from wsstorage.errors import (
     AuthenticationFailed,
@@ -37,6 +38,7 @@ from wsstorage.errors import (
     error_from_code,
 )
 from wsstorage.records import BlobInfo, Health, check_blob_id
+from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
 
@@ -173,7 +175,7 @@ class _ClientProtocol(Protocol):
     def __init__(self, client: StorageClient) -> None:
         self.client = client
         self.reactor = client.reactor
-        self._decoder = framing.FrameDecoder()
+        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
         self._nonce = auth.new_nonce()
         self.ready: defer.Deferred = defer.Deferred()
         self.lost: defer.Deferred = defer.Deferred()
@@ -186,6 +188,7 @@ class _ClientProtocol(Protocol):
         self.write_blocked = False
         self._timer: Any = None
         self._error: StorageError | None = None
+        self._heard = False  # any byte from the server yet
 
     # -- connection ----------------------------------------------------
 
@@ -202,7 +205,19 @@ class _ClientProtocol(Protocol):
         self._arm()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._fail_all(NodeUnavailable(f"connection to storage server {self.client.name} lost"))
+        name = self.client.name
+        if self.authenticated or reason is None:
+            err = NodeUnavailable(f"connection to storage server {name} lost")
+        else:
+            # Before READY: a TLS handshake that failed (untrusted
+            # certificate, plain TCP to a TLS port or the reverse) ends here.
+            why = describe_loss(reason)
+            if not self._heard and reason.check(ConnectionDone):
+                why = why.rstrip(".") + ", before any answer (a TLS port reached with tcp:?)"
+            err = NodeUnavailable(
+                f"connection to storage server {name} lost during the handshake: {why}"
+            )
+        self._fail_all(err)
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -274,6 +289,7 @@ class _ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.connected:
             return
+        self._heard = True
         self.activity()
         self._decoder.feed(data)
         self._process()
@@ -360,6 +376,7 @@ class _ClientProtocol(Protocol):
             return
         if ftype == framing.READY and hasattr(self, "_server_nonce"):
             self.authenticated = True
+            self._decoder.limit = None
             self.ready.callback(self)
             return
         raise ProtocolError(f"unexpected {framing.FRAME_NAMES[ftype]} frame in the handshake")
@@ -549,6 +566,7 @@ class StorageClient:
         idle_timeout: float = 5.0,
         pool_size: int = 4,
     ) -> None:
+        allocator.tune()  # once per process: 1 MiB socket reads reuse the heap
         self.reactor = reactor
         self.name = name
         self.endpoint = (
@@ -723,6 +741,12 @@ class StorageClient:
         for conn in list(self._conns):
             if conn.connected:
                 waits.append(conn.lost)
-                conn.transport.loseConnection()
+                if conn._pending or conn.writer is not None or conn._held:
+                    # An operation still runs (a paused read, say): cut it.
+                    # A clean close could wait forever under TLS, whose
+                    # close_notify exchange needs both sides reading.
+                    conn.transport.abortConnection()
+                else:
+                    conn.transport.loseConnection()
         self._idle = []
         return defer.DeferredList(waits).addCallback(lambda _: None)

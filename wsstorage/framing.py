@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
+
 from wsstorage.errors import ProtocolError
 
 MAGIC = b"WS"
@@ -31,6 +33,10 @@ HEADER_SIZE = HEADER.size
 #: Hard caps on a frame body, checked from the header before buffering it.
 MAX_CONTROL = 1024 * 1024
 MAX_DATA = 256 * 1024
+#: Cap on any frame before the handshake is complete: HELLO, CHALLENGE,
+#: AUTH and READY are a few hundred bytes, and a peer that has not proved
+#: the secret must not make us buffer a 1 MiB frame.
+MAX_PREAUTH = 4 * 1024
 #: Socket read size and send limit for stream connections (tune_transport).
 TRANSPORT_BUFFER = 1024 * 1024
 
@@ -93,6 +99,23 @@ def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
         yield piece
 
 
+def join_data_frames(request_id: int, pieces: list[bytes]) -> bytes:
+    """DATA frames of ``MAX_DATA`` bytes carrying ``pieces``, as one bytes.
+
+    The storage server builds a read batch this way in its read-ahead
+    thread: a transport given one bytes object sends it without copying,
+    so the one copy (joining headers and bodies) is made off the reactor.
+    """
+    parts: list[bytes | memoryview] = []
+    for data in pieces:
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_DATA):
+            body = view[start : start + MAX_DATA]
+            parts.append(encode_header(DATA, request_id, len(body)))
+            parts.append(body)
+    return b"".join(parts)
+
+
 def decode_control(body: bytes) -> dict[str, Any]:
     """Parse a control body; anything but a JSON object is a ProtocolError."""
     try:
@@ -121,10 +144,13 @@ class FrameDecoder:
     of a chunk, or one join when it spans chunks, so each byte is copied once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._chunks: deque[bytes] = deque()
         self._off = 0  # consumed bytes of self._chunks[0]
         self._len = 0  # unconsumed bytes in total
+        #: When set, a cap on every frame's body whatever its type (the
+        #: protocols set MAX_PREAUTH until the handshake is done, then None).
+        self.limit = limit
 
     @property
     def buffered(self) -> int:
@@ -180,6 +206,11 @@ class FrameDecoder:
             return None
         magic, version, ftype, request_id, length = self._peek_header()
         check_header(magic, version, ftype, length)
+        if self.limit is not None and length > self.limit:
+            raise ProtocolError(
+                f"{FRAME_NAMES[ftype]} frame of {length} bytes before the handshake is"
+                f" complete exceeds the {self.limit}-byte cap"
+            )
         if self._len < HEADER_SIZE + length:
             return None
         self._advance(HEADER_SIZE)
@@ -195,20 +226,45 @@ class FrameDecoder:
             yield frame
 
 
+def tcp_transport(transport: Any) -> Any:
+    """The TCP transport under ``transport``, or None if there is none.
+
+    With TLS (``ssl:`` server endpoints, ``tls:`` client endpoints) the
+    protocol's transport is Twisted's TLS wrapper; the socket's transport
+    is its ``transport``.  The wrapper forwards unknown attribute reads to
+    it but keeps attribute writes, so tuning must reach the real one.
+    """
+    for _ in range(4):  # TLS over TCP is two levels; never loop forever
+        if isinstance(transport, FileDescriptor):
+            return transport
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
 def tune_transport(transport: Any) -> None:
     """Raise a TCP transport's read size and send limit, and turn Nagle off.
 
     Twisted's defaults (64 KiB per read, 128 KiB per send) cost a reactor
     turn per 64 KiB of a stream; 1 MiB cuts that overhead several-fold while
-    still bounding a connection's buffers.
+    still bounding a connection's buffers.  Under TLS the TCP transport
+    beneath the TLS wrapper is tuned (the wrapper itself reads and sends
+    what the TCP transport gives it and pauses with it).
     """
-    if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
-        transport.bufferSize = TRANSPORT_BUFFER
-        transport.SEND_LIMIT = TRANSPORT_BUFFER
+    tcp = tcp_transport(transport)
+    if tcp is None:
+        return
+    if hasattr(tcp, "bufferSize") and hasattr(tcp, "SEND_LIMIT"):
+        tcp.bufferSize = TRANSPORT_BUFFER
+        # A read batch is 1 MiB of data plus its frame headers: one send()
+        # takes all of it (what the kernel accepts), not 1 MiB and a
+        # 48-byte remainder a reactor turn later.
+        tcp.SEND_LIMIT = 2 * TRANSPORT_BUFFER
     # Requests and replies are small frames answered one at a time: Nagle's
     # algorithm would hold each back until the previous one is acknowledged
     # (up to 40 ms per round trip with delayed ACKs).
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    set_no_delay = getattr(tcp, "setTcpNoDelay", None)
     if set_no_delay is not None:
         try:
             set_no_delay(True)

@@ -7,11 +7,13 @@ Flow control is TCP's own: a read stream is an IPushProducer on the
 transport (paused when the send buffer fills), and while the server cannot
 take a client's bytes (an fsync in a thread) it stops reading the socket and
 leaves unprocessed frames in the decoder.  Memory per connection is one
-socket read plus one frame whatever the blob size.
+socket read, one frame and a read stream's few 1 MiB batches, whatever the
+blob size.
 
 Disk work that may block for long (open, fsync, seal, fence, commit, list,
-delete) runs through ``run_blocking`` (a thread pool by default); single
-chunk reads and writes run in the reactor thread.
+delete) and a read stream's read-ahead (pread, CRC, framing) run through
+``run_blocking`` (a thread pool by default); single chunk writes run in the
+reactor thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import errno
 import itertools
 import json
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,14 +46,21 @@ from wsstorage.errors import (
     StorageError,
 )
 from wsstorage.records import BlobInfo, check_blob_id
+from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
 
-#: Bytes read from the store per DATA frame of a read stream: one checksum
-#: block, so the store hands its verified block over without copying it.
-READ_CHUNK = 64 * 1024
-#: Bytes a read stream reads ahead in a thread while it sends the previous batch.
+#: Bytes of one read-ahead batch (read and verified in a thread, then sent).
 READ_AHEAD = 1024 * 1024
+#: Batches a read stream keeps ready beyond the one in the transport, so a
+#: reactor or thread that is scheduled late does not leave the socket idle.
+READ_BATCHES = 2
+#: Seconds a reading task waits for room before it gives its thread back.
+READ_IDLE = 0.05
+#: Batches one reading task reads at most before it gives its pool thread
+#: back (and _fill starts the next): other streams and blocking requests
+#: (fsync, stat) wait at most that long for a thread.
+READ_TASK_BATCHES = 16
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
 #: Target size of one page of a list reply.
@@ -135,6 +146,8 @@ class StorageServerFactory(Factory):
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.connections: set[StorageServerProtocol] = set()
+        #: run_blocking is the reactor's thread pool (not an inline stand-in)
+        self.threaded = run_blocking is None
         if run_blocking is None:
             pool = reactor.getThreadPool()
 
@@ -143,6 +156,15 @@ class StorageServerFactory(Factory):
 
         self.run_blocking = run_blocking
         self._peer_client = peer_client
+
+    def from_thread(self, f: Callable[[], None]) -> Callable[[], None]:
+        """``f`` made callable from work given to ``run_blocking``: through
+        callFromThread when that work runs in the reactor's thread pool,
+        directly when a given run_blocking runs it inline (unit tests)."""
+        if self.threaded:
+            call = self.reactor.callFromThread
+            return lambda: call(f)
+        return f
 
     def buildProtocol(self, addr: Any) -> StorageServerProtocol:
         p = StorageServerProtocol()
@@ -167,7 +189,7 @@ class StorageServerProtocol(Protocol):
     factory: StorageServerFactory
 
     def __init__(self) -> None:
-        self._decoder = framing.FrameDecoder()
+        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
         self._state = "hello"  # hello -> auth -> ready; closed
         self._client_nonce = ""
         self._server_nonce = ""
@@ -197,6 +219,14 @@ class StorageServerProtocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._state in ("hello", "auth") and reason is not None:
+            # Mostly a TLS handshake that failed (wrong CA, plain TCP to a
+            # TLS port) or a port probe; say which, as the client cannot.
+            log.info(
+                "connection from {peer} ended before the handshake: {why}",
+                peer=self.peer,
+                why=describe_loss(reason),
+            )
         self._state = "closed"
         self.factory.connections.discard(self)
         for timer in (self._handshake_timer, self._keepalive):
@@ -312,6 +342,7 @@ class StorageServerProtocol(Protocol):
             self.drop("authentication failed: wrong proof of the cluster secret", "auth_failed")
             return
         self._state = "ready"
+        self._decoder.limit = None
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._send(framing.READY, 0, {"name": self.factory.name, "version": framing.VERSION})
@@ -703,14 +734,29 @@ class _PauseFlag:
         return d
 
 
+@attrs.frozen
+class _Batch:
+    """One read-ahead batch: verified ``pieces`` (``length`` bytes), the DATA
+    frames carrying them as one bytes (``wire``; None when they must be cut
+    at a failpoint), and the error that ended the batch early, if any."""
+
+    pieces: list[bytes]
+    length: int
+    wire: bytes | None
+    error: BaseException | None
+
+
 @implementer(IPushProducer)
 class _ReadStream:
     """Sends one blob range as DATA frames, paced by the transport.
 
-    Reading and verifying blocks (pread + CRC, both release the GIL) runs in
-    a thread, one ``READ_AHEAD`` batch ahead of what the reactor thread is
-    sending, so disk work and socket work overlap.  At most two batches are
-    in memory: the one being sent and the one being read.
+    Reading and verifying blocks (one pread and a CRC per block, both
+    release the GIL) and framing them runs in a thread, up to
+    ``READ_BATCHES`` batches of ``READ_AHEAD`` bytes ahead of what the
+    reactor thread is sending, so disk work and socket work overlap and a
+    thread scheduled late on a busy machine does not stall the socket.  At
+    most READ_BATCHES + 2 batches are in memory: those ready, the one being
+    read and the one in the transport's buffer.
     """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
@@ -722,81 +768,159 @@ class _ReadStream:
         self.sent = 0
         self.paused = False
         self.done: defer.Deferred = defer.Deferred()
-        self._scheduled: Any = None
+        self._in_turn = False
         self._finished = False
         self._fetching = False
-        self._ready: tuple[list[bytes], BaseException | None] | None = None
+        self._ready: deque[_Batch] = deque()
+        self._room = threading.Condition()  # notified when a batch is taken
+        self._failed = False  # a batch ended with an error: fetch no more
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
+        # Straight on, not in a later reactor turn: the transport resumes us
+        # from doWrite when its buffer has drained, and the next batch should
+        # be in the socket before the kernel's buffer drains too.
         self.paused = False
-        if self._scheduled is None and not self._finished:
-            self._scheduled = self.proto.factory.reactor.callLater(0, self._turn)
+        if not self._in_turn and not self._finished:
+            self._turn()
 
     def stopProducing(self) -> None:
         self.close()
 
-    def _fetch(self) -> None:
-        n = min(READ_AHEAD, self.to_fetch)
-        self.to_fetch -= n
-        self._fetching = True
-        handle = self.handle
+    def _fill(self) -> None:
+        """Start a reading task if there is room and none is running."""
+        if (
+            not self._fetching
+            and not self._failed
+            and self.to_fetch
+            and len(self._ready) < READ_BATCHES
+            and not self._finished
+        ):
+            self._fetch()
 
-        def work() -> tuple[list[bytes], BaseException | None]:
-            out: list[bytes] = []
+    def _fetch(self) -> None:
+        """One task in a thread reads batches while fewer than READ_BATCHES
+        are ready, handing each over as soon as it is verified.
+
+        The task does not come back to the reactor between batches (a
+        round trip per batch would idle the disk side while the reactor is
+        busy or scheduled late, and a thread dispatch costs more than
+        reading a cached MiB): when the ready queue is full it waits on
+        ``_room``, which the reactor notifies when it takes a batch, and
+        only after READ_IDLE seconds without room (a paused consumer) does
+        it end and give its pool thread back; it also ends after
+        READ_TASK_BATCHES batches so that streams share the pool fairly.
+        _fill starts the next task.
+        While it runs only it touches ``to_fetch`` and the handle;
+        ``_ready`` is a deque, whose append and popleft are atomic.
+        """
+        self._fetching = True
+        factory = self.proto.factory
+        handle, rid, ready = self.handle, self.rid, self._ready
+        # With a read failpoint armed, batches are cut byte-exactly in the
+        # reactor thread (_send_pieces); otherwise framed here, off it.
+        frame_here = failpoints.threshold("storage.read.bytes") is None
+        arrived = factory.from_thread(self._arrived)
+
+        def read_batch(n: int) -> _Batch:
+            pieces: list[bytes] = []
             left = n
+            error: BaseException | None = None
             try:
                 while left:
-                    data = handle.read(min(READ_CHUNK, left))
+                    data = handle.read(left)
                     if not data:
                         raise StorageError(f"blob ended {left} bytes early")
-                    out.append(data)
+                    pieces.append(data)
                     left -= len(data)
             except Exception as e:
-                return out, e  # the good blocks before a bad one still go out
-            return out, None
+                error = e  # the good blocks before a bad one still go out
+            wire = framing.join_data_frames(rid, pieces) if frame_here else None
+            return _Batch(pieces, n - left, wire, error)
 
-        self.proto.factory.run_blocking(work).addBoth(self._fetched)
+        room = self._room
+        # Inline (unit tests) nobody can take a batch while we wait: don't.
+        idle = READ_IDLE if factory.threaded else 0
+
+        def work() -> None:
+            for _ in range(READ_TASK_BATCHES):
+                with room:
+                    while len(ready) >= READ_BATCHES and not self._finished:
+                        if not room.wait(idle):
+                            return  # the consumer is slow: give the thread back
+                    if self._finished or not self.to_fetch:
+                        return
+                    n = min(READ_AHEAD, self.to_fetch)
+                    self.to_fetch -= n
+                batch = read_batch(n)
+                if batch.error is not None:
+                    self._failed = True
+                ready.append(batch)
+                arrived()
+                if self._failed:
+                    return
+
+        factory.run_blocking(work).addBoth(self._fetched)
+
+    def _make_room(self) -> None:
+        """A batch was taken: wake the reading task, or start one."""
+        if self._fetching:
+            with self._room:
+                self._room.notify()
+        else:
+            self._fill()
+
+    def _arrived(self) -> None:
+        """A batch is ready (called in the reactor thread)."""
+        if not self.paused and not self._finished:
+            self.resumeProducing()
 
     def _fetched(self, result: Any) -> None:
         self._fetching = False
-        if isinstance(result, Failure):
-            result = ([], result.value)
+        if isinstance(result, Failure):  # not a read error: those are in batches
+            self._failed = True
+            self._ready.append(_Batch([], 0, None, result.value))
         if self._finished:
             self._close_handle()
             return
-        self._ready = result
+        self._fill()
         if not self.paused:
             self.resumeProducing()
 
     def _turn(self) -> None:
-        self._scheduled = None
-        if self.paused or self._finished:
-            return
-        if self.remaining == 0:
-            self._finish({"length": self.sent}, None)
-            return
-        if self._ready is None:
-            if not self._fetching:
-                self._fetch()  # _fetched resumes us
-            return
-        batch, error = self._ready
-        self._ready = None
-        if error is None and self.to_fetch:
-            self._fetch()
+        """Send ready batches until paused, finished, or waiting for the disk."""
+        self._in_turn = True
         try:
-            self._send_batch(batch)
-        except Exception as e:
-            self._finish(None, e)
-            return
-        if error is not None:
-            self._finish(None, error)
-        elif not self.paused:
-            self.resumeProducing()
+            while not self.paused and not self._finished:
+                if self.remaining == 0:
+                    self._finish({"length": self.sent}, None)
+                    return
+                if not self._ready:
+                    self._fill()  # _fetched resumes us (or already has)
+                    if not self._ready:
+                        return
+                batch = self._ready.popleft()
+                self._make_room()
+                try:
+                    if batch.wire is not None:
+                        if batch.wire:
+                            self.proto.transport.write(batch.wire)
+                        self._count(batch.length)
+                    else:
+                        self._send_pieces(batch.pieces)
+                except Exception as e:
+                    self._finish(None, e)
+                    return
+                if batch.error is not None:
+                    self._finish(None, batch.error)
+                    return
+        finally:
+            self._in_turn = False
 
-    def _send_batch(self, batch: list[bytes]) -> None:
+    def _send_pieces(self, batch: list[bytes]) -> None:
+        """Send verified pieces, stopping at the read failpoint's exact byte."""
         transport = self.proto.transport
         frames: list[bytes] = []
         for data in batch:
@@ -830,10 +954,9 @@ class _ReadStream:
 
     def close(self) -> None:
         self._finished = True
-        self._ready = None
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        self._ready.clear()
+        with self._room:
+            self._room.notify()  # a reading task waiting for room ends now
         if not self._fetching:
             self._close_handle()  # else _fetched closes it when the thread is done
         if not self.done.called:

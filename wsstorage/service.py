@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsstorage import auth
+from wsstorage import allocator, auth
 from wsstorage.blobstore import BlobStore
 from wsstorage.records import BLOB_ID_RE
 from wsstorage.server import StorageServerFactory
@@ -64,6 +64,7 @@ def start_storage_server(
     (a server endpoint string such as ``tcp:0:interface=127.0.0.1``).
 
     Fires with a RunningServer."""
+    allocator.tune()
     store = yield threads.deferToThreadPool(
         reactor, reactor.getThreadPool(), BlobStore.open, data_dir
     )

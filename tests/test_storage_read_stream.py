@@ -1,0 +1,95 @@
+"""The server's read stream over real TCP: read-ahead tasks and the pool.
+
+A read stream reads ahead in a task on the reactor's thread pool.  These
+tests pin down that a stalled consumer does not keep a pool thread (the
+pool is shared with fsyncs and every other blocking request), and that a
+batch size's worth of stalls, resumes and ends still delivers every byte.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from tests.storage_procs import DrainConsumer, pattern, write_blob
+from tests.support import free_port
+from tests.transfer_env import sha256
+from wsstorage import server as server_mod
+from wsstorage.client import StorageClient
+from wsstorage.service import start_storage_server
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def tcp_server(tmp_path):
+    port = free_port()
+    running = pytest_twisted.blockon(
+        start_storage_server(
+            reactor, f"tcp:{port}:interface=127.0.0.1", str(tmp_path / "d"), "s1", b"k" * 32
+        )
+    )
+    client = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", b"k" * 32, idle_timeout=30)
+    yield running, client
+    pytest_twisted.blockon(client.close())
+    pytest_twisted.blockon(running.stop())
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the reactor (a condition wait, not a fixed sleep)."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not reached"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class Pausing(DrainConsumer):
+    def __init__(self, pause_at: int) -> None:
+        super().__init__()
+        self.pause_at = pause_at
+        self.paused: defer.Deferred = defer.Deferred()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.count >= self.pause_at and not self.paused.called:
+            self.producer.pauseProducing()
+            self.paused.callback(None)
+
+
+def stream_of(running):
+    return next((c._read for c in running.factory.connections if c._read is not None), None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_read_gives_its_pool_thread_back_and_resumes_intact(tcp_server):
+    running, client = tcp_server
+    size = 64 * MiB
+    data = pattern(size, seed=7)
+    await write_blob(client, "blob", data, chunk=MiB)
+    sink = Pausing(2 * MiB)
+    reading = client.read("blob", 0, None, sink)
+    await sink.paused
+    await wait_for(lambda: getattr(stream_of(running), "paused", False))
+    stream = stream_of(running)
+    # The task reading ahead finds no room, waits READ_IDLE, then ends.
+    await wait_for(lambda: not stream._fetching, timeout=5 + 20 * server_mod.READ_IDLE)
+    assert len(stream._ready) <= server_mod.READ_BATCHES
+    # Meanwhile blocking requests get threads: a commit (fsync) completes.
+    await write_blob(client, "other", b"x" * 1000)
+    sink.producer.resumeProducing()
+    assert await reading == size
+    assert sink.sha.hexdigest() == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_longer_than_one_task_and_unaligned_ranges_arrive_whole(tcp_server):
+    _running, client = tcp_server
+    size = (server_mod.READ_TASK_BATCHES * 2 + 3) * server_mod.READ_AHEAD + 12345
+    data = pattern(size, seed=8)
+    await write_blob(client, "long", data, chunk=MiB)
+    for offset, length in [(0, None), (1, size - 2), (MiB - 5, 3 * MiB + 11)]:
+        sink = DrainConsumer()
+        n = await client.read("long", offset, length, sink)
+        end = size if length is None else offset + length
+        assert (n, sink.sha.hexdigest()) == (end - offset, sha256(data[offset:end]))
