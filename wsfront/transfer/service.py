@@ -67,11 +67,36 @@ class FileInfo:
 
 @attrs.frozen
 class ReadHandle:
-    """An open download: metadata for the reply, and the producer."""
+    """An open download: metadata for the reply, and the producer.
+
+    Everything a reply needs comes from the one catalog lookup that opened
+    it: ``info`` is the committed version (what ``stream`` reads), and
+    ``pending`` the user's own pending upload on the path, if any (its
+    durable size is what a client resumes an upload from).  ``stream``
+    touches no storage server until it is started, so a HEAD or a 304 costs
+    that one lookup; ``reopen`` gives another range of the same version
+    (multipart ranges) without asking the catalog again.
+    """
 
     info: FileInfo
     version: Version
     stream: ReadStream
+    pending: FileInfo | None = None
+    _open_stream: Any = attrs.field(default=None, repr=False, eq=False)
+
+    def reopen(self, offset: int = 0, length: int | None = None) -> ReadStream:
+        """A new, unstarted stream of ``length`` bytes of this very version
+        from ``offset``."""
+        return self._open_stream(offset, length)
+
+
+class NoCommittedVersion(catalog_errors.NotFound):
+    """The path is a file without a committed version; ``pending`` is the
+    user's own pending upload on it (None when it is someone else's)."""
+
+    def __init__(self, message: str, pending: FileInfo | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 def _read_extent(extent) -> ReadExtent:
@@ -191,28 +216,38 @@ class Transfers:
 
     @inlineCallbacks
     def open_read(self, user: User, vpath: str, offset: int = 0, length: int | None = None):
-        """A ReadHandle streaming the committed version from ``offset``."""
+        """A ReadHandle streaming the committed version from ``offset``, in
+        one catalog lookup.  IsADirectory for a directory; NoCommittedVersion
+        (a NotFound, carrying the user's pending upload) for a file that has
+        none yet."""
         self._refuse_if_draining()
         self._need(user, "read")
         entry = yield self.catalog.stat(self.full_path(user, vpath))
         if entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
+        upload = entry.upload
+        pending = None
+        if upload is not None and upload.live and upload.user == user.name:
+            pending = self._info(user, vpath, entry)
         version = entry.version
         if version is None:
-            raise catalog_errors.NotFound(vpath)
+            raise NoCommittedVersion(vpath, pending)
         if offset > version.size:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {version.size}")
         extents = [_read_extent(e) for e in version.extents]
-        stream = ReadStream(
-            self._clock,
-            self.pool,
-            extents,
-            offset,
-            length,
-            stall_timeout=self.settings.read_stall_timeout,
-            stats=self.stats,
-            on_damage=self._replica_damaged,
-        )
+
+        def open_stream(start: int, count: int | None) -> ReadStream:
+            return ReadStream(
+                self._clock,
+                self.pool,
+                extents,
+                start,
+                count,
+                stall_timeout=self.settings.read_stall_timeout,
+                stats=self.stats,
+                on_damage=self._replica_damaged,
+            )
+
         info = FileInfo(
             path=vpath,
             is_dir=False,
@@ -222,7 +257,7 @@ class Transfers:
             inode=entry.inode,
             sha256=version.sha256,
         )
-        return ReadHandle(info, version, stream)
+        return ReadHandle(info, version, open_stream(offset, length), pending, open_stream)
 
     # -- writes -----------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""What a read costs: catalog transactions and storage streams per request.
+
+A download is answered from one catalog lookup (``Transfers.open_read``):
+metadata, preconditions and ranges come from the version that lookup found,
+and HEAD or 304 open no storage stream at all.  These tests count the
+catalog transactions and storage reads a request makes, and check that the
+answers stay right while they are cut (a new version committed between the
+lookup and the body, a pending upload's Upload-Offset, ranges).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.http_env import HttpEnv, payload
+from tests.transfer_env import Collector
+from wsfront.catalog import errors as catalog_errors
+from wsfront.transfer.service import NoCommittedVersion
+
+
+class Counting:
+    """Counts catalog transactions and storage read streams of one env."""
+
+    def __init__(self, env: HttpEnv) -> None:
+        self.catalog = 0
+        self.reads = 0
+        runner = env.catalog._runner
+        run = runner.run
+
+        def counted_run(*a, **kw):
+            self.catalog += 1
+            return run(*a, **kw)
+
+        runner.run = counted_run
+        for client in env.transfer.clients:
+            read = client.read
+
+            def counted_read(*a, _read=read, **kw):
+                self.reads += 1
+                return _read(*a, **kw)
+
+            client.read = counted_read
+
+    def reset(self) -> None:
+        self.catalog = self.reads = 0
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(HttpEnv(reactor, tmp_path).start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+async def fetch(env, path, method="GET", headers=None):
+    r = await env.request(method, path, headers=headers or {})
+    return r, await r.content()
+
+
+def header(response, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return None if values is None else values[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
+    data = payload(4096)
+    await env.upload("/small.bin", data)
+    await fetch(env, "/small.bin")  # logs in (the login is cached afterwards)
+    count = Counting(env)
+    r, body = await fetch(env, "/small.bin")
+    assert r.code == 200 and body == data
+    assert (count.catalog, count.reads) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_and_not_modified_read_no_storage_and_ask_the_catalog_once(env):
+    await env.upload("/f.txt", b"hello world")
+    r, _ = await fetch(env, "/f.txt")
+    etag = header(r, "ETag")
+    count = Counting(env)
+    r, body = await fetch(env, "/f.txt", "HEAD")
+    assert r.code == 200 and body == b""
+    assert header(r, "Content-Length") == "11"
+    assert header(r, "ETag") == etag
+    assert (count.catalog, count.reads) == (1, 0)
+    count.reset()
+    r, body = await fetch(env, "/f.txt", headers={b"If-None-Match": [etag.encode()]})
+    assert r.code == 304 and body == b""
+    assert (count.catalog, count.reads) == (1, 0)
+    count.reset()
+    r, _ = await fetch(env, "/f.txt", headers={b"If-Match": [b'"other"']})
+    assert r.code == 412
+    assert (count.catalog, count.reads) == (1, 0)
+    assert env.transfers.stats.reads_started == 1  # the first GET only
+
+
+@pytest_twisted.ensureDeferred
+async def test_multipart_ranges_read_one_version_with_one_lookup(env):
+    data = payload(100_000)
+    await env.upload("/r.bin", data)
+    await fetch(env, "/r.bin", "HEAD")
+    count = Counting(env)
+    r, body = await fetch(env, "/r.bin", headers={b"Range": [b"bytes=0-9,50000-50009,-5"]})
+    assert r.code == 206
+    assert data[0:10] in body and data[50000:50010] in body and data[-5:] in body
+    assert count.catalog == 1 and count.reads == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_of_a_pending_upload_gets_its_offset_from_the_same_lookup(env):
+    await env.upload("/p.bin", b"committed")
+    session = await env.transfers.open_write(env.user, "/p.bin", 0)
+    session.write(b"new bytes")
+    await session.checkpoint()
+    await fetch(env, "/p.bin", "HEAD")  # logs in
+    count = Counting(env)
+    r, body = await fetch(env, "/p.bin")
+    assert r.code == 200 and body == b"committed"
+    assert header(r, "Upload-Offset") == "9"
+    assert header(r, "Link") is not None and "tus-upload" in header(r, "Link")
+    assert count.catalog == 1
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pending_only_file_is_404_with_its_offset_for_the_owner_only(env):
+    session = await env.transfers.open_write(env.user, "/only.bin", 0)
+    session.write(b"abc")
+    await session.checkpoint()
+    r, _ = await fetch(env, "/only.bin", "HEAD")
+    assert r.code == 404
+    assert header(r, "Upload-Offset") == "3"
+    with pytest.raises(NoCommittedVersion) as caught:
+        await env.transfers.open_read(env.user, "/only.bin")
+    assert caught.value.pending.size == 3
+    other = await env.catalog.add_user("bob", "bob password")
+    other = type(other)(**{**_fields(other), "root": env.user.root})
+    with pytest.raises(NoCommittedVersion) as caught:
+        await env.transfers.open_read(other, "/only.bin")
+    assert caught.value.pending is None
+    assert isinstance(caught.value, catalog_errors.NotFound)
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reopen_reads_the_version_the_handle_describes_after_a_newer_commit(env):
+    old = payload(300_000)
+    await env.upload("/v.bin", old)
+    handle = await env.transfers.open_read(env.user, "/v.bin")
+    await env.upload("/v.bin", payload(300_000))  # a new version replaces it
+    sink = Collector()
+    stream = handle.reopen(1000, 5000)
+    assert stream.length == 5000
+    await stream.start(sink)
+    assert sink.data == old[1000:6000]
+    handle.stream.stopProducing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_needs_read_permission_like_get(env):
+    await env.upload("/secret.txt", b"s")
+    await env.catalog.set_permissions("alice", frozenset({"write"}))
+    env.authenticator.forget("alice")
+    for method in ("GET", "HEAD"):
+        r, _ = await fetch(env, "/secret.txt", method)
+        assert r.code == 403, method
+
+
+def _fields(record) -> dict:
+    import attrs
+
+    return attrs.asdict(record, recurse=False)
