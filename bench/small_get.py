@@ -1,16 +1,19 @@
 """Deterministic cost of small GETs/HEADs: catalog trips and Python calls.
 
-    python bench/small_get.py [--requests 1000] [--size 4096] [--profile out.prof]
+    python bench/small_get.py [--requests 1000] [--size 4096] [--storage-procs]
+                              [--profile out.prof] [--top N]
 
-Runs, in this process, three real storage servers (real BlobStores, real TCP),
-a SQLite catalog, the transfer layer and the HTTP site; a client thread sends
-``--requests`` GETs of one small file over one keep-alive connection (then
-HEADs, then conditional GETs answered 304).  Timing on a loaded 2-core machine
-is noise, so this prints what does not depend on the load: catalog
-transactions, storage read streams and storage connections opened per
-request, and the Python function calls the reactor thread made per request
-(cProfile, which profiles only the thread it runs in: the client thread is
-not counted).  ``--profile`` saves the GET profile for pstats.
+Runs three real storage servers (real BlobStores, real TCP; in this process,
+or as ``twistd wsstorage`` subprocesses with ``--storage-procs``), a SQLite
+catalog, the transfer layer and the HTTP site; a client thread sends
+``--requests`` GETs of one small file over one keep-alive connection, then
+HEADs, conditional GETs answered 304 and single-range GETs.  Timing on a
+loaded 2-core machine is noise, so this prints what does not depend on the
+load: catalog transactions, storage read streams and storage connections
+opened per request, and the Python function calls the reactor thread made
+per request (cProfile profiles only the thread it runs in: the client
+thread and the catalog's threads are not counted).  ``--profile`` saves the
+GET profile for pstats.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from twisted.internet.endpoints import serverFromString
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.transfer_env import PASSWORD, TransferEnv  # noqa: E402
+from bench._common import start_storage  # noqa: E402
+from tests.transfer_env import PASSWORD, SECRET, TransferEnv  # noqa: E402
 from wsfront.auth import CachingAuthenticator  # noqa: E402
 from wsfront.http.site import make_site  # noqa: E402
 from wsstorage import client as storage_client  # noqa: E402
@@ -96,9 +100,38 @@ def client_loop(port: int, path: str, n: int, method: str, headers: dict) -> int
     return statuses
 
 
+class SubprocessStorage(TransferEnv):
+    """TransferEnv whose storage servers are ``twistd wsstorage`` processes,
+    so that the profile holds the front end's calls only."""
+
+    async def start(self) -> TransferEnv:
+        secret_file = self.tmp_path / "secret"
+        secret_file.write_bytes(SECRET)
+        self.procs = []
+        for i in range(1, self.node_count + 1):
+            name = f"s{i}"
+            proc, ep = start_storage(self.tmp_path / name, name, secret_file)
+            self.procs.append(proc)
+            self.endpoints[name] = ep
+        self.catalog_url = f"sqlite:///{self.tmp_path / 'catalog.sqlite'}"
+        self.catalog = self._open_catalog()
+        for name, ep in self.endpoints.items():
+            await self.catalog.register_node(name, ep)
+        self.user = await self.catalog.add_user("alice", PASSWORD)
+        self.transfers = await self.front_end("fe-a")
+        return self
+
+    async def stop(self) -> None:
+        await super().stop()
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait()
+
+
 async def main(reactor, args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wsfs-smallget-"))
-    env = await TransferEnv(reactor, tmp).start()
+    kind = SubprocessStorage if args.storage_procs else TransferEnv
+    env = await kind(reactor, tmp).start()
     auth = CachingAuthenticator(env.catalog, reactor)
     site = make_site(reactor, env.transfers, auth, None)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
@@ -159,6 +192,11 @@ def parse(argv=None):
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--profile", default=None, help="save the GET profile here")
+    p.add_argument(
+        "--storage-procs",
+        action="store_true",
+        help="storage servers as twistd subprocesses (profile the front end alone)",
+    )
     p.add_argument("--top", type=int, default=0, help="print the top N functions of GET")
     return p.parse_args(argv)
 

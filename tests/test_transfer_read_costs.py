@@ -175,3 +175,49 @@ def _fields(record) -> dict:
     import attrs
 
     return attrs.asdict(record, recurse=False)
+
+
+# -- memory: how much a storage connection pulls per read ------------------------------
+
+
+def test_recv_size_shares_a_budget_and_follows_what_is_left():
+    from wsfront.transfer import reader
+
+    assert reader.recv_size(1, 1 << 30) == reader.RECV_MAX
+    assert reader.recv_size(200, 1 << 30) == max(reader.RECV_MIN, reader.RECV_BUDGET // 200)
+    assert reader.recv_size(200, 1 << 30) * 200 <= max(reader.RECV_BUDGET, 200 * reader.RECV_MIN)
+    assert reader.recv_size(10_000, 1 << 30) == reader.RECV_MIN
+    assert reader.recv_size(1, 4096) == 4096 + reader.RECV_MIN
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reads_pull_less_per_turn_and_the_pooled_connection_gets_its_size_back(
+    env,
+):
+    from tests.transfer_env import PausingCollector
+    from wsfront.transfer import reader
+    from wsstorage import framing
+
+    data = payload(4 << 20)
+    await env.upload("/m.bin", data)
+    transfers = env.transfers
+    count = 40
+    handles = [await transfers.open_read(env.user, "/m.bin") for _ in range(count)]
+    sinks = [PausingCollector(1) for _ in handles]
+    done = [h.stream.start(s) for h, s in zip(handles, sinks)]
+    await defer.gatherResults([s.paused for s in sinks])
+    sizes = set()
+    for h in handles:
+        transport = reader._transport_of(h.stream._sink.producer)
+        sizes.add(transport.bufferSize)
+    # The last reads to start shared the budget with all the others.
+    assert min(sizes) == reader.recv_size(count, len(data))
+    assert max(sizes) <= reader.RECV_MAX
+    for s in sinks:
+        s.producer.resumeProducing()
+    await defer.gatherResults(done)
+    assert all(s.data == data for s in sinks)
+    idle = [c for client in env.transfer.clients for c in client._idle]
+    assert idle
+    assert {c.transport.bufferSize for c in idle} == {framing.TRANSPORT_BUFFER}
+    assert reader._active_reads == 0
