@@ -221,3 +221,39 @@ async def test_concurrent_reads_pull_less_per_turn_and_the_pooled_connection_get
     assert idle
     assert {c.transport.bufferSize for c in idle} == {framing.TRANSPORT_BUFFER}
     assert reader._active_reads == 0
+
+
+# -- uploads: catalog transactions per small upload -------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_upload_records_its_length_in_the_commit_alone(env):
+    count = Counting(env)
+    session = await env.transfers.open_write(env.user, "/small.txt", 0)
+    assert count.catalog == 2  # stat, begin_upload
+    session.write(b"x" * 4096)
+    version = await session.finish()
+    # The replicas sealed; one transaction commits (no checkpoint before it).
+    assert count.catalog == 3
+    assert version.size == 4096 and session.durable == 4096
+    entry = await env.catalog.stat(env.transfers.full_path(env.user, "/small.txt"))
+    assert entry.upload is None and entry.size == 4096
+    [extent] = entry.version.extents
+    assert extent.length == 4096 and len(extent.replicas) == 2
+    _, body = await fetch(env, "/small.txt")
+    assert body == b"x" * 4096
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_lost_before_the_commit_is_recorded_before_the_commit(env):
+    session = await env.transfers.open_write(env.user, "/two.bin", 0)
+    session.write(b"y" * 100_000)
+    await session.checkpoint()
+    lost = session.replicas[0]
+    await env.transfer.kill(lost)
+    session.write(b"y" * 1000)
+    version = await session.finish()
+    [extent] = version.extents
+    ok = [r.node for r in extent.replicas if r.state == "ok"]
+    assert ok == list(session.replicas) and lost not in ok
+    assert version.size == 101_000

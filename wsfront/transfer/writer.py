@@ -283,7 +283,10 @@ class WriteSession:
             if not self._writers:
                 raise NoReplicasAvailable("no replica could seal the upload")
             replicas = tuple(sorted(self._writers))
-            if replicas != self._recorded_replicas or self.durable < self.offset:
+            if replicas != self._recorded_replicas:
+                # commit_upload records the length (checkpoint and blob
+                # length) in its own transaction; only a replica set that
+                # changed since the last checkpoint must be recorded first.
                 yield self._catalog.checkpoint(
                     self.upload_id, self.epoch, self.offset, replicas=list(replicas)
                 )
@@ -298,6 +301,7 @@ class WriteSession:
         except Exception as e:
             self._fail(self._translate(e))
             raise self.error from e
+        self.durable = self.offset
         self.state = DONE
         if self._stats is not None:
             self._stats.uploads_committed += 1
