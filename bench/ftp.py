@@ -293,21 +293,44 @@ class _Bytes:
         return out
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs 5)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def run(server: Server, args) -> dict:
     big = args.size_mib << 20
     wanted = set(args.workloads.split(","))
+    pid = server.proc.pid
     out: dict = {}
+    peaks: dict = {}
+
+    def phase_peak(name: str) -> None:
+        peaks[f"peak RSS MB: {name}"] = peak_rss_mb(pid)
+        reset_peak_rss(pid)
+
+    overall = peak_rss_mb(pid)
+    reset_peak_rss(pid)
     if "big" in wanted:
         out["STOR MB/s"] = big / MB / stor(server, "big.bin", big)
+        phase_peak("STOR")
         out["RETR MB/s"] = big / MB / retr(server, "big.bin", big)
+        phase_peak("RETR")
     if "clients" in wanted:
         many = many_clients(server, args.clients, args.client_mib << 20)
         out[f"{args.clients} clients MB/s"] = many["MB/s"]
         out[f"{args.clients} clients p99 s"] = many["p99 s"]
         out[f"{args.clients} clients failed"] = many["failed"]
+        phase_peak(f"{args.clients} clients")
     if "small" in wanted:
         out.update(small_files(server, args.small, args.small_kib << 10))
-    out["peak RSS MB"] = peak_rss_mb(server.proc.pid)
+        phase_peak("small files")
+    out["peak RSS MB"] = max([overall, *peaks.values()])
+    out.update(peaks)
     out["replicas"] = server.replicas
     out["fsync"] = server.fsync
     return out

@@ -257,3 +257,65 @@ async def test_a_replica_lost_before_the_commit_is_recorded_before_the_commit(en
     ok = [r.node for r in extent.replicas if r.state == "ok"]
     assert ok == list(session.replicas) and lost not in ok
     assert version.size == 101_000
+
+
+# -- the whole-file hash, off the reactor thread ----------------------------------------
+
+
+class _Blocker:
+    """Holds the hashing thread until ``release`` is set."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def _work(self, item) -> None:
+        self.release.wait(30)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_hash_pauses_the_upload_and_resumes_it_with_the_right_digest(monkeypatch):
+    import hashlib
+
+    from twisted.internet import reactor
+
+    from wsfront.transfer.writer import _Sha256
+
+    monkeypatch.setattr(_Sha256, "INLINE", 1000)
+    monkeypatch.setattr(_Sha256, "HIGH", 50_000)
+    monkeypatch.setattr(_Sha256, "LOW", 10_000)
+    events = []
+    resumed = defer.Deferred()
+
+    def on_resume():
+        events.append("resume")
+        resumed.callback(None)
+
+    sha = _Sha256(reactor, lambda: events.append("pause"), on_resume)
+    blocker = _Blocker()
+    _Sha256._worker_queue().put((blocker, None))
+    chunks = [bytes([i]) * 20_000 for i in range(5)]
+    for chunk in chunks:
+        sha.update(chunk)
+    # 1000 bytes inline are not enough for the first chunk: all 100 kB queued.
+    assert events == ["pause"]
+    blocker.release.set()
+    await resumed
+    assert events == ["pause", "resume"]
+    assert await sha.digest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_upload_is_hashed_inline():
+    import hashlib
+
+    from twisted.internet import reactor
+
+    from wsfront.transfer.writer import _Sha256
+
+    sha = _Sha256(reactor, lambda: None, lambda: None)
+    sha.update(b"abc")
+    d = sha.digest()
+    assert d.called  # no thread round trip for a small file
+    assert await d == hashlib.sha256(b"abc").hexdigest()
