@@ -319,3 +319,51 @@ async def test_a_small_upload_is_hashed_inline():
     d = sha.digest()
     assert d.called  # no thread round trip for a small file
     assert await d == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_widen_raises_a_tcp_transports_buffer_for_a_read_and_restores_it():
+    from wsfront.transfer import reader
+
+    class Transport:
+        bufferSize = 65536
+        SEND_LIMIT = 131072
+
+    t = Transport()
+    restore = reader.widen(t, 1 << 30)
+    assert t.bufferSize == t.SEND_LIMIT == reader.recv_size(reader._active_reads + 1, 1 << 30)
+    assert t.bufferSize > 65536
+    restore()
+    assert (t.bufferSize, t.SEND_LIMIT) == (65536, 131072)
+    # A small file needs no more than the defaults; a TLS wrapper is left alone.
+    small = Transport()
+    reader.widen(small, 1000)()
+    assert (small.bufferSize, small.SEND_LIMIT) == (65536, 131072)
+    reader.widen(object(), 1 << 30)()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_get_widens_the_response_socket_only_while_it_streams(env, monkeypatch):
+    from wsfront.transfer import reader
+
+    seen = []
+    original = reader.widen
+
+    def watching(transport, length):
+        before = (transport.bufferSize, transport.SEND_LIMIT)
+        restore = original(transport, length)
+        seen.append((before, (transport.bufferSize, transport.SEND_LIMIT)))
+
+        def check_restore():
+            restore()
+            seen.append((transport.bufferSize, transport.SEND_LIMIT))
+
+        return check_restore
+
+    monkeypatch.setattr(reader, "widen", watching)
+    data = payload(3 << 20)
+    await env.upload("/w.bin", data)
+    _, body = await fetch(env, "/w.bin")
+    assert body == data
+    (before, during), after = seen
+    assert during[0] > before[0] and during[1] > before[1]
+    assert after == before
