@@ -57,8 +57,8 @@ def widen(transport, length: int):
     per MiB).  Anything but a plain TCP transport (TLS) is left as it is."""
     size = getattr(transport, "bufferSize", None)
     limit = getattr(transport, "SEND_LIMIT", None)
-    if not isinstance(size, int) or not isinstance(limit, int):
-        return _nothing
+    if not isinstance(size, int) or not isinstance(limit, int) or length <= size:
+        return _nothing  # (a small file fits in the default buffer)
     share = recv_size(_active_reads + 1, length)
     if share <= size:
         return _nothing
