@@ -367,3 +367,34 @@ async def test_a_big_get_widens_the_response_socket_only_while_it_streams(env, m
     (before, during), after = seen
     assert during[0] > before[0] and during[1] > before[1]
     assert after == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_write_hands_its_lookup_to_the_adapters_check(env):
+    await env.upload("/c.txt", b"old")
+    count = Counting(env)
+    seen = []
+    session = await env.transfers.open_write(env.user, "/c.txt", 0, check=seen.append)
+    assert count.catalog == 2  # the lookup the check saw, then begin_upload
+    [info] = seen
+    assert info.size == 3 and not info.pending and info.etag
+    await session.interrupt()
+    seen.clear()
+    session = await env.transfers.open_write(env.user, "/new.txt", 0, check=seen.append)
+    assert seen == [None]
+    await session.interrupt()
+
+    class Refused(Exception):
+        pass
+
+    def refuse(info):
+        raise Refused()
+
+    await env.upload("/d.txt", b"kept")
+    count.reset()
+    with pytest.raises(Refused):
+        await env.transfers.open_write(env.user, "/d.txt", 0, check=refuse)
+    assert count.catalog == 1  # nothing begun
+    entry = await env.catalog.stat(env.transfers.full_path(env.user, "/d.txt"))
+    assert entry.upload is None and entry.size == 4
+    assert env.transfers.sessions == {}

@@ -10,7 +10,7 @@ producers.  Adapters never see replicas, epochs or checkpoints.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -271,6 +271,7 @@ class Transfers:
         append: bool = False,
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        check: Callable[[FileInfo | None], None] | None = None,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -278,23 +279,36 @@ class Transfers:
         ``append`` resumes at the size the user sees (APPE).  A pending
         upload of the same user is taken over (from this or another front
         end, with an epoch bump and a fence); another user's is UploadBusy.
+        ``check``, if given, is called with the path as the user sees it
+        (None when it does not exist for them) from the catalog lookup this
+        call makes anyway, before anything changes: an adapter's
+        preconditions (If-Match, quota) raise there, and need no lookup of
+        their own.
         """
         self._refuse_if_draining()
         self._opening += 1
         try:
-            session = yield self._open_write(user, vpath, offset, append, declared_length, meta)
+            session = yield self._open_write(
+                user, vpath, offset, append, declared_length, meta, check
+            )
         finally:
             self._opening -= 1
         return session
 
     @inlineCallbacks
-    def _open_write(self, user, vpath, offset, append, declared_length, meta):
+    def _open_write(self, user, vpath, offset, append, declared_length, meta, check=None):
         self._need(user, "write")
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
             entry = None
+        if check is not None:
+            try:
+                seen = None if entry is None else self._info(user, vpath, entry)
+            except catalog_errors.NotFound:
+                seen = None  # another user's pending upload
+            check(seen)
         if entry is not None and entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
         upload = entry.upload if entry is not None else None
