@@ -398,3 +398,28 @@ async def test_open_write_hands_its_lookup_to_the_adapters_check(env):
     entry = await env.catalog.stat(env.transfers.full_path(env.user, "/d.txt"))
     assert entry.upload is None and entry.size == 4
     assert env.transfers.sessions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_that_started_alone_gives_back_its_share_when_others_start(env):
+    from tests.transfer_env import PausingCollector
+    from wsfront.transfer import reader
+
+    data = payload(4 << 20)
+    await env.upload("/s.bin", data)
+    first = await env.transfers.open_read(env.user, "/s.bin")
+    sink = PausingCollector(1)
+    done = first.stream.start(sink)
+    await sink.paused
+    transport = reader._transport_of(first.stream._sink.producer)
+    assert transport.bufferSize == reader.RECV_MAX  # alone
+    others = [await env.transfers.open_read(env.user, "/s.bin") for _ in range(99)]
+    sinks = [PausingCollector(1) for _ in others]
+    dones = [h.stream.start(s) for h, s in zip(others, sinks)]
+    await defer.gatherResults([s.paused for s in sinks])
+    sink.producer.resumeProducing()  # its next turn takes its share of 100 reads
+    assert transport.bufferSize == reader.recv_size(100, 4 << 20) < reader.RECV_MAX
+    for s in sinks:
+        s.producer.resumeProducing()
+    await defer.gatherResults([done, *dones])
+    assert sink.data == data and all(s.data == data for s in sinks)

@@ -119,9 +119,15 @@ class _ExtentSink:
         transport = _transport_of(producer)
         if transport is not None:
             self._transport, self._saved_size = transport, transport.bufferSize
-            transport.bufferSize = recv_size(_active_reads, self.want)
+            self.resize()
         if self._stream._paused:
             producer.pauseProducing()
+
+    def resize(self) -> None:
+        """Take this read's current share: reads that started alone give
+        back their 1 MiB as others start (called on every resume)."""
+        if self._transport is not None:
+            self._transport.bufferSize = recv_size(_active_reads, self.want - self.delivered)
 
     def unregisterProducer(self):
         self.producer = None
@@ -345,6 +351,7 @@ class ReadStream:
     def resumeProducing(self) -> None:
         self._paused = False
         if self._sink is not None and self._sink.producer is not None:
+            self._sink.resize()
             self._sink.producer.resumeProducing()
 
     def stopProducing(self) -> None:
