@@ -7,15 +7,21 @@ sendfile off, so the ratios compare like with like on this machine.
 
     python bench/ftp.py                 # the issue's sizes (1 GiB, 200 x 10 MiB, 1000 x 4 KiB)
     python bench/ftp.py --quick         # small sizes, a smoke run
+    python bench/ftp.py --layout procs --workloads clients --rounds 3
 
-Prints MB/s, files/s, p99 per-client time, failed clients, the server's
-peak RSS (VmHWM: for wslocal that is the front end *and* its in-process
-storage servers), replica count and fsync policy, and the ratios.
+Two wsfs layouts: ``procs`` runs three ``twistd -n wsstorage`` processes and
+one ``twistd -n wsfront`` alone (so its peak RSS is the front end's own),
+``wslocal`` the whole cluster in one process.  Prints MB/s, files/s, p99
+per-client time, failed clients, the server's peak RSS (VmHWM: the wsfront
+process for ``procs``; front end *and* storage servers for wslocal), replica
+count and fsync policy, and the ratios against pyftpdlib (medians of
+alternating rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import ftplib
 import os
 import re
@@ -101,6 +107,69 @@ class Wsfs(Server):
         wait_port(self.port, self.proc)
         login = (data / "demo-login.txt").read_text().strip()
         self.user, _, self.password = login.partition(":")
+
+
+class WsfsProcs(Server):
+    """The multi-process layout: three ``twistd -n wsstorage`` processes and
+    one ``twistd -n wsfront`` alone, on a SQLite catalog, so the peak RSS
+    measured is the front end's own."""
+
+    name = "wsfs-procs"
+
+    def __init__(self, workdir: Path, replicas: int, nodes: int) -> None:
+        super().__init__(workdir)
+        self.replicas = str(replicas)
+        self.nodes = nodes
+        self.fsync = "fsync at checkpoints (8 MiB / 2 s) and before 226"
+        self.storage: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        base = self.workdir / "procs"
+        base.mkdir()
+        secret = base / "secret"
+        secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                  "--nodaemon", "--pidfile="]  # fmt: skip
+        specs = []
+        for i in range(1, self.nodes + 1):
+            port, name = free_port(), f"s{i}"
+            with open(base / f"{name}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [*twistd, "wsstorage", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                     "--data", str(base / name), "--name", name, "--secret-file", str(secret)],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=base,
+                )  # fmt: skip
+            self.storage.append(proc)
+            wait_port(port, proc)
+            specs += ["--storage", f"{name}=tcp:127.0.0.1:{port}"]
+        catalog = f"sqlite:///{base / 'catalog.sqlite'}"
+        self.user, self.password = "bench", "bench-password"
+        subprocess.run(
+            [sys.executable, "-c", "from wsfront.cli import main; main()",
+             "--catalog", catalog, "user", "add", self.user],
+            input=self.password.encode(), env=env, check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        argv = [*twistd, "wsfront", "--name", "fe1", "--catalog", catalog, *specs,
+                "--ftp", f"tcp:{self.port}:interface=127.0.0.1",
+                "--replicas", self.replicas, "--secret-file", str(secret),
+                "--max-connections-per-address", "4096",
+                "--max-sessions-per-user", "4096"]  # fmt: skip
+        with open(base / "wsfront.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=base
+            )
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        super().stop()
+        for proc in self.storage:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 class Pyftpdlib(Server):
@@ -224,20 +293,59 @@ class _Bytes:
         return out
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs 5)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def run(server: Server, args) -> dict:
     big = args.size_mib << 20
+    wanted = set(args.workloads.split(","))
+    pid = server.proc.pid
     out: dict = {}
-    out["STOR MB/s"] = big / MB / stor(server, "big.bin", big)
-    out["RETR MB/s"] = big / MB / retr(server, "big.bin", big)
-    many = many_clients(server, args.clients, args.client_mib << 20)
-    out[f"{args.clients} clients MB/s"] = many["MB/s"]
-    out[f"{args.clients} clients p99 s"] = many["p99 s"]
-    out[f"{args.clients} clients failed"] = many["failed"]
-    out.update(small_files(server, args.small, args.small_kib << 10))
-    out["peak RSS MB"] = peak_rss_mb(server.proc.pid)
+    peaks: dict = {}
+
+    def phase_peak(name: str) -> None:
+        peaks[f"peak RSS MB: {name}"] = peak_rss_mb(pid)
+        reset_peak_rss(pid)
+
+    overall = peak_rss_mb(pid)
+    reset_peak_rss(pid)
+    if "big" in wanted:
+        out["STOR MB/s"] = big / MB / stor(server, "big.bin", big)
+        phase_peak("STOR")
+        out["RETR MB/s"] = big / MB / retr(server, "big.bin", big)
+        phase_peak("RETR")
+    if "clients" in wanted:
+        many = many_clients(server, args.clients, args.client_mib << 20)
+        out[f"{args.clients} clients MB/s"] = many["MB/s"]
+        out[f"{args.clients} clients p99 s"] = many["p99 s"]
+        out[f"{args.clients} clients failed"] = many["failed"]
+        phase_peak(f"{args.clients} clients")
+    if "small" in wanted:
+        out.update(small_files(server, args.small, args.small_kib << 10))
+        phase_peak("small files")
+    out["peak RSS MB"] = max([overall, *peaks.values()])
+    out.update(peaks)
     out["replicas"] = server.replicas
     out["fsync"] = server.fsync
     return out
+
+
+def median(values: list):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
@@ -249,31 +357,64 @@ def main() -> None:
     p.add_argument("--small-kib", type=int, default=4)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument(
+        "--layout",
+        default="procs,wslocal",
+        help="wsfs layouts to run, comma-separated: procs (storage servers and the "
+        "front end as separate processes), wslocal (one process)",
+    )
+    p.add_argument("--workloads", default="big,clients,small", help="subset of big,clients,small")
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians shown)")
     p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
     if args.quick:
         args.size_mib, args.clients, args.client_mib, args.small = 64, 20, 2, 200
     workdir = Path(tempfile.mkdtemp(prefix="wsfs-bench-"))
-    results = {}
+    layouts = {"procs": WsfsProcs, "wslocal": Wsfs}
+    kinds = [layouts[name] for name in args.layout.split(",")]
+    rounds: dict[str, list[dict]] = {}
+    print(f"load average at start: {loadavg()}", flush=True)
     try:
-        for server in (Wsfs(workdir, args.replicas, args.nodes), Pyftpdlib(workdir)):
-            try:
-                server.start()
-                results[server.name] = run(server, args)
-            finally:
-                server.stop()
+        for r in range(args.rounds):
+            for kind in [*kinds, Pyftpdlib]:
+                where = workdir / f"round{r}-{kind.__name__}"
+                where.mkdir()
+                if kind is Pyftpdlib:
+                    server = kind(where)
+                else:
+                    server = kind(where, args.replicas, args.nodes)
+                try:
+                    server.start()
+                    rounds.setdefault(server.name, []).append(run(server, args))
+                finally:
+                    server.stop()
+                shutil.rmtree(where, ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    keys = list(results["wsfs"])
-    print(f"{'':24} {'wsfs':>28} {'pyftpdlib':>16} {'ratio':>7}")
-    for key in keys:
-        a, b = results["wsfs"][key], results["pyftpdlib"][key]
-        if isinstance(a, float | int) and isinstance(b, float | int) and b:
-            print(f"{key:24} {a:28.2f} {b:16.2f} {a / b:7.2f}")
-        else:
-            print(f"{key:24} {a!s:>28} {b!s:>16}")
+    print(f"load average at end: {loadavg()}")
+    print(f"rounds: {args.rounds} (servers alternate; medians, ratios per round)")
+    ref = rounds["pyftpdlib"]
+    names = [n for n in rounds if n != "pyftpdlib"]
+    print(f"{'':24} " + " ".join(f"{n:>14}" for n in names) + f" {'pyftpdlib':>14}  ratios")
+    for key in ref[0]:
+        cells, ratios = [], []
+        for n in names:
+            values = [x[key] for x in rounds[n]]
+            if isinstance(values[0], float | int):
+                cells.append(f"{median(values):14.2f}")
+                per = [a / b for a, b in zip(values, (x[key] for x in ref)) if b]
+                ratios.append(f"{n} {median(per):.2f}" if per else "")
+            else:
+                cells.append(f"{values[0]!s:>14.14}")
+        refs = [x[key] for x in ref]
+        shown = (
+            f"{median(refs):14.2f}" if isinstance(refs[0], float | int) else f"{refs[0]!s:>14.14}"
+        )
+        print(f"{key:24} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
+    for n in names:
+        print(f"{n}: replicas {rounds[n][0]['replicas']}, {rounds[n][0]['fsync']}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 with its dav module for PUT when nginx is installed), in the same run.
 
     python bench/http.py [--size-mib 1024] [--clients 200] [--small 1000]
+                         [--workloads put,get,concurrent,small] [--rounds 3]
 
 Storage servers run as ``twistd wsstorage`` subprocesses; the front end (the
 site, the transfer layer, the catalog client) runs in this process, so the
@@ -177,6 +178,18 @@ async def nginx_put(work: Path, path: Path) -> float | None:
         proc.wait()
 
 
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def loadavg() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
 async def main(reactor, args) -> None:
     work = Path(tempfile.mkdtemp(prefix="wsfs-bench-", dir=args.dir))
     files = work / "files"
@@ -191,31 +204,41 @@ async def main(reactor, args) -> None:
     st = f"http://127.0.0.1:{stport.getHost().port}"
     auth = ["-u", f"bench:{PASSWORD}"]
     big, mid, small = args.size_mib * MiB, 10 * MiB, 4096
+    wanted = set(args.workloads.split(","))
     write_file(files / "big.bin", big)
     write_file(files / "mid.bin", mid)
     write_file(files / "small.bin", small)
-    results = []
+    print(f"load average at start: {loadavg()}", flush=True)
+    # label -> (wsfs figures, reference figures, unit), one figure per round
+    rows: dict[str, tuple[list, list, str, str]] = {}
+
+    def record(label, ref_name, unit, ours, ref):
+        row = rows.setdefault(label, ([], [], unit, ref_name))
+        row[0].append(ours)
+        row[1].append(ref)
 
     peak = [rss_mb()]
     sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
     sampler.start(0.05)
-    _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
+    uploaded = set()
+    for _ in range(args.rounds if "put" in wanted else 0):
+        _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
+        nginx = await nginx_put(work, files / "big.bin")
+        record("PUT big", "nginx dav", "MB/s", big / t / 1e6, nginx and big / nginx / 1e6)
+        shutil.rmtree(work / "nginx-root", ignore_errors=True)
+        shutil.rmtree(work / "nginx-body", ignore_errors=True)
+        uploaded.add("big.bin")
     sampler.stop()
-    results.append(("PUT big (wsfs)", big / t / 1e6, "MB/s"))
-    results.append(("front-end peak RSS during PUT", peak[0], "MB"))
-    nginx = await nginx_put(work, files / "big.bin")
-    if nginx is None:
-        results.append(("PUT big (nginx dav)", None, "nginx not installed"))
-    else:
-        results.append(("PUT big (nginx dav)", big / nginx / 1e6, "MB/s"))
-    for path in ("mid.bin", "small.bin"):
-        await curl(*auth, "-T", str(files / path), f"{ws}/{path}")
+    put_peak = peak[0]
+    for path in ("big.bin", "mid.bin", "small.bin"):
+        if path not in uploaded:
+            await curl(*auth, "-T", str(files / path), f"{ws}/{path}")
 
-    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
-        _, t = await curl(*extra, "-o", "/dev/null", f"{base}/big.bin")
-        results.append((f"GET big ({name})", big / t / 1e6, "MB/s"))
+    async def timed_get(base, extra, path):
+        _, t = await curl(*extra, "-o", "/dev/null", f"{base}/{path}")
+        return t
 
-    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
+    async def concurrent(base, extra):
         start = time.perf_counter()
         await defer.gatherResults(
             [
@@ -223,33 +246,61 @@ async def main(reactor, args) -> None:
                 for _ in range(args.clients)
             ]
         )
-        t = time.perf_counter() - start
-        results.append(
-            (f"{args.clients} x GET 10 MiB ({name})", args.clients * mid / t / 1e6, "MB/s")
-        )
+        return time.perf_counter() - start
 
-    for name, base, extra in (("wsfs", ws, auth), ("static.File", st, [])):
+    async def keepalive(name, base, extra):
         config = work / f"urls-{name}.txt"
         config.write_text(
             "".join(f'url = "{base}/small.bin"\noutput = "/dev/null"\n' for _ in range(args.small))
         )
         _, t = await curl(*extra, "-K", str(config))
-        results.append((f"{args.small} x GET 4 KiB keep-alive ({name})", args.small / t, "files/s"))
+        return t
 
-    width = max(len(r[0]) for r in results)
-    for label, value, unit in results:
-        shown = f"{value:10.1f}" if value is not None else " " * 10
-        print(f"{label:<{width}}  {shown} {unit}")
-    by = {label: value for label, value, _ in results}
-    single = by["GET big (wsfs)"] / by["GET big (static.File)"]
-    concurrent = (
-        by[f"{args.clients} x GET 10 MiB (wsfs)"] / by[f"{args.clients} x GET 10 MiB (static.File)"]
-    )
-    small_ratio = (
-        by[f"{args.small} x GET 4 KiB keep-alive (wsfs)"]
-        / by[f"{args.small} x GET 4 KiB keep-alive (static.File)"]
-    )
-    print(f"ratios: GET big {single:.2f}, concurrent {concurrent:.2f}, small {small_ratio:.2f}")
+    before_gets = rss_mb()
+    peak = [before_gets]
+    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
+    sampler.start(0.05)
+    for _ in range(args.rounds):
+        if "get" in wanted:
+            t_ws = await timed_get(ws, auth, "big.bin")
+            t_st = await timed_get(st, [], "big.bin")
+            record("GET big", "static.File", "MB/s", big / t_ws / 1e6, big / t_st / 1e6)
+        if "concurrent" in wanted:
+            t_ws = await concurrent(ws, auth)
+            t_st = await concurrent(st, [])
+            n = args.clients * mid / 1e6
+            record(f"{args.clients} x GET 10 MiB", "static.File", "MB/s", n / t_ws, n / t_st)
+        if "small" in wanted:
+            t_ws = await keepalive("wsfs", ws, auth)
+            t_st = await keepalive("static", st, [])
+            record(
+                f"{args.small} x GET 4 KiB keep-alive",
+                "static.File",
+                "files/s",
+                args.small / t_ws,
+                args.small / t_st,
+            )
+    sampler.stop()
+
+    print(f"load average at end: {loadavg()}")
+    print(f"rounds: {args.rounds} (wsfs and reference alternate; medians shown)")
+    width = max([len(label) for label in rows] + [30])
+    print(f"{'':<{width}}  {'wsfs':>10} {'reference':>10} {'ratio':>6}  (per-round ratios)")
+    for label, (ours, ref, unit, ref_name) in rows.items():
+        ratios = [a / b for a, b in zip(ours, ref) if a and b]
+        m_ref = median(ref)
+        m_ratio = median(ratios)
+        shown_ref = f"{m_ref:10.1f}" if m_ref is not None else f"{'n/a':>10}"
+        shown_ratio = f"{m_ratio:6.2f}" if m_ratio is not None else f"{'':6}"
+        each = " ".join(f"{x:.2f}" for x in ratios)
+        print(
+            f"{label:<{width}}  {median(ours):10.1f} {shown_ref} {shown_ratio}  "
+            f"({each}) {unit} vs {ref_name}"
+        )
+    if "put" in wanted:
+        print(f"{'front-end peak RSS during PUTs':<{width}}  {put_peak:10.1f} MB")
+    print(f"{'front-end RSS before the GETs':<{width}}  {before_gets:10.1f} MB")
+    print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
 
     await wsport.stopListening()
     await stport.stopListening()
@@ -269,6 +320,12 @@ def parse(argv=None):
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--dir", default=None, help="where to put the data (default: $TMPDIR)")
+    p.add_argument(
+        "--workloads",
+        default="put,get,concurrent,small",
+        help="comma-separated subset of put,get,concurrent,small",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians shown)")
     return p.parse_args(argv)
 
 

@@ -10,7 +10,7 @@ producers.  Adapters never see replicas, epochs or checkpoints.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -70,11 +70,36 @@ class FileInfo:
 
 @attrs.frozen
 class ReadHandle:
-    """An open download: metadata for the reply, and the producer."""
+    """An open download: metadata for the reply, and the producer.
+
+    Everything a reply needs comes from the one catalog lookup that opened
+    it: ``info`` is the committed version (what ``stream`` reads), and
+    ``pending`` the user's own pending upload on the path, if any (its
+    durable size is what a client resumes an upload from).  ``stream``
+    touches no storage server until it is started, so a HEAD or a 304 costs
+    that one lookup; ``reopen`` gives another range of the same version
+    (multipart ranges) without asking the catalog again.
+    """
 
     info: FileInfo
     version: Version
     stream: ReadStream
+    pending: FileInfo | None = None
+    _open_stream: Any = attrs.field(default=None, repr=False, eq=False)
+
+    def reopen(self, offset: int = 0, length: int | None = None) -> ReadStream:
+        """A new, unstarted stream of ``length`` bytes of this very version
+        from ``offset``."""
+        return self._open_stream(offset, length)
+
+
+class NoCommittedVersion(catalog_errors.NotFound):
+    """The path is a file without a committed version; ``pending`` is the
+    user's own pending upload on it (None when it is someone else's)."""
+
+    def __init__(self, message: str, pending: FileInfo | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 def _read_extent(extent) -> ReadExtent:
@@ -196,8 +221,10 @@ class Transfers:
 
     @inlineCallbacks
     def open_read(self, user: User, vpath: str, offset: int = 0, length: int | None = None):
-        """A ReadHandle streaming the committed version from ``offset``
-        (one of the user's sessions until its stream ends)."""
+        """A ReadHandle streaming the committed version from ``offset``, in
+        one catalog lookup (one of the user's sessions until its stream
+        ends).  IsADirectory for a directory; NoCommittedVersion (a NotFound,
+        carrying the user's pending upload) for a file that has none yet."""
         self._refuse_if_draining()
         self._need(user, "read")
         slot = self.per_user.acquire(user.name)
@@ -214,22 +241,29 @@ class Transfers:
         entry = yield self.catalog.stat(self.full_path(user, vpath))
         if entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
+        upload = entry.upload
+        pending = None
+        if upload is not None and upload.live and upload.user == user.name:
+            pending = self._info(user, vpath, entry)
         version = entry.version
         if version is None:
-            raise catalog_errors.NotFound(vpath)
+            raise NoCommittedVersion(vpath, pending)
         if offset > version.size:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {version.size}")
         extents = [_read_extent(e) for e in version.extents]
-        stream = ReadStream(
-            self._clock,
-            self.pool,
-            extents,
-            offset,
-            length,
-            stall_timeout=self.settings.read_stall_timeout,
-            stats=self.stats,
-            on_damage=self._replica_damaged,
-        )
+
+        def open_stream(start: int, count: int | None) -> ReadStream:
+            return ReadStream(
+                self._clock,
+                self.pool,
+                extents,
+                start,
+                count,
+                stall_timeout=self.settings.read_stall_timeout,
+                stats=self.stats,
+                on_damage=self._replica_damaged,
+            )
+
         info = FileInfo(
             path=vpath,
             is_dir=False,
@@ -239,7 +273,7 @@ class Transfers:
             inode=entry.inode,
             sha256=version.sha256,
         )
-        return ReadHandle(info, version, stream)
+        return ReadHandle(info, version, open_stream(offset, length), pending, open_stream)
 
     # -- writes -----------------------------------------------------------
 
@@ -254,6 +288,7 @@ class Transfers:
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
         capped: bool = True,
+        check: Callable[[FileInfo | None], None] | None = None,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -264,12 +299,19 @@ class Transfers:
         ``capped=False`` skips the per-user session cap: for the server's
         own repairs of a session (a checksum rollback), which must not lose
         to the user's other transfers.
+        ``check``, if given, is called with the path as the user sees it
+        (None when it does not exist for them) from the catalog lookup this
+        call makes anyway, before anything changes: an adapter's
+        preconditions (If-Match, quota) raise there, and need no lookup of
+        their own.
         """
         self._refuse_if_draining()
         slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
         self._opening += 1
         try:
-            session = yield self._open_write(user, vpath, offset, append, declared_length, meta)
+            session = yield self._open_write(
+                user, vpath, offset, append, declared_length, meta, check
+            )
         except BaseException:
             slot.release()
             raise
@@ -282,13 +324,19 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _open_write(self, user, vpath, offset, append, declared_length, meta):
+    def _open_write(self, user, vpath, offset, append, declared_length, meta, check=None):
         self._need(user, "write")
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
             entry = None
+        if check is not None:
+            try:
+                seen = None if entry is None else self._info(user, vpath, entry)
+            except catalog_errors.NotFound:
+                seen = None  # another user's pending upload
+            check(seen)
         if entry is not None and entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
         upload = entry.upload if entry is not None else None

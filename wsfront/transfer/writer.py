@@ -12,6 +12,8 @@ or catalog update refused for its epoch ends the session as fenced.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
@@ -45,6 +47,101 @@ FAILED = "failed"
 
 #: Bytes relayed into uploads by this process, for ``transfer.write.bytes``.
 _relayed = 0
+#: The name the whole-file hash pauses an upload under (beside replica names).
+_HASHING = "(sha256)"
+
+
+class _Sha256:
+    """The whole-file sha256 of a straight upload.
+
+    The first ``INLINE`` bytes are hashed in the reactor thread (a small
+    file is done before a thread could be woken); after that every chunk
+    goes, in order, to one hashing thread shared by the process, so the
+    reactor thread relays the next chunk meanwhile (hashlib releases the GIL
+    for large updates).  ``backlog`` bytes queued and not yet hashed pause the
+    upload above ``HIGH`` and resume it below ``LOW`` (``on_pause``,
+    ``on_resume``, called in the reactor thread), so memory stays bounded
+    when the hash is slower than the network.  ``digest()`` fires with the
+    hex digest once every chunk is hashed.
+    """
+
+    INLINE = 1 << 20
+    HIGH = 8 << 20
+    LOW = 2 << 20
+
+    _queue: queue.SimpleQueue | None = None
+    _start_lock = threading.Lock()
+
+    def __init__(self, reactor, on_pause, on_resume) -> None:
+        self._sha = hashlib.sha256()
+        self._call_from_thread = getattr(reactor, "callFromThread", None)
+        self._on_pause = on_pause
+        self._on_resume = on_resume
+        self._inline = 0
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._hashed = 0
+        self._paused = False
+        self._threaded = False
+        self.cancelled = False
+
+    def update(self, data: bytes) -> None:
+        if not self._threaded:
+            if self._inline + len(data) <= self.INLINE or self._call_from_thread is None:
+                self._inline += len(data)
+                self._sha.update(data)
+                return
+            self._threaded = True
+        with self._lock:
+            self._queued += len(data)
+            pause = not self._paused and self._queued - self._hashed > self.HIGH
+            if pause:
+                self._paused = True
+        self._worker_queue().put((self, data))
+        if pause:
+            self._on_pause()
+
+    def digest(self) -> Deferred:
+        if not self._threaded:
+            return succeed(self._sha.hexdigest())
+        d: Deferred = Deferred()
+        self._worker_queue().put((self, d))
+        return d
+
+    # -- in the hashing thread ---------------------------------------------
+
+    def _work(self, item) -> None:
+        if isinstance(item, Deferred):
+            self._call_from_thread(item.callback, self._sha.hexdigest())
+            return
+        if not self.cancelled:
+            self._sha.update(item)
+        with self._lock:
+            self._hashed += len(item)
+            wake = self._paused and self._queued - self._hashed <= self.LOW
+            if wake:
+                self._paused = False
+        if wake:
+            self._call_from_thread(self._on_resume)
+
+    @classmethod
+    def _worker_queue(cls) -> queue.SimpleQueue:
+        with cls._start_lock:
+            if cls._queue is None:
+                cls._queue = queue.SimpleQueue()
+                threading.Thread(
+                    target=cls._run, args=(cls._queue,), name="wsfs-sha256", daemon=True
+                ).start()
+        return cls._queue
+
+    @staticmethod
+    def _run(work: queue.SimpleQueue) -> None:
+        while True:
+            hasher, item = work.get()
+            try:
+                hasher._work(item)
+            except Exception:
+                log.failure("hashing an upload failed")
 
 
 @implementer(IPushProducer)
@@ -103,7 +200,13 @@ class WriteSession:
         self._quota_remaining = quota_remaining
         self._checkpoint_bytes = checkpoint_bytes
         self._checkpoint_seconds = checkpoint_seconds
-        self._sha = hashlib.sha256() if hash_whole_file and session.blob_start == 0 else None
+        self._sha = None
+        if hash_whole_file and session.blob_start == 0:
+            self._sha = _Sha256(
+                clock,
+                lambda: self._replica_paused(_HASHING),
+                lambda: self._replica_resumed(_HASHING),
+            )
         self._since_checkpoint = 0
         self._checkpointing: Deferred | None = None
         self._timer = None
@@ -283,21 +386,27 @@ class WriteSession:
             if not self._writers:
                 raise NoReplicasAvailable("no replica could seal the upload")
             replicas = tuple(sorted(self._writers))
-            if replicas != self._recorded_replicas or self.durable < self.offset:
+            if replicas != self._recorded_replicas:
+                # commit_upload records the length (checkpoint and blob
+                # length) in its own transaction; only a replica set that
+                # changed since the last checkpoint must be recorded first.
                 yield self._catalog.checkpoint(
                     self.upload_id, self.epoch, self.offset, replicas=list(replicas)
                 )
                 self._recorded_replicas = replicas
                 self.durable = self.offset
+            sha256 = None
+            if self._sha is not None:
+                sha256 = yield self._sha.digest()
+                if self.state != COMMITTING:
+                    raise self.error or SessionFailed(f"upload is {self.state}")
             version = yield self._catalog.commit_upload(
-                self.upload_id,
-                self.epoch,
-                self.offset,
-                sha256=self._sha.hexdigest() if self._sha is not None else None,
+                self.upload_id, self.epoch, self.offset, sha256=sha256
             )
         except Exception as e:
             self._fail(self._translate(e))
             raise self.error from e
+        self.durable = self.offset
         self.state = DONE
         if self._stats is not None:
             self._stats.uploads_committed += 1
@@ -422,6 +531,8 @@ class WriteSession:
 
     def _ended(self) -> None:
         self._cancel_timer()
+        if self._sha is not None:
+            self._sha.cancelled = True  # chunks still queued need no hashing
         if self._on_end is not None:
             on_end, self._on_end = self._on_end, None
             on_end(self)
@@ -434,7 +545,7 @@ class WriteSession:
     # -- backpressure -----------------------------------------------------
 
     def _replica_paused(self, node: str) -> None:
-        if node not in self._writers:
+        if node not in self._writers and node != _HASHING:
             return
         first = not self._paused_by
         self._paused_by.add(node)
