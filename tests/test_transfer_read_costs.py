@@ -407,6 +407,7 @@ async def test_a_read_that_started_alone_gives_back_its_share_when_others_start(
 
     data = payload(4 << 20)
     await env.upload("/s.bin", data)
+    env.transfers.per_user.limit = None  # 100 reads of one user, on purpose
     first = await env.transfers.open_read(env.user, "/s.bin")
     sink = PausingCollector(1)
     done = first.stream.start(sink)
