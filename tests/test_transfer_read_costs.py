@@ -245,6 +245,23 @@ async def test_a_small_upload_records_its_length_in_the_commit_alone(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_small_put_checks_its_preconditions_on_open_writes_lookup(env):
+    """PUT's If-Match, quota and directory checks run on the lookup
+    open_write makes anyway: lookup, begin_upload, commit, nothing more."""
+    await fetch(env, "/")  # logs in (the login is cached afterwards)
+    count = Counting(env)
+    r = await env.request("PUT", "/p.bin", data=b"x" * 4096)
+    assert r.code == 201
+    assert count.catalog == 3
+    etag = header(r, "ETag")
+    count.reset()
+    r = await env.request("PUT", "/p.bin", data=b"y" * 10, headers={"If-Match": '"nope"'})
+    assert r.code == 412 and count.catalog == 1
+    r = await env.request("PUT", "/p.bin", data=b"y" * 10, headers={"If-Match": etag})
+    assert r.code == 204
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_replica_lost_before_the_commit_is_recorded_before_the_commit(env):
     session = await env.transfers.open_write(env.user, "/two.bin", 0)
     session.write(b"y" * 100_000)

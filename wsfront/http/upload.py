@@ -24,7 +24,7 @@ from zope.interface import implementer
 from wsfront import paths
 from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
-from wsfront.http.files import check_write_preconditions, quote_etag, stat_or_none
+from wsfront.http.files import check_write_preconditions, quote_etag
 from wsfront.http.request import BodyLost, StreamingRequest
 
 
@@ -87,18 +87,25 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         )
     offset = 0 if crange is None else crange.first
     expected = length if crange is None else crange.length
-    info = yield stat_or_none(context, user, target.path)
-    if info is not None and info.is_dir:
-        raise HttpError(409, "a directory has that name")
-    existed = info is not None and not info.pending
-    check_write_preconditions(request, info)
-    _check_quota(user, info, offset, expected)
+    seen: list[bool] = []
+
+    def check(info) -> None:
+        """Preconditions on the lookup open_write makes anyway (no trip of
+        our own), before anything changes."""
+        if info is not None and info.is_dir:
+            raise HttpError(409, "a directory has that name")
+        seen.append(info is not None and not info.pending)
+        check_write_preconditions(request, info)
+        _check_quota(user, info, offset, expected)
+
     session = yield context.transfers.open_write(
         user,
         target.path,
         offset,
         declared_length=None if crange is None else crange.total,
+        check=check,
     )
+    existed = seen[0]
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     try:
