@@ -340,3 +340,38 @@ async def test_a_chunked_upload_that_outgrows_the_quota_is_507_and_not_committed
     assert r.code == 507
     r, _ = await get(env, "/grow")
     assert r.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_put_reads_its_socket_in_bigger_pieces_only_while_the_body_streams(
+    env, monkeypatch
+):
+    from wsfront.http import request as request_module
+    from wsfront.http import upload
+
+    seen = []
+
+    def recording(req, *a, **kw):
+        restore = request_module.wider_reads(req, *a, **kw)
+        seen.append(req.channel.transport)
+        return restore
+
+    monkeypatch.setattr(upload, "wider_reads", recording)
+    data = payload(2 * MiB)
+    client, session = await start_put(env, "/big.bin", len(data))
+    [transport] = seen
+    default = type(transport).bufferSize
+    assert transport.bufferSize == request_module.BODY_READ_SIZE > default
+    got_half = arrived(session, MiB)
+    client.send(data[:MiB])
+    await got_half
+    assert transport.bufferSize == request_module.BODY_READ_SIZE
+    client.send(data[MiB:])
+    answer = await client.until(b"HTTP/1.1 201 Created\r\n")
+    assert b"HTTP/1.1 201 Created" in answer
+    assert transport.bufferSize == default  # back for the next request
+    client.close()
+    r, body = await get(env, "/big.bin")
+    assert sha(body) == sha(data)
+    r = await env.request("PUT", "/small.bin", data=b"tiny")  # left as it is
+    assert r.code == 201 and len(seen) == 2

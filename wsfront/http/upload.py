@@ -25,7 +25,7 @@ from wsfront import paths
 from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
-from wsfront.http.request import BodyLost, StreamingRequest
+from wsfront.http.request import BodyLost, StreamingRequest, wider_reads
 
 
 @implementer(IConsumer)
@@ -108,6 +108,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     existed = seen[0]
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
+    restore_reads = wider_reads(request)
     try:
         yield request.stream_body(sink)
     except BodyLost:
@@ -117,6 +118,8 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         if session.state == "streaming":
             yield session.interrupt()
         raise
+    finally:
+        restore_reads()
     if expected is not None and sink.count != expected:
         yield session.interrupt()
         raise HttpError(400, f"the body has {sink.count} bytes, {expected} were announced")
