@@ -124,7 +124,9 @@ async def start_cluster(reactor, work: Path, nodes: int, replicas: int):
     for name, ep in endpoints.items():
         pool.add(name, ep, StorageClient(reactor, name, ep, secret))
     await pool.start()
-    transfers = Transfers(reactor, catalog, pool, "bench-fe", TransferSettings(replicas=replicas))
+    # One account fetches with every client at once: no per-user session cap.
+    settings = TransferSettings(replicas=replicas, max_sessions_per_user=None)
+    transfers = Transfers(reactor, catalog, pool, "bench-fe", settings)
     return procs, catalog, pool, transfers
 
 
@@ -195,6 +197,18 @@ async def main(reactor, args) -> None:
     files = work / "files"
     files.mkdir()
     procs, catalog, pool, transfers = await start_cluster(reactor, work, args.nodes, args.replicas)
+    try:
+        await _measure(reactor, args, work, files, catalog, pool, transfers)
+    finally:
+        pool.stop()
+        await catalog.close()
+        for transport, proto in procs:
+            transport.signalProcess("TERM")
+            await proto.ended
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _measure(reactor, args, work, files, catalog, pool, transfers) -> None:
     site = make_site(reactor, transfers, CachingAuthenticator(catalog, reactor), None)
     wsport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
     stport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
@@ -304,12 +318,6 @@ async def main(reactor, args) -> None:
 
     await wsport.stopListening()
     await stport.stopListening()
-    pool.stop()
-    await catalog.close()
-    for transport, proto in procs:
-        transport.signalProcess("TERM")
-        await proto.ended
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def parse(argv=None):

@@ -108,6 +108,10 @@ class LocalClusterService(service.MultiService):
             secret=secret,
             ftp=self.options["ftp"],
             http=self.options["http"],
+            # One demo account for everyone trying the cluster (and for
+            # benchmarks of 200 clients at once): the per-user cap guards a
+            # shared service against one account, not this.
+            max_sessions_per_user=1024,
         )
         self.frontend = FrontendService(self.reactor, config)
         self.frontend.setServiceParent(self)

@@ -19,6 +19,11 @@ from twisted.python.threadpool import ThreadPool
 
 from wsfront.catalog.errors import CatalogUnavailable
 
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
@@ -125,6 +130,11 @@ class Runner:
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name=f"catalog-{backend.name}")
+        # Daemon threads: a process whose catalog was never closed (a crash
+        # path, a shutdown step that timed out) must still exit instead of
+        # waiting forever at interpreter exit; an interrupted transaction is
+        # rolled back by the database, as after any crash.
+        self._pool.threadFactory = _daemon_thread
         self._pool.start()
         self._closed = False
 

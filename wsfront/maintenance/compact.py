@@ -55,7 +55,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -67,6 +67,7 @@ from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadStream
 from wsfront.transfer.service import _read_extent, new_blob_id
+from wsfront.transfer.writer import ReplicaBackpressure
 from wsstorage import errors as storage_errors
 from wsstorage._interfaces import IBlobWriter
 
@@ -109,24 +110,6 @@ class CompactionAborted(Exception):
     """The relay stopped early (a writer failed, or the lease was lost)."""
 
 
-@implementer(IPushProducer)
-class _WriterBackpressure:
-    """Registered on one writer: its pause pauses the read."""
-
-    def __init__(self, relay: _Relay, node: str) -> None:
-        self._relay = relay
-        self._node = node
-
-    def pauseProducing(self) -> None:
-        self._relay.pause(self._node)
-
-    def resumeProducing(self) -> None:
-        self._relay.resume(self._node)
-
-    def stopProducing(self) -> None:
-        self._relay.resume(self._node)
-
-
 @implementer(IConsumer)
 class _Relay:
     """The consumer a ``ReadStream`` writes the file into: hashes every
@@ -148,7 +131,7 @@ class _Relay:
         self._producer: Any = None
         self._paused_by: set[str] = set()
         for node, writer in writers.items():
-            writer.registerProducer(_WriterBackpressure(self, node), True)
+            writer.registerProducer(ReplicaBackpressure(node, self.pause, self.resume), True)
             writer.when_failed().addErrback(self._writer_failed, node)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:

@@ -145,21 +145,25 @@ class _Sha256:
 
 
 @implementer(IPushProducer)
-class _ReplicaBackpressure:
-    """Registered on one replica writer: its pause pauses the whole upload."""
+class ReplicaBackpressure:
+    """Registered as the producer on one storage writer: its pause calls
+    ``paused(node)`` and its resume (or stop) ``resumed(node)``, so whoever
+    feeds several replicas pauses while any one of them is behind (an
+    upload's WriteSession, compaction's relay)."""
 
-    def __init__(self, session: WriteSession, node: str) -> None:
-        self._session = session
+    def __init__(self, node: str, paused, resumed) -> None:
         self._node = node
+        self._paused = paused
+        self._resumed = resumed
 
     def pauseProducing(self) -> None:
-        self._session._replica_paused(self._node)
+        self._paused(self._node)
 
     def resumeProducing(self) -> None:
-        self._session._replica_resumed(self._node)
+        self._resumed(self._node)
 
     def stopProducing(self) -> None:
-        self._session._replica_resumed(self._node)
+        self._resumed(self._node)
 
 
 @implementer(IConsumer)
@@ -219,7 +223,9 @@ class WriteSession:
         if stats is not None:
             stats.uploads_started += 1
         for node, writer in self._writers.items():
-            writer.registerProducer(_ReplicaBackpressure(self, node), True)
+            writer.registerProducer(
+                ReplicaBackpressure(node, self._replica_paused, self._replica_resumed), True
+            )
             writer.when_failed().addErrback(self._replica_failed, node)
         self._arm_timer()
 
