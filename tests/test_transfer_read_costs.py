@@ -70,11 +70,16 @@ def header(response, name: str) -> str | None:
 async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
     data = payload(4096)
     await env.upload("/small.bin", data)
-    await fetch(env, "/small.bin")  # logs in (the login is cached afterwards)
+    await fetch(env, "/")  # logs in (the login is cached afterwards)
     count = Counting(env)
     r, body = await fetch(env, "/small.bin")
     assert r.code == 200 and body == data
     assert (count.catalog, count.reads) == (1, 1)
+    # Its verified bytes are kept: the next GET asks the catalog only.
+    count.reset()
+    r, body = await fetch(env, "/small.bin")
+    assert r.code == 200 and body == data
+    assert (count.catalog, count.reads) == (1, 0)
 
 
 @pytest_twisted.ensureDeferred

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
+from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
@@ -160,8 +161,11 @@ class ReadStream:
         max_rounds: int = 2,
         stats=None,
         on_damage=None,
+        cache: ExtentCache | None = None,
     ) -> None:
         self._clock = clock
+        self._cache = cache
+        self._collected: list[bytes] | None = None
         self._pool = pool
         self._extents = list(extents)
         self._offset = offset
@@ -227,6 +231,27 @@ class ReadStream:
 
     @inlineCallbacks
     def _read_extent(self, extent: ReadExtent, skip: int, want: int):
+        """Read ``want`` bytes of ``extent`` from ``skip``: a small whole
+        extent from the cache of verified bytes when it is there (and into
+        it when it was not), anything else from a replica."""
+        key = None
+        cache = self._cache
+        if cache is not None and skip == 0 and want == extent.length and cache.wants(want):
+            key = (extent.blob_id, extent.blob_offset, want)
+            cached = cache.get(key)
+            if cached is not None:
+                self._deliver(cached)
+                return
+            self._collected = []
+        try:
+            yield self._read_extent_from_replicas(extent, skip, want)
+        finally:
+            collected, self._collected = self._collected, None
+        if key is not None and collected is not None:
+            cache.put(key, b"".join(collected))
+
+    @inlineCallbacks
+    def _read_extent_from_replicas(self, extent: ReadExtent, skip: int, want: int):
         """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
         got = 0
         errors: list[str] = []
@@ -328,6 +353,8 @@ class ReadStream:
         limit = failpoints.threshold("transfer.read.bytes")
         if limit is not None and self.delivered + len(data) >= limit > self.delivered:
             cut = limit - self.delivered
+            if self._collected is not None:
+                self._collected.append(data[:cut])
             self._consumer.write(data[:cut])
             self.delivered += cut
             if self._stats is not None:
@@ -339,6 +366,8 @@ class ReadStream:
         self.delivered += len(data)
         if self._stats is not None:
             self._stats.read_bytes += len(data)
+        if self._collected is not None:
+            self._collected.append(data)
         self._consumer.write(data)
 
     # -- IPushProducer ---------------------------------------------------

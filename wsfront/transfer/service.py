@@ -27,6 +27,7 @@ from wsfront.transfer.errors import (
     OffsetTooLarge,
     UploadBusy,
 )
+from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
@@ -49,6 +50,9 @@ class TransferSettings:
     read_stall_timeout: float = 5.0
     hash_uploads: bool = True
     max_sessions_per_user: int | None = 64
+    #: Bytes of small sealed extents kept for repeat reads (0: none); see
+    #: wsfront.transfer.extent_cache.
+    extent_cache_bytes: int = 32 << 20
     """Transfers (reads and writes) one user may run at once here."""
 
 
@@ -139,6 +143,7 @@ class Transfers:
         self.draining = False
         self._opening = 0  # open_write calls between their start and a WriteSession
         self.per_user = SessionsPerUser(self.settings.max_sessions_per_user)
+        self.extent_cache = ExtentCache(self.settings.extent_cache_bytes)
         self._slots: dict[int, Any] = {}  # id(WriteSession) -> its user's Slot
 
     # -- helpers ----------------------------------------------------------
@@ -262,6 +267,7 @@ class Transfers:
                 stall_timeout=self.settings.read_stall_timeout,
                 stats=self.stats,
                 on_damage=self._replica_damaged,
+                cache=self.extent_cache,
             )
 
         info = FileInfo(
