@@ -51,8 +51,14 @@ class WsLocal:
         """Ctrl-C; True when it shut down cleanly.  twistd re-raises the
         signal at exit, so -SIGINT is a clean exit code too."""
         self.proc.send_signal(sig)
-        code = self.proc.wait(60)
-        self.log.close()
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a cluster running behind the test
+            self.proc.wait()
+            raise
+        finally:
+            self.log.close()
         return code in (0, -sig) and "Server Shut Down." in self.log_path.read_text()[self.offset :]
 
 
