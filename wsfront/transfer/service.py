@@ -50,10 +50,10 @@ class TransferSettings:
     read_stall_timeout: float = 5.0
     hash_uploads: bool = True
     max_sessions_per_user: int | None = 64
-    #: Bytes of small sealed extents kept for repeat reads (0: none); see
-    #: wsfront.transfer.extent_cache.
-    extent_cache_bytes: int = 32 << 20
     """Transfers (reads and writes) one user may run at once here."""
+    extent_cache_bytes: int = 32 << 20
+    """Bytes of small sealed extents kept for repeat reads (0: none); see
+    wsfront.transfer.extent_cache."""
 
 
 @attrs.frozen
