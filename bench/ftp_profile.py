@@ -104,7 +104,9 @@ class Generated:
         return self.block[:n]
 
 
-def counted(stats_file: Path, units: float, unit: str, top: int, base: Path | None = None) -> None:
+def counted(
+    stats_file: Path, units: float, unit: str, top: int, base: Path | None = None, grep=None
+) -> None:
     """Calls per unit; with ``base`` (a run of the same workload, smaller),
     the difference, so start-up and login drop out."""
     st = pstats.Stats(str(stats_file))
@@ -123,6 +125,14 @@ def counted(stats_file: Path, units: float, unit: str, top: int, base: Path | No
     rows.sort(reverse=True)
     print("by calls:", ", ".join(f"{r[3]} {r[1] / units:.1f}"
                                  for r in sorted(rows, key=lambda r: -r[1])[:top]))  # fmt: skip
+    if grep:
+        print(f"-- functions matching {grep!r} (not base-subtracted)")
+        for func, (_cc, nc, _tt, ct, _callers) in st.stats.items():
+            where = f"{Path(func[0]).name}:{func[1]}({func[2]})"
+            if re.search(grep, where):
+                print(
+                    f"{nc / units:8.2f} calls/{unit} {ct / units * 1e6:9.1f} us cumulative  {where}"
+                )
     print(f"{'tottime/' + unit:>14} {'calls/' + unit:>12} {'cum/' + unit:>12}  function")
     for tt, nc, ct, where in rows[:top]:
         print(f"{tt / units:14.6f} {nc / units:12.1f} {ct / units:12.6f}  {where}")
@@ -230,6 +240,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=60)
     p.add_argument("--strace", action="store_true", help="syscalls (strace -c -f), not cProfile")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--grep", help="regex of functions to show calls below (cProfile only)")
     p.add_argument(
         "--base", type=int, default=0, help="also profile this many MiB/files and subtract"
     )
@@ -273,7 +284,7 @@ def main() -> None:
         if args.strace:
             syscalls(trace, units, unit, args.top, base[1] if base else None)
         else:
-            counted(prof, units, unit, args.top, base[0] if base else None)
+            counted(prof, units, unit, args.top, base[0] if base else None, args.grep)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

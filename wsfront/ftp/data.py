@@ -381,7 +381,9 @@ class _ChannelConsumer:
 
 
 class _PassiveFactory(Factory):
-    """Accepts one data connection from the expected peer, then stops listening."""
+    """Accepts one data connection from the expected peer per transfer."""
+
+    noisy = False  # two log lines per transfer otherwise
 
     def __init__(self, listener: PassiveListener) -> None:
         self._listener = listener
@@ -396,15 +398,27 @@ class _Refused(Protocol):
 
 
 class PassiveListener:
-    """A listening port for one passive data connection (PASV/EPSV)."""
+    """A listening port for one passive data connection (PASV/EPSV) at a
+    time.
 
-    def __init__(self, peer_host: str) -> None:
+    With ``keep_open`` (ports from the system's ephemeral range, which is
+    not scarce) the port stays open after it accepted its connection,
+    refusing any other, and the control connection may ``rearm`` it for
+    its next PASV/EPSV: a client fetching many small files then costs no
+    socket, bind, listen and close (and no port log lines) per file.
+    Without it (a configured ``--passive-ports`` range, where every port
+    held counts) the port closes at once, as before.
+    """
+
+    def __init__(self, peer_host: str, keep_open: bool = False) -> None:
         self.peer_host = peer_host
+        self.keep_open = keep_open
         self.port = None
         self.channel: DataChannel | None = None
         self.connected: DataChannel | None = None
         self._waiters: list[Deferred] = []
         self.refused = 0
+        self._park_call = None
 
     @property
     def port_number(self) -> int:
@@ -421,7 +435,8 @@ class PassiveListener:
             )
             return _Refused()
         self.channel = DataChannel(self._connected)
-        self.stop_listening()
+        if not self.keep_open:
+            self.stop_listening()
         return self.channel
 
     def _connected(self, channel: DataChannel) -> None:
@@ -445,7 +460,33 @@ class PassiveListener:
 
         return d.addErrback(timed_out)
 
+    def park(self, clock, seconds: float) -> bool:
+        """Keep the port, refusing connections, for a ``rearm`` within
+        ``seconds``; then close it.  False (and closed) if it can't be kept."""
+        self._cancel_park()
+        if self.port is None or self.channel is None:
+            self.stop_listening()
+            return False
+        self._park_call = clock.callLater(seconds, self.stop_listening)
+        return True
+
+    def rearm(self) -> bool:
+        """Accept one more connection on the same port (for the next
+        PASV/EPSV); False if the port is closed."""
+        self._cancel_park()
+        if self.port is None or self.channel is None:
+            return False
+        self.channel = self.connected = None
+        self.refused = 0
+        return True
+
+    def _cancel_park(self) -> None:
+        call, self._park_call = self._park_call, None
+        if call is not None and call.active():
+            call.cancel()
+
     def stop_listening(self) -> None:
+        self._cancel_park()
         port, self.port = self.port, None
         if port is not None:
             port.stopListening()
@@ -470,7 +511,7 @@ def open_passive(
     """Listen for one passive connection on ``interface``, on a free port of
     ``port_range`` (inclusive; any port when None).  Raises
     DataConnectionFailed when the range is exhausted."""
-    listener = PassiveListener(peer_host)
+    listener = PassiveListener(peer_host, keep_open=port_range is None)
     factory = _PassiveFactory(listener)
     if port_range is None:
         candidates = [0]
