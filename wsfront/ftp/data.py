@@ -35,10 +35,14 @@ log = Logger()
 #: ``bufferSize``), between STREAM_MIN (Twisted's default) and STREAM_MAX.
 #: With Twisted's 64 KiB buffer and 128 KiB send limit a download cost a
 #: pause, a resume and two sends (two reactor turns) per 256 KiB storage
-#: frame: 9 sends and 729 Python calls per MiB; with 1 MiB, 2 sends and 340
-#: calls.  Alone a transfer gets 1 MiB; 200 at once get 80 KiB each, so a
-#: slow client holds little (shares are taken again on every resume).
-STREAM_BUDGET = 16 << 20
+#: frame: 9 sends and 729 Python calls per MiB; with 1 MiB, 2 sends and 348
+#: calls.  Alone (up to 8 at once) a transfer gets 1 MiB; 200 at once get
+#: 64 KiB each, as before.  Shares are taken again on every resume; a
+#: client that stalls keeps what it was given until then (plus the one
+#: storage frame that crossed the line), so 200 stalled downloads hold at
+#: most about 8 MiB * (1 + ln(200 / 8)) = 34 MiB here, against 12.5 MiB
+#: with Twisted's default (and 50 MiB of storage frames either way).
+STREAM_BUDGET = 8 << 20
 STREAM_MAX = 1 << 20
 STREAM_MIN = 64 << 10
 #: Most bytes one send() is offered (Twisted: 128 KiB); what is buffered is
