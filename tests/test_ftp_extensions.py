@@ -286,7 +286,9 @@ async def test_quit_leaves_at_once_when_the_queue_is_full(tmp_path):
     env = await FTPEnv(reactor, tmp_path, FTPSettings(max_queued_commands=8)).start()
     try:
         c = await env.client()
-        await _blocked_retr(env, c, 4 * MiB)
+        # Larger than what the kernel's socket buffers and the data
+        # connection's own can hold, so the RETR is still running.
+        await _blocked_retr(env, c, 32 * MiB)
         c.transport.write(b"NOOP\r\n" * 20 + b"QUIT\r\n")
         assert (await c.reply())[0] == 221
         await c.closed
@@ -304,7 +306,7 @@ async def test_a_flood_beyond_the_byte_cap_pauses_reading_and_is_still_answered(
     env = await FTPEnv(reactor, tmp_path, FTPSettings(max_queued_bytes=4096)).start()
     try:
         c = await env.client()
-        peer = await _blocked_retr(env, c, 4 * MiB)
+        peer = await _blocked_retr(env, c, 32 * MiB)  # outlasts every buffer
         c.transport.write(b"NOOP\r\n" * 2000)
         session = next(iter(env.factory.sessions))
         await _until(lambda: session._paused_reading, "reading to pause")

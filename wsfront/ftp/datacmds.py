@@ -141,8 +141,9 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
     finally:
         transfer.waiting = None
         if listener is not None:
-            listener.stop_listening()
             ctl.stats.refused_data_connections += listener.refused
+            listener.refused = 0
+            ctl.park_passive(listener)
     transfer.channel = channel
     if transfer.aborted:
         channel.abort()

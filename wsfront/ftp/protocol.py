@@ -124,6 +124,7 @@ class FTPControl(Protocol):
         self.rest: int | None = None
         self.rnfr: str | None = None
         self.passive: PassiveListener | None = None
+        self.parked: PassiveListener | None = None
         self.active: addresses.HostPort | None = None
         self.epsv_all = False
         self.sizes: dict[str, int] = {}
@@ -188,9 +189,7 @@ class FTPControl(Protocol):
             self._hashing.stopProducing()
         if self.transfer is not None:
             self.transfer.control_lost(self.reactor, self.settings.data_timeout)
-        if self.passive is not None:
-            self.passive.close()
-            self.passive = None
+        self._close_data_setup()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._started:
@@ -664,20 +663,47 @@ class FTPControl(Protocol):
 
     # -- data connection setup ----------------------------------------
 
+    PARK_SECONDS = 5.0
+    """How long the passive port of a finished transfer stays open (refusing
+    connections) for this client's next PASV/EPSV to reuse."""
+
     def _close_data_setup(self) -> None:
         if self.passive is not None:
             self.passive.close()
             self.passive = None
+        if self.parked is not None:
+            self.stats.refused_data_connections += self.parked.refused
+            self.parked.close()
+            self.parked = None
         self.active = None
+
+    def park_passive(self, listener: PassiveListener) -> None:
+        """The transfer has its data connection from ``listener``: keep the
+        port for the next PASV/EPSV if it may stay open, else close it."""
+        if self.parked is not None and self.parked is not listener:
+            self.stats.refused_data_connections += self.parked.refused
+            self.parked.close()
+            self.parked = None
+        if self.connected_ and listener.park(self.reactor, self.PARK_SECONDS):
+            self.parked = listener
+        else:
+            listener.stop_listening()
 
     def _open_passive(self) -> PassiveListener:
         """A listener for the next transfer.  An unused one from an earlier
-        PASV/EPSV is kept: a PASV flood then holds one port, not a range."""
+        PASV/EPSV is kept: a PASV flood then holds one port, not a range.
+        The port of the last transfer is reused when it is still open."""
         current = self.passive
         if current is not None and current.port is not None and current.channel is None:
             self.active = None
             return current
+        parked, self.parked = self.parked, None
         self._close_data_setup()
+        if parked is not None:
+            self.stats.refused_data_connections += parked.refused  # while parked
+        if parked is not None and parked.rearm():
+            self.passive = parked
+            return parked
         listener = open_passive(
             self.reactor, self.local_host, self.peer_host, self.settings.passive_ports
         )

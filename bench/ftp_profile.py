@@ -1,0 +1,293 @@
+"""Deterministic cost of the FTP data path in wslocal: cProfile calls and
+syscalls per MiB (one big RETR) or per file (many small RETR/STOR).
+
+    python bench/ftp_profile.py retr --size-mib 256          # cProfile of wslocal
+    python bench/ftp_profile.py small --files 300 --strace   # syscalls per file
+    python bench/ftp_profile.py idle --clients 100           # RSS per slow download
+
+``retr``/``small`` run wslocal under twistd's cProfile (``--strace``: under
+``strace -c -f`` instead) and print function calls per MiB or per file and
+the top functions by cumulative time.  ``idle`` opens N downloads whose
+clients read nothing, so each stalls on backpressure, and prints the front
+end's RSS growth per download (wslocal: storage servers included).
+Figures are counts, not timings, so they hold on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ftplib
+import os
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BLOCK = 256 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1))
+
+
+class Local:
+    def __init__(self, workdir: Path, profile: Path | None, strace: Path | None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        data = workdir / "wsfs-data"
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--nodaemon", "--pidfile="]  # fmt: skip
+        if profile is not None:
+            argv += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
+        argv += ["wslocal", "--data", str(data),
+                 "--ftp", f"tcp:{self.port}:interface=127.0.0.1",
+                 "--http", f"tcp:{free_port()}:interface=127.0.0.1"]  # fmt: skip
+        if strace is not None:
+            argv = ["strace", "-f", "-c", "-o", str(strace), *argv]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.log = open(workdir / "wslocal.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit((workdir / "wslocal.log").read_text()) from None
+                time.sleep(0.1)
+        self.user, _, self.password = (data / "demo-login.txt").read_text().strip().partition(":")
+
+    def server_pid(self) -> int:
+        if self.proc.args[0] != "strace":
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def connect(self) -> ftplib.FTP:
+        c = ftplib.FTP()
+        c.connect("127.0.0.1", self.port, timeout=120)
+        c.login(self.user, self.password)
+        c.voidcmd("TYPE I")
+        return c
+
+    def stop(self) -> None:
+        os.kill(self.server_pid(), signal.SIGINT)
+        self.proc.wait(120)
+        self.log.close()
+
+
+class Generated:
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(BLOCK)
+
+    def read(self, n: int = BLOCK) -> bytes:
+        n = min(n, self.left, BLOCK)
+        self.left -= n
+        return self.block[:n]
+
+
+def counted(
+    stats_file: Path, units: float, unit: str, top: int, base: Path | None = None, grep=None
+) -> None:
+    """Calls per unit; with ``base`` (a run of the same workload, smaller),
+    the difference, so start-up and login drop out."""
+    st = pstats.Stats(str(stats_file))
+    stats = {k: v[:4] for k, v in st.stats.items()}
+    if base is not None:
+        for k, v in pstats.Stats(str(base)).stats.items():
+            a = stats.get(k, (0, 0, 0.0, 0.0))
+            stats[k] = tuple(x - y for x, y in zip(a, v[:4]))
+    total = sum(v[1] for v in stats.values())
+    total_tt = sum(v[2] for v in stats.values())
+    print(f"function calls per {unit}: {total / units:,.1f}")
+    print(f"CPU seconds per {unit} (profiled, inflated): {total_tt / units:.5f}")
+    rows = []
+    for (file, line, name), (_cc, nc, tt, ct) in stats.items():
+        rows.append((tt, nc, ct, f"{Path(file).name}:{line}({name})"))
+    rows.sort(reverse=True)
+    print("by calls:", ", ".join(f"{r[3]} {r[1] / units:.1f}"
+                                 for r in sorted(rows, key=lambda r: -r[1])[:top]))  # fmt: skip
+    if grep:
+        print(f"-- functions matching {grep!r} (not base-subtracted)")
+        for func, (_cc, nc, _tt, ct, _callers) in st.stats.items():
+            where = f"{Path(func[0]).name}:{func[1]}({func[2]})"
+            if re.search(grep, where):
+                print(
+                    f"{nc / units:8.2f} calls/{unit} {ct / units * 1e6:9.1f} us cumulative  {where}"
+                )
+    print(f"{'tottime/' + unit:>14} {'calls/' + unit:>12} {'cum/' + unit:>12}  function")
+    for tt, nc, ct, where in rows[:top]:
+        print(f"{tt / units:14.6f} {nc / units:12.1f} {ct / units:12.6f}  {where}")
+
+
+def _strace_counts(strace_file: Path) -> dict[str, int]:
+    counts = {}
+    for line in strace_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def syscalls(strace_file: Path, units: float, unit: str, top: int, base: Path | None) -> None:
+    counts = _strace_counts(strace_file)
+    if base is not None:
+        for name, n in _strace_counts(base).items():
+            counts[name] = counts.get(name, 0) - n
+    rows = sorted(((n, name) for name, n in counts.items()), reverse=True)
+    print(f"syscalls per {unit}: {sum(counts.values()) / units:,.1f}")
+    for calls, name in rows[:top]:
+        print(f"{calls / units:10.1f}  {name}")
+
+
+def retr_big(server: Local, size: int, setup: bool, rest: int = 0) -> None:
+    if setup:
+        c = server.connect()
+        c.storbinary("STOR big.bin", Generated(size), blocksize=BLOCK)
+        c.quit()
+        return
+    size -= rest
+    c = server.connect()
+    got = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal got
+        got += len(chunk)
+
+    t = time.perf_counter()
+    c.retrbinary("RETR big.bin", sink, blocksize=BLOCK, rest=rest or None)
+    dt = time.perf_counter() - t
+    c.quit()
+    assert got == size, got
+    print(f"RETR {size >> 20} MiB: {size / dt / 1e6:.0f} MB/s (timing: noisy, profiled)")
+
+
+def small(server: Local, files: int, kib: int, verb: str) -> None:
+    c = server.connect()
+    block = os.urandom(kib << 10)
+    if verb == "setup":
+        c.mkd("small")
+    c.cwd("small")
+    t = time.perf_counter()
+    for i in range(files):
+        if verb in ("setup", "STOR"):
+            c.storbinary(f"STOR f{i:05d}", _Bytes(block))
+        else:
+            c.retrbinary(f"RETR f{i:05d}", lambda _chunk: None)
+    dt = time.perf_counter() - t
+    c.quit()
+    if verb != "setup":
+        print(f"{verb} {files} x {kib} KiB: {files / dt:.0f} files/s (noisy)")
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int = BLOCK) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def idle_clients(server: Local, clients: int, mib: int) -> None:
+    """``clients`` downloads of ``mib`` MiB whose clients read nothing."""
+    size = mib << 20
+    c = server.connect()
+    c.storbinary("STOR idle.bin", Generated(size), blocksize=BLOCK)
+    c.quit()
+    pid = server.server_pid()
+    time.sleep(1)
+    before = rss_kb(pid)
+    held = []
+    for _ in range(clients):
+        c = server.connect()
+        conn = c.transfercmd("RETR idle.bin")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        held.append((c, conn))
+    time.sleep(3)
+    after = rss_kb(pid)
+    print(f"{clients} stalled downloads: RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
+          f"{(after - before) / clients:.0f} KiB per download")  # fmt: skip
+    for c, conn in held:
+        conn.close()
+        c.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workload", choices=["retr", "small", "stor", "idle"])
+    p.add_argument("--size-mib", type=int, default=256)
+    p.add_argument("--files", type=int, default=300)
+    p.add_argument("--kib", type=int, default=4)
+    p.add_argument("--clients", type=int, default=60)
+    p.add_argument("--strace", action="store_true", help="syscalls (strace -c -f), not cProfile")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--grep", help="regex of functions to show calls below (cProfile only)")
+    p.add_argument(
+        "--base", type=int, default=0, help="also profile this many MiB/files and subtract"
+    )
+    args = p.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="wsfs-ftpprof-"))
+    try:
+        # Set-up runs unprofiled; the measured part then runs in a fresh
+        # process under the profiler on the same data.
+        server = Local(workdir, None, None)
+        if args.workload == "retr":
+            retr_big(server, args.size_mib << 20, True)
+        elif args.workload in ("small", "stor"):
+            small(server, args.files, args.kib, "setup")
+        elif args.workload == "idle":
+            idle_clients(server, args.clients, 16)
+            server.stop()
+            return
+        server.stop()
+        verb = "RETR" if args.workload == "small" else "STOR"
+
+        def measure(amount: int, tag: str) -> tuple[Path, Path]:
+            prof = workdir / f"prof{tag}.out"
+            trace = workdir / f"strace{tag}.out"
+            server = Local(workdir, None if args.strace else prof, trace if args.strace else None)
+            if args.workload == "retr":
+                retr_big(server, args.size_mib << 20, False, (args.size_mib - amount) << 20)
+            else:
+                small(server, amount, args.kib, verb)
+            server.stop()
+            return prof, trace
+
+        if args.workload == "retr":
+            amount, unit = args.size_mib, "MiB"
+        else:
+            amount, unit = args.files, "file"
+        prof, trace = measure(amount, "")
+        base = None
+        if args.base:
+            base = measure(args.base, "-base")
+        units = amount - args.base
+        if args.strace:
+            syscalls(trace, units, unit, args.top, base[1] if base else None)
+        else:
+            counted(prof, units, unit, args.top, base[0] if base else None, args.grep)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""What a data connection buffers while it moves a file (wsfront.ftp.data's
+stream shares), over real sockets: a download alone gets large buffers
+(few sends and reactor turns per MiB), many share one budget, and a client
+that stops reading holds the server to its share by backpressure."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.ftp_env import FTPEnv, sha256
+from wsfront.ftp import data
+from wsstorage.framing import MAX_DATA
+
+MiB = 1 << 20
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(64 * 1024)
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture
+def ftp(tmp_path):
+    from twisted.internet import reactor
+
+    env = FTPEnv(reactor, tmp_path)
+    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
+
+
+def _tick(seconds: float = 0.01):
+    from twisted.internet import reactor
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def _until(predicate, what: str, rounds: int = 2000) -> None:
+    for _ in range(rounds):
+        if predicate():
+            return
+        await _tick()
+    raise AssertionError(f"never saw {what}")
+
+
+def buffered(tcp) -> int:
+    """Bytes a Twisted TCP transport holds, not yet handed to the kernel."""
+    return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+
+
+async def _stalled_retr(ftp, path: str):
+    """A RETR whose client reads nothing; its server-side DataChannel."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    peer = await c.data_connection(await c.epsv())
+    peer.transport.pauseProducing()
+    assert (await c.cmd(f"RETR {path}"))[0] == 150
+    session = next(
+        s for s in ftp.factory.sessions if s.transport.getPeer() == c.transport.getHost()
+    )
+    return c, peer, session.transfer.channel
+
+
+def test_stream_shares_split_one_budget_between_bounds():
+    assert data.stream_share(1) == data.STREAM_MAX
+    assert data.stream_share(50) == data.STREAM_BUDGET // 50 < data.STREAM_MAX
+    assert data.stream_share(100_000) == data.STREAM_MIN
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_holds_the_server_to_its_share(ftp):
+    size = 48 * MiB
+    await ftp.env.upload("/big", payload(size))
+    c, _peer, channel = await _stalled_retr(ftp, "big")
+    tcp = channel._tcp
+    assert tcp is not None and data._streams == 1
+    assert tcp.bufferSize == data.STREAM_MAX and tcp.SEND_LIMIT == data.STREAM_SEND_LIMIT
+    # The kernel's buffers fill, then Twisted's, then the read is paused.
+    await _until(lambda: tcp.producerPaused, "the download paused")
+    sent = channel.sent
+    for _ in range(20):
+        await _tick()
+        assert buffered(tcp) <= data.STREAM_MAX + MAX_DATA
+    assert channel.sent == sent < size  # paused stays paused: nothing piles up
+    c.send("ABOR")
+    assert (await c.reply())[0] == 426
+    assert (await c.reply())[0] == 226
+    assert data._streams == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_gives_back_its_share_when_others_start(ftp, monkeypatch):
+    monkeypatch.setattr(data, "STREAM_BUDGET", 4 * data.STREAM_MIN)
+    body = payload(32 * MiB)
+    await ftp.env.upload("/big", body)
+    c1, peer1, first = await _stalled_retr(ftp, "big")
+    assert first._tcp.bufferSize == 4 * data.STREAM_MIN
+    c2, _peer2, second = await _stalled_retr(ftp, "big")
+    assert second._tcp.bufferSize == 2 * data.STREAM_MIN and data._streams == 2
+    # The first client reads on: at its next resume the first stream
+    # takes the smaller share.
+    peer1.transport.resumeProducing()
+    await _until(lambda: first._tcp.bufferSize == 2 * data.STREAM_MIN, "the first stream reshared")
+    assert sha256(await peer1.done) == sha256(body)
+    assert (await c1.reply())[0] == 226
+    assert data._streams == 1
+    c2.send("ABOR")
+    assert (await c2.reply())[0] == 426
+    assert (await c2.reply())[0] == 226
+    assert data._streams == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_take_a_share_and_give_it_back(ftp):
+    body = payload(5 * MiB)
+    c = await ftp.client()
+    assert (await c.stor("up.bin", body))[0] == 226
+    assert data._streams == 0
+    assert sha256(await c.retr("up.bin")) == sha256(body)
+    assert data._streams == 0
