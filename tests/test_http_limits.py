@@ -274,3 +274,26 @@ async def test_a_burst_of_concurrent_guesses_gets_no_more_checks_than_the_limit(
         for c in conns:
             c.close()
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_parallel_correct_logins_all_get_in(tmp_path):
+    """A client opening forty connections at once with the right password
+    (before any login of it is cached): the checks beyond the limit wait
+    for the ones ahead instead of being refused."""
+    from twisted.internet import reactor
+
+    env = await HttpEnv(reactor, tmp_path).start()
+    conns = []
+    try:
+        port = env.port.getHost().port
+        conns = [await connect(reactor, port) for _ in range(40)]
+        for c in conns:
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + _basic_line("alice", PASSWORD) + b"\r\n")
+        codes = [head_of(await c.until(b"\r\n\r\n"))[0] for c in conns]
+        assert codes == [200] * 40
+        assert env.site.context.throttle.refused == 0
+    finally:
+        for c in conns:
+            c.close()
+        await env.stop()

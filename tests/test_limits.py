@@ -89,33 +89,61 @@ def test_no_limits_admit_everyone():
     assert limits.open == 1000
 
 
-def test_attempts_being_checked_count_so_a_burst_cannot_slip_through():
-    _clock, t = throttle(per_address=10, per_user=50, window=300)
-    allowed = [t.begin("alice", "h") is None for _ in range(40)]
-    assert allowed.count(True) == 10  # no decision yet, yet only 10 go on
+def _admit(t, user, address):
+    """admit() that must answer at once: None or the seconds to wait."""
+    results = []
+    t.admit(user, address).addCallback(results.append)
+    assert results, "admit() is waiting"
+    return results[0]
+
+
+def test_attempts_being_checked_hold_the_next_ones_so_a_burst_cannot_slip_through():
+    clock, t = throttle(per_address=10, per_user=50, window=300)
+    answers = []
+    for _ in range(40):
+        t.admit("alice", "h").addCallback(answers.append)
+    assert answers == [None] * 10  # ten checks run; thirty wait for them
     for _ in range(10):
         t.failed("alice", "h")
-    wait = t.begin("alice", "h")
-    assert wait is not None and wait > 290
+    clock.advance(0)
+    assert len(answers) == 40 and all(a > 290 for a in answers[10:])
+    assert t.refused == 30
+
+
+def test_waiting_attempts_go_on_when_the_ones_ahead_succeed():
+    clock, t = throttle(per_address=3, per_user=50, window=300)
+    answers = []
+    for _ in range(20):  # one client opening twenty connections at once
+        t.admit("alice", "h").addCallback(answers.append)
+    assert answers == [None] * 3
+    while len(answers) < 20:
+        admitted = len(answers)
+        t.succeeded("alice", "h")  # one of those ahead logged in
+        clock.advance(0)
+        assert len(answers) == admitted + 1
+    assert answers == [None] * 20 and t.refused == 0
 
 
 def test_an_undecided_attempt_stops_counting_after_a_while():
     clock, t = throttle(per_address=2, per_user=50, window=300)
-    assert t.begin("a", "h") is None
-    assert t.begin("b", "h") is None
-    assert t.begin("c", "h") == 1.0  # two still being checked
+    assert _admit(t, "a", "h") is None
+    assert _admit(t, "b", "h") is None
+    waiting = []
+    t.admit("c", "h").addCallback(waiting.append)
+    assert waiting == []  # two still being checked
     t.abandoned("a", "h")
-    assert t.begin("c", "h") is None
+    clock.advance(0)
+    assert waiting == [None]
     clock.advance(LoginThrottle.INFLIGHT_SECONDS + 1)  # b and c were never decided
-    assert t.retry_after("d", "h") is None
+    assert _admit(t, "d", "h") is None
 
 
 def test_the_per_user_limit_spares_addresses_the_user_logged_in_from():
     _clock, t = throttle(per_address=100, per_user=5, window=300)
-    assert t.begin("alice", "home") is None
+    assert _admit(t, "alice", "home") is None
     t.succeeded("alice", "home")
     for i in range(5):
-        t.begin("alice", f"10.0.0.{i}")
+        assert _admit(t, "alice", f"10.0.0.{i}") is None
         t.failed("alice", f"10.0.0.{i}")
     assert t.retry_after("alice", "10.9.9.9") is not None  # strangers are throttled
     assert t.retry_after("alice", "home") is None  # her usual machine is not

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 
@@ -114,15 +115,22 @@ class _Window:
 
 
 class LoginThrottle:
-    """Before checking a password, ``begin(user, address)``: None lets the
-    check run (then exactly one of ``failed`` / ``succeeded``), a number is
-    the seconds the client should wait.  ``retry_after`` is the same answer
-    without counting an attempt.  Addresses are host strings (the real
-    client's, also behind a PROXY-protocol balancer)."""
+    """Before checking a password, ``admit(user, address)``: it fires with
+    None to let the check run (then exactly one of ``failed``, ``succeeded``
+    or ``abandoned``), or with the seconds the client should wait.  While
+    attempts being checked fill what a key has left, a new attempt waits
+    for them to be decided instead of being refused, so many parallel
+    *correct* logins (a client opening several connections) all get in,
+    while parallel guesses get no more checks than the limit.
+    ``retry_after`` is the failures' answer alone, counting nothing.
+    Addresses are host strings (the real client's, also behind a
+    PROXY-protocol balancer)."""
 
     #: An attempt still undecided after this long stops counting (a caller
     #: that lost track of it must not throttle the address for good).
     INFLIGHT_SECONDS = 60.0
+    #: Waiting attempts look again at least this often (undecided ones expire).
+    RECHECK_SECONDS = 1.0
 
     def __init__(
         self,
@@ -138,9 +146,12 @@ class LoginThrottle:
         self.per_user = per_user
         self.per_pair = per_pair if per_pair is not None else per_address
         keep = max(self.per_address, self.per_user, self.per_pair) + 1
+        self._clock = clock
         self._failures = _Window(clock, window, max_tracked, keep)
         self._inflight = _Window(clock, self.INFLIGHT_SECONDS, max_tracked, keep)
         self._trusted = _Window(clock, trust_seconds, max_tracked, 1)
+        self._waiting: list[Callable[[], None]] = []
+        self._wake_call = None
         self.refused = 0
         """Attempts refused by the throttle (for metrics and tests)."""
 
@@ -154,35 +165,69 @@ class LoginThrottle:
             keys.append((("pair", user, address), self.per_pair))
         return keys
 
-    def _wait(self, key: Hashable, limit: int) -> float | None:
-        failures = self._failures.count(key)
-        if failures + self._inflight.count(key) < limit:
-            return None
-        if failures >= limit:
-            return self._failures.wait(key, limit)
-        return 1.0  # the attempts being checked decide it in a moment
+    def _state(self, user: str, address: str | None) -> tuple[float | None, bool]:
+        """(seconds to wait for failures to age out, or None; whether
+        attempts being checked fill what some key has left)."""
+        longest: float | None = None
+        busy = False
+        for key, limit in self._keys(user, address):
+            failures = self._failures.count(key)
+            if failures >= limit:
+                wait = self._failures.wait(key, limit)
+                longest = wait if longest is None else max(longest, wait)
+            elif failures + self._inflight.count(key) >= limit:
+                busy = True
+        return longest, busy
 
     def retry_after(self, user: str, address: str | None) -> float | None:
         """Seconds the client should wait, or None when it may try now."""
-        waits = [self._wait(key, limit) for key, limit in self._keys(user, address)]
-        longest = max((w for w in waits if w is not None), default=None)
-        if longest is not None:
+        wait, _busy = self._state(user, address)
+        if wait is not None:
             self.refused += 1
-        return longest
-
-    def begin(self, user: str, address: str | None) -> float | None:
-        """``retry_after``, and when the attempt may go on, count it as
-        undecided until ``failed`` or ``succeeded``."""
-        wait = self.retry_after(user, address)
-        if wait is None:
-            for key, _limit in self._keys(user, address):
-                self._inflight.add(key)
         return wait
+
+    def admit(self, user: str, address: str | None) -> Deferred:
+        """Fires with None (go on: the attempt now counts as undecided) or
+        with the seconds to wait; waits while undecided attempts fill what is
+        left."""
+        d: Deferred = Deferred()
+
+        def attempt() -> None:
+            wait, busy = self._state(user, address)
+            if wait is not None:
+                self.refused += 1
+                d.callback(wait)
+            elif busy:
+                self._waiting.append(attempt)
+                self._wake_later(self.RECHECK_SECONDS)
+            else:
+                for key, _limit in self._keys(user, address):
+                    self._inflight.add(key)
+                d.callback(None)
+
+        attempt()
+        return d
+
+    def _wake_later(self, delay: float) -> None:
+        call = self._wake_call
+        if call is not None and call.active():
+            if call.getTime() <= self._clock.seconds() + delay:
+                return
+            call.cancel()
+        self._wake_call = self._clock.callLater(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._wake_call = None
+        waiting, self._waiting = self._waiting, []
+        for attempt in waiting:
+            attempt()
 
     def _decided(self, user: str, address: str | None) -> list[tuple[Hashable, int]]:
         keys = self._keys(user, address)
         for key, _limit in keys:
             self._inflight.remove_one(key)
+        if self._waiting:
+            self._wake_later(0)  # next turn: not inside the caller's decision
         return keys
 
     def abandoned(self, user: str, address: str | None) -> None:

@@ -374,7 +374,7 @@ class FTPControl(Protocol):
         throttle = self.factory.throttle
         # Counted as an attempt until decided: parallel connections can't
         # slip more guesses past the limit while scrypt runs.
-        wait = throttle.begin(name, self.peer_host)
+        wait = await throttle.admit(name, self.peer_host)
         if wait is not None:
             self.reply(421, f"Too many failed logins, try again in {math.ceil(wait)} seconds")
             self.transport.loseConnection()

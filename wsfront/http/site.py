@@ -266,12 +266,16 @@ def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
         raise tls_required(settings, request)
     host = client_host(request)
     throttle = context.throttle
-    wait = throttle.begin(name, host)
-    if wait is not None:
-        raise HttpError(
-            429,
-            "too many failed logins; try again later",
-            (("Retry-After", str(math.ceil(wait))),),
+
+    def admitted(wait):
+        if wait is not None:
+            raise HttpError(
+                429,
+                "too many failed logins; try again later",
+                (("Retry-After", str(math.ceil(wait))),),
+            )
+        return maybeDeferred(context.authenticator.authenticate, name, password).addCallbacks(
+            accepted, refused
         )
 
     def accepted(user):
@@ -285,9 +289,7 @@ def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
         throttle.failed(name, host)
         raise HttpError(401, "wrong user name or password", challenge(settings))
 
-    return maybeDeferred(context.authenticator.authenticate, name, password).addCallbacks(
-        accepted, refused
-    )
+    return throttle.admit(name, host).addCallback(admitted)
 
 
 def client_host(request: StreamingRequest) -> str | None:
