@@ -82,11 +82,23 @@ def test_frozen_server_counts_as_down_after_the_probe_timeout(clock, cluster, po
 
 
 def test_choice_prefers_free_space_and_distinct_servers(pool):
-    for node, free in zip(pool.nodes(), (10, 30, 20)):
+    GiB = 1 << 30
+    for node, free in zip(pool.nodes(), (10 * GiB, 30 * GiB, 20 * GiB)):
         node.free_bytes = free
     assert pool.choose(2) == ["s2", "s3"]
     assert pool.choose(5) == ["s2", "s3", "s1"]
     assert pool.choose(2, exclude=["s2"]) == ["s3", "s1"]
+
+
+def test_servers_with_about_the_same_free_space_take_turns(pool):
+    """Three servers on one disk: a few bytes apart, whichever probe ran
+    last; every one of them gets its share of the writes."""
+    for node, free in zip(pool.nodes(), (50 << 30, (50 << 30) + 4096, (50 << 30) - 8192)):
+        node.free_bytes = free
+    picks = [tuple(pool.choose(2)) for _ in range(30)]
+    counts = {name: sum(name in p for p in picks) for name in NAMES}
+    assert counts == {name: 20 for name in NAMES}
+    assert all(len(set(p)) == 2 for p in picks)
 
 
 def test_read_fails_over_from_a_frozen_replica_after_the_stall_timeout(clock, cluster, pool):

@@ -37,6 +37,10 @@ class NodeState:
     last_error: str | None = None
 
 
+#: Free space closer than this to the most free server's counts as equal.
+SIMILAR_FREE = 1 << 30
+
+
 class StoragePool:
     """Storage servers by name, with health and replica choice."""
 
@@ -51,6 +55,7 @@ class StoragePool:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._loop: LoopingCall | None = None
+        self._turn = 0
 
     def add(self, name: str, endpoint: str, client: IStorageClient) -> None:
         self._nodes[name] = NodeState(name, endpoint, client)
@@ -86,13 +91,29 @@ class StoragePool:
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
 
     def choose(self, count: int, exclude: Iterable[str] = ()) -> list[str]:
-        """Up to ``count`` distinct healthy servers, most free space first."""
+        """Up to ``count`` distinct healthy servers, most free space first.
+
+        Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
+        most free are taken in turn, not by the bytes that happen to separate
+        them: servers sharing one disk (wslocal, a test cluster) or equally
+        empty new ones would otherwise always give the same few all the
+        writes, by name or by which probe ran last."""
         excluded = set(exclude)
         candidates = [
             n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
         ]
-        candidates.sort(key=lambda n: (-n.free_bytes, n.name))
-        return [n.name for n in candidates[:count]]
+        if not candidates:
+            return []
+        top = max(n.free_bytes for n in candidates)
+        slack = max(SIMILAR_FREE, top // 100)
+        tier = sorted((n for n in candidates if n.free_bytes >= top - slack), key=lambda n: n.name)
+        rest = sorted(
+            (n for n in candidates if n.free_bytes < top - slack),
+            key=lambda n: (-n.free_bytes, n.name),
+        )
+        k = self._turn % len(tier)
+        self._turn += 1
+        return [n.name for n in (tier[k:] + tier[:k] + rest)[:count]]
 
     def order_for_read(self, replicas: Sequence[str], spread: int = 0) -> list[str]:
         """Replicas known here, healthy ones first; ``spread`` rotates the
