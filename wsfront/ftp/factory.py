@@ -18,7 +18,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ServerFactory
 
-from wsfront.auth import IUser
+from wsfront.auth import IUser, anonymous_user
 from wsfront.catalog.errors import AuthFailed
 from wsfront.catalog.records import User
 from wsfront.limits import ConnectionLimits, LoginThrottle
@@ -156,15 +156,6 @@ class FTPFactory(ServerFactory):
         return d.addCallbacks(avatar, refused)
 
     def anonymous_user(self) -> User:
-        """A read-only user confined to ``anonymous_root``."""
-        return User(
-            name="anonymous",
-            admin=False,
-            root=self.settings.anonymous_root,
-            permissions=frozenset({"read"}),
-            quota_bytes=0,
-            quota_files=0,
-            used_bytes=0,
-            used_files=0,
-            created_at=0.0,
-        )
+        """A read-only user confined to ``anonymous_root`` (the same built-in
+        account HTTP gives requests without credentials)."""
+        return anonymous_user(self.settings.anonymous_root)
