@@ -207,13 +207,10 @@ class _Blob:
 
     # -- checksums ------------------------------------------------------
 
-    def entry(self, index: int, sums_fd: int) -> tuple[int, int] | None:
-        """(bytes covered, crc) of block ``index``, or None if it has none."""
-        return self.entries(index, 1, sums_fd)[0]
-
     def entries(self, first: int, count: int, sums_fd: int) -> list[tuple[int, int] | None]:
-        """``entry`` of blocks ``first .. first + count - 1``, with one pread
-        of the ``.sums`` file for all of them (a 1 MiB read needs 16)."""
+        """(bytes covered, crc) of blocks ``first .. first + count - 1`` (None
+        for a block that has none), with one pread of the ``.sums`` file for
+        all of them (a 1 MiB read needs 16)."""
         bs = self.block_size
         tail_len = self.covered % bs
         tail_index = self.covered // bs if self.tail_known and tail_len else -1

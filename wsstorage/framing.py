@@ -255,12 +255,11 @@ def tune_transport(transport: Any) -> None:
     tcp = tcp_transport(transport)
     if tcp is None:
         return
-    if hasattr(tcp, "bufferSize") and hasattr(tcp, "SEND_LIMIT"):
-        tcp.bufferSize = TRANSPORT_BUFFER
-        # A read batch is 1 MiB of data plus its frame headers: one send()
-        # takes all of it (what the kernel accepts), not 1 MiB and a
-        # 48-byte remainder a reactor turn later.
-        tcp.SEND_LIMIT = 2 * TRANSPORT_BUFFER
+    tcp.bufferSize = TRANSPORT_BUFFER
+    # A read batch is 1 MiB of data plus its frame headers: one send() takes
+    # all of it (what the kernel accepts), not 1 MiB and a 48-byte remainder
+    # a reactor turn later.
+    tcp.SEND_LIMIT = 2 * TRANSPORT_BUFFER
     # Requests and replies are small frames answered one at a time: Nagle's
     # algorithm would hold each back until the previous one is acknowledged
     # (up to 40 ms per round trip with delayed ACKs).

@@ -736,9 +736,10 @@ class _PauseFlag:
 
 @attrs.frozen
 class _Batch:
-    """One read-ahead batch: verified ``pieces`` (``length`` bytes), the DATA
-    frames carrying them as one bytes (``wire``; None when they must be cut
-    at a failpoint), and the error that ended the batch early, if any."""
+    """One read-ahead batch of ``length`` verified bytes: either the DATA
+    frames carrying them as one bytes (``wire``), or, when they must be cut
+    at a failpoint, the bytes themselves (``pieces``; ``wire`` None), never
+    both; and the error that ended the batch early, if any."""
 
     pieces: list[bytes]
     length: int
@@ -837,8 +838,9 @@ class _ReadStream:
                     left -= len(data)
             except Exception as e:
                 error = e  # the good blocks before a bad one still go out
-            wire = framing.join_data_frames(rid, pieces) if frame_here else None
-            return _Batch(pieces, n - left, wire, error)
+            if frame_here:  # the frames replace the pieces: one copy held
+                return _Batch([], n - left, framing.join_data_frames(rid, pieces), error)
+            return _Batch(pieces, n - left, None, error)
 
         room = self._room
         # Inline (unit tests) nobody can take a batch while we wait: don't.
