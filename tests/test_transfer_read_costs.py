@@ -344,9 +344,11 @@ async def test_a_small_upload_is_hashed_inline():
 
 
 def test_widen_raises_a_tcp_transports_buffer_for_a_read_and_restores_it():
+    from twisted.internet.abstract import FileDescriptor
+
     from wsfront.transfer import reader
 
-    class Transport:
+    class Transport(FileDescriptor):  # a TCP transport's buffer attributes
         bufferSize = 65536
         SEND_LIMIT = 131072
 

@@ -11,7 +11,7 @@ stall at most.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -25,6 +25,7 @@ from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
+from wsstorage.framing import tcp_transport
 
 log = Logger()
 _spread = itertools.count()
@@ -49,26 +50,39 @@ def recv_size(active: int, left: int) -> int:
     return max(RECV_MIN, min(RECV_MAX, share, left + RECV_MIN))
 
 
-def widen(transport, length: int):
-    """Let a consumer's TCP ``transport`` buffer and send, per reactor turn,
-    what one more read of ``length`` bytes may pull from storage per turn
-    (``recv_size``), instead of Twisted's 64 KiB buffer and 128 KiB send
-    limit; returns the callable that restores both.  For an adapter to call
-    around ``ReadStream.start`` (a GET of 256 MiB made 42% fewer Python calls
-    per MiB).  Anything but a plain TCP transport (TLS) is left as it is."""
-    size = getattr(transport, "bufferSize", None)
-    limit = getattr(transport, "SEND_LIMIT", None)
-    if not isinstance(size, int) or not isinstance(limit, int) or length <= size:
-        return _nothing  # (a small file fits in the default buffer)
-    share = recv_size(_active_reads + 1, length)
-    if share <= size:
+def raise_buffers(transport, size: int, send_limit: int | None = None) -> Callable[[], None]:
+    """Let the TCP socket under ``transport`` (beneath TLS or a PROXY
+    wrapper too: ``wsstorage.framing.tcp_transport``) read ``size`` bytes per
+    reactor turn, and send up to ``send_limit`` per call when given, instead
+    of Twisted's 64 KiB and 128 KiB; returns the callable that restores
+    both.  Nothing changes without a TCP socket or when it reads as much
+    already.  Shared by every adapter that streams (GET, PUT bodies, storage
+    reads), so they agree on what is tuned and how it is undone."""
+    tcp = tcp_transport(transport)
+    if tcp is None or tcp.bufferSize >= size:
         return _nothing
-    transport.bufferSize = transport.SEND_LIMIT = share
+    saved = tcp.bufferSize, tcp.SEND_LIMIT
+    tcp.bufferSize = size
+    if send_limit is not None:
+        tcp.SEND_LIMIT = send_limit
 
     def restore() -> None:
-        transport.bufferSize, transport.SEND_LIMIT = size, limit
+        tcp.bufferSize, tcp.SEND_LIMIT = saved
 
     return restore
+
+
+def widen(transport, length: int) -> Callable[[], None]:
+    """Let a consumer's socket buffer and send, per reactor turn, what one
+    more read of ``length`` bytes may pull from storage per turn
+    (``recv_size``); returns the callable that restores the defaults.  For
+    an adapter to call around ``ReadStream.start`` (a GET of 256 MiB made
+    42% fewer Python calls per MiB).  A small file fits the defaults."""
+    tcp = tcp_transport(transport)
+    if tcp is None or length <= tcp.bufferSize:
+        return _nothing
+    share = recv_size(_active_reads + 1, length)
+    return raise_buffers(tcp, share, share)
 
 
 def _nothing() -> None:
@@ -79,10 +93,7 @@ def _transport_of(producer):
     """The TCP transport under a storage read (``wsstorage.client``'s read
     call), or None.  A stopgap until the storage client takes a read size
     itself: only ``bufferSize`` is touched, and restored afterwards."""
-    transport = getattr(getattr(producer, "proto", None), "transport", None)
-    if transport is None or not isinstance(getattr(transport, "bufferSize", None), int):
-        return None
-    return transport
+    return tcp_transport(getattr(getattr(producer, "proto", None), "transport", None))
 
 
 @attrs.frozen
