@@ -86,7 +86,6 @@ class DataChannel(Protocol):
         self._on_stall: list[Callable[[], None]] = []
         self.stalled = False
         self.reading_paused = False
-        self.tls = False
         self._handshake: Deferred | None = None
         self.closed: Deferred = Deferred()
         self.received = 0
@@ -159,7 +158,6 @@ class DataChannel(Protocol):
         first wait in the socket, since reads are still paused."""
         self._handshake = Deferred()
         self.transport.startTLS(options, not self.outgoing)
-        self.tls = True
 
     def handshakeCompleted(self) -> None:
         handshake, self._handshake = self._handshake, None

@@ -16,7 +16,7 @@ from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http import conditional, listing, ranges
 from wsfront.http.errors_map import HttpError
-from wsfront.http.files import headers_of, quote_etag
+from wsfront.http.files import has_preconditions, headers_of, quote_etag
 from wsfront.http.mimetypes import content_type
 from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
 from wsfront.http.tus_headers import tus_link
@@ -61,20 +61,6 @@ def _pending_headers(pending) -> tuple:
     return tuple(extra)
 
 
-_CONDITIONS = (
-    b"If-Match",
-    b"If-None-Match",
-    b"If-Unmodified-Since",
-    b"If-Modified-Since",
-    b"If-Range",
-)
-
-
-def _has_conditions(request) -> bool:
-    has = request.requestHeaders.hasHeader
-    return any(has(name) for name in _CONDITIONS)
-
-
 def _answer(request, vpath, handle, extra):
     """Answer everything but the body of the committed version ``handle``
     describes (preconditions, ranges, headers) without touching storage.
@@ -91,7 +77,7 @@ def _answer(request, vpath, handle, extra):
         *extra,
     ]
     verdict = conditional.Verdict.PROCEED
-    if _has_conditions(request):
+    if has_preconditions(request):
         verdict = conditional.evaluate(method, headers_of(request), etag, meta.mtime)
     if verdict is conditional.Verdict.NOT_MODIFIED:
         request.respond(304, headers=common)

@@ -55,11 +55,19 @@ def headers_of(request: StreamingRequest) -> dict[str, str]:
     }
 
 
+PRECONDITION_HEADERS = (
+    b"If-Match",
+    b"If-None-Match",
+    b"If-Unmodified-Since",
+    b"If-Modified-Since",
+    b"If-Range",
+)
+
+
 def has_preconditions(request: StreamingRequest) -> bool:
-    return any(
-        request.requestHeaders.hasHeader(h)
-        for h in (b"If-Match", b"If-None-Match", b"If-Unmodified-Since", b"If-Modified-Since")
-    )
+    """Whether ``conditional.evaluate`` has anything to decide (If-Range
+    matters only to a GET with Range; evaluate ignores it otherwise)."""
+    return any(request.requestHeaders.hasHeader(h) for h in PRECONDITION_HEADERS)
 
 
 @inlineCallbacks

@@ -245,7 +245,7 @@ class TusEndpoint:
         upload_id = session.upload_id
         limit = None if length is None else length - offset
         sink = ChunkSink(request, session, limit, checksum)
-        session.when_failed().addErrback(_stop_body, request)
+        session.when_failed().addErrback(lambda f: request.fail_body(f.value))
         if checksum is not None:
             self._verifying[upload_id] = offset
         try:
@@ -386,22 +386,11 @@ class TusEndpoint:
             raise HttpError(404, "the upload is outside your tree") from None
 
 
-def _stop_body(failure, request: StreamingRequest) -> None:
-    """The session ended early: stop taking the body (if the request still
-    has one; a session can fail after its request was answered)."""
-    if getattr(request, "channel", None) is not None and not request.gone:
-        request.fail_body(failure.value)
-
-
 def target_path(meta: dict[str, str]) -> str:
     """Where an upload lands, from its metadata: ``path`` (in the user's
     tree; ending in ``/`` it names a directory for ``filename``; refused as
     the URL path would be), else ``filename`` (or Uppy's ``name``) in the
     user's root, which must be a plain, unreserved name (400 otherwise)."""
-    return _target_path(meta)
-
-
-def _target_path(meta: dict[str, str]) -> str:
     filename = meta.get("filename") or meta.get("name")
     if filename is not None:
         if "/" in filename:

@@ -26,11 +26,11 @@ def job_handlers(
     gc: GarbageCollector,
     catalog,
     pool: StoragePool,
+    compactor: Compactor,
     keep_going: Callable[[], bool] = lambda: True,
-    compactor: Compactor | None = None,
 ) -> dict[str, Handler]:
-    """Handlers for ``repair``, ``fsck``, ``drain``, ``rebalance`` and, given
-    a ``compactor``, ``compact``."""
+    """Handlers for ``repair``, ``fsck``, ``drain``, ``rebalance`` and
+    ``compact``."""
 
     async def repair_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
         return await repairer.run_pass(
@@ -50,7 +50,6 @@ def job_handlers(
         )
 
     async def compact_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
-        assert compactor is not None
         min_extents, max_files = args.get("min_extents"), args.get("max_files")
         return await compactor.run_pass(
             progress=report,
@@ -60,12 +59,10 @@ def job_handlers(
             count=True,
         )
 
-    handlers: dict[str, Handler] = {
+    return {
         "repair": repair_job,
         "fsck": fsck_job,
         "drain": drain_job,
         "rebalance": rebalance_job,
+        "compact": compact_job,
     }
-    if compactor is not None:
-        handlers["compact"] = compact_job
-    return handlers
