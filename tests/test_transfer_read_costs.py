@@ -302,11 +302,11 @@ async def test_a_slow_hash_pauses_the_upload_and_resumes_it_with_the_right_diges
 
     from twisted.internet import reactor
 
-    from wsfront.transfer.writer import _Sha256
+    from wsfront.transfer.writer import Sha256Stream
 
-    monkeypatch.setattr(_Sha256, "INLINE", 1000)
-    monkeypatch.setattr(_Sha256, "HIGH", 50_000)
-    monkeypatch.setattr(_Sha256, "LOW", 10_000)
+    monkeypatch.setattr(Sha256Stream, "INLINE", 1000)
+    monkeypatch.setattr(Sha256Stream, "HIGH", 50_000)
+    monkeypatch.setattr(Sha256Stream, "LOW", 10_000)
     events = []
     resumed = defer.Deferred()
 
@@ -314,9 +314,9 @@ async def test_a_slow_hash_pauses_the_upload_and_resumes_it_with_the_right_diges
         events.append("resume")
         resumed.callback(None)
 
-    sha = _Sha256(reactor, lambda: events.append("pause"), on_resume)
+    sha = Sha256Stream(reactor, lambda: events.append("pause"), on_resume)
     blocker = _Blocker()
-    _Sha256._worker_queue().put((blocker, None))
+    Sha256Stream._worker_queue().put((blocker, None))
     chunks = [bytes([i]) * 20_000 for i in range(5)]
     for chunk in chunks:
         sha.update(chunk)
@@ -334,9 +334,9 @@ async def test_a_small_upload_is_hashed_inline():
 
     from twisted.internet import reactor
 
-    from wsfront.transfer.writer import _Sha256
+    from wsfront.transfer.writer import Sha256Stream
 
-    sha = _Sha256(reactor, lambda: None, lambda: None)
+    sha = Sha256Stream(reactor, lambda: None, lambda: None)
     sha.update(b"abc")
     d = sha.digest()
     assert d.called  # no thread round trip for a small file

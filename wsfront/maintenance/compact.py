@@ -48,7 +48,6 @@ version of the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -67,7 +66,7 @@ from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadStream
 from wsfront.transfer.service import _read_extent, new_blob_id
-from wsfront.transfer.writer import ReplicaBackpressure
+from wsfront.transfer.writer import ReplicaBackpressure, Sha256Stream
 from wsstorage import errors as storage_errors
 from wsstorage._interfaces import IBlobWriter
 
@@ -118,11 +117,14 @@ class _Relay:
 
     def __init__(
         self,
+        clock: IReactorTime,
         writers: dict[str, IBlobWriter],
         throttle: Throttle,
         keep_going: Callable[[], bool],
     ) -> None:
-        self.sha = hashlib.sha256()
+        # Hashed off the reactor thread, as uploads are; a hash that falls
+        # behind pauses the read like a slow writer.
+        self.sha = Sha256Stream(clock, lambda: self.pause("sha256"), lambda: self.resume("sha256"))
         self.written = 0
         self.error: Exception | None = None
         self._writers = writers
@@ -386,7 +388,7 @@ class Compactor:
         if len(writers) < len(targets):
             await self._abort_writers(writers)
             return FAILED
-        relay = _Relay(writers, self._throttle, keep_going)
+        relay = _Relay(self._clock, writers, self._throttle, keep_going)
         stream = ReadStream(
             self._clock,
             self._pool,
@@ -405,7 +407,7 @@ class Compactor:
         if relay.error is not None or relay.written != version.size:
             await self._abort_writers(writers)
             return FAILED
-        sha256 = relay.sha.hexdigest()
+        sha256 = await relay.sha.digest()
         if version.sha256 is not None and version.sha256 != sha256:
             await self._abort_writers(writers)
             log.error(

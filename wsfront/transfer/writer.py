@@ -51,8 +51,9 @@ _relayed = 0
 _HASHING = "(sha256)"
 
 
-class _Sha256:
-    """The whole-file sha256 of a straight upload.
+class Sha256Stream:
+    """The whole-file sha256 of a stream of chunks (a straight upload, a
+    compaction copy).
 
     The first ``INLINE`` bytes are hashed in the reactor thread (a small
     file is done before a thread could be woken); after that every chunk
@@ -206,7 +207,7 @@ class WriteSession:
         self._checkpoint_seconds = checkpoint_seconds
         self._sha = None
         if hash_whole_file and session.blob_start == 0:
-            self._sha = _Sha256(
+            self._sha = Sha256Stream(
                 clock,
                 lambda: self._replica_paused(_HASHING),
                 lambda: self._replica_resumed(_HASHING),
