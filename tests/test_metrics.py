@@ -16,6 +16,7 @@ from tests.status_env import StatusEnv, value
 from tests.transfer_env import Feeder, PausingCollector, sha256
 from wsfront.ftp.factory import FTPStats
 from wsfront.metrics import make_registry
+from wsfront.transfer.errors import TooManySessions
 from wsfront.transfer.stats import TransferStats
 
 
@@ -171,3 +172,29 @@ def test_http_latency_is_observed_when_the_site_stamps_the_dispatch_time():
     assert "wsfs_http_request_duration_seconds_count 1.0" in text
     assert 'wsfs_http_requests_total{code="405",method="other"} 1.0' in text
     assert 'wsfs_protocol_transfers_total{direction="download",protocol="http"} 1.0' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_extent_cache_hits_and_refused_sessions_are_scraped(env):
+    data = payload(4096)
+    await env.upload("/small.bin", data)
+    before = await env.scrape()
+    for _ in range(2):
+        r = await env.request("GET", "/small.bin")
+        assert (await r.content()) == data
+    per_user = env.transfers.per_user
+    held = [per_user.acquire("u") for _ in range(per_user.limit)]
+    with pytest.raises(TooManySessions):
+        per_user.acquire("u")
+    for slot in held:
+        slot.release()
+    after = await env.scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # The first GET fetched the extent from storage, the second from memory.
+    assert delta("wsfs_extent_cache_lookups_total", outcome="miss") == 1
+    assert delta("wsfs_extent_cache_lookups_total", outcome="hit") == 1
+    assert value(after, "wsfs_extent_cache_bytes") == len(data)
+    assert delta("wsfs_sessions_refused_total") == 1

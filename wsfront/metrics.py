@@ -176,6 +176,34 @@ class FrontendCollector(Collector):
             "Replicas dropped from an upload mid-write (the file is under-replicated).",
             value=s.replica_drops,
         )
+        yield from self._caches()
+
+    def _caches(self) -> Iterator[Metric]:
+        """The small-extent cache and the per-user session cap: whether the
+        cache earns its memory (hits against misses) and how often users hit
+        the cap are what an operator tunes them by."""
+        cache = getattr(self.transfers, "extent_cache", None)
+        if cache is not None:
+            lookups = CounterMetricFamily(
+                "wsfs_extent_cache_lookups",
+                "Reads of small sealed extents, by whether memory answered them.",
+                labels=["outcome"],
+            )
+            lookups.add_metric(["hit"], cache.hits)
+            lookups.add_metric(["miss"], cache.misses)
+            yield lookups
+            yield GaugeMetricFamily(
+                "wsfs_extent_cache_bytes",
+                "Bytes of verified extents held in memory now.",
+                value=cache.size,
+            )
+        per_user = getattr(self.transfers, "per_user", None)
+        if per_user is not None:
+            yield CounterMetricFamily(
+                "wsfs_sessions_refused",
+                "Transfers refused because their user had too many running at once.",
+                value=per_user.refused,
+            )
 
     def _protocols(self) -> Iterator[Metric]:
         moved = CounterMetricFamily(
