@@ -24,7 +24,10 @@ if sys.path and sys.path[0] == __import__("os").path.dirname(
     del sys.path[0]
 
 import argparse
+import cProfile
 import os
+import pstats
+import resource
 import secrets
 import shutil
 import socket
@@ -180,6 +183,47 @@ async def nginx_put(work: Path, path: Path) -> float | None:
         proc.wait()
 
 
+def cpu_self() -> tuple[float, float]:
+    """User and system CPU seconds of this process (the front end), every
+    thread included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def cpu_children() -> float:
+    """CPU seconds of reaped children: curl, and nginx with its worker."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_pids(pids) -> float:
+    """CPU seconds so far of live processes (the storage servers)."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def count_put_calls(auth: list[str], path: Path, url: str, size: int) -> None:
+    """One extra PUT under cProfile (the reactor thread only; the hashing
+    thread's C work is not a Python call): Python calls per MiB, the
+    steadiest measure of the front end's per-byte overhead."""
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        await curl(*auth, "-T", str(path), url)
+    finally:
+        profile.disable()
+    stats = pstats.Stats(profile)
+    mib = size / MiB
+    print(f"Python calls per MiB PUT (reactor thread): {stats.total_calls / mib:.0f}")
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[:15]
+    for (file, line, name), (_, ncalls, *_rest) in rows:
+        print(f"  {ncalls / mib:8.1f}  {name} ({Path(file).name}:{line})")
+
+
 def median(values):
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -198,7 +242,8 @@ async def main(reactor, args) -> None:
     files.mkdir()
     procs, catalog, pool, transfers = await start_cluster(reactor, work, args.nodes, args.replicas)
     try:
-        await _measure(reactor, args, work, files, catalog, pool, transfers)
+        storage_pids = [transport.pid for transport, _ in procs]
+        await _measure(reactor, args, work, files, catalog, pool, transfers, storage_pids)
     finally:
         pool.stop()
         await catalog.close()
@@ -208,7 +253,7 @@ async def main(reactor, args) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _measure(reactor, args, work, files, catalog, pool, transfers) -> None:
+async def _measure(reactor, args, work, files, catalog, pool, transfers, storage_pids) -> None:
     site = make_site(reactor, transfers, CachingAuthenticator(catalog, reactor), None)
     wsport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
     stport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
@@ -235,9 +280,23 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers) -> None
     sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
     sampler.start(0.05)
     uploaded = set()
+    # CPU seconds per GiB PUT, per round: front end, storage servers, curl;
+    # nginx with its curl.  Much steadier than MB/s on a shared box.
+    gib = big / (1 << 30)
+    cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
+    cpu.update({"storage servers": [], "curl (wsfs)": [], "nginx + curl": []})
+    if "put" in wanted and args.count_calls:
+        await count_put_calls(auth, files / "big.bin", f"{ws}/big.bin", big)
     for _ in range(args.rounds if "put" in wanted else 0):
+        before = cpu_self(), cpu_pids(storage_pids), cpu_children()
         _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
+        after = cpu_self(), cpu_pids(storage_pids), cpu_children()
+        cpu["front end"].append((sum(after[0]) - sum(before[0])) / gib)
+        cpu["front end, user"].append((after[0][0] - before[0][0]) / gib)
+        cpu["storage servers"].append((after[1] - before[1]) / gib)
+        cpu["curl (wsfs)"].append((after[2] - before[2]) / gib)
         nginx = await nginx_put(work, files / "big.bin")
+        cpu["nginx + curl"].append((cpu_children() - after[2]) / gib)
         record("PUT big", "nginx dav", "MB/s", big / t / 1e6, nginx and big / nginx / 1e6)
         shutil.rmtree(work / "nginx-root", ignore_errors=True)
         shutil.rmtree(work / "nginx-body", ignore_errors=True)
@@ -313,6 +372,10 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers) -> None
         )
     if "put" in wanted:
         print(f"{'front-end peak RSS during PUTs':<{width}}  {put_peak:10.1f} MB")
+        for who, values in cpu.items():
+            each = " ".join(f"{x:.2f}" for x in values)
+            label = f"CPU s per GiB PUT, {who}"
+            print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
     print(f"{'front-end RSS before the GETs':<{width}}  {before_gets:10.1f} MB")
     print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
 
@@ -334,6 +397,11 @@ def parse(argv=None):
         help="comma-separated subset of put,get,concurrent,small",
     )
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians shown)")
+    p.add_argument(
+        "--count-calls",
+        action="store_true",
+        help="first PUT once more under cProfile and print Python calls per MiB",
+    )
     return p.parse_args(argv)
 
 
