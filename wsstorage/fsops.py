@@ -42,6 +42,12 @@ class OsFileSystem:
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
+    def fdatasync(self, fd: int) -> None:
+        """Flush a file's bytes and the metadata needed to read them back
+        (its size, its block map), but not its timestamps: enough for a
+        file whose name is made durable separately (``fsync_dir``)."""
+        os.fdatasync(fd)
+
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
 

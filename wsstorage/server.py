@@ -586,15 +586,12 @@ class StorageServerProtocol(Protocol):
         if stream.error is not None:
             raise stream.error
         handle = stream.handle
-
-        def seal() -> BlobInfo:
-            handle.sync()
-            return handle.seal()
-
         yield stream.syncing  # a flush still running finishes first
         failpoints.hit("storage.before_commit")
         try:
-            info = yield self._blocking(seal)
+            # seal syncs what is not yet durable itself: a sync first would
+            # give a never-synced blob an ``open`` record only to replace it.
+            info = yield self._blocking(handle.seal)
         except Exception as e:
             stream.error = storage_error(e)
             raise
@@ -686,11 +683,7 @@ class StorageServerProtocol(Protocol):
                 if got != info.size or sink.count != info.size:
                     raise StorageError(f"copy of {blob_id} got {got} of {info.size} bytes")
 
-                def seal() -> BlobInfo:
-                    handle.sync()
-                    return handle.seal()
-
-                sealed = yield self._blocking(seal)
+                sealed = yield self._blocking(handle.seal)
             except BaseException:
                 handle.close()
                 try:
