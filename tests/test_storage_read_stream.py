@@ -93,3 +93,55 @@ async def test_reads_longer_than_one_task_and_unaligned_ranges_arrive_whole(tcp_
         n = await client.read("long", offset, length, sink)
         end = size if length is None else offset + length
         assert (n, sink.sha.hexdigest()) == (end - offset, sha256(data[offset:end]))
+
+
+@pytest.fixture
+def small_read_ahead_server(tmp_path):
+    port = free_port()
+    running = pytest_twisted.blockon(
+        start_storage_server(
+            reactor,
+            f"tcp:{port}:interface=127.0.0.1",
+            str(tmp_path / "d"),
+            "s1",
+            b"k" * 32,
+            read_ahead=256 * 1024,
+            read_batches=1,
+        )
+    )
+    client = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", b"k" * 32, idle_timeout=30)
+    yield running, client
+    pytest_twisted.blockon(client.close())
+    pytest_twisted.blockon(running.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_smaller_read_ahead_keeps_fewer_bytes_ready_and_delivers_every_byte(
+    small_read_ahead_server,
+):
+    running, client = small_read_ahead_server
+    size = 8 * MiB + 777
+    data = pattern(size, seed=9)
+    await write_blob(client, "blob", data, chunk=MiB)
+    sink = Pausing(MiB)
+    reading = client.read("blob", 0, None, sink)
+    await sink.paused
+    await wait_for(lambda: getattr(stream_of(running), "paused", False))
+    stream = stream_of(running)
+    await wait_for(lambda: not stream._fetching, timeout=5 + 20 * server_mod.READ_IDLE)
+    assert len(stream._ready) <= 1
+    assert all(batch.length <= 256 * 1024 for batch in stream._ready)
+    sink.producer.resumeProducing()
+    assert await reading == size
+    assert sink.sha.hexdigest() == sha256(data)
+    for offset, length in [(1, size - 2), (256 * 1024 - 5, MiB + 11)]:
+        sink = DrainConsumer()
+        assert await client.read("blob", offset, length, sink) == length
+        assert sink.sha.hexdigest() == sha256(data[offset : offset + length])
+
+
+def test_read_ahead_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_ahead=100)
+    with pytest.raises(ValueError):
+        server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_batches=0)

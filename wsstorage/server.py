@@ -50,10 +50,12 @@ from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
 
-#: Bytes of one read-ahead batch (read and verified in a thread, then sent).
+#: Default bytes of one read-ahead batch (read and verified in a thread,
+#: then sent); ``StorageServerFactory(read_ahead=)`` sets it per server.
 READ_AHEAD = 1024 * 1024
-#: Batches a read stream keeps ready beyond the one in the transport, so a
-#: reactor or thread that is scheduled late does not leave the socket idle.
+#: Default batches a read stream keeps ready beyond the one in the
+#: transport, so a reactor or thread that is scheduled late does not leave
+#: the socket idle; ``StorageServerFactory(read_batches=)`` sets it.
 READ_BATCHES = 2
 #: Seconds a reading task waits for room before it gives its thread back.
 READ_IDLE = 0.05
@@ -123,6 +125,13 @@ class StorageServerFactory(Factory):
     ``peer_client(endpoint_string)`` builds the IStorageClient used to pull
     a blob for ``copy``; by default a ``wsstorage.client.StorageClient``
     with this server's secret.
+
+    ``read_ahead`` (bytes per batch) and ``read_batches`` (batches kept
+    ready) bound what a read stream holds: up to ``read_batches + 2``
+    batches (the ready ones, the one being read, the one in the
+    transport).  The defaults (1 MiB x 2) favour one fast stream; a process
+    that holds many servers and streams (``wslocal``) trades some
+    throughput for memory with smaller ones.
     """
 
     noisy = False
@@ -138,7 +147,15 @@ class StorageServerFactory(Factory):
         peer_client: Callable[[str], Any] | None = None,
         handshake_timeout: float = 10.0,
         keepalive_interval: float = 1.0,
+        read_ahead: int = READ_AHEAD,
+        read_batches: int = READ_BATCHES,
     ) -> None:
+        if read_ahead < 4096:
+            raise ValueError(f"read_ahead must be at least 4096 bytes, not {read_ahead}")
+        if read_batches < 1:
+            raise ValueError(f"read_batches must be at least 1, not {read_batches}")
+        self.read_ahead = read_ahead
+        self.read_batches = read_batches
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -745,11 +762,11 @@ class _ReadStream:
     """Sends one blob range as DATA frames, paced by the transport.
 
     Reading and verifying blocks (one pread and a CRC per block, both
-    release the GIL) and framing them runs in a thread, up to
-    ``READ_BATCHES`` batches of ``READ_AHEAD`` bytes ahead of what the
+    release the GIL) and framing them runs in a thread, up to the factory's
+    ``read_batches`` batches of ``read_ahead`` bytes ahead of what the
     reactor thread is sending, so disk work and socket work overlap and a
     thread scheduled late on a busy machine does not stall the socket.  At
-    most READ_BATCHES + 2 batches are in memory: those ready, the one being
+    most read_batches + 2 batches are in memory: those ready, the one being
     read and the one in the transport's buffer.
     """
 
@@ -789,13 +806,13 @@ class _ReadStream:
             not self._fetching
             and not self._failed
             and self.to_fetch
-            and len(self._ready) < READ_BATCHES
+            and len(self._ready) < self.proto.factory.read_batches
             and not self._finished
         ):
             self._fetch()
 
     def _fetch(self) -> None:
-        """One task in a thread reads batches while fewer than READ_BATCHES
+        """One task in a thread reads batches while fewer than read_batches
         are ready, handing each over as soon as it is verified.
 
         The task does not come back to the reactor between batches (a
@@ -836,18 +853,19 @@ class _ReadStream:
             return _Batch(pieces, n - left, None, error)
 
         room = self._room
+        read_ahead, read_batches = factory.read_ahead, factory.read_batches
         # Inline (unit tests) nobody can take a batch while we wait: don't.
         idle = READ_IDLE if factory.threaded else 0
 
         def work() -> None:
             for _ in range(READ_TASK_BATCHES):
                 with room:
-                    while len(ready) >= READ_BATCHES and not self._finished:
+                    while len(ready) >= read_batches and not self._finished:
                         if not room.wait(idle):
                             return  # the consumer is slow: give the thread back
                     if self._finished or not self.to_fetch:
                         return
-                    n = min(READ_AHEAD, self.to_fetch)
+                    n = min(read_ahead, self.to_fetch)
                     self.to_fetch -= n
                 batch = read_batch(n)
                 if batch.error is not None:
