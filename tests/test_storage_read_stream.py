@@ -120,7 +120,7 @@ async def test_a_smaller_read_ahead_keeps_fewer_bytes_ready_and_delivers_every_b
     small_read_ahead_server,
 ):
     running, client = small_read_ahead_server
-    size = 8 * MiB + 777
+    size = 64 * MiB + 777  # more than the sockets buffer: the server must pause
     data = pattern(size, seed=9)
     await write_blob(client, "blob", data, chunk=MiB)
     sink = Pausing(MiB)
@@ -128,6 +128,7 @@ async def test_a_smaller_read_ahead_keeps_fewer_bytes_ready_and_delivers_every_b
     await sink.paused
     await wait_for(lambda: getattr(stream_of(running), "paused", False))
     stream = stream_of(running)
+    assert stream._socket is not None  # plain TCP: frames go out with sendmsg
     await wait_for(lambda: not stream._fetching, timeout=5 + 20 * server_mod.READ_IDLE)
     assert len(stream._ready) <= 1
     assert all(batch.length <= 256 * 1024 for batch in stream._ready)

@@ -13,7 +13,9 @@ blob size.
 Disk work that may block for long (open, fsync, seal, fence, commit, list,
 delete) and a read stream's read-ahead (pread, CRC, framing) run through
 ``run_blocking`` (a thread pool by default); single chunk writes run in the
-reactor thread.
+reactor thread.  Over plain TCP a read batch is sent with one ``sendmsg`` of
+headers and views of the bytes read, bypassing the transport's buffer while
+it is empty, so the bytes are copied once on their way out (by the kernel).
 """
 
 from __future__ import annotations
@@ -746,15 +748,18 @@ class _PauseFlag:
 
 @attrs.frozen
 class _Batch:
-    """One read-ahead batch of ``length`` verified bytes: either the DATA
-    frames carrying them as one bytes (``wire``), or, when they must be cut
-    at a failpoint, the bytes themselves (``pieces``; ``wire`` None), never
-    both; and the error that ended the batch early, if any."""
+    """One read-ahead batch of ``length`` verified bytes: the DATA frames
+    carrying them, either as headers and views of the bytes read (``iov``,
+    sent with one ``sendmsg``: no copy) or as one bytes (``wire``, for a
+    transport we must write through: TLS); or, when they must be cut at a
+    failpoint, the bytes themselves (``pieces``); only one of the three.
+    ``error`` ended the batch early, if not None."""
 
     pieces: list[bytes]
     length: int
     wire: bytes | None
     error: BaseException | None
+    iov: list[bytes | memoryview] | None = None
 
 
 @implementer(IPushProducer)
@@ -785,6 +790,8 @@ class _ReadStream:
         self._ready: deque[_Batch] = deque()
         self._room = threading.Condition()  # notified when a batch is taken
         self._failed = False  # a batch ended with an error: fetch no more
+        #: The TCP socket to send frames on with sendmsg, None under TLS.
+        self._socket = framing.direct_socket(proto.transport)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -833,6 +840,7 @@ class _ReadStream:
         # With a read failpoint armed, batches are cut byte-exactly in the
         # reactor thread (_send_pieces); otherwise framed here, off it.
         frame_here = failpoints.threshold("storage.read.bytes") is None
+        direct = self._socket is not None
         arrived = factory.from_thread(self._arrived)
 
         def read_batch(n: int) -> _Batch:
@@ -848,6 +856,8 @@ class _ReadStream:
                     left -= len(data)
             except Exception as e:
                 error = e  # the good blocks before a bad one still go out
+            if frame_here and direct:  # headers and views: no copy at all
+                return _Batch([], n - left, None, error, framing.data_frame_iov(rid, pieces))
             if frame_here:  # the frames replace the pieces: one copy held
                 return _Batch([], n - left, framing.join_data_frames(rid, pieces), error)
             return _Batch(pieces, n - left, None, error)
@@ -917,7 +927,10 @@ class _ReadStream:
                 batch = self._ready.popleft()
                 self._make_room()
                 try:
-                    if batch.wire is not None:
+                    if batch.iov is not None:
+                        self._send_iov(batch.iov)
+                        self._count(batch.length)
+                    elif batch.wire is not None:
                         if batch.wire:
                             self.proto.transport.write(batch.wire)
                         self._count(batch.length)
@@ -931,6 +944,39 @@ class _ReadStream:
                     return
         finally:
             self._in_turn = False
+
+    def _send_iov(self, iov: list[bytes | memoryview]) -> None:
+        """Send frames with one ``sendmsg`` straight from the bytes read.
+
+        Only while the transport holds nothing unsent (so nothing is
+        overtaken); what the socket does not take goes to the transport as
+        one bytes (the only copy), and we then wait for the transport to
+        drain as if it had paused us, so that the next batch goes direct
+        again rather than queueing behind the rest.
+        """
+        transport = self.proto.transport
+        sent = 0
+        if iov and framing.transport_idle(transport):
+            try:
+                sent = self._socket.sendmsg(iov)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write will see the error
+        rest: list[bytes | memoryview] = []
+        for part in iov:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            rest.append(part[sent:] if sent else part)
+            sent = 0
+        if not rest:
+            return
+        transport.write(b"".join(rest))
+        if not transport.producerPaused:
+            # Resumed by the transport's doWrite once it has sent the rest.
+            transport.producerPaused = True
+            self.pauseProducing()
 
     def _send_pieces(self, batch: list[bytes]) -> None:
         """Send verified pieces, stopping at the read failpoint's exact byte."""
