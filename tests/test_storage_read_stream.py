@@ -146,3 +146,32 @@ def test_read_ahead_settings_are_checked() -> None:
         server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_ahead=100)
     with pytest.raises(ValueError):
         server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_batches=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_batches_are_read_in_the_reactor_thread_and_others_in_a_task(
+    tcp_server, monkeypatch
+):
+    """A blob just written is in the page cache: its aligned batches need
+    no reading task.  An unaligned range cannot be read in place, so its
+    batches come from a task; both arrive whole."""
+    _running, client = tcp_server
+    tasks = []
+    fetch = server_mod._ReadStream._fetch
+
+    def counting(stream):
+        tasks.append(stream.rid)
+        return fetch(stream)
+
+    monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    size = 8 * MiB + 4321
+    data = pattern(size, seed=10)
+    await write_blob(client, "hot", data, chunk=MiB)
+    sink = DrainConsumer()
+    assert await client.read("hot", 0, None, sink) == size
+    assert sink.sha.hexdigest() == sha256(data)
+    assert tasks == []
+    sink = DrainConsumer()
+    assert await client.read("hot", 3, size - 3, sink) == size - 3
+    assert sink.sha.hexdigest() == sha256(data[3:])
+    assert tasks

@@ -20,7 +20,10 @@ API (refinements of ``IBlobStore`` are marked *):
   by the next handle); only ``durable`` is guaranteed across a crash.
 * ``open_read(blob_id, offset, length) -> BlobReadHandle`` with ``read(n)``
   (at most ``n`` verified bytes, ``b""`` at the end), ``close()``,
-  ``remaining``.  *``length=None`` reads to the end.
+  ``remaining``.  *``length=None`` reads to the end.  *``read_into(buffer,
+  nowait=False)`` reads verified bytes into a caller's buffer (in place for
+  whole blocks); with ``nowait`` it raises BlockingIOError rather than wait
+  for the disk or a busy blob, so a reactor thread may call it.
 * ``fence(blob_id, epoch, truncate_to) -> BlobInfo``; *on a sealed blob a
   no-op fence returns the blob unchanged (a sealed blob never changes);
   any other fence of a sealed blob is BlobSealed.
@@ -232,15 +235,25 @@ class _Blob:
 
     # -- checksums ------------------------------------------------------
 
-    def entries(self, first: int, count: int, sums_fd: int) -> list[tuple[int, int] | None]:
+    def entries(
+        self, first: int, count: int, sums_fd: int, nowait: bool = False
+    ) -> list[tuple[int, int] | None]:
         """(bytes covered, crc) of blocks ``first .. first + count - 1`` (None
         for a block that has none), with one pread of the ``.sums`` file for
-        all of them (a 1 MiB read needs 16)."""
+        all of them (a 1 MiB read needs 16).  With ``nowait``,
+        BlockingIOError if they are not in the page cache."""
         bs = self.block_size
         tail_len = self.covered % bs
         tail_index = self.covered // bs if self.tail_known and tail_len else -1
         raw = b""
-        if first * bs < self.covered:
+        if first * bs < self.covered and nowait:
+            buf = bytearray(ENTRY.size * count)
+            offset = first * ENTRY.size
+            got = self.fs.preadv_into(sums_fd, memoryview(buf), offset, nowait=True)
+            if got < len(buf) and offset + got < self.fs.fstat_size(sums_fd):
+                raise BlockingIOError("checksums not in the page cache")
+            raw = bytes(buf[:got])
+        elif first * bs < self.covered:
             raw = self.fs.pread(sums_fd, ENTRY.size * count, first * ENTRY.size)
         out: list[tuple[int, int] | None] = []
         for k in range(count):
@@ -488,49 +501,117 @@ class BlobReadHandle:
             self._fs.close(self._data_fd)
             raise
 
+    def _entries(
+        self, first: int, count: int, end: int, nowait: bool = False
+    ) -> tuple[list[tuple[int, int]], StorageError | None]:
+        """The checksum entries of the usable blocks among ``first .. first +
+        count - 1`` (caller holds the blob's lock), and the error that stops
+        at the first block without one.
+
+        ``end`` is where this handle's range ends: a block must have a
+        checksum covering every byte of it the handle will use."""
+        blob = self._blob
+        bs = blob.block_size
+        assert self._sums_fd is not None
+        if blob.deleted:
+            raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        if min(end, (first + count) * bs) > blob.size:
+            raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
+        entries = blob.entries(first, count, self._sums_fd, nowait)
+        good: list[tuple[int, int]] = []
+        for k, entry in enumerate(entries):
+            needed = min(bs, end - (first + k) * bs)
+            if entry is None or entry[0] < needed or (k < count - 1 and entry[0] != bs):
+                error = ChecksumError(
+                    f"blob {self.blob_id} block {first + k} has no checksum (torn tail)"
+                )
+                return good, error
+            good.append(entry)
+        return good, None
+
+    def _verify(
+        self, view: memoryview, first: int, entries: list[tuple[int, int]]
+    ) -> tuple[int, StorageError | None]:
+        """How many of the blocks read into ``view`` match their entries, and
+        the error of the first one that does not (or is short)."""
+        bs = self._blob.block_size
+        for k, (covered, expected) in enumerate(entries):
+            block = view[k * bs : k * bs + covered]
+            if len(block) != covered or crc(block) != expected:
+                return k, ChecksumError(f"blob {self.blob_id} block {first + k} fails its checksum")
+        return len(entries), None
+
     def _load(self, first: int, count: int, end: int) -> bytes:
         """Blocks ``first .. first + count - 1``, verified, as one bytes.
 
-        ``end`` is where this handle's range ends: a block must have a
-        checksum covering every byte of it the handle will use.  When a block
-        fails, the good blocks before it are returned (the next call starts
-        at the bad one and raises); a first block that fails raises.
+        When a block fails, the good blocks before it are returned (the next
+        call starts at the bad one and raises); a first block that fails
+        raises.
         """
-        blob = self._blob
-        bs = blob.block_size
-        assert self._data_fd is not None and self._sums_fd is not None
-        with blob.lock:
-            if blob.deleted:
-                raise BlobNotFound(f"blob {self.blob_id} was deleted")
-            if min(end, (first + count) * bs) > blob.size:
-                raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
-            entries = blob.entries(first, count, self._sums_fd)
-            good = 0
-            error: StorageError | None = None
-            for k, entry in enumerate(entries):
-                needed = min(bs, end - (first + k) * bs)
-                if entry is None or entry[0] < needed or (k < count - 1 and entry[0] != bs):
-                    error = ChecksumError(
-                        f"blob {self.blob_id} block {first + k} has no checksum (torn tail)"
-                    )
-                    break
-                good += 1
-            total = sum(entry[0] for entry in entries[:good])  # type: ignore[index]
+        bs = self._blob.block_size
+        assert self._data_fd is not None
+        with self._blob.lock:
+            entries, error = self._entries(first, count, end)
+            total = sum(entry[0] for entry in entries)
             data = self._fs.pread(self._data_fd, total, first * bs) if total else b""
         view = memoryview(data)
-        for k in range(good):
-            covered, expected = entries[k]  # type: ignore[misc]
-            block = view[k * bs : k * bs + covered]
-            if len(block) != covered or crc(block) != expected:
-                error = ChecksumError(f"blob {self.blob_id} block {first + k} fails its checksum")
-                good = k
-                break
+        good, bad = self._verify(view, first, entries)
         view.release()
+        error = bad or error
         if error is not None:
             if good == 0:
                 raise error
             return data[: good * bs]
         return data
+
+    def read_into(self, buffer: memoryview, nowait: bool = False) -> int:
+        """Like ``read(len(buffer))``, into ``buffer``: the number of verified
+        bytes put there (0 at the end).
+
+        With ``nowait`` the data must already be in the page cache: if the
+        first block is not, BlockingIOError is raised and nothing is
+        consumed (so a reactor thread can read cached data itself and leave
+        the disk to a thread).  Reads whole blocks from a block boundary in
+        place; an unaligned start or a buffer that is not a whole number of
+        blocks is served by ``read`` and copied."""
+        bs = self._blob.block_size
+        want = min(len(buffer), self.remaining)
+        if not want:
+            return 0
+        if self.offset % bs or len(buffer) % bs:
+            if nowait:
+                raise BlockingIOError("unaligned read: not done in place")
+            data = self.read(want)
+            buffer[: len(data)] = data
+            return len(data)
+        first = self.offset // bs
+        count = -(-want // bs)
+        assert self._data_fd is not None
+        lock = self._blob.lock
+        # Never wait for the lock with nowait: a writer may hold it over fsync.
+        if not lock.acquire(blocking=not nowait):
+            raise BlockingIOError("the blob is busy")
+        try:
+            entries, error = self._entries(first, count, self.offset + self.remaining, nowait)
+            total = sum(entry[0] for entry in entries)
+            got = 0
+            if total:
+                got = self._fs.preadv_into(self._data_fd, buffer[:total], first * bs, nowait=nowait)
+        finally:
+            lock.release()
+        if nowait and got < total:
+            whole = got // bs  # a short read stops at what is cached
+            if whole == 0:
+                raise BlockingIOError("not in the page cache")
+            entries, error = entries[:whole], None
+        good, bad = self._verify(buffer[:got], first, entries)
+        error = bad or error
+        if good == 0 and error is not None:
+            raise error
+        n = min(want, sum(entry[0] for entry in entries[:good]))
+        self.offset += n
+        self.remaining -= n
+        return n
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` verified bytes (``b""`` at the end).

@@ -48,6 +48,10 @@ class RecordingFileSystem(OsFileSystem):
         self.calls.append(("read", self._name(fd)))
         return super().pread(fd, length, offset)
 
+    def preadv_into(self, fd: int, buffer, offset: int, nowait: bool = False) -> int:
+        self.calls.append(("read", self._name(fd)))
+        return super().preadv_into(fd, buffer, offset, nowait)
+
     def fsync(self, fd: int) -> None:
         self.calls.append(("fsync", self._name(fd)))
         super().fsync(fd)

@@ -792,6 +792,14 @@ class _ReadStream:
         self._failed = False  # a batch ended with an error: fetch no more
         #: The TCP socket to send frames on with sendmsg, None under TLS.
         self._socket = framing.direct_socket(proto.transport)
+        #: Read cached batches in the reactor thread (_read_here): plain TCP,
+        #: no read failpoint (it cuts batches in pieces), a store that can.
+        self._here = (
+            self._socket is not None
+            and failpoints.threshold("storage.read.bytes") is None
+            and hasattr(handle, "read_into")
+        )
+        self._buffer: memoryview | None = None  # reused by _read_here
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -921,6 +929,8 @@ class _ReadStream:
                     self._finish({"length": self.sent}, None)
                     return
                 if not self._ready:
+                    if self._read_here():
+                        continue
                     self._fill()  # _fetched resumes us (or already has)
                     if not self._ready:
                         return
@@ -944,6 +954,38 @@ class _ReadStream:
                     return
         finally:
             self._in_turn = False
+
+    def _read_here(self) -> bool:
+        """Read, verify and send the next batch in this (the reactor's)
+        thread, if its bytes and checksums are in the page cache; False (and
+        nothing read) if they are not, or a reading task runs: the batch
+        then comes from a thread as before.
+
+        A cached MiB costs about a tenth of a millisecond to copy and check,
+        less than handing it to a thread and back (two wake-ups, the GIL
+        passed to and fro), and it is read into one buffer reused for every
+        batch of the stream and sent from there (``_send_iov`` copies only
+        what the socket does not take), so nothing is allocated per batch.
+        The disk itself is never waited for here (``RWF_NOWAIT``, and the
+        blob's lock is only tried)."""
+        if not self._here or self._fetching or self._failed or not self.to_fetch:
+            return False
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(self.proto.factory.read_ahead))
+        try:
+            got = self.handle.read_into(self._buffer, nowait=True)
+            if not got:
+                raise StorageError(f"blob ended {self.to_fetch} bytes early")
+        except BlockingIOError:
+            return False
+        except Exception as e:
+            self._failed = True
+            self._finish(None, e)
+            return True
+        self.to_fetch -= got
+        self._send_iov(framing.data_frame_iov(self.rid, [self._buffer[:got]]))
+        self._count(got)
+        return True
 
     def _send_iov(self, iov: list[bytes | memoryview]) -> None:
         """Send frames with one ``sendmsg`` straight from the bytes read.
