@@ -770,9 +770,12 @@ class _ReadStream:
     release the GIL) and framing them runs in a thread, up to the factory's
     ``read_batches`` batches of ``read_ahead`` bytes ahead of what the
     reactor thread is sending, so disk work and socket work overlap and a
-    thread scheduled late on a busy machine does not stall the socket.  At
-    most read_batches + 2 batches are in memory: those ready, the one being
-    read and the one in the transport's buffer.
+    thread scheduled late on a busy machine does not stall the socket.
+    Batches already in the page cache are read by the reactor thread itself
+    (``_read_here``), which costs less than the hand-off.  At most
+    read_batches + 2 batches are in memory: those ready, the one being read
+    and the one in the transport's buffer; plus the one buffer
+    ``_read_here`` reuses.
     """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
