@@ -107,7 +107,6 @@ def small_read_ahead_server(tmp_path):
             b"k" * 32,
             read_ahead=256 * 1024,
             read_batches=1,
-            transport_buffer=256 * 1024,
         )
     )
     client = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", b"k" * 32, idle_timeout=30)
@@ -130,7 +129,6 @@ async def test_a_smaller_read_ahead_keeps_fewer_bytes_ready_and_delivers_every_b
     await wait_for(lambda: getattr(stream_of(running), "paused", False))
     stream = stream_of(running)
     assert stream._socket is not None  # plain TCP: frames go out with sendmsg
-    assert stream.proto.transport.bufferSize == 256 * 1024
     await wait_for(lambda: not stream._fetching, timeout=5 + 20 * server_mod.READ_IDLE)
     assert len(stream._ready) <= 1
     assert all(batch.length <= 256 * 1024 for batch in stream._ready)
@@ -148,8 +146,6 @@ def test_read_ahead_settings_are_checked() -> None:
         server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_ahead=100)
     with pytest.raises(ValueError):
         server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_batches=0)
-    with pytest.raises(ValueError):
-        server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, transport_buffer=1024)
 
 
 @pytest_twisted.ensureDeferred

@@ -34,9 +34,6 @@ DEMO_USER = "demo"
 #: cuts what each stream holds on the storage side from about 4 MiB to 0.75.
 LOCAL_READ_AHEAD = 256 * 1024
 LOCAL_READ_BATCHES = 1
-#: And each storage connection reads and queues 256 KiB rather than 1 MiB
-#: before it pauses a stream.
-LOCAL_TRANSPORT_BUFFER = 256 * 1024
 
 
 class LocalOptions(usage.Options):
@@ -110,7 +107,6 @@ class LocalClusterService(service.MultiService):
                 secret,
                 read_ahead=LOCAL_READ_AHEAD,
                 read_batches=LOCAL_READ_BATCHES,
-                transport_buffer=LOCAL_TRANSPORT_BUFFER,
             )
             port = await serverFromString(self.reactor, "tcp:0:interface=127.0.0.1").listen(factory)
             self.storage_ports[name] = port

@@ -276,7 +276,7 @@ def tcp_transport(transport: Any) -> Any:
     return None
 
 
-def tune_transport(transport: Any, buffer_size: int = TRANSPORT_BUFFER) -> None:
+def tune_transport(transport: Any) -> None:
     """Raise a TCP transport's read size and send limit, and turn Nagle off.
 
     Twisted's defaults (64 KiB per read, 128 KiB per send) cost a reactor
@@ -288,11 +288,11 @@ def tune_transport(transport: Any, buffer_size: int = TRANSPORT_BUFFER) -> None:
     tcp = tcp_transport(transport)
     if tcp is None:
         return
-    tcp.bufferSize = buffer_size
+    tcp.bufferSize = TRANSPORT_BUFFER
     # A read batch is 1 MiB of data plus its frame headers: one send() takes
     # all of it (what the kernel accepts), not 1 MiB and a 48-byte remainder
     # a reactor turn later.
-    tcp.SEND_LIMIT = 2 * buffer_size
+    tcp.SEND_LIMIT = 2 * TRANSPORT_BUFFER
     # Requests and replies are small frames answered one at a time: Nagle's
     # algorithm would hold each back until the previous one is acknowledged
     # (up to 40 ms per round trip with delayed ACKs).

@@ -131,11 +131,9 @@ class StorageServerFactory(Factory):
     ``read_ahead`` (bytes per batch) and ``read_batches`` (batches kept
     ready) bound what a read stream holds: up to ``read_batches + 2``
     batches (the ready ones, the one being read, the one in the
-    transport).  ``transport_buffer`` is a connection's socket read size and
-    the send buffer beyond which the transport pauses a stream
-    (``framing.tune_transport``).  The defaults (1 MiB x 2, 1 MiB) favour
-    one fast stream; a process that holds many servers and streams
-    (``wslocal``) trades some throughput for memory with smaller ones.
+    transport).  The defaults (1 MiB x 2) favour one fast stream; a process
+    that holds many servers and streams (``wslocal``) trades some
+    throughput for memory with smaller ones.
     """
 
     noisy = False
@@ -153,17 +151,13 @@ class StorageServerFactory(Factory):
         keepalive_interval: float = 1.0,
         read_ahead: int = READ_AHEAD,
         read_batches: int = READ_BATCHES,
-        transport_buffer: int = framing.TRANSPORT_BUFFER,
     ) -> None:
         if read_ahead < 4096:
             raise ValueError(f"read_ahead must be at least 4096 bytes, not {read_ahead}")
         if read_batches < 1:
             raise ValueError(f"read_batches must be at least 1, not {read_batches}")
-        if transport_buffer < 64 * 1024:
-            raise ValueError(f"transport_buffer must be at least 64 KiB, not {transport_buffer}")
         self.read_ahead = read_ahead
         self.read_batches = read_batches
-        self.transport_buffer = transport_buffer
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -236,7 +230,7 @@ class StorageServerProtocol(Protocol):
         return self._read is not None or self._write is not None
 
     def connectionMade(self) -> None:
-        framing.tune_transport(self.transport, self.factory.transport_buffer)
+        framing.tune_transport(self.transport)
         self.peer = str(self.transport.getPeer())
         self.factory.connections.add(self)
         self._handshake_timer = self.factory.reactor.callLater(
