@@ -9,9 +9,25 @@ per system call, no framing, no checksums, no disk) as the reference.
 Prints MB/s for every round, the median of the per-round ratios, the write
 ratio, the fsync setting and the server's peak RSS (VmHWM).  With ``--tls``
 the server also listens with TLS and every round reads over it too.
+It also prints the CPU seconds per GiB each side spent (server process,
+client reactor thread; reference sender process, receiver thread), which a
+loaded machine does not change the way it changes the speeds.  With
+``--read-ahead KIBxBATCHES`` a third server runs with that read-ahead
+(``--read-ahead-kib``, ``--read-batches``) and is read in every round too.
 Goal: reads >= 0.7 of the socket copy, RSS < 100 MB.
 
+With ``--small N`` it measures small blobs instead: N blobs of 4 KiB, each
+created, written and committed over the wire one after the other (what a
+small FTP STOR costs one replica), in blobs/s, against a reference in the
+same run that makes N 4 KiB files durable the cheapest correct way on the
+same disk (create, write, fdatasync, fsync the directory), alternating in
+``--rounds`` rounds.  ``--strace`` runs the server under ``strace -f -c``
+and prints its fsync and fdatasync counts per blob (counts, not timings:
+they are not noisy).
+
     python bench/storage_throughput.py --size-mib 1024 [--rounds 7] [--tls]
+        [--read-ahead 256x1]
+    python bench/storage_throughput.py --small 500 [--rounds 3] [--strace]
 """
 
 from __future__ import annotations
@@ -25,7 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO)
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
@@ -45,8 +64,16 @@ from wsstorage.framing import TRANSPORT_BUFFER  # noqa: E402
 MiB = 1024 * 1024
 
 
+@functools.cache
 def pattern_block() -> bytes:
     return bytes((i * 7 + i // 251) & 0xFF for i in range(MiB))
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- reference: a plain socket copy ------------------------------------------
@@ -96,10 +123,12 @@ def start_reference_peer() -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def socket_copy(port: int, size: int, direction: str) -> float:
-    """Seconds to move ``size`` bytes from the peer ('read') or to it ('write')."""
+def socket_copy(port: int, size: int, direction: str, cpu: list | None = None) -> float:
+    """Seconds to move ``size`` bytes from the peer ('read') or to it ('write');
+    appends this thread's CPU seconds to ``cpu`` if given."""
     block = memoryview(pattern_block())
     buf = bytearray(CHUNK)
+    cpu_start = time.thread_time()
     start = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as c:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,7 +144,10 @@ def socket_copy(port: int, size: int, direction: str) -> float:
             for offset in range(0, size, CHUNK):
                 c.sendall(block[: min(CHUNK, size - offset)])
             c.recv(1)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.thread_time() - cpu_start)
+    return elapsed
 
 
 # -- the wire protocol ---------------------------------------------------------
@@ -179,12 +211,19 @@ class CountingConsumer:
         self.count += len(data)
 
 
-def start_server(workdir: Path, name: str, listen: str) -> subprocess.Popen:
+def start_server(
+    workdir: Path,
+    name: str,
+    listen: str,
+    wrap: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> subprocess.Popen:
     env = child_env()
     env.pop("WSFS_FAILPOINTS", None)
     with open(workdir / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(
             [
+                *(wrap or []),
                 *twistd_argv("wsstorage"),
                 "--listen",
                 listen,
@@ -194,6 +233,7 @@ def start_server(workdir: Path, name: str, listen: str) -> subprocess.Popen:
                 name,
                 "--secret-file",
                 str(workdir / "secret"),
+                *(extra or []),
             ],
             env=env,
             stdout=log,
@@ -216,12 +256,18 @@ def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
             time.sleep(0.02)
 
 
-async def timed_read(client: StorageClient) -> float:
+async def timed_read(client: StorageClient, cpu: list | None = None) -> float:
+    """Seconds to read the blob; appends the reactor thread's CPU seconds
+    (the client's whole receive path) to ``cpu`` if given."""
     consumer = CountingConsumer()
+    cpu_start = time.thread_time()
     start = time.perf_counter()
     n = await client.read("bench", 0, None, consumer)
     assert n == consumer.count, (n, consumer.count)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.thread_time() - cpu_start)
+    return elapsed
 
 
 async def timed_write(reactor, client: StorageClient, size: int) -> float:
@@ -238,28 +284,150 @@ async def timed_write(reactor, client: StorageClient, size: int) -> float:
 
 
 async def wire(
-    reactor, endpoints: dict[str, str], secret: bytes, size: int, rounds: int, ref_port: int
+    reactor,
+    endpoints: dict[str, str],
+    secret: bytes,
+    size: int,
+    rounds: int,
+    ref_port: int,
+    pids: dict[str, int],
 ) -> dict:
     """Write the blob to every server, then per round read it from each and
     make one socket-copy read, alternating, so all see the same machine
-    load (this box is shared); returns seconds."""
+    load (this box is shared); returns seconds, and CPU seconds per read of
+    each side (``cpu``: kind -> (sender, receiver) lists; a machine shared
+    with other work slows a read but does not change what it costs)."""
     from twisted.internet import threads
 
     clients = {
         kind: StorageClient(reactor, "bench", ep, secret, idle_timeout=30)
         for kind, ep in endpoints.items()
     }
-    out: dict = {"ref": [], "write": {}}
+    out: dict = {"ref": [], "write": {}, "cpu": {"ref": ([], [])}}
     for kind, client in clients.items():
         out["write"][kind] = await timed_write(reactor, client, size)
         out[kind] = []
+        out["cpu"][kind] = ([], [])
     for _ in range(rounds):
         for kind, client in clients.items():
-            out[kind].append(await timed_read(client))
-        out["ref"].append(await threads.deferToThread(socket_copy, ref_port, size, "read"))
+            sender, receiver = out["cpu"][kind]
+            before = process_cpu(pids[kind])
+            out[kind].append(await timed_read(client, receiver))
+            sender.append(process_cpu(pids[kind]) - before)
+        sender, receiver = out["cpu"]["ref"]
+        before = process_cpu(pids["ref"])
+        out["ref"].append(
+            await threads.deferToThread(socket_copy, ref_port, size, "read", receiver)
+        )
+        sender.append(process_cpu(pids["ref"]) - before)
     for client in clients.values():
         await client.close()
     return out
+
+
+# -- small blobs ---------------------------------------------------------------
+
+SMALL = 4096
+
+
+async def small_blobs(client: StorageClient, prefix: str, count: int) -> float:
+    """Seconds to create, write and commit ``count`` 4 KiB blobs in turn."""
+    data = pattern_block()[:SMALL]
+    start = time.perf_counter()
+    for i in range(count):
+        writer = await client.write(f"{prefix}-{i}", 1, 0, {"inode": i})
+        writer.write(data)
+        info = await writer.commit()
+        assert info.size == SMALL, info
+    return time.perf_counter() - start
+
+
+def durable_files(directory: Path, count: int) -> float:
+    """Reference: seconds to make ``count`` 4 KiB files durable, the least
+    a correct store can do per file (create, write, fdatasync, fsync dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = pattern_block()[:SMALL]
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    start = time.perf_counter()
+    try:
+        for i in range(count):
+            fd = os.open(directory / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(directory, ignore_errors=True)
+    return elapsed
+
+
+def strace_counts(path: Path) -> dict[str, int]:
+    """Calls per syscall from an ``strace -c`` summary file."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync") and parts[3].isdigit():
+            counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def run_small(args: argparse.Namespace) -> None:
+    from twisted.internet import threads
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-small-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    trace = workdir / "strace.txt"
+    wrap = None
+    if args.strace:
+        wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
+    proc = start_server(workdir, "small", f"tcp:{port}:interface=127.0.0.1", wrap)
+    times: dict[str, list[float]] = {"wire": [], "ref": []}
+    try:
+        wait_listening(proc, port, workdir / "small.log")
+        secret = (workdir / "secret").read_bytes().strip()
+
+        async def run(reactor):
+            client = StorageClient(reactor, "bench", f"tcp:127.0.0.1:{port}", secret)
+            await small_blobs(client, "warm", 64)  # connections, imports, the first dirs
+            for r in range(args.rounds):
+                times["wire"].append(await small_blobs(client, f"r{r}", args.small))
+                ref = await threads.deferToThread(durable_files, workdir / f"ref{r}", args.small)
+                times["ref"].append(ref)
+            await client.close()
+
+        task.react(lambda r: defer.ensureDeferred(run(r)))
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        if args.strace:  # stop the traced server; strace then writes its summary
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                for child in f.read().split():
+                    os.kill(int(child), signal.SIGTERM)
+        else:
+            proc.terminate()
+        proc.wait()
+    n = args.small
+    print(f"small blobs: {n} x 4 KiB create+write+commit over 127.0.0.1, {args.rounds} rounds")
+    print("wire blobs/s      " + " ".join(f"{n / t:7.1f}" for t in times["wire"]))
+    print("durable files/s   " + " ".join(f"{n / t:7.1f}" for t in times["ref"]))
+    ratios = [ref / wire for ref, wire in zip(times["ref"], times["wire"])]
+    print(
+        f"wire vs durable files: median ratio {statistics.median(ratios):4.2f}"
+        f"  (per round {' '.join(f'{r:4.2f}' for r in ratios)})"
+    )
+    if args.strace:
+        blobs = 64 + n * args.rounds
+        counts = strace_counts(trace)
+        per_blob = {k: round(v / blobs, 2) for k, v in sorted(counts.items())}
+        print(f"server syscalls per blob (strace -f -c, {blobs} blobs): {per_blob}")
+    if not args.dir:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
@@ -272,10 +440,24 @@ def main() -> None:
         action="store_true",
         help="also run a server behind TLS (ssl:/tls: endpoints, a CA made here) and read from it",
     )
+    parser.add_argument(
+        "--read-ahead",
+        metavar="KIBxBATCHES",
+        help="also read from a server started with this read-ahead (e.g. 256x1)",
+    )
+    parser.add_argument(
+        "--small", type=int, default=0, metavar="N", help="measure N 4 KiB blobs instead"
+    )
+    parser.add_argument(
+        "--strace", action="store_true", help="with --small: count the server's fsyncs"
+    )
     parser.add_argument("--reference-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_peer:
         reference_peer()
+        return
+    if args.small:
+        run_small(args)
         return
     size = args.size_mib * MiB
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-"))
@@ -289,7 +471,16 @@ def main() -> None:
         tls = make_tls(workdir / "tls")
         port = free_port()
         servers["tls"] = (port, tls.listen(port), tls.connect(port))
-    procs = {kind: start_server(workdir, kind, listen) for kind, (_, listen, _) in servers.items()}
+    extra: dict[str, list[str]] = {}
+    if args.read_ahead:
+        kib, _, batches = args.read_ahead.partition("x")
+        port = free_port()
+        servers["ra"] = (port, f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
+        extra["ra"] = ["--read-ahead-kib", kib, "--read-batches", batches or "1"]
+    procs = {
+        kind: start_server(workdir, kind, listen, extra=extra.get(kind))
+        for kind, (_, listen, _) in servers.items()
+    }
     ref, ref_port = start_reference_peer()
     try:
         for kind, (port, _, _) in servers.items():
@@ -299,7 +490,9 @@ def main() -> None:
         result: dict = {}
 
         async def run(reactor):
-            result.update(await wire(reactor, endpoints, secret, size, args.rounds, ref_port))
+            pids = {kind: proc.pid for kind, proc in procs.items()}
+            pids["ref"] = ref.pid
+            result.update(await wire(reactor, endpoints, secret, size, args.rounds, ref_port, pids))
 
         try:
             task.react(lambda r: defer.ensureDeferred(run(r)))
@@ -337,7 +530,7 @@ def report(
         f"blob size {args.size_mib} MiB over 127.0.0.1, python {sys.version.split()[0]},"
         f" {args.rounds} alternating rounds"
     )
-    for kind in ("plain", "tls"):
+    for kind in ("plain", "tls", "ra"):
         if kind in result:
             print(f"read   wire {kind:5} {speeds(result[kind])} MB/s")
     print(f"read   socket copy {speeds(refs)} MB/s")
@@ -345,11 +538,28 @@ def report(
     if "tls" in result:
         print(ratio_line("tls", refs, "socket copy"))
         print(ratio_line("tls", result["plain"], "plain wire "))
+    if "ra" in result:
+        print(f"(ra = a server with --read-ahead {args.read_ahead})")
+        print(ratio_line("ra", refs, "socket copy"))
+        print(ratio_line("ra", result["plain"], "plain wire "))
     for kind, write_s in result["write"].items():
         print(
             f"write  wire {kind:5} {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
             f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
         )
+    gib = size / 2**30
+    ref_cpu = [sum(p) / gib for p in zip(*result["cpu"]["ref"])]
+    for kind in ("plain", "tls", "ra"):
+        if kind in result:
+            cpu = result["cpu"][kind]
+            send, recv = (statistics.median(x) / gib for x in cpu)
+            ratios = [sum(p) / gib / r for p, r in zip(zip(*cpu), ref_cpu)]
+            print(
+                f"cpu    wire {kind:5} server {send:5.2f} + client {recv:5.2f} s/GiB;"
+                f" total vs socket copy: median {statistics.median(ratios):4.2f}x"
+            )
+    ref_send, ref_recv = (statistics.median(x) / gib for x in result["cpu"]["ref"])
+    print(f"cpu    socket copy  sender {ref_send:5.2f} + receiver {ref_recv:5.2f} s/GiB")
     print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
     print("       acknowledged; the write figure includes it, the socket copy has none)")
     for kind, peak in rss.items():

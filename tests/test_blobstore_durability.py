@@ -17,7 +17,14 @@ from tests.support import python_env
 from tests.test_blobstore import BLOCK, pattern, read_all, write_all
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
-from wsstorage.errors import BlobSealed, ChecksumError, DiskFull, InvalidOffset
+from wsstorage.errors import (
+    BlobNotFound,
+    BlobSealed,
+    ChecksumError,
+    DiskFull,
+    InvalidOffset,
+    StaleEpoch,
+)
 from wsstorage.fsshims import FullDiskFileSystem, GatedFsyncFileSystem, RecordingFileSystem
 from wsstorage.records import INCOMPLETE, OPEN, SEALED
 
@@ -39,6 +46,19 @@ def flip_byte(path: str, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+SYNCS = ("fsync", "fdatasync", "fsync_dir")
+
+
+def syncs(fs: RecordingFileSystem) -> list[tuple[str, str]]:
+    return [c for c in fs.calls if c[0] in SYNCS]
+
+
+def same_fan_out(store: BlobStore, blob_id: str) -> str:
+    """Another blob id in the same fan-out directory as ``blob_id``."""
+    directory = paths(store, blob_id).directory
+    return next(f"n{i}" for i in range(100_000) if paths(store, f"n{i}").directory == directory)
+
+
 def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
@@ -48,11 +68,11 @@ def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
     handle.seal()
     calls = fs.calls
 
-    def last(call):
-        return max(i for i, c in enumerate(calls) if c == call)
+    def last(op, name):
+        return max(i for i, c in enumerate(calls) if c == (op, name))
 
-    data_synced = last(("fsync", "b.data"))
-    sums_synced = last(("fsync", "b.sums"))
+    data_synced = last("fdatasync", "b.data")
+    sums_synced = last("fdatasync", "b.sums")
     record_written = calls.index(("write", "b.meta.tmp"))
     record_synced = calls.index(("fsync", "b.meta.tmp"))
     renamed = calls.index(("rename", "b.meta"))
@@ -62,17 +82,112 @@ def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
     store.close()
 
 
+def test_create_write_seal_of_a_small_blob_costs_four_syncs(tmp_path):
+    """Creating syncs nothing; the seal syncs data, checksums, record and
+    directory once each.  The first record in a fan-out directory also
+    fsyncs ``blobs/`` (once per directory and process)."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    directory = os.path.basename(paths(store, "b").directory)
+    fs.calls.clear()
+    handle = store.open_write("b", 1, 0, {"inode": 7})
+    handle.write(pattern(4096))
+    assert syncs(fs) == []
+    handle.seal()
+    assert syncs(fs) == [
+        ("fdatasync", "b.data"),
+        ("fdatasync", "b.sums"),
+        ("fsync_dir", "blobs"),
+        ("fsync", "b.meta.tmp"),
+        ("fsync_dir", directory),
+    ]
+    other = same_fan_out(store, "b")
+    fs.calls.clear()
+    handle = store.open_write(other, 1, 0, {"inode": 8})
+    handle.write(pattern(4096, seed=1))
+    handle.seal()
+    assert syncs(fs) == [
+        ("fdatasync", f"{other}.data"),
+        ("fdatasync", f"{other}.sums"),
+        ("fsync", f"{other}.meta.tmp"),
+        ("fsync_dir", directory),
+    ]
+    store = reopen(store)
+    assert read_all(store, "b") == pattern(4096)
+    assert read_all(store, other) == pattern(4096, seed=1)
+    store.close()
+
+
 def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    directory = os.path.basename(paths(store, "b").directory)
     handle = write_all(store, "b", pattern(2 * BLOCK + 7))
     assert ("write", "b.sums") not in fs.calls
     fs.calls.clear()
     handle.sync()
-    writes = [c for c in fs.calls if c[0] in ("fsync", "write")]
-    assert writes[0] == ("fsync", "b.data")
-    assert writes[1:-1] == [("write", "b.sums")] * 3
-    assert writes[-1] == ("fsync", "b.sums")
+    writes = [c for c in fs.calls if c[0] in (*SYNCS, "write")]
+    # The first sync also gives the blob its record, so the length it
+    # reports survives a crash.
+    assert writes == [
+        ("fdatasync", "b.data"),
+        *[("write", "b.sums")] * 3,
+        ("fdatasync", "b.sums"),
+        ("fsync_dir", "blobs"),
+        ("write", "b.meta.tmp"),
+        ("fsync", "b.meta.tmp"),
+        ("fsync_dir", directory),
+    ]
+    handle.write(pattern(BLOCK, seed=1))
+    fs.calls.clear()
+    handle.sync()
+    writes = [c for c in fs.calls if c[0] in (*SYNCS, "write")]
+    assert writes == [("fdatasync", "b.data"), *[("write", "b.sums")] * 2, ("fdatasync", "b.sums")]
+    fs.calls.clear()
+    handle.seal()  # every byte is durable already: only the sealed record
+    assert syncs(fs) == [("fsync", "b.meta.tmp"), ("fsync_dir", directory)]
+    store.close()
+
+
+def test_blob_never_synced_vanishes_in_a_crash_and_a_synced_one_stays(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "fresh", pattern(BLOCK + 5))
+    kept = write_all(store, "synced", pattern(2 * BLOCK, seed=2))
+    assert kept.sync() == 2 * BLOCK
+    kept.write(pattern(100, seed=3))
+    assert store.stat("fresh").durable == 0
+    assert [i.blob_id for i in store.list_blobs()] == ["synced", "fresh"]
+    store = reopen(store)  # as after a crash: no record was ever written for "fresh"
+    with pytest.raises(BlobNotFound):
+        store.stat("fresh")
+    assert not os.path.exists(paths(store, "fresh").data)
+    assert not os.path.exists(paths(store, "fresh").sums)
+    info = store.stat("synced")
+    assert (info.state, info.durable, info.meta) == (INCOMPLETE, 2 * BLOCK, {"inode": 7})
+    assert [i.blob_id for i in store.list_blobs()] == ["synced"]
+    store.close()
+
+
+def test_fence_of_a_blob_never_synced_makes_it_durable(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = write_all(store, "b", pattern(3000))
+    info = store.fence("b", 1, 2000)
+    assert (info.size, info.durable, info.epoch) == (2000, 2000, 1)
+    with pytest.raises(StaleEpoch):
+        handle.write(b"late")
+    store = reopen(store)
+    info = store.stat("b")
+    assert (info.state, info.size, info.durable) == (INCOMPLETE, 2000, 2000)
+    assert read_all(store, "b") == pattern(2000)
+    store.close()
+
+
+def test_fence_of_an_empty_blob_never_synced_records_it(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    store.open_write("b", 1, 0, {})
+    assert store.fence("b", 1, 0).durable == 0
+    store = reopen(store)
+    assert (store.stat("b").state, store.stat("b").size) == (INCOMPLETE, 0)
     store.close()
 
 
@@ -228,6 +343,38 @@ def test_sigkill_mid_write_keeps_sealed_blobs_and_reports_torn_one(tmp_path):
     store.close()
 
 
+def test_sigkill_before_the_first_sync_loses_only_the_blob_never_synced(tmp_path):
+    root = tmp_path / "d"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from wsstorage.blobstore import BlobStore
+        from tests.test_blobstore import pattern
+        store = BlobStore.open({str(root)!r}, block_size={BLOCK})
+        h = store.open_write("sealed", 1, 0, {{}})
+        h.write(pattern(4096))
+        h.seal()
+        h = store.open_write("synced", 1, 0, {{"inode": 3}})
+        h.write(pattern(3 * {BLOCK}, seed=1))
+        h.sync()
+        h.write(pattern(10, seed=2))
+        store.open_write("fresh", 1, 0, {{}}).write(pattern(2 * {BLOCK}, seed=4))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=python_env(), cwd=tmp_path)
+    assert proc.returncode == -9
+    store = BlobStore.open(root)
+    assert read_all(store, "sealed") == pattern(4096)
+    info = store.stat("synced")
+    assert (info.state, info.durable, info.meta) == (INCOMPLETE, 3 * BLOCK, {"inode": 3})
+    with pytest.raises(BlobNotFound):
+        store.stat("fresh")
+    assert not os.path.exists(paths(store, "fresh").data)
+    assert sorted(i.blob_id for i in store.list_blobs()) == ["sealed", "synced"]
+    store.close()
+
+
 def test_disk_full_during_write_leaves_blob_and_others_intact(tmp_path):
     fs = FullDiskFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
@@ -264,13 +411,22 @@ def test_disk_full_while_sealing_keeps_blob_unsealed_and_retryable(tmp_path):
     store.close()
 
 
-def test_disk_full_when_creating_leaves_no_blob(tmp_path):
+def test_disk_full_before_the_first_record_leaves_no_blob(tmp_path):
+    """Creating writes no byte (the record waits for the first sync or
+    seal), so a full disk shows at the first write or seal, and a blob whose
+    record could not be written is gone after a restart."""
     fs = FullDiskFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     fs.full = True
+    handle = store.open_write("b", 1, 0, {})
     with pytest.raises(DiskFull):
-        store.open_write("b", 1, 0, {})
+        handle.write(b"x" * 10)
+    with pytest.raises(DiskFull):
+        handle.seal()
+    assert store.stat("b").state == OPEN
+    assert not os.path.exists(paths(store, "b").meta)
     fs.full = False
+    store = reopen(store, fs=fs)
     assert list(store.list_blobs()) == []
     store.open_write("b", 1, 0, {}).write(b"ok")
     assert store.stat("b").size == 2

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.test_blobstore import pattern, read_all
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths
-from wsstorage.errors import BlobSealed
+from wsstorage.errors import BlobNotFound, BlobSealed
 from wsstorage.records import INCOMPLETE, SEALED
 
 BLOCK = 512
@@ -24,8 +24,11 @@ BLOB = "model"
 
 class BlobModel(RuleBasedStateMachine):
     """``content`` is what the blob must hold; ``durable`` what a crash must
-    keep.  A crash keeps the page cache (close and reopen the store),
-    optionally scribbling over every byte that was never synced."""
+    keep; ``recorded`` whether the blob itself must survive a crash (it has
+    been synced, fenced or sealed at least once: a blob never made durable
+    vanishes in a crash, with all its files).  A crash keeps the page cache
+    (close and reopen the store), optionally scribbling over every byte
+    that was never synced."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,6 +38,7 @@ class BlobModel(RuleBasedStateMachine):
         self.handle = self.store.open_write(BLOB, self.epoch, 0, {})
         self.content = bytearray()
         self.durable = 0
+        self.recorded = False
         self.seed = 0
         self.sealed = False
 
@@ -55,6 +59,7 @@ class BlobModel(RuleBasedStateMachine):
     def sync(self):
         assert self.handle.sync() == len(self.content)
         self.durable = len(self.content)
+        self.recorded = True
 
     @precondition(lambda self: not self.sealed)
     @rule(fraction=st.floats(0, 1))
@@ -75,6 +80,7 @@ class BlobModel(RuleBasedStateMachine):
         self.handle = self.store.open_write(BLOB, self.epoch, cut, {})
         del self.content[cut:]
         self.durable = cut
+        self.recorded = True
 
     @precondition(lambda self: not self.sealed)
     @rule(scribble=st.booleans())
@@ -86,6 +92,13 @@ class BlobModel(RuleBasedStateMachine):
                 f.seek(self.durable)
                 f.write(b"\xa5" * (os.path.getsize(data_path) - self.durable))
         self.store = BlobStore.open(self.dir)
+        if not self.recorded:
+            with pytest.raises(BlobNotFound):
+                self.store.stat(BLOB)
+            assert not os.path.exists(data_path)
+            self.handle = self.store.open_write(BLOB, self.epoch, 0, {})
+            del self.content[:]
+            return
         info = self.store.stat(BLOB)
         assert info.state == INCOMPLETE
         assert info.durable == self.durable

@@ -133,3 +133,24 @@ def test_preauth_limit_lets_frames_up_to_it_through_and_can_be_lifted() -> None:
     decoder.limit = None  # what the protocols do once the handshake is done
     [(_, _, body)] = decoder.frames(big)
     assert body["pad"] == "y" * 100_000
+
+
+def test_data_frame_iov_holds_views_that_decode_to_the_bytes() -> None:
+    data = bytes(range(256)) * 2049  # two full frames and a bit
+    iov = framing.data_frame_iov(7, [data, b"tail"])
+    assert [type(p) for p in iov[1::2]] == [memoryview] * 4  # bodies are not copied
+    assert b"".join(iov) == framing.join_data_frames(7, [data, b"tail"])
+    frames = list(framing.FrameDecoder().frames(b"".join(iov)))
+    assert b"".join(body for _, _, body in frames) == data + b"tail"
+    assert {(t, rid) for t, rid, _ in frames} == {(framing.DATA, 7)}
+
+
+def test_only_a_plain_tcp_transport_is_sent_on_directly() -> None:
+    from twisted.internet.testing import StringTransport
+
+    assert framing.direct_socket(StringTransport()) is None
+
+    class Wrapper:  # what a TLS protocol looks like to the server: not the socket's transport
+        transport = StringTransport()
+
+    assert framing.direct_socket(Wrapper()) is None

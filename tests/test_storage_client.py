@@ -73,6 +73,25 @@ def test_pausing_the_consumer_stops_delivery_until_resumed() -> None:
     assert c.data == data and c.unregistered
 
 
+def test_a_consumer_that_pauses_and_resumes_inside_write_gets_every_byte_in_order() -> None:
+    """Resuming from inside ``write`` must not start a nested pass over the
+    buffered frames while the current DATA frame is still being handled
+    (that pass saw the read's next DATA as a frame of an unknown request)."""
+    rig = Rig()
+    data = bytes(range(256)) * 4096  # 1 MiB: four DATA frames
+    committed(rig, "b1", data)
+
+    class Bouncing(CollectingConsumer):
+        def write(self, chunk: bytes) -> None:
+            super().write(chunk)
+            self.producer.pauseProducing()
+            self.producer.resumeProducing()
+
+    c = Bouncing()
+    assert rig.result(rig.client.read("b1", 0, None, c)) == len(data)
+    assert c.data == data and len(c.chunks) == 4
+
+
 def test_a_frozen_server_fails_a_read_with_node_unavailable_after_the_idle_timeout() -> None:
     rig = Rig(idle_timeout=3.0)
     committed(rig, "b1", b"x" * 1000)

@@ -93,3 +93,85 @@ async def test_reads_longer_than_one_task_and_unaligned_ranges_arrive_whole(tcp_
         n = await client.read("long", offset, length, sink)
         end = size if length is None else offset + length
         assert (n, sink.sha.hexdigest()) == (end - offset, sha256(data[offset:end]))
+
+
+@pytest.fixture
+def small_read_ahead_server(tmp_path):
+    port = free_port()
+    running = pytest_twisted.blockon(
+        start_storage_server(
+            reactor,
+            f"tcp:{port}:interface=127.0.0.1",
+            str(tmp_path / "d"),
+            "s1",
+            b"k" * 32,
+            read_ahead=256 * 1024,
+            read_batches=1,
+        )
+    )
+    client = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", b"k" * 32, idle_timeout=30)
+    yield running, client
+    pytest_twisted.blockon(client.close())
+    pytest_twisted.blockon(running.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_smaller_read_ahead_keeps_fewer_bytes_ready_and_delivers_every_byte(
+    small_read_ahead_server,
+):
+    running, client = small_read_ahead_server
+    size = 64 * MiB + 777  # more than the sockets buffer: the server must pause
+    data = pattern(size, seed=9)
+    await write_blob(client, "blob", data, chunk=MiB)
+    sink = Pausing(MiB)
+    reading = client.read("blob", 0, None, sink)
+    await sink.paused
+    await wait_for(lambda: getattr(stream_of(running), "paused", False))
+    stream = stream_of(running)
+    assert stream._socket is not None  # plain TCP: frames go out with sendmsg
+    await wait_for(lambda: not stream._fetching, timeout=5 + 20 * server_mod.READ_IDLE)
+    assert len(stream._ready) <= 1
+    assert all(batch.length <= 256 * 1024 for batch in stream._ready)
+    sink.producer.resumeProducing()
+    assert await reading == size
+    assert sink.sha.hexdigest() == sha256(data)
+    for offset, length in [(1, size - 2), (256 * 1024 - 5, MiB + 11)]:
+        sink = DrainConsumer()
+        assert await client.read("blob", offset, length, sink) == length
+        assert sink.sha.hexdigest() == sha256(data[offset : offset + length])
+
+
+def test_read_ahead_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_ahead=100)
+    with pytest.raises(ValueError):
+        server_mod.StorageServerFactory(reactor, None, "s1", b"k" * 32, read_batches=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_batches_are_read_in_the_reactor_thread_and_others_in_a_task(
+    tcp_server, monkeypatch
+):
+    """A blob just written is in the page cache: its aligned batches need
+    no reading task.  An unaligned range cannot be read in place, so its
+    batches come from a task; both arrive whole."""
+    _running, client = tcp_server
+    tasks = []
+    fetch = server_mod._ReadStream._fetch
+
+    def counting(stream):
+        tasks.append(stream.rid)
+        return fetch(stream)
+
+    monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    size = 8 * MiB + 4321
+    data = pattern(size, seed=10)
+    await write_blob(client, "hot", data, chunk=MiB)
+    sink = DrainConsumer()
+    assert await client.read("hot", 0, None, sink) == size
+    assert sink.sha.hexdigest() == sha256(data)
+    assert tasks == []
+    sink = DrainConsumer()
+    assert await client.read("hot", 3, size - 3, sink) == size - 3
+    assert sink.sha.hexdigest() == sha256(data[3:])
+    assert tasks

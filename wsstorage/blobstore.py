@@ -20,7 +20,10 @@ API (refinements of ``IBlobStore`` are marked *):
   by the next handle); only ``durable`` is guaranteed across a crash.
 * ``open_read(blob_id, offset, length) -> BlobReadHandle`` with ``read(n)``
   (at most ``n`` verified bytes, ``b""`` at the end), ``close()``,
-  ``remaining``.  *``length=None`` reads to the end.
+  ``remaining``.  *``length=None`` reads to the end.  *``read_into(buffer,
+  nowait=False)`` reads verified bytes into a caller's buffer (in place for
+  whole blocks); with ``nowait`` it raises BlockingIOError rather than wait
+  for the disk or a busy blob, so a reactor thread may call it.
 * ``fence(blob_id, epoch, truncate_to) -> BlobInfo``; *on a sealed blob a
   no-op fence returns the blob unchanged (a sealed blob never changes);
   any other fence of a sealed blob is BlobSealed.
@@ -32,6 +35,12 @@ API (refinements of ``IBlobStore`` are marked *):
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
+
+Durability: a new blob has no record on disk until its first ``sync``,
+``seal`` or ``fence`` (or a newer epoch), so creating it syncs nothing and
+a small blob written and sealed at once costs four syncs (data, checksums,
+record, directory).  A crash before then loses the blob whole, which is
+allowed: none of its bytes was reported durable (``durable`` is 0).
 
 Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
 cache and may run in the reactor thread.  ``open_write`` (it creates files
@@ -158,6 +167,11 @@ class _Blob:
         self.deleted = False
         self.data_fd: int | None = None
         self.sums_fd: int | None = None
+        #: Whether a record of this blob is durable on disk.  A new blob has
+        #: none until its first sync, seal or fence: until then a crash
+        #: loses it whole (start removes files without a record), which is
+        #: right, as none of its bytes was ever reported durable.
+        self.recorded = True
 
     # -- records --------------------------------------------------------
 
@@ -171,6 +185,12 @@ class _Blob:
             meta=self.meta,
         )
 
+    def durable_length(self) -> int:
+        """Bytes that survive a crash: none before the record is durable."""
+        if self.sealed:
+            return self.size
+        return self.durable if self.recorded else 0
+
     def info(self) -> BlobInfo:
         if self.sealed:
             state = SEALED
@@ -181,7 +201,7 @@ class _Blob:
         return BlobInfo(
             blob_id=self.blob_id,
             size=self.size,
-            durable=self.size if self.sealed else self.durable,
+            durable=self.durable_length(),
             state=state,
             epoch=self.epoch,
             meta=dict(self.meta),
@@ -189,8 +209,16 @@ class _Blob:
 
     def write_record(self, record: MetaRecord) -> None:
         """Replace the ``.meta`` file atomically: temp file, fsync, rename,
-        fsync the directory.  A crash leaves the old or the new record."""
+        fsync the directory.  A crash leaves the old or the new record.
+
+        The directory fsync also makes the ``.data`` and ``.sums`` names
+        durable (same directory), and the first record of a blob makes its
+        fan-out directory durable too: that is the point where a new blob's
+        entries must survive a crash, so creating one fsyncs nothing."""
+        if not self.recorded:
+            self.store.fan_out_durable(self.paths.directory)
         self.store.write_atomic(self.paths.meta, record.encode(), self.paths.directory)
+        self.recorded = True
 
     # -- files ----------------------------------------------------------
 
@@ -207,15 +235,25 @@ class _Blob:
 
     # -- checksums ------------------------------------------------------
 
-    def entries(self, first: int, count: int, sums_fd: int) -> list[tuple[int, int] | None]:
+    def entries(
+        self, first: int, count: int, sums_fd: int, nowait: bool = False
+    ) -> list[tuple[int, int] | None]:
         """(bytes covered, crc) of blocks ``first .. first + count - 1`` (None
         for a block that has none), with one pread of the ``.sums`` file for
-        all of them (a 1 MiB read needs 16)."""
+        all of them (a 1 MiB read needs 16).  With ``nowait``,
+        BlockingIOError if they are not in the page cache."""
         bs = self.block_size
         tail_len = self.covered % bs
         tail_index = self.covered // bs if self.tail_known and tail_len else -1
         raw = b""
-        if first * bs < self.covered:
+        if first * bs < self.covered and nowait:
+            buf = bytearray(ENTRY.size * count)
+            offset = first * ENTRY.size
+            got = self.fs.preadv_into(sums_fd, memoryview(buf), offset, nowait=True)
+            if got < len(buf) and offset + got < self.fs.fstat_size(sums_fd):
+                raise BlockingIOError("checksums not in the page cache")
+            raw = bytes(buf[:got])
+        elif first * bs < self.covered:
             raw = self.fs.pread(sums_fd, ENTRY.size * count, first * ENTRY.size)
         out: list[tuple[int, int] | None] = []
         for k in range(count):
@@ -293,24 +331,31 @@ class _Blob:
         self.incomplete = False
 
     def sync_locked(self) -> int:
-        """fsync data, then write and fsync the checksums; under the lock."""
+        """fdatasync data, then write and fdatasync the checksums, unless
+        every byte is already durable; under the lock.  Writes no record.
+
+        fdatasync, not fsync: the size of the file is flushed with its
+        bytes, and its timestamps need not survive."""
         self.open_files()
         assert self.data_fd is not None and self.sums_fd is not None
         length = self.covered
-        self.fs.fsync(self.data_fd)
+        if self.durable >= length:
+            return self.durable
+        self.fs.fdatasync(self.data_fd)
         self.write_entries(self.entries_up_to(length))
-        self.fs.fsync(self.sums_fd)
+        self.fs.fdatasync(self.sums_fd)
         self.durable = max(self.durable, length)
         return self.durable
 
     def seal_locked(self) -> BlobInfo:
-        """Seal at ``size``: data and checksums fsync'd, then the record."""
+        """Seal at ``size``: data and checksums synced, then the record."""
         if self.size > self.covered:
             self.truncate(self.covered)
         self.open_files()
         assert self.data_fd is not None
         if self.fs.fstat_size(self.data_fd) != self.size:
             self.fs.ftruncate(self.data_fd, self.size)
+            self.durable = min(self.durable, self.size)
         self.sync_locked()
         self.write_record(self.record(STATE_SEALED))
         self.sealed = True
@@ -337,7 +382,7 @@ class BlobWriteHandle:
 
     @property
     def durable(self) -> int:
-        return self._blob.durable
+        return self._blob.durable_length()
 
     def _check(self) -> _Blob:
         """Raise unless this handle still owns the blob (caller holds lock)."""
@@ -379,7 +424,20 @@ class BlobWriteHandle:
     def sync(self) -> int:
         """Make every byte written so far durable; return the durable length.
 
-        Blocks (fsync); the blob's lock is not held during the fsyncs."""
+        Data, then checksums, then (the first time) the blob's record and
+        its directory: the length returned survives a crash.  Blocks; the
+        blob's lock is not held during the data and checksum syncs."""
+        self._sync_bytes()
+        blob = self._blob
+        with blob.lock, _disk_errors():
+            self._check()
+            if not blob.recorded:
+                blob.write_record(blob.record())
+            return blob.durable
+
+    def _sync_bytes(self) -> None:
+        """fdatasync the data, then write and fdatasync its checksums, with
+        the lock released meanwhile so that writes go on.  No record."""
         blob = self._blob
         with blob.lock:
             self._check()
@@ -387,24 +445,25 @@ class BlobWriteHandle:
             data_fd, sums_fd = blob.data_fd, blob.sums_fd
             length = blob.covered
             if blob.durable >= length:
-                return blob.durable
+                return
             entries = blob.entries_up_to(length)
         assert data_fd is not None and sums_fd is not None
         with _disk_errors():
-            blob.fs.fsync(data_fd)
+            blob.fs.fdatasync(data_fd)
             with blob.lock:
                 self._check()
                 blob.write_entries(entries)
-            blob.fs.fsync(sums_fd)
+            blob.fs.fdatasync(sums_fd)
         with blob.lock:
             self._check()
             blob.durable = max(blob.durable, length)
-            return blob.durable
 
     def seal(self) -> BlobInfo:
-        """Commit: fsync data and checksums, then the sealed record, then the
-        directory, and only then return the sealed BlobInfo.  Blocks."""
-        self.sync()
+        """Commit: sync data and checksums, then the sealed record, then the
+        directory, and only then return the sealed BlobInfo.  A blob never
+        synced before gets its first record here (sealed): four syncs in
+        all, none wasted on an ``open`` record.  Blocks."""
+        self._sync_bytes()
         blob = self._blob
         with blob.lock, _disk_errors():
             self._check()
@@ -442,49 +501,117 @@ class BlobReadHandle:
             self._fs.close(self._data_fd)
             raise
 
+    def _entries(
+        self, first: int, count: int, end: int, nowait: bool = False
+    ) -> tuple[list[tuple[int, int]], StorageError | None]:
+        """The checksum entries of the usable blocks among ``first .. first +
+        count - 1`` (caller holds the blob's lock), and the error that stops
+        at the first block without one.
+
+        ``end`` is where this handle's range ends: a block must have a
+        checksum covering every byte of it the handle will use."""
+        blob = self._blob
+        bs = blob.block_size
+        assert self._sums_fd is not None
+        if blob.deleted:
+            raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        if min(end, (first + count) * bs) > blob.size:
+            raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
+        entries = blob.entries(first, count, self._sums_fd, nowait)
+        good: list[tuple[int, int]] = []
+        for k, entry in enumerate(entries):
+            needed = min(bs, end - (first + k) * bs)
+            if entry is None or entry[0] < needed or (k < count - 1 and entry[0] != bs):
+                error = ChecksumError(
+                    f"blob {self.blob_id} block {first + k} has no checksum (torn tail)"
+                )
+                return good, error
+            good.append(entry)
+        return good, None
+
+    def _verify(
+        self, view: memoryview, first: int, entries: list[tuple[int, int]]
+    ) -> tuple[int, StorageError | None]:
+        """How many of the blocks read into ``view`` match their entries, and
+        the error of the first one that does not (or is short)."""
+        bs = self._blob.block_size
+        for k, (covered, expected) in enumerate(entries):
+            block = view[k * bs : k * bs + covered]
+            if len(block) != covered or crc(block) != expected:
+                return k, ChecksumError(f"blob {self.blob_id} block {first + k} fails its checksum")
+        return len(entries), None
+
     def _load(self, first: int, count: int, end: int) -> bytes:
         """Blocks ``first .. first + count - 1``, verified, as one bytes.
 
-        ``end`` is where this handle's range ends: a block must have a
-        checksum covering every byte of it the handle will use.  When a block
-        fails, the good blocks before it are returned (the next call starts
-        at the bad one and raises); a first block that fails raises.
+        When a block fails, the good blocks before it are returned (the next
+        call starts at the bad one and raises); a first block that fails
+        raises.
         """
-        blob = self._blob
-        bs = blob.block_size
-        assert self._data_fd is not None and self._sums_fd is not None
-        with blob.lock:
-            if blob.deleted:
-                raise BlobNotFound(f"blob {self.blob_id} was deleted")
-            if min(end, (first + count) * bs) > blob.size:
-                raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
-            entries = blob.entries(first, count, self._sums_fd)
-            good = 0
-            error: StorageError | None = None
-            for k, entry in enumerate(entries):
-                needed = min(bs, end - (first + k) * bs)
-                if entry is None or entry[0] < needed or (k < count - 1 and entry[0] != bs):
-                    error = ChecksumError(
-                        f"blob {self.blob_id} block {first + k} has no checksum (torn tail)"
-                    )
-                    break
-                good += 1
-            total = sum(entry[0] for entry in entries[:good])  # type: ignore[index]
+        bs = self._blob.block_size
+        assert self._data_fd is not None
+        with self._blob.lock:
+            entries, error = self._entries(first, count, end)
+            total = sum(entry[0] for entry in entries)
             data = self._fs.pread(self._data_fd, total, first * bs) if total else b""
         view = memoryview(data)
-        for k in range(good):
-            covered, expected = entries[k]  # type: ignore[misc]
-            block = view[k * bs : k * bs + covered]
-            if len(block) != covered or crc(block) != expected:
-                error = ChecksumError(f"blob {self.blob_id} block {first + k} fails its checksum")
-                good = k
-                break
+        good, bad = self._verify(view, first, entries)
         view.release()
+        error = bad or error
         if error is not None:
             if good == 0:
                 raise error
             return data[: good * bs]
         return data
+
+    def read_into(self, buffer: memoryview, nowait: bool = False) -> int:
+        """Like ``read(len(buffer))``, into ``buffer``: the number of verified
+        bytes put there (0 at the end).
+
+        With ``nowait`` the data must already be in the page cache: if the
+        first block is not, BlockingIOError is raised and nothing is
+        consumed (so a reactor thread can read cached data itself and leave
+        the disk to a thread).  Reads whole blocks from a block boundary in
+        place; an unaligned start or a buffer that is not a whole number of
+        blocks is served by ``read`` and copied."""
+        bs = self._blob.block_size
+        want = min(len(buffer), self.remaining)
+        if not want:
+            return 0
+        if self.offset % bs or len(buffer) % bs:
+            if nowait:
+                raise BlockingIOError("unaligned read: not done in place")
+            data = self.read(want)
+            buffer[: len(data)] = data
+            return len(data)
+        first = self.offset // bs
+        count = -(-want // bs)
+        assert self._data_fd is not None
+        lock = self._blob.lock
+        # Never wait for the lock with nowait: a writer may hold it over fsync.
+        if not lock.acquire(blocking=not nowait):
+            raise BlockingIOError("the blob is busy")
+        try:
+            entries, error = self._entries(first, count, self.offset + self.remaining, nowait)
+            total = sum(entry[0] for entry in entries)
+            got = 0
+            if total:
+                got = self._fs.preadv_into(self._data_fd, buffer[:total], first * bs, nowait=nowait)
+        finally:
+            lock.release()
+        if nowait and got < total:
+            whole = got // bs  # a short read stops at what is cached
+            if whole == 0:
+                raise BlockingIOError("not in the page cache")
+            entries, error = entries[:whole], None
+        good, bad = self._verify(buffer[:got], first, entries)
+        error = bad or error
+        if good == 0 and error is not None:
+            raise error
+        n = min(want, sum(entry[0] for entry in entries[:good]))
+        self.offset += n
+        self.remaining -= n
+        return n
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` verified bytes (``b""`` at the end).
@@ -533,6 +660,8 @@ class BlobStore:
         self._lock_fd: int | None = lock_fd
         self._registry_lock = threading.Lock()
         self._live: dict[str, _Blob] = {}
+        #: Fan-out directories whose entry this process has fsync'd.
+        self._durable_dirs: set[str] = set()
         #: Blobs whose record could not be read at start: left on disk as
         #: they are, absent from list_blobs, FormatError from stat.
         self.damaged: list[str] = []
@@ -706,28 +835,43 @@ class BlobStore:
                 del self._live[blob.blob_id]
 
     def _create(self, blob: _Blob) -> None:
-        """Create an empty blob: its files, then its record, then the
-        directory entry are durable before the handle is returned."""
+        """Create an empty blob's files, kept open for its writer.
+
+        Nothing is synced and no record is written: the blob becomes durable
+        at its first sync, seal or fence (``write_record``), so a small blob
+        that is written and sealed at once pays for one record and one
+        directory fsync, not two.  Until then a crash loses it whole, and
+        the next start removes its files (they have no record)."""
         paths = blob.paths
+        blob.recorded = False
         with _disk_errors():
             try:
                 self.fs.mkdir(paths.directory)
-                self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
             except FileExistsError:
                 pass
             try:
-                for path in (paths.data, paths.sums):
-                    self.fs.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
-                blob.write_record(blob.record())
+                flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+                blob.data_fd = self.fs.open(paths.data, flags)
+                blob.sums_fd = self.fs.open(paths.sums, flags)
             except BaseException:
+                blob.close_files()
                 blob.deleted = True
                 self.forget(blob)
-                for path in (paths.meta, paths.data, paths.sums):
+                for path in (paths.data, paths.sums):
                     try:
                         self.fs.unlink(path)
                     except OSError:
                         pass
                 raise
+
+    def fan_out_durable(self, directory: str) -> None:
+        """Make a fan-out directory's own entry (in ``blobs/``) durable, once
+        per directory and process: a blob's first record needs it, and
+        ``blobs/`` holds only 256 of them, so this is rarely paid."""
+        if directory in self._durable_dirs:
+            return
+        self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
+        self._durable_dirs.add(directory)
 
     # -- IBlobStore -----------------------------------------------------
 
@@ -773,12 +917,15 @@ class BlobStore:
             blob.generation += 1
             if offset < blob.size or blob.incomplete:
                 blob.truncate(offset)
-            if epoch > blob.epoch or meta != blob.meta:
+            # A newer epoch is adopted durably, so that an older writer stays
+            # refused after a restart (this gives a new blob its first
+            # record); a new meta waits for the blob's first record.
+            if epoch > blob.epoch or (blob.recorded and meta != blob.meta):
                 new = blob.record()
                 blob.write_record(
                     MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, meta)
                 )
-                blob.epoch, blob.meta = epoch, meta
+            blob.epoch, blob.meta = epoch, meta
             return BlobWriteHandle(blob, epoch, blob.generation)
 
     def open_read(self, blob_id: str, offset: int, length: int | None) -> BlobReadHandle:
@@ -817,14 +964,13 @@ class BlobStore:
                     f"truncate_to {truncate_to} beyond the end of {blob_id} ({blob.covered})"
                 )
             unchanged = truncate_to == blob.size == blob.durable and not blob.incomplete
-            if epoch == blob.epoch and unchanged:
+            if epoch == blob.epoch and unchanged and blob.recorded:
                 return blob.info()
             blob.generation += 1
             if truncate_to < blob.size or blob.incomplete:
                 blob.truncate(truncate_to)
-            if blob.durable < blob.size:
-                blob.sync_locked()
-            if epoch > blob.epoch:
+            blob.sync_locked()
+            if epoch > blob.epoch or not blob.recorded:
                 new = blob.record()
                 blob.write_record(
                     MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, new.meta)
@@ -866,7 +1012,13 @@ class BlobStore:
         self.forget(blob)
 
     def list_blobs(self) -> Iterator[BlobInfo]:
-        """Every blob, one record file at a time (no blob data is read)."""
+        """Every blob, one record file at a time (no blob data is read).
+
+        Blobs being written that have no record yet (never synced) are
+        listed too, after the others: they exist for as long as this
+        process runs, like any open blob."""
+        with self._registry_lock:
+            unrecorded = {b.blob_id for b in self._live.values() if not b.recorded}
         blobs = os.path.join(self.root, BLOBS_DIR)
         for prefix in sorted(self.fs.listdir(blobs)):
             directory = os.path.join(blobs, prefix)
@@ -876,10 +1028,17 @@ class BlobStore:
                 continue
             for name in names:
                 if name.endswith(META_SUFFIX):
+                    blob_id = name[: -len(META_SUFFIX)]
+                    unrecorded.discard(blob_id)  # got its record meanwhile
                     try:
-                        yield self.stat(name[: -len(META_SUFFIX)])
+                        yield self.stat(blob_id)
                     except (BlobNotFound, FormatError, BadRequest):
                         continue
+        for blob_id in sorted(unrecorded):
+            try:
+                yield self.stat(blob_id)
+            except BlobNotFound:
+                continue
 
     def free_space(self) -> tuple[int, int]:
         return self.fs.statvfs(self.root)

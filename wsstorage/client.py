@@ -184,6 +184,10 @@ class _ClientProtocol(Protocol):
         self._pending: dict[int, _Call] = {}
         self._ids = itertools.count(1)
         self._held = False
+        #: Inside _process: a consumer that pauses and resumes us from its
+        #: write() must not start a second, nested loop over the frames (it
+        #: would see the read's next DATA while the read is being handled).
+        self._processing = False
         self.writer: BlobWriter | None = None
         self.write_blocked = False
         self._timer: Any = None
@@ -295,6 +299,15 @@ class _ClientProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
+        if self._processing:
+            return  # resumed from inside a frame's handling: the loop below goes on
+        self._processing = True
+        try:
+            self._process_frames()
+        finally:
+            self._processing = False
+
+    def _process_frames(self) -> None:
         while not self._held and self.connected:
             try:
                 frame = self._decoder.next_frame()

@@ -99,13 +99,10 @@ def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
         yield piece
 
 
-def join_data_frames(request_id: int, pieces: list[bytes]) -> bytes:
-    """DATA frames of ``MAX_DATA`` bytes carrying ``pieces``, as one bytes.
-
-    The storage server builds a read batch this way in its read-ahead
-    thread: a transport given one bytes object sends it without copying,
-    so the one copy (joining headers and bodies) is made off the reactor.
-    """
+def data_frame_iov(request_id: int, pieces: list[bytes]) -> list[bytes | memoryview]:
+    """DATA frames of ``MAX_DATA`` bytes carrying ``pieces``, as a list of
+    headers and views of the pieces (no byte of data copied), for a
+    scatter-gather ``sendmsg``."""
     parts: list[bytes | memoryview] = []
     for data in pieces:
         view = memoryview(data)
@@ -113,7 +110,43 @@ def join_data_frames(request_id: int, pieces: list[bytes]) -> bytes:
             body = view[start : start + MAX_DATA]
             parts.append(encode_header(DATA, request_id, len(body)))
             parts.append(body)
-    return b"".join(parts)
+    return parts
+
+
+def join_data_frames(request_id: int, pieces: list[bytes]) -> bytes:
+    """DATA frames of ``MAX_DATA`` bytes carrying ``pieces``, as one bytes.
+
+    The storage server builds a read batch this way in its read-ahead
+    thread when it cannot send the frames with ``sendmsg`` (under TLS): a
+    transport given one bytes object sends it without copying, so the one
+    copy (joining headers and bodies) is made off the reactor.
+    """
+    return b"".join(data_frame_iov(request_id, pieces))
+
+
+def direct_socket(transport: Any) -> Any:
+    """The socket under ``transport`` if frames may be sent on it directly
+    (``sendmsg``, bypassing the transport's buffer while that is empty), else
+    None: only a plain TCP transport (not TLS, whose protocol wraps the
+    socket's transport) that is connected and not closing."""
+    if not isinstance(transport, FileDescriptor) or tcp_transport(transport) is not transport:
+        return None
+    sock = getattr(transport, "socket", None)
+    if sock is None or not hasattr(sock, "sendmsg"):
+        return None
+    return sock
+
+
+def transport_idle(transport: Any) -> bool:
+    """True if a TCP transport holds no unsent bytes, so a direct send on its
+    socket cannot overtake anything written through it before."""
+    return (
+        transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_writeDisconnected", False)
+        and len(transport.dataBuffer) == transport.offset
+        and not transport._tempDataLen
+    )
 
 
 def decode_control(body: bytes) -> dict[str, Any]:

@@ -12,6 +12,7 @@ to fsync it (which is how a rename or a new file is made durable on Linux).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 
@@ -39,8 +40,33 @@ class OsFileSystem:
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         return os.pread(fd, length, offset)
 
+    def preadv_into(self, fd: int, buffer: memoryview, offset: int, nowait: bool = False) -> int:
+        """Read into ``buffer`` at ``offset``; return the bytes read.
+
+        With ``nowait`` only what is in the page cache is read (Linux
+        ``RWF_NOWAIT``): BlockingIOError, or a short count, instead of
+        waiting for the disk; where that flag does not exist it always
+        raises BlockingIOError, and callers take their blocking path."""
+        if not nowait:
+            return os.preadv(fd, [buffer], offset)
+        flag = getattr(os, "RWF_NOWAIT", None)
+        if flag is None:
+            raise BlockingIOError("RWF_NOWAIT is not available")
+        try:
+            return os.preadv(fd, [buffer], offset, flag)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise BlockingIOError(str(e)) from e
+            raise
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        """Flush a file's bytes and the metadata needed to read them back
+        (its size, its block map), but not its timestamps: enough for a
+        file whose name is made durable separately (``fsync_dir``)."""
+        os.fdatasync(fd)
 
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)

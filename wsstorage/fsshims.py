@@ -18,7 +18,10 @@ __all__ = ["FullDiskFileSystem", "GatedFsyncFileSystem", "RecordingFileSystem"]
 
 
 class RecordingFileSystem(OsFileSystem):
-    """Records every mutating call as ``(op, path)``; paths are basenames."""
+    """Records every mutating call as ``(op, path)``; paths are basenames.
+
+    ``fsync`` and ``fdatasync`` are recorded under their own names, so a
+    test can count each kind of flush."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -45,9 +48,17 @@ class RecordingFileSystem(OsFileSystem):
         self.calls.append(("read", self._name(fd)))
         return super().pread(fd, length, offset)
 
+    def preadv_into(self, fd: int, buffer, offset: int, nowait: bool = False) -> int:
+        self.calls.append(("read", self._name(fd)))
+        return super().preadv_into(fd, buffer, offset, nowait)
+
     def fsync(self, fd: int) -> None:
         self.calls.append(("fsync", self._name(fd)))
         super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append(("fdatasync", self._name(fd)))
+        super().fdatasync(fd)
 
     def ftruncate(self, fd: int, length: int) -> None:
         self.calls.append(("truncate", self._name(fd)))
@@ -81,7 +92,7 @@ class FullDiskFileSystem(RecordingFileSystem):
 
 
 class GatedFsyncFileSystem(OsFileSystem):
-    """Holds the first fsync of a ``.data`` file until ``release`` is set, so a
+    """Holds the first fsync or fdatasync of a ``.data`` file until ``release`` is set, so a
     test can act while a sync is in the middle of its fsync."""
 
     def __init__(self) -> None:
@@ -96,8 +107,15 @@ class GatedFsyncFileSystem(OsFileSystem):
         return fd
 
     def fsync(self, fd: int) -> None:
+        self._gate(fd)
+        super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self._gate(fd)
+        super().fdatasync(fd)
+
+    def _gate(self, fd: int) -> None:
         if self.armed and self.paths.get(fd, "").endswith(".data"):
             self.armed = False
             self.entered.set()
             self.release.wait(30)
-        super().fsync(fd)

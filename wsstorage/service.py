@@ -97,6 +97,8 @@ class Options(usage.Options):
         ["metrics", None, None, "serve Prometheus metrics on this endpoint (off by default)"],
         ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
         ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
+        ["read-ahead-kib", None, "1024", "KiB a read stream reads ahead per batch"],
+        ["read-batches", None, "2", "read-ahead batches a read stream keeps ready"],
     ]
 
     def postOptions(self) -> None:
@@ -112,6 +114,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a number") from None
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
+        for name, least in (("read-ahead-kib", 4), ("read-batches", 1)):
+            try:
+                self[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number") from None
+            if self[name] < least:
+                raise usage.UsageError(f"--{name} must be at least {least}")
         try:
             self.secret, self.secret_created = auth.ensure_secret(self["secret-file"])
         except auth.SecretError as e:
@@ -139,7 +148,13 @@ class StorageService(Service):
                 path=os.path.abspath(opts["secret-file"]),
             )
         d = start_storage_server(
-            self.reactor, opts["listen"], opts["data"], opts["name"], opts.secret
+            self.reactor,
+            opts["listen"],
+            opts["data"],
+            opts["name"],
+            opts.secret,
+            read_ahead=opts["read-ahead-kib"] * 1024,
+            read_batches=opts["read-batches"],
         )
         d.addCallbacks(self._started, self._failed)
         self._starting = d
