@@ -25,15 +25,28 @@ class Counting:
 
     def __init__(self, env: HttpEnv) -> None:
         self.catalog = 0
+        self.durable = 0  # write transactions whose commit waits for the disk
         self.reads = 0
         runner = env.catalog._runner
-        run = runner.run
+        run, read_now = runner.run, runner.read_now
 
-        def counted_run(*a, **kw):
+        def counted_run(fn, write=True, durable=True):
             self.catalog += 1
-            return run(*a, **kw)
+            self.durable += write and durable
+            return run(fn, write, durable)
+
+        def counted_read_now(*a, **kw):
+            # A read in the reactor thread is a transaction too (and one
+            # that falls back to the pool is not counted twice).
+            self.catalog += 1
+            runner.run = run
+            try:
+                return read_now(*a, **kw)
+            finally:
+                runner.run = counted_run
 
         runner.run = counted_run
+        runner.read_now = counted_read_now
         for client in env.transfer.clients:
             read = client.read
 
@@ -44,7 +57,7 @@ class Counting:
             client.read = counted_read
 
     def reset(self) -> None:
-        self.catalog = self.reads = 0
+        self.catalog = self.durable = self.reads = 0
 
 
 @pytest.fixture
@@ -235,11 +248,14 @@ async def test_concurrent_reads_pull_less_per_turn_and_the_pooled_connection_get
 async def test_a_small_upload_records_its_length_in_the_commit_alone(env):
     count = Counting(env)
     session = await env.transfers.open_write(env.user, "/small.txt", 0)
-    assert count.catalog == 2  # stat, begin_upload
+    # The lookup and begin_upload are one transaction, which waits for no
+    # disk: nothing is acknowledged for it.
+    assert (count.catalog, count.durable) == (1, 0)
     session.write(b"x" * 4096)
     version = await session.finish()
-    # The replicas sealed; one transaction commits (no checkpoint before it).
-    assert count.catalog == 3
+    # The replicas sealed; one durable transaction commits (no checkpoint
+    # before it), and its sync covers the begin too.
+    assert (count.catalog, count.durable) == (2, 1)
     assert version.size == 4096 and session.durable == 4096
     entry = await env.catalog.stat(env.transfers.full_path(env.user, "/small.txt"))
     assert entry.upload is None and entry.size == 4096
