@@ -17,6 +17,7 @@ from twisted.internet import defer
 from tests.http_env import HttpEnv, payload
 from tests.transfer_env import Collector
 from wsfront.catalog import errors as catalog_errors
+from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.service import NoCommittedVersion
 
 
@@ -84,6 +85,8 @@ async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
     data = payload(4096)
     await env.upload("/small.bin", data)
     await fetch(env, "/")  # logs in (the login is cached afterwards)
+    # As after a restart: the upload's bytes are not in the cache.
+    env.transfers.extent_cache = ExtentCache(env.transfers.extent_cache.capacity)
     count = Counting(env)
     r, body = await fetch(env, "/small.bin")
     assert r.code == 200 and body == data
@@ -93,6 +96,26 @@ async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
     r, body = await fetch(env, "/small.bin")
     assert r.code == 200 and body == data
     assert (count.catalog, count.reads) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_upload_read_back_asks_no_storage_server(env):
+    """The sealed bytes of a small upload are cached as it commits
+    (wsfront.transfer.write_through); a big one's are not."""
+    data = payload(4096)
+    await env.upload("/w.bin", data)
+    limit = env.transfers.extent_cache.max_extent
+    big = payload(limit + 1)
+    await env.upload("/big.bin", big)
+    await fetch(env, "/")
+    count = Counting(env)
+    r, body = await fetch(env, "/w.bin")
+    assert r.code == 200 and body == data
+    assert (count.catalog, count.reads) == (1, 0)
+    count.reset()
+    r, body = await fetch(env, "/big.bin")
+    assert r.code == 200 and body == big
+    assert (count.catalog, count.reads) == (1, 1)
 
 
 @pytest_twisted.ensureDeferred

@@ -32,6 +32,7 @@ from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
+from wsfront.transfer.write_through import WriteThrough
 from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
@@ -566,6 +567,9 @@ class Transfers:
         if not writers:
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
+        if self.extent_cache.capacity > 0:
+            first = next(iter(writers))
+            writers[first] = WriteThrough(writers[first], self.extent_cache)
         quota = None
         if user.quota_bytes is not None:
             # The old committed bytes are released when the new version replaces them.
