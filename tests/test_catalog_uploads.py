@@ -330,3 +330,59 @@ async def test_a_reused_blob_id_is_refused(catalog):
     await begin(catalog, "/f", "b1")
     with pytest.raises(Exists):
         await begin(catalog, "/g", "b1")
+
+
+# -- start_upload: a STOR's lookup and begin in one transaction ---------------------
+
+
+def start(cat, path, blob, offset=0, user="alice"):
+    return cat.start_upload(
+        user,
+        path,
+        offset=offset,
+        blob_id=blob,
+        replicas=["s1", "s2"],
+        wanted_replicas=2,
+        owner="fe1",
+        expires_at=cat._clock() + 3600,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_upload_begins_a_new_file_or_resumes_at_the_committed_size(catalog):
+    started = await start(catalog, "/f", "b1")
+    assert started.committed_size == 0 and started.upload.blob_start == 0
+    await catalog.commit_upload(started.upload.upload_id, 1, 10)
+    appended = await start(catalog, "/f", "b2", offset=None)  # APPE
+    assert appended.committed_size == 10 and appended.upload.blob_start == 10
+    assert spans(appended.upload.base_extents) == [("b1", 0, 10, 0)]
+    await catalog.commit_upload(appended.upload.upload_id, 1, 15)
+    rolled_back = await start(catalog, "/f", "b3", offset=4)  # REST 4 + STOR
+    assert (rolled_back.committed_size, rolled_back.upload.blob_start) == (15, 4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_upload_hands_back_a_live_upload_and_changes_nothing(catalog):
+    first = (await start(catalog, "/f", "b1")).upload
+    with pytest.raises(PendingUploadExists) as caught:
+        await start(catalog, "/f", "b2", user="bob")
+    assert caught.value.upload == first
+    with pytest.raises(NotFound):
+        await catalog.get_blob("b2")  # no blob recorded for the refused start
+    assert (await catalog.stat("/f")).upload == first
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_upload_refuses_offsets_past_the_end_and_directories(catalog):
+    with pytest.raises(InvalidOffset):
+        await start(catalog, "/new", "b1", offset=5)
+    started = await start(catalog, "/f", "b2")
+    await catalog.commit_upload(started.upload.upload_id, 1, 3)
+    with pytest.raises(InvalidOffset):
+        await start(catalog, "/f", "b3", offset=4)
+    await catalog.mkdir("/d")
+    with pytest.raises(IsADirectory):
+        await start(catalog, "/d", "b4")
+    with pytest.raises(NotFound):
+        await start(catalog, "/missing/f", "b5")
+    assert (await catalog.stat("/f")).upload is None

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from tests.http_env import HttpEnv, payload
 from tests.transfer_env import Collector
 from wsfront.catalog import errors as catalog_errors
+from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.service import NoCommittedVersion
 
 
@@ -25,15 +26,28 @@ class Counting:
 
     def __init__(self, env: HttpEnv) -> None:
         self.catalog = 0
+        self.durable = 0  # write transactions whose commit waits for the disk
         self.reads = 0
         runner = env.catalog._runner
-        run = runner.run
+        run, read_now = runner.run, runner.read_now
 
-        def counted_run(*a, **kw):
+        def counted_run(fn, write=True, durable=True):
             self.catalog += 1
-            return run(*a, **kw)
+            self.durable += write and durable
+            return run(fn, write, durable)
+
+        def counted_read_now(*a, **kw):
+            # A read in the reactor thread is a transaction too (and one
+            # that falls back to the pool is not counted twice).
+            self.catalog += 1
+            runner.run = run
+            try:
+                return read_now(*a, **kw)
+            finally:
+                runner.run = counted_run
 
         runner.run = counted_run
+        runner.read_now = counted_read_now
         for client in env.transfer.clients:
             read = client.read
 
@@ -44,7 +58,7 @@ class Counting:
             client.read = counted_read
 
     def reset(self) -> None:
-        self.catalog = self.reads = 0
+        self.catalog = self.durable = self.reads = 0
 
 
 @pytest.fixture
@@ -71,6 +85,8 @@ async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
     data = payload(4096)
     await env.upload("/small.bin", data)
     await fetch(env, "/")  # logs in (the login is cached afterwards)
+    # As after a restart: the upload's bytes are not in the cache.
+    env.transfers.extent_cache = ExtentCache(env.transfers.extent_cache.capacity)
     count = Counting(env)
     r, body = await fetch(env, "/small.bin")
     assert r.code == 200 and body == data
@@ -80,6 +96,26 @@ async def test_a_get_is_one_catalog_transaction_and_one_storage_read(env):
     r, body = await fetch(env, "/small.bin")
     assert r.code == 200 and body == data
     assert (count.catalog, count.reads) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_upload_read_back_asks_no_storage_server(env):
+    """The sealed bytes of a small upload are cached as it commits
+    (wsfront.transfer.write_through); a big one's are not."""
+    data = payload(4096)
+    await env.upload("/w.bin", data)
+    limit = env.transfers.extent_cache.max_extent
+    big = payload(limit + 1)
+    await env.upload("/big.bin", big)
+    await fetch(env, "/")
+    count = Counting(env)
+    r, body = await fetch(env, "/w.bin")
+    assert r.code == 200 and body == data
+    assert (count.catalog, count.reads) == (1, 0)
+    count.reset()
+    r, body = await fetch(env, "/big.bin")
+    assert r.code == 200 and body == big
+    assert (count.catalog, count.reads) == (1, 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -235,11 +271,14 @@ async def test_concurrent_reads_pull_less_per_turn_and_the_pooled_connection_get
 async def test_a_small_upload_records_its_length_in_the_commit_alone(env):
     count = Counting(env)
     session = await env.transfers.open_write(env.user, "/small.txt", 0)
-    assert count.catalog == 2  # stat, begin_upload
+    # The lookup and begin_upload are one transaction, which waits for no
+    # disk: nothing is acknowledged for it.
+    assert (count.catalog, count.durable) == (1, 0)
     session.write(b"x" * 4096)
     version = await session.finish()
-    # The replicas sealed; one transaction commits (no checkpoint before it).
-    assert count.catalog == 3
+    # The replicas sealed; one durable transaction commits (no checkpoint
+    # before it), and its sync covers the begin too.
+    assert (count.catalog, count.durable) == (2, 1)
     assert version.size == 4096 and session.durable == 4096
     entry = await env.catalog.stat(env.transfers.full_path(env.user, "/small.txt"))
     assert entry.upload is None and entry.size == 4096

@@ -79,6 +79,28 @@ class ICatalog(Interface):
         expired one is expired first).  Of two racing, exactly one wins.
         Fires with the UploadSession."""
 
+    def start_upload(
+        user,
+        path,
+        *,
+        offset,
+        blob_id,
+        replicas,
+        wanted_replicas,
+        owner,
+        expires_at,
+        declared_length=None,
+        meta=None,
+    ):
+        """``begin_upload`` at ``offset`` (None: at the committed size) with
+        the lookup it needs in the same transaction, for a STOR or APPE.
+        Any live upload on the path (even expired) changes nothing and fails
+        with PendingUploadExists carrying it (``.upload``), so its owner can
+        take it over; InvalidOffset above the committed size.  The commit
+        need not wait for the disk (nothing is acknowledged for it; the
+        session's next checkpoint or commit does).  Fires with an
+        UploadStart (the session, the committed size it replaces)."""
+
     def get_upload(upload_id):
         """Fire with the UploadSession (any state); NotFound."""
 

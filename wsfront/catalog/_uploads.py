@@ -57,6 +57,7 @@ from wsfront.catalog.records import (
     LIVE_STATES,
     UPLOAD_STATES,
     UploadSession,
+    UploadStart,
     Version,
 )
 
@@ -162,6 +163,54 @@ def begin_upload(
     )
     write_extents(tx, "upload_extents", "upload_id", upload_id, base)
     return load_upload(tx, upload_row(tx, upload_id))
+
+
+def start_upload(
+    tx: Tx,
+    now: float,
+    user: str,
+    path: str,
+    offset: int | None,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    owner: str,
+    expires_at: float,
+    declared_length: int | None,
+    meta: dict[str, Any] | None,
+) -> UploadStart:
+    """The lookup a STOR makes and ``begin_upload`` in one transaction:
+    begin at ``offset`` (None: at the committed size, as APPE does).
+
+    A live upload on the path (whoever owns it, expired or not, as ``stat``
+    reports it) changes nothing: PendingUploadExists carries it, for its
+    owner to take over.  An offset above the committed size is
+    InvalidOffset; a directory IsADirectory.
+    """
+    parts = split_path(path)
+    if not parts:
+        raise IsADirectory("/ is a directory")
+    parent = resolve_parent(tx, parts)
+    row = child(tx, parent, parts[-1])
+    committed = 0
+    if row is not None:
+        if row["kind"] == DIR:
+            raise IsADirectory(f"{path} is a directory")
+        live = live_upload_row(tx, row["inode"])
+        if live is not None:
+            upload = load_upload(tx, live)
+            raise PendingUploadExists(f"an upload is pending on {path}", upload=upload)
+        if row["version_id"] is not None:
+            version_id = row["version_id"]
+            committed = tx.value("SELECT size FROM versions WHERE version_id = ?", version_id)
+    base = committed if offset is None else offset
+    if base > committed:
+        raise InvalidOffset(f"offset {base} is beyond the size {committed}")
+    upload = begin_upload(
+        tx, now, user, path, base, blob_id, replicas, wanted_replicas, owner, expires_at,
+        declared_length, meta,
+    )  # fmt: skip
+    return UploadStart(upload, committed)
 
 
 def get_upload(tx: Tx, upload_id: str) -> UploadSession:

@@ -56,7 +56,9 @@ class SqlCatalog:
     # -- namespace -----------------------------------------------------------
 
     def stat(self, path: str) -> Deferred:
-        return self._read(_namespace.stat, path)
+        # The lookup of every RETR, SIZE and CWD: at once where the backend
+        # allows it (Runner.read_now), sparing a thread hop per command.
+        return self._runner.read_now(lambda tx: _namespace.stat(tx, path))
 
     def list_dir(
         self, path: str, after: str | None = None, limit: int = 1000, include_pending: bool = False
@@ -105,6 +107,32 @@ class SqlCatalog:
             declared_length,
             dict(meta or {}),
         )
+
+    def start_upload(
+        self,
+        user: str,
+        path: str,
+        *,
+        offset: int | None,
+        blob_id: str,
+        replicas: Iterable[str],
+        wanted_replicas: int,
+        owner: str,
+        expires_at: float,
+        declared_length: int | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Deferred:
+        # Not durable: nothing is acknowledged for a begun upload, and the
+        # checkpoint or commit that follows (synchronous) makes it durable.
+        # Lost with the machine before then, its blobs are GC's orphans.
+        return self._runner.run(
+            lambda tx: _uploads.start_upload(
+                tx, self._now(), user, path, offset, blob_id, list(replicas), wanted_replicas,
+                owner, expires_at, declared_length, dict(meta or {}),
+            ),
+            write=True,
+            durable=False,
+        ).addErrback(self._translate)  # fmt: skip
 
     def get_upload(self, upload_id: str) -> Deferred:
         return self._read(_uploads.get_upload, upload_id)

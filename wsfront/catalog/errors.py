@@ -47,7 +47,13 @@ class InvalidMove(CatalogError):
 
 
 class PendingUploadExists(CatalogError):
-    """A live upload owned by another session is pending on this path."""
+    """A live upload owned by another session is pending on this path.
+    ``upload`` is that session when the catalog looked it up (``start_upload``),
+    so its owner can take it over without another lookup."""
+
+    def __init__(self, *args: object, upload: object | None = None) -> None:
+        super().__init__(*args)
+        self.upload = upload
 
 
 class EpochConflict(CatalogError):

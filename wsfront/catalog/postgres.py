@@ -43,8 +43,13 @@ class PostgresBackend(Backend):
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, row_factory=dict_row, autocommit=False)
 
-    def begin(self, conn: psycopg.Connection, write: bool) -> Any:
-        return conn.cursor()
+    def begin(self, conn: psycopg.Connection, write: bool, durable: bool = True) -> Any:
+        cursor = conn.cursor()
+        if not durable:
+            # Commit without waiting for the WAL flush; WAL is flushed in
+            # order, so the next synchronous commit makes this one durable.
+            cursor.execute("SET LOCAL synchronous_commit = off")
+        return cursor
 
     def commit(self, conn: psycopg.Connection, cursor: Any) -> None:
         conn.commit()

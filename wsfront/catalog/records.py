@@ -116,6 +116,15 @@ class UploadSession:
 
 
 @attrs.frozen
+class UploadStart:
+    """What ``start_upload`` began: the new session, and the committed size
+    of the file it will replace (0 for a new file)."""
+
+    upload: UploadSession
+    committed_size: int
+
+
+@attrs.frozen
 class Entry:
     """A name in the namespace, as ``stat`` and ``list_dir`` see it.
 

@@ -26,26 +26,41 @@ class SQLiteBackend(Backend):
         "name": "TEXT",
     }
 
+    inline_reads = True
+
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=BUSY_TIMEOUT_SECONDS,
+            timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
-    def begin(self, conn: sqlite3.Connection, write: bool) -> Any:
+    def connect_inline(self) -> sqlite3.Connection:
+        return self.connect(busy_timeout=0.0)
+
+    def begin(self, conn: sqlite3.Connection, write: bool, durable: bool = True) -> Any:
+        if not durable:
+            # WAL mode, synchronous=NORMAL: this commit is not fsync'd, but
+            # it is in the WAL before any later commit, whose fsync (FULL)
+            # covers it.  A crash of the process loses nothing; one of the
+            # machine loses only what no durable commit followed.
+            conn.execute("PRAGMA synchronous = NORMAL")
         cursor = conn.cursor()
         cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         return cursor
+
+    def end(self, conn: sqlite3.Connection, durable: bool) -> None:
+        if not durable:
+            conn.execute("PRAGMA synchronous = FULL")
 
     def commit(self, conn: sqlite3.Connection, cursor: Any) -> None:
         cursor.execute("COMMIT")

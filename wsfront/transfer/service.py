@@ -32,6 +32,7 @@ from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
+from wsfront.transfer.write_through import WriteThrough
 from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
@@ -333,6 +334,9 @@ class Transfers:
     def _open_write(self, user, vpath, offset, append, declared_length, meta, check=None):
         self._need(user, "write")
         full = self.full_path(user, vpath)
+        if check is None:
+            session = yield self._start_write(user, vpath, offset, append, declared_length, meta)
+            return session
         try:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
@@ -375,6 +379,48 @@ class Transfers:
             )
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
+        self._log_start(upload, user, full, offset, replicas)
+        session = yield self._open_session(user, upload, committed)
+        return session
+
+    @inlineCallbacks
+    def _start_write(self, user, vpath, offset, append, declared_length, meta):
+        """``_open_write`` without an adapter's check: the lookup and the
+        start of a new upload are one catalog transaction (``start_upload``),
+        whose commit waits for no disk; a pending upload found instead is
+        taken over (the user's own) or busy, as after a separate lookup."""
+        full = self.full_path(user, vpath)
+        replicas = self._choose_replicas()
+        blob_id = new_blob_id()
+        try:
+            started = yield self.catalog.start_upload(
+                user.name,
+                full,
+                offset=None if append else offset,
+                blob_id=blob_id,
+                replicas=list(replicas),
+                wanted_replicas=self.settings.replicas,
+                owner=self.name,
+                expires_at=self._expiry(),
+                declared_length=declared_length,
+                meta=dict(meta or {}),
+            )
+        except catalog_errors.PendingUploadExists as e:
+            upload = e.upload
+            if upload is None:
+                raise UploadBusy(str(e)) from e
+            if upload.user != user.name:
+                raise UploadBusy(f"{vpath} has a pending upload of another user") from e
+            session = yield self._take_over(user, upload, upload.checkpoint if append else offset)
+            return session
+        except catalog_errors.InvalidOffset as e:
+            raise OffsetTooLarge(str(e)) from e
+        upload = started.upload
+        self._log_start(upload, user, full, upload.blob_start, replicas)
+        session = yield self._open_session(user, upload, started.committed_size)
+        return session
+
+    def _log_start(self, upload, user, full, offset, replicas) -> None:
         log.info(
             "upload {id} starts: {user} {path} at {offset} on {replicas}",
             id=upload.upload_id,
@@ -383,8 +429,6 @@ class Transfers:
             offset=offset,
             replicas=",".join(replicas),
         )
-        session = yield self._open_session(user, upload, committed)
-        return session
 
     def _replica_damaged(self, blob_id: str, node: str) -> None:
         """A read found a bad block: mark that replica stale for repair."""
@@ -523,6 +567,9 @@ class Transfers:
         if not writers:
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
+        if self.extent_cache.capacity > 0:
+            first = next(iter(writers))
+            writers[first] = WriteThrough(writers[first], self.extent_cache)
         quota = None
         if user.quota_bytes is not None:
             # The old committed bytes are released when the new version replaces them.
