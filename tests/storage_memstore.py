@@ -182,6 +182,9 @@ class MemoryBlobStore:
     def list_blobs(self) -> list[BlobInfo]:
         return [b.info(i) for i, b in sorted(self.blobs.items())]
 
+    def count_blobs(self) -> int:
+        return len(self.blobs)
+
     def free_space(self) -> tuple[int, int]:
         return (0 if self.full else 10**9, 10**9)
 

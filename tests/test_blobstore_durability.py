@@ -504,3 +504,24 @@ def test_damaged_record_is_reported_and_does_not_stop_the_store(tmp_path):
         store.stat("bad")
     assert os.path.exists(paths(store, "bad").data)
     store.close()
+
+
+def test_the_blob_count_follows_creates_deletes_and_restarts_without_reading_records(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    for name in ("a", "b", "bad"):
+        write_all(store, name, pattern(10)).seal()
+    synced = write_all(store, "synced", pattern(10))
+    synced.sync()
+    write_all(store, "never-synced", pattern(10))
+    listed = lambda: sorted(i.blob_id for i in store.list_blobs())  # noqa: E731
+    assert store.count_blobs() == len(listed()) == 5
+    store.delete("a")
+    assert store.count_blobs() == len(listed()) == 4
+    store.close()
+    with open(paths(store, "bad").meta, "wb") as f:
+        f.write(b"{not json")
+    # The restart drops the never-synced blob and cannot read "bad".
+    store = BlobStore.open(store.root)
+    assert listed() == ["b", "synced"]
+    assert store.count_blobs() == 2
+    store.close()

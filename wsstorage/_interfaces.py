@@ -135,5 +135,9 @@ class IBlobStore(Interface):
     def list_blobs():
         """Return an iterable of BlobInfo."""
 
+    def count_blobs():
+        """How many blobs list_blobs would return, without reading them:
+        health reports it on every probe."""
+
     def free_space():
         """Return (free_bytes, total_bytes)."""

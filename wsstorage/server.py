@@ -490,8 +490,7 @@ class StorageServerProtocol(Protocol):
 
         def probe() -> dict[str, Any]:
             free, total = store.free_space()
-            blobs = sum(1 for _ in store.list_blobs())
-            return {"free_bytes": free, "total_bytes": total, "blobs": blobs}
+            return {"free_bytes": free, "total_bytes": total, "blobs": store.count_blobs()}
 
         def reply(r: dict[str, Any]) -> dict[str, Any]:
             r.update(
