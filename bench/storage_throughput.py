@@ -391,12 +391,25 @@ def durable_files(directory: Path, count: int) -> float:
     return elapsed
 
 
-def strace_counts(path: Path) -> dict[str, int]:
+#: The system calls a traced plain server's summary reports on a blob write.
+WRITE_SYSCALLS = (
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "recvfrom",
+    "read",
+    "sendto",
+    "fdatasync",
+    "fsync",
+)
+
+
+def strace_counts(path: Path, names: tuple[str, ...] = ("fsync", "fdatasync")) -> dict[str, int]:
     """Calls per syscall from an ``strace -c`` summary file."""
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync") and parts[3].isdigit():
+        if len(parts) >= 5 and parts[-1] in names and parts[3].isdigit():
             counts[parts[-1]] = int(parts[3])
     return counts
 
@@ -484,7 +497,10 @@ def main() -> None:
         "--small", type=int, default=0, metavar="N", help="measure N 4 KiB blobs instead"
     )
     parser.add_argument(
-        "--strace", action="store_true", help="with --small: count the server's fsyncs"
+        "--strace",
+        action="store_true",
+        help="count the plain server's system calls (strace -f -c; per blob with --small,"
+        " per MiB written otherwise, where its CPU figures then include strace's cost)",
     )
     parser.add_argument("--reference-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -512,20 +528,37 @@ def main() -> None:
         port = free_port()
         servers["ra"] = (port, f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
         extra["ra"] = ["--read-ahead-kib", kib, "--read-batches", batches or "1"]
+    trace = workdir / "strace.txt"
+    wraps: dict[str, list[str]] = {}
+    if args.strace:
+        calls = ",".join(WRITE_SYSCALLS)
+        wraps["plain"] = [
+            *os.environ.get("WSFS_BENCH_STRACE", "strace -f -c").split(),
+            "-e",
+            f"trace={calls}",
+            "-o",
+            str(trace),
+        ]
     procs = {
-        kind: start_server(workdir, kind, listen, extra=extra.get(kind))
+        kind: start_server(workdir, kind, listen, wraps.get(kind), extra=extra.get(kind))
         for kind, (_, listen, _) in servers.items()
     }
     ref, ref_port = start_reference_peer()
+    traced = None
     try:
         for kind, (port, _, _) in servers.items():
             wait_listening(procs[kind], port, workdir / f"{kind}.log")
+        if args.strace:  # strace's child is the server
+            with open(f"/proc/{procs['plain'].pid}/task/{procs['plain'].pid}/children") as f:
+                traced = int(f.read().split()[0])
         secret = (workdir / "secret").read_bytes().strip()
         endpoints = {kind: connect for kind, (_, _, connect) in servers.items()}
         result: dict = {}
 
         async def run(reactor):
             pids = {kind: proc.pid for kind, proc in procs.items()}
+            if traced is not None:
+                pids["plain"] = traced
             pids["ref"] = ref.pid
             result.update(
                 await wire(
@@ -547,11 +580,20 @@ def main() -> None:
             if e.code:
                 raise
         rss = {kind: peak_rss_mib(proc.pid) for kind, proc in procs.items()}
+        if traced is not None:
+            rss["plain"] = peak_rss_mib(traced)
     finally:
+        if traced is not None:  # stop the traced server; strace then writes its summary
+            os.kill(traced, signal.SIGTERM)
         for p in (*procs.values(), ref):
             p.terminate()
             p.wait()
     report(args, size, result, rss)
+    if args.strace:
+        mib = size // MiB * (args.write_rounds + args.rounds)
+        counts = strace_counts(trace, WRITE_SYSCALLS)
+        per_mib = {k: round(v / mib, 2) for k, v in sorted(counts.items())}
+        print(f"plain server syscalls per MiB moved (strace -f -c, {mib} MiB): {per_mib}")
     if not args.dir:
         shutil.rmtree(workdir, ignore_errors=True)
 
