@@ -292,9 +292,22 @@ class _Blob:
         return out
 
     def write_entries(self, entries: list[tuple[int, int, int]]) -> None:
+        """Write checksum entries into ``.sums``: one ``pwrite`` per run of
+        consecutive indexes (a sync after 1 MiB of 64 KiB blocks writes 16
+        adjacent entries; one call instead of sixteen)."""
         assert self.sums_fd is not None
+        run: list[bytes] = []
+        start = next_index = -1
         for index, covered, value in entries:
-            self.fs.pwrite_all(self.sums_fd, ENTRY.pack(covered, value), index * ENTRY.size)
+            if index != next_index and run:
+                self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+                run = []
+            if not run:
+                start = index
+            run.append(ENTRY.pack(covered, value))
+            next_index = index + 1
+        if run:
+            self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
         for index, covered, _ in entries:
             if covered == self.block_size:
                 self.pending.pop(index, None)
