@@ -55,10 +55,10 @@ async def test_blob_of_several_mib_round_trips_over_tcp(client) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_writer_sends_data_frames_straight_to_an_idle_socket(client) -> None:
-    """Over plain TCP a write goes out with one sendmsg of the frame header
-    and a view of the caller's bytes, leaving nothing joined in the
-    transport (writeSequence would queue a copy); once the socket is full
-    the rest queues in the transport behind it, in order."""
+    """Over plain TCP writes are queued as headers and views of the
+    caller's bytes for one sendmsg, leaving nothing joined in the transport
+    (writeSequence would queue a copy); once the socket is full the rest
+    queues in the transport behind it, in order, before the commit."""
     data = pattern(8 * 1024 * 1024 + 5)
     w = await client.write("direct", 1, 0, {})
     transport = w.conn.transport
