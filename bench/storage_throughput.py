@@ -85,7 +85,8 @@ def process_cpu(pid: int) -> float:
 # recv_into a reused buffer on the other; no framing, no checksums, no disk.
 
 CHUNK = TRANSPORT_BUFFER
-#: What the bench's writer hands the wire client per write() (a front end's size).
+#: What the bench's writer hands the wire client per write() by default (a
+#: front end relays what its client's connection gives it: ``--write-chunk-kib``).
 WRITE_CHUNK = 256 * 1024
 _REQUEST = struct.Struct("!cQ")  # b"r" (peer sends) or b"w" (peer receives), size
 
@@ -157,13 +158,13 @@ def socket_copy(port: int, size: int, direction: str, cpu: list | None = None) -
 class PatternProducer:
     """Feeds ``size`` bytes into a writer, honouring pause/resume."""
 
-    def __init__(self, reactor, writer, size: int) -> None:
+    def __init__(self, reactor, writer, size: int, chunk: int = WRITE_CHUNK) -> None:
         self.reactor = reactor
         self.writer = writer
         self.left = size
         self.paused = False
         self.block = pattern_block()
-        self.chunks = [self.block[i : i + WRITE_CHUNK] for i in range(0, MiB, WRITE_CHUNK)]
+        self.chunks = [self.block[i : i + chunk] for i in range(0, MiB, chunk)]
         self.i = 0
         self.done: defer.Deferred = defer.Deferred()
         self.scheduled = None
@@ -270,10 +271,12 @@ async def timed_read(client: StorageClient, cpu: list | None = None) -> float:
     return elapsed
 
 
-async def timed_write(reactor, client: StorageClient, size: int) -> float:
+async def timed_write(
+    reactor, client: StorageClient, size: int, blob: str = "bench", chunk: int = WRITE_CHUNK
+) -> float:
     start = time.perf_counter()
-    writer = await client.write("bench", 1, 0, {"bench": True})
-    producer = PatternProducer(reactor, writer, size)
+    writer = await client.write(blob, 1, 0, {"bench": True})
+    producer = PatternProducer(reactor, writer, size, chunk)
     writer.registerProducer(producer, True)
     producer.resumeProducing()
     await producer.done
@@ -291,21 +294,44 @@ async def wire(
     rounds: int,
     ref_port: int,
     pids: dict[str, int],
+    write_rounds: int = 1,
+    write_chunk: int = WRITE_CHUNK,
 ) -> dict:
-    """Write the blob to every server, then per round read it from each and
+    """Write the blob to every server ``write_rounds`` times, each round
+    followed by one socket-copy write, then per round read it from each and
     make one socket-copy read, alternating, so all see the same machine
-    load (this box is shared); returns seconds, and CPU seconds per read of
-    each side (``cpu``: kind -> (sender, receiver) lists; a machine shared
-    with other work slows a read but does not change what it costs)."""
+    load (this box is shared); returns seconds, and CPU seconds per write
+    and per read of each side (``cpu``/``wcpu``: kind -> (server, client)
+    lists; a machine shared with other work slows a transfer but does not
+    change what it costs)."""
     from twisted.internet import threads
 
     clients = {
         kind: StorageClient(reactor, "bench", ep, secret, idle_timeout=30)
         for kind, ep in endpoints.items()
     }
-    out: dict = {"ref": [], "write": {}, "cpu": {"ref": ([], [])}}
-    for kind, client in clients.items():
-        out["write"][kind] = await timed_write(reactor, client, size)
+    out: dict = {"ref": [], "write": {}, "cpu": {"ref": ([], [])}, "wref": [], "wcpu": {}}
+    out["wcpu"]["ref"] = ([], [])
+    for kind in clients:
+        out["write"][kind] = []
+        out["wcpu"][kind] = ([], [])
+    for i in range(write_rounds):
+        # The last round writes the blob the reads use; earlier ones are deleted.
+        blob = "bench" if i == write_rounds - 1 else f"bench-{i}"
+        for kind, client in clients.items():
+            server, cl = out["wcpu"][kind]
+            before = process_cpu(pids[kind])
+            cpu_start = time.thread_time()
+            out["write"][kind].append(await timed_write(reactor, client, size, blob, write_chunk))
+            cl.append(time.thread_time() - cpu_start)
+            server.append(process_cpu(pids[kind]) - before)
+            if blob != "bench":
+                await client.delete(blob)
+        server, cl = out["wcpu"]["ref"]
+        before = process_cpu(pids["ref"])
+        out["wref"].append(await threads.deferToThread(socket_copy, ref_port, size, "write", cl))
+        server.append(process_cpu(pids["ref"]) - before)
+    for kind in clients:
         out[kind] = []
         out["cpu"][kind] = ([], [])
     for _ in range(rounds):
@@ -365,12 +391,25 @@ def durable_files(directory: Path, count: int) -> float:
     return elapsed
 
 
-def strace_counts(path: Path) -> dict[str, int]:
+#: The system calls a traced plain server's summary reports on a blob write.
+WRITE_SYSCALLS = (
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "recvfrom",
+    "read",
+    "sendto",
+    "fdatasync",
+    "fsync",
+)
+
+
+def strace_counts(path: Path, names: tuple[str, ...] = ("fsync", "fdatasync")) -> dict[str, int]:
     """Calls per syscall from an ``strace -c`` summary file."""
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync") and parts[3].isdigit():
+        if len(parts) >= 5 and parts[-1] in names and parts[3].isdigit():
             counts[parts[-1]] = int(parts[3])
     return counts
 
@@ -434,6 +473,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="blob size (default 1024)")
     parser.add_argument("--rounds", type=int, default=5, help="read rounds (default 5)")
+    parser.add_argument(
+        "--write-rounds", type=int, default=1, help="write rounds (default 1), alternating"
+    )
+    parser.add_argument(
+        "--write-chunk-kib",
+        type=int,
+        default=WRITE_CHUNK // 1024,
+        help="bytes per writer.write() in KiB (default 256; an HTTP front end relays less)",
+    )
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     parser.add_argument(
         "--tls",
@@ -449,7 +497,10 @@ def main() -> None:
         "--small", type=int, default=0, metavar="N", help="measure N 4 KiB blobs instead"
     )
     parser.add_argument(
-        "--strace", action="store_true", help="with --small: count the server's fsyncs"
+        "--strace",
+        action="store_true",
+        help="count the plain server's system calls (strace -f -c; per blob with --small,"
+        " per MiB written otherwise, where its CPU figures then include strace's cost)",
     )
     parser.add_argument("--reference-peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -477,22 +528,51 @@ def main() -> None:
         port = free_port()
         servers["ra"] = (port, f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
         extra["ra"] = ["--read-ahead-kib", kib, "--read-batches", batches or "1"]
+    trace = workdir / "strace.txt"
+    wraps: dict[str, list[str]] = {}
+    if args.strace:
+        calls = ",".join(WRITE_SYSCALLS)
+        wraps["plain"] = [
+            *os.environ.get("WSFS_BENCH_STRACE", "strace -f -c").split(),
+            "-e",
+            f"trace={calls}",
+            "-o",
+            str(trace),
+        ]
     procs = {
-        kind: start_server(workdir, kind, listen, extra=extra.get(kind))
+        kind: start_server(workdir, kind, listen, wraps.get(kind), extra=extra.get(kind))
         for kind, (_, listen, _) in servers.items()
     }
     ref, ref_port = start_reference_peer()
+    traced = None
     try:
         for kind, (port, _, _) in servers.items():
             wait_listening(procs[kind], port, workdir / f"{kind}.log")
+        if args.strace:  # strace's child is the server
+            with open(f"/proc/{procs['plain'].pid}/task/{procs['plain'].pid}/children") as f:
+                traced = int(f.read().split()[0])
         secret = (workdir / "secret").read_bytes().strip()
         endpoints = {kind: connect for kind, (_, _, connect) in servers.items()}
         result: dict = {}
 
         async def run(reactor):
             pids = {kind: proc.pid for kind, proc in procs.items()}
+            if traced is not None:
+                pids["plain"] = traced
             pids["ref"] = ref.pid
-            result.update(await wire(reactor, endpoints, secret, size, args.rounds, ref_port, pids))
+            result.update(
+                await wire(
+                    reactor,
+                    endpoints,
+                    secret,
+                    size,
+                    args.rounds,
+                    ref_port,
+                    pids,
+                    args.write_rounds,
+                    args.write_chunk_kib * 1024,
+                )
+            )
 
         try:
             task.react(lambda r: defer.ensureDeferred(run(r)))
@@ -500,19 +580,25 @@ def main() -> None:
             if e.code:
                 raise
         rss = {kind: peak_rss_mib(proc.pid) for kind, proc in procs.items()}
-        ref_write = socket_copy(ref_port, size, "write")
+        if traced is not None:
+            rss["plain"] = peak_rss_mib(traced)
     finally:
+        if traced is not None:  # stop the traced server; strace then writes its summary
+            os.kill(traced, signal.SIGTERM)
         for p in (*procs.values(), ref):
             p.terminate()
             p.wait()
-    report(args, size, result, ref_write, rss)
+    report(args, size, result, rss)
+    if args.strace:
+        mib = size // MiB * (args.write_rounds + args.rounds)
+        counts = strace_counts(trace, WRITE_SYSCALLS)
+        per_mib = {k: round(v / mib, 2) for k, v in sorted(counts.items())}
+        print(f"plain server syscalls per MiB moved (strace -f -c, {mib} MiB): {per_mib}")
     if not args.dir:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(
-    args: argparse.Namespace, size: int, result: dict, ref_write: float, rss: dict[str, float]
-) -> None:
+def report(args: argparse.Namespace, size: int, result: dict, rss: dict[str, float]) -> None:
     mb = size / 1e6
     refs = result["ref"]
 
@@ -528,38 +614,53 @@ def report(
 
     print(
         f"blob size {args.size_mib} MiB over 127.0.0.1, python {sys.version.split()[0]},"
-        f" {args.rounds} alternating rounds"
+        f" {args.rounds} alternating read rounds, {args.write_rounds} write rounds of"
+        f" {args.write_chunk_kib} KiB writes"
     )
-    for kind in ("plain", "tls", "ra"):
-        if kind in result:
-            print(f"read   wire {kind:5} {speeds(result[kind])} MB/s")
-    print(f"read   socket copy {speeds(refs)} MB/s")
-    print(ratio_line("plain", refs, "socket copy"))
-    if "tls" in result:
-        print(ratio_line("tls", refs, "socket copy"))
-        print(ratio_line("tls", result["plain"], "plain wire "))
-    if "ra" in result:
-        print(f"(ra = a server with --read-ahead {args.read_ahead})")
-        print(ratio_line("ra", refs, "socket copy"))
-        print(ratio_line("ra", result["plain"], "plain wire "))
-    for kind, write_s in result["write"].items():
-        print(
-            f"write  wire {kind:5} {mb / write_s:7.1f} MB/s (incl. commit fsync) vs socket copy"
-            f" {mb / ref_write:7.1f} MB/s: ratio {ref_write / write_s:4.2f}"
-        )
     gib = size / 2**30
-    ref_cpu = [sum(p) / gib for p in zip(*result["cpu"]["ref"])]
-    for kind in ("plain", "tls", "ra"):
-        if kind in result:
-            cpu = result["cpu"][kind]
-            send, recv = (statistics.median(x) / gib for x in cpu)
-            ratios = [sum(p) / gib / r for p, r in zip(zip(*cpu), ref_cpu)]
-            print(
-                f"cpu    wire {kind:5} server {send:5.2f} + client {recv:5.2f} s/GiB;"
-                f" total vs socket copy: median {statistics.median(ratios):4.2f}x"
-            )
-    ref_send, ref_recv = (statistics.median(x) / gib for x in result["cpu"]["ref"])
-    print(f"cpu    socket copy  sender {ref_send:5.2f} + receiver {ref_recv:5.2f} s/GiB")
+    if refs:
+        for kind in ("plain", "tls", "ra"):
+            if kind in result:
+                print(f"read   wire {kind:5} {speeds(result[kind])} MB/s")
+        print(f"read   socket copy {speeds(refs)} MB/s")
+        print(ratio_line("plain", refs, "socket copy"))
+        if "tls" in result:
+            print(ratio_line("tls", refs, "socket copy"))
+            print(ratio_line("tls", result["plain"], "plain wire "))
+        if "ra" in result:
+            print(f"(ra = a server with --read-ahead {args.read_ahead})")
+            print(ratio_line("ra", refs, "socket copy"))
+            print(ratio_line("ra", result["plain"], "plain wire "))
+    wrefs = result["wref"]
+    print(f"write  socket copy {speeds(wrefs)} MB/s")
+    for kind, times in result["write"].items():
+        ratios = [r / t for r, t in zip(wrefs, times)]
+        print(
+            f"write  wire {kind:5} {speeds(times)} MB/s (incl. commit fsync): ratio vs socket"
+            f" copy median {statistics.median(ratios):4.2f}"
+            f" (per round {' '.join(f'{r:4.2f}' for r in ratios)})"
+        )
+    for kind, (server, client) in result["wcpu"].items():
+        who = ("receiver", "sender") if kind == "ref" else ("server", "client")
+        name = "socket copy " if kind == "ref" else f"wire {kind:5}  "
+        print(
+            f"cpu    write {name} {who[0]} {statistics.median(server) / gib:5.2f} +"
+            f" {who[1]} {statistics.median(client) / gib:5.2f} s/GiB"
+            f" (per round {who[0]} {' '.join(f'{x / gib:4.2f}' for x in server)})"
+        )
+    if refs:
+        ref_cpu = [sum(p) / gib for p in zip(*result["cpu"]["ref"])]
+        for kind in ("plain", "tls", "ra"):
+            if kind in result:
+                cpu = result["cpu"][kind]
+                send, recv = (statistics.median(x) / gib for x in cpu)
+                ratios = [sum(p) / gib / r for p, r in zip(zip(*cpu), ref_cpu)]
+                print(
+                    f"cpu    read  wire {kind:5} server {send:5.2f} + client {recv:5.2f} s/GiB;"
+                    f" total vs socket copy: median {statistics.median(ratios):4.2f}x"
+                )
+        ref_send, ref_recv = (statistics.median(x) / gib for x in result["cpu"]["ref"])
+        print(f"cpu    read  socket copy  sender {ref_send:5.2f} + receiver {ref_recv:5.2f} s/GiB")
     print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
     print("       acknowledged; the write figure includes it, the socket copy has none)")
     for kind, peak in rss.items():

@@ -392,8 +392,12 @@ class StorageContract:
 
     @pytest_twisted.inlineCallbacks
     def test_writer_pauses_registered_producer_and_keeps_every_byte(self, storage):
+        # 16 MiB written in one reactor turn: more than the socket buffers
+        # (4 MiB send buffer at most here) can take while the server, in
+        # this process, cannot read, even though the wire client hands
+        # what the socket takes straight to it and queues only the rest.
         client = yield self._client(storage)
-        blob, data = new_id(), pattern(4 * MiB, 4)
+        blob, data = new_id(), pattern(16 * MiB, 4)
         writer = yield client.write(blob, 1, 0, {})
         producer = ChunkProducer(writer, data)
         writer.registerProducer(producer, True)

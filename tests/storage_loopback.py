@@ -59,11 +59,17 @@ class Loopback:
 
 
 class Rig:
-    """A memory store, a server factory, a client, all on one Clock."""
+    """A memory store (or ``store``), a server factory, a client, all on one Clock."""
 
-    def __init__(self, secret: bytes = SECRET, client_secret: bytes | None = None, **kw: Any):
+    def __init__(
+        self,
+        secret: bytes = SECRET,
+        client_secret: bytes | None = None,
+        store: Any = None,
+        **kw: Any,
+    ):
         self.clock = MemoryReactorClock()
-        self.store = MemoryBlobStore()
+        self.store = MemoryBlobStore() if store is None else store
         self.factory = StorageServerFactory(
             self.clock, self.store, "s1", secret, run_blocking=run_now
         )

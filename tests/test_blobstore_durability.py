@@ -25,6 +25,7 @@ from wsstorage.errors import (
     InvalidOffset,
     StaleEpoch,
 )
+from wsstorage.fsops import OsFileSystem
 from wsstorage.fsshims import FullDiskFileSystem, GatedFsyncFileSystem, RecordingFileSystem
 from wsstorage.records import INCOMPLETE, OPEN, SEALED
 
@@ -131,7 +132,7 @@ def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
     # reports survives a crash.
     assert writes == [
         ("fdatasync", "b.data"),
-        *[("write", "b.sums")] * 3,
+        ("write", "b.sums"),  # three adjacent entries, one pwrite
         ("fdatasync", "b.sums"),
         ("fsync_dir", "blobs"),
         ("write", "b.meta.tmp"),
@@ -142,7 +143,7 @@ def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
     fs.calls.clear()
     handle.sync()
     writes = [c for c in fs.calls if c[0] in (*SYNCS, "write")]
-    assert writes == [("fdatasync", "b.data"), *[("write", "b.sums")] * 2, ("fdatasync", "b.sums")]
+    assert writes == [("fdatasync", "b.data"), ("write", "b.sums"), ("fdatasync", "b.sums")]
     fs.calls.clear()
     handle.seal()  # every byte is durable already: only the sealed record
     assert syncs(fs) == [("fsync", "b.meta.tmp"), ("fsync_dir", directory)]
@@ -392,6 +393,52 @@ def test_disk_full_during_write_leaves_blob_and_others_intact(tmp_path):
     assert read_all(store, "b") == pattern(1000) + b"z" * 10
     assert read_all(store, "other") == other
     store.close()
+
+
+def test_disk_full_in_a_batch_of_pieces_accepts_none_of_them(tmp_path):
+    """``write_pieces`` (one pwritev for the DATA frames of a socket read) is
+    all or nothing like ``write``: a short write then ENOSPC leaves the size
+    and the file as they were."""
+    fs = FullDiskFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(1000))
+    fs.full, fs.allow = True, 700
+    with pytest.raises(DiskFull):
+        handle.write_pieces([memoryview(pattern(500, seed=i)) for i in range(4)])
+    assert handle.size == 1000
+    assert os.path.getsize(paths(store, "b").data) == 1000
+    fs.full = False
+    pieces = [pattern(BLOCK // 3 + i, seed=i) for i in range(2000)]  # > IOV_MAX pieces
+    handle.write_pieces([memoryview(p) for p in pieces])
+    assert handle.seal().size == 1000 + sum(map(len, pieces))
+    assert read_all(store, "b") == pattern(1000) + b"".join(pieces)
+    store = reopen(store)
+    assert read_all(store, "b") == pattern(1000) + b"".join(pieces)
+    store.close()
+
+
+class ShortWritesFileSystem(OsFileSystem):
+    """Writes at most 1000 bytes per call, as a kernel may."""
+
+    def pwritev(self, fd, buffers, offset):
+        room, kept = 1000, []
+        for b in buffers:
+            if room <= 0:
+                break
+            kept.append(memoryview(b)[:room])
+            room -= len(kept[-1])
+        return super().pwritev(fd, kept, offset)
+
+
+def test_pwritev_all_resumes_short_writes_mid_piece(tmp_path):
+    fs = ShortWritesFileSystem()
+    pieces = [pattern(n, seed=n) for n in (10, 999, 1, 2500, 0, 7)]
+    fd = fs.open(str(tmp_path / "f"), os.O_WRONLY | os.O_CREAT)
+    try:
+        fs.pwritev_all(fd, pieces, 5)
+    finally:
+        fs.close(fd)
+    assert (tmp_path / "f").read_bytes() == bytes(5) + b"".join(pieces)
 
 
 def test_disk_full_while_sealing_keeps_blob_unsealed_and_retryable(tmp_path):

@@ -154,3 +154,28 @@ def test_only_a_plain_tcp_transport_is_sent_on_directly() -> None:
         transport = StringTransport()
 
     assert framing.direct_socket(Wrapper()) is None
+
+
+def test_data_views_decoder_hands_out_views_of_the_fed_chunks() -> None:
+    """With ``data_views`` a DATA body is views into the bytes fed (one per
+    chunk it spans), so the storage server copies no payload byte."""
+    body = bytes(range(256)) * 40
+    wire = framing.encode_header(framing.DATA, 7, len(body)) + body
+    first, second = wire[:5000], wire[5000:]
+    decoder = framing.FrameDecoder(data_views=True)
+    decoder.feed(first)
+    decoder.feed(second)
+    ftype, rid, views = decoder.next_frame()
+    assert (ftype, rid) == (framing.DATA, 7)
+    assert [v.obj for v in views] == [first, second]
+    assert b"".join(views) == body
+    assert decoder.buffered == 0
+
+
+def test_data_views_decoder_still_parses_control_frames() -> None:
+    decoder = framing.FrameDecoder(data_views=True)
+    frames = list(decoder.frames(framing.encode_control(framing.REQUEST, 3, {"op": "stat"})))
+    assert frames == [(framing.REQUEST, 3, {"op": "stat"})]
+    assert list(decoder.frames(framing.encode_header(framing.DATA, 3, 0))) == [
+        (framing.DATA, 3, [])
+    ]

@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from tests.storage_loopback import SECRET, CollectingConsumer, Rig
 from tests.storage_memstore import BLOCK
 from wsstorage import auth, failpoints, framing, server
+from wsstorage.blobstore import BlobStore
 from wsstorage.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -26,6 +27,7 @@ from wsstorage.errors import (
     StaleEpoch,
     StorageError,
 )
+from wsstorage.fsshims import RecordingFileSystem
 from wsstorage.records import SEALED
 
 
@@ -288,6 +290,43 @@ def test_write_failpoint_cuts_the_chunk_exactly_at_its_threshold(rig: Rig, monke
     with pytest.raises(StorageError, match="FailpointError"):
         rig.result(failed)
     assert rig.store.blobs["b1"].data == b"a" * 600 + b"b" * 400
+
+
+def test_write_failpoint_cuts_a_batch_of_frames_at_its_threshold(rig: Rig, monkeypatch) -> None:
+    """Frames that arrive together are stored as one batch; the failpoint
+    still fires with exactly the bytes before its threshold stored."""
+    monkeypatch.setattr(server._ProcessCounters, "written", 0)
+    monkeypatch.setattr(
+        failpoints, "_global", failpoints.Failpoints("storage.write.bytes=raise@1000")
+    )
+    w = rig.result(rig.client.write("b1", 1, 0, {}))
+    failed = w.when_failed()
+    for byte in b"abcd":
+        w.write(bytes([byte]) * 300)
+    with pytest.raises(StorageError, match="FailpointError"):
+        rig.result(failed)
+    assert rig.store.blobs["b1"].data == b"a" * 300 + b"b" * 300 + b"c" * 300 + b"d" * 100
+
+
+def test_data_frames_received_together_reach_the_disk_in_one_write(tmp_path) -> None:
+    """The DATA frames the server takes from one received batch go to the
+    data file in one pwritev of views into the received bytes, not one
+    pwrite of a copied body per frame, and read back verified."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=4096, fs=fs)
+    rig = Rig(store=store)
+    w = rig.result(rig.client.write("b1", 1, 0, {}))
+    rig.flush()
+    del fs.calls[:]
+    chunks = [bytes([i]) * (3000 + 7 * i) for i in range(40)]  # blocks straddle frames
+    for chunk in chunks:
+        w.write(chunk)
+    rig.flush()  # one dataReceived with all 40 frames
+    assert [c for c in fs.calls if c[1].endswith(".data")] == [("write", "b1.data")]
+    info = rig.result(w.commit())
+    assert info.size == sum(map(len, chunks))
+    assert read_all(rig, "b1") == b"".join(chunks)
+    store.close()
 
 
 def test_read_failpoint_stops_the_stream_exactly_at_its_threshold(rig: Rig, monkeypatch) -> None:

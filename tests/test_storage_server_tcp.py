@@ -54,6 +54,25 @@ async def test_blob_of_several_mib_round_trips_over_tcp(client) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_writer_sends_data_frames_straight_to_an_idle_socket(client) -> None:
+    """Over plain TCP writes are queued as headers and views of the
+    caller's bytes for one sendmsg, leaving nothing joined in the transport
+    (writeSequence would queue a copy); once the socket is full the rest
+    queues in the transport behind it, in order, before the commit."""
+    data = pattern(8 * 1024 * 1024 + 5)
+    w = await client.write("direct", 1, 0, {})
+    transport = w.conn.transport
+    w.write(data[:8192])
+    assert framing.transport_idle(transport)
+    for i in range(8192, len(data), 65536):  # no reactor turn: the socket fills
+        w.write(data[i : i + 65536])
+    assert not framing.transport_idle(transport)
+    info = await w.commit()
+    assert info.size == len(data)
+    assert await read_sha(client, "direct") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+@pytest_twisted.ensureDeferred
 async def test_write_flush_fence_and_stale_epoch_over_tcp(client) -> None:
     w, durable = await write_blob(client, "b1", b"a" * 300_000, epoch=1, commit=False)
     assert durable == 300_000

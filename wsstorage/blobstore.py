@@ -62,7 +62,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -292,9 +292,22 @@ class _Blob:
         return out
 
     def write_entries(self, entries: list[tuple[int, int, int]]) -> None:
+        """Write checksum entries into ``.sums``: one ``pwrite`` per run of
+        consecutive indexes (a sync after 1 MiB of 64 KiB blocks writes 16
+        adjacent entries; one call instead of sixteen)."""
         assert self.sums_fd is not None
+        run: list[bytes] = []
+        start = next_index = -1
         for index, covered, value in entries:
-            self.fs.pwrite_all(self.sums_fd, ENTRY.pack(covered, value), index * ENTRY.size)
+            if index != next_index and run:
+                self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+                run = []
+            if not run:
+                start = index
+            run.append(ENTRY.pack(covered, value))
+            next_index = index + 1
+        if run:
+            self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
         for index, covered, _ in entries:
             if covered == self.block_size:
                 self.pending.pop(index, None)
@@ -404,6 +417,13 @@ class BlobWriteHandle:
 
         On a full disk the bytes are not accepted (``size`` is unchanged) and
         DiskFull is raised."""
+        self.write_pieces((data,))
+
+    def write_pieces(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Append ``pieces`` in order with one ``pwritev`` (per ``IOV_MAX``
+        pieces): the storage server hands over the DATA frames of one socket
+        read as views into the received bytes, so a batch of frames costs
+        one system call and no copy.  All or nothing, as ``write``."""
         blob = self._blob
         with blob.lock:
             self._check()
@@ -411,14 +431,18 @@ class BlobWriteHandle:
             assert blob.data_fd is not None
             try:
                 with _disk_errors():
-                    blob.fs.pwrite_all(blob.data_fd, data, blob.size)
+                    if len(pieces) == 1:
+                        blob.fs.pwrite_all(blob.data_fd, pieces[0], blob.size)
+                    else:
+                        blob.fs.pwritev_all(blob.data_fd, pieces, blob.size)
             except BaseException:
                 try:
                     blob.fs.ftruncate(blob.data_fd, blob.size)
                 except OSError:
                     pass
                 raise
-            blob.absorb(data)
+            for data in pieces:
+                blob.absorb(data)
             blob.size = blob.covered
 
     def sync(self) -> int:

@@ -166,7 +166,8 @@ class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, then take frames with ``next_frame``.
 
     A frame comes out as ``(type, request_id, body)``: control bodies parsed
-    (a dict), DATA bodies as bytes.  Any violation (bad magic, unknown version
+    (a dict), DATA bodies as bytes (or, with ``data_views``, a list of
+    memoryviews).  Any violation (bad magic, unknown version
     or type, a body over its cap, undecodable JSON) raises ProtocolError; the
     caller then drops the connection, so the decoder need not recover.
     Taking frames one at a time lets a protocol stop mid-buffer (a paused
@@ -177,13 +178,19 @@ class FrameDecoder:
     of a chunk, or one join when it spans chunks, so each byte is copied once.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, data_views: bool = False) -> None:
         self._chunks: deque[bytes] = deque()
         self._off = 0  # consumed bytes of self._chunks[0]
         self._len = 0  # unconsumed bytes in total
         #: When set, a cap on every frame's body whatever its type (the
         #: protocols set MAX_PREAUTH until the handshake is done, then None).
         self.limit = limit
+        #: With ``data_views`` a DATA body comes out as a list of memoryviews
+        #: into the fed chunks (one per chunk it spans), copying nothing: the
+        #: storage server writes them to disk with one ``pwritev`` per batch.
+        #: The views keep their chunks alive only as long as the caller
+        #: holds them.
+        self.data_views = data_views
 
     @property
     def buffered(self) -> int:
@@ -221,6 +228,20 @@ class FrameDecoder:
             self._advance(n)
         return b"".join(parts)
 
+    def _take_views(self, n: int) -> list[memoryview]:
+        """The next ``n`` bytes as views of the chunks they lie in (no copy)."""
+        views: list[memoryview] = []
+        off, need = self._off, n
+        for chunk in self._chunks:
+            view = memoryview(chunk)[off : off + need]
+            views.append(view)
+            need -= len(view)
+            off = 0
+            if not need:
+                break
+        self._advance(n)
+        return views
+
     def _advance(self, n: int) -> None:
         self._len -= n
         chunks = self._chunks
@@ -247,9 +268,11 @@ class FrameDecoder:
         if self._len < HEADER_SIZE + length:
             return None
         self._advance(HEADER_SIZE)
-        body = self._take(length) if length else b""
         if ftype == DATA:
-            return ftype, request_id, body
+            if self.data_views:
+                return ftype, request_id, self._take_views(length) if length else []
+            return ftype, request_id, self._take(length) if length else b""
+        body = self._take(length) if length else b""
         return ftype, request_id, decode_control(body)
 
     def frames(self, data: bytes = b"") -> Iterator[tuple[int, int, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Sequence
 
 from wsstorage.fsops import OsFileSystem
 
@@ -43,6 +44,10 @@ class RecordingFileSystem(OsFileSystem):
     def pwrite(self, fd: int, data, offset: int) -> int:
         self.calls.append(("write", self._name(fd)))
         return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        self.calls.append(("write", self._name(fd)))
+        return super().pwritev(fd, buffers, offset)
 
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         self.calls.append(("read", self._name(fd)))
@@ -89,6 +94,22 @@ class FullDiskFileSystem(RecordingFileSystem):
             data = memoryview(data)[: self.allow]
             self.allow -= len(data)
         return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        if self.full:
+            if self.allow <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            kept: list[memoryview] = []
+            room = self.allow
+            for b in buffers:
+                if room <= 0:
+                    break
+                view = memoryview(b)[:room]
+                kept.append(view)
+                room -= len(view)
+            buffers = kept
+            self.allow = room
+        return super().pwritev(fd, buffers, offset)
 
 
 class GatedFsyncFileSystem(OsFileSystem):

@@ -120,6 +120,19 @@ def _cut_at_failpoint(name: str, total: int, data: bytes) -> bytes:
     return data
 
 
+def _split_pieces(pieces: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
+    """``pieces`` cut after their first ``n`` bytes (views, no copy)."""
+    head: list[memoryview] = []
+    for i, piece in enumerate(pieces):
+        if n <= 0:
+            return head, pieces[i:]
+        if len(piece) > n:
+            return [*head, piece[:n]], [piece[n:], *pieces[i + 1 :]]
+        head.append(piece)
+        n -= len(piece)
+    return head, []
+
+
 class StorageServerFactory(Factory):
     """Serves one blob store.  Start it in-process with
     ``endpoint.listen(StorageServerFactory(reactor, store, name, secret))``.
@@ -208,7 +221,14 @@ class StorageServerProtocol(Protocol):
     factory: StorageServerFactory
 
     def __init__(self) -> None:
-        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
+        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH, data_views=True)
+        #: Payload views of the write stream's DATA frames taken in this
+        #: ``_process`` pass and not yet stored: they go to the store in one
+        #: ``write_pieces`` (one pwritev) before any other frame is acted on
+        #: and before ``_process`` returns, so they never outlive the bytes
+        #: of one pass (bounded by what the decoder held) and order with
+        #: flush, commit and abort is kept.
+        self._pending: list[memoryview] = []
         self._state = "hello"  # hello -> auth -> ready; closed
         self._client_nonce = ""
         self._server_nonce = ""
@@ -284,20 +304,39 @@ class StorageServerProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
-        while not self._held and self._state != "closed":
-            try:
-                frame = self._decoder.next_frame()
-            except ProtocolError as e:
-                self.drop(e.message)
-                return
-            if frame is None:
-                return
-            ftype, rid, body = frame
-            try:
-                self._frame(ftype, rid, body)
-            except ProtocolError as e:
-                self.drop(e.message)
-                return
+        try:
+            while not self._held and self._state != "closed":
+                try:
+                    frame = self._decoder.next_frame()
+                except ProtocolError as e:
+                    self.drop(e.message)
+                    return
+                if frame is None:
+                    return
+                ftype, rid, body = frame
+                if ftype == framing.DATA and self._state == "ready":
+                    stream = self._write
+                    if stream is None or rid != stream.rid:
+                        self._store_pending()
+                        self.drop("DATA frame outside a write stream")
+                        return
+                    self._pending.extend(body)
+                    continue
+                self._store_pending()
+                try:
+                    self._frame(ftype, rid, body)
+                except ProtocolError as e:
+                    self.drop(e.message)
+                    return
+        finally:
+            self._store_pending()
+
+    def _store_pending(self) -> None:
+        """Write the DATA payloads gathered so far to the write stream."""
+        if self._pending:
+            pieces, self._pending = self._pending, []
+            if self._write is not None:
+                self._write.data(self, pieces)
 
     def _hold(self) -> None:
         """Stop taking frames (and reading the socket) until _release."""
@@ -321,9 +360,8 @@ class StorageServerProtocol(Protocol):
                 raise ProtocolError(f"expected AUTH, got {framing.FRAME_NAMES[ftype]}")
             self._auth(body)
         elif ftype == framing.DATA:
-            if self._write is None or rid != self._write.rid:
-                raise ProtocolError("DATA frame outside a write stream")
-            self._write.data(self, body)
+            # _process gathers a write stream's DATA; any other is out of place.
+            raise ProtocolError("DATA frame outside a write stream")
         elif ftype == framing.REQUEST:
             if self._read is not None or self._list_resume is not None:
                 raise ProtocolError("request while a stream is being sent")
@@ -1082,21 +1120,38 @@ class _WriteStream:
         #: Fires when the last fsync started for this stream is done.
         self.syncing: defer.Deferred = defer.succeed(None)
 
-    def data(self, proto: StorageServerProtocol, body: bytes) -> None:
+    def data(self, proto: StorageServerProtocol, pieces: list[memoryview]) -> None:
+        """Store the payloads of consecutive DATA frames (views into the
+        received bytes) with one ``write_pieces``; when failpoint
+        ``storage.write.bytes`` is armed, the bytes before its threshold are
+        stored before it fires and the rest after, as one frame at a time did."""
         if self.error is not None:
             return  # already reported; the client will abort
-        chunk = _cut_at_failpoint("storage.write.bytes", _ProcessCounters.written, body)
         try:
-            if chunk:
-                self.handle.write(chunk)
-                _ProcessCounters.written += len(chunk)
-            failpoints.hit("storage.write.bytes", _ProcessCounters.written)
-            if len(chunk) < len(body):
-                rest = body[len(chunk) :]
-                self.handle.write(rest)
-                _ProcessCounters.written += len(rest)
+            limit = failpoints.threshold("storage.write.bytes")
+            total = sum(len(p) for p in pieces)
+            if limit is not None and _ProcessCounters.written + total >= limit:
+                head, tail = _split_pieces(pieces, max(0, limit - _ProcessCounters.written))
+                self._store(head)
+                failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+                self._store(tail)
+            else:
+                self._store(pieces)
+                failpoints.hit("storage.write.bytes", _ProcessCounters.written)
         except Exception as e:
             proto.write_failed(self, e)
+
+    def _store(self, pieces: list[memoryview]) -> None:
+        if not pieces:
+            return
+        write_pieces = getattr(self.handle, "write_pieces", None)
+        if write_pieces is None:  # a store whose handles take bytes per write()
+            for piece in pieces:
+                self.handle.write(bytes(piece))
+                _ProcessCounters.written += len(piece)
+            return
+        write_pieces(pieces)
+        _ProcessCounters.written += sum(len(p) for p in pieces)
 
     def close(self, factory: StorageServerFactory) -> None:
         handle, self.handle = self.handle, None
