@@ -9,7 +9,7 @@ over once it expires.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -38,6 +38,11 @@ class LeaseKeeper:
         self.held = False
         self._expires = 0.0
         self._loop: LoopingCall | None = None
+        #: Catalog calls taking the lease that have not answered yet, and
+        #: whether stop() ran: a renewal still in flight when the service
+        #: stops must not take the lease back after stop released it.
+        self._asking: set[Deferred] = set()
+        self._stopped = False
 
     @property
     def valid(self) -> bool:
@@ -47,12 +52,22 @@ class LeaseKeeper:
 
     async def renew(self) -> bool:
         """Take or renew the lease now; True if we hold it."""
+        if self._stopped:
+            return False
         asked = self._clock.seconds()
+        d = self._catalog.acquire_lease(self.name, self.owner, self.ttl)
+        self._asking.add(d)
         try:
-            held = await self._catalog.acquire_lease(self.name, self.owner, self.ttl)
+            held = await d
         except Exception as e:
             log.warn("maintenance lease: catalog error: {err}", err=e)
             held = False
+        finally:
+            self._asking.discard(d)
+        if self._stopped:
+            # stop() is waiting for this answer and releases what it took.
+            self.held = self.held or bool(held)
+            return False
         if held and not self.held:
             log.info("{owner} holds the {name} lease", owner=self.owner, name=self.name)
         self.held = bool(held)
@@ -60,17 +75,27 @@ class LeaseKeeper:
         return self.held
 
     def start(self) -> Deferred:
-        from twisted.internet.defer import ensureDeferred
-
+        self._stopped = False
         self._loop = LoopingCall(lambda: ensureDeferred(self.renew()))
         self._loop.clock = self._clock
         return self._loop.start(self.ttl / 3, now=True)
 
     def stop(self) -> Deferred:
+        """Stop renewing and give the lease back, after any renewal still
+        in flight has answered (else it could take the lease again after
+        the release, and hold it until it expires)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        self._stopped = True
+        return ensureDeferred(self._release())
+
+    async def _release(self) -> None:
+        in_flight = list(self._asking)
+        if in_flight:
+            # Each renewal notes what it got (above) before this wakes up.
+            await DeferredList(in_flight, consumeErrors=True)
         if not self.held:
-            return succeed(None)
+            return
         self.held = False
-        return self._catalog.release_lease(self.name, self.owner)
+        await self._catalog.release_lease(self.name, self.owner)

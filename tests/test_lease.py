@@ -1,0 +1,57 @@
+"""The maintenance lease keeper on a catalog whose answers the test holds
+back: a renewal still in flight when the service stops must not take the
+lease back after it was released."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+
+from wsfront.maintenance.lease import LeaseKeeper
+
+
+class HeldBackCatalog:
+    """acquire_lease answers only when the test says so; every call to the
+    lease is recorded in order."""
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred] = []
+        self.calls: list[str] = []
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> Deferred:
+        self.calls.append("acquire")
+        d: Deferred = Deferred()
+        self.asked.append(d)
+        return d
+
+    def release_lease(self, name: str, owner: str) -> Deferred:
+        self.calls.append("release")
+        d: Deferred = Deferred()
+        d.callback(None)
+        return d
+
+
+def test_a_renewal_in_flight_at_stop_is_released_after_it_answers():
+    catalog = HeldBackCatalog()
+    keeper = LeaseKeeper(Clock(), catalog, "fe-a", ttl_seconds=30)
+    keeper.start()
+    assert catalog.calls == ["acquire"]
+    stopped = keeper.stop()
+    assert not stopped.called and catalog.calls == ["acquire"]  # waits for the answer
+    catalog.asked[0].callback(True)  # the catalog granted it meanwhile
+    assert stopped.called
+    assert catalog.calls == ["acquire", "release"]
+    assert not keeper.held
+
+
+def test_a_stopped_keeper_neither_asks_nor_claims_the_lease():
+    catalog = HeldBackCatalog()
+    keeper = LeaseKeeper(Clock(), catalog, "fe-a", ttl_seconds=30)
+    keeper.start()
+    catalog.asked[0].callback(True)
+    assert keeper.held
+    keeper.stop()
+    assert catalog.calls == ["acquire", "release"] and not keeper.held
+    renewed = ensureDeferred(keeper.renew())
+    assert renewed.called and renewed.result is False
+    assert catalog.calls == ["acquire", "release"]  # not asked again
