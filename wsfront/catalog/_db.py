@@ -185,8 +185,11 @@ class Runner:
 
     def _attempts(self, conn: Any, fn: Callable[[Tx], T], write: bool, durable: bool) -> T:
         for attempt in range(MAX_ATTEMPTS):
-            cursor = self.backend.begin(conn, write, durable)
+            cursor = None
             try:
+                # begin() talks to the database too (BEGIN, SET LOCAL): a
+                # connection found dead there is forgotten like any other.
+                cursor = self.backend.begin(conn, write, durable)
                 result = fn(Tx(self.backend, cursor))
                 self.backend.commit(conn, cursor)
                 return result

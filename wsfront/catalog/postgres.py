@@ -58,7 +58,8 @@ class PostgresBackend(Backend):
     def rollback(self, conn: psycopg.Connection, cursor: Any) -> None:
         if not conn.closed:
             conn.rollback()
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
     def is_unique_violation(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.UniqueViolation)

@@ -69,7 +69,8 @@ class SQLiteBackend(Backend):
     def rollback(self, conn: sqlite3.Connection, cursor: Any) -> None:
         if conn.in_transaction:
             conn.rollback()
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
     def is_unique_violation(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError)
