@@ -1035,14 +1035,20 @@ class BlobStore:
             blob.deleted = True
             blob.generation += 1
             blob.close_files()
+            # The blob leaves the count with the file that makes it listed
+            # (its record, or its data before it has one), and only for the
+            # call that removed that file: two deletes of one sealed blob
+            # hold two _Blob objects, so both can get this far.
+            listed_by = blob.paths.meta if blob.recorded else blob.paths.data
             for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
                 try:
                     self.fs.unlink(path)
                 except FileNotFoundError:
-                    pass
+                    continue
+                if path == listed_by:
+                    with self._registry_lock:
+                        self._count -= 1
             self.fs.fsync_dir(blob.paths.directory)
-        with self._registry_lock:
-            self._count -= 1
         self.forget(blob)
 
     def count_blobs(self) -> int:
