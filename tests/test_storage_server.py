@@ -537,3 +537,24 @@ def test_slow_request_sends_keepalives_while_it_runs(rig: Rig) -> None:
     pending.callback({"free_bytes": 1, "total_bytes": 2, "blobs": 0})
     frames = raw.send(b"")
     assert frames[0][0] == framing.REPLY and frames[0][2]["free_bytes"] == 1
+
+
+def test_a_commit_waiting_on_a_flush_that_fails_is_refused_not_sealed(rig: Rig) -> None:
+    from twisted.internet import defer
+
+    w = rig.result(rig.client.write("b", 1, 0, {"inode": 1, "owner": "u"}))
+    w.write(b"x" * 100)
+    syncing: defer.Deferred = defer.Deferred()
+    real = rig.factory.run_blocking
+    rig.factory.run_blocking = lambda f, *a: syncing if f.__name__ == "sync" else real(f, *a)
+    flushed = w.flush()
+    committed = w.commit()
+    rig.flush()
+    assert not flushed.called and not committed.called  # the commit waits for the flush
+    syncing.errback(OSError(5, "Input/output error"))
+    rig.flush()
+    for d in (flushed, committed):
+        failures = []
+        d.addErrback(failures.append)
+        assert failures, "the flush and the commit both fail"
+    assert ("seal", "b") not in rig.store.calls

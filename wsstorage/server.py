@@ -603,7 +603,17 @@ class StorageServerProtocol(Protocol):
         d = stream.syncing.addBoth(lambda _: self._blocking(stream.handle.sync))
         stream.syncing = defer.Deferred()
         mine = stream.syncing
-        d.addBoth(lambda result: (mine.callback(None), result)[1])
+
+        def settle(result: Any) -> Any:
+            # A failed sync fails the stream before anyone waiting on it (a
+            # commit) goes on: Linux reports a write-back error to one
+            # fsync only, so the seal's own sync could wrongly succeed.
+            if isinstance(result, Failure) and stream.error is None:
+                stream.error = storage_error(result.value)
+            mine.callback(None)
+            return result
+
+        d.addBoth(settle)
         return d
 
     def _flush_while_streaming(self, rid: int) -> None:
@@ -643,6 +653,8 @@ class StorageServerProtocol(Protocol):
             raise stream.error
         handle = stream.handle
         yield stream.syncing  # a flush still running finishes first
+        if stream.error is not None:
+            raise stream.error
         failpoints.hit("storage.before_commit")
         try:
             # seal syncs what is not yet durable itself: a sync first would
