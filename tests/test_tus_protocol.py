@@ -422,3 +422,21 @@ async def test_creation_larger_than_tus_max_size_is_413(env):
     status, _, _ = await create(env, env.tus.settings.max_size + 1, {"filename": "big"})
     assert status == 413
     assert await env.catalog.find_upload("/alice/big") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_creation_answered_201_has_a_durable_start(env):
+    # Unlike STOR and PUT, a tus creation acknowledges the upload itself
+    # (201 and its URL) before any byte: its start cannot wait for a later
+    # checkpoint to be made durable.
+    starts = []
+    real = env.catalog.start_upload
+
+    def recording(*a, **kw):
+        starts.append(kw.get("durable", False))
+        return real(*a, **kw)
+
+    env.catalog.start_upload = recording
+    status, headers, _ = await create(env, 10, {"filename": "later.bin"})
+    assert status == 201 and headers["location"]
+    assert starts == [True]

@@ -91,6 +91,7 @@ class ICatalog(Interface):
         expires_at,
         declared_length=None,
         meta=None,
+        durable=False,
     ):
         """``begin_upload`` at ``offset`` (None: at the committed size) with
         the lookup it needs in the same transaction, for a STOR or APPE.
@@ -98,8 +99,9 @@ class ICatalog(Interface):
         with PendingUploadExists carrying it (``.upload``), so its owner can
         take it over; InvalidOffset above the committed size.  The commit
         need not wait for the disk (nothing is acknowledged for it; the
-        session's next checkpoint or commit does).  Fires with an
-        UploadStart (the session, the committed size it replaces)."""
+        session's next checkpoint or commit does); ``durable=True`` when the
+        start itself is acknowledged (a tus creation's 201 and URL).  Fires
+        with an UploadStart (the session, the committed size it replaces)."""
 
     def get_upload(upload_id):
         """Fire with the UploadSession (any state); NotFound."""

@@ -121,17 +121,20 @@ class SqlCatalog:
         expires_at: float,
         declared_length: int | None = None,
         meta: dict[str, Any] | None = None,
+        durable: bool = False,
     ) -> Deferred:
-        # Not durable: nothing is acknowledged for a begun upload, and the
-        # checkpoint or commit that follows (synchronous) makes it durable.
-        # Lost with the machine before then, its blobs are GC's orphans.
+        # Not durable unless asked: nothing is acknowledged for a begun
+        # upload, and the checkpoint or commit that follows (synchronous)
+        # makes it durable.  Lost with the machine before then, its blobs
+        # are GC's orphans.  A tus creation answers 201 for the start
+        # itself, so it asks for a durable commit.
         return self._runner.run(
             lambda tx: _uploads.start_upload(
                 tx, self._now(), user, path, offset, blob_id, list(replicas), wanted_replicas,
                 owner, expires_at, declared_length, dict(meta or {}),
             ),
             write=True,
-            durable=False,
+            durable=durable,
         ).addErrback(self._translate)  # fmt: skip
 
     def get_upload(self, upload_id: str) -> Deferred:

@@ -140,8 +140,11 @@ class TusEndpoint:
             checksum = parse_checksum(request.getHeader(b"Upload-Checksum"))
             self._check_body_fits(request, length)
         yield self._replace_own_pending(context, user, vpath)
+        # The 201 and its URL acknowledge the upload itself: its start must
+        # be durable even if no checkpoint follows (no body, or one whose
+        # checkpoint fails).
         session = yield context.transfers.open_write(
-            user, vpath, 0, declared_length=length, meta=meta
+            user, vpath, 0, declared_length=length, meta=meta, durable_start=True
         )
         upload_id = session.upload_id
         headers = [

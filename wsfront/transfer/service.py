@@ -296,6 +296,7 @@ class Transfers:
         meta: Mapping[str, Any] | None = None,
         capped: bool = True,
         check: Callable[[FileInfo | None], None] | None = None,
+        durable_start: bool = False,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -311,13 +312,17 @@ class Transfers:
         call makes anyway, before anything changes: an adapter's
         preconditions (If-Match, quota) raise there, and need no lookup of
         their own.
+        ``durable_start``: the start itself is acknowledged to the client
+        (tus answers a creation with 201 and the upload's URL before any
+        byte is durable), so its catalog commit waits for the disk; else
+        the first checkpoint or the commit makes it durable.
         """
         self._refuse_if_draining()
         slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
         self._opening += 1
         try:
             session = yield self._open_write(
-                user, vpath, offset, append, declared_length, meta, check
+                user, vpath, offset, append, declared_length, meta, check, durable_start
             )
         except BaseException:
             slot.release()
@@ -331,11 +336,15 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _open_write(self, user, vpath, offset, append, declared_length, meta, check=None):
+    def _open_write(
+        self, user, vpath, offset, append, declared_length, meta, check=None, durable_start=False
+    ):
         self._need(user, "write")
         full = self.full_path(user, vpath)
         if check is None:
-            session = yield self._start_write(user, vpath, offset, append, declared_length, meta)
+            session = yield self._start_write(
+                user, vpath, offset, append, declared_length, meta, durable_start
+            )
             return session
         try:
             entry = yield self.catalog.stat(full)
@@ -384,7 +393,7 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _start_write(self, user, vpath, offset, append, declared_length, meta):
+    def _start_write(self, user, vpath, offset, append, declared_length, meta, durable=False):
         """``_open_write`` without an adapter's check: the lookup and the
         start of a new upload are one catalog transaction (``start_upload``),
         whose commit waits for no disk; a pending upload found instead is
@@ -404,6 +413,7 @@ class Transfers:
                 expires_at=self._expiry(),
                 declared_length=declared_length,
                 meta=dict(meta or {}),
+                durable=durable,
             )
         except catalog_errors.PendingUploadExists as e:
             upload = e.upload
