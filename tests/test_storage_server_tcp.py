@@ -54,7 +54,7 @@ async def test_blob_of_several_mib_round_trips_over_tcp(client) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_writer_sends_data_frames_straight_to_an_idle_socket(client) -> None:
+async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monkeypatch) -> None:
     """Over plain TCP writes are queued as headers and views of the
     caller's bytes for one sendmsg, leaving nothing joined in the transport
     (writeSequence would queue a copy); once the socket is full the rest
@@ -62,6 +62,15 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client) -> No
     data = pattern(8 * 1024 * 1024 + 5)
     w = await client.write("direct", 1, 0, {})
     transport = w.conn.transport
+    gathered = []
+    real_sendmsg = socket.socket.sendmsg
+
+    def counting_sendmsg(sock, buffers, *a):
+        buffers = list(buffers)
+        gathered.append(sum(len(b) for b in buffers))
+        return real_sendmsg(sock, buffers, *a)
+
+    monkeypatch.setattr(socket.socket, "sendmsg", counting_sendmsg)
     w.write(data[:8192])
     assert framing.transport_idle(transport)
     for i in range(8192, len(data), 65536):  # no reactor turn: the socket fills
@@ -69,6 +78,9 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client) -> No
     assert not framing.transport_idle(transport)
     info = await w.commit()
     assert info.size == len(data)
+    # The frames went out gathered: a sendmsg of the first turn's queue, all
+    # of its 8 KiB and headers, and at least one more of the big turn.
+    assert gathered and gathered[0] >= 8192 and len(gathered) >= 2
     assert await read_sha(client, "direct") == (hashlib.sha256(data).hexdigest(), len(data))
 
 
