@@ -130,6 +130,28 @@ def test_kill_fails_streams_and_calls_and_revive_reports_incomplete(clock, clust
     assert node.blob_info("sealed").state == SEALED
 
 
+def test_a_blob_never_synced_is_lost_in_a_kill_like_on_a_real_server(clock, cluster):
+    # The real store writes a blob's record at its first flush, seal or
+    # fence: a crash before that loses the blob whole (never reported durable).
+    node = cluster.node("a")
+    d = node.write("fresh", 1, 0, {"owner": "t"})
+    settle(clock)
+    outcome(d).write(b"never flushed")
+    d = node.write("fenced", 1, 0, {"owner": "t"})
+    settle(clock)
+    outcome(d).write(b"f" * 10)
+    fence = node.fence("fenced", 2, 0)
+    settle(clock)
+    assert outcome(fence).durable == 0
+    node.kill()
+    node.revive()
+    gone = node.stat("fresh")
+    kept = node.stat("fenced")
+    settle(clock)
+    failure_of(gone, BlobNotFound)
+    assert outcome(kept).epoch == 2  # a fence writes the record
+
+
 def test_frozen_node_holds_calls_until_thawed(clock, cluster):
     node = cluster.node("a")
     store(clock, node, "x", b"x" * 10)

@@ -93,6 +93,10 @@ class _Blob:
     state: str
     meta: dict[str, Any]
     generation: int = 0
+    #: Whether the blob's record is on disk: the real store writes it at
+    #: the first flush, seal or fence (or a newer epoch), and a crash
+    #: before then loses the blob whole.
+    recorded: bool = True
 
     def info(self, blob_id: str) -> BlobInfo:
         size = len(self.data)
@@ -217,7 +221,10 @@ class FakeStorageNode:
         frozen node dies too (its held calls fail)."""
         self.alive = False
         self.frozen = False
-        for blob in self.blobs.values():
+        for blob_id, blob in list(self.blobs.items()):
+            if not blob.recorded:
+                del self.blobs[blob_id]  # never synced: no record survives
+                continue
             if blob.state != SEALED:
                 blob.truncate(blob.durable)
                 blob.state = INCOMPLETE
@@ -301,7 +308,7 @@ class FakeStorageNode:
         if blob is None:
             if offset != 0:
                 raise InvalidOffset(f"blob {blob_id} does not exist; writes start at 0")
-            blob = _Blob(bytearray(), 0, epoch, OPEN, meta)
+            blob = _Blob(bytearray(), 0, epoch, OPEN, meta, recorded=False)
             self.blobs[blob_id] = blob
             return blob
         if blob.state == SEALED:
@@ -311,6 +318,8 @@ class FakeStorageNode:
         if offset > len(blob.data):
             raise InvalidOffset(f"offset {offset} beyond the end of {blob_id}")
         blob.truncate(offset)
+        if epoch > blob.epoch:
+            blob.recorded = True  # a newer epoch is adopted durably
         blob.epoch, blob.meta, blob.state = epoch, meta, OPEN
         blob.generation += 1
         return blob
@@ -327,6 +336,7 @@ class FakeStorageNode:
         if truncate_to > size:
             raise InvalidOffset(f"truncate_to {truncate_to} beyond the end of {blob_id}")
         unchanged = truncate_to == size == blob.durable and blob.state == OPEN
+        blob.recorded = True
         if not (epoch == blob.epoch and unchanged):
             blob.generation += 1
             blob.truncate(truncate_to)
@@ -341,6 +351,7 @@ class FakeStorageNode:
         if blob.state != SEALED:
             blob.generation += 1
             blob.epoch, blob.state, blob.durable = epoch, SEALED, len(blob.data)
+            blob.recorded = True
         return blob.info(blob_id)
 
     def do_delete(self, blob_id: str) -> None:
@@ -750,6 +761,7 @@ class _FakeBlobWriter:
         def sync() -> int:
             blob = self._blob()
             blob.durable = len(blob.data)
+            blob.recorded = True
             return blob.durable
 
         return self._after_queue(sync)
@@ -761,6 +773,7 @@ class _FakeBlobWriter:
             blob = self._blob()
             blob.durable = len(blob.data)
             blob.state = SEALED
+            blob.recorded = True
             blob.generation += 1
             self._end()
             return blob.info(self.blob_id)
