@@ -57,3 +57,29 @@ def test_a_commit_that_need_not_wait_leaves_the_connection_synchronous(tmp_path)
         assert runner.run_sync(lambda tx: tx.value("PRAGMA synchronous")) == 2
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_locked_when_the_inline_connection_opens_sends_the_read_to_the_pool(
+    tmp_path,
+):
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    try:
+        await cat.mkdir("/d")
+        opening = runner.backend.connect_inline
+
+        def locked():
+            # What opening the connection (its PRAGMAs) raises while another
+            # process holds the database exclusively.
+            raise sqlite3.OperationalError("database is locked")
+
+        runner.backend.connect_inline = locked
+        d = cat.stat("/d")  # nothing raised here: the read went to the pool
+        assert runner._inline is None
+        assert (await d).is_dir
+        runner.backend.connect_inline = opening
+        d = cat.stat("/d")
+        assert d.called and runner._inline is not None  # inline again
+    finally:
+        cat.close()

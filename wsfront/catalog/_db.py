@@ -229,17 +229,20 @@ class Runner:
             return fail(RuntimeError("catalog is closed"))
         if not self.backend.inline_reads or not threadable.isInIOThread():
             return self.run(fn, write=False)
-        conn = self._inline
-        if conn is None:
-            conn = self._inline = self.backend.connect_inline()
-            with self._lock:
-                self._connections.append(conn)
-        cursor = self.backend.begin(conn, False)
+        conn, cursor = self._inline, None
         try:
+            # Opening the connection and BEGIN can find the database busy
+            # too: that read goes to the pool like any other.
+            if conn is None:
+                conn = self._inline = self.backend.connect_inline()
+                with self._lock:
+                    self._connections.append(conn)
+            cursor = self.backend.begin(conn, False)
             result = fn(Tx(self.backend, cursor))
             self.backend.commit(conn, cursor)
         except Exception as e:
-            self.backend.rollback(conn, cursor)
+            if conn is not None:
+                self.backend.rollback(conn, cursor)
             if self.backend.is_busy(e):
                 return self.run(fn, write=False)
             return fail(e)
