@@ -1,8 +1,7 @@
 """How a WriteSession fans a client's chunks out to its replicas.
 
-A large client read (an HTTP PUT reads 1 MiB a turn) is cut once into
-pieces of at most one DATA frame, shared by every replica, instead of being
-sliced again by each replica's writer.
+A large client read (an HTTP PUT reads 1 MiB a turn) goes to every
+replica's writer whole; each frames it with views of the same bytes.
 """
 
 from __future__ import annotations
@@ -14,23 +13,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.transfer_env import Collector, Feeder, TransferEnv, sha256
-from wsfront.transfer.writer import frame_pieces
-from wsstorage.framing import MAX_DATA
 
 MiB = 1 << 20
-
-
-def test_a_chunk_that_fits_one_frame_is_passed_as_it_is():
-    data = os.urandom(MAX_DATA)
-    (piece,) = frame_pieces(data)
-    assert piece is data
-
-
-def test_a_large_chunk_is_cut_into_frames_that_rebuild_it():
-    data = os.urandom(3 * MAX_DATA + 5)
-    pieces = frame_pieces(data)
-    assert [len(p) for p in pieces] == [MAX_DATA] * 3 + [5]
-    assert b"".join(pieces) == data
 
 
 @pytest.fixture(params=["real", "fake"])

@@ -84,17 +84,20 @@ def encode_control(frame_type: int, request_id: int, body: dict[str, Any]) -> by
 def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
     """Header and body pieces of DATA frames carrying ``data``, for writeSequence.
 
-    Chunks up to ``MAX_DATA`` go out as they are (no copy); larger ones are
-    cut at ``MAX_DATA``.
+    Chunks up to ``MAX_DATA`` go out as they are; larger ones are cut at
+    ``MAX_DATA`` as views of ``data``: no copy until the transport joins
+    them, however many replicas frame the same chunk.
     """
     if not data:
         return
+    data = bytes(data)  # no copy of bytes; a caller's buffer may change
     if len(data) <= MAX_DATA:
         yield encode_header(DATA, request_id, len(data))
-        yield bytes(data)
+        yield data
         return
-    for start in range(0, len(data), MAX_DATA):
-        piece = bytes(data[start : start + MAX_DATA])
+    view = memoryview(data)
+    for start in range(0, len(view), MAX_DATA):
+        piece = view[start : start + MAX_DATA]
         yield encode_header(DATA, request_id, len(piece))
         yield piece
 

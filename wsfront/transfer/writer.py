@@ -35,7 +35,6 @@ from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
-from wsstorage.framing import MAX_DATA
 
 log = Logger()
 
@@ -144,19 +143,6 @@ class Sha256Stream:
                 hasher._work(item)
             except Exception:
                 log.failure("hashing an upload failed")
-
-
-def frame_pieces(data: bytes) -> tuple[bytes, ...] | list[bytes]:
-    """``data`` cut once into pieces of at most one DATA frame, for fanning
-    out to several replicas.
-
-    A storage writer frames a chunk larger than ``MAX_DATA`` by slicing it,
-    a copy per replica; a large client read (1 MiB, ``BODY_READ_SIZE``) is
-    cut here once and every replica gets the same pieces, which it frames
-    without copying."""
-    if len(data) <= MAX_DATA:
-        return (data,)
-    return [data[i : i + MAX_DATA] for i in range(0, len(data), MAX_DATA)]
 
 
 @implementer(IPushProducer)
@@ -290,11 +276,10 @@ class WriteSession:
         self._relay(data)
 
     def _relay(self, data: bytes) -> None:
-        pieces = frame_pieces(data) if len(self._writers) > 1 else (data,)
+        # Every replica's writer frames the same bytes with views (no copy).
         for node, writer in list(self._writers.items()):
             try:
-                for piece in pieces:
-                    writer.write(piece)
+                writer.write(data)
             except Exception as e:
                 self._drop_replica(node, e)
         if self.state != STREAMING:
