@@ -81,25 +81,14 @@ def encode_control(frame_type: int, request_id: int, body: dict[str, Any]) -> by
     return encode_header(frame_type, request_id, len(payload)) + payload
 
 
-def data_frames(request_id: int, data: bytes) -> Iterator[bytes]:
+def data_frames(request_id: int, data: bytes) -> list[bytes | memoryview]:
     """Header and body pieces of DATA frames carrying ``data``, for writeSequence.
 
-    Chunks up to ``MAX_DATA`` go out as they are; larger ones are cut at
-    ``MAX_DATA`` as views of ``data``: no copy until the transport joins
-    them, however many replicas frame the same chunk.
+    Bodies are views of ``data`` cut at ``MAX_DATA`` (``data_frame_iov``):
+    no copy until the transport joins them, however many replicas frame the
+    same chunk.  ``bytes()`` copies only a caller's mutable buffer.
     """
-    if not data:
-        return
-    data = bytes(data)  # no copy of bytes; a caller's buffer may change
-    if len(data) <= MAX_DATA:
-        yield encode_header(DATA, request_id, len(data))
-        yield data
-        return
-    view = memoryview(data)
-    for start in range(0, len(view), MAX_DATA):
-        piece = view[start : start + MAX_DATA]
-        yield encode_header(DATA, request_id, len(piece))
-        yield piece
+    return data_frame_iov(request_id, [bytes(data)]) if data else []
 
 
 def data_frame_iov(request_id: int, pieces: list[bytes]) -> list[bytes | memoryview]:

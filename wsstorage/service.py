@@ -23,7 +23,7 @@ from twisted.python import usage
 from wsstorage import allocator, auth
 from wsstorage.blobstore import BlobStore
 from wsstorage.records import BLOB_ID_RE
-from wsstorage.server import StorageServerFactory
+from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
 log = Logger()
 
@@ -97,8 +97,13 @@ class Options(usage.Options):
         ["metrics", None, None, "serve Prometheus metrics on this endpoint (off by default)"],
         ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
         ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
-        ["read-ahead-kib", None, "1024", "KiB a read stream reads ahead per batch"],
-        ["read-batches", None, "2", "read-ahead batches a read stream keeps ready"],
+        [
+            "read-ahead-kib",
+            None,
+            str(READ_AHEAD // 1024),
+            "KiB a read stream reads ahead per batch",
+        ],
+        ["read-batches", None, str(READ_BATCHES), "read-ahead batches a read stream keeps ready"],
     ]
 
     def postOptions(self) -> None:

@@ -340,22 +340,21 @@ class Transfers:
         self, user, vpath, offset, append, declared_length, meta, check=None, durable_start=False
     ):
         self._need(user, "write")
-        full = self.full_path(user, vpath)
         if check is None:
             session = yield self._start_write(
                 user, vpath, offset, append, declared_length, meta, durable_start
             )
             return session
+        full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
             entry = None
-        if check is not None:
-            try:
-                seen = None if entry is None else self._info(user, vpath, entry)
-            except catalog_errors.NotFound:
-                seen = None  # another user's pending upload
-            check(seen)
+        try:
+            seen = None if entry is None else self._info(user, vpath, entry)
+        except catalog_errors.NotFound:
+            seen = None  # another user's pending upload
+        check(seen)
         if entry is not None and entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
         upload = entry.upload if entry is not None else None
