@@ -448,7 +448,6 @@ class _ProducerProxy:
 #: A writer sends its queued DATA frames at once when this many bytes (or
 #: IOV_MAX pieces) are queued, instead of at the end of the reactor turn.
 GATHER_BYTES = framing.TRANSPORT_BUFFER
-IOV_MAX = 1024
 
 
 @implementer(IBlobWriter)
@@ -519,7 +518,7 @@ class BlobWriter:
         smaller) chunk, which on loopback is dearer than the copy."""
         self._iov.extend(framing.data_frame_iov(self.rid, [data]))
         self._iov_bytes += len(data)
-        if self._iov_bytes >= GATHER_BYTES or len(self._iov) >= IOV_MAX:
+        if self._iov_bytes >= GATHER_BYTES or len(self._iov) >= framing.IOV_MAX:
             self._send_gathered()
         elif self._send_call is None:
             self._send_call = self.conn.reactor.callLater(0, self._send_gathered)
@@ -537,22 +536,7 @@ class BlobWriter:
         if not iov or not self.conn.connected or self.error is not None:
             return
         transport = self.conn.transport
-        sock = framing.direct_socket(transport)
-        sent = 0
-        if sock is not None and framing.transport_idle(transport):
-            try:
-                sent = sock.sendmsg(iov[:IOV_MAX])
-            except OSError:
-                sent = 0  # would block, or an error the transport's write will see
-        rest: list[bytes | memoryview] = []
-        for part in iov:
-            if sent >= len(part):
-                sent -= len(part)
-                continue
-            rest.append(part[sent:] if sent else part)
-            sent = 0
-        if rest:
-            transport.write(b"".join(rest))
+        framing.send_iov(transport, framing.direct_socket(transport), iov)
 
     def _blocked(self, blocked: bool) -> None:
         self.conn.write_blocked = blocked

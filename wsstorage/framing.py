@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet.abstract import FileDescriptor
 
 from wsstorage.errors import ProtocolError
+from wsstorage.fsops import IOV_MAX
 
 MAGIC = b"WS"
 VERSION = 1
@@ -139,6 +140,32 @@ def transport_idle(transport: Any) -> bool:
         and len(transport.dataBuffer) == transport.offset
         and not transport._tempDataLen
     )
+
+
+def send_iov(transport: Any, sock: Any, iov: list[bytes | memoryview]) -> bool:
+    """Send ``iov`` with one ``sendmsg`` on ``sock`` (``direct_socket``)
+    while ``transport`` holds nothing unsent, so nothing is overtaken; what
+    the socket does not take goes to the transport joined into one bytes
+    (the only copy).  Returns whether anything was left to the transport.
+
+    Shared by the server's read streams and the client's writes: both send
+    headers and views of the bytes they hold, and must agree on order."""
+    sent = 0
+    if iov and sock is not None and transport_idle(transport):
+        try:
+            sent = sock.sendmsg(iov[:IOV_MAX])
+        except OSError:
+            sent = 0  # would block, or an error the transport's write will see
+    rest: list[bytes | memoryview] = []
+    for part in iov:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        rest.append(part[sent:] if sent else part)
+        sent = 0
+    if rest:
+        transport.write(b"".join(rest))
+    return bool(rest)
 
 
 def decode_control(body: bytes) -> dict[str, Any]:

@@ -1049,25 +1049,7 @@ class _ReadStream:
         again rather than queueing behind the rest.
         """
         transport = self.proto.transport
-        sent = 0
-        if iov and framing.transport_idle(transport):
-            try:
-                sent = self._socket.sendmsg(iov)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # the transport's own write will see the error
-        rest: list[bytes | memoryview] = []
-        for part in iov:
-            if sent >= len(part):
-                sent -= len(part)
-                continue
-            rest.append(part[sent:] if sent else part)
-            sent = 0
-        if not rest:
-            return
-        transport.write(b"".join(rest))
-        if not transport.producerPaused:
+        if framing.send_iov(transport, self._socket, iov) and not transport.producerPaused:
             # Resumed by the transport's doWrite once it has sent the rest.
             transport.producerPaused = True
             self.pauseProducing()
