@@ -193,11 +193,15 @@ class _ClientProtocol(Protocol):
         self._timer: Any = None
         self._error: StorageError | None = None
         self._heard = False  # any byte from the server yet
+        #: The socket DATA frames may go to directly (plain TCP), found
+        #: once per connection rather than per written chunk.
+        self.socket: Any = None
 
     # -- connection ----------------------------------------------------
 
     def connectionMade(self) -> None:
         framing.tune_transport(self.transport)
+        self.socket = framing.direct_socket(self.transport)
         self.connected = True
         self.transport.write(
             framing.encode_control(
@@ -500,7 +504,7 @@ class BlobWriter:
         if self.error is not None or not data:
             return
         transport = self.conn.transport
-        if framing.direct_socket(transport) is None:  # TLS: the transport joins
+        if self.conn.socket is None:  # TLS: the transport joins
             transport.writeSequence(list(framing.data_frames(self.rid, data)))
         else:
             self._gather(bytes(data))
@@ -536,7 +540,7 @@ class BlobWriter:
         if not iov or not self.conn.connected or self.error is not None:
             return
         transport = self.conn.transport
-        framing.send_iov(transport, framing.direct_socket(transport), iov)
+        framing.send_iov(transport, self.conn.socket, iov)
 
     def _blocked(self, blocked: bool) -> None:
         self.conn.write_blocked = blocked
