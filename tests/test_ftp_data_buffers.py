@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 
 from tests.ftp_env import FTPEnv, sha256
 from wsfront.ftp import data
-from wsstorage.framing import MAX_DATA
+from wsstorage.framing import MAX_DATA, TRANSPORT_BUFFER
 
 MiB = 1 << 20
 
@@ -184,3 +184,7 @@ async def test_uploads_take_a_share_and_give_it_back(ftp):
     assert data._streams == 0
     assert sha256(await c.retr("up.bin")) == sha256(body)
     assert data._streams == 0
+    # The storage connections the download read on went back to the pool
+    # with their own read size (a read starts them at READ_FIRST_RECV).
+    idle = [conn for client in ftp.env.clients for conn in client._idle]
+    assert idle and all(conn.transport.bufferSize == TRANSPORT_BUFFER for conn in idle)
