@@ -13,9 +13,10 @@ Two wsfs layouts: ``procs`` runs three ``twistd -n wsstorage`` processes and
 one ``twistd -n wsfront`` alone (so its peak RSS is the front end's own),
 ``wslocal`` the whole cluster in one process.  Prints MB/s, files/s, p99
 per-client time, failed clients, the server's peak RSS (VmHWM: the wsfront
-process for ``procs``; front end *and* storage servers for wslocal), replica
-count and fsync policy, and the ratios against pyftpdlib (medians of
-alternating rounds).
+process for ``procs``; front end *and* storage servers for wslocal) and its
+RSS at idle before the first workload (the import baseline), replica count
+and fsync policy, and the ratios against pyftpdlib (medians of alternating
+rounds).
 """
 
 from __future__ import annotations
@@ -293,6 +294,12 @@ class _Bytes:
         return out
 
 
+def rss_mb(pid: int) -> float:
+    """A process's current RSS (VmRSS): at start, the import baseline."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset a process's VmHWM to its current RSS (Linux clear_refs 5)."""
     try:
@@ -313,6 +320,7 @@ def run(server: Server, args) -> dict:
         peaks[f"peak RSS MB: {name}"] = peak_rss_mb(pid)
         reset_peak_rss(pid)
 
+    idle = rss_mb(pid)
     overall = peak_rss_mb(pid)
     reset_peak_rss(pid)
     if "big" in wanted:
@@ -331,6 +339,7 @@ def run(server: Server, args) -> dict:
         phase_peak("small files")
     out["peak RSS MB"] = max([overall, *peaks.values()])
     out.update(peaks)
+    out["idle RSS MB"] = idle
     out["replicas"] = server.replicas
     out["fsync"] = server.fsync
     return out

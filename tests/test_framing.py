@@ -64,6 +64,52 @@ def test_frames_survive_any_split_of_the_byte_stream(ftype, rid, body, data, ste
     assert decoder.buffered == 0
 
 
+@given(control_types, request_ids, control_bodies, st.binary(max_size=3000), st.integers(1, 50))
+def test_partial_data_hands_out_bodies_piece_by_piece(ftype, rid, body, data, step) -> None:
+    """With ``partial_data`` a DATA body comes out as it arrives, in pieces
+    that each lie in one fed chunk, while control frames stay whole."""
+    wire = (
+        b"".join(bytes(p) for p in framing.data_frames(rid, data))
+        + framing.encode_control(ftype, rid, body)
+        + b"".join(bytes(p) for p in framing.data_frames(rid, data[:7]))
+    )
+    decoder = framing.FrameDecoder(partial_data=True)
+    pieces, controls = [], []
+    for i in range(0, len(wire), step):
+        for t, r, b in decoder.frames(wire[i : i + step]):
+            assert r == rid
+            if t == framing.DATA:
+                assert 0 < len(b) <= step
+                pieces.append(b)
+            else:
+                controls.append((t, b))
+    assert controls == [(ftype, body)]
+    assert b"".join(pieces) == data + data[:7]
+    assert decoder.buffered == 0
+
+
+def test_partial_data_passes_a_chunk_inside_a_body_on_uncopied() -> None:
+    header = framing.encode_header(framing.DATA, 5, 3000)
+    decoder = framing.FrameDecoder(partial_data=True)
+    decoder.feed(header + b"a" * 1000)
+    assert decoder.next_frame() == (framing.DATA, 5, b"a" * 1000)
+    assert decoder.next_frame() is None
+    middle = b"b" * 1500
+    decoder.feed(middle)
+    assert decoder.next_frame()[2] is middle
+    decoder.feed(b"c" * 500 + framing.encode_control(framing.END, 5, {}))
+    assert decoder.next_frame() == (framing.DATA, 5, b"c" * 500)
+    assert decoder.next_frame() == (framing.END, 5, {})
+    assert decoder.next_frame() is None and decoder.buffered == 0
+
+
+def test_partial_data_still_refuses_an_oversized_frame_from_its_header() -> None:
+    decoder = framing.FrameDecoder(partial_data=True)
+    decoder.feed(struct.pack("!2sBBII", b"WS", 1, framing.DATA, 1, framing.MAX_DATA + 1))
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+
+
 def test_truncated_frame_waits_for_more_bytes() -> None:
     wire = framing.encode_control(framing.REQUEST, 1, {"op": "health"})
     decoder = framing.FrameDecoder()

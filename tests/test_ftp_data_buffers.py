@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 
 from tests.ftp_env import FTPEnv, sha256
 from wsfront.ftp import data
-from wsstorage.framing import MAX_DATA
+from wsstorage.framing import MAX_DATA, TRANSPORT_BUFFER
 
 MiB = 1 << 20
 
@@ -104,6 +104,57 @@ async def test_a_client_that_stops_reading_holds_the_server_to_its_share(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stalled_download_holds_its_share_and_one_socket_read(ftp, monkeypatch):
+    """With the shares of 200 downloads at once (a data connection's
+    STREAM_MIN, a storage read's RECV_MIN), a client that stops reading
+    holds the front end to its share plus one storage socket read in the
+    data connection, and one socket read in the storage connection: the
+    storage client passes DATA bodies on as they arrive, never holding a
+    256 KiB frame (MAX_DATA) until its last byte."""
+    from wsfront.transfer import reader
+    from wsstorage import client as storage_client
+
+    monkeypatch.setattr(data, "STREAM_BUDGET", data.STREAM_MIN)
+    monkeypatch.setattr(reader, "RECV_BUDGET", reader.RECV_MIN)
+    assert reader.RECV_MIN < MAX_DATA and storage_client.READ_FIRST_RECV <= reader.RECV_MIN
+    reads = []
+    init = storage_client._ReadCall.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        reads.append(self)
+
+    monkeypatch.setattr(storage_client._ReadCall, "__init__", recorded)
+    size = 48 * MiB
+    await ftp.env.upload("/big", payload(size))
+    c, _peer, channel = await _stalled_retr(ftp, "big")
+    tcp = channel._tcp
+    assert tcp.bufferSize == data.STREAM_MIN
+    settled, sent, held = 0, -1, 0
+    for _ in range(2000):
+        await _tick()
+        storage = reads[-1].proto
+        assert storage.transport.bufferSize <= reader.RECV_MIN
+        assert storage._decoder.buffered <= reader.RECV_MIN
+        assert buffered(tcp) <= data.STREAM_MIN + reader.RECV_MIN
+        held = max(held, buffered(tcp) + storage._decoder.buffered)
+        if tcp.producerPaused and channel.sent == sent:
+            settled += 1
+            if settled == 20:
+                break
+        else:
+            settled, sent = 0, channel.sent
+    else:
+        raise AssertionError("the download never settled paused")
+    assert 0 < held < MAX_DATA and channel.sent < size
+    c.send("ABOR")
+    assert (await c.reply())[0] == 426
+    assert (await c.reply())[0] == 226
+    # The storage connection went back to its own read size (or was dropped).
+    assert all(r._saved_recv is None for r in reads)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stream_gives_back_its_share_when_others_start(ftp, monkeypatch):
     monkeypatch.setattr(data, "STREAM_BUDGET", 4 * data.STREAM_MIN)
     body = payload(32 * MiB)
@@ -133,3 +184,7 @@ async def test_uploads_take_a_share_and_give_it_back(ftp):
     assert data._streams == 0
     assert sha256(await c.retr("up.bin")) == sha256(body)
     assert data._streams == 0
+    # The storage connections the download read on went back to the pool
+    # with their own read size (a read starts them at READ_FIRST_RECV).
+    idle = [conn for client in ftp.env.clients for conn in client._idle]
+    assert idle and all(conn.transport.bufferSize == TRANSPORT_BUFFER for conn in idle)

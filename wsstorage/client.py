@@ -98,6 +98,14 @@ class _ListCall(_Call):
         return super().frame(proto, ftype, body)
 
 
+#: Socket read size of a connection from the start of a read until its
+#: consumer is registered (at the REPLY) and may size the reads itself
+#: (``wsfront.transfer.reader``): the first read of a stream is otherwise
+#: the connection's 1 MiB (framing.TRANSPORT_BUFFER), and 200 downloads
+#: starting at once held 200 MiB of it.
+READ_FIRST_RECV = 64 * 1024
+
+
 @implementer(IPushProducer)
 class _ReadCall(_Call):
     """A read stream: REPLY, DATA..., then END or ERROR, into a consumer."""
@@ -111,6 +119,11 @@ class _ReadCall(_Call):
         self.registered = False
         self.cancelled = False
         self.d = defer.Deferred(self._cancel)
+        self._tcp = framing.tcp_transport(getattr(proto, "transport", None))
+        self._saved_recv: int | None = None
+        if self._tcp is not None and isinstance(getattr(self._tcp, "bufferSize", None), int):
+            self._saved_recv = self._tcp.bufferSize
+            self._tcp.bufferSize = min(self._saved_recv, READ_FIRST_RECV)
 
     def frame(self, proto: _ClientProtocol, ftype: int, body: Any) -> bool:
         if self.d.called:
@@ -150,6 +163,11 @@ class _ReadCall(_Call):
         if self.registered:
             self.registered = False
             self.consumer.unregisterProducer()
+        # After the consumer's own restore: the connection goes back to the
+        # pool with the read size it had.
+        saved, self._saved_recv = self._saved_recv, None
+        if saved is not None:
+            self._tcp.bufferSize = saved
 
     def _cancel(self, d: defer.Deferred) -> None:
         # The Deferred fails with CancelledError once this returns.
@@ -175,7 +193,9 @@ class _ClientProtocol(Protocol):
     def __init__(self, client: StorageClient) -> None:
         self.client = client
         self.reactor = client.reactor
-        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH)
+        # DATA bodies in pieces as they arrive: a paused read holds at most
+        # one socket read, not the rest of a 256 KiB frame (partial_data).
+        self._decoder = framing.FrameDecoder(limit=framing.MAX_PREAUTH, partial_data=True)
         self._nonce = auth.new_nonce()
         self.ready: defer.Deferred = defer.Deferred()
         self.lost: defer.Deferred = defer.Deferred()

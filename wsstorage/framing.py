@@ -197,7 +197,9 @@ class FrameDecoder:
     of a chunk, or one join when it spans chunks, so each byte is copied once.
     """
 
-    def __init__(self, limit: int | None = None, data_views: bool = False) -> None:
+    def __init__(
+        self, limit: int | None = None, data_views: bool = False, partial_data: bool = False
+    ) -> None:
         self._chunks: deque[bytes] = deque()
         self._off = 0  # consumed bytes of self._chunks[0]
         self._len = 0  # unconsumed bytes in total
@@ -210,6 +212,15 @@ class FrameDecoder:
         #: The views keep their chunks alive only as long as the caller
         #: holds them.
         self.data_views = data_views
+        #: With ``partial_data`` a DATA body comes out in pieces as its bytes
+        #: arrive (several DATA frames with the same request id, each piece
+        #: lying in one fed chunk: a chunk wholly inside a body is passed on
+        #: as it is, uncopied).  A reader then never holds a whole 256 KiB
+        #: body waiting for its last byte: what it buffers is bounded by its
+        #: socket read size, not the frame size (the storage client's reads).
+        self.partial_data = partial_data
+        self._data_left = 0  # undelivered bytes of the DATA body begun
+        self._data_rid = 0
 
     @property
     def buffered(self) -> int:
@@ -275,6 +286,8 @@ class FrameDecoder:
 
     def next_frame(self) -> tuple[int, int, Any] | None:
         """The next complete frame, or None until more bytes are fed."""
+        if self._data_left:
+            return self._next_piece()
         if self._len < HEADER_SIZE:
             return None
         magic, version, ftype, request_id, length = self._peek_header()
@@ -284,6 +297,10 @@ class FrameDecoder:
                 f"{FRAME_NAMES[ftype]} frame of {length} bytes before the handshake is"
                 f" complete exceeds the {self.limit}-byte cap"
             )
+        if self.partial_data and ftype == DATA and length:
+            self._advance(HEADER_SIZE)
+            self._data_left, self._data_rid = length, request_id
+            return self._next_piece()
         if self._len < HEADER_SIZE + length:
             return None
         self._advance(HEADER_SIZE)
@@ -293,6 +310,15 @@ class FrameDecoder:
             return ftype, request_id, self._take(length) if length else b""
         body = self._take(length) if length else b""
         return ftype, request_id, decode_control(body)
+
+    def _next_piece(self) -> tuple[int, int, bytes] | None:
+        """What is buffered of the DATA body begun, up to the end of the
+        first fed chunk (partial_data)."""
+        if not self._len:
+            return None
+        n = min(self._data_left, len(self._chunks[0]) - self._off)
+        self._data_left -= n
+        return DATA, self._data_rid, self._take(n)
 
     def frames(self, data: bytes = b"") -> Iterator[tuple[int, int, Any]]:
         """Feed ``data`` and yield every complete frame (for simple callers)."""

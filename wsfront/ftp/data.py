@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.ftp.addresses import same_host
-from wsstorage.framing import tcp_transport
+from wsstorage.framing import direct_socket, send_iov, tcp_transport
 
 log = Logger()
 
@@ -377,9 +377,19 @@ class _ChannelConsumer:
     def write(self, data: bytes) -> None:
         if self._encode is not None:
             data = self._encode(data)
-        self._channel.sent += len(data)
-        self._channel.activity()
-        self._channel.transport.write(data)
+        channel = self._channel
+        channel.sent += len(data)
+        channel.activity()
+        transport = channel.transport
+        sock = channel._tcp is transport and not getattr(transport, "TLS", False)
+        if sock and data:
+            # Plain TCP with nothing queued: straight into the socket, as
+            # far as the kernel takes it; only the rest waits in (and
+            # counts against) the transport's buffer share.  Under TLS
+            # (PROT P) the transport's write encrypts: never bypassed.
+            send_iov(transport, direct_socket(transport), [data])
+        else:
+            transport.write(data)
 
 
 class _PassiveFactory(Factory):
