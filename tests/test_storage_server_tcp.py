@@ -84,6 +84,46 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     assert await read_sha(client, "direct") == (hashlib.sha256(data).hexdigest(), len(data))
 
 
+class _RecvSizeRecorder:
+    """A consumer that records the storage connection's socket read size at
+    each write (``sizes_reads`` as given)."""
+
+    def __init__(self, sizes_reads: bool) -> None:
+        self.sizes_reads = sizes_reads
+        self.producer = None
+        self.sizes: set[int] = set()
+        self.count = 0
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data) -> None:
+        self.count += len(data)
+        self.sizes.add(framing.tcp_transport(self.producer.proto.transport).bufferSize)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_a_consumer_that_sizes_reads_starts_with_small_socket_reads(client) -> None:
+    """A read starts its connection at READ_FIRST_RECV only for a consumer
+    that resizes the reads itself (the front end's downloads); any other (a
+    repair's copy into a blob) keeps the connection's full read size, and
+    the pooled connection gets it back either way."""
+    from wsstorage.client import READ_FIRST_RECV
+
+    data = pattern(2 * 1024 * 1024)
+    await write_blob(client, "rs", data)
+    plain = _RecvSizeRecorder(sizes_reads=False)
+    assert await client.read("rs", 0, None, plain) == len(data) == plain.count
+    assert plain.sizes == {framing.TRANSPORT_BUFFER}
+    sizing = _RecvSizeRecorder(sizes_reads=True)
+    assert await client.read("rs", 0, None, sizing) == len(data) == sizing.count
+    assert sizing.sizes == {READ_FIRST_RECV}
+    assert [c.transport.bufferSize for c in client._idle] == [framing.TRANSPORT_BUFFER]
+
+
 @pytest_twisted.ensureDeferred
 async def test_write_flush_fence_and_stale_epoch_over_tcp(client) -> None:
     w, durable = await write_blob(client, "b1", b"a" * 300_000, epoch=1, commit=False)

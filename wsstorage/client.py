@@ -99,10 +99,13 @@ class _ListCall(_Call):
 
 
 #: Socket read size of a connection from the start of a read until its
-#: consumer is registered (at the REPLY) and may size the reads itself
-#: (``wsfront.transfer.reader``): the first read of a stream is otherwise
-#: the connection's 1 MiB (framing.TRANSPORT_BUFFER), and 200 downloads
-#: starting at once held 200 MiB of it.
+#: consumer is registered (at the REPLY) and sizes the reads itself: the
+#: first read of a stream is otherwise the connection's 1 MiB
+#: (framing.TRANSPORT_BUFFER), and 200 downloads starting at once held 200
+#: MiB of it.  Only a consumer whose ``sizes_reads`` attribute is true
+#: (``wsfront.transfer.reader``) gets it: any other (a repair's copy into a
+#: blob) would keep 64 KiB reads, and one pwrite per piece, for the whole
+#: read.
 READ_FIRST_RECV = 64 * 1024
 
 
@@ -121,7 +124,11 @@ class _ReadCall(_Call):
         self.d = defer.Deferred(self._cancel)
         self._tcp = framing.tcp_transport(getattr(proto, "transport", None))
         self._saved_recv: int | None = None
-        if self._tcp is not None and isinstance(getattr(self._tcp, "bufferSize", None), int):
+        if (
+            getattr(consumer, "sizes_reads", False)
+            and self._tcp is not None
+            and isinstance(getattr(self._tcp, "bufferSize", None), int)
+        ):
             self._saved_recv = self._tcp.bufferSize
             self._tcp.bufferSize = min(self._saved_recv, READ_FIRST_RECV)
 

@@ -117,6 +117,11 @@ class _ExtentSink:
     """The consumer handed to one storage read: counts and forwards bytes,
     and routes pause/resume from the real consumer to the storage producer."""
 
+    #: It sizes the storage connection's socket reads itself (``resize``),
+    #: so the storage client starts the read with small ones
+    #: (``wsstorage.client.READ_FIRST_RECV``).
+    sizes_reads = True
+
     def __init__(self, stream: ReadStream, want: int) -> None:
         self._stream = stream
         self.want = want
