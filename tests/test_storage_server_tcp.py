@@ -362,3 +362,17 @@ async def test_paused_consumer_pauses_the_server_and_bounds_its_buffers(server, 
     consumer.producer.resumeProducing()
     assert await d == size
     assert consumer.sha.hexdigest() == hashlib.sha256(pattern(size, seed=4)).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_aborted_transport_is_never_idle_for_a_direct_send(client) -> None:
+    """abortConnection() leaves ``connected`` set until the next reactor
+    turn: transport_idle must already say no, or a direct sendmsg would put
+    bytes on a connection its owner has just aborted."""
+    await write_blob(client, "ab", b"x")
+    (conn,) = client._idle
+    transport = framing.tcp_transport(conn.transport)
+    assert framing.transport_idle(transport)
+    transport.abortConnection()
+    assert transport.connected
+    assert not framing.transport_idle(transport)

@@ -137,6 +137,9 @@ def transport_idle(transport: Any) -> bool:
         transport.connected
         and not transport.disconnecting
         and not getattr(transport, "_writeDisconnected", False)
+        # abortConnection() leaves connected/disconnecting as they were
+        # until the next reactor turn: nothing may go out after it.
+        and not getattr(transport, "_aborting", False)
         and len(transport.dataBuffer) == transport.offset
         and not transport._tempDataLen
     )
