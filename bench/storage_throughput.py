@@ -11,7 +11,11 @@ ratio, the fsync setting and the server's peak RSS (VmHWM).  With ``--tls``
 the server also listens with TLS and every round reads over it too.
 It also prints the CPU seconds per GiB each side spent (server process,
 client reactor thread; reference sender process, receiver thread), which a
-loaded machine does not change the way it changes the speeds.  With
+loaded machine does not change the way it changes the speeds, and how long
+the server (and the reference sender) waited for a CPU while runnable
+(``/proc/PID/task/*/schedstat``): when that wait is close to its CPU time
+the machine was oversubscribed, and the elapsed time, so the ratio, follows
+the CPU both sides need together rather than the server's alone.  With
 ``--read-ahead KIBxBATCHES`` a third server runs with that read-ahead
 (``--read-ahead-kib``, ``--read-batches``) and is read in every round too.
 Goal: reads >= 0.7 of the socket copy, RSS < 100 MB.
@@ -74,6 +78,34 @@ def process_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_sched(pid: int) -> dict[str, tuple[int, int]]:
+    """Per thread of a process: (ns on a CPU, ns runnable but waiting for a
+    CPU), from ``/proc/PID/task/TID/schedstat``."""
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ran, waited, _ = f.read().split()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile, or no schedstats here
+        out[tid] = (int(ran), int(waited))
+    return out
+
+
+def sched_waited(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> float:
+    """Seconds a process's threads spent runnable but waiting for a CPU
+    between two ``thread_sched`` samples (threads that ended are left out).
+
+    On a machine shared with other work, a transfer is slowed by this wait
+    as much as by its own CPU time; comparing the two tells whether a
+    process was short of CPU or waiting for its peer."""
+    return sum(w - before.get(tid, (0, 0))[1] for tid, (_, w) in after.items()) / 1e9
 
 
 # -- reference: a plain socket copy ------------------------------------------
@@ -331,6 +363,7 @@ async def wire(
         before = process_cpu(pids["ref"])
         out["wref"].append(await threads.deferToThread(socket_copy, ref_port, size, "write", cl))
         server.append(process_cpu(pids["ref"]) - before)
+    out["wait"] = {kind: [] for kind in (*clients, "ref")}
     for kind in clients:
         out[kind] = []
         out["cpu"][kind] = ([], [])
@@ -338,14 +371,18 @@ async def wire(
         for kind, client in clients.items():
             sender, receiver = out["cpu"][kind]
             before = process_cpu(pids[kind])
+            waits = thread_sched(pids[kind])
             out[kind].append(await timed_read(client, receiver))
             sender.append(process_cpu(pids[kind]) - before)
+            out["wait"][kind].append(sched_waited(waits, thread_sched(pids[kind])))
         sender, receiver = out["cpu"]["ref"]
         before = process_cpu(pids["ref"])
+        waits = thread_sched(pids["ref"])
         out["ref"].append(
             await threads.deferToThread(socket_copy, ref_port, size, "read", receiver)
         )
         sender.append(process_cpu(pids["ref"]) - before)
+        out["wait"]["ref"].append(sched_waited(waits, thread_sched(pids["ref"])))
     for client in clients.values():
         await client.close()
     return out
@@ -661,6 +698,18 @@ def report(args: argparse.Namespace, size: int, result: dict, rss: dict[str, flo
                 )
         ref_send, ref_recv = (statistics.median(x) / gib for x in result["cpu"]["ref"])
         print(f"cpu    read  socket copy  sender {ref_send:5.2f} + receiver {ref_recv:5.2f} s/GiB")
+        # Elapsed time = time on a CPU + time waiting for one + time idle
+        # (waiting for the peer): a sender that waited for a CPU about as
+        # long as it ran was slowed by the machine's load, not its own code.
+        for kind in ("plain", "tls", "ra", "ref"):
+            if kind in result["wait"]:
+                name = "socket copy sender" if kind == "ref" else f"wire {kind:5} server "
+                elapsed = statistics.median(result[kind]) / gib
+                waited = statistics.median(result["wait"][kind]) / gib
+                print(
+                    f"sched  read  {name} waited for a CPU {waited:5.2f} s/GiB"
+                    f" (runnable, not running); elapsed {elapsed:5.2f} s/GiB"
+                )
     print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
     print("       acknowledged; the write figure includes it, the socket copy has none)")
     for kind, peak in rss.items():
