@@ -12,8 +12,8 @@ the server also listens with TLS and every round reads over it too.
 It also prints the CPU seconds per GiB each side spent (server process,
 client reactor thread; reference sender process, receiver thread), which a
 loaded machine does not change the way it changes the speeds, and how long
-the server (and the reference sender) waited for a CPU while runnable
-(``/proc/PID/task/*/schedstat``): when that wait is close to its CPU time
+the server's reactor thread (and the reference sender) waited for a CPU
+while runnable (``schedstat``): when that wait is close to its CPU time
 the machine was oversubscribed, and the elapsed time, so the ratio, follows
 the CPU both sides need together rather than the server's alone.  With
 ``--read-ahead KIBxBATCHES`` a third server runs with that read-ahead
@@ -80,32 +80,19 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_sched(pid: int) -> dict[str, tuple[int, int]]:
-    """Per thread of a process: (ns on a CPU, ns runnable but waiting for a
-    CPU), from ``/proc/PID/task/TID/schedstat``."""
-    out: dict[str, tuple[int, int]] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ran, waited, _ = f.read().split()
-        except (OSError, ValueError):
-            continue  # the thread ended meanwhile, or no schedstats here
-        out[tid] = (int(ran), int(waited))
-    return out
-
-
-def sched_waited(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> float:
-    """Seconds a process's threads spent runnable but waiting for a CPU
-    between two ``thread_sched`` samples (threads that ended are left out).
+def sched_wait(pid: int) -> float:
+    """Seconds the main thread of a process (the server's reactor thread,
+    which sends every read batch; the reference's only thread) has so far
+    spent runnable but waiting for a CPU (``schedstat``'s run delay).
 
     On a machine shared with other work, a transfer is slowed by this wait
     as much as by its own CPU time; comparing the two tells whether a
     process was short of CPU or waiting for its peer."""
-    return sum(w - before.get(tid, (0, 0))[1] for tid, (_, w) in after.items()) / 1e9
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")  # no schedstats on this kernel
 
 
 # -- reference: a plain socket copy ------------------------------------------
@@ -371,18 +358,18 @@ async def wire(
         for kind, client in clients.items():
             sender, receiver = out["cpu"][kind]
             before = process_cpu(pids[kind])
-            waits = thread_sched(pids[kind])
+            waited = sched_wait(pids[kind])
             out[kind].append(await timed_read(client, receiver))
             sender.append(process_cpu(pids[kind]) - before)
-            out["wait"][kind].append(sched_waited(waits, thread_sched(pids[kind])))
+            out["wait"][kind].append(sched_wait(pids[kind]) - waited)
         sender, receiver = out["cpu"]["ref"]
         before = process_cpu(pids["ref"])
-        waits = thread_sched(pids["ref"])
+        waited = sched_wait(pids["ref"])
         out["ref"].append(
             await threads.deferToThread(socket_copy, ref_port, size, "read", receiver)
         )
         sender.append(process_cpu(pids["ref"]) - before)
-        out["wait"]["ref"].append(sched_waited(waits, thread_sched(pids["ref"])))
+        out["wait"]["ref"].append(sched_wait(pids["ref"]) - waited)
     for client in clients.values():
         await client.close()
     return out
@@ -703,7 +690,7 @@ def report(args: argparse.Namespace, size: int, result: dict, rss: dict[str, flo
         # long as it ran was slowed by the machine's load, not its own code.
         for kind in ("plain", "tls", "ra", "ref"):
             if kind in result["wait"]:
-                name = "socket copy sender" if kind == "ref" else f"wire {kind:5} server "
+                name = "socket copy sender" if kind == "ref" else f"wire {kind:5} reactor"
                 elapsed = statistics.median(result[kind]) / gib
                 waited = statistics.median(result["wait"][kind]) / gib
                 print(
