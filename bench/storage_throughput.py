@@ -11,7 +11,11 @@ ratio, the fsync setting and the server's peak RSS (VmHWM).  With ``--tls``
 the server also listens with TLS and every round reads over it too.
 It also prints the CPU seconds per GiB each side spent (server process,
 client reactor thread; reference sender process, receiver thread), which a
-loaded machine does not change the way it changes the speeds.  With
+loaded machine does not change the way it changes the speeds, and how long
+the server's reactor thread (and the reference sender) waited for a CPU
+while runnable (``schedstat``): when that wait is close to its CPU time
+the machine was oversubscribed, and the elapsed time, so the ratio, follows
+the CPU both sides need together rather than the server's alone.  With
 ``--read-ahead KIBxBATCHES`` a third server runs with that read-ahead
 (``--read-ahead-kib``, ``--read-batches``) and is read in every round too.
 Goal: reads >= 0.7 of the socket copy, RSS < 100 MB.
@@ -74,6 +78,21 @@ def process_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sched_wait(pid: int) -> float:
+    """Seconds the main thread of a process (the server's reactor thread,
+    which sends every read batch; the reference's only thread) has so far
+    spent runnable but waiting for a CPU (``schedstat``'s run delay).
+
+    On a machine shared with other work, a transfer is slowed by this wait
+    as much as by its own CPU time; comparing the two tells whether a
+    process was short of CPU or waiting for its peer."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")  # no schedstats on this kernel
 
 
 # -- reference: a plain socket copy ------------------------------------------
@@ -331,6 +350,7 @@ async def wire(
         before = process_cpu(pids["ref"])
         out["wref"].append(await threads.deferToThread(socket_copy, ref_port, size, "write", cl))
         server.append(process_cpu(pids["ref"]) - before)
+    out["wait"] = {kind: [] for kind in (*clients, "ref")}
     for kind in clients:
         out[kind] = []
         out["cpu"][kind] = ([], [])
@@ -338,14 +358,18 @@ async def wire(
         for kind, client in clients.items():
             sender, receiver = out["cpu"][kind]
             before = process_cpu(pids[kind])
+            waited = sched_wait(pids[kind])
             out[kind].append(await timed_read(client, receiver))
             sender.append(process_cpu(pids[kind]) - before)
+            out["wait"][kind].append(sched_wait(pids[kind]) - waited)
         sender, receiver = out["cpu"]["ref"]
         before = process_cpu(pids["ref"])
+        waited = sched_wait(pids["ref"])
         out["ref"].append(
             await threads.deferToThread(socket_copy, ref_port, size, "read", receiver)
         )
         sender.append(process_cpu(pids["ref"]) - before)
+        out["wait"]["ref"].append(sched_wait(pids["ref"]) - waited)
     for client in clients.values():
         await client.close()
     return out
@@ -661,6 +685,18 @@ def report(args: argparse.Namespace, size: int, result: dict, rss: dict[str, flo
                 )
         ref_send, ref_recv = (statistics.median(x) / gib for x in result["cpu"]["ref"])
         print(f"cpu    read  socket copy  sender {ref_send:5.2f} + receiver {ref_recv:5.2f} s/GiB")
+        # Elapsed time = time on a CPU + time waiting for one + time idle
+        # (waiting for the peer): a sender that waited for a CPU about as
+        # long as it ran was slowed by the machine's load, not its own code.
+        for kind in ("plain", "tls", "ra", "ref"):
+            if kind in result["wait"]:
+                name = "socket copy sender" if kind == "ref" else f"wire {kind:5} reactor"
+                elapsed = statistics.median(result[kind]) / gib
+                waited = statistics.median(result["wait"][kind]) / gib
+                print(
+                    f"sched  read  {name} waited for a CPU {waited:5.2f} s/GiB"
+                    f" (runnable, not running); elapsed {elapsed:5.2f} s/GiB"
+                )
     print("fsync: on (commit fsyncs data, checksums, record and directory before it is")
     print("       acknowledged; the write figure includes it, the socket copy has none)")
     for kind, peak in rss.items():
