@@ -200,10 +200,34 @@ def cpu_pids(pids) -> float:
     """CPU seconds so far of live processes (the storage servers)."""
     total = 0.0
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = _proc_stat(pid)
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def _proc_stat(pid) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def write_calls(pids) -> int:
+    """Write system calls so far of ``pids`` (``syscw`` in /proc/PID/io):
+    on a storage server, one ``pwritev`` per batch of DATA frames stored."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/io") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+    return total
+
+
+def faults(pids) -> tuple[int, int]:
+    """Minor page faults so far of this process and of ``pids`` together:
+    each is a page of fresh memory zeroed for a buffer (or the page cache),
+    a cost the CPU figures include but do not explain."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt, sum(
+        int(_proc_stat(pid)[7]) for pid in pids
+    )
 
 
 async def count_put_calls(auth: list[str], path: Path, url: str, size: int) -> None:
@@ -285,12 +309,20 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     gib = big / (1 << 30)
     cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
     cpu.update({"storage servers": [], "curl (wsfs)": [], "nginx + curl": []})
+    # Minor page faults per MiB PUT: front end, storage servers.
+    flt: dict[str, list[float]] = {"front end": [], "storage servers": []}
+    writes: list[float] = []
     if "put" in wanted and args.count_calls:
         await count_put_calls(auth, files / "big.bin", f"{ws}/big.bin", big)
     for _ in range(args.rounds if "put" in wanted else 0):
+        faults_before, writes_before = faults(storage_pids), write_calls(storage_pids)
         before = cpu_self(), cpu_pids(storage_pids), cpu_children()
         _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
         after = cpu_self(), cpu_pids(storage_pids), cpu_children()
+        faults_after = faults(storage_pids)
+        writes.append((write_calls(storage_pids) - writes_before) / (big / MiB))
+        for who, a, b in zip(flt, faults_after, faults_before):
+            flt[who].append((a - b) / (big / MiB))
         cpu["front end"].append((sum(after[0]) - sum(before[0])) / gib)
         cpu["front end, user"].append((after[0][0] - before[0][0]) / gib)
         cpu["storage servers"].append((after[1] - before[1]) / gib)
@@ -376,6 +408,13 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
             each = " ".join(f"{x:.2f}" for x in values)
             label = f"CPU s per GiB PUT, {who}"
             print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
+        for who, values in flt.items():
+            each = " ".join(f"{x:.0f}" for x in values)
+            label = f"page faults per MiB PUT, {who}"
+            print(f"{label:<{width}}  {median(values):10.0f}      ({each})")
+        each = " ".join(f"{x:.2f}" for x in writes)
+        label = "write calls per MiB PUT, storage servers"
+        print(f"{label:<{width}}  {median(writes):10.2f}      ({each})")
     print(f"{'front-end RSS before the GETs':<{width}}  {before_gets:10.1f} MB")
     print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
 

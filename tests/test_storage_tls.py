@@ -32,6 +32,7 @@ from tests.storage_tls import make_tls
 from tests.support import free_port, require_tool
 from tests.transfer_env import sha256
 from wsstorage import framing
+from wsstorage import server as storage_server
 from wsstorage.client import StorageClient
 from wsstorage.errors import NodeUnavailable
 from wsstorage.service import start_storage_server
@@ -194,10 +195,12 @@ async def test_tune_transport_reaches_the_tcp_transport_under_tls(in_process_tls
     await client.health()
     (server_conn,) = server.factory.connections
     (client_conn,) = client._conns
-    for proto in (server_conn, client_conn):
+    # A server reads more per turn: an upload's batch is 1 MiB plus headers.
+    reads = ((server_conn, storage_server.RECEIVE_SIZE), (client_conn, framing.TRANSPORT_BUFFER))
+    for proto, read_size in reads:
         tcp = framing.tcp_transport(proto.transport)
         assert tcp is not None and tcp is not proto.transport  # the TLS wrapper is above
-        assert tcp.bufferSize == framing.TRANSPORT_BUFFER
+        assert tcp.bufferSize == read_size
         assert tcp.SEND_LIMIT >= framing.TRANSPORT_BUFFER
         assert _nodelay(tcp)
 
