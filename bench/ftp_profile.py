@@ -4,7 +4,13 @@ syscalls per MiB (one big RETR) or per file (many small RETR/STOR).
     python bench/ftp_profile.py retr --size-mib 256          # cProfile of wslocal
     python bench/ftp_profile.py small --files 300 --strace   # syscalls per file
     python bench/ftp_profile.py idle --clients 100           # RSS per slow download
+    python bench/ftp_profile.py phases --files 300           # where a small STOR's time goes
 
+``phases`` times each step of small STORs over one control connection as
+the client sees it (PASV and the data connection, STOR until 150, the
+bytes, their close until 226: medians and p90) and prints the server's
+user and system CPU per STOR, unprofiled; these are timings, noisy on a
+busy machine: compare runs made side by side.
 ``retr``/``small`` run wslocal under twistd's cProfile (``--strace``: under
 ``strace -c -f`` instead) and print function calls per MiB or per file and
 the top functions by cumulative time.  ``idle`` opens N downloads whose
@@ -207,6 +213,71 @@ class _Bytes:
         return out
 
 
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])  # utime, stime
+
+
+def stor_phases(server: Local, files: int, kib: int) -> None:
+    """Small STORs by hand over one control connection, each step timed."""
+    ctl = socket.create_connection(("127.0.0.1", server.port))
+    ctl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lines = ctl.makefile("rb")
+
+    def reply() -> str:
+        line = lines.readline().decode()
+        while line[3:4] == "-":
+            line = lines.readline().decode()
+        return line
+
+    def command(text: str) -> str:
+        ctl.sendall(text.encode() + b"\r\n")
+        return reply()
+
+    reply()
+    command(f"USER {server.user}")
+    command(f"PASS {server.password}")
+    command("TYPE I")
+    command("MKD phases")
+    command("CWD phases")
+    block = os.urandom(kib << 10)
+    steps: dict[str, list[float]] = {
+        "PASV + data connection": [], "STOR -> 150": [], "bytes + close": [],
+        "close -> 226": [], "whole STOR": [],
+    }  # fmt: skip
+    pid = server.server_pid()
+    cpu0, wall0 = _cpu_ticks(pid), time.perf_counter()
+    for i in range(files):
+        t0 = time.perf_counter()
+        answer = command("PASV")
+        numbers = answer[answer.index("(") + 1 : answer.index(")")].split(",")
+        data = socket.create_connection(("127.0.0.1", int(numbers[4]) * 256 + int(numbers[5])))
+        t1 = time.perf_counter()
+        answer = command(f"STOR p{i:05d}")
+        assert answer.startswith("150"), answer
+        t2 = time.perf_counter()
+        data.sendall(block)
+        data.close()
+        t3 = time.perf_counter()
+        answer = reply()
+        assert answer.startswith("226"), answer
+        t4 = time.perf_counter()
+        for name, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            steps[name].append(dt)
+    wall = time.perf_counter() - wall0
+    cpu1 = _cpu_ticks(pid)
+    command("QUIT")
+    ctl.close()
+    tick = os.sysconf("SC_CLK_TCK")
+    print(f"{files} STOR x {kib} KiB: {files / wall:.0f} files/s (timing: noisy)")
+    for name, values in steps.items():
+        values.sort()
+        median, p90 = values[len(values) // 2], values[len(values) * 9 // 10]
+        print(f"{name:24} median {median * 1e3:7.3f} ms   p90 {p90 * 1e3:7.3f} ms")
+    user, system = ((b - a) / tick / files * 1e3 for a, b in zip(cpu0, cpu1))
+    print(f"server CPU per STOR: user {user:.2f} ms, system {system:.2f} ms")
+
+
 def idle_clients(server: Local, clients: int, mib: int) -> None:
     """``clients`` downloads of ``mib`` MiB whose clients read nothing."""
     size = mib << 20
@@ -233,7 +304,7 @@ def idle_clients(server: Local, clients: int, mib: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workload", choices=["retr", "small", "stor", "idle"])
+    p.add_argument("workload", choices=["retr", "small", "stor", "idle", "phases"])
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--files", type=int, default=300)
     p.add_argument("--kib", type=int, default=4)
@@ -250,6 +321,10 @@ def main() -> None:
         # Set-up runs unprofiled; the measured part then runs in a fresh
         # process under the profiler on the same data.
         server = Local(workdir, None, None)
+        if args.workload == "phases":
+            stor_phases(server, args.files, args.kib)
+            server.stop()
+            return
         if args.workload == "retr":
             retr_big(server, args.size_mib << 20, True)
         elif args.workload in ("small", "stor"):

@@ -212,6 +212,47 @@ class StorageContract:
         assert sha(got) == sha(data)
 
     @pytest_twisted.inlineCallbacks
+    def test_put_creates_and_seals_a_small_blob_in_one_request(self, storage):
+        client = yield self._client(storage)
+        blob, data = new_id(), pattern(70_000)
+        info = yield client.put(blob, 2, {"inode": 7}, data)
+        assert (info.blob_id, info.size, info.durable, info.state, info.epoch) == (
+            blob,
+            len(data),
+            len(data),
+            SEALED,
+            2,
+        )
+        assert info.meta == {"inode": 7}
+        assert (yield client.stat(blob)) == info
+        assert (yield get(client, blob)) == data
+        empty = yield client.put(new_id(), 1, {}, b"")
+        assert (empty.size, empty.state) == (0, SEALED)
+        # The connection is usable again: a second put, and a stream.
+        assert (yield client.put(new_id(), 1, {}, b"z" * 10)).size == 10
+        _, info = yield put(client, new_id(), b"after")
+        assert info.size == 5
+
+    @pytest_twisted.inlineCallbacks
+    def test_put_is_refused_as_write_and_commit_would_be(self, storage):
+        client = yield self._client(storage)
+        sealed = new_id()
+        yield client.put(sealed, 1, {}, b"abc")
+        yield refused(client.put(sealed, 1, {}, b"other"), BlobSealed)
+        fenced = new_id()
+        writer, _ = yield put(client, fenced, b"x" * 100, commit=False)
+        yield writer.abort()
+        yield client.fence(fenced, 3, 100)
+        yield refused(client.put(fenced, 2, {}, b"late"), StaleEpoch)
+        yield refused(client.put("../x", 1, {}, b"a"), BadRequest)
+        yield refused(client.put(new_id(), 1, {}, b"x" * (256 * 1024 + 1)), BadRequest)
+        # An unsealed blob is rewritten from 0, as a write at 0 would.
+        info = yield client.put(fenced, 3, {}, b"fresh")
+        assert (info.size, info.state, info.epoch) == (5, SEALED, 3)
+        assert (yield get(client, fenced)) == b"fresh"
+        assert (yield client.stat(sealed)).size == 3
+
+    @pytest_twisted.inlineCallbacks
     def test_abort_leaves_blob_unsealed_with_its_durable_bytes(self, storage):
         client = yield self._client(storage)
         blob = new_id()

@@ -362,6 +362,37 @@ async def test_start_upload_begins_a_new_file_or_resumes_at_the_committed_size(c
 
 
 @pytest_twisted.ensureDeferred
+async def test_start_upload_returns_the_session_as_the_catalog_reads_it_back(catalog):
+    """start_upload builds its UploadSession from what it wrote instead of
+    reading the rows back: it must be exactly what get_upload finds."""
+    await catalog.mkdir("/d")
+    fresh = await catalog.start_upload(
+        "alice",
+        "/d/n.bin",
+        offset=0,
+        blob_id="b1",
+        replicas=["s2", "s1", "s2"],
+        wanted_replicas=3,
+        owner="fe1",
+        expires_at=catalog._clock() + 60,
+        declared_length=99,
+        meta={"protocol": "tus", "n": [1, 2]},
+    )
+    assert fresh.upload == await catalog.get_upload(fresh.upload.upload_id)
+    assert fresh.upload.path == "/d/n.bin"
+    # commit_upload, too, returns the version it wrote without reading it back.
+    version = await catalog.commit_upload(fresh.upload.upload_id, 1, 99, sha256="ab" * 32)
+    assert version == (await catalog.stat("/d/n.bin")).version
+    resumed = await start(catalog, "/d/n.bin", "b2", offset=40)
+    assert resumed.upload == await catalog.get_upload(resumed.upload.upload_id)
+    assert spans(resumed.upload.base_extents) == [("b1", 0, 40, 0)]
+    assert [r.node for r in resumed.upload.base_extents[0].replicas] == ["s1", "s2"]
+    version = await catalog.commit_upload(resumed.upload.upload_id, 1, 70, mtime=5.0)
+    assert version == (await catalog.stat("/d/n.bin")).version
+    assert spans(version.extents) == [("b1", 0, 40, 0), ("b2", 0, 30, 40)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_start_upload_hands_back_a_live_upload_and_changes_nothing(catalog):
     first = (await start(catalog, "/f", "b1")).upload
     with pytest.raises(PendingUploadExists) as caught:

@@ -90,6 +90,26 @@ async def test_upload_taken_over_by_another_connection_is_fenced_not_226(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_small_stor_whose_replicas_all_die_is_451_after_its_150(ftp):
+    """A small upload opens no storage stream before 150 (one put per
+    replica at the end): storage that fails meanwhile is reported by the
+    final reply, never a 226, and nothing is committed."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR s.bin"))[0] == 150
+    [session] = ftp.transfers.sessions.values()
+    for node in session.replicas:
+        await ftp.env.kill(node)
+    peer.transport.write(b"x" * 4096)
+    peer.transport.loseConnection()
+    code, text = await c.reply()
+    assert code == 451, text
+    assert (await c.cmd("RETR s.bin"))[0] == 550
+
+
+@pytest_twisted.ensureDeferred
 async def test_client_vanishing_mid_upload_commits_what_arrived(ftp):
     data = payload(500_000)
     c = await ftp.client()

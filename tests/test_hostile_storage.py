@@ -21,7 +21,7 @@ from twisted.internet.protocol import Protocol
 from tests.storage_procs import DrainConsumer, StorageProcess
 from tests.transfer_env import sha256
 from wsstorage import auth, framing
-from wsstorage.errors import ProtocolError
+from wsstorage.errors import BlobNotFound, ProtocolError
 
 BLOB = "b" + "5e" * 16
 
@@ -276,4 +276,49 @@ async def test_a_large_frame_before_the_handshake_is_refused_without_its_body(no
     assert [(t, b["code"]) for t, _, b in frames[frames_before:]] == [(framing.ERROR, "protocol")]
     assert f"exceeds the {framing.MAX_PREAUTH}-byte cap" in frames[-1][2]["message"]
     assert f"before the handshake is complete exceeds the {framing.MAX_PREAUTH}" in proc.log()
+    await _still_fine(node)
+
+
+async def _authenticated(proc) -> FramePeer:
+    """A raw peer that proved the cluster secret (READY received)."""
+    raw = await _open(proc)
+    nonce = auth.new_nonce()
+    raw.send(_hello(nonce))
+    _, _, challenge = await raw.frame(0)
+    proof = auth.client_proof(proc.secret(), nonce, challenge["nonce"])
+    raw.send(framing.encode_control(framing.AUTH, 0, {"proof": proof}))
+    assert (await raw.frame(1))[0] == framing.READY
+    return raw
+
+
+def _put(rid: int, blob: str, length: int) -> bytes:
+    body = {"op": "put", "blob": blob, "epoch": 1, "meta": {}, "length": length}
+    return framing.encode_control(framing.REQUEST, rid, body)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        _put(1, "b" + "61" * 16, 300 * 1024),
+        _put(1, "b" + "62" * 16, 10) + framing.encode_header(framing.DATA, 1, 11) + b"y" * 11,
+        _put(1, "b" + "63" * 16, 10)
+        + framing.encode_header(framing.DATA, 1, 4)
+        + b"y" * 4
+        + DELETE,
+        _put(1, "b" + "64" * 16, 10) + framing.encode_header(framing.DATA, 2, 10) + b"y" * 10,
+    ],
+    ids=["over-the-cap", "more-data-than-announced", "request-in-its-data", "data-of-another-id"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_put_whose_data_does_not_add_up_drops_the_connection_and_stores_nothing(
+    node, frames
+):
+    proc, client, _digest = node
+    raw = await _authenticated(proc)
+    raw.send(frames)
+    received = await raw.all_until_closed()
+    assert received[-1][0] == framing.ERROR and received[-1][2]["code"] == "protocol"
+    blob = frames[framing.HEADER_SIZE :].split(b'"blob":"')[1][:33].decode()
+    with pytest.raises(BlobNotFound):
+        await client.stat(blob)
     await _still_fine(node)

@@ -74,6 +74,13 @@ class IStorageClient(Interface):
         BlobSealed if it is sealed, InvalidOffset beyond its end.  ``meta`` is
         a JSON-able dict stored beside the blob."""
 
+    def put(blob_id, epoch, meta, data):
+        """Create the blob with ``data`` (at most 256 KiB) and seal it, as
+        ``write`` at 0, the bytes and ``commit`` would, in one request; fire
+        with the sealed BlobInfo once it is durable.  Fails as ``write``
+        and ``commit`` do (StaleEpoch, BlobSealed, DiskFull), BadRequest for
+        more than 256 KiB."""
+
     def fence(blob_id, epoch, truncate_to):
         """Raise the blob's epoch to ``epoch`` (durably) and truncate it to
         ``truncate_to``; writes and commits with an older epoch are refused

@@ -32,6 +32,7 @@ from wsstorage import allocator, auth, framing
 from wsstorage._interfaces import IBlobWriter, IStorageClient
 from wsstorage.errors import (
     AuthenticationFailed,
+    BadRequest,
     NodeUnavailable,
     ProtocolError,
     StorageError,
@@ -41,6 +42,9 @@ from wsstorage.records import BlobInfo, Health, check_blob_id
 from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
+
+#: Most bytes one ``put`` carries (the server's cap, docs/wire-protocol.md).
+PUT_MAX = 256 * 1024
 
 
 def info_from_wire(body: dict[str, Any]) -> BlobInfo:
@@ -437,6 +441,21 @@ class _ClientProtocol(Protocol):
         self.activity()
         return rid, call
 
+    def start_with_data(self, body: dict[str, Any], data: bytes) -> _Call:
+        """Send a request and the DATA frames that belong to it (``put``)
+        at once: one ``sendmsg`` of both while nothing else is queued."""
+        if not self.connected:
+            raise NodeUnavailable(f"connection to storage server {self.client.name} lost")
+        call = _Call()
+        rid = next(self._ids)
+        self._pending[rid] = call
+        iov = [framing.encode_control(framing.REQUEST, rid, body)]
+        if data:
+            iov += framing.data_frame_iov(rid, [data])
+        framing.send_iov(self.transport, self.socket, iov)
+        self.activity()
+        return call
+
     def call(self, body: dict[str, Any]) -> defer.Deferred:
         try:
             return self.start(body)[1].d
@@ -786,6 +805,31 @@ class StorageClient:
         writer = BlobWriter(self, conn, rid, blob_id, epoch, offset)
         conn.writer = writer
         return writer
+
+    @defer.inlineCallbacks
+    def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> Any:
+        """Create, write and seal a small blob in one request: the REQUEST
+        and its DATA frames go out together, and the server answers once
+        the blob is durable and sealed (docs/wire-protocol.md, ``put``)."""
+        check_blob_id(blob_id)
+        data = bytes(data)
+        if len(data) > PUT_MAX:
+            raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
+        conn = yield self._acquire()
+        try:
+            body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
+            result = yield conn.start_with_data(body, data).d
+        except StorageError as e:
+            if isinstance(e, NodeUnavailable | ProtocolError):
+                self._discard(conn)
+            else:
+                self._release(conn)
+            raise
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return info_from_wire(result)
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         body = {"op": "fence", "blob": blob_id, "epoch": epoch, "truncate_to": truncate_to}

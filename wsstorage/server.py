@@ -74,6 +74,8 @@ READ_TASK_BATCHES = 16
 RECEIVE_SIZE = 2 * framing.TRANSPORT_BUFFER
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
+#: Most bytes one ``put`` carries (a whole small blob in one request).
+PUT_MAX = 256 * 1024
 #: Target size of one page of a list reply.
 LIST_PAGE_BYTES = 256 * 1024
 LIST_BATCH = 500
@@ -246,6 +248,8 @@ class StorageServerProtocol(Protocol):
         self._handshake_timer: Any = None
         self._read: _ReadStream | None = None
         self._write: _WriteStream | None = None
+        #: A ``put`` whose DATA frames are still arriving.
+        self._put: _PutRequest | None = None
         self._list_resume: defer.Deferred | None = None
         self._paused = False
         self.peer = "?"
@@ -324,6 +328,10 @@ class StorageServerProtocol(Protocol):
                 if frame is None:
                     return
                 ftype, rid, body = frame
+                if self._put is not None:
+                    if not self._put_frame(ftype, rid, body):
+                        return
+                    continue
                 if ftype == framing.DATA and self._state == "ready":
                     stream = self._write
                     if stream is None or rid != stream.rid:
@@ -441,6 +449,9 @@ class StorageServerProtocol(Protocol):
 
     def _request(self, rid: int, req: dict[str, Any]) -> None:
         op = req.get("op")
+        if op == "put" and self._write is None:
+            self._begin_put(rid, req)
+            return
         if self._write is not None and op == "flush":
             self._flush_while_streaming(rid)
             return
@@ -696,6 +707,74 @@ class StorageServerProtocol(Protocol):
             err=stream.error.message,
         )
         self._send_error(stream.rid, stream.error)
+
+    # -- put: a whole small blob in one request ------------------------
+
+    def _begin_put(self, rid: int, req: dict[str, Any]) -> None:
+        """Wait for a ``put``'s DATA frames (``_put_frame``); a put of 0
+        bytes runs at once.  Its other fields are checked once the bytes
+        are in, so a bad one is an error reply like any other; a bad
+        ``length`` leaves the frames that follow unaccountable, so the
+        connection is closed after the error reply."""
+        try:
+            length = _int_field(req, "length")
+            if length > PUT_MAX:
+                raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {length}")
+        except StorageError as e:
+            self._send_error(rid, e)
+            self.drop(f"refused put: {e.message}")
+            return
+        self._put = _PutRequest(rid, req, length)
+        if length == 0:
+            self._run_put()
+
+    def _put_frame(self, ftype: int, rid: int, body: Any) -> bool:
+        """A frame while a put's data arrives: its DATA is kept (copied: it
+        outlives this read), anything else is a protocol error.  False
+        once the connection is dropped."""
+        put = self._put
+        assert put is not None
+        if ftype != framing.DATA or rid != put.rid:
+            self.drop(f"{framing.FRAME_NAMES[ftype]} frame inside a put's data")
+            return False
+        for piece in body:
+            put.received += len(piece)
+            put.pieces.append(bytes(piece))
+        if put.received > put.length:
+            self.drop(f"put {rid} sent more than its {put.length} bytes")
+            return False
+        if put.received == put.length:
+            self._run_put()
+        return True
+
+    def _run_put(self) -> None:
+        put, self._put = self._put, None
+        assert put is not None
+        self._run(put.rid, self._op_put, {"_put": put})
+
+    def _op_put(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        """Create the blob, store the bytes and seal it (data, checksums,
+        record, directory fsync'd) in one task in a thread: one hop instead
+        of an open, a stream and a commit."""
+        put: _PutRequest = req["_put"]
+        fields = put.request
+        blob_id = check_blob_id(fields.get("blob"))
+        epoch = _int_field(fields, "epoch")
+        meta = _meta_field(fields)
+        store = self.factory.store
+
+        def create_and_seal() -> dict[str, Any]:
+            handle = store.open_write(blob_id, epoch, 0, meta)
+            try:
+                _store_counted(handle, put.pieces)
+                failpoints.hit("storage.before_commit")
+                info = handle.seal()
+                failpoints.hit("storage.after_commit")
+                return info_to_wire(info)
+            finally:
+                handle.close()
+
+        return self._blocking(create_and_seal)
 
     # -- list ----------------------------------------------------------
 
@@ -1111,6 +1190,49 @@ class _ReadStream:
         if self.handle is not None:
             handle, self.handle = self.handle, None
             handle.close()
+
+
+@attrs.define
+class _PutRequest:
+    """A ``put`` request and the bytes of its DATA frames so far."""
+
+    rid: int
+    request: dict[str, Any]
+    length: int
+    received: int = 0
+    pieces: list[bytes] = attrs.Factory(list)
+
+
+def _store_counted(handle: Any, pieces: list[bytes]) -> None:
+    """Store a put's bytes through ``handle`` (in the put's thread),
+    counting them for failpoint ``storage.write.bytes`` and cutting them at
+    its threshold as a write stream does."""
+    write_pieces = getattr(handle, "write_pieces", None)
+
+    def store(part: list[Any]) -> None:
+        if not part:
+            return
+        if write_pieces is None:
+            for piece in part:
+                handle.write(bytes(piece))
+        else:
+            write_pieces(part)
+        _ProcessCounters.written += sum(len(p) for p in part)
+
+    limit = failpoints.threshold("storage.write.bytes")
+    if limit is None:
+        store(pieces)
+        return
+    views = [memoryview(p) for p in pieces]
+    total = sum(len(v) for v in views)
+    if _ProcessCounters.written + total >= limit:
+        head, tail = _split_pieces(views, max(0, limit - _ProcessCounters.written))
+        store(head)
+        failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+        store(tail)
+    else:
+        store(views)
+        failpoints.hit("storage.write.bytes", _ProcessCounters.written)
 
 
 class _WriteStream:

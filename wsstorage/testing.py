@@ -34,6 +34,8 @@ checks both):
   after a fence, NodeUnavailable, DiskFull past ``capacity``) fire
   ``when_failed()`` and fail ``flush``/``commit``; ``write`` after an error
   drops the bytes and ``write`` after commit/abort raises StorageError.
+* ``put`` is ``write`` at 0, the bytes and ``commit`` as one call, with
+  their errors; more than ``PUT_MAX`` bytes is BadRequest.
 * ``abort`` keeps the bytes already stored (only ``durable`` is guaranteed);
   ``kill`` behaves like a power loss: unsealed blobs are cut to their durable
   length and reported INCOMPLETE once the node is revived.
@@ -76,6 +78,8 @@ from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, Health, check_
 __all__ = ["FakeStorageClient", "FakeStorageCluster", "FakeStorageNode"]
 
 FAKE_SCHEME = "fake:"
+#: Most bytes one ``put`` carries, as on a real server.
+PUT_MAX = 256 * 1024
 FORMAT_VERSION = 1
 
 
@@ -274,6 +278,9 @@ class FakeStorageNode:
     def write(self, blob_id: str, epoch: int, offset: int, meta: dict[str, Any]) -> Any:
         return self._default.write(blob_id, epoch, offset, meta)
 
+    def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> defer.Deferred:
+        return self._default.put(blob_id, epoch, meta, data)
+
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         return self._default.fence(blob_id, epoch, truncate_to)
 
@@ -323,6 +330,17 @@ class FakeStorageNode:
         blob.epoch, blob.meta, blob.state = epoch, meta, OPEN
         blob.generation += 1
         return blob
+
+    def do_put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
+        """``write`` at 0, the bytes and ``commit``, as one step."""
+        blob = self.open_write(blob_id, epoch, 0, meta)
+        if self.used_bytes() + len(data) > self.capacity:
+            raise DiskFull(f"{self.name} is full")
+        blob.data += data
+        self.bytes_written += len(data)
+        blob.generation += 1
+        blob.state, blob.durable, blob.recorded = SEALED, len(blob.data), True
+        return blob.info(blob_id)
 
     def do_fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         blob = self.get(blob_id)
@@ -475,6 +493,18 @@ class FakeStorageClient:
             return _FakeBlobWriter(self, blob_id, epoch, offset, blob.generation)
 
         return self._call(open_)
+
+    def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> defer.Deferred:
+        try:
+            check_blob_id(blob_id)
+            _check_int(epoch, "epoch")
+            meta = encode_meta(meta)
+            if len(data) > PUT_MAX:
+                raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
+        except StorageError as e:
+            return defer.fail(e)
+        data = bytes(data)
+        return self._call(lambda: self.node.do_put(blob_id, epoch, meta, data))
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         try:

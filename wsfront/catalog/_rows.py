@@ -140,9 +140,13 @@ def truncate_extents(rows: Iterable[Any], length: int) -> list[dict[str, Any]]:
     return kept
 
 
-def write_extents(tx: Tx, table: str, key: str, key_value: Any, rows: list[Any]) -> None:
-    """Replace the extent list of one version or upload."""
-    tx.execute(f"DELETE FROM {table} WHERE {key} = ?", key_value)
+def write_extents(
+    tx: Tx, table: str, key: str, key_value: Any, rows: list[Any], fresh: bool = False
+) -> None:
+    """Replace the extent list of one version or upload (``fresh``: one
+    just created, which has none to delete)."""
+    if not fresh:
+        tx.execute(f"DELETE FROM {table} WHERE {key} = ?", key_value)
     for idx, r in enumerate(rows):
         tx.execute(
             f"INSERT INTO {table} ({key}, idx, blob_id, blob_offset, length, file_offset) "

@@ -22,6 +22,7 @@ from wsfront.catalog._rows import (
     drop_version,
     end_upload,
     etag_of,
+    extents_from_rows,
     insert_blob,
     is_live,
     live_upload_row,
@@ -47,7 +48,7 @@ from wsfront.catalog.errors import (
     QuotaExceeded,
     UploadFinished,
 )
-from wsfront.catalog.names import split_path
+from wsfront.catalog.names import join_path, split_path
 from wsfront.catalog.records import (
     ABORTED,
     ACTIVE,
@@ -55,7 +56,9 @@ from wsfront.catalog.records import (
     EXPIRED,
     INTERRUPTED,
     LIVE_STATES,
+    REPLICA_OK,
     UPLOAD_STATES,
+    Replica,
     UploadSession,
     UploadStart,
     Version,
@@ -79,6 +82,22 @@ def _check_quota_ahead(tx: Tx, user: str, grow_bytes: int, new_file: bool) -> No
         raise QuotaExceeded(f"{user} has reached the file quota")
 
 
+def _resolve_target(tx: Tx, path: str) -> tuple[tuple[str, ...], int, Any]:
+    """The path's parts, its parent directory (locked) and its entry
+    (locked; None if absent).  IsADirectory for / or a directory."""
+    parts = split_path(path)
+    if not parts:
+        raise IsADirectory("/ is a directory")
+    parent = resolve_parent(tx, parts)
+    lock_dirs(tx, parent)
+    row = child(tx, parent, parts[-1])
+    if row is not None and row["kind"] == DIR:
+        raise IsADirectory(f"{path} is a directory")
+    if row is not None:
+        tx.lock_rows("inodes", "inode", [row["inode"]])
+    return parts, parent, row
+
+
 def begin_upload(
     tx: Tx,
     now: float,
@@ -93,24 +112,48 @@ def begin_upload(
     declared_length: int | None,
     meta: dict[str, Any] | None,
 ) -> UploadSession:
-    parts = split_path(path)
-    if not parts:
-        raise IsADirectory("/ is a directory")
     if base_length < 0 or (declared_length is not None and base_length > declared_length):
         raise InvalidOffset(f"base length {base_length} is out of range")
-    parent = resolve_parent(tx, parts)
-    lock_dirs(tx, parent)
-    row = child(tx, parent, parts[-1])
-    if row is not None and row["kind"] == DIR:
-        raise IsADirectory(f"{path} is a directory")
+    parts, parent, row = _resolve_target(tx, path)
     if row is not None:
-        tx.lock_rows("inodes", "inode", [row["inode"]])
         live = live_upload_row(tx, row["inode"])
         if live is not None:
             if live["expires_at"] > now:
                 raise PendingUploadExists(f"an upload is pending on {path}")
             end_upload(tx, live, EXPIRED, now)
             row = child(tx, parent, parts[-1])
+    version = None
+    if row is not None and row["version_id"] is not None:
+        version = load_version(tx, row["version_id"])
+    return _insert_upload(
+        tx, now, user, path, parts, parent, row, version.size if version else 0,
+        version.extents if version else (), base_length, blob_id, replicas, wanted_replicas,
+        owner, expires_at, declared_length, meta,
+    )  # fmt: skip
+
+
+def _insert_upload(
+    tx: Tx,
+    now: float,
+    user: str,
+    path: str,
+    parts: tuple[str, ...],
+    parent: int,
+    row: Any,
+    committed_size: int,
+    committed_extents: Iterable[Any],
+    base_length: int,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    owner: str,
+    expires_at: float,
+    declared_length: int | None,
+    meta: dict[str, Any] | None,
+) -> UploadSession:
+    """Begin the upload on a resolved, locked target with no live upload:
+    the inode (created if ``row`` is None), blob, session and base extents
+    (the committed extents cut at ``base_length``)."""
     if row is None:
         if base_length != 0:
             raise InvalidOffset(f"{path} is new: an upload can only start at 0")
@@ -119,30 +162,27 @@ def begin_upload(
             "INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)", parent, parts[-1], inode
         )
         touch(tx, parent, now)
-        base: list[Any] = []
-        committed_size = 0
     else:
         inode = row["inode"]
-        version = load_version(tx, row["version_id"]) if row["version_id"] is not None else None
-        committed_size = version.size if version else 0
         if base_length > committed_size:
             raise InvalidOffset(f"{path} has {committed_size} committed bytes, not {base_length}")
-        base = truncate_extents(
-            (
-                {
-                    "blob_id": e.blob_id,
-                    "blob_offset": e.blob_offset,
-                    "length": e.length,
-                    "file_offset": e.file_offset,
-                }
-                for e in (version.extents if version else ())
-            ),
-            base_length,
-        )
+    base = truncate_extents(
+        (
+            {
+                "blob_id": e.blob_id,
+                "blob_offset": e.blob_offset,
+                "length": e.length,
+                "file_offset": e.file_offset,
+            }
+            for e in committed_extents
+        ),
+        base_length,
+    )
     if declared_length is not None:
         _check_quota_ahead(tx, user, declared_length - committed_size, row is None)
     insert_blob(tx, blob_id, replicas, wanted_replicas, now)
     upload_id = new_upload_id()
+    meta_json = json.dumps(meta or {})
     tx.execute(
         "INSERT INTO uploads (upload_id, inode, path, username, blob_id, blob_start, checkpoint, "
         "owner, epoch, state, declared_length, meta, created_at, updated_at, expires_at) "
@@ -156,13 +196,34 @@ def begin_upload(
         base_length,
         owner,
         declared_length,
-        json.dumps(meta or {}),
+        meta_json,
         now,
         now,
         expires_at,
     )
-    write_extents(tx, "upload_extents", "upload_id", upload_id, base)
-    return load_upload(tx, upload_row(tx, upload_id))
+    write_extents(tx, "upload_extents", "upload_id", upload_id, base, fresh=True)
+    # What load_upload would read back, from what was just written.
+    nodes = sorted(dict.fromkeys(replicas))
+    return UploadSession(
+        upload_id=upload_id,
+        inode=inode,
+        path=join_path(parts),
+        user=user,
+        base_extents=extents_from_rows(tx, base),
+        blob_id=blob_id,
+        blob_start=base_length,
+        replicas=tuple(Replica(node, REPLICA_OK) for node in nodes),
+        wanted_replicas=wanted_replicas,
+        checkpoint=base_length,
+        owner=owner,
+        epoch=1,
+        state=ACTIVE,
+        declared_length=declared_length,
+        meta=json.loads(meta_json),
+        created_at=now,
+        updated_at=now,
+        expires_at=expires_at,
+    )
 
 
 def start_upload(
@@ -180,35 +241,37 @@ def start_upload(
     meta: dict[str, Any] | None,
 ) -> UploadStart:
     """The lookup a STOR makes and ``begin_upload`` in one transaction:
-    begin at ``offset`` (None: at the committed size, as APPE does).
+    begin at ``offset`` (None: at the committed size, as APPE does).  The
+    path is resolved once, and the committed version's extents are read
+    only when the upload keeps some of them (offset above 0).
 
     A live upload on the path (whoever owns it, expired or not, as ``stat``
     reports it) changes nothing: PendingUploadExists carries it, for its
     owner to take over.  An offset above the committed size is
     InvalidOffset; a directory IsADirectory.
     """
-    parts = split_path(path)
-    if not parts:
-        raise IsADirectory("/ is a directory")
-    parent = resolve_parent(tx, parts)
-    row = child(tx, parent, parts[-1])
+    parts, parent, row = _resolve_target(tx, path)
     committed = 0
+    version_id = None
     if row is not None:
-        if row["kind"] == DIR:
-            raise IsADirectory(f"{path} is a directory")
         live = live_upload_row(tx, row["inode"])
         if live is not None:
             upload = load_upload(tx, live)
             raise PendingUploadExists(f"an upload is pending on {path}", upload=upload)
-        if row["version_id"] is not None:
-            version_id = row["version_id"]
+        version_id = row["version_id"]
+        if version_id is not None:
             committed = tx.value("SELECT size FROM versions WHERE version_id = ?", version_id)
     base = committed if offset is None else offset
     if base > committed:
         raise InvalidOffset(f"offset {base} is beyond the size {committed}")
-    upload = begin_upload(
-        tx, now, user, path, base, blob_id, replicas, wanted_replicas, owner, expires_at,
-        declared_length, meta,
+    if base < 0 or (declared_length is not None and base > declared_length):
+        raise InvalidOffset(f"base length {base} is out of range")
+    extents: Iterable[Any] = ()
+    if base > 0 and version_id is not None:
+        extents = load_version(tx, version_id).extents
+    upload = _insert_upload(
+        tx, now, user, path, parts, parent, row, committed, extents, base, blob_id, replicas,
+        wanted_replicas, owner, expires_at, declared_length, meta,
     )  # fmt: skip
     return UploadStart(upload, committed)
 
@@ -387,6 +450,7 @@ def commit_upload(
     if inode is None:
         raise NotFound("the file was removed meanwhile")
     extents = [dict(r) for r in upload_extent_rows(tx, upload_id)]
+    had_extents = bool(extents)
     segment = length - start
     if segment > 0:
         extents.append(
@@ -394,7 +458,9 @@ def commit_upload(
         )
     tx.execute("UPDATE blobs SET length = ?, sealed = 1 WHERE blob_id = ?", segment, row["blob_id"])
     user = row["username"]
-    old_size = tx.value("SELECT size FROM versions WHERE version_id = ?", inode["version_id"])
+    old_size = None
+    if inode["version_id"] is not None:
+        old_size = tx.value("SELECT size FROM versions WHERE version_id = ?", inode["version_id"])
     same_owner = inode["owner"] == user
     drop_version(tx, inode, refund=not same_owner)
     if same_owner and old_size is not None:
@@ -402,16 +468,17 @@ def commit_upload(
     else:
         charge(tx, user, length, 1, check=True)
     when = mtime if mtime is not None else now
+    etag = etag_of(extents)
     version_id = tx.value(
         "INSERT INTO versions (inode, size, mtime, etag, sha256) VALUES (?, ?, ?, ?, ?) "
         "RETURNING version_id",
         inode["inode"],
         length,
         when,
-        etag_of(extents),
+        etag,
         sha256,
     )
-    write_extents(tx, "version_extents", "version_id", version_id, extents)
+    write_extents(tx, "version_extents", "version_id", version_id, extents, fresh=True)
     tx.execute(
         "UPDATE inodes SET version_id = ?, owner = ?, mtime = ? WHERE inode = ?",
         version_id,
@@ -420,8 +487,18 @@ def commit_upload(
         inode["inode"],
     )
     _cas(tx, upload_id, epoch, "state = 'committed', checkpoint = ?, updated_at = ?", length, now)
-    tx.execute("DELETE FROM upload_extents WHERE upload_id = ?", upload_id)
-    return load_version(tx, version_id)
+    if had_extents:
+        tx.execute("DELETE FROM upload_extents WHERE upload_id = ?", upload_id)
+    # What load_version would read back, from what was just written.
+    return Version(
+        version_id=version_id,
+        inode=inode["inode"],
+        size=length,
+        mtime=when,
+        etag=etag,
+        sha256=sha256,
+        extents=extents_from_rows(tx, extents),
+    )
 
 
 def interrupt_upload(tx: Tx, now: float, upload_id: str, epoch: int) -> UploadSession:

@@ -29,6 +29,7 @@ from wsfront.transfer.errors import (
 )
 from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
@@ -55,6 +56,10 @@ class TransferSettings:
     extent_cache_bytes: int = 32 << 20
     """Bytes of small sealed extents kept for repeat reads (0: none); see
     wsfront.transfer.extent_cache."""
+    put_limit: int = PUT_LIMIT
+    """A blob that ends within this many bytes is stored with one ``put``
+    per replica, opening no stream (0: always a stream); see
+    wsfront.transfer.put_on_commit."""
 
 
 @attrs.frozen
@@ -564,7 +569,17 @@ class Transfers:
         def open_one(node: str):
             return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
 
-        results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
+        limit = self.settings.put_limit
+        declared = upload.declared_length
+        if limit > 0 and (declared is None or declared - upload.blob_start <= limit):
+            # Nothing to wait for: each replica's blob is created by a put
+            # at commit, or by a stream opened once the bytes pass the limit.
+            results = [
+                (True, PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit))
+                for n in nodes
+            ]
+        else:
+            results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
         writers = {}
         for node, (ok, value) in zip(nodes, results):
             if ok:
