@@ -128,6 +128,10 @@ async def test_a_paused_read_stops_receiving_and_holds_no_unread_bytes(
     assert len(consumer.pieces) == 1 and len(consumer.pieces[0]) <= framing.MAX_DATA
     assert recorder.calls[fd] == calls
     assert conn._decoder.buffered == 0
+    # A readable event already polled in the turn that paused us reads
+    # nothing either.
+    conn.transport.doRead()
+    assert len(consumer.pieces) == 1 and recorder.calls[fd] == calls
     consumer.producer.resumeProducing()
     assert await d == size
     assert hashlib.sha256(b"".join(consumer.pieces)).digest() == hashlib.sha256(data).digest()

@@ -351,7 +351,9 @@ class _ClientProtocol(Protocol):
         """
         tcp, sock, decoder = self._tcp, self.socket, self._decoder
         budget, got = tcp.bufferSize, 0
-        while True:
+        # Paused (or closing) in this very reactor turn, after the poll
+        # found the socket readable: read nothing, deliver nothing.
+        while not (self._held or tcp.disconnecting) and self.connected:
             body = decoder.in_body
             want = min(decoder.wanted(), budget - got)
             try:
@@ -362,8 +364,6 @@ class _ClientProtocol(Protocol):
                 return main.CONNECTION_LOST
             if not data:
                 return main.CONNECTION_DONE
-            if not self.connected:
-                return None  # failed by us: what still arrives is ignored
             if not got:
                 self._heard = True
                 self.activity()
@@ -378,8 +378,7 @@ class _ClientProtocol(Protocol):
                 self._process()
             if len(data) < want or got >= budget:
                 return None  # drained, or this turn's share read
-            if self._held or not self.connected or tcp.disconnecting:
-                return None
+        return None
 
     def _process(self) -> None:
         if self._processing:
