@@ -103,6 +103,70 @@ def test_partial_data_passes_a_chunk_inside_a_body_on_uncopied() -> None:
     assert decoder.next_frame() is None and decoder.buffered == 0
 
 
+@given(control_types, request_ids, control_bodies, st.binary(max_size=3000), st.integers(1, 50))
+def test_reading_what_the_decoder_wants_hands_out_the_received_bytes(
+    ftype, rid, body, data, step
+) -> None:
+    """A reader that receives at most ``wanted()`` bytes at a time (the
+    storage client's, ``step`` standing for what the socket holds) gets
+    every DATA piece back as the very object it received, whole frames
+    otherwise, and leaves nothing buffered between frames."""
+    wire = (
+        b"".join(bytes(p) for p in framing.data_frames(rid, data))
+        + framing.encode_control(ftype, rid, body)
+        + framing.encode_header(framing.DATA, rid, 0)
+        + b"".join(bytes(p) for p in framing.data_frames(rid, data[:7]))
+    )
+    decoder = framing.FrameDecoder(partial_data=True)
+    pieces, controls, pos = [], [], 0
+    while pos < len(wire):
+        in_body = decoder.in_body
+        chunk = wire[pos : pos + min(step, decoder.wanted())]
+        pos += len(chunk)
+        if in_body:
+            frame = decoder.body_piece(chunk)
+            assert frame[2] is chunk
+            frames = [frame]
+        else:
+            frames = list(decoder.frames(chunk))
+        for t, r, b in frames:
+            assert r == rid
+            if t == framing.DATA:
+                assert b is chunk or not b
+                pieces.append(b)
+            else:
+                controls.append((t, b))
+    assert controls == [(ftype, body)]
+    assert b"".join(pieces) == data + data[:7]
+    assert decoder.buffered == 0 and not decoder.in_body and decoder.wanted() == 12
+
+
+def test_wanted_counts_the_rest_of_a_header_a_control_frame_and_a_body() -> None:
+    decoder = framing.FrameDecoder(partial_data=True)
+    assert decoder.wanted() == framing.HEADER_SIZE
+    reply = framing.encode_control(framing.REPLY, 1, {"length": 5})
+    decoder.feed(reply[:5])
+    assert decoder.wanted() == framing.HEADER_SIZE - 5
+    decoder.feed(reply[5:14])
+    assert decoder.next_frame() is None
+    assert decoder.wanted() == len(reply) - 14 and not decoder.in_body
+    decoder.feed(reply[14:] + framing.encode_header(framing.DATA, 1, 5))
+    assert decoder.next_frame() == (framing.REPLY, 1, {"length": 5})
+    assert decoder.next_frame() is None
+    assert decoder.in_body and decoder.wanted() == 5
+    assert decoder.body_piece(b"ab") == (framing.DATA, 1, b"ab")
+    assert decoder.wanted() == 3
+    with pytest.raises(ValueError):
+        decoder.body_piece(b"cdef")  # more than the body has left
+    decoder.feed(b"cd")
+    assert not decoder.in_body  # buffered bytes come first, through next_frame
+    with pytest.raises(ValueError):
+        decoder.body_piece(b"e")
+    assert decoder.next_frame() == (framing.DATA, 1, b"cd")
+    assert decoder.body_piece(b"e") == (framing.DATA, 1, b"e")
+    assert not decoder.in_body and decoder.wanted() == framing.HEADER_SIZE
+
+
 def test_partial_data_still_refuses_an_oversized_frame_from_its_header() -> None:
     decoder = framing.FrameDecoder(partial_data=True)
     decoder.feed(struct.pack("!2sBBII", b"WS", 1, framing.DATA, 1, framing.MAX_DATA + 1))

@@ -234,6 +234,38 @@ class FrameDecoder:
             self._chunks.append(data)
             self._len += len(data)
 
+    def wanted(self) -> int:
+        """How many more bytes finish what the decoder is in the middle of
+        once ``next_frame`` returned None: the rest of the DATA body begun
+        (``partial_data``), else the rest of the header, else the rest of
+        the frame whose header is buffered.
+
+        A reader that receives no more than this at a time (the storage
+        client's) never has a fed chunk span two frames, so every DATA
+        piece comes out as the very bytes object received: no slice, no
+        copy.  At least 1 (a socket read of 0 bytes means end of stream)."""
+        if self._data_left:
+            return max(1, self._data_left - self._len)
+        if self._len < HEADER_SIZE:
+            return HEADER_SIZE - self._len
+        length = self._peek_header()[4]
+        return max(1, HEADER_SIZE + length - self._len)
+
+    @property
+    def in_body(self) -> bool:
+        """Inside a DATA body (``partial_data``) with nothing buffered: the
+        next bytes received are body bytes (``body_piece``)."""
+        return bool(self._data_left) and not self._len
+
+    def body_piece(self, data: bytes) -> tuple[int, int, bytes]:
+        """``data``, received ``in_body`` and at most ``wanted`` bytes, as
+        the piece ``next_frame`` would return once it was fed: the same
+        frame, without a trip through the buffer."""
+        if self._len or not 0 < len(data) <= self._data_left:
+            raise ValueError("body_piece outside a DATA body")
+        self._data_left -= len(data)
+        return DATA, self._data_rid, data
+
     def _peek_header(self) -> tuple[bytes, int, int, int, int]:
         first = self._chunks[0]
         if len(first) - self._off >= HEADER_SIZE:
