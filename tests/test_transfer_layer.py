@@ -289,6 +289,32 @@ async def test_takeover_fences_the_old_writer(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_takeover_fences_the_old_writer_of_a_small_upload_held_for_a_put(env):
+    """A's small upload is still in memory (a put at commit, no blob on
+    storage yet) when B takes over at 0: B's fence creates the blob empty at
+    its epoch, so A's put is refused for its epoch on every replica and
+    nothing of A's is sealed on storage."""
+    data = payload(1000)
+    session_a = await env.transfers.open_write(env.user, "/f", 0)
+    old_blob, old_epoch = session_a.blob_id, session_a.epoch
+    replicas = session_a.replicas
+    session_a.write(data)
+    fe_b = await env.front_end("fe-b")
+    session_b = await fe_b.open_write(env.user, "/f", 0)
+    assert (session_b.offset, session_b.epoch) == (0, old_epoch + 1)
+    with pytest.raises(SessionFenced):
+        await session_a.finish()
+    for node in replicas:
+        info = await env.transfers.pool.client(node).stat(old_blob)
+        assert (info.state, info.size, info.epoch) == ("open", 0, old_epoch + 1)
+    new = b"from B"
+    await Feeder(env.reactor, session_b, new).start()
+    await session_b.finish()
+    got, _ = await env.download("/f")
+    assert got == new
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_front_ends_racing_to_take_over_one_wins(env):
     session = await env.transfers.open_write(env.user, "/f", 0)
     await Feeder(env.reactor, session, b"a" * 1000).start()

@@ -529,6 +529,9 @@ class Transfers:
                     except storage_errors.BlobSealed:
                         pass  # sealed by an earlier, interrupted takeover
             except storage_errors.BlobNotFound:
+                # Only from a server older than the rule that a fence at 0
+                # creates the blob empty at its epoch (so an old writer's
+                # later put is refused): nothing to keep here either.
                 if keep:
                     raise
             return node
