@@ -14,7 +14,12 @@ from twisted.internet import defer, task
 
 from tests.transfer_env import Feeder, PausingCollector, TransferEnv, sha256
 from wsfront.catalog import errors as catalog_errors
-from wsfront.transfer.errors import OffsetTooLarge, SessionFenced, UploadBusy
+from wsfront.transfer.errors import (
+    NoReplicasAvailable,
+    OffsetTooLarge,
+    SessionFenced,
+    UploadBusy,
+)
 
 MiB = 1 << 20
 
@@ -261,6 +266,24 @@ async def test_write_survives_a_replica_dying_and_is_under_replicated(env):
     assert sha256(got) == sha256(data)
     assert await env.catalog.count_under_replicated() == 1
     assert version.size == len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_dying_mid_write_leaves_the_upload_interrupted(env):
+    data = payload(300_000)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    failed = session.when_failed()
+    await Feeder(env.reactor, session, data).start()
+    await session.checkpoint()
+    for node in session.replicas:
+        await env.kill(node)
+    session.write(b"more")
+    with pytest.raises(NoReplicasAvailable):
+        await failed
+    await session._interrupting  # the catalog update _fail started
+    upload = await env.catalog.find_upload("/alice/f")
+    assert (upload.state, upload.checkpoint) == ("interrupted", len(data))
+    assert not env.transfers.sessions
 
 
 @pytest_twisted.ensureDeferred

@@ -150,6 +150,8 @@ async def test_every_replica_dead_fails_the_commit_and_commits_nothing(env):
         await session.finish()
     entry = await env.catalog.stat(env.transfers.full_path(env.user, "/n.bin"))
     assert entry.version is None
+    # Interrupted (resumable), not left active and owned here until it expires.
+    assert (entry.upload.state, entry.upload.owner) == ("interrupted", "fe-a")
 
 
 # -- PutOnCommit alone, over the fake ----------------------------------------------
