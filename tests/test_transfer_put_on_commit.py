@@ -18,7 +18,9 @@ from zope.interface.verify import verifyObject
 from tests.transfer_env import TransferEnv, sha256
 from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
+from wsfront.transfer.service import TransferSettings
 from wsstorage._interfaces import IBlobWriter
+from wsstorage.client import PUT_MAX
 from wsstorage.errors import NodeUnavailable
 from wsstorage.records import SEALED
 from wsstorage.testing import FakeStorageCluster
@@ -92,6 +94,33 @@ async def test_an_upload_past_the_limit_opens_a_stream_and_keeps_every_byte_in_o
     assert version.size == len(data) and version.sha256 == sha256(data)
     got, _ = await env.download("/big.bin")
     assert got == data
+
+
+def test_a_put_limit_above_what_one_put_carries_is_refused():
+    # Every upload between PUT_MAX and such a limit would fail on every replica.
+    with pytest.raises(ValueError, match="put_limit"):
+        TransferSettings(put_limit=PUT_MAX + 1)
+    with pytest.raises(ValueError, match="put_limit"):
+        TransferSettings(put_limit=-1)
+    assert TransferSettings(put_limit=0).put_limit == 0
+    assert TransferSettings().put_limit == PUT_LIMIT
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@pytest_twisted.ensureDeferred
+async def test_an_upload_of_the_highest_put_limit_is_one_put_per_replica(tmp_path, backend):
+    from twisted.internet import reactor
+
+    env = await TransferEnv(reactor, tmp_path, backend=backend, put_limit=PUT_MAX).start()
+    try:
+        calls = Calls(env)
+        data = data_of(PUT_MAX)
+        version = await env.upload("/max.bin", data)
+        assert (calls.writes, calls.puts) == (0, 2)
+        got, _ = await env.download("/max.bin")
+        assert version.size == len(data) and got == data
+    finally:
+        await env.stop()
 
 
 @pytest_twisted.ensureDeferred
