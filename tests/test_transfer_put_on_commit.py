@@ -246,6 +246,24 @@ async def test_an_open_refused_fails_the_writer_and_releases_its_producer():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_producer_registered_after_a_failed_open_is_not_paused():
+    from twisted.internet import reactor
+
+    node = FakeStorageCluster(reactor, ["s1"]).node("s1")
+    writer = PutOnCommit(node, "bgone", 1, {}, limit=4)
+    failed = writer.when_failed()
+    node.kill()
+    writer.write(b"too long")
+    with pytest.raises(NodeUnavailable):
+        await failed
+    producer = Producer()
+    writer.registerProducer(producer, True)  # nothing would ever resume it
+    assert producer.events == []
+    with pytest.raises(NodeUnavailable):
+        await writer.commit()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_flush_opens_the_stream_and_an_abort_before_any_creates_nothing():
     from twisted.internet import reactor
 
