@@ -309,11 +309,42 @@ class StorageContract:
         yield writer.abort()
         yield refused(client.fence(blob, 2, 500), StaleEpoch)
         yield refused(client.fence(blob, 3, 1001), InvalidOffset)
-        yield refused(client.fence(new_id(), 3, 0), BlobNotFound)
+        yield refused(client.fence(new_id(), 3, 1), BlobNotFound)
         first = yield client.fence(blob, 4, 600)
         again = yield client.fence(blob, 4, 600)
         assert first == again
         assert (first.size, first.epoch) == (600, 4)
+
+    @pytest_twisted.inlineCallbacks
+    def test_fence_at_zero_of_an_absent_blob_creates_it_and_refuses_older_writers(self, storage):
+        """A takeover fences a blob its old writer has not created yet (a
+        small upload held for a put): the old writer's put or write, coming
+        after, is refused for its epoch; the new epoch can still write it."""
+        client = yield self._client(storage)
+        other = yield self._client(storage)
+        blob = new_id()
+        info = yield other.fence(blob, 2, 0)
+        assert (info.blob_id, info.size, info.durable, info.state) == (blob, 0, 0, OPEN)
+        assert info.epoch == 2
+        assert (yield client.stat(blob)) == info
+        assert (yield other.fence(blob, 2, 0)) == info  # a retried fence
+        yield refused(client.put(blob, 1, {"old": 1}, b"late"), StaleEpoch)
+        yield refused(client.write(blob, 1, 0, {}), StaleEpoch)
+        assert (yield client.stat(blob)) == info
+        sealed = yield other.put(blob, 2, {"new": 1}, b"fresh")
+        assert (sealed.size, sealed.state, sealed.epoch, sealed.meta) == (
+            5,
+            SEALED,
+            2,
+            {"new": 1},
+        )
+        assert (yield get(client, blob)) == b"fresh"
+        streamed = new_id()
+        yield other.fence(streamed, 3, 0)
+        yield refused(client.put(streamed, 2, {}, b"late"), StaleEpoch)
+        _, done = yield put(other, streamed, b"stream", epoch=3)
+        assert (done.size, done.state, done.epoch) == (6, SEALED, 3)
+        yield refused(other.fence(new_id(), 3, 10), BlobNotFound)
 
     @pytest_twisted.inlineCallbacks
     def test_commit_without_stream_seals_after_takeover(self, storage):

@@ -192,6 +192,32 @@ def test_fence_of_an_empty_blob_never_synced_records_it(tmp_path):
     store.close()
 
 
+def test_fence_at_zero_of_an_absent_blob_records_it_so_older_writers_stay_refused(tmp_path):
+    """A takeover fences a blob its old writer has not created yet: the
+    blob is created empty at the fence's epoch, durably (the record and the
+    names synced before the fence returns), so the old writer's put or
+    write is refused even after a crash."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    fs.calls.clear()
+    info = store.fence("b", 2, 0)
+    assert (info.state, info.size, info.durable, info.epoch) == (OPEN, 0, 0, 2)
+    assert fs.calls.index(("fsync", "b.meta.tmp")) < fs.calls.index(("rename", "b.meta"))
+    assert syncs(fs)[-1][0] == "fsync_dir"
+    with pytest.raises(BlobNotFound):
+        store.fence("c", 2, 1)
+    store = reopen(store)  # as after a crash: only what was synced is there
+    info = store.stat("b")
+    assert (info.state, info.size, info.epoch) == (INCOMPLETE, 0, 2)
+    assert [i.blob_id for i in store.list_blobs()] == ["b"]
+    with pytest.raises(StaleEpoch):
+        store.open_write("b", 1, 0, {})
+    handle = store.open_write("b", 2, 0, {"inode": 3})
+    handle.write(b"new")
+    assert (handle.seal().size, store.stat("b").meta) == (3, {"inode": 3})
+    store.close()
+
+
 def test_metadata_update_is_atomic_rename(tmp_path):
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)

@@ -107,6 +107,12 @@ async def test_a_small_stor_whose_replicas_all_die_is_451_after_its_150(ftp):
     code, text = await c.reply()
     assert code == 451, text
     assert (await c.cmd("RETR s.bin"))[0] == 550
+    # Not left active and owned by this front end until it expires: the
+    # session is interrupted (resumable), and a new STOR of the path works.
+    upload = await ftp.catalog.find_upload("/alice/s.bin")
+    assert (upload.state, upload.checkpoint) == ("interrupted", 0)
+    assert (await c.stor("s.bin", b"again"))[0] == 226
+    assert await c.retr("s.bin") == b"again"
 
 
 @pytest_twisted.ensureDeferred

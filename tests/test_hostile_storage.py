@@ -291,7 +291,7 @@ async def _authenticated(proc) -> FramePeer:
     return raw
 
 
-def _put(rid: int, blob: str, length: int) -> bytes:
+def _put(rid: int, blob: str, length: object) -> bytes:
     body = {"op": "put", "blob": blob, "epoch": 1, "meta": {}, "length": length}
     return framing.encode_control(framing.REQUEST, rid, body)
 
@@ -306,8 +306,15 @@ def _put(rid: int, blob: str, length: int) -> bytes:
         + b"y" * 4
         + DELETE,
         _put(1, "b" + "64" * 16, 10) + framing.encode_header(framing.DATA, 2, 10) + b"y" * 10,
+        _put(1, "b" + "67" * 16, "10") + framing.encode_header(framing.DATA, 1, 10) + b"y" * 10,
     ],
-    ids=["over-the-cap", "more-data-than-announced", "request-in-its-data", "data-of-another-id"],
+    ids=[
+        "over-the-cap",
+        "more-data-than-announced",
+        "request-in-its-data",
+        "data-of-another-id",
+        "length-not-an-integer",
+    ],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_put_whose_data_does_not_add_up_drops_the_connection_and_stores_nothing(
@@ -321,4 +328,23 @@ async def test_a_put_whose_data_does_not_add_up_drops_the_connection_and_stores_
     blob = frames[framing.HEADER_SIZE :].split(b'"blob":"')[1][:33].decode()
     with pytest.raises(BlobNotFound):
         await client.stat(blob)
+    await _still_fine(node)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_inside_a_write_stream_is_refused_and_its_data_drops_the_connection(node):
+    proc, client, _digest = node
+    raw = await _authenticated(proc)
+    streamed, put = "b" + "65" * 16, "b" + "66" * 16
+    write = {"op": "write", "blob": streamed, "epoch": 1, "offset": 0, "meta": {}}
+    raw.send(framing.encode_control(framing.REQUEST, 1, write))
+    assert (await raw.frame(2))[:2] == (framing.REPLY, 1)
+    raw.send(_put(2, put, 10) + framing.encode_header(framing.DATA, 2, 10) + b"y" * 10)
+    received = await raw.all_until_closed()
+    assert [(f[0], f[1], f[2]["code"]) for f in received[3:]] == [
+        (framing.ERROR, 2, "bad_request"),
+        (framing.ERROR, 0, "protocol"),
+    ]
+    with pytest.raises(BlobNotFound):
+        await client.stat(put)
     await _still_fine(node)

@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.storage_procs import StorageProcess, pattern, read_sha, write_blob
-from wsstorage.errors import NodeUnavailable
+from wsstorage.errors import BlobNotFound, NodeUnavailable
 from wsstorage.records import INCOMPLETE
 
 MiB = 1024 * 1024
@@ -74,6 +74,50 @@ async def test_server_killed_mid_write_keeps_committed_blobs_and_reports_the_tor
         assert info.meta == {"inode": 7}
         sha, n = await read_sha(client, "torn", 0, info.durable)
         assert sha == hashlib.sha256(torn[: info.durable]).hexdigest()
+        await client.close()
+    finally:
+        restarted.stop()
+
+
+PUT_FIRST = pattern(200_000, seed=4)
+PUT_TORN = pattern(100_000, seed=5)
+PUT_KILL_AT = len(PUT_FIRST) + 60_001  # inside the second put's bytes
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_server_killed_mid_put_keeps_the_sealed_put_and_loses_the_torn_one(
+    tmp_path,
+) -> None:
+    """``storage.write.bytes`` counts a put's bytes too and fires inside
+    one at the exact byte: the put before it stays sealed, and the torn one,
+    never reported durable, is gone after the restart."""
+    fp_log = tmp_path / "failpoints.log"
+    crashing = StorageProcess(
+        tmp_path,
+        env={
+            "WSFS_FAILPOINTS": f"storage.write.bytes=kill@{PUT_KILL_AT}",
+            "WSFS_FAILPOINT_LOG": str(fp_log),
+        },
+    ).start()
+    try:
+        client = crashing.client(reactor, idle_timeout=10)
+        assert (await client.put("first", 1, {"inode": 1}, PUT_FIRST)).sealed
+        with pytest.raises(NodeUnavailable):
+            await client.put("torn", 1, {"inode": 2}, PUT_TORN)
+        assert crashing.wait_exit() == -signal.SIGKILL
+        assert f"failpoint storage.write.bytes fired count={PUT_KILL_AT} " in fp_log.read_text()
+        await client.close()
+    finally:
+        crashing.stop()
+
+    restarted = StorageProcess(tmp_path).start()
+    try:
+        client = restarted.client(reactor)
+        sha, n = await read_sha(client, "first")
+        assert (sha, n) == (hashlib.sha256(PUT_FIRST).hexdigest(), len(PUT_FIRST))
+        with pytest.raises(BlobNotFound):
+            await client.stat("torn")
         await client.close()
     finally:
         restarted.stop()

@@ -308,6 +308,22 @@ def test_write_failpoint_cuts_a_batch_of_frames_at_its_threshold(rig: Rig, monke
     assert rig.store.blobs["b1"].data == b"a" * 300 + b"b" * 300 + b"c" * 300 + b"d" * 100
 
 
+def test_write_failpoint_counts_and_cuts_the_bytes_of_puts(rig: Rig, monkeypatch) -> None:
+    """A put's bytes count for ``storage.write.bytes`` exactly as a
+    stream's do: the point fires inside a put with exactly the bytes before
+    its threshold stored, and bytes of earlier puts move the threshold."""
+    monkeypatch.setattr(server._ProcessCounters, "written", 0)
+    monkeypatch.setattr(
+        failpoints, "_global", failpoints.Failpoints("storage.write.bytes=raise@1000")
+    )
+    assert rig.result(rig.client.put("p1", 1, {}, b"p" * 700)).size == 700
+    assert server._ProcessCounters.written == 700
+    with pytest.raises(StorageError, match="FailpointError"):
+        rig.result(rig.client.put("p2", 1, {}, b"q" * 500))
+    assert rig.store.blobs["p2"].data == b"q" * 300
+    assert not rig.store.blobs["p2"].sealed
+
+
 def test_data_frames_received_together_reach_the_disk_in_one_write(tmp_path) -> None:
     """The DATA frames the server takes from one received batch go to the
     data file in one pwritev of views into the received bytes, not one

@@ -10,9 +10,11 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.python import threadable
 
 from tests.storage_procs import StorageProcess, pattern, read_sha, write_blob
 from wsstorage import framing
+from wsstorage import server as server_module
 from wsstorage.client import StorageClient
 from wsstorage.errors import (
     AuthenticationFailed,
@@ -143,6 +145,39 @@ async def test_write_flush_fence_and_stale_epoch_over_tcp(client) -> None:
         await client.write("b1", 2, 0, {})
     with pytest.raises(InvalidOffset):
         await read_sha(client, "b1", 0, 200_001)
+
+
+class _ReactorThreadCounters:
+    """Stands in for ``server._ProcessCounters``: notes every change of the
+    byte counters made outside the reactor thread (a ``+=`` there races
+    with the reactor's own)."""
+
+    def __init__(self) -> None:
+        self._written = 0
+        self.read = 0
+        self.off_thread: list[int] = []
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @written.setter
+    def written(self, value: int) -> None:
+        if not threadable.isInIOThread():
+            self.off_thread.append(value)
+        self._written = value
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_bytes_are_counted_in_the_reactor_thread(client, monkeypatch) -> None:
+    counters = _ReactorThreadCounters()
+    monkeypatch.setattr(server_module, "_ProcessCounters", counters)
+    sizes = [10, 70_000, 256 * 1024]
+    for i, n in enumerate(sizes):
+        assert (await client.put(f"p{i}", 1, {}, pattern(n))).size == n
+    await write_blob(client, "streamed", pattern(5000))
+    assert counters.off_thread == []
+    assert counters.written == sum(sizes) + 5000
 
 
 @pytest_twisted.ensureDeferred

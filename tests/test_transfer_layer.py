@@ -14,7 +14,12 @@ from twisted.internet import defer, task
 
 from tests.transfer_env import Feeder, PausingCollector, TransferEnv, sha256
 from wsfront.catalog import errors as catalog_errors
-from wsfront.transfer.errors import OffsetTooLarge, SessionFenced, UploadBusy
+from wsfront.transfer.errors import (
+    NoReplicasAvailable,
+    OffsetTooLarge,
+    SessionFenced,
+    UploadBusy,
+)
 
 MiB = 1 << 20
 
@@ -264,6 +269,24 @@ async def test_write_survives_a_replica_dying_and_is_under_replicated(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_replica_dying_mid_write_leaves_the_upload_interrupted(env):
+    data = payload(300_000)
+    session = await env.transfers.open_write(env.user, "/f", 0)
+    failed = session.when_failed()
+    await Feeder(env.reactor, session, data).start()
+    await session.checkpoint()
+    for node in session.replicas:
+        await env.kill(node)
+    session.write(b"more")
+    with pytest.raises(NoReplicasAvailable):
+        await failed
+    await session._interrupting  # the catalog update _fail started
+    upload = await env.catalog.find_upload("/alice/f")
+    assert (upload.state, upload.checkpoint) == ("interrupted", len(data))
+    assert not env.transfers.sessions
+
+
+@pytest_twisted.ensureDeferred
 async def test_takeover_fences_the_old_writer(env):
     data = payload(2 * MiB)
     session_a = await env.transfers.open_write(env.user, "/f", 0)
@@ -286,6 +309,32 @@ async def test_takeover_fences_the_old_writer(env):
     assert fe_b.stats.uploads_committed == 1
     got, _ = await env.download("/f")
     assert sha256(got) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_takeover_fences_the_old_writer_of_a_small_upload_held_for_a_put(env):
+    """A's small upload is still in memory (a put at commit, no blob on
+    storage yet) when B takes over at 0: B's fence creates the blob empty at
+    its epoch, so A's put is refused for its epoch on every replica and
+    nothing of A's is sealed on storage."""
+    data = payload(1000)
+    session_a = await env.transfers.open_write(env.user, "/f", 0)
+    old_blob, old_epoch = session_a.blob_id, session_a.epoch
+    replicas = session_a.replicas
+    session_a.write(data)
+    fe_b = await env.front_end("fe-b")
+    session_b = await fe_b.open_write(env.user, "/f", 0)
+    assert (session_b.offset, session_b.epoch) == (0, old_epoch + 1)
+    with pytest.raises(SessionFenced):
+        await session_a.finish()
+    for node in replicas:
+        info = await env.transfers.pool.client(node).stat(old_blob)
+        assert (info.state, info.size, info.epoch) == ("open", 0, old_epoch + 1)
+    new = b"from B"
+    await Feeder(env.reactor, session_b, new).start()
+    await session_b.finish()
+    got, _ = await env.download("/f")
+    assert got == new
 
 
 @pytest_twisted.ensureDeferred

@@ -18,7 +18,9 @@ from zope.interface.verify import verifyObject
 from tests.transfer_env import TransferEnv, sha256
 from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
+from wsfront.transfer.service import TransferSettings
 from wsstorage._interfaces import IBlobWriter
+from wsstorage.client import PUT_MAX
 from wsstorage.errors import NodeUnavailable
 from wsstorage.records import SEALED
 from wsstorage.testing import FakeStorageCluster
@@ -94,6 +96,33 @@ async def test_an_upload_past_the_limit_opens_a_stream_and_keeps_every_byte_in_o
     assert got == data
 
 
+def test_a_put_limit_above_what_one_put_carries_is_refused():
+    # Every upload between PUT_MAX and such a limit would fail on every replica.
+    with pytest.raises(ValueError, match="put_limit"):
+        TransferSettings(put_limit=PUT_MAX + 1)
+    with pytest.raises(ValueError, match="put_limit"):
+        TransferSettings(put_limit=-1)
+    assert TransferSettings(put_limit=0).put_limit == 0
+    assert TransferSettings().put_limit == PUT_LIMIT
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@pytest_twisted.ensureDeferred
+async def test_an_upload_of_the_highest_put_limit_is_one_put_per_replica(tmp_path, backend):
+    from twisted.internet import reactor
+
+    env = await TransferEnv(reactor, tmp_path, backend=backend, put_limit=PUT_MAX).start()
+    try:
+        calls = Calls(env)
+        data = data_of(PUT_MAX)
+        version = await env.upload("/max.bin", data)
+        assert (calls.writes, calls.puts) == (0, 2)
+        got, _ = await env.download("/max.bin")
+        assert version.size == len(data) and got == data
+    finally:
+        await env.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_checkpoint_of_a_small_upload_makes_its_bytes_durable_first(env):
     calls = Calls(env)
@@ -150,6 +179,8 @@ async def test_every_replica_dead_fails_the_commit_and_commits_nothing(env):
         await session.finish()
     entry = await env.catalog.stat(env.transfers.full_path(env.user, "/n.bin"))
     assert entry.version is None
+    # Interrupted (resumable), not left active and owned here until it expires.
+    assert (entry.upload.state, entry.upload.owner) == ("interrupted", "fe-a")
 
 
 # -- PutOnCommit alone, over the fake ----------------------------------------------
@@ -212,6 +243,24 @@ async def test_an_open_refused_fails_the_writer_and_releases_its_producer():
     with pytest.raises(NodeUnavailable):
         await writer.commit()
     await writer.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_producer_registered_after_a_failed_open_is_not_paused():
+    from twisted.internet import reactor
+
+    node = FakeStorageCluster(reactor, ["s1"]).node("s1")
+    writer = PutOnCommit(node, "bgone", 1, {}, limit=4)
+    failed = writer.when_failed()
+    node.kill()
+    writer.write(b"too long")
+    with pytest.raises(NodeUnavailable):
+        await failed
+    producer = Producer()
+    writer.registerProducer(producer, True)  # nothing would ever resume it
+    assert producer.events == []
+    with pytest.raises(NodeUnavailable):
+        await writer.commit()
 
 
 @pytest_twisted.ensureDeferred

@@ -26,7 +26,11 @@ API (refinements of ``IBlobStore`` are marked *):
   for the disk or a busy blob, so a reactor thread may call it.
 * ``fence(blob_id, epoch, truncate_to) -> BlobInfo``; *on a sealed blob a
   no-op fence returns the blob unchanged (a sealed blob never changes);
-  any other fence of a sealed blob is BlobSealed.
+  any other fence of a sealed blob is BlobSealed.  *A fence at 0 of an
+  absent blob creates it empty at ``epoch``, its record durable, so a
+  writer that had not created it yet (a front end holding a small upload
+  for a ``put``) is refused for its epoch when it comes; at a
+  ``truncate_to`` above 0 an absent blob is BlobNotFound.
 * ``commit(blob_id, epoch) -> BlobInfo``; *committing a sealed blob again
   with an epoch not older than its own returns it (an idempotent retry).
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
@@ -978,10 +982,24 @@ class BlobStore:
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
-        Every write handle with an older epoch fails from now on.  Blocks."""
+        Every write handle with an older epoch fails from now on, and so
+        does every later write or put with one: an absent blob fenced at 0
+        is created empty at ``epoch`` with its record.  Blocks."""
         _check_epoch(epoch)
         _check_offset(truncate_to, "truncate_to")
-        blob = self._blob(blob_id)
+        create = None
+        if truncate_to == 0:
+            create = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, {})
+        blob, created = self._get(blob_id, create=create)
+        if created:
+            try:
+                self._create(blob)
+                with _disk_errors():
+                    blob.write_record(blob.record())
+                blob.close_files()  # no writer: a later one opens them again
+                return blob.info()
+            finally:
+                blob.lock.release()
         with blob.lock, _disk_errors():
             if blob.deleted:
                 raise BlobNotFound(f"no blob {blob_id}")

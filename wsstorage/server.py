@@ -762,11 +762,15 @@ class StorageServerProtocol(Protocol):
         epoch = _int_field(fields, "epoch")
         meta = _meta_field(fields)
         store = self.factory.store
+        # The put's bytes are counted here, in the reactor thread like a
+        # stream's, before the thread stores them from ``start`` on.
+        start = _ProcessCounters.written
+        _ProcessCounters.written += put.received
 
         def create_and_seal() -> dict[str, Any]:
             handle = store.open_write(blob_id, epoch, 0, meta)
             try:
-                _store_counted(handle, put.pieces)
+                _store_counted(handle, put.pieces, start)
                 failpoints.hit("storage.before_commit")
                 info = handle.seal()
                 failpoints.hit("storage.after_commit")
@@ -1203,10 +1207,12 @@ class _PutRequest:
     pieces: list[bytes] = attrs.Factory(list)
 
 
-def _store_counted(handle: Any, pieces: list[bytes]) -> None:
-    """Store a put's bytes through ``handle`` (in the put's thread),
-    counting them for failpoint ``storage.write.bytes`` and cutting them at
-    its threshold as a write stream does."""
+def _store_counted(handle: Any, pieces: list[bytes], start: int) -> None:
+    """Store a put's bytes through ``handle`` (in the put's thread).  The
+    reactor thread counted them already, as bytes ``start`` onwards of
+    ``_ProcessCounters.written``; failpoint ``storage.write.bytes`` is hit
+    from that count and cuts them at its threshold as a write stream does,
+    without this thread touching the counter."""
     write_pieces = getattr(handle, "write_pieces", None)
 
     def store(part: list[Any]) -> None:
@@ -1217,7 +1223,6 @@ def _store_counted(handle: Any, pieces: list[bytes]) -> None:
                 handle.write(bytes(piece))
         else:
             write_pieces(part)
-        _ProcessCounters.written += sum(len(p) for p in part)
 
     limit = failpoints.threshold("storage.write.bytes")
     if limit is None:
@@ -1225,14 +1230,14 @@ def _store_counted(handle: Any, pieces: list[bytes]) -> None:
         return
     views = [memoryview(p) for p in pieces]
     total = sum(len(v) for v in views)
-    if _ProcessCounters.written + total >= limit:
-        head, tail = _split_pieces(views, max(0, limit - _ProcessCounters.written))
+    if start + total >= limit:
+        head, tail = _split_pieces(views, max(0, limit - start))
         store(head)
-        failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+        failpoints.hit("storage.write.bytes", start + sum(len(v) for v in head))
         store(tail)
     else:
         store(views)
-        failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+        failpoints.hit("storage.write.bytes", start + total)
 
 
 class _WriteStream:

@@ -36,6 +36,8 @@ checks both):
   drops the bytes and ``write`` after commit/abort raises StorageError.
 * ``put`` is ``write`` at 0, the bytes and ``commit`` as one call, with
   their errors; more than ``PUT_MAX`` bytes is BadRequest.
+* ``fence`` at 0 of an absent blob creates it empty at its epoch (so an
+  older ``write`` or ``put`` is StaleEpoch); above 0 it is BlobNotFound.
 * ``abort`` keeps the bytes already stored (only ``durable`` is guaranteed);
   ``kill`` behaves like a power loss: unsealed blobs are cut to their durable
   length and reported INCOMPLETE once the node is revived.
@@ -343,6 +345,11 @@ class FakeStorageNode:
         return blob.info(blob_id)
 
     def do_fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
+        if truncate_to == 0 and blob_id not in self.blobs:
+            # Created empty at the fence's epoch, recorded: a writer that had
+            # not created it yet is refused for its epoch when it comes.
+            self.blobs[blob_id] = _Blob(bytearray(), 0, epoch, OPEN, {})
+            return self.blobs[blob_id].info(blob_id)
         blob = self.get(blob_id)
         if epoch < blob.epoch:
             raise StaleEpoch(f"blob {blob_id} is at epoch {blob.epoch} > {epoch}")

@@ -86,8 +86,8 @@ class PutOnCommit:
         self._producer, self._streaming = producer, streaming
         if self._writer is not None:
             self._writer.registerProducer(producer, streaming)
-        elif self._opening:
-            self._hold()
+        elif self._opening and self._error is None:
+            self._hold()  # until the stream is open (a failed open never will be)
 
     def unregisterProducer(self) -> None:
         self._producer, self._held = None, False

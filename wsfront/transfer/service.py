@@ -37,6 +37,7 @@ from wsfront.transfer.write_through import WriteThrough
 from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
+from wsstorage.client import PUT_MAX
 
 log = Logger()
 
@@ -56,10 +57,17 @@ class TransferSettings:
     extent_cache_bytes: int = 32 << 20
     """Bytes of small sealed extents kept for repeat reads (0: none); see
     wsfront.transfer.extent_cache."""
-    put_limit: int = PUT_LIMIT
+    put_limit: int = attrs.field(default=PUT_LIMIT)
     """A blob that ends within this many bytes is stored with one ``put``
     per replica, opening no stream (0: always a stream); see
-    wsfront.transfer.put_on_commit."""
+    wsfront.transfer.put_on_commit.  At most the put's own cap
+    (``wsstorage.client.PUT_MAX``, 256 KiB), which every replica would
+    refuse."""
+
+    @put_limit.validator
+    def _check_put_limit(self, attribute, value: int) -> None:
+        if not 0 <= value <= PUT_MAX:
+            raise ValueError(f"put_limit must be between 0 and {PUT_MAX} bytes, not {value}")
 
 
 @attrs.frozen
@@ -529,6 +537,9 @@ class Transfers:
                     except storage_errors.BlobSealed:
                         pass  # sealed by an earlier, interrupted takeover
             except storage_errors.BlobNotFound:
+                # Only from a server older than the rule that a fence at 0
+                # creates the blob empty at its epoch (so an old writer's
+                # later put is refused): nothing to keep here either.
                 if keep:
                     raise
             return node

@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -218,6 +218,9 @@ class WriteSession:
         self._producer = None
         self._paused_by: set[str] = set()
         self._failure_waiters: list[Deferred] = []
+        #: The catalog update that marks the session interrupted once no
+        #: replica is left (``_fail``); ``finish`` waits for it.
+        self._interrupting: Deferred | None = None
         self._on_end = on_end
         self._stats = stats
         self._expiry = expiry
@@ -413,6 +416,8 @@ class WriteSession:
             )
         except Exception as e:
             self._fail(self._translate(e))
+            if self._interrupting is not None:
+                yield self._interrupting
             raise self.error from e
         self.durable = self.offset
         self.state = DONE
@@ -511,6 +516,7 @@ class WriteSession:
         if self.state in (DONE, FENCED, FAILED):
             return
         error = self._translate(error)
+        interrupting = self.state != INTERRUPTED  # else interrupt() records it
         self.state = FENCED if isinstance(error, SessionFenced) else FAILED
         if self._stats is not None:
             if self.state == FENCED:
@@ -522,10 +528,27 @@ class WriteSession:
         self._cancel_timer()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
+        if interrupting and isinstance(error, NoReplicasAvailable):
+            self._interrupting = self._record_interrupted()
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
             d.errback(error)
         self._ended()
+
+    def _record_interrupted(self) -> Deferred:
+        """Every replica failed: the session cannot go on here.  Mark it
+        interrupted in the catalog, as an upload no replica accepted at its
+        start is, so it is not left active and owned by this front end until
+        it expires; its client can resume it from ``durable``."""
+        d = maybeDeferred(self._catalog.interrupt_upload, self.upload_id, self.epoch)
+        d.addErrback(
+            lambda f: log.warn(
+                "upload {id} could not record its interruption: {err}",
+                id=self.upload_id,
+                err=f.value,
+            )
+        )
+        return d
 
     def _release_writers(self) -> Deferred:
         writers, self._writers = list(self._writers.values()), {}
