@@ -15,7 +15,7 @@ from twisted.protocols import portforward
 
 from tests.storage_procs import pattern, write_blob
 from wsstorage import framing
-from wsstorage.client import StorageClient
+from wsstorage.client import SMALL_RECV, StorageClient
 from wsstorage.service import start_storage_server
 
 SECRET = b"recv-test-secret-0123456789abcdef"
@@ -96,9 +96,48 @@ async def test_each_data_piece_is_the_bytes_object_the_socket_returned(client, m
     consumer = Keeper()
     assert await client.read("r", 5, len(data) - 10, consumer) == len(data) - 10
     assert b"".join(consumer.pieces) == data[5:-5]
-    assert all(id(p) in recorder.returned for p in consumer.pieces)
+    # The stream's first piece came with its header in one small greedy
+    # recv (SMALL_RECV) and was sliced out; every later one is a recv's.
+    first, *rest = consumer.pieces
+    assert len(first) <= SMALL_RECV and rest
+    assert all(id(p) in recorder.returned for p in rest)
     assert all(0 < len(p) <= framing.MAX_DATA for p in consumer.pieces)
     assert set(consumer.buffered_at_write) == {0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_read_takes_one_recv_not_one_per_header_and_body(client, monkeypatch) -> None:
+    """Outside a stream of DATA bodies a header is read greedily: a 5-byte
+    read's REPLY, DATA and END (six header and body pieces) come in one
+    recv, a stat's reply in one, not one recv per piece."""
+    await write_blob(client, "tiny", b"hello")
+    await client.stat("tiny")  # connection made and idle in the pool
+    (conn,) = client._idle
+    fd = conn.socket.fileno()  # the client's end (the server runs here too)
+    recorder = RecvRecorder(monkeypatch)
+    consumer = Keeper()
+    assert await client.read("tiny", 0, None, consumer) == 5
+    assert b"".join(consumer.pieces) == b"hello"
+    read_calls = recorder.calls[fd]
+    await client.stat("tiny")
+    stat_calls = recorder.calls[fd] - read_calls
+    # One recv per burst the server sends (the read's END may come on its
+    # own), never one per header and body: exact reads took 6 and 2.
+    assert read_calls <= 3 and stat_calls == 1, (read_calls, stat_calls)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_connection_gives_the_transport_its_own_doread_back(client) -> None:
+    """The transport's doRead is the protocol's _read_socket while
+    connected; once the connection is lost it is dropped again, so
+    transport and protocol do not keep each other alive."""
+    await write_blob(client, "c", b"x")
+    (conn,) = client._idle
+    transport = conn.transport
+    assert vars(transport)["doRead"] == conn._read_socket
+    await client.close()
+    await conn.lost
+    assert "doRead" not in vars(transport) and conn._tcp is None
 
 
 @pytest_twisted.ensureDeferred
@@ -123,6 +162,9 @@ async def test_a_paused_read_stops_receiving_and_holds_no_unread_bytes(
     fd = conn.socket.fileno()
     calls = recorder.calls[fd]
     await wait_for(lambda: server_stream().paused and len(consumer.pieces) == 1)
+    # Give the reactor turns in which a readable socket would be read.
+    for _ in range(5):
+        await task.deferLater(reactor, 0.02, lambda: None)
     # Paused since the first piece: no byte delivered, none read off the
     # socket, none held by the client (the kernel buffers hold the rest).
     assert len(consumer.pieces) == 1 and len(consumer.pieces[0]) <= framing.MAX_DATA

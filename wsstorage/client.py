@@ -112,6 +112,10 @@ class _ListCall(_Call):
 #: read.
 READ_FIRST_RECV = 64 * 1024
 
+#: Most bytes a header is read with outside a stream of DATA bodies
+#: (``_ClientProtocol._read_socket``): a whole small reply in one recv.
+SMALL_RECV = 4096
+
 
 @implementer(IPushProducer)
 class _ReadCall(_Call):
@@ -228,6 +232,9 @@ class _ClientProtocol(Protocol):
         #: once per connection rather than per written chunk.
         self.socket: Any = None
         self._tcp: Any = None
+        #: The last recv was a DATA body's: the next header is read exactly
+        #: (``_read_socket``), so the body after it is not sliced out.
+        self._streaming = False
 
     # -- connection ----------------------------------------------------
 
@@ -263,6 +270,12 @@ class _ClientProtocol(Protocol):
                 f"connection to storage server {name} lost during the handshake: {why}"
             )
         self._fail_all(err)
+        # The transport's doRead is our method (_read_socket): drop it, or
+        # transport and protocol keep each other alive until a cyclic
+        # collection (Twisted deletes transport.protocol for the same reason).
+        if self._tcp is not None:
+            vars(self._tcp).pop("doRead", None)
+            self._tcp = None
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -352,14 +365,26 @@ class _ClientProtocol(Protocol):
         read-size shares of ``wsfront.transfer.reader``), and stops early
         when the socket has no more or the consumer paused us; so a paused
         read holds no unconsumed bytes at all.
+
+        Exact reads would cost a small operation a recv per header and per
+        body (7 for a 5-byte read, 3 for a health reply): outside a stream
+        of DATA bodies a header is read greedily, up to ``SMALL_RECV``
+        bytes, so a small reply arrives in one recv.  Only a stream's first
+        piece is then sliced out (at most ``SMALL_RECV`` bytes copied).
         """
         tcp, sock, decoder = self._tcp, self.socket, self._decoder
         budget, got = tcp.bufferSize, 0
-        # Paused (or closing) in this very reactor turn, after the poll
-        # found the socket readable: read nothing, deliver nothing.
-        while not (self._held or tcp.disconnecting) and self.connected:
+        # Paused, closing or aborted in this very reactor turn, after the
+        # poll found the socket readable: read nothing, deliver nothing.
+        while (
+            not (self._held or tcp.disconnecting or getattr(tcp, "_aborting", False))
+            and self.connected
+        ):
             body = decoder.in_body
-            want = min(decoder.wanted(), budget - got)
+            want = decoder.wanted()
+            if not (body or self._streaming):
+                want = max(want, SMALL_RECV)
+            want = min(want, budget - got)
             try:
                 data = sock.recv(want)
             except BlockingIOError:
@@ -372,6 +397,7 @@ class _ClientProtocol(Protocol):
                 self._heard = True
                 self.activity()
             got += len(data)
+            self._streaming = body
             if body:
                 try:
                     self._frame(*decoder.body_piece(data))
