@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -16,6 +17,7 @@ from twisted.protocols import portforward
 from tests.storage_procs import pattern, write_blob
 from wsstorage import framing
 from wsstorage.client import SMALL_RECV, StorageClient
+from wsstorage.errors import NodeUnavailable
 from wsstorage.service import start_storage_server
 
 SECRET = b"recv-test-secret-0123456789abcdef"
@@ -241,3 +243,19 @@ async def test_frames_cut_anywhere_on_the_wire_read_back_whole(server, client) -
     finally:
         await slow.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_whose_write_raises_fails_the_read_instead_of_hanging(client) -> None:
+    """An exception from the consumer's write ends the connection (Twisted
+    drops a connection whose doRead raised); the read must fail with it,
+    not wait forever because it was out of the pending table."""
+
+    class Exploding(Keeper):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("consumer broke")
+
+    await write_blob(client, "boom", pattern(300_000, seed=3))
+    d = client.read("boom", 0, None, Exploding())
+    with pytest.raises(NodeUnavailable):
+        await d

@@ -471,8 +471,11 @@ class _ClientProtocol(Protocol):
         del self._pending[rid]
         try:
             done = call.frame(self, ftype, body)
-        except ProtocolError:
-            self._pending[rid] = call  # failed by connectionLost
+        except BaseException:
+            # Back in the table, so connectionLost fails it: a protocol
+            # error, or a consumer whose write() raised, ends the
+            # connection, and the call's Deferred must not wait forever.
+            self._pending[rid] = call
             raise
         if not done:
             self._pending[rid] = call
