@@ -1207,12 +1207,13 @@ class _PutRequest:
     pieces: list[bytes] = attrs.Factory(list)
 
 
-def _store_counted(handle: Any, pieces: list[bytes], start: int) -> None:
-    """Store a put's bytes through ``handle`` (in the put's thread).  The
-    reactor thread counted them already, as bytes ``start`` onwards of
-    ``_ProcessCounters.written``; failpoint ``storage.write.bytes`` is hit
-    from that count and cuts them at its threshold as a write stream does,
-    without this thread touching the counter."""
+def _store_counted(handle: Any, pieces: list[Any], start: int) -> None:
+    """Store a write stream's or a put's bytes through ``handle`` (a put's
+    in its thread).  The reactor thread counted them already, as bytes
+    ``start`` onwards of ``_ProcessCounters.written``; failpoint
+    ``storage.write.bytes`` is hit from that count, and the bytes before
+    its threshold are stored before it fires, the rest after, without this
+    function touching the counter."""
     write_pieces = getattr(handle, "write_pieces", None)
 
     def store(part: list[Any]) -> None:
@@ -1253,37 +1254,17 @@ class _WriteStream:
 
     def data(self, proto: StorageServerProtocol, pieces: list[memoryview]) -> None:
         """Store the payloads of consecutive DATA frames (views into the
-        received bytes) with one ``write_pieces``; when failpoint
-        ``storage.write.bytes`` is armed, the bytes before its threshold are
-        stored before it fires and the rest after, as one frame at a time did."""
+        received bytes) with one ``write_pieces``, counted as a put's are
+        (``_store_counted``: failpoint ``storage.write.bytes`` fires at its
+        exact byte)."""
         if self.error is not None:
             return  # already reported; the client will abort
+        start = _ProcessCounters.written
+        _ProcessCounters.written += sum(len(p) for p in pieces)
         try:
-            limit = failpoints.threshold("storage.write.bytes")
-            # The batch's size is summed only when a failpoint is armed.
-            total = 0 if limit is None else sum(len(p) for p in pieces)
-            if limit is not None and _ProcessCounters.written + total >= limit:
-                head, tail = _split_pieces(pieces, max(0, limit - _ProcessCounters.written))
-                self._store(head)
-                failpoints.hit("storage.write.bytes", _ProcessCounters.written)
-                self._store(tail)
-            else:
-                self._store(pieces)
-                failpoints.hit("storage.write.bytes", _ProcessCounters.written)
+            _store_counted(self.handle, pieces, start)
         except Exception as e:
             proto.write_failed(self, e)
-
-    def _store(self, pieces: list[memoryview]) -> None:
-        if not pieces:
-            return
-        write_pieces = getattr(self.handle, "write_pieces", None)
-        if write_pieces is None:  # a store whose handles take bytes per write()
-            for piece in pieces:
-                self.handle.write(bytes(piece))
-                _ProcessCounters.written += len(piece)
-            return
-        write_pieces(pieces)
-        _ProcessCounters.written += sum(len(p) for p in pieces)
 
     def close(self, factory: StorageServerFactory) -> None:
         handle, self.handle = self.handle, None
