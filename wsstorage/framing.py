@@ -121,8 +121,11 @@ def direct_socket(transport: Any) -> Any:
     """The socket under ``transport`` if frames may be sent on it directly
     (``sendmsg``, bypassing the transport's buffer while that is empty), else
     None: only a plain TCP transport (not TLS, whose protocol wraps the
-    socket's transport) that is connected and not closing."""
+    socket's transport, nor a TCP transport after startTLS, whose writes
+    encrypt) that is connected and not closing."""
     if not isinstance(transport, FileDescriptor) or tcp_transport(transport) is not transport:
+        return None
+    if getattr(transport, "TLS", False):
         return None
     sock = getattr(transport, "socket", None)
     if sock is None or not hasattr(sock, "sendmsg"):

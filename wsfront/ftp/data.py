@@ -381,13 +381,13 @@ class _ChannelConsumer:
         channel.sent += len(data)
         channel.activity()
         transport = channel.transport
-        sock = channel._tcp is transport and not getattr(transport, "TLS", False)
-        if sock and data:
+        sock = direct_socket(transport) if channel._tcp is transport else None
+        if sock is not None and data:
             # Plain TCP with nothing queued: straight into the socket, as
             # far as the kernel takes it; only the rest waits in (and
             # counts against) the transport's buffer share.  Under TLS
-            # (PROT P) the transport's write encrypts: never bypassed.
-            send_iov(transport, direct_socket(transport), [data])
+            # (PROT P) there is no direct socket: the write encrypts.
+            send_iov(transport, sock, [data])
         else:
             transport.write(data)
 
