@@ -824,12 +824,17 @@ class StorageClient:
             self._idle.remove(conn)
 
     @defer.inlineCallbacks
-    def _simple(self, body: dict[str, Any]) -> Any:
+    def _simple(self, body: dict[str, Any], data: bytes | None = None) -> Any:
+        """One request answered by one REPLY; ``data`` goes out as its DATA
+        frames (a ``put``)."""
         if "blob" in body:
             check_blob_id(body["blob"])
         conn = yield self._acquire()
         try:
-            result = yield conn.call(body)
+            if data is None:
+                result = yield conn.call(body)
+            else:
+                result = yield conn.start_with_data(body, data).d
         except StorageError as e:
             if isinstance(e, NodeUnavailable | ProtocolError):
                 self._discard(conn)
@@ -898,20 +903,8 @@ class StorageClient:
         data = bytes(data)
         if len(data) > PUT_MAX:
             raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
-        conn = yield self._acquire()
-        try:
-            body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
-            result = yield conn.start_with_data(body, data).d
-        except StorageError as e:
-            if isinstance(e, NodeUnavailable | ProtocolError):
-                self._discard(conn)
-            else:
-                self._release(conn)
-            raise
-        except BaseException:
-            self._discard(conn)
-            raise
-        self._release(conn)
+        body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
+        result = yield self._simple(body, data)
         return info_from_wire(result)
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
