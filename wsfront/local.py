@@ -54,9 +54,10 @@ READ_AHEAD_MIN = 64 << 10
 class LocalStorageFactory(StorageServerFactory):
     """A storage server whose read-ahead is a share of READ_AHEAD_BUDGET.
 
-    Every read of a storage server in this process is one of the front
-    end's (``wsfront.transfer.reader``), so the front end's count of
-    running reads is the count of read streams sharing the budget.  The
+    The reads of the storage servers in this process are, all but a
+    repair's or a scrub's, the front end's downloads
+    (``wsfront.transfer.reader``), so the front end's count of running
+    reads is the count of read streams sharing the budget.  The
     ``read_ahead`` given is the ceiling; the factory answers its current
     share each time a read stream asks (when it starts, and for each batch
     read in a thread).
