@@ -12,7 +12,9 @@ sendfile off, so the ratios compare like with like on this machine.
 Two wsfs layouts: ``procs`` runs three ``twistd -n wsstorage`` processes and
 one ``twistd -n wsfront`` alone (so its peak RSS is the front end's own),
 ``wslocal`` the whole cluster in one process.  Prints MB/s, files/s, p99
-per-client time, failed clients, the server's peak RSS (VmHWM: the wsfront
+per-client time, failed clients, the server's CPU seconds per GiB moved
+(every wsfs process, storage servers included: a count that a busy machine
+disturbs less than MB/s), the server's peak RSS (VmHWM: the wsfront
 process for ``procs``; front end *and* storage servers for wslocal) and its
 RSS at idle before the first workload (the import baseline), replica count
 and fsync policy, and the ratios against pyftpdlib (medians of alternating
@@ -300,6 +302,16 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
 
 
+def cpu_seconds(server: Server) -> float:
+    """User plus system CPU the server has used so far: the wsfs processes
+    (front end and storage servers) or pyftpdlib's, not the clients'."""
+    ticks = 0
+    for proc in [server.proc, *getattr(server, "storage", [])]:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset a process's VmHWM to its current RSS (Linux clear_refs 5)."""
     try:
@@ -324,12 +336,21 @@ def run(server: Server, args) -> dict:
     overall = peak_rss_mb(pid)
     reset_peak_rss(pid)
     if "big" in wanted:
+        cpu = cpu_seconds(server)
         out["STOR MB/s"] = big / MB / stor(server, "big.bin", big)
+        out["STOR CPU s/GiB"] = (cpu_seconds(server) - cpu) / (big / (1 << 30))
         phase_peak("STOR")
+        cpu = cpu_seconds(server)
         out["RETR MB/s"] = big / MB / retr(server, "big.bin", big)
+        out["RETR CPU s/GiB"] = (cpu_seconds(server) - cpu) / (big / (1 << 30))
         phase_peak("RETR")
     if "clients" in wanted:
+        cpu = cpu_seconds(server)
         many = many_clients(server, args.clients, args.client_mib << 20)
+        # Per GiB sent (the STOR of the shared file included, once): a
+        # count, which the load from other processes affects less than MB/s.
+        moved = (args.clients + 1) * (args.client_mib << 20) / (1 << 30)
+        out[f"{args.clients} clients CPU s/GiB"] = (cpu_seconds(server) - cpu) / moved
         out[f"{args.clients} clients MB/s"] = many["MB/s"]
         out[f"{args.clients} clients p99 s"] = many["p99 s"]
         out[f"{args.clients} clients failed"] = many["failed"]

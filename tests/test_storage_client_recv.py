@@ -259,3 +259,38 @@ async def test_a_consumer_whose_write_raises_fails_the_read_instead_of_hanging(c
     d = client.read("boom", 0, None, Exploding())
     with pytest.raises(NodeUnavailable):
         await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turns_share_does_not_cut_a_body_it_could_read_whole_next_turn(
+    tmp_path, monkeypatch
+) -> None:
+    """With 64 KiB DATA frames and 80 KiB of socket reads per turn (200
+    downloads' share), a turn that has read one frame does not begin the
+    next one for its last 16 KiB: every body arrives as one piece, so the
+    consumer gets one write per frame, not nearly two."""
+    frame = 64 * 1024
+    running = await start_storage_server(
+        reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "d"), "s1", SECRET,
+        read_ahead=frame, read_batches=1,
+    )  # fmt: skip
+    c = StorageClient(reactor, "s1", running.client_endpoint, SECRET, idle_timeout=10)
+    try:
+        data = pattern(2 * 1024 * 1024, seed=4)
+        await write_blob(c, "f", data)
+        await c.stat("f")
+        (conn,) = c._idle
+        monkeypatch.setattr(conn.transport, "bufferSize", frame + 16 * 1024)
+        consumer = Keeper()
+        assert await c.read("f", 0, None, consumer) == len(data)
+        assert b"".join(consumer.pieces) == data
+        first, *rest = consumer.pieces
+        assert len(first) <= SMALL_RECV
+        # A frame may still come in two when the server's send was cut
+        # short (full socket buffers); cut by the share, nearly every one
+        # was (33 frames made 57 pieces).
+        frames = len(data) // frame
+        assert len(rest) <= frames + frames // 4, sorted(len(p) for p in rest)
+    finally:
+        await c.close()
+        await running.stop()

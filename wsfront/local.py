@@ -25,6 +25,9 @@ from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import NotFound
 from wsfront.config import FrontendConfig
 from wsfront.service import FrontendService
+from wsfront.transfer import reader
+from wsfront.transfer.shares import fair_share
+from wsstorage.server import StorageServerFactory
 
 log = Logger()
 DEMO_USER = "demo"
@@ -32,8 +35,43 @@ DEMO_USER = "demo"
 #: end and every storage server, so a download is read ahead on one of them
 #: and buffered again by the front end; 256 KiB x 1 instead of 1 MiB x 2
 #: cuts what each stream holds on the storage side from about 4 MiB to 0.75.
+#: That is the most a read stream reads at once (``LocalStorageFactory``).
 LOCAL_READ_AHEAD = 256 * 1024
 LOCAL_READ_BATCHES = 1
+#: What the storage servers' read streams in this process read at once,
+#: together: a stream keeps a buffer of its batch size for its whole life
+#: (a cached batch is read into it) and, when the front end's socket is
+#: full, a copy of the batch's unsent rest.  At 256 KiB each, 200 downloads
+#: held 75 MiB of those (wslocal peaked at 135 MB); a stream takes an
+#: equal share of this budget as it starts, between READ_AHEAD_MIN (one
+#: default block: cached batches are read in place only in whole blocks)
+#: and LOCAL_READ_AHEAD, so up to 32 at once read 256 KiB batches and 200
+#: read 64 KiB ones (peak 89 MB).
+READ_AHEAD_BUDGET = 8 << 20
+READ_AHEAD_MIN = 64 << 10
+
+
+class LocalStorageFactory(StorageServerFactory):
+    """A storage server whose read-ahead is a share of READ_AHEAD_BUDGET.
+
+    The reads of the storage servers in this process are, all but a
+    repair's or a scrub's, the front end's downloads
+    (``wsfront.transfer.reader``), so the front end's count of running
+    reads is the count of read streams sharing the budget.  The
+    ``read_ahead`` given is the ceiling; the factory answers its current
+    share each time a read stream asks (when it starts, and for each batch
+    read in a thread).
+    """
+
+    @property
+    def read_ahead(self) -> int:
+        ceiling = self.read_ahead_max
+        floor = min(READ_AHEAD_MIN, ceiling)
+        return fair_share(READ_AHEAD_BUDGET, reader.active_reads(), floor, ceiling, floor)
+
+    @read_ahead.setter
+    def read_ahead(self, value: int) -> None:
+        self.read_ahead_max = value
 
 
 class LocalOptions(usage.Options):
@@ -91,7 +129,6 @@ class LocalClusterService(service.MultiService):
     async def _start(self) -> LocalClusterService:
         from wsstorage.auth import ensure_secret
         from wsstorage.blobstore import BlobStore
-        from wsstorage.server import StorageServerFactory
 
         self.data.mkdir(parents=True, exist_ok=True)
         secret, _ = ensure_secret(self.data / "secret")
@@ -100,7 +137,7 @@ class LocalClusterService(service.MultiService):
             name = f"s{i}"
             store = BlobStore.open(self.data / "storage" / name)
             self.stores[name] = store
-            factory = StorageServerFactory(
+            factory = LocalStorageFactory(
                 self.reactor,
                 store,
                 name,

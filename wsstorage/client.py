@@ -364,7 +364,10 @@ class _ClientProtocol(Protocol):
         copy.  A reactor turn still reads at most ``bufferSize`` bytes (the
         read-size shares of ``wsfront.transfer.reader``), and stops early
         when the socket has no more or the consumer paused us; so a paused
-        read holds no unconsumed bytes at all.
+        read holds no unconsumed bytes at all.  Nor does it begin a body
+        that the rest of its share would cut but a whole next turn would
+        not: cut, a 64 KiB frame read 80 KiB at a time went on in two
+        pieces (two writes, two sends to the client) nearly every time.
 
         Exact reads would cost a small operation a recv per header and per
         body (7 for a 5-byte read, 3 for a health reply): outside a stream
@@ -382,6 +385,10 @@ class _ClientProtocol(Protocol):
         ):
             body = decoder.in_body
             want = decoder.wanted()
+            if body and got and budget - got < want <= budget:
+                # A body the rest of this turn's share would cut in two is
+                # read whole next turn: one piece, one write downstream.
+                return None
             if not (body or self._streaming):
                 want = max(want, SMALL_RECV)
             want = min(want, budget - got)

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.ftp.addresses import same_host
+from wsfront.transfer.shares import fair_share
 from wsstorage.framing import direct_socket, send_iov, tcp_transport
 
 log = Logger()
@@ -53,7 +54,7 @@ _streams = 0
 
 def stream_share(active: int) -> int:
     """Buffer and read size for one of ``active`` data connections moving files."""
-    return max(STREAM_MIN, min(STREAM_MAX, STREAM_BUDGET // max(1, active)))
+    return fair_share(STREAM_BUDGET, active, STREAM_MIN, STREAM_MAX)
 
 
 class DataConnectionFailed(Exception):

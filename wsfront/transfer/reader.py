@@ -23,6 +23,7 @@ from zope.interface import implementer
 from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
 from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.shares import fair_share
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 from wsstorage.framing import tcp_transport
@@ -46,8 +47,14 @@ _active_reads = 0
 
 def recv_size(active: int, left: int) -> int:
     """Socket read size for one of ``active`` reads with ``left`` bytes to go."""
-    share = RECV_BUDGET // max(1, active)
-    return max(RECV_MIN, min(RECV_MAX, share, left + RECV_MIN))
+    return min(fair_share(RECV_BUDGET, active, RECV_MIN, RECV_MAX), left + RECV_MIN)
+
+
+def active_reads() -> int:
+    """How many ``ReadStream``s of this process are streaming now: the
+    count every per-read share is taken by (``wsfront.local`` sizes its
+    storage servers' read-ahead by it too)."""
+    return _active_reads
 
 
 def raise_buffers(transport, size: int, send_limit: int | None = None) -> Callable[[], None]:
