@@ -115,6 +115,22 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     assert await read_sha(client, "direct") == (hashlib.sha256(data).hexdigest(), len(data))
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_with_a_writer_backlog_closes_once_it_is_sent(client) -> None:
+    """loseConnection() waits for what the transport holds; with the rest
+    of a write waiting in the writer instead, the connection still closes
+    once that is sent, not never."""
+    data = pattern(8 * 1024 * 1024)
+    w = await client.write("closing", 1, 0, {})
+    for i in range(0, len(data), 65536):  # no reactor turn: the socket fills
+        w.write(data[i : i + 65536])
+    assert w._backlog
+    conn = w.conn
+    conn.transport.loseConnection()
+    await conn.lost
+    assert "doWrite" not in vars(conn.transport)
+
+
 class _RecvSizeRecorder:
     """A consumer that records the storage connection's socket read size at
     each write (``sizes_reads`` as given)."""

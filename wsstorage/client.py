@@ -771,6 +771,9 @@ class BlobWriter:
             transport.startWriting()
             return None
         self._drop_backlog()
+        if transport.disconnecting or getattr(transport, "_writeDisconnecting", False):
+            # loseConnection() waited for the backlog: the transport closes.
+            return type(transport).doWrite(transport)
         transport.stopWriting()
         if self._held_back:
             self._held_back = False
