@@ -33,6 +33,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +191,38 @@ def cpu_self() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
+def cpu_threads() -> tuple[float, float]:
+    """CPU seconds so far of the reactor (main) thread and of the uploads'
+    hashing thread (``wsfs-sha256``, 0 before it starts): what the front
+    end's figure is made of, since the hash runs beside the reactor."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    reactor_thread = hashing = 0.0
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.name == "wsfs-sha256":
+            try:
+                fields = _proc_stat(f"self/task/{thread.native_id}")
+            except OSError:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / ticks
+            if thread is threading.main_thread():
+                reactor_thread = seconds
+            else:
+                hashing = seconds
+    return reactor_thread, hashing
+
+
+def cpu_machine() -> float:
+    """Busy CPU seconds so far of the whole machine (/proc/stat): includes
+    what no process is charged for, like the kernel's writeback threads
+    flushing the storage servers' page cache (and anything else running:
+    noisy on a shared box).  nginx does not fsync, so the writeback of its
+    file may fall into the next wsfs round's figure instead of its own."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_children() -> float:
     """CPU seconds of reaped children: curl, and nginx with its worker."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -230,10 +263,13 @@ def faults(pids) -> tuple[int, int]:
     )
 
 
-async def count_put_calls(auth: list[str], path: Path, url: str, size: int) -> None:
+async def count_put_calls(
+    auth: list[str], path: Path, url: str, size: int, dump: str | None = None
+) -> None:
     """One extra PUT under cProfile (the reactor thread only; the hashing
     thread's C work is not a Python call): Python calls per MiB, the
-    steadiest measure of the front end's per-byte overhead."""
+    steadiest measure of the front end's per-byte overhead.  ``dump`` names
+    a file for the whole profile (``python -m pstats FILE``)."""
     profile = cProfile.Profile()
     profile.enable()
     try:
@@ -241,6 +277,8 @@ async def count_put_calls(auth: list[str], path: Path, url: str, size: int) -> N
     finally:
         profile.disable()
     stats = pstats.Stats(profile)
+    if dump:
+        stats.dump_stats(dump)
     mib = size / MiB
     print(f"Python calls per MiB PUT (reactor thread): {stats.total_calls / mib:.0f}")
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[:15]
@@ -308,27 +346,35 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     # nginx with its curl.  Much steadier than MB/s on a shared box.
     gib = big / (1 << 30)
     cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
+    cpu.update({"front end, reactor thread": [], "front end, sha256 thread": []})
     cpu.update({"storage servers": [], "curl (wsfs)": [], "nginx + curl": []})
+    cpu.update({"machine (wsfs)": [], "machine (nginx)": []})
     # Minor page faults per MiB PUT: front end, storage servers.
     flt: dict[str, list[float]] = {"front end": [], "storage servers": []}
     writes: list[float] = []
     if "put" in wanted and args.count_calls:
-        await count_put_calls(auth, files / "big.bin", f"{ws}/big.bin", big)
+        await count_put_calls(auth, files / "big.bin", f"{ws}/big.bin", big, args.profile_out)
     for _ in range(args.rounds if "put" in wanted else 0):
         faults_before, writes_before = faults(storage_pids), write_calls(storage_pids)
-        before = cpu_self(), cpu_pids(storage_pids), cpu_children()
+        before = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        machine_before = cpu_machine()
         _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
-        after = cpu_self(), cpu_pids(storage_pids), cpu_children()
+        after = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        machine_after = cpu_machine()
         faults_after = faults(storage_pids)
         writes.append((write_calls(storage_pids) - writes_before) / (big / MiB))
         for who, a, b in zip(flt, faults_after, faults_before):
             flt[who].append((a - b) / (big / MiB))
         cpu["front end"].append((sum(after[0]) - sum(before[0])) / gib)
         cpu["front end, user"].append((after[0][0] - before[0][0]) / gib)
+        cpu["front end, reactor thread"].append((after[3][0] - before[3][0]) / gib)
+        cpu["front end, sha256 thread"].append((after[3][1] - before[3][1]) / gib)
         cpu["storage servers"].append((after[1] - before[1]) / gib)
         cpu["curl (wsfs)"].append((after[2] - before[2]) / gib)
+        cpu["machine (wsfs)"].append((machine_after - machine_before) / gib)
         nginx = await nginx_put(work, files / "big.bin")
         cpu["nginx + curl"].append((cpu_children() - after[2]) / gib)
+        cpu["machine (nginx)"].append((cpu_machine() - machine_after) / gib)
         record("PUT big", "nginx dav", "MB/s", big / t / 1e6, nginx and big / nginx / 1e6)
         shutil.rmtree(work / "nginx-root", ignore_errors=True)
         shutil.rmtree(work / "nginx-body", ignore_errors=True)
@@ -440,6 +486,11 @@ def parse(argv=None):
         "--count-calls",
         action="store_true",
         help="first PUT once more under cProfile and print Python calls per MiB",
+    )
+    p.add_argument(
+        "--profile-out",
+        default=None,
+        help="with --count-calls: write that PUT's cProfile stats to this file",
     )
     return p.parse_args(argv)
 

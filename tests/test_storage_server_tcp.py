@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.python import threadable
 
 from tests.storage_procs import StorageProcess, pattern, read_sha, write_blob
@@ -60,10 +60,30 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     """Over plain TCP writes are queued as headers and views of the
     caller's bytes for one sendmsg, leaving nothing joined in the transport
     (writeSequence would queue a copy); once the socket is full the rest
-    queues in the transport behind it, in order, before the commit."""
+    waits in the writer's backlog, still views, not copied into the
+    transport; the producer is paused while it exceeds the transport's
+    bufferSize, and the commit goes behind it, in order."""
     data = pattern(8 * 1024 * 1024 + 5)
     w = await client.write("direct", 1, 0, {})
     transport = w.conn.transport
+
+    class Producer:
+        paused = False
+        resumed = defer.Deferred()
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            if not self.resumed.called:
+                self.resumed.callback(None)
+
+        def stopProducing(self) -> None:
+            pass
+
+    producer = Producer()
+    w.registerProducer(producer, True)
     gathered = []
     real_sendmsg = socket.socket.sendmsg
 
@@ -77,13 +97,38 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     assert framing.transport_idle(transport)
     for i in range(8192, len(data), 65536):  # no reactor turn: the socket fills
         w.write(data[i : i + 65536])
-    assert not framing.transport_idle(transport)
+    assert framing.transport_idle(transport)  # nothing joined into the transport
+    assert w._backlog_bytes > transport.bufferSize and producer.paused
+    assert all(
+        isinstance(part, memoryview) or len(part) == framing.HEADER.size for part in w._backlog
+    )
+    flushed = w.flush()  # its request goes behind the backlog, not before
+    assert framing.transport_idle(transport)
+    assert await flushed == len(data)
+    await producer.resumed  # the server read the backlog: the producer may go on
+    assert not w._backlog and "doWrite" not in vars(transport)
     info = await w.commit()
     assert info.size == len(data)
     # The frames went out gathered: a sendmsg of the first turn's queue, all
     # of its 8 KiB and headers, and at least one more of the big turn.
     assert gathered and gathered[0] >= 8192 and len(gathered) >= 2
     assert await read_sha(client, "direct") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_with_a_writer_backlog_closes_once_it_is_sent(client) -> None:
+    """loseConnection() waits for what the transport holds; with the rest
+    of a write waiting in the writer instead, the connection still closes
+    once that is sent, not never."""
+    data = pattern(8 * 1024 * 1024)
+    w = await client.write("closing", 1, 0, {})
+    for i in range(0, len(data), 65536):  # no reactor turn: the socket fills
+        w.write(data[i : i + 65536])
+    assert w._backlog
+    conn = w.conn
+    conn.transport.loseConnection()
+    await conn.lost
+    assert "doWrite" not in vars(conn.transport)
 
 
 class _RecvSizeRecorder:

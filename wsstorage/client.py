@@ -275,6 +275,7 @@ class _ClientProtocol(Protocol):
         # collection (Twisted deletes transport.protocol for the same reason).
         if self._tcp is not None:
             vars(self._tcp).pop("doRead", None)
+            vars(self._tcp).pop("doWrite", None)  # a writer's backlog (BlobWriter)
             self._tcp = None
         if not self.lost.called:
             self.lost.callback(None)
@@ -527,7 +528,9 @@ class _ClientProtocol(Protocol):
         call = call or _Call()
         rid = next(self._ids)
         self._pending[rid] = call
-        self.transport.write(framing.encode_control(framing.REQUEST, rid, body))
+        frame = framing.encode_control(framing.REQUEST, rid, body)
+        if self.writer is None or not self.writer.queue_behind(frame):
+            self.transport.write(frame)
         self.activity()
         return rid, call
 
@@ -590,6 +593,38 @@ class _ProducerProxy:
 GATHER_BYTES = framing.TRANSPORT_BUFFER
 
 
+def _open_for_backlog(transport: Any) -> bool:
+    """A transport a writer may keep a backlog for: connected, not closing
+    (a closing transport is left to do what it does with what it holds)."""
+    return (
+        transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_writeDisconnected", False)
+        and not getattr(transport, "_aborting", False)
+    )
+
+
+def _sendmsg(sock: Any, iov: list[bytes | memoryview]) -> int:
+    """Bytes of ``iov`` one ``sendmsg`` sent (0 when the socket is full or
+    failed: the transport's next read or write sees the failure)."""
+    try:
+        return sock.sendmsg(iov[: framing.IOV_MAX])
+    except OSError:
+        return 0
+
+
+def _unsent(iov: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """What of ``iov`` is left after its first ``sent`` bytes (views, no copy)."""
+    for i, part in enumerate(iov):
+        if sent < len(part):
+            rest = iov[i:]
+            if sent:
+                rest[0] = memoryview(part)[sent:]
+            return rest
+        sent -= len(part)
+    return []
+
+
 @implementer(IBlobWriter)
 class BlobWriter:
     """An open write stream on one connection (provides IBlobWriter)."""
@@ -617,6 +652,11 @@ class BlobWriter:
         self._iov: list[bytes | memoryview] = []
         self._iov_bytes = 0
         self._send_call: Any = None
+        #: What the socket did not take yet, in order (see _send_gathered).
+        self._backlog: list[bytes | memoryview] = []
+        self._backlog_bytes = 0
+        #: The producer is paused for the backlog (not by the transport).
+        self._held_back = False
 
     # IConsumer
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -630,6 +670,7 @@ class BlobWriter:
         if self._proxy is None:
             return
         self._proxy = None
+        self._held_back = False
         self._blocked(False)
         if self.conn.connected:
             self.conn.transport.unregisterProducer()
@@ -664,10 +705,16 @@ class BlobWriter:
             self._send_call = self.conn.reactor.callLater(0, self._send_gathered)
 
     def _send_gathered(self) -> None:
-        """Send the queued frames: one ``sendmsg`` while the transport holds
-        nothing unsent (so nothing is overtaken); what the socket does not
-        take goes to the transport (one copy, as before).  Called before
-        any control frame of the stream (flush, commit, abort) is sent."""
+        """Send the queued frames: one ``sendmsg`` while nothing is queued
+        before them.  What the socket does not take waits, uncopied, in the
+        writer's backlog, sent by ``sendmsg`` as the socket drains
+        (``_do_write``), with the producer paused above ``bufferSize``
+        bytes, as the transport would.  Handing the rest to the transport
+        instead copied it once to join it and again when the transport
+        joined it to what it still held: while a replica lagged, up to two
+        copies of each byte sent to it.  Called before any control frame of
+        the stream (flush, commit, abort), which then goes behind the
+        backlog (``queue_behind``)."""
         if self._send_call is not None:
             if self._send_call.active():
                 self._send_call.cancel()
@@ -676,7 +723,76 @@ class BlobWriter:
         if not iov or not self.conn.connected or self.error is not None:
             return
         transport = self.conn.transport
-        framing.send_iov(transport, self.conn.socket, iov)
+        if not self._backlog and not _open_for_backlog(transport):
+            framing.send_iov(transport, self.conn.socket, iov)  # closing: as before
+            return
+        if not self._backlog and framing.transport_idle(transport):
+            iov = _unsent(iov, _sendmsg(self.conn.socket, iov))
+        if iov:
+            self._queue(iov)
+
+    def queue_behind(self, frame: bytes) -> bool:
+        """Queue a control frame of this stream behind the backlog, if there
+        is one (True); else the caller writes it to the transport."""
+        if not self._backlog:
+            return False
+        self._queue([frame])
+        return True
+
+    def _queue(self, iov: list[bytes | memoryview]) -> None:
+        transport = self.conn.transport
+        if not self._backlog:
+            transport.doWrite = self._do_write  # until the backlog is sent
+        self._backlog.extend(iov)
+        self._backlog_bytes += sum(len(part) for part in iov)
+        transport.startWriting()
+        over = self._backlog_bytes > transport.bufferSize
+        if over and not self._held_back and self._proxy is not None:
+            self._held_back = True
+            self._proxy.pauseProducing()
+
+    def _do_write(self) -> Any:
+        """The transport's doWrite while a backlog waits: what the transport
+        holds goes first (it was written before the backlog began), then
+        the backlog by ``sendmsg``; once it is all sent the transport's own
+        doWrite is back and the producer resumes."""
+        transport = self.conn.transport
+        if not self._backlog:  # dropped meanwhile: the transport's own again
+            self._drop_backlog()
+            return type(transport).doWrite(transport)
+        if len(transport.dataBuffer) > transport.offset or transport._tempDataLen:
+            result = type(transport).doWrite(transport)
+            if result is not None or not framing.transport_idle(transport):
+                return result
+        try:
+            sent = self.conn.socket.sendmsg(self._backlog[: framing.IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return main.CONNECTION_LOST
+        if sent:
+            self._backlog = _unsent(self._backlog, sent)
+            self._backlog_bytes -= sent
+            self.conn.activity()
+        if self._backlog:
+            transport.startWriting()
+            return None
+        self._drop_backlog()
+        if transport.disconnecting or getattr(transport, "_writeDisconnecting", False):
+            # loseConnection() waited for the backlog: the transport closes.
+            return type(transport).doWrite(transport)
+        transport.stopWriting()
+        if self._held_back:
+            self._held_back = False
+            if self._proxy is not None:
+                self._proxy.resumeProducing()
+        return None
+
+    def _drop_backlog(self) -> None:
+        self._backlog, self._backlog_bytes = [], 0
+        tcp = self.conn.transport
+        if tcp is not None:
+            vars(tcp).pop("doWrite", None)
 
     def _blocked(self, blocked: bool) -> None:
         self.conn.write_blocked = blocked
@@ -730,6 +846,11 @@ class BlobWriter:
             return
         self.error = err
         self._iov, self._iov_bytes = [], 0  # never sent: the stream is over
+        self._held_back = False
+        if not self.conn.connected:
+            self._drop_backlog()
+        # else the backlog still drains: it may begin inside a frame, and
+        # the abort that follows must find the stream's framing whole.
         if self._proxy is not None and self.conn.connected:
             self.conn.transport.unregisterProducer()
         watchers, self._watchers = self._watchers, []
@@ -741,6 +862,7 @@ class BlobWriter:
             return
         self.finished = True
         self._proxy = None
+        self._drop_backlog()  # sent: the server answered what came after it
         self.conn.write_blocked = False
         self.conn.writer = None
         self._watchers = []
