@@ -149,29 +149,48 @@ def test_read_ahead_settings_are_checked() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_cached_batches_are_read_in_the_reactor_thread_and_others_in_a_task(
+async def test_a_cached_batch_is_read_in_the_reactor_thread_and_the_rest_by_a_task(
     tcp_server, monkeypatch
 ):
-    """A blob just written is in the page cache: its aligned batches need
-    no reading task.  An unaligned range cannot be read in place, so its
-    batches come from a task; both arrive whole."""
+    """A blob just written is in the page cache: a one-batch read needs no
+    reading task; a longer one has its first batch read by the reactor
+    thread and the rest by one task, which reads them while the first is
+    sent, into reused buffers.  An unaligned range cannot be read in place
+    in the reactor thread, so its batches all come from a task.  Every
+    read arrives whole."""
     _running, client = tcp_server
     tasks = []
     fetch = server_mod._ReadStream._fetch
+    allocated = []
+    take = server_mod._ReadStream._take_buffer
 
     def counting(stream):
         tasks.append(stream.rid)
         return fetch(stream)
 
+    def taking(stream):
+        buffer = take(stream)
+        if all(buffer is not b for b in allocated):
+            allocated.append(buffer)
+        return buffer
+
     monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    monkeypatch.setattr(server_mod._ReadStream, "_take_buffer", taking)
     size = 8 * MiB + 4321
     data = pattern(size, seed=10)
     await write_blob(client, "hot", data, chunk=MiB)
     sink = DrainConsumer()
+    assert await client.read("hot", 5 * MiB, MiB, sink) == MiB
+    assert sink.sha.hexdigest() == sha256(data[5 * MiB : 6 * MiB])
+    assert tasks == []
+    allocated.clear()
+    sink = DrainConsumer()
     assert await client.read("hot", 0, None, sink) == size
     assert sink.sha.hexdigest() == sha256(data)
-    assert tasks == []
+    assert len(tasks) == 1
+    # Nine batches, sent from at most read_batches + 1 buffers.
+    assert len(allocated) <= server_mod.READ_BATCHES + 1
     sink = DrainConsumer()
     assert await client.read("hot", 3, size - 3, sink) == size - 3
     assert sink.sha.hexdigest() == sha256(data[3:])
-    assert tasks
+    assert len(tasks) == 2
