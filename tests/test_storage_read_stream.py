@@ -194,3 +194,37 @@ async def test_a_cached_batch_is_read_in_the_reactor_thread_and_the_rest_by_a_ta
     assert await client.read("hot", 3, size - 3, sink) == size - 3
     assert sink.sha.hexdigest() == sha256(data[3:])
     assert len(tasks) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_two_read_streams_cached_batches_are_all_read_in_the_reactor_thread(
+    tcp_server, monkeypatch
+):
+    """Reading ahead in a task while the reactor thread sends costs CPU
+    that other streams need: while another read stream is open, a cached
+    read's batches are all read by the reactor thread, none by a task."""
+    running, client = tcp_server
+    size = 8 * MiB
+    data = pattern(size, seed=11)
+    await write_blob(client, "a", data, chunk=MiB)
+    await write_blob(client, "b", data, chunk=MiB)
+    sink = Pausing(MiB)
+    held = client.read("a", 0, None, sink)
+    await sink.paused
+    assert running.factory.read_streams == 1
+    tasks = []
+    fetch = server_mod._ReadStream._fetch
+
+    def counting(stream):
+        tasks.append(stream.rid)
+        return fetch(stream)
+
+    monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    other = DrainConsumer()
+    assert await client.read("b", 0, None, other) == size
+    assert other.sha.hexdigest() == sha256(data)
+    assert tasks == []
+    sink.producer.resumeProducing()
+    assert await held == size
+    assert sink.sha.hexdigest() == sha256(data)
+    await wait_for(lambda: running.factory.read_streams == 0)

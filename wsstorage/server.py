@@ -59,6 +59,12 @@ READ_AHEAD = 1024 * 1024
 #: transport, so a reactor or thread that is scheduled late does not leave
 #: the socket idle; ``StorageServerFactory(read_batches=)`` sets it.
 READ_BATCHES = 2
+#: Read streams a server may have at once for a cached read's batches to
+#: be read by a task while the reactor thread sends (``_read_here``): that
+#: overlap uses a spare CPU, and costs more CPU per byte (thread hand-offs)
+#: than the reactor thread reading them itself; with several streams the
+#: CPUs have other work, so their batches are read where they are sent.
+PIPELINED_STREAMS = 1
 #: Seconds a reading task waits for room before it gives its thread back.
 READ_IDLE = 0.05
 #: Batches one reading task reads at most before it gives its pool thread
@@ -180,6 +186,8 @@ class StorageServerFactory(Factory):
             raise ValueError(f"read_batches must be at least 1, not {read_batches}")
         self.read_ahead = read_ahead
         self.read_batches = read_batches
+        #: Read streams open now (``_ReadStream``), for PIPELINED_STREAMS.
+        self.read_streams = 0
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -916,8 +924,9 @@ class _ReadStream:
     reactor thread is sending, so disk work and socket work overlap and a
     thread scheduled late on a busy machine does not stall the socket.
     When nothing is ready and no task runs, the reactor thread reads a
-    batch already in the page cache itself (``_read_here``) and starts the
-    task for the ones after it.  Over plain TCP batches are read in place
+    batch already in the page cache itself (``_read_here``) and, if it is
+    the server's only read stream, starts the task for the ones after it.
+    Over plain TCP batches are read in place
     into the stream's reused buffers (``_buffers``).  At most
     read_batches + 2 batches are in memory: those ready, the one being
     read, and the one being sent (whose unsent rest the transport copies);
@@ -953,6 +962,8 @@ class _ReadStream:
         #: its buffer, which then comes back here, so a stream allocates
         #: at most read_batches + 1 of them, once.
         self._buffers: deque[memoryview] = deque()
+        proto.factory.read_streams += 1
+        self._counted = True
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -1146,14 +1157,17 @@ class _ReadStream:
 
         A cached MiB costs about a tenth of a millisecond to copy and check,
         less than handing the first batch to a thread and back, so a short
-        read (one batch) never waits for a thread.  A longer one is sent
-        by this thread while the task reads and verifies the next batches
-        on another CPU: the copy from the page cache and the checksums
-        (about a third of the server's work per byte sent, the rest being
-        the socket's copy) then overlap with the sending instead of adding
-        to it.  Batches are read into the stream's reused buffers and sent
-        from there (``_send_iov`` copies only what the socket does not
-        take), so nothing is allocated per batch.  The disk itself is never
+        read (one batch) never waits for a thread.  A longer one, while it
+        is the server's only read stream (PIPELINED_STREAMS), is sent by
+        this thread while the task reads and verifies the next batches on
+        another CPU: the copy from the page cache and the checksums (about a
+        third of the server's work per byte sent, the rest being the
+        socket's copy) then overlap with the sending instead of adding to
+        it.  With more streams every batch that is cached is read here, as
+        the hand-offs cost CPU the other streams need.  Batches are read
+        into the stream's reused buffers and sent from there (``_send_iov``
+        copies only what the socket does not take), so nothing is allocated
+        per batch.  The disk itself is never
         waited for here (``RWF_NOWAIT``, and the blob's lock is only
         tried)."""
         if not self._here or self._fetching or self._failed or not self.to_fetch:
@@ -1171,7 +1185,8 @@ class _ReadStream:
             self._finish(None, e)
             return True
         self.to_fetch -= got
-        self._fill()  # the next batches, read while this one is sent
+        if self.proto.factory.read_streams <= PIPELINED_STREAMS:
+            self._fill()  # the next batches, read while this one is sent
         self._send_iov(framing.data_frame_iov(self.rid, [buffer[:got]]))
         self._buffers.append(buffer)
         self._count(got)
@@ -1226,6 +1241,9 @@ class _ReadStream:
         self.close()
 
     def close(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.proto.factory.read_streams -= 1
         self._finished = True
         self._ready.clear()
         with self._room:
