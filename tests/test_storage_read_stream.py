@@ -149,13 +149,69 @@ def test_read_ahead_settings_are_checked() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_cached_batches_are_read_in_the_reactor_thread_and_others_in_a_task(
+async def test_a_cached_batch_is_read_in_the_reactor_thread_and_the_rest_by_a_task(
     tcp_server, monkeypatch
 ):
-    """A blob just written is in the page cache: its aligned batches need
-    no reading task.  An unaligned range cannot be read in place, so its
-    batches come from a task; both arrive whole."""
+    """A blob just written is in the page cache: a one-batch read needs no
+    reading task; a longer one has its first batch read by the reactor
+    thread and the rest by one task, which reads them while the first is
+    sent, into reused buffers.  An unaligned range cannot be read in place
+    in the reactor thread, so its batches all come from a task.  Every
+    read arrives whole."""
     _running, client = tcp_server
+    tasks = []
+    fetch = server_mod._ReadStream._fetch
+    allocated = []
+    take = server_mod._ReadStream._take_buffer
+
+    def counting(stream):
+        tasks.append(stream.rid)
+        return fetch(stream)
+
+    def taking(stream):
+        buffer = take(stream)
+        if all(buffer is not b for b in allocated):
+            allocated.append(buffer)
+        return buffer
+
+    monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    monkeypatch.setattr(server_mod._ReadStream, "_take_buffer", taking)
+    size = 8 * MiB + 4321
+    data = pattern(size, seed=10)
+    await write_blob(client, "hot", data, chunk=MiB)
+    sink = DrainConsumer()
+    assert await client.read("hot", 5 * MiB, MiB, sink) == MiB
+    assert sink.sha.hexdigest() == sha256(data[5 * MiB : 6 * MiB])
+    assert tasks == []
+    allocated.clear()
+    sink = DrainConsumer()
+    assert await client.read("hot", 0, None, sink) == size
+    assert sink.sha.hexdigest() == sha256(data)
+    assert len(tasks) == 1
+    # Nine batches, sent from at most read_batches + 1 buffers.
+    assert len(allocated) <= server_mod.READ_BATCHES + 1
+    sink = DrainConsumer()
+    assert await client.read("hot", 3, size - 3, sink) == size - 3
+    assert sink.sha.hexdigest() == sha256(data[3:])
+    assert len(tasks) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_two_read_streams_cached_batches_are_all_read_in_the_reactor_thread(
+    tcp_server, monkeypatch
+):
+    """Reading ahead in a task while the reactor thread sends costs CPU
+    that other streams need: while another read stream is open, a cached
+    read's batches are all read by the reactor thread, none by a task."""
+    running, client = tcp_server
+    size = 8 * MiB
+    data = pattern(size, seed=11)
+    await write_blob(client, "a", data, chunk=MiB)
+    await write_blob(client, "b", data, chunk=MiB)
+    sink = Pausing(MiB)
+    held = client.read("a", 0, None, sink)
+    await sink.paused
+    assert running.factory.read_streams == 1
     tasks = []
     fetch = server_mod._ReadStream._fetch
 
@@ -164,14 +220,11 @@ async def test_cached_batches_are_read_in_the_reactor_thread_and_others_in_a_tas
         return fetch(stream)
 
     monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
-    size = 8 * MiB + 4321
-    data = pattern(size, seed=10)
-    await write_blob(client, "hot", data, chunk=MiB)
-    sink = DrainConsumer()
-    assert await client.read("hot", 0, None, sink) == size
-    assert sink.sha.hexdigest() == sha256(data)
+    other = DrainConsumer()
+    assert await client.read("b", 0, None, other) == size
+    assert other.sha.hexdigest() == sha256(data)
     assert tasks == []
-    sink = DrainConsumer()
-    assert await client.read("hot", 3, size - 3, sink) == size - 3
-    assert sink.sha.hexdigest() == sha256(data[3:])
-    assert tasks
+    sink.producer.resumeProducing()
+    assert await held == size
+    assert sink.sha.hexdigest() == sha256(data)
+    await wait_for(lambda: running.factory.read_streams == 0)

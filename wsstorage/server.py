@@ -59,6 +59,12 @@ READ_AHEAD = 1024 * 1024
 #: transport, so a reactor or thread that is scheduled late does not leave
 #: the socket idle; ``StorageServerFactory(read_batches=)`` sets it.
 READ_BATCHES = 2
+#: Read streams a server may have at once for a cached read's batches to
+#: be read by a task while the reactor thread sends (``_read_here``): that
+#: overlap uses a spare CPU, and costs more CPU per byte (thread hand-offs)
+#: than the reactor thread reading them itself; with several streams the
+#: CPUs have other work, so their batches are read where they are sent.
+PIPELINED_STREAMS = 1
 #: Seconds a reading task waits for room before it gives its thread back.
 READ_IDLE = 0.05
 #: Batches one reading task reads at most before it gives its pool thread
@@ -180,6 +186,8 @@ class StorageServerFactory(Factory):
             raise ValueError(f"read_batches must be at least 1, not {read_batches}")
         self.read_ahead = read_ahead
         self.read_batches = read_batches
+        #: Read streams open now (``_ReadStream``), for PIPELINED_STREAMS.
+        self.read_streams = 0
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -902,6 +910,8 @@ class _Batch:
     wire: bytes | None
     error: BaseException | None
     iov: list[bytes | memoryview] | None = None
+    #: The stream's buffer ``iov`` views, given back once they are sent.
+    buffer: memoryview | None = None
 
 
 @implementer(IPushProducer)
@@ -913,11 +923,14 @@ class _ReadStream:
     ``read_batches`` batches of ``read_ahead`` bytes ahead of what the
     reactor thread is sending, so disk work and socket work overlap and a
     thread scheduled late on a busy machine does not stall the socket.
-    Batches already in the page cache are read by the reactor thread itself
-    (``_read_here``), which costs less than the hand-off.  At most
-    read_batches + 2 batches are in memory: those ready, the one being read
-    and the one in the transport's buffer; plus the one buffer
-    ``_read_here`` reuses.
+    When nothing is ready and no task runs, the reactor thread reads a
+    batch already in the page cache itself (``_read_here``) and, if it is
+    the server's only read stream, starts the task for the ones after it.
+    Over plain TCP batches are read in place
+    into the stream's reused buffers (``_buffers``).  At most
+    read_batches + 2 batches are in memory: those ready, the one being
+    read, and the one being sent (whose unsent rest the transport copies);
+    a stream allocates at most read_batches + 1 buffers of its own.
     """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
@@ -944,7 +957,13 @@ class _ReadStream:
             and failpoints.threshold("storage.read.bytes") is None
             and hasattr(handle, "read_into")
         )
-        self._buffer: memoryview | None = None  # reused by _read_here
+        #: Batch buffers (read_ahead bytes each) free for reuse: a batch
+        #: read in place (_read_here, or a task on plain TCP) is sent from
+        #: its buffer, which then comes back here, so a stream allocates
+        #: at most read_batches + 1 of them, once.
+        self._buffers: deque[memoryview] = deque()
+        proto.factory.read_streams += 1
+        self._counted = True
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -994,9 +1013,29 @@ class _ReadStream:
         # reactor thread (_send_pieces); otherwise framed here, off it.
         frame_here = failpoints.threshold("storage.read.bytes") is None
         direct = self._socket is not None
+        in_place = self._here
+        take_buffer = self._take_buffer
         arrived = factory.from_thread(self._arrived)
 
+        def read_in_place(n: int) -> _Batch:
+            # Into a reused buffer, sent from there: nothing allocated.
+            buffer = take_buffer()
+            got = 0
+            error: BaseException | None = None
+            try:
+                while got < n:
+                    k = handle.read_into(buffer[got:])
+                    if not k:
+                        raise StorageError(f"blob ended {n - got} bytes early")
+                    got += k
+            except Exception as e:
+                error = e  # the good blocks before a bad one still go out
+            iov = framing.data_frame_iov(rid, [buffer[:got]])
+            return _Batch([], got, None, error, iov, buffer)
+
         def read_batch(n: int) -> _Batch:
+            if in_place:
+                return read_in_place(n)
             pieces: list[bytes] = []
             left = n
             error: BaseException | None = None
@@ -1085,6 +1124,8 @@ class _ReadStream:
                     if batch.iov is not None:
                         self._send_iov(batch.iov)
                         self._count(batch.length)
+                        if batch.buffer is not None:
+                            self._buffers.append(batch.buffer)
                     elif batch.wire is not None:
                         if batch.wire:
                             self.proto.transport.write(batch.wire)
@@ -1100,35 +1141,54 @@ class _ReadStream:
         finally:
             self._in_turn = False
 
+    def _take_buffer(self) -> memoryview:
+        """A free batch buffer (either thread may call this)."""
+        try:
+            return self._buffers.pop()
+        except IndexError:
+            return memoryview(bytearray(self.proto.factory.read_ahead))
+
     def _read_here(self) -> bool:
-        """Read, verify and send the next batch in this (the reactor's)
-        thread, if its bytes and checksums are in the page cache; False (and
-        nothing read) if they are not, or a reading task runs: the batch
-        then comes from a thread as before.
+        """Read and verify the next batch in this (the reactor's) thread if
+        its bytes and checksums are in the page cache, start a reading task
+        for the batches after it, then send it; False (and nothing read) if
+        it is not cached, or a reading task runs: the batch then comes from
+        the task.
 
         A cached MiB costs about a tenth of a millisecond to copy and check,
-        less than handing it to a thread and back (two wake-ups, the GIL
-        passed to and fro), and it is read into one buffer reused for every
-        batch of the stream and sent from there (``_send_iov`` copies only
-        what the socket does not take), so nothing is allocated per batch.
-        The disk itself is never waited for here (``RWF_NOWAIT``, and the
-        blob's lock is only tried)."""
+        less than handing the first batch to a thread and back, so a short
+        read (one batch) never waits for a thread.  A longer one, while it
+        is the server's only read stream (PIPELINED_STREAMS), is sent by
+        this thread while the task reads and verifies the next batches on
+        another CPU: the copy from the page cache and the checksums (about a
+        third of the server's work per byte sent, the rest being the
+        socket's copy) then overlap with the sending instead of adding to
+        it.  With more streams every batch that is cached is read here, as
+        the hand-offs cost CPU the other streams need.  Batches are read
+        into the stream's reused buffers and sent from there (``_send_iov``
+        copies only what the socket does not take), so nothing is allocated
+        per batch.  The disk itself is never
+        waited for here (``RWF_NOWAIT``, and the blob's lock is only
+        tried)."""
         if not self._here or self._fetching or self._failed or not self.to_fetch:
             return False
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(self.proto.factory.read_ahead))
+        buffer = self._take_buffer()
         try:
-            got = self.handle.read_into(self._buffer, nowait=True)
+            got = self.handle.read_into(buffer, nowait=True)
             if not got:
                 raise StorageError(f"blob ended {self.to_fetch} bytes early")
         except BlockingIOError:
+            self._buffers.append(buffer)
             return False
         except Exception as e:
             self._failed = True
             self._finish(None, e)
             return True
         self.to_fetch -= got
-        self._send_iov(framing.data_frame_iov(self.rid, [self._buffer[:got]]))
+        if self.proto.factory.read_streams <= PIPELINED_STREAMS:
+            self._fill()  # the next batches, read while this one is sent
+        self._send_iov(framing.data_frame_iov(self.rid, [buffer[:got]]))
+        self._buffers.append(buffer)
         self._count(got)
         return True
 
@@ -1181,6 +1241,9 @@ class _ReadStream:
         self.close()
 
     def close(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.proto.factory.read_streams -= 1
         self._finished = True
         self._ready.clear()
         with self._room:
