@@ -22,6 +22,7 @@ from wsfront.transfer import reader
 from wsfront.transfer.errors import TransferAborted
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.shares import fair_share
+from wsstorage import server
 from wsstorage.blobstore import BlobStore
 from wsstorage.client import StorageClient
 
@@ -79,8 +80,6 @@ def test_the_read_ahead_shrinks_as_reads_start_and_grows_back_as_they_end():
     many, many_done = _start_reads(clock, 200)
     assert reader.active_reads() == 200
     assert factory.read_ahead == local.READ_AHEAD_MIN
-    # What 200 streams may hold at once stays near the budget's floor.
-    assert 200 * factory.read_ahead <= max(local.READ_AHEAD_BUDGET, 200 * local.READ_AHEAD_MIN)
     for s in many[:150]:
         s.stopProducing()
     assert reader.active_reads() == 50
@@ -143,23 +142,39 @@ def local_server(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_read_whose_share_changes_midway_delivers_every_byte(local_server, monkeypatch):
-    factory, client = local_server
+    """The server's batches follow the share as it changes, whether read
+    in the reactor thread or by a task, and a stream's pooled buffers,
+    allocated at one share, serve batches of another without losing or
+    repeating a byte."""
+    _factory, client = local_server
     size = 24 * MiB + 4321
     data = pattern(size, seed=11)
     await write_blob(client, "blob", data, chunk=MiB)
-    seen = []
+    batches = []
+    count = server._ReadStream._count
+
+    def counting(stream, n):
+        batches.append(n)
+        return count(stream, n)
+
+    monkeypatch.setattr(server._ReadStream, "_count", counting)
 
     def crowd():
         monkeypatch.setattr(reader, "_active_reads", 500)
-        seen.append(factory.read_ahead)
 
     def alone():
         monkeypatch.setattr(reader, "_active_reads", 1)
-        seen.append(factory.read_ahead)
 
     for offset, length in [(0, None), (12345, size - 23456)]:
+        batches.clear()
+        alone()
         sink = _PausingAt([(3 * MiB, crowd), (9 * MiB, alone), (15 * MiB + 1, crowd)])
         end = size if length is None else offset + length
         assert await client.read("blob", offset, length, sink) == end - offset
         assert sink.sha.hexdigest() == sha256(data[offset:end])
-    assert set(seen) == {local.READ_AHEAD_MIN, local.LOCAL_READ_AHEAD}
+        assert sum(batches) == end - offset
+        # Both shares were read at, in this order: alone, crowded, alone.
+        small = [i for i, n in enumerate(batches) if n == local.READ_AHEAD_MIN]
+        large = [i for i, n in enumerate(batches) if n == local.LOCAL_READ_AHEAD]
+        assert small and large
+        assert large[0] < small[0] < large[-1]

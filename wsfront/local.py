@@ -39,14 +39,15 @@ DEMO_USER = "demo"
 LOCAL_READ_AHEAD = 256 * 1024
 LOCAL_READ_BATCHES = 1
 #: What the storage servers' read streams in this process read at once,
-#: together: a stream keeps a buffer of its batch size for its whole life
-#: (a cached batch is read into it) and, when the front end's socket is
-#: full, a copy of the batch's unsent rest.  At 256 KiB each, 200 downloads
-#: held 75 MiB of those (wslocal peaked at 135 MB); a stream takes an
-#: equal share of this budget as it starts, between READ_AHEAD_MIN (one
-#: default block: cached batches are read in place only in whole blocks)
-#: and LOCAL_READ_AHEAD, so up to 32 at once read 256 KiB batches and 200
-#: read 64 KiB ones (peak 89 MB).
+#: together: each holds, when the front end's socket is full, a copy of
+#: its batch's unsent rest, and a lone stream the buffers its reading task
+#: fills (several streams read cached batches into one shared buffer:
+#: ``wsstorage.server._reactor_batch_buffer``).  At 256 KiB each, 200
+#: downloads held 75 MiB of those (wslocal peaked at 135 MB); each batch
+#: is an equal share of this budget among the running reads, between
+#: READ_AHEAD_MIN (one default block: cached batches are read in place
+#: only in whole blocks) and LOCAL_READ_AHEAD, so up to 32 at once read
+#: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).
 READ_AHEAD_BUDGET = 8 << 20
 READ_AHEAD_MIN = 64 << 10
 
@@ -59,8 +60,8 @@ class LocalStorageFactory(StorageServerFactory):
     (``wsfront.transfer.reader``), so the front end's count of running
     reads is the count of read streams sharing the budget.  The
     ``read_ahead`` given is the ceiling; the factory answers its current
-    share each time a read stream asks (when it starts, and for each batch
-    read in a thread).
+    share each time a read stream asks: for each batch the reactor thread
+    reads, and when a reading task starts, for its batches.
     """
 
     @property

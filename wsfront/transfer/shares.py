@@ -15,6 +15,7 @@ from __future__ import annotations
 def fair_share(budget: int, active: int, floor: int, ceiling: int, step: int = 1) -> int:
     """One of ``active`` streams' equal part of ``budget`` bytes, within
     ``floor`` and ``ceiling``, rounded down to a multiple of ``step``
-    (never below ``floor``, which should be one)."""
+    (never below ``floor``).  ``floor`` and ``ceiling`` should be
+    multiples of ``step``: a ceiling that is not is never reached."""
     share = max(floor, min(ceiling, budget // max(1, active)))
     return max(floor, share - share % step)
