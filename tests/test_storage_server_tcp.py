@@ -63,7 +63,7 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     waits in the writer's backlog, still views, not copied into the
     transport; the producer is paused while it exceeds the transport's
     bufferSize, and the commit goes behind it, in order."""
-    data = pattern(8 * 1024 * 1024 + 5)
+    data = pattern(64 * 1024 * 1024 + 5)
     w = await client.write("direct", 1, 0, {})
     transport = w.conn.transport
 
@@ -95,8 +95,13 @@ async def test_writer_sends_data_frames_straight_to_an_idle_socket(client, monke
     monkeypatch.setattr(socket.socket, "sendmsg", counting_sendmsg)
     w.write(data[:8192])
     assert framing.transport_idle(transport)
-    for i in range(8192, len(data), 65536):  # no reactor turn: the socket fills
+    # No reactor turn: the socket fills (how soon depends on the kernel's
+    # buffers and the server process's pace), then the backlog grows.
+    for i in range(8192, len(data), 65536):
         w.write(data[i : i + 65536])
+        if w._backlog_bytes > transport.bufferSize:
+            data = data[: i + 65536]
+            break
     assert framing.transport_idle(transport)  # nothing joined into the transport
     assert w._backlog_bytes > transport.bufferSize and producer.paused
     assert all(
@@ -456,3 +461,46 @@ async def test_an_aborted_transport_is_never_idle_for_a_direct_send(client) -> N
     transport.abortConnection()
     assert transport.connected
     assert not framing.transport_idle(transport)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backlog_of_tiny_writes_pauses_its_producer_by_the_parts_it_holds(
+    client, monkeypatch
+) -> None:
+    """Each backlog part (a frame header, a view of one write) costs memory
+    beside its bytes: a producer writing 1-byte chunks to a full socket is
+    paused once the backlog holds BACKLOG_PARTS parts, long before their
+    bytes reach bufferSize, and every byte still arrives once it drains."""
+    from wsstorage import client as client_mod
+
+    w = await client.write("tiny", 1, 0, {})
+    transport = w.conn.transport
+
+    class Producer:
+        paused = False
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+
+        def stopProducing(self) -> None:
+            pass
+
+    producer = Producer()
+    w.registerProducer(producer, True)
+    monkeypatch.setattr(client_mod, "_sendmsg", lambda sock, iov: 0)  # the socket is full
+    data = pattern(client_mod.BACKLOG_PARTS)
+    written = 0
+    while not producer.paused and written < len(data):
+        w.write(data[written : written + 1])
+        written += 1
+    w._send_gathered()
+    assert producer.paused
+    assert written < client_mod.BACKLOG_PARTS  # two parts per write
+    assert w._backlog_bytes < transport.bufferSize
+    monkeypatch.undo()
+    assert await w.flush() == written
+    assert (await w.commit()).size == written
+    assert await read_sha(client, "tiny") == (hashlib.sha256(data[:written]).hexdigest(), written)
