@@ -70,3 +70,18 @@ class TestRealStorageContract(StorageContract):
     @pytest.fixture
     def storage(self, real_storage):
         return real_storage
+
+
+class TestServersWithoutPutContract(StorageContract):
+    """The contract holds against servers that do not serve ``put`` (older
+    ones, during a rolling upgrade): the client announces nothing it does
+    not get, and stores a small blob with a write stream and a commit
+    (tests/test_storage_put_fallback.py)."""
+
+    @pytest.fixture
+    def storage(self, real_storage):
+        from wsstorage.server import OPS
+
+        for server in real_storage.servers.values():
+            server.factory.ops = tuple(op for op in OPS if op != "put")
+        return real_storage

@@ -226,6 +226,9 @@ class _ClientProtocol(Protocol):
         self.lost: defer.Deferred = defer.Deferred()
         self.connected = False
         self.authenticated = False
+        #: The ops the server announced in READY; None from a server that
+        #: announces none (before ``put``: it serves every other op).
+        self.ops: frozenset[str] | None = None
         self._pending: dict[int, _Call] = {}
         self._ids = itertools.count(1)
         self._held = False
@@ -531,6 +534,9 @@ class _ClientProtocol(Protocol):
             self.transport.write(framing.encode_control(framing.AUTH, 0, {"proof": proof}))
             return
         if ftype == framing.READY and hasattr(self, "_server_nonce"):
+            ops = body.get("ops")
+            if isinstance(ops, list):
+                self.ops = frozenset(op for op in ops if isinstance(op, str))
             self.authenticated = True
             self._decoder.limit = None
             self.ready.callback(self)
@@ -1047,11 +1053,26 @@ class StorageClient:
     def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> Any:
         """Create, write and seal a small blob in one request: the REQUEST
         and its DATA frames go out together, and the server answers once
-        the blob is durable and sealed (docs/wire-protocol.md, ``put``)."""
+        the blob is durable and sealed (docs/wire-protocol.md, ``put``).
+
+        A server that does not announce ``put`` (an older one, met during a
+        rolling upgrade) gets the same as a write stream and a commit, so
+        a front end upgraded first still stores small files there."""
         check_blob_id(blob_id)
         data = bytes(data)
         if len(data) > PUT_MAX:
             raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
+        conn = yield self._acquire()
+        self._release(conn)  # back to the pool, for the request below
+        if conn.ops is None or "put" not in conn.ops:
+            writer = yield self.write(blob_id, epoch, 0, meta)
+            try:
+                writer.write(data)
+                info = yield writer.commit()
+            except BaseException:
+                self._discard(writer.conn)  # the stream, unsealed, goes with it
+                raise
+            return info
         body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
         result = yield self._simple(body, data)
         return info_from_wire(result)

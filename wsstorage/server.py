@@ -65,6 +65,11 @@ READ_BATCHES = 2
 #: than the reactor thread reading them itself; with several streams the
 #: CPUs have other work, so their batches are read where they are sent.
 PIPELINED_STREAMS = 1
+#: The ops a server serves outside a write stream, announced in READY
+#: (``ops``) so that a client can tell what an older server lacks: ``put``
+#: came after version 1's first servers, which answer it ``bad_request``
+#: and then take its DATA for a protocol error.
+OPS = ("commit", "copy", "delete", "fence", "health", "list", "put", "read", "stat", "write")
 #: Seconds a reading task waits for room before it gives its thread back.
 READ_IDLE = 0.05
 #: Batches one reading task reads at most before it gives its pool thread
@@ -188,6 +193,9 @@ class StorageServerFactory(Factory):
         self.read_batches = read_batches
         #: Read streams open now (``_ReadStream``), for PIPELINED_STREAMS.
         self.read_streams = 0
+        #: What this server serves (``OPS``; a test drops some to play an
+        #: older server).
+        self.ops: tuple[str, ...] = OPS
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -428,7 +436,11 @@ class StorageServerProtocol(Protocol):
         self._decoder.limit = None
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
-        self._send(framing.READY, 0, {"name": self.factory.name, "version": framing.VERSION})
+        self._send(
+            framing.READY,
+            0,
+            {"name": self.factory.name, "version": framing.VERSION, "ops": list(self.factory.ops)},
+        )
 
     # -- frames out ----------------------------------------------------
 
@@ -457,6 +469,9 @@ class StorageServerProtocol(Protocol):
 
     def _request(self, rid: int, req: dict[str, Any]) -> None:
         op = req.get("op")
+        if self._write is None and op not in self.factory.ops:
+            self._send_error(rid, BadRequest(f"unknown op {op!r}"))
+            return
         if op == "put" and self._write is None:
             self._begin_put(rid, req)
             return
