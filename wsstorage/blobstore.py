@@ -690,6 +690,9 @@ class BlobStore:
         self._live: dict[str, _Blob] = {}
         #: Fan-out directories whose entry this process has fsync'd.
         self._durable_dirs: set[str] = set()
+        #: Fan-out directories known to exist (none is ever removed): a new
+        #: blob in one of them skips its ``mkdir``, which would fail EEXIST.
+        self._made_dirs: set[str] = set()
         #: Blobs whose record could not be read at start: left on disk as
         #: they are, absent from list_blobs, FormatError from stat.
         self.damaged: list[str] = []
@@ -879,10 +882,12 @@ class BlobStore:
         paths = blob.paths
         blob.recorded = False
         with _disk_errors():
-            try:
-                self.fs.mkdir(paths.directory)
-            except FileExistsError:
-                pass
+            if paths.directory not in self._made_dirs:
+                try:
+                    self.fs.mkdir(paths.directory)
+                except FileExistsError:
+                    pass
+                self._made_dirs.add(paths.directory)
             try:
                 flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
                 blob.data_fd = self.fs.open(paths.data, flags)
