@@ -3,20 +3,23 @@ blocks, a full disk."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
 from tests.support import python_env
 from tests.test_blobstore import BLOCK, pattern, read_all, write_all
 from wsstorage.blobstore import BlobStore
-from wsstorage.diskformat import BlobPaths, FormatError
+from wsstorage.diskformat import INLINE_SUMS_MAX, BlobPaths, FormatError
 from wsstorage.errors import (
     BlobNotFound,
     BlobSealed,
@@ -61,9 +64,12 @@ def same_fan_out(store: BlobStore, blob_id: str) -> str:
 
 
 def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
+    """A blob synced before (it has a ``.sums`` file) seals in this order."""
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
-    handle = write_all(store, "b", pattern(3 * BLOCK + 1))
+    handle = write_all(store, "b", pattern(BLOCK + 1))
+    handle.sync()
+    handle.write(pattern(2 * BLOCK, seed=1))
     directory = os.path.basename(paths(store, "b").directory)
     fs.calls.clear()
     handle.seal()
@@ -83,10 +89,11 @@ def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
     store.close()
 
 
-def test_create_write_seal_of_a_small_blob_costs_four_syncs(tmp_path):
-    """Creating syncs nothing; the seal syncs data, checksums, record and
-    directory once each.  The first record in a fan-out directory also
-    fsyncs ``blobs/`` (once per directory and process)."""
+def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
+    """Creating syncs nothing; the seal syncs data, record and directory
+    once each, in that order, and the checksums go in the sealed record (no
+    ``.sums`` file).  The first record in a fan-out directory also fsyncs
+    ``blobs/`` (once per directory and process)."""
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     directory = os.path.basename(paths(store, "b").directory)
@@ -97,11 +104,12 @@ def test_create_write_seal_of_a_small_blob_costs_four_syncs(tmp_path):
     handle.seal()
     assert syncs(fs) == [
         ("fdatasync", "b.data"),
-        ("fdatasync", "b.sums"),
         ("fsync_dir", "blobs"),
         ("fsync", "b.meta.tmp"),
         ("fsync_dir", directory),
     ]
+    assert fs.calls.index(("fdatasync", "b.data")) < fs.calls.index(("write", "b.meta.tmp"))
+    assert not os.path.exists(paths(store, "b").sums)
     other = same_fan_out(store, "b")
     fs.calls.clear()
     handle = store.open_write(other, 1, 0, {"inode": 8})
@@ -109,7 +117,6 @@ def test_create_write_seal_of_a_small_blob_costs_four_syncs(tmp_path):
     handle.seal()
     assert syncs(fs) == [
         ("fdatasync", f"{other}.data"),
-        ("fdatasync", f"{other}.sums"),
         ("fsync", f"{other}.meta.tmp"),
         ("fsync_dir", directory),
     ]
@@ -295,7 +302,9 @@ def test_damaged_block_fails_read_with_checksum_error_after_good_bytes(tmp_path)
 
 def test_damaged_checksum_file_fails_read(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
-    write_all(store, "b", pattern(2 * BLOCK)).seal()
+    handle = write_all(store, "b", pattern(2 * BLOCK))
+    handle.sync()  # its checksums go to .sums, not into the record
+    handle.seal()
     flip_byte(paths(store, "b").sums, 8 + 6)
     with pytest.raises(ChecksumError):
         read_all(store, "b", BLOCK, 1)
@@ -615,4 +624,79 @@ def test_two_deletes_of_one_sealed_blob_at_once_leave_the_count_right(tmp_path):
     del store._blob
     assert [i.blob_id for i in store.list_blobs()] == ["keep"]
     assert store.count_blobs() == 1
+    store.close()
+
+
+def test_a_blob_sealed_at_once_keeps_its_checksums_in_its_record(tmp_path):
+    """No ``.sums`` file: the sealed record holds the entries, a reopened
+    store reads the blob through them, and a damaged byte still fails."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(2 * BLOCK + 5)
+    write_all(store, "b", data).seal()
+    record = json.loads(Path(paths(store, "b").meta).read_text())
+    assert record["format"] == 2 and record["state"] == "sealed"
+    assert len(base64.b64decode(record["sums"])) == 3 * 8
+    assert not os.path.exists(paths(store, "b").sums)
+    store = reopen(store)
+    assert read_all(store, "b") == data
+    flip_byte(paths(store, "b").data, BLOCK + 3)
+    with pytest.raises(ChecksumError):
+        read_all(store, "b", BLOCK, 1)
+    store.close()
+
+
+def test_a_blob_of_more_blocks_than_a_record_holds_gets_a_checksum_file(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern((INLINE_SUMS_MAX + 1) * BLOCK)
+    write_all(store, "b", data, chunk=BLOCK).seal()
+    assert "sums" not in json.loads(Path(paths(store, "b").meta).read_text())
+    assert os.path.getsize(paths(store, "b").sums) == (INLINE_SUMS_MAX + 1) * 8
+    store = reopen(store)
+    assert read_all(store, "b") == data
+    store.close()
+
+
+def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(10)).seal()
+    meta = paths(store, "b").meta
+    record = json.loads(Path(meta).read_text())
+    record["sums"] = base64.b64encode(b"123").decode()  # not whole entries
+    with open(meta, "w") as f:
+        json.dump(record, f)
+    store = reopen(store)
+    assert store.damaged == ["b"]
+    store.close()
+
+
+def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
+    """Version 1 wrote every blob with a ``.sums`` file and records of
+    format 1: they read unchanged, and FORMAT becomes version 2 so that
+    older code refuses the store from now on."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = write_all(store, "b", pattern(3 * BLOCK))
+    handle.sync()
+    handle.seal()
+    store.close()
+    fmt = tmp_path / "d" / "FORMAT"
+    fmt.write_text(json.dumps({"format": "wsfs-blobstore", "version": 1, "block_size": BLOCK}))
+    meta = paths(store, "b").meta
+    record = json.loads(Path(meta).read_text())
+    assert "sums" not in record
+    record["format"] = 1
+    with open(meta, "w") as f:
+        json.dump(record, f)
+    store = BlobStore.open(tmp_path / "d")
+    assert json.loads(fmt.read_text())["version"] == 2
+    assert read_all(store, "b") == pattern(3 * BLOCK)
+    store.close()
+
+
+def test_reads_of_a_blob_never_synced_need_no_checksum_file(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = write_all(store, "b", pattern(2 * BLOCK + 9))
+    assert not os.path.exists(paths(store, "b").sums)
+    assert read_all(store, "b") == pattern(2 * BLOCK + 9)
+    handle.sync()  # creates .sums: reads from now on take the entries from it
+    assert read_all(store, "b") == pattern(2 * BLOCK + 9)
     store.close()

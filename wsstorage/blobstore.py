@@ -42,9 +42,10 @@ API (refinements of ``IBlobStore`` are marked *):
 
 Durability: a new blob has no record on disk until its first ``sync``,
 ``seal`` or ``fence`` (or a newer epoch), so creating it syncs nothing and
-a small blob written and sealed at once costs four syncs (data, checksums,
-record, directory).  A crash before then loses the blob whole, which is
-allowed: none of its bytes was reported durable (``durable`` is 0).
+a small blob written and sealed at once costs three syncs (data, the record
+holding its checksums, directory) and two new files (no ``.sums``).  A
+crash before then loses the blob whole, which is allowed: none of its
+bytes was reported durable (``durable`` is 0).
 
 Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
 cache and may run in the reactor thread.  ``open_write`` (it creates files
@@ -79,6 +80,8 @@ from wsstorage.diskformat import (
     DEFAULT_BLOCK_SIZE,
     ENTRY,
     FORMAT_FILE,
+    FORMAT_VERSION,
+    INLINE_SUMS_MAX,
     LOCK_FILE,
     META_SUFFIX,
     STATE_OPEN,
@@ -171,6 +174,8 @@ class _Blob:
         self.deleted = False
         self.data_fd: int | None = None
         self.sums_fd: int | None = None
+        #: The checksum entries a sealed record holds itself (no ``.sums``).
+        self.inline_sums = record.sums
         #: Whether a record of this blob is durable on disk.  A new blob has
         #: none until its first sync, seal or fence: until then a crash
         #: loses it whole (start removes files without a record), which is
@@ -179,7 +184,7 @@ class _Blob:
 
     # -- records --------------------------------------------------------
 
-    def record(self, state: str | None = None) -> MetaRecord:
+    def record(self, state: str | None = None, sums: bytes | None = None) -> MetaRecord:
         return MetaRecord(
             blob_id=self.blob_id,
             state=state or (STATE_SEALED if self.sealed else STATE_OPEN),
@@ -187,6 +192,7 @@ class _Blob:
             block_size=self.block_size,
             size=self.size,
             meta=self.meta,
+            sums=sums if sums is not None else self.inline_sums,
         )
 
     def durable_length(self) -> int:
@@ -218,7 +224,13 @@ class _Blob:
         The directory fsync also makes the ``.data`` and ``.sums`` names
         durable (same directory), and the first record of a blob makes its
         fan-out directory durable too: that is the point where a new blob's
-        entries must survive a crash, so creating one fsyncs nothing."""
+        entries must survive a crash, so creating one fsyncs nothing.
+
+        An ``open`` record is only ever written with the ``.sums`` file
+        beside it (created now if need be, its name made durable by that
+        directory fsync): only a sealed record may hold its checksums."""
+        if record.state == STATE_OPEN:
+            self.open_sums()
         if not self.recorded:
             self.store.fan_out_durable(self.paths.directory)
         self.store.write_atomic(self.paths.meta, record.encode(), self.paths.directory)
@@ -227,9 +239,26 @@ class _Blob:
     # -- files ----------------------------------------------------------
 
     def open_files(self) -> None:
+        """Open ``.data`` (what a write needs); ``open_sums`` opens ``.sums``."""
         if self.data_fd is None:
             self.data_fd = self.fs.open(self.paths.data, os.O_RDWR)
-            self.sums_fd = self.fs.open(self.paths.sums, os.O_RDWR)
+
+    def open_sums(self) -> None:
+        """Open ``.sums``, creating it if absent: a new blob gets it at its
+        first sync (or open record), not at its creation, so a blob sealed
+        at once never has one (``inline_sums_fit``)."""
+        if self.sums_fd is None:
+            self.sums_fd = self.fs.open(self.paths.sums, os.O_RDWR | os.O_CREAT)
+
+    def inline_sums_fit(self) -> bool:
+        """Whether a seal now can put the checksums in the record: a blob
+        with no record and no ``.sums`` yet, of at most INLINE_SUMS_MAX
+        blocks (caller holds the lock)."""
+        if self.recorded or self.sums_fd is not None or self.durable:
+            return False
+        if self.size != self.covered:
+            return False
+        return -(-self.covered // self.block_size) <= INLINE_SUMS_MAX
 
     def close_files(self) -> None:
         for fd in (self.data_fd, self.sums_fd):
@@ -240,7 +269,7 @@ class _Blob:
     # -- checksums ------------------------------------------------------
 
     def entries(
-        self, first: int, count: int, sums_fd: int, nowait: bool = False
+        self, first: int, count: int, sums_fd: int | None, nowait: bool = False
     ) -> list[tuple[int, int] | None]:
         """(bytes covered, crc) of blocks ``first .. first + count - 1`` (None
         for a block that has none), with one pread of the ``.sums`` file for
@@ -250,7 +279,11 @@ class _Blob:
         tail_len = self.covered % bs
         tail_index = self.covered // bs if self.tail_known and tail_len else -1
         raw = b""
-        if first * bs < self.covered and nowait:
+        if self.inline_sums is not None:
+            raw = self.inline_sums[first * ENTRY.size : (first + count) * ENTRY.size]
+        elif sums_fd is None:
+            pass  # no .sums file yet: every entry is in memory
+        elif first * bs < self.covered and nowait:
             buf = bytearray(ENTRY.size * count)
             offset = first * ENTRY.size
             got = self.fs.preadv_into(sums_fd, memoryview(buf), offset, nowait=True)
@@ -323,6 +356,7 @@ class _Blob:
         is cut first and fsync'd, then the data, so that after a crash no
         checksum describes a byte beyond ``n``."""
         self.open_files()
+        self.open_sums()
         assert self.data_fd is not None and self.sums_fd is not None
         bs = self.block_size
         tail_index, tail_len = divmod(n, bs)
@@ -354,10 +388,11 @@ class _Blob:
         fdatasync, not fsync: the size of the file is flushed with its
         bytes, and its timestamps need not survive."""
         self.open_files()
-        assert self.data_fd is not None and self.sums_fd is not None
         length = self.covered
         if self.durable >= length:
             return self.durable
+        self.open_sums()
+        assert self.data_fd is not None and self.sums_fd is not None
         self.fs.fdatasync(self.data_fd)
         self.write_entries(self.entries_up_to(length))
         self.fs.fdatasync(self.sums_fd)
@@ -365,7 +400,12 @@ class _Blob:
         return self.durable
 
     def seal_locked(self) -> BlobInfo:
-        """Seal at ``size``: data and checksums synced, then the record."""
+        """Seal at ``size``: data and checksums synced, then the record.
+
+        A blob with no record and no ``.sums`` yet (written and sealed at
+        once, as a put is) keeps its checksums in the sealed record: data
+        synced, then the record, then the directory; no ``.sums`` file to
+        create and sync (docs/storage-format.md)."""
         if self.size > self.covered:
             self.truncate(self.covered)
         self.open_files()
@@ -373,8 +413,17 @@ class _Blob:
         if self.fs.fstat_size(self.data_fd) != self.size:
             self.fs.ftruncate(self.data_fd, self.size)
             self.durable = min(self.durable, self.size)
-        self.sync_locked()
-        self.write_record(self.record(STATE_SEALED))
+        if self.inline_sums_fit():
+            self.fs.fdatasync(self.data_fd)
+            entries = self.entries_up_to(self.covered)
+            sums = b"".join(ENTRY.pack(covered, value) for _, covered, value in entries)
+            self.write_record(self.record(STATE_SEALED, sums))
+            self.inline_sums = sums
+            self.pending = {}
+            self.durable = self.covered
+        else:
+            self.sync_locked()
+            self.write_record(self.record(STATE_SEALED))
         self.sealed = True
         self.incomplete = False
         self.generation += 1
@@ -470,10 +519,11 @@ class BlobWriteHandle:
         with blob.lock:
             self._check()
             blob.open_files()
-            data_fd, sums_fd = blob.data_fd, blob.sums_fd
             length = blob.covered
             if blob.durable >= length:
                 return
+            blob.open_sums()
+            data_fd, sums_fd = blob.data_fd, blob.sums_fd
             entries = blob.entries_up_to(length)
         assert data_fd is not None and sums_fd is not None
         with _disk_errors():
@@ -489,10 +539,15 @@ class BlobWriteHandle:
     def seal(self) -> BlobInfo:
         """Commit: sync data and checksums, then the sealed record, then the
         directory, and only then return the sealed BlobInfo.  A blob never
-        synced before gets its first record here (sealed): four syncs in
-        all, none wasted on an ``open`` record.  Blocks."""
-        self._sync_bytes()
+        synced before gets its first record here (sealed), none wasted on
+        an ``open`` record: four syncs, or three when its checksums fit in
+        the record (``_Blob.seal_locked``).  Blocks."""
         blob = self._blob
+        with blob.lock:
+            self._check()
+            inline = blob.inline_sums_fit()
+        if not inline:
+            self._sync_bytes()
         with blob.lock, _disk_errors():
             self._check()
             info = blob.seal_locked()
@@ -523,11 +578,25 @@ class BlobReadHandle:
         self._block_index = -1
         self._block = b""
         self._data_fd: int | None = self._fs.open(blob.paths.data, os.O_RDONLY)
+        self._sums_fd: int | None = None
         try:
-            self._sums_fd: int | None = self._fs.open(blob.paths.sums, os.O_RDONLY)
+            self._open_sums()
         except BaseException:
             self._fs.close(self._data_fd)
             raise
+
+    def _open_sums(self) -> None:
+        """Open ``.sums`` unless the record holds the checksums; a blob
+        being written has none until its first sync (its checksums are
+        all in memory until then), so its absence is no error then."""
+        blob = self._blob
+        if self._sums_fd is not None or blob.inline_sums is not None:
+            return
+        try:
+            self._sums_fd = self._fs.open(blob.paths.sums, os.O_RDONLY)
+        except FileNotFoundError:
+            if blob.sealed:
+                raise
 
     def _entries(
         self, first: int, count: int, end: int, nowait: bool = False
@@ -540,9 +609,9 @@ class BlobReadHandle:
         checksum covering every byte of it the handle will use."""
         blob = self._blob
         bs = blob.block_size
-        assert self._sums_fd is not None
         if blob.deleted:
             raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        self._open_sums()  # the first sync may have created it meanwhile
         if min(end, (first + count) * bs) > blob.size:
             raise InvalidOffset(f"blob {self.blob_id} was truncated under the reader")
         entries = blob.entries(first, count, self._sums_fd, nowait)
@@ -690,6 +759,9 @@ class BlobStore:
         self._live: dict[str, _Blob] = {}
         #: Fan-out directories whose entry this process has fsync'd.
         self._durable_dirs: set[str] = set()
+        #: Fan-out directories known to exist (none is ever removed): a new
+        #: blob in one of them skips its ``mkdir``, which would fail EEXIST.
+        self._made_dirs: set[str] = set()
         #: Blobs whose record could not be read at start: left on disk as
         #: they are, absent from list_blobs, FormatError from stat.
         self.damaged: list[str] = []
@@ -737,7 +809,13 @@ class BlobStore:
         blobs = os.path.join(root, BLOBS_DIR)
         if fs.exists(fmt):
             with open(fmt, "rb") as f:
-                return parse_format(f.read(4096), fmt)
+                block_size, version = parse_format(f.read(4096), fmt)
+            if version != FORMAT_VERSION:
+                # Every version-1 blob reads as it is; the new FORMAT makes
+                # older code refuse a store that may now hold records with
+                # inline checksums.
+                _write_atomic(fs, fmt, format_record(block_size), root)
+            return block_size
         if fs.exists(blobs):
             raise FormatError(f"{root} has a {BLOBS_DIR}/ directory but no {FORMAT_FILE} file")
         check_block_size(block_size)
@@ -879,14 +957,16 @@ class BlobStore:
         paths = blob.paths
         blob.recorded = False
         with _disk_errors():
+            if paths.directory not in self._made_dirs:
+                try:
+                    self.fs.mkdir(paths.directory)
+                except FileExistsError:
+                    pass
+                self._made_dirs.add(paths.directory)
             try:
-                self.fs.mkdir(paths.directory)
-            except FileExistsError:
-                pass
-            try:
+                # ``.sums`` comes at the first sync or open record (open_sums).
                 flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
                 blob.data_fd = self.fs.open(paths.data, flags)
-                blob.sums_fd = self.fs.open(paths.sums, flags)
                 with self._registry_lock:
                     self._count += 1
             except BaseException:

@@ -7,6 +7,7 @@ version can be recognised before anything else touches the disk.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -19,7 +20,11 @@ import crc32c
 from wsstorage.errors import BadRequest, StorageError
 
 FORMAT_NAME = "wsfs-blobstore"
-FORMAT_VERSION = 1
+#: Version 2 added checksums kept inside a sealed record (``sums``), with
+#: no ``.sums`` file; version 1 stores are upgraded when opened.
+FORMAT_VERSION = 2
+#: Versions of a data directory (and of a record) this code reads.
+READABLE_VERSIONS = (1, 2)
 DEFAULT_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
 MIN_BLOCK_SIZE = 512
@@ -36,6 +41,9 @@ TMP_SUFFIX = ".tmp"
 
 #: One checksum entry per block: bytes covered in the block, then CRC32C.
 ENTRY = struct.Struct(">II")
+#: Most checksum entries a sealed record carries itself (``MetaRecord.sums``):
+#: 4 MiB of 64 KiB blocks, 512 bytes of entries.
+INLINE_SUMS_MAX = 64
 
 STATE_OPEN = "open"
 STATE_SEALED = "sealed"
@@ -87,30 +95,31 @@ class MetaRecord:
     block_size: int
     size: int
     meta: dict[str, Any] = attrs.field(factory=dict)
+    #: The checksum entries of a sealed blob that has no ``.sums`` file
+    #: (``ENTRY`` after ``ENTRY``, as that file would hold them), or None.
+    sums: bytes | None = None
 
     def encode(self) -> bytes:
-        return (
-            json.dumps(
-                {
-                    "format": FORMAT_VERSION,
-                    "blob_id": self.blob_id,
-                    "state": self.state,
-                    "epoch": self.epoch,
-                    "block_size": self.block_size,
-                    "size": self.size,
-                    "meta": self.meta,
-                },
-                sort_keys=True,
-            ).encode()
-            + b"\n"
-        )
+        fields = {
+            "format": FORMAT_VERSION,
+            "blob_id": self.blob_id,
+            "state": self.state,
+            "epoch": self.epoch,
+            "block_size": self.block_size,
+            "size": self.size,
+            "meta": self.meta,
+        }
+        if self.sums is not None:
+            fields["sums"] = base64.b64encode(self.sums).decode()
+        return json.dumps(fields, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def decode(cls, raw: bytes) -> MetaRecord:
         try:
             d = json.loads(raw)
-            if d["format"] != FORMAT_VERSION:
+            if d["format"] not in READABLE_VERSIONS:
                 raise FormatError(f"blob record of unknown format {d['format']!r}")
+            sums = d.get("sums")
             rec = cls(
                 blob_id=str(d["blob_id"]),
                 state=str(d["state"]),
@@ -118,6 +127,7 @@ class MetaRecord:
                 block_size=int(d["block_size"]),
                 size=int(d["size"]),
                 meta=dict(d["meta"]),
+                sums=None if sums is None else base64.b64decode(sums, validate=True),
             )
         except FormatError:
             raise
@@ -125,6 +135,8 @@ class MetaRecord:
             raise FormatError(f"damaged blob record: {e}") from e
         if rec.state not in (STATE_OPEN, STATE_SEALED):
             raise FormatError(f"blob record with unknown state {rec.state!r}")
+        if rec.sums is not None and (rec.state != STATE_SEALED or len(rec.sums) % ENTRY.size):
+            raise FormatError("blob record with malformed inline checksums")
         return rec
 
 
@@ -151,8 +163,8 @@ def format_record(block_size: int) -> bytes:
     )
 
 
-def parse_format(raw: bytes, path: str) -> int:
-    """Validate the FORMAT file and return the store's block size."""
+def parse_format(raw: bytes, path: str) -> tuple[int, int]:
+    """Validate the FORMAT file; return the store's block size and version."""
     try:
         d = json.loads(raw)
         name, version, block_size = d["format"], d["version"], int(d["block_size"])
@@ -160,13 +172,13 @@ def parse_format(raw: bytes, path: str) -> int:
         raise FormatError(f"{path}: not a wsfs blob store FORMAT file ({e})") from e
     if name != FORMAT_NAME:
         raise FormatError(f"{path}: format {name!r} is not {FORMAT_NAME!r}")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatError(
             f"{path}: on-disk format version {version!r} is not supported "
-            f"(this wsstorage reads version {FORMAT_VERSION})"
+            f"(this wsstorage reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     check_block_size(block_size)
-    return block_size
+    return block_size, version
 
 
 def check_block_size(block_size: int) -> int:

@@ -78,6 +78,12 @@ class Backend:
     #: only for a database that answers from local memory and never makes a
     #: reader wait (SQLite in WAL mode), never over a network.
     inline_reads = False
+    #: Whether write transactions all run on one thread and its connection
+    #: (``Runner.run``): for a database that lets one writer in at a time
+    #: anyway (SQLite), where a connection's page cache is dropped whenever
+    #: another connection wrote, so writes spread over the pool re-read
+    #: every page they touch (about 30 reads of the WAL per small upload).
+    single_writer = False
 
     def sql(self, text: str) -> str:
         return text
@@ -152,6 +158,11 @@ class Runner:
         # rolled back by the database, as after any crash.
         self._pool.threadFactory = _daemon_thread
         self._pool.start()
+        self._writer = self._pool
+        if backend.single_writer:
+            self._writer = ThreadPool(minthreads=1, maxthreads=1, name=f"catalog-{backend.name}-w")
+            self._writer.threadFactory = _daemon_thread
+            self._writer.start()
         self._closed = False
         self._inline: Any = None  # the reactor thread's connection (read_now)
 
@@ -208,11 +219,13 @@ class Runner:
         raise AssertionError("unreachable")
 
     def run(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> Deferred[T]:
-        """Run ``fn`` in a transaction in the pool; fire with its result.
+        """Run ``fn`` in a transaction in the pool (a write: in the writer
+        thread, for a ``single_writer`` backend); fire with its result.
         ``durable=False``: see ``Backend.begin``."""
         if self._closed:
             return fail(RuntimeError("catalog is closed"))
-        return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
+        pool = self._writer if write else self._pool
+        return deferToThreadPool(self.reactor, pool, self.run_sync, fn, write, durable)
 
     def read_now(self, fn: Callable[[Tx], T]) -> Deferred[T]:
         """Run the read-only ``fn`` at once in the reactor thread when the
@@ -262,6 +275,8 @@ class Runner:
             return
         self._closed = True
         self._pool.stop()
+        if self._writer is not self._pool:
+            self._writer.stop()
         with self._lock:
             for conn in self._connections:
                 try:

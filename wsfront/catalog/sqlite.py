@@ -27,6 +27,7 @@ class SQLiteBackend(Backend):
     }
 
     inline_reads = True
+    single_writer = True
 
     def __init__(self, path: str) -> None:
         self.path = path
