@@ -4,8 +4,9 @@
         NAME=EP [NAME=EP ...]
 
 It plays front end ``fe-a``: opens a write session for user ``alice`` on
-PATH and streams SIZE bytes of ``pattern(SIZE, SEED)`` into it, then
-finishes.  It prints ``COMMITTED <sha256>`` and exits 0, or prints
+PATH and streams SIZE bytes of ``pattern(SIZE, SEED)`` into it, with a
+checkpoint after the first half, then finishes.  It prints
+``COMMITTED <sha256>`` and exits 0, or prints
 ``ERROR <ExceptionClass> <message>`` and exits 3.  Tests freeze or kill it at
 an exact moment, e.g. ``WSFS_FAILPOINTS=transfer.after_checkpoint=stop@N``
 (frozen right after recording a durable offset of at least N).
@@ -47,10 +48,19 @@ async def main(reactor, argv: list[str]) -> None:
     try:
         session = await transfers.open_write(user, path, 0)
         failed = session.when_failed()
-        feeder = Feeder(reactor, session, data)
-        done = feeder.start()
-        failed.addErrback(lambda f: feeder.stopProducing() or f)
-        await done
+        # Half the file, a checkpoint of it, then the rest: a failpoint on
+        # checkpoints of at least N <= half fires mid-transfer however the
+        # machine paces the feed against the checkpoints (fed faster than
+        # the first checkpoint took, the file was once committed before
+        # any checkpoint reached N).
+        half = len(data) // 2
+        first, rest = Feeder(reactor, session, data, stop_at=half), None
+        failed.addErrback(lambda f: [x.stopProducing() for x in (first, rest) if x] and f)
+        await first.start()
+        await session.checkpoint()
+        rest = Feeder(reactor, session, data[half:])
+        if session.error is None:
+            await rest.start()
         await session.finish()
     except Exception as e:
         print(f"ERROR {e.__class__.__name__} {e}", flush=True)
