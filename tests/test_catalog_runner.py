@@ -83,3 +83,65 @@ async def test_a_database_locked_when_the_inline_connection_opens_sends_the_read
         assert d.called and runner._inline is not None  # inline again
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_writes_share_one_thread_and_reads_do_not_wait_for_it(tmp_path):
+    """SQLite lets one writer in at a time, and a connection drops its page
+    cache whenever another wrote: every write runs on one writer thread."""
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    writers, readers = set(), set()
+
+    def write(tx):
+        writers.add(threading.current_thread())
+        return tx.value("SELECT 1")
+
+    def read(tx):
+        readers.add(threading.current_thread())
+        return tx.value("SELECT 2")
+
+    try:
+        for _ in range(8):
+            assert await runner.run(write) == 1
+            assert await runner.run(read, write=False) == 2
+        assert len(writers) == 1 and not (writers & readers)
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_queued_longer_than_the_busy_timeout_fails_at_once(tmp_path, monkeypatch):
+    """Behind a write that waits out a lock held elsewhere, a queued write
+    is refused as unavailable once it has waited queue_timeout, instead of
+    waiting a whole busy timeout more of its own."""
+    from wsfront.catalog import _db
+    from wsfront.catalog.errors import CatalogUnavailable
+
+    now = [1000.0]
+    monkeypatch.setattr(_db, "monotonic", lambda: now[0])
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    started, release = threading.Event(), threading.Event()
+
+    def held(tx):
+        started.set()
+        release.wait(10)
+        return "held"
+
+    try:
+        first = runner.run(held)
+        assert started.wait(10)
+        queued = runner.run(lambda tx: "queued")
+        now[0] += runner.backend.queue_timeout + 1
+        release.set()
+        assert await first == "held"
+        try:
+            await queued
+        except CatalogUnavailable as e:
+            assert "waited" in str(e)
+        else:
+            raise AssertionError("a write queued past queue_timeout ran")
+        assert await runner.run(lambda tx: "later") == "later"
+    finally:
+        cat.close()

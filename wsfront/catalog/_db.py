@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -84,6 +85,12 @@ class Backend:
     #: another connection wrote, so writes spread over the pool re-read
     #: every page they touch (about 30 reads of the WAL per small upload).
     single_writer = False
+    #: Seconds a write may wait in the single writer's queue before it is
+    #: refused as unavailable instead of run (``single_writer`` only): the
+    #: database's busy timeout counts only once a write reaches the thread,
+    #: so behind a lock held by another process the Nth queued write would
+    #: otherwise fail after N busy timeouts, not one.
+    queue_timeout = 30.0
 
     def sql(self, text: str) -> str:
         return text
@@ -224,8 +231,24 @@ class Runner:
         ``durable=False``: see ``Backend.begin``."""
         if self._closed:
             return fail(RuntimeError("catalog is closed"))
-        pool = self._writer if write else self._pool
-        return deferToThreadPool(self.reactor, pool, self.run_sync, fn, write, durable)
+        if write and self._writer is not self._pool:
+            queued = monotonic()
+            return deferToThreadPool(
+                self.reactor, self._writer, self._run_queued, queued, fn, durable
+            )
+        return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
+
+    def _run_queued(self, queued: float, fn: Callable[[Tx], T], durable: bool) -> T:
+        """A write in the single writer thread, unless it waited for it
+        longer than ``queue_timeout`` (behind writes each waiting out a
+        lock another process holds): then it fails at once, as the write
+        ahead of it did."""
+        waited = monotonic() - queued
+        if waited > self.backend.queue_timeout:
+            raise CatalogUnavailable(
+                f"{self.backend.name}: a write waited {waited:.1f}s for the writer thread"
+            )
+        return self.run_sync(fn, True, durable)
 
     def read_now(self, fn: Callable[[Tx], T]) -> Deferred[T]:
         """Run the read-only ``fn`` at once in the reactor thread when the

@@ -28,6 +28,7 @@ class SQLiteBackend(Backend):
 
     inline_reads = True
     single_writer = True
+    queue_timeout = BUSY_TIMEOUT_SECONDS
 
     def __init__(self, path: str) -> None:
         self.path = path
