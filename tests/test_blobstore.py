@@ -294,6 +294,22 @@ def test_delete_removes_blob_and_its_files(store):
     assert leftovers == []
 
 
+def test_a_fan_out_directory_removed_empty_is_made_again_for_the_next_blob(store):
+    """The store remembers the fan-out directories it made (one mkdir per
+    directory, not per blob); one an operator removed empty is made again
+    when a blob goes there, and the blob is durable as before."""
+    from wsstorage.diskformat import BlobPaths
+
+    write_all(store, "b", pattern(100)).seal()
+    directory = BlobPaths.of(store.root, "b").directory
+    store.delete("b")
+    os.rmdir(directory)
+    data = pattern(5000, seed=3)
+    info = write_all(store, "b", data).seal()
+    assert (info.size, info.state) == (len(data), SEALED)
+    assert read_all(store, "b") == data
+
+
 def test_list_blobs_reports_every_blob(store):
     write_all(store, "sealed1", pattern(10)).seal()
     write_all(store, "open1", pattern(20)).sync()

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -656,12 +657,33 @@ def test_a_blob_of_more_blocks_than_a_record_holds_gets_a_checksum_file(tmp_path
     store.close()
 
 
-def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path):
+def _entries(*covered: int) -> str:
+    return base64.b64encode(b"".join(struct.pack(">II", n, 0) for n in covered)).decode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sums": base64.b64encode(b"123").decode()},  # not whole entries
+        {"sums": "not base64!"},
+        {"sums": 17},
+        {"sums": ""},  # no entry for a blob of two blocks
+        {"sums": _entries(BLOCK)},  # one entry short
+        {"sums": _entries(BLOCK, 9, 5)},  # one entry too many
+        {"sums": _entries(BLOCK, 10)},  # the last block's bytes wrong
+        {"sums": _entries(9, BLOCK)},  # a block that is not whole before the last
+        {"format": 1},  # version 1 records had no inline checksums
+        {"state": "open"},  # only a sealed record holds them
+    ],
+    ids=lambda change: ",".join(f"{k}={str(v)[:12]}" for k, v in change.items()),
+)
+def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path, change):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
-    write_all(store, "b", pattern(10)).seal()
+    write_all(store, "b", pattern(BLOCK + 9)).seal()
     meta = paths(store, "b").meta
     record = json.loads(Path(meta).read_text())
-    record["sums"] = base64.b64encode(b"123").decode()  # not whole entries
+    assert len(base64.b64decode(record["sums"])) == 16
+    record.update(change)
     with open(meta, "w") as f:
         json.dump(record, f)
     store = reopen(store)

@@ -966,7 +966,16 @@ class BlobStore:
             try:
                 # ``.sums`` comes at the first sync or open record (open_sums).
                 flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-                blob.data_fd = self.fs.open(paths.data, flags)
+                try:
+                    blob.data_fd = self.fs.open(paths.data, flags)
+                except FileNotFoundError:
+                    # The fan-out directory went (an operator removed it
+                    # empty): make it again, and its entry durable again.
+                    self._made_dirs.discard(paths.directory)
+                    self._durable_dirs.discard(paths.directory)
+                    self.fs.mkdir(paths.directory)
+                    self._made_dirs.add(paths.directory)
+                    blob.data_fd = self.fs.open(paths.data, flags)
                 with self._registry_lock:
                     self._count += 1
             except BaseException:

@@ -135,9 +135,29 @@ class MetaRecord:
             raise FormatError(f"damaged blob record: {e}") from e
         if rec.state not in (STATE_OPEN, STATE_SEALED):
             raise FormatError(f"blob record with unknown state {rec.state!r}")
-        if rec.sums is not None and (rec.state != STATE_SEALED or len(rec.sums) % ENTRY.size):
+        if rec.sums is not None and (
+            d["format"] < 2 or rec.state != STATE_SEALED or not _sums_cover(rec)
+        ):
             raise FormatError("blob record with malformed inline checksums")
         return rec
+
+
+def _sums_cover(rec: MetaRecord) -> bool:
+    """Whether a record's inline checksum entries are exactly those of its
+    sealed size: one per block, whole blocks but the last, at most
+    INLINE_SUMS_MAX.  Fewer would read as a torn tail of a sealed blob,
+    more would be trusted for blocks that do not exist."""
+    assert rec.sums is not None
+    bs, size = rec.block_size, rec.size
+    if bs <= 0 or size < 0 or len(rec.sums) % ENTRY.size:
+        return False
+    covered = [n for n, _crc in ENTRY.iter_unpack(rec.sums)]
+    blocks = -(-size // bs)
+    if len(covered) != blocks or blocks > INLINE_SUMS_MAX:
+        return False
+    return not blocks or (
+        all(n == bs for n in covered[:-1]) and covered[-1] == size - (blocks - 1) * bs
+    )
 
 
 def encode_meta(meta: object) -> dict[str, Any]:
