@@ -169,6 +169,7 @@ async def test_frozen_writer_is_fenced_after_a_takeover(cluster, tmp_path):
         session = await fe_b.open_write(cluster.user, "/f", append=True)
         resumed_at = session.offset
         assert resumed_at == checkpoint >= stop_at
+        assert checkpoint <= size // 2 + 256 * 1024  # mid-transfer: the writer checkpoints at half
         await Feeder(cluster.reactor, session, data[resumed_at:], chunk=256 * 1024).start()
         await session.finish()
         assert session.received == size - resumed_at < size

@@ -55,9 +55,10 @@ async def main(reactor, argv: list[str]) -> None:
         # any checkpoint reached N).
         half = len(data) // 2
         first, rest = Feeder(reactor, session, data, stop_at=half), None
-        failed.addErrback(lambda f: [x.stopProducing() for x in (first, rest) if x] and f)
+        failed.addErrback(lambda f: [x.stopProducing() for x in (first, rest) if x] and None)
         await first.start()
-        await session.checkpoint()
+        while session.error is None and session.durable < half:
+            await session.checkpoint()  # it may hand back one begun earlier
         rest = Feeder(reactor, session, data[half:])
         if session.error is None:
             await rest.start()

@@ -375,7 +375,8 @@ class _ClientProtocol(Protocol):
         exactly what the decoder needs next (``FrameDecoder.wanted``): a
         header, a control frame, or the rest of the DATA body begun, which
         goes to its read as the very bytes received (``body_piece``), no
-        copy.  A reactor turn still reads at most ``bufferSize`` bytes (the
+        copy.  A reactor turn still reads at most ``bufferSize`` bytes, or
+        TURN_SLACK more to end a body (the
         read-size shares of ``wsfront.transfer.reader``), and stops early
         when the socket has no more or the consumer paused us; so a paused
         read holds no unconsumed bytes at all.  Nor does it begin a body

@@ -940,7 +940,8 @@ def _reactor_batch_buffer(size: int) -> memoryview:
     It can be shared because it is free again as soon as ``_read_here``
     returns: the batch was read, framed and sent (``framing.send_iov``
     copies what the socket does not take before handing it to the
-    transport), all in the reactor thread.  Never give it to a thread.
+    transport), all in the reactor thread, of which a process has one.
+    Never give it to a thread.
     """
     global _reactor_batch
     if len(_reactor_batch) < size:
@@ -961,10 +962,14 @@ class _ReadStream:
     batch already in the page cache itself (``_read_here``) and, if it is
     the server's only read stream, starts the task for the ones after it.
     Over plain TCP batches are read in place
-    into the stream's reused buffers (``_buffers``).  At most
-    read_batches + 2 batches are in memory: those ready, the one being
-    read, and the one being sent (whose unsent rest the transport copies);
-    a stream allocates at most read_batches + 1 buffers of its own.
+    into reused buffers: the stream's own (``_buffers``) for a task's
+    batches and, while it is the only stream, the reactor thread's; else
+    one buffer shared by every stream of the process
+    (``_reactor_batch_buffer``).  At most read_batches + 2 batches are in
+    memory: those ready, the one being read, and the one being sent (whose
+    unsent rest the transport copies); a stream keeps at most
+    read_batches + 1 buffers of its own, reallocating one only when a
+    larger read-ahead (``wsfront.local``'s share grew back) needs it.
     """
 
     def __init__(self, proto: StorageServerProtocol, rid: int, handle: Any, length: int) -> None:
@@ -991,10 +996,10 @@ class _ReadStream:
             and failpoints.threshold("storage.read.bytes") is None
             and hasattr(handle, "read_into")
         )
-        #: Batch buffers (read_ahead bytes each) free for reuse: a batch
-        #: read in place (_read_here, or a task on plain TCP) is sent from
-        #: its buffer, which then comes back here, so a stream allocates
-        #: at most read_batches + 1 of them, once.
+        #: Batch buffers (at least read_ahead bytes each when taken) free
+        #: for reuse: a batch read in place by a task on plain TCP, or by
+        #: the reactor thread while this is the only stream, is sent from
+        #: its buffer, which then comes back here.
         self._buffers: deque[memoryview] = deque()
         proto.factory.read_streams += 1
         self._counted = True
