@@ -441,7 +441,7 @@ def strace_counts(path: Path, names: tuple[str, ...] = ("fsync", "fdatasync")) -
 def run_small(args: argparse.Namespace) -> None:
     from twisted.internet import threads
 
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-small-"))
+    workdir = Path(tempfile.mkdtemp(prefix="wsfs-bench-small-", dir=args.dir))
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     trace = workdir / "strace.txt"
@@ -489,8 +489,7 @@ def run_small(args: argparse.Namespace) -> None:
         counts = strace_counts(trace)
         per_blob = {k: round(v / blobs, 2) for k, v in sorted(counts.items())}
         print(f"server syscalls per blob (strace -f -c, {blobs} blobs): {per_blob}")
-    if not args.dir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
@@ -506,7 +505,11 @@ def main() -> None:
         default=WRITE_CHUNK // 1024,
         help="bytes per writer.write() in KiB (default 256; an HTTP front end relays less)",
     )
-    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where to make the work directory (default: $TMPDIR); removed at the end",
+    )
     parser.add_argument(
         "--tls",
         action="store_true",
@@ -535,7 +538,7 @@ def main() -> None:
         run_small(args)
         return
     size = args.size_mib * MiB
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="wsfs-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="wsfs-bench-", dir=args.dir))
     workdir.mkdir(parents=True, exist_ok=True)
     servers: dict[str, tuple[int, str, str]] = {}  # kind -> port, listen, connect
     port = free_port()
@@ -618,8 +621,7 @@ def main() -> None:
         counts = strace_counts(trace, WRITE_SYSCALLS)
         per_mib = {k: round(v / mib, 2) for k, v in sorted(counts.items())}
         print(f"plain server syscalls per MiB moved (strace -f -c, {mib} MiB): {per_mib}")
-    if not args.dir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(args: argparse.Namespace, size: int, result: dict, rss: dict[str, float]) -> None:
