@@ -270,17 +270,23 @@ async def count_put_calls(
     thread's C work is not a Python call): Python calls per MiB, the
     steadiest measure of the front end's per-byte overhead.  ``dump`` names
     a file for the whole profile (``python -m pstats FILE``)."""
+    await count_calls("PUT", [*auth, "-T", str(path), url], size, dump)
+
+
+async def count_calls(what: str, curl_args: list[str], size: int, dump: str | None) -> None:
+    """Run curl with ``curl_args`` under cProfile and print the front end's
+    Python calls per MiB moved (``what``: PUT or GET)."""
     profile = cProfile.Profile()
     profile.enable()
     try:
-        await curl(*auth, "-T", str(path), url)
+        await curl(*curl_args)
     finally:
         profile.disable()
     stats = pstats.Stats(profile)
     if dump:
         stats.dump_stats(dump)
     mib = size / MiB
-    print(f"Python calls per MiB PUT (reactor thread): {stats.total_calls / mib:.0f}")
+    print(f"Python calls per MiB {what} (reactor thread): {stats.total_calls / mib:.0f}")
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[:15]
     for (file, line, name), (_, ncalls, *_rest) in rows:
         print(f"  {ncalls / mib:8.1f}  {name} ({Path(file).name}:{line})")
@@ -418,6 +424,9 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         _, t = await curl(*extra, "-K", str(config))
         return t
 
+    if "get" in wanted and args.count_calls:
+        get_args = [*auth, "-o", "/dev/null", f"{ws}/big.bin"]
+        await count_calls("GET", get_args, big, args.profile_out and args.profile_out + ".get")
     before_gets = rss_mb()
     peak = [before_gets]
     # Which server the running GETs go to: its peaks (RSS, and bytes left
@@ -531,7 +540,7 @@ def parse(argv=None):
     p.add_argument(
         "--count-calls",
         action="store_true",
-        help="first PUT once more under cProfile and print Python calls per MiB",
+        help="first PUT (and GET) once more under cProfile and print Python calls per MiB",
     )
     p.add_argument(
         "--profile-out",
