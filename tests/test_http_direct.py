@@ -199,6 +199,12 @@ def test_nothing_is_written_after_the_client_left():
     assert transport.socket.sent == sent
 
 
+def test_small_bodies_are_written_through_the_request_itself():
+    request = make_request(StringTransport(), length=4)
+    assert direct.body_consumer(request, direct.DIRECT_MIN) is request
+    assert isinstance(direct.body_consumer(request, direct.DIRECT_MIN + 1), DirectBody)
+
+
 # -- over real sockets --------------------------------------------------------
 
 

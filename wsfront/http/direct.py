@@ -26,6 +26,19 @@ from zope.interface import implementer
 
 from wsstorage.framing import direct_socket, send_iov, transport_idle
 
+#: Bodies up to this size are written through the request as before: they
+#: come in one piece from storage, which goes out with the headers anyway,
+#: so the wrapper would only add calls to every small GET (17 per request).
+DIRECT_MIN = 64 << 10
+
+
+def body_consumer(request, length: int):
+    """What a body of ``length`` bytes is written into: a ``DirectBody`` for
+    a large one, else ``request`` itself."""
+    if length <= DIRECT_MIN:
+        return request
+    return DirectBody(request, length)
+
 
 @implementer(IConsumer)
 class DirectBody:
