@@ -270,20 +270,37 @@ async def count_put_calls(
     thread's C work is not a Python call): Python calls per MiB, the
     steadiest measure of the front end's per-byte overhead.  ``dump`` names
     a file for the whole profile (``python -m pstats FILE``)."""
+    await count_calls("PUT", [*auth, "-T", str(path), url], size, dump)
+
+
+async def count_calls(what: str, curl_args: list[str], size: int, dump: str | None) -> None:
+    """Run curl with ``curl_args`` under cProfile and print the front end's
+    Python calls per MiB moved (``what``: PUT or GET)."""
     profile = cProfile.Profile()
     profile.enable()
     try:
-        await curl(*auth, "-T", str(path), url)
+        await curl(*curl_args)
     finally:
         profile.disable()
     stats = pstats.Stats(profile)
     if dump:
         stats.dump_stats(dump)
     mib = size / MiB
-    print(f"Python calls per MiB PUT (reactor thread): {stats.total_calls / mib:.0f}")
+    print(f"Python calls per MiB {what} (reactor thread): {stats.total_calls / mib:.0f}")
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[:15]
     for (file, line, name), (_, ncalls, *_rest) in rows:
         print(f"  {ncalls / mib:8.1f}  {name} ({Path(file).name}:{line})")
+
+
+def unsent_bytes(reactor) -> int:
+    """Bytes written to this process's TCP transports and not yet sent
+    (all connections: the clients' and the storage servers')."""
+    total = 0
+    for fd in reactor.getWriters():
+        buffered = getattr(fd, "dataBuffer", None)
+        if buffered is not None:
+            total += len(buffered) - fd.offset + fd._tempDataLen
+    return total
 
 
 def median(values):
@@ -407,22 +424,51 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         _, t = await curl(*extra, "-K", str(config))
         return t
 
+    if "get" in wanted and args.count_calls:
+        get_args = [*auth, "-o", "/dev/null", f"{ws}/big.bin"]
+        await count_calls("GET", get_args, big, args.profile_out and args.profile_out + ".get")
     before_gets = rss_mb()
     peak = [before_gets]
-    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
+    # Which server the running GETs go to: its peaks (RSS, and bytes left
+    # unsent in this process's TCP transports) are kept apart, since both
+    # sites run in this process.
+    phase = ["wsfs"]
+    peaks = {"wsfs": [0.0, 0], "static.File": [0.0, 0]}
+    get_cpu: dict[str, list[float]] = {"wsfs": [], "static.File": []}
+
+    def sample():
+        rss = rss_mb()
+        peak[0] = max(peak[0], rss)
+        mine = peaks[phase[0]]
+        mine[0] = max(mine[0], rss)
+        mine[1] = max(mine[1], unsent_bytes(reactor))
+
+    sampler = task.LoopingCall(sample)
     sampler.start(0.05)
     for _ in range(args.rounds):
         if "get" in wanted:
+            # The front end's CPU per GiB sent (both sites are this
+            # process): steadier than MB/s on a shared machine.
+            phase[0] = "wsfs"
+            before = sum(cpu_self())
             t_ws = await timed_get(ws, auth, "big.bin")
+            middle = sum(cpu_self())
+            phase[0] = "static.File"
             t_st = await timed_get(st, [], "big.bin")
+            get_cpu["wsfs"].append((middle - before) / gib)
+            get_cpu["static.File"].append((sum(cpu_self()) - middle) / gib)
             record("GET big", "static.File", "MB/s", big / t_ws / 1e6, big / t_st / 1e6)
         if "concurrent" in wanted:
+            phase[0] = "wsfs"
             t_ws = await concurrent(ws, auth)
+            phase[0] = "static.File"
             t_st = await concurrent(st, [])
             n = args.clients * mid / 1e6
             record(f"{args.clients} x GET 10 MiB", "static.File", "MB/s", n / t_ws, n / t_st)
         if "small" in wanted:
+            phase[0] = "wsfs"
             t_ws = await keepalive("wsfs", ws, auth)
+            phase[0] = "static.File"
             t_st = await keepalive("static", st, [])
             record(
                 f"{args.small} x GET 4 KiB keep-alive",
@@ -435,7 +481,7 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
 
     print(f"load average at end: {loadavg()}")
     print(f"rounds: {args.rounds} (wsfs and reference alternate; medians shown)")
-    width = max([len(label) for label in rows] + [30])
+    width = max([len(label) for label in rows] + [44])
     print(f"{'':<{width}}  {'wsfs':>10} {'reference':>10} {'ratio':>6}  (per-round ratios)")
     for label, (ours, ref, unit, ref_name) in rows.items():
         ratios = [a / b for a, b in zip(ours, ref) if a and b]
@@ -463,6 +509,15 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         print(f"{label:<{width}}  {median(writes):10.2f}      ({each})")
     print(f"{'front-end RSS before the GETs':<{width}}  {before_gets:10.1f} MB")
     print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
+    for name, (rss, _) in peaks.items():
+        print(f"{'  while GETs from ' + name + ' run':<{width}}  {rss:10.1f} MB")
+    for name, (_, unsent) in peaks.items():
+        label = f"  peak unsent in transports, {name}"
+        print(f"{label:<{width}}  {unsent / MiB:10.1f} MiB")
+    for name, values in get_cpu.items():
+        each = " ".join(f"{x:.2f}" for x in values)
+        label = f"CPU s per GiB GET big, front end, {name}"
+        print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
 
     await wsport.stopListening()
     await stport.stopListening()
@@ -485,7 +540,7 @@ def parse(argv=None):
     p.add_argument(
         "--count-calls",
         action="store_true",
-        help="first PUT once more under cProfile and print Python calls per MiB",
+        help="first PUT (and GET) once more under cProfile and print Python calls per MiB",
     )
     p.add_argument(
         "--profile-out",

@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http import conditional, listing, ranges
+from wsfront.http.direct import body_consumer
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import has_preconditions, headers_of, quote_etag
 from wsfront.http.mimetypes import content_type
@@ -134,7 +135,10 @@ def _pump(request, stream):
     # reactor turns per MiB than Twisted's 64 KiB / 128 KiB defaults.
     restore = reader.widen(getattr(request.channel, "transport", None), stream.length)
     try:
-        yield stream.start(request)
+        # Over plain TCP the bytes go straight into the socket while it
+        # takes them (wsfront.http.direct); headers still go first, through
+        # the request.
+        yield stream.start(body_consumer(request, stream.length))
     except TransferAborted:
         return False
     except Exception:
