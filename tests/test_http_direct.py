@@ -9,6 +9,7 @@ the server's socket is full, and check every byte.
 from __future__ import annotations
 
 import hashlib
+import socket
 
 import pytest
 import pytest_twisted
@@ -317,6 +318,8 @@ async def test_a_reader_that_stops_until_the_socket_fills_still_gets_every_byte(
     await env.upload("/slow.bin", data)
     seen = count_sends(monkeypatch)
     client = await connect_counting(reactor, env.port.getHost().port)
+    # A small receive buffer: the socket fills whatever the host's defaults.
+    client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     client.transport.pauseProducing()  # read nothing until the server is stuck
     client.send(b"GET /slow.bin HTTP/1.1\r\nHost: x\r\n" + basic() + b"\r\n")
     # A server that never fills the socket (nothing sent direct) fails here
@@ -332,3 +335,39 @@ async def test_a_reader_that_stops_until_the_socket_fills_still_gets_every_byte(
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
     assert seen["left"] >= 1
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_body_is_not_counted_as_served(env, monkeypatch):
+    """The transport stops its producer (the download) before the request
+    hears that the client left: the cut-short answer must not be finished
+    (counted complete in metrics and notifyFinish) on the way."""
+    from twisted.internet import reactor
+
+    from wsfront.http.request import StreamingRequest
+
+    data = payload(32 * MiB)
+    await env.upload("/gone.bin", data)
+    finished, lost = [], defer.Deferred()
+    original_finish, original_lost = StreamingRequest.finish, StreamingRequest.connectionLost
+
+    def finish(self):
+        finished.append(self.sentLength)
+        if not lost.called:  # a finished request hears of no loss at all
+            lost.callback(None)
+        return original_finish(self)
+
+    def connection_lost(self, reason):
+        original_lost(self, reason)
+        if not lost.called:
+            lost.callback(None)
+
+    monkeypatch.setattr(StreamingRequest, "finish", finish)
+    monkeypatch.setattr(StreamingRequest, "connectionLost", connection_lost)
+    client = await connect_counting(reactor, env.port.getHost().port)
+    client.send(b"GET /gone.bin HTTP/1.1\r\nHost: x\r\n" + basic() + b"\r\n")
+    got = await client.until_length(3 * MiB)
+    assert len(got) < len(data)
+    client.transport.abortConnection()
+    await lost.addTimeout(30, reactor)
+    assert finished == []

@@ -93,7 +93,10 @@ class DirectBody:
         """The body goes on the wire as it is: Content-Length framing, and
         not dropped (HEAD, or a status without a body)."""
         return (
-            not request.chunked and request.method != b"HEAD" and request.code not in NO_BODY_CODES
+            not request.chunked
+            and request.method != b"HEAD"
+            and request.code not in NO_BODY_CODES
+            and getattr(request, "_encoder", None) is None  # no gzip wrapper on the way
         )
 
     @staticmethod

@@ -157,9 +157,15 @@ def _send(request, handle, plan):
         stream = handle.stream
         if first or length != handle.info.size:
             stream = handle.reopen(first, length)
-        yield _pump(request, stream)
+        ok = yield _pump(request, stream)
         if not request.gone:
-            request.finish()
+            if ok:
+                request.finish()
+            else:
+                # Stopped short (the transport stops its producer as the
+                # client goes, before the request hears of it): not finished,
+                # which would count a cut-short download as complete.
+                request.abort()
         return
     for header, r in plan.parts():
         if request.gone:
