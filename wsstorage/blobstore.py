@@ -759,8 +759,9 @@ class BlobStore:
         self._live: dict[str, _Blob] = {}
         #: Fan-out directories whose entry this process has fsync'd.
         self._durable_dirs: set[str] = set()
-        #: Fan-out directories known to exist (none is ever removed): a new
-        #: blob in one of them skips its ``mkdir``, which would fail EEXIST.
+        #: Fan-out directories this process made or found (``_fan_out``): a
+        #: new blob in one of them skips its ``mkdir``, which would fail
+        #: EEXIST.  wsfs never removes one; an operator may (``_create``).
         self._made_dirs: set[str] = set()
         #: Blobs whose record could not be read at start: left on disk as
         #: they are, absent from list_blobs, FormatError from stat.
@@ -957,12 +958,7 @@ class BlobStore:
         paths = blob.paths
         blob.recorded = False
         with _disk_errors():
-            if paths.directory not in self._made_dirs:
-                try:
-                    self.fs.mkdir(paths.directory)
-                except FileExistsError:
-                    pass
-                self._made_dirs.add(paths.directory)
+            self._fan_out(paths.directory)
             try:
                 # ``.sums`` comes at the first sync or open record (open_sums).
                 flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
@@ -973,8 +969,7 @@ class BlobStore:
                     # empty): make it again, and its entry durable again.
                     self._made_dirs.discard(paths.directory)
                     self._durable_dirs.discard(paths.directory)
-                    self.fs.mkdir(paths.directory)
-                    self._made_dirs.add(paths.directory)
+                    self._fan_out(paths.directory)
                     blob.data_fd = self.fs.open(paths.data, flags)
                 with self._registry_lock:
                     self._count += 1
@@ -988,6 +983,17 @@ class BlobStore:
                     except OSError:
                         pass
                 raise
+
+    def _fan_out(self, directory: str) -> None:
+        """Make a blob's fan-out directory unless this process knows it is
+        there."""
+        if directory in self._made_dirs:
+            return
+        try:
+            self.fs.mkdir(directory)
+        except FileExistsError:
+            pass
+        self._made_dirs.add(directory)
 
     def fan_out_durable(self, directory: str) -> None:
         """Make a fan-out directory's own entry (in ``blobs/``) durable, once

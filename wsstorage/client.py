@@ -637,18 +637,6 @@ def _sendmsg(sock: Any, iov: list[bytes | memoryview]) -> int:
         return 0
 
 
-def _unsent(iov: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
-    """What of ``iov`` is left after its first ``sent`` bytes (views, no copy)."""
-    for i, part in enumerate(iov):
-        if sent < len(part):
-            rest = iov[i:]
-            if sent:
-                rest[0] = memoryview(part)[sent:]
-            return rest
-        sent -= len(part)
-    return []
-
-
 @implementer(IBlobWriter)
 class BlobWriter:
     """An open write stream on one connection (provides IBlobWriter)."""
@@ -751,7 +739,7 @@ class BlobWriter:
             framing.send_iov(transport, self.conn.socket, iov)  # closing: as before
             return
         if not self._backlog and framing.transport_idle(transport):
-            iov = _unsent(iov, _sendmsg(self.conn.socket, iov))
+            iov = framing.unsent(iov, _sendmsg(self.conn.socket, iov))
         if iov:
             self._queue(iov)
 
@@ -798,7 +786,7 @@ class BlobWriter:
         except OSError:
             return main.CONNECTION_LOST
         if sent:
-            self._backlog = _unsent(self._backlog, sent)
+            self._backlog = framing.unsent(self._backlog, sent)
             self._backlog_bytes -= sent
             self.conn.activity()
         if self._backlog:
@@ -980,12 +968,14 @@ class StorageClient:
             self._idle.remove(conn)
 
     @defer.inlineCallbacks
-    def _simple(self, body: dict[str, Any], data: bytes | None = None) -> Any:
-        """One request answered by one REPLY; ``data`` goes out as its DATA
+    def _simple(self, body: dict[str, Any], data: bytes | None = None, conn: Any = None) -> Any:
+        """One request answered by one REPLY, on ``conn`` if given (already
+        acquired) else a pooled connection; ``data`` goes out as its DATA
         frames (a ``put``)."""
         if "blob" in body:
             check_blob_id(body["blob"])
-        conn = yield self._acquire()
+        if conn is None:
+            conn = yield self._acquire()
         try:
             if data is None:
                 result = yield conn.call(body)
@@ -1064,19 +1054,19 @@ class StorageClient:
         if len(data) > PUT_MAX:
             raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
         conn = yield self._acquire()
-        self._release(conn)  # back to the pool, for the request below
-        if conn.ops is None or "put" not in conn.ops:
-            writer = yield self.write(blob_id, epoch, 0, meta)
-            try:
-                writer.write(data)
-                info = yield writer.commit()
-            except BaseException:
-                self._discard(writer.conn)  # the stream, unsealed, goes with it
-                raise
-            return info
-        body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
-        result = yield self._simple(body, data)
-        return info_from_wire(result)
+        if conn.ops is not None and "put" in conn.ops:
+            body = {"op": "put", "blob": blob_id, "epoch": epoch, "meta": meta, "length": len(data)}
+            result = yield self._simple(body, data, conn)
+            return info_from_wire(result)
+        self._release(conn)  # back to the pool, for the write stream
+        writer = yield self.write(blob_id, epoch, 0, meta)
+        try:
+            writer.write(data)
+            info = yield writer.commit()
+        except BaseException:
+            self._discard(writer.conn)  # the stream, unsealed, goes with it
+            raise
+        return info
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         body = {"op": "fence", "blob": blob_id, "epoch": epoch, "truncate_to": truncate_to}

@@ -162,16 +162,34 @@ def send_iov(transport: Any, sock: Any, iov: list[bytes | memoryview]) -> bool:
             sent = sock.sendmsg(iov[:IOV_MAX])
         except OSError:
             sent = 0  # would block, or an error the transport's write will see
-    rest: list[bytes | memoryview] = []
-    for part in iov:
-        if sent >= len(part):
-            sent -= len(part)
-            continue
-        rest.append(part[sent:] if sent else part)
-        sent = 0
+    rest = unsent(iov, sent)
     if rest:
         transport.write(b"".join(rest))
     return bool(rest)
+
+
+def unsent(iov: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """What of ``iov`` is left after its first ``sent`` bytes (views, no copy)."""
+    for i, part in enumerate(iov):
+        if sent < len(part):
+            rest = iov[i:]
+            if sent:
+                rest[0] = memoryview(part)[sent:]
+            return rest
+        sent -= len(part)
+    return []
+
+
+def pause_until_drained(transport: Any) -> None:
+    """Pause ``transport``'s streaming producer as the transport itself does
+    when its buffer is full, so that its ``doWrite`` resumes it once what
+    ``send_iov`` left there is sent: the next piece then goes straight into
+    the socket again instead of queueing behind the rest."""
+    producer = getattr(transport, "producer", None)
+    if producer is None or not transport.streamingProducer or transport.producerPaused:
+        return
+    transport.producerPaused = True
+    producer.pauseProducing()
 
 
 def decode_control(body: bytes) -> dict[str, Any]:

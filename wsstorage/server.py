@@ -469,24 +469,20 @@ class StorageServerProtocol(Protocol):
 
     def _request(self, rid: int, req: dict[str, Any]) -> None:
         op = req.get("op")
-        if self._write is None and op not in self.factory.ops:
-            self._send_error(rid, BadRequest(f"unknown op {op!r}"))
-            return
-        if op == "put" and self._write is None:
-            self._begin_put(rid, req)
-            return
-        if self._write is not None and op == "flush":
-            self._flush_while_streaming(rid)
-            return
         if self._write is not None:
-            handler = {
-                "flush": self._op_flush,
-                "commit": self._op_stream_commit,
-                "abort": self._op_abort,
-            }.get(op)
+            if op == "flush":
+                self._flush_while_streaming(rid)
+                return
+            handler = {"commit": self._op_stream_commit, "abort": self._op_abort}.get(op)
             if handler is None:
                 self._send_error(rid, BadRequest(f"op {op!r} is not allowed in a write stream"))
                 return
+        elif op not in self.factory.ops:
+            self._send_error(rid, BadRequest(f"unknown op {op!r}"))
+            return
+        elif op == "put":
+            self._begin_put(rid, req)
+            return
         else:
             handler = {
                 "stat": self._op_stat,
@@ -498,10 +494,7 @@ class StorageServerProtocol(Protocol):
                 "list": self._op_list,
                 "copy": self._op_copy,
                 "health": self._op_health,
-            }.get(op)
-            if handler is None:
-                self._send_error(rid, BadRequest(f"unknown op {op!r}"))
-                return
+            }[op]
         self._run(rid, handler, req)
 
     def _run(self, rid: int, handler: Callable[..., Any], req: dict[str, Any]) -> None:
@@ -634,13 +627,6 @@ class StorageServerProtocol(Protocol):
             return None
         self._write = _WriteStream(rid, blob_id, handle)
         return {"offset": offset}
-
-    def _op_flush(self, rid: int, req: dict[str, Any]) -> Any:
-        stream = self._write
-        assert stream is not None
-        if stream.error is not None:
-            raise stream.error
-        return self._sync_stream(stream).addCallback(lambda n: {"durable": n})
 
     def _sync_stream(self, stream: _WriteStream) -> defer.Deferred:
         """fsync the stream's blob in a thread, after any fsync still running."""
@@ -1260,10 +1246,8 @@ class _ReadStream:
         again rather than queueing behind the rest.
         """
         transport = self.proto.transport
-        if framing.send_iov(transport, self._socket, iov) and not transport.producerPaused:
-            # Resumed by the transport's doWrite once it has sent the rest.
-            transport.producerPaused = True
-            self.pauseProducing()
+        if framing.send_iov(transport, self._socket, iov):
+            framing.pause_until_drained(transport)  # this stream is its producer
 
     def _send_pieces(self, batch: list[bytes]) -> None:
         """Send verified pieces, stopping at the read failpoint's exact byte."""

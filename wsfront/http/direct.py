@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.web.http import NO_BODY_CODES
 from zope.interface import implementer
 
-from wsstorage.framing import direct_socket, send_iov, transport_idle
+from wsstorage.framing import direct_socket, pause_until_drained, send_iov, transport_idle
 
 #: Bodies up to this size are written through the request as before: they
 #: come in one piece from storage, which goes out with the headers anyway,
@@ -86,7 +86,7 @@ class DirectBody:
                 transport.write(data)
                 left_over = True
         if left_over and self._left > 0:
-            self._wait_for_drain(transport)
+            pause_until_drained(transport)
 
     @staticmethod
     def _body_is_plain(request) -> bool:
@@ -98,13 +98,3 @@ class DirectBody:
             and request.code not in NO_BODY_CODES
             and getattr(request, "_encoder", None) is None  # no gzip wrapper on the way
         )
-
-    @staticmethod
-    def _wait_for_drain(transport) -> None:
-        """Pause the producer as the transport does when its buffer is full
-        (its ``doWrite`` resumes it once everything is sent)."""
-        producer = transport.producer
-        if producer is None or not transport.streamingProducer or transport.producerPaused:
-            return
-        transport.producerPaused = True
-        producer.pauseProducing()
