@@ -515,6 +515,8 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         label = f"  peak unsent in transports, {name}"
         print(f"{label:<{width}}  {unsent / MiB:10.1f} MiB")
     for name, values in get_cpu.items():
+        if not values:
+            continue
         each = " ".join(f"{x:.2f}" for x in values)
         label = f"CPU s per GiB GET big, front end, {name}"
         print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
