@@ -145,3 +145,29 @@ async def test_a_write_queued_longer_than_the_busy_timeout_fails_at_once(tmp_pat
         assert await runner.run(lambda tx: "later") == "later"
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_hash_in_the_pool_and_write_on_the_writer_thread(tmp_path, monkeypatch):
+    """Adding a user and setting a password hash with scrypt off the reactor,
+    then store the hash on SQLite's one writer thread like every write."""
+    from wsfront.catalog import _accounts
+
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    seen = []
+    for name in ("add_user", "set_password_hash"):
+        original = getattr(_accounts, name)
+
+        def recording(tx, *args, _original=original, _name=name):
+            seen.append((_name, threading.current_thread()))
+            return _original(tx, *args)
+
+        monkeypatch.setattr(_accounts, name, recording)
+    try:
+        writer = await cat._runner.run(lambda tx: threading.current_thread())
+        await cat.add_user("alice", "pw1")
+        await cat.set_password("alice", "pw2")
+        assert seen == [("add_user", writer), ("set_password_hash", writer)]
+        assert writer is not threading.current_thread()
+    finally:
+        cat.close()

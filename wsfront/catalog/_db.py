@@ -285,8 +285,8 @@ class Runner:
         return succeed(result)
 
     def call(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run ``fn`` (which may call ``run_sync``) in the pool: for work such
-        as password hashing that must not run on the reactor thread."""
+        """Run ``fn`` in the pool: for work such as password hashing that
+        must not run on the reactor thread.  Writes go through ``run``."""
         if self._closed:
             return fail(RuntimeError("catalog is closed"))
         return deferToThreadPool(self.reactor, self._pool, fn, *args)

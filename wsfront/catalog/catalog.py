@@ -47,6 +47,12 @@ class SqlCatalog:
             raise Exists(message)
         return failure
 
+    def _hash(self, password: str) -> Deferred:
+        """Hash in the pool (scrypt must not hold the reactor); the write
+        that stores the hash then goes to the writer like any other, so
+        SQLite's single writer thread is the only one that writes."""
+        return self._runner.call(hash_password, password)
+
     def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return self._runner.run(lambda tx: fn(tx, *args), write=False)
 
@@ -223,8 +229,8 @@ class SqlCatalog:
     def abort_upload(self, upload_id: str, epoch: int | None = None) -> Deferred:
         return self._write(_uploads.abort_upload, self._now(), upload_id, epoch)
 
-    def expire_uploads(self, now: float | None = None) -> Deferred:
-        return self._write(_uploads.expire_uploads, self._now() if now is None else now)
+    def expire_uploads(self, now: float | None = None, limit: int | None = None) -> Deferred:
+        return self._write(_uploads.expire_uploads, self._now() if now is None else now, limit)
 
     # -- blobs ---------------------------------------------------------------
 
@@ -283,15 +289,12 @@ class SqlCatalog:
         now = self._now()
         perms = list(permissions) if permissions is not None else None
 
-        def hash_then_insert() -> Any:
-            stored = hash_password(password)
-            return self._runner.run_sync(
-                lambda tx: _accounts.add_user(
-                    tx, now, name, stored, admin, root, perms, quota_bytes, quota_files
-                )
+        def insert(stored: str) -> Deferred:
+            return self._write(
+                _accounts.add_user, now, name, stored, admin, root, perms, quota_bytes, quota_files
             )
 
-        return self._runner.call(hash_then_insert).addErrback(self._translate)
+        return self._hash(password).addCallback(insert)
 
     def get_user(self, name: str) -> Deferred:
         return self._read(_accounts.get_user, name)
@@ -303,11 +306,10 @@ class SqlCatalog:
         return self._write(_accounts.delete_user, name)
 
     def set_password(self, name: str, password: str) -> Deferred:
-        def hash_then_update() -> None:
-            stored = hash_password(password)
-            self._runner.run_sync(lambda tx: _accounts.set_password_hash(tx, name, stored))
+        def update(stored: str) -> Deferred:
+            return self._write(_accounts.set_password_hash, name, stored)
 
-        return self._runner.call(hash_then_update)
+        return self._hash(password).addCallback(update)
 
     def set_quota(self, name: str, quota_bytes: int | None, quota_files: int | None) -> Deferred:
         return self._write(_accounts.set_quota, name, quota_bytes, quota_files)
