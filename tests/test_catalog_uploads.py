@@ -275,6 +275,19 @@ async def test_expire_uploads_ends_only_those_past_their_expiry(catalog, clock):
 
 
 @pytest_twisted.ensureDeferred
+async def test_expire_uploads_takes_at_most_its_limit_oldest_id_first(catalog, clock):
+    ups = [await begin(catalog, f"/f{i}", f"b{i}", ttl=10) for i in range(3)]
+    clock.advance(50)
+    ids = sorted(u.upload_id for u in ups)
+    first = await catalog.expire_uploads(limit=2)
+    assert [u.upload_id for u in first] == ids[:2]
+    assert (await catalog.get_upload(ids[2])).state == "active"
+    second = await catalog.expire_uploads(limit=2)
+    assert [u.upload_id for u in second] == ids[2:]
+    assert await catalog.expire_uploads(limit=2) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_activity_can_extend_an_upload_expiry(catalog, clock):
     up = await begin(catalog, "/f", "b1", ttl=10)
     await catalog.checkpoint(up.upload_id, 1, 5, expires_at=clock.now + 100)

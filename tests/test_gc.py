@@ -142,6 +142,31 @@ async def test_overwritten_versions_and_expired_uploads_are_collected(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_expiring_many_uploads_goes_in_transactions_of_a_batch(env):
+    from twisted.internet import reactor
+
+    for i in range(5):
+        session = await env.transfers.open_write(env.user, f"/abandoned{i}.bin")
+        await Feeder(reactor, session, payload(1000)).start()
+        await session.interrupt()
+    sizes = []
+    expire = env.catalog.expire_uploads
+
+    async def counted(now, limit=None):
+        expired = await expire(now, limit)
+        sizes.append((limit, len(expired)))
+        return expired
+
+    env.catalog.expire_uploads = counted
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + env.settings.upload_expiry + 1)
+    result = await collector(env, clock, batch=2).run_pass()
+    assert result["expired_uploads"] == 5
+    assert sizes == [(2, 2), (2, 2), (2, 1)]
+    assert await env.catalog.list_uploads() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stale_copy_is_removed_once_the_blob_has_its_replicas_elsewhere(env):
     files = await populate(env, count=1)
     entry = await env.catalog.stat(full_path(env, "/f0.bin"))

@@ -157,9 +157,10 @@ class ICatalog(Interface):
         Its blobs become collectable; a pending-only inode disappears.
         Fires with the UploadSession."""
 
-    def expire_uploads(now=None):
+    def expire_uploads(now=None, limit=None):
         """Expire live uploads whose expires_at <= ``now`` (default: the
-        clock) as abort_upload does, state expired.  Fires with them."""
+        clock) as abort_upload does, state expired, at most ``limit`` of
+        them (all when None), oldest id first.  Fires with them."""
 
     # -- blobs ---------------------------------------------------------------
 

@@ -543,15 +543,21 @@ def abort_upload(tx: Tx, now: float, upload_id: str, epoch: int | None) -> Uploa
     return load_upload(tx, upload_row(tx, upload_id))
 
 
-def expire_uploads(tx: Tx, now: float) -> list[UploadSession]:
-    ids = [
-        r["upload_id"]
-        for r in tx.all(
-            "SELECT upload_id FROM uploads WHERE state IN ('active', 'interrupted') "
-            "AND expires_at <= ? ORDER BY upload_id",
-            now,
-        )
-    ]
+def expire_uploads(tx: Tx, now: float, limit: int | None = None) -> list[UploadSession]:
+    """Expire live uploads past their expiry, at most ``limit`` of them.
+
+    The limit keeps each write transaction short: writes share one writer
+    (SQLite's writer thread, PostgreSQL's row locks), so expiring thousands
+    of uploads at once would hold up every upload's commit meanwhile."""
+    sql = (
+        "SELECT upload_id FROM uploads WHERE state IN ('active', 'interrupted') "
+        "AND expires_at <= ? ORDER BY upload_id"
+    )
+    params: list[Any] = [now]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    ids = [r["upload_id"] for r in tx.all(sql, *params)]
     expired = []
     for upload_id in ids:
         row = upload_row(tx, upload_id, lock=True)

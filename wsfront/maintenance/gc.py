@@ -60,7 +60,8 @@ class GCSettings:
     orphan_guard: float = 0.9
     #: ... unless the server holds fewer orphans than this.
     orphan_guard_min: int = 8
-    #: Blobs fetched from the catalog at a time.
+    #: Blobs fetched from the catalog at a time, and uploads expired per
+    #: write transaction.
     batch: int = 100
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
@@ -100,8 +101,7 @@ class GarbageCollector:
         sweep is skipped once ``keep_going()`` is false (the lease is lost)."""
         stats: dict[str, Any] = {"expired_uploads": 0}
         if self.settings.expire_uploads:
-            expired = await self._catalog.expire_uploads(self._clock.seconds())
-            stats["expired_uploads"] = len(expired)
+            stats["expired_uploads"] = await self._expire_uploads()
         stats.update(await self.collect())
         if keep_going():
             stats.update(await self.sweep())
@@ -110,6 +110,17 @@ class GarbageCollector:
             if result is not None:
                 await result
         return stats
+
+    async def _expire_uploads(self) -> int:
+        """Expire uploads in transactions of ``batch``, so other writes get
+        the catalog's writer between them."""
+        now = self._clock.seconds()
+        total = 0
+        while True:
+            expired = await self._catalog.expire_uploads(now, self.settings.batch)
+            total += len(expired)
+            if len(expired) < self.settings.batch:
+                return total
 
     # -- collectable blobs ------------------------------------------------
 
