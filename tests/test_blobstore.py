@@ -74,9 +74,22 @@ def test_unknown_format_version_is_refused(tmp_path):
 
 
 def test_blobs_without_format_file_are_refused(tmp_path):
-    (tmp_path / "d" / "blobs").mkdir(parents=True)
+    (tmp_path / "d" / "blobs" / "ab").mkdir(parents=True)
     with pytest.raises(FormatError, match="no FORMAT"):
         BlobStore.open(tmp_path / "d")
+    assert not (tmp_path / "d" / "FORMAT").exists()
+
+
+def test_a_first_open_cut_short_before_its_format_file_is_finished(tmp_path):
+    """A crash between making blobs/ and writing FORMAT left an empty blobs/:
+    the next start completes the store instead of refusing it forever."""
+    (tmp_path / "d" / "blobs").mkdir(parents=True)
+    store = BlobStore.open(tmp_path / "d", block_size=131072)
+    store.close()
+    assert store.block_size == 131072
+    again = BlobStore.open(tmp_path / "d")
+    again.close()
+    assert again.block_size == 131072
 
 
 def test_second_store_on_same_directory_is_refused(store):

@@ -817,10 +817,14 @@ class BlobStore:
                 # inline checksums.
                 _write_atomic(fs, fmt, format_record(block_size), root)
             return block_size
-        if fs.exists(blobs):
+        # An empty blobs/ is a first open cut short between its mkdir and
+        # the FORMAT write: nothing is in it to misread, so it is finished.
+        # One with anything in it is not ours to guess about.
+        if fs.exists(blobs) and any(True for _ in fs.listdir(blobs)):
             raise FormatError(f"{root} has a {BLOBS_DIR}/ directory but no {FORMAT_FILE} file")
         check_block_size(block_size)
-        fs.mkdir(blobs)
+        if not fs.exists(blobs):
+            fs.mkdir(blobs)
         _write_atomic(fs, fmt, format_record(block_size), root)
         return block_size
 
