@@ -31,6 +31,7 @@ from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage import failpoints, server
+from wsstorage.blobstore import BlobReadHandle
 from wsstorage.client import StorageClient
 from wsstorage.errors import ChecksumError, NodeUnavailable
 from wsstorage.inprocess import InProcessClient
@@ -72,6 +73,38 @@ class TestInProcessContract(StorageContract):
         return inprocess_storage
 
 
+@pytest.fixture
+def uncached(monkeypatch):
+    """Every block as if it were not in the page cache: in-process reads
+    then read every batch in the thread pool (``nowait`` reads refuse)."""
+    read_into = BlobReadHandle.read_into
+    nowait_reads = []
+
+    def not_cached(self, buffer, nowait=False):
+        if nowait:
+            nowait_reads.append(len(buffer))
+            raise BlockingIOError("not in the page cache")
+        return read_into(self, buffer)
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", not_cached)
+    return nowait_reads
+
+
+class TestInProcessFromDiskContract(StorageContract):
+    """The contract again with every batch read in the thread pool."""
+
+    @pytest.fixture
+    def storage(self, inprocess_storage, uncached):
+        return inprocess_storage
+
+
+@pytest.fixture(params=["cached", "disk"])
+def mode(request):
+    if request.param == "disk":
+        request.getfixturevalue("uncached")
+    return request.param
+
+
 def _wire_reads(monkeypatch) -> list[int]:
     """Record the lengths of the read streams the servers send."""
     streams: list[int] = []
@@ -86,7 +119,7 @@ def _wire_reads(monkeypatch) -> list[int]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reads_come_from_the_store_not_the_socket(inprocess_storage, monkeypatch):
+async def test_reads_come_from_the_store_not_the_socket(inprocess_storage, monkeypatch, mode):
     client = inprocess_storage.client("s1")
     data = pattern(3 * MiB + 12345, 5)
     blob = new_id()
@@ -101,7 +134,7 @@ async def test_reads_come_from_the_store_not_the_socket(inprocess_storage, monke
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_paused_read_holds_no_more_than_two_batches(inprocess_storage, monkeypatch):
+async def test_a_paused_read_holds_no_more_than_two_batches(inprocess_storage, mode):
     """While paused nothing reaches the consumer and nothing more is read:
     what the read holds is the batch being written and at most one read
     ahead, and the server counts it as an active stream meanwhile."""
@@ -127,7 +160,7 @@ async def test_a_paused_read_holds_no_more_than_two_batches(inprocess_storage, m
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_read_of_a_stopped_server_fails_as_unavailable(inprocess_storage):
+async def test_a_read_of_a_stopped_server_fails_as_unavailable(inprocess_storage, mode):
     client = inprocess_storage.client("s1")
     data = pattern(2 * MiB, 7)
     blob = new_id()
@@ -143,7 +176,7 @@ async def test_a_read_of_a_stopped_server_fails_as_unavailable(inprocess_storage
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_cancelled_read_stops_and_closes_its_handle(inprocess_storage):
+async def test_a_cancelled_read_stops_and_closes_its_handle(inprocess_storage, mode):
     client = inprocess_storage.client("s1")
     factory = inprocess_storage.servers["s1"].factory
     data = pattern(4 * MiB, 8)
@@ -151,12 +184,14 @@ async def test_a_cancelled_read_stops_and_closes_its_handle(inprocess_storage):
     await put(client, blob, data, chunk=MiB)
     sink = Collector(pause_after=1)
     reading = client.read(blob, 0, None, sink)
-    await sink.paused
+    at_pause = await sink.paused
     read = sink.producer
     reading.cancel()
     await refused_cancel(reading)
-    assert sink.producer is None and read.handle is None
+    assert sink.producer is None and sink.events == ["register", "unregister"]
     assert factory.active_streams == 0
+    await read.closed  # at once, or once the batch a thread reads is in
+    assert read.handle is None and sink.count == at_pause
 
 
 async def refused_cancel(d: defer.Deferred) -> None:
@@ -180,7 +215,9 @@ async def test_reads_go_over_the_wire_while_the_read_failpoint_is_armed(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_download_fails_over_from_a_damaged_or_stopped_local_replica(inprocess_storage):
+async def test_a_download_fails_over_from_a_damaged_or_stopped_local_replica(
+    inprocess_storage, mode
+):
     """The front end's reader, over in-process clients: a damaged block on
     one replica is read from the other, reported as damage, and the
     download is whole; with one replica stopped the other serves it."""

@@ -147,6 +147,9 @@ class _LocalRead:
         self.consumer = consumer
         self.d: defer.Deferred = defer.Deferred(self._cancel)
         self.handle: Any = None
+        #: Fires once the read handle is closed (a cancelled read's only
+        #: once the batch a thread was reading is done).
+        self.closed: defer.Deferred = defer.Deferred()
         self.expected = 0
         self.delivered = 0
         self.paused = False
@@ -157,8 +160,12 @@ class _LocalRead:
         #: error that ended the reading there.
         self._ready: bytes | None = None
         self._error: BaseException | None = None
-        #: A read of the disk is running in the thread pool.
+        #: A batch is being read in the thread pool.
         self._reading = False
+        #: The last batch needed the disk: read the next one in the thread
+        #: pool while this one is written, rather than try the page cache.
+        self._disk = False
+        self._block: int = getattr(factory.store, "block_size", 1)
         self._counted = False
 
     def start(self) -> defer.Deferred:
@@ -180,13 +187,16 @@ class _LocalRead:
         handle, n, _size = result
         if self._finished:  # cancelled while it opened
             handle.close()
+            self.closed.callback(None)
             return
         self.handle, self.expected = handle, n
         self.factory.in_process_reads += 1
         self._counted = True
-        self.consumer.registerProducer(self, True)
+        # Registered first: a consumer may stop us from registerProducer.
         self.registered = True
-        self._turn()
+        self.consumer.registerProducer(self, True)
+        if not self._finished:
+            self._turn()
 
     def _open_failed(self, f: Failure) -> None:
         if not self._finished:
@@ -212,9 +222,8 @@ class _LocalRead:
     def _batch_size(self) -> int:
         """The server's read-ahead, in whole blocks (``read_into`` reads
         whole blocks in place)."""
-        block = getattr(self.factory.store, "block_size", 1)
-        size = max(self.factory.read_ahead, block)
-        return size - size % block
+        size = max(self.factory.read_ahead, self._block)
+        return size - size % self._block
 
     def _turn(self) -> None:
         """Write batches until paused, finished, or waiting for the disk."""
@@ -239,30 +248,32 @@ class _LocalRead:
         """The next verified bytes, or None while the disk is being read."""
         if self._ready is not None:
             data, self._ready = self._ready, None
-            self._read_on()  # the disk reads the next batch while this one goes out
+            if self._disk:
+                self._read_on()  # the disk reads the next batch while this one goes out
             return data
         if self._error is not None:
             self._end(self._error)
             return None
         if self._reading:
             return None
-        size = self._batch_size()
-        read_into = getattr(self.handle, "read_into", None)
-        if read_into is not None:
-            buffer = _shared_buffer(size)
+        handle = self.handle
+        read_into = getattr(handle, "read_into", None)
+        if read_into is not None and not handle.offset % self._block:
+            buffer = _shared_buffer(self._batch_size())
             try:
                 got = read_into(buffer, nowait=True)
             except BlockingIOError:
-                pass  # not in the page cache (or the blob is busy): a thread reads it
+                self._disk = True  # not in the page cache (or the blob is busy)
             except Exception as e:
                 self._end(e)
                 return None
             else:
+                self._disk = False
                 if not got:
                     self._end(StorageError(f"blob ended {self.expected - self.delivered} early"))
                     return None
                 return bytes(buffer[:got])
-        self._read_on()
+        self._read_on()  # an unaligned start, or the disk: in the thread pool
         return None
 
     def _read_on(self) -> None:
@@ -273,11 +284,9 @@ class _LocalRead:
             return
         if self._finished or not handle.remaining:
             return
-        size = self._batch_size()
         # An unaligned start reads up to a block boundary, so the batches
         # after it can be read in place.
-        block = getattr(self.factory.store, "block_size", 1)
-        size -= handle.offset % block
+        size = self._batch_size() - handle.offset % self._block
         self._reading = True
         self.factory.run_blocking(handle.read, size).addBoth(self._read_done)
 
@@ -329,6 +338,7 @@ class _LocalRead:
         handle, self.handle = self.handle, None
         if handle is not None:
             handle.close()
+            self.closed.callback(None)
 
     def _cancel(self, d: defer.Deferred) -> None:
         # The Deferred fails with CancelledError once this returns.
