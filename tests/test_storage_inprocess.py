@@ -255,3 +255,34 @@ async def test_a_download_fails_over_from_a_damaged_or_stopped_local_replica(
     stream = ReadStream(reactor, Order(), extents)
     with pytest.raises(NoReplicasAvailable, match=ChecksumError.__name__):
         await stream.start(Collector())
+
+
+@pytest.mark.parametrize("offset", [0, 100_003])
+def test_reads_work_with_a_run_blocking_that_runs_inline(tmp_path, uncached, offset):
+    """A server whose ``run_blocking`` runs the work at once (unit tests):
+    every batch read "in the thread pool" is ready before the read asks
+    for it, and the read goes on rather than wait for a resume."""
+    from tests.storage_loopback import run_now
+    from twisted.internet.task import Clock
+
+    from wsstorage.blobstore import BlobStore
+
+    clock = Clock()
+    store = BlobStore.open(tmp_path / "s1")
+    try:
+        factory = server.StorageServerFactory(clock, store, "s1", SECRET, run_blocking=run_now)
+        factory.doStart()  # as if listening
+        data = pattern(3 * MiB + 5, 11)
+        handle = store.open_write("b1", 1, 0, {})
+        handle.write(data)
+        handle.seal()
+        handle.close()
+        client = InProcessClient(StorageClient(clock, "s1", "tcp:127.0.0.1:1", SECRET), factory)
+        sink = Collector()
+        reading = client.read("b1", offset, None, sink)
+        clock.advance(0)
+        assert reading.called and reading.result == len(data) - offset
+        assert sink.data() == data[offset:]
+        assert uncached  # the page cache was tried, and refused
+    finally:
+        store.close()

@@ -238,7 +238,9 @@ class _LocalRead:
                     return
                 data = self._next_batch()
                 if data is None:
-                    return  # the thread pool reads it; _read_done resumes us
+                    if self._ready is None and self._error is None:
+                        return  # the thread pool reads it; _read_done resumes us
+                    continue  # read already (a run_blocking that runs inline)
                 self.delivered += len(data)
                 self.consumer.write(data)
         finally:
