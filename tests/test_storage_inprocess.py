@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
 from tests.storage_contract import (
     Collector,
@@ -26,12 +26,13 @@ from tests.storage_contract import (
     refused,
     sha,
 )
+from tests.storage_loopback import run_now
 from tests.test_storage_contract_real import SECRET, RealStorage
 from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage import failpoints, server
-from wsstorage.blobstore import BlobReadHandle
+from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
 from wsstorage.errors import ChecksumError, NodeUnavailable
 from wsstorage.inprocess import InProcessClient
@@ -262,11 +263,6 @@ def test_reads_work_with_a_run_blocking_that_runs_inline(tmp_path, uncached, off
     """A server whose ``run_blocking`` runs the work at once (unit tests):
     every batch read "in the thread pool" is ready before the read asks
     for it, and the read goes on rather than wait for a resume."""
-    from tests.storage_loopback import run_now
-    from twisted.internet.task import Clock
-
-    from wsstorage.blobstore import BlobStore
-
     clock = Clock()
     store = BlobStore.open(tmp_path / "s1")
     try:

@@ -48,7 +48,10 @@ LOCAL_READ_BATCHES = 1
 #: is an equal share of this budget among the running reads, between
 #: READ_AHEAD_MIN (one default block: cached batches are read in place
 #: only in whole blocks) and LOCAL_READ_AHEAD, so up to 32 at once read
-#: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).
+#: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).  The front
+#: end's downloads now read these stores in process (``_storage_client``),
+#: in batches of the same share: each holds at most two of them, and only
+#: while it waits for the disk.
 READ_AHEAD_BUDGET = 8 << 20
 READ_AHEAD_MIN = 64 << 10
 
