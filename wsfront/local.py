@@ -27,6 +27,7 @@ from wsfront.config import FrontendConfig
 from wsfront.service import FrontendService
 from wsfront.transfer import reader
 from wsfront.transfer.shares import fair_share
+from wsstorage.inprocess import InProcessClient
 from wsstorage.server import StorageServerFactory
 
 log = Logger()
@@ -47,7 +48,10 @@ LOCAL_READ_BATCHES = 1
 #: is an equal share of this budget among the running reads, between
 #: READ_AHEAD_MIN (one default block: cached batches are read in place
 #: only in whole blocks) and LOCAL_READ_AHEAD, so up to 32 at once read
-#: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).
+#: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).  The front
+#: end's downloads now read these stores in process (``_storage_client``),
+#: in batches of the same share: each holds at most two of them, and only
+#: while it waits for the disk.
 READ_AHEAD_BUDGET = 8 << 20
 READ_AHEAD_MIN = 64 << 10
 
@@ -109,6 +113,7 @@ class LocalClusterService(service.MultiService):
         self.out = out or sys.stdout
         self.storage_ports: dict[str, object] = {}
         self.stores: dict[str, object] = {}
+        self.factories: dict[str, LocalStorageFactory] = {}
         self.frontend: FrontendService | None = None
         self.login: tuple[str, str] | None = None
         self.ready: defer.Deferred = defer.Deferred()
@@ -148,6 +153,7 @@ class LocalClusterService(service.MultiService):
             )
             port = await serverFromString(self.reactor, "tcp:0:interface=127.0.0.1").listen(factory)
             self.storage_ports[name] = port
+            self.factories[name] = factory
             storage.append((name, f"tcp:127.0.0.1:{port.getHost().port}"))
         catalog_url = f"sqlite:///{self.data / 'catalog.sqlite'}"
         self.login = await self._demo_login(catalog_url)
@@ -164,11 +170,22 @@ class LocalClusterService(service.MultiService):
             # shared service against one account, not this.
             max_sessions_per_user=1024,
         )
-        self.frontend = FrontendService(self.reactor, config)
+        self.frontend = FrontendService(self.reactor, config, client_factory=self._storage_client)
         self.frontend.setServiceParent(self)
         await self.frontend.ready
         self._announce()
         return self
+
+    def _storage_client(self, name: str, endpoint: str):
+        """The front end's client of storage server ``name``: reads of a
+        server of this process come straight from its store, not through
+        a loopback socket (``wsstorage.inprocess``); the rest, and any
+        server the catalog lists that is not ours, over the wire."""
+        wire = self.frontend.storage_client(name, endpoint)
+        factory = self.factories.get(name)
+        if factory is None:
+            return wire
+        return InProcessClient(wire, factory)
 
     async def _demo_login(self, catalog_url: str) -> tuple[str, str]:
         """The demo user's login, created with a random password on first start."""

@@ -43,7 +43,7 @@ class FrontendService(service.Service):
     def __init__(self, reactor, config: FrontendConfig, client_factory=None) -> None:
         self.reactor = reactor
         self.config = config
-        self._client_factory = client_factory or self._storage_client
+        self._client_factory = client_factory or self.storage_client
         self.catalog = None
         self.pool: StoragePool | None = None
         self.transfers: Transfers | None = None
@@ -54,7 +54,9 @@ class FrontendService(service.Service):
         self.maintenance = None
         self.ready: defer.Deferred = defer.Deferred()
 
-    def _storage_client(self, name: str, endpoint: str):
+    def storage_client(self, name: str, endpoint: str):
+        """The wire-protocol client of storage server ``name`` (the default
+        ``client_factory``)."""
         from wsstorage.client import StorageClient
 
         # A busy storage server still sends keepalives every second; only ten

@@ -107,6 +107,18 @@ def storage_error(exc: BaseException) -> StorageError:
     return StorageError(f"internal error: {type(exc).__name__}: {exc}")
 
 
+def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tuple[Any, int, int]:
+    """A read handle of ``length`` bytes (None: to the end) of ``blob_id``
+    from ``offset``, with that length and the blob's size; InvalidOffset
+    past the end.  Blocking: for ``run_blocking``.  Shared by the wire's
+    ``read`` and the in-process reads (``wsstorage.inprocess``)."""
+    info = store.stat(blob_id)
+    n = info.size - offset if length is None else length
+    if offset > info.size or offset + n > info.size:
+        raise InvalidOffset(f"read of {n} bytes at {offset} is past the end ({info.size} bytes)")
+    return store.open_read(blob_id, offset, n), n, info.size
+
+
 def _int_field(req: dict[str, Any], name: str, *, optional: bool = False) -> int | None:
     value = req.get(name)
     if value is None and optional:
@@ -193,6 +205,9 @@ class StorageServerFactory(Factory):
         self.read_batches = read_batches
         #: Read streams open now (``_ReadStream``), for PIPELINED_STREAMS.
         self.read_streams = 0
+        #: Reads of this store by a client in this process, not over the
+        #: wire (``wsstorage.inprocess``): counted in ``active_streams``.
+        self.in_process_reads = 0
         #: What this server serves (``OPS``; a test drops some to play an
         #: older server).
         self.ops: tuple[str, ...] = OPS
@@ -237,7 +252,7 @@ class StorageServerFactory(Factory):
 
     @property
     def active_streams(self) -> int:
-        return sum(1 for c in self.connections if c.streaming)
+        return sum(1 for c in self.connections if c.streaming) + self.in_process_reads
 
 
 class StorageServerProtocol(Protocol):
@@ -586,17 +601,7 @@ class StorageServerProtocol(Protocol):
         offset = _int_field(req, "offset")
         length = _int_field(req, "length", optional=True)
         store = self.factory.store
-
-        def open_read() -> tuple[Any, int, int]:
-            info = store.stat(blob_id)
-            n = info.size - offset if length is None else length
-            if offset > info.size or offset + n > info.size:
-                raise InvalidOffset(
-                    f"read of {n} bytes at {offset} is past the end ({info.size} bytes)"
-                )
-            return store.open_read(blob_id, offset, n), n, info.size
-
-        handle, n, size = yield self._blocking(open_read)
+        handle, n, size = yield self._blocking(open_range, store, blob_id, offset, length)
         if self._state == "closed":
             handle.close()
             return None
@@ -1250,23 +1255,26 @@ class _ReadStream:
             framing.pause_until_drained(transport)  # this stream is its producer
 
     def _send_pieces(self, batch: list[bytes]) -> None:
-        """Send verified pieces, stopping at the read failpoint's exact byte."""
+        """Send verified pieces, stopping at the read failpoint's exact byte.
+
+        The frames are headers and views of the pieces (``data_frames``):
+        joined into one bytes (a TCP transport takes nothing else)."""
         transport = self.proto.transport
-        frames: list[bytes] = []
+        frames: list[bytes | memoryview] = []
         for data in batch:
             cut = _cut_at_failpoint("storage.read.bytes", _ProcessCounters.read, data)
             if len(cut) < len(data):
                 if cut:
                     frames.extend(framing.data_frames(self.rid, cut))
                     self._count(len(cut))
-                transport.writeSequence(frames)
+                transport.write(b"".join(frames))
                 frames = []
                 failpoints.hit("storage.read.bytes", _ProcessCounters.read)
                 data = data[len(cut) :]
             frames.extend(framing.data_frames(self.rid, data))
             self._count(len(data))
         if frames:
-            transport.writeSequence(frames)
+            transport.write(b"".join(frames))
 
     def _count(self, n: int) -> None:
         self.remaining -= n

@@ -1,0 +1,74 @@
+"""wslocal's front end reads its own storage servers in process.
+
+``LocalClusterService`` runs here on the test's reactor; curl uploads and
+downloads over HTTP.  The upload goes to the storage servers over the wire
+as in any deployment; the download is read straight from their stores
+(``wsstorage.inprocess``): no storage server sends a read stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.support import require_tool
+from wsfront.local import LocalClusterService, LocalOptions
+from wsstorage import server
+from wsstorage.inprocess import InProcessClient
+
+
+class _Quiet:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+async def curl(*args: str) -> bytes:
+    out, err, code = await getProcessOutputAndValue(
+        require_tool("curl"), ["-sS", "--fail", *args], env=os.environ
+    )
+    assert code == 0, err
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_wslocal_downloads_are_read_from_its_stores_in_process(tmp_path, monkeypatch):
+    options = LocalOptions()
+    options.parseOptions(
+        ["--data", str(tmp_path / "data"), "--ftp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1"]
+    )  # fmt: skip
+    cluster = LocalClusterService(reactor, options, out=_Quiet())
+    cluster.startService()
+    try:
+        await cluster.ready
+        pool = cluster.frontend.pool
+        assert all(isinstance(pool.client(n), InProcessClient) for n in pool.names())
+        streams: list[int] = []
+        init = server._ReadStream.__init__
+
+        def counting(self, proto, rid, handle, length):
+            streams.append(length)
+            init(self, proto, rid, handle, length)
+
+        monkeypatch.setattr(server._ReadStream, "__init__", counting)
+        payload = os.urandom(5 * 1024 * 1024 + 321)
+        src = tmp_path / "src.bin"
+        src.write_bytes(payload)
+        name, password = cluster.login
+        address = cluster.frontend.address("http")
+        url = f"http://{name}:{password}@127.0.0.1:{address.port}/f.bin"
+        await curl("-T", str(src), url)
+        got = await curl(url)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        part = await curl("-r", "100000-2200000", url)
+        assert part == payload[100000:2200001]
+        assert streams == []
+    finally:
+        await cluster.stopService()

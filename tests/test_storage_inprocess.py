@@ -1,0 +1,284 @@
+"""Reads of a storage server in this process, straight from its store.
+
+``wslocal`` gives its front end ``InProcessClient``s of its own servers
+(``wsfront.local``): reads come from the store, everything else goes over
+the wire.  The storage contract holds for them as for the wire client; and
+a read through them moves no byte over the server's socket, holds back
+while paused, fails with NodeUnavailable once the server stopped serving
+(so the front end fails over), and goes over the wire while the
+``storage.read.bytes`` failpoint is armed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+
+from tests.storage_contract import (
+    Collector,
+    StorageContract,
+    get,
+    new_id,
+    pattern,
+    put,
+    refused,
+    sha,
+)
+from tests.storage_loopback import run_now
+from tests.test_storage_contract_real import SECRET, RealStorage
+from wsfront.transfer.errors import NoReplicasAvailable
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsstorage import failpoints, server
+from wsstorage.blobstore import BlobReadHandle, BlobStore
+from wsstorage.client import StorageClient
+from wsstorage.errors import ChecksumError, NodeUnavailable
+from wsstorage.inprocess import InProcessClient
+from wsstorage.service import start_storage_server
+
+MiB = 1 << 20
+
+
+class InProcessStorage(RealStorage):
+    """Real servers in this process, reached by in-process clients."""
+
+    def client(self, name: str) -> InProcessClient:
+        wire = StorageClient(reactor, name, self.endpoint(name), SECRET, idle_timeout=10)
+        self.clients.append(wire)
+        return InProcessClient(wire, self.servers[name].factory)
+
+
+@pytest_twisted.async_yield_fixture
+async def inprocess_storage(tmp_path):
+    servers = {}
+    for name in InProcessStorage.names:
+        servers[name] = await start_storage_server(
+            reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / name), name, SECRET
+        )
+    storage = InProcessStorage(servers)
+    yield storage
+    for c in storage.clients:
+        await c.close()
+    for s in servers.values():
+        if s.port.connected:
+            await s.stop()
+        else:
+            s.store.close()
+
+
+class TestInProcessContract(StorageContract):
+    @pytest.fixture
+    def storage(self, inprocess_storage):
+        return inprocess_storage
+
+
+@pytest.fixture
+def uncached(monkeypatch):
+    """Every block as if it were not in the page cache: in-process reads
+    then read every batch in the thread pool (``nowait`` reads refuse)."""
+    read_into = BlobReadHandle.read_into
+    nowait_reads = []
+
+    def not_cached(self, buffer, nowait=False):
+        if nowait:
+            nowait_reads.append(len(buffer))
+            raise BlockingIOError("not in the page cache")
+        return read_into(self, buffer)
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", not_cached)
+    return nowait_reads
+
+
+class TestInProcessFromDiskContract(StorageContract):
+    """The contract again with every batch read in the thread pool."""
+
+    @pytest.fixture
+    def storage(self, inprocess_storage, uncached):
+        return inprocess_storage
+
+
+@pytest.fixture(params=["cached", "disk"])
+def mode(request):
+    if request.param == "disk":
+        request.getfixturevalue("uncached")
+    return request.param
+
+
+def _wire_reads(monkeypatch) -> list[int]:
+    """Record the lengths of the read streams the servers send."""
+    streams: list[int] = []
+    init = server._ReadStream.__init__
+
+    def counting(self, proto, rid, handle, length):
+        streams.append(length)
+        init(self, proto, rid, handle, length)
+
+    monkeypatch.setattr(server._ReadStream, "__init__", counting)
+    return streams
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_come_from_the_store_not_the_socket(inprocess_storage, monkeypatch, mode):
+    client = inprocess_storage.client("s1")
+    data = pattern(3 * MiB + 12345, 5)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    streams = _wire_reads(monkeypatch)
+    # Unaligned starts and ends, a whole blob, a single byte.
+    for offset, length in [(0, None), (70_001, 2 * MiB + 3), (len(data) - 1, 1)]:
+        end = len(data) if length is None else offset + length
+        assert await get(client, blob, offset, length) == data[offset:end]
+    assert streams == []
+    assert inprocess_storage.servers["s1"].factory.in_process_reads == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_read_holds_no_more_than_two_batches(inprocess_storage, mode):
+    """While paused nothing reaches the consumer and nothing more is read:
+    what the read holds is the batch being written and at most one read
+    ahead, and the server counts it as an active stream meanwhile."""
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    data = pattern(16 * MiB, 6)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    sink = Collector(pause_after=1)
+    reading = client.read(blob, 0, None, sink)
+    at_pause = await sink.paused
+    for _ in range(20):
+        await deferLater(reactor, 0.001, lambda: None)
+    assert not reading.called
+    assert sink.count == at_pause <= factory.read_ahead
+    read = sink.producer
+    assert read.handle.offset - sink.count <= 2 * factory.read_ahead
+    assert factory.active_streams == 1
+    sink.producer.resumeProducing()
+    assert await reading == len(data)
+    assert sha(sink.data()) == sha(data)
+    assert factory.active_streams == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_of_a_stopped_server_fails_as_unavailable(inprocess_storage, mode):
+    client = inprocess_storage.client("s1")
+    data = pattern(2 * MiB, 7)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    sink = Collector(pause_after=1)
+    reading = client.read(blob, 0, None, sink)
+    await sink.paused
+    await inprocess_storage.servers["s1"].port.stopListening()
+    sink.producer.resumeProducing()
+    await refused(reading, NodeUnavailable)
+    assert sink.producer is None and sink.events == ["register", "unregister"]
+    await refused(client.read(blob, 0, None, Collector()), NodeUnavailable)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_read_stops_and_closes_its_handle(inprocess_storage, mode):
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    data = pattern(4 * MiB, 8)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    sink = Collector(pause_after=1)
+    reading = client.read(blob, 0, None, sink)
+    at_pause = await sink.paused
+    read = sink.producer
+    reading.cancel()
+    await refused_cancel(reading)
+    assert sink.producer is None and sink.events == ["register", "unregister"]
+    assert factory.active_streams == 0
+    await read.closed  # at once, or once the batch a thread reads is in
+    assert read.handle is None and sink.count == at_pause
+
+
+async def refused_cancel(d: defer.Deferred) -> None:
+    with pytest.raises(defer.CancelledError):
+        await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_go_over_the_wire_while_the_read_failpoint_is_armed(
+    inprocess_storage, monkeypatch
+):
+    client = inprocess_storage.client("s1")
+    data = pattern(MiB, 9)
+    blob = new_id()
+    await put(client, blob, data)
+    streams = _wire_reads(monkeypatch)
+    armed = failpoints.Failpoints(f"storage.read.bytes=raise@{1 << 40}")
+    monkeypatch.setattr(failpoints, "_global", armed)
+    assert await get(client, blob) == data
+    assert streams == [len(data)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_fails_over_from_a_damaged_or_stopped_local_replica(
+    inprocess_storage, mode
+):
+    """The front end's reader, over in-process clients: a damaged block on
+    one replica is read from the other, reported as damage, and the
+    download is whole; with one replica stopped the other serves it."""
+    storage = inprocess_storage
+    pool = StoragePool(reactor)
+    for name in storage.names:
+        pool.add(name, storage.endpoint(name), storage.client(name))
+    bs = storage.block_size
+    data = pattern(8 * bs + 99, 10)
+    blob = new_id()
+    for name in storage.names:
+        await put(pool.client(name), blob, data)
+    storage.corrupt("s1", blob, 5 * bs + 3)
+    damaged = []
+    extents = [ReadExtent(blob, 0, len(data), ("s1", "s2"))]
+
+    class Order:
+        def __getattr__(self, name):
+            return getattr(pool, name)
+
+        def order_for_read(self, replicas, spread=0):
+            return list(replicas)
+
+    stream = ReadStream(reactor, Order(), extents, on_damage=lambda b, n: damaged.append((b, n)))
+    sink = Collector()
+    assert await stream.start(sink) == len(data)
+    assert sink.data() == data and damaged == [(blob, "s1")]
+    assert stream.failovers == 1
+
+    await storage.servers["s2"].port.stopListening()
+    stream = ReadStream(reactor, Order(), [ReadExtent(blob, 0, 4 * bs, ("s2", "s1"))])
+    sink = Collector()
+    assert await stream.start(sink) == 4 * bs
+    assert sink.data() == data[: 4 * bs] and not pool.is_up("s2")
+    stream = ReadStream(reactor, Order(), extents)
+    with pytest.raises(NoReplicasAvailable, match=ChecksumError.__name__):
+        await stream.start(Collector())
+
+
+@pytest.mark.parametrize("offset", [0, 100_003])
+def test_reads_work_with_a_run_blocking_that_runs_inline(tmp_path, uncached, offset):
+    """A server whose ``run_blocking`` runs the work at once (unit tests):
+    every batch read "in the thread pool" is ready before the read asks
+    for it, and the read goes on rather than wait for a resume."""
+    clock = Clock()
+    store = BlobStore.open(tmp_path / "s1")
+    try:
+        factory = server.StorageServerFactory(clock, store, "s1", SECRET, run_blocking=run_now)
+        factory.doStart()  # as if listening
+        data = pattern(3 * MiB + 5, 11)
+        handle = store.open_write("b1", 1, 0, {})
+        handle.write(data)
+        handle.seal()
+        handle.close()
+        client = InProcessClient(StorageClient(clock, "s1", "tcp:127.0.0.1:1", SECRET), factory)
+        sink = Collector()
+        reading = client.read("b1", offset, None, sink)
+        clock.advance(0)
+        assert reading.called and reading.result == len(data) - offset
+        assert sink.data() == data[offset:]
+        assert uncached  # the page cache was tried, and refused
+    finally:
+        store.close()
