@@ -212,7 +212,7 @@ def _resident_pages(path: str) -> list[bool]:
     return [bool(v & 1) for v in vec]
 
 
-def _advice_frees_pages_here(directory) -> bool:
+def advice_frees_pages_here(directory) -> bool:
     """Whether DONTNEED frees synced pages on this file system (not on tmpfs)."""
     path = os.path.join(directory, "probe")
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
@@ -229,7 +229,7 @@ def _advice_frees_pages_here(directory) -> bool:
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise")
 def test_synced_pages_leave_the_page_cache_and_unsynced_ones_stay(tmp_path) -> None:
-    if not _advice_frees_pages_here(tmp_path):
+    if not advice_frees_pages_here(tmp_path):
         pytest.skip("this file system keeps pages despite DONTNEED (tmpfs?)")
     store = BlobStore.open(tmp_path / "d")
     w = store.open_write("b", 1, 0, {})
