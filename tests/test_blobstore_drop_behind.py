@@ -16,11 +16,13 @@ import pytest
 
 from tests.storage_loopback import Rig
 from tests.test_storage_server import read_all, write_blob
-from wsstorage.blobstore import DROP_BEHIND, BlobStore
+from wsstorage.blobstore import BlobStore
 from wsstorage.fsops import OsFileSystem
 from wsstorage.fsshims import RecordingFileSystem
 
 MIB = 1 << 20
+#: The least run these tests turn drop-behind on with (off by default).
+RUN = MIB
 PAGE = mmap.PAGESIZE
 
 
@@ -29,6 +31,7 @@ def data(n: int, seed: int = 0) -> bytes:
 
 
 def open_store(tmp_path, **kw) -> tuple[BlobStore, RecordingFileSystem]:
+    kw.setdefault("drop_behind", RUN)
     fs = RecordingFileSystem()
     return BlobStore.open(tmp_path / "d", fs=fs, **kw), fs
 
@@ -99,14 +102,14 @@ def test_a_run_below_the_threshold_waits_for_more(tmp_path) -> None:
 
 def test_a_blob_smaller_than_the_threshold_keeps_its_cache(tmp_path) -> None:
     store, fs = open_store(tmp_path)
-    for blob_id, n in (("inline", 200 * 1024), ("synced", DROP_BEHIND - 1)):
+    for blob_id, n in (("inline", 200 * 1024), ("synced", RUN - 1)):
         w = store.open_write(blob_id, 1, 0, {})
         w.write(data(n))
         if blob_id == "synced":
             w.sync()
         w.seal()
     assert fs.drops == []
-    assert read_blob(store, "synced") == data(DROP_BEHIND - 1)
+    assert read_blob(store, "synced") == data(RUN - 1)
     store.close()
 
 
@@ -159,7 +162,7 @@ def test_storage_server_stream_flush_commit_and_copy_drop_behind(tmp_path) -> No
     """Through the server: a write stream's checkpoint and commit, a put,
     and a repair copy from a peer all take the same path."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", fs=fs)
+    store = BlobStore.open(tmp_path / "d", fs=fs, drop_behind=RUN)
     rig = Rig(store=store)
     body = data(4 * MIB + 3)
     w = rig.result(rig.client.write("b1", 1, 0, {}))
@@ -231,7 +234,7 @@ def advice_frees_pages_here(directory) -> bool:
 def test_synced_pages_leave_the_page_cache_and_unsynced_ones_stay(tmp_path) -> None:
     if not advice_frees_pages_here(tmp_path):
         pytest.skip("this file system keeps pages despite DONTNEED (tmpfs?)")
-    store = BlobStore.open(tmp_path / "d")
+    store = BlobStore.open(tmp_path / "d", drop_behind=RUN)
     w = store.open_write("b", 1, 0, {})
     w.write(data(2 * MIB))
     w.sync()

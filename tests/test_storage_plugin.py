@@ -59,7 +59,7 @@ def _base(tmp_path) -> list[str]:
 def test_wsstorage_drop_behind_option_is_parsed_and_checked(tmp_path) -> None:
     defaults = Options()
     defaults.parseOptions(_base(tmp_path))
-    assert defaults["drop-behind-kib"] == DROP_BEHIND // 1024 == 1024
+    assert defaults["drop-behind-kib"] == DROP_BEHIND // 1024 == 0
     off = Options()
     off.parseOptions([*_base(tmp_path), "--drop-behind-kib", "0"])
     assert off["drop-behind-kib"] == 0
@@ -94,7 +94,7 @@ def test_wslocal_drop_behind_option_is_parsed_and_checked() -> None:
 
 
 def test_wslocal_opens_its_stores_with_the_drop_behind_setting(tmp_path) -> None:
-    for given, expected in ((None, DROP_BEHIND), ("0", 0)):
+    for given, expected in ((None, DROP_BEHIND), ("1024", 1 << 20)):
         opts = LocalOptions()
         extra = [] if given is None else ["--drop-behind-kib", given]
         opts.parseOptions(["--data", str(tmp_path / f"w{given}"), *extra])

@@ -17,7 +17,6 @@ from tests.support import free_port
 from tests.test_blobstore_drop_behind import advice_frees_pages_here
 from tests.transfer_env import sha256
 from wsstorage import server as server_mod
-from wsstorage.blobstore import DROP_BEHIND
 from wsstorage.client import StorageClient
 from wsstorage.service import start_storage_server
 
@@ -52,7 +51,7 @@ def tcp_server(tmp_path):
 @pytest.fixture
 def dropping_server(tmp_path):
     """A server with the default drop-behind."""
-    yield from serve(tmp_path, drop_behind=DROP_BEHIND)
+    yield from serve(tmp_path, drop_behind=1 << 20)
 
 
 async def wait_for(condition, timeout: float = 10.0) -> None:

@@ -81,7 +81,7 @@ class LocalStorageFactory(StorageServerFactory):
 
 class LocalOptions(usage.Options):
     """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]
-    [--drop-behind-kib 1024]``"""
+    [--drop-behind-kib 0]``"""
 
     optParameters = [
         ["data", None, "./wsfs-data", "folder holding every server's data and the catalog"],
@@ -92,7 +92,7 @@ class LocalOptions(usage.Options):
         [
             "drop-behind-kib",
             None,
-            "1024",  # wsstorage.blobstore.DROP_BEHIND, not imported here
+            "0",  # wsstorage.blobstore.DROP_BEHIND (off), not imported here
             "storage servers drop the page cache behind each run of this many KiB "
             "made durable (0: keep it)",
         ],

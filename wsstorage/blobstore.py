@@ -70,9 +70,10 @@ seldom read back soon, and fresh page-cache pages are what a write pays
 most for in the kernel: reusing pages just freed is far cheaper than
 growing the cache (on a VM with free-page reporting, a 1 GiB write spent
 0.35 s of system CPU instead of 2 s).  A later read misses the cache and
-reads the disk.  ``BlobStore.open(drop_behind=0)`` turns it off; blobs
-smaller than it keep their pages (a small file is the likeliest to be read
-again soon, and a cold read of one costs a seek, not bandwidth).
+reads the disk.  It is off by default (``DROP_BEHIND``); with
+``BlobStore.open(drop_behind=N)`` blobs smaller than N keep their pages
+(a small file is the likeliest to be read again soon, and a cold read of
+one costs a seek, not bandwidth).
 """
 
 from __future__ import annotations
@@ -130,8 +131,12 @@ __all__ = ["BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 #: Most bytes one ``BlobReadHandle.read`` reads from disk (one block if larger).
 MAX_READ_SPAN = 1024 * 1024
-#: Default least run of synced bytes whose page cache is dropped (0: never).
-DROP_BEHIND = 1024 * 1024
+#: Default least run of synced bytes whose page cache is dropped: 0, never.
+#: Off by default: dropping moves the kernel's page cost from the writes
+#: (every replica) to the first read of the file (one replica), and a GET
+#: just after a PUT then reads the disk (bench/http.py: GET fell from
+#: 0.92-1.18 to 0.40-0.77 of static.File).  1024 KiB is a good run when on.
+DROP_BEHIND = 0
 _PAGE = mmap.PAGESIZE
 
 
