@@ -434,6 +434,16 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     # sites run in this process.
     phase = ["wsfs"]
     peaks = {"wsfs": [0.0, 0], "static.File": [0.0, 0]}
+    # RSS never falls back much once reached (freed heap stays mapped), so a
+    # site's peak can be memory an earlier phase of the other site left: per
+    # round, workload and site, the RSS at the phase's start and its peak.
+    phases: list[list] = []
+
+    def enter(site: str, workload: str, round_no: int) -> None:
+        phase[0] = site
+        rss = rss_mb()
+        phases.append([round_no, workload, site, rss, rss])
+
     get_cpu: dict[str, list[float]] = {"wsfs": [], "static.File": []}
 
     def sample():
@@ -442,33 +452,35 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         mine = peaks[phase[0]]
         mine[0] = max(mine[0], rss)
         mine[1] = max(mine[1], unsent_bytes(reactor))
+        if phases:
+            phases[-1][4] = max(phases[-1][4], rss)
 
     sampler = task.LoopingCall(sample)
     sampler.start(0.05)
-    for _ in range(args.rounds):
+    for round_no in range(1, args.rounds + 1):
         if "get" in wanted:
             # The front end's CPU per GiB sent (both sites are this
             # process): steadier than MB/s on a shared machine.
-            phase[0] = "wsfs"
+            enter("wsfs", "get", round_no)
             before = sum(cpu_self())
             t_ws = await timed_get(ws, auth, "big.bin")
             middle = sum(cpu_self())
-            phase[0] = "static.File"
+            enter("static.File", "get", round_no)
             t_st = await timed_get(st, [], "big.bin")
             get_cpu["wsfs"].append((middle - before) / gib)
             get_cpu["static.File"].append((sum(cpu_self()) - middle) / gib)
             record("GET big", "static.File", "MB/s", big / t_ws / 1e6, big / t_st / 1e6)
         if "concurrent" in wanted:
-            phase[0] = "wsfs"
+            enter("wsfs", "concurrent", round_no)
             t_ws = await concurrent(ws, auth)
-            phase[0] = "static.File"
+            enter("static.File", "concurrent", round_no)
             t_st = await concurrent(st, [])
             n = args.clients * mid / 1e6
             record(f"{args.clients} x GET 10 MiB", "static.File", "MB/s", n / t_ws, n / t_st)
         if "small" in wanted:
-            phase[0] = "wsfs"
+            enter("wsfs", "small", round_no)
             t_ws = await keepalive("wsfs", ws, auth)
-            phase[0] = "static.File"
+            enter("static.File", "small", round_no)
             t_st = await keepalive("static", st, [])
             record(
                 f"{args.small} x GET 4 KiB keep-alive",
@@ -511,6 +523,9 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
     for name, (rss, _) in peaks.items():
         print(f"{'  while GETs from ' + name + ' run':<{width}}  {rss:10.1f} MB")
+    for round_no, workload, site, start, top in phases:
+        label = f"  round {round_no} {workload}, {site}: start, peak"
+        print(f"{label:<{width}}  {start:10.1f} {top:10.1f} MB")
     for name, (_, unsent) in peaks.items():
         label = f"  peak unsent in transports, {name}"
         print(f"{label:<{width}}  {unsent / MiB:10.1f} MiB")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.python import usage
 
 from tests.support import TWISTD, python_env
-from wsstorage.service import Options
+from wsfront.local import LocalClusterService, LocalOptions
+from wsstorage.blobstore import DROP_BEHIND
+from wsstorage.service import Options, StorageService
 
 
 def test_twistd_help_lists_the_wsstorage_plugin() -> None:
@@ -45,3 +49,57 @@ def test_wsstorage_read_ahead_options_are_parsed_and_checked(tmp_path) -> None:
     for bad in (["--read-batches", "0"], ["--read-ahead-kib", "x"], ["--read-ahead-kib", "1"]):
         with pytest.raises(usage.UsageError):
             Options().parseOptions([*base, *bad])
+
+
+def _base(tmp_path) -> list[str]:
+    base = ["--listen", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path / "d")]
+    return [*base, "--name", "s1", "--secret-file", str(tmp_path / "secret")]
+
+
+def test_wsstorage_drop_behind_option_is_parsed_and_checked(tmp_path) -> None:
+    defaults = Options()
+    defaults.parseOptions(_base(tmp_path))
+    assert defaults["drop-behind-kib"] == DROP_BEHIND // 1024 == 0
+    off = Options()
+    off.parseOptions([*_base(tmp_path), "--drop-behind-kib", "0"])
+    assert off["drop-behind-kib"] == 0
+    for bad in ("-1", "x"):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions([*_base(tmp_path), "--drop-behind-kib", bad])
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsstorage_service_opens_its_store_with_the_drop_behind_setting(tmp_path) -> None:
+    for given, expected in ((None, DROP_BEHIND), ("0", 0), ("4096", 4 << 20)):
+        opts = Options()
+        extra = [] if given is None else ["--drop-behind-kib", given]
+        opts.parseOptions([*_base(tmp_path), *extra])
+        service = StorageService(reactor, opts)
+        service.startService()
+        await service._starting
+        try:
+            assert service.running_server.store.drop_behind == expected
+        finally:
+            await service.stopService()
+
+
+def test_wslocal_drop_behind_option_is_parsed_and_checked() -> None:
+    assert LocalOptions()["drop-behind-kib"] == str(DROP_BEHIND // 1024)
+    opts = LocalOptions()
+    opts.parseOptions(["--drop-behind-kib", "0"])
+    assert opts["drop-behind-kib"] == 0
+    for bad in ("-1", "x"):
+        with pytest.raises(usage.UsageError):
+            LocalOptions().parseOptions(["--drop-behind-kib", bad])
+
+
+def test_wslocal_opens_its_stores_with_the_drop_behind_setting(tmp_path) -> None:
+    for given, expected in ((None, DROP_BEHIND), ("1024", 1 << 20)):
+        opts = LocalOptions()
+        extra = [] if given is None else ["--drop-behind-kib", given]
+        opts.parseOptions(["--data", str(tmp_path / f"w{given}"), *extra])
+        store = LocalClusterService(reactor, opts).open_store("s1")
+        try:
+            assert store.drop_behind == expected
+        finally:
+            store.close()

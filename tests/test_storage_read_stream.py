@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor, task
 
 from tests.storage_procs import DrainConsumer, pattern, write_blob
 from tests.support import free_port
+from tests.test_blobstore_drop_behind import advice_frees_pages_here
 from tests.transfer_env import sha256
 from wsstorage import server as server_mod
 from wsstorage.client import StorageClient
@@ -22,18 +23,35 @@ from wsstorage.service import start_storage_server
 MiB = 1 << 20
 
 
-@pytest.fixture
-def tcp_server(tmp_path):
+def serve(tmp_path, drop_behind: int):
     port = free_port()
     running = pytest_twisted.blockon(
         start_storage_server(
-            reactor, f"tcp:{port}:interface=127.0.0.1", str(tmp_path / "d"), "s1", b"k" * 32
+            reactor,
+            f"tcp:{port}:interface=127.0.0.1",
+            str(tmp_path / "d"),
+            "s1",
+            b"k" * 32,
+            drop_behind=drop_behind,
         )
     )
     client = StorageClient(reactor, "s1", f"tcp:127.0.0.1:{port}", b"k" * 32, idle_timeout=30)
     yield running, client
     pytest_twisted.blockon(client.close())
     pytest_twisted.blockon(running.stop())
+
+
+@pytest.fixture
+def tcp_server(tmp_path):
+    """A server that keeps what is written in the page cache (no
+    drop-behind), as the tests of cached reads need."""
+    yield from serve(tmp_path, drop_behind=0)
+
+
+@pytest.fixture
+def dropping_server(tmp_path):
+    """A server with the default drop-behind."""
+    yield from serve(tmp_path, drop_behind=1 << 20)
 
 
 async def wait_for(condition, timeout: float = 10.0) -> None:
@@ -152,7 +170,7 @@ def test_read_ahead_settings_are_checked() -> None:
 async def test_a_cached_batch_is_read_in_the_reactor_thread_and_the_rest_by_a_task(
     tcp_server, monkeypatch
 ):
-    """A blob just written is in the page cache: a one-batch read needs no
+    """A blob just written is in the page cache (without drop-behind): a one-batch read needs no
     reading task; a longer one has its first batch read by the reactor
     thread and the rest by one task, which reads them while the first is
     sent, into reused buffers.  An unaligned range cannot be read in place
@@ -241,3 +259,33 @@ async def test_with_two_read_streams_cached_batches_are_all_read_in_the_reactor_
     assert await held == size
     assert sink.sha.hexdigest() == sha256(data)
     await wait_for(lambda: running.factory.read_streams == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_dropped_behind_its_writes_is_read_from_disk_whole(
+    dropping_server, monkeypatch, tmp_path
+):
+    """With drop-behind a blob just written is not in the page cache: its
+    read misses the reactor thread's cached path, goes to a reading task
+    from its first batch, and still arrives whole and verified."""
+    if not advice_frees_pages_here(tmp_path):
+        pytest.skip("this file system keeps pages despite DONTNEED (tmpfs?)")
+    _running, client = dropping_server
+    tasks = []
+    fetch = server_mod._ReadStream._fetch
+
+    def counting(stream):
+        tasks.append(stream.rid)
+        return fetch(stream)
+
+    monkeypatch.setattr(server_mod._ReadStream, "_fetch", counting)
+    size = 8 * MiB + 4321
+    data = pattern(size, seed=12)
+    await write_blob(client, "cold", data, chunk=MiB)
+    sink = DrainConsumer()
+    assert await client.read("cold", 5 * MiB, MiB, sink) == MiB
+    assert sink.sha.hexdigest() == sha256(data[5 * MiB : 6 * MiB])
+    assert len(tasks) == 1  # a cached one-batch read needs none
+    sink = DrainConsumer()
+    assert await client.read("cold", 0, None, sink) == size
+    assert sink.sha.hexdigest() == sha256(data)

@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.application import service
 from twisted.internet import defer
@@ -29,6 +30,9 @@ from wsfront.transfer import reader
 from wsfront.transfer.shares import fair_share
 from wsstorage.inprocess import InProcessClient
 from wsstorage.server import StorageServerFactory
+
+if TYPE_CHECKING:
+    from wsstorage.blobstore import BlobStore
 
 log = Logger()
 DEMO_USER = "demo"
@@ -80,7 +84,8 @@ class LocalStorageFactory(StorageServerFactory):
 
 
 class LocalOptions(usage.Options):
-    """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]``"""
+    """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]
+    [--drop-behind-kib 0]``"""
 
     optParameters = [
         ["data", None, "./wsfs-data", "folder holding every server's data and the catalog"],
@@ -88,14 +93,23 @@ class LocalOptions(usage.Options):
         ["http", None, "tcp:8080:interface=127.0.0.1", "HTTP endpoint"],
         ["nodes", None, "3", "storage servers to run"],
         ["replicas", None, "2", "replicas of every file"],
+        [
+            "drop-behind-kib",
+            None,
+            "0",  # wsstorage.blobstore.DROP_BEHIND (off), not imported here
+            "storage servers drop the page cache behind each run of this many KiB "
+            "made durable (0: keep it)",
+        ],
     ]
 
     def postOptions(self) -> None:
-        for name in ("nodes", "replicas"):
+        for name in ("nodes", "replicas", "drop-behind-kib"):
             try:
                 self[name] = int(self[name])
             except ValueError as e:
                 raise usage.UsageError(f"--{name} must be a whole number") from e
+        if self["drop-behind-kib"] < 0:
+            raise usage.UsageError("--drop-behind-kib must not be negative")
         if self["nodes"] < 1:
             raise usage.UsageError("--nodes must be at least 1")
         if not 1 <= self["replicas"] <= self["nodes"]:
@@ -134,14 +148,13 @@ class LocalClusterService(service.MultiService):
 
     async def _start(self) -> LocalClusterService:
         from wsstorage.auth import ensure_secret
-        from wsstorage.blobstore import BlobStore
 
         self.data.mkdir(parents=True, exist_ok=True)
         secret, _ = ensure_secret(self.data / "secret")
         storage = []
         for i in range(1, self.options["nodes"] + 1):
             name = f"s{i}"
-            store = BlobStore.open(self.data / "storage" / name)
+            store = self.open_store(name)
             self.stores[name] = store
             factory = LocalStorageFactory(
                 self.reactor,
@@ -186,6 +199,13 @@ class LocalClusterService(service.MultiService):
         if factory is None:
             return wire
         return InProcessClient(wire, factory)
+
+    def open_store(self, name: str) -> BlobStore:
+        """Open storage server ``name``'s blob store, with the options' drop-behind."""
+        from wsstorage.blobstore import BlobStore
+
+        drop_behind = self.options["drop-behind-kib"] * 1024
+        return BlobStore.open(self.data / "storage" / name, drop_behind=drop_behind)
 
     async def _demo_login(self, catalog_url: str) -> tuple[str, str]:
         """The demo user's login, created with a random password on first start."""

@@ -95,6 +95,21 @@ class OsFileSystem:
         file whose name is made durable separately (``fsync_dir``)."""
         os.fdatasync(fd)
 
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        """Ask the kernel to drop the page cache of ``[offset, offset +
+        length)`` (``length`` 0: to the end of the file), which the caller
+        has synced: ``POSIX_FADV_DONTNEED``.  Clean pages are freed; a page
+        still dirty is only queued for writeback, so syncing first is what
+        makes this free anything.  Advice only: a platform without it does
+        nothing, and a failure is not an error of the write it follows."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        try:
+            advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
 

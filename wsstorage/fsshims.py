@@ -22,10 +22,13 @@ class RecordingFileSystem(OsFileSystem):
     """Records every mutating call as ``(op, path)``; paths are basenames.
 
     ``fsync`` and ``fdatasync`` are recorded under their own names, so a
-    test can count each kind of flush."""
+    test can count each kind of flush.  ``drop_cache`` is recorded as
+    ``("drop", path)`` in ``calls`` (its place among the syncs) and with its
+    range in ``drops`` as ``(path, offset, length)``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.drops: list[tuple[str, int, int]] = []
         self.paths: dict[int, str] = {}
 
     def _name(self, fd: int) -> str:
@@ -64,6 +67,11 @@ class RecordingFileSystem(OsFileSystem):
     def fdatasync(self, fd: int) -> None:
         self.calls.append(("fdatasync", self._name(fd)))
         super().fdatasync(fd)
+
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        self.calls.append(("drop", self._name(fd)))
+        self.drops.append((self._name(fd), offset, length))
+        super().drop_cache(fd, offset, length)
 
     def ftruncate(self, fd: int, length: int) -> None:
         self.calls.append(("truncate", self._name(fd)))

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsstorage import allocator, auth
-from wsstorage.blobstore import BlobStore
+from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.records import BLOB_ID_RE
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
@@ -58,15 +58,17 @@ def start_storage_server(
     data_dir: str,
     name: str,
     secret: bytes,
+    drop_behind: int = DROP_BEHIND,
     **factory_kw: Any,
 ) -> Any:
     """Open the store under ``data_dir`` (in a thread) and listen on ``endpoint``
     (a server endpoint string such as ``tcp:0:interface=127.0.0.1``).
+    ``drop_behind`` is the store's (``BlobStore.open``).
 
     Fires with a RunningServer."""
     allocator.tune()
     store = yield threads.deferToThreadPool(
-        reactor, reactor.getThreadPool(), BlobStore.open, data_dir
+        reactor, reactor.getThreadPool(), BlobStore.open, data_dir, drop_behind=drop_behind
     )
     try:
         factory = StorageServerFactory(reactor, store, name, secret, **factory_kw)
@@ -104,6 +106,12 @@ class Options(usage.Options):
             "KiB a read stream reads ahead per batch",
         ],
         ["read-batches", None, str(READ_BATCHES), "read-ahead batches a read stream keeps ready"],
+        [
+            "drop-behind-kib",
+            None,
+            str(DROP_BEHIND // 1024),
+            "drop the page cache behind each run of this many KiB made durable (0: keep it)",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -119,7 +127,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a number") from None
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
-        for name, least in (("read-ahead-kib", 4), ("read-batches", 1)):
+        for name, least in (("read-ahead-kib", 4), ("read-batches", 1), ("drop-behind-kib", 0)):
             try:
                 self[name] = int(self[name])
             except ValueError:
@@ -158,6 +166,7 @@ class StorageService(Service):
             opts["data"],
             opts["name"],
             opts.secret,
+            drop_behind=opts["drop-behind-kib"] * 1024,
             read_ahead=opts["read-ahead-kib"] * 1024,
             read_batches=opts["read-batches"],
         )
