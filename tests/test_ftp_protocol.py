@@ -163,6 +163,21 @@ async def test_too_long_line_gets_500_and_the_session_goes_on(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_replies_go_into_an_idle_socket_at_once(ftp):
+    """A reply over plain TCP is sent by the call that makes it, not left
+    in the transport for the reactor's next turn (the client waits for it
+    before its next command); the client reads it as usual."""
+    from wsstorage import framing
+
+    c = await ftp.client()
+    (session,) = ftp.factory.sessions
+    session.reply(200, "Sent at once")
+    assert framing.transport_idle(session.transport)
+    assert await c.reply() == (200, "Sent at once")
+    assert await c.cmd("NOOP") == (200, "NOOP ok")
+
+
+@pytest_twisted.ensureDeferred
 async def test_pipelined_commands_are_answered_in_order(ftp):
     c = await ftp.client()
     c.send("MKD /p")

@@ -504,3 +504,23 @@ async def test_a_backlog_of_tiny_writes_pauses_its_producer_by_the_parts_it_hold
     assert await w.flush() == written
     assert (await w.commit()).size == written
     assert await read_sha(client, "tiny") == (hashlib.sha256(data[:written]).hexdigest(), written)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_go_into_an_idle_socket_at_once(client, monkeypatch) -> None:
+    """A reply (here a put's and a stat's) is sent into the socket by the
+    call that makes it, not left in the transport for the reactor's next
+    turn: the client is waiting for it."""
+    idle_after = []
+    real_send = server_module.StorageServerProtocol._send
+
+    def watching_send(self, ftype, rid, body):
+        real_send(self, ftype, rid, body)
+        if ftype == framing.REPLY:
+            idle_after.append(framing.transport_idle(self.transport))
+
+    monkeypatch.setattr(server_module.StorageServerProtocol, "_send", watching_send)
+    info = await client.put("replied", 1, {}, b"x" * 4096)
+    assert info.size == 4096 and info.sealed
+    assert (await client.stat("replied")).size == 4096
+    assert idle_after == [True, True]

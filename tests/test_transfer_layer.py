@@ -402,3 +402,31 @@ async def test_a_draining_front_end_takes_no_new_sessions_and_says_so_per_protoc
         await env.transfers.open_write(env.user, "/g", 0)
     assert reply_for(read.value)[0] == 421
     assert http_error(read.value).status == 503
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_and_commit_are_logged_after_the_caller_has_its_answer(env):
+    """The log lines of an upload's start and commit come a reactor turn
+    after ``open_write`` and ``finish`` fire, so an adapter's reply (FTP
+    150, 226) goes out before they are formatted and written."""
+    from twisted.logger import globalLogPublisher
+
+    seen: dict[str, defer.Deferred] = {"starts": defer.Deferred(), "committed": defer.Deferred()}
+
+    def observe(event) -> None:
+        text = event.get("log_format") or ""
+        for word, d in seen.items():
+            if f"upload {{id}} {word}" in text and not d.called:
+                d.callback(event["id"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        session = await env.transfers.open_write(env.user, "/logged", 0)
+        assert not seen["starts"].called
+        assert await seen["starts"] == session.upload_id
+        await Feeder(env.reactor, session, b"x" * 4096).start()
+        version = await session.finish()
+        assert version.size == 4096 and not seen["committed"].called
+        assert await seen["committed"] == session.upload_id
+    finally:
+        globalLogPublisher.removeObserver(observe)

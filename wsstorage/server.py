@@ -460,7 +460,12 @@ class StorageServerProtocol(Protocol):
     # -- frames out ----------------------------------------------------
 
     def _send(self, ftype: int, rid: int, body: dict[str, Any]) -> None:
-        self.transport.write(framing.encode_control(ftype, rid, body))
+        """Send a control frame into the socket at once while nothing is
+        queued before it (plain TCP; else through the transport): the
+        client waits for a reply, which a transport write would hold until
+        the reactor's next turn."""
+        frame = framing.encode_control(ftype, rid, body)
+        framing.send_iov(self.transport, framing.direct_socket(self.transport), [frame])
 
     def _send_error(self, rid: int, exc: BaseException) -> None:
         err = storage_error(exc)

@@ -443,7 +443,12 @@ class Transfers:
         return session
 
     def _log_start(self, upload, user, full, offset, replicas) -> None:
-        log.info(
+        """Log the start a reactor turn later: formatting and writing the
+        line is most of what stands between the catalog's answer and the
+        adapter's start reply (FTP 150), which goes out first this way."""
+        self._clock.callLater(
+            0,
+            log.info,
             "upload {id} starts: {user} {path} at {offset} on {replicas}",
             id=upload.upload_id,
             user=user.name,

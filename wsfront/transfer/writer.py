@@ -423,7 +423,11 @@ class WriteSession:
         self.state = DONE
         if self._stats is not None:
             self._stats.uploads_committed += 1
-        log.info(
+        # A reactor turn later, after the adapter's reply (FTP 226) that
+        # waits for this Deferred: the line is not part of the commit.
+        self._clock.callLater(
+            0,
+            log.info,
             "upload {id} committed: {size} bytes at epoch {epoch} on {replicas}",
             id=self.upload_id,
             size=self.offset,
