@@ -375,16 +375,16 @@ class TurnClock(Clock):
                 call.func(*call.args, **call.kw)
 
 
-def _inline_server(tmp_path, clock=None, read_ahead=MiB):
+def _inline_server(tmp_path, clock=None, read_ahead=MiB, size=3 * MiB + 5):
     """A server whose ``run_blocking`` runs the work at once, on a Clock,
-    holding a blob "b1" of 3 MiB + 5 bytes, and an in-process client."""
+    holding a blob "b1" of ``size`` bytes, and an in-process client."""
     clock = clock or Clock()
     store = BlobStore.open(tmp_path / "s1")
     factory = server.StorageServerFactory(
         clock, store, "s1", SECRET, run_blocking=run_now, read_ahead=read_ahead
     )
     factory.doStart()  # as if listening
-    data = pattern(3 * MiB + 5, 11)
+    data = pattern(size, 11)
     handle = store.open_write("b1", 1, 0, {})
     handle.write(data)
     handle.seal()
@@ -398,7 +398,7 @@ def test_a_read_yields_to_the_reactor_after_a_turns_bytes(tmp_path, mode):
     reactor turn, whole batches, and the read goes on in the next turn;
     the Deferred fires in a turn after the last write."""
     clock, store, _, client, data = _inline_server(
-        tmp_path, TurnClock(), read_ahead=TURN_BYTES // 4
+        tmp_path, TurnClock(), read_ahead=TURN_BYTES // 4, size=3 * TURN_BYTES + 5
     )
     try:
         sink = Collector()
@@ -420,7 +420,7 @@ def test_a_read_paused_between_turns_waits_for_its_resume(tmp_path):
     """A pause while the next turn's call is pending holds the read there;
     the resume goes on at once, and the pending call, run later, neither
     writes twice nor nests."""
-    clock, store, _, client, data = _inline_server(tmp_path, TurnClock())
+    clock, store, _, client, data = _inline_server(tmp_path, TurnClock(), size=3 * TURN_BYTES + 5)
     try:
         sink = Collector()
         reading = client.read("b1", 0, None, sink)

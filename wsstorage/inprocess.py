@@ -31,7 +31,7 @@ next batch is read behind it: from the page cache if it is there after
 all (the read goes back to reading in the reactor thread), else by the
 thread pool.  So a read holds at most two batches.  A batch is the
 server's current ``read_ahead`` (``wsfront.local`` shares a budget among
-the running reads).  A read writes about TURN_BYTES in one reactor call
+the running reads).  A read writes about TURN_BYTES (4 MiB) in one reactor call
 and goes on in the next turn, so a consumer that never pauses (an FTP
 HASH digest) does not hold the reactor for a whole file.
 """
@@ -58,10 +58,13 @@ log = Logger()
 #: A read writes batches to its consumer in one reactor call until this
 #: many bytes are written, then goes on in the next reactor turn.  A consumer
 #: that never pauses (``wsfront.ftp.hashing``) took a whole cached file in
-#: one call before: 256 MiB held the reactor for half a second, where over
-#: the wire the client reads at most its socket share per turn.  A MiB
-#: costs a few milliseconds to hash, and a reactor turn a few microseconds.
-TURN_BYTES = 1 << 20
+#: one call before: 256 MiB held the reactor for half a second (over the
+#: wire the longest gap was 13 ms).  4 MiB costs 5-15 ms to hash.  1 MiB
+#: cost 200 FTP downloads of one file a quarter of their throughput
+#: (``bench/ftp.py``: 0.85 -> 0.61 of pyftpdlib; 4 and 8 MiB as before):
+#: their consumers rarely pause within it, and each turn given up is
+#: another pass of the reactor over 200 connections.
+TURN_BYTES = 4 << 20
 
 _shared: memoryview = memoryview(bytearray(0))
 
