@@ -11,10 +11,15 @@ while paused, fails with NodeUnavailable once the server stopped serving
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 
 from tests.storage_contract import (
     Collector,
@@ -34,8 +39,8 @@ from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage import failpoints, server
 from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
-from wsstorage.errors import ChecksumError, NodeUnavailable
-from wsstorage.inprocess import InProcessClient
+from wsstorage.errors import BlobNotFound, ChecksumError, NodeUnavailable, StorageError
+from wsstorage.inprocess import TURN_BYTES, InProcessClient
 from wsstorage.service import start_storage_server
 
 MiB = 1 << 20
@@ -282,3 +287,255 @@ def test_reads_work_with_a_run_blocking_that_runs_inline(tmp_path, uncached, off
         assert uncached  # the page cache was tried, and refused
     finally:
         store.close()
+
+
+class RaisingConsumer(Collector):
+    """A consumer whose ``write`` raises once it has ``after`` bytes (as
+    the reader's does when the ``transfer.read.bytes`` failpoint raises),
+    or whose ``registerProducer`` does."""
+
+    def __init__(self, after: int | None = None, refuse: bool = False) -> None:
+        super().__init__()
+        self.after = after
+        self.refuse = refuse
+        self.read: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.refuse:
+            raise RuntimeError("a producer is registered already")
+        self.read = producer
+        super().registerProducer(producer, streaming)
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.after is not None and self.count >= self.after:
+            raise RuntimeError("the consumer broke")
+
+
+@pytest.fixture
+def logged():
+    """The failures logged while the test runs."""
+    failures: list[Failure] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_that_raises_fails_the_read_as_unavailable(
+    inprocess_storage, mode, logged
+):
+    """As over the wire, where the exception drops the connection: the
+    read fails with NodeUnavailable (the reader fails over), the exception
+    is logged, and the read lets go of everything and reads no more."""
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    data = pattern(4 * MiB, 12)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    sink = RaisingConsumer(after=100_000)
+    await refused(client.read(blob, 0, None, sink), NodeUnavailable)
+    assert sink.events == ["register", "unregister"]
+    assert factory.in_process_reads == 0 and factory.active_streams == 0
+    assert [f.type for f in logged] == [RuntimeError]
+    await sink.read.closed  # at once, or once the batch a thread reads is in
+    assert sink.read.handle is None and len(sink.parts) == 1  # nothing after the raise
+    assert not client._reads
+
+
+def test_a_consumer_that_refuses_the_producer_fails_the_read(tmp_path, logged):
+    clock, store, factory, client, _ = _inline_server(tmp_path)
+    try:
+        sink = RaisingConsumer(refuse=True)
+        reading = client.read("b1", 0, None, sink)
+        clock.advance(0)
+        assert reading.called and isinstance(reading.result.value, NodeUnavailable)
+        reading.addErrback(lambda f: None)
+        assert sink.events == [] and sink.count == 0  # never unregistered: never registered
+        assert factory.in_process_reads == 0
+        assert [f.type for f in logged] == [RuntimeError]
+    finally:
+        store.close()
+
+
+class TurnClock(Clock):
+    """A Clock that can run one reactor turn: the calls due now, not the
+    ones they schedule (``advance`` runs those too)."""
+
+    def turn(self) -> None:
+        for call in [c for c in self.calls if c.getTime() <= self.seconds()]:
+            if call in self.calls:  # not cancelled by an earlier one
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+def _inline_server(tmp_path, clock=None, read_ahead=MiB, size=3 * MiB + 5):
+    """A server whose ``run_blocking`` runs the work at once, on a Clock,
+    holding a blob "b1" of ``size`` bytes, and an in-process client."""
+    clock = clock or Clock()
+    store = BlobStore.open(tmp_path / "s1")
+    factory = server.StorageServerFactory(
+        clock, store, "s1", SECRET, run_blocking=run_now, read_ahead=read_ahead
+    )
+    factory.doStart()  # as if listening
+    data = pattern(size, 11)
+    handle = store.open_write("b1", 1, 0, {})
+    handle.write(data)
+    handle.seal()
+    handle.close()
+    client = InProcessClient(StorageClient(clock, "s1", "tcp:127.0.0.1:1", SECRET), factory)
+    return clock, store, factory, client, data
+
+
+def test_a_read_yields_to_the_reactor_after_a_turns_bytes(tmp_path, mode):
+    """A consumer that never pauses (FTP HASH) gets at most TURN_BYTES per
+    reactor turn, whole batches, and the read goes on in the next turn;
+    the Deferred fires in a turn after the last write."""
+    clock, store, _, client, data = _inline_server(
+        tmp_path, TurnClock(), read_ahead=TURN_BYTES // 4, size=3 * TURN_BYTES + 5
+    )
+    try:
+        sink = Collector()
+        reading = client.read("b1", 0, None, sink)  # opened and written at once, inline
+        per_turn = [sink.count]
+        while not reading.called:
+            before = sink.count
+            clock.turn()
+            per_turn.append(sink.count - before)
+            assert len(per_turn) < 100
+        assert per_turn == [TURN_BYTES, TURN_BYTES, TURN_BYTES, 5, 0]
+        assert reading.result == len(data) and sink.data() == data
+        assert sink.events == ["register", "unregister"]
+    finally:
+        store.close()
+
+
+def test_a_read_paused_between_turns_waits_for_its_resume(tmp_path):
+    """A pause while the next turn's call is pending holds the read there;
+    the resume goes on at once, and the pending call, run later, neither
+    writes twice nor nests."""
+    clock, store, _, client, data = _inline_server(tmp_path, TurnClock(), size=3 * TURN_BYTES + 5)
+    try:
+        sink = Collector()
+        reading = client.read("b1", 0, None, sink)
+        assert sink.count == TURN_BYTES
+        read = sink.producer
+        read.pauseProducing()
+        clock.turn()
+        assert sink.count == TURN_BYTES and clock.calls == []
+        read.resumeProducing()
+        assert sink.count == 2 * TURN_BYTES
+        read.pauseProducing()
+        read.resumeProducing()  # the next turn's call is pending: it goes on then
+        assert sink.count == 2 * TURN_BYTES
+        clock.turn()
+        assert sink.count == 3 * TURN_BYTES
+        while not reading.called:
+            clock.turn()
+        assert sink.data() == data
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_goes_back_to_the_page_cache_after_the_disk(inprocess_storage, monkeypatch):
+    """A batch that needed the disk (or found the blob busy) does not send
+    the rest of the read to the thread pool: the next batch is tried in
+    the page cache first."""
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    data = pattern(16 * MiB, 13)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    read_into, read = BlobReadHandle.read_into, BlobReadHandle.read
+    calls = {"refused": 0, "cached": 0, "thread": 0}
+
+    def first_uncached(self, buffer, nowait=False):
+        if nowait and not calls["refused"]:
+            calls["refused"] += 1
+            raise BlockingIOError("the first batch is not cached")
+        calls["cached"] += nowait
+        return read_into(self, buffer, nowait)
+
+    def counted(self, n):
+        calls["thread"] += 1
+        return read(self, n)
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", first_uncached)
+    monkeypatch.setattr(BlobReadHandle, "read", counted)
+    assert await get(client, blob) == data
+    batches = len(data) // factory.read_ahead
+    assert calls == {"refused": 1, "cached": batches - 1, "thread": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_fails_running_reads_and_refuses_new_ones(inprocess_storage, mode):
+    """As the wire client's close: a paused read fails with
+    NodeUnavailable (before close's Deferred fires), and lets go of its
+    handle and its stream; later reads are refused."""
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    data = pattern(4 * MiB, 14)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    sink = Collector(pause_after=1)
+    reading = client.read(blob, 0, None, sink)
+    at_pause = await sink.paused
+    read = sink.producer
+    await client.close()
+    assert reading.called
+    await refused(reading, NodeUnavailable)
+    assert sink.events == ["register", "unregister"] and factory.active_streams == 0
+    await read.closed
+    assert read.handle is None and sink.count == at_pause
+    await refused(client.read(blob, 0, None, Collector()), NodeUnavailable)
+
+
+@pytest.mark.parametrize("where", ["cache", "disk"])
+@pytest_twisted.ensureDeferred
+async def test_an_internal_store_error_is_logged(inprocess_storage, monkeypatch, logged, where):
+    """An error of the store that maps to no wire error (EIO) fails the
+    read as the server's does, and is logged as the server logs it; an
+    error that is an answer (BlobNotFound) is not."""
+    client = inprocess_storage.client("s1")
+    data = pattern(2 * MiB, 15)
+    blob = new_id()
+    await put(client, blob, data, chunk=MiB)
+    read_into = BlobReadHandle.read_into
+
+    def failing_read_into(self, buffer, nowait=False):
+        if where == "disk" and nowait:
+            raise BlockingIOError("not in the page cache")
+        raise OSError(errno.EIO, "Input/output error")
+
+    def failing_read(self, n):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", failing_read_into)
+    monkeypatch.setattr(BlobReadHandle, "read", failing_read)
+    with pytest.raises(StorageError, match="internal error: OSError") as e:
+        await client.read(blob, 0, None, Collector())
+    assert type(e.value) is StorageError
+    assert [f.type for f in logged] == [OSError]
+    monkeypatch.setattr(BlobReadHandle, "read_into", read_into)
+    await refused(client.read(new_id(), 0, None, Collector()), BlobNotFound)
+    assert len(logged) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_process_reads_count_in_the_process_read_counter(inprocess_storage, monkeypatch):
+    """``wsstorage_process_bytes{direction="read"}`` counts them as it
+    counts the bytes a server sends."""
+    client = inprocess_storage.client("s1")
+    data = pattern(MiB + 7, 16)
+    blob = new_id()
+    await put(client, blob, data)
+    monkeypatch.setattr(server._ProcessCounters, "read", 0)
+    assert await get(client, blob, 3) == data[3:]
+    assert server._ProcessCounters.read == len(data) - 3

@@ -17,24 +17,33 @@ stream at an exact byte), goes over the wire through the ``StorageClient``
 it wraps, so writes, health probes and ``wsfs status`` are unchanged.  A
 server that stopped listening serves no in-process read either: the read
 fails with NodeUnavailable, as a connection to it would, and the reader
-fails over.
+fails over.  So does a read whose consumer raised (over the wire the
+exception drops the connection), and every read running when the client
+is closed; a closed client serves no more reads.  Errors of the store
+that map to no wire error are logged as the server logs them.
 
 Cached blocks are read in the reactor thread (``read_into`` with
 ``nowait``: the page cache only, the blob's lock only tried) into one
 buffer shared by every in-process read and copied out once as the bytes
 given to the consumer; a batch that needs the disk is read by the
-server's ``run_blocking`` (its thread pool), and while the disk is being
-read the next batch is read behind it, so a read holds at most two
-batches.  A batch is the server's current ``read_ahead``
-(``wsfront.local`` shares a budget among the running reads).
+server's ``run_blocking`` (its thread pool), and while it is written the
+next batch is read behind it: from the page cache if it is there after
+all (the read goes back to reading in the reactor thread), else by the
+thread pool.  So a read holds at most two batches.  A batch is the
+server's current ``read_ahead`` (``wsfront.local`` shares a budget among
+the running reads).  A read writes about TURN_BYTES (4 MiB) in one reactor call
+and goes on in the next turn, so a consumer that never pauses (an FTP
+HASH digest) does not hold the reactor for a whole file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,7 +51,20 @@ from wsstorage import failpoints
 from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
 from wsstorage.records import check_blob_id
-from wsstorage.server import StorageServerFactory, open_range, storage_error
+from wsstorage.server import StorageServerFactory, _ProcessCounters, open_range, storage_error
+
+log = Logger()
+
+#: A read writes batches to its consumer in one reactor call until this
+#: many bytes are written, then goes on in the next reactor turn.  A consumer
+#: that never pauses (``wsfront.ftp.hashing``) took a whole cached file in
+#: one call before: 256 MiB held the reactor for half a second (over the
+#: wire the longest gap was 13 ms).  4 MiB costs 5-15 ms to hash.  1 MiB
+#: cost 200 FTP downloads of one file a quarter of their throughput
+#: (``bench/ftp.py``: 0.85 -> 0.61 of pyftpdlib; 4 and 8 MiB as before):
+#: their consumers rarely pause within it, and each turn given up is
+#: another pass of the reactor over 200 connections.
+TURN_BYTES = 4 << 20
 
 _shared: memoryview = memoryview(bytearray(0))
 
@@ -67,11 +89,16 @@ class InProcessClient:
         self.wire = wire
         self.factory = factory
         self.name = wire.name
+        #: The in-process reads not yet ended: close() aborts them.
+        self._reads: set[_LocalRead] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<InProcessClient {self.name}>"
 
     def read(self, blob_id: str, offset: int, length: int | None, consumer: Any) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
         if failpoints.threshold("storage.read.bytes") is not None:
             return self.wire.read(blob_id, offset, length, consumer)
         try:
@@ -79,7 +106,9 @@ class InProcessClient:
             _check_range(offset, length)
         except StorageError as e:
             return defer.fail(e)
-        return _LocalRead(self.factory, blob_id, offset, length, consumer).start()
+        read = _LocalRead(self.factory, blob_id, offset, length, consumer, self._reads.discard)
+        self._reads.add(read)
+        return read.start()
 
     def stat(self, blob_id: str) -> defer.Deferred:
         return self.wire.stat(blob_id)
@@ -109,7 +138,19 @@ class InProcessClient:
         return self.wire.health()
 
     def close(self) -> defer.Deferred:
-        return self.wire.close()
+        """As the wire client's: the running reads fail with
+        NodeUnavailable (fired before this), later ones are refused."""
+        self._closed = True
+        ended = []
+        for read in list(self._reads):
+            read.abort(NodeUnavailable(f"client of {self.name} is closed"))
+            ended.append(read.ended)
+        closed = self.wire.close()
+        if ended:
+            closed.addCallback(
+                lambda result: defer.gatherResults(ended).addCallback(lambda _: result)
+            )
+        return closed
 
 
 def _check_range(offset: Any, length: Any) -> None:
@@ -125,11 +166,13 @@ def _check_range(offset: Any, length: Any) -> None:
 class _LocalRead:
     """One read: a streaming producer on the consumer, reading as it goes.
 
-    Bytes are written to the consumer from ``_turn`` only, which runs while
-    the read is not paused and never nests (a consumer that pauses and
-    resumes us from its ``write`` just lets the loop go on).  The read's
-    Deferred fires in a later reactor turn than the last write, after the
-    producer is unregistered, as a wire read's does on its END frame.
+    The consumer is called (``registerProducer``, ``write``) only with
+    ``_in_turn`` set, so the read never nests: a consumer that pauses and
+    resumes us from inside just lets the loop go on.  Once ``_turn`` has
+    written TURN_BYTES it leaves the rest to a call in the next reactor
+    turn (``_later``).  The read's Deferred fires in a
+    later reactor turn than the last write, after the producer is
+    unregistered, as a wire read's does on its END frame.
     """
 
     def __init__(
@@ -139,6 +182,7 @@ class _LocalRead:
         offset: int,
         length: int | None,
         consumer: Any,
+        forget: Callable[[_LocalRead], None] = lambda read: None,
     ) -> None:
         self.factory = factory
         self.blob_id = blob_id
@@ -146,6 +190,10 @@ class _LocalRead:
         self.length = length
         self.consumer = consumer
         self.d: defer.Deferred = defer.Deferred(self._cancel)
+        #: Fires (None) once ``d`` has fired or was cancelled; ``forget``
+        #: (the client's) is called just before ``d`` fires.
+        self.ended: defer.Deferred = defer.Deferred()
+        self._forget = forget
         self.handle: Any = None
         #: Fires once the read handle is closed (a cancelled read's only
         #: once the batch a thread was reading is done).
@@ -156,26 +204,36 @@ class _LocalRead:
         self.registered = False
         self._finished = False
         self._in_turn = False
-        #: A batch the thread pool read, not yet written (bytes), or the
-        #: error that ended the reading there.
+        #: The call that goes on writing in the next reactor turn.
+        self._later: Any = None
+        #: The next batch, read and verified but not yet written (bytes),
+        #: or the store's error that ended the reading there.
         self._ready: bytes | None = None
-        self._error: BaseException | None = None
+        self._error: Failure | None = None
         #: A batch is being read in the thread pool.
         self._reading = False
-        #: The last batch needed the disk: read the next one in the thread
-        #: pool while this one is written, rather than try the page cache.
+        #: The ready batch came from the thread pool: once it is taken, the
+        #: next one is read (from the page cache, else by the thread pool)
+        #: while it is written.
         self._disk = False
         self._block: int = getattr(factory.store, "block_size", 1)
         self._counted = False
 
     def start(self) -> defer.Deferred:
         if not self._serving():
+            self._finished = True
             self.d.errback(self._unavailable())
+            self._done()
             return self.d
         store, blob_id = self.factory.store, self.blob_id
         opened = self.factory.run_blocking(open_range, store, blob_id, self.offset, self.length)
         opened.addCallbacks(self._opened, self._open_failed)
         return self.d
+
+    def abort(self, error: BaseException) -> None:
+        """End the read now with ``error`` (its client was closed)."""
+        if not self._finished:
+            self._end(error)
 
     def _serving(self) -> bool:
         return bool(self.factory.numPorts)
@@ -185,7 +243,7 @@ class _LocalRead:
 
     def _opened(self, result: tuple[Any, int, int]) -> None:
         handle, n, _size = result
-        if self._finished:  # cancelled while it opened
+        if self._finished:  # cancelled or aborted while it opened
             handle.close()
             self.closed.callback(None)
             return
@@ -193,15 +251,25 @@ class _LocalRead:
         self.factory.in_process_reads += 1
         self._counted = True
         # Registered first: a consumer may stop us from registerProducer.
+        # Nor do we write from inside it, should it pause and resume us.
         self.registered = True
-        self.consumer.registerProducer(self, True)
-        if not self._finished:
-            self._turn()
+        self._in_turn = True
+        try:
+            self.consumer.registerProducer(self, True)
+        except Exception:
+            self.registered = False  # it refused us: nothing to unregister
+            self._consumer_failed()
+            return
+        finally:
+            self._in_turn = False
+        self._go()
 
     def _open_failed(self, f: Failure) -> None:
         if not self._finished:
             self._finished = True
-            self.d.errback(storage_error(f.value))
+            self._forget(self)
+            self.d.errback(self._logged(f))
+            self._done()
 
     # -- IPushProducer ---------------------------------------------------
 
@@ -210,8 +278,7 @@ class _LocalRead:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if not self._in_turn and not self._finished and self.handle is not None:
-            self._turn()
+        self._go()
 
     def stopProducing(self) -> None:
         if not self._finished:
@@ -225,9 +292,27 @@ class _LocalRead:
         size = max(self.factory.read_ahead, self._block)
         return size - size % self._block
 
+    def _go(self) -> None:
+        """Write on now, unless paused, finished, not yet opened, inside
+        ``_turn`` already, or a call in the next reactor turn will."""
+        if not (
+            self.paused
+            or self._finished
+            or self._in_turn
+            or self.handle is None
+            or self._later is not None
+        ):
+            self._turn()
+
+    def _next_turn(self) -> None:
+        self._later = None
+        self._go()
+
     def _turn(self) -> None:
-        """Write batches until paused, finished, or waiting for the disk."""
+        """Write batches until paused, finished, waiting for the disk, or
+        TURN_BYTES are written (then again in the next reactor turn)."""
         self._in_turn = True
+        written = 0
         try:
             while not self.paused and not self._finished:
                 if self.delivered == self.expected:
@@ -236,61 +321,70 @@ class _LocalRead:
                 if not self._serving():
                     self._end(self._unavailable())
                     return
+                if written >= TURN_BYTES:
+                    self._later = self.factory.reactor.callLater(0, self._next_turn)
+                    return
                 data = self._next_batch()
                 if data is None:
-                    if self._ready is None and self._error is None:
-                        return  # the thread pool reads it; _read_done resumes us
-                    continue  # read already (a run_blocking that runs inline)
+                    return  # ended, or the thread pool reads it: _read_done resumes us
                 self.delivered += len(data)
-                self.consumer.write(data)
+                written += len(data)
+                _ProcessCounters.read += len(data)
+                try:
+                    self.consumer.write(data)
+                except Exception:
+                    self._consumer_failed()
+                    return
         finally:
             self._in_turn = False
 
     def _next_batch(self) -> bytes | None:
-        """The next verified bytes, or None while the disk is being read."""
+        """The next verified bytes; None while the thread pool reads them,
+        or once a store error ended the read."""
+        if self._ready is None and self._error is None and not self._reading:
+            self._fetch()
         if self._ready is not None:
             data, self._ready = self._ready, None
             if self._disk:
-                self._read_on()  # the disk reads the next batch while this one goes out
+                self._fetch()  # the next one is read while this one is written
             return data
         if self._error is not None:
-            self._end(self._error)
-            return None
-        if self._reading:
-            return None
+            self._end(self._logged(self._error))
+        return None
+
+    def _fetch(self) -> None:
+        """Read the next batch into ``_ready`` (or ``_error``) from the page
+        cache in this thread if it is there, else start the thread pool on
+        it (``_disk``)."""
         handle = self.handle
+        self._disk = False
+        if self._finished or not handle.remaining:
+            return
         read_into = getattr(handle, "read_into", None)
         if read_into is not None and not handle.offset % self._block:
             buffer = _shared_buffer(self._batch_size())
             try:
                 got = read_into(buffer, nowait=True)
             except BlockingIOError:
-                self._disk = True  # not in the page cache (or the blob is busy)
-            except Exception as e:
-                self._end(e)
-                return None
+                pass  # not in the page cache (or the blob is busy)
+            except Exception:
+                self._error = Failure()
+                return
             else:
-                self._disk = False
-                if not got:
-                    self._end(StorageError(f"blob ended {self.expected - self.delivered} early"))
-                    return None
-                return bytes(buffer[:got])
-        self._read_on()  # an unaligned start, or the disk: in the thread pool
-        return None
-
-    def _read_on(self) -> None:
-        """Read the next batch in the thread pool, unless one is being read
-        or is waiting, or everything is."""
-        handle = self.handle
-        if self._reading or self._ready is not None or self._error is not None:
-            return
-        if self._finished or not handle.remaining:
-            return
-        # An unaligned start reads up to a block boundary, so the batches
-        # after it can be read in place.
+                if got:
+                    self._ready = bytes(buffer[:got])
+                else:
+                    self._error = self._ended_early()
+                return
+        # The disk, or an unaligned start, which reads up to a block
+        # boundary so that the batches after it can be read in place.
         size = self._batch_size() - handle.offset % self._block
+        self._disk = True
         self._reading = True
         self.factory.run_blocking(handle.read, size).addBoth(self._read_done)
+
+    def _ended_early(self) -> Failure:
+        return Failure(StorageError(f"blob ended {self.expected - self.delivered} early"))
 
     def _read_done(self, result: Any) -> None:
         self._reading = False
@@ -298,15 +392,40 @@ class _LocalRead:
             self._close_handle()
             return
         if isinstance(result, Failure):
-            self._error = result.value
+            self._error = result
         elif not result:
-            self._error = StorageError(f"blob ended {self.expected - self.delivered} early")
+            self._error = self._ended_early()
         else:
             self._ready = result
-        if not self.paused and not self._in_turn:
-            self._turn()
+        self._go()
 
     # -- ending ----------------------------------------------------------
+
+    def _logged(self, f: Failure) -> StorageError:
+        """The wire error for the store's error ``f``; one that maps to no
+        wire error (EIO, a bug) is logged, as the server's ``_send_error``
+        logs it."""
+        err = storage_error(f.value)
+        if type(err) is StorageError:
+            log.failure(
+                "in-process read of {blob} from storage server {name} failed",
+                f,
+                blob=self.blob_id,
+                name=self.factory.name,
+            )
+        return err
+
+    def _consumer_failed(self) -> None:
+        """The consumer raised (called in its ``except``): logged, and the
+        read fails with NodeUnavailable, as over the wire, where the
+        exception drops the connection (and Twisted logs it)."""
+        log.failure(
+            "the consumer of an in-process read of {blob} from storage server {name} failed",
+            blob=self.blob_id,
+            name=self.factory.name,
+        )
+        if not self._finished:
+            self._end(NodeUnavailable(f"read from storage server {self.factory.name} broken"))
 
     def _end(self, error: BaseException | None) -> None:
         """Stop reading, unregister, and fire the Deferred in a later turn."""
@@ -319,14 +438,25 @@ class _LocalRead:
         self.factory.reactor.callLater(0, self._fire, result)
 
     def _fire(self, result: Any) -> None:
+        self._forget(self)
         if not self.d.called:
             if isinstance(result, Failure):
                 self.d.errback(result)
             else:
                 self.d.callback(result)
+        self._done()
+
+    def _done(self) -> None:
+        self._forget(self)
+        if not self.ended.called:
+            self.ended.callback(None)
 
     def _release(self) -> None:
-        self._ready = None
+        self._ready = self._error = None
+        if self._later is not None:
+            if self._later.active():
+                self._later.cancel()
+            self._later = None
         if self.registered:
             self.registered = False
             self.consumer.unregisterProducer()
@@ -344,5 +474,7 @@ class _LocalRead:
 
     def _cancel(self, d: defer.Deferred) -> None:
         # The Deferred fails with CancelledError once this returns.
-        self._finished = True
-        self._release()
+        if not self._finished:
+            self._finished = True
+            self._release()
+        self._done()
