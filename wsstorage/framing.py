@@ -168,6 +168,14 @@ def send_iov(transport: Any, sock: Any, iov: list[bytes | memoryview]) -> bool:
     return bool(rest)
 
 
+def send_now(transport: Any, data: bytes) -> None:
+    """Send a small message (a reply the peer waits for) into the socket at
+    once when ``transport`` is plain TCP holding nothing unsent, else
+    through the transport (TLS, a PROXY wrapper, a full socket): a
+    transport write would wait for the reactor's next turn to send it."""
+    send_iov(transport, direct_socket(transport), [data])
+
+
 def unsent(iov: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
     """What of ``iov`` is left after its first ``sent`` bytes (views, no copy)."""
     for i, part in enumerate(iov):

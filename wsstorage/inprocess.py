@@ -49,9 +49,16 @@ from zope.interface import implementer
 
 from wsstorage import failpoints
 from wsstorage._interfaces import IStorageClient
-from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
+from wsstorage.errors import NodeUnavailable, StorageError
 from wsstorage.records import check_blob_id
-from wsstorage.server import StorageServerFactory, _ProcessCounters, open_range, storage_error
+from wsstorage.server import (
+    StorageServerFactory,
+    _int_field,
+    _ProcessCounters,
+    open_range,
+    reactor_batch_buffer,
+    storage_error,
+)
 
 log = Logger()
 
@@ -65,18 +72,6 @@ log = Logger()
 #: their consumers rarely pause within it, and each turn given up is
 #: another pass of the reactor over 200 connections.
 TURN_BYTES = 4 << 20
-
-_shared: memoryview = memoryview(bytearray(0))
-
-
-def _shared_buffer(size: int) -> memoryview:
-    """The buffer every in-process read of this process reads cached blocks
-    into in the reactor thread: free again as soon as its bytes are copied
-    out, in the same call.  Never given to a thread."""
-    global _shared
-    if len(_shared) < size:
-        _shared = memoryview(bytearray(size))
-    return _shared[:size]
 
 
 @implementer(IStorageClient)
@@ -103,7 +98,8 @@ class InProcessClient:
             return self.wire.read(blob_id, offset, length, consumer)
         try:
             check_blob_id(blob_id)
-            _check_range(offset, length)
+            _int_field({"offset": offset}, "offset")
+            _int_field({"length": length}, "length", optional=True)
         except StorageError as e:
             return defer.fail(e)
         read = _LocalRead(self.factory, blob_id, offset, length, consumer, self._reads.discard)
@@ -151,15 +147,6 @@ class InProcessClient:
                 lambda result: defer.gatherResults(ended).addCallback(lambda _: result)
             )
         return closed
-
-
-def _check_range(offset: Any, length: Any) -> None:
-    """The server's checks of a read's fields (``_int_field``)."""
-    for name, value in (("offset", offset), ("length", length)):
-        if value is None and name == "length":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadRequest(f"field {name!r} must be a non-negative integer")
 
 
 @implementer(IPushProducer)
@@ -362,7 +349,7 @@ class _LocalRead:
             return
         read_into = getattr(handle, "read_into", None)
         if read_into is not None and not handle.offset % self._block:
-            buffer = _shared_buffer(self._batch_size())
+            buffer = reactor_batch_buffer(self._batch_size())
             try:
                 got = read_into(buffer, nowait=True)
             except BlockingIOError:

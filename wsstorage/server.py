@@ -464,8 +464,7 @@ class StorageServerProtocol(Protocol):
         queued before it (plain TCP; else through the transport): the
         client waits for a reply, which a transport write would hold until
         the reactor's next turn."""
-        frame = framing.encode_control(ftype, rid, body)
-        framing.send_iov(self.transport, framing.direct_socket(self.transport), [frame])
+        framing.send_now(self.transport, framing.encode_control(ftype, rid, body))
 
     def _send_error(self, rid: int, exc: BaseException) -> None:
         err = storage_error(exc)
@@ -928,16 +927,18 @@ class _Batch:
 _reactor_batch: memoryview = memoryview(bytearray(0))
 
 
-def _reactor_batch_buffer(size: int) -> memoryview:
+def reactor_batch_buffer(size: int) -> memoryview:
     """The buffer that every read stream of this process reads a cached
     batch into in the reactor thread, when it is not its own
-    (``_ReadStream._read_here``), as ``size`` bytes.
+    (``_ReadStream._read_here``), as ``size`` bytes; in-process reads
+    (``wsstorage.inprocess``) read their cached batches into it too.
 
-    It can be shared because it is free again as soon as ``_read_here``
+    It can be shared because it is free again as soon as its reader
     returns: the batch was read, framed and sent (``framing.send_iov``
     copies what the socket does not take before handing it to the
-    transport), all in the reactor thread, of which a process has one.
-    Never give it to a thread.
+    transport), or copied out as bytes for an in-process consumer, all in
+    the reactor thread, of which a process has one.  Never give it to a
+    thread.
     """
     global _reactor_batch
     if len(_reactor_batch) < size:
@@ -961,7 +962,7 @@ class _ReadStream:
     into reused buffers: the stream's own (``_buffers``) for a task's
     batches and, while it is the only stream, the reactor thread's; else
     one buffer shared by every stream of the process
-    (``_reactor_batch_buffer``).  At most read_batches + 2 batches are in
+    (``reactor_batch_buffer``).  At most read_batches + 2 batches are in
     memory: those ready, the one being read, and the one being sent (whose
     unsent rest the transport copies); a stream keeps at most
     read_batches + 1 buffers of its own, reallocating one only when a
@@ -1214,7 +1215,7 @@ class _ReadStream:
         what the socket does not take), so nothing is allocated per batch:
         the stream's own while the task may read beside it, else the one
         buffer all streams of the process share here
-        (``_reactor_batch_buffer``; 200 downloads in wslocal held a 256 KiB
+        (``reactor_batch_buffer``; 200 downloads in wslocal held a 256 KiB
         buffer each for their whole lives, 50 MiB, before).  The disk itself is never
         waited for here (``RWF_NOWAIT``, and the blob's lock is only
         tried)."""
@@ -1224,7 +1225,7 @@ class _ReadStream:
         size = factory.read_ahead
         pipelined = factory.read_streams <= PIPELINED_STREAMS
         own = self._take_buffer(size) if pipelined else None
-        buffer = (own if own is not None else _reactor_batch_buffer(size))[:size]
+        buffer = (own if own is not None else reactor_batch_buffer(size))[:size]
         try:
             got = self.handle.read_into(buffer, nowait=True)
             if not got:

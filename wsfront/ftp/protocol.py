@@ -252,27 +252,21 @@ class FTPControl(Protocol):
     # -- replies ------------------------------------------------------
 
     def reply(self, code: int, text: str) -> None:
-        """Send a one-line reply, or a multi-line one if ``text`` has newlines."""
+        """Send a one-line reply, or a multi-line one if ``text`` has newlines.
+
+        Straight into an idle plain-TCP socket (``framing.send_now``): the
+        client sends nothing until it has the reply, and a transport write
+        waits for the reactor's next turn to send it, which a small STOR's
+        four replies (TYPE, PASV, 150, 226) paid each."""
         if self.connected_:
-            self._send(replies.reply(code, text))
+            framing.send_now(self.transport, replies.reply(code, text))
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
         """A reply of several lines; middle lines are sent as given (FEAT's
         and HELP's start with a space), and ``replies`` keeps any from
         looking like the end."""
         if self.connected_:
-            self._send(replies.reply(code, lines))
-
-    def _send(self, data: bytes) -> None:
-        """Send a reply into the socket at once when the control connection
-        is plain TCP with nothing unsent before it, else through the
-        transport (TLS, a PROXY wrapper, a full socket).
-
-        The client sends nothing until it has the reply, and a transport
-        write waits for the reactor's next turn (and three more system
-        calls) to send it: a small STOR's four replies (TYPE, PASV, 150,
-        226) paid that turn each."""
-        framing.send_iov(self.transport, framing.direct_socket(self.transport), [data])
+            framing.send_now(self.transport, replies.reply(code, lines))
 
     def reply_error(self, error: BaseException) -> None:
         if isinstance(error, Reply):
