@@ -179,6 +179,8 @@ class Pyftpdlib(Server):
     name = "pyftpdlib"
     replicas = "1 (local disk)"
     fsync = "none"
+    # Lines run before the server starts, with ``FTPHandler`` imported.
+    setup = ""
 
     def start(self) -> None:
         root = self.workdir / "pyftpd-root"
@@ -188,6 +190,7 @@ class Pyftpdlib(Server):
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
+{self.setup}
 a = DummyAuthorizer()
 a.add_user({self.user!r}, {self.password!r}, {str(root)!r}, perm="elradfmwMT")
 FTPHandler.authorizer = a
@@ -200,6 +203,42 @@ s.serve_forever()
         with open(self.workdir / "pyftpdlib.log", "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=log)
         wait_port(self.port, self.proc)
+
+
+class PyftpdlibFsync(Pyftpdlib):
+    """pyftpdlib made durable the least a one-copy server can be: a stored
+    file is fsync'd, and so is its directory, before the 226 (pyftpdlib
+    closes the file before it replies).  Not the issue's reference, which
+    never syncs: a gauge of how much of wsfs's gap on small STORs is the
+    durability every wsfs 226 promises (two replicas and a catalog commit,
+    each synced, against this one file)."""
+
+    name = "pyftpdlib+fsync"
+    fsync = "fsync of file and directory before 226"
+    setup = """
+import io, os
+from pyftpdlib.filesystems import AbstractedFS
+
+class _DurableFile(io.BufferedWriter):
+    def close(self):
+        if not self.closed:
+            self.flush()
+            os.fsync(self.fileno())
+            super().close()
+            d = os.open(os.path.dirname(self.name), os.O_RDONLY)
+            try:
+                os.fsync(d)
+            finally:
+                os.close(d)
+
+class _DurableFS(AbstractedFS):
+    def open(self, filename, mode):
+        if mode == "wb":
+            return _DurableFile(io.FileIO(filename, "w"))
+        return super().open(filename, mode)
+
+FTPHandler.abstracted_fs = _DurableFS
+"""
 
 
 def connect(server: Server) -> ftplib.FTP:
@@ -409,6 +448,12 @@ def main() -> None:
     )
     p.add_argument("--workloads", default="big,clients,small", help="subset of big,clients,small")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians shown)")
+    p.add_argument(
+        "--durable-reference",
+        action="store_true",
+        help="also run pyftpdlib with an fsync of each stored file and its directory "
+        "before the 226, and print wsfs's ratios against it too",
+    )
     p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
@@ -429,10 +474,11 @@ def main() -> None:
     print(f"file create in {workdir}: {create_cost_ms(workdir):.3f} ms", flush=True)
     try:
         for r in range(args.rounds):
-            for kind in [*kinds, Pyftpdlib]:
+            extra = [PyftpdlibFsync] if args.durable_reference else []
+            for kind in [*kinds, *extra, Pyftpdlib]:
                 where = workdir / f"round{r}-{kind.__name__}"
                 where.mkdir()
-                if kind is Pyftpdlib:
+                if issubclass(kind, Pyftpdlib):
                     server = kind(where)
                 else:
                     server = kind(where, args.replicas, args.nodes)
@@ -466,6 +512,18 @@ def main() -> None:
             f"{median(refs):14.2f}" if isinstance(refs[0], float | int) else f"{refs[0]!s:>14.14}"
         )
         print(f"{key:24} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
+    durable = rounds.get(PyftpdlibFsync.name)
+    if durable:
+        print(f"ratios against {PyftpdlibFsync.name} (per round):")
+        for key in durable[0]:
+            if not isinstance(durable[0][key], float | int) or not durable[0][key]:
+                continue
+            for n in names:
+                if n == PyftpdlibFsync.name:
+                    continue
+                per = [a[key] / b[key] for a, b in zip(rounds[n], durable) if b[key]]
+                shown = " ".join(f"{x:.2f}" for x in per)
+                print(f"  {key:24} {n} {median(per):.2f}  ({shown})")
     for n in names:
         print(f"{n}: replicas {rounds[n][0]['replicas']}, {rounds[n][0]['fsync']}")
 
