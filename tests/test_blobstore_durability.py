@@ -93,8 +93,8 @@ def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
 def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     """Creating syncs nothing; the seal syncs data, record and directory
     once each, in that order, and the checksums go in the sealed record (no
-    ``.sums`` file).  The first record in a fan-out directory also fsyncs
-    ``blobs/`` (once per directory and process)."""
+    ``.sums`` file).  No fsync of ``blobs/``: opening the store made every
+    fan-out directory durable."""
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     directory = os.path.basename(paths(store, "b").directory)
@@ -105,7 +105,6 @@ def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     handle.seal()
     assert syncs(fs) == [
         ("fdatasync", "b.data"),
-        ("fsync_dir", "blobs"),
         ("fsync", "b.meta.tmp"),
         ("fsync_dir", directory),
     ]
@@ -127,6 +126,29 @@ def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     store.close()
 
 
+def test_opening_makes_every_fan_out_directory_and_fsyncs_blobs_once(tmp_path):
+    """All 256 fan-out directories exist and ``blobs/`` is fsync'd after
+    they were made, so no blob's first record fsyncs ``blobs/``; one an
+    operator removed is made again and its entry made durable again."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    blobs = tmp_path / "d" / "blobs"
+    assert sorted(os.listdir(blobs)) == [f"{i:02x}" for i in range(256)]
+    assert fs.calls[-1] == ("fsync_dir", "blobs")
+    directory = paths(store, "b").directory
+    store.close()
+    os.rmdir(directory)
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    made = fs.calls.index(("mkdir", os.path.basename(directory)))
+    assert made < fs.calls.index(("fsync_dir", "blobs"))
+    os.rmdir(directory)  # removed while the store runs: made again, durable again
+    fs.calls.clear()
+    write_all(store, "b", pattern(100)).seal()
+    assert ("fsync_dir", "blobs") in syncs(fs)
+    store.close()
+
+
 def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
@@ -142,7 +164,6 @@ def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
         ("fdatasync", "b.data"),
         ("write", "b.sums"),  # three adjacent entries, one pwrite
         ("fdatasync", "b.sums"),
-        ("fsync_dir", "blobs"),
         ("write", "b.meta.tmp"),
         ("fsync", "b.meta.tmp"),
         ("fsync_dir", directory),

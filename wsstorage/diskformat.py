@@ -60,6 +60,10 @@ def crc(data: bytes | memoryview, value: int = 0) -> int:
     return crc32c.crc32c(data, value=value)
 
 
+#: How many fan-out directories ``blobs/`` holds: ``00`` .. ``ff``.
+FAN_OUT = 256
+
+
 def prefix_dir(blob_id: str) -> str:
     """The fan-out directory of a blob: two hex digits of a hash of its id.
 
