@@ -659,7 +659,7 @@ def test_a_blob_sealed_at_once_keeps_its_checksums_in_its_record(tmp_path):
     data = pattern(2 * BLOCK + 5)
     write_all(store, "b", data).seal()
     record = json.loads(Path(paths(store, "b").meta).read_text())
-    assert record["format"] == 2 and record["state"] == "sealed"
+    assert record["format"] == 3 and record["state"] == "sealed"
     assert len(base64.b64decode(record["sums"])) == 3 * 8
     assert not os.path.exists(paths(store, "b").sums)
     store = reopen(store)
@@ -717,8 +717,8 @@ def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path, change):
 
 def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     """Version 1 wrote every blob with a ``.sums`` file and records of
-    format 1: they read unchanged, and FORMAT becomes version 2 so that
-    older code refuses the store from now on."""
+    format 1: they read unchanged, and FORMAT becomes the current version
+    (3) so that older code refuses the store from now on."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     handle = write_all(store, "b", pattern(3 * BLOCK))
     handle.sync()
@@ -733,7 +733,7 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     with open(meta, "w") as f:
         json.dump(record, f)
     store = BlobStore.open(tmp_path / "d")
-    assert json.loads(fmt.read_text())["version"] == 2
+    assert json.loads(fmt.read_text())["version"] == 3
     assert read_all(store, "b") == pattern(3 * BLOCK)
     store.close()
 
