@@ -434,6 +434,20 @@ class StorageContract:
         yield writer.abort()
         yield refused(target.copy_from(unsealed, storage.endpoint(storage.names[0])), BadRequest)
 
+    @pytest_twisted.inlineCallbacks
+    def test_a_small_put_reads_back_ranges_and_copies_to_a_peer(self, storage):
+        """A put small enough that a real store keeps it in its record reads
+        whole and in ranges, and copies to a peer, as any sealed blob."""
+        source = yield self._client(storage, 0)
+        target = yield self._client(storage, 1)
+        blob, data = new_id(), pattern(4096 + 3)
+        info = yield source.put(blob, 4, {"inode": 11}, data)
+        assert (yield get(source, blob)) == data
+        assert (yield get(source, blob, 4000, 50)) == data[4000:4050]
+        copied = yield target.copy_from(blob, storage.endpoint(storage.names[0]))
+        assert copied == info
+        assert (yield get(target, blob)) == data
+
     @pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 129, ".x"])
     @pytest_twisted.inlineCallbacks
     def test_bad_blob_ids_are_bad_requests(self, storage, bad):

@@ -93,8 +93,8 @@ def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
 def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     """Creating syncs nothing; the seal syncs data, record and directory
     once each, in that order, and the checksums go in the sealed record (no
-    ``.sums`` file).  The first record in a fan-out directory also fsyncs
-    ``blobs/`` (once per directory and process)."""
+    ``.sums`` file).  No fsync of ``blobs/``: opening the store made every
+    fan-out directory durable."""
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     directory = os.path.basename(paths(store, "b").directory)
@@ -103,27 +103,52 @@ def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     handle.write(pattern(4096))
     assert syncs(fs) == []
     handle.seal()
-    assert syncs(fs) == [
-        ("fdatasync", "b.data"),
-        ("fsync_dir", "blobs"),
-        ("fsync", "b.meta.tmp"),
-        ("fsync_dir", directory),
-    ]
-    assert fs.calls.index(("fdatasync", "b.data")) < fs.calls.index(("write", "b.meta.tmp"))
+    # The data and the record's temp file are synced at the same time,
+    # both before the rename; the directory last.
+    assert sorted(syncs(fs)[:2]) == [("fdatasync", "b.data"), ("fsync", "b.meta.tmp")]
+    assert syncs(fs)[2:] == [("fsync_dir", directory)]
+    renamed = fs.calls.index(("rename", "b.meta"))
+    assert fs.calls.index(("write", "b.meta.tmp")) < fs.calls.index(("fsync", "b.meta.tmp"))
+    assert fs.calls.index(("fdatasync", "b.data")) < renamed
+    assert fs.calls.index(("fsync", "b.meta.tmp")) < renamed
     assert not os.path.exists(paths(store, "b").sums)
     other = same_fan_out(store, "b")
     fs.calls.clear()
     handle = store.open_write(other, 1, 0, {"inode": 8})
     handle.write(pattern(4096, seed=1))
     handle.seal()
-    assert syncs(fs) == [
+    assert sorted(syncs(fs)) == [
         ("fdatasync", f"{other}.data"),
         ("fsync", f"{other}.meta.tmp"),
         ("fsync_dir", directory),
     ]
+    assert syncs(fs)[-1] == ("fsync_dir", directory)
     store = reopen(store)
     assert read_all(store, "b") == pattern(4096)
     assert read_all(store, other) == pattern(4096, seed=1)
+    store.close()
+
+
+def test_opening_makes_every_fan_out_directory_and_fsyncs_blobs_once(tmp_path):
+    """All 256 fan-out directories exist and ``blobs/`` is fsync'd after
+    they were made, so no blob's first record fsyncs ``blobs/``; one an
+    operator removed is made again and its entry made durable again."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    blobs = tmp_path / "d" / "blobs"
+    assert sorted(os.listdir(blobs)) == [f"{i:02x}" for i in range(256)]
+    assert fs.calls[-1] == ("fsync_dir", "blobs")
+    directory = paths(store, "b").directory
+    store.close()
+    os.rmdir(directory)
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    made = fs.calls.index(("mkdir", os.path.basename(directory)))
+    assert made < fs.calls.index(("fsync_dir", "blobs"))
+    os.rmdir(directory)  # removed while the store runs: made again, durable again
+    fs.calls.clear()
+    write_all(store, "b", pattern(100)).seal()
+    assert ("fsync_dir", "blobs") in syncs(fs)
     store.close()
 
 
@@ -142,7 +167,6 @@ def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
         ("fdatasync", "b.data"),
         ("write", "b.sums"),  # three adjacent entries, one pwrite
         ("fdatasync", "b.sums"),
-        ("fsync_dir", "blobs"),
         ("write", "b.meta.tmp"),
         ("fsync", "b.meta.tmp"),
         ("fsync_dir", directory),
@@ -635,7 +659,7 @@ def test_a_blob_sealed_at_once_keeps_its_checksums_in_its_record(tmp_path):
     data = pattern(2 * BLOCK + 5)
     write_all(store, "b", data).seal()
     record = json.loads(Path(paths(store, "b").meta).read_text())
-    assert record["format"] == 2 and record["state"] == "sealed"
+    assert record["format"] == 3 and record["state"] == "sealed"
     assert len(base64.b64decode(record["sums"])) == 3 * 8
     assert not os.path.exists(paths(store, "b").sums)
     store = reopen(store)
@@ -693,8 +717,8 @@ def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path, change):
 
 def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     """Version 1 wrote every blob with a ``.sums`` file and records of
-    format 1: they read unchanged, and FORMAT becomes version 2 so that
-    older code refuses the store from now on."""
+    format 1: they read unchanged, and FORMAT becomes the current version
+    (3) so that older code refuses the store from now on."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     handle = write_all(store, "b", pattern(3 * BLOCK))
     handle.sync()
@@ -709,7 +733,7 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     with open(meta, "w") as f:
         json.dump(record, f)
     store = BlobStore.open(tmp_path / "d")
-    assert json.loads(fmt.read_text())["version"] == 2
+    assert json.loads(fmt.read_text())["version"] == 3
     assert read_all(store, "b") == pattern(3 * BLOCK)
     store.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import pytest
@@ -37,6 +39,37 @@ def store(tmp_path):
     s = BlobStore.open(tmp_path / "data", block_size=4096)
     yield s
     s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flipped_byte_of_a_put_kept_in_its_record_is_found_and_quarantined(store):
+    """A small put keeps its bytes in its record (no ``.data``): scrub
+    checks them and quarantines the record."""
+    for i in range(2):
+        handle = store.open_put(f"small{i}", 1, {"path": "/x"}, 6000)
+        handle.write(os.urandom(6000))
+        handle.seal()
+    meta = BlobPaths.of(store.root, "small1").meta
+    with open(meta) as f:
+        record = json.load(f)
+    raw = bytearray(base64.b64decode(record["data"]))
+    raw[5000] ^= 0xFF
+    record["data"] = base64.b64encode(bytes(raw)).decode()
+    with open(meta, "w") as f:
+        json.dump(record, f)
+    reported = []
+    clock = task.Clock()
+    scrubber = Scrubber(
+        clock, store, bytes_per_second=10**12, run_blocking=inline, on_damaged=reported.append
+    )
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    while not d.called:
+        clock.advance(1)
+    assert (await d) == {"checked": 2, "damaged": 1, "bytes": 12_000}
+    assert [r.blob_id for r in reported] == ["small1"] and reported[0].quarantined
+    assert not os.path.exists(meta)
+    with pytest.raises(BlobNotFound):
+        store.stat("small1")
 
 
 @pytest_twisted.ensureDeferred

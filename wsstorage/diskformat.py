@@ -21,10 +21,12 @@ from wsstorage.errors import BadRequest, StorageError
 
 FORMAT_NAME = "wsfs-blobstore"
 #: Version 2 added checksums kept inside a sealed record (``sums``), with
-#: no ``.sums`` file; version 1 stores are upgraded when opened.
-FORMAT_VERSION = 2
+#: no ``.sums`` file; version 3 the bytes of a small blob kept inside its
+#: sealed record too (``data``), with no ``.data`` file.  Older stores are
+#: upgraded when opened.
+FORMAT_VERSION = 3
 #: Versions of a data directory (and of a record) this code reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
 MIN_BLOCK_SIZE = 512
@@ -44,6 +46,10 @@ ENTRY = struct.Struct(">II")
 #: Most checksum entries a sealed record carries itself (``MetaRecord.sums``):
 #: 4 MiB of 64 KiB blocks, 512 bytes of entries.
 INLINE_SUMS_MAX = 64
+#: Largest blob whose bytes a ``put`` keeps in its sealed record
+#: (``MetaRecord.data``): one file created and two syncs (record,
+#: directory) instead of two files and three syncs.
+INLINE_DATA_MAX = 64 * 1024
 
 STATE_OPEN = "open"
 STATE_SEALED = "sealed"
@@ -58,6 +64,10 @@ class FormatError(StorageError):
 def crc(data: bytes | memoryview, value: int = 0) -> int:
     """CRC32C of ``data``, continuing from ``value``."""
     return crc32c.crc32c(data, value=value)
+
+
+#: How many fan-out directories ``blobs/`` holds: ``00`` .. ``ff``.
+FAN_OUT = 256
 
 
 def prefix_dir(blob_id: str) -> str:
@@ -98,6 +108,9 @@ class MetaRecord:
     #: The checksum entries of a sealed blob that has no ``.sums`` file
     #: (``ENTRY`` after ``ENTRY``, as that file would hold them), or None.
     sums: bytes | None = None
+    #: The bytes of a sealed blob that has no ``.data`` file (format 3;
+    #: ``sums`` then holds their checksums), or None.
+    data: bytes | None = None
 
     def encode(self) -> bytes:
         fields = {
@@ -111,6 +124,8 @@ class MetaRecord:
         }
         if self.sums is not None:
             fields["sums"] = base64.b64encode(self.sums).decode()
+        if self.data is not None:
+            fields["data"] = base64.b64encode(self.data).decode()
         return json.dumps(fields, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -120,6 +135,7 @@ class MetaRecord:
             if d["format"] not in READABLE_VERSIONS:
                 raise FormatError(f"blob record of unknown format {d['format']!r}")
             sums = d.get("sums")
+            data = d.get("data")
             rec = cls(
                 blob_id=str(d["blob_id"]),
                 state=str(d["state"]),
@@ -128,6 +144,7 @@ class MetaRecord:
                 size=int(d["size"]),
                 meta=dict(d["meta"]),
                 sums=None if sums is None else base64.b64decode(sums, validate=True),
+                data=None if data is None else base64.b64decode(data, validate=True),
             )
         except FormatError:
             raise
@@ -139,6 +156,13 @@ class MetaRecord:
             d["format"] < 2 or rec.state != STATE_SEALED or not _sums_cover(rec)
         ):
             raise FormatError("blob record with malformed inline checksums")
+        if rec.data is not None and (
+            d["format"] < 3
+            or rec.sums is None
+            or len(rec.data) != rec.size
+            or rec.size > INLINE_DATA_MAX
+        ):
+            raise FormatError("blob record with malformed inline data")
         return rec
 
 

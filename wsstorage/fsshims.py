@@ -85,6 +85,10 @@ class RecordingFileSystem(OsFileSystem):
         self.calls.append(("fsync_dir", os.path.basename(path)))
         super().fsync_dir(path)
 
+    def mkdir(self, path: str) -> None:
+        self.calls.append(("mkdir", os.path.basename(path)))
+        super().mkdir(path)
+
 
 class FullDiskFileSystem(RecordingFileSystem):
     """Fails writes with ENOSPC once ``full`` is set, after ``allow`` more bytes

@@ -1,0 +1,181 @@
+"""A small ``put`` keeps its bytes in its sealed record (format 3): one file,
+two syncs, and every other operation of the store handles such a blob."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from wsstorage.blobstore import BlobPutHandle, BlobStore, BlobWriteHandle
+from wsstorage.diskformat import INLINE_DATA_MAX, BlobPaths
+from wsstorage.errors import BlobNotFound, BlobSealed, ChecksumError, StaleEpoch
+from wsstorage.fsshims import RecordingFileSystem
+from wsstorage.records import SEALED
+
+SYNCS = ("fsync", "fdatasync", "fsync_dir")
+
+
+def put(store: BlobStore, blob_id: str, data: bytes, epoch: int = 1):
+    handle = store.open_put(blob_id, epoch, {"inode": 9}, len(data))
+    try:
+        for i in range(0, len(data), 1000):
+            handle.write(data[i : i + 1000])
+        return handle.seal()
+    finally:
+        handle.close()
+
+
+def files_of(store: BlobStore, blob_id: str) -> list[str]:
+    directory = BlobPaths.of(store.root, blob_id).directory
+    return sorted(n for n in os.listdir(directory) if n.startswith(blob_id + "."))
+
+
+def test_a_small_put_is_one_record_synced_then_its_directory(tmp_path):
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    directory = os.path.basename(BlobPaths.of(store.root, "b").directory)
+    data = pattern(2 * BLOCK + 7)
+    fs.calls.clear()
+    info = put(store, "b", data)
+    assert (info.state, info.size, info.durable, info.meta) == (
+        SEALED,
+        len(data),
+        len(data),
+        {"inode": 9},
+    )
+    assert [c for c in fs.calls if c[0] in SYNCS] == [
+        ("fsync", "b.meta.tmp"),
+        ("fsync_dir", directory),
+    ]
+    assert fs.calls.index(("fsync", "b.meta.tmp")) < fs.calls.index(("rename", "b.meta"))
+    assert files_of(store, "b") == ["b.meta"]
+    record = json.loads(Path(BlobPaths.of(store.root, "b").meta).read_text())
+    assert record["format"] == 3 and base64.b64decode(record["data"]) == data
+    assert len(base64.b64decode(record["sums"])) == 3 * 8
+    assert read_all(store, "b") == data
+    assert read_all(store, "b", BLOCK + 3, 10) == data[BLOCK + 3 : BLOCK + 13]
+    store.close()
+
+
+def test_an_inline_blob_reads_in_place_lists_counts_and_survives_a_restart(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(3 * BLOCK)
+    put(store, "b", data)
+    put(store, "empty", b"")
+    store.close()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    assert store.count_blobs() == 2
+    assert {i.blob_id: i.size for i in store.list_blobs()} == {"b": len(data), "empty": 0}
+    assert read_all(store, "b") == data
+    assert read_all(store, "empty") == b""
+    reader = store.open_read("b", BLOCK, None)
+    buffer = memoryview(bytearray(2 * BLOCK))
+    assert reader.read_into(buffer, nowait=True) == 2 * BLOCK
+    assert bytes(buffer) == data[BLOCK:]
+    assert reader.read_into(buffer) == 0
+    reader.close()
+    assert store.fence("b", 1, len(data)).state == SEALED  # a no-op fence
+    assert store.commit("b", 1).size == len(data)  # an idempotent commit
+    with pytest.raises(BlobSealed):
+        store.open_write("b", 2, 0, {})
+    store.delete("b")
+    assert files_of(store, "b") == []
+    assert store.count_blobs() == 1
+    with pytest.raises(BlobNotFound):
+        store.stat("b")
+    store.close()
+
+
+def test_a_damaged_byte_of_inline_data_fails_its_checksum(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    data = pattern(2 * BLOCK)
+    put(store, "b", data)
+    meta = BlobPaths.of(store.root, "b").meta
+    record = json.loads(Path(meta).read_text())
+    raw = bytearray(base64.b64decode(record["data"]))
+    raw[BLOCK + 1] ^= 0xFF
+    record["data"] = base64.b64encode(bytes(raw)).decode()
+    Path(meta).write_text(json.dumps(record))
+    assert read_all(store, "b", 0, BLOCK) == data[:BLOCK]
+    with pytest.raises(ChecksumError):
+        read_all(store, "b", BLOCK, 1)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"format": 2},  # version 2 records had no inline data
+        {"data": base64.b64encode(b"short").decode()},  # not the sealed size
+        {"data": "not base64!"},
+        {"state": "open"},
+    ],
+    ids=lambda change: ",".join(f"{k}={str(v)[:12]}" for k, v in change.items()),
+)
+def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    put(store, "b", pattern(BLOCK + 9))
+    meta = BlobPaths.of(store.root, "b").meta
+    record = json.loads(Path(meta).read_text())
+    record.update(change)
+    Path(meta).write_text(json.dumps(record))
+    store.close()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    assert store.damaged == ["b"]
+    store.close()
+
+
+def test_a_record_with_inline_data_but_no_checksums_is_damaged(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    put(store, "b", pattern(100))
+    meta = BlobPaths.of(store.root, "b").meta
+    record = json.loads(Path(meta).read_text())
+    del record["sums"]
+    Path(meta).write_text(json.dumps(record))
+    store.close()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    assert store.damaged == ["b"]
+    store.close()
+
+
+def test_a_put_onto_a_blob_that_exists_is_refused_or_written_as_before(tmp_path):
+    """A fence with a newer epoch came first: StaleEpoch; a sealed blob:
+    BlobSealed; an unsealed blob at an older or equal epoch: superseded and
+    sealed through its data file, as ``open_write`` at 0 does."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    store.fence("fenced", 5, 0)
+    with pytest.raises(StaleEpoch):
+        put(store, "fenced", b"late", epoch=4)
+    put(store, "sealed", b"first")
+    with pytest.raises(BlobSealed):
+        put(store, "sealed", b"again")
+    assert read_all(store, "sealed") == b"first"
+    write_all(store, "open", pattern(500)).sync()
+    info = put(store, "open", pattern(300, seed=2), epoch=2)
+    assert (info.state, info.size, info.epoch) == (SEALED, 300, 2)
+    assert read_all(store, "open") == pattern(300, seed=2)
+    assert "open.data" in files_of(store, "open")
+    store.close()
+
+
+def test_a_put_never_sealed_leaves_nothing_and_a_big_one_uses_a_data_file(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = store.open_put("b", 1, {}, 100)
+    assert isinstance(handle, BlobPutHandle)
+    handle.write(pattern(100))
+    handle.close()  # as a crash before the seal: nothing was ever on disk
+    assert files_of(store, "b") == []
+    with pytest.raises(BlobNotFound):
+        store.stat("b")
+    big = store.open_put("big", 1, {}, INLINE_DATA_MAX + 1)
+    assert isinstance(big, BlobWriteHandle)
+    big.write(pattern(INLINE_DATA_MAX + 1))
+    big.seal()
+    assert "big.data" in files_of(store, "big")
+    assert read_all(store, "big") == pattern(INLINE_DATA_MAX + 1)
+    store.close()
