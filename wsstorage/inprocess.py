@@ -49,12 +49,12 @@ from zope.interface import implementer
 
 from wsstorage import failpoints
 from wsstorage._interfaces import IStorageClient
+from wsstorage.counters import ProcessCounters
 from wsstorage.errors import NodeUnavailable, StorageError
+from wsstorage.fields import int_field
 from wsstorage.records import check_blob_id
 from wsstorage.server import (
     StorageServerFactory,
-    _int_field,
-    _ProcessCounters,
     open_range,
     reactor_batch_buffer,
     storage_error,
@@ -98,8 +98,8 @@ class InProcessClient:
             return self.wire.read(blob_id, offset, length, consumer)
         try:
             check_blob_id(blob_id)
-            _int_field({"offset": offset}, "offset")
-            _int_field({"length": length}, "length", optional=True)
+            int_field({"offset": offset}, "offset")
+            int_field({"length": length}, "length", optional=True)
         except StorageError as e:
             return defer.fail(e)
         read = _LocalRead(self.factory, blob_id, offset, length, consumer, self._reads.discard)
@@ -316,7 +316,7 @@ class _LocalRead:
                     return  # ended, or the thread pool reads it: _read_done resumes us
                 self.delivered += len(data)
                 written += len(data)
-                _ProcessCounters.read += len(data)
+                ProcessCounters.read += len(data)
                 try:
                     self.consumer.write(data)
                 except Exception:
