@@ -180,7 +180,7 @@ class _LocalRead:
         #: Fires (None) once ``d`` has fired or was cancelled; ``forget``
         #: (the client's) is called just before ``d`` fires.
         self.ended: defer.Deferred = defer.Deferred()
-        self._forget = forget
+        self._forget: Callable[[_LocalRead], None] | None = forget
         self.handle: Any = None
         #: Fires once the read handle is closed (a cancelled read's only
         #: once the batch a thread was reading is done).
@@ -209,6 +209,7 @@ class _LocalRead:
     def start(self) -> defer.Deferred:
         if not self._serving():
             self._finished = True
+            self._forget_once()
             self.d.errback(self._unavailable())
             self._done()
             return self.d
@@ -218,9 +219,9 @@ class _LocalRead:
         return self.d
 
     def abort(self, error: BaseException) -> None:
-        """End the read now with ``error`` (its client was closed)."""
-        if not self._finished:
-            self._end(error)
+        """End the read now with ``error`` (its client was closed); nothing
+        if it has ended already."""
+        self._end(error)
 
     def _serving(self) -> bool:
         return bool(self.factory.numPorts)
@@ -254,7 +255,7 @@ class _LocalRead:
     def _open_failed(self, f: Failure) -> None:
         if not self._finished:
             self._finished = True
-            self._forget(self)
+            self._forget_once()
             self.d.errback(self._logged(f))
             self._done()
 
@@ -268,8 +269,7 @@ class _LocalRead:
         self._go()
 
     def stopProducing(self) -> None:
-        if not self._finished:
-            self._end(StorageError("read stopped by its consumer"))
+        self._end(StorageError("read stopped by its consumer"))
 
     # -- reading ---------------------------------------------------------
 
@@ -411,11 +411,22 @@ class _LocalRead:
             blob=self.blob_id,
             name=self.factory.name,
         )
-        if not self._finished:
-            self._end(NodeUnavailable(f"read from storage server {self.factory.name} broken"))
+        self._end(NodeUnavailable(f"read from storage server {self.factory.name} broken"))
+
+    # Every way a read ends (done, a store error, stopProducing, the
+    # consumer raising, abort, cancel, open failing) goes through ``_end``,
+    # ``_cancel`` or ``_open_failed``, each of which acts only on a read not
+    # yet ``_finished`` and sets it first; so the handle is closed, the
+    # count taken back, the consumer unregistered and ``forget`` called
+    # once each, whatever arrives after (an abort after the end, a close
+    # while a thread reads a batch, a consumer that stops us from inside
+    # ``unregisterProducer``).
 
     def _end(self, error: BaseException | None) -> None:
-        """Stop reading, unregister, and fire the Deferred in a later turn."""
+        """Stop reading, unregister, and fire the Deferred in a later turn;
+        nothing if the read has ended already."""
+        if self._finished:
+            return
         self._finished = True
         self._release()
         if error is None:
@@ -425,33 +436,50 @@ class _LocalRead:
         self.factory.reactor.callLater(0, self._fire, result)
 
     def _fire(self, result: Any) -> None:
-        self._forget(self)
-        if not self.d.called:
+        self._forget_once()
+        if not self.d.called:  # else it was cancelled meanwhile
             if isinstance(result, Failure):
                 self.d.errback(result)
             else:
                 self.d.callback(result)
         self._done()
 
+    def _forget_once(self) -> None:
+        """The client forgets the read, once, just before its Deferred fires."""
+        forget, self._forget = self._forget, None
+        if forget is not None:
+            forget(self)
+
     def _done(self) -> None:
-        self._forget(self)
+        self._forget_once()
         if not self.ended.called:
             self.ended.callback(None)
 
     def _release(self) -> None:
+        """Let go of everything, once (the caller set ``_finished``): our
+        own state first, the consumer last, so that a consumer that raises
+        from ``unregisterProducer`` (logged) leaves nothing held."""
         self._ready = self._error = None
         if self._later is not None:
             if self._later.active():
                 self._later.cancel()
             self._later = None
-        if self.registered:
-            self.registered = False
-            self.consumer.unregisterProducer()
         if self._counted:
             self._counted = False
             self.factory.in_process_reads -= 1
         if not self._reading:
             self._close_handle()  # else _read_done closes it once the thread is done
+        if self.registered:
+            self.registered = False
+            try:
+                self.consumer.unregisterProducer()
+            except Exception:
+                log.failure(
+                    "the consumer of an in-process read of {blob} from storage server "
+                    "{name} failed to unregister it",
+                    blob=self.blob_id,
+                    name=self.factory.name,
+                )
 
     def _close_handle(self) -> None:
         handle, self.handle = self.handle, None
