@@ -1123,6 +1123,10 @@ class _ReadStream:
             self._failed = True
             self._ready.append(_Batch([], 0, None, result.value))
         if self._finished:
+            # A batch the task read while close() ran is dropped here, not
+            # when the stream is collected; the handle only now (the task
+            # used it).
+            self._ready.clear()
             self._close_handle()
             return
         self._fill()
@@ -1288,6 +1292,7 @@ class _ReadStream:
             self.proto.factory.read_streams -= 1
         self._finished = True
         self._ready.clear()
+        self._buffers.clear()
         with self._room:
             self._room.notify()  # a reading task waiting for room ends now
         if not self._fetching:
