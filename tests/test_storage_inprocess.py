@@ -672,3 +672,59 @@ def test_a_consumer_that_raises_while_stopping_the_read_leaves_nothing_held(
         assert RuntimeError in [f.type for f in logged]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_cached_batches_are_the_ceiling_until_the_consumer_first_pauses(
+    tmp_path, monkeypatch, cached
+):
+    """With 200 downloads running, wslocal's share is 64 KiB; a batch read
+    from the page cache holds nothing once written while the consumer's
+    socket takes it all, so it is the 256 KiB ceiling until the consumer
+    first pauses the read, then the share.  A batch from the disk (a read
+    holds two) is always the share."""
+    from wsfront import local
+    from wsfront.transfer import reader
+
+    if not cached:
+        request_uncached(monkeypatch)
+    monkeypatch.setattr(reader, "_active_reads", 200)
+    clock = Clock()
+    store = BlobStore.open(tmp_path / "s1")
+    try:
+        factory = local.LocalStorageFactory(
+            clock, store, "s1", SECRET, run_blocking=run_now,
+            read_ahead=local.LOCAL_READ_AHEAD, read_batches=local.LOCAL_READ_BATCHES,
+        )  # fmt: skip
+        factory.doStart()  # as if listening
+        share, ceiling = local.READ_AHEAD_MIN, local.LOCAL_READ_AHEAD
+        assert factory.read_ahead == share
+        data = pattern(2 * MiB, 17)
+        handle = store.open_write("b1", 1, 0, {})
+        handle.write(data)
+        handle.seal()
+        handle.close()
+        client = InProcessClient(StorageClient(clock, "s1", "tcp:127.0.0.1:1", SECRET), factory)
+        sink = Collector(pause_after=MiB)
+        reading = client.read("b1", 0, None, sink)
+        first = len(sink.parts)
+        sink.producer.resumeProducing()
+        clock.advance(0)
+        assert reading.called and reading.result == len(data) and sink.data() == data
+        before, after = sink.parts[:first], sink.parts[first:]
+        assert {len(p) for p in before} == {ceiling if cached else share}
+        assert {len(p) for p in after} == {share}
+    finally:
+        store.close()
+
+
+def request_uncached(monkeypatch) -> None:
+    """The ``uncached`` fixture's patch, for a parametrized test."""
+    read_into = BlobReadHandle.read_into
+
+    def not_cached(self, buffer, nowait=False):
+        if nowait:
+            raise BlockingIOError("not in the page cache")
+        return read_into(self, buffer)
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", not_cached)
