@@ -9,6 +9,8 @@ and the share grows back as reads end.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -23,7 +25,7 @@ from wsfront.transfer.errors import TransferAborted
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.shares import fair_share
 from wsstorage import server
-from wsstorage.blobstore import BlobStore
+from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -178,3 +180,59 @@ async def test_a_read_whose_share_changes_midway_delivers_every_byte(local_serve
         large = [i for i, n in enumerate(batches) if n == local.LOCAL_READ_AHEAD]
         assert small and large
         assert large[0] < small[0] < large[-1]
+
+
+@pytest.mark.parametrize("block", [512, 64 * KiB, 48 * KiB, 96 * KiB, 1536])
+def test_the_share_is_whole_blocks_of_the_store(block, monkeypatch):
+    """A store whose block is not 64 KiB gets batches of whole blocks of
+    its own, from about READ_AHEAD_MIN up to the ceiling; one whose block
+    divides 64 KiB the same 64 KiB steps as before."""
+    factory = _factory(Clock())
+    factory.store = SimpleNamespace(block_size=block)
+    step = local.READ_AHEAD_MIN if local.READ_AHEAD_MIN % block == 0 else block
+    for active in [0, 1, 33, 50, 100, 200, 10**4]:
+        monkeypatch.setattr(reader, "_active_reads", active)
+        share = factory.read_ahead
+        assert share % step == 0, (active, share)
+        assert local.READ_AHEAD_MIN <= share <= local.LOCAL_READ_AHEAD
+        assert (
+            share >= min(local.LOCAL_READ_AHEAD, local.READ_AHEAD_BUDGET // max(1, active)) - step
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_of_96_kib_blocks_reads_cached_batches_in_place(tmp_path, monkeypatch):
+    """With 200 reads running (a 64 KiB share) the batches of a store of
+    96 KiB blocks are whole blocks, so the reactor thread reads the cached
+    ones in place instead of refusing them all as unaligned."""
+    store = BlobStore.open(tmp_path / "s1", block_size=96 * KiB)
+    factory = local.LocalStorageFactory(
+        reactor, store, "s1", b"k" * 32, read_ahead=local.LOCAL_READ_AHEAD, read_batches=1
+    )
+    port = reactor.listenTCP(free_port(), factory, interface="127.0.0.1")
+    client = StorageClient(
+        reactor, "s1", f"tcp:127.0.0.1:{port.getHost().port}", b"k" * 32, idle_timeout=30
+    )
+    try:
+        data = pattern(6 * MiB + 7, seed=12)
+        await write_blob(client, "blob", data, chunk=MiB)
+        monkeypatch.setattr(reader, "_active_reads", 200)
+        refused = []
+        read_into = BlobReadHandle.read_into
+
+        def noting(handle, buffer, nowait=False):
+            try:
+                return read_into(handle, buffer, nowait)
+            except BlockingIOError as e:
+                refused.append(str(e))
+                raise
+
+        monkeypatch.setattr(BlobReadHandle, "read_into", noting)
+        sink = DrainConsumer()
+        assert await client.read("blob", 0, None, sink) == len(data)
+        assert sink.sha.hexdigest() == sha256(data)
+        assert not [r for r in refused if "unaligned" in r]
+    finally:
+        await client.close()
+        await defer.maybeDeferred(port.stopListening)
+        store.close()

@@ -539,3 +539,192 @@ async def test_in_process_reads_count_in_the_process_read_counter(inprocess_stor
     monkeypatch.setattr(server._ProcessCounters, "read", 0)
     assert await get(client, blob, 3) == data[3:]
     assert server._ProcessCounters.read == len(data) - 3
+
+
+class _Ledger:
+    """Counts what a read lets go of: ``forget`` calls and handle closes
+    (per handle), so a test can check each happens exactly once."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.forgotten = 0
+        self.closes: dict[int, int] = {}
+        close = BlobReadHandle.close
+
+        def counted_close(handle):
+            self.closes[id(handle)] = self.closes.get(id(handle), 0) + 1
+            close(handle)
+
+        monkeypatch.setattr(BlobReadHandle, "close", counted_close)
+
+    def forget(self, read) -> None:
+        self.forgotten += 1
+
+
+class _HeldRunBlocking:
+    """A ``run_blocking`` that runs opens at once but holds every batch
+    read (``handle.read``, the thread pool's part) until ``release``: a
+    batch "still in a thread" for as long as the test likes."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Any, tuple[Any, ...], defer.Deferred]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred:
+        if getattr(f, "__name__", "") != "read":
+            return run_now(f, *args)
+        d: defer.Deferred = defer.Deferred()
+        self.held.append((f, args, d))
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for f, args, d in held:
+            run_now(f, *args).chainDeferred(d)
+
+
+def _local_read(factory, consumer, ledger):
+    from wsstorage.inprocess import _LocalRead
+
+    return _LocalRead(factory, "b1", 0, None, consumer, ledger.forget)
+
+
+def test_an_abort_or_stop_after_the_end_lets_go_of_nothing_twice(tmp_path, monkeypatch):
+    """A read that ended (all delivered, its Deferred not yet fired) and is
+    then aborted (its client closed), stopped and cancelled: it is
+    forgotten once, its handle closed once, and it still succeeds."""
+    ledger = _Ledger(monkeypatch)
+    clock, store, factory, _client, data = _inline_server(tmp_path, size=MiB + 5)
+    try:
+        sink = Collector()
+        read = _local_read(factory, sink, ledger)
+        reading = read.start()
+        assert sink.count == len(data) and not reading.called  # fires in a later turn
+        read.abort(NodeUnavailable("client closed"))
+        read.stopProducing()
+        clock.advance(0)
+        assert reading.called and reading.result == len(data)
+        reading.cancel()  # fired already: nothing
+        assert ledger.forgotten == 1 and list(ledger.closes.values()) == [1]
+        assert sink.events == ["register", "unregister"] and factory.in_process_reads == 0
+    finally:
+        store.close()
+
+
+def test_a_close_while_a_thread_reads_a_batch_closes_the_handle_once_after_it(
+    tmp_path, monkeypatch, uncached
+):
+    """The read fails at once; its handle is closed once the thread's
+    batch is in, not before (the thread still uses it) and not twice, even
+    if the read is stopped and aborted again meanwhile."""
+    ledger = _Ledger(monkeypatch)
+    clock, store, factory, _client, _data = _inline_server(tmp_path, size=3 * MiB)
+    held = _HeldRunBlocking()
+    factory.run_blocking = held
+    try:
+        sink = Collector()
+        read = _local_read(factory, sink, ledger)
+        reading = read.start()
+        assert len(held.held) == 1 and sink.count == 0  # the first batch is in a "thread"
+        read.abort(NodeUnavailable("client closed"))
+        read.stopProducing()
+        read.abort(NodeUnavailable("client closed again"))
+        clock.advance(0)
+        assert reading.called and isinstance(reading.result.value, NodeUnavailable)
+        reading.addErrback(lambda f: None)
+        assert factory.in_process_reads == 0 and sink.events == ["register", "unregister"]
+        assert ledger.closes == {} and not read.closed.called  # the thread still reads
+        held.release()
+        assert list(ledger.closes.values()) == [1] and read.closed.called
+        assert ledger.forgotten == 1 and sink.count == 0 and not held.held
+    finally:
+        store.close()
+
+
+class _StopsInUnregister(Collector):
+    """A consumer that stops its producer from ``write`` and then raises
+    from ``unregisterProducer`` (a consumer tearing itself down)."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.stopProducing()
+
+    def unregisterProducer(self) -> None:
+        super().unregisterProducer()
+        raise RuntimeError("the consumer broke while unregistering")
+
+
+def test_a_consumer_that_raises_while_stopping_the_read_leaves_nothing_held(
+    tmp_path, monkeypatch, logged
+):
+    """The read still ends: handle closed, count taken back, forgotten,
+    its Deferred failed, the consumer's exception logged."""
+    ledger = _Ledger(monkeypatch)
+    clock, store, factory, _client, _data = _inline_server(tmp_path, size=3 * MiB)
+    try:
+        sink = _StopsInUnregister()
+        read = _local_read(factory, sink, ledger)
+        reading = read.start()
+        clock.advance(0)
+        assert reading.called and isinstance(reading.result.value, StorageError)
+        reading.addErrback(lambda f: None)
+        assert factory.in_process_reads == 0 and read.handle is None
+        assert list(ledger.closes.values()) == [1] and ledger.forgotten == 1
+        assert sink.events == ["register", "unregister"] and len(sink.parts) == 1
+        assert RuntimeError in [f.type for f in logged]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_cached_batches_are_the_ceiling_until_the_consumer_first_pauses(
+    tmp_path, monkeypatch, cached
+):
+    """With 200 downloads running, wslocal's share is 64 KiB; a batch read
+    from the page cache holds nothing once written while the consumer's
+    socket takes it all, so it is the 256 KiB ceiling until the consumer
+    first pauses the read, then the share.  A batch from the disk (a read
+    holds two) is always the share."""
+    from wsfront import local
+    from wsfront.transfer import reader
+
+    if not cached:
+        request_uncached(monkeypatch)
+    monkeypatch.setattr(reader, "_active_reads", 200)
+    clock = Clock()
+    store = BlobStore.open(tmp_path / "s1")
+    try:
+        factory = local.LocalStorageFactory(
+            clock, store, "s1", SECRET, run_blocking=run_now,
+            read_ahead=local.LOCAL_READ_AHEAD, read_batches=local.LOCAL_READ_BATCHES,
+        )  # fmt: skip
+        factory.doStart()  # as if listening
+        share, ceiling = local.READ_AHEAD_MIN, local.LOCAL_READ_AHEAD
+        assert factory.read_ahead == share
+        data = pattern(2 * MiB, 17)
+        handle = store.open_write("b1", 1, 0, {})
+        handle.write(data)
+        handle.seal()
+        handle.close()
+        client = InProcessClient(StorageClient(clock, "s1", "tcp:127.0.0.1:1", SECRET), factory)
+        sink = Collector(pause_after=MiB)
+        reading = client.read("b1", 0, None, sink)
+        first = len(sink.parts)
+        sink.producer.resumeProducing()
+        clock.advance(0)
+        assert reading.called and reading.result == len(data) and sink.data() == data
+        before, after = sink.parts[:first], sink.parts[first:]
+        assert {len(p) for p in before} == {ceiling if cached else share}
+        assert {len(p) for p in after} == {share}
+    finally:
+        store.close()
+
+
+def request_uncached(monkeypatch) -> None:
+    """The ``uncached`` fixture's patch, for a parametrized test."""
+    read_into = BlobReadHandle.read_into
+
+    def not_cached(self, buffer, nowait=False):
+        if nowait:
+            raise BlockingIOError("not in the page cache")
+        return read_into(self, buffer)
+
+    monkeypatch.setattr(BlobReadHandle, "read_into", not_cached)

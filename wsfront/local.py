@@ -47,11 +47,12 @@ LOCAL_READ_BATCHES = 1
 #: together: each holds, when the front end's socket is full, a copy of
 #: its batch's unsent rest, and a lone stream the buffers its reading task
 #: fills (several streams read cached batches into one shared buffer:
-#: ``wsstorage.server._reactor_batch_buffer``).  At 256 KiB each, 200
+#: ``wsstorage.server.reactor_batch_buffer``).  At 256 KiB each, 200
 #: downloads held 75 MiB of those (wslocal peaked at 135 MB); each batch
 #: is an equal share of this budget among the running reads, between
 #: READ_AHEAD_MIN (one default block: cached batches are read in place
-#: only in whole blocks) and LOCAL_READ_AHEAD, so up to 32 at once read
+#: only in whole blocks, so a store of another block size gets whole
+#: blocks of its own) and LOCAL_READ_AHEAD, so up to 32 at once read
 #: 256 KiB batches and 200 read 64 KiB ones (peak 89 MB).  The front
 #: end's downloads now read these stores in process (``_storage_client``),
 #: in batches of the same share: each holds at most two of them, and only
@@ -74,9 +75,19 @@ class LocalStorageFactory(StorageServerFactory):
 
     @property
     def read_ahead(self) -> int:
+        # In steps of READ_AHEAD_MIN, or of the store's block where that is
+        # not a divisor of it (a store's block need not be 64 KiB): a batch
+        # that is not whole blocks is never read in place, so every cached
+        # batch of a wire read stream went to the thread pool instead of
+        # being read in the reactor thread (``_ReadStream._read_here``).
+        block = getattr(self.store, "block_size", 1)
+        step = READ_AHEAD_MIN if READ_AHEAD_MIN % block == 0 else block
         ceiling = self.read_ahead_max
-        floor = min(READ_AHEAD_MIN, ceiling)
-        return fair_share(READ_AHEAD_BUDGET, reader.active_reads(), floor, ceiling, floor)
+        if ceiling < step:  # a ceiling under one step is its own floor
+            return ceiling
+        ceiling -= ceiling % step
+        floor = min(-(-READ_AHEAD_MIN // step) * step, ceiling)
+        return fair_share(READ_AHEAD_BUDGET, reader.active_reads(), floor, ceiling, step)
 
     @read_ahead.setter
     def read_ahead(self, value: int) -> None:

@@ -27,7 +27,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from wsstorage import server as _server
+from wsstorage.counters import ProcessCounters
 
 
 class StorageCollector(Collector):
@@ -62,16 +62,14 @@ class StorageCollector(Collector):
             "Blobs whose record did not parse at start (left on disk, not served).",
             value=len(getattr(store, "damaged", ()) or ()),
         )
-        counters = getattr(_server, "_ProcessCounters", None)
-        if counters is not None:
-            moved = CounterMetricFamily(
-                "wsstorage_process_bytes",
-                "Blob bytes read and written by every server in this process.",
-                labels=["direction"],
-            )
-            moved.add_metric(["read"], counters.read)
-            moved.add_metric(["write"], counters.written)
-            yield moved
+        moved = CounterMetricFamily(
+            "wsstorage_process_bytes",
+            "Blob bytes read and written by every server in this process.",
+            labels=["direction"],
+        )
+        moved.add_metric(["read"], ProcessCounters.read)
+        moved.add_metric(["write"], ProcessCounters.written)
+        yield moved
 
 
 def storage_registry(factory: Any) -> CollectorRegistry:

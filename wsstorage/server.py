@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsstorage import auth, failpoints, framing
+from wsstorage.counters import ProcessCounters as _ProcessCounters
 from wsstorage.errors import (
     BadRequest,
     BlobExists,
@@ -47,6 +48,7 @@ from wsstorage.errors import (
     ProtocolError,
     StorageError,
 )
+from wsstorage.fields import int_field as _int_field
 from wsstorage.records import BlobInfo, check_blob_id
 from wsstorage.tlsinfo import describe_loss
 
@@ -119,15 +121,6 @@ def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tup
     return store.open_read(blob_id, offset, n), n, info.size
 
 
-def _int_field(req: dict[str, Any], name: str, *, optional: bool = False) -> int | None:
-    value = req.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"field {name!r} must be a non-negative integer")
-    return value
-
-
 def _meta_field(req: dict[str, Any]) -> dict[str, Any]:
     meta = req.get("meta", {})
     if not isinstance(meta, dict):
@@ -135,13 +128,6 @@ def _meta_field(req: dict[str, Any]) -> dict[str, Any]:
     if len(json.dumps(meta)) > MAX_META:
         raise BadRequest(f"meta record larger than {MAX_META} bytes")
     return meta
-
-
-class _ProcessCounters:
-    """Bytes moved by this process, for the byte-counting failpoints."""
-
-    written = 0
-    read = 0
 
 
 def _cut_at_failpoint(name: str, total: int, data: bytes) -> bytes:
@@ -1144,6 +1130,10 @@ class _ReadStream:
             self._failed = True
             self._ready.append(_Batch([], 0, None, result.value))
         if self._finished:
+            # A batch the task read while close() ran is dropped here, not
+            # when the stream is collected; the handle only now (the task
+            # used it).
+            self._ready.clear()
             self._close_handle()
             return
         self._fill()
@@ -1309,6 +1299,7 @@ class _ReadStream:
             self.proto.factory.read_streams -= 1
         self._finished = True
         self._ready.clear()
+        self._buffers.clear()
         with self._room:
             self._room.notify()  # a reading task waiting for room ends now
         if not self._fetching:
