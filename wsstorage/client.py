@@ -669,6 +669,9 @@ class BlobWriter:
         self._backlog_bytes = 0
         #: The producer is paused for the backlog (not by the transport).
         self._held_back = False
+        #: Flushes and the commit ask the server to drop the page cache
+        #: behind this blob (``drop_cache_behind``).
+        self._drop_cache = False
 
     # IConsumer
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -814,11 +817,22 @@ class BlobWriter:
         self.conn.activity()
 
     # stream control
+    def drop_cache_behind(self) -> None:
+        """Hint that this replica will not be the one read first: every
+        flush and the commit from now on carry ``drop_cache``, and the
+        server drops the page cache behind what they make durable
+        (docs/wire-protocol.md).  A server that predates the hint ignores
+        it.  Not part of IBlobWriter: writers without it keep the cache."""
+        self._drop_cache = True
+
+    def _control(self, op: str) -> dict[str, Any]:
+        return {"op": op, "drop_cache": True} if self._drop_cache else {"op": op}
+
     def flush(self) -> defer.Deferred:
         if self.error is not None:
             return defer.fail(self.error)
         self._send_gathered()
-        return self.conn.call({"op": "flush"}).addCallback(lambda b: int(b["durable"]))
+        return self.conn.call(self._control("flush")).addCallback(lambda b: int(b["durable"]))
 
     def commit(self) -> defer.Deferred:
         if self.error is not None:
@@ -830,7 +844,7 @@ class BlobWriter:
             self._end()
             return info_from_wire(body)
 
-        return self.conn.call({"op": "commit"}).addCallback(sealed)
+        return self.conn.call(self._control("commit")).addCallback(sealed)
 
     def abort(self) -> defer.Deferred:
         self._send_gathered()  # frames already given stay before the abort

@@ -475,6 +475,8 @@ class StorageServerProtocol(Protocol):
     def _request(self, rid: int, req: dict[str, Any]) -> None:
         op = req.get("op")
         if self._write is not None:
+            if req.get("drop_cache") is True and op in ("flush", "commit"):
+                self._write.drop_cache_behind()
             if op == "flush":
                 self._flush_while_streaming(rid)
                 return
@@ -1382,6 +1384,19 @@ class _WriteStream:
             _store_counted(self.handle, pieces, start)
         except Exception as e:
             proto.write_failed(self, e)
+
+    def drop_cache_behind(self) -> None:
+        """The writer's hint (``drop_cache`` on a flush or commit) that this
+        replica is not the one read first: the store drops the page cache
+        behind what it syncs (``BlobWriteHandle.drop_cache_behind``).  A
+        store without it, or a handle no longer the blob's, keeps it."""
+        advise = getattr(self.handle, "drop_cache_behind", None)
+        if advise is None or self.error is not None:
+            return
+        try:
+            advise()
+        except StorageError:
+            pass  # the handle lost the blob: the flush or commit says so
 
     def close(self, factory: StorageServerFactory) -> None:
         handle, self.handle = self.handle, None

@@ -68,6 +68,7 @@ class PutOnCommit:
         self._held = False  # we paused the producer while the stream opens
         self._error: BaseException | None = None
         self._finished = False
+        self._drop_cache = False
 
     @property
     def offset(self) -> int:
@@ -108,6 +109,12 @@ class PutOnCommit:
             self._open()
 
     # -- stream control -------------------------------------------------
+
+    def drop_cache_behind(self) -> None:
+        """Pass the hint (``BlobWriter.drop_cache_behind``) to the real
+        stream, now or once it opens; a put keeps its small blob cached."""
+        self._drop_cache = True
+        _drop_cache_behind(self._writer)
 
     def flush(self) -> Deferred:
         if self._error is not None:
@@ -185,6 +192,8 @@ class PutOnCommit:
         if kept:
             writer.write(kept)  # before anything that follows it
         self._writer = writer
+        if self._drop_cache:
+            _drop_cache_behind(writer)
         watchers, self._watchers = self._watchers, []
         for d in watchers:
             writer.when_failed().chainDeferred(d)
@@ -207,3 +216,10 @@ class PutOnCommit:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)
+
+
+def _drop_cache_behind(writer: Any) -> None:
+    """Give ``writer`` the drop-behind hint if it takes hints."""
+    advise = getattr(writer, "drop_cache_behind", None)
+    if advise is not None:
+        advise()

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsfront.transfer.cache_hint import cached_replica
 from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
 from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pool import StoragePool
@@ -30,6 +31,8 @@ from wsstorage.framing import tcp_transport
 
 log = Logger()
 _spread = itertools.count()
+#: Reads of each blob running in this process now (``_replica_order``).
+_reading: dict[str, int] = {}
 
 #: How many bytes the storage connections of all running reads of this
 #: process may pull from their sockets in one go, together.  A storage
@@ -276,10 +279,41 @@ class ReadStream:
     @inlineCallbacks
     def _read_extent_from_replicas(self, extent: ReadExtent, skip: int, want: int):
         """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
+        blob_id = extent.blob_id
+        order = self._replica_order(extent)
+        _reading[blob_id] = _reading.get(blob_id, 0) + 1
+        try:
+            yield self._read_replicas(extent, skip, want, order)
+        finally:
+            left = _reading.pop(blob_id) - 1
+            if left:
+                _reading[blob_id] = left
+
+    def _replica_order(self, extent: ReadExtent) -> list[str]:
+        """Replicas to try, in order: healthy ones first, turned by a
+        counter so concurrent readers of one file share the load; but a
+        blob's only reader starts with the replica that kept the blob in
+        its page cache when it was written (``cache_hint``), if it is up,
+        as the others may have to read the disk."""
+        order = None
+        if not _reading.get(extent.blob_id) and len(extent.replicas) > 1:
+            # The pool turns its healthy replicas (listed first, in order)
+            # by ``spread``: turn them so that this one comes first.
+            keep = cached_replica(extent.blob_id, extent.replicas)
+            unturned = self._pool.order_for_read(extent.replicas)
+            if keep in unturned:
+                order = self._pool.order_for_read(extent.replicas, unturned.index(keep))
+                if order[0] != keep:  # it is down: share the load as usual
+                    order = None
+        if order is None:
+            order = self._pool.order_for_read(extent.replicas, next(_spread))
+        order += [n for n in self._pool.order_for_read(extent.fallback) if n not in order]
+        return order
+
+    @inlineCallbacks
+    def _read_replicas(self, extent: ReadExtent, skip: int, want: int, order: list[str]):
         got = 0
         errors: list[str] = []
-        order = self._pool.order_for_read(extent.replicas, next(_spread))
-        order += [n for n in self._pool.order_for_read(extent.fallback) if n not in order]
         for attempt, node in enumerate(order * self._max_rounds):
             if attempt:
                 self.failovers += 1

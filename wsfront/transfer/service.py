@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE, Entry, UploadSession, User, Version
+from wsfront.transfer.cache_hint import advise_drop_behind
 from wsfront.transfer.errors import (
     Draining,
     NoReplicasAvailable,
@@ -607,6 +608,8 @@ class Transfers:
         if not writers:
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
+        if len(writers) > 1:
+            advise_drop_behind(upload.blob_id, writers)
         if self.extent_cache.capacity > 0:
             first = next(iter(writers))
             writers[first] = WriteThrough(writers[first], self.extent_cache)
