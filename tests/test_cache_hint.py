@@ -119,6 +119,36 @@ def test_the_hint_keeps_the_stores_own_run(tmp_path) -> None:
     store.close()
 
 
+def test_the_hint_does_not_wait_for_a_sync_holding_the_blob(tmp_path) -> None:
+    """The storage server passes the hint from its reactor thread, while a
+    sync in its thread pool may hold the blob's lock over an fsync."""
+    import threading
+
+    store = BlobStore.open(tmp_path / "d")
+    w = store.open_write("b", 1, 0, {})
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._blob("b").lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    caller = threading.Thread(target=w.drop_cache_behind)
+    caller.start()
+    caller.join(30)
+    returned = not caller.is_alive()
+    release.set()
+    holder.join()
+    caller.join()
+    assert returned, "the hint waited for the blob's lock"
+    assert store._blob("b").drop_after == blobstore.HINTED_DROP_AFTER
+    w.close()
+    store.close()
+
+
 @pytest.mark.parametrize("hint", [True, False])
 def test_a_stream_with_the_hint_drops_behind_its_flushes_and_commit(
     tmp_path, small_run, hint

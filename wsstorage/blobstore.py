@@ -594,13 +594,17 @@ class BlobWriteHandle:
         ``HINTED_DROP_AFTER`` bytes are durable.  Its writes then reuse the
         pages its last sync freed instead of growing the page cache (the
         expensive part of a write: the module docstring), and a read of it
-        goes to the disk.  Cheap: no I/O."""
+        goes to the disk.  Cheap: no I/O, and no wait for the blob's lock,
+        which a sync in the thread pool holds over its fsync while the
+        storage server calls this from its reactor thread.  Both fields
+        are only advice read under the lock by ``drop_span``: ``drop_after``
+        is set first, so a sync that sees the run sees the floor too."""
         blob = self._blob
-        with blob.lock:
-            self._check()
-            if not blob.drop_behind:
-                blob.drop_behind = HINTED_DROP_BEHIND
-                blob.drop_after = HINTED_DROP_AFTER
+        if self._closed or blob.generation != self._generation:
+            return  # no longer this blob's writer: its next call says so
+        if not blob.drop_behind:
+            blob.drop_after = HINTED_DROP_AFTER
+            blob.drop_behind = HINTED_DROP_BEHIND
 
     def sync(self) -> int:
         """Make every byte written so far durable; return the durable length.

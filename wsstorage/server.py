@@ -1370,6 +1370,8 @@ class _WriteStream:
         self.error: StorageError | None = None
         #: Fires when the last fsync started for this stream is done.
         self.syncing: defer.Deferred = defer.succeed(None)
+        #: The client's ``drop_cache`` hint has been passed to the handle.
+        self.dropping_cache = False
 
     def data(self, proto: StorageServerProtocol, pieces: list[memoryview]) -> None:
         """Store the payloads of consecutive DATA frames (views into the
@@ -1391,12 +1393,10 @@ class _WriteStream:
         behind what it syncs (``BlobWriteHandle.drop_cache_behind``).  A
         store without it, or a handle no longer the blob's, keeps it."""
         advise = getattr(self.handle, "drop_cache_behind", None)
-        if advise is None or self.error is not None:
+        if advise is None or self.error is not None or self.dropping_cache:
             return
-        try:
-            advise()
-        except StorageError:
-            pass  # the handle lost the blob: the flush or commit says so
+        self.dropping_cache = True  # the client sends it on every flush
+        advise()
 
     def close(self, factory: StorageServerFactory) -> None:
         handle, self.handle = self.handle, None
