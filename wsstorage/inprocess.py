@@ -52,7 +52,6 @@ from zope.interface import implementer
 
 from wsstorage import failpoints
 from wsstorage._interfaces import IStorageClient
-from wsstorage.client import info_from_wire
 from wsstorage.counters import ProcessCounters
 from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
 from wsstorage.fields import int_field
@@ -144,7 +143,7 @@ class InProcessClient:
         ProcessCounters.written += len(data)
         store = self.factory.store
         d = self.factory.run_blocking(seal_put, store, blob_id, epoch, meta, [data], start)
-        return d.addCallbacks(info_from_wire, self._put_failed, errbackArgs=(blob_id,))
+        return d.addErrback(self._put_failed, blob_id)
 
     def _put_failed(self, f: Failure, blob_id: str) -> Failure:
         """The wire error for the store's error ``f``; one that maps to no

@@ -111,7 +111,7 @@ def storage_error(exc: BaseException) -> StorageError:
 
 def seal_put(
     store: Any, blob_id: str, epoch: int, meta: dict[str, Any], pieces: list[Any], start: int
-) -> dict[str, Any]:
+) -> BlobInfo:
     """Create ``blob_id``, store ``pieces`` and seal it (data, checksums,
     record, directory fsync'd): a ``put``, blocking, for ``run_blocking``.
     The caller counted the bytes in the reactor thread as ``start``
@@ -129,7 +129,7 @@ def seal_put(
         failpoints.hit("storage.before_commit")
         info = handle.seal()
         failpoints.hit("storage.after_commit")
-        return info_to_wire(info)
+        return info
     finally:
         handle.close()
 
@@ -795,7 +795,8 @@ class StorageServerProtocol(Protocol):
         start = _ProcessCounters.written
         _ProcessCounters.written += put.received
         store = self.factory.store
-        return self._blocking(seal_put, store, blob_id, epoch, meta, put.pieces, start)
+        d = self._blocking(seal_put, store, blob_id, epoch, meta, put.pieces, start)
+        return d.addCallback(info_to_wire)
 
     # -- list ----------------------------------------------------------
 
