@@ -14,7 +14,9 @@ and the same flow control (a streaming producer on the caller's consumer:
 while it is paused nothing is read).  Every other operation, and a read
 while the ``storage.read.bytes`` failpoint is armed (it cuts the server's
 stream at an exact byte), goes over the wire through the ``StorageClient``
-it wraps, so writes, health probes and ``wsfs status`` are unchanged.  A
+it wraps, so write streams, health probes and ``wsfs status`` are
+unchanged; but ``put`` (a small blob in one request) runs the server's
+``seal_put`` here too, in the server's thread pool (see ``put``).  A
 server that stopped listening serves no in-process read either: the read
 fails with NodeUnavailable, as a connection to it would, and the reader
 fails over.  So does a read whose consumer raised (over the wire the
