@@ -1,8 +1,8 @@
 """Reads of a storage server in this process, straight from its store.
 
 ``wslocal`` gives its front end ``InProcessClient``s of its own servers
-(``wsfront.local``): reads come from the store, everything else goes over
-the wire.  The storage contract holds for them as for the wire client; and
+(``wsfront.local``): reads and puts come from the store, everything else
+goes over the wire.  The storage contract holds for them as for the wire client; and
 a read through them moves no byte over the server's socket, holds back
 while paused, fails with NodeUnavailable once the server stopped serving
 (so the front end fails over), and goes over the wire while the
@@ -728,3 +728,63 @@ def request_uncached(monkeypatch) -> None:
         return read_into(self, buffer)
 
     monkeypatch.setattr(BlobReadHandle, "read_into", not_cached)
+
+
+@pytest_twisted.ensureDeferred
+async def test_puts_go_to_the_store_not_the_socket(inprocess_storage, monkeypatch):
+    """A small blob's ``put`` runs in this process: no put request reaches
+    the server's socket, the bytes count in the process write counter as
+    the server counts them, the blob is sealed and reads back, and its
+    meta is the server's copy, not the caller's dict."""
+    client = inprocess_storage.client("s1")
+    wire_puts: list[int] = []
+    begin = server.StorageServerProtocol._begin_put
+
+    def counting(self, rid, req):
+        wire_puts.append(rid)
+        begin(self, rid, req)
+
+    monkeypatch.setattr(server.StorageServerProtocol, "_begin_put", counting)
+    monkeypatch.setattr(server._ProcessCounters, "written", 0)
+    data = pattern(4096 + 5, 17)
+    blob = new_id()
+    meta = {"inode": 7}
+    info = await client.put(blob, 3, meta, data)
+    meta["inode"] = 8
+    assert wire_puts == []
+    assert server._ProcessCounters.written == len(data)
+    assert info.sealed and info.size == info.durable == len(data) and info.epoch == 3
+    assert info.meta == {"inode": 7}
+    assert (await client.stat(blob)).meta == {"inode": 7}
+    assert await get(client, blob) == data
+    await refused(client.put(blob, 3, {}, b"again"), StorageError)
+    await refused(client.put("not a blob id", 1, {}, b"x"), StorageError)
+    await refused(client.put(new_id(), 1, {}, bytes(server.PUT_MAX + 1)), StorageError)
+    assert wire_puts == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_to_a_stopped_server_or_by_a_closed_client_is_unavailable(inprocess_storage):
+    client = inprocess_storage.client("s1")
+    await inprocess_storage.servers["s1"].port.stopListening()
+    await refused(client.put(new_id(), 1, {}, b"x"), NodeUnavailable)
+    other = inprocess_storage.client("s2")
+    await other.close()
+    await refused(other.put(new_id(), 1, {}, b"x"), NodeUnavailable)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_internal_store_error_of_a_put_is_logged(inprocess_storage, monkeypatch, logged):
+    """As the server's: an error that maps to no wire error (EIO) fails the
+    put with StorageError and is logged once."""
+    client = inprocess_storage.client("s1")
+    store = inprocess_storage.servers["s1"].factory.store
+
+    def failing_open_put(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store, "open_put", failing_open_put)
+    with pytest.raises(StorageError, match="internal error: OSError") as e:
+        await client.put(new_id(), 1, {}, b"abc")
+    assert type(e.value) is StorageError
+    assert [f.type for f in logged] == [OSError]

@@ -4,8 +4,8 @@ One pair of counters per process, not per server: the byte-counting
 failpoints (``storage.read.bytes``, ``storage.write.bytes``) cut a stream
 at an exact byte of everything this process moved, and
 ``wsstorage_process_bytes`` exports them.  Both the wire server
-(``wsstorage.server``) and the in-process reads (``wsstorage.inprocess``)
-count here, always in the reactor thread (a ``+=`` from a thread would
+(``wsstorage.server``) and the in-process reads and puts
+(``wsstorage.inprocess``) count here, always in the reactor thread (a ``+=`` from a thread would
 race with the reactor's own).
 """
 

@@ -109,6 +109,31 @@ def storage_error(exc: BaseException) -> StorageError:
     return StorageError(f"internal error: {type(exc).__name__}: {exc}")
 
 
+def seal_put(
+    store: Any, blob_id: str, epoch: int, meta: dict[str, Any], pieces: list[Any], start: int
+) -> BlobInfo:
+    """Create ``blob_id``, store ``pieces`` and seal it (data, checksums,
+    record, directory fsync'd): a ``put``, blocking, for ``run_blocking``.
+    The caller counted the bytes in the reactor thread as ``start``
+    onwards of ``_ProcessCounters.written``.  Shared by the wire's ``put``
+    and the in-process one (``wsstorage.inprocess``)."""
+    # A store that can keeps a small put's bytes in its sealed record
+    # (BlobStore.open_put: one file and two syncs, not two and three).
+    open_put = getattr(store, "open_put", None)
+    if open_put is not None:
+        handle = open_put(blob_id, epoch, meta, sum(len(p) for p in pieces))
+    else:
+        handle = store.open_write(blob_id, epoch, 0, meta)
+    try:
+        _store_counted(handle, pieces, start)
+        failpoints.hit("storage.before_commit")
+        info = handle.seal()
+        failpoints.hit("storage.after_commit")
+        return info
+    finally:
+        handle.close()
+
+
 def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tuple[Any, int, int]:
     """A read handle of ``length`` bytes (None: to the end) of ``blob_id``
     from ``offset``, with that length and the blob's size; InvalidOffset
@@ -121,7 +146,7 @@ def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tup
     return store.open_read(blob_id, offset, n), n, info.size
 
 
-def _meta_field(req: dict[str, Any]) -> dict[str, Any]:
+def meta_field(req: dict[str, Any]) -> dict[str, Any]:
     meta = req.get("meta", {})
     if not isinstance(meta, dict):
         raise BadRequest("field 'meta' must be an object")
@@ -617,7 +642,7 @@ class StorageServerProtocol(Protocol):
         blob_id = check_blob_id(req.get("blob"))
         epoch = _int_field(req, "epoch")
         offset = _int_field(req, "offset")
-        meta = _meta_field(req)
+        meta = meta_field(req)
         handle = yield self._blocking(self.factory.store.open_write, blob_id, epoch, offset, meta)
         if self._state == "closed":
             handle.close()
@@ -766,32 +791,14 @@ class StorageServerProtocol(Protocol):
         fields = put.request
         blob_id = check_blob_id(fields.get("blob"))
         epoch = _int_field(fields, "epoch")
-        meta = _meta_field(fields)
-        store = self.factory.store
+        meta = meta_field(fields)
         # The put's bytes are counted here, in the reactor thread like a
         # stream's, before the thread stores them from ``start`` on.
         start = _ProcessCounters.written
         _ProcessCounters.written += put.received
-
-        # A store that can keeps a small put's bytes in its sealed record
-        # (BlobStore.open_put: one file and two syncs, not two and three).
-        open_put = getattr(store, "open_put", None)
-
-        def create_and_seal() -> dict[str, Any]:
-            if open_put is not None:
-                handle = open_put(blob_id, epoch, meta, put.received)
-            else:
-                handle = store.open_write(blob_id, epoch, 0, meta)
-            try:
-                _store_counted(handle, put.pieces, start)
-                failpoints.hit("storage.before_commit")
-                info = handle.seal()
-                failpoints.hit("storage.after_commit")
-                return info_to_wire(info)
-            finally:
-                handle.close()
-
-        return self._blocking(create_and_seal)
+        store = self.factory.store
+        d = self._blocking(seal_put, store, blob_id, epoch, meta, put.pieces, start)
+        return d.addCallback(info_to_wire)
 
     # -- list ----------------------------------------------------------
 
