@@ -179,3 +179,26 @@ def test_a_put_never_sealed_leaves_nothing_and_a_big_one_uses_a_data_file(tmp_pa
     assert "big.data" in files_of(store, "big")
     assert read_all(store, "big") == pattern(INLINE_DATA_MAX + 1)
     store.close()
+
+
+def test_a_put_of_more_blocks_than_a_record_holds_uses_a_data_file(tmp_path):
+    """With 512-byte blocks a 40000-byte put is 79 blocks, more checksum
+    entries than a record may hold (INLINE_SUMS_MAX): it must go through a
+    ``.data`` and ``.sums`` file, and read back after a restart, not be
+    acknowledged as a record that no longer decodes."""
+    store = BlobStore.open(tmp_path / "d", block_size=512)
+    data = pattern(40000)
+    handle = store.open_put("b", 1, {}, len(data))
+    assert isinstance(handle, BlobWriteHandle)
+    handle.write(data)
+    assert handle.seal().durable == len(data)
+    # put_inline itself falls back too (a caller that skipped open_put).
+    assert store.put_inline("c", 1, {}, data).durable == len(data)
+    assert read_all(store, "b") == data == read_all(store, "c")
+    assert "c.data" in files_of(store, "c") and "c.sums" in files_of(store, "c")
+    store.close()
+    store = BlobStore.open(tmp_path / "d")
+    assert store.damaged == []
+    assert read_all(store, "b") == data == read_all(store, "c")
+    assert store.count_blobs() == 2
+    store.close()

@@ -1243,28 +1243,38 @@ class BlobStore:
     ) -> BlobWriteHandle | BlobPutHandle:
         """A write handle for a blob that is created, written with ``size``
         bytes and sealed at once (the ``put`` op).  Up to INLINE_DATA_MAX
-        bytes the handle keeps them in memory and its ``seal`` writes one
-        sealed record holding them (``BlobPutHandle``); else, or when the
-        blob exists by then, this is ``open_write`` at 0.  Blocks."""
+        bytes and INLINE_SUMS_MAX blocks (``inline_fits``) the handle keeps
+        them in memory and its ``seal`` writes one sealed record holding
+        them (``BlobPutHandle``); else, or when the blob exists by then,
+        this is ``open_write`` at 0.  Blocks."""
         check_blob_id(blob_id)
         _check_epoch(epoch)
         _check_offset(size, "size")
-        if size > INLINE_DATA_MAX:
+        if not self.inline_fits(size):
             return self.open_write(blob_id, epoch, 0, meta)
         return BlobPutHandle(self, blob_id, epoch, encode_meta(meta), size)
+
+    def inline_fits(self, size: int) -> bool:
+        """Whether a blob of ``size`` bytes fits in a sealed record: at most
+        INLINE_DATA_MAX bytes and INLINE_SUMS_MAX blocks (with 512-byte
+        blocks 64 KiB is 128 blocks, more entries than a record may hold)."""
+        return size <= INLINE_DATA_MAX and -(-size // self.block_size) <= INLINE_SUMS_MAX
 
     def put_inline(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
         """Create ``blob_id`` sealed, its bytes and checksums in its record
         (format 3: no ``.data``, no ``.sums``): the record's temp file is
         written and fsync'd, renamed, and the directory fsync'd; one new
         file and two syncs.  A blob that exists already (a fence came
-        first, a writer before it) is written as ``open_write`` at 0 and
-        sealed instead, with the refusals that brings (BlobSealed,
+        first, a writer before it), or one of more blocks than a record
+        holds checksums for (``inline_fits``), is written as ``open_write``
+        at 0 and sealed instead, with the refusals that brings (BlobSealed,
         StaleEpoch).  Blocks."""
         if len(data) > INLINE_DATA_MAX:
             raise BadRequest(f"at most {INLINE_DATA_MAX} bytes go in a record, not {len(data)}")
-        new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
-        blob, created = self._get(blob_id, create=new)
+        created = False
+        if self.inline_fits(len(data)):
+            new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
+            blob, created = self._get(blob_id, create=new)
         if not created:
             handle = self.open_write(blob_id, epoch, 0, meta)
             try:
