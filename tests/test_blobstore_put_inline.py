@@ -30,6 +30,19 @@ def put(store: BlobStore, blob_id: str, data: bytes, epoch: int = 1):
         handle.close()
 
 
+def record_of(store: BlobStore, blob_id: str) -> tuple[dict, bytes]:
+    """A record's JSON line and the raw bytes after it (its inline data)."""
+    raw = Path(BlobPaths.of(store.root, blob_id).meta).read_bytes()
+    header, _, trailer = raw.partition(b"\n")
+    return json.loads(header), trailer
+
+
+def rewrite_record(store: BlobStore, blob_id: str, header: dict, trailer: bytes) -> None:
+    Path(BlobPaths.of(store.root, blob_id).meta).write_bytes(
+        json.dumps(header).encode() + b"\n" + trailer
+    )
+
+
 def files_of(store: BlobStore, blob_id: str) -> list[str]:
     directory = BlobPaths.of(store.root, blob_id).directory
     return sorted(n for n in os.listdir(directory) if n.startswith(blob_id + "."))
@@ -54,8 +67,8 @@ def test_a_small_put_is_one_record_synced_then_its_directory(tmp_path):
     ]
     assert fs.calls.index(("fsync", "b.meta.tmp")) < fs.calls.index(("rename", "b.meta"))
     assert files_of(store, "b") == ["b.meta"]
-    record = json.loads(Path(BlobPaths.of(store.root, "b").meta).read_text())
-    assert record["format"] == 3 and base64.b64decode(record["data"]) == data
+    record, trailer = record_of(store, "b")
+    assert record["format"] == 3 and record["data_size"] == len(data) and trailer == data
     assert len(base64.b64decode(record["sums"])) == 3 * 8
     assert read_all(store, "b") == data
     assert read_all(store, "b", BLOCK + 3, 10) == data[BLOCK + 3 : BLOCK + 13]
@@ -96,34 +109,44 @@ def test_a_damaged_byte_of_inline_data_fails_its_checksum(tmp_path):
     data = pattern(2 * BLOCK)
     put(store, "b", data)
     meta = BlobPaths.of(store.root, "b").meta
-    record = json.loads(Path(meta).read_text())
-    raw = bytearray(base64.b64decode(record["data"]))
-    raw[BLOCK + 1] ^= 0xFF
-    record["data"] = base64.b64encode(bytes(raw)).decode()
-    Path(meta).write_text(json.dumps(record))
+    # One bit rots on disk, in place: the data sits raw after the record's
+    # JSON, so the record still decodes and the read finds the damage.
+    offset = os.path.getsize(meta) - len(data) + BLOCK + 1
+    with open(meta, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert store.stat("b").sealed
     assert read_all(store, "b", 0, BLOCK) == data[:BLOCK]
+    with pytest.raises(ChecksumError):
+        read_all(store, "b", BLOCK, 1)
+    store.close()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    assert store.damaged == [] and store.count_blobs() == 1
     with pytest.raises(ChecksumError):
         read_all(store, "b", BLOCK, 1)
     store.close()
 
 
 @pytest.mark.parametrize(
-    "change",
+    "change,cut",
     [
-        {"format": 2},  # version 2 records had no inline data
-        {"data": base64.b64encode(b"short").decode()},  # not the sealed size
-        {"data": "not base64!"},
-        {"state": "open"},
+        ({"format": 2}, 0),  # version 2 records had no inline data
+        ({"data_size": 5}, 0),  # not the bytes that follow
+        ({"data_size": "17"}, 0),
+        ({}, 1),  # a record cut short
+        ({"size": 5, "data_size": 5}, BLOCK + 4),  # not the sealed size's checksums
+        ({"state": "open"}, 0),
     ],
-    ids=lambda change: ",".join(f"{k}={str(v)[:12]}" for k, v in change.items()),
+    ids=lambda v: str(v)[:20],
 )
-def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change):
+def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change, cut):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(BLOCK + 9))
-    meta = BlobPaths.of(store.root, "b").meta
-    record = json.loads(Path(meta).read_text())
+    record, trailer = record_of(store, "b")
     record.update(change)
-    Path(meta).write_text(json.dumps(record))
+    rewrite_record(store, "b", record, trailer[: len(trailer) - cut])
     store.close()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     assert store.damaged == ["b"]
@@ -133,10 +156,9 @@ def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change):
 def test_a_record_with_inline_data_but_no_checksums_is_damaged(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(100))
-    meta = BlobPaths.of(store.root, "b").meta
-    record = json.loads(Path(meta).read_text())
+    record, trailer = record_of(store, "b")
     del record["sums"]
-    Path(meta).write_text(json.dumps(record))
+    rewrite_record(store, "b", record, trailer)
     store.close()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     assert store.damaged == ["b"]
@@ -201,4 +223,16 @@ def test_a_put_of_more_blocks_than_a_record_holds_uses_a_data_file(tmp_path):
     assert store.damaged == []
     assert read_all(store, "b") == data == read_all(store, "c")
     assert store.count_blobs() == 2
+    store.close()
+
+
+def test_a_record_without_inline_data_has_nothing_after_its_json(tmp_path):
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(100)).seal()
+    meta = BlobPaths.of(store.root, "b").meta
+    with open(meta, "ab") as f:
+        f.write(b"stray")
+    store.close()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    assert store.damaged == ["b"]
     store.close()

@@ -40,7 +40,8 @@ API (refinements of ``IBlobStore`` are marked *):
   with an epoch not older than its own returns it (an idempotent retry).
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
   ``free_space() -> (free, total)``, *``close()``, *``damaged`` (ids whose
-  record did not parse at start: left on disk, not listed, FormatError).
+  record does not parse, found at start or since: left on disk, not
+  listed, FormatError, until scrub quarantines them: ``quarantined``).
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
@@ -909,8 +910,9 @@ class BlobStore:
         #: new blob in one of them skips its ``mkdir``, which would fail
         #: EEXIST.  wsfs never removes one; an operator may (``_create``).
         self._made_dirs: set[str] = set()
-        #: Blobs whose record could not be read at start: left on disk as
-        #: they are, absent from list_blobs, FormatError from stat.
+        #: Blobs whose record could not be read (at start, or found so
+        #: since): left on disk as they are, absent from list_blobs and the
+        #: count, FormatError from stat, until scrub quarantines them.
         self.damaged: list[str] = []
         #: How many blobs ``list_blobs`` would list, kept as blobs come and
         #: go: ``health`` reports it every second to every front end, and
@@ -1103,7 +1105,11 @@ class BlobStore:
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
-            record = self._read_record(BlobPaths.of(self.root, blob_id))
+            try:
+                record = self._read_record(BlobPaths.of(self.root, blob_id))
+            except FormatError:
+                self._note_damaged(blob_id)
+                raise
             if record is not None:
                 if record.state == STATE_SEALED:
                     return _Blob(self, blob_id, record), False
@@ -1116,6 +1122,25 @@ class BlobStore:
                 raise BlobNotFound(f"no blob {blob_id}")
             self._live[blob_id] = blob
             return blob, record is None
+
+    def _note_damaged(self, blob_id: str) -> None:
+        """A record that decoded before (at start, or when it was written)
+        no longer does (caller holds the registry lock): it joins
+        ``damaged``, for scrub to report and quarantine, and leaves the
+        count, as it leaves ``list_blobs``."""
+        if blob_id not in self.damaged:
+            self.damaged.append(blob_id)
+            self._count -= 1
+
+    def quarantined(self, blob_id: str, record_moved: bool) -> None:
+        """Scrub moved ``blob_id``'s files out of ``blobs/``
+        (``record_moved``: its record among them, so it is no longer
+        listed): it leaves ``damaged``, or else the count."""
+        with self._registry_lock:
+            if blob_id in self.damaged:
+                self.damaged.remove(blob_id)
+            elif record_moved:
+                self._count -= 1
 
     def _blob(self, blob_id: str) -> _Blob:
         return self._get(blob_id)[0]
@@ -1421,12 +1446,14 @@ class BlobStore:
         self.forget(blob)
 
     def count_blobs(self) -> int:
-        """How many blobs ``list_blobs`` lists (damaged ones excluded),
+        """How many blobs ``list_blobs`` lists (``damaged`` ones excluded),
         without touching the disk."""
         return self._count
 
     def list_blobs(self) -> Iterator[BlobInfo]:
-        """Every blob, one record file at a time (no blob data is read).
+        """Every blob, one record file at a time (no ``.data`` is read).
+        A record that does not decode is not listed but added to
+        ``damaged`` (scrub reports and quarantines it).
 
         Blobs being written that have no record yet (never synced) are
         listed too, after the others: they exist for as long as this
@@ -1447,6 +1474,8 @@ class BlobStore:
                     try:
                         yield self.stat(blob_id)
                     except (BlobNotFound, FormatError, BadRequest):
+                        # A record that does not decode is in ``damaged``
+                        # now (``_get``), for scrub to quarantine.
                         continue
         for blob_id in sorted(unrecorded):
             try:

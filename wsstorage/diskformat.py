@@ -109,10 +109,14 @@ class MetaRecord:
     #: (``ENTRY`` after ``ENTRY``, as that file would hold them), or None.
     sums: bytes | None = None
     #: The bytes of a sealed blob that has no ``.data`` file (format 3;
-    #: ``sums`` then holds their checksums), or None.
+    #: ``sums`` then holds their checksums), or None.  Encoded raw after
+    #: the record's JSON line, not in it (``encode``).
     data: bytes | None = None
 
     def encode(self) -> bytes:
+        """The record's bytes: one line of JSON (``json.dumps`` never writes
+        a raw newline), then, when it holds the blob's bytes, those bytes
+        as they are (the JSON says how many in ``data_size``)."""
         fields = {
             "format": FORMAT_VERSION,
             "blob_id": self.blob_id,
@@ -125,17 +129,28 @@ class MetaRecord:
         if self.sums is not None:
             fields["sums"] = base64.b64encode(self.sums).decode()
         if self.data is not None:
-            fields["data"] = base64.b64encode(self.data).decode()
-        return json.dumps(fields, sort_keys=True).encode() + b"\n"
+            fields["data_size"] = len(self.data)
+        header = json.dumps(fields, sort_keys=True).encode() + b"\n"
+        return header if self.data is None else header + self.data
 
     @classmethod
     def decode(cls, raw: bytes) -> MetaRecord:
+        """Parse a record.  Only its first line is JSON; the bytes after it
+        (a small blob's data) are sliced off, never parsed, so damage in
+        them is a checksum mismatch when they are read, not a record that
+        fails to decode."""
+        newline = raw.find(b"\n")
+        header, trailer = (raw, b"") if newline < 0 else (raw[:newline], raw[newline + 1 :])
         try:
-            d = json.loads(raw)
+            d = json.loads(header)
             if d["format"] not in READABLE_VERSIONS:
                 raise FormatError(f"blob record of unknown format {d['format']!r}")
             sums = d.get("sums")
-            data = d.get("data")
+            data_size = d.get("data_size")
+            if data_size is None and trailer:
+                raise FormatError("blob record with bytes after its JSON")
+            if data_size is not None and (type(data_size) is not int or data_size != len(trailer)):
+                raise FormatError("blob record whose inline data is not data_size bytes")
             rec = cls(
                 blob_id=str(d["blob_id"]),
                 state=str(d["state"]),
@@ -144,7 +159,7 @@ class MetaRecord:
                 size=int(d["size"]),
                 meta=dict(d["meta"]),
                 sums=None if sums is None else base64.b64decode(sums, validate=True),
-                data=None if data is None else base64.b64decode(data, validate=True),
+                data=None if data_size is None else trailer,
             )
         except FormatError:
             raise
