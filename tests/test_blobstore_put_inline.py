@@ -236,3 +236,53 @@ def test_a_record_without_inline_data_has_nothing_after_its_json(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     assert store.damaged == ["b"]
     store.close()
+
+
+class CountingReads(RecordingFileSystem):
+    """Counts the bytes read from each file (basename)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_bytes: dict[str, int] = {}
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        got = super().pread(fd, length, offset)
+        name = self._name(fd)
+        self.read_bytes[name] = self.read_bytes.get(name, 0) + len(got)
+        return got
+
+
+def test_stat_list_and_open_read_a_record_s_json_line_not_its_data(tmp_path):
+    """Listing or opening a store of small blobs costs what it does for
+    blobs with a ``.data`` file: the bytes after the JSON line are read
+    only by a reader."""
+    data = pattern(INLINE_DATA_MAX)
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    put(store, "b", data)
+    store.close()
+    fs = CountingReads()
+    store = BlobStore.open(tmp_path / "d", fs=fs)
+    assert store.stat("b").size == len(data)
+    assert [i.blob_id for i in store.list_blobs()] == ["b"]
+    assert fs.read_bytes["b.meta"] <= 3 * 4096  # open, stat, list: the JSON line each
+    assert read_all(store, "b") == data
+    store.close()
+
+
+def test_a_reader_of_a_record_replaced_or_damaged_under_it(tmp_path):
+    """The data is read when a reader opens: a blob deleted and stored
+    again since it was looked up is gone (BlobNotFound); a record damaged
+    since is a ChecksumError (read another replica), not FormatError."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    put(store, "b", pattern(5000))
+    looked_up = store._blob("b")
+    store.delete("b")
+    put(store, "b", pattern(5000, seed=3))
+    with pytest.raises(BlobNotFound):
+        looked_up.inline_bytes()
+    looked_up = store._blob("b")
+    meta = BlobPaths.of(store.root, "b").meta
+    os.truncate(meta, os.path.getsize(meta) - 1)
+    with pytest.raises(ChecksumError):
+        looked_up.inline_bytes()
+    store.close()

@@ -111,6 +111,7 @@ from wsstorage.diskformat import (
     INLINE_SUMS_MAX,
     LOCK_FILE,
     META_SUFFIX,
+    RECORD_HEAD,
     STATE_OPEN,
     STATE_SEALED,
     SUMS_SUFFIX,
@@ -213,8 +214,11 @@ class _Blob:
         self.sums_fd: int | None = None
         #: The checksum entries a sealed record holds itself (no ``.sums``).
         self.inline_sums = record.sums
-        #: The bytes a sealed record holds itself (no ``.data``; format 3).
+        #: The bytes a sealed record holds itself (no ``.data``; format 3),
+        #: once read (``inline_bytes``), and how many there are (None: the
+        #: blob has a ``.data``).
         self.inline_data = record.data
+        self.inline_size = record.data_size
         #: Whether a record of this blob is durable on disk.  A new blob has
         #: none until its first sync, seal or fence: until then a crash
         #: loses it whole (start removes files without a record), which is
@@ -233,6 +237,7 @@ class _Blob:
             meta=self.meta,
             sums=sums if sums is not None else self.inline_sums,
             data=self.inline_data,
+            data_size=self.inline_size,
         )
 
     def durable_length(self) -> int:
@@ -277,6 +282,23 @@ class _Blob:
             self.store.fan_out_durable(self.paths.directory)
         self.store.write_atomic(self.paths.meta, record.encode(), self.paths.directory, alongside)
         self.recorded = True
+
+    def inline_bytes(self) -> bytes | None:
+        """The bytes the sealed record holds (None: the blob has a
+        ``.data``), read from it the first time a reader needs them.  A
+        record replaced meanwhile (the blob deleted and stored again) is
+        BlobNotFound; one that no longer decodes, ChecksumError (damage:
+        the caller reads another replica)."""
+        if self.inline_size is None or self.inline_data is not None:
+            return self.inline_data
+        try:
+            record = self.store._read_record(self.paths, data=True)
+        except FormatError as e:
+            raise ChecksumError(f"blob {self.blob_id}: its record is damaged: {e}") from e
+        if record is None or record.data is None or record.sums != self.inline_sums:
+            raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        self.inline_data = record.data
+        return self.inline_data
 
     # -- files ----------------------------------------------------------
 
@@ -704,7 +726,7 @@ class BlobReadHandle:
         self._block_index = -1
         self._block = b""
         #: A blob whose record holds its bytes has no ``.data`` to open.
-        self._inline = blob.inline_data
+        self._inline = blob.inline_bytes()
         self._data_fd: int | None = None
         if self._inline is None:
             self._data_fd = self._fs.open(blob.paths.data, os.O_RDONLY)
@@ -1083,16 +1105,26 @@ class BlobStore:
         with _disk_errors():
             _write_atomic(self.fs, path, data, directory, alongside)
 
-    def _read_record(self, paths: BlobPaths) -> MetaRecord | None:
+    def _read_record(self, paths: BlobPaths, data: bool = False) -> MetaRecord | None:
+        """The blob's record, or None if it has none.  Without ``data``
+        only its JSON line is read (``RECORD_HEAD`` bytes, usually): a small
+        blob's bytes, after it, are read by the readers that need them
+        (``_Blob.inline_bytes``)."""
         try:
             fd = self.fs.open(paths.meta, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            raw = self.fs.pread(fd, 1 << 20, 0)
+            raw = self.fs.pread(fd, RECORD_HEAD, 0)
+            total = None
+            if len(raw) == RECORD_HEAD:
+                if not data and b"\n" in raw:
+                    total = self.fs.fstat_size(fd)
+                else:
+                    raw = self.fs.pread(fd, 1 << 20, 0)
         finally:
             self.fs.close(fd)
-        return MetaRecord.decode(raw)
+        return MetaRecord.decode(raw, total)
 
     def _get(self, blob_id: str, create: MetaRecord | None = None) -> tuple[_Blob, bool]:
         """The blob's state: the live object if unsealed, else from disk.
@@ -1313,7 +1345,9 @@ class BlobStore:
                 ENTRY.pack(len(block), crc(block))
                 for block in (data[i : i + bs] for i in range(0, len(data), bs))
             )
-            sealed = MetaRecord(blob_id, STATE_SEALED, epoch, bs, len(data), meta, sums, data)
+            sealed = MetaRecord(
+                blob_id, STATE_SEALED, epoch, bs, len(data), meta, sums, data, len(data)
+            )
             blob.recorded = False
             with _disk_errors():
                 self._fan_out(blob.paths.directory)
@@ -1327,7 +1361,7 @@ class BlobStore:
                     self._fan_out(blob.paths.directory)
                     blob.write_record(sealed)
             blob.size = blob.covered = blob.durable = len(data)
-            blob.inline_sums, blob.inline_data = sums, data
+            blob.inline_sums, blob.inline_data, blob.inline_size = sums, data, len(data)
             blob.sealed = True
             with self._registry_lock:
                 self._count += 1
