@@ -13,8 +13,15 @@ import pytest
 from tests.test_blobstore import BLOCK, pattern, read_all, write_all
 from wsstorage.blobstore import BlobPutHandle, BlobStore, BlobWriteHandle
 from wsstorage.diskformat import INLINE_DATA_MAX, BlobPaths
-from wsstorage.errors import BlobNotFound, BlobSealed, ChecksumError, StaleEpoch
-from wsstorage.fsshims import RecordingFileSystem
+from wsstorage.errors import (
+    BadRequest,
+    BlobNotFound,
+    BlobSealed,
+    ChecksumError,
+    DiskFull,
+    StaleEpoch,
+)
+from wsstorage.fsshims import FullDiskFileSystem, RecordingFileSystem
 from wsstorage.records import SEALED
 
 SYNCS = ("fsync", "fdatasync", "fsync_dir")
@@ -285,4 +292,29 @@ def test_a_reader_of_a_record_replaced_or_damaged_under_it(tmp_path):
     os.truncate(meta, os.path.getsize(meta) - 1)
     with pytest.raises(ChecksumError):
         looked_up.inline_bytes()
+    store.close()
+
+
+def test_a_put_seal_that_failed_can_be_retried_and_a_short_put_is_refused(tmp_path):
+    """A seal that hit a full disk keeps the bytes: the next seal stores
+    them all (it used to store a sealed empty blob).  A put that got fewer
+    bytes than it announced is never sealed short."""
+    fs = FullDiskFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    data = pattern(5000)
+    handle = store.open_put("b", 1, {}, len(data))
+    handle.write(data)
+    fs.full = True
+    with pytest.raises(DiskFull):
+        handle.seal()
+    fs.full = False
+    assert handle.seal().size == len(data)
+    assert read_all(store, "b") == data
+    short = store.open_put("short", 1, {}, 100)
+    short.write(pattern(60))
+    with pytest.raises(BadRequest):
+        short.seal()
+    with pytest.raises(BlobNotFound):
+        store.stat("short")
+    short.close()
     store.close()

@@ -694,12 +694,20 @@ class BlobPutHandle:
         self.size += n
 
     def seal(self) -> BlobInfo:
+        """Store the bytes, sealed (``put_inline``).  A put that got fewer
+        bytes than it announced is refused (BadRequest), never sealed
+        short.  The bytes are kept until a seal succeeds: one that fails
+        (DiskFull) left nothing on disk and may be tried again, as a
+        ``BlobWriteHandle`` seal may."""
         if self._closed:
             raise StorageError("write handle is closed")
-        data, self._pieces = b"".join(self._pieces), []
+        if self.size != self._limit:
+            raise BadRequest(f"a put of {self._limit} bytes got {self.size}")
+        data = b"".join(self._pieces)
         info = self._store.put_inline(self.blob_id, self.epoch, self._meta, data)
         self.durable = info.durable
         self._closed = True
+        self._pieces = []
         return info
 
     def close(self) -> None:
