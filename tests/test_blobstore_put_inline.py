@@ -318,3 +318,31 @@ def test_a_put_seal_that_failed_can_be_retried_and_a_short_put_is_refused(tmp_pa
         store.stat("short")
     short.close()
     store.close()
+
+
+class FailingDirSync(RecordingFileSystem):
+    fail = False
+
+    def fsync_dir(self, path: str) -> None:
+        if self.fail:
+            self.fail = False
+            raise OSError(5, "EIO")
+        super().fsync_dir(path)
+
+
+@pytest.mark.parametrize("when", ["fsync_dir", "fsync"])
+def test_a_put_that_fails_keeps_the_count_exact(tmp_path, when):
+    """A put that fails after its rename (the directory fsync) left its
+    record, listed: it is counted.  One that fails before leaves nothing."""
+    fs = FailingDirSync()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    if when == "fsync_dir":
+        fs.fail = True
+    else:
+        fs.fsync = lambda fd: (_ for _ in ()).throw(OSError(5, "EIO"))  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        put(store, "b", pattern(100))
+    listed = [i.blob_id for i in store.list_blobs()]
+    assert listed == (["b"] if when == "fsync_dir" else [])
+    assert store.count_blobs() == len(listed)
+    store.close()

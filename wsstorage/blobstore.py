@@ -1347,6 +1347,10 @@ class BlobStore:
                 return handle.seal()
             finally:
                 handle.close()
+        # Counted from now, as a blob is from its creation (it is listed,
+        # unrecorded, while live): exact whether or not it fails.
+        with self._registry_lock:
+            self._count += 1
         try:
             bs = self.block_size
             sums = b"".join(
@@ -1371,10 +1375,13 @@ class BlobStore:
             blob.size = blob.covered = blob.durable = len(data)
             blob.inline_sums, blob.inline_data, blob.inline_size = sums, data, len(data)
             blob.sealed = True
-            with self._registry_lock:
-                self._count += 1
         except BaseException:
             blob.deleted = True
+            # A failure after the rename (the directory fsync) leaves the
+            # record, and so a listed blob: it stays counted.
+            if not self.fs.exists(blob.paths.meta):
+                with self._registry_lock:
+                    self._count -= 1
             raise
         finally:
             blob.generation += 1
