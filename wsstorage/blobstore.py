@@ -996,9 +996,10 @@ class BlobStore:
             with open(fmt, "rb") as f:
                 block_size, version = parse_format(f.read(4096), fmt)
             if version != FORMAT_VERSION:
-                # Every version-1 blob reads as it is; the new FORMAT makes
-                # older code refuse a store that may now hold records with
-                # inline checksums.
+                # Every blob of versions 1 and 2 reads as it is; the new
+                # FORMAT makes older code refuse a store that may now hold
+                # records with inline checksums (version 2) or a small
+                # put's bytes after the JSON line (version 3).
                 _write_atomic(fs, fmt, format_record(block_size), root)
             return block_size
         # An empty blobs/ is a first open cut short between its mkdir and
