@@ -1183,6 +1183,58 @@ class BlobStore:
             elif record_moved:
                 self._count -= 1
 
+    def _held(self, blob_id: str) -> tuple[_Blob, bool]:
+        """The blob, registered even if sealed, and whether its lock is
+        held already (a blob not registered before: taken here, under the
+        registry lock, so nothing can create or delete it meanwhile)."""
+        check_blob_id(blob_id)
+        with self._registry_lock:
+            blob = self._live.get(blob_id)
+            if blob is not None:
+                return blob, False
+            try:
+                record = self._read_record(BlobPaths.of(self.root, blob_id))
+            except FormatError:
+                self._note_damaged(blob_id)
+                raise
+            if record is None:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if record.state == STATE_SEALED:
+                blob = _Blob(self, blob_id, record)
+            else:
+                blob = self._recover(record)
+            blob.lock.acquire()
+            self._live[blob_id] = blob
+            return blob, True
+
+    def _get_new(self, blob_id: str, create: MetaRecord) -> tuple[_Blob, bool]:
+        """``_get`` with ``create`` for a caller that may create the blob:
+        one that finds the blob deleted by the time it has its lock (a
+        delete was under way) looks again, and creates it, rather than
+        fail with BlobNotFound.  A created blob's lock is held."""
+        while True:
+            blob, created = self._get(blob_id, create=create)
+            if created:
+                return blob, True
+            with blob.lock:
+                if not blob.deleted:
+                    return blob, False
+
+    def _same_record(self, blob: _Blob) -> bool:
+        """Whether the record on disk is still the one ``blob`` was read
+        from (or, if damaged, may be)."""
+        try:
+            record = self._read_record(blob.paths)
+        except FormatError:
+            return True
+        return record is not None and (
+            record.state == STATE_SEALED,
+            record.epoch,
+            record.size,
+            record.sums,
+            record.data_size,
+        ) == (blob.sealed, blob.epoch, blob.size, blob.inline_sums, blob.inline_size)
+
     def _blob(self, blob_id: str) -> _Blob:
         return self._get(blob_id)[0]
 
@@ -1268,7 +1320,7 @@ class BlobStore:
         _check_offset(offset)
         meta = encode_meta(meta)
         new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
-        blob, created = self._get(blob_id, create=new)
+        blob, created = self._get_new(blob_id, new)
         if created:
             try:
                 if offset != 0:
@@ -1340,7 +1392,7 @@ class BlobStore:
         created = False
         if self.inline_fits(len(data)):
             new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
-            blob, created = self._get(blob_id, create=new)
+            blob, created = self._get_new(blob_id, new)
         if not created:
             handle = self.open_write(blob_id, epoch, 0, meta)
             try:
@@ -1404,7 +1456,16 @@ class BlobStore:
             length = max(size - offset, 0)
         if offset + length > size or offset > size:
             raise InvalidOffset(f"range {offset}+{length} is past the end of {blob_id} ({size})")
-        return BlobReadHandle(blob, offset, length)
+        try:
+            return BlobReadHandle(blob, offset, length)
+        except FileNotFoundError as e:
+            # A sealed blob looked up, then deleted (and maybe stored again)
+            # before its files were opened: gone, not damaged.  With the
+            # same record still there a missing file is damage (scrub
+            # reports it).
+            if not self._same_record(blob):
+                raise BlobNotFound(f"blob {blob_id} was deleted") from e
+            raise
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
@@ -1413,10 +1474,11 @@ class BlobStore:
         is created empty at ``epoch`` with its record.  Blocks."""
         _check_epoch(epoch)
         _check_offset(truncate_to, "truncate_to")
-        create = None
         if truncate_to == 0:
             create = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, {})
-        blob, created = self._get(blob_id, create=create)
+            blob, created = self._get_new(blob_id, create)
+        else:
+            blob, created = self._blob(blob_id), False
         if created:
             try:
                 self._create(blob)
@@ -1471,9 +1533,25 @@ class BlobStore:
 
     def delete(self, blob_id: str) -> None:
         """Remove the record first, then the data: a crash in between leaves
-        files without a record, which the next start removes.  Blocks."""
-        blob = self._blob(blob_id)
-        with blob.lock:
+        files without a record, which the next start removes.  Blocks.
+
+        A sealed blob is registered for the delete (``_held``), as a blob
+        being written is: a new blob of the same id cannot be created
+        between the look-up and the unlinks (they would remove its files),
+        and a second delete waits, then finds it deleted."""
+        while True:
+            blob, held = self._held(blob_id)
+            if held:
+                break
+            blob.lock.acquire()
+            with self._registry_lock:
+                current = self._live.get(blob_id) is blob
+            if current or blob.deleted:
+                break
+            # Sealed and forgotten while this waited for its lock (a put,
+            # a seal): the id may hold another blob by now.  Look again.
+            blob.lock.release()
+        try:
             if blob.deleted:
                 raise BlobNotFound(f"no blob {blob_id}")
             blob.deleted = True
@@ -1481,8 +1559,7 @@ class BlobStore:
             blob.close_files()
             # The blob leaves the count with the file that makes it listed
             # (its record, or its data before it has one), and only for the
-            # call that removed that file: two deletes of one sealed blob
-            # hold two _Blob objects, so both can get this far.
+            # call that removed that file.
             listed_by = blob.paths.meta if blob.recorded else blob.paths.data
             for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
                 try:
@@ -1493,7 +1570,12 @@ class BlobStore:
                     with self._registry_lock:
                         self._count -= 1
             self.fs.fsync_dir(blob.paths.directory)
-        self.forget(blob)
+        finally:
+            # Forgotten before its lock is released: whoever waited on it
+            # finds it deleted and, looking again, the id free.
+            if blob.deleted or blob.sealed:
+                self.forget(blob)
+            blob.lock.release()
 
     def count_blobs(self) -> int:
         """How many blobs ``list_blobs`` lists (``damaged`` ones excluded),
