@@ -634,21 +634,137 @@ def test_the_blob_count_follows_creates_deletes_and_restarts_without_reading_rec
     store.close()
 
 
-def test_two_deletes_of_one_sealed_blob_at_once_leave_the_count_right(tmp_path):
+def test_two_deletes_of_one_sealed_blob_leave_the_count_right(tmp_path):
+    """The second delete finds the blob gone (BlobNotFound) and counts
+    nothing; two at once are serialised on the registered blob (below)."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     for name in ("gone", "keep"):
         write_all(store, name, pattern(10)).seal()
-    # Both deletes look the sealed blob up before either removes it (each
-    # gets its own object and lock), as two GC sweeps at once can.
-    first, second = store._blob("gone"), store._blob("gone")
-    assert first is not second
-    looked_up = iter([first, second])
-    store._blob = lambda blob_id: next(looked_up)  # type: ignore[method-assign]
     store.delete("gone")
-    store.delete("gone")  # finds its files gone: removes nothing, counts nothing
-    del store._blob
+    with pytest.raises(BlobNotFound):
+        store.delete("gone")
     assert [i.blob_id for i in store.list_blobs()] == ["keep"]
     assert store.count_blobs() == 1
+    assert store._live == {}  # a sealed blob is registered only while deleted
+    store.close()
+
+
+class GatedUnlink(OsFileSystem):
+    """Holds the first unlink of ``name`` by the thread named ``who`` until
+    ``release`` is set (``reached`` tells the test it got there)."""
+
+    def __init__(self, name: str, who: str) -> None:
+        self.name, self.who = name, who
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def unlink(self, path: str) -> None:
+        here = os.path.basename(path) == self.name and threading.current_thread().name == self.who
+        if here and not self.reached.is_set():
+            self.reached.set()
+            self.release.wait()
+        super().unlink(path)
+
+
+def test_a_delete_of_a_sealed_blob_never_removes_a_new_blob_of_the_same_id(tmp_path):
+    """A delete looked a sealed blob up, then a second delete removed it and
+    a writer created the id again, then the first delete went on: it
+    unlinked the new blob's record and data (its writer then sealed a blob
+    without data) and the count drifted.  Now a delete holds the id (the
+    blob registered, its lock held) from its look-up to its end: the
+    others wait, and find it deleted."""
+    fs = GatedUnlink("x.meta", "first-delete")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "x", pattern(10)).seal()
+    errors: list[BaseException] = []
+    results: dict[str, object] = {}
+
+    def run(f) -> None:
+        try:
+            f()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    def first_delete() -> None:
+        store.delete("x")
+
+    def second_delete_and_new_blob() -> None:
+        with pytest.raises(BlobNotFound):
+            store.delete("x")
+        handle = store.open_write("x", 2, 0, {})
+        handle.write(pattern(300, seed=5))
+        handle.sync()
+        results["handle"] = handle
+
+    first = threading.Thread(target=run, args=(first_delete,), name="first-delete", daemon=True)
+    first.start()
+    try:
+        assert fs.reached.wait(60)  # about to remove the record it looked up
+        assert store._live.get("x") is not None  # the id is held meanwhile
+        other = threading.Thread(target=run, args=(second_delete_and_new_blob,), daemon=True)
+        other.start()
+    finally:
+        fs.release.set()
+    first.join()
+    other.join()
+    assert errors == []
+    results["handle"].seal()  # type: ignore[attr-defined]
+    assert read_all(store, "x") == pattern(300, seed=5)
+    assert [i.blob_id for i in store.list_blobs()] == ["x"]
+    assert store.count_blobs() == 1
+    store.close()
+
+
+def test_a_delete_that_waited_for_a_blob_sealed_meanwhile_looks_it_up_again(tmp_path):
+    """A delete found the blob being written (registered) and waited for
+    its lock; meanwhile it was sealed (and so forgotten), deleted by
+    another call and created again.  The waiting delete must not remove
+    the new blob's files through the old object: it looks the id up again
+    and deletes the new blob properly."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = write_all(store, "x", pattern(10))
+    old = store._live["x"]
+    handle.seal()  # sealed and forgotten
+    store.delete("x")
+    new = write_all(store, "x", pattern(300, seed=5))
+    new.sync()
+    real_held = store._held
+    looked_up = iter([(old, False)])
+    store._held = lambda blob_id: next(looked_up, None) or real_held(blob_id)  # type: ignore[method-assign]
+    store.delete("x")  # the delete that had looked up ``old`` goes on
+    del store._held
+    with pytest.raises(BlobNotFound):
+        store.stat("x")
+    with pytest.raises(BlobNotFound):
+        new.write(b"more")
+    assert store._live == {} and list(store.list_blobs()) == []
+    assert store.count_blobs() == 0
+    store.close()
+
+
+def test_a_read_of_a_blob_deleted_after_its_look_up_is_not_found_not_damage(tmp_path):
+    """A reader looked a sealed blob up; it was deleted and stored again
+    (a small put: no ``.data``) before the reader opened its files: that
+    is BlobNotFound, not a missing file.  A ``.data`` missing under the
+    same record is damage, and stays an error scrub reports."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "x", pattern(10)).seal()
+    stale = store._blob("x")
+    store.delete("x")
+    handle = store.open_put("x", 1, {}, 5)
+    handle.write(b"small")
+    handle.seal()
+    real_blob = store._blob
+    looked_up = iter([stale])
+    store._blob = lambda blob_id: next(looked_up, None) or real_blob(blob_id)  # type: ignore[method-assign]
+    with pytest.raises(BlobNotFound):
+        store.open_read("x", 0, None)
+    del store._blob
+    assert read_all(store, "x") == b"small"
+    write_all(store, "y", pattern(10)).seal()
+    os.unlink(paths(store, "y").data)
+    with pytest.raises(FileNotFoundError):
+        store.open_read("y", 0, None)
     store.close()
 
 

@@ -40,7 +40,8 @@ API (refinements of ``IBlobStore`` are marked *):
   with an epoch not older than its own returns it (an idempotent retry).
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
   ``free_space() -> (free, total)``, *``close()``, *``damaged`` (ids whose
-  record did not parse at start: left on disk, not listed, FormatError).
+  record does not parse, found at start or since: left on disk, not
+  listed, FormatError, until scrub quarantines them: ``quarantined``).
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
@@ -110,6 +111,7 @@ from wsstorage.diskformat import (
     INLINE_SUMS_MAX,
     LOCK_FILE,
     META_SUFFIX,
+    RECORD_HEAD,
     STATE_OPEN,
     STATE_SEALED,
     SUMS_SUFFIX,
@@ -227,8 +229,11 @@ class _Blob:
         self.sums_fd: int | None = None
         #: The checksum entries a sealed record holds itself (no ``.sums``).
         self.inline_sums = record.sums
-        #: The bytes a sealed record holds itself (no ``.data``; format 3).
+        #: The bytes a sealed record holds itself (no ``.data``; format 3),
+        #: once read (``inline_bytes``), and how many there are (None: the
+        #: blob has a ``.data``).
         self.inline_data = record.data
+        self.inline_size = record.data_size
         #: Whether a record of this blob is durable on disk.  A new blob has
         #: none until its first sync, seal or fence: until then a crash
         #: loses it whole (start removes files without a record), which is
@@ -247,6 +252,7 @@ class _Blob:
             meta=self.meta,
             sums=sums if sums is not None else self.inline_sums,
             data=self.inline_data,
+            data_size=self.inline_size,
         )
 
     def durable_length(self) -> int:
@@ -291,6 +297,23 @@ class _Blob:
             self.store.fan_out_durable(self.paths.directory)
         self.store.write_atomic(self.paths.meta, record.encode(), self.paths.directory, alongside)
         self.recorded = True
+
+    def inline_bytes(self) -> bytes | None:
+        """The bytes the sealed record holds (None: the blob has a
+        ``.data``), read from it the first time a reader needs them.  A
+        record replaced meanwhile (the blob deleted and stored again) is
+        BlobNotFound; one that no longer decodes, ChecksumError (damage:
+        the caller reads another replica)."""
+        if self.inline_size is None or self.inline_data is not None:
+            return self.inline_data
+        try:
+            record = self.store._read_record(self.paths, data=True)
+        except FormatError as e:
+            raise ChecksumError(f"blob {self.blob_id}: its record is damaged: {e}") from e
+        if record is None or record.data is None or record.sums != self.inline_sums:
+            raise BlobNotFound(f"blob {self.blob_id} was deleted")
+        self.inline_data = record.data
+        return self.inline_data
 
     # -- files ----------------------------------------------------------
 
@@ -706,12 +729,20 @@ class BlobPutHandle:
         self.size += n
 
     def seal(self) -> BlobInfo:
+        """Store the bytes, sealed (``put_inline``).  A put that got fewer
+        bytes than it announced is refused (BadRequest), never sealed
+        short.  The bytes are kept until a seal succeeds: one that fails
+        (DiskFull) left nothing on disk and may be tried again, as a
+        ``BlobWriteHandle`` seal may."""
         if self._closed:
             raise StorageError("write handle is closed")
-        data, self._pieces = b"".join(self._pieces), []
+        if self.size != self._limit:
+            raise BadRequest(f"a put of {self._limit} bytes got {self.size}")
+        data = b"".join(self._pieces)
         info = self._store.put_inline(self.blob_id, self.epoch, self._meta, data)
         self.durable = info.durable
         self._closed = True
+        self._pieces = []
         return info
 
     def close(self) -> None:
@@ -738,7 +769,7 @@ class BlobReadHandle:
         self._block_index = -1
         self._block = b""
         #: A blob whose record holds its bytes has no ``.data`` to open.
-        self._inline = blob.inline_data
+        self._inline = blob.inline_bytes()
         self._data_fd: int | None = None
         if self._inline is None:
             self._data_fd = self._fs.open(blob.paths.data, os.O_RDONLY)
@@ -944,8 +975,9 @@ class BlobStore:
         #: new blob in one of them skips its ``mkdir``, which would fail
         #: EEXIST.  wsfs never removes one; an operator may (``_create``).
         self._made_dirs: set[str] = set()
-        #: Blobs whose record could not be read at start: left on disk as
-        #: they are, absent from list_blobs, FormatError from stat.
+        #: Blobs whose record could not be read (at start, or found so
+        #: since): left on disk as they are, absent from list_blobs and the
+        #: count, FormatError from stat, until scrub quarantines them.
         self.damaged: list[str] = []
         #: How many blobs ``list_blobs`` would list, kept as blobs come and
         #: go: ``health`` reports it every second to every front end, and
@@ -999,9 +1031,10 @@ class BlobStore:
             with open(fmt, "rb") as f:
                 block_size, version = parse_format(f.read(4096), fmt)
             if version != FORMAT_VERSION:
-                # Every version-1 blob reads as it is; the new FORMAT makes
-                # older code refuse a store that may now hold records with
-                # inline checksums.
+                # Every blob of versions 1 and 2 reads as it is; the new
+                # FORMAT makes older code refuse a store that may now hold
+                # records with inline checksums (version 2) or a small
+                # put's bytes after the JSON line (version 3).
                 _write_atomic(fs, fmt, format_record(block_size), root)
             return block_size
         # An empty blobs/ is a first open cut short between its mkdir and
@@ -1116,16 +1149,26 @@ class BlobStore:
         with _disk_errors():
             _write_atomic(self.fs, path, data, directory, alongside)
 
-    def _read_record(self, paths: BlobPaths) -> MetaRecord | None:
+    def _read_record(self, paths: BlobPaths, data: bool = False) -> MetaRecord | None:
+        """The blob's record, or None if it has none.  Without ``data``
+        only its JSON line is read (``RECORD_HEAD`` bytes, usually): a small
+        blob's bytes, after it, are read by the readers that need them
+        (``_Blob.inline_bytes``)."""
         try:
             fd = self.fs.open(paths.meta, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            raw = self.fs.pread(fd, 1 << 20, 0)
+            raw = self.fs.pread(fd, RECORD_HEAD, 0)
+            total = None
+            if len(raw) == RECORD_HEAD:
+                if not data and b"\n" in raw:
+                    total = self.fs.fstat_size(fd)
+                else:
+                    raw = self.fs.pread(fd, 1 << 20, 0)
         finally:
             self.fs.close(fd)
-        return MetaRecord.decode(raw)
+        return MetaRecord.decode(raw, total)
 
     def _get(self, blob_id: str, create: MetaRecord | None = None) -> tuple[_Blob, bool]:
         """The blob's state: the live object if unsealed, else from disk.
@@ -1138,7 +1181,11 @@ class BlobStore:
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
-            record = self._read_record(BlobPaths.of(self.root, blob_id))
+            try:
+                record = self._read_record(BlobPaths.of(self.root, blob_id))
+            except FormatError:
+                self._note_damaged(blob_id)
+                raise
             if record is not None:
                 if record.state == STATE_SEALED:
                     return _Blob(self, blob_id, record), False
@@ -1151,6 +1198,77 @@ class BlobStore:
                 raise BlobNotFound(f"no blob {blob_id}")
             self._live[blob_id] = blob
             return blob, record is None
+
+    def _note_damaged(self, blob_id: str) -> None:
+        """A record that decoded before (at start, or when it was written)
+        no longer does (caller holds the registry lock): it joins
+        ``damaged``, for scrub to report and quarantine, and leaves the
+        count, as it leaves ``list_blobs``."""
+        if blob_id not in self.damaged:
+            self.damaged.append(blob_id)
+            self._count -= 1
+
+    def quarantined(self, blob_id: str, record_moved: bool) -> None:
+        """Scrub moved ``blob_id``'s files out of ``blobs/``
+        (``record_moved``: its record among them, so it is no longer
+        listed): it leaves ``damaged``, or else the count."""
+        with self._registry_lock:
+            if blob_id in self.damaged:
+                self.damaged.remove(blob_id)
+            elif record_moved:
+                self._count -= 1
+
+    def _held(self, blob_id: str) -> tuple[_Blob, bool]:
+        """The blob, registered even if sealed, and whether its lock is
+        held already (a blob not registered before: taken here, under the
+        registry lock, so nothing can create or delete it meanwhile)."""
+        check_blob_id(blob_id)
+        with self._registry_lock:
+            blob = self._live.get(blob_id)
+            if blob is not None:
+                return blob, False
+            try:
+                record = self._read_record(BlobPaths.of(self.root, blob_id))
+            except FormatError:
+                self._note_damaged(blob_id)
+                raise
+            if record is None:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if record.state == STATE_SEALED:
+                blob = _Blob(self, blob_id, record)
+            else:
+                blob = self._recover(record)
+            blob.lock.acquire()
+            self._live[blob_id] = blob
+            return blob, True
+
+    def _get_new(self, blob_id: str, create: MetaRecord) -> tuple[_Blob, bool]:
+        """``_get`` with ``create`` for a caller that may create the blob:
+        one that finds the blob deleted by the time it has its lock (a
+        delete was under way) looks again, and creates it, rather than
+        fail with BlobNotFound.  A created blob's lock is held."""
+        while True:
+            blob, created = self._get(blob_id, create=create)
+            if created:
+                return blob, True
+            with blob.lock:
+                if not blob.deleted:
+                    return blob, False
+
+    def _same_record(self, blob: _Blob) -> bool:
+        """Whether the record on disk is still the one ``blob`` was read
+        from (or, if damaged, may be)."""
+        try:
+            record = self._read_record(blob.paths)
+        except FormatError:
+            return True
+        return record is not None and (
+            record.state == STATE_SEALED,
+            record.epoch,
+            record.size,
+            record.sums,
+            record.data_size,
+        ) == (blob.sealed, blob.epoch, blob.size, blob.inline_sums, blob.inline_size)
 
     def _blob(self, blob_id: str) -> _Blob:
         return self._get(blob_id)[0]
@@ -1237,7 +1355,7 @@ class BlobStore:
         _check_offset(offset)
         meta = encode_meta(meta)
         new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
-        blob, created = self._get(blob_id, create=new)
+        blob, created = self._get_new(blob_id, new)
         if created:
             try:
                 if offset != 0:
@@ -1278,28 +1396,38 @@ class BlobStore:
     ) -> BlobWriteHandle | BlobPutHandle:
         """A write handle for a blob that is created, written with ``size``
         bytes and sealed at once (the ``put`` op).  Up to INLINE_DATA_MAX
-        bytes the handle keeps them in memory and its ``seal`` writes one
-        sealed record holding them (``BlobPutHandle``); else, or when the
-        blob exists by then, this is ``open_write`` at 0.  Blocks."""
+        bytes and INLINE_SUMS_MAX blocks (``inline_fits``) the handle keeps
+        them in memory and its ``seal`` writes one sealed record holding
+        them (``BlobPutHandle``); else, or when the blob exists by then,
+        this is ``open_write`` at 0.  Blocks."""
         check_blob_id(blob_id)
         _check_epoch(epoch)
         _check_offset(size, "size")
-        if size > INLINE_DATA_MAX:
+        if not self.inline_fits(size):
             return self.open_write(blob_id, epoch, 0, meta)
         return BlobPutHandle(self, blob_id, epoch, encode_meta(meta), size)
+
+    def inline_fits(self, size: int) -> bool:
+        """Whether a blob of ``size`` bytes fits in a sealed record: at most
+        INLINE_DATA_MAX bytes and INLINE_SUMS_MAX blocks (with 512-byte
+        blocks 64 KiB is 128 blocks, more entries than a record may hold)."""
+        return size <= INLINE_DATA_MAX and -(-size // self.block_size) <= INLINE_SUMS_MAX
 
     def put_inline(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
         """Create ``blob_id`` sealed, its bytes and checksums in its record
         (format 3: no ``.data``, no ``.sums``): the record's temp file is
         written and fsync'd, renamed, and the directory fsync'd; one new
         file and two syncs.  A blob that exists already (a fence came
-        first, a writer before it) is written as ``open_write`` at 0 and
-        sealed instead, with the refusals that brings (BlobSealed,
+        first, a writer before it), or one of more blocks than a record
+        holds checksums for (``inline_fits``), is written as ``open_write``
+        at 0 and sealed instead, with the refusals that brings (BlobSealed,
         StaleEpoch).  Blocks."""
         if len(data) > INLINE_DATA_MAX:
             raise BadRequest(f"at most {INLINE_DATA_MAX} bytes go in a record, not {len(data)}")
-        new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
-        blob, created = self._get(blob_id, create=new)
+        created = False
+        if self.inline_fits(len(data)):
+            new = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, meta)
+            blob, created = self._get_new(blob_id, new)
         if not created:
             handle = self.open_write(blob_id, epoch, 0, meta)
             try:
@@ -1307,13 +1435,19 @@ class BlobStore:
                 return handle.seal()
             finally:
                 handle.close()
+        # Counted from now, as a blob is from its creation (it is listed,
+        # unrecorded, while live): exact whether or not it fails.
+        with self._registry_lock:
+            self._count += 1
         try:
             bs = self.block_size
             sums = b"".join(
                 ENTRY.pack(len(block), crc(block))
                 for block in (data[i : i + bs] for i in range(0, len(data), bs))
             )
-            sealed = MetaRecord(blob_id, STATE_SEALED, epoch, bs, len(data), meta, sums, data)
+            sealed = MetaRecord(
+                blob_id, STATE_SEALED, epoch, bs, len(data), meta, sums, data, len(data)
+            )
             blob.recorded = False
             with _disk_errors():
                 self._fan_out(blob.paths.directory)
@@ -1327,12 +1461,15 @@ class BlobStore:
                     self._fan_out(blob.paths.directory)
                     blob.write_record(sealed)
             blob.size = blob.covered = blob.durable = len(data)
-            blob.inline_sums, blob.inline_data = sums, data
+            blob.inline_sums, blob.inline_data, blob.inline_size = sums, data, len(data)
             blob.sealed = True
-            with self._registry_lock:
-                self._count += 1
         except BaseException:
             blob.deleted = True
+            # A failure after the rename (the directory fsync) leaves the
+            # record, and so a listed blob: it stays counted.
+            if not self.fs.exists(blob.paths.meta):
+                with self._registry_lock:
+                    self._count -= 1
             raise
         finally:
             blob.generation += 1
@@ -1354,7 +1491,16 @@ class BlobStore:
             length = max(size - offset, 0)
         if offset + length > size or offset > size:
             raise InvalidOffset(f"range {offset}+{length} is past the end of {blob_id} ({size})")
-        return BlobReadHandle(blob, offset, length)
+        try:
+            return BlobReadHandle(blob, offset, length)
+        except FileNotFoundError as e:
+            # A sealed blob looked up, then deleted (and maybe stored again)
+            # before its files were opened: gone, not damaged.  With the
+            # same record still there a missing file is damage (scrub
+            # reports it).
+            if not self._same_record(blob):
+                raise BlobNotFound(f"blob {blob_id} was deleted") from e
+            raise
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
@@ -1363,10 +1509,11 @@ class BlobStore:
         is created empty at ``epoch`` with its record.  Blocks."""
         _check_epoch(epoch)
         _check_offset(truncate_to, "truncate_to")
-        create = None
         if truncate_to == 0:
             create = MetaRecord(blob_id, STATE_OPEN, epoch, self.block_size, 0, {})
-        blob, created = self._get(blob_id, create=create)
+            blob, created = self._get_new(blob_id, create)
+        else:
+            blob, created = self._blob(blob_id), False
         if created:
             try:
                 self._create(blob)
@@ -1421,9 +1568,25 @@ class BlobStore:
 
     def delete(self, blob_id: str) -> None:
         """Remove the record first, then the data: a crash in between leaves
-        files without a record, which the next start removes.  Blocks."""
-        blob = self._blob(blob_id)
-        with blob.lock:
+        files without a record, which the next start removes.  Blocks.
+
+        A sealed blob is registered for the delete (``_held``), as a blob
+        being written is: a new blob of the same id cannot be created
+        between the look-up and the unlinks (they would remove its files),
+        and a second delete waits, then finds it deleted."""
+        while True:
+            blob, held = self._held(blob_id)
+            if held:
+                break
+            blob.lock.acquire()
+            with self._registry_lock:
+                current = self._live.get(blob_id) is blob
+            if current or blob.deleted:
+                break
+            # Sealed and forgotten while this waited for its lock (a put,
+            # a seal): the id may hold another blob by now.  Look again.
+            blob.lock.release()
+        try:
             if blob.deleted:
                 raise BlobNotFound(f"no blob {blob_id}")
             blob.deleted = True
@@ -1431,8 +1594,7 @@ class BlobStore:
             blob.close_files()
             # The blob leaves the count with the file that makes it listed
             # (its record, or its data before it has one), and only for the
-            # call that removed that file: two deletes of one sealed blob
-            # hold two _Blob objects, so both can get this far.
+            # call that removed that file.
             listed_by = blob.paths.meta if blob.recorded else blob.paths.data
             for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
                 try:
@@ -1443,15 +1605,22 @@ class BlobStore:
                     with self._registry_lock:
                         self._count -= 1
             self.fs.fsync_dir(blob.paths.directory)
-        self.forget(blob)
+        finally:
+            # Forgotten before its lock is released: whoever waited on it
+            # finds it deleted and, looking again, the id free.
+            if blob.deleted or blob.sealed:
+                self.forget(blob)
+            blob.lock.release()
 
     def count_blobs(self) -> int:
-        """How many blobs ``list_blobs`` lists (damaged ones excluded),
+        """How many blobs ``list_blobs`` lists (``damaged`` ones excluded),
         without touching the disk."""
         return self._count
 
     def list_blobs(self) -> Iterator[BlobInfo]:
-        """Every blob, one record file at a time (no blob data is read).
+        """Every blob, one record file at a time (no ``.data`` is read).
+        A record that does not decode is not listed but added to
+        ``damaged`` (scrub reports and quarantines it).
 
         Blobs being written that have no record yet (never synced) are
         listed too, after the others: they exist for as long as this
@@ -1472,6 +1641,8 @@ class BlobStore:
                     try:
                         yield self.stat(blob_id)
                     except (BlobNotFound, FormatError, BadRequest):
+                        # A record that does not decode is in ``damaged``
+                        # now (``_get``), for scrub to quarantine.
                         continue
         for blob_id in sorted(unrecorded):
             try:

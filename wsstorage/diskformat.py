@@ -32,6 +32,10 @@ MAX_BLOCK_SIZE = 1024 * 1024
 MIN_BLOCK_SIZE = 512
 #: Upper bound on a writer's encoded meta record: it is metadata, not data.
 MAX_META_BYTES = 64 * 1024
+#: Bytes of a record read first: its whole JSON line, but for a large
+#: writer's meta.  stat, list and open need no more (not a small blob's
+#: data, which follows the line).
+RECORD_HEAD = 4096
 
 FORMAT_FILE = "FORMAT"
 LOCK_FILE = "LOCK"
@@ -109,10 +113,18 @@ class MetaRecord:
     #: (``ENTRY`` after ``ENTRY``, as that file would hold them), or None.
     sums: bytes | None = None
     #: The bytes of a sealed blob that has no ``.data`` file (format 3;
-    #: ``sums`` then holds their checksums), or None.
+    #: ``sums`` then holds their checksums), or None.  Encoded raw after
+    #: the record's JSON line, not in it (``encode``).  None too in a
+    #: record decoded from its JSON line alone (``decode`` with ``total``).
     data: bytes | None = None
+    #: How many bytes of data the record holds (``data``'s length), or
+    #: None: the blob has a ``.data`` file.
+    data_size: int | None = None
 
     def encode(self) -> bytes:
+        """The record's bytes: one line of JSON (``json.dumps`` never writes
+        a raw newline), then, when it holds the blob's bytes, those bytes
+        as they are (the JSON says how many in ``data_size``)."""
         fields = {
             "format": FORMAT_VERSION,
             "blob_id": self.blob_id,
@@ -125,17 +137,39 @@ class MetaRecord:
         if self.sums is not None:
             fields["sums"] = base64.b64encode(self.sums).decode()
         if self.data is not None:
-            fields["data"] = base64.b64encode(self.data).decode()
-        return json.dumps(fields, sort_keys=True).encode() + b"\n"
+            fields["data_size"] = len(self.data)
+        header = json.dumps(fields, sort_keys=True).encode() + b"\n"
+        return header if self.data is None else header + self.data
 
     @classmethod
-    def decode(cls, raw: bytes) -> MetaRecord:
+    def decode(cls, raw: bytes, total: int | None = None) -> MetaRecord:
+        """Parse a record.  Only its first line is JSON; the bytes after it
+        (a small blob's data) are sliced off, never parsed, so damage in
+        them is a checksum mismatch when they are read, not a record that
+        fails to decode.
+
+        ``total``: the record file's size, when ``raw`` is only its start
+        (holding the whole JSON line): the data is then left unread
+        (``data`` None, ``data_size`` checked against what follows)."""
+        newline = raw.find(b"\n")
+        if total is not None and newline < 0:
+            raise ValueError("a record's start must hold its whole JSON line")
+        header = raw if newline < 0 else raw[:newline]
+        trailer = None
+        if total is None:
+            trailer = b"" if newline < 0 else raw[newline + 1 :]
+            total = len(raw)
+        trailer_size = 0 if newline < 0 else total - newline - 1
         try:
-            d = json.loads(raw)
+            d = json.loads(header)
             if d["format"] not in READABLE_VERSIONS:
                 raise FormatError(f"blob record of unknown format {d['format']!r}")
             sums = d.get("sums")
-            data = d.get("data")
+            data_size = d.get("data_size")
+            if data_size is None and trailer_size:
+                raise FormatError("blob record with bytes after its JSON")
+            if data_size is not None and (type(data_size) is not int or data_size != trailer_size):
+                raise FormatError("blob record whose inline data is not data_size bytes")
             rec = cls(
                 blob_id=str(d["blob_id"]),
                 state=str(d["state"]),
@@ -144,7 +178,8 @@ class MetaRecord:
                 size=int(d["size"]),
                 meta=dict(d["meta"]),
                 sums=None if sums is None else base64.b64decode(sums, validate=True),
-                data=None if data is None else base64.b64decode(data, validate=True),
+                data=None if data_size is None else trailer,
+                data_size=data_size,
             )
         except FormatError:
             raise
@@ -156,10 +191,10 @@ class MetaRecord:
             d["format"] < 2 or rec.state != STATE_SEALED or not _sums_cover(rec)
         ):
             raise FormatError("blob record with malformed inline checksums")
-        if rec.data is not None and (
+        if rec.data_size is not None and (
             d["format"] < 3
             or rec.sums is None
-            or len(rec.data) != rec.size
+            or rec.data_size != rec.size
             or rec.size > INLINE_DATA_MAX
         ):
             raise FormatError("blob record with malformed inline data")

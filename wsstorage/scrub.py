@@ -5,7 +5,9 @@ reads it.  The scrubber walks the store's sealed blobs, reads each one
 through ``open_read`` (which checks every block's CRC32C) in chunks, and
 sleeps between chunks so it reads at most ``bytes_per_second``: client
 traffic keeps the disk.  A blob that fails (ChecksumError, a short data
-file, an unreadable record) is reported to ``on_damaged`` and, with
+file, an unreadable record), and every blob the store lists in its
+``damaged`` (a record that does not decode, found at start or by a
+``list_blobs`` or ``stat`` since, of any format), is reported to ``on_damaged`` and, with
 ``quarantine``, moved out of ``blobs/`` into ``quarantine/`` (record first,
 so the store stops listing it at once).  The front end then finds the
 replica missing (fsck or the maintenance audit), marks it lost and repair
@@ -121,12 +123,23 @@ class Scrubber:
         finally:
             handle.close()
 
+    def _still_damaged(self, blob_id: str) -> str | None:
+        """The error of a blob the store counts ``damaged`` (its record does
+        not decode), or None if it is gone or reads again."""
+        try:
+            self._store.stat(blob_id)
+        except BlobNotFound:
+            return None
+        except (StorageError, OSError) as e:
+            return f"{e.__class__.__name__}: {e}"
+        return None
+
     def _move_to_quarantine(self, blob_id: str) -> bool:
         paths = BlobPaths.of(self._store.root, blob_id)
         target = os.path.join(self._store.root, QUARANTINE_DIR)
         os.makedirs(target, exist_ok=True)
         stamp = f"{int(time.time())}"
-        moved = False
+        moved = record_moved = False
         for path, suffix in (
             (paths.meta, META_SUFFIX),
             (paths.data, DATA_SUFFIX),
@@ -135,6 +148,7 @@ class Scrubber:
             try:
                 os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
                 moved = True
+                record_moved = record_moved or suffix == META_SUFFIX
             except FileNotFoundError:
                 continue
         fd = os.open(paths.directory, os.O_RDONLY)
@@ -142,6 +156,11 @@ class Scrubber:
             os.fsync(fd)
         finally:
             os.close(fd)
+        # The store's count and ``damaged`` follow (a store without them,
+        # a test double, has nothing to follow).
+        quarantined = getattr(self._store, "quarantined", None)
+        if quarantined is not None:
+            quarantined(blob_id, record_moved)
         return moved
 
     async def _damaged(self, blob_id: str, error: str) -> None:
@@ -165,7 +184,8 @@ class Scrubber:
     # -- a pass ----------------------------------------------------------
 
     async def scrub_pass(self) -> dict[str, Any]:
-        """Verify every sealed blob once; fire with counts."""
+        """Verify every sealed blob once, and report every blob whose record
+        does not decode (the store's ``damaged``); fire with counts."""
         infos = await self._run(lambda: [i for i in self._store.list_blobs() if i.sealed])
         checked = damaged = 0
         nbytes = 0
@@ -178,6 +198,14 @@ class Scrubber:
             if error is not None:
                 damaged += 1
                 await self._damaged(info.blob_id, error)
+        # Listing filled ``damaged`` with any record it could not decode.
+        for blob_id in list(getattr(self._store, "damaged", ())):
+            if self._stopping:
+                break
+            error = await self._run(self._still_damaged, blob_id)
+            if error is not None:
+                damaged += 1
+                await self._damaged(blob_id, error)
         self.passes += 1
         return {"checked": checked, "damaged": damaged, "bytes": nbytes}
 
