@@ -788,3 +788,34 @@ async def test_an_internal_store_error_of_a_put_is_logged(inprocess_storage, mon
         await client.put(new_id(), 1, {}, b"abc")
     assert type(e.value) is StorageError
     assert [f.type for f in logged] == [OSError]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_of_meta_that_is_not_json_fails_its_deferred(inprocess_storage):
+    """As the wire client's put: a caller's mistake (meta JSON cannot hold)
+    is a failed Deferred, never an exception raised at the call."""
+    client = inprocess_storage.client("s1")
+    d = client.put(new_id(), 1, {"inode": b"bytes"}, b"x")
+    await refused(d, TypeError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_without_put_gets_the_wire_clients_fallback(inprocess_storage, monkeypatch):
+    """A server playing one that lacks ``put`` (its ``ops``) is written as
+    the wire client writes it: a write stream and a commit, not in process."""
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    monkeypatch.setattr(factory, "ops", tuple(op for op in factory.ops if op != "put"))
+    streams: list[str] = []
+    begin = server.StorageServerProtocol._op_write
+
+    def counting(self, rid, req):
+        streams.append(req.get("blob"))
+        return begin(self, rid, req)
+
+    monkeypatch.setattr(server.StorageServerProtocol, "_op_write", counting)
+    blob = new_id()
+    info = await client.put(blob, 1, {}, b"abc")
+    assert info.sealed and info.size == 3
+    assert streams == [blob]
+    assert await get(client, blob) == b"abc"
