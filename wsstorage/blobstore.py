@@ -711,7 +711,7 @@ class BlobPutHandle:
         self.epoch = epoch
         self._meta = meta
         self._limit = size
-        self._pieces: list[bytes] = []
+        self._buffer = bytearray()
         self.size = 0
         self.durable = 0
         self._closed = False
@@ -725,7 +725,8 @@ class BlobPutHandle:
         n = sum(len(p) for p in pieces)
         if self.size + n > self._limit:
             raise BadRequest(f"a put of {self._limit} bytes got {self.size + n}")
-        self._pieces.extend(bytes(p) for p in pieces)
+        for piece in pieces:
+            self._buffer += piece
         self.size += n
 
     def seal(self) -> BlobInfo:
@@ -738,16 +739,14 @@ class BlobPutHandle:
             raise StorageError("write handle is closed")
         if self.size != self._limit:
             raise BadRequest(f"a put of {self._limit} bytes got {self.size}")
-        data = b"".join(self._pieces)
-        info = self._store.put_inline(self.blob_id, self.epoch, self._meta, data)
+        info = self._store.put_inline(self.blob_id, self.epoch, self._meta, bytes(self._buffer))
         self.durable = info.durable
-        self._closed = True
-        self._pieces = []
+        self.close()
         return info
 
     def close(self) -> None:
         self._closed = True
-        self._pieces = []
+        self._buffer = bytearray()
 
 
 class BlobReadHandle:
@@ -891,7 +890,7 @@ class BlobReadHandle:
             total = sum(entry[0] for entry in entries)
             got = 0
             if total and self._inline is not None:
-                piece = self._inline[first * bs : first * bs + total]
+                piece = memoryview(self._inline)[first * bs : first * bs + total]
                 got = len(piece)
                 buffer[:got] = piece
             elif total:
@@ -1084,13 +1083,11 @@ class BlobStore:
         present = set(self.fs.listdir(blobs))
         for i in range(FAN_OUT):
             name = f"{i:02x}"
-            if name not in present:
-                try:
-                    self.fs.mkdir(os.path.join(blobs, name))
-                except FileExistsError:
-                    pass
             directory = os.path.join(blobs, name)
-            self._made_dirs.add(directory)
+            if name in present:
+                self._made_dirs.add(directory)
+            else:
+                self._fan_out(directory)
         self.fs.fsync_dir(blobs)
         self._durable_dirs.update(self._made_dirs)
 
@@ -1289,19 +1286,12 @@ class BlobStore:
         paths = blob.paths
         blob.recorded = False
         with _disk_errors():
-            self._fan_out(paths.directory)
             try:
                 # ``.sums`` comes at the first sync or open record (open_sums).
                 flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-                try:
-                    blob.data_fd = self.fs.open(paths.data, flags)
-                except FileNotFoundError:
-                    # The fan-out directory went (an operator removed it
-                    # empty): make it again, and its entry durable again.
-                    self._made_dirs.discard(paths.directory)
-                    self._durable_dirs.discard(paths.directory)
-                    self._fan_out(paths.directory)
-                    blob.data_fd = self.fs.open(paths.data, flags)
+                blob.data_fd = self._in_fan_out(
+                    paths.directory, lambda: self.fs.open(paths.data, flags)
+                )
                 with self._registry_lock:
                     self._count += 1
             except BaseException:
@@ -1314,6 +1304,20 @@ class BlobStore:
                     except OSError:
                         pass
                 raise
+
+    def _in_fan_out(self, directory: str, make: Callable[[], Any]) -> Any:
+        """``make()`` (which creates a file in fan-out ``directory``) once the
+        directory is there; if it went meanwhile (an operator removed it
+        empty: FileNotFoundError), the directory is made again, its entry
+        made durable again by the next record, and ``make()`` run again."""
+        self._fan_out(directory)
+        try:
+            return make()
+        except FileNotFoundError:
+            self._made_dirs.discard(directory)
+            self._durable_dirs.discard(directory)
+            self._fan_out(directory)
+            return make()
 
     def _fan_out(self, directory: str) -> None:
         """Make a blob's fan-out directory unless this process knows it is
@@ -1450,16 +1454,7 @@ class BlobStore:
             )
             blob.recorded = False
             with _disk_errors():
-                self._fan_out(blob.paths.directory)
-                try:
-                    blob.write_record(sealed)
-                except FileNotFoundError:
-                    # The fan-out directory went (an operator removed it
-                    # empty): make it again, and its entry durable again.
-                    self._made_dirs.discard(blob.paths.directory)
-                    self._durable_dirs.discard(blob.paths.directory)
-                    self._fan_out(blob.paths.directory)
-                    blob.write_record(sealed)
+                self._in_fan_out(blob.paths.directory, lambda: blob.write_record(sealed))
             blob.size = blob.covered = blob.durable = len(data)
             blob.inline_sums, blob.inline_data, blob.inline_size = sums, data, len(data)
             blob.sealed = True

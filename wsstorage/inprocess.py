@@ -148,20 +148,9 @@ class InProcessClient:
         ProcessCounters.written += len(data)
         store = self.factory.store
         d = self.factory.run_blocking(seal_put, store, blob_id, epoch, meta, [data], start)
-        return d.addErrback(self._put_failed, blob_id)
-
-    def _put_failed(self, f: Failure, blob_id: str) -> Failure:
-        """The wire error for the store's error ``f``; one that maps to no
-        wire error is logged, as the server's ``_send_error`` logs it."""
-        err = storage_error(f.value)
-        if type(err) is StorageError:
-            log.failure(
-                "in-process put of {blob} to storage server {name} failed",
-                f,
-                blob=blob_id,
-                name=self.factory.name,
-            )
-        return Failure(err)
+        return d.addErrback(
+            lambda f: Failure(_wire_error(f, "put of {blob} to", blob_id, self.factory.name))
+        )
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         return self.wire.fence(blob_id, epoch, truncate_to)
@@ -459,18 +448,7 @@ class _LocalRead:
     # -- ending ----------------------------------------------------------
 
     def _logged(self, f: Failure) -> StorageError:
-        """The wire error for the store's error ``f``; one that maps to no
-        wire error (EIO, a bug) is logged, as the server's ``_send_error``
-        logs it."""
-        err = storage_error(f.value)
-        if type(err) is StorageError:
-            log.failure(
-                "in-process read of {blob} from storage server {name} failed",
-                f,
-                blob=self.blob_id,
-                name=self.factory.name,
-            )
-        return err
+        return _wire_error(f, "read of {blob} from", self.blob_id, self.factory.name)
 
     def _consumer_failed(self) -> None:
         """The consumer raised (called in its ``except``): logged, and the
@@ -563,3 +541,13 @@ class _LocalRead:
             self._finished = True
             self._release()
         self._done()
+
+
+def _wire_error(f: Failure, what: str, blob_id: str, name: str) -> StorageError:
+    """The wire error for the store's error ``f`` (an in-process ``what``:
+    "read of {blob} from"); one that maps to no wire error (EIO, a bug) is
+    logged, as the server's ``_send_error`` logs it."""
+    err = storage_error(f.value)
+    if type(err) is StorageError:
+        log.failure(f"in-process {what} storage server {{name}} failed", f, blob=blob_id, name=name)
+    return err

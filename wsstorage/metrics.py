@@ -59,7 +59,7 @@ class StorageCollector(Collector):
             yield GaugeMetricFamily("wsstorage_total_bytes", "Size of the disk.", value=total)
         yield GaugeMetricFamily(
             "wsstorage_damaged_blobs",
-            "Blobs whose record did not parse at start (left on disk, not served).",
+            "Blobs whose record does not parse, at start or since (left on disk, not served).",
             value=len(getattr(store, "damaged", ()) or ()),
         )
         moved = CounterMetricFamily(

@@ -40,8 +40,12 @@ def advise_drop_behind(blob_id: str, writers: dict) -> None:
     e.g. test doubles, keep theirs)."""
     keep = cached_replica(blob_id, writers)
     for node, writer in writers.items():
-        if node == keep:
-            continue
-        advise = getattr(writer, "drop_cache_behind", None)
-        if advise is not None:
-            advise()
+        if node != keep:
+            hint_drop_behind(writer)
+
+
+def hint_drop_behind(writer: object) -> None:
+    """Give ``writer`` the drop-behind hint if it takes hints."""
+    advise = getattr(writer, "drop_cache_behind", None)
+    if advise is not None:
+        advise()

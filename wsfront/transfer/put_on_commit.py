@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsfront.transfer.cache_hint import hint_drop_behind
 from wsstorage._interfaces import IBlobWriter, IStorageClient
 from wsstorage.errors import StorageError
 
@@ -114,7 +115,7 @@ class PutOnCommit:
         """Pass the hint (``BlobWriter.drop_cache_behind``) to the real
         stream, now or once it opens; a put keeps its small blob cached."""
         self._drop_cache = True
-        _drop_cache_behind(self._writer)
+        hint_drop_behind(self._writer)
 
     def flush(self) -> Deferred:
         if self._error is not None:
@@ -193,7 +194,7 @@ class PutOnCommit:
             writer.write(kept)  # before anything that follows it
         self._writer = writer
         if self._drop_cache:
-            _drop_cache_behind(writer)
+            hint_drop_behind(writer)
         watchers, self._watchers = self._watchers, []
         for d in watchers:
             writer.when_failed().chainDeferred(d)
@@ -216,10 +217,3 @@ class PutOnCommit:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)
-
-
-def _drop_cache_behind(writer: Any) -> None:
-    """Give ``writer`` the drop-behind hint if it takes hints."""
-    advise = getattr(writer, "drop_cache_behind", None)
-    if advise is not None:
-        advise()
