@@ -1183,6 +1183,8 @@ class BlobStore:
             except FormatError:
                 self._note_damaged(blob_id)
                 raise
+            if record is not None or create is not None:
+                self._note_undamaged(blob_id, record)
             if record is not None:
                 if record.state == STATE_SEALED:
                     return _Blob(self, blob_id, record), False
@@ -1204,6 +1206,18 @@ class BlobStore:
         if blob_id not in self.damaged:
             self.damaged.append(blob_id)
             self._count -= 1
+
+    def _note_undamaged(self, blob_id: str, record: MetaRecord | None) -> None:
+        """A record in ``damaged`` reads again (put back by hand), so it is
+        listed and counted again; or, none there, a new blob of that id is
+        being created (caller holds the registry lock).  A record found
+        merely absent stays in ``damaged``: scrub may be moving it to
+        quarantine, and ``quarantined`` takes it out (and scrub too, when
+        it finds it gone)."""
+        if blob_id in self.damaged:
+            self.damaged.remove(blob_id)
+            if record is not None:
+                self._count += 1
 
     def quarantined(self, blob_id: str, record_moved: bool) -> None:
         """Scrub moved ``blob_id``'s files out of ``blobs/``
@@ -1231,6 +1245,7 @@ class BlobStore:
                 raise
             if record is None:
                 raise BlobNotFound(f"no blob {blob_id}")
+            self._note_undamaged(blob_id, record)
             if record.state == STATE_SEALED:
                 blob = _Blob(self, blob_id, record)
             else:
@@ -1568,9 +1583,18 @@ class BlobStore:
         A sealed blob is registered for the delete (``_held``), as a blob
         being written is: a new blob of the same id cannot be created
         between the look-up and the unlinks (they would remove its files),
-        and a second delete waits, then finds it deleted."""
+        and a second delete waits, then finds it deleted.
+
+        A blob whose record does not decode (``damaged``) is removed too
+        (``_delete_damaged``): the caller, GC or an operator, wants it
+        gone, and nothing else can remove it but scrub's quarantine."""
         while True:
-            blob, held = self._held(blob_id)
+            try:
+                blob, held = self._held(blob_id)
+            except FormatError:
+                if self._delete_damaged(blob_id):
+                    return
+                continue  # it reads again, or is registered: look again
             if held:
                 break
             blob.lock.acquire()
@@ -1606,6 +1630,33 @@ class BlobStore:
             if blob.deleted or blob.sealed:
                 self.forget(blob)
             blob.lock.release()
+
+    def _delete_damaged(self, blob_id: str) -> bool:
+        """Remove the files of a blob whose record does not decode; False
+        if by then it does, or is gone, or the id is registered (the caller
+        looks again).  The unlinks are made under the registry lock, so no
+        new blob of the id is created among them (its ``_get`` would find
+        the damaged record and fail, or none and wait here); such a blob
+        was never counted, so the count stays."""
+        paths = BlobPaths.of(self.root, blob_id)
+        with self._registry_lock:
+            if blob_id in self._live:
+                return False
+            try:
+                self._read_record(paths)
+            except FormatError:
+                pass
+            else:
+                return False
+            for path in (paths.meta, paths.data, paths.sums):
+                try:
+                    self.fs.unlink(path)
+                except FileNotFoundError:
+                    continue
+            if blob_id in self.damaged:
+                self.damaged.remove(blob_id)
+        self.fs.fsync_dir(paths.directory)
+        return True
 
     def count_blobs(self) -> int:
         """How many blobs ``list_blobs`` lists (``damaged`` ones excluded),
