@@ -166,3 +166,76 @@ def test_a_damaged_blob_found_at_start_can_be_deleted(tmp_path):
     store.delete("b")
     assert store.damaged == [] and store.count_blobs() == 0
     store.close()
+
+
+# -- 4. a reader of a blob replaced under it ----------------------------------
+
+
+class ReplaceBeforeOpen(OsFileSystem):
+    """Runs ``hook`` once, just before the next read-only open of ``name``:
+    the blob is deleted and stored again between its look-up and the
+    opening of its files."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hook = None
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        hook = self.hook
+        readonly = flags & os.O_ACCMODE == os.O_RDONLY
+        if hook is not None and readonly and os.path.basename(path) == self.name:
+            self.hook = None
+            hook()
+        return super().open(path, flags, mode)
+
+
+def test_a_blob_replaced_between_its_look_up_and_its_open_is_gone_not_damaged(tmp_path):
+    """open_read read the record (checksums inline), then the blob was
+    deleted and stored again with other bytes, then ``.data`` was opened:
+    the new bytes failed the old checksums, a ChecksumError that makes the
+    front end mark a good replica stale.  It is BlobNotFound now (read
+    another replica); real damage is still a ChecksumError."""
+    fs = ReplaceBeforeOpen("b.data")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "b", pattern(10_000)).seal()
+
+    seeds = iter(range(1, 100))
+
+    def replace() -> None:
+        store.delete("b")
+        write_all(store, "b", pattern(10_000, seed=next(seeds))).seal()
+
+    fs.hook = replace
+    with pytest.raises(BlobNotFound):
+        read_all(store, "b")
+    assert fs.hook is None  # it ran
+    buffer = memoryview(bytearray(BLOCK))
+    fs.hook = replace
+    reader = store.open_read("b", 0, None)
+    try:
+        with pytest.raises(BlobNotFound):
+            reader.read_into(buffer)
+    finally:
+        reader.close()
+    # Damage in place is still damage.
+    with open(BlobPaths.of(store.root, "b").data, "r+b") as f:
+        f.seek(5)
+        f.write(b"\xff\xfe")
+    with pytest.raises(ChecksumError):
+        read_all(store, "b")
+    store.close()
+
+
+def test_damage_of_a_blob_being_written_is_still_a_checksum_error(tmp_path):
+    """The replaced-under-the-reader check must not hide real damage of an
+    open blob, whose record on disk lags its size."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    handle = write_all(store, "b", pattern(3 * BLOCK))
+    handle.sync()
+    handle.write(pattern(BLOCK, seed=2))
+    with open(BlobPaths.of(store.root, "b").data, "r+b") as f:
+        f.write(b"\xff\xfe")
+    with pytest.raises(ChecksumError):
+        read_all(store, "b")
+    handle.close()
+    store.close()

@@ -855,9 +855,39 @@ class BlobReadHandle:
         error = bad or error
         if error is not None:
             if good == 0:
-                raise error
+                raise self._failure(error)
             return data[: good * bs]
         return data
+
+    def _failure(self, error: StorageError) -> StorageError:
+        """What a block that failed means: damage (ChecksumError, which
+        makes the front end mark this replica stale), unless the blob was
+        deleted, or deleted and stored again, under this reader: it opened
+        its files by name after reading the record, so it may check one
+        blob's bytes against another's checksums.  That is BlobNotFound
+        (read another replica).  Checked only on failure: free otherwise."""
+        if isinstance(error, ChecksumError) and self._replaced():
+            return BlobNotFound(f"blob {self.blob_id} was deleted or replaced under the reader")
+        return error
+
+    def _replaced(self) -> bool:
+        """Whether the files this reader holds are no longer the blob's, or
+        (sealed) its record on disk is not the one it was read from.  An
+        unsealed blob's record lags its size: its live state says."""
+        blob = self._blob
+        if blob.deleted:
+            return True
+        for fd, path in ((self._data_fd, blob.paths.data), (self._sums_fd, blob.paths.sums)):
+            if fd is None:
+                continue
+            try:
+                named = os.stat(path)
+            except FileNotFoundError:
+                return True
+            held = os.fstat(fd)
+            if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                return True
+        return blob.sealed and not blob.store._same_record(blob)
 
     def read_into(self, buffer: memoryview, nowait: bool = False) -> int:
         """Like ``read(len(buffer))``, into ``buffer``: the number of verified
@@ -906,7 +936,7 @@ class BlobReadHandle:
         good, bad = self._verify(buffer[:got], first, entries)
         error = bad or error
         if good == 0 and error is not None:
-            raise error
+            raise self._failure(error)
         n = min(want, sum(entry[0] for entry in entries[:good]))
         self.offset += n
         self.remaining -= n
