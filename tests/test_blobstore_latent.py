@@ -239,3 +239,78 @@ def test_damage_of_a_blob_being_written_is_still_a_checksum_error(tmp_path):
         read_all(store, "b")
     handle.close()
     store.close()
+
+
+# -- 5. a delete while a sync runs in a thread -------------------------------
+
+
+class GatedRecording(GatedFsyncFileSystem):
+    """``GatedFsyncFileSystem`` that records which file every sync and
+    cache drop reached (by the path its fd was opened with)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        super().fsync(fd)
+        self.touched.append(self.paths.get(fd, "?"))
+
+    def fdatasync(self, fd: int) -> None:
+        super().fdatasync(fd)
+        self.touched.append(self.paths.get(fd, "?"))
+
+    def drop_cache(self, fd: int, offset: int, length: int) -> None:
+        self.touched.append(self.paths.get(fd, "?"))
+        super().drop_cache(fd, offset, length)
+
+
+@pytest.mark.parametrize("closer", ["delete", "commit", "close"])
+def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path, closer):
+    """A sync takes the blob's descriptors, lets go of its lock and
+    fdatasyncs them; a delete (or a commit, or the store's close) closed
+    them meanwhile.  The sync then failed with EBADF, or, when the numbers
+    had been reused by another open, synced (and dropped the cache of) an
+    unrelated file.  Now the descriptors stay open until the sync is done:
+    it ends with the blob's own error, or succeeds, on the blob's files."""
+    fs = GatedRecording()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, drop_behind=BLOCK)
+    handle = write_all(store, "b", pattern(3 * BLOCK))
+    fs.armed = True
+    outcome: dict[str, object] = {}
+
+    def sync() -> None:
+        try:
+            outcome["durable"] = handle.sync()
+        except BaseException as e:  # reported by the test
+            outcome["error"] = e
+
+    syncer = threading.Thread(target=sync, daemon=True)
+    syncer.start()
+    victims: list[int] = []
+    try:
+        assert fs.entered.wait(30)  # in its fdatasync, lock released
+        if closer == "delete":
+            store.delete("b")
+        elif closer == "commit":
+            store.commit("b", 2)
+        else:
+            store.close()
+        # Take the lowest free descriptor numbers: the blob's, if closed.
+        for i in range(4):
+            victims.append(fs.open(str(tmp_path / f"victim{i}"), os.O_RDWR | os.O_CREAT))
+    finally:
+        fs.release.set()
+    syncer.join(30)
+    assert not syncer.is_alive()
+    for fd in victims:
+        fs.close(fd)
+    assert not any("victim" in path for path in fs.touched), fs.touched
+    error = outcome.get("error")
+    assert not isinstance(error, OSError), error
+    if closer == "delete":
+        assert isinstance(error, BlobNotFound)
+    if closer == "commit":
+        assert error is not None and not isinstance(error, OSError)
+    if closer != "close":
+        store.close()

@@ -227,6 +227,11 @@ class _Blob:
         self.deleted = False
         self.data_fd: int | None = None
         self.sums_fd: int | None = None
+        #: Syncs running with the blob's descriptors and its lock released
+        #: (``BlobWriteHandle._sync_bytes``); while there are any, the
+        #: descriptors that ``close_files`` lets go of wait in ``retired``.
+        self.borrowed = 0
+        self.retired: list[int] = []
         #: The checksum entries a sealed record holds itself (no ``.sums``).
         self.inline_sums = record.sums
         #: The bytes a sealed record holds itself (no ``.data``; format 3),
@@ -340,10 +345,25 @@ class _Blob:
         return -(-self.covered // self.block_size) <= INLINE_SUMS_MAX
 
     def close_files(self) -> None:
-        for fd in (self.data_fd, self.sums_fd):
-            if fd is not None:
-                self.fs.close(fd)
+        """Let go of the blob's descriptors (lock held).  One a sync in a
+        thread still uses (``borrowed``) is closed when it gives it back:
+        closed under it, its fdatasync would fail (EBADF) or, the number
+        reused by another open meanwhile, sync an unrelated file."""
+        fds = [fd for fd in (self.data_fd, self.sums_fd) if fd is not None]
         self.data_fd = self.sums_fd = None
+        if self.borrowed:
+            self.retired.extend(fds)
+            return
+        for fd in fds:
+            self.fs.close(fd)
+
+    def give_back(self) -> None:
+        """A sync is done with the descriptors it borrowed (lock held)."""
+        self.borrowed -= 1
+        if not self.borrowed:
+            retired, self.retired = self.retired, []
+            for fd in retired:
+                self.fs.close(fd)
 
     # -- checksums ------------------------------------------------------
 
@@ -407,23 +427,25 @@ class _Blob:
             out.append((length // self.block_size, tail_len, self.tail_crc))
         return out
 
-    def write_entries(self, entries: list[tuple[int, int, int]]) -> None:
-        """Write checksum entries into ``.sums``: one ``pwrite`` per run of
-        consecutive indexes (a sync after 1 MiB of 64 KiB blocks writes 16
-        adjacent entries; one call instead of sixteen)."""
-        assert self.sums_fd is not None
+    def write_entries(self, entries: list[tuple[int, int, int]], fd: int | None = None) -> None:
+        """Write checksum entries into ``.sums`` (``fd``: a sync's borrowed
+        descriptor of it): one ``pwrite`` per run of consecutive indexes (a
+        sync after 1 MiB of 64 KiB blocks writes 16 adjacent entries; one
+        call instead of sixteen)."""
+        sums_fd = self.sums_fd if fd is None else fd
+        assert sums_fd is not None
         run: list[bytes] = []
         start = next_index = -1
         for index, covered, value in entries:
             if index != next_index and run:
-                self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+                self.fs.pwrite_all(sums_fd, b"".join(run), start * ENTRY.size)
                 run = []
             if not run:
                 start = index
             run.append(ENTRY.pack(covered, value))
             next_index = index + 1
         if run:
-            self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+            self.fs.pwrite_all(sums_fd, b"".join(run), start * ENTRY.size)
         for index, covered, _ in entries:
             if covered == self.block_size:
                 self.pending.pop(index, None)
@@ -648,7 +670,9 @@ class BlobWriteHandle:
         the lock released meanwhile so that writes go on.  No record.  Then
         (``drop``) drop the page cache behind what was synced
         (``_Blob.drop_span``), out of the lock too: the reactor thread's
-        writes take it.  A seal drops it all itself, in one call."""
+        writes take it.  A seal drops it all itself, in one call.  The
+        descriptors are borrowed meanwhile (``_Blob.close_files``): a
+        delete, commit or close of the store cannot close them under it."""
         blob = self._blob
         with blob.lock:
             self._check()
@@ -659,19 +683,24 @@ class BlobWriteHandle:
             blob.open_sums()
             data_fd, sums_fd = blob.data_fd, blob.sums_fd
             entries = blob.entries_up_to(length)
+            blob.borrowed += 1
         assert data_fd is not None and sums_fd is not None
-        with _disk_errors():
-            blob.fs.fdatasync(data_fd)
+        try:
+            with _disk_errors():
+                blob.fs.fdatasync(data_fd)
+                with blob.lock:
+                    self._check()
+                    blob.write_entries(entries, sums_fd)
+                blob.fs.fdatasync(sums_fd)
             with blob.lock:
                 self._check()
-                blob.write_entries(entries)
-            blob.fs.fdatasync(sums_fd)
-        with blob.lock:
-            self._check()
-            blob.durable = max(blob.durable, length)
-            span = blob.drop_span(length) if drop else None
-        if span is not None:
-            blob.fs.drop_cache(data_fd, *span)
+                blob.durable = max(blob.durable, length)
+                span = blob.drop_span(length) if drop else None
+            if span is not None:
+                blob.fs.drop_cache(data_fd, *span)
+        finally:
+            with blob.lock:
+                blob.give_back()
 
     def seal(self) -> BlobInfo:
         """Commit: sync data and checksums, then the sealed record, then the
