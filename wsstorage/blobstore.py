@@ -41,7 +41,8 @@ API (refinements of ``IBlobStore`` are marked *):
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
   ``free_space() -> (free, total)``, *``close()``, *``damaged`` (ids whose
   record does not parse, found at start or since: left on disk, not
-  listed, FormatError, until scrub quarantines them: ``quarantined``).
+  listed, FormatError, until scrub quarantines them, ``quarantined``, or
+  a ``delete`` removes them).
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
