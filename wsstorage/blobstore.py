@@ -41,7 +41,8 @@ API (refinements of ``IBlobStore`` are marked *):
 * ``delete(blob_id)``, ``list_blobs() -> Iterator[BlobInfo]``,
   ``free_space() -> (free, total)``, *``close()``, *``damaged`` (ids whose
   record does not parse, found at start or since: left on disk, not
-  listed, FormatError, until scrub quarantines them: ``quarantined``).
+  listed, FormatError, until scrub quarantines them, ``quarantined``, or
+  a ``delete`` removes them).
 * *``open_write``, ``fence`` and ``commit`` accept an offset/``truncate_to``
   up to the blob's *verified* length: after a restart the torn tail of an
   INCOMPLETE blob (``size - durable`` bytes) cannot be continued.
@@ -227,6 +228,11 @@ class _Blob:
         self.deleted = False
         self.data_fd: int | None = None
         self.sums_fd: int | None = None
+        #: Syncs running with the blob's descriptors and its lock released
+        #: (``BlobWriteHandle._sync_bytes``); while there are any, the
+        #: descriptors that ``close_files`` lets go of wait in ``retired``.
+        self.borrowed = 0
+        self.retired: list[int] = []
         #: The checksum entries a sealed record holds itself (no ``.sums``).
         self.inline_sums = record.sums
         #: The bytes a sealed record holds itself (no ``.data``; format 3),
@@ -340,10 +346,25 @@ class _Blob:
         return -(-self.covered // self.block_size) <= INLINE_SUMS_MAX
 
     def close_files(self) -> None:
-        for fd in (self.data_fd, self.sums_fd):
-            if fd is not None:
-                self.fs.close(fd)
+        """Let go of the blob's descriptors (lock held).  One a sync in a
+        thread still uses (``borrowed``) is closed when it gives it back:
+        closed under it, its fdatasync would fail (EBADF) or, the number
+        reused by another open meanwhile, sync an unrelated file."""
+        fds = [fd for fd in (self.data_fd, self.sums_fd) if fd is not None]
         self.data_fd = self.sums_fd = None
+        if self.borrowed:
+            self.retired.extend(fds)
+            return
+        for fd in fds:
+            self.fs.close(fd)
+
+    def give_back(self) -> None:
+        """A sync is done with the descriptors it borrowed (lock held)."""
+        self.borrowed -= 1
+        if not self.borrowed:
+            retired, self.retired = self.retired, []
+            for fd in retired:
+                self.fs.close(fd)
 
     # -- checksums ------------------------------------------------------
 
@@ -407,23 +428,25 @@ class _Blob:
             out.append((length // self.block_size, tail_len, self.tail_crc))
         return out
 
-    def write_entries(self, entries: list[tuple[int, int, int]]) -> None:
-        """Write checksum entries into ``.sums``: one ``pwrite`` per run of
-        consecutive indexes (a sync after 1 MiB of 64 KiB blocks writes 16
-        adjacent entries; one call instead of sixteen)."""
-        assert self.sums_fd is not None
+    def write_entries(self, entries: list[tuple[int, int, int]], fd: int | None = None) -> None:
+        """Write checksum entries into ``.sums`` (``fd``: a sync's borrowed
+        descriptor of it): one ``pwrite`` per run of consecutive indexes (a
+        sync after 1 MiB of 64 KiB blocks writes 16 adjacent entries; one
+        call instead of sixteen)."""
+        sums_fd = self.sums_fd if fd is None else fd
+        assert sums_fd is not None
         run: list[bytes] = []
         start = next_index = -1
         for index, covered, value in entries:
             if index != next_index and run:
-                self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+                self.fs.pwrite_all(sums_fd, b"".join(run), start * ENTRY.size)
                 run = []
             if not run:
                 start = index
             run.append(ENTRY.pack(covered, value))
             next_index = index + 1
         if run:
-            self.fs.pwrite_all(self.sums_fd, b"".join(run), start * ENTRY.size)
+            self.fs.pwrite_all(sums_fd, b"".join(run), start * ENTRY.size)
         for index, covered, _ in entries:
             if covered == self.block_size:
                 self.pending.pop(index, None)
@@ -648,7 +671,9 @@ class BlobWriteHandle:
         the lock released meanwhile so that writes go on.  No record.  Then
         (``drop``) drop the page cache behind what was synced
         (``_Blob.drop_span``), out of the lock too: the reactor thread's
-        writes take it.  A seal drops it all itself, in one call."""
+        writes take it.  A seal drops it all itself, in one call.  The
+        descriptors are borrowed meanwhile (``_Blob.close_files``): a
+        delete, commit or close of the store cannot close them under it."""
         blob = self._blob
         with blob.lock:
             self._check()
@@ -659,19 +684,24 @@ class BlobWriteHandle:
             blob.open_sums()
             data_fd, sums_fd = blob.data_fd, blob.sums_fd
             entries = blob.entries_up_to(length)
+            blob.borrowed += 1
         assert data_fd is not None and sums_fd is not None
-        with _disk_errors():
-            blob.fs.fdatasync(data_fd)
+        try:
+            with _disk_errors():
+                blob.fs.fdatasync(data_fd)
+                with blob.lock:
+                    self._check()
+                    blob.write_entries(entries, sums_fd)
+                blob.fs.fdatasync(sums_fd)
             with blob.lock:
                 self._check()
-                blob.write_entries(entries)
-            blob.fs.fdatasync(sums_fd)
-        with blob.lock:
-            self._check()
-            blob.durable = max(blob.durable, length)
-            span = blob.drop_span(length) if drop else None
-        if span is not None:
-            blob.fs.drop_cache(data_fd, *span)
+                blob.durable = max(blob.durable, length)
+                span = blob.drop_span(length) if drop else None
+            if span is not None:
+                blob.fs.drop_cache(data_fd, *span)
+        finally:
+            with blob.lock:
+                blob.give_back()
 
     def seal(self) -> BlobInfo:
         """Commit: sync data and checksums, then the sealed record, then the
@@ -855,9 +885,39 @@ class BlobReadHandle:
         error = bad or error
         if error is not None:
             if good == 0:
-                raise error
+                raise self._failure(error)
             return data[: good * bs]
         return data
+
+    def _failure(self, error: StorageError) -> StorageError:
+        """What a block that failed means: damage (ChecksumError, which
+        makes the front end mark this replica stale), unless the blob was
+        deleted, or deleted and stored again, under this reader: it opened
+        its files by name after reading the record, so it may check one
+        blob's bytes against another's checksums.  That is BlobNotFound
+        (read another replica).  Checked only on failure: free otherwise."""
+        if isinstance(error, ChecksumError) and self._replaced():
+            return BlobNotFound(f"blob {self.blob_id} was deleted or replaced under the reader")
+        return error
+
+    def _replaced(self) -> bool:
+        """Whether the files this reader holds are no longer the blob's, or
+        (sealed) its record on disk is not the one it was read from.  An
+        unsealed blob's record lags its size: its live state says."""
+        blob = self._blob
+        if blob.deleted:
+            return True
+        for fd, path in ((self._data_fd, blob.paths.data), (self._sums_fd, blob.paths.sums)):
+            if fd is None:
+                continue
+            try:
+                named = os.stat(path)
+            except FileNotFoundError:
+                return True
+            held = os.fstat(fd)
+            if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                return True
+        return blob.sealed and not blob.store._same_record(blob)
 
     def read_into(self, buffer: memoryview, nowait: bool = False) -> int:
         """Like ``read(len(buffer))``, into ``buffer``: the number of verified
@@ -906,7 +966,7 @@ class BlobReadHandle:
         good, bad = self._verify(buffer[:got], first, entries)
         error = bad or error
         if good == 0 and error is not None:
-            raise error
+            raise self._failure(error)
         n = min(want, sum(entry[0] for entry in entries[:good]))
         self.offset += n
         self.remaining -= n
@@ -1183,6 +1243,8 @@ class BlobStore:
             except FormatError:
                 self._note_damaged(blob_id)
                 raise
+            if record is not None or create is not None:
+                self._note_undamaged(blob_id, record)
             if record is not None:
                 if record.state == STATE_SEALED:
                     return _Blob(self, blob_id, record), False
@@ -1204,6 +1266,18 @@ class BlobStore:
         if blob_id not in self.damaged:
             self.damaged.append(blob_id)
             self._count -= 1
+
+    def _note_undamaged(self, blob_id: str, record: MetaRecord | None) -> None:
+        """A record in ``damaged`` reads again (put back by hand), so it is
+        listed and counted again; or, none there, a new blob of that id is
+        being created (caller holds the registry lock).  A record found
+        merely absent stays in ``damaged``: scrub may be moving it to
+        quarantine, and ``quarantined`` takes it out (and scrub too, when
+        it finds it gone)."""
+        if blob_id in self.damaged:
+            self.damaged.remove(blob_id)
+            if record is not None:
+                self._count += 1
 
     def quarantined(self, blob_id: str, record_moved: bool) -> None:
         """Scrub moved ``blob_id``'s files out of ``blobs/``
@@ -1231,6 +1305,7 @@ class BlobStore:
                 raise
             if record is None:
                 raise BlobNotFound(f"no blob {blob_id}")
+            self._note_undamaged(blob_id, record)
             if record.state == STATE_SEALED:
                 blob = _Blob(self, blob_id, record)
             else:
@@ -1568,9 +1643,18 @@ class BlobStore:
         A sealed blob is registered for the delete (``_held``), as a blob
         being written is: a new blob of the same id cannot be created
         between the look-up and the unlinks (they would remove its files),
-        and a second delete waits, then finds it deleted."""
+        and a second delete waits, then finds it deleted.
+
+        A blob whose record does not decode (``damaged``) is removed too
+        (``_delete_damaged``): the caller, GC or an operator, wants it
+        gone, and nothing else can remove it but scrub's quarantine."""
         while True:
-            blob, held = self._held(blob_id)
+            try:
+                blob, held = self._held(blob_id)
+            except FormatError:
+                if self._delete_damaged(blob_id):
+                    return
+                continue  # it reads again, or is registered: look again
             if held:
                 break
             blob.lock.acquire()
@@ -1606,6 +1690,33 @@ class BlobStore:
             if blob.deleted or blob.sealed:
                 self.forget(blob)
             blob.lock.release()
+
+    def _delete_damaged(self, blob_id: str) -> bool:
+        """Remove the files of a blob whose record does not decode; False
+        if by then it does, or is gone, or the id is registered (the caller
+        looks again).  The unlinks are made under the registry lock, so no
+        new blob of the id is created among them (its ``_get`` would find
+        the damaged record and fail, or none and wait here); such a blob
+        was never counted, so the count stays."""
+        paths = BlobPaths.of(self.root, blob_id)
+        with self._registry_lock:
+            if blob_id in self._live:
+                return False
+            try:
+                self._read_record(paths)
+            except FormatError:
+                pass
+            else:
+                return False
+            for path in (paths.meta, paths.data, paths.sums):
+                try:
+                    self.fs.unlink(path)
+                except FileNotFoundError:
+                    continue
+            if blob_id in self.damaged:
+                self.damaged.remove(blob_id)
+        self.fs.fsync_dir(paths.directory)
+        return True
 
     def count_blobs(self) -> int:
         """How many blobs ``list_blobs`` lists (``damaged`` ones excluded),

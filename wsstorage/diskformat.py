@@ -124,7 +124,17 @@ class MetaRecord:
     def encode(self) -> bytes:
         """The record's bytes: one line of JSON (``json.dumps`` never writes
         a raw newline), then, when it holds the blob's bytes, those bytes
-        as they are (the JSON says how many in ``data_size``)."""
+        as they are (the JSON says how many in ``data_size``).
+
+        A record decoded from its JSON line alone (``data_size`` set,
+        ``data`` None) cannot be encoded: written back, it would lose its
+        ``data_size`` and so claim a ``.data`` file the blob never had (its
+        bytes gone).  ValueError, before anything is written."""
+        if self.data_size != (None if self.data is None else len(self.data)):
+            raise ValueError(
+                f"record of {self.blob_id} holds {self.data_size} bytes of data, "
+                "not loaded: read it whole (with its data) to write it again"
+            )
         fields = {
             "format": FORMAT_VERSION,
             "blob_id": self.blob_id,

@@ -129,6 +129,12 @@ class Scrubber:
         try:
             self._store.stat(blob_id)
         except BlobNotFound:
+            # Its files went (by hand, or a delete): it leaves the store's
+            # ``damaged``, which cannot tell this from a quarantine of ours
+            # under way (``BlobStore._note_undamaged``).
+            gone = getattr(self._store, "quarantined", None)
+            if gone is not None:
+                gone(blob_id, False)
             return None
         except (StorageError, OSError) as e:
             return f"{e.__class__.__name__}: {e}"
