@@ -171,3 +171,58 @@ async def test_accounts_hash_in_the_pool_and_write_on_the_writer_thread(tmp_path
         assert writer is not threading.current_thread()
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writer_thread_runs_writes_in_order_and_close_waits_for_queued_ones(tmp_path):
+    """The single writer is a thread fed by a queue (``WriterThread``):
+    writes run in the order given, a failing one fails only its own
+    Deferred, and close() lets the writes queued before it finish."""
+    from wsfront.catalog._db import WriterThread
+
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    assert isinstance(runner._writer, WriterThread)
+    started, release = threading.Event(), threading.Event()
+    order: list[int] = []
+
+    def held(tx):
+        started.set()
+        release.wait(10)
+        order.append(0)
+
+    def numbered(n: int):
+        def write(tx):
+            order.append(n)
+            if n == 2:
+                raise ValueError("write 2 fails")
+            return n
+
+        return write
+
+    first = runner.run(held)
+    assert started.wait(10)
+    queued = [runner.run(numbered(n)) for n in (1, 2, 3)]
+    release.set()
+    await first
+    assert await queued[0] == 1
+    try:
+        await queued[1]
+    except ValueError as e:
+        assert "write 2" in str(e)
+    else:
+        raise AssertionError("a failing write succeeded")
+    assert await queued[2] == 3
+    assert order == [0, 1, 2, 3]
+    # Queued behind a held write, then the catalog closed: it still runs.
+    started.clear()
+    release.clear()
+    blocker = runner.run(held)
+    assert started.wait(10)
+    last = runner.run(numbered(4))
+    reactor.callLater(0, release.set)
+    closing = threading.Thread(target=cat.close)
+    closing.start()
+    assert await blocker is None and await last == 4
+    closing.join(10)
+    assert not closing.is_alive()
