@@ -69,9 +69,14 @@ class Local:
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir
         )
+        # wslocal writes the demo login before it listens; waiting for both
+        # also covers another process on the shared machine holding the
+        # port free_port() picked (the connect would succeed too early).
         deadline = time.monotonic() + 60
         while True:
             try:
+                if not (data / "demo-login.txt").exists():
+                    raise OSError("no demo login yet")
                 socket.create_connection(("127.0.0.1", self.port), 0.5).close()
                 break
             except OSError:
