@@ -6,6 +6,13 @@ verified (name, password) pair briefly: a scrypt check costs tens of
 milliseconds and must not be paid per request.  The cache keys on a keyed
 hash of the password, never the password itself, and a failed check is never
 cached.
+
+Nor is a check paid once per concurrent request: requests that arrive with
+the same credentials while their check runs wait for that one check.  A
+scrypt check also holds 16 MiB (128 * r * N bytes) while it runs, so 200
+downloads starting together after the cache entry expired ran one check per
+catalog reader thread at a time, 200 in all: the front end's RSS rose by 64
+MB and its CPU by 200 checks' worth, for one answer.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import secrets
 
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from wsfront.catalog.errors import AuthFailed
@@ -55,30 +63,61 @@ class CachingAuthenticator:
         self._max = max_entries
         self._key = secrets.token_bytes(32)
         self._cache: dict[tuple[str, bytes], tuple[float, User]] = {}
+        #: Checks running now, by the same key, with the callers waiting on each.
+        self._running: dict[tuple[str, bytes], list[Deferred]] = {}
 
     def _fingerprint(self, name: str, password: str) -> tuple[str, bytes]:
         mac = hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return name, mac.digest()
 
-    @inlineCallbacks
-    def authenticate(self, name: str, password: str):
+    def authenticate(self, name: str, password: str) -> Deferred:
         """Fire with the User, or fail with AuthFailed."""
         key = self._fingerprint(name, password)
-        now = self._clock.seconds()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        user = yield self._catalog.authenticate(name, password)
+        if hit is not None and hit[0] > self._clock.seconds():
+            return succeed(hit[1])
+        d: Deferred = Deferred()
+        waiting = self._running.get(key)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        # Listed before the check starts: a check that answers at once
+        # answers this caller too.
+        waiting = self._running[key] = [d]
+        check = maybeDeferred(self._catalog.authenticate, name, password)
+        check.addBoth(self._answer, key, waiting)
+        return d
+
+    def _answer(self, result, key: tuple[str, bytes], waiting: list[Deferred]) -> None:
+        """Hand one check's answer to every caller that waited for it, and
+        cache a success unless ``forget`` dropped the check meanwhile."""
+        failed = isinstance(result, Failure)
+        if self._running.get(key) is waiting:
+            del self._running[key]
+            if not failed:
+                self._remember(key, result)
+        for d in waiting:
+            if d.called:
+                continue  # cancelled by its caller: the others still want the answer
+            if failed:
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _remember(self, key: tuple[str, bytes], user: User) -> None:
+        now = self._clock.seconds()
         if len(self._cache) >= self._max:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             if len(self._cache) >= self._max:
                 self._cache.clear()
         self._cache[key] = (now + self._ttl, user)
-        return user
 
     def forget(self, name: str) -> None:
-        """Drop cached logins of ``name`` (password changed, user deleted)."""
+        """Drop cached logins of ``name`` (password changed, user deleted),
+        and its checks running now: they answer their callers but are not
+        cached, and a later login checks again."""
         self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
+        self._running = {k: v for k, v in self._running.items() if k[0] != name}
 
 
 @implementer(ICredentialsChecker)
