@@ -341,6 +341,39 @@ async def test_takeover_fences_the_old_writer_of_a_small_upload_held_for_a_put(e
 
 
 @pytest_twisted.ensureDeferred
+async def test_takeover_keeps_replicas_the_old_writer_already_sealed(env):
+    """A finishing writer seals its replicas before its catalog commit; a
+    takeover landing between the two fences blobs sealed past the durable
+    offset it resumes at.  Sealed bytes cannot change, so those replicas
+    stay in the replica set (the extent references the first bytes only)
+    and the resume goes on, instead of every replica being marked stale."""
+    data = payload(2 * MiB)
+    session_a = await env.transfers.open_write(env.user, "/f", 0)
+    await Feeder(env.reactor, session_a, data[:MiB]).start()
+    await session_a.checkpoint()
+    await Feeder(env.reactor, session_a, data[MiB:]).start()
+    blob, epoch, replicas = session_a.blob_id, session_a.epoch, session_a.replicas
+    for node in replicas:  # what A's finish does before its catalog commit
+        await env.transfers.pool.client(node).commit(blob, epoch)
+    fe_b = await env.front_end("fe-b")
+    session_b = await fe_b.open_write(env.user, "/f", append=True)
+    assert (session_b.offset, session_b.epoch) == (MiB, epoch + 1)
+    upload = await env.catalog.find_upload("/alice/f")
+    assert upload.blob_id != blob
+    # A's own seals now find its blobs sealed (the test sealed them for it):
+    # it fails, and commits nothing.
+    with pytest.raises(NoReplicasAvailable):
+        await session_a.finish()
+    rest = payload(MiB // 2, seed=2)
+    await Feeder(env.reactor, session_b, rest).start()
+    await session_b.finish()
+    got, _ = await env.download("/f")
+    assert sha256(got) == sha256(data[:MiB] + rest)
+    record = await env.catalog.get_blob(blob)
+    assert sorted(r.node for r in record.replicas if r.state == "ok") == sorted(replicas)
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_front_ends_racing_to_take_over_one_wins(env):
     session = await env.transfers.open_write(env.user, "/f", 0)
     await Feeder(env.reactor, session, b"a" * 1000).start()

@@ -529,14 +529,27 @@ class Transfers:
     def _fence_current_blob(self, upload: UploadSession, keep: int):
         """Fence every reachable replica of the current blob at ``keep`` bytes
         with the new epoch and seal it, so the old writer can add nothing.
-        A replica that misses the fence leaves the replica set."""
+        A replica the old writer sealed already, at ``keep`` bytes or more,
+        counts as fenced.  A replica that misses the fence leaves the
+        replica set."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
 
         @inlineCallbacks
         def fence_one(node: str):
             client = self.pool.client(node)
             try:
-                yield client.fence(upload.blob_id, upload.epoch, keep)
+                try:
+                    yield client.fence(upload.blob_id, upload.epoch, keep)
+                except storage_errors.BlobSealed:
+                    # The old writer finished this blob: its seals go out
+                    # before its catalog commit, which our epoch now
+                    # refuses.  Sealed bytes never change, so its first
+                    # ``keep`` are as good as fenced (the extent names
+                    # only those); shorter, it cannot serve the resume.
+                    info = yield client.stat(upload.blob_id)
+                    if info.size < keep:
+                        raise
+                    return node
                 if keep:
                     try:
                         yield client.commit(upload.blob_id, upload.epoch)
