@@ -314,3 +314,117 @@ def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path,
         assert error is not None and not isinstance(error, OSError)
     if closer != "close":
         store.close()
+
+
+# -- review of the fixes above ------------------------------------------------
+
+
+def corrupt_first_block(store: BlobStore, blob_id: str) -> None:
+    with open(BlobPaths.of(store.root, blob_id).data, "r+b") as f:
+        f.seek(5)
+        f.write(b"\xff\xfe")
+
+
+def test_a_checksum_failure_in_a_nowait_read_is_judged_off_the_reactor(tmp_path, monkeypatch):
+    """``read_into(nowait=True)`` runs in a storage server's reactor thread
+    and must never wait for the disk; telling damage from a replaced blob
+    stats the files and reads the record.  A failing block there is handed
+    to the threaded read (BlockingIOError), which says ChecksumError."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(4 * BLOCK)).seal()
+    corrupt_first_block(store, "b")
+    looked: list[str] = []
+    real = BlobStore._same_record
+
+    def same_record(self, blob):
+        looked.append(blob.blob_id)
+        return real(self, blob)
+
+    monkeypatch.setattr(BlobStore, "_same_record", same_record)
+    reader = store.open_read("b", 0, None)
+    try:
+        reader.read(BLOCK)  # puts the blocks in the page cache (and fails)
+    except ChecksumError:
+        pass
+    looked.clear()
+    buffer = memoryview(bytearray(BLOCK))
+    try:
+        with pytest.raises(BlockingIOError):
+            reader.read_into(buffer, nowait=True)
+        assert looked == []
+        with pytest.raises(ChecksumError):
+            reader.read_into(buffer)
+        assert looked == ["b"]
+    finally:
+        reader.close()
+    store.close()
+
+
+def test_a_disk_that_cannot_say_whether_a_blob_was_replaced_leaves_the_checksum_error(
+    tmp_path, monkeypatch
+):
+    """Real damage stays a ChecksumError (which makes the front end report
+    it and repair run) when the look at the disk fails itself (EIO)."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    write_all(store, "b", pattern(4 * BLOCK)).seal()
+    corrupt_first_block(store, "b")
+
+    def failing(self, blob):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(BlobStore, "_same_record", failing)
+    with pytest.raises(ChecksumError):
+        read_all(store, "b")
+    store.close()
+
+
+class FailingClose(GatedRecording):
+    """Closing the first descriptor given back after a sync raises EIO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next_close = False
+        self.closed: list[int] = []
+
+    def close(self, fd: int) -> None:
+        if self.fail_next_close:
+            self.fail_next_close = False
+            super().close(fd)
+            raise OSError(5, "Input/output error")
+        self.closed.append(fd)
+        super().close(fd)
+
+
+def test_a_failing_close_after_a_sync_neither_hides_its_outcome_nor_leaks(tmp_path):
+    """The descriptors a sync borrowed are closed when it gives them back,
+    in a ``finally``: an EIO from one close used to replace the sync's own
+    outcome and leave the other descriptor open."""
+    fs = FailingClose()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    handle = write_all(store, "b", pattern(3 * BLOCK))
+    fs.armed = True
+    outcome: dict[str, object] = {}
+
+    def sync() -> None:
+        try:
+            outcome["durable"] = handle.sync()
+        except BaseException as e:  # reported by the test
+            outcome["error"] = e
+
+    syncer = threading.Thread(target=sync, daemon=True)
+    syncer.start()
+    try:
+        assert fs.entered.wait(30)
+        store.delete("b")  # the blob's descriptors are retired, not closed
+        retired = list(handle._blob.retired)
+        fs.fail_next_close = True
+    finally:
+        fs.release.set()
+        syncer.join(30)
+    assert not syncer.is_alive()
+    assert len(retired) == 2
+    assert isinstance(outcome.get("error"), BlobNotFound), outcome
+    for fd in retired:  # both closed, the second despite the first's EIO
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    store.close()

@@ -226,3 +226,30 @@ async def test_the_writer_thread_runs_writes_in_order_and_close_waits_for_queued
     assert await blocker is None and await last == 4
     closing.join(10)
     assert not closing.is_alive()
+
+
+def test_the_writer_thread_outlives_a_reactor_that_refuses_a_result():
+    """``callFromThread`` raising (a reactor shutting down) used to end the
+    writer thread silently: every later write's Deferred never fired."""
+    from wsfront.catalog._db import WriterThread
+
+    class Refusing:
+        """Refuses the first result handed back, takes the rest."""
+
+        def __init__(self) -> None:
+            self.refused = 0
+            self.taken: list[tuple] = []
+
+        def callFromThread(self, f, *args) -> None:
+            if not self.refused:
+                self.refused += 1
+                raise RuntimeError("the reactor is gone")
+            self.taken.append((f, args))
+
+    fake = Refusing()
+    writer = WriterThread(fake, "catalog-test-w")
+    writer.run(lambda: "first")
+    writer.run(lambda: "second")
+    writer.stop()  # joins: both writes ran
+    assert fake.refused == 1
+    assert [args for _, args in fake.taken] == [("second",)]

@@ -97,6 +97,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsstorage._interfaces import IBlobStore
@@ -138,6 +139,8 @@ from wsstorage.errors import (
 )
 from wsstorage.fsops import OsFileSystem
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
+
+log = Logger()
 
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
@@ -364,7 +367,12 @@ class _Blob:
         if not self.borrowed:
             retired, self.retired = self.retired, []
             for fd in retired:
-                self.fs.close(fd)
+                try:
+                    self.fs.close(fd)
+                except OSError as e:
+                    # Called in a ``finally``: the sync's own outcome
+                    # stands, and the other descriptors are still closed.
+                    log.warn("closing a descriptor of {blob} failed: {e}", blob=self.blob_id, e=e)
 
     # -- checksums ------------------------------------------------------
 
@@ -907,17 +915,22 @@ class BlobReadHandle:
         blob = self._blob
         if blob.deleted:
             return True
-        for fd, path in ((self._data_fd, blob.paths.data), (self._sums_fd, blob.paths.sums)):
-            if fd is None:
-                continue
-            try:
-                named = os.stat(path)
-            except FileNotFoundError:
-                return True
-            held = os.fstat(fd)
-            if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
-                return True
-        return blob.sealed and not blob.store._same_record(blob)
+        try:
+            for fd, path in ((self._data_fd, blob.paths.data), (self._sums_fd, blob.paths.sums)):
+                if fd is None:
+                    continue
+                try:
+                    named = os.stat(path)
+                except FileNotFoundError:
+                    return True
+                held = os.fstat(fd)
+                if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                    return True
+            return blob.sealed and not blob.store._same_record(blob)
+        except OSError:
+            # The disk cannot say (EIO, EACCES): the checksum error stands,
+            # so the front end still reports damage and repair runs.
+            return False
 
     def read_into(self, buffer: memoryview, nowait: bool = False) -> int:
         """Like ``read(len(buffer))``, into ``buffer``: the number of verified
@@ -966,6 +979,12 @@ class BlobReadHandle:
         good, bad = self._verify(buffer[:got], first, entries)
         error = bad or error
         if good == 0 and error is not None:
+            if nowait and isinstance(error, ChecksumError):
+                # What the failure means takes a look at the disk
+                # (``_failure``): not in the reactor thread, where a sick
+                # disk would stall every transfer.  The threaded read does
+                # it again from here.
+                raise BlockingIOError("a block failed its checksum: checked off the reactor")
             raise self._failure(error)
         n = min(want, sum(entry[0] for entry in entries[:good]))
         self.offset += n

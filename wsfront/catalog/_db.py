@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -29,6 +30,7 @@ def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
 
 
 T = TypeVar("T")
+log = Logger()
 
 MAX_ATTEMPTS = 8
 
@@ -178,9 +180,16 @@ class WriterThread:
             try:
                 result = fn(*args)
             except BaseException:
-                call(d.errback, Failure())
+                outcome = (d.errback, Failure())
             else:
-                call(d.callback, result)
+                outcome = (d.callback, result)
+            try:
+                call(*outcome)
+            except BaseException:
+                # The reactor is gone (shutting down): this write's caller
+                # will never hear, but the later ones still run, and
+                # ``stop`` still finds this thread to join.
+                log.failure("catalog writer could not hand back a result")
 
     def stop(self) -> None:
         """Let the writes queued so far run, then end the thread."""
