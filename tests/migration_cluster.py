@@ -119,7 +119,7 @@ class FrontEnd:
                     rf"wsfront {re.escape(self.name)} serves (ftp|http) on .*?port=(\d+)", text
                 )
             }
-            if served and served != wanted:
+            if any(wanted[proto] != port for proto, port in served.items()):
                 raise AssertionError(f"{self.name} serves {served}, expected {wanted}")
             return served == wanted and set(wanted.values()) <= listening_ports(self.proc.pid)
 
