@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tests.storage_procs import StorageProcess
-from tests.support import free_port, python_env, twistd_argv
+from tests.support import RUNNING, free_port, listening_ports, python_env, start_all, twistd_argv
 
 USER, PASSWORD = "mia", "mia-password-42"
 
@@ -53,6 +53,12 @@ class FrontEnd:
         self.log_path = cluster.tmp / f"{name}.log"
         self.fp_log = cluster.tmp / f"{name}.failpoints"
         self.proc: subprocess.Popen | None = None
+        self.log_file = None
+        self._log_offset = 0  # where the current run's part of the log begins
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc is not None else None
+        return f"<FrontEnd {self.name} pid={pid} ftp={self.ftp_port} http={self.http_port}>"
 
     @property
     def http(self) -> str:
@@ -63,12 +69,17 @@ class FrontEnd:
         return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.ftp_port}"
 
     def start(self, failpoints: str | None = None, *extra_args: str, attempts: int = 3) -> FrontEnd:
-        """Start; a port taken meanwhile by another process means new ports."""
+        """Start and wait until this child serves FTP and HTTP on its ports.
+
+        Its ports were free when picked (``free_port``) but another process
+        may bind one first: then the child exits with "Address already in
+        use" and it starts again on new ports, up to ``attempts`` times.  Any
+        other failure, or the last clash, stops the child and raises."""
         for attempt in range(attempts):
             try:
                 return self._start(failpoints, extra_args)
-            except AssertionError:
-                in_use = "Address already in use" in self.log()
+            except BaseException:
+                in_use = "Address already in use" in self.log()[self._log_offset :]
                 self.stop()
                 if not in_use or attempt == attempts - 1:
                     raise
@@ -89,22 +100,37 @@ class FrontEnd:
         extra = {}
         if failpoints:
             extra = {"WSFS_FAILPOINTS": failpoints, "WSFS_FAILPOINT_LOG": str(self.fp_log)}
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log_file = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             argv, env=python_env(extra), stdout=self.log_file, stderr=subprocess.STDOUT,
             cwd=c.tmp,
         )  # fmt: skip
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        RUNNING.add(self)
+        wanted = {"ftp": self.ftp_port, "http": self.http_port}
 
         def ready() -> bool:
-            text = self.log_path.read_text()[offset:]
-            return "serves ftp on" in text and "serves http on" in text
+            """This run logged both ports and the child itself holds them
+            (a port another process listens on must not pass)."""
+            text = self.log()[self._log_offset :]
+            served = {
+                proto: int(port)
+                for proto, port in re.findall(
+                    rf"wsfront {re.escape(self.name)} serves (ftp|http) on .*?port=(\d+)", text
+                )
+            }
+            if any(wanted[proto] != port for proto, port in served.items()):
+                raise AssertionError(f"{self.name} serves {served}, expected {wanted}")
+            return served == wanted and set(wanted.values()) <= listening_ports(self.proc.pid)
 
         wait_until(ready, f"{self.name} to listen", proc=self.proc)
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def wait_failpoint(self, name: str, timeout: float = 60.0) -> int:
         """Wait for failpoint ``name`` to fire; return the count it fired at."""
@@ -126,6 +152,8 @@ class FrontEnd:
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
+        """Terminate the child (SIGKILL after 30 s), reap it; idempotent."""
+        RUNNING.discard(self)
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.terminate()
@@ -134,7 +162,7 @@ class FrontEnd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if getattr(self, "log_file", None) is not None:
+        if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
 
@@ -154,9 +182,15 @@ class MigrationCluster:
         self.b = FrontEnd(self, "fe-b")
 
     def start(self) -> MigrationCluster:
-        for s in self.storage:
-            s.start()
-        self.wsfs("user", "add", USER, stdin=PASSWORD + "\n")
+        """Start the storage processes and add user ``mia``; if anything
+        fails, stop every process already started before raising (the
+        fixture's teardown does not run when its setup raises)."""
+        try:
+            start_all(self.storage)
+            self.wsfs("user", "add", USER, stdin=PASSWORD + "\n")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wsfs(self, *args: str, stdin: str = "") -> str:

@@ -1,8 +1,10 @@
 """Real storage servers for integration tests: in-process and as subprocesses.
 
 ``StorageProcess`` runs ``twistd -n wsstorage`` in a child process with its
-log in a file, and waits for its port by polling a connect (and watching the
-child so a crash at startup fails fast instead of timing out).  Given
+log in a file.  The server listens on a port the kernel picks; the harness
+learns it from the server's log line and checks that the child itself holds
+that listening socket (watching the child so a crash at startup fails fast
+instead of timing out).  A start that fails stops the child.  Given
 ``tls=make_tls(...)`` it listens with TLS and ``endpoint`` is the ``tls:``
 client string that trusts the test CA.
 """
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 from twisted.internet import defer
 
 from tests.storage_tls import TlsFiles
-from tests.support import free_port, python_env, twistd_argv
+from tests.support import RUNNING, listening_ports, python_env, twistd_argv
 from wsstorage.client import StorageClient
 
 
@@ -48,6 +50,7 @@ class StorageProcess:
         self.extra_env = env or {}
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self._log_offset = 0  # where this run's part of the log begins
 
     @property
     def endpoint(self) -> str:
@@ -62,8 +65,19 @@ class StorageProcess:
             return self.tls.listen(self.port)
         return f"tcp:{self.port}:interface=127.0.0.1"
 
-    def start(self, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> StorageProcess:
-        self.port = free_port()
+    def start(
+        self, timeout: float = 30.0, extra: tuple[str, ...] = (), port: int = 0
+    ) -> StorageProcess:
+        """Start the child and wait until *it* listens; return self.
+
+        With ``port`` 0 (the default) the server binds a port the kernel
+        picks and names it in its log, so no other process can hold it (a
+        port picked beforehand with ``free_port`` can be taken in between).
+        A fixed ``port`` that another process holds fails the start: the
+        child exits with "Address already in use".  Whatever fails, the
+        child is stopped before the AssertionError, so none is left behind.
+        """
+        self.port = port
         argv = twistd_storage_argv(
             "--listen",
             self.listen,
@@ -75,6 +89,7 @@ class StorageProcess:
             str(self.secret_file),
             *extra,
         )
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -83,21 +98,35 @@ class StorageProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_listening(timeout)
+        RUNNING.add(self)
+        try:
+            self.wait_listening(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_listening(self, timeout: float) -> None:
+        """Wait for this run's "listening on" log line and for the child to
+        hold that listening socket itself (``listening_ports``): a connect
+        would also succeed on a port some other process listens on."""
+        assert self.proc is not None
+        listening = re.compile(rf"wsstorage {re.escape(self.name)} listening on .*?port=(\d+)")
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 raise AssertionError(f"wsstorage exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.5):
+            m = listening.search(self.log()[self._log_offset :])
+            if m is not None:
+                port = int(m.group(1))
+                if self.port not in (0, port):
+                    raise AssertionError(f"wsstorage listens on {port}, not {self.port}")
+                if port in listening_ports(self.proc.pid):
+                    self.port = port
                     return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"wsstorage did not listen:\n{self.log()}") from None
-                time.sleep(0.02)  # polling interval of the connect, not a synchronisation
+            if time.monotonic() > deadline:
+                raise AssertionError(f"wsstorage did not listen:\n{self.log()}")
+            time.sleep(0.02)  # polling interval of the log, not a synchronisation
 
     def secret(self) -> bytes:
         return self.secret_file.read_bytes().strip()
@@ -116,6 +145,8 @@ class StorageProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        """Terminate the child (SIGKILL after 10 s) and reap it; idempotent."""
+        RUNNING.discard(self)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
@@ -124,6 +155,10 @@ class StorageProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc is not None else None
+        return f"<StorageProcess {self.name} pid={pid} port={self.port}>"
 
 
 class DrainConsumer:

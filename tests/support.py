@@ -12,7 +12,9 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -76,10 +78,75 @@ def twistd_argv(plugin: str, *args: str) -> list[str]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (another process
+    may take it before the caller binds it: see ``listening_ports``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports on which process ``pid`` itself holds a listening socket.
+
+    A connect to a port only proves that *someone* listens there; a child
+    that lost its port to another process would pass such a check.  This
+    matches the socket inodes among ``pid``'s descriptors against the
+    kernel's LISTEN sockets (Linux ``/proc``).  Empty once ``pid`` is gone.
+    """
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+#: Harness children (objects with ``stop()``: StorageProcess, FrontEnd) that
+#: were started and not stopped yet.  ``conftest.py`` stops what a module
+#: leaves behind, so a fixture that failed half-way leaks no process.
+RUNNING: set[Any] = set()
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every harness child still running; return their descriptions."""
+    left = sorted(RUNNING, key=repr)
+    for child in left:
+        child.stop()
+    RUNNING.difference_update(left)
+    return [repr(child) for child in left]
+
+
+def start_all(children: Iterable[Any], **kw: Any) -> list[Any]:
+    """``start(**kw)`` each child in turn; if one fails, stop every one
+    already started (and the failing one) before re-raising, so a cluster
+    that cannot come up leaves no process behind."""
+    started = []
+    try:
+        for child in children:
+            started.append(child)
+            child.start(**kw)
+    except BaseException:
+        for child in reversed(started):
+            child.stop()
+        raise
+    return started
 
 
 def sigint_as_ctrl_c() -> None:

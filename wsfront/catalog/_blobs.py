@@ -12,7 +12,13 @@ from typing import Any
 from wsfront.catalog._db import Tx
 from wsfront.catalog._rows import insert_blob, load_blob
 from wsfront.catalog.errors import Exists, NotFound
-from wsfront.catalog.records import REPLICA_STATES, BlobRecord
+from wsfront.catalog.records import (
+    REPLICA_LOST,
+    REPLICA_OK,
+    REPLICA_STALE,
+    REPLICA_STATES,
+    BlobRecord,
+)
 from wsfront.catalog.schema import LIVE_SQL
 
 REFERENCED = (
@@ -43,12 +49,39 @@ def add_blob(tx: Tx, now: float, blob_id: str, replicas: list[str], wanted: int)
     return _blob(tx, blob_id)
 
 
+#: How far each replica state distrusts a copy: ``ok`` counts; ``stale``
+#: is a copy that is there but wrong, damaged or superseded; ``lost`` is a
+#: copy that is gone (its server was declared lost, fsck found it missing).
+#: A mark only ever raises a replica's distrust, so marks that race (a
+#: reader's ChecksumError on a fallback replica against repair declaring its
+#: server lost) end in the same state in either order, and a late ``stale``
+#: never hides that the server was given up on.  Only ``add_replica``, after
+#: a verified copy, makes a replica ok again.
+DISTRUST = {REPLICA_OK: 0, REPLICA_STALE: 1, REPLICA_LOST: 2}
+assert set(DISTRUST) == REPLICA_STATES
+
+
 def mark_replica(tx: Tx, blob_id: str, node: str, state: str) -> BlobRecord:
+    """Raise the distrust of ``node``'s replica of ``blob_id`` to ``state``
+    (stale or lost); a replica already at least that distrusted keeps its
+    state.  ValueError for ``ok`` (that is ``add_replica``'s) or an unknown
+    state; NotFound if the blob has no replica on ``node``."""
     if state not in REPLICA_STATES:
         raise ValueError(f"unknown replica state {state!r}")
+    if state == REPLICA_OK:
+        raise ValueError("a replica becomes ok only through add_replica (a verified copy)")
     _blob(tx, blob_id)
-    if not tx.execute(
-        "UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ?", state, blob_id, node
+    weaker = sorted(s for s, rank in DISTRUST.items() if rank < DISTRUST[state])
+    marks = ", ".join("?" * len(weaker))
+    raised = tx.execute(
+        f"UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ? AND state IN ({marks})",
+        state,
+        blob_id,
+        node,
+        *weaker,
+    )
+    if not raised and not tx.one(
+        "SELECT 1 AS one FROM replicas WHERE blob_id = ? AND node = ?", blob_id, node
     ):
         raise NotFound(f"blob {blob_id} has no replica on {node}")
     return _blob(tx, blob_id)
