@@ -175,7 +175,11 @@ class ICatalog(Interface):
         BlobRecord; Exists if the id is taken."""
 
     def mark_replica(blob_id, node, state):
-        """Set the state (ok / lost / stale) of one replica of a blob."""
+        """Raise one replica's distrust to ``state`` (stale or lost).
+
+        States rank ok < stale < lost and a mark never lowers one, so racing
+        marks end alike in either order; only ``add_replica`` (a verified
+        copy) makes a replica ok again."""
 
     def add_replica(blob_id, node):
         """Record a new (or repaired) ok replica of a blob."""
