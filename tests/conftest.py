@@ -21,3 +21,18 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         left = stop_leftovers()
         if left:
             item.warn(pytest.PytestWarning(f"stopped leftover processes: {', '.join(left)}"))
+
+
+@pytest.fixture
+def ftp(tmp_path: Any) -> Iterator[Any]:
+    """An in-process FTP server on a real transfer layer (``tests.ftp_env``),
+    stopped after the test; modules that need other settings define their own."""
+    import pytest_twisted
+    from twisted.internet import defer, reactor
+
+    from tests.ftp_env import FTPEnv
+
+    env = FTPEnv(reactor, tmp_path)
+    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
+    yield env
+    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))

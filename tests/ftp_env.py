@@ -10,10 +10,12 @@ read replies without blocking the reactor.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 
 import attrs
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -23,7 +25,7 @@ from wsfront.ftp.addresses import parse_epsv_reply
 from wsfront.ftp.factory import FTPFactory, FTPSettings
 from wsfront.ftp.security import implicit_tls_factory
 
-__all__ = ["PASSWORD", "FTPClient", "FTPEnv", "sha256"]
+__all__ = ["PASSWORD", "FTPClient", "FTPEnv", "payload", "sha256", "tick", "until"]
 
 
 class FTPEnv:
@@ -98,9 +100,32 @@ class FTPEnv:
 
 
 def _later(reactor, seconds: float):
-    from twisted.internet import task
-
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+def payload(size: int) -> bytes:
+    """``size`` random bytes: one random block of up to 64 KiB repeated, so
+    that MiBs cost little to make and no layer can compress them away."""
+    block = os.urandom(min(size, 64 * 1024) or 1)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def tick(seconds: float = 0.01) -> defer.Deferred:
+    """A Deferred that fires after ``seconds`` of the global reactor."""
+    from twisted.internet import reactor
+
+    return _later(reactor, seconds)
+
+
+async def until(predicate: Callable[[], object], what: str, rounds: int = 2000) -> None:
+    """Wait, a reactor tick at a time, until ``predicate()`` is true: for
+    server state (a session's counters, a transport's buffer) that no event
+    announces.  Fails naming ``what`` after ``rounds`` ticks."""
+    for _ in range(rounds):
+        if predicate():
+            return
+        await tick()
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class _ClientFactory(protocol.Factory):

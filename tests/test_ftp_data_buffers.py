@@ -5,46 +5,13 @@ that stops reading holds the server to its share by backpressure."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
 import pytest_twisted
-from twisted.internet import defer, task
 
-from tests.ftp_env import FTPEnv, sha256
+from tests.ftp_env import payload, sha256, tick, until
 from wsfront.ftp import data
 from wsstorage.framing import MAX_DATA, TRANSPORT_BUFFER
 
 MiB = 1 << 20
-
-
-def payload(size: int) -> bytes:
-    block = os.urandom(64 * 1024)
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-def ftp(tmp_path):
-    from twisted.internet import reactor
-
-    env = FTPEnv(reactor, tmp_path)
-    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
-    yield env
-    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
-
-
-def _tick(seconds: float = 0.01):
-    from twisted.internet import reactor
-
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def _until(predicate, what: str, rounds: int = 2000) -> None:
-    for _ in range(rounds):
-        if predicate():
-            return
-        await _tick()
-    raise AssertionError(f"never saw {what}")
 
 
 def buffered(tcp) -> int:
@@ -86,7 +53,7 @@ async def test_a_client_that_stops_reading_holds_the_server_to_its_share(ftp):
     # its share, and the download settles paused short of the file.
     settled, sent = 0, -1
     for _ in range(2000):
-        await _tick()
+        await tick()
         assert buffered(tcp) <= data.STREAM_MAX + MAX_DATA
         if tcp.producerPaused and channel.sent == sent:
             settled += 1
@@ -132,7 +99,7 @@ async def test_a_stalled_download_holds_its_share_and_one_socket_read(ftp, monke
     assert tcp.bufferSize == data.STREAM_MIN
     settled, sent, held = 0, -1, 0
     for _ in range(2000):
-        await _tick()
+        await tick()
         storage = reads[-1].proto
         assert storage.transport.bufferSize <= reader.RECV_MIN
         assert storage._decoder.buffered <= reader.RECV_MIN
@@ -166,7 +133,7 @@ async def test_a_stream_gives_back_its_share_when_others_start(ftp, monkeypatch)
     # The first client reads on: at its next resume the first stream
     # takes the smaller share.
     peer1.transport.resumeProducing()
-    await _until(lambda: first._tcp.bufferSize == 2 * data.STREAM_MIN, "the first stream reshared")
+    await until(lambda: first._tcp.bufferSize == 2 * data.STREAM_MIN, "the first stream reshared")
     assert sha256(await peer1.done) == sha256(body)
     assert (await c1.reply())[0] == 226
     assert data._streams == 1

@@ -9,47 +9,15 @@ catalog.
 from __future__ import annotations
 
 import hashlib
-import os
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, task
 
-from tests.ftp_env import FTPEnv, sha256
+from tests.ftp_env import FTPEnv, payload, sha256, until
 from wsfront.ftp.commands import COMMANDS
 from wsfront.ftp.factory import FTPSettings
 from wsfront.ftp.parsing import parse_time_value
 
 MiB = 1 << 20
-
-
-def payload(size: int) -> bytes:
-    block = os.urandom(min(size, 64 * 1024) or 1)
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-def ftp(tmp_path):
-    from twisted.internet import reactor
-
-    env = FTPEnv(reactor, tmp_path)
-    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
-    yield env
-    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
-
-
-def _tick(seconds: float = 0.01):
-    from twisted.internet import reactor
-
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def _until(predicate, what: str, rounds: int = 1000) -> None:
-    for _ in range(rounds):
-        if predicate():
-            return
-        await _tick()
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- MFMT ----------------------------------------------------------------------
@@ -170,7 +138,7 @@ async def test_hash_never_covers_a_pending_upload(ftp):
     peer = await c.data_connection(port)
     assert (await c.cmd("STOR part"))[0] == 150
     peer.transport.write(payload(200_000))
-    await _until(
+    await until(
         lambda: any(s.received >= 200_000 for s in ftp.transfers.sessions.values()), "bytes"
     )
     assert (await c.cmd("ABOR"))[0] == 426
@@ -265,7 +233,7 @@ async def test_abor_and_stat_act_at_once_behind_hundreds_of_queued_commands(ftp)
     c = await ftp.client()
     peer = await _blocked_retr(ftp, c)
     c.transport.write(b"NOOP\r\n" * 300)  # queued behind the running RETR
-    await _until(lambda: len(next(iter(ftp.factory.sessions))._queue) >= 300, "the queue")
+    await until(lambda: len(next(iter(ftp.factory.sessions))._queue) >= 300, "the queue")
     session = next(iter(ftp.factory.sessions))
     assert session._queue and not session._paused_reading
     c.send("STAT")
@@ -292,7 +260,7 @@ async def test_quit_leaves_at_once_when_the_queue_is_full(tmp_path):
         c.transport.write(b"NOOP\r\n" * 20 + b"QUIT\r\n")
         assert (await c.reply())[0] == 221
         await c.closed
-        await _until(lambda: not env.factory.sessions, "the session to end")
+        await until(lambda: not env.factory.sessions, "the session to end")
         other = await env.client()
         assert (await other.cmd("NOOP"))[0] == 200
     finally:
@@ -309,7 +277,7 @@ async def test_a_flood_beyond_the_byte_cap_pauses_reading_and_is_still_answered(
         peer = await _blocked_retr(env, c, 32 * MiB)  # outlasts every buffer
         c.transport.write(b"NOOP\r\n" * 2000)
         session = next(iter(env.factory.sessions))
-        await _until(lambda: session._paused_reading, "reading to pause")
+        await until(lambda: session._paused_reading, "reading to pause")
         assert session._queued_bytes <= 4096 + 64 * 1024  # one read beyond the cap at most
         peer.transport.resumeProducing()  # the download can finish now
         codes = [(await c.reply())[0] for _ in range(2001)]

@@ -8,46 +8,16 @@ stored data consistent.
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.ftp_env import PASSWORD, FTPEnv, payload, sha256, until
 
 MiB = 1 << 20
-
-
-def payload(size: int) -> bytes:
-    block = os.urandom(min(size, 64 * 1024) or 1)
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-def ftp(tmp_path):
-    from twisted.internet import reactor
-
-    env = FTPEnv(reactor, tmp_path)
-    pytest_twisted.blockon(defer.ensureDeferred(env.start()))
-    yield env
-    pytest_twisted.blockon(defer.ensureDeferred(env.stop()))
-
-
-def _tick(seconds: float = 0.01):
-    from twisted.internet import reactor
-
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def _until(predicate, what: str, rounds: int = 500) -> None:
-    for _ in range(rounds):
-        if predicate():
-            return
-        await _tick()
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _session_received(ftp) -> int:
@@ -74,7 +44,7 @@ async def test_upload_taken_over_by_another_connection_is_fenced_not_226(ftp):
     peer = await c1.data_connection(port)
     assert (await c1.cmd("STOR f.bin"))[0] == 150
     peer.transport.write(first)
-    await _until(lambda: _session_received(ftp) >= len(first), "the first bytes")
+    await until(lambda: _session_received(ftp) >= len(first), "the first bytes")
     # The same user resumes from another connection (as after a crash).
     c2 = await ftp.client()
     full = payload(300_000)
@@ -124,10 +94,10 @@ async def test_client_vanishing_mid_upload_commits_what_arrived(ftp):
     peer = await c.data_connection(port)
     assert (await c.cmd("STOR v.bin"))[0] == 150
     peer.transport.write(data[:200_000])
-    await _until(lambda: _session_received(ftp) >= 200_000, "the bytes")
+    await until(lambda: _session_received(ftp) >= 200_000, "the bytes")
     c.transport.abortConnection()
     peer.transport.abortConnection()
-    await _until(lambda: not ftp.transfers.sessions, "the commit")
+    await until(lambda: not ftp.transfers.sessions, "the commit")
     c2 = await ftp.client()
     await c2.cmd("TYPE I")
     assert await c2.cmd("SIZE v.bin") == (213, "200000")
