@@ -1055,12 +1055,20 @@ class BlobStore:
         self._made_dirs: set[str] = set()
         #: Blobs whose record could not be read (at start, or found so
         #: since): left on disk as they are, absent from list_blobs and the
-        #: count, FormatError from stat, until scrub quarantines them.
-        self.damaged: list[str] = []
+        #: count, FormatError from stat, until scrub quarantines them.  A
+        #: set: every ``_get`` and ``_held`` looks an id up in it (``damaged``
+        #: is the sorted view for reports).
+        self._damaged: set[str] = set()
         #: How many blobs ``list_blobs`` would list, kept as blobs come and
         #: go: ``health`` reports it every second to every front end, and
         #: counting by reading every record made each probe cost O(blobs).
         self._count = 0
+
+    @property
+    def damaged(self) -> list[str]:
+        """The ids in ``_damaged``, sorted: what scrub, metrics and an
+        operator see, in the same order every time."""
+        return sorted(self._damaged)
 
     # -- opening --------------------------------------------------------
 
@@ -1145,7 +1153,7 @@ class BlobStore:
                 try:
                     record = self._read_record(BlobPaths.of(self.root, blob_id))
                 except FormatError:
-                    self.damaged.append(blob_id)
+                    self._damaged.add(blob_id)
                     continue
                 if record is not None:
                     self._count += 1
@@ -1282,8 +1290,8 @@ class BlobStore:
         no longer does (caller holds the registry lock): it joins
         ``damaged``, for scrub to report and quarantine, and leaves the
         count, as it leaves ``list_blobs``."""
-        if blob_id not in self.damaged:
-            self.damaged.append(blob_id)
+        if blob_id not in self._damaged:
+            self._damaged.add(blob_id)
             self._count -= 1
 
     def _note_undamaged(self, blob_id: str, record: MetaRecord | None) -> None:
@@ -1293,8 +1301,8 @@ class BlobStore:
         merely absent stays in ``damaged``: scrub may be moving it to
         quarantine, and ``quarantined`` takes it out (and scrub too, when
         it finds it gone)."""
-        if blob_id in self.damaged:
-            self.damaged.remove(blob_id)
+        if blob_id in self._damaged:
+            self._damaged.remove(blob_id)
             if record is not None:
                 self._count += 1
 
@@ -1303,8 +1311,8 @@ class BlobStore:
         (``record_moved``: its record among them, so it is no longer
         listed): it leaves ``damaged``, or else the count."""
         with self._registry_lock:
-            if blob_id in self.damaged:
-                self.damaged.remove(blob_id)
+            if blob_id in self._damaged:
+                self._damaged.remove(blob_id)
             elif record_moved:
                 self._count -= 1
 
@@ -1732,8 +1740,7 @@ class BlobStore:
                     self.fs.unlink(path)
                 except FileNotFoundError:
                     continue
-            if blob_id in self.damaged:
-                self.damaged.remove(blob_id)
+            self._damaged.discard(blob_id)
         self.fs.fsync_dir(paths.directory)
         return True
 

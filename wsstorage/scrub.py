@@ -205,7 +205,7 @@ class Scrubber:
                 damaged += 1
                 await self._damaged(info.blob_id, error)
         # Listing filled ``damaged`` with any record it could not decode.
-        for blob_id in list(getattr(self._store, "damaged", ())):
+        for blob_id in sorted(getattr(self._store, "damaged", ())):
             if self._stopping:
                 break
             error = await self._run(self._still_damaged, blob_id)
