@@ -1702,14 +1702,14 @@ class BlobStore:
             # (its record, or its data before it has one), and only for the
             # call that removed that file.
             listed_by = blob.paths.meta if blob.recorded else blob.paths.data
-            for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
-                try:
-                    self.fs.unlink(path)
-                except FileNotFoundError:
-                    continue
+
+            def unlink(path: str) -> None:
+                self.fs.unlink(path)
                 if path == listed_by:
                     with self._registry_lock:
                         self._count -= 1
+
+            blob.paths.remove_all(unlink)
             self.fs.fsync_dir(blob.paths.directory)
         finally:
             # Forgotten before its lock is released: whoever waited on it
@@ -1735,11 +1735,7 @@ class BlobStore:
                 pass
             else:
                 return False
-            for path in (paths.meta, paths.data, paths.sums):
-                try:
-                    self.fs.unlink(path)
-                except FileNotFoundError:
-                    continue
+            paths.remove_all(self.fs.unlink)
             self._damaged.discard(blob_id)
         self.fs.fsync_dir(paths.directory)
         return True
