@@ -6,13 +6,12 @@ closed under a sync running in a thread."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
 from twisted.internet.defer import ensureDeferred
 
-from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from tests.test_blobstore import BLOCK, gated_sync, pattern, read_all, write_all
 from tests.test_blobstore_put_inline import put
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import RECORD_HEAD, BlobPaths, FormatError, MetaRecord
@@ -276,20 +275,8 @@ def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path,
     fs = GatedRecording()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, drop_behind=BLOCK)
     handle = write_all(store, "b", pattern(3 * BLOCK))
-    fs.armed = True
-    outcome: dict[str, object] = {}
-
-    def sync() -> None:
-        try:
-            outcome["durable"] = handle.sync()
-        except BaseException as e:  # reported by the test
-            outcome["error"] = e
-
-    syncer = threading.Thread(target=sync, daemon=True)
-    syncer.start()
     victims: list[int] = []
-    try:
-        assert fs.entered.wait(30)  # in its fdatasync, lock released
+    with gated_sync(fs, handle) as outcome:
         if closer == "delete":
             store.delete("b")
         elif closer == "commit":
@@ -299,14 +286,10 @@ def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path,
         # Take the lowest free descriptor numbers: the blob's, if closed.
         for i in range(4):
             victims.append(fs.open(str(tmp_path / f"victim{i}"), os.O_RDWR | os.O_CREAT))
-    finally:
-        fs.release.set()
-    syncer.join(30)
-    assert not syncer.is_alive()
     for fd in victims:
         fs.close(fd)
     assert not any("victim" in path for path in fs.touched), fs.touched
-    error = outcome.get("error")
+    error = outcome.error
     assert not isinstance(error, OSError), error
     if closer == "delete":
         assert isinstance(error, BlobNotFound)
@@ -402,28 +385,12 @@ def test_a_failing_close_after_a_sync_neither_hides_its_outcome_nor_leaks(tmp_pa
     fs = FailingClose()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     handle = write_all(store, "b", pattern(3 * BLOCK))
-    fs.armed = True
-    outcome: dict[str, object] = {}
-
-    def sync() -> None:
-        try:
-            outcome["durable"] = handle.sync()
-        except BaseException as e:  # reported by the test
-            outcome["error"] = e
-
-    syncer = threading.Thread(target=sync, daemon=True)
-    syncer.start()
-    try:
-        assert fs.entered.wait(30)
+    with gated_sync(fs, handle) as outcome:
         store.delete("b")  # the blob's descriptors are retired, not closed
         retired = list(handle._blob.retired)
         fs.fail_next_close = True
-    finally:
-        fs.release.set()
-        syncer.join(30)
-    assert not syncer.is_alive()
     assert len(retired) == 2
-    assert isinstance(outcome.get("error"), BlobNotFound), outcome
+    assert isinstance(outcome.error, BlobNotFound), outcome
     for fd in retired:  # both closed, the second despite the first's EIO
         with pytest.raises(OSError):
             os.fstat(fd)
