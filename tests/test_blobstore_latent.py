@@ -15,7 +15,7 @@ from tests.test_blobstore import BLOCK, gated_sync, pattern, read_all, write_all
 from tests.test_blobstore_put_inline import put
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import RECORD_HEAD, BlobPaths, FormatError, MetaRecord
-from wsstorage.errors import BlobNotFound, ChecksumError
+from wsstorage.errors import BlobNotFound, ChecksumError, StorageError
 from wsstorage.fsops import OsFileSystem
 from wsstorage.fsshims import GatedFsyncFileSystem
 from wsstorage.scrub import Scrubber, inline
@@ -395,3 +395,40 @@ def test_a_failing_close_after_a_sync_neither_hides_its_outcome_nor_leaks(tmp_pa
         with pytest.raises(OSError):
             os.fstat(fd)
     store.close()
+
+
+# -- a store used after its close ----------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_path):
+    """``store.close()`` closes every blob's descriptors; a write handle
+    used after it (a request still in the thread pool when the server
+    stopped) reopened the blob's files, and nothing ever closed them again
+    (nor was the data directory's lock held any more).  Now every call of
+    the handle, and of the store, says the store is closed, and no
+    descriptor is opened."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    synced = write_all(store, "synced", pattern(3 * BLOCK))
+    synced.sync()
+    fresh = write_all(store, "fresh", pattern(10))
+    store.close()
+    before = open_fds()
+    calls = [
+        lambda: synced.write(b"more"),
+        synced.sync,
+        synced.seal,
+        lambda: fresh.write_pieces([b"a", b"b"]),
+        fresh.sync,
+        fresh.seal,
+        lambda: store.open_write("new", 1, 0, {}),
+        lambda: store.fence("fresh", 2, 0),
+        lambda: put(store, "small", b"x"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match="closed"):
+            call()
+    assert open_fds() == before

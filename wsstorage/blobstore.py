@@ -5,7 +5,8 @@ first use, refuses an unknown on-disk format (``FormatError``), takes an
 exclusive lock on the directory (one process per data dir) and scans it:
 sealed blobs are left on disk, unsealed ones are verified against their
 checksums and reported ``INCOMPLETE`` with ``durable`` = the verified length.
-``store.close()`` releases the lock.  The layout and the fsync order are in
+``store.close()`` releases the lock; any call after it, of the store or of
+a write handle it gave, raises StorageError.  The layout and the fsync order are in
 ``docs/storage-format.md``.
 
 API (refinements of ``IBlobStore`` are marked *):
@@ -597,6 +598,9 @@ class BlobWriteHandle:
         blob = self._blob
         if self._closed:
             raise StorageError("write handle is closed")
+        # After ``close`` (which closed the blob's files under its lock) a
+        # call would open them again, and nothing would close them.
+        blob.store.check_open()
         if blob.deleted:
             raise BlobNotFound(f"blob {self.blob_id} was deleted")
         if blob.epoch > self.epoch:
@@ -1046,6 +1050,9 @@ class BlobStore:
         self.drop_behind = drop_behind
         self._lock_fd: int | None = lock_fd
         self._registry_lock = threading.Lock()
+        #: Set by ``close`` (under the registry lock): from then on no blob
+        #: is registered and no write handle opens a file (``check_open``).
+        self.closed = False
         self._live: dict[str, _Blob] = {}
         #: Fan-out directories whose entry this process has fsync'd.
         self._durable_dirs: set[str] = set()
@@ -1214,8 +1221,12 @@ class BlobStore:
         return blob
 
     def close(self) -> None:
-        """Close open files and release the data directory's lock."""
+        """Close open files and release the data directory's lock.  Every
+        later call, of the store or of a write handle it gave, raises
+        StorageError (``check_open``): one that went on would open files
+        nothing closes again, in a directory no longer locked."""
         with self._registry_lock:
+            self.closed = True
             live = list(self._live.values())
             self._live.clear()
         for blob in live:
@@ -1226,6 +1237,11 @@ class BlobStore:
             self._lock_fd = None
 
     # -- helpers --------------------------------------------------------
+
+    def check_open(self) -> None:
+        """StorageError once the store is closed."""
+        if self.closed:
+            raise StorageError(f"blob store {self.root} is closed")
 
     def write_atomic(
         self, path: str, data: bytes, directory: str, alongside: int | None = None
@@ -1262,6 +1278,7 @@ class BlobStore:
         its files, so a concurrent caller waits on the lock."""
         check_blob_id(blob_id)
         with self._registry_lock:
+            self.check_open()
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
@@ -1322,6 +1339,7 @@ class BlobStore:
         registry lock, so nothing can create or delete it meanwhile)."""
         check_blob_id(blob_id)
         with self._registry_lock:
+            self.check_open()
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
