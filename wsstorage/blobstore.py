@@ -1324,14 +1324,41 @@ class BlobStore:
                 self._count += 1
 
     def quarantined(self, blob_id: str, record_moved: bool) -> None:
-        """Scrub moved ``blob_id``'s files out of ``blobs/``
-        (``record_moved``: its record among them, so it is no longer
+        """Scrub moved ``blob_id``'s files out of ``blobs/``, or found them
+        gone (``record_moved``: its record among them, so it is no longer
         listed): it leaves ``damaged``, or else the count."""
         with self._registry_lock:
-            if blob_id in self._damaged:
-                self._damaged.remove(blob_id)
-            elif record_moved:
-                self._count -= 1
+            self._left(blob_id, record_moved)
+
+    def _left(self, blob_id: str, record_moved: bool) -> None:
+        """``quarantined``, the registry lock held."""
+        if blob_id in self._damaged:
+            self._damaged.remove(blob_id)
+        elif record_moved:
+            self._count -= 1
+
+    def quarantine(self, blob_id: str, move: Callable[[str], object]) -> list[str]:
+        """Move ``blob_id``'s files out of ``blobs/`` with ``move(path)``
+        (scrub's quarantine), record first, and return the paths moved;
+        the caller fsyncs the directory.  Nothing is moved from a blob
+        registered (being written or deleted: not the one scrub found).
+
+        The moves and what follows for ``damaged`` and the count are one
+        step under the registry lock, as ``_delete_damaged``'s unlinks are.
+        Made by path with no lock, a writer could create the id among them
+        (its new ``.data`` then moved away too, and the id taken out of the
+        count although it was just counted again), and a delete of the
+        damaged blob, finding its files gone, take the id out of
+        ``damaged`` first, so that it left the count too: one too low."""
+        check_blob_id(blob_id)
+        paths = BlobPaths.of(self.root, blob_id)
+        with self._registry_lock:
+            self.check_open()
+            if blob_id in self._live:
+                return []
+            moved = paths.remove_all(move)
+            self._left(blob_id, paths.meta in moved)
+        return moved
 
     def _held(self, blob_id: str) -> tuple[_Blob, bool]:
         """The blob, registered even if sealed, and whether its lock is

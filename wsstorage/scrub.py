@@ -150,18 +150,16 @@ class Scrubber:
             suffix = os.path.splitext(path)[1]
             os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
 
-        moved = paths.remove_all(move)
-        record_moved = paths.meta in moved
+        # The store moves them under its lock, its count and ``damaged``
+        # following (``BlobStore.quarantine``); a store without one, a test
+        # double, has nothing to follow.
+        quarantine = getattr(self._store, "quarantine", None)
+        moved = paths.remove_all(move) if quarantine is None else quarantine(blob_id, move)
         fd = os.open(paths.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        # The store's count and ``damaged`` follow (a store without them,
-        # a test double, has nothing to follow).
-        quarantined = getattr(self._store, "quarantined", None)
-        if quarantined is not None:
-            quarantined(blob_id, record_moved)
         return bool(moved)
 
     async def _damaged(self, blob_id: str, error: str) -> None:
