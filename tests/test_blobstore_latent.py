@@ -432,3 +432,79 @@ def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_pa
         with pytest.raises(StorageError, match="closed"):
             call()
     assert open_fds() == before
+
+
+# -- deleting a damaged blob without stalling the store --------------------------
+
+
+class HookedUnlink(OsFileSystem):
+    """Runs ``hook`` once, just before the first unlink of a file whose
+    name starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.hook = None
+
+    def unlink(self, path: str) -> None:
+        hook = self.hook
+        if hook is not None and os.path.basename(path).startswith(self.prefix):
+            self.hook = None
+            hook()
+        super().unlink(path)
+
+
+def test_a_damaged_blobs_data_is_unlinked_outside_the_registry_lock(tmp_path):
+    """A delete of a damaged blob unlinked its files under the store-wide
+    registry lock, so every open, stat and create waited for the unlink of
+    a ``.data`` that may be gigabytes.  Now its files are renamed to temp
+    names under the lock and unlinked after it: the store goes on
+    meanwhile, and a new blob of the same id created then keeps its
+    files.  A crash between leaves temp files, which the next start
+    removes."""
+    fs = HookedUnlink("b.data")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "keep", pattern(10)).seal()
+    write_all(store, "b", pattern(3 * BLOCK)).seal()
+    damage(store, "b")
+    new = pattern(2 * BLOCK, seed=3)
+    seen: dict[str, object] = {}
+
+    def during_the_unlink() -> None:
+        free = store._registry_lock.acquire(blocking=False)
+        seen["lock free"] = free
+        if free:
+            store._registry_lock.release()
+            seen["keep"] = store.stat("keep").size
+            write_all(store, "b", new).seal()
+
+    fs.hook = during_the_unlink
+    store.delete("b")
+    assert fs.hook is None  # it ran
+    assert seen == {"lock free": True, "keep": 10}
+    assert read_all(store, "b") == new
+    assert store.damaged == []
+    assert store.count_blobs() == len(listed(store)) == 2
+    directory = BlobPaths.of(store.root, "b").directory
+    assert sorted(n for n in os.listdir(directory) if n.startswith("b.")) == ["b.data", "b.meta"]
+    store.close()
+
+
+def test_the_temp_names_of_a_damaged_blob_cut_short_are_removed_at_start(tmp_path):
+    fs = HookedUnlink("b.")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "b", pattern(3 * BLOCK)).seal()
+    damage(store, "b")
+
+    def crash() -> None:
+        raise KeyboardInterrupt("the process dies here")
+
+    fs.hook = crash
+    with pytest.raises(KeyboardInterrupt):
+        store.delete("b")
+    store.close()
+    directory = BlobPaths.of(store.root, "b").directory
+    assert [n for n in os.listdir(directory) if n.startswith("b.")]  # left behind
+    store = BlobStore.open(tmp_path / "d")
+    assert [n for n in os.listdir(directory) if n.startswith("b.")] == []
+    assert store.damaged == [] and store.count_blobs() == 0
+    store.close()

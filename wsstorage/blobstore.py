@@ -1766,11 +1766,23 @@ class BlobStore:
     def _delete_damaged(self, blob_id: str) -> bool:
         """Remove the files of a blob whose record does not decode; False
         if by then it does, or is gone, or the id is registered (the caller
-        looks again).  The unlinks are made under the registry lock, so no
-        new blob of the id is created among them (its ``_get`` would find
-        the damaged record and fail, or none and wait here); such a blob
-        was never counted, so the count stays."""
+        looks again).  Such a blob was never counted, so the count stays.
+
+        The files are renamed to temp names (``BlobPaths.tomb``) under the
+        registry lock, so no new blob of the id is created among the
+        renames (its ``_get`` would find the damaged record and fail, or
+        none and wait here), and unlinked after it: every open, stat and
+        create of the store waited for the unlink of a ``.data`` that may
+        be gigabytes.  A crash before the unlinks leaves temp files, which
+        the next start removes (``_scan``)."""
         paths = BlobPaths.of(self.root, blob_id)
+        tombs: list[str] = []
+
+        def bury(path: str) -> None:
+            tomb = paths.tomb(path)
+            self.fs.rename(path, tomb)
+            tombs.append(tomb)
+
         with self._registry_lock:
             if blob_id in self._live:
                 return False
@@ -1780,8 +1792,10 @@ class BlobStore:
                 pass
             else:
                 return False
-            paths.remove_all(self.fs.unlink)
+            paths.remove_all(bury)
             self._damaged.discard(blob_id)
+        for tomb in tombs:
+            self.fs.unlink(tomb)
         self.fs.fsync_dir(paths.directory)
         return True
 

@@ -99,6 +99,15 @@ class BlobPaths:
         base = os.path.join(d, blob_id)
         return cls(d, base + DATA_SUFFIX, base + SUMS_SUFFIX, base + META_SUFFIX)
 
+    @staticmethod
+    def tomb(path: str) -> str:
+        """A new name, in the same directory, for a file about to be
+        unlinked: renamed to it under a lock, it is unlinked after (a
+        multi-GB ``.data`` may take long).  It ends in ``TMP_SUFFIX``, so a
+        start after a crash removes it, and holds a random token, so it is
+        no blob's file nor any record's temp file."""
+        return f"{path}.{os.urandom(8).hex()}{TMP_SUFFIX}"
+
     def remove_all(self, remove: Callable[[str], object] = os.unlink) -> list[str]:
         """Apply ``remove`` (an unlink, or scrub's rename into quarantine)
         to the record, then ``.data``, then ``.sums``, skipping any that is
