@@ -6,8 +6,8 @@ exclusive lock on the directory (one process per data dir) and scans it:
 sealed blobs are left on disk, unsealed ones are verified against their
 checksums and reported ``INCOMPLETE`` with ``durable`` = the verified length.
 ``store.close()`` releases the lock; any call after it, of the store or of
-a write handle it gave, raises StorageError.  The layout and the fsync order are in
-``docs/storage-format.md``.
+a write handle it gave, raises StorageError.  The layout and the fsync
+order are in ``docs/storage-format.md``.
 
 API (refinements of ``IBlobStore`` are marked *):
 
@@ -1315,9 +1315,9 @@ class BlobStore:
         """A record in ``damaged`` reads again (put back by hand), so it is
         listed and counted again; or, none there, a new blob of that id is
         being created (caller holds the registry lock).  A record found
-        merely absent stays in ``damaged``: scrub may be moving it to
-        quarantine, and ``quarantined`` takes it out (and scrub too, when
-        it finds it gone)."""
+        merely absent stays in ``damaged``: its files went by hand (a
+        delete and scrub's quarantine take it out themselves), and scrub,
+        finding it gone, takes it out (``quarantined``)."""
         if blob_id in self._damaged:
             self._damaged.remove(blob_id)
             if record is not None:
