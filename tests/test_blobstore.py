@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import attrs
 import pytest
 
-from wsstorage.blobstore import BlobStore, FormatError
+from wsstorage.blobstore import BlobStore, BlobWriteHandle, FormatError
 from wsstorage.errors import (
     BadRequest,
     BlobNotFound,
@@ -16,6 +20,7 @@ from wsstorage.errors import (
     InvalidOffset,
     StaleEpoch,
 )
+from wsstorage.fsshims import GatedFsyncFileSystem
 from wsstorage.records import OPEN, SEALED
 
 BLOCK = 4096
@@ -48,6 +53,40 @@ def read_all(store: BlobStore, blob_id: str, offset: int = 0, length: int | None
         return b"".join(parts)
     finally:
         reader.close()
+
+
+@attrs.define
+class SyncOutcome:
+    """What a gated ``handle.sync()`` came to: its durable length, or the
+    error it raised (both None until the sync is done)."""
+
+    durable: int | None = None
+    error: BaseException | None = None
+
+
+@contextmanager
+def gated_sync(fs: GatedFsyncFileSystem, handle: BlobWriteHandle) -> Iterator[SyncOutcome]:
+    """Run ``handle.sync()`` in a thread and hold it in its first fsync of
+    a ``.data`` file (the blob's lock released there) while the body of the
+    ``with`` runs; then let it go on, wait for it, and fill the outcome."""
+    outcome = SyncOutcome()
+
+    def sync() -> None:
+        try:
+            outcome.durable = handle.sync()
+        except BaseException as e:  # reported through the outcome
+            outcome.error = e
+
+    fs.armed = True
+    syncer = threading.Thread(target=sync, daemon=True)
+    syncer.start()
+    try:
+        assert fs.entered.wait(30)  # in its fdatasync, lock released
+        yield outcome
+    finally:
+        fs.release.set()
+        syncer.join(30)
+    assert not syncer.is_alive()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import python_env
-from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from tests.test_blobstore import BLOCK, gated_sync, pattern, read_all, write_all
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import INLINE_SUMS_MAX, BlobPaths, FormatError
 from wsstorage.errors import (
@@ -572,16 +572,10 @@ def test_writes_go_on_while_a_sync_waits_for_its_fsync(tmp_path):
     fs = GatedFsyncFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     handle = write_all(store, "b", pattern(3000))
-    fs.armed = True
-    result = {}
-    syncer = threading.Thread(target=lambda: result.setdefault("durable", handle.sync()))
-    syncer.start()
-    assert fs.entered.wait(30)
-    handle.write(b"more")  # would deadlock if sync held the blob's lock
-    assert store.stat("b").size == 3004
-    fs.release.set()
-    syncer.join(30)
-    assert result["durable"] == 3000
+    with gated_sync(fs, handle) as outcome:
+        handle.write(b"more")  # would deadlock if sync held the blob's lock
+        assert store.stat("b").size == 3004
+    assert outcome.durable == 3000
     assert handle.sync() == 3004
     store = reopen(store)
     assert store.stat("b").durable == 3004

@@ -6,17 +6,16 @@ closed under a sync running in a thread."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
 from twisted.internet.defer import ensureDeferred
 
-from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from tests.test_blobstore import BLOCK, gated_sync, pattern, read_all, write_all
 from tests.test_blobstore_put_inline import put
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import RECORD_HEAD, BlobPaths, FormatError, MetaRecord
-from wsstorage.errors import BlobNotFound, ChecksumError
+from wsstorage.errors import BlobNotFound, ChecksumError, StorageError
 from wsstorage.fsops import OsFileSystem
 from wsstorage.fsshims import GatedFsyncFileSystem
 from wsstorage.scrub import Scrubber, inline
@@ -276,20 +275,8 @@ def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path,
     fs = GatedRecording()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, drop_behind=BLOCK)
     handle = write_all(store, "b", pattern(3 * BLOCK))
-    fs.armed = True
-    outcome: dict[str, object] = {}
-
-    def sync() -> None:
-        try:
-            outcome["durable"] = handle.sync()
-        except BaseException as e:  # reported by the test
-            outcome["error"] = e
-
-    syncer = threading.Thread(target=sync, daemon=True)
-    syncer.start()
     victims: list[int] = []
-    try:
-        assert fs.entered.wait(30)  # in its fdatasync, lock released
+    with gated_sync(fs, handle) as outcome:
         if closer == "delete":
             store.delete("b")
         elif closer == "commit":
@@ -299,14 +286,10 @@ def test_a_sync_in_a_thread_never_touches_a_descriptor_closed_under_it(tmp_path,
         # Take the lowest free descriptor numbers: the blob's, if closed.
         for i in range(4):
             victims.append(fs.open(str(tmp_path / f"victim{i}"), os.O_RDWR | os.O_CREAT))
-    finally:
-        fs.release.set()
-    syncer.join(30)
-    assert not syncer.is_alive()
     for fd in victims:
         fs.close(fd)
     assert not any("victim" in path for path in fs.touched), fs.touched
-    error = outcome.get("error")
+    error = outcome.error
     assert not isinstance(error, OSError), error
     if closer == "delete":
         assert isinstance(error, BlobNotFound)
@@ -402,29 +385,126 @@ def test_a_failing_close_after_a_sync_neither_hides_its_outcome_nor_leaks(tmp_pa
     fs = FailingClose()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     handle = write_all(store, "b", pattern(3 * BLOCK))
-    fs.armed = True
-    outcome: dict[str, object] = {}
-
-    def sync() -> None:
-        try:
-            outcome["durable"] = handle.sync()
-        except BaseException as e:  # reported by the test
-            outcome["error"] = e
-
-    syncer = threading.Thread(target=sync, daemon=True)
-    syncer.start()
-    try:
-        assert fs.entered.wait(30)
+    with gated_sync(fs, handle) as outcome:
         store.delete("b")  # the blob's descriptors are retired, not closed
         retired = list(handle._blob.retired)
         fs.fail_next_close = True
-    finally:
-        fs.release.set()
-        syncer.join(30)
-    assert not syncer.is_alive()
     assert len(retired) == 2
-    assert isinstance(outcome.get("error"), BlobNotFound), outcome
+    assert isinstance(outcome.error, BlobNotFound), outcome
     for fd in retired:  # both closed, the second despite the first's EIO
         with pytest.raises(OSError):
             os.fstat(fd)
+    store.close()
+
+
+# -- a store used after its close ----------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_path):
+    """``store.close()`` closes every blob's descriptors; a write handle
+    used after it (a request still in the thread pool when the server
+    stopped) reopened the blob's files, and nothing ever closed them again
+    (nor was the data directory's lock held any more).  Now every call of
+    the handle, and of the store, says the store is closed, and no
+    descriptor is opened."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    synced = write_all(store, "synced", pattern(3 * BLOCK))
+    synced.sync()
+    fresh = write_all(store, "fresh", pattern(10))
+    store.close()
+    before = open_fds()
+    calls = [
+        lambda: synced.write(b"more"),
+        synced.sync,
+        synced.seal,
+        lambda: fresh.write_pieces([b"a", b"b"]),
+        fresh.sync,
+        fresh.seal,
+        lambda: store.open_write("new", 1, 0, {}),
+        lambda: store.fence("fresh", 2, 0),
+        lambda: put(store, "small", b"x"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match="closed"):
+            call()
+    assert open_fds() == before
+
+
+# -- deleting a damaged blob without stalling the store --------------------------
+
+
+class HookedUnlink(OsFileSystem):
+    """Runs ``hook`` once, just before the first unlink of a file whose
+    name starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.hook = None
+
+    def unlink(self, path: str) -> None:
+        hook = self.hook
+        if hook is not None and os.path.basename(path).startswith(self.prefix):
+            self.hook = None
+            hook()
+        super().unlink(path)
+
+
+def test_a_damaged_blobs_data_is_unlinked_outside_the_registry_lock(tmp_path):
+    """A delete of a damaged blob unlinked its files under the store-wide
+    registry lock, so every open, stat and create waited for the unlink of
+    a ``.data`` that may be gigabytes.  Now its files are renamed to temp
+    names under the lock and unlinked after it: the store goes on
+    meanwhile, and a new blob of the same id created then keeps its
+    files.  A crash between leaves temp files, which the next start
+    removes."""
+    fs = HookedUnlink("b.data")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "keep", pattern(10)).seal()
+    write_all(store, "b", pattern(3 * BLOCK)).seal()
+    damage(store, "b")
+    new = pattern(2 * BLOCK, seed=3)
+    seen: dict[str, object] = {}
+
+    def during_the_unlink() -> None:
+        free = store._registry_lock.acquire(blocking=False)
+        seen["lock free"] = free
+        if free:
+            store._registry_lock.release()
+            seen["keep"] = store.stat("keep").size
+            write_all(store, "b", new).seal()
+
+    fs.hook = during_the_unlink
+    store.delete("b")
+    assert fs.hook is None  # it ran
+    assert seen == {"lock free": True, "keep": 10}
+    assert read_all(store, "b") == new
+    assert store.damaged == []
+    assert store.count_blobs() == len(listed(store)) == 2
+    directory = BlobPaths.of(store.root, "b").directory
+    assert sorted(n for n in os.listdir(directory) if n.startswith("b.")) == ["b.data", "b.meta"]
+    store.close()
+
+
+def test_the_temp_names_of_a_damaged_blob_cut_short_are_removed_at_start(tmp_path):
+    fs = HookedUnlink("b.")
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    write_all(store, "b", pattern(3 * BLOCK)).seal()
+    damage(store, "b")
+
+    def crash() -> None:
+        raise KeyboardInterrupt("the process dies here")
+
+    fs.hook = crash
+    with pytest.raises(KeyboardInterrupt):
+        store.delete("b")
+    store.close()
+    directory = BlobPaths.of(store.root, "b").directory
+    assert [n for n in os.listdir(directory) if n.startswith("b.")]  # left behind
+    store = BlobStore.open(tmp_path / "d")
+    assert [n for n in os.listdir(directory) if n.startswith("b.")] == []
+    assert store.damaged == [] and store.count_blobs() == 0
     store.close()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.maintenance_env import check_full_strength, full_path, populate
+from tests.test_blobstore import read_all
 from tests.transfer_env import TransferEnv
 from wsfront.maintenance.repair import RepairSettings
 from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
 from wsstorage.blobstore import BlobStore
-from wsstorage.diskformat import BlobPaths
+from wsstorage.diskformat import BlobPaths, FormatError
 from wsstorage.errors import BlobNotFound
+from wsstorage.fsops import OsFileSystem
 from wsstorage.scrub import QUARANTINE_DIR, Scrubber, inline
 
 
@@ -236,3 +239,156 @@ async def test_flipped_bytes_on_a_replica_are_found_by_scrub_and_healed_by_repai
     blob = await env.catalog.get_blob(extent.blob_id)
     assert len(blob.ok_replicas) == 2 and bad_node not in blob.ok_replicas
     await check_full_strength(env, files)
+
+
+# -- quarantine racing writers and deletes -------------------------------------
+
+
+class WatchedLock:
+    """Stands in for the store's registry lock (``watch``) and sets
+    ``progress`` when a thread has to wait for it: a test learns that a
+    thread it started got as far as the store lets it, without sleeping."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.progress = threading.Event()
+
+    def __enter__(self) -> WatchedLock:
+        if not self._lock.acquire(blocking=False):
+            self.progress.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def watch(store: BlobStore) -> WatchedLock:
+    """Give a store just opened a ``WatchedLock`` for its registry lock."""
+    lock = WatchedLock()
+    store._registry_lock = lock
+    return lock
+
+
+def start_until_done_or_blocked(lock: WatchedLock, f) -> tuple[threading.Thread, list]:
+    """Run ``f`` in a thread and return once it is done or waits for the
+    store's registry lock (``watch``); the list receives its error, if
+    any."""
+    progress = lock.progress
+    progress.clear()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            f()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+        finally:
+            progress.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert progress.wait(30)
+    return thread, errors
+
+
+def damage_record(store: BlobStore, blob_id: str) -> None:
+    with open(BlobPaths.of(store.root, blob_id).meta, "wb") as f:
+        f.write(b"{not json")
+    with pytest.raises(FormatError):
+        store.stat(blob_id)
+    assert store.damaged == [blob_id]
+
+
+def listed(store: BlobStore) -> list[str]:
+    return sorted(i.blob_id for i in store.list_blobs())
+
+
+def test_a_blob_created_while_scrub_quarantines_its_damaged_id_keeps_its_files_and_count(
+    store, monkeypatch
+):
+    """Scrub moved a damaged record to quarantine by path, with no lock of
+    the store; a writer then created the same id (its ``.data`` opened,
+    truncated, over the damaged blob's), then scrub moved that ``.data``
+    too and took the id out of the count a second time: the new blob had
+    no data and ``count_blobs`` was one too low.  Now the moves and the
+    count change are one step under the store's registry lock: the
+    writer waits, and creates its blob after."""
+    lock = watch(store)
+    put(store, "keep", b"k" * 10)
+    put(store, "x", b"old" * 10)
+    damage_record(store, "x")
+    new = os.urandom(3 * 4096)
+    meta = BlobPaths.of(store.root, "x").meta
+    real_rename = os.rename
+    started: list[tuple[threading.Thread, list]] = []
+
+    def rename(src, dst) -> None:
+        real_rename(src, dst)
+        if src == meta and not started:  # scrub just moved the record
+            started.append(start_until_done_or_blocked(lock, lambda: put(store, "x", new)))
+
+    monkeypatch.setattr(os, "rename", rename)
+    clock = task.Clock()
+    scrubber = Scrubber(clock, store, bytes_per_second=10**12, run_blocking=inline)
+    result = defer.ensureDeferred(scrubber.scrub_pass())
+    while not result.called:
+        clock.advance(1)
+    [(writer, errors)] = started
+    writer.join(30)
+    assert not writer.is_alive() and errors == []
+    assert [d.blob_id for d in scrubber.damaged] == ["x"] and scrubber.damaged[0].quarantined
+    assert read_all(store, "x") == new
+    assert store.damaged == []
+    assert store.count_blobs() == len(listed(store)) == 2
+
+
+class HookedUnlinkOrRename(OsFileSystem):
+    """Runs ``hook`` once, just before the store first unlinks or renames
+    the file ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hook = None
+
+    def _maybe(self, path: str) -> None:
+        hook = self.hook
+        if hook is not None and os.path.basename(path) == self.name:
+            self.hook = None
+            hook()
+
+    def unlink(self, path: str) -> None:
+        self._maybe(path)
+        super().unlink(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._maybe(src)
+        super().rename(src, dst)
+
+
+def test_a_delete_of_a_damaged_blob_racing_its_quarantine_leaves_the_count_right(tmp_path):
+    """A delete of a damaged blob found its record undecodable, then scrub
+    moved the files to quarantine, then the delete found nothing to
+    unlink and took the id out of ``damaged``; scrub, finding it no longer
+    there, took it out of the count as well: one too low.  Now scrub's
+    moves wait for the delete (or the delete for them)."""
+    fs = HookedUnlinkOrRename("x.meta")
+    store = BlobStore.open(tmp_path / "data", block_size=4096, fs=fs)
+    lock = watch(store)
+    put(store, "keep", b"k" * 10)
+    put(store, "x", b"old" * 10)
+    damage_record(store, "x")
+    scrubber = Scrubber(None, store, run_blocking=inline)
+    started: list[tuple[threading.Thread, list]] = []
+
+    def quarantine_now() -> None:
+        started.append(start_until_done_or_blocked(lock, lambda: scrubber._move_to_quarantine("x")))
+
+    fs.hook = quarantine_now
+    store.delete("x")
+    [(mover, errors)] = started
+    mover.join(30)
+    assert not mover.is_alive() and errors == []
+    assert store.damaged == []
+    assert store.count_blobs() == len(listed(store)) == 1
+    store.close()

@@ -5,8 +5,9 @@ first use, refuses an unknown on-disk format (``FormatError``), takes an
 exclusive lock on the directory (one process per data dir) and scans it:
 sealed blobs are left on disk, unsealed ones are verified against their
 checksums and reported ``INCOMPLETE`` with ``durable`` = the verified length.
-``store.close()`` releases the lock.  The layout and the fsync order are in
-``docs/storage-format.md``.
+``store.close()`` releases the lock; any call after it, of the store or of
+a write handle it gave, raises StorageError.  The layout and the fsync
+order are in ``docs/storage-format.md``.
 
 API (refinements of ``IBlobStore`` are marked *):
 
@@ -597,6 +598,9 @@ class BlobWriteHandle:
         blob = self._blob
         if self._closed:
             raise StorageError("write handle is closed")
+        # After ``close`` (which closed the blob's files under its lock) a
+        # call would open them again, and nothing would close them.
+        blob.store.check_open()
         if blob.deleted:
             raise BlobNotFound(f"blob {self.blob_id} was deleted")
         if blob.epoch > self.epoch:
@@ -1046,6 +1050,9 @@ class BlobStore:
         self.drop_behind = drop_behind
         self._lock_fd: int | None = lock_fd
         self._registry_lock = threading.Lock()
+        #: Set by ``close`` (under the registry lock): from then on no blob
+        #: is registered and no write handle opens a file (``check_open``).
+        self.closed = False
         self._live: dict[str, _Blob] = {}
         #: Fan-out directories whose entry this process has fsync'd.
         self._durable_dirs: set[str] = set()
@@ -1055,12 +1062,20 @@ class BlobStore:
         self._made_dirs: set[str] = set()
         #: Blobs whose record could not be read (at start, or found so
         #: since): left on disk as they are, absent from list_blobs and the
-        #: count, FormatError from stat, until scrub quarantines them.
-        self.damaged: list[str] = []
+        #: count, FormatError from stat, until scrub quarantines them.  A
+        #: set: every ``_get`` and ``_held`` looks an id up in it (``damaged``
+        #: is the sorted view for reports).
+        self._damaged: set[str] = set()
         #: How many blobs ``list_blobs`` would list, kept as blobs come and
         #: go: ``health`` reports it every second to every front end, and
         #: counting by reading every record made each probe cost O(blobs).
         self._count = 0
+
+    @property
+    def damaged(self) -> list[str]:
+        """The ids in ``_damaged``, sorted: what scrub, metrics and an
+        operator see, in the same order every time."""
+        return sorted(self._damaged)
 
     # -- opening --------------------------------------------------------
 
@@ -1145,7 +1160,7 @@ class BlobStore:
                 try:
                     record = self._read_record(BlobPaths.of(self.root, blob_id))
                 except FormatError:
-                    self.damaged.append(blob_id)
+                    self._damaged.add(blob_id)
                     continue
                 if record is not None:
                     self._count += 1
@@ -1206,8 +1221,12 @@ class BlobStore:
         return blob
 
     def close(self) -> None:
-        """Close open files and release the data directory's lock."""
+        """Close open files and release the data directory's lock.  Every
+        later call, of the store or of a write handle it gave, raises
+        StorageError (``check_open``): one that went on would open files
+        nothing closes again, in a directory no longer locked."""
         with self._registry_lock:
+            self.closed = True
             live = list(self._live.values())
             self._live.clear()
         for blob in live:
@@ -1218,6 +1237,11 @@ class BlobStore:
             self._lock_fd = None
 
     # -- helpers --------------------------------------------------------
+
+    def check_open(self) -> None:
+        """StorageError once the store is closed."""
+        if self.closed:
+            raise StorageError(f"blob store {self.root} is closed")
 
     def write_atomic(
         self, path: str, data: bytes, directory: str, alongside: int | None = None
@@ -1254,6 +1278,7 @@ class BlobStore:
         its files, so a concurrent caller waits on the lock."""
         check_blob_id(blob_id)
         with self._registry_lock:
+            self.check_open()
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
@@ -1282,31 +1307,58 @@ class BlobStore:
         no longer does (caller holds the registry lock): it joins
         ``damaged``, for scrub to report and quarantine, and leaves the
         count, as it leaves ``list_blobs``."""
-        if blob_id not in self.damaged:
-            self.damaged.append(blob_id)
+        if blob_id not in self._damaged:
+            self._damaged.add(blob_id)
             self._count -= 1
 
     def _note_undamaged(self, blob_id: str, record: MetaRecord | None) -> None:
         """A record in ``damaged`` reads again (put back by hand), so it is
         listed and counted again; or, none there, a new blob of that id is
         being created (caller holds the registry lock).  A record found
-        merely absent stays in ``damaged``: scrub may be moving it to
-        quarantine, and ``quarantined`` takes it out (and scrub too, when
-        it finds it gone)."""
-        if blob_id in self.damaged:
-            self.damaged.remove(blob_id)
+        merely absent stays in ``damaged``: its files went by hand (a
+        delete and scrub's quarantine take it out themselves), and scrub,
+        finding it gone, takes it out (``quarantined``)."""
+        if blob_id in self._damaged:
+            self._damaged.remove(blob_id)
             if record is not None:
                 self._count += 1
 
     def quarantined(self, blob_id: str, record_moved: bool) -> None:
-        """Scrub moved ``blob_id``'s files out of ``blobs/``
-        (``record_moved``: its record among them, so it is no longer
+        """Scrub moved ``blob_id``'s files out of ``blobs/``, or found them
+        gone (``record_moved``: its record among them, so it is no longer
         listed): it leaves ``damaged``, or else the count."""
         with self._registry_lock:
-            if blob_id in self.damaged:
-                self.damaged.remove(blob_id)
-            elif record_moved:
-                self._count -= 1
+            self._left(blob_id, record_moved)
+
+    def _left(self, blob_id: str, record_moved: bool) -> None:
+        """``quarantined``, the registry lock held."""
+        if blob_id in self._damaged:
+            self._damaged.remove(blob_id)
+        elif record_moved:
+            self._count -= 1
+
+    def quarantine(self, blob_id: str, move: Callable[[str], object]) -> list[str]:
+        """Move ``blob_id``'s files out of ``blobs/`` with ``move(path)``
+        (scrub's quarantine), record first, and return the paths moved;
+        the caller fsyncs the directory.  Nothing is moved from a blob
+        registered (being written or deleted: not the one scrub found).
+
+        The moves and what follows for ``damaged`` and the count are one
+        step under the registry lock, as ``_delete_damaged``'s unlinks are.
+        Made by path with no lock, a writer could create the id among them
+        (its new ``.data`` then moved away too, and the id taken out of the
+        count although it was just counted again), and a delete of the
+        damaged blob, finding its files gone, take the id out of
+        ``damaged`` first, so that it left the count too: one too low."""
+        check_blob_id(blob_id)
+        paths = BlobPaths.of(self.root, blob_id)
+        with self._registry_lock:
+            self.check_open()
+            if blob_id in self._live:
+                return []
+            moved = paths.remove_all(move)
+            self._left(blob_id, paths.meta in moved)
+        return moved
 
     def _held(self, blob_id: str) -> tuple[_Blob, bool]:
         """The blob, registered even if sealed, and whether its lock is
@@ -1314,6 +1366,7 @@ class BlobStore:
         registry lock, so nothing can create or delete it meanwhile)."""
         check_blob_id(blob_id)
         with self._registry_lock:
+            self.check_open()
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
@@ -1694,14 +1747,14 @@ class BlobStore:
             # (its record, or its data before it has one), and only for the
             # call that removed that file.
             listed_by = blob.paths.meta if blob.recorded else blob.paths.data
-            for path in (blob.paths.meta, blob.paths.data, blob.paths.sums):
-                try:
-                    self.fs.unlink(path)
-                except FileNotFoundError:
-                    continue
+
+            def unlink(path: str) -> None:
+                self.fs.unlink(path)
                 if path == listed_by:
                     with self._registry_lock:
                         self._count -= 1
+
+            blob.paths.remove_all(unlink)
             self.fs.fsync_dir(blob.paths.directory)
         finally:
             # Forgotten before its lock is released: whoever waited on it
@@ -1713,11 +1766,23 @@ class BlobStore:
     def _delete_damaged(self, blob_id: str) -> bool:
         """Remove the files of a blob whose record does not decode; False
         if by then it does, or is gone, or the id is registered (the caller
-        looks again).  The unlinks are made under the registry lock, so no
-        new blob of the id is created among them (its ``_get`` would find
-        the damaged record and fail, or none and wait here); such a blob
-        was never counted, so the count stays."""
+        looks again).  Such a blob was never counted, so the count stays.
+
+        The files are renamed to temp names (``BlobPaths.tomb``) under the
+        registry lock, so no new blob of the id is created among the
+        renames (its ``_get`` would find the damaged record and fail, or
+        none and wait here), and unlinked after it: every open, stat and
+        create of the store waited for the unlink of a ``.data`` that may
+        be gigabytes.  A crash before the unlinks leaves temp files, which
+        the next start removes (``_scan``)."""
         paths = BlobPaths.of(self.root, blob_id)
+        tombs: list[str] = []
+
+        def bury(path: str) -> None:
+            tomb = paths.tomb(path)
+            self.fs.rename(path, tomb)
+            tombs.append(tomb)
+
         with self._registry_lock:
             if blob_id in self._live:
                 return False
@@ -1727,13 +1792,10 @@ class BlobStore:
                 pass
             else:
                 return False
-            for path in (paths.meta, paths.data, paths.sums):
-                try:
-                    self.fs.unlink(path)
-                except FileNotFoundError:
-                    continue
-            if blob_id in self.damaged:
-                self.damaged.remove(blob_id)
+            paths.remove_all(bury)
+            self._damaged.discard(blob_id)
+        for tomb in tombs:
+            self.fs.unlink(tomb)
         self.fs.fsync_dir(paths.directory)
         return True
 

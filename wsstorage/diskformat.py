@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -97,6 +98,32 @@ class BlobPaths:
         d = os.path.join(root, BLOBS_DIR, prefix_dir(blob_id))
         base = os.path.join(d, blob_id)
         return cls(d, base + DATA_SUFFIX, base + SUMS_SUFFIX, base + META_SUFFIX)
+
+    @staticmethod
+    def tomb(path: str) -> str:
+        """A new name, in the same directory, for a file about to be
+        unlinked: renamed to it under a lock, it is unlinked after (a
+        multi-GB ``.data`` may take long).  It ends in ``TMP_SUFFIX``, so a
+        start after a crash removes it, and holds a random token, so it is
+        no blob's file nor any record's temp file."""
+        return f"{path}.{os.urandom(8).hex()}{TMP_SUFFIX}"
+
+    def remove_all(self, remove: Callable[[str], object] = os.unlink) -> list[str]:
+        """Apply ``remove`` (an unlink, or scrub's rename into quarantine)
+        to the record, then ``.data``, then ``.sums``, skipping any that is
+        missing (FileNotFoundError); return the paths it removed.
+
+        Record first: a removal cut short leaves files without a record,
+        which the store's next start deletes, never a record without its
+        data.  Any other error stops it, the files after left in place."""
+        removed: list[str] = []
+        for path in (self.meta, self.data, self.sums):
+            try:
+                remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
 
 
 @attrs.frozen

@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wsstorage.diskformat import DATA_SUFFIX, META_SUFFIX, SUMS_SUFFIX, BlobPaths
+from wsstorage.diskformat import BlobPaths
 from wsstorage.errors import BlobNotFound, StorageError
 
 log = Logger()
@@ -145,29 +145,22 @@ class Scrubber:
         target = os.path.join(self._store.root, QUARANTINE_DIR)
         os.makedirs(target, exist_ok=True)
         stamp = f"{int(time.time())}"
-        moved = record_moved = False
-        for path, suffix in (
-            (paths.meta, META_SUFFIX),
-            (paths.data, DATA_SUFFIX),
-            (paths.sums, SUMS_SUFFIX),
-        ):
-            try:
-                os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
-                moved = True
-                record_moved = record_moved or suffix == META_SUFFIX
-            except FileNotFoundError:
-                continue
+
+        def move(path: str) -> None:
+            suffix = os.path.splitext(path)[1]
+            os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
+
+        # The store moves them under its lock, its count and ``damaged``
+        # following (``BlobStore.quarantine``); a store without one, a test
+        # double, has nothing to follow.
+        quarantine = getattr(self._store, "quarantine", None)
+        moved = paths.remove_all(move) if quarantine is None else quarantine(blob_id, move)
         fd = os.open(paths.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        # The store's count and ``damaged`` follow (a store without them,
-        # a test double, has nothing to follow).
-        quarantined = getattr(self._store, "quarantined", None)
-        if quarantined is not None:
-            quarantined(blob_id, record_moved)
-        return moved
+        return bool(moved)
 
     async def _damaged(self, blob_id: str, error: str) -> None:
         quarantined = False
@@ -205,7 +198,7 @@ class Scrubber:
                 damaged += 1
                 await self._damaged(info.blob_id, error)
         # Listing filled ``damaged`` with any record it could not decode.
-        for blob_id in list(getattr(self._store, "damaged", ())):
+        for blob_id in sorted(getattr(self._store, "damaged", ())):
             if self._stopping:
                 break
             error = await self._run(self._still_damaged, blob_id)
