@@ -400,8 +400,18 @@ def test_a_failing_close_after_a_sync_neither_hides_its_outcome_nor_leaks(tmp_pa
 # -- a store used after its close ----------------------------------------------
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_under(root: str) -> list[str]:
+    """The files under ``root`` this process holds open (an exact count of
+    all descriptors could move as the GC closes some other test's file)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed by now
+        if target.startswith(str(root) + os.sep):
+            held.append(target)
+    return held
 
 
 def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_path):
@@ -416,7 +426,7 @@ def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_pa
     synced.sync()
     fresh = write_all(store, "fresh", pattern(10))
     store.close()
-    before = open_fds()
+    assert open_under(store.root) == []
     calls = [
         lambda: synced.write(b"more"),
         synced.sync,
@@ -431,7 +441,7 @@ def test_a_write_handle_used_after_the_store_closed_fails_without_leaking(tmp_pa
     for call in calls:
         with pytest.raises(StorageError, match="closed"):
             call()
-    assert open_fds() == before
+    assert open_under(store.root) == []
 
 
 # -- deleting a damaged blob without stalling the store --------------------------

@@ -392,3 +392,81 @@ def test_a_delete_of_a_damaged_blob_racing_its_quarantine_leaves_the_count_right
     assert store.damaged == []
     assert store.count_blobs() == len(listed(store)) == 1
     store.close()
+
+
+def _run_then(name: str, act):
+    """A ``run_blocking`` that does ``act()`` just before scrub's call of
+    the function named ``name`` runs (inline), as another pool thread
+    would at that moment."""
+
+    def run(f, *args):
+        if getattr(f, "__name__", "") == name:
+            act()
+        return inline(f, *args)
+
+    return run
+
+
+async def _scrub_with(store: BlobStore, run_blocking) -> tuple[dict, list]:
+    reported: list = []
+    clock = task.Clock()
+    scrubber = Scrubber(
+        clock, store, bytes_per_second=10**12, run_blocking=run_blocking, on_damaged=reported.append
+    )
+    d = defer.ensureDeferred(scrubber.scrub_pass())
+    while not d.called:
+        clock.advance(1)
+    return await d, reported
+
+
+@pytest.mark.parametrize("damage", ["data", "record"])
+@pytest_twisted.ensureDeferred
+async def test_a_good_copy_written_after_scrub_judged_the_damaged_one_is_not_quarantined(
+    store, damage
+):
+    """Scrub found ``x`` damaged; before it moved the files, repair
+    deleted that copy and wrote a good one under the same id (it discards
+    an untrusted replica, then copies one in).  The quarantine moved the
+    good copy, and the catalog counted a replica the node no longer had."""
+    put(store, "keep", b"k" * 10)
+    put(store, "x", os.urandom(3 * 4096))
+    if damage == "data":
+        flip(BlobPaths.of(store.root, "x").data, 5000)
+    else:
+        damage_record(store, "x")
+    good = os.urandom(3 * 4096)
+
+    def repair() -> None:
+        store.delete("x")
+        put(store, "x", good)
+
+    result, reported = await _scrub_with(store, _run_then("_move_to_quarantine", repair))
+    assert result["damaged"] == 1
+    assert [(r.blob_id, r.quarantined) for r in reported] == [("x", False)]
+    assert read_all(store, "x") == good
+    assert store.count_blobs() == len(listed(store)) == 2
+    assert store.damaged == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_closed_under_a_pass_ends_it_without_reporting_damage(tmp_path):
+    """The service stops: the store closes while scrub is between blobs.
+    Its 'closed' errors were reported as damage, and the quarantine's
+    error escaped the pass."""
+    store = BlobStore.open(tmp_path / "data", block_size=4096)
+    put(store, "a", os.urandom(5000))
+    put(store, "b", os.urandom(5000))
+    opened: list[str] = []
+
+    def run(f, *args):
+        if getattr(f, "__name__", "") == "open_read":
+            opened.append(args[0])
+            if len(opened) == 2:
+                store.close()
+        return inline(f, *args)
+
+    result, reported = await _scrub_with(store, run)
+    assert sorted(opened) == ["a", "b"]
+    assert reported == []
+    assert result == {"checked": 1, "damaged": 0, "bytes": 5000}
+    assert os.path.exists(BlobPaths.of(store.root, opened[1]).data)

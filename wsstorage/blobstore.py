@@ -1066,6 +1066,9 @@ class BlobStore:
         #: set: every ``_get`` and ``_held`` looks an id up in it (``damaged``
         #: is the sorted view for reports).
         self._damaged: set[str] = set()
+        # Ids scrub is judging, and whether their files are still the ones it
+        # judges (``judging``, ``quarantine``).
+        self._judged: dict[str, bool] = {}
         #: How many blobs ``list_blobs`` would list, kept as blobs come and
         #: go: ``health`` reports it every second to every front end, and
         #: counting by reading every record made each probe cost O(blobs).
@@ -1337,11 +1340,34 @@ class BlobStore:
         elif record_moved:
             self._count -= 1
 
+    def judging(self, blob_id: str) -> None:
+        """Scrub starts judging ``blob_id`` (reading it, or its record):
+        from now until ``judged``, a delete of its files voids the
+        judgement, so that ``quarantine`` moves nothing.  Without this, a
+        damaged copy deleted and written again good meanwhile (repair
+        discards an untrusted replica and copies a good one in its place)
+        would be quarantined in its stead."""
+        with self._registry_lock:
+            self._judged[blob_id] = True
+
+    def judged(self, blob_id: str) -> None:
+        """Scrub is done with ``blob_id`` (``judging``)."""
+        with self._registry_lock:
+            self._judged.pop(blob_id, None)
+
+    def _files_removed(self, blob_id: str) -> None:
+        """A blob's files were deleted (registry lock held): whatever scrub
+        judged of them no longer holds for the id (``judging``)."""
+        if blob_id in self._judged:
+            self._judged[blob_id] = False
+
     def quarantine(self, blob_id: str, move: Callable[[str], object]) -> list[str]:
         """Move ``blob_id``'s files out of ``blobs/`` with ``move(path)``
         (scrub's quarantine), record first, and return the paths moved;
         the caller fsyncs the directory.  Nothing is moved from a blob
-        registered (being written or deleted: not the one scrub found).
+        registered (being written or deleted: not the one scrub found), nor
+        from one deleted since scrub began ``judging`` it (what is there
+        now is another blob's).
 
         The moves and what follows for ``damaged`` and the count are one
         step under the registry lock, as ``_delete_damaged``'s unlinks are.
@@ -1354,7 +1380,7 @@ class BlobStore:
         paths = BlobPaths.of(self.root, blob_id)
         with self._registry_lock:
             self.check_open()
-            if blob_id in self._live:
+            if blob_id in self._live or not self._judged.get(blob_id, True):
                 return []
             moved = paths.remove_all(move)
             self._left(blob_id, paths.meta in moved)
@@ -1753,6 +1779,7 @@ class BlobStore:
                 if path == listed_by:
                     with self._registry_lock:
                         self._count -= 1
+                        self._files_removed(blob_id)
 
             blob.paths.remove_all(unlink)
             self.fs.fsync_dir(blob.paths.directory)
@@ -1794,6 +1821,7 @@ class BlobStore:
                 return False
             paths.remove_all(bury)
             self._damaged.discard(blob_id)
+            self._files_removed(blob_id)
         for tomb in tombs:
             self.fs.unlink(tomb)
         self.fs.fsync_dir(paths.directory)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -162,12 +163,33 @@ class Scrubber:
             os.close(fd)
         return bool(moved)
 
+    @contextmanager
+    def _judging(self, blob_id: str) -> Iterator[None]:
+        """While scrub judges ``blob_id`` (and quarantines it), a delete of
+        its files tells the store that what is there after is not what was
+        judged (``BlobStore.judging``); a store without it, a test double,
+        has nothing to tell."""
+        judging = getattr(self._store, "judging", None)
+        if judging is None:
+            yield
+            return
+        judging(blob_id)
+        try:
+            yield
+        finally:
+            self._store.judged(blob_id)
+
+    def _store_closed(self) -> bool:
+        """The store was closed under the pass (the service stops): its
+        errors say so, not that a blob is damaged."""
+        return bool(getattr(self._store, "closed", False))
+
     async def _damaged(self, blob_id: str, error: str) -> None:
         quarantined = False
         if self._quarantine:
             try:
                 quarantined = await self._run(self._move_to_quarantine, blob_id)
-            except OSError as e:
+            except (StorageError, OSError) as e:
                 log.error("scrub: cannot quarantine {blob}: {err}", blob=blob_id, err=e)
         damage = Damage(blob_id, error, self._clock.seconds(), quarantined)
         self.damaged.append(damage)
@@ -191,20 +213,26 @@ class Scrubber:
         for info in infos:
             if self._stopping:
                 break
-            error = await self.verify(info.blob_id)
-            checked += 1
-            nbytes += info.size
-            if error is not None:
-                damaged += 1
-                await self._damaged(info.blob_id, error)
+            with self._judging(info.blob_id):
+                error = await self.verify(info.blob_id)
+                if error is not None and self._store_closed():
+                    break
+                checked += 1
+                nbytes += info.size
+                if error is not None:
+                    damaged += 1
+                    await self._damaged(info.blob_id, error)
         # Listing filled ``damaged`` with any record it could not decode.
         for blob_id in sorted(getattr(self._store, "damaged", ())):
             if self._stopping:
                 break
-            error = await self._run(self._still_damaged, blob_id)
-            if error is not None:
-                damaged += 1
-                await self._damaged(blob_id, error)
+            with self._judging(blob_id):
+                error = await self._run(self._still_damaged, blob_id)
+                if error is not None and self._store_closed():
+                    break
+                if error is not None:
+                    damaged += 1
+                    await self._damaged(blob_id, error)
         self.passes += 1
         return {"checked": checked, "damaged": damaged, "bytes": nbytes}
 
