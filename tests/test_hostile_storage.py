@@ -11,6 +11,7 @@ process is still alive.  (In-memory unit tests of the same rules live in
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import pytest_twisted
@@ -257,6 +258,27 @@ async def test_deeply_nested_hello_gets_a_protocol_error_frame(node):
     raw.send(framing.encode_header(framing.HELLO, 0, len(body)) + body)
     frames = await raw.all_until_closed()
     assert [(t, b["code"]) for t, _, b in frames] == [(framing.ERROR, "protocol")]
+
+
+def test_a_dropped_peer_still_sending_reads_its_error_frame_and_a_clean_close(node):
+    """A peer the server drops while its bytes still arrive (a frame over
+    the cap, 8 MiB behind it): the server closed with them unread, so the
+    kernel answered with a reset, which could discard the ERROR frame
+    before the peer read it (the nested-HELLO test above failed that way
+    now and then).  The server now ends only its side and reads on."""
+    proc, _client, _digest = node
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as s:
+        s.sendall(framing.encode_header(framing.AUTH, 0, framing.MAX_CONTROL))
+        s.sendall(b"x" * (8 << 20))
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    decoder = framing.FrameDecoder()
+    decoder.feed(got)
+    frame = decoder.next_frame()
+    assert frame is not None and frame[0] == framing.ERROR
+    assert frame[2]["code"] == "protocol" and decoder.next_frame() is None
 
 
 @pytest.mark.parametrize("stage", ["before-hello", "after-hello"])

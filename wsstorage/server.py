@@ -85,6 +85,8 @@ READ_TASK_BATCHES = 16
 #: rest: a recv, a ``pwritev`` and a reactor turn more per MiB (512 MiB PUTs
 #: made 3.0-3.2 write calls per MiB on two replicas; 1.5-1.8 with 2 MiB).
 RECEIVE_SIZE = 2 * framing.TRANSPORT_BUFFER
+#: Seconds a dropped peer has to close after its ERROR frame (``drop``).
+DROP_LINGER = 2.0
 #: Largest JSON meta record accepted beside a blob.
 MAX_META = 64 * 1024
 #: Most bytes one ``put`` carries (a whole small blob in one request).
@@ -288,6 +290,7 @@ class StorageServerProtocol(Protocol):
         self._flushes: dict[int, None] = {}  # stream flushes whose fsync still runs
         self._keepalive: Any = None
         self._handshake_timer: Any = None
+        self._linger: Any = None
         self._read: _ReadStream | None = None
         self._write: _WriteStream | None = None
         #: A ``put`` whose DATA frames are still arriving.
@@ -324,7 +327,7 @@ class StorageServerProtocol(Protocol):
             )
         self._state = "closed"
         self.factory.connections.discard(self)
-        for timer in (self._handshake_timer, self._keepalive):
+        for timer in (self._handshake_timer, self._keepalive, self._linger):
             if timer is not None and timer.active():
                 timer.cancel()
         if self._read is not None:
@@ -349,7 +352,18 @@ class StorageServerProtocol(Protocol):
         log.warn("dropping {peer}: {reason}", peer=self.peer, reason=reason)
         self._send(framing.ERROR, 0, {"code": code, "message": reason})
         self._state = "closed"
-        self.transport.loseConnection()
+        # A close with the peer's bytes still unread makes the kernel send
+        # a reset, and a reset can discard the ERROR frame before the peer
+        # reads it.  Over plain TCP, end only our side after the frame and
+        # read (and drop) what the peer still sends until it closes, or
+        # for DROP_LINGER seconds at most.
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        lose_write()
+        self.transport.resumeProducing()
+        self._linger = self.factory.reactor.callLater(DROP_LINGER, self.transport.abortConnection)
 
     # -- frames in -----------------------------------------------------
 
