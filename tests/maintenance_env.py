@@ -91,19 +91,29 @@ class ProcessCluster:
         self.catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
         self.replicas = replicas
         self.service = None
+        self.pool = None
+        self.catalog = None
         self.clients = []
 
     async def start(self, **maintenance) -> ProcessCluster:
+        """Start the storage processes together (one that fails stops the
+        others), then the catalog, user alice and the front end; if anything
+        fails, stop what started before raising: the fixture's teardown does
+        not run when its setup raises."""
+        from tests.support import start_all
         from tests.transfer_env import PASSWORD
         from wsfront.catalog import open_catalog
 
-        for proc in self.procs.values():
-            proc.start()
-        self.catalog = open_catalog(self.reactor, self.catalog_url)
-        for name, proc in self.procs.items():
-            await self.catalog.register_node(name, proc.endpoint)
-        self.user = await self.catalog.add_user("alice", PASSWORD)
-        await self.front_end(**maintenance)
+        start_all(self.procs.values())
+        try:
+            self.catalog = open_catalog(self.reactor, self.catalog_url)
+            for name, proc in self.procs.items():
+                await self.catalog.register_node(name, proc.endpoint)
+            self.user = await self.catalog.add_user("alice", PASSWORD)
+            await self.front_end(**maintenance)
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def front_end(self, **maintenance) -> None:
@@ -158,14 +168,19 @@ class ProcessCluster:
         return out.decode(), err.decode(), code
 
     async def stop(self) -> None:
-        if self.service is not None and self.service.running:
-            await self.service.stopService()
-        self.pool.stop()
-        for client in self.clients:
-            await client.close()
-        await self.catalog.close()
-        for proc in self.procs.values():
-            proc.stop()
+        """Stop whatever ``start`` got to, the storage processes last."""
+        try:
+            if self.service is not None and self.service.running:
+                await self.service.stopService()
+            if self.pool is not None:
+                self.pool.stop()
+            for client in self.clients:
+                await client.close()
+            if self.catalog is not None:
+                await self.catalog.close()
+        finally:
+            for proc in self.procs.values():
+                proc.stop()
 
 
 async def until(condition, what: str, timeout: float = 10.0) -> None:

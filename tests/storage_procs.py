@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet import defer
 
 from tests.storage_tls import TlsFiles
-from tests.support import RUNNING, listening_ports, python_env, twistd_argv
+from tests.support import RUNNING, listening_ports, python_env, stop_process, twistd_argv
 from wsstorage.client import StorageClient
 
 
@@ -147,14 +147,8 @@ class StorageProcess:
     def stop(self) -> None:
         """Terminate the child (SIGKILL after 10 s) and reap it; idempotent."""
         RUNNING.discard(self)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
 
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc is not None else None

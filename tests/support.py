@@ -9,10 +9,14 @@ must provide everything (see ``.ci/run``).
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -118,9 +122,10 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-#: Harness children (objects with ``stop()``: StorageProcess, FrontEnd) that
-#: were started and not stopped yet.  ``conftest.py`` stops what a module
-#: leaves behind, so a fixture that failed half-way leaks no process.
+#: Harness children (objects with ``stop()``: StorageProcess, FrontEnd,
+#: LoggedChild) that were started and not stopped yet.  ``conftest.py`` stops
+#: what a module leaves behind, so a fixture that failed half-way leaks no
+#: process.
 RUNNING: set[Any] = set()
 
 
@@ -149,6 +154,130 @@ def start_all(children: Iterable[Any], **kw: Any) -> list[Any]:
     return started
 
 
+def wait_ports(
+    proc: subprocess.Popen,
+    log: Callable[[], str],
+    pattern: str,
+    names: Collection[str],
+    timeout: float = 60.0,
+) -> dict[str, int]:
+    """Wait until ``log()`` names a port for each of ``names`` and ``proc``
+    itself listens on every one of them; return name -> port.
+
+    ``pattern`` has two groups, a name and its port (``re.M``).  The child
+    is asked to bind port 0 and say which port it got, so no other process
+    can hold it first; ``listening_ports`` then proves the socket is the
+    child's own, which a connect would not.  A child that exits first, or a
+    timeout, is an AssertionError with the log (the caller stops the child).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {name: int(port) for name, port in re.findall(pattern, log(), re.M)}
+        if set(names) <= found.keys():
+            wanted = {name: found[name] for name in names}
+            if set(wanted.values()) <= listening_ports(proc.pid):
+                return wanted
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before listening:\n{log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"did not listen on {sorted(names)} in {timeout} s:\n{log()}")
+        time.sleep(0.02)  # polling the log and /proc, not a synchronisation
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    """Send ``sig`` to ``proc`` if it still runs (after SIGCONT: a frozen
+    process could not act on it), SIGKILL it after ``timeout`` s, and reap
+    it; return its exit status."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+class LoggedChild:
+    """One harness child run from a plain argv, its output appended to a log.
+
+    For the processes a test starts itself (a front end with its own
+    options, ``wslocal``): ``start`` puts it in ``RUNNING`` at once, so a
+    test or fixture that fails half-way leaks nothing past its module;
+    ``wait_ports`` is readiness on its own ports and stops it when it never
+    gets there; ``stop`` always reaps it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = python_env() if env is None else env
+        self.cwd = cwd
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen | None = None
+        self._log_file: Any = None
+        self._log_offset = 0  # where this run's part of the log begins
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc is not None else None
+        return f"<LoggedChild {self.name} pid={pid}>"
+
+    def start(self) -> LoggedChild:
+        """Spawn the child (not yet ready: see ``wait_ports``); return self."""
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdout=self._log_file,
+                stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn,
+            )  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        RUNNING.add(self)
+        return self
+
+    def log(self) -> str:
+        """This run's part of the log."""
+        try:
+            return self.log_path.read_bytes()[self._log_offset :].decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ports(
+        self, pattern: str, names: Collection[str], timeout: float = 60.0
+    ) -> dict[str, int]:
+        """``wait_ports`` on this child; if it fails, stop the child first."""
+        assert self.proc is not None, "start() first"
+        try:
+            return wait_ports(self.proc, self.log, pattern, names, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        """Send ``sig`` (SIGKILL after ``timeout`` s), reap the child and
+        close its log; return its exit status (None if never started).
+        Idempotent."""
+        RUNNING.discard(self)
+        code = stop_process(self.proc, sig, timeout) if self.proc is not None else None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+
 def sigint_as_ctrl_c() -> None:
     """``preexec_fn`` for a child that the test stops with SIGINT.
 
@@ -157,6 +286,4 @@ def sigint_as_ctrl_c() -> None:
     no KeyboardInterrupt handler and twistd no shutdown handler, so the
     child would never see the test's Ctrl-C.  Restore the default first.
     """
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)

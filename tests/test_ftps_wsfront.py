@@ -8,18 +8,15 @@ import ftplib
 import hashlib
 import io
 import os
-import signal
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from tests.storage_procs import StorageProcess
-from tests.support import free_port, python_env, require_tool, twistd_argv
+from tests.support import require_tool, twistd_argv
 from tests.test_ftps import ImplicitFTP_TLS, RecordingFTP_TLS
-from tests.test_wsfront_plugin import wait_for
 from tests.tls_support import self_signed
+from tests.wsfront_procs import ANY_PORT, running_wsfront, storage_args, storage_with_user
 
 pytestmark = pytest.mark.slow
 
@@ -33,31 +30,16 @@ def _context(cert_path):
 def test_wsfront_serves_explicit_and_implicit_ftps_and_requires_tls(tmp_path):
     curl = require_tool("curl")
     cert = self_signed(tmp_path / "tls")
-    storage = [StorageProcess(tmp_path, f"s{i}").start() for i in (1, 2)]
-    try:
-        catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-        added = subprocess.run(
-            [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "user", "add", "ann"],
-            input="ann-password-1", text=True, env=python_env(), capture_output=True,
-        )  # fmt: skip
-        assert added.returncode == 0, added.stderr
-        ftp_port, ftps_port = free_port(), free_port()
+    with storage_with_user(tmp_path, 2) as (catalog, storage):
         argv = twistd_argv(
             "wsfront", "--name", "fe1", "--catalog", catalog, "--replicas", "2",
             "--secret-file", str(tmp_path / "secret"),
-            "--ftp", f"tcp:{ftp_port}:interface=127.0.0.1",
-            "--ftps", f"tcp:{ftps_port}:interface=127.0.0.1",
+            "--ftp", ANY_PORT, "--ftps", ANY_PORT,
             "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path),
-            "--require-tls",
-            *[a for s in storage for a in ("--storage", f"{s.name}={s.endpoint}")],
+            "--require-tls", *storage_args(storage),
         )  # fmt: skip
-        log_path = tmp_path / "fe.log"
-        with open(log_path, "w") as log:
-            fe = subprocess.Popen(
-                argv, env=python_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
-            )
-        try:
-            wait_for(log_path, r"serves ftps on", fe)
+        with running_wsfront(tmp_path, argv, {"ftp", "ftps"}) as (_, ports):
+            ftp_port, ftps_port = ports["ftp"], ports["ftps"]
             # Plain FTP: the login is refused, TLS is required.
             with socket.create_connection(("127.0.0.1", ftp_port), timeout=30) as plain:
                 f = plain.makefile("rb")
@@ -102,9 +84,3 @@ def test_wsfront_serves_explicit_and_implicit_ftps_and_requires_tls(tmp_path):
                 plain_client = ftplib.FTP()
                 plain_client.connect("127.0.0.1", ftp_port, timeout=30)
                 plain_client.login("ann", "ann-password-1")
-        finally:
-            fe.send_signal(signal.SIGTERM)
-            fe.wait(60)
-    finally:
-        for s in storage:
-            s.stop()

@@ -10,11 +10,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.support import REPO, require_tool, sigint_as_ctrl_c
+from tests.support import REPO, LoggedChild, require_tool, sigint_as_ctrl_c
+from tests.test_wslocal import URL_PORTS, URLS
 
 pytestmark = pytest.mark.slow
 
@@ -44,21 +44,17 @@ def test_fresh_venv_pip_install_then_wslocal_serves_files(tmp_path):
     wsfs = subprocess.run([str(venv / "bin" / "wsfs"), "--help"], capture_output=True, text=True)
     assert wsfs.returncode == 0 and "user" in wsfs.stdout
 
-    log_path = tmp_path / "wslocal.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "wslocal", "--ftp", "tcp:0:interface=127.0.0.1",
-             "--http", "tcp:0:interface=127.0.0.1"],
-            cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=sigint_as_ctrl_c,
-        )  # fmt: skip
+    # Ports the system picks, read back from what wslocal prints: the
+    # documented 2121 and 8080 may be in use on a test host.
+    wslocal = LoggedChild(
+        "wslocal",
+        [twistd, "-n", "--pidfile=", "wslocal", "--ftp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1"],
+        tmp_path / "wslocal.log", env=clean_env(), cwd=tmp_path, preexec_fn=sigint_as_ctrl_c,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"^\s+HTTP:\s+(\S+)$", log_path.read_text(), re.M)):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)  # polling the log for the announcement
-        url = m.group(1)
+        wslocal.start().wait_ports(URL_PORTS, {"HTTP"})
+        url = dict(re.findall(URLS, wslocal.log(), re.M))["HTTP"]
         assert (tmp_path / "wsfs-data" / "catalog.sqlite").exists(), "default --data"
         payload = os.urandom(1 << 20)
         (tmp_path / "up.bin").write_bytes(payload)
@@ -68,5 +64,5 @@ def test_fresh_venv_pip_install_then_wslocal_serves_files(tmp_path):
         got = subprocess.run([curl, "-sS", url + "up.bin"], capture_output=True, timeout=60)
         assert hashlib.sha256(got.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+        code = wslocal.stop(signal.SIGINT)
+    assert code != -signal.SIGKILL, f"Ctrl-C did not stop wslocal in 60 s:\n{wslocal.log()}"

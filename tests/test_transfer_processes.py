@@ -16,7 +16,7 @@ from twisted.internet import defer
 
 from tests.migration_cluster import process_state, wait_until
 from tests.storage_procs import StorageProcess
-from tests.support import python_env
+from tests.support import python_env, start_all
 from tests.transfer_env import Feeder, PausingCollector, sha256
 from tests.transfer_writer_proc import pattern
 from wsfront.catalog import open_catalog
@@ -39,12 +39,19 @@ class Cluster:
         self.pools = []
 
     async def start(self):
-        for proc in self.procs.values():
-            proc.start()
-        self.catalog = self.open_catalog()
-        for name, proc in self.procs.items():
-            await self.catalog.register_node(name, proc.endpoint)
-        self.user = await self.catalog.add_user("alice", "pw-alice-123")
+        """Start the storage processes together (one that fails stops the
+        others), register them and add alice; if anything fails, stop what
+        started before raising: the fixture's teardown does not run when
+        its setup raises."""
+        start_all(self.procs.values())
+        try:
+            self.catalog = self.open_catalog()
+            for name, proc in self.procs.items():
+                await self.catalog.register_node(name, proc.endpoint)
+            self.user = await self.catalog.add_user("alice", "pw-alice-123")
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     def open_catalog(self):
@@ -62,14 +69,17 @@ class Cluster:
         return Transfers(self.reactor, catalog, pool, name, TransferSettings(**settings))
 
     async def stop(self):
-        for pool in self.pools:
-            pool.stop()
-            for node in pool.nodes():
-                await node.client.close()
-        for c in self.catalogs:
-            await c.close()
-        for proc in self.procs.values():
-            proc.stop()
+        """Stop whatever ``start`` and the test opened, the processes last."""
+        try:
+            for pool in self.pools:
+                pool.stop()
+                for node in pool.nodes():
+                    await node.client.close()
+            for c in self.catalogs:
+                await c.close()
+        finally:
+            for proc in self.procs.values():
+                proc.stop()
 
 
 @pytest.fixture
@@ -175,7 +185,12 @@ async def test_frozen_writer_is_fenced_after_a_takeover(cluster, tmp_path):
         assert session.received == size - resumed_at < size
     finally:
         os.kill(writer.pid, signal.SIGCONT)
-    writer.wait(timeout=60)
+        try:
+            writer.wait(timeout=60)
+        finally:
+            if writer.poll() is None:  # never leave the writer running
+                writer.kill()
+                writer.wait()
     out, err = out_path.read_text(), err_path.read_text()
     assert writer.returncode == 3, (out, err)
     assert out.startswith("ERROR SessionFenced"), (out, err)

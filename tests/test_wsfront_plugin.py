@@ -7,61 +7,45 @@ import hashlib
 import json
 import os
 import re
-import signal
+import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.storage_procs import StorageProcess
-from tests.support import free_port, python_env, require_tool, twistd_argv
+from tests.support import python_env, require_tool, twistd_argv, wait_ports
+from tests.wsfront_procs import (
+    ANY_PORT,
+    PASSWORD,
+    USER,
+    running_wsfront,
+    storage_with_user,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(log_path, pattern: str, proc, timeout: float = 60.0) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, log_path.read_text(), re.M)
-        if m:
-            return m
-        assert proc.poll() is None, log_path.read_text()
-        time.sleep(0.05)  # polling the log, not a synchronisation guess
-    raise AssertionError(log_path.read_text())
+#: The JSON log's "serves" event: its protocol, then its address's port.
+JSON_SERVES = r'"proto": "(\w+)".*"wsfront \{name\} serves \{proto\} on \{addr\}".*?port=(\d+)'
 
 
 def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_path):
     curl = require_tool("curl")
-    storage = [StorageProcess(tmp_path, f"s{i}").start() for i in (1, 2, 3)]
-    try:
-        catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-        added = subprocess.run(
-            [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "user", "add", "ann"],
-            input="ann-password-1", text=True, env=python_env(), capture_output=True,
-        )  # fmt: skip
-        assert added.returncode == 0, added.stderr
-        http_port = free_port()
+    with storage_with_user(tmp_path, 3) as (catalog, storage):
         toml = tmp_path / "fe.toml"
         toml.write_text(
             f'name = "fe1"\ncatalog = "{catalog}"\nreplicas = 2\n'
             f'secret-file = "{tmp_path / "secret"}"\n'
-            f'http = "tcp:{http_port}:interface=127.0.0.1"\n'
+            f'http = "{ANY_PORT}"\n'
             "storage = [" + ", ".join(f'"{s.name}={s.endpoint}"' for s in storage) + "]\n"
         )
-        log_path = tmp_path / "fe.log"
-        with open(log_path, "w") as log:
-            argv = twistd_argv("wsfront", "--config", str(toml))
-            argv.insert(argv.index("wsfront"), "--logger=wsfront.logs.json_observer")
-            fe = subprocess.Popen(
-                argv,
-                env=python_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-            )  # fmt: skip
-        try:
-            wait_for(log_path, r"\"proto\": \"http\"", fe)
+        argv = twistd_argv("wsfront", "--config", str(toml))
+        argv.insert(argv.index("wsfront"), "--logger=wsfront.logs.json_observer")
+        with running_wsfront(tmp_path, argv, {"http"}, JSON_SERVES) as (fe, ports):
             payload = os.urandom(2 << 20)
             (tmp_path / "p.bin").write_bytes(payload)
-            url = f"http://ann:ann-password-1@127.0.0.1:{http_port}/p.bin"
+            url = f"http://{USER}:{PASSWORD}@127.0.0.1:{ports['http']}/p.bin"
             argv = [curl, "-sS", "-T", str(tmp_path / "p.bin"), "-w", "%{http_code}", url]
             put = subprocess.run(argv, capture_output=True, timeout=60)
             assert put.stdout.endswith(b"201"), put
@@ -78,7 +62,7 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
                 [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "--json", "status"],
                 env=python_env(), capture_output=True, text=True,
             )  # fmt: skip
-            events = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+            events = [json.loads(line) for line in fe.log().splitlines() if line]
             ids = {e["id"] for e in events if "upload {id} starts" in e.get("log_format", "")}
             [upload_id] = ids
             assert any(
@@ -96,12 +80,6 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
             nodes = json.loads(as_json.stdout)["nodes"]
             assert sorted(n["name"] for n in nodes) == ["s1", "s2", "s3"]
             assert all(n["state"] == "up" and n["free_bytes"] > 0 for n in nodes), nodes
-        finally:
-            fe.send_signal(signal.SIGTERM)
-            fe.wait(60)
-    finally:
-        for s in storage:
-            s.stop()
 
 
 @pytest.mark.parametrize(
@@ -130,12 +108,17 @@ def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
 def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("x" * 32)
-    port = free_port()  # nothing listens there
-    proc = subprocess.run(
-        twistd_argv("wsfront", "--name", "a", "--catalog", f"postgresql://nobody@127.0.0.1:{port}/x",
-                    "--secret-file", str(secret), "--http", "tcp:0:interface=127.0.0.1"),
-        env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+    # A port bound here and never listened on: connects to it are refused,
+    # and no other process can start listening on it during the test.
+    with socket.socket() as unreachable:
+        unreachable.bind(("127.0.0.1", 0))
+        port = unreachable.getsockname()[1]
+        proc = subprocess.run(
+            twistd_argv("wsfront", "--name", "a",
+                        "--catalog", f"postgresql://nobody@127.0.0.1:{port}/x",
+                        "--secret-file", str(secret), "--http", ANY_PORT),
+            env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
     assert proc.returncode == 1
     assert "could not start" in proc.stdout
     assert "Connection refused" in proc.stdout
@@ -143,17 +126,13 @@ def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):
 
 def test_wsstorage_serves_prometheus_metrics_when_asked(tmp_path):
     curl = require_tool("curl")
-    port = free_port()
     proc = StorageProcess(tmp_path, "s1")
     try:
-        proc.start(extra=("--metrics", f"tcp:{port}:interface=127.0.0.1"))
-        deadline = time.monotonic() + 30
-        while True:
-            got = subprocess.run([curl, "-sS", f"http://127.0.0.1:{port}/metrics"],
-                                 capture_output=True, text=True)  # fmt: skip
-            if got.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # polling until the metrics port listens
+        proc.start(extra=("--metrics", ANY_PORT))
+        metrics = r"wsstorage (metrics) on .*?port=(\d+)"
+        port = wait_ports(proc.proc, proc.log, metrics, {"metrics"})["metrics"]
+        got = subprocess.run([curl, "-sS", f"http://127.0.0.1:{port}/metrics"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
         assert "wsstorage_" in got.stdout, got
     finally:
         proc.stop()

@@ -7,59 +7,47 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.support import python_env, require_tool, twistd_argv
+from tests.support import LoggedChild, require_tool, sigint_as_ctrl_c, twistd_argv
 
 pytestmark = pytest.mark.slow
 
 
+#: The URLs wslocal prints once the cluster is ready, and their ports.
+URLS = r"^\s+(FTP|HTTP):\s+(\S+)$"
+URL_PORTS = r"^\s+(FTP|HTTP):\s+\S+:(\d+)/$"
+
+
 class WsLocal:
-    """A running ``twistd -n wslocal`` with its announced URLs."""
+    """A running ``twistd -n wslocal`` with its announced URLs.
+
+    It listens on ports the system picks and prints them; it is ready when
+    it printed both URLs and holds both ports itself.  A start that fails
+    stops it, and ``stop`` reaps it whatever happens."""
 
     def __init__(self, data, log_path):
-        self.data = data
-        self.log_path = log_path
-        self.proc = None
+        argv = twistd_argv(
+            "wslocal", "--data", str(data),
+            "--ftp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+        )  # fmt: skip
+        self.child = LoggedChild(
+            "wslocal", argv, log_path, cwd=data.parent, preexec_fn=sigint_as_ctrl_c
+        )
         self.urls: dict[str, str] = {}
 
     def start(self, timeout: float = 60.0) -> WsLocal:
-        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        argv = twistd_argv(
-            "wslocal", "--data", str(self.data),
-            "--ftp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
-        )  # fmt: skip
-        self.log = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            argv, env=python_env(), stdout=self.log, stderr=subprocess.STDOUT,
-            cwd=self.data.parent,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text()[self.offset :]
-            found = dict(re.findall(r"^\s+(FTP|HTTP):\s+(\S+)$", text, re.M))
-            if "HTTP" in found and "FTP" in found and text.count("cluster ready") >= 1:
-                self.urls = found
-                return self
-            assert self.proc.poll() is None, f"wslocal exited:\n{text}"
-            time.sleep(0.05)  # polling the log for the announcement
-        raise AssertionError(f"wslocal did not start:\n{self.log_path.read_text()}")
+        self.child.start().wait_ports(URL_PORTS, {"FTP", "HTTP"}, timeout)
+        self.urls = dict(re.findall(URLS, self.child.log(), re.M))
+        return self
 
     def stop(self, sig=signal.SIGINT) -> bool:
-        """Ctrl-C; True when it shut down cleanly.  twistd re-raises the
-        signal at exit, so -SIGINT is a clean exit code too."""
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # never leave a cluster running behind the test
-            self.proc.wait()
-            raise
-        finally:
-            self.log.close()
-        return code in (0, -sig) and "Server Shut Down." in self.log_path.read_text()[self.offset :]
+        """Ctrl-C; True when it shut down cleanly (within 60 s, else it is
+        killed).  twistd re-raises the signal at exit, so -SIGINT is a clean
+        exit code too."""
+        code = self.child.stop(sig)
+        return code in (0, -sig) and "Server Shut Down." in self.child.log()
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
@@ -98,7 +86,7 @@ def test_wslocal_serves_http_and_ftp_and_keeps_data_and_login_across_restarts(tm
         tus = curl("-X", "OPTIONS", "-D", "-", "-o", "/dev/null", http + "-/uploads/")
         assert b"Tus-Version: 1.0.0" in tus.stdout
     finally:
-        assert first.stop(), log_path.read_text()
+        assert first.stop(), first.child.log()
     login = (data / "demo-login.txt").read_text().strip()
     assert stat_mode(data / "demo-login.txt") == 0o600
 
