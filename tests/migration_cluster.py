@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 
 from tests.storage_procs import StorageProcess
-from tests.support import RUNNING, free_port, listening_ports, python_env, start_all, twistd_argv
+from tests.support import (
+    RUNNING,
+    free_port,
+    listening_ports,
+    log_since,
+    python_env,
+    start_all,
+    twistd_argv,
+)
 
 USER, PASSWORD = "mia", "mia-password-42"
 
@@ -79,7 +87,7 @@ class FrontEnd:
             try:
                 return self._start(failpoints, extra_args)
             except BaseException:
-                in_use = "Address already in use" in self.log()[self._log_offset :]
+                in_use = "Address already in use" in self.run_log()
                 self.stop()
                 if not in_use or attempt == attempts - 1:
                     raise
@@ -112,7 +120,7 @@ class FrontEnd:
         def ready() -> bool:
             """This run logged both ports and the child itself holds them
             (a port another process listens on must not pass)."""
-            text = self.log()[self._log_offset :]
+            text = self.run_log()
             served = {
                 proto: int(port)
                 for proto, port in re.findall(
@@ -131,6 +139,10 @@ class FrontEnd:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def run_log(self) -> str:
+        """The complete lines this run added to the log."""
+        return log_since(self.log_path, self._log_offset)
 
     def wait_failpoint(self, name: str, timeout: float = 60.0) -> int:
         """Wait for failpoint ``name`` to fire; return the count it fired at."""

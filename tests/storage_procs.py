@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet import defer
 
 from tests.storage_tls import TlsFiles
-from tests.support import RUNNING, listening_ports, python_env, stop_process, twistd_argv
+from tests.support import RUNNING, listening_ports, log_since, python_env, stop_process, twistd_argv
 from wsstorage.client import StorageClient
 
 
@@ -116,7 +116,7 @@ class StorageProcess:
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"wsstorage exited with {self.proc.returncode}:\n{self.log()}")
-            m = listening.search(self.log()[self._log_offset :])
+            m = listening.search(self.run_log())
             if m is not None:
                 port = int(m.group(1))
                 if self.port not in (0, port):
@@ -139,6 +139,10 @@ class StorageProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def run_log(self) -> str:
+        """The complete lines this run added to the log."""
+        return log_since(self.log_path, self._log_offset)
 
     def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.proc is not None

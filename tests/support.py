@@ -199,6 +199,20 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         return proc.wait()
 
 
+def log_since(path: Path, offset: int, complete_lines: bool = True) -> str:
+    """What a log file gained past byte ``offset`` (where a run began: a
+    byte offset, as a text slice would start late after multi-byte
+    characters), by default only its complete lines (a line still being
+    written could match a prefix of the port it names)."""
+    try:
+        data = path.read_bytes()[offset:]
+    except FileNotFoundError:
+        return ""
+    if complete_lines:
+        data = data[: data.rfind(b"\n") + 1]
+    return data.decode(errors="replace")
+
+
 class LoggedChild:
     """One harness child run from a plain argv, its output appended to a log.
 
@@ -250,10 +264,7 @@ class LoggedChild:
 
     def log(self) -> str:
         """This run's part of the log."""
-        try:
-            return self.log_path.read_bytes()[self._log_offset :].decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return log_since(self.log_path, self._log_offset, complete_lines=False)
 
     def wait_ports(
         self, pattern: str, names: Collection[str], timeout: float = 60.0
