@@ -764,6 +764,35 @@ async def test_puts_go_to_the_store_not_the_socket(inprocess_storage, monkeypatc
 
 
 @pytest_twisted.ensureDeferred
+async def test_puts_to_one_server_run_at_once_off_the_reactor_thread(
+    inprocess_storage, monkeypatch
+):
+    """The puts of one server run in threads of their own, several at once
+    (as in the reactor's thread pool before): a put waiting for its disk
+    does not hold up the next one.  Each seal here waits until the other
+    is in its seal too, so run one after the other they would fail."""
+    import threading
+
+    client = inprocess_storage.client("s1")
+    store = inprocess_storage.servers["s1"].factory.store
+    both = threading.Barrier(2, timeout=20)
+    ran_in: set[str] = set()
+    open_put = store.open_put
+
+    def meeting_open_put(*args, **kwargs):
+        ran_in.add(threading.current_thread().name)
+        both.wait()
+        return open_put(*args, **kwargs)
+
+    monkeypatch.setattr(store, "open_put", meeting_open_put)
+    blobs = [new_id(), new_id()]
+    infos = await defer.gatherResults([client.put(b, 1, {}, b"x" * 10) for b in blobs])
+    assert [info.size for info in infos] == [10, 10]
+    assert len(ran_in) == 2 and threading.main_thread().name not in ran_in
+    assert [await get(client, b) for b in blobs] == [b"x" * 10] * 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_put_to_a_stopped_server_or_by_a_closed_client_is_unavailable(inprocess_storage):
     client = inprocess_storage.client("s1")
     await inprocess_storage.servers["s1"].port.stopListening()
