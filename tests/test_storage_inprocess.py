@@ -39,7 +39,13 @@ from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage import failpoints, server
 from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
-from wsstorage.errors import BlobNotFound, ChecksumError, NodeUnavailable, StorageError
+from wsstorage.errors import (
+    BadRequest,
+    BlobNotFound,
+    ChecksumError,
+    NodeUnavailable,
+    StorageError,
+)
 from wsstorage.inprocess import TURN_BYTES, InProcessClient
 from wsstorage.service import start_storage_server
 
@@ -826,6 +832,17 @@ async def test_a_put_of_meta_that_is_not_json_fails_its_deferred(inprocess_stora
     client = inprocess_storage.client("s1")
     d = client.put(new_id(), 1, {"inode": b"bytes"}, b"x")
     await refused(d, TypeError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_checks_its_meta_as_the_server_does(inprocess_storage):
+    """Meta that is not an object, or larger than the server takes, is
+    refused as the server refuses it, and nothing is stored."""
+    client = inprocess_storage.client("s1")
+    blob = new_id()
+    await refused(client.put(blob, 1, ["not", "an", "object"], b"x"), BadRequest)
+    await refused(client.put(blob, 1, {"k": "v" * server.MAX_META}, b"x"), BadRequest)
+    await refused(client.stat(blob), BlobNotFound)
 
 
 @pytest_twisted.ensureDeferred
