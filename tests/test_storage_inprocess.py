@@ -782,11 +782,11 @@ async def test_puts_to_one_server_run_at_once_off_the_reactor_thread(
     client = inprocess_storage.client("s1")
     store = inprocess_storage.servers["s1"].factory.store
     both = threading.Barrier(2, timeout=20)
-    ran_in: set[str] = set()
+    ran_in: set[int] = set()
     open_put = store.open_put
 
     def meeting_open_put(*args, **kwargs):
-        ran_in.add(threading.current_thread().name)
+        ran_in.add(threading.get_ident())
         both.wait()
         return open_put(*args, **kwargs)
 
@@ -794,7 +794,7 @@ async def test_puts_to_one_server_run_at_once_off_the_reactor_thread(
     blobs = [new_id(), new_id()]
     infos = await defer.gatherResults([client.put(b, 1, {}, b"x" * 10) for b in blobs])
     assert [info.size for info in infos] == [10, 10]
-    assert len(ran_in) == 2 and threading.main_thread().name not in ran_in
+    assert len(ran_in) == 2 and threading.main_thread().ident not in ran_in
     assert [await get(client, b) for b in blobs] == [b"x" * 10] * 2
 
 
@@ -832,6 +832,30 @@ async def test_a_put_of_meta_that_is_not_json_fails_its_deferred(inprocess_stora
     client = inprocess_storage.client("s1")
     d = client.put(new_id(), 1, {"inode": b"bytes"}, b"x")
     await refused(d, TypeError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_put_thread_ends_and_a_later_put_starts_another(
+    inprocess_storage, monkeypatch
+):
+    """A server's put threads end once idle for PUT_IDLE (they do not
+    outlive its use), and the next put still runs, in a new thread."""
+    from twisted.internet import threads
+
+    from wsstorage import inprocess
+
+    monkeypatch.setattr(inprocess, "PUT_IDLE", 0.2)
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    first = new_id()
+    await client.put(first, 1, {}, b"one")
+    [thread] = inprocess._put_threads(factory)._threads
+    await threads.deferToThread(thread.join, 20)
+    assert not thread.is_alive()
+    second = new_id()
+    await client.put(second, 1, {}, b"two")
+    assert [await get(client, b) for b in (first, second)] == [b"one", b"two"]
+    assert [t.is_alive() for t in inprocess._put_threads(factory)._threads] == [True]
 
 
 @pytest_twisted.ensureDeferred

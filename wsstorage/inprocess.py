@@ -87,6 +87,8 @@ TURN_BYTES = 4 << 20
 #: once (``_PutThreads``): the reactor thread pool's default maximum, which
 #: ran them before.
 PUT_THREADS = 10
+#: Seconds a put thread waits for work before it ends (``_PutThreads``).
+PUT_IDLE = 10.0
 
 
 @implementer(IStorageClient)
@@ -563,32 +565,39 @@ class _PutThreads:
     coordinator, a log context, the hand-off to a worker and back) is
     Python run on both sides under the GIL, and a small FTP STOR waits for
     one put per replica.  Up to PUT_THREADS threads, started as the puts
-    running at once outnumber them.  Stopped when the reactor shuts down,
-    as its pool is: each thread first ends the put it runs; a put asked
-    for after that goes to ``run_blocking``.
+    running at once outnumber them; a thread left idle for PUT_IDLE
+    seconds ends (when no put is running), so a server's threads do not
+    outlive its use.  Stopped when the reactor shuts down, as its pool
+    is: each thread first ends the put it runs; a put asked for after
+    that goes to ``run_blocking``.
     """
 
     def __init__(self, factory: StorageServerFactory) -> None:
         self._reactor = factory.reactor
         self._fallback = factory.run_blocking
+        self._name = factory.name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        #: The threads started (for ``stop`` to join), pruned as they end.
         self._threads: list[threading.Thread] = []
-        #: Puts given and not yet answered (the reactor thread's count).
+        #: Threads that take puts: started and not yet told to end (each
+        #: None in the queue ends whichever thread takes it).
+        self._workers = 0
+        #: Puts given and not yet answered.  All three counts are the
+        #: reactor thread's own.
         self._running = 0
         self._stopped = False
         self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
-        self._name = factory.name
 
     def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Fire with ``fn(*args)``, run in one of the threads."""
         if self._stopped:
             return self._fallback(fn, *args)
         self._running += 1
-        if len(self._threads) < min(self._running, PUT_THREADS):
-            thread = threading.Thread(
-                target=self._work, name=f"put-{self._name}-{len(self._threads)}", daemon=True
-            )
+        if self._workers < min(self._running, PUT_THREADS):
+            self._workers += 1
+            thread = threading.Thread(target=self._work, name=f"put-{self._name}", daemon=True)
             thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         d: defer.Deferred = defer.Deferred()
         self._queue.put((d, fn, args))
@@ -601,7 +610,11 @@ class _PutThreads:
     def _work(self) -> None:
         call = self._reactor.callFromThread
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=PUT_IDLE)
+            except queue.Empty:
+                call(self._retire_one)  # the reactor decides, in its thread
+                continue
             if item is None:
                 return
             d, fn, args = item
@@ -615,6 +628,15 @@ class _PutThreads:
                 call(*outcome)
             except BaseException:
                 log.failure("in-process put could not hand back its result")
+
+    def _retire_one(self) -> None:
+        """A thread was idle for PUT_IDLE: one thread ends, unless a put
+        runs or waits (the None goes after any put queued later, and
+        ``run`` starts a thread for that put: ``_workers`` counts only
+        the threads not told to end)."""
+        if not self._stopped and self._running == 0 and self._workers > 0:
+            self._workers -= 1
+            self._queue.put(None)
 
     def stop(self) -> None:
         """End every thread once the puts given to it are done."""
