@@ -131,3 +131,43 @@ async def test_with_a_port_range_each_port_closes_once_its_connection_arrived(tm
             assert _session(env, c).parked is None
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parked_port_closes_a_park_time_after_its_last_transfer():
+    """One park timer serves a run of transfers: a port in use again
+    (``rearm``) is never closed by it, each ``park`` moves it on, and the
+    port closes once it stayed parked for the whole park time."""
+    from twisted.internet import reactor, task
+
+    from wsfront.ftp.data import open_passive
+
+    clock = task.Clock()
+    listener = open_passive(reactor, "127.0.0.1", "127.0.0.1", None)
+    try:
+        number = listener.port_number
+        for _ in range(3):  # each park within the park time of the last
+            peer = await HostnameEndpoint(reactor, "127.0.0.1", number).connect(
+                protocol.Factory.forProtocol(protocol.Protocol)
+            )
+            channel = await listener.wait(reactor, 10.0)
+            assert listener.park(clock, 5.0)
+            clock.advance(4.0)
+            assert listener.port is not None
+            assert listener.rearm()
+            peer.transport.loseConnection()
+            channel.abort()
+        clock.advance(10.0)  # in use (rearmed): the timer closes nothing
+        assert listener.port is not None and listener.port_number == number
+        peer = await HostnameEndpoint(reactor, "127.0.0.1", number).connect(
+            protocol.Factory.forProtocol(protocol.Protocol)
+        )
+        await listener.wait(reactor, 10.0)
+        assert listener.park(clock, 5.0)
+        clock.advance(4.9)
+        assert listener.port is not None
+        clock.advance(0.2)
+        assert listener.port is None
+        peer.transport.loseConnection()
+    finally:
+        listener.close()

@@ -56,6 +56,30 @@ def test_unexpected_errors_are_451_without_details():
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_command_restarts_the_idle_timeout(tmp_path):
+    """Commands keep the control connection open past the idle timeout
+    (each read moves the timer on); once they stop, the 421 comes a whole
+    timeout after the last one, not after the first."""
+    from twisted.internet import reactor, task
+
+    timeout = 1.0
+    env = await FTPEnv(reactor, tmp_path, FTPSettings(idle_timeout=timeout)).start()
+    try:
+        c = await env.client()
+        start = reactor.seconds()
+        while reactor.seconds() - start < 2 * timeout:
+            assert await c.cmd("NOOP") == (200, "NOOP ok")
+            await task.deferLater(reactor, timeout / 5, lambda: None)
+        last = reactor.seconds()
+        assert await c.cmd("NOOP") == (200, "NOOP ok")
+        assert await c.reply() == (421, "Idle timeout, closing the control connection")
+        assert reactor.seconds() - last >= timeout
+        await c.closed
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_idle_control_connection_is_closed_with_421(tmp_path):
     from twisted.internet import reactor
 

@@ -39,7 +39,13 @@ from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage import failpoints, server
 from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
-from wsstorage.errors import BlobNotFound, ChecksumError, NodeUnavailable, StorageError
+from wsstorage.errors import (
+    BadRequest,
+    BlobNotFound,
+    ChecksumError,
+    NodeUnavailable,
+    StorageError,
+)
 from wsstorage.inprocess import TURN_BYTES, InProcessClient
 from wsstorage.service import start_storage_server
 
@@ -764,6 +770,35 @@ async def test_puts_go_to_the_store_not_the_socket(inprocess_storage, monkeypatc
 
 
 @pytest_twisted.ensureDeferred
+async def test_puts_to_one_server_run_at_once_off_the_reactor_thread(
+    inprocess_storage, monkeypatch
+):
+    """The puts of one server run in threads of their own, several at once
+    (as in the reactor's thread pool before): a put waiting for its disk
+    does not hold up the next one.  Each seal here waits until the other
+    is in its seal too, so run one after the other they would fail."""
+    import threading
+
+    client = inprocess_storage.client("s1")
+    store = inprocess_storage.servers["s1"].factory.store
+    both = threading.Barrier(2, timeout=20)
+    ran_in: set[int] = set()
+    open_put = store.open_put
+
+    def meeting_open_put(*args, **kwargs):
+        ran_in.add(threading.get_ident())
+        both.wait()
+        return open_put(*args, **kwargs)
+
+    monkeypatch.setattr(store, "open_put", meeting_open_put)
+    blobs = [new_id(), new_id()]
+    infos = await defer.gatherResults([client.put(b, 1, {}, b"x" * 10) for b in blobs])
+    assert [info.size for info in infos] == [10, 10]
+    assert len(ran_in) == 2 and threading.main_thread().ident not in ran_in
+    assert [await get(client, b) for b in blobs] == [b"x" * 10] * 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_put_to_a_stopped_server_or_by_a_closed_client_is_unavailable(inprocess_storage):
     client = inprocess_storage.client("s1")
     await inprocess_storage.servers["s1"].port.stopListening()
@@ -797,6 +832,41 @@ async def test_a_put_of_meta_that_is_not_json_fails_its_deferred(inprocess_stora
     client = inprocess_storage.client("s1")
     d = client.put(new_id(), 1, {"inode": b"bytes"}, b"x")
     await refused(d, TypeError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_put_thread_ends_and_a_later_put_starts_another(
+    inprocess_storage, monkeypatch
+):
+    """A server's put threads end once idle for PUT_IDLE (they do not
+    outlive its use), and the next put still runs, in a new thread."""
+    from twisted.internet import threads
+
+    from wsstorage import inprocess
+
+    monkeypatch.setattr(inprocess, "PUT_IDLE", 0.2)
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    first = new_id()
+    await client.put(first, 1, {}, b"one")
+    [thread] = inprocess._put_threads(factory)._threads
+    await threads.deferToThread(thread.join, 20)
+    assert not thread.is_alive()
+    second = new_id()
+    await client.put(second, 1, {}, b"two")
+    assert [await get(client, b) for b in (first, second)] == [b"one", b"two"]
+    assert [t.is_alive() for t in inprocess._put_threads(factory)._threads] == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_checks_its_meta_as_the_server_does(inprocess_storage):
+    """Meta that is not an object, or larger than the server takes, is
+    refused as the server refuses it, and nothing is stored."""
+    client = inprocess_storage.client("s1")
+    blob = new_id()
+    await refused(client.put(blob, 1, ["not", "an", "object"], b"x"), BadRequest)
+    await refused(client.put(blob, 1, {"k": "v" * server.MAX_META}, b"x"), BadRequest)
+    await refused(client.stat(blob), BlobNotFound)
 
 
 @pytest_twisted.ensureDeferred

@@ -16,7 +16,7 @@ while the ``storage.read.bytes`` failpoint is armed (it cuts the server's
 stream at an exact byte), goes over the wire through the ``StorageClient``
 it wraps, so write streams, health probes and ``wsfs status`` are
 unchanged; but ``put`` (a small blob in one request) runs the server's
-``seal_put`` here too, in the server's thread pool (see ``put``).  A
+``seal_put`` here too, in threads of its own (see ``put``).  A
 server that stopped listening serves no in-process read either: the read
 fails with NodeUnavailable, as a connection to it would, and the reader
 fails over.  So does a read whose consumer raised (over the wire the
@@ -42,7 +42,9 @@ HASH digest) does not hold the reactor for a whole file.
 
 from __future__ import annotations
 
-import json
+import queue
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +63,7 @@ from wsstorage.records import check_blob_id
 from wsstorage.server import (
     PUT_MAX,
     StorageServerFactory,
-    meta_field,
+    meta_copy,
     open_range,
     reactor_batch_buffer,
     seal_put,
@@ -80,6 +82,13 @@ log = Logger()
 #: their consumers rarely pause within it, and each turn given up is
 #: another pass of the reactor over 200 connections.
 TURN_BYTES = 4 << 20
+
+#: Threads at most that run the in-process puts of one storage server at
+#: once (``_PutThreads``): the reactor thread pool's default maximum, which
+#: ran them before.
+PUT_THREADS = 10
+#: Seconds a put thread waits for work before it ends (``_PutThreads``).
+PUT_IDLE = 10.0
 
 
 @implementer(IStorageClient)
@@ -122,11 +131,12 @@ class InProcessClient:
 
     def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> defer.Deferred:
         """The server's ``put`` run here: the same checks, byte count,
-        failpoints and ``seal_put`` in the server's thread pool, without
-        framing the request and the reply through two loopback sockets (a
-        small FTP STOR stores two replicas: that was about a fifth of the
-        reactor's CPU per file).  Refused with NodeUnavailable once the
-        server stopped serving or this client was closed, as over the wire."""
+        failpoints and ``seal_put`` in a thread (``_PutThreads``; an inline
+        ``run_blocking`` runs it there), without framing the request and
+        the reply through two loopback sockets (a small FTP STOR stores two
+        replicas: that was about a fifth of the reactor's CPU per file).
+        Refused with NodeUnavailable once the server stopped serving or
+        this client was closed, as over the wire."""
         if self._closed:
             return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
         if not self.factory.numPorts:
@@ -141,13 +151,16 @@ class InProcessClient:
             if len(data) > PUT_MAX:
                 raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
             # As the server sees it: a copy through JSON, checked for size.
-            meta = meta_field({"meta": json.loads(json.dumps(meta))})
+            meta = meta_copy(meta)
         except Exception as e:  # as the wire client's: a failed Deferred, never a raise
             return defer.fail(e)
         start = ProcessCounters.written
         ProcessCounters.written += len(data)
         store = self.factory.store
-        d = self.factory.run_blocking(seal_put, store, blob_id, epoch, meta, [data], start)
+        factory = self.factory
+        # An inline stand-in for run_blocking (unit tests) runs it at once.
+        run = _put_threads(factory).run if factory.threaded else factory.run_blocking
+        d = run(seal_put, store, blob_id, epoch, meta, [data], start)
         return d.addErrback(
             lambda f: Failure(_wire_error(f, "put of {blob} to", blob_id, self.factory.name))
         )
@@ -541,6 +554,108 @@ class _LocalRead:
             self._finished = True
             self._release()
         self._done()
+
+
+class _PutThreads:
+    """The threads that run one storage server's in-process puts.
+
+    A queue and ``callFromThread``, as the catalog's single writer
+    (``wsfront.catalog._db.WriterThread``), not the reactor's ThreadPool
+    (``run_blocking``): the pool's work for each task (its team's
+    coordinator, a log context, the hand-off to a worker and back) is
+    Python run on both sides under the GIL, and a small FTP STOR waits for
+    one put per replica.  Up to PUT_THREADS threads, started as the puts
+    running at once outnumber them; a thread left idle for PUT_IDLE
+    seconds ends (when no put is running), so a server's threads do not
+    outlive its use.  Stopped when the reactor shuts down, as its pool
+    is: each thread first ends the put it runs; a put asked for after
+    that goes to ``run_blocking``.
+    """
+
+    def __init__(self, factory: StorageServerFactory) -> None:
+        self._reactor = factory.reactor
+        self._fallback = factory.run_blocking
+        self._name = factory.name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        #: The threads started (for ``stop`` to join), pruned as they end.
+        self._threads: list[threading.Thread] = []
+        #: Threads that take puts: started and not yet told to end (each
+        #: None in the queue ends whichever thread takes it).
+        self._workers = 0
+        #: Puts given and not yet answered.  All three counts are the
+        #: reactor thread's own.
+        self._running = 0
+        self._stopped = False
+        self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Fire with ``fn(*args)``, run in one of the threads."""
+        if self._stopped:
+            return self._fallback(fn, *args)
+        self._running += 1
+        if self._workers < min(self._running, PUT_THREADS):
+            self._workers += 1
+            thread = threading.Thread(target=self._work, name=f"put-{self._name}", daemon=True)
+            thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        d: defer.Deferred = defer.Deferred()
+        self._queue.put((d, fn, args))
+        return d.addBoth(self._answered)
+
+    def _answered(self, result: Any) -> Any:
+        self._running -= 1
+        return result
+
+    def _work(self) -> None:
+        call = self._reactor.callFromThread
+        while True:
+            try:
+                item = self._queue.get(timeout=PUT_IDLE)
+            except queue.Empty:
+                call(self._retire_one)  # the reactor decides, in its thread
+                continue
+            if item is None:
+                return
+            d, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException:
+                outcome = (d.errback, Failure())
+            else:
+                outcome = (d.callback, result)
+            try:
+                call(*outcome)
+            except BaseException:
+                log.failure("in-process put could not hand back its result")
+
+    def _retire_one(self) -> None:
+        """A thread was idle for PUT_IDLE: one thread ends, unless a put
+        runs or waits (the None goes after any put queued later, and
+        ``run`` starts a thread for that put: ``_workers`` counts only
+        the threads not told to end)."""
+        if not self._stopped and self._running == 0 and self._workers > 0:
+            self._workers -= 1
+            self._queue.put(None)
+
+    def stop(self) -> None:
+        """End every thread once the puts given to it are done."""
+        self._stopped = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+_PUTS: weakref.WeakKeyDictionary[StorageServerFactory, _PutThreads] = weakref.WeakKeyDictionary()
+
+
+def _put_threads(factory: StorageServerFactory) -> _PutThreads:
+    """``factory``'s put threads, made at its first in-process put."""
+    threads = _PUTS.get(factory)
+    if threads is None:
+        threads = _PUTS[factory] = _PutThreads(factory)
+    return threads
 
 
 def _wire_error(f: Failure, what: str, blob_id: str, name: str) -> StorageError:

@@ -89,6 +89,10 @@ class Backend:
     #: another connection wrote, so writes spread over the pool re-read
     #: every page they touch (about 30 reads of the WAL per small upload).
     single_writer = False
+    #: Whether a write transaction holds the database's write lock from its
+    #: BEGIN (SQLite's BEGIN IMMEDIATE), so nothing it read can change
+    #: under it: ``lock_dirs`` need not look its directories up again.
+    locks_at_begin = False
     #: Seconds a write may wait in the single writer's queue before it is
     #: refused as unavailable instead of run (``single_writer`` only): the
     #: database's busy timeout counts only once a write reaches the thread,

@@ -332,9 +332,13 @@ def child(tx: Tx, parent: int, name: str) -> Any | None:
 
 
 def lock_dirs(tx: Tx, *inodes: int) -> None:
-    """Lock directories about to change; NotFound if one vanished meanwhile
-    (a concurrent rmdir won)."""
+    """Lock directories about to change, read earlier in this transaction;
+    NotFound if one vanished meanwhile (a concurrent rmdir won).  Not asked
+    again where the transaction held the database's write lock from its
+    BEGIN (``Backend.locks_at_begin``): nothing could vanish meanwhile."""
     tx.lock_rows("inodes", "inode", list(inodes))
+    if tx.backend.locks_at_begin:
+        return
     for inode in inodes:
         if tx.one("SELECT inode FROM inodes WHERE inode = ?", inode) is None:
             raise NotFound("the directory was removed meanwhile")

@@ -28,6 +28,7 @@ class SQLiteBackend(Backend):
 
     inline_reads = True
     single_writer = True
+    locks_at_begin = True  # every write transaction is BEGIN IMMEDIATE
     queue_timeout = BUSY_TIMEOUT_SECONDS
 
     def __init__(self, path: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
@@ -432,10 +433,20 @@ class PassiveListener:
         self._waiters: list[Deferred] = []
         self.refused = 0
         self._park_call = None
+        #: Parked: the park timer closes the port when it fires.
+        self._parked = False
 
     @property
     def port_number(self) -> int:
-        return self.port.getHost().port
+        """The listening port's number, asked of its socket once (a client
+        of many small files sends a PASV/EPSV for each)."""
+        port = self.port
+        if self._numbered is not port:
+            self._numbered, self._number = port, port.getHost().port
+        return self._number
+
+    _numbered: Any = None
+    _number = 0
 
     def _accept(self, addr) -> Protocol:
         host = getattr(addr, "host", "")
@@ -475,20 +486,34 @@ class PassiveListener:
 
     def park(self, clock, seconds: float) -> bool:
         """Keep the port, refusing connections, for a ``rearm`` within
-        ``seconds``; then close it.  False (and closed) if it can't be kept."""
-        self._cancel_park()
+        ``seconds``; then close it.  False (and closed) if it can't be kept.
+
+        One timer serves a run of transfers: ``rearm`` leaves it running
+        (it closes nothing while the port is in use) and the next ``park``
+        moves it on, instead of a callLater and a cancel per file."""
         if self.port is None or self.channel is None:
             self.stop_listening()
             return False
-        self._park_call = clock.callLater(seconds, self.stop_listening)
+        self._parked = True
+        call = self._park_call
+        if call is not None and call.active():
+            call.reset(seconds)
+        else:
+            self._park_call = clock.callLater(seconds, self._park_expired)
         return True
+
+    def _park_expired(self) -> None:
+        self._park_call = None
+        if self._parked:
+            self.stop_listening()
 
     def rearm(self) -> bool:
         """Accept one more connection on the same port (for the next
         PASV/EPSV); False if the port is closed."""
-        self._cancel_park()
         if self.port is None or self.channel is None:
+            self._cancel_park()
             return False
+        self._parked = False
         self.channel = self.connected = None
         self.refused = 0
         return True

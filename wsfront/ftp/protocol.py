@@ -323,9 +323,20 @@ class FTPControl(Protocol):
     # -- idle timeout -------------------------------------------------
 
     def _arm_idle(self) -> None:
+        """(Re)start the idle timer: at every read of the control connection.
+
+        A running timer is moved (``reset``: a later time is only noted,
+        the reactor's heap of calls is left alone), not cancelled and
+        replaced: a small STOR's three command reads paid a callLater and
+        a cancel each."""
+        timeout = self.settings.idle_timeout
+        call = self._idle_call
+        if timeout > 0 and self.connected_ and call is not None and call.active():
+            call.reset(timeout)
+            return
         self._cancel_idle()
-        if self.settings.idle_timeout > 0 and self.connected_:
-            self._idle_call = self.reactor.callLater(self.settings.idle_timeout, self._idle)
+        if timeout > 0 and self.connected_:
+            self._idle_call = self.reactor.callLater(timeout, self._idle)
 
     def _cancel_idle(self) -> None:
         if self._idle_call is not None and self._idle_call.active():

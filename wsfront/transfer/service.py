@@ -335,9 +335,17 @@ class Transfers:
         slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
         self._opening += 1
         try:
-            session = yield self._open_write(
-                user, vpath, offset, append, declared_length, meta, check, durable_start
-            )
+            self._need(user, "write")
+            if check is None:
+                # The lookup and the start in one transaction (a generator
+                # fewer than through _open_write, for every small STOR).
+                session = yield self._start_write(
+                    user, vpath, offset, append, declared_length, meta, durable_start
+                )
+            else:
+                session = yield self._open_write(
+                    user, vpath, offset, append, declared_length, meta, check, durable_start
+                )
         except BaseException:
             slot.release()
             raise
@@ -350,15 +358,9 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _open_write(
-        self, user, vpath, offset, append, declared_length, meta, check=None, durable_start=False
-    ):
-        self._need(user, "write")
-        if check is None:
-            session = yield self._start_write(
-                user, vpath, offset, append, declared_length, meta, durable_start
-            )
-            return session
+    def _open_write(self, user, vpath, offset, append, declared_length, meta, check, durable_start):
+        """``open_write`` with an adapter's ``check``: a lookup of its own
+        first, then the upload's start or takeover."""
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
