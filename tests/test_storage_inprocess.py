@@ -12,6 +12,7 @@ while paused, fails with NodeUnavailable once the server stopped serving
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Any
 
 import pytest
@@ -854,8 +855,10 @@ async def test_an_idle_put_thread_ends_and_a_later_put_starts_another(
     assert not thread.is_alive()
     second = new_id()
     await client.put(second, 1, {}, b"two")
-    assert [await get(client, b) for b in (first, second)] == [b"one", b"two"]
+    # Checked in the reactor turn the put came back in: the new thread can
+    # only be told to end in a later one (its idle time is short here).
     assert [t.is_alive() for t in inprocess._put_threads(factory)._threads] == [True]
+    assert [await get(client, b) for b in (first, second)] == [b"one", b"two"]
 
 
 @pytest_twisted.ensureDeferred
@@ -889,3 +892,32 @@ async def test_a_server_without_put_gets_the_wire_clients_fallback(inprocess_sto
     assert info.sealed and info.size == 3
     assert streams == [blob]
     assert await get(client, blob) == b"abc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_whose_thread_cannot_start_fails_and_leaves_no_count_behind(
+    inprocess_storage, monkeypatch
+):
+    """The system refusing a new thread made ``put`` raise instead of
+    failing its Deferred, with its counts already raised for good (so its
+    threads never retired again).  Now the put fails, and the next one,
+    with threads allowed again, is stored and answered."""
+    from wsstorage import inprocess
+
+    client = inprocess_storage.client("s1")
+    factory = inprocess_storage.servers["s1"].factory
+    puts = inprocess._put_threads(factory)
+    real_start = threading.Thread.start
+
+    def refuse(thread):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    blob = new_id()
+    with pytest.raises(StorageError, match="can't start new thread"):
+        await client.put(blob, 1, {}, b"x")
+    assert (puts._running, puts._workers) == (0, 0)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    await client.put(blob, 1, {}, b"stored")
+    assert await get(client, blob) == b"stored"
+    assert puts._running == 0 and puts._workers == 1

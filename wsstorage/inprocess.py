@@ -592,13 +592,19 @@ class _PutThreads:
         """Fire with ``fn(*args)``, run in one of the threads."""
         if self._stopped:
             return self._fallback(fn, *args)
-        self._running += 1
-        if self._workers < min(self._running, PUT_THREADS):
-            self._workers += 1
+        if self._workers < min(self._running + 1, PUT_THREADS):
             thread = threading.Thread(target=self._work, name=f"put-{self._name}", daemon=True)
-            thread.start()
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
+            try:
+                thread.start()
+            except RuntimeError as e:  # "can't start new thread"
+                if self._workers == 0:
+                    return defer.fail(e)  # as the wire client's: never a raise
+                # The threads already running take it in turn.
+            else:
+                self._workers += 1
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+        self._running += 1
         d: defer.Deferred = defer.Deferred()
         self._queue.put((d, fn, args))
         return d.addBoth(self._answered)

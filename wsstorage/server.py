@@ -371,13 +371,15 @@ class StorageServerProtocol(Protocol):
         # reads it.  Over plain TCP, end only our side after the frame and
         # read (and drop) what the peer still sends until it closes, or
         # for DROP_LINGER seconds at most.
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
-        if lose_write is None:
+        # Over TLS the wrapper would pass loseWriteConnection on to the TCP
+        # socket under it, ending the stream without TLS's close_notify:
+        # there it closes as before, bounded by the same linger.
+        self._linger = self.factory.reactor.callLater(DROP_LINGER, self.transport.abortConnection)
+        if framing.tcp_transport(self.transport) is not self.transport:
             self.transport.loseConnection()
             return
-        lose_write()
+        self.transport.loseWriteConnection()
         self.transport.resumeProducing()
-        self._linger = self.factory.reactor.callLater(DROP_LINGER, self.transport.abortConnection)
 
     # -- frames in -----------------------------------------------------
 
