@@ -1350,6 +1350,12 @@ class BlobStore:
         with self._registry_lock:
             self._judged[blob_id] = True
 
+    def judgement_holds(self, blob_id: str) -> bool:
+        """Whether the files scrub is judging are still there (not deleted
+        since ``judging``)."""
+        with self._registry_lock:
+            return self._judged.get(blob_id, True)
+
     def judged(self, blob_id: str) -> None:
         """Scrub is done with ``blob_id`` (``judging``)."""
         with self._registry_lock:

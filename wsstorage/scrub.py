@@ -184,13 +184,24 @@ class Scrubber:
         errors say so, not that a blob is damaged."""
         return bool(getattr(self._store, "closed", False))
 
-    async def _damaged(self, blob_id: str, error: str) -> None:
+    async def _damaged(self, blob_id: str, error: str) -> bool:
+        """Quarantine (if so configured) and report a damaged blob; False,
+        and nothing reported, if it was deleted while judged: what is there
+        now (repair's good copy, say) is not what was found damaged."""
         quarantined = False
         if self._quarantine:
             try:
                 quarantined = await self._run(self._move_to_quarantine, blob_id)
             except (StorageError, OSError) as e:
                 log.error("scrub: cannot quarantine {blob}: {err}", blob=blob_id, err=e)
+        holds = getattr(self._store, "judgement_holds", None)
+        if not quarantined and holds is not None and not holds(blob_id):
+            log.info(
+                "scrub: blob {blob} was deleted while being checked ({err}); not reported",
+                blob=blob_id,
+                err=error,
+            )
+            return False
         damage = Damage(blob_id, error, self._clock.seconds(), quarantined)
         self.damaged.append(damage)
         log.error(
@@ -201,6 +212,7 @@ class Scrubber:
         )
         if self._on_damaged is not None:
             self._on_damaged(damage)
+        return True
 
     # -- a pass ----------------------------------------------------------
 
@@ -219,9 +231,8 @@ class Scrubber:
                     break
                 checked += 1
                 nbytes += info.size
-                if error is not None:
+                if error is not None and await self._damaged(info.blob_id, error):
                     damaged += 1
-                    await self._damaged(info.blob_id, error)
         # Listing filled ``damaged`` with any record it could not decode.
         for blob_id in sorted(getattr(self._store, "damaged", ())):
             if self._stopping:
@@ -230,9 +241,8 @@ class Scrubber:
                 error = await self._run(self._still_damaged, blob_id)
                 if error is not None and self._store_closed():
                     break
-                if error is not None:
+                if error is not None and await self._damaged(blob_id, error):
                     damaged += 1
-                    await self._damaged(blob_id, error)
         self.passes += 1
         return {"checked": checked, "damaged": damaged, "bytes": nbytes}
 
