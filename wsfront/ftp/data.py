@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
@@ -435,18 +434,9 @@ class PassiveListener:
         self._park_call = None
         #: Parked: the park timer closes the port when it fires.
         self._parked = False
-
-    @property
-    def port_number(self) -> int:
-        """The listening port's number, asked of its socket once (a client
-        of many small files sends a PASV/EPSV for each)."""
-        port = self.port
-        if self._numbered is not port:
-            self._numbered, self._number = port, port.getHost().port
-        return self._number
-
-    _numbered: Any = None
-    _number = 0
+        #: The listening port's number, noted once when it is bound (a
+        #: client of many small files sends a PASV/EPSV for each).
+        self.port_number = 0
 
     def _accept(self, addr) -> Protocol:
         host = getattr(addr, "host", "")
@@ -562,6 +552,7 @@ def open_passive(
             listener.port = reactor.listenTCP(port, factory, backlog=backlog, interface=interface)
         except net_error.CannotListenError:
             continue
+        listener.port_number = listener.port.getHost().port
         return listener
     raise DataConnectionFailed("no passive port is free")
 
