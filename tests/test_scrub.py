@@ -8,12 +8,14 @@ import threading
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from zope.interface.verify import verifyObject
 
 from tests.maintenance_env import check_full_strength, full_path, populate
 from tests.test_blobstore import read_all
 from tests.transfer_env import TransferEnv
 from wsfront.maintenance.repair import RepairSettings
 from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
 from wsstorage.errors import BlobNotFound
@@ -40,6 +42,12 @@ def store(tmp_path):
     s = BlobStore.open(tmp_path / "data", block_size=4096)
     yield s
     s.close()
+
+
+def test_the_blob_store_provides_what_scrub_needs_of_it(store):
+    """Scrub calls these unconditionally (no ``getattr`` fallbacks): a store
+    it is given must have them all."""
+    assert verifyObject(IScrubbedStore, store)
 
 
 @pytest_twisted.ensureDeferred

@@ -101,7 +101,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wsstorage._interfaces import IBlobStore
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.diskformat import (
     BLOBS_DIR,
     DATA_SUFFIX,
@@ -1031,7 +1031,7 @@ class BlobReadHandle:
         self._block = b""
 
 
-@implementer(IBlobStore)
+@implementer(IScrubbedStore)
 class BlobStore:
     """Blobs under ``root``; build with ``BlobStore.open``."""
 

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.diskformat import BlobPaths
 from wsstorage.errors import BlobNotFound, StorageError
 
@@ -68,12 +69,13 @@ def inline(f: Callable[..., Any], *args: Any) -> Deferred:
 
 
 class Scrubber:
-    """Verifies the blobs of one ``BlobStore``."""
+    """Verifies the blobs of one store on disk (``IScrubbedStore``: a
+    ``BlobStore``)."""
 
     def __init__(
         self,
         clock: IReactorTime,
-        store: Any,
+        store: IScrubbedStore,
         *,
         bytes_per_second: float = 16 * 1024 * 1024,
         chunk: int = 256 * 1024,
@@ -133,9 +135,7 @@ class Scrubber:
             # Its files went (by hand, or a delete): it leaves the store's
             # ``damaged``, which cannot tell this from a quarantine of ours
             # under way (``BlobStore._note_undamaged``).
-            gone = getattr(self._store, "quarantined", None)
-            if gone is not None:
-                gone(blob_id, False)
+            self._store.quarantined(blob_id, False)
             return None
         except (StorageError, OSError) as e:
             return f"{e.__class__.__name__}: {e}"
@@ -152,10 +152,8 @@ class Scrubber:
             os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
 
         # The store moves them under its lock, its count and ``damaged``
-        # following (``BlobStore.quarantine``); a store without one, a test
-        # double, has nothing to follow.
-        quarantine = getattr(self._store, "quarantine", None)
-        moved = paths.remove_all(move) if quarantine is None else quarantine(blob_id, move)
+        # following (``BlobStore.quarantine``).
+        moved = self._store.quarantine(blob_id, move)
         fd = os.open(paths.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -167,13 +165,8 @@ class Scrubber:
     def _judging(self, blob_id: str) -> Iterator[None]:
         """While scrub judges ``blob_id`` (and quarantines it), a delete of
         its files tells the store that what is there after is not what was
-        judged (``BlobStore.judging``); a store without it, a test double,
-        has nothing to tell."""
-        judging = getattr(self._store, "judging", None)
-        if judging is None:
-            yield
-            return
-        judging(blob_id)
+        judged (``BlobStore.judging``)."""
+        self._store.judging(blob_id)
         try:
             yield
         finally:
@@ -182,7 +175,7 @@ class Scrubber:
     def _store_closed(self) -> bool:
         """The store was closed under the pass (the service stops): its
         errors say so, not that a blob is damaged."""
-        return bool(getattr(self._store, "closed", False))
+        return bool(self._store.closed)
 
     async def _damaged(self, blob_id: str, error: str) -> bool:
         """Quarantine (if so configured) and report a damaged blob; False,
@@ -194,8 +187,7 @@ class Scrubber:
                 quarantined = await self._run(self._move_to_quarantine, blob_id)
             except (StorageError, OSError) as e:
                 log.error("scrub: cannot quarantine {blob}: {err}", blob=blob_id, err=e)
-        holds = getattr(self._store, "judgement_holds", None)
-        if not quarantined and holds is not None and not holds(blob_id):
+        if not quarantined and not self._store.judgement_holds(blob_id):
             log.info(
                 "scrub: blob {blob} was deleted while being checked ({err}); not reported",
                 blob=blob_id,
@@ -234,7 +226,7 @@ class Scrubber:
                 if error is not None and await self._damaged(info.blob_id, error):
                     damaged += 1
         # Listing filled ``damaged`` with any record it could not decode.
-        for blob_id in sorted(getattr(self._store, "damaged", ())):
+        for blob_id in sorted(self._store.damaged):
             if self._stopping:
                 break
             with self._judging(blob_id):
