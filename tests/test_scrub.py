@@ -8,12 +8,14 @@ import threading
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from zope.interface.verify import verifyObject
 
 from tests.maintenance_env import check_full_strength, full_path, populate
 from tests.test_blobstore import read_all
 from tests.transfer_env import TransferEnv
 from wsfront.maintenance.repair import RepairSettings
 from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
 from wsstorage.errors import BlobNotFound
@@ -40,6 +42,12 @@ def store(tmp_path):
     s = BlobStore.open(tmp_path / "data", block_size=4096)
     yield s
     s.close()
+
+
+def test_the_blob_store_provides_what_scrub_needs_of_it(store):
+    """Scrub calls these unconditionally (no ``getattr`` fallbacks): a store
+    it is given must have them all."""
+    assert verifyObject(IScrubbedStore, store)
 
 
 @pytest_twisted.ensureDeferred
@@ -459,7 +467,7 @@ async def test_a_store_closed_under_a_pass_ends_it_without_reporting_damage(tmp_
     opened: list[str] = []
 
     def run(f, *args):
-        if getattr(f, "__name__", "") == "open_read":
+        if getattr(f, "__name__", "") == "_open":
             opened.append(args[0])
             if len(opened) == 2:
                 store.close()
@@ -470,3 +478,49 @@ async def test_a_store_closed_under_a_pass_ends_it_without_reporting_damage(tmp_
     assert reported == []
     assert result == {"checked": 1, "damaged": 0, "bytes": 5000}
     assert os.path.exists(BlobPaths.of(store.root, opened[1]).data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrub_asks_the_store_about_its_judgements_off_the_reactor_thread(tmp_path):
+    """``judging``, ``judged`` and ``judgement_holds`` take the store's
+    registry lock, which a thread may hold while it reads a record from
+    the disk: scrub called them in the reactor thread, twice per blob.
+    Now they run in the threads that open each blob or read its record;
+    only the pass's last ``judged`` is the reactor's.  Every judgement
+    still ends."""
+    from twisted.internet import reactor
+    from twisted.python import threadable
+
+    store = BlobStore.open(tmp_path / "data", block_size=4096)
+    for name in ("a", "b", "c"):
+        put(store, name, os.urandom(10_000))
+    flip(BlobPaths.of(store.root, "b").data, 5)
+    put(store, "bad", b"x" * 10)
+    damage_record(store, "bad")
+    in_reactor: list[str] = []
+    calls: list[tuple[str, str]] = []
+
+    def watched(name: str):
+        real = getattr(store, name)
+
+        def call(blob_id, *args):
+            calls.append((name, blob_id))
+            if threadable.isInIOThread():
+                in_reactor.append(name)
+            return real(blob_id, *args)
+
+        return call
+
+    for name in ("judging", "judged", "judgement_holds"):
+        setattr(store, name, watched(name))
+    scrubber = Scrubber(reactor, store, bytes_per_second=10**12, quarantine=False)
+    result = await scrubber.scrub_pass()
+    assert result["damaged"] == 2
+    assert sorted(d.blob_id for d in scrubber.damaged) == ["b", "bad"]
+    judging = [b for n, b in calls if n == "judging"]
+    assert sorted(judging[:3]) == ["a", "b", "c"] and judging[3:] == ["bad"]
+    assert [b for n, b in calls if n == "judged"] == judging
+    assert sorted(b for n, b in calls if n == "judgement_holds") == ["b", "bad"]
+    assert in_reactor == ["judged"]  # the last blob's, once per pass
+    assert store._judged == {}
+    store.close()

@@ -148,3 +148,38 @@ class IBlobStore(Interface):
 
     def free_space():
         """Return (free_bytes, total_bytes)."""
+
+
+class IScrubbedStore(IBlobStore):
+    """A blob store on disk that scrub verifies (``wsstorage.scrub``): what
+    scrub needs of it beyond ``IBlobStore``.
+
+    Scrub reads each sealed blob and the records the store found damaged;
+    from ``judging`` a blob until ``judged`` a delete of its files voids
+    the judgement (what is there after is another blob's), so that scrub
+    neither moves nor reports a good copy written in its place.
+    """
+
+    root = Attribute("str: the store's directory (its blobs in root/blobs)")
+    closed = Attribute("bool: the store was closed (its errors say so, not damage)")
+    damaged = Attribute("list of str: the blobs whose record does not decode")
+
+    def judging(blob_id):
+        """Scrub begins judging ``blob_id`` (reading it, or its record)."""
+
+    def judgement_holds(blob_id):
+        """Whether the files scrub is judging were not deleted since
+        ``judging``."""
+
+    def judged(blob_id):
+        """Scrub is done with ``blob_id``."""
+
+    def quarantine(blob_id, move):
+        """Apply ``move(path)`` to ``blob_id``'s files (record first) and
+        return the paths moved; nothing if the blob is being written or
+        deleted, or was deleted since ``judging``.  The caller fsyncs the
+        directory."""
+
+    def quarantined(blob_id, record_moved):
+        """Scrub found ``blob_id``'s files gone (``record_moved``: its
+        record among them): it leaves ``damaged``, or else the count."""

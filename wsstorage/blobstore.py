@@ -101,7 +101,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wsstorage._interfaces import IBlobStore
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.diskformat import (
     BLOBS_DIR,
     DATA_SUFFIX,
@@ -1031,7 +1031,7 @@ class BlobReadHandle:
         self._block = b""
 
 
-@implementer(IBlobStore)
+@implementer(IScrubbedStore)
 class BlobStore:
     """Blobs under ``root``; build with ``BlobStore.open``."""
 
@@ -1807,7 +1807,9 @@ class BlobStore:
         none and wait here), and unlinked after it: every open, stat and
         create of the store waited for the unlink of a ``.data`` that may
         be gigabytes.  A crash before the unlinks leaves temp files, which
-        the next start removes (``_scan``)."""
+        the next start removes (``_scan``).  So does a tomb whose unlink
+        fails: the blob is gone once its files are renamed, and the delete
+        succeeds; the failure is logged."""
         paths = BlobPaths.of(self.root, blob_id)
         tombs: list[str] = []
 
@@ -1829,7 +1831,10 @@ class BlobStore:
             self._damaged.discard(blob_id)
             self._files_removed(blob_id)
         for tomb in tombs:
-            self.fs.unlink(tomb)
+            try:
+                self.fs.unlink(tomb)
+            except OSError:
+                log.failure("cannot unlink {tomb} (removed at the next start)", tomb=tomb)
         self.fs.fsync_dir(paths.directory)
         return True
 

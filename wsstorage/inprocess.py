@@ -42,7 +42,6 @@ HASH digest) does not hold the reactor for a whole file.
 
 from __future__ import annotations
 
-import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from wsstorage.server import (
     seal_put,
     storage_error,
 )
+from wsstorage.threadwork import QueueRunner
 
 log = Logger()
 
@@ -556,31 +556,28 @@ class _LocalRead:
         self._done()
 
 
-class _PutThreads:
+class _PutThreads(QueueRunner):
     """The threads that run one storage server's in-process puts.
 
-    A queue and ``callFromThread``, as the catalog's single writer
-    (``wsfront.catalog._db.WriterThread``), not the reactor's ThreadPool
-    (``run_blocking``): the pool's work for each task (its team's
-    coordinator, a log context, the hand-off to a worker and back) is
-    Python run on both sides under the GIL, and a small FTP STOR waits for
-    one put per replica.  Up to PUT_THREADS threads, started as the puts
-    running at once outnumber them; a thread left idle for PUT_IDLE
-    seconds ends (when no put is running), so a server's threads do not
-    outlive its use.  Stopped when the reactor shuts down, as its pool
-    is: each thread first ends the put it runs; a put asked for after
-    that goes to ``run_blocking``.
+    Queue-fed threads (``wsstorage.threadwork``), as the catalog's single
+    writer, not the reactor's ThreadPool (``run_blocking``), whose work
+    for each call is Python run on both sides under the GIL: a small FTP
+    STOR waits for one put per replica.  Up to PUT_THREADS threads,
+    started as the puts running at once outnumber them; a thread left
+    idle for PUT_IDLE seconds ends (when no put is running), so a
+    server's threads do not outlive its use.  Stopped when the reactor
+    shuts down, as its pool is: each thread first ends the put it runs; a
+    put asked for after that goes to ``run_blocking``.
     """
 
     def __init__(self, factory: StorageServerFactory) -> None:
-        self._reactor = factory.reactor
+        super().__init__(factory.reactor, "in-process put")
         self._fallback = factory.run_blocking
         self._name = factory.name
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         #: The threads started (for ``stop`` to join), pruned as they end.
         self._threads: list[threading.Thread] = []
         #: Threads that take puts: started and not yet told to end (each
-        #: None in the queue ends whichever thread takes it).
+        #: ``end_one`` ends whichever thread takes it).
         self._workers = 0
         #: Puts given and not yet answered.  All three counts are the
         #: reactor thread's own.
@@ -593,7 +590,12 @@ class _PutThreads:
         if self._stopped:
             return self._fallback(fn, *args)
         if self._workers < min(self._running + 1, PUT_THREADS):
-            thread = threading.Thread(target=self._work, name=f"put-{self._name}", daemon=True)
+            thread = threading.Thread(
+                target=self.work,
+                args=(PUT_IDLE, self._retire_one),
+                name=f"put-{self._name}",
+                daemon=True,
+            )
             try:
                 thread.start()
             except RuntimeError as e:  # "can't start new thread"
@@ -605,50 +607,26 @@ class _PutThreads:
                 self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
         self._running += 1
-        d: defer.Deferred = defer.Deferred()
-        self._queue.put((d, fn, args))
-        return d.addBoth(self._answered)
+        return QueueRunner.run(self, fn, *args).addBoth(self._answered)
 
     def _answered(self, result: Any) -> Any:
         self._running -= 1
         return result
 
-    def _work(self) -> None:
-        call = self._reactor.callFromThread
-        while True:
-            try:
-                item = self._queue.get(timeout=PUT_IDLE)
-            except queue.Empty:
-                call(self._retire_one)  # the reactor decides, in its thread
-                continue
-            if item is None:
-                return
-            d, fn, args = item
-            try:
-                result = fn(*args)
-            except BaseException:
-                outcome = (d.errback, Failure())
-            else:
-                outcome = (d.callback, result)
-            try:
-                call(*outcome)
-            except BaseException:
-                log.failure("in-process put could not hand back its result")
-
     def _retire_one(self) -> None:
         """A thread was idle for PUT_IDLE: one thread ends, unless a put
-        runs or waits (the None goes after any put queued later, and
+        runs or waits (the end goes after any put queued later, and
         ``run`` starts a thread for that put: ``_workers`` counts only
         the threads not told to end)."""
         if not self._stopped and self._running == 0 and self._workers > 0:
             self._workers -= 1
-            self._queue.put(None)
+            self.end_one()
 
     def stop(self) -> None:
         """End every thread once the puts given to it are done."""
         self._stopped = True
         for _ in self._threads:
-            self._queue.put(None)
+            self.end_one()
         for thread in self._threads:
             thread.join()
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -33,6 +32,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wsstorage._interfaces import IScrubbedStore
 from wsstorage.diskformat import BlobPaths
 from wsstorage.errors import BlobNotFound, StorageError
 
@@ -68,12 +68,13 @@ def inline(f: Callable[..., Any], *args: Any) -> Deferred:
 
 
 class Scrubber:
-    """Verifies the blobs of one ``BlobStore``."""
+    """Verifies the blobs of one store on disk (``IScrubbedStore``: a
+    ``BlobStore``)."""
 
     def __init__(
         self,
         clock: IReactorTime,
-        store: Any,
+        store: IScrubbedStore,
         *,
         bytes_per_second: float = 16 * 1024 * 1024,
         chunk: int = 256 * 1024,
@@ -94,17 +95,46 @@ class Scrubber:
         self.passes = 0
         self._loop: task.LoopingCall | None = None
         self._stopping = False
+        #: The blob whose judgement (``_judge``) has not ended yet.
+        self._judging: str | None = None
 
     # -- one blob ----------------------------------------------------------
+
+    def _judge(self, blob_id: str) -> None:
+        """Scrub judges ``blob_id`` from now (``IScrubbedStore.judging``),
+        and no longer the blob before it (``judged``): while scrub judges
+        a blob (and quarantines it), a delete of its files tells the store
+        that what is there after is not what was judged.
+
+        Called first in the thread call that opens the blob or reads its
+        record, so that neither call takes the store's registry lock in
+        the reactor thread, where it waited for whatever holds the lock
+        (a record read from the disk, say), twice per blob.  A judgement
+        left open a little longer voids nothing: scrub asks the store
+        about the blob it judges now only (``_end_judgement`` ends the
+        last one of a pass)."""
+        self._end_judgement()
+        self._store.judging(blob_id)
+        self._judging = blob_id
+
+    def _end_judgement(self) -> None:
+        blob_id, self._judging = self._judging, None
+        if blob_id is not None:
+            self._store.judged(blob_id)
+
+    def _open(self, blob_id: str) -> Any:
+        self._judge(blob_id)
+        return self._store.open_read(blob_id, 0, None)
 
     def _read_chunk(self, handle: Any) -> int:
         return len(handle.read(self._chunk))
 
     async def verify(self, blob_id: str) -> str | None:
         """Read ``blob_id`` end to end at the configured pace; return the
-        error that damaged it, or None if every block verified."""
+        error that damaged it, or None if every block verified.  Scrub
+        judges it from its opening (``_judge``)."""
         try:
-            handle = await self._run(self._store.open_read, blob_id, 0, None)
+            handle = await self._run(self._open, blob_id)
         except BlobNotFound:
             return None  # deleted meanwhile
         except (StorageError, OSError, ValueError) as e:
@@ -126,16 +156,16 @@ class Scrubber:
 
     def _still_damaged(self, blob_id: str) -> str | None:
         """The error of a blob the store counts ``damaged`` (its record does
-        not decode), or None if it is gone or reads again."""
+        not decode), or None if it is gone or reads again; scrub judges it
+        from here (``_judge``)."""
+        self._judge(blob_id)
         try:
             self._store.stat(blob_id)
         except BlobNotFound:
             # Its files went (by hand, or a delete): it leaves the store's
             # ``damaged``, which cannot tell this from a quarantine of ours
             # under way (``BlobStore._note_undamaged``).
-            gone = getattr(self._store, "quarantined", None)
-            if gone is not None:
-                gone(blob_id, False)
+            self._store.quarantined(blob_id, False)
             return None
         except (StorageError, OSError) as e:
             return f"{e.__class__.__name__}: {e}"
@@ -152,10 +182,8 @@ class Scrubber:
             os.rename(path, os.path.join(target, f"{blob_id}.{stamp}{suffix}"))
 
         # The store moves them under its lock, its count and ``damaged``
-        # following (``BlobStore.quarantine``); a store without one, a test
-        # double, has nothing to follow.
-        quarantine = getattr(self._store, "quarantine", None)
-        moved = paths.remove_all(move) if quarantine is None else quarantine(blob_id, move)
+        # following (``BlobStore.quarantine``).
+        moved = self._store.quarantine(blob_id, move)
         fd = os.open(paths.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -163,26 +191,10 @@ class Scrubber:
             os.close(fd)
         return bool(moved)
 
-    @contextmanager
-    def _judging(self, blob_id: str) -> Iterator[None]:
-        """While scrub judges ``blob_id`` (and quarantines it), a delete of
-        its files tells the store that what is there after is not what was
-        judged (``BlobStore.judging``); a store without it, a test double,
-        has nothing to tell."""
-        judging = getattr(self._store, "judging", None)
-        if judging is None:
-            yield
-            return
-        judging(blob_id)
-        try:
-            yield
-        finally:
-            self._store.judged(blob_id)
-
     def _store_closed(self) -> bool:
         """The store was closed under the pass (the service stops): its
         errors say so, not that a blob is damaged."""
-        return bool(getattr(self._store, "closed", False))
+        return bool(self._store.closed)
 
     async def _damaged(self, blob_id: str, error: str) -> bool:
         """Quarantine (if so configured) and report a damaged blob; False,
@@ -194,8 +206,7 @@ class Scrubber:
                 quarantined = await self._run(self._move_to_quarantine, blob_id)
             except (StorageError, OSError) as e:
                 log.error("scrub: cannot quarantine {blob}: {err}", blob=blob_id, err=e)
-        holds = getattr(self._store, "judgement_holds", None)
-        if not quarantined and holds is not None and not holds(blob_id):
+        if not quarantined and not await self._run(self._store.judgement_holds, blob_id):
             log.info(
                 "scrub: blob {blob} was deleted while being checked ({err}); not reported",
                 blob=blob_id,
@@ -219,31 +230,36 @@ class Scrubber:
     async def scrub_pass(self) -> dict[str, Any]:
         """Verify every sealed blob once, and report every blob whose record
         does not decode (the store's ``damaged``); fire with counts."""
+        try:
+            counts = await self._blobs_judged()
+        finally:
+            self._end_judgement()
+        self.passes += 1
+        return counts
+
+    async def _blobs_judged(self) -> dict[str, Any]:
         infos = await self._run(lambda: [i for i in self._store.list_blobs() if i.sealed])
         checked = damaged = 0
         nbytes = 0
         for info in infos:
             if self._stopping:
                 break
-            with self._judging(info.blob_id):
-                error = await self.verify(info.blob_id)
-                if error is not None and self._store_closed():
-                    break
-                checked += 1
-                nbytes += info.size
-                if error is not None and await self._damaged(info.blob_id, error):
-                    damaged += 1
+            error = await self.verify(info.blob_id)
+            if error is not None and self._store_closed():
+                break
+            checked += 1
+            nbytes += info.size
+            if error is not None and await self._damaged(info.blob_id, error):
+                damaged += 1
         # Listing filled ``damaged`` with any record it could not decode.
-        for blob_id in sorted(getattr(self._store, "damaged", ())):
+        for blob_id in sorted(self._store.damaged):
             if self._stopping:
                 break
-            with self._judging(blob_id):
-                error = await self._run(self._still_damaged, blob_id)
-                if error is not None and self._store_closed():
-                    break
-                if error is not None and await self._damaged(blob_id, error):
-                    damaged += 1
-        self.passes += 1
+            error = await self._run(self._still_damaged, blob_id)
+            if error is not None and self._store_closed():
+                break
+            if error is not None and await self._damaged(blob_id, error):
+                damaged += 1
         return {"checked": checked, "damaged": damaged, "bytes": nbytes}
 
     def start(self, interval: float = 24 * 3600.0) -> Deferred:

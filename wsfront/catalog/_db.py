@@ -9,7 +9,6 @@ PostgreSQL) only says how to connect, how to begin a write transaction
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -17,12 +16,11 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python import threadable
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from wsfront.catalog.errors import CatalogUnavailable
+from wsstorage.threadwork import QueueRunner
 
 
 def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
@@ -30,7 +28,6 @@ def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
 
 
 T = TypeVar("T")
-log = Logger()
 
 MAX_ATTEMPTS = 8
 
@@ -151,53 +148,25 @@ class Backend:
         """Per-database start-up work inside the migration transaction."""
 
 
-class WriterThread:
+class WriterThread(QueueRunner):
     """One thread running the writes of a ``single_writer`` backend, in the
-    order they come.
+    order they come (``run``).
 
-    A queue and ``callFromThread``, not a ThreadPool of one: the pool's
-    work for each task (its team's coordinator, log context, worker
-    hand-off) is Python run on both sides under the GIL, and a small FTP
-    STOR waits for two writes (its start and its commit): a round trip
-    through an idle pool cost about 90 us here, through this queue 40.
+    A queue-fed thread (``wsstorage.threadwork``), not a ThreadPool of
+    one: a small FTP STOR waits for two writes (its start and its
+    commit), and a round trip through an idle pool cost about 90 us here,
+    through the queue 40.  A result the reactor refuses (shutting down)
+    is logged; the writes after it still run.
     """
 
     def __init__(self, reactor: Any, name: str) -> None:
-        self._reactor = reactor
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = _daemon_thread(target=self._work, name=name)
+        super().__init__(reactor, "catalog writer")
+        self._thread = _daemon_thread(target=self.work, name=name)
         self._thread.start()
-
-    def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Fire with ``fn(*args)``, run in the thread after what came before."""
-        d: Deferred[T] = Deferred()
-        self._queue.put((d, fn, args))
-        return d
-
-    def _work(self) -> None:
-        call = self._reactor.callFromThread
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            d, fn, args = item
-            try:
-                result = fn(*args)
-            except BaseException:
-                outcome = (d.errback, Failure())
-            else:
-                outcome = (d.callback, result)
-            try:
-                call(*outcome)
-            except BaseException:
-                # The reactor is gone (shutting down): this write's caller
-                # will never hear, but the later ones still run, and
-                # ``stop`` still finds this thread to join.
-                log.failure("catalog writer could not hand back a result")
 
     def stop(self) -> None:
         """Let the writes queued so far run, then end the thread."""
-        self._queue.put(None)
+        self.end_one()
         if self._thread is not threading.current_thread():
             self._thread.join()
 
