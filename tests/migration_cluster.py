@@ -18,17 +18,12 @@ import time
 from pathlib import Path
 
 from tests.storage_procs import StorageProcess
-from tests.support import (
-    RUNNING,
-    free_port,
-    listening_ports,
-    log_since,
-    python_env,
-    start_all,
-    twistd_argv,
-)
+from tests.support import RUNNING, log_since, python_env, start_all, twistd_argv, wait_ports
 
 USER, PASSWORD = "mia", "mia-password-42"
+
+#: Port 0 on 127.0.0.1: the system picks, the log says which.
+ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
 def sha256(data: bytes) -> str:
@@ -51,13 +46,17 @@ def process_state(pid: int) -> str:
 
 
 class FrontEnd:
-    """One ``twistd -n wsfront`` child with FTP and HTTP on 127.0.0.1."""
+    """One ``twistd -n wsfront`` child with FTP and HTTP on 127.0.0.1.
+
+    It asks for port 0 and the ports it got are read back from the log of
+    the run (``ftp_port``, ``http_port``: a restart gets new ones), so no
+    other process can take a port before it binds it."""
 
     def __init__(self, cluster: MigrationCluster, name: str) -> None:
         self.cluster = cluster
         self.name = name
-        self.ftp_port = free_port()
-        self.http_port = free_port()
+        self.ftp_port = 0  # known once started
+        self.http_port = 0
         self.log_path = cluster.tmp / f"{name}.log"
         self.fp_log = cluster.tmp / f"{name}.failpoints"
         self.proc: subprocess.Popen | None = None
@@ -76,32 +75,15 @@ class FrontEnd:
     def ftp(self) -> str:
         return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.ftp_port}"
 
-    def start(self, failpoints: str | None = None, *extra_args: str, attempts: int = 3) -> FrontEnd:
-        """Start and wait until this child serves FTP and HTTP on its ports.
-
-        Its ports were free when picked (``free_port``) but another process
-        may bind one first: then the child exits with "Address already in
-        use" and it starts again on new ports, up to ``attempts`` times.  Any
-        other failure, or the last clash, stops the child and raises."""
-        for attempt in range(attempts):
-            try:
-                return self._start(failpoints, extra_args)
-            except BaseException:
-                in_use = "Address already in use" in self.run_log()
-                self.stop()
-                if not in_use or attempt == attempts - 1:
-                    raise
-                self.ftp_port, self.http_port = free_port(), free_port()
-        raise AssertionError("unreachable")
-
-    def _start(self, failpoints: str | None, extra_args=()) -> FrontEnd:
+    def start(self, failpoints: str | None = None, *extra_args: str) -> FrontEnd:
+        """Start and wait until this child serves FTP and HTTP on ports it
+        holds itself, as this run's log names them; if it never does (it
+        exits, or a minute passes), stop it and raise."""
         c = self.cluster
         argv = twistd_argv(
             "wsfront", "--name", self.name, "--catalog", c.catalog_url,
             "--secret-file", str(c.tmp / "secret"), "--replicas", "2",
-            "--ftp", f"tcp:{self.ftp_port}:interface=127.0.0.1",
-            "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
-            "--checkpoint-mib", "1",
+            "--ftp", ANY_PORT, "--http", ANY_PORT, "--checkpoint-mib", "1",
             *[a for s in c.storage for a in ("--storage", f"{s.name}={s.endpoint}")],
             *extra_args,
         )  # fmt: skip
@@ -110,28 +92,18 @@ class FrontEnd:
             extra = {"WSFS_FAILPOINTS": failpoints, "WSFS_FAILPOINT_LOG": str(self.fp_log)}
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log_file = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            argv, env=python_env(extra), stdout=self.log_file, stderr=subprocess.STDOUT,
-            cwd=c.tmp,
-        )  # fmt: skip
-        RUNNING.add(self)
-        wanted = {"ftp": self.ftp_port, "http": self.http_port}
-
-        def ready() -> bool:
-            """This run logged both ports and the child itself holds them
-            (a port another process listens on must not pass)."""
-            text = self.run_log()
-            served = {
-                proto: int(port)
-                for proto, port in re.findall(
-                    rf"wsfront {re.escape(self.name)} serves (ftp|http) on .*?port=(\d+)", text
-                )
-            }
-            if any(wanted[proto] != port for proto, port in served.items()):
-                raise AssertionError(f"{self.name} serves {served}, expected {wanted}")
-            return served == wanted and set(wanted.values()) <= listening_ports(self.proc.pid)
-
-        wait_until(ready, f"{self.name} to listen", proc=self.proc)
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=python_env(extra), stdout=self.log_file, stderr=subprocess.STDOUT,
+                cwd=c.tmp,
+            )  # fmt: skip
+            RUNNING.add(self)
+            serves = rf"wsfront {re.escape(self.name)} serves (ftp|http) on .*?port=(\d+)"
+            ports = wait_ports(self.proc, self.run_log, serves, {"ftp", "http"})
+        except BaseException:
+            self.stop()
+            raise
+        self.ftp_port, self.http_port = ports["ftp"], ports["http"]
         return self
 
     def log(self) -> str:

@@ -95,6 +95,37 @@ async def test_password_permission_and_quota_changes_stick(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_login_carries_the_stored_hash_the_password_was_checked_against(catalog):
+    await catalog.add_user("alice", "pw")
+    checked = await catalog.check_login("alice", "pw")
+    read = await catalog.get_login("alice")
+    assert checked.user == read.user and checked.user.name == "alice"
+    assert checked.password_hash == read.password_hash
+    assert verify_password("pw", read.password_hash)
+    assert "scrypt$" not in repr(read)  # the hash stays out of log lines
+    with pytest.raises(AuthFailed):
+        await catalog.check_login("alice", "wrong")
+    with pytest.raises(AuthFailed):
+        await catalog.check_login("nobody", "pw")
+    with pytest.raises(NotFound):
+        await catalog.get_login("nobody")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_read_follows_password_quota_and_account_changes(catalog):
+    await catalog.add_user("alice", "pw")
+    before = await catalog.get_login("alice")
+    await catalog.set_password("alice", "pw")  # the same password, a new salt
+    await catalog.set_quota("alice", 1000, None)
+    after = await catalog.get_login("alice")
+    assert after.password_hash != before.password_hash
+    assert after.user.quota_bytes == 1000
+    await catalog.delete_user("alice")
+    with pytest.raises(NotFound):
+        await catalog.get_login("alice")
+
+
+@pytest_twisted.ensureDeferred
 async def test_usage_follows_commits_overwrites_resumes_and_deletes(catalog):
     await catalog.add_user("alice", "pw")
     await upload(catalog, "alice", "/alice/a", 100, "b1")

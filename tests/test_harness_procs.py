@@ -1,9 +1,9 @@
-"""The process harness itself: readiness means *our* child listens, a port
-clash is retried or fails cleanly, and a failed start leaves no process.
+"""The process harness itself: readiness means *our* child listens on the
+ports this run of it logged, and a failed start leaves no process.
 
-CI runs many suites on one host, so a port picked as free can be taken
-before the child binds it; these tests take it on purpose with a listener
-in this process.
+CI runs many suites on one host, so a port once free can be taken by
+another process; these tests take ports on purpose with a listener in this
+process.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import migration_cluster
 from tests.migration_cluster import MigrationCluster
 from tests.storage_procs import StorageProcess
 from tests.support import RUNNING, listening_ports
@@ -94,36 +93,39 @@ def test_a_port_another_process_listens_on_is_not_taken_for_ready(tmp_path, fore
     assert children() <= before
 
 
-def test_a_front_end_moves_to_new_ports_when_another_process_holds_one(tmp_path, foreign):
+def test_a_front_end_serves_on_ports_it_holds_and_a_restart_reads_its_own(tmp_path):
+    """Port 0, and the ports read back from this run's log: a restart must
+    not take the ports the previous run logged."""
     cluster = MigrationCluster(tmp_path, f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     cluster.storage = cluster.storage[:1]
     cluster.start()
     try:
-        fe = cluster.a
-        fe.ftp_port = port_of(foreign)
-        fe.start()
-        assert fe.ftp_port != port_of(foreign)
-        assert {fe.ftp_port, fe.http_port} <= listening_ports(fe.proc.pid)
-        assert "Address already in use" in fe.log()  # the first try clashed
-        still_accepts(foreign)
+        fe = cluster.a.start()
+        first_http = fe.http_port
+        assert 0 not in {fe.ftp_port, first_http}
+        assert {fe.ftp_port, first_http} <= listening_ports(fe.proc.pid)
+        fe.stop()
+        with socket.socket() as held:  # the first run's HTTP port, taken by another
+            held.bind(("127.0.0.1", first_http))
+            held.listen()
+            fe.start()
+            assert fe.http_port != first_http
+            assert {fe.ftp_port, fe.http_port} <= listening_ports(fe.proc.pid)
+            still_accepts(held)
     finally:
         cluster.stop()
 
 
-def test_a_front_end_that_clashes_on_every_try_fails_and_leaves_no_process(
-    tmp_path, foreign, monkeypatch
-):
+def test_a_front_end_that_cannot_listen_fails_and_leaves_no_process(tmp_path, foreign):
     cluster = MigrationCluster(tmp_path, f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     cluster.storage = cluster.storage[:1]
     cluster.start()
     try:
         before = children()
-        monkeypatch.setattr(migration_cluster, "free_port", lambda: port_of(foreign))
         fe = cluster.a
-        fe.ftp_port = port_of(foreign)
-        with pytest.raises(AssertionError):
-            fe.start(attempts=2)
-        assert fe.log().count("Address already in use") >= 2  # tried twice
+        taken = f"tcp:{port_of(foreign)}:interface=127.0.0.1"  # the last --ftp wins
+        with pytest.raises(AssertionError, match="Address already in use"):
+            fe.start(None, "--ftp", taken)
         assert fe.proc.poll() is not None and gone(fe.proc.pid)
         assert children() <= before and fe not in RUNNING
         still_accepts(foreign)

@@ -2,17 +2,21 @@
 SQLite catalog: concurrent requests with the same credentials share one
 scrypt check (each holds 16 MiB while it runs), the answer of a wrong
 password is shared but never cached, and ``forget`` keeps a check that was
-running from being cached."""
+running from being cached.  An expired entry is renewed with one read of the
+account and no scrypt while the stored password hash is the one the password
+was verified against; a password changed or an account deleted elsewhere
+(another front end: no ``forget`` here) is refused once the entry expires."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from wsfront.auth import CachingAuthenticator
 from wsfront.catalog import errors as catalog_errors
-from wsfront.catalog import open_catalog
+from wsfront.catalog import open_catalog, passwords
 
 
 class CountingCatalog:
@@ -21,10 +25,18 @@ class CountingCatalog:
     def __init__(self, catalog) -> None:
         self._catalog = catalog
         self.checks = 0
+        self.reads = 0
 
-    def authenticate(self, name: str, password: str):
+    def check_login(self, name: str, password: str):
         self.checks += 1
-        return self._catalog.authenticate(name, password)
+        return self._catalog.check_login(name, password)
+
+    def get_login(self, name: str):
+        self.reads += 1
+        return self._catalog.get_login(name)
+
+    def __getattr__(self, name: str):
+        return getattr(self._catalog, name)  # the admin calls another front end would make
 
 
 @pytest.fixture
@@ -35,6 +47,20 @@ def catalog(tmp_path):
     pytest_twisted.blockon(catalog.add_user("alice", "right password"))
     yield CountingCatalog(catalog)
     pytest_twisted.blockon(catalog.close())
+
+
+@pytest.fixture
+def scrypts(monkeypatch) -> list[None]:
+    """One item per scrypt derivation (hashing or checking a password)."""
+    calls: list[None] = []
+    derive = passwords._derive
+
+    def counting(*args):
+        calls.append(None)  # called in the catalog's threads: append is atomic
+        return derive(*args)
+
+    monkeypatch.setattr(passwords, "_derive", counting)
+    return calls
 
 
 def _authenticator(catalog) -> CachingAuthenticator:
@@ -104,3 +130,101 @@ async def test_a_caller_that_cancels_leaves_the_shared_check_to_the_others(catal
     with pytest.raises(defer.CancelledError):
         await gone
     assert catalog.checks == 1
+
+
+TTL = 30.0
+
+
+async def _logged_in(catalog, scrypts) -> tuple[CachingAuthenticator, Clock]:
+    """An authenticator on a Clock with alice's login cached by one check."""
+    clock = Clock()
+    auth = CachingAuthenticator(catalog, clock, ttl=TTL)
+    await auth.authenticate("alice", "right password")
+    assert (catalog.checks, len(scrypts)) == (1, 1)
+    return auth, clock
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_login_is_renewed_with_a_fresh_user_and_no_scrypt(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    await catalog.set_quota("alice", 1000, 7)
+    clock.advance(TTL + 1)
+    user = await auth.authenticate("alice", "right password")
+    assert (user.quota_bytes, user.quota_files) == (1000, 7)
+    assert (catalog.checks, catalog.reads, len(scrypts)) == (1, 1, 1)
+    # Renewed for another TTL: no read until it expires again.
+    clock.advance(TTL - 1)
+    await auth.authenticate("alice", "right password")
+    assert catalog.reads == 1
+    clock.advance(2)
+    await auth.authenticate("alice", "right password")
+    assert (catalog.checks, catalog.reads, len(scrypts)) == (1, 2, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_changed_elsewhere_is_refused_once_the_entry_expires(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    await catalog.set_password("alice", "new password")  # on another front end
+    clock.advance(TTL + 1)
+    with pytest.raises(catalog_errors.AuthFailed):
+        await auth.authenticate("alice", "right password")
+    assert catalog.checks == 2  # the stored hash changed: a full check
+    # The refused entry is gone: the next try is a full check, not a renewal.
+    with pytest.raises(catalog_errors.AuthFailed):
+        await auth.authenticate("alice", "right password")
+    assert (catalog.checks, catalog.reads) == (3, 1)
+    assert (await auth.authenticate("alice", "new password")).name == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_password_set_again_is_checked_in_full(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    await catalog.set_password("alice", "right password")  # a new salt, a new hash
+    clock.advance(TTL + 1)
+    before = len(scrypts)
+    assert (await auth.authenticate("alice", "right password")).name == "alice"
+    assert (catalog.checks, catalog.reads, len(scrypts) - before) == (2, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_deleted_elsewhere_is_refused_once_the_entry_expires(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    await catalog.delete_user("alice")  # on another front end
+    clock.advance(TTL - 1)
+    await auth.authenticate("alice", "right password")  # still cached: the TTL's promise
+    clock.advance(2)
+    with pytest.raises(catalog_errors.AuthFailed):
+        await auth.authenticate("alice", "right password")
+    with pytest.raises(catalog_errors.AuthFailed):
+        await auth.authenticate("alice", "right password")
+    assert (catalog.checks, catalog.reads) == (2, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_logins_after_expiry_share_one_renewal(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    clock.advance(TTL + 1)
+    users = await defer.gatherResults(
+        [auth.authenticate("alice", "right password") for _ in range(50)]
+    )
+    assert {user.name for user in users} == {"alice"}
+    assert (catalog.checks, catalog.reads, len(scrypts)) == (1, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_after_expiry_is_not_renewed(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    clock.advance(TTL + 1)
+    with pytest.raises(catalog_errors.AuthFailed):
+        await auth.authenticate("alice", "wrong password")
+    assert (await auth.authenticate("alice", "right password")).name == "alice"
+    assert (catalog.checks, catalog.reads) == (2, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forgotten_login_is_checked_in_full_not_renewed(catalog, scrypts):
+    auth, clock = await _logged_in(catalog, scrypts)
+    clock.advance(TTL + 1)
+    auth.forget("alice")
+    assert (await auth.authenticate("alice", "right password")).name == "alice"
+    assert (catalog.checks, catalog.reads, len(scrypts)) == (2, 0, 2)

@@ -1,6 +1,7 @@
 """What a newcomer does: a fresh venv, ``pip install .``, ``twistd -n wslocal``,
 then curl up and down.  Proves the wheel carries the twistd plugins (the
-``twisted.plugins`` namespace portion) and the ``wsfs`` console script."""
+``twisted.plugins`` namespace portion) and the ``wsfs`` console script, and
+that the addresses the README sends a newcomer to are wslocal's defaults."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import subprocess
 import sys
 
 import pytest
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
 
 from tests.support import REPO, LoggedChild, require_tool, sigint_as_ctrl_c
 from tests.test_wslocal import URL_PORTS, URLS
 
-pytestmark = pytest.mark.slow
+#: The README's quick start: "FTP on 127.0.0.1:2121 and HTTP on 127.0.0.1:8080".
+README_ADDRESSES = r"FTP on\s+([\d.]+):(\d+)\s+and HTTP on\s+([\d.]+):(\d+)"
+#: Its curl examples: ``http://demo:PASSWORD@127.0.0.1:8080/...`` (not https).
+README_URLS = r"\b(ftp|http)://[^\s@/]*@([\d.]+):(\d+)/"
 
 
 def clean_env() -> dict[str, str]:
@@ -25,6 +32,31 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def test_the_readme_sends_newcomers_to_wslocals_default_ports():
+    """The quick-start test below runs wslocal on ports the system picks
+    (2121 and 8080 may be taken on a test host), so this checks, without
+    binding anything, that the endpoints ``twistd wslocal`` listens on when
+    given none are the addresses the README names and its curl lines use."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    said = re.search(README_ADDRESSES, readme)
+    assert said, "the README no longer says where wslocal listens"
+    promised = {"ftp": (said[1], int(said[2])), "http": (said[3], int(said[4]))}
+    assert promised == {"ftp": ("127.0.0.1", 2121), "http": ("127.0.0.1", 8080)}
+    used = {(scheme, host, int(port)) for scheme, host, port in re.findall(README_URLS, readme)}
+    assert used == {(scheme, *address) for scheme, address in promised.items()}
+
+    from twisted.plugins.wsfront_plugin import wslocal
+
+    options = wslocal.options()
+    options.parseOptions([])
+    reactor = MemoryReactor()  # records what would be listened on
+    for scheme in promised:
+        serverFromString(reactor, options[scheme]).listen(Factory())
+    listened = [(interface, port) for port, _, _, interface in reactor.tcpServers]
+    assert listened == list(promised.values())
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fresh_venv_pip_install_then_wslocal_serves_files(tmp_path):
     curl = require_tool("curl")

@@ -11,7 +11,7 @@ from wsfront.catalog._namespace import makedirs
 from wsfront.catalog.errors import AuthFailed, Exists, InvalidName, NotFound
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
-from wsfront.catalog.records import PERMISSIONS, User
+from wsfront.catalog.records import PERMISSIONS, Login, User
 
 
 def _permissions(permissions: Iterable[str] | None) -> list[str]:
@@ -116,14 +116,27 @@ def set_permissions(tx: Tx, name: str, permissions: Iterable[str]) -> User:
     return get_user(tx, name)
 
 
-def authenticate(tx: Tx, name: str, password: str) -> User:
+def get_login(tx: Tx, name: str) -> Login:
+    """The user and their stored password hash in one read, no scrypt."""
+    row = tx.one("SELECT * FROM users WHERE name = ?", name)
+    if row is None:
+        raise NotFound(f"no user {name!r}")
+    return Login(user_from_row(row), row["password_hash"])
+
+
+def check_login(tx: Tx, name: str, password: str) -> Login:
     """Runs the scrypt check inside the worker thread; the same work is done
-    for unknown users."""
+    for unknown users.  The Login carries the hash the password was verified
+    against, read in the same statement as the user."""
     row = tx.one("SELECT * FROM users WHERE name = ?", name)
     stored = row["password_hash"] if row is not None else dummy_hash()
     if not verify_password(password, stored) or row is None:
         raise AuthFailed("unknown user or wrong password")
-    return user_from_row(row)
+    return Login(user_from_row(row), stored)
 
 
-__all__ = ["add_user", "authenticate", "hash_password"]
+def authenticate(tx: Tx, name: str, password: str) -> User:
+    return check_login(tx, name, password).user
+
+
+__all__ = ["add_user", "authenticate", "check_login", "get_login", "hash_password"]

@@ -269,6 +269,15 @@ class ICatalog(Interface):
         """Fire with the User, or fail with AuthFailed (same scrypt work for
         unknown users and wrong passwords)."""
 
+    def check_login(name, password):
+        """``authenticate``, firing with the Login: the User and the stored
+        password hash the password was verified against (one read)."""
+
+    def get_login(name):
+        """Fire with the Login (User and stored password hash) in one read,
+        without a scrypt check; NotFound.  A login cache renews a login
+        whose verified hash is still the stored one (see wsfront.auth)."""
+
     # -- storage nodes -------------------------------------------------------
 
     def register_node(name, endpoint):

@@ -320,6 +320,12 @@ class SqlCatalog:
     def authenticate(self, name: str, password: str) -> Deferred:
         return self._read(_accounts.authenticate, name, password)
 
+    def check_login(self, name: str, password: str) -> Deferred:
+        return self._read(_accounts.check_login, name, password)
+
+    def get_login(self, name: str) -> Deferred:
+        return self._read(_accounts.get_login, name)
+
     # -- storage nodes -------------------------------------------------------
 
     def register_node(self, name: str, endpoint: str) -> Deferred:

@@ -183,6 +183,20 @@ class User:
 
 
 @attrs.frozen
+class Login:
+    """A user and the stored password hash of their account, read together.
+
+    A login cache keeps (a digest of) the hash a password was verified
+    against; while the stored hash is still that one, the password is still
+    right, and renewing the login needs this one read instead of a scrypt
+    check.  The hash stays out of ``repr`` so it cannot reach a log line.
+    """
+
+    user: User
+    password_hash: str = attrs.field(repr=False)
+
+
+@attrs.frozen
 class Node:
     """A storage server in the registry; ``state`` is up / down / draining."""
 
