@@ -50,12 +50,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen, timeout: float = 60.0, after: Path | None = None
+) -> None:
+    """Wait until something listens on ``port`` (and, with ``after``, that
+    file exists: a server that writes it before it listens is only then
+    known to be the listener, not another process on this shared machine
+    that holds the port ``free_port`` picked)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
+            if after is not None and not after.exists():
+                raise OSError(f"no {after.name} yet")
             with socket.create_connection(("127.0.0.1", port), 0.5):
                 return
         except OSError:
@@ -109,7 +117,8 @@ class Wsfs(Server):
             self.proc = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
             )
-        wait_port(self.port, self.proc)
+        # wslocal writes its login before it listens.
+        wait_port(self.port, self.proc, after=data / "demo-login.txt")
         login = (data / "demo-login.txt").read_text().strip()
         self.user, _, self.password = login.partition(":")
 
@@ -483,6 +492,15 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
+        "--defer-cleanup",
+        action="store_true",
+        help="remove each server's files at the end of the run, not as soon as it is "
+        "done: on ext4 without a journal, files deleted in the last minute or so make "
+        "each file created near them cost 0.1-0.9 ms more (the inode allocator skips "
+        "them one by one), so the server after one that left thousands of files pays "
+        "for them (wsfs creates two per small STOR, one per replica)",
+    )
+    p.add_argument(
         "--dir",
         default=None,
         help="where to make the work directory (default: $TMPDIR); on ext4 without a "
@@ -513,7 +531,8 @@ def main() -> None:
                     rounds.setdefault(server.name, []).append(run(server, args))
                 finally:
                     server.stop()
-                shutil.rmtree(where, ignore_errors=True)
+                if not args.defer_cleanup:
+                    shutil.rmtree(where, ignore_errors=True)
         print(f"file create in {workdir} at end: {create_cost_ms(workdir):.3f} ms")
     finally:
         if not args.keep:
