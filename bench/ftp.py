@@ -2,8 +2,10 @@
 
 Workloads (issue 5): single-stream STOR and RETR of one large file, N
 clients at once each fetching a file, many small files over one control
-connection.  pyftpdlib serves the same files from a plain directory with
-sendfile off, so the ratios compare like with like on this machine.
+connection (with the server's CPU per file: all of it, and its main
+thread's, wsfs's reactor).  pyftpdlib serves the same files from a plain
+directory with sendfile off, so the ratios compare like with like on
+this machine.
 
     python bench/ftp.py                 # the issue's sizes (1 GiB, 200 x 10 MiB, 1000 x 4 KiB)
     python bench/ftp.py --quick         # small sizes, a smoke run
@@ -48,12 +50,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen, timeout: float = 60.0, after: Path | None = None
+) -> None:
+    """Wait until something listens on ``port`` (and, with ``after``, that
+    file exists: a server that writes it before it listens is only then
+    known to be the listener, not another process on this shared machine
+    that holds the port ``free_port`` picked)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
+            if after is not None and not after.exists():
+                raise OSError(f"no {after.name} yet")
             with socket.create_connection(("127.0.0.1", port), 0.5):
                 return
         except OSError:
@@ -107,7 +117,8 @@ class Wsfs(Server):
             self.proc = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
             )
-        wait_port(self.port, self.proc)
+        # wslocal writes its login before it listens.
+        wait_port(self.port, self.proc, after=data / "demo-login.txt")
         login = (data / "demo-login.txt").read_text().strip()
         self.user, _, self.password = login.partition(":")
 
@@ -310,20 +321,36 @@ def many_clients(server: Server, clients: int, size: int) -> dict:
 
 
 def small_files(server: Server, count: int, size: int) -> dict:
+    """Files/s, and the server's CPU per file: all of it (every thread and
+    process, see cpu_seconds) and its main thread's alone (wsfs's reactor,
+    where the GIL is most contended; pyftpdlib has no other)."""
     c = connect(server)
     c.mkd("small")
     c.cwd("small")
     block = os.urandom(size)
+    cpu, main = cpu_seconds(server), main_thread_cpu_seconds(server)
     t = time.perf_counter()
     for i in range(count):
         c.storbinary(f"STOR f{i:05d}", _Bytes(block))
     up = count / (time.perf_counter() - t)
+    stor_cpu = (cpu_seconds(server) - cpu) / count * 1000
+    stor_main = (main_thread_cpu_seconds(server) - main) / count * 1000
+    cpu, main = cpu_seconds(server), main_thread_cpu_seconds(server)
     t = time.perf_counter()
     for i in range(count):
         c.retrbinary(f"RETR f{i:05d}", lambda _chunk: None)
     down = count / (time.perf_counter() - t)
+    retr_cpu = (cpu_seconds(server) - cpu) / count * 1000
+    retr_main = (main_thread_cpu_seconds(server) - main) / count * 1000
     c.quit()
-    return {"STOR files/s": up, "RETR files/s": down}
+    return {
+        "STOR files/s": up,
+        "STOR CPU ms/file": stor_cpu,
+        "STOR main-thread CPU ms/file": stor_main,
+        "RETR files/s": down,
+        "RETR CPU ms/file": retr_cpu,
+        "RETR main-thread CPU ms/file": retr_main,
+    }
 
 
 class _Bytes:
@@ -349,6 +376,14 @@ def cpu_seconds(server: Server) -> float:
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(server: Server) -> float:
+    """User plus system CPU of the server process's main thread: wsfs's
+    reactor thread (for ``procs``, the front end's), pyftpdlib's only one."""
+    pid = server.proc.pid
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -457,6 +492,15 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
+        "--defer-cleanup",
+        action="store_true",
+        help="remove each server's files at the end of the run, not as soon as it is "
+        "done: on ext4 without a journal, files deleted in the last minute or so make "
+        "each file created near them cost 0.1-0.9 ms more (the inode allocator skips "
+        "them one by one), so the server after one that left thousands of files pays "
+        "for them (wsfs creates two per small STOR, one per replica)",
+    )
+    p.add_argument(
         "--dir",
         default=None,
         help="where to make the work directory (default: $TMPDIR); on ext4 without a "
@@ -487,7 +531,8 @@ def main() -> None:
                     rounds.setdefault(server.name, []).append(run(server, args))
                 finally:
                     server.stop()
-                shutil.rmtree(where, ignore_errors=True)
+                if not args.defer_cleanup:
+                    shutil.rmtree(where, ignore_errors=True)
         print(f"file create in {workdir} at end: {create_cost_ms(workdir):.3f} ms")
     finally:
         if not args.keep:
@@ -496,7 +541,7 @@ def main() -> None:
     print(f"rounds: {args.rounds} (servers alternate; medians, ratios per round)")
     ref = rounds["pyftpdlib"]
     names = [n for n in rounds if n != "pyftpdlib"]
-    print(f"{'':24} " + " ".join(f"{n:>14}" for n in names) + f" {'pyftpdlib':>14}  ratios")
+    print(f"{'':30} " + " ".join(f"{n:>14}" for n in names) + f" {'pyftpdlib':>14}  ratios")
     for key in ref[0]:
         cells, ratios = [], []
         for n in names:
@@ -511,7 +556,7 @@ def main() -> None:
         shown = (
             f"{median(refs):14.2f}" if isinstance(refs[0], float | int) else f"{refs[0]!s:>14.14}"
         )
-        print(f"{key:24} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
+        print(f"{key:30} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
     durable = rounds.get(PyftpdlibFsync.name)
     if durable:
         print(f"ratios against {PyftpdlibFsync.name} (per round):")
@@ -523,7 +568,7 @@ def main() -> None:
                     continue
                 per = [a[key] / b[key] for a, b in zip(rounds[n], durable) if b[key]]
                 shown = " ".join(f"{x:.2f}" for x in per)
-                print(f"  {key:24} {n} {median(per):.2f}  ({shown})")
+                print(f"  {key:30} {n} {median(per):.2f}  ({shown})")
     for n in names:
         print(f"{n}: replicas {rounds[n][0]['replicas']}, {rounds[n][0]['fsync']}")
 

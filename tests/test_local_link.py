@@ -8,6 +8,7 @@ as in any deployment; the download is read straight from their stores
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 
@@ -16,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.support import require_tool
+from wsfront import localtap
 from wsfront.local import LocalClusterService, LocalOptions
 from wsstorage import server
 from wsstorage.inprocess import InProcessClient
@@ -71,4 +73,27 @@ async def test_wslocal_downloads_are_read_from_its_stores_in_process(tmp_path, m
         assert part == payload[100000:2200001]
         assert streams == []
     finally:
+        await cluster.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wslocal_tap_freezes_the_objects_alive_once_it_has_started(tmp_path):
+    """``twistd wslocal``'s service (``wsfront.localtap``) moves what is
+    alive after its start to the collector's permanent generation; the
+    test gives them back (``gc.unfreeze``) so this process collects as
+    before."""
+    options = localtap.Options()
+    options.parseOptions(
+        ["--data", str(tmp_path / "data"), "--ftp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1"]
+    )  # fmt: skip
+    before = gc.get_freeze_count()
+    cluster = localtap.makeService(options)
+    cluster.out = _Quiet()
+    cluster.startService()
+    try:
+        assert await cluster.ready is cluster
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
         await cluster.stopService()

@@ -12,6 +12,8 @@ __all__ = ["Options", "makeService"]
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsfront.local import LocalClusterService
+    from wsfront.local import LocalClusterService, freeze_start_up_objects
 
-    return LocalClusterService(reactor, options)
+    cluster = LocalClusterService(reactor, options)
+    cluster.ready.addCallback(freeze_start_up_objects)
+    return cluster
