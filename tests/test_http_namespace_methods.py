@@ -95,6 +95,37 @@ async def test_move_to_this_server_by_url_is_local(env):
     assert await body_of(env, "/back") == (200, b"stay")
 
 
+async def raw_move(env, target: bytes, destination: bytes, host: bytes | None, version=b"1.1"):
+    """The status of a MOVE written byte for byte (no Host header if None)."""
+    from twisted.internet import reactor
+
+    c = await connect(reactor, env.port.getHost().port)
+    auth = env.auth_header[b"Authorization"][0]
+    host_line = b"" if host is None else b"Host: " + host + b"\r\n"
+    c.send(
+        b"MOVE " + target + b" HTTP/" + version + b"\r\n" + host_line
+        + b"Authorization: " + auth + b"\r\nDestination: " + destination + b"\r\n\r\n"
+    )  # fmt: skip
+    received = await c.until(b"\r\n\r\n")
+    c.close()
+    return head_of(received)[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_is_the_one_the_request_was_sent_to(env):
+    """The Host header names it; an absolute-form target does instead; with
+    neither (HTTP/1.0), the listening socket's address does."""
+    me = b"127.0.0.1:%d" % env.port.getHost().port
+    assert await call(env, "PUT", "/a", b"a") == 201
+    assert await raw_move(env, b"/a", b"http://files.example/b", b"FILES.example") == 201
+    assert await raw_move(env, b"/b", b"http://files.example/c", b"other.example") == 502
+    absolute = b"http://files.example:81/b"
+    assert await raw_move(env, absolute, b"http://files.example:81/c", b"other.example") == 201
+    assert await raw_move(env, b"/c", b"http://" + me + b"/d", None, b"1.0") == 201
+    assert await raw_move(env, b"/d", b"http://[::1]:1/e", None, b"1.0") == 502
+    assert await body_of(env, "/d") == (200, b"a")
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_destination_fragment_and_query_are_not_part_of_the_name(env):
     assert await call(env, "PUT", "/md7", b"seven") == 201
