@@ -242,6 +242,21 @@ async def test_rename_onto_an_existing_name_needs_replace(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rename_never_replaces_a_file_with_a_directory(catalog):
+    await catalog.mkdir("/d")
+    await write_file(catalog, "/d/inside", 1, "blob-1")
+    version = await write_file(catalog, "/f", 2, "blob-2")
+    with pytest.raises(NotADirectory):
+        await catalog.rename("/d", "/f", replace=True)
+    with pytest.raises(Exists):
+        await catalog.rename("/d", "/f")
+    kept = await catalog.stat("/f")
+    assert (kept.kind, kept.version) == (FILE, version)
+    assert (await catalog.stat("/d/inside")).size == 1
+    assert await catalog.collectable_blobs() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_rename_of_missing_source_or_into_missing_dir_is_not_found(catalog):
     await catalog.mkdir("/a")
     with pytest.raises(NotFound):

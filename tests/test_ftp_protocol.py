@@ -261,6 +261,20 @@ async def test_dele_rnfr_rnto(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rnto_never_replaces_a_file_with_a_directory_nor_the_reverse(ftp):
+    await ftp.env.upload("/a.bin", b"keep me")
+    c = await ftp.client()
+    assert (await c.cmd("MKD d1"))[0] == 257
+    assert (await c.cmd("RNFR d1"))[0] == 350
+    assert (await c.cmd("RNTO a.bin"))[0] == 550
+    assert (await c.cmd("RNFR a.bin"))[0] == 350
+    assert (await c.cmd("RNTO d1"))[0] == 550
+    data, _ = await ftp.env.download("/a.bin")
+    assert data == b"keep me"
+    assert (await ftp.transfers.stat(ftp.env.user, "/d1")).is_dir
+
+
+@pytest_twisted.ensureDeferred
 async def test_size_mdtm_and_mlst(ftp):
     await ftp.env.upload("/f.bin", b"x" * 1234)
     c = await ftp.client()

@@ -312,3 +312,19 @@ async def test_the_status_page_sends_no_plain_http_challenge_where_tls_is_requir
         assert response.code == 401 and response.headers.hasHeader(b"WWW-Authenticate")
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_over_https_takes_an_https_destination_and_refuses_an_http_one(tls):
+    auth = ("alice", PASSWORD)
+    response = await tls.client.put(tls.url("/m.txt"), data=b"moved", auth=auth)
+    await response.content()
+    assert response.code == 201
+    for destination, code in ((tls.http.url("/plain.txt"), 502), (tls.url("/tls.txt"), 201)):
+        response = await tls.client.request(
+            "MOVE", tls.url("/m.txt"), headers={"Destination": destination}, auth=auth
+        )
+        await response.content()
+        assert response.code == code, destination
+    response = await tls.client.get(tls.url("/tls.txt"), auth=auth)
+    assert (response.code, await response.content()) == (200, b"moved")

@@ -191,6 +191,13 @@ def delete(tx: Tx, path: str, abort_pending: bool, now: float) -> None:
 
 
 def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
+    """Move ``src`` to ``dst``; with ``replace``, a file may replace a file.
+
+    Nothing else is ever replaced, so a rename never deletes more than the
+    one file its destination names: a directory destination is ``Exists``
+    (replacing it would drop its subtree), a directory onto a file is
+    ``NotADirectory`` (as POSIX rename(2) answers ENOTDIR).
+    """
     s, d = split_path(src), split_path(dst)
     if not s or not d:
         raise InvalidMove("the root cannot be moved or replaced")
@@ -219,6 +226,10 @@ def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
             raise Exists(f"{dst} exists")
         if existing["kind"] == DIR:
             raise Exists(f"{dst} is a directory and is never replaced")
+        if row["kind"] == DIR:
+            # POSIX rename(2) refuses this too (ENOTDIR); replacing would
+            # delete the file to make room for a directory's name.
+            raise NotADirectory(f"{dst} is a file and is never replaced by a directory")
         tx.lock_rows("inodes", "inode", [existing["inode"]])
         unlink_file(tx, existing, False, now, dst)
     tx.execute(

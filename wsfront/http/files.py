@@ -7,13 +7,12 @@ preconditions.  Every path is resolved inside the user's root first.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from twisted.internet.defer import inlineCallbacks
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http import conditional
+from wsfront.http.destination import destination
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
 
@@ -101,11 +100,22 @@ def quote_etag(etag: str) -> str:
 
 
 @inlineCallbacks
+def stat_target(context, user, target: paths.HttpTarget):
+    """The FileInfo of what ``target`` names, None if nothing: a path ending
+    in ``/`` names a directory, so on a file it names nothing (GET answers
+    404 there too), and no method may act on the file through it."""
+    info = yield stat_or_none(context, user, target.path)
+    if info is not None and target.trailing_slash and not info.is_dir:
+        return None
+    return info
+
+
+@inlineCallbacks
 def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
     yield request.discard_body()
     if target.path == "/":
         raise HttpError(403, "the root cannot be deleted")
-    info = yield stat_or_none(context, user, target.path)
+    info = yield stat_target(context, user, target)
     check_write_preconditions(request, info)
     if info is None:
         raise HttpError(404, "no such file or directory")
@@ -118,47 +128,74 @@ def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
 
 @inlineCallbacks
 def mkcol(context, request: StreamingRequest, user, target: paths.HttpTarget):
-    yield request.discard_body(0)
+    if request.body_length:
+        # RFC 4918 (9.3): a body MKCOL does not understand is 415.  Refused
+        # before it is read (the connection closes after the answer).
+        raise HttpError(415, "MKCOL takes no body")
+    try:
+        yield request.discard_body(0)
+    except HttpError as e:
+        if e.status != 413:  # a chunked body that was not empty
+            raise
+        raise HttpError(415, "MKCOL takes no body") from None
     if target.path == "/":
         raise HttpError(405, "the root exists")
     try:
         yield context.transfers.mkdir(user, target.path)
     except catalog_errors.Exists:
+        if target.trailing_slash and (yield stat_target(context, user, target)) is None:
+            raise HttpError(409, "a file has that name") from None
         raise HttpError(405, "that name exists already") from None
     except catalog_errors.NotFound:
         raise HttpError(409, "the parent directory does not exist") from None
     request.respond(201, headers=(("Location", paths.to_url_path(target.path, directory=True)),))
 
 
-def destination_path(request: StreamingRequest) -> paths.HttpTarget:
-    """The user path a MOVE's Destination header names (URL or absolute path)."""
-    header = request.getHeader(b"Destination")
-    if not header:
-        raise HttpError(400, "MOVE needs a Destination header")
-    try:
-        split = urlsplit(header)
-    except ValueError:  # a broken IPv6 host, a non-ASCII byte
-        raise HttpError(400, "the Destination header is not a URL") from None
-    raw = split.path if split.scheme or split.netloc else header.split(b"?", 1)[0]
-    if not raw.startswith(b"/") or raw == b"/-" or raw.startswith(b"/-/"):
-        raise HttpError(400, "the Destination must be a user path on this server")
-    return paths.resolve_http(raw)
-
-
 @inlineCallbacks
 def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    """RFC 4918 MOVE, except that only a file ever replaces a file.
+
+    With ``Overwrite: T`` (the default) RFC 4918 would delete whatever the
+    destination holds, a whole tree included, before moving; wsfs never
+    deletes more than the one file a request names, so a directory on
+    either side of a replacement is 409 Conflict, both ways alike (nginx's
+    dav module answers 409 for a file onto a collection too).
+    """
     yield request.discard_body()
-    dest = destination_path(request)
+    dest = destination(request)
     if target.path == "/" or dest.path == "/":
         raise HttpError(403, "the root cannot be moved")
-    overwrite = (request.getHeader(b"Overwrite") or b"T").strip().upper() != b"F"
-    info = yield stat_or_none(context, user, target.path)
+    overwrite = overwrite_of(request)
+    info = yield stat_target(context, user, target)
     check_write_preconditions(request, info)
-    existed = (yield stat_or_none(context, user, dest.path)) is not None
-    if existed and not overwrite:
+    if info is None:
+        raise HttpError(404, "no such file or directory")
+    if dest.trailing_slash and not info.is_dir:
+        raise HttpError(409, "a file cannot move to a directory path (ending in /)")
+    if dest.path == target.path:
+        raise HttpError(403, "the source and the destination are the same")
+    existing = yield stat_or_none(context, user, dest.path)
+    if existing is not None and not overwrite:
         raise HttpError(412, "the destination exists and Overwrite is F")
+    if existing is not None and (existing.is_dir or info.is_dir):
+        raise HttpError(409, NEVER_REPLACED)
     try:
         yield context.transfers.rename(user, target.path, dest.path, replace=overwrite)
     except catalog_errors.Exists:
-        raise HttpError(412, "the destination exists") from None
-    request.respond(204 if existed else 201)
+        # Taken meanwhile: by a directory (Overwrite T), or by anything (F).
+        raise HttpError(409 if overwrite else 412, "the destination exists") from None
+    except catalog_errors.NotFound:
+        raise HttpError(409, "the destination's parent directory does not exist") from None
+    request.respond(204 if existing is not None else 201)
+
+
+def overwrite_of(request: StreamingRequest) -> bool:
+    """The Overwrite header (RFC 4918, 10.6): T when absent; a value other
+    than T or F is 400, since guessing T could replace a file by surprise."""
+    value = (request.getHeader(b"Overwrite") or b"T").strip().upper()
+    if value not in (b"T", b"F"):
+        raise HttpError(400, "Overwrite must be T or F")
+    return value == b"T"
+
+
+NEVER_REPLACED = "a directory is never replaced, nor a file replaced by a directory"

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
 from wsfront import paths
+from wsfront.catalog import errors as catalog_errors
 from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
@@ -87,25 +88,31 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         )
     offset = 0 if crange is None else crange.first
     expected = length if crange is None else crange.length
-    seen: list[bool] = []
+    seen: list = []  # what check saw: the FileInfo at the path, or None
 
     def check(info) -> None:
         """Preconditions on the lookup open_write makes anyway (no trip of
         our own), before anything changes."""
         if info is not None and info.is_dir:
             raise HttpError(409, "a directory has that name")
-        seen.append(info is not None and not info.pending)
+        seen.append(info)
         check_write_preconditions(request, info)
         _check_quota(user, info, offset, expected)
 
-    session = yield context.transfers.open_write(
-        user,
-        target.path,
-        offset,
-        declared_length=None if crange is None else crange.total,
-        check=check,
-    )
-    existed = seen[0]
+    try:
+        session = yield context.transfers.open_write(
+            user,
+            target.path,
+            offset,
+            declared_length=None if crange is None else crange.total,
+            check=check,
+        )
+    except catalog_errors.NotFound:
+        if seen and seen[0] is None:
+            # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
+            raise HttpError(409, "the parent directory does not exist") from None
+        raise
+    existed = seen[0] is not None and not seen[0].pending
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     restore_reads = wider_reads(request)
