@@ -356,8 +356,11 @@ class StreamingRequest(server.Request):
             return fail(self._body_error)
         self._buffer = []
         if self.body_received > limit:
-            self.fail_body(HttpError(413, "this request must not carry a body that large"))
-            return fail(self._body_error)
+            # Not ``fail(self._body_error)``: a body that is complete already
+            # cannot be failed, so fail_body records no error for it.
+            error = HttpError(413, "this request must not carry a body that large")
+            self.fail_body(error)
+            return fail(error)
         if self.body_complete:
             return succeed(self.body_received)
         self._discard_limit = limit
