@@ -92,3 +92,27 @@ def test_require_tls_with_plain_http_needs_https_too(tmp_path, secret):
         parse(*base, "--http", "tcp:1")
     cfg = parse(*base, "--http", "tcp:1", "--https", "tcp:2")
     assert cfg.require_tls and cfg.https == "tcp:2"
+
+
+def test_http_slow_client_limits_come_from_the_options_and_reach_the_site(tmp_path, secret):
+    from wsfront.http.tls import site_settings
+
+    base = ["--name", "a", "--catalog", "sqlite:///x", "--secret-file", secret, "--http", "tcp:1"]
+    cfg = parse(*base)
+    settings = site_settings(cfg)
+    assert (settings.header_timeout, settings.body_min_rate, settings.body_rate_window) == (
+        30.0,
+        500.0,
+        30.0,
+    )
+    toml = tmp_path / "fe.toml"
+    toml.write_text("http-header-timeout = 10\nhttp-body-rate-window = 5\n")
+    cfg = parse(*base, "--config", str(toml), "--http-body-min-rate", "0")
+    settings = site_settings(cfg)
+    assert (settings.header_timeout, settings.body_min_rate, settings.body_rate_window) == (
+        10.0,
+        None,
+        5.0,
+    )
+    with pytest.raises(usage.UsageError, match="http-header-timeout must be at least 1"):
+        parse(*base, "--http-header-timeout", "0")

@@ -2,11 +2,15 @@
 
 What is checked here is what twisted.web would do differently: no body read
 or ``100 Continue`` sent before a handler claims the body, the client's
-socket paused while the body's consumer is, and the connection limits.
+socket paused while the body's consumer is, the connection limits, the
+stricter framing (Host, folded headers, chunk sizes) and the deadlines for
+slow clients.
 """
 
 from __future__ import annotations
 
+import pytest
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -183,3 +187,232 @@ def test_an_overlong_request_line_gets_414_and_an_overlong_header_431():
     channel.dataReceived(b"GET / HTTP/1.1\r\nX-Long: " + b"b" * 200 + b"\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 431 ")
     assert seen == []
+
+
+# -- a body that is complete before its handler discards it --------------------
+
+
+def test_discarding_a_body_that_already_arrived_too_large_fails_with_413():
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(b"DELETE /a HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789")
+    [request] = seen
+    assert request.body_complete
+    failures = []
+    request.discard_body(5).addErrback(failures.append)
+    [failure] = failures
+    assert failure.value.status == 413
+
+
+def test_a_handler_that_waits_before_discarding_a_complete_body_answers_413_not_500():
+    site = make_site(Clock(), None, None, SiteSettings())
+    later: Deferred = Deferred()
+
+    @inlineCallbacks
+    def endpoint(request, context, segments):
+        yield later
+        yield request.discard_body(5)
+        request.respond(204)
+
+    site.mount("slow", endpoint)
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /-/slow HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789"
+    )
+    later.callback(None)
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert not transport.disconnecting  # the body was read: the connection can go on
+
+
+# -- request framing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n\ttwo\r\n\r\n",
+        b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde",
+    ],
+    ids=[
+        "no-host",
+        "no-host-other-headers",
+        "two-hosts",
+        "two-hosts-http-1.0",
+        "obs-fold-space",
+        "obs-fold-tab",
+        "space-before-first-header",
+        "put-without-host",
+    ],
+)
+def test_a_request_without_exactly_one_host_or_with_folded_headers_gets_400(head):
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(head + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert b"\r\nConnection: close\r\n" in transport.value()
+    assert seen == []
+
+
+def test_http_1_0_without_host_is_accepted():
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(b"GET /a HTTP/1.0\r\n\r\n")
+    assert [r.path for r in seen] == [b"/a"]
+
+
+CHUNKED_PUT = b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "size_line",
+    [b"FFFFFFFFFFFFFFFFFFFF\r\n", b"FFFFFFFFFFFFFFFFFFFF", b"8000000000000000\r\n", b"1" * 40],
+)
+def test_a_chunk_size_beyond_any_file_gets_400_at_once(size_line):
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [request] = seen
+    request.stream_body(Recorder())
+    channel.dataReceived(size_line)
+    assert transport.value().endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert transport.disconnecting
+
+
+def test_large_and_zero_padded_chunk_sizes_are_still_read():
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [request] = seen
+    sink = Recorder()
+    done = request.stream_body(sink)
+    channel.dataReceived(b"00000000000000000000003\r\nabc\r\n7FFFFFFFFFFFFFFF\r\nde")
+    assert sink.data == b"abcde" and not transport.disconnecting
+    assert not done.called
+
+
+# -- slow clients --------------------------------------------------------------
+
+
+def test_a_request_head_sent_a_line_at_a_time_gets_408_at_the_header_deadline():
+    clock, channel, transport, seen = channel_for(SiteSettings(header_timeout=30))
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    for i in range(14):
+        clock.advance(2)
+        channel.dataReceived(b"X-%d: y\r\n" % i)  # each resets the idle timer
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert transport.disconnecting
+    channel.dataReceived(b"\r\n")
+    assert seen == []
+
+
+def test_a_request_head_sent_a_byte_at_a_time_gets_408():
+    clock, channel, transport, _ = channel_for(SiteSettings(header_timeout=30))
+    for byte in b"GET / HT":
+        channel.dataReceived(bytes([byte]))
+        clock.advance(5)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+
+
+def test_the_header_deadline_starts_at_each_requests_first_byte():
+    clock, channel, transport, seen = channel_for(SiteSettings(header_timeout=30))
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(20)
+    seen[0].respond(200, b"ok")
+    clock.advance(50)  # idle between requests: the idle timeout's business
+    channel.dataReceived(b"GET /b HTTP/1.1\r\n")
+    clock.advance(29)
+    channel.dataReceived(b"Host: a\r\n\r\n")
+    assert [r.path for r in seen] == [b"/a", b"/b"]
+    clock.advance(100)  # the request is being answered: no deadline
+    assert transport.value().count(b"HTTP/1.1 ") == 1
+
+
+def _slow_put(settings: SiteSettings, length: int = 100_000):
+    clock, channel, transport, seen = channel_for(settings)
+    channel.dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length)
+    [request] = seen
+    return clock, channel, transport, request
+
+
+SLOW = SiteSettings(body_min_rate=100, body_rate_window=10)
+
+
+def test_a_body_trickling_below_the_minimum_rate_fails_with_408():
+    clock, channel, _, request = _slow_put(SLOW)
+    sink = Recorder()
+    failures = []
+    request.stream_body(sink).addErrback(failures.append)
+    for _ in range(5):
+        channel.dataReceived(b"x")
+        clock.advance(2)
+    [failure] = failures
+    assert failure.value.status == 408
+    assert sink.data == b"xxxxx"
+
+
+def test_a_body_at_the_minimum_rate_is_not_dropped():
+    clock, channel, _, request = _slow_put(SLOW)
+    failures = []
+    request.stream_body(Recorder()).addErrback(failures.append)
+    for _ in range(60):
+        channel.dataReceived(b"x" * 101)
+        clock.advance(1)
+    assert failures == []
+
+
+def test_time_the_server_paused_the_body_is_not_held_against_the_client():
+    clock, channel, transport, request = _slow_put(SLOW)
+    clock.advance(50)  # unclaimed: the handler is, say, checking a password
+    sink = Recorder()
+    failures = []
+    request.stream_body(sink).addErrback(failures.append)
+    channel.dataReceived(b"x" * 500)
+    clock.advance(5)
+    sink.producer.pauseProducing()  # the storage is slow
+    clock.advance(300)
+    sink.producer.resumeProducing()
+    channel.dataReceived(b"x" * 500)
+    clock.advance(4)
+    channel.pauseProducing()  # our answers are not being read
+    clock.advance(300)
+    channel.resumeProducing()
+    clock.advance(0.5)
+    assert failures == [] and not transport.disconnecting  # nor did the idle timer fire
+    clock.advance(10)  # ten seconds of reading with nothing: too slow
+    [failure] = failures
+    assert failure.value.status == 408
+
+
+def test_limits_can_be_turned_off():
+    settings = SiteSettings(header_timeout=None, body_min_rate=None, idle_timeout=1000)
+    clock, channel, transport, request = _slow_put(settings)
+    failures = []
+    request.stream_body(Recorder()).addErrback(failures.append)
+    clock.advance(500)
+    assert failures == [] and not transport.disconnecting
+    clock, channel, transport, _ = channel_for(settings)
+    channel.dataReceived(b"G")
+    clock.advance(500)
+    assert not transport.disconnecting
+
+
+def test_the_idle_timer_comes_back_after_backpressure_and_after_the_request():
+    clock, channel, transport, request = _slow_put(SiteSettings(idle_timeout=60), length=4)
+    sink = Recorder()
+    request.stream_body(sink)
+    sink.producer.pauseProducing()
+    clock.advance(500)
+    assert not transport.disconnecting
+    sink.producer.resumeProducing()
+    clock.advance(59)
+    channel.dataReceived(b"abcd")
+    request.respond(204)
+    clock.advance(59)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting

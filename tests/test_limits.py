@@ -1,8 +1,8 @@
-"""LoginThrottle and ConnectionLimits on a Clock: windows, keys, bounds."""
+"""LoginThrottle, ConnectionLimits and RateFloor on a Clock: windows, keys, bounds."""
 
 from twisted.internet.testing import Clock
 
-from wsfront.limits import ConnectionLimits, LoginThrottle, address_key
+from wsfront.limits import ConnectionLimits, LoginThrottle, RateFloor, address_key
 
 
 def throttle(**kw):
@@ -171,3 +171,56 @@ def test_limits_above_a_thousand_still_throttle():
     for _ in range(2000):
         t.failed("u", "h")
     assert t.retry_after("u", "h") is not None
+
+
+def rate_floor(min_rate=100, window=10):
+    clock = Clock()
+    slow = []
+    return clock, RateFloor(clock, min_rate, window, lambda: slow.append(clock.seconds())), slow
+
+
+def test_a_sender_below_the_floor_over_a_window_is_too_slow():
+    clock, floor, slow = rate_floor()
+    floor.start(True)
+    for _ in range(9):
+        clock.advance(1)
+        floor.received(100)  # 900 bytes in the first 10 s: below 100/s
+    clock.advance(1)
+    assert slow == [10]
+
+
+def test_each_window_is_judged_on_its_own_so_a_fast_start_cannot_pay_for_a_trickle():
+    clock, floor, slow = rate_floor()
+    floor.start(True)
+    floor.received(10_000)
+    clock.advance(10)
+    assert slow == []
+    clock.advance(10)
+    assert slow == [20]
+
+
+def test_time_the_receiver_was_not_reading_does_not_count():
+    clock, floor, slow = rate_floor()
+    floor.start(False)  # e.g. a body no handler claimed yet
+    clock.advance(500)
+    assert slow == []
+    floor.reading(True)
+    clock.advance(5)
+    floor.received(500)
+    floor.reading(False)  # paused by its consumer, half-way through the window
+    clock.advance(300)
+    floor.reading(True)
+    clock.advance(4)
+    floor.received(500)  # 1000 bytes over 10 s of reading: exactly the floor
+    clock.advance(1)
+    assert slow == []
+    clock.advance(10)
+    assert slow == [820]
+
+
+def test_a_stopped_floor_never_fires():
+    clock, floor, slow = rate_floor()
+    floor.start(True)
+    floor.stop()
+    clock.advance(100)
+    assert slow == [] and not clock.getDelayedCalls()

@@ -440,3 +440,41 @@ async def test_a_creation_answered_201_has_a_durable_start(env):
     status, headers, _ = await create(env, 10, {"filename": "later.bin"})
     assert status == 201 and headers["location"]
     assert starts == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_with_a_body_on_a_completed_upload_gets_413_and_changes_nothing(env):
+    data = payload(5000)
+    status, headers, _ = await create(env, len(data), {"filename": "done.bin"}, data)
+    assert status == 201 and headers["upload-offset"] == "5000"
+    url = headers["location"]
+    at_end = {**OCTETS, "Upload-Offset": "5000"}
+    status, headers, _ = await tus(env, "PATCH", url, at_end, b"0123456789")
+    assert status == 413 and headers["upload-offset"] == "5000"
+    status, headers, _ = await tus(env, "PATCH", url, at_end)
+    assert status == 204 and headers["upload-offset"] == "5000"
+    assert sha(await committed(env, "/done.bin")) == sha(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_patch_body_that_arrived_before_the_lookup_gets_413_not_500(env):
+    """The body is complete before the handler looks at it (it came with the
+    headers): discarding it must fail with 413, not with an empty error."""
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect, head_of
+
+    data = payload(100)
+    _, headers, _ = await create(env, len(data), {"filename": "done2.bin"}, data)
+    auth = env.auth_header[b"Authorization"][0]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(
+        b"PATCH " + headers["location"].encode() + b" HTTP/1.1\r\nHost: h\r\n"
+        b"Authorization: " + auth + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 100\r\n"
+        b"Content-Type: application/offset+octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"a\r\n0123456789\r\n0\r\n\r\n"
+    )
+    received = await client.until(b"\r\n\r\n")
+    client.close()
+    status, found = head_of(received)
+    assert status == 413 and found["upload-offset"] == "100"

@@ -48,6 +48,11 @@ class FrontendConfig:
     login_failures_per_address: int = 10
     login_failures_per_user: int = 50
     login_window_seconds: float = 300.0
+    http_header_timeout: float = 30.0
+    """Seconds an HTTP request's line and headers may take (then 408)."""
+    http_body_min_rate: float | None = 500.0
+    """Bytes a second an HTTP request body must average while read (None: no floor)."""
+    http_body_rate_window: float = 30.0
 
     def tls_pem(self) -> bytes | None:
         """Certificate and key as one PEM blob, for ``PrivateCertificate.loadPEM``
@@ -128,6 +133,9 @@ class FrontendOptions(usage.Options):
         ["login-failures-per-address", None, None, "failed logins an address may make (10)"],
         ["login-failures-per-user", None, None, "failed logins for one user, any address (50)"],
         ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
+        ["http-header-timeout", None, None, "seconds for an HTTP request's headers (default 30)"],
+        ["http-body-min-rate", None, None, "bytes/s an HTTP body must average; 0: any (500)"],
+        ["http-body-rate-window", None, None, "seconds that rate is averaged over (default 30)"],
     ]
     optFlags = [
         ["require-tls", None, "logins need TLS: FTP AUTH TLS + PROT P, HTTP over --https"],
@@ -270,4 +278,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         login_failures_per_address=number("login-failures-per-address", 10),
         login_failures_per_user=number("login-failures-per-user", 50),
         login_window_seconds=number("login-window-seconds", 300.0, float),
+        http_header_timeout=number("http-header-timeout", 30.0, float),
+        http_body_min_rate=number("http-body-min-rate", 500.0, float, least=0) or None,
+        http_body_rate_window=number("http-body-rate-window", 30.0, float),
     )

@@ -20,6 +20,11 @@ Shared by FTP and HTTP, so both protocols count the same way:
 ``ConnectionLimits``
     Open connections per client address and in total, for one listener.
 
+``RateFloor``
+    The least average rate at which a client must send what the server is
+    waiting for (an HTTP request body), counted only over the time the
+    server was reading: a client the server paused is never blamed.
+
 Addresses are grouped as attackers get them: an IPv6 client counts by its
 /64 (one subscriber's allocation), an IPv4-mapped IPv6 address as the IPv4
 address.  Memory is bounded: at most ``max_tracked`` keys are remembered, the
@@ -284,3 +289,65 @@ class ConnectionLimits:
 
     def count(self, host: str) -> int:
         return self._by_address.get(address_key(host) or host, 0)
+
+
+class RateFloor:
+    """Calls ``too_slow()`` once if the bytes ``received`` average less than
+    ``min_rate`` a second over ``window`` seconds of *reading* time.
+
+    The owner says when it reads and when it does not (``reading(flag)``):
+    only reading time counts, so a sender paused by the receiver's own
+    backpressure (a slow disk, an unclaimed body, unsent answers) is never
+    judged on the paused time.  The judgement is made each time ``window``
+    seconds of reading time have passed (the rate Apache's mod_reqtimeout
+    ``MinRate`` asks of a body, over a window instead of since the start,
+    so that a fast beginning cannot pay for a trickle later); one timer
+    per meter, rescheduled, no per-byte work beyond a sum.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, min_rate: float, window: float, too_slow: Callable[[], object]
+    ) -> None:
+        self._clock = clock
+        self._min_rate = min_rate
+        self._window = window
+        self._too_slow = too_slow
+        self._active = 0.0
+        self._since: float | None = None
+        self._bytes = 0
+        self._call = None
+
+    def start(self, reading: bool) -> None:
+        """Begin the first window (reading from now, or once ``reading(True)``)."""
+        self.reading(reading)
+        self._call = self._clock.callLater(self._window, self._judge)
+
+    def reading(self, flag: bool) -> None:
+        now = self._clock.seconds()
+        if flag and self._since is None:
+            self._since = now
+        elif not flag and self._since is not None:
+            self._active += now - self._since
+            self._since = None
+
+    def received(self, count: int) -> None:
+        self._bytes += count
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _judge(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        active = self._active + (now - self._since if self._since is not None else 0.0)
+        if active >= self._window:
+            if self._bytes < self._min_rate * active:
+                self._too_slow()
+                return
+            self._active, self._bytes = 0.0, 0
+            if self._since is not None:
+                self._since = now
+            active = 0.0
+        self._call = self._clock.callLater(self._window - active, self._judge)

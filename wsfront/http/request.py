@@ -16,6 +16,14 @@ checked *before* the client is told to send the body.  So:
 - A request answered before its body arrived (401, 403, 409...) closes the
   connection after the answer, since the unread body would otherwise be
   parsed as the next request.
+- Slow clients are bounded (``StreamingChannel``): a deadline for the request
+  head, a minimum rate for the body while the server reads it, and the idle
+  timeout, which is held while the server itself pauses the body.
+- Framing is stricter than Twisted's: an HTTP/1.1 request needs exactly one
+  Host, folded header lines are refused, and a chunk size past any file
+  offset is refused at once (400 each).
+- A client that shuts down its sending side after a complete request
+  (TCP half-close) still gets the answer.
 
 Tested with Twisted 26.x (its private ``_command`` / ``_path`` /
 ``_version`` / ``_networkProducer`` of ``HTTPChannel``).  HTTP/2 is off by
@@ -29,7 +37,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
@@ -38,6 +46,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from wsfront.http.errors_map import HttpError
+from wsfront.limits import RateFloor
 from wsfront.transfer.reader import raise_buffers
 
 log = Logger()
@@ -102,8 +111,58 @@ class _BodyValve:
             self._channel = None
 
 
+MAX_CHUNK_SIZE = (1 << 63) - 1
+"""The largest chunk a chunked body may announce (the largest file offset,
+as nginx allows); a larger one is answered 400 at once instead of being
+waited for."""
+
+
+class BoundedChunkedDecoder(http._ChunkedTransferDecoder):
+    """Twisted's chunked decoder, refusing a chunk size over ``MAX_CHUNK_SIZE``
+    (Twisted accepts any number of hex digits and then waits for the bytes).
+    Twisted itself bounds the chunk-size line, extensions included, to 1 KiB."""
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        end = self._buffer.find(b"\r\n")
+        line = self._buffer if end < 0 else self._buffer[:end]
+        digits = bytes(line.split(b";", 1)[0]).strip(b" \t").lstrip(b"0")
+        too_long = len(digits) > 16  # checked before the line ends, too
+        if too_long or (end >= 0 and digits and _hex_above(digits, MAX_CHUNK_SIZE)):
+            raise http._MalformedChunkedDataError("chunk size too large")
+        return super()._dataReceived_CHUNK_LENGTH()
+
+
+def _hex_above(digits: bytes, limit: int) -> bool:
+    try:
+        return int(digits, 16) > limit
+    except ValueError:
+        return False  # not a number: Twisted's own parsing refuses it
+
+
+def _canned(status: bytes, message: str) -> bytes:
+    """A whole small ``Connection: close`` answer, for errors found before
+    there is a request to answer through."""
+    body = (message + "\n").encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Server: wsfs\r\n"
+        b"Connection: close\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+@implementer(IHalfCloseableProtocol)
 class StreamingChannel(http.HTTPChannel):
-    """HTTPChannel that dispatches at end of headers and streams bodies."""
+    """HTTPChannel that dispatches at end of headers and streams bodies.
+
+    Slow clients are bounded three ways: the idle timeout (Twisted's, reset
+    by every byte), ``header_timeout`` (the request line and headers must
+    all be in within so many seconds of their first byte, else 408), and
+    ``body_min_rate`` (a body must average that many bytes a second over
+    every ``body_rate_window`` seconds that the server was reading it, else
+    408; time the server held the socket paused does not count).
+    """
 
     LINGER = 5.0
     """Seconds an early-answered connection keeps draining the client's input."""
@@ -120,11 +179,28 @@ class StreamingChannel(http.HTTPChannel):
     connection, or behind a PROXY-protocol balancer at the first bytes after
     the PROXY header); returns False after refusing the connection itself."""
 
+    clock = None
+    """Set by the site: the reactor's clock, for the head deadline and body rate."""
+
+    header_timeout: float | None = None
+    """Seconds from a request's first byte to the end of its headers (None: no limit)."""
+
+    body_min_rate: float | None = None
+    """Bytes a second a request body must average while read (None: no floor)."""
+
+    body_rate_window: float = 30.0
+    """Seconds of reading over which ``body_min_rate`` is averaged."""
+
     def __init__(self) -> None:
         super().__init__()
         self._body_pauses: set[str] = set()
         self._abandoned = False
         self._linger = self.LINGER
+        self._head_call = None
+        self._body_rate: RateFloor | None = None
+        self._idle_held: float | None = None
+        self._in_body = False
+        self._read_closed = False
 
     # -- admission -------------------------------------------------------------
 
@@ -139,9 +215,10 @@ class StreamingChannel(http.HTTPChannel):
 
     def refuse(self, response: bytes) -> None:
         """Send ``response`` (a whole HTTP response, ``Connection: close``)
-        before reading any request, then close, dropping the client's input
-        for at most ``REFUSED_LINGER`` seconds so the answer is not lost to
-        a reset."""
+        instead of reading any (more) request, then close, dropping the
+        client's input for at most ``REFUSED_LINGER`` seconds so the answer
+        is not lost to a reset."""
+        self._stop_clocks()
         self.abandon()
         self._linger = self.REFUSED_LINGER
         self.transport.write(response)
@@ -154,16 +231,23 @@ class StreamingChannel(http.HTTPChannel):
         self._body_pauses.add(reason)
         if self.transport is not None:
             self._networkProducer.pauseProducing()
+        self._body_reading_changed()
 
     def resume_body(self, reason: str) -> None:
         self._body_pauses.discard(reason)
         if not self._body_pauses and not self._waitingForTransport and self.transport is not None:
             self._networkProducer.resumeProducing()
+        self._body_reading_changed()
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self._body_reading_changed()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
         if self._body_pauses and not self._handlingRequest:
             self._networkProducer.pauseProducing()
+        self._body_reading_changed()
 
     def abandon(self) -> None:
         """The current request is answered before its body was read: drop the
@@ -171,6 +255,87 @@ class StreamingChannel(http.HTTPChannel):
         self._abandoned = True
         self.persistent = False
         self._body_pauses.clear()
+        self._stop_clocks()
+
+    # -- slow clients ----------------------------------------------------------
+
+    def _start_head_clock(self) -> None:
+        if self.header_timeout is not None and self.clock is not None:
+            self._head_call = self.clock.callLater(self.header_timeout, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        """The request line and headers did not all arrive in time: 408 (as
+        Apache's mod_reqtimeout answers) and close."""
+        self._head_call = None
+        log.info("HTTP request head not complete after {t}s: 408", t=self.header_timeout)
+        self.refuse(_canned(b"408 Request Timeout", "the request line and headers took too long"))
+
+    def _start_body_clock(self) -> None:
+        if self.body_min_rate is None or self.clock is None:
+            return
+        self._body_rate = RateFloor(
+            self.clock, self.body_min_rate, self.body_rate_window, self._body_too_slow
+        )
+        self._body_rate.start(self._reading_body())
+
+    def _reading_body(self) -> bool:
+        """Whether the server is reading the body now: paused for a consumer,
+        an unclaimed body or its own unsent answers, it is not, and the
+        client cannot be blamed for sending slowly."""
+        return not self._body_pauses and not self._waitingForTransport
+
+    def _body_reading_changed(self) -> None:
+        if self._body_rate is not None:
+            self._body_rate.reading(self._reading_body())
+        held = "consumer" in self._body_pauses or self._waitingForTransport
+        if held and self._in_body and self._idle_held is None and self.timeOut:
+            # Backpressure: the client is silent because we stopped reading.
+            self._idle_held = self.setTimeout(None)
+        elif not held and self._idle_held is not None:
+            self._release_idle_timer()
+
+    def _release_idle_timer(self) -> None:
+        held, self._idle_held = self._idle_held, None
+        if held is not None:
+            self.setTimeout(held)
+
+    def _body_too_slow(self) -> None:
+        """The body came in below ``body_min_rate``: its handler gets a 408
+        (it answers, which closes the connection, since the body is unread)."""
+        self._body_rate = None
+        log.info(
+            "HTTP request body slower than {rate} bytes/s over {t}s: 408",
+            rate=self.body_min_rate, t=self.body_rate_window,
+        )  # fmt: skip
+        if self.requests:
+            self.requests[-1].fail_body(HttpError(408, "the request body arrived too slowly"))
+
+    def _stop_clocks(self) -> None:
+        self._in_body = False
+        call, self._head_call = self._head_call, None
+        if call is not None and call.active():
+            call.cancel()
+        meter, self._body_rate = self._body_rate, None
+        if meter is not None:
+            meter.stop()
+        self._release_idle_timer()
+
+    # -- the client closing its side -------------------------------------------
+
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side (TCP half-close).  After a
+        complete request that is still being answered, the answer goes out
+        and the connection closes after it; otherwise (between requests, in
+        the middle of one, or lingering after an early answer) nothing more
+        can come, so the connection closes now."""
+        if self._handlingRequest and not self._abandoned and self.requests:
+            self._read_closed = True
+            return
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our sending side is shut (the linger after an early answer): keep
+        reading until the client closes or ``LINGER`` runs out."""
 
     def loseConnection(self) -> None:
         """After an early answer, close only our side and keep reading (and
@@ -179,6 +344,7 @@ class StreamingChannel(http.HTTPChannel):
         which can destroy the answer before the client reads it.  Over TLS
         the whole connection is closed the TLS way instead (a TCP half-close
         under TLS would cut the records TLS still has to send)."""
+        self._stop_clocks()
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if self.isSecure():
             half_close = None
@@ -199,14 +365,26 @@ class StreamingChannel(http.HTTPChannel):
     # -- HTTPChannel hooks ---------------------------------------------------
 
     def allHeadersReceived(self) -> None:
+        self._stop_clocks()
         request = self.requests[-1]
+        hosts = request.requestHeaders.getRawHeaders(b"Host") or []
+        if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
+            # RFC 9112 section 3.2: 400 for an HTTP/1.1 request without
+            # Host, and for any request with more than one.
+            self.refuse(_canned(b"400 Bad Request", "a request needs exactly one Host header"))
+            return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
         request.headers_received(self._command, self._path, self._version)
+        if self.length != 0 and not self._abandoned and not request.body_complete:
+            self._in_body = True
+            self._start_body_clock()
+            self._body_reading_changed()
 
     def allContentReceived(self) -> None:
         if self._abandoned:
             return
+        self._stop_clocks()
         super().allContentReceived()
 
     def dataReceived(self, data: bytes) -> None:
@@ -214,7 +392,35 @@ class StreamingChannel(http.HTTPChannel):
             return
         if self.admit is not None and not self._admit():
             return
+        if self.line_mode and self._head_call is None and not self.transport.disconnecting:
+            self._start_head_clock()
+        elif self._body_rate is not None:
+            self._body_rate.received(len(data))
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._abandoned:
+            return  # the rest of a buffer read before a refusal
+        if line[:1] in (b" ", b"\t") and not getattr(self, "_HTTPChannel__first_line", 1):
+            # A folded header line (obs-fold) or whitespace before the first
+            # header: RFC 9112 section 5.2 allows rejecting it, which leaves
+            # no room for two parsers to disagree about the headers.
+            self.refuse(_canned(b"400 Bad Request", "folded header lines are not accepted"))
+            return
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._abandoned:
+            return
+        super().rawDataReceived(data)
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        if ok and type(self._transferDecoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = BoundedChunkedDecoder(
+                self.requests[-1].handleContentChunk, self._finishRequestBody
+            )
+        return ok
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
@@ -227,8 +433,13 @@ class StreamingChannel(http.HTTPChannel):
     def requestDone(self, request) -> None:
         self._body_pauses.clear()
         super().requestDone(request)
+        if self._read_closed and not self._handlingRequest and self.transport is not None:
+            # The client half-closed after its last request: nothing more
+            # will come once what it pipelined is answered.
+            self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
+        self._stop_clocks()
         super().connectionLost(reason)
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
@@ -356,8 +567,11 @@ class StreamingRequest(server.Request):
             return fail(self._body_error)
         self._buffer = []
         if self.body_received > limit:
-            self.fail_body(HttpError(413, "this request must not carry a body that large"))
-            return fail(self._body_error)
+            # Not ``fail(self._body_error)``: a body that is complete already
+            # cannot be failed, so fail_body records no error for it.
+            error = HttpError(413, "this request must not carry a body that large")
+            self.fail_body(error)
+            return fail(error)
         if self.body_complete:
             return succeed(self.body_received)
         self._discard_limit = limit

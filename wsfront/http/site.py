@@ -53,6 +53,18 @@ class SiteSettings:
     realm: str = "wsfs"
     idle_timeout: float = 60.0
     """Seconds a connection may stay silent (slow clients, slow-loris) before it is dropped."""
+    header_timeout: float | None = 30.0
+    """Seconds from a request's first byte to the end of its headers; later
+    gets 408 and the connection closes (a slow-loris sending a byte or a
+    header line now and then is not bounded by the idle timeout alone).
+    nginx allows 60 s, Apache's mod_reqtimeout 20-40 s.  None: no limit."""
+    body_min_rate: float | None = 500.0
+    """Bytes a second a request body must average over every
+    ``body_rate_window`` seconds the server spends reading it (time the
+    server paused the client for backpressure does not count); slower gets
+    408 and the connection closes.  mod_reqtimeout's MinRate default.  None:
+    no floor."""
+    body_rate_window: float = 30.0
     max_header_bytes: int = 16384
     """Request line plus headers, in bytes; more and the client gets 400."""
     max_headers: int = 100
@@ -137,6 +149,10 @@ class WsSite(server.Site):
         channel.totalHeadersSize = settings.max_header_bytes
         channel.maxHeaders = settings.max_headers
         channel.MAX_LENGTH = settings.max_line_bytes
+        channel.clock = self.reactor
+        channel.header_timeout = settings.header_timeout
+        channel.body_min_rate = settings.body_min_rate
+        channel.body_rate_window = settings.body_rate_window
         return channel
 
     def _admit(self, channel: StreamingChannel) -> bool:

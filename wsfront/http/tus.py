@@ -225,7 +225,7 @@ class TusEndpoint:
             self._check_size(new_length)
             length = new_length
         if upload.state == COMMITTED:
-            yield request.discard_body(0)
+            yield self._no_body_past_the_end(request, current)
             request.respond(204, headers=(("Upload-Offset", str(current)),))
             return
         self._check_body_fits(request, None if length is None else length - offset)
@@ -239,6 +239,23 @@ class TusEndpoint:
             self._learned_lengths[upload_id] = new_length
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
         request.respond(204, headers=(("Upload-Offset", str(done)),))
+
+    @staticmethod
+    @inlineCallbacks
+    def _no_body_past_the_end(request: StreamingRequest, offset: int):
+        """A PATCH at the end of a completed upload may carry no body: one
+        gets 413, the answer for a body past a live upload's length too (tusd
+        answers 204 and drops it, which leaves the client to guess what
+        became of its bytes)."""
+        full = HttpError(
+            413, "the upload is complete: no bytes fit after it", (("Upload-Offset", str(offset)),)
+        )
+        if request.body_length:
+            raise full
+        try:
+            yield request.discard_body(0)
+        except HttpError:
+            raise full from None
 
     @inlineCallbacks
     def _receive(self, request, session, context, user, vpath, offset, length, checksum):
