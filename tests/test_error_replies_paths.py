@@ -204,14 +204,20 @@ LEAKY = [
     transfer_errors.NoReplicasAvailable("no replica of blob b1 could be read: n1: /srv/data"),
     transfer_errors.OffsetTooLarge(f"{ROOT}/x: offset 9 is beyond the size 3"),
     catalog_errors.NotFound(f"{ROOT}/x does not exist"),
+    catalog_errors.Exists(f"{ROOT}/x exists"),
     catalog_errors.QuotaExceeded(f"{ROOT} has no room for 9 more bytes"),
 ]
 
 
 @pytest.mark.parametrize("error", LEAKY, ids=lambda e: type(e).__name__)
-def test_no_message_that_names_a_path_reaches_a_client(error):
-    assert_no_root(reply_for(error)[1])
-    assert "/srv" not in reply_for(error)[1]
+def test_ftp_replies_show_no_message_that_names_a_path(error):
+    text = reply_for(error)[1]
+    assert_no_root(text)
+    assert "/srv" not in text
+
+
+@pytest.mark.parametrize("error", LEAKY, ids=lambda e: type(e).__name__)
+def test_http_bodies_show_no_message_that_names_a_path(error):
     answer = http_error(error, b"/x")
     assert_no_root(answer.message)
     assert "/srv" not in answer.message
