@@ -156,6 +156,25 @@ async def test_http_percent_encoded_paths_are_named_decoded(env):
     assert text == "/café/x y: no such file or directory\n"
 
 
+@pytest.mark.parametrize(
+    ("where", "status", "body"),
+    [("/nodir/x", 404, "no such file or directory"), ("/file/x", 409, "not a directory")],
+)
+@pytest_twisted.ensureDeferred
+async def test_tus_creation_errors_name_no_catalog_path(env, where, status, body):
+    """A tus request's URL is the server's (``/-/uploads/``), so its errors
+    name no path at all."""
+    headers = {
+        b"Tus-Resumable": [b"1.0.0"],
+        b"Upload-Length": [b"4"],
+        b"Upload-Metadata": [b"path " + base64.b64encode(where.encode())],
+    }
+    code, text = await env.request("POST", "/-/uploads/", headers=headers)
+    assert code == status, text
+    assert_no_root(text)
+    assert text == body + "\n"
+
+
 # -- FTP ----------------------------------------------------------------------------------
 
 
