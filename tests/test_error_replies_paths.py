@@ -130,13 +130,14 @@ async def test_http_error_bodies_name_the_requested_path_not_the_catalog_path(
 @pytest_twisted.ensureDeferred
 async def test_http_move_onto_a_pending_upload_names_no_catalog_path(env):
     """The catalog refuses to replace a file with a live upload, in a
-    message naming its own path of the destination."""
+    message naming its own path of the destination; the answer says it is
+    the destination that is busy, not the file the URL names."""
     code, text = await env.request(
         "MOVE", "/file", headers={b"Destination": [env.http.url("/busy").encode()]}
     )
     assert code == 409, text
     assert_no_root(text)
-    assert text == "/file: file busy: an upload is pending on it\n"
+    assert text == "the destination is busy: an upload is pending on it\n"
 
 
 @pytest_twisted.ensureDeferred
