@@ -48,19 +48,19 @@ UNEXPECTED = (451, "Local error in processing")
 def reply_for(error: BaseException) -> tuple[int, str]:
     """The (code, text) an FTP client gets for ``error``.
 
-    Transfer errors carry their own message after the generic text so a user
-    sees why (``554 ...: offset 9 is beyond the size 3``); catalog messages
-    are left out because they name storage paths (the user's root is not
-    theirs to see).  Path refusals use the code ``wsfront.paths`` chose.
+    The text is the class's own; only the few transfer errors whose messages
+    are built from numbers add theirs (``554 ...: offset 9 is beyond the
+    size 3``).  Any other message may name a catalog path (``UploadBusy``
+    can carry the catalog's ``an upload is pending on /alice/x``: the user's
+    root is not theirs to see), a blob or a storage node, so none is shown.
+    Path refusals use the code ``wsfront.paths`` chose.
     """
     if isinstance(error, paths.PathError):
         return error.ftp_code, error.message
     for cls, code, text in _TABLE:
         if isinstance(error, cls):
-            detail = str(error) if isinstance(error, transfer_errors.TransferError) else ""
-            if detail and detail != text:
-                return code, f"{text}: {_one_line(detail)}"
-            return code, text
+            detail = public_detail(error)
+            return (code, f"{text}: {detail}") if detail else (code, text)
     return UNEXPECTED
 
 
@@ -69,7 +69,17 @@ def is_expected(error: BaseException) -> bool:
     return isinstance(error, paths.PathError) or any(isinstance(error, c) for c, _, _ in _TABLE)
 
 
-def _one_line(text: str) -> str:
-    """Reply text must not break the reply framing (CR/LF) nor run on forever."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= 300 else flat[:297] + "..."
+_DETAILED = (transfer_errors.OffsetTooLarge, transfer_errors.TooManySessions)
+"""Classes whose messages the transfer layer builds from numbers and the
+user's own name only: worth showing after the generic text."""
+
+
+def public_detail(error: BaseException) -> str:
+    """The part of ``error``'s message a client may see: only for the
+    ``_DETAILED`` classes, on one line (reply framing), and never with a
+    ``/`` in it (every catalog path has one), so a message that starts
+    naming a path some day stays out."""
+    if not isinstance(error, _DETAILED):
+        return ""
+    detail = " ".join(str(error).split())
+    return "" if "/" in detail or len(detail) > 200 else detail

@@ -1,8 +1,13 @@
-"""Map the transfer layer's and the catalog's errors to HTTP statuses.
+"""Map the transfer layer's and the catalog's errors to HTTP answers.
 
 The adapter never decides a status from an error's message: each error class
 has one answer here (docs/architecture.md, Path state x operation), so FTP and
 HTTP stay consistent with the same table.
+
+Nor does a message ever reach the client: catalog and transfer messages name
+catalog paths (``/alice/x``: the user's root, which is not the user's to see),
+user names, blob ids and storage nodes.  The body is built from the class's
+text here and the path the client asked for, so nothing else can leak.
 """
 
 from __future__ import annotations
@@ -30,41 +35,84 @@ class HttpError(Exception):
         return f"{self.status} {self.message}"
 
 
-_STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (catalog_errors.NotFound, 404),
-    (catalog_errors.PermissionDenied, 403),
-    (catalog_errors.AuthFailed, 401),
-    (catalog_errors.Exists, 409),
-    (catalog_errors.NotEmpty, 409),
-    (catalog_errors.NotADirectory, 409),
-    (catalog_errors.IsADirectory, 409),
-    (catalog_errors.InvalidName, 400),
-    (catalog_errors.InvalidMove, 409),
-    (catalog_errors.PendingUploadExists, 409),
-    (catalog_errors.InvalidOffset, 416),
-    (catalog_errors.QuotaExceeded, 507),
-    (catalog_errors.EpochConflict, 409),
-    (transfer_errors.UploadBusy, 409),
-    (transfer_errors.OffsetTooLarge, 416),
-    (transfer_errors.QuotaExceeded, 507),
-    (transfer_errors.NoReplicasAvailable, 503),
-    (transfer_errors.SessionFenced, 409),
-    (transfer_errors.SessionFailed, 503),
-    (transfer_errors.TransferAborted, 400),
-    (transfer_errors.Draining, 503),
-    (transfer_errors.TooManySessions, 429),
+_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (catalog_errors.NotFound, 404, "no such file or directory"),
+    (catalog_errors.PermissionDenied, 403, "permission denied"),
+    (catalog_errors.AuthFailed, 401, "login incorrect"),
+    (catalog_errors.Exists, 409, "the name exists already"),
+    (catalog_errors.NotEmpty, 409, "directory not empty"),
+    (catalog_errors.NotADirectory, 409, "not a directory"),
+    (catalog_errors.IsADirectory, 409, "is a directory"),
+    (catalog_errors.InvalidName, 400, "file name not allowed"),
+    (catalog_errors.InvalidMove, 409, "a directory cannot move into itself"),
+    (catalog_errors.PendingUploadExists, 409, "file busy: an upload is pending on it"),
+    (catalog_errors.InvalidOffset, 416, "offset beyond the end of the file"),
+    (catalog_errors.QuotaExceeded, 507, "quota exceeded"),
+    (catalog_errors.UploadFinished, 409, "upload already finished"),
+    (catalog_errors.EpochConflict, 409, "upload taken over by another session"),
+    (transfer_errors.UploadBusy, 409, "file busy: another upload is pending on it"),
+    (transfer_errors.OffsetTooLarge, 416, "offset beyond the end of the file"),
+    (transfer_errors.QuotaExceeded, 507, "quota exceeded"),
+    (transfer_errors.NoReplicasAvailable, 503, "storage unavailable, try again later"),
+    (transfer_errors.SessionFenced, 409, "upload taken over by another session"),
+    (transfer_errors.SessionFailed, 503, "upload failed, try again later"),
+    (transfer_errors.TransferAborted, 400, "transfer aborted"),
+    (transfer_errors.Draining, 503, "server restarting, try again"),
+    (transfer_errors.TooManySessions, 429, "too many transfers at once, try again later"),
 )
 
+_DETAILED = (transfer_errors.OffsetTooLarge, transfer_errors.TooManySessions)
+"""Classes whose messages the transfer layer builds from numbers and the
+user's own name only (``offset 9 is beyond the size 3``): worth showing."""
 
-def http_error(error: BaseException) -> HttpError:
-    """The HttpError to answer for ``error`` (500 for anything unexpected)."""
+
+def http_error(error: BaseException, raw_path: bytes | None = None) -> HttpError:
+    """The HttpError to answer for ``error`` (500 for anything unexpected).
+
+    ``raw_path`` is the request's path as sent (still percent-encoded): a
+    user path is named in the message (``/x: no such file or directory``),
+    the only path the body ever shows.
+    """
     if isinstance(error, HttpError):
         return error
     if isinstance(error, paths.PathError):
         return HttpError(error.http_status, error.message)
-    for cls, status in _STATUS:
+    for cls, status, text in _TABLE:
         if isinstance(error, cls):
             retry = getattr(error, "retry_after", None)
             headers = () if retry is None else (("Retry-After", str(retry)),)
-            return HttpError(status, str(error) or cls.__name__, headers)
+            return HttpError(status, _message(text, error, raw_path), headers)
     return HttpError(500, "internal server error")
+
+
+def _message(text: str, error: BaseException, raw_path: bytes | None) -> str:
+    detail = public_detail(error)
+    if detail:
+        text = f"{text}: {detail}"
+    shown = client_path(raw_path)
+    return text if shown is None else f"{shown}: {text}"
+
+
+def public_detail(error: BaseException) -> str:
+    """The part of ``error``'s message a client may see: only for the
+    ``_DETAILED`` classes, and never with a ``/`` in it (every catalog path
+    has one), so a message that starts naming a path some day stays out."""
+    if not isinstance(error, _DETAILED):
+        return ""
+    detail = " ".join(str(error).split())
+    return "" if "/" in detail or len(detail) > 200 else detail
+
+
+def client_path(raw_path: bytes | None) -> str | None:
+    """The user path the client asked for, as the client sees it (decoded,
+    inside its root), or None for the server's own ``/-/`` endpoints and for
+    a path that does not resolve."""
+    if raw_path is None or raw_path == b"/-" or raw_path.startswith(b"/-/"):
+        return None
+    try:
+        target = paths.resolve_http(raw_path)
+    except paths.PathError:
+        return None
+    if target.trailing_slash and target.path != "/":
+        return target.path + "/"
+    return target.path

@@ -186,6 +186,8 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
         raise HttpError(409 if overwrite else 412, "the destination exists") from None
     except catalog_errors.NotFound:
         raise HttpError(409, "the destination's parent directory does not exist") from None
+    except catalog_errors.PendingUploadExists:
+        raise HttpError(409, "the destination is busy: an upload is pending on it") from None
     request.respond(204 if existing is not None else 201)
 
 

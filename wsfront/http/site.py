@@ -200,7 +200,7 @@ class WsSite(server.Site):
     def _failed(self, failure, request: StreamingRequest) -> None:
         if failure.check(BodyLost) and request.gone:
             return
-        error = http_error(failure.value)
+        error = http_error(failure.value, target_path(request.path))
         if error.status >= 500:
             log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
         if request.startedWriting:
