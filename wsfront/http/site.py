@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -201,8 +201,7 @@ class WsSite(server.Site):
         if failure.check(BodyLost) and request.gone:
             return
         error = http_error(failure.value, target_path(request.path))
-        if error.status >= 500:
-            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        log_error_answer(request, failure, error.status)
         if request.startedWriting:
             request.abort()
             return
@@ -225,6 +224,41 @@ class WsSite(server.Site):
         if endpoint is None:
             raise HttpError(404, "no such server endpoint")
         return endpoint(request, self.context, segments[1:])
+
+
+def log_error_answer(request: StreamingRequest, failure, status: int) -> None:
+    """Log a request that ended in an error, once, before it is answered.
+
+    An error the protocol answers (``errors_map``: 503 with every storage
+    server down, 507 over quota, 404...) is routine: one line, at warn for a
+    5xx (the operator may have something to fix) and info for a 4xx.  The
+    line has the error's own message, which may name blob ids and storage
+    servers: the operator's to see, not the client's (the body comes from
+    ``errors_map``).  Only an unexpected error (500) is worth a traceback,
+    as in FTP (``wsfront.ftp.protocol``: ``reply_error``).
+    """
+    method = request.method.decode("latin-1")
+    path = _shorten(request.uri.decode("latin-1"))
+    if status == 500:
+        log.failure("{method} {path} failed", failure, method=method, path=path)
+        return
+    error = failure.value
+    reason = error.message if isinstance(error, HttpError) else f"{type(error).__name__}: {error}"
+    log.emit(
+        LogLevel.warn if status >= 500 else LogLevel.info,
+        "{method} {path}: {outcome} ({reason})",
+        method=method,
+        path=path,
+        status=status,
+        outcome=f"cut short (would be {status})" if request.startedWriting else status,
+        reason=_shorten(reason),
+    )
+
+
+def _shorten(text: str, limit: int = 500) -> str:
+    """``text`` on one line and at most ``limit`` characters: a log line each."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def target_path(raw: bytes) -> bytes:

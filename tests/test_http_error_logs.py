@@ -1,0 +1,176 @@
+"""What the HTTP site logs, and tells the client, when a request fails.
+
+An error the protocol answers (503 with every storage server down, 507 over
+quota) is routine: one line in the log at warn, no traceback, and a body
+that names no blob id or storage server.  Only an unexpected error (500)
+logs a traceback.  The site logs before it answers, so every event is in by
+the time the client has its response.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from tests.http_clients_support import ChunkedBody
+from tests.http_env import HttpEnv, MiB, payload
+from tests.http_raw import connect, head_of
+from tests.transfer_env import PASSWORD
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(HttpEnv(reactor, tmp_path).start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest.fixture
+def events():
+    """Every log event emitted while the test runs."""
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def reactor_():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def site_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("log_namespace") == "wsfront.http.site"]
+
+
+def severe(events: list[dict]) -> list[str]:
+    """Events at error or critical, from anywhere, as text."""
+    return [
+        formatEvent(e) for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
+
+
+def the_line(events: list[dict], method: str, path: str) -> dict:
+    """The one site event about ``method path`` (and check it is one line)."""
+    mine = [e for e in site_events(events) if (e.get("method"), e.get("path")) == (method, path)]
+    assert len(mine) == 1, [formatEvent(e) for e in mine]
+    event = mine[0]
+    assert "log_failure" not in event
+    assert "\n" not in formatEvent(event)
+    return event
+
+
+async def body_of(response) -> bytes:
+    return await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_storage_server_is_one_warn_line_per_request_and_no_traceback(env, events):
+    data = b"data" * 20_000  # past the extent cache: the GET needs storage
+    r = await env.request("PUT", "/kept", data=data)
+    assert r.code == 201, await body_of(r)
+    for node in env.transfer.nodes.values():
+        await node.kill()
+    del events[:]
+
+    put = await env.request("PUT", "/new", data=b"data")
+    assert put.code == 503
+    await body_of(put)
+    get = await env.request("GET", "/kept")
+    assert get.code == 503
+    await body_of(get)
+
+    assert severe(events) == []
+    for method, path in (("PUT", "/new"), ("GET", "/kept")):
+        event = the_line(events, method, path)
+        assert event["log_level"] is LogLevel.warn
+        assert event["status"] == 503
+        text = formatEvent(event)
+        assert f"{method} {path}: 503" in text
+        assert "NoReplicasAvailable" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_503_body_names_no_blob_nor_storage_server(env, events):
+    """The client learns that storage is unreachable; which blob and which
+    servers (lost replicas included) is for the server's log line."""
+    r = await env.request("PUT", "/kept", data=b"data" * 20_000)
+    assert r.code == 201, await body_of(r)
+    for node in env.transfer.nodes.values():
+        await node.kill()
+    del events[:]
+
+    get = await env.request("GET", "/kept")
+    assert get.code == 503
+    body = (await body_of(get)).decode()
+    logged = formatEvent(the_line(events, "GET", "/kept"))
+    blob_ids = _blob_ids_in(logged)
+    assert blob_ids, logged  # the operator sees which blob, and where
+    assert any(node in logged for node in env.transfer.nodes), logged
+    for secret in [*blob_ids, *env.transfer.nodes]:
+        assert secret not in body, body
+    assert "try again later" in body
+
+
+def _blob_ids_in(text: str) -> list[str]:
+    """The blob ids a reader's error names (``blob <id>``)."""
+    words = text.replace(":", " ").split()
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "blob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_quota_puts_are_one_warn_line_and_no_traceback(env, events):
+    await env.catalog.set_quota("alice", MiB, None)
+    env.authenticator.forget("alice")
+    # Announced too big: refused before the body (Expect: 100-continue).
+    client = await connect(reactor_(), env.port.getHost().port)
+    token = base64.b64encode(f"alice:{PASSWORD}".encode())
+    client.send(
+        b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n"
+        b"Expect: 100-continue\r\nAuthorization: Basic " + token + b"\r\n\r\n"
+    )
+    assert head_of(await client.closed)[0] == 507
+    # No length: the transfer layer's QuotaExceeded once the body outgrows it.
+    r = await env.request("PUT", "/grow", data=ChunkedBody(reactor_(), payload(3 * MiB)))
+    assert r.code == 507
+    await body_of(r)
+
+    assert severe(events) == []
+    for path, why in (("/big", "quota"), ("/grow", "QuotaExceeded")):
+        event = the_line(events, "PUT", path)
+        assert event["log_level"] is LogLevel.warn
+        assert event["status"] == 507
+        assert why in formatEvent(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_error_is_one_info_line(env, events):
+    r = await env.request("GET", "/missing%20file?x=1")
+    assert r.code == 404
+    await body_of(r)
+    event = the_line(events, "GET", "/missing%20file?x=1")  # as the client sent it
+    assert event["log_level"] is LogLevel.info
+    assert event["status"] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_is_a_500_with_a_traceback(env, events, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the front end")
+
+    monkeypatch.setattr(env.transfers, "open_read", broken)
+    r = await env.request("GET", "/anything")
+    assert r.code == 500
+    body = (await body_of(r)).decode()
+    assert "a bug" not in body
+    mine = [e for e in site_events(events) if "/anything" in formatEvent(e)]
+    assert len(mine) == 1, [formatEvent(e) for e in mine]
+    assert mine[0]["log_level"] is LogLevel.critical
+    assert mine[0]["log_failure"].check(RuntimeError)
