@@ -548,8 +548,6 @@ def explain(failure: Any, url: str) -> str | None:
     if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}"
-    if isinstance(e, ValueError) and "catalog" in str(e):
-        return str(e)
     return None
 
 
