@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from urllib.parse import urlparse
 
 import pytest
+import pytest_twisted
 
 from tests.support import python_env
 
@@ -105,3 +108,135 @@ def test_job_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(tty):
         assert "#" * 15 + "-" * 15 in out.text and "\n" not in out.text
     else:
         assert out.text == "repair job 7: running {'phase': 'copying', 'copied': 5, 'total': 10}\n"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 1, no traceback, one ``wsfs: ...`` line naming ``words``."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsfs: "), proc.stderr
+    for word in words:
+        assert word in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("foo://bar", ["sqlite:///", "postgresql://"]),
+        ("sqlite://relative.sqlite", ["absolute path"]),
+        ("/srv/wsfs/catalog.sqlite", ["sqlite:///"]),
+        ("relative.sqlite", ["sqlite:///"]),
+    ],
+)
+def test_a_malformed_catalog_url_is_one_line_not_a_traceback(tmp_path, url, words):
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", url, "status"],
+        capture_output=True, text=True, env=python_env(), timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    _one_line_error(proc, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_catalog_is_an_error_not_an_empty_healthy_cluster(tmp_path):
+    """A typo in the path must not create a catalog and report it healthy."""
+    typo = tmp_path / "no" / "such" / "catalog.sqlite"
+    for command in (["status"], ["sessions"], ["user", "list"], ["repair", "--timeout", "1"]):
+        _one_line_error(wsfs(f"sqlite:///{typo}", *command), "no catalog at", str(typo))
+    # user add may create a catalog (how a cluster is set up), but not directories.
+    added = wsfs(f"sqlite:///{typo}", "user", "add", "ann", stdin="pw-123456\n")
+    _one_line_error(added, "no directory")
+    assert not (tmp_path / "no").exists()
+
+
+def test_user_add_creates_a_catalog_in_an_existing_directory(catalog):
+    assert wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n").returncode == 0
+    assert wsfs(catalog, "status").returncode == 0
+
+
+def test_an_unreachable_postgresql_catalog_is_one_line():
+    with socket.socket() as refused:  # bound, never listening: connects are refused
+        refused.bind(("127.0.0.1", 0))
+        url = f"postgresql://nobody@127.0.0.1:{refused.getsockname()[1]}/x"
+        _one_line_error(wsfs(url, "status"), "cannot use the catalog", "refused")
+
+
+def test_an_unknown_postgresql_database_is_one_line():
+    from tests.support import postgres_url
+
+    parsed = urlparse(postgres_url())
+    url = parsed._replace(path="/wsfs_no_such_database").geturl()
+    _one_line_error(wsfs(url, "status"), "cannot use the catalog", "wsfs_no_such_database")
+
+
+def test_a_password_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "user", "add", "x"],
+        input=b"\xff\n", capture_output=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    text = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.decode())
+    _one_line_error(text, "UTF-8")
+
+
+def test_output_into_a_closed_pipe_exits_quietly(catalog):
+    assert wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "--json", "status"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+    )  # fmt: skip
+    proc.stdout.close()  # like `| head` that has already gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) != 0
+    assert err == ""
+
+
+def test_negative_quotas_are_refused(catalog):
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    for option in ("--bytes", "--files"):
+        proc = wsfs(catalog, "user", "quota", "ann", option, "-5")
+        assert proc.returncode == 2 and "less than 0" in proc.stderr, proc.stderr
+    refused = wsfs(catalog, "user", "add", "bob", "--quota-bytes", "-1", stdin="pw-123456\n")
+    assert refused.returncode == 2
+    [ann] = json.loads(wsfs(catalog, "--json", "user", "list").stdout)
+    assert ann["quota_bytes"] is None and ann["quota_files"] is None
+
+
+def test_a_user_name_with_a_colon_is_refused_it_could_never_log_in_over_http(catalog):
+    _one_line_error(wsfs(catalog, "user", "add", "a:b", stdin="pw-123456\n"), "':'")
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    assert [u["name"] for u in json.loads(wsfs(catalog, "--json", "user", "list").stdout)] == [
+        "ann"
+    ]
+
+
+def test_repair_with_no_front_end_says_so_at_once_and_again_while_queued(catalog):
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    proc = wsfs(catalog, "repair", "--timeout", "2", "--poll", "0.05", "--no-taker-after", "0.5")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert "no front end is running to run the repair job" in lines[0]
+    assert "still queued after" in lines[1] and "no front end has taken it" in lines[1]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_with_a_front_end_holding_the_lease_does_not_say_none_runs(catalog):
+    from twisted.internet import reactor, threads
+
+    from wsfront.catalog import open_catalog
+    from wsfront.maintenance.lease import LEASE_NAME
+
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    cat = open_catalog(reactor, catalog)
+    try:
+        assert await cat.acquire_lease(LEASE_NAME, "fe-a", 60.0)
+        proc = await threads.deferToThread(
+            wsfs, catalog, "repair", "--timeout", "1", "--poll", "0.05", "--no-taker-after", "30"
+        )
+        assert proc.returncode == 1
+        assert "no front end is running" not in proc.stderr
+        # The probe left the lease with its holder.
+        assert not await cat.acquire_lease(LEASE_NAME, "fe-b", 60.0)
+    finally:
+        await cat.close()

@@ -116,3 +116,72 @@ def test_http_slow_client_limits_come_from_the_options_and_reach_the_site(tmp_pa
     )
     with pytest.raises(usage.UsageError, match="http-header-timeout must be at least 1"):
         parse(*base, "--http-header-timeout", "0")
+
+
+BASE = ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("upload-expiry-hours", "abc", "expected a number"),
+        ("upload-expiry-hours", "-1", "more than 0"),
+        ("upload-expiry-hours", "0", "more than 0"),
+        ("upload-expiry-hours", "nan", "expected a number"),
+        ("checkpoint-mib", "abc", "whole number"),
+        ("checkpoint-mib", "0", "at least 1"),
+        ("checkpoint-mib", "-1", "at least 1"),
+        ("drain-seconds", "-3", "at least 0"),
+        ("drain-seconds", "x", "expected a number"),
+        ("replicas", "0", "at least 1"),
+        ("public-address", "not_an_ip", "not an IPv4 address or a host name"),
+        ("public-address", "::1", "IPv4"),
+        ("public-address", "300.1.1.1", "not an IPv4 address"),
+        ("http", "tcp:notaport", "not a server endpoint"),
+        ("ftps", "nonsense:1", "not a server endpoint"),
+    ],
+)
+def test_bad_values_are_usage_errors_on_the_command_line_and_in_toml(
+    tmp_path, secret, option, value, message
+):
+    cert = ["--tls-cert", "x"] if option == "ftps" else []
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*BASE, f"--{option}", value, "--secret-file", secret, *cert)
+    toml = tmp_path / "fe.toml"
+    toml.write_text(f'{option} = "{value}"\n')
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret, *cert)
+
+
+def test_toml_numbers_that_are_booleans_are_refused(tmp_path, secret):
+    toml = tmp_path / "fe.toml"
+    toml.write_text("checkpoint-mib = true\n")
+    with pytest.raises(usage.UsageError, match="whole number"):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+def test_good_values_pass(secret):
+    cfg = parse(*BASE, "--secret-file", secret, "--upload-expiry-hours", "0.5",
+                "--checkpoint-mib", "1", "--drain-seconds", "0",
+                "--public-address", "192.0.2.7")  # fmt: skip
+    assert (cfg.upload_expiry_hours, cfg.checkpoint_mib, cfg.drain_seconds) == (0.5, 1, 0.0)
+    assert cfg.public_address == "192.0.2.7"
+
+
+def test_a_public_host_name_is_resolved_once_at_start(secret):
+    cfg = parse(*BASE, "--secret-file", secret, "--public-address", "localhost")
+    assert cfg.public_address == "127.0.0.1"
+
+
+def test_more_replicas_than_storage_servers_is_warned_about(secret):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        parse(*BASE, "--secret-file", secret, "--replicas", "5",
+              *[a for i in (1, 2, 3) for a in ("--storage", f"s{i}=tcp:h:{i}")])  # fmt: skip
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [e for e in events if "under-replicated" in e.get("log_format", "")]
+    assert warned and warned[0]["replicas"] == 5 and warned[0]["n"] == 3

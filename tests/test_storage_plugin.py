@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -9,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.python import usage
 
-from tests.support import TWISTD, python_env
+from tests.support import TWISTD, python_env, twistd_argv
 from wsfront.local import LocalClusterService, LocalOptions
 from wsstorage.blobstore import DROP_BEHIND
 from wsstorage.service import Options, StorageService
@@ -103,3 +104,26 @@ def test_wslocal_opens_its_stores_with_the_drop_behind_setting(tmp_path) -> None
             assert store.drop_behind == expected
         finally:
             store.close()
+
+
+@pytest.mark.slow
+def test_wsstorage_that_cannot_listen_exits_nonzero_with_a_clear_message(tmp_path) -> None:
+    """A supervisor must see a failed start as a failure, as with wsfront."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        args = _base(tmp_path)
+        args[1] = f"tcp:{port}:interface=127.0.0.1"
+        proc = subprocess.run(
+            twistd_argv("wsstorage", *args),
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # twistd logs stderr's writes to stdout.
+    assert "wsstorage: cannot start:" in proc.stdout + proc.stderr
+    assert "Address already in use" in proc.stdout + proc.stderr

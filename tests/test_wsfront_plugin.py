@@ -90,6 +90,10 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
           "--http", "tcp:1"], "cannot read"),
         (["--name", "a", "--catalog", "sqlite:///x.sqlite", "--secret-file", "{secret}",
           "--http", "tcp:1", "--storage", "nonsense"], "NAME=ENDPOINT"),
+        (["--name", "a", "--catalog", "sqlite:///x.sqlite", "--secret-file", "{secret}",
+          "--http", "tcp:1", "--upload-expiry-hours", "abc"], "--upload-expiry-hours 'abc'"),
+        (["--name", "a", "--catalog", "sqlite:///x.sqlite", "--secret-file", "{secret}",
+          "--http", "tcp:1", "--public-address", "not_an_ip"], "not an IPv4 address"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
@@ -100,7 +104,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
         twistd_argv("wsfront", *args), env=python_env(), capture_output=True, text=True,
         timeout=60, cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
@@ -146,6 +150,7 @@ def test_a_bad_endpoint_string_stops_wsfront_with_a_clear_error(tmp_path):
                     "--secret-file", str(secret), "--http", "tcp:notaport"),
         env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
+    # Refused while the options are read, before anything is opened.
     assert proc.returncode == 1
-    assert "could not start" in proc.stdout
-    assert "notaport" in proc.stdout
+    assert "--http 'tcp:notaport': not a server endpoint" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

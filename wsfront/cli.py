@@ -14,16 +14,28 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogError
+from wsfront.maintenance.lease import LEASE_NAME
+
+#: Exit status of a CLI the reader of its output went away from (``| head``):
+#: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
+EXIT_BROKEN_PIPE = 128 + 13
+
+#: The catalog owner name the CLI uses to ask whether a front end holds the
+#: maintenance lease (it takes the lease for no time at all, see _no_front_end).
+PROBE_OWNER = "wsfs-cli-probe"
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -72,7 +84,29 @@ def _read_password(args: argparse.Namespace) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise SystemExit("wsfs: an empty password is not allowed")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        # stdin decodes undecodable bytes to surrogates; hashing them would fail.
+        raise SystemExit("wsfs: the password is not valid UTF-8") from None
     return password
+
+
+def check_user_name(name: str) -> str:
+    """Refuse at ``user add`` a name no client could log in with.
+
+    HTTP Basic auth splits ``user:password`` at the first colon (RFC 7617),
+    so a name with one could never log in over HTTP; the catalog's own name
+    rules (a valid path component, not reserved) are checked when it adds
+    the user.
+    """
+    if ":" in name:
+        raise SystemExit(f"wsfs: user name {name!r}: ':' is not allowed (HTTP logins split at it)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SystemExit("wsfs: the user name is not valid UTF-8") from None
+    return name
 
 
 class Commands:
@@ -180,19 +214,58 @@ class Commands:
             self.out.write(f"\r{kind}: {p.get('phase', job.state)} {p}"[:120])
         self.out.flush()
 
+    async def _no_front_end(self) -> bool:
+        """True when no front end holds the maintenance lease: then none
+        runs jobs (only the holder claims them).
+
+        The catalog can only be asked by trying to take the lease: taken
+        for zero seconds it is expired at once, so a front end renewing or
+        starting takes it as if nobody had asked; given back at once anyway.
+        """
+        free = await self.catalog.acquire_lease(LEASE_NAME, PROBE_OWNER, 0.0)
+        if free:
+            await self.catalog.release_lease(LEASE_NAME, PROBE_OWNER)
+        return bool(free)
+
+    def _warn(self, text: str) -> None:
+        """A note on stderr (stdout may be JSON for a script)."""
+        sys.stderr.write(f"wsfs: {text}\n")
+        sys.stderr.flush()
+
     async def _job(self, kind: str, args: dict[str, Any]) -> Any:
-        """Queue a job for a front end and follow it to the end."""
+        """Queue a job for a front end and follow it to the end.
+
+        The operator is told at once when no front end could run it, and
+        again when it has waited a while with nobody taking it, rather than
+        waiting silently up to ``--timeout``.
+        """
         job = await self.catalog.enqueue_job(kind, args)
-        deadline = time.monotonic() + self.args.timeout
+        started = time.monotonic()
+        deadline = started + self.args.timeout
+        nag_at: float | None = started + self.args.no_taker_after
+        if await self._no_front_end():
+            self._warn(
+                f"no front end is running to run the {kind} job {job.job_id}; "
+                "it stays queued until one starts"
+            )
         shown = None
         from twisted.internet import reactor
 
         while job.state in ("queued", "running"):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise SystemExit(
                     f"wsfs: {kind} job {job.job_id} is still {job.state} after "
                     f"{self.args.timeout:.0f}s; is a front end running?"
                 )
+            if nag_at is not None and now >= nag_at:
+                nag_at = None
+                if job.state == "queued":
+                    self._warn(
+                        f"{kind} job {job.job_id} is still queued after {now - started:.0f}s: "
+                        "no front end has taken it (waiting up to "
+                        f"{self.args.timeout:.0f}s; Ctrl-C leaves it queued)"
+                    )
             if job.progress != shown and not self.args.json:
                 shown = job.progress
                 self._show_progress(kind, job)
@@ -327,6 +400,32 @@ class Commands:
                   f"catalog backed up to {self.args.file} ({_human(size)})")  # fmt: skip
 
 
+def _whole(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text} is less than {least}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsfs", description="administer a wsfs cluster")
     p.add_argument("--catalog", required=True, help="sqlite:///abs/path or postgresql://...")
@@ -338,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.add_argument("--root", default=None)
-    add.add_argument("--quota-bytes", type=int, default=None)
-    add.add_argument("--quota-files", type=int, default=None)
+    add.add_argument("--quota-bytes", type=_whole(0), default=None)
+    add.add_argument("--quota-files", type=_whole(0), default=None)
     add.add_argument("--password-file", default=None)
     user.add_parser("list", help="list users")
     dele = user.add_parser("del", help="delete a user (files stay)")
@@ -349,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-file", default=None)
     quota = user.add_parser("quota", help="set a user's quotas")
     quota.add_argument("name")
-    quota.add_argument("--bytes", type=int, default=None, help="byte quota (omit: unlimited)")
-    quota.add_argument("--files", type=int, default=None, help="file quota (omit: unlimited)")
+    quota.add_argument("--bytes", type=_whole(0), default=None, help="byte quota (omit: unlimited)")
+    quota.add_argument("--files", type=_whole(0), default=None, help="file quota (omit: unlimited)")
 
     sub.add_parser("status", help="storage servers, files, under-replicated count")
     sub.add_parser("sessions", help="live and interrupted uploads")
@@ -358,20 +457,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/")
 
     def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--timeout", type=float, default=3600.0)
-        parser.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+        parser.add_argument("--timeout", type=_seconds, default=3600.0)
+        parser.add_argument("--poll", type=_seconds, default=0.5, help=argparse.SUPPRESS)
+        parser.add_argument("--no-taker-after", type=_seconds, default=10.0, help=argparse.SUPPRESS)
         return parser
 
     job_options(sub.add_parser("repair", help="restore the replica count now"))
     drain = job_options(sub.add_parser("drain", help="move every replica off a storage server"))
     drain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
-    reb.add_argument("--max-bytes", type=int, default=None, help="stop after moving this much")
+    reb.add_argument(
+        "--max-bytes", type=_whole(1), default=None, help="stop after moving this much"
+    )
     comp = job_options(
         sub.add_parser("compact", help="merge files of many extents into one blob each")
     )
-    comp.add_argument("--min-extents", type=int, default=None, help="files with at least N")
-    comp.add_argument("--max-files", type=int, default=None, help="stop after N files")
+    comp.add_argument("--min-extents", type=_whole(1), default=None, help="files with at least N")
+    comp.add_argument("--max-files", type=_whole(1), default=None, help="stop after N files")
     fsck = job_options(sub.add_parser("fsck", help="cross-check catalog and storage servers"))
     fsck.add_argument("--fix", action="store_true", help="repair what is found")
     fsck.add_argument(
@@ -381,10 +483,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck.add_argument("--storage", action="append", default=[], metavar="NAME=EP")
     fsck.add_argument("--secret-file", default=None)
-    fsck.add_argument("--replicas", type=int, default=2)
+    fsck.add_argument("--replicas", type=_whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
     return p
+
+
+#: What a catalog URL may look like, in every message about a wrong one.
+URL_FORMS = "sqlite:///absolute/path/catalog.sqlite or postgresql://user@host/db"
+
+
+def creates_catalog(args: argparse.Namespace) -> bool:
+    """Whether this command may create a SQLite catalog that is not there.
+
+    ``user add`` is how the README sets a cluster up (the first admin, before
+    or after the first front end starts), and ``fsck --rebuild-catalog`` is
+    pointed at a new, empty catalog by design.  Any other command on a
+    missing file is a typo, which must not look like an empty healthy
+    cluster.  Directories are never created: a typo there is likelier than a
+    wish for a new one.
+    """
+    if args.command == "user":
+        return args.action == "add"
+    return args.command == "fsck" and args.rebuild_catalog
+
+
+def check_catalog_url(url: str, may_create: bool) -> None:
+    """Refuse a catalog URL before anything is opened (or created)."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return
+    if parsed.scheme != "sqlite":
+        raise SystemExit(f"wsfs: --catalog {url!r}: expected {URL_FORMS}")
+    path = unquote(parsed.path)
+    if parsed.netloc or not path.startswith("/"):
+        raise SystemExit(
+            f"wsfs: --catalog {url!r}: a SQLite catalog needs an absolute path, "
+            "sqlite:///absolute/path/catalog.sqlite (three slashes)"
+        )
+    if os.path.exists(path):
+        return
+    if not may_create:
+        raise SystemExit(
+            f"wsfs: no catalog at {path} (a typo? `wsfs --catalog URL user add NAME` "
+            "or a front end creates one)"
+        )
+    if not os.path.isdir(os.path.dirname(path)):
+        raise SystemExit(f"wsfs: no directory {os.path.dirname(path)} for the catalog {path}")
+
+
+def explain(failure: Any, url: str) -> str | None:
+    """The one-line message for a failure an operator can fix, or None for
+    a bug (whose traceback is then worth seeing)."""
+    e = failure.value
+    if isinstance(e, CatalogError):
+        return e.message
+    if isinstance(e, sqlite3.Error):
+        return f"catalog {url}: {e}"
+    if type(e).__module__.split(".")[0] == "psycopg" and isinstance(e, Exception):
+        # The server's reason (refused, unknown database or role) is the
+        # first line; psycopg adds hints on the next ones.
+        reason = str(e).strip().splitlines()
+        return f"cannot use the catalog {url}: {reason[0] if reason else type(e).__name__}"
+    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}"
+    return None
+
+
+def quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``wsfs ... | head``): exit quietly.
+
+    Later writes (and the interpreter's final flush) go to /dev/null, so
+    no second BrokenPipeError is printed on the way out.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(EXIT_BROKEN_PIPE)
 
 
 async def _run(reactor, args: argparse.Namespace, out) -> None:
@@ -393,25 +568,37 @@ async def _run(reactor, args: argparse.Namespace, out) -> None:
         commands = Commands(catalog, args, out)
         name = args.command if args.command != "user" else f"user_{args.action}"
         await getattr(commands, name)()
+        out.flush()  # a closed pipe shows here, not in the exit's flush
     finally:
         await catalog.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; every error an operator can fix is one ``wsfs: ...``
+    line on stderr and a nonzero exit, never a traceback."""
     args = build_parser().parse_args(argv)
+    if args.command == "user" and args.action == "add":
+        check_user_name(args.name)
+    check_catalog_url(args.catalog, creates_catalog(args))
 
     def run(reactor):
         d = defer.ensureDeferred(_run(reactor, args, sys.stdout))
 
         def report(failure):
-            if failure.check(CatalogError):
-                sys.stderr.write(f"wsfs: {failure.value.message}\n")
+            if failure.check(BrokenPipeError):
+                quiet_broken_pipe()
+            message = explain(failure, args.catalog)
+            if message is not None:
+                sys.stderr.write(f"wsfs: {message}\n")
                 raise SystemExit(1)
             return failure
 
         return d.addErrback(report)
 
-    task.react(run)
+    try:
+        task.react(run)
+    except BrokenPipeError:
+        quiet_broken_pipe()
 
 
 if __name__ == "__main__":

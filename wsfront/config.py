@@ -8,14 +8,25 @@ message that names the option, so twistd prints it and exits non-zero.
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
+import socket
 import tomllib
 from typing import Any
 
 import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wsfront.ftp.addresses import parse_port_range
 from wsstorage.auth import SecretError, load_secret
+
+log = Logger()
+
+#: A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 @attrs.frozen
@@ -95,6 +106,48 @@ def check_certificate(cert_path: str, key_path: str | None) -> None:
         raise usage.UsageError(
             f"--tls-cert {cert_path}: not a PEM certificate with its private key ({e})"
         ) from e
+
+
+def check_endpoint(option: str, spec: str) -> str:
+    """Refuse at start-up a server endpoint string Twisted cannot parse
+    (``tcp:notaport``, an unknown type, a missing key file), so a typo is a
+    usage error rather than a failure after the catalog is opened.
+
+    The endpoint is only built, never listened on; building one stores the
+    reactor it is given without using it.
+    """
+    try:
+        serverFromString(object(), spec)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise usage.UsageError(f"--{option} {spec!r}: not a server endpoint ({e})") from None
+    return spec
+
+
+def public_ipv4(text: str) -> str:
+    """The IPv4 address PASV replies advertise, from ``--public-address``.
+
+    An IPv4 address is taken as it is.  A host name is resolved once, now,
+    as proftpd's MasqueradeAddress and vsftpd's pasv_addr_resolve do: a
+    name that resolves to nothing must stop the start, not fail every PASV
+    later.  IPv6 cannot be written in a 227 reply (EPSV needs no address).
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        if not isinstance(address, ipaddress.IPv4Address):
+            raise usage.UsageError(f"--public-address {text}: PASV replies need an IPv4 address")
+        return str(address)
+    if not _HOST_NAME.fullmatch(text) or text.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise usage.UsageError(f"--public-address {text!r}: not an IPv4 address or a host name")
+    try:
+        infos = socket.getaddrinfo(text, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise usage.UsageError(f"--public-address {text}: cannot resolve it: {e}") from None
+    resolved = infos[0][4][0]
+    log.info("--public-address {name} resolved to {address}", name=text, address=resolved)
+    return resolved
 
 
 def parse_storage(spec: str) -> tuple[str, str]:
@@ -194,13 +247,22 @@ def build_config(opts: usage.Options) -> FrontendConfig:
             raise usage.UsageError(f"{name} must be true or false")
         return value
 
-    def number(name: str, default, kind=int, least=1):
+    def number(name: str, default, kind=int, least=1, above=None):
+        """Option ``name`` as ``kind``, at least ``least`` (or more than ``above``)."""
         raw = get(name, default)
+        what = "a whole number" if kind is int else "a number"
         try:
+            if isinstance(raw, bool):  # TOML true would pass as 1
+                raise ValueError(raw)
             value = kind(raw)
         except (TypeError, ValueError) as e:
-            raise usage.UsageError(f"--{name} {raw!r}: expected a number") from e
-        if value < least:
+            raise usage.UsageError(f"--{name} {raw!r}: expected {what}") from e
+        if not math.isfinite(value):
+            raise usage.UsageError(f"--{name} {raw!r}: expected {what}")
+        if above is not None:
+            if value <= above:
+                raise usage.UsageError(f"--{name} must be more than {above}")
+        elif value < least:
             raise usage.UsageError(f"--{name} must be at least {least}")
         return value
 
@@ -214,14 +276,19 @@ def build_config(opts: usage.Options) -> FrontendConfig:
     names = [n for n, _ in storage]
     if len(set(names)) != len(names):
         raise usage.UsageError("--storage: the same storage server name is given twice")
-    try:
-        replicas = int(get("replicas", 2))
-    except ValueError as e:
-        raise usage.UsageError("--replicas must be a whole number") from e
-    if replicas < 1:
-        raise usage.UsageError("--replicas must be at least 1")
+    replicas = number("replicas", 2)
+    if storage and replicas > len(storage):
+        log.warn(
+            "--replicas {replicas} with {n} --storage servers: unless other front ends "
+            "registered more in the catalog, every file stays under-replicated",
+            replicas=replicas,
+            n=len(storage),
+        )
     if not (get("ftp") or get("http") or get("ftps") or get("https")):
         raise usage.UsageError("give at least one of --ftp, --ftps, --http, --https")
+    for option in ("ftp", "ftps", "http", "https"):
+        if get(option):
+            check_endpoint(option, get(option))
     tls_cert, tls_key = get("tls-cert"), get("tls-key")
     require_tls = flag("require-tls")
     require_tls_users = get("require-tls-user", [])
@@ -261,10 +328,10 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         ftps=get("ftps"),
         http=get("http"),
         passive_ports=passive_ports,
-        public_address=get("public-address"),
-        checkpoint_mib=int(get("checkpoint-mib", 8)),
-        upload_expiry_hours=float(get("upload-expiry-hours", 24.0)),
-        drain_seconds=float(get("drain-seconds", 30.0)),
+        public_address=public_ipv4(get("public-address")) if get("public-address") else None,
+        checkpoint_mib=number("checkpoint-mib", 8),
+        upload_expiry_hours=number("upload-expiry-hours", 24.0, float, above=0),
+        drain_seconds=number("drain-seconds", 30.0, float, least=0),
         https=get("https"),
         tls_cert=tls_cert,
         tls_key=tls_key,

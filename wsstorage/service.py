@@ -195,8 +195,10 @@ class StorageService(Service):
     def _failed(self, failure: Any) -> None:
         log.failure("wsstorage could not start", failure)
         sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
-        if self.reactor.running:
-            self.reactor.stop()
+        # twistd exits 0 after reactor.stop(); a supervisor must see a failed
+        # start as one (wsfront does the same).
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
