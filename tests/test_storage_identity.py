@@ -322,3 +322,41 @@ def test_log_budget_lets_through_so_many_lines_per_interval() -> None:
     assert budget.take() is None
     clock.advance(0.1)
     assert [budget.take(), budget.take(), budget.take()] == [4, 0, None]
+
+
+# -- the operator's report, end to end with processes ---------------------------
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_wsfront_given_another_servers_port_uses_only_the_real_one(tmp_path) -> None:
+    """``--storage s1=<s2's port>``: the log names the mistake, s1 is down,
+    and every upload lands (201) on s2 under s2's name, none on s1."""
+    from tests.support import require_tool
+    from tests.wsfront_procs import ANY_PORT, PASSWORD, USER, running_wsfront, storage_with_user
+
+    curl = require_tool("curl")
+    with storage_with_user(tmp_path, 2) as (catalog, (s1, s2)):
+        argv = twistd_argv(
+            "wsfront", "--name", "fe", "--catalog", catalog, "--replicas", "1",
+            "--secret-file", str(tmp_path / "secret"), "--http", ANY_PORT,
+            "--storage", f"s1={s2.endpoint}", "--storage", f"s2={s2.endpoint}",
+        )  # fmt: skip
+        with running_wsfront(tmp_path, argv, {"http"}) as (fe, ports):
+            assert "expected s1, got s2" in fe.log()
+            for i in range(4):
+                (tmp_path / "f.bin").write_bytes(pattern(10_000 + i))
+                url = f"http://{USER}:{PASSWORD}@127.0.0.1:{ports['http']}/f{i}.bin"
+                put = subprocess.run(
+                    [curl, "-sS", "-T", str(tmp_path / "f.bin"), "-w", "%{http_code}", url],
+                    capture_output=True, timeout=60,
+                )  # fmt: skip
+                assert put.stdout.endswith(b"201"), (put, fe.log()[-3000:])
+        counts = {}
+        for proc in (s1, s2):
+            c = proc.client(reactor)
+            try:
+                counts[proc.name] = len(await c.list_blobs())
+            finally:
+                await c.close()
+        assert counts == {"s1": 0, "s2": 4}
