@@ -15,7 +15,7 @@ import signal
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -35,6 +35,31 @@ def with_backlog(endpoint: str, backlog: int = 512) -> str:
     if endpoint.startswith(kinds) and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
+
+
+class BadStorageEndpoint(ValueError):
+    """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse."""
+
+
+def endpoint_problem(reactor, endpoint: str) -> str | None:
+    """Why ``endpoint`` is not a usable client endpoint string, or None.
+
+    Parsing builds the endpoint without connecting, so it is cheap and
+    catches unknown types and bad ports before anything depends on it."""
+    try:
+        clientFromString(reactor, endpoint)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError...
+        return str(e) or e.__class__.__name__
+    return None
+
+
+def check_storage_endpoints(reactor, storage) -> None:
+    """Raise BadStorageEndpoint (one line) for the first ``(name, endpoint)``
+    of ``storage`` whose endpoint does not parse."""
+    for name, endpoint in storage:
+        problem = endpoint_problem(reactor, endpoint)
+        if problem is not None:
+            raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
 
 
 class FrontendService(service.Service):
@@ -61,14 +86,28 @@ class FrontendService(service.Service):
 
         # A busy storage server still sends keepalives every second; only ten
         # silent seconds mean it is gone (reads also fail over on a stall).
-        return StorageClient(self.reactor, name, endpoint, self.config.secret, idle_timeout=10.0)
+        # expected_name: a mistyped endpoint that reaches another server of
+        # the cluster must not be taken for ``name`` (blobs would be
+        # recorded on a server that does not hold them).
+        return StorageClient(
+            self.reactor,
+            name,
+            endpoint,
+            self.config.secret,
+            idle_timeout=10.0,
+            expected_name=name,
+        )
 
     def startService(self) -> None:
         super().startService()
         d = defer.ensureDeferred(self._start())
 
         def failed(f):
-            log.failure("wsfront {name} could not start", f, name=self.config.name)
+            if f.check(BadStorageEndpoint):
+                log.error("wsfront {name} could not start: {err}", name=self.config.name,
+                          err=f.value)  # fmt: skip
+            else:
+                log.failure("wsfront {name} could not start", f, name=self.config.name)
             # twistd would exit 0 after reactor.stop(): make the failure visible.
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             # Start-up may fail before the reactor runs: stop it once it does.
@@ -79,12 +118,15 @@ class FrontendService(service.Service):
 
     async def _start(self) -> FrontendService:
         cfg = self.config
+        # Before the catalog: a bad endpoint registered there would stop
+        # every later front end, not just this one.
+        check_storage_endpoints(self.reactor, cfg.storage)
         self.catalog = open_catalog(self.reactor, cfg.catalog)
         for name, endpoint in cfg.storage:
             await self.catalog.register_node(name, endpoint)
         self.pool = StoragePool(self.reactor)
         for node in await self.catalog.list_nodes():
-            self.pool.add(node.name, node.endpoint, self._client_factory(node.name, node.endpoint))
+            self._add_node(node.name, node.endpoint)
         settings = TransferSettings(
             replicas=cfg.replicas,
             checkpoint_bytes=cfg.checkpoint_mib << 20,
@@ -178,6 +220,26 @@ class FrontendService(service.Service):
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
                      addr=port.getHost())  # fmt: skip
         return self
+
+    def _add_node(self, name: str, endpoint: str) -> None:
+        """Put registered server ``name`` in the pool; one whose endpoint
+        cannot be used (registered by an older version that did not check)
+        is down with the reason, and the front end starts without it."""
+        problem = endpoint_problem(self.reactor, endpoint)
+        if problem is None:
+            try:
+                client = self._client_factory(name, endpoint)
+            except Exception as e:
+                problem = str(e) or e.__class__.__name__
+            else:
+                self.pool.add(name, endpoint, client)
+                return
+        self.pool.add_unusable(
+            name,
+            endpoint,
+            f"registered endpoint {endpoint!r} is unusable: {problem} "
+            f"(register a good one with --storage {name}=ENDPOINT)",
+        )
 
     def _mount_endpoints(self, site, ftp_factory) -> None:
         """The server's own endpoints under ``/-/``: tus uploads, Prometheus

@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 NONCE_BYTES = 32
 SECRET_BYTES = 32
@@ -108,3 +110,32 @@ def ensure_secret(path: str | os.PathLike[str]) -> tuple[bytes, bool]:
                 os.close(fd)
             created = True
     return load_secret(p), created
+
+
+class LogBudget:
+    """At most ``lines`` log lines per ``interval`` seconds for one kind of
+    event, so a client retrying with the wrong secret every second cannot
+    flood the server's log; what was held back is counted and reported with
+    the next line that is let through."""
+
+    def __init__(self, clock: Any, lines: int = 5, interval: float = 60.0) -> None:
+        self._clock = clock
+        self.lines = lines
+        self.interval = interval
+        self._window_start = -math.inf
+        self._used = 0
+        self._held_back = 0
+
+    def take(self) -> int | None:
+        """None: do not log this one.  Else the number of events not logged
+        since the last line (0 usually), for the caller to mention."""
+        now = self._clock.seconds()
+        if now >= self._window_start + self.interval:
+            self._window_start = now
+            self._used = 0
+        if self._used >= self.lines:
+            self._held_back += 1
+            return None
+        self._used += 1
+        held, self._held_back = self._held_back, 0
+        return held

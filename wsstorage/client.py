@@ -47,6 +47,11 @@ log = Logger()
 PUT_MAX = 256 * 1024
 
 
+class WrongServer(NodeUnavailable):
+    """The endpoint answers as another storage server than the one expected
+    (a mistyped ``--storage``): never used, as if it were down."""
+
+
 def info_from_wire(body: dict[str, Any]) -> BlobInfo:
     try:
         return BlobInfo(
@@ -513,7 +518,12 @@ class _ClientProtocol(Protocol):
         if ftype == framing.ERROR:
             code, message = str(body.get("code")), str(body.get("message"))
             err = error_from_code(code, message)
-            if not isinstance(err, AuthenticationFailed):
+            if isinstance(err, AuthenticationFailed):
+                err = AuthenticationFailed(
+                    f"storage server {self.client.name} refused our credentials: "
+                    f"check --secret-file ({message})"
+                )
+            else:
                 err = ProtocolError(f"handshake refused: {message}")
             self.fail_connection(err)
             return
@@ -524,9 +534,12 @@ class _ClientProtocol(Protocol):
             secret = self.client.secret
             expected = auth.server_proof(secret, self._nonce, nonce)
             if not auth.proofs_match(expected, body.get("proof")):
+                # What a server restarted with a mistyped --secret-file
+                # looks like from here (it made itself a new secret).
                 self.fail_connection(
                     AuthenticationFailed(
-                        f"storage server {self.client.name} could not prove the cluster secret"
+                        f"storage server {self.client.name} could not prove the cluster "
+                        "secret: its secret differs from ours, check --secret-file"
                     )
                 )
                 return
@@ -535,6 +548,10 @@ class _ClientProtocol(Protocol):
             self.transport.write(framing.encode_control(framing.AUTH, 0, {"proof": proof}))
             return
         if ftype == framing.READY and hasattr(self, "_server_nonce"):
+            wrong = self.client.wrong_server(body.get("name"))
+            if wrong is not None:
+                self.fail_connection(wrong)
+                return
             ops = body.get("ops")
             if isinstance(ops, list):
                 self.ops = frozenset(op for op in ops if isinstance(op, str))
@@ -906,6 +923,8 @@ class StorageClient:
     or an IStreamClientEndpoint.  ``connect_timeout`` bounds connecting plus
     the handshake; ``idle_timeout`` is how long the server may stay silent
     while we wait for it; ``pool_size`` is how many idle connections are kept.
+    ``expected_name``, when given, is the name the server must announce in
+    the handshake; another name fails every connection with WrongServer.
     """
 
     def __init__(
@@ -918,6 +937,7 @@ class StorageClient:
         connect_timeout: float = 5.0,
         idle_timeout: float = 5.0,
         pool_size: int = 4,
+        expected_name: str | None = None,
     ) -> None:
         allocator.tune()  # once per process: 1 MiB socket reads reuse the heap
         self.reactor = reactor
@@ -925,6 +945,9 @@ class StorageClient:
         self.endpoint = (
             clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
         )
+        self._where = endpoint if isinstance(endpoint, str) else repr(endpoint)
+        #: The name the server must give in READY (None: any).
+        self.expected_name = expected_name
         self.secret = secret
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -935,6 +958,20 @@ class StorageClient:
 
     def __repr__(self) -> str:
         return f"<StorageClient {self.name}>"
+
+    def wrong_server(self, announced: object) -> WrongServer | None:
+        """The error for a server that announced ``announced`` as its name
+        when we expect another: a mistyped endpoint reaches a working server
+        of the cluster (same secret), and writing to it under the expected
+        name would record blobs on a server that does not hold them."""
+        if self.expected_name is None or announced == self.expected_name:
+            return None
+        got = announced if isinstance(announced, str) else "no name"
+        return WrongServer(
+            f"storage server {self.expected_name} at {self._where} is not "
+            f"{self.expected_name}: expected {self.expected_name}, got {got} "
+            "(check its --storage endpoint)"
+        )
 
     # -- pool ----------------------------------------------------------
 

@@ -244,6 +244,9 @@ class StorageServerFactory(Factory):
         self.secret = secret
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
+        #: Failed authentications are logged at most this often: a front
+        #: end with the wrong secret reconnects every second or so.
+        self.auth_failures = auth.LogBudget(reactor)
         self.connections: set[StorageServerProtocol] = set()
         #: run_blocking is the reactor's thread pool (not an inline stand-in)
         self.threaded = run_blocking is None
@@ -331,7 +334,12 @@ class StorageServerProtocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._state in ("hello", "auth") and reason is not None:
+        if self._state == "auth":
+            # A client hangs up between our CHALLENGE and its AUTH when our
+            # proof does not match its secret (wsstorage.client does): the
+            # two sides have different secrets.
+            self.auth_failed("it hung up on our proof: its cluster secret differs from ours")
+        elif self._state == "hello" and reason is not None:
             # Mostly a TLS handshake that failed (wrong CA, plain TCP to a
             # TLS port) or a port probe; say which, as the client cannot.
             log.info(
@@ -354,16 +362,33 @@ class StorageServerProtocol(Protocol):
             d, self._list_resume = self._list_resume, None
             d.errback(ConnectionError("connection lost"))
 
+    def auth_failed(self, why: str) -> None:
+        """Log (rate-limited, factory.auth_failures) that the client at
+        ``self.peer`` failed authentication, and why."""
+        held = self.factory.auth_failures.take()
+        if held is None:
+            return
+        more = f" ({held} more not logged)" if held else ""
+        log.warn(
+            "client failed authentication from {peer}: {why}; check --secret-file{more}",
+            peer=self.peer,
+            why=why,
+            more=more,
+        )
+
     def _handshake_expired(self) -> None:
         if self._state in ("hello", "auth"):
             log.warn("dropping {peer}: no handshake within the timeout", peer=self.peer)
+            self._state = "closed"  # logged: not an authentication failure
             self.transport.abortConnection()
 
-    def drop(self, reason: str, code: str = ProtocolError.code) -> None:
-        """Log why, tell the peer, and close: used for every protocol violation."""
+    def drop(self, reason: str, code: str = ProtocolError.code, logged: bool = False) -> None:
+        """Log why (unless the caller did), tell the peer, and close: used
+        for every protocol violation."""
         if self._state == "closed":
             return
-        log.warn("dropping {peer}: {reason}", peer=self.peer, reason=reason)
+        if not logged:
+            log.warn("dropping {peer}: {reason}", peer=self.peer, reason=reason)
         self._send(framing.ERROR, 0, {"code": code, "message": reason})
         self._state = "closed"
         # A close with the peer's bytes still unread makes the kernel send
@@ -486,7 +511,9 @@ class StorageServerProtocol(Protocol):
     def _auth(self, body: dict[str, Any]) -> None:
         expected = auth.client_proof(self.factory.secret, self._client_nonce, self._server_nonce)
         if not auth.proofs_match(expected, body.get("proof")):
-            self.drop("authentication failed: wrong proof of the cluster secret", "auth_failed")
+            self.auth_failed("wrong proof of the cluster secret")
+            reason = "authentication failed: wrong proof of the cluster secret"
+            self.drop(reason, "auth_failed", logged=True)
             return
         self._state = "ready"
         self._decoder.limit = None

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsstorage._interfaces import IStorageClient
+from wsstorage.errors import NodeUnavailable
 
 log = Logger()
 
@@ -35,6 +37,26 @@ class NodeState:
     total_bytes: int = 0
     last_seen: float | None = None
     last_error: str | None = None
+
+
+@implementer(IStorageClient)
+class UnusableClient:
+    """Stands for a storage server the front end cannot even try to reach
+    (its registered endpoint does not parse): every operation fails with
+    NodeUnavailable and ``reason``, so the node is down, never chosen, and
+    the rest of the front end runs."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self, *args: object) -> Deferred:
+        return fail(NodeUnavailable(self.reason))
+
+    stat = read = write = put = fence = commit = delete = list_blobs = _fail
+    copy_from = health = _fail
+
+    def close(self) -> Deferred:
+        return succeed(None)
 
 
 #: Free space closer than this to the most free server's counts as equal.
@@ -59,6 +81,14 @@ class StoragePool:
 
     def add(self, name: str, endpoint: str, client: IStorageClient) -> None:
         self._nodes[name] = NodeState(name, endpoint, client)
+
+    def add_unusable(self, name: str, endpoint: str, reason: str) -> None:
+        """Register ``name`` as down for good (``UnusableClient``), logged
+        once, so a bad registry entry costs one node, not the front end."""
+        self._nodes[name] = NodeState(
+            name, endpoint, UnusableClient(reason), up=False, last_error=reason
+        )
+        log.error("storage server {name} is unusable: {reason}", name=name, reason=reason)
 
     def names(self) -> list[str]:
         return list(self._nodes)
@@ -149,10 +179,15 @@ class StoragePool:
         try:
             health = yield d
         except Exception as e:
+            reason = str(e) or e.__class__.__name__
             if node.up:
-                log.warn("storage server {name} is down: {err}", name=node.name, err=e)
+                log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
+            elif reason != node.last_error and not isinstance(node.client, UnusableClient):
+                # Still down, for another reason: the one that matters now
+                # (refused credentials after "connection refused", say).
+                log.warn("storage server {name} is still down: {err}", name=node.name, err=reason)
             node.up = False
-            node.last_error = str(e) or e.__class__.__name__
+            node.last_error = reason
             return
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
