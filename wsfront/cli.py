@@ -361,7 +361,9 @@ class Commands:
             name, sep, endpoint = spec.partition("=")
             if not sep or not name or not endpoint:
                 raise SystemExit(f"wsfs: --storage wants NAME=ENDPOINT, not {spec!r}")
-            client = StorageClient(reactor, name, endpoint, secret)
+            # A mistyped endpoint reaching another server would rebuild its
+            # blobs under this name: the server must announce ``name``.
+            client = StorageClient(reactor, name, endpoint, secret, expected_name=name)
             clients.append(client)
             pool.add(name, endpoint, client)
         try:
