@@ -126,6 +126,28 @@ def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):
     assert proc.returncode == 1
     assert "could not start" in proc.stdout
     assert "Connection refused" in proc.stdout
+    # The operator's environment, not a bug: one line, as for a bad option.
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_port_in_use_stops_wsfront_with_one_line(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 32)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            twistd_argv("wsfront", "--name", "a",
+                        "--catalog", f"sqlite:///{tmp_path / 'c.sqlite'}",
+                        "--secret-file", str(secret),
+                        "--http", f"tcp:{port}:interface=127.0.0.1"),
+            env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "could not start" in proc.stdout
+    assert "Address already in use" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_wsstorage_serves_prometheus_metrics_when_asked(tmp_path):

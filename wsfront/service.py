@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -35,6 +38,16 @@ def with_backlog(endpoint: str, backlog: int = 512) -> str:
     if endpoint.startswith(kinds) and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
+
+
+def _operator_error(error: BaseException) -> bool:
+    """Whether a failed start is the operator's environment (a catalog that
+    cannot be reached, a port already taken, a bad endpoint): one line says
+    it, as for a bad option.  Anything else is a bug, with its traceback."""
+    if isinstance(error, (BadStorageEndpoint, CannotListenError, OSError, sqlite3.Error)):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
 
 
 class BadStorageEndpoint(ValueError):
@@ -103,7 +116,7 @@ class FrontendService(service.Service):
         d = defer.ensureDeferred(self._start())
 
         def failed(f):
-            if f.check(BadStorageEndpoint):
+            if _operator_error(f.value):
                 log.error("wsfront {name} could not start: {err}", name=self.config.name,
                           err=f.value)  # fmt: skip
             else:
