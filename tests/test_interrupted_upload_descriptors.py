@@ -208,3 +208,51 @@ def test_abored_ftp_uploads_hold_no_descriptors_and_resume_to_the_right_bytes(ws
         assert len(open_files(pid)) <= before + SLACK, open_files(pid)
     finally:
         ftp.close()
+
+
+def test_storage_processes_hold_no_files_of_interrupted_uploads_resumed_anywhere(tmp_path):
+    """The multi-process layout: front ends and storage servers talk over
+    TCP.  The storage servers close a blob's files when its writer's stream
+    ends, and the front end keeps no stream or socket per interrupted
+    upload; each resumes, on its own front end or on another one (a
+    takeover: fence, then a new blob), to the right bytes."""
+    from tests.migration_cluster import PASSWORD as MIA_PASSWORD
+    from tests.migration_cluster import USER as MIA
+    from tests.migration_cluster import MigrationCluster
+
+    cluster = MigrationCluster(tmp_path, f"sqlite:///{tmp_path / 'catalog.sqlite'}").start()
+    try:
+        a, b = cluster.a.start(), cluster.b.start()
+        warm = tmp_path / "warm"
+        warm.write_bytes(b"warm")
+        assert curl("-T", str(warm), "-w", "%{http_code}", a.http + "/warm").stdout.endswith(b"201")
+        before = len(open_files(a.proc.pid))
+        auth = base64.b64encode(f"{MIA}:{MIA_PASSWORD}".encode()).decode()
+        payloads = {
+            f"/m{i}": pattern(100 if i % 2 else 300_000 + i, seed=200 + i) for i in range(N)
+        }
+        for path, payload in payloads.items():
+            cut_put(a.http_port, auth, path, len(payload), payload[: len(payload) // 3])
+        offsets = wait_interrupted(tmp_path, payloads)
+        for server in cluster.storage:
+            no_blob_file_open(server.proc.pid, server.data)
+        assert len(open_files(a.proc.pid)) <= before + SLACK, open_files(a.proc.pid)
+
+        for i, (path, payload) in enumerate(payloads.items()):
+            n = offsets[path]
+            assert n == len(payload) // 3
+            rest = tmp_path / "rest"
+            rest.write_bytes(payload[n:])
+            front = (a, b)[i % 2]
+            put = curl(
+                "-T", str(rest), "-w", "%{http_code}",
+                "-H", f"Content-Range: bytes {n}-{len(payload) - 1}/{len(payload)}",
+                front.http + path,
+            )  # fmt: skip
+            assert put.stdout.endswith(b"201"), put
+            got = curl(b.http + path).stdout
+            assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest(), path
+        for server in cluster.storage:
+            assert not blob_files(server.proc.pid, server.data)
+    finally:
+        cluster.stop()
