@@ -18,7 +18,9 @@ API (refinements of ``IBlobStore`` are marked *):
   next byte), ``durable``.  *A new ``open_write`` on the same blob supersedes
   any earlier handle (its next call raises StaleEpoch), whatever the epoch.
   *``close()`` keeps the unsynced bytes (they stay readable and can be synced
-  by the next handle); only ``durable`` is guaranteed across a crash.
+  by the next handle); only ``durable`` is guaranteed across a crash.  It
+  closes the blob's files, as a fence does: a blob no writer holds (an
+  interrupted upload waiting to be resumed) holds no descriptor.
 * *``open_put(blob_id, epoch, meta, size)``: the handle of a ``put`` (a
   blob created, written and sealed at once); up to ``INLINE_DATA_MAX``
   bytes a ``BlobPutHandle`` that keeps them in memory and whose ``seal``
