@@ -18,7 +18,9 @@ API (refinements of ``IBlobStore`` are marked *):
   next byte), ``durable``.  *A new ``open_write`` on the same blob supersedes
   any earlier handle (its next call raises StaleEpoch), whatever the epoch.
   *``close()`` keeps the unsynced bytes (they stay readable and can be synced
-  by the next handle); only ``durable`` is guaranteed across a crash.
+  by the next handle); only ``durable`` is guaranteed across a crash.  It
+  closes the blob's files, as a fence does: a blob no writer holds (an
+  interrupted upload waiting to be resumed) holds no descriptor.
 * *``open_put(blob_id, epoch, meta, size)``: the handle of a ``put`` (a
   blob created, written and sealed at once); up to ``INLINE_DATA_MAX``
   bytes a ``BlobPutHandle`` that keeps them in memory and whose ``seal``
@@ -734,8 +736,19 @@ class BlobWriteHandle:
         return info
 
     def close(self) -> None:
-        """Release the handle; unsynced bytes stay (not durable)."""
+        """Release the handle and, if it still owns the blob, the blob's
+        descriptors: an unsealed blob left by its writer (an interrupted
+        upload, resumable for a day) held its ``.data`` and ``.sums`` open
+        until then, so aborted uploads could exhaust the process's
+        descriptors.  Unsynced bytes stay (in the file, not durable; their
+        checksums in memory) and the next writer opens the files again."""
+        if self._closed:
+            return
         self._closed = True
+        blob = self._blob
+        with blob.lock:
+            if blob.generation == self._generation and not blob.sealed:
+                blob.close_files()
 
 
 class BlobPutHandle:
@@ -1561,16 +1574,20 @@ class BlobStore:
                     f"offset {offset} beyond the end of blob {blob_id} ({blob.covered})"
                 )
             blob.generation += 1
-            if offset < blob.size or blob.incomplete:
-                blob.truncate(offset)
-            # A newer epoch is adopted durably, so that an older writer stays
-            # refused after a restart (this gives a new blob its first
-            # record); a new meta waits for the blob's first record.
-            if epoch > blob.epoch or (blob.recorded and meta != blob.meta):
-                new = blob.record()
-                blob.write_record(
-                    MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, meta)
-                )
+            try:
+                if offset < blob.size or blob.incomplete:
+                    blob.truncate(offset)
+                # A newer epoch is adopted durably, so that an older writer
+                # stays refused after a restart (this gives a new blob its
+                # first record); a new meta waits for the blob's first record.
+                if epoch > blob.epoch or (blob.recorded and meta != blob.meta):
+                    new = blob.record()
+                    blob.write_record(
+                        MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, meta)
+                    )
+            except BaseException:
+                blob.close_files()  # the old writer is superseded, no new one
+                raise
             blob.epoch, blob.meta = epoch, meta
             return BlobWriteHandle(blob, epoch, blob.generation)
 
@@ -1714,15 +1731,20 @@ class BlobStore:
             if epoch == blob.epoch and unchanged and blob.recorded:
                 return blob.info()
             blob.generation += 1
-            if truncate_to < blob.size or blob.incomplete:
-                blob.truncate(truncate_to)
-            blob.sync_locked()
-            if epoch > blob.epoch or not blob.recorded:
-                new = blob.record()
-                blob.write_record(
-                    MetaRecord(new.blob_id, new.state, epoch, new.block_size, new.size, new.meta)
-                )
-                blob.epoch = epoch
+            try:
+                if truncate_to < blob.size or blob.incomplete:
+                    blob.truncate(truncate_to)
+                blob.sync_locked()
+                if epoch > blob.epoch or not blob.recorded:
+                    new = blob.record()
+                    blob.write_record(
+                        MetaRecord(
+                            new.blob_id, new.state, epoch, new.block_size, new.size, new.meta
+                        )
+                    )
+                    blob.epoch = epoch
+            finally:
+                blob.close_files()  # no writer owns it now: the next one opens them again
             return blob.info()
 
     def commit(self, blob_id: str, epoch: int) -> BlobInfo:
@@ -1738,7 +1760,11 @@ class BlobStore:
                 return blob.info()
             blob.generation += 1
             blob.epoch = epoch
-            return blob.seal_locked()
+            try:
+                return blob.seal_locked()
+            except BaseException:
+                blob.close_files()  # no writer owns it now (a seal closes them itself)
+                raise
 
     def delete(self, blob_id: str) -> None:
         """Remove the record first, then the data: a crash in between leaves

@@ -52,3 +52,10 @@ class TooManySessions(TransferError):
 
     retry_after = 5
     """Seconds a client should wait before trying again."""
+
+
+class TooManyPendingUploads(QuotaExceeded):
+    """The user left as many interrupted uploads pending as allowed (a
+    quota on their number: FTP 552, HTTP 507): a new one is refused until
+    they resume, finish or cancel one, or one expires.  Resuming one is
+    never refused for it."""

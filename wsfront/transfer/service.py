@@ -29,13 +29,14 @@ from wsfront.transfer.errors import (
     UploadBusy,
 )
 from wsfront.transfer.extent_cache import ExtentCache
+from wsfront.transfer.pending_per_user import PendingPerUser
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
 from wsfront.transfer.write_through import WriteThrough
-from wsfront.transfer.writer import STREAMING, WriteSession
+from wsfront.transfer.writer import FAILED, INTERRUPTED, STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 from wsstorage.client import PUT_MAX
@@ -55,6 +56,10 @@ class TransferSettings:
     hash_uploads: bool = True
     max_sessions_per_user: int | None = 64
     """Transfers (reads and writes) one user may run at once here."""
+    max_pending_uploads_per_user: int | None = 1000
+    """Interrupted uploads one user may leave pending here before a new
+    upload is refused (resuming one never is); see
+    wsfront.transfer.pending_per_user."""
     extent_cache_bytes: int = 32 << 20
     """Bytes of small sealed extents kept for repeat reads (0: none); see
     wsfront.transfer.extent_cache."""
@@ -158,6 +163,9 @@ class Transfers:
         self.draining = False
         self._opening = 0  # open_write calls between their start and a WriteSession
         self.per_user = SessionsPerUser(self.settings.max_sessions_per_user)
+        self.pending_per_user = PendingPerUser(
+            clock, self.settings.max_pending_uploads_per_user, self.settings.upload_expiry
+        )
         self.extent_cache = ExtentCache(self.settings.extent_cache_bytes)
         self._slots: dict[int, Any] = {}  # id(WriteSession) -> its user's Slot
 
@@ -336,6 +344,8 @@ class Transfers:
         self._opening += 1
         try:
             self._need(user, "write")
+            if capped and self.pending_per_user.full(user.name):
+                yield self._refuse_unless_resuming(user, vpath)
             if check is None:
                 # The lookup and the start in one transaction (a generator
                 # fewer than through _open_write, for every small STOR).
@@ -356,6 +366,27 @@ class Transfers:
         else:
             slot.release()
         return session
+
+    @inlineCallbacks
+    def _refuse_unless_resuming(self, user: User, vpath: str):
+        """``user`` is at the cap of pending uploads: take the counts from
+        the catalog again (at most every few seconds), and if they still
+        say so, refuse unless ``vpath`` holds one of the user's pending
+        uploads (its resume leaves one fewer waiting)."""
+        if self.pending_per_user.may_refresh():
+            yield self._count_pending()
+            if not self.pending_per_user.full(user.name):
+                return
+        upload = yield self.catalog.find_upload(self.full_path(user, vpath))
+        if upload is None or not upload.live or upload.user != user.name:
+            raise self.pending_per_user.refuse(user.name)
+
+    @inlineCallbacks
+    def _count_pending(self):
+        """Count the pending uploads per user again from the catalog: the
+        interrupted ones this front end owns."""
+        uploads = yield self.catalog.list_uploads(states=["interrupted"], owner=self.name)
+        self.pending_per_user.reset(uploads)
 
     @inlineCallbacks
     def _open_write(self, user, vpath, offset, append, declared_length, meta, check, durable_start):
@@ -496,6 +527,7 @@ class Transfers:
             )
         except catalog_errors.EpochConflict as e:
             raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
+        self.pending_per_user.discard(upload.upload_id)
         if local is not None:
             local.fence(f"upload {upload.upload_id} was taken over by another connection")
         self.stats.takeovers += 1
@@ -655,15 +687,27 @@ class Transfers:
     def _session_ended(self, session: WriteSession) -> None:
         if self.sessions.get(session.upload_id) is session:
             del self.sessions[session.upload_id]
+        if session.state == INTERRUPTED or (
+            session.state == FAILED and isinstance(session.error, NoReplicasAvailable)
+        ):
+            # Left pending, resumable from its durable offset until it expires.
+            self.pending_per_user.add(session.session.user, session.upload_id)
         slot = self._slots.pop(id(session), None)
         if slot is not None:
             slot.release()
 
     # -- lifecycle --------------------------------------------------------
 
+    @inlineCallbacks
     def recover(self):
-        """At start: our sessions from a previous life are interrupted."""
-        return self.catalog.interrupt_sessions_of(self.name)
+        """At start: our sessions from a previous life are interrupted;
+        fires with them.  Then the pending uploads per user are counted."""
+        interrupted = yield self.catalog.interrupt_sessions_of(self.name)
+        try:
+            yield self._count_pending()
+        except Exception as e:
+            log.warn("could not count the pending uploads: {err}", err=e)
+        return interrupted
 
     @inlineCallbacks
     def shutdown(self):
