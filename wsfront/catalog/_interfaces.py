@@ -306,6 +306,11 @@ class ICatalog(Interface):
     def finish_job(job_id, owner, result=None, error=None):
         """End the job: done, or failed when ``error`` is given."""
 
+    def requeue_job(job_id, owner, note):
+        """Put a running job of ``owner`` back in the queue (same id, owner
+        cleared, ``note`` in error until it finishes); LeaseHeld if it is
+        not running under ``owner``.  Fires with the Job."""
+
     def get_job(job_id):
         """Fire with the Job; NotFound."""
 
@@ -318,6 +323,10 @@ class ICatalog(Interface):
 
     def release_lease(name, owner):
         """Give the lease up if ``owner`` holds it."""
+
+    def list_leases(prefix=""):
+        """Fire with {name: (owner, expires_at)} of the leases whose name
+        starts with ``prefix``, expired or not."""
 
     # -- whole catalog -------------------------------------------------------
 

@@ -364,6 +364,9 @@ class SqlCatalog:
     ) -> Deferred:
         return self._write(_cluster.finish_job, self._now(), job_id, owner, result, error)
 
+    def requeue_job(self, job_id: int, owner: str, note: str) -> Deferred:
+        return self._write(_cluster.requeue_job, self._now(), job_id, owner, note)
+
     def get_job(self, job_id: int) -> Deferred:
         return self._read(_cluster.get_job, job_id)
 
@@ -375,6 +378,9 @@ class SqlCatalog:
 
     def release_lease(self, name: str, owner: str) -> Deferred:
         return self._write(_cluster.release_lease, name, owner)
+
+    def list_leases(self, prefix: str = "") -> Deferred:
+        return self._read(_cluster.list_leases, prefix)
 
     # -- whole catalog -------------------------------------------------------
 
