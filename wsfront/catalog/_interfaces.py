@@ -148,6 +148,9 @@ class ICatalog(Interface):
         """CAS: state interrupted (the owning front end lost its client).
         Fires with the UploadSession."""
 
+    def active_upload_owners():
+        """Fire with {front end: latest updated_at} over active uploads."""
+
     def interrupt_sessions_of(owner):
         """Mark every active upload owned by front end ``owner`` interrupted
         (it restarted).  Fires with the list of UploadSessions changed."""

@@ -223,6 +223,9 @@ class SqlCatalog:
     def interrupt_upload(self, upload_id: str, epoch: int) -> Deferred:
         return self._write(_uploads.interrupt_upload, self._now(), upload_id, epoch)
 
+    def active_upload_owners(self) -> Deferred:
+        return self._read(_uploads.active_upload_owners)
+
     def interrupt_sessions_of(self, owner: str) -> Deferred:
         return self._write(_uploads.interrupt_sessions_of, self._now(), owner)
 

@@ -249,10 +249,8 @@ class MaintenanceService(Service):
         do it itself (a restarting front end does).  ``wsfs sessions`` then
         shows them as what they are, resumable elsewhere.  Fires with how
         many changed."""
-        owners: dict[str, float] = {}
-        for upload in await self.catalog.list_uploads(["active"]):
-            if upload.owner != self.front_end:
-                owners[upload.owner] = max(owners.get(upload.owner, 0.0), upload.updated_at)
+        owners = await self.catalog.active_upload_owners()
+        owners.pop(self.front_end, None)
         changed = 0
         for owner in sorted(await self._dead_front_ends(owners)):
             try:
