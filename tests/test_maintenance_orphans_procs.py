@@ -50,12 +50,12 @@ def test_a_repair_job_whose_front_end_is_sigkilled_is_run_by_the_next_lease_hold
         wait_until(lambda: upload_states(cluster) == ["active"], "the upload to start")
         cli = subprocess.Popen(
             [sys.executable, "-m", "wsfront.cli", "--catalog", cluster.catalog_url,
-             "repair", "--timeout", "150"],
+             "repair", "--timeout", "90"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(),
         )  # fmt: skip
         a.wait_failpoint("maintenance.repair_job")
         a.wait_killed()
-        out, err = cli.communicate(timeout=180)
+        out, err = cli.communicate(timeout=100)
     finally:
         if cli is not None and cli.poll() is None:
             cli.kill()

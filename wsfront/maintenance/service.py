@@ -1,10 +1,13 @@
 """``MaintenanceService``: the periodic work a front end runs in the background.
 
 The lead mounts one in every front end (``service.setServiceParent(app)``);
-only the holder of the maintenance lease does anything.  Each tick it runs
+only the holder of the maintenance lease does any work.  Each tick it runs
 a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``,
 ``compact``), then an audit (``fsck.audit``), a repair pass, a GC pass and a
-compaction pass, each when due.  Work never overlaps: repair and GC of the same front end run one
+compaction pass, each when due, and ends what a dead front end left
+behind (jobs it was running, uploads still marked active): every front end
+holds a liveness lease ``front-end:NAME``, and a lapsed one means dead.
+Work never overlaps: repair and GC of the same front end run one
 after the other, which is what makes GC's view of "a copy the catalog does not count" safe
 against a repair copy not yet recorded.
 """
@@ -54,7 +57,8 @@ class MaintenanceSettings:
     compact_every: float | None = 3600.0
     lease_ttl: float = 30.0
     #: A job another front end has run without progress for this long is
-    #: failed by the lease holder (its runner died or lost the lease).
+    #: failed by the lease holder (its runner is stuck; the jobs of a front
+    #: end that died are ended as soon as its liveness lease lapses).
     stale_job_seconds: float = 900.0
     #: How often the lease holder looks for uploads left ``active`` by a
     #: front end whose liveness lease has lapsed (and marks them interrupted).
