@@ -210,6 +210,9 @@ async def test_quota_is_enforced_mid_stream(env):
     with pytest.raises(QuotaExceeded):
         await session.finish()
     assert session.received <= 100_000
+    # Not left active (a live upload of this front end) until it expires.
+    await session._interrupting
+    assert (await env.catalog.get_upload(session.upload_id)).state == "interrupted"
 
 
 # -- failures ---------------------------------------------------------------

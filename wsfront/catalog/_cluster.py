@@ -104,6 +104,10 @@ def list_jobs(tx: Tx, states: Iterable[str] | None) -> list[Job]:
 
 
 def enqueue_job(tx: Tx, now: float, kind: str, args: dict[str, Any]) -> Job:
+    node = args.get("node")
+    if kind == "drain" and tx.one("SELECT name FROM nodes WHERE name = ?", node) is None:
+        # Refused when queued, not minutes later by the front end running it.
+        raise NotFound(f"no storage node {node!r}")
     job_id = tx.value(
         "INSERT INTO jobs (kind, args, state, progress, created_at, updated_at) "
         "VALUES (?, ?, ?, '{}', ?, ?) RETURNING job_id",
@@ -143,6 +147,24 @@ def claim_job(tx: Tx, now: float, owner: str, kinds: Iterable[str]) -> Job | Non
         ):
             return get_job(tx, candidate)
         skipped.append(candidate)
+
+
+def requeue_job(tx: Tx, now: float, job_id: int, owner: str, note: str) -> Job:
+    """Put a running job of ``owner`` back in the queue (its runner is gone),
+    keeping its id so the CLI waiting on it goes on waiting; ``note`` (why)
+    stays in ``error`` until the job finishes."""
+    _owned_running(tx, job_id, owner)
+    tx.execute(
+        "UPDATE jobs SET state = ?, owner = NULL, error = ?, updated_at = ? "
+        "WHERE job_id = ? AND owner = ? AND state = ?",
+        JOB_QUEUED,
+        note,
+        now,
+        job_id,
+        owner,
+        JOB_RUNNING,
+    )
+    return get_job(tx, job_id)
 
 
 def _owned_running(tx: Tx, job_id: int, owner: str) -> None:
@@ -201,6 +223,16 @@ def acquire_lease(tx: Tx, now: float, name: str, owner: str, ttl_seconds: float)
 
 def release_lease(tx: Tx, name: str, owner: str) -> bool:
     return bool(tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner))
+
+
+def list_leases(tx: Tx, prefix: str) -> dict[str, tuple[str, float]]:
+    """Leases whose name starts with ``prefix``: name -> (owner, expires_at)."""
+    rows = tx.all("SELECT name, owner, expires_at FROM leases ORDER BY name")
+    return {
+        r["name"]: (r["owner"], float(r["expires_at"]))
+        for r in rows
+        if r["name"].startswith(prefix)
+    }
 
 
 def status(tx: Tx) -> dict[str, Any]:

@@ -148,6 +148,9 @@ class ICatalog(Interface):
         """CAS: state interrupted (the owning front end lost its client).
         Fires with the UploadSession."""
 
+    def active_upload_owners():
+        """Fire with {front end: latest updated_at} over active uploads."""
+
     def interrupt_sessions_of(owner):
         """Mark every active upload owned by front end ``owner`` interrupted
         (it restarted).  Fires with the list of UploadSessions changed."""
@@ -306,6 +309,11 @@ class ICatalog(Interface):
     def finish_job(job_id, owner, result=None, error=None):
         """End the job: done, or failed when ``error`` is given."""
 
+    def requeue_job(job_id, owner, note):
+        """Put a running job of ``owner`` back in the queue (same id, owner
+        cleared, ``note`` in error until it finishes); LeaseHeld if it is
+        not running under ``owner``.  Fires with the Job."""
+
     def get_job(job_id):
         """Fire with the Job; NotFound."""
 
@@ -318,6 +326,10 @@ class ICatalog(Interface):
 
     def release_lease(name, owner):
         """Give the lease up if ``owner`` holds it."""
+
+    def list_leases(prefix=""):
+        """Fire with {name: (owner, expires_at)} of the leases whose name
+        starts with ``prefix``, expired or not."""
 
     # -- whole catalog -------------------------------------------------------
 

@@ -306,6 +306,16 @@ def list_uploads(tx: Tx, states: Iterable[str] | None, owner: str | None) -> lis
     return [load_upload(tx, row) for row in tx.all(sql, *params)]
 
 
+def active_upload_owners(tx: Tx) -> dict[str, float]:
+    """Front ends owning active uploads -> the latest ``updated_at`` among
+    them (one grouped query: the maintenance holder asks every few seconds)."""
+    rows = tx.all(
+        "SELECT owner, MAX(updated_at) AS touched FROM uploads WHERE state = ? GROUP BY owner",
+        ACTIVE,
+    )
+    return {r["owner"]: float(r["touched"]) for r in rows}
+
+
 def _locked_live(tx: Tx, upload_id: str, epoch: int) -> Any:
     """The session row, locked, if it is live and still at ``epoch``."""
     row = upload_row(tx, upload_id, lock=True)

@@ -223,6 +223,9 @@ class SqlCatalog:
     def interrupt_upload(self, upload_id: str, epoch: int) -> Deferred:
         return self._write(_uploads.interrupt_upload, self._now(), upload_id, epoch)
 
+    def active_upload_owners(self) -> Deferred:
+        return self._read(_uploads.active_upload_owners)
+
     def interrupt_sessions_of(self, owner: str) -> Deferred:
         return self._write(_uploads.interrupt_sessions_of, self._now(), owner)
 
@@ -364,6 +367,9 @@ class SqlCatalog:
     ) -> Deferred:
         return self._write(_cluster.finish_job, self._now(), job_id, owner, result, error)
 
+    def requeue_job(self, job_id: int, owner: str, note: str) -> Deferred:
+        return self._write(_cluster.requeue_job, self._now(), job_id, owner, note)
+
     def get_job(self, job_id: int) -> Deferred:
         return self._read(_cluster.get_job, job_id)
 
@@ -375,6 +381,9 @@ class SqlCatalog:
 
     def release_lease(self, name: str, owner: str) -> Deferred:
         return self._write(_cluster.release_lease, name, owner)
+
+    def list_leases(self, prefix: str = "") -> Deferred:
+        return self._read(_cluster.list_leases, prefix)
 
     # -- whole catalog -------------------------------------------------------
 

@@ -19,6 +19,7 @@ from wsfront.maintenance.jobs import Handler, Report
 from wsfront.maintenance.nodes import drain, rebalance
 from wsfront.maintenance.repair import Repairer
 from wsfront.transfer.pool import StoragePool
+from wsstorage import failpoints
 
 
 def job_handlers(
@@ -33,6 +34,8 @@ def job_handlers(
     ``compact``."""
 
     async def repair_job(args: dict[str, Any], report: Report) -> dict[str, Any]:
+        # A test kills the front end here: the job is claimed and running.
+        failpoints.hit("maintenance.repair_job")
         return await repairer.run_pass(
             now=bool(args.get("now", True)), progress=report, keep_going=keep_going
         )

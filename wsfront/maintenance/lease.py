@@ -17,6 +17,14 @@ from twisted.logger import Logger
 log = Logger()
 
 LEASE_NAME = "maintenance"
+#: Every front end holds ``front-end:NAME`` while it runs: the catalog's record
+#: of which front ends are alive (their jobs and uploads are not orphans).
+LIVENESS_PREFIX = "front-end:"
+
+
+def liveness_lease(front_end: str) -> str:
+    """The name of the lease that says ``front_end`` is alive."""
+    return LIVENESS_PREFIX + front_end
 
 
 class LeaseKeeper:

@@ -1,10 +1,13 @@
 """``MaintenanceService``: the periodic work a front end runs in the background.
 
 The lead mounts one in every front end (``service.setServiceParent(app)``);
-only the holder of the maintenance lease does anything.  Each tick it runs
+only the holder of the maintenance lease does any work.  Each tick it runs
 a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``,
 ``compact``), then an audit (``fsck.audit``), a repair pass, a GC pass and a
-compaction pass, each when due.  Work never overlaps: repair and GC of the same front end run one
+compaction pass, each when due, and ends what a dead front end left
+behind (jobs it was running, uploads still marked active): every front end
+holds a liveness lease ``front-end:NAME``, and a lapsed one means dead.
+Work never overlaps: repair and GC of the same front end run one
 after the other, which is what makes GC's view of "a copy the catalog does not count" safe
 against a repair copy not yet recorded.
 """
@@ -25,11 +28,19 @@ from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
 from wsfront.maintenance.jobs import Handler, JobRunner
-from wsfront.maintenance.lease import LeaseKeeper
+from wsfront.maintenance.lease import LIVENESS_PREFIX, LeaseKeeper, liveness_lease
 from wsfront.maintenance.repair import Repairer, RepairSettings
 from wsfront.transfer.pool import StoragePool
 
 log = Logger()
+
+#: Job kinds that converge on a state (full replica count, an empty node,
+#: merged files, a checked catalog): running one again just finishes what
+#: the interrupted run began, so a job of these kinds whose front end died
+#: is re-queued (once) and its CLI goes on waiting.  Other kinds are failed:
+#: ``rebalance`` moves up to ``max_bytes`` per run, so a second run would
+#: move more than the operator asked for.
+RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck"})
 
 
 @attrs.frozen
@@ -46,8 +57,12 @@ class MaintenanceSettings:
     compact_every: float | None = 3600.0
     lease_ttl: float = 30.0
     #: A job another front end has run without progress for this long is
-    #: failed by the lease holder (its runner died or lost the lease).
+    #: failed by the lease holder (its runner is stuck; the jobs of a front
+    #: end that died are ended as soon as its liveness lease lapses).
     stale_job_seconds: float = 900.0
+    #: How often the lease holder looks for uploads left ``active`` by a
+    #: front end whose liveness lease has lapsed (and marks them interrupted).
+    orphan_uploads_every: float = 10.0
     repair: RepairSettings = attrs.field(factory=RepairSettings)
     gc: GCSettings = attrs.field(factory=GCSettings)
     compact: CompactSettings = attrs.field(factory=CompactSettings)
@@ -73,6 +88,10 @@ class MaintenanceService(Service):
         self.front_end = front_end
         self.settings = settings or MaintenanceSettings()
         self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
+        #: Held by every front end while it runs (not only the lease holder).
+        self.liveness = LeaseKeeper(
+            clock, catalog, front_end, liveness_lease(front_end), self.settings.lease_ttl
+        )
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
         self.compactor = Compactor(clock, catalog, pool, self.settings.compact)
@@ -93,6 +112,7 @@ class MaintenanceService(Service):
         self._next_repair = now + self.settings.repair_every
         self._next_gc = now + self.settings.gc_every
         self._next_audit = now + self.settings.audit_every
+        self._next_orphans = now
         every = self.settings.compact_every
         self._next_compact = None if every is None else now + every
 
@@ -101,6 +121,7 @@ class MaintenanceService(Service):
         self._cleanup = ensureDeferred(self.fail_abandoned_jobs(mine=True)).addErrback(
             lambda f: log.failure("maintenance: cannot clean up old jobs", f)
         )
+        self.liveness.start()
         self.lease.start()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self._clock
@@ -132,6 +153,9 @@ class MaintenanceService(Service):
         if await self.jobs.run_one() is not None:
             ran.append("job")
         now = self._clock.seconds()
+        if now >= self._next_orphans:
+            self._next_orphans = now + self.settings.orphan_uploads_every
+            await self.interrupt_orphaned_uploads()
         if now >= self._next_audit:
             self._next_audit = now + self.settings.audit_every
             if await audit(self.catalog, self.pool, self.gc):
@@ -155,28 +179,94 @@ class MaintenanceService(Service):
             ran.append("compact")
         return ran
 
+    async def _dead_front_ends(self, owners: dict[str, float]) -> set[str]:
+        """Of ``owners`` (front end -> when it last touched the row in
+        question), those not alive: their liveness lease has expired, or
+        they hold none (stopped, or never took one) and the row is older
+        than a lease's life (so a front end just starting is not dead)."""
+        now = self._clock.seconds()
+        leases = await self.catalog.list_leases(LIVENESS_PREFIX)
+        dead = set()
+        for owner, touched in owners.items():
+            lease = leases.get(liveness_lease(owner))
+            seen_until = lease[1] if lease is not None else touched + self.settings.lease_ttl
+            if seen_until <= now:
+                dead.add(owner)
+        return dead
+
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:
-        """Fail running jobs nobody runs any more: ours from a previous life
-        (``mine``), or another front end's without progress for
-        ``stale_job_seconds``.  Their CLI then exits instead of waiting."""
-        failed = 0
+        """End running jobs nobody runs any more, so their CLI does not wait
+        for nothing: ours from a previous life (``mine``), another front
+        end's once that front end's liveness lease has lapsed (it was killed
+        or stopped; typically the lease holder that was running it), and
+        any other front end's after ``stale_job_seconds`` without progress.
+        The first two are re-queued if their kind can simply run again
+        (``RERUNNABLE_JOBS``), else failed; a stale one is failed (its
+        runner may still be going).  Fires with how many were ended."""
+        jobs = await self.catalog.list_jobs(["running"])
+        others = {}
+        for job in jobs:
+            if job.owner != self.front_end:
+                others[job.owner] = max(others.get(job.owner, 0.0), job.updated_at)
+        dead = await self._dead_front_ends(others) if others and not mine else set()
         limit = self._clock.seconds() - self.settings.stale_job_seconds
-        for job in await self.catalog.list_jobs(["running"]):
+        ended = 0
+        for job in jobs:
             if mine:
                 if job.owner != self.front_end:
                     continue
-                why = f"interrupted: front end {job.owner} restarted"
-            elif job.owner == self.front_end or job.updated_at > limit:
+                why, rerun = f"interrupted: front end {job.owner} restarted", True
+            elif job.owner == self.front_end:
                 continue
+            elif job.owner in dead:
+                why, rerun = f"interrupted: front end {job.owner} stopped", True
+            elif job.updated_at <= limit:
+                why, rerun = f"abandoned: no progress from front end {job.owner}", False
             else:
-                why = f"abandoned: no progress from front end {job.owner}"
+                continue
+            if await self._end_job(job, why, rerun):
+                ended += 1
+        return ended
+
+    async def _end_job(self, job, why: str, rerun: bool) -> bool:
+        """Re-queue ``job`` (its kind may run again and it was not re-queued
+        before: a job that kills its front end must not go round them all)
+        or fail it with ``why``; False if it changed meanwhile."""
+        try:
+            if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
+                await self.catalog.requeue_job(job.job_id, job.owner, f"{why}; re-queued")
+                log.warn("job {id} ({kind}) {why}; re-queued",
+                         id=job.job_id, kind=job.kind, why=why)  # fmt: skip
+                return True
+            if job.error is not None:
+                why = f"{why} (earlier: {job.error})"
+            await self.catalog.finish_job(job.job_id, job.owner, error=why)
+            log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
+            return True
+        except Exception as e:
+            log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
+            return False
+
+    async def interrupt_orphaned_uploads(self) -> int:
+        """Mark interrupted the uploads still ``active`` under a front end
+        whose liveness lease has lapsed: it was killed, and did not get to
+        do it itself (a restarting front end does).  ``wsfs sessions`` then
+        shows them as what they are, resumable elsewhere.  Fires with how
+        many changed."""
+        owners = await self.catalog.active_upload_owners()
+        owners.pop(self.front_end, None)
+        changed = 0
+        for owner in sorted(await self._dead_front_ends(owners)):
             try:
-                await self.catalog.finish_job(job.job_id, job.owner, error=why)
-                failed += 1
-                log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
+                ended = await self.catalog.interrupt_sessions_of(owner)
             except Exception as e:
-                log.warn("job {id}: cannot fail it: {err}", id=job.job_id, err=e)
-        return failed
+                log.warn("uploads of {owner}: cannot interrupt them: {err}", owner=owner, err=e)
+                continue
+            if ended:
+                log.warn("{n} uploads of front end {owner} interrupted: it stopped",
+                         n=len(ended), owner=owner)  # fmt: skip
+            changed += len(ended)
+        return changed
 
     async def _stop(self) -> None:
         if self._loop is not None and self._loop.running:
@@ -186,6 +276,7 @@ class MaintenanceService(Service):
             if pending is not None:
                 await pending
         await self.lease.stop()
+        await self.liveness.stop()
 
     def stopService(self) -> Deferred:
         super().stopService()

@@ -532,7 +532,7 @@ class WriteSession:
         self._cancel_timer()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
-        if interrupting and isinstance(error, NoReplicasAvailable):
+        if interrupting and isinstance(error, NoReplicasAvailable | QuotaExceeded):
             self._interrupting = self._record_interrupted()
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
@@ -540,10 +540,11 @@ class WriteSession:
         self._ended()
 
     def _record_interrupted(self) -> Deferred:
-        """Every replica failed: the session cannot go on here.  Mark it
-        interrupted in the catalog, as an upload no replica accepted at its
-        start is, so it is not left active and owned by this front end until
-        it expires; its client can resume it from ``durable``."""
+        """Every replica failed, or the quota refused the next bytes: the
+        session cannot go on here.  Mark it interrupted in the catalog, as an
+        upload no replica accepted at its start is, so it is not left active
+        and owned by this front end until it expires; its client can resume
+        it from ``durable`` (after freeing space, for the quota)."""
         d = maybeDeferred(self._catalog.interrupt_upload, self.upload_id, self.epoch)
         d.addErrback(
             lambda f: log.warn(
