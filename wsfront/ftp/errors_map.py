@@ -69,7 +69,11 @@ def is_expected(error: BaseException) -> bool:
     return isinstance(error, paths.PathError) or any(isinstance(error, c) for c, _, _ in _TABLE)
 
 
-_DETAILED = (transfer_errors.OffsetTooLarge, transfer_errors.TooManySessions)
+_DETAILED = (
+    transfer_errors.OffsetTooLarge,
+    transfer_errors.TooManySessions,
+    transfer_errors.TooManyPendingUploads,
+)
 """Classes whose messages the transfer layer builds from numbers and the
 user's own name only: worth showing after the generic text."""
 

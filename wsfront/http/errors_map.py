@@ -61,7 +61,11 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.TooManySessions, 429, "too many transfers at once, try again later"),
 )
 
-_DETAILED = (transfer_errors.OffsetTooLarge, transfer_errors.TooManySessions)
+_DETAILED = (
+    transfer_errors.OffsetTooLarge,
+    transfer_errors.TooManySessions,
+    transfer_errors.TooManyPendingUploads,
+)
 """Classes whose messages the transfer layer builds from numbers and the
 user's own name only (``offset 9 is beyond the size 3``): worth showing."""
 
