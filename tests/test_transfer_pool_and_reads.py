@@ -79,6 +79,9 @@ def test_frozen_server_counts_as_down_after_the_probe_timeout(clock, cluster, po
     run(clock, d)
     assert not pool.is_up("s1")
     assert pool.is_up("s2")
+    # Said in words an operator reads, not Twisted's "(0.5, 'Deferred')".
+    (s1,) = [n for n in pool.nodes() if n.name == "s1"]
+    assert s1.last_error == "no answer to a health probe within 0.5 s"
 
 
 def test_choice_prefers_free_space_and_distinct_servers(pool):

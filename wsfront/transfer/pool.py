@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -179,7 +180,11 @@ class StoragePool:
         try:
             health = yield d
         except Exception as e:
-            reason = str(e) or e.__class__.__name__
+            if isinstance(e, defer.TimeoutError):
+                # Its own text is the bare tuple "(2.0, 'Deferred')".
+                reason = f"no answer to a health probe within {self._probe_timeout:g} s"
+            else:
+                reason = str(e) or e.__class__.__name__
             if node.up:
                 log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
             elif reason != node.last_error and not isinstance(node.client, UnusableClient):
