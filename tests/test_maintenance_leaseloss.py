@@ -176,3 +176,38 @@ async def test_an_fsck_stops_at_the_blob_in_flight_when_the_lease_is_lost(env):
     # Nothing fixed by the runner that lost the lease: fe-b's fsck will.
     assert node in await ok_nodes(env, damaged.blob_id)
     assert await env.catalog.count_under_replicated() == 0
+
+
+class QuietPass:
+    """A repair or compaction pass: stops quietly when ``keep_going()``
+    turns false, returning what it did (as the periodic passes want)."""
+
+    def __init__(self, units: int, lose_after: int, lease: list[bool]) -> None:
+        self.units, self.lose_after, self.lease, self.done = units, lose_after, lease, 0
+
+    async def run_pass(self, keep_going, **kw) -> dict:
+        while self.done < self.units and keep_going():
+            self.done += 1
+            if self.done == self.lose_after:
+                self.lease[0] = False
+        return {"done": self.done}
+
+
+@pytest.mark.parametrize("kind", ["repair", "compact"])
+@pytest_twisted.ensureDeferred
+async def test_a_pass_cut_short_by_the_lease_ends_its_job_interrupted_not_done(kind):
+    """repair and compact stop quietly (their periodic passes do the same);
+    their job must not then be reported done with a partial summary."""
+    from wsfront.maintenance.handlers import job_handlers
+    from wsfront.maintenance.jobs import JobInterrupted
+
+    lease = [True]
+    work = QuietPass(units=5, lose_after=1, lease=lease)
+
+    async def report(progress):
+        pass
+
+    handlers = job_handlers(work, None, None, None, compactor=work, keep_going=lambda: lease[0])
+    with pytest.raises(JobInterrupted):
+        await handlers[kind]({}, report)
+    assert work.done == 1
