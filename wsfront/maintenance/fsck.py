@@ -13,10 +13,16 @@ good ones, and orphans and strays are deleted without waiting (the operator
 asked; the orphan guard still applies).  A scrub that quarantined a damaged
 blob makes it *missing* here, so scrub + fsck (or the periodic audit the
 maintenance service runs) heal it.
+
+The ``fsck`` job stops between blobs (and between servers, marks and
+deletes) once ``keep_going()`` is false: its runner lost the maintenance
+lease, and deleting strays while the new holder repairs is the race the
+lease exists to prevent.  Its report then says ``interrupted``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -52,9 +58,15 @@ async def _listing(pool: StoragePool) -> tuple[dict[str, dict[str, BlobInfo]], l
     return held, sorted(unreachable)
 
 
-async def check(catalog, pool: StoragePool, gc: GarbageCollector) -> dict[str, Any]:
+async def check(
+    catalog,
+    pool: StoragePool,
+    gc: GarbageCollector,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> dict[str, Any]:
     """Compare catalog and servers; return the report (and the raw findings
-    under ``_bad``, which ``fsck`` uses to fix and drops from the result)."""
+    under ``_bad``, which ``fsck`` uses to fix and drops from the result).
+    A check cut short by ``keep_going`` says ``interrupted``."""
     await pool.probe_all()
     held, unreachable = await _listing(pool)
     report: dict[str, Any] = {
@@ -69,6 +81,9 @@ async def check(catalog, pool: StoragePool, gc: GarbageCollector) -> dict[str, A
     }
     bad: list[tuple[str, str, str]] = []
     for blob_id in sorted(await referenced_blob_ids(catalog)):
+        if not keep_going():
+            report["interrupted"] = True
+            break
         try:
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
@@ -92,6 +107,9 @@ async def check(catalog, pool: StoragePool, gc: GarbageCollector) -> dict[str, A
                      "size": info.size, "length": blob.length}
                 )  # fmt: skip
     for node in held:
+        if not keep_going():
+            report["interrupted"] = True
+            break
         garbage, total = await gc.find_garbage(node)
         report["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
         report["strays"] += sum(1 for g in garbage if g.kind != ORPHAN)
@@ -118,8 +136,11 @@ async def fsck(
     gc: GarbageCollector,
     fix: bool = False,
     progress: Progress | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
-    """Check, and with ``fix`` repair what was found; fire with the report."""
+    """Check, and with ``fix`` repair what was found; fire with the report
+    (with ``interrupted`` if ``keep_going`` stopped it: nothing after that
+    point was fixed)."""
 
     async def report(stage: dict[str, Any]) -> None:
         if progress is not None:
@@ -128,20 +149,31 @@ async def fsck(
                 await result
 
     await report({"phase": "checking"})
-    found = await check(catalog, pool, gc)
+    found = await check(catalog, pool, gc, keep_going)
     bad = found.pop("_bad")
-    if not fix:
+    if not fix or found.get("interrupted"):
         return found
+    found["marked"] = 0
     for blob_id, node, state in bad:
+        if not keep_going():
+            found["interrupted"] = True
+            return found
         await catalog.mark_replica(blob_id, node, state)
-    found["marked"] = len(bad)
+        found["marked"] += 1
 
     async def repair_progress(stats: dict[str, Any]) -> None:
         await report({"phase": "repairing", **stats})
 
-    found["repair"] = await repairer.run_pass(now=True, progress=repair_progress)
+    found["repair"] = await repairer.run_pass(
+        now=True, progress=repair_progress, keep_going=keep_going
+    )
+    if not keep_going():
+        found["interrupted"] = True
+        return found
     await report({"phase": "collecting"})
-    found["gc"] = await gc.sweep(grace=0.0)
+    found["gc"] = await gc.sweep(grace=0.0, keep_going=keep_going)
+    if not keep_going():
+        found["interrupted"] = True
     found["under_replicated"] = await catalog.count_under_replicated()
     return found
 

@@ -104,7 +104,7 @@ class GarbageCollector:
             stats["expired_uploads"] = await self._expire_uploads()
         stats.update(await self.collect())
         if keep_going():
-            stats.update(await self.sweep())
+            stats.update(await self.sweep(keep_going=keep_going))
         if progress is not None:
             result = progress(dict(stats))
             if result is not None:
@@ -212,9 +212,13 @@ class GarbageCollector:
             self.settings.orphan_guard * total
         )
 
-    async def sweep(self, grace: float | None = None) -> dict[str, Any]:
+    async def sweep(
+        self, grace: float | None = None, keep_going: Callable[[], bool] = lambda: True
+    ) -> dict[str, Any]:
         """Delete orphan and stray copies on every live server once they
-        have been garbage for ``grace`` (default ``orphan_grace_seconds``)."""
+        have been garbage for ``grace`` (default ``orphan_grace_seconds``);
+        no further delete once ``keep_going()`` is false (the lease is lost:
+        another front end's repair may be making a copy we would judge)."""
         grace = self.settings.orphan_grace_seconds if grace is None else grace
         now = self._clock.seconds()
         stats: dict[str, Any] = {"orphans_deleted": 0, "strays_deleted": 0, "guarded": []}
@@ -244,6 +248,8 @@ class GarbageCollector:
                 stats["guarded"].append(node)
                 continue
             for g in garbage:
+                if not keep_going():
+                    return stats
                 since = self._garbage_since.setdefault((node, g.blob_id), now)
                 if now - since < grace:
                     continue

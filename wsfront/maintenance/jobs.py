@@ -5,6 +5,14 @@ polls it.  A front end holding the maintenance lease claims queued jobs of
 the kinds it has handlers for (the claim is a compare-and-set, so one front
 end runs each job), records progress as the handler reports it, and
 finishes the job with the handler's result or its error.
+
+A runner that loses the maintenance lease mid-job (the catalog was out of
+reach, a long pause) must not go on: the new holder may already be running
+the same job again.  Every handler checks the lease between its units of
+work (a file, a blob) through one ``LeaseCheck`` and raises
+``JobInterrupted`` when it is gone; the runner then ends the job the way the
+new holder ends a dead front end's (``end_job``): re-queued once if its kind
+can simply run again (``RERUNNABLE_JOBS``), else failed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,71 @@ log = Logger()
 
 Report = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Report], Awaitable[dict[str, Any]]]
+
+#: Job kinds that converge on a state (full replica count, an empty node,
+#: merged files, a checked catalog): running one again just finishes what
+#: the interrupted run began, so an interrupted job of these kinds is
+#: re-queued (once) and its CLI goes on waiting.  Other kinds are failed:
+#: ``rebalance`` moves up to ``max_bytes`` per run, so a second run would
+#: move more than the operator asked for.
+RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck"})
+
+
+class JobInterrupted(Exception):
+    """The runner lost the maintenance lease: the job stopped between two
+    units of work and is ended as interrupted, not done."""
+
+
+class LeaseCheck:
+    """``keep_going`` for one job run, remembering whether it ever said no.
+
+    Passes shared with the periodic work (repair, compact, GC) stop quietly
+    when ``keep_going()`` turns false and return what they did; the job
+    handler then calls ``raise_if_lost`` so a pass cut short is not reported
+    as done.  Job-only code calls ``check`` between units instead."""
+
+    def __init__(self, keep_going: Callable[[], bool]) -> None:
+        self._keep_going = keep_going
+        self.lost = False
+
+    def __call__(self) -> bool:
+        """True while the lease is held; once false, false for good (a
+        lease renewed later does not make a half-run job whole)."""
+        if not self.lost and not self._keep_going():
+            self.lost = True
+        return not self.lost
+
+    def check(self) -> None:
+        """Raise ``JobInterrupted`` unless the lease is still held."""
+        if not self():
+            raise JobInterrupted("the maintenance lease was lost")
+
+    def raise_if_lost(self) -> None:
+        """Raise ``JobInterrupted`` if a pass saw the lease lost (it then
+        stopped early; its summary is partial)."""
+        if self.lost:
+            raise JobInterrupted("the maintenance lease was lost")
+
+
+async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
+    """End a running ``job`` that will not finish under its owner: re-queue
+    it (``rerun``, its kind may run again and it was not re-queued before:
+    a job that kills its front end must not go round them all) or fail it
+    with ``why``.  False if it changed meanwhile (another front end ended
+    or took it) or the catalog refused."""
+    try:
+        if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
+            await catalog.requeue_job(job.job_id, job.owner, f"{why}; re-queued")
+            log.warn("job {id} ({kind}) {why}; re-queued", id=job.job_id, kind=job.kind, why=why)
+            return True
+        if job.error is not None:
+            why = f"{why} (earlier: {job.error})"
+        await catalog.finish_job(job.job_id, job.owner, error=why)
+        log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
+        return True
+    except Exception as e:
+        log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
+        return False
 
 
 class JobRunner:
@@ -63,6 +136,13 @@ class JobRunner:
 
         try:
             result = await self.handlers[job.kind](dict(job.args), report)
+        except JobInterrupted as e:
+            # The new lease holder may run it now: leave it to them (or
+            # to the queue), as they would end it had we died.
+            why = f"interrupted: front end {self.owner} lost the maintenance lease"
+            log.warn("job {id} ({kind}) stopped: {err}", id=job.job_id, kind=job.kind, err=e)
+            await end_job(self._catalog, job, why, rerun=True)
+            return await self._catalog.get_job(job.job_id)
         except Exception as e:
             log.failure("job {id} ({kind}) failed", id=job.job_id, kind=job.kind)
             return await self._catalog.finish_job(

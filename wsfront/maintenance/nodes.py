@@ -6,10 +6,18 @@ and only then mark the old one stale.  A blob therefore never has fewer ok
 replicas than before; the stale copy's bytes are removed later by GC's
 storage sweep (a *stray*).  Only sealed blobs move; a live upload's current
 blob stays with its session (drain reports it as ``busy``).
+
+Both stop between blobs once ``keep_going()`` is false (the runner lost the
+maintenance lease, and another front end may be moving the same replicas):
+a move begun is finished first (copy, record, mark the source stale), so
+the next runner finds each blob either not moved or moved, never a copy
+recorded with the source still counted.  The summary then says
+``interrupted``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -36,6 +44,7 @@ async def drain(
     repairer: Repairer,
     node: str,
     progress: Progress | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Re-home every replica on ``node`` to other servers; afterwards the
     catalog counts no ok replica there and the server can go."""
@@ -48,6 +57,9 @@ async def drain(
     stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,
                              "busy": 0, "stuck": []}  # fmt: skip
     for blob_id in sorted(await referenced_blob_ids(catalog)):
+        if not keep_going():
+            stats["interrupted"] = True
+            break
         try:
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
@@ -81,6 +93,7 @@ async def rebalance(
     repairer: Repairer,
     max_bytes: int | None = None,
     progress: Progress | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Move replicas from the server holding the most bytes to the one
     holding the least while that narrows the gap (at most ``max_bytes``).
@@ -109,6 +122,9 @@ async def rebalance(
     stats["before"] = dict(load)
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
+        if not keep_going():
+            stats["interrupted"] = True
+            break
         src = max(live, key=lambda n: (load[n], n))
         dst = min(live, key=lambda n: (load[n], n))
         gap = load[src] - load[dst]

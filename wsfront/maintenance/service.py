@@ -27,20 +27,12 @@ from wsfront.maintenance.compact import Compactor, CompactSettings
 from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
-from wsfront.maintenance.jobs import Handler, JobRunner
+from wsfront.maintenance.jobs import Handler, JobRunner, end_job
 from wsfront.maintenance.lease import LIVENESS_PREFIX, LeaseKeeper, liveness_lease
 from wsfront.maintenance.repair import Repairer, RepairSettings
 from wsfront.transfer.pool import StoragePool
 
 log = Logger()
-
-#: Job kinds that converge on a state (full replica count, an empty node,
-#: merged files, a checked catalog): running one again just finishes what
-#: the interrupted run began, so a job of these kinds whose front end died
-#: is re-queued (once) and its CLI goes on waiting.  Other kinds are failed:
-#: ``rebalance`` moves up to ``max_bytes`` per run, so a second run would
-#: move more than the operator asked for.
-RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck"})
 
 
 @attrs.frozen
@@ -201,7 +193,7 @@ class MaintenanceService(Service):
         or stopped; typically the lease holder that was running it), and
         any other front end's after ``stale_job_seconds`` without progress.
         The first two are re-queued if their kind can simply run again
-        (``RERUNNABLE_JOBS``), else failed; a stale one is failed (its
+        (``jobs.RERUNNABLE_JOBS``), else failed; a stale one is failed (its
         runner may still be going).  Fires with how many were ended."""
         jobs = await self.catalog.list_jobs(["running"])
         others = {}
@@ -229,23 +221,9 @@ class MaintenanceService(Service):
         return ended
 
     async def _end_job(self, job, why: str, rerun: bool) -> bool:
-        """Re-queue ``job`` (its kind may run again and it was not re-queued
-        before: a job that kills its front end must not go round them all)
-        or fail it with ``why``; False if it changed meanwhile."""
-        try:
-            if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
-                await self.catalog.requeue_job(job.job_id, job.owner, f"{why}; re-queued")
-                log.warn("job {id} ({kind}) {why}; re-queued",
-                         id=job.job_id, kind=job.kind, why=why)  # fmt: skip
-                return True
-            if job.error is not None:
-                why = f"{why} (earlier: {job.error})"
-            await self.catalog.finish_job(job.job_id, job.owner, error=why)
-            log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
-            return True
-        except Exception as e:
-            log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
-            return False
+        """Re-queue or fail ``job`` (``end_job``, as a runner that lost the
+        lease does with its own); False if it changed meanwhile."""
+        return await end_job(self.catalog, job, why, rerun)
 
     async def interrupt_orphaned_uploads(self) -> int:
         """Mark interrupted the uploads still ``active`` under a front end
