@@ -537,6 +537,23 @@ async def test_abor_during_retr_answers_426_then_226_and_the_session_goes_on(ftp
 
 
 @pytest_twisted.ensureDeferred
+async def test_abor_after_iac_ip_iac_without_its_urgent_dm_is_still_abor(ftp):
+    """What lftp's ABOR leaves in the stream when the kernel keeps its
+    urgent DM out of it: the lone IAC must not eat the A of ABOR."""
+    await ftp.env.upload("/big", payload(32 * MiB))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    peer.transport.pauseProducing()
+    assert (await c.cmd("RETR big"))[0] == 150
+    c.send(b"\xff\xf4\xffABOR")
+    assert (await c.reply())[0] == 426
+    assert (await c.reply())[0] == 226
+    assert (await c.cmd("\xff\xf4\xffNOOP"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_abor_during_stor_keeps_the_upload_resumable(ftp):
     c = await ftp.client()
     await c.cmd("TYPE I")

@@ -117,6 +117,12 @@ def strip_telnet(line: bytes) -> bytes:
 
     Handles two-byte commands (IP, DM, AO, AYT, ...), three-byte option
     negotiation (WILL/WONT/DO/DONT opt) and subnegotiation (SB ... IAC SE).
+    An IAC followed by a byte that is no telnet command (below 0xF0), or
+    ending the line, is dropped alone: ftplib's and lftp's ABOR send
+    ``IAC IP IAC`` in-band and the final DM as urgent data, so the server
+    reads ``IAC IP IAC`` + ``ABOR``, and taking that IAC and the ``A`` as
+    one command left ``BOR`` (RFC 854 defines no such command; the byte
+    after it is data).
     """
     if IAC not in line:
         return line
@@ -137,6 +143,8 @@ def strip_telnet(line: bytes) -> bytes:
         elif nxt == _SB:
             end = line.find(bytes([IAC, _SE]), i + 2)
             i = n if end < 0 else end + 2
+        elif nxt is None or nxt < _SE:
+            i += 1
         else:
             i += 2
     return bytes(out)

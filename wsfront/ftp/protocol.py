@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import socket
 from collections import deque
 
 from twisted.internet import error as net_error
@@ -170,6 +171,7 @@ class FTPControl(Protocol):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass  # not a TCP transport (tests)
+        self._urgent_inline(not self.protection.active)
         self.local_host = socket_host(self.transport)
         self._arm_idle()
         self.reply(220, self.settings.banner)
@@ -191,6 +193,25 @@ class FTPControl(Protocol):
         if self.transfer is not None:
             self.transfer.control_lost(self.reactor, self.settings.data_timeout)
         self._close_data_setup()
+
+    def _urgent_inline(self, inline: bool) -> None:
+        """Keep TCP urgent data in the control stream (RFC 6093 says to).
+
+        Clients send ABOR's last byte as urgent data: ftplib the LF of
+        ``ABOR\\r\\n``, lftp the telnet DM.  Without SO_OOBINLINE the kernel
+        takes that byte out of the stream, and ftplib's ABOR never ends its
+        line.  Under TLS (implicit, or once AUTH TLS starts) it is left off:
+        clients send no urgent data inside TLS, and a stray raw byte is
+        better dropped by the kernel than fed to the TLS layer."""
+        raw = self.transport
+        if isinstance(raw, ProtocolWrapper) and not isinstance(raw, HAProxyProtocolWrapper):
+            return  # TLS: the socket is not ours to change
+        while isinstance(raw, ProtocolWrapper) and raw.transport is not None:
+            raw = raw.transport
+        try:
+            raw.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, int(inline))
+        except (AttributeError, OSError):
+            pass  # not a socket (tests)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._started:
@@ -518,6 +539,7 @@ class FTPControl(Protocol):
         # RFC 4217 4: a USER sent before AUTH does not count after it.
         self._login_name = None
         self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
+        self._urgent_inline(False)
         self.transport.startTLS(self.settings.tls)
         self.protection.started()
         self._tls_switching = False
