@@ -550,7 +550,7 @@ async def test_abor_after_iac_ip_iac_without_its_urgent_dm_is_still_abor(ftp):
     c.send(b"\xff\xf4\xffABOR")
     assert (await c.reply())[0] == 426
     assert (await c.reply())[0] == 226
-    assert (await c.cmd("\xff\xf4\xffNOOP"))[0] == 200
+    assert (await c.cmd(b"\xff\xf4\xffNOOP"))[0] == 200
 
 
 @pytest_twisted.ensureDeferred
