@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.ftp_env import PASSWORD, FTPEnv, sha256, until
 from wsfront.ftp.commands import COMMANDS, FEATURES
 from wsfront.ftp.factory import FTPSettings
 
@@ -329,6 +329,98 @@ async def test_transfer_without_pasv_or_port_is_425(ftp):
     assert (await c.cmd("RETR f"))[0] == 425
 
 
+async def _waiting_for_data_connection(ftp) -> None:
+    """Until the server's transfer waits for its data connection (so ABOR
+    acts on it rather than queue behind it)."""
+    await until(
+        lambda: any(
+            s.transfer is not None and s.transfer.waiting is not None for s in ftp.factory.sessions
+        ),
+        "the transfer to wait for its data connection",
+    )
+
+
+async def _no_pending_upload(ftp, vpath: str) -> bool:
+    return await ftp.catalog.find_upload(ftp.env.user.root + vpath) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stor_or_appe_without_pasv_or_port_is_425_and_leaves_no_upload(ftp):
+    await ftp.env.upload("/old", payload(400_000))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("STOR new"))[0] == 425
+    assert (await c.cmd("APPE old"))[0] == 425
+    assert (await c.cmd("STOU"))[0] == 425
+    assert (await c.cmd("SIZE new"))[0] == 550
+    assert await c.cmd("SIZE old") == (213, "400000")
+    assert await _no_pending_upload(ftp, "/new")
+    assert await _no_pending_upload(ftp, "/old")
+    assert (await c.cmd("MKD new"))[0] == 257
+    assert (await c.cmd("DELE old"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_before_the_data_connection_abandons_a_new_upload(ftp):
+    await ftp.env.upload("/old", payload(400_000))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for name in ("new", "old"):
+        await c.epsv()  # never connected
+        c.send(f"STOR {name}")
+        await _waiting_for_data_connection(ftp)
+        assert (await c.cmd("ABOR"))[0] == 426
+        assert (await c.reply())[0] == 226
+        assert await _no_pending_upload(ftp, f"/{name}")
+    assert (await c.cmd("SIZE new"))[0] == 550
+    assert await c.cmd("SIZE old") == (213, "400000")
+    assert (await c.cmd("DELE old"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_connection_timeout_abandons_a_new_upload(tmp_path):
+    env = await _astart(tmp_path, FTPSettings(data_timeout=0.2))
+    try:
+        c = await env.client()
+        await c.cmd("TYPE I")
+        await c.epsv()  # never connected
+        assert (await c.cmd("STOR new"))[0] == 425
+        assert await _no_pending_upload(env, "/new")
+        assert (await c.cmd("MKD new"))[0] == 257
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_before_the_data_connection_keeps_a_resumed_upload(ftp):
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR part"))[0] == 150
+    first = payload(300_000)
+    peer.transport.write(first)
+    for _ in range(200):
+        if any(s.received >= len(first) for s in ftp.transfers.sessions.values()):
+            break
+        await _tick()
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+    assert await c.cmd("SIZE part") == (213, str(len(first)))
+    for verb in ("APPE part", "STOR part"):
+        if verb.startswith("STOR"):
+            assert (await c.cmd(f"REST {len(first)}"))[0] == 350
+        await c.epsv()  # never connected
+        c.send(verb)
+        await _waiting_for_data_connection(ftp)
+        assert (await c.cmd("ABOR"))[0] == 426
+        assert (await c.reply())[0] == 226
+        assert await c.cmd("SIZE part") == (213, str(len(first)))
+    rest = payload(100_000)
+    assert (await c.stor("part", rest, verb="APPE"))[0] == 226
+    assert await c.retr("part") == first + rest
+
+
 @pytest_twisted.ensureDeferred
 async def test_rest_then_stor_truncates_and_continues(ftp):
     data = payload(MiB)
@@ -418,6 +510,40 @@ async def test_list_nlst_and_mlsd(ftp):
     assert "type=file;size=3;" in mlsd and "type=dir;" in mlsd
     assert (await c.listing("LIST", "-la a.txt")).endswith(" a.txt\r\n")
     assert (await c.cmd("LIST nope"))[0] == 550
+
+
+async def _interrupted_stor(ftp, c, name: str, data: bytes) -> None:
+    """STOR ``data`` to ``name`` and ABOR once the server relayed it: a
+    pending upload of ``len(data)`` bytes owned by ``c``'s user."""
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd(f"STOR {name}"))[0] == 150
+    peer.transport.write(data)
+    await until(
+        lambda: any(s.received >= len(data) for s in ftp.transfers.sessions.values()),
+        "the server to relay the upload",
+    )
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_and_nlst_of_a_file_show_its_committed_version_to_its_uploader(ftp):
+    """DESIGN.md, Files: the committed version is what LIST shows to
+    everyone; only SIZE and MLST report the owner's pending upload."""
+    await ftp.env.upload("/ov1", payload(100_000))
+    c = await ftp.client()
+    await _interrupted_stor(ftp, c, "ov1", payload(300_000))
+    await _interrupted_stor(ftp, c, "only-pending", payload(1000))
+    assert await c.cmd("SIZE ov1") == (213, "300000")
+    assert " 100000 " in await c.listing("LIST", "ov1")
+    assert " 100000 " in await c.listing("LIST")
+    assert await c.listing("NLST", "ov1") == "ov1\r\n"
+    port = await c.epsv()
+    await c.data_connection(port)
+    assert (await c.cmd("LIST only-pending"))[0] == 550
+    assert "only-pending" not in await c.listing("NLST")
 
 
 @pytest_twisted.ensureDeferred
