@@ -261,6 +261,32 @@ async def test_dele_rnfr_rnto(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_name_ending_in_slash_must_be_a_directory(ftp):
+    """POSIX (ENOTDIR): ``f/`` never names the file ``f``, so nothing
+    destructive or informative happens to it; ``d/`` is fine for a directory."""
+    await ftp.env.upload("/f", b"data")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("MKD d/"))[0] == 257
+    for line in ("DELE f/", "SIZE f/", "MDTM f/", "MLST f/", "RNFR f/", "HASH f/",
+                 "RMD f/", "CWD f/", "MFMT 20200101000000 f/", "DELE f/."):  # fmt: skip
+        assert (await c.cmd(line))[0] == 550, line
+    port = await c.epsv()
+    await c.data_connection(port)
+    for line in ("RETR f/", "STOR f/", "APPE f/", "LIST f/", "NLST f/"):
+        assert (await c.cmd(line))[0] == 550, line
+    assert (await c.cmd("RNFR f"))[0] == 350
+    assert (await c.cmd("RNTO g/"))[0] == 550
+    assert await c.retr("f") == b"data"
+    assert "f" in (await c.listing("NLST")).split()
+    assert (await c.cmd("CWD d/"))[0] == 250
+    assert (await c.cmd("CWD /"))[0] == 250
+    assert (await c.cmd("RNFR d/"))[0] == 350
+    assert (await c.cmd("RNTO e/"))[0] == 250
+    assert (await c.cmd("RMD e/"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
 async def test_size_mdtm_and_mlst(ftp):
     await ftp.env.upload("/f.bin", b"x" * 1234)
     c = await ftp.client()

@@ -33,6 +33,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
+from wsfront.ftp.parsing import names_directory
 from wsfront.ftp.replies import Reply
 from wsfront.transfer.errors import SessionFenced, TransferAborted
 
@@ -394,6 +395,8 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
         argument = _LIST_OPTIONS.sub("", argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
     info = await ctl.transfers.stat(ctl.user, target)
+    if names_directory(argument) and not info.is_dir:
+        raise Reply(550, "Not a directory")
     if verb == "MLSD" and not info.is_dir:
         raise Reply(501, "MLSD needs a directory; use MLST for a file")
     now = ctl.reactor.seconds()

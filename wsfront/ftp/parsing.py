@@ -253,6 +253,13 @@ def format_time_value(seconds: float, *, fraction_digits: int = 0) -> str:
     return text
 
 
+def names_directory(argument: str) -> bool:
+    """Whether path ``argument`` ends in '/' (or '/.'): such a path can only
+    name a directory.  Resolving drops the slash, so without this check
+    ``DELE file/`` deleted the file; POSIX refuses it (ENOTDIR)."""
+    return argument.endswith(("/", "/."))
+
+
 def parse_mfmt(argument: str) -> tuple[float, str]:
     """(time, path) of ``MFMT YYYYMMDDHHMMSS path`` (also the MDTM-with-time form).
 

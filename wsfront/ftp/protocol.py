@@ -43,6 +43,7 @@ from wsfront.ftp.parsing import (
     LineTooLong,
     Malformed,
     format_time_value,
+    names_directory,
     parse_line,
     parse_mfmt,
     parse_offset,
@@ -93,6 +94,12 @@ def awaiting_proxy_header(transport, then) -> bool:
 
     wrapper.dataReceived = watch
     return True
+
+
+def check_directory_name(argument: str, info) -> None:
+    """550 when ``argument`` ends in '/' and names a file (``info``)."""
+    if not info.is_dir and names_directory(argument):
+        raise Reply(550, "Not a directory")
 
 
 class FTPControl(Protocol):
@@ -378,6 +385,13 @@ class FTPControl(Protocol):
         """The virtual path ``argument`` names from the cwd (PathError if bad)."""
         return paths.resolve(self.cwd, argument)
 
+    def file_path(self, argument: str) -> str:
+        """``path`` for a command that acts on a file without a lookup of
+        its own (RETR, STOR, APPE, HASH): a name ending in '/' is refused."""
+        if names_directory(argument):
+            raise Reply(550, "A name ending in '/' is a directory, not a file")
+        return self.path(argument)
+
     def take_rest(self) -> int:
         rest, self.rest = self.rest, None
         return rest or 0
@@ -615,6 +629,7 @@ class FTPControl(Protocol):
     async def ftp_DELE(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Is a directory (use RMD)")
         await self.transfers.delete(self.user, target)
@@ -626,7 +641,7 @@ class FTPControl(Protocol):
         source = self.path(argument)
         if source == "/":
             raise Reply(550, "Cannot rename the root directory")
-        await self.transfers.stat(self.user, source)
+        check_directory_name(argument, await self.transfers.stat(self.user, source))
         self.rnfr = source
         self.reply(350, "Ready for the destination name (RNTO)")
 
@@ -637,6 +652,8 @@ class FTPControl(Protocol):
         target = self.path(argument)
         if target == "/":
             raise Reply(553, "Cannot rename onto the root directory")
+        if names_directory(argument):
+            check_directory_name(argument, await self.transfers.stat(self.user, source))
         await self.transfers.rename(self.user, source, target)
         self.sizes.pop(source, None)
         self.reply(250, "Rename successful")
@@ -648,6 +665,7 @@ class FTPControl(Protocol):
             raise Reply(501, "SIZE not allowed in ASCII mode (send TYPE I)")
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.sizes[target] = info.size
@@ -656,6 +674,7 @@ class FTPControl(Protocol):
     async def ftp_MDTM(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.reply(213, format_time_value(info.mtime))
@@ -667,6 +686,7 @@ class FTPControl(Protocol):
         mtime, name = parse_mfmt(argument)
         target = self.path(name)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(name, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         if info.pending:
@@ -677,7 +697,7 @@ class FTPControl(Protocol):
 
     async def ftp_HASH(self, argument: str) -> None:
         """HASH (wsfront.ftp.hashing): the digest of the committed version."""
-        target = self.path(argument)
+        target = self.file_path(argument)
         algorithm = self.hash_algorithm
 
         def started(stream):
@@ -694,6 +714,7 @@ class FTPControl(Protocol):
     async def ftp_MLST(self, argument: str) -> None:
         target = self.path(argument) if argument.strip(" ") else self.cwd
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         entry = datacmds.listing_entry(self.user, paths.basename(target) or "/", info)
         if info.pending:
             self.sizes[target] = info.size
@@ -798,18 +819,18 @@ class FTPControl(Protocol):
 
     def ftp_RETR(self, argument: str):
         self.need_protection()
-        return datacmds.retrieve(self, self.path(argument), self.take_rest())
+        return datacmds.retrieve(self, self.file_path(argument), self.take_rest())
 
     def ftp_STOR(self, argument: str):
         self.need_write()
         self.need_protection()
-        return datacmds.store(self, self.path(argument), self.take_rest())
+        return datacmds.store(self, self.file_path(argument), self.take_rest())
 
     def ftp_APPE(self, argument: str):
         self.need_write()
         self.need_protection()
         self.rest = None
-        target = self.path(argument)
+        target = self.file_path(argument)
         return datacmds.store(self, target, self.sizes.get(target), append=True)
 
     def ftp_STOU(self, argument: str):
