@@ -117,6 +117,7 @@ class FTPControl(Protocol):
         self._paused_reading = False
         self._queued_bytes = 0
         self._idle_call = None
+        self._login_call = None
         self._tls_switching = False
         self._admitted = False
         self._header_call = None
@@ -181,6 +182,10 @@ class FTPControl(Protocol):
         self._urgent_inline(not self.protection.active)
         self.local_host = socket_host(self.transport)
         self._arm_idle()
+        if self.settings.login_timeout > 0:
+            self._login_call = self.reactor.callLater(
+                self.settings.login_timeout, self._login_expired
+            )
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
@@ -194,6 +199,7 @@ class FTPControl(Protocol):
         self.connected_ = False
         self.factory.sessions.discard(self)
         self._cancel_idle()
+        self._cancel_login_timer()
         self._queue.clear()
         if self._hashing is not None:
             self._hashing.stopProducing()
@@ -379,6 +385,24 @@ class FTPControl(Protocol):
         self.reply(421, "Idle timeout, closing the control connection")
         self.transport.loseConnection()
 
+    def _cancel_login_timer(self) -> None:
+        call, self._login_call = self._login_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _login_expired(self) -> None:
+        """Not logged in ``login_timeout`` seconds after the greeting: 421.
+        A PASS still being decided (throttle, password hash) gets its
+        answer first: the check is made again once it is."""
+        self._login_call = None
+        if self.user is not None or not self.connected_:
+            return
+        if self._busy:
+            self._login_call = self.reactor.callLater(1.0, self._login_expired)
+            return
+        self.reply(421, "Login timeout, closing the control connection")
+        self.transport.loseConnection()
+
     # -- helpers for commands -----------------------------------------
 
     def path(self, argument: str) -> str:
@@ -445,6 +469,7 @@ class FTPControl(Protocol):
             throttle.abandoned(name, self.peer_host)  # the check itself failed
             raise
         throttle.succeeded(name, self.peer_host)
+        self._cancel_login_timer()
         self.user = user
         self.cwd = "/"
         self.stats.logins += 1
