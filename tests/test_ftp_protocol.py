@@ -659,6 +659,30 @@ async def test_active_mode_transfer_with_eprt(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_refused_epsv_or_eprt_protocol_lists_only_what_this_connection_accepts(ftp):
+    """RFC 2428: the 522 reply lists the protocols the server would use;
+    over IPv4 that is (1) alone, whatever the unsupported number asked."""
+    c = await ftp.client()
+    for line in ("EPSV 2", "EPSV 3", "EPRT |3|1.2.3.4|5000|"):
+        code, text = await c.cmd(line)
+        assert code == 522 and text.endswith("use (1)"), (line, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_epsv_on_a_dual_stack_listener_speaks_the_clients_ipv4(tmp_path):
+    """Behind ``tcp6:...:interface=::`` an IPv4 client's connection has an
+    IPv4-mapped local address: protocol 1, which EPSV 1 must accept."""
+    env = await _astart(tmp_path, listen="tcp6:0:interface=\\:\\:")
+    try:
+        c = await env.client()
+        assert (await c.cmd("EPSV 1"))[0] == 229
+        code, text = await c.cmd("EPSV 2")
+        assert code == 522 and text.endswith("use (1)"), text
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_epsv_all_refuses_pasv_and_port(ftp):
     c = await ftp.client()
     assert (await c.cmd("EPSV ALL"))[0] == 200

@@ -806,15 +806,26 @@ class FTPControl(Protocol):
         listener = self._open_passive()
         self.reply(227, addresses.pasv_reply_text(advertised, listener.port_number))
 
+    def _unsupported_protocol(self) -> Reply:
+        """522 for EPSV/EPRT naming a protocol this connection can't use:
+        RFC 2428 has it list the ones it can, which is this connection's."""
+        return Reply(522, f"Network protocol not supported, use ({self._protocol()})")
+
+    def _protocol(self) -> int:
+        return addresses.protocol_number(self.local_host)
+
     def ftp_EPSV(self, argument: str) -> None:
-        request = addresses.parse_epsv(argument)
+        try:
+            request = addresses.parse_epsv(argument)
+        except addresses.UnsupportedFamily:
+            raise self._unsupported_protocol() from None
         if request.all:
             self.epsv_all = True
             self.reply(200, "EPSV ALL ok")
             return
-        family = 6 if ":" in self.local_host else 4
-        if request.family is not None and request.family != family:
-            raise Reply(522, f"Network protocol not supported, use ({1 if family == 4 else 2})")
+        wanted = request.family
+        if wanted is not None and (1 if wanted == 4 else 2) != self._protocol():
+            raise self._unsupported_protocol()
         listener = self._open_passive()
         self.reply(229, addresses.epsv_reply_text(listener.port_number))
 
@@ -830,7 +841,11 @@ class FTPControl(Protocol):
         self.reply(200, "PORT command successful")
 
     def ftp_EPRT(self, argument: str) -> None:
-        self._set_active(addresses.parse_eprt(argument))
+        try:
+            target = addresses.parse_eprt(argument)
+        except addresses.UnsupportedFamily:
+            raise self._unsupported_protocol() from None
+        self._set_active(target)
         self.reply(200, "EPRT command successful")
 
     def ftp_REST(self, argument: str) -> None:
