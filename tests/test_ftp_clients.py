@@ -174,6 +174,45 @@ async def test_ftplib_abort_during_stor_keeps_what_arrived_resumable(ftp):
     assert size == len(data)  # pending, resumable with REST or APPE
 
 
+@pytest_twisted.ensureDeferred
+async def test_ftplib_mget_style_nlst_expands_a_pattern(ftp):
+    """Classic ``ftp mget *.bin`` sends ``NLST *.bin`` and RETRs each name
+    it gets back; a name with a literal ``*`` is still listed as itself."""
+    files = {"a.bin": b"A", "b.bin": b"BB", "c.txt": b"C", ".h.bin": b"H", "sub/d.bin": b"D"}
+    await ftp.transfers.mkdir(ftp.env.user, "/sub")
+    for name, data in files.items():
+        await ftp.env.upload("/" + name, data)
+    await ftp.env.upload("/star*", b"*")
+
+    def session():
+        c = _ftplib(ftp)
+        got = {}
+        for name in c.nlst("*.bin"):
+            buf = io.BytesIO()
+            c.retrbinary(f"RETR {name}", buf.write)
+            got[name] = buf.getvalue()
+        sub = c.nlst("sub/?.bin")
+        classes = c.nlst("[ab].bin")
+        star = c.nlst("star*")
+        lines: list[str] = []
+        c.retrlines("LIST *.txt", lines.append)
+        try:
+            c.nlst("nodir/*.bin")
+            missing = "listed"
+        except ftplib.error_perm as e:
+            missing = str(e)
+        c.quit()
+        return got, sub, classes, star, lines, missing
+
+    got, sub, classes, star, lines, missing = await threads.deferToThread(session)
+    assert got == {"a.bin": b"A", "b.bin": b"BB"}
+    assert sub == ["sub/d.bin"]
+    assert classes == ["a.bin", "b.bin"]
+    assert star == ["star*"]
+    assert len(lines) == 1 and lines[0].endswith(" c.txt")
+    assert missing.startswith("550")
+
+
 # -- curl ------------------------------------------------------------------------
 
 

@@ -573,6 +573,23 @@ async def test_list_and_nlst_of_a_file_show_its_committed_version_to_its_uploade
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pattern_never_lists_outside_the_users_root(ftp):
+    await ftp.env.upload("/mine.bin", b"m")
+    c = await ftp.client()
+    for pattern in ("../*", "/../../*", "../../*.bin"):
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        code, text = await c.cmd(f"NLST {pattern}")
+        if code == 150:
+            names = (await peer.done).decode().split()
+            assert (await c.reply())[0] == 226
+            assert all(n.endswith(("mine.bin", "/")) for n in names), names
+        else:
+            peer.transport.loseConnection()
+            assert code in (550, 553), (pattern, code, text)
+
+
+@pytest_twisted.ensureDeferred
 async def test_listing_of_a_large_directory_is_paged(tmp_path):
     env = await _astart(tmp_path, FTPSettings(listing_page=7))
     try:

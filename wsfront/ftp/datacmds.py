@@ -21,6 +21,7 @@ never a 226.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import secrets
 
@@ -355,9 +356,9 @@ def listing_entry(user, name: str, info) -> listing.Entry:
     )
 
 
-def _catalog_entry(user, entry) -> listing.Entry:
+def _catalog_entry(user, entry, prefix: str | None = None) -> listing.Entry:
     return listing.Entry(
-        name=entry.name,
+        name=entry.name if not prefix else prefix + entry.name,
         is_dir=entry.is_dir,
         size=entry.size,
         mtime=entry.mtime,
@@ -389,12 +390,53 @@ async def _committed_entry(ctl, target: str, info) -> listing.Entry:
     )
 
 
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _glob(argument: str) -> tuple[str, str] | None:
+    """(directory part as sent, pattern) when the last component of a
+    LIST/NLST argument is a shell pattern (``*``, ``?``, ``[...]``), as
+    ``mget *.bin`` sends it; None otherwise.  Patterns stop there: the
+    directory part is a plain path, resolved inside the user's root."""
+    head, sep, last = argument.rpartition("/")
+    if not _GLOB_CHARS.search(last):
+        return None
+    return head + sep, last
+
+
+def _glob_matches(name: str, pattern: str) -> bool:
+    """fnmatch, case-sensitive as names are; a leading dot is matched only
+    by a pattern that starts with one, as in a shell."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 async def list_dir(ctl, argument: str, verb: str) -> None:
-    """LIST, NLST or MLSD of a directory (page by page) or of one file."""
+    """LIST, NLST or MLSD of a directory (page by page) or of one file.
+
+    A LIST/NLST argument that names nothing and ends in a shell pattern
+    lists the matching entries of its directory (``mget *.bin``); a name
+    that exists is listed as itself, so a file called ``*`` still is.  NLST
+    gives the matches with the directory part as sent, for the client to
+    RETR them by those names."""
     if verb != "MLSD":
         argument = _LIST_OPTIONS.sub("", argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
-    info = await ctl.transfers.stat(ctl.user, target)
+    pattern = prefix = None
+    try:
+        info = await ctl.transfers.stat(ctl.user, target)
+    except catalog_errors.NotFound:
+        glob = None if verb == "MLSD" else _glob(argument)
+        if glob is None:
+            raise
+        prefix, pattern = glob
+        target = ctl.path(prefix) if prefix else ctl.cwd
+        info = await ctl.transfers.stat(ctl.user, target)
+        if not info.is_dir:
+            raise catalog_errors.NotADirectory(prefix) from None
+        if verb == "LIST":
+            prefix = ""
     if names_directory(argument) and not info.is_dir:
         raise Reply(550, "Not a directory")
     if verb == "MLSD" and not info.is_dir:
@@ -422,9 +464,12 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
                 page = ctl.settings.listing_page
                 while True:
                     entries = await ctl.transfers.list_dir(ctl.user, target, after, page)
-                    if entries:
+                    shown = entries
+                    if pattern is not None:
+                        shown = [e for e in entries if _glob_matches(e.name, pattern)]
+                    if shown:
                         await channel.write_paced(
-                            render(_catalog_entry(ctl.user, e) for e in entries)
+                            render(_catalog_entry(ctl.user, e, prefix) for e in shown)
                         )
                     if transfer.aborted:
                         raise TransferAborted("aborted")
