@@ -118,11 +118,11 @@ def strip_telnet(line: bytes) -> bytes:
     Handles two-byte commands (IP, DM, AO, AYT, ...), three-byte option
     negotiation (WILL/WONT/DO/DONT opt) and subnegotiation (SB ... IAC SE).
     An IAC followed by a byte that is no telnet command (below 0xF0), or
-    ending the line, is dropped alone: ftplib's and lftp's ABOR send
-    ``IAC IP IAC`` in-band and the final DM as urgent data, so the server
-    reads ``IAC IP IAC`` + ``ABOR``, and taking that IAC and the ``A`` as
-    one command left ``BOR`` (RFC 854 defines no such command; the byte
-    after it is data).
+    ending the line, is dropped alone: lftp's ABOR sends ``IAC IP IAC``
+    in-band and the final DM as urgent data, which the stream loses where
+    urgent data is not kept inline, so the server reads ``IAC IP IAC`` +
+    ``ABOR``; taking that IAC and the ``A`` as one command left ``BOR``
+    (RFC 854 defines no such command; the byte after it is data).
     """
     if IAC not in line:
         return line
