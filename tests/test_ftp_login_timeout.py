@@ -55,6 +55,17 @@ def test_a_logged_in_connection_has_only_the_idle_timeout():
     assert transport.value().endswith(b"421 Idle timeout, closing the control connection\r\n")
 
 
+def test_user_after_a_login_starts_the_login_timeout_again():
+    settings = FTPSettings(login_timeout=60, idle_timeout=900, anonymous=True)
+    clock, control, transport = connect(settings)
+    control.dataReceived(b"USER anonymous\r\nPASS me@example.org\r\n")
+    clock.advance(100)
+    control.dataReceived(b"USER someone\r\n")
+    clock.advance(60)
+    assert transport.value().endswith(EXPIRED)
+    assert transport.disconnecting
+
+
 def test_a_login_timeout_of_zero_is_off():
     clock, _control, transport = connect(FTPSettings(login_timeout=0, idle_timeout=900))
     clock.advance(899)

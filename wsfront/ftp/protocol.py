@@ -182,10 +182,7 @@ class FTPControl(Protocol):
         self._urgent_inline(not self.protection.active)
         self.local_host = socket_host(self.transport)
         self._arm_idle()
-        if self.settings.login_timeout > 0:
-            self._login_call = self.reactor.callLater(
-                self.settings.login_timeout, self._login_expired
-            )
+        self._arm_login_timer()
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
@@ -385,6 +382,13 @@ class FTPControl(Protocol):
         self.reply(421, "Idle timeout, closing the control connection")
         self.transport.loseConnection()
 
+    def _arm_login_timer(self) -> None:
+        """Start the pre-login deadline (at the greeting, and when USER
+        logs a session out), unless it runs already."""
+        timeout = self.settings.login_timeout
+        if timeout > 0 and self._login_call is None:
+            self._login_call = self.reactor.callLater(timeout, self._login_expired)
+
     def _cancel_login_timer(self) -> None:
         call, self._login_call = self._login_call, None
         if call is not None and call.active():
@@ -433,6 +437,8 @@ class FTPControl(Protocol):
         return self.settings.require_tls or name in self.settings.require_tls_users
 
     def ftp_USER(self, argument: str) -> None:
+        if self.user is not None:
+            self._arm_login_timer()  # logged out: log in again in time
         self.user = None
         self._login_name = None
         if self.tls_required(argument):
