@@ -22,6 +22,7 @@ from wsfront.ftp.addresses import (
     parse_port,
     parse_port_range,
     pasv_reply_text,
+    protocol_number,
     same_host,
 )
 
@@ -182,3 +183,10 @@ def test_address_parsers_raise_only_address_errors(text):
             parse(text)
         except AddressError:
             pass
+
+
+def test_the_protocol_number_of_a_connection_counts_ipv4_mapped_as_ipv4():
+    assert protocol_number("127.0.0.1") == 1
+    assert protocol_number("::ffff:10.0.0.1") == 1
+    assert protocol_number("::1") == 2
+    assert protocol_number("fe80::1%eth0") == 2

@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.ftp_env import PASSWORD, FTPEnv, sha256, until
 from tests.support import require_tool
 
 MiB = 1 << 20
@@ -117,6 +117,100 @@ async def test_ftplib_active_mode(ftp):
         return got.getvalue()
 
     assert sha256(await threads.deferToThread(session)) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_abort_during_retr_is_answered_and_the_session_goes_on(ftp):
+    """ftplib's abort() sends ``ABOR\\r\\n`` with its LF as TCP urgent data."""
+    await ftp.env.upload("/big", payload(32 * MiB))
+
+    def session():
+        c = _ftplib(ftp)
+        c.sock.settimeout(10)  # a hung ABOR fails the test instead of hanging it
+        c.voidcmd("TYPE I")
+        conn = c.transfercmd("RETR big")
+        got = conn.recv(65536)
+        first = c.abort()
+        conn.close()
+        second = c.getmultiline()
+        c.voidcmd("NOOP")
+        c.quit()
+        return got, first, second
+
+    got, first, second = await threads.deferToThread(session)
+    assert got
+    assert first[:3] == "426" and second[:3] == "226", (first, second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_abort_during_stor_keeps_what_arrived_resumable(ftp):
+    data = payload(300_000)
+    client: list[ftplib.FTP] = []
+
+    def start():
+        c = _ftplib(ftp)
+        c.sock.settimeout(10)
+        c.voidcmd("TYPE I")
+        conn = c.transfercmd("STOR part")
+        conn.sendall(data)
+        client.extend([c, conn])
+
+    def abort():
+        c, conn = client
+        first = c.abort()
+        second = c.getmultiline()
+        conn.close()
+        size = c.size("part")
+        c.quit()
+        return first, second, size
+
+    await threads.deferToThread(start)
+    await until(
+        lambda: any(s.received >= len(data) for s in ftp.transfers.sessions.values()),
+        "the server to relay the first bytes",
+    )
+    first, second, size = await threads.deferToThread(abort)
+    assert first[:3] == "426" and second[:3] == "226", (first, second)
+    assert size == len(data)  # pending, resumable with REST or APPE
+
+
+@pytest_twisted.ensureDeferred
+async def test_ftplib_mget_style_nlst_expands_a_pattern(ftp):
+    """Classic ``ftp mget *.bin`` sends ``NLST *.bin`` and RETRs each name
+    it gets back; a name with a literal ``*`` is still listed as itself."""
+    files = {"a.bin": b"A", "b.bin": b"BB", "c.txt": b"C", ".h.bin": b"H", "sub/d.bin": b"D"}
+    await ftp.transfers.mkdir(ftp.env.user, "/sub")
+    for name, data in files.items():
+        await ftp.env.upload("/" + name, data)
+    await ftp.env.upload("/star*", b"*")
+
+    def session():
+        c = _ftplib(ftp)
+        got = {}
+        for name in c.nlst("*.bin"):
+            buf = io.BytesIO()
+            c.retrbinary(f"RETR {name}", buf.write)
+            got[name] = buf.getvalue()
+        sub = c.nlst("sub/?.bin")
+        classes = c.nlst("[ab].bin")
+        star = c.nlst("star*")
+        lines: list[str] = []
+        c.retrlines("LIST *.txt", lines.append)
+        try:
+            c.nlst("nodir/*.bin")
+            missing = "listed"
+        except ftplib.error_perm as e:
+            missing = str(e)
+        c.quit()
+        return got, sub, classes, star, lines, missing
+
+    got, sub, classes, star, lines, missing = await threads.deferToThread(session)
+    assert got == {"a.bin": b"A", "b.bin": b"BB"}
+    assert sub == ["sub/d.bin"]
+    assert classes == ["a.bin", "b.bin"]
+    assert star == ["star*"]
+    assert len(lines) == 1 and lines[0].endswith(" c.txt")
+    assert missing.startswith("550")
 
 
 # -- curl ------------------------------------------------------------------------

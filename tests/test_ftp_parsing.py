@@ -47,6 +47,14 @@ def test_telnet_interrupt_before_abor_is_stripped():
     assert parse_line(line) == Command("ABOR")
 
 
+def test_a_lone_iac_before_a_command_drops_only_the_iac():
+    """ftplib and lftp send IAC IP IAC in-band and DM as urgent data, which
+    the kernel may take out of the stream: the verb must survive."""
+    assert parse_line(bytes([IAC, IP, IAC]) + b"ABOR\r\n") == Command("ABOR")
+    assert strip_telnet(bytes([IAC]) + b"NOOP") == b"NOOP"
+    assert strip_telnet(b"RETR a" + bytes([IAC])) == b"RETR a"
+
+
 def test_telnet_sequences_of_every_shape_are_stripped():
     line = (
         bytes([IAC, WILL, 1])

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.ftp_env import PASSWORD, FTPEnv, sha256, until
 from wsfront.ftp.commands import COMMANDS, FEATURES
 from wsfront.ftp.factory import FTPSettings
 
@@ -275,6 +275,32 @@ async def test_rnto_never_replaces_a_file_with_a_directory_nor_the_reverse(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_name_ending_in_slash_must_be_a_directory(ftp):
+    """POSIX (ENOTDIR): ``f/`` never names the file ``f``, so nothing
+    destructive or informative happens to it; ``d/`` is fine for a directory."""
+    await ftp.env.upload("/f", b"data")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("MKD d/"))[0] == 257
+    for line in ("DELE f/", "SIZE f/", "MDTM f/", "MLST f/", "RNFR f/", "HASH f/",
+                 "RMD f/", "CWD f/", "MFMT 20200101000000 f/", "DELE f/."):  # fmt: skip
+        assert (await c.cmd(line))[0] == 550, line
+    port = await c.epsv()
+    await c.data_connection(port)
+    for line in ("RETR f/", "STOR f/", "APPE f/", "LIST f/", "NLST f/"):
+        assert (await c.cmd(line))[0] == 550, line
+    assert (await c.cmd("RNFR f"))[0] == 350
+    assert (await c.cmd("RNTO g/"))[0] == 550
+    assert await c.retr("f") == b"data"
+    assert "f" in (await c.listing("NLST")).split()
+    assert (await c.cmd("CWD d/"))[0] == 250
+    assert (await c.cmd("CWD /"))[0] == 250
+    assert (await c.cmd("RNFR d/"))[0] == 350
+    assert (await c.cmd("RNTO e/"))[0] == 250
+    assert (await c.cmd("RMD e/"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
 async def test_size_mdtm_and_mlst(ftp):
     await ftp.env.upload("/f.bin", b"x" * 1234)
     c = await ftp.client()
@@ -341,6 +367,98 @@ async def test_transfer_without_pasv_or_port_is_425(ftp):
     await ftp.env.upload("/f", b"data")
     c = await ftp.client()
     assert (await c.cmd("RETR f"))[0] == 425
+
+
+async def _waiting_for_data_connection(ftp) -> None:
+    """Until the server's transfer waits for its data connection (so ABOR
+    acts on it rather than queue behind it)."""
+    await until(
+        lambda: any(
+            s.transfer is not None and s.transfer.waiting is not None for s in ftp.factory.sessions
+        ),
+        "the transfer to wait for its data connection",
+    )
+
+
+async def _no_pending_upload(ftp, vpath: str) -> bool:
+    return await ftp.catalog.find_upload(ftp.env.user.root + vpath) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stor_or_appe_without_pasv_or_port_is_425_and_leaves_no_upload(ftp):
+    await ftp.env.upload("/old", payload(400_000))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("STOR new"))[0] == 425
+    assert (await c.cmd("APPE old"))[0] == 425
+    assert (await c.cmd("STOU"))[0] == 425
+    assert (await c.cmd("SIZE new"))[0] == 550
+    assert await c.cmd("SIZE old") == (213, "400000")
+    assert await _no_pending_upload(ftp, "/new")
+    assert await _no_pending_upload(ftp, "/old")
+    assert (await c.cmd("MKD new"))[0] == 257
+    assert (await c.cmd("DELE old"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_before_the_data_connection_abandons_a_new_upload(ftp):
+    await ftp.env.upload("/old", payload(400_000))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for name in ("new", "old"):
+        await c.epsv()  # never connected
+        c.send(f"STOR {name}")
+        await _waiting_for_data_connection(ftp)
+        assert (await c.cmd("ABOR"))[0] == 426
+        assert (await c.reply())[0] == 226
+        assert await _no_pending_upload(ftp, f"/{name}")
+    assert (await c.cmd("SIZE new"))[0] == 550
+    assert await c.cmd("SIZE old") == (213, "400000")
+    assert (await c.cmd("DELE old"))[0] == 250
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_connection_timeout_abandons_a_new_upload(tmp_path):
+    env = await _astart(tmp_path, FTPSettings(data_timeout=0.2))
+    try:
+        c = await env.client()
+        await c.cmd("TYPE I")
+        await c.epsv()  # never connected
+        assert (await c.cmd("STOR new"))[0] == 425
+        assert await _no_pending_upload(env, "/new")
+        assert (await c.cmd("MKD new"))[0] == 257
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_before_the_data_connection_keeps_a_resumed_upload(ftp):
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd("STOR part"))[0] == 150
+    first = payload(300_000)
+    peer.transport.write(first)
+    for _ in range(200):
+        if any(s.received >= len(first) for s in ftp.transfers.sessions.values()):
+            break
+        await _tick()
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+    assert await c.cmd("SIZE part") == (213, str(len(first)))
+    for verb in ("APPE part", "STOR part"):
+        if verb.startswith("STOR"):
+            assert (await c.cmd(f"REST {len(first)}"))[0] == 350
+        await c.epsv()  # never connected
+        c.send(verb)
+        await _waiting_for_data_connection(ftp)
+        assert (await c.cmd("ABOR"))[0] == 426
+        assert (await c.reply())[0] == 226
+        assert await c.cmd("SIZE part") == (213, str(len(first)))
+    rest = payload(100_000)
+    assert (await c.stor("part", rest, verb="APPE"))[0] == 226
+    assert await c.retr("part") == first + rest
 
 
 @pytest_twisted.ensureDeferred
@@ -434,6 +552,57 @@ async def test_list_nlst_and_mlsd(ftp):
     assert (await c.cmd("LIST nope"))[0] == 550
 
 
+async def _interrupted_stor(ftp, c, name: str, data: bytes) -> None:
+    """STOR ``data`` to ``name`` and ABOR once the server relayed it: a
+    pending upload of ``len(data)`` bytes owned by ``c``'s user."""
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    assert (await c.cmd(f"STOR {name}"))[0] == 150
+    peer.transport.write(data)
+    await until(
+        lambda: any(s.received >= len(data) for s in ftp.transfers.sessions.values()),
+        "the server to relay the upload",
+    )
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_and_nlst_of_a_file_show_its_committed_version_to_its_uploader(ftp):
+    """DESIGN.md, Files: the committed version is what LIST shows to
+    everyone; only SIZE and MLST report the owner's pending upload."""
+    await ftp.env.upload("/ov1", payload(100_000))
+    c = await ftp.client()
+    await _interrupted_stor(ftp, c, "ov1", payload(300_000))
+    await _interrupted_stor(ftp, c, "only-pending", payload(1000))
+    assert await c.cmd("SIZE ov1") == (213, "300000")
+    assert " 100000 " in await c.listing("LIST", "ov1")
+    assert " 100000 " in await c.listing("LIST")
+    assert await c.listing("NLST", "ov1") == "ov1\r\n"
+    port = await c.epsv()
+    await c.data_connection(port)
+    assert (await c.cmd("LIST only-pending"))[0] == 550
+    assert "only-pending" not in await c.listing("NLST")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pattern_never_lists_outside_the_users_root(ftp):
+    await ftp.env.upload("/mine.bin", b"m")
+    c = await ftp.client()
+    for pattern in ("../*", "/../../*", "../../*.bin"):
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        code, text = await c.cmd(f"NLST {pattern}")
+        if code == 150:
+            names = (await peer.done).decode().split()
+            assert (await c.reply())[0] == 226
+            assert all(n.endswith(("mine.bin", "/")) for n in names), names
+        else:
+            peer.transport.loseConnection()
+            assert code in (550, 553), (pattern, code, text)
+
+
 @pytest_twisted.ensureDeferred
 async def test_listing_of_a_large_directory_is_paged(tmp_path):
     env = await _astart(tmp_path, FTPSettings(listing_page=7))
@@ -521,6 +690,30 @@ async def test_active_mode_transfer_with_eprt(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_refused_epsv_or_eprt_protocol_lists_only_what_this_connection_accepts(ftp):
+    """RFC 2428: the 522 reply lists the protocols the server would use;
+    over IPv4 that is (1) alone, whatever the unsupported number asked."""
+    c = await ftp.client()
+    for line in ("EPSV 2", "EPSV 3", "EPRT |3|1.2.3.4|5000|"):
+        code, text = await c.cmd(line)
+        assert code == 522 and text.endswith("use (1)"), (line, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_epsv_on_a_dual_stack_listener_speaks_the_clients_ipv4(tmp_path):
+    """Behind ``tcp6:...:interface=::`` an IPv4 client's connection has an
+    IPv4-mapped local address: protocol 1, which EPSV 1 must accept."""
+    env = await _astart(tmp_path, listen="tcp6:0:interface=\\:\\:")
+    try:
+        c = await env.client()
+        assert (await c.cmd("EPSV 1"))[0] == 229
+        code, text = await c.cmd("EPSV 2")
+        assert code == 522 and text.endswith("use (1)"), text
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_epsv_all_refuses_pasv_and_port(ftp):
     c = await ftp.client()
     assert (await c.cmd("EPSV ALL"))[0] == 200
@@ -548,6 +741,44 @@ async def test_abor_during_retr_answers_426_then_226_and_the_session_goes_on(ftp
     assert (await c.reply())[0] == 226
     assert (await c.cmd("NOOP"))[0] == 200
     assert peer.received < len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_sent_as_lftp_does_with_an_urgent_dm_stops_the_transfer(ftp):
+    """lftp: IAC IP IAC in-band, then DM as TCP urgent data, then ABOR."""
+    import socket
+
+    await ftp.env.upload("/big", payload(32 * MiB))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    peer.transport.pauseProducing()
+    assert (await c.cmd("RETR big"))[0] == 150
+    sock = c.transport.getHandle()
+    sock.sendall(b"\xff\xf4\xff")
+    sock.send(b"\xf2", socket.MSG_OOB)
+    sock.sendall(b"ABOR\r\n")
+    assert (await _within(c.reply()))[0] == 426
+    assert (await _within(c.reply()))[0] == 226
+    assert (await c.cmd("NOOP"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_after_iac_ip_iac_without_its_urgent_dm_is_still_abor(ftp):
+    """What lftp's ABOR leaves in the stream when the kernel keeps its
+    urgent DM out of it: the lone IAC must not eat the A of ABOR."""
+    await ftp.env.upload("/big", payload(32 * MiB))
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    peer.transport.pauseProducing()
+    assert (await c.cmd("RETR big"))[0] == 150
+    c.send(b"\xff\xf4\xffABOR")
+    assert (await _within(c.reply()))[0] == 426
+    assert (await _within(c.reply()))[0] == 226
+    assert (await c.cmd(b"\xff\xf4\xffNOOP"))[0] == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -579,6 +810,14 @@ async def test_abor_during_stor_keeps_the_upload_resumable(ftp):
 async def test_abor_without_a_transfer_is_225(ftp):
     c = await ftp.client()
     assert (await c.cmd("ABOR"))[0] == 225
+
+
+def _within(d: defer.Deferred, seconds: float = 10.0) -> defer.Deferred:
+    """``d``, failed with TimeoutError after ``seconds``: a reply that never
+    comes (an ABOR the server did not see) fails the test, not hangs it."""
+    from twisted.internet import reactor
+
+    return d.addTimeout(seconds, reactor)
 
 
 def _tick():

@@ -191,6 +191,16 @@ def check_active_target(
         raise BounceRefused(f"data connections to privileged port {target.port} are refused")
 
 
+def protocol_number(host: str) -> int:
+    """RFC 2428's network protocol of a connection to ``host``: 1 for IPv4
+    (an IPv4-mapped IPv6 address included: that client speaks IPv4), 2
+    for IPv6."""
+    try:
+        return 1 if _normalize(host).version == 4 else 2
+    except ValueError:
+        return 2 if ":" in host else 1
+
+
 def same_host(a: str, b: str) -> bool:
     """Whether two IP addresses name the same host (for accepting passive connections)."""
     try:

@@ -11,25 +11,34 @@ Upload endings (DESIGN.md, Uploads): the data connection closing, cleanly or
 not, commits what arrived (``WriteSession.finish()``; 226 only once it has
 fired), because stream mode can't tell a finished upload from a dead client.
 ABOR instead interrupts the session, leaving it pending and resumable with
-REST + STOR or APPE.  A session that fails (quota, fenced, no replica) gets
-its error reply and never a 226.
+REST + STOR or APPE.  An upload that this command began and that got no byte
+(no data connection, ABOR or a stall before the first byte) is abandoned
+instead: kept, it would stand as a 0-byte pending upload hiding the
+committed file from its owner and blocking everyone else until it expired.
+A session that fails (quota, fenced, no replica) gets its error reply and
+never a 226.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import secrets
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
+from wsfront.ftp.parsing import names_directory
 from wsfront.ftp.replies import Reply
 from wsfront.transfer.errors import SessionFenced, TransferAborted
+
+log = Logger()
 
 _LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
 
@@ -212,6 +221,7 @@ async def store(
     client a size on this connection, else at the size the user sees."""
     if path == "/":
         raise catalog_errors.IsADirectory("/")
+    need_data_setup(ctl)
 
     if append and offset is None:
         session = await ctl.transfers.open_write(ctl.user, path, 0, append=True)
@@ -223,10 +233,10 @@ async def store(
         try:
             channel = await _data_channel(ctl, transfer)
         except Exception:
-            await session.interrupt()
+            await _let_go(ctl, session)
             raise
         if transfer.aborted:
-            await session.interrupt()
+            await _let_go(ctl, session)
             raise TransferAborted("aborted")
         start = session.offset
         ctl.sizes.pop(path, None)
@@ -252,13 +262,13 @@ async def store(
         ctl.stats.bytes_received += channel.received
         if tag == "aborted":
             channel.abort()
-            await session.interrupt()
+            kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, "Transfer aborted; the upload is kept, resume it with REST or APPE")
+            raise Reply(426, "Transfer aborted" + _KEPT[kept])
         if tag == "stalled":
-            await session.interrupt()
+            kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, STALLED + "; the upload is kept, resume it with REST or APPE")
+            raise Reply(426, STALLED + _KEPT[kept])
         if tag == "failed":
             channel.abort()
             if isinstance(value, TransferAborted):
@@ -277,8 +287,45 @@ async def store(
     await _run(ctl, "APPE" if append else "STOR", body)
 
 
+_KEPT = {
+    True: "; the upload is kept, resume it with REST or APPE",
+    False: "; nothing arrived, no upload is kept",
+}
+
+
+def need_data_setup(ctl) -> None:
+    """425 before an upload begins when no PASV/EPSV/PORT/EPRT prepared its
+    data connection: refused after ``open_write``, the path would be left
+    a pending upload of nothing."""
+    if ctl.passive is None and ctl.active is None:
+        raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+
+
+async def _let_go(ctl, session) -> bool:
+    """End an upload that stops without its client's commit; True if it is
+    kept (interrupted, resumable), False if it was abandoned.
+
+    An upload this command began (epoch 1: a resume takes the session over
+    and bumps it) that received no byte holds nothing worth resuming, so it
+    is abandoned and the path is as it was before the STOR.  One that took
+    over an earlier pending upload (REST or APPE) is only interrupted: its
+    durable bytes stay resumable, as they were."""
+    if session.epoch != 1 or session.received:
+        await session.interrupt()
+        return True
+    await session.abort()
+    try:
+        await ctl.transfers.catalog.abort_upload(session.upload_id, session.epoch)
+    except catalog_errors.EpochConflict:
+        pass  # taken over or ended meanwhile: no longer this command's
+    except Exception as e:
+        log.warn("upload {id} could not be abandoned: {err}", id=session.upload_id, err=e)
+    return False
+
+
 async def store_unique(ctl, argument: str) -> None:
     """STOU: store under a fresh name in the cwd (or beside ``argument``)."""
+    need_data_setup(ctl)
     base = ctl.path(argument) if argument.strip(" ") else None
     directory = paths.parent(base) if base else ctl.cwd
     stem = paths.basename(base) if base else "stou"
@@ -309,9 +356,9 @@ def listing_entry(user, name: str, info) -> listing.Entry:
     )
 
 
-def _catalog_entry(user, entry) -> listing.Entry:
+def _catalog_entry(user, entry, prefix: str | None = None) -> listing.Entry:
     return listing.Entry(
-        name=entry.name,
+        name=entry.name if not prefix else prefix + entry.name,
         is_dir=entry.is_dir,
         size=entry.size,
         mtime=entry.mtime,
@@ -320,12 +367,78 @@ def _catalog_entry(user, entry) -> listing.Entry:
     )
 
 
+async def _committed_entry(ctl, target: str, info) -> listing.Entry:
+    """The listing entry of file ``target``: its committed version, which
+    LIST and NLST show to everyone (DESIGN.md, Files), as a directory
+    listing does.  ``info`` is the file as its user sees it: for the owner
+    of a pending upload that upload (what SIZE and MLST report, to resume
+    from), so the committed version is looked up then; a file with only a
+    pending upload is not listed (NotFound)."""
+    name = paths.basename(target)
+    if not info.pending:
+        return listing_entry(ctl.user, name, info)
+    entry = await ctl.transfers.catalog.stat(ctl.transfers.full_path(ctl.user, target))
+    if entry.version is None:
+        raise catalog_errors.NotFound(f"{target} has no committed version yet")
+    return listing.Entry(
+        name=name,
+        is_dir=False,
+        size=entry.version.size,
+        mtime=entry.version.mtime,
+        inode=entry.inode,
+        perms=ctl.user.permissions,
+    )
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _glob(argument: str) -> tuple[str, str] | None:
+    """(directory part as sent, pattern) when the last component of a
+    LIST/NLST argument is a shell pattern (``*``, ``?``, ``[...]``), as
+    ``mget *.bin`` sends it; None otherwise.  Patterns stop there: the
+    directory part is a plain path, resolved inside the user's root."""
+    head, sep, last = argument.rpartition("/")
+    if not _GLOB_CHARS.search(last):
+        return None
+    return head + sep, last
+
+
+def _glob_matches(name: str, pattern: str) -> bool:
+    """fnmatch, case-sensitive as names are; a leading dot is matched only
+    by a pattern that starts with one, as in a shell."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 async def list_dir(ctl, argument: str, verb: str) -> None:
-    """LIST, NLST or MLSD of a directory (page by page) or of one file."""
+    """LIST, NLST or MLSD of a directory (page by page) or of one file.
+
+    A LIST/NLST argument that names nothing and ends in a shell pattern
+    lists the matching entries of its directory (``mget *.bin``); a name
+    that exists is listed as itself, so a file called ``*`` still is.  NLST
+    gives the matches with the directory part as sent, for the client to
+    RETR them by those names."""
     if verb != "MLSD":
         argument = _LIST_OPTIONS.sub("", argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
-    info = await ctl.transfers.stat(ctl.user, target)
+    pattern = prefix = None
+    try:
+        info = await ctl.transfers.stat(ctl.user, target)
+    except catalog_errors.NotFound:
+        glob = None if verb == "MLSD" else _glob(argument)
+        if glob is None:
+            raise
+        prefix, pattern = glob
+        target = ctl.path(prefix) if prefix else ctl.cwd
+        info = await ctl.transfers.stat(ctl.user, target)
+        if not info.is_dir:
+            raise catalog_errors.NotADirectory(prefix) from None
+        if verb == "LIST":
+            prefix = ""
+    if names_directory(argument) and not info.is_dir:
+        raise Reply(550, "Not a directory")
     if verb == "MLSD" and not info.is_dir:
         raise Reply(501, "MLSD needs a directory; use MLST for a file")
     now = ctl.reactor.seconds()
@@ -337,23 +450,26 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
             return b"".join(listing.nlst_lines(entries))
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
 
+    one = None if info.is_dir else await _committed_entry(ctl, target, info)
+
     async def body(transfer: Transfer) -> None:
         channel = await _data_channel(ctl, transfer)
         ctl.reply(150, "Here comes the directory listing")
         channel.watch_for_close()
         try:
-            if not info.is_dir:
-                await channel.write_paced(
-                    render([listing_entry(ctl.user, paths.basename(target), info)])
-                )
+            if one is not None:
+                await channel.write_paced(render([one]))
             else:
                 after = None
                 page = ctl.settings.listing_page
                 while True:
                     entries = await ctl.transfers.list_dir(ctl.user, target, after, page)
-                    if entries:
+                    shown = entries
+                    if pattern is not None:
+                        shown = [e for e in entries if _glob_matches(e.name, pattern)]
+                    if shown:
                         await channel.write_paced(
-                            render(_catalog_entry(ctl.user, e) for e in entries)
+                            render(_catalog_entry(ctl.user, e, prefix) for e in shown)
                         )
                     if transfer.aborted:
                         raise TransferAborted("aborted")

@@ -47,6 +47,12 @@ class FTPSettings:
     the first byte; ``require_tls`` refuses logins (and data transfers)
     without TLS, ``require_tls_users`` does so for the named users.
 
+    Timeouts: ``idle_timeout`` seconds of silence close a logged-in control
+    connection (421); one not logged in within ``login_timeout`` seconds of
+    its greeting is closed too, however chatty (ProFTPD's TimeoutLogin):
+    a connection that never logs in holds a connection slot for nothing.
+    0 turns either off.
+
     Limits (``wsfront.limits``, one of each per factory): failed logins per
     address and per user within ``login_window`` seconds, then 421 before
     any password is checked; open connections per address and in total.
@@ -58,6 +64,7 @@ class FTPSettings:
     anonymous_root: str = "/pub"
     banner: str = "wsfs FTP server ready"
     idle_timeout: float = 900.0
+    login_timeout: float = 60.0
     data_timeout: float = 30.0
     max_login_failures: int = 3
     max_queued_commands: int = 64

@@ -117,6 +117,12 @@ def strip_telnet(line: bytes) -> bytes:
 
     Handles two-byte commands (IP, DM, AO, AYT, ...), three-byte option
     negotiation (WILL/WONT/DO/DONT opt) and subnegotiation (SB ... IAC SE).
+    An IAC followed by a byte that is no telnet command (below 0xF0), or
+    ending the line, is dropped alone: lftp's ABOR sends ``IAC IP IAC``
+    in-band and the final DM as urgent data, which the stream loses where
+    urgent data is not kept inline, so the server reads ``IAC IP IAC`` +
+    ``ABOR``; taking that IAC and the ``A`` as one command left ``BOR``
+    (RFC 854 defines no such command; the byte after it is data).
     """
     if IAC not in line:
         return line
@@ -137,6 +143,8 @@ def strip_telnet(line: bytes) -> bytes:
         elif nxt == _SB:
             end = line.find(bytes([IAC, _SE]), i + 2)
             i = n if end < 0 else end + 2
+        elif nxt is None or nxt < _SE:
+            i += 1
         else:
             i += 2
     return bytes(out)
@@ -243,6 +251,13 @@ def format_time_value(seconds: float, *, fraction_digits: int = 0) -> str:
         frac = min(math.floor((seconds - whole) * scale + 0.05), scale - 1)
         text += f".{frac:0{fraction_digits}d}"
     return text
+
+
+def names_directory(argument: str) -> bool:
+    """Whether path ``argument`` ends in '/' (or '/.'): such a path can only
+    name a directory.  Resolving drops the slash, so without this check
+    ``DELE file/`` deleted the file; POSIX refuses it (ENOTDIR)."""
+    return argument.endswith(("/", "/."))
 
 
 def parse_mfmt(argument: str) -> tuple[float, str]:

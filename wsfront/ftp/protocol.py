@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import socket
 from collections import deque
 
 from twisted.internet import error as net_error
@@ -42,6 +43,7 @@ from wsfront.ftp.parsing import (
     LineTooLong,
     Malformed,
     format_time_value,
+    names_directory,
     parse_line,
     parse_mfmt,
     parse_offset,
@@ -94,6 +96,12 @@ def awaiting_proxy_header(transport, then) -> bool:
     return True
 
 
+def check_directory_name(argument: str, info) -> None:
+    """550 when ``argument`` ends in '/' and names a file (``info``)."""
+    if not info.is_dir and names_directory(argument):
+        raise Reply(550, "Not a directory")
+
+
 class FTPControl(Protocol):
     """One client's control connection."""
 
@@ -109,6 +117,7 @@ class FTPControl(Protocol):
         self._paused_reading = False
         self._queued_bytes = 0
         self._idle_call = None
+        self._login_call = None
         self._tls_switching = False
         self._admitted = False
         self._header_call = None
@@ -170,8 +179,10 @@ class FTPControl(Protocol):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass  # not a TCP transport (tests)
+        self._urgent_inline(not self.protection.active)
         self.local_host = socket_host(self.transport)
         self._arm_idle()
+        self._arm_login_timer()
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
@@ -185,12 +196,32 @@ class FTPControl(Protocol):
         self.connected_ = False
         self.factory.sessions.discard(self)
         self._cancel_idle()
+        self._cancel_login_timer()
         self._queue.clear()
         if self._hashing is not None:
             self._hashing.stopProducing()
         if self.transfer is not None:
             self.transfer.control_lost(self.reactor, self.settings.data_timeout)
         self._close_data_setup()
+
+    def _urgent_inline(self, inline: bool) -> None:
+        """Keep TCP urgent data in the control stream (RFC 6093 says to).
+
+        Clients send ABOR's last byte as urgent data: ftplib the LF of
+        ``ABOR\\r\\n``, lftp the telnet DM.  Without SO_OOBINLINE the kernel
+        takes that byte out of the stream, and ftplib's ABOR never ends its
+        line.  Under TLS (implicit, or once AUTH TLS starts) it is left off:
+        clients send no urgent data inside TLS, and a stray raw byte is
+        better dropped by the kernel than fed to the TLS layer."""
+        raw = self.transport
+        if isinstance(raw, ProtocolWrapper) and not isinstance(raw, HAProxyProtocolWrapper):
+            return  # TLS: the socket is not ours to change
+        while isinstance(raw, ProtocolWrapper) and raw.transport is not None:
+            raw = raw.transport
+        try:
+            raw.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, int(inline))
+        except (AttributeError, OSError):
+            pass  # not a socket (tests)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._started:
@@ -351,11 +382,43 @@ class FTPControl(Protocol):
         self.reply(421, "Idle timeout, closing the control connection")
         self.transport.loseConnection()
 
+    def _arm_login_timer(self) -> None:
+        """Start the pre-login deadline (at the greeting, and when USER
+        logs a session out), unless it runs already."""
+        timeout = self.settings.login_timeout
+        if timeout > 0 and self._login_call is None:
+            self._login_call = self.reactor.callLater(timeout, self._login_expired)
+
+    def _cancel_login_timer(self) -> None:
+        call, self._login_call = self._login_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _login_expired(self) -> None:
+        """Not logged in ``login_timeout`` seconds after the greeting: 421.
+        A PASS still being decided (throttle, password hash) gets its
+        answer first: the check is made again once it is."""
+        self._login_call = None
+        if self.user is not None or not self.connected_:
+            return
+        if self._busy:
+            self._login_call = self.reactor.callLater(1.0, self._login_expired)
+            return
+        self.reply(421, "Login timeout, closing the control connection")
+        self.transport.loseConnection()
+
     # -- helpers for commands -----------------------------------------
 
     def path(self, argument: str) -> str:
         """The virtual path ``argument`` names from the cwd (PathError if bad)."""
         return paths.resolve(self.cwd, argument)
+
+    def file_path(self, argument: str) -> str:
+        """``path`` for a command that acts on a file without a lookup of
+        its own (RETR, STOR, APPE, HASH): a name ending in '/' is refused."""
+        if names_directory(argument):
+            raise Reply(550, "A name ending in '/' is a directory, not a file")
+        return self.path(argument)
 
     def take_rest(self) -> int:
         rest, self.rest = self.rest, None
@@ -374,6 +437,8 @@ class FTPControl(Protocol):
         return self.settings.require_tls or name in self.settings.require_tls_users
 
     def ftp_USER(self, argument: str) -> None:
+        if self.user is not None:
+            self._arm_login_timer()  # logged out: log in again in time
         self.user = None
         self._login_name = None
         if self.tls_required(argument):
@@ -410,6 +475,7 @@ class FTPControl(Protocol):
             throttle.abandoned(name, self.peer_host)  # the check itself failed
             raise
         throttle.succeeded(name, self.peer_host)
+        self._cancel_login_timer()
         self.user = user
         self.cwd = "/"
         self.stats.logins += 1
@@ -518,6 +584,7 @@ class FTPControl(Protocol):
         # RFC 4217 4: a USER sent before AUTH does not count after it.
         self._login_name = None
         self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
+        self._urgent_inline(False)
         self.transport.startTLS(self.settings.tls)
         self.protection.started()
         self._tls_switching = False
@@ -593,6 +660,7 @@ class FTPControl(Protocol):
     async def ftp_DELE(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Is a directory (use RMD)")
         await self.transfers.delete(self.user, target)
@@ -604,7 +672,7 @@ class FTPControl(Protocol):
         source = self.path(argument)
         if source == "/":
             raise Reply(550, "Cannot rename the root directory")
-        await self.transfers.stat(self.user, source)
+        check_directory_name(argument, await self.transfers.stat(self.user, source))
         self.rnfr = source
         self.reply(350, "Ready for the destination name (RNTO)")
 
@@ -615,6 +683,8 @@ class FTPControl(Protocol):
         target = self.path(argument)
         if target == "/":
             raise Reply(553, "Cannot rename onto the root directory")
+        if names_directory(argument):
+            check_directory_name(argument, await self.transfers.stat(self.user, source))
         await self.transfers.rename(self.user, source, target)
         self.sizes.pop(source, None)
         self.reply(250, "Rename successful")
@@ -626,6 +696,7 @@ class FTPControl(Protocol):
             raise Reply(501, "SIZE not allowed in ASCII mode (send TYPE I)")
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.sizes[target] = info.size
@@ -634,6 +705,7 @@ class FTPControl(Protocol):
     async def ftp_MDTM(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.reply(213, format_time_value(info.mtime))
@@ -645,6 +717,7 @@ class FTPControl(Protocol):
         mtime, name = parse_mfmt(argument)
         target = self.path(name)
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(name, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         if info.pending:
@@ -655,7 +728,7 @@ class FTPControl(Protocol):
 
     async def ftp_HASH(self, argument: str) -> None:
         """HASH (wsfront.ftp.hashing): the digest of the committed version."""
-        target = self.path(argument)
+        target = self.file_path(argument)
         algorithm = self.hash_algorithm
 
         def started(stream):
@@ -672,6 +745,7 @@ class FTPControl(Protocol):
     async def ftp_MLST(self, argument: str) -> None:
         target = self.path(argument) if argument.strip(" ") else self.cwd
         info = await self.transfers.stat(self.user, target)
+        check_directory_name(argument, info)
         entry = datacmds.listing_entry(self.user, paths.basename(target) or "/", info)
         if info.pending:
             self.sizes[target] = info.size
@@ -738,15 +812,26 @@ class FTPControl(Protocol):
         listener = self._open_passive()
         self.reply(227, addresses.pasv_reply_text(advertised, listener.port_number))
 
+    def _unsupported_protocol(self) -> Reply:
+        """522 for EPSV/EPRT naming a protocol this connection can't use:
+        RFC 2428 has it list the ones it can, which is this connection's."""
+        return Reply(522, f"Network protocol not supported, use ({self._protocol()})")
+
+    def _protocol(self) -> int:
+        return addresses.protocol_number(self.local_host)
+
     def ftp_EPSV(self, argument: str) -> None:
-        request = addresses.parse_epsv(argument)
+        try:
+            request = addresses.parse_epsv(argument)
+        except addresses.UnsupportedFamily:
+            raise self._unsupported_protocol() from None
         if request.all:
             self.epsv_all = True
             self.reply(200, "EPSV ALL ok")
             return
-        family = 6 if ":" in self.local_host else 4
-        if request.family is not None and request.family != family:
-            raise Reply(522, f"Network protocol not supported, use ({1 if family == 4 else 2})")
+        wanted = request.family
+        if wanted is not None and (1 if wanted == 4 else 2) != self._protocol():
+            raise self._unsupported_protocol()
         listener = self._open_passive()
         self.reply(229, addresses.epsv_reply_text(listener.port_number))
 
@@ -762,7 +847,11 @@ class FTPControl(Protocol):
         self.reply(200, "PORT command successful")
 
     def ftp_EPRT(self, argument: str) -> None:
-        self._set_active(addresses.parse_eprt(argument))
+        try:
+            target = addresses.parse_eprt(argument)
+        except addresses.UnsupportedFamily:
+            raise self._unsupported_protocol() from None
+        self._set_active(target)
         self.reply(200, "EPRT command successful")
 
     def ftp_REST(self, argument: str) -> None:
@@ -776,18 +865,18 @@ class FTPControl(Protocol):
 
     def ftp_RETR(self, argument: str):
         self.need_protection()
-        return datacmds.retrieve(self, self.path(argument), self.take_rest())
+        return datacmds.retrieve(self, self.file_path(argument), self.take_rest())
 
     def ftp_STOR(self, argument: str):
         self.need_write()
         self.need_protection()
-        return datacmds.store(self, self.path(argument), self.take_rest())
+        return datacmds.store(self, self.file_path(argument), self.take_rest())
 
     def ftp_APPE(self, argument: str):
         self.need_write()
         self.need_protection()
         self.rest = None
-        target = self.path(argument)
+        target = self.file_path(argument)
         return datacmds.store(self, target, self.sizes.get(target), append=True)
 
     def ftp_STOU(self, argument: str):
