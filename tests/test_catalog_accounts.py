@@ -289,3 +289,28 @@ async def test_purge_refuses_a_root_another_user_shares(catalog):
         await catalog.delete_user("alice", "purge")
     assert (await catalog.stat("/team/bob/b.txt")).size == 2
     assert (await catalog.get_user("alice")).root == "/team"
+    # A root of / is the whole namespace, even for the only user.
+    admin = await catalog.add_user("root", "pw", admin=True, root="/", adopt_files=True)
+    await upload(catalog, admin.name, "/top.txt", 1, "blob-t")
+    with pytest.raises(NotEmpty, match="never purged"):
+        await catalog.delete_user("root", "purge")
+    assert (await catalog.stat("/top.txt")).size == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_of_a_deep_tree(catalog):
+    before = await catalog.status()
+    await catalog.add_user("alice", "pw")
+    path = "/alice"
+    for depth in range(40):
+        path += f"/d{depth}"
+        await catalog.mkdir(path)
+        await upload(catalog, "alice", f"{path}/f.txt", 1, f"blob-{depth}")
+    assert (await catalog.get_user("alice")).used_files == 40
+    done = await catalog.delete_user("alice", "purge")
+    assert done["files_deleted"] == 40
+    with pytest.raises(NotFound):
+        await catalog.stat("/alice")
+    assert len(await catalog.collectable_blobs(100)) == 40
+    after = await catalog.status()  # no inode left behind
+    assert (after["files"], after["dirs"]) == (before["files"], before["dirs"])

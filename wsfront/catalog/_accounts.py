@@ -147,37 +147,50 @@ def _sharers(tx: Tx, name: str, root: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _purge_dir(tx: Tx, inode: int, path: str, now: float) -> int:
-    """Delete everything under the directory ``inode``; how many files went.
+def _purge_dir(tx: Tx, top: int, path: str, now: float) -> int:
+    """Delete everything under the directory ``top``; how many files went.
 
     Each directory is locked before it is listed, so a session still
     writing there (its login is cached for up to 30 s) cannot add a name
-    behind the walk.  Pending uploads on the files are aborted."""
-    lock_dirs(tx, inode)
+    behind the walk.  Pending uploads on the files are aborted.  The walk
+    keeps its own stack (no recursion limit on a deep tree); a directory
+    is removed after everything below it.
+    """
     removed = 0
-    rows = tx.all(
-        "SELECT d.name, i.inode, i.kind, i.version_id, i.owner, i.mtime FROM dirents d "
-        "JOIN inodes i ON i.inode = d.inode WHERE d.parent = ? ORDER BY d.name",
-        inode,
-    )
-    for row in rows:
-        child_path = f"{path.rstrip('/')}/{row['name']}"
-        if row["kind"] == DIR:
-            removed += _purge_dir(tx, row["inode"], child_path, now)
-            tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
-            tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
-        else:
-            tx.lock_rows("inodes", "inode", [row["inode"]])
-            unlink_file(tx, row, True, now, child_path)
-            removed += 1
-    touch(tx, inode, now)
+    stack: list[tuple[int, str, bool]] = [(top, path, False)]
+    while stack:
+        inode, where, emptied = stack.pop()
+        if emptied:
+            if inode != top:
+                tx.execute("DELETE FROM dirents WHERE inode = ?", inode)
+                tx.execute("DELETE FROM inodes WHERE inode = ?", inode)
+            continue
+        lock_dirs(tx, inode)
+        stack.append((inode, where, True))
+        rows = tx.all(
+            "SELECT d.name, i.inode, i.kind, i.version_id, i.owner, i.mtime FROM dirents d "
+            "JOIN inodes i ON i.inode = d.inode WHERE d.parent = ? ORDER BY d.name",
+            inode,
+        )
+        for row in rows:
+            child_path = f"{where.rstrip('/')}/{row['name']}"
+            if row["kind"] == DIR:
+                stack.append((row["inode"], child_path, False))
+            else:
+                tx.lock_rows("inodes", "inode", [row["inode"]])
+                unlink_file(tx, row, True, now, child_path)
+                removed += 1
+    touch(tx, top, now)
     return removed
 
 
 def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, int]:
-    """Abort the user's pending uploads and delete their root's tree (the
-    root itself too, unless it is ``/``); the blobs lose their references
-    and the garbage collector deletes them after its grace."""
+    """Abort the user's pending uploads and delete their root's tree, the
+    root included; the blobs lose their references and the garbage
+    collector deletes them after its grace.  A root of ``/`` is refused:
+    it holds every account's files and the cluster's own directories."""
+    if not root:
+        raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
     sharers = _sharers(tx, name, root)
     if sharers:
         raise NotEmpty(
@@ -194,12 +207,11 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     row = resolve(tx, root)
     if row is not None and row["kind"] == DIR:
         files = _purge_dir(tx, row["inode"], join_path(root), now)
-        if root:
-            parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
-            lock_dirs(tx, parent)
-            tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
-            tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
-            touch(tx, parent, now)
+        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
+        lock_dirs(tx, parent)
+        tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
+        tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
+        touch(tx, parent, now)
     return {"files_deleted": files, "uploads_aborted": aborted}
 
 
