@@ -263,7 +263,8 @@ class ICatalog(Interface):
         """Remove the account.  ``files``: "refuse" fails with NotEmpty
         while its root holds entries or it has pending uploads; "purge"
         aborts those uploads and deletes the root's tree (NotEmpty if another
-        user's root is in it), the blobs then go to the garbage collector;
+        user's root is in it, or it is ``/``), the blobs then go to the
+        garbage collector;
         "keep" leaves them.  NotFound.  Fires with a dict of what was done
         (``files_deleted``, ``uploads_aborted`` after a purge)."""
 
