@@ -3,7 +3,14 @@
 import pytest
 import pytest_twisted
 
-from wsfront.catalog.errors import AuthFailed, Exists, InvalidName, NotFound, QuotaExceeded
+from wsfront.catalog.errors import (
+    AuthFailed,
+    Exists,
+    InvalidName,
+    NotEmpty,
+    NotFound,
+    QuotaExceeded,
+)
 from wsfront.catalog.passwords import hash_password, verify_password
 from wsfront.catalog.records import DIR, PERMISSIONS
 
@@ -191,3 +198,119 @@ async def test_file_quota_counts_new_files_only(catalog):
     with pytest.raises(QuotaExceeded):
         await upload(catalog, "alice", "/alice/b", 1, "b3")
     assert (await catalog.get_user("alice")).used_files == 1
+
+
+async def pending(cat, user, path, blob):
+    """An upload left pending (as a cut connection leaves it)."""
+    return await cat.begin_upload(
+        user,
+        path,
+        base_length=0,
+        blob_id=blob,
+        replicas=["s1"],
+        wanted_replicas=1,
+        owner="fe1",
+        expires_at=cat._clock() + 3600,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_a_user_with_files_or_pending_uploads_is_refused(catalog):
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    with pytest.raises(NotEmpty, match=r"still has files under /alice$"):
+        await catalog.delete_user("alice")
+    assert (await catalog.get_user("alice")).name == "alice"
+    # A pending upload alone (its file is not listed) refuses too.
+    await catalog.add_user("bob", "pw")
+    await pending(catalog, "bob", "/bob/part.bin", "blob-b")
+    with pytest.raises(NotEmpty, match=r"and 1 pending upload\(s\)$"):
+        await catalog.delete_user("bob")
+    # A user with nothing stored goes without being asked.
+    await catalog.add_user("carol", "pw")
+    await catalog.delete_user("carol")
+    with pytest.raises(NotFound):
+        await catalog.get_user("carol")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_name_does_not_inherit_kept_files_unless_adopting(catalog):
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    up = await pending(catalog, "alice", "/alice/part.bin", "blob-p")
+    done = await catalog.delete_user("alice", "keep")
+    assert done["files"] == "keep"
+    with pytest.raises(NotFound):
+        await catalog.get_user("alice")
+    with pytest.raises(Exists, match="already holds files"):
+        await catalog.add_user("alice", "other-person")
+    with pytest.raises(NotFound):
+        await catalog.get_user("alice")
+    assert (await catalog.stat("/alice/a.txt")).size == 5  # kept
+    assert (await catalog.get_upload(up.upload_id)).state == "active"
+    # Another account's root (or /) that holds files is refused the same way.
+    with pytest.raises(Exists):
+        await catalog.add_user("admin", "pw", admin=True, root="/")
+    adopted = await catalog.add_user("alice", "pw", adopt_files=True)
+    assert adopted.root == "/alice"
+    assert (await catalog.stat("/alice/a.txt")).size == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_deletes_the_tree_and_aborts_pending_uploads(catalog):
+    await catalog.add_user("alice", "pw")
+    await catalog.mkdir("/alice/d")
+    await upload(catalog, "alice", "/alice/d/a.txt", 5, "blob-a")
+    await upload(catalog, "alice", "/alice/b.txt", 3, "blob-b")
+    up = await pending(catalog, "alice", "/alice/d/part.bin", "blob-p")
+    await catalog.add_user("bob", "pw")
+    await upload(catalog, "bob", "/bob/keep.txt", 4, "blob-k")
+    assert await catalog.collectable_blobs(10) == []
+    done = await catalog.delete_user("alice", "purge")
+    assert (done["files_deleted"], done["uploads_aborted"]) == (2, 1)
+    with pytest.raises(NotFound):
+        await catalog.stat("/alice")
+    assert (await catalog.get_upload(up.upload_id)).state == "aborted"
+    # The garbage collector now finds the blobs (and only those).
+    collectable = {b.blob_id for b in await catalog.collectable_blobs(10)}
+    assert collectable == {"blob-a", "blob-b", "blob-p"}
+    assert (await catalog.stat("/bob/keep.txt")).size == 4
+    fresh = await catalog.add_user("alice", "new-person")
+    assert fresh.root == "/alice"
+    assert [e.name for e in await catalog.list_dir("/alice", None, 10)] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_refuses_a_root_another_user_shares(catalog):
+    await catalog.add_user("alice", "pw", root="/team")
+    await catalog.add_user("bob", "pw", root="/team/bob")
+    await upload(catalog, "bob", "/team/bob/b.txt", 2, "blob-b")
+    with pytest.raises(NotEmpty, match="shared with bob"):
+        await catalog.delete_user("alice", "purge")
+    assert (await catalog.stat("/team/bob/b.txt")).size == 2
+    assert (await catalog.get_user("alice")).root == "/team"
+    # A root of / is the whole namespace, even for the only user.
+    admin = await catalog.add_user("root", "pw", admin=True, root="/", adopt_files=True)
+    await upload(catalog, admin.name, "/top.txt", 1, "blob-t")
+    with pytest.raises(NotEmpty, match="never purged"):
+        await catalog.delete_user("root", "purge")
+    assert (await catalog.stat("/top.txt")).size == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_of_a_deep_tree(catalog):
+    before = await catalog.status()
+    await catalog.add_user("alice", "pw")
+    path = "/alice"
+    for depth in range(40):
+        path += f"/d{depth}"
+        await catalog.mkdir(path)
+        await upload(catalog, "alice", f"{path}/f.txt", 1, f"blob-{depth}")
+    assert (await catalog.get_user("alice")).used_files == 40
+    done = await catalog.delete_user("alice", "purge")
+    assert done["files_deleted"] == 40
+    with pytest.raises(NotFound):
+        await catalog.stat("/alice")
+    assert len(await catalog.collectable_blobs(100)) == 40
+    after = await catalog.status()  # no inode left behind
+    assert (after["files"], after["dirs"]) == (before["files"], before["dirs"])

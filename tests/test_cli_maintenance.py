@@ -139,7 +139,7 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
     assert code == 0, err + out
     assert f"rebuilt: {len(files)} files" in out
     cluster.catalog = open_catalog(reactor, cluster.catalog_url)
-    await cluster.catalog.add_user("alice", PASSWORD)
+    await cluster.catalog.add_user("alice", PASSWORD, adopt_files=True)
     cluster.user = await cluster.catalog.get_user("alice")
     cluster.transfers = Transfers(reactor, cluster.catalog, cluster.pool, "fe-a")
     for vpath, data in files.items():
@@ -194,7 +194,7 @@ async def test_wsfs_compact_merges_resumed_files_and_a_rebuilt_catalog_reads_the
     assert report["files"] == len(files) and report["problems"] == [], report
     assert report["replaced_by_compaction"] == 8
     cluster.catalog = open_catalog(reactor, cluster.catalog_url)
-    await cluster.catalog.add_user("alice", PASSWORD)
+    await cluster.catalog.add_user("alice", PASSWORD, adopt_files=True)
     cluster.user = await cluster.catalog.get_user("alice")
     cluster.transfers = Transfers(reactor, cluster.catalog, cluster.pool, "fe-a")
     for vpath, data in files.items():

@@ -139,6 +139,10 @@ BASE = ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1"]
         ("public-address", "300.1.1.1", "not an IPv4 address"),
         ("http", "tcp:notaport", "not a server endpoint"),
         ("ftps", "nonsense:1", "not a server endpoint"),
+        ("max-pending-uploads-per-user", "0", "at least 1"),
+        ("max-pending-uploads-per-user", "-5", "at least 1"),
+        ("max-pending-uploads-per-user", "2.5", "whole number"),
+        ("max-pending-uploads-per-user", "many", "whole number"),
     ],
 )
 def test_bad_values_are_usage_errors_on_the_command_line_and_in_toml(
@@ -185,3 +189,29 @@ def test_more_replicas_than_storage_servers_is_warned_about(secret):
         globalLogPublisher.removeObserver(events.append)
     warned = [e for e in events if "under-replicated" in e.get("log_format", "")]
     assert warned and warned[0]["replicas"] == 5 and warned[0]["n"] == 3
+
+
+def test_max_pending_uploads_per_user_comes_from_the_options_and_reaches_the_transfers(
+    tmp_path, secret
+):
+    from wsfront.service import transfer_settings
+
+    base = [*BASE, "--secret-file", secret]
+    assert transfer_settings(parse(*base)).max_pending_uploads_per_user == 1000
+    settings = transfer_settings(parse(*base, "--max-pending-uploads-per-user", "7"))
+    assert settings.max_pending_uploads_per_user == 7
+    toml = tmp_path / "fe.toml"
+    toml.write_text("max-pending-uploads-per-user = 5\n")
+    assert transfer_settings(parse(*base, "--config", str(toml))).max_pending_uploads_per_user == 5
+    wins = parse(*base, "--config", str(toml), "--max-pending-uploads-per-user", "9")
+    assert transfer_settings(wins).max_pending_uploads_per_user == 9
+    # The other transfer options still arrive alongside.
+    other = transfer_settings(parse(*base, "--checkpoint-mib", "2", "--max-sessions-per-user", "3"))
+    assert (other.checkpoint_bytes, other.max_sessions_per_user) == (2 << 20, 3)
+
+
+def test_a_toml_fraction_for_a_whole_number_option_is_refused(tmp_path, secret):
+    toml = tmp_path / "fe.toml"
+    toml.write_text("max-pending-uploads-per-user = 2.5\n")
+    with pytest.raises(usage.UsageError, match=r"per-user 2\.5: expected a whole number"):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)

@@ -41,7 +41,7 @@ async def lose_and_rebuild(env):
     env.catalog = open_catalog(reactor, env.catalog_url)
     env.catalogs.append(env.catalog)
     report = await rebuild_catalog(env.catalog, env.transfers.pool, 2, reactor.seconds())
-    await env.catalog.add_user("alice", PASSWORD)
+    await env.catalog.add_user("alice", PASSWORD, adopt_files=True)  # rebuilt files
     env.user = await env.catalog.get_user("alice")
     env.transfers = Transfers(reactor, env.catalog, env.transfers.pool, "fe-a", env.settings)
     return report

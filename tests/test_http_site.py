@@ -325,7 +325,7 @@ async def test_chunked_put_without_a_length_is_stored_whole(env):
 async def test_another_users_pending_upload_makes_put_409(env):
     from twisted.internet import reactor
 
-    await env.catalog.add_user("bob", "bobpass", root="/alice")
+    await env.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
     opened = watch_sessions(env)
     bob = await connect(reactor, env.port.getHost().port)
     bob.send(

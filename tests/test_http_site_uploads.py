@@ -304,7 +304,7 @@ async def test_the_owner_sees_the_committed_file_and_the_pending_offset_side_by_
     assert r.code == 202
     r, body = await get(env, "/cp")
     assert (r.code, body, r.headers.getRawHeaders("Upload-Offset")) == (200, b"old content", ["5"])
-    await env.catalog.add_user("bob", "bobpass", root="/alice")
+    await env.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
     r = await env.request(
         "GET",
         "/cp",

@@ -97,3 +97,31 @@ async def test_the_wslocal_tap_freezes_the_objects_alive_once_it_has_started(tmp
     finally:
         gc.unfreeze()
         await cluster.stopService()
+
+
+def test_wslocal_max_pending_uploads_per_user_is_checked():
+    import pytest
+    from twisted.python import usage
+
+    for bad in ("0", "x"):
+        with pytest.raises(usage.UsageError, match="--max-pending-uploads-per-user must be"):
+            LocalOptions().parseOptions(["--max-pending-uploads-per-user", bad])
+
+
+@pytest_twisted.ensureDeferred
+async def test_wslocal_passes_max_pending_uploads_per_user_to_its_front_end(tmp_path):
+    options = LocalOptions()
+    options.parseOptions(
+        ["--data", str(tmp_path / "data"), "--ftp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1", "--nodes", "1", "--replicas", "1",
+         "--max-pending-uploads-per-user", "3"]
+    )  # fmt: skip
+    cluster = LocalClusterService(reactor, options, out=_Quiet())
+    cluster.startService()
+    try:
+        await cluster.ready
+        transfers = cluster.frontend.transfers
+        assert transfers.settings.max_pending_uploads_per_user == 3
+        assert transfers.pending_per_user.limit == 3
+    finally:
+        await cluster.stopService()

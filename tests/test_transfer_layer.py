@@ -92,7 +92,7 @@ async def test_empty_file_round_trips(env):
 async def test_owner_sees_the_pending_size_and_others_the_committed_one(env):
     old = payload(100_000)
     await env.upload("/f", old)
-    bob = await env.catalog.add_user("bob", "pw-bob-123456", root="/alice")
+    bob = await env.catalog.add_user("bob", "pw-bob-123456", root="/alice", adopt_files=True)
     session = await env.transfers.open_write(env.user, "/f", 0)
     await Feeder(env.reactor, session, b"y" * 5000).start()
     await session.checkpoint()

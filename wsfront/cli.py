@@ -26,7 +26,7 @@ import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogError
+from wsfront.catalog.errors import CatalogError, NotEmpty, RootInUse
 from wsfront.maintenance.lease import LEASE_NAME
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -126,10 +126,17 @@ class Commands:
 
     async def user_add(self) -> None:
         a = self.args
-        user = await self.catalog.add_user(
-            a.name, _read_password(a), admin=a.admin, root=a.root,
-            quota_bytes=a.quota_bytes, quota_files=a.quota_files,
-        )  # fmt: skip
+        password = _read_password(a)
+        try:
+            user = await self.catalog.add_user(
+                a.name, password, admin=a.admin, root=a.root,
+                quota_bytes=a.quota_bytes, quota_files=a.quota_files, adopt_files=a.adopt_files,
+            )  # fmt: skip
+        except RootInUse as e:
+            raise SystemExit(
+                f"wsfs: {e.message}; `wsfs ls` shows them, `user add --adopt-files` gives "
+                "them to the new user, or move them away first"
+            ) from None
         self.emit(user, f"user {user.name} added (root {user.root})")
 
     async def user_list(self) -> None:
@@ -143,8 +150,33 @@ class Commands:
         self.emit(users, _table(rows, ["name", "admin", "root", "used", "files", "quota"]))
 
     async def user_del(self) -> None:
-        await self.catalog.delete_user(self.args.name)
-        self.emit({"deleted": self.args.name}, f"user {self.args.name} deleted")
+        """Delete an account; its files and pending uploads only as asked.
+
+        Without ``--purge`` or ``--keep-files`` a user who still has either
+        is refused: deleting data, or leaving it for the next holder of the
+        name, must be the operator's explicit choice.
+        """
+        a = self.args
+        files = "purge" if a.purge else "keep" if a.keep_files else "refuse"
+        try:
+            result = await self.catalog.delete_user(a.name, files)
+        except NotEmpty as e:
+            hint = (
+                "`user del --keep-files` deletes the account only"
+                if a.purge
+                else "`user del --purge` deletes them too, `--keep-files` keeps them "
+                "(a later `user add` of the name then needs --adopt-files)"
+            )
+            raise SystemExit(f"wsfs: {e.message}; {hint}") from None
+        text = f"user {a.name} deleted"
+        if a.purge:
+            text += (
+                f"; {result['files_deleted']} files deleted and {result['uploads_aborted']} "
+                "pending uploads aborted (their storage is freed by the garbage collector)"
+            )
+        elif a.keep_files:
+            text += f"; the files under {result['root']} are kept"
+        self.emit({"deleted": a.name, **result}, text)
 
     async def user_passwd(self) -> None:
         await self.catalog.set_password(self.args.name, _read_password(self.args))
@@ -442,9 +474,27 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--quota-bytes", type=_whole(0), default=None)
     add.add_argument("--quota-files", type=_whole(0), default=None)
     add.add_argument("--password-file", default=None)
+    add.add_argument(
+        "--adopt-files",
+        action="store_true",
+        help="give the new user the files already under their root (a deleted user's)",
+    )
     user.add_parser("list", help="list users")
-    dele = user.add_parser("del", help="delete a user (files stay)")
+    dele = user.add_parser(
+        "del", help="delete a user (refused while they have files, unless told what to do)"
+    )
     dele.add_argument("name")
+    gone = dele.add_mutually_exclusive_group()
+    gone.add_argument(
+        "--purge",
+        action="store_true",
+        help="delete the user's files and abort their pending uploads",
+    )
+    gone.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="keep the files (a new user of the name gets them only with --adopt-files)",
+    )
     pw = user.add_parser("passwd", help="set a user's password (stdin)")
     pw.add_argument("name")
     pw.add_argument("--password-file", default=None)

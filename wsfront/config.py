@@ -56,6 +56,9 @@ class FrontendConfig:
     max_connections_per_address: int = 256
     max_connections: int = 4096
     max_sessions_per_user: int = 64
+    max_pending_uploads_per_user: int = 1000
+    """Interrupted uploads one user may leave pending on a front end before a
+    new upload is refused (resuming one never is)."""
     login_failures_per_address: int = 10
     login_failures_per_user: int = 50
     login_window_seconds: float = 300.0
@@ -183,6 +186,7 @@ class FrontendOptions(usage.Options):
         ["max-connections-per-address", None, None, "per protocol and client address (256)"],
         ["max-connections", None, None, "open connections per protocol (default 4096)"],
         ["max-sessions-per-user", None, None, "concurrent transfers per user (default 64)"],
+        ["max-pending-uploads-per-user", None, None, "interrupted uploads per user (1000)"],
         ["login-failures-per-address", None, None, "failed logins an address may make (10)"],
         ["login-failures-per-user", None, None, "failed logins for one user, any address (50)"],
         ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
@@ -253,6 +257,8 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         what = "a whole number" if kind is int else "a number"
         try:
             if isinstance(raw, bool):  # TOML true would pass as 1
+                raise ValueError(raw)
+            if kind is int and isinstance(raw, float):  # TOML 2.5 would pass as 2
                 raise ValueError(raw)
             value = kind(raw)
         except (TypeError, ValueError) as e:
@@ -342,6 +348,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         max_connections_per_address=number("max-connections-per-address", 256),
         max_connections=number("max-connections", 4096),
         max_sessions_per_user=number("max-sessions-per-user", 64),
+        max_pending_uploads_per_user=number("max-pending-uploads-per-user", 1000),
         login_failures_per_address=number("login-failures-per-address", 10),
         login_failures_per_user=number("login-failures-per-user", 50),
         login_window_seconds=number("login-window-seconds", 300.0, float),

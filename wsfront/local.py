@@ -116,7 +116,7 @@ class LocalStorageFactory(StorageServerFactory):
 
 class LocalOptions(usage.Options):
     """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]
-    [--drop-behind-kib 0]``"""
+    [--drop-behind-kib 0] [--max-pending-uploads-per-user 1000]``"""
 
     optParameters = [
         ["data", None, "./wsfs-data", "folder holding every server's data and the catalog"],
@@ -131,16 +131,24 @@ class LocalOptions(usage.Options):
             "storage servers drop the page cache behind each run of this many KiB "
             "made durable (0: keep it)",
         ],
+        [
+            "max-pending-uploads-per-user",
+            None,
+            "1000",  # wsfront.config's default, as for wsfront
+            "interrupted uploads one user may leave pending before a new upload is refused",
+        ],
     ]
 
     def postOptions(self) -> None:
-        for name in ("nodes", "replicas", "drop-behind-kib"):
+        for name in ("nodes", "replicas", "drop-behind-kib", "max-pending-uploads-per-user"):
             try:
                 self[name] = int(self[name])
             except ValueError as e:
                 raise usage.UsageError(f"--{name} must be a whole number") from e
         if self["drop-behind-kib"] < 0:
             raise usage.UsageError("--drop-behind-kib must not be negative")
+        if self["max-pending-uploads-per-user"] < 1:
+            raise usage.UsageError("--max-pending-uploads-per-user must be at least 1")
         if self["nodes"] < 1:
             raise usage.UsageError("--nodes must be at least 1")
         if not 1 <= self["replicas"] <= self["nodes"]:
@@ -213,6 +221,7 @@ class LocalClusterService(service.MultiService):
             # benchmarks of 200 clients at once): the per-user cap guards a
             # shared service against one account, not this.
             max_sessions_per_user=1024,
+            max_pending_uploads_per_user=self.options["max-pending-uploads-per-user"],
         )
         self.frontend = FrontendService(self.reactor, config, client_factory=self._storage_client)
         self.frontend.setServiceParent(self)

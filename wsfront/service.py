@@ -75,6 +75,19 @@ def check_storage_endpoints(reactor, storage) -> None:
             raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
 
 
+def transfer_settings(cfg: FrontendConfig) -> TransferSettings:
+    """The transfer layer's knobs from the front end's options: every
+    option meant for the transfer layer goes through here, so one left
+    out shows in one place (and in its test)."""
+    return TransferSettings(
+        replicas=cfg.replicas,
+        checkpoint_bytes=cfg.checkpoint_mib << 20,
+        upload_expiry=cfg.upload_expiry_hours * 3600,
+        max_sessions_per_user=cfg.max_sessions_per_user,
+        max_pending_uploads_per_user=cfg.max_pending_uploads_per_user,
+    )
+
+
 class FrontendService(service.Service):
     """One wsfront process (or the front end inside wslocal)."""
 
@@ -140,12 +153,7 @@ class FrontendService(service.Service):
         self.pool = StoragePool(self.reactor)
         for node in await self.catalog.list_nodes():
             self._add_node(node.name, node.endpoint)
-        settings = TransferSettings(
-            replicas=cfg.replicas,
-            checkpoint_bytes=cfg.checkpoint_mib << 20,
-            upload_expiry=cfg.upload_expiry_hours * 3600,
-            max_sessions_per_user=cfg.max_sessions_per_user,
-        )
+        settings = transfer_settings(cfg)
         self.transfers = Transfers(self.reactor, self.catalog, self.pool, cfg.name, settings)
         interrupted = await self.transfers.recover()
         if interrupted:

@@ -7,11 +7,24 @@ from collections.abc import Iterable
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._namespace import makedirs
-from wsfront.catalog.errors import AuthFailed, Exists, InvalidName, NotFound
+from wsfront.catalog._namespace import makedirs, unlink_file
+from wsfront.catalog._rows import end_upload, lock_dirs, resolve, touch
+from wsfront.catalog.errors import (
+    AuthFailed,
+    CatalogError,
+    Exists,
+    InvalidName,
+    NotEmpty,
+    NotFound,
+    RootInUse,
+)
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
-from wsfront.catalog.records import PERMISSIONS, Login, User
+from wsfront.catalog.records import ABORTED, DIR, PERMISSIONS, Login, User
+from wsfront.catalog.schema import LIVE_SQL
+
+#: What ``delete_user`` does with the account's files and pending uploads.
+REFUSE, PURGE, KEEP = "refuse", "purge", "keep"
 
 
 def _permissions(permissions: Iterable[str] | None) -> list[str]:
@@ -58,7 +71,15 @@ def add_user(
     permissions: Iterable[str] | None,
     quota_bytes: int | None,
     quota_files: int | None,
+    adopt_files: bool = False,
 ) -> User:
+    """Create the account and its root.
+
+    A root that already holds entries (a deleted user's kept files, another
+    account's tree) is refused unless ``adopt_files``: access is granted by
+    path, so a name reused for another person would otherwise silently hand
+    them the old person's files and let them resume the old pending uploads.
+    """
     check_name(name)
     if name == "-":
         raise InvalidName("the user name '-' is reserved")
@@ -68,6 +89,11 @@ def add_user(
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:
         raise Exists(f"user {name!r} exists")
+    if not adopt_files and _entries(tx, root_parts):
+        raise RootInUse(
+            f"the root {join_path(root_parts)} of the new user {name!r} already holds files "
+            "(a deleted user's, or another account's); adopting them must be asked for"
+        )
     makedirs(tx, root_parts, now)
     tx.execute(
         "INSERT INTO users (name, admin, root, permissions, quota_bytes, quota_files, "
@@ -88,9 +114,131 @@ def list_users(tx: Tx) -> list[User]:
     return [user_from_row(r) for r in tx.all("SELECT * FROM users ORDER BY name")]
 
 
-def delete_user(tx: Tx, name: str) -> None:
-    if not tx.execute("DELETE FROM users WHERE name = ?", name):
-        raise NotFound(f"no user {name!r}")
+def _entries(tx: Tx, parts: tuple[str, ...]) -> int:
+    """How many entries the directory at ``parts`` holds (0 if it is missing
+    or not a directory; a pending upload's file counts, it holds its name)."""
+    try:
+        row = resolve(tx, parts)
+    except CatalogError:
+        return 0
+    if row is None or row["kind"] != DIR:
+        return 0
+    return int(tx.value("SELECT COUNT(*) AS n FROM dirents WHERE parent = ?", row["inode"]))
+
+
+def _live_uploads(tx: Tx, name: str) -> list[Any]:
+    return tx.all(
+        f"SELECT * FROM uploads WHERE username = ? AND state IN {LIVE_SQL} ORDER BY upload_id",
+        name,
+    )
+
+
+def _inside(parts: tuple[str, ...], root: tuple[str, ...]) -> bool:
+    return parts[: len(root)] == root
+
+
+def _sharers(tx: Tx, name: str, root: tuple[str, ...]) -> list[str]:
+    """Other users whose root is ``root`` or inside it: a purge would delete
+    files that are theirs too."""
+    return [
+        r["name"]
+        for r in tx.all("SELECT name, root FROM users WHERE name <> ? ORDER BY name", name)
+        if _inside(split_path(r["root"]), root)
+    ]
+
+
+def _purge_dir(tx: Tx, top: int, path: str, now: float) -> int:
+    """Delete everything under the directory ``top``; how many files went.
+
+    Each directory is locked before it is listed, so a session still
+    writing there (its login is cached for up to 30 s) cannot add a name
+    behind the walk.  Pending uploads on the files are aborted.  The walk
+    keeps its own stack (no recursion limit on a deep tree); a directory
+    is removed after everything below it.
+    """
+    removed = 0
+    stack: list[tuple[int, str, bool]] = [(top, path, False)]
+    while stack:
+        inode, where, emptied = stack.pop()
+        if emptied:
+            if inode != top:
+                tx.execute("DELETE FROM dirents WHERE inode = ?", inode)
+                tx.execute("DELETE FROM inodes WHERE inode = ?", inode)
+            continue
+        lock_dirs(tx, inode)
+        stack.append((inode, where, True))
+        rows = tx.all(
+            "SELECT d.name, i.inode, i.kind, i.version_id, i.owner, i.mtime FROM dirents d "
+            "JOIN inodes i ON i.inode = d.inode WHERE d.parent = ? ORDER BY d.name",
+            inode,
+        )
+        for row in rows:
+            child_path = f"{where.rstrip('/')}/{row['name']}"
+            if row["kind"] == DIR:
+                stack.append((row["inode"], child_path, False))
+            else:
+                tx.lock_rows("inodes", "inode", [row["inode"]])
+                unlink_file(tx, row, True, now, child_path)
+                removed += 1
+    touch(tx, top, now)
+    return removed
+
+
+def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, int]:
+    """Abort the user's pending uploads and delete their root's tree, the
+    root included; the blobs lose their references and the garbage
+    collector deletes them after its grace.  A root of ``/`` is refused:
+    it holds every account's files and the cluster's own directories."""
+    if not root:
+        raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
+    sharers = _sharers(tx, name, root)
+    if sharers:
+        raise NotEmpty(
+            f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
+            "purging it would delete their files too"
+        )
+    aborted = 0
+    for up in _live_uploads(tx, name):
+        tx.lock_rows("uploads", "upload_id", [up["upload_id"]])
+        tx.lock_rows("inodes", "inode", [up["inode"]])
+        end_upload(tx, up, ABORTED, now)
+        aborted += 1
+    files = 0
+    row = resolve(tx, root)
+    if row is not None and row["kind"] == DIR:
+        files = _purge_dir(tx, row["inode"], join_path(root), now)
+        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
+        lock_dirs(tx, parent)
+        tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
+        tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
+        touch(tx, parent, now)
+    return {"files_deleted": files, "uploads_aborted": aborted}
+
+
+def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str, Any]:
+    """Remove the account; what happens to its files depends on ``files``.
+
+    REFUSE (the default) fails with NotEmpty while the root holds entries
+    or the user has pending uploads, so no data goes by accident; PURGE
+    deletes them; KEEP leaves them where they are (``add_user`` of the same
+    name then refuses to hand them over unless told to adopt them).
+    """
+    if files not in (REFUSE, PURGE, KEEP):
+        raise ValueError(f"unknown files mode {files!r}")
+    tx.lock_rows("users", "name", [name])
+    user = get_user(tx, name)
+    root = split_path(user.root)
+    result: dict[str, Any] = {"name": name, "root": user.root, "files": files}
+    if files == REFUSE:
+        entries, pending = _entries(tx, root), len(_live_uploads(tx, name))
+        if entries or pending:
+            held = [f"files under {user.root}"] if entries else []
+            held += [f"{pending} pending upload(s)"] if pending else []
+            raise NotEmpty(f"user {name!r} still has {' and '.join(held)}")
+    elif files == PURGE:
+        result.update(_purge(tx, now, name, root))
+    tx.execute("DELETE FROM users WHERE name = ?", name)
+    return result
 
 
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:

@@ -245,10 +245,13 @@ class ICatalog(Interface):
         permissions=None,
         quota_bytes=None,
         quota_files=None,
+        adopt_files=False,
     ):
         """Create a user (root default ``/<name>``, created as a directory
-        with its parents; permissions default all).  Exists.  Fires with the
-        User."""
+        with its parents; permissions default all).  Exists, also when the
+        root already holds entries (a deleted user's kept files) unless
+        ``adopt_files``: access goes by path, so a reused name must not
+        silently inherit them.  Fires with the User."""
 
     def get_user(name):
         """Fire with the User; NotFound."""
@@ -256,8 +259,14 @@ class ICatalog(Interface):
     def list_users():
         """Fire with every User, by name."""
 
-    def delete_user(name):
-        """Remove the account (its files stay).  NotFound."""
+    def delete_user(name, files="refuse"):
+        """Remove the account.  ``files``: "refuse" fails with NotEmpty
+        while its root holds entries or it has pending uploads; "purge"
+        aborts those uploads and deletes the root's tree (NotEmpty if another
+        user's root is in it, or it is ``/``), the blobs then go to the
+        garbage collector;
+        "keep" leaves them.  NotFound.  Fires with a dict of what was done
+        (``files_deleted``, ``uploads_aborted`` after a purge)."""
 
     def set_password(name, password):
         """Replace the password hash (new salt).  NotFound."""

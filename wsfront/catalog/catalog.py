@@ -288,14 +288,16 @@ class SqlCatalog:
         permissions: Iterable[str] | None = None,
         quota_bytes: int | None = None,
         quota_files: int | None = None,
+        adopt_files: bool = False,
     ) -> Deferred:
         now = self._now()
         perms = list(permissions) if permissions is not None else None
 
         def insert(stored: str) -> Deferred:
             return self._write(
-                _accounts.add_user, now, name, stored, admin, root, perms, quota_bytes, quota_files
-            )
+                _accounts.add_user, now, name, stored, admin, root, perms, quota_bytes,
+                quota_files, adopt_files,
+            )  # fmt: skip
 
         return self._hash(password).addCallback(insert)
 
@@ -305,8 +307,8 @@ class SqlCatalog:
     def list_users(self) -> Deferred:
         return self._read(_accounts.list_users)
 
-    def delete_user(self, name: str) -> Deferred:
-        return self._write(_accounts.delete_user, name)
+    def delete_user(self, name: str, files: str = _accounts.REFUSE) -> Deferred:
+        return self._write(_accounts.delete_user, self._now(), name, files)
 
     def set_password(self, name: str, password: str) -> Deferred:
         def update(stored: str) -> Deferred:

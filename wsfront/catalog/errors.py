@@ -26,6 +26,10 @@ class Exists(CatalogError):
     """The name is already taken."""
 
 
+class RootInUse(Exists):
+    """A new user's root already holds files (a deleted user's kept tree)."""
+
+
 class NotEmpty(CatalogError):
     """The directory is not empty."""
 
