@@ -47,7 +47,8 @@ How a file is put back together:
 Limits (reported, never guessed): renames after an upload began are lost
 (the path is the one the upload began at); live uploads (unsealed blobs)
 are not restored; users, passwords and quotas are not in blob metadata and
-must be re-created (``wsfs user add``); the catalog must have no files.
+must be re-created (``wsfs user add --adopt-files``: their roots already
+hold the rebuilt files); the catalog must have no files.
 """
 
 from __future__ import annotations
