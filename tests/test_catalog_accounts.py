@@ -298,6 +298,28 @@ async def test_purge_refuses_a_root_another_user_shares(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_purge_refuses_files_of_a_user_whose_root_encloses_this_one(catalog):
+    """A team (or an admin at /) whose root holds bob's keeps files of its
+    own under /team/bob: bob's purge must not take them, nor abort the
+    team's upload there; it deletes nothing at all."""
+    await catalog.add_user("team", "pw", root="/team")
+    await catalog.add_user("bob", "pw", root="/team/bob")
+    await upload(catalog, "bob", "/team/bob/mine.txt", 3, "blob-m")
+    await upload(catalog, "team", "/team/bob/teams.txt", 2, "blob-t")
+    with pytest.raises(NotEmpty, match="stored by 'team'"):
+        await catalog.delete_user("bob", "purge")
+    assert (await catalog.stat("/team/bob/teams.txt")).size == 2
+    assert (await catalog.stat("/team/bob/mine.txt")).size == 3
+    assert (await catalog.get_user("bob")).root == "/team/bob"
+    await catalog.delete("/team/bob/teams.txt")
+    up = await pending(catalog, "team", "/team/bob/teampart.bin", "blob-p")
+    with pytest.raises(NotEmpty, match="upload of 'team' pending"):
+        await catalog.delete_user("bob", "purge")
+    assert (await catalog.get_upload(up.upload_id)).live
+    assert (await catalog.stat("/team/bob/mine.txt")).size == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_purge_of_a_deep_tree(catalog):
     before = await catalog.status()
     await catalog.add_user("alice", "pw")

@@ -8,7 +8,7 @@ from typing import Any
 
 from wsfront.catalog._db import Tx
 from wsfront.catalog._namespace import makedirs, unlink_file
-from wsfront.catalog._rows import end_upload, lock_dirs, resolve, touch
+from wsfront.catalog._rows import end_upload, live_upload_row, lock_dirs, resolve, touch
 from wsfront.catalog.errors import (
     AuthFailed,
     CatalogError,
@@ -147,7 +147,23 @@ def _sharers(tx: Tx, name: str, root: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _purge_dir(tx: Tx, top: int, path: str, now: float) -> int:
+def _refuse_others(tx: Tx, name: str, row: Any, path: str, now: float) -> None:
+    """Refuse the purge of ``name``'s tree (the whole transaction: nothing
+    is deleted) at a file another user committed or is uploading: an
+    account whose root encloses this one (an admin's ``/``, a team's
+    directory) may keep files there, and they are not ``name``'s to lose."""
+    if row["owner"] not in (None, name):
+        raise NotEmpty(
+            f"{path} was stored by {row['owner']!r}, not {name!r}: the purge deletes nothing"
+        )
+    up = live_upload_row(tx, row["inode"])
+    if up is not None and up["username"] != name and up["expires_at"] > now:
+        raise NotEmpty(
+            f"{path} has an upload of {up['username']!r} pending: the purge deletes nothing"
+        )
+
+
+def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
     """Delete everything under the directory ``top``; how many files went.
 
     Each directory is locked before it is listed, so a session still
@@ -178,6 +194,7 @@ def _purge_dir(tx: Tx, top: int, path: str, now: float) -> int:
                 stack.append((row["inode"], child_path, False))
             else:
                 tx.lock_rows("inodes", "inode", [row["inode"]])
+                _refuse_others(tx, name, row, child_path, now)
                 unlink_file(tx, row, True, now, child_path)
                 removed += 1
     touch(tx, top, now)
@@ -206,7 +223,7 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     files = 0
     row = resolve(tx, root)
     if row is not None and row["kind"] == DIR:
-        files = _purge_dir(tx, row["inode"], join_path(root), now)
+        files = _purge_dir(tx, name, row["inode"], join_path(root), now)
         parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
         lock_dirs(tx, parent)
         tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
