@@ -211,3 +211,36 @@ async def test_a_pass_cut_short_by_the_lease_ends_its_job_interrupted_not_done(k
     with pytest.raises(JobInterrupted):
         await handlers[kind]({}, report)
     assert work.done == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_its_runner_could_not_end_is_ended_when_the_runner_holds_the_lease_again(env):
+    """Losing the lease and reaching the catalog often fail together: the
+    runner that could not re-queue its job then does so at its next tick
+    with the lease, instead of leaving it ``running`` under a front end
+    every other one sees alive."""
+    await populate(env, count=6, size=64 * 1024)
+    entry = await env.catalog.stat(full_path(env, "/f0.bin"))
+    leaving = entry.version.extents[0].replicas[0].node
+    clock = task.Clock()
+    a = service(env, clock, "fe-a")
+    assert await a.lease.renew()
+    lose_lease_during_first_copy(env, a, clock)
+    job = await env.catalog.enqueue_job("drain", {"node": leaving})
+    requeue = env.catalog.requeue_job
+
+    def unreachable(*args, **kwargs):
+        return defer.fail(ConnectionError("catalog unreachable"))
+
+    env.catalog.requeue_job = unreachable  # the outage that cost the lease
+    await a.tick()
+    env.catalog.requeue_job = requeue
+    assert (await env.catalog.get_job(job.job_id)).owner == "fe-a"
+    # fe-b goes; fe-a, alive all along, holds the lease again.
+    await env.catalog.release_lease(LEASE_NAME, "fe-b")
+    assert await a.lease.renew()
+    await a.tick()
+    done = await env.catalog.get_job(job.job_id)
+    # Re-queued, then claimed and run to its end by fe-a in the same tick.
+    assert done.state == JOB_DONE, (done.state, done.error)
+    assert done.result["stuck"] == []

@@ -112,6 +112,9 @@ class JobRunner:
         self.owner = owner
         self.handlers = dict(handlers)
         self._interval = progress_interval
+        #: The id of the job ``run_one`` runs now (None between jobs): any
+        #: other job the catalog shows running under ``owner`` is an orphan.
+        self.current: str | None = None
 
     async def run_one(self) -> Job | None:
         """Claim the oldest queued job we can run and run it to the end;
@@ -134,8 +137,12 @@ class JobRunner:
                 last[0] = now
                 await self._catalog.update_job(job.job_id, self.owner, progress)
 
+        self.current = job.job_id
         try:
-            result = await self.handlers[job.kind](dict(job.args), report)
+            try:
+                result = await self.handlers[job.kind](dict(job.args), report)
+            finally:
+                self.current = None
         except JobInterrupted as e:
             # The new lease holder may run it now: leave it to them (or
             # to the queue), as they would end it had we died.

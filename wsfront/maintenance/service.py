@@ -138,6 +138,11 @@ class MaintenanceService(Service):
     async def _tick(self) -> list[str]:
         """Run what is due, one after the other; return what ran."""
         self.repairer.observe()
+        if self._cleanup is not None:
+            # Our jobs from a previous life are ended before this life
+            # claims any (it would re-queue one claimed meanwhile).
+            cleanup, self._cleanup = self._cleanup, None
+            await cleanup
         if not self.lease.valid:
             return []
         ran = []
@@ -209,7 +214,11 @@ class MaintenanceService(Service):
                     continue
                 why, rerun = f"interrupted: front end {job.owner} restarted", True
             elif job.owner == self.front_end:
-                continue
+                if job.job_id == self.jobs.current:
+                    continue
+                # Ours, yet not running here: its runner lost the lease
+                # and could not end it then (the catalog was down, say).
+                why, rerun = f"interrupted: front end {job.owner} lost the maintenance lease", True
             elif job.owner in dead:
                 why, rerun = f"interrupted: front end {job.owner} stopped", True
             elif job.updated_at <= limit:
