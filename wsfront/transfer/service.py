@@ -384,9 +384,11 @@ class Transfers:
     @inlineCallbacks
     def _count_pending(self):
         """Count the pending uploads per user again from the catalog: the
-        interrupted ones this front end owns."""
+        interrupted ones this front end owns and does not run now."""
         uploads = yield self.catalog.list_uploads(states=["interrupted"], owner=self.name)
-        self.pending_per_user.reset(uploads)
+        # One still streaming here is not pending, whatever its row says (a
+        # lease holder that took this front end for dead marks them so).
+        self.pending_per_user.reset(u for u in uploads if u.upload_id not in self.sessions)
 
     @inlineCallbacks
     def _open_write(self, user, vpath, offset, append, declared_length, meta, check, durable_start):
