@@ -258,3 +258,19 @@ def test_any_fourteen_digits_parse_or_are_argument_errors(text):
     # no second 60), so it reads back as :59.
     seconds = "59" if text[12:14] == "60" else text[12:14]
     assert format_time_value(value) == text[:12] + seconds
+
+
+def test_listing_patterns_match_as_a_shell_does_and_are_not_cached_process_wide():
+    """NLST/LIST patterns come from clients: compiled per listing, never
+    into fnmatch's process-wide cache (32768 entries a client could fill)."""
+    import fnmatch
+
+    from wsfront.ftp.datacmds import _glob_matcher
+
+    cached = fnmatch._compile_pattern.cache_info().currsize
+    star = _glob_matcher("*.bin")
+    assert star("a.bin") and not star("a.txt") and not star(".hidden.bin")
+    assert _glob_matcher(".*")(".hidden") and _glob_matcher("f[0-9]?")("f1x")
+    for n in range(200):
+        _glob_matcher("*" * n + "x")("x")
+    assert fnmatch._compile_pattern.cache_info().currsize == cached

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import secrets
+from collections.abc import Callable
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
@@ -404,12 +405,15 @@ def _glob(argument: str) -> tuple[str, str] | None:
     return head + sep, last
 
 
-def _glob_matches(name: str, pattern: str) -> bool:
-    """fnmatch, case-sensitive as names are; a leading dot is matched only
-    by a pattern that starts with one, as in a shell."""
-    if name.startswith(".") and not pattern.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, pattern)
+def _glob_matcher(pattern: str) -> Callable[[str], bool]:
+    """fnmatch's test of a name, case-sensitive as names are; a leading dot
+    is matched only by a pattern that starts with one, as in a shell.
+    Compiled here for this listing, not through ``fnmatch.fnmatchcase``,
+    whose process-wide cache would keep up to 32768 patterns a client made
+    up (a long one compiles to kilobytes)."""
+    match = re.compile(fnmatch.translate(pattern)).match
+    dot = pattern.startswith(".")
+    return lambda name: (dot or not name.startswith(".")) and match(name) is not None
 
 
 async def list_dir(ctl, argument: str, verb: str) -> None:
@@ -451,6 +455,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
 
     one = None if info.is_dir else await _committed_entry(ctl, target, info)
+    matches = None if pattern is None else _glob_matcher(pattern)
 
     async def body(transfer: Transfer) -> None:
         channel = await _data_channel(ctl, transfer)
@@ -465,8 +470,8 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
                 while True:
                     entries = await ctl.transfers.list_dir(ctl.user, target, after, page)
                     shown = entries
-                    if pattern is not None:
-                        shown = [e for e in entries if _glob_matches(e.name, pattern)]
+                    if matches is not None:
+                        shown = [e for e in entries if matches(e.name)]
                     if shown:
                         await channel.write_paced(
                             render(_catalog_entry(ctl.user, e, prefix) for e in shown)
