@@ -124,6 +124,13 @@ async def test_the_server_is_the_one_the_request_was_sent_to(env):
     assert await raw_move(env, b"/c", b"http://" + me + b"/d", None, b"1.0") == 201
     assert await raw_move(env, b"/d", b"http://[::1]:1/e", None, b"1.0") == 502
     assert await body_of(env, "/d") == (200, b"a")
+    # An IP literal is compared in its canonical form: the same address
+    # written another way, or IPv4-mapped, is this server.
+    port = b"%d" % env.port.getHost().port
+    mapped = b"http://[::ffff:127.0.0.1]:" + port + b"/f"
+    assert await raw_move(env, b"/d", mapped, b"127.0.0.1:" + port) == 201
+    assert await raw_move(env, b"/f", b"http://[0:0::1]:1/g", b"[::1]:1") == 201
+    assert await body_of(env, "/g") == (200, b"a")
 
 
 @pytest_twisted.ensureDeferred

@@ -11,6 +11,7 @@ absolute-form target's, else the Host header's, else the listening socket's.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import SplitResultBytes, urlsplit
 
 from wsfront import paths
@@ -55,9 +56,23 @@ def _check_same_server(
         raise HttpError(502, "the Destination is on another server (scheme)")
     if not split.netloc:
         raise HttpError(400, "the Destination header is not a URL")
-    wanted = (split.hostname or b"", port or DEFAULT_PORTS[scheme])
-    if wanted != own_authority(request, own_scheme):
+    wanted = (_host(split.hostname or b""), port or DEFAULT_PORTS[scheme])
+    own = own_authority(request, own_scheme)
+    if own is None or wanted != (_host(own[0]), own[1]):
         raise HttpError(502, "the Destination is on another server")
+
+
+def _host(host: bytes) -> bytes:
+    """A host as compared: an IP literal in its one canonical form (``0:0::1``
+    is ``::1``; an IPv4-mapped IPv6 address, what a dual-stack listener
+    reports for an IPv4 client, is the IPv4 one), a name as given."""
+    try:
+        ip = ipaddress.ip_address(host.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip).encode("ascii")
 
 
 def own_authority(request: StreamingRequest, scheme: bytes) -> tuple[bytes, int] | None:
