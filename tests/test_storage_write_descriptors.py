@@ -194,3 +194,39 @@ def test_a_closed_writer_leaves_nothing_open_and_the_next_one_syncs_its_bytes(tm
             handle.close()
     finally:
         store.close()
+
+
+def test_a_close_does_not_wait_for_a_busy_blob_lock_and_still_lets_go(tmp_path) -> None:
+    """The storage server closes a writer's handle in its reactor thread;
+    a fence or seal in a thread may hold the blob's lock over its fsyncs.
+    The close returns at once and the files are let go of once the lock
+    is free."""
+    import threading
+
+    store = BlobStore.open(str(tmp_path / "d"))
+    try:
+        w = store.open_write("b" + "2" * 32, 1, 0, {})
+        w.write(b"x" * 10_000)
+        lock = w._blob.lock
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with lock:
+                held.set()
+                release.wait(30)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        try:
+            assert held.wait(30)
+            w.close()  # would block here until ``release`` on the old code
+            assert blob_files("self", tmp_path / "d"), "the holder still has them"
+        finally:
+            release.set()
+            t.join()
+        deadline = time.monotonic() + 30
+        while blob_files("self", tmp_path / "d") and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling interval for the closer thread
+        assert blob_files("self", tmp_path / "d") == []
+    finally:
+        store.close()

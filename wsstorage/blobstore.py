@@ -745,10 +745,27 @@ class BlobWriteHandle:
         if self._closed:
             return
         self._closed = True
+        # Called from the storage server's reactor thread, whose connection
+        # to this writer just went: a fence or seal in a thread may hold
+        # the lock over its fsyncs, so a busy lock is waited for in a
+        # helper thread, not here.
+        if self._blob.lock.acquire(blocking=False):
+            try:
+                self._let_go_of_files()
+            finally:
+                self._blob.lock.release()
+        elif self._blob.generation == self._generation:  # else: not ours to close
+            _closer_pool().submit(self._let_go_of_files_locked)
+
+    def _let_go_of_files(self) -> None:
+        """Close the blob's files if this handle still owns it (lock held)."""
         blob = self._blob
-        with blob.lock:
-            if blob.generation == self._generation and not blob.sealed:
-                blob.close_files()
+        if blob.generation == self._generation and not blob.sealed:
+            blob.close_files()
+
+    def _let_go_of_files_locked(self) -> None:
+        with self._blob.lock:
+            self._let_go_of_files()
 
 
 class BlobPutHandle:
@@ -1910,18 +1927,36 @@ _sync_pool: ThreadPoolExecutor | None = None
 _sync_pool_lock = threading.Lock()
 
 
+def _helper_pool() -> ThreadPoolExecutor:
+    """The store's few helper threads, started on first use."""
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None:
+            _sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blobstore-sync")
+        return _sync_pool
+
+
+_closer: ThreadPoolExecutor | None = None
+
+
+def _closer_pool() -> ThreadPoolExecutor:
+    """A thread for closes that wait on a busy blob lock (started on first
+    use): not the helper pool, whose threads a lock holder's fsyncs may be
+    waiting for."""
+    global _closer
+    with _sync_pool_lock:
+        if _closer is None:
+            _closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobstore-close")
+        return _closer
+
+
 def _in_parallel(here: Callable[[], None], there: Callable[[], None]) -> None:
     """Run ``there`` in a helper thread while this one runs ``here``; return
     once both are done, raising the first one's error (or else the other's).
 
     Two fsyncs of one file system started together share its journal
     commit (ext4, XFS), where one after the other pays two."""
-    global _sync_pool
-    with _sync_pool_lock:
-        if _sync_pool is None:
-            _sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blobstore-sync")
-        pool = _sync_pool
-    future = pool.submit(there)
+    future = _helper_pool().submit(there)
     try:
         here()
     finally:
