@@ -50,6 +50,28 @@ def test_pending_uploads_count_per_user_until_resumed_or_expired():
     assert not PendingPerUser(clock, limit=None, expiry=1.0).full("anyone")
 
 
+def test_what_changes_while_the_count_is_taken_again_is_kept():
+    """The catalog's answer predates an upload interrupted or resumed here
+    while the query ran: those changes are applied on top of it, and no
+    second count is due meanwhile."""
+    clock = Clock()
+    pending = PendingPerUser(clock, limit=5, expiry=100.0)
+    pending.add("alice", "u1")
+    pending.add("alice", "u2")
+    pending.begin_refresh()
+    assert not pending.may_refresh()  # one count at a time, however many opens
+    pending.add("alice", "u3")  # interrupted during the query
+    pending.discard("u1")  # resumed during the query
+    pending.reset([_Upload("alice", "u1", 90.0), _Upload("alice", "u2", 90.0)])
+    assert pending.count("alice") == 2  # u2 and u3; u1 not back from the dead
+    pending.add("alice", "u4")
+    assert pending.count("alice") == 3
+    pending.begin_refresh()
+    pending.add("bob", "u5")
+    pending.abandon_refresh()  # the catalog did not answer: counts as they were
+    assert (pending.count("alice"), pending.count("bob")) == (3, 1)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_new_upload_past_the_cap_is_refused_and_a_resume_is_not(tmp_path):
     from twisted.internet import reactor

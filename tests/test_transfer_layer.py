@@ -213,6 +213,8 @@ async def test_quota_is_enforced_mid_stream(env):
     # Not left active (a live upload of this front end) until it expires.
     await session._interrupting
     assert (await env.catalog.get_upload(session.upload_id)).state == "interrupted"
+    # ... and it counts among the user's pending uploads here.
+    assert env.transfers.pending_per_user.count("alice") == 1
 
 
 # -- failures ---------------------------------------------------------------

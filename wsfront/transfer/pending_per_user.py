@@ -45,6 +45,10 @@ class PendingPerUser:
         self._uploads: dict[str, dict[str, float]] = {}
         self._user_of: dict[str, str] = {}
         self._refreshed_at: float | None = None
+        #: What ``add``/``discard`` did while a count was being taken from
+        #: the catalog (``begin_refresh`` .. ``reset``), done again on top
+        #: of it: the catalog's answer predates them.
+        self._journal: list[tuple] | None = None
         #: Seconds at least between two counts taken from the catalog.
         self.refresh_seconds = REFRESH_SECONDS
         self.refused = 0
@@ -53,12 +57,19 @@ class PendingPerUser:
         """``upload_id`` of ``user`` was left interrupted here."""
         if expires_at is None:
             expires_at = self._clock.seconds() + self._expiry
-        self.discard(upload_id)
+        if self._journal is not None:
+            self._journal.append((self.add, user, upload_id, expires_at))
+        self._forget(upload_id)
         self._uploads.setdefault(user, {})[upload_id] = expires_at
         self._user_of[upload_id] = user
 
     def discard(self, upload_id: str) -> None:
         """``upload_id`` no longer waits here (resumed, taken over)."""
+        if self._journal is not None:
+            self._journal.append((self.discard, upload_id))
+        self._forget(upload_id)
+
+    def _forget(self, upload_id: str) -> None:
         user = self._user_of.pop(upload_id, None)
         if user is None:
             return
@@ -74,7 +85,7 @@ class PendingPerUser:
             return 0
         now = self._clock.seconds()
         for upload_id in [u for u, expires_at in uploads.items() if expires_at <= now]:
-            self.discard(upload_id)
+            self._forget(upload_id)
         return len(uploads)
 
     def full(self, user: str) -> bool:
@@ -85,13 +96,29 @@ class PendingPerUser:
         now = self._clock.seconds()
         return self._refreshed_at is None or now - self._refreshed_at >= self.refresh_seconds
 
+    def begin_refresh(self) -> None:
+        """A count is being taken from the catalog (``reset`` or
+        ``abandon_refresh`` follows): no other is due before
+        ``refresh_seconds`` from now, and what changes meanwhile is kept."""
+        self._refreshed_at = self._clock.seconds()
+        self._journal = []
+
+    def abandon_refresh(self) -> None:
+        """The catalog could not answer: the counts stay as they were."""
+        self._journal = None
+
     def reset(self, uploads: Iterable) -> None:
         """Count exactly ``uploads`` (UploadSessions: the catalog's
-        interrupted uploads owned by this front end)."""
-        self._refreshed_at = self._clock.seconds()
+        interrupted uploads owned by this front end), then what changed
+        here since ``begin_refresh``."""
+        journal, self._journal = self._journal or [], None
+        if self._refreshed_at is None or not journal:
+            self._refreshed_at = self._clock.seconds()
         self._uploads, self._user_of = {}, {}
         for upload in uploads:
             self.add(upload.user, upload.upload_id, upload.expires_at)
+        for change, *args in journal:
+            change(*args)
 
     def refuse(self, user: str) -> TooManyPendingUploads:
         """The error for a new upload of ``user`` at the cap."""

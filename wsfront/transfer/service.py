@@ -26,6 +26,7 @@ from wsfront.transfer.errors import (
     Draining,
     NoReplicasAvailable,
     OffsetTooLarge,
+    QuotaExceeded,
     UploadBusy,
 )
 from wsfront.transfer.extent_cache import ExtentCache
@@ -385,7 +386,15 @@ class Transfers:
     def _count_pending(self):
         """Count the pending uploads per user again from the catalog: the
         interrupted ones this front end owns and does not run now."""
-        uploads = yield self.catalog.list_uploads(states=["interrupted"], owner=self.name)
+        self.pending_per_user.begin_refresh()
+        try:
+            uploads = yield self.catalog.list_uploads(states=["interrupted"], owner=self.name)
+        except Exception as e:
+            # The counts stay as they were, and the upload is judged by
+            # them: not refused with a catalog error for a count.
+            self.pending_per_user.abandon_refresh()
+            log.warn("pending uploads could not be counted again: {err}", err=e)
+            return
         # One still streaming here is not pending, whatever its row says (a
         # lease holder that took this front end for dead marks them so).
         self.pending_per_user.reset(u for u in uploads if u.upload_id not in self.sessions)
@@ -690,7 +699,8 @@ class Transfers:
         if self.sessions.get(session.upload_id) is session:
             del self.sessions[session.upload_id]
         if session.state == INTERRUPTED or (
-            session.state == FAILED and isinstance(session.error, NoReplicasAvailable)
+            session.state == FAILED
+            and isinstance(session.error, NoReplicasAvailable | QuotaExceeded)
         ):
             # Left pending, resumable from its durable offset until it expires.
             self.pending_per_user.add(session.session.user, session.upload_id)
