@@ -59,7 +59,7 @@ def reply_for(error: BaseException) -> tuple[int, str]:
         return error.ftp_code, error.message
     for cls, code, text in _TABLE:
         if isinstance(error, cls):
-            detail = public_detail(error)
+            detail = transfer_errors.public_detail(error)
             return (code, f"{text}: {detail}") if detail else (code, text)
     return UNEXPECTED
 
@@ -67,23 +67,3 @@ def reply_for(error: BaseException) -> tuple[int, str]:
 def is_expected(error: BaseException) -> bool:
     """Whether ``error`` is a failure a client can cause (not worth a traceback)."""
     return isinstance(error, paths.PathError) or any(isinstance(error, c) for c, _, _ in _TABLE)
-
-
-_DETAILED = (
-    transfer_errors.OffsetTooLarge,
-    transfer_errors.TooManySessions,
-    transfer_errors.TooManyPendingUploads,
-)
-"""Classes whose messages the transfer layer builds from numbers and the
-user's own name only: worth showing after the generic text."""
-
-
-def public_detail(error: BaseException) -> str:
-    """The part of ``error``'s message a client may see: only for the
-    ``_DETAILED`` classes, on one line (reply framing), and never with a
-    ``/`` in it (every catalog path has one), so a message that starts
-    naming a path some day stays out."""
-    if not isinstance(error, _DETAILED):
-        return ""
-    detail = " ".join(str(error).split())
-    return "" if "/" in detail or len(detail) > 200 else detail

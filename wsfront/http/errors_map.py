@@ -61,14 +61,6 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.TooManySessions, 429, "too many transfers at once, try again later"),
 )
 
-_DETAILED = (
-    transfer_errors.OffsetTooLarge,
-    transfer_errors.TooManySessions,
-    transfer_errors.TooManyPendingUploads,
-)
-"""Classes whose messages the transfer layer builds from numbers and the
-user's own name only (``offset 9 is beyond the size 3``): worth showing."""
-
 
 def http_error(error: BaseException, raw_path: bytes | None = None) -> HttpError:
     """The HttpError to answer for ``error`` (500 for anything unexpected).
@@ -90,21 +82,11 @@ def http_error(error: BaseException, raw_path: bytes | None = None) -> HttpError
 
 
 def _message(text: str, error: BaseException, raw_path: bytes | None) -> str:
-    detail = public_detail(error)
+    detail = transfer_errors.public_detail(error)
     if detail:
         text = f"{text}: {detail}"
     shown = client_path(raw_path)
     return text if shown is None else f"{shown}: {text}"
-
-
-def public_detail(error: BaseException) -> str:
-    """The part of ``error``'s message a client may see: only for the
-    ``_DETAILED`` classes, and never with a ``/`` in it (every catalog path
-    has one), so a message that starts naming a path some day stays out."""
-    if not isinstance(error, _DETAILED):
-        return ""
-    detail = " ".join(str(error).split())
-    return "" if "/" in detail or len(detail) > 200 else detail
 
 
 def client_path(raw_path: bytes | None) -> str | None:

@@ -59,3 +59,20 @@ class TooManyPendingUploads(QuotaExceeded):
     quota on their number: FTP 552, HTTP 507): a new one is refused until
     they resume, finish or cancel one, or one expires.  Resuming one is
     never refused for it."""
+
+
+_PUBLIC = (OffsetTooLarge, TooManySessions, TooManyPendingUploads)
+"""Errors whose messages this layer builds from numbers and the user's own
+name only (``offset 9 is beyond the size 3``): a client may be shown them."""
+
+
+def public_detail(error: BaseException) -> str:
+    """The part of ``error``'s message a client may see after the generic
+    text of its class (FTP and HTTP alike): only for ``_PUBLIC`` errors, on
+    one line (FTP's reply framing), and never with a ``/`` in it (every
+    catalog path has one), so a message that starts naming a path some day
+    stays out."""
+    if not isinstance(error, _PUBLIC):
+        return ""
+    detail = " ".join(str(error).split())
+    return "" if "/" in detail or len(detail) > 200 else detail
