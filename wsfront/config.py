@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsfront.ftp.addresses import parse_port_range
+from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsstorage.auth import SecretError, load_secret
 
 log = Logger()
@@ -56,7 +57,7 @@ class FrontendConfig:
     max_connections_per_address: int = 256
     max_connections: int = 4096
     max_sessions_per_user: int = 64
-    max_pending_uploads_per_user: int = 1000
+    max_pending_uploads_per_user: int = DEFAULT_PENDING_LIMIT
     """Interrupted uploads one user may leave pending on a front end before a
     new upload is refused (resuming one never is)."""
     login_failures_per_address: int = 10
@@ -186,7 +187,12 @@ class FrontendOptions(usage.Options):
         ["max-connections-per-address", None, None, "per protocol and client address (256)"],
         ["max-connections", None, None, "open connections per protocol (default 4096)"],
         ["max-sessions-per-user", None, None, "concurrent transfers per user (default 64)"],
-        ["max-pending-uploads-per-user", None, None, "interrupted uploads per user (1000)"],
+        [
+            "max-pending-uploads-per-user",
+            None,
+            None,
+            f"interrupted uploads per user ({DEFAULT_PENDING_LIMIT})",
+        ],
         ["login-failures-per-address", None, None, "failed logins an address may make (10)"],
         ["login-failures-per-user", None, None, "failed logins for one user, any address (50)"],
         ["login-window-seconds", None, None, "how long a failed login counts (default 300)"],
@@ -348,7 +354,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         max_connections_per_address=number("max-connections-per-address", 256),
         max_connections=number("max-connections", 4096),
         max_sessions_per_user=number("max-sessions-per-user", 64),
-        max_pending_uploads_per_user=number("max-pending-uploads-per-user", 1000),
+        max_pending_uploads_per_user=number("max-pending-uploads-per-user", DEFAULT_PENDING_LIMIT),
         login_failures_per_address=number("login-failures-per-address", 10),
         login_failures_per_user=number("login-failures-per-user", 50),
         login_window_seconds=number("login-window-seconds", 300.0, float),

@@ -28,6 +28,7 @@ from wsfront.catalog.errors import NotFound
 from wsfront.config import FrontendConfig
 from wsfront.service import FrontendService
 from wsfront.transfer import reader
+from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsfront.transfer.shares import fair_share
 from wsstorage.inprocess import InProcessClient
 from wsstorage.server import StorageServerFactory
@@ -134,7 +135,7 @@ class LocalOptions(usage.Options):
         [
             "max-pending-uploads-per-user",
             None,
-            "1000",  # wsfront.config's default, as for wsfront
+            str(DEFAULT_PENDING_LIMIT),
             "interrupted uploads one user may leave pending before a new upload is refused",
         ],
     ]

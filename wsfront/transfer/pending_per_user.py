@@ -30,6 +30,8 @@ from wsfront.transfer.errors import TooManyPendingUploads
 
 #: Seconds at least between two counts taken again from the catalog.
 REFRESH_SECONDS = 10.0
+#: The cap, unless configured (``--max-pending-uploads-per-user``).
+DEFAULT_LIMIT = 1000
 
 
 class PendingPerUser:
@@ -89,7 +91,11 @@ class PendingPerUser:
         return len(uploads)
 
     def full(self, user: str) -> bool:
-        return self.limit is not None and self.count(user) >= self.limit
+        """Whether ``user`` is at the cap; expired entries are pruned only
+        then (every upload start asks: pruning never raises a count)."""
+        if self.limit is None or len(self._uploads.get(user, ())) < self.limit:
+            return False
+        return self.count(user) >= self.limit
 
     def may_refresh(self) -> bool:
         """Whether the counts may be taken from the catalog again now."""

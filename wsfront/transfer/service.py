@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE, Entry, UploadSession, User, Version
+from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
 from wsfront.transfer.errors import (
     Draining,
@@ -57,7 +58,7 @@ class TransferSettings:
     hash_uploads: bool = True
     max_sessions_per_user: int | None = 64
     """Transfers (reads and writes) one user may run at once here."""
-    max_pending_uploads_per_user: int | None = 1000
+    max_pending_uploads_per_user: int | None = pending_per_user.DEFAULT_LIMIT
     """Interrupted uploads one user may leave pending here before a new
     upload is refused (resuming one never is); see
     wsfront.transfer.pending_per_user."""
