@@ -225,14 +225,9 @@ class MaintenanceService(Service):
                 why, rerun = f"abandoned: no progress from front end {job.owner}", False
             else:
                 continue
-            if await self._end_job(job, why, rerun):
+            if await end_job(self.catalog, job, why, rerun):
                 ended += 1
         return ended
-
-    async def _end_job(self, job, why: str, rerun: bool) -> bool:
-        """Re-queue or fail ``job`` (``end_job``, as a runner that lost the
-        lease does with its own); False if it changed meanwhile."""
-        return await end_job(self.catalog, job, why, rerun)
 
     async def interrupt_orphaned_uploads(self) -> int:
         """Mark interrupted the uploads still ``active`` under a front end
