@@ -114,16 +114,17 @@ def list_users(tx: Tx) -> list[User]:
     return [user_from_row(r) for r in tx.all("SELECT * FROM users ORDER BY name")]
 
 
-def _entries(tx: Tx, parts: tuple[str, ...]) -> int:
-    """How many entries the directory at ``parts`` holds (0 if it is missing
-    or not a directory; a pending upload's file counts, it holds its name)."""
+def _entries(tx: Tx, parts: tuple[str, ...]) -> bool:
+    """Whether the directory at ``parts`` holds any entry (False if it is
+    missing or not a directory; a pending upload's file counts, it holds
+    its name)."""
     try:
         row = resolve(tx, parts)
     except CatalogError:
-        return 0
+        return False
     if row is None or row["kind"] != DIR:
-        return 0
-    return int(tx.value("SELECT COUNT(*) AS n FROM dirents WHERE parent = ?", row["inode"]))
+        return False
+    return tx.one("SELECT 1 AS x FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None
 
 
 def _live_uploads(tx: Tx, name: str) -> list[Any]:
