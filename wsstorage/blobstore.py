@@ -1923,31 +1923,28 @@ class BlobStore:
         return self.fs.statvfs(self.root)
 
 
-_sync_pool: ThreadPoolExecutor | None = None
-_sync_pool_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """The process's ``blobstore-<name>`` threads, started on first use."""
+    with _pools_lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(workers, f"blobstore-{name}")
+        return pool
 
 
 def _helper_pool() -> ThreadPoolExecutor:
-    """The store's few helper threads, started on first use."""
-    global _sync_pool
-    with _sync_pool_lock:
-        if _sync_pool is None:
-            _sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blobstore-sync")
-        return _sync_pool
-
-
-_closer: ThreadPoolExecutor | None = None
+    """The store's few helper threads (a second fsync run alongside)."""
+    return _pool("sync", 8)
 
 
 def _closer_pool() -> ThreadPoolExecutor:
-    """A thread for closes that wait on a busy blob lock (started on first
-    use): not the helper pool, whose threads a lock holder's fsyncs may be
-    waiting for."""
-    global _closer
-    with _sync_pool_lock:
-        if _closer is None:
-            _closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobstore-close")
-        return _closer
+    """A thread for closes that wait on a busy blob lock: not the helper
+    pool, whose threads a lock holder's fsyncs may be waiting for."""
+    return _pool("close", 1)
 
 
 def _in_parallel(here: Callable[[], None], there: Callable[[], None]) -> None:
