@@ -323,6 +323,8 @@ class RateFloor:
         self._call = self._clock.callLater(self._window, self._judge)
 
     def reading(self, flag: bool) -> None:
+        if flag == (self._since is not None):
+            return  # no change: no clock read
         now = self._clock.seconds()
         if flag and self._since is None:
             self._since = now

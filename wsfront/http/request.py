@@ -218,7 +218,6 @@ class StreamingChannel(http.HTTPChannel):
         instead of reading any (more) request, then close, dropping the
         client's input for at most ``REFUSED_LINGER`` seconds so the answer
         is not lost to a reset."""
-        self._stop_clocks()
         self.abandon()
         self._linger = self.REFUSED_LINGER
         self.transport.write(response)
@@ -285,6 +284,10 @@ class StreamingChannel(http.HTTPChannel):
         return not self._body_pauses and not self._waitingForTransport
 
     def _body_reading_changed(self) -> None:
+        # Outside a body (a GET's answer filling and draining the transport
+        # many times a second) there is no meter and no held idle timer.
+        if not self._in_body:
+            return
         if self._body_rate is not None:
             self._body_rate.reading(self._reading_body())
         held = "consumer" in self._body_pauses or self._waitingForTransport
