@@ -394,6 +394,12 @@ async def _committed_entry(ctl, target: str, info) -> listing.Entry:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+def check_directory_name(argument: str, info) -> None:
+    """550 when ``argument`` ends in '/' and names a file (``info``)."""
+    if not info.is_dir and names_directory(argument):
+        raise Reply(550, "Not a directory")
+
+
 def _glob(argument: str) -> tuple[str, str] | None:
     """(directory part as sent, pattern) when the last component of a
     LIST/NLST argument is a shell pattern (``*``, ``?``, ``[...]``), as
@@ -441,8 +447,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
             raise catalog_errors.NotADirectory(prefix) from None
         if verb == "LIST":
             prefix = ""
-    if names_directory(argument) and not info.is_dir:
-        raise Reply(550, "Not a directory")
+    check_directory_name(argument, info)
     if verb == "MLSD" and not info.is_dir:
         raise Reply(501, "MLSD needs a directory; use MLST for a file")
     now = ctl.reactor.seconds()

@@ -96,12 +96,6 @@ def awaiting_proxy_header(transport, then) -> bool:
     return True
 
 
-def check_directory_name(argument: str, info) -> None:
-    """550 when ``argument`` ends in '/' and names a file (``info``)."""
-    if not info.is_dir and names_directory(argument):
-        raise Reply(550, "Not a directory")
-
-
 class FTPControl(Protocol):
     """One client's control connection."""
 
@@ -660,7 +654,7 @@ class FTPControl(Protocol):
     async def ftp_DELE(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
-        check_directory_name(argument, info)
+        datacmds.check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Is a directory (use RMD)")
         await self.transfers.delete(self.user, target)
@@ -672,7 +666,7 @@ class FTPControl(Protocol):
         source = self.path(argument)
         if source == "/":
             raise Reply(550, "Cannot rename the root directory")
-        check_directory_name(argument, await self.transfers.stat(self.user, source))
+        datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
         self.rnfr = source
         self.reply(350, "Ready for the destination name (RNTO)")
 
@@ -684,7 +678,7 @@ class FTPControl(Protocol):
         if target == "/":
             raise Reply(553, "Cannot rename onto the root directory")
         if names_directory(argument):
-            check_directory_name(argument, await self.transfers.stat(self.user, source))
+            datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
         await self.transfers.rename(self.user, source, target)
         self.sizes.pop(source, None)
         self.reply(250, "Rename successful")
@@ -696,7 +690,7 @@ class FTPControl(Protocol):
             raise Reply(501, "SIZE not allowed in ASCII mode (send TYPE I)")
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
-        check_directory_name(argument, info)
+        datacmds.check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.sizes[target] = info.size
@@ -705,7 +699,7 @@ class FTPControl(Protocol):
     async def ftp_MDTM(self, argument: str) -> None:
         target = self.path(argument)
         info = await self.transfers.stat(self.user, target)
-        check_directory_name(argument, info)
+        datacmds.check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         self.reply(213, format_time_value(info.mtime))
@@ -717,7 +711,7 @@ class FTPControl(Protocol):
         mtime, name = parse_mfmt(argument)
         target = self.path(name)
         info = await self.transfers.stat(self.user, target)
-        check_directory_name(name, info)
+        datacmds.check_directory_name(name, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         if info.pending:
@@ -745,7 +739,7 @@ class FTPControl(Protocol):
     async def ftp_MLST(self, argument: str) -> None:
         target = self.path(argument) if argument.strip(" ") else self.cwd
         info = await self.transfers.stat(self.user, target)
-        check_directory_name(argument, info)
+        datacmds.check_directory_name(argument, info)
         entry = datacmds.listing_entry(self.user, paths.basename(target) or "/", info)
         if info.pending:
             self.sizes[target] = info.size
