@@ -252,6 +252,88 @@ FTPHandler.abstracted_fs = _DurableFS
 """
 
 
+class PyftpdlibReplicated(Pyftpdlib):
+    """The least any server that keeps wsfs's promise must do per STOR, on
+    pyftpdlib: DESIGN.md acknowledges a file only once every replica has
+    fsync'd it and the catalog commit is durable.  So before the 226 this
+    server writes a second copy beside the first (in another thread, at the
+    same time, as wsfs's two replicas are written), fsyncs both files and
+    both directories, then appends a small record to a log and fdatasyncs
+    it (the catalog commit); when a STOR starts it appends a record
+    unsynced (the catalog's start of the upload).  No checksums, no
+    network hop to a storage server, no session bookkeeping: wsfs's ratio
+    against this is its own overhead, and this server's ratio against
+    plain pyftpdlib is the ceiling the durability rule leaves on this
+    machine's disk for any implementation."""
+
+    name = "pyftpdlib+2copies+log"
+    replicas = "2 (local disk)"
+    fsync = "2 files, 2 dirs, a log record before 226"
+    setup = """
+import io, os, threading
+from pyftpdlib.filesystems import AbstractedFS
+
+_LOG = None
+_RECORD = b"r" * 255 + b"\\n"
+
+def _log(sync, root):
+    global _LOG
+    if _LOG is None:
+        path = os.path.join(os.path.dirname(root), "catalog.log")
+        _LOG = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(_LOG, _RECORD)
+    if sync:
+        os.fdatasync(_LOG)
+
+def _fsync_dir(path):
+    d = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(d)
+    finally:
+        os.close(d)
+
+def _second_copy(src, dst):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fin = os.open(src, os.O_RDONLY)
+    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while True:
+            block = os.read(fin, 1 << 20)
+            if not block:
+                break
+            os.write(fout, block)
+        os.fsync(fout)
+    finally:
+        os.close(fin)
+        os.close(fout)
+    _fsync_dir(os.path.dirname(dst))
+
+class _ReplicatedFile(io.BufferedWriter):
+    def close(self):
+        if not self.closed:
+            self.flush()
+            name = os.path.abspath(self.name)
+            copy = threading.Thread(
+                target=_second_copy, args=(name, name.replace("/pyftpd-root/", "/pyftpd-copy/", 1))
+            )
+            copy.start()
+            os.fsync(self.fileno())
+            super().close()
+            _fsync_dir(os.path.dirname(name))
+            copy.join()
+            _log(True, name.split("/pyftpd-root/")[0] + "/pyftpd-root")
+
+class _ReplicatedFS(AbstractedFS):
+    def open(self, filename, mode):
+        if mode == "wb":
+            _log(False, self.root)
+            return _ReplicatedFile(io.FileIO(filename, "w"))
+        return super().open(filename, mode)
+
+FTPHandler.abstracted_fs = _ReplicatedFS
+"""
+
+
 def connect(server: Server) -> ftplib.FTP:
     c = ftplib.FTP()
     c.connect("127.0.0.1", server.port, timeout=120)
@@ -518,7 +600,7 @@ def main() -> None:
     print(f"file create in {workdir}: {create_cost_ms(workdir):.3f} ms", flush=True)
     try:
         for r in range(args.rounds):
-            extra = [PyftpdlibFsync] if args.durable_reference else []
+            extra = [PyftpdlibFsync, PyftpdlibReplicated] if args.durable_reference else []
             for kind in [*kinds, *extra, Pyftpdlib]:
                 where = workdir / f"round{r}-{kind.__name__}"
                 where.mkdir()
@@ -557,14 +639,16 @@ def main() -> None:
             f"{median(refs):14.2f}" if isinstance(refs[0], float | int) else f"{refs[0]!s:>14.14}"
         )
         print(f"{key:30} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
-    durable = rounds.get(PyftpdlibFsync.name)
-    if durable:
-        print(f"ratios against {PyftpdlibFsync.name} (per round):")
+    for reference in (PyftpdlibFsync, PyftpdlibReplicated):
+        durable = rounds.get(reference.name)
+        if not durable:
+            continue
+        print(f"ratios against {reference.name} (per round):")
         for key in durable[0]:
             if not isinstance(durable[0][key], float | int) or not durable[0][key]:
                 continue
             for n in names:
-                if n == PyftpdlibFsync.name:
+                if n == reference.name:
                     continue
                 per = [a[key] / b[key] for a, b in zip(rounds[n], durable) if b[key]]
                 shown = " ".join(f"{x:.2f}" for x in per)
