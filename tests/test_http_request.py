@@ -293,6 +293,17 @@ def test_large_and_zero_padded_chunk_sizes_are_still_read():
     assert not done.called
 
 
+def test_the_largest_chunk_size_is_read_when_its_crlf_arrives_split():
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [request] = seen
+    sink = Recorder()
+    request.stream_body(sink)
+    channel.dataReceived(b"7FFFFFFFFFFFFFFF\r")
+    channel.dataReceived(b"\nab")
+    assert sink.data == b"ab" and not transport.disconnecting
+
+
 # -- slow clients --------------------------------------------------------------
 
 

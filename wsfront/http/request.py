@@ -123,20 +123,29 @@ class BoundedChunkedDecoder(http._ChunkedTransferDecoder):
     Twisted itself bounds the chunk-size line, extensions included, to 1 KiB."""
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        line = self._buffer if end < 0 else self._buffer[:end]
-        digits = bytes(line.split(b";", 1)[0]).strip(b" \t").lstrip(b"0")
-        too_long = len(digits) > 16  # checked before the line ends, too
-        if too_long or (end >= 0 and digits and _hex_above(digits, MAX_CHUNK_SIZE)):
+        if super()._dataReceived_CHUNK_LENGTH():
+            if self.length > MAX_CHUNK_SIZE:
+                raise http._MalformedChunkedDataError("chunk size too large")
+            return True
+        # The line is not complete yet: refuse a size that already has too
+        # many digits rather than wait for the rest of the line (up to 1 KiB).
+        if (
+            len(self._buffer) > _MAX_CHUNK_DIGITS
+            and _digits_so_far(self._buffer) > _MAX_CHUNK_DIGITS
+        ):
             raise http._MalformedChunkedDataError("chunk size too large")
-        return super()._dataReceived_CHUNK_LENGTH()
+        return False
 
 
-def _hex_above(digits: bytes, limit: int) -> bool:
-    try:
-        return int(digits, 16) > limit
-    except ValueError:
-        return False  # not a number: Twisted's own parsing refuses it
+_MAX_CHUNK_DIGITS = 16
+"""Hex digits in ``MAX_CHUNK_SIZE`` (leading zeros aside)."""
+
+
+def _digits_so_far(partial: bytearray) -> int:
+    """Significant digits of an unfinished chunk-size line (whose CRLF may be half in)."""
+    end = partial.find(b";")
+    size = partial if end < 0 else partial[:end]
+    return len(size.lstrip(b"0").rstrip(b"\r"))
 
 
 def _canned(status: bytes, message: str) -> bytes:
