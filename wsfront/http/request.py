@@ -148,14 +148,14 @@ def _digits_so_far(partial: bytearray) -> int:
     return len(size.lstrip(b"0").rstrip(b"\r"))
 
 
-def _canned(status: bytes, message: str) -> bytes:
+def canned(status: bytes, message: str, retry_after: int | None = None) -> bytes:
     """A whole small ``Connection: close`` answer, for errors found before
-    there is a request to answer through."""
+    there is a request to answer through (or instead of reading one)."""
     body = (message + "\n").encode()
+    retry = b"" if retry_after is None else b"Retry-After: %d\r\n" % retry_after
     return (
         b"HTTP/1.1 " + status + b"\r\n"
-        b"Server: wsfs\r\n"
-        b"Connection: close\r\n"
+        b"Server: wsfs\r\n" + retry + b"Connection: close\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
@@ -276,7 +276,7 @@ class StreamingChannel(http.HTTPChannel):
         Apache's mod_reqtimeout answers) and close."""
         self._head_call = None
         log.info("HTTP request head not complete after {t}s: 408", t=self.header_timeout)
-        self.refuse(_canned(b"408 Request Timeout", "the request line and headers took too long"))
+        self.refuse(canned(b"408 Request Timeout", "the request line and headers took too long"))
 
     def _start_body_clock(self) -> None:
         if self.body_min_rate is None or self.clock is None:
@@ -383,7 +383,7 @@ class StreamingChannel(http.HTTPChannel):
         if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
             # RFC 9112 section 3.2: 400 for an HTTP/1.1 request without
             # Host, and for any request with more than one.
-            self.refuse(_canned(b"400 Bad Request", "a request needs exactly one Host header"))
+            self.refuse(canned(b"400 Bad Request", "a request needs exactly one Host header"))
             return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
@@ -417,7 +417,7 @@ class StreamingChannel(http.HTTPChannel):
             # A folded header line (obs-fold) or whitespace before the first
             # header: RFC 9112 section 5.2 allows rejecting it, which leaves
             # no room for two parsers to disagree about the headers.
-            self.refuse(_canned(b"400 Bad Request", "folded header lines are not accepted"))
+            self.refuse(canned(b"400 Bad Request", "folded header lines are not accepted"))
             return
         super().lineReceived(line)
 
@@ -437,9 +437,11 @@ class StreamingChannel(http.HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
         431) and close, instead of LineReceiver's silent close."""
-        first = getattr(self, "_HTTPChannel__first_line", 1)
-        status = b"414 URI Too Long" if first else b"431 Request Header Fields Too Large"
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n\r\n")
+        if getattr(self, "_HTTPChannel__first_line", 1):
+            answer = canned(b"414 URI Too Long", "the request line is too long")
+        else:
+            answer = canned(b"431 Request Header Fields Too Large", "a header line is too long")
+        self.transport.write(answer)
         self.loseConnection()
 
     def requestDone(self, request) -> None:
