@@ -593,6 +593,21 @@ class StreamingRequest(server.Request):
         self._claim()
         return d
 
+    def require_no_body(self, error: HttpError) -> Deferred:
+        """Read a body that must be empty; fails with ``error`` if it is not:
+        at once for a declared length (nothing is read; the connection
+        closes after the answer), else once a chunked body brings a byte."""
+        if self.body_length:
+            return fail(error)
+
+        def not_empty(failure):
+            failure.trap(HttpError)
+            if failure.value.status != 413:
+                return failure
+            raise error from None
+
+        return self.discard_body(0).addErrback(not_empty)
+
     def when_body_complete(self) -> Deferred:
         """Fires with the body length once it is all in; fails if it never will."""
         if self._body_error is not None:
