@@ -139,6 +139,7 @@ BASE = ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1"]
         ("public-address", "300.1.1.1", "not an IPv4 address"),
         ("http", "tcp:notaport", "not a server endpoint"),
         ("ftps", "nonsense:1", "not a server endpoint"),
+        ("storage", "s1=garbage:x", "--storage s1=garbage:x: bad endpoint"),
         ("max-pending-uploads-per-user", "0", "at least 1"),
         ("max-pending-uploads-per-user", "-5", "at least 1"),
         ("max-pending-uploads-per-user", "2.5", "whole number"),

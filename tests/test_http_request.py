@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from wsfront.http.errors_map import HttpError
 from wsfront.http.site import SiteSettings, make_site
 
 
@@ -291,6 +292,44 @@ def test_large_and_zero_padded_chunk_sizes_are_still_read():
     channel.dataReceived(b"00000000000000000000003\r\nabc\r\n7FFFFFFFFFFFFFFF\r\nde")
     assert sink.data == b"abcde" and not transport.disconnecting
     assert not done.called
+
+
+def test_require_no_body_refuses_a_declared_body_unread_and_a_chunked_one_at_its_first_byte():
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(PUT_HEAD)
+    [declared] = seen
+    refused = []
+    declared.require_no_body(HttpError(415, "no")).addErrback(refused.append)
+    assert [f.value.status for f in refused] == [415]
+    assert b"100 Continue" not in transport.value()
+
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [chunked] = seen
+    refused = []
+    chunked.require_no_body(HttpError(415, "no")).addErrback(refused.append)
+    assert refused == []
+    channel.dataReceived(b"1\r\nx\r\n")
+    assert [f.value.status for f in refused] == [415]
+
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [empty] = seen
+    read = []
+    empty.require_no_body(HttpError(415, "no")).addCallback(read.append)
+    channel.dataReceived(b"0\r\n\r\n")
+    assert read == [0]
+
+
+def test_the_largest_chunk_size_is_read_when_its_crlf_arrives_split():
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(CHUNKED_PUT)
+    [request] = seen
+    sink = Recorder()
+    request.stream_body(sink)
+    channel.dataReceived(b"7FFFFFFFFFFFFFFF\r")
+    channel.dataReceived(b"\nab")
+    assert sink.data == b"ab" and not transport.disconnecting
 
 
 # -- slow clients --------------------------------------------------------------

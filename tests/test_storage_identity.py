@@ -17,12 +17,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.python import usage
 
 from tests.storage_procs import pattern
 from tests.support import python_env, twistd_argv
 from wsfront.catalog import open_catalog
-from wsfront.config import FrontendConfig
-from wsfront.service import BadStorageEndpoint, FrontendService, check_storage_endpoints
+from wsfront.config import FrontendConfig, parse_storage
+from wsfront.service import FrontendService
 from wsfront.transfer.pool import StoragePool
 from wsstorage import auth
 from wsstorage import client as client_module
@@ -160,12 +161,13 @@ async def test_a_client_without_an_expected_name_takes_any_server(two_servers) -
 # -- 2. endpoint strings are checked before they are registered -----------------
 
 
-def test_check_storage_endpoints_names_the_bad_one() -> None:
-    check_storage_endpoints(reactor, [("s1", "tcp:127.0.0.1:7001"), ("s2", "tls:h:7002")])
-    with pytest.raises(BadStorageEndpoint, match=r"--storage s2=garbage:x: bad endpoint"):
-        check_storage_endpoints(reactor, [("s1", "tcp:127.0.0.1:7001"), ("s2", "garbage:x")])
-    with pytest.raises(BadStorageEndpoint, match="s1=tcp:host:notaport"):
-        check_storage_endpoints(reactor, [("s1", "tcp:host:notaport")])
+def test_a_storage_option_with_a_bad_endpoint_is_a_usage_error_naming_it() -> None:
+    assert parse_storage("s1=tcp:127.0.0.1:7001") == ("s1", "tcp:127.0.0.1:7001")
+    assert parse_storage("s2=tls:h:7002") == ("s2", "tls:h:7002")
+    with pytest.raises(usage.UsageError, match=r"--storage s2=garbage:x: bad endpoint"):
+        parse_storage("s2=garbage:x")
+    with pytest.raises(usage.UsageError, match="s1=tcp:host:notaport"):
+        parse_storage("s1=tcp:host:notaport")
 
 
 async def registry(url: str) -> dict[str, str]:

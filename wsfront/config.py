@@ -16,7 +16,7 @@ import tomllib
 from typing import Any
 
 import attrs
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -112,19 +112,21 @@ def check_certificate(cert_path: str, key_path: str | None) -> None:
         ) from e
 
 
-def check_endpoint(option: str, spec: str) -> str:
-    """Refuse at start-up a server endpoint string Twisted cannot parse
-    (``tcp:notaport``, an unknown type, a missing key file), so a typo is a
-    usage error rather than a failure after the catalog is opened.
+def endpoint_problem(spec: str, *, client: bool = False) -> str | None:
+    """Why Twisted cannot build the server (or with ``client``, client)
+    endpoint ``spec``, or None: ``tcp:notaport``, an unknown type, a missing
+    key file.  Checked when options are read, so a typo is a usage error
+    rather than a failure after the catalog is opened.
 
-    The endpoint is only built, never listened on; building one stores the
-    reactor it is given without using it.
+    The endpoint is only built, never listened on or connected; building
+    one stores the reactor it is given without using it.
     """
+    build = clientFromString if client else serverFromString
     try:
-        serverFromString(object(), spec)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        raise usage.UsageError(f"--{option} {spec!r}: not a server endpoint ({e})") from None
-    return spec
+        build(object(), spec)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
+        return str(e) or e.__class__.__name__
+    return None
 
 
 def public_ipv4(text: str) -> str:
@@ -159,6 +161,10 @@ def parse_storage(spec: str) -> tuple[str, str]:
     name, sep, endpoint = spec.partition("=")
     if not sep or not name or not endpoint:
         raise usage.UsageError(f"--storage {spec!r}: expected NAME=ENDPOINT")
+    # Before the catalog: it would keep a bad endpoint for every later front end.
+    problem = endpoint_problem(endpoint, client=True)
+    if problem is not None:
+        raise usage.UsageError(f"--storage {name}={endpoint}: bad endpoint: {problem}")
     return name, endpoint
 
 
@@ -299,8 +305,9 @@ def build_config(opts: usage.Options) -> FrontendConfig:
     if not (get("ftp") or get("http") or get("ftps") or get("https")):
         raise usage.UsageError("give at least one of --ftp, --ftps, --http, --https")
     for option in ("ftp", "ftps", "http", "https"):
-        if get(option):
-            check_endpoint(option, get(option))
+        spec = get(option)
+        if spec and (problem := endpoint_problem(spec)) is not None:
+            raise usage.UsageError(f"--{option} {spec!r}: not a server endpoint ({problem})")
     tls_cert, tls_key = get("tls-cert"), get("tls-key")
     require_tls = flag("require-tls")
     require_tls_users = get("require-tls-user", [])

@@ -40,18 +40,18 @@ from collections.abc import Callable, Hashable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from wsfront.netaddr import canonical_ip
+
 
 def address_key(host: str | None) -> str | None:
     """The key limits count a client address under (see the module doc)."""
     if host is None:
         return None
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        address = canonical_ip(host)
     except ValueError:
         return host
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 

@@ -17,7 +17,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -44,35 +44,10 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint): one line says
     it, as for a bad option.  Anything else is a bug, with its traceback."""
-    if isinstance(error, (BadStorageEndpoint, CannotListenError, OSError, sqlite3.Error)):
+    if isinstance(error, (CannotListenError, OSError, sqlite3.Error)):
         return True
     psycopg = sys.modules.get("psycopg")
     return psycopg is not None and isinstance(error, psycopg.OperationalError)
-
-
-class BadStorageEndpoint(ValueError):
-    """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse."""
-
-
-def endpoint_problem(reactor, endpoint: str) -> str | None:
-    """Why ``endpoint`` is not a usable client endpoint string, or None.
-
-    Parsing builds the endpoint without connecting, so it is cheap and
-    catches unknown types and bad ports before anything depends on it."""
-    try:
-        clientFromString(reactor, endpoint)
-    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError...
-        return str(e) or e.__class__.__name__
-    return None
-
-
-def check_storage_endpoints(reactor, storage) -> None:
-    """Raise BadStorageEndpoint (one line) for the first ``(name, endpoint)``
-    of ``storage`` whose endpoint does not parse."""
-    for name, endpoint in storage:
-        problem = endpoint_problem(reactor, endpoint)
-        if problem is not None:
-            raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
 
 
 def transfer_settings(cfg: FrontendConfig) -> TransferSettings:
@@ -144,9 +119,6 @@ class FrontendService(service.Service):
 
     async def _start(self) -> FrontendService:
         cfg = self.config
-        # Before the catalog: a bad endpoint registered there would stop
-        # every later front end, not just this one.
-        check_storage_endpoints(self.reactor, cfg.storage)
         self.catalog = open_catalog(self.reactor, cfg.catalog)
         for name, endpoint in cfg.storage:
             await self.catalog.register_node(name, endpoint)
@@ -246,21 +218,18 @@ class FrontendService(service.Service):
         """Put registered server ``name`` in the pool; one whose endpoint
         cannot be used (registered by an older version that did not check)
         is down with the reason, and the front end starts without it."""
-        problem = endpoint_problem(self.reactor, endpoint)
-        if problem is None:
-            try:
-                client = self._client_factory(name, endpoint)
-            except Exception as e:
-                problem = str(e) or e.__class__.__name__
-            else:
-                self.pool.add(name, endpoint, client)
-                return
-        self.pool.add_unusable(
-            name,
-            endpoint,
-            f"registered endpoint {endpoint!r} is unusable: {problem} "
-            f"(register a good one with --storage {name}=ENDPOINT)",
-        )
+        try:
+            client = self._client_factory(name, endpoint)  # parses the endpoint
+        except Exception as e:
+            problem = str(e) or e.__class__.__name__
+            self.pool.add_unusable(
+                name,
+                endpoint,
+                f"registered endpoint {endpoint!r} is unusable: {problem} "
+                f"(register a good one with --storage {name}=ENDPOINT)",
+            )
+        else:
+            self.pool.add(name, endpoint, client)
 
     def _mount_endpoints(self, site, ftp_factory) -> None:
         """The server's own endpoints under ``/-/``: tus uploads, Prometheus

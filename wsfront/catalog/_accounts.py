@@ -165,7 +165,7 @@ def _refuse_others(tx: Tx, name: str, row: Any, path: str, now: float) -> None:
 
 
 def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
-    """Delete everything under the directory ``top``; how many files went.
+    """Delete the directory ``top`` and everything under it; how many files went.
 
     Each directory is locked before it is listed, so a session still
     writing there (its login is cached for up to 30 s) cannot add a name
@@ -178,9 +178,8 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
     while stack:
         inode, where, emptied = stack.pop()
         if emptied:
-            if inode != top:
-                tx.execute("DELETE FROM dirents WHERE inode = ?", inode)
-                tx.execute("DELETE FROM inodes WHERE inode = ?", inode)
+            tx.execute("DELETE FROM dirents WHERE inode = ?", inode)
+            tx.execute("DELETE FROM inodes WHERE inode = ?", inode)
             continue
         lock_dirs(tx, inode)
         stack.append((inode, where, True))
@@ -198,7 +197,6 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
                 _refuse_others(tx, name, row, child_path, now)
                 unlink_file(tx, row, True, now, child_path)
                 removed += 1
-    touch(tx, top, now)
     return removed
 
 
@@ -224,11 +222,9 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     files = 0
     row = resolve(tx, root)
     if row is not None and row["kind"] == DIR:
-        files = _purge_dir(tx, name, row["inode"], join_path(root), now)
         parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
         lock_dirs(tx, parent)
-        tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
-        tx.execute("DELETE FROM inodes WHERE inode = ?", row["inode"])
+        files = _purge_dir(tx, name, row["inode"], join_path(root), now)
         touch(tx, parent, now)
     return {"files_deleted": files, "uploads_aborted": aborted}
 

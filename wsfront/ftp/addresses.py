@@ -8,13 +8,12 @@ CERT CA-1997-27).  Errors carry the reply code to send.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 
 from attrs import frozen
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from wsfront.netaddr import canonical_ip
 
 _INET_FAMILIES = {"1": 4, "2": 6}
 
@@ -45,19 +44,6 @@ class HostPort:
     port: int
 
 
-@functools.lru_cache(maxsize=256)
-def _normalize(host: str) -> IPAddress:
-    """The address, IPv4-mapped IPv6 (``::ffff:1.2.3.4``) reduced to IPv4.
-
-    Cached: every PASV/EPSV and every data connection compares the same
-    few peer addresses again (4 parses, ~30 us, per small file fetched);
-    a bad address raises each time, since errors are not cached."""
-    address = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def _port(value: int | str) -> int:
     port = int(value)
     if not 1 <= port <= 65535:
@@ -84,7 +70,7 @@ def parse_port(argument: str) -> HostPort:
 
 def format_pasv(host: str, port: int) -> str:
     """``h1,h2,h3,h4,p1,p2`` for the 227 reply; IPv4 only (IPv6 needs EPSV)."""
-    address = _normalize(host)
+    address = canonical_ip(host)
     if not isinstance(address, ipaddress.IPv4Address):
         raise UnsupportedFamily("PASV can only describe IPv4 addresses; use EPSV")
     port = _port(port)
@@ -182,7 +168,7 @@ def check_active_target(
     ``10.0.0.1``.  Raises ``BounceRefused``.
     """
     try:
-        same = _normalize(target.host) == _normalize(peer_host)
+        same = canonical_ip(target.host) == canonical_ip(peer_host)
     except ValueError:
         same = False
     if not same:
@@ -196,7 +182,7 @@ def protocol_number(host: str) -> int:
     (an IPv4-mapped IPv6 address included: that client speaks IPv4), 2
     for IPv6."""
     try:
-        return 1 if _normalize(host).version == 4 else 2
+        return 1 if canonical_ip(host).version == 4 else 2
     except ValueError:
         return 2 if ":" in host else 1
 
@@ -204,7 +190,7 @@ def protocol_number(host: str) -> int:
 def same_host(a: str, b: str) -> bool:
     """Whether two IP addresses name the same host (for accepting passive connections)."""
     try:
-        return _normalize(a) == _normalize(b)
+        return canonical_ip(a) == canonical_ip(b)
     except ValueError:
         return False
 

@@ -11,12 +11,12 @@ absolute-form target's, else the Host header's, else the listening socket's.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import SplitResultBytes, urlsplit
 
 from wsfront import paths
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
+from wsfront.netaddr import canonical_ip
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -63,16 +63,12 @@ def _check_same_server(
 
 
 def _host(host: bytes) -> bytes:
-    """A host as compared: an IP literal in its one canonical form (``0:0::1``
-    is ``::1``; an IPv4-mapped IPv6 address, what a dual-stack listener
-    reports for an IPv4 client, is the IPv4 one), a name as given."""
+    """A host as compared: an IP literal in its one canonical form
+    (``netaddr.canonical_ip``), a name as given."""
     try:
-        ip = ipaddress.ip_address(host.decode("ascii"))
+        return str(canonical_ip(host.decode("ascii"))).encode("ascii")
     except (UnicodeDecodeError, ValueError):
         return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip).encode("ascii")
 
 
 def own_authority(request: StreamingRequest, scheme: bytes) -> tuple[bytes, int] | None:

@@ -128,16 +128,8 @@ def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
 
 @inlineCallbacks
 def mkcol(context, request: StreamingRequest, user, target: paths.HttpTarget):
-    if request.body_length:
-        # RFC 4918 (9.3): a body MKCOL does not understand is 415.  Refused
-        # before it is read (the connection closes after the answer).
-        raise HttpError(415, "MKCOL takes no body")
-    try:
-        yield request.discard_body(0)
-    except HttpError as e:
-        if e.status != 413:  # a chunked body that was not empty
-            raise
-        raise HttpError(415, "MKCOL takes no body") from None
+    # RFC 4918 (9.3): a body MKCOL does not understand is 415.
+    yield request.require_no_body(HttpError(415, "MKCOL takes no body"))
     if target.path == "/":
         raise HttpError(405, "the root exists")
     try:

@@ -123,30 +123,39 @@ class BoundedChunkedDecoder(http._ChunkedTransferDecoder):
     Twisted itself bounds the chunk-size line, extensions included, to 1 KiB."""
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        line = self._buffer if end < 0 else self._buffer[:end]
-        digits = bytes(line.split(b";", 1)[0]).strip(b" \t").lstrip(b"0")
-        too_long = len(digits) > 16  # checked before the line ends, too
-        if too_long or (end >= 0 and digits and _hex_above(digits, MAX_CHUNK_SIZE)):
+        if super()._dataReceived_CHUNK_LENGTH():
+            if self.length > MAX_CHUNK_SIZE:
+                raise http._MalformedChunkedDataError("chunk size too large")
+            return True
+        # The line is not complete yet: refuse a size that already has too
+        # many digits rather than wait for the rest of the line (up to 1 KiB).
+        if (
+            len(self._buffer) > _MAX_CHUNK_DIGITS
+            and _digits_so_far(self._buffer) > _MAX_CHUNK_DIGITS
+        ):
             raise http._MalformedChunkedDataError("chunk size too large")
-        return super()._dataReceived_CHUNK_LENGTH()
+        return False
 
 
-def _hex_above(digits: bytes, limit: int) -> bool:
-    try:
-        return int(digits, 16) > limit
-    except ValueError:
-        return False  # not a number: Twisted's own parsing refuses it
+_MAX_CHUNK_DIGITS = 16
+"""Hex digits in ``MAX_CHUNK_SIZE`` (leading zeros aside)."""
 
 
-def _canned(status: bytes, message: str) -> bytes:
+def _digits_so_far(partial: bytearray) -> int:
+    """Significant digits of an unfinished chunk-size line (whose CRLF may be half in)."""
+    end = partial.find(b";")
+    size = partial if end < 0 else partial[:end]
+    return len(size.lstrip(b"0").rstrip(b"\r"))
+
+
+def canned(status: bytes, message: str, retry_after: int | None = None) -> bytes:
     """A whole small ``Connection: close`` answer, for errors found before
-    there is a request to answer through."""
+    there is a request to answer through (or instead of reading one)."""
     body = (message + "\n").encode()
+    retry = b"" if retry_after is None else b"Retry-After: %d\r\n" % retry_after
     return (
         b"HTTP/1.1 " + status + b"\r\n"
-        b"Server: wsfs\r\n"
-        b"Connection: close\r\n"
+        b"Server: wsfs\r\n" + retry + b"Connection: close\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
@@ -267,7 +276,7 @@ class StreamingChannel(http.HTTPChannel):
         Apache's mod_reqtimeout answers) and close."""
         self._head_call = None
         log.info("HTTP request head not complete after {t}s: 408", t=self.header_timeout)
-        self.refuse(_canned(b"408 Request Timeout", "the request line and headers took too long"))
+        self.refuse(canned(b"408 Request Timeout", "the request line and headers took too long"))
 
     def _start_body_clock(self) -> None:
         if self.body_min_rate is None or self.clock is None:
@@ -374,7 +383,7 @@ class StreamingChannel(http.HTTPChannel):
         if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
             # RFC 9112 section 3.2: 400 for an HTTP/1.1 request without
             # Host, and for any request with more than one.
-            self.refuse(_canned(b"400 Bad Request", "a request needs exactly one Host header"))
+            self.refuse(canned(b"400 Bad Request", "a request needs exactly one Host header"))
             return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
@@ -408,7 +417,7 @@ class StreamingChannel(http.HTTPChannel):
             # A folded header line (obs-fold) or whitespace before the first
             # header: RFC 9112 section 5.2 allows rejecting it, which leaves
             # no room for two parsers to disagree about the headers.
-            self.refuse(_canned(b"400 Bad Request", "folded header lines are not accepted"))
+            self.refuse(canned(b"400 Bad Request", "folded header lines are not accepted"))
             return
         super().lineReceived(line)
 
@@ -428,9 +437,11 @@ class StreamingChannel(http.HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
         431) and close, instead of LineReceiver's silent close."""
-        first = getattr(self, "_HTTPChannel__first_line", 1)
-        status = b"414 URI Too Long" if first else b"431 Request Header Fields Too Large"
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n\r\n")
+        if getattr(self, "_HTTPChannel__first_line", 1):
+            answer = canned(b"414 URI Too Long", "the request line is too long")
+        else:
+            answer = canned(b"431 Request Header Fields Too Large", "a header line is too long")
+        self.transport.write(answer)
         self.loseConnection()
 
     def requestDone(self, request) -> None:
@@ -581,6 +592,21 @@ class StreamingRequest(server.Request):
         d = self.when_body_complete()
         self._claim()
         return d
+
+    def require_no_body(self, error: HttpError) -> Deferred:
+        """Read a body that must be empty; fails with ``error`` if it is not:
+        at once for a declared length (nothing is read; the connection
+        closes after the answer), else once a chunked body brings a byte."""
+        if self.body_length:
+            return fail(error)
+
+        def not_empty(failure):
+            failure.trap(HttpError)
+            if failure.value.status != 413:
+                return failure
+            raise error from None
+
+        return self.discard_body(0).addErrback(not_empty)
 
     def when_body_complete(self) -> Deferred:
         """Fires with the body length once it is all in; fails if it never will."""

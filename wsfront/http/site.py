@@ -37,7 +37,7 @@ from wsfront import paths
 from wsfront.auth import anonymous_user
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http.errors_map import HttpError, http_error
-from wsfront.http.request import BodyLost, StreamingChannel, StreamingRequest
+from wsfront.http.request import BodyLost, StreamingChannel, StreamingRequest, canned
 from wsfront.limits import ConnectionLimits, LoginThrottle
 
 log = Logger()
@@ -164,15 +164,12 @@ class WsSite(server.Site):
         if reason is None:
             channel.on_lost = lambda: limits.release(host)
             return True
-        retry = self.context.settings.connection_retry_after
-        body = f"too many connections {reason}; try again later\n".encode()
         channel.refuse(
-            b"HTTP/1.1 503 Service Unavailable\r\n"
-            b"Server: wsfs\r\n"
-            b"Retry-After: %d\r\n"
-            b"Connection: close\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (retry, len(body), body)
+            canned(
+                b"503 Service Unavailable",
+                f"too many connections {reason}; try again later",
+                retry_after=self.context.settings.connection_retry_after,
+            )
         )
         return False
 

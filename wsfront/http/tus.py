@@ -20,7 +20,7 @@ unverified bytes away, before the 460 goes out.
 from __future__ import annotations
 
 import attrs
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from wsfront import paths
@@ -241,8 +241,7 @@ class TusEndpoint:
         request.respond(204, headers=(("Upload-Offset", str(done)),))
 
     @staticmethod
-    @inlineCallbacks
-    def _no_body_past_the_end(request: StreamingRequest, offset: int):
+    def _no_body_past_the_end(request: StreamingRequest, offset: int) -> Deferred:
         """A PATCH at the end of a completed upload may carry no body: one
         gets 413, the answer for a body past a live upload's length too (tusd
         answers 204 and drops it, which leaves the client to guess what
@@ -250,12 +249,7 @@ class TusEndpoint:
         full = HttpError(
             413, "the upload is complete: no bytes fit after it", (("Upload-Offset", str(offset)),)
         )
-        if request.body_length:
-            raise full
-        try:
-            yield request.discard_body(0)
-        except HttpError:
-            raise full from None
+        return request.require_no_body(full)
 
     @inlineCallbacks
     def _receive(self, request, session, context, user, vpath, offset, length, checksum):

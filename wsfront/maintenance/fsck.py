@@ -17,7 +17,8 @@ maintenance service runs) heal it.
 The ``fsck`` job stops between blobs (and between servers, marks and
 deletes) once ``keep_going()`` is false: its runner lost the maintenance
 lease, and deleting strays while the new holder repairs is the race the
-lease exists to prevent.  Its report then says ``interrupted``.
+lease exists to prevent.  The job then ends interrupted (``handlers``), not
+done.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ async def check(
 ) -> dict[str, Any]:
     """Compare catalog and servers; return the report (and the raw findings
     under ``_bad``, which ``fsck`` uses to fix and drops from the result).
-    A check cut short by ``keep_going`` says ``interrupted``."""
+    A check cut short by ``keep_going`` is partial."""
     await pool.probe_all()
     held, unreachable = await _listing(pool)
     report: dict[str, Any] = {
@@ -82,7 +83,6 @@ async def check(
     bad: list[tuple[str, str, str]] = []
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going():
-            report["interrupted"] = True
             break
         try:
             blob = await catalog.get_blob(blob_id)
@@ -108,7 +108,6 @@ async def check(
                 )  # fmt: skip
     for node in held:
         if not keep_going():
-            report["interrupted"] = True
             break
         garbage, total = await gc.find_garbage(node)
         report["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
@@ -139,8 +138,8 @@ async def fsck(
     keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Check, and with ``fix`` repair what was found; fire with the report
-    (with ``interrupted`` if ``keep_going`` stopped it: nothing after that
-    point was fixed)."""
+    (partial if ``keep_going`` stopped it: nothing after that point was
+    fixed).  ``keep_going`` stays false once false (``jobs.LeaseCheck``)."""
 
     async def report(stage: dict[str, Any]) -> None:
         if progress is not None:
@@ -151,12 +150,11 @@ async def fsck(
     await report({"phase": "checking"})
     found = await check(catalog, pool, gc, keep_going)
     bad = found.pop("_bad")
-    if not fix or found.get("interrupted"):
+    if not fix or not keep_going():
         return found
     found["marked"] = 0
     for blob_id, node, state in bad:
         if not keep_going():
-            found["interrupted"] = True
             return found
         await catalog.mark_replica(blob_id, node, state)
         found["marked"] += 1
@@ -168,12 +166,9 @@ async def fsck(
         now=True, progress=repair_progress, keep_going=keep_going
     )
     if not keep_going():
-        found["interrupted"] = True
         return found
     await report({"phase": "collecting"})
     found["gc"] = await gc.sweep(grace=0.0, keep_going=keep_going)
-    if not keep_going():
-        found["interrupted"] = True
     found["under_replicated"] = await catalog.count_under_replicated()
     return found
 

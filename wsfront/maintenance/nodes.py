@@ -11,8 +11,8 @@ Both stop between blobs once ``keep_going()`` is false (the runner lost the
 maintenance lease, and another front end may be moving the same replicas):
 a move begun is finished first (copy, record, mark the source stale), so
 the next runner finds each blob either not moved or moved, never a copy
-recorded with the source still counted.  The summary then says
-``interrupted``.
+recorded with the source still counted.  The job then ends interrupted
+(``handlers``), not done.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ async def drain(
                              "busy": 0, "stuck": []}  # fmt: skip
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going():
-            stats["interrupted"] = True
             break
         try:
             blob = await catalog.get_blob(blob_id)
@@ -123,7 +122,6 @@ async def rebalance(
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
         if not keep_going():
-            stats["interrupted"] = True
             break
         src = max(live, key=lambda n: (load[n], n))
         dst = min(live, key=lambda n: (load[n], n))

@@ -27,7 +27,6 @@ from wsfront.transfer.errors import (
     Draining,
     NoReplicasAvailable,
     OffsetTooLarge,
-    QuotaExceeded,
     UploadBusy,
 )
 from wsfront.transfer.extent_cache import ExtentCache
@@ -38,7 +37,7 @@ from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
 from wsfront.transfer.write_through import WriteThrough
-from wsfront.transfer.writer import FAILED, INTERRUPTED, STREAMING, WriteSession
+from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 from wsstorage.client import PUT_MAX
@@ -699,11 +698,7 @@ class Transfers:
     def _session_ended(self, session: WriteSession) -> None:
         if self.sessions.get(session.upload_id) is session:
             del self.sessions[session.upload_id]
-        if session.state == INTERRUPTED or (
-            session.state == FAILED
-            and isinstance(session.error, NoReplicasAvailable | QuotaExceeded)
-        ):
-            # Left pending, resumable from its durable offset until it expires.
+        if session.left_pending:
             self.pending_per_user.add(session.session.user, session.upload_id)
         slot = self._slots.pop(id(session), None)
         if slot is not None:

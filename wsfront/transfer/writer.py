@@ -239,6 +239,15 @@ class WriteSession:
     def replicas(self) -> tuple[str, ...]:
         return tuple(self._writers)
 
+    @property
+    def left_pending(self) -> bool:
+        """Whether the upload stays pending, resumable from ``durable`` until
+        it expires: its client went away, or every replica failed, or the
+        quota refused the next bytes (another failure ends it for good)."""
+        return self.state == INTERRUPTED or (
+            self.state == FAILED and isinstance(self.error, NoReplicasAvailable | QuotaExceeded)
+        )
+
     def when_failed(self) -> Deferred:
         """Errbacks with the error that ended the session early (fenced,
         every replica gone, quota); never fires on success."""
@@ -532,7 +541,7 @@ class WriteSession:
         self._cancel_timer()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
-        if interrupting and isinstance(error, NoReplicasAvailable | QuotaExceeded):
+        if interrupting and self.left_pending:
             self._interrupting = self._record_interrupted()
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
