@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import types
+import warnings
 
 import pytest
 import pytest_twisted
@@ -23,7 +24,7 @@ from tests.storage_procs import pattern
 from tests.support import python_env, twistd_argv
 from wsfront.catalog import open_catalog
 from wsfront.config import FrontendConfig, parse_storage
-from wsfront.service import FrontendService
+from wsfront.service import BadStorageEndpoint, FrontendService
 from wsfront.transfer.pool import StoragePool
 from wsstorage import auth
 from wsstorage import client as client_module
@@ -168,6 +169,34 @@ def test_a_storage_option_with_a_bad_endpoint_is_a_usage_error_naming_it() -> No
         parse_storage("s2=garbage:x")
     with pytest.raises(usage.UsageError, match="s1=tcp:host:notaport"):
         parse_storage("s1=tcp:host:notaport")
+
+
+def test_a_tls_storage_endpoint_is_accepted_with_warnings_as_errors() -> None:
+    """Checking builds the endpoint with a stand-in reactor, for which
+    Twisted's ``tls:`` client warns: the check must not mistake that
+    warning (an error under ``-W error``) for a bad endpoint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse_storage("s2=tls:h:7002") == ("s2", "tls:h:7002")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_config_built_in_code_with_a_bad_endpoint_fails_before_the_catalog(
+    tmp_path,
+) -> None:
+    """Not every FrontendConfig comes through the options (wslocal and
+    embedding code build their own): the start checks its endpoints again
+    before it registers any, since the catalog would hand a bad one to
+    every later front end."""
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    catalog = open_catalog(reactor, url)
+    await catalog.register_node("s1", "tcp:127.0.0.1:23001")
+    await catalog.close()
+    fe = frontend(tmp_path, [("s2", "tcp:127.0.0.1:23002"), ("s3", "garbage:x")])
+    with pytest.raises(BadStorageEndpoint, match="--storage s3=garbage:x: bad endpoint"):
+        await fe._start()
+    assert fe.catalog is None
+    assert await registry(url) == {"s1": "tcp:127.0.0.1:23001"}
 
 
 async def registry(url: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
-from wsfront.config import FrontendConfig
+from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
 
@@ -44,10 +44,14 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint): one line says
     it, as for a bad option.  Anything else is a bug, with its traceback."""
-    if isinstance(error, (CannotListenError, OSError, sqlite3.Error)):
+    if isinstance(error, (BadStorageEndpoint, CannotListenError, OSError, sqlite3.Error)):
         return True
     psycopg = sys.modules.get("psycopg")
     return psycopg is not None and isinstance(error, psycopg.OperationalError)
+
+
+class BadStorageEndpoint(ValueError):
+    """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse."""
 
 
 def transfer_settings(cfg: FrontendConfig) -> TransferSettings:
@@ -119,6 +123,12 @@ class FrontendService(service.Service):
 
     async def _start(self) -> FrontendService:
         cfg = self.config
+        for name, endpoint in cfg.storage:
+            # Options were checked when read, but a config built in code was
+            # not; once in the catalog a bad endpoint is every front end's.
+            problem = endpoint_problem(endpoint, client=True)
+            if problem is not None:
+                raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
         self.catalog = open_catalog(self.reactor, cfg.catalog)
         for name, endpoint in cfg.storage:
             await self.catalog.register_node(name, endpoint)
