@@ -84,6 +84,62 @@ async def test_a_lease_has_one_holder_until_released_or_expired(catalog, clock):
 
 
 @pytest_twisted.ensureDeferred
+async def test_get_lease_reads_the_holder_and_expiry_and_changes_nothing(catalog, clock):
+    assert await catalog.get_lease("maintenance") is None
+    assert await catalog.acquire_lease("maintenance", "fe1", 30)
+    assert await catalog.get_lease("maintenance") == ("fe1", clock.now + 30)
+    clock.advance(31)
+    # Expired, and still shown as it is: asking took nothing over.
+    assert await catalog.get_lease("maintenance") == ("fe1", clock.now - 1)
+    assert await catalog.acquire_lease("maintenance", "fe1", 30)
+    assert await catalog.release_lease("maintenance", "fe1")
+    assert await catalog.get_lease("maintenance") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_leases_matches_the_prefix_exactly(catalog, clock):
+    names = ["front-end:a", "front-end:b", "FRONT-END:c", "front-endXd", "front-end", "maint"]
+    names += ["a_b%:1", "aXbY:2", "a_b%"]
+    for name in names:
+        assert await catalog.acquire_lease(name, "o-" + name, 30)
+    until = clock.now + 30
+    assert await catalog.list_leases("front-end:") == {
+        "front-end:a": ("o-front-end:a", until),
+        "front-end:b": ("o-front-end:b", until),
+    }
+    # LIKE's wildcards in a prefix are plain characters.
+    assert list(await catalog.list_leases("a_b%")) == ["a_b%", "a_b%:1"]
+    assert len(await catalog.list_leases("")) == len(names)
+    assert await catalog.list_leases("nothing") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_leases_fetches_only_the_matching_rows(catalog):
+    """The prefix is filtered by the database, not after reading every lease."""
+    from wsfront.catalog import _cluster
+
+    for i in range(20):
+        assert await catalog.acquire_lease(f"other:{i}", "x", 30)
+    assert await catalog.acquire_lease("front-end:a", "fe-a", 30)
+    fetched = []
+
+    class CountingTx:
+        def __init__(self, tx):
+            self._tx = tx
+
+        def all(self, sql, *params):
+            rows = self._tx.all(sql, *params)
+            fetched.extend(rows)
+            return rows
+
+    leases = await catalog._runner.run(
+        lambda tx: _cluster.list_leases(CountingTx(tx), "front-end:"), write=False
+    )
+    assert list(leases) == ["front-end:a"]
+    assert len(fetched) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_status_counts_files_bytes_uploads_and_nodes(catalog):
     await catalog.register_node("s1", "tcp:127.0.0.1:7001")
     await catalog.mkdir("/d")

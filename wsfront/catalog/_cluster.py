@@ -225,14 +225,28 @@ def release_lease(tx: Tx, name: str, owner: str) -> bool:
     return bool(tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner))
 
 
+def get_lease(tx: Tx, name: str) -> tuple[str, float] | None:
+    """The lease's (owner, expires_at), expired or not, or None: a read,
+    so asking who holds a lease never changes who does."""
+    row = tx.one("SELECT owner, expires_at FROM leases WHERE name = ?", name)
+    return None if row is None else (row["owner"], float(row["expires_at"]))
+
+
 def list_leases(tx: Tx, prefix: str) -> dict[str, tuple[str, float]]:
-    """Leases whose name starts with ``prefix``: name -> (owner, expires_at)."""
-    rows = tx.all("SELECT name, owner, expires_at FROM leases ORDER BY name")
-    return {
-        r["name"]: (r["owner"], float(r["expires_at"]))
-        for r in rows
-        if r["name"].startswith(prefix)
-    }
+    """Leases whose name starts with ``prefix``: name -> (owner, expires_at).
+
+    The prefix is compared with ``substr``, not LIKE (SQLite's LIKE ignores
+    ASCII case, and ``_`` and ``%`` in a name would need escaping) nor a
+    range (PostgreSQL orders ``leases.name`` by the database's collation):
+    both backends count characters alike, and the table holds one row per
+    front end, so no index is missed.
+    """
+    rows = tx.all(
+        "SELECT name, owner, expires_at FROM leases WHERE substr(name, 1, ?) = ? ORDER BY name",
+        len(prefix),
+        prefix,
+    )
+    return {r["name"]: (r["owner"], float(r["expires_at"])) for r in rows}
 
 
 def status(tx: Tx) -> dict[str, Any]:

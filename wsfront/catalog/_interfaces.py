@@ -336,6 +336,11 @@ class ICatalog(Interface):
     def release_lease(name, owner):
         """Give the lease up if ``owner`` holds it."""
 
+    def get_lease(name):
+        """Fire with the named lease's (owner, expires_at), expired or not,
+        or None if nobody holds it: a read that changes nothing (the CLI
+        asks it whether a front end runs maintenance)."""
+
     def list_leases(prefix=""):
         """Fire with {name: (owner, expires_at)} of the leases whose name
         starts with ``prefix``, expired or not."""

@@ -384,6 +384,9 @@ class SqlCatalog:
     def release_lease(self, name: str, owner: str) -> Deferred:
         return self._write(_cluster.release_lease, name, owner)
 
+    def get_lease(self, name: str) -> Deferred:
+        return self._read(_cluster.get_lease, name)
+
     def list_leases(self, prefix: str = "") -> Deferred:
         return self._read(_cluster.list_leases, prefix)
 
