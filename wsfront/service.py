@@ -162,9 +162,11 @@ class FrontendService(service.Service):
                 n=len(interrupted),
             )
         await self.pool.start()
-        from wsfront.maintenance.service import MaintenanceService
+        from wsfront.maintenance.service import MaintenanceService, maintenance_settings
 
-        self.maintenance = MaintenanceService(self.reactor, self.catalog, self.pool, cfg.name)
+        self.maintenance = MaintenanceService(
+            self.reactor, self.catalog, self.pool, cfg.name, maintenance_settings(cfg)
+        )
         self.maintenance.startService()
         self._expiry = LoopingCall(self.transfers.expire)
         self._expiry.clock = self.reactor
