@@ -41,6 +41,25 @@ async def test_register_node_upserts_and_health_is_recorded(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_down_node_keeps_why_as_one_short_line_until_it_is_up(catalog):
+    from wsfront.catalog._cluster import NODE_ERROR_MAX
+
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    node = await catalog.set_node_health("s1", "down", None, None, None, "connection refused")
+    assert (node.state, node.last_error) == ("down", "connection refused")
+    # A server's own message is flattened to one line and capped.
+    said = "server closed the connection:\n\x1b[31mgo away\x00 " + "x" * 1000
+    node = await catalog.set_node_health("s1", "down", None, None, None, said)
+    assert node.last_error.startswith("server closed the connection: [31mgo away x")
+    assert len(node.last_error) == NODE_ERROR_MAX and node.last_error.endswith("...")
+    assert [n.last_error for n in await catalog.list_nodes()] == [node.last_error]
+    assert (await catalog.status())["nodes"][0].last_error == node.last_error
+    up = await catalog.set_node_health("s1", "up", 10, 100, 5.0)
+    assert up.last_error is None
+    assert (await catalog.set_node_health("s1", "down", 1, 2, 3.0, " \n ")).last_error is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_job_lifecycle_queued_running_done(catalog):
     job = await catalog.enqueue_job("repair", {"limit": 5})
     assert (job.state, job.owner, job.args) == ("queued", None, {"limit": 5})

@@ -188,13 +188,17 @@ class Commands:
         st = await self.catalog.status()
         rows = [
             {"name": n.name, "endpoint": n.endpoint, "state": n.state,
-             "free": _human(n.free_bytes), "total": _human(n.total_bytes)}
+             "free": _human(n.free_bytes), "total": _human(n.total_bytes),
+             "error": n.last_error or ""}
             for n in st["nodes"]
         ]  # fmt: skip
+        columns = ["name", "endpoint", "state", "free", "total"]
+        if any(n.last_error for n in st["nodes"]):
+            columns.append("error")  # why a server is down, as its front end saw it
         text = (
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
             f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
-            + _table(rows, ["name", "endpoint", "state", "free", "total"])
+            + _table(rows, columns)
         )
         self.emit(st, text)
 

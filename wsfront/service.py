@@ -302,6 +302,7 @@ class FrontendService(service.Service):
                     node.free_bytes if node.last_seen is not None else None,
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,
+                    None if node.up else node.last_error,
                 )
             except Exception as e:
                 log.warn("could not record health of {node}: {err}", node=node.name, err=e)

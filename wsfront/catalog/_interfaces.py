@@ -298,8 +298,9 @@ class ICatalog(Interface):
     def list_nodes():
         """Fire with every Node, by name."""
 
-    def set_node_health(name, state, free_bytes, total_bytes, seen_at):
-        """Record a health probe's outcome.  NotFound."""
+    def set_node_health(name, state, free_bytes, total_bytes, seen_at, last_error=None):
+        """Record a health probe's outcome: ``last_error`` is why the server
+        is down (None while up), kept as one capped line.  NotFound."""
 
     # -- admin jobs and leases -----------------------------------------------
 

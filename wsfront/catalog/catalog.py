@@ -346,8 +346,11 @@ class SqlCatalog:
         free_bytes: int | None,
         total_bytes: int | None,
         seen_at: float | None,
+        last_error: str | None = None,
     ) -> Deferred:
-        return self._write(_cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at)
+        return self._write(
+            _cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at, last_error
+        )
 
     # -- admin jobs and leases -----------------------------------------------
 
