@@ -58,6 +58,8 @@ async def test_add_user_creates_their_root_and_authenticates(catalog):
 @pytest_twisted.ensureDeferred
 async def test_admins_may_have_the_root_and_nested_roots_are_created(catalog):
     admin = await catalog.add_user("root", "pw", admin=True, root="/")
+    await catalog.mkdir("/somewhere")
+    await catalog.mkdir("/somewhere/deep")
     assert admin.admin and admin.root == "/"
     deep = await catalog.add_user("carol", "pw", root="/home/carol")
     assert deep.root == "/home/carol"
@@ -224,13 +226,50 @@ async def test_deleting_a_user_with_files_or_pending_uploads_is_refused(catalog)
     # A pending upload alone (its file is not listed) refuses too.
     await catalog.add_user("bob", "pw")
     await pending(catalog, "bob", "/bob/part.bin", "blob-b")
-    with pytest.raises(NotEmpty, match=r"and 1 pending upload\(s\)$"):
+    with pytest.raises(NotEmpty, match=r"still has 1 pending upload\(s\)$"):
         await catalog.delete_user("bob")
     # A user with nothing stored goes without being asked.
     await catalog.add_user("carol", "pw")
     await catalog.delete_user("carol")
     with pytest.raises(NotFound):
         await catalog.get_user("carol")
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_del_counts_the_uploads_the_user_would_lose_not_others_under_the_root(catalog):
+    """The refusal names what the deletion loses: the user's files and the
+    uploads they could resume.  Another user's upload under the root is
+    not theirs; theirs moved out of the root is out of their reach."""
+    await catalog.add_user("team", "pw", root="/team")
+    await catalog.add_user("bob", "pw", root="/team/bob")
+    await pending(catalog, "team", "/team/bob/teams-part.bin", "blob-t")
+    await catalog.mkdir("/team/bob/d")
+    await catalog.mkdir("/team/bob/d/e")
+    await pending(catalog, "bob", "/team/bob/d/part.bin", "blob-b")
+    await pending(catalog, "bob", "/team/bob/d/e/deeper.bin", "blob-c")
+    # bob's two uploads (team's is not his); the files are the directory d.
+    with pytest.raises(NotEmpty, match=r"still has files under /team/bob and 2 pending"):
+        await catalog.delete_user("bob")
+    # team moves bob's directory out of bob's root: bob can no longer reach
+    # those uploads, and has nothing else left there but team's upload.
+    await catalog.rename("/team/bob/d", "/team/moved")
+    done = await catalog.delete_user("bob")
+    assert done["files"] == "refuse"
+    with pytest.raises(NotFound):
+        await catalog.get_user("bob")
+    # Nothing was touched: team's upload and bob's moved ones stay pending.
+    uploads = await catalog.list_uploads()
+    assert sorted(u.user for u in uploads) == ["bob", "bob", "team"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_del_of_a_root_at_slash_counts_every_upload_of_the_user(catalog):
+    admin = await catalog.add_user("root", "pw", admin=True, root="/")
+    await catalog.mkdir("/somewhere")
+    await catalog.mkdir("/somewhere/deep")
+    await pending(catalog, "root", "/somewhere/deep/part.bin", "blob-r")
+    with pytest.raises(NotEmpty, match=r"still has files under / and 1 pending upload\(s\)$"):
+        await catalog.delete_user(admin.name)
 
 
 @pytest_twisted.ensureDeferred

@@ -41,6 +41,25 @@ async def test_register_node_upserts_and_health_is_recorded(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_down_node_keeps_why_as_one_short_line_until_it_is_up(catalog):
+    from wsfront.catalog._cluster import NODE_ERROR_MAX
+
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    node = await catalog.set_node_health("s1", "down", None, None, None, "connection refused")
+    assert (node.state, node.last_error) == ("down", "connection refused")
+    # A server's own message is flattened to one line and capped.
+    said = "server closed the connection:\n\x1b[31mgo away\x00 " + "x" * 1000
+    node = await catalog.set_node_health("s1", "down", None, None, None, said)
+    assert node.last_error.startswith("server closed the connection: [31mgo away x")
+    assert len(node.last_error) == NODE_ERROR_MAX and node.last_error.endswith("...")
+    assert [n.last_error for n in await catalog.list_nodes()] == [node.last_error]
+    assert (await catalog.status())["nodes"][0].last_error == node.last_error
+    up = await catalog.set_node_health("s1", "up", 10, 100, 5.0)
+    assert up.last_error is None
+    assert (await catalog.set_node_health("s1", "down", 1, 2, 3.0, " \n ")).last_error is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_job_lifecycle_queued_running_done(catalog):
     job = await catalog.enqueue_job("repair", {"limit": 5})
     assert (job.state, job.owner, job.args) == ("queued", None, {"limit": 5})
@@ -81,6 +100,62 @@ async def test_a_lease_has_one_holder_until_released_or_expired(catalog, clock):
     assert not await catalog.release_lease("repair", "fe1")
     assert await catalog.release_lease("repair", "fe2")
     assert await catalog.acquire_lease("repair", "fe1", 30)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_lease_reads_the_holder_and_expiry_and_changes_nothing(catalog, clock):
+    assert await catalog.get_lease("maintenance") is None
+    assert await catalog.acquire_lease("maintenance", "fe1", 30)
+    assert await catalog.get_lease("maintenance") == ("fe1", clock.now + 30)
+    clock.advance(31)
+    # Expired, and still shown as it is: asking took nothing over.
+    assert await catalog.get_lease("maintenance") == ("fe1", clock.now - 1)
+    assert await catalog.acquire_lease("maintenance", "fe1", 30)
+    assert await catalog.release_lease("maintenance", "fe1")
+    assert await catalog.get_lease("maintenance") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_leases_matches_the_prefix_exactly(catalog, clock):
+    names = ["front-end:a", "front-end:b", "FRONT-END:c", "front-endXd", "front-end", "maint"]
+    names += ["a_b%:1", "aXbY:2", "a_b%"]
+    for name in names:
+        assert await catalog.acquire_lease(name, "o-" + name, 30)
+    until = clock.now + 30
+    assert await catalog.list_leases("front-end:") == {
+        "front-end:a": ("o-front-end:a", until),
+        "front-end:b": ("o-front-end:b", until),
+    }
+    # LIKE's wildcards in a prefix are plain characters.
+    assert list(await catalog.list_leases("a_b%")) == ["a_b%", "a_b%:1"]
+    assert len(await catalog.list_leases("")) == len(names)
+    assert await catalog.list_leases("nothing") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_leases_fetches_only_the_matching_rows(catalog):
+    """The prefix is filtered by the database, not after reading every lease."""
+    from wsfront.catalog import _cluster
+
+    for i in range(20):
+        assert await catalog.acquire_lease(f"other:{i}", "x", 30)
+    assert await catalog.acquire_lease("front-end:a", "fe-a", 30)
+    fetched = []
+
+    class CountingTx:
+        def __init__(self, tx):
+            self._tx = tx
+
+        def all(self, sql, *params):
+            rows = self._tx.all(sql, *params)
+            fetched.extend(rows)
+            return rows
+
+    leases = await catalog._runner.run(
+        lambda tx: _cluster.list_leases(CountingTx(tx), "front-end:"), write=False
+    )
+    assert list(leases) == ["front-end:a"]
+    assert len(fetched) == 1
 
 
 @pytest_twisted.ensureDeferred

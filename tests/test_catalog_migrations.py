@@ -55,3 +55,28 @@ def test_a_newer_schema_is_refused(catalog_url, clock):
     cat.close()
     with pytest.raises(SchemaTooNew, match=f"version {LATEST + 1}"):
         open_catalog(reactor, catalog_url, clock=clock)
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_servers_registered_before_last_error_existed_keep_their_rows(
+    catalog_url, clock
+):
+    old = open_catalog(reactor, catalog_url, clock=clock, schema_version=3)
+    try:
+        # As the code of schema 3 registered it (this code reads last_error).
+        old._runner.run_sync(
+            lambda tx: tx.execute(
+                "INSERT INTO nodes (name, endpoint, state, free_bytes) "
+                "VALUES ('s1', 'tcp:127.0.0.1:7001', 'up', 5)"
+            )
+        )
+    finally:
+        await old.close()
+    new = open_catalog(reactor, catalog_url, clock=clock)
+    try:
+        [node] = await new.list_nodes()
+        assert (node.name, node.state, node.free_bytes, node.last_error) == ("s1", "up", 5, None)
+        node = await new.set_node_health("s1", "down", None, None, None, "connection refused")
+        assert node.last_error == "connection refused"
+    finally:
+        await new.close()

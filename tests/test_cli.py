@@ -240,3 +240,27 @@ async def test_repair_with_a_front_end_holding_the_lease_does_not_say_none_runs(
         assert not await cat.acquire_lease(LEASE_NAME, "fe-b", 60.0)
     finally:
         await cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_asking_whether_a_front_end_runs_leaves_an_expired_lease_alone(catalog):
+    """An expired maintenance lease means no front end runs jobs now; the
+    CLI says so by reading it, and its holder's row stays as it was (a
+    front end renewing late finds its own lease, not one a probe took)."""
+    from twisted.internet import reactor, threads
+
+    from wsfront.catalog import open_catalog
+    from wsfront.maintenance.lease import LEASE_NAME
+
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    cat = open_catalog(reactor, catalog, clock=lambda: 1000.0)
+    try:
+        assert await cat.acquire_lease(LEASE_NAME, "fe-a", 60.0)
+        proc = await threads.deferToThread(
+            wsfs, catalog, "repair", "--timeout", "0.2", "--poll", "0.05", "--no-taker-after", "30"
+        )
+        assert proc.returncode == 1
+        assert "no front end is running to run the repair job" in proc.stderr
+        assert await cat.list_leases(LEASE_NAME) == {LEASE_NAME: ("fe-a", 1060.0)}
+    finally:
+        await cat.close()

@@ -109,3 +109,30 @@ def test_user_del_of_a_user_without_files_needs_no_option(catalog):
     gone = wsfs(catalog, "user", "del", "bob")
     assert gone.returncode == 0, gone.stderr
     assert gone.stdout.strip() == "user bob deleted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_del_is_not_refused_for_another_users_upload_under_the_root(catalog):
+    """A team whose root encloses bob's left an upload pending in bob's
+    directory: bob has nothing to lose, so no option is needed, and the
+    team's upload is left as it was.  bob's own pending upload refuses,
+    counted once and not called files."""
+    for name, root in (("team", "/team"), ("bob", "/team/bob")):
+        added = await run(catalog, "user", "add", name, "--root", root, stdin="pw-123456\n")
+        assert added.returncode == 0, added.stderr
+    cat = open_catalog(reactor, catalog)
+    try:
+        for user, path in (("bob", "/team/bob/mine.bin"), ("team", "/team/bob/teams.bin")):
+            up = await cat.begin_upload(
+                user, path, base_length=0, blob_id=f"blob-{user}", replicas=["s1"],
+                wanted_replicas=1, owner="fe1", expires_at=cat._clock() + 3600,
+            )  # fmt: skip
+        refused = one_error_line(await run(catalog, "user", "del", "bob"))
+        assert refused.startswith("wsfs: user 'bob' still has 1 pending upload(s);"), refused
+        mine = await cat.find_upload("/team/bob/mine.bin")
+        assert (await cat.abort_upload(mine.upload_id)).state == "aborted"
+        gone = await run(catalog, "user", "del", "bob")
+        assert gone.returncode == 0, gone.stderr
+        assert (await cat.get_upload(up.upload_id)).live
+    finally:
+        await cat.close()

@@ -1,6 +1,7 @@
 """wsfront options: TOML beneath the command line, clear errors."""
 
 import pytest
+import pytest_twisted
 from twisted.python import usage
 
 from wsfront.config import FrontendOptions
@@ -144,6 +145,10 @@ BASE = ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1"]
         ("max-pending-uploads-per-user", "-5", "at least 1"),
         ("max-pending-uploads-per-user", "2.5", "whole number"),
         ("max-pending-uploads-per-user", "many", "whole number"),
+        ("liveness-lease-seconds", "2.5", "at least 3"),
+        ("liveness-lease-seconds", "-30", "at least 3"),
+        ("liveness-lease-seconds", "inf", "expected a number"),
+        ("liveness-lease-seconds", "soon", "expected a number"),
     ],
 )
 def test_bad_values_are_usage_errors_on_the_command_line_and_in_toml(
@@ -216,3 +221,49 @@ def test_a_toml_fraction_for_a_whole_number_option_is_refused(tmp_path, secret):
     toml.write_text("max-pending-uploads-per-user = 2.5\n")
     with pytest.raises(usage.UsageError, match=r"per-user 2\.5: expected a whole number"):
         parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+def test_the_liveness_lease_life_comes_from_the_options_and_reaches_maintenance(tmp_path, secret):
+    from wsfront.maintenance.service import maintenance_settings
+
+    base = [*BASE, "--secret-file", secret]
+    assert maintenance_settings(parse(*base)).liveness_ttl == 30.0
+    assert maintenance_settings(parse(*base, "--liveness-lease-seconds", "90")).liveness_ttl == 90
+    toml = tmp_path / "fe.toml"
+    toml.write_text("liveness-lease-seconds = 12.5\n")
+    assert maintenance_settings(parse(*base, "--config", str(toml))).liveness_ttl == 12.5
+    wins = parse(*base, "--config", str(toml), "--liveness-lease-seconds", "3")
+    assert maintenance_settings(wins).liveness_ttl == 3.0
+    # Only the liveness lease: the maintenance lease keeps its own life.
+    assert maintenance_settings(wins).lease_ttl == 30.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_front_end_holds_its_liveness_lease_for_the_configured_time(tmp_path):
+    import time
+
+    from twisted.internet import reactor
+
+    from wsfront.catalog import open_catalog
+    from wsfront.config import FrontendConfig
+    from wsfront.service import FrontendService
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    config = FrontendConfig(
+        name="fe", catalog=url, storage=(), replicas=1, secret=b"s" * 32,
+        http="tcp:0:interface=127.0.0.1", liveness_lease_seconds=600.0,
+    )  # fmt: skip
+    fe = FrontendService(reactor, config)
+    fe.startService()
+    try:
+        await fe.ready
+        before = time.time()
+        cat = open_catalog(reactor, url)
+        try:
+            leases = await cat.list_leases("front-end:fe")
+        finally:
+            await cat.close()
+        [(owner, expires_at)] = leases.values()
+        assert owner == "fe" and before + 500 < expires_at <= before + 600
+    finally:
+        await fe.stopService()

@@ -162,3 +162,21 @@ async def test_uploads_of_a_dead_front_end_are_marked_interrupted(cat, tclock):
     assert await b.interrupt_orphaned_uploads() == 1
     assert (await cat.get_upload(dead.upload_id)).state == INTERRUPTED
     assert (await cat.get_upload(own.upload_id)).state == ACTIVE
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_longer_liveness_lease_keeps_a_slow_front_end_alive_that_long(cat, tclock):
+    a = MaintenanceService(tclock, cat, None, "fe-a", MaintenanceSettings(liveness_ttl=90.0))
+    b = front_end(cat, tclock, "fe-b")
+    await alive(a, b)
+    repair = await running(cat, "fe-a", "repair", {"now": True})
+    tclock.advance(TTL + 1)  # past the default life, within fe-a's own
+    await alive(b)
+    assert await b.lease.renew()
+    assert await b.fail_abandoned_jobs() == 0
+    assert (await cat.get_job(repair.job_id)).state == JOB_RUNNING
+    tclock.advance(90 - TTL)
+    await alive(b)
+    assert await b.lease.renew()
+    assert await b.fail_abandoned_jobs() == 1
+    assert (await cat.get_job(repair.job_id)).state == JOB_QUEUED

@@ -99,5 +99,41 @@ def test_wslocal_serves_http_and_ftp_and_keeps_data_and_login_across_restarts(tm
         assert second.stop()
 
 
+def test_wslocal_starts_after_the_demo_user_was_deleted_with_its_files_kept(tmp_path):
+    """``wsfs user del demo --keep-files`` leaves files under /demo, which
+    a plain ``user add`` refuses to hand over: wslocal re-adds its demo
+    user adopting them, says so once, and serves them under the new login."""
+    import sys
+
+    from tests.support import python_env
+
+    data = tmp_path / "wsfs-data"
+    src = tmp_path / "kept.txt"
+    src.write_bytes(b"kept across the deletion\n")
+    first = WsLocal(data, tmp_path / "first.log").start()
+    try:
+        put = curl("-T", str(src), "-w", "%{http_code}", first.urls["HTTP"] + "kept.txt")
+        assert put.stdout.endswith(b"201"), put
+    finally:
+        assert first.stop(), first.child.log()
+    catalog = f"sqlite:///{data / 'catalog.sqlite'}"
+    deleted = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", catalog,
+         "user", "del", "demo", "--keep-files"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+
+    second = WsLocal(data, tmp_path / "second.log").start()
+    try:
+        log = second.child.log()
+        adopted = [line for line in log.splitlines() if "adopting the files under /demo" in line]
+        assert len(adopted) == 1, log
+        got = curl(second.urls["HTTP"] + "kept.txt")
+        assert got.stdout == src.read_bytes()
+    finally:
+        assert second.stop(), second.child.log()
+
+
 def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o777

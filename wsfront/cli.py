@@ -33,10 +33,6 @@ from wsfront.maintenance.lease import LEASE_NAME
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
 EXIT_BROKEN_PIPE = 128 + 13
 
-#: The catalog owner name the CLI uses to ask whether a front end holds the
-#: maintenance lease (it takes the lease for no time at all, see _no_front_end).
-PROBE_OWNER = "wsfs-cli-probe"
-
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
@@ -192,13 +188,17 @@ class Commands:
         st = await self.catalog.status()
         rows = [
             {"name": n.name, "endpoint": n.endpoint, "state": n.state,
-             "free": _human(n.free_bytes), "total": _human(n.total_bytes)}
+             "free": _human(n.free_bytes), "total": _human(n.total_bytes),
+             "error": n.last_error or ""}
             for n in st["nodes"]
         ]  # fmt: skip
+        columns = ["name", "endpoint", "state", "free", "total"]
+        if any(n.last_error for n in st["nodes"]):
+            columns.append("error")  # why a server is down, as its front end saw it
         text = (
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
             f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
-            + _table(rows, ["name", "endpoint", "state", "free", "total"])
+            + _table(rows, columns)
         )
         self.emit(st, text)
 
@@ -247,17 +247,14 @@ class Commands:
         self.out.flush()
 
     async def _no_front_end(self) -> bool:
-        """True when no front end holds the maintenance lease: then none
-        runs jobs (only the holder claims them).
+        """True when no front end holds the maintenance lease unexpired:
+        then none runs jobs (only the holder claims them).
 
-        The catalog can only be asked by trying to take the lease: taken
-        for zero seconds it is expired at once, so a front end renewing or
-        starting takes it as if nobody had asked; given back at once anyway.
+        Only read: the lease stays as its holder left it, even an expired
+        one (its front end may be renewing it right now).
         """
-        free = await self.catalog.acquire_lease(LEASE_NAME, PROBE_OWNER, 0.0)
-        if free:
-            await self.catalog.release_lease(LEASE_NAME, PROBE_OWNER)
-        return bool(free)
+        lease = await self.catalog.get_lease(LEASE_NAME)
+        return lease is None or lease[1] <= time.time()
 
     def _warn(self, text: str) -> None:
         """A note on stderr (stdout may be JSON for a script)."""

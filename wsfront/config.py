@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsfront.ftp.addresses import parse_port_range
+from wsfront.maintenance.lease import DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsstorage.auth import SecretError, load_secret
 
@@ -69,6 +70,9 @@ class FrontendConfig:
     http_body_min_rate: float | None = 500.0
     """Bytes a second an HTTP request body must average while read (None: no floor)."""
     http_body_rate_window: float = 30.0
+    liveness_lease_seconds: float = DEFAULT_TTL_SECONDS
+    """How long this front end counts as alive after its last renewal of its
+    liveness lease (renewed every third of it)."""
 
     def tls_pem(self) -> bytes | None:
         """Certificate and key as one PEM blob, for ``PrivateCertificate.loadPEM``
@@ -210,6 +214,12 @@ class FrontendOptions(usage.Options):
         ["http-header-timeout", None, None, "seconds for an HTTP request's headers (default 30)"],
         ["http-body-min-rate", None, None, "bytes/s an HTTP body must average; 0: any (500)"],
         ["http-body-rate-window", None, None, "seconds that rate is averaged over (default 30)"],
+        [
+            "liveness-lease-seconds",
+            None,
+            None,
+            f"seconds unrenewed before this front end counts as dead ({DEFAULT_TTL_SECONDS:g})",
+        ],
     ]
     optFlags = [
         ["require-tls", None, "logins need TLS: FTP AUTH TLS + PROT P, HTTP over --https"],
@@ -373,4 +383,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         http_header_timeout=number("http-header-timeout", 30.0, float),
         http_body_min_rate=number("http-body-min-rate", 500.0, float, least=0) or None,
         http_body_rate_window=number("http-body-rate-window", 30.0, float),
+        liveness_lease_seconds=number(
+            "liveness-lease-seconds", DEFAULT_TTL_SECONDS, float, least=MIN_TTL_SECONDS
+        ),
     )

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import NotFound
+from wsfront.catalog.errors import NotFound, RootInUse
 from wsfront.config import FrontendConfig
 from wsfront.service import FrontendService
 from wsfront.transfer import reader
@@ -265,14 +265,33 @@ class LocalClusterService(service.MultiService):
                 await catalog.get_user(DEMO_USER)
                 await catalog.set_password(DEMO_USER, password)
             except NotFound:
-                # An administrator, so the status page at /-/status works out of the box.
-                await catalog.add_user(DEMO_USER, password, admin=True)
+                await self._add_demo_user(catalog, password)
             fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{DEMO_USER}:{password}\n")
             return DEMO_USER, password
         finally:
             await catalog.close()
+
+    async def _add_demo_user(self, catalog, password: str) -> None:
+        """Add the demo user, an administrator (so the status page at
+        /-/status works out of the box).
+
+        Its root holds files when an operator deleted it with ``wsfs user
+        del demo --keep-files``: the catalog refuses to hand them to a new
+        account unless told to, but this cluster's one account is the
+        same demo user, so it takes them back (as ``user add
+        --adopt-files`` would) rather than leave wslocal unable to start.
+        """
+        try:
+            await catalog.add_user(DEMO_USER, password, admin=True)
+        except RootInUse:
+            user = await catalog.add_user(DEMO_USER, password, admin=True, adopt_files=True)
+            log.info(
+                "wslocal: the demo user had been deleted with its files kept; "
+                "re-added, adopting the files under {root}",
+                root=user.root,
+            )
 
     def _announce(self) -> None:
         name, password = self.login

@@ -144,9 +144,11 @@ class FrontendService(service.Service):
                 n=len(interrupted),
             )
         await self.pool.start()
-        from wsfront.maintenance.service import MaintenanceService
+        from wsfront.maintenance.service import MaintenanceService, maintenance_settings
 
-        self.maintenance = MaintenanceService(self.reactor, self.catalog, self.pool, cfg.name)
+        self.maintenance = MaintenanceService(
+            self.reactor, self.catalog, self.pool, cfg.name, maintenance_settings(cfg)
+        )
         self.maintenance.startService()
         self._expiry = LoopingCall(self.transfers.expire)
         self._expiry.clock = self.reactor
@@ -279,6 +281,7 @@ class FrontendService(service.Service):
                     node.free_bytes if node.last_seen is not None else None,
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,
+                    None if node.up else node.last_error,
                 )
             except Exception as e:
                 log.warn("could not record health of {node}: {err}", node=node.name, err=e)

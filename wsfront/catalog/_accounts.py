@@ -127,6 +127,56 @@ def _entries(tx: Tx, parts: tuple[str, ...]) -> bool:
     return tx.one("SELECT 1 AS x FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None
 
 
+def _root_dir(tx: Tx, parts: tuple[str, ...]) -> int | None:
+    """The inode of the directory at ``parts``, or None if there is none."""
+    try:
+        row = resolve(tx, parts)
+    except CatalogError:
+        return None
+    if row is None or row["kind"] != DIR:
+        return None
+    return row["inode"]
+
+
+def _stores_anything(tx: Tx, top: int) -> bool:
+    """Whether the directory ``top`` holds a directory or a committed file.
+
+    The file of a pending upload not yet committed is not counted: it holds
+    only its upload, which is its uploader's (``_pending_under`` counts the
+    user's own; another user's is not this account's to lose).
+    """
+    return (
+        tx.one(
+            "SELECT 1 AS x FROM dirents d JOIN inodes i ON i.inode = d.inode "
+            "WHERE d.parent = ? AND (i.kind = ? OR i.version_id IS NOT NULL) LIMIT 1",
+            top,
+            DIR,
+        )
+        is not None
+    )
+
+
+def _pending_under(tx: Tx, name: str, top: int) -> int:
+    """How many of ``name``'s live uploads are on a file under the directory
+    ``top``: those the user can resume (access goes by the root), so the
+    account's deletion loses them.  An upload lives on its inode, so where
+    it is now is found by climbing the dirents (a rename above it moves
+    it; ``uploads.path`` keeps the path it started at)."""
+    return int(
+        tx.value(
+            "WITH RECURSIVE up (upload_id, inode) AS ("
+            f" SELECT upload_id, inode FROM uploads WHERE username = ? AND state IN {LIVE_SQL}"
+            " UNION ALL"
+            " SELECT up.upload_id, d.parent FROM up JOIN dirents d ON d.inode = up.inode"
+            " WHERE up.inode <> ?"
+            ") SELECT COUNT(DISTINCT upload_id) AS n FROM up WHERE inode = ?",
+            name,
+            top,
+            top,
+        )
+    )
+
+
 def _live_uploads(tx: Tx, name: str) -> list[Any]:
     return tx.all(
         f"SELECT * FROM uploads WHERE username = ? AND state IN {LIVE_SQL} ORDER BY upload_id",
@@ -232,8 +282,9 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
 def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str, Any]:
     """Remove the account; what happens to its files depends on ``files``.
 
-    REFUSE (the default) fails with NotEmpty while the root holds entries
-    or the user has pending uploads, so no data goes by accident; PURGE
+    REFUSE (the default) fails with NotEmpty while the root holds a
+    directory or a committed file, or the user has uploads pending under
+    it, so no data goes by accident; PURGE
     deletes them; KEEP leaves them where they are (``add_user`` of the same
     name then refuses to hand them over unless told to adopt them).
     """
@@ -244,7 +295,13 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
     root = split_path(user.root)
     result: dict[str, Any] = {"name": name, "root": user.root, "files": files}
     if files == REFUSE:
-        entries, pending = _entries(tx, root), len(_live_uploads(tx, name))
+        # What the deletion loses (or leaves for the next holder of the
+        # name): what the root stores, and the uploads the user could
+        # resume there.  Another user's upload under the root is theirs;
+        # the user's upload moved out of the root is out of their reach.
+        top = _root_dir(tx, root)
+        entries = top is not None and _stores_anything(tx, top)
+        pending = _pending_under(tx, name, top) if top is not None else 0
         if entries or pending:
             held = [f"files under {user.root}"] if entries else []
             held += [f"{pending} pending upload(s)"] if pending else []

@@ -25,6 +25,11 @@ from wsfront.catalog.records import (
 )
 from wsfront.catalog.schema import LIVE_SQL
 
+#: The most characters of a storage server's last error the registry keeps:
+#: enough for "could not connect to storage server s1: Connection refused"
+#: and a handshake's refusal, not for whatever a hostile server sends.
+NODE_ERROR_MAX = 200
+
 
 def _node(row: Any) -> Node:
     return Node(
@@ -34,7 +39,25 @@ def _node(row: Any) -> Node:
         free_bytes=row["free_bytes"],
         total_bytes=row["total_bytes"],
         seen_at=row["seen_at"],
+        last_error=row["last_error"],
     )
+
+
+def short_error(text: str | None) -> str | None:
+    """``text`` as one line of at most NODE_ERROR_MAX printable characters.
+
+    The reasons come from the front end's storage pool (a refused or lost
+    connection, a failed handshake, a probe's timeout), which never carry
+    the cluster secret; a message a storage server sent back is its own
+    text, so line breaks and control characters are flattened (one status
+    line per server) and the length is capped.
+    """
+    if text is None:
+        return None
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(flat) > NODE_ERROR_MAX:
+        flat = flat[: NODE_ERROR_MAX - 3] + "..."
+    return flat or None
 
 
 def register_node(tx: Tx, name: str, endpoint: str) -> Node:
@@ -58,13 +81,16 @@ def set_node_health(
     free_bytes: int | None,
     total_bytes: int | None,
     seen_at: float | None,
+    last_error: str | None = None,
 ) -> Node:
     if not tx.execute(
-        "UPDATE nodes SET state = ?, free_bytes = ?, total_bytes = ?, seen_at = ? WHERE name = ?",
+        "UPDATE nodes SET state = ?, free_bytes = ?, total_bytes = ?, seen_at = ?, "
+        "last_error = ? WHERE name = ?",
         state,
         free_bytes,
         total_bytes,
         seen_at,
+        short_error(last_error),
         name,
     ):
         raise NotFound(f"no storage node {name!r}")
@@ -225,14 +251,28 @@ def release_lease(tx: Tx, name: str, owner: str) -> bool:
     return bool(tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner))
 
 
+def get_lease(tx: Tx, name: str) -> tuple[str, float] | None:
+    """The lease's (owner, expires_at), expired or not, or None: a read,
+    so asking who holds a lease never changes who does."""
+    row = tx.one("SELECT owner, expires_at FROM leases WHERE name = ?", name)
+    return None if row is None else (row["owner"], float(row["expires_at"]))
+
+
 def list_leases(tx: Tx, prefix: str) -> dict[str, tuple[str, float]]:
-    """Leases whose name starts with ``prefix``: name -> (owner, expires_at)."""
-    rows = tx.all("SELECT name, owner, expires_at FROM leases ORDER BY name")
-    return {
-        r["name"]: (r["owner"], float(r["expires_at"]))
-        for r in rows
-        if r["name"].startswith(prefix)
-    }
+    """Leases whose name starts with ``prefix``: name -> (owner, expires_at).
+
+    The prefix is compared with ``substr``, not LIKE (SQLite's LIKE ignores
+    ASCII case, and ``_`` and ``%`` in a name would need escaping) nor a
+    range (PostgreSQL orders ``leases.name`` by the database's collation):
+    both backends count characters alike, and the table holds one row per
+    front end, so no index is missed.
+    """
+    rows = tx.all(
+        "SELECT name, owner, expires_at FROM leases WHERE substr(name, 1, ?) = ? ORDER BY name",
+        len(prefix),
+        prefix,
+    )
+    return {r["name"]: (r["owner"], float(r["expires_at"])) for r in rows}
 
 
 def status(tx: Tx) -> dict[str, Any]:

@@ -298,8 +298,9 @@ class ICatalog(Interface):
     def list_nodes():
         """Fire with every Node, by name."""
 
-    def set_node_health(name, state, free_bytes, total_bytes, seen_at):
-        """Record a health probe's outcome.  NotFound."""
+    def set_node_health(name, state, free_bytes, total_bytes, seen_at, last_error=None):
+        """Record a health probe's outcome: ``last_error`` is why the server
+        is down (None while up), kept as one capped line.  NotFound."""
 
     # -- admin jobs and leases -----------------------------------------------
 
@@ -335,6 +336,11 @@ class ICatalog(Interface):
 
     def release_lease(name, owner):
         """Give the lease up if ``owner`` holds it."""
+
+    def get_lease(name):
+        """Fire with the named lease's (owner, expires_at), expired or not,
+        or None if nobody holds it: a read that changes nothing (the CLI
+        asks it whether a front end runs maintenance)."""
 
     def list_leases(prefix=""):
         """Fire with {name: (owner, expires_at)} of the leases whose name

@@ -346,8 +346,11 @@ class SqlCatalog:
         free_bytes: int | None,
         total_bytes: int | None,
         seen_at: float | None,
+        last_error: str | None = None,
     ) -> Deferred:
-        return self._write(_cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at)
+        return self._write(
+            _cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at, last_error
+        )
 
     # -- admin jobs and leases -----------------------------------------------
 
@@ -383,6 +386,9 @@ class SqlCatalog:
 
     def release_lease(self, name: str, owner: str) -> Deferred:
         return self._write(_cluster.release_lease, name, owner)
+
+    def get_lease(self, name: str) -> Deferred:
+        return self._read(_cluster.get_lease, name)
 
     def list_leases(self, prefix: str = "") -> Deferred:
         return self._read(_cluster.list_leases, prefix)

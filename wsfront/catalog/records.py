@@ -206,6 +206,9 @@ class Node:
     free_bytes: int | None
     total_bytes: int | None
     seen_at: float | None
+    #: Why the last front end to probe it found it down (one line, at most
+    #: ``_cluster.NODE_ERROR_MAX`` characters); None while it is up.
+    last_error: str | None = None
 
 
 @attrs.frozen

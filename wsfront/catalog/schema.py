@@ -137,6 +137,10 @@ MIGRATIONS: list[list[str]] = [
             expires_at {real} NOT NULL
         )""",
     ],
+    # 4: why a storage server is down, for ``wsfs status`` (NULL while up).
+    [
+        "ALTER TABLE nodes ADD COLUMN last_error TEXT",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

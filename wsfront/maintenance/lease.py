@@ -20,6 +20,12 @@ LEASE_NAME = "maintenance"
 #: Every front end holds ``front-end:NAME`` while it runs: the catalog's record
 #: of which front ends are alive (their jobs and uploads are not orphans).
 LIVENESS_PREFIX = "front-end:"
+#: A lease's life unless told otherwise (``--liveness-lease-seconds`` for the
+#: liveness lease): a front end that stops renewing is dead after this long.
+DEFAULT_TTL_SECONDS = 30.0
+#: The shortest life a front end's options may give its liveness lease: it is
+#: renewed every third of it, so catalog writes stay a second apart or more.
+MIN_TTL_SECONDS = 3.0
 
 
 def liveness_lease(front_end: str) -> str:
@@ -36,7 +42,7 @@ class LeaseKeeper:
         catalog,
         owner: str,
         name: str = LEASE_NAME,
-        ttl_seconds: float = 30.0,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
     ) -> None:
         self._clock = clock
         self._catalog = catalog

@@ -28,7 +28,12 @@ from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
 from wsfront.maintenance.jobs import Handler, JobRunner, end_job
-from wsfront.maintenance.lease import LIVENESS_PREFIX, LeaseKeeper, liveness_lease
+from wsfront.maintenance.lease import (
+    DEFAULT_TTL_SECONDS,
+    LIVENESS_PREFIX,
+    LeaseKeeper,
+    liveness_lease,
+)
 from wsfront.maintenance.repair import Repairer, RepairSettings
 from wsfront.transfer.pool import StoragePool
 
@@ -47,7 +52,14 @@ class MaintenanceSettings:
     #: Merge files of many extents into one blob (None: never on its own;
     #: ``wsfs compact`` still works).
     compact_every: float | None = 3600.0
-    lease_ttl: float = 30.0
+    #: Life of the maintenance lease: how long maintenance waits for a
+    #: successor after its holder died.
+    lease_ttl: float = DEFAULT_TTL_SECONDS
+    #: Life of this front end's liveness lease (``--liveness-lease-seconds``):
+    #: after this long without a renewal, the lease holder takes it for dead
+    #: and interrupts its uploads and re-queues its jobs.  Longer rides out a
+    #: slower catalog; shorter ends a dead front end's work sooner.
+    liveness_ttl: float = DEFAULT_TTL_SECONDS
     #: A job another front end has run without progress for this long is
     #: failed by the lease holder (its runner is stuck; the jobs of a front
     #: end that died are ended as soon as its liveness lease lapses).
@@ -58,6 +70,12 @@ class MaintenanceSettings:
     repair: RepairSettings = attrs.field(factory=RepairSettings)
     gc: GCSettings = attrs.field(factory=GCSettings)
     compact: CompactSettings = attrs.field(factory=CompactSettings)
+
+
+def maintenance_settings(config) -> MaintenanceSettings:
+    """The settings a front end's options (``wsfront.config.FrontendConfig``)
+    choose; the rest keep their defaults."""
+    return MaintenanceSettings(liveness_ttl=config.liveness_lease_seconds)
 
 
 class MaintenanceService(Service):
@@ -82,7 +100,7 @@ class MaintenanceService(Service):
         self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
         #: Held by every front end while it runs (not only the lease holder).
         self.liveness = LeaseKeeper(
-            clock, catalog, front_end, liveness_lease(front_end), self.settings.lease_ttl
+            clock, catalog, front_end, liveness_lease(front_end), self.settings.liveness_ttl
         )
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
@@ -186,7 +204,7 @@ class MaintenanceService(Service):
         dead = set()
         for owner, touched in owners.items():
             lease = leases.get(liveness_lease(owner))
-            seen_until = lease[1] if lease is not None else touched + self.settings.lease_ttl
+            seen_until = lease[1] if lease is not None else touched + self.settings.liveness_ttl
             if seen_until <= now:
                 dead.add(owner)
         return dead
