@@ -479,6 +479,51 @@ async def test_rest_then_stor_truncates_and_continues(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rest_is_dropped_by_any_command_but_the_transfer_it_precedes(ftp):
+    """RFC 3659 5.3: REST immediately precedes its transfer command.  A
+    marker left by REST 1 + LIST (or NOOP, CWD, a refused RETR) made the
+    next STOR resume at byte 1 and truncate the file there."""
+    data = b"0123456789"
+    c = await ftp.client()
+    await c.cmd("MKD d")
+    for between in ("LIST", "NLST", "MLSD", "NOOP", "CWD /", "RETR nope", "REST x", "XYZ"):
+        await ftp.env.upload("/f", data)
+        await c.cmd("TYPE I")
+        assert (await c.cmd("REST 1"))[0] == 350
+        if between in ("LIST", "NLST", "MLSD"):
+            assert await c.listing(between) is not None
+        else:
+            assert (await c.cmd(between))[0] >= 200
+        code, text = await c.stor("f", b"new")
+        assert code == 226, (between, code, text)
+        assert await c.retr("f") == b"new", between
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_survives_data_setup_and_type_and_is_used_once(ftp):
+    data = payload(1000)
+    await ftp.env.upload("/f", data)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 600"))[0] == 350
+    assert (await c.cmd("TYPE I"))[0] == 200
+    assert (await c.cmd("ALLO 400"))[0] == 202
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    code, text = await c.cmd("STOR f")
+    assert code == 150 and "resuming at 600" in text, text
+    peer.transport.write(b"tail")
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    assert await c.retr("f") == data[:600] + b"tail"
+    assert await c.retr("f") == data[:600] + b"tail"  # the marker was used up
+    await c.cmd("REST 2")
+    await c.cmd("TYPE A")  # drops it too (no REST in ASCII mode)
+    await c.cmd("TYPE I")
+    assert await c.retr("f") == data[:600] + b"tail"
+
+
+@pytest_twisted.ensureDeferred
 async def test_rest_beyond_the_size_then_stor_is_554(ftp):
     await ftp.env.upload("/f", b"12345")
     c = await ftp.client()
