@@ -324,12 +324,39 @@ async def _let_go(ctl, session) -> bool:
     return False
 
 
+_UNIQUE_SUFFIX_BYTES = 9
+"""What STOU adds to a name: a dot and 8 hex digits."""
+
+
+def unique_name_parts(argument: str) -> tuple[str, str]:
+    """(directory as sent, stem) of a STOU argument.
+
+    The directory part is kept as the client wrote it, for the reply to
+    name the new file the way the client named its place (RFC 1123
+    4.1.2.9: ``150 FILE: pppp``, the pathname written).  An argument that
+    names a directory (empty, or ending in '/', '.' or '..') gets the stem
+    ``stou`` inside it.  The stem is cut, at a character boundary, so that
+    it keeps a valid name with the suffix: its own checks wait for the full
+    name, so ``STOU -`` makes ``-.1a2b3c4d`` (only ``-`` itself is reserved
+    at the root)."""
+    head, sep, last = argument.rpartition("/")
+    if last in ("", ".", ".."):
+        return argument + ("/" if argument and not argument.endswith("/") else ""), "stou"
+    encoded = last.encode("utf-8", "surrogateescape")
+    cut = paths.MAX_NAME_BYTES - _UNIQUE_SUFFIX_BYTES
+    if len(encoded) > cut:
+        while cut > 0 and encoded[cut] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
+            cut -= 1
+        last = encoded[:cut].decode("utf-8", "surrogateescape")
+    return head + sep, last
+
+
 async def store_unique(ctl, argument: str) -> None:
-    """STOU: store under a fresh name in the cwd (or beside ``argument``)."""
+    """STOU: store under a fresh name in the cwd, or beside (or inside the
+    directory) ``argument`` names; the 150 reply says which."""
     need_data_setup(ctl)
-    base = ctl.path(argument) if argument.strip(" ") else None
-    directory = paths.parent(base) if base else ctl.cwd
-    stem = paths.basename(base) if base else "stou"
+    prefix, stem = unique_name_parts(argument.strip(" ") and argument)
+    directory = ctl.path(prefix) if prefix else ctl.cwd
     for _ in range(10):
         name = f"{stem}.{secrets.token_hex(4)}"
         target = paths.resolve(directory, name)
@@ -339,7 +366,7 @@ async def store_unique(ctl, argument: str) -> None:
             break
     else:
         raise catalog_errors.Exists("no unique name found")
-    await store(ctl, target, 0, announce=f"FILE: {name}")
+    await store(ctl, target, 0, announce=f"FILE: {prefix}{name}")
 
 
 # -- listings ------------------------------------------------------------------
