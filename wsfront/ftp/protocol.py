@@ -334,7 +334,7 @@ class FTPControl(Protocol):
             self.reply(500, f"Command line too long ({parsed.length} bytes)")
             return None
         if isinstance(parsed, Malformed):
-            self.reply(500, f"Syntax error: {parsed.reason}")
+            self.reply(parsed.code, f"Syntax error: {parsed.reason}")
             return None
         spec = COMMANDS.get(parsed.verb)
         if spec is None:
