@@ -70,6 +70,31 @@ def test_telnet_sequences_of_every_shape_are_stripped():
     assert strip_telnet(bytes([IAC, SB, 1, 2])) == b""
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"STOR bad\xff\xfe.txt",  # IAC DONT '.': was stored as 'badtxt'
+        b"STOR bad\xffa.txt",  # a lone IAC: was 'bada.txt'
+        b"STOR bad\xff\xf4x",  # IAC IP: was 'badx'
+        b"STOR a\xff\xfa\x18x\xff\xf0b",  # subnegotiation
+        b"RETR caf\xff",
+        b"\xff\xf4\xff\xf2DELE b\xff\xfdc",
+    ],
+)
+def test_a_telnet_sequence_inside_an_argument_is_refused_not_stripped(line):
+    """A raw 0xFF of a Latin-1 name, taken as IAC, ate the bytes after it
+    and the command acted on another name."""
+    parsed = parse_line(line)
+    assert isinstance(parsed, Malformed) and parsed.code == 501, parsed
+    assert "telnet sequence inside an argument" in parsed.reason
+
+
+def test_telnet_sequences_before_the_argument_and_doubled_iac_in_it_are_fine():
+    assert parse_line(bytes([IAC, WILL, 32, IAC, IP]) + b"STOR x y") == Command("STOR", "x y")
+    assert parse_line(b"NO" + bytes([IAC, IP]) + b"OP\xff") == Command("NOOP")
+    assert parse_line(b"STOR a\xff\xffb") == Command("STOR", "a\udcffb", False)
+
+
 def test_invalid_utf8_is_kept_with_surrogateescape_and_reported():
     parsed = parse_line(b"RETR caf\xe9.txt\r\n")
     assert parsed.verb == "RETR"

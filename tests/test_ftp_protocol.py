@@ -7,6 +7,7 @@ async client sends each command and checks the reply code and its effect.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import pytest_twisted
@@ -479,6 +480,51 @@ async def test_rest_then_stor_truncates_and_continues(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rest_is_dropped_by_any_command_but_the_transfer_it_precedes(ftp):
+    """RFC 3659 5.3: REST immediately precedes its transfer command.  A
+    marker left by REST 1 + LIST (or NOOP, CWD, a refused RETR) made the
+    next STOR resume at byte 1 and truncate the file there."""
+    data = b"0123456789"
+    c = await ftp.client()
+    await c.cmd("MKD d")
+    for between in ("LIST", "NLST", "MLSD", "NOOP", "CWD /", "RETR nope", "REST x", "XYZ"):
+        await ftp.env.upload("/f", data)
+        await c.cmd("TYPE I")
+        assert (await c.cmd("REST 1"))[0] == 350
+        if between in ("LIST", "NLST", "MLSD"):
+            assert await c.listing(between) is not None
+        else:
+            assert (await c.cmd(between))[0] >= 200
+        code, text = await c.stor("f", b"new")
+        assert code == 226, (between, code, text)
+        assert await c.retr("f") == b"new", between
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_survives_data_setup_and_type_and_is_used_once(ftp):
+    data = payload(1000)
+    await ftp.env.upload("/f", data)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 600"))[0] == 350
+    assert (await c.cmd("TYPE I"))[0] == 200
+    assert (await c.cmd("ALLO 400"))[0] == 202
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    code, text = await c.cmd("STOR f")
+    assert code == 150 and "resuming at 600" in text, text
+    peer.transport.write(b"tail")
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    assert await c.retr("f") == data[:600] + b"tail"
+    assert await c.retr("f") == data[:600] + b"tail"  # the marker was used up
+    await c.cmd("REST 2")
+    await c.cmd("TYPE A")  # drops it too (no REST in ASCII mode)
+    await c.cmd("TYPE I")
+    assert await c.retr("f") == data[:600] + b"tail"
+
+
+@pytest_twisted.ensureDeferred
 async def test_rest_beyond_the_size_then_stor_is_554(ftp):
     await ftp.env.upload("/f", b"12345")
     c = await ftp.client()
@@ -524,6 +570,68 @@ async def test_stou_stores_under_a_fresh_name(ftp):
     peer.transport.loseConnection()
     assert (await c.reply())[0] == 226
     assert await c.retr(name) == b"unique"
+
+
+async def _stou(c, argument: str, data: bytes) -> tuple[int, str]:
+    """STOU ``argument`` of ``data``: the 150 reply's text once 226 came."""
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    peer = await c.data_connection(port)
+    code, text = await c.cmd(f"STOU {argument}".rstrip())
+    if code != 150:
+        peer.transport.loseConnection()
+        return code, text
+    peer.transport.write(data)
+    peer.transport.loseConnection()
+    assert (await c.reply())[0] == 226
+    return code, text
+
+
+def _stou_name(text: str, prefix: str, stem: str) -> str:
+    assert text.startswith(f"FILE: {prefix}{stem}."), text
+    name = text[len("FILE: ") :]
+    assert re.fullmatch(r"[0-9a-f]{8}", name[len(prefix + stem) + 1 :]), text
+    return name
+
+
+@pytest_twisted.ensureDeferred
+async def test_stou_names_the_stored_file_as_the_client_named_its_place(ftp):
+    """RFC 1123 4.1.2.9: '150 FILE: pppp' is the pathname written.  It was
+    the bare name for 'STOU d2/x', and 'STOU d2/' stored '/d2.xxxx' at the
+    root."""
+    c = await ftp.client()
+    await c.cmd("MKD d2")
+    _, text = await _stou(c, "d2/x", b"one")
+    name = _stou_name(text, "d2/", "x")
+    assert await c.retr(name) == b"one"
+    _, text = await _stou(c, "d2/", b"two")
+    name = _stou_name(text, "d2/", "stou")
+    assert await c.retr(name) == b"two"
+    _, text = await _stou(c, "/d2/..", b"three")
+    name = _stou_name(text, "/d2/../", "stou")
+    assert await c.retr(name) == b"three"
+    assert (await c.cmd("CWD d2"))[0] == 250
+    _, text = await _stou(c, "", b"four")
+    assert await c.retr("/d2/" + _stou_name(text, "", "stou")) == b"four"
+    assert (await c.cmd("CWD /"))[0] == 250
+    listed = sorted((await c.listing("NLST")).split("\r\n")[:-1])
+    assert listed == ["d2", name.removeprefix("/d2/../")]
+    assert len((await c.listing("NLST", "d2")).split("\r\n")[:-1]) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_stou_shortens_a_long_base_and_allows_dash_dot_at_the_root(ftp):
+    c = await ftp.client()
+    _, text = await _stou(c, "a" * 255, b"long")
+    name = _stou_name(text, "", "a" * 246)
+    assert len(name) == 255 and await c.retr(name) == b"long"
+    _, text = await _stou(c, "\u00e9" * 127, b"accents")  # 254 bytes
+    name = _stou_name(text, "", "\u00e9" * 123)  # cut between characters
+    assert await c.retr(name) == b"accents"
+    _, text = await _stou(c, "-", b"dash")
+    assert await c.retr(_stou_name(text, "", "-")) == b"dash"
+    assert (await _stou(c, "-/x", b"no"))[0] == 553
+    assert (await _stou(c, "a\\b", b"no"))[0] == 553
 
 
 @pytest_twisted.ensureDeferred

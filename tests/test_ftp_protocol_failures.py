@@ -9,6 +9,7 @@ stored data consistent.
 from __future__ import annotations
 
 import socket
+import struct
 
 import pytest
 import pytest_twisted
@@ -85,8 +86,60 @@ async def test_a_small_stor_whose_replicas_all_die_is_451_after_its_150(ftp):
     assert await c.retr("s.bin") == b"again"
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with SO_LINGER 0: the peer gets an RST, not a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 @pytest_twisted.ensureDeferred
-async def test_client_vanishing_mid_upload_commits_what_arrived(ftp):
+async def test_a_reset_data_connection_is_426_and_the_upload_stays_pending(ftp):
+    """An RST is no normal close (DESIGN.md, Uploads: FTP commits when the
+    data connection closes normally): it was answered 226 and what arrived
+    replaced the committed file."""
+    await ftp.env.upload("/r.bin", b"committed")
+    data = payload(300_000)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        assert (await c.cmd("STOR r.bin"))[0] == 150
+        sock.sendall(data[:100_000])
+        await until(lambda: _session_received(ftp) >= 100_000, "the first bytes")
+    finally:
+        _reset(sock)
+    code, text = await c.reply()
+    assert code == 426 and "resume" in text, text
+    assert ftp.factory.stats.uploads_committed == 0
+    other = await ftp.client()
+    assert await other.retr("r.bin") == b"committed"
+    upload = await ftp.catalog.find_upload("/alice/r.bin")
+    assert upload.state == "interrupted"
+    assert await c.cmd("SIZE r.bin") == (213, "100000")
+    assert (await c.stor("r.bin", data[100_000:], verb="APPE"))[0] == 226
+    assert sha256(await c.retr("r.bin")) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reset_before_any_byte_leaves_no_upload(ftp):
+    await ftp.env.upload("/r.bin", b"committed")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    port = await c.epsv()
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        assert (await c.cmd("STOR r.bin"))[0] == 150
+    finally:
+        _reset(sock)
+    code, text = await c.reply()
+    assert code == 426 and "no upload is kept" in text, text
+    assert await ftp.catalog.find_upload("/alice/r.bin") is None
+    assert await c.retr("r.bin") == b"committed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_vanishing_mid_upload_keeps_what_arrived_resumable(ftp):
     data = payload(500_000)
     c = await ftp.client()
     await c.cmd("TYPE I")
@@ -96,8 +149,9 @@ async def test_client_vanishing_mid_upload_commits_what_arrived(ftp):
     peer.transport.write(data[:200_000])
     await until(lambda: _session_received(ftp) >= 200_000, "the bytes")
     c.transport.abortConnection()
-    peer.transport.abortConnection()
-    await until(lambda: not ftp.transfers.sessions, "the commit")
+    peer.transport.abortConnection()  # both reset: not a normal close
+    await until(lambda: not ftp.transfers.sessions, "the session to end")
+    assert (await ftp.catalog.find_upload("/alice/v.bin")).state == "interrupted"
     c2 = await ftp.client()
     await c2.cmd("TYPE I")
     assert await c2.cmd("SIZE v.bin") == (213, "200000")

@@ -14,6 +14,7 @@ import io
 import os
 import socket
 import ssl
+import struct
 import warnings
 
 import pytest
@@ -127,6 +128,41 @@ async def test_ftplib_prot_p_round_trip_resumes_the_control_session(ftps, certif
     assert [tls for tls, _ in connections] == [True, True, True]
     assert all(reused for _, reused in connections), connections
     assert ftps.factory.stats.uploads_committed == 1
+
+
+@pytest.mark.parametrize("ending", ["close_notify", "no close_notify", "reset"])
+@pytest_twisted.ensureDeferred
+async def test_a_protected_upload_commits_however_its_connection_ends(ftps, certificate, ending):
+    """Over TLS a close without close_notify (as many FTPS clients end a
+    complete upload) reaches the data channel as ConnectionLost, as a reset
+    does, so both commit, as a clean close does; over plain TCP a reset is
+    426 (test_ftp_protocol_failures)."""
+    data = payload(100_000)
+    context = _context(certificate)
+
+    def session():
+        c = ftplib.FTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.voidcmd("TYPE I")
+        conn = c.transfercmd("STOR e.bin")
+        conn.sendall(data)
+        if ending == "close_notify":
+            conn = conn.unwrap()
+        elif ending == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        reply = c.getresp()
+        c.quit()
+        return reply
+
+    assert (await threads.deferToThread(session)).startswith("226")
+    got, _ = await ftps.env.download("/e.bin")
+    if ending == "reset":  # the reset may have dropped the end of what was sent
+        assert got == data[: len(got)]
+    else:
+        assert sha256(got) == sha256(data)
 
 
 @pytest_twisted.ensureDeferred

@@ -59,6 +59,7 @@ LINES = [
     ("lone-iac", [b"NOOP\xff"], [200]),
     ("invalid-utf8-name", [b"MKD \xc3\x28\xa0"], [553]),
     ("iac-dont-eats-the-argument", [b"MKD \xff\xfe\xfd"], [501]),
+    ("latin1-y-umlaut-taken-as-iac", [b"MKD bad\xff\xfe.d", b"RMD badd"], [501, 550]),
     ("invalid-utf8-size", [b"TYPE I", b"SIZE \xc3\x28"], [200, 553]),
     ("line-of-10KiB", [b"NOOP " + b"x" * 10240, b"NOOP"], [500, 200]),
     ("line-of-1MiB", [b"STOR " + b"y" * (1 << 20), b"PWD"], [500, 257]),

@@ -78,6 +78,9 @@ class DataChannel(Protocol):
     outgoing = False
     """True for an active-mode connection (we connected to the client)."""
 
+    tls = False
+    """True once ``start_tls`` protected the connection (PROT P)."""
+
     def __init__(self, on_connect: Callable[[DataChannel], None] | None = None) -> None:
         self._on_connect = on_connect
         self._clock = None
@@ -158,6 +161,7 @@ class DataChannel(Protocol):
         we opened the TCP connection (active mode).  Bytes the client sent
         first wait in the socket, since reads are still paused."""
         self._handshake = Deferred()
+        self.tls = True
         self.transport.startTLS(options, not self.outgoing)
 
     def handshakeCompleted(self) -> None:

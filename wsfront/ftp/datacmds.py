@@ -7,14 +7,16 @@ for downloads, the data connection pushing into a ``WriteSession`` for
 uploads.  The control connection keeps reading meanwhile, so ABOR stops the
 transfer (the client gets 426, then 226 for the ABOR).
 
-Upload endings (DESIGN.md, Uploads): the data connection closing, cleanly or
-not, commits what arrived (``WriteSession.finish()``; 226 only once it has
+Upload endings (DESIGN.md, Uploads): the data connection closing normally
+commits what arrived (``WriteSession.finish()``; 226 only once it has
 fired), because stream mode can't tell a finished upload from a dead client.
-ABOR instead interrupts the session, leaving it pending and resumable with
-REST + STOR or APPE.  An upload that this command began and that got no byte
-(no data connection, ABOR or a stall before the first byte) is abandoned
-instead: kept, it would stand as a 0-byte pending upload hiding the
-committed file from its owner and blocking everyone else until it expired.
+A reset (RST, or a socket error) is no normal close: over plain TCP it
+gets 426 and, like ABOR, interrupts the session, leaving it pending and
+resumable with REST + STOR or APPE (``upload_cut_short``).  An upload that
+this command began and that got no byte (no data connection, ABOR, a
+stall or a reset before the first byte) is abandoned instead: kept, it
+would stand as a 0-byte pending upload hiding the committed file from its
+owner and blocking everyone else until it expired.
 A session that fails (quota, fenced, no replica) gets its error reply and
 never a 226.
 """
@@ -270,6 +272,10 @@ async def store(
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
             raise Reply(426, STALLED + _KEPT[kept])
+        if tag == "closed" and upload_cut_short(channel, value):
+            kept = await _let_go(ctl, session)
+            ctl.stats.transfers_aborted += 1
+            raise Reply(426, "Data connection reset; transfer aborted" + _KEPT[kept])
         if tag == "failed":
             channel.abort()
             if isinstance(value, TransferAborted):
@@ -292,6 +298,20 @@ _KEPT = {
     True: "; the upload is kept, resume it with REST or APPE",
     False: "; nothing arrived, no upload is kept",
 }
+
+
+def upload_cut_short(channel: DataChannel, reason: BaseException) -> bool:
+    """Whether an upload's data connection closed with ``reason`` other
+    than normally, so what arrived must not be committed.
+
+    On plain TCP a FIN is ConnectionDone and a reset or socket error
+    anything else.  Under TLS the close reason can't tell: Twisted's TLS
+    layer reports a FIN without a close_notify alert, as many FTPS clients
+    end a complete upload, as ConnectionLost, exactly as it reports a reset;
+    so there every close commits, as stream mode always did."""
+    if channel.tls:
+        return False
+    return not isinstance(reason, net_error.ConnectionDone)
 
 
 def need_data_setup(ctl) -> None:
@@ -324,12 +344,39 @@ async def _let_go(ctl, session) -> bool:
     return False
 
 
+_UNIQUE_SUFFIX_BYTES = 9
+"""What STOU adds to a name: a dot and 8 hex digits."""
+
+
+def unique_name_parts(argument: str) -> tuple[str, str]:
+    """(directory as sent, stem) of a STOU argument.
+
+    The directory part is kept as the client wrote it, for the reply to
+    name the new file the way the client named its place (RFC 1123
+    4.1.2.9: ``150 FILE: pppp``, the pathname written).  An argument that
+    names a directory (empty, or ending in '/', '.' or '..') gets the stem
+    ``stou`` inside it.  The stem is cut, at a character boundary, so that
+    it keeps a valid name with the suffix: its own checks wait for the full
+    name, so ``STOU -`` makes ``-.1a2b3c4d`` (only ``-`` itself is reserved
+    at the root)."""
+    head, sep, last = argument.rpartition("/")
+    if last in ("", ".", ".."):
+        return argument + ("/" if argument and not argument.endswith("/") else ""), "stou"
+    encoded = last.encode("utf-8", "surrogateescape")
+    cut = paths.MAX_NAME_BYTES - _UNIQUE_SUFFIX_BYTES
+    if len(encoded) > cut:
+        while cut > 0 and encoded[cut] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
+            cut -= 1
+        last = encoded[:cut].decode("utf-8", "surrogateescape")
+    return head + sep, last
+
+
 async def store_unique(ctl, argument: str) -> None:
-    """STOU: store under a fresh name in the cwd (or beside ``argument``)."""
+    """STOU: store under a fresh name in the cwd, or beside (or inside the
+    directory) ``argument`` names; the 150 reply says which."""
     need_data_setup(ctl)
-    base = ctl.path(argument) if argument.strip(" ") else None
-    directory = paths.parent(base) if base else ctl.cwd
-    stem = paths.basename(base) if base else "stou"
+    prefix, stem = unique_name_parts(argument.strip(" ") and argument)
+    directory = ctl.path(prefix) if prefix else ctl.cwd
     for _ in range(10):
         name = f"{stem}.{secrets.token_hex(4)}"
         target = paths.resolve(directory, name)
@@ -339,7 +386,7 @@ async def store_unique(ctl, argument: str) -> None:
             break
     else:
         raise catalog_errors.Exists("no unique name found")
-    await store(ctl, target, 0, announce=f"FILE: {name}")
+    await store(ctl, target, 0, announce=f"FILE: {prefix}{name}")
 
 
 # -- listings ------------------------------------------------------------------

@@ -10,7 +10,11 @@ the session usable.  So framing and parsing never raise:
 - ``parse_line`` strips telnet IAC sequences (clients send IAC IP, IAC DM
   before ABOR), refuses NUL and stray CR, and decodes UTF-8, falling back to
   ``surrogateescape`` and saying so: the bytes survive, and the path layer
-  refuses such names instead of guessing an encoding.
+  refuses such names instead of guessing an encoding.  A telnet sequence
+  inside an argument is refused (501), not stripped: it is most likely a
+  raw 0xFF of a Latin-1 name that RFC 959 wanted doubled, and stripping it
+  with the bytes after it (``bad\xff\xfe.txt`` was stored as ``badtxt``)
+  would silently act on another name.
 
 The verb is upper-cased; the argument is everything after the first space,
 kept exactly (a filename may begin or end with spaces).
@@ -61,9 +65,11 @@ class LineTooLong:
 
 @frozen
 class Malformed:
-    """A line that is no command (empty, NUL, stray CR, bad verb): answer 500/501."""
+    """A line that is no command (empty, NUL, stray CR, bad verb): answer
+    ``code`` (500; 501 for a bad argument)."""
 
     reason: str
+    code: int = 500
 
 
 ParsedLine = Command | LineTooLong | Malformed
@@ -113,7 +119,13 @@ class LineBuffer:
 
 
 def strip_telnet(line: bytes) -> bytes:
-    """``line`` without telnet IAC sequences; ``IAC IAC`` becomes one 0xFF byte.
+    """``line`` without telnet IAC sequences; ``IAC IAC`` becomes one 0xFF byte."""
+    return _strip_telnet(line)[0]
+
+
+def _strip_telnet(line: bytes) -> tuple[bytes, bool]:
+    """``line`` without telnet IAC sequences, and whether any but ``IAC IAC``
+    stood after the first space (inside the argument).
 
     Handles two-byte commands (IP, DM, AO, AYT, ...), three-byte option
     negotiation (WILL/WONT/DO/DONT opt) and subnegotiation (SB ... IAC SE).
@@ -125,20 +137,24 @@ def strip_telnet(line: bytes) -> bytes:
     (RFC 854 defines no such command; the byte after it is data).
     """
     if IAC not in line:
-        return line
+        return line, False
     out = bytearray()
     i, n = 0, len(line)
+    in_argument = inside = False
     while i < n:
         b = line[i]
         if b != IAC:
             out.append(b)
+            in_argument = in_argument or b == 0x20
             i += 1
             continue
         nxt = line[i + 1] if i + 1 < n else None
         if nxt == IAC:
             out.append(IAC)
             i += 2
-        elif nxt in (_WILL, _WONT, _DO, _DONT):
+            continue
+        inside = inside or in_argument
+        if nxt in (_WILL, _WONT, _DO, _DONT):
             i += 3
         elif nxt == _SB:
             end = line.find(bytes([IAC, _SE]), i + 2)
@@ -147,7 +163,7 @@ def strip_telnet(line: bytes) -> bytes:
             i += 1
         else:
             i += 2
-    return bytes(out)
+    return bytes(out), inside
 
 
 def parse_line(line: bytes) -> ParsedLine:
@@ -162,7 +178,9 @@ def parse_line(line: bytes) -> ParsedLine:
         line = line[:-1]
     if line.endswith(b"\r"):
         line = line[:-1]
-    line = strip_telnet(line)
+    line, telnet_in_argument = _strip_telnet(line)
+    if telnet_in_argument:
+        return Malformed("telnet sequence inside an argument (send a 0xFF byte as IAC IAC)", 501)
     if b"\x00" in line:
         return Malformed("NUL in command line")
     if b"\r" in line or b"\n" in line:

@@ -61,6 +61,16 @@ URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
 ``max_queued_commands`` lines: a client that pipelined a flood can still
 abort its transfer, ask for status, or leave."""
 
+KEEP_RESTART = frozenset({"PASV", "EPSV", "PORT", "EPRT", "TYPE", "ALLO"})
+"""Commands that leave a REST marker for the transfer command after them.
+RFC 3659 5.3 has REST immediately precede RETR/STOR/APPE; every other
+command (LIST included, which can't use it) drops it, so a later STOR
+does not resume, and truncate the file, at an offset meant for something
+else.  The data connection setup, TYPE I and ALLO are let through: they
+belong to the same transfer, and clients may send them after REST
+(FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
+the transfer command).  TYPE A drops the marker itself."""
+
 
 def socket_host(transport) -> str:
     """The local address of the socket under ``transport``: below the TLS
@@ -126,6 +136,7 @@ class FTPControl(Protocol):
         self.cwd = "/"
         self.binary = False
         self.rest: int | None = None
+        self.restart: int | None = None
         self.rnfr: str | None = None
         self.passive: PassiveListener | None = None
         self.parked: PassiveListener | None = None
@@ -316,11 +327,14 @@ class FTPControl(Protocol):
 
     def _run(self, parsed) -> Deferred | None:
         """Run one parsed line; a Deferred while the command is still going."""
+        self.restart, self.rest = self.rest, None
+        if isinstance(parsed, Command) and parsed.verb in KEEP_RESTART:
+            self.rest = self.restart
         if isinstance(parsed, LineTooLong):
             self.reply(500, f"Command line too long ({parsed.length} bytes)")
             return None
         if isinstance(parsed, Malformed):
-            self.reply(500, f"Syntax error: {parsed.reason}")
+            self.reply(parsed.code, f"Syntax error: {parsed.reason}")
             return None
         spec = COMMANDS.get(parsed.verb)
         if spec is None:
@@ -415,8 +429,10 @@ class FTPControl(Protocol):
         return self.path(argument)
 
     def take_rest(self) -> int:
-        rest, self.rest = self.rest, None
-        return rest or 0
+        """The REST offset for the command running now: the marker that
+        ``_run`` took (every command but those of ``KEEP_RESTART`` drops
+        it, whether it succeeds or not), 0 if none."""
+        return self.restart or 0
 
     def need_write(self) -> None:
         if "write" not in self.user.permissions:
@@ -869,14 +885,12 @@ class FTPControl(Protocol):
     def ftp_APPE(self, argument: str):
         self.need_write()
         self.need_protection()
-        self.rest = None
         target = self.file_path(argument)
         return datacmds.store(self, target, self.sizes.get(target), append=True)
 
     def ftp_STOU(self, argument: str):
         self.need_write()
         self.need_protection()
-        self.rest = None
         return datacmds.store_unique(self, argument)
 
     def ftp_LIST(self, argument: str):
