@@ -66,11 +66,12 @@ def _content_range(request: StreamingRequest) -> ranges.RequestContentRange | No
         raise HttpError(400, str(e)) from None
 
 
-def _check_quota(user, info, offset: int, length: int | None) -> None:
-    """507 before the body is sent when its announced length cannot fit."""
+def _check_quota(user, committed, offset: int, length: int | None) -> None:
+    """507 before the body is sent when its announced length cannot fit
+    (the committed version ``committed``, if any, is replaced)."""
     if user.quota_bytes is None or length is None:
         return
-    replaced = 0 if info is None or info.pending else info.size
+    replaced = 0 if committed is None else committed.size
     if offset + length - replaced > user.quota_bytes - user.used_bytes:
         raise HttpError(507, "the upload would exceed your quota")
 
@@ -88,16 +89,18 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         )
     offset = 0 if crange is None else crange.first
     expected = length if crange is None else crange.length
-    seen: list = []  # what check saw: the FileInfo at the path, or None
+    seen: list = []  # what check saw: the path's PathView
 
-    def check(info) -> None:
+    def check(view) -> None:
         """Preconditions on the lookup open_write makes anyway (no trip of
-        our own), before anything changes."""
-        if info is not None and info.is_dir:
+        our own), before anything changes: about the committed version,
+        whatever upload of the user's is pending there."""
+        committed = view.committed
+        if committed is not None and committed.is_dir:
             raise HttpError(409, "a directory has that name")
-        seen.append(info)
-        check_write_preconditions(request, info)
-        _check_quota(user, info, offset, expected)
+        seen.append(view)
+        check_write_preconditions(request, committed)
+        _check_quota(user, committed, offset, expected)
 
     try:
         session = yield context.transfers.open_write(
@@ -108,11 +111,11 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             check=check,
         )
     except catalog_errors.NotFound:
-        if seen and seen[0] is None:
+        if seen and seen[0].committed is None and seen[0].pending is None:
             # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
             raise HttpError(409, "the parent directory does not exist") from None
         raise
-    existed = seen[0] is not None and not seen[0].pending
+    existed = seen[0].pending is None and seen[0].committed is not None
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     restore_reads = wider_reads(request)

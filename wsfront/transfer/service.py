@@ -91,6 +91,23 @@ class FileInfo:
     pending: bool = False
     upload_id: str | None = None
     sha256: str | None = None
+    declared_length: int | None = None
+    """A pending upload's announced total length (None: not announced)."""
+
+
+@attrs.frozen
+class PathView:
+    """A path as a writer must judge it, both sides of it at once.
+
+    ``committed`` is the committed version (None: none, or the path does not
+    exist): what If-Match / If-None-Match (RFC 9110, 13.1.1-2), a quota's
+    replaced bytes and 201-or-204 are about, whatever upload is pending.
+    ``pending`` is the user's own live pending upload on the path, if any
+    (another user's is never shown).
+    """
+
+    committed: FileInfo | None = None
+    pending: FileInfo | None = None
 
 
 @attrs.frozen
@@ -182,20 +199,37 @@ class Transfers:
         return paths.to_storage_path(user.root, vpath)
 
     def _info(self, user: User, vpath: str, entry: Entry) -> FileInfo:
-        upload = entry.upload
-        if upload is not None and upload.live and upload.user == user.name and not entry.is_dir:
-            return FileInfo(
-                path=vpath,
-                is_dir=False,
-                size=upload.checkpoint,
-                mtime=upload.updated_at,
-                etag=None,
-                inode=entry.inode,
-                pending=True,
-                upload_id=upload.upload_id,
-            )
-        if entry.pending:
+        pending = self._pending_info(user, vpath, entry)
+        if pending is not None:
+            return pending
+        committed = self._committed_info(vpath, entry)
+        if committed is None:
             raise catalog_errors.NotFound(vpath)
+        return committed
+
+    @staticmethod
+    def _pending_info(user: User, vpath: str, entry: Entry) -> FileInfo | None:
+        """The user's own live pending upload on ``entry``, if any."""
+        upload = entry.upload
+        if upload is None or not upload.live or upload.user != user.name or entry.is_dir:
+            return None
+        return FileInfo(
+            path=vpath,
+            is_dir=False,
+            size=upload.checkpoint,
+            mtime=upload.updated_at,
+            etag=None,
+            inode=entry.inode,
+            pending=True,
+            upload_id=upload.upload_id,
+            declared_length=upload.declared_length,
+        )
+
+    @staticmethod
+    def _committed_info(vpath: str, entry: Entry) -> FileInfo | None:
+        """``entry``'s committed version (a directory as itself), if any."""
+        if entry.pending:
+            return None
         version = entry.version
         return FileInfo(
             path=vpath,
@@ -214,6 +248,21 @@ class Transfers:
         """FileInfo of ``vpath`` as ``user`` sees it (NotFound otherwise)."""
         entry = yield self.catalog.stat(self.full_path(user, vpath))
         return self._info(user, vpath, entry)
+
+    @inlineCallbacks
+    def view(self, user: User, vpath: str):
+        """The PathView of ``vpath`` for ``user``: its committed version and
+        the user's own pending upload (both None when it does not exist)."""
+        try:
+            entry = yield self.catalog.stat(self.full_path(user, vpath))
+        except catalog_errors.NotFound:
+            return PathView()
+        return self._view(user, vpath, entry)
+
+    def _view(self, user: User, vpath: str, entry: Entry | None) -> PathView:
+        if entry is None:
+            return PathView()
+        return PathView(self._committed_info(vpath, entry), self._pending_info(user, vpath, entry))
 
     @inlineCallbacks
     def list_dir(self, user: User, vpath: str, after: str | None = None, limit: int = 1000):
@@ -318,7 +367,7 @@ class Transfers:
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
         capped: bool = True,
-        check: Callable[[FileInfo | None], None] | None = None,
+        check: Callable[[PathView], None] | None = None,
         durable_start: bool = False,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
@@ -330,11 +379,11 @@ class Transfers:
         ``capped=False`` skips the per-user session cap: for the server's
         own repairs of a session (a checksum rollback), which must not lose
         to the user's other transfers.
-        ``check``, if given, is called with the path as the user sees it
-        (None when it does not exist for them) from the catalog lookup this
-        call makes anyway, before anything changes: an adapter's
-        preconditions (If-Match, quota) raise there, and need no lookup of
-        their own.
+        ``check``, if given, is called with the path's PathView (its
+        committed version and the user's own pending upload) from the
+        catalog lookup this call makes anyway, before anything changes: an
+        adapter's preconditions (If-Match, quota) raise there, and need no
+        lookup of their own.
         ``durable_start``: the start itself is acknowledged to the client
         (tus answers a creation with 201 and the upload's URL before any
         byte is durable), so its catalog commit waits for the disk; else
@@ -408,11 +457,7 @@ class Transfers:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
             entry = None
-        try:
-            seen = None if entry is None else self._info(user, vpath, entry)
-        except catalog_errors.NotFound:
-            seen = None  # another user's pending upload
-        check(seen)
+        check(self._view(user, vpath, entry))
         if entry is not None and entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
         upload = entry.upload if entry is not None else None
