@@ -86,3 +86,17 @@ async def test_if_match_the_current_etag_holds_whatever_upload_is_pending(env):
     r = await env.request("MOVE", "/f", headers={"Destination": "/g", "If-Match": etag})
     assert r.code == 201, await r.text()
     assert await body_of(env, "/g") == (200, b"second")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumed_put_onto_an_existing_file_is_204_and_onto_a_new_one_201(env):
+    r, _ = await put(env, "/f", b"ORIGINAL")
+    assert r.code == 201
+    await leave_pending(env, "/f", b"ne")
+    r, text = await put(env, "/f", b"w body", **{"Content-Range": "bytes 2-7/8"})
+    assert (r.code, r.headers.getRawHeaders("Location")) == (204, None), text
+    assert await body_of(env, "/f") == (200, b"new body")
+    await leave_pending(env, "/n", b"ne")
+    r, text = await put(env, "/n", b"w", **{"Content-Range": "bytes 2-2/3"})
+    assert (r.code, r.headers.getRawHeaders("Location")) == (201, ["/n"]), text
+    assert await body_of(env, "/n") == (200, b"new")

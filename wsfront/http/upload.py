@@ -115,7 +115,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
             raise HttpError(409, "the parent directory does not exist") from None
         raise
-    existed = seen[0].pending is None and seen[0].committed is not None
+    existed = seen[0].committed is not None  # 201 only for a file that had no version
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     restore_reads = wider_reads(request)
