@@ -12,8 +12,15 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 
+from tests.ftp_env import _ClientFactory
 from tests.http_env import HttpEnv
+from tests.transfer_env import PASSWORD
+from tests.tus_env import OCTETS, create, start_env, tus
+from wsfront.auth import make_portal
+from wsfront.catalog import errors as catalog_errors
+from wsfront.ftp.factory import FTPFactory, FTPSettings
 
 
 @pytest.fixture
@@ -100,3 +107,190 @@ async def test_a_resumed_put_onto_an_existing_file_is_204_and_onto_a_new_one_201
     r, text = await put(env, "/n", b"w", **{"Content-Range": "bytes 2-2/3"})
     assert (r.code, r.headers.getRawHeaders("Location")) == (201, ["/n"]), text
     assert await body_of(env, "/n") == (200, b"new")
+
+
+# -- a total length announced by an abandoned client (item: takeover) ---------
+
+
+@pytest.fixture
+def both(tmp_path):
+    """HTTP with tus, and FTP, over one transfer layer."""
+    from twisted.internet import reactor
+
+    async def start():
+        e = await start_env(reactor, tmp_path)
+        factory = FTPFactory(
+            reactor, e.transfers, make_portal(e.authenticator), FTPSettings(data_timeout=10.0)
+        )
+        e.ftp_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        e.ftp_factory = factory
+        return e
+
+    async def stop(e):
+        await e.ftp_port.stopListening()
+        for session in list(e.ftp_factory.sessions):
+            session.transport.abortConnection()
+        await e.stop()
+
+    e = pytest_twisted.blockon(defer.ensureDeferred(start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(stop(e)))
+
+
+async def ftp_client(env):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    ep = HostnameEndpoint(reactor, "127.0.0.1", env.ftp_port.getHost().port)
+    client = await ep.connect(_ClientFactory(reactor))
+    assert (await client.reply())[0] == 220
+    await client.login("alice", PASSWORD)
+    return client
+
+
+async def ftp_stor(env, path: str, data: bytes, rest: int | None = None) -> tuple[int, str]:
+    client = await ftp_client(env)
+    try:
+        await client.cmd("TYPE I")
+        port = await client.epsv()
+        if rest is not None:
+            code, text = await client.cmd(f"REST {rest}")
+            assert code == 350, text
+        peer = await client.data_connection(port)
+        code, text = await client.cmd(f"STOR {path}")
+        if code != 150:
+            peer.transport.loseConnection()
+            return code, text
+        peer.transport.write(data)
+        peer.transport.loseConnection()
+        return await client.reply()
+    finally:
+        client.transport.loseConnection()
+
+
+def called(obj, name: str) -> defer.Deferred:
+    """Fires once the next call of ``obj.name`` (returning a Deferred) has
+    fired, with its result."""
+    d: defer.Deferred = defer.Deferred()
+    original = getattr(obj, name)
+
+    def wrapped(*a, **kw):
+        setattr(obj, name, original)
+        return defer.maybeDeferred(original, *a, **kw).addBoth(lambda r: (d.callback(r), r)[1])
+
+    setattr(obj, name, wrapped)
+    return d
+
+
+async def upload_of(env, path: str):
+    return await env.catalog.find_upload("/alice" + path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_put_starts_over_free_of_an_abandoned_uploads_total(env):
+    await leave_segment(env, "/ra.bin", b"01", total=10)
+    r, text = await put(env, "/ra.bin", b"hw")
+    assert r.code == 201, text
+    assert await body_of(env, "/ra.bin") == (200, b"hw")
+    assert await upload_of(env, "/ra.bin") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stor_starts_over_free_of_an_abandoned_uploads_total(both):
+    await leave_segment(both, "/ra.bin", b"01", total=10)
+    code, text = await ftp_stor(both, "ra.bin", b"hello world")
+    assert code == 226, text
+    assert await body_of(both, "/ra.bin") == (200, b"hello world")
+    assert await upload_of(both, "/ra.bin") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_without_a_total_continues_with_the_declared_one(env):
+    await leave_segment(env, "/ra.bin", b"01", total=10)
+    r, text = await put(env, "/ra.bin", b"23", **{"Content-Range": "bytes 2-3/*"})
+    assert (r.code, r.headers.getRawHeaders("Upload-Offset")) == (202, ["4"]), text
+    upload = await upload_of(env, "/ra.bin")
+    assert (upload.state, upload.checkpoint, upload.declared_length) == ("interrupted", 4, 10)
+    r, text = await put(env, "/ra.bin", b"456789", **{"Content-Range": "bytes 4-9/*"})
+    assert r.code == 201, text
+    assert await body_of(env, "/ra.bin") == (200, b"0123456789")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_that_contradicts_the_declared_total_is_refused_untouched(env):
+    await leave_segment(env, "/ra.bin", b"01", total=10)
+    before = await upload_of(env, "/ra.bin")
+    r, text = await put(env, "/ra.bin", b"23", **{"Content-Range": "bytes 2-3/20"})
+    assert r.code == 409 and "total length is 10, not 20" in text, (r.code, text)
+    r, text = await put(env, "/ra.bin", b"2" * 11, **{"Content-Range": "bytes 2-12/*"})
+    assert r.code == 416 and "total length 10" in text, (r.code, text)
+    after = await upload_of(env, "/ra.bin")
+    assert after == before
+    r = await env.request("HEAD", "/ra.bin")
+    assert r.headers.getRawHeaders("Upload-Offset") == ["2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ftp_resume_of_a_tus_upload_short_of_its_length_stays_pending(both):
+    data = bytes(range(100))
+    status, headers, _ = await create(both, 100, {"filename": "t.bin"})
+    assert status == 201
+    url = headers["location"]
+    status, headers, _ = await tus(both, "PATCH", url, {"Upload-Offset": "0", **OCTETS}, data[:30])
+    assert (status, headers["upload-offset"]) == (204, "30")
+    code, text = await ftp_stor(both, "t.bin", data[30:50], rest=30)
+    assert code == 451 and "50 of the 100 bytes" in text, (code, text)
+    upload = await upload_of(both, "/t.bin")
+    assert (upload.state, upload.checkpoint, upload.declared_length) == ("interrupted", 50, 100)
+    status, headers, _ = await tus(both, "HEAD", url)
+    assert (headers["upload-offset"], headers["upload-length"]) == ("50", "100")
+    status, headers, _ = await tus(both, "PATCH", url, {"Upload-Offset": "50", **OCTETS}, data[50:])
+    assert (status, headers["upload-offset"]) == (204, "100")
+    assert await body_of(both, "/t.bin") == (200, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ftp_resume_past_the_declared_length_keeps_what_fits_pending(both):
+    await leave_segment(both, "/ra.bin", b"01", total=10)
+    # The 552 goes out as the session fails; its interruption is recorded
+    # meanwhile.
+    recorded = called(both.catalog, "interrupt_upload")
+    code, text = await ftp_stor(both, "ra.bin", b"x" * 20, rest=2)
+    assert code == 552, text
+    await recorded
+    upload = await upload_of(both, "/ra.bin")
+    assert (upload.state, upload.declared_length) == ("interrupted", 10)
+    assert 2 <= upload.checkpoint <= 10
+    code, text = await ftp_stor(both, "ra.bin", b"23456789", rest=2)
+    assert code == 226, text
+    assert await body_of(both, "/ra.bin") == (200, b"0123456789")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_commit_leaves_the_upload_interrupted_not_active(env, monkeypatch):
+    await leave_segment(env, "/ra.bin", b"01", total=4)
+    original = env.catalog.commit_upload
+
+    def refuse(*a, **kw):
+        monkeypatch.setattr(env.catalog, "commit_upload", original)
+        return defer.fail(catalog_errors.InvalidOffset("refused for the test"))
+
+    monkeypatch.setattr(env.catalog, "commit_upload", refuse)
+    r, text = await put(env, "/ra.bin", b"23", **{"Content-Range": "bytes 2-3/4"})
+    assert r.code == 416, text
+    upload = await upload_of(env, "/ra.bin")
+    assert upload.state == "interrupted"
+    r, text = await put(env, "/ra.bin", b"23", **{"Content-Range": "bytes 2-3/4"})
+    assert r.code == 201, text
+    assert await body_of(env, "/ra.bin") == (200, b"0123")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tus_patch_at_0_keeps_its_uploads_length(both):
+    status, headers, _ = await create(both, 10, {"filename": "z.bin"})
+    assert status == 201
+    url = headers["location"]
+    status, headers, _ = await tus(both, "PATCH", url, {"Upload-Offset": "0", **OCTETS}, b"0123")
+    assert (status, headers["upload-offset"]) == (204, "4")
+    status, headers, _ = await tus(both, "HEAD", url)
+    assert (headers["upload-offset"], headers.get("upload-length")) == ("4", "10")

@@ -195,6 +195,7 @@ class SqlCatalog:
         wanted_replicas: int,
         *,
         expires_at: float | None = None,
+        declared_length: int | None = _uploads.KEEP,
     ) -> Deferred:
         return self._write(
             _uploads.restart_at,
@@ -206,6 +207,7 @@ class SqlCatalog:
             list(replicas),
             wanted_replicas,
             expires_at,
+            declared_length,
         )
 
     def commit_upload(

@@ -8,11 +8,14 @@ or 204 goes out only after ``finish()`` fired, i.e. after every replica
 sealed the data and the catalog committed it.
 
 ``Content-Range: bytes a-b/total`` continues the user's pending upload at
-``a`` (curl ``-C OFFSET -T``).  A body that ends before ``total`` is kept as
-the pending upload (202, ``Upload-Offset``); one that does not match the
-length it announced is refused (400) and nothing is committed.  A client
-that disconnects leaves the durable part pending, resumable from the offset
-HEAD reports in ``Upload-Offset``.
+``a`` (curl ``-C OFFSET -T``); a PUT without it, or at 0, starts the upload
+over, free of the total an abandoned client announced.  A total other than
+the one the upload was begun with is 409; ``bytes a-b/*`` continues with
+that one.  A body that ends before the total is kept as the pending upload
+(202, ``Upload-Offset``); one that does not match the length it announced
+is refused (400) and nothing is committed.  A client that disconnects
+leaves the durable part pending, resumable from the offset HEAD reports in
+``Upload-Offset``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
 from wsfront.http.request import BodyLost, StreamingRequest, wider_reads
+from wsfront.transfer.errors import LengthConflict
 
 
 @implementer(IConsumer)
@@ -76,6 +80,18 @@ def _check_quota(user, committed, offset: int, length: int | None) -> None:
         raise HttpError(507, "the upload would exceed your quota")
 
 
+def _check_fits_the_pending_total(crange, pending) -> None:
+    """416 before the body for a resume without a total (``bytes a-b/*``)
+    that goes past the total its pending upload was declared with."""
+    if crange is None or crange.total is not None or crange.first == 0 or pending is None:
+        return
+    declared = pending.declared_length
+    if declared is not None and crange.last + 1 > declared:
+        raise HttpError(
+            416, f"bytes {crange.first}-{crange.last} go past the upload's total length {declared}"
+        )
+
+
 @inlineCallbacks
 def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if target.path == "/" or target.trailing_slash:
@@ -101,6 +117,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         seen.append(view)
         check_write_preconditions(request, committed)
         _check_quota(user, committed, offset, expected)
+        _check_fits_the_pending_total(crange, view.pending)
 
     try:
         session = yield context.transfers.open_write(
@@ -115,6 +132,8 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
             raise HttpError(409, "the parent directory does not exist") from None
         raise
+    except LengthConflict as e:
+        raise HttpError(409, f"Content-Range: {e}") from None
     existed = seen[0].committed is not None  # 201 only for a file that had no version
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
@@ -133,7 +152,8 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if expected is not None and sink.count != expected:
         yield session.interrupt()
         raise HttpError(400, f"the body has {sink.count} bytes, {expected} were announced")
-    if crange is not None and crange.total is not None and crange.last + 1 < crange.total:
+    total = session.session.declared_length  # Content-Range's, or the one resumed
+    if total is not None and session.offset < total:
         yield session.interrupt()
         request.respond(202, headers=(("Upload-Offset", str(session.durable)),))
         return

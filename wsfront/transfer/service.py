@@ -25,6 +25,7 @@ from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
 from wsfront.transfer.errors import (
     Draining,
+    LengthConflict,
     NoReplicasAvailable,
     OffsetTooLarge,
     UploadBusy,
@@ -149,6 +150,33 @@ def _read_extent(extent) -> ReadExtent:
     ok = tuple(r.node for r in extent.replicas if r.state == REPLICA_OK)
     rest = tuple(r.node for r in extent.replicas if r.state != REPLICA_OK)
     return ReadExtent(extent.blob_id, extent.blob_offset, extent.length, ok, rest)
+
+
+def _length_after_takeover(
+    upload: UploadSession, offset: int, declared_length: int | None, starts_over: bool
+) -> int | None:
+    """The declared length ``upload`` has once resumed at ``offset`` by a
+    client that announced ``declared_length`` (None: no total).
+
+    A client starting over at 0 keeps nothing of the upload, so nothing of
+    what its abandoned client announced either.  A resume continues the
+    upload, total included: one that announces no total keeps the recorded
+    one, one that announces the recorded total (or the first total, when
+    none was recorded) is consistent, and any other total is a conflict,
+    refused before the upload is touched.
+    """
+    if starts_over and offset == 0:
+        return declared_length
+    recorded = upload.declared_length
+    if declared_length is None or declared_length == recorded:
+        return recorded
+    if recorded is not None:
+        raise LengthConflict(
+            f"the pending upload's total length is {recorded}, not {declared_length}"
+        )
+    if declared_length < offset:
+        raise LengthConflict(f"the total length {declared_length} is below the offset {offset}")
+    return declared_length
 
 
 def new_blob_id() -> str:
@@ -369,6 +397,7 @@ class Transfers:
         capped: bool = True,
         check: Callable[[PathView], None] | None = None,
         durable_start: bool = False,
+        resume: bool = False,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -384,6 +413,13 @@ class Transfers:
         catalog lookup this call makes anyway, before anything changes: an
         adapter's preconditions (If-Match, quota) raise there, and need no
         lookup of their own.
+        ``declared_length`` is the total the client announced (PUT's
+        Content-Range, tus's Upload-Length), None if it announced none.  At
+        offset 0 (not ``append``) a pending upload taken over starts over:
+        it gets this length, whatever an abandoned client declared (STOR and
+        PUT begin a new upload).  A resume above 0, or one that says so with
+        ``resume`` (a tus PATCH names its upload), keeps the recorded length;
+        announcing another is LengthConflict, before anything changes.
         ``durable_start``: the start itself is acknowledged to the client
         (tus answers a creation with 201 and the upload's URL before any
         byte is durable), so its catalog commit waits for the disk; else
@@ -400,12 +436,13 @@ class Transfers:
                 # The lookup and the start in one transaction (a generator
                 # fewer than through _open_write, for every small STOR).
                 session = yield self._start_write(
-                    user, vpath, offset, append, declared_length, meta, durable_start
+                    user, vpath, offset, append, declared_length, meta, durable_start, resume
                 )
             else:
                 session = yield self._open_write(
-                    user, vpath, offset, append, declared_length, meta, check, durable_start
-                )
+                    user, vpath, offset, append, declared_length, meta, check, durable_start,
+                    resume,
+                )  # fmt: skip
         except BaseException:
             slot.release()
             raise
@@ -449,7 +486,9 @@ class Transfers:
         self.pending_per_user.reset(u for u in uploads if u.upload_id not in self.sessions)
 
     @inlineCallbacks
-    def _open_write(self, user, vpath, offset, append, declared_length, meta, check, durable_start):
+    def _open_write(
+        self, user, vpath, offset, append, declared_length, meta, check, durable_start, resume
+    ):
         """``open_write`` with an adapter's ``check``: a lookup of its own
         first, then the upload's start or takeover."""
         full = self.full_path(user, vpath)
@@ -466,7 +505,10 @@ class Transfers:
                 raise UploadBusy(f"{vpath} has a pending upload of another user")
             if append:
                 offset = upload.checkpoint
-            session = yield self._take_over(user, upload, offset)
+            length = _length_after_takeover(
+                upload, offset, declared_length, starts_over=not (append or resume)
+            )
+            session = yield self._take_over(user, upload, offset, length)
             return session
         committed = entry.size if entry is not None and entry.version is not None else 0
         if append:
@@ -495,7 +537,9 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _start_write(self, user, vpath, offset, append, declared_length, meta, durable=False):
+    def _start_write(
+        self, user, vpath, offset, append, declared_length, meta, durable=False, resume=False
+    ):
         """``_open_write`` without an adapter's check: the lookup and the
         start of a new upload are one catalog transaction (``start_upload``),
         whose commit waits for no disk; a pending upload found instead is
@@ -523,7 +567,11 @@ class Transfers:
                 raise UploadBusy(str(e)) from e
             if upload.user != user.name:
                 raise UploadBusy(f"{vpath} has a pending upload of another user") from e
-            session = yield self._take_over(user, upload, upload.checkpoint if append else offset)
+            at = upload.checkpoint if append else offset
+            length = _length_after_takeover(
+                upload, at, declared_length, starts_over=not (append or resume)
+            )
+            session = yield self._take_over(user, upload, at, length)
             return session
         except catalog_errors.InvalidOffset as e:
             raise OffsetTooLarge(str(e)) from e
@@ -570,8 +618,11 @@ class Transfers:
         return replicas
 
     @inlineCallbacks
-    def _take_over(self, user: User, upload: UploadSession, offset: int):
-        """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob."""
+    def _take_over(
+        self, user: User, upload: UploadSession, offset: int, declared_length: int | None
+    ):
+        """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob,
+        and ``declared_length`` from now on (see _length_after_takeover)."""
         if offset > upload.checkpoint:
             raise OffsetTooLarge(
                 f"offset {offset} is beyond the durable offset {upload.checkpoint}"
@@ -611,6 +662,7 @@ class Transfers:
             list(replicas),
             self.settings.replicas,
             expires_at=self._expiry(),
+            declared_length=declared_length,
         )
         session = yield self._open_session(user, upload, None)
         return session
