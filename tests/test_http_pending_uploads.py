@@ -294,3 +294,63 @@ async def test_a_tus_patch_at_0_keeps_its_uploads_length(both):
     assert (status, headers["upload-offset"]) == (204, "4")
     status, headers, _ = await tus(both, "HEAD", url)
     assert (headers["upload-offset"], headers.get("upload-length")) == ("4", "10")
+
+
+# -- deleting a file with the user's own interrupted upload on it --------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_deletes_a_file_abandoning_their_interrupted_upload(env):
+    r, _ = await put(env, "/f", b"ORIGINAL")
+    etag = etag_of(r)
+    await leave_pending(env, "/f")
+    upload = await upload_of(env, "/f")
+    r = await env.request("DELETE", "/f", headers={"If-Match": etag})
+    assert r.code == 204, await r.text()
+    assert (await body_of(env, "/f"))[0] == 404
+    assert (await env.catalog.get_upload(upload.upload_id)).state == "aborted"
+    await leave_pending(env, "/p")  # nothing committed: the upload is all there is
+    r = await env.request("DELETE", "/p")
+    assert r.code == 204, await r.text()
+    r = await env.request("HEAD", "/p")
+    assert (r.code, r.headers.getRawHeaders("Upload-Offset")) == (404, None)
+    assert await upload_of(env, "/p") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_upload_or_another_users_still_keeps_a_file_from_deletion(env):
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"ne")
+    r = await env.request("DELETE", "/live")
+    assert r.code == 409
+    await session.interrupt()
+    await env.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
+    bob = await env.catalog.get_user("bob")
+    await put(env, "/theirs", b"ORIGINAL")
+    session = await env.transfers.open_write(bob, "/theirs", 0)
+    session.write(b"ne")
+    await session.interrupt()
+    r = await env.request("DELETE", "/theirs")
+    assert r.code == 409
+    assert await body_of(env, "/theirs") == (200, b"ORIGINAL")
+    assert (await upload_of(env, "/theirs")).state == "interrupted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_dele_agrees_with_delete_on_pending_uploads(both):
+    await put(both, "/f", b"ORIGINAL")
+    await leave_pending(both, "/f")
+    await put(both, "/theirs", b"ORIGINAL")
+    await both.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
+    session = await both.transfers.open_write(await both.catalog.get_user("bob"), "/theirs", 0)
+    session.write(b"ne")
+    await session.interrupt()
+    client = await ftp_client(both)
+    try:
+        assert (await client.cmd("DELE f"))[0] == 250
+        assert (await client.cmd("DELE theirs"))[0] == 450
+    finally:
+        client.transport.loseConnection()
+    assert (await body_of(both, "/f"))[0] == 404
+    assert await body_of(both, "/theirs") == (200, b"ORIGINAL")

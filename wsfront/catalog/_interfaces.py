@@ -44,11 +44,13 @@ class ICatalog(Interface):
         """Remove an empty directory.  NotEmpty (pending-only files count),
         NotADirectory, NotFound; the root cannot be removed (InvalidMove)."""
 
-    def delete(path, abort_pending=False):
+    def delete(path, abort_pending=False, *, user=None):
         """Remove a file: its version's blobs become collectable and its
         owner's usage drops.  A live upload on it makes this fail with
         PendingUploadExists unless ``abort_pending``, which aborts the upload
-        too.  IsADirectory, NotFound."""
+        too, or unless it is ``user``'s own and interrupted (no client is
+        sending), which is abandoned (aborted) with the file.  IsADirectory,
+        NotFound.  Fires with the id of the upload so abandoned, else None."""
 
     def rename(src, dst, replace=False):
         """Move one entry (file or directory, no data).  Exists when ``dst``

@@ -77,8 +77,10 @@ class SqlCatalog:
     def rmdir(self, path: str) -> Deferred:
         return self._write(_namespace.rmdir, path, self._now())
 
-    def delete(self, path: str, abort_pending: bool = False) -> Deferred:
-        return self._write(_namespace.delete, path, abort_pending, self._now())
+    def delete(
+        self, path: str, abort_pending: bool = False, *, user: str | None = None
+    ) -> Deferred:
+        return self._write(_namespace.delete, path, abort_pending, self._now(), user)
 
     def rename(self, src: str, dst: str, replace: bool = False) -> Deferred:
         return self._write(_namespace.rename, src, dst, replace, self._now())

@@ -308,16 +308,22 @@ class Transfers:
         return self.catalog.rmdir(self.full_path(user, vpath))
 
     def delete(self, user: User, vpath: str):
-        """Remove a file; refused (UploadBusy) while a pending upload is live
-        on it, as docs/architecture.md's table says."""
+        """Remove a file; refused (UploadBusy) while another user's pending
+        upload is on it, or a live one (a client sending), as
+        docs/architecture.md's table says.  The user's own interrupted
+        upload there is abandoned with it, for every protocol alike."""
         self._need(user, "delete")
-        d = self.catalog.delete(self.full_path(user, vpath))
+        d = self.catalog.delete(self.full_path(user, vpath), user=user.name)
+
+        def deleted(abandoned: str | None) -> None:
+            if abandoned is not None:
+                self.pending_per_user.discard(abandoned)
 
         def busy(failure):
             failure.trap(catalog_errors.PendingUploadExists)
             raise UploadBusy(f"{vpath} has a pending upload")
 
-        return d.addErrback(busy)
+        return d.addCallbacks(deleted, busy)
 
     def rename(self, user: User, src: str, dst: str, replace: bool = True):
         self._need(user, "rename")
