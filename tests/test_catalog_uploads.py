@@ -176,6 +176,20 @@ async def test_restart_within_the_current_blob_keeps_its_prefix(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_restart_keeps_the_declared_length_unless_given_another(catalog):
+    up = await begin(catalog, "/f", "b1", declared_length=10)
+    await catalog.checkpoint(up.upload_id, 1, 2)
+    up = await catalog.restart_at(up.upload_id, 1, 2, "b2", ["s1"], 2)
+    assert up.declared_length == 10
+    with pytest.raises(InvalidOffset):
+        await catalog.restart_at(up.upload_id, 1, 2, "b3", ["s1"], 2, declared_length=1)
+    up = await catalog.restart_at(up.upload_id, 1, 0, "b3", ["s1"], 2, declared_length=None)
+    assert (up.declared_length, up.checkpoint) == (None, 0)
+    version = await catalog.commit_upload(up.upload_id, 1, 0)
+    assert version.size == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_restart_below_the_current_blob_trims_base_extents(catalog):
     up = await begin(catalog, "/f", "A")
     await catalog.commit_upload(up.upload_id, 1, 50)

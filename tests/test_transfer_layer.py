@@ -389,8 +389,8 @@ async def test_two_front_ends_racing_to_take_over_one_wins(env):
     upload = await env.catalog.find_upload("/alice/f")
     results = await defer.DeferredList(
         [
-            defer.ensureDeferred(fe_b._take_over(env.user, upload, 1000)),
-            defer.ensureDeferred(fe_c._take_over(env.user, upload, 1000)),
+            defer.ensureDeferred(fe_b._take_over(env.user, upload, 1000, upload.declared_length)),
+            defer.ensureDeferred(fe_c._take_over(env.user, upload, 1000, upload.declared_length)),
         ],
         consumeErrors=True,
     )

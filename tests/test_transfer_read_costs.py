@@ -18,7 +18,7 @@ from tests.http_env import HttpEnv, payload
 from tests.transfer_env import Collector
 from wsfront.catalog import errors as catalog_errors
 from wsfront.transfer.extent_cache import ExtentCache
-from wsfront.transfer.service import NoCommittedVersion
+from wsfront.transfer.service import NoCommittedVersion, PathView
 
 
 class Counting:
@@ -439,12 +439,13 @@ async def test_open_write_hands_its_lookup_to_the_adapters_check(env):
     seen = []
     session = await env.transfers.open_write(env.user, "/c.txt", 0, check=seen.append)
     assert count.catalog == 2  # the lookup the check saw, then begin_upload
-    [info] = seen
-    assert info.size == 3 and not info.pending and info.etag
+    [view] = seen
+    info = view.committed
+    assert info.size == 3 and not info.pending and info.etag and view.pending is None
     await session.interrupt()
     seen.clear()
     session = await env.transfers.open_write(env.user, "/new.txt", 0, check=seen.append)
-    assert seen == [None]
+    assert seen == [PathView()]
     await session.interrupt()
 
     class Refused(Exception):

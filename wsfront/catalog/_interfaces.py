@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
+from wsfront.catalog._uploads import KEEP
+
 
 class ICatalog(Interface):
     """Namespace, upload sessions, blobs, users, storage nodes and admin jobs."""
@@ -42,11 +44,13 @@ class ICatalog(Interface):
         """Remove an empty directory.  NotEmpty (pending-only files count),
         NotADirectory, NotFound; the root cannot be removed (InvalidMove)."""
 
-    def delete(path, abort_pending=False):
+    def delete(path, abort_pending=False, *, user=None):
         """Remove a file: its version's blobs become collectable and its
         owner's usage drops.  A live upload on it makes this fail with
         PendingUploadExists unless ``abort_pending``, which aborts the upload
-        too.  IsADirectory, NotFound."""
+        too, or unless it is ``user``'s own and interrupted (no client is
+        sending), which is abandoned (aborted) with the file.  IsADirectory,
+        NotFound.  Fires with the id of the upload so abandoned, else None."""
 
     def rename(src, dst, replace=False):
         """Move one entry (file or directory, no data).  Exists when ``dst``
@@ -126,14 +130,24 @@ class ICatalog(Interface):
         the new UploadSession."""
 
     def restart_at(
-        upload_id, epoch, offset, blob_id, replicas, wanted_replicas, *, expires_at=None
+        upload_id,
+        epoch,
+        offset,
+        blob_id,
+        replicas,
+        wanted_replicas,
+        *,
+        expires_at=None,
+        declared_length=KEEP,
     ):
         """CAS: resume at file ``offset`` (<= checkpoint, else InvalidOffset).
         The current blob is kept as an extent up to ``offset`` (and sealed in
         the catalog: the caller fences/commits it on the storage servers), or
         dropped if ``offset`` is below its start, base extents trimmed to
         ``offset``; a new current blob ``blob_id`` starts at ``offset`` and
-        checkpoint = ``offset``.  The epoch is unchanged.  Fires with the
+        checkpoint = ``offset``.  The epoch is unchanged.  A
+        ``declared_length`` other than KEEP replaces the recorded one (at
+        least ``offset``, else InvalidOffset).  Fires with the
         UploadSession."""
 
     def commit_upload(upload_id, epoch, length, sha256=None, mtime=None):

@@ -36,7 +36,7 @@ from wsfront.catalog.errors import (
     PendingUploadExists,
 )
 from wsfront.catalog.names import join_path, split_path
-from wsfront.catalog.records import ABORTED, DIR, EXPIRED, FILE, Entry
+from wsfront.catalog.records import ABORTED, DIR, EXPIRED, FILE, INTERRUPTED, Entry
 
 #: Advisory-lock key taken by directory moves (PostgreSQL).
 DIRECTORY_MOVE_LOCK = 0x77736D76
@@ -176,7 +176,17 @@ def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) ->
         remove_file_inode(tx, row)
 
 
-def delete(tx: Tx, path: str, abort_pending: bool, now: float) -> None:
+def delete(
+    tx: Tx, path: str, abort_pending: bool, now: float, user: str | None = None
+) -> str | None:
+    """Remove the file at ``path`` (see ``unlink_file``).
+
+    ``user`` is who deletes: their own interrupted upload on the file is
+    abandoned with it (they could take it over with a STOR or PUT anyway;
+    it must not keep them from deleting their file until it expires).
+    Another user's upload, or a live one (active: a client is sending),
+    still refuses.  Returns the id of the upload abandoned so, if any.
+    """
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -186,8 +196,20 @@ def delete(tx: Tx, path: str, abort_pending: bool, now: float) -> None:
         raise IsADirectory(f"{path} is a directory")
     lock_dirs(tx, parent)
     tx.lock_rows("inodes", "inode", [row["inode"]])
+    abandoned = None
+    up = live_upload_row(tx, row["inode"])
+    if (
+        up is not None
+        and user is not None
+        and up["username"] == user
+        and up["state"] == INTERRUPTED
+        and up["expires_at"] > now
+    ):
+        end_upload(tx, up, ABORTED, now)
+        abandoned = up["upload_id"]
     unlink_file(tx, row, abort_pending, now, path)
     touch(tx, parent, now)
+    return abandoned
 
 
 def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:

@@ -65,6 +65,15 @@ from wsfront.catalog.records import (
 )
 
 
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+"""``restart_at``'s default for ``declared_length``: the one recorded stays."""
+
+
 def new_upload_id() -> str:
     """An opaque, unguessable token that is safe in a URL."""
     return secrets.token_urlsafe(18)
@@ -402,10 +411,22 @@ def restart_at(
     replicas: Iterable[str],
     wanted_replicas: int,
     expires_at: float | None,
+    declared_length: int | None = KEEP,
 ) -> UploadSession:
+    """Resume at ``offset`` with a new current blob; ``declared_length``
+    (unless KEEP) replaces the recorded one: a takeover that starts the
+    upload over, or that first learns its total, is not bound by the one an
+    abandoned client announced."""
     row = _locked_live(tx, upload_id, epoch)
     if offset < 0 or offset > row["checkpoint"]:
         raise InvalidOffset(f"offset {offset} is above the durable checkpoint {row['checkpoint']}")
+    length_set = ""
+    length_params: tuple[Any, ...] = ()
+    if declared_length is not KEEP:
+        if declared_length is not None and declared_length < offset:
+            raise InvalidOffset(f"declared length {declared_length} is below the offset {offset}")
+        length_set = ", declared_length = ?"
+        length_params = (declared_length,)
     start = row["blob_start"]
     extents = [dict(r) for r in upload_extent_rows(tx, upload_id)]
     if offset >= start:
@@ -430,12 +451,13 @@ def restart_at(
         tx,
         upload_id,
         epoch,
-        "blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, expires_at = ?",
+        "blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, expires_at = ?" + length_set,
         blob_id,
         offset,
         offset,
         now,
         expires_at if expires_at is not None else row["expires_at"],
+        *length_params,
     )
     return load_upload(tx, upload_row(tx, upload_id))
 

@@ -77,8 +77,10 @@ class SqlCatalog:
     def rmdir(self, path: str) -> Deferred:
         return self._write(_namespace.rmdir, path, self._now())
 
-    def delete(self, path: str, abort_pending: bool = False) -> Deferred:
-        return self._write(_namespace.delete, path, abort_pending, self._now())
+    def delete(
+        self, path: str, abort_pending: bool = False, *, user: str | None = None
+    ) -> Deferred:
+        return self._write(_namespace.delete, path, abort_pending, self._now(), user)
 
     def rename(self, src: str, dst: str, replace: bool = False) -> Deferred:
         return self._write(_namespace.rename, src, dst, replace, self._now())
@@ -195,6 +197,7 @@ class SqlCatalog:
         wanted_replicas: int,
         *,
         expires_at: float | None = None,
+        declared_length: int | None = _uploads.KEEP,
     ) -> Deferred:
         return self._write(
             _uploads.restart_at,
@@ -206,6 +209,7 @@ class SqlCatalog:
             list(replicas),
             wanted_replicas,
             expires_at,
+            declared_length,
         )
 
     def commit_upload(

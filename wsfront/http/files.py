@@ -79,16 +79,21 @@ def stat_or_none(context, user, vpath: str):
     return info
 
 
-def check_write_preconditions(request: StreamingRequest, info) -> None:
+def check_write_preconditions(request: StreamingRequest, committed) -> None:
     """412 unless If-Match / If-None-Match / If-Unmodified-Since hold for the
-    committed version ``info`` (None: nothing committed)."""
+    committed version ``committed`` (None: nothing committed).
+
+    Always the committed version (RFC 9110, 13.1.1-2: the selected
+    representation), never the user's own pending upload on the path: an
+    interrupted upload must not make ``If-None-Match: *`` overwrite a file,
+    nor the file's current ETag fail ``If-Match``."""
     if not has_preconditions(request):
         return
     etag = None
     mtime = None
-    if info is not None and not info.pending:
-        etag = quote_etag(info.etag) if info.etag else '"dir"'
-        mtime = info.mtime
+    if committed is not None:
+        etag = quote_etag(committed.etag) if committed.etag else '"dir"'
+        mtime = committed.mtime
     method = request.method.decode("latin-1")
     verdict = conditional.evaluate(method, headers_of(request), etag, mtime)
     if verdict is conditional.Verdict.PRECONDITION_FAILED:
@@ -111,12 +116,23 @@ def stat_target(context, user, target: paths.HttpTarget):
 
 
 @inlineCallbacks
+def view_target(context, user, target: paths.HttpTarget):
+    """The PathView of what ``target`` names (empty if nothing; a path
+    ending in ``/`` names no file, as for ``stat_target``)."""
+    view = yield context.transfers.view(user, target.path)
+    if target.trailing_slash and not (view.committed is not None and view.committed.is_dir):
+        return type(view)()
+    return view
+
+
+@inlineCallbacks
 def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
     yield request.discard_body()
     if target.path == "/":
         raise HttpError(403, "the root cannot be deleted")
-    info = yield stat_target(context, user, target)
-    check_write_preconditions(request, info)
+    view = yield view_target(context, user, target)
+    check_write_preconditions(request, view.committed)
+    info = view.committed or view.pending
     if info is None:
         raise HttpError(404, "no such file or directory")
     if info.is_dir:
@@ -158,8 +174,9 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if target.path == "/" or dest.path == "/":
         raise HttpError(403, "the root cannot be moved")
     overwrite = overwrite_of(request)
-    info = yield stat_target(context, user, target)
-    check_write_preconditions(request, info)
+    view = yield view_target(context, user, target)
+    check_write_preconditions(request, view.committed)
+    info = view.committed or view.pending
     if info is None:
         raise HttpError(404, "no such file or directory")
     if dest.trailing_slash and not info.is_dir:

@@ -234,7 +234,7 @@ class TusEndpoint:
             request.respond(204, headers=(("Upload-Offset", str(offset)),))
             return
         vpath = self._vpath(user, upload)
-        session = yield context.transfers.open_write(user, vpath, offset)
+        session = yield context.transfers.open_write(user, vpath, offset, resume=True)
         if new_length is not None and upload.declared_length is None:
             self._learned_lengths[upload_id] = new_length
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
@@ -313,7 +313,7 @@ class TusEndpoint:
         if upload.epoch != session.epoch or not upload.live:
             return
         try:
-            fresh = yield transfers.open_write(user, vpath, offset, capped=False)
+            fresh = yield transfers.open_write(user, vpath, offset, capped=False, resume=True)
         except Exception as e:
             log.error(
                 "tus upload {id}: cannot roll back to {offset} ({err}); aborting it so the "

@@ -8,11 +8,14 @@ or 204 goes out only after ``finish()`` fired, i.e. after every replica
 sealed the data and the catalog committed it.
 
 ``Content-Range: bytes a-b/total`` continues the user's pending upload at
-``a`` (curl ``-C OFFSET -T``).  A body that ends before ``total`` is kept as
-the pending upload (202, ``Upload-Offset``); one that does not match the
-length it announced is refused (400) and nothing is committed.  A client
-that disconnects leaves the durable part pending, resumable from the offset
-HEAD reports in ``Upload-Offset``.
+``a`` (curl ``-C OFFSET -T``); a PUT without it, or at 0, starts the upload
+over, free of the total an abandoned client announced.  A total other than
+the one the upload was begun with is 409; ``bytes a-b/*`` continues with
+that one.  A body that ends before the total is kept as the pending upload
+(202, ``Upload-Offset``); one that does not match the length it announced
+is refused (400) and nothing is committed.  A client that disconnects
+leaves the durable part pending, resumable from the offset HEAD reports in
+``Upload-Offset``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
 from wsfront.http.request import BodyLost, StreamingRequest, wider_reads
+from wsfront.transfer.errors import LengthConflict
 
 
 @implementer(IConsumer)
@@ -66,13 +70,26 @@ def _content_range(request: StreamingRequest) -> ranges.RequestContentRange | No
         raise HttpError(400, str(e)) from None
 
 
-def _check_quota(user, info, offset: int, length: int | None) -> None:
-    """507 before the body is sent when its announced length cannot fit."""
+def _check_quota(user, committed, offset: int, length: int | None) -> None:
+    """507 before the body is sent when its announced length cannot fit
+    (the committed version ``committed``, if any, is replaced)."""
     if user.quota_bytes is None or length is None:
         return
-    replaced = 0 if info is None or info.pending else info.size
+    replaced = 0 if committed is None else committed.size
     if offset + length - replaced > user.quota_bytes - user.used_bytes:
         raise HttpError(507, "the upload would exceed your quota")
+
+
+def _check_fits_the_pending_total(crange, pending) -> None:
+    """416 before the body for a resume without a total (``bytes a-b/*``)
+    that goes past the total its pending upload was declared with."""
+    if crange is None or crange.total is not None or crange.first == 0 or pending is None:
+        return
+    declared = pending.declared_length
+    if declared is not None and crange.last + 1 > declared:
+        raise HttpError(
+            416, f"bytes {crange.first}-{crange.last} go past the upload's total length {declared}"
+        )
 
 
 @inlineCallbacks
@@ -88,16 +105,19 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         )
     offset = 0 if crange is None else crange.first
     expected = length if crange is None else crange.length
-    seen: list = []  # what check saw: the FileInfo at the path, or None
+    seen: list = []  # what check saw: the path's PathView
 
-    def check(info) -> None:
+    def check(view) -> None:
         """Preconditions on the lookup open_write makes anyway (no trip of
-        our own), before anything changes."""
-        if info is not None and info.is_dir:
+        our own), before anything changes: about the committed version,
+        whatever upload of the user's is pending there."""
+        committed = view.committed
+        if committed is not None and committed.is_dir:
             raise HttpError(409, "a directory has that name")
-        seen.append(info)
-        check_write_preconditions(request, info)
-        _check_quota(user, info, offset, expected)
+        seen.append(view)
+        check_write_preconditions(request, committed)
+        _check_quota(user, committed, offset, expected)
+        _check_fits_the_pending_total(crange, view.pending)
 
     try:
         session = yield context.transfers.open_write(
@@ -108,11 +128,13 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             check=check,
         )
     except catalog_errors.NotFound:
-        if seen and seen[0] is None:
+        if seen and seen[0].committed is None and seen[0].pending is None:
             # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
             raise HttpError(409, "the parent directory does not exist") from None
         raise
-    existed = seen[0] is not None and not seen[0].pending
+    except LengthConflict as e:
+        raise HttpError(409, f"Content-Range: {e}") from None
+    existed = seen[0].committed is not None  # 201 only for a file that had no version
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     restore_reads = wider_reads(request)
@@ -130,7 +152,8 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if expected is not None and sink.count != expected:
         yield session.interrupt()
         raise HttpError(400, f"the body has {sink.count} bytes, {expected} were announced")
-    if crange is not None and crange.total is not None and crange.last + 1 < crange.total:
+    total = session.session.declared_length  # Content-Range's, or the one resumed
+    if total is not None and session.offset < total:
         yield session.interrupt()
         request.respond(202, headers=(("Upload-Offset", str(session.durable)),))
         return

@@ -38,6 +38,19 @@ class OffsetTooLarge(TransferError):
     """A resume or read offset beyond what is stored (FTP 554, HTTP 416)."""
 
 
+class LengthConflict(OffsetTooLarge):
+    """A resume announces a total length other than the one its pending
+    upload declared (HTTP PUT: 409; FTP never announces one).  Refused
+    before the upload is touched."""
+
+
+class UploadIncomplete(SessionFailed):
+    """The client ended an upload (FTP: closed the data connection) short of
+    the length it was declared with (by the PUT or tus request that began
+    it): nothing is committed, the bytes stay pending and resumable (FTP 451,
+    HTTP 503)."""
+
+
 class UploadBusy(TransferError):
     """Another user's (or session's) pending upload holds the path (450/409)."""
 
@@ -61,7 +74,19 @@ class TooManyPendingUploads(QuotaExceeded):
     never refused for it."""
 
 
-_PUBLIC = (OffsetTooLarge, TooManySessions, TooManyPendingUploads)
+class LengthExceeded(QuotaExceeded):
+    """Bytes past the length the upload was declared with (by the PUT or tus
+    request that began it): a quota on this one upload (FTP 552, HTTP 507);
+    the upload stays pending at its durable offset."""
+
+
+_PUBLIC = (
+    OffsetTooLarge,
+    TooManySessions,
+    TooManyPendingUploads,
+    UploadIncomplete,
+    LengthExceeded,
+)
 """Errors whose messages this layer builds from numbers and the user's own
 name only (``offset 9 is beyond the size 3``): a client may be shown them."""
 

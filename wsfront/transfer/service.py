@@ -25,6 +25,7 @@ from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
 from wsfront.transfer.errors import (
     Draining,
+    LengthConflict,
     NoReplicasAvailable,
     OffsetTooLarge,
     UploadBusy,
@@ -91,6 +92,23 @@ class FileInfo:
     pending: bool = False
     upload_id: str | None = None
     sha256: str | None = None
+    declared_length: int | None = None
+    """A pending upload's announced total length (None: not announced)."""
+
+
+@attrs.frozen
+class PathView:
+    """A path as a writer must judge it, both sides of it at once.
+
+    ``committed`` is the committed version (None: none, or the path does not
+    exist): what If-Match / If-None-Match (RFC 9110, 13.1.1-2), a quota's
+    replaced bytes and 201-or-204 are about, whatever upload is pending.
+    ``pending`` is the user's own live pending upload on the path, if any
+    (another user's is never shown).
+    """
+
+    committed: FileInfo | None = None
+    pending: FileInfo | None = None
 
 
 @attrs.frozen
@@ -132,6 +150,33 @@ def _read_extent(extent) -> ReadExtent:
     ok = tuple(r.node for r in extent.replicas if r.state == REPLICA_OK)
     rest = tuple(r.node for r in extent.replicas if r.state != REPLICA_OK)
     return ReadExtent(extent.blob_id, extent.blob_offset, extent.length, ok, rest)
+
+
+def _length_after_takeover(
+    upload: UploadSession, offset: int, declared_length: int | None, starts_over: bool
+) -> int | None:
+    """The declared length ``upload`` has once resumed at ``offset`` by a
+    client that announced ``declared_length`` (None: no total).
+
+    A client starting over at 0 keeps nothing of the upload, so nothing of
+    what its abandoned client announced either.  A resume continues the
+    upload, total included: one that announces no total keeps the recorded
+    one, one that announces the recorded total (or the first total, when
+    none was recorded) is consistent, and any other total is a conflict,
+    refused before the upload is touched.
+    """
+    if starts_over and offset == 0:
+        return declared_length
+    recorded = upload.declared_length
+    if declared_length is None or declared_length == recorded:
+        return recorded
+    if recorded is not None:
+        raise LengthConflict(
+            f"the pending upload's total length is {recorded}, not {declared_length}"
+        )
+    if declared_length < offset:
+        raise LengthConflict(f"the total length {declared_length} is below the offset {offset}")
+    return declared_length
 
 
 def new_blob_id() -> str:
@@ -182,20 +227,37 @@ class Transfers:
         return paths.to_storage_path(user.root, vpath)
 
     def _info(self, user: User, vpath: str, entry: Entry) -> FileInfo:
-        upload = entry.upload
-        if upload is not None and upload.live and upload.user == user.name and not entry.is_dir:
-            return FileInfo(
-                path=vpath,
-                is_dir=False,
-                size=upload.checkpoint,
-                mtime=upload.updated_at,
-                etag=None,
-                inode=entry.inode,
-                pending=True,
-                upload_id=upload.upload_id,
-            )
-        if entry.pending:
+        pending = self._pending_info(user, vpath, entry)
+        if pending is not None:
+            return pending
+        committed = self._committed_info(vpath, entry)
+        if committed is None:
             raise catalog_errors.NotFound(vpath)
+        return committed
+
+    @staticmethod
+    def _pending_info(user: User, vpath: str, entry: Entry) -> FileInfo | None:
+        """The user's own live pending upload on ``entry``, if any."""
+        upload = entry.upload
+        if upload is None or not upload.live or upload.user != user.name or entry.is_dir:
+            return None
+        return FileInfo(
+            path=vpath,
+            is_dir=False,
+            size=upload.checkpoint,
+            mtime=upload.updated_at,
+            etag=None,
+            inode=entry.inode,
+            pending=True,
+            upload_id=upload.upload_id,
+            declared_length=upload.declared_length,
+        )
+
+    @staticmethod
+    def _committed_info(vpath: str, entry: Entry) -> FileInfo | None:
+        """``entry``'s committed version (a directory as itself), if any."""
+        if entry.pending:
+            return None
         version = entry.version
         return FileInfo(
             path=vpath,
@@ -216,6 +278,21 @@ class Transfers:
         return self._info(user, vpath, entry)
 
     @inlineCallbacks
+    def view(self, user: User, vpath: str):
+        """The PathView of ``vpath`` for ``user``: its committed version and
+        the user's own pending upload (both None when it does not exist)."""
+        try:
+            entry = yield self.catalog.stat(self.full_path(user, vpath))
+        except catalog_errors.NotFound:
+            return PathView()
+        return self._view(user, vpath, entry)
+
+    def _view(self, user: User, vpath: str, entry: Entry | None) -> PathView:
+        if entry is None:
+            return PathView()
+        return PathView(self._committed_info(vpath, entry), self._pending_info(user, vpath, entry))
+
+    @inlineCallbacks
     def list_dir(self, user: User, vpath: str, after: str | None = None, limit: int = 1000):
         """One page of a directory listing (committed files only)."""
         self._need(user, "read")
@@ -231,16 +308,22 @@ class Transfers:
         return self.catalog.rmdir(self.full_path(user, vpath))
 
     def delete(self, user: User, vpath: str):
-        """Remove a file; refused (UploadBusy) while a pending upload is live
-        on it, as docs/architecture.md's table says."""
+        """Remove a file; refused (UploadBusy) while another user's pending
+        upload is on it, or a live one (a client sending), as
+        docs/architecture.md's table says.  The user's own interrupted
+        upload there is abandoned with it, for every protocol alike."""
         self._need(user, "delete")
-        d = self.catalog.delete(self.full_path(user, vpath))
+        d = self.catalog.delete(self.full_path(user, vpath), user=user.name)
+
+        def deleted(abandoned: str | None) -> None:
+            if abandoned is not None:
+                self.pending_per_user.discard(abandoned)
 
         def busy(failure):
             failure.trap(catalog_errors.PendingUploadExists)
             raise UploadBusy(f"{vpath} has a pending upload")
 
-        return d.addErrback(busy)
+        return d.addCallbacks(deleted, busy)
 
     def rename(self, user: User, src: str, dst: str, replace: bool = True):
         self._need(user, "rename")
@@ -318,8 +401,9 @@ class Transfers:
         declared_length: int | None = None,
         meta: Mapping[str, Any] | None = None,
         capped: bool = True,
-        check: Callable[[FileInfo | None], None] | None = None,
+        check: Callable[[PathView], None] | None = None,
         durable_start: bool = False,
+        resume: bool = False,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -330,11 +414,18 @@ class Transfers:
         ``capped=False`` skips the per-user session cap: for the server's
         own repairs of a session (a checksum rollback), which must not lose
         to the user's other transfers.
-        ``check``, if given, is called with the path as the user sees it
-        (None when it does not exist for them) from the catalog lookup this
-        call makes anyway, before anything changes: an adapter's
-        preconditions (If-Match, quota) raise there, and need no lookup of
-        their own.
+        ``check``, if given, is called with the path's PathView (its
+        committed version and the user's own pending upload) from the
+        catalog lookup this call makes anyway, before anything changes: an
+        adapter's preconditions (If-Match, quota) raise there, and need no
+        lookup of their own.
+        ``declared_length`` is the total the client announced (PUT's
+        Content-Range, tus's Upload-Length), None if it announced none.  At
+        offset 0 (not ``append``) a pending upload taken over starts over:
+        it gets this length, whatever an abandoned client declared (STOR and
+        PUT begin a new upload).  A resume above 0, or one that says so with
+        ``resume`` (a tus PATCH names its upload), keeps the recorded length;
+        announcing another is LengthConflict, before anything changes.
         ``durable_start``: the start itself is acknowledged to the client
         (tus answers a creation with 201 and the upload's URL before any
         byte is durable), so its catalog commit waits for the disk; else
@@ -351,12 +442,13 @@ class Transfers:
                 # The lookup and the start in one transaction (a generator
                 # fewer than through _open_write, for every small STOR).
                 session = yield self._start_write(
-                    user, vpath, offset, append, declared_length, meta, durable_start
+                    user, vpath, offset, append, declared_length, meta, durable_start, resume
                 )
             else:
                 session = yield self._open_write(
-                    user, vpath, offset, append, declared_length, meta, check, durable_start
-                )
+                    user, vpath, offset, append, declared_length, meta, check, durable_start,
+                    resume,
+                )  # fmt: skip
         except BaseException:
             slot.release()
             raise
@@ -400,7 +492,9 @@ class Transfers:
         self.pending_per_user.reset(u for u in uploads if u.upload_id not in self.sessions)
 
     @inlineCallbacks
-    def _open_write(self, user, vpath, offset, append, declared_length, meta, check, durable_start):
+    def _open_write(
+        self, user, vpath, offset, append, declared_length, meta, check, durable_start, resume
+    ):
         """``open_write`` with an adapter's ``check``: a lookup of its own
         first, then the upload's start or takeover."""
         full = self.full_path(user, vpath)
@@ -408,11 +502,7 @@ class Transfers:
             entry = yield self.catalog.stat(full)
         except catalog_errors.NotFound:
             entry = None
-        try:
-            seen = None if entry is None else self._info(user, vpath, entry)
-        except catalog_errors.NotFound:
-            seen = None  # another user's pending upload
-        check(seen)
+        check(self._view(user, vpath, entry))
         if entry is not None and entry.is_dir:
             raise catalog_errors.IsADirectory(vpath)
         upload = entry.upload if entry is not None else None
@@ -421,7 +511,10 @@ class Transfers:
                 raise UploadBusy(f"{vpath} has a pending upload of another user")
             if append:
                 offset = upload.checkpoint
-            session = yield self._take_over(user, upload, offset)
+            length = _length_after_takeover(
+                upload, offset, declared_length, starts_over=not (append or resume)
+            )
+            session = yield self._take_over(user, upload, offset, length)
             return session
         committed = entry.size if entry is not None and entry.version is not None else 0
         if append:
@@ -450,7 +543,9 @@ class Transfers:
         return session
 
     @inlineCallbacks
-    def _start_write(self, user, vpath, offset, append, declared_length, meta, durable=False):
+    def _start_write(
+        self, user, vpath, offset, append, declared_length, meta, durable=False, resume=False
+    ):
         """``_open_write`` without an adapter's check: the lookup and the
         start of a new upload are one catalog transaction (``start_upload``),
         whose commit waits for no disk; a pending upload found instead is
@@ -478,7 +573,11 @@ class Transfers:
                 raise UploadBusy(str(e)) from e
             if upload.user != user.name:
                 raise UploadBusy(f"{vpath} has a pending upload of another user") from e
-            session = yield self._take_over(user, upload, upload.checkpoint if append else offset)
+            at = upload.checkpoint if append else offset
+            length = _length_after_takeover(
+                upload, at, declared_length, starts_over=not (append or resume)
+            )
+            session = yield self._take_over(user, upload, at, length)
             return session
         except catalog_errors.InvalidOffset as e:
             raise OffsetTooLarge(str(e)) from e
@@ -525,8 +624,11 @@ class Transfers:
         return replicas
 
     @inlineCallbacks
-    def _take_over(self, user: User, upload: UploadSession, offset: int):
-        """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob."""
+    def _take_over(
+        self, user: User, upload: UploadSession, offset: int, declared_length: int | None
+    ):
+        """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob,
+        and ``declared_length`` from now on (see _length_after_takeover)."""
         if offset > upload.checkpoint:
             raise OffsetTooLarge(
                 f"offset {offset} is beyond the durable offset {upload.checkpoint}"
@@ -566,6 +668,7 @@ class Transfers:
             list(replicas),
             self.settings.replicas,
             expires_at=self._expiry(),
+            declared_length=declared_length,
         )
         session = yield self._open_session(user, upload, None)
         return session

@@ -25,11 +25,13 @@ from zope.interface import implementer
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import UploadSession, Version
 from wsfront.transfer.errors import (
+    LengthExceeded,
     NoReplicasAvailable,
     QuotaExceeded,
     SessionFailed,
     SessionFenced,
     TransferAborted,
+    UploadIncomplete,
 )
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
@@ -242,10 +244,13 @@ class WriteSession:
     @property
     def left_pending(self) -> bool:
         """Whether the upload stays pending, resumable from ``durable`` until
-        it expires: its client went away, or every replica failed, or the
-        quota refused the next bytes (another failure ends it for good)."""
+        it expires: its client went away, or the session failed (every
+        replica gone, the quota, a failed commit): never left active with
+        no writer.  Not when its adapter gave it up (aborted: the adapter
+        decides its fate) or the catalog ended it already."""
         return self.state == INTERRUPTED or (
-            self.state == FAILED and isinstance(self.error, NoReplicasAvailable | QuotaExceeded)
+            self.state == FAILED
+            and not isinstance(self.error, TransferAborted | catalog_errors.UploadFinished)
         )
 
     def when_failed(self) -> Deferred:
@@ -274,6 +279,10 @@ class WriteSession:
         quota = self._quota_remaining
         if quota is not None and self.received + len(data) > quota:
             self._fail(QuotaExceeded("the upload exceeds the user's quota"))
+            return
+        declared = self.session.declared_length
+        if declared is not None and self.offset + len(data) > declared:
+            self._fail(LengthExceeded(f"the upload was declared {declared} bytes long"))
             return
         limit = failpoints.threshold("transfer.write.bytes")
         if limit is not None and _relayed + len(data) >= limit > _relayed:
@@ -388,6 +397,16 @@ class WriteSession:
         226/201/204."""
         if self.state != STREAMING:
             raise self.error or SessionFailed(f"upload is {self.state}")
+        declared = self.session.declared_length
+        if declared is not None and self.offset != declared:
+            # Ended short of the length its first client declared (an FTP
+            # resume of a PUT or tus upload): kept pending, never committed
+            # as a complete file, nor thrown away.
+            yield self.interrupt()
+            raise UploadIncomplete(
+                f"{self.durable} of the {declared} bytes declared are stored; "
+                f"the upload stays pending, resume it at {self.durable}"
+            )
         self.state = COMMITTING
         self._cancel_timer()
         try:
