@@ -24,6 +24,7 @@ import errno
 import itertools
 import json
 import os
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -134,6 +135,29 @@ def seal_put(
         return info
     finally:
         handle.close()
+
+
+def peer_already_gone(transport: Any) -> bool:
+    """Whether the peer's end of a plain TCP stream (its FIN or a reset)
+    already waits unread on the socket.
+
+    Asked right after our CHALLENGE is sent: a peer whose hang-up is
+    already here closed before it could have read our proof, so its
+    hang-up says nothing about the secret.  That is how connections look
+    that the kernel accepted while the server was stopped (SIGSTOP, a long
+    pause): their clients gave up and closed long before the handshake
+    ran.  Over TLS (bytes between us and the socket) it cannot tell: False.
+    """
+    tcp = framing.tcp_transport(transport)
+    if tcp is None or tcp is not transport:
+        return False
+    try:
+        sock = tcp.getHandle()
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: the peer is gone too
 
 
 def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tuple[Any, int, int]:
@@ -302,6 +326,9 @@ class StorageServerProtocol(Protocol):
         self._state = "hello"  # hello -> auth -> ready; closed
         self._client_nonce = ""
         self._server_nonce = ""
+        #: The peer had hung up before our CHALLENGE went out
+        #: (``peer_already_gone``): its hang-up is no verdict on our proof.
+        self._gone_before_proof = False
         self._held = False  # frames wait in the decoder while True
         self._busy_id: int | None = None  # request running in a thread
         self._flushes: dict[int, None] = {}  # stream flushes whose fsync still runs
@@ -334,7 +361,11 @@ class StorageServerProtocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._state == "auth":
+        if self._state == "auth" and self._gone_before_proof:
+            # Its client closed before our CHALLENGE was sent (we were
+            # stopped or stalled while it waited): not about the secret.
+            log.info("connection from {peer} hung up before the handshake", peer=self.peer)
+        elif self._state == "auth":
             # A client hangs up between our CHALLENGE and its AUTH when our
             # proof does not match its secret (wsstorage.client does): the
             # two sides have different secrets.
@@ -507,6 +538,7 @@ class StorageServerProtocol(Protocol):
             },
         )
         self._state = "auth"
+        self._gone_before_proof = peer_already_gone(self.transport)
 
     def _auth(self, body: dict[str, Any]) -> None:
         expected = auth.client_proof(self.factory.secret, self._client_nonce, self._server_nonce)
