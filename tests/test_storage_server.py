@@ -270,6 +270,20 @@ def test_failed_copy_leaves_no_partial_blob(rig: Rig) -> None:
     assert "b1" not in rig.store.blobs
 
 
+def test_copy_onto_a_full_disk_fails_with_disk_full_and_leaves_no_blob(rig: Rig) -> None:
+    peer = Rig()
+    write_blob(peer, "b1", bytes(range(256)) * 2000)
+    rig.factory._peer_client = lambda endpoint: peer.client
+    rig.store.full = True
+    d = rig.client.copy_from("b1", "tcp:127.0.0.1:1")
+    for _ in range(100):
+        rig.flush()
+        peer.flush()
+    with pytest.raises(DiskFull):
+        rig.result(d)
+    assert "b1" not in rig.store.blobs
+
+
 def test_path_like_blob_id_is_refused_by_the_client(rig: Rig) -> None:
     for bad in ("../x", "a/b", "", ".hidden", "x" * 200):
         with pytest.raises(BadRequest):

@@ -947,7 +947,14 @@ class StorageServerProtocol(Protocol):
             handle = yield self._blocking(store.open_write, blob_id, info.epoch, 0, info.meta)
             sink = _HandleConsumer(handle)
             try:
-                got = yield peer.read(blob_id, 0, None, sink)
+                try:
+                    got = yield peer.read(blob_id, 0, None, sink)
+                except Exception:
+                    # A sink that failed (a full disk) stops the read, which
+                    # then fails "stopped by its consumer": report the cause.
+                    if sink.error is not None:
+                        raise sink.error from None
+                    raise
                 if sink.error is not None:
                     raise sink.error
                 if got != info.size or sink.count != info.size:
