@@ -141,7 +141,7 @@ def peer_already_gone(transport: Any) -> bool:
     """Whether the peer's end of a plain TCP stream (its FIN or a reset)
     already waits unread on the socket.
 
-    Asked right after our CHALLENGE is sent: a peer whose hang-up is
+    Asked just before our CHALLENGE is sent: a peer whose hang-up is
     already here closed before it could have read our proof, so its
     hang-up says nothing about the secret.  That is how connections look
     that the kernel accepted while the server was stopped (SIGSTOP, a long
@@ -527,6 +527,9 @@ class StorageServerProtocol(Protocol):
         self._client_nonce = body["nonce"]
         self._server_nonce = auth.new_nonce()
         proof = auth.server_proof(self.factory.secret, self._client_nonce, self._server_nonce)
+        # Before the CHALLENGE goes out: a hang-up seen after it may be the
+        # client's answer to our proof, however fast it came.
+        self._gone_before_proof = peer_already_gone(self.transport)
         self._send(
             framing.CHALLENGE,
             0,
@@ -538,7 +541,6 @@ class StorageServerProtocol(Protocol):
             },
         )
         self._state = "auth"
-        self._gone_before_proof = peer_already_gone(self.transport)
 
     def _auth(self, body: dict[str, Any]) -> None:
         expected = auth.client_proof(self.factory.secret, self._client_nonce, self._server_nonce)
