@@ -1704,11 +1704,13 @@ class BlobStore:
         except FileNotFoundError as e:
             # A sealed blob looked up, then deleted (and maybe stored again)
             # before its files were opened: gone, not damaged.  With the
-            # same record still there a missing file is damage (scrub
-            # reports it).
+            # same record still there a missing file is damage, told as a
+            # flipped block is (no path: the message goes to clients), so
+            # the front end marks this replica and reads another, and
+            # scrub reports it.
             if not self._same_record(blob):
                 raise BlobNotFound(f"blob {blob_id} was deleted") from e
-            raise
+            raise ChecksumError(f"blob {blob_id} is damaged: a file of it is missing") from e
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
