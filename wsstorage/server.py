@@ -44,6 +44,8 @@ from wsstorage.errors import (
     BadRequest,
     BlobExists,
     BlobNotFound,
+    ChecksumError,
+    DiskError,
     DiskFull,
     InvalidOffset,
     ProtocolError,
@@ -103,13 +105,31 @@ def info_to_wire(info: BlobInfo) -> dict[str, Any]:
     return attrs.asdict(info)
 
 
+#: errnos of a disk that cannot take the operation (remounted read-only,
+#: the store's files removed under it): DiskError, not a bug.
+DISK_ERRNOS = frozenset({errno.EROFS, errno.ENOENT, errno.ENOTDIR})
+#: Errors that are the disk's or the data's, not the server's: a request
+#: failing with one is logged as one line (``_send_error``), no traceback.
+ROUTINE_ERRORS = (DiskFull, DiskError, ChecksumError)
+
+
+def _os_error_text(exc: BaseException) -> str:
+    """``exc`` as text without the file names an OSError carries: wire
+    messages reach clients, who have no business with server paths."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc)
+
+
 def storage_error(exc: BaseException) -> StorageError:
-    """Map anything raised by the store to a wire error."""
+    """Map anything raised by the store to a wire error (naming no path)."""
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"disk full: {exc}")
-    return StorageError(f"internal error: {type(exc).__name__}: {exc}")
+        return DiskFull(f"disk full: {_os_error_text(exc)}")
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return DiskError(f"disk error: {_os_error_text(exc)}")
+    return StorageError(f"internal error: {type(exc).__name__}: {_os_error_text(exc)}")
 
 
 def seal_put(
@@ -568,7 +588,11 @@ class StorageServerProtocol(Protocol):
         the reactor's next turn."""
         framing.send_now(self.transport, framing.encode_control(ftype, rid, body))
 
-    def _send_error(self, rid: int, exc: BaseException) -> None:
+    def _send_error(self, rid: int, exc: BaseException, req: dict[str, Any] | None = None) -> None:
+        """Send ``exc`` as the error of request ``rid``, logged by kind: an
+        unexpected one with its traceback; a routine one (``ROUTINE_ERRORS``:
+        a full, read-only or gutted disk, damage) of request ``req`` as one
+        warning naming the op and blob; a refused one at info."""
         err = storage_error(exc)
         if type(err) is StorageError:
             log.failure(
@@ -576,6 +600,18 @@ class StorageServerProtocol(Protocol):
                 Failure(exc) if not isinstance(exc, Failure) else exc,
                 rid=rid,
                 peer=self.peer,
+            )
+        elif isinstance(err, ROUTINE_ERRORS) and req is not None:
+            blob = req.get("blob")
+            if blob is None and self._write is not None:
+                blob = self._write.blob_id
+            log.warn(
+                "{op} of {blob} from {peer} failed: {error}: {why}",
+                op=req.get("op"),
+                blob=blob,
+                peer=self.peer,
+                error=type(err).__name__,
+                why=err.message,
             )
         elif isinstance(err, BadRequest):
             log.info(
@@ -632,7 +668,7 @@ class StorageServerProtocol(Protocol):
             if self._state == "closed":
                 return
             if isinstance(result, Failure):
-                self._send_error(rid, result.value)
+                self._send_error(rid, result.value, req)
             elif result is not None:
                 self._send(framing.REPLY, rid, result)
             self._release()
@@ -782,7 +818,7 @@ class StorageServerProtocol(Protocol):
                 return
             if isinstance(result, Failure):
                 stream.error = storage_error(result.value)
-                self._send_error(rid, result.value)
+                self._send_error(rid, result.value, {"op": "flush", "blob": stream.blob_id})
             else:
                 self._send(framing.REPLY, rid, {"durable": result})
 
@@ -1395,7 +1431,9 @@ class _ReadStream:
         self._finished = True
         self.proto._read_finished(self)
         if error is not None:
-            self.proto._send_error(self.rid, error)
+            self.proto._send_error(
+                self.rid, error, {"op": "read", "blob": getattr(self.handle, "blob_id", None)}
+            )
         else:
             self.proto._send(framing.END, self.rid, end or {})
         self.close()
