@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from wsstorage import auth, failpoints, framing
 from wsstorage.counters import ProcessCounters as _ProcessCounters
+from wsstorage.diskcheck import DiskCheck
 from wsstorage.errors import (
     BadRequest,
     BlobExists,
@@ -302,6 +303,8 @@ class StorageServerFactory(Factory):
 
         self.run_blocking = run_blocking
         self._peer_client = peer_client
+        #: Whether the disk takes writes, told in every health answer.
+        self.disk_check = DiskCheck(reactor, getattr(store, "disk_problem", None), run_blocking)
 
     def from_thread(self, f: Callable[[], None]) -> Callable[[], None]:
         """``f`` made callable from work given to ``run_blocking``: through
@@ -719,23 +722,31 @@ class StorageServerProtocol(Protocol):
         blob_id = check_blob_id(req.get("blob"))
         return self._blocking(self.factory.store.delete, blob_id).addCallback(lambda _: {})
 
-    def _op_health(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def _op_health(self, rid: int, req: dict[str, Any]) -> Any:
+        """Space, blob count, load and ``problem``: why the disk takes no
+        writes now (``DiskCheck``; None when it does), so front ends place
+        no new blob here while it is set.  A data directory gone under us
+        answers, with no space and its problem, rather than failing."""
         store = self.factory.store
 
         def probe() -> dict[str, Any]:
-            free, total = store.free_space()
+            try:
+                free, total = store.free_space()
+            except OSError:
+                free, total = 0, 0
             return {"free_bytes": free, "total_bytes": total, "blobs": store.count_blobs()}
 
-        def reply(r: dict[str, Any]) -> dict[str, Any]:
-            r.update(
-                name=self.factory.name,
-                active_streams=self.factory.active_streams,
-                version=framing.VERSION,
-                load=list(os.getloadavg()),
-            )
-            return r
-
-        return self._blocking(probe).addCallback(reply)
+        problem = yield self.factory.disk_check.problem()
+        r = yield self._blocking(probe)
+        r.update(
+            name=self.factory.name,
+            active_streams=self.factory.active_streams,
+            version=framing.VERSION,
+            load=list(os.getloadavg()),
+            problem=problem,
+        )
+        return r
 
     # -- read stream ---------------------------------------------------
 
