@@ -740,7 +740,8 @@ def test_a_read_of_a_blob_deleted_after_its_look_up_is_not_found_not_damage(tmp_
     """A reader looked a sealed blob up; it was deleted and stored again
     (a small put: no ``.data``) before the reader opened its files: that
     is BlobNotFound, not a missing file.  A ``.data`` missing under the
-    same record is damage, and stays an error scrub reports."""
+    same record is damage: a ChecksumError (as for a flipped block, so the
+    front end marks the replica) that names no path, and scrub reports it."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     write_all(store, "x", pattern(10)).seal()
     stale = store._blob("x")
@@ -757,8 +758,9 @@ def test_a_read_of_a_blob_deleted_after_its_look_up_is_not_found_not_damage(tmp_
     assert read_all(store, "x") == b"small"
     write_all(store, "y", pattern(10)).seal()
     os.unlink(paths(store, "y").data)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ChecksumError) as caught:
         store.open_read("y", 0, None)
+    assert str(tmp_path) not in str(caught.value) and ".data" not in str(caught.value)
     store.close()
 
 

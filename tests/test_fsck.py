@@ -88,3 +88,61 @@ async def test_fsck_reports_a_replica_with_the_wrong_size(env):
     await run(env, fix=True)
     assert (await run(env))["problems"] == 0
     await check_full_strength(env, files)
+
+
+async def _sees_disk_problem(env, node: str) -> None:
+    """Wait until the pool knows ``node``'s health names a disk problem
+    (its server probes its disk on every health request here)."""
+    from twisted.internet import reactor
+
+    env.nodes[node].factory.disk_check.ttl = 0.0
+    pool = env.transfers.pool
+    deadline = reactor.seconds() + 15
+    while True:
+        await pool.probe_all()
+        if not pool.writable(node):
+            return
+        assert reactor.seconds() < deadline, "the disk problem was never seen"
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_answers_but_lost_its_blobs_directory_fails_and_is_repaired(
+    env, tmp_path
+):
+    """``rm -rf <data>/blobs`` under a running server: it answers, but its
+    listing fails with a disk error; it is reported failing (not merely
+    unreachable) and every replica it held as missing, which fix repairs
+    onto the other servers."""
+    import shutil
+
+    files = await populate(env, count=4)
+    holdings = {n: await blobs_on(env, n) for n in sorted(env.nodes)}
+    victim = max(holdings, key=lambda n: len(holdings[n]))
+    held = holdings[victim]
+    assert held, "the victim must hold replicas for the test to mean much"
+    shutil.rmtree(tmp_path / victim / "blobs")
+    await _sees_disk_problem(env, victim)
+    assert env.transfers.pool.is_up(victim)
+
+    report = await run(env)
+    assert report["unreachable_nodes"] == []
+    assert [f["node"] for f in report["failing_nodes"]] == [victim]
+    assert str(tmp_path) not in str(report["failing_nodes"])
+    assert sorted(m["blob"] for m in report["missing"] if m["node"] == victim) == sorted(held)
+
+    fixed = await run(env, fix=True)
+    assert fixed["marked"] == len(held)
+    assert fixed["repair"]["copied"] == len(held)
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_server_is_reported_and_its_replicas_are_not_judged(env):
+    await populate(env, count=4)
+    victim = sorted(env.nodes)[0]
+    await env.kill(victim)
+    await env.transfers.pool.probe_all()
+    report = await run(env)
+    assert report["unreachable_nodes"] == [victim]
+    assert report["failing_nodes"] == [] and report["missing"] == []

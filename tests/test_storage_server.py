@@ -7,9 +7,12 @@ until a Deferred fires.
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.storage_loopback import SECRET, CollectingConsumer, Rig
 from tests.storage_memstore import BLOCK
@@ -22,6 +25,7 @@ from wsstorage.errors import (
     BlobNotFound,
     BlobSealed,
     ChecksumError,
+    DiskError,
     DiskFull,
     InvalidOffset,
     StaleEpoch,
@@ -62,8 +66,6 @@ def logged():
 
 
 def log_text(events: list[dict]) -> str:
-    from twisted.logger import formatEvent
-
     return "\n".join(formatEvent(e) for e in events)
 
 
@@ -266,6 +268,20 @@ def test_failed_copy_leaves_no_partial_blob(rig: Rig) -> None:
         rig.flush()
         peer.flush()
     with pytest.raises(BadRequest, match="not sealed"):
+        rig.result(d)
+    assert "b1" not in rig.store.blobs
+
+
+def test_copy_onto_a_full_disk_fails_with_disk_full_and_leaves_no_blob(rig: Rig) -> None:
+    peer = Rig()
+    write_blob(peer, "b1", bytes(range(256)) * 2000)
+    rig.factory._peer_client = lambda endpoint: peer.client
+    rig.store.full = True
+    d = rig.client.copy_from("b1", "tcp:127.0.0.1:1")
+    for _ in range(100):
+        rig.flush()
+        peer.flush()
+    with pytest.raises(DiskFull):
         rig.result(d)
     assert "b1" not in rig.store.blobs
 
@@ -574,3 +590,57 @@ def test_a_commit_waiting_on_a_flush_that_fails_is_refused_not_sealed(rig: Rig) 
         d.addErrback(failures.append)
         assert failures, "the flush and the commit both fail"
     assert ("seal", "b") not in rig.store.calls
+
+
+def _levels(events: list[dict]) -> list[str]:
+    return [e["log_level"].name for e in events if "log_level" in e]
+
+
+def test_copy_onto_a_full_disk_is_logged_as_one_warning_not_a_traceback(rig: Rig, logged) -> None:
+    peer = Rig()
+    write_blob(peer, "b1", bytes(range(256)) * 2000)
+    rig.factory._peer_client = lambda endpoint: peer.client
+    rig.store.full = True
+    d = rig.client.copy_from("b1", "tcp:127.0.0.1:1")
+    for _ in range(100):
+        rig.flush()
+        peer.flush()
+    with pytest.raises(DiskFull):
+        rig.result(d)
+    assert "critical" not in _levels(logged)
+    assert not [e for e in logged if "log_failure" in e]
+    [line] = [formatEvent(e) for e in logged if e["log_level"].name == "warn"]
+    assert line.startswith("copy of b1 from") and "DiskFull" in line
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(errno.EROFS, DiskError), (errno.ENOENT, DiskError), (errno.ENOSPC, DiskFull)],
+)
+def test_a_routine_disk_error_is_one_warning_and_names_no_path(
+    rig: Rig, logged, code, error
+) -> None:
+    write_blob(rig, "b1", b"x")
+
+    def stat(blob_id: str):
+        raise OSError(code, os.strerror(code), "/srv/secret-place/blobs/b1.meta")
+
+    rig.store.stat = stat
+    with pytest.raises(error) as caught:
+        rig.result(rig.client.stat("b1"))
+    assert "secret-place" not in str(caught.value)
+    assert not [e for e in logged if "log_failure" in e]
+    [line] = [formatEvent(e) for e in logged if e["log_level"].name == "warn"]
+    assert line.startswith("stat of b1 from") and error.__name__ in line
+    assert "secret-place" not in line
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_names_no_path(rig: Rig, logged) -> None:
+    def stat(blob_id: str):
+        raise OSError(errno.EIO, "Input/output error", "/srv/secret-place/blobs/b1.meta")
+
+    rig.store.stat = stat
+    with pytest.raises(StorageError) as caught:
+        rig.result(rig.client.stat("b1"))
+    assert type(caught.value) is StorageError and "secret-place" not in str(caught.value)
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == [OSError]

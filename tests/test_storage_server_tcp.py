@@ -524,3 +524,40 @@ async def test_replies_go_into_an_idle_socket_at_once(client, monkeypatch) -> No
     assert info.size == 4096 and info.sealed
     assert (await client.stat("replied")).size == 4096
     assert idle_after == [True, True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_dropped_while_the_server_was_stopped_are_no_secret_mismatch(
+    storage_process,
+) -> None:
+    """A client that sent HELLO and gave up while the server was stopped
+    (SIGSTOP) is not reported as holding another cluster secret when the
+    server resumes and answers it; a client that does hang up on our proof
+    still is."""
+    from wsstorage import auth
+    from wsstorage.errors import AuthenticationFailed
+
+    storage_process.start()
+    os.kill(storage_process.proc.pid, signal.SIGSTOP)
+    try:
+        # The kernel accepts it into the backlog; the server runs nothing.
+        with socket.create_connection(("127.0.0.1", storage_process.port)) as s:
+            s.sendall(
+                framing.encode_control(
+                    framing.HELLO, 0, {"version": framing.VERSION, "nonce": auth.new_nonce()}
+                )
+            )
+    finally:
+        os.kill(storage_process.proc.pid, signal.SIGCONT)
+    await wait_for(lambda: "before the handshake" in storage_process.run_log())
+    assert "differs from ours" not in storage_process.run_log()
+    c = storage_process.client(reactor)
+    assert (await c.health()).name == "s1"
+    await c.close()
+    wrong = StorageClient(
+        reactor, "s1", storage_process.endpoint, b"another-secret-of-enough-length!"
+    )
+    with pytest.raises(AuthenticationFailed):
+        await wrong.health()
+    await wrong.close()
+    await wait_for(lambda: "differs from ours" in storage_process.run_log())

@@ -258,6 +258,47 @@ async def test_read_survives_a_flipped_byte_in_one_replica(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_replica_whose_data_file_is_gone_is_damage_read_elsewhere_and_marked(tmp_path):
+    """A sealed blob's ``.data`` removed on one server (its record and
+    checksums left) is damage, as a flipped block is: the read fails over
+    and the replica is marked stale for repair, and no server path reaches
+    the front end."""
+    from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from wsfront.catalog.records import REPLICA_STALE
+
+    env = await TransferEnv(reactor, tmp_path).start()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        data = payload(MiB)
+        version = await env.upload("/f", data)
+        [extent] = version.extents
+        first = cached_replica(extent.blob_id, [r.node for r in extent.replicas])
+        os.unlink(env.nodes[first].blob_path(extent.blob_id))
+        got, stream = await env.download("/f")
+        assert sha256(got) == sha256(data)
+        assert stream.failovers == 1
+
+        async def state() -> str:
+            blob = await env.catalog.get_blob(extent.blob_id)
+            return {r.node: r.state for r in blob.replicas}[first]
+
+        deadline = reactor.seconds() + 10
+        while await state() != REPLICA_STALE:
+            assert reactor.seconds() < deadline, "the replica was never marked stale"
+            await task.deferLater(reactor, 0.01, lambda: None)
+        failovers = [e for e in env.transfers.stats.events if e.kind == "failover"]
+        assert failovers and str(tmp_path) not in repr(failovers)
+        assert not [e for e in events if e.get("log_level") and e["log_level"].name == "critical"]
+        assert str(tmp_path) not in "\n".join(formatEvent(e) for e in events if "log_failure" in e)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_write_survives_a_replica_dying_and_is_under_replicated(env):
     data = payload(3 * MiB)
     session = await env.transfers.open_write(env.user, "/f", 0)

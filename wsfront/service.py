@@ -40,6 +40,14 @@ def with_backlog(endpoint: str, backlog: int = 512) -> str:
     return endpoint
 
 
+def _node_state(node) -> str:
+    """The registry state of a pool node (``wsfs status``): "unwritable"
+    when it answers but its disk takes no writes (``NodeState.problem``)."""
+    if not node.up:
+        return "down"
+    return "unwritable" if node.problem is not None else "up"
+
+
 def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint): one line says
@@ -277,7 +285,7 @@ class FrontendService(service.Service):
             try:
                 yield self.catalog.set_node_health(
                     node.name,
-                    "draining" if draining else "up" if node.up else "down",
+                    "draining" if draining else _node_state(node),
                     node.free_bytes if node.last_seen is not None else None,
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,

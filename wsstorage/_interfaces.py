@@ -149,6 +149,9 @@ class IBlobStore(Interface):
     def free_space():
         """Return (free_bytes, total_bytes)."""
 
+    # Optional: ``disk_problem()`` -> str | None, why the store cannot take
+    # writes now (blocking); a store without it is taken to be writable.
+
 
 class IScrubbedStore(IBlobStore):
     """A blob store on disk that scrub verifies (``wsstorage.scrub``): what

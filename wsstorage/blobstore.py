@@ -148,6 +148,10 @@ log = Logger()
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: The file ``disk_problem`` creates, writes, fsyncs and removes in the
+#: store's directory (beside FORMAT, not in blobs/, whose listing expects
+#: only fan-out directories).
+PROBE_FILE = "health-probe.tmp"
 #: Most bytes one ``BlobReadHandle.read`` reads from disk (one block if larger).
 MAX_READ_SPAN = 1024 * 1024
 #: Default least run of synced bytes whose page cache is dropped: 0, never.
@@ -1704,11 +1708,13 @@ class BlobStore:
         except FileNotFoundError as e:
             # A sealed blob looked up, then deleted (and maybe stored again)
             # before its files were opened: gone, not damaged.  With the
-            # same record still there a missing file is damage (scrub
-            # reports it).
+            # same record still there a missing file is damage, told as a
+            # flipped block is (no path: the message goes to clients), so
+            # the front end marks this replica and reads another, and
+            # scrub reports it.
             if not self._same_record(blob):
                 raise BlobNotFound(f"blob {blob_id} was deleted") from e
-            raise
+            raise ChecksumError(f"blob {blob_id} is damaged: a file of it is missing") from e
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> BlobInfo:
         """Adopt ``epoch`` and cut the blob to ``truncate_to``, durably.
@@ -1921,6 +1927,30 @@ class BlobStore:
 
     def free_space(self) -> tuple[int, int]:
         return self.fs.statvfs(self.root)
+
+    def disk_problem(self) -> str | None:
+        """Why this store cannot take new blobs now, or None if it can: its
+        blobs/ directory is still there and a small file can be created,
+        written, fsync'd and removed in its directory.  Free space and a
+        blob count say nothing of a disk remounted read-only or a data
+        directory removed under the running server.  Blocking (an fsync):
+        for a thread, and not on every health probe.  The reason names no
+        path: front ends show it."""
+        if not self.fs.exists(os.path.join(self.root, BLOBS_DIR)):
+            return f"the data directory has lost its {BLOBS_DIR} directory"
+        path = os.path.join(self.root, PROBE_FILE)
+        try:
+            fd = self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self.fs.pwrite_all(fd, b"wsfs health probe\n", 0)
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.unlink(path)
+        except OSError as e:
+            why = os.strerror(e.errno).lower() if e.errno else type(e).__name__
+            return f"the data directory is not writable: {why}"
+        return None
 
 
 _pools: dict[str, ThreadPoolExecutor] = {}

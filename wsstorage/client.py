@@ -1156,6 +1156,7 @@ class StorageClient:
                 blobs=b["blobs"],
                 active_streams=b["active_streams"],
                 version=b["version"],
+                problem=b.get("problem") if isinstance(b.get("problem"), str) else None,
             )
 
         return self._simple({"op": "health"}).addCallback(record)

@@ -67,6 +67,13 @@ class DiskFull(StorageError):
     code = "disk_full"
 
 
+class DiskError(StorageError):
+    """The server's disk failed the operation (read-only, a file or
+    directory of the store gone): the node is sick, not the request."""
+
+    code = "disk_error"
+
+
 class AuthenticationFailed(StorageError):
     """The peer could not prove knowledge of the cluster secret."""
 
@@ -103,6 +110,7 @@ ERRORS_BY_CODE: dict[str, type[StorageError]] = {
         InvalidOffset,
         ChecksumError,
         DiskFull,
+        DiskError,
         AuthenticationFailed,
         ProtocolError,
         NodeUnavailable,

@@ -57,3 +57,6 @@ class Health:
     blobs: int
     active_streams: int
     version: int
+    #: Why the server takes no new blobs now (its disk is read-only, its
+    #: data directory gone...), or None; older servers never say.
+    problem: str | None = None

@@ -24,6 +24,7 @@ import errno
 import itertools
 import json
 import os
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -39,10 +40,13 @@ from zope.interface import implementer
 
 from wsstorage import auth, failpoints, framing
 from wsstorage.counters import ProcessCounters as _ProcessCounters
+from wsstorage.diskcheck import DiskCheck
 from wsstorage.errors import (
     BadRequest,
     BlobExists,
     BlobNotFound,
+    ChecksumError,
+    DiskError,
     DiskFull,
     InvalidOffset,
     ProtocolError,
@@ -102,13 +106,31 @@ def info_to_wire(info: BlobInfo) -> dict[str, Any]:
     return attrs.asdict(info)
 
 
+#: errnos of a disk that cannot take the operation (remounted read-only,
+#: the store's files removed under it): DiskError, not a bug.
+DISK_ERRNOS = frozenset({errno.EROFS, errno.ENOENT, errno.ENOTDIR})
+#: Errors that are the disk's or the data's, not the server's: a request
+#: failing with one is logged as one line (``_send_error``), no traceback.
+ROUTINE_ERRORS = (DiskFull, DiskError, ChecksumError)
+
+
+def _os_error_text(exc: BaseException) -> str:
+    """``exc`` as text without the file names an OSError carries: wire
+    messages reach clients, who have no business with server paths."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc)
+
+
 def storage_error(exc: BaseException) -> StorageError:
-    """Map anything raised by the store to a wire error."""
+    """Map anything raised by the store to a wire error (naming no path)."""
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"disk full: {exc}")
-    return StorageError(f"internal error: {type(exc).__name__}: {exc}")
+        return DiskFull(f"disk full: {_os_error_text(exc)}")
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return DiskError(f"disk error: {_os_error_text(exc)}")
+    return StorageError(f"internal error: {type(exc).__name__}: {_os_error_text(exc)}")
 
 
 def seal_put(
@@ -134,6 +156,29 @@ def seal_put(
         return info
     finally:
         handle.close()
+
+
+def peer_already_gone(transport: Any) -> bool:
+    """Whether the peer's end of a plain TCP stream (its FIN or a reset)
+    already waits unread on the socket.
+
+    Asked just before our CHALLENGE is sent: a peer whose hang-up is
+    already here closed before it could have read our proof, so its
+    hang-up says nothing about the secret.  That is how connections look
+    that the kernel accepted while the server was stopped (SIGSTOP, a long
+    pause): their clients gave up and closed long before the handshake
+    ran.  Over TLS (bytes between us and the socket) it cannot tell: False.
+    """
+    tcp = framing.tcp_transport(transport)
+    if tcp is None or tcp is not transport:
+        return False
+    try:
+        sock = tcp.getHandle()
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: the peer is gone too
 
 
 def open_range(store: Any, blob_id: str, offset: int, length: int | None) -> tuple[Any, int, int]:
@@ -258,6 +303,8 @@ class StorageServerFactory(Factory):
 
         self.run_blocking = run_blocking
         self._peer_client = peer_client
+        #: Whether the disk takes writes, told in every health answer.
+        self.disk_check = DiskCheck(reactor, getattr(store, "disk_problem", None), run_blocking)
 
     def from_thread(self, f: Callable[[], None]) -> Callable[[], None]:
         """``f`` made callable from work given to ``run_blocking``: through
@@ -302,6 +349,9 @@ class StorageServerProtocol(Protocol):
         self._state = "hello"  # hello -> auth -> ready; closed
         self._client_nonce = ""
         self._server_nonce = ""
+        #: The peer had hung up before our CHALLENGE went out
+        #: (``peer_already_gone``): its hang-up is no verdict on our proof.
+        self._gone_before_proof = False
         self._held = False  # frames wait in the decoder while True
         self._busy_id: int | None = None  # request running in a thread
         self._flushes: dict[int, None] = {}  # stream flushes whose fsync still runs
@@ -334,7 +384,11 @@ class StorageServerProtocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._state == "auth":
+        if self._state == "auth" and self._gone_before_proof:
+            # Its client closed before our CHALLENGE was sent (we were
+            # stopped or stalled while it waited): not about the secret.
+            log.info("connection from {peer} hung up before the handshake", peer=self.peer)
+        elif self._state == "auth":
             # A client hangs up between our CHALLENGE and its AUTH when our
             # proof does not match its secret (wsstorage.client does): the
             # two sides have different secrets.
@@ -496,6 +550,9 @@ class StorageServerProtocol(Protocol):
         self._client_nonce = body["nonce"]
         self._server_nonce = auth.new_nonce()
         proof = auth.server_proof(self.factory.secret, self._client_nonce, self._server_nonce)
+        # Before the CHALLENGE goes out: a hang-up seen after it may be the
+        # client's answer to our proof, however fast it came.
+        self._gone_before_proof = peer_already_gone(self.transport)
         self._send(
             framing.CHALLENGE,
             0,
@@ -534,7 +591,11 @@ class StorageServerProtocol(Protocol):
         the reactor's next turn."""
         framing.send_now(self.transport, framing.encode_control(ftype, rid, body))
 
-    def _send_error(self, rid: int, exc: BaseException) -> None:
+    def _send_error(self, rid: int, exc: BaseException, req: dict[str, Any] | None = None) -> None:
+        """Send ``exc`` as the error of request ``rid``, logged by kind: an
+        unexpected one with its traceback; a routine one (``ROUTINE_ERRORS``:
+        a full, read-only or gutted disk, damage) of request ``req`` as one
+        warning naming the op and blob; a refused one at info."""
         err = storage_error(exc)
         if type(err) is StorageError:
             log.failure(
@@ -542,6 +603,18 @@ class StorageServerProtocol(Protocol):
                 Failure(exc) if not isinstance(exc, Failure) else exc,
                 rid=rid,
                 peer=self.peer,
+            )
+        elif isinstance(err, ROUTINE_ERRORS) and req is not None:
+            blob = req.get("blob")
+            if blob is None and self._write is not None:
+                blob = self._write.blob_id
+            log.warn(
+                "{op} of {blob} from {peer} failed: {error}: {why}",
+                op=req.get("op"),
+                blob=blob,
+                peer=self.peer,
+                error=type(err).__name__,
+                why=err.message,
             )
         elif isinstance(err, BadRequest):
             log.info(
@@ -598,7 +671,7 @@ class StorageServerProtocol(Protocol):
             if self._state == "closed":
                 return
             if isinstance(result, Failure):
-                self._send_error(rid, result.value)
+                self._send_error(rid, result.value, req)
             elif result is not None:
                 self._send(framing.REPLY, rid, result)
             self._release()
@@ -649,23 +722,31 @@ class StorageServerProtocol(Protocol):
         blob_id = check_blob_id(req.get("blob"))
         return self._blocking(self.factory.store.delete, blob_id).addCallback(lambda _: {})
 
-    def _op_health(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def _op_health(self, rid: int, req: dict[str, Any]) -> Any:
+        """Space, blob count, load and ``problem``: why the disk takes no
+        writes now (``DiskCheck``; None when it does), so front ends place
+        no new blob here while it is set.  A data directory gone under us
+        answers, with no space and its problem, rather than failing."""
         store = self.factory.store
 
         def probe() -> dict[str, Any]:
-            free, total = store.free_space()
+            try:
+                free, total = store.free_space()
+            except OSError:
+                free, total = 0, 0
             return {"free_bytes": free, "total_bytes": total, "blobs": store.count_blobs()}
 
-        def reply(r: dict[str, Any]) -> dict[str, Any]:
-            r.update(
-                name=self.factory.name,
-                active_streams=self.factory.active_streams,
-                version=framing.VERSION,
-                load=list(os.getloadavg()),
-            )
-            return r
-
-        return self._blocking(probe).addCallback(reply)
+        problem = yield self.factory.disk_check.problem()
+        r = yield self._blocking(probe)
+        r.update(
+            name=self.factory.name,
+            active_streams=self.factory.active_streams,
+            version=framing.VERSION,
+            load=list(os.getloadavg()),
+            problem=problem,
+        )
+        return r
 
     # -- read stream ---------------------------------------------------
 
@@ -748,7 +829,7 @@ class StorageServerProtocol(Protocol):
                 return
             if isinstance(result, Failure):
                 stream.error = storage_error(result.value)
-                self._send_error(rid, result.value)
+                self._send_error(rid, result.value, {"op": "flush", "blob": stream.blob_id})
             else:
                 self._send(framing.REPLY, rid, {"durable": result})
 
@@ -915,7 +996,14 @@ class StorageServerProtocol(Protocol):
             handle = yield self._blocking(store.open_write, blob_id, info.epoch, 0, info.meta)
             sink = _HandleConsumer(handle)
             try:
-                got = yield peer.read(blob_id, 0, None, sink)
+                try:
+                    got = yield peer.read(blob_id, 0, None, sink)
+                except Exception:
+                    # A sink that failed (a full disk) stops the read, which
+                    # then fails "stopped by its consumer": report the cause.
+                    if sink.error is not None:
+                        raise sink.error from None
+                    raise
                 if sink.error is not None:
                     raise sink.error
                 if got != info.size or sink.count != info.size:
@@ -1354,7 +1442,9 @@ class _ReadStream:
         self._finished = True
         self.proto._read_finished(self)
         if error is not None:
-            self.proto._send_error(self.rid, error)
+            self.proto._send_error(
+                self.rid, error, {"op": "read", "blob": getattr(self.handle, "blob_id", None)}
+            )
         else:
             self.proto._send(framing.END, self.rid, end or {})
         self.close()

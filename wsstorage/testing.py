@@ -185,6 +185,9 @@ class FakeStorageNode:
         self.high_water = high_water if high_water is not None else 4 * chunk_size
         self.alive = True
         self.frozen = False
+        #: What its health answers say keeps its disk from taking writes
+        #: (a test sets it: "read-only file system"); None: none.
+        self.disk_problem: str | None = None
         self.bytes_read = 0
         self.bytes_written = 0
         self.blobs: dict[str, _Blob] = {}
@@ -424,6 +427,7 @@ class FakeStorageNode:
             blobs=len(self.blobs),
             active_streams=len(self.streams),
             version=FORMAT_VERSION,
+            problem=self.disk_problem,
         )
 
 

@@ -2,7 +2,11 @@
 
 For every blob the catalog references (committed versions and live
 uploads), every replica it counts ok must exist on its server, sealed, with
-the catalog's length; a server that is unreachable is reported, not judged.
+the catalog's length; a server that is unreachable is reported, not judged
+(it may come back with every blob).  A server that answers but cannot list
+its blobs for a disk error (``DiskError``: its blobs directory was removed)
+is reported as failing, and its replicas as missing: they are gone, and
+repair must replace them.
 Every blob a server holds must be known to the catalog and counted (else it
 is an orphan or a stray copy, see ``gc``).  The report is a plain dict (it
 becomes the result of the ``fsck`` job that ``wsfs fsck`` waits for).
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
@@ -34,29 +39,51 @@ from wsfront.maintenance.gc import ORPHAN, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer
 from wsfront.transfer.pool import StoragePool
+from wsstorage.errors import DiskError
 from wsstorage.records import BlobInfo
 
 log = Logger()
 
 #: Problems listed by blob id in the report are capped at this many each.
 LIST_CAP = 100
+#: Why a replica on a server that cannot list its blobs is missing.
+FAILING = "its server cannot list its blobs"
 
 
-async def _listing(pool: StoragePool) -> tuple[dict[str, dict[str, BlobInfo]], list[str]]:
+@attrs.frozen
+class _Listing:
+    """What the servers hold (``held``), which could not be asked
+    (``unreachable``: not judged), and which answered that their disk
+    cannot list (``failing``: node -> why; what they held is lost)."""
+
+    held: dict[str, dict[str, BlobInfo]]
+    unreachable: list[str]
+    failing: dict[str, str]
+
+
+async def _listing(pool: StoragePool) -> _Listing:
     held: dict[str, dict[str, BlobInfo]] = {}
     unreachable = []
+    failing: dict[str, str] = {}
     for node in pool.names():
         if not pool.is_up(node):
             unreachable.append(node)
             continue
         try:
             infos = await pool.client(node).list_blobs()
+        except DiskError as e:
+            # The server answered: its disk, not the network, failed the
+            # listing.  Only that error, from a server up for the pool,
+            # counts; a lost connection or a timeout stays unreachable.
+            log.warn("fsck: {node} cannot list its blobs: {err}", node=node, err=e.message)
+            failing[node] = e.message
+            continue
         except Exception as e:
             log.warn("fsck: cannot list {node}: {err}", node=node, err=e)
             unreachable.append(node)
             continue
         held[node] = {i.blob_id: i for i in infos}
-    return held, sorted(unreachable)
+    return _Listing(held, sorted(unreachable), failing)
 
 
 async def check(
@@ -69,13 +96,15 @@ async def check(
     under ``_bad``, which ``fsck`` uses to fix and drops from the result).
     A check cut short by ``keep_going`` is partial."""
     await pool.probe_all()
-    held, unreachable = await _listing(pool)
+    listing = await _listing(pool)
+    held, failing = listing.held, listing.failing
     report: dict[str, Any] = {
         "blobs_checked": 0,
         "replicas_checked": 0,
         "missing": [],
         "wrong": [],
-        "unreachable_nodes": unreachable,
+        "unreachable_nodes": listing.unreachable,
+        "failing_nodes": [{"node": n, "why": failing[n]} for n in sorted(failing)],
         "orphans": 0,
         "strays": 0,
         "guarded_nodes": [],
@@ -93,7 +122,14 @@ async def check(
         if not blob.sealed:
             continue  # a live upload's current blob: its session is the authority
         for replica in blob.replicas:
-            if replica.state != REPLICA_OK or replica.node not in held:
+            if replica.state != REPLICA_OK:
+                continue
+            if replica.node in failing:
+                report["replicas_checked"] += 1
+                bad.append((blob_id, replica.node, REPLICA_LOST))
+                report["missing"].append({"blob": blob_id, "node": replica.node, "why": FAILING})
+                continue
+            if replica.node not in held:
                 continue
             report["replicas_checked"] += 1
             info = held[replica.node].get(blob_id)

@@ -38,6 +38,10 @@ class NodeState:
     total_bytes: int = 0
     last_seen: float | None = None
     last_error: str | None = None
+    #: Why the server, though it answers, takes no new blobs (its disk is
+    #: read-only, its data directory gone: its health answer says), or
+    #: None.  It still serves reads; ``choose`` passes it over.
+    problem: str | None = None
 
 
 @implementer(IStorageClient)
@@ -107,6 +111,11 @@ class StoragePool:
         node = self._nodes.get(name)
         return node is not None and node.up
 
+    def writable(self, name: str) -> bool:
+        """Up, and not refusing new blobs for a disk problem (``problem``)."""
+        node = self._nodes.get(name)
+        return node is not None and node.up and node.problem is None
+
     def set_draining(self, name: str, draining: bool) -> None:
         """A draining server (``wsfs drain``) still serves reads, takes no new writes."""
         node = self._nodes.get(name)
@@ -122,7 +131,8 @@ class StoragePool:
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
 
     def choose(self, count: int, exclude: Iterable[str] = ()) -> list[str]:
-        """Up to ``count`` distinct healthy servers, most free space first.
+        """Up to ``count`` distinct healthy servers, most free space first;
+        a server whose health answer names a disk problem is not one.
 
         Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
         most free are taken in turn, not by the bytes that happen to separate
@@ -131,7 +141,9 @@ class StoragePool:
         writes, by name or by which probe ran last."""
         excluded = set(exclude)
         candidates = [
-            n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
+            n
+            for n in self._nodes.values()
+            if n.up and n.problem is None and not n.draining and n.name not in excluded
         ]
         if not candidates:
             return []
@@ -196,8 +208,16 @@ class StoragePool:
             return
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
+        problem = health.problem
+        if problem is not None and problem != node.problem:
+            log.warn(
+                "storage server {name} takes no new writes: {why}", name=node.name, why=problem
+            )
+        elif problem is None and node.problem is not None:
+            log.info("storage server {name} takes new writes again", name=node.name)
         node.up = True
+        node.problem = problem
         node.free_bytes = health.free_bytes
         node.total_bytes = health.total_bytes
         node.last_seen = self._clock.seconds()
-        node.last_error = None
+        node.last_error = problem
