@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from tests.catalog_outage import fill, make_writes_wait_briefly, tmpfs, write_locked
 from tests.ftp_env import FTPEnv
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
@@ -36,6 +38,8 @@ from wsfront.transfer.service import PermissionDenied
         (catalog_errors.EpochConflict(), 451),
         (catalog_errors.InvalidOffset(), 554),
         (catalog_errors.QuotaExceeded(), 552),
+        (catalog_errors.CatalogUnavailable("postgresql: server closed the connection"), 451),
+        (catalog_errors.CatalogFull("sqlite: database or disk is full"), 452),
         (paths.PathError(paths.PathErrorKind.OUTSIDE_ROOT, "outside"), 550),
         (paths.PathError(paths.PathErrorKind.INVALID_NAME, "bad"), 553),
     ],
@@ -88,5 +92,80 @@ async def test_idle_control_connection_is_closed_with_421(tmp_path):
         c = await env.client()
         assert await c.reply() == (421, "Idle timeout, closing the control connection")
         await c.closed
+    finally:
+        await env.stop()
+
+
+# -- the catalog out of service ----------------------------------------------------------
+
+
+@pytest.fixture
+def events():
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+async def _refused_writes(c) -> list[tuple[str, tuple[int, str]]]:
+    """Each write command's reply (RNFR only reads: it is answered 350)."""
+    replies = [
+        ("STOR", await c.stor("/new", b"new")),
+        ("APPE", await c.stor("/kept", b"+", "APPE")),
+    ]
+    for line in ("MKD /dir", "DELE /kept", "RNFR /kept", "RNTO /moved"):
+        replies.append((line, await c.cmd(line)))
+    assert replies.pop(-2)[1][0] == 350
+    return replies
+
+
+def _outage_lines(events: list[dict]) -> list[str]:
+    """What the FTP server logged: one warn line per refusal, nothing severe."""
+    mine = [e for e in events if e.get("log_namespace") == "wsfront.ftp.protocol"]
+    assert all("log_failure" not in e for e in mine), [formatEvent(e) for e in mine]
+    assert all(e["log_level"] is LogLevel.warn for e in mine)
+    severe = [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    assert severe == [], [formatEvent(e) for e in severe]
+    return [formatEvent(e) for e in mine]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_catalog_disk_is_452_and_one_warn_line(tmp_path, events):
+    from twisted.internet import reactor
+
+    with tmpfs(tmp_path / "catalog") as where:
+        env = await FTPEnv(reactor, tmp_path, catalog_dir=where).start()
+        try:
+            c = await env.client()
+            assert (await c.stor("/kept", b"kept"))[0] == 226
+            filler = fill(where)
+            del events[:]
+            for line, reply in await _refused_writes(c):
+                assert reply == (452, "Insufficient storage: the catalog is full"), line
+            lines = _outage_lines(events)
+            assert len(lines) == 5 and all("CatalogFull" in line for line in lines), lines
+            assert await c.retr("/kept") == b"kept"  # reads still work
+            filler.unlink()
+            assert (await c.stor("/new", b"new"))[0] == 226
+        finally:
+            await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_locked_catalog_is_451_try_again_and_one_warn_line(tmp_path, events):
+    from twisted.internet import reactor
+
+    env = await FTPEnv(reactor, tmp_path).start()
+    try:
+        c = await env.client()
+        assert (await c.stor("/kept", b"kept"))[0] == 226
+        await make_writes_wait_briefly(env.catalog)
+        with write_locked(tmp_path / "catalog.sqlite"):
+            del events[:]
+            for line, reply in await _refused_writes(c):
+                assert reply == (451, "Catalog unavailable, try again later"), line
+        lines = _outage_lines(events)
+        assert len(lines) == 5 and all("CatalogUnavailable" in line for line in lines), lines
+        assert (await c.stor("/new", b"new"))[0] == 226
     finally:
         await env.stop()

@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from tests.catalog_outage import fill, make_writes_wait_briefly, tmpfs, write_locked
 from tests.http_clients_support import ChunkedBody
 from tests.http_env import HttpEnv, MiB, payload
 from tests.http_raw import connect, head_of
@@ -174,3 +175,79 @@ async def test_an_unexpected_error_is_a_500_with_a_traceback(env, events, monkey
     assert len(mine) == 1, [formatEvent(e) for e in mine]
     assert mine[0]["log_level"] is LogLevel.critical
     assert mine[0]["log_failure"].check(RuntimeError)
+
+
+# -- the catalog out of service ----------------------------------------------------------
+
+
+@pytest.fixture
+def full_env(tmp_path):
+    """An HttpEnv whose SQLite catalog is on a tmpfs of its own."""
+    from twisted.internet import reactor
+
+    with tmpfs(tmp_path / "catalog") as where:
+        e = HttpEnv(reactor, tmp_path, catalog_dir=where)
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+async def _answers(env, requests) -> list[tuple[int, dict, str]]:
+    answers = []
+    for method, path, kw in requests:
+        r = await env.request(method, path, **kw)
+        answers.append((r.code, r.headers, (await body_of(r)).decode()))
+    return answers
+
+
+WRITES = [
+    ("PUT", "/new", {"data": b"data"}),
+    ("PUT", "/grow", {"data": ChunkedBody(reactor_(), payload(MiB))}),
+    ("MKCOL", "/dir", {}),
+    ("DELETE", "/kept", {}),
+    ("MOVE", "/kept", {"headers": {b"Destination": [b"/moved"]}}),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_catalog_disk_is_507_and_one_warn_line_per_request(full_env, events):
+    env = full_env
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    filler = fill(env.transfer.catalog_dir)
+    del events[:]
+
+    for (method, path, _), (code, _, body) in zip(WRITES, await _answers(env, WRITES)):
+        assert code == 507, (method, path, body)
+        assert "insufficient storage" in body
+        assert "sqlite" not in body and str(env.transfer.catalog_dir) not in body
+        event = the_line(events, method, path)
+        assert event["log_level"] is LogLevel.warn
+        assert "CatalogFull" in formatEvent(event)
+    assert severe(events) == []
+    get = await env.request("GET", "/kept")  # reads still work
+    assert (get.code, await body_of(get)) == (200, b"kept")
+
+    filler.unlink()
+    r = await env.request("PUT", "/new", data=b"new")
+    assert r.code == 201, await body_of(r)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_locked_catalog_is_503_with_retry_after_and_one_warn_line(env, events):
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    await make_writes_wait_briefly(env.catalog)
+    with write_locked(env.transfer.catalog_dir / "catalog.sqlite"):
+        del events[:]
+        answers = await _answers(env, WRITES)
+    for (method, path, _), (code, headers, body) in zip(WRITES, answers):
+        assert code == 503, (method, path, body)
+        assert headers.getRawHeaders(b"Retry-After") == [b"5"]
+        assert "catalog unavailable, try again later" in body
+        event = the_line(events, method, path)
+        assert event["log_level"] is LogLevel.warn
+        assert "CatalogUnavailable" in formatEvent(event)
+    assert severe(events) == []
+    r = await env.request("PUT", "/new", data=b"new")
+    assert r.code == 201, await body_of(r)

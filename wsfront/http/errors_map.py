@@ -50,6 +50,8 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (catalog_errors.QuotaExceeded, 507, "quota exceeded"),
     (catalog_errors.UploadFinished, 409, "upload already finished"),
     (catalog_errors.EpochConflict, 409, "upload taken over by another session"),
+    (catalog_errors.CatalogUnavailable, 503, "catalog unavailable, try again later"),
+    (catalog_errors.CatalogFull, 507, "insufficient storage: the catalog is full"),
     (transfer_errors.UploadBusy, 409, "file busy: another upload is pending on it"),
     (transfer_errors.OffsetTooLarge, 416, "offset beyond the end of the file"),
     (transfer_errors.QuotaExceeded, 507, "quota exceeded"),
