@@ -25,6 +25,7 @@ from wsfront.transfer.service import PermissionDenied
         (transfer_errors.QuotaExceeded("x"), 552),
         (transfer_errors.SessionFenced("x"), 451),
         (transfer_errors.NoReplicasAvailable("x"), 451),
+        (transfer_errors.StorageFull("x"), 452),
         (transfer_errors.SessionFailed("x"), 451),
         (transfer_errors.TransferAborted("x"), 426),
         (catalog_errors.NotFound("/alice/secret"), 550),
@@ -169,3 +170,21 @@ async def test_a_locked_catalog_is_451_try_again_and_one_warn_line(tmp_path, eve
         assert (await c.stor("/new", b"new"))[0] == 226
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stor_with_every_replica_full_is_452_insufficient_storage(tmp_path):
+    from contextlib import ExitStack
+
+    from twisted.internet import reactor
+
+    with ExitStack() as disks:
+        for name in ("s1", "s2", "s3"):
+            disks.enter_context(tmpfs(tmp_path / name, "2m"))
+        env = await FTPEnv(reactor, tmp_path).start()
+        try:
+            c = await env.client()
+            for verb in ("STOR", "APPE"):
+                assert await c.stor("/big", b"x" * (4 << 20), verb) == (452, "Insufficient storage")
+        finally:
+            await env.stop()

@@ -251,3 +251,42 @@ async def test_a_locked_catalog_is_503_with_retry_after_and_one_warn_line(env, e
     assert severe(events) == []
     r = await env.request("PUT", "/new", data=b"new")
     assert r.code == 201, await body_of(r)
+
+
+# -- storage full -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disks_env(tmp_path):
+    """An HttpEnv whose three storage servers each have a 2 MiB tmpfs."""
+    from contextlib import ExitStack
+
+    from twisted.internet import reactor
+
+    with ExitStack() as disks:
+        for name in ("s1", "s2", "s3"):
+            disks.enter_context(tmpfs(tmp_path / name, "2m"))
+        e = HttpEnv(reactor, tmp_path)
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_full_is_507_insufficient_storage_not_try_again(
+    small_disks_env, events
+):
+    env = small_disks_env
+    for path, data in (
+        ("/sized", payload(4 * MiB)),
+        ("/chunked", ChunkedBody(reactor_(), payload(4 * MiB))),
+        ("/later", payload(4 * MiB)),  # the disks are full from the start
+    ):
+        r = await env.request("PUT", path, data=data)
+        body = (await body_of(r)).decode()
+        assert r.code == 507, (path, body)
+        assert body == f"{path}: insufficient storage\n"
+        event = the_line(events, "PUT", path)
+        assert event["log_level"] is LogLevel.warn
+        assert "StorageFull" in formatEvent(event)
+    assert severe(events) == []

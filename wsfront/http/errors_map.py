@@ -55,6 +55,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.UploadBusy, 409, "file busy: another upload is pending on it"),
     (transfer_errors.OffsetTooLarge, 416, "offset beyond the end of the file"),
     (transfer_errors.QuotaExceeded, 507, "quota exceeded"),
+    (transfer_errors.StorageFull, 507, "insufficient storage"),
     (transfer_errors.NoReplicasAvailable, 503, "storage unavailable, try again later"),
     (transfer_errors.SessionFenced, 409, "upload taken over by another session"),
     (transfer_errors.SessionFailed, 503, "upload failed, try again later"),
