@@ -9,6 +9,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from tests.catalog_outage import fill, make_writes_wait_briefly, tmpfs, write_locked
 from tests.ftp_env import FTPEnv
+from tests.transfer_env import PASSWORD
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp.errors_map import UNEXPECTED, is_expected, reply_for
@@ -188,3 +189,26 @@ async def test_stor_with_every_replica_full_is_452_insufficient_storage(tmp_path
                 assert await c.stor("/big", b"x" * (4 << 20), verb) == (452, "Insufficient storage")
         finally:
             await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_during_a_catalog_outage_is_451_not_login_incorrect(tmp_path, monkeypatch):
+    """The catalog could not check the password: the client is told to try
+    again, and the attempt counts as no failed login (that 530 would have)."""
+    from twisted.internet import defer, reactor
+
+    env = await FTPEnv(reactor, tmp_path, FTPSettings(max_login_failures=1)).start()
+    try:
+        real = env.catalog.check_login
+        monkeypatch.setattr(
+            env.catalog,
+            "check_login",
+            lambda *a: defer.fail(catalog_errors.CatalogUnavailable("postgresql: connection lost")),
+        )
+        c = await env.client(login=False)
+        assert (await c.cmd("USER alice"))[0] == 331
+        assert await c.cmd("PASS secret") == (451, "Catalog unavailable, try again later")
+        monkeypatch.setattr(env.catalog, "check_login", real)
+        await c.login("alice", PASSWORD)
+    finally:
+        await env.stop()
