@@ -290,3 +290,55 @@ async def test_every_replica_full_is_507_insufficient_storage_not_try_again(
         assert event["log_level"] is LogLevel.warn
         assert "StorageFull" in formatEvent(event)
     assert severe(events) == []
+
+
+@pytest.fixture
+def pg_env(tmp_path):
+    """An HttpEnv on a PostgreSQL catalog whose connections carry their own
+    application_name, so a test can end them and only them."""
+    import secrets
+
+    from twisted.internet import reactor
+
+    from tests.catalog_fixtures import postgres_schema_url
+
+    pytest.importorskip("psycopg")
+    for url in postgres_schema_url():
+        name = "wsfs_test_" + secrets.token_hex(6)
+        e = HttpEnv(reactor, tmp_path, catalog_url=f"{url}&application_name={name}")
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        e.pg_admin_url, e.pg_application = url, name
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_a_lost_postgresql_connection_is_503_with_retry_after_then_it_reconnects(
+    pg_env, events
+):
+    import psycopg
+
+    env = pg_env
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    with psycopg.connect(env.pg_admin_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (env.pg_application,),
+        ).fetchall()
+    assert ended
+    del events[:]
+    r = await env.request("PUT", "/new", data=b"new")
+    body = (await body_of(r)).decode()
+    assert (r.code, body) == (503, "/new: catalog unavailable, try again later\n")
+    assert r.headers.getRawHeaders(b"Retry-After") == [b"5"]
+    assert "CatalogUnavailable" in formatEvent(the_line(events, "PUT", "/new"))
+    # Each catalog thread finds its connection dead once, then reconnects.
+    for _ in range(len(ended) + 1):
+        r = await env.request("PUT", "/new", data=b"new")
+        await body_of(r)
+        if r.code != 503:
+            break
+    assert r.code == 201
+    assert severe(events) == []
