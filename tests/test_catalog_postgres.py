@@ -52,3 +52,25 @@ async def test_a_connection_killed_before_an_unsynced_begin_is_also_replaced(pg_
         assert [e.name for e in await cat.list_dir("/")] == ["a", "b0", "b1", "b2"]
     finally:
         await cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_refuses_connections_is_unavailable_until_it_is_back(pg_url):
+    # The connection is lost and the server cannot be reached again: each
+    # call fails as unavailable (HTTP 503, FTP 451), not with the driver's
+    # own connection error (a 500 and a traceback), until it is back.
+    cat = open_catalog(reactor, pg_url, threads=1)
+    backend = cat._runner.backend
+    try:
+        pid = await cat._runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        backend.url, url = "postgresql://127.0.0.1:1/test?connect_timeout=2", backend.url
+        for _ in range(2):
+            with pytest.raises(CatalogUnavailable):
+                await cat.mkdir("/b")
+        backend.url = url
+        await cat.mkdir("/b")
+        assert [e.name for e in await cat.list_dir("/")] == ["b"]
+    finally:
+        await cat.close()

@@ -253,3 +253,32 @@ def test_the_writer_thread_outlives_a_reactor_that_refuses_a_result():
     writer.stop()  # joins: both writes ran
     assert fake.refused == 1
     assert [args for _, args in fake.taken] == [("second",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_sqlite_database_is_catalog_full_and_the_next_write_works(tmp_path):
+    """SQLITE_FULL ("database or disk is full", here from max_page_count)
+    is CatalogFull, which the front ends answer 507/452, not the driver's
+    OperationalError (a 500 and a traceback)."""
+    from wsfront.catalog.errors import CatalogFull
+
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    try:
+        pages = await runner.run(lambda tx: tx.value("PRAGMA page_count"))
+        await runner.run(lambda tx: tx.value(f"PRAGMA max_page_count = {pages}"))
+
+        def grow(tx):
+            tx.execute("CREATE TABLE filler (x BLOB)")
+            tx.execute("INSERT INTO filler VALUES (zeroblob(1000000))")
+
+        try:
+            await runner.run(grow)
+        except CatalogFull as e:
+            assert "full" in str(e)
+        else:
+            raise AssertionError("a write past max_page_count succeeded")
+        await runner.run(lambda tx: tx.value(f"PRAGMA max_page_count = {pages + 1000}"))
+        await cat.mkdir("/d")
+    finally:
+        cat.close()

@@ -110,6 +110,16 @@ CASES = [
         True,
     ),
     (
+        "content-range-total-past-64-bits",
+        put(
+            b"/keep/n5",
+            b"ab",
+            b"Content-Range: bytes 0-1/9223372036854775808\r\nContent-Length: 2\r\n",
+        ),
+        400,
+        True,
+    ),
+    (
         "content-range-of-another-unit",
         put(b"/keep/b.txt", b"abc", b"Content-Range: lines 0-2/3\r\nContent-Length: 3\r\n"),
         400,

@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from tests.catalog_outage import fill, make_writes_wait_briefly, tmpfs, write_locked
 from tests.http_clients_support import ChunkedBody
 from tests.http_env import HttpEnv, MiB, payload
 from tests.http_raw import connect, head_of
@@ -174,3 +175,170 @@ async def test_an_unexpected_error_is_a_500_with_a_traceback(env, events, monkey
     assert len(mine) == 1, [formatEvent(e) for e in mine]
     assert mine[0]["log_level"] is LogLevel.critical
     assert mine[0]["log_failure"].check(RuntimeError)
+
+
+# -- the catalog out of service ----------------------------------------------------------
+
+
+@pytest.fixture
+def full_env(tmp_path):
+    """An HttpEnv whose SQLite catalog is on a tmpfs of its own."""
+    from twisted.internet import reactor
+
+    with tmpfs(tmp_path / "catalog") as where:
+        e = HttpEnv(reactor, tmp_path, catalog_dir=where)
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+async def _answers(env, requests) -> list[tuple[int, dict, str]]:
+    answers = []
+    for method, path, kw in requests:
+        r = await env.request(method, path, **kw)
+        answers.append((r.code, r.headers, (await body_of(r)).decode()))
+    return answers
+
+
+WRITES = [
+    ("PUT", "/new", {"data": b"data"}),
+    ("PUT", "/grow", {"data": ChunkedBody(reactor_(), payload(MiB))}),
+    ("MKCOL", "/dir", {}),
+    ("DELETE", "/kept", {}),
+    ("MOVE", "/kept", {"headers": {b"Destination": [b"/moved"]}}),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_catalog_disk_is_507_and_one_warn_line_per_request(full_env, events):
+    env = full_env
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    filler = fill(env.transfer.catalog_dir)
+    del events[:]
+
+    for (method, path, _), (code, _, body) in zip(WRITES, await _answers(env, WRITES)):
+        assert code == 507, (method, path, body)
+        assert "insufficient storage" in body
+        assert "sqlite" not in body and str(env.transfer.catalog_dir) not in body
+        event = the_line(events, method, path)
+        assert event["log_level"] is LogLevel.warn
+        assert "CatalogFull" in formatEvent(event)
+    assert severe(events) == []
+    get = await env.request("GET", "/kept")  # reads still work
+    assert (get.code, await body_of(get)) == (200, b"kept")
+
+    filler.unlink()
+    r = await env.request("PUT", "/new", data=b"new")
+    assert r.code == 201, await body_of(r)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_locked_catalog_is_503_with_retry_after_and_one_warn_line(env, events):
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    await make_writes_wait_briefly(env.catalog)
+    with write_locked(env.transfer.catalog_dir / "catalog.sqlite"):
+        del events[:]
+        answers = await _answers(env, WRITES)
+    for (method, path, _), (code, headers, body) in zip(WRITES, answers):
+        assert code == 503, (method, path, body)
+        assert headers.getRawHeaders(b"Retry-After") == [b"5"]
+        assert "catalog unavailable, try again later" in body
+        event = the_line(events, method, path)
+        assert event["log_level"] is LogLevel.warn
+        assert "CatalogUnavailable" in formatEvent(event)
+    assert severe(events) == []
+    r = await env.request("PUT", "/new", data=b"new")
+    assert r.code == 201, await body_of(r)
+
+
+# -- storage full -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disks_env(tmp_path):
+    """An HttpEnv whose three storage servers each have a 2 MiB tmpfs."""
+    from contextlib import ExitStack
+
+    from twisted.internet import reactor
+
+    with ExitStack() as disks:
+        for name in ("s1", "s2", "s3"):
+            disks.enter_context(tmpfs(tmp_path / name, "2m"))
+        e = HttpEnv(reactor, tmp_path)
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_full_is_507_insufficient_storage_not_try_again(
+    small_disks_env, events
+):
+    env = small_disks_env
+    for path, data in (
+        ("/sized", payload(4 * MiB)),
+        ("/chunked", ChunkedBody(reactor_(), payload(4 * MiB))),
+        ("/later", payload(4 * MiB)),  # the disks are full from the start
+    ):
+        r = await env.request("PUT", path, data=data)
+        body = (await body_of(r)).decode()
+        assert r.code == 507, (path, body)
+        assert body == f"{path}: insufficient storage\n"
+        event = the_line(events, "PUT", path)
+        assert event["log_level"] is LogLevel.warn
+        assert "StorageFull" in formatEvent(event)
+    assert severe(events) == []
+
+
+@pytest.fixture
+def pg_env(tmp_path):
+    """An HttpEnv on a PostgreSQL catalog whose connections carry their own
+    application_name, so a test can end them and only them."""
+    import secrets
+
+    from twisted.internet import reactor
+
+    from tests.catalog_fixtures import postgres_schema_url
+
+    pytest.importorskip("psycopg")
+    for url in postgres_schema_url():
+        name = "wsfs_test_" + secrets.token_hex(6)
+        e = HttpEnv(reactor, tmp_path, catalog_url=f"{url}&application_name={name}")
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        e.pg_admin_url, e.pg_application = url, name
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_a_lost_postgresql_connection_is_503_with_retry_after_then_it_reconnects(
+    pg_env, events
+):
+    import psycopg
+
+    env = pg_env
+    r = await env.request("PUT", "/kept", data=b"kept")
+    assert r.code == 201, await body_of(r)
+    with psycopg.connect(env.pg_admin_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (env.pg_application,),
+        ).fetchall()
+    assert ended
+    del events[:]
+    r = await env.request("PUT", "/new", data=b"new")
+    body = (await body_of(r)).decode()
+    assert (r.code, body) == (503, "/new: catalog unavailable, try again later\n")
+    assert r.headers.getRawHeaders(b"Retry-After") == [b"5"]
+    assert "CatalogUnavailable" in formatEvent(the_line(events, "PUT", "/new"))
+    # Each catalog thread finds its connection dead once, then reconnects.
+    for _ in range(len(ended) + 1):
+        r = await env.request("PUT", "/new", data=b"new")
+        await body_of(r)
+        if r.code != 503:
+            break
+    assert r.code == 201
+    assert severe(events) == []

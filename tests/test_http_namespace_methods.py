@@ -200,3 +200,26 @@ async def test_mkcol_with_a_body_is_415(env):
     assert (await body_of(env, "/withbody/"))[0] == 404
     assert (await body_of(env, "/chunked/"))[0] == 404
     assert await call(env, "MKCOL", "/nobody") == 201
+
+
+@pytest.mark.parametrize(
+    ("destination", "named"),
+    [
+        ("/r.bin/x", "/r.bin/x"),
+        ("/r.bin/x/y", "/r.bin/x/y"),
+        ("/r.bin/a%20b", "/r.bin/a b"),
+        ("/d/r.bin/x", "/d/r.bin/x"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_destination_under_a_file_is_409_naming_the_destination(env, destination, named):
+    assert await call(env, "MKCOL", "/d") == 201
+    for path in ("/t1.bin", "/r.bin", "/d/r.bin"):
+        assert await call(env, "PUT", path, b"kept") == 201
+    for overwrite in (None, "F"):
+        headers = {"Destination": destination}
+        if overwrite is not None:
+            headers["Overwrite"] = overwrite
+        r = await env.request("MOVE", "/t1.bin", headers=headers)
+        assert (r.code, await r.content()) == (409, f"{named}: not a directory\n".encode())
+    assert await body_of(env, "/t1.bin") == (200, b"kept")

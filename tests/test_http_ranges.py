@@ -174,6 +174,10 @@ def test_boundaries_are_random_and_distinct():
         ("bytes 100-199/*", RequestContentRange(100, 199, None)),
         (b"Bytes 0-0/1", RequestContentRange(0, 0, 1)),
         (" bytes 5-9/10 ", RequestContentRange(5, 9, 10)),
+        (
+            f"bytes 0-{2**63 - 2}/{2**63 - 1}",
+            RequestContentRange(0, 2**63 - 2, 2**63 - 1),
+        ),
     ],
 )
 def test_request_content_range_parses(value, expected):
@@ -193,6 +197,12 @@ def test_request_content_range_parses(value, expected):
         ("bytes=0-1/2", "must be"),
         ("bytes -1-2/3", "must be"),
         ("", "must be"),
+        # What the catalog's 64-bit integers cannot hold (an OverflowError,
+        # a 500, when it stored them).
+        (f"bytes 0-1/{2**63}", "beyond 9223372036854775807"),
+        (f"bytes 0-{2**63}/*", "beyond"),
+        (f"bytes {2**63}-{2**63}/*", "beyond"),
+        ("bytes 0-1/" + "9" * 40, "beyond"),
     ],
 )
 def test_bad_request_content_range_says_why(value, needle):

@@ -275,6 +275,24 @@ async def test_mkcol_move_and_listings(env):
     assert b"b &lt;&amp;&gt;.txt" in body
 
 
+@pytest.mark.parametrize(
+    ("accept", "ctype"),
+    [
+        ("application/json, text/html;q=0.1", "application/json"),
+        ("text/html;q=0, application/json", "application/json"),
+        ("application/json;q=0.5, text/html", "text/html; charset=utf-8"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_listings_follow_the_accept_q_values(env, accept, ctype):
+    await put(env, "/f", b"f")
+    r, body = await get(env, "/", {"Accept": accept})
+    assert header(r, "Content-Type") == ctype
+    assert header(r, "Vary") == "Accept"
+    if ctype == "application/json":
+        assert [e["name"] for e in json.loads(body)["entries"]] == ["f"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_listing_of_a_large_directory_pages_through_the_catalog(env):
     env.site.context.settings = attrs.evolve(env.site.context.settings, listing_page=7)

@@ -176,10 +176,14 @@ class TransferEnv:
         nodes: int = 3,
         replicas: int = 2,
         backend: str = "real",
+        catalog_dir: Path | None = None,
+        catalog_url: str | None = None,
         **settings,
     ):
         self.reactor = reactor
         self.tmp_path = tmp_path
+        self.catalog_dir = catalog_dir or tmp_path
+        self._catalog_url = catalog_url  # None: SQLite in catalog_dir
         self.backend = backend
         self.cluster = None
         self.node_count = nodes
@@ -203,7 +207,7 @@ class TransferEnv:
                 node = StorageNode(self.reactor, name, self.tmp_path / name)
                 self.nodes[name] = node
                 self.endpoints[name] = await node.listen()
-        self.catalog_url = f"sqlite:///{self.tmp_path / 'catalog.sqlite'}"
+        self.catalog_url = self._catalog_url or f"sqlite:///{self.catalog_dir / 'catalog.sqlite'}"
         self.catalog = self._open_catalog()
         for name, ep in self.endpoints.items():
             await self.catalog.register_node(name, ep)

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import threadable
 from twisted.python.threadpool import ThreadPool
 
-from wsfront.catalog.errors import CatalogUnavailable
+from wsfront.catalog.errors import CatalogFull, CatalogUnavailable
 from wsstorage.threadwork import QueueRunner
 
 
@@ -134,6 +134,10 @@ class Backend:
         """Whether ``error`` means the database stayed locked too long."""
         return False
 
+    def is_full(self, error: BaseException) -> bool:
+        """Whether ``error`` means the database's disk is full."""
+        return False
+
     def connection_lost(self, conn: Any) -> bool:
         """Whether ``conn`` is unusable (server restarted, network cut)."""
         return False
@@ -220,7 +224,12 @@ class Runner:
 
     def run_sync(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> T:
         """Run ``fn`` in a transaction in the calling thread."""
-        conn = self._connection()
+        try:
+            conn = self._connection()
+        except Exception as e:
+            # The server is down or the file cannot be opened: no
+            # transaction began, and the next call tries to connect again.
+            raise self._unusable(e) from e
         try:
             return self._attempts(conn, fn, write, durable)
         finally:
@@ -246,10 +255,16 @@ class Runner:
                 self.backend.rollback(conn, cursor)
                 if attempt + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
                     continue
-                if self.backend.is_busy(e):
-                    raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
+                if self.backend.is_busy(e) or self.backend.is_full(e):
+                    raise self._unusable(e) from e
                 raise
         raise AssertionError("unreachable")
+
+    def _unusable(self, error: BaseException) -> CatalogFull | CatalogUnavailable:
+        """The catalog error a client is answered for a database that could
+        not run a transaction: full, or (locked, unreachable) unavailable."""
+        cls = CatalogFull if self.backend.is_full(error) else CatalogUnavailable
+        return cls(f"{self.backend.name}: {error}")
 
     def run(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> Deferred[T]:
         """Run ``fn`` in a transaction in the pool (a write: in the writer

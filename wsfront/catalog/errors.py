@@ -100,7 +100,16 @@ class LeaseHeld(CatalogError):
 
 class CatalogUnavailable(CatalogError):
     """The metadata database could not be reached or stayed locked; the
-    operation may or may not have taken effect."""
+    operation may or may not have taken effect.  A passing outage: the
+    client is told to try again (FTP 451, HTTP 503 with ``Retry-After``)."""
+
+    retry_after = 5
+    """Seconds a client should wait before trying again."""
+
+
+class CatalogFull(CatalogError):
+    """The metadata database's disk is full: no write can commit until an
+    operator frees space (FTP 452, HTTP 507); reads still work."""
 
 
 class SchemaTooNew(CatalogError):

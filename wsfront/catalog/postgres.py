@@ -67,6 +67,9 @@ class PostgresBackend(Backend):
     def is_retryable(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
+    def is_full(self, error: BaseException) -> bool:
+        return isinstance(error, pg_errors.DiskFull)
+
     def connection_lost(self, conn: psycopg.Connection) -> bool:
         return conn.closed or conn.broken
 

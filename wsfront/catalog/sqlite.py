@@ -83,3 +83,12 @@ class SQLiteBackend(Backend):
 
     def is_busy(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+    def is_full(self, error: BaseException) -> bool:
+        # SQLITE_FULL: the disk (or max_page_count) allows no more pages.
+        code = getattr(error, "sqlite_errorcode", None)
+        return (
+            isinstance(error, sqlite3.Error)
+            and code is not None
+            and code & 0xFF == sqlite3.SQLITE_FULL
+        )

@@ -19,6 +19,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.OffsetTooLarge, 554, "Restart offset beyond the end of the file"),
     (transfer_errors.QuotaExceeded, 552, "Quota exceeded"),
     (transfer_errors.SessionFenced, 451, "Upload taken over by another session"),
+    (transfer_errors.StorageFull, 452, "Insufficient storage"),
     (transfer_errors.NoReplicasAvailable, 451, "Storage unavailable, try again later"),
     (transfer_errors.SessionFailed, 451, "Upload failed, try again later"),
     (transfer_errors.TransferAborted, 426, "Transfer aborted"),
@@ -40,6 +41,8 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (catalog_errors.QuotaExceeded, 552, "Quota exceeded"),
     (catalog_errors.AuthFailed, 530, "Login incorrect"),
     (catalog_errors.HashMismatch, 451, "Read back data does not match the file's recorded hash"),
+    (catalog_errors.CatalogUnavailable, 451, "Catalog unavailable, try again later"),
+    (catalog_errors.CatalogFull, 452, "Insufficient storage: the catalog is full"),
 )
 
 UNEXPECTED = (451, "Local error in processing")
@@ -65,5 +68,14 @@ def reply_for(error: BaseException) -> tuple[int, str]:
 
 
 def is_expected(error: BaseException) -> bool:
-    """Whether ``error`` is a failure a client can cause (not worth a traceback)."""
+    """Whether ``error`` is a failure a client can cause, or a known outage
+    (not worth a traceback)."""
     return isinstance(error, paths.PathError) or any(isinstance(error, c) for c, _, _ in _TABLE)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` is an outage of the server's own (the catalog
+    unreachable or full): answered like any expected error, and worth one
+    line in the log, as HTTP gives it, since the operator has something to
+    fix and the catalog said nothing of it."""
+    return isinstance(error, catalog_errors.CatalogUnavailable | catalog_errors.CatalogFull)

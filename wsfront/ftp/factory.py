@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 from twisted.cred import credentials
+from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ServerFactory
@@ -140,7 +141,8 @@ class FTPFactory(ServerFactory):
 
     def login(self, name: str, password: str) -> Deferred:
         """Fire with the catalog ``User`` of (name, password), or fail with
-        AuthFailed.  Anonymous names get the read-only anonymous user when
+        AuthFailed (or the catalog's error, when it could not tell: an
+        outage is no wrong password).  Anonymous names get the read-only anonymous user when
         anonymous access is on."""
         if name.lower() in ANONYMOUS_NAMES:
             if not self.settings.anonymous:
@@ -158,6 +160,9 @@ class FTPFactory(ServerFactory):
             return user
 
         def refused(failure):
+            # Only a refused login: a catalog outage stays itself (FTP 451,
+            # not a "Login incorrect" counted against the user).
+            failure.trap(LoginFailed)
             raise AuthFailed("login incorrect")
 
         return d.addCallbacks(avatar, refused)

@@ -35,7 +35,7 @@ from wsfront.catalog.errors import AuthFailed
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
-from wsfront.ftp.errors_map import is_expected, reply_for
+from wsfront.ftp.errors_map import is_expected, is_outage, reply_for
 from wsfront.ftp.parsing import (
     ArgumentError,
     Command,
@@ -321,6 +321,8 @@ class FTPControl(Protocol):
             log.failure(
                 "FTP command failed unexpectedly", Failure(error, type(error), error.__traceback__)
             )
+        elif is_outage(error):
+            log.warn("FTP command refused: {error}", error=f"{type(error).__name__}: {error}")
         self.reply(*reply_for(error))
 
     # -- dispatch -----------------------------------------------------

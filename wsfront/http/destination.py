@@ -14,7 +14,7 @@ from __future__ import annotations
 from urllib.parse import SplitResultBytes, urlsplit
 
 from wsfront import paths
-from wsfront.http.errors_map import HttpError
+from wsfront.http.errors_map import HttpError, http_error
 from wsfront.http.request import StreamingRequest
 from wsfront.netaddr import canonical_ip
 
@@ -44,6 +44,14 @@ def destination(request: StreamingRequest) -> paths.HttpTarget:
     if not raw.startswith(b"/") or raw == b"/-" or raw.startswith(b"/-/"):
         raise HttpError(400, "the Destination must be a user path on this server")
     return paths.resolve_http(raw)
+
+
+def destination_error(error: BaseException, dest: paths.HttpTarget) -> HttpError:
+    """The answer to an error about the destination (a component of its path
+    that is a file, a name the policy refuses): ``errors_map``'s, naming the
+    destination's path instead of the request's (the source)."""
+    raw = paths.to_url_path(dest.path, directory=dest.trailing_slash)
+    return http_error(error, raw.encode("ascii"))
 
 
 def _check_same_server(

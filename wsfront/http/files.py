@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http import conditional
-from wsfront.http.destination import destination
+from wsfront.http.destination import destination, destination_error
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
 
@@ -183,7 +183,10 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
         raise HttpError(409, "a file cannot move to a directory path (ending in /)")
     if dest.path == target.path:
         raise HttpError(403, "the source and the destination are the same")
-    existing = yield stat_or_none(context, user, dest.path)
+    try:
+        existing = yield stat_or_none(context, user, dest.path)
+    except catalog_errors.NotADirectory as e:
+        raise destination_error(e, dest) from None
     if existing is not None and not overwrite:
         raise HttpError(412, "the destination exists and Overwrite is F")
     if existing is not None and (existing.is_dir or info.is_dir):
@@ -197,6 +200,8 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
         raise HttpError(409, "the destination's parent directory does not exist") from None
     except catalog_errors.PendingUploadExists:
         raise HttpError(409, "the destination is busy: an upload is pending on it") from None
+    except (catalog_errors.NotADirectory, catalog_errors.InvalidName) as e:
+        raise destination_error(e, dest) from None
     request.respond(204 if existing is not None else 201)
 
 

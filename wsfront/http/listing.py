@@ -1,4 +1,5 @@
-"""Directory listings: HTML for browsers, JSON for ``Accept: application/json``.
+"""Directory listings: HTML for browsers, JSON for a client whose Accept
+header prefers ``application/json`` (``wsfront.http.accept``).
 
 A directory may hold millions of entries, so a listing is written page by
 page as the catalog returns them (``Transfers.list_dir`` with ``after=``),
@@ -16,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from wsfront import paths
-from wsfront.http import conditional
+from wsfront.http import accept, conditional
 from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
 
 
@@ -53,9 +54,15 @@ class _Flow:
         return self._waiting
 
 
+LISTING_TYPES = ("text/html", "application/json")
+"""What a listing can be, the default first (``accept.choose``)."""
+
+
 def wants_json(request: StreamingRequest) -> bool:
-    accept = (request.getHeader(b"Accept") or b"").decode("latin-1").lower()
-    return "application/json" in accept and "text/html" not in accept
+    """Whether the client's Accept header(s), q-values and all, prefer JSON."""
+    fields = request.requestHeaders.getRawHeaders(b"Accept")
+    header = None if fields is None else b",".join(fields)
+    return accept.choose(header, LISTING_TYPES) == "application/json"
 
 
 def _json_entry(entry) -> bytes:

@@ -291,13 +291,19 @@ class RequestContentRange:
 
 _CONTENT_RANGE = re.compile(r"bytes[ ]+([0-9]{1,40})-([0-9]{1,40})/([0-9]{1,40}|\*)\Z", re.I)
 
+MAX_POSITION = (1 << 63) - 1
+"""The largest byte position or total a request's Content-Range may name:
+the catalog stores sizes and offsets as signed 64-bit integers (SQLite
+INTEGER, PostgreSQL BIGINT), so a larger one must be refused here (400),
+not fail as it is stored (a 500)."""
+
 
 def parse_content_range(value: str | bytes) -> RequestContentRange:
     """Parse a request's ``Content-Range: bytes first-last/total`` (or ``/*``).
 
     Raises ``ContentRangeError`` for other units, ``bytes */total`` (that
-    form only describes a 416 answer), ``last < first``, or a range that
-    ends at or beyond ``total``.
+    form only describes a 416 answer), ``last < first``, a range that
+    ends at or beyond ``total``, or a number above ``MAX_POSITION``.
     """
     text = _text(value).strip(_OWS)
     if text.lower().startswith("bytes") and text[5:].lstrip(" ").startswith("*"):
@@ -310,6 +316,8 @@ def parse_content_range(value: str | bytes) -> RequestContentRange:
         )
     first, last = int(match.group(1)), int(match.group(2))
     total = None if match.group(3) == "*" else int(match.group(3))
+    if max(first, last, total or 0) > MAX_POSITION:
+        raise ContentRangeError(f"Content-Range names a position beyond {MAX_POSITION}")
     if last < first:
         raise ContentRangeError(f"Content-Range ends ({last}) before it starts ({first})")
     if total is not None and last >= total:

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wsfront.maintenance.compact import Compactor, CompactSettings
+from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
@@ -116,6 +117,7 @@ class MaintenanceService(Service):
         handlers.update(extra_handlers or {})
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
         self._loop: LoopingCall | None = None
+        self._tick_failures = FailureLog(clock, "maintenance tick")
         self._running: Deferred | None = None
         self._cleanup: Deferred | None = None
         now = clock.seconds()
@@ -148,10 +150,11 @@ class MaintenanceService(Service):
             self._running = None
             return result
 
-        def failed(failure):
-            log.failure("maintenance tick failed", failure)
+        def worked(result):
+            self._tick_failures.succeeded()
+            return result
 
-        return d.addErrback(failed).addBoth(done)
+        return d.addCallbacks(worked, self._tick_failures.failed).addBoth(done)
 
     async def _tick(self) -> list[str]:
         """Run what is due, one after the other; return what ran."""

@@ -15,6 +15,13 @@ class NoReplicasAvailable(TransferError):
     """Every replica of the data is unreachable (FTP 451, HTTP 503)."""
 
 
+class StorageFull(NoReplicasAvailable):
+    """Every replica refused the bytes for lack of space (FTP 452, HTTP 507
+    "insufficient storage"): unlike a replica that is down, waiting will not
+    help until an operator frees space or adds a server.  The upload stays
+    pending, resumable from its durable offset, as for any lost replicas."""
+
+
 class SessionFenced(TransferError):
     """Another front end took this upload over; this writer must stop.
 

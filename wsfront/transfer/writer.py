@@ -30,6 +30,7 @@ from wsfront.transfer.errors import (
     QuotaExceeded,
     SessionFailed,
     SessionFenced,
+    StorageFull,
     TransferAborted,
     UploadIncomplete,
 )
@@ -203,6 +204,9 @@ class WriteSession:
         self.error: Exception | None = None
         self.received = 0
         self._writers = dict(writers)
+        #: Whether every replica dropped so far ran out of space (DiskFull):
+        #: then losing the last one is StorageFull, not a replica outage.
+        self._only_full_drops = True
         self._recorded_replicas = tuple(sorted(writers))
         self._quota_remaining = quota_remaining
         self._checkpoint_bytes = checkpoint_bytes
@@ -521,6 +525,7 @@ class WriteSession:
             return
         writer = self._writers.pop(node)
         self._paused_by.discard(node)
+        self._only_full_drops &= isinstance(error, storage_errors.DiskFull)
         if self._stats is not None:
             self._stats.replica_drops += 1
             self._stats.event(
@@ -540,7 +545,8 @@ class WriteSession:
         except Exception:
             pass
         if not self._writers:
-            self._fail(NoReplicasAvailable(f"every replica failed, last: {node}: {error}"))
+            lost = StorageFull if self._only_full_drops else NoReplicasAvailable
+            self._fail(lost(f"every replica failed, last: {node}: {error}"))
         elif not self._paused_by:
             self._resume_upstream()
 

@@ -1,0 +1,65 @@
+"""An upload whose replicas all run out of space: the client is told the
+storage is full (HTTP 507, FTP 452), not to retry later as when they are
+down, and the upload stays pending, resumable once there is room."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.transfer_env import Feeder, TransferEnv
+from wsfront.catalog.records import INTERRUPTED
+from wsfront.transfer.errors import NoReplicasAvailable, StorageFull
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path):
+    from twisted.internet import reactor
+
+    e = TransferEnv(reactor, tmp_path, backend="fake")
+    e = pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+async def _failure(env, session, data: bytes) -> Exception:
+    failed = session.when_failed()
+    await Feeder(env.reactor, session, data).start()
+    try:
+        await failed
+    except Exception as e:
+        return e
+    raise AssertionError("the upload did not fail")
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_full_is_storage_full_and_the_upload_stays_pending(env):
+    session = await env.transfers.open_write(env.user, "/big.bin", 0)
+    for node in session.replicas:
+        env.cluster.nodes[node].capacity = MiB
+    error = await _failure(env, session, os.urandom(4 * MiB))
+    assert isinstance(error, StorageFull), error
+    assert session.left_pending
+    await session._interrupting  # the catalog update _fail started
+    upload = await env.catalog.get_upload(session.upload_id)
+    assert upload.state == INTERRUPTED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_replica_and_a_dead_one_is_still_storage_unavailable(env):
+    session = await env.transfers.open_write(env.user, "/big.bin", 0)
+    full, dead = session.replicas
+    env.cluster.nodes[full].capacity = MiB
+    failed = session.when_failed()
+    feeding = Feeder(env.reactor, session, os.urandom(4 * MiB)).start()
+    env.reactor.callLater(0, env.cluster.nodes[dead].kill)
+    await feeding
+    with pytest.raises(NoReplicasAvailable) as caught:
+        await failed
+    assert not isinstance(caught.value, StorageFull)
+    assert session.left_pending
