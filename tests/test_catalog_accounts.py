@@ -375,3 +375,52 @@ async def test_purge_of_a_deep_tree(catalog):
     assert len(await catalog.collectable_blobs(100)) == 40
     after = await catalog.status()  # no inode left behind
     assert (after["files"], after["dirs"]) == (before["files"], before["dirs"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopted_files_count_against_the_quota(catalog):
+    """Usage is what the account's committed files weigh: adopting a root
+    takes over the files no account owns there (a deleted user's) and
+    counts them, so the quota holds; a pending upload is not counted
+    (usage is charged at commit), nor a file another account owns."""
+    await catalog.add_user("alice", "pw")
+    await catalog.add_user("gone", "pw", root="/alice/from-gone", adopt_files=True)
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    await catalog.mkdir("/alice/d")
+    await upload(catalog, "alice", "/alice/d/b.txt", 3, "blob-b")
+    await pending(catalog, "alice", "/alice/part.bin", "blob-p")
+    await upload(catalog, "gone", "/alice/from-gone/g.txt", 4, "blob-g")
+    await catalog.delete_user("gone", "keep")
+    await catalog.delete_user("alice", "keep")
+    await catalog.add_user("bob", "pw", root="/alice/d/bob")
+    await upload(catalog, "bob", "/alice/d/bob/bobs.txt", 7, "blob-bob")
+
+    alice = await catalog.add_user("alice", "pw", quota_bytes=14, adopt_files=True)
+    assert (alice.used_bytes, alice.used_files) == (12, 3)  # not bob's 7
+    assert (await catalog.get_user("bob")).used_bytes == 7
+    with pytest.raises(QuotaExceeded):
+        await upload(catalog, "alice", "/alice/c.txt", 3, "blob-c")
+    await upload(catalog, "alice", "/alice/e.txt", 2, "blob-e")
+    # The adopted files are hers: deleting one refunds her, and her purge
+    # does not stop at the deleted user's file as another account's.
+    await catalog.delete("/alice/from-gone/g.txt")
+    assert (await catalog.get_user("alice")).used_bytes == 10
+    await catalog.delete("/alice/d/bob/bobs.txt")
+    assert (await catalog.get_user("alice")).used_bytes == 10
+    assert (await catalog.get_user("bob")).used_bytes == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_name_is_not_refunded_for_a_former_accounts_files(catalog):
+    """A former alice's file moved out of her root is not the new alice's:
+    she is neither charged for it nor refunded when it goes."""
+    await catalog.add_user("root", "pw", admin=True, root="/")
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    await catalog.rename("/alice/a.txt", "/a.txt")
+    await catalog.delete_user("alice")  # nothing left under /alice
+    fresh = await catalog.add_user("alice", "other-person", root="/alice2")
+    assert (fresh.used_bytes, fresh.used_files) == (0, 0)
+    await catalog.delete("/a.txt")
+    fresh = await catalog.get_user("alice")
+    assert (fresh.used_bytes, fresh.used_files) == (0, 0)

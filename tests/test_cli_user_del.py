@@ -72,6 +72,11 @@ async def test_user_del_refuses_while_files_remain_and_a_reused_name_must_adopt(
     adopted = await run(catalog, "user", "add", "alice", "--adopt-files", stdin="pw-123456\n")
     assert adopted.returncode == 0, adopted.stderr
     assert "a.txt" in (await run(catalog, "ls", "/alice")).stdout
+    # The adopted file counts against the quota (the pending upload does
+    # not: usage is charged at commit).
+    assert "usage 5 B in 1 files, adopted included" in adopted.stdout
+    [user] = json.loads((await run(catalog, "--json", "user", "list")).stdout)
+    assert (user["used_bytes"], user["used_files"]) == (5, 1)
 
 
 @pytest_twisted.ensureDeferred

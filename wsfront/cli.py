@@ -133,7 +133,11 @@ class Commands:
                 f"wsfs: {e.message}; `wsfs ls` shows them, `user add --adopt-files` gives "
                 "them to the new user, or move them away first"
             ) from None
-        self.emit(user, f"user {user.name} added (root {user.root})")
+        text = f"user {user.name} added (root {user.root})"
+        if a.adopt_files:
+            used = f"{_human(user.used_bytes)} in {user.used_files} files"
+            text += f"; usage {used}, adopted included"
+        self.emit(user, text)
 
     async def user_list(self) -> None:
         users = await self.catalog.list_users()
@@ -474,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--adopt-files",
         action="store_true",
-        help="give the new user the files already under their root (a deleted user's)",
+        help="give the new user the files already under their root (a deleted user's); "
+        "they count against the quota",
     )
     user.add_parser("list", help="list users")
     dele = user.add_parser(

@@ -20,7 +20,7 @@ from wsfront.catalog.errors import (
 )
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
-from wsfront.catalog.records import ABORTED, DIR, PERMISSIONS, Login, User
+from wsfront.catalog.records import ABORTED, DIR, FILE, PERMISSIONS, Login, User
 from wsfront.catalog.schema import LIVE_SQL
 
 #: What ``delete_user`` does with the account's files and pending uploads.
@@ -79,6 +79,14 @@ def add_user(
     account's tree) is refused unless ``adopt_files``: access is granted by
     path, so a name reused for another person would otherwise silently hand
     them the old person's files and let them resume the old pending uploads.
+
+    Usage is what the account's committed files weigh (``inodes.owner``,
+    charged at commit, refunded at delete), so it starts at what the new
+    account owns: with ``adopt_files``, the committed files under the root
+    that no account owns (a deleted user's, a rebuilt catalog's) become
+    its own, and files its name still owns elsewhere count too; without,
+    files a former account of the name owns are disowned, as the new
+    person must be neither charged nor refunded for them.
     """
     check_name(name)
     if name == "-":
@@ -95,19 +103,59 @@ def add_user(
             "(a deleted user's, or another account's); adopting them must be asked for"
         )
     makedirs(tx, root_parts, now)
+    if adopt_files:
+        _adopt(tx, name, _root_dir(tx, root_parts))
+        used_bytes, used_files = _owned(tx, name)
+    else:
+        tx.execute("UPDATE inodes SET owner = NULL WHERE owner = ?", name)
+        used_bytes, used_files = 0, 0
     tx.execute(
         "INSERT INTO users (name, admin, root, permissions, quota_bytes, quota_files, "
-        "used_bytes, used_files, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+        "used_bytes, used_files, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         name,
         1 if admin else 0,
         join_path(root_parts),
         json.dumps(_permissions(permissions)),
         quota_bytes,
         quota_files,
+        used_bytes,
+        used_files,
         password_hash,
         now,
     )
     return get_user(tx, name)
+
+
+def _adopt(tx: Tx, name: str, top: int | None) -> None:
+    """Make ``name`` the owner of the committed files under the directory
+    ``top`` that no account owns.  A file another account owns stays
+    theirs (and charged to them): a root inside a shared folder.  A
+    pending upload's file is not counted: usage is charged at commit."""
+    if top is None:
+        return
+    tx.execute(
+        "WITH RECURSIVE tree (inode) AS ("
+        " SELECT inode FROM inodes WHERE inode = ? UNION ALL"
+        " SELECT d.inode FROM dirents d JOIN tree t ON d.parent = t.inode"
+        ") UPDATE inodes SET owner = ? WHERE inode IN (SELECT inode FROM tree)"
+        " AND kind = ? AND version_id IS NOT NULL"
+        " AND (owner IS NULL OR owner NOT IN (SELECT name FROM users))",
+        top,
+        name,
+        FILE,
+    )
+
+
+def _owned(tx: Tx, name: str) -> tuple[int, int]:
+    """The bytes and number of the committed files ``name`` owns: what
+    ``charge`` adds up commit by commit (a file overwritten by another
+    user moved to them; one deleted was refunded)."""
+    row = tx.one(
+        "SELECT COALESCE(SUM(v.size), 0) AS b, COUNT(*) AS n FROM inodes i "
+        "JOIN versions v ON v.version_id = i.version_id WHERE i.owner = ?",
+        name,
+    )
+    return int(row["b"]), int(row["n"])
 
 
 def list_users(tx: Tx) -> list[User]:
