@@ -424,3 +424,46 @@ async def test_a_reused_name_is_not_refunded_for_a_former_accounts_files(catalog
     await catalog.delete("/a.txt")
     fresh = await catalog.get_user("alice")
     assert (fresh.used_bytes, fresh.used_files) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_deletes_what_is_under_the_root_and_aborts_the_users_uploads_moved_out(
+    catalog,
+):
+    """The purge takes what ``user del`` counts (the tree under the root,
+    the user's uploads there) and also aborts the user's uploads a rename
+    moved out of the root, reported apart: nobody can resume them once
+    the account is gone.  Nothing else outside the root is touched."""
+    await catalog.add_user("team", "pw", root="/team")
+    await catalog.add_user("bob", "pw", root="/team/bob")
+    await upload(catalog, "bob", "/team/bob/mine.txt", 3, "blob-m")
+    here = await pending(catalog, "bob", "/team/bob/here.bin", "blob-h")
+    await catalog.mkdir("/team/bob/d")
+    moved = await pending(catalog, "bob", "/team/bob/d/part.bin", "blob-p")
+    await upload(catalog, "bob", "/team/bob/x.txt", 4, "blob-x")
+    resumed = await catalog.begin_upload(
+        "bob", "/team/bob/x.txt", base_length=4, blob_id="blob-x2", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=catalog._clock() + 3600,
+    )  # fmt: skip
+    await upload(catalog, "team", "/team/t.txt", 2, "blob-t")
+    await catalog.rename("/team/bob/d", "/team/moved")
+    await catalog.rename("/team/bob/x.txt", "/team/x.txt")
+    with pytest.raises(NotEmpty, match=r"files under /team/bob and 1 pending upload\(s\)$"):
+        await catalog.delete_user("bob")
+
+    done = await catalog.delete_user("bob", "purge")
+    assert (
+        done["files_deleted"],
+        done["uploads_aborted"],
+        done["uploads_aborted_outside_root"],
+    ) == (1, 3, 2)
+    for up in (here, moved, resumed):
+        assert (await catalog.get_upload(up.upload_id)).state == "aborted"
+    with pytest.raises(NotFound):
+        await catalog.stat("/team/bob")
+    with pytest.raises(NotFound):  # it held only the aborted upload
+        await catalog.stat("/team/moved/part.bin")
+    assert (await catalog.stat("/team/moved")).kind == DIR
+    x = await catalog.stat("/team/x.txt")  # the committed version stays
+    assert (x.size, x.pending, x.upload) == (4, False, None)
+    assert (await catalog.stat("/team/t.txt")).size == 2

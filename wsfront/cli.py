@@ -170,9 +170,12 @@ class Commands:
             raise SystemExit(f"wsfs: {e.message}; {hint}") from None
         text = f"user {a.name} deleted"
         if a.purge:
+            outside = result["uploads_aborted_outside_root"]
+            moved = f", {outside} of them moved out of {result['root']}" if outside else ""
             text += (
                 f"; {result['files_deleted']} files deleted and {result['uploads_aborted']} "
-                "pending uploads aborted (their storage is freed by the garbage collector)"
+                f"pending uploads aborted{moved} (their storage is freed by the garbage "
+                "collector)"
             )
         elif a.keep_files:
             text += f"; the files under {result['root']} are kept"
@@ -490,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     gone.add_argument(
         "--purge",
         action="store_true",
-        help="delete the user's files and abort their pending uploads",
+        help="delete the files under the user's root and abort all their pending uploads "
+        "(also those a rename moved out of the root: nobody could resume them)",
     )
     gone.add_argument(
         "--keep-files",

@@ -190,7 +190,7 @@ def _stores_anything(tx: Tx, top: int) -> bool:
     """Whether the directory ``top`` holds a directory or a committed file.
 
     The file of a pending upload not yet committed is not counted: it holds
-    only its upload, which is its uploader's (``_pending_under`` counts the
+    only its upload, which is its uploader's (``_uploads_under`` finds the
     user's own; another user's is not this account's to lose).
     """
     return (
@@ -204,25 +204,24 @@ def _stores_anything(tx: Tx, top: int) -> bool:
     )
 
 
-def _pending_under(tx: Tx, name: str, top: int) -> int:
-    """How many of ``name``'s live uploads are on a file under the directory
-    ``top``: those the user can resume (access goes by the root), so the
-    account's deletion loses them.  An upload lives on its inode, so where
-    it is now is found by climbing the dirents (a rename above it moves
-    it; ``uploads.path`` keeps the path it started at)."""
-    return int(
-        tx.value(
-            "WITH RECURSIVE up (upload_id, inode) AS ("
-            f" SELECT upload_id, inode FROM uploads WHERE username = ? AND state IN {LIVE_SQL}"
-            " UNION ALL"
-            " SELECT up.upload_id, d.parent FROM up JOIN dirents d ON d.inode = up.inode"
-            " WHERE up.inode <> ?"
-            ") SELECT COUNT(DISTINCT upload_id) AS n FROM up WHERE inode = ?",
-            name,
-            top,
-            top,
-        )
+def _uploads_under(tx: Tx, name: str, top: int) -> set[str]:
+    """The ids of ``name``'s live uploads on a file under the directory
+    ``top``: those the user can resume (access goes by the root).  An
+    upload lives on its inode, so where it is now is found by climbing
+    the dirents (a rename above it moves it; ``uploads.path`` keeps the
+    path it started at)."""
+    rows = tx.all(
+        "WITH RECURSIVE up (upload_id, inode) AS ("
+        f" SELECT upload_id, inode FROM uploads WHERE username = ? AND state IN {LIVE_SQL}"
+        " UNION ALL"
+        " SELECT up.upload_id, d.parent FROM up JOIN dirents d ON d.inode = up.inode"
+        " WHERE up.inode <> ?"
+        ") SELECT DISTINCT upload_id FROM up WHERE inode = ?",
+        name,
+        top,
+        top,
     )
+    return {r["upload_id"] for r in rows}
 
 
 def _live_uploads(tx: Tx, name: str) -> list[Any]:
@@ -299,10 +298,19 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
 
 
 def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, int]:
-    """Abort the user's pending uploads and delete their root's tree, the
-    root included; the blobs lose their references and the garbage
+    """Delete the root's tree, the root included, and abort every live
+    upload of the user; the blobs lose their references and the garbage
     collector deletes them after its grace.  A root of ``/`` is refused:
-    it holds every account's files and the cluster's own directories."""
+    it holds every account's files and the cluster's own directories.
+
+    What goes is what is under the root (as ``delete_user`` without
+    options counts it), plus the user's uploads a rename above them moved
+    out of it: the account is gone, so nobody can resume them (a later
+    user of the name is not given them), and left alone they would hold
+    their file's name and blob until they expire.  The committed version
+    of a file such an upload was overwriting stays; a file holding only
+    the upload goes with it, as any aborted upload's does.
+    """
     if not root:
         raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
     sharers = _sharers(tx, name, root)
@@ -311,20 +319,27 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
             f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
             "purging it would delete their files too"
         )
-    aborted = 0
+    top = _root_dir(tx, root)
+    under = _uploads_under(tx, name, top) if top is not None else set()
+    aborted = elsewhere = 0
     for up in _live_uploads(tx, name):
         tx.lock_rows("uploads", "upload_id", [up["upload_id"]])
         tx.lock_rows("inodes", "inode", [up["inode"]])
         end_upload(tx, up, ABORTED, now)
         aborted += 1
+        if up["upload_id"] not in under:
+            elsewhere += 1
     files = 0
-    row = resolve(tx, root)
-    if row is not None and row["kind"] == DIR:
-        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
+    if top is not None:
+        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", top)
         lock_dirs(tx, parent)
-        files = _purge_dir(tx, name, row["inode"], join_path(root), now)
+        files = _purge_dir(tx, name, top, join_path(root), now)
         touch(tx, parent, now)
-    return {"files_deleted": files, "uploads_aborted": aborted}
+    return {
+        "files_deleted": files,
+        "uploads_aborted": aborted,
+        "uploads_aborted_outside_root": elsewhere,
+    }
 
 
 def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str, Any]:
@@ -333,7 +348,8 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
     REFUSE (the default) fails with NotEmpty while the root holds a
     directory or a committed file, or the user has uploads pending under
     it, so no data goes by accident; PURGE
-    deletes them; KEEP leaves them where they are (``add_user`` of the same
+    deletes them (``_purge``: the user's uploads outside the root too);
+    KEEP leaves them where they are (``add_user`` of the same
     name then refuses to hand them over unless told to adopt them).
     """
     if files not in (REFUSE, PURGE, KEEP):
@@ -349,7 +365,7 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
         # the user's upload moved out of the root is out of their reach.
         top = _root_dir(tx, root)
         entries = top is not None and _stores_anything(tx, top)
-        pending = _pending_under(tx, name, top) if top is not None else 0
+        pending = len(_uploads_under(tx, name, top)) if top is not None else 0
         if entries or pending:
             held = [f"files under {user.root}"] if entries else []
             held += [f"{pending} pending upload(s)"] if pending else []

@@ -262,11 +262,13 @@ class ICatalog(Interface):
     def delete_user(name, files="refuse"):
         """Remove the account.  ``files``: "refuse" fails with NotEmpty
         while its root holds entries or it has pending uploads; "purge"
-        aborts those uploads and deletes the root's tree (NotEmpty if another
+        deletes the root's tree and aborts every live upload of the user,
+        those a rename moved out of the root too (NotEmpty if another
         user's root is in it, or it is ``/``), the blobs then go to the
         garbage collector;
         "keep" leaves them.  NotFound.  Fires with a dict of what was done
-        (``files_deleted``, ``uploads_aborted`` after a purge)."""
+        (``files_deleted``, ``uploads_aborted``,
+        ``uploads_aborted_outside_root`` after a purge)."""
 
     def set_password(name, password):
         """Replace the password hash (new salt).  NotFound."""
