@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._namespace import makedirs, unlink_file
+from wsfront.catalog._namespace import DIRECTORY_MOVE_LOCK, makedirs, unlink_file
 from wsfront.catalog._rows import end_upload, live_upload_row, lock_dirs, resolve, touch
 from wsfront.catalog.errors import (
     AuthFailed,
@@ -94,6 +94,9 @@ def add_user(
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
+    # A root stays put (``_roots``): serialise with the directory moves
+    # that check the users table, then hold the root's row against rmdir.
+    tx.lock_global(DIRECTORY_MOVE_LOCK)
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:
         raise Exists(f"user {name!r} exists")
@@ -103,8 +106,11 @@ def add_user(
             "(a deleted user's, or another account's); adopting them must be asked for"
         )
     makedirs(tx, root_parts, now)
+    top = _root_dir(tx, root_parts)
+    if top is not None:
+        lock_dirs(tx, top)
     if adopt_files:
-        _adopt(tx, name, _root_dir(tx, root_parts))
+        _adopt(tx, name, top)
         used_bytes, used_files = _owned(tx, name)
     else:
         tx.execute("UPDATE inodes SET owner = NULL WHERE owner = ?", name)

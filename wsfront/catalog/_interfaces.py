@@ -40,7 +40,8 @@ class ICatalog(Interface):
 
     def rmdir(path):
         """Remove an empty directory.  NotEmpty (pending-only files count),
-        NotADirectory, NotFound; the root cannot be removed (InvalidMove)."""
+        NotADirectory, NotFound; the root cannot be removed (InvalidMove),
+        nor a user's root (RootBusy)."""
 
     def delete(path, abort_pending=False):
         """Remove a file: its version's blobs become collectable and its
@@ -52,7 +53,8 @@ class ICatalog(Interface):
         """Move one entry (file or directory, no data).  Exists when ``dst``
         exists and not ``replace`` (a replaced file is deleted as by
         ``delete``; a directory is never replaced); InvalidMove into its own
-        subtree; NotFound; NotADirectory.  Fires with the new Entry."""
+        subtree; NotFound; NotADirectory; RootBusy for a directory that is
+        a user's root or holds one.  Fires with the new Entry."""
 
     # -- upload sessions -----------------------------------------------------
 
