@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import ftplib
 import io
+import threading
 
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 
+from tests.catalog_race import TIMEOUT, in_tx, race, wait_until
 from tests.http_env import HttpEnv
 from tests.transfer_env import PASSWORD
 from wsfront.auth import CachingAuthenticator, make_portal
+from wsfront.catalog import _accounts, _namespace, open_catalog
 from wsfront.catalog.errors import NotEmpty, RootBusy
+from wsfront.catalog.passwords import hash_password
 from wsfront.ftp.factory import FTPFactory, FTPSettings
 
 pytest_plugins = ["tests.catalog_fixtures"]
@@ -161,3 +166,76 @@ async def test_ftp_rename_and_rmd_of_another_users_root_are_550(env):
     assert "shared" in listed and "shared2" not in listed
     [stored] = await ftp_session(env, CAROL, ("storbinary", "STOR mine.txt", io.BytesIO(b"hi")))
     assert stored.startswith("226"), stored
+
+
+# -- a root being added while a move or rmdir runs ------------------------------------------
+
+
+@pytest.fixture
+def two(catalog_url, clock):
+    from twisted.internet import reactor
+
+    a = open_catalog(reactor, catalog_url, clock=clock)
+    b = open_catalog(reactor, catalog_url, clock=clock)
+    yield a, b, catalog_url
+    a.close()
+    b.close()
+
+
+def _waiting_for_a_lock(url: str, pids: list[int]):
+    def check() -> bool:
+        if not pids:
+            return False
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pids[0],)
+            ).fetchone()
+            return row is not None and row[0] == "Lock"
+
+    return check
+
+
+@pytest.mark.parametrize("operation", ["rename", "rmdir"])
+def test_a_move_or_rmdir_racing_a_new_root_waits_and_then_refuses(two, operation):
+    """A adds carol with her root at an existing ``/alice/shared`` and has
+    not committed; B moves or removes that directory meanwhile (on
+    PostgreSQL it is seen waiting for A's lock); once A commits, B sees
+    carol's root and is refused, so her root is still there."""
+    a, b, url = two
+    now = a._clock()
+    setup = _accounts.add_user, now, "alice", hash_password("pw"), False, None, None, None, None
+    in_tx(a, *setup)()
+    in_tx(a, _namespace.mkdir, "/alice/shared", now)()
+    a_added, b_started = threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids: list[int] = []
+
+    def a_add(tx):
+        user = _accounts.add_user(
+            tx, now, "carol", hash_password("pw"), False, "/alice/shared", None, None, None
+        )
+        a_added.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            wait_until(_waiting_for_a_lock(url, b_pids), "B to wait for A's lock")
+        return user
+
+    def b_change():
+        assert a_added.wait(TIMEOUT)
+
+        def change(tx):
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            if operation == "rename":
+                return _namespace.rename(tx, "/alice/shared", "/alice/moved", False, now)
+            return _namespace.rmdir(tx, "/alice/shared", now)
+
+        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
+            b_started.set()
+        return b._runner.run_sync(change, write=True)
+
+    outcomes = race([lambda: a._runner.run_sync(a_add, write=True), b_change])
+    assert outcomes[0].error is None, outcomes[0].error
+    assert isinstance(outcomes[1].error, RootBusy), repr(outcomes[1].error)
+    assert in_tx(a, _namespace.stat, "/alice/shared")().kind == "dir"
