@@ -375,3 +375,95 @@ async def test_purge_of_a_deep_tree(catalog):
     assert len(await catalog.collectable_blobs(100)) == 40
     after = await catalog.status()  # no inode left behind
     assert (after["files"], after["dirs"]) == (before["files"], before["dirs"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopted_files_count_against_the_quota(catalog):
+    """Usage is what the account's committed files weigh: adopting a root
+    takes over the files no account owns there (a deleted user's) and
+    counts them, so the quota holds; a pending upload is not counted
+    (usage is charged at commit), nor a file another account owns."""
+    await catalog.add_user("alice", "pw")
+    await catalog.add_user("gone", "pw", root="/alice/from-gone", adopt_files=True)
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    await catalog.mkdir("/alice/d")
+    await upload(catalog, "alice", "/alice/d/b.txt", 3, "blob-b")
+    await pending(catalog, "alice", "/alice/part.bin", "blob-p")
+    await upload(catalog, "gone", "/alice/from-gone/g.txt", 4, "blob-g")
+    await catalog.delete_user("gone", "keep")
+    await catalog.delete_user("alice", "keep")
+    await catalog.add_user("bob", "pw", root="/alice/d/bob")
+    await upload(catalog, "bob", "/alice/d/bob/bobs.txt", 7, "blob-bob")
+
+    alice = await catalog.add_user("alice", "pw", quota_bytes=14, adopt_files=True)
+    assert (alice.used_bytes, alice.used_files) == (12, 3)  # not bob's 7
+    assert (await catalog.get_user("bob")).used_bytes == 7
+    with pytest.raises(QuotaExceeded):
+        await upload(catalog, "alice", "/alice/c.txt", 3, "blob-c")
+    await upload(catalog, "alice", "/alice/e.txt", 2, "blob-e")
+    # The adopted files are hers: deleting one refunds her, and her purge
+    # does not stop at the deleted user's file as another account's.
+    await catalog.delete("/alice/from-gone/g.txt")
+    assert (await catalog.get_user("alice")).used_bytes == 10
+    await catalog.delete("/alice/d/bob/bobs.txt")
+    assert (await catalog.get_user("alice")).used_bytes == 10
+    assert (await catalog.get_user("bob")).used_bytes == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_name_is_not_refunded_for_a_former_accounts_files(catalog):
+    """A former alice's file moved out of her root is not the new alice's:
+    she is neither charged for it nor refunded when it goes."""
+    await catalog.add_user("root", "pw", admin=True, root="/")
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/a.txt", 5, "blob-a")
+    await catalog.rename("/alice/a.txt", "/a.txt")
+    await catalog.delete_user("alice")  # nothing left under /alice
+    fresh = await catalog.add_user("alice", "other-person", root="/alice2")
+    assert (fresh.used_bytes, fresh.used_files) == (0, 0)
+    await catalog.delete("/a.txt")
+    fresh = await catalog.get_user("alice")
+    assert (fresh.used_bytes, fresh.used_files) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_deletes_what_is_under_the_root_and_aborts_the_users_uploads_moved_out(
+    catalog,
+):
+    """The purge takes what ``user del`` counts (the tree under the root,
+    the user's uploads there) and also aborts the user's uploads a rename
+    moved out of the root, reported apart: nobody can resume them once
+    the account is gone.  Nothing else outside the root is touched."""
+    await catalog.add_user("team", "pw", root="/team")
+    await catalog.add_user("bob", "pw", root="/team/bob")
+    await upload(catalog, "bob", "/team/bob/mine.txt", 3, "blob-m")
+    here = await pending(catalog, "bob", "/team/bob/here.bin", "blob-h")
+    await catalog.mkdir("/team/bob/d")
+    moved = await pending(catalog, "bob", "/team/bob/d/part.bin", "blob-p")
+    await upload(catalog, "bob", "/team/bob/x.txt", 4, "blob-x")
+    resumed = await catalog.begin_upload(
+        "bob", "/team/bob/x.txt", base_length=4, blob_id="blob-x2", replicas=["s1"],
+        wanted_replicas=1, owner="fe1", expires_at=catalog._clock() + 3600,
+    )  # fmt: skip
+    await upload(catalog, "team", "/team/t.txt", 2, "blob-t")
+    await catalog.rename("/team/bob/d", "/team/moved")
+    await catalog.rename("/team/bob/x.txt", "/team/x.txt")
+    with pytest.raises(NotEmpty, match=r"files under /team/bob and 1 pending upload\(s\)$"):
+        await catalog.delete_user("bob")
+
+    done = await catalog.delete_user("bob", "purge")
+    assert (
+        done["files_deleted"],
+        done["uploads_aborted"],
+        done["uploads_aborted_outside_root"],
+    ) == (1, 3, 2)
+    for up in (here, moved, resumed):
+        assert (await catalog.get_upload(up.upload_id)).state == "aborted"
+    with pytest.raises(NotFound):
+        await catalog.stat("/team/bob")
+    with pytest.raises(NotFound):  # it held only the aborted upload
+        await catalog.stat("/team/moved/part.bin")
+    assert (await catalog.stat("/team/moved")).kind == DIR
+    x = await catalog.stat("/team/x.txt")  # the committed version stays
+    assert (x.size, x.pending, x.upload) == (4, False, None)
+    assert (await catalog.stat("/team/t.txt")).size == 2

@@ -72,6 +72,11 @@ async def test_user_del_refuses_while_files_remain_and_a_reused_name_must_adopt(
     adopted = await run(catalog, "user", "add", "alice", "--adopt-files", stdin="pw-123456\n")
     assert adopted.returncode == 0, adopted.stderr
     assert "a.txt" in (await run(catalog, "ls", "/alice")).stdout
+    # The adopted file counts against the quota (the pending upload does
+    # not: usage is charged at commit).
+    assert "usage 5 B in 1 files, adopted included" in adopted.stdout
+    [user] = json.loads((await run(catalog, "--json", "user", "list")).stdout)
+    assert (user["used_bytes"], user["used_files"]) == (5, 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -134,5 +139,27 @@ async def test_user_del_is_not_refused_for_another_users_upload_under_the_root(c
         gone = await run(catalog, "user", "del", "bob")
         assert gone.returncode == 0, gone.stderr
         assert (await cat.get_upload(up.upload_id)).live
+    finally:
+        await cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_del_purge_says_which_uploads_a_rename_had_moved_out_of_the_root(catalog):
+    """The purge deletes what is under the root and aborts the user's
+    uploads moved out of it too (nobody could resume them), saying so."""
+    assert (await run(catalog, "user", "add", "alice", stdin="pw-123456\n")).returncode == 0
+    upload_id = await plant(catalog, "alice")
+    cat = open_catalog(reactor, catalog)
+    try:
+        await cat.mkdir("/out")
+        await cat.rename("/alice/part.bin", "/out/part.bin")
+        purged = await run(catalog, "user", "del", "alice", "--purge")
+        assert purged.returncode == 0, purged.stderr
+        assert purged.stdout.strip() == (
+            "user alice deleted; 1 files deleted and 1 pending uploads aborted, 1 of them "
+            "moved out of /alice (their storage is freed by the garbage collector)"
+        )
+        assert (await cat.get_upload(upload_id)).state == "aborted"
+        assert await cat.list_dir("/out", None, 10, include_pending=True) == []
     finally:
         await cat.close()

@@ -133,7 +133,11 @@ class Commands:
                 f"wsfs: {e.message}; `wsfs ls` shows them, `user add --adopt-files` gives "
                 "them to the new user, or move them away first"
             ) from None
-        self.emit(user, f"user {user.name} added (root {user.root})")
+        text = f"user {user.name} added (root {user.root})"
+        if a.adopt_files:
+            used = f"{_human(user.used_bytes)} in {user.used_files} files"
+            text += f"; usage {used}, adopted included"
+        self.emit(user, text)
 
     async def user_list(self) -> None:
         users = await self.catalog.list_users()
@@ -166,9 +170,12 @@ class Commands:
             raise SystemExit(f"wsfs: {e.message}; {hint}") from None
         text = f"user {a.name} deleted"
         if a.purge:
+            outside = result["uploads_aborted_outside_root"]
+            moved = f", {outside} of them moved out of {result['root']}" if outside else ""
             text += (
                 f"; {result['files_deleted']} files deleted and {result['uploads_aborted']} "
-                "pending uploads aborted (their storage is freed by the garbage collector)"
+                f"pending uploads aborted{moved} (their storage is freed by the garbage "
+                "collector)"
             )
         elif a.keep_files:
             text += f"; the files under {result['root']} are kept"
@@ -474,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--adopt-files",
         action="store_true",
-        help="give the new user the files already under their root (a deleted user's)",
+        help="give the new user the files already under their root (a deleted user's); "
+        "they count against the quota",
     )
     user.add_parser("list", help="list users")
     dele = user.add_parser(
@@ -485,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     gone.add_argument(
         "--purge",
         action="store_true",
-        help="delete the user's files and abort their pending uploads",
+        help="delete the files under the user's root and abort all their pending uploads "
+        "(also those a rename moved out of the root: nobody could resume them)",
     )
     gone.add_argument(
         "--keep-files",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._namespace import makedirs, unlink_file
+from wsfront.catalog._namespace import DIRECTORY_MOVE_LOCK, makedirs, unlink_file
 from wsfront.catalog._rows import end_upload, live_upload_row, lock_dirs, resolve, touch
 from wsfront.catalog.errors import (
     AuthFailed,
@@ -20,7 +20,7 @@ from wsfront.catalog.errors import (
 )
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
-from wsfront.catalog.records import ABORTED, DIR, PERMISSIONS, Login, User
+from wsfront.catalog.records import ABORTED, DIR, FILE, PERMISSIONS, Login, User
 from wsfront.catalog.schema import LIVE_SQL
 
 #: What ``delete_user`` does with the account's files and pending uploads.
@@ -79,6 +79,14 @@ def add_user(
     account's tree) is refused unless ``adopt_files``: access is granted by
     path, so a name reused for another person would otherwise silently hand
     them the old person's files and let them resume the old pending uploads.
+
+    Usage is what the account's committed files weigh (``inodes.owner``,
+    charged at commit, refunded at delete), so it starts at what the new
+    account owns: with ``adopt_files``, the committed files under the root
+    that no account owns (a deleted user's, a rebuilt catalog's) become
+    its own, and files its name still owns elsewhere count too; without,
+    files a former account of the name owns are disowned, as the new
+    person must be neither charged nor refunded for them.
     """
     check_name(name)
     if name == "-":
@@ -86,6 +94,9 @@ def add_user(
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
+    # A root stays put (``_roots``): serialise with the directory moves
+    # that check the users table, then hold the root's row against rmdir.
+    tx.lock_global(DIRECTORY_MOVE_LOCK)
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:
         raise Exists(f"user {name!r} exists")
@@ -95,19 +106,62 @@ def add_user(
             "(a deleted user's, or another account's); adopting them must be asked for"
         )
     makedirs(tx, root_parts, now)
+    top = _root_dir(tx, root_parts)
+    if top is not None:
+        lock_dirs(tx, top)
+    if adopt_files:
+        _adopt(tx, name, top)
+        used_bytes, used_files = _owned(tx, name)
+    else:
+        tx.execute("UPDATE inodes SET owner = NULL WHERE owner = ?", name)
+        used_bytes, used_files = 0, 0
     tx.execute(
         "INSERT INTO users (name, admin, root, permissions, quota_bytes, quota_files, "
-        "used_bytes, used_files, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+        "used_bytes, used_files, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         name,
         1 if admin else 0,
         join_path(root_parts),
         json.dumps(_permissions(permissions)),
         quota_bytes,
         quota_files,
+        used_bytes,
+        used_files,
         password_hash,
         now,
     )
     return get_user(tx, name)
+
+
+def _adopt(tx: Tx, name: str, top: int | None) -> None:
+    """Make ``name`` the owner of the committed files under the directory
+    ``top`` that no account owns.  A file another account owns stays
+    theirs (and charged to them): a root inside a shared folder.  A
+    pending upload's file is not counted: usage is charged at commit."""
+    if top is None:
+        return
+    tx.execute(
+        "WITH RECURSIVE tree (inode) AS ("
+        " SELECT inode FROM inodes WHERE inode = ? UNION ALL"
+        " SELECT d.inode FROM dirents d JOIN tree t ON d.parent = t.inode"
+        ") UPDATE inodes SET owner = ? WHERE inode IN (SELECT inode FROM tree)"
+        " AND kind = ? AND version_id IS NOT NULL"
+        " AND (owner IS NULL OR owner NOT IN (SELECT name FROM users))",
+        top,
+        name,
+        FILE,
+    )
+
+
+def _owned(tx: Tx, name: str) -> tuple[int, int]:
+    """The bytes and number of the committed files ``name`` owns: what
+    ``charge`` adds up commit by commit (a file overwritten by another
+    user moved to them; one deleted was refunded)."""
+    row = tx.one(
+        "SELECT COALESCE(SUM(v.size), 0) AS b, COUNT(*) AS n FROM inodes i "
+        "JOIN versions v ON v.version_id = i.version_id WHERE i.owner = ?",
+        name,
+    )
+    return int(row["b"]), int(row["n"])
 
 
 def list_users(tx: Tx) -> list[User]:
@@ -142,7 +196,7 @@ def _stores_anything(tx: Tx, top: int) -> bool:
     """Whether the directory ``top`` holds a directory or a committed file.
 
     The file of a pending upload not yet committed is not counted: it holds
-    only its upload, which is its uploader's (``_pending_under`` counts the
+    only its upload, which is its uploader's (``_uploads_under`` finds the
     user's own; another user's is not this account's to lose).
     """
     return (
@@ -156,25 +210,24 @@ def _stores_anything(tx: Tx, top: int) -> bool:
     )
 
 
-def _pending_under(tx: Tx, name: str, top: int) -> int:
-    """How many of ``name``'s live uploads are on a file under the directory
-    ``top``: those the user can resume (access goes by the root), so the
-    account's deletion loses them.  An upload lives on its inode, so where
-    it is now is found by climbing the dirents (a rename above it moves
-    it; ``uploads.path`` keeps the path it started at)."""
-    return int(
-        tx.value(
-            "WITH RECURSIVE up (upload_id, inode) AS ("
-            f" SELECT upload_id, inode FROM uploads WHERE username = ? AND state IN {LIVE_SQL}"
-            " UNION ALL"
-            " SELECT up.upload_id, d.parent FROM up JOIN dirents d ON d.inode = up.inode"
-            " WHERE up.inode <> ?"
-            ") SELECT COUNT(DISTINCT upload_id) AS n FROM up WHERE inode = ?",
-            name,
-            top,
-            top,
-        )
+def _uploads_under(tx: Tx, name: str, top: int) -> set[str]:
+    """The ids of ``name``'s live uploads on a file under the directory
+    ``top``: those the user can resume (access goes by the root).  An
+    upload lives on its inode, so where it is now is found by climbing
+    the dirents (a rename above it moves it; ``uploads.path`` keeps the
+    path it started at)."""
+    rows = tx.all(
+        "WITH RECURSIVE up (upload_id, inode) AS ("
+        f" SELECT upload_id, inode FROM uploads WHERE username = ? AND state IN {LIVE_SQL}"
+        " UNION ALL"
+        " SELECT up.upload_id, d.parent FROM up JOIN dirents d ON d.inode = up.inode"
+        " WHERE up.inode <> ?"
+        ") SELECT DISTINCT upload_id FROM up WHERE inode = ?",
+        name,
+        top,
+        top,
     )
+    return {r["upload_id"] for r in rows}
 
 
 def _live_uploads(tx: Tx, name: str) -> list[Any]:
@@ -251,10 +304,19 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
 
 
 def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, int]:
-    """Abort the user's pending uploads and delete their root's tree, the
-    root included; the blobs lose their references and the garbage
+    """Delete the root's tree, the root included, and abort every live
+    upload of the user; the blobs lose their references and the garbage
     collector deletes them after its grace.  A root of ``/`` is refused:
-    it holds every account's files and the cluster's own directories."""
+    it holds every account's files and the cluster's own directories.
+
+    What goes is what is under the root (as ``delete_user`` without
+    options counts it), plus the user's uploads a rename above them moved
+    out of it: the account is gone, so nobody can resume them (a later
+    user of the name is not given them), and left alone they would hold
+    their file's name and blob until they expire.  The committed version
+    of a file such an upload was overwriting stays; a file holding only
+    the upload goes with it, as any aborted upload's does.
+    """
     if not root:
         raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
     sharers = _sharers(tx, name, root)
@@ -263,20 +325,27 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
             f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
             "purging it would delete their files too"
         )
-    aborted = 0
+    top = _root_dir(tx, root)
+    under = _uploads_under(tx, name, top) if top is not None else set()
+    aborted = elsewhere = 0
     for up in _live_uploads(tx, name):
         tx.lock_rows("uploads", "upload_id", [up["upload_id"]])
         tx.lock_rows("inodes", "inode", [up["inode"]])
         end_upload(tx, up, ABORTED, now)
         aborted += 1
+        if up["upload_id"] not in under:
+            elsewhere += 1
     files = 0
-    row = resolve(tx, root)
-    if row is not None and row["kind"] == DIR:
-        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", row["inode"])
+    if top is not None:
+        parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", top)
         lock_dirs(tx, parent)
-        files = _purge_dir(tx, name, row["inode"], join_path(root), now)
+        files = _purge_dir(tx, name, top, join_path(root), now)
         touch(tx, parent, now)
-    return {"files_deleted": files, "uploads_aborted": aborted}
+    return {
+        "files_deleted": files,
+        "uploads_aborted": aborted,
+        "uploads_aborted_outside_root": elsewhere,
+    }
 
 
 def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str, Any]:
@@ -285,7 +354,8 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
     REFUSE (the default) fails with NotEmpty while the root holds a
     directory or a committed file, or the user has uploads pending under
     it, so no data goes by accident; PURGE
-    deletes them; KEEP leaves them where they are (``add_user`` of the same
+    deletes them (``_purge``: the user's uploads outside the root too);
+    KEEP leaves them where they are (``add_user`` of the same
     name then refuses to hand them over unless told to adopt them).
     """
     if files not in (REFUSE, PURGE, KEEP):
@@ -301,7 +371,7 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
         # the user's upload moved out of the root is out of their reach.
         top = _root_dir(tx, root)
         entries = top is not None and _stores_anything(tx, top)
-        pending = _pending_under(tx, name, top) if top is not None else 0
+        pending = len(_uploads_under(tx, name, top)) if top is not None else 0
         if entries or pending:
             held = [f"files under {user.root}"] if entries else []
             held += [f"{pending} pending upload(s)"] if pending else []

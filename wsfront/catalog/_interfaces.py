@@ -42,7 +42,8 @@ class ICatalog(Interface):
 
     def rmdir(path):
         """Remove an empty directory.  NotEmpty (pending-only files count),
-        NotADirectory, NotFound; the root cannot be removed (InvalidMove)."""
+        NotADirectory, NotFound; the root cannot be removed (InvalidMove),
+        nor a user's root (RootBusy)."""
 
     def delete(path, abort_pending=False, *, user=None):
         """Remove a file: its version's blobs become collectable and its
@@ -56,7 +57,8 @@ class ICatalog(Interface):
         """Move one entry (file or directory, no data).  Exists when ``dst``
         exists and not ``replace`` (a replaced file is deleted as by
         ``delete``; a directory is never replaced); InvalidMove into its own
-        subtree; NotFound; NotADirectory.  Fires with the new Entry."""
+        subtree; NotFound; NotADirectory; RootBusy for a directory that is
+        a user's root or holds one.  Fires with the new Entry."""
 
     # -- upload sessions -----------------------------------------------------
 
@@ -276,11 +278,13 @@ class ICatalog(Interface):
     def delete_user(name, files="refuse"):
         """Remove the account.  ``files``: "refuse" fails with NotEmpty
         while its root holds entries or it has pending uploads; "purge"
-        aborts those uploads and deletes the root's tree (NotEmpty if another
+        deletes the root's tree and aborts every live upload of the user,
+        those a rename moved out of the root too (NotEmpty if another
         user's root is in it, or it is ``/``), the blobs then go to the
         garbage collector;
         "keep" leaves them.  NotFound.  Fires with a dict of what was done
-        (``files_deleted``, ``uploads_aborted`` after a purge)."""
+        (``files_deleted``, ``uploads_aborted``,
+        ``uploads_aborted_outside_root`` after a purge)."""
 
     def set_password(name, password):
         """Replace the password hash (new salt).  NotFound."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsfront.catalog._db import Tx
+from wsfront.catalog._roots import refuse_user_roots
 from wsfront.catalog._rows import (
     ROOT,
     child,
@@ -153,6 +154,7 @@ def rmdir(tx: Tx, path: str, now: float) -> None:
     if row["kind"] != DIR:
         raise NotADirectory(f"{path} is not a directory")
     lock_dirs(tx, parent, row["inode"])
+    refuse_user_roots(tx, parts, "removed")
     if tx.one("SELECT inode FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None:
         raise NotEmpty(f"{path} is not empty")
     tx.execute("DELETE FROM dirents WHERE inode = ?", row["inode"])
@@ -237,6 +239,7 @@ def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
     if row is None:
         raise NotFound(f"{src} was removed meanwhile")
     if row["kind"] == DIR:
+        refuse_user_roots(tx, s, "moved")
         ancestor = dst_parent
         while ancestor != ROOT:
             if ancestor == row["inode"]:

@@ -34,6 +34,11 @@ class NotEmpty(CatalogError):
     """The directory is not empty."""
 
 
+class RootBusy(CatalogError):
+    """The directory is a user's root, or holds one: like a mount point
+    (POSIX EBUSY), it is never moved or removed while the account exists."""
+
+
 class NotADirectory(CatalogError):
     """A component of the path, or the target, is not a directory."""
 

@@ -30,6 +30,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (catalog_errors.NotFound, 550, "No such file or directory"),
     (catalog_errors.Exists, 550, "File exists"),
     (catalog_errors.NotEmpty, 550, "Directory not empty"),
+    (catalog_errors.RootBusy, 550, "Directory busy: it is, or holds, another account's root"),
     (catalog_errors.NotADirectory, 550, "Not a directory"),
     (catalog_errors.IsADirectory, 550, "Is a directory"),
     (catalog_errors.InvalidName, 553, "File name not allowed"),

@@ -41,6 +41,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (catalog_errors.AuthFailed, 401, "login incorrect"),
     (catalog_errors.Exists, 409, "the name exists already"),
     (catalog_errors.NotEmpty, 409, "directory not empty"),
+    (catalog_errors.RootBusy, 409, "directory busy: it is, or holds, another account's root"),
     (catalog_errors.NotADirectory, 409, "not a directory"),
     (catalog_errors.IsADirectory, 409, "is a directory"),
     (catalog_errors.InvalidName, 400, "file name not allowed"),
