@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.inventory import referenced_blob_ids
-from wsfront.maintenance.repair import Progress, Repairer
+from wsfront.maintenance.repair import Progress, Repairer, draining_nodes
 from wsfront.transfer.pool import StoragePool
 
 log = Logger()
@@ -71,7 +71,10 @@ async def drain(
         ok = set(blob.ok_replicas)
         sources = [n for n in pool.order_for_read(sorted(ok)) if pool.is_up(n)]
         sources.sort(key=lambda n: n == node)  # spare the draining server
-        targets = pool.choose(len(pool.names()), exclude=ok | {node})
+        # Other servers being drained are no home either (asked per blob:
+        # a drain of one may start while this one runs).
+        leaving = await draining_nodes(catalog) | {node}
+        targets = repairer.targets(blob, exclude=ok | leaving)
         moved = False
         for target in targets:
             if await repairer.copy(blob, target, sources, stats):
@@ -97,9 +100,12 @@ async def rebalance(
     """Move replicas from the server holding the most bytes to the one
     holding the least while that narrows the gap (at most ``max_bytes``).
     The fill is measured as the bytes of ok replicas each server holds, so
-    servers sharing a disk (or of different sizes) compare fairly."""
+    servers sharing a disk (or of different sizes) compare fairly.  A
+    server being drained takes no part: it is emptying, so its fill says
+    nothing, and a replica moved onto it would be left there with it."""
     await pool.probe_all()
-    live = [n for n in pool.names() if pool.is_up(n)]
+    draining = await draining_nodes(catalog)
+    live = [n for n in pool.names() if pool.is_up(n) and n not in draining]
     stats: dict[str, Any] = {"moved": 0, "copied": 0, "bytes": 0, "failed": 0}
     if len(live) < 2:
         return stats

@@ -42,6 +42,19 @@ log = Logger()
 
 Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
 
+#: The registry state ``wsfs drain`` gives a storage server (``wsfs undrain``
+#: takes it away).
+NODE_DRAINING = "draining"
+
+
+async def draining_nodes(catalog) -> set[str]:
+    """Servers being drained: never the target of a copy (a replica placed
+    there would have to move again, or go with the server when the
+    operator removes it, as a finished drain allows), still a source.
+    Asked of the catalog, not the pool: a front end's pool learns of a
+    drain only at its next health record."""
+    return {n.name for n in await catalog.list_nodes() if n.state == NODE_DRAINING}
+
 
 @attrs.frozen
 class RepairSettings:
@@ -138,6 +151,7 @@ class Repairer:
         stats["phase"] = "copying"
         stats["total"] = await self._catalog.count_under_replicated()
         await report()
+        draining = await draining_nodes(self._catalog)
         given_up: set[str] = set()
         semaphore = DeferredSemaphore(max(1, self.settings.concurrency))
         while keep_going():
@@ -148,7 +162,7 @@ class Repairer:
                 break
 
             async def one(blob: BlobRecord) -> None:
-                ok = await self._repair_blob(blob, lost, stats)
+                ok = await self._repair_blob(blob, lost, draining, stats)
                 stats["examined"] += 1
                 if not ok:
                     given_up.add(blob.blob_id)
@@ -184,9 +198,12 @@ class Repairer:
             log.info("repair: {n} replicas on lost servers marked lost", n=marked)
         return marked
 
-    async def _repair_blob(self, blob: BlobRecord, lost: set[str], stats: dict) -> bool:
+    async def _repair_blob(
+        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+    ) -> bool:
         """Copy ``blob`` until it has its wanted ok replicas; False if it
-        could not be brought to strength now."""
+        could not be brought to strength now.  Lost servers are neither
+        source nor target, draining ones only a source."""
         ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
@@ -194,11 +211,7 @@ class Repairer:
             stats["unrecoverable"].append(blob.blob_id)
             return False
         need = blob.wanted_replicas - len(ok)
-        known = {r.node for r in blob.replicas}
-        candidates = [n for n in self._pool.choose(len(self._pool.names()), exclude=ok)]
-        candidates = [n for n in candidates if n not in lost]
-        candidates.sort(key=lambda n: n in known)  # servers without any copy first
-        for target in candidates:
+        for target in self.targets(blob, exclude=ok | lost | draining):
             if need <= 0:
                 break
             if not sources:
@@ -214,6 +227,14 @@ class Repairer:
             )
             return False
         return True
+
+    def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
+        """Healthy servers to copy ``blob`` to, best first: servers without
+        any copy of it (a stale or lost one is replaced, so it is kept while
+        there is a choice), then the pool's order (most free space first)."""
+        known = {r.node for r in blob.replicas}
+        chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
+        return sorted(chosen, key=lambda n: n in known)
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
