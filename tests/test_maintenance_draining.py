@@ -50,7 +50,7 @@ def repairer(env) -> Repairer:
 
 
 async def set_draining(env, node: str) -> None:
-    await env.catalog.set_node_health(node, "draining", None, None, None)
+    await env.catalog.set_node_draining(node, True)
 
 
 async def populate_without(env, node: str, **kw) -> dict[str, bytes]:
@@ -77,6 +77,7 @@ async def test_rebalance_moves_nothing_onto_a_draining_server(env):
 async def test_a_drained_server_holds_nothing_after_a_rebalance(env):
     """The probe's case: drain s1 to the end, then rebalance; s1 can go."""
     files = await populate(env, count=8, size=100 * KiB)
+    await set_draining(env, "s1")
     stats = await drain(env.catalog, env.transfers.pool, repairer(env), "s1")
     assert stats["stuck"] == [] and stats["moved"] > 0
     await rebalance(env.catalog, env.transfers.pool, repairer(env))
@@ -106,6 +107,7 @@ async def test_repair_copies_onto_no_draining_server(env):
 async def test_a_drain_moves_nothing_onto_another_draining_server(env):
     files = await populate_without(env, "s4", count=6)
     await set_draining(env, "s4")
+    await set_draining(env, "s1")
     stats = await drain(env.catalog, env.transfers.pool, repairer(env), "s1")
     assert stats["moved"] > 0 and stats["stuck"] == []
     assert await blobs_on(env, "s4") == set()

@@ -316,10 +316,46 @@ class Commands:
     async def drain(self) -> None:
         job = await self._job("drain", {"node": self.args.name})
         r = job.result
+        if r.get("cancelled"):
+            raise SystemExit(
+                f"wsfs: drain of {self.args.name} cancelled (`wsfs undrain`) after "
+                f"{r['moved']} replicas moved"
+            )
         text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
         if r.get("stuck") or r.get("busy"):
             text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
         self.emit(job, text)
+
+    async def undrain(self) -> None:
+        """End a drain (finished or not): the server takes new replicas
+        again.  Needs no front end: the catalog's mark is the drain, and a
+        drain job that finds it gone stops before its next move (one
+        running now, or queued again after its front end died); jobs still
+        queued are failed at once, so their ``wsfs drain`` stops waiting.
+        Replicas already moved stay where they went."""
+        name = self.args.name
+        before = {n.name: n.state for n in await self.catalog.list_nodes()}
+        node = await self.catalog.set_node_draining(name, False)  # NotFound: one line
+        cancelled, running = [], []
+        for job in await self.catalog.list_jobs(["queued", "running"]):
+            if job.kind != "drain" or job.args.get("node") != name:
+                continue
+            why = f"cancelled by wsfs undrain {name}"
+            if job.state == "queued" and await self.catalog.cancel_job(job.job_id, why):
+                cancelled.append(job.job_id)
+            else:
+                running.append(job.job_id)
+        if before.get(name) != "draining":
+            text = f"{name} was not draining (state {node.state})"
+        else:
+            text = f"{name} is no longer draining: it takes new replicas again"
+        if cancelled:
+            text += f"; queued drain jobs cancelled: {', '.join(map(str, cancelled))}"
+        if running:
+            text += f"; running drain job {', '.join(map(str, running))} stops before its next move"
+        self.emit(
+            {"node": name, "state": node.state, "cancelled": cancelled, "running": running}, text
+        )
 
     async def rebalance(self) -> None:
         args = {} if self.args.max_bytes is None else {"max_bytes": self.args.max_bytes}
@@ -517,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_options(sub.add_parser("repair", help="restore the replica count now"))
     drain = job_options(sub.add_parser("drain", help="move every replica off a storage server"))
     drain.add_argument("name")
+    undrain = sub.add_parser(
+        "undrain",
+        help="end a drain: the storage server takes new replicas again "
+        "(its drain jobs stop; moved replicas stay moved)",
+    )
+    undrain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
     reb.add_argument(
         "--max-bytes", type=_whole(1), default=None, help="stop after moving this much"

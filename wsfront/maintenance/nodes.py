@@ -47,15 +47,20 @@ async def drain(
     keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Re-home every replica on ``node`` to other servers; afterwards the
-    catalog counts no ok replica there and the server can go."""
+    catalog counts no ok replica there and the server can go.
+
+    ``node`` must be marked ``draining`` in the catalog (queueing a drain
+    job marks it).  Once it is not (``wsfs undrain``), the drain stops
+    before its next move and reports ``cancelled``: the mark, not the job,
+    says whether the server is leaving, so a drain job queued again after
+    its runner died does not bring a drain the operator ended back."""
     if node not in pool.names():
         raise ValueError(f"unknown storage server {node!r}")
-    try:
-        await catalog.set_node_health(node, "draining", None, None, None)
-    except catalog_errors.NotFound:
-        pass
     stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,
-                             "busy": 0, "stuck": []}  # fmt: skip
+                             "busy": 0, "stuck": [], "cancelled": False}  # fmt: skip
+    if node not in await draining_nodes(catalog):
+        stats["cancelled"] = True
+        return stats
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going():
             break
@@ -68,12 +73,15 @@ async def drain(
         if not blob.sealed:
             stats["busy"] += 1
             continue
+        # Asked before each move: a drain of another server may have begun
+        # (no home either), this one may have been ended.
+        leaving = await draining_nodes(catalog)
+        if node not in leaving:
+            stats["cancelled"] = True
+            break
         ok = set(blob.ok_replicas)
         sources = [n for n in pool.order_for_read(sorted(ok)) if pool.is_up(n)]
         sources.sort(key=lambda n: n == node)  # spare the draining server
-        # Other servers being drained are no home either (asked per blob:
-        # a drain of one may start while this one runs).
-        leaving = await draining_nodes(catalog) | {node}
         targets = repairer.targets(blob, exclude=ok | leaving)
         moved = False
         for target in targets:
