@@ -133,6 +133,9 @@ async def rebalance(
                 if blob.sealed:
                     movable[node].append((size, blob_id))
     stats["before"] = dict(load)
+    # What each server last reported free (just probed): a blob that would
+    # not fit on the emptiest server is not sent there.
+    free = {n.name: n.free_bytes for n in pool.nodes() if n.last_seen is not None}
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
         if not keep_going():
@@ -140,8 +143,14 @@ async def rebalance(
         src = max(live, key=lambda n: (load[n], n))
         dst = min(live, key=lambda n: (load[n], n))
         gap = load[src] - load[dst]
+        room = free.get(dst)
         candidates = sorted(
-            (c for c in movable[src] if c[0] * 2 <= gap and c[1] not in tried), reverse=True
+            (
+                c
+                for c in movable[src]
+                if c[0] * 2 <= gap and c[1] not in tried and (room is None or c[0] <= room)
+            ),
+            reverse=True,
         )
         chosen = None
         for size, blob_id in candidates:
@@ -161,6 +170,8 @@ async def rebalance(
         movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
         load[src] -= size
         load[dst] += size
+        if room is not None:
+            free[dst] = room - size
         stats["moved"] += 1
         await _tell(progress, stats)
     stats["after"] = dict(load)

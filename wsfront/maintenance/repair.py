@@ -229,12 +229,23 @@ class Repairer:
         return True
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
-        """Healthy servers to copy ``blob`` to, best first: servers without
-        any copy of it (a stale or lost one is replaced, so it is kept while
-        there is a choice), then the pool's order (most free space first)."""
+        """Healthy servers to copy ``blob`` to, best first: those whose last
+        reported free space holds it before those where it would not fit
+        (tried last, not left out: the report may be seconds old, and a
+        copy that finds the disk full just fails); then servers without
+        any copy of it (a stale or lost one is replaced, so it is kept
+        while there is a choice); then the pool's order (most free space
+        first, servers of similar free space in turn)."""
+        nodes = {n.name: n for n in self._pool.nodes()}
         known = {r.node for r in blob.replicas}
+
+        def fits(name: str) -> bool:
+            node = nodes.get(name)
+            # Never probed yet: no report to go by.
+            return node is None or node.last_seen is None or node.free_bytes >= blob.length
+
         chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
-        return sorted(chosen, key=lambda n: n in known)
+        return sorted(chosen, key=lambda n: (not fits(n), n in known))
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
