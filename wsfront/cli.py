@@ -311,7 +311,14 @@ class Commands:
 
     async def repair(self) -> None:
         job = await self._job("repair", {"now": True})
-        self.emit(job, f"repair done: {job.result}")
+        lines = [f"repair done: {job.result}"]
+        for b in job.result.get("no_verified_replica", []):
+            where = ", ".join(b.get("paths", [])) or "no file"
+            lines.append(
+                f"no verified replica: {b['stale']} stale, {b['why']}: blob {b['blob']} "
+                f"({where}); see Repair in docs/maintenance.md"
+            )
+        self.emit(job, "\n".join(lines))
 
     async def drain(self) -> None:
         job = await self._job("drain", {"node": self.args.name})

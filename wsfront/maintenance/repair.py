@@ -16,6 +16,10 @@ Safety rules (docs/maintenance.md):
   catalog does not vouch for (a lost or stale replica, a leftover of an
   earlier attempt) is deleted and replaced, never trusted;
 * a source whose size differs from the catalog's is marked stale, not used;
+* a blob left with stale replicas only is copied from one of them to a
+  server without a copy; the copy checks every block's CRC and the length,
+  so the first that succeeds is a verified replica (``_copy_from_stale``);
+  if none does, the blob is reported under ``no_verified_replica``;
 * copies are throttled (bytes per second) and bounded in number at a time;
 * only sealed blobs are touched: a live upload's current blob belongs to its
   write session.
@@ -33,7 +37,7 @@ from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
-from wsfront.maintenance.inventory import referenced_blob_ids
+from wsfront.maintenance.inventory import referenced_blob_ids, referenced_blobs
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
@@ -135,6 +139,8 @@ class Repairer:
             "bytes": 0,
             "failed": 0,
             "unrecoverable": [],
+            "from_stale": [],
+            "no_verified_replica": [],
         }
 
         async def report() -> None:
@@ -172,6 +178,15 @@ class Repairer:
                 consumeErrors=True,
             )
             await report()
+        if now and stats["no_verified_replica"]:
+            # The operator's way out starts from the files (docs/maintenance.md):
+            # one namespace walk, for `wsfs repair` only (not every minute).
+            paths: dict[str, set[str]] = {b["blob"]: set() for b in stats["no_verified_replica"]}
+            async for use in referenced_blobs(self._catalog):
+                if use.blob_id in paths:
+                    paths[use.blob_id].add(use.path)
+            for b in stats["no_verified_replica"]:
+                b["paths"] = sorted(paths[b["blob"]])
         stats["phase"] = "done"
         stats["under_replicated"] = await self._catalog.count_under_replicated()
         await report()
@@ -206,6 +221,13 @@ class Repairer:
         source nor target, draining ones only a source."""
         ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
+        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
+        if not ok and any(self._usable(n, lost) for n in stale):
+            if not await self._copy_from_stale(blob, lost, draining, stats):
+                return False
+            blob = await self._catalog.get_blob(blob.blob_id)
+            ok = set(blob.ok_replicas)
+            sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
             log.error("repair: blob {blob} has no reachable ok replica", blob=blob.blob_id)
             stats["unrecoverable"].append(blob.blob_id)
@@ -227,6 +249,42 @@ class Repairer:
             )
             return False
         return True
+
+    async def _copy_from_stale(
+        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+    ) -> bool:
+        """``blob`` has no ok replica at all, only ``stale`` ones (each once
+        failed a checksum or a size check; a reader still falls back on
+        them).  The wire protocol has no "verify" operation, but ``copy``
+        is one: the source checks every block's CRC as it reads, the target
+        the length.  So one stale replica after the other is the source of
+        one copy to a server holding no stale copy of it (a failed copy
+        there would first delete one of the last copies); the first copy
+        that succeeds is a verified replica and recorded ok (the rule of
+        ``add_replica``), the rest of the repair copies from it.  True once
+        recorded; else the blob is reported in ``no_verified_replica``."""
+        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
+        usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
+        targets = self.targets(blob, exclude=set(stale) | lost | draining)
+        why = "none of them copies clean" if targets else "no server without a copy to copy to"
+        for target in targets[:2]:
+            if await self.copy(blob, target, list(usable), stats):
+                log.warn(
+                    "repair: blob {blob} had only stale replicas; a copy to {target} "
+                    "read back clean and is its ok replica now",
+                    blob=blob.blob_id,
+                    target=target,
+                )
+                stats["from_stale"].append(blob.blob_id)
+                return True
+        log.error(
+            "repair: blob {blob}: no verified replica: {n} stale, {why}",
+            blob=blob.blob_id,
+            n=len(stale),
+            why=why,
+        )
+        stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
+        return False
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
         """Healthy servers to copy ``blob`` to, best first: those whose last
