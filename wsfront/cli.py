@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogError, NotEmpty, RootInUse
-from wsfront.maintenance.lease import LEASE_NAME
+from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
@@ -58,6 +58,15 @@ def _human(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _ago(seconds: float) -> str:
+    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def _record(obj: Any) -> Any:
@@ -189,18 +198,32 @@ class Commands:
         self.emit(user, f"quota of {user.name}: {_human(user.quota_bytes)}, {files} files")
 
     async def status(self) -> None:
+        """Totals and the storage registry.  A server's state is what a
+        front end's probe last recorded: SEEN says how long ago it answered
+        one, and a note says when no front end is alive to keep the states
+        current (a server killed since still shows ``up``)."""
         st = await self.catalog.status()
+        now = time.time()
+        leases = await self.catalog.list_leases(LIVENESS_PREFIX)
+        alive = sorted(owner for owner, expires in leases.values() if expires > now)
         rows = [
             {"name": n.name, "endpoint": n.endpoint, "state": n.state,
+             "seen": "never" if n.seen_at is None else _ago(now - n.seen_at),
              "free": _human(n.free_bytes), "total": _human(n.total_bytes)}
             for n in st["nodes"]
         ]  # fmt: skip
         text = (
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
             f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
-            + _table(rows, ["name", "endpoint", "state", "free", "total"])
+            + _table(rows, ["name", "endpoint", "state", "seen", "free", "total"])
         )
-        self.emit(st, text)
+        if not alive and st["nodes"]:
+            note = "no front end is alive"
+            if leases:
+                owner, expires = max(leases.values(), key=lambda lease: lease[1])
+                note += f" (the last, {owner}, stopped renewing {_ago(now - expires)})"
+            text += f"\n{note}: each STATE is as last recorded, SEEN ago, and may be out of date"
+        self.emit({**st, "front_ends_alive": alive}, text)
 
     async def sessions(self) -> None:
         uploads = await self.catalog.list_uploads()
