@@ -170,3 +170,23 @@ async def test_a_drain_job_requeued_after_an_undrain_ends_cancelled_having_moved
     assert await svc.tick() == ["job"]
     done = await env.catalog.get_job(job.job_id)
     assert done.state == JOB_DONE and done.result["cancelled"] and done.result["moved"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_drain_exits_with_an_error_when_its_drain_was_cancelled():
+    import argparse
+    import io
+    from types import SimpleNamespace
+
+    from wsfront.cli import Commands
+
+    commands = Commands(None, argparse.Namespace(json=False, name="s1"), io.StringIO())
+
+    async def job(kind, args):
+        assert (kind, args) == ("drain", {"node": "s1"})
+        return SimpleNamespace(result={"moved": 2, "stuck": [], "busy": 0, "cancelled": True})
+
+    commands._job = job
+    with pytest.raises(SystemExit) as exit:
+        await commands.drain()
+    assert exit.value.code == "wsfs: drain of s1 cancelled (`wsfs undrain`) after 2 replicas moved"
