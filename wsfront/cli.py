@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogError, NotEmpty, RootInUse
-from wsfront.maintenance.lease import LEASE_NAME
+from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
@@ -54,6 +54,15 @@ def _human(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _ago(seconds: float) -> str:
+    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def _record(obj: Any) -> Any:
@@ -192,14 +201,22 @@ class Commands:
         self.emit(user, f"quota of {user.name}: {_human(user.quota_bytes)}, {files} files")
 
     async def status(self) -> None:
+        """Totals and the storage registry.  A server's state is what a
+        front end's probe last recorded: SEEN says how long ago it answered
+        one, and a note says when no front end is alive to keep the states
+        current (a server killed since still shows ``up``)."""
         st = await self.catalog.status()
+        now = time.time()
+        leases = await self.catalog.list_leases(LIVENESS_PREFIX)
+        alive = sorted(owner for owner, expires in leases.values() if expires > now)
         rows = [
             {"name": n.name, "endpoint": n.endpoint, "state": n.state,
+             "seen": "never" if n.seen_at is None else _ago(now - n.seen_at),
              "free": _human(n.free_bytes), "total": _human(n.total_bytes),
              "error": n.last_error or ""}
             for n in st["nodes"]
         ]  # fmt: skip
-        columns = ["name", "endpoint", "state", "free", "total"]
+        columns = ["name", "endpoint", "state", "seen", "free", "total"]
         if any(n.last_error for n in st["nodes"]):
             columns.append("error")  # why a server is down, as its front end saw it
         text = (
@@ -207,7 +224,13 @@ class Commands:
             f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
             + _table(rows, columns)
         )
-        self.emit(st, text)
+        if not alive and st["nodes"]:
+            note = "no front end is alive"
+            if leases:
+                owner, expires = max(leases.values(), key=lambda lease: lease[1])
+                note += f" (the last, {owner}, stopped renewing {_ago(now - expires)})"
+            text += f"\n{note}: each STATE is as last recorded, SEEN ago, and may be out of date"
+        self.emit({**st, "front_ends_alive": alive}, text)
 
     async def sessions(self) -> None:
         uploads = await self.catalog.list_uploads()
@@ -315,15 +338,58 @@ class Commands:
 
     async def repair(self) -> None:
         job = await self._job("repair", {"now": True})
-        self.emit(job, f"repair done: {job.result}")
+        lines = [f"repair done: {job.result}"]
+        for b in job.result.get("no_verified_replica", []):
+            where = ", ".join(b.get("paths", [])) or "no file"
+            lines.append(
+                f"no verified replica: {b['stale']} stale, {b['why']}: blob {b['blob']} "
+                f"({where}); see Repair in docs/maintenance.md"
+            )
+        self.emit(job, "\n".join(lines))
 
     async def drain(self) -> None:
         job = await self._job("drain", {"node": self.args.name})
         r = job.result
+        if r.get("cancelled"):
+            raise SystemExit(
+                f"wsfs: drain of {self.args.name} cancelled (`wsfs undrain`) after "
+                f"{r['moved']} replicas moved"
+            )
         text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
         if r.get("stuck") or r.get("busy"):
             text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
         self.emit(job, text)
+
+    async def undrain(self) -> None:
+        """End a drain (finished or not): the server takes new replicas
+        again.  Needs no front end: the catalog's mark is the drain, and a
+        drain job that finds it gone stops before its next move (one
+        running now, or queued again after its front end died); jobs still
+        queued are failed at once, so their ``wsfs drain`` stops waiting.
+        Replicas already moved stay where they went."""
+        name = self.args.name
+        before = {n.name: n.state for n in await self.catalog.list_nodes()}
+        node = await self.catalog.set_node_draining(name, False)  # NotFound: one line
+        cancelled, running = [], []
+        for job in await self.catalog.list_jobs(["queued", "running"]):
+            if job.kind != "drain" or job.args.get("node") != name:
+                continue
+            why = f"cancelled by wsfs undrain {name}"
+            if job.state == "queued" and await self.catalog.cancel_job(job.job_id, why):
+                cancelled.append(job.job_id)
+            else:
+                running.append(job.job_id)
+        if before.get(name) != "draining":
+            text = f"{name} was not draining (state {node.state})"
+        else:
+            text = f"{name} is no longer draining: it takes new replicas again"
+        if cancelled:
+            text += f"; queued drain jobs cancelled: {', '.join(map(str, cancelled))}"
+        if running:
+            text += f"; running drain job {', '.join(map(str, running))} stops before its next move"
+        self.emit(
+            {"node": name, "state": node.state, "cancelled": cancelled, "running": running}, text
+        )
 
     async def rebalance(self) -> None:
         args = {} if self.args.max_bytes is None else {"max_bytes": self.args.max_bytes}
@@ -523,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_options(sub.add_parser("repair", help="restore the replica count now"))
     drain = job_options(sub.add_parser("drain", help="move every replica off a storage server"))
     drain.add_argument("name")
+    undrain = sub.add_parser(
+        "undrain",
+        help="end a drain: the storage server takes new replicas again "
+        "(its drain jobs stop; moved replicas stay moved)",
+    )
+    undrain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
     reb.add_argument(
         "--max-bytes", type=_whole(1), default=None, help="stop after moving this much"

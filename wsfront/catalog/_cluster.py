@@ -30,6 +30,9 @@ from wsfront.catalog.schema import LIVE_SQL
 #: and a handshake's refusal, not for whatever a hostile server sends.
 NODE_ERROR_MAX = 200
 
+#: The registry state of a server being drained (see ``set_node_draining``).
+NODE_DRAINING = "draining"
+
 
 def _node(row: Any) -> Node:
     return Node(
@@ -83,16 +86,40 @@ def set_node_health(
     seen_at: float | None,
     last_error: str | None = None,
 ) -> Node:
+    """Record a probe.  A ``draining`` state is neither set nor cleared
+    here (that is ``set_node_draining``'s): a front end writes what it read
+    a moment before, which must not undo a drain or an undrain meanwhile."""
+    if state == NODE_DRAINING:
+        state_sql, params = "state", []
+    else:
+        state_sql, params = "CASE WHEN state = ? THEN state ELSE ? END", [NODE_DRAINING, state]
     if not tx.execute(
-        "UPDATE nodes SET state = ?, free_bytes = ?, total_bytes = ?, seen_at = ?, "
+        f"UPDATE nodes SET state = {state_sql}, free_bytes = ?, total_bytes = ?, seen_at = ?, "
         "last_error = ? WHERE name = ?",
-        state,
+        *params,
         free_bytes,
         total_bytes,
         seen_at,
         short_error(last_error),
         name,
     ):
+        raise NotFound(f"no storage node {name!r}")
+    return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
+
+
+def set_node_draining(tx: Tx, name: str, draining: bool) -> Node:
+    """Start (``wsfs drain``) or end (``wsfs undrain``) a drain; an ended
+    one leaves the state ``unknown`` until the next probe is recorded."""
+    if draining:
+        changed = tx.execute("UPDATE nodes SET state = ? WHERE name = ?", NODE_DRAINING, name)
+    else:
+        changed = tx.execute(
+            "UPDATE nodes SET state = CASE WHEN state = ? THEN 'unknown' ELSE state END "
+            "WHERE name = ?",
+            NODE_DRAINING,
+            name,
+        )
+    if not changed:
         raise NotFound(f"no storage node {name!r}")
     return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
 
@@ -131,8 +158,14 @@ def list_jobs(tx: Tx, states: Iterable[str] | None) -> list[Job]:
 
 def enqueue_job(tx: Tx, now: float, kind: str, args: dict[str, Any]) -> Job:
     node = args.get("node")
-    if kind == "drain" and tx.one("SELECT name FROM nodes WHERE name = ?", node) is None:
-        # Refused when queued, not minutes later by the front end running it.
+    # A drain of an unknown node is refused when queued, not minutes later
+    # by the front end running it.  A known one is marked draining at once
+    # (new uploads avoid it), and by nothing else, so that `wsfs undrain`
+    # (set_node_draining) stops every drain job of the node, even one
+    # queued again after its runner died.
+    if kind == "drain" and not tx.execute(
+        "UPDATE nodes SET state = ? WHERE name = ?", NODE_DRAINING, node
+    ):
         raise NotFound(f"no storage node {node!r}")
     job_id = tx.value(
         "INSERT INTO jobs (kind, args, state, progress, created_at, updated_at) "
@@ -173,6 +206,21 @@ def claim_job(tx: Tx, now: float, owner: str, kinds: Iterable[str]) -> Job | Non
         ):
             return get_job(tx, candidate)
         skipped.append(candidate)
+
+
+def cancel_job(tx: Tx, now: float, job_id: int, why: str) -> bool:
+    """Fail a job that is still queued (no runner has it), with ``why``;
+    False if it is not queued (any more)."""
+    return bool(
+        tx.execute(
+            "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+            JOB_FAILED,
+            why,
+            now,
+            job_id,
+            JOB_QUEUED,
+        )
+    )
 
 
 def requeue_job(tx: Tx, now: float, job_id: int, owner: str, note: str) -> Job:

@@ -320,6 +320,11 @@ class ICatalog(Interface):
         """Record a health probe's outcome: ``last_error`` is why the server
         is down (None while up), kept as one capped line.  NotFound."""
 
+    def set_node_draining(name, draining):
+        """Start or end a drain: the state becomes ``draining``, or from
+        ``draining`` ``unknown`` (``set_node_health`` never changes it
+        either way).  Fires with the Node; NotFound."""
+
     # -- admin jobs and leases -----------------------------------------------
 
     def enqueue_job(kind, args):
@@ -336,6 +341,10 @@ class ICatalog(Interface):
 
     def finish_job(job_id, owner, result=None, error=None):
         """End the job: done, or failed when ``error`` is given."""
+
+    def cancel_job(job_id, why):
+        """Fail a still queued job with ``why``; fires False if it is not
+        queued (a runner has it, or it ended)."""
 
     def requeue_job(job_id, owner, note):
         """Put a running job of ``owner`` back in the queue (same id, owner

@@ -356,6 +356,9 @@ class SqlCatalog:
             _cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at, last_error
         )
 
+    def set_node_draining(self, name: str, draining: bool) -> Deferred:
+        return self._write(_cluster.set_node_draining, name, draining)
+
     # -- admin jobs and leases -----------------------------------------------
 
     def enqueue_job(self, kind: str, args: dict[str, Any]) -> Deferred:
@@ -375,6 +378,9 @@ class SqlCatalog:
         error: str | None = None,
     ) -> Deferred:
         return self._write(_cluster.finish_job, self._now(), job_id, owner, result, error)
+
+    def cancel_job(self, job_id: int, why: str) -> Deferred:
+        return self._write(_cluster.cancel_job, self._now(), job_id, why)
 
     def requeue_job(self, job_id: int, owner: str, note: str) -> Deferred:
         return self._write(_cluster.requeue_job, self._now(), job_id, owner, note)

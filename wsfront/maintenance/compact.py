@@ -61,7 +61,7 @@ from zope.interface import implementer
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_STALE, CompactionCandidate, Version
-from wsfront.maintenance.repair import Progress
+from wsfront.maintenance.repair import Progress, draining_nodes
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadStream
@@ -316,7 +316,7 @@ class Compactor:
         ):
             return CHANGED
         wanted = await self._wanted_replicas(version)
-        targets = self._pool.choose(wanted)
+        targets = self._pool.choose(wanted, exclude=await draining_nodes(self._catalog))
         if len(targets) < wanted:
             log.warn(
                 "compact: {path}: {n} servers free, {w} wanted; later",

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.inventory import referenced_blob_ids
-from wsfront.maintenance.repair import Progress, Repairer
+from wsfront.maintenance.repair import Progress, Repairer, draining_nodes
 from wsfront.transfer.pool import StoragePool
 
 log = Logger()
@@ -47,15 +47,20 @@ async def drain(
     keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
     """Re-home every replica on ``node`` to other servers; afterwards the
-    catalog counts no ok replica there and the server can go."""
+    catalog counts no ok replica there and the server can go.
+
+    ``node`` must be marked ``draining`` in the catalog (queueing a drain
+    job marks it).  Once it is not (``wsfs undrain``), the drain stops
+    before its next move and reports ``cancelled``: the mark, not the job,
+    says whether the server is leaving, so a drain job queued again after
+    its runner died does not bring a drain the operator ended back."""
     if node not in pool.names():
         raise ValueError(f"unknown storage server {node!r}")
-    try:
-        await catalog.set_node_health(node, "draining", None, None, None)
-    except catalog_errors.NotFound:
-        pass
     stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,
-                             "busy": 0, "stuck": []}  # fmt: skip
+                             "busy": 0, "stuck": [], "cancelled": False}  # fmt: skip
+    if node not in await draining_nodes(catalog):
+        stats["cancelled"] = True
+        return stats
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going():
             break
@@ -68,10 +73,16 @@ async def drain(
         if not blob.sealed:
             stats["busy"] += 1
             continue
+        # Asked before each move: a drain of another server may have begun
+        # (no home either), this one may have been ended.
+        leaving = await draining_nodes(catalog)
+        if node not in leaving:
+            stats["cancelled"] = True
+            break
         ok = set(blob.ok_replicas)
         sources = [n for n in pool.order_for_read(sorted(ok)) if pool.is_up(n)]
         sources.sort(key=lambda n: n == node)  # spare the draining server
-        targets = pool.choose(len(pool.names()), exclude=ok | {node})
+        targets = repairer.targets(blob, exclude=ok | leaving)
         moved = False
         for target in targets:
             if await repairer.copy(blob, target, sources, stats):
@@ -97,9 +108,12 @@ async def rebalance(
     """Move replicas from the server holding the most bytes to the one
     holding the least while that narrows the gap (at most ``max_bytes``).
     The fill is measured as the bytes of ok replicas each server holds, so
-    servers sharing a disk (or of different sizes) compare fairly."""
+    servers sharing a disk (or of different sizes) compare fairly.  A
+    server being drained takes no part: it is emptying, so its fill says
+    nothing, and a replica moved onto it would be left there with it."""
     await pool.probe_all()
-    live = [n for n in pool.names() if pool.is_up(n)]
+    draining = await draining_nodes(catalog)
+    live = [n for n in pool.names() if pool.is_up(n) and n not in draining]
     stats: dict[str, Any] = {"moved": 0, "copied": 0, "bytes": 0, "failed": 0}
     if len(live) < 2:
         return stats
@@ -119,6 +133,9 @@ async def rebalance(
                 if blob.sealed:
                     movable[node].append((size, blob_id))
     stats["before"] = dict(load)
+    # What each server last reported free (just probed): a blob that would
+    # not fit on the emptiest server is not sent there.
+    free = {n.name: n.free_bytes for n in pool.nodes() if n.last_seen is not None}
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
         if not keep_going():
@@ -126,8 +143,14 @@ async def rebalance(
         src = max(live, key=lambda n: (load[n], n))
         dst = min(live, key=lambda n: (load[n], n))
         gap = load[src] - load[dst]
+        room = free.get(dst)
         candidates = sorted(
-            (c for c in movable[src] if c[0] * 2 <= gap and c[1] not in tried), reverse=True
+            (
+                c
+                for c in movable[src]
+                if c[0] * 2 <= gap and c[1] not in tried and (room is None or c[0] <= room)
+            ),
+            reverse=True,
         )
         chosen = None
         for size, blob_id in candidates:
@@ -147,6 +170,8 @@ async def rebalance(
         movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
         load[src] -= size
         load[dst] += size
+        if room is not None:
+            free[dst] = room - size
         stats["moved"] += 1
         await _tell(progress, stats)
     stats["after"] = dict(load)

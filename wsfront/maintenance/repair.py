@@ -16,6 +16,10 @@ Safety rules (docs/maintenance.md):
   catalog does not vouch for (a lost or stale replica, a leftover of an
   earlier attempt) is deleted and replaced, never trusted;
 * a source whose size differs from the catalog's is marked stale, not used;
+* a blob left with stale replicas only is copied from one of them to a
+  server without a copy; the copy checks every block's CRC and the length,
+  so the first that succeeds is a verified replica (``_copy_from_stale``);
+  if none does, the blob is reported under ``no_verified_replica``;
 * copies are throttled (bytes per second) and bounded in number at a time;
 * only sealed blobs are touched: a live upload's current blob belongs to its
   write session.
@@ -33,7 +37,7 @@ from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
-from wsfront.maintenance.inventory import referenced_blob_ids
+from wsfront.maintenance.inventory import referenced_blob_ids, referenced_blobs
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
@@ -41,6 +45,19 @@ from wsstorage import errors as storage_errors
 log = Logger()
 
 Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+#: The registry state ``wsfs drain`` gives a storage server (``wsfs undrain``
+#: takes it away).
+NODE_DRAINING = "draining"
+
+
+async def draining_nodes(catalog) -> set[str]:
+    """Servers being drained: never the target of a copy (a replica placed
+    there would have to move again, or go with the server when the
+    operator removes it, as a finished drain allows), still a source.
+    Asked of the catalog, not the pool: a front end's pool learns of a
+    drain only at its next health record."""
+    return {n.name for n in await catalog.list_nodes() if n.state == NODE_DRAINING}
 
 
 @attrs.frozen
@@ -122,6 +139,8 @@ class Repairer:
             "bytes": 0,
             "failed": 0,
             "unrecoverable": [],
+            "from_stale": [],
+            "no_verified_replica": [],
         }
 
         async def report() -> None:
@@ -138,6 +157,7 @@ class Repairer:
         stats["phase"] = "copying"
         stats["total"] = await self._catalog.count_under_replicated()
         await report()
+        draining = await draining_nodes(self._catalog)
         given_up: set[str] = set()
         semaphore = DeferredSemaphore(max(1, self.settings.concurrency))
         while keep_going():
@@ -148,7 +168,7 @@ class Repairer:
                 break
 
             async def one(blob: BlobRecord) -> None:
-                ok = await self._repair_blob(blob, lost, stats)
+                ok = await self._repair_blob(blob, lost, draining, stats)
                 stats["examined"] += 1
                 if not ok:
                     given_up.add(blob.blob_id)
@@ -158,6 +178,15 @@ class Repairer:
                 consumeErrors=True,
             )
             await report()
+        if now and stats["no_verified_replica"]:
+            # The operator's way out starts from the files (docs/maintenance.md):
+            # one namespace walk, for `wsfs repair` only (not every minute).
+            paths: dict[str, set[str]] = {b["blob"]: set() for b in stats["no_verified_replica"]}
+            async for use in referenced_blobs(self._catalog):
+                if use.blob_id in paths:
+                    paths[use.blob_id].add(use.path)
+            for b in stats["no_verified_replica"]:
+                b["paths"] = sorted(paths[b["blob"]])
         stats["phase"] = "done"
         stats["under_replicated"] = await self._catalog.count_under_replicated()
         await report()
@@ -184,21 +213,27 @@ class Repairer:
             log.info("repair: {n} replicas on lost servers marked lost", n=marked)
         return marked
 
-    async def _repair_blob(self, blob: BlobRecord, lost: set[str], stats: dict) -> bool:
+    async def _repair_blob(
+        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+    ) -> bool:
         """Copy ``blob`` until it has its wanted ok replicas; False if it
-        could not be brought to strength now."""
+        could not be brought to strength now.  Lost servers are neither
+        source nor target, draining ones only a source."""
         ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
+        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
+        if not ok and any(self._usable(n, lost) for n in stale):
+            if not await self._copy_from_stale(blob, lost, draining, stats):
+                return False
+            blob = await self._catalog.get_blob(blob.blob_id)
+            ok = set(blob.ok_replicas)
+            sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
             log.error("repair: blob {blob} has no reachable ok replica", blob=blob.blob_id)
             stats["unrecoverable"].append(blob.blob_id)
             return False
         need = blob.wanted_replicas - len(ok)
-        known = {r.node for r in blob.replicas}
-        candidates = [n for n in self._pool.choose(len(self._pool.names()), exclude=ok)]
-        candidates = [n for n in candidates if n not in lost]
-        candidates.sort(key=lambda n: n in known)  # servers without any copy first
-        for target in candidates:
+        for target in self.targets(blob, exclude=ok | lost | draining):
             if need <= 0:
                 break
             if not sources:
@@ -214,6 +249,61 @@ class Repairer:
             )
             return False
         return True
+
+    async def _copy_from_stale(
+        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+    ) -> bool:
+        """``blob`` has no ok replica at all, only ``stale`` ones (each once
+        failed a checksum or a size check; a reader still falls back on
+        them).  The wire protocol has no "verify" operation, but ``copy``
+        is one: the source checks every block's CRC as it reads, the target
+        the length.  So one stale replica after the other is the source of
+        one copy to a server holding no stale copy of it (a failed copy
+        there would first delete one of the last copies); the first copy
+        that succeeds is a verified replica and recorded ok (the rule of
+        ``add_replica``), the rest of the repair copies from it.  True once
+        recorded; else the blob is reported in ``no_verified_replica``."""
+        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
+        usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
+        targets = self.targets(blob, exclude=set(stale) | lost | draining)
+        why = "none of them copies clean" if targets else "no server without a copy to copy to"
+        for target in targets[:2]:
+            if await self.copy(blob, target, list(usable), stats):
+                log.warn(
+                    "repair: blob {blob} had only stale replicas; a copy to {target} "
+                    "read back clean and is its ok replica now",
+                    blob=blob.blob_id,
+                    target=target,
+                )
+                stats["from_stale"].append(blob.blob_id)
+                return True
+        log.error(
+            "repair: blob {blob}: no verified replica: {n} stale, {why}",
+            blob=blob.blob_id,
+            n=len(stale),
+            why=why,
+        )
+        stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
+        return False
+
+    def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
+        """Healthy servers to copy ``blob`` to, best first: those whose last
+        reported free space holds it before those where it would not fit
+        (tried last, not left out: the report may be seconds old, and a
+        copy that finds the disk full just fails); then servers without
+        any copy of it (a stale or lost one is replaced, so it is kept
+        while there is a choice); then the pool's order (most free space
+        first, servers of similar free space in turn)."""
+        nodes = {n.name: n for n in self._pool.nodes()}
+        known = {r.node for r in blob.replicas}
+
+        def fits(name: str) -> bool:
+            node = nodes.get(name)
+            # Never probed yet: no report to go by.
+            return node is None or node.last_seen is None or node.free_bytes >= blob.length
+
+        chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
+        return sorted(chosen, key=lambda n: (not fits(n), n in known))
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);

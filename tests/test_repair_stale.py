@@ -1,0 +1,121 @@
+"""A blob whose every replica was marked stale (each failed a checksum
+once) is repaired from one that reads clean now, never given up on while
+a reader could still serve it; and when none reads clean, the copies are
+kept and the blob is reported with its files.  Real in-process storage
+servers; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.catalog_fixtures import postgres_schema_url
+from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
+from tests.test_maintenance_postgres import PostgresTransferEnv
+from tests.transfer_env import TransferEnv
+from wsfront.catalog.records import REPLICA_STALE
+from wsfront.maintenance.repair import Repairer, RepairSettings
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request, tmp_path):
+    from twisted.internet import reactor
+
+    def run(e):
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        return e
+
+    if request.param == "sqlite":
+        e = run(TransferEnv(reactor, tmp_path, nodes=3))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+        return
+    for url in postgres_schema_url():
+        e = run(PostgresTransferEnv(reactor, tmp_path, url, nodes=3))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+async def all_stale(env, path: str):
+    """Mark every replica of ``path``'s one blob stale; return the blob."""
+    entry = await env.catalog.stat(full_path(env, path))
+    [extent] = entry.version.extents
+    blob = await env.catalog.get_blob(extent.blob_id)
+    for node in blob.ok_replicas:
+        await env.catalog.mark_replica(blob.blob_id, node, REPLICA_STALE)
+    return blob
+
+
+def repairer(env) -> Repairer:
+    return Repairer(
+        task.Clock(), env.catalog, env.transfers.pool, RepairSettings(bytes_per_second=None)
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_with_only_stale_replicas_is_repaired_from_one_that_reads_clean(env):
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f0.bin")
+    damaged = sorted(blob.ok_replicas)[0]  # the first one tried
+    env.corrupt(damaged, blob.blob_id, 100_000)  # still bad; the other was restored
+    [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
+    stats = await repairer(env).run_pass(now=True)
+    assert stats["unrecoverable"] == [] and stats["no_verified_replica"] == [], stats
+    assert stats["from_stale"] == [blob.blob_id]
+    assert stats["failed"] == 1  # the copy from the damaged one
+    assert stats["under_replicated"] == 0
+    after = await env.catalog.get_blob(blob.blob_id)
+    assert len(after.ok_replicas) == 2 and spare in after.ok_replicas
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_no_stale_replica_of_which_reads_clean_is_reported_and_kept(env):
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f1.bin")
+    for node in blob.ok_replicas:
+        env.corrupt(node, blob.blob_id, 100_000)
+    stats = await repairer(env).run_pass(now=True)
+    assert stats["no_verified_replica"] == [
+        {
+            "blob": blob.blob_id,
+            "stale": 2,
+            "why": "none of them copies clean",
+            "paths": [full_path(env, "/f1.bin")],
+        }
+    ]
+    assert stats["from_stale"] == [] and stats["under_replicated"] == 1
+    after = await env.catalog.get_blob(blob.blob_id)
+    assert after.ok_replicas == ()
+    for node in blob.ok_replicas:  # the damaged copies are a human's to judge
+        assert blob.blob_id in await blobs_on(env, node)
+    [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
+    assert blob.blob_id not in await blobs_on(env, spare)
+    del files["/f1.bin"]
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_repair_prints_each_blob_without_a_verified_replica_with_its_files():
+    import argparse
+    import io
+    from types import SimpleNamespace
+
+    from wsfront.cli import Commands
+
+    out = io.StringIO()
+    commands = Commands(None, argparse.Namespace(json=False), out)
+    result = {"copied": 0, "no_verified_replica": [
+        {"blob": "b1", "stale": 2, "why": "none of them copies clean", "paths": ["/a/x", "/b/y"]}
+    ]}  # fmt: skip
+
+    async def job(kind, args):
+        return SimpleNamespace(result=result)
+
+    commands._job = job
+    await commands.repair()
+    assert out.getvalue().splitlines()[1] == (
+        "no verified replica: 2 stale, none of them copies clean: blob b1 (/a/x, /b/y); "
+        "see Repair in docs/maintenance.md"
+    )
