@@ -56,7 +56,10 @@ class Env:
             await session.finish()
         session = await transfers.open_write(self.user, "/busy", 0)
         session.write(b"half")
-        await session.interrupt()  # pending and live: resumable by carol
+        await session.checkpoint()
+        # Left streaming: a live upload keeps the path busy even for its
+        # owner, whose DELETE would abandon an interrupted one.
+        self.busy_session = session
         auth = CachingAuthenticator(catalog, reactor)
         factory = FTPFactory(reactor, transfers, make_portal(auth), FTPSettings(data_timeout=10.0))
         self.ftp_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)

@@ -26,7 +26,7 @@ import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogError, NotEmpty, RootInUse
+from wsfront.catalog.errors import CatalogError, CatalogUnavailable, NotEmpty, RootInUse
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -666,7 +666,9 @@ def explain(failure: Any, url: str) -> str | None:
     """The one-line message for a failure an operator can fix, or None for
     a bug (whose traceback is then worth seeing)."""
     e = failure.value
-    if isinstance(e, CatalogError):
+    if isinstance(e, CatalogUnavailable) and e.__cause__ is not None:
+        e = e.__cause__  # the driver's own error: said below as for a bad URL
+    elif isinstance(e, CatalogError):
         return e.message
     if isinstance(e, sqlite3.Error):
         return f"catalog {url}: {e}"

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
+from wsfront.catalog.errors import CatalogUnavailable
 from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
@@ -52,7 +53,9 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint): one line says
     it, as for a bad option.  Anything else is a bug, with its traceback."""
-    if isinstance(error, (BadStorageEndpoint, CannotListenError, OSError, sqlite3.Error)):
+    if isinstance(
+        error, (BadStorageEndpoint, CannotListenError, CatalogUnavailable, OSError, sqlite3.Error)
+    ):
         return True
     psycopg = sys.modules.get("psycopg")
     return psycopg is not None and isinstance(error, psycopg.OperationalError)

@@ -264,7 +264,9 @@ class Runner:
         """The catalog error a client is answered for a database that could
         not run a transaction: full, or (locked, unreachable) unavailable."""
         cls = CatalogFull if self.backend.is_full(error) else CatalogUnavailable
-        return cls(f"{self.backend.name}: {error}")
+        # The driver's reason is its first line; psycopg adds hints below it.
+        lines = str(error).strip().splitlines()
+        return cls(f"{self.backend.name}: {lines[0] if lines else type(error).__name__}")
 
     def run(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> Deferred[T]:
         """Run ``fn`` in a transaction in the pool (a write: in the writer
