@@ -200,3 +200,26 @@ async def test_wsfs_compact_merges_resumed_files_and_a_rebuilt_catalog_reads_the
     for vpath, data in files.items():
         got, _ = await cluster.download(vpath)
         assert sha256(got) == sha256(data), vpath
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_names_a_server_that_answers_but_cannot_list_its_blobs(cluster):
+    """``rm -rf <data>/blobs`` under a running server: fsck's summary names
+    it failing, with the reason, beside the replicas it counts missing."""
+    import shutil
+
+    from twisted.internet import reactor, task
+
+    await populate(cluster, count=3)
+    victim = "s2"
+    shutil.rmtree(cluster.procs[victim].data / "blobs")
+    deadline = reactor.seconds() + 20
+    while cluster.pool.writable(victim):
+        assert reactor.seconds() < deadline, "the disk problem was never seen"
+        await cluster.pool.probe_all()
+        await task.deferLater(reactor, 0.05, lambda: None)
+    out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 3, err + out
+    failing = [line for line in out.splitlines() if line.startswith("failing: ")]
+    assert len(failing) == 1 and failing[0].startswith(f"failing: {victim} ("), out
+    assert str(cluster.procs[victim].data) not in out

@@ -429,6 +429,9 @@ class Commands:
         ]
         if r["unreachable_nodes"]:
             lines.append("unreachable: " + ", ".join(r["unreachable_nodes"]))
+        for f in r.get("failing_nodes", []):
+            # Up, but its disk could not list its blobs: its replicas count as missing.
+            lines.append(f"failing: {f['node']} ({f['why']})")
         if r["guarded_nodes"]:
             lines.append("too many unknown blobs (left alone): " + ", ".join(r["guarded_nodes"]))
         for m in r["missing"]:
