@@ -444,3 +444,38 @@ async def test_start_upload_refuses_offsets_past_the_end_and_directories(catalog
     with pytest.raises(NotFound):
         await start(catalog, "/missing/f", "b5")
     assert (await catalog.stat("/f")).upload is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_at_its_epoch_makes_a_row_marked_interrupted_active_again(catalog):
+    """Another front end marks a paused front end's uploads interrupted
+    (its liveness lease lapsed); the writer was only paused, and its next
+    checkpoint says a client is sending: the row is active again, so its
+    owner's DELETE refuses instead of abandoning it under the writer.  A
+    takeover (epoch + 1) still fences the old writer."""
+    up = await begin(catalog, "/f", "b1")
+    await catalog.checkpoint(up.upload_id, 1, 4)
+    [marked] = await catalog.interrupt_sessions_of("fe1")
+    assert marked.state == "interrupted"
+    after = await catalog.checkpoint(up.upload_id, 1, 6)
+    assert (after.state, after.checkpoint, after.epoch) == ("active", 6, 1)
+    with pytest.raises(PendingUploadExists):
+        await catalog.delete("/f", user="alice")
+    await catalog.interrupt_sessions_of("fe1")
+    taken = await catalog.take_over(up.upload_id, 1, "fe2")
+    with pytest.raises(EpochConflict):
+        await catalog.checkpoint(up.upload_id, 1, 8)
+    assert (await catalog.get_upload(up.upload_id)).state == "active"
+    await catalog.interrupt_sessions_of("fe2")
+    resumed = await catalog.restart_at(taken.upload_id, 2, 6, "b2", ["s1"], 1)
+    assert resumed.state == "active"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_spares_an_interrupted_upload_held_by_the_callers_session(catalog):
+    up = await begin(catalog, "/f", "b1")
+    await catalog.interrupt_sessions_of("fe1")
+    with pytest.raises(PendingUploadExists):
+        await catalog.delete("/f", user="alice", spare={up.upload_id})
+    assert (await catalog.get_upload(up.upload_id)).state == "interrupted"
+    assert await catalog.delete("/f", user="alice", spare={"another"}) == up.upload_id

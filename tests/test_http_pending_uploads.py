@@ -354,3 +354,37 @@ async def test_dele_agrees_with_delete_on_pending_uploads(both):
         client.transport.loseConnection()
     assert (await body_of(both, "/f"))[0] == 404
     assert await body_of(both, "/theirs") == (200, b"ORIGINAL")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_spares_an_upload_still_sending_whose_row_was_marked_interrupted(env):
+    """Another front end marks this one's uploads interrupted when its
+    liveness lease lapses (a long pause, not a crash): its client is still
+    sending, so its owner's DELETE must not abandon the upload under it."""
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    r = await env.request("DELETE", "/live")
+    assert r.code == 409, await r.text()
+    session.write(b"dy")
+    await session.finish()
+    assert await body_of(env, "/live") == (200, b"new body")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_makes_the_upload_of_a_paused_front_end_active_again(env):
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    assert (await upload_of(env, "/live")).state == "interrupted"
+    session.write(b"dy")
+    await session.checkpoint()
+    assert (await upload_of(env, "/live")).state == "active"
+    with pytest.raises(catalog_errors.PendingUploadExists):  # another front end's DELETE
+        await env.catalog.delete("/alice/live", user="alice")
+    await session.finish()
+    assert await body_of(env, "/live") == (200, b"new body")

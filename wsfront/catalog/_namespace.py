@@ -9,6 +9,7 @@ asked for, but still holds its name.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from wsfront.catalog._db import Tx
@@ -179,7 +180,12 @@ def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) ->
 
 
 def delete(
-    tx: Tx, path: str, abort_pending: bool, now: float, user: str | None = None
+    tx: Tx,
+    path: str,
+    abort_pending: bool,
+    now: float,
+    user: str | None = None,
+    spare: Collection[str] = (),
 ) -> str | None:
     """Remove the file at ``path`` (see ``unlink_file``).
 
@@ -187,7 +193,10 @@ def delete(
     abandoned with it (they could take it over with a STOR or PUT anyway;
     it must not keep them from deleting their file until it expires).
     Another user's upload, or a live one (active: a client is sending),
-    still refuses.  Returns the id of the upload abandoned so, if any.
+    still refuses, as does one whose id is in ``spare``: held by a session
+    of the caller's front end, whose row another front end may have marked
+    interrupted while it paused, though its client is still sending.
+    Returns the id of the upload abandoned so, if any.
     """
     parts = split_path(path)
     if not parts:
@@ -206,6 +215,7 @@ def delete(
         and up["username"] == user
         and up["state"] == INTERRUPTED
         and up["expires_at"] > now
+        and up["upload_id"] not in spare
     ):
         end_upload(tx, up, ABORTED, now)
         abandoned = up["upload_id"]

@@ -361,11 +361,15 @@ def checkpoint(
         raise InvalidOffset(f"checkpoint {durable_offset} is below {row['checkpoint']}")
     if row["declared_length"] is not None and durable_offset > row["declared_length"]:
         raise InvalidOffset(f"checkpoint {durable_offset} is past the declared length")
+    # A row another front end marked interrupted (our liveness lease had
+    # lapsed: a long pause, not a crash) is active again once we record
+    # progress at its epoch: a client is sending, so a DELETE must not take
+    # it for abandoned.  A takeover bumps the epoch, and this CAS loses.
     _cas(
         tx,
         upload_id,
         epoch,
-        "checkpoint = ?, updated_at = ?, expires_at = ?",
+        "state = 'active', checkpoint = ?, updated_at = ?, expires_at = ?",
         durable_offset,
         now,
         expires_at if expires_at is not None else row["expires_at"],
@@ -451,7 +455,8 @@ def restart_at(
         tx,
         upload_id,
         epoch,
-        "blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, expires_at = ?" + length_set,
+        "state = 'active', blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, "
+        "expires_at = ?" + length_set,
         blob_id,
         offset,
         offset,

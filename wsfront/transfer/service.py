@@ -311,9 +311,13 @@ class Transfers:
         """Remove a file; refused (UploadBusy) while another user's pending
         upload is on it, or a live one (a client sending), as
         docs/architecture.md's table says.  The user's own interrupted
-        upload there is abandoned with it, for every protocol alike."""
+        upload there is abandoned with it, for every protocol alike, unless
+        a session here still holds it (its row marked interrupted by
+        another front end while this one paused: its client is sending)."""
         self._need(user, "delete")
-        d = self.catalog.delete(self.full_path(user, vpath), user=user.name)
+        d = self.catalog.delete(
+            self.full_path(user, vpath), user=user.name, spare=frozenset(self.sessions)
+        )
 
         def deleted(abandoned: str | None) -> None:
             if abandoned is not None:
