@@ -22,6 +22,7 @@ from wsfront.catalog._rows import (
     load_upload,
     load_version,
     lock_dirs,
+    locked_live_upload_row,
     remove_file_inode,
     resolve,
     resolve_existing,
@@ -164,9 +165,10 @@ def rmdir(tx: Tx, path: str, now: float) -> None:
 
 
 def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) -> None:
-    """Remove a file inode; a live upload on it refuses, unless expired (it
-    is expired) or ``abort_pending`` (it is aborted)."""
-    up = live_upload_row(tx, row["inode"])
+    """Remove a file inode (locked by the caller); a live upload on it
+    refuses, unless expired (it is expired) or ``abort_pending`` (it is
+    aborted)."""
+    up = locked_live_upload_row(tx, row["inode"])
     if up is not None:
         if up["expires_at"] <= now:
             end_upload(tx, up, EXPIRED, now)
@@ -208,7 +210,7 @@ def delete(
     lock_dirs(tx, parent)
     tx.lock_rows("inodes", "inode", [row["inode"]])
     abandoned = None
-    up = live_upload_row(tx, row["inode"])
+    up = locked_live_upload_row(tx, row["inode"])
     if (
         up is not None
         and user is not None

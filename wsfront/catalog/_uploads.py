@@ -29,6 +29,7 @@ from wsfront.catalog._rows import (
     load_upload,
     load_version,
     lock_dirs,
+    locked_live_upload_row,
     resolve,
     resolve_parent,
     set_replicas,
@@ -125,7 +126,7 @@ def begin_upload(
         raise InvalidOffset(f"base length {base_length} is out of range")
     parts, parent, row = _resolve_target(tx, path)
     if row is not None:
-        live = live_upload_row(tx, row["inode"])
+        live = locked_live_upload_row(tx, row["inode"])
         if live is not None:
             if live["expires_at"] > now:
                 raise PendingUploadExists(f"an upload is pending on {path}")
