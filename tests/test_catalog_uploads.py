@@ -479,3 +479,28 @@ async def test_delete_spares_an_interrupted_upload_held_by_the_callers_session(c
         await catalog.delete("/f", user="alice", spare={up.upload_id})
     assert (await catalog.get_upload(up.upload_id)).state == "interrupted"
     assert await catalog.delete("/f", user="alice", spare={"another"}) == up.upload_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replacing_rename_abandons_the_users_own_interrupted_upload_only(catalog):
+    """As delete does: the replaced file's owner's interrupted upload goes
+    with it; another user's, a live one or a spared one refuses."""
+    ups = {}
+    for name, user in (("mine", "alice"), ("bobs", "bob"), ("spared", "alice"), ("live", "alice")):
+        ups[name] = await begin(catalog, f"/{name}", f"b-{name}", user=user)
+        if name != "live":
+            await catalog.interrupt_upload(ups[name].upload_id, 1)
+        src = await begin(catalog, f"/{name}.tmp", f"t-{name}")
+        await catalog.commit_upload(src.upload_id, 1, 0)
+    for name, spare in (("bobs", ()), ("spared", {ups["spared"].upload_id}), ("live", ())):
+        with pytest.raises(PendingUploadExists):
+            await catalog.rename(
+                f"/{name}.tmp", f"/{name}", replace=True, user="alice", spare=spare
+            )
+        assert (await catalog.find_upload(f"/{name}")).upload_id == ups[name].upload_id
+    with pytest.raises(PendingUploadExists):  # no user named: as before
+        await catalog.rename("/mine.tmp", "/mine", replace=True)
+    entry = await catalog.rename("/mine.tmp", "/mine", replace=True, user="alice")
+    assert entry.path == "/mine" and entry.version is not None
+    assert (await catalog.get_upload(ups["mine"].upload_id)).state == "aborted"
+    assert await catalog.find_upload("/mine") is None

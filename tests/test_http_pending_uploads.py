@@ -388,3 +388,64 @@ async def test_a_checkpoint_makes_the_upload_of_a_paused_front_end_active_again(
         await env.catalog.delete("/alice/live", user="alice")
     await session.finish()
     assert await body_of(env, "/live") == (200, b"new body")
+
+
+# -- replacing such a file by a rename (temp file, then rename: WinSCP) --------
+
+
+async def move(env, src: str, dst: str):
+    r = await env.request("MOVE", src, headers={"Destination": dst, "Overwrite": "T"})
+    return r.code, await r.text()
+
+
+async def leave_theirs(env, path: str) -> None:
+    """bob's interrupted upload on ``path``, a file of alice's tree."""
+    await env.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
+    session = await env.transfers.open_write(await env.catalog.get_user("bob"), path, 0)
+    session.write(b"ne")
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_over_a_file_abandons_the_owners_interrupted_upload_as_delete_does(env):
+    await put(env, "/f", b"ORIGINAL")
+    await leave_pending(env, "/f")
+    upload = await upload_of(env, "/f")
+    await put(env, "/f.tmp", b"new body")
+    code, text = await move(env, "/f.tmp", "/f")
+    assert code == 204, text
+    assert await body_of(env, "/f") == (200, b"new body")
+    assert (await env.catalog.get_upload(upload.upload_id)).state == "aborted"
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"ne")
+    await put(env, "/live.tmp", b"new body")
+    assert (await move(env, "/live.tmp", "/live"))[0] == 409
+    await session.interrupt()
+    await put(env, "/theirs", b"ORIGINAL")
+    await leave_theirs(env, "/theirs")
+    await put(env, "/theirs.tmp", b"new body")
+    assert (await move(env, "/theirs.tmp", "/theirs"))[0] == 409
+    assert await body_of(env, "/theirs") == (200, b"ORIGINAL")
+    assert (await upload_of(env, "/theirs")).state == "interrupted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rnto_over_a_file_agrees_with_dele_on_pending_uploads(both):
+    await put(both, "/f", b"ORIGINAL")
+    await leave_pending(both, "/f")
+    await put(both, "/f.tmp", b"new body")
+    await put(both, "/theirs", b"ORIGINAL")
+    await leave_theirs(both, "/theirs")
+    await put(both, "/theirs.tmp", b"new body")
+    client = await ftp_client(both)
+    try:
+        assert (await client.cmd("RNFR f.tmp"))[0] == 350
+        assert (await client.cmd("RNTO f"))[0] == 250
+        assert (await client.cmd("RNFR theirs.tmp"))[0] == 350
+        assert (await client.cmd("RNTO theirs"))[0] == 450
+    finally:
+        client.transport.loseConnection()
+    assert await body_of(both, "/f") == (200, b"new body")
+    assert await upload_of(both, "/f") is None
+    assert await body_of(both, "/theirs") == (200, b"ORIGINAL")

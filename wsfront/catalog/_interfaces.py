@@ -55,10 +55,12 @@ class ICatalog(Interface):
         end, whatever its row says) is never abandoned so.  IsADirectory,
         NotFound.  Fires with the id of the upload so abandoned, else None."""
 
-    def rename(src, dst, replace=False):
+    def rename(src, dst, replace=False, *, user=None, spare=()):
         """Move one entry (file or directory, no data).  Exists when ``dst``
         exists and not ``replace`` (a replaced file is deleted as by
-        ``delete``; a directory is never replaced); InvalidMove into its own
+        ``delete`` with ``user`` and ``spare``: their own interrupted upload
+        on it is abandoned, any other pending upload refuses with
+        PendingUploadExists; a directory is never replaced); InvalidMove into its own
         subtree; NotFound; NotADirectory; RootBusy for a directory that is
         a user's root or holds one.  Fires with the new Entry."""
 

@@ -164,21 +164,48 @@ def rmdir(tx: Tx, path: str, now: float) -> None:
     touch(tx, parent, now)
 
 
-def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) -> None:
+def unlink_file(
+    tx: Tx,
+    row: Any,
+    abort_pending: bool,
+    now: float,
+    path: str,
+    user: str | None = None,
+    spare: Collection[str] = (),
+) -> str | None:
     """Remove a file inode (locked by the caller); a live upload on it
     refuses, unless expired (it is expired) or ``abort_pending`` (it is
-    aborted)."""
+    aborted), or unless it is ``user``'s own and interrupted: ``user`` is
+    who removes the file (a DELETE, or a rename replacing it), and they
+    could take the upload over with a STOR or PUT anyway; it must not keep
+    them from removing their file until it expires, so it is abandoned
+    (aborted) with it.  Another user's upload, or a live one (active: a
+    client is sending), still refuses, as does one whose id is in
+    ``spare``: held by a session of the caller's front end, whose row
+    another front end may have marked interrupted while it paused, though
+    its client is still sending.  Returns the id of the upload abandoned
+    so, if any."""
+    abandoned = None
     up = locked_live_upload_row(tx, row["inode"])
     if up is not None:
         if up["expires_at"] <= now:
             end_upload(tx, up, EXPIRED, now)
         elif abort_pending:
             end_upload(tx, up, ABORTED, now)
+        elif (
+            user is not None
+            and up["username"] == user
+            and up["state"] == INTERRUPTED
+            and up["upload_id"] not in spare
+        ):
+            end_upload(tx, up, ABORTED, now)
+            abandoned = up["upload_id"]
         else:
             raise PendingUploadExists(f"an upload is pending on {path}")
     row = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
     if row is not None:
         remove_file_inode(tx, row)
+    return abandoned
 
 
 def delete(
@@ -189,17 +216,8 @@ def delete(
     user: str | None = None,
     spare: Collection[str] = (),
 ) -> str | None:
-    """Remove the file at ``path`` (see ``unlink_file``).
-
-    ``user`` is who deletes: their own interrupted upload on the file is
-    abandoned with it (they could take it over with a STOR or PUT anyway;
-    it must not keep them from deleting their file until it expires).
-    Another user's upload, or a live one (active: a client is sending),
-    still refuses, as does one whose id is in ``spare``: held by a session
-    of the caller's front end, whose row another front end may have marked
-    interrupted while it paused, though its client is still sending.
-    Returns the id of the upload abandoned so, if any.
-    """
+    """Remove the file at ``path`` for ``user`` (see ``unlink_file``);
+    returns the id of the upload abandoned with it, if any."""
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -209,25 +227,26 @@ def delete(
         raise IsADirectory(f"{path} is a directory")
     lock_dirs(tx, parent)
     tx.lock_rows("inodes", "inode", [row["inode"]])
-    abandoned = None
-    up = locked_live_upload_row(tx, row["inode"])
-    if (
-        up is not None
-        and user is not None
-        and up["username"] == user
-        and up["state"] == INTERRUPTED
-        and up["expires_at"] > now
-        and up["upload_id"] not in spare
-    ):
-        end_upload(tx, up, ABORTED, now)
-        abandoned = up["upload_id"]
-    unlink_file(tx, row, abort_pending, now, path)
+    abandoned = unlink_file(tx, row, abort_pending, now, path, user, spare)
     touch(tx, parent, now)
     return abandoned
 
 
-def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
+def rename(
+    tx: Tx,
+    src: str,
+    dst: str,
+    replace: bool,
+    now: float,
+    user: str | None = None,
+    spare: Collection[str] = (),
+) -> Entry:
     """Move ``src`` to ``dst``; with ``replace``, a file may replace a file.
+
+    The file replaced goes as a DELETE by ``user`` would take it
+    (``unlink_file``): their own interrupted upload on it is abandoned with
+    it, as a client that uploads to a temporary name and renames it over
+    the real one (WinSCP) needs after a transfer was cut short there.
 
     Nothing else is ever replaced, so a rename never deletes more than the
     one file its destination names: a directory destination is ``Exists``
@@ -268,7 +287,7 @@ def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
             # delete the file to make room for a directory's name.
             raise NotADirectory(f"{dst} is a file and is never replaced by a directory")
         tx.lock_rows("inodes", "inode", [existing["inode"]])
-        unlink_file(tx, existing, False, now, dst)
+        unlink_file(tx, existing, False, now, dst, user, spare)
     tx.execute(
         "UPDATE dirents SET parent = ?, name = ? WHERE inode = ?", dst_parent, d[-1], row["inode"]
     )

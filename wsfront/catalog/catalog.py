@@ -89,8 +89,18 @@ class SqlCatalog:
             _namespace.delete, path, abort_pending, self._now(), user, frozenset(spare)
         )
 
-    def rename(self, src: str, dst: str, replace: bool = False) -> Deferred:
-        return self._write(_namespace.rename, src, dst, replace, self._now())
+    def rename(
+        self,
+        src: str,
+        dst: str,
+        replace: bool = False,
+        *,
+        user: str | None = None,
+        spare: Collection[str] = (),
+    ) -> Deferred:
+        return self._write(
+            _namespace.rename, src, dst, replace, self._now(), user, frozenset(spare)
+        )
 
     # -- upload sessions -----------------------------------------------------
 

@@ -330,8 +330,20 @@ class Transfers:
         return d.addCallbacks(deleted, busy)
 
     def rename(self, user: User, src: str, dst: str, replace: bool = True):
+        """Move ``src`` to ``dst``; a file replaced there goes as ``delete``
+        would take it (the user's own interrupted upload on it is abandoned,
+        another's or a live one refuses), FTP RNTO and HTTP MOVE alike.
+        (The catalog does not say which upload was abandoned: this front
+        end's count of the user's pending uploads drops at its next
+        refresh.)"""
         self._need(user, "rename")
-        return self.catalog.rename(self.full_path(user, src), self.full_path(user, dst), replace)
+        return self.catalog.rename(
+            self.full_path(user, src),
+            self.full_path(user, dst),
+            replace,
+            user=user.name,
+            spare=frozenset(self.sessions),
+        )
 
     # -- reads ------------------------------------------------------------
 
