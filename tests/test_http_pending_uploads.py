@@ -449,3 +449,50 @@ async def test_rnto_over_a_file_agrees_with_dele_on_pending_uploads(both):
     assert await body_of(both, "/f") == (200, b"new body")
     assert await upload_of(both, "/f") is None
     assert await body_of(both, "/theirs") == (200, b"ORIGINAL")
+
+
+# -- a session whose upload was deleted under it is told so, not "taken over" --
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_whose_upload_was_deleted_is_told_so_not_that_it_was_taken_over(env):
+    from wsfront.ftp.errors_map import reply_for
+    from wsfront.http.errors_map import http_error
+    from wsfront.transfer.errors import SessionFenced
+
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    # Another front end's DELETE (this one spares the sessions it holds).
+    assert await env.catalog.delete("/alice/live", user="alice") == session.upload_id
+    session.write(b"dy")
+    with pytest.raises(SessionFenced) as caught:  # the status codes of a fence
+        await session.finish()
+    assert str(caught.value) == "the upload was deleted or aborted"
+    assert reply_for(caught.value) == (451, "Upload ended: the upload was deleted or aborted")
+    error = http_error(caught.value, b"/live")
+    assert (error.status, error.message) == (
+        409,
+        "/live: upload ended: the upload was deleted or aborted",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stor_whose_upload_is_aborted_meanwhile_is_told_so(both):
+    client = await ftp_client(both)
+    try:
+        await client.cmd("TYPE I")
+        port = await client.epsv()
+        peer = await client.data_connection(port)
+        opened = called(both.transfers, "open_write")
+        code, text = await client.cmd("STOR f")
+        assert code == 150, text
+        session = await opened
+        await both.catalog.abort_upload(session.upload_id)  # tus DELETE elsewhere
+        peer.transport.write(b"data")
+        peer.transport.loseConnection()
+        assert await client.reply() == (451, "Upload ended: the upload was deleted or aborted")
+    finally:
+        client.transport.loseConnection()

@@ -330,7 +330,7 @@ def _locked_live(tx: Tx, upload_id: str, epoch: int) -> Any:
     """The session row, locked, if it is live and still at ``epoch``."""
     row = upload_row(tx, upload_id, lock=True)
     if not is_live(row):
-        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+        raise UploadFinished(f"upload {upload_id} is {row['state']}", state=row["state"])
     if row["epoch"] != epoch:
         raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
     return row
@@ -573,7 +573,7 @@ def interrupt_sessions_of(tx: Tx, now: float, owner: str) -> list[UploadSession]
 def abort_upload(tx: Tx, now: float, upload_id: str, epoch: int | None) -> UploadSession:
     row = upload_row(tx, upload_id, lock=True)
     if not is_live(row):
-        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+        raise UploadFinished(f"upload {upload_id} is {row['state']}", state=row["state"])
     if epoch is not None and row["epoch"] != epoch:
         raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
     tx.lock_rows("inodes", "inode", [row["inode"]])
