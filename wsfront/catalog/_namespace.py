@@ -186,26 +186,42 @@ def unlink_file(
     its client is still sending.  Returns the id of the upload abandoned
     so, if any."""
     abandoned = None
-    up = locked_live_upload_row(tx, row["inode"])
+    up = live_upload_row(tx, row["inode"])
+    if up is not None and _fate(up, abort_pending, now, user, spare) is not None:
+        # Decided on under the row's lock only (see locked_live_upload_row);
+        # a refusal needs none, and taking it would make a DELETE racing
+        # the upload's commit (upload row, then inode) deadlock.
+        up = locked_live_upload_row(tx, row["inode"])
     if up is not None:
-        if up["expires_at"] <= now:
-            end_upload(tx, up, EXPIRED, now)
-        elif abort_pending:
-            end_upload(tx, up, ABORTED, now)
-        elif (
-            user is not None
-            and up["username"] == user
-            and up["state"] == INTERRUPTED
-            and up["upload_id"] not in spare
-        ):
-            end_upload(tx, up, ABORTED, now)
-            abandoned = up["upload_id"]
-        else:
+        fate = _fate(up, abort_pending, now, user, spare)
+        if fate is None:
             raise PendingUploadExists(f"an upload is pending on {path}")
+        end_upload(tx, up, fate, now)
+        if fate == ABORTED and not abort_pending:
+            abandoned = up["upload_id"]
     row = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
     if row is not None:
         remove_file_inode(tx, row)
     return abandoned
+
+
+def _fate(
+    up: Any, abort_pending: bool, now: float, user: str | None, spare: Collection[str]
+) -> str | None:
+    """The final state ``unlink_file`` gives the live upload ``up``, or
+    None: it refuses."""
+    if up["expires_at"] <= now:
+        return EXPIRED
+    if abort_pending:
+        return ABORTED
+    if (
+        user is not None
+        and up["username"] == user
+        and up["state"] == INTERRUPTED
+        and up["upload_id"] not in spare
+    ):
+        return ABORTED
+    return None
 
 
 def delete(

@@ -126,7 +126,9 @@ def begin_upload(
         raise InvalidOffset(f"base length {base_length} is out of range")
     parts, parent, row = _resolve_target(tx, path)
     if row is not None:
-        live = locked_live_upload_row(tx, row["inode"])
+        live = live_upload_row(tx, row["inode"])
+        if live is not None and live["expires_at"] <= now:
+            live = locked_live_upload_row(tx, row["inode"])  # expire it: read it again
         if live is not None:
             if live["expires_at"] > now:
                 raise PendingUploadExists(f"an upload is pending on {path}")
