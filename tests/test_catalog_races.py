@@ -160,3 +160,45 @@ def test_a_take_over_blocked_behind_an_open_one_loses_when_it_commits(two):
     outcomes = race([lambda: a._runner.run_sync(a_take_over), b_take_over])
     assert outcomes[0].error is None and outcomes[0].result.owner == "feA"
     assert isinstance(outcomes[1].error, EpochConflict)
+
+
+def test_a_delete_blocked_behind_a_take_over_refuses_when_it_commits(two):
+    """Interleaved: alice's interrupted upload on /f; A takes it over (its
+    client resumes) and has not committed; B, alice's DELETE of /f, starts
+    meanwhile (on PostgreSQL it is seen waiting on the upload's row lock).
+    A commits; B must then see the upload active at epoch 2 and refuse,
+    not abandon the resumed session (it read the row before A's update)."""
+    a, b, url = two
+    up = in_tx(a, _uploads.begin_upload, NOW, "alice", "/f", 0, "b0", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    in_tx(a, _uploads.interrupt_upload, NOW, up.upload_id, 1)()
+    a_updated, b_started = threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids = []
+
+    def a_take_over(tx):
+        result = _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None)
+        a_updated.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            wait_until(_backend_waiting_for_a_lock(url, b_pids), "B to wait for A's row lock")
+        return result
+
+    def b_delete():
+        assert a_updated.wait(TIMEOUT)
+
+        def delete(tx):
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            return _namespace.delete(tx, "/f", False, NOW, "alice")
+
+        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
+            b_started.set()
+        return b._runner.run_sync(delete)
+
+    outcomes = race([lambda: a._runner.run_sync(a_take_over), b_delete])
+    assert outcomes[0].error is None and outcomes[0].result.owner == "feA"
+    assert isinstance(outcomes[1].error, PendingUploadExists), outcomes[1].result
+    final = in_tx(a, _uploads.get_upload, up.upload_id)()
+    assert (final.state, final.epoch, final.owner) == ("active", 2, "feA")

@@ -444,3 +444,63 @@ async def test_start_upload_refuses_offsets_past_the_end_and_directories(catalog
     with pytest.raises(NotFound):
         await start(catalog, "/missing/f", "b5")
     assert (await catalog.stat("/f")).upload is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_at_its_epoch_makes_a_row_marked_interrupted_active_again(catalog):
+    """Another front end marks a paused front end's uploads interrupted
+    (its liveness lease lapsed); the writer was only paused, and its next
+    checkpoint says a client is sending: the row is active again, so its
+    owner's DELETE refuses instead of abandoning it under the writer.  A
+    takeover (epoch + 1) still fences the old writer."""
+    up = await begin(catalog, "/f", "b1")
+    await catalog.checkpoint(up.upload_id, 1, 4)
+    [marked] = await catalog.interrupt_sessions_of("fe1")
+    assert marked.state == "interrupted"
+    after = await catalog.checkpoint(up.upload_id, 1, 6)
+    assert (after.state, after.checkpoint, after.epoch) == ("active", 6, 1)
+    with pytest.raises(PendingUploadExists):
+        await catalog.delete("/f", user="alice")
+    await catalog.interrupt_sessions_of("fe1")
+    taken = await catalog.take_over(up.upload_id, 1, "fe2")
+    with pytest.raises(EpochConflict):
+        await catalog.checkpoint(up.upload_id, 1, 8)
+    assert (await catalog.get_upload(up.upload_id)).state == "active"
+    await catalog.interrupt_sessions_of("fe2")
+    resumed = await catalog.restart_at(taken.upload_id, 2, 6, "b2", ["s1"], 1)
+    assert resumed.state == "active"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_spares_an_interrupted_upload_held_by_the_callers_session(catalog):
+    up = await begin(catalog, "/f", "b1")
+    await catalog.interrupt_sessions_of("fe1")
+    with pytest.raises(PendingUploadExists):
+        await catalog.delete("/f", user="alice", spare={up.upload_id})
+    assert (await catalog.get_upload(up.upload_id)).state == "interrupted"
+    assert await catalog.delete("/f", user="alice", spare={"another"}) == up.upload_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replacing_rename_abandons_the_users_own_interrupted_upload_only(catalog):
+    """As delete does: the replaced file's owner's interrupted upload goes
+    with it; another user's, a live one or a spared one refuses."""
+    ups = {}
+    for name, user in (("mine", "alice"), ("bobs", "bob"), ("spared", "alice"), ("live", "alice")):
+        ups[name] = await begin(catalog, f"/{name}", f"b-{name}", user=user)
+        if name != "live":
+            await catalog.interrupt_upload(ups[name].upload_id, 1)
+        src = await begin(catalog, f"/{name}.tmp", f"t-{name}")
+        await catalog.commit_upload(src.upload_id, 1, 0)
+    for name, spare in (("bobs", ()), ("spared", {ups["spared"].upload_id}), ("live", ())):
+        with pytest.raises(PendingUploadExists):
+            await catalog.rename(
+                f"/{name}.tmp", f"/{name}", replace=True, user="alice", spare=spare
+            )
+        assert (await catalog.find_upload(f"/{name}")).upload_id == ups[name].upload_id
+    with pytest.raises(PendingUploadExists):  # no user named: as before
+        await catalog.rename("/mine.tmp", "/mine", replace=True)
+    entry = await catalog.rename("/mine.tmp", "/mine", replace=True, user="alice")
+    assert entry.path == "/mine" and entry.version is not None
+    assert (await catalog.get_upload(ups["mine"].upload_id)).state == "aborted"
+    assert await catalog.find_upload("/mine") is None

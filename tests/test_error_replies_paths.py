@@ -38,7 +38,7 @@ QUOTA = 100_000
 class Env:
     """The HTTP site and an FTP server over one transfer layer, with carol
     (root ``/vault/carol``) owning a file, a non-empty directory and a
-    file with a live pending upload."""
+    file with another user's live pending upload on it."""
 
     async def start(self, reactor, tmp_path) -> Env:
         from twisted.internet.endpoints import serverFromString
@@ -48,18 +48,18 @@ class Env:
         catalog = self.http.catalog
         self.user = await catalog.add_user(NAME, PASSWORD, root=ROOT, quota_bytes=QUOTA)
         transfers = self.http.transfers
-        for vpath in ("/file", "/full/inside"):
+        for vpath in ("/file", "/full/inside", "/busy"):
             if vpath == "/full/inside":
                 await transfers.mkdir(self.user, "/full")
             session = await transfers.open_write(self.user, vpath, 0)
             session.write(b"data")
             await session.finish()
-        session = await transfers.open_write(self.user, "/busy", 0)
+        # Another user's (dave shares carol's root): carol's own interrupted
+        # upload would go with her DELETE, or a rename over the file.
+        dave = await catalog.add_user("dave", PASSWORD, root=ROOT, adopt_files=True)
+        session = await transfers.open_write(dave, "/busy", 0)
         session.write(b"half")
-        await session.checkpoint()
-        # Left streaming: a live upload keeps the path busy even for its
-        # owner, whose DELETE would abandon an interrupted one.
-        self.busy_session = session
+        await session.interrupt()  # pending and live: resumable by dave
         auth = CachingAuthenticator(catalog, reactor)
         factory = FTPFactory(reactor, transfers, make_portal(auth), FTPSettings(data_timeout=10.0))
         self.ftp_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)

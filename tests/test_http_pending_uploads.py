@@ -354,3 +354,145 @@ async def test_dele_agrees_with_delete_on_pending_uploads(both):
         client.transport.loseConnection()
     assert (await body_of(both, "/f"))[0] == 404
     assert await body_of(both, "/theirs") == (200, b"ORIGINAL")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_spares_an_upload_still_sending_whose_row_was_marked_interrupted(env):
+    """Another front end marks this one's uploads interrupted when its
+    liveness lease lapses (a long pause, not a crash): its client is still
+    sending, so its owner's DELETE must not abandon the upload under it."""
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    r = await env.request("DELETE", "/live")
+    assert r.code == 409, await r.text()
+    session.write(b"dy")
+    await session.finish()
+    assert await body_of(env, "/live") == (200, b"new body")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_makes_the_upload_of_a_paused_front_end_active_again(env):
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    assert (await upload_of(env, "/live")).state == "interrupted"
+    session.write(b"dy")
+    await session.checkpoint()
+    assert (await upload_of(env, "/live")).state == "active"
+    with pytest.raises(catalog_errors.PendingUploadExists):  # another front end's DELETE
+        await env.catalog.delete("/alice/live", user="alice")
+    await session.finish()
+    assert await body_of(env, "/live") == (200, b"new body")
+
+
+# -- replacing such a file by a rename (temp file, then rename: WinSCP) --------
+
+
+async def move(env, src: str, dst: str):
+    r = await env.request("MOVE", src, headers={"Destination": dst, "Overwrite": "T"})
+    return r.code, await r.text()
+
+
+async def leave_theirs(env, path: str) -> None:
+    """bob's interrupted upload on ``path``, a file of alice's tree."""
+    await env.catalog.add_user("bob", "bobpass", root="/alice", adopt_files=True)
+    session = await env.transfers.open_write(await env.catalog.get_user("bob"), path, 0)
+    session.write(b"ne")
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_over_a_file_abandons_the_owners_interrupted_upload_as_delete_does(env):
+    await put(env, "/f", b"ORIGINAL")
+    await leave_pending(env, "/f")
+    upload = await upload_of(env, "/f")
+    await put(env, "/f.tmp", b"new body")
+    code, text = await move(env, "/f.tmp", "/f")
+    assert code == 204, text
+    assert await body_of(env, "/f") == (200, b"new body")
+    assert (await env.catalog.get_upload(upload.upload_id)).state == "aborted"
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"ne")
+    await put(env, "/live.tmp", b"new body")
+    assert (await move(env, "/live.tmp", "/live"))[0] == 409
+    await session.interrupt()
+    await put(env, "/theirs", b"ORIGINAL")
+    await leave_theirs(env, "/theirs")
+    await put(env, "/theirs.tmp", b"new body")
+    assert (await move(env, "/theirs.tmp", "/theirs"))[0] == 409
+    assert await body_of(env, "/theirs") == (200, b"ORIGINAL")
+    assert (await upload_of(env, "/theirs")).state == "interrupted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rnto_over_a_file_agrees_with_dele_on_pending_uploads(both):
+    await put(both, "/f", b"ORIGINAL")
+    await leave_pending(both, "/f")
+    await put(both, "/f.tmp", b"new body")
+    await put(both, "/theirs", b"ORIGINAL")
+    await leave_theirs(both, "/theirs")
+    await put(both, "/theirs.tmp", b"new body")
+    client = await ftp_client(both)
+    try:
+        assert (await client.cmd("RNFR f.tmp"))[0] == 350
+        assert (await client.cmd("RNTO f"))[0] == 250
+        assert (await client.cmd("RNFR theirs.tmp"))[0] == 350
+        assert (await client.cmd("RNTO theirs"))[0] == 450
+    finally:
+        client.transport.loseConnection()
+    assert await body_of(both, "/f") == (200, b"new body")
+    assert await upload_of(both, "/f") is None
+    assert await body_of(both, "/theirs") == (200, b"ORIGINAL")
+
+
+# -- a session whose upload was deleted under it is told so, not "taken over" --
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_whose_upload_was_deleted_is_told_so_not_that_it_was_taken_over(env):
+    from wsfront.ftp.errors_map import reply_for
+    from wsfront.http.errors_map import http_error
+    from wsfront.transfer.errors import SessionFenced
+
+    await put(env, "/live", b"ORIGINAL")
+    session = await env.transfers.open_write(env.user, "/live", 0)
+    session.write(b"new bo")
+    await session.checkpoint()
+    await env.catalog.interrupt_sessions_of(env.transfers.name)
+    # Another front end's DELETE (this one spares the sessions it holds).
+    assert await env.catalog.delete("/alice/live", user="alice") == session.upload_id
+    session.write(b"dy")
+    with pytest.raises(SessionFenced) as caught:  # the status codes of a fence
+        await session.finish()
+    assert str(caught.value) == "the upload was deleted or aborted"
+    assert reply_for(caught.value) == (451, "Upload ended: the upload was deleted or aborted")
+    error = http_error(caught.value, b"/live")
+    assert (error.status, error.message) == (
+        409,
+        "/live: upload ended: the upload was deleted or aborted",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stor_whose_upload_is_aborted_meanwhile_is_told_so(both):
+    client = await ftp_client(both)
+    try:
+        await client.cmd("TYPE I")
+        port = await client.epsv()
+        peer = await client.data_connection(port)
+        opened = called(both.transfers, "open_write")
+        code, text = await client.cmd("STOR f")
+        assert code == 150, text
+        session = await opened
+        await both.catalog.abort_upload(session.upload_id)  # tus DELETE elsewhere
+        peer.transport.write(b"data")
+        peer.transport.loseConnection()
+        assert await client.reply() == (451, "Upload ended: the upload was deleted or aborted")
+    finally:
+        client.transport.loseConnection()

@@ -45,18 +45,22 @@ class ICatalog(Interface):
         NotADirectory, NotFound; the root cannot be removed (InvalidMove),
         nor a user's root (RootBusy)."""
 
-    def delete(path, abort_pending=False, *, user=None):
+    def delete(path, abort_pending=False, *, user=None, spare=()):
         """Remove a file: its version's blobs become collectable and its
         owner's usage drops.  A live upload on it makes this fail with
         PendingUploadExists unless ``abort_pending``, which aborts the upload
         too, or unless it is ``user``'s own and interrupted (no client is
-        sending), which is abandoned (aborted) with the file.  IsADirectory,
+        sending), which is abandoned (aborted) with the file.  An upload
+        whose id is in ``spare`` (held by a session of the caller's front
+        end, whatever its row says) is never abandoned so.  IsADirectory,
         NotFound.  Fires with the id of the upload so abandoned, else None."""
 
-    def rename(src, dst, replace=False):
+    def rename(src, dst, replace=False, *, user=None, spare=()):
         """Move one entry (file or directory, no data).  Exists when ``dst``
         exists and not ``replace`` (a replaced file is deleted as by
-        ``delete``; a directory is never replaced); InvalidMove into its own
+        ``delete`` with ``user`` and ``spare``: their own interrupted upload
+        on it is abandoned, any other pending upload refuses with
+        PendingUploadExists; a directory is never replaced); InvalidMove into its own
         subtree; NotFound; NotADirectory; RootBusy for a directory that is
         a user's root or holds one.  Fires with the new Entry."""
 
@@ -124,7 +128,9 @@ class ICatalog(Interface):
         declared length, else InvalidOffset) and, if given, the current
         blob's replica set (node names; replicas left out are marked lost)
         after a replica dropped out, and a later ``expires_at`` (activity
-        keeps a session alive).  Fires with the UploadSession."""
+        keeps a session alive).  The state becomes active again if another
+        front end had marked it interrupted at this epoch (its writer was
+        only paused): a client is sending.  Fires with the UploadSession."""
 
     def take_over(upload_id, expected_epoch, new_owner, *, expires_at=None):
         """CAS: epoch + 1, owner = ``new_owner``, state active (from active or

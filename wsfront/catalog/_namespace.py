@@ -9,6 +9,7 @@ asked for, but still holds its name.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from wsfront.catalog._db import Tx
@@ -21,6 +22,7 @@ from wsfront.catalog._rows import (
     load_upload,
     load_version,
     lock_dirs,
+    locked_live_upload_row,
     remove_file_inode,
     resolve,
     resolve_existing,
@@ -162,33 +164,76 @@ def rmdir(tx: Tx, path: str, now: float) -> None:
     touch(tx, parent, now)
 
 
-def unlink_file(tx: Tx, row: Any, abort_pending: bool, now: float, path: str) -> None:
-    """Remove a file inode; a live upload on it refuses, unless expired (it
-    is expired) or ``abort_pending`` (it is aborted)."""
+def unlink_file(
+    tx: Tx,
+    row: Any,
+    abort_pending: bool,
+    now: float,
+    path: str,
+    user: str | None = None,
+    spare: Collection[str] = (),
+) -> str | None:
+    """Remove a file inode (locked by the caller); a live upload on it
+    refuses, unless expired (it is expired) or ``abort_pending`` (it is
+    aborted), or unless it is ``user``'s own and interrupted: ``user`` is
+    who removes the file (a DELETE, or a rename replacing it), and they
+    could take the upload over with a STOR or PUT anyway; it must not keep
+    them from removing their file until it expires, so it is abandoned
+    (aborted) with it.  Another user's upload, or a live one (active: a
+    client is sending), still refuses, as does one whose id is in
+    ``spare``: held by a session of the caller's front end, whose row
+    another front end may have marked interrupted while it paused, though
+    its client is still sending.  Returns the id of the upload abandoned
+    so, if any."""
+    abandoned = None
     up = live_upload_row(tx, row["inode"])
+    if up is not None and _fate(up, abort_pending, now, user, spare) is not None:
+        # Decided on under the row's lock only (see locked_live_upload_row);
+        # a refusal needs none, and taking it would make a DELETE racing
+        # the upload's commit (upload row, then inode) deadlock.
+        up = locked_live_upload_row(tx, row["inode"])
     if up is not None:
-        if up["expires_at"] <= now:
-            end_upload(tx, up, EXPIRED, now)
-        elif abort_pending:
-            end_upload(tx, up, ABORTED, now)
-        else:
+        fate = _fate(up, abort_pending, now, user, spare)
+        if fate is None:
             raise PendingUploadExists(f"an upload is pending on {path}")
+        end_upload(tx, up, fate, now)
+        if fate == ABORTED and not abort_pending:
+            abandoned = up["upload_id"]
     row = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
     if row is not None:
         remove_file_inode(tx, row)
+    return abandoned
+
+
+def _fate(
+    up: Any, abort_pending: bool, now: float, user: str | None, spare: Collection[str]
+) -> str | None:
+    """The final state ``unlink_file`` gives the live upload ``up``, or
+    None: it refuses."""
+    if up["expires_at"] <= now:
+        return EXPIRED
+    if abort_pending:
+        return ABORTED
+    if (
+        user is not None
+        and up["username"] == user
+        and up["state"] == INTERRUPTED
+        and up["upload_id"] not in spare
+    ):
+        return ABORTED
+    return None
 
 
 def delete(
-    tx: Tx, path: str, abort_pending: bool, now: float, user: str | None = None
+    tx: Tx,
+    path: str,
+    abort_pending: bool,
+    now: float,
+    user: str | None = None,
+    spare: Collection[str] = (),
 ) -> str | None:
-    """Remove the file at ``path`` (see ``unlink_file``).
-
-    ``user`` is who deletes: their own interrupted upload on the file is
-    abandoned with it (they could take it over with a STOR or PUT anyway;
-    it must not keep them from deleting their file until it expires).
-    Another user's upload, or a live one (active: a client is sending),
-    still refuses.  Returns the id of the upload abandoned so, if any.
-    """
+    """Remove the file at ``path`` for ``user`` (see ``unlink_file``);
+    returns the id of the upload abandoned with it, if any."""
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -198,24 +243,26 @@ def delete(
         raise IsADirectory(f"{path} is a directory")
     lock_dirs(tx, parent)
     tx.lock_rows("inodes", "inode", [row["inode"]])
-    abandoned = None
-    up = live_upload_row(tx, row["inode"])
-    if (
-        up is not None
-        and user is not None
-        and up["username"] == user
-        and up["state"] == INTERRUPTED
-        and up["expires_at"] > now
-    ):
-        end_upload(tx, up, ABORTED, now)
-        abandoned = up["upload_id"]
-    unlink_file(tx, row, abort_pending, now, path)
+    abandoned = unlink_file(tx, row, abort_pending, now, path, user, spare)
     touch(tx, parent, now)
     return abandoned
 
 
-def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
+def rename(
+    tx: Tx,
+    src: str,
+    dst: str,
+    replace: bool,
+    now: float,
+    user: str | None = None,
+    spare: Collection[str] = (),
+) -> Entry:
     """Move ``src`` to ``dst``; with ``replace``, a file may replace a file.
+
+    The file replaced goes as a DELETE by ``user`` would take it
+    (``unlink_file``): their own interrupted upload on it is abandoned with
+    it, as a client that uploads to a temporary name and renames it over
+    the real one (WinSCP) needs after a transfer was cut short there.
 
     Nothing else is ever replaced, so a rename never deletes more than the
     one file its destination names: a directory destination is ``Exists``
@@ -256,7 +303,7 @@ def rename(tx: Tx, src: str, dst: str, replace: bool, now: float) -> Entry:
             # delete the file to make room for a directory's name.
             raise NotADirectory(f"{dst} is a file and is never replaced by a directory")
         tx.lock_rows("inodes", "inode", [existing["inode"]])
-        unlink_file(tx, existing, False, now, dst)
+        unlink_file(tx, existing, False, now, dst, user, spare)
     tx.execute(
         "UPDATE dirents SET parent = ?, name = ? WHERE inode = ?", dst_parent, d[-1], row["inode"]
     )

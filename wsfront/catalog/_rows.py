@@ -192,6 +192,21 @@ def live_upload_row(tx: Tx, inode: int) -> Any | None:
     return tx.one(f"SELECT * FROM uploads WHERE inode = ? AND state IN {LIVE_SQL}", inode)
 
 
+def locked_live_upload_row(tx: Tx, inode: int) -> Any | None:
+    """The inode's live upload row, locked and read again under the lock,
+    for a caller that decides on its state (abandon, abort, expire it).
+
+    Read without the lock, a row can be taken over meanwhile (the epoch
+    bumped, interrupted -> active, committed after this transaction read
+    it): ending it by its id would then kill the resumed session.  The
+    caller holds the inode's lock, so no other upload can begin on it."""
+    row = live_upload_row(tx, inode)
+    if row is None:
+        return None
+    row = upload_row(tx, row["upload_id"], lock=True)
+    return row if is_live(row) else None
+
+
 def upload_extent_rows(tx: Tx, upload_id: str) -> list[Any]:
     return tx.all(
         "SELECT blob_id, blob_offset, length, file_offset FROM upload_extents "
@@ -303,9 +318,10 @@ def remove_file_inode(tx: Tx, inode_row: Any) -> None:
 
 
 def end_upload(tx: Tx, row: Any, state: str, now: float) -> None:
-    """Move a live upload to a final state (committed uploads go through
-    commit instead).  Its blobs lose their references; a file with only this
-    pending upload disappears."""
+    """Move a live upload, its row locked and read under the lock by the
+    caller, to a final state (committed uploads go through commit instead).
+    Its blobs lose their references; a file with only this pending upload
+    disappears."""
     tx.execute(
         "UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ?",
         state,

@@ -29,6 +29,7 @@ from wsfront.catalog._rows import (
     load_upload,
     load_version,
     lock_dirs,
+    locked_live_upload_row,
     resolve,
     resolve_parent,
     set_replicas,
@@ -126,6 +127,8 @@ def begin_upload(
     parts, parent, row = _resolve_target(tx, path)
     if row is not None:
         live = live_upload_row(tx, row["inode"])
+        if live is not None and live["expires_at"] <= now:
+            live = locked_live_upload_row(tx, row["inode"])  # expire it: read it again
         if live is not None:
             if live["expires_at"] > now:
                 raise PendingUploadExists(f"an upload is pending on {path}")
@@ -329,7 +332,7 @@ def _locked_live(tx: Tx, upload_id: str, epoch: int) -> Any:
     """The session row, locked, if it is live and still at ``epoch``."""
     row = upload_row(tx, upload_id, lock=True)
     if not is_live(row):
-        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+        raise UploadFinished(f"upload {upload_id} is {row['state']}", state=row["state"])
     if row["epoch"] != epoch:
         raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
     return row
@@ -361,11 +364,15 @@ def checkpoint(
         raise InvalidOffset(f"checkpoint {durable_offset} is below {row['checkpoint']}")
     if row["declared_length"] is not None and durable_offset > row["declared_length"]:
         raise InvalidOffset(f"checkpoint {durable_offset} is past the declared length")
+    # A row another front end marked interrupted (our liveness lease had
+    # lapsed: a long pause, not a crash) is active again once we record
+    # progress at its epoch: a client is sending, so a DELETE must not take
+    # it for abandoned.  A takeover bumps the epoch, and this CAS loses.
     _cas(
         tx,
         upload_id,
         epoch,
-        "checkpoint = ?, updated_at = ?, expires_at = ?",
+        "state = 'active', checkpoint = ?, updated_at = ?, expires_at = ?",
         durable_offset,
         now,
         expires_at if expires_at is not None else row["expires_at"],
@@ -451,7 +458,8 @@ def restart_at(
         tx,
         upload_id,
         epoch,
-        "blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, expires_at = ?" + length_set,
+        "state = 'active', blob_id = ?, blob_start = ?, checkpoint = ?, updated_at = ?, "
+        "expires_at = ?" + length_set,
         blob_id,
         offset,
         offset,
@@ -567,7 +575,7 @@ def interrupt_sessions_of(tx: Tx, now: float, owner: str) -> list[UploadSession]
 def abort_upload(tx: Tx, now: float, upload_id: str, epoch: int | None) -> UploadSession:
     row = upload_row(tx, upload_id, lock=True)
     if not is_live(row):
-        raise UploadFinished(f"upload {upload_id} is {row['state']}")
+        raise UploadFinished(f"upload {upload_id} is {row['state']}", state=row["state"])
     if epoch is not None and row["epoch"] != epoch:
         raise EpochConflict(f"upload {upload_id} is at epoch {row['epoch']}, not {epoch}")
     tx.lock_rows("inodes", "inode", [row["inode"]])

@@ -9,7 +9,7 @@ clock is injectable so expiry and lease tests need no sleeping.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -78,12 +78,29 @@ class SqlCatalog:
         return self._write(_namespace.rmdir, path, self._now())
 
     def delete(
-        self, path: str, abort_pending: bool = False, *, user: str | None = None
+        self,
+        path: str,
+        abort_pending: bool = False,
+        *,
+        user: str | None = None,
+        spare: Collection[str] = (),
     ) -> Deferred:
-        return self._write(_namespace.delete, path, abort_pending, self._now(), user)
+        return self._write(
+            _namespace.delete, path, abort_pending, self._now(), user, frozenset(spare)
+        )
 
-    def rename(self, src: str, dst: str, replace: bool = False) -> Deferred:
-        return self._write(_namespace.rename, src, dst, replace, self._now())
+    def rename(
+        self,
+        src: str,
+        dst: str,
+        replace: bool = False,
+        *,
+        user: str | None = None,
+        spare: Collection[str] = (),
+    ) -> Deferred:
+        return self._write(
+            _namespace.rename, src, dst, replace, self._now(), user, frozenset(spare)
+        )
 
     # -- upload sessions -----------------------------------------------------
 

@@ -70,7 +70,13 @@ class EpochConflict(CatalogError):
 
 
 class UploadFinished(EpochConflict):
-    """The upload is committed, aborted or expired: no further change is possible."""
+    """The upload is committed, aborted or expired: no further change is possible.
+    ``state`` is which (None when unknown): its writer tells its client
+    what ended it (deleted or aborted, expired), not that it was taken over."""
+
+    def __init__(self, *args: object, state: str | None = None) -> None:
+        super().__init__(*args)
+        self.state = state
 
 
 class VersionChanged(CatalogError):

@@ -18,6 +18,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.UploadBusy, 450, "File busy: another upload is pending on it"),
     (transfer_errors.OffsetTooLarge, 554, "Restart offset beyond the end of the file"),
     (transfer_errors.QuotaExceeded, 552, "Quota exceeded"),
+    (transfer_errors.UploadEnded, 451, "Upload ended"),
     (transfer_errors.SessionFenced, 451, "Upload taken over by another session"),
     (transfer_errors.StorageFull, 452, "Insufficient storage"),
     (transfer_errors.NoReplicasAvailable, 451, "Storage unavailable, try again later"),

@@ -58,6 +58,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (transfer_errors.QuotaExceeded, 507, "quota exceeded"),
     (transfer_errors.StorageFull, 507, "insufficient storage"),
     (transfer_errors.NoReplicasAvailable, 503, "storage unavailable, try again later"),
+    (transfer_errors.UploadEnded, 409, "upload ended"),
     (transfer_errors.SessionFenced, 409, "upload taken over by another session"),
     (transfer_errors.SessionFailed, 503, "upload failed, try again later"),
     (transfer_errors.TransferAborted, 400, "transfer aborted"),

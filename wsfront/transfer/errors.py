@@ -29,6 +29,25 @@ class SessionFenced(TransferError):
     """
 
 
+class UploadEnded(SessionFenced):
+    """The upload was ended under this writer by someone else: deleted with
+    its file or aborted, or expired.  Answered as a fence (FTP 451, HTTP
+    409), with a message that says which, never "taken over"."""
+
+    def __init__(self, state: str | None) -> None:
+        super().__init__(_ENDED.get(state or "", "the upload has ended"))
+        self.state = state
+
+
+_ENDED = {
+    "aborted": "the upload was deleted or aborted",
+    "expired": "the upload expired",
+    "committed": "the upload was committed already",
+}
+"""What a client is told of an upload ended in each final state (the
+catalog records a DELETE's abandoned upload as aborted, like an abort)."""
+
+
 class SessionFailed(TransferError):
     """The upload could not go on (FTP 451, HTTP 500/503)."""
 
@@ -89,6 +108,7 @@ class LengthExceeded(QuotaExceeded):
 
 _PUBLIC = (
     OffsetTooLarge,
+    UploadEnded,
     TooManySessions,
     TooManyPendingUploads,
     UploadIncomplete,

@@ -311,9 +311,13 @@ class Transfers:
         """Remove a file; refused (UploadBusy) while another user's pending
         upload is on it, or a live one (a client sending), as
         docs/architecture.md's table says.  The user's own interrupted
-        upload there is abandoned with it, for every protocol alike."""
+        upload there is abandoned with it, for every protocol alike, unless
+        a session here still holds it (its row marked interrupted by
+        another front end while this one paused: its client is sending)."""
         self._need(user, "delete")
-        d = self.catalog.delete(self.full_path(user, vpath), user=user.name)
+        d = self.catalog.delete(
+            self.full_path(user, vpath), user=user.name, spare=frozenset(self.sessions)
+        )
 
         def deleted(abandoned: str | None) -> None:
             if abandoned is not None:
@@ -326,8 +330,20 @@ class Transfers:
         return d.addCallbacks(deleted, busy)
 
     def rename(self, user: User, src: str, dst: str, replace: bool = True):
+        """Move ``src`` to ``dst``; a file replaced there goes as ``delete``
+        would take it (the user's own interrupted upload on it is abandoned,
+        another's or a live one refuses), FTP RNTO and HTTP MOVE alike.
+        (The catalog does not say which upload was abandoned: this front
+        end's count of the user's pending uploads drops at its next
+        refresh.)"""
         self._need(user, "rename")
-        return self.catalog.rename(self.full_path(user, src), self.full_path(user, dst), replace)
+        return self.catalog.rename(
+            self.full_path(user, src),
+            self.full_path(user, dst),
+            replace,
+            user=user.name,
+            spare=frozenset(self.sessions),
+        )
 
     # -- reads ------------------------------------------------------------
 

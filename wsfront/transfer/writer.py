@@ -32,6 +32,7 @@ from wsfront.transfer.errors import (
     SessionFenced,
     StorageFull,
     TransferAborted,
+    UploadEnded,
     UploadIncomplete,
 )
 from wsfront.transfer.pool import StoragePool
@@ -253,8 +254,7 @@ class WriteSession:
         no writer.  Not when its adapter gave it up (aborted: the adapter
         decides its fate) or the catalog ended it already."""
         return self.state == INTERRUPTED or (
-            self.state == FAILED
-            and not isinstance(self.error, TransferAborted | catalog_errors.UploadFinished)
+            self.state == FAILED and not isinstance(self.error, TransferAborted | UploadEnded)
         )
 
     def when_failed(self) -> Deferred:
@@ -508,6 +508,10 @@ class WriteSession:
     # -- failures ---------------------------------------------------------
 
     def _translate(self, error: Exception) -> Exception:
+        if isinstance(error, catalog_errors.UploadFinished):
+            # Deleted with its file, aborted or expired meanwhile: no
+            # takeover, and the client is told so.
+            return UploadEnded(error.state)
         if isinstance(error, storage_errors.StaleEpoch | catalog_errors.EpochConflict):
             return SessionFenced(f"upload {self.upload_id} was taken over: {error}")
         if isinstance(error, catalog_errors.QuotaExceeded):
