@@ -80,3 +80,48 @@ def test_each_change_of_failure_is_logged_once_with_a_reminder_while_it_lasts(ev
     failures.succeeded()
     failures.succeeded()
     assert len(lines(events, LogLevel.info)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_renewals_and_registry_updates_log_an_outage_once(tmp_path, events):
+    """The lease keepers renew every third of their TTL and the front end
+    records the storage registry every probe round: while the catalog is
+    locked each says so once (no traceback), then once when it works again,
+    instead of a warning each time."""
+    from twisted.internet import reactor
+
+    from wsfront.config import FrontendConfig
+    from wsfront.maintenance.lease import LeaseKeeper
+    from wsfront.service import FrontendService
+
+    env = await TransferEnv(reactor, tmp_path).start()
+    clock = task.Clock()
+    keeper = LeaseKeeper(clock, env.catalog, "fe-a", "front-end:fe-a")
+    # Not started: record_node_health needs only its catalog and pool.
+    config = FrontendConfig(name="fe-a", catalog="sqlite:///unused", storage=(), replicas=1,
+                            secret=b"s" * 32)  # fmt: skip
+    fe = FrontendService(reactor, config)
+    fe.catalog, fe.pool = env.catalog, env.transfers.pool
+    try:
+        assert await keeper.renew()
+        await fe.record_node_health()
+        await make_writes_wait_briefly(env.catalog)
+        with write_locked(tmp_path / "catalog.sqlite"):
+            for _ in range(4):
+                assert not await keeper.renew()
+                await fe.record_node_health()
+                clock.advance(10)
+        assert [e for e in events if e.get("log_level") is LogLevel.critical] == []
+        warned = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.warn]
+        about_lease = [w for w in warned if "lease renewal" in w]
+        about_registry = [w for w in warned if "storage registry" in w or "health of" in w]
+        assert len(about_lease) == 1 and "CatalogUnavailable" in about_lease[0], warned
+        assert len(about_registry) == 1 and "CatalogUnavailable" in about_registry[0], warned
+        assert await keeper.renew()
+        await fe.record_node_health()
+        infos = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.info]
+        assert sum("lease renewal works again after 4 failures" in i for i in infos) == 1, infos
+        assert sum("storage registry update works again" in i for i in infos) == 1, infos
+    finally:
+        await keeper.stop()
+        await env.stop()

@@ -24,6 +24,7 @@ from tests.storage_loopback import Rig
 from tests.storage_procs import StorageProcess, write_blob
 from tests.test_transfer_pool_and_reads import NAMES, run
 from tests.transfer_env import TransferEnv
+from wsfront.catalog.records import REPLICA_OK
 from wsfront.transfer.pool import StoragePool
 from wsstorage.blobstore import BlobStore
 from wsstorage.errors import StorageError
@@ -259,3 +260,37 @@ async def test_a_real_server_on_a_disk_remounted_read_only_reports_it(tmp_path, 
     finally:
         await client.close()
         proc.stop()
+
+
+def ok_replicas(version) -> list[str]:
+    return sorted(r.node for r in version.extents[0].replicas if r.state == REPLICA_OK)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writers_disk_failure_takes_the_server_out_of_placement_at_once(tmp_path) -> None:
+    """A server's disk check runs only now and then, so its health answers
+    can say "fine" for a while after its disk failed.  The first upload that
+    loses its replica there to a disk error takes the server out of
+    placement at once (it stays up for reads), and a health answer that
+    still says "fine" does not put it back within the hold."""
+    from twisted.internet import reactor
+
+    env = await TransferEnv(reactor, tmp_path, nodes=2, replicas=2).start()
+    try:
+        pool = env.transfers.pool
+        victim = "s1"
+        env.nodes[victim].factory.disk_check.ttl = 3600.0  # its answers stay "fine"
+        await pool.probe_all()
+        assert pool.writable(victim)
+        fs = ReadOnlyFileSystem()
+        fs.read_only = True
+        env.nodes[victim].store.fs = fs  # its disk turns read-only
+        first = await env.upload("/first", os.urandom(200_000))
+        assert ok_replicas(first) == ["s2"]
+        assert not pool.writable(victim) and pool.is_up(victim)
+        await pool.probe_all()  # answers "no problem" from its old check
+        assert not pool.writable(victim)
+        second = await env.upload("/second", os.urandom(1000))
+        assert [r.node for r in second.extents[0].replicas] == ["s2"]  # s1 never tried
+    finally:
+        await env.stop()

@@ -21,11 +21,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogUnavailable
 from wsfront.config import FrontendConfig, endpoint_problem
+from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
 
@@ -86,6 +88,9 @@ class FrontendService(service.Service):
         self.config = config
         self._client_factory = client_factory or self.storage_client
         self.catalog = None
+        #: Recording the pool's probes in the catalog fails every round
+        #: while it is down: said once per kind of failure, not each round.
+        self._registry_failures = FailureLog(reactor, "storage registry update")
         self.pool: StoragePool | None = None
         self.transfers: Transfers | None = None
         self.ports: dict[str, object] = {}
@@ -278,9 +283,10 @@ class FrontendService(service.Service):
         ``wsfs status`` and other front ends see it."""
         try:
             registry = {n.name: n for n in (yield self.catalog.list_nodes())}
-        except Exception as e:
-            log.warn("could not read the storage registry: {err}", err=e)
+        except Exception:
+            self._registry_failures.failed(Failure())
             return
+        failed = False
         for node in self.pool.nodes():
             known = registry.get(node.name)
             draining = known is not None and known.state == "draining"
@@ -294,8 +300,12 @@ class FrontendService(service.Service):
                     node.last_seen,
                     None if node.up else node.last_error,
                 )
-            except Exception as e:
-                log.warn("could not record health of {node}: {err}", node=node.name, err=e)
+            except Exception:
+                if not failed:  # a catalog outage fails every node alike
+                    self._registry_failures.failed(Failure())
+                failed = True
+        if not failed:
+            self._registry_failures.succeeded()
 
     # -- draining for a rolling upgrade ------------------------------------
 

@@ -13,6 +13,9 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsfront.maintenance.failure_log import FailureLog
 
 log = Logger()
 
@@ -52,6 +55,9 @@ class LeaseKeeper:
         self.held = False
         self._expires = 0.0
         self._loop: LoopingCall | None = None
+        #: A catalog outage fails every renewal (three times a TTL): said
+        #: once, with a reminder now and then, and once when it works again.
+        self._failures = FailureLog(clock, f"{name} lease renewal")
         #: Catalog calls taking the lease that have not answered yet, and
         #: whether stop() ran: a renewal still in flight when the service
         #: stops must not take the lease back after stop released it.
@@ -73,9 +79,11 @@ class LeaseKeeper:
         self._asking.add(d)
         try:
             held = await d
-        except Exception as e:
-            log.warn("maintenance lease: catalog error: {err}", err=e)
+        except Exception:
+            self._failures.failed(Failure())
             held = False
+        else:
+            self._failures.succeeded()
         finally:
             self._asking.discard(d)
         if self._stopped:

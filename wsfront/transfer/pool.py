@@ -42,6 +42,15 @@ class NodeState:
     #: read-only, its data directory gone: its health answer says), or
     #: None.  It still serves reads; ``choose`` passes it over.
     problem: str | None = None
+    #: Until when a disk problem a writer saw (``mark_unwritable``) stands
+    #: though health answers say none: a server checks its disk only now
+    #: and then, so an answer just after the failure may predate it.
+    problem_held_until: float = 0.0
+
+
+#: How long a disk failure a writer saw keeps a server out of ``choose``
+#: whatever its health answers say (they may rest on a check from before).
+WRITER_PROBLEM_HOLD_SECONDS = 10.0
 
 
 @implementer(IStorageClient)
@@ -121,6 +130,20 @@ class StoragePool:
         node = self._nodes.get(name)
         if node is not None:
             node.draining = draining
+
+    def mark_unwritable(self, name: str, reason: str) -> None:
+        """A writer's blob failed on ``name`` for its disk (read-only, full,
+        files gone): choose it for no new blob now, not at the next health
+        answer that says so, and for ``WRITER_PROBLEM_HOLD_SECONDS`` even if
+        an answer says otherwise.  It still serves reads."""
+        node = self._nodes.get(name)
+        if node is None:
+            return
+        if node.problem is None:
+            log.warn("storage server {name} takes no new writes: {why}", name=name, why=reason)
+        node.problem = reason
+        node.last_error = reason
+        node.problem_held_until = self._clock.seconds() + WRITER_PROBLEM_HOLD_SECONDS
 
     def mark_down(self, name: str, reason: str) -> None:
         """A reader or writer saw ``name`` fail: stop choosing it now."""
@@ -209,6 +232,8 @@ class StoragePool:
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
         problem = health.problem
+        if problem is None and self._clock.seconds() < node.problem_held_until:
+            problem = node.problem  # a writer's failure outranks an older check
         if problem is not None and problem != node.problem:
             log.warn(
                 "storage server {name} takes no new writes: {why}", name=node.name, why=problem

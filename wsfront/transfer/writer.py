@@ -544,6 +544,8 @@ class WriteSession:
         )
         if isinstance(error, storage_errors.NodeUnavailable):
             self._pool.mark_down(node, str(error))
+        elif isinstance(error, storage_errors.DiskError | storage_errors.DiskFull):
+            self._pool.mark_unwritable(node, str(error))
         try:
             writer.abort()
         except Exception:
