@@ -19,7 +19,6 @@ the one protocol the listener offers anyway.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,27 +27,25 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from wsfront.certificate import parse_pem
 from wsfront.config import FrontendConfig
 from wsfront.http.site import SiteSettings
 
 HSTS_MAX_AGE = 180 * 24 * 3600
 """Strict-Transport-Security max-age sent over HTTPS when TLS is required."""
 
-_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
 
 def pem_parts(pem: bytes) -> dict[str, Any]:
     """The key, certificate and chain of a PEM blob holding the certificate,
     any intermediates after it and the private key
-    (``FrontendConfig.tls_pem()``), as ``CertificateOptions`` arguments."""
-    server = ssl.PrivateCertificate.loadPEM(pem)
-    chain = [
-        ssl.Certificate.loadPEM(c).original.to_cryptography() for c in _CERTIFICATE.findall(pem)[1:]
-    ]
+    (``FrontendConfig.tls_pem()``), as ``CertificateOptions`` arguments.
+    Read by ``wsfront.certificate.parse_pem``, as the start-up check reads
+    it (so never asking for a passphrase)."""
+    parsed = parse_pem(pem)
     return {
-        "privateKey": server.privateKey.original.to_cryptography_key(),
-        "certificate": server.original.to_cryptography(),
-        "extraCertChain": chain,
+        "privateKey": parsed.key,
+        "certificate": parsed.certificate,
+        "extraCertChain": list(parsed.chain),
     }
 
 
