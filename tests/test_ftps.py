@@ -74,6 +74,7 @@ class RecordingFTP_TLS(ftplib.FTP_TLS):
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.data_connections: list[tuple[bool, bool]] = []
+        self.data_alpn: list[str | None] = []  # the ALPN protocol agreed on
 
     def ntransfercmd(self, cmd, rest=None):
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
@@ -83,6 +84,7 @@ class RecordingFTP_TLS(ftplib.FTP_TLS):
             )
         tls = isinstance(conn, ssl.SSLSocket)
         self.data_connections.append((tls, tls and conn.session_reused))
+        self.data_alpn.append(conn.selected_alpn_protocol() if tls else None)
         return conn, size
 
 
@@ -252,6 +254,46 @@ async def test_plain_client_on_the_implicit_port_gets_nothing_and_others_are_ser
             return pwd
 
         assert await threads.deferToThread(session) == "/"
+    finally:
+        await env.stop()
+
+
+@pytest.mark.parametrize(
+    ("offer", "agreed"),
+    [(["ftp"], "ftp"), (["h2", "ftp"], "ftp"), (["h2"], None), (["foo"], None)],
+)
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+@pytest_twisted.ensureDeferred
+async def test_clients_offering_alpn_are_served_ftp_agreed_on_when_offered(
+    tmp_path, certificate, implicit, offer, agreed
+):
+    """RFC 7639 registers ``ftp`` for ALPN: it is agreed on when offered;
+    any other offer gets a handshake with no protocol agreed on.  Twisted's
+    own selection callback failed every handshake offering ALPN at all with
+    alert 80 (internal_error), control and data connections alike."""
+    env = await _start(tmp_path, _settings(certificate), implicit_tls=implicit)
+    data = payload(100_000)
+    try:
+
+        def session():
+            context = _context(certificate)
+            context.set_alpn_protocols(offer)
+            c = (ImplicitFTP_TLS if implicit else RecordingFTP_TLS)(context=context, timeout=30)
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            if not implicit:
+                c.prot_p()
+            c._prot_p = True  # PROT P is the default on an implicit port
+            c.storbinary("STOR alpn.bin", io.BytesIO(data))
+            got = io.BytesIO()
+            c.retrbinary("RETR alpn.bin", got.write)
+            control = c.sock.selected_alpn_protocol()
+            c.quit()
+            return got.getvalue(), control, c.data_alpn
+
+        got, control, data_alpn = await threads.deferToThread(session)
+        assert sha256(got) == sha256(data)
+        assert (control, data_alpn) == (agreed, [agreed, agreed])
     finally:
         await env.stop()
 

@@ -10,6 +10,7 @@ clients are treq (with that certificate as its trust root) and Python's
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import ssl
 
@@ -19,11 +20,13 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import defer, threads
 from twisted.internet.ssl import Certificate
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tests.http_env import HttpEnv, payload
 from tests.http_raw import connect, head_of
 from tests.security_support import BOB_PASSWORD
+from tests.support import require_tool
 from tests.test_security_auth import count_password_checks
 from tests.tls_support import make_certificate
 from tests.transfer_env import PASSWORD, sha256
@@ -117,6 +120,59 @@ async def test_https_serves_the_same_files_with_tls_1_2_at_least_and_no_http2(tl
         await threads.deferToThread(
             _handshake, tls.port, cafile, maximum_version=ssl.TLSVersion.TLSv1_1, seclevel0=True
         )
+
+
+def _get_with_alpn(port: int, cafile: str, offer: list[str]) -> tuple[str | None, bytes]:
+    """(ALPN protocol agreed on, status line) of an HTTP/1.1 GET / as alice
+    from a client offering ``offer`` over ALPN (in a thread)."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(offer)
+    token = base64.b64encode(f"alice:{PASSWORD}".encode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Authorization: Basic " + token + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return tls.selected_alpn_protocol(), answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("offer", "agreed"),
+    [
+        (["h2"], None),
+        (["foo"], None),
+        (["http/1.1"], "http/1.1"),
+        (["h2", "http/1.1"], "http/1.1"),
+        (["ftp"], None),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_alpn_offer_without_http_1_1_still_gets_http_1_1(tls, offer, agreed):
+    """A client offering no protocol the site speaks (h2 alone, a made-up
+    one) gets a handshake with no protocol agreed on, RFC 7301's choice
+    when the server would rather go on, and HTTP/1.1 then: Twisted's own
+    selection callback answered it with alert 80 (internal_error)."""
+    got = await threads.deferToThread(_get_with_alpn, tls.port, str(tls.cert), offer)
+    assert got == (agreed, b"HTTP/1.1 200 OK")
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_http_1_0_over_https(tls):
+    """curl --http1.0 offers ALPN http/1.0 alone; the handshake goes on."""
+    curl = require_tool("curl")
+    out, err, code = await getProcessOutputAndValue(
+        curl,
+        ["-sS", "--http1.0", "--cacert", str(tls.cert), "-u", f"alice:{PASSWORD}",
+         "-o", os.devnull, "-w", "%{http_version} %{http_code}", tls.url("/")],
+        env=dict(os.environ),
+    )  # fmt: skip
+    assert (out, code) == (b"1 200", 0), err  # curl writes HTTP/1.0 as "1"
 
 
 @pytest_twisted.ensureDeferred

@@ -18,7 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path]:
+def make_certificate(
+    directory: Path,
+    *,
+    valid_from: datetime.timedelta = -datetime.timedelta(minutes=5),
+    valid_until: datetime.timedelta = datetime.timedelta(days=90),
+) -> tuple[Path, Path]:
+    """The certificate is valid from ``valid_from`` to ``valid_until`` after
+    now (by default from 5 minutes ago for 90 days: long enough for
+    wsfront's start-up not to warn that it expires soon)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wsfs test")])
     now = datetime.datetime.now(datetime.UTC)
@@ -28,8 +36,8 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now + valid_from)
+        .not_valid_after(now + valid_until)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]

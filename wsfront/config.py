@@ -8,6 +8,7 @@ message that names the option, so twistd prints it and exits non-zero.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import math
 import re
@@ -21,6 +22,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from wsfront.certificate import EncryptedKey, NoPrivateKey, PemError, parse_pem, validity_warning
 from wsfront.ftp.addresses import parse_port_range
 from wsfront.maintenance.lease import DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
@@ -104,17 +106,31 @@ def read_pem(cert_path: str, key_path: str | None) -> bytes:
 
 
 def check_certificate(cert_path: str, key_path: str | None) -> None:
-    """Refuse at start-up a certificate/key pair TLS could not use."""
-    from twisted.internet.ssl import PrivateCertificate
-
+    """Refuse at start-up, in one line, a certificate/key pair TLS could
+    not use; warn (and go on) about a certificate clients will refuse for
+    its dates, or soon will: its operator may be renewing it right now."""
     try:
-        PrivateCertificate.loadPEM(read_pem(cert_path, key_path))
-    except usage.UsageError:
-        raise
-    except Exception as e:
+        parsed = parse_pem(read_pem(cert_path, key_path))
+    except NoPrivateKey:
+        if key_path:
+            raise usage.UsageError(f"--tls-key {key_path}: no private key in it") from None
+        raise usage.UsageError(f"no private key in {cert_path}; give --tls-key") from None
+    except EncryptedKey:
+        unsupported = "encrypted private keys are not supported"
+        if key_path:
+            raise usage.UsageError(
+                f"--tls-key {key_path}: {unsupported}; decrypt it with openssl pkey"
+            ) from None
         raise usage.UsageError(
-            f"--tls-cert {cert_path}: not a PEM certificate with its private key ({e})"
-        ) from e
+            f"--tls-cert {cert_path}: {unsupported}; decrypt the key with openssl pkey"
+            " into a file for --tls-key"
+        ) from None
+    except PemError as e:
+        given = f"--tls-cert {cert_path}" + (f" with --tls-key {key_path}" if key_path else "")
+        raise usage.UsageError(f"{given}: {e}") from None
+    problem = validity_warning(parsed.certificate, datetime.datetime.now(datetime.UTC))
+    if problem is not None:
+        log.warn("--tls-cert {path}: {problem}", path=cert_path, problem=problem)
 
 
 def endpoint_problem(spec: str, *, client: bool = False) -> str | None:

@@ -46,19 +46,19 @@ def server_tls_options(pem: bytes) -> CertificateOptions:
     """TLS server options from a PEM blob holding the certificate, any
     intermediates (sent as the chain) and the key (``FrontendConfig.tls_pem()``),
     shared by control and data connections.  The PEM is read as HTTPS reads
-    it (``wsfront.http.tls``); only the TLS settings differ."""
-    from wsfront.http.tls import server_tls_options as https_options
+    it (``wsfront.http.tls``); only the TLS settings differ.  ALPN agrees on
+    ``ftp`` (RFC 7639) when a client offers it and on nothing otherwise,
+    never failing the handshake over it (``select_alpn``)."""
+    from wsfront.http.tls import pem_parts, select_alpn
 
-    parsed = https_options(pem)
-    return CertificateOptions(
-        privateKey=parsed.privateKey,
-        certificate=parsed.certificate,
-        extraCertChain=parsed.extraCertChain,
+    options = CertificateOptions(
+        **pem_parts(pem),
         raiseMinimumTo=TLSVersion.TLSv1_2,
         lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
         enableSessions=True,
         enableSessionTickets=True,
     )
+    return select_alpn(options, b"ftp")
 
 
 def implicit_tls_factory(ftp_factory) -> TLSMemoryBIOFactory:

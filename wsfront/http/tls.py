@@ -3,43 +3,73 @@
 ``listen_https`` serves the same ``WsSite`` as the plain listener inside TLS
 (one site, so the login throttle and the connection caps count both
 together).  TLS 1.2 is the least version offered (Twisted's default too,
-stated here so a library change can't lower it); ALPN offers
-``http/1.1`` only (``WsSite.acceptableProtocols``), so a client never
-negotiates HTTP/2, which the streaming channel does not speak.  A PEM file
-may carry intermediate certificates after the server's: they are sent as
-the chain.
+stated here so a library change can't lower it); ALPN agrees on
+``http/1.1`` only, so a client never negotiates HTTP/2, which the
+streaming channel does not speak.  A PEM file may carry intermediate
+certificates after the server's: they are sent as the chain.
+
+ALPN (RFC 7301) is chosen by ``select_alpn``, not by Twisted: Twisted's
+selection callback answers a client offering nothing it knows (``h2``
+alone, ``curl --http1.0``'s ``http/1.0``, an FTPS client's ``ftp``) with
+an empty choice, which OpenSSL turns into alert 80 (internal_error) and a
+failed handshake.  Going on with no protocol agreed on is what RFC 7301
+allows a server that would rather serve such clients, and they all speak
+the one protocol the listener offers anyway.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
+from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from wsfront.certificate import parse_pem
 from wsfront.config import FrontendConfig
 from wsfront.http.site import SiteSettings
 
 HSTS_MAX_AGE = 180 * 24 * 3600
 """Strict-Transport-Security max-age sent over HTTPS when TLS is required."""
 
-_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+def pem_parts(pem: bytes) -> dict[str, Any]:
+    """The key, certificate and chain of a PEM blob holding the certificate,
+    any intermediates after it and the private key
+    (``FrontendConfig.tls_pem()``), as ``CertificateOptions`` arguments.
+    Read by ``wsfront.certificate.parse_pem``, as the start-up check reads
+    it (so never asking for a passphrase)."""
+    parsed = parse_pem(pem)
+    return {
+        "privateKey": parsed.key,
+        "certificate": parsed.certificate,
+        "extraCertChain": list(parsed.chain),
+    }
+
+
+def select_alpn(options: ssl.CertificateOptions, protocol: bytes) -> ssl.CertificateOptions:
+    """``options`` with ALPN agreeing on ``protocol`` when the client offers
+    it and on nothing otherwise, the handshake going on either way.
+
+    ``CertificateOptions`` makes one OpenSSL context and keeps it for every
+    connection (``getContext``); the callback replaces Twisted's on that
+    context before any connection is made from it (pyOpenSSL refuses to
+    change a context in use).
+    """
+
+    def choose(connection: SSL.Connection, offered: Sequence[bytes]) -> object:
+        return protocol if protocol in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+    options.getContext().set_alpn_select_callback(choose)
+    return options
 
 
 def server_tls_options(pem: bytes) -> ssl.CertificateOptions:
-    """Server TLS options for a PEM blob holding the certificate, its chain
-    and the private key (``FrontendConfig.tls_pem()``)."""
-    server = ssl.PrivateCertificate.loadPEM(pem)
-    chain = [
-        ssl.Certificate.loadPEM(c).original.to_cryptography() for c in _CERTIFICATE.findall(pem)[1:]
-    ]
-    return ssl.CertificateOptions(
-        privateKey=server.privateKey.original.to_cryptography_key(),
-        certificate=server.original.to_cryptography(),
-        extraCertChain=chain,
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
+    """Server TLS options for HTTPS from a PEM blob (``pem_parts``)."""
+    options = ssl.CertificateOptions(**pem_parts(pem), raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    return select_alpn(options, b"http/1.1")
 
 
 async def listen_https(reactor, endpoint: str, site, pem: bytes):
