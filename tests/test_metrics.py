@@ -77,6 +77,7 @@ async def test_a_download_failover_and_a_dead_server_show_in_the_metrics(env):
     after = await env.scrape()
     assert value(after, "wsfs_read_failovers_total") == 1
     assert value(after, "wsfs_storage_up", node=victim) == 0
+    assert value(after, "wsfs_storage_writable", node=victim) == 0
     assert {value(after, "wsfs_storage_up", node=n) for n in ("s1", "s2", "s3") if n != victim} == {
         1
     }
@@ -201,3 +202,19 @@ async def test_extent_cache_hits_and_refused_sessions_are_scraped(env):
     assert delta("wsfs_extent_cache_lookups_total", outcome="hit") == 1
     assert value(after, "wsfs_extent_cache_bytes") == len(data)
     assert delta("wsfs_sessions_refused_total") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_up_but_taking_no_writes_shows_as_not_writable(env):
+    """A server whose disk takes no writes (or that is draining) still
+    answers probes: ``wsfs_storage_up`` stays 1, ``wsfs_storage_writable``
+    says it gets no new blobs."""
+    before = await env.scrape()
+    assert {value(before, "wsfs_storage_writable", node=n) for n in ("s1", "s2", "s3")} == {1}
+    env.transfers.pool.mark_unwritable("s1", "disk error: read-only file system")
+    env.transfers.pool.set_draining("s2", True)
+    after = await env.scrape()
+    assert value(after, "wsfs_storage_up", node="s1") == 1
+    assert value(after, "wsfs_storage_writable", node="s1") == 0
+    assert value(after, "wsfs_storage_writable", node="s2") == 0
+    assert value(after, "wsfs_storage_writable", node="s3") == 1

@@ -261,15 +261,23 @@ class FrontendCollector(Collector):
     def _storage(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("wsfs_storage_up", "1 if the storage server answers probes.",
                                labels=["node"])  # fmt: skip
+        writable = GaugeMetricFamily(
+            "wsfs_storage_writable",
+            "1 if the storage server takes new blobs: up, its disk takes writes, not draining.",
+            labels=["node"],
+        )
         free = GaugeMetricFamily("wsfs_storage_free_bytes", "Free space on the storage server.",
                                  labels=["node"])  # fmt: skip
         total = GaugeMetricFamily("wsfs_storage_total_bytes", "Size of the storage server's disk.",
                                   labels=["node"])  # fmt: skip
         for node in self.transfers.pool.nodes():
             up.add_metric([node.name], 1 if node.up else 0)
+            takes = node.up and node.problem is None and not node.draining
+            writable.add_metric([node.name], 1 if takes else 0)
             free.add_metric([node.name], node.free_bytes)
             total.add_metric([node.name], node.total_bytes)
         yield up
+        yield writable
         yield free
         yield total
 
