@@ -1,0 +1,113 @@
+"""FTPS against peers that misbehave around TLS, over real sockets.
+
+A peer that connects to the implicit port (or sends AUTH TLS) and never
+starts the handshake must lose its connection, and with it its slot of
+``max_connections_per_address``: Twisted's TLS layer holds a reply written
+before the handshake and never closes after it, so the server aborts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.ftp_env import FTPEnv
+from tests.http_raw import connect
+from tests.tls_support import self_signed
+from wsfront.ftp.factory import FTPSettings
+from wsfront.ftp.security import server_tls_options
+
+#: How long a test waits for the server to close a connection it must close
+#: (far past the short timeouts set here; the old code never closed).
+CLOSE_WAIT = 15.0
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+async def _start(tmp_path, certificate, **kw) -> FTPEnv:
+    from twisted.internet import reactor
+
+    implicit = kw.pop("implicit_tls", False)
+    settings = FTPSettings(data_timeout=10.0, tls=server_tls_options(certificate.pem), **kw)
+    return await FTPEnv(reactor, tmp_path, settings, implicit_tls=implicit).start()
+
+
+async def _closed(client) -> bytes:
+    """What ``client`` received before the server closed it; fails if the
+    server keeps it open past CLOSE_WAIT."""
+    from twisted.internet import reactor
+
+    d = client.closed
+    waiting: defer.Deferred = defer.Deferred()
+    d.addBoth(lambda r: waiting.callback(r) if not waiting.called else None)
+    waiting.addTimeout(CLOSE_WAIT, reactor)
+    try:
+        return await waiting
+    except defer.TimeoutError:
+        raise AssertionError("the server kept a connection it should have closed") from None
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_peers_on_the_implicit_port_are_refused_at_once_over_the_cap(
+    tmp_path, certificate
+):
+    from twisted.internet import reactor
+
+    env = await _start(
+        tmp_path, certificate, implicit_tls=True, max_connections_per_address=3,
+        login_timeout=300.0,
+    )  # fmt: skip
+    try:
+        silent = [await connect(reactor, env.port) for _ in range(3)]
+        over = [await connect(reactor, env.port) for _ in range(3)]
+        for client in over:  # refused: closed now, not at the login timeout
+            await _closed(client)
+        assert all(not c.closed.called for c in silent)
+    finally:
+        for client in silent:
+            client.close()
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_peers_on_the_implicit_port_go_at_the_login_timeout(tmp_path, certificate):
+    from twisted.internet import reactor
+
+    env = await _start(
+        tmp_path, certificate, implicit_tls=True, max_connections_per_address=3,
+        login_timeout=0.5,
+    )  # fmt: skip
+    try:
+        silent = [await connect(reactor, env.port) for _ in range(3)]
+        for client in silent:
+            await _closed(client)
+        # Their slots are free again: a fourth peer is admitted (it is
+        # closed at the login timeout too, not at once as refused ones are).
+        again = await connect(reactor, env.port)
+        await _closed(again)
+        assert env.factory.stats.connections == 4
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_tls_without_a_client_hello_is_closed_at_the_handshake_deadline(
+    tmp_path, certificate
+):
+    from twisted.internet import reactor
+
+    env = await _start(tmp_path, certificate, login_timeout=0.5, idle_timeout=900.0)
+    try:
+        client = await connect(reactor, env.port)
+        await client.until(b"220 ")
+        client.send(b"AUTH TLS\r\n")
+        await client.until(b"234 ")
+        received = await _closed(client)
+        assert b"421" not in received  # nothing in clear after the 234
+        assert not env.factory.sessions
+    finally:
+        await env.stop()
