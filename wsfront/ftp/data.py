@@ -15,12 +15,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -67,7 +69,11 @@ class DataChannel(Protocol):
     ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
 
     ``closed`` fires with the reason (an exception instance: ConnectionDone
-    for a clean close) when the connection is gone.
+    for a clean close) when the connection is gone.  Under TLS a close is
+    clean only when the client's close_notify ended the TLS stream.  A
+    FIN without one (a killed client) is ConnectionLost and a reset stays
+    the TCP layer's error, where Twisted's TLS layer reports both as
+    ConnectionLost.
 
     With PROT P the transfer calls ``start_tls`` before any byte moves: the
     server side of the handshake, whichever end opened the TCP connection.
@@ -101,6 +107,10 @@ class DataChannel(Protocol):
         self.is_closed = False
         self.claimed = False
         self._tcp = None  # the TCP transport tuned by begin_stream
+        #: Under TLS: why the TCP connection below it ended.
+        self.tcp_reason: BaseException | None = None
+        self._sent_close_notify = False
+        self._tls_layer: TLSMemoryBIOProtocol | None = None
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
@@ -123,7 +133,28 @@ class DataChannel(Protocol):
         for d in waiters:
             d.callback(None)
         # The exception itself, not the Failure: a Failure would errback.
-        self.closed.callback(getattr(reason, "value", reason))
+        value = getattr(reason, "value", reason)
+        if self.tls:
+            value = self._tls_close_reason()
+        self.closed.callback(value)
+
+    def _tls_close_reason(self) -> BaseException:
+        """What ended a TLS connection (see the class docstring); called
+        while the TLS layer still holds its OpenSSL connection."""
+        handle = self._tls_handle()
+        received = handle is not None and bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+        tcp = self.tcp_reason
+        clean_tcp = tcp is None or isinstance(tcp, net_error.ConnectionDone)
+        if received or (self._sent_close_notify and clean_tcp):
+            return net_error.ConnectionDone("closed after a TLS close_notify")
+        if not clean_tcp:
+            return tcp
+        return net_error.ConnectionLost("closed without a TLS close_notify")
+
+    def _tls_handle(self):
+        """The OpenSSL connection (None once the TLS layer dropped it)."""
+        layer = self._tls_layer
+        return getattr(layer, "_tlsConnection", None) if layer is not None else None
 
     # -- buffer sizes ---------------------------------------------------
 
@@ -163,6 +194,17 @@ class DataChannel(Protocol):
         self._handshake = Deferred()
         self.tls = True
         self.transport.startTLS(options, not self.outgoing)
+        layer = getattr(self.transport, "protocol", None)
+        if isinstance(layer, TLSMemoryBIOProtocol):
+            # Kept: the TCP transport forgets it before connectionLost.
+            self._tls_layer = layer
+            lost = layer.connectionLost
+
+            def below(reason: Failure) -> None:
+                self.tcp_reason = reason.value
+                lost(reason)
+
+            layer.connectionLost = below
 
     def handshakeCompleted(self) -> None:
         handshake, self._handshake = self._handshake, None

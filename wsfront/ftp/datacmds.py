@@ -10,9 +10,10 @@ transfer (the client gets 426, then 226 for the ABOR).
 Upload endings (DESIGN.md, Uploads): the data connection closing normally
 commits what arrived (``WriteSession.finish()``; 226 only once it has
 fired), because stream mode can't tell a finished upload from a dead client.
-A reset (RST, or a socket error) is no normal close: over plain TCP it
-gets 426 and, like ABOR, interrupts the session, leaving it pending and
-resumable with REST + STOR or APPE (``upload_cut_short``).  An upload that
+A reset (RST, or a socket error) is no normal close, and neither is,
+under PROT P, a close without the client's TLS close_notify: it gets 426
+and, like ABOR, interrupts the session, leaving it pending and resumable
+with REST + STOR or APPE (``upload_cut_short``).  An upload that
 this command began and that got no byte (no data connection, ABOR, a
 stall or a reset before the first byte) is abandoned instead: kept, it
 would stand as a 0-byte pending upload hiding the committed file from its
@@ -275,7 +276,7 @@ async def store(
         if tag == "closed" and upload_cut_short(channel, value):
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, "Data connection reset; transfer aborted" + _KEPT[kept])
+            raise Reply(426, _cut_short_text(channel) + _KEPT[kept])
         if tag == "failed":
             channel.abort()
             if isinstance(value, TransferAborted):
@@ -305,13 +306,17 @@ def upload_cut_short(channel: DataChannel, reason: BaseException) -> bool:
     than normally, so what arrived must not be committed.
 
     On plain TCP a FIN is ConnectionDone and a reset or socket error
-    anything else.  Under TLS the close reason can't tell: Twisted's TLS
-    layer reports a FIN without a close_notify alert, as many FTPS clients
-    end a complete upload, as ConnectionLost, exactly as it reports a reset;
-    so there every close commits, as stream mode always did."""
-    if channel.tls:
-        return False
+    anything else.  Under TLS (``DataChannel``) only a close_notify is
+    ConnectionDone: a FIN without one (a killed client, or a truncation
+    attack) is cut short, as vsftpd's ``strict_ssl_read_eof`` has it;
+    ftplib, curl and lftp all send close_notify after an upload."""
     return not isinstance(reason, net_error.ConnectionDone)
+
+
+def _cut_short_text(channel: DataChannel) -> str:
+    if channel.tls and isinstance(channel.tcp_reason, net_error.ConnectionDone):
+        return "Data connection closed without TLS close_notify; transfer aborted"
+    return "Data connection reset; transfer aborted"
 
 
 def need_data_setup(ctl) -> None:
