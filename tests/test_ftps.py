@@ -178,6 +178,40 @@ async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_protected_download_is_226_once_our_close_notify_is_sent(ftps, certificate):
+    """A client that reads to the server's close_notify and waits for the
+    reply before closing its end gets 226 at once: the server does not
+    wait for the client's close_notify (it got 426 at the stall timeout)."""
+    data = payload(300_000)
+    await ftps.env.upload("/d.bin", data)
+    context = _context(certificate)
+
+    def session():
+        c = ftplib.FTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.voidcmd("TYPE I")
+        conn = c.transfercmd("RETR d.bin")
+        got = bytearray()
+        while chunk := conn.recv(65536):  # b"" at the server's close_notify
+            got += chunk
+        c.sock.settimeout(5)  # far below the stall timeout (10 s)
+        try:
+            reply = c.getresp()
+        except (ftplib.Error, OSError) as e:
+            reply = repr(e)
+        conn.close()
+        c.sock.settimeout(30)
+        c.quit()
+        return bytes(got), reply
+
+    got, reply = await threads.deferToThread(session)
+    assert sha256(got) == sha256(data)
+    assert reply.startswith("226"), reply
+
+
+@pytest_twisted.ensureDeferred
 async def test_tls_below_1_2_is_refused(ftps, certificate):
     def handshake():
         context = _context(certificate)

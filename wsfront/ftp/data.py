@@ -70,7 +70,8 @@ class DataChannel(Protocol):
 
     ``closed`` fires with the reason (an exception instance: ConnectionDone
     for a clean close) when the connection is gone.  Under TLS a close is
-    clean only when the client's close_notify ended the TLS stream.  A
+    clean only when a close_notify ended the TLS stream: the client's, or
+    ours once we closed the connection after sending it (``close``).  A
     FIN without one (a killed client) is ConnectionLost and a reset stays
     the TCP layer's error, where Twisted's TLS layer reports both as
     ConnectionLost.
@@ -313,7 +314,13 @@ class DataChannel(Protocol):
         """Flush and close; fires with the reason once closed.  A TLS
         connection closes only after its handshake (Twisted aborts one
         closed before it: an empty listing would reach the client as a
-        reset); the stall watch bounds that wait."""
+        reset); the stall watch bounds that wait.
+
+        Under TLS our close_notify ends the data: once it is sent, the TCP
+        connection closes as soon as its buffer is flushed, without waiting
+        for the client's close_notify (Twisted would).  A client that reads
+        to our close_notify and waits for the 226 before it closes its end
+        got 426 after the stall timeout."""
         if self._handshake is not None and not self.is_closed:
             self._handshake.addCallback(lambda _: self.close())
             return self.closed_reason()
@@ -322,7 +329,18 @@ class DataChannel(Protocol):
                 self._producer_registered = False
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
+            if self.tls:
+                self._close_below_tls()
         return self.closed_reason()
+
+    def _close_below_tls(self) -> None:
+        """Close the TCP connection under TLS once our close_notify is in
+        its buffer (it is there unless TLS still holds unsent data)."""
+        handle, layer = self._tls_handle(), self._tls_layer
+        if handle is None or not handle.get_shutdown() & SSL.SENT_SHUTDOWN:
+            return
+        self._sent_close_notify = True
+        layer.transport.loseConnection()  # below TLS: flush, then FIN
 
     def abort(self) -> None:
         """Drop the connection now, unsent bytes included."""
