@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
-from tests.ftp_env import FTPEnv
+from tests.ftp_env import PASSWORD, FTPEnv
 from tests.http_raw import connect
 from tests.tls_support import self_signed
 from wsfront.ftp.factory import FTPSettings
@@ -109,5 +109,43 @@ async def test_auth_tls_without_a_client_hello_is_closed_at_the_handshake_deadli
         received = await _closed(client)
         assert b"421" not in received  # nothing in clear after the 234
         assert not env.factory.sessions
+    finally:
+        await env.stop()
+
+
+def _tls_after_auth(port: int, certificate, before: bytes) -> list[bytes]:
+    """Send ``before`` in clear, then AUTH TLS, then (over TLS) PWD, a login
+    and PWD again; the reply lines to the TLS part."""
+    import socket
+    import ssl
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    for line in before.split(b"\r\n")[:-1]:
+        sock.sendall(line + b"\r\n")
+        f.readline()
+    sock.sendall(b"AUTH TLS\r\n")
+    assert f.readline().startswith(b"234")
+    context = ssl.create_default_context(cafile=str(certificate.cert_path))
+    tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    tf = tls.makefile("rb")
+    answers = []
+    for line in [b"PWD", b"USER alice", b"PASS " + PASSWORD.encode(), b"PWD", b"QUIT"]:
+        tls.sendall(line + b"\r\n")
+        answers.append(tf.readline())
+    tls.close()
+    return answers
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_tls_after_a_login_in_clear_logs_the_user_out(tmp_path, certificate):
+    """RFC 2228 3 / RFC 4217 4: after AUTH the user logs in again; the login
+    made in clear does not carry over into the protected session."""
+    env = await _start(tmp_path, certificate)
+    try:
+        before = f"USER alice\r\nPASS {PASSWORD}\r\nCWD /\r\n".encode()
+        answers = await threads.deferToThread(_tls_after_auth, env.port, certificate, before)
+        assert [a[:3] for a in answers] == [b"530", b"331", b"230", b"257", b"221"]
     finally:
         await env.stop()

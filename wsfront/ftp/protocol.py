@@ -641,8 +641,13 @@ class FTPControl(Protocol):
         except Reply:
             self._tls_switching = False
             raise
-        # RFC 4217 4: a USER sent before AUTH does not count after it.
+        # RFC 4217 4 (and RFC 2228 3): a USER sent before AUTH does not
+        # count after it, and a login in clear neither: log in again.
         self._login_name = None
+        if self.user is not None:
+            self.user = None
+            self.cwd = "/"
+            self._arm_login_timer()
         self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
         self._urgent_inline(False)
         self.handshaking = True
