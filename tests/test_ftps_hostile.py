@@ -149,3 +149,27 @@ async def test_auth_tls_after_a_login_in_clear_logs_the_user_out(tmp_path, certi
         assert [a[:3] for a in answers] == [b"530", b"331", b"230", b"257", b"221"]
     finally:
         await env.stop()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_commands_pipelined_after_a_refused_auth_are_answered(tmp_path, certificate, tls):
+    """Only an AUTH that starts TLS drops what was pipelined after it
+    (CVE-2011-0411, test_ftps); a refused one (504, or 431 without TLS)
+    leaves the next commands to run."""
+    from twisted.internet import reactor
+
+    plain = FTPEnv(reactor, tmp_path, FTPSettings())
+    env = await (_start(tmp_path, certificate) if tls else plain.start())
+    try:
+        client = await connect(reactor, env.port)
+        await client.until(b"220 ")
+        client.send(
+            b"AUTH GSSAPI\r\nNOOP\r\nAUTH TLS\r\nSYST\r\n" if tls else b"AUTH TLS\r\nNOOP\r\n"
+        )
+        received = await client.until(b"234 " if tls else b"200 ")
+        codes = [line[:3] for line in received.split(b"\r\n")[1:] if line]
+        assert codes == ([b"504", b"200", b"234"] if tls else [b"431", b"200"])
+        client.close()
+    finally:
+        await env.stop()

@@ -294,8 +294,9 @@ class FTPControl(Protocol):
             size = len(line) + 2 if isinstance(line, bytes) else 0
             self._queue.append((parsed, size))
             self._queued_bytes += size
-            if isinstance(parsed, Command) and parsed.verb == "AUTH" and parsed.argument.strip():
-                # What follows AUTH in this read was sent in plain text.
+            if isinstance(parsed, Command) and self._auth_accepted(parsed):
+                # What follows an AUTH TLS that will start TLS was sent in
+                # plain text: dropped, never run once TLS is up.
                 self._tls_switching = True
                 self._lines = LineBuffer()
                 break
@@ -306,6 +307,19 @@ class FTPControl(Protocol):
             self._paused_reading = True
             self.transport.pauseProducing()
         self._pump()
+
+    def _auth_accepted(self, command: Command) -> bool:
+        """Whether ``command`` is an AUTH that will start TLS when it runs.
+        A refused one (504 for an unknown mechanism, 431, 503) leaves the
+        lines after it to run: only queued commands run before it, and
+        none of them changes what AUTH accepts."""
+        if command.verb != "AUTH" or not command.argument.strip(" "):
+            return False
+        try:
+            self.protection.check_auth(command.argument)
+        except Reply:
+            return False
+        return True
 
     def _urgent(self, command: Command) -> bool:
         """Whether ``command`` acts now, ahead of the queued ones."""
