@@ -173,3 +173,20 @@ async def test_commands_pipelined_after_a_refused_auth_are_answered(tmp_path, ce
         client.close()
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ccc_and_other_rfc_2228_commands_are_502_not_implemented(tmp_path, certificate):
+    from twisted.internet import reactor
+
+    env = await _start(tmp_path, certificate)
+    try:
+        client = await connect(reactor, env.port)
+        await client.until(b"220 ")
+        client.send(b"CCC\r\nADAT x\r\nMIC x\r\nCONF x\r\nENC x\r\nXYZZY\r\n")
+        received = await client.until(b"500 ")
+        codes = [line[:3] for line in received.split(b"\r\n")[1:] if line]
+        assert codes == [b"502"] * 5 + [b"500"]
+        client.close()
+    finally:
+        await env.stop()

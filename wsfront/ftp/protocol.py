@@ -63,6 +63,17 @@ URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
 ``max_queued_commands`` lines: a client that pipelined a flood can still
 abort its transfer, ask for status, or leave."""
 
+NOT_IMPLEMENTED = {
+    "CCC": "CCC not implemented: the control connection stays protected",
+    "ADAT": "ADAT not implemented: AUTH TLS needs no security data",
+    "MIC": "MIC not implemented: use AUTH TLS",
+    "CONF": "CONF not implemented: use AUTH TLS",
+    "ENC": "ENC not implemented: use AUTH TLS",
+}
+"""RFC 2228/4217 commands known and refused with 502, not 500 Unknown
+command: a client that tries CCC (clearing the control connection after
+login, for NAT helpers) learns the server won't, and goes on over TLS."""
+
 KEEP_RESTART = frozenset({"PASV", "EPSV", "PORT", "EPRT", "TYPE", "ALLO"})
 """Commands that leave a REST marker for the transfer command after them.
 RFC 3659 5.3 has REST immediately precede RETR/STOR/APPE; every other
@@ -401,6 +412,9 @@ class FTPControl(Protocol):
             self.reply(parsed.code, f"Syntax error: {parsed.reason}")
             return None
         spec = COMMANDS.get(parsed.verb)
+        if spec is None and parsed.verb in NOT_IMPLEMENTED:
+            self.reply(502, NOT_IMPLEMENTED[parsed.verb])
+            return None
         if spec is None:
             self.reply(500, f"Unknown command {parsed.verb}")
             return None
