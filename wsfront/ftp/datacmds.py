@@ -44,8 +44,6 @@ from wsfront.transfer.errors import SessionFenced, TransferAborted
 
 log = Logger()
 
-_LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
-
 
 class Transfer:
     """One running transfer, as ABOR, STAT and a lost control connection see it."""
@@ -483,7 +481,10 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
     gives the matches with the directory part as sent, for the client to
     RETR them by those names."""
     if verb != "MLSD":
-        argument = _LIST_OPTIONS.sub("", argument.strip(" "))
+        # ``ls`` options (``-la``) are whole words of letters: ``-old*``,
+        # ``-la/`` and ``-2024-backup`` are names (an ``mdelete -old*``
+        # must not match every file).
+        _options, argument = listing.parse_list_argument(argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
     pattern = prefix = None
     try:
