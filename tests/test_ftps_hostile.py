@@ -190,3 +190,68 @@ async def test_ccc_and_other_rfc_2228_commands_are_502_not_implemented(tmp_path,
         client.close()
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_tls_session_reuse_refuses_data_connections_with_a_new_session(
+    tmp_path, certificate
+):
+    """--require-tls-session-reuse (vsftpd's require_ssl_reuse): a PROT P
+    data connection must resume the control connection's TLS session; one
+    with a full handshake of its own (Python's ftplib) is cut, 522, and its
+    upload leaves nothing behind.  A client that resumes (as FileZilla and
+    lftp do) is served."""
+    import ftplib
+    import io
+    import ssl
+
+    from tests.test_ftps import RecordingFTP_TLS
+
+    env = await _start(tmp_path, certificate, require_tls_session_reuse=True)
+    context = ssl.create_default_context(cafile=str(certificate.cert_path))
+    data = b"resumed " * 10_000
+
+    def resuming():
+        c = RecordingFTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", env.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.storbinary("STOR r.bin", io.BytesIO(data))
+        got = io.BytesIO()
+        c.retrbinary("RETR r.bin", got.write)
+        names = c.nlst()
+        c.quit()
+        return got.getvalue(), names, c.data_connections
+
+    def fresh():
+        c = ftplib.FTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", env.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        replies = []
+        for attempt in (
+            lambda: c.storbinary("STOR f.bin", io.BytesIO(data)),
+            lambda: c.retrbinary("RETR r.bin", lambda _: None),
+            lambda: c.nlst(),
+        ):
+            try:
+                attempt()
+                replies.append("served")
+            except (ssl.SSLError, OSError):  # cut in the handshake
+                try:
+                    replies.append(c.getresp()[:3])
+                except ftplib.Error as e:
+                    replies.append(str(e)[:3])
+        c.quit()
+        return replies
+
+    try:
+        got, names, connections = await threads.deferToThread(resuming)
+        assert got == data and names == ["r.bin"]
+        assert connections == [(True, True)] * 3
+        assert await threads.deferToThread(fresh) == ["522"] * 3
+        assert [e.name for e in await env.transfers.list_dir(env.env.user, "/", None, 10)] == [
+            "r.bin"
+        ]
+    finally:
+        await env.stop()

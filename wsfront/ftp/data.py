@@ -112,6 +112,10 @@ class DataChannel(Protocol):
         self.tcp_reason: BaseException | None = None
         self._sent_close_notify = False
         self._tls_layer: TLSMemoryBIOProtocol | None = None
+        self._require_reuse = False
+        self._session_of = None
+        #: The TLS handshake did not resume the session ``require_session_of`` named.
+        self.reuse_refused = False
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
@@ -207,7 +211,29 @@ class DataChannel(Protocol):
 
             layer.connectionLost = below
 
+    def require_session_of(self, control) -> None:
+        """Before ``start_tls``: refuse (abort) this connection unless its
+        handshake resumes the TLS session of ``control``, an OpenSSL
+        connection (vsftpd's ``require_ssl_reuse``: the data connection
+        comes from the client that logged in, not from whoever got to the
+        passive port).  A resumed TLS 1.2 session shares its master secret
+        with the session it resumes; a full handshake makes a new one."""
+        self._require_reuse = True
+        self._session_of = control
+
+    def _resumed_required_session(self) -> bool:
+        handle, control = self._tls_handle(), self._session_of
+        if handle is None or control is None:
+            return False
+        try:
+            return handle.master_key() == control.master_key()
+        except SSL.Error:
+            return False
+
     def handshakeCompleted(self) -> None:
+        if self._require_reuse and not self.is_closed and not self._resumed_required_session():
+            self.reuse_refused = True
+            self.abort()
         handshake, self._handshake = self._handshake, None
         if handshake is not None:
             handshake.callback(None)

@@ -29,6 +29,7 @@ import re
 import secrets
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -160,6 +161,8 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
         channel.abort()
         raise TransferAborted("aborted")
     if ctl.protection.private:
+        if ctl.settings.require_tls_session_reuse:
+            channel.require_session_of(control_tls(ctl.transport))
         channel.start_tls(ctl.settings.tls)
     channel.watch_stall(ctl.reactor, timeout)
     return channel
@@ -168,9 +171,31 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
 STALLED = "Data connection timed out (nothing moved for too long)"
 
 
+def control_tls(transport):
+    """The OpenSSL connection under a TLS control connection (explicit or
+    implicit, behind a PROXY-protocol wrapper or not); None if none."""
+    while transport is not None:
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, SSL.Connection):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def check_session_reuse(channel: DataChannel) -> None:
+    """522 for a data connection refused by ``--require-tls-session-reuse``."""
+    if channel.reuse_refused:
+        raise Reply(
+            522,
+            "TLS session reuse required: resume the control connection's session "
+            "on the data connection",
+        )
+
+
 async def _close_cleanly(ctl, channel: DataChannel) -> None:
     """Flush and close the data connection; 426 unless it closed cleanly."""
     reason = await channel.close()
+    check_session_reuse(channel)
     if not isinstance(reason, net_error.ConnectionDone):
         raise Reply(426, "Data connection lost; transfer aborted")
 
@@ -200,6 +225,7 @@ async def retrieve(ctl, path: str, offset: int) -> None:
             ctl.stats.bytes_sent += channel.sent
             if transfer.aborted:
                 raise
+            check_session_reuse(channel)
             if channel.stalled:
                 raise Reply(426, STALLED + "; transfer aborted") from None
             if gone:
@@ -271,6 +297,9 @@ async def store(
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
             raise Reply(426, STALLED + _KEPT[kept])
+        if tag == "closed" and channel.reuse_refused:
+            await _let_go(ctl, session)
+            check_session_reuse(channel)
         if tag == "closed" and upload_cut_short(channel, value):
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
@@ -540,11 +569,13 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
                         break
                     after = entries[-1].name
         except net_error.ConnectionDone:
+            check_session_reuse(channel)
             if channel.stalled:
                 raise Reply(426, STALLED + "; listing aborted") from None
             raise Reply(426, "Data connection closed; listing aborted") from None
         except Exception:
             channel.abort()
+            check_session_reuse(channel)
             raise
         ctl.stats.bytes_sent += channel.sent
         await _close_cleanly(ctl, channel)
