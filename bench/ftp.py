@@ -334,6 +334,85 @@ FTPHandler.abstracted_fs = _ReplicatedFS
 """
 
 
+class PyftpdlibLogged(Pyftpdlib):
+    """What the durability rule would cost with small blobs appended to a
+    preallocated log per replica instead of a file each (the structural
+    change left open for small STORs): before the 226 the stored bytes are
+    written into two logs of zeros made at start (so a write changes no
+    file-system metadata) and both fdatasync'd at once, then a record goes
+    into a catalog log, fdatasync'd.  A gauge for that design's ceiling,
+    like ``PyftpdlibReplicated`` for today's one."""
+
+    name = "pyftpdlib+2logs+log"
+    replicas = "2 logs (local disk)"
+    fsync = "2 preallocated logs, a log record before 226"
+    setup = """
+import io, os, threading
+from pyftpdlib.filesystems import AbstractedFS
+
+_LOG_BYTES = 128 << 20
+_DIR = os.environ["WSFS_BENCH_LOG_DIR"]
+
+def _make_log(name, size):
+    # Made before the server listens: zeros written and synced, so each
+    # later write overwrites allocated blocks (no metadata to commit).
+    path = os.path.join(_DIR, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    block = bytes(1 << 20)
+    for off in range(0, size, len(block)):
+        os.pwrite(fd, block, off)
+    os.fsync(fd)
+    return [fd, 0]
+
+_A = _make_log("replica-a.log", _LOG_BYTES)
+_B = _make_log("replica-b.log", _LOG_BYTES)
+_CATALOG = _make_log("catalog.log", 1 << 20)
+_d = os.open(_DIR, os.O_RDONLY)
+os.fsync(_d)
+os.close(_d)
+
+def _append(entry, data, size=_LOG_BYTES):
+    fd, at = entry
+    if at + len(data) > size:
+        at = 0  # a gauge, not a store: wrap around
+    os.pwrite(fd, data, at)
+    os.fdatasync(fd)
+    entry[1] = at + len(data)
+
+class _LoggedFile(io.BufferedWriter):
+    def close(self):
+        if not self.closed:
+            self.flush()
+            name = os.path.abspath(self.name)
+            super().close()
+            with open(name, "rb") as f:
+                data = f.read()  # small files: the gauge's workload
+            other = threading.Thread(target=_append, args=(_B, data))
+            other.start()
+            _append(_A, data)
+            other.join()
+            _append(_CATALOG, b"r" * 256, 1 << 20)
+
+class _LoggedFS(AbstractedFS):
+    def open(self, filename, mode):
+        if mode == "wb":
+            return _LoggedFile(io.FileIO(filename, "w"))
+        return super().open(filename, mode)
+
+FTPHandler.abstracted_fs = _LoggedFS
+"""
+
+    def start(self) -> None:
+        os.environ["WSFS_BENCH_LOG_DIR"] = str(self.workdir)
+        try:
+            super().start()
+        finally:
+            del os.environ["WSFS_BENCH_LOG_DIR"]
+
+
+DURABLE_REFERENCES = (PyftpdlibFsync, PyftpdlibReplicated, PyftpdlibLogged)
+
+
 def connect(server: Server) -> ftplib.FTP:
     c = ftplib.FTP()
     c.connect("127.0.0.1", server.port, timeout=120)
@@ -568,8 +647,9 @@ def main() -> None:
     p.add_argument(
         "--durable-reference",
         action="store_true",
-        help="also run pyftpdlib with an fsync of each stored file and its directory "
-        "before the 226, and print wsfs's ratios against it too",
+        help="also run three durable pyftpdlib references (an fsync of each stored file "
+        "and its directory; two copies and a synced log record; two preallocated logs and "
+        "a log record) and print wsfs's ratios against each",
     )
     p.add_argument("--quick", action="store_true", help="64 MiB, 20 x 2 MiB, 200 x 4 KiB")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -600,7 +680,7 @@ def main() -> None:
     print(f"file create in {workdir}: {create_cost_ms(workdir):.3f} ms", flush=True)
     try:
         for r in range(args.rounds):
-            extra = [PyftpdlibFsync, PyftpdlibReplicated] if args.durable_reference else []
+            extra = list(DURABLE_REFERENCES) if args.durable_reference else []
             for kind in [*kinds, *extra, Pyftpdlib]:
                 where = workdir / f"round{r}-{kind.__name__}"
                 where.mkdir()
@@ -639,7 +719,7 @@ def main() -> None:
             f"{median(refs):14.2f}" if isinstance(refs[0], float | int) else f"{refs[0]!s:>14.14}"
         )
         print(f"{key:30} " + " ".join(cells) + f" {shown}  " + ", ".join(r for r in ratios if r))
-    for reference in (PyftpdlibFsync, PyftpdlibReplicated):
+    for reference in DURABLE_REFERENCES:
         durable = rounds.get(reference.name)
         if not durable:
             continue

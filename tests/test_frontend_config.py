@@ -267,3 +267,13 @@ async def test_a_running_front_end_holds_its_liveness_lease_for_the_configured_t
         assert owner == "fe" and before + 500 < expires_at <= before + 600
     finally:
         await fe.stopService()
+
+
+def test_require_tls_session_reuse_is_off_unless_given(tmp_path, secret):
+    from tests.tls_support import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    base = ["--name", "a", "--catalog", "sqlite:///x", "--secret-file", secret,
+            "--tls-cert", str(cert), "--tls-key", str(key), "--ftp", "tcp:1"]  # fmt: skip
+    assert not parse(*base).require_tls_session_reuse
+    assert parse(*base, "--require-tls-session-reuse").require_tls_session_reuse

@@ -177,7 +177,10 @@ def test_list_date_has_one_of_two_fixed_widths(mtime, now):
         ("./-la", set(), "./-la"),
         ("-", set(), "-"),
         ("--", set(), "--"),
-        ("-1 x", set(), "-1 x"),
+        ("-1 x", {"1"}, "x"),  # ls -1: one name a line
+        ("-1a", {"1", "a"}, ""),
+        ("-2024-backup", set(), "-2024-backup"),
+        ("-old*", set(), "-old*"),
         ("a -l", set(), "a -l"),
     ],
 )

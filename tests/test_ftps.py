@@ -134,11 +134,14 @@ async def test_ftplib_prot_p_round_trip_resumes_the_control_session(ftps, certif
 
 @pytest.mark.parametrize("ending", ["close_notify", "no close_notify", "reset"])
 @pytest_twisted.ensureDeferred
-async def test_a_protected_upload_commits_however_its_connection_ends(ftps, certificate, ending):
-    """Over TLS a close without close_notify (as many FTPS clients end a
-    complete upload) reaches the data channel as ConnectionLost, as a reset
-    does, so both commit, as a clean close does; over plain TCP a reset is
-    426 (test_ftp_protocol_failures)."""
+async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
+    ftps, certificate, ending
+):
+    """Under PROT P the client's close_notify is what says the upload is
+    complete: a TCP close without one (a killed client, a truncation) or a
+    reset is 426 and the upload stays pending, resumable with REST + STOR
+    (vsftpd's strict_ssl_read_eof).  Twisted's TLS layer reported all of
+    them as one ConnectionLost, and they were committed."""
     data = payload(100_000)
     context = _context(certificate)
 
@@ -155,16 +158,59 @@ async def test_a_protected_upload_commits_however_its_connection_ends(ftps, cert
         elif ending == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
-        reply = c.getresp()
+        try:
+            reply = c.getresp()
+        except ftplib.Error as e:
+            reply = str(e)
+        if reply.startswith("426"):  # resume where the server got to
+            kept = c.size("e.bin")
+            c.storbinary("STOR e.bin", io.BytesIO(data[kept:]), rest=kept)
         c.quit()
         return reply
 
-    assert (await threads.deferToThread(session)).startswith("226")
-    got, _ = await ftps.env.download("/e.bin")
-    if ending == "reset":  # the reset may have dropped the end of what was sent
-        assert got == data[: len(got)]
+    reply = await threads.deferToThread(session)
+    if ending == "close_notify":
+        assert reply.startswith("226"), reply
+        assert ftps.factory.stats.uploads_committed == 1
     else:
-        assert sha256(got) == sha256(data)
+        assert reply.startswith("426") and "kept" in reply, reply
+        assert ftps.factory.stats.uploads_committed == 1  # only the resumed one
+    got, _ = await ftps.env.download("/e.bin")
+    assert sha256(got) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_protected_download_is_226_once_our_close_notify_is_sent(ftps, certificate):
+    """A client that reads to the server's close_notify and waits for the
+    reply before closing its end gets 226 at once: the server does not
+    wait for the client's close_notify (it got 426 at the stall timeout)."""
+    data = payload(300_000)
+    await ftps.env.upload("/d.bin", data)
+    context = _context(certificate)
+
+    def session():
+        c = ftplib.FTP_TLS(context=context, timeout=30)
+        c.connect("127.0.0.1", ftps.port)
+        c.login("alice", PASSWORD)
+        c.prot_p()
+        c.voidcmd("TYPE I")
+        conn = c.transfercmd("RETR d.bin")
+        got = bytearray()
+        while chunk := conn.recv(65536):  # b"" at the server's close_notify
+            got += chunk
+        c.sock.settimeout(5)  # far below the stall timeout (10 s)
+        try:
+            reply = c.getresp()
+        except (ftplib.Error, OSError) as e:
+            reply = repr(e)
+        conn.close()
+        c.sock.settimeout(30)
+        c.quit()
+        return bytes(got), reply
+
+    got, reply = await threads.deferToThread(session)
+    assert sha256(got) == sha256(data)
+    assert reply.startswith("226"), reply
 
 
 @pytest_twisted.ensureDeferred

@@ -56,6 +56,7 @@ class FrontendConfig:
     tls_key: str | None = None
     require_tls: bool = False
     require_tls_users: tuple[str, ...] = ()
+    require_tls_session_reuse: bool = False
     anonymous: bool = False
     anonymous_root: str = "/pub"
     max_connections_per_address: int = 256
@@ -240,6 +241,11 @@ class FrontendOptions(usage.Options):
     optFlags = [
         ["require-tls", None, "logins need TLS: FTP AUTH TLS + PROT P, HTTP over --https"],
         ["anonymous", None, "let anonymous users read anonymous-root (FTP and HTTP)"],
+        [
+            "require-tls-session-reuse",
+            None,
+            "FTPS: refuse PROT P data connections not resuming the control TLS session",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -387,6 +393,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         tls_key=tls_key,
         require_tls=require_tls,
         require_tls_users=tuple(require_tls_users),
+        require_tls_session_reuse=flag("require-tls-session-reuse"),
         anonymous=flag("anonymous"),
         anonymous_root=get("anonymous-root", "/pub"),
         max_connections_per_address=number("max-connections-per-address", 256),

@@ -189,6 +189,7 @@ class FrontendService(service.Service):
                 tls=server_tls_options(pem) if pem else None,
                 require_tls=cfg.require_tls,
                 require_tls_users=frozenset(cfg.require_tls_users),
+                require_tls_session_reuse=cfg.require_tls_session_reuse,
                 login_failures_per_address=cfg.login_failures_per_address,
                 login_failures_per_user=cfg.login_failures_per_user,
                 login_window=cfg.login_window_seconds,

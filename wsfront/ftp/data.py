@@ -15,12 +15,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -67,7 +69,12 @@ class DataChannel(Protocol):
     ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
 
     ``closed`` fires with the reason (an exception instance: ConnectionDone
-    for a clean close) when the connection is gone.
+    for a clean close) when the connection is gone.  Under TLS a close is
+    clean only when a close_notify ended the TLS stream: the client's, or
+    ours once we closed the connection after sending it (``close``).  A
+    FIN without one (a killed client) is ConnectionLost and a reset stays
+    the TCP layer's error, where Twisted's TLS layer reports both as
+    ConnectionLost.
 
     With PROT P the transfer calls ``start_tls`` before any byte moves: the
     server side of the handshake, whichever end opened the TCP connection.
@@ -101,6 +108,14 @@ class DataChannel(Protocol):
         self.is_closed = False
         self.claimed = False
         self._tcp = None  # the TCP transport tuned by begin_stream
+        #: Under TLS: why the TCP connection below it ended.
+        self.tcp_reason: BaseException | None = None
+        self._sent_close_notify = False
+        self._tls_layer: TLSMemoryBIOProtocol | None = None
+        self._require_reuse = False
+        self._session_of = None
+        #: The TLS handshake did not resume the session ``require_session_of`` named.
+        self.reuse_refused = False
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
@@ -123,7 +138,28 @@ class DataChannel(Protocol):
         for d in waiters:
             d.callback(None)
         # The exception itself, not the Failure: a Failure would errback.
-        self.closed.callback(getattr(reason, "value", reason))
+        value = getattr(reason, "value", reason)
+        if self.tls:
+            value = self._tls_close_reason()
+        self.closed.callback(value)
+
+    def _tls_close_reason(self) -> BaseException:
+        """What ended a TLS connection (see the class docstring); called
+        while the TLS layer still holds its OpenSSL connection."""
+        handle = self._tls_handle()
+        received = handle is not None and bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+        tcp = self.tcp_reason
+        clean_tcp = tcp is None or isinstance(tcp, net_error.ConnectionDone)
+        if received or (self._sent_close_notify and clean_tcp):
+            return net_error.ConnectionDone("closed after a TLS close_notify")
+        if not clean_tcp:
+            return tcp
+        return net_error.ConnectionLost("closed without a TLS close_notify")
+
+    def _tls_handle(self):
+        """The OpenSSL connection (None once the TLS layer dropped it)."""
+        layer = self._tls_layer
+        return getattr(layer, "_tlsConnection", None) if layer is not None else None
 
     # -- buffer sizes ---------------------------------------------------
 
@@ -163,8 +199,41 @@ class DataChannel(Protocol):
         self._handshake = Deferred()
         self.tls = True
         self.transport.startTLS(options, not self.outgoing)
+        layer = getattr(self.transport, "protocol", None)
+        if isinstance(layer, TLSMemoryBIOProtocol):
+            # Kept: the TCP transport forgets it before connectionLost.
+            self._tls_layer = layer
+            lost = layer.connectionLost
+
+            def below(reason: Failure) -> None:
+                self.tcp_reason = reason.value
+                lost(reason)
+
+            layer.connectionLost = below
+
+    def require_session_of(self, control) -> None:
+        """Before ``start_tls``: refuse (abort) this connection unless its
+        handshake resumes the TLS session of ``control``, an OpenSSL
+        connection (vsftpd's ``require_ssl_reuse``: the data connection
+        comes from the client that logged in, not from whoever got to the
+        passive port).  A resumed TLS 1.2 session shares its master secret
+        with the session it resumes; a full handshake makes a new one."""
+        self._require_reuse = True
+        self._session_of = control
+
+    def _resumed_required_session(self) -> bool:
+        handle, control = self._tls_handle(), self._session_of
+        if handle is None or control is None:
+            return False
+        try:
+            return handle.master_key() == control.master_key()
+        except SSL.Error:
+            return False
 
     def handshakeCompleted(self) -> None:
+        if self._require_reuse and not self.is_closed and not self._resumed_required_session():
+            self.reuse_refused = True
+            self.abort()
         handshake, self._handshake = self._handshake, None
         if handshake is not None:
             handshake.callback(None)
@@ -271,7 +340,13 @@ class DataChannel(Protocol):
         """Flush and close; fires with the reason once closed.  A TLS
         connection closes only after its handshake (Twisted aborts one
         closed before it: an empty listing would reach the client as a
-        reset); the stall watch bounds that wait."""
+        reset); the stall watch bounds that wait.
+
+        Under TLS our close_notify ends the data: once it is sent, the TCP
+        connection closes as soon as its buffer is flushed, without waiting
+        for the client's close_notify (Twisted would).  A client that reads
+        to our close_notify and waits for the 226 before it closes its end
+        got 426 after the stall timeout."""
         if self._handshake is not None and not self.is_closed:
             self._handshake.addCallback(lambda _: self.close())
             return self.closed_reason()
@@ -280,7 +355,18 @@ class DataChannel(Protocol):
                 self._producer_registered = False
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
+            if self.tls:
+                self._close_below_tls()
         return self.closed_reason()
+
+    def _close_below_tls(self) -> None:
+        """Close the TCP connection under TLS once our close_notify is in
+        its buffer (it is there unless TLS still holds unsent data)."""
+        handle, layer = self._tls_handle(), self._tls_layer
+        if handle is None or not handle.get_shutdown() & SSL.SENT_SHUTDOWN:
+            return
+        self._sent_close_notify = True
+        layer.transport.loseConnection()  # below TLS: flush, then FIN
 
     def abort(self) -> None:
         """Drop the connection now, unsent bytes included."""

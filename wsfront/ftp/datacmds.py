@@ -10,9 +10,10 @@ transfer (the client gets 426, then 226 for the ABOR).
 Upload endings (DESIGN.md, Uploads): the data connection closing normally
 commits what arrived (``WriteSession.finish()``; 226 only once it has
 fired), because stream mode can't tell a finished upload from a dead client.
-A reset (RST, or a socket error) is no normal close: over plain TCP it
-gets 426 and, like ABOR, interrupts the session, leaving it pending and
-resumable with REST + STOR or APPE (``upload_cut_short``).  An upload that
+A reset (RST, or a socket error) is no normal close, and neither is,
+under PROT P, a close without the client's TLS close_notify: it gets 426
+and, like ABOR, interrupts the session, leaving it pending and resumable
+with REST + STOR or APPE (``upload_cut_short``).  An upload that
 this command began and that got no byte (no data connection, ABOR, a
 stall or a reset before the first byte) is abandoned instead: kept, it
 would stand as a 0-byte pending upload hiding the committed file from its
@@ -28,6 +29,7 @@ import re
 import secrets
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -42,8 +44,6 @@ from wsfront.ftp.replies import Reply
 from wsfront.transfer.errors import SessionFenced, TransferAborted
 
 log = Logger()
-
-_LIST_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+\s*)+")
 
 
 class Transfer:
@@ -161,6 +161,8 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
         channel.abort()
         raise TransferAborted("aborted")
     if ctl.protection.private:
+        if ctl.settings.require_tls_session_reuse:
+            channel.require_session_of(control_tls(ctl.transport))
         channel.start_tls(ctl.settings.tls)
     channel.watch_stall(ctl.reactor, timeout)
     return channel
@@ -169,9 +171,31 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
 STALLED = "Data connection timed out (nothing moved for too long)"
 
 
+def control_tls(transport):
+    """The OpenSSL connection under a TLS control connection (explicit or
+    implicit, behind a PROXY-protocol wrapper or not); None if none."""
+    while transport is not None:
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, SSL.Connection):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def check_session_reuse(channel: DataChannel) -> None:
+    """522 for a data connection refused by ``--require-tls-session-reuse``."""
+    if channel.reuse_refused:
+        raise Reply(
+            522,
+            "TLS session reuse required: resume the control connection's session "
+            "on the data connection",
+        )
+
+
 async def _close_cleanly(ctl, channel: DataChannel) -> None:
     """Flush and close the data connection; 426 unless it closed cleanly."""
     reason = await channel.close()
+    check_session_reuse(channel)
     if not isinstance(reason, net_error.ConnectionDone):
         raise Reply(426, "Data connection lost; transfer aborted")
 
@@ -201,6 +225,7 @@ async def retrieve(ctl, path: str, offset: int) -> None:
             ctl.stats.bytes_sent += channel.sent
             if transfer.aborted:
                 raise
+            check_session_reuse(channel)
             if channel.stalled:
                 raise Reply(426, STALLED + "; transfer aborted") from None
             if gone:
@@ -272,10 +297,13 @@ async def store(
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
             raise Reply(426, STALLED + _KEPT[kept])
+        if tag == "closed" and channel.reuse_refused:
+            await _let_go(ctl, session)
+            check_session_reuse(channel)
         if tag == "closed" and upload_cut_short(channel, value):
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, "Data connection reset; transfer aborted" + _KEPT[kept])
+            raise Reply(426, _cut_short_text(channel) + _KEPT[kept])
         if tag == "failed":
             channel.abort()
             if isinstance(value, TransferAborted):
@@ -305,13 +333,17 @@ def upload_cut_short(channel: DataChannel, reason: BaseException) -> bool:
     than normally, so what arrived must not be committed.
 
     On plain TCP a FIN is ConnectionDone and a reset or socket error
-    anything else.  Under TLS the close reason can't tell: Twisted's TLS
-    layer reports a FIN without a close_notify alert, as many FTPS clients
-    end a complete upload, as ConnectionLost, exactly as it reports a reset;
-    so there every close commits, as stream mode always did."""
-    if channel.tls:
-        return False
+    anything else.  Under TLS (``DataChannel``) only a close_notify is
+    ConnectionDone: a FIN without one (a killed client, or a truncation
+    attack) is cut short, as vsftpd's ``strict_ssl_read_eof`` has it;
+    ftplib, curl and lftp all send close_notify after an upload."""
     return not isinstance(reason, net_error.ConnectionDone)
+
+
+def _cut_short_text(channel: DataChannel) -> str:
+    if channel.tls and isinstance(channel.tcp_reason, net_error.ConnectionDone):
+        return "Data connection closed without TLS close_notify; transfer aborted"
+    return "Data connection reset; transfer aborted"
 
 
 def need_data_setup(ctl) -> None:
@@ -478,7 +510,10 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
     gives the matches with the directory part as sent, for the client to
     RETR them by those names."""
     if verb != "MLSD":
-        argument = _LIST_OPTIONS.sub("", argument.strip(" "))
+        # ``ls`` options (``-la``) are whole words of letters: ``-old*``,
+        # ``-la/`` and ``-2024-backup`` are names (an ``mdelete -old*``
+        # must not match every file).
+        _options, argument = listing.parse_list_argument(argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
     pattern = prefix = None
     try:
@@ -534,11 +569,13 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
                         break
                     after = entries[-1].name
         except net_error.ConnectionDone:
+            check_session_reuse(channel)
             if channel.stalled:
                 raise Reply(426, STALLED + "; listing aborted") from None
             raise Reply(426, "Data connection closed; listing aborted") from None
         except Exception:
             channel.abort()
+            check_session_reuse(channel)
             raise
         ctl.stats.bytes_sent += channel.sent
         await _close_cleanly(ctl, channel)

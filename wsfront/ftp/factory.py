@@ -46,7 +46,11 @@ class FTPSettings:
     (``security.server_tls_options``) for control and data connections, None
     for no FTPS; ``implicit_tls`` marks a factory mounted behind TLS from
     the first byte; ``require_tls`` refuses logins (and data transfers)
-    without TLS, ``require_tls_users`` does so for the named users.
+    without TLS, ``require_tls_users`` does so for the named users;
+    ``require_tls_session_reuse`` refuses (522) a PROT P data connection
+    whose handshake does not resume the control connection's TLS session
+    (vsftpd's ``require_ssl_reuse``; off by default: Python's ftplib does
+    not resume sessions, FileZilla and lftp do).
 
     Timeouts: ``idle_timeout`` seconds of silence close a logged-in control
     connection (421); one not logged in within ``login_timeout`` seconds of
@@ -76,6 +80,7 @@ class FTPSettings:
     implicit_tls: bool = False
     require_tls: bool = False
     require_tls_users: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    require_tls_session_reuse: bool = False
     login_failures_per_address: int = 10
     login_failures_per_user: int = 50
     login_window: float = 300.0

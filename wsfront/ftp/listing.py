@@ -199,7 +199,7 @@ def feat_mlst_line(selected: Sequence[str]) -> str:
     return "MLST " + "".join(f"{f}{'*' if f in selected else ''};" for f in MLST_FACTS)
 
 
-_LIST_OPTION = re.compile(r"-[A-Za-z]+\Z")
+_LIST_OPTION = re.compile(r"-[A-Za-z0-9]+\Z")
 
 
 def parse_list_argument(argument: str) -> tuple[frozenset[str], str]:
@@ -207,9 +207,10 @@ def parse_list_argument(argument: str) -> tuple[frozenset[str], str]:
 
     Clients send ``ls`` options (``LIST -a``, ``LIST -la dir``) that the
     server should accept and mostly ignore, as vsftpd and pyftpdlib do.
-    Leading words of the form ``-letters`` are options; the rest is the
-    path, kept as given.  A file whose name looks like options (``-la``) must
-    be named with a path (``./-la``).
+    Leading words of the form ``-letters`` (digits too: ``ls -1``) are
+    options; the rest is the path, kept as given.  A file whose name looks
+    like options (``-la``) must be named with a path (``./-la``); one with
+    anything else in it (``-old*``, ``-2024-backup``) is a name.
     """
     options: set[str] = set()
     rest = argument

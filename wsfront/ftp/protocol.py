@@ -24,11 +24,13 @@ from collections import deque
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wsfront import paths
 from wsfront.catalog.errors import AuthFailed
@@ -60,6 +62,17 @@ URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
 """Commands acted on at once, ahead of the queue, once it holds more than
 ``max_queued_commands`` lines: a client that pipelined a flood can still
 abort its transfer, ask for status, or leave."""
+
+NOT_IMPLEMENTED = {
+    "CCC": "CCC not implemented: the control connection stays protected",
+    "ADAT": "ADAT not implemented: AUTH TLS needs no security data",
+    "MIC": "MIC not implemented: use AUTH TLS",
+    "CONF": "CONF not implemented: use AUTH TLS",
+    "ENC": "ENC not implemented: use AUTH TLS",
+}
+"""RFC 2228/4217 commands known and refused with 502, not 500 Unknown
+command: a client that tries CCC (clearing the control connection after
+login, for NAT helpers) learns the server won't, and goes on over TLS."""
 
 KEEP_RESTART = frozenset({"PASV", "EPSV", "PORT", "EPRT", "TYPE", "ALLO"})
 """Commands that leave a REST marker for the transfer command after them.
@@ -106,8 +119,18 @@ def awaiting_proxy_header(transport, then) -> bool:
     return True
 
 
+@implementer(IHandshakeListener)
 class FTPControl(Protocol):
-    """One client's control connection."""
+    """One client's control connection.
+
+    Every close the server decides (QUIT, timeouts, refusals) goes through
+    ``close``: before a TLS handshake has completed (on the implicit port,
+    or after AUTH TLS) Twisted's TLS layer holds the farewell reply until
+    the handshake and never closes, so such a connection is aborted.  A
+    handshake gets ``login_timeout`` seconds (``_arm_handshake_timer``): a
+    peer that connects and sends nothing must not keep its slot of
+    ``max_connections_per_address``.
+    """
 
     def __init__(self, factory) -> None:
         self.factory = factory
@@ -123,6 +146,7 @@ class FTPControl(Protocol):
         self._idle_call = None
         self._login_call = None
         self._tls_switching = False
+        self._handshake_call = None
         self._admitted = False
         self._header_call = None
         self._started = False
@@ -149,6 +173,9 @@ class FTPControl(Protocol):
         tls = self.settings.tls is not None
         implicit = tls and self.settings.implicit_tls
         self.protection = security.Protection.implicit() if implicit else security.Protection(tls)
+        #: A TLS handshake is under way (the implicit port from the first
+        #: byte, AUTH TLS once answered 234) and has not completed.
+        self.handshaking = implicit
 
     # -- connection ---------------------------------------------------
 
@@ -174,7 +201,7 @@ class FTPControl(Protocol):
         refused = self.factory.connections.admit(self.peer_host)
         if refused is not None:
             self.transport.write(replies.reply(421, f"Too many connections {refused}"))
-            self.transport.loseConnection()
+            self.close()
             return
         self._admitted = True
         self.connected_ = True
@@ -188,6 +215,8 @@ class FTPControl(Protocol):
         self.local_host = socket_host(self.transport)
         self._arm_idle()
         self._arm_login_timer()
+        if self.handshaking:
+            self._arm_handshake_timer()
         self.reply(220, self.settings.banner)
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
@@ -202,12 +231,42 @@ class FTPControl(Protocol):
         self.factory.sessions.discard(self)
         self._cancel_idle()
         self._cancel_login_timer()
+        self._cancel_handshake_timer()
         self._queue.clear()
         if self._hashing is not None:
             self._hashing.stopProducing()
         if self.transfer is not None:
             self.transfer.control_lost(self.reactor, self.settings.data_timeout)
         self._close_data_setup()
+
+    def close(self) -> None:
+        """Close the connection after the replies written so far; abort it
+        while a TLS handshake is pending, when they can never be sent."""
+        if self.handshaking:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS layer under this connection (implicit
+        port, or AUTH TLS) finished its handshake."""
+        self.handshaking = False
+        self._cancel_handshake_timer()
+
+    def _arm_handshake_timer(self) -> None:
+        timeout = self.settings.login_timeout
+        if timeout > 0 and self._handshake_call is None:
+            self._handshake_call = self.reactor.callLater(timeout, self._handshake_expired)
+
+    def _cancel_handshake_timer(self) -> None:
+        call, self._handshake_call = self._handshake_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_call = None
+        if self.handshaking and self.connected_:
+            self.transport.abortConnection()
 
     def _urgent_inline(self, inline: bool) -> None:
         """Keep TCP urgent data in the control stream (RFC 6093 says to).
@@ -246,8 +305,9 @@ class FTPControl(Protocol):
             size = len(line) + 2 if isinstance(line, bytes) else 0
             self._queue.append((parsed, size))
             self._queued_bytes += size
-            if isinstance(parsed, Command) and parsed.verb == "AUTH" and parsed.argument.strip():
-                # What follows AUTH in this read was sent in plain text.
+            if isinstance(parsed, Command) and self._auth_accepted(parsed):
+                # What follows an AUTH TLS that will start TLS was sent in
+                # plain text: dropped, never run once TLS is up.
                 self._tls_switching = True
                 self._lines = LineBuffer()
                 break
@@ -258,6 +318,19 @@ class FTPControl(Protocol):
             self._paused_reading = True
             self.transport.pauseProducing()
         self._pump()
+
+    def _auth_accepted(self, command: Command) -> bool:
+        """Whether ``command`` is an AUTH that will start TLS when it runs.
+        A refused one (504 for an unknown mechanism, 431, 503) leaves the
+        lines after it to run: only queued commands run before it, and
+        none of them changes what AUTH accepts."""
+        if command.verb != "AUTH" or not command.argument.strip(" "):
+            return False
+        try:
+            self.protection.check_auth(command.argument)
+        except Reply:
+            return False
+        return True
 
     def _urgent(self, command: Command) -> bool:
         """Whether ``command`` acts now, ahead of the queued ones."""
@@ -339,6 +412,9 @@ class FTPControl(Protocol):
             self.reply(parsed.code, f"Syntax error: {parsed.reason}")
             return None
         spec = COMMANDS.get(parsed.verb)
+        if spec is None and parsed.verb in NOT_IMPLEMENTED:
+            self.reply(502, NOT_IMPLEMENTED[parsed.verb])
+            return None
         if spec is None:
             self.reply(500, f"Unknown command {parsed.verb}")
             return None
@@ -390,7 +466,7 @@ class FTPControl(Protocol):
             self._arm_idle()  # a long transfer is not idleness
             return
         self.reply(421, "Idle timeout, closing the control connection")
-        self.transport.loseConnection()
+        self.close()
 
     def _arm_login_timer(self) -> None:
         """Start the pre-login deadline (at the greeting, and when USER
@@ -415,7 +491,7 @@ class FTPControl(Protocol):
             self._login_call = self.reactor.callLater(1.0, self._login_expired)
             return
         self.reply(421, "Login timeout, closing the control connection")
-        self.transport.loseConnection()
+        self.close()
 
     # -- helpers for commands -----------------------------------------
 
@@ -471,7 +547,7 @@ class FTPControl(Protocol):
         wait = await throttle.admit(name, self.peer_host)
         if wait is not None:
             self.reply(421, f"Too many failed logins, try again in {math.ceil(wait)} seconds")
-            self.transport.loseConnection()
+            self.close()
             return
         try:
             user = await self.factory.login(name, argument)
@@ -480,7 +556,7 @@ class FTPControl(Protocol):
             self._login_failures += 1
             if self._login_failures >= self.settings.max_login_failures:
                 self.reply(421, "Too many failed logins, closing the control connection")
-                self.transport.loseConnection()
+                self.close()
                 return
             raise Reply(530, "Login incorrect") from None
         except BaseException:
@@ -495,7 +571,7 @@ class FTPControl(Protocol):
 
     def ftp_QUIT(self, argument: str) -> None:
         self.reply(221, "Goodbye")
-        self.transport.loseConnection()
+        self.close()
 
     # -- session settings ---------------------------------------------
 
@@ -593,10 +669,17 @@ class FTPControl(Protocol):
         except Reply:
             self._tls_switching = False
             raise
-        # RFC 4217 4: a USER sent before AUTH does not count after it.
+        # RFC 4217 4 (and RFC 2228 3): a USER sent before AUTH does not
+        # count after it, and a login in clear neither: log in again.
         self._login_name = None
+        if self.user is not None:
+            self.user = None
+            self.cwd = "/"
+            self._arm_login_timer()
         self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
         self._urgent_inline(False)
+        self.handshaking = True
+        self._arm_handshake_timer()
         self.transport.startTLS(self.settings.tls)
         self.protection.started()
         self._tls_switching = False

@@ -3,8 +3,8 @@
 One ``CertificateOptions`` per front end serves the control connections and
 every data connection: it caches one OpenSSL context, and OpenSSL's session
 cache lives in that context, so a client that resumes its control session
-on a data connection (FileZilla, lftp and Python's ftplib all do; vsftpd's
-``require_ssl_reuse`` insists on it) finds the session there.  Session
+on a data connection (FileZilla and lftp do, Python 3.11's ftplib does
+not; vsftpd's ``require_ssl_reuse`` insists on it) finds the session there.  Session
 caching and session tickets are on for that reason.
 
 FTPS speaks TLS 1.2 only (ECDHE with AEAD ciphers, Twisted's defaults).

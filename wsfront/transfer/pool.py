@@ -132,8 +132,8 @@ class StoragePool:
             node.draining = draining
 
     def mark_unwritable(self, name: str, reason: str) -> None:
-        """A writer's blob failed on ``name`` for its disk (read-only, full,
-        files gone): choose it for no new blob now, not at the next health
+        """A writer's blob failed on ``name`` for its disk (read-only, files
+        gone): choose it for no new blob now, not at the next health
         answer that says so, and for ``WRITER_PROBLEM_HOLD_SECONDS`` even if
         an answer says otherwise.  It still serves reads."""
         node = self._nodes.get(name)

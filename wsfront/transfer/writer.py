@@ -544,7 +544,10 @@ class WriteSession:
         )
         if isinstance(error, storage_errors.NodeUnavailable):
             self._pool.mark_down(node, str(error))
-        elif isinstance(error, storage_errors.DiskError | storage_errors.DiskFull):
+        elif isinstance(error, storage_errors.DiskError):
+            # Read-only, files gone: no blob will do better there.  Not
+            # DiskFull: a smaller blob may still fit, and placement already
+            # puts the emptiest servers first.
             self._pool.mark_unwritable(node, str(error))
         try:
             writer.abort()
