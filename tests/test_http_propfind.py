@@ -314,3 +314,74 @@ async def test_options_announces_dav_class_1_and_propfind(env):
         await r.content()
         assert r.code == 405, method
         assert "PROPFIND" in header(r, "Allow")
+
+
+class _SlowClientRequest:
+    """Just what ``_stream_children`` uses of a request, recording writes;
+    the test pauses and resumes the producer it registers, as a socket
+    that fills and drains would."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.producer = None
+        self.finished = False
+        self._disconnected = False
+
+    @property
+    def gone(self) -> bool:
+        return self.finished
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def set_headers(self, headers) -> None:
+        pass
+
+    def setHeader(self, name, value) -> None:
+        pass
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.producer.pauseProducing()  # the socket is full after every write
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_depth_1_waits_for_a_slow_client_before_fetching_the_next_page():
+    from types import SimpleNamespace
+
+    from twisted.internet.defer import succeed
+
+    from wsfront.catalog.records import Entry
+    from wsfront.http import dav_xml, propfind
+
+    entries = [Entry(f"/d/f{i}", f"f{i}", "file", i, 1, 0.0, etag="e") for i in range(7)]
+    fetched = []
+
+    def list_dir(user, vpath, after, limit):
+        start = 0 if after is None else int(after[1:]) + 1
+        fetched.append(after)
+        return succeed(entries[start : start + limit])
+
+    context = SimpleNamespace(
+        transfers=SimpleNamespace(list_dir=list_dir), settings=SimpleNamespace(listing_page=3)
+    )
+    request = _SlowClientRequest()
+    own = propfind.resource_of("/d", True, 0, 0.0, None)
+    done = propfind._stream_children(context, request, None, "/d", own, dav_xml.ALLPROP, ())
+    assert fetched == [None]  # paused after the first page's write: no second fetch
+    request.producer.resumeProducing()
+    assert fetched == [None, "f2"]
+    assert not done.called
+    request.producer.resumeProducing()
+    assert fetched == [None, "f2", "f5"]  # a short page: the last
+    assert done.called and request.finished
+    body = b"".join(request.written)
+    assert list(responses(body)) == ["/d/"] + [f"/d/f{i}" for i in range(7)]
