@@ -9,6 +9,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsfront.http import dav_xml
 from wsfront.http.dav_xml import DAV, PropfindQuery, PropfindSyntaxError, parse_propfind
@@ -222,3 +224,43 @@ def test_the_finite_depth_error_names_its_precondition():
     root = ET.fromstring(dav_xml.FINITE_DEPTH_ERROR)
     assert root.tag == D + "error"
     assert root.find(D + "propfind-finite-depth") is not None
+
+
+# -- any bytes ------------------------------------------------------------------
+
+_FRAGMENTS = st.sampled_from(
+    [
+        b'<propfind xmlns="DAV:">', b"</propfind>", b"<prop>", b"</prop>", b"<allprop/>",
+        b"<propname/>", b"<include>", b"</include>", b"<getetag/>", b'<x xmlns="urn:x"/>',
+        b"<!DOCTYPE p>", b"&amp;", b"&x;", b"<?xml version='1.0' encoding='utf-16'?>",
+        b"<![CDATA[", b"]]>", b"<!--", b"-->", b"\xff\xfe", b"\x00", b"<a:b/>", b" ",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=400), st.lists(_FRAGMENTS, max_size=30).map(b"".join)))
+def test_any_body_is_a_query_or_a_syntax_error(body):
+    try:
+        query = parse_propfind(body)
+    except PropfindSyntaxError:
+        return
+    assert query.kind in ("allprop", "propname", "prop")
+    assert len(query.names) <= dav_xml.MAX_PROPERTIES
+    for resource in (FILE, DIRECTORY):
+        ET.fromstring(
+            dav_xml.MULTISTATUS_HEAD + dav_xml.response(resource, query) + dav_xml.MULTISTATUS_TAIL
+        )
+
+
+def test_a_namespace_with_quotes_and_ampersands_round_trips():
+    query = parse_propfind(
+        b"<propfind xmlns='DAV:'><prop><x xmlns='urn:a\"&amp;c&lt;'/></prop></propfind>"
+    )
+    assert query.names == (('urn:a"&c<', "x"),)
+    stats = propstats(parsed(FILE, query))
+    assert [c.tag for c in stats["HTTP/1.1 404 Not Found"]] == ['{urn:a"&c<}x']
+    # expat's namespace separator (a space) cannot be in a namespace: a
+    # URI with a space is not one, so this is a plain syntax error.
+    with pytest.raises(PropfindSyntaxError):
+        parse_propfind(b"<propfind xmlns='DAV:'><prop><x xmlns='a b'/></prop></propfind>")

@@ -142,7 +142,8 @@ def parse_propfind(body: bytes) -> PropfindQuery:
 
 
 def split_name(tag: str) -> PropName:
-    """expat's ``"namespace local"`` (or ``"local"``) as a PropName."""
+    """expat's ``"namespace local"`` (or ``"local"``) as a PropName.  expat
+    refuses a namespace holding the separator, so the split is unambiguous."""
     namespace, sep, local = tag.rpartition(_SEP)
     return (namespace, local) if sep else ("", tag)
 
