@@ -385,3 +385,27 @@ def test_depth_1_waits_for_a_slow_client_before_fetching_the_next_page():
     assert done.called and request.finished
     body = b"".join(request.written)
     assert list(responses(body)) == ["/d/"] + [f"/d/f{i}" for i in range(7)]
+
+
+def test_depth_1_waits_for_a_slow_client_within_a_page_too(monkeypatch):
+    from types import SimpleNamespace
+
+    from twisted.internet.defer import succeed
+
+    from wsfront.catalog.records import Entry
+    from wsfront.http import dav_xml, propfind
+
+    monkeypatch.setattr(propfind, "FLUSH_BYTES", 1)  # write after every response
+    entries = [Entry(f"/d/f{i}", f"f{i}", "file", i, 1, 0.0, etag="e") for i in range(3)]
+    context = SimpleNamespace(
+        transfers=SimpleNamespace(list_dir=lambda *a: succeed(entries)),
+        settings=SimpleNamespace(listing_page=500),
+    )
+    request = _SlowClientRequest()
+    own = propfind.resource_of("/d", True, 0, 0.0, None)
+    done = propfind._stream_children(context, request, None, "/d", own, dav_xml.ALLPROP, ())
+    for written in (1, 2, 3):
+        assert len(request.written) == written  # the head and /d/, then one entry a resume
+        request.producer.resumeProducing()
+    assert done.called and len(request.written) == 4
+    assert list(responses(b"".join(request.written))) == ["/d/", "/d/f0", "/d/f1", "/d/f2"]

@@ -52,11 +52,10 @@ def propfind(context, request: StreamingRequest, user, target: paths.HttpTarget)
     view = yield view_target(context, user, target)
     extra = pending_headers(view.pending)
     info = view.committed
+    if info is None and view.pending is not None:
+        raise HttpError(404, "no committed version", extra)
     if info is None:
-        message = (
-            "no committed version" if view.pending is not None else "no such file or directory"
-        )
-        raise HttpError(404, message, extra)
+        raise catalog_errors.NotFound(target.path)
     own = resource_of(target.path, info.is_dir, info.size, info.mtime, info.etag)
     headers = (*CONTENT_SECURITY_HEADERS, *extra)
     if depth == 0 or not info.is_dir:
