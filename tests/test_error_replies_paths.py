@@ -130,6 +130,32 @@ async def test_http_error_bodies_name_the_requested_path_not_the_catalog_path(
     assert text == body + "\n"
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/missing", 404, "/missing: no such file or directory"),
+        ("/nodir/missing", 404, "/nodir/missing: no such file or directory"),
+        ("/file/sub", 409, "/file/sub: not a directory"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_http_propfind_errors_name_the_requested_path_not_the_catalog_path(
+    env, path, status, body
+):
+    code, text = await env.request("PROPFIND", path, headers={b"Depth": [b"1"]})
+    assert code == status, text
+    assert_no_root(text)
+    assert text == body + "\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_propfind_hrefs_are_the_users_paths(env):
+    code, text = await env.request("PROPFIND", "/", headers={b"Depth": [b"1"]})
+    assert code == 207, text
+    assert_no_root(text)
+    assert "<D:href>/</D:href>" in text and "<D:href>/file</D:href>" in text
+
+
 @pytest_twisted.ensureDeferred
 async def test_http_move_onto_a_pending_upload_names_no_catalog_path(env):
     """The catalog refuses to replace a file with a live upload, in a

@@ -166,6 +166,7 @@ def test_http_latency_is_observed_when_the_site_stamps_the_dispatch_time():
     clock.advance(0.3)
     counters.observe(stamped)
     counters.observe(SimpleNamespace(method=b"BREW", code=405, path=b"/f"))
+    counters.observe(SimpleNamespace(method=b"PROPFIND", code=207, path=b"/"))
     pool = SimpleNamespace(nodes=lambda: [])
     transfers = SimpleNamespace(name="fe-x", sessions={}, pool=pool, stats=TransferStats())
     text = generate_latest(make_registry(transfers, http=counters)).decode()
@@ -173,6 +174,7 @@ def test_http_latency_is_observed_when_the_site_stamps_the_dispatch_time():
     assert 'wsfs_http_request_duration_seconds_bucket{le="0.5"} 1.0' in text
     assert "wsfs_http_request_duration_seconds_count 1.0" in text
     assert 'wsfs_http_requests_total{code="405",method="other"} 1.0' in text
+    assert 'wsfs_http_requests_total{code="207",method="PROPFIND"} 1.0' in text
     assert 'wsfs_protocol_transfers_total{direction="download",protocol="http"} 1.0' in text
 
 

@@ -36,7 +36,11 @@ from twisted.internet.defer import inlineCallbacks
 
 from wsfront.metrics_catalog import CatalogSnapshot, LatencyHistogram
 
-_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
+#: Methods the site serves, each its own label value; anything else is
+#: "other", so a client inventing methods cannot grow the label set.
+_METHODS = frozenset(
+    {"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "MKCOL", "MOVE", "PROPFIND"}
+)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

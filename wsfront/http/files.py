@@ -1,6 +1,7 @@
 """User paths over HTTP: method routing and the namespace methods.
 
-GET/HEAD live in ``download.py``, PUT in ``upload.py``; DELETE, MKCOL and
+GET/HEAD live in ``download.py``, PUT in ``upload.py``, PROPFIND in
+``propfind.py``; DELETE, MKCOL and
 MOVE are here because each is one transfer-layer call plus its
 preconditions.  Every path is resolved inside the user's root first.
 """
@@ -16,12 +17,15 @@ from wsfront.http.destination import destination, destination_error
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
 
-ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE"
+ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
+
+DAV_CLASSES = "1"
+"""WebDAV compliance (RFC 4918, 18): class 1 only; class 2 would promise LOCK."""
 
 
 def handle(context, request: StreamingRequest, user, raw_path: bytes):
     """Run the method of ``request`` on the user path ``raw_path``."""
-    from wsfront.http import download, upload
+    from wsfront.http import download, propfind, upload
 
     target = paths.resolve_http(raw_path)
     method = request.method
@@ -35,6 +39,8 @@ def handle(context, request: StreamingRequest, user, raw_path: bytes):
         return mkcol(context, request, user, target)
     if method == b"MOVE":
         return move(context, request, user, target)
+    if method == b"PROPFIND":
+        return propfind.propfind(context, request, user, target)
     if method == b"OPTIONS":
         return options(request)
     raise HttpError(405, "method not allowed", (("Allow", ALLOWED),))
@@ -43,7 +49,7 @@ def handle(context, request: StreamingRequest, user, raw_path: bytes):
 @inlineCallbacks
 def options(request: StreamingRequest):
     yield request.discard_body()
-    request.respond(204, headers=(("Allow", ALLOWED),))
+    request.respond(204, headers=(("Allow", ALLOWED), ("DAV", DAV_CLASSES)))
 
 
 def headers_of(request: StreamingRequest) -> dict[str, str]:

@@ -22,7 +22,7 @@ from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
 
 
 @implementer(IPushProducer)
-class _Flow:
+class Flow:
     """Registered on the request so the listing waits while the client is slow."""
 
     def __init__(self) -> None:
@@ -122,7 +122,7 @@ def serve(context, request: StreamingRequest, user, vpath: str):
     if request.method == b"HEAD":
         request.finish()
         return
-    flow = _Flow()
+    flow = Flow()
     request.registerProducer(flow, True)
     try:
         if as_json:

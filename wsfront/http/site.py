@@ -272,22 +272,28 @@ def challenge(settings: SiteSettings) -> tuple[tuple[str, str], ...]:
     return (("WWW-Authenticate", f'Basic realm="{settings.realm}", charset="UTF-8"'),)
 
 
+ANONYMOUS_METHODS = (b"GET", b"HEAD", b"PROPFIND", b"OPTIONS")
+"""What a client without credentials may do where anonymous reading is on:
+read (a WebDAV client lists with PROPFIND, after an OPTIONS)."""
+
+
 def authenticate(context: SiteContext, request: StreamingRequest) -> Deferred:
     """Fire with the User of the request's Basic credentials, or fail with
     401 (wrong login), 429 (too many failed logins: ``Retry-After``, no
     password check) or 403 (a login over plain HTTP where TLS is required:
     no password check either).
 
-    Without credentials, a GET or HEAD acts as the built-in anonymous user
-    under ``settings.anonymous_root``, or as ``settings.anonymous_user``
-    (read permission only), when one is configured.
+    Without credentials, a reading method (``ANONYMOUS_METHODS``) acts as
+    the built-in anonymous user under ``settings.anonymous_root``, or as
+    ``settings.anonymous_user`` (read permission only), when one is
+    configured.
     """
     settings = context.settings
     secure = request.isSecure()
     header = request.getHeader(b"Authorization")
     unauthorized = HttpError(401, "authentication required", challenge(settings))
     if header is None:
-        if request.method in (b"GET", b"HEAD"):
+        if request.method in ANONYMOUS_METHODS:
             if settings.anonymous_root is not None:
                 return succeed(anonymous_user(settings.anonymous_root))
             if settings.anonymous_user is not None:
