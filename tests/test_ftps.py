@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 import warnings
 
 import pytest
@@ -645,5 +646,56 @@ async def test_implicit_ftps_behind_a_proxy_protocol_balancer(tmp_path, certific
 
         status = await threads.deferToThread(session)
         assert "Connected from 127.0.0.2" in status
+    finally:
+        await env.stop()
+
+
+class ProxiedFTP_TLS(RecordingFTP_TLS):
+    """Explicit FTPS (AUTH TLS) through a PROXY-protocol balancer."""
+
+    proxy_header = b""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock.sendall(self.proxy_header)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_ftps_behind_a_proxy_protocol_balancer_outlives_the_login_timeout(
+    tmp_path, certificate
+):
+    """After AUTH TLS the TLS layer sits under the PROXY wrapper, whose
+    handshake notice never reached the session: it took the handshake for
+    pending and aborted the connection when the handshake deadline (the
+    login timeout) came, mid-session.  A session used for longer than that
+    deadline keeps going and ends with its 221."""
+    env = await _start(
+        tmp_path, _settings(certificate, login_timeout=1.0, idle_timeout=30.0),
+        listen="haproxy:tcp:0:interface=127.0.0.1",
+    )  # fmt: skip
+    try:
+
+        def session():
+            c = ProxiedFTP_TLS(context=_context(certificate), timeout=30)
+            c.proxy_header = f"PROXY TCP4 127.0.0.2 192.0.2.1 4000 {env.port}\r\n".encode()
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            started = time.monotonic()
+            replies = []
+            while time.monotonic() - started < 2.5:  # past the 1 s deadline
+                replies.append(c.voidcmd("NOOP"))
+                time.sleep(0.25)  # a client's pace, not synchronisation
+            status = c.sendcmd("STAT")
+            return replies, status, c.quit()
+
+        replies, status, bye = await threads.deferToThread(session)
+        assert replies and all(r.startswith("200") for r in replies)
+        assert "Connected from 127.0.0.2" in status
+        assert bye.startswith("221")
     finally:
         await env.stop()
