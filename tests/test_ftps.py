@@ -133,22 +133,25 @@ async def test_ftplib_prot_p_round_trip_resumes_the_control_session(ftps, certif
     assert ftps.factory.stats.uploads_committed == 1
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict-tls-upload-eof"])
 @pytest.mark.parametrize("ending", ["close_notify", "no close_notify", "reset"])
 @pytest_twisted.ensureDeferred
-async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
-    ftps, certificate, ending
+async def test_a_protected_upload_commits_on_close_notify_and_never_on_a_reset(
+    tmp_path, certificate, ending, strict
 ):
-    """Under PROT P the client's close_notify is what says the upload is
-    complete: a TCP close without one (a killed client, a truncation) or a
-    reset is 426 and the upload stays pending, resumable with REST + STOR
-    (vsftpd's strict_ssl_read_eof).  Twisted's TLS layer reported all of
-    them as one ConnectionLost, and they were committed."""
+    """Under PROT P a reset below TLS is 426 and the upload stays pending,
+    resumable with REST + STOR; Twisted's TLS layer reported it as the same
+    ConnectionLost as a clean end, and it was committed.  A TCP close
+    without the client's close_notify commits by default (some clients
+    never send one) and is 426 with ``strict_tls_upload_eof`` (vsftpd's
+    ``strict_ssl_read_eof``, off by default there too)."""
+    env = await _start(tmp_path, _settings(certificate, strict_tls_upload_eof=strict))
     data = payload(100_000)
     context = _context(certificate)
 
     def session():
         c = ftplib.FTP_TLS(context=context, timeout=30)
-        c.connect("127.0.0.1", ftps.port)
+        c.connect("127.0.0.1", env.port)
         c.login("alice", PASSWORD)
         c.prot_p()
         c.voidcmd("TYPE I")
@@ -169,15 +172,17 @@ async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
         c.quit()
         return reply
 
-    reply = await threads.deferToThread(session)
-    if ending == "close_notify":
-        assert reply.startswith("226"), reply
-        assert ftps.factory.stats.uploads_committed == 1
-    else:
-        assert reply.startswith("426") and "kept" in reply, reply
-        assert ftps.factory.stats.uploads_committed == 1  # only the resumed one
-    got, _ = await ftps.env.download("/e.bin")
-    assert sha256(got) == sha256(data)
+    try:
+        reply = await threads.deferToThread(session)
+        if ending == "close_notify" or (ending == "no close_notify" and not strict):
+            assert reply.startswith("226"), reply
+        else:
+            assert reply.startswith("426") and "kept" in reply, reply
+        assert env.factory.stats.uploads_committed == 1  # the upload, or its resume
+        got, _ = await env.env.download("/e.bin")
+        assert sha256(got) == sha256(data)
+    finally:
+        await env.stop()
 
 
 @pytest.mark.parametrize(
