@@ -277,3 +277,5 @@ def test_require_tls_session_reuse_is_off_unless_given(tmp_path, secret):
             "--tls-cert", str(cert), "--tls-key", str(key), "--ftp", "tcp:1"]  # fmt: skip
     assert not parse(*base).require_tls_session_reuse
     assert parse(*base, "--require-tls-session-reuse").require_tls_session_reuse
+    assert not parse(*base).strict_tls_upload_eof
+    assert parse(*base, "--strict-tls-upload-eof").strict_tls_upload_eof

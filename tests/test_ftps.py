@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 import warnings
 
 import pytest
@@ -132,22 +133,25 @@ async def test_ftplib_prot_p_round_trip_resumes_the_control_session(ftps, certif
     assert ftps.factory.stats.uploads_committed == 1
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict-tls-upload-eof"])
 @pytest.mark.parametrize("ending", ["close_notify", "no close_notify", "reset"])
 @pytest_twisted.ensureDeferred
-async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
-    ftps, certificate, ending
+async def test_a_protected_upload_commits_on_close_notify_and_never_on_a_reset(
+    tmp_path, certificate, ending, strict
 ):
-    """Under PROT P the client's close_notify is what says the upload is
-    complete: a TCP close without one (a killed client, a truncation) or a
-    reset is 426 and the upload stays pending, resumable with REST + STOR
-    (vsftpd's strict_ssl_read_eof).  Twisted's TLS layer reported all of
-    them as one ConnectionLost, and they were committed."""
+    """Under PROT P a reset below TLS is 426 and the upload stays pending,
+    resumable with REST + STOR; Twisted's TLS layer reported it as the same
+    ConnectionLost as a clean end, and it was committed.  A TCP close
+    without the client's close_notify commits by default (some clients
+    never send one) and is 426 with ``strict_tls_upload_eof`` (vsftpd's
+    ``strict_ssl_read_eof``, off by default there too)."""
+    env = await _start(tmp_path, _settings(certificate, strict_tls_upload_eof=strict))
     data = payload(100_000)
     context = _context(certificate)
 
     def session():
         c = ftplib.FTP_TLS(context=context, timeout=30)
-        c.connect("127.0.0.1", ftps.port)
+        c.connect("127.0.0.1", env.port)
         c.login("alice", PASSWORD)
         c.prot_p()
         c.voidcmd("TYPE I")
@@ -168,33 +172,44 @@ async def test_a_protected_upload_commits_only_after_the_clients_close_notify(
         c.quit()
         return reply
 
-    reply = await threads.deferToThread(session)
-    if ending == "close_notify":
-        assert reply.startswith("226"), reply
-        assert ftps.factory.stats.uploads_committed == 1
-    else:
-        assert reply.startswith("426") and "kept" in reply, reply
-        assert ftps.factory.stats.uploads_committed == 1  # only the resumed one
-    got, _ = await ftps.env.download("/e.bin")
-    assert sha256(got) == sha256(data)
+    try:
+        reply = await threads.deferToThread(session)
+        if ending == "close_notify" or (ending == "no close_notify" and not strict):
+            assert reply.startswith("226"), reply
+        else:
+            assert reply.startswith("426") and "kept" in reply, reply
+        assert env.factory.stats.uploads_committed == 1  # the upload, or its resume
+        got, _ = await env.env.download("/e.bin")
+        assert sha256(got) == sha256(data)
+    finally:
+        await env.stop()
 
 
+@pytest.mark.parametrize(
+    ("verb", "size"),
+    [("RETR", 0), ("RETR", 10), ("RETR", 5000), ("RETR", 300_000), ("LIST", 0), ("NLST", 0)],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_protected_download_is_226_once_our_close_notify_is_sent(ftps, certificate):
+async def test_a_protected_download_is_226_once_our_close_notify_is_sent(
+    ftps, certificate, verb, size
+):
     """A client that reads to the server's close_notify and waits for the
     reply before closing its end gets 226 at once: the server does not
-    wait for the client's close_notify (it got 426 at the stall timeout)."""
-    data = payload(300_000)
+    wait for the client's close_notify (it got 426 at the stall timeout).
+    Small answers too, whose bytes were written before the data handshake
+    and so left the TLS layer only after ``close`` had looked."""
+    data = payload(size)
     await ftps.env.upload("/d.bin", data)
     context = _context(certificate)
+    command = "RETR d.bin" if verb == "RETR" else verb
 
     def session():
         c = ftplib.FTP_TLS(context=context, timeout=30)
         c.connect("127.0.0.1", ftps.port)
         c.login("alice", PASSWORD)
         c.prot_p()
-        c.voidcmd("TYPE I")
-        conn = c.transfercmd("RETR d.bin")
+        c.voidcmd("TYPE I" if verb == "RETR" else "TYPE A")
+        conn = c.transfercmd(command)
         got = bytearray()
         while chunk := conn.recv(65536):  # b"" at the server's close_notify
             got += chunk
@@ -209,7 +224,10 @@ async def test_a_protected_download_is_226_once_our_close_notify_is_sent(ftps, c
         return bytes(got), reply
 
     got, reply = await threads.deferToThread(session)
-    assert sha256(got) == sha256(data)
+    if verb == "RETR":
+        assert sha256(got) == sha256(data)
+    else:
+        assert b"d.bin" in got
     assert reply.startswith("226"), reply
 
 
@@ -645,5 +663,56 @@ async def test_implicit_ftps_behind_a_proxy_protocol_balancer(tmp_path, certific
 
         status = await threads.deferToThread(session)
         assert "Connected from 127.0.0.2" in status
+    finally:
+        await env.stop()
+
+
+class ProxiedFTP_TLS(RecordingFTP_TLS):
+    """Explicit FTPS (AUTH TLS) through a PROXY-protocol balancer."""
+
+    proxy_header = b""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock.sendall(self.proxy_header)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_ftps_behind_a_proxy_protocol_balancer_outlives_the_login_timeout(
+    tmp_path, certificate
+):
+    """After AUTH TLS the TLS layer sits under the PROXY wrapper, whose
+    handshake notice never reached the session: it took the handshake for
+    pending and aborted the connection when the handshake deadline (the
+    login timeout) came, mid-session.  A session used for longer than that
+    deadline keeps going and ends with its 221."""
+    env = await _start(
+        tmp_path, _settings(certificate, login_timeout=1.0, idle_timeout=30.0),
+        listen="haproxy:tcp:0:interface=127.0.0.1",
+    )  # fmt: skip
+    try:
+
+        def session():
+            c = ProxiedFTP_TLS(context=_context(certificate), timeout=30)
+            c.proxy_header = f"PROXY TCP4 127.0.0.2 192.0.2.1 4000 {env.port}\r\n".encode()
+            c.connect("127.0.0.1", env.port)
+            c.login("alice", PASSWORD)
+            started = time.monotonic()
+            replies = []
+            while time.monotonic() - started < 2.5:  # past the 1 s deadline
+                replies.append(c.voidcmd("NOOP"))
+                time.sleep(0.25)  # a client's pace, not synchronisation
+            status = c.sendcmd("STAT")
+            return replies, status, c.quit()
+
+        replies, status, bye = await threads.deferToThread(session)
+        assert replies and all(r.startswith("200") for r in replies)
+        assert "Connected from 127.0.0.2" in status
+        assert bye.startswith("221")
     finally:
         await env.stop()

@@ -57,6 +57,7 @@ class FrontendConfig:
     require_tls: bool = False
     require_tls_users: tuple[str, ...] = ()
     require_tls_session_reuse: bool = False
+    strict_tls_upload_eof: bool = False
     anonymous: bool = False
     anonymous_root: str = "/pub"
     max_connections_per_address: int = 256
@@ -246,6 +247,11 @@ class FrontendOptions(usage.Options):
             None,
             "FTPS: refuse PROT P data connections not resuming the control TLS session",
         ],
+        [
+            "strict-tls-upload-eof",
+            None,
+            "FTPS: commit a PROT P upload only after the client's TLS close_notify",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -394,6 +400,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         require_tls=require_tls,
         require_tls_users=tuple(require_tls_users),
         require_tls_session_reuse=flag("require-tls-session-reuse"),
+        strict_tls_upload_eof=flag("strict-tls-upload-eof"),
         anonymous=flag("anonymous"),
         anonymous_root=get("anonymous-root", "/pub"),
         max_connections_per_address=number("max-connections-per-address", 256),

@@ -190,6 +190,7 @@ class FrontendService(service.Service):
                 require_tls=cfg.require_tls,
                 require_tls_users=frozenset(cfg.require_tls_users),
                 require_tls_session_reuse=cfg.require_tls_session_reuse,
+                strict_tls_upload_eof=cfg.strict_tls_upload_eof,
                 login_failures_per_address=cfg.login_failures_per_address,
                 login_failures_per_user=cfg.login_failures_per_user,
                 login_window=cfg.login_window_seconds,

@@ -111,6 +111,7 @@ class DataChannel(Protocol):
         #: Under TLS: why the TCP connection below it ended.
         self.tcp_reason: BaseException | None = None
         self._sent_close_notify = False
+        self._closing = False  # close() ran: our close_notify ends the data
         self._tls_layer: TLSMemoryBIOProtocol | None = None
         self._require_reuse = False
         self._session_of = None
@@ -210,6 +211,17 @@ class DataChannel(Protocol):
                 lost(reason)
 
             layer.connectionLost = below
+            shutdown = layer._shutdownTLS
+
+            def shutdown_then_close() -> None:
+                # Bytes written before the handshake wait in the TLS layer,
+                # which sends our close_notify only once they are out (here),
+                # after ``close`` looked: the TCP close belongs here too.
+                shutdown()
+                if self._closing:
+                    self._close_below_tls()
+
+            layer._shutdownTLS = shutdown_then_close
 
     def require_session_of(self, control) -> None:
         """Before ``start_tls``: refuse (abort) this connection unless its
@@ -354,6 +366,7 @@ class DataChannel(Protocol):
             if self._registered_self():
                 self._producer_registered = False
                 self.transport.unregisterProducer()
+            self._closing = True
             self.transport.loseConnection()
             if self.tls:
                 self._close_below_tls()
@@ -365,6 +378,8 @@ class DataChannel(Protocol):
         handle, layer = self._tls_handle(), self._tls_layer
         if handle is None or not handle.get_shutdown() & SSL.SENT_SHUTDOWN:
             return
+        if self._sent_close_notify:
+            return  # closed below already
         self._sent_close_notify = True
         layer.transport.loseConnection()  # below TLS: flush, then FIN
 

@@ -300,7 +300,7 @@ async def store(
         if tag == "closed" and channel.reuse_refused:
             await _let_go(ctl, session)
             check_session_reuse(channel)
-        if tag == "closed" and upload_cut_short(channel, value):
+        if tag == "closed" and upload_cut_short(channel, value, ctl.settings.strict_tls_upload_eof):
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
             raise Reply(426, _cut_short_text(channel) + _KEPT[kept])
@@ -328,16 +328,23 @@ _KEPT = {
 }
 
 
-def upload_cut_short(channel: DataChannel, reason: BaseException) -> bool:
+def upload_cut_short(channel: DataChannel, reason: BaseException, strict_tls: bool = False) -> bool:
     """Whether an upload's data connection closed with ``reason`` other
     than normally, so what arrived must not be committed.
 
     On plain TCP a FIN is ConnectionDone and a reset or socket error
     anything else.  Under TLS (``DataChannel``) only a close_notify is
-    ConnectionDone: a FIN without one (a killed client, or a truncation
-    attack) is cut short, as vsftpd's ``strict_ssl_read_eof`` has it;
-    ftplib, curl and lftp all send close_notify after an upload."""
-    return not isinstance(reason, net_error.ConnectionDone)
+    ConnectionDone; a FIN without one (a killed client, a truncation
+    attack, or a client that never sends close_notify) is cut short only
+    with ``strict_tls`` (vsftpd's ``strict_ssl_read_eof``, off by default
+    there too: ftplib, curl and lftp send close_notify, but not every
+    client does).  A reset below TLS is cut short either way."""
+    if isinstance(reason, net_error.ConnectionDone):
+        return False
+    fin_below_tls = channel.tls and (
+        channel.tcp_reason is None or isinstance(channel.tcp_reason, net_error.ConnectionDone)
+    )
+    return strict_tls or not fin_below_tls
 
 
 def _cut_short_text(channel: DataChannel) -> str:

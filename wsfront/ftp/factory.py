@@ -50,7 +50,11 @@ class FTPSettings:
     ``require_tls_session_reuse`` refuses (522) a PROT P data connection
     whose handshake does not resume the control connection's TLS session
     (vsftpd's ``require_ssl_reuse``; off by default: Python's ftplib does
-    not resume sessions, FileZilla and lftp do).
+    not resume sessions, FileZilla and lftp do).  ``strict_tls_upload_eof``
+    commits a PROT P upload only after the client's TLS close_notify (a
+    bare FIN is then 426, the upload kept pending), as vsftpd's
+    ``strict_ssl_read_eof``; off by default, as there, since some clients
+    close without one.  A reset is 426 either way.
 
     Timeouts: ``idle_timeout`` seconds of silence close a logged-in control
     connection (421); one not logged in within ``login_timeout`` seconds of
@@ -81,6 +85,7 @@ class FTPSettings:
     require_tls: bool = False
     require_tls_users: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     require_tls_session_reuse: bool = False
+    strict_tls_upload_eof: bool = False
     login_failures_per_address: int = 10
     login_failures_per_user: int = 50
     login_window: float = 300.0

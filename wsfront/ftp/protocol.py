@@ -294,6 +294,11 @@ class FTPControl(Protocol):
             self._start_session()
         if self._tls_switching:
             return  # plain text after AUTH TLS: never run (CVE-2011-0411)
+        if self.handshaking:
+            # Bytes after AUTH TLS come decrypted, so the handshake is done.
+            # Behind a PROXY wrapper the TLS layer wraps the wrapper, which
+            # does not pass its handshakeCompleted on to us.
+            self.handshakeCompleted()
         self._arm_idle()
         for line in self._lines.feed(data):
             if not self.connected_:
