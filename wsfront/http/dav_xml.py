@@ -130,6 +130,11 @@ class PropfindParser:
             self._parser.Parse(data, final)
         except expat.ExpatError as e:
             raise PropfindSyntaxError(f"malformed XML: {expat.errors.messages[e.code]}") from None
+        except PropfindSyntaxError:
+            raise  # a ValueError too: from our own handlers
+        except (LookupError, ValueError) as e:  # UnicodeError is a ValueError
+            # An XML declaration naming an encoding expat cannot use.
+            raise PropfindSyntaxError(f"unusable encoding: {type(e).__name__}") from None
 
 
 def parse_propfind(body: bytes) -> PropfindQuery:
