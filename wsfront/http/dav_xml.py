@@ -31,6 +31,11 @@ PropName = tuple[str, str]
 MAX_PROPERTIES = 128
 """Distinct property names one PROPFIND may ask for; more is 400."""
 
+MAX_PROPERTY_NAME_BYTES = 4096
+"""The most bytes those names may take together (400 past it): each is
+echoed in every entry of a Depth 1 answer, so 128 long names on a big
+directory made an answer thousands of times the request's size."""
+
 
 class PropfindSyntaxError(ValueError):
     """The body is not well-formed XML, or not a DAV:propfind RFC 4918 allows."""
@@ -76,6 +81,7 @@ class PropfindParser:
         self._include = False
         self._collecting = False
         self._names: dict[PropName, None] = {}
+        self._name_bytes = 0
         self._root_seen = False
 
     # -- expat handlers ----------------------------------------------------
@@ -101,9 +107,15 @@ class PropfindParser:
                 self._include = True
                 self._collecting = True
         elif self._depth == 3 and self._collecting:
-            self._names.setdefault(name)
+            if name not in self._names:
+                self._names[name] = None
+                self._name_bytes += len(name[0].encode()) + len(name[1].encode())
             if len(self._names) > MAX_PROPERTIES:
                 raise PropfindSyntaxError(f"more than {MAX_PROPERTIES} properties asked for")
+            if self._name_bytes > MAX_PROPERTY_NAME_BYTES:
+                raise PropfindSyntaxError(
+                    f"the properties asked for are named in over {MAX_PROPERTY_NAME_BYTES} bytes"
+                )
 
     def _end(self, tag: str) -> None:
         if self._depth == 2:
@@ -130,6 +142,11 @@ class PropfindParser:
             self._parser.Parse(data, final)
         except expat.ExpatError as e:
             raise PropfindSyntaxError(f"malformed XML: {expat.errors.messages[e.code]}") from None
+        except PropfindSyntaxError:
+            raise  # a ValueError too: from our own handlers
+        except (LookupError, ValueError) as e:  # UnicodeError is a ValueError
+            # An XML declaration naming an encoding expat cannot use.
+            raise PropfindSyntaxError(f"unusable encoding: {type(e).__name__}") from None
 
 
 def parse_propfind(body: bytes) -> PropfindQuery:
