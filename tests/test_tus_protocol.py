@@ -478,3 +478,52 @@ async def test_a_chunked_patch_body_that_arrived_before_the_lookup_gets_413_not_
     client.close()
     status, found = head_of(received)
     assert status == 413 and found["upload-offset"] == "100"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checksummed_patch_whose_session_fails_leaves_no_unverified_bytes(tmp_path):
+    """A checksummed PATCH whose session fails part-way (here one checkpoint
+    of it meets a catalog outage) has had some of its bytes made durable
+    before anyone could verify them: the rollback must run for a failed
+    session too, else the upload stays resumable after bytes that never
+    passed their checksum (HEAD showed an offset past the PATCH's start)."""
+    from twisted.internet import reactor
+
+    from wsfront.catalog.errors import CatalogUnavailable
+
+    env = await start_env(reactor, tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        data = payload(8 << 20)
+        _, headers, _ = await create(env, len(data), {"filename": "c.bin"})
+        url = headers["location"]
+        half = len(data) // 2
+        await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, data[:half])
+        catalog = env.transfers.catalog
+        real_checkpoint = catalog.checkpoint
+        calls = []
+
+        def flaky(*args, **kw):
+            calls.append(args)
+            if len(calls) == 2:
+                return defer.fail(CatalogUnavailable("sqlite: database is locked"))
+            return real_checkpoint(*args, **kw)
+
+        catalog.checkpoint = flaky
+        try:
+            status, _, _ = await tus(
+                env,
+                "PATCH",
+                url,
+                {**OCTETS, "Upload-Offset": str(half), "Upload-Checksum": digest("sha1", b"x")},
+                data[half:],
+            )
+        finally:
+            catalog.checkpoint = real_checkpoint
+        assert len(calls) >= 2, "the outage never hit the PATCH"
+        assert status >= 400
+        upload = await env.catalog.get_upload(upload_id(url))
+        assert upload.checkpoint <= half
+        status, headers, _ = await tus(env, "HEAD", url)
+        assert status == 200 and int(headers["upload-offset"]) <= half
+    finally:
+        await env.stop()

@@ -267,11 +267,12 @@ class TusEndpoint:
                 yield request.stream_body(sink)
             except BaseException:
                 superseded = isinstance(session.error, TransferAborted)
-                if session.state == STREAMING:
-                    if checksum is not None:
-                        yield self._roll_back(context, user, vpath, session, offset)
-                    else:
-                        yield session.interrupt()
+                if checksum is not None and not superseded:
+                    # Streaming or failed alike: checkpoints may have made
+                    # unverified bytes durable, which must not stay resumable.
+                    yield self._roll_back(context, user, vpath, session, offset)
+                elif session.state == STREAMING:
+                    yield session.interrupt()
                 if superseded:
                     raise HttpError(409, "a newer request took this upload over") from None
                 raise
