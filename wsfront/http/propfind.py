@@ -104,11 +104,10 @@ class _QuerySink:
     def __init__(self, request: StreamingRequest) -> None:
         self._request = request
         self._body = bytearray()
-        self._count = 0
         self._error: HttpError | None = None
 
     def registerProducer(self, producer, streaming: bool) -> None:
-        """Parsing keeps up with any client: nothing to pause."""
+        """Keeping a capped body keeps up with any client: nothing to pause."""
 
     def unregisterProducer(self) -> None:
         pass
@@ -116,8 +115,7 @@ class _QuerySink:
     def write(self, data: bytes) -> None:
         if self._error is not None:
             return
-        self._count += len(data)
-        if self._count > MAX_BODY:
+        if len(self._body) + len(data) > MAX_BODY:
             self._fail(HttpError(413, f"a PROPFIND body is at most {MAX_BODY} bytes"))
             return
         self._body += data
