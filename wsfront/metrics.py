@@ -276,8 +276,7 @@ class FrontendCollector(Collector):
                                   labels=["node"])  # fmt: skip
         for node in self.transfers.pool.nodes():
             up.add_metric([node.name], 1 if node.up else 0)
-            takes = node.up and node.problem is None and not node.draining
-            writable.add_metric([node.name], 1 if takes else 0)
+            writable.add_metric([node.name], 1 if node.takes_new_blobs else 0)
             free.add_metric([node.name], node.free_bytes)
             total.add_metric([node.name], node.total_bytes)
         yield up

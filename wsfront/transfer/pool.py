@@ -47,6 +47,12 @@ class NodeState:
     #: and then, so an answer just after the failure may predate it.
     problem_held_until: float = 0.0
 
+    @property
+    def takes_new_blobs(self) -> bool:
+        """Whether ``choose`` may place a new blob here: up, no disk
+        problem, not draining (reads go on regardless)."""
+        return self.up and self.problem is None and not self.draining
+
 
 #: How long a disk failure a writer saw keeps a server out of ``choose``
 #: whatever its health answers say (they may rest on a check from before).
@@ -164,9 +170,7 @@ class StoragePool:
         writes, by name or by which probe ran last."""
         excluded = set(exclude)
         candidates = [
-            n
-            for n in self._nodes.values()
-            if n.up and n.problem is None and not n.draining and n.name not in excluded
+            n for n in self._nodes.values() if n.takes_new_blobs and n.name not in excluded
         ]
         if not candidates:
             return []
