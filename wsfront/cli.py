@@ -27,6 +27,7 @@ from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogError, CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.records import NODE_DRAINING
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -379,7 +380,7 @@ class Commands:
                 cancelled.append(job.job_id)
             else:
                 running.append(job.job_id)
-        if before.get(name) != "draining":
+        if before.get(name) != NODE_DRAINING:
             text = f"{name} was not draining (state {node.state})"
         else:
             text = f"{name} is no longer draining: it takes new replicas again"

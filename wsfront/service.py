@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogUnavailable
+from wsfront.catalog.records import NODE_DRAINING
 from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
@@ -291,12 +292,12 @@ class FrontendService(service.Service):
         failed = False
         for node in self.pool.nodes():
             known = registry.get(node.name)
-            draining = known is not None and known.state == "draining"
+            draining = known is not None and known.state == NODE_DRAINING
             self.pool.set_draining(node.name, draining)
             try:
                 yield self.catalog.set_node_health(
                     node.name,
-                    "draining" if draining else _node_state(node),
+                    NODE_DRAINING if draining else _node_state(node),
                     node.free_bytes if node.last_seen is not None else None,
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,

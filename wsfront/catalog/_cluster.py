@@ -20,6 +20,7 @@ from wsfront.catalog.records import (
     JOB_FAILED,
     JOB_QUEUED,
     JOB_RUNNING,
+    NODE_DRAINING,
     Job,
     Node,
 )
@@ -29,9 +30,6 @@ from wsfront.catalog.schema import LIVE_SQL
 #: enough for "could not connect to storage server s1: Connection refused"
 #: and a handshake's refusal, not for whatever a hostile server sends.
 NODE_ERROR_MAX = 200
-
-#: The registry state of a server being drained (see ``set_node_draining``).
-NODE_DRAINING = "draining"
 
 
 def _node(row: Any) -> Node:
@@ -163,10 +161,8 @@ def enqueue_job(tx: Tx, now: float, kind: str, args: dict[str, Any]) -> Job:
     # (new uploads avoid it), and by nothing else, so that `wsfs undrain`
     # (set_node_draining) stops every drain job of the node, even one
     # queued again after its runner died.
-    if kind == "drain" and not tx.execute(
-        "UPDATE nodes SET state = ? WHERE name = ?", NODE_DRAINING, node
-    ):
-        raise NotFound(f"no storage node {node!r}")
+    if kind == "drain":
+        set_node_draining(tx, node, True)  # NotFound for an unknown node
     job_id = tx.value(
         "INSERT INTO jobs (kind, args, state, progress, created_at, updated_at) "
         "VALUES (?, ?, ?, '{}', ?, ?) RETURNING job_id",

@@ -17,6 +17,10 @@ DIR = "dir"
 
 # Replica states of a blob on one storage server.
 REPLICA_OK = "ok"
+
+#: The registry state ``wsfs drain`` gives a storage server (``wsfs undrain``
+#: takes it away): it serves reads, takes no new blob, is no copy target.
+NODE_DRAINING = "draining"
 REPLICA_LOST = "lost"
 REPLICA_STALE = "stale"
 REPLICA_STATES = frozenset({REPLICA_OK, REPLICA_LOST, REPLICA_STALE})

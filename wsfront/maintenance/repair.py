@@ -36,7 +36,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
-from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
+from wsfront.catalog.records import (
+    NODE_DRAINING,
+    REPLICA_LOST,
+    REPLICA_OK,
+    REPLICA_STALE,
+    BlobRecord,
+)
 from wsfront.maintenance.inventory import referenced_blob_ids, referenced_blobs
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
@@ -45,10 +51,6 @@ from wsstorage import errors as storage_errors
 log = Logger()
 
 Progress = Callable[[dict[str, Any]], Awaitable[None] | None]
-
-#: The registry state ``wsfs drain`` gives a storage server (``wsfs undrain``
-#: takes it away).
-NODE_DRAINING = "draining"
 
 
 async def draining_nodes(catalog) -> set[str]:
