@@ -43,15 +43,15 @@ def serve(context, request: StreamingRequest, user, target: paths.HttpTarget):
     except NoCommittedVersion as e:
         if target.trailing_slash:
             raise HttpError(404, "not a directory") from None
-        raise HttpError(404, "no committed version", _pending_headers(e.pending)) from None
+        raise HttpError(404, "no committed version", pending_headers(e.pending)) from None
     if target.trailing_slash:
         raise HttpError(404, "not a directory")
-    plan = _answer(request, target.path, handle, _pending_headers(handle.pending))
+    plan = _answer(request, target.path, handle, pending_headers(handle.pending))
     if plan is not None:
         yield _send(request, handle, plan)
 
 
-def _pending_headers(pending) -> tuple:
+def pending_headers(pending) -> tuple:
     """``Upload-Offset`` (and the tus ``Link``) for the owner of a pending upload."""
     if pending is None:
         return ()

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.http import dav_xml
-from wsfront.http.download import _pending_headers as pending_headers
+from wsfront.http.download import pending_headers
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import quote_etag, view_target
 from wsfront.http.listing import Flow
