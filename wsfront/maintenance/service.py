@@ -258,6 +258,8 @@ class MaintenanceService(Service):
         many changed."""
         owners = await self.catalog.active_upload_owners()
         owners.pop(self.front_end, None)
+        if not owners:
+            return 0  # nothing to judge: no lease read (this runs every tick)
         changed = 0
         for owner in sorted(await self._dead_front_ends(owners)):
             try:
