@@ -53,7 +53,6 @@ class PendingPerUser:
         self._journal: list[tuple] | None = None
         #: Seconds at least between two counts taken from the catalog.
         self.refresh_seconds = REFRESH_SECONDS
-        self.refused = 0
 
     def add(self, user: str, upload_id: str, expires_at: float | None = None) -> None:
         """``upload_id`` of ``user`` was left interrupted here."""
@@ -128,7 +127,6 @@ class PendingPerUser:
 
     def refuse(self, user: str) -> TooManyPendingUploads:
         """The error for a new upload of ``user`` at the cap."""
-        self.refused += 1
         return TooManyPendingUploads(
             f"{user} has {self.count(user)} interrupted uploads pending (at most "
             f"{self.limit}): resume or finish one first, or wait until they expire"
