@@ -149,13 +149,18 @@ class DataChannel(Protocol):
         while the TLS layer still holds its OpenSSL connection."""
         handle = self._tls_handle()
         received = handle is not None and bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
-        tcp = self.tcp_reason
-        clean_tcp = tcp is None or isinstance(tcp, net_error.ConnectionDone)
-        if received or (self._sent_close_notify and clean_tcp):
+        if received or (self._sent_close_notify and self.fin_below_tls):
             return net_error.ConnectionDone("closed after a TLS close_notify")
-        if not clean_tcp:
-            return tcp
+        if not self.fin_below_tls:
+            return self.tcp_reason
         return net_error.ConnectionLost("closed without a TLS close_notify")
+
+    @property
+    def fin_below_tls(self) -> bool:
+        """Under TLS: the TCP connection below ended with a FIN (or its end
+        was not seen), not a reset or a socket error."""
+        tcp = self.tcp_reason
+        return tcp is None or isinstance(tcp, net_error.ConnectionDone)
 
     def _tls_handle(self):
         """The OpenSSL connection (None once the TLS layer dropped it)."""

@@ -328,7 +328,7 @@ _KEPT = {
 }
 
 
-def upload_cut_short(channel: DataChannel, reason: BaseException, strict_tls: bool = False) -> bool:
+def upload_cut_short(channel: DataChannel, reason: BaseException, strict_tls: bool) -> bool:
     """Whether an upload's data connection closed with ``reason`` other
     than normally, so what arrived must not be committed.
 
@@ -341,14 +341,11 @@ def upload_cut_short(channel: DataChannel, reason: BaseException, strict_tls: bo
     client does).  A reset below TLS is cut short either way."""
     if isinstance(reason, net_error.ConnectionDone):
         return False
-    fin_below_tls = channel.tls and (
-        channel.tcp_reason is None or isinstance(channel.tcp_reason, net_error.ConnectionDone)
-    )
-    return strict_tls or not fin_below_tls
+    return strict_tls or not (channel.tls and channel.fin_below_tls)
 
 
 def _cut_short_text(channel: DataChannel) -> str:
-    if channel.tls and isinstance(channel.tcp_reason, net_error.ConnectionDone):
+    if channel.tls and channel.fin_below_tls:
         return "Data connection closed without TLS close_notify; transfer aborted"
     return "Data connection reset; transfer aborted"
 
