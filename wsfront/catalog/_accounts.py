@@ -172,13 +172,10 @@ def _entries(tx: Tx, parts: tuple[str, ...]) -> bool:
     """Whether the directory at ``parts`` holds any entry (False if it is
     missing or not a directory; a pending upload's file counts, it holds
     its name)."""
-    try:
-        row = resolve(tx, parts)
-    except CatalogError:
+    top = _root_dir(tx, parts)
+    if top is None:
         return False
-    if row is None or row["kind"] != DIR:
-        return False
-    return tx.one("SELECT 1 AS x FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None
+    return tx.one("SELECT 1 AS x FROM dirents WHERE parent = ? LIMIT 1", top) is not None
 
 
 def _root_dir(tx: Tx, parts: tuple[str, ...]) -> int | None:
