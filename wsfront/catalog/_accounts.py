@@ -8,7 +8,15 @@ from typing import Any
 
 from wsfront.catalog._db import Tx
 from wsfront.catalog._namespace import DIRECTORY_MOVE_LOCK, makedirs, unlink_file
-from wsfront.catalog._rows import end_upload, live_upload_row, lock_dirs, resolve, touch
+from wsfront.catalog._rows import (
+    end_upload,
+    is_live,
+    live_upload_row,
+    lock_dirs,
+    resolve,
+    touch,
+    upload_row,
+)
 from wsfront.catalog.errors import (
     AuthFailed,
     CatalogError,
@@ -325,8 +333,12 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     top = _root_dir(tx, root)
     under = _uploads_under(tx, name, top) if top is not None else set()
     aborted = elsewhere = 0
-    for up in _live_uploads(tx, name):
-        tx.lock_rows("uploads", "upload_id", [up["upload_id"]])
+    for seen in _live_uploads(tx, name):
+        # Read again under its lock, as end_upload wants: committed or
+        # ended meanwhile (PostgreSQL), it is no longer ours to abort.
+        up = upload_row(tx, seen["upload_id"], lock=True)
+        if not is_live(up):
+            continue
         tx.lock_rows("inodes", "inode", [up["inode"]])
         end_upload(tx, up, ABORTED, now)
         aborted += 1
