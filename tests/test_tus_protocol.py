@@ -502,21 +502,24 @@ async def test_a_checksummed_patch_whose_session_fails_leaves_no_unverified_byte
         catalog = env.transfers.catalog
         real_checkpoint = catalog.checkpoint
         calls = []
-        first_done: defer.Deferred = defer.Deferred()
+        first: defer.Deferred = defer.Deferred()
+        outage: defer.Deferred = defer.Deferred()
 
         def flaky(*args, **kw):
             calls.append(args)
             if len(calls) == 1:
-                d = real_checkpoint(*args, **kw)
-                d.addBoth(lambda result: (first_done.callback(None), result)[1])
-                return d
+                first.callback(None)
             if len(calls) == 2:
+                outage.callback(None)
                 return defer.fail(CatalogUnavailable("sqlite: database is locked"))
             return real_checkpoint(*args, **kw)
 
-        # The body goes in two steps so that one checkpoint of this PATCH is
-        # durable before the next meets the outage, however the machine
-        # schedules the reads (all at once, the checkpoints coalesce).
+        # The body goes in steps, each sent when the server has reached a
+        # point: the first MiB brings a checkpoint (which succeeds); what
+        # is sent after it has begun brings the next (they run one at a
+        # time, and it meets the outage); the last byte, which ends the
+        # body and fails its checksum, only then.  Sent at once, the body
+        # could end before the second checkpoint reached the catalog.
         rest = data[half:]
         auth = env.auth_header[b"Authorization"][0]
         client = await connect(reactor, env.port.getHost().port)
@@ -537,8 +540,10 @@ async def test_a_checksummed_patch_whose_session_fails_leaves_no_unverified_byte
                 + b"\r\n\r\n"
                 + rest[: 1 << 20]
             )
-            await first_done
-            client.send(rest[1 << 20 :])
+            await first
+            client.send(rest[1 << 20 : -1])
+            await outage
+            client.send(rest[-1:])
             received = await client.until(b"\r\n\r\n")
             client.close()
         finally:
