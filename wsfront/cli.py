@@ -26,8 +26,9 @@ import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogError, CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
 from wsfront.catalog.records import NODE_DRAINING
+from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -667,24 +668,25 @@ def check_catalog_url(url: str, may_create: bool) -> None:
 
 
 def explain(failure: Any, url: str) -> str | None:
-    """The one-line message for a failure an operator can fix, or None for
-    a bug (whose traceback is then worth seeing)."""
+    """The one-line message for a failure an operator can fix
+    (``failures.operator_error``), or None for a bug (whose traceback is
+    then worth seeing)."""
     e = failure.value
     if isinstance(e, CatalogUnavailable) and e.__cause__ is not None:
         e = e.__cause__  # the driver's own error: said below as for a bad URL
-    elif isinstance(e, CatalogError):
-        return e.message
+    if not operator_error(e) or isinstance(e, BrokenPipeError):
+        return None
     if isinstance(e, sqlite3.Error):
         return f"catalog {url}: {e}"
-    if type(e).__module__.split(".")[0] == "psycopg" and isinstance(e, Exception):
+    if driver_error(e):
         # The server's reason (refused, unknown database or role) is the
         # first line; psycopg adds hints on the next ones.
         reason = str(e).strip().splitlines()
         return f"cannot use the catalog {url}: {reason[0] if reason else type(e).__name__}"
-    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+    if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}"
-    return None
+    return e.message
 
 
 def quiet_broken_pipe() -> None:
