@@ -20,13 +20,13 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
@@ -624,10 +624,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: What a catalog URL may look like, in every message about a wrong one.
-URL_FORMS = "sqlite:///absolute/path/catalog.sqlite or postgresql://user@host/db"
-
-
 def creates_catalog(args: argparse.Namespace) -> bool:
     """Whether this command may create a SQLite catalog that is not there.
 
@@ -645,18 +641,11 @@ def creates_catalog(args: argparse.Namespace) -> bool:
 
 def check_catalog_url(url: str, may_create: bool) -> None:
     """Refuse a catalog URL before anything is opened (or created)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("postgresql", "postgres"):
-        return
-    if parsed.scheme != "sqlite":
-        raise SystemExit(f"wsfs: --catalog {url!r}: expected {URL_FORMS}")
-    path = unquote(parsed.path)
-    if parsed.netloc or not path.startswith("/"):
-        raise SystemExit(
-            f"wsfs: --catalog {url!r}: a SQLite catalog needs an absolute path, "
-            "sqlite:///absolute/path/catalog.sqlite (three slashes)"
-        )
-    if os.path.exists(path):
+    try:
+        kind, path = catalog_location(url)
+    except ValueError as e:
+        raise SystemExit(f"wsfs: --catalog {e}") from None
+    if kind != "sqlite" or os.path.exists(path):
         return
     if not may_create:
         raise SystemExit(
