@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import reactor
 
 from tests.catalog_race import TIMEOUT, in_tx, race, wait_until
-from wsfront.catalog import _cluster, _namespace, _uploads, open_catalog
+from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists
 
 pytest_plugins = ["tests.catalog_fixtures"]
@@ -202,3 +202,53 @@ def test_a_delete_blocked_behind_a_take_over_refuses_when_it_commits(two):
     assert isinstance(outcomes[1].error, PendingUploadExists), outcomes[1].result
     final = in_tx(a, _uploads.get_upload, up.upload_id)()
     assert (final.state, final.epoch, final.owner) == ("active", 2, "feA")
+
+
+def _alice_overwriting_her_file(cat):
+    """Alice's committed /alice/f of 5 bytes and her live upload replacing
+    it with 5 bytes: its commit charges no usage, so it leaves her user row
+    unlocked and a purge can list the upload while it commits."""
+    in_tx(cat, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    first = begin_call(cat, "/alice/f", "b0", "fe0")()
+    in_tx(cat, _uploads.commit_upload, NOW, first.upload_id, first.epoch, 5, None, None)()
+    return begin_call(cat, "/alice/f", "b1", "fe0")()
+
+
+def test_a_purge_blocked_behind_a_commit_does_not_abort_the_committed_upload(two):
+    """Interleaved: A commits alice's upload and has not committed its
+    transaction; B, ``wsfs user del alice --purge``, lists her live uploads
+    meanwhile (the upload is still active to it) and waits on the upload's
+    row lock (PostgreSQL).  A commits; B must read the row again under the
+    lock and leave it committed, not mark it aborted from what it listed."""
+    a, b, url = two
+    up = _alice_overwriting_her_file(a)
+    a_committed, b_started = threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids = []
+
+    def a_commit(tx):
+        result = _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 5, None, None)
+        a_committed.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            wait_until(_backend_waiting_for_a_lock(url, b_pids), "B to wait for A's row lock")
+        return result
+
+    def b_purge():
+        assert a_committed.wait(TIMEOUT)
+
+        def purge(tx):
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            return _accounts.delete_user(tx, NOW, "alice", _accounts.PURGE)
+
+        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
+            b_started.set()
+        return b._runner.run_sync(purge)
+
+    outcomes = race([lambda: a._runner.run_sync(a_commit), b_purge])
+    assert outcomes[0].error is None and outcomes[0].result.size == 5
+    assert outcomes[1].error is None, outcomes[1].error
+    assert (outcomes[1].result["files_deleted"], outcomes[1].result["uploads_aborted"]) == (1, 0)
+    assert in_tx(a, _uploads.get_upload, up.upload_id)().state == "committed"
