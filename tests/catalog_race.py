@@ -55,3 +55,58 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
             return
         done.wait(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def waiting_for_a_lock(url: str, pids: list[int]) -> Callable[[], bool]:
+    """A check that the PostgreSQL backend ``pids[0]`` (once known) waits
+    for a lock."""
+
+    def check() -> bool:
+        import psycopg
+
+        if not pids:
+            return False
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pids[0],)
+            ).fetchone()
+            return row is not None and row[0] == "Lock"
+
+    return check
+
+
+def blocked_behind(
+    a: Any, b: Any, url: str, first: Callable[[Any], Any], then: Callable[[Any], Any]
+) -> list[Outcome]:
+    """Run ``first(tx)`` in a transaction on catalog ``a``; once it has
+    returned, that transaction still open, run ``then(tx)`` in one on
+    ``b``; A's commits only once B waits behind it: on PostgreSQL once B's
+    backend is seen waiting for a lock (a row of A's), on SQLite at once
+    (B's BEGIN IMMEDIATE itself waits for A's write lock).  The outcomes
+    of A and B."""
+    a_done, b_started = threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids: list[int] = []
+
+    def in_a(tx: Any) -> Any:
+        result = first(tx)
+        a_done.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            wait_until(waiting_for_a_lock(url, b_pids), "B to wait for A's lock")
+        return result
+
+    def in_b() -> Any:
+        assert a_done.wait(TIMEOUT)
+
+        def run(tx: Any) -> Any:
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            return then(tx)
+
+        if not postgres:
+            b_started.set()
+        return b._runner.run_sync(run)
+
+    return race([lambda: a._runner.run_sync(in_a), in_b])

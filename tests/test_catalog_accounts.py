@@ -467,3 +467,30 @@ async def test_purge_deletes_what_is_under_the_root_and_aborts_the_users_uploads
     x = await catalog.stat("/team/x.txt")  # the committed version stays
     assert (x.size, x.pending, x.upload) == (4, False, None)
     assert (await catalog.stat("/team/t.txt")).size == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_leaves_an_upload_committed_after_its_listing_committed(catalog, monkeypatch):
+    """An upload of the user's that commits after the purge listed it as
+    live and before the purge locked it is no longer the purge's to abort:
+    it is read again under its lock.  On PostgreSQL another front end's
+    commit can land there (tests/test_catalog_races.py shows it); SQLite's
+    write lock makes that impossible, so here the commit runs in the
+    purge's own transaction, right after the listing."""
+    from wsfront.catalog import _accounts, _uploads
+
+    await catalog.add_user("alice", "pw")
+    await upload(catalog, "alice", "/alice/f", 5, "blob-1")
+    up = await pending(catalog, "alice", "/alice/f", "blob-2")
+    listed = _accounts._live_uploads
+
+    def listing_then_commit(tx, name):
+        rows = listed(tx, name)
+        assert [r["upload_id"] for r in rows] == [up.upload_id]
+        _uploads.commit_upload(tx, catalog._clock(), up.upload_id, up.epoch, 7, None, None)
+        return rows
+
+    monkeypatch.setattr(_accounts, "_live_uploads", listing_then_commit)
+    done = await catalog.delete_user("alice", "purge")
+    assert (done["files_deleted"], done["uploads_aborted"]) == (1, 0)
+    assert (await catalog.get_upload(up.upload_id)).state == "committed"

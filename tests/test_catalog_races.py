@@ -1,14 +1,11 @@
 """Races between two catalog instances (two connections) on one database,
 with real threads: exactly one of two racers wins, on both backends."""
 
-import threading
-
-import psycopg
 import pytest
 from twisted.internet import reactor
 
-from tests.catalog_race import TIMEOUT, in_tx, race, wait_until
-from wsfront.catalog import _cluster, _namespace, _uploads, open_catalog
+from tests.catalog_race import blocked_behind, in_tx, race
+from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists
 
 pytest_plugins = ["tests.catalog_fixtures"]
@@ -112,19 +109,6 @@ def test_one_job_two_claimers_exactly_one_gets_it(two):
         assert sum(o.result is not None for o in outcomes) == 1
 
 
-def _backend_waiting_for_a_lock(url, pids):
-    def check():
-        if not pids:
-            return False
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pids[0],)
-            ).fetchone()
-            return row is not None and row[0] == "Lock"
-
-    return check
-
-
 def test_a_take_over_blocked_behind_an_open_one_loses_when_it_commits(two):
     """Interleaved: A has bumped the epoch but not committed; B starts its
     take-over meanwhile (on PostgreSQL it is seen waiting on the row lock);
@@ -132,32 +116,13 @@ def test_a_take_over_blocked_behind_an_open_one_loses_when_it_commits(two):
     a, b, url = two
     up = in_tx(a, _uploads.begin_upload, NOW, "alice", "/f", 0, "b0", ["s1"], 1, "fe0",
                NOW + 60, None, None)()  # fmt: skip
-    a_updated, b_started = threading.Event(), threading.Event()
-    postgres = url.startswith("postgresql")
-    b_pids = []
-
-    def a_take_over(tx):
-        result = _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None)
-        a_updated.set()
-        assert b_started.wait(TIMEOUT)
-        if postgres:
-            wait_until(_backend_waiting_for_a_lock(url, b_pids), "B to wait for A's row lock")
-        return result
-
-    def b_take_over():
-        assert a_updated.wait(TIMEOUT)
-
-        def take_over(tx):
-            if postgres:
-                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
-                b_started.set()
-            return _uploads.take_over(tx, NOW, up.upload_id, 1, "feB", None)
-
-        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
-            b_started.set()
-        return b._runner.run_sync(take_over)
-
-    outcomes = race([lambda: a._runner.run_sync(a_take_over), b_take_over])
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None),
+        lambda tx: _uploads.take_over(tx, NOW, up.upload_id, 1, "feB", None),
+    )
     assert outcomes[0].error is None and outcomes[0].result.owner == "feA"
     assert isinstance(outcomes[1].error, EpochConflict)
 
@@ -172,33 +137,45 @@ def test_a_delete_blocked_behind_a_take_over_refuses_when_it_commits(two):
     up = in_tx(a, _uploads.begin_upload, NOW, "alice", "/f", 0, "b0", ["s1"], 1, "fe0",
                NOW + 60, None, None)()  # fmt: skip
     in_tx(a, _uploads.interrupt_upload, NOW, up.upload_id, 1)()
-    a_updated, b_started = threading.Event(), threading.Event()
-    postgres = url.startswith("postgresql")
-    b_pids = []
-
-    def a_take_over(tx):
-        result = _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None)
-        a_updated.set()
-        assert b_started.wait(TIMEOUT)
-        if postgres:
-            wait_until(_backend_waiting_for_a_lock(url, b_pids), "B to wait for A's row lock")
-        return result
-
-    def b_delete():
-        assert a_updated.wait(TIMEOUT)
-
-        def delete(tx):
-            if postgres:
-                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
-                b_started.set()
-            return _namespace.delete(tx, "/f", False, NOW, "alice")
-
-        if not postgres:  # SQLite: B's BEGIN IMMEDIATE itself waits for A
-            b_started.set()
-        return b._runner.run_sync(delete)
-
-    outcomes = race([lambda: a._runner.run_sync(a_take_over), b_delete])
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.take_over(tx, NOW, up.upload_id, 1, "feA", None),
+        lambda tx: _namespace.delete(tx, "/f", False, NOW, "alice"),
+    )
     assert outcomes[0].error is None and outcomes[0].result.owner == "feA"
     assert isinstance(outcomes[1].error, PendingUploadExists), outcomes[1].result
     final = in_tx(a, _uploads.get_upload, up.upload_id)()
     assert (final.state, final.epoch, final.owner) == ("active", 2, "feA")
+
+
+def _alice_overwriting_her_file(cat):
+    """Alice's committed /alice/f of 5 bytes and her live upload replacing
+    it with 5 bytes: its commit charges no usage, so it leaves her user row
+    unlocked and a purge can list the upload while it commits."""
+    in_tx(cat, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    first = begin_call(cat, "/alice/f", "b0", "fe0")()
+    in_tx(cat, _uploads.commit_upload, NOW, first.upload_id, first.epoch, 5, None, None)()
+    return begin_call(cat, "/alice/f", "b1", "fe0")()
+
+
+def test_a_purge_blocked_behind_a_commit_does_not_abort_the_committed_upload(two):
+    """Interleaved: A commits alice's upload and has not committed its
+    transaction; B, ``wsfs user del alice --purge``, lists her live uploads
+    meanwhile (the upload is still active to it) and waits on the upload's
+    row lock (PostgreSQL).  A commits; B must read the row again under the
+    lock and leave it committed, not mark it aborted from what it listed."""
+    a, b, url = two
+    up = _alice_overwriting_her_file(a)
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 5, None, None),
+        lambda tx: _accounts.delete_user(tx, NOW, "alice", _accounts.PURGE),
+    )
+    assert outcomes[0].error is None and outcomes[0].result.size == 5
+    assert outcomes[1].error is None, outcomes[1].error
+    assert (outcomes[1].result["files_deleted"], outcomes[1].result["uploads_aborted"]) == (1, 0)
+    assert in_tx(a, _uploads.get_upload, up.upload_id)().state == "committed"

@@ -19,7 +19,7 @@ from tests.maintenance_env import (
     full_path,
     payload,
 )
-from tests.transfer_env import sha256
+from tests.transfer_env import disk_problem, sha256
 from wsfront.catalog import open_catalog
 
 pytestmark = pytest.mark.slow
@@ -214,7 +214,7 @@ async def test_wsfs_fsck_names_a_server_that_answers_but_cannot_list_its_blobs(c
     victim = "s2"
     shutil.rmtree(cluster.procs[victim].data / "blobs")
     deadline = reactor.seconds() + 20
-    while cluster.pool.writable(victim):
+    while disk_problem(cluster.pool, victim) is None:
         assert reactor.seconds() < deadline, "the disk problem was never seen"
         await cluster.pool.probe_all()
         await task.deferLater(reactor, 0.05, lambda: None)

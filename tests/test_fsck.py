@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
-from tests.transfer_env import TransferEnv
+from tests.transfer_env import TransferEnv, disk_problem
 from wsfront.maintenance.fsck import fsck
 from wsfront.maintenance.gc import GarbageCollector
 from wsfront.maintenance.repair import Repairer, RepairSettings
@@ -100,7 +100,7 @@ async def _sees_disk_problem(env, node: str) -> None:
     deadline = reactor.seconds() + 15
     while True:
         await pool.probe_all()
-        if not pool.writable(node):
+        if disk_problem(pool, node) is not None:
             return
         assert reactor.seconds() < deadline, "the disk problem was never seen"
         await task.deferLater(reactor, 0.02, lambda: None)

@@ -70,3 +70,31 @@ def test_a_login_timeout_of_zero_is_off():
     clock, _control, transport = connect(FTPSettings(login_timeout=0, idle_timeout=900))
     clock.advance(899)
     assert not transport.disconnecting
+
+
+def test_a_deadline_runs_once_per_arming_and_not_once_cancelled():
+    """``Deadline``, the control connection's login, TLS handshake and
+    PROXY header timers: arming a running one leaves it be, a cancelled one
+    never fires, and its action may arm it again."""
+    from wsfront.ftp.protocol import Deadline
+
+    clock, fired = Clock(), []
+
+    def action() -> None:
+        fired.append(clock.seconds())
+        if len(fired) == 1:
+            deadline.arm(1.0)  # as a login decided meanwhile asks again
+
+    deadline = Deadline(clock, action)
+    deadline.arm(10.0)
+    clock.advance(5.0)
+    deadline.arm(10.0)  # runs already: still due at 10
+    clock.advance(5.0)
+    assert fired == [10.0]
+    clock.advance(1.0)
+    assert fired == [10.0, 11.0] and not clock.getDelayedCalls()
+    deadline.arm(3.0)
+    deadline.cancel()
+    deadline.cancel()
+    clock.advance(10.0)
+    assert fired == [10.0, 11.0] and not clock.getDelayedCalls()

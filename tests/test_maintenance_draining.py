@@ -130,9 +130,16 @@ async def test_compaction_writes_its_new_blob_on_no_draining_server(env):
         contents[vpath] = content
     await pool.probe_all()
     await set_draining(env, "s4")
-    settings = CompactSettings(bytes_per_second=None, min_extents=3)
-    stats = await Compactor(reactor, env.catalog, pool, settings).run_pass()
+    asked = []
+    list_nodes = env.catalog.list_nodes
+    env.catalog.list_nodes = lambda: asked.append(1) or list_nodes()
+    settings = CompactSettings(bytes_per_second=None, min_extents=3, batch=2)
+    try:
+        stats = await Compactor(reactor, env.catalog, pool, settings).run_pass()
+    finally:
+        del env.catalog.list_nodes
     assert stats["compacted"] == 4, stats
+    assert len(asked) == 2  # once a page of two files, not once a file
     assert await blobs_on(env, "s4") == set()
     for vpath, content in contents.items():
         got, _ = await env.download(vpath)

@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 from tests.storage_loopback import Rig
 from tests.storage_procs import StorageProcess, write_blob
 from tests.test_transfer_pool_and_reads import NAMES, run
-from tests.transfer_env import TransferEnv
+from tests.transfer_env import TransferEnv, disk_problem
 from wsfront.catalog.records import REPLICA_OK
 from wsfront.transfer.pool import StoragePool
 from wsstorage.blobstore import BlobStore
@@ -130,13 +130,13 @@ def test_the_pool_chooses_no_server_with_a_disk_problem_until_it_is_gone() -> No
     run(clock, pool.probe_all())
     for _ in range(6):
         assert "s2" not in pool.choose(3)
-    assert pool.is_up("s2") and not pool.writable("s2")
+    assert pool.is_up("s2") and disk_problem(pool, "s2") is not None
     assert pool.order_for_read(["s2"]) == ["s2"]  # reads still go there
     [node] = [n for n in pool.nodes() if n.name == "s2"]
     assert node.last_error == "the data directory is not writable: read-only file system"
     cluster.node("s2").disk_problem = None
     run(clock, pool.probe_all())
-    assert sorted(pool.choose(3)) == NAMES and pool.writable("s2")
+    assert sorted(pool.choose(3)) == NAMES and disk_problem(pool, "s2") is None
     pool.stop()
 
 
@@ -163,7 +163,7 @@ async def test_uploads_avoid_a_server_whose_blobs_directory_was_removed(tmp_path
 
         async def sick() -> bool:
             await pool.probe_all()
-            return not pool.writable(victim)
+            return disk_problem(pool, victim) is not None
 
         await _until(sick, reactor)
         assert pool.is_up(victim)
@@ -281,15 +281,15 @@ async def test_a_writers_disk_failure_takes_the_server_out_of_placement_at_once(
         victim = "s1"
         env.nodes[victim].factory.disk_check.ttl = 3600.0  # its answers stay "fine"
         await pool.probe_all()
-        assert pool.writable(victim)
+        assert pool.is_up(victim) and disk_problem(pool, victim) is None
         fs = ReadOnlyFileSystem()
         fs.read_only = True
         env.nodes[victim].store.fs = fs  # its disk turns read-only
         first = await env.upload("/first", os.urandom(200_000))
         assert ok_replicas(first) == ["s2"]
-        assert not pool.writable(victim) and pool.is_up(victim)
+        assert disk_problem(pool, victim) is not None and pool.is_up(victim)
         await pool.probe_all()  # answers "no problem" from its old check
-        assert not pool.writable(victim)
+        assert disk_problem(pool, victim) is not None
         second = await env.upload("/second", os.urandom(1000))
         assert [r.node for r in second.extents[0].replicas] == ["s2"]  # s1 never tried
     finally:

@@ -14,13 +14,12 @@ import ftplib
 import io
 import threading
 
-import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 
-from tests.catalog_race import TIMEOUT, in_tx, race, wait_until
+from tests.catalog_race import TIMEOUT, in_tx, race, wait_until, waiting_for_a_lock
 from tests.http_env import HttpEnv
 from tests.transfer_env import PASSWORD
 from wsfront.auth import CachingAuthenticator, make_portal
@@ -182,19 +181,6 @@ def two(catalog_url, clock):
     b.close()
 
 
-def _waiting_for_a_lock(url: str, pids: list[int]):
-    def check() -> bool:
-        if not pids:
-            return False
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pids[0],)
-            ).fetchone()
-            return row is not None and row[0] == "Lock"
-
-    return check
-
-
 @pytest.mark.parametrize("operation", ["rename", "rmdir"])
 def test_a_move_or_rmdir_racing_a_new_root_waits_and_then_refuses(two, operation):
     """A adds carol with her root at an existing ``/alice/shared`` and has
@@ -217,7 +203,7 @@ def test_a_move_or_rmdir_racing_a_new_root_waits_and_then_refuses(two, operation
         a_added.set()
         assert b_started.wait(TIMEOUT)
         if postgres:
-            wait_until(_waiting_for_a_lock(url, b_pids), "B to wait for A's lock")
+            wait_until(waiting_for_a_lock(url, b_pids), "B to wait for A's lock")
         return user
 
     def b_change():

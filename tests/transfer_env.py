@@ -38,6 +38,13 @@ def sha256(data: bytes) -> str:
 
 
 @implementer(IConsumer)
+def disk_problem(pool: StoragePool, name: str) -> str | None:
+    """Why server ``name`` takes no new blobs though it may answer (its
+    ``NodeState.problem``: a disk problem it or a writer reported), or None."""
+    [node] = [n for n in pool.nodes() if n.name == name]
+    return node.problem
+
+
 class Collector:
     """A consumer that keeps what it receives (tests move MiBs, not GiBs)."""
 

@@ -1,7 +1,7 @@
 """The certificate, chain and private key FTPS and HTTPS serve, read from PEM.
 
 One reader for the start-up check (``wsfront.config.check_certificate``)
-and for the TLS options themselves (``wsfront.http.tls.pem_parts``), so
+and for the TLS options themselves (``pem_parts``, for HTTPS and FTPS alike), so
 what passes the check is what the listeners load.
 
 The key is read with ``cryptography`` and no password: an encrypted key
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -75,6 +76,20 @@ def parse_pem(pem: bytes) -> ServerPem:
     if _public_der(key.public_key()) != _public_der(certificate.public_key()):
         raise PemError("the private key is not the certificate's")
     return ServerPem(certificate, tuple(certificates[1:]), key)
+
+
+def pem_parts(pem: bytes) -> dict[str, Any]:
+    """The key, certificate and chain of a PEM blob holding the certificate,
+    any intermediates after it and the private key
+    (``FrontendConfig.tls_pem()``), as ``CertificateOptions`` arguments.
+    Read by ``parse_pem``, as the start-up check reads it (so never asking
+    for a passphrase)."""
+    parsed = parse_pem(pem)
+    return {
+        "privateKey": parsed.key,
+        "certificate": parsed.certificate,
+        "extraCertChain": list(parsed.chain),
+    }
 
 
 def _public_der(public_key) -> bytes:

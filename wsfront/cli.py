@@ -20,14 +20,15 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogError, CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
+from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -623,10 +624,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: What a catalog URL may look like, in every message about a wrong one.
-URL_FORMS = "sqlite:///absolute/path/catalog.sqlite or postgresql://user@host/db"
-
-
 def creates_catalog(args: argparse.Namespace) -> bool:
     """Whether this command may create a SQLite catalog that is not there.
 
@@ -644,18 +641,11 @@ def creates_catalog(args: argparse.Namespace) -> bool:
 
 def check_catalog_url(url: str, may_create: bool) -> None:
     """Refuse a catalog URL before anything is opened (or created)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("postgresql", "postgres"):
-        return
-    if parsed.scheme != "sqlite":
-        raise SystemExit(f"wsfs: --catalog {url!r}: expected {URL_FORMS}")
-    path = unquote(parsed.path)
-    if parsed.netloc or not path.startswith("/"):
-        raise SystemExit(
-            f"wsfs: --catalog {url!r}: a SQLite catalog needs an absolute path, "
-            "sqlite:///absolute/path/catalog.sqlite (three slashes)"
-        )
-    if os.path.exists(path):
+    try:
+        kind, path = catalog_location(url)
+    except ValueError as e:
+        raise SystemExit(f"wsfs: --catalog {e}") from None
+    if kind != "sqlite" or os.path.exists(path):
         return
     if not may_create:
         raise SystemExit(
@@ -667,24 +657,25 @@ def check_catalog_url(url: str, may_create: bool) -> None:
 
 
 def explain(failure: Any, url: str) -> str | None:
-    """The one-line message for a failure an operator can fix, or None for
-    a bug (whose traceback is then worth seeing)."""
+    """The one-line message for a failure an operator can fix
+    (``failures.operator_error``), or None for a bug (whose traceback is
+    then worth seeing)."""
     e = failure.value
     if isinstance(e, CatalogUnavailable) and e.__cause__ is not None:
         e = e.__cause__  # the driver's own error: said below as for a bad URL
-    elif isinstance(e, CatalogError):
-        return e.message
+    if not operator_error(e) or isinstance(e, BrokenPipeError):
+        return None
     if isinstance(e, sqlite3.Error):
         return f"catalog {url}: {e}"
-    if type(e).__module__.split(".")[0] == "psycopg" and isinstance(e, Exception):
+    if driver_error(e):
         # The server's reason (refused, unknown database or role) is the
         # first line; psycopg adds hints on the next ones.
         reason = str(e).strip().splitlines()
         return f"cannot use the catalog {url}: {reason[0] if reason else type(e).__name__}"
-    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+    if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}"
-    return None
+    return e.message
 
 
 def quiet_broken_pipe() -> None:

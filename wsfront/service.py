@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import sys
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -25,9 +23,9 @@ from twisted.python.failure import Failure
 
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogUnavailable
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.config import FrontendConfig, endpoint_problem
+from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
@@ -56,12 +54,7 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint): one line says
     it, as for a bad option.  Anything else is a bug, with its traceback."""
-    if isinstance(
-        error, (BadStorageEndpoint, CannotListenError, CatalogUnavailable, OSError, sqlite3.Error)
-    ):
-        return True
-    psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(error, psycopg.OperationalError)
+    return isinstance(error, (BadStorageEndpoint, CannotListenError)) or operator_error(error)
 
 
 class BadStorageEndpoint(ValueError):

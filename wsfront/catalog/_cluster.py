@@ -25,6 +25,7 @@ from wsfront.catalog.records import (
     Node,
 )
 from wsfront.catalog.schema import LIVE_SQL
+from wsfront.text import one_line
 
 #: The most characters of a storage server's last error the registry keeps:
 #: enough for "could not connect to storage server s1: Connection refused"
@@ -55,10 +56,7 @@ def short_error(text: str | None) -> str | None:
     """
     if text is None:
         return None
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    if len(flat) > NODE_ERROR_MAX:
-        flat = flat[: NODE_ERROR_MAX - 3] + "..."
-    return flat or None
+    return one_line(text, NODE_ERROR_MAX, controls=True) or None
 
 
 def register_node(tx: Tx, name: str, endpoint: str) -> Node:

@@ -12,26 +12,43 @@ from wsfront.catalog._db import Backend, Runner, Tx
 from wsfront.catalog.catalog import SqlCatalog
 from wsfront.catalog.schema import LATEST, migrate
 
+#: What a catalog URL may look like, in every message about a wrong one.
+URL_FORMS = "sqlite:///absolute/path/catalog.sqlite or postgresql://user@host/db"
+
+
+def catalog_location(url: str) -> tuple[str, str]:
+    """``("sqlite", absolute path of the database file)`` for
+    ``sqlite:///abs/path``, ``("postgresql", url)`` for
+    ``postgresql://user@host/db`` (also ``postgres://``); anything else is a
+    ValueError saying what is expected.  Opens and creates nothing."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return "postgresql", url
+    if parsed.scheme != "sqlite":
+        raise ValueError(f"{url!r}: not a catalog URL; expected {URL_FORMS}")
+    path = unquote(parsed.path)
+    if parsed.netloc or not path.startswith("/"):
+        raise ValueError(
+            f"{url!r}: a SQLite catalog needs an absolute path, "
+            "sqlite:///absolute/path/catalog.sqlite (three slashes)"
+        )
+    return "sqlite", path
+
 
 def backend_for(url: str) -> Backend:
-    """``sqlite:///abs/path`` or ``postgresql://user@host/db`` (also
-    ``postgres://``); anything else is a ValueError."""
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        path = unquote(parsed.path)
-        if parsed.netloc or not path.startswith("/"):
-            raise ValueError(f"{url!r}: use sqlite:///absolute/path/catalog.sqlite")
+    """The backend of catalog ``url`` (``catalog_location``), a SQLite
+    database's directory made if missing."""
+    kind, where = catalog_location(url)
+    if kind == "sqlite":
         from wsfront.catalog.sqlite import SQLiteBackend
 
-        directory = os.path.dirname(path)
+        directory = os.path.dirname(where)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        return SQLiteBackend(path)
-    if parsed.scheme in ("postgresql", "postgres"):
-        from wsfront.catalog.postgres import PostgresBackend
+        return SQLiteBackend(where)
+    from wsfront.catalog.postgres import PostgresBackend
 
-        return PostgresBackend(url)
-    raise ValueError(f"{url!r}: a catalog URL starts with sqlite:/// or postgresql://")
+    return PostgresBackend(where)
 
 
 def open_catalog(

@@ -451,27 +451,15 @@ def _catalog_entry(user, entry, prefix: str | None = None) -> listing.Entry:
     )
 
 
-async def _committed_entry(ctl, target: str, info) -> listing.Entry:
+def _committed_entry(user, target: str, view) -> listing.Entry:
     """The listing entry of file ``target``: its committed version, which
     LIST and NLST show to everyone (DESIGN.md, Files), as a directory
-    listing does.  ``info`` is the file as its user sees it: for the owner
-    of a pending upload that upload (what SIZE and MLST report, to resume
-    from), so the committed version is looked up then; a file with only a
-    pending upload is not listed (NotFound)."""
-    name = paths.basename(target)
-    if not info.pending:
-        return listing_entry(ctl.user, name, info)
-    entry = await ctl.transfers.catalog.stat(ctl.transfers.full_path(ctl.user, target))
-    if entry.version is None:
+    listing does, even to the owner of a pending upload on it (whose SIZE
+    and MLST report that upload, to resume from).  ``view`` is the path's
+    PathView; a file with only a pending upload is not listed (NotFound)."""
+    if view.committed is None:
         raise catalog_errors.NotFound(f"{target} has no committed version yet")
-    return listing.Entry(
-        name=name,
-        is_dir=False,
-        size=entry.version.size,
-        mtime=entry.version.mtime,
-        inode=entry.inode,
-        perms=ctl.user.permissions,
-    )
+    return listing_entry(user, paths.basename(target), view.committed)
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -520,17 +508,19 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
         _options, argument = listing.parse_list_argument(argument.strip(" "))
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
     pattern = prefix = None
-    try:
-        info = await ctl.transfers.stat(ctl.user, target)
-    except catalog_errors.NotFound:
+    # One catalog lookup gives both what the user sees (``info``: their own
+    # pending upload first) and the committed version a file is listed as.
+    view = await ctl.transfers.view(ctl.user, target)
+    info = view.pending or view.committed
+    if info is None:
         glob = None if verb == "MLSD" else _glob(argument)
         if glob is None:
-            raise
+            raise catalog_errors.NotFound(target)
         prefix, pattern = glob
         target = ctl.path(prefix) if prefix else ctl.cwd
         info = await ctl.transfers.stat(ctl.user, target)
         if not info.is_dir:
-            raise catalog_errors.NotADirectory(prefix) from None
+            raise catalog_errors.NotADirectory(prefix)
         if verb == "LIST":
             prefix = ""
     check_directory_name(argument, info)
@@ -545,7 +535,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
             return b"".join(listing.nlst_lines(entries))
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
 
-    one = None if info.is_dir else await _committed_entry(ctl, target, info)
+    one = None if info.is_dir else _committed_entry(ctl.user, target, view)
     matches = None if pattern is None else _glob_matcher(pattern)
 
     async def body(transfer: Transfer) -> None:

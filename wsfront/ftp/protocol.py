@@ -120,6 +120,30 @@ def awaiting_proxy_header(transport, then) -> bool:
 
 
 @implementer(IHandshakeListener)
+class Deadline:
+    """At most one pending call of ``action``: ``arm`` starts it unless it
+    runs already, ``cancel`` stops it, and once it fired it may be armed
+    again (from ``action`` too)."""
+
+    def __init__(self, clock, action) -> None:
+        self._clock = clock
+        self._action = action
+        self._call = None
+
+    def arm(self, seconds: float) -> None:
+        if self._call is None:
+            self._call = self._clock.callLater(seconds, self._fire)
+
+    def cancel(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fire(self) -> None:
+        self._call = None
+        self._action()
+
+
 class FTPControl(Protocol):
     """One client's control connection.
 
@@ -144,11 +168,12 @@ class FTPControl(Protocol):
         self._paused_reading = False
         self._queued_bytes = 0
         self._idle_call = None
-        self._login_call = None
+        self._login_deadline = Deadline(self.reactor, self._login_expired)
         self._tls_switching = False
-        self._handshake_call = None
+        self._handshake_deadline = Deadline(self.reactor, self._handshake_expired)
         self._admitted = False
-        self._header_call = None
+        # A balancer sends its PROXY header at once; a peer that doesn't goes.
+        self._header_deadline = Deadline(self.reactor, self._header_expired)
         self._started = False
         self.peer_host = ""
         self._hashing = None
@@ -181,10 +206,7 @@ class FTPControl(Protocol):
 
     def connectionMade(self) -> None:
         if awaiting_proxy_header(self.transport, self._start_session):
-            # A balancer sends its header at once; a peer that doesn't goes.
-            self._header_call = self.reactor.callLater(
-                self.settings.data_timeout, self.transport.abortConnection
-            )
+            self._header_deadline.arm(self.settings.data_timeout)
             return
         self._start_session()
 
@@ -194,9 +216,7 @@ class FTPControl(Protocol):
         if self._started:
             return
         self._started = True
-        call, self._header_call = self._header_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._header_deadline.cancel()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
         refused = self.factory.connections.admit(self.peer_host)
         if refused is not None:
@@ -219,10 +239,11 @@ class FTPControl(Protocol):
             self._arm_handshake_timer()
         self.reply(220, self.settings.banner)
 
+    def _header_expired(self) -> None:
+        self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
-        call, self._header_call = self._header_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._header_deadline.cancel()
         if not self._admitted:
             return
         self._admitted = False
@@ -230,8 +251,8 @@ class FTPControl(Protocol):
         self.connected_ = False
         self.factory.sessions.discard(self)
         self._cancel_idle()
-        self._cancel_login_timer()
-        self._cancel_handshake_timer()
+        self._login_deadline.cancel()
+        self._handshake_deadline.cancel()
         self._queue.clear()
         if self._hashing is not None:
             self._hashing.stopProducing()
@@ -251,20 +272,13 @@ class FTPControl(Protocol):
         """IHandshakeListener: the TLS layer under this connection (implicit
         port, or AUTH TLS) finished its handshake."""
         self.handshaking = False
-        self._cancel_handshake_timer()
+        self._handshake_deadline.cancel()
 
     def _arm_handshake_timer(self) -> None:
-        timeout = self.settings.login_timeout
-        if timeout > 0 and self._handshake_call is None:
-            self._handshake_call = self.reactor.callLater(timeout, self._handshake_expired)
-
-    def _cancel_handshake_timer(self) -> None:
-        call, self._handshake_call = self._handshake_call, None
-        if call is not None and call.active():
-            call.cancel()
+        if self.settings.login_timeout > 0:
+            self._handshake_deadline.arm(self.settings.login_timeout)
 
     def _handshake_expired(self) -> None:
-        self._handshake_call = None
         if self.handshaking and self.connected_:
             self.transport.abortConnection()
 
@@ -476,24 +490,17 @@ class FTPControl(Protocol):
     def _arm_login_timer(self) -> None:
         """Start the pre-login deadline (at the greeting, and when USER
         logs a session out), unless it runs already."""
-        timeout = self.settings.login_timeout
-        if timeout > 0 and self._login_call is None:
-            self._login_call = self.reactor.callLater(timeout, self._login_expired)
-
-    def _cancel_login_timer(self) -> None:
-        call, self._login_call = self._login_call, None
-        if call is not None and call.active():
-            call.cancel()
+        if self.settings.login_timeout > 0:
+            self._login_deadline.arm(self.settings.login_timeout)
 
     def _login_expired(self) -> None:
         """Not logged in ``login_timeout`` seconds after the greeting: 421.
         A PASS still being decided (throttle, password hash) gets its
         answer first: the check is made again once it is."""
-        self._login_call = None
         if self.user is not None or not self.connected_:
             return
         if self._busy:
-            self._login_call = self.reactor.callLater(1.0, self._login_expired)
+            self._login_deadline.arm(1.0)
             return
         self.reply(421, "Login timeout, closing the control connection")
         self.close()
@@ -568,7 +575,7 @@ class FTPControl(Protocol):
             throttle.abandoned(name, self.peer_host)  # the check itself failed
             raise
         throttle.succeeded(name, self.peer_host)
-        self._cancel_login_timer()
+        self._login_deadline.cancel()
         self.user = user
         self.cwd = "/"
         self.stats.logins += 1

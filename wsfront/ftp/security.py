@@ -36,6 +36,7 @@ import attrs
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from wsfront.certificate import pem_parts
 from wsfront.ftp.replies import Reply
 
 AUTH_MECHANISMS = frozenset({"TLS", "TLS-C", "SSL"})
@@ -46,10 +47,10 @@ def server_tls_options(pem: bytes) -> CertificateOptions:
     """TLS server options from a PEM blob holding the certificate, any
     intermediates (sent as the chain) and the key (``FrontendConfig.tls_pem()``),
     shared by control and data connections.  The PEM is read as HTTPS reads
-    it (``wsfront.http.tls``); only the TLS settings differ.  ALPN agrees on
-    ``ftp`` (RFC 7639) when a client offers it and on nothing otherwise,
-    never failing the handshake over it (``select_alpn``)."""
-    from wsfront.http.tls import pem_parts, select_alpn
+    it (``wsfront.certificate.pem_parts``); only the TLS settings differ.
+    ALPN agrees on ``ftp`` (RFC 7639) when a client offers it and on nothing
+    otherwise, never failing the handshake over it (``select_alpn``)."""
+    from wsfront.http.tls import select_alpn
 
     options = CertificateOptions(
         **pem_parts(pem),

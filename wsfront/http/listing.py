@@ -10,7 +10,10 @@ page whatever the directory's size.
 from __future__ import annotations
 
 import html
+import itertools
 import json
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
@@ -110,9 +113,7 @@ _HTML_TAIL = b"</table>\n</body></html>\n"
 def serve(context, request: StreamingRequest, user, vpath: str):
     """Write the listing of directory ``vpath`` (headers only for HEAD)."""
     as_json = wants_json(request)
-    transfers = context.transfers
-    page_size = context.settings.listing_page
-    first = yield transfers.list_dir(user, vpath, None, page_size)
+    first = yield context.transfers.list_dir(user, vpath, None, context.settings.listing_page)
     request.setResponseCode(200)
     request.set_headers(CONTENT_SECURITY_HEADERS)
     request.setHeader(b"Vary", b"Accept")
@@ -122,37 +123,82 @@ def serve(context, request: StreamingRequest, user, vpath: str):
     if request.method == b"HEAD":
         request.finish()
         return
+    separators = itertools.chain((b"",), itertools.repeat(b","))
+
+    def render(entry) -> bytes:
+        if as_json:
+            return next(separators) + _json_entry(entry)
+        return _html_entry(vpath, entry)
+
+    if as_json:
+        name = json.dumps(vpath, ensure_ascii=False).encode("utf-8")
+        head, tail = b'{"path": ' + name + b', "entries": [', b"]}\n"
+    else:
+        head, tail = _html_head(vpath), _HTML_TAIL
+    yield stream_pages(context, request, user, vpath, first, render, head, tail)
+
+
+@inlineCallbacks
+def stream_pages(
+    context,
+    request: StreamingRequest,
+    user,
+    vpath: str,
+    first: list,
+    render: Callable[[Any], bytes],
+    head: bytes,
+    tail: bytes,
+    flush_bytes: int | None = None,
+):
+    """Write ``head``, ``render(entry)`` of every entry of directory
+    ``vpath``, then ``tail``, and finish ``request``; the status and
+    headers are already set.
+
+    ``first`` is the directory's first page (``Transfers.list_dir`` of
+    ``listing_page`` entries, read before the headers so that an error
+    still has its own answer); the next pages are read as the ones before
+    are written.  What is rendered is written at the end of each page, and
+    within one as soon as ``flush_bytes`` of it gathered (if given); after
+    each write the next waits while the client's socket is full (``Flow``),
+    and stops, unfinished, once the client is gone."""
+    page_size = context.settings.listing_page
     flow = Flow()
     request.registerProducer(flow, True)
     try:
-        if as_json:
-            name = json.dumps(vpath, ensure_ascii=False).encode("utf-8")
-            request.write(b'{"path": ' + name + b', "entries": [')
-        else:
-            request.write(_html_head(vpath))
-        page, count = first, 0
+        pending, size = [head], len(head)
+        page = first
         while True:
-            chunk = []
             for entry in page:
-                if as_json:
-                    chunk.append((b"," if count else b"") + _json_entry(entry))
-                else:
-                    chunk.append(_html_entry(vpath, entry))
-                count += 1
-            if chunk:
-                request.write(b"".join(chunk))
-            if len(page) < page_size or request.gone:
+                part = render(entry)
+                pending.append(part)
+                size += len(part)
+                if flush_bytes is not None and size >= flush_bytes:
+                    request.write(b"".join(pending))
+                    pending, size = [], 0
+                    if not (yield _keep_up(flow, request)):
+                        return
+            if len(page) < page_size:
                 break
-            waiting = flow.ready()
-            if waiting is not None:
-                yield waiting
-            if flow.stopped or request.gone:
+            if pending:
+                request.write(b"".join(pending))
+                pending, size = [], 0
+            if not (yield _keep_up(flow, request)):
                 return
-            page = yield transfers.list_dir(user, vpath, page[-1].name, page_size)
+            page = yield context.transfers.list_dir(user, vpath, page[-1].name, page_size)
         if request.gone:
             return
-        request.write(b"]}\n" if as_json else _HTML_TAIL)
+        pending.append(tail)
+        request.write(b"".join(pending))
     finally:
         if not request._disconnected:
             request.unregisterProducer()
     request.finish()
+
+
+@inlineCallbacks
+def _keep_up(flow: Flow, request: StreamingRequest):
+    """Wait while the client is slow; False once it is gone."""
+    waiting = flow.ready()
+    if waiting is not None:
+        yield waiting
+    return not (flow.stopped or request.gone)

@@ -11,7 +11,7 @@ its listing), never the user's own pending upload, which only adds
 ``Upload-Offset`` to the answer's headers as it does to HEAD's; a file with
 nothing committed is 404, as for GET.  Hrefs are the HTML listing's
 (``paths.to_url_path``).  A Depth 1 answer on a directory streams page by
-page from the catalog like the HTML/JSON listing (``listing.Flow``), so its
+page from the catalog like the HTML/JSON listing (``listing.stream_pages``), so its
 memory is a page and one flush, whatever the directory's size.
 """
 
@@ -27,7 +27,7 @@ from wsfront.http import dav_xml
 from wsfront.http.download import pending_headers
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import quote_etag, view_target
-from wsfront.http.listing import Flow
+from wsfront.http.listing import stream_pages
 from wsfront.http.mimetypes import content_type
 from wsfront.http.request import CONTENT_SECURITY_HEADERS, StreamingRequest
 
@@ -159,53 +159,18 @@ def resource_of(
 def _stream_children(context, request, user, vpath: str, own, query, headers):
     """Write the multistatus of directory ``vpath`` and its entries, a
     catalog page at a time, waiting while the client's socket is full."""
-    transfers = context.transfers
-    page_size = context.settings.listing_page
-    page = yield transfers.list_dir(user, vpath, None, page_size)
+    first = yield context.transfers.list_dir(user, vpath, None, context.settings.listing_page)
     request.setResponseCode(207)
     request.set_headers(headers)
     request.setHeader(b"Content-Type", dav_xml.CONTENT_TYPE.encode("latin-1"))
-    flow = Flow()
-    request.registerProducer(flow, True)
     prefix = "" if vpath == "/" else vpath
-    try:
-        pending = [dav_xml.MULTISTATUS_HEAD, dav_xml.response(own, query)]
-        size = sum(map(len, pending))
-        while True:
-            for entry in page:
-                child = resource_of(
-                    prefix + "/" + entry.name, entry.is_dir, entry.size, entry.mtime, entry.etag
-                )
-                part = dav_xml.response(child, query)
-                pending.append(part)
-                size += len(part)
-                if size >= FLUSH_BYTES:
-                    request.write(b"".join(pending))
-                    pending, size = [], 0
-                    if not (yield _keep_up(flow, request)):
-                        return
-            if len(page) < page_size:
-                break
-            if pending:
-                request.write(b"".join(pending))
-                pending, size = [], 0
-            if not (yield _keep_up(flow, request)):
-                return
-            page = yield transfers.list_dir(user, vpath, page[-1].name, page_size)
-        if request.gone:
-            return
-        pending.append(dav_xml.MULTISTATUS_TAIL)
-        request.write(b"".join(pending))
-    finally:
-        if not request._disconnected:
-            request.unregisterProducer()
-    request.finish()
 
+    def render(entry) -> bytes:
+        child = resource_of(
+            prefix + "/" + entry.name, entry.is_dir, entry.size, entry.mtime, entry.etag
+        )
+        return dav_xml.response(child, query)
 
-@inlineCallbacks
-def _keep_up(flow: Flow, request: StreamingRequest):
-    """Wait while the client is slow; False once it is gone."""
-    waiting = flow.ready()
-    if waiting is not None:
-        yield waiting
-    return not (flow.stopped or request.gone)
+    head = dav_xml.MULTISTATUS_HEAD + dav_xml.response(own, query)
+    tail = dav_xml.MULTISTATUS_TAIL
+    yield stream_pages(context, request, user, vpath, first, render, head, tail, FLUSH_BYTES)

@@ -39,6 +39,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.http.errors_map import HttpError, http_error
 from wsfront.http.request import BodyLost, StreamingChannel, StreamingRequest, canned
 from wsfront.limits import ConnectionLimits, LoginThrottle
+from wsfront.text import one_line
 
 log = Logger()
 
@@ -223,6 +224,10 @@ class WsSite(server.Site):
         return endpoint(request, self.context, segments[1:])
 
 
+LOGGED_TEXT_MAX = 500
+"""The longest path or reason a request's error line shows (one line each)."""
+
+
 def log_error_answer(request: StreamingRequest, failure, status: int) -> None:
     """Log a request that ended in an error, once, before it is answered.
 
@@ -235,7 +240,7 @@ def log_error_answer(request: StreamingRequest, failure, status: int) -> None:
     as in FTP (``wsfront.ftp.protocol``: ``reply_error``).
     """
     method = request.method.decode("latin-1")
-    path = _shorten(request.uri.decode("latin-1"))
+    path = one_line(request.uri.decode("latin-1"), LOGGED_TEXT_MAX)
     if status == 500:
         log.failure("{method} {path} failed", failure, method=method, path=path)
         return
@@ -248,14 +253,8 @@ def log_error_answer(request: StreamingRequest, failure, status: int) -> None:
         path=path,
         status=status,
         outcome=f"cut short (would be {status})" if request.startedWriting else status,
-        reason=_shorten(reason),
+        reason=one_line(reason, LOGGED_TEXT_MAX),
     )
-
-
-def _shorten(text: str, limit: int = 500) -> str:
-    """``text`` on one line and at most ``limit`` characters: a log line each."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def target_path(raw: bytes) -> bytes:

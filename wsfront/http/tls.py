@@ -20,33 +20,18 @@ the one protocol the listener offers anyway.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from wsfront.certificate import parse_pem
+from wsfront.certificate import pem_parts
 from wsfront.config import FrontendConfig
 from wsfront.http.site import SiteSettings
 
 HSTS_MAX_AGE = 180 * 24 * 3600
 """Strict-Transport-Security max-age sent over HTTPS when TLS is required."""
-
-
-def pem_parts(pem: bytes) -> dict[str, Any]:
-    """The key, certificate and chain of a PEM blob holding the certificate,
-    any intermediates after it and the private key
-    (``FrontendConfig.tls_pem()``), as ``CertificateOptions`` arguments.
-    Read by ``wsfront.certificate.parse_pem``, as the start-up check reads
-    it (so never asking for a passphrase)."""
-    parsed = parse_pem(pem)
-    return {
-        "privateKey": parsed.key,
-        "certificate": parsed.certificate,
-        "extraCertChain": list(parsed.chain),
-    }
 
 
 def select_alpn(options: ssl.CertificateOptions, protocol: bytes) -> ssl.CertificateOptions:
@@ -67,7 +52,7 @@ def select_alpn(options: ssl.CertificateOptions, protocol: bytes) -> ssl.Certifi
 
 
 def server_tls_options(pem: bytes) -> ssl.CertificateOptions:
-    """Server TLS options for HTTPS from a PEM blob (``pem_parts``)."""
+    """Server TLS options for HTTPS from a PEM blob (``certificate.pem_parts``)."""
     options = ssl.CertificateOptions(**pem_parts(pem), raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
     return select_alpn(options, b"http/1.1")
 

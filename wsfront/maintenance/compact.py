@@ -254,6 +254,10 @@ class Compactor:
             batch = await self._catalog.compaction_candidates(wanted, self.settings.batch, after)
             if not batch:
                 break
+            # Asked once a page of files, not once a file: fresh enough that
+            # a long ``wsfs compact`` stops writing to a server a drain began
+            # on meanwhile.
+            draining = await draining_nodes(self._catalog)
             for candidate in batch:
                 after = candidate.inode
                 if not more():
@@ -267,7 +271,7 @@ class Compactor:
                     stats[SKIPPED] += 1
                     stats["done"] = stats["examined"]
                     continue
-                outcome = await self.compact(candidate, keep_going)
+                outcome = await self.compact(candidate, keep_going, draining)
                 stats[outcome] += 1
                 if outcome != SKIPPED:
                     stats["relayed"] += candidate.size
@@ -293,9 +297,14 @@ class Compactor:
         return total if max_files is None else min(total, max_files)
 
     async def compact(
-        self, candidate: CompactionCandidate, keep_going: Callable[[], bool] = lambda: True
+        self,
+        candidate: CompactionCandidate,
+        keep_going: Callable[[], bool] = lambda: True,
+        draining: set[str] | None = None,
     ) -> str:
-        """Merge one file into one blob; fires with the outcome."""
+        """Merge one file into one blob, on no server of ``draining`` (the
+        catalog's draining servers, asked here if not given); fires with
+        the outcome."""
         limit = self.settings.max_file_bytes
         if candidate.size <= 0 or (limit is not None and candidate.size > limit):
             return SKIPPED
@@ -316,7 +325,9 @@ class Compactor:
         ):
             return CHANGED
         wanted = await self._wanted_replicas(version)
-        targets = self._pool.choose(wanted, exclude=await draining_nodes(self._catalog))
+        if draining is None:
+            draining = await draining_nodes(self._catalog)
+        targets = self._pool.choose(wanted, exclude=draining)
         if len(targets) < wanted:
             log.warn(
                 "compact: {path}: {n} servers free, {w} wanted; later",

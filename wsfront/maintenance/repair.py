@@ -225,7 +225,7 @@ class Repairer:
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
         if not ok and any(self._usable(n, lost) for n in stale):
-            if not await self._copy_from_stale(blob, lost, draining, stats):
+            if not await self._copy_from_stale(blob, stale, lost, draining, stats):
                 return False
             blob = await self._catalog.get_blob(blob.blob_id)
             ok = set(blob.ok_replicas)
@@ -253,11 +253,11 @@ class Repairer:
         return True
 
     async def _copy_from_stale(
-        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+        self, blob: BlobRecord, stale: list[str], lost: set[str], draining: set[str], stats: dict
     ) -> bool:
-        """``blob`` has no ok replica at all, only ``stale`` ones (each once
-        failed a checksum or a size check; a reader still falls back on
-        them).  The wire protocol has no "verify" operation, but ``copy``
+        """``blob`` has no ok replica at all, only stale ones, on the
+        servers ``stale`` (each once failed a checksum or a size check; a
+        reader still falls back on them).  The wire protocol has no "verify" operation, but ``copy``
         is one: the source checks every block's CRC as it reads, the target
         the length.  So one stale replica after the other is the source of
         one copy to a server holding no stale copy of it (a failed copy
@@ -265,7 +265,6 @@ class Repairer:
         that succeeds is a verified replica and recorded ok (the rule of
         ``add_replica``), the rest of the repair copies from it.  True once
         recorded; else the blob is reported in ``no_verified_replica``."""
-        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
         usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
         targets = self.targets(blob, exclude=set(stale) | lost | draining)
         why = "none of them copies clean" if targets else "no server without a copy to copy to"

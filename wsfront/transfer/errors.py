@@ -6,6 +6,8 @@ else about replicas, epochs or catalogs leaks into the adapters.
 
 from __future__ import annotations
 
+from wsfront.text import one_line
+
 
 class TransferError(Exception):
     """Base class of the transfer layer's errors."""
@@ -126,5 +128,5 @@ def public_detail(error: BaseException) -> str:
     stays out."""
     if not isinstance(error, _PUBLIC):
         return ""
-    detail = " ".join(str(error).split())
+    detail = one_line(str(error))
     return "" if "/" in detail or len(detail) > 200 else detail

@@ -126,11 +126,6 @@ class StoragePool:
         node = self._nodes.get(name)
         return node is not None and node.up
 
-    def writable(self, name: str) -> bool:
-        """Up, and not refusing new blobs for a disk problem (``problem``)."""
-        node = self._nodes.get(name)
-        return node is not None and node.up and node.problem is None
-
     def set_draining(self, name: str, draining: bool) -> None:
         """A draining server (``wsfs drain``) still serves reads, takes no new writes."""
         node = self._nodes.get(name)
