@@ -415,6 +415,13 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
     cpu.update({"front end, reactor thread": [], "front end, sha256 thread": []})
     cpu.update({"storage servers": [], "curl (wsfs)": [], "nginx + curl": []})
+    # The storage servers one by one: the busiest, and the others together,
+    # to see which replica pays when their sum swings (1.46-3.01 s per GiB
+    # PUT from one round to the next in one run, 1.21-1.36 in the next,
+    # 1.22-1.32 with --drop-behind-kib 1024): the one that keeps the blob in
+    # its page cache (wsfront.transfer.cache_hint), writing into fresh pages,
+    # or both.
+    cpu.update({"storage, busiest server": [], "storage, the others": []})
     cpu.update({"machine (wsfs)": [], "machine (nginx)": []})
     # Minor page faults per MiB PUT: front end, storage servers.
     flt: dict[str, list[float]] = {"front end": [], "storage servers": []}
@@ -441,9 +448,15 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     async def put_wsfs() -> float:
         faults_before, writes_before = faults(storage_pids), write_calls(storage_pids)
         before = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        each_before = [cpu_pids([pid]) for pid in storage_pids]
         machine_before = cpu_machine()
         _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
         after = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        each = sorted(
+            (cpu_pids([pid]) - b for pid, b in zip(storage_pids, each_before)), reverse=True
+        )
+        cpu["storage, busiest server"].append(each[0] / gib)
+        cpu["storage, the others"].append(sum(each[1:]) / gib)
         machine_after = cpu_machine()
         faults_after = faults(storage_pids)
         writes.append((write_calls(storage_pids) - writes_before) / (big / MiB))
