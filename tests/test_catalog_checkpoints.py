@@ -92,10 +92,10 @@ async def test_writes_do_not_wait_for_a_running_checkpoint(tmp_path, monkeypatch
     entered, release = threading.Event(), threading.Event()
     real = sqlite_backend.SQLiteBackend.checkpoint
 
-    def slow_checkpoint(self, conn):
+    def slow_checkpoint(self, conn, last):
         entered.set()
         assert release.wait(WAIT)
-        return real(self, conn)
+        return real(self, conn, last)
 
     monkeypatch.setattr(sqlite_backend.SQLiteBackend, "checkpoint", slow_checkpoint)
     cat = open_sqlite(tmp_path, monkeypatch)
@@ -133,10 +133,10 @@ async def test_a_failing_checkpoint_is_logged_once_and_the_writes_go_on(
     failing = [True]
     real = sqlite_backend.SQLiteBackend.checkpoint
 
-    def checkpoint(self, conn):
+    def checkpoint(self, conn, last):
         if failing[0]:
             raise sqlite3.OperationalError("disk I/O error")
-        return real(self, conn)
+        return real(self, conn, last)
 
     monkeypatch.setattr(sqlite_backend.SQLiteBackend, "checkpoint", checkpoint)
     cat = open_sqlite(tmp_path, monkeypatch)

@@ -158,10 +158,16 @@ class Backend:
     def prepare(self, tx: Tx) -> None:
         """Per-database start-up work inside the migration transaction."""
 
-    def checkpoint(self, conn: Any) -> tuple[int, int]:
+    def checkpoint(self, conn: Any, last: bool) -> tuple[int, int]:
         """Copy what the database's log holds into its main file, waiting
         for no reader or writer (``checkpoint_every`` only); return the
-        pages in the log and how many of them are copied now."""
+        pages in the log and how many of them are copied now.  ``last``:
+        no pass follows this one before more writes."""
+        raise NotImplementedError
+
+    def log_generation(self) -> Any:
+        """A value that changes whenever the log begins again from its
+        start (``checkpoint_every`` only)."""
         raise NotImplementedError
 
 
@@ -208,10 +214,11 @@ class Checkpointer:
     The log begins again from its start only at a write transaction that
     begins after a pass copied all of it.  A pass that a commit overtook
     is run again at once (up to ``PASSES`` passes); and after a pass, the
-    next write wakes the thread again to see whether the log began again,
-    copying what that write added if not (up to ``RETRIES`` times).  The
-    backend's own automatic checkpoint stays as a backstop for a log that
-    still grows: writes back to back, a reader that holds an old snapshot.
+    next write wakes the thread again to see whether the log began again
+    (``Backend.log_generation``), copying what that write added if not (up
+    to ``RETRIES`` times).  The backend's own automatic checkpoint stays as
+    a backstop for a log that still grows: writes back to back, a reader
+    that holds an old snapshot.
     """
 
     PASSES = 2
@@ -225,7 +232,7 @@ class Checkpointer:
         self._wake = threading.Event()
         self._stopping = False
         self._conn: Any = None
-        self._pages = 0  # in the log at the last pass
+        self._watching: Any = None  # the log's generation after a pass
         self._retries = 0
         self._failing: str | None = None
         #: Passes run, how often the log was seen to begin again, and how
@@ -267,19 +274,32 @@ class Checkpointer:
         try:
             if self._conn is None:
                 self._conn = self._backend.connect()
-            restarted = False
-            for _ in range(self.PASSES):
+            # Woken by the write after a pass: if it began the log again,
+            # nothing is left to copy for now.
+            watching = self._watching
+            if watching is not None and self._backend.log_generation() != watching:
+                self.restarts += 1
+                self._watching, self._retries = None, 0
+                return
+            for n in range(self.PASSES):
                 self.passes += 1
-                pages, copied = self._backend.checkpoint(self._conn)
-                restarted = restarted or pages < self._pages
-                self._pages = pages
+                pages, copied = self._backend.checkpoint(self._conn, n + 1 == self.PASSES)
                 if copied >= pages:
                     break
+            # Watch the next write (and a few more, as long as writes
+            # overtake the passes) begin the log again.
+            if self._retries < self.RETRIES:
+                self._retries += 1
+                self._watching = self._backend.log_generation()
+                self._again = True
+            else:
+                self._watching, self._retries = None, 0
         except Exception as e:
             # The writes go on: the next wake tries again (on a new
             # connection), and the backend's own checkpoint still bounds
             # the log meanwhile.  Logged once per kind of failure.
             self._close()
+            self._watching, self._retries = None, 0
             reason = f"{type(e).__name__}: {e}"
             if reason != self._failing:
                 log.warn("catalog checkpoint failed: {reason}", reason=reason)
@@ -288,13 +308,6 @@ class Checkpointer:
         if self._failing is not None:
             log.info("catalog checkpoints work again")
             self._failing = None
-        if restarted:
-            self.restarts += 1
-        if restarted or self._retries >= self.RETRIES:
-            self._retries = 0
-        else:
-            self._retries += 1
-            self._again = True
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

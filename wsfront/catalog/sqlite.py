@@ -91,18 +91,28 @@ class SQLiteBackend(Backend):
         if cursor is not None:
             cursor.close()
 
-    def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int]:
+    def checkpoint(self, conn: sqlite3.Connection, last: bool) -> tuple[int, int]:
         # PASSIVE: copies the frames no reader still needs, never waits
         # and never blocks the writer; it syncs the log before it copies
         # and, once it copied all of it, the database file after.
         ((busy, pages, copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        if 0 < copied < pages:
+        if last and 0 < copied < pages:
             # Overtaken by a commit, SQLite leaves what it copied unsynced
             # (the log still holds it): sync it here, or the checkpoint
             # that completes this one (a commit's own, past the backstop)
             # would wait for all of it.
             self._sync_file()
         return (pages, -1 if busy else copied)
+
+    def log_generation(self) -> bytes | None:
+        # The WAL header's checkpoint sequence number and salts
+        # (https://www.sqlite.org/fileformat2.html#walformat), rewritten
+        # by the first commit after the log began again.
+        try:
+            with open(self.path + "-wal", "rb") as wal:
+                return wal.read(24)[12:]
+        except FileNotFoundError:
+            return None
 
     def _sync_file(self) -> None:
         fd = os.open(self.path, os.O_RDONLY)
