@@ -2,14 +2,24 @@
 
 Measures, through the public Deferred API on the real reactor (so the
 thread-pool hop is included): ``stat`` of a committed file, create+commit
-of an empty file (``begin_upload`` + ``commit_upload``) and a session
-``checkpoint`` update.  Each runs ``--ops`` times with 1 and with
+of an empty file (``begin_upload`` + ``commit_upload``, both durable), a
+small STOR's catalog work (``start_upload``, whose commit waits for no
+disk, then ``commit_upload`` of 4 KiB, as the FTP adapter does) and a
+session ``checkpoint`` update.  Each runs ``--ops`` times with 1 and with
 ``--concurrency`` operations in flight.  SQLite runs with
-``synchronous=FULL`` (every commit fsync'd) on ``--dir``; PostgreSQL uses
-``WSFS_TEST_POSTGRES`` (default postgresql://postgres@127.0.0.1:5432/test)
-in a schema of its own, dropped afterwards.
+``synchronous=FULL`` (every durable commit fsync'd) on ``--dir``;
+PostgreSQL uses ``WSFS_TEST_POSTGRES`` (default
+postgresql://postgres@127.0.0.1:5432/test) in a schema of its own, dropped
+afterwards.  ``--files N`` first fills the catalog with N committed files
+(random names and blob ids, as uploads make them): a big catalog dirties
+more distinct pages per write, and its checkpoints cost more.
+
+``--pages`` (SQLite) also prints the log pages (WAL frames) each of a small
+STOR's two transactions writes, read from the WAL-index header between
+them (samples where the log began again are left out).
 
     python bench/catalog_ops.py --ops 2000 --concurrency 8
+    python bench/catalog_ops.py --no-postgres --files 200000 --pages
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import argparse
 import itertools
 import os
 import secrets
+import struct
 import sys
 import tempfile
 import time
@@ -53,6 +64,55 @@ async def timed(ops: int, concurrency: int, op) -> float:
     return ops / (time.perf_counter() - start)
 
 
+async def fill(cat, files: int) -> None:
+    """``files`` committed 4 KiB files under /fill, 500 to a transaction
+    (set-up only: through the catalog's internals, for speed)."""
+    from wsfront.catalog import _uploads
+
+    await cat.mkdir("/fill")
+    far = time.time() + 86400
+
+    def batch(tx, count):
+        for _ in range(count):
+            start = _uploads.start_upload(
+                tx, time.time(), "bench", f"/fill/{secrets.token_hex(8)}", 0,
+                "b" + secrets.token_hex(16), ["s1", "s2"], 2, "fe1", far, None, {},
+            )  # fmt: skip
+            up = start.upload
+            _uploads.commit_upload(tx, time.time(), up.upload_id, up.epoch, 4096, None, None)
+
+    for done in range(0, files, 500):
+        count = min(500, files - done)
+        await cat._runner.run(lambda tx, count=count: batch(tx, count))
+
+
+def wal_frames(path: str) -> int:
+    """Frames in the SQLite log now: ``mxFrame`` of the WAL-index header
+    (https://www.sqlite.org/walformat.html), in native byte order."""
+    with open(path + "-shm", "rb") as f:
+        return struct.unpack("=I", f.read(20)[16:20])[0]
+
+
+async def stor_pages(cat, db_path: str, count: int) -> tuple[float, float]:
+    """Mean log pages written by a small STOR's start and by its commit."""
+    far = time.time() + 86400
+    starts, commits = [], []
+    for _ in range(count):
+        before = wal_frames(db_path)
+        start = await cat.start_upload(
+            "bench", f"/bench/{secrets.token_hex(8)}", offset=0,
+            blob_id="b" + secrets.token_hex(16), replicas=["s1", "s2"], wanted_replicas=2,
+            owner="fe1", expires_at=far,
+        )  # fmt: skip
+        middle = wal_frames(db_path)
+        await cat.commit_upload(start.upload.upload_id, start.upload.epoch, 4096)
+        after = wal_frames(db_path)
+        if before <= middle <= after:  # else the log began again meanwhile
+            starts.append(middle - before)
+            commits.append(after - middle)
+    return sum(starts) / len(starts), sum(commits) / len(commits)
+
+
 async def bench_backend(cat, ops: int, concurrencies: list[int]) -> dict[str, list[float]]:
     far = time.time() + 86400
     await cat.mkdir("/bench")
@@ -74,6 +134,14 @@ async def bench_backend(cat, ops: int, concurrencies: list[int]) -> dict[str, li
         up = await begin(f"/bench/f{next(_names)}")
         await cat.commit_upload(up.upload_id, up.epoch, 0)
 
+    async def small_stor():
+        start = await cat.start_upload(
+            "bench", f"/bench/{secrets.token_hex(8)}", offset=0,
+            blob_id="b" + secrets.token_hex(16), replicas=["s1", "s2"], wanted_replicas=2,
+            owner="fe1", expires_at=far,
+        )  # fmt: skip
+        await cat.commit_upload(start.upload.upload_id, start.upload.epoch, 4096)
+
     sessions = [await begin(f"/bench/ck{i}") for i in range(max(concurrencies))]
     offsets = {s.upload_id: 0 for s in sessions}
     free = list(sessions)
@@ -87,7 +155,12 @@ async def bench_backend(cat, ops: int, concurrencies: list[int]) -> dict[str, li
             free.append(s)
 
     results: dict[str, list[float]] = {}
-    for name, op in (("stat", stat), ("create+commit", create_commit), ("checkpoint", checkpoint)):
+    for name, op in (
+        ("stat", stat),
+        ("create+commit", create_commit),
+        ("small STOR", small_stor),
+        ("checkpoint", checkpoint),
+    ):
         results[name] = [await timed(ops, c, op) for c in concurrencies]
     return results
 
@@ -105,6 +178,7 @@ def postgres_schema(base: str):
 async def main(reactor, args) -> None:
     concurrencies = [1, args.concurrency]
     rows = []
+    pages: list[str] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         targets = [("sqlite", f"sqlite:///{tmp}/catalog.sqlite", None)]
         if not args.no_postgres:
@@ -114,7 +188,13 @@ async def main(reactor, args) -> None:
         for backend, url, cleanup in targets:
             cat = open_catalog(reactor, url, threads=args.concurrency)
             try:
+                if args.files:
+                    await fill(cat, args.files)
                 results = await bench_backend(cat, args.ops, concurrencies)
+                if args.pages and backend == "sqlite":
+                    start, commit = await stor_pages(cat, f"{tmp}/catalog.sqlite", 300)
+                    pages.append(f"small STOR, log pages written: start {start:.1f}, "
+                                 f"commit {commit:.1f}")  # fmt: skip
             finally:
                 await cat.close()
                 if cleanup:
@@ -133,7 +213,13 @@ async def main(reactor, args) -> None:
     print(f"{header[0]:<11} {header[1]:<14} {header[2]:>20} {header[3]:>20}")
     for backend, op, one, many in rows:
         print(f"{backend:<11} {op:<14} {one:>20.0f} {many:>20.0f}")
-    print(f"({args.ops} operations each; SQLite synchronous=FULL, WAL, in {args.dir or '/tmp'})")
+    for line in pages:
+        print(line)
+    filled = f", {args.files} files before" if args.files else ""
+    print(
+        f"({args.ops} operations each{filled}; SQLite synchronous=FULL, WAL, "
+        f"in {args.dir or '/tmp'})"
+    )
 
 
 if __name__ == "__main__":
@@ -142,5 +228,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--dir", default=None, help="directory for the SQLite file")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--files", type=int, default=0, help="committed files to start with")
+    parser.add_argument("--pages", action="store_true", help="log pages per small STOR (SQLite)")
     args = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

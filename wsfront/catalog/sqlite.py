@@ -5,16 +5,30 @@ file; every write transaction is ``BEGIN IMMEDIATE``, so the write lock is
 taken before anything is read and a compare-and-set can never be decided on
 a stale read.  ``synchronous=FULL``: a commit is on disk when it returns,
 because front ends acknowledge clients right after it.
+
+Checkpoints (copying the log's pages into the database file) run in a
+thread of their own every ``CHECKPOINT_EVERY`` writes (``_db.Checkpointer``),
+not in the commit that happens to fill the log; ``wal_autocheckpoint`` is
+raised to ``BACKSTOP_PAGES`` so that SQLite's own checkpoint from a commit
+only runs for a log that the thread could not keep short.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
 from wsfront.catalog._db import Backend
 
 BUSY_TIMEOUT_SECONDS = 30.0
+#: Write transactions between two checkpoints of the checkpoint thread: a
+#: small STOR writes two, about 30 pages in all, so about 1000 pages a
+#: pass, as often as SQLite's own default (``wal_autocheckpoint`` 1000).
+CHECKPOINT_EVERY = 64
+#: Pages in the log past which a commit checkpoints itself (SQLite's
+#: default: 1000), only when the thread's passes fall behind.
+BACKSTOP_PAGES = 4000
 
 
 class SQLiteBackend(Backend):
@@ -30,6 +44,7 @@ class SQLiteBackend(Backend):
     single_writer = True
     locks_at_begin = True  # every write transaction is BEGIN IMMEDIATE
     queue_timeout = BUSY_TIMEOUT_SECONDS
+    checkpoint_every = CHECKPOINT_EVERY
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -45,6 +60,7 @@ class SQLiteBackend(Backend):
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         return conn
 
     def connect_inline(self) -> sqlite3.Connection:
@@ -74,6 +90,36 @@ class SQLiteBackend(Backend):
             conn.rollback()
         if cursor is not None:
             cursor.close()
+
+    def checkpoint(self, conn: sqlite3.Connection, last: bool) -> tuple[int, int]:
+        # PASSIVE: copies the frames no reader still needs, never waits
+        # and never blocks the writer; it syncs the log before it copies
+        # and, once it copied all of it, the database file after.
+        ((busy, pages, copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if last and 0 < copied < pages:
+            # Overtaken by a commit, SQLite leaves what it copied unsynced
+            # (the log still holds it): sync it here, or the checkpoint
+            # that completes this one (a commit's own, past the backstop)
+            # would wait for all of it.
+            self._sync_file()
+        return (pages, -1 if busy else copied)
+
+    def log_generation(self) -> bytes | None:
+        # The WAL header's checkpoint sequence number and salts
+        # (https://www.sqlite.org/fileformat2.html#walformat), rewritten
+        # by the first commit after the log began again.
+        try:
+            with open(self.path + "-wal", "rb") as wal:
+                return wal.read(24)[12:]
+        except FileNotFoundError:
+            return None
+
+    def _sync_file(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def is_unique_violation(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError)
