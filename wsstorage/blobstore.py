@@ -54,16 +54,31 @@ Durability: a new blob has no record on disk until its first ``sync``,
 ``seal`` or ``fence`` (or a newer epoch), so creating it syncs nothing and
 a small blob written and sealed at once costs three syncs (data and the record
 holding its checksums at the same time, then the directory) and two new
-files (no ``.sums``); a ``put`` of at most ``INLINE_DATA_MAX`` bytes costs
-two (the record holding the bytes too, then the directory) and one file.  A
-crash before then loses the blob whole, which is allowed: none of its
-bytes was reported durable (``durable`` is 0).
+files (no ``.sums``).  A crash before then loses the blob whole, which is
+allowed: none of its bytes was reported durable (``durable`` is 0).
+
+A ``put`` of at most ``INLINE_DATA_MAX`` bytes (``put_inline``) is one
+file, the record holding the bytes too, and one sync: through the *put
+journal* (``wsstorage.putjournal``) the record's temp file is written
+unsynced, a copy of its bytes is appended to a preallocated journal file
+and fdatasync'd (a pure data flush, shared by concurrent puts), and only
+then is the temp file renamed and the put acknowledged.  The record file
+and its name are made durable later, by a checkpoint: one ``syncfs`` for
+every record written since the last one (a second after the first, when
+the journal is half full, before a blob with an entry is removed, at
+``close``).  Opening the store replays the journal before the scan, so a
+record a power loss lost or tore is written again, not reported damaged.
+Without a journal (``journal_size=0``, a disk too full to create it) or
+with no room in it, a put syncs its record and then the directory (two
+syncs), as any record is written.
 
 Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
 cache and may run in the reactor thread.  ``open_write`` (it creates files
 and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
 ``delete``, ``list_blobs`` and ``BlobStore.open`` block on fsync or on
-scanning and belong in a thread.  Each blob has a lock; ``sync`` does not
+scanning and belong in a thread.  The put journal's checkpoints run in a
+thread of the store's own (started at its first journaled put, stopped by
+``close``).  Each blob has a lock; ``sync`` does not
 hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
@@ -1779,9 +1794,10 @@ class BlobStore:
 
     def put_inline(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
         """Create ``blob_id`` sealed, its bytes and checksums in its record
-        (format 3: no ``.data``, no ``.sums``): the record's temp file is
-        written and fsync'd, renamed, and the directory fsync'd; one new
-        file and two syncs.  A blob that exists already (a fence came
+        (format 3: no ``.data``, no ``.sums``): one new file and one sync,
+        the put journal's (``_write_sealed``; without a journal, the
+        record's temp file is fsync'd, renamed, and the directory fsync'd:
+        two syncs).  A blob that exists already (a fence came
         first, a writer before it), or one of more blocks than a record
         holds checksums for (``inline_fits``), is written as ``open_write``
         at 0 and sealed instead, with the refusals that brings (BlobSealed,

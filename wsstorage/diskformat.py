@@ -61,8 +61,9 @@ ENTRY = struct.Struct(">II")
 #: 4 MiB of 64 KiB blocks, 512 bytes of entries.
 INLINE_SUMS_MAX = 64
 #: Largest blob whose bytes a ``put`` keeps in its sealed record
-#: (``MetaRecord.data``): one file created and two syncs (record,
-#: directory) instead of two files and three syncs.
+#: (``MetaRecord.data``): one file created and one sync (the put journal's;
+#: two, record and directory, without it) instead of two files and three
+#: syncs.
 INLINE_DATA_MAX = 64 * 1024
 
 STATE_OPEN = "open"
