@@ -249,6 +249,13 @@ class PutJournal:
         missing: list[str] = []
         #: (generation, entries) of each valid file: replayed oldest first.
         logs: list[tuple[int, list[Entry]]] = []
+        #: Descriptors to close if this fails.
+        owned: list[int] = []
+
+        def let_go(fd: int) -> None:
+            owned.remove(fd)
+            fs.close(fd)
+
         try:
             for name in JOURNAL_FILES:
                 path = os.path.join(directory, name)
@@ -257,15 +264,12 @@ class PutJournal:
                 except FileNotFoundError:
                     missing.append(path)
                     continue
-                try:
-                    file_size = fs.fstat_size(fd)
-                    raw = fs.pread(fd, file_size, 0)
-                    generation = decode_header(raw, path)
-                except BaseException:
-                    fs.close(fd)
-                    raise
+                owned.append(fd)
+                file_size = fs.fstat_size(fd)
+                raw = fs.pread(fd, file_size, 0)
+                generation = decode_header(raw, path)
                 if generation is None or file_size <= HEADER_SIZE:
-                    fs.close(fd)
+                    let_go(fd)
                     missing.append(path)
                     continue
                 found.append((generation, path, fd, file_size))
@@ -284,7 +288,7 @@ class PutJournal:
                 sides.append(_Side(path, fd, file_size, generation))
             if not size:
                 for side in sides:
-                    fs.close(side.fd)
+                    let_go(side.fd)
                     fs.unlink(side.path)
                 if sides:
                     fs.fsync_dir(directory)
@@ -297,7 +301,7 @@ class PutJournal:
                     if e.errno not in _NO_SPACE:
                         raise
                     for side in sides:
-                        fs.close(side.fd)
+                        let_go(side.fd)
                     log.warn(
                         "put journal: cannot create {path} ({err}): small puts sync "
                         "their own record files instead",
@@ -305,11 +309,12 @@ class PutJournal:
                         err=os.strerror(e.errno),
                     )
                     return None
+                owned.append(fd)
                 sides.append(_Side(path, fd, size, generation))
             if missing:
                 fs.fsync_dir(directory)
         except BaseException:
-            for _, _, fd, _ in found:
+            for fd in owned:
                 try:
                     fs.close(fd)
                 except OSError:
