@@ -457,3 +457,39 @@ async def test_a_server_killed_after_acknowledging_puts_keeps_them(tmp_path) -> 
         await client.close()
     finally:
         restarted.stop()
+
+
+class FailingRename(RecordingFileSystem):
+    """EIO on the rename of ``b.meta``'s temp file, once ``fail`` is set."""
+
+    fail = False
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.fail and dst.endswith("b.meta"):
+            self.fail = False
+            raise OSError(errno.EIO, "Input/output error")
+        super().rename(src, dst)
+
+
+def test_a_put_that_fails_after_its_entry_voids_it_with_a_checkpoint(tmp_path):
+    """Its entry is durable when the rename fails: replayed, it would create
+    a blob the caller was told was not stored.  The failure checkpoints (the
+    entry is reset away) before it is reported; the blob put before stays."""
+    fs = FailingRename()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "a", pattern(100))
+    fs.fail = True
+    with pytest.raises(OSError):
+        put(store, "b", pattern(100, seed=1))
+    assert store.journal_pending() == []
+    assert ("syncfs", "d") in fs.calls
+    assert store.count_blobs() == 1
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    replayed = open_store(copy)
+    try:
+        with pytest.raises(BlobNotFound):
+            replayed.stat("b")
+        assert read_all(replayed, "a") == pattern(100)
+    finally:
+        replayed.close()
