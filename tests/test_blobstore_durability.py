@@ -830,7 +830,7 @@ def test_a_record_with_malformed_inline_checksums_is_damaged(tmp_path, change):
 def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     """Version 1 wrote every blob with a ``.sums`` file and records of
     format 1: they read unchanged, and FORMAT becomes the current version
-    (3) so that older code refuses the store from now on."""
+    (4) so that older code refuses the store from now on."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     handle = write_all(store, "b", pattern(3 * BLOCK))
     handle.sync()
@@ -845,7 +845,7 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded(tmp_path):
     with open(meta, "w") as f:
         json.dump(record, f)
     store = BlobStore.open(tmp_path / "d")
-    assert json.loads(fmt.read_text())["version"] == 3
+    assert json.loads(fmt.read_text())["version"] == 4
     assert read_all(store, "b") == pattern(3 * BLOCK)
     store.close()
 

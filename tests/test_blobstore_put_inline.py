@@ -55,9 +55,40 @@ def files_of(store: BlobStore, blob_id: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith(blob_id + "."))
 
 
-def test_a_small_put_is_one_record_synced_then_its_directory(tmp_path):
+def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
+    """Through the put journal: the record's temp file is written unsynced,
+    its entry appended and fdatasync'd, and only then is it renamed (a
+    record under its final name always has a durable entry).  Nothing else
+    is synced until the checkpoint: one syncfs, then the journal's reset."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, checkpoint_after=None)
+    data = pattern(2 * BLOCK + 7)
+    fs.calls.clear()
+    info = put(store, "b", data)
+    assert (info.state, info.size, info.durable) == (SEALED, len(data), len(data))
+    assert [c for c in fs.calls if c[0] in SYNCS + ("rename",)] == [
+        ("fdatasync", "journal-a"),
+        ("rename", "b.meta"),
+    ]
+    assert fs.calls.index(("write", "b.meta.tmp")) < fs.calls.index(("write", "journal-a"))
+    assert files_of(store, "b") == ["b.meta"]
+    record, trailer = record_of(store, "b")
+    assert record["format"] == 3 and record["data_size"] == len(data) and trailer == data
+    assert store.journal_pending() == ["b"]
+    fs.calls.clear()
+    store.checkpoint()
+    assert [c for c in fs.calls if c[0] in SYNCS + ("syncfs",)] == [
+        ("syncfs", "d"),
+        ("fdatasync", "journal-a"),
+    ]
+    assert store.journal_pending() == []
+    store.close()
+
+
+def test_a_small_put_is_one_record_synced_then_its_directory(tmp_path):
+    """Without the journal (``journal_size=0``), or when it is full."""
+    fs = RecordingFileSystem()
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0)
     directory = os.path.basename(BlobPaths.of(store.root, "b").directory)
     data = pattern(2 * BLOCK + 7)
     fs.calls.clear()
@@ -335,7 +366,7 @@ def test_a_put_that_fails_keeps_the_count_exact(tmp_path, when):
     """A put that fails after its rename (the directory fsync) left its
     record, listed: it is counted.  One that fails before leaves nothing."""
     fs = FailingDirSync()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0)
     if when == "fsync_dir":
         fs.fail = True
     else:

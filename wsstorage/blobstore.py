@@ -54,16 +54,31 @@ Durability: a new blob has no record on disk until its first ``sync``,
 ``seal`` or ``fence`` (or a newer epoch), so creating it syncs nothing and
 a small blob written and sealed at once costs three syncs (data and the record
 holding its checksums at the same time, then the directory) and two new
-files (no ``.sums``); a ``put`` of at most ``INLINE_DATA_MAX`` bytes costs
-two (the record holding the bytes too, then the directory) and one file.  A
-crash before then loses the blob whole, which is allowed: none of its
-bytes was reported durable (``durable`` is 0).
+files (no ``.sums``).  A crash before then loses the blob whole, which is
+allowed: none of its bytes was reported durable (``durable`` is 0).
+
+A ``put`` of at most ``INLINE_DATA_MAX`` bytes (``put_inline``) is one
+file, the record holding the bytes too, and one sync: through the *put
+journal* (``wsstorage.putjournal``) the record's temp file is written
+unsynced, a copy of its bytes is appended to a preallocated journal file
+and fdatasync'd (a pure data flush, shared by concurrent puts), and only
+then is the temp file renamed and the put acknowledged.  The record file
+and its name are made durable later, by a checkpoint: one ``syncfs`` for
+every record written since the last one (a second after the first, when
+the journal is half full, before a blob with an entry is removed, at
+``close``).  Opening the store replays the journal before the scan, so a
+record a power loss lost or tore is written again, not reported damaged.
+Without a journal (``journal_size=0``, a disk too full to create it) or
+with no room in it, a put syncs its record and then the directory (two
+syncs), as any record is written.
 
 Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
 cache and may run in the reactor thread.  ``open_write`` (it creates files
 and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
 ``delete``, ``list_blobs`` and ``BlobStore.open`` block on fsync or on
-scanning and belong in a thread.  Each blob has a lock; ``sync`` does not
+scanning and belong in a thread.  The put journal's checkpoints run in a
+thread of the store's own (started at its first journaled put, stopped by
+``close``).  Each blob has a lock; ``sync`` does not
 hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
@@ -95,7 +110,7 @@ import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -141,6 +156,7 @@ from wsstorage.errors import (
     StorageError,
 )
 from wsstorage.fsops import OsFileSystem
+from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
 
 log = Logger()
@@ -1107,6 +1123,13 @@ class BlobStore:
         #: go: ``health`` reports it every second to every front end, and
         #: counting by reading every record made each probe cost O(blobs).
         self._count = 0
+        #: The put journal (``put_inline``), or None: puts sync their own
+        #: record files (``BlobStore.open`` with ``journal_size=0``, or the
+        #: journal could not be created for want of space).
+        self._journal: PutJournal | None = None
+        #: Whether ``syncfs`` works here; once it fails ENOSYS, a
+        #: checkpoint fsyncs file by file (``_make_durable``).
+        self._syncfs_works = True
 
     @property
     def damaged(self) -> list[str]:
@@ -1124,13 +1147,19 @@ class BlobStore:
         block_size: int = DEFAULT_BLOCK_SIZE,
         fs: OsFileSystem | None = None,
         drop_behind: int = DROP_BEHIND,
+        journal_size: int = JOURNAL_SIZE,
+        checkpoint_after: float | None = CHECKPOINT_AFTER,
     ) -> BlobStore:
         """Open (creating on first use) the store in ``data_dir``.
 
         ``block_size`` applies only to a new store; an existing one keeps the
         size in its FORMAT file.  ``drop_behind``: the least run of synced
         bytes whose page cache is dropped (0: keep it; module docstring).
-        Blocks: scans and verifies unsealed blobs.  Raises FormatError for
+        ``journal_size``: bytes of each put journal file (0: no journal,
+        every put syncs its own record); ``checkpoint_after``: seconds
+        from a journal's first entry to its checkpoint (None: only when
+        half full, before a removal, at close).  Blocks: replays the put
+        journal, scans and verifies unsealed blobs.  Raises FormatError for
         an unknown format or a directory in use."""
         fs = fs or OsFileSystem()
         root = os.path.abspath(os.fspath(data_dir))
@@ -1146,8 +1175,18 @@ class BlobStore:
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind)
-            store._scan()
-            store._fan_out_all()
+            # Before the scan: a record a power loss tore is rewritten from
+            # its entry, not reported damaged.
+            store._journal = PutJournal.open(
+                fs, root, journal_size, store._make_durable, store._restore, checkpoint_after
+            )
+            try:
+                store._scan()
+                store._fan_out_all()
+            except BaseException:
+                if store._journal is not None:
+                    store._journal.close()
+                raise
         except BaseException:
             os.close(lock_fd)
             raise
@@ -1269,6 +1308,8 @@ class BlobStore:
         for blob in live:
             with blob.lock:
                 blob.close_files()
+        if self._journal is not None:
+            self._journal.close()  # a checkpoint: every record durable
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -1285,6 +1326,122 @@ class BlobStore:
     ) -> None:
         with _disk_errors():
             _write_atomic(self.fs, path, data, directory, alongside)
+
+    # -- the put journal ----------------------------------------------
+
+    def _write_sealed(self, blob: _Blob, record: MetaRecord) -> None:
+        """Write a ``put``'s sealed record: through the put journal (the
+        temp file written, the entry appended and fdatasync'd, then the
+        rename; no sync of the record file or its directory, which the
+        next checkpoint makes durable), or, with no journal or no room in
+        it, as any record is (``_Blob.write_record``: two syncs)."""
+        journal = self._journal
+        paths = blob.paths
+        if journal is None:
+            self._in_fan_out(paths.directory, lambda: blob.write_record(record))
+            return
+        raw = record.encode()
+        tmp = self._in_fan_out(paths.directory, lambda: _write_temp(self.fs, paths.meta, raw))
+        try:
+            journaled = journal.put(blob.blob_id, raw, lambda: self.fs.rename(tmp, paths.meta))
+        except BaseException:
+            _unlink_quietly(self.fs, tmp)
+            raise
+        if journaled:
+            blob.recorded = True
+            return
+        _unlink_quietly(self.fs, tmp)
+        self._in_fan_out(paths.directory, lambda: blob.write_record(record))
+
+    def _settle(self, blob_id: str) -> None:
+        """Before a blob's files are removed: checkpoint the put journal if
+        it holds an entry of the blob not yet checkpointed, or a replay
+        after a crash would bring the blob back."""
+        if self._journal is not None:
+            with _disk_errors():
+                self._journal.settle(blob_id)
+
+    def _make_durable(self, blob_ids: Collection[str]) -> None:
+        """Make the record files of ``blob_ids`` (written by puts through
+        the journal, or by its replay) durable, with their names: one
+        ``syncfs`` of the data directory's file system, or, where there is
+        none, an fsync of each record, then of each directory, then of
+        ``blobs/`` (a fan-out directory a replay made again)."""
+        if self._syncfs_works:
+            try:
+                self.fs.syncfs(self.root)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise
+                self._syncfs_works = False
+                log.info("syncfs is not available: put journal checkpoints fsync each record")
+        directories: set[str] = set()
+        for blob_id in sorted(blob_ids):
+            paths = BlobPaths.of(self.root, blob_id)
+            try:
+                fd = self.fs.open(paths.meta, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # a put that failed, its entry voided by this checkpoint
+            try:
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            directories.add(paths.directory)
+        for directory in sorted(directories):
+            self.fs.fsync_dir(directory)
+        if directories:
+            self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
+
+    def _restore(self, entries: list[Entry]) -> None:
+        """Make each entry's record file hold exactly its bytes (replay):
+        one missing, short, torn or otherwise different (a power loss may
+        lose a record file written without a sync) is written again, temp
+        file and rename, unsynced (``_make_durable`` follows).
+
+        One exception: a record that decodes and whose JSON line is not
+        the entry's is a later blob of that id, left as it is.  A journaled
+        put's record never changes, and a removal checkpoints first, so
+        that is only possible if the put failed after its entry (which is
+        then voided by a checkpoint, unless the disk failed that too); a
+        torn copy of the entry's record cannot decode to another line."""
+        for entry in entries:
+            check_blob_id(entry.blob_id)
+            paths = BlobPaths.of(self.root, entry.blob_id)
+            current = _read_whole(self.fs, paths.meta)
+            if current == entry.record:
+                continue
+            if current is not None and _line(current) != _line(entry.record):
+                try:
+                    MetaRecord.decode(current)
+                except FormatError:
+                    pass
+                else:
+                    log.warn(
+                        "put journal: {id} holds a later record than its entry: kept",
+                        id=entry.blob_id,
+                    )
+                    continue
+            if not self.fs.exists(paths.directory):
+                self.fs.mkdir(paths.directory)
+            tmp = _write_temp(self.fs, paths.meta, entry.record)
+            try:
+                self.fs.rename(tmp, paths.meta)
+            except BaseException:
+                _unlink_quietly(self.fs, tmp)
+                raise
+            log.info("put journal: restored the record of {id}", id=entry.blob_id)
+
+    def journal_pending(self) -> list[str]:
+        """Blob ids whose put is durable through the journal only (not yet
+        checkpointed), sorted; empty without a journal."""
+        return [] if self._journal is None else self._journal.blob_ids()
+
+    def checkpoint(self) -> None:
+        """Checkpoint the put journal now (a no-op without one)."""
+        if self._journal is not None:
+            with _disk_errors():
+                self._journal.checkpoint()
 
     def _read_record(self, paths: BlobPaths, data: bool = False) -> MetaRecord | None:
         """The blob's record, or None if it has none.  Without ``data``
@@ -1418,6 +1575,7 @@ class BlobStore:
         ``damaged`` first, so that it left the count too: one too low."""
         check_blob_id(blob_id)
         paths = BlobPaths.of(self.root, blob_id)
+        self._settle(blob_id)
         with self._registry_lock:
             self.check_open()
             if blob_id in self._live or not self._judged.get(blob_id, True):
@@ -1636,9 +1794,10 @@ class BlobStore:
 
     def put_inline(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
         """Create ``blob_id`` sealed, its bytes and checksums in its record
-        (format 3: no ``.data``, no ``.sums``): the record's temp file is
-        written and fsync'd, renamed, and the directory fsync'd; one new
-        file and two syncs.  A blob that exists already (a fence came
+        (format 3: no ``.data``, no ``.sums``): one new file and one sync,
+        the put journal's (``_write_sealed``; without a journal, the
+        record's temp file is fsync'd, renamed, and the directory fsync'd:
+        two syncs).  A blob that exists already (a fence came
         first, a writer before it), or one of more blocks than a record
         holds checksums for (``inline_fits``), is written as ``open_write``
         at 0 and sealed instead, with the refusals that brings (BlobSealed,
@@ -1671,7 +1830,7 @@ class BlobStore:
             )
             blob.recorded = False
             with _disk_errors():
-                self._in_fan_out(blob.paths.directory, lambda: blob.write_record(sealed))
+                self._write_sealed(blob, sealed)
             blob.size = blob.covered = blob.durable = len(data)
             blob.inline_sums, blob.inline_data, blob.inline_size = sums, data, len(data)
             blob.sealed = True
@@ -1821,6 +1980,7 @@ class BlobStore:
         try:
             if blob.deleted:
                 raise BlobNotFound(f"no blob {blob_id}")
+            self._settle(blob_id)
             blob.deleted = True
             blob.generation += 1
             blob.close_files()
@@ -1861,6 +2021,9 @@ class BlobStore:
         succeeds; the failure is logged."""
         paths = BlobPaths.of(self.root, blob_id)
         tombs: list[str] = []
+        # Not under the registry lock: a checkpoint may take a while, and a
+        # damaged blob gets no new entry meanwhile (a put of it fails).
+        self._settle(blob_id)
 
         def bury(path: str) -> None:
             tomb = paths.tomb(path)
@@ -2010,9 +2173,47 @@ def _write_atomic(
             fs.close(fd)
         fs.rename(tmp, path)
     except BaseException:
-        try:
-            fs.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(fs, tmp)
         raise
     fs.fsync_dir(directory)
+
+
+def _write_temp(fs: OsFileSystem, path: str, data: bytes) -> str:
+    """Write ``data`` to ``path``'s temp file, unsynced; return its name
+    (the put journal renames it once its entry is durable).  A failure
+    leaves no temp file."""
+    tmp = path + TMP_SUFFIX
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        try:
+            fs.pwrite_all(fd, data, 0)
+        finally:
+            fs.close(fd)
+    except BaseException:
+        _unlink_quietly(fs, tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
+    try:
+        fs.unlink(path)
+    except OSError:
+        pass
+
+
+def _read_whole(fs: OsFileSystem, path: str) -> bytes | None:
+    """A file's bytes, or None if there is none."""
+    try:
+        fd = fs.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return fs.pread(fd, fs.fstat_size(fd) + 1, 0)
+    finally:
+        fs.close(fd)
+
+
+def _line(record: bytes) -> bytes:
+    """A record's JSON line (without what follows it)."""
+    return record.partition(b"\n")[0]

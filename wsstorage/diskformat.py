@@ -23,11 +23,20 @@ from wsstorage.errors import BadRequest, StorageError
 FORMAT_NAME = "wsfs-blobstore"
 #: Version 2 added checksums kept inside a sealed record (``sums``), with
 #: no ``.sums`` file; version 3 the bytes of a small blob kept inside its
-#: sealed record too (``data``), with no ``.data`` file.  Older stores are
-#: upgraded when opened.
-FORMAT_VERSION = 3
-#: Versions of a data directory (and of a record) this code reads.
-READABLE_VERSIONS = (1, 2, 3)
+#: sealed record too (``data``), with no ``.data`` file; version 4 the put
+#: journal (``wsstorage.putjournal``): an acknowledged put's record file
+#: may be durable only through ``journal-a``/``journal-b`` until their
+#: next checkpoint, so code that ignores them (version 3) must not open a
+#: directory after a crash of version 4.  Older stores are upgraded when
+#: opened.
+FORMAT_VERSION = 4
+#: Versions of a data directory this code reads.
+READABLE_VERSIONS = (1, 2, 3, 4)
+#: Version a record (``.meta``) is written with: records did not change in
+#: version 4 of the directory, so they still say 3.
+RECORD_VERSION = 3
+#: Versions of a record this code reads.
+RECORD_VERSIONS = (1, 2, 3)
 DEFAULT_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
 MIN_BLOCK_SIZE = 512
@@ -52,8 +61,9 @@ ENTRY = struct.Struct(">II")
 #: 4 MiB of 64 KiB blocks, 512 bytes of entries.
 INLINE_SUMS_MAX = 64
 #: Largest blob whose bytes a ``put`` keeps in its sealed record
-#: (``MetaRecord.data``): one file created and two syncs (record,
-#: directory) instead of two files and three syncs.
+#: (``MetaRecord.data``): one file created and one sync (the put journal's;
+#: two, record and directory, without it) instead of two files and three
+#: syncs.
 INLINE_DATA_MAX = 64 * 1024
 
 STATE_OPEN = "open"
@@ -163,7 +173,7 @@ class MetaRecord:
                 "not loaded: read it whole (with its data) to write it again"
             )
         fields = {
-            "format": FORMAT_VERSION,
+            "format": RECORD_VERSION,
             "blob_id": self.blob_id,
             "state": self.state,
             "epoch": self.epoch,
@@ -199,7 +209,7 @@ class MetaRecord:
         trailer_size = 0 if newline < 0 else total - newline - 1
         try:
             d = json.loads(header)
-            if d["format"] not in READABLE_VERSIONS:
+            if d["format"] not in RECORD_VERSIONS:
                 raise FormatError(f"blob record of unknown format {d['format']!r}")
             sums = d.get("sums")
             data_size = d.get("data_size")

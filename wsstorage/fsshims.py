@@ -89,6 +89,10 @@ class RecordingFileSystem(OsFileSystem):
         self.calls.append(("mkdir", os.path.basename(path)))
         super().mkdir(path)
 
+    def syncfs(self, path: str) -> None:
+        self.calls.append(("syncfs", os.path.basename(path)))
+        super().syncfs(path)
+
 
 class FullDiskFileSystem(RecordingFileSystem):
     """Fails writes with ENOSPC once ``full`` is set, after ``allow`` more bytes

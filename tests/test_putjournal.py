@@ -1,0 +1,495 @@
+"""The put journal (``wsstorage.putjournal``): a small put is durable by one
+fdatasync of a preallocated journal; its record file is made durable by a
+later checkpoint, and a replay at open restores what a power loss took.
+
+A power loss is simulated by copying the data directory of a live store
+(what the disk would hold had the page cache been written back) and then
+removing or damaging, in the copy, the record files a power loss may lose:
+those written since the last checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.storage_procs import StorageProcess, read_sha
+from tests.test_blobstore import BLOCK, pattern, read_all
+from wsstorage.blobstore import BlobStore
+from wsstorage.diskformat import BlobPaths, FormatError
+from wsstorage.errors import BlobNotFound
+from wsstorage.fsshims import RecordingFileSystem
+from wsstorage.putjournal import (
+    ENTRY_CRC,
+    ENTRY_HEAD,
+    HEADER,
+    HEADER_CRC,
+    HEADER_MAGIC,
+    HEADER_SIZE,
+    JOURNAL_FILES,
+    Entry,
+    decode_header,
+    encode_entry,
+    encode_header,
+    scan,
+)
+from wsstorage.records import SEALED
+
+
+def put(store: BlobStore, blob_id: str, data: bytes, epoch: int = 1):
+    handle = store.open_put(blob_id, epoch, {"inode": 3}, len(data))
+    try:
+        handle.write(data)
+        return handle.seal()
+    finally:
+        handle.close()
+
+
+def open_store(path: Path, **kw) -> BlobStore:
+    """A store whose checkpoints come only when asked (or half full, or at
+    close), so a test decides what is still in the journal."""
+    kw.setdefault("checkpoint_after", None)
+    return BlobStore.open(path, block_size=BLOCK, **kw)
+
+
+def crash_copy(store: BlobStore, tmp_path: Path, name: str = "copy") -> Path:
+    """The data directory as a crash would leave it (page cache written
+    back): a copy, without the lock."""
+    target = tmp_path / name
+    shutil.copytree(store.root, target)
+    return target
+
+
+def meta(root: Path | str, blob_id: str) -> Path:
+    return Path(BlobPaths.of(str(root), blob_id).meta)
+
+
+def journal_entries(root: Path | str) -> list[Entry]:
+    out: list[Entry] = []
+    for name in JOURNAL_FILES:
+        raw = (Path(root) / name).read_bytes()
+        generation = decode_header(raw, name)
+        assert generation is not None
+        out += scan(raw, generation)[0]
+    return out
+
+
+# -- entries -------------------------------------------------------------
+
+
+def journal_image(entries: list[bytes], generation: int = 7, size: int = 64 * 1024) -> bytearray:
+    raw = bytearray(size)
+    raw[: HEADER.size + HEADER_CRC.size] = encode_header(generation, size)
+    offset = HEADER_SIZE
+    for entry in entries:
+        raw[offset : offset + len(entry)] = entry
+        offset += len(entry)
+    return raw
+
+
+def test_entries_round_trip_and_a_scan_stops_at_the_zeros_after_them():
+    entries = [encode_entry(7, f"b{i}", pattern(100 * i + 1, seed=i)) for i in range(5)]
+    raw = journal_image(entries)
+    found, end = scan(raw, 7)
+    assert found == [Entry(f"b{i}", pattern(100 * i + 1, seed=i)) for i in range(5)]
+    assert end == HEADER_SIZE + sum(len(e) for e in entries)
+    assert decode_header(bytes(raw), "j") == 7
+
+
+def test_a_scan_stops_at_a_torn_entry():
+    entries = [encode_entry(7, f"b{i}", pattern(500, seed=i)) for i in range(3)]
+    raw = journal_image(entries)
+    tail = HEADER_SIZE + len(entries[0]) + len(entries[1])
+    raw[tail + len(entries[2]) - 10 : tail + len(entries[2])] = bytes(10)  # not all written
+    assert [e.blob_id for e in scan(raw, 7)[0]] == ["b0", "b1"]
+
+
+def test_a_scan_stops_at_an_entry_that_fails_its_crc():
+    entries = [encode_entry(7, f"b{i}", pattern(500, seed=i)) for i in range(3)]
+    raw = journal_image(entries)
+    raw[HEADER_SIZE + len(entries[0]) + 200] ^= 1
+    assert [e.blob_id for e in scan(raw, 7)[0]] == ["b0"]
+
+
+def test_a_scan_ignores_the_stale_entries_of_an_older_generation():
+    """After a reset (a new header generation) the old entries are still in
+    the file: the first one after the new ones ends the scan."""
+    old = [encode_entry(6, f"old{i}", pattern(300, seed=i)) for i in range(4)]
+    raw = journal_image(old, generation=6)
+    raw[: HEADER.size + HEADER_CRC.size] = encode_header(7, len(raw))
+    assert scan(raw, 7)[0] == []
+    new = encode_entry(7, "new", pattern(300, seed=9))  # same length as an old one
+    raw[HEADER_SIZE : HEADER_SIZE + len(new)] = new
+    assert [e.blob_id for e in scan(raw, 7)[0]] == ["new"]
+
+
+def test_a_full_journal_scans_to_its_last_byte():
+    record = pattern(1000)
+    size = ENTRY_HEAD.size + ENTRY_CRC.size + 2 + len(record)
+    entries = [encode_entry(7, f"b{i}", record) for i in range(10)]
+    raw = journal_image(entries, size=HEADER_SIZE + 10 * size)
+    found, end = scan(raw, 7)
+    assert len(found) == 10 and end == len(raw)
+
+
+def test_a_header_of_a_newer_version_is_refused_and_a_torn_one_is_no_header():
+    raw = bytearray(encode_header(3, 8192))
+    assert decode_header(bytes(raw), "j") == 3
+    raw[3] ^= 1
+    assert decode_header(bytes(raw), "j") is None
+    newer = HEADER.pack(HEADER_MAGIC, 2, 3, 8192)
+    with pytest.raises(FormatError, match="put journal version 2"):
+        decode_header(newer + HEADER_CRC.pack(__import__("crc32c").crc32c(newer)), "j")
+
+
+# -- the store -------------------------------------------------------------
+
+
+def test_a_crash_before_the_checkpoint_replays_lost_and_torn_records(tmp_path):
+    """Records written since the last checkpoint that a power loss took
+    (missing, empty, torn in their data, or cut short) are written again
+    from the journal at open, before the scan: the blobs read back whole
+    and none is reported damaged."""
+    store = open_store(tmp_path / "d")
+    blobs = {f"b{i}": pattern(3000 + i, seed=i) for i in range(5)}
+    for blob_id, data in blobs.items():
+        assert put(store, blob_id, data).state == SEALED
+    assert store.journal_pending() == sorted(blobs)
+    copy = crash_copy(store, tmp_path)
+    meta(copy, "b0").unlink()
+    meta(copy, "b1").write_bytes(b"")
+    raw = meta(copy, "b2").read_bytes()
+    meta(copy, "b2").write_bytes(raw[:-100] + bytes(100))
+    meta(copy, "b3").write_bytes(raw[:40])
+    store.close()
+    replayed = open_store(copy)
+    try:
+        assert replayed.damaged == []
+        assert replayed.count_blobs() == len(blobs)
+        for blob_id, data in blobs.items():
+            assert read_all(replayed, blob_id) == data
+        assert replayed.journal_pending() == []
+    finally:
+        replayed.close()
+    assert journal_entries(copy) == []
+
+
+def test_a_record_replaced_by_a_later_blob_is_kept(tmp_path):
+    """A record that decodes with another JSON line than its entry is a
+    later blob of that id (possible only after a failed put whose entry
+    could not be voided): replay leaves it."""
+    store = open_store(tmp_path / "d")
+    put(store, "x", pattern(100))
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    other = open_store(tmp_path / "other", journal_size=0)
+    put(other, "x", pattern(200, seed=5), epoch=9)
+    other.close()
+    shutil.copy(meta(tmp_path / "other", "x"), meta(copy, "x"))
+    replayed = open_store(copy)
+    try:
+        assert read_all(replayed, "x") == pattern(200, seed=5)
+    finally:
+        replayed.close()
+
+
+@pytest.mark.parametrize("how", ["delete", "delete_damaged", "quarantine"])
+def test_removing_a_blob_with_a_pending_entry_checkpoints_first(tmp_path, how):
+    """Otherwise the replay after a crash would bring the removed blob back."""
+    fs = RecordingFileSystem()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    put(store, "y", pattern(100, seed=1))
+    if how == "delete_damaged":
+        meta(store.root, "x").write_bytes(b"{not json")
+    fs.calls.clear()
+    if how == "quarantine":
+        moved = store.quarantine("x", lambda path: os.unlink(path))
+        assert moved == [str(meta(store.root, "x"))]
+    else:
+        store.delete("x")
+    assert ("syncfs", "d") in fs.calls
+    assert store.journal_pending() == []
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    replayed = open_store(copy)
+    try:
+        with pytest.raises(BlobNotFound):
+            replayed.stat("x")
+        assert read_all(replayed, "y") == pattern(100, seed=1)
+    finally:
+        replayed.close()
+
+
+def test_a_delete_of_a_blob_without_a_pending_entry_does_not_checkpoint(tmp_path):
+    fs = RecordingFileSystem()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    store.checkpoint()
+    put(store, "y", pattern(100))
+    fs.calls.clear()
+    store.delete("x")
+    assert ("syncfs", "d") not in fs.calls
+    assert store.journal_pending() == ["y"]
+    store.close()
+
+
+def test_close_checkpoints_and_resets_the_journal(tmp_path):
+    fs = RecordingFileSystem()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    assert [e.blob_id for e in journal_entries(store.root)] == ["x"]
+    fs.calls.clear()
+    store.close()
+    assert fs.calls.index(("syncfs", "d")) < fs.calls.index(("fdatasync", "journal-a"))
+    assert journal_entries(tmp_path / "d") == []
+    reopened = open_store(tmp_path / "d")
+    assert read_all(reopened, "x") == pattern(100)
+    reopened.close()
+
+
+def test_the_background_checkpoint_makes_the_records_durable(tmp_path):
+    """With a time trigger the store checkpoints by itself: waited for
+    through the journal's own state, not a sleep."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, checkpoint_after=0.01)
+    put(store, "x", pattern(100))
+    journal = store._journal
+    assert journal is not None
+    with journal._idle:
+        while any(side.pending for side in journal._sides):
+            assert journal._idle.wait(30)
+    assert journal_entries(store.root) == []
+    store.close()
+
+
+class NoSpaceForJournals(RecordingFileSystem):
+    """ENOSPC on any write to a journal file being created."""
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        if self._name(fd).startswith("journal-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().pwrite(fd, data, offset)
+
+
+def test_a_journal_that_cannot_be_created_leaves_puts_on_their_own_syncs(tmp_path):
+    fs = NoSpaceForJournals()
+    store = open_store(tmp_path / "d", fs=fs)
+    assert not any(n.startswith("journal-") for n in os.listdir(tmp_path / "d"))
+    fs.calls.clear()
+    put(store, "x", pattern(100))
+    syncs = [c[0] for c in fs.calls if c[0] in ("fsync", "fdatasync", "fsync_dir")]
+    assert syncs == ["fsync", "fsync_dir"]
+    assert store.journal_pending() == []
+    store.close()
+    reopened = open_store(tmp_path / "d")
+    assert sorted(n for n in os.listdir(tmp_path / "d") if n.startswith("journal-")) == list(
+        JOURNAL_FILES
+    )
+    assert read_all(reopened, "x") == pattern(100)
+    reopened.close()
+
+
+def test_a_journal_of_a_newer_version_is_refused(tmp_path):
+    BlobStore.open(tmp_path / "d").close()
+    path = tmp_path / "d" / "journal-a"
+    raw = bytearray(path.read_bytes())
+    head = HEADER.pack(HEADER_MAGIC, 2, 99, len(raw))
+    raw[: len(head) + 4] = head + HEADER_CRC.pack(__import__("crc32c").crc32c(head))
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="put journal version 2"):
+        BlobStore.open(tmp_path / "d")
+    path.unlink()  # made again, empty, at the next open
+    BlobStore.open(tmp_path / "d").close()
+    assert len(path.read_bytes()) == len(raw)
+
+
+def test_a_store_opened_without_a_journal_replays_it_then_removes_it(tmp_path):
+    store = open_store(tmp_path / "d")
+    put(store, "x", pattern(100))
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    meta(copy, "x").unlink()
+    replayed = open_store(copy, journal_size=0)
+    try:
+        assert read_all(replayed, "x") == pattern(100)
+        assert not any(n.startswith("journal-") for n in os.listdir(copy))
+    finally:
+        replayed.close()
+
+
+def test_concurrent_puts_are_all_in_the_journal_when_acknowledged(tmp_path):
+    """Eight threads put at once (their fdatasyncs overlap): every put that
+    returned has its entry in the valid prefix, so that a crash copy with
+    every record removed gets them all back."""
+    store = open_store(tmp_path / "d")
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(40):
+                put(store, f"t{k}-{i}", pattern(700 + i, seed=k * 100 + i))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    for k in range(8):
+        for i in range(40):
+            meta(copy, f"t{k}-{i}").unlink()
+    replayed = open_store(copy)
+    try:
+        assert replayed.count_blobs() == 8 * 40
+        for k in range(8):
+            for i in range(40):
+                assert read_all(replayed, f"t{k}-{i}") == pattern(700 + i, seed=k * 100 + i)
+    finally:
+        replayed.close()
+
+
+class HeldSyncfs(RecordingFileSystem):
+    """A syncfs that waits for ``release`` once ``armed``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def syncfs(self, path: str) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+        super().syncfs(path)
+
+
+def test_puts_fall_back_to_their_own_syncs_while_both_journals_are_full(tmp_path):
+    """At half full the active journal is checkpointed in the background;
+    while that checkpoint is held, the other journal fills up, and a put
+    that finds no room syncs its record itself (no wait)."""
+    fs = HeldSyncfs()
+    store = open_store(tmp_path / "d", fs=fs, journal_size=4 * HEADER_SIZE)
+    fs.armed = True
+    data = {f"b{i:02}": pattern(2000, seed=i) for i in range(20)}
+    names = list(data)
+    try:
+        for blob_id in names[:3]:  # 3 entries of ~2.4 KiB: half of 12 KiB
+            put(store, blob_id, data[blob_id])
+        assert fs.entered.wait(30)  # switched to the other journal, flushing
+        assert store.journal_pending() == names[:3]
+        for blob_id in names[3:]:
+            fs.calls.clear()
+            put(store, blob_id, data[blob_id])
+        assert ("fsync", "b19.meta.tmp") in fs.calls  # no room: its own syncs
+        assert ("fdatasync", "journal-b") not in fs.calls
+        assert names[3] in store.journal_pending()
+    finally:
+        fs.release.set()
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    replayed = open_store(copy)
+    try:
+        for blob_id, blob in data.items():
+            assert read_all(replayed, blob_id) == blob
+    finally:
+        replayed.close()
+
+
+# -- a real storage server ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_server_killed_after_acknowledging_puts_keeps_them(tmp_path) -> None:
+    """A storage server acknowledges small puts through the journal, then
+    dies (SIGKILL) at its first checkpoint, before any record file was made
+    durable by it.  The record files a power loss would have lost are
+    removed; restarted, the server replays its journal and every
+    acknowledged blob reads back with its sha256."""
+    fp_log = tmp_path / "failpoints.log"
+    crashing = StorageProcess(
+        tmp_path,
+        env={
+            "WSFS_FAILPOINTS": "storage.journal.checkpoint=kill",
+            "WSFS_FAILPOINT_LOG": str(fp_log),
+        },
+    ).start()
+    blobs = {f"p{i}": pattern(4096 + i, seed=i) for i in range(30)}
+    acknowledged: list[str] = []
+    try:
+        client = crashing.client(reactor, idle_timeout=10)
+        for blob_id, data in blobs.items():
+            try:
+                info = await client.put(blob_id, 1, {"inode": 1}, data)
+            except Exception:
+                break  # the checkpoint came (a second after the first put)
+            assert info.sealed
+            acknowledged.append(blob_id)
+        assert crashing.wait_exit() == -signal.SIGKILL
+        assert "failpoint storage.journal.checkpoint fired" in fp_log.read_text()
+        await client.close()
+    finally:
+        crashing.stop()
+    assert acknowledged
+    for blob_id in acknowledged:
+        meta(crashing.data, blob_id).unlink()
+
+    restarted = StorageProcess(tmp_path).start()
+    try:
+        client = restarted.client(reactor)
+        for blob_id in acknowledged:
+            sha, n = await read_sha(client, blob_id)
+            assert (sha, n) == (hashlib.sha256(blobs[blob_id]).hexdigest(), len(blobs[blob_id]))
+        await client.close()
+    finally:
+        restarted.stop()
+
+
+class FailingRename(RecordingFileSystem):
+    """EIO on the rename of ``b.meta``'s temp file, once ``fail`` is set."""
+
+    fail = False
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.fail and dst.endswith("b.meta"):
+            self.fail = False
+            raise OSError(errno.EIO, "Input/output error")
+        super().rename(src, dst)
+
+
+def test_a_put_that_fails_after_its_entry_voids_it_with_a_checkpoint(tmp_path):
+    """Its entry is durable when the rename fails: replayed, it would create
+    a blob the caller was told was not stored.  The failure checkpoints (the
+    entry is reset away) before it is reported; the blob put before stays."""
+    fs = FailingRename()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "a", pattern(100))
+    fs.fail = True
+    with pytest.raises(OSError):
+        put(store, "b", pattern(100, seed=1))
+    assert store.journal_pending() == []
+    assert ("syncfs", "d") in fs.calls
+    assert store.count_blobs() == 1
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    replayed = open_store(copy)
+    try:
+        with pytest.raises(BlobNotFound):
+            replayed.stat("b")
+        assert read_all(replayed, "a") == pattern(100)
+    finally:
+        replayed.close()

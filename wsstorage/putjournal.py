@@ -1,0 +1,550 @@
+"""The put journal: one fdatasync of a preallocated log per small ``put``.
+
+A small ``put`` (``BlobStore.put_inline``) used to make its record file
+durable on its own: fsync of the file, then of its directory, two journal
+commits of the file system per replica.  With this journal the record file
+is written (temp file, rename) without any sync, a copy of its bytes is
+appended to a preallocated journal file, and one fdatasync of that file is
+what the put waits for.  Since the file is preallocated (every byte written
+and fsync'd when it was created), an append changes neither its size nor
+its block map: the fdatasync is a pure data flush, and concurrent puts
+share it.  The record files are made durable later, many at once, by a
+*checkpoint* (one ``syncfs``); until then the journal is what survives a
+power loss, and opening the store replays it (``PutJournal.open``).
+
+Layout (docs/storage-format.md): two files, ``journal-a`` and
+``journal-b``, of the same size.  A 4 KiB header (``HEADER``: magic,
+version, generation, CRC) is followed by entries (``ENTRY_HEAD`` then the
+blob id and the record's bytes), each carrying the generation of the header
+it was written under and a CRC32C of itself.  A scan reads entries from
+the header on and stops at the first one whose magic, generation, length
+or CRC is wrong: a torn append, a stale entry of an older generation, or
+the zeros of the preallocation.  So a reset is a new header (a higher
+generation) and one fdatasync, not a rewrite of the file.
+
+Appends go to the *active* file, in order, under a lock; the fdatasync runs
+outside it.  A checkpoint switches appends to the other file, waits for
+the puts still publishing into the old one, makes every record file durable
+(``flush``), and only then resets the old file.  Checkpoints run in a
+background thread (``checkpoint_after`` seconds after the first entry, or
+when the active file is half full), when a blob with an entry is about to be
+removed (``settle``), and at ``close``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import NamedTuple
+
+from twisted.logger import Logger
+
+from wsstorage import failpoints
+from wsstorage.diskformat import FormatError, crc
+from wsstorage.fsops import OsFileSystem
+
+log = Logger()
+
+__all__ = [
+    "CHECKPOINT_AFTER",
+    "JOURNAL_FILES",
+    "JOURNAL_SIZE",
+    "Entry",
+    "PutJournal",
+    "encode_entry",
+    "scan",
+]
+
+#: The two journal files, in the data directory beside FORMAT.
+JOURNAL_FILES = ("journal-a", "journal-b")
+#: Default size of each journal file: about 900 puts of 4 KiB, so a
+#: checkpoint (at half full, or a second after the first entry) comes long
+#: before the file is full at the rate one FTP connection stores files.
+JOURNAL_SIZE = 4 * 1024 * 1024
+#: Seconds from the first entry of the active file to its checkpoint.
+CHECKPOINT_AFTER = 1.0
+#: The header occupies the first page: a reset rewrites that page only.
+HEADER_SIZE = 4096
+#: magic, version, generation, file size, CRC32C of the bytes before it.
+HEADER = struct.Struct(">8sIQQ")
+HEADER_CRC = struct.Struct(">I")
+HEADER_MAGIC = b"WSFSPJNL"
+#: Version of the journal files this code writes and reads; a higher one
+#: is refused (FormatError), as FORMAT is.
+JOURNAL_VERSION = 1
+#: magic, generation, id length, record length, then (``ENTRY_CRC``) the
+#: CRC32C of those fields, the id and the record.
+ENTRY_HEAD = struct.Struct(">4sQHI")
+ENTRY_CRC = struct.Struct(">I")
+ENTRY_MAGIC = b"WSPE"
+#: Bytes zeroed per write while preallocating a journal file.
+_ZERO_CHUNK = 1024 * 1024
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Entry(NamedTuple):
+    """One put: its blob id and the exact bytes of its record file."""
+
+    blob_id: str
+    record: bytes
+
+
+def encode_entry(generation: int, blob_id: str, record: bytes) -> bytes:
+    """The bytes of one entry (``ENTRY_HEAD``, CRC, id, record)."""
+    ident = blob_id.encode()
+    head = ENTRY_HEAD.pack(ENTRY_MAGIC, generation, len(ident), len(record))
+    value = crc(record, crc(ident, crc(head)))
+    return head + ENTRY_CRC.pack(value) + ident + record
+
+
+def encode_header(generation: int, size: int) -> bytes:
+    head = HEADER.pack(HEADER_MAGIC, JOURNAL_VERSION, generation, size)
+    return head + HEADER_CRC.pack(crc(head))
+
+
+def decode_header(raw: bytes, path: str) -> int | None:
+    """The generation in a journal file's header, or None if it is not a
+    valid header (a file whose creation was cut short, or a torn reset:
+    either way the file holds nothing still needed, since a header is only
+    written when the file holds no entry that a checkpoint has not made
+    durable).  A header of a newer version is FormatError."""
+    size = HEADER.size + HEADER_CRC.size
+    if len(raw) < size:
+        return None
+    magic, version, generation, _size = HEADER.unpack_from(raw)
+    (value,) = HEADER_CRC.unpack_from(raw, HEADER.size)
+    if magic != HEADER_MAGIC or value != crc(raw[: HEADER.size]):
+        return None
+    if version != JOURNAL_VERSION:
+        raise FormatError(
+            f"{path}: put journal version {version} is not supported "
+            f"(this wsstorage reads version {JOURNAL_VERSION})"
+        )
+    return generation
+
+
+def scan(
+    raw: bytes | memoryview, generation: int, start: int = HEADER_SIZE
+) -> tuple[list[Entry], int]:
+    """The valid prefix of entries of ``generation`` from ``start``, and the
+    offset after it.  Stops at the first entry that is torn, of another
+    generation, longer than what is left, or fails its CRC: every entry
+    acknowledged is in that prefix, since appends are made in order and an
+    fdatasync flushes every append before it."""
+    view = memoryview(raw)
+    entries: list[Entry] = []
+    offset = start
+    fixed = ENTRY_HEAD.size + ENTRY_CRC.size
+    while offset + fixed <= len(view):
+        magic, gen, id_len, rec_len = ENTRY_HEAD.unpack_from(view, offset)
+        if magic != ENTRY_MAGIC or gen != generation or not id_len:
+            break
+        end = offset + fixed + id_len + rec_len
+        if end > len(view):
+            break
+        (value,) = ENTRY_CRC.unpack_from(view, offset + ENTRY_HEAD.size)
+        ident = view[offset + fixed : offset + fixed + id_len]
+        record = view[offset + fixed + id_len : end]
+        if value != crc(record, crc(ident, crc(view[offset : offset + ENTRY_HEAD.size]))):
+            break
+        try:
+            blob_id = bytes(ident).decode()
+        except UnicodeDecodeError:
+            break
+        entries.append(Entry(blob_id, bytes(record)))
+        offset = end
+    return entries, offset
+
+
+class _Side:
+    """One journal file and what this process knows of it."""
+
+    def __init__(self, path: str, fd: int, size: int, generation: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.generation = generation
+        #: Offset of the next append.
+        self.used = HEADER_SIZE
+        #: Blob ids with an entry in this file since its last reset.
+        self.pending: set[str] = set()
+        #: Puts that appended here and have not finished publishing their
+        #: record file (the rename): a checkpoint waits for them.
+        self.inflight = 0
+        #: Switched away from and not yet reset (a checkpoint failed): the
+        #: next checkpoint finishes it first, rewriting its records.
+        self.dirty = False
+        #: When the first entry since the last reset was appended.
+        self.first_at: float | None = None
+
+
+class PutJournal:
+    """The two journal files of one store (module docstring).
+
+    ``flush(blob_ids)`` makes the record files of those blobs durable (the
+    store's ``syncfs``); ``repair(entries)`` makes sure each record file
+    holds exactly its entry's bytes (rewriting it if not), without syncing:
+    a ``flush`` follows."""
+
+    def __init__(
+        self,
+        fs: OsFileSystem,
+        sides: list[_Side],
+        flush: Callable[[Collection[str]], None],
+        repair: Callable[[list[Entry]], None],
+        checkpoint_after: float | None,
+    ) -> None:
+        self.fs = fs
+        self._sides = sides
+        self._active = 0
+        self._flush = flush
+        self._repair = repair
+        self._checkpoint_after = checkpoint_after
+        self._next_generation = max(s.generation for s in sides) + 1
+        self._lock = threading.Lock()
+        #: The checkpoint thread waits on this: notified only when its
+        #: deadline appears or a checkpoint becomes urgent, not at every
+        #: put (a wake-up per put cost ~60 futex calls per STOR).
+        self._wake = threading.Condition(self._lock)
+        #: A checkpoint waits on this for the puts still publishing into
+        #: the file it switched away from; notified when the last one is
+        #: done, and when a checkpoint finishes.
+        self._idle = threading.Condition(self._lock)
+        #: Held by a checkpoint from its switch to its reset: one at a time,
+        #: so the file a checkpoint switches to is always a reset one.
+        self._checkpointing = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._urgent = False
+
+    # -- opening --------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        fs: OsFileSystem,
+        directory: str,
+        size: int,
+        flush: Callable[[Collection[str]], None],
+        repair: Callable[[list[Entry]], None],
+        checkpoint_after: float | None = CHECKPOINT_AFTER,
+    ) -> PutJournal | None:
+        """Replay and reset the journal files in ``directory`` (creating them
+        if absent or invalid, of ``size`` bytes each); None, with a log
+        line, if they cannot be created for want of space (the store then
+        syncs each put itself, as before).  With ``size`` 0 the files are
+        replayed if there, then removed, and None is returned.
+
+        Replay: every valid entry of both files, older generation first, is
+        handed to ``repair``, then ``flush`` makes them durable, and only
+        then are the files reset: a crash during any of it replays again."""
+        if size and size < 2 * HEADER_SIZE:
+            raise ValueError(f"a put journal file must be at least {2 * HEADER_SIZE} bytes")
+        found: list[tuple[int, str, int, int]] = []  # generation, path, fd, size
+        missing: list[str] = []
+        #: (generation, entries) of each valid file: replayed oldest first.
+        logs: list[tuple[int, list[Entry]]] = []
+        #: Descriptors to close if this fails.
+        owned: list[int] = []
+
+        def let_go(fd: int) -> None:
+            owned.remove(fd)
+            fs.close(fd)
+
+        try:
+            for name in JOURNAL_FILES:
+                path = os.path.join(directory, name)
+                try:
+                    fd = fs.open(path, os.O_RDWR)
+                except FileNotFoundError:
+                    missing.append(path)
+                    continue
+                owned.append(fd)
+                file_size = fs.fstat_size(fd)
+                raw = fs.pread(fd, file_size, 0)
+                generation = decode_header(raw, path)
+                if generation is None or file_size <= HEADER_SIZE:
+                    let_go(fd)
+                    missing.append(path)
+                    continue
+                found.append((generation, path, fd, file_size))
+                logs.append((generation, scan(raw, generation)[0]))
+            replay = [e for _, entries in sorted(logs, key=lambda t: t[0]) for e in entries]
+            if replay:
+                repair(replay)
+                flush({e.blob_id for e in replay})
+                log.info("put journal: replayed {n} entries in {dir}", n=len(replay), dir=directory)
+            generation = max((g for g, *_ in found), default=0)
+            sides: list[_Side] = []
+            for _, path, fd, file_size in sorted(found, key=lambda t: t[1]):
+                generation += 1
+                fs.pwrite_all(fd, encode_header(generation, file_size), 0)
+                fs.fdatasync(fd)
+                sides.append(_Side(path, fd, file_size, generation))
+            if not size:
+                for side in sides:
+                    let_go(side.fd)
+                    fs.unlink(side.path)
+                if sides:
+                    fs.fsync_dir(directory)
+                return None
+            for path in missing:
+                generation += 1
+                try:
+                    fd = _create(fs, path, size, generation)
+                except OSError as e:
+                    if e.errno not in _NO_SPACE:
+                        raise
+                    for side in sides:
+                        let_go(side.fd)
+                    log.warn(
+                        "put journal: cannot create {path} ({err}): small puts sync "
+                        "their own record files instead",
+                        path=path,
+                        err=os.strerror(e.errno),
+                    )
+                    return None
+                owned.append(fd)
+                sides.append(_Side(path, fd, size, generation))
+            if missing:
+                fs.fsync_dir(directory)
+        except BaseException:
+            for fd in owned:
+                try:
+                    fs.close(fd)
+                except OSError:
+                    pass
+            raise
+        sides.sort(key=lambda s: s.path)
+        return cls(fs, sides, flush, repair, checkpoint_after)
+
+    # -- puts -----------------------------------------------------------
+
+    def pending(self, blob_id: str) -> bool:
+        """Whether ``blob_id`` has an entry no checkpoint has finished."""
+        with self._lock:
+            return any(blob_id in s.pending for s in self._sides)
+
+    def put(self, blob_id: str, record: bytes, publish: Callable[[], None]) -> bool:
+        """Append ``record``'s entry, fdatasync the journal, then
+        ``publish()`` (the rename that gives the record file its name);
+        True once the put is durable.  False, with nothing appended, when
+        the active file has no room (its checkpoint is due, and the other
+        file is still being checkpointed) or the journal is closed: the
+        caller syncs the record file itself.  Not waiting here is a choice:
+        the caller's own two syncs cost less than waiting for a
+        checkpoint's ``syncfs`` of everything written meanwhile.
+
+        The record file gets its name only after its entry is durable, so
+        a record file found after a power loss either has its entry, and
+        is replayed, or never existed: an unacknowledged put never leaves
+        a torn record that would read as a damaged blob.  A put that fails
+        once its entry is appended (the fdatasync or the rename) voids the
+        entry with a checkpoint before it raises: replayed, it would
+        create a blob that was reported as not stored, and maybe overwrite
+        a later one of the same id."""
+        with self._lock:
+            if self._closing:
+                return False
+            side = self._sides[self._active]
+            entry = encode_entry(side.generation, blob_id, record)
+            if side.used + len(entry) > side.size:
+                self._hurry()
+                return False
+            offset = side.used
+            side.used += len(entry)
+            side.pending.add(blob_id)
+            side.inflight += 1
+            if side.first_at is None:
+                side.first_at = time.monotonic()
+                self._start_thread()
+                self._wake.notify_all()
+            if side.used - HEADER_SIZE >= (side.size - HEADER_SIZE) // 2:
+                self._hurry()
+            try:
+                # Under the lock: every entry before this one is in the file
+                # (page cache) before it, so an fdatasync that covers it
+                # covers them too.
+                self.fs.pwrite_all(side.fd, entry, offset)
+            except BaseException:
+                side.used = offset  # nothing after it was appended: the lock is held
+                side.inflight -= 1
+                raise
+        try:
+            self.fs.fdatasync(side.fd)
+            publish()
+        except BaseException:
+            self._done(side)
+            try:
+                self.checkpoint()
+            except Exception:
+                log.failure(
+                    "put journal: cannot void the entry of a failed put of {id}", id=blob_id
+                )
+            raise
+        self._done(side)
+        return True
+
+    def _done(self, side: _Side) -> None:
+        with self._lock:
+            side.inflight -= 1
+            if side.dirty and not side.inflight:
+                self._idle.notify_all()
+
+    def _hurry(self) -> None:
+        """Make the next checkpoint due now (lock held)."""
+        if not self._urgent:
+            self._urgent = True
+            self._wake.notify_all()
+
+    # -- checkpoints ----------------------------------------------------
+
+    def settle(self, blob_id: str) -> None:
+        """Checkpoint if ``blob_id`` has an entry not yet checkpointed: its
+        files are about to be removed, and a replay after a crash would
+        bring it back."""
+        if self.pending(blob_id):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Switch appends to the other file, make every record file of the
+        old one durable, then reset it.  A side left dirty by a failed
+        checkpoint is finished first, its records rewritten from it."""
+        with self._checkpointing:
+            other = self._sides[1 - self._active]
+            if other.dirty:
+                self._finish(other, rewrite=True)
+            with self._lock:
+                old = self._sides[self._active]
+                self._urgent = False
+                if not old.pending and old.used == HEADER_SIZE:
+                    return
+                failpoints.hit("storage.journal.checkpoint")
+                self._active = 1 - self._active
+                old.dirty = True
+                while old.inflight:
+                    self._idle.wait()
+            self._finish(old, rewrite=False)
+
+    def _finish(self, side: _Side, rewrite: bool) -> None:
+        """Make ``side``'s records durable and reset it (checkpoint lock
+        held; no put appends to it).  ``rewrite``: a flush of it failed
+        before, and a failed flush may have dropped dirty pages (Linux marks
+        them clean after a write error), so its records are written again
+        from the journal first."""
+        if rewrite:
+            raw = self.fs.pread(side.fd, side.size, 0)
+            self._repair(scan(raw, side.generation)[0])
+        self._flush(set(side.pending))
+        with self._lock:
+            generation = self._next_generation
+            self._next_generation += 1
+        self.fs.pwrite_all(side.fd, encode_header(generation, side.size), 0)
+        self.fs.fdatasync(side.fd)
+        with self._lock:
+            side.generation = generation
+            side.used = HEADER_SIZE
+            side.pending.clear()
+            side.first_at = None
+            side.dirty = False
+            self._idle.notify_all()
+
+    def _start_thread(self) -> None:
+        """Start the checkpoint thread at the first put (lock held): a store
+        that never journals a put (most tests, a server of big files)
+        never has one."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="blobstore-journal", daemon=True)
+            self._thread.start()
+
+    def _due(self) -> float | None:
+        """Seconds until the active file's checkpoint is due (0: now), or
+        None if nothing is pending (lock held)."""
+        side = self._sides[self._active]
+        if self._urgent:
+            return 0.0
+        if side.first_at is None or self._checkpoint_after is None:
+            return None
+        return max(0.0, side.first_at + self._checkpoint_after - time.monotonic())
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing:
+                    due = self._due()
+                    if due == 0.0:
+                        break
+                    self._wake.wait(due)
+                if self._closing:
+                    return
+            try:
+                self.checkpoint()
+            except Exception:
+                log.failure("put journal: checkpoint failed (retried at the next one)")
+                with self._lock:
+                    # Not at once again: a failing disk would spin this thread.
+                    self._urgent = False
+                    self._wake.wait(self._checkpoint_after or 1.0)
+
+    def close(self) -> None:
+        """Stop the checkpoint thread, checkpoint, close the files.  A
+        checkpoint that fails is logged: the entries stay, and the next
+        open replays them."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        try:
+            self.checkpoint()
+            other = self._sides[1 - self._active]
+            if other.dirty:
+                self.checkpoint()
+        except Exception:
+            log.failure("put journal: checkpoint at close failed (replayed at the next open)")
+        self._closed = True
+        for side in self._sides:
+            self.fs.close(side.fd)
+
+    def blob_ids(self) -> list[str]:
+        """Every blob id with an entry not yet checkpointed, sorted."""
+        with self._lock:
+            return sorted(set().union(*(s.pending for s in self._sides)))
+
+
+def _create(fs: OsFileSystem, path: str, size: int, generation: int) -> int:
+    """Create a journal file of ``size`` bytes, every byte written (zeros,
+    the header at the start) and fsync'd, so that no later append allocates
+    a block or changes the size: an fdatasync of it then flushes data
+    only.  Written to a temp name and renamed (the caller fsyncs the
+    directory), so a file found under the final name is always whole.  A
+    failure removes the temp file: nothing of it is left to fill the disk."""
+    tmp = path + ".tmp"
+    fd = fs.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        zeros = bytes(_ZERO_CHUNK)
+        offset = 0
+        while offset < size:
+            n = min(_ZERO_CHUNK, size - offset)
+            fs.pwrite_all(fd, zeros[:n], offset)
+            offset += n
+        fs.pwrite_all(fd, encode_header(generation, size), 0)
+        fs.fsync(fd)
+        fs.rename(tmp, path)
+    except BaseException:
+        fs.close(fd)
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fs.close(fd)
+    return fs.open(path, os.O_RDWR)
