@@ -25,7 +25,7 @@ from tests.storage_procs import StorageProcess, read_sha
 from tests.test_blobstore import BLOCK, pattern, read_all
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
-from wsstorage.errors import BlobNotFound
+from wsstorage.errors import BlobNotFound, StorageError
 from wsstorage.fsshims import RecordingFileSystem
 from wsstorage.putjournal import (
     ENTRY_CRC,
@@ -99,7 +99,8 @@ def test_entries_round_trip_and_a_scan_stops_at_the_zeros_after_them():
     entries = [encode_entry(7, f"b{i}", pattern(100 * i + 1, seed=i)) for i in range(5)]
     raw = journal_image(entries)
     found, end = scan(raw, 7)
-    assert found == [Entry(f"b{i}", pattern(100 * i + 1, seed=i)) for i in range(5)]
+    starts = [HEADER_SIZE + sum(len(e) for e in entries[:i]) for i in range(5)]
+    assert found == [Entry(f"b{i}", pattern(100 * i + 1, seed=i), starts[i]) for i in range(5)]
     assert end == HEADER_SIZE + sum(len(e) for e in entries)
     assert decode_header(bytes(raw), "j") == 7
 
@@ -369,12 +370,12 @@ class HeldSyncfs(RecordingFileSystem):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def syncfs(self, path: str) -> None:
+    def syncfs(self, path: str, fd: int | None = None) -> None:
         if self.armed:
             self.armed = False
             self.entered.set()
             assert self.release.wait(30)
-        super().syncfs(path)
+        super().syncfs(path, fd)
 
 
 def test_puts_fall_back_to_their_own_syncs_while_both_journals_are_full(tmp_path):
@@ -493,3 +494,152 @@ def test_a_put_that_fails_after_its_entry_voids_it_with_a_checkpoint(tmp_path):
         assert read_all(replayed, "a") == pattern(100)
     finally:
         replayed.close()
+
+
+def test_a_record_of_the_same_epoch_is_stale_and_replaced_by_its_entry(tmp_path):
+    """A different record of no later epoch than the entry is a blob's
+    stale record (one removed before this put, its removal not durable when
+    the power went), not a later blob: the acknowledged put wins."""
+    store = open_store(tmp_path / "d")
+    put(store, "x", pattern(100))
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    other = open_store(tmp_path / "other", journal_size=0)
+    put(other, "x", pattern(200, seed=5), epoch=1)
+    other.close()
+    shutil.copy(meta(tmp_path / "other", "x"), meta(copy, "x"))
+    replayed = open_store(copy)
+    try:
+        assert read_all(replayed, "x") == pattern(100)
+    finally:
+        replayed.close()
+
+
+class SyncfsFailsOnce(RecordingFileSystem):
+    """A syncfs that flushes, then reports EIO once ``fail`` is set, as one
+    that met a write-back error does; records the descriptors it gets."""
+
+    fail = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.descriptors: list[int | None] = []
+
+    def syncfs(self, path: str, fd: int | None = None) -> None:
+        self.descriptors.append(fd)
+        super().syncfs(path, fd)
+        if self.fail:
+            self.fail = False
+            raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_failed_checkpoint_writes_each_record_again_and_turns_the_journal_off(tmp_path):
+    """After a failed flush the page cache may hold a record whose
+    write-back failed (Linux marks it clean): it reads back right, so the
+    retry must write it to a new file and fsync it, not compare and skip.
+    The journal's own syncs are not trusted again: later puts sync their
+    records themselves."""
+    fs = SyncfsFailsOnce()
+    store = open_store(tmp_path / "d", fs=fs)
+    try:
+        put(store, "x", pattern(100))
+        fs.fail = True
+        with pytest.raises(OSError):
+            store.checkpoint()
+        assert store.journal_pending() == ["x"]
+        fs.calls.clear()
+        put(store, "y", pattern(100, seed=2))
+        assert ("fsync", "y.meta.tmp") in fs.calls  # its own syncs
+        assert not any(name.startswith("journal-") for op, name in fs.calls if op == "write")
+        fs.calls.clear()
+        store.checkpoint()
+        assert ("fsync", "x.meta.tmp") in fs.calls  # written again, and synced
+        assert store.journal_pending() == []
+        assert read_all(store, "x") == pattern(100)
+        # Every flush went through the one descriptor the store keeps open.
+        assert fs.descriptors and len(set(fs.descriptors)) == 1 and None not in fs.descriptors
+    finally:
+        store.close()
+
+
+class JournalFlushFails(RecordingFileSystem):
+    """The first fdatasync of a journal file waits for ``release`` and then
+    fails with EIO; ``appended`` is set at the journal's second append."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        #: Journal appends are counted from when the test arms it (the
+        #: files' creation writes them too, at offsets above 0).
+        self.counting = False
+        self.appends = 0
+        self.flushing = threading.Event()
+        self.release = threading.Event()
+        self.appended = threading.Event()
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        n = super().pwrite(fd, data, offset)
+        if self.counting and self._name(fd) in JOURNAL_FILES and offset:
+            self.appends += 1
+            if self.appends == 2:
+                self.appended.set()
+        return n
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed and self._name(fd).startswith("journal-"):
+            self.armed = False
+            self.flushing.set()
+            assert self.release.wait(30)
+            raise OSError(errno.EIO, "Input/output error")
+        super().fdatasync(fd)
+
+
+def test_a_put_whose_entry_a_failed_flush_may_have_lost_is_not_acknowledged(tmp_path):
+    """Two puts append; the first one's fdatasync fails.  Linux reports the
+    error to one flush only, so the second put's own fdatasync would
+    succeed although its entry may be lost: it must fail too, and later
+    puts sync their own records."""
+    fs = JournalFlushFails()
+    store = open_store(tmp_path / "d", fs=fs)
+    errors: dict[str, BaseException | None] = {}
+
+    def putter(blob_id: str) -> None:
+        try:
+            put(store, blob_id, pattern(300, seed=len(blob_id)))
+            errors[blob_id] = None
+        except BaseException as e:
+            errors[blob_id] = e
+
+    try:
+        fs.armed = fs.counting = True
+        first = threading.Thread(target=putter, args=("a",))
+        first.start()
+        assert fs.flushing.wait(30)
+        second = threading.Thread(target=putter, args=("bb",))
+        second.start()
+        assert fs.appended.wait(30)  # its entry is in the file, not flushed
+        fs.release.set()
+        first.join(30)
+        second.join(30)
+        assert isinstance(errors["a"], OSError)
+        assert isinstance(errors["bb"], (OSError, StorageError)), errors["bb"]
+        for blob_id in ("a", "bb"):
+            with pytest.raises(BlobNotFound):
+                store.stat(blob_id)
+        fs.calls.clear()
+        put(store, "c", pattern(100))
+        assert ("fsync", "c.meta.tmp") in fs.calls
+    finally:
+        store.close()
+
+
+def test_the_journal_refuses_a_checkpoint_once_closed(tmp_path):
+    """A removal that passed the store's open check before ``close`` may
+    still settle: the journal must refuse, not write a header through a
+    closed descriptor number another file may have taken since."""
+    store = open_store(tmp_path / "d")
+    put(store, "x", pattern(100))
+    journal = store._journal
+    store.close()
+    with pytest.raises(StorageError):
+        journal.checkpoint()

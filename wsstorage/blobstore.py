@@ -1369,7 +1369,10 @@ class BlobStore:
         ``blobs/`` (a fan-out directory a replay made again)."""
         if self._syncfs_works:
             try:
-                self.fs.syncfs(self.root)
+                # Through the lock file's descriptor, open since the store
+                # was: a fresh one would miss a write-back error another
+                # store of this disk was told of first (OsFileSystem.syncfs).
+                self.fs.syncfs(self.root, self._lock_fd)
                 return
             except OSError as e:
                 if e.errno != errno.ENOSYS:
@@ -1393,44 +1396,48 @@ class BlobStore:
         if directories:
             self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
 
-    def _restore(self, entries: list[Entry]) -> None:
+    def _restore(self, entries: list[Entry], force: bool = False) -> None:
         """Make each entry's record file hold exactly its bytes (replay):
         one missing, short, torn or otherwise different (a power loss may
         lose a record file written without a sync) is written again, temp
-        file and rename, unsynced (``_make_durable`` follows).
+        file and rename, unsynced (``_make_durable`` follows).  With
+        ``force`` every one is written again to a new file, fsync'd, and its
+        directory fsync'd: after a failed flush, or at open after a crash,
+        a record may read back right from pages whose write-back failed
+        (Linux marks them clean), and only a new file's own fsync proves it
+        is on disk.
 
-        One exception: a record that decodes and whose JSON line is not
-        the entry's is a later blob of that id, left as it is.  A journaled
-        put's record never changes, and a removal checkpoints first, so
-        that is only possible if the put failed after its entry (which is
-        then voided by a checkpoint, unless the disk failed that too); a
-        torn copy of the entry's record cannot decode to another line."""
+        One exception: a record of a later epoch than the entry's is a
+        later blob of that id (a fence came after the put failed), left as
+        it is.  One of the same or an older epoch is a stale record (of a
+        blob removed before this put, its removal perhaps not durable when
+        the power went) or a torn copy: the acknowledged put wins."""
         for entry in entries:
             check_blob_id(entry.blob_id)
             paths = BlobPaths.of(self.root, entry.blob_id)
             current = _read_whole(self.fs, paths.meta)
-            if current == entry.record:
+            if current == entry.record and not force:
                 continue
-            if current is not None and _line(current) != _line(entry.record):
-                try:
-                    MetaRecord.decode(current)
-                except FormatError:
-                    pass
-                else:
-                    log.warn(
-                        "put journal: {id} holds a later record than its entry: kept",
-                        id=entry.blob_id,
-                    )
-                    continue
+            later = current is not None and current != entry.record
+            if later and _epoch_of(current) > _epoch_of(entry.record):
+                log.warn(
+                    "put journal: {id} holds a later record than its entry: kept",
+                    id=entry.blob_id,
+                )
+                continue
             if not self.fs.exists(paths.directory):
                 self.fs.mkdir(paths.directory)
-            tmp = _write_temp(self.fs, paths.meta, entry.record)
-            try:
-                self.fs.rename(tmp, paths.meta)
-            except BaseException:
-                _unlink_quietly(self.fs, tmp)
-                raise
-            log.info("put journal: restored the record of {id}", id=entry.blob_id)
+            if force:
+                _write_atomic(self.fs, paths.meta, entry.record, paths.directory)
+            else:
+                tmp = _write_temp(self.fs, paths.meta, entry.record)
+                try:
+                    self.fs.rename(tmp, paths.meta)
+                except BaseException:
+                    _unlink_quietly(self.fs, tmp)
+                    raise
+            if current != entry.record:
+                log.info("put journal: restored the record of {id}", id=entry.blob_id)
 
     def journal_pending(self) -> list[str]:
         """Blob ids whose put is durable through the journal only (not yet
@@ -2155,6 +2162,15 @@ def _in_parallel(here: Callable[[], None], there: Callable[[], None]) -> None:
         raise error
 
 
+def _epoch_of(raw: bytes) -> int:
+    """The epoch of an encoded record, or -1 if it does not decode (a torn
+    or damaged one, which any entry replaces)."""
+    try:
+        return MetaRecord.decode(raw).epoch
+    except FormatError:
+        return -1
+
+
 def _write_atomic(
     fs: OsFileSystem, path: str, data: bytes, directory: str, alongside: int | None = None
 ) -> None:
@@ -2212,8 +2228,3 @@ def _read_whole(fs: OsFileSystem, path: str) -> bytes | None:
         return fs.pread(fd, fs.fstat_size(fd) + 1, 0)
     finally:
         fs.close(fd)
-
-
-def _line(record: bytes) -> bytes:
-    """A record's JSON line (without what follows it)."""
-    return record.partition(b"\n")[0]

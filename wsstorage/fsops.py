@@ -133,23 +133,33 @@ class OsFileSystem:
         finally:
             os.close(fd)
 
-    def syncfs(self, path: str) -> None:
+    def syncfs(self, path: str, fd: int | None = None) -> None:
         """Flush every dirty page and inode of the file system holding
         ``path`` (Linux ``syncfs(2)``, through libc): one call makes many
         files written without a sync durable, which is how the put
         journal's checkpoint makes its record files durable.  OSError
         ``ENOSYS`` where the call does not exist (callers then fsync file
-        by file)."""
+        by file).
+
+        ``fd``: a descriptor of ``path`` the caller keeps open across its
+        calls.  syncfs reports a write-back error of the file system to
+        each open file that has not seen it yet, so a descriptor opened
+        afresh misses an error another caller (another store on the same
+        disk) has already been told of, and the checkpoint would wrongly
+        succeed; one kept open since before the error never does."""
         call = _libc_syncfs()
         if call is None:
             raise OSError(errno.ENOSYS, "syncfs is not available")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        own = fd is None
+        if own:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             if call(fd) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, os.strerror(code))
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
 
     def listdir(self, path: str) -> Iterator[str]:
         with os.scandir(path) as it:

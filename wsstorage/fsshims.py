@@ -89,9 +89,9 @@ class RecordingFileSystem(OsFileSystem):
         self.calls.append(("mkdir", os.path.basename(path)))
         super().mkdir(path)
 
-    def syncfs(self, path: str) -> None:
+    def syncfs(self, path: str, fd: int | None = None) -> None:
         self.calls.append(("syncfs", os.path.basename(path)))
-        super().syncfs(path)
+        super().syncfs(path, fd)
 
 
 class FullDiskFileSystem(RecordingFileSystem):

@@ -23,12 +23,25 @@ the zeros of the preallocation.  So a reset is a new header (a higher
 generation) and one fdatasync, not a rewrite of the file.
 
 Appends go to the *active* file, in order, under a lock; the fdatasync runs
-outside it.  A checkpoint switches appends to the other file, waits for
+outside it (one at a time: see below).  A checkpoint switches appends to the other file, waits for
 the puts still publishing into the old one, makes every record file durable
 (``flush``), and only then resets the old file.  Checkpoints run in a
 background thread (``checkpoint_after`` seconds after the first entry, or
 when the active file is half full), when a blob with an entry is about to be
 removed (``settle``), and at ``close``.
+
+Disk errors turn the journal off for the life of the process (``broken``):
+a failed fdatasync of a journal file, a failed ``flush`` or reset.  Linux
+reports a write-back error once per open file and then marks the failed
+pages clean, so after one nothing the journal's own syncs say can be
+trusted: every put whose entry a successful flush did not cover fails,
+later puts sync their own record files (as without a journal), and each
+record of a file whose checkpoint failed is written again from its entry
+and fsync'd one by one (``repair`` with ``force``), never trusted to the
+page cache.  Journal flushes are serialised (``_sync_lock``) and each
+records how far it reached, so a put never takes another's flush, or
+another's swallowed error, for its own; puts that arrive while one flush
+runs share the next.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from twisted.logger import Logger
 
 from wsstorage import failpoints
 from wsstorage.diskformat import FormatError, crc
+from wsstorage.errors import StorageError
 from wsstorage.fsops import OsFileSystem
 
 log = Logger()
@@ -87,10 +101,13 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Entry(NamedTuple):
-    """One put: its blob id and the exact bytes of its record file."""
+    """One put: its blob id, the exact bytes of its record file, and where
+    the entry starts in its journal file (how a failed put's entry is
+    known again: ``_Side.voided``)."""
 
     blob_id: str
     record: bytes
+    offset: int = 0
 
 
 def encode_entry(generation: int, blob_id: str, record: bytes) -> bytes:
@@ -155,7 +172,7 @@ def scan(
             blob_id = bytes(ident).decode()
         except UnicodeDecodeError:
             break
-        entries.append(Entry(blob_id, bytes(record)))
+        entries.append(Entry(blob_id, bytes(record), offset))
         offset = end
     return entries, offset
 
@@ -170,6 +187,11 @@ class _Side:
         self.generation = generation
         #: Offset of the next append.
         self.used = HEADER_SIZE
+        #: Offset up to which a successful fdatasync covered the entries.
+        self.synced = HEADER_SIZE
+        #: Offsets of entries whose put failed: not rewritten by a repair
+        #: (the blob was reported not stored).
+        self.voided: set[int] = set()
         #: Blob ids with an entry in this file since its last reset.
         self.pending: set[str] = set()
         #: Puts that appended here and have not finished publishing their
@@ -186,16 +208,19 @@ class PutJournal:
     """The two journal files of one store (module docstring).
 
     ``flush(blob_ids)`` makes the record files of those blobs durable (the
-    store's ``syncfs``); ``repair(entries)`` makes sure each record file
-    holds exactly its entry's bytes (rewriting it if not), without syncing:
-    a ``flush`` follows."""
+    store's ``syncfs``); ``repair(entries, force)`` makes sure each record
+    file holds exactly its entry's bytes: without ``force`` it rewrites
+    one that differs, unsynced (a ``flush`` follows); with ``force`` it
+    writes every one again to a new file and fsyncs it (after a failed
+    flush, or at open after a crash, the page cache may hold bytes that
+    never reached the disk)."""
 
     def __init__(
         self,
         fs: OsFileSystem,
         sides: list[_Side],
         flush: Callable[[Collection[str]], None],
-        repair: Callable[[list[Entry]], None],
+        repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None,
     ) -> None:
         self.fs = fs
@@ -221,6 +246,10 @@ class PutJournal:
         self._closing = False
         self._closed = False
         self._urgent = False
+        #: One journal flush at a time (module docstring).
+        self._sync_lock = threading.Lock()
+        #: Why the journal is off since a disk error, or None.
+        self.broken: str | None = None
 
     # -- opening --------------------------------------------------------
 
@@ -231,7 +260,7 @@ class PutJournal:
         directory: str,
         size: int,
         flush: Callable[[Collection[str]], None],
-        repair: Callable[[list[Entry]], None],
+        repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None = CHECKPOINT_AFTER,
     ) -> PutJournal | None:
         """Replay and reset the journal files in ``directory`` (creating them
@@ -241,8 +270,10 @@ class PutJournal:
         replayed if there, then removed, and None is returned.
 
         Replay: every valid entry of both files, older generation first, is
-        handed to ``repair``, then ``flush`` makes them durable, and only
-        then are the files reset: a crash during any of it replays again."""
+        handed to ``repair`` (forced: the crashed process may have left
+        pages whose write-back failed in the cache, where they read back
+        fine), then ``flush``, and only then are the files reset: a crash
+        during any of it replays again."""
         if size and size < 2 * HEADER_SIZE:
             raise ValueError(f"a put journal file must be at least {2 * HEADER_SIZE} bytes")
         found: list[tuple[int, str, int, int]] = []  # generation, path, fd, size
@@ -276,7 +307,7 @@ class PutJournal:
                 logs.append((generation, scan(raw, generation)[0]))
             replay = [e for _, entries in sorted(logs, key=lambda t: t[0]) for e in entries]
             if replay:
-                repair(replay)
+                repair(replay, True)
                 flush({e.blob_id for e in replay})
                 log.info("put journal: replayed {n} entries in {dir}", n=len(replay), dir=directory)
             generation = max((g for g, *_ in found), default=0)
@@ -349,7 +380,7 @@ class PutJournal:
         create a blob that was reported as not stored, and maybe overwrite
         a later one of the same id."""
         with self._lock:
-            if self._closing:
+            if self._closing or self.broken is not None:
                 return False
             side = self._sides[self._active]
             entry = encode_entry(side.generation, blob_id, record)
@@ -376,9 +407,11 @@ class PutJournal:
                 side.inflight -= 1
                 raise
         try:
-            self.fs.fdatasync(side.fd)
+            self._sync_through(side, offset + len(entry))
             publish()
         except BaseException:
+            with self._lock:
+                side.voided.add(offset)
             self._done(side)
             try:
                 self.checkpoint()
@@ -389,6 +422,36 @@ class PutJournal:
             raise
         self._done(side)
         return True
+
+    def _sync_through(self, side: _Side, end: int) -> None:
+        """Return once an fdatasync of ``side`` that succeeded covered every
+        entry before ``end``: the last one may have (puts share flushes),
+        else this one flushes everything appended so far.  Raises if a
+        flush failed, this put's or an earlier one's: its error may have
+        been the only report of this entry's loss."""
+        with self._sync_lock:
+            if self.broken is not None:
+                raise StorageError(f"put journal is off: {self.broken}")
+            if side.synced >= end:
+                return
+            with self._lock:
+                target = side.used
+            try:
+                self.fs.fdatasync(side.fd)
+            except OSError as e:
+                self._break(f"flushing {os.path.basename(side.path)}: {os.strerror(e.errno or 0)}")
+                raise
+            side.synced = target
+
+    def _break(self, why: str) -> None:
+        """Turn the journal off after a disk error (module docstring)."""
+        with self._lock:
+            if self.broken is None:
+                self.broken = why
+                log.warn(
+                    "put journal off after a disk error ({why}): small puts sync their own records",
+                    why=why,
+                )
 
     def _done(self, side: _Side) -> None:
         with self._lock:
@@ -416,6 +479,8 @@ class PutJournal:
         old one durable, then reset it.  A side left dirty by a failed
         checkpoint is finished first, its records rewritten from it."""
         with self._checkpointing:
+            if self._closed:
+                raise StorageError("the put journal is closed")
             other = self._sides[1 - self._active]
             if other.dirty:
                 self._finish(other, rewrite=True)
@@ -437,18 +502,26 @@ class PutJournal:
         before, and a failed flush may have dropped dirty pages (Linux marks
         them clean after a write error), so its records are written again
         from the journal first."""
-        if rewrite:
-            raw = self.fs.pread(side.fd, side.size, 0)
-            self._repair(scan(raw, side.generation)[0])
-        self._flush(set(side.pending))
-        with self._lock:
-            generation = self._next_generation
-            self._next_generation += 1
-        self.fs.pwrite_all(side.fd, encode_header(generation, side.size), 0)
-        self.fs.fdatasync(side.fd)
+        try:
+            if rewrite:
+                raw = self.fs.pread(side.fd, side.size, 0)
+                entries, _ = scan(raw, side.generation)
+                with self._lock:
+                    voided = set(side.voided)
+                self._repair([e for e in entries if e.offset not in voided], True)
+            self._flush(set(side.pending))
+            with self._lock:
+                generation = self._next_generation
+                self._next_generation += 1
+            self.fs.pwrite_all(side.fd, encode_header(generation, side.size), 0)
+            self.fs.fdatasync(side.fd)
+        except OSError as e:
+            self._break(f"checkpoint of {os.path.basename(side.path)}: {os.strerror(e.errno or 0)}")
+            raise
         with self._lock:
             side.generation = generation
-            side.used = HEADER_SIZE
+            side.used = side.synced = HEADER_SIZE
+            side.voided.clear()
             side.pending.clear()
             side.first_at = None
             side.dirty = False
@@ -510,9 +583,14 @@ class PutJournal:
                 self.checkpoint()
         except Exception:
             log.failure("put journal: checkpoint at close failed (replayed at the next open)")
-        self._closed = True
-        for side in self._sides:
-            self.fs.close(side.fd)
+        # Under the checkpoint lock: a removal that passed the store's
+        # check before close may still call ``settle``; it must find the
+        # journal closed, not write a header through a closed descriptor
+        # number that another file may have taken.
+        with self._checkpointing:
+            self._closed = True
+            for side in self._sides:
+                self.fs.close(side.fd)
 
     def blob_ids(self) -> list[str]:
         """Every blob id with an entry not yet checkpointed, sorted."""
