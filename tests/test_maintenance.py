@@ -153,7 +153,7 @@ async def test_drain_rehomes_every_replica_then_the_server_can_go(env):
 @pytest_twisted.ensureDeferred
 async def test_rebalance_moves_replicas_to_a_new_empty_server(env):
     pool = env.transfers.pool
-    hold_down(pool, "s4", "not added yet")
+    await hold_down(pool, "s4", "not added yet")
     files = await populate(env, count=8, size=100 * 1024)
     await pool.start()
     assert await blobs_on(env, "s4") == set()

@@ -63,7 +63,7 @@ async def set_draining(env, node: str) -> None:
 async def populate_without(env, node: str, **kw) -> dict[str, bytes]:
     """Files on every server but ``node`` (then back up and empty)."""
     pool = env.transfers.pool
-    hold_down(pool, node, "not there yet")
+    await hold_down(pool, node, "not there yet")
     files = await populate(env, **kw)
     await pool.start()
     assert pool.is_up(node) and await blobs_on(env, node) == set()
@@ -126,7 +126,7 @@ async def test_compaction_writes_its_new_blob_on_no_draining_server(env):
     from twisted.internet import reactor
 
     pool = env.transfers.pool
-    hold_down(pool, "s4", "not there yet")
+    await hold_down(pool, "s4", "not there yet")
     contents = {}
     for i in range(4):
         vpath, content = f"/log{i}.bin", b""

@@ -119,7 +119,7 @@ async def test_a_drain_stops_after_the_move_in_flight_when_the_lease_is_lost(env
 @pytest_twisted.ensureDeferred
 async def test_a_rebalance_stops_after_the_move_in_flight_when_the_lease_is_lost(env):
     pool = env.transfers.pool
-    hold_down(pool, "s4", "not added yet")
+    await hold_down(pool, "s4", "not added yet")
     await populate(env, count=8, size=64 * 1024)
     await pool.start()
     assert await blobs_on(env, "s4") == set()

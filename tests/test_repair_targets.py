@@ -72,7 +72,7 @@ async def test_rebalance_sends_no_blob_to_a_server_it_would_not_fit_on(env):
     pool = env.transfers.pool
     # Held down by hand; the probe loop stays stopped, so no background
     # probe undoes the up flag or the free space reported below.
-    hold_down(pool, "s4", "not added yet")
+    await hold_down(pool, "s4", "not added yet")
     files = await populate(env, count=6, size=200 << 10)
     pool.nodes()[3].up = True  # s4 comes back, empty
     assert await blobs_on(env, "s4") == set()
