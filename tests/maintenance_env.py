@@ -32,6 +32,19 @@ async def populate(env, count: int = 6, size: int = 300 * 1024) -> dict[str, byt
     return files
 
 
+async def hold_down(pool, name: str, reason: str) -> None:
+    """Keep ``name`` out of ``pool``'s choices until the caller's ``await
+    pool.start()``.  ``mark_down`` alone lasts only until the pool's next
+    probe (every ``probe_interval``, 0.5 s in these envs), which brings the
+    server back up in the middle of uploads that take longer on a loaded
+    machine: the probe loop is stopped meanwhile, and a probe of ours is
+    awaited first, after any the loop still had on the way (it could
+    otherwise answer after the ``mark_down``)."""
+    pool.stop()
+    await pool.probe_all()
+    pool.mark_down(name, reason)
+
+
 def full_path(env, vpath: str) -> str:
     return env.transfers.full_path(env.user, vpath)
 

@@ -212,7 +212,9 @@ def test_a_user_name_with_a_colon_is_refused_it_could_never_log_in_over_http(cat
 
 def test_repair_with_no_front_end_says_so_at_once_and_again_while_queued(catalog):
     wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
-    proc = wsfs(catalog, "repair", "--timeout", "2", "--poll", "0.05", "--no-taker-after", "0.5")
+    # The nag at 0.5 s must come before the deadline: 2 s left a loaded
+    # machine too little room (one slow catalog poll skipped past it).
+    proc = wsfs(catalog, "repair", "--timeout", "5", "--poll", "0.05", "--no-taker-after", "0.5")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert "no front end is running to run the repair job" in lines[0]

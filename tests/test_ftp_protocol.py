@@ -441,10 +441,10 @@ async def test_abor_before_the_data_connection_keeps_a_resumed_upload(ftp):
     assert (await c.cmd("STOR part"))[0] == 150
     first = payload(300_000)
     peer.transport.write(first)
-    for _ in range(200):
-        if any(s.received >= len(first) for s in ftp.transfers.sessions.values()):
-            break
-        await _tick()
+    await until(
+        lambda: any(s.received >= len(first) for s in ftp.transfers.sessions.values()),
+        "the server to receive the bytes sent before ABOR",
+    )
     assert (await c.cmd("ABOR"))[0] == 426
     assert (await c.reply())[0] == 226
     assert await c.cmd("SIZE part") == (213, str(len(first)))
@@ -899,10 +899,10 @@ async def test_abor_during_stor_keeps_the_upload_resumable(ftp):
     first = payload(300_000)
     peer.transport.write(first)
     # Wait until the server has relayed what we sent.
-    for _ in range(200):
-        if any(s.received >= len(first) for s in ftp.transfers.sessions.values()):
-            break
-        await _tick()
+    await until(
+        lambda: any(s.received >= len(first) for s in ftp.transfers.sessions.values()),
+        "the server to receive the bytes sent before ABOR",
+    )
     assert (await c.cmd("ABOR"))[0] == 426
     assert (await c.reply())[0] == 226
     code, text = await c.cmd("SIZE part")
@@ -926,9 +926,3 @@ def _within(d: defer.Deferred, seconds: float = 10.0) -> defer.Deferred:
     from twisted.internet import reactor
 
     return d.addTimeout(seconds, reactor)
-
-
-def _tick():
-    from twisted.internet import reactor, task
-
-    return task.deferLater(reactor, 0.01, lambda: None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -64,9 +65,18 @@ def test_a_port_named_in_the_log_but_held_by_another_process_is_not_ready(tmp_pa
     """Reading the log alone (as these starters did) passed here."""
     before = children()
     child = python_child(tmp_path, CLAIMS, str(port_of(foreign))).start()
+    claim = f"port={port_of(foreign)}"
+    # The claim is in the log before the 2 s start (a loaded machine can
+    # take that long to start a Python): wait_ports then had the log line
+    # and the foreign listener all along, and still did not call it ready.
+    deadline = time.monotonic() + 60
+    while claim not in child.log():
+        if time.monotonic() > deadline or child.proc.poll() is not None:
+            child.stop()
+            raise AssertionError(f"the child never claimed the port:\n{child.log()}")
+        time.sleep(0.02)  # polling the log, not a synchronisation
     with pytest.raises(AssertionError, match="did not listen on"):
         child.wait_ports(SERVES, {"http"}, timeout=2)
-    assert f"port={port_of(foreign)}" in child.log()  # it did claim the port
     assert child.proc.poll() is not None and gone(child.proc.pid)
     assert child not in RUNNING and children() <= before
     still_accepts(foreign)

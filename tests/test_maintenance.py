@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
+from tests.maintenance_env import blobs_on, check_full_strength, full_path, hold_down, populate
 from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import JOB_DONE, JOB_FAILED
 from wsfront.maintenance.gc import GCSettings
@@ -153,9 +153,9 @@ async def test_drain_rehomes_every_replica_then_the_server_can_go(env):
 @pytest_twisted.ensureDeferred
 async def test_rebalance_moves_replicas_to_a_new_empty_server(env):
     pool = env.transfers.pool
-    pool.mark_down("s4", "not added yet")
+    await hold_down(pool, "s4", "not added yet")
     files = await populate(env, count=8, size=100 * 1024)
-    await pool.probe_all()
+    await pool.start()
     assert await blobs_on(env, "s4") == set()
     clock = task.Clock()
     svc = service(env, clock)

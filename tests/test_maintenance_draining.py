@@ -14,7 +14,14 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.catalog_fixtures import postgres_schema_url
-from tests.maintenance_env import blobs_on, check_full_strength, full_path, payload, populate
+from tests.maintenance_env import (
+    blobs_on,
+    check_full_strength,
+    full_path,
+    hold_down,
+    payload,
+    populate,
+)
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
 from wsfront.maintenance.compact import Compactor, CompactSettings
@@ -56,9 +63,9 @@ async def set_draining(env, node: str) -> None:
 async def populate_without(env, node: str, **kw) -> dict[str, bytes]:
     """Files on every server but ``node`` (then back up and empty)."""
     pool = env.transfers.pool
-    pool.mark_down(node, "not there yet")
+    await hold_down(pool, node, "not there yet")
     files = await populate(env, **kw)
-    await pool.probe_all()
+    await pool.start()
     assert pool.is_up(node) and await blobs_on(env, node) == set()
     return files
 
@@ -119,7 +126,7 @@ async def test_compaction_writes_its_new_blob_on_no_draining_server(env):
     from twisted.internet import reactor
 
     pool = env.transfers.pool
-    pool.mark_down("s4", "not there yet")
+    await hold_down(pool, "s4", "not there yet")
     contents = {}
     for i in range(4):
         vpath, content = f"/log{i}.bin", b""
@@ -128,7 +135,8 @@ async def test_compaction_writes_its_new_blob_on_no_draining_server(env):
             await env.upload(vpath, data, offset=offset)
             content = content[:offset] + data
         contents[vpath] = content
-    await pool.probe_all()
+    await pool.start()
+    assert await blobs_on(env, "s4") == set()
     await set_draining(env, "s4")
     asked = []
     list_nodes = env.catalog.list_nodes

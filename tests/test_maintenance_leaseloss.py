@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.catalog_fixtures import postgres_schema_url
-from tests.maintenance_env import blobs_on, full_path, populate
+from tests.maintenance_env import blobs_on, full_path, hold_down, populate
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import JOB_DONE, JOB_FAILED, JOB_QUEUED, REPLICA_OK
@@ -119,9 +119,9 @@ async def test_a_drain_stops_after_the_move_in_flight_when_the_lease_is_lost(env
 @pytest_twisted.ensureDeferred
 async def test_a_rebalance_stops_after_the_move_in_flight_when_the_lease_is_lost(env):
     pool = env.transfers.pool
-    pool.mark_down("s4", "not added yet")
+    await hold_down(pool, "s4", "not added yet")
     await populate(env, count=8, size=64 * 1024)
-    await pool.probe_all()
+    await pool.start()
     assert await blobs_on(env, "s4") == set()
     clock = task.Clock()
     a = service(env, clock, "fe-a")

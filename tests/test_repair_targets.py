@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
+from tests.maintenance_env import blobs_on, check_full_strength, full_path, hold_down, populate
 from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import REPLICA_STALE
 from wsfront.maintenance.nodes import rebalance
@@ -70,7 +70,9 @@ async def test_repair_copies_to_a_server_the_blob_fits_on_first(env):
 @pytest_twisted.ensureDeferred
 async def test_rebalance_sends_no_blob_to_a_server_it_would_not_fit_on(env):
     pool = env.transfers.pool
-    pool.mark_down("s4", "not added yet")
+    # Held down by hand; the probe loop stays stopped, so no background
+    # probe undoes the up flag or the free space reported below.
+    await hold_down(pool, "s4", "not added yet")
     files = await populate(env, count=6, size=200 << 10)
     pool.nodes()[3].up = True  # s4 comes back, empty
     assert await blobs_on(env, "s4") == set()

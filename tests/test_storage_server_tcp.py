@@ -328,8 +328,14 @@ async def test_twistd_server_creates_its_secret_and_serves(storage_process) -> N
 @pytest_twisted.ensureDeferred
 async def test_sigstopped_server_fails_a_stalled_read_within_the_timeout(storage_process) -> None:
     storage_process.start()
+    # Written with a patient client: the seal's fsync of 64 MiB can keep the
+    # server silent for seconds on a loaded disk; only the read is timed.
+    writer = storage_process.client(reactor, idle_timeout=60.0)
+    try:
+        await write_blob(writer, "b1", pattern(64 * 1024 * 1024, seed=1))
+    finally:
+        await writer.close()
     c = storage_process.client(reactor, idle_timeout=2.0)
-    await write_blob(c, "b1", pattern(64 * 1024 * 1024, seed=1))
 
     class Stopper:
         """Freezes the server as soon as the first bytes arrive."""
