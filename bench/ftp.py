@@ -40,14 +40,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Run as a script, Python puts bench/ first on the path, where a module may
+# shadow the standard library (bench/http.py shadows ``http``): drop it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+sys.path.insert(0, str(REPO))
+
+from tests.support import free_port  # noqa: E402
+
 BLOCK = 256 * 1024
 MB = 1e6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(

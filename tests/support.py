@@ -9,6 +9,7 @@ must provide everything (see ``.ci/run``).
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -83,10 +84,34 @@ def twistd_argv(plugin: str, *args: str) -> list[str]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (another process
-    may take it before the caller binds it: see ``listening_ports``)."""
+    may take it before the caller binds it: see ``listening_ports``).
+
+    Picked below the kernel's ephemeral range, not by binding port 0: the
+    ports the system hands out (to every outgoing connection, and to
+    listeners on port 0 such as wslocal's storage servers) come from that
+    range, so one picked there could be taken between this call and the
+    caller's bind; a benchmark once spoke FTP to a storage server that way."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The first port of the ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def listening_ports(pid: int) -> set[int]:
