@@ -244,8 +244,8 @@ class Runner:
             raise self._unusable(e) from e
 
     def _attempts(self, conn: Any, fn: Callable[[Tx], T], write: bool, durable: bool) -> T:
-        reconnects = 0
-        for attempt in range(MAX_ATTEMPTS):
+        retries = reconnects = 0
+        while True:
             cursor = None
             committing = False
             try:
@@ -270,12 +270,12 @@ class Runner:
                     conn = self._connect()
                     continue
                 self.backend.rollback(conn, cursor)
-                if attempt + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
+                if retries + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
+                    retries += 1
                     continue
                 if self.backend.is_busy(e) or self.backend.is_full(e):
                     raise self._unusable(e) from e
                 raise
-        raise AssertionError("unreachable")
 
     def _unusable(self, error: BaseException) -> CatalogFull | CatalogUnavailable:
         """The catalog error a client is answered for a database that could
