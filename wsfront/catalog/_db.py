@@ -33,6 +33,9 @@ log = Logger()
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
+#: New connections one transaction may try after losing its connection
+#: before its commit (a server restart ends every pooled connection).
+MAX_RECONNECTS = 2
 
 
 class Tx:
@@ -377,41 +380,55 @@ class Runner:
 
     def run_sync(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> T:
         """Run ``fn`` in a transaction in the calling thread."""
+        conn = self._connect()
         try:
-            conn = self._connection()
+            return self._attempts(conn, fn, write, durable)
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if not durable and conn is not None and not self.backend.connection_lost(conn):
+                self.backend.end(conn, durable)
+
+    def _connect(self) -> Any:
+        try:
+            return self._connection()
         except Exception as e:
             # The server is down or the file cannot be opened: no
             # transaction began, and the next call tries to connect again.
             raise self._unusable(e) from e
-        try:
-            return self._attempts(conn, fn, write, durable)
-        finally:
-            if not durable and not self.backend.connection_lost(conn):
-                self.backend.end(conn, durable)
 
     def _attempts(self, conn: Any, fn: Callable[[Tx], T], write: bool, durable: bool) -> T:
-        for attempt in range(MAX_ATTEMPTS):
+        retries = reconnects = 0
+        while True:
             cursor = None
+            committing = False
             try:
                 # begin() talks to the database too (BEGIN, SET LOCAL): a
                 # connection found dead there is forgotten like any other.
                 cursor = self.backend.begin(conn, write, durable)
                 result = fn(Tx(self.backend, cursor))
+                committing = True
                 self.backend.commit(conn, cursor)
                 return result
             except BaseException as e:
                 if self.backend.connection_lost(conn):
-                    # Never retried: the commit may have reached the server.
-                    # The next transaction of this thread reconnects.
                     self._forget(conn)
-                    raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
+                    # Lost before the commit was sent: nothing took effect,
+                    # so the transaction runs again on a new connection (a
+                    # pooled connection outlived a server restart, or the
+                    # server ended it).  Lost in the commit: it may have
+                    # reached the server, so it is never run again.
+                    if committing or reconnects >= MAX_RECONNECTS:
+                        raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
+                    reconnects += 1
+                    conn = self._connect()
+                    continue
                 self.backend.rollback(conn, cursor)
-                if attempt + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
+                if retries + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
+                    retries += 1
                     continue
                 if self.backend.is_busy(e) or self.backend.is_full(e):
                     raise self._unusable(e) from e
                 raise
-        raise AssertionError("unreachable")
 
     def _unusable(self, error: BaseException) -> CatalogFull | CatalogUnavailable:
         """The catalog error a client is answered for a database that could

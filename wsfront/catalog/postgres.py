@@ -7,17 +7,79 @@ A statement that waits for such a lock re-reads the row once it is free, so
 the loser of a race sees the winner's result.  Directory moves also take one
 advisory lock so two moves cannot build a cycle.  Deadlocks and
 serialisation failures retry the whole transaction.
+
+Every connection is bounded in time (``SESSION_DEFAULTS``, ``LIBPQ_DEFAULTS``),
+so a front end frozen inside a transaction (SIGSTOP, a VM pause) or a dead
+network cannot make the others wait forever: the server aborts a transaction
+left idle, a statement waiting on a lock gives up (CatalogUnavailable: HTTP
+503, FTP 451), and libpq stops waiting for a server that does not answer.
+The catalog URL overrides any of them (``?connect_timeout=5``,
+``?options=-c%20lock_timeout%3D30s``), as do libpq's PG* variables and
+settings made on the server for the role or the database.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from wsfront.catalog._db import Backend, Tx
+
+#: Server settings of every catalog connection.  A wsfs transaction is one
+#: synchronous function in a pool thread: it never waits on a client or a
+#: storage server between its statements, so a transaction idle for seconds
+#: belongs to a frozen or wedged process and is aborted, freeing its row
+#: locks.  A statement waiting longer than ``lock_timeout`` for a lock fails
+#: (twice the idle limit: a frozen holder is aborted first); one running
+#: longer than ``statement_timeout`` is cancelled.  Each applies only where
+#: the server would otherwise wait forever (the setting is 0, PostgreSQL's
+#: default): one set for the role or database (``ALTER ROLE ... SET``) or in
+#: the URL (``options=-c lock_timeout=30s``) is kept.
+SESSION_DEFAULTS = {
+    "idle_in_transaction_session_timeout": "5s",
+    "lock_timeout": "10s",
+    "statement_timeout": "60s",
+}
+
+#: libpq connection parameters, unless the URL sets them: give up connecting
+#: after 10 s; probe an idle connection after 30 s, every 10 s, dead after 3
+#: unanswered probes; drop a connection whose sent data stays unacknowledged
+#: for 60 s (a server or network gone while a statement was sent).
+LIBPQ_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+#: The PG* environment variable libpq reads for a parameter above.
+_LIBPQ_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+_APPLY_SESSION_DEFAULTS = (
+    "SELECT set_config(s.name, s.value, false) FROM (VALUES "
+    + ", ".join(f"('{name}', '{value}')" for name, value in SESSION_DEFAULTS.items())
+    + ") AS s(name, value) WHERE current_setting(s.name) = '0'"
+)
+
+
+def libpq_settings(url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parameters of ``LIBPQ_DEFAULTS`` that neither catalog ``url`` nor
+    the environment sets: what ``connect`` adds to the URL."""
+    environ = os.environ if environ is None else environ
+    given = conninfo_to_dict(url)
+    return {
+        key: value
+        for key, value in LIBPQ_DEFAULTS.items()
+        if key not in given and _LIBPQ_ENVIRONMENT.get(key, "") not in environ
+    }
 
 
 class PostgresBackend(Backend):
@@ -31,6 +93,7 @@ class PostgresBackend(Backend):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._settings: tuple[str, dict[str, str]] | None = None
         self._sql_cache: dict[str, str] = {}
 
     def sql(self, text: str) -> str:
@@ -41,7 +104,17 @@ class PostgresBackend(Backend):
         return converted
 
     def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, row_factory=dict_row, autocommit=False)
+        url = self.url
+        if self._settings is None or self._settings[0] != url:
+            self._settings = (url, libpq_settings(url))
+        conn = psycopg.connect(url, row_factory=dict_row, autocommit=False, **self._settings[1])
+        try:
+            conn.execute(_APPLY_SESSION_DEFAULTS)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def begin(self, conn: psycopg.Connection, write: bool, durable: bool = True) -> Any:
         cursor = conn.cursor()
@@ -67,6 +140,10 @@ class PostgresBackend(Backend):
     def is_retryable(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
+    def is_busy(self, error: BaseException) -> bool:
+        # lock_timeout or statement_timeout ran out (SESSION_DEFAULTS).
+        return isinstance(error, pg_errors.LockNotAvailable | pg_errors.QueryCanceled)
+
     def is_full(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.DiskFull)
 
@@ -85,5 +162,9 @@ class PostgresBackend(Backend):
         tx.all("SELECT pg_advisory_xact_lock(?)", key)
 
     def prepare(self, tx: Tx) -> None:
+        # A migration may rewrite big tables, and another front end's may
+        # hold the lock below while it does: neither is a stuck client.
+        tx.execute("SET LOCAL lock_timeout = 0")
+        tx.execute("SET LOCAL statement_timeout = 0")
         # Serialise concurrent migrations of one database.
         tx.all("SELECT pg_advisory_xact_lock(?)", 0x77736673)

@@ -54,7 +54,8 @@ class MaintenanceSettings:
     #: ``wsfs compact`` still works).
     compact_every: float | None = 3600.0
     #: Life of the maintenance lease: how long maintenance waits for a
-    #: successor after its holder died.
+    #: successor after its holder died (a front end's: its
+    #: ``--liveness-lease-seconds``, see ``maintenance_settings``).
     lease_ttl: float = DEFAULT_TTL_SECONDS
     #: Life of this front end's liveness lease (``--liveness-lease-seconds``):
     #: after this long without a renewal, the lease holder takes it for dead
@@ -75,8 +76,16 @@ class MaintenanceSettings:
 
 def maintenance_settings(config) -> MaintenanceSettings:
     """The settings a front end's options (``wsfront.config.FrontendConfig``)
-    choose; the rest keep their defaults."""
-    return MaintenanceSettings(liveness_ttl=config.liveness_lease_seconds)
+    choose; the rest keep their defaults.
+
+    ``--liveness-lease-seconds`` gives the maintenance lease its life too:
+    the holder is a front end like any other, and a frozen holder's uploads
+    are only marked interrupted once a successor holds the maintenance lease,
+    so with its own 30 s a shorter liveness lease would not apply to it.
+    (A holder that lost its lease stops its job between units of work, and
+    GC spares unrecorded blobs for an hour: a short life is safe.)"""
+    ttl = config.liveness_lease_seconds
+    return MaintenanceSettings(lease_ttl=ttl, liveness_ttl=ttl)
 
 
 class MaintenanceService(Service):

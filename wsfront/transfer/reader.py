@@ -30,6 +30,11 @@ from wsstorage import failpoints
 from wsstorage.framing import tcp_transport
 
 log = Logger()
+
+#: Checks of a read's progress per stall timeout: a frozen replica is given
+#: up on between 1 and 1 + 1/STALL_CHECKS timeouts after its last byte.
+STALL_CHECKS = 4
+
 _spread = itertools.count()
 #: Reads of each blob running in this process now (``_replica_order``).
 _reading: dict[str, int] = {}
@@ -207,6 +212,7 @@ class ReadStream:
         self._current: Deferred | None = None
         self._consumer: IConsumer | None = None
         self._stall_call = None
+        self._stall_since = 0.0  # when the read last made progress or was resumed
         self._stalled_read: Deferred | None = None
         self.delivered = 0
         self.failovers = 0
@@ -384,20 +390,32 @@ class ReadStream:
     # -- stall detection -------------------------------------------------
 
     def _arm_stall(self, d: Deferred, sink: _ExtentSink) -> None:
+        """Fail read ``d`` once no byte came for the stall timeout while the
+        read was let go on.  Checked every quarter of the timeout, so a
+        replica that froze just after a byte is given up on within 1.25
+        timeouts of it, not two (a check that saw bytes used to wait a
+        whole timeout again); a pause, or a resume (``_stall_since``),
+        starts the count again: a replica owes no bytes while held."""
         self._cancel_stall()
         seen = sink.delivered
+        self._stall_since = self._clock.seconds()
+        interval = self._stall_timeout / STALL_CHECKS
 
         def check():
+            nonlocal seen
             self._stall_call = None
             if self._current is not d:
                 return
+            now = self._clock.seconds()
             if self._paused or sink.delivered != seen:
-                self._arm_stall(d, sink)
+                seen, self._stall_since = sink.delivered, now
+            elif now - self._stall_since >= self._stall_timeout - 0.001:  # float sums
+                self._stalled_read = d
+                d.cancel()
                 return
-            self._stalled_read = d
-            d.cancel()
+            self._stall_call = self._clock.callLater(interval, check)
 
-        self._stall_call = self._clock.callLater(self._stall_timeout, check)
+        self._stall_call = self._clock.callLater(interval, check)
 
     def _cancel_stall(self) -> None:
         if self._stall_call is not None and self._stall_call.active():
@@ -436,6 +454,8 @@ class ReadStream:
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._stall_call is not None:
+            self._stall_since = self._clock.seconds()  # the replica may send again
         if self._sink is not None and self._sink.producer is not None:
             self._sink.resize()
             self._sink.producer.resumeProducing()

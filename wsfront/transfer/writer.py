@@ -53,6 +53,9 @@ FAILED = "failed"
 _relayed = 0
 #: The name the whole-file hash pauses an upload under (beside replica names).
 _HASHING = "(sha256)"
+#: Seconds between the tries to mark a failed session interrupted while the
+#: catalog is unavailable (a restart, a lock timeout): about 15 s in all.
+INTERRUPT_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class Sha256Stream:
@@ -582,20 +585,45 @@ class WriteSession:
             d.errback(error)
         self._ended()
 
-    def _record_interrupted(self) -> Deferred:
+    def _record_interrupted(self, attempt: int = 0) -> Deferred:
         """Every replica failed, or the quota refused the next bytes: the
         session cannot go on here.  Mark it interrupted in the catalog, as an
         upload no replica accepted at its start is, so it is not left active
         and owned by this front end until it expires; its client can resume
-        it from ``durable`` (after freeing space, for the quota)."""
+        it from ``durable`` (after freeing space, for the quota).
+
+        The failure was often the catalog's own (a commit refused as
+        unavailable), so an unavailable catalog is tried again a few times
+        on the reactor (``INTERRUPT_RETRY_DELAYS``); the Deferred returned
+        (which ``finish`` waits for) is the first attempt's only."""
         d = maybeDeferred(self._catalog.interrupt_upload, self.upload_id, self.epoch)
-        d.addErrback(
-            lambda f: log.warn(
+
+        def recorded(_: object) -> None:
+            if attempt:
+                log.info(
+                    "upload {id} recorded its interruption at attempt {n}",
+                    id=self.upload_id,
+                    n=attempt + 1,
+                )
+
+        def failed(f: Failure) -> None:
+            if f.check(catalog_errors.CatalogUnavailable) and attempt < len(INTERRUPT_RETRY_DELAYS):
+                delay = INTERRUPT_RETRY_DELAYS[attempt]
+                log.info(
+                    "upload {id} could not record its interruption, again in {delay}s: {err}",
+                    id=self.upload_id,
+                    delay=delay,
+                    err=f.value,
+                )
+                self._clock.callLater(delay, self._record_interrupted, attempt + 1)
+                return
+            log.warn(
                 "upload {id} could not record its interruption: {err}",
                 id=self.upload_id,
                 err=f.value,
             )
-        )
+
+        d.addCallbacks(recorded, failed)
         return d
 
     def _release_writers(self) -> Deferred:

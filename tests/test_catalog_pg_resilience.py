@@ -1,0 +1,305 @@
+"""A PostgreSQL catalog against frozen peers and lost connections.
+
+A front end frozen inside a catalog transaction (SIGSTOP, a paused VM)
+keeps its row locks: the server must abort its transaction and the others
+must stop waiting for a lock after a bound (CatalogUnavailable, never a
+hang).  A connection the server ended (a restart, ``pg_terminate_backend``)
+costs no failure when nothing was committed on it yet: the transaction
+runs again on a new connection.  Only a connection lost inside the commit
+is an error (it may have committed)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.threads import deferToThread
+
+from tests.catalog_fixtures import postgres_schema_url
+from wsfront.catalog import open_catalog
+from wsfront.catalog.errors import CatalogUnavailable
+from wsfront.catalog.postgres import LIBPQ_DEFAULTS, PostgresBackend, libpq_settings
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh schema, its connections named so a test ends only its own."""
+    for url in postgres_schema_url():
+        yield f"{url}&application_name=wsfs_test_{secrets.token_hex(6)}"
+
+
+def application(url: str) -> str:
+    return url.rsplit("application_name=", 1)[1]
+
+
+def terminate_all(url: str) -> int:
+    """End every server connection of ``url``'s application; how many."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application(url),),
+        ).fetchall()
+    return len(rows)
+
+
+def with_options(url: str, options: str) -> str:
+    """``url`` with ``options`` after the search path its schema set."""
+    return url.replace("options=", f"options={quote(options + ' ')}", 1)
+
+
+def begin(cat, path, blob):
+    return cat.begin_upload(
+        "alice",
+        path,
+        base_length=0,
+        blob_id=blob,
+        replicas=["s1", "s2"],
+        wanted_replicas=2,
+        owner="fe1",
+        expires_at=cat._clock() + 3600,
+    )
+
+
+# -- time limits on every connection -------------------------------------------------
+
+
+def test_every_connection_bounds_idle_transactions_lock_waits_and_statements(pg_url):
+    conn = PostgresBackend(pg_url).connect()
+    try:
+        shown = {
+            name: conn.execute(f"SHOW {name}").fetchone()[name]
+            for name in ("idle_in_transaction_session_timeout", "lock_timeout", "statement_timeout")
+        }
+        assert shown == {
+            "idle_in_transaction_session_timeout": "5s",
+            "lock_timeout": "10s",
+            "statement_timeout": "1min",
+        }
+    finally:
+        conn.close()
+
+
+def test_the_url_and_the_environment_override_the_limits(pg_url):
+    conn = PostgresBackend(with_options(pg_url, "-c lock_timeout=3s")).connect()
+    try:
+        assert conn.execute("SHOW lock_timeout").fetchone()["lock_timeout"] == "3s"
+        assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1min"
+    finally:
+        conn.close()
+    assert libpq_settings("postgresql://h/db", {}) == LIBPQ_DEFAULTS
+    assert "connect_timeout" not in libpq_settings("postgresql://h/db?connect_timeout=2", {})
+    assert "connect_timeout" not in libpq_settings("postgresql://h/db", {"PGCONNECT_TIMEOUT": "3"})
+    assert "keepalives_idle" not in libpq_settings("postgresql://h/db?keepalives_idle=5", {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_held_by_a_frozen_client_makes_a_takeover_unavailable_not_hang(pg_url):
+    # The probe's reproduction: another session locks every upload and
+    # stays in its transaction; the takeover gives up at lock_timeout.
+    cat = open_catalog(reactor, with_options(pg_url, "-c lock_timeout=200ms"), threads=1)
+    try:
+        await cat.add_user("alice", "pw")
+        up = await begin(cat, "/f", "b1")
+        await cat.interrupt_upload(up.upload_id, 1)
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT * FROM uploads FOR UPDATE")
+            with pytest.raises(CatalogUnavailable, match="lock"):
+                await cat.take_over(up.upload_id, 1, "fe2")
+        taken = await cat.take_over(up.upload_id, 1, "fe2")
+        assert (taken.epoch, taken.owner) == (2, "fe2")
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_front_end_frozen_in_a_transaction_is_aborted_and_resumes_cleanly(pg_url):
+    # Front end B freezes inside a checkpoint's transaction, its row lock
+    # taken; the server aborts it once idle, so A's takeover goes through.
+    # When B thaws, its transaction runs again on a new connection and
+    # meets A's epoch, as a late checkpoint should.
+    a = open_catalog(reactor, pg_url, threads=1)
+    b = open_catalog(reactor, with_options(pg_url, "-c idle_in_transaction_session_timeout=300"))
+    thaw, frozen = threading.Event(), threading.Event()
+    runs = []
+    try:
+        await a.add_user("alice", "pw")
+        up = await begin(a, "/f", "b1")
+        await a.interrupt_upload(up.upload_id, 1)
+
+        def checkpoint(tx):
+            runs.append(tx.value("SELECT pg_backend_pid() AS pid"))
+            changed = tx.execute(
+                "UPDATE uploads SET checkpoint = 5 WHERE upload_id = ? AND epoch = 1",
+                up.upload_id,
+            )
+            frozen.set()
+            assert thaw.wait(30)
+            return changed, tx.value("SELECT epoch FROM uploads WHERE upload_id = ?", up.upload_id)
+
+        late = b._runner.run(checkpoint)
+        await deferToThread(frozen.wait, 30)
+        taken = await a.take_over(up.upload_id, 1, "fe2")
+        assert taken.epoch == 2 and taken.checkpoint == 0  # B's update never committed
+        thaw.set()
+        # Run again, on a new connection, after A's commit: it changes nothing.
+        assert await late == (0, 2)
+        assert len(runs) == 2 and runs[0] != runs[1]
+    finally:
+        thaw.set()
+        a.close()
+        b.close()
+
+
+# -- lost connections ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_pooled_connection_ended_by_the_server_costs_no_failure(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=4)
+    try:
+        # Open all four of the pool's connections: four reads at once,
+        # each holding its thread until all four run.
+        started = threading.Barrier(4)
+
+        def read(tx):
+            started.wait(30)
+            return tx.value("SELECT pg_backend_pid() AS pid")
+
+        pids = set(await _gather([cat._runner.run(read, write=False) for _ in range(4)]))
+        assert len(pids) == 4
+        assert terminate_all(pg_url) >= 4
+        made = await _gather([cat.mkdir(f"/d{i}") for i in range(8)])
+        assert len(made) == 8
+        assert sorted(e.name for e in await cat.list_dir("/")) == [f"d{i}" for i in range(8)]
+        after = await _gather([cat._runner.run(read, write=False) for _ in range(4)])
+        assert not pids & set(after)
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_lost_before_an_unsynced_begin_is_replaced_at_once(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=1)
+    runner = cat._runner
+    try:
+        pid = await runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
+        terminate_all(pg_url)
+        # begin() sends SET LOCAL first: the loss is found there.
+        again = await runner.run(
+            lambda tx: tx.value("SELECT pg_backend_pid() AS pid"), write=True, durable=False
+        )
+        assert again != pid
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_lost_inside_the_commit_is_never_run_again(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=1)
+    backend = cat._runner.backend
+    runs = []
+    commit = backend.commit
+
+    def lost_commit(conn, cursor):
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        commit(conn, cursor)
+
+    try:
+        backend.commit = lost_commit
+        with pytest.raises(CatalogUnavailable):
+            await cat._runner.run(lambda tx: runs.append(tx.execute("SELECT 1")))
+        assert len(runs) == 1
+        backend.commit = commit
+        await cat.mkdir("/after")
+        assert [e.name for e in await cat.list_dir("/")] == ["after"]
+    finally:
+        backend.commit = commit
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_keeps_dying_fails_after_a_few_new_ones(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=1)
+    runs = []
+
+    def suicidal(tx):
+        runs.append(1)
+        tx.value("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    try:
+        with pytest.raises(CatalogUnavailable):
+            await cat._runner.run(suicidal)
+        assert len(runs) == 3  # the first connection and two new ones
+        await cat.mkdir("/after")
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_refuses_connections_is_still_unavailable(pg_url):
+    cat = open_catalog(reactor, pg_url, threads=1)
+    backend = cat._runner.backend
+    try:
+        terminate_all(pg_url)
+        backend.url, url = "postgresql://127.0.0.1:1/test?connect_timeout=2", backend.url
+        with pytest.raises(CatalogUnavailable):
+            await cat.mkdir("/b")
+        backend.url = url
+        await cat.mkdir("/b")
+    finally:
+        cat.close()
+
+
+async def _gather(ds):
+    return await gatherResults(ds, consumeErrors=True)
+
+
+# -- over HTTP ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tus_env(tmp_path, pg_url):
+    """A tus site on a PostgreSQL catalog whose lock waits end after 200 ms."""
+    from tests.tus_env import start_env, stop_env
+
+    url = with_options(pg_url, "-c lock_timeout=200ms")
+    env = pytest_twisted.blockon(ensureDeferred(start_env(reactor, tmp_path, catalog_url=url)))
+    env.pg_url = pg_url
+    yield env
+    pytest_twisted.blockon(stop_env(env))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tus_resume_behind_a_lock_never_released_is_503_then_resumes(tus_env):
+    # The probe's reproduction: psql's "BEGIN; SELECT * FROM uploads FOR
+    # UPDATE;" left open, then a client resumes its upload.
+    from tests.tus_env import OCTETS, create, tus
+
+    env = tus_env
+    status, headers, _ = await create(env, 10, {"filename": "f"}, data=b"abcd")
+    assert (status, headers["upload-offset"]) == (201, "4")
+    location = headers["location"]
+    with psycopg.connect(env.pg_url) as holder:
+        holder.execute("SELECT * FROM uploads FOR UPDATE")
+        status, headers, body = await tus(
+            env, "PATCH", location, {**OCTETS, "Upload-Offset": "4"}, b"efghij"
+        )
+        assert status == 503, body
+        assert headers["retry-after"] == "5"
+    status, headers, body = await tus(
+        env, "PATCH", location, {**OCTETS, "Upload-Offset": "4"}, b"efghij"
+    )
+    assert (status, headers["upload-offset"]) == (204, "10"), body
+    r = await env.request("GET", "/f")
+    assert (r.code, await treq.content(r)) == (200, b"abcdefghij")
