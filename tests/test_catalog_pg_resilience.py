@@ -96,6 +96,13 @@ def test_the_url_and_the_environment_override_the_limits(pg_url):
         assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1min"
     finally:
         conn.close()
+    # 0 is a choice too (no limit), not a value to replace.
+    conn = PostgresBackend(with_options(pg_url, "-c statement_timeout=0")).connect()
+    try:
+        assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "0"
+        assert conn.execute("SHOW lock_timeout").fetchone()["lock_timeout"] == "10s"
+    finally:
+        conn.close()
     assert libpq_settings("postgresql://h/db", {}) == LIBPQ_DEFAULTS
     assert "connect_timeout" not in libpq_settings("postgresql://h/db?connect_timeout=2", {})
     assert "connect_timeout" not in libpq_settings("postgresql://h/db", {"PGCONNECT_TIMEOUT": "3"})

@@ -38,9 +38,10 @@ from wsfront.catalog._db import Backend, Tx
 #: locks.  A statement waiting longer than ``lock_timeout`` for a lock fails
 #: (twice the idle limit: a frozen holder is aborted first); one running
 #: longer than ``statement_timeout`` is cancelled.  Each applies only where
-#: the server would otherwise wait forever (the setting is 0, PostgreSQL's
-#: default): one set for the role or database (``ALTER ROLE ... SET``) or in
-#: the URL (``options=-c lock_timeout=30s``) is kept.
+#: nobody set the setting (PostgreSQL's default, 0: wait forever): one set
+#: for the role or database (``ALTER ROLE ... SET``), in the server's
+#: configuration or in the URL (``options=-c lock_timeout=30s``) is kept,
+#: 0 included.
 SESSION_DEFAULTS = {
     "idle_in_transaction_session_timeout": "5s",
     "lock_timeout": "10s",
@@ -66,7 +67,11 @@ _LIBPQ_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
 _APPLY_SESSION_DEFAULTS = (
     "SELECT set_config(s.name, s.value, false) FROM (VALUES "
     + ", ".join(f"('{name}', '{value}')" for name, value in SESSION_DEFAULTS.items())
-    + ") AS s(name, value) WHERE current_setting(s.name) = '0'"
+    + ") AS s(name, value) JOIN pg_settings AS p ON p.name = s.name"
+    # Only where nobody chose a value: one set in the URL, PGOPTIONS, the
+    # server's configuration or ALTER ROLE/DATABASE is kept, 0 (no limit,
+    # for a catalog whose maintenance scans outlast a minute) included.
+    + " WHERE p.source = 'default'"
 )
 
 
