@@ -320,6 +320,20 @@ async def test_purge_deletes_the_tree_and_aborts_pending_uploads(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_purge_sets_the_mtime_of_the_roots_parent(catalog, clock):
+    await catalog.add_user("alice", "pw", root="/shared/alice")
+    await upload(catalog, "alice", "/shared/alice/a.txt", 3, "blob-a")
+    clock.advance(100)
+    done = await catalog.delete_user("alice", "purge")
+    assert done == {
+        "name": "alice", "root": "/shared/alice", "files": "purge", "files_deleted": 1,
+        "uploads_aborted": 0, "uploads_aborted_outside_root": 0,
+    }  # fmt: skip
+    assert (await catalog.stat("/shared")).mtime == clock.now
+    assert await catalog.list_dir("/shared") == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_purge_refuses_a_root_another_user_shares(catalog):
     await catalog.add_user("alice", "pw", root="/team")
     await catalog.add_user("bob", "pw", root="/team/bob")

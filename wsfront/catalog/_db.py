@@ -75,6 +75,12 @@ class Tx:
         """Serialise this transaction with every other one taking ``key``."""
         self.backend.lock_global(self, key)
 
+    def lift_statement_timeout(self) -> None:
+        """Let the rest of this transaction's statements run as long as they
+        need: for the whole-table scans of maintenance and admin commands
+        only (see ``Backend.lift_statement_timeout``)."""
+        self.backend.lift_statement_timeout(self)
+
 
 class Backend:
     """What differs between SQLite and PostgreSQL."""
@@ -157,6 +163,10 @@ class Backend:
 
     def lock_global(self, tx: Tx, key: int) -> None:
         pass
+
+    def lift_statement_timeout(self, tx: Tx) -> None:
+        """Lift the database's limit on one statement's run time for the
+        rest of ``tx`` (a no-op where there is none, as on SQLite)."""
 
     def prepare(self, tx: Tx) -> None:
         """Per-database start-up work inside the migration transaction."""

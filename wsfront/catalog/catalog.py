@@ -56,6 +56,23 @@ class SqlCatalog:
     def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return self._runner.run(lambda tx: fn(tx, *args), write=False)
 
+    def _scan(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        """A read of maintenance or an admin command that may scan whole
+        tables (GC's anti-join, compaction candidates, ``wsfs status``):
+        on a catalog of tens of millions of rows it can outlast the
+        statement time limit a request gets (PostgreSQL's
+        ``statement_timeout``, 60 s unless set), which is lifted for its
+        transaction only.  A read takes no row locks, so nobody waits on
+        it, and these run a few at a time at most (the maintenance
+        holder's passes, the metrics' sample of the under-replicated
+        count, an admin's command), never once per client request."""
+
+        def scan(tx: Any) -> Any:
+            tx.lift_statement_timeout()
+            return fn(tx, *args)
+
+        return self._runner.run(scan, write=False)
+
     def _now(self) -> float:
         return float(self._clock())
 
@@ -271,13 +288,13 @@ class SqlCatalog:
         return self._write(_blobs.add_replica, blob_id, node)
 
     def under_replicated(self, limit: int = 100) -> Deferred:
-        return self._read(_blobs.under_replicated, limit)
+        return self._scan(_blobs.under_replicated, limit)
 
     def count_under_replicated(self) -> Deferred:
-        return self._read(_blobs.count_under_replicated)
+        return self._scan(_blobs.count_under_replicated)
 
     def collectable_blobs(self, limit: int = 100) -> Deferred:
-        return self._read(_blobs.collectable_blobs, limit)
+        return self._scan(_blobs.collectable_blobs, limit)
 
     def forget_blob(self, blob_id: str) -> Deferred:
         return self._write(_blobs.forget_blob, blob_id)
@@ -295,7 +312,7 @@ class SqlCatalog:
     def compaction_candidates(
         self, min_extents: int, limit: int = 100, after: int | None = None
     ) -> Deferred:
-        return self._read(_compaction.compaction_candidates, min_extents, limit, after)
+        return self._scan(_compaction.compaction_candidates, min_extents, limit, after)
 
     # -- users ---------------------------------------------------------------
 
@@ -329,7 +346,18 @@ class SqlCatalog:
         return self._read(_accounts.list_users)
 
     def delete_user(self, name: str, files: str = _accounts.REFUSE) -> Deferred:
-        return self._write(_accounts.delete_user, self._now(), name, files)
+        # A purge's transaction leaves the root's parent unlocked; its
+        # mtime is set in a transaction of its own once the purge committed.
+        now = self._now()
+        touched: list[int] = []
+
+        def touch_parent(result: dict[str, Any]) -> Deferred:
+            if not touched:
+                return succeed(result)
+            return self._write(_accounts.touch_dir, touched[0], now).addCallback(lambda _: result)
+
+        d = self._write(_accounts.delete_user, now, name, files, touched)
+        return d.addCallback(touch_parent)
 
     def set_password(self, name: str, password: str) -> Deferred:
         def update(stored: str) -> Deferred:
@@ -423,7 +451,7 @@ class SqlCatalog:
     # -- whole catalog -------------------------------------------------------
 
     def status(self) -> Deferred:
-        return self._read(_cluster.status)
+        return self._scan(_cluster.status)
 
     def close(self) -> Deferred:
         self._runner.close()
