@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.threadpool import ThreadPool
 
-from wsfront.catalog.errors import CatalogFull, CatalogUnavailable
+from wsfront.catalog.errors import CatalogClosed, CatalogFull, CatalogUnavailable
 from wsstorage.threadwork import QueueRunner
 
 
@@ -453,7 +453,7 @@ class Runner:
         thread, for a ``single_writer`` backend); fire with its result.
         ``durable=False``: see ``Backend.begin``."""
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         if write and self._writer is not None:
             return self._writer.run(self._run_queued, monotonic(), fn, durable)
         return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
@@ -485,7 +485,7 @@ class Runner:
         pool, which waits as usual.
         """
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         if not self.backend.inline_reads or not threadable.isInIOThread():
             return self.run(fn, write=False)
         conn, cursor = self._inline, None
@@ -511,8 +511,12 @@ class Runner:
         """Run ``fn`` in the pool: for work such as password hashing that
         must not run on the reactor thread.  Writes go through ``run``."""
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Stop the pool (waiting for running transactions) and close every

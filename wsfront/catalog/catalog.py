@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsfront.catalog import _accounts, _blobs, _cluster, _compaction, _namespace, _uploads
@@ -20,6 +21,8 @@ from wsfront.catalog._db import Runner
 from wsfront.catalog._interfaces import ICatalog
 from wsfront.catalog.errors import Exists, PendingUploadExists
 from wsfront.catalog.passwords import hash_password
+
+log = Logger()
 
 
 @implementer(ICatalog)
@@ -29,6 +32,9 @@ class SqlCatalog:
     def __init__(self, runner: Runner, clock: Callable[[], float] = time.time) -> None:
         self._runner = runner
         self._clock = clock
+        #: Called at close (``when_closed``), by registration number.
+        self._on_close: dict[int, Callable[[], object]] = {}
+        self._registered = 0
 
     @property
     def backend_name(self) -> str:
@@ -453,8 +459,38 @@ class SqlCatalog:
     def status(self) -> Deferred:
         return self._scan(_cluster.status)
 
+    @property
+    def closed(self) -> bool:
+        return self._runner.closed
+
+    def when_closed(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """Call ``fn`` (no arguments) when the catalog closes, at once if it
+        is closed; return a function that forgets it.
+
+        For work scheduled to ask the catalog later (a failed upload's
+        interruption tried again in a few seconds): it is cancelled at
+        close rather than run into a closed catalog, where it could only
+        fail (and log that it did) while the front end stops."""
+        if self.closed:
+            fn()
+            return lambda: None
+        self._registered += 1
+        key = self._registered
+        self._on_close[key] = fn
+
+        def forget() -> None:
+            self._on_close.pop(key, None)
+
+        return forget
+
     def close(self) -> Deferred:
         self._runner.close()
+        hooks, self._on_close = list(self._on_close.values()), {}
+        for fn in hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("catalog: a hook run at close failed")
         return succeed(None)
 
     # -- file times (MFMT) ---------------------------------------------------
