@@ -360,7 +360,18 @@ class SqlCatalog:
         def touch_parent(result: dict[str, Any]) -> Deferred:
             if not touched:
                 return succeed(result)
-            return self._write(_accounts.touch_dir, touched[0], now).addCallback(lambda _: result)
+
+            def untouched(failure: Any) -> None:
+                # The purge committed: a directory's time is not worth
+                # reporting the deletion as failed.
+                log.warn(
+                    "user {name} purged; the mtime of its root's parent stays: {err}",
+                    name=name,
+                    err=failure.value,
+                )
+
+            d = self._write(_accounts.touch_dir, touched[0], now)
+            return d.addErrback(untouched).addCallback(lambda _: result)
 
         d = self._write(_accounts.delete_user, now, name, files, touched)
         return d.addCallback(touch_parent)
