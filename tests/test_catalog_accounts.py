@@ -3,8 +3,10 @@
 import pytest
 import pytest_twisted
 
+from wsfront.catalog import _accounts
 from wsfront.catalog.errors import (
     AuthFailed,
+    CatalogUnavailable,
     Exists,
     InvalidName,
     NotEmpty,
@@ -320,6 +322,39 @@ async def test_purge_deletes_the_tree_and_aborts_pending_uploads(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_purge_sets_the_mtime_of_the_roots_parent(catalog, clock):
+    await catalog.add_user("alice", "pw", root="/shared/alice")
+    await upload(catalog, "alice", "/shared/alice/a.txt", 3, "blob-a")
+    clock.advance(100)
+    done = await catalog.delete_user("alice", "purge")
+    assert done == {
+        "name": "alice", "root": "/shared/alice", "files": "purge", "files_deleted": 1,
+        "uploads_aborted": 0, "uploads_aborted_outside_root": 0,
+    }  # fmt: skip
+    assert (await catalog.stat("/shared")).mtime == clock.now
+    assert await catalog.list_dir("/shared") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_that_committed_is_reported_though_its_parents_mtime_failed(
+    catalog, clock, monkeypatch
+):
+    await catalog.add_user("alice", "pw", root="/shared/alice")
+    before = (await catalog.stat("/shared")).mtime
+    clock.advance(100)
+
+    def unavailable(tx, inode, now):
+        raise CatalogUnavailable("the catalog went away after the purge")
+
+    monkeypatch.setattr(_accounts, "touch_dir", unavailable)
+    done = await catalog.delete_user("alice", "purge")
+    assert done["files"] == "purge"
+    with pytest.raises(NotFound):
+        await catalog.get_user("alice")
+    assert (await catalog.stat("/shared")).mtime == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_purge_refuses_a_root_another_user_shares(catalog):
     await catalog.add_user("alice", "pw", root="/team")
     await catalog.add_user("bob", "pw", root="/team/bob")
@@ -477,7 +512,7 @@ async def test_purge_leaves_an_upload_committed_after_its_listing_committed(cata
     commit can land there (tests/test_catalog_races.py shows it); SQLite's
     write lock makes that impossible, so here the commit runs in the
     purge's own transaction, right after the listing."""
-    from wsfront.catalog import _accounts, _uploads
+    from wsfront.catalog import _uploads
 
     await catalog.add_user("alice", "pw")
     await upload(catalog, "alice", "/alice/f", 5, "blob-1")

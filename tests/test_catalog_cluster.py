@@ -4,7 +4,7 @@ import pytest
 import pytest_twisted
 
 from wsfront.catalog import ICatalog, open_catalog
-from wsfront.catalog.errors import LeaseHeld, NotFound
+from wsfront.catalog.errors import CatalogClosed, LeaseHeld, NotFound
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -187,3 +187,20 @@ async def test_a_closed_catalog_refuses_work(catalog):
     await catalog.close()
     with pytest.raises(RuntimeError):
         await catalog.stat("/")
+    with pytest.raises(CatalogClosed, match="catalog is closed"):
+        await catalog.mkdir("/d")
+
+
+@pytest_twisted.ensureDeferred
+async def test_work_waiting_to_ask_the_catalog_is_told_when_it_closes(catalog):
+    called = []
+    catalog.when_closed(lambda: called.append("a"))
+    forget = catalog.when_closed(lambda: called.append("b"))
+    catalog.when_closed(lambda: called.append("c"))
+    forget()
+    assert not catalog.closed and called == []
+    await catalog.close()
+    assert catalog.closed and called == ["a", "c"]
+    await catalog.close()  # once only
+    catalog.when_closed(lambda: called.append("late"))  # at once
+    assert called == ["a", "c", "late"]

@@ -234,8 +234,10 @@ def test_the_liveness_lease_life_comes_from_the_options_and_reaches_maintenance(
     assert maintenance_settings(parse(*base, "--config", str(toml))).liveness_ttl == 12.5
     wins = parse(*base, "--config", str(toml), "--liveness-lease-seconds", "3")
     assert maintenance_settings(wins).liveness_ttl == 3.0
-    # The maintenance lease's life follows (a frozen holder is replaced as soon).
-    assert maintenance_settings(wins).lease_ttl == 3.0
+    # The maintenance lease's life follows, down to a floor that outlasts a
+    # catalog lock wait (a frozen holder's uploads are interrupted as soon).
+    assert maintenance_settings(wins).lease_ttl == 20.0
+    assert maintenance_settings(parse(*base, "--liveness-lease-seconds", "90")).lease_ttl == 90
 
 
 @pytest_twisted.ensureDeferred

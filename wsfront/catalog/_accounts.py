@@ -102,6 +102,10 @@ def add_user(
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
+    # An admin command that reads the inodes table whole (the usage and
+    # adoption below: there is no index on owner), which on a catalog of
+    # tens of millions of files may outlast a request's statement limit.
+    tx.lift_statement_timeout()
     # A root stays put (``_roots``): serialise with the directory moves
     # that check the users table, then hold the root's row against rmdir.
     tx.lock_global(DIRECTORY_MOVE_LOCK)
@@ -308,7 +312,9 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
     return removed
 
 
-def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, int]:
+def _purge(
+    tx: Tx, now: float, name: str, root: tuple[str, ...], touched: list[int] | None
+) -> dict[str, int]:
     """Delete the root's tree, the root included, and abort every live
     upload of the user; the blobs lose their references and the garbage
     collector deletes them after its grace.  A root of ``/`` is refused:
@@ -321,6 +327,10 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     their file's name and blob until they expire.  The committed version
     of a file such an upload was overwriting stays; a file holding only
     the upload goes with it, as any aborted upload's does.
+
+    The directory that held the root is noted in ``touched`` (if given):
+    its mtime is set after the commit (``touch_dir``), in a transaction of
+    its own, so it is never locked while the tree is.
     """
     if not root:
         raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
@@ -346,10 +356,21 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
             elsewhere += 1
     files = 0
     if top is not None:
+        # The parent of the root is not locked here, not even last: a
+        # purge of a big tree holds its locks for its whole transaction,
+        # and writes in the parent (a shared folder, an admin's /) would
+        # wait behind it up to lock_timeout and then fail.  Nor is it
+        # needed: the root's name cannot change or be taken meanwhile (a
+        # rename or rmdir of the root is RootBusy while the account's row
+        # is there, a mkdir of its name is Exists while its dirent is), and
+        # locking it after the tree's locks would take directory locks
+        # child first, the reverse of every other operation (a rename
+        # between the parent and the tree, an rmdir of the root: deadlocks).
+        # The parent's mtime is the caller's to set, after the commit.
         parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", top)
-        lock_dirs(tx, parent)
         files = _purge_dir(tx, name, top, join_path(root), now)
-        touch(tx, parent, now)
+        if touched is not None:
+            touched[:] = [parent]
     return {
         "files_deleted": files,
         "uploads_aborted": aborted,
@@ -357,7 +378,9 @@ def _purge(tx: Tx, now: float, name: str, root: tuple[str, ...]) -> dict[str, in
     }
 
 
-def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str, Any]:
+def delete_user(
+    tx: Tx, now: float, name: str, files: str = REFUSE, touched: list[int] | None = None
+) -> dict[str, Any]:
     """Remove the account; what happens to its files depends on ``files``.
 
     REFUSE (the default) fails with NotEmpty while the root holds a
@@ -366,6 +389,8 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
     deletes them (``_purge``: the user's uploads outside the root too);
     KEEP leaves them where they are (``add_user`` of the same
     name then refuses to hand them over unless told to adopt them).
+    A purge notes in ``touched`` the directory whose mtime the caller
+    sets once this transaction committed (``touch_dir``).
     """
     if files not in (REFUSE, PURGE, KEEP):
         raise ValueError(f"unknown files mode {files!r}")
@@ -386,9 +411,15 @@ def delete_user(tx: Tx, now: float, name: str, files: str = REFUSE) -> dict[str,
             held += [f"{pending} pending upload(s)"] if pending else []
             raise NotEmpty(f"user {name!r} still has {' and '.join(held)}")
     elif files == PURGE:
-        result.update(_purge(tx, now, name, root))
+        result.update(_purge(tx, now, name, root, touched))
     tx.execute("DELETE FROM users WHERE name = ?", name)
     return result
+
+
+def touch_dir(tx: Tx, inode: int, now: float) -> None:
+    """Set a directory's mtime, if it is still there: the parent of a
+    purged root, in a short transaction after the purge's."""
+    touch(tx, inode, now)
 
 
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.threadpool import ThreadPool
 
-from wsfront.catalog.errors import CatalogFull, CatalogUnavailable
+from wsfront.catalog.errors import CatalogClosed, CatalogFull, CatalogUnavailable
 from wsstorage.threadwork import QueueRunner
 
 
@@ -74,6 +74,12 @@ class Tx:
     def lock_global(self, key: int) -> None:
         """Serialise this transaction with every other one taking ``key``."""
         self.backend.lock_global(self, key)
+
+    def lift_statement_timeout(self) -> None:
+        """Let the rest of this transaction's statements run as long as they
+        need: for the whole-table scans of maintenance and admin commands
+        only (see ``Backend.lift_statement_timeout``)."""
+        self.backend.lift_statement_timeout(self)
 
 
 class Backend:
@@ -157,6 +163,10 @@ class Backend:
 
     def lock_global(self, tx: Tx, key: int) -> None:
         pass
+
+    def lift_statement_timeout(self, tx: Tx) -> None:
+        """Lift the database's limit on one statement's run time for the
+        rest of ``tx`` (a no-op where there is none, as on SQLite)."""
 
     def prepare(self, tx: Tx) -> None:
         """Per-database start-up work inside the migration transaction."""
@@ -443,7 +453,7 @@ class Runner:
         thread, for a ``single_writer`` backend); fire with its result.
         ``durable=False``: see ``Backend.begin``."""
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         if write and self._writer is not None:
             return self._writer.run(self._run_queued, monotonic(), fn, durable)
         return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
@@ -475,7 +485,7 @@ class Runner:
         pool, which waits as usual.
         """
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         if not self.backend.inline_reads or not threadable.isInIOThread():
             return self.run(fn, write=False)
         conn, cursor = self._inline, None
@@ -501,8 +511,12 @@ class Runner:
         """Run ``fn`` in the pool: for work such as password hashing that
         must not run on the reactor thread.  Writes go through ``run``."""
         if self._closed:
-            return fail(RuntimeError("catalog is closed"))
+            return fail(CatalogClosed())
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Stop the pool (waiting for running transactions) and close every

@@ -15,7 +15,7 @@ wins.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from wsfront.catalog._uploads import KEEP
 
@@ -386,7 +386,15 @@ class ICatalog(Interface):
         under_replicated, nodes (list of Node)."""
 
     def close():
-        """Stop the thread pool and close the connections; fires when done."""
+        """Stop the thread pool and close the connections; fires when done.
+        Every call after it fails with ``CatalogClosed``."""
+
+    closed = Attribute("Whether close() was called.")
+
+    def when_closed(fn):
+        """Call ``fn()`` at close (at once if closed already); return a
+        function that forgets it.  For work that would otherwise ask a
+        closed catalog later (a retry on a timer)."""
 
     # -- file times ----------------------------------------------------------
 

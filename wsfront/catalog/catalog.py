@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsfront.catalog import _accounts, _blobs, _cluster, _compaction, _namespace, _uploads
@@ -20,6 +21,8 @@ from wsfront.catalog._db import Runner
 from wsfront.catalog._interfaces import ICatalog
 from wsfront.catalog.errors import Exists, PendingUploadExists
 from wsfront.catalog.passwords import hash_password
+
+log = Logger()
 
 
 @implementer(ICatalog)
@@ -29,6 +32,9 @@ class SqlCatalog:
     def __init__(self, runner: Runner, clock: Callable[[], float] = time.time) -> None:
         self._runner = runner
         self._clock = clock
+        #: Called at close (``when_closed``), by registration number.
+        self._on_close: dict[int, Callable[[], object]] = {}
+        self._registered = 0
 
     @property
     def backend_name(self) -> str:
@@ -55,6 +61,23 @@ class SqlCatalog:
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return self._runner.run(lambda tx: fn(tx, *args), write=False)
+
+    def _scan(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        """A read of maintenance or an admin command that may scan whole
+        tables (GC's anti-join, compaction candidates, ``wsfs status``):
+        on a catalog of tens of millions of rows it can outlast the
+        statement time limit a request gets (PostgreSQL's
+        ``statement_timeout``, 60 s unless set), which is lifted for its
+        transaction only.  A read takes no row locks, so nobody waits on
+        it, and these run a few at a time at most (the maintenance
+        holder's passes, the metrics' sample of the under-replicated
+        count, an admin's command), never once per client request."""
+
+        def scan(tx: Any) -> Any:
+            tx.lift_statement_timeout()
+            return fn(tx, *args)
+
+        return self._runner.run(scan, write=False)
 
     def _now(self) -> float:
         return float(self._clock())
@@ -271,13 +294,13 @@ class SqlCatalog:
         return self._write(_blobs.add_replica, blob_id, node)
 
     def under_replicated(self, limit: int = 100) -> Deferred:
-        return self._read(_blobs.under_replicated, limit)
+        return self._scan(_blobs.under_replicated, limit)
 
     def count_under_replicated(self) -> Deferred:
-        return self._read(_blobs.count_under_replicated)
+        return self._scan(_blobs.count_under_replicated)
 
     def collectable_blobs(self, limit: int = 100) -> Deferred:
-        return self._read(_blobs.collectable_blobs, limit)
+        return self._scan(_blobs.collectable_blobs, limit)
 
     def forget_blob(self, blob_id: str) -> Deferred:
         return self._write(_blobs.forget_blob, blob_id)
@@ -295,7 +318,7 @@ class SqlCatalog:
     def compaction_candidates(
         self, min_extents: int, limit: int = 100, after: int | None = None
     ) -> Deferred:
-        return self._read(_compaction.compaction_candidates, min_extents, limit, after)
+        return self._scan(_compaction.compaction_candidates, min_extents, limit, after)
 
     # -- users ---------------------------------------------------------------
 
@@ -329,7 +352,29 @@ class SqlCatalog:
         return self._read(_accounts.list_users)
 
     def delete_user(self, name: str, files: str = _accounts.REFUSE) -> Deferred:
-        return self._write(_accounts.delete_user, self._now(), name, files)
+        # A purge's transaction leaves the root's parent unlocked; its
+        # mtime is set in a transaction of its own once the purge committed.
+        now = self._now()
+        touched: list[int] = []
+
+        def touch_parent(result: dict[str, Any]) -> Deferred:
+            if not touched:
+                return succeed(result)
+
+            def untouched(failure: Any) -> None:
+                # The purge committed: a directory's time is not worth
+                # reporting the deletion as failed.
+                log.warn(
+                    "user {name} purged; the mtime of its root's parent stays: {err}",
+                    name=name,
+                    err=failure.value,
+                )
+
+            d = self._write(_accounts.touch_dir, touched[0], now)
+            return d.addErrback(untouched).addCallback(lambda _: result)
+
+        d = self._write(_accounts.delete_user, now, name, files, touched)
+        return d.addCallback(touch_parent)
 
     def set_password(self, name: str, password: str) -> Deferred:
         def update(stored: str) -> Deferred:
@@ -423,10 +468,40 @@ class SqlCatalog:
     # -- whole catalog -------------------------------------------------------
 
     def status(self) -> Deferred:
-        return self._read(_cluster.status)
+        return self._scan(_cluster.status)
+
+    @property
+    def closed(self) -> bool:
+        return self._runner.closed
+
+    def when_closed(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """Call ``fn`` (no arguments) when the catalog closes, at once if it
+        is closed; return a function that forgets it.
+
+        For work scheduled to ask the catalog later (a failed upload's
+        interruption tried again in a few seconds): it is cancelled at
+        close rather than run into a closed catalog, where it could only
+        fail (and log that it did) while the front end stops."""
+        if self.closed:
+            fn()
+            return lambda: None
+        self._registered += 1
+        key = self._registered
+        self._on_close[key] = fn
+
+        def forget() -> None:
+            self._on_close.pop(key, None)
+
+        return forget
 
     def close(self) -> Deferred:
         self._runner.close()
+        hooks, self._on_close = list(self._on_close.values()), {}
+        for fn in hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("catalog: a hook run at close failed")
         return succeed(None)
 
     # -- file times (MFMT) ---------------------------------------------------

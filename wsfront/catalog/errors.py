@@ -123,5 +123,14 @@ class CatalogFull(CatalogError):
     operator frees space (FTP 452, HTTP 507); reads still work."""
 
 
+class CatalogClosed(RuntimeError):
+    """The catalog was closed (its front end is stopping): nothing more is
+    asked of it.  A RuntimeError, as before it had a class of its own: not
+    a client's error, nor an outage to try again after."""
+
+    def __init__(self, message: str = "catalog is closed") -> None:
+        super().__init__(message)
+
+
 class SchemaTooNew(CatalogError):
     """The database schema is newer than this code: upgrade wsfs first."""

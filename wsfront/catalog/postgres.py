@@ -166,6 +166,12 @@ class PostgresBackend(Backend):
     def lock_global(self, tx: Tx, key: int) -> None:
         tx.all("SELECT pg_advisory_xact_lock(?)", key)
 
+    def lift_statement_timeout(self, tx: Tx) -> None:
+        # SET LOCAL: back to the connection's limit at the end of the
+        # transaction, so the next request on this pooled connection is
+        # bounded again.  lock_timeout stays: a scan takes no row locks.
+        tx.execute("SET LOCAL statement_timeout = 0")
+
     def prepare(self, tx: Tx) -> None:
         # A migration may rewrite big tables, and another front end's may
         # hold the lock below while it does: neither is a stuck client.

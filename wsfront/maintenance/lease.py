@@ -29,6 +29,19 @@ DEFAULT_TTL_SECONDS = 30.0
 #: The shortest life a front end's options may give its liveness lease: it is
 #: renewed every third of it, so catalog writes stay a second apart or more.
 MIN_TTL_SECONDS = 3.0
+#: The shortest life of the maintenance lease, whatever the liveness lease's.
+#: A renewal is one catalog write, and a catalog write may wait for a row
+#: lock up to PostgreSQL's ``lock_timeout`` (10 s, ``wsfront.catalog.postgres``;
+#: the lock of a frozen front end, which the server frees after 5 s idle),
+#: or sit in the pool or SQLite's writer queue behind a job step that does.
+#: The renewal sent a third into the life must still land before its end
+#: after such a wait: 20 / 3 + 10 = 16.7 s, 3.3 s to spare for the round trip
+#: and the clocks of two hosts.  Shorter, a live holder loses the lease
+#: during one lock wait, and another front end starts repair and GC while
+#: the first one's step is still under way.  A frozen holder's uploads need
+#: not wait for it: any front end marks them interrupted once the holder's
+#: liveness lease lapsed (``MaintenanceService.interrupt_a_dead_holders_uploads``).
+MIN_MAINTENANCE_TTL_SECONDS = 20.0
 
 
 def liveness_lease(front_end: str) -> str:

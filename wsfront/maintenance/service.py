@@ -31,7 +31,9 @@ from wsfront.maintenance.handlers import job_handlers
 from wsfront.maintenance.jobs import Handler, JobRunner, end_job
 from wsfront.maintenance.lease import (
     DEFAULT_TTL_SECONDS,
+    LEASE_NAME,
     LIVENESS_PREFIX,
+    MIN_MAINTENANCE_TTL_SECONDS,
     LeaseKeeper,
     liveness_lease,
 )
@@ -78,14 +80,14 @@ def maintenance_settings(config) -> MaintenanceSettings:
     """The settings a front end's options (``wsfront.config.FrontendConfig``)
     choose; the rest keep their defaults.
 
-    ``--liveness-lease-seconds`` gives the maintenance lease its life too:
-    the holder is a front end like any other, and a frozen holder's uploads
-    are only marked interrupted once a successor holds the maintenance lease,
-    so with its own 30 s a shorter liveness lease would not apply to it.
-    (A holder that lost its lease stops its job between units of work, and
-    GC spares unrecorded blobs for an hour: a short life is safe.)"""
+    ``--liveness-lease-seconds`` gives the maintenance lease its life too,
+    down to ``MIN_MAINTENANCE_TTL_SECONDS`` (20 s): a renewal must outlast
+    one catalog lock wait, or a live holder loses the lease in the middle
+    of a job step.  A frozen holder's uploads still go interrupted after
+    the liveness life: any front end marks them so
+    (``interrupt_a_dead_holders_uploads``), not only its successor."""
     ttl = config.liveness_lease_seconds
-    return MaintenanceSettings(lease_ttl=ttl, liveness_ttl=ttl)
+    return MaintenanceSettings(lease_ttl=max(ttl, MIN_MAINTENANCE_TTL_SECONDS), liveness_ttl=ttl)
 
 
 class MaintenanceService(Service):
@@ -174,6 +176,10 @@ class MaintenanceService(Service):
             cleanup, self._cleanup = self._cleanup, None
             await cleanup
         if not self.lease.valid:
+            now = self._clock.seconds()
+            if now >= self._next_orphans:
+                self._next_orphans = now + self.settings.orphan_uploads_every
+                await self.interrupt_a_dead_holders_uploads()
             return []
         ran = []
         await self.fail_abandoned_jobs()
@@ -281,6 +287,31 @@ class MaintenanceService(Service):
                          n=len(ended), owner=owner)  # fmt: skip
             changed += len(ended)
         return changed
+
+    async def interrupt_a_dead_holders_uploads(self) -> int:
+        """Not the holder: mark interrupted the uploads still ``active``
+        under the maintenance lease's holder once its liveness lease has
+        lapsed (frozen, killed).  The holder's own sweep
+        (``interrupt_orphaned_uploads``) waits for a successor, and the
+        maintenance lease may live longer than the liveness lease
+        (``MIN_MAINTENANCE_TTL_SECONDS``); the holder's uploads should not
+        wait for it.  The change is a compare-and-set on the owner and the
+        state, so front ends doing it at once change each upload once.
+        Two reads every ``orphan_uploads_every``; fires with how many
+        changed."""
+        lease = await self.catalog.get_lease(LEASE_NAME)
+        if lease is None or lease[0] == self.front_end:
+            return 0
+        holder = lease[0]
+        # A holder without a liveness lease is judged alive: the lapse of
+        # one is what says it is dead.
+        if not await self._dead_front_ends({holder: self._clock.seconds()}):
+            return 0
+        ended = await self.catalog.interrupt_sessions_of(holder)
+        if ended:
+            log.warn("{n} uploads of front end {owner} interrupted: it stopped",
+                     n=len(ended), owner=holder)  # fmt: skip
+        return len(ended)
 
     async def _stop(self) -> None:
         if self._loop is not None and self._loop.running:

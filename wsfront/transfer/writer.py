@@ -607,6 +607,18 @@ class WriteSession:
                 )
 
         def failed(f: Failure) -> None:
+            if f.check(catalog_errors.EpochConflict):
+                # Taken over, ended or expired meanwhile (often after an
+                # earlier attempt did commit, its answer lost): fenced off,
+                # nothing is left to record.
+                log.info(
+                    "upload {id} needs no interruption recorded: it moved on ({err})",
+                    id=self.upload_id,
+                    err=f.value,
+                )
+                return
+            if f.check(catalog_errors.CatalogClosed):
+                return  # stopping: the next start interrupts our sessions
             if f.check(catalog_errors.CatalogUnavailable) and attempt < len(INTERRUPT_RETRY_DELAYS):
                 delay = INTERRUPT_RETRY_DELAYS[attempt]
                 log.info(
@@ -615,7 +627,13 @@ class WriteSession:
                     delay=delay,
                     err=f.value,
                 )
-                self._clock.callLater(delay, self._record_interrupted, attempt + 1)
+
+                def again() -> None:
+                    forget()
+                    self._record_interrupted(attempt + 1)
+
+                # Cancelled if the catalog closes first (the front end stops).
+                forget = self._catalog.when_closed(self._clock.callLater(delay, again).cancel)
                 return
             log.warn(
                 "upload {id} could not record its interruption: {err}",
