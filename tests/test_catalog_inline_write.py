@@ -34,8 +34,11 @@ async def test_an_unsynced_write_runs_at_once_on_the_writer_connection(tmp_path)
         thread, synchronous = await d
         assert thread is threading.current_thread() and thread is not writer
         assert synchronous == 1  # NORMAL: not fsync'd, as in the writer thread
-        # The writer's connection waits for locks and syncs commits again.
-        assert runner._writer_conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+        # The writer's connection waits for locks, checkpoints a long log
+        # and syncs its commits again.
+        conn = runner._writer_conn
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4000
         thread, synchronous = await runner.run(_where)
         assert (thread, synchronous) == (writer, 2)
         assert await runner.run(lambda tx: tx.execute("INSERT INTO t VALUES (1)")) == 1

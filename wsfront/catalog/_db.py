@@ -134,8 +134,9 @@ class Backend:
         changed on the connection for ``durable=False``."""
 
     def no_wait(self, conn: Any, on: bool) -> None:
-        """Make ``conn`` report a locked database at once (``on``), or wait
-        its busy timeout again (``inline_writes`` only)."""
+        """Make ``conn`` never wait (``on``): report a locked database at
+        once, and do no maintenance in a commit that can wait for the
+        disk; or be as it was (``inline_writes`` only)."""
         raise NotImplementedError
 
     def commit(self, conn: Any, cursor: Any) -> None:

@@ -83,8 +83,12 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA synchronous = FULL")
 
     def no_wait(self, conn: sqlite3.Connection, on: bool) -> None:
+        # Nor does its commit checkpoint the log past BACKSTOP_PAGES (a
+        # copy and fsync of the database file): the writer's next commit
+        # does, in its thread.
         timeout = 0 if on else int(BUSY_TIMEOUT_SECONDS * 1000)
         conn.execute(f"PRAGMA busy_timeout = {timeout}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {0 if on else BACKSTOP_PAGES}")
 
     def commit(self, conn: sqlite3.Connection, cursor: Any) -> None:
         cursor.execute("COMMIT")
