@@ -45,7 +45,7 @@ class QueueRunner:
     ) -> None:
         self._reactor = reactor
         self._what = what
-        self._hand_back = reactor.callFromThread if hand_back is None else hand_back
+        self._hand_back = hand_back
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -64,7 +64,7 @@ class QueueRunner:
         After ``idle`` seconds without a call (None: never), ``on_idle`` is
         called in the reactor thread, and the thread goes on waiting: the
         reactor decides whether it ends."""
-        call = self._hand_back
+        call = self._hand_back or self._reactor.callFromThread
         get = self._queue.get
         while True:
             try:
