@@ -527,12 +527,15 @@ class Runner:
         if not self._writer_lock.acquire(blocking=False):
             return None
         try:
-            self.backend.no_wait(conn, True)
             try:
+                self.backend.no_wait(conn, True)
                 result = self._attempts(conn, fn, True, False)
             finally:
-                self.backend.end(conn, False)
-                self.backend.no_wait(conn, False)
+                # The writer thread finds its connection as it left it.
+                try:
+                    self.backend.end(conn, False)
+                finally:
+                    self.backend.no_wait(conn, False)
             if self._checkpointer is not None:
                 self._checkpointer.wrote()
         except Exception as e:
