@@ -224,7 +224,55 @@ def _cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])  # utime, stime
 
 
-def stor_phases(server: Local, files: int, kib: int) -> None:
+def _thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """utime and stime of each live thread of ``pid``, by thread id."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        ticks[int(task.name)] = (int(fields[11]), int(fields[12]))
+    return ticks
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by thread id, from ``py-spy dump`` (empty
+    without py-spy: every thread of a Python process is named "python")."""
+    if shutil.which("py-spy") is None:
+        return {}
+    try:
+        out = subprocess.run(
+            ["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M)}
+
+
+def print_thread_cpu(
+    pid: int, before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], units: int
+) -> None:
+    """CPU per unit of each thread between two ``_thread_ticks``, busiest
+    first, with threads of the same name (a pool's) added up."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = _thread_names(pid)
+    rows: dict[str, list[float]] = {}
+    for tid, (user, system) in after.items():
+        user0, system0 = before.get(tid, (0, 0))
+        name = re.sub(r"-\d+$", "-N", names.get(tid, f"tid {tid}"))
+        row = rows.setdefault(name, [0.0, 0.0, 0])
+        row[0] += (user - user0) / tick / units * 1e3
+        row[1] += (system - system0) / tick / units * 1e3
+        row[2] += 1
+    print("server CPU per STOR by thread (ms; threads ended meanwhile are not counted):")
+    for name, (user, system, n) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        if user + system > 0:
+            label = f"{name} (x{n})" if n > 1 else name
+            print(f"  {label:40} user {user:6.3f}  system {system:6.3f}")
+
+
+def stor_phases(server: Local, files: int, kib: int, folder: str = "phases") -> None:
     """Small STORs by hand over one control connection, each step timed."""
     ctl = socket.create_connection(("127.0.0.1", server.port))
     ctl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -244,14 +292,15 @@ def stor_phases(server: Local, files: int, kib: int) -> None:
     command(f"USER {server.user}")
     command(f"PASS {server.password}")
     command("TYPE I")
-    command("MKD phases")
-    command("CWD phases")
+    command(f"MKD {folder}")
+    command(f"CWD {folder}")
     block = os.urandom(kib << 10)
     steps: dict[str, list[float]] = {
         "PASV + data connection": [], "STOR -> 150": [], "bytes + close": [],
         "close -> 226": [], "whole STOR": [],
     }  # fmt: skip
     pid = server.server_pid()
+    threads0 = _thread_ticks(pid)
     cpu0, wall0 = _cpu_ticks(pid), time.perf_counter()
     for i in range(files):
         t0 = time.perf_counter()
@@ -272,6 +321,7 @@ def stor_phases(server: Local, files: int, kib: int) -> None:
             steps[name].append(dt)
     wall = time.perf_counter() - wall0
     cpu1 = _cpu_ticks(pid)
+    threads1 = _thread_ticks(pid)
     command("QUIT")
     ctl.close()
     tick = os.sysconf("SC_CLK_TCK")
@@ -282,6 +332,7 @@ def stor_phases(server: Local, files: int, kib: int) -> None:
         print(f"{name:24} median {median * 1e3:7.3f} ms   p90 {p90 * 1e3:7.3f} ms")
     user, system = ((b - a) / tick / files * 1e3 for a, b in zip(cpu0, cpu1))
     print(f"server CPU per STOR: user {user:.2f} ms, system {system:.2f} ms")
+    print_thread_cpu(pid, threads0, threads1, files)
 
 
 def idle_clients(server: Local, clients: int, mib: int) -> None:
@@ -321,8 +372,9 @@ def main() -> None:
     p.add_argument(
         "--base", type=int, default=0, help="also profile this many MiB/files and subtract"
     )
+    p.add_argument("--dir", help="where to make the work directory (default: $TMPDIR)")
     args = p.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="wsfs-ftpprof-"))
+    workdir = Path(tempfile.mkdtemp(prefix="wsfs-ftpprof-", dir=args.dir))
     try:
         # Set-up runs unprofiled; the measured part then runs in a fresh
         # process under the profiler on the same data.

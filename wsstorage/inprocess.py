@@ -68,7 +68,7 @@ from wsstorage.server import (
     seal_put,
     storage_error,
 )
-from wsstorage.threadwork import QueueRunner
+from wsstorage.threadwork import HandBack, QueueRunner
 
 log = Logger()
 
@@ -571,7 +571,7 @@ class _PutThreads(QueueRunner):
     """
 
     def __init__(self, factory: StorageServerFactory) -> None:
-        super().__init__(factory.reactor, "in-process put")
+        super().__init__(factory.reactor, "in-process put", _hand_back(factory.reactor))
         self._fallback = factory.run_blocking
         self._name = factory.name
         #: The threads started (for ``stop`` to join), pruned as they end.
@@ -632,6 +632,16 @@ class _PutThreads(QueueRunner):
 
 
 _PUTS: weakref.WeakKeyDictionary[StorageServerFactory, _PutThreads] = weakref.WeakKeyDictionary()
+#: One HandBack per reactor, shared by every server's put threads: the
+#: replicas of one upload are on different servers.
+_HAND_BACKS: weakref.WeakKeyDictionary[Any, HandBack] = weakref.WeakKeyDictionary()
+
+
+def _hand_back(reactor: Any) -> HandBack:
+    hand_back = _HAND_BACKS.get(reactor)
+    if hand_back is None:
+        hand_back = _HAND_BACKS[reactor] = HandBack(reactor)
+    return hand_back
 
 
 def _put_threads(factory: StorageServerFactory) -> _PutThreads:

@@ -11,12 +11,14 @@ trip through an idle pool took about 90 us, through a queue 40.
 
 ``QueueRunner`` holds the queue; whoever owns it starts the threads that
 run ``work`` (how many, and for how long, is theirs to say) and ends them
-with ``end_one``.
+with ``end_one``.  ``HandBack`` gives the results of several runners'
+threads to the reactor with one wake-up while it has not yet taken them.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,12 +36,16 @@ class QueueRunner:
 
     ``what`` names the calls in the log ("catalog writer"): a result the
     reactor refuses (it is shutting down) is logged, and the thread goes
-    on with the next call.
+    on with the next call.  Results go back through ``hand_back`` (a
+    ``HandBack``; by default the reactor's ``callFromThread``).
     """
 
-    def __init__(self, reactor: Any, what: str) -> None:
+    def __init__(
+        self, reactor: Any, what: str, hand_back: Callable[..., None] | None = None
+    ) -> None:
         self._reactor = reactor
         self._what = what
+        self._hand_back = hand_back
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -58,7 +64,7 @@ class QueueRunner:
         After ``idle`` seconds without a call (None: never), ``on_idle`` is
         called in the reactor thread, and the thread goes on waiting: the
         reactor decides whether it ends."""
-        call = self._reactor.callFromThread
+        call = self._hand_back or self._reactor.callFromThread
         get = self._queue.get
         while True:
             try:
@@ -82,3 +88,48 @@ class QueueRunner:
                 # will never hear, but the later ones still run, and
                 # whoever ends the thread still finds it to join.
                 log.failure("{what} could not hand back a result", what=self._what)
+
+
+class HandBack:
+    """Calls from threads to run in the reactor thread, as
+    ``callFromThread`` runs them, in the order given, with one wake-up of
+    the reactor for all those given before it took the first.
+
+    Each ``callFromThread`` writes to the reactor's waker (a system call in
+    the thread, and a turn of the reactor to read it).  The two replica
+    puts of a small FTP STOR end about together (their journal flushes run
+    at once), and the second paid both while the reactor had not yet
+    taken the first's result; given here, it joins the first's.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            self._calls.append((f, args))
+            if len(self._calls) > 1:
+                return  # the reactor is called already: it takes this one too
+        try:
+            self._reactor.callFromThread(self._run)
+        except BaseException:
+            # The reactor is gone (shutting down): neither this call nor any
+            # given meanwhile will run; the next one tries again.
+            with self._lock:
+                lost, self._calls = len(self._calls), []
+            if lost > 1:
+                log.warn("{n} results handed back meanwhile are lost", n=lost - 1)
+            raise
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for f, args in calls:
+            try:
+                f(*args)
+            except Exception:
+                # As the reactor logs a call from a thread that raised; the
+                # others still run.
+                log.failure("a call handed back from a thread failed")

@@ -98,6 +98,11 @@ class Backend:
     #: another connection wrote, so writes spread over the pool re-read
     #: every page they touch (about 30 reads of the WAL per small upload).
     single_writer = False
+    #: Whether a write whose commit waits for no disk may run in the
+    #: reactor thread on the single writer's connection while the writer
+    #: is idle (``Runner._write_now``): only where ``inline_reads`` holds
+    #: too, and the connection can be told not to wait (``no_wait``).
+    inline_writes = False
     #: Whether a write transaction holds the database's write lock from its
     #: BEGIN (SQLite's BEGIN IMMEDIATE), so nothing it read can change
     #: under it: ``lock_dirs`` need not look its directories up again.
@@ -133,6 +138,12 @@ class Backend:
     def end(self, conn: Any, durable: bool) -> None:
         """After a transaction ended (committed or not): undo what ``begin``
         changed on the connection for ``durable=False``."""
+
+    def no_wait(self, conn: Any, on: bool) -> None:
+        """Make ``conn`` never wait (``on``): report a locked database at
+        once, and do no maintenance in a commit that can wait for the
+        disk; or be as it was (``inline_writes`` only)."""
+        raise NotImplementedError
 
     def commit(self, conn: Any, cursor: Any) -> None:
         raise NotImplementedError
@@ -258,7 +269,8 @@ class Checkpointer:
         self._thread.start()
 
     def wrote(self) -> None:
-        """One more write transaction committed (writer thread only)."""
+        """One more write transaction committed (by the writer thread, or
+        in the reactor thread holding its lock: ``Runner._write_now``)."""
         self._writes += 1
         if self._again or self._writes >= self._every:
             self._again = False
@@ -368,6 +380,14 @@ class Runner:
             self._checkpointer = Checkpointer(backend, f"catalog-{backend.name}-ckpt")
         self._closed = False
         self._inline: Any = None  # the reactor thread's connection (read_now)
+        #: The writer thread's connection once it made one, and the lock
+        #: it holds while it uses it: an unsynced write may borrow both in
+        #: the reactor thread while the writer is idle (``_write_now``).
+        self._writer_conn: Any = None
+        self._writer_lock = threading.Lock()
+        #: Writes handed to the writer thread whose results the reactor
+        #: has not yet seen (under ``_lock``: any thread may queue one).
+        self._writes_out = 0
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -455,8 +475,20 @@ class Runner:
         if self._closed:
             return fail(CatalogClosed())
         if write and self._writer is not None:
-            return self._writer.run(self._run_queued, monotonic(), fn, durable)
+            if not durable and self.backend.inline_writes and threadable.isInIOThread():
+                done = self._write_now(fn)
+                if done is not None:
+                    return done
+            with self._lock:
+                self._writes_out += 1
+            d = self._writer.run(self._run_queued, monotonic(), fn, durable)
+            return d.addBoth(self._write_returned)
         return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
+
+    def _write_returned(self, result: Any) -> Any:
+        with self._lock:
+            self._writes_out -= 1
+        return result
 
     def _run_queued(self, queued: float, fn: Callable[[Tx], T], durable: bool) -> T:
         """A write in the single writer thread, unless it waited for it
@@ -468,10 +500,62 @@ class Runner:
             raise CatalogUnavailable(
                 f"{self.backend.name}: a write waited {waited:.1f}s for the writer thread"
             )
-        result = self.run_sync(fn, True, durable)
-        if self._checkpointer is not None:
-            self._checkpointer.wrote()
+        with self._writer_lock:
+            try:
+                result = self.run_sync(fn, True, durable)
+            finally:
+                self._writer_conn = getattr(self._local, "conn", None)
+            if self._checkpointer is not None:
+                self._checkpointer.wrote()
         return result
+
+    def _write_now(self, fn: Callable[[Tx], T]) -> Deferred[T] | None:
+        """Run the unsynced write ``fn`` at once in the reactor thread, on
+        the writer thread's connection, when the backend reads inline
+        (SQLite) and the writer is idle; None when it cannot (no writer
+        connection yet, the writer busy, the database locked elsewhere):
+        the caller queues it as usual.
+
+        A small STOR's start (``start_upload``, whose commit waits for no
+        disk) is such a write: a few hundred microseconds of SQLite, where
+        the round trip through the writer thread (its wake-up, the GIL
+        passed back and forth, the reactor's wake-up for the result) cost
+        about as much again before the 150 reply could go.  Nothing is
+        reordered: it runs only when every write handed to the writer has
+        returned (its result seen here), and on the writer's connection,
+        so neither connection's page cache is dropped for the other's
+        writes.  It never waits: the connection reports a locked database
+        at once meanwhile (``Backend.no_wait``), and a locked database
+        sends the write to the writer thread, which waits as usual.
+        """
+        conn = self._writer_conn
+        if conn is None:
+            return None
+        with self._lock:
+            if self._writes_out:
+                return None
+        if not self._writer_lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                self.backend.no_wait(conn, True)
+                result = self._attempts(conn, fn, True, False)
+            finally:
+                # The writer thread finds its connection as it left it.
+                try:
+                    self.backend.end(conn, False)
+                finally:
+                    self.backend.no_wait(conn, False)
+            if self._checkpointer is not None:
+                self._checkpointer.wrote()
+        except Exception as e:
+            # _attempts reports a locked database as CatalogUnavailable.
+            if self.backend.is_busy(e) or self.backend.is_busy(e.__cause__ or e):
+                return None
+            return fail(e)
+        finally:
+            self._writer_lock.release()
+        return succeed(result)
 
     def read_now(self, fn: Callable[[Tx], T]) -> Deferred[T]:
         """Run the read-only ``fn`` at once in the reactor thread when the

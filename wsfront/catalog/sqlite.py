@@ -42,6 +42,7 @@ class SQLiteBackend(Backend):
 
     inline_reads = True
     single_writer = True
+    inline_writes = True
     locks_at_begin = True  # every write transaction is BEGIN IMMEDIATE
     queue_timeout = BUSY_TIMEOUT_SECONDS
     checkpoint_every = CHECKPOINT_EVERY
@@ -80,6 +81,14 @@ class SQLiteBackend(Backend):
     def end(self, conn: sqlite3.Connection, durable: bool) -> None:
         if not durable:
             conn.execute("PRAGMA synchronous = FULL")
+
+    def no_wait(self, conn: sqlite3.Connection, on: bool) -> None:
+        # Nor does its commit checkpoint the log past BACKSTOP_PAGES (a
+        # copy and fsync of the database file): the writer's next commit
+        # does, in its thread.
+        timeout = 0 if on else int(BUSY_TIMEOUT_SECONDS * 1000)
+        conn.execute(f"PRAGMA busy_timeout = {timeout}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {0 if on else BACKSTOP_PAGES}")
 
     def commit(self, conn: sqlite3.Connection, cursor: Any) -> None:
         cursor.execute("COMMIT")
