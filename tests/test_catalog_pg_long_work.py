@@ -5,7 +5,8 @@ transaction: it must not hold the directory that holds the account's root,
 where other accounts (a shared folder, an admin's ``/``) keep writing.  A
 whole-table maintenance scan (GC, compaction candidates, ``wsfs status``) on
 a catalog of tens of millions of rows may run longer than the statement
-limit a request gets: it runs without one, and only it.  (The parent's
+limit a request gets: it runs without one, and only it (add_user, a write
+holding directories others write in, keeps it).  (The parent's
 mtime after a purge is checked on both backends in test_catalog_accounts.)
 
 Long work is made long without sleeping: a connection of the test holds a
@@ -181,21 +182,38 @@ async def test_maintenance_scans_outlast_a_low_statement_limit_requests_do_not(p
 
 @pytest.mark.postgres
 @pytest_twisted.ensureDeferred
-async def test_adding_a_user_scans_inodes_without_the_statement_limit(pg_url):
+async def test_adding_a_user_keeps_the_statement_limit_so_the_roots_parent_frees(pg_url):
+    """add_user's usage scan reads inodes whole, inside the write transaction
+    that created the root and so holds the root's parent (/shared, where
+    others write).  Without a statement limit, a long scan made every write
+    there wait lock_timeout and fail; with the connection's limit, the scan
+    is cancelled and the parent is free again.  The adder's lock_timeout is
+    off, so only the statement limit can end its wait."""
     limit = 0.2
     url = with_options(pg_url, f"-c statement_timeout={int(limit * 1000)} -c lock_timeout=0")
-    cat = open_catalog(reactor, url, threads=1)
+    adder = open_catalog(reactor, url, threads=1)
+    # A short lock wait, so the old code fails here instead of hanging.
+    other = open_catalog(reactor, with_options(pg_url, "-c lock_timeout=2s"))
     try:
-        await cat.add_user("alice", "pw")
-        await upload(cat, "alice", "/alice/a.txt", 3, "blob-a")
-        await cat.delete_user("alice", "keep")
+        await adder.add_user("alice", "pw", root="/shared/alice")
+        await upload(adder, "alice", "/shared/alice/a.txt", 3, "blob-a")
+        await adder.delete_user("alice", "keep")
         with psycopg.connect(pg_url) as holder:
-            # Block the usage scan only (versions: read by _owned).
+            # Stands in for a scan that is simply long on a huge catalog:
+            # the usage scan (_owned reads versions) waits, /shared held.
             holder.execute("LOCK TABLE versions IN ACCESS EXCLUSIVE MODE")
-            adding = cat.add_user("alice", "pw2", adopt_files=True)
-            [pid] = await waiting_on(pg_url, holder.info.backend_pid)
-            assert await running_longer_than(pg_url, pid, 3 * limit)
+            adding = adder.add_user("bob", "pw", root="/shared/bob", adopt_files=True)
+            await waiting_on(pg_url, holder.info.backend_pid)
+            made = await other.mkdir("/shared/carol")
+            assert made.path == "/shared/carol"
+            with pytest.raises(CatalogUnavailable, match="statement timeout"):
+                await adding
             holder.rollback()
-        assert (await adding).used_files == 1
+        with pytest.raises(NotFound):
+            await other.get_user("bob")
+        # Once the scan is quick again, the same command works.
+        await other.add_user("alice", "pw2", root="/shared/alice", adopt_files=True)
+        assert (await other.get_user("alice")).used_files == 1
     finally:
-        cat.close()
+        adder.close()
+        other.close()

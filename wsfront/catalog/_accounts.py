@@ -102,10 +102,14 @@ def add_user(
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
-    # An admin command that reads the inodes table whole (the usage and
-    # adoption below: there is no index on owner), which on a catalog of
-    # tens of millions of files may outlast a request's statement limit.
-    tx.lift_statement_timeout()
+    # The usage and adoption below read the inodes table whole (there is
+    # no index on owner), yet they keep the statement limit a request has:
+    # this transaction holds the directory-move lock, the users row and,
+    # when it creates the root, the root's parent, where other accounts
+    # write (a shared folder, an admin's /).  Unbounded, one long scan
+    # would make every write there wait lock_timeout and fail.  On a
+    # catalog where the scans outlast the limit, the admin raises it for
+    # the command's own connection (docs/catalog.md).
     # A root stays put (``_roots``): serialise with the directory moves
     # that check the users table, then hold the root's row against rmdir.
     tx.lock_global(DIRECTORY_MOVE_LOCK)
