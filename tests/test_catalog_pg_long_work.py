@@ -25,7 +25,7 @@ from twisted.internet import reactor, task
 from tests.catalog_fixtures import postgres_schema_url
 from tests.test_catalog_pg_resilience import with_options
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogUnavailable, NotFound
+from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, NotFound
 
 
 @pytest.fixture
@@ -133,6 +133,80 @@ async def test_a_purge_in_progress_leaves_the_roots_parent_free_for_writes(pg_ur
     finally:
         purger.close()
         other.close()
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_a_purge_refuses_a_root_added_inside_its_tree_after_its_first_check(pg_url):
+    """The purge refuses a root shared with another account; it read the
+    users once, at its start, so an add_user of a root inside the tree that
+    committed between that read and the walk had its new root deleted (and
+    the account left without one).  Here the purge is held up between the
+    two (on the lock of its user's pending upload) while bob is added."""
+    purger = open_catalog(reactor, pg_url, threads=1)
+    other = open_catalog(reactor, pg_url)
+    try:
+        await purger.add_user("alice", "pw", root="/shared/alice")
+        await upload(purger, "alice", "/shared/alice/a.txt", 3, "blob-a")
+        up = await purger.begin_upload(
+            "alice", "/shared/alice/p.bin", base_length=0, blob_id="bp", replicas=["s1"],
+            wanted_replicas=1, owner="fe1", expires_at=purger._clock() + 3600,
+        )  # fmt: skip
+        with psycopg.connect(pg_url) as holder:
+            holder.execute(
+                "SELECT upload_id FROM uploads WHERE upload_id = %s FOR UPDATE", (up.upload_id,)
+            )
+            purging = purger.delete_user("alice", "purge")
+            await waiting_on(pg_url, holder.info.backend_pid)
+            await other.add_user("bob", "pw", root="/shared/alice/bob")
+            holder.rollback()
+        with pytest.raises(NotEmpty, match="shared with bob"):
+            await purging
+        users = {u.name: u.root for u in await other.list_users()}
+        assert users == {"alice": "/shared/alice", "bob": "/shared/alice/bob"}
+        assert (await other.stat("/shared/alice/bob")).kind == "dir"
+        assert (await other.stat("/shared/alice/a.txt")).size == 3
+        assert (await other.get_upload(up.upload_id)).state == "active"
+    finally:
+        purger.close()
+        other.close()
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_a_purge_walking_into_a_root_being_added_waits_then_refuses(pg_url):
+    """The other order: bob's add_user holds its root (an empty directory of
+    alice's tree) when the purge starts, so the purge's first read of the
+    users does not see him; its walk waits on that directory until bob is
+    committed, and must not then delete his root."""
+    purger = open_catalog(reactor, pg_url, threads=1)
+    adder = open_catalog(reactor, pg_url, threads=1)
+    try:
+        # A file a former account "bob" owns: the new bob's add_user
+        # disowns it, and the test holds it to hold add_user up.
+        await purger.add_user("bob", "pw", root="/old-bob")
+        kept = await upload(purger, "bob", "/old-bob/x.txt", 2, "blob-x")
+        await purger.delete_user("bob", "keep")
+        await purger.add_user("alice", "pw", root="/shared/alice")
+        await purger.mkdir("/shared/alice/d1")
+        await upload(purger, "alice", "/shared/alice/a.txt", 3, "blob-a")
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT inode FROM inodes WHERE inode = %s FOR UPDATE", (kept.inode,))
+            adding = adder.add_user("bob", "pw", root="/shared/alice/d1")
+            [adder_pid] = await waiting_on(pg_url, holder.info.backend_pid)
+            purging = purger.delete_user("alice", "purge")
+            await waiting_on(pg_url, adder_pid)
+            holder.rollback()
+        await adding
+        with pytest.raises(NotEmpty, match="shared with bob"):
+            await purging
+        users = {u.name: u.root for u in await adder.list_users()}
+        assert users == {"alice": "/shared/alice", "bob": "/shared/alice/d1"}
+        assert (await adder.stat("/shared/alice/d1")).kind == "dir"
+        assert (await adder.stat("/shared/alice/a.txt")).size == 3
+    finally:
+        purger.close()
+        adder.close()
 
 
 # -- whole-table maintenance scans -------------------------------------------------

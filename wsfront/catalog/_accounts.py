@@ -264,6 +264,17 @@ def _sharers(tx: Tx, name: str, root: tuple[str, ...]) -> list[str]:
     ]
 
 
+def _refuse_sharers(tx: Tx, name: str, root: tuple[str, ...]) -> None:
+    """Refuse the purge of ``root`` (NotEmpty, nothing deleted) while
+    another user's root is that root or inside it."""
+    sharers = _sharers(tx, name, root)
+    if sharers:
+        raise NotEmpty(
+            f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
+            "purging it would delete their files too"
+        )
+
+
 def _refuse_others(tx: Tx, name: str, row: Any, path: str, now: float) -> None:
     """Refuse the purge of ``name``'s tree (the whole transaction: nothing
     is deleted) at a file another user committed or is uploading: an
@@ -338,12 +349,7 @@ def _purge(
     """
     if not root:
         raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
-    sharers = _sharers(tx, name, root)
-    if sharers:
-        raise NotEmpty(
-            f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
-            "purging it would delete their files too"
-        )
+    _refuse_sharers(tx, name, root)
     top = _root_dir(tx, root)
     under = _uploads_under(tx, name, top) if top is not None else set()
     aborted = elsewhere = 0
@@ -373,6 +379,14 @@ def _purge(
         # The parent's mtime is the caller's to set, after the commit.
         parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", top)
         files = _purge_dir(tx, name, top, join_path(root), now)
+        # Again, now that every directory of the tree is locked: an
+        # add_user of a root inside it that committed after the check
+        # above held (or created its root under) one of them, so the walk
+        # waited for its commit and this read sees its row.  One that has
+        # not reached the tree yet waits for this purge and finds no tree.
+        # (Not the directory-move lock: a long purge would hold every
+        # directory rename in the namespace for its whole transaction.)
+        _refuse_sharers(tx, name, root)
         if touched is not None:
             touched[:] = [parent]
     return {
