@@ -97,10 +97,12 @@ async def test_a_purge_in_progress_leaves_the_roots_parent_free_for_writes(pg_ur
     there waited (up to lock_timeout, then 503/451).  Here the purge is
     held up inside alice's tree while others write in /shared."""
     purged_at = 2_000_000.0
-    purger = open_catalog(reactor, pg_url, clock=lambda: purged_at, threads=1)
+    now = [purged_at]
+    purger = open_catalog(reactor, pg_url, clock=lambda: now[0], threads=1)
     # A short lock wait, so the old code fails here instead of hanging.
+    # Its writes come while the purge runs: later.
     other = open_catalog(
-        reactor, with_options(pg_url, "-c lock_timeout=1s"), clock=lambda: purged_at - 1000
+        reactor, with_options(pg_url, "-c lock_timeout=1s"), clock=lambda: now[0] + 10
     )
     try:
         await _shared_tree(purger)
@@ -113,6 +115,7 @@ async def test_a_purge_in_progress_leaves_the_roots_parent_free_for_writes(pg_ur
             [purge_pid] = await waiting_on(pg_url, holder.info.backend_pid)
             made = await other.mkdir("/shared/new")
             assert made.path == "/shared/new"
+            assert (await other.stat("/shared")).mtime == purged_at + 10
             assert (await other.stat("/shared/x.txt")).size == 2
             # A rename between the parent and the tree (parent locked
             # first, then the root): it waits for the purge, which never
@@ -120,6 +123,7 @@ async def test_a_purge_in_progress_leaves_the_roots_parent_free_for_writes(pg_ur
             moving = other.rename("/shared/x.txt", "/shared/alice/x.txt")
             await waiting_on(pg_url, purge_pid)
             assert not purging.called
+            now[0] += 20  # the purge lasted
             holder.rollback()
         done = await purging
         assert (done["files_deleted"], done["uploads_aborted"]) == (2, 0)
@@ -127,8 +131,9 @@ async def test_a_purge_in_progress_leaves_the_roots_parent_free_for_writes(pg_ur
             await moving
         with pytest.raises(NotFound):
             await purger.stat("/shared/alice")
-        # The parent's mtime is set after the purge's commit, past the mkdir's.
-        assert (await purger.stat("/shared")).mtime == purged_at
+        # The parent's mtime is set after the purge's commit, to the time of
+        # that touch (not of the purge's start, before the mkdir's).
+        assert (await purger.stat("/shared")).mtime == purged_at + 20
         assert sorted(e.name for e in await purger.list_dir("/shared")) == ["new", "x.txt"]
     finally:
         purger.close()

@@ -14,7 +14,6 @@ from wsfront.catalog._rows import (
     live_upload_row,
     lock_dirs,
     resolve,
-    touch,
     upload_row,
 )
 from wsfront.catalog.errors import (
@@ -435,9 +434,12 @@ def delete_user(
 
 
 def touch_dir(tx: Tx, inode: int, now: float) -> None:
-    """Set a directory's mtime, if it is still there: the parent of a
-    purged root, in a short transaction after the purge's."""
-    touch(tx, inode, now)
+    """Move a directory's mtime up to ``now``, if it is still there and
+    its mtime is earlier: the parent of a purged root, in a short
+    transaction after the purge's.  Never back: a mkdir or an upload
+    there while the purge ran (or another front end whose clock is
+    ahead) may have set a later time, which stays."""
+    tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ? AND mtime < ?", now, inode, now)
 
 
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:
