@@ -2,8 +2,9 @@
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
-from wsfront.catalog import _accounts
+from wsfront.catalog import _accounts, open_catalog
 from wsfront.catalog.errors import (
     AuthFailed,
     CatalogUnavailable,
@@ -333,6 +334,23 @@ async def test_a_purge_sets_the_mtime_of_the_roots_parent(catalog, clock):
     }  # fmt: skip
     assert (await catalog.stat("/shared")).mtime == clock.now
     assert await catalog.list_dir("/shared") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_never_moves_the_mtime_of_the_roots_parent_back(catalog, catalog_url, clock):
+    """A write in the parent while the purge ran, or from a front end whose
+    clock is ahead, set a later mtime than the purge's: it stays."""
+    await catalog.add_user("alice", "pw", root="/shared/alice")
+    await upload(catalog, "alice", "/shared/alice/a.txt", 3, "blob-a")
+    ahead = open_catalog(reactor, catalog_url, clock=lambda: clock.now + 1000)
+    try:
+        await ahead.mkdir("/shared/new")
+    finally:
+        ahead.close()
+    clock.advance(100)
+    await catalog.delete_user("alice", "purge")
+    assert (await catalog.stat("/shared")).mtime == clock.now - 100 + 1000
+    assert [e.name for e in await catalog.list_dir("/shared")] == ["new"]
 
 
 @pytest_twisted.ensureDeferred

@@ -14,7 +14,6 @@ from wsfront.catalog._rows import (
     live_upload_row,
     lock_dirs,
     resolve,
-    touch,
     upload_row,
 )
 from wsfront.catalog.errors import (
@@ -102,10 +101,14 @@ def add_user(
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the user name {name!r} is reserved for anonymous access (FTP and HTTP)")
     root_parts = split_path(root) if root is not None else (name,)
-    # An admin command that reads the inodes table whole (the usage and
-    # adoption below: there is no index on owner), which on a catalog of
-    # tens of millions of files may outlast a request's statement limit.
-    tx.lift_statement_timeout()
+    # The usage and adoption below read the inodes table whole (there is
+    # no index on owner), yet they keep the statement limit a request has:
+    # this transaction holds the directory-move lock, the users row and,
+    # when it creates the root, the root's parent, where other accounts
+    # write (a shared folder, an admin's /).  Unbounded, one long scan
+    # would make every write there wait lock_timeout and fail.  On a
+    # catalog where the scans outlast the limit, the admin raises it for
+    # the command's own connection (docs/catalog.md).
     # A root stays put (``_roots``): serialise with the directory moves
     # that check the users table, then hold the root's row against rmdir.
     tx.lock_global(DIRECTORY_MOVE_LOCK)
@@ -260,6 +263,17 @@ def _sharers(tx: Tx, name: str, root: tuple[str, ...]) -> list[str]:
     ]
 
 
+def _refuse_sharers(tx: Tx, name: str, root: tuple[str, ...]) -> None:
+    """Refuse the purge of ``root`` (NotEmpty, nothing deleted) while
+    another user's root is that root or inside it."""
+    sharers = _sharers(tx, name, root)
+    if sharers:
+        raise NotEmpty(
+            f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
+            "purging it would delete their files too"
+        )
+
+
 def _refuse_others(tx: Tx, name: str, row: Any, path: str, now: float) -> None:
     """Refuse the purge of ``name``'s tree (the whole transaction: nothing
     is deleted) at a file another user committed or is uploading: an
@@ -334,12 +348,7 @@ def _purge(
     """
     if not root:
         raise NotEmpty(f"the root of {name!r} is /, the whole namespace: it is never purged")
-    sharers = _sharers(tx, name, root)
-    if sharers:
-        raise NotEmpty(
-            f"the root {join_path(root)} of {name!r} is shared with {', '.join(sharers)}: "
-            "purging it would delete their files too"
-        )
+    _refuse_sharers(tx, name, root)
     top = _root_dir(tx, root)
     under = _uploads_under(tx, name, top) if top is not None else set()
     aborted = elsewhere = 0
@@ -369,6 +378,14 @@ def _purge(
         # The parent's mtime is the caller's to set, after the commit.
         parent = tx.value("SELECT parent FROM dirents WHERE inode = ?", top)
         files = _purge_dir(tx, name, top, join_path(root), now)
+        # Again, now that every directory of the tree is locked: an
+        # add_user of a root inside it that committed after the check
+        # above held (or created its root under) one of them, so the walk
+        # waited for its commit and this read sees its row.  One that has
+        # not reached the tree yet waits for this purge and finds no tree.
+        # (Not the directory-move lock: a long purge would hold every
+        # directory rename in the namespace for its whole transaction.)
+        _refuse_sharers(tx, name, root)
         if touched is not None:
             touched[:] = [parent]
     return {
@@ -417,9 +434,12 @@ def delete_user(
 
 
 def touch_dir(tx: Tx, inode: int, now: float) -> None:
-    """Set a directory's mtime, if it is still there: the parent of a
-    purged root, in a short transaction after the purge's."""
-    touch(tx, inode, now)
+    """Move a directory's mtime up to ``now``, if it is still there and
+    its mtime is earlier: the parent of a purged root, in a short
+    transaction after the purge's.  Never back: a mkdir or an upload
+    there while the purge ran (or another front end whose clock is
+    ahead) may have set a later time, which stays."""
+    tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ? AND mtime < ?", now, inode, now)
 
 
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:

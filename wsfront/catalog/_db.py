@@ -78,7 +78,8 @@ class Tx:
     def lift_statement_timeout(self) -> None:
         """Let the rest of this transaction's statements run as long as they
         need: for the whole-table scans of maintenance and admin commands
-        only (see ``Backend.lift_statement_timeout``)."""
+        only, in read transactions, which hold no row locks anybody could
+        wait on (see ``Backend.lift_statement_timeout``)."""
         self.backend.lift_statement_timeout(self)
 
 

@@ -370,7 +370,9 @@ class SqlCatalog:
                     err=failure.value,
                 )
 
-            d = self._write(_accounts.touch_dir, touched[0], now)
+            # The time of the touch, not the purge's start: the purge may
+            # have run long, and the removal is seen from its commit on.
+            d = self._write(_accounts.touch_dir, touched[0], self._now())
             return d.addErrback(untouched).addCallback(lambda _: result)
 
         d = self._write(_accounts.delete_user, now, name, files, touched)

@@ -169,7 +169,10 @@ class PostgresBackend(Backend):
     def lift_statement_timeout(self, tx: Tx) -> None:
         # SET LOCAL: back to the connection's limit at the end of the
         # transaction, so the next request on this pooled connection is
-        # bounded again.  lock_timeout stays: a scan takes no row locks.
+        # bounded again.  lock_timeout stays.  Only for read transactions
+        # (Catalog._scan), which take no row locks: a write transaction
+        # running long holds its locks as long, and every request waiting
+        # on them fails after lock_timeout (why add_user keeps the limit).
         tx.execute("SET LOCAL statement_timeout = 0")
 
     def prepare(self, tx: Tx) -> None:
