@@ -261,6 +261,9 @@ class Checkpointer:
     thread holds ``inline`` (never waited for: taken, the write goes to
     the writer) which a pass holds throughout, so no pass can copy the
     whole log under it.
+    Not covered: the backend's own checkpoint in a writer-thread commit
+    (the backstop, past thousands of pages) may copy the whole log too;
+    the next write, if in the reactor thread, then syncs the new header.
     """
 
     PASSES = 2
