@@ -4,7 +4,9 @@ the in-process puts of every storage server of a process share it."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
@@ -78,7 +80,7 @@ def test_a_call_that_raises_is_logged_and_the_others_still_run():
     assert any(e.get("log_failure") is not None for e in logged)
 
 
-def test_a_reactor_that_refuses_gets_the_next_result_again():
+def test_a_reactor_that_refuses_gets_the_results_again_with_the_next():
     fake = Holding(refuse=1)
     hand_back = HandBack(fake)
     ran: list[int] = []
@@ -90,7 +92,43 @@ def test_a_reactor_that_refuses_gets_the_next_result_again():
         raise AssertionError("the refusal was swallowed")
     hand_back(ran.append, 2)
     fake.run_all()
-    assert ran == [2]
+    assert ran == [1, 2]  # kept, not lost
+
+
+def test_a_result_given_while_the_reactor_refuses_is_not_lost():
+    """Another thread's result, given while the first was being refused,
+    was told the reactor was asked: it runs with the next hand-back."""
+    ran: list[int] = []
+
+    class Refusing(Holding):
+        def callFromThread(self, f, *args) -> None:
+            if self.refuse:
+                self.refuse -= 1
+                hand_back(ran.append, 2)  # joins the call being refused
+                raise RuntimeError("the reactor is gone")
+            super().callFromThread(f, *args)
+
+    fake = Refusing(refuse=1)
+    hand_back = HandBack(fake)
+    try:
+        hand_back(ran.append, 1)
+    except RuntimeError:
+        pass
+    assert fake.given == []
+    hand_back(ran.append, 3)
+    assert len(fake.given) == 1
+    fake.run_all()
+    assert ran == [1, 2, 3]
+
+
+def test_the_process_hand_back_does_not_keep_its_reactor_alive():
+    fake = Holding()
+    hand_back = inprocess._hand_back(fake)
+    assert inprocess._hand_back(fake) is hand_back
+    gone = weakref.ref(fake)
+    del fake, hand_back
+    gc.collect()
+    assert gone() is None
 
 
 def test_every_storage_server_puts_hand_back_through_one_hand_back():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -85,8 +86,9 @@ class QueueRunner:
                 call(*outcome)
             except BaseException:
                 # The reactor is gone (shutting down): this call's caller
-                # will never hear, but the later ones still run, and
-                # whoever ends the thread still finds it to join.
+                # may never hear (a HandBack keeps it for its next call),
+                # but the later ones still run, and whoever ends the
+                # thread still finds it to join.
                 log.failure("{what} could not hand back a result", what=self._what)
 
 
@@ -103,29 +105,39 @@ class HandBack:
     """
 
     def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
+        # Weakly: a HandBack is kept per reactor in a WeakKeyDictionary
+        # (``wsstorage.inprocess``), whose key a strong reference here
+        # would keep alive for ever.  Its users hold the reactor anyway.
+        self._reactor = weakref.ref(reactor)
         self._lock = threading.Lock()
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        #: Whether the reactor has been asked to run ``_run`` since it last
+        #: took the calls: later calls join those.
+        self._asked = False
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             self._calls.append((f, args))
-            if len(self._calls) > 1:
+            if self._asked:
                 return  # the reactor is called already: it takes this one too
+            self._asked = True
         try:
-            self._reactor.callFromThread(self._run)
+            reactor = self._reactor()
+            if reactor is None:
+                raise RuntimeError("the reactor is gone")
+            reactor.callFromThread(self._run)
         except BaseException:
-            # The reactor is gone (shutting down): neither this call nor any
-            # given meanwhile will run; the next one tries again.
+            # The reactor refused (shutting down): the calls stay queued,
+            # this one and any given meanwhile (whose threads were told the
+            # reactor was asked), and the next call asks again for all.
             with self._lock:
-                lost, self._calls = len(self._calls), []
-            if lost > 1:
-                log.warn("{n} results handed back meanwhile are lost", n=lost - 1)
+                self._asked = False
             raise
 
     def _run(self) -> None:
         with self._lock:
             calls, self._calls = self._calls, []
+            self._asked = False
         for f, args in calls:
             try:
                 f(*args)

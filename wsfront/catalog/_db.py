@@ -99,10 +99,11 @@ class Backend:
     #: another connection wrote, so writes spread over the pool re-read
     #: every page they touch (about 30 reads of the WAL per small upload).
     single_writer = False
-    #: Whether a write whose commit waits for no disk may run in the
+    #: Whether a small write whose commit waits for no disk may run in the
     #: reactor thread on the single writer's connection while the writer
     #: is idle (``Runner._write_now``): only where ``inline_reads`` holds
-    #: too, and the connection can be told not to wait (``no_wait``).
+    #: too, the connection can be told not to wait (``no_wait``), and the
+    #: log's restarts are known (``checkpoint_every``, ``changes``).
     inline_writes = False
     #: Whether a write transaction holds the database's write lock from its
     #: BEGIN (SQLite's BEGIN IMMEDIATE), so nothing it read can change
@@ -190,6 +191,12 @@ class Backend:
         no pass follows this one before more writes."""
         raise NotImplementedError
 
+    def changes(self, conn: Any) -> int:
+        """A count that grows with every row ``conn`` changed: a
+        transaction that left it as it was may have written nothing to
+        the log (``inline_writes`` only)."""
+        raise NotImplementedError
+
     def log_generation(self) -> Any:
         """A value that changes whenever the log begins again from its
         start (``checkpoint_every`` only)."""
@@ -244,6 +251,19 @@ class Checkpointer:
     to ``RETRIES`` times).  The backend's own automatic checkpoint stays as
     a backstop for a log that still grows: writes back to back, a reader
     that holds an old snapshot.
+
+    The write that begins the log again syncs its new header, even one
+    whose commit does not sync: such a write must not run in the reactor
+    thread (``Runner._write_now``).  So from the start of each pass until
+    a write of the writer thread that began after the pass ended wrote to
+    the log (``wrote``), the log "may begin again" (``may_restart``)
+    unless the pass left some of it uncopied; and a write in the reactor
+    thread holds ``inline`` (never waited for: taken, the write goes to
+    the writer) which a pass holds throughout, so no pass can copy the
+    whole log under it.
+    Not covered: the backend's own checkpoint in a writer-thread commit
+    (the backstop, past thousands of pages) may copy the whole log too;
+    the next write, if in the reactor thread, then syncs the new header.
     """
 
     PASSES = 2
@@ -266,12 +286,30 @@ class Checkpointer:
         self.restarts = 0
         self.cycles = 0
         self._cycled = threading.Condition()
+        #: Held by a pass, and by a write in the reactor thread.
+        self.inline = threading.Lock()
+        #: Under ``_state``: passes begun and ended (``epoch``), and whether
+        #: the next write may begin the log again (not known at first).
+        self._state = threading.Lock()
+        self._epoch = 0
+        self.may_restart = True
         self._thread = _daemon_thread(target=self._work, name=name)
         self._thread.start()
 
-    def wrote(self) -> None:
+    def epoch(self) -> int:
+        """Taken by the writer thread before a write, for ``wrote``."""
+        return self._epoch
+
+    def wrote(self, since: int | None = None) -> None:
         """One more write transaction committed (by the writer thread, or
-        in the reactor thread holding its lock: ``Runner._write_now``)."""
+        in the reactor thread holding its lock: ``Runner._write_now``).
+        ``since``: the writer thread's write wrote to the log, and began
+        at this ``epoch``: if no pass ran meanwhile, the log has frames no
+        pass copied (its own), so it cannot begin again before a pass."""
+        if since is not None:
+            with self._state:
+                if since == self._epoch:
+                    self.may_restart = False
         self._writes += 1
         if self._again or self._writes >= self._every:
             self._again = False
@@ -307,11 +345,8 @@ class Checkpointer:
                 self.restarts += 1
                 self._watching, self._retries = None, 0
                 return
-            for n in range(self.PASSES):
-                self.passes += 1
-                pages, copied = self._backend.checkpoint(self._conn, n + 1 == self.PASSES)
-                if copied >= pages:
-                    break
+            with self.inline:
+                self._passes()
             # Watch the next write (and a few more, as long as writes
             # overtake the passes) begin the log again.
             if self._retries < self.RETRIES:
@@ -334,6 +369,24 @@ class Checkpointer:
         if self._failing is not None:
             log.info("catalog checkpoints work again")
             self._failing = None
+
+    def _passes(self) -> None:
+        """Up to ``PASSES`` passes, holding ``inline``."""
+        with self._state:
+            self._epoch += 1
+            self.may_restart = True
+        whole = True  # a pass that failed may have copied it all
+        try:
+            for n in range(self.PASSES):
+                self.passes += 1
+                pages, copied = self._backend.checkpoint(self._conn, n + 1 == self.PASSES)
+                whole = copied >= pages
+                if whole:
+                    break
+        finally:
+            with self._state:
+                self._epoch += 1
+                self.may_restart = self.may_restart and whole
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -469,21 +522,37 @@ class Runner:
         lines = str(error).strip().splitlines()
         return cls(f"{self.backend.name}: {lines[0] if lines else type(error).__name__}")
 
-    def run(self, fn: Callable[[Tx], T], write: bool = True, durable: bool = True) -> Deferred[T]:
+    def run(
+        self,
+        fn: Callable[[Tx], T],
+        write: bool = True,
+        durable: bool = True,
+        small: bool = False,
+    ) -> Deferred[T]:
         """Run ``fn`` in a transaction in the pool (a write: in the writer
         thread, for a ``single_writer`` backend); fire with its result.
-        ``durable=False``: see ``Backend.begin``."""
+        ``durable=False``: see ``Backend.begin``.  ``small``: the caller
+        vouches that ``fn`` writes a few rows, whatever the database holds
+        (a fresh upload's start, not an APPE's that copies every extent of
+        the file), so that unsynced it may run in the reactor thread
+        (``_write_now``)."""
         if self._closed:
             return fail(CatalogClosed())
         if write and self._writer is not None:
-            if not durable and self.backend.inline_writes and threadable.isInIOThread():
+            if small and not durable and self.backend.inline_writes and threadable.isInIOThread():
                 done = self._write_now(fn)
                 if done is not None:
                     return done
             with self._lock:
                 self._writes_out += 1
-            d = self._writer.run(self._run_queued, monotonic(), fn, durable)
-            return d.addBoth(self._write_returned)
+            queued = self._writer.run(self._run_queued, monotonic(), fn, durable)
+            # The count drops once the writer's result reached the reactor,
+            # not when the caller cancels its Deferred (still queued, or
+            # running): a write in the reactor thread meanwhile would run
+            # before it.  A cancelled caller's result is dropped here.
+            d: Deferred[T] = Deferred()
+            queued.addBoth(self._write_returned).addCallbacks(d.callback, d.errback)
+            return d
         return deferToThreadPool(self.reactor, self._pool, self.run_sync, fn, write, durable)
 
     def _write_returned(self, result: Any) -> Any:
@@ -501,21 +570,35 @@ class Runner:
             raise CatalogUnavailable(
                 f"{self.backend.name}: a write waited {waited:.1f}s for the writer thread"
             )
+        ckpt = self._checkpointer
         with self._writer_lock:
+            conn = self._connect()  # the connection run_sync uses
+            since = ckpt.epoch() if ckpt is not None else None
+            before = self.backend.changes(conn) if ckpt is not None else None
             try:
                 result = self.run_sync(fn, True, durable)
             finally:
                 self._writer_conn = getattr(self._local, "conn", None)
-            if self._checkpointer is not None:
-                self._checkpointer.wrote()
+            if ckpt is not None:
+                # On the same connection, a grown count of changes means
+                # this write wrote to the log (the log's restart, if any,
+                # was its own, here).
+                wrote = (
+                    self._writer_conn is conn
+                    and before is not None
+                    and self.backend.changes(conn) > before
+                )
+                ckpt.wrote(since if wrote else None)
         return result
 
     def _write_now(self, fn: Callable[[Tx], T]) -> Deferred[T] | None:
-        """Run the unsynced write ``fn`` at once in the reactor thread, on
-        the writer thread's connection, when the backend reads inline
-        (SQLite) and the writer is idle; None when it cannot (no writer
-        connection yet, the writer busy, the database locked elsewhere):
-        the caller queues it as usual.
+        """Run the small unsynced write ``fn`` at once in the reactor
+        thread, on the writer thread's connection, when the backend allows
+        it (``inline_writes``: SQLite) and the writer is idle; None when it
+        cannot (no writer connection yet, the writer busy, a checkpoint
+        pass running or the log possibly beginning again, the database
+        locked elsewhere, the connection lost): the caller queues it as
+        usual.
 
         A small STOR's start (``start_upload``, whose commit waits for no
         disk) is such a write: a few hundred microseconds of SQLite, where
@@ -525,12 +608,16 @@ class Runner:
         reordered: it runs only when every write handed to the writer has
         returned (its result seen here), and on the writer's connection,
         so neither connection's page cache is dropped for the other's
-        writes.  It never waits: the connection reports a locked database
-        at once meanwhile (``Backend.no_wait``), and a locked database
-        sends the write to the writer thread, which waits as usual.
+        writes.  It never waits for the disk nor a lock: the connection
+        reports a locked database at once meanwhile and checkpoints
+        nothing itself (``Backend.no_wait``); a locked database sends the
+        write to the writer thread, which waits as usual; and a write that
+        would begin the log again (whose new header SQLite syncs, even
+        unsynced) goes there too (``Checkpointer.may_restart``).  It never
+        reconnects either: the writer thread does, for the queued write.
         """
-        conn = self._writer_conn
-        if conn is None:
+        conn, ckpt = self._writer_conn, self._checkpointer
+        if conn is None or ckpt is None:
             return None
         with self._lock:
             if self._writes_out:
@@ -538,24 +625,50 @@ class Runner:
         if not self._writer_lock.acquire(blocking=False):
             return None
         try:
+            if not ckpt.inline.acquire(blocking=False):
+                return None  # a pass is running: it may copy the whole log
             try:
-                self.backend.no_wait(conn, True)
-                result = self._attempts(conn, fn, True, False)
+                if ckpt.may_restart:
+                    return None
+                return self._write_once(conn, fn)
             finally:
-                # The writer thread finds its connection as it left it.
+                ckpt.inline.release()
+        finally:
+            self._writer_lock.release()
+
+    def _write_once(self, conn: Any, fn: Callable[[Tx], T]) -> Deferred[T] | None:
+        """One attempt of ``_write_now``, holding the writer's lock."""
+        cursor = None
+        committing = False
+        try:
+            self.backend.no_wait(conn, True)
+            cursor = self.backend.begin(conn, True, False)
+            result = fn(Tx(self.backend, cursor))
+            committing = True
+            self.backend.commit(conn, cursor)
+        except Exception as e:
+            if self.backend.connection_lost(conn):
+                # The writer thread finds it lost and reconnects, for the
+                # queued write; one whose commit may have reached the
+                # database is never run again.
+                if committing:
+                    return fail(CatalogUnavailable(f"{self.backend.name}: {e}"))
+                return None
+            self.backend.rollback(conn, cursor)
+            if self.backend.is_busy(e):
+                return None
+            return fail(self._unusable(e) if self.backend.is_full(e) else e)
+        finally:
+            # The writer thread finds its connection as it left it.
+            if not self.backend.connection_lost(conn):
                 try:
                     self.backend.end(conn, False)
                 finally:
                     self.backend.no_wait(conn, False)
-            if self._checkpointer is not None:
-                self._checkpointer.wrote()
-        except Exception as e:
-            # _attempts reports a locked database as CatalogUnavailable.
-            if self.backend.is_busy(e) or self.backend.is_busy(e.__cause__ or e):
-                return None
-            return fail(e)
-        finally:
-            self._writer_lock.release()
+        # It wrote after what the writer wrote last, so the log cannot
+        # begin again because of it; it only counts towards the next pass.
+        assert self._checkpointer is not None
+        self._checkpointer.wrote()
         return succeed(result)
 
     def read_now(self, fn: Callable[[Tx], T]) -> Deferred[T]:

@@ -183,6 +183,9 @@ class SqlCatalog:
             ),
             write=True,
             durable=durable,
+            # A fresh upload's start writes a few rows; an APPE's or a
+            # REST's copies the file's extents, one row each.
+            small=offset == 0,
         ).addErrback(self._translate)  # fmt: skip
 
     def get_upload(self, upload_id: str) -> Deferred:

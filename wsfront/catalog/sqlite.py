@@ -113,6 +113,9 @@ class SQLiteBackend(Backend):
             self._sync_file()
         return (pages, -1 if busy else copied)
 
+    def changes(self, conn: sqlite3.Connection) -> int:
+        return conn.total_changes
+
     def log_generation(self) -> bytes | None:
         # The WAL header's checkpoint sequence number and salts
         # (https://www.sqlite.org/fileformat2.html#walformat), rewritten
