@@ -68,6 +68,8 @@ every record written since the last one (a second after the first, when
 the journal is half full, before a blob with an entry is removed, at
 ``close``).  Opening the store replays the journal before the scan, so a
 record a power loss lost or tore is written again, not reported damaged.
+The journal files are created by the store's first such put, not by
+``open`` (a store that never takes one never writes their 8 MiB).
 Without a journal (``journal_size=0``, a disk too full to create it) or
 with no room in it, a put syncs its record and then the directory (two
 syncs), as any record is written.
@@ -1337,7 +1339,7 @@ class BlobStore:
         it, as any record is (``_Blob.write_record``: two syncs)."""
         journal = self._journal
         paths = blob.paths
-        if journal is None:
+        if journal is None or not journal.accepting:
             self._in_fan_out(paths.directory, lambda: blob.write_record(record))
             return
         raw = record.encode()
