@@ -1345,7 +1345,7 @@ class BlobStore:
         raw = record.encode()
         tmp = self._in_fan_out(paths.directory, lambda: _write_temp(self.fs, paths.meta, raw))
         try:
-            journaled = journal.put(blob.blob_id, raw, lambda: self.fs.rename(tmp, paths.meta))
+            journaled = journal.put(blob.blob_id, raw, lambda: _publish(self.fs, tmp, paths.meta))
         except BaseException:
             _unlink_quietly(self.fs, tmp)
             raise
@@ -1432,12 +1432,7 @@ class BlobStore:
             if force:
                 _write_atomic(self.fs, paths.meta, entry.record, paths.directory)
             else:
-                tmp = _write_temp(self.fs, paths.meta, entry.record)
-                try:
-                    self.fs.rename(tmp, paths.meta)
-                except BaseException:
-                    _unlink_quietly(self.fs, tmp)
-                    raise
+                _publish(self.fs, _write_temp(self.fs, paths.meta, entry.record), paths.meta)
             if current != entry.record:
                 log.info("put journal: restored the record of {id}", id=entry.blob_id)
 
@@ -2178,39 +2173,43 @@ def _write_atomic(
 ) -> None:
     """Write ``data`` to a temp file, fsync it (and, at the same time,
     fdatasync ``alongside``), rename it to ``path``, fsync ``directory``."""
-    tmp = path + TMP_SUFFIX
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        try:
-            fs.pwrite_all(fd, data, 0)
-            if alongside is None:
-                fs.fsync(fd)
-            else:
-                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
-        finally:
-            fs.close(fd)
-        fs.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(fs, tmp)
-        raise
+    _publish(fs, _write_temp(fs, path, data, sync=True, alongside=alongside), path)
     fs.fsync_dir(directory)
 
 
-def _write_temp(fs: OsFileSystem, path: str, data: bytes) -> str:
-    """Write ``data`` to ``path``'s temp file, unsynced; return its name
-    (the put journal renames it once its entry is durable).  A failure
-    leaves no temp file."""
+def _write_temp(
+    fs: OsFileSystem, path: str, data: bytes, sync: bool = False, alongside: int | None = None
+) -> str:
+    """Write ``data`` to ``path``'s temp file; return its name.  Unsynced
+    unless ``sync`` (the put journal's records: their entry is what is
+    synced); with ``sync`` it is fsync'd, and ``alongside`` (a blob's data
+    file) fdatasync'd at the same time.  A failure leaves no temp file."""
     tmp = path + TMP_SUFFIX
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             fs.pwrite_all(fd, data, 0)
+            if sync and alongside is None:
+                fs.fsync(fd)
+            elif sync:
+                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
         finally:
             fs.close(fd)
     except BaseException:
         _unlink_quietly(fs, tmp)
         raise
     return tmp
+
+
+def _publish(fs: OsFileSystem, tmp: str, path: str) -> None:
+    """Give a temp file (``_write_temp``) its final name; a failure removes
+    it.  The name is durable only once the caller fsyncs the directory
+    (``_write_atomic``) or a journal checkpoint does."""
+    try:
+        fs.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(fs, tmp)
+        raise
 
 
 def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
