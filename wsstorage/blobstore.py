@@ -166,6 +166,9 @@ log = Logger()
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: The newest FORMAT version a store opened without a put journal needs:
+#: one already at it is not upgraded (``BlobStore._prepare``).
+_UNJOURNALED_VERSION = 3
 #: The file ``disk_problem`` creates, writes, fsyncs and removes in the
 #: store's directory (beside FORMAT, not in blobs/, whose listing expects
 #: only fan-out directories).
@@ -1173,7 +1176,7 @@ class BlobStore:
             os.close(lock_fd)
             raise FormatError(f"{root} is in use by another blob store process") from e
         try:
-            block_size = cls._prepare(root, fs, block_size)
+            block_size = cls._prepare(root, fs, block_size, journal=journal_size > 0)
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind)
@@ -1195,17 +1198,25 @@ class BlobStore:
         return store
 
     @staticmethod
-    def _prepare(root: str, fs: OsFileSystem, block_size: int) -> int:
+    def _prepare(root: str, fs: OsFileSystem, block_size: int, journal: bool = True) -> int:
+        """Check FORMAT (writing it for a new store, upgrading an older
+        one); the store's block size.  ``journal``: whether this process
+        may journal puts; a version-3 store opened without a journal is
+        left at version 3, since nothing this process writes needs more
+        (version 4 only says that acknowledged puts may be durable only
+        through the journal files)."""
         fmt = os.path.join(root, FORMAT_FILE)
         blobs = os.path.join(root, BLOBS_DIR)
         if fs.exists(fmt):
             with open(fmt, "rb") as f:
                 block_size, version = parse_format(f.read(4096), fmt)
-            if version != FORMAT_VERSION:
+            if version < (FORMAT_VERSION if journal else _UNJOURNALED_VERSION):
                 # Every blob of versions 1 and 2 reads as it is; the new
                 # FORMAT makes older code refuse a store that may now hold
-                # records with inline checksums (version 2) or a small
-                # put's bytes after the JSON line (version 3).
+                # records with inline checksums (version 2), a small put's
+                # bytes after the JSON line (version 3) or puts durable only
+                # through the journal (version 4).  (Versions 1 and 2 go to
+                # 4 even without a journal: FORMAT is written in one version.)
                 _write_atomic(fs, fmt, format_record(block_size), root)
             return block_size
         # An empty blobs/ is a first open cut short between its mkdir and
