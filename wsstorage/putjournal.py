@@ -408,8 +408,10 @@ class PutJournal:
         ``publish()`` (the rename that gives the record file its name);
         True once the put is durable.  False, with nothing appended, when
         the active file has no room (its checkpoint is due, and the other
-        file is still being checkpointed) or the journal is closed: the
-        caller syncs the record file itself.  Not waiting here is a choice:
+        file is still being checkpointed), or the journal is closed or off
+        (a disk error; its files could not be made): the caller syncs the
+        record file itself.  The store's first put makes the files first
+        (``_create_missing``).  Not waiting here is a choice:
         the caller's own two syncs cost less than waiting for a
         checkpoint's ``syncfs`` of everything written meanwhile.
 
