@@ -102,13 +102,33 @@ def test_open_creates_layout_with_format_version(tmp_path):
     record = json.loads((tmp_path / "d" / "FORMAT").read_text())
     assert record == {"format": "wsfs-blobstore", "version": 4, "block_size": 65536}
     assert (tmp_path / "d" / "blobs").is_dir()
-    assert sorted(os.listdir(tmp_path / "d")) == [
-        "FORMAT",
-        "LOCK",
-        "blobs",
-        "journal-a",
-        "journal-b",
-    ]
+    # No put journal: its files are made at the first small put.
+    assert sorted(os.listdir(tmp_path / "d")) == ["FORMAT", "LOCK", "blobs"]
+
+
+@pytest.mark.parametrize("old", [1, 2, 3])
+def test_an_older_store_is_upgraded_to_4_unless_a_version_3_one_has_no_journal(tmp_path, old):
+    """Version 4 only says that puts may be durable through the put journal
+    alone: a version-3 store opened without a journal stays at 3 (older
+    code still reads it), even after a small put; versions 1 and 2 need at
+    least 3 (inline checksums and data) and go to 4.  With a journal every
+    one goes to 4."""
+    BlobStore.open(tmp_path / "d").close()
+    fmt = tmp_path / "d" / "FORMAT"
+
+    def version() -> int:
+        return json.loads(fmt.read_text())["version"]
+
+    fmt.write_text(json.dumps({"format": "wsfs-blobstore", "version": old, "block_size": 65536}))
+    store = BlobStore.open(tmp_path / "d", journal_size=0)
+    handle = store.open_put("x", 1, {}, 100)
+    handle.write(pattern(100))
+    handle.seal()
+    handle.close()
+    store.close()
+    assert version() == (3 if old == 3 else 4)
+    BlobStore.open(tmp_path / "d").close()
+    assert version() == 4
 
 
 def test_unknown_format_version_is_refused(tmp_path):

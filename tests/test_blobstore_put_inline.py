@@ -59,9 +59,11 @@ def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
     """Through the put journal: the record's temp file is written unsynced,
     its entry appended and fdatasync'd, and only then is it renamed (a
     record under its final name always has a durable entry).  Nothing else
-    is synced until the checkpoint: one syncfs, then the journal's reset."""
+    is synced until the checkpoint: one syncfs, then the journal's reset.
+    (The store's first put creates the journal files: not this one.)"""
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, checkpoint_after=None)
+    put(store, "a", pattern(10))
     data = pattern(2 * BLOCK + 7)
     fs.calls.clear()
     info = put(store, "b", data)
@@ -74,7 +76,7 @@ def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
     assert files_of(store, "b") == ["b.meta"]
     record, trailer = record_of(store, "b")
     assert record["format"] == 3 and record["data_size"] == len(data) and trailer == data
-    assert store.journal_pending() == ["b"]
+    assert store.journal_pending() == ["a", "b"]
     fs.calls.clear()
     store.checkpoint()
     assert [c for c in fs.calls if c[0] in SYNCS + ("syncfs",)] == [

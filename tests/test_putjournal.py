@@ -289,17 +289,24 @@ def test_a_journal_that_cannot_be_created_leaves_puts_on_their_own_syncs(tmp_pat
     syncs = [c[0] for c in fs.calls if c[0] in ("fsync", "fdatasync", "fsync_dir")]
     assert syncs == ["fsync", "fsync_dir"]
     assert store.journal_pending() == []
+    fs.calls.clear()
+    put(store, "y", pattern(100, seed=1))  # the journal stays off: not tried again
+    assert not any(c[1].startswith("journal-") for c in fs.calls if c[0] == "open")
     store.close()
     reopened = open_store(tmp_path / "d")
+    assert read_all(reopened, "x") == pattern(100)
+    put(reopened, "z", pattern(100, seed=2))  # the next start tries again
     assert sorted(n for n in os.listdir(tmp_path / "d") if n.startswith("journal-")) == list(
         JOURNAL_FILES
     )
-    assert read_all(reopened, "x") == pattern(100)
+    assert reopened.journal_pending() == ["z"]
     reopened.close()
 
 
 def test_a_journal_of_a_newer_version_is_refused(tmp_path):
-    BlobStore.open(tmp_path / "d").close()
+    store = BlobStore.open(tmp_path / "d")
+    put(store, "x", pattern(100))
+    store.close()
     path = tmp_path / "d" / "journal-a"
     raw = bytearray(path.read_bytes())
     head = HEADER.pack(HEADER_MAGIC, 2, 99, len(raw))
@@ -307,8 +314,11 @@ def test_a_journal_of_a_newer_version_is_refused(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(FormatError, match="put journal version 2"):
         BlobStore.open(tmp_path / "d")
-    path.unlink()  # made again, empty, at the next open
-    BlobStore.open(tmp_path / "d").close()
+    path.unlink()  # made again, empty, at the next first put
+    store = BlobStore.open(tmp_path / "d")
+    assert not path.exists()
+    put(store, "y", pattern(100))
+    store.close()
     assert len(path.read_bytes()) == len(raw)
 
 

@@ -68,6 +68,8 @@ every record written since the last one (a second after the first, when
 the journal is half full, before a blob with an entry is removed, at
 ``close``).  Opening the store replays the journal before the scan, so a
 record a power loss lost or tore is written again, not reported damaged.
+The journal files are created by the store's first such put, not by
+``open`` (a store that never takes one never writes their 8 MiB).
 Without a journal (``journal_size=0``, a disk too full to create it) or
 with no room in it, a put syncs its record and then the directory (two
 syncs), as any record is written.
@@ -164,6 +166,9 @@ log = Logger()
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: The newest FORMAT version a store opened without a put journal needs:
+#: one already at it is not upgraded (``BlobStore._prepare``).
+_UNJOURNALED_VERSION = 3
 #: The file ``disk_problem`` creates, writes, fsyncs and removes in the
 #: store's directory (beside FORMAT, not in blobs/, whose listing expects
 #: only fan-out directories).
@@ -1171,7 +1176,7 @@ class BlobStore:
             os.close(lock_fd)
             raise FormatError(f"{root} is in use by another blob store process") from e
         try:
-            block_size = cls._prepare(root, fs, block_size)
+            block_size = cls._prepare(root, fs, block_size, journal=journal_size > 0)
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind)
@@ -1193,17 +1198,25 @@ class BlobStore:
         return store
 
     @staticmethod
-    def _prepare(root: str, fs: OsFileSystem, block_size: int) -> int:
+    def _prepare(root: str, fs: OsFileSystem, block_size: int, journal: bool = True) -> int:
+        """Check FORMAT (writing it for a new store, upgrading an older
+        one); the store's block size.  ``journal``: whether this process
+        may journal puts; a version-3 store opened without a journal is
+        left at version 3, since nothing this process writes needs more
+        (version 4 only says that acknowledged puts may be durable only
+        through the journal files)."""
         fmt = os.path.join(root, FORMAT_FILE)
         blobs = os.path.join(root, BLOBS_DIR)
         if fs.exists(fmt):
             with open(fmt, "rb") as f:
                 block_size, version = parse_format(f.read(4096), fmt)
-            if version != FORMAT_VERSION:
+            if version < (FORMAT_VERSION if journal else _UNJOURNALED_VERSION):
                 # Every blob of versions 1 and 2 reads as it is; the new
                 # FORMAT makes older code refuse a store that may now hold
-                # records with inline checksums (version 2) or a small
-                # put's bytes after the JSON line (version 3).
+                # records with inline checksums (version 2), a small put's
+                # bytes after the JSON line (version 3) or puts durable only
+                # through the journal (version 4).  (Versions 1 and 2 go to
+                # 4 even without a journal: FORMAT is written in one version.)
                 _write_atomic(fs, fmt, format_record(block_size), root)
             return block_size
         # An empty blobs/ is a first open cut short between its mkdir and
@@ -1337,13 +1350,13 @@ class BlobStore:
         it, as any record is (``_Blob.write_record``: two syncs)."""
         journal = self._journal
         paths = blob.paths
-        if journal is None:
+        if journal is None or not journal.accepting:
             self._in_fan_out(paths.directory, lambda: blob.write_record(record))
             return
         raw = record.encode()
         tmp = self._in_fan_out(paths.directory, lambda: _write_temp(self.fs, paths.meta, raw))
         try:
-            journaled = journal.put(blob.blob_id, raw, lambda: self.fs.rename(tmp, paths.meta))
+            journaled = journal.put(blob.blob_id, raw, lambda: _publish(self.fs, tmp, paths.meta))
         except BaseException:
             _unlink_quietly(self.fs, tmp)
             raise
@@ -1430,12 +1443,7 @@ class BlobStore:
             if force:
                 _write_atomic(self.fs, paths.meta, entry.record, paths.directory)
             else:
-                tmp = _write_temp(self.fs, paths.meta, entry.record)
-                try:
-                    self.fs.rename(tmp, paths.meta)
-                except BaseException:
-                    _unlink_quietly(self.fs, tmp)
-                    raise
+                _publish(self.fs, _write_temp(self.fs, paths.meta, entry.record), paths.meta)
             if current != entry.record:
                 log.info("put journal: restored the record of {id}", id=entry.blob_id)
 
@@ -2176,39 +2184,43 @@ def _write_atomic(
 ) -> None:
     """Write ``data`` to a temp file, fsync it (and, at the same time,
     fdatasync ``alongside``), rename it to ``path``, fsync ``directory``."""
-    tmp = path + TMP_SUFFIX
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        try:
-            fs.pwrite_all(fd, data, 0)
-            if alongside is None:
-                fs.fsync(fd)
-            else:
-                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
-        finally:
-            fs.close(fd)
-        fs.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(fs, tmp)
-        raise
+    _publish(fs, _write_temp(fs, path, data, sync=True, alongside=alongside), path)
     fs.fsync_dir(directory)
 
 
-def _write_temp(fs: OsFileSystem, path: str, data: bytes) -> str:
-    """Write ``data`` to ``path``'s temp file, unsynced; return its name
-    (the put journal renames it once its entry is durable).  A failure
-    leaves no temp file."""
+def _write_temp(
+    fs: OsFileSystem, path: str, data: bytes, sync: bool = False, alongside: int | None = None
+) -> str:
+    """Write ``data`` to ``path``'s temp file; return its name.  Unsynced
+    unless ``sync`` (the put journal's records: their entry is what is
+    synced); with ``sync`` it is fsync'd, and ``alongside`` (a blob's data
+    file) fdatasync'd at the same time.  A failure leaves no temp file."""
     tmp = path + TMP_SUFFIX
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             fs.pwrite_all(fd, data, 0)
+            if sync and alongside is None:
+                fs.fsync(fd)
+            elif sync:
+                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
         finally:
             fs.close(fd)
     except BaseException:
         _unlink_quietly(fs, tmp)
         raise
     return tmp
+
+
+def _publish(fs: OsFileSystem, tmp: str, path: str) -> None:
+    """Give a temp file (``_write_temp``) its final name; a failure removes
+    it.  The name is durable only once the caller fsyncs the directory
+    (``_write_atomic``) or a journal checkpoint does."""
+    try:
+        fs.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(fs, tmp)
+        raise
 
 
 def _unlink_quietly(fs: OsFileSystem, path: str) -> None:

@@ -22,6 +22,15 @@ or CRC is wrong: a torn append, a stale entry of an older generation, or
 the zeros of the preallocation.  So a reset is a new header (a higher
 generation) and one fdatasync, not a rewrite of the file.
 
+The files are made at a store's first journaled put, not when it opens
+(``_create_missing``; each is 4 MiB of zeros written and fsync'd): a
+store that never takes a small put (most of a test suite's, a server of
+big files) never pays for them.  Opening replays whichever files exist,
+whole, short or with a torn header (``replay``), keeps and resets the
+whole ones, and removes the rest; the first put makes what is missing,
+once (concurrent first puts wait for it), and appends only once every
+file and the directory entry naming it are durable.
+
 Appends go to the *active* file, in order, under a lock; the fdatasync runs
 outside it (one at a time: see below).  A checkpoint switches appends to the other file, waits for
 the puts still publishing into the old one, makes every record file durable
@@ -46,7 +55,6 @@ runs share the next.
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import threading
@@ -97,7 +105,8 @@ ENTRY_CRC = struct.Struct(">I")
 ENTRY_MAGIC = b"WSPE"
 #: Bytes zeroed per write while preallocating a journal file.
 _ZERO_CHUNK = 1024 * 1024
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: Suffix of a journal file being created (renamed into place once whole).
+_TMP = ".tmp"
 
 
 class Entry(NamedTuple):
@@ -129,10 +138,16 @@ def decode_header(raw: bytes, path: str) -> int | None:
     either way the file holds nothing still needed, since a header is only
     written when the file holds no entry that a checkpoint has not made
     durable).  A header of a newer version is FormatError."""
+    header = _decode(raw, path)
+    return None if header is None else header[0]
+
+
+def _decode(raw: bytes, path: str) -> tuple[int, int] | None:
+    """``decode_header``, with the file size the header says."""
     size = HEADER.size + HEADER_CRC.size
     if len(raw) < size:
         return None
-    magic, version, generation, _size = HEADER.unpack_from(raw)
+    magic, version, generation, said = HEADER.unpack_from(raw)
     (value,) = HEADER_CRC.unpack_from(raw, HEADER.size)
     if magic != HEADER_MAGIC or value != crc(raw[: HEADER.size]):
         return None
@@ -141,7 +156,7 @@ def decode_header(raw: bytes, path: str) -> int | None:
             f"{path}: put journal version {version} is not supported "
             f"(this wsstorage reads version {JOURNAL_VERSION})"
         )
-    return generation
+    return generation, said
 
 
 def scan(
@@ -204,6 +219,92 @@ class _Side:
         self.first_at: float | None = None
 
 
+def replay(
+    fs: OsFileSystem,
+    directory: str,
+    flush: Callable[[Collection[str]], None],
+    repair: Callable[[list[Entry], bool], None],
+    keep: bool = True,
+) -> list[_Side]:
+    """Replay the journal files in ``directory``, whichever of them exist
+    and in whatever state a crash left them, and leave only files a
+    journal may append to.
+
+    Every file under a journal name with a valid header has its valid
+    entries replayed, whatever its size (a short file's scan stops at its
+    end): all of them, oldest generation first, go to ``repair`` (forced:
+    the crashed process may have left pages whose write-back failed in the
+    cache, where they read back fine), then ``flush``.  A file with no
+    valid header holds nothing still needed (``decode_header``).
+
+    Only then, each file that is *whole* (a valid header, the size the
+    header says, at least two pages) is reset (a new generation,
+    fdatasync'd) and returned, open, if ``keep``; every other one, and any
+    ``journal-?.tmp`` a creation cut short left, is removed and the
+    directory fsync'd before this returns: a removal that a crash undid
+    would replay entries of blobs deleted since.  A crash anywhere in this
+    replays again (the resets and removals come after the flush)."""
+    found: list[_Side] = []  # valid header: replayed; kept if whole
+    doomed: list[str] = []  # removed once the flush is done
+    whole: set[str] = set()
+    #: (generation, entries) of each valid file: replayed oldest first.
+    logs: list[tuple[int, list[Entry]]] = []
+    try:
+        for name in JOURNAL_FILES:
+            path = os.path.join(directory, name)
+            if fs.exists(path + _TMP):
+                doomed.append(path + _TMP)
+            try:
+                fd = fs.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                file_size = fs.fstat_size(fd)
+                raw = fs.pread(fd, file_size, 0)
+                header = _decode(raw, path)
+            except BaseException:
+                fs.close(fd)
+                raise
+            if header is None:
+                fs.close(fd)
+                doomed.append(path)
+                continue
+            generation, said = header
+            found.append(_Side(path, fd, file_size, generation))
+            logs.append((generation, scan(raw, generation)[0]))
+            if keep and file_size == said and file_size >= 2 * HEADER_SIZE:
+                whole.add(path)
+            else:
+                doomed.append(path)
+        entries = [e for _, batch in sorted(logs, key=lambda t: t[0]) for e in batch]
+        if entries:
+            repair(entries, True)
+            flush({e.blob_id for e in entries})
+            log.info("put journal: replayed {n} entries in {dir}", n=len(entries), dir=directory)
+        generation = max((side.generation for side in found), default=0)
+        for side in found:
+            if side.path in whole:
+                generation += 1
+                fs.pwrite_all(side.fd, encode_header(generation, side.size), 0)
+                fs.fdatasync(side.fd)
+                side.generation = generation
+        for side in [s for s in found if s.path not in whole]:
+            found.remove(side)
+            fs.close(side.fd)
+        for path in doomed:
+            fs.unlink(path)
+        if doomed:
+            fs.fsync_dir(directory)
+    except BaseException:
+        for side in found:
+            try:
+                fs.close(side.fd)
+            except OSError:
+                pass
+        raise
+    return found
+
+
 class PutJournal:
     """The two journal files of one store (module docstring).
 
@@ -218,18 +319,29 @@ class PutJournal:
     def __init__(
         self,
         fs: OsFileSystem,
+        directory: str,
+        size: int,
         sides: list[_Side],
         flush: Callable[[Collection[str]], None],
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None,
     ) -> None:
         self.fs = fs
-        self._sides = sides
+        self._directory = directory
+        #: Size of each journal file this journal creates.
+        self._size = size
+        #: The journal files, sorted by path; until both exist (``_ready``),
+        #: only those found whole at open, reset, with nothing to append.
+        self._sides = sorted(sides, key=lambda s: s.path)
+        #: Whether both files exist and are durable: puts append only then.
+        self._ready = len(self._sides) == len(JOURNAL_FILES)
+        #: Held while the missing files are created: once, by the first put.
+        self._create_lock = threading.Lock()
         self._active = 0
         self._flush = flush
         self._repair = repair
         self._checkpoint_after = checkpoint_after
-        self._next_generation = max(s.generation for s in sides) + 1
+        self._next_generation = max((s.generation for s in sides), default=0) + 1
         self._lock = threading.Lock()
         #: The checkpoint thread waits on this: notified only when its
         #: deadline appears or a checkpoint becomes urgent, not at every
@@ -248,8 +360,15 @@ class PutJournal:
         self._urgent = False
         #: One journal flush at a time (module docstring).
         self._sync_lock = threading.Lock()
-        #: Why the journal is off since a disk error, or None.
+        #: Why the journal is off since a disk error (or since its files
+        #: could not be created), or None.
         self.broken: str | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a put may go through the journal (it may still find no
+        room): not closed, not off.  A hint, read without the lock."""
+        return not self._closing and self.broken is None
 
     # -- opening --------------------------------------------------------
 
@@ -263,96 +382,19 @@ class PutJournal:
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None = CHECKPOINT_AFTER,
     ) -> PutJournal | None:
-        """Replay and reset the journal files in ``directory`` (creating them
-        if absent or invalid, of ``size`` bytes each); None, with a log
-        line, if they cannot be created for want of space (the store then
-        syncs each put itself, as before).  With ``size`` 0 the files are
-        replayed if there, then removed, and None is returned.
-
-        Replay: every valid entry of both files, older generation first, is
-        handed to ``repair`` (forced: the crashed process may have left
-        pages whose write-back failed in the cache, where they read back
-        fine), then ``flush``, and only then are the files reset: a crash
-        during any of it replays again."""
+        """Replay the journal files in ``directory`` (``replay``), then keep
+        those fit to append to, reset, and return the journal; the files
+        that are missing are created, of ``size`` bytes each, at the first
+        put (``_create_missing``), not here: a store that never journals a
+        put (most tests, a server of big files) never writes them.  With
+        ``size`` 0 the files are replayed if there, then removed, and None
+        is returned."""
         if size and size < 2 * HEADER_SIZE:
             raise ValueError(f"a put journal file must be at least {2 * HEADER_SIZE} bytes")
-        found: list[tuple[int, str, int, int]] = []  # generation, path, fd, size
-        missing: list[str] = []
-        #: (generation, entries) of each valid file: replayed oldest first.
-        logs: list[tuple[int, list[Entry]]] = []
-        #: Descriptors to close if this fails.
-        owned: list[int] = []
-
-        def let_go(fd: int) -> None:
-            owned.remove(fd)
-            fs.close(fd)
-
-        try:
-            for name in JOURNAL_FILES:
-                path = os.path.join(directory, name)
-                try:
-                    fd = fs.open(path, os.O_RDWR)
-                except FileNotFoundError:
-                    missing.append(path)
-                    continue
-                owned.append(fd)
-                file_size = fs.fstat_size(fd)
-                raw = fs.pread(fd, file_size, 0)
-                generation = decode_header(raw, path)
-                if generation is None or file_size <= HEADER_SIZE:
-                    let_go(fd)
-                    missing.append(path)
-                    continue
-                found.append((generation, path, fd, file_size))
-                logs.append((generation, scan(raw, generation)[0]))
-            replay = [e for _, entries in sorted(logs, key=lambda t: t[0]) for e in entries]
-            if replay:
-                repair(replay, True)
-                flush({e.blob_id for e in replay})
-                log.info("put journal: replayed {n} entries in {dir}", n=len(replay), dir=directory)
-            generation = max((g for g, *_ in found), default=0)
-            sides: list[_Side] = []
-            for _, path, fd, file_size in sorted(found, key=lambda t: t[1]):
-                generation += 1
-                fs.pwrite_all(fd, encode_header(generation, file_size), 0)
-                fs.fdatasync(fd)
-                sides.append(_Side(path, fd, file_size, generation))
-            if not size:
-                for side in sides:
-                    let_go(side.fd)
-                    fs.unlink(side.path)
-                if sides:
-                    fs.fsync_dir(directory)
-                return None
-            for path in missing:
-                generation += 1
-                try:
-                    fd = _create(fs, path, size, generation)
-                except OSError as e:
-                    if e.errno not in _NO_SPACE:
-                        raise
-                    for side in sides:
-                        let_go(side.fd)
-                    log.warn(
-                        "put journal: cannot create {path} ({err}): small puts sync "
-                        "their own record files instead",
-                        path=path,
-                        err=os.strerror(e.errno),
-                    )
-                    return None
-                owned.append(fd)
-                sides.append(_Side(path, fd, size, generation))
-            if missing:
-                fs.fsync_dir(directory)
-        except BaseException:
-            for fd in owned:
-                try:
-                    fs.close(fd)
-                except OSError:
-                    pass
-            raise
-        sides.sort(key=lambda s: s.path)
-        return cls(fs, sides, flush, repair, checkpoint_after)
+        kept = replay(fs, directory, flush, repair, keep=bool(size))
+        if not size:
+            return None
+        return cls(fs, directory, size, kept, flush, repair, checkpoint_after)
 
     # -- puts -----------------------------------------------------------
 
@@ -366,8 +408,10 @@ class PutJournal:
         ``publish()`` (the rename that gives the record file its name);
         True once the put is durable.  False, with nothing appended, when
         the active file has no room (its checkpoint is due, and the other
-        file is still being checkpointed) or the journal is closed: the
-        caller syncs the record file itself.  Not waiting here is a choice:
+        file is still being checkpointed), or the journal is closed or off
+        (a disk error; its files could not be made): the caller syncs the
+        record file itself.  The store's first put makes the files first
+        (``_create_missing``).  Not waiting here is a choice:
         the caller's own two syncs cost less than waiting for a
         checkpoint's ``syncfs`` of everything written meanwhile.
 
@@ -379,6 +423,8 @@ class PutJournal:
         entry with a checkpoint before it raises: replayed, it would
         create a blob that was reported as not stored, and maybe overwrite
         a later one of the same id."""
+        if not self._ready and not self._create_missing():
+            return False
         with self._lock:
             if self._closing or self.broken is not None:
                 return False
@@ -422,6 +468,58 @@ class PutJournal:
             raise
         self._done(side)
         return True
+
+    def _create_missing(self) -> bool:
+        """Create the journal files that do not exist yet, at the first put
+        (not at open: ``open``); True once both exist and are durable.
+
+        Once: concurrent first puts wait here for the one that creates
+        them, so no entry is appended before every file's preallocation,
+        its fsync, its rename and the directory fsync are done (a put is
+        acknowledged only once its entry is durable in a file whose own
+        existence is).  A file is made under a temp name and renamed when
+        whole (``_create``), so a crash at any point leaves each journal
+        name absent or naming a whole, empty file, and at most a temp file
+        that the next open removes.  A failure (a full disk, an I/O error)
+        turns the journal off for the process, logged: the put, and every
+        later one, syncs its own record instead; the next start tries
+        again at its first put."""
+        with self._create_lock:
+            if self._ready:
+                return True
+            with self._lock:
+                if self._closing or self.broken is not None:
+                    return False
+            have = {side.path for side in self._sides}
+            made: list[_Side] = []
+            path = ""
+            try:
+                for name in JOURNAL_FILES:
+                    path = os.path.join(self._directory, name)
+                    if path in have:
+                        continue
+                    with self._lock:
+                        generation = self._next_generation
+                        self._next_generation += 1
+                    fd = _create(self.fs, path, self._size, generation, len(made) + 1)
+                    made.append(_Side(path, fd, self._size, generation))
+                self.fs.fsync_dir(self._directory)
+            except OSError as e:
+                for side in made:
+                    self.fs.close(side.fd)
+                why = f"cannot create {os.path.basename(path)}: {os.strerror(e.errno or 0)}"
+                with self._lock:
+                    if self.broken is None:
+                        self.broken = why
+                log.warn(
+                    "put journal off ({why}): small puts sync their own record files",
+                    why=why,
+                )
+                return False
+            with self._lock:
+                self._sides = sorted(self._sides + made, key=lambda s: s.path)
+                self._ready = True
+            return True
 
     def _sync_through(self, side: _Side, end: int) -> None:
         """Return once an fdatasync of ``side`` that succeeded covered every
@@ -481,6 +579,8 @@ class PutJournal:
         with self._checkpointing:
             if self._closed:
                 raise StorageError("the put journal is closed")
+            if not self._ready:
+                return  # no put has appended: nothing to checkpoint
             other = self._sides[1 - self._active]
             if other.dirty:
                 self._finish(other, rewrite=True)
@@ -576,21 +676,23 @@ class PutJournal:
             thread = self._thread
         if thread is not None:
             thread.join()
-        try:
-            self.checkpoint()
-            other = self._sides[1 - self._active]
-            if other.dirty:
+        # A put still creating the files finishes first (and then finds
+        # the journal closing): its files are closed below with the others.
+        with self._create_lock:
+            try:
                 self.checkpoint()
-        except Exception:
-            log.failure("put journal: checkpoint at close failed (replayed at the next open)")
-        # Under the checkpoint lock: a removal that passed the store's
-        # check before close may still call ``settle``; it must find the
-        # journal closed, not write a header through a closed descriptor
-        # number that another file may have taken.
-        with self._checkpointing:
-            self._closed = True
-            for side in self._sides:
-                self.fs.close(side.fd)
+                if self._ready and self._sides[1 - self._active].dirty:
+                    self.checkpoint()
+            except Exception:
+                log.failure("put journal: checkpoint at close failed (replayed at the next open)")
+            # Under the checkpoint lock: a removal that passed the store's
+            # check before close may still call ``settle``; it must find the
+            # journal closed, not write a header through a closed descriptor
+            # number that another file may have taken.
+            with self._checkpointing:
+                self._closed = True
+                for side in self._sides:
+                    self.fs.close(side.fd)
 
     def blob_ids(self) -> list[str]:
         """Every blob id with an entry not yet checkpointed, sorted."""
@@ -598,14 +700,16 @@ class PutJournal:
             return sorted(set().union(*(s.pending for s in self._sides)))
 
 
-def _create(fs: OsFileSystem, path: str, size: int, generation: int) -> int:
+def _create(fs: OsFileSystem, path: str, size: int, generation: int, nth: int = 1) -> int:
     """Create a journal file of ``size`` bytes, every byte written (zeros,
     the header at the start) and fsync'd, so that no later append allocates
     a block or changes the size: an fdatasync of it then flushes data
     only.  Written to a temp name and renamed (the caller fsyncs the
     directory), so a file found under the final name is always whole.  A
-    failure removes the temp file: nothing of it is left to fill the disk."""
-    tmp = path + ".tmp"
+    failure removes the temp file: nothing of it is left to fill the disk.
+    ``nth``: which of the files being created this is (the failpoint
+    ``storage.journal.create`` fires at the nth, before its fsync)."""
+    tmp = path + _TMP
     fd = fs.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         zeros = bytes(_ZERO_CHUNK)
@@ -615,6 +719,7 @@ def _create(fs: OsFileSystem, path: str, size: int, generation: int) -> int:
             fs.pwrite_all(fd, zeros[:n], offset)
             offset += n
         fs.pwrite_all(fd, encode_header(generation, size), 0)
+        failpoints.hit("storage.journal.create", nth)
         fs.fsync(fd)
         fs.rename(tmp, path)
     except BaseException:
