@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.application import service
 from twisted.internet import reactor
 from twisted.internet.address import UNIXAddress
 from twisted.internet.utils import getProcessOutputAndValue
@@ -61,10 +62,13 @@ def options(data: Path, *extra: str) -> LocalOptions:
 
 
 async def started(opts: LocalOptions) -> LocalClusterService:
+    """A started cluster; a failed start raises here.  Not through
+    ``startService``: on failure that stops the reactor and exits the
+    process at shutdown (right for twistd, fatal to this test run)."""
     cluster = LocalClusterService(reactor, opts, out=_Quiet())
-    cluster.startService()
+    service.MultiService.startService(cluster)
     try:
-        await cluster.ready
+        await cluster._start()
     except BaseException:
         await cluster.stopService()
         raise
