@@ -34,6 +34,7 @@ from tests.support import python_env, require_tool
 from wsfront import local
 from wsfront.local import LocalClusterService, LocalOptions
 from wsstorage import client as client_module
+from wsstorage import failpoints
 
 
 class _Quiet:
@@ -94,6 +95,11 @@ async def test_uploads_reach_the_storage_servers_over_unix_sockets_in_the_data_f
         return n
 
     monkeypatch.setattr(client_module, "_sendmsg", recording)
+    # Uploads go to this process's stores in process unless a write-path
+    # failpoint is armed (``wsstorage.inprocess_write``): one that never
+    # fires sends them over the sockets, as in a failure test.
+    never = failpoints.Failpoints("storage.after_commit=raise@999999999999")
+    monkeypatch.setattr(failpoints, "_global", never)
     cluster = await started(options(data))
     try:
         run = data.resolve() / "run"

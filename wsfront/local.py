@@ -34,7 +34,7 @@ from wsfront.service import FrontendService
 from wsfront.transfer import reader
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsfront.transfer.shares import fair_share
-from wsstorage.inprocess import InProcessClient
+from wsstorage.inprocess_write import InProcessWriteClient
 from wsstorage.server import StorageServerFactory
 
 if TYPE_CHECKING:
@@ -330,15 +330,16 @@ class LocalClusterService(service.MultiService):
         return folder
 
     def _storage_client(self, name: str, endpoint: str):
-        """The front end's client of storage server ``name``: reads of a
-        server of this process come straight from its store, not through
-        a loopback socket (``wsstorage.inprocess``); the rest, and any
-        server the catalog lists that is not ours, over the wire."""
+        """The front end's client of storage server ``name``: reads, puts
+        and write streams of a server of this process go straight to its
+        store, not through a socket (``wsstorage.inprocess``,
+        ``wsstorage.inprocess_write``); the rest, and any server the
+        catalog lists that is not ours, over the wire."""
         wire = self.frontend.storage_client(name, endpoint)
         factory = self.factories.get(name)
         if factory is None:
             return wire
-        return InProcessClient(wire, factory)
+        return InProcessWriteClient(wire, factory)
 
     def open_store(self, name: str) -> BlobStore:
         """Open storage server ``name``'s blob store, with the options' drop-behind."""
