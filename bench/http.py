@@ -127,7 +127,11 @@ def storage_endpoints(work: Path, name: str, sockets: str) -> tuple[str, str, in
     """A storage server's listening and client endpoints, and what
     ``wait_listening`` waits for: a TCP port of 127.0.0.1, or with
     ``sockets`` "unix" a UNIX socket in ``work`` (what a front end on the
-    same host may use, as wslocal does: ``docs/operations.md``)."""
+    same host may use, as wslocal does: README, "Run a real cluster"), or
+    TCP when its path would be too long for one (108 bytes)."""
+    if sockets == "unix" and len(os.fsencode(work / f"{name}.sock")) > 103:
+        print(f"{work}: too long a path for UNIX sockets: {name} on TCP", file=sys.stderr)
+        sockets = "tcp"
     if sockets == "unix":
         path = work / f"{name}.sock"
         quoted = quoteStringArgument(str(path))
