@@ -3,11 +3,15 @@ with its dav module for PUT when nginx is installed), in the same run.
 
     python bench/http.py [--size-mib 1024] [--clients 200] [--small 1000]
                          [--workloads put,get,concurrent,small] [--rounds 3]
-                         [--drop-behind-kib N]
+                         [--drop-behind-kib N] [--storage-sockets unix|tcp]
 
 Storage servers run as ``twistd wsstorage`` subprocesses; the front end (the
 site, the transfer layer, the catalog client) runs in this process, so the
-RSS reported is the front end's own.  Clients are curl processes.  Issue 7's
+RSS reported is the front end's own.  They all run on this one host, so the
+front end reaches the storage servers over UNIX sockets, as wslocal does
+(``--storage-sockets tcp``: over loopback TCP, as servers on hosts of their
+own would be reached; that hop cost 0.24 s of CPU per GiB each way against
+0.11 for a UNIX socket).  Clients are curl processes.  Issue 7's
 goals are ratios in the same run: GET >= 0.6 of static.File (single and
 concurrent), small files >= 0.5, PUT >= 0.6 of nginx, RSS < 100 MB during
 the big PUT.
@@ -65,7 +69,7 @@ import time
 from pathlib import Path
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web import server, static
@@ -102,14 +106,38 @@ class _Quiet(ProcessProtocol):
         self.ended.callback(None)
 
 
-async def wait_listening(reactor, port: int, tries: int = 200) -> None:
+async def wait_listening(reactor, port: int | Path, tries: int = 200) -> None:
+    """Wait until something listens on TCP ``port`` of 127.0.0.1, or on
+    the UNIX socket at ``port`` (a Path)."""
     for _ in range(tries):
         try:
+            if isinstance(port, Path):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(0.2)
+                    sock.connect(str(port))
+                    return
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 return
         except OSError:
             await task.deferLater(reactor, 0.05, lambda: None)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def storage_endpoints(work: Path, name: str, sockets: str) -> tuple[str, str, int | Path]:
+    """A storage server's listening and client endpoints, and what
+    ``wait_listening`` waits for: a TCP port of 127.0.0.1, or with
+    ``sockets`` "unix" a UNIX socket in ``work`` (what a front end on the
+    same host may use, as wslocal does: README, "Run a real cluster"), or
+    TCP when its path would be too long for one (108 bytes)."""
+    if sockets == "unix" and len(os.fsencode(work / f"{name}.sock")) > 103:
+        print(f"{work}: too long a path for UNIX sockets: {name} on TCP", file=sys.stderr)
+        sockets = "tcp"
+    if sockets == "unix":
+        path = work / f"{name}.sock"
+        quoted = quoteStringArgument(str(path))
+        return f"unix:address={quoted}:mode=600:lockfile=0", f"unix:path={quoted}", path
+    port = free_port()
+    return f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}", port
 
 
 async def curl(*args: str) -> tuple[bytes, float]:
@@ -133,23 +161,28 @@ def write_file(path: Path, size: int) -> None:
 
 
 async def start_cluster(
-    reactor, work: Path, nodes: int, replicas: int, drop_behind_kib: int | None = None
+    reactor,
+    work: Path,
+    nodes: int,
+    replicas: int,
+    drop_behind_kib: int | None = None,
+    sockets: str = "unix",
 ):
     secret_file = work / "secret"
     secret_file.write_bytes(secrets.token_hex(32).encode())
     procs, endpoints = [], {}
     for i in range(1, nodes + 1):
-        port = free_port()
         name = f"s{i}"
+        listen, connect, port = storage_endpoints(work, name, sockets)
         proto = _Quiet()
         argv = [sys.executable, "-m", "twisted", "--log-file=/dev/null"]
-        argv += ["wsstorage", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+        argv += ["wsstorage", "--listen", listen]
         argv += ["--data", str(work / name), "--name", name, "--secret-file", str(secret_file)]
         if drop_behind_kib is not None:
             argv += ["--drop-behind-kib", str(drop_behind_kib)]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         procs.append((reactor.spawnProcess(proto, sys.executable, argv, env=env), proto))
-        endpoints[name] = f"tcp:127.0.0.1:{port}"
+        endpoints[name] = connect
         await wait_listening(reactor, port)
     catalog = open_catalog(reactor, f"sqlite:///{work / 'catalog.sqlite'}")
     for name, ep in endpoints.items():
@@ -367,7 +400,7 @@ async def main(reactor, args) -> None:
     files = work / "files"
     files.mkdir()
     procs, catalog, pool, transfers = await start_cluster(
-        reactor, work, args.nodes, args.replicas, args.drop_behind_kib
+        reactor, work, args.nodes, args.replicas, args.drop_behind_kib, args.storage_sockets
     )
     try:
         storage_pids = [transport.pid for transport, _ in procs]
@@ -396,6 +429,7 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     write_file(files / "mid.bin", mid)
     write_file(files / "small.bin", small)
     print(f"load average at start: {loadavg()}", flush=True)
+    print(f"front end to storage servers: {args.storage_sockets} sockets")
     if args.drop_behind_kib is not None:
         print(f"storage servers: --drop-behind-kib {args.drop_behind_kib}")
     # label -> (wsfs figures, reference figures, unit), one figure per round
@@ -704,6 +738,13 @@ def parse(argv=None):
         "--profile-out",
         default=None,
         help="with --count-calls: write that PUT's cProfile stats to this file",
+    )
+    p.add_argument(
+        "--storage-sockets",
+        choices=("unix", "tcp"),
+        default="unix",
+        help="how the front end reaches the storage servers: UNIX sockets (default, "
+        "as wslocal does) or TCP on 127.0.0.1 (the layout before; hosts of their own)",
     )
     p.add_argument(
         "--drop-behind-kib",

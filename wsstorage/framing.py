@@ -16,6 +16,7 @@ This module only encodes and decodes; it knows nothing about operations.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ MAX_DATA = 256 * 1024
 MAX_PREAUTH = 4 * 1024
 #: Socket read size and send limit for stream connections (tune_transport).
 TRANSPORT_BUFFER = 1024 * 1024
+#: SO_SNDBUF asked for on a UNIX stream socket (tune_transport); Linux
+#: doubles it (to 4 MiB) and caps it at twice ``net.core.wmem_max``.
+UNIX_SEND_BUFFER = 2 * TRANSPORT_BUFFER
 
 HELLO = 1
 CHALLENGE = 2
@@ -433,7 +437,28 @@ def tune_transport(transport: Any) -> None:
         try:
             set_no_delay(True)
         except OSError:
-            pass  # not a TCP socket (UNIX endpoints, tests)
+            pass  # not a TCP socket (tests)
+    tune_unix_socket(getattr(tcp, "socket", None))
+
+
+def tune_unix_socket(sock: Any) -> None:
+    """Give a UNIX stream socket a send buffer of UNIX_SEND_BUFFER.
+
+    TCP grows its buffers as a stream needs (up to ``tcp_wmem``, 4 MiB by
+    default); a UNIX stream socket keeps ``net.core.wmem_default``, 208
+    KiB, and that alone bounds what is in flight (its receive buffer is
+    not used: the sender's is charged for what the peer has not read).
+    A 1 MiB ``sendmsg`` of an upload then took a fifth of its bytes and
+    left the rest for later reactor turns.  Both ends are tuned: each
+    sends (uploads one way, read streams the other).  Any other socket is
+    left alone (setting SO_SNDBUF on TCP would end its autotuning)."""
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * UNIX_SEND_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+    except OSError:
+        pass  # closed meanwhile: the transport will see it
 
 
 def check_header(magic: bytes, version: int, ftype: int, length: int) -> None:

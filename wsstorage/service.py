@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer, threads
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.address import UNIXAddress
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -38,8 +39,13 @@ class RunningServer:
 
     @property
     def client_endpoint(self) -> str:
-        """A client endpoint string that reaches this server (TCP)."""
+        """A client endpoint string that reaches this server: TCP, or
+        ``unix:path=...`` for a server listening on a UNIX socket (a front
+        end on the same host may reach its storage servers that way)."""
         addr = self.port.getHost()
+        if isinstance(addr, UNIXAddress):
+            path = os.fsdecode(addr.name)
+            return f"unix:path={quoteStringArgument(path)}"
         return f"tcp:{addr.host}:{addr.port}"
 
     @defer.inlineCallbacks

@@ -1,0 +1,207 @@
+"""wslocal's storage servers listen on UNIX sockets, and its front end
+reaches them there.
+
+Uploads are the one stream of ``twistd wslocal`` that still crosses a
+socket between its front end and its storage servers (reads and small puts
+come from the stores in process: ``wsstorage.inprocess``); a UNIX socket
+costs about half the CPU of a loopback TCP connection.  The sockets are in
+``DATA/run`` (mode 0700), or, when that path is too long for a socket
+(108 bytes), in a private folder of the temporary folder removed at stop,
+or, failing that too, the servers listen on 127.0.0.1 as before; and
+``--storage-sockets tcp`` asks for TCP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.application import service
+from twisted.internet import reactor
+from twisted.internet.address import UNIXAddress
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import usage
+
+from tests.support import python_env, require_tool
+from wsfront import local
+from wsfront.local import LocalClusterService, LocalOptions
+from wsstorage import client as client_module
+from wsstorage import failpoints
+
+
+class _Quiet:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+async def curl(*args: str) -> bytes:
+    out, err, code = await getProcessOutputAndValue(
+        require_tool("curl"), ["-sS", "--fail", *args], env=os.environ
+    )
+    assert code == 0, err
+    return out
+
+
+def options(data: Path, *extra: str) -> LocalOptions:
+    opts = LocalOptions()
+    opts.parseOptions(
+        ["--data", str(data), "--ftp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1", *extra]
+    )  # fmt: skip
+    return opts
+
+
+async def started(opts: LocalOptions) -> LocalClusterService:
+    """A started cluster; a failed start raises here.  Not through
+    ``startService``: on failure that stops the reactor and exits the
+    process at shutdown (right for twistd, fatal to this test run)."""
+    cluster = LocalClusterService(reactor, opts, out=_Quiet())
+    service.MultiService.startService(cluster)
+    try:
+        await cluster._start()
+    except BaseException:
+        await cluster.stopService()
+        raise
+    return cluster
+
+
+def endpoints(cluster: LocalClusterService) -> dict[str, str]:
+    pool = cluster.frontend.pool
+    return {name: pool.endpoint(name) for name in pool.names()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_reach_the_storage_servers_over_unix_sockets_in_the_data_folder(
+    tmp_path, monkeypatch
+):
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))  # short: tmp_path may be too long
+    sent: list[int] = []
+    sendmsg = client_module._sendmsg
+
+    def recording(sock, iov):
+        n = sendmsg(sock, iov)
+        sent.append(sock.family)
+        return n
+
+    monkeypatch.setattr(client_module, "_sendmsg", recording)
+    # Uploads go to this process's stores in process unless a write-path
+    # failpoint is armed (``wsstorage.inprocess_write``): one that never
+    # fires sends them over the sockets, as in a failure test.
+    never = failpoints.Failpoints("storage.after_commit=raise@999999999999")
+    monkeypatch.setattr(failpoints, "_global", never)
+    cluster = await started(options(data))
+    try:
+        run = data.resolve() / "run"
+        assert (run.stat().st_mode & 0o777) == 0o700
+        for name, endpoint in endpoints(cluster).items():
+            assert endpoint == f"unix:path={run / name}.sock"
+            assert (run / f"{name}.sock").is_socket()
+        login = ":".join(cluster.login)
+        url = f"http://127.0.0.1:{cluster.frontend.address('http').port}/big.bin"
+        payload = os.urandom(6 << 20)
+        (tmp_path / "big.bin").write_bytes(payload)
+        await curl("-u", login, "-T", str(tmp_path / "big.bin"), url)
+        got = await curl("-u", login, url)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert sent and set(sent) == {socket.AF_UNIX}, "the upload went straight into sockets"
+        peers = [
+            conn.transport.getPeer()
+            for factory in cluster.factories.values()
+            for conn in factory.connections
+        ]
+        assert peers and all(isinstance(p, UNIXAddress) for p in peers)
+        # The CLI reaches them through the catalog's endpoints too.
+        status = subprocess.run(
+            [sys.executable, "-m", "wsfront.cli", "--catalog",
+             f"sqlite:///{data.resolve() / 'catalog.sqlite'}", "status"],
+            env=python_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        for name in ("s1", "s2", "s3"):
+            line = next(x for x in status.stdout.splitlines() if x.split()[:1] == [name])
+            assert "unix:path=" in line and " up " in f" {line} ", status.stdout
+    finally:
+        await cluster.stopService()
+        shutil.rmtree(data, ignore_errors=True)
+    assert not list(run.glob("*.sock")), "the sockets are removed at stop"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_a_killed_wslocal_left_behind_does_not_stop_the_next_start(tmp_path):
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    try:
+        run = data / "run"
+        run.mkdir()
+        left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        left.bind(str(run / "s1.sock"))  # bound and never unlinked: as after a SIGKILL
+        left.close()
+        cluster = await started(options(data))
+        try:
+            assert endpoints(cluster)["s1"].startswith("unix:path=")
+        finally:
+            await cluster.stopService()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_data_folder_too_long_for_a_socket_path_puts_them_in_a_temporary_folder(
+    tmp_path,
+):
+    data = tmp_path / ("d" * 120) / "data"
+    cluster = await started(options(data))
+    try:
+        folder = cluster.socket_tmp
+        assert folder is not None and folder.parent == Path(tempfile.gettempdir())
+        assert (folder.stat().st_mode & 0o777) == 0o700
+        for name, endpoint in endpoints(cluster).items():
+            assert endpoint == f"unix:path={folder / name}.sock"
+    finally:
+        await cluster.stopService()
+    assert not folder.exists(), "the temporary folder is removed at stop"
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_no_short_enough_folder_or_when_asked_they_listen_on_tcp(tmp_path, monkeypatch):
+    long_tmp = tmp_path / ("t" * 110)
+    long_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    cluster = await started(options(tmp_path / ("d" * 120) / "data"))
+    try:
+        assert cluster.socket_tmp is None and not list(long_tmp.iterdir())
+        assert all(e.startswith("tcp:127.0.0.1:") for e in endpoints(cluster).values())
+    finally:
+        await cluster.stopService()
+    cluster = await started(options(tmp_path / "data2", "--storage-sockets", "tcp"))
+    try:
+        assert all(e.startswith("tcp:127.0.0.1:") for e in endpoints(cluster).values())
+        assert not (tmp_path / "data2" / "run").exists()
+    finally:
+        await cluster.stopService()
+
+
+def test_storage_sockets_must_be_unix_or_tcp(tmp_path):
+    with pytest.raises(usage.UsageError, match="--storage-sockets"):
+        options(tmp_path, "--storage-sockets", "udp")
+
+
+def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
+    """``:`` separates an endpoint string's arguments: a data folder named
+    with one still gives endpoints that name its socket."""
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    path = tmp_path / "a:b=c" / "s1.sock"
+    listen, connect = local.unix_endpoints(path)
+    assert serverFromString(reactor, listen)._address == str(path)
+    assert clientFromString(reactor, connect)._path == str(path)

@@ -1,0 +1,285 @@
+"""Write streams into a storage server of this very process (``wslocal``).
+
+``InProcessClient`` (``wsstorage.inprocess``) serves reads and small puts
+of wslocal's own storage servers from their stores; a write stream (a big
+upload) still went over a socket to the server, which stored its DATA
+frames with the very ``write_pieces`` used here.  ``InProcessWriteClient``
+opens the stream on the store itself (``open_write`` in the server's
+thread pool, as ``_op_write``) and ``InProcessWriter`` stores each batch of
+the caller's bytes in the reactor thread (``_store_counted``: the same
+byte count, the same ``storage.write.bytes`` failpoint), syncs in the
+thread pool one after the other (``flush``, as ``_sync_stream``), seals as
+``_op_stream_commit`` (``storage.before_commit`` / ``after_commit``), and
+closes the handle on abort.  Epochs and fencing are the store's own
+(``BlobWriteHandle._check``), so they hold as over the wire.  A server
+that stopped serving (no listening port, as ``InProcessClient`` sees it)
+fails the open and every running stream with NodeUnavailable at its next
+write or flush, as a dropped connection would; so does closing the client.
+While a storage failpoint of the write path is armed (``WIRE_FAILPOINTS``)
+a stream opens over the wire, as a read does while ``storage.read.bytes``
+is: the failure tests see the server's behaviour, byte for byte.
+
+Writes are synchronous (page cache only): nothing is buffered but one
+reactor turn's batch.  A producer that writes more than TURN_BYTES in one
+reactor turn is paused until the next one, so an upload cannot hold the
+reactor (and the contract's flow control holds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsstorage import failpoints
+from wsstorage._interfaces import IBlobWriter
+from wsstorage.counters import ProcessCounters
+from wsstorage.errors import NodeUnavailable, StorageError
+from wsstorage.fields import int_field
+from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
+from wsstorage.inprocess import InProcessClient
+from wsstorage.records import check_blob_id
+from wsstorage.server import _store_counted, meta_copy, storage_error
+
+#: Bytes of a stream stored with one ``write_pieces`` at most; a reactor
+#: turn's smaller rest is stored at the end of the turn (as the server's
+#: socket reads batched DATA frames).
+GATHER_BYTES = TRANSPORT_BUFFER
+#: Bytes stored in one reactor turn before the producer is paused until
+#: the next (``wsstorage.inprocess.TURN_BYTES`` for reads).
+TURN_BYTES = 4 << 20
+#: Failpoints of the server's write path: while one is armed, write
+#: streams go over the wire.
+WIRE_FAILPOINTS = ("storage.write.bytes", "storage.before_commit", "storage.after_commit")
+
+
+def _failpoint_armed() -> bool:
+    return any(failpoints.threshold(name) is not None for name in WIRE_FAILPOINTS)
+
+
+class InProcessWriteClient(InProcessClient):
+    """An ``InProcessClient`` whose write streams are in process too."""
+
+    def __init__(self, wire: Any, factory: Any) -> None:
+        super().__init__(wire, factory)
+        #: Write streams not yet ended: close() fails them.
+        self.writers: set[InProcessWriter] = set()
+
+    def write(self, blob_id: str, epoch: int, offset: int, meta: dict[str, Any]) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
+        if _failpoint_armed():
+            return self.wire.write(blob_id, epoch, offset, meta)
+        factory = self.factory
+        if not factory.numPorts:
+            return defer.fail(NodeUnavailable(f"storage server {factory.name} is not serving"))
+        try:
+            check_blob_id(blob_id)
+            int_field({"epoch": epoch}, "epoch")
+            int_field({"offset": offset}, "offset")
+            meta = meta_copy(meta)
+        except Exception as e:
+            return defer.fail(e)
+        d = factory.run_blocking(factory.store.open_write, blob_id, epoch, offset, meta)
+
+        def opened(handle: Any) -> InProcessWriter:
+            if self._closed or not factory.numPorts:
+                handle.close()
+                raise NodeUnavailable(f"storage server {factory.name} is not serving")
+            writer = InProcessWriter(self, handle, blob_id, epoch, offset)
+            self.writers.add(writer)
+            return writer
+
+        return d.addCallbacks(opened, lambda f: Failure(storage_error(f.value)))
+
+    def close(self) -> defer.Deferred:
+        """The running write streams fail with NodeUnavailable and release
+        their handles (as a closed connection's), then as InProcessClient."""
+        for writer in list(self.writers):
+            writer.lost(NodeUnavailable(f"client of {self.name} is closed"))
+        return super().close()
+
+
+@implementer(IBlobWriter)
+class InProcessWriter:
+    """One write stream straight into the store's handle (IBlobWriter)."""
+
+    def __init__(
+        self, client: InProcessWriteClient, handle: Any, blob_id: str, epoch: int, offset: int
+    ) -> None:
+        self.client = client
+        self.factory = client.factory
+        self.handle = handle
+        self.blob_id = blob_id
+        self.epoch = epoch
+        self.offset = offset
+        self.error: StorageError | None = None
+        self.finished = False
+        self.producer: Any = None
+        self._watchers: list[defer.Deferred] = []
+        self._pieces: list[bytes] = []
+        self._bytes = 0
+        self._call: Any = None
+        self._syncing: defer.Deferred = defer.succeed(None)
+        self._drop_cache = False
+        self._turn_bytes = 0
+        self._resume_call: Any = None
+        self.factory.in_process_reads += 1  # an active stream (health's count)
+
+    # IConsumer
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is already registered on this writer")
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise StorageError("write after commit or abort")
+        if self.error is not None or not data:
+            return
+        self._pieces.append(bytes(data))
+        self._bytes += len(data)
+        self.offset += len(data)
+        if self._bytes >= GATHER_BYTES or len(self._pieces) >= IOV_MAX:
+            self._store()
+        elif self._call is None:
+            self._call = self.factory.reactor.callLater(0, self._store)
+        self._turn_bytes += len(data)
+        if self._turn_bytes >= TURN_BYTES and self._resume_call is None:
+            if self.producer is not None:
+                self.producer.pauseProducing()
+                self._resume_call = self.factory.reactor.callLater(0, self._resume)
+        elif self._turn_bytes == len(data):
+            self.factory.reactor.callLater(0, self._new_turn)
+
+    def _new_turn(self) -> None:
+        if self._resume_call is None:
+            self._turn_bytes = 0
+
+    def _resume(self) -> None:
+        self._resume_call = None
+        self._turn_bytes = 0
+        if self.producer is not None and self.error is None and not self.finished:
+            self.producer.resumeProducing()
+
+    def _store(self) -> None:
+        """Store the gathered pieces with one ``write_pieces``."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        pieces, self._pieces, self._bytes = self._pieces, [], 0
+        if not pieces or self.error is not None or self.handle is None:
+            return
+        if not self.factory.numPorts:
+            self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
+            return
+        start = ProcessCounters.written
+        ProcessCounters.written += sum(len(p) for p in pieces)
+        try:
+            _store_counted(self.handle, pieces, start)
+        except Exception as e:
+            self._failed(storage_error(e))
+
+    def lost(self, err: StorageError) -> None:
+        """The stream's connection, as it were, is gone: fail it and let go
+        of the handle (the server closes a dropped connection's stream)."""
+        self._failed(err)
+        self._end()
+
+    def _failed(self, err: StorageError) -> None:
+        if self.error is not None or self.finished:
+            return
+        self.error = err
+        self._pieces, self._bytes = [], 0
+        watchers, self._watchers = self._watchers, []
+        for d in watchers:
+            d.errback(err)
+
+    def drop_cache_behind(self) -> None:
+        """As ``BlobWriter.drop_cache_behind``: from the next flush on."""
+        self._drop_cache = True
+
+    def _hint(self) -> None:
+        if self._drop_cache and self.handle is not None:
+            advise = getattr(self.handle, "drop_cache_behind", None)
+            if advise is not None:
+                advise()
+
+    def _check(self) -> None:
+        """Store what is gathered, then raise the stream's error if any."""
+        self._store()
+        if self.error is None and not self.factory.numPorts:
+            self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
+        if self.error is not None:
+            raise self.error
+
+    def flush(self) -> defer.Deferred:
+        try:
+            self._check()
+        except StorageError as e:
+            return defer.fail(e)
+        self._hint()
+        handle = self.handle
+        d = self._syncing.addBoth(lambda _: self.factory.run_blocking(handle.sync))
+        self._syncing = mine = defer.Deferred()
+
+        def settle(result: Any) -> Any:
+            if isinstance(result, Failure):
+                self._failed(storage_error(result.value))
+                mine.callback(None)
+                return Failure(self.error or storage_error(result.value))
+            mine.callback(None)
+            return int(result)
+
+        return d.addBoth(settle)
+
+    @defer.inlineCallbacks
+    def commit(self) -> Any:
+        self._check()
+        self._hint()
+        self.unregisterProducer()
+        yield self._syncing
+        if self.error is not None:
+            raise self.error
+        failpoints.hit("storage.before_commit")
+        try:
+            info = yield self.factory.run_blocking(self.handle.seal)
+        except Exception as e:
+            self._failed(storage_error(e))
+            raise self.error from None
+        failpoints.hit("storage.after_commit")
+        self._end()
+        return info
+
+    def abort(self) -> defer.Deferred:
+        self._store()
+        self.unregisterProducer()
+        self._end()
+        return defer.succeed(None)
+
+    def when_failed(self) -> defer.Deferred:
+        if self.error is not None:
+            return defer.fail(self.error)
+        d: defer.Deferred = defer.Deferred()
+        self._watchers.append(d)
+        return d
+
+    def _end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._watchers = []
+        self.client.writers.discard(self)
+        handle, self.handle = self.handle, None
+        self.factory.in_process_reads -= 1
+        if handle is not None:
+            handle.close()
