@@ -7,16 +7,20 @@ blob, as a dropped connection does."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 
 from tests.storage_contract import StorageContract, get, new_id, pattern, put
 from tests.test_storage_contract_real import SECRET, RealStorage
-from wsstorage import failpoints, server
+from wsstorage import failpoints, inprocess_write, server
 from wsstorage.client import StorageClient
-from wsstorage.errors import NodeUnavailable
-from wsstorage.inprocess_write import InProcessWriteClient, InProcessWriter
+from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
+from wsstorage.inprocess_write import TURN_BYTES, InProcessWriteClient, InProcessWriter
 from wsstorage.service import start_storage_server
 
 MiB = 1 << 20
@@ -128,3 +132,127 @@ async def test_closing_the_client_fails_a_running_stream_and_releases_its_blob(w
     assert info.size == 200_004
     with pytest.raises(NodeUnavailable):
         await c.write(new_id(), 1, 0, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_control_after_the_commit_or_an_abort_is_a_bad_request(write_storage):
+    """As the server answers a commit on a connection whose stream ended."""
+    c = write_storage.client("s1")
+    w = await c.write(new_id(), 1, 0, {})
+    w.write(b"y" * 1000)
+    assert (await w.commit()).size == 1000
+    for control in (w.commit, w.flush):
+        with pytest.raises(BadRequest):
+            await control()
+    wire = await c.wire.write(new_id(), 1, 0, {})
+    await wire.commit()
+    with pytest.raises(BadRequest):
+        await wire.commit()
+    aborted = await c.write(new_id(), 1, 0, {})
+    aborted.write(b"z" * 10)
+    await aborted.abort()
+    with pytest.raises(BadRequest):
+        await aborted.commit()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abort_or_commit_during_a_commit_waits_for_its_seal(write_storage):
+    """The server holds the controls that follow a commit until it is
+    answered: the seal is not broken, the second commit is refused."""
+    c = write_storage.client("s1")
+    blob, data = new_id(), pattern(3 * MiB, 7)
+    w = await c.write(blob, 1, 0, {})
+    w.write(data)
+    flushed, sealed, aborted, again = w.flush(), w.commit(), w.abort(), w.commit()
+    with pytest.raises(StorageError, match="write after commit"):
+        w.write(b"more")
+    assert await flushed == len(data)
+    assert (await sealed).size == len(data)
+    assert await aborted is None
+    with pytest.raises(BadRequest):
+        await again
+    assert (await c.stat(blob)).sealed and await get(c, blob) == data
+    assert not c.writers and not write_storage.servers["s1"].factory.in_process_reads
+
+
+@pytest.fixture
+def logged():
+    """The failures logged while the test runs."""
+    failures: list[Failure] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize("where", ["store", "sync", "seal"])
+@pytest_twisted.ensureDeferred
+async def test_an_internal_store_error_is_logged(write_storage, monkeypatch, logged, where):
+    """An error that maps to no wire error fails the stream as the
+    server's does ("internal error") and is logged with its traceback."""
+    c = write_storage.client("s1")
+    w = await c.write(new_id(), 1, 0, {})
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    if where == "store":
+        monkeypatch.setattr(inprocess_write, "_store_counted", broken)
+    else:
+        monkeypatch.setattr(type(w.handle), where, broken)
+    w.write(b"x" * 1000)
+    control = w.commit if where == "seal" else w.flush
+    with pytest.raises(StorageError, match="internal error: RuntimeError") as e:
+        await control()
+    assert type(e.value) is StorageError
+    assert [f.type for f in logged] == [RuntimeError]
+    await w.abort()
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+async def _next_turn() -> None:
+    await task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_producer_paused_for_a_turn_is_resumed_though_unregistered(write_storage):
+    c = write_storage.client("s1")
+    w = await c.write(new_id(), 1, 0, {})
+    producer = Producer()
+    w.registerProducer(producer, True)
+    w.write(b"p" * TURN_BYTES)
+    assert producer.paused
+    w.unregisterProducer()
+    await _next_turn()
+    assert not producer.paused
+    await w.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turns_count_starts_again_after_a_big_write_without_producer(write_storage):
+    c = write_storage.client("s1")
+    w = await c.write(new_id(), 1, 0, {})
+    w.write(b"q" * TURN_BYTES)
+    await _next_turn()
+    producer = Producer()
+    w.registerProducer(producer, True)
+    w.write(b"r" * 1000)
+    assert not producer.paused
+    assert (await w.commit()).size == TURN_BYTES + 1000

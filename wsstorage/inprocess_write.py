@@ -10,11 +10,18 @@ the caller's bytes in the reactor thread (``_store_counted``: the same
 byte count, the same ``storage.write.bytes`` failpoint), syncs in the
 thread pool one after the other (``flush``, as ``_sync_stream``), seals as
 ``_op_stream_commit`` (``storage.before_commit`` / ``after_commit``), and
-closes the handle on abort.  Epochs and fencing are the store's own
-(``BlobWriteHandle._check``), so they hold as over the wire.  A server
-that stopped serving (no listening port, as ``InProcessClient`` sees it)
-fails the open and every running stream with NodeUnavailable at its next
-write or flush, as a dropped connection would; so does closing the client.
+closes the handle on abort.  A commit holds the stream's other controls
+(flush, commit, abort) until it is answered, as the server holds a
+connection's frames (``_run``): an abort does not close the handle under a
+running seal, and a commit after the commit or an abort is refused with
+BadRequest (the server's answer to it).  An error the store raises that
+maps to no wire error (EIO, a bug) is logged with its traceback, as the
+server's ``_send_error`` logs it (``inprocess._wire_error``).  Epochs
+and fencing are the store's own (``BlobWriteHandle._check``), so they hold
+as over the wire.  A server that stopped serving (no listening port, as
+``InProcessClient`` sees it) fails the open and every running stream with
+NodeUnavailable at its next write or flush, as a dropped connection would;
+so does closing the client.
 While a storage failpoint of the write path is armed (``WIRE_FAILPOINTS``)
 a stream opens over the wire, as a read does while ``storage.read.bytes``
 is: the failure tests see the server's behaviour, byte for byte.
@@ -36,12 +43,12 @@ from zope.interface import implementer
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
 from wsstorage.counters import ProcessCounters
-from wsstorage.errors import NodeUnavailable, StorageError
+from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
 from wsstorage.fields import int_field
 from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
-from wsstorage.inprocess import InProcessClient
+from wsstorage.inprocess import InProcessClient, _wire_error
 from wsstorage.records import check_blob_id
-from wsstorage.server import _store_counted, meta_copy, storage_error
+from wsstorage.server import _store_counted, meta_copy
 
 #: Bytes of a stream stored with one ``write_pieces`` at most; a reactor
 #: turn's smaller rest is stored at the end of the turn (as the server's
@@ -92,7 +99,9 @@ class InProcessWriteClient(InProcessClient):
             self.writers.add(writer)
             return writer
 
-        return d.addCallbacks(opened, lambda f: Failure(storage_error(f.value)))
+        return d.addCallbacks(
+            opened, lambda f: Failure(_wire_error(f, "write of {blob} to", blob_id, factory.name))
+        )
 
     def close(self) -> defer.Deferred:
         """The running write streams fail with NodeUnavailable and release
@@ -126,6 +135,8 @@ class InProcessWriter:
         self._drop_cache = False
         self._turn_bytes = 0
         self._resume_call: Any = None
+        #: Fires once the running commit is answered (``_after_commit``).
+        self._committing: defer.Deferred | None = None
         self.factory.in_process_reads += 1  # an active stream (health's count)
 
     # IConsumer
@@ -135,13 +146,12 @@ class InProcessWriter:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
+        """A producer paused for the rest of a turn is still resumed at the
+        next (``_resume``): nothing else would resume it."""
         self.producer = None
-        if self._resume_call is not None and self._resume_call.active():
-            self._resume_call.cancel()
-        self._resume_call = None
 
     def write(self, data: bytes) -> None:
-        if self.finished:
+        if self.finished or self._committing is not None:
             raise StorageError("write after commit or abort")
         if self.error is not None or not data:
             return
@@ -152,23 +162,26 @@ class InProcessWriter:
             self._store()
         elif self._call is None:
             self._call = self.factory.reactor.callLater(0, self._store)
+        first = not self._turn_bytes
         self._turn_bytes += len(data)
-        if self._turn_bytes >= TURN_BYTES and self._resume_call is None:
-            if self.producer is not None:
-                self.producer.pauseProducing()
-                self._resume_call = self.factory.reactor.callLater(0, self._resume)
-        elif self._turn_bytes == len(data):
+        producer = self.producer
+        if self._turn_bytes >= TURN_BYTES and self._resume_call is None and producer is not None:
+            producer.pauseProducing()
+            self._resume_call = self.factory.reactor.callLater(0, self._resume, producer)
+        elif first:
             self.factory.reactor.callLater(0, self._new_turn)
 
     def _new_turn(self) -> None:
         if self._resume_call is None:
             self._turn_bytes = 0
 
-    def _resume(self) -> None:
+    def _resume(self, producer: Any) -> None:
+        """Resume ``producer``, paused for the last turn: still registered,
+        while the stream lives; unregistered meanwhile, always."""
         self._resume_call = None
         self._turn_bytes = 0
-        if self.producer is not None and self.error is None and not self.finished:
-            self.producer.resumeProducing()
+        if producer is not self.producer or (self.error is None and not self.finished):
+            producer.resumeProducing()
 
     def _store(self) -> None:
         """Store the gathered pieces with one ``write_pieces``."""
@@ -186,14 +199,17 @@ class InProcessWriter:
         ProcessCounters.written += sum(len(p) for p in pieces)
         try:
             _store_counted(self.handle, pieces, start)
-        except Exception as e:
-            self._failed(storage_error(e))
+        except Exception:
+            self._failed(self._logged(Failure()))
 
     def lost(self, err: StorageError) -> None:
         """The stream's connection, as it were, is gone: fail it and let go
         of the handle (the server closes a dropped connection's stream)."""
         self._failed(err)
         self._end()
+
+    def _logged(self, f: Failure) -> StorageError:
+        return _wire_error(f, "write of {blob} to", self.blob_id, self.factory.name)
 
     def _failed(self, err: StorageError) -> None:
         if self.error is not None or self.finished:
@@ -221,8 +237,21 @@ class InProcessWriter:
             self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
         if self.error is not None:
             raise self.error
+        if self.finished:
+            raise BadRequest("the write stream is over (committed or aborted)")
+
+    def _after_commit(self, control: Any) -> defer.Deferred | None:
+        """``control`` once the running commit is answered, if one runs."""
+        if self._committing is None:
+            return None
+        d: defer.Deferred = defer.Deferred()
+        self._committing.addBoth(lambda _: control().chainDeferred(d))
+        return d
 
     def flush(self) -> defer.Deferred:
+        held = self._after_commit(self.flush)
+        if held is not None:
+            return held
         try:
             self._check()
         except StorageError as e:
@@ -234,16 +263,30 @@ class InProcessWriter:
 
         def settle(result: Any) -> Any:
             if isinstance(result, Failure):
-                self._failed(storage_error(result.value))
+                err = self._logged(result)
+                self._failed(err)
                 mine.callback(None)
-                return Failure(self.error or storage_error(result.value))
+                return Failure(self.error or err)
             mine.callback(None)
             return int(result)
 
         return d.addBoth(settle)
 
+    def commit(self) -> defer.Deferred:
+        held = self._after_commit(self.commit)
+        if held is not None:
+            return held
+        self._committing = answered = defer.Deferred()
+
+        def settled(result: Any) -> Any:
+            self._committing = None
+            answered.callback(None)
+            return result
+
+        return self._commit().addBoth(settled)
+
     @defer.inlineCallbacks
-    def commit(self) -> Any:
+    def _commit(self) -> Any:
         self._check()
         self._hint()
         self.unregisterProducer()
@@ -253,14 +296,18 @@ class InProcessWriter:
         failpoints.hit("storage.before_commit")
         try:
             info = yield self.factory.run_blocking(self.handle.seal)
-        except Exception as e:
-            self._failed(storage_error(e))
-            raise self.error from None
+        except Exception:
+            err = self._logged(Failure())
+            self._failed(err)
+            raise (self.error or err) from None
         failpoints.hit("storage.after_commit")
         self._end()
         return info
 
     def abort(self) -> defer.Deferred:
+        held = self._after_commit(self.abort)
+        if held is not None:
+            return held
         self._store()
         self.unregisterProducer()
         self._end()
