@@ -31,10 +31,10 @@ class Counting:
         runner = env.catalog._runner
         run, read_now = runner.run, runner.read_now
 
-        def counted_run(fn, write=True, durable=True):
+        def counted_run(fn, write=True, durable=True, **kw):
             self.catalog += 1
             self.durable += write and durable
-            return run(fn, write, durable)
+            return run(fn, write, durable, **kw)
 
         def counted_read_now(*a, **kw):
             # A read in the reactor thread is a transaction too (and one
