@@ -89,9 +89,17 @@ def gated_sync(fs: GatedFsyncFileSystem, handle: BlobWriteHandle) -> Iterator[Sy
     assert not syncer.is_alive()
 
 
+def fanned_out(store: BlobStore) -> BlobStore:
+    """``store`` once its fan-out thread has made every fan-out directory
+    and fsync'd ``blobs/``: for tests that count a blob's syncs or look
+    at the tree (a blob racing the thread pays an fsync of ``blobs/``)."""
+    assert store.wait_fanned_out(30)
+    return store
+
+
 @pytest.fixture
 def store(tmp_path):
-    s = BlobStore.open(tmp_path / "data", block_size=BLOCK)
+    s = fanned_out(BlobStore.open(tmp_path / "data", block_size=BLOCK))
     yield s
     s.close()
 
