@@ -83,8 +83,8 @@ thread of the store's own (started at its first journaled put, stopped by
 ``close``).  The fan-out directories missing at open (all 256 in a fresh
 store) are made by another, which then fsyncs ``blobs/`` once; a blob
 whose directory it has not made durable yet makes it so itself (an fsync
-of ``blobs/``), and ``close`` stops and waits for it.  Each blob has a lock; ``sync`` does not
-hold it while it fsyncs, so writes go on meanwhile.
+of ``blobs/``), and ``close`` stops and waits for it.  Each blob has a
+lock; ``sync`` does not hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
 blocks are larger) at a time.  The
@@ -1279,9 +1279,10 @@ class BlobStore:
         """List ``blobs/`` once: the fan-out directories there are taken as
         made and durable (each was fsync'd into ``blobs/`` by the fan-out
         thread or its first blob's record, unless the process that made it
-        died before either: then, as on ext4 and XFS, the first fsync of
-        the directory itself commits its creation); the ones missing are
-        returned, for ``_fan_out_all`` to make.  Nothing is fsync'd."""
+        died before either: then the fsync of the directory itself that a
+        record pays commits its creation on ext4 and XFS, not by POSIX;
+        the ones missing are returned, for ``_fan_out_all`` to make.
+        Nothing is fsync'd."""
         blobs = os.path.join(self.root, BLOBS_DIR)
         present = set(self.fs.listdir(blobs))
         missing: list[str] = []
