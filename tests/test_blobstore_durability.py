@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import python_env
-from tests.test_blobstore import BLOCK, gated_sync, pattern, read_all, write_all
+from tests.test_blobstore import BLOCK, fanned_out, gated_sync, pattern, read_all, write_all
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import INLINE_SUMS_MAX, BlobPaths, FormatError
 from wsstorage.errors import (
@@ -40,7 +40,7 @@ def paths(store: BlobStore, blob_id: str) -> BlobPaths:
 
 def reopen(store: BlobStore, **kw) -> BlobStore:
     store.close()
-    return BlobStore.open(store.root, **kw)
+    return fanned_out(BlobStore.open(store.root, **kw))
 
 
 def flip_byte(path: str, offset: int) -> None:
@@ -67,7 +67,7 @@ def same_fan_out(store: BlobStore, blob_id: str) -> str:
 def test_seal_fsyncs_data_then_checksums_then_record_then_directory(tmp_path):
     """A blob synced before (it has a ``.sums`` file) seals in this order."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     handle = write_all(store, "b", pattern(BLOCK + 1))
     handle.sync()
     handle.write(pattern(2 * BLOCK, seed=1))
@@ -96,7 +96,7 @@ def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
     ``.sums`` file).  No fsync of ``blobs/``: opening the store made every
     fan-out directory durable."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     directory = os.path.basename(paths(store, "b").directory)
     fs.calls.clear()
     handle = store.open_write("b", 1, 0, {"inode": 7})
@@ -130,11 +130,13 @@ def test_create_write_seal_of_a_small_blob_costs_three_syncs(tmp_path):
 
 
 def test_opening_makes_every_fan_out_directory_and_fsyncs_blobs_once(tmp_path):
-    """All 256 fan-out directories exist and ``blobs/`` is fsync'd after
-    they were made, so no blob's first record fsyncs ``blobs/``; one an
-    operator removed is made again and its entry made durable again."""
+    """Once the store's fan-out thread is done, all 256 fan-out
+    directories exist and ``blobs/`` is fsync'd after they were made, so
+    no blob's first record fsyncs ``blobs/``; one an operator removed is
+    made again and its entry made durable again (tests/test_blobstore_fan_out.py
+    has the thread's races)."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     blobs = tmp_path / "d" / "blobs"
     assert sorted(os.listdir(blobs)) == [f"{i:02x}" for i in range(256)]
     assert fs.calls[-1] == ("fsync_dir", "blobs")
@@ -142,7 +144,7 @@ def test_opening_makes_every_fan_out_directory_and_fsyncs_blobs_once(tmp_path):
     store.close()
     os.rmdir(directory)
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     made = fs.calls.index(("mkdir", os.path.basename(directory)))
     assert made < fs.calls.index(("fsync_dir", "blobs"))
     os.rmdir(directory)  # removed while the store runs: made again, durable again
@@ -154,7 +156,7 @@ def test_opening_makes_every_fan_out_directory_and_fsyncs_blobs_once(tmp_path):
 
 def test_sync_writes_checksums_only_after_data_is_fsynced(tmp_path):
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     directory = os.path.basename(paths(store, "b").directory)
     handle = write_all(store, "b", pattern(2 * BLOCK + 7))
     assert ("write", "b.sums") not in fs.calls
@@ -230,7 +232,7 @@ def test_fence_at_zero_of_an_absent_blob_records_it_so_older_writers_stay_refuse
     names synced before the fence returns), so the old writer's put or
     write is refused even after a crash."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     fs.calls.clear()
     info = store.fence("b", 2, 0)
     assert (info.state, info.size, info.durable, info.epoch) == (OPEN, 0, 0, 2)
@@ -252,7 +254,7 @@ def test_fence_at_zero_of_an_absent_blob_records_it_so_older_writers_stay_refuse
 
 def test_metadata_update_is_atomic_rename(tmp_path):
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     write_all(store, "b", pattern(10)).close()
     fs.calls.clear()
     store.fence("b", 9, 10)
@@ -364,7 +366,7 @@ def test_start_removes_temp_files_and_files_without_record(tmp_path):
 
 def test_list_blobs_reads_no_blob_data(tmp_path):
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     for i in range(5):
         write_all(store, f"b{i}", pattern(3 * BLOCK)).seal()
     fs.calls.clear()
@@ -438,7 +440,7 @@ def test_sigkill_before_the_first_sync_loses_only_the_blob_never_synced(tmp_path
 
 def test_disk_full_during_write_leaves_blob_and_others_intact(tmp_path):
     fs = FullDiskFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     other = pattern(2 * BLOCK, seed=5)
     write_all(store, "other", other).seal()
     handle = write_all(store, "b", pattern(1000))
@@ -460,7 +462,7 @@ def test_disk_full_in_a_batch_of_pieces_accepts_none_of_them(tmp_path):
     all or nothing like ``write``: a short write then ENOSPC leaves the size
     and the file as they were."""
     fs = FullDiskFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     handle = write_all(store, "b", pattern(1000))
     fs.full, fs.allow = True, 700
     with pytest.raises(DiskFull):
@@ -503,7 +505,7 @@ def test_pwritev_all_resumes_short_writes_mid_piece(tmp_path):
 
 def test_disk_full_while_sealing_keeps_blob_unsealed_and_retryable(tmp_path):
     fs = FullDiskFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     handle = write_all(store, "b", pattern(1000))
     handle.sync()
     fs.full = True
@@ -523,7 +525,7 @@ def test_disk_full_before_the_first_record_leaves_no_blob(tmp_path):
     seal), so a full disk shows at the first write or seal, and a blob whose
     record could not be written is gone after a restart."""
     fs = FullDiskFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     fs.full = True
     handle = store.open_write("b", 1, 0, {})
     with pytest.raises(DiskFull):
@@ -570,7 +572,7 @@ def test_real_full_disk_gives_disk_full_and_keeps_sealed_blobs(tiny_tmpfs):
 
 def test_writes_go_on_while_a_sync_waits_for_its_fsync(tmp_path):
     fs = GatedFsyncFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     handle = write_all(store, "b", pattern(3000))
     with gated_sync(fs, handle) as outcome:
         handle.write(b"more")  # would deadlock if sync held the blob's lock
@@ -668,7 +670,7 @@ def test_a_delete_of_a_sealed_blob_never_removes_a_new_blob_of_the_same_id(tmp_p
     blob registered, its lock held) from its look-up to its end: the
     others wait, and find it deleted."""
     fs = GatedUnlink("x.meta", "first-delete")
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     write_all(store, "x", pattern(10)).seal()
     errors: list[BaseException] = []
     results: dict[str, object] = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_blobstore import BLOCK, pattern, read_all, write_all
+from tests.test_blobstore import BLOCK, fanned_out, pattern, read_all, write_all
 from wsstorage.blobstore import BlobPutHandle, BlobStore, BlobWriteHandle
 from wsstorage.diskformat import INLINE_DATA_MAX, BlobPaths
 from wsstorage.errors import (
@@ -62,7 +62,9 @@ def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
     is synced until the checkpoint: one syncfs, then the journal's reset.
     (The store's first put creates the journal files: not this one.)"""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, checkpoint_after=None)
+    store = fanned_out(
+        BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, checkpoint_after=None)
+    )
     put(store, "a", pattern(10))
     data = pattern(2 * BLOCK + 7)
     fs.calls.clear()
@@ -90,7 +92,7 @@ def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
 def test_a_small_put_is_one_record_synced_then_its_directory(tmp_path):
     """Without the journal (``journal_size=0``), or when it is full."""
     fs = RecordingFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0))
     directory = os.path.basename(BlobPaths.of(store.root, "b").directory)
     data = pattern(2 * BLOCK + 7)
     fs.calls.clear()
@@ -226,7 +228,7 @@ def test_a_put_onto_a_blob_that_exists_is_refused_or_written_as_before(tmp_path)
 
 
 def test_a_put_never_sealed_leaves_nothing_and_a_big_one_uses_a_data_file(tmp_path):
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK))
     handle = store.open_put("b", 1, {}, 100)
     assert isinstance(handle, BlobPutHandle)
     handle.write(pattern(100))
@@ -301,7 +303,7 @@ def test_stat_list_and_open_read_a_record_s_json_line_not_its_data(tmp_path):
     put(store, "b", data)
     store.close()
     fs = CountingReads()
-    store = BlobStore.open(tmp_path / "d", fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", fs=fs))
     assert store.stat("b").size == len(data)
     assert [i.blob_id for i in store.list_blobs()] == ["b"]
     assert fs.read_bytes["b.meta"] <= 3 * 4096  # open, stat, list: the JSON line each
@@ -333,7 +335,7 @@ def test_a_put_seal_that_failed_can_be_retried_and_a_short_put_is_refused(tmp_pa
     them all (it used to store a sealed empty blob).  A put that got fewer
     bytes than it announced is never sealed short."""
     fs = FullDiskFileSystem()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs))
     data = pattern(5000)
     handle = store.open_put("b", 1, {}, len(data))
     handle.write(data)
@@ -368,7 +370,7 @@ def test_a_put_that_fails_keeps_the_count_exact(tmp_path, when):
     """A put that fails after its rename (the directory fsync) left its
     record, listed: it is counted.  One that fails before leaves nothing."""
     fs = FailingDirSync()
-    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0)
+    store = fanned_out(BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, journal_size=0))
     if when == "fsync_dir":
         fs.fail = True
     else:

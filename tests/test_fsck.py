@@ -121,6 +121,7 @@ async def test_a_server_that_answers_but_lost_its_blobs_directory_fails_and_is_r
     victim = max(holdings, key=lambda n: len(holdings[n]))
     held = holdings[victim]
     assert held, "the victim must hold replicas for the test to mean much"
+    assert env.nodes[victim].store.wait_fanned_out(30)  # no mkdir racing the rmtree
     shutil.rmtree(tmp_path / victim / "blobs")
     await _sees_disk_problem(env, victim)
     assert env.transfers.pool.is_up(victim)

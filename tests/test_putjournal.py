@@ -57,7 +57,9 @@ def open_store(path: Path, **kw) -> BlobStore:
     """A store whose checkpoints come only when asked (or half full, or at
     close), so a test decides what is still in the journal."""
     kw.setdefault("checkpoint_after", None)
-    return BlobStore.open(path, block_size=BLOCK, **kw)
+    store = BlobStore.open(path, block_size=BLOCK, **kw)
+    assert store.wait_fanned_out(30)  # its syncs are not counted as a put's
+    return store
 
 
 def crash_copy(store: BlobStore, tmp_path: Path, name: str = "copy") -> Path:

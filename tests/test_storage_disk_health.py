@@ -50,6 +50,7 @@ class ReadOnlyFileSystem(OsFileSystem):
 def test_the_store_tells_a_read_only_disk_and_a_lost_blobs_directory(tmp_path) -> None:
     fs = ReadOnlyFileSystem()
     store = BlobStore.open(tmp_path / "d", fs=fs)
+    assert store.wait_fanned_out(30)  # no mkdir racing the rmtree below
     assert store.disk_problem() is None
     assert not os.path.exists(tmp_path / "d" / "health-probe.tmp")
     fs.read_only = True
@@ -159,6 +160,8 @@ async def test_uploads_avoid_a_server_whose_blobs_directory_was_removed(tmp_path
         pool = env.transfers.pool
         victim = "s1"
         env.nodes[victim].factory.disk_check.ttl = 0.0
+        # Its fan-out thread done: a mkdir would race the rmtree (ENOTEMPTY).
+        assert env.nodes[victim].store.wait_fanned_out(30)
         shutil.rmtree(tmp_path / victim / "blobs")
 
         async def sick() -> bool:

@@ -94,6 +94,7 @@ def test_a_missing_checksum_entry_is_a_checksum_error(store):
 def test_one_large_read_is_one_pread_of_data_and_one_of_checksums(tmp_path):
     fs = RecordingFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
+    assert store.wait_fanned_out(30)  # its mkdirs are not counted as a read's
     data = pattern(3 * MAX_READ_SPAN)
     write_all(store, "b", data, chunk=65536).seal()
     handle = store.open_read("b", 0, None)
@@ -242,6 +243,7 @@ def test_one_read_into_is_one_read_of_data_and_one_of_checksums(tmp_path):
     fs = RecordingFileSystem()
     # nowait reads need the data cached: no drop-behind of what is written.
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, drop_behind=0)
+    assert store.wait_fanned_out(30)  # its mkdirs are not counted as a read's
     data = pattern(3 * MAX_READ_SPAN)
     write_all(store, "b", data, chunk=65536).seal()
     handle = store.open_read("b", 0, None)

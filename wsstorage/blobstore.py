@@ -80,8 +80,11 @@ and may adopt an epoch durably), ``sync``, ``seal``, ``fence``, ``commit``,
 ``delete``, ``list_blobs`` and ``BlobStore.open`` block on fsync or on
 scanning and belong in a thread.  The put journal's checkpoints run in a
 thread of the store's own (started at its first journaled put, stopped by
-``close``).  Each blob has a lock; ``sync`` does not
-hold it while it fsyncs, so writes go on meanwhile.
+``close``).  The fan-out directories missing at open (all 256 in a fresh
+store) are made by another, which then fsyncs ``blobs/`` once; a blob
+whose directory it has not made durable yet makes it so itself (an fsync
+of ``blobs/``), and ``close`` stops and waits for it.  Each blob has a
+lock; ``sync`` does not hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
 blocks are larger) at a time.  The
@@ -1109,12 +1112,26 @@ class BlobStore:
         #: is registered and no write handle opens a file (``check_open``).
         self.closed = False
         self._live: dict[str, _Blob] = {}
-        #: Fan-out directories whose entry this process has fsync'd.
+        #: Fan-out directories whose entry this process has fsync'd (or found
+        #: at open).  A directory goes in only if an fsync of ``blobs/``
+        #: began after its ``mkdir`` returned.
         self._durable_dirs: set[str] = set()
         #: Fan-out directories this process made or found (``_fan_out``): a
         #: new blob in one of them skips its ``mkdir``, which would fail
-        #: EEXIST.  wsfs never removes one; an operator may (``_create``).
+        #: EEXIST.  wsfs never removes one; an operator may (``_in_fan_out``).
         self._made_dirs: set[str] = set()
+        #: Guards ``_made_dirs``, ``_durable_dirs`` and ``_fanning``: the
+        #: fan-out thread and puts in other threads change them together.
+        #: Never held over a mkdir or an fsync.
+        self._dirs_lock = threading.Lock()
+        #: The directories the fan-out thread will mark durable once its
+        #: fsync of ``blobs/`` returns (all made before that fsync began);
+        #: one found removed meanwhile (``_in_fan_out``) is taken out.
+        self._fanning: set[str] = set()
+        #: The thread making the fan-out directories missing at open
+        #: (``_fan_out_all``), and the flag ``close`` stops it with.
+        self._fan_out_thread: threading.Thread | None = None
+        self._fan_out_stop = threading.Event()
         #: Blobs whose record could not be read (at start, or found so
         #: since): left on disk as they are, absent from list_blobs and the
         #: count, FormatError from stat, until scrub quarantines them.  A
@@ -1187,11 +1204,13 @@ class BlobStore:
             )
             try:
                 store._scan()
-                store._fan_out_all()
+                missing = store._fan_out_found()
             except BaseException:
                 if store._journal is not None:
                     store._journal.close()
                 raise
+            if missing:
+                store._start_fan_out(missing)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -1256,23 +1275,90 @@ class BlobStore:
                 if record is not None and record.state == STATE_OPEN:
                     self._live[blob_id] = self._recover(record)
 
-    def _fan_out_all(self) -> None:
-        """Make every fan-out directory that is missing, then fsync
-        ``blobs/`` once, so every one of them is there and durable before
-        the first blob: a blob's first record then never pays that
-        directory fsync itself (with 256 of them, the first ~600 blobs a
-        fresh process stores would, a third of them an extra fsync each)."""
+    def _fan_out_found(self) -> list[str]:
+        """List ``blobs/`` once: the fan-out directories there are taken as
+        made and durable (each was fsync'd into ``blobs/`` by the fan-out
+        thread or its first blob's record, unless the process that made it
+        died before either: then the fsync of the directory itself that a
+        record pays commits its creation on ext4 and XFS, not by POSIX;
+        the ones missing are returned, for ``_fan_out_all`` to make.
+        Nothing is fsync'd."""
         blobs = os.path.join(self.root, BLOBS_DIR)
         present = set(self.fs.listdir(blobs))
+        missing: list[str] = []
         for i in range(FAN_OUT):
             name = f"{i:02x}"
             directory = os.path.join(blobs, name)
             if name in present:
                 self._made_dirs.add(directory)
+                self._durable_dirs.add(directory)
             else:
+                missing.append(directory)
+        return missing
+
+    def _start_fan_out(self, missing: list[str]) -> None:
+        """Make the ``missing`` fan-out directories in a thread of the store
+        (``_fan_out_all``), so that ``open`` does not wait for them: on a
+        fresh store, 256 mkdirs and an fsync took 20-120 ms, a third of the
+        test suite's time.  A thread that cannot start is no loss: each
+        directory is then made by its first blob (``_in_fan_out``)."""
+        thread = threading.Thread(
+            target=self._fan_out_all,
+            args=(missing,),
+            name=f"blobstore-fan-out {self.root}",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError as e:
+            log.warn("cannot start the fan-out thread of {root}: {e}", root=self.root, e=e)
+            return
+        self._fan_out_thread = thread
+
+    def _fan_out_all(self, missing: list[str]) -> None:
+        """Make every ``missing`` fan-out directory, then fsync ``blobs/``
+        once and mark them durable, so a blob's first record in one of them
+        need not pay that directory fsync itself (with 256 of them, the
+        first ~600 blobs a fresh process stores would, a third of them an
+        extra fsync each).
+
+        Runs in the store's fan-out thread (``_start_fan_out``), so opening
+        a fresh store does not wait for it.  A put meanwhile whose
+        directory is not made yet, or not yet durable, makes it itself
+        (``_fan_out``, ``fan_out_durable``: one fsync of ``blobs/``), as one
+        an operator removed.  ``close`` stops it between two mkdirs and
+        waits for it.  A disk error is logged and ends it: the directories
+        not made or not marked durable are left to the puts."""
+        blobs = os.path.join(self.root, BLOBS_DIR)
+        try:
+            for directory in missing:
+                if self._fan_out_stop.is_set():
+                    return
                 self._fan_out(directory)
-        self.fs.fsync_dir(blobs)
-        self._durable_dirs.update(self._made_dirs)
+            with self._dirs_lock:
+                if self._fan_out_stop.is_set():
+                    return
+                # Made (by this thread or a put) before the fsync begins.
+                self._fanning = {d for d in missing if d in self._made_dirs}
+            self.fs.fsync_dir(blobs)
+            with self._dirs_lock:
+                self._durable_dirs.update(self._fanning)
+        except OSError as e:
+            log.warn("making the fan-out directories of {root} failed: {e}", root=self.root, e=e)
+        except Exception:
+            log.failure("making the fan-out directories of {root} failed", root=self.root)
+        finally:
+            with self._dirs_lock:
+                self._fanning = set()
+
+    def wait_fanned_out(self, timeout: float | None = None) -> bool:
+        """Wait for the fan-out thread (``_fan_out_all``) to end; whether
+        it has (or there was none).  For tests that count a put's syncs."""
+        thread = self._fan_out_thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _recover(self, record: MetaRecord) -> _Blob:
         """Verify an unsealed blob block by block; its durable length is the
@@ -1318,6 +1404,10 @@ class BlobStore:
             self.closed = True
             live = list(self._live.values())
             self._live.clear()
+        # Before anything is let go of: the thread touches no file after.
+        self._fan_out_stop.set()
+        if self._fan_out_thread is not None:
+            self._fan_out_thread.join()
         for blob in live:
             with blob.lock:
                 blob.close_files()
@@ -1700,31 +1790,44 @@ class BlobStore:
         try:
             return make()
         except FileNotFoundError:
-            self._made_dirs.discard(directory)
-            self._durable_dirs.discard(directory)
+            with self._dirs_lock:
+                self._made_dirs.discard(directory)
+                self._durable_dirs.discard(directory)
+                # An fsync of blobs/ the fan-out thread runs now may have
+                # begun before the mkdir to come.
+                self._fanning.discard(directory)
             self._fan_out(directory)
             return make()
 
     def _fan_out(self, directory: str) -> None:
         """Make a blob's fan-out directory unless this process knows it is
-        there."""
-        if directory in self._made_dirs:
-            return
+        there (the fan-out thread, or a put in another thread, may be
+        making it too: EEXIST means it is there)."""
+        with self._dirs_lock:
+            if directory in self._made_dirs:
+                return
         try:
             self.fs.mkdir(directory)
         except FileExistsError:
             pass
-        self._made_dirs.add(directory)
+        with self._dirs_lock:
+            self._made_dirs.add(directory)
 
     def fan_out_durable(self, directory: str) -> None:
         """Make a fan-out directory's own entry (in ``blobs/``) durable, once
-        per directory and process: a blob's first record needs it.  Opening
-        the store made every one durable (``_fan_out_all``), so only one
-        made again after an operator removed it pays this."""
-        if directory in self._durable_dirs:
-            return
+        per directory and process: a blob's first record needs it.  Those
+        found at open are, and the fan-out thread makes the missing ones
+        and fsyncs ``blobs/`` once (``_fan_out_all``); this pays an fsync
+        of ``blobs/`` only for a directory the thread has not yet made
+        durable (a put racing it, or after it failed) or one made again
+        after an operator removed it.  The caller made the directory
+        (``_fan_out``) before, so this fsync begins after its mkdir."""
+        with self._dirs_lock:
+            if directory in self._durable_dirs:
+                return
         self.fs.fsync_dir(os.path.join(self.root, BLOBS_DIR))
-        self._durable_dirs.add(directory)
+        with self._dirs_lock:
+            self._durable_dirs.add(directory)
 
     # -- IBlobStore -----------------------------------------------------
 
