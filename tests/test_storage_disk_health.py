@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import pytest_twisted
@@ -199,7 +200,15 @@ class ReadOnlyOverlay:
         done = _run("mount", "--bind", self.path, self.path)
         assert done.returncode == 0, done.stderr
         self.mounted = True
-        done = _run("mount", "-o", "remount,bind,ro", self.path)
+        # The kernel refuses the remount ("mount point is busy") while a
+        # write through the new mount is in progress: the server's fan-out
+        # thread making its directories, a put journal being created, a
+        # health probe.  Those end on their own; an operator tries again.
+        for _ in range(100):
+            done = _run("mount", "-o", "remount,bind,ro", self.path)
+            if done.returncode == 0 or "busy" not in done.stderr:
+                break
+            time.sleep(0.05)
         assert done.returncode == 0, done.stderr
 
     def off(self) -> None:

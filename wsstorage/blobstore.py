@@ -1277,23 +1277,25 @@ class BlobStore:
 
     def _fan_out_found(self) -> list[str]:
         """List ``blobs/`` once: the fan-out directories there are taken as
-        made and durable (each was fsync'd into ``blobs/`` by the fan-out
-        thread or its first blob's record, unless the process that made it
-        died before either: then the fsync of the directory itself that a
-        record pays commits its creation on ext4 and XFS, not by POSIX;
-        the ones missing are returned, for ``_fan_out_all`` to make.
-        Nothing is fsync'd."""
+        made, and as durable after one fsync of ``blobs/`` (a process that
+        made one may have died before the fan-out thread or its first
+        blob's record fsync'd it into ``blobs/``; a record's own fsyncs
+        commit the directory's creation on ext4 and XFS, but not by POSIX,
+        and not on a file system without a journal).  A fresh store has none
+        and pays nothing.  The ones missing are returned, for
+        ``_fan_out_all`` to make."""
         blobs = os.path.join(self.root, BLOBS_DIR)
         present = set(self.fs.listdir(blobs))
         missing: list[str] = []
+        found: list[str] = []
         for i in range(FAN_OUT):
             name = f"{i:02x}"
             directory = os.path.join(blobs, name)
-            if name in present:
-                self._made_dirs.add(directory)
-                self._durable_dirs.add(directory)
-            else:
-                missing.append(directory)
+            (found if name in present else missing).append(directory)
+        if found:
+            self.fs.fsync_dir(blobs)
+            self._made_dirs.update(found)
+            self._durable_dirs.update(found)
         return missing
 
     def _start_fan_out(self, missing: list[str]) -> None:
