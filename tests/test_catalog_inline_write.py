@@ -252,3 +252,25 @@ async def test_a_write_in_the_reactor_never_reconnects(tmp_path):
         assert threading.main_thread() not in connected
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_inline_write_gives_the_writer_back_the_busy_timeout_it_had(tmp_path):
+    """Not the default: what the connection had (tests shorten it to reach
+    a locked catalog's 451 quickly; an operator could have set it)."""
+    cat = open_catalog(reactor, f"sqlite:///{tmp_path}/c.sqlite")
+    runner = cat._runner
+    try:
+        await runner.run(_wrote)
+        await runner.run(lambda tx: tx.execute("PRAGMA busy_timeout = 50"))
+        await runner.run(lambda tx: tx.execute("PRAGMA wal_autocheckpoint = 123"))
+        await runner.run(_wrote)  # the log has frames again: the next may go inline
+        d = _unsynced(runner, _where)
+        assert d.called  # it did run inline
+        thread, _ = await d
+        assert thread is threading.current_thread()
+        conn = runner._writer_conn
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 123
+    finally:
+        cat.close()

@@ -49,6 +49,8 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        #: What ``no_wait`` turned off, per connection, to give back.
+        self._waits: dict[int, tuple[int, int]] = {}
 
     def connect(self, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -85,10 +87,21 @@ class SQLiteBackend(Backend):
     def no_wait(self, conn: sqlite3.Connection, on: bool) -> None:
         # Nor does its commit checkpoint the log past BACKSTOP_PAGES (a
         # copy and fsync of the database file): the writer's next commit
-        # does, in its thread.
-        timeout = 0 if on else int(BUSY_TIMEOUT_SECONDS * 1000)
-        conn.execute(f"PRAGMA busy_timeout = {timeout}")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {0 if on else BACKSTOP_PAGES}")
+        # does, in its thread.  Off gives the connection back the busy
+        # timeout and backstop it had when on was asked (an operator's or a
+        # test's, not necessarily the defaults), kept here per connection.
+        if on:
+            kept = (
+                conn.execute("PRAGMA busy_timeout").fetchone()[0],
+                conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+            )
+            self._waits[id(conn)] = kept
+            timeout, backstop = 0, 0
+        else:
+            default = (int(BUSY_TIMEOUT_SECONDS * 1000), BACKSTOP_PAGES)
+            timeout, backstop = self._waits.pop(id(conn), default)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(backstop)}")
 
     def commit(self, conn: sqlite3.Connection, cursor: Any) -> None:
         cursor.execute("COMMIT")
