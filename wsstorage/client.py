@@ -38,6 +38,7 @@ from wsstorage.errors import (
     StorageError,
     error_from_code,
 )
+from wsstorage.failwatch import FailureWatchers
 from wsstorage.records import BlobInfo, Health, check_blob_id
 from wsstorage.tlsinfo import describe_loss
 
@@ -675,7 +676,7 @@ class BlobWriter:
         self.offset = offset
         self.error: StorageError | None = None
         self.finished = False
-        self._watchers: list[defer.Deferred] = []
+        self._watchers = FailureWatchers()
         self._proxy: _ProducerProxy | None = None
         #: DATA frames queued by write() for one sendmsg (see _gather).
         self._iov: list[bytes | memoryview] = []
@@ -880,11 +881,7 @@ class BlobWriter:
         return self.conn.call({"op": "abort"}).addCallbacks(released, lost)
 
     def when_failed(self) -> defer.Deferred:
-        if self.error is not None:
-            return defer.fail(self.error)
-        d: defer.Deferred = defer.Deferred()
-        self._watchers.append(d)
-        return d
+        return self._watchers.watch(self.error)
 
     def failed(self, err: StorageError) -> None:
         """The stream broke (server error or lost connection)."""
@@ -899,9 +896,7 @@ class BlobWriter:
         # the abort that follows must find the stream's framing whole.
         if self._proxy is not None and self.conn.connected:
             self.conn.transport.unregisterProducer()
-        watchers, self._watchers = self._watchers, []
-        for d in watchers:
-            d.errback(err)
+        self._watchers.fail(err)
 
     def _end(self) -> None:
         if self.finished:
@@ -911,7 +906,7 @@ class BlobWriter:
         self._drop_backlog()  # sent: the server answered what came after it
         self.conn.write_blocked = False
         self.conn.writer = None
-        self._watchers = []
+        self._watchers.forget()
         self.client._release(self.conn)
 
 

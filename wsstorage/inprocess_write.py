@@ -44,6 +44,7 @@ from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
 from wsstorage.counters import ProcessCounters
 from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
+from wsstorage.failwatch import FailureWatchers
 from wsstorage.fields import int_field
 from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
 from wsstorage.inprocess import InProcessClient, _wire_error
@@ -127,7 +128,7 @@ class InProcessWriter:
         self.error: StorageError | None = None
         self.finished = False
         self.producer: Any = None
-        self._watchers: list[defer.Deferred] = []
+        self._watchers = FailureWatchers()
         self._pieces: list[bytes] = []
         self._bytes = 0
         self._call: Any = None
@@ -216,9 +217,7 @@ class InProcessWriter:
             return
         self.error = err
         self._pieces, self._bytes = [], 0
-        watchers, self._watchers = self._watchers, []
-        for d in watchers:
-            d.errback(err)
+        self._watchers.fail(err)
 
     def drop_cache_behind(self) -> None:
         """As ``BlobWriter.drop_cache_behind``: from the next flush on."""
@@ -314,17 +313,13 @@ class InProcessWriter:
         return defer.succeed(None)
 
     def when_failed(self) -> defer.Deferred:
-        if self.error is not None:
-            return defer.fail(self.error)
-        d: defer.Deferred = defer.Deferred()
-        self._watchers.append(d)
-        return d
+        return self._watchers.watch(self.error)
 
     def _end(self) -> None:
         if self.finished:
             return
         self.finished = True
-        self._watchers = []
+        self._watchers.forget()
         self.client.writers.discard(self)
         handle, self.handle = self.handle, None
         self.factory.in_process_reads -= 1

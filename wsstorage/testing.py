@@ -75,6 +75,7 @@ from wsstorage.errors import (
     StaleEpoch,
     StorageError,
 )
+from wsstorage.failwatch import FailureWatchers
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, Health, check_blob_id
 
 __all__ = ["FakeStorageClient", "FakeStorageCluster", "FakeStorageNode"]
@@ -705,7 +706,7 @@ class _FakeBlobWriter:
         self.error: StorageError | None = None
         self.finished = False
         self._generation = generation
-        self._watchers: list[defer.Deferred] = []
+        self._watchers = FailureWatchers()
         self._producer: Any = None
         self._streaming = False
         self._paused_producer = False
@@ -829,11 +830,7 @@ class _FakeBlobWriter:
         return d
 
     def when_failed(self) -> defer.Deferred:
-        if self.error is not None:
-            return defer.fail(self.error)
-        d: defer.Deferred = defer.Deferred()
-        self._watchers.append(d)
-        return d
+        return self._watchers.watch(self.error)
 
     def fail(self, err: StorageError) -> None:
         """The stream broke: report it once to every watcher."""
@@ -842,11 +839,9 @@ class _FakeBlobWriter:
         self.error = err
         self._producer = None
         self.client.untrack(self)
-        watchers, self._watchers = self._watchers, []
-        for d in watchers:
-            d.errback(err)
+        self._watchers.fail(err)
 
     def _end(self) -> None:
         self.finished = True
-        self._watchers = []
+        self._watchers.forget()
         self.client.untrack(self)
