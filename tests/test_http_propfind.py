@@ -188,6 +188,23 @@ async def test_bad_depth_and_bad_bodies_are_400(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_depth_headers_are_400_not_the_last_one_wins(env):
+    from twisted.internet import reactor
+
+    client = await connect(reactor, env.port.getHost().port)
+    token = env.auth_header[b"Authorization"][0]
+    client.send(
+        b"PROPFIND / HTTP/1.1\r\nHost: x\r\nDepth: 0\r\nDepth: 1\r\n"
+        b"Content-Length: 0\r\nAuthorization: " + token + b"\r\n\r\n"
+    )
+    answer = await client.until(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    client.close()
+    r, _ = await propfind(env, "/", "0")
+    assert r.code == 207, "one Depth header is still answered"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_body_past_64_kib_is_413_declared_or_chunked(env):
     from twisted.internet import reactor
 

@@ -28,6 +28,7 @@ from twisted.application import service
 from twisted.internet import reactor
 from twisted.internet.address import UNIXAddress
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from tests.support import python_env, require_tool
@@ -187,6 +188,34 @@ async def test_with_no_short_enough_folder_or_when_asked_they_listen_on_tcp(tmp_
     try:
         assert all(e.startswith("tcp:127.0.0.1:") for e in endpoints(cluster).values())
         assert not (tmp_path / "data2" / "run").exists()
+    finally:
+        await cluster.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_temporary_folder_that_cannot_hold_theirs_puts_them_on_tcp(tmp_path, monkeypatch):
+    """The data folder's path is too long for a socket, and the private
+    folder cannot be made in the temporary folder (here it is a file, so
+    mkdir fails with ENOTDIR, as a full or read-only one would fail): the
+    start does not fail, the servers listen on TCP and a warning says why."""
+    not_a_folder = tmp_path / "t"
+    not_a_folder.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_level") is LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        cluster = await started(options(tmp_path / ("d" * 120) / "data"))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    try:
+        assert cluster.socket_tmp is None
+        assert all(e.startswith("tcp:127.0.0.1:") for e in endpoints(cluster).values())
+        assert any("cannot make a folder for the storage servers' sockets" in w for w in seen), seen
     finally:
         await cluster.stopService()
 

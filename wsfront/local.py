@@ -76,6 +76,7 @@ def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, bool]:
     ``run/NAME.sock`` fits in ``SUN_PATH_MAX`` bytes, else a private
     directory of the system's temporary folder (``wslocal-XXXX``, mode
     0700, removed at stop: the second item says so), else None (use TCP).
+    Raises OSError when that private directory cannot be made.
 
     Why UNIX sockets: what of the front end's traffic to the storage
     servers of this process is not served in process (``_storage_client``)
@@ -311,7 +312,18 @@ class LocalClusterService(service.MultiService):
         folder and a temporary folder whose paths are too long)."""
         if self.options["storage-sockets"] != "unix":
             return None
-        folder, temporary = unix_socket_dir(self.data, names)
+        try:
+            folder, temporary = unix_socket_dir(self.data, names)
+        except OSError as e:
+            # The private folder could not be made (a full or read-only
+            # temporary folder): TCP serves as well, if at a higher CPU cost.
+            log.warn(
+                "wslocal: cannot make a folder for the storage servers' sockets in "
+                "{tmp} ({why}): they listen on 127.0.0.1 instead",
+                tmp=tempfile.gettempdir(),
+                why=e.strerror or e,
+            )
+            return None
         if folder is None:
             log.warn(
                 "wslocal: no socket path under {data} or the temporary folder fits in "

@@ -67,10 +67,16 @@ def propfind(context, request: StreamingRequest, user, target: paths.HttpTarget)
 
 def depth_of(request: StreamingRequest) -> int | None:
     """The Depth header: 0 or 1, None for infinity (also when absent,
-    RFC 4918, 10.2); anything else is 400."""
-    value = request.getHeader(b"Depth")
-    if value is None:
+    RFC 4918, 10.2); anything else is 400, and so are two Depth headers:
+    it is a single value, not a list (RFC 9110, 5.3), and answering the
+    last of ``0`` and ``1`` would list a folder a client may have meant
+    to stat only."""
+    values = request.requestHeaders.getRawHeaders(b"Depth")
+    if values is None:
         return None
+    if len(values) > 1:
+        raise HttpError(400, "one Depth header, please: it holds a single value")
+    value = values[0]
     value = value.strip().lower()
     if value == b"infinity":
         return None
