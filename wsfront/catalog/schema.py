@@ -191,15 +191,19 @@ MIGRATIONS: list[list[str | Only]] = [
     ],
     # 5: one index over the live uploads only, for every query that looks
     # for uploads by state (all of them ask for live ones: expiry, a front
-    # end's sessions, listings), instead of two over every upload ever
-    # made: a commit moved a session's entry within each of those (about
-    # four pages of SQLite's log per small STOR), and only leaves this one.
+    # end's sessions, listings, a blob's references), instead of three over
+    # every upload ever made: a commit moved a session's entry within two
+    # of those (about four pages of SQLite's log per small STOR), and only
+    # leaves this one; a start wrote an entry in all three, now in one.
+    # The blobs live uploads write are found through it too
+    # (``_blobs.REFERENCED``: one pass over the live uploads per query).
     # A query uses it only if it states the index's condition itself
     # (``AND state IN LIVE_SQL``): neither database infers it from
     # ``state = ?``.
     [
         "DROP INDEX uploads_state",
         "DROP INDEX uploads_owner",
+        "DROP INDEX uploads_blob",
         "CREATE INDEX uploads_live ON uploads (state, expires_at, owner) "
         f"WHERE state IN {LIVE_SQL}",
     ],

@@ -23,8 +23,9 @@ from wsfront.catalog._db import Backend
 
 BUSY_TIMEOUT_SECONDS = 30.0
 #: Write transactions between two checkpoints of the checkpoint thread: a
-#: small STOR writes two, about 25 pages in all, so about 1000 pages a
-#: pass, as often as SQLite's own default (``wal_autocheckpoint`` 1000).
+#: small STOR writes two, about 23 pages in all, so about 750 pages a
+#: pass, about as often as SQLite's own default (``wal_autocheckpoint``
+#: 1000).
 CHECKPOINT_EVERY = 64
 #: Pages in the log past which a commit checkpoints itself (SQLite's
 #: default: 1000), only when the thread's passes fall behind.
