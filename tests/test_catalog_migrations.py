@@ -80,3 +80,67 @@ async def test_storage_servers_registered_before_last_error_existed_keep_their_r
         assert node.last_error == "connection refused"
     finally:
         await new.close()
+
+
+def stored_without_rowid(cat) -> set[str]:
+    """The tables SQLite keeps in their primary key's b-tree."""
+    rows = cat._runner.run_sync(
+        lambda tx: tx.all("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+    )
+    return {r["name"] for r in rows if "WITHOUT ROWID" in r["sql"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_and_uploads_of_schema_5_are_kept_by_schema_6(catalog_url, clock):
+    old = open_catalog(reactor, catalog_url, clock=clock, schema_version=5)
+    try:
+        await old.add_user("alice", "pw")
+        started = await old.start_upload(
+            "alice", "/alice/f", offset=0, blob_id="b1", replicas=["s1", "s2"],
+            wanted_replicas=2, owner="fe1", expires_at=clock() + 60,
+        )  # fmt: skip
+        first = await old.commit_upload(started.upload.upload_id, 1, 100)
+        again = await old.begin_upload(
+            "alice", "/alice/f", base_length=50, blob_id="b2", replicas=["s1"],
+            wanted_replicas=2, owner="fe1", expires_at=clock() + 60,
+        )  # fmt: skip
+        await old.mkdir("/alice/d")
+    finally:
+        await old.close()
+    new = open_catalog(reactor, catalog_url, clock=clock)
+    try:
+        if catalog_url.startswith("sqlite"):
+            assert stored_without_rowid(new) == {
+                "dirents", "blobs", "replicas", "version_extents", "upload_extents",
+            }  # fmt: skip
+        assert [e.name for e in await new.list_dir("/alice")] == ["d", "f"]
+        entry = await new.stat("/alice/f")
+        assert entry.version == first and entry.upload == again
+        assert [(e.blob_id, e.length) for e in again.base_extents] == [("b1", 50)]
+        assert (await new.get_blob("b1")).replicas == first.extents[0].replicas
+        version = await new.commit_upload(again.upload_id, 1, 80)
+        assert [(e.blob_id, e.blob_offset, e.length, e.file_offset) for e in version.extents] == [
+            ("b1", 0, 50, 0),
+            ("b2", 0, 30, 50),
+        ]
+        # The keys still hold: one entry per name, one name per inode.
+        with pytest.raises(Exception, match="exists"):
+            await new.mkdir("/alice/d")
+        await new.rename("/alice/f", "/alice/g")
+        assert [e.name for e in await new.list_dir("/alice")] == ["d", "g"]
+        assert [b.blob_id for b in await new.collectable_blobs()] == []
+    finally:
+        await new.close()
+
+
+def test_a_sqlite_migration_leaves_no_log_behind(tmp_path, clock):
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    open_catalog(reactor, url, clock=clock, schema_version=5).close()
+    wal = tmp_path / "catalog.sqlite-wal"
+    cat = open_catalog(reactor, url, clock=clock)
+    try:
+        # Schema 6 copied tables through the log; it is in the database now.
+        assert wal.stat().st_size == 0
+        assert schema_version(cat) == LATEST
+    finally:
+        cat.close()

@@ -184,6 +184,10 @@ class Backend:
     def prepare(self, tx: Tx) -> None:
         """Per-database start-up work inside the migration transaction."""
 
+    def migrated(self) -> None:
+        """After a migration changed the schema, in its own connection:
+        give back what the migration's transaction alone needed."""
+
     def checkpoint(self, conn: Any, last: bool) -> tuple[int, int]:
         """Copy what the database's log holds into its main file, waiting
         for no reader or writer (``checkpoint_every`` only); return the

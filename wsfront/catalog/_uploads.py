@@ -64,6 +64,7 @@ from wsfront.catalog.records import (
     UploadStart,
     Version,
 )
+from wsfront.catalog.schema import LIVE_SQL
 
 
 class _Keep:
@@ -310,6 +311,8 @@ def list_uploads(tx: Tx, states: Iterable[str] | None, owner: str | None) -> lis
         raise ValueError(f"unknown upload states {sorted(unknown)}")
     marks = ", ".join("?" for _ in wanted)
     sql = f"SELECT * FROM uploads WHERE state IN ({marks})"
+    if set(wanted) <= LIVE_STATES:
+        sql += f" AND state IN {LIVE_SQL}"  # the index of live uploads (schema 5)
     params: list[Any] = list(wanted)
     if owner is not None:
         sql += " AND owner = ?"
@@ -322,7 +325,8 @@ def active_upload_owners(tx: Tx) -> dict[str, float]:
     """Front ends owning active uploads -> the latest ``updated_at`` among
     them (one grouped query: the maintenance holder asks every few seconds)."""
     rows = tx.all(
-        "SELECT owner, MAX(updated_at) AS touched FROM uploads WHERE state = ? GROUP BY owner",
+        "SELECT owner, MAX(updated_at) AS touched FROM uploads "
+        f"WHERE state = ? AND state IN {LIVE_SQL} GROUP BY owner",  # see list_uploads
         ACTIVE,
     )
     return {r["owner"]: float(r["touched"]) for r in rows}
@@ -551,7 +555,8 @@ def interrupt_sessions_of(tx: Tx, now: float, owner: str) -> list[UploadSession]
     ids = [
         r["upload_id"]
         for r in tx.all(
-            "SELECT upload_id FROM uploads WHERE owner = ? AND state = ? ORDER BY upload_id",
+            "SELECT upload_id FROM uploads WHERE owner = ? AND state = ? "
+            f"AND state IN {LIVE_SQL} ORDER BY upload_id",  # see list_uploads
             owner,
             ACTIVE,
         )

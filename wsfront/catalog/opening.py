@@ -71,7 +71,9 @@ def open_catalog(
             backend.prepare(tx)
             return migrate(tx, backend.dialect, schema_version)
 
-        runner.run_sync(upgrade, write=True)
+        found = runner.run_sync(upgrade, write=True)
+        if found < schema_version:
+            backend.migrated()
     except BaseException:
         runner.close()
         raise

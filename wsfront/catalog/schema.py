@@ -4,16 +4,64 @@
 the version lives in the one-row table ``schema_version``.  A database newer
 than the code is refused (SchemaTooNew) rather than guessed at.  Each
 migration is a list of statements with ``{placeholders}`` the backend fills
-in (``{pk}``, ``{int}``, ``{real}``, ``{name}``) where the dialects differ.
+in (``{pk}``, ``{int}``, ``{real}``, ``{name}``) where the dialects differ;
+a statement wrapped in ``Only`` runs on one backend alone (how SQLite stores
+a table, say), the version still counts on both.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from wsfront.catalog.errors import SchemaTooNew
 
 LIVE_SQL = "('active', 'interrupted')"
 
-MIGRATIONS: list[list[str]] = [
+
+@dataclass(frozen=True)
+class Only:
+    """A migration statement for one backend only (``Backend.name``): a
+    change of how one database stores a table, not of what it holds."""
+
+    backend: str
+    sql: str
+
+
+def _sqlite_keyed(table: str, columns: dict[str, str], key: str, *indexes: str) -> list[Only]:
+    """SQLite: ``table`` rebuilt as a WITHOUT ROWID table, whose rows live
+    in the b-tree of their primary key, and its other ``indexes`` again.
+
+    A table with a primary key other than an integer keeps its rows in one
+    b-tree by rowid and the key in an index beside it: each insert writes a
+    page of both (the row appended, the key somewhere in the index).
+    Stored in the key's b-tree, a row is one page to write and one b-tree
+    to descend to look it up.  Suited to small rows (SQLite's advice: under
+    a twentieth of a page), as these tables' are."""
+    names = ", ".join(columns)
+    kept = f"{table}_keyed"
+    return [
+        Only("sqlite", sql)
+        for sql in (
+            f"CREATE TABLE {kept} ("
+            + ", ".join(f"{name} {kind}" for name, kind in columns.items())
+            + f", PRIMARY KEY ({key})) WITHOUT ROWID",
+            f"INSERT INTO {kept} ({names}) SELECT {names} FROM {table}",
+            f"DROP TABLE {table}",
+            f"ALTER TABLE {kept} RENAME TO {table}",
+            *indexes,
+        )
+    ]
+
+
+_EXTENT_COLUMNS = {
+    "idx": "INTEGER NOT NULL",
+    "blob_id": "TEXT NOT NULL",
+    "blob_offset": "INTEGER NOT NULL",
+    "length": "INTEGER NOT NULL",
+    "file_offset": "INTEGER NOT NULL",
+}
+
+MIGRATIONS: list[list[str | Only]] = [
     # 1: the namespace, blobs and upload sessions.
     [
         """CREATE TABLE inodes (
@@ -141,6 +189,65 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE nodes ADD COLUMN last_error TEXT",
     ],
+    # 5: one index over the live uploads only, for every query that looks
+    # for uploads by state (all of them ask for live ones: expiry, a front
+    # end's sessions, listings, a blob's references), instead of three over
+    # every upload ever made: a commit moved a session's entry within two
+    # of those (about four pages of SQLite's log per small STOR), and only
+    # leaves this one; a start wrote an entry in all three, now in one.
+    # The blobs live uploads write are found through it too
+    # (``_blobs.REFERENCED``: one pass over the live uploads per query).
+    # A query uses it only if it states the index's condition itself
+    # (``AND state IN LIVE_SQL``): neither database infers it from
+    # ``state = ?``.
+    [
+        "DROP INDEX uploads_state",
+        "DROP INDEX uploads_owner",
+        "DROP INDEX uploads_blob",
+        "CREATE INDEX uploads_live ON uploads (state, expires_at, owner) "
+        f"WHERE state IN {LIVE_SQL}",
+    ],
+    # 6: SQLite only (PostgreSQL always keeps rows apart from their keys):
+    # the tables a small STOR inserts into that are keyed by something
+    # other than an integer keep their rows in their key's b-tree, a page
+    # fewer per insert (``_sqlite_keyed``).  ``uploads`` is not among
+    # them: its rows (path, meta) can be large.  Copies these tables once.
+    [
+        *_sqlite_keyed(
+            "dirents",
+            {"parent": "INTEGER NOT NULL", "name": "TEXT NOT NULL", "inode": "INTEGER NOT NULL"},
+            "parent, name",
+            "CREATE UNIQUE INDEX dirents_inode ON dirents (inode)",
+        ),
+        *_sqlite_keyed(
+            "blobs",
+            {
+                "blob_id": "TEXT NOT NULL",
+                "length": "INTEGER NOT NULL DEFAULT 0",
+                "sealed": "INTEGER NOT NULL DEFAULT 0",
+                "wanted": "INTEGER NOT NULL",
+                "created_at": "REAL NOT NULL",
+            },
+            "blob_id",
+        ),
+        *_sqlite_keyed(
+            "replicas",
+            {"blob_id": "TEXT NOT NULL", "node": "TEXT NOT NULL", "state": "TEXT NOT NULL"},
+            "blob_id, node",
+        ),
+        *_sqlite_keyed(
+            "version_extents",
+            {"version_id": "INTEGER NOT NULL", **_EXTENT_COLUMNS},
+            "version_id, idx",
+            "CREATE INDEX version_extents_blob ON version_extents (blob_id)",
+        ),
+        *_sqlite_keyed(
+            "upload_extents",
+            {"upload_id": "TEXT NOT NULL", **_EXTENT_COLUMNS},
+            "upload_id, idx",
+            "CREATE INDEX upload_extents_blob ON upload_extents (blob_id)",
+        ),
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
@@ -165,6 +272,10 @@ def migrate(tx, dialect: dict[str, str], target: int = LATEST) -> int:
         raise SchemaTooNew(f"catalog schema is version {found}; this wsfs knows up to {LATEST}")
     for number in range(found + 1, target + 1):
         for statement in MIGRATIONS[number - 1]:
+            if isinstance(statement, Only):
+                if statement.backend != tx.backend.name:
+                    continue
+                statement = statement.sql
             tx.execute(statement.format(**dialect))
         tx.execute("UPDATE schema_version SET version = ?", number)
     return found
