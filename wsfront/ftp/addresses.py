@@ -8,6 +8,7 @@ CERT CA-1997-27).  Errors carry the reply code to send.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -68,13 +69,22 @@ def parse_port(argument: str) -> HostPort:
     return HostPort(host, _port(numbers[4] * 256 + numbers[5]))
 
 
-def format_pasv(host: str, port: int) -> str:
-    """``h1,h2,h3,h4,p1,p2`` for the 227 reply; IPv4 only (IPv6 needs EPSV)."""
+@functools.lru_cache(maxsize=64)
+def _pasv_host(host: str) -> str:
+    """``h1,h2,h3,h4`` of ``host``: parsed once per address (a control
+    connection advertises the same one for every PASV, and a client of
+    many small files sends a PASV for each; a refused one is not kept)."""
     address = canonical_ip(host)
     if not isinstance(address, ipaddress.IPv4Address):
         raise UnsupportedFamily("PASV can only describe IPv4 addresses; use EPSV")
+    return ",".join(str(b) for b in address.packed)
+
+
+def format_pasv(host: str, port: int) -> str:
+    """``h1,h2,h3,h4,p1,p2`` for the 227 reply; IPv4 only (IPv6 needs EPSV)."""
+    fields = _pasv_host(host)
     port = _port(port)
-    return ",".join(str(b) for b in address.packed) + f",{port >> 8},{port & 0xFF}"
+    return f"{fields},{port >> 8},{port & 0xFF}"
 
 
 def pasv_reply_text(host: str, port: int) -> str:

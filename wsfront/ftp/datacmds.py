@@ -133,6 +133,13 @@ async def _run(ctl, verb: str, body) -> None:
         transfer.finish()
 
 
+def _name(vpath: str) -> str:
+    """The last component of ``vpath``, a path ``ctl.file_path`` (or
+    ``paths.resolve``) made: ``paths.basename`` without checking it again
+    (it validates every component, for each 150 reply)."""
+    return vpath.rpartition("/")[2]
+
+
 async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
     """The data connection PASV/EPSV or PORT/EPRT prepared, once it is up."""
     timeout = ctl.settings.data_timeout
@@ -212,8 +219,7 @@ async def retrieve(ctl, path: str, offset: int) -> None:
         mode = "BINARY" if ctl.binary else "ASCII"
         ctl.reply(
             150,
-            f"Opening {mode} mode data connection for {paths.basename(path)} "
-            f"({handle.stream.length} bytes)",
+            f"Opening {mode} mode data connection for {_name(path)} ({handle.stream.length} bytes)",
         )
         channel.watch_for_close()
         encode = None if ctl.binary else ToNetwork().feed
@@ -268,7 +274,7 @@ async def store(
             raise TransferAborted("aborted")
         start = session.offset
         ctl.sizes.pop(path, None)
-        text = announce or f"Ok to send data for {paths.basename(path)}"
+        text = announce or f"Ok to send data for {_name(path)}"
         ctl.reply(150, text + (f", resuming at {start}" if start else ""))
 
         outcome: Deferred = Deferred()

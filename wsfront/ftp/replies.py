@@ -100,6 +100,9 @@ def reply(code: int, text: str | Sequence[str] | None = None) -> bytes:
     end; other lines are kept as given (FEAT's lines bring their own space).
     """
     _check_code(code)
+    if isinstance(text, str) and "\n" not in text and "\r" not in text:
+        # One line (every reply of a transfer): no splitting to do.
+        return _encode(f"{code} {text}")
     lines = _lines(TEXTS.get(code, "") if text is None else text)
     if len(lines) == 1:
         return _encode(f"{code} {lines[0]}")

@@ -45,6 +45,13 @@ from wsstorage.client import PUT_MAX
 
 log = Logger()
 
+#: User roots ``to_storage_path`` accepted (``TransferService.full_path``);
+#: a root is a fixed string, valid or not for good.  Bounded, in case of
+#: a front end with very many users: past the bound a root is checked
+#: with every call, as all were before.
+_CHECKED_ROOTS: set[str] = set()
+_CHECKED_ROOTS_MAX = 4096
+
 
 @attrs.frozen
 class TransferSettings:
@@ -224,7 +231,18 @@ class Transfers:
 
     @staticmethod
     def full_path(user: User, vpath: str) -> str:
-        return paths.to_storage_path(user.root, vpath)
+        """The catalog path of ``vpath`` (``paths.to_storage_path``), with
+        the user's root checked once per root, not once per call: the
+        same few roots come back with every command of every session."""
+        root = user.root
+        if root not in _CHECKED_ROOTS or not paths.is_virtual_path(vpath):
+            full = paths.to_storage_path(root, vpath)  # raises for a bad path
+            if len(_CHECKED_ROOTS) < _CHECKED_ROOTS_MAX:
+                _CHECKED_ROOTS.add(root)
+            return full
+        if root == "/":
+            return vpath
+        return root if vpath == "/" else root + vpath
 
     def _info(self, user: User, vpath: str, entry: Entry) -> FileInfo:
         pending = self._pending_info(user, vpath, entry)
@@ -456,8 +474,9 @@ class Transfers:
                 yield self._refuse_unless_resuming(user, vpath)
             if check is None:
                 # The lookup and the start in one transaction (a generator
-                # fewer than through _open_write, for every small STOR).
-                session = yield self._start_write(
+                # fewer than through _open_write, for every small STOR),
+                # run inside this one's trampoline (yield from).
+                session = yield from self._start_write(
                     user, vpath, offset, append, declared_length, meta, durable_start, resume
                 )
             else:
@@ -558,14 +577,17 @@ class Transfers:
         session = yield self._open_session(user, upload, committed)
         return session
 
-    @inlineCallbacks
     def _start_write(
         self, user, vpath, offset, append, declared_length, meta, durable=False, resume=False
     ):
         """``_open_write`` without an adapter's check: the lookup and the
         start of a new upload are one catalog transaction (``start_upload``),
         whose commit waits for no disk; a pending upload found instead is
-        taken over (the user's own) or busy, as after a separate lookup."""
+        taken over (the user's own) or busy, as after a separate lookup.
+
+        A plain generator of Deferreds, for ``yield from`` in open_write's
+        inlineCallbacks: its own trampoline (a Deferred, a context copy, a
+        callback chain) cost every small STOR ~15 calls for nothing."""
         full = self.full_path(user, vpath)
         replicas = self._choose_replicas()
         blob_id = new_blob_id()
@@ -599,7 +621,9 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         self._log_start(upload, user, full, upload.blob_start, replicas)
-        session = yield self._open_session(user, upload, started.committed_size)
+        session = self._open_session_at_once(user, upload, started.committed_size)
+        if session is None:
+            session = yield self._open_session(user, upload, started.committed_size)
         return session
 
     def _log_start(self, upload, user, full, offset, replicas) -> None:
@@ -746,11 +770,32 @@ class Transfers:
         if keep and not fenced:
             raise NoReplicasAvailable(f"no replica of {upload.blob_id} could be fenced")
 
-    @inlineCallbacks
-    def _open_session(self, user: User, upload: UploadSession, replaced_size: int | None):
-        """Open the replica writers of ``upload``'s current blob."""
+    def _open_session_at_once(
+        self, user: User, upload: UploadSession, replaced_size: int | None
+    ) -> WriteSession | None:
+        """``_open_session`` when nothing needs waiting for (every replica
+        takes a ``PutOnCommit``, which opens nothing yet): the session, in
+        the same call, not through a generator and a Deferred (a small
+        STOR's start paid both between the catalog's answer and its 150
+        reply).  None if a replica's stream must be opened first."""
+        limit = self.settings.put_limit
+        declared = upload.declared_length
+        if limit <= 0 or (declared is not None and declared - upload.blob_start > limit):
+            return None
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
-        meta = {
+        if not nodes:
+            return None  # _open_session interrupts the upload, as it always did
+        meta = self._blob_meta(upload)
+        writers = {
+            n: PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit)
+            for n in nodes
+        }
+        return self._new_session(user, upload, replaced_size, nodes, writers)
+
+    def _blob_meta(self, upload: UploadSession) -> dict[str, Any]:
+        """What each replica keeps beside the blob (a lost catalog is
+        rebuilt from it)."""
+        return {
             "inode": upload.inode,
             "path": upload.path,
             "owner": upload.user,
@@ -759,6 +804,12 @@ class Transfers:
             "epoch": upload.epoch,
             "created_at": self._clock.seconds(),
         }
+
+    @inlineCallbacks
+    def _open_session(self, user: User, upload: UploadSession, replaced_size: int | None):
+        """Open the replica writers of ``upload``'s current blob."""
+        nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
+        meta = self._blob_meta(upload)
 
         def open_one(node: str):
             return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
@@ -785,6 +836,18 @@ class Transfers:
         if not writers:
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
+        return self._new_session(user, upload, replaced_size, nodes, writers)
+
+    def _new_session(
+        self,
+        user: User,
+        upload: UploadSession,
+        replaced_size: int | None,
+        nodes: list[str],
+        writers: dict[str, Any],
+    ) -> WriteSession:
+        """The WriteSession of ``upload`` over the ``writers`` that opened
+        (of ``nodes``), registered as running here."""
         if len(writers) > 1:
             advise_drop_behind(upload.blob_id, writers)
         if self.extent_cache.capacity > 0:

@@ -109,6 +109,11 @@ class Sha256Stream:
         if pause:
             self._on_pause()
 
+    def digest_now(self) -> str | None:
+        """The hex digest, if every chunk was hashed inline (a file within
+        ``INLINE``: no thread to wait for); else None, and ``digest()``."""
+        return None if self._threaded else self._sha.hexdigest()
+
     def digest(self) -> Deferred:
         if not self._threaded:
             return succeed(self._sha.hexdigest())
@@ -150,6 +155,37 @@ class Sha256Stream:
                 hasher._work(item)
             except Exception:
                 log.failure("hashing an upload failed")
+
+
+def settled(ds: list[Deferred]) -> Deferred:
+    """Fires, once every one of ``ds`` has, with ``[(ok, result or
+    Failure)]`` in their order, their errors consumed: what
+    ``DeferredList(ds, consumeErrors=True)`` gives, without its per-result
+    bookkeeping (typing casts, the fireOnOne checks), for the seal that
+    every upload's commit waits on.  Cancelling it cancels each of ``ds``
+    (as DeferredList's cancel does): it fires with what they gave if they
+    all fire at that, else with CancelledError."""
+    results: list = [None] * len(ds)
+    left = len(ds)
+    done: Deferred = Deferred(lambda _: [d.cancel() for d in ds])
+    if not left:
+        done.callback(results)
+        return done
+
+    def one(result, index: int):
+        nonlocal left
+        ok = not isinstance(result, Failure)
+        results[index] = (ok, result)
+        left -= 1
+        if not left and not done.called:  # called: cancelled before they all fired
+            done.callback(results)
+        # A failure is consumed (consumeErrors); a result stays for any
+        # other holder of that Deferred, as DeferredList leaves it.
+        return result if ok else None
+
+    for index, d in enumerate(ds):
+        d.addBoth(one, index)
+    return done
 
 
 @implementer(IPushProducer)
@@ -363,7 +399,7 @@ class WriteSession:
     @inlineCallbacks
     def _do_checkpoint(self, final: bool = False):
         writers = list(self._writers.items())
-        results = yield DeferredList([w.flush() for _, w in writers], consumeErrors=True)
+        results = yield settled([w.flush() for _, w in writers])
         lengths = []
         for (node, _), (ok, value) in zip(writers, results):
             if ok:
@@ -423,7 +459,7 @@ class WriteSession:
                     raise self.error or SessionFailed(f"upload is {self.state}")
             failpoints.hit("transfer.before_commit")
             writers = list(self._writers.items())
-            results = yield DeferredList([w.commit() for _, w in writers], consumeErrors=True)
+            results = yield settled([w.commit() for _, w in writers])
             for (node, _), (ok, value) in zip(writers, results):
                 if not ok:
                     self._drop_replica(node, value.value)
@@ -443,9 +479,11 @@ class WriteSession:
                 self.durable = self.offset
             sha256 = None
             if self._sha is not None:
-                sha256 = yield self._sha.digest()
-                if self.state != COMMITTING:
-                    raise self.error or SessionFailed(f"upload is {self.state}")
+                sha256 = self._sha.digest_now()
+                if sha256 is None:
+                    sha256 = yield self._sha.digest()
+                    if self.state != COMMITTING:
+                        raise self.error or SessionFailed(f"upload is {self.state}")
             version = yield self._catalog.commit_upload(
                 self.upload_id, self.epoch, self.offset, sha256=sha256
             )
