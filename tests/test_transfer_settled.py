@@ -1,9 +1,10 @@
 """``writer.settled``: what the seal of every upload waits on, in place of
-``DeferredList(consumeErrors=True)``; it must give what DeferredList gave."""
+``DeferredList(consumeErrors=True)``; it must give what DeferredList gave,
+cancelled too."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.python.failure import Failure
 
 from wsfront.transfer.writer import settled
@@ -52,3 +53,45 @@ def test_cancel_of_one_whose_canceller_answers_gives_that_answer():
     done.addCallback(got.append)
     done.cancel()
     assert got == [[(True, "sealed anyway")]]
+
+
+def test_cancel_waits_for_a_child_that_goes_on_and_gives_its_result():
+    """As DeferredList: a child whose cancel does not fire it (an
+    inlineCallbacks seal that catches the CancelledError and waits on)
+    is waited for, and its later result reaches the caller; cancelling
+    never fires the list itself with CancelledError."""
+    first_wait, then = Deferred(), Deferred()
+
+    @inlineCallbacks
+    def seal():
+        try:
+            yield first_wait
+        except CancelledError:
+            return (yield then)  # goes on after its cancel
+
+    going_on = seal()
+    plain = Deferred()
+    done = settled([going_on, plain])
+    got = []
+    done.addBoth(got.append)
+    done.cancel()
+    assert got == []
+    then.callback("sealed")
+    [(ok_a, va), (ok_b, vb)] = got[0]
+    assert (ok_a, va) == (True, "sealed")
+    assert not ok_b and vb.check(CancelledError)
+
+
+def test_a_canceller_that_raises_does_not_stop_the_others_cancel():
+    def broken(d):
+        raise RuntimeError("canceller broke")
+
+    first = Deferred(broken)
+    second = Deferred()
+    done = settled([first, second])
+    done.cancel()
+    assert second.called, "the second was cancelled despite the first's canceller"
+    first.callback("late")
+    [(ok_a, va), (ok_b, vb)] = done.result
+    assert (ok_a, va) == (True, "late")
+    assert not ok_b and vb.check(CancelledError)

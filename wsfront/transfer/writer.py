@@ -157,17 +157,37 @@ class Sha256Stream:
                 log.failure("hashing an upload failed")
 
 
+class _Settled(Deferred):
+    """``settled``'s Deferred: its ``cancel`` cancels each of the Deferreds
+    it waits on and nothing more, as ``DeferredList.cancel`` does, so it
+    still fires with every one's own result once they have all fired (a
+    child that goes on after its cancel, e.g. a seal that completes, is
+    not lost to the caller)."""
+
+    def __init__(self, ds: list[Deferred]) -> None:
+        super().__init__()
+        self._children = ds
+
+    def cancel(self) -> None:
+        if self.called:
+            return
+        for d in self._children:
+            try:
+                d.cancel()
+            except BaseException:
+                log.failure("a canceller raised while cancelling an upload's seal")
+
+
 def settled(ds: list[Deferred]) -> Deferred:
     """Fires, once every one of ``ds`` has, with ``[(ok, result or
     Failure)]`` in their order, their errors consumed: what
     ``DeferredList(ds, consumeErrors=True)`` gives, without its per-result
     bookkeeping (typing casts, the fireOnOne checks), for the seal that
     every upload's commit waits on.  Cancelling it cancels each of ``ds``
-    (as DeferredList's cancel does): it fires with what they gave if they
-    all fire at that, else with CancelledError."""
+    and waits for them, as DeferredList's cancel does (``_Settled``)."""
     results: list = [None] * len(ds)
     left = len(ds)
-    done: Deferred = Deferred(lambda _: [d.cancel() for d in ds])
+    done = _Settled(ds)
     if not left:
         done.callback(results)
         return done
@@ -177,7 +197,7 @@ def settled(ds: list[Deferred]) -> Deferred:
         ok = not isinstance(result, Failure)
         results[index] = (ok, result)
         left -= 1
-        if not left and not done.called:  # called: cancelled before they all fired
+        if not left:
             done.callback(results)
         # A failure is consumed (consumeErrors); a result stays for any
         # other holder of that Deferred, as DeferredList leaves it.
