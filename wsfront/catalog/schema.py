@@ -194,18 +194,20 @@ MIGRATIONS: list[list[str | Only]] = [
     # end's sessions, listings, a blob's references), instead of three over
     # every upload ever made: a commit moved a session's entry within two
     # of those (about four pages of SQLite's log per small STOR), and only
-    # leaves this one; a start wrote an entry in all three, now in one.
-    # The blobs live uploads write are found through it too
-    # (``_blobs.REFERENCED``: one pass over the live uploads per query).
-    # A query uses it only if it states the index's condition itself
-    # (``AND state IN LIVE_SQL``): neither database infers it from
-    # ``state = ?``.
+    # leaves these two; a start wrote an entry in all three, now in two.
+    # The blobs of live uploads have an index of their own, of the live
+    # uploads too (``_blobs.REFERENCED`` asks it per blob: whether one
+    # blob is still written must not read every live upload, of which an
+    # interrupted upload kept a day makes many).  A query uses either only
+    # if it states the indexes' condition itself (``AND state IN
+    # LIVE_SQL``): neither database infers it from ``state = ?``.
     [
         "DROP INDEX uploads_state",
         "DROP INDEX uploads_owner",
         "DROP INDEX uploads_blob",
         "CREATE INDEX uploads_live ON uploads (state, expires_at, owner) "
         f"WHERE state IN {LIVE_SQL}",
+        f"CREATE INDEX uploads_live_blob ON uploads (blob_id) WHERE state IN {LIVE_SQL}",
     ],
     # 6: SQLite only (PostgreSQL always keeps rows apart from their keys):
     # the tables a small STOR inserts into that are keyed by something
