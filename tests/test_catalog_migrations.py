@@ -4,6 +4,7 @@ refused, on both backends."""
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import SchemaTooNew
@@ -144,3 +145,38 @@ def test_a_sqlite_migration_leaves_no_log_behind(tmp_path, clock):
         assert schema_version(cat) == LATEST
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sqlite_blob_row_without_a_blob_id_is_dropped_by_schema_6(tmp_path, clock):
+    """SQLite let the old blobs table hold a NULL blob_id (a TEXT PRIMARY
+    KEY may be NULL there); its WITHOUT ROWID copy may not.  Nothing can
+    refer to such a row, so the upgrade deletes it and says so, rather
+    than stopping at version 4 on an IntegrityError."""
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    old = open_catalog(reactor, url, clock=clock, schema_version=4)
+    try:
+        await old.add_blob("kept", ["s1"], 1)
+        old._runner.run_sync(
+            lambda tx: tx.execute(
+                "INSERT INTO blobs (blob_id, length, sealed, wanted, created_at)"
+                " VALUES (NULL, 0, 0, 1, 0), (NULL, 0, 0, 1, 0)"
+            )
+        )
+    finally:
+        await old.close()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        new = open_catalog(reactor, url, clock=clock)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    try:
+        assert schema_version(new) == LATEST
+        count = new._runner.run_sync(lambda tx: tx.value("SELECT COUNT(*) AS n FROM blobs"))
+        assert count == 1
+        assert [b.blob_id for b in await new.collectable_blobs()] == ["kept"]
+        [note] = [e for e in logged if "without a blob_id" in (e.get("log_format") or "")]
+        assert note["count"] == 2 and note["log_level"].name == "warn"
+    finally:
+        await new.close()
