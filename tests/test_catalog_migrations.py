@@ -183,6 +183,8 @@ async def test_a_sqlite_blob_row_without_a_blob_id_is_dropped_by_schema_6(tmp_pa
         assert [b.blob_id for b in await new.collectable_blobs()] == ["kept"]
         [note] = [e for e in logged if "without a blob_id" in (e.get("log_format") or "")]
         assert note["count"] == 2 and note["log_level"].name == "warn"
+        lines = [formatEvent(e) for e in logged]
+        assert f"catalog schema 4 is older than this wsfs's {LATEST}: upgrading it" in lines
     finally:
         await new.close()
 

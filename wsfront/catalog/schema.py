@@ -300,6 +300,14 @@ def migrate(tx, dialect: dict[str, str], target: int = LATEST) -> int:
     found = current_version(tx)
     if found > LATEST:
         raise SchemaTooNew(f"catalog schema is version {found}; this wsfs knows up to {LATEST}")
+    if 0 < found < target:
+        # It may take minutes (schema 6 copies tables on SQLite), holding
+        # the write lock: say what the front end is doing.
+        log.info(
+            "catalog schema {found} is older than this wsfs's {target}: upgrading it",
+            found=found,
+            target=target,
+        )
     for number in range(found + 1, target + 1):
         for statement in MIGRATIONS[number - 1]:
             note = None
