@@ -29,7 +29,7 @@ BUSY_TIMEOUT_SECONDS = 30.0
 #: timeout.
 UPGRADE_WAIT_SECONDS = 3600.0
 #: Write transactions between two checkpoints of the checkpoint thread: a
-#: small STOR writes two, about 23 pages in all, so about 750 pages a
+#: small STOR writes two, about 25 pages in all, so about 800 pages a
 #: pass, about as often as SQLite's own default (``wal_autocheckpoint``
 #: 1000).
 CHECKPOINT_EVERY = 64
