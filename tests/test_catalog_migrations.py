@@ -1,13 +1,19 @@
 """Schema versions: an older catalog is upgraded in place, a newer one is
 refused, on both backends."""
 
+import threading
+from typing import Any
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import SchemaTooNew
-from wsfront.catalog.schema import LATEST
+from wsfront.catalog._db import Tx
+from wsfront.catalog.errors import CatalogUnavailable, SchemaTooNew
+from wsfront.catalog.schema import LATEST, migrate
+from wsfront.catalog.sqlite import SQLiteBackend
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -144,3 +150,131 @@ def test_a_sqlite_migration_leaves_no_log_behind(tmp_path, clock):
         assert schema_version(cat) == LATEST
     finally:
         cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sqlite_blob_row_without_a_blob_id_is_dropped_by_schema_6(tmp_path, clock):
+    """SQLite let the old blobs table hold a NULL blob_id (a TEXT PRIMARY
+    KEY may be NULL there); its WITHOUT ROWID copy may not.  Nothing can
+    refer to such a row, so the upgrade deletes it and says so, rather
+    than stopping at version 4 on an IntegrityError."""
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    old = open_catalog(reactor, url, clock=clock, schema_version=4)
+    try:
+        await old.add_blob("kept", ["s1"], 1)
+        old._runner.run_sync(
+            lambda tx: tx.execute(
+                "INSERT INTO blobs (blob_id, length, sealed, wanted, created_at)"
+                " VALUES (NULL, 0, 0, 1, 0), (NULL, 0, 0, 1, 0)"
+            )
+        )
+    finally:
+        await old.close()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        new = open_catalog(reactor, url, clock=clock)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    try:
+        assert schema_version(new) == LATEST
+        count = new._runner.run_sync(lambda tx: tx.value("SELECT COUNT(*) AS n FROM blobs"))
+        assert count == 1
+        assert [b.blob_id for b in await new.collectable_blobs()] == ["kept"]
+        [note] = [e for e in logged if "without a blob_id" in (e.get("log_format") or "")]
+        assert note["count"] == 2 and note["log_level"].name == "warn"
+        lines = [formatEvent(e) for e in logged]
+        assert f"catalog schema 4 is older than this wsfs's {LATEST}: upgrading it" in lines
+    finally:
+        await new.close()
+
+
+class Opener:
+    """``open_catalog`` in a thread of its own; ``event`` is set when it
+    ended or logged a line containing ``watch``."""
+
+    def __init__(self, url: str, clock, watch: str) -> None:
+        self.event = threading.Event()
+        self.catalog = self.error = None
+        self.lines: list[str] = []
+        self._watch = watch
+        globalLogPublisher.addObserver(self._observe)
+        self._thread = threading.Thread(target=self._open, args=(url, clock))
+        self._thread.start()
+
+    def _observe(self, event: dict) -> None:
+        line = formatEvent(event)
+        if self._watch in line:
+            self.lines.append(line)
+            self.event.set()
+
+    def _open(self, url: str, clock) -> None:
+        try:
+            self.catalog = open_catalog(reactor, url, clock=clock)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.event.set()
+
+    def join(self) -> None:
+        self._thread.join(60)
+        globalLogPublisher.removeObserver(self._observe)
+        assert not self._thread.is_alive()
+
+
+def hold_write_lock(path) -> tuple[SQLiteBackend, Any, Tx]:
+    """Another process's write transaction on the SQLite catalog at
+    ``path`` (a connection of its own), as a migration holds it."""
+    backend = SQLiteBackend(str(path))
+    conn = backend.connect()
+    return backend, conn, Tx(backend, backend.begin(conn, write=True))
+
+
+def test_opening_a_sqlite_catalog_waits_for_another_process_upgrading_it(
+    tmp_path, clock, monkeypatch
+):
+    """A migration that copies tables holds SQLite's write lock for
+    minutes on a large catalog: a front end starting meanwhile waits for
+    it, saying so, instead of failing after the busy timeout."""
+    monkeypatch.setattr(SQLiteBackend, "busy_timeout", 0.1, raising=False)
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    open_catalog(reactor, url, clock=clock, schema_version=4).close()
+    backend, conn, tx = hold_write_lock(tmp_path / "catalog.sqlite")
+    try:
+        opener = Opener(url, clock, "upgrade")
+        assert opener.event.wait(60)
+        assert opener.error is None and opener.catalog is None  # still waiting
+        assert "locked at schema 4" in opener.lines[0]
+        migrate(tx, backend.dialect)
+        backend.commit(conn, tx._cursor)
+    finally:
+        conn.close()
+    opener.join()
+    assert opener.error is None
+    try:
+        assert schema_version(opener.catalog) == LATEST
+    finally:
+        opener.catalog.close()
+
+
+def test_a_sqlite_catalog_locked_at_the_current_schema_is_not_waited_for(
+    tmp_path, clock, monkeypatch
+):
+    """Only an older schema means an upgrade may be under way: a lock held
+    over a current one is a busy catalog, unavailable after the busy
+    timeout as before; and an upgrade is waited for up to a bound."""
+    monkeypatch.setattr(SQLiteBackend, "busy_timeout", 0.1, raising=False)
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    open_catalog(reactor, url, clock=clock).close()
+    backend, conn, tx = hold_write_lock(tmp_path / "catalog.sqlite")
+    try:
+        with pytest.raises(CatalogUnavailable, match="locked"):
+            open_catalog(reactor, url, clock=clock)
+        tx.execute("UPDATE schema_version SET version = 4")
+        backend.commit(conn, tx._cursor)
+        tx = Tx(backend, backend.begin(conn, write=True))  # an upgrade that never ends
+        monkeypatch.setattr(SQLiteBackend, "upgrade_wait", 0.3, raising=False)
+        with pytest.raises(CatalogUnavailable, match="locked"):
+            open_catalog(reactor, url, clock=clock)
+    finally:
+        conn.close()

@@ -21,13 +21,15 @@ from wsfront.catalog.records import (
 )
 from wsfront.catalog.schema import LIVE_SQL
 
-#: A live upload's current blob is found among the blobs of all live
-#: uploads, read once per query through their index (schema 5), not by
-#: an index of every upload's blob, which every upload's start wrote to.
+#: A live upload's current blob is looked up per blob in the index of the
+#: blobs of live uploads (schema 5), like the extents' blobs in theirs: a
+#: query about one blob (``forget_blob``, per blob GC deletes) reads a few
+#: entries, not every live upload.
 REFERENCED = (
     "(EXISTS (SELECT 1 FROM version_extents ve WHERE ve.blob_id = b.blob_id)"
     " OR EXISTS (SELECT 1 FROM upload_extents ue WHERE ue.blob_id = b.blob_id)"
-    f" OR b.blob_id IN (SELECT u.blob_id FROM uploads u WHERE u.state IN {LIVE_SQL}))"
+    " OR EXISTS (SELECT 1 FROM uploads u WHERE u.blob_id = b.blob_id"
+    f" AND u.state IN {LIVE_SQL}))"
 )
 UNDER_REPLICATED = (
     "b.sealed = 1 AND (SELECT COUNT(*) FROM replicas r WHERE r.blob_id = b.blob_id"

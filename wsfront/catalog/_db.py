@@ -119,6 +119,12 @@ class Backend:
     #: own (``Checkpointer``, ``single_writer`` only), off every write's
     #: path; None: the database sees to its checkpoints itself.
     checkpoint_every: int | None = None
+    #: Seconds ``open_catalog`` keeps trying to lock a database it found
+    #: locked past the busy timeout while its schema is older than the
+    #: code's (another process upgrading it, one transaction that may copy
+    #: tables for minutes); 0: it does not (PostgreSQL's migrations wait
+    #: for each other on a lock without a time limit).
+    upgrade_wait = 0.0
 
     def sql(self, text: str) -> str:
         return text

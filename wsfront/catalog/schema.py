@@ -6,14 +6,19 @@ than the code is refused (SchemaTooNew) rather than guessed at.  Each
 migration is a list of statements with ``{placeholders}`` the backend fills
 in (``{pk}``, ``{int}``, ``{real}``, ``{name}``) where the dialects differ;
 a statement wrapped in ``Only`` runs on one backend alone (how SQLite stores
-a table, say), the version still counts on both.
+a table, say), the version still counts on both; one with a ``note`` says
+in the log how many rows it changed, when it changed any.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from wsfront.catalog.errors import SchemaTooNew
+
+log = Logger()
 
 LIVE_SQL = "('active', 'interrupted')"
 
@@ -25,11 +30,18 @@ class Only:
 
     backend: str
     sql: str
+    #: Logged (a warning) with ``{count}``, the rows the statement changed,
+    #: if it changed any: for a statement that repairs what the code
+    #: never writes but an older database may hold.
+    note: str | None = None
 
 
 def _sqlite_keyed(table: str, columns: dict[str, str], key: str, *indexes: str) -> list[Only]:
     """SQLite: ``table`` rebuilt as a WITHOUT ROWID table, whose rows live
     in the b-tree of their primary key, and its other ``indexes`` again.
+    The copy needs every column that ``columns`` says NOT NULL to hold a
+    value in every row (``_NULL_BLOB_IDS`` for the one an older schema did
+    not say so of).
 
     A table with a primary key other than an integer keeps its rows in one
     b-tree by rowid and the key in an index beside it: each insert writes a
@@ -60,6 +72,21 @@ _EXTENT_COLUMNS = {
     "length": "INTEGER NOT NULL",
     "file_offset": "INTEGER NOT NULL",
 }
+
+#: Migration 6 (SQLite): a row of ``blobs`` without a blob_id, which the
+#: old table allowed (SQLite lets a TEXT PRIMARY KEY be NULL) but the
+#: WITHOUT ROWID table refuses, is deleted rather than stopping the
+#: upgrade with a bare IntegrityError: wsfs never writes one, and nothing
+#: can refer to it (replicas, extents and uploads name their blob in a NOT
+#: NULL column and look it up by ``=``), so no replica can be found or
+#: deleted through it and no file or upload reads it; GC could only trip
+#: on it (its listing found a blob that ``get_blob`` could not load).
+_NULL_BLOB_IDS = Only(
+    "sqlite",
+    "DELETE FROM blobs WHERE blob_id IS NULL",
+    note="catalog upgrade: deleted {count} row(s) of blobs without a blob_id"
+    " (nothing can refer to them; wsfs never writes one)",
+)
 
 MIGRATIONS: list[list[str | Only]] = [
     # 1: the namespace, blobs and upload sessions.
@@ -194,18 +221,20 @@ MIGRATIONS: list[list[str | Only]] = [
     # end's sessions, listings, a blob's references), instead of three over
     # every upload ever made: a commit moved a session's entry within two
     # of those (about four pages of SQLite's log per small STOR), and only
-    # leaves this one; a start wrote an entry in all three, now in one.
-    # The blobs live uploads write are found through it too
-    # (``_blobs.REFERENCED``: one pass over the live uploads per query).
-    # A query uses it only if it states the index's condition itself
-    # (``AND state IN LIVE_SQL``): neither database infers it from
-    # ``state = ?``.
+    # leaves these two; a start wrote an entry in all three, now in two.
+    # The blobs of live uploads have an index of their own, of the live
+    # uploads too (``_blobs.REFERENCED`` asks it per blob: whether one
+    # blob is still written must not read every live upload, of which an
+    # interrupted upload kept a day makes many).  A query uses either only
+    # if it states the indexes' condition itself (``AND state IN
+    # LIVE_SQL``): neither database infers it from ``state = ?``.
     [
         "DROP INDEX uploads_state",
         "DROP INDEX uploads_owner",
         "DROP INDEX uploads_blob",
         "CREATE INDEX uploads_live ON uploads (state, expires_at, owner) "
         f"WHERE state IN {LIVE_SQL}",
+        f"CREATE INDEX uploads_live_blob ON uploads (blob_id) WHERE state IN {LIVE_SQL}",
     ],
     # 6: SQLite only (PostgreSQL always keeps rows apart from their keys):
     # the tables a small STOR inserts into that are keyed by something
@@ -219,6 +248,7 @@ MIGRATIONS: list[list[str | Only]] = [
             "parent, name",
             "CREATE UNIQUE INDEX dirents_inode ON dirents (inode)",
         ),
+        _NULL_BLOB_IDS,
         *_sqlite_keyed(
             "blobs",
             {
@@ -270,12 +300,23 @@ def migrate(tx, dialect: dict[str, str], target: int = LATEST) -> int:
     found = current_version(tx)
     if found > LATEST:
         raise SchemaTooNew(f"catalog schema is version {found}; this wsfs knows up to {LATEST}")
+    if 0 < found < target:
+        # It may take minutes (schema 6 copies tables on SQLite), holding
+        # the write lock: say what the front end is doing.
+        log.info(
+            "catalog schema {found} is older than this wsfs's {target}: upgrading it",
+            found=found,
+            target=target,
+        )
     for number in range(found + 1, target + 1):
         for statement in MIGRATIONS[number - 1]:
+            note = None
             if isinstance(statement, Only):
                 if statement.backend != tx.backend.name:
                     continue
-                statement = statement.sql
-            tx.execute(statement.format(**dialect))
+                statement, note = statement.sql, statement.note
+            changed = tx.execute(statement.format(**dialect))
+            if note and changed > 0:
+                log.warn(note, count=changed)
         tx.execute("UPDATE schema_version SET version = ?", number)
     return found

@@ -22,8 +22,14 @@ from typing import Any
 from wsfront.catalog._db import Backend
 
 BUSY_TIMEOUT_SECONDS = 30.0
+#: How long ``open_catalog`` waits for a catalog that another process is
+#: upgrading (locked, its schema older than this code's) before it gives
+#: up: a migration that copies tables holds the write lock throughout,
+#: about 16 s per million files (docs/catalog.md), far past the busy
+#: timeout.
+UPGRADE_WAIT_SECONDS = 3600.0
 #: Write transactions between two checkpoints of the checkpoint thread: a
-#: small STOR writes two, about 23 pages in all, so about 750 pages a
+#: small STOR writes two, about 25 pages in all, so about 800 pages a
 #: pass, about as often as SQLite's own default (``wal_autocheckpoint``
 #: 1000).
 CHECKPOINT_EVERY = 64
@@ -46,6 +52,8 @@ class SQLiteBackend(Backend):
     inline_writes = True
     locks_at_begin = True  # every write transaction is BEGIN IMMEDIATE
     queue_timeout = BUSY_TIMEOUT_SECONDS
+    busy_timeout = BUSY_TIMEOUT_SECONDS
+    upgrade_wait = UPGRADE_WAIT_SECONDS
     checkpoint_every = CHECKPOINT_EVERY
 
     def __init__(self, path: str) -> None:
@@ -53,7 +61,9 @@ class SQLiteBackend(Backend):
         #: What ``no_wait`` turned off, per connection, to give back.
         self._waits: dict[int, tuple[int, int]] = {}
 
-    def connect(self, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    def connect(self, busy_timeout: float | None = None) -> sqlite3.Connection:
+        if busy_timeout is None:
+            busy_timeout = self.busy_timeout
         conn = sqlite3.connect(
             self.path,
             timeout=busy_timeout,
@@ -99,7 +109,7 @@ class SQLiteBackend(Backend):
             self._waits[id(conn)] = kept
             timeout, backstop = 0, 0
         else:
-            default = (int(BUSY_TIMEOUT_SECONDS * 1000), BACKSTOP_PAGES)
+            default = (int(self.busy_timeout * 1000), BACKSTOP_PAGES)
             timeout, backstop = self._waits.pop(id(conn), default)
         conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(backstop)}")
