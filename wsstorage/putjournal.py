@@ -325,6 +325,7 @@ class PutJournal:
         flush: Callable[[Collection[str]], None],
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None,
+        materialize: Callable[[Collection[str]], Callable[[], None]] | None = None,
     ) -> None:
         self.fs = fs
         self._directory = directory
@@ -340,6 +341,7 @@ class PutJournal:
         self._active = 0
         self._flush = flush
         self._repair = repair
+        self._materialize = materialize or _nothing_resident
         self._checkpoint_after = checkpoint_after
         self._next_generation = max((s.generation for s in sides), default=0) + 1
         self._lock = threading.Lock()
@@ -381,6 +383,7 @@ class PutJournal:
         flush: Callable[[Collection[str]], None],
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None = CHECKPOINT_AFTER,
+        materialize: Callable[[Collection[str]], Callable[[], None]] | None = None,
     ) -> PutJournal | None:
         """Replay the journal files in ``directory`` (``replay``), then keep
         those fit to append to, reset, and return the journal; the files
@@ -394,7 +397,7 @@ class PutJournal:
         kept = replay(fs, directory, flush, repair, keep=bool(size))
         if not size:
             return None
-        return cls(fs, directory, size, kept, flush, repair, checkpoint_after)
+        return cls(fs, directory, size, kept, flush, repair, checkpoint_after, materialize)
 
     # -- puts -----------------------------------------------------------
 
@@ -602,14 +605,19 @@ class PutJournal:
         before, and a failed flush may have dropped dirty pages (Linux marks
         them clean after a write error), so its records are written again
         from the journal first."""
+        blob_ids = set(side.pending)
         try:
+            # The resident records of the side's puts get their files now
+            # (unsynced: the flush below makes them durable); they are let
+            # go of from memory only once the reset is done.
+            release = self._materialize(blob_ids)
             if rewrite:
                 raw = self.fs.pread(side.fd, side.size, 0)
                 entries, _ = scan(raw, side.generation)
                 with self._lock:
                     voided = set(side.voided)
                 self._repair([e for e in entries if e.offset not in voided], True)
-            self._flush(set(side.pending))
+            self._flush(blob_ids)
             with self._lock:
                 generation = self._next_generation
                 self._next_generation += 1
@@ -626,6 +634,7 @@ class PutJournal:
             side.first_at = None
             side.dirty = False
             self._idle.notify_all()
+        release()
 
     def _start_thread(self) -> None:
         """Start the checkpoint thread at the first put (lock held): a store
@@ -698,6 +707,12 @@ class PutJournal:
         """Every blob id with an entry not yet checkpointed, sorted."""
         with self._lock:
             return sorted(set().union(*(s.pending for s in self._sides)))
+
+
+def _nothing_resident(blob_ids: Collection[str]) -> Callable[[], None]:
+    """The ``materialize`` of a journal whose puts leave no record in
+    memory: nothing to write, nothing to let go of."""
+    return lambda: None
 
 
 def _create(fs: OsFileSystem, path: str, size: int, generation: int, nth: int = 1) -> int:
