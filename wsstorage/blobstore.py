@@ -59,15 +59,19 @@ allowed: none of its bytes was reported durable (``durable`` is 0).
 
 A ``put`` of at most ``INLINE_DATA_MAX`` bytes (``put_inline``) is one
 file, the record holding the bytes too, and one sync: through the *put
-journal* (``wsstorage.putjournal``) the record's temp file is written
-unsynced, a copy of its bytes is appended to a preallocated journal file
-and fdatasync'd (a pure data flush, shared by concurrent puts), and only
-then is the temp file renamed and the put acknowledged.  The record file
-and its name are made durable later, by a checkpoint: one ``syncfs`` for
-every record written since the last one (a second after the first, when
-the journal is half full, before a blob with an entry is removed, at
-``close``).  Opening the store replays the journal before the scan, so a
-record a power loss lost or tore is written again, not reported damaged.
+journal* (``wsstorage.putjournal``) the record's bytes are appended to a
+preallocated journal file and fdatasync'd (a pure data flush, shared by
+concurrent puts), and the put is acknowledged with no file created: the
+blob is *resident*, registered in ``_live`` with its record in memory
+(``_residents``), so every look-up (stat, read, list, count, fence, a
+second put, delete) finds it there.  A checkpoint writes the record
+files (temp file, rename, unsynced), makes them and their names durable
+with one ``syncfs`` (a second after the first entry, when the journal is
+half full, before a blob with an entry is removed, at ``close``), resets
+the journal file, and only then lets go of the residents
+(``_materialize``).  Opening the store replays the journal before the
+scan, so a record a crash left unwritten, or a power loss lost or tore,
+is written again, not reported damaged.
 The journal files are created by the store's first such put, not by
 ``open`` (a store that never takes one never writes their 8 MiB).
 Without a journal (``journal_size=0``, a disk too full to create it) or
@@ -87,7 +91,9 @@ of ``blobs/``), and ``close`` stops and waits for it.  Each blob has a
 lock; ``sync`` does not hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
-blocks are larger) at a time.  The
+blocks are larger) at a time.  Resident puts' records are held until
+their checkpoint: at most what the two journal files hold (8 MiB by
+default), twice that with each blob's own copy of its bytes.  The
 checksums of bytes written but not yet synced are kept in memory (one entry
 per block, about 100 bytes per 64 KiB), so a writer that syncs now and then
 keeps that small.
@@ -1991,10 +1997,11 @@ class BlobStore:
 
     def put_inline(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> BlobInfo:
         """Create ``blob_id`` sealed, its bytes and checksums in its record
-        (format 3: no ``.data``, no ``.sums``): one new file and one sync,
-        the put journal's (``_write_sealed``; without a journal, the
-        record's temp file is fsync'd, renamed, and the directory fsync'd:
-        two syncs).  A blob that exists already (a fence came
+        (format 3: no ``.data``, no ``.sums``): one sync, the put
+        journal's, and no file until the next checkpoint (the blob stays
+        resident meanwhile: ``_write_sealed``); without a journal, one new
+        file: the record's temp file is fsync'd, renamed, and the directory
+        fsync'd (two syncs).  A blob that exists already (a fence came
         first, a writer before it), or one of more blocks than a record
         holds checksums for (``inline_fits``), is written as ``open_write``
         at 0 and sealed instead, with the refusals that brings (BlobSealed,
