@@ -23,6 +23,7 @@ from twisted.internet import reactor
 
 from tests.storage_procs import StorageProcess, read_sha
 from tests.test_blobstore import BLOCK, pattern, read_all
+from tests.test_blobstore_durability import GatedUnlink
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
 from wsstorage.errors import BlobNotFound, BlobSealed, DiskFull, StorageError
@@ -834,5 +835,49 @@ def test_a_checkpoint_that_cannot_write_a_resident_record_keeps_it(tmp_path):
     reopened = open_store(tmp_path / "d")
     try:
         assert read_all(reopened, "x") == pattern(100)
+    finally:
+        reopened.close()
+
+
+def test_a_delete_holds_a_resident_blob_against_its_checkpoint(tmp_path):
+    """The delete's own checkpoint writes the resident record and would let
+    go of the blob; it must stay registered until the delete's unlinks are
+    done, or a put of the id meanwhile would create a blob among them (its
+    record then removed under it).  The put waits, then stores the id."""
+    fs = GatedUnlink("x.meta", "resident-delete")
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    errors: list[BaseException] = []
+
+    def run(f) -> None:
+        try:
+            f()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    first = threading.Thread(
+        target=run, args=(lambda: store.delete("x"),), name="resident-delete", daemon=True
+    )
+    first.start()
+    try:
+        assert fs.reached.wait(60)  # checkpointed, about to remove the record
+        assert store._residents == {}  # let go of by the checkpoint ...
+        assert store._live.get("x") is not None  # ... but the id is held
+        other = threading.Thread(
+            target=run, args=(lambda: put(store, "x", pattern(300, seed=5)),), daemon=True
+        )
+        other.start()
+    finally:
+        fs.release.set()
+    first.join(60)
+    other.join(60)
+    assert errors == []
+    assert read_all(store, "x") == pattern(300, seed=5)
+    assert [i.blob_id for i in store.list_blobs()] == ["x"]
+    assert store.count_blobs() == 1
+    store.close()
+    reopened = open_store(tmp_path / "d")
+    try:
+        assert read_all(reopened, "x") == pattern(300, seed=5)
     finally:
         reopened.close()
