@@ -40,6 +40,7 @@ def test_a_record_read_without_its_inline_bytes_refuses_to_be_encoded(tmp_path):
     record still encodes to the same bytes."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(5000))
+    store.checkpoint()  # its record file is written
     raw = meta_path(store, "b").read_bytes()
     assert len(raw) > RECORD_HEAD  # the head alone is not the whole record
     head = MetaRecord.decode(raw[:RECORD_HEAD], total=len(raw))
@@ -57,6 +58,7 @@ def test_every_record_writer_leaves_a_reopened_inline_blob_as_it_was(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     data = pattern(5000)
     put(store, "b", data)
+    store.checkpoint()  # its record file is written
     raw = meta_path(store, "b").read_bytes()
     store.close()
     store = BlobStore.open(tmp_path / "d")

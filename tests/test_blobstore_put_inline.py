@@ -55,12 +55,13 @@ def files_of(store: BlobStore, blob_id: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith(blob_id + "."))
 
 
-def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
-    """Through the put journal: the record's temp file is written unsynced,
-    its entry appended and fdatasync'd, and only then is it renamed (a
-    record under its final name always has a durable entry).  Nothing else
-    is synced until the checkpoint: one syncfs, then the journal's reset.
-    (The store's first put creates the journal files: not this one.)"""
+def test_a_small_put_is_one_journal_fdatasync_and_no_file(tmp_path):
+    """Through the put journal: its entry appended and fdatasync'd, and
+    nothing else: no file is created, the record stays in memory
+    (resident).  The checkpoint writes the record file (temp file,
+    rename: a record under its final name always has a durable entry),
+    then syncs: one syncfs, then the journal's reset.  (The store's first
+    put creates the journal files: not this one.)"""
     fs = RecordingFileSystem()
     store = fanned_out(
         BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs, checkpoint_after=None)
@@ -70,22 +71,25 @@ def test_a_small_put_is_one_journal_fdatasync_then_the_rename(tmp_path):
     fs.calls.clear()
     info = put(store, "b", data)
     assert (info.state, info.size, info.durable) == (SEALED, len(data), len(data))
-    assert [c for c in fs.calls if c[0] in SYNCS + ("rename",)] == [
+    assert [c for c in fs.calls if c[0] != "close"] == [
+        ("write", "journal-a"),
         ("fdatasync", "journal-a"),
-        ("rename", "b.meta"),
     ]
-    assert fs.calls.index(("write", "b.meta.tmp")) < fs.calls.index(("write", "journal-a"))
-    assert files_of(store, "b") == ["b.meta"]
-    record, trailer = record_of(store, "b")
-    assert record["format"] == 3 and record["data_size"] == len(data) and trailer == data
+    assert files_of(store, "b") == []
+    assert read_all(store, "b") == data
     assert store.journal_pending() == ["a", "b"]
     fs.calls.clear()
     store.checkpoint()
-    assert [c for c in fs.calls if c[0] in SYNCS + ("syncfs",)] == [
+    assert [c for c in fs.calls if c[0] in SYNCS + ("syncfs", "rename")] == [
+        ("rename", "a.meta"),
+        ("rename", "b.meta"),
         ("syncfs", "d"),
         ("fdatasync", "journal-a"),
     ]
     assert store.journal_pending() == []
+    assert files_of(store, "b") == ["b.meta"]
+    record, trailer = record_of(store, "b")
+    assert record["format"] == 3 and record["data_size"] == len(data) and trailer == data
     store.close()
 
 
@@ -150,6 +154,7 @@ def test_a_damaged_byte_of_inline_data_fails_its_checksum(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     data = pattern(2 * BLOCK)
     put(store, "b", data)
+    store.checkpoint()  # its record file is written (and it is read from it)
     meta = BlobPaths.of(store.root, "b").meta
     # One bit rots on disk, in place: the data sits raw after the record's
     # JSON, so the record still decodes and the read finds the damage.
@@ -186,6 +191,7 @@ def test_a_damaged_byte_of_inline_data_fails_its_checksum(tmp_path):
 def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change, cut):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(BLOCK + 9))
+    store.checkpoint()  # its record file is written
     record, trailer = record_of(store, "b")
     record.update(change)
     rewrite_record(store, "b", record, trailer[: len(trailer) - cut])
@@ -198,6 +204,7 @@ def test_a_record_with_malformed_inline_data_is_damaged(tmp_path, change, cut):
 def test_a_record_with_inline_data_but_no_checksums_is_damaged(tmp_path):
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(100))
+    store.checkpoint()  # its record file is written
     record, trailer = record_of(store, "b")
     del record["sums"]
     rewrite_record(store, "b", record, trailer)
@@ -317,9 +324,11 @@ def test_a_reader_of_a_record_replaced_or_damaged_under_it(tmp_path):
     since is a ChecksumError (read another replica), not FormatError."""
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK)
     put(store, "b", pattern(5000))
+    store.checkpoint()  # looked up from its record file, not in memory
     looked_up = store._blob("b")
     store.delete("b")
     put(store, "b", pattern(5000, seed=3))
+    store.checkpoint()
     with pytest.raises(BlobNotFound):
         looked_up.inline_bytes()
     looked_up = store._blob("b")

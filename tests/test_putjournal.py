@@ -23,9 +23,10 @@ from twisted.internet import reactor
 
 from tests.storage_procs import StorageProcess, read_sha
 from tests.test_blobstore import BLOCK, pattern, read_all
+from tests.test_blobstore_durability import GatedUnlink
 from wsstorage.blobstore import BlobStore
 from wsstorage.diskformat import BlobPaths, FormatError
-from wsstorage.errors import BlobNotFound, StorageError
+from wsstorage.errors import BlobNotFound, BlobSealed, DiskFull, StorageError
 from wsstorage.fsshims import RecordingFileSystem
 from wsstorage.putjournal import (
     ENTRY_CRC,
@@ -157,19 +158,21 @@ def test_a_header_of_a_newer_version_is_refused_and_a_torn_one_is_no_header():
 
 
 def test_a_crash_before_the_checkpoint_replays_lost_and_torn_records(tmp_path):
-    """Records written since the last checkpoint that a power loss took
-    (missing, empty, torn in their data, or cut short) are written again
-    from the journal at open, before the scan: the blobs read back whole
-    and none is reported damaged."""
+    """Records of puts since the last checkpoint are resident (no file
+    yet), and a power loss during a checkpoint may leave their files
+    missing, empty, torn in their data, or cut short: each is written
+    again from the journal at open, before the scan: the blobs read back
+    whole and none is reported damaged."""
     store = open_store(tmp_path / "d")
     blobs = {f"b{i}": pattern(3000 + i, seed=i) for i in range(5)}
     for blob_id, data in blobs.items():
         assert put(store, blob_id, data).state == SEALED
     assert store.journal_pending() == sorted(blobs)
     copy = crash_copy(store, tmp_path)
-    meta(copy, "b0").unlink()
+    assert not any(meta(copy, blob_id).exists() for blob_id in blobs)
+    records = {e.blob_id: e.record for e in journal_entries(copy)}
     meta(copy, "b1").write_bytes(b"")
-    raw = meta(copy, "b2").read_bytes()
+    raw = records["b2"]
     meta(copy, "b2").write_bytes(raw[:-100] + bytes(100))
     meta(copy, "b3").write_bytes(raw[:40])
     store.close()
@@ -195,6 +198,7 @@ def test_a_record_replaced_by_a_later_blob_is_kept(tmp_path):
     store.close()
     other = open_store(tmp_path / "other", journal_size=0)
     put(other, "x", pattern(200, seed=5), epoch=9)
+    meta(copy, "x").parent.mkdir(exist_ok=True)
     other.close()
     shutil.copy(meta(tmp_path / "other", "x"), meta(copy, "x"))
     replayed = open_store(copy)
@@ -204,15 +208,19 @@ def test_a_record_replaced_by_a_later_blob_is_kept(tmp_path):
         replayed.close()
 
 
-@pytest.mark.parametrize("how", ["delete", "delete_damaged", "quarantine"])
+@pytest.mark.parametrize("how", ["delete", "quarantine"])
 def test_removing_a_blob_with_a_pending_entry_checkpoints_first(tmp_path, how):
-    """Otherwise the replay after a crash would bring the removed blob back."""
+    """Otherwise the replay after a crash would bring the removed blob back.
+    (A blob with a pending entry is resident, found in memory, never read
+    from disk: never ``damaged``.  ``_delete_damaged`` settles all the
+    same.)"""
     fs = RecordingFileSystem()
     store = open_store(tmp_path / "d", fs=fs)
     put(store, "x", pattern(100))
     put(store, "y", pattern(100, seed=1))
-    if how == "delete_damaged":
-        meta(store.root, "x").write_bytes(b"{not json")
+    if how == "quarantine":
+        # Scrub finds a blob through list_blobs, resident or not.
+        assert "x" in [i.blob_id for i in store.list_blobs()]
     fs.calls.clear()
     if how == "quarantine":
         moved = store.quarantine("x", lambda path: os.unlink(path))
@@ -329,7 +337,7 @@ def test_a_store_opened_without_a_journal_replays_it_then_removes_it(tmp_path):
     put(store, "x", pattern(100))
     copy = crash_copy(store, tmp_path)
     store.close()
-    meta(copy, "x").unlink()
+    assert not meta(copy, "x").exists()  # resident: its entry is all there is
     replayed = open_store(copy, journal_size=0)
     try:
         assert read_all(replayed, "x") == pattern(100)
@@ -340,8 +348,8 @@ def test_a_store_opened_without_a_journal_replays_it_then_removes_it(tmp_path):
 
 def test_concurrent_puts_are_all_in_the_journal_when_acknowledged(tmp_path):
     """Eight threads put at once (their fdatasyncs overlap): every put that
-    returned has its entry in the valid prefix, so that a crash copy with
-    every record removed gets them all back."""
+    returned has its entry in the valid prefix, so that a crash copy,
+    where no record has a file (all resident), gets them all back."""
     store = open_store(tmp_path / "d")
     errors: list[BaseException] = []
 
@@ -362,7 +370,7 @@ def test_concurrent_puts_are_all_in_the_journal_when_acknowledged(tmp_path):
     store.close()
     for k in range(8):
         for i in range(40):
-            meta(copy, f"t{k}-{i}").unlink()
+            assert not meta(copy, f"t{k}-{i}").exists()
     replayed = open_store(copy)
     try:
         assert replayed.count_blobs() == 8 * 40
@@ -429,10 +437,10 @@ def test_puts_fall_back_to_their_own_syncs_while_both_journals_are_full(tmp_path
 @pytest_twisted.ensureDeferred
 async def test_a_server_killed_after_acknowledging_puts_keeps_them(tmp_path) -> None:
     """A storage server acknowledges small puts through the journal, then
-    dies (SIGKILL) at its first checkpoint, before any record file was made
-    durable by it.  The record files a power loss would have lost are
-    removed; restarted, the server replays its journal and every
-    acknowledged blob reads back with its sha256."""
+    dies (SIGKILL) at its first checkpoint, before it wrote any record
+    file: every acknowledged put was resident, its record in memory and
+    its entry in the journal only.  Restarted, the server replays its
+    journal and every acknowledged blob reads back with its sha256."""
     fp_log = tmp_path / "failpoints.log"
     crashing = StorageProcess(
         tmp_path,
@@ -459,7 +467,7 @@ async def test_a_server_killed_after_acknowledging_puts_keeps_them(tmp_path) -> 
         crashing.stop()
     assert acknowledged
     for blob_id in acknowledged:
-        meta(crashing.data, blob_id).unlink()
+        assert not meta(crashing.data, blob_id).exists()
 
     restarted = StorageProcess(tmp_path).start()
     try:
@@ -472,23 +480,25 @@ async def test_a_server_killed_after_acknowledging_puts_keeps_them(tmp_path) -> 
         restarted.stop()
 
 
-class FailingRename(RecordingFileSystem):
-    """EIO on the rename of ``b.meta``'s temp file, once ``fail`` is set."""
+class FailingJournalSync(RecordingFileSystem):
+    """EIO on a journal file's fdatasync, once ``fail`` is set."""
 
     fail = False
 
-    def rename(self, src: str, dst: str) -> None:
-        if self.fail and dst.endswith("b.meta"):
+    def fdatasync(self, fd: int) -> None:
+        if self.fail and self._name(fd).startswith("journal-"):
             self.fail = False
             raise OSError(errno.EIO, "Input/output error")
-        super().rename(src, dst)
+        super().fdatasync(fd)
 
 
 def test_a_put_that_fails_after_its_entry_voids_it_with_a_checkpoint(tmp_path):
-    """Its entry is durable when the rename fails: replayed, it would create
-    a blob the caller was told was not stored.  The failure checkpoints (the
-    entry is reset away) before it is reported; the blob put before stays."""
-    fs = FailingRename()
+    """Its entry is in the file when its fdatasync fails: replayed, it
+    would create a blob the caller was told was not stored.  The failure
+    checkpoints (the entry is reset away) before it is reported; the blob
+    put before, resident, gets its record file from that checkpoint and
+    stays."""
+    fs = FailingJournalSync()
     store = open_store(tmp_path / "d", fs=fs)
     put(store, "a", pattern(100))
     fs.fail = True
@@ -497,6 +507,7 @@ def test_a_put_that_fails_after_its_entry_voids_it_with_a_checkpoint(tmp_path):
     assert store.journal_pending() == []
     assert ("syncfs", "d") in fs.calls
     assert store.count_blobs() == 1
+    assert meta(store.root, "a").exists() and not meta(store.root, "b").exists()
     copy = crash_copy(store, tmp_path)
     store.close()
     replayed = open_store(copy)
@@ -655,3 +666,218 @@ def test_the_journal_refuses_a_checkpoint_once_closed(tmp_path):
     store.close()
     with pytest.raises(StorageError):
         journal.checkpoint()
+
+
+# -- resident records ------------------------------------------------------
+
+
+def test_a_journaled_put_is_resident_until_its_checkpoint(tmp_path):
+    """A journaled put creates no file: its blob is found in memory by
+    every look-up (stat, read, list, count, fence, commit, a second put)
+    until the checkpoint writes its record file, with the entry's exact
+    bytes, and lets go of it."""
+    store = open_store(tmp_path / "d")
+    try:
+        write_all_sealed = store.open_write("ondisk", 1, 0, {})
+        write_all_sealed.write(pattern(10))
+        write_all_sealed.seal()
+        data = pattern(3 * BLOCK + 5, seed=4)
+        info = put(store, "x", data)
+        assert (info.state, info.size, info.durable) == (SEALED, len(data), len(data))
+        directory = meta(store.root, "x").parent
+        assert [n for n in os.listdir(directory) if n.startswith("x.")] == []
+        assert store._residents.keys() == {"x"} and "x" in store._live
+        assert store.stat("x").sealed and store.stat("x").size == len(data)
+        assert read_all(store, "x") == data
+        assert sorted(i.blob_id for i in store.list_blobs()) == ["ondisk", "x"]
+        assert store.count_blobs() == 2
+        assert store.fence("x", 1, len(data)).state == SEALED  # a no-op fence
+        with pytest.raises(BlobSealed):
+            store.fence("x", 2, 0)
+        assert store.commit("x", 1).size == len(data)
+        with pytest.raises(BlobSealed):
+            put(store, "x", pattern(10))
+        assert read_all(store, "x") == data
+        store.checkpoint()
+        assert meta(store.root, "x").read_bytes() == journal_entry_of(store, "x")
+        assert store._residents == {} and store._live == {}
+        assert read_all(store, "x") == data
+        assert sorted(i.blob_id for i in store.list_blobs()) == ["ondisk", "x"]
+        assert store.count_blobs() == 2
+    finally:
+        store.close()
+
+
+def journal_entry_of(store: BlobStore, blob_id: str) -> bytes:
+    """The record a put's entry holds (checkpointed or not: a reset leaves
+    the bytes, under an older generation), read from the journal files."""
+    for name in JOURNAL_FILES:
+        raw = (Path(store.root) / name).read_bytes()
+        for generation in range(1, 64):
+            for entry in scan(raw, generation)[0]:
+                if entry.blob_id == blob_id:
+                    return entry.record
+    raise AssertionError(f"no entry of {blob_id}")
+
+
+def test_a_listing_under_way_lists_a_resident_blob_once(tmp_path):
+    """Whether its checkpoint writes its record file before or after the
+    listing reaches its directory, a resident blob is listed once."""
+    store = open_store(tmp_path / "d")
+    try:
+        for name in ("00", "zz"):  # one in a directory before x's, one after
+            handle = store.open_write(name, 1, 0, {})
+            handle.write(pattern(10))
+            handle.seal()
+        put(store, "x", pattern(100))
+        assert not meta(store.root, "x").exists()
+        listing = store.list_blobs()
+        first = next(listing)
+        store.checkpoint()  # x gets its file while the listing goes on
+        names = [first.blob_id] + [i.blob_id for i in listing]
+        assert sorted(names) == ["00", "x", "zz"]
+    finally:
+        store.close()
+
+
+def test_a_deleted_resident_blob_is_made_durable_then_removed_for_good(tmp_path):
+    """A delete checkpoints first (the entry would bring the blob back),
+    which writes the record the delete then removes; the blob stays
+    deleted after a restart, and nothing of it is left in memory."""
+    fs = RecordingFileSystem()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    put(store, "y", pattern(100, seed=1))
+    assert not meta(store.root, "x").exists()
+    fs.calls.clear()
+    store.delete("x")
+    assert ("rename", "x.meta") in fs.calls and ("syncfs", "d") in fs.calls
+    assert not meta(store.root, "x").exists()
+    with pytest.raises(BlobNotFound):
+        store.stat("x")
+    with pytest.raises(BlobNotFound):
+        store.delete("x")
+    assert [i.blob_id for i in store.list_blobs()] == ["y"]
+    assert store.count_blobs() == 1
+    assert store._residents == {} and store._live == {}
+    put(store, "x", pattern(50, seed=7))  # the id is free again
+    assert read_all(store, "x") == pattern(50, seed=7)
+    store.delete("x")
+    store.close()
+    reopened = open_store(tmp_path / "d")
+    try:
+        with pytest.raises(BlobNotFound):
+            reopened.stat("x")
+        assert read_all(reopened, "y") == pattern(100, seed=1)
+        assert reopened.count_blobs() == 1
+    finally:
+        reopened.close()
+
+
+def test_close_writes_the_resident_records(tmp_path):
+    """Close checkpoints: each resident record gets its file (the entry's
+    bytes), durable, and the reopened store reads it from disk."""
+    fs = RecordingFileSystem()
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    assert not meta(store.root, "x").exists()
+    entry = journal_entry_of(store, "x")
+    fs.calls.clear()
+    store.close()
+    assert fs.calls.index(("rename", "x.meta")) < fs.calls.index(("syncfs", "d"))
+    assert meta(tmp_path / "d", "x").read_bytes() == entry
+    reopened = open_store(tmp_path / "d")
+    try:
+        assert reopened._residents == {}
+        assert read_all(reopened, "x") == pattern(100)
+    finally:
+        reopened.close()
+
+
+class NoSpaceForRecords(RecordingFileSystem):
+    """ENOSPC on a write of a record's temp file, while ``full`` is set."""
+
+    full = False
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        if self.full and self._name(fd).endswith(".meta.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().pwrite(fd, data, offset)
+
+
+def test_a_checkpoint_that_cannot_write_a_resident_record_keeps_it(tmp_path):
+    """A full disk when the checkpoint writes a resident record: the
+    checkpoint fails (the journal turns off), the blob is still found in
+    memory and its entry still in the journal; the next checkpoint writes
+    it again, synced, and only then lets go of it."""
+    fs = NoSpaceForRecords()
+    store = open_store(tmp_path / "d", fs=fs)
+    try:
+        put(store, "x", pattern(100))
+        fs.full = True
+        with pytest.raises(DiskFull):
+            store.checkpoint()
+        assert store.journal_pending() == ["x"]
+        assert not meta(store.root, "x").exists()
+        assert read_all(store, "x") == pattern(100)
+        assert [i.blob_id for i in store.list_blobs()] == ["x"]
+        with pytest.raises(DiskFull):
+            store.delete("x")  # its checkpoint cannot write it either
+        assert read_all(store, "x") == pattern(100)
+        fs.full = False
+        fs.calls.clear()
+        store.checkpoint()
+        assert ("fsync", "x.meta.tmp") in fs.calls
+        assert store.journal_pending() == [] and store._residents == {}
+        assert read_all(store, "x") == pattern(100)
+    finally:
+        store.close()
+    reopened = open_store(tmp_path / "d")
+    try:
+        assert read_all(reopened, "x") == pattern(100)
+    finally:
+        reopened.close()
+
+
+def test_a_delete_holds_a_resident_blob_against_its_checkpoint(tmp_path):
+    """The delete's own checkpoint writes the resident record and would let
+    go of the blob; it must stay registered until the delete's unlinks are
+    done, or a put of the id meanwhile would create a blob among them (its
+    record then removed under it).  The put waits, then stores the id."""
+    fs = GatedUnlink("x.meta", "resident-delete")
+    store = open_store(tmp_path / "d", fs=fs)
+    put(store, "x", pattern(100))
+    errors: list[BaseException] = []
+
+    def run(f) -> None:
+        try:
+            f()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    first = threading.Thread(
+        target=run, args=(lambda: store.delete("x"),), name="resident-delete", daemon=True
+    )
+    first.start()
+    try:
+        assert fs.reached.wait(60)  # checkpointed, about to remove the record
+        assert store._residents == {}  # let go of by the checkpoint ...
+        assert store._live.get("x") is not None  # ... but the id is held
+        other = threading.Thread(
+            target=run, args=(lambda: put(store, "x", pattern(300, seed=5)),), daemon=True
+        )
+        other.start()
+    finally:
+        fs.release.set()
+    first.join(60)
+    other.join(60)
+    assert errors == []
+    assert read_all(store, "x") == pattern(300, seed=5)
+    assert [i.blob_id for i in store.list_blobs()] == ["x"]
+    assert store.count_blobs() == 1
+    store.close()
+    reopened = open_store(tmp_path / "d")
+    try:
+        assert read_all(reopened, "x") == pattern(300, seed=5)
+    finally:
+        reopened.close()

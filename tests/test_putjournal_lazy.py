@@ -89,8 +89,8 @@ def test_the_first_put_appends_once_the_files_and_their_names_are_durable(tmp_pa
             < calls.index(("fsync_dir", "d"))
             < first_append
         )
-    synced = calls.index(("fdatasync", "journal-a"))
-    assert first_append < synced < calls.index(("rename", "x.meta"))
+    assert first_append < calls.index(("fdatasync", "journal-a"))
+    assert not any(name.startswith("x.meta") for _, name in calls)  # resident
     fs.calls.clear()
     put(store, "y", pattern(100, seed=1))
     assert not any(name.endswith(".tmp") and name.startswith("journal") for _, name in fs.calls)
@@ -101,27 +101,41 @@ def test_the_first_put_appends_once_the_files_and_their_names_are_durable(tmp_pa
 
 
 class GatedCreation(Recording):
-    """Holds the creation's first write until every one of ``ids`` has
-    written its record's temp file: each put is then past it, on its way
-    into the journal, while the files are still being made."""
+    """Holds the creation's first write until ``expected`` puts have come
+    to the journal's creation lock (``ArrivalLock``): the one making the
+    files and every other, waiting for it, while they are being made."""
 
-    def __init__(self, ids: list[str]) -> None:
+    def __init__(self, expected: int) -> None:
         super().__init__()
-        self.waiting = {f"{i}.meta.tmp" for i in ids}
+        self.expected = expected
+        self.arrived = 0
         self.cond = threading.Condition()
         self.held = False
 
     def pwrite(self, fd: int, data, offset: int) -> int:
-        name = self._name(fd)
-        if name.endswith(".meta.tmp"):
-            with self.cond:
-                self.waiting.discard(name)
-                self.cond.notify_all()
-        elif name == "journal-a.tmp" and not self.held:
+        if self._name(fd) == "journal-a.tmp" and not self.held:
             self.held = True
             with self.cond:
-                assert self.cond.wait_for(lambda: not self.waiting, 30)
+                assert self.cond.wait_for(lambda: self.arrived >= self.expected, 30)
         return super().pwrite(fd, data, offset)
+
+
+class ArrivalLock:
+    """The journal's creation lock, counting who comes to it (a put
+    creates no file before its entry: nothing on disk says it came)."""
+
+    def __init__(self, gate: GatedCreation) -> None:
+        self.gate = gate
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self.gate.cond:
+            self.gate.arrived += 1
+            self.gate.cond.notify_all()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 def test_concurrent_first_puts_create_the_files_once(tmp_path):
@@ -130,8 +144,9 @@ def test_concurrent_first_puts_create_the_files_once(tmp_path):
     directory fsync that made the files durable.  Every put is in the
     journal: a crash copy without the record files gets them all back."""
     ids = [f"t{k}" for k in range(8)]
-    fs = GatedCreation(ids)
+    fs = GatedCreation(len(ids))
     store = open_store(tmp_path / "d", fs=fs, journal_size=SIZE)
+    store._journal._create_lock = ArrivalLock(fs)  # type: ignore[union-attr,assignment]
     fs.calls.clear()
     errors: list[BaseException] = []
 
@@ -158,7 +173,7 @@ def test_concurrent_first_puts_create_the_files_once(tmp_path):
     copy = crash_copy(store, tmp_path)
     store.close()
     for blob_id in ids:
-        meta(copy, blob_id).unlink()
+        assert not meta(copy, blob_id).exists()  # resident: no record file
     replayed = open_store(copy, journal_size=SIZE)
     try:
         for blob_id in ids:
@@ -213,7 +228,7 @@ def test_a_store_opens_and_replays_whatever_journal_files_a_crash_left(tmp_path,
     copy = crash_copy(store, tmp_path)
     store.close()
     for blob_id in blobs:
-        meta(copy, blob_id).unlink()
+        assert not meta(copy, blob_id).exists()  # resident: no record file
     leave(copy, case)
     fs = Recording()
     replayed = open_store(copy, fs=fs, journal_size=SIZE)
@@ -235,7 +250,7 @@ def test_a_store_opens_and_replays_whatever_journal_files_a_crash_left(tmp_path,
         again = crash_copy(replayed, tmp_path, "again")
     finally:
         replayed.close()
-    meta(again, "after").unlink()
+    assert not meta(again, "after").exists()  # resident: no record file
     reopened = open_store(again, journal_size=SIZE)
     try:
         assert read_all(reopened, "after") == pattern(700, seed=9)
@@ -252,7 +267,7 @@ def test_a_short_journal_is_replayed_before_it_is_removed(tmp_path):
     put(store, "x", pattern(900))
     copy = crash_copy(store, tmp_path)
     store.close()
-    meta(copy, "x").unlink()
+    assert not meta(copy, "x").exists()  # resident: no record file
     leave(copy, "a-short")
     fs = Recording()
     replayed = open_store(copy, fs=fs, journal_size=SIZE)
@@ -274,7 +289,7 @@ def test_a_store_without_a_journal_removes_short_and_temp_files_too(tmp_path):
     put(store, "x", pattern(900))
     copy = crash_copy(store, tmp_path)
     store.close()
-    meta(copy, "x").unlink()
+    assert not meta(copy, "x").exists()  # resident: no record file
     leave(copy, "a-short")
     (copy / "journal-b.tmp").write_bytes(bytes(100))
     replayed = open_store(copy, journal_size=0)
@@ -372,7 +387,7 @@ async def test_a_server_killed_while_creating_its_journal_starts_again(tmp_path)
     assert acknowledged
     assert journal_names(restarted.data) == list(JOURNAL_FILES)
     for blob_id in acknowledged:
-        meta(restarted.data, blob_id).unlink()
+        assert not meta(restarted.data, blob_id).exists()  # resident: no record file
 
     again = StorageProcess(tmp_path).start()
     try:

@@ -58,6 +58,7 @@ async def test_a_flipped_byte_of_a_put_kept_in_its_record_is_found_and_quarantin
         handle = store.open_put(f"small{i}", 1, {"path": "/x"}, 6000)
         handle.write(os.urandom(6000))
         handle.seal()
+    store.checkpoint()  # the records get their files (resident until then)
     meta = BlobPaths.of(store.root, "small1").meta
     flip(meta, os.path.getsize(meta) - 6000 + 5000)  # rot in place, in the data
     reported = []
@@ -74,6 +75,23 @@ async def test_a_flipped_byte_of_a_put_kept_in_its_record_is_found_and_quarantin
     with pytest.raises(BlobNotFound):
         store.stat("small1")
     assert store.count_blobs() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrub_checks_a_resident_put_once_from_memory(tmp_path):
+    """A small put not yet checkpointed has no record file (resident):
+    scrub finds it through list_blobs, once, and checks its bytes."""
+    store = BlobStore.open(tmp_path / "data", block_size=4096, checkpoint_after=None)
+    try:
+        handle = store.open_put("small", 1, {"path": "/x"}, 6000)
+        handle.write(os.urandom(6000))
+        handle.seal()
+        assert not os.path.exists(BlobPaths.of(store.root, "small").meta)
+        put(store, "big", b"b" * 3000)
+        result, reported = await scrub(store)
+        assert result == {"checked": 2, "damaged": 0, "bytes": 9000} and reported == []
+    finally:
+        store.close()
 
 
 async def scrub(store: BlobStore, **kwargs) -> tuple[dict, list]:
@@ -107,6 +125,7 @@ async def test_a_record_that_no_longer_decodes_is_reported_and_quarantined(store
     reports and quarantines it, so a new copy of the blob can be stored."""
     (small_put if how == "put" else put)(store, "good", b"g" * 3000)
     (small_put if how == "put" else put)(store, "bad", b"b" * 3000)
+    store.checkpoint()  # a small put's record gets its file (resident until then)
     meta = BlobPaths.of(store.root, "bad").meta
     with open(meta, "rb") as f:
         flip(meta, f.read().index(b'"epoch"') + 1)

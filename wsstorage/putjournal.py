@@ -2,15 +2,32 @@
 
 A small ``put`` (``BlobStore.put_inline``) used to make its record file
 durable on its own: fsync of the file, then of its directory, two journal
-commits of the file system per replica.  With this journal the record file
-is written (temp file, rename) without any sync, a copy of its bytes is
-appended to a preallocated journal file, and one fdatasync of that file is
-what the put waits for.  Since the file is preallocated (every byte written
-and fsync'd when it was created), an append changes neither its size nor
-its block map: the fdatasync is a pure data flush, and concurrent puts
-share it.  The record files are made durable later, many at once, by a
-*checkpoint* (one ``syncfs``); until then the journal is what survives a
-power loss, and opening the store replays it (``PutJournal.open``).
+commits of the file system per replica.  With this journal the record's
+bytes are appended to a preallocated journal file, and one fdatasync of
+that file is what the put waits for.  Since the file is preallocated
+(every byte written and fsync'd when it was created), an append changes
+neither its size nor its block map: the fdatasync is a pure data flush,
+and concurrent puts share it.  The put creates no file at all: its record
+stays in the store's memory (the blob is *resident*: the store's
+``_residents``), where every look-up finds it, until a *checkpoint*
+writes the record files of all the puts since the last one (temp file,
+rename, unsynced), makes them durable at once (one ``syncfs``), resets
+the journal file and only then lets go of them.  Creating a file cost
+0.05-0.9 ms of kernel CPU on the VM we measure on, most of what a small
+STOR's replica spent between the data's end and its acknowledgement;
+written by a checkpoint, in a background thread, it leaves the put's
+critical path.  Until the checkpoint the journal is what survives a
+power loss, and opening the store replays it (``PutJournal.open``),
+writing every record file from its entry.
+
+Memory: a resident record is the journal entry's bytes (the small blob's
+data and its JSON line, at most ``INLINE_DATA_MAX`` plus a few hundred
+bytes), held once more by the blob (its inline data).  Residents are let
+go of when the checkpoint of their file is done, and a put finding no
+room in the active file is not journaled (it writes its own record
+file), so they are never more than what the two journal files hold (8
+MiB with the defaults), or twice that counting each blob's own copy of
+its data (16 MiB).
 
 Layout (docs/storage-format.md): two files, ``journal-a`` and
 ``journal-b``, of the same size.  A 4 KiB header (``HEADER``: magic,
@@ -32,22 +49,32 @@ once (concurrent first puts wait for it), and appends only once every
 file and the directory entry naming it are durable.
 
 Appends go to the *active* file, in order, under a lock; the fdatasync runs
-outside it (one at a time: see below).  A checkpoint switches appends to the other file, waits for
-the puts still publishing into the old one, makes every record file durable
-(``flush``), and only then resets the old file.  Checkpoints run in a
+outside it (one at a time: see below).  A checkpoint switches appends to
+the other file, waits for the puts still publishing into the old one
+(making their blob resident: ``publish``), writes the resident records of
+the old one's puts (``materialize``), makes every record file durable
+(``flush``), resets the old file, and only then lets go of those
+residents: until the reset, a failed flush may have lost a record file,
+and the blob must still be found in memory.  Checkpoints run in a
 background thread (``checkpoint_after`` seconds after the first entry, or
 when the active file is half full), when a blob with an entry is about to be
 removed (``settle``), and at ``close``.
 
 Disk errors turn the journal off for the life of the process (``broken``):
-a failed fdatasync of a journal file, a failed ``flush`` or reset.  Linux
+a failed fdatasync of a journal file, a failed ``flush`` or reset, a
+record file a checkpoint cannot write (a full disk too: rare, and the
+puts that follow would find no room for their own record files either).  Linux
 reports a write-back error once per open file and then marks the failed
 pages clean, so after one nothing the journal's own syncs say can be
 trusted: every put whose entry a successful flush did not cover fails,
 later puts sync their own record files (as without a journal), and each
 record of a file whose checkpoint failed is written again from its entry
 and fsync'd one by one (``repair`` with ``force``), never trusted to the
-page cache.  Journal flushes are serialised (``_sync_lock``) and each
+page cache.  A failed checkpoint (a full disk while it writes a resident
+record, a failed flush or reset) lets go of no resident: those blobs stay
+in memory, their entries in the file, until a later checkpoint (the next
+removal of one of them, ``close``) rewrites them, or the next start
+replays them.  Journal flushes are serialised (``_sync_lock``) and each
 records how far it reached, so a put never takes another's flush, or
 another's swallowed error, for its own; puts that arrive while one flush
 runs share the next.
@@ -210,7 +237,8 @@ class _Side:
         #: Blob ids with an entry in this file since its last reset.
         self.pending: set[str] = set()
         #: Puts that appended here and have not finished publishing their
-        #: record file (the rename): a checkpoint waits for them.
+        #: record (``publish``: the blob made resident): a checkpoint
+        #: waits for them.
         self.inflight = 0
         #: Switched away from and not yet reset (a checkpoint failed): the
         #: next checkpoint finishes it first, rewriting its records.
@@ -308,8 +336,11 @@ def replay(
 class PutJournal:
     """The two journal files of one store (module docstring).
 
-    ``flush(blob_ids)`` makes the record files of those blobs durable (the
-    store's ``syncfs``); ``repair(entries, force)`` makes sure each record
+    ``materialize(blob_ids)`` writes the record files of those blobs that
+    are resident (unsynced), returning what lets go of them once their
+    file is reset; ``flush(blob_ids)`` makes the record files of those
+    blobs durable (the store's ``syncfs``); ``repair(entries, force)``
+    makes sure each record
     file holds exactly its entry's bytes: without ``force`` it rewrites
     one that differs, unsynced (a ``flush`` follows); with ``force`` it
     writes every one again to a new file and fsyncs it (after a failed
@@ -325,6 +356,7 @@ class PutJournal:
         flush: Callable[[Collection[str]], None],
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None,
+        materialize: Callable[[Collection[str]], Callable[[], None]] | None = None,
     ) -> None:
         self.fs = fs
         self._directory = directory
@@ -340,6 +372,7 @@ class PutJournal:
         self._active = 0
         self._flush = flush
         self._repair = repair
+        self._materialize = materialize or _nothing_resident
         self._checkpoint_after = checkpoint_after
         self._next_generation = max((s.generation for s in sides), default=0) + 1
         self._lock = threading.Lock()
@@ -381,6 +414,7 @@ class PutJournal:
         flush: Callable[[Collection[str]], None],
         repair: Callable[[list[Entry], bool], None],
         checkpoint_after: float | None = CHECKPOINT_AFTER,
+        materialize: Callable[[Collection[str]], Callable[[], None]] | None = None,
     ) -> PutJournal | None:
         """Replay the journal files in ``directory`` (``replay``), then keep
         those fit to append to, reset, and return the journal; the files
@@ -394,7 +428,7 @@ class PutJournal:
         kept = replay(fs, directory, flush, repair, keep=bool(size))
         if not size:
             return None
-        return cls(fs, directory, size, kept, flush, repair, checkpoint_after)
+        return cls(fs, directory, size, kept, flush, repair, checkpoint_after, materialize)
 
     # -- puts -----------------------------------------------------------
 
@@ -405,8 +439,9 @@ class PutJournal:
 
     def put(self, blob_id: str, record: bytes, publish: Callable[[], None]) -> bool:
         """Append ``record``'s entry, fdatasync the journal, then
-        ``publish()`` (the rename that gives the record file its name);
-        True once the put is durable.  False, with nothing appended, when
+        ``publish()`` (the store makes the blob resident: no file yet,
+        ``materialize`` writes it at the checkpoint); True once the put is
+        durable.  False, with nothing appended, when
         the active file has no room (its checkpoint is due, and the other
         file is still being checkpointed), or the journal is closed or off
         (a disk error; its files could not be made): the caller syncs the
@@ -415,14 +450,14 @@ class PutJournal:
         the caller's own two syncs cost less than waiting for a
         checkpoint's ``syncfs`` of everything written meanwhile.
 
-        The record file gets its name only after its entry is durable, so
-        a record file found after a power loss either has its entry, and
-        is replayed, or never existed: an unacknowledged put never leaves
-        a torn record that would read as a damaged blob.  A put that fails
-        once its entry is appended (the fdatasync or the rename) voids the
-        entry with a checkpoint before it raises: replayed, it would
-        create a blob that was reported as not stored, and maybe overwrite
-        a later one of the same id."""
+        The record file is written only by a checkpoint, long after its
+        entry is durable, so a record file found after a power loss
+        either has its entry, and is replayed, or was made durable: an
+        unacknowledged put never leaves a torn record that would read as
+        a damaged blob.  A put that fails once its entry is appended (its
+        fdatasync) voids the entry with a checkpoint before it raises:
+        replayed, it would create a blob that was reported as not stored,
+        and maybe overwrite a later one of the same id."""
         if not self._ready and not self._create_missing():
             return False
         with self._lock:
@@ -597,19 +632,26 @@ class PutJournal:
             self._finish(old, rewrite=False)
 
     def _finish(self, side: _Side, rewrite: bool) -> None:
-        """Make ``side``'s records durable and reset it (checkpoint lock
-        held; no put appends to it).  ``rewrite``: a flush of it failed
-        before, and a failed flush may have dropped dirty pages (Linux marks
-        them clean after a write error), so its records are written again
-        from the journal first."""
+        """Write ``side``'s resident records, make its records durable,
+        reset it, then let go of those residents (checkpoint lock held; no
+        put appends to it).  ``rewrite``: a flush of it failed before, and
+        a failed flush may have dropped dirty pages (Linux marks them clean
+        after a write error), so its records are written again from the
+        journal first, each synced.  Any failure leaves every resident in
+        memory and the side dirty (``_break``)."""
+        blob_ids = set(side.pending)
         try:
+            # The resident records of the side's puts get their files now
+            # (unsynced: the flush below makes them durable); they are let
+            # go of from memory only once the reset is done.
+            release = self._materialize(blob_ids)
             if rewrite:
                 raw = self.fs.pread(side.fd, side.size, 0)
                 entries, _ = scan(raw, side.generation)
                 with self._lock:
                     voided = set(side.voided)
                 self._repair([e for e in entries if e.offset not in voided], True)
-            self._flush(set(side.pending))
+            self._flush(blob_ids)
             with self._lock:
                 generation = self._next_generation
                 self._next_generation += 1
@@ -626,6 +668,7 @@ class PutJournal:
             side.first_at = None
             side.dirty = False
             self._idle.notify_all()
+        release()
 
     def _start_thread(self) -> None:
         """Start the checkpoint thread at the first put (lock held): a store
@@ -698,6 +741,12 @@ class PutJournal:
         """Every blob id with an entry not yet checkpointed, sorted."""
         with self._lock:
             return sorted(set().union(*(s.pending for s in self._sides)))
+
+
+def _nothing_resident(blob_ids: Collection[str]) -> Callable[[], None]:
+    """The ``materialize`` of a journal whose puts leave no record in
+    memory: nothing to write, nothing to let go of."""
+    return lambda: None
 
 
 def _create(fs: OsFileSystem, path: str, size: int, generation: int, nth: int = 1) -> int:
