@@ -10,6 +10,7 @@ that says what to do; and a store keeps at most ``RESIDENT_MAX`` residents.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from tests.test_putjournal import NoSpaceForRecords, meta, open_store, put
 from wsstorage import blobstore
 from wsstorage.blobstore import BlobStore
 from wsstorage.errors import DiskFull
+from wsstorage.fsops import UNCOUNTED_INODES, OsFileSystem
 from wsstorage.fsshims import RecordingFileSystem
 from wsstorage.putjournal import JOURNAL_SIZE
 
@@ -215,3 +217,18 @@ def test_many_tiny_puts_never_hold_more_than_the_cap(tmp_path):
         assert store._admitted <= blobstore.RESIDENT_MAX
     finally:
         store.close()
+
+
+def test_room_reads_statvfs_and_a_file_system_without_inode_counts_has_room(tmp_path, monkeypatch):
+    """``room`` is what an unprivileged user may use (``f_bavail``,
+    ``f_favail``); btrfs reports no inode counts at all (``f_files`` 0),
+    which must not read as no inode free, or no put there is resident."""
+    real = os.statvfs(tmp_path)
+    free, _, unit = OsFileSystem().room(str(tmp_path))
+    assert unit == real.f_frsize and free % unit == 0 and free > 0
+    fake = os.statvfs_result((4096, 4096, 100, 50, 40, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    assert OsFileSystem().room(str(tmp_path)) == (40 * 4096, UNCOUNTED_INODES, 4096)
+    fake = os.statvfs_result((4096, 4096, 100, 50, 40, 1000, 7, 5, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    assert OsFileSystem().room(str(tmp_path)) == (40 * 4096, 5, 4096)
