@@ -807,9 +807,11 @@ class NoSpaceForRecords(RecordingFileSystem):
 
 def test_a_checkpoint_that_cannot_write_a_resident_record_keeps_it(tmp_path):
     """A full disk when the checkpoint writes a resident record: the
-    checkpoint fails (the journal turns off), the blob is still found in
-    memory and its entry still in the journal; the next checkpoint writes
-    it again, synced, and only then lets go of it."""
+    checkpoint fails (the journal stays on: nothing it flushed is in
+    doubt), the blob is still found in memory and its entry still in the
+    journal; the next checkpoint writes it, makes it durable with its
+    syncfs (no record rewritten and fsync'd one by one: that is for a
+    failed flush), and only then lets go of it."""
     fs = NoSpaceForRecords()
     store = open_store(tmp_path / "d", fs=fs)
     try:
@@ -824,11 +826,16 @@ def test_a_checkpoint_that_cannot_write_a_resident_record_keeps_it(tmp_path):
         with pytest.raises(DiskFull):
             store.delete("x")  # its checkpoint cannot write it either
         assert read_all(store, "x") == pattern(100)
+        assert store._journal.broken is None
         fs.full = False
         fs.calls.clear()
         store.checkpoint()
-        assert ("fsync", "x.meta.tmp") in fs.calls
+        assert ("syncfs", "d") in fs.calls
+        assert ("fsync", "x.meta.tmp") not in fs.calls
         assert store.journal_pending() == [] and store._residents == {}
+        assert store._admitted == 0 and store._admitted_bytes == 0
+        put(store, "y", pattern(10))
+        assert store.journal_pending() == ["y"]  # still journaled
         assert read_all(store, "x") == pattern(100)
     finally:
         store.close()

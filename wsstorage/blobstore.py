@@ -76,7 +76,12 @@ The journal files are created by the store's first such put, not by
 ``open`` (a store that never takes one never writes their 8 MiB).
 Without a journal (``journal_size=0``, a disk too full to create it) or
 with no room in it, a put syncs its record and then the directory (two
-syncs), as any record is written.
+syncs), as any record is written.  So does a put the store cannot afford
+to keep resident (``_admit``): one past ``RESIDENT_MAX`` residents (each
+costs about 3 KB of Python objects besides its bytes), or one whose
+record file, with those of every resident, would not fit in the free
+space (or inodes) of the disk less a margin: a resident's record must
+find room when the checkpoint writes it, since the put was acknowledged.
 
 Threads: ``write`` and ``read`` of one chunk (<= 256 KiB) only touch the page
 cache and may run in the reactor thread.  ``open_write`` (it creates files
@@ -92,8 +97,10 @@ lock; ``sync`` does not hold it while it fsyncs, so writes go on meanwhile.
 
 Memory: no call reads more than ``MAX_READ_SPAN`` (1 MiB, or one block if
 blocks are larger) at a time.  Resident puts' records are held until
-their checkpoint: at most what the two journal files hold (8 MiB by
-default), twice that with each blob's own copy of its bytes.  The
+their checkpoint: at most ``RESIDENT_MAX`` (1024) residents, each about
+3.0 KB of Python objects besides its bytes (measured), and bytes no more
+than the two journal files hold (8 MiB by default), twice that with each
+blob's own copy.  The
 checksums of bytes written but not yet synced are kept in memory (one entry
 per block, about 100 bytes per 64 KiB), so a writer that syncs now and then
 keeps that small.
@@ -175,6 +182,16 @@ log = Logger()
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: Most resident blobs a store keeps (``_admit``): a resident costs about
+#: 3.1 KB of Python objects besides its data (measured: a 1-byte put 3.1
+#: KB, a 4 KiB one 11.6 KB with the blob's own copy of the data), and the
+#: journal files alone would let 40,000 tiny puts be resident (130 MB).
+#: At half of it a checkpoint is hurried; past it a put writes and syncs
+#: its own record.  Also bounds a delete of a resident blob, whose
+#: checkpoint writes every pending record first (docs/storage-format.md).
+RESIDENT_MAX = 1024
+#: Inodes left free, beyond one per resident, for a put to be resident.
+RESIDENT_INODE_MARGIN = 64
 #: The newest FORMAT version a store opened without a put journal needs:
 #: one already at it is not upgraded (``BlobStore._prepare``).
 _UNJOURNALED_VERSION = 3
@@ -289,6 +306,8 @@ class _Blob:
         #: *resident*: durable through its journal entry only, with no
         #: record file yet (``BlobStore._residents``); None otherwise.
         self.resident_record: bytes | None = None
+        #: Bytes of disk its record file will take (``BlobStore._admit``).
+        self.resident_cost = 0
         #: Set (registry lock held) by a delete holding the blob from its
         #: look-up to its end: a checkpoint then leaves it registered
         #: (``BlobStore._materialize``), so that no new blob of the id is
@@ -1174,8 +1193,15 @@ class BlobStore:
         #: has written their record files and made them durable
         #: (``_materialize``).  No put creates a file: on this VM creating
         #: one cost 0.05-0.9 ms of kernel CPU, most of a small put's time.
-        #: At most what the two journal files hold (module docstring).
+        #: At most ``RESIDENT_MAX``, and what the two journal files hold
+        #: (module docstring; ``_admit``).
         self._residents: dict[str, _Blob] = {}
+        #: Puts admitted as residents (``_admit``), those still appending
+        #: included, and the disk their record files will take (each
+        #: rounded up to the allocation unit): what a checkpoint must find
+        #: free.  Registry lock.
+        self._admitted = 0
+        self._admitted_bytes = 0
 
     @property
     def damaged(self) -> list[str]:
@@ -1223,15 +1249,28 @@ class BlobStore:
             store = cls(root, fs, block_size, lock_fd, drop_behind)
             # Before the scan: a record a power loss tore is rewritten from
             # its entry, not reported damaged.
-            store._journal = PutJournal.open(
-                fs,
-                root,
-                journal_size,
-                store._make_durable,
-                store._restore,
-                checkpoint_after,
-                store._materialize,
-            )
+            try:
+                store._journal = PutJournal.open(
+                    fs,
+                    root,
+                    journal_size,
+                    store._make_durable,
+                    store._restore,
+                    checkpoint_after,
+                    store._materialize,
+                )
+            except OSError as e:
+                if e.errno not in _NO_SPACE:
+                    raise
+                # Its puts were acknowledged: the journal files are kept
+                # as they are (a replay writes nothing over them) for the
+                # next start to replay.
+                raise DiskFull(
+                    f"cannot open the blob store in {root}: replaying its put journal "
+                    f"needs room for the record files of acknowledged puts, and the "
+                    f"disk is full ({os.strerror(e.errno or 0)}); free space and inodes "
+                    f"on the file system of {root}, then start the storage server again"
+                ) from e
             try:
                 store._scan()
                 missing = store._fan_out_found()
@@ -1449,6 +1488,7 @@ class BlobStore:
             self._journal.close()
         with self._registry_lock:
             self._residents.clear()
+            self._admitted = self._admitted_bytes = 0
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -1479,12 +1519,60 @@ class BlobStore:
         paths = blob.paths
         if journal is not None and journal.accepting:
             raw = record.encode()
-            if journal.put(blob.blob_id, raw, lambda: self._reside(blob, raw)):
-                blob.recorded = True
-                return
+            cost = self._admit(len(raw), journal)
+            if cost is not None:
+                try:
+                    done = journal.put(blob.blob_id, raw, lambda: self._reside(blob, raw, cost))
+                except BaseException:
+                    self._unadmit(cost)
+                    raise
+                if done:
+                    blob.recorded = True
+                    return
+                self._unadmit(cost)
         self._in_fan_out(paths.directory, lambda: blob.write_record(record))
 
-    def _reside(self, blob: _Blob, raw: bytes) -> None:
+    def _admit(self, size: int, journal: PutJournal) -> int | None:
+        """Whether a put whose record is ``size`` bytes may be resident:
+        the disk space its record file will take (admitted: counted until
+        the checkpoint lets go of it, or ``_unadmit``), or None, and the
+        put writes and syncs its own record (a full disk then refuses it,
+        DiskFull, before it is acknowledged).  A resident is acknowledged
+        before its record file exists, so the checkpoint must find room
+        for it: the disk's free space (``OsFileSystem.room``, as an
+        unprivileged user sees it) must hold every admitted record and
+        this one with a journal file's size to spare, and its free inodes
+        one per record and ``RESIDENT_INODE_MARGIN``.  At most
+        ``RESIDENT_MAX`` residents (memory; a delete's checkpoint), a
+        checkpoint hurried from half of that."""
+        try:
+            free, inodes, unit = self.fs.room(self.root)
+        except OSError:
+            return None
+        cost = -(-size // unit) * unit
+        with self._registry_lock:
+            count = self._admitted
+            if (
+                count >= RESIDENT_MAX
+                or free < self._admitted_bytes + cost + journal.size
+                or inodes < count + 1 + RESIDENT_INODE_MARGIN
+            ):
+                cost_or_none = None
+            else:
+                self._admitted += 1
+                self._admitted_bytes += cost
+                cost_or_none = cost
+        if count + 1 >= RESIDENT_MAX // 2:
+            journal.hurry()
+        return cost_or_none
+
+    def _unadmit(self, cost: int) -> None:
+        """Let go of one admitted resident of ``cost`` bytes (``_admit``)."""
+        with self._registry_lock:
+            self._admitted -= 1
+            self._admitted_bytes -= cost
+
+    def _reside(self, blob: _Blob, raw: bytes, cost: int) -> None:
         """A journaled put's entry is durable: the blob (registered, its
         lock held by the put) stays registered, with its record's bytes,
         until the checkpoint of its journal file (``_materialize``).
@@ -1492,6 +1580,7 @@ class BlobStore:
         checkpoint (``PutJournal.put``), so that checkpoint sees it."""
         with self._registry_lock:
             blob.resident_record = raw
+            blob.resident_cost = cost
             self._residents[blob.blob_id] = blob
 
     def _is_resident(self, blob: _Blob) -> bool:
@@ -1528,6 +1617,8 @@ class BlobStore:
                 for blob in blobs:
                     if self._residents.get(blob.blob_id) is blob:
                         del self._residents[blob.blob_id]
+                        self._admitted -= 1
+                        self._admitted_bytes -= blob.resident_cost
                     blob.resident_record = None
                     if self._live.get(blob.blob_id) is blob and not blob.pinned:
                         del self._live[blob.blob_id]

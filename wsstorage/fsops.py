@@ -17,6 +17,8 @@ import errno
 import os
 from collections.abc import Iterator, Sequence
 
+#: What ``room`` reports as free inodes where the file system counts none.
+UNCOUNTED_INODES = 1 << 62
 #: Most buffers one ``pwritev`` takes (POSIX ``IOV_MAX``; 1024 on Linux).
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024) or 1024
 
@@ -173,6 +175,18 @@ class OsFileSystem:
         """(free bytes available to us, total bytes) of the file system."""
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def room(self, path: str) -> tuple[int, int, int]:
+        """(free bytes, free inodes, allocation unit) of the file system
+        holding ``path``, as an unprivileged user may use them
+        (``f_bavail * f_frsize``, ``f_favail``, ``f_frsize``): what the
+        put journal checks before it keeps a put's record in memory
+        (``BlobStore._admit``).  About 3 µs.  A file system that counts no
+        inodes (``f_files`` 0: btrfs, some network file systems) reports
+        an unbounded number free, not none."""
+        st = os.statvfs(path)
+        inodes = st.f_favail if st.f_files else UNCOUNTED_INODES
+        return st.f_bavail * st.f_frsize, inodes, st.f_frsize or 4096
 
 
 _syncfs: list[object] = []

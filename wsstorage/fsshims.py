@@ -24,12 +24,22 @@ class RecordingFileSystem(OsFileSystem):
     ``fsync`` and ``fdatasync`` are recorded under their own names, so a
     test can count each kind of flush.  ``drop_cache`` is recorded as
     ``("drop", path)`` in ``calls`` (its place among the syncs) and with its
-    range in ``drops`` as ``(path, offset, length)``."""
+    range in ``drops`` as ``(path, offset, length)``.  ``free``, when set,
+    is the free space ``room`` reports (how a test makes a disk look full
+    to the put journal's admission check, ``BlobStore._admit``)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.drops: list[tuple[str, int, int]] = []
         self.paths: dict[int, str] = {}
+        #: What ``room`` reports as (free bytes, free inodes), or None: the
+        #: real file system's figures.
+        self.free: tuple[int, int] | None = None
+
+    def room(self, path: str) -> tuple[int, int, int]:
+        if self.free is None:
+            return super().room(path)
+        return self.free[0], self.free[1], 4096
 
     def _name(self, fd: int) -> str:
         return os.path.basename(self.paths.get(fd, "?"))

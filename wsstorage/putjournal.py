@@ -25,9 +25,14 @@ data and its JSON line, at most ``INLINE_DATA_MAX`` plus a few hundred
 bytes), held once more by the blob (its inline data).  Residents are let
 go of when the checkpoint of their file is done, and a put finding no
 room in the active file is not journaled (it writes its own record
-file), so they are never more than what the two journal files hold (8
-MiB with the defaults), or twice that counting each blob's own copy of
-its data (16 MiB).
+file), so their bytes are never more than what the two journal files
+hold (8 MiB with the defaults), or twice that counting each blob's own
+copy of its data (16 MiB).  Each resident also costs about 3.0 KB of
+Python objects (its ``_Blob``, measured): the store keeps at most
+``RESIDENT_MAX`` (1024) of them, hurrying a checkpoint from half of that
+(``hurry``), and a put past that, or one whose record file the disk
+could not hold at the checkpoint, is not made resident either
+(``BlobStore._admit``).
 
 Layout (docs/storage-format.md): two files, ``journal-a`` and
 ``journal-b``, of the same size.  A 4 KiB header (``HEADER``: magic,
@@ -60,10 +65,14 @@ background thread (``checkpoint_after`` seconds after the first entry, or
 when the active file is half full), when a blob with an entry is about to be
 removed (``settle``), and at ``close``.
 
-Disk errors turn the journal off for the life of the process (``broken``):
-a failed fdatasync of a journal file, a failed ``flush`` or reset, a
-record file a checkpoint cannot write (a full disk too: rare, and the
-puts that follow would find no room for their own record files either).  Linux
+A full disk (ENOSPC, EDQUOT) while a checkpoint writes the resident
+records is not a disk error: nothing the journal flushed is in doubt,
+so the checkpoint fails (logged), its side stays dirty, its residents in
+memory, and the checkpoint thread tries again every ``checkpoint_after``
+seconds until there is room (``_due``).  Disk errors turn the journal
+off for the life of the process (``broken``): a failed fdatasync of a
+journal file, a failed ``flush`` or reset, any other error writing a
+record file.  Linux
 reports a write-back error once per open file and then marks the failed
 pages clean, so after one nothing the journal's own syncs say can be
 trusted: every put whose entry a successful flush did not cover fails,
@@ -72,9 +81,10 @@ record of a file whose checkpoint failed is written again from its entry
 and fsync'd one by one (``repair`` with ``force``), never trusted to the
 page cache.  A failed checkpoint (a full disk while it writes a resident
 record, a failed flush or reset) lets go of no resident: those blobs stay
-in memory, their entries in the file, until a later checkpoint (the next
-removal of one of them, ``close``) rewrites them, or the next start
-replays them.  Journal flushes are serialised (``_sync_lock``) and each
+in memory, their entries in the file, until a later checkpoint (the
+thread's retry after a full disk, the next removal of one of them,
+``close``) writes them (rewrites them, synced, after a disk error), or
+the next start replays them.  Journal flushes are serialised (``_sync_lock``) and each
 records how far it reached, so a put never takes another's flush, or
 another's swallowed error, for its own; puts that arrive while one flush
 runs share the next.
@@ -82,6 +92,7 @@ runs share the next.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -93,7 +104,7 @@ from twisted.logger import Logger
 
 from wsstorage import failpoints
 from wsstorage.diskformat import FormatError, crc
-from wsstorage.errors import StorageError
+from wsstorage.errors import DiskFull, StorageError
 from wsstorage.fsops import OsFileSystem
 
 log = Logger()
@@ -134,6 +145,13 @@ ENTRY_MAGIC = b"WSPE"
 _ZERO_CHUNK = 1024 * 1024
 #: Suffix of a journal file being created (renamed into place once whole).
 _TMP = ".tmp"
+#: Errors of a full disk (or quota): a checkpoint that gets one writing a
+#: record file is retried, not a reason to turn the journal off.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(e: BaseException) -> bool:
+    return isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in _NO_SPACE)
 
 
 class Entry(NamedTuple):
@@ -391,11 +409,19 @@ class PutJournal:
         self._closing = False
         self._closed = False
         self._urgent = False
+        #: When the checkpoint thread next tries to finish a side a
+        #: checkpoint left dirty for want of space (``_finish``), or None.
+        self._retry_at: float | None = None
         #: One journal flush at a time (module docstring).
         self._sync_lock = threading.Lock()
         #: Why the journal is off since a disk error (or since its files
         #: could not be created), or None.
         self.broken: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of each journal file."""
+        return self._size
 
     @property
     def accepting(self) -> bool:
@@ -592,6 +618,14 @@ class PutJournal:
             if side.dirty and not side.inflight:
                 self._idle.notify_all()
 
+    def hurry(self) -> None:
+        """Make the next checkpoint due now: the store holds many residents
+        (``BlobStore._admit``)."""
+        with self._lock:
+            if self._ready and not self._closing:
+                self._start_thread()
+                self._hurry()
+
     def _hurry(self) -> None:
         """Make the next checkpoint due now (lock held)."""
         if not self._urgent:
@@ -618,7 +652,10 @@ class PutJournal:
                 return  # no put has appended: nothing to checkpoint
             other = self._sides[1 - self._active]
             if other.dirty:
-                self._finish(other, rewrite=True)
+                # Rewritten from its entries, each synced, only if a flush
+                # may have failed (the journal is off): a checkpoint that
+                # found no room for a record file flushed nothing.
+                self._finish(other, rewrite=self.broken is not None)
             with self._lock:
                 old = self._sides[self._active]
                 self._urgent = False
@@ -638,13 +675,34 @@ class PutJournal:
         a failed flush may have dropped dirty pages (Linux marks them clean
         after a write error), so its records are written again from the
         journal first, each synced.  Any failure leaves every resident in
-        memory and the side dirty (``_break``)."""
+        memory and the side dirty.  A full disk (or quota) while the
+        resident records are written is no write-back error: nothing the
+        journal flushed is in doubt, so the journal stays on and the
+        checkpoint thread tries again ``checkpoint_after`` seconds later
+        (``_due``); any other disk error turns it off (``_break``)."""
         blob_ids = set(side.pending)
+        short = False  # no room for a record file: not a write-back error
         try:
             # The resident records of the side's puts get their files now
             # (unsynced: the flush below makes them durable); they are let
             # go of from memory only once the reset is done.
-            release = self._materialize(blob_ids)
+            try:
+                release = self._materialize(blob_ids)
+            except (OSError, DiskFull) as e:
+                if not _no_space(e):
+                    raise
+                short = True
+                with self._lock:
+                    self._retry_at = time.monotonic() + (self._checkpoint_after or 1.0)
+                    self._wake.notify_all()
+                log.warn(
+                    "put journal: no room for the record files of {file} ({why}): "
+                    "its {n} puts stay in memory; retried until there is",
+                    file=os.path.basename(side.path),
+                    why=e,
+                    n=len(blob_ids),
+                )
+                raise
             if rewrite:
                 raw = self.fs.pread(side.fd, side.size, 0)
                 entries, _ = scan(raw, side.generation)
@@ -658,7 +716,9 @@ class PutJournal:
             self.fs.pwrite_all(side.fd, encode_header(generation, side.size), 0)
             self.fs.fdatasync(side.fd)
         except OSError as e:
-            self._break(f"checkpoint of {os.path.basename(side.path)}: {os.strerror(e.errno or 0)}")
+            if not short:
+                why = os.strerror(e.errno or 0)
+                self._break(f"checkpoint of {os.path.basename(side.path)}: {why}")
             raise
         with self._lock:
             side.generation = generation
@@ -667,6 +727,8 @@ class PutJournal:
             side.pending.clear()
             side.first_at = None
             side.dirty = False
+            if not any(s.dirty for s in self._sides):
+                self._retry_at = None
             self._idle.notify_all()
         release()
 
@@ -679,14 +741,21 @@ class PutJournal:
             self._thread.start()
 
     def _due(self) -> float | None:
-        """Seconds until the active file's checkpoint is due (0: now), or
-        None if nothing is pending (lock held)."""
-        side = self._sides[self._active]
+        """Seconds until the next checkpoint is due (0: now), or None if
+        nothing is pending (lock held): the active file's, or the retry of
+        a side a checkpoint left dirty for want of space (not once the
+        journal is off: the next removal or ``close`` finishes it)."""
         if self._urgent:
             return 0.0
-        if side.first_at is None or self._checkpoint_after is None:
-            return None
-        return max(0.0, side.first_at + self._checkpoint_after - time.monotonic())
+        now = time.monotonic()
+        due: float | None = None
+        if self._retry_at is not None and self.broken is None and any(s.dirty for s in self._sides):
+            due = max(0.0, self._retry_at - now)
+        side = self._sides[self._active]
+        if side.first_at is not None and self._checkpoint_after is not None:
+            active = max(0.0, side.first_at + self._checkpoint_after - now)
+            due = active if due is None else min(due, active)
+        return due
 
     def _run(self) -> None:
         while True:
