@@ -149,7 +149,13 @@ async def test_a_read_whose_share_changes_midway_delivers_every_byte(local_serve
     allocated at one share, serve batches of another without losing or
     repeating a byte."""
     _factory, client = local_server
-    size = 24 * MiB + 4321
+    # The server reads ahead of the sink by what the sockets' buffers hold
+    # (loopback TCP autotunes them to about 10 MiB under load): each share
+    # lasts 12 MiB of the sink's bytes, and the last "alone" starts 33 MiB
+    # before the end, so a gap of up to that still sees alone, crowded,
+    # alone in the server's batches (with 6 MiB windows and 24 MiB, a
+    # 13 MiB gap under load once saw no "alone" again).
+    size = 48 * MiB + 4321
     data = pattern(size, seed=11)
     await write_blob(client, "blob", data, chunk=MiB)
     batches = []
@@ -170,7 +176,7 @@ async def test_a_read_whose_share_changes_midway_delivers_every_byte(local_serve
     for offset, length in [(0, None), (12345, size - 23456)]:
         batches.clear()
         alone()
-        sink = _PausingAt([(3 * MiB, crowd), (9 * MiB, alone), (15 * MiB + 1, crowd)])
+        sink = _PausingAt([(3 * MiB, crowd), (15 * MiB, alone), (27 * MiB + 1, crowd)])
         end = size if length is None else offset + length
         assert await client.read("blob", offset, length, sink) == end - offset
         assert sink.sha.hexdigest() == sha256(data[offset:end])
