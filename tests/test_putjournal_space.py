@@ -232,3 +232,35 @@ def test_room_reads_statvfs_and_a_file_system_without_inode_counts_has_room(tmp_
     fake = os.statvfs_result((4096, 4096, 100, 50, 40, 1000, 7, 5, 0, 255))
     monkeypatch.setattr(os, "statvfs", lambda path: fake)
     assert OsFileSystem().room(str(tmp_path)) == (40 * 4096, 5, 4096)
+
+
+def test_a_delete_between_a_checkpoints_flush_and_its_let_go_gives_the_admission_back(tmp_path):
+    """A delete can reach a resident blob after its checkpoint flushed it
+    (no entry pending, so the delete does not checkpoint) and before that
+    checkpoint lets go of it: the delete drops it, and the admission it
+    held is given back exactly once, or the count would creep up to
+    RESIDENT_MAX and every later put would take the slow path."""
+    store = open_store(tmp_path / "s")
+    try:
+        put(store, "b" * 32, b"x" * 100)
+        assert store._admitted == 1
+        materialize = store._materialize
+        deleted = []
+
+        def then_delete(blob_ids):
+            release = materialize(blob_ids)
+
+            def delete_first() -> None:
+                store.delete("b" * 32)  # the entry is no longer pending
+                deleted.append(True)
+                release()
+
+            return delete_first
+
+        store._journal._materialize = then_delete
+        store.checkpoint()
+        assert deleted == [True]
+        assert store._admitted == 0 and store._admitted_bytes == 0
+        assert not store._residents and store.count_blobs() == 0
+    finally:
+        store.close()

@@ -1615,15 +1615,23 @@ class BlobStore:
         def release() -> None:
             with self._registry_lock:
                 for blob in blobs:
-                    if self._residents.get(blob.blob_id) is blob:
-                        del self._residents[blob.blob_id]
-                        self._admitted -= 1
-                        self._admitted_bytes -= blob.resident_cost
-                    blob.resident_record = None
+                    self._drop_resident(blob)
                     if self._live.get(blob.blob_id) is blob and not blob.pinned:
                         del self._live[blob.blob_id]
 
         return release
+
+    def _drop_resident(self, blob: _Blob) -> None:
+        """``blob`` is no longer resident (registry lock held): out of
+        ``_residents``, its record's bytes and its admission (``_admit``)
+        given back, once, whoever comes first: the checkpoint that wrote
+        its record (``_materialize``) or a delete that removed it after
+        that checkpoint's flush and before it let go (``delete``)."""
+        if self._residents.get(blob.blob_id) is blob:
+            del self._residents[blob.blob_id]
+            self._admitted -= 1
+            self._admitted_bytes -= blob.resident_cost
+        blob.resident_record = None
 
     def _write_record_file(self, paths: BlobPaths, raw: bytes) -> None:
         """A resident's record file, unsynced (``_materialize``)."""
@@ -2312,9 +2320,8 @@ class BlobStore:
             # ``_settle`` (its checkpoint may not have let go of it yet).
             with self._registry_lock:
                 blob.pinned = False
-                if blob.deleted and self._is_resident(blob):
-                    del self._residents[blob_id]
-                    blob.resident_record = None
+                if blob.deleted:
+                    self._drop_resident(blob)
                 gone = blob.deleted or (blob.sealed and not self._is_resident(blob))
                 if gone and self._live.get(blob_id) is blob:
                     del self._live[blob_id]
