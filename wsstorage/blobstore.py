@@ -164,6 +164,7 @@ from wsstorage.diskformat import (
     parse_format,
 )
 from wsstorage.errors import (
+    NO_SPACE_ERRNOS,
     BadRequest,
     BlobNotFound,
     BlobSealed,
@@ -181,7 +182,6 @@ log = Logger()
 
 __all__ = ["BlobPutHandle", "BlobReadHandle", "BlobStore", "BlobWriteHandle", "FormatError"]
 
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 #: Most resident blobs a store keeps (``_admit``): a resident costs about
 #: 3.1 KB of Python objects besides its data (measured: a 1-byte put 3.1
 #: KB, a 4 KiB one 11.6 KB with the blob's own copy of the data), and the
@@ -226,7 +226,7 @@ def _disk_errors() -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in _NO_SPACE:
+        if e.errno in NO_SPACE_ERRNOS:
             raise DiskFull(f"no space left on device: {e}") from e
         raise
 
@@ -1260,7 +1260,7 @@ class BlobStore:
                     store._materialize,
                 )
             except OSError as e:
-                if e.errno not in _NO_SPACE:
+                if e.errno not in NO_SPACE_ERRNOS:
                     raise
                 # Its puts were acknowledged: the journal files are kept
                 # as they are (a replay writes nothing over them) for the

@@ -8,6 +8,8 @@ write session (it is never a replica failure), a ``ChecksumError`` or a
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base class; ``code`` is the wire error code (docs/wire-protocol.md)."""
@@ -59,6 +61,11 @@ class ChecksumError(StorageError):
     """A block of the blob failed its checksum: read another replica."""
 
     code = "checksum"
+
+
+#: The errnos of a full disk or an exceeded quota: told to clients as
+#: DiskFull, and not a write-back error (nothing written is in doubt).
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(StorageError):

@@ -92,7 +92,6 @@ runs share the next.
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import threading
@@ -104,7 +103,7 @@ from twisted.logger import Logger
 
 from wsstorage import failpoints
 from wsstorage.diskformat import FormatError, crc
-from wsstorage.errors import DiskFull, StorageError
+from wsstorage.errors import NO_SPACE_ERRNOS, DiskFull, StorageError
 from wsstorage.fsops import OsFileSystem
 
 log = Logger()
@@ -145,13 +144,10 @@ ENTRY_MAGIC = b"WSPE"
 _ZERO_CHUNK = 1024 * 1024
 #: Suffix of a journal file being created (renamed into place once whole).
 _TMP = ".tmp"
-#: Errors of a full disk (or quota): a checkpoint that gets one writing a
-#: record file is retried, not a reason to turn the journal off.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _no_space(e: BaseException) -> bool:
-    return isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in _NO_SPACE)
+    return isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS)
 
 
 class Entry(NamedTuple):

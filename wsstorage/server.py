@@ -42,6 +42,7 @@ from wsstorage import auth, failpoints, framing
 from wsstorage.counters import ProcessCounters as _ProcessCounters
 from wsstorage.diskcheck import DiskCheck
 from wsstorage.errors import (
+    NO_SPACE_ERRNOS,
     BadRequest,
     BlobExists,
     BlobNotFound,
@@ -126,7 +127,7 @@ def storage_error(exc: BaseException) -> StorageError:
     """Map anything raised by the store to a wire error (naming no path)."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
         return DiskFull(f"disk full: {_os_error_text(exc)}")
     if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
         return DiskError(f"disk error: {_os_error_text(exc)}")
