@@ -807,24 +807,19 @@ class Transfers:
 
     @inlineCallbacks
     def _open_session(self, user: User, upload: UploadSession, replaced_size: int | None):
-        """Open the replica writers of ``upload``'s current blob."""
+        """Open the replica writers of ``upload``'s current blob: at once
+        when each takes a put at commit (``_open_session_at_once``), else a
+        write stream on each."""
+        session = self._open_session_at_once(user, upload, replaced_size)
+        if session is not None:
+            return session
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
         meta = self._blob_meta(upload)
 
         def open_one(node: str):
             return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
 
-        limit = self.settings.put_limit
-        declared = upload.declared_length
-        if limit > 0 and (declared is None or declared - upload.blob_start <= limit):
-            # Nothing to wait for: each replica's blob is created by a put
-            # at commit, or by a stream opened once the bytes pass the limit.
-            results = [
-                (True, PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit))
-                for n in nodes
-            ]
-        else:
-            results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
+        results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
         writers = {}
         for node, (ok, value) in zip(nodes, results):
             if ok:
