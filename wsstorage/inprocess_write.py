@@ -190,14 +190,15 @@ class InProcessWriter:
             if self._call.active():
                 self._call.cancel()
             self._call = None
-        pieces, self._pieces, self._bytes = self._pieces, [], 0
+        pieces, size = self._pieces, self._bytes
+        self._pieces, self._bytes = [], 0
         if not pieces or self.error is not None or self.handle is None:
             return
         if not self.factory.numPorts:
             self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
             return
         start = ProcessCounters.written
-        ProcessCounters.written += sum(len(p) for p in pieces)
+        ProcessCounters.written += size
         try:
             _store_counted(self.handle, pieces, start)
         except Exception:
