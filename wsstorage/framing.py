@@ -432,13 +432,18 @@ def tune_transport(transport: Any) -> None:
     # Requests and replies are small frames answered one at a time: Nagle's
     # algorithm would hold each back until the previous one is acknowledged
     # (up to 40 ms per round trip with delayed ACKs).
+    # A UNIX socket has no Nagle (Twisted's UNIX transport inherits
+    # setTcpNoDelay, which fails there): it gets its send buffer instead.
+    sock = getattr(tcp, "socket", None)
+    if getattr(sock, "family", None) == socket.AF_UNIX:
+        tune_unix_socket(sock)
+        return
     set_no_delay = getattr(tcp, "setTcpNoDelay", None)
     if set_no_delay is not None:
         try:
             set_no_delay(True)
         except OSError:
             pass  # not a TCP socket (tests)
-    tune_unix_socket(getattr(tcp, "socket", None))
 
 
 def tune_unix_socket(sock: Any) -> None:
