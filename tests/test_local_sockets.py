@@ -225,12 +225,26 @@ def test_storage_sockets_must_be_unix_or_tcp(tmp_path):
         options(tmp_path, "--storage-sockets", "udp")
 
 
-def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
     """``:`` separates an endpoint string's arguments: a data folder named
-    with one still gives endpoints that name its socket."""
+    with one still gives endpoints that name its socket, the listening
+    one's (``unix_listen_endpoint``) and the one its clients get from the
+    port (``client_endpoint``, as wslocal registers it)."""
     from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    from wsstorage.service import client_endpoint
 
     path = tmp_path / "a:b=c" / "s1.sock"
-    listen, connect = local.unix_endpoints(path)
+    path.parent.mkdir()
+    listen = local.unix_listen_endpoint(path)
     assert serverFromString(reactor, listen)._address == str(path)
-    assert clientFromString(reactor, connect)._path == str(path)
+    port = await serverFromString(reactor, listen).listen(Factory.forProtocol(Protocol))
+    try:
+        connect = client_endpoint(port)
+        assert clientFromString(reactor, connect)._path == str(path)
+        conn = await clientFromString(reactor, connect).connect(Factory.forProtocol(Protocol))
+        conn.transport.loseConnection()
+    finally:
+        await port.stopListening()
