@@ -132,7 +132,7 @@ class InProcessWriter:
         self._resume_call: Any = None
         #: Fires once the running commit is answered (``_after_commit``).
         self._committing: defer.Deferred | None = None
-        self.factory.in_process_reads += 1  # an active stream (health's count)
+        self.factory.in_process_writes += 1  # an active stream (health's count)
 
     # IConsumer
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -317,6 +317,6 @@ class InProcessWriter:
         self._watchers.forget()
         self.client.writers.discard(self)
         handle, self.handle = self.handle, None
-        self.factory.in_process_reads -= 1
+        self.factory.in_process_writes -= 1
         if handle is not None:
             handle.close()
