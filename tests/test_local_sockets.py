@@ -157,6 +157,36 @@ async def test_a_socket_a_killed_wslocal_left_behind_does_not_stop_the_next_star
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_start_that_fails_part_way_closes_the_stores_and_sockets_it_opened(tmp_path):
+    """The third store cannot open (a file where its folder goes): the
+    first two are closed (their folders' locks free: this process opens
+    them again) and their sockets gone, and the next start, the folder
+    fixed, runs in the same process."""
+    from wsstorage.blobstore import BlobStore
+
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    try:
+        (data / "storage").mkdir()
+        (data / "storage" / "s3").write_text("not a folder")
+        cluster = LocalClusterService(reactor, options(data), out=_Quiet())
+        service.MultiService.startService(cluster)
+        with pytest.raises(OSError):
+            await cluster._start()
+        for name in ("s1", "s2"):
+            BlobStore.open(data / "storage" / name).close()  # FormatError if still open
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with probe, pytest.raises(OSError):
+                probe.connect(str(data / "run" / f"{name}.sock"))
+        assert list(cluster.stores) == [] and list(cluster.storage_ports) == []
+        await cluster.stopService()  # as twistd's shutdown: nothing closed twice
+        (data / "storage" / "s3").unlink()
+        again = await started(options(data))
+        await again.stopService()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_data_folder_too_long_for_a_socket_path_puts_them_in_a_temporary_folder(
     tmp_path,
 ):

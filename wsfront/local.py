@@ -257,6 +257,20 @@ class LocalClusterService(service.MultiService):
         d.addCallbacks(self.ready.callback, failed)
 
     async def _start(self) -> LocalClusterService:
+        """Start the storage servers, then the front end.  A start that
+        fails part way (a store that cannot open, a socket that cannot
+        bind) closes the stores and ports it opened (``_close_storage``):
+        each store holds its directory's lock and its journal thread, so
+        they would stay held in a process that goes on (a test's, or a
+        caller's that tries again); twistd's shutdown would only close
+        them later."""
+        try:
+            return await self._start_all()
+        except BaseException:
+            await self._close_storage()
+            raise
+
+    async def _start_all(self) -> LocalClusterService:
         from wsstorage.auth import ensure_secret
 
         self.data.mkdir(parents=True, exist_ok=True)
@@ -426,9 +440,17 @@ class LocalClusterService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         yield defer.maybeDeferred(super().stopService)
-        for port in self.storage_ports.values():
-            yield port.stopListening()
-        for store in self.stores.values():
+        yield defer.ensureDeferred(self._close_storage())
+
+    async def _close_storage(self) -> None:
+        """Stop the storage servers' ports, close their stores and remove
+        the sockets' temporary folder, once: what is closed is forgotten,
+        so a stop after a failed start closes nothing twice."""
+        ports, self.storage_ports = self.storage_ports, {}
+        for port in ports.values():
+            await defer.maybeDeferred(port.stopListening)  # None once stopped
+        stores, self.stores = self.stores, {}
+        for store in stores.values():
             close = getattr(store, "close", None)
             if close is not None:
                 close()
