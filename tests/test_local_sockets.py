@@ -157,6 +157,36 @@ async def test_a_socket_a_killed_wslocal_left_behind_does_not_stop_the_next_star
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_start_that_fails_part_way_closes_the_stores_and_sockets_it_opened(tmp_path):
+    """The third store cannot open (a file where its folder goes): the
+    first two are closed (their folders' locks free: this process opens
+    them again) and their sockets gone, and the next start, the folder
+    fixed, runs in the same process."""
+    from wsstorage.blobstore import BlobStore
+
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    try:
+        (data / "storage").mkdir()
+        (data / "storage" / "s3").write_text("not a folder")
+        cluster = LocalClusterService(reactor, options(data), out=_Quiet())
+        service.MultiService.startService(cluster)
+        with pytest.raises(OSError):
+            await cluster._start()
+        for name in ("s1", "s2"):
+            BlobStore.open(data / "storage" / name).close()  # FormatError if still open
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with probe, pytest.raises(OSError):
+                probe.connect(str(data / "run" / f"{name}.sock"))
+        assert list(cluster.stores) == [] and list(cluster.storage_ports) == []
+        await cluster.stopService()  # as twistd's shutdown: nothing closed twice
+        (data / "storage" / "s3").unlink()
+        again = await started(options(data))
+        await again.stopService()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_data_folder_too_long_for_a_socket_path_puts_them_in_a_temporary_folder(
     tmp_path,
 ):
@@ -225,12 +255,26 @@ def test_storage_sockets_must_be_unix_or_tcp(tmp_path):
         options(tmp_path, "--storage-sockets", "udp")
 
 
-def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
     """``:`` separates an endpoint string's arguments: a data folder named
-    with one still gives endpoints that name its socket."""
+    with one still gives endpoints that name its socket, the listening
+    one's (``unix_listen_endpoint``) and the one its clients get from the
+    port (``client_endpoint``, as wslocal registers it)."""
     from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    from wsstorage.service import client_endpoint
 
     path = tmp_path / "a:b=c" / "s1.sock"
-    listen, connect = local.unix_endpoints(path)
+    path.parent.mkdir()
+    listen = local.unix_listen_endpoint(path)
     assert serverFromString(reactor, listen)._address == str(path)
-    assert clientFromString(reactor, connect)._path == str(path)
+    port = await serverFromString(reactor, listen).listen(Factory.forProtocol(Protocol))
+    try:
+        connect = client_endpoint(port)
+        assert clientFromString(reactor, connect)._path == str(path)
+        conn = await clientFromString(reactor, connect).connect(Factory.forProtocol(Protocol))
+        conn.transport.loseConnection()
+    finally:
+        await port.stopListening()

@@ -40,6 +40,7 @@ async def test_wslocal_uploads_are_written_to_its_stores_in_process(tmp_path, mo
         assert len(sealed) == 2 and all(b.state == "sealed" for b in sealed), sealed
         got = await curl("-u", login, url)
         assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
-        assert not any(f.in_process_reads for f in cluster.factories.values())
+        factories = cluster.factories.values()
+        assert not any(f.in_process_reads or f.in_process_writes for f in factories)
     finally:
         await cluster.stopService()

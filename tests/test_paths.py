@@ -189,6 +189,45 @@ def test_storage_path_refuses_unnormalized_input():
         to_storage_path("/alice/", "/x")
 
 
+def test_storage_path_checks_the_root_once_and_the_path_every_time():
+    """A root accepted once is kept (``_checked_root``), a refused one is
+    refused again; a kept root never lets an unnormalized path through."""
+    from wsfront import paths
+
+    root = "/checked-once"
+    assert to_storage_path(root, "/a") == "/checked-once/a"
+    hits = paths._checked_root.cache_info().hits
+    assert to_storage_path(root, "/") == root
+    assert paths._checked_root.cache_info().hits == hits + 1
+    for bad in ("/../x", "/a/../../x", "a", "/a/", "//a", "/-/x", "", "/a\\b", "/a\x00"):
+        with pytest.raises(ValueError):
+            to_storage_path(root, bad)
+    for _ in range(2):
+        misses = paths._checked_root.cache_info().misses
+        with pytest.raises(ValueError):
+            to_storage_path("/unchecked/", "/x")
+        assert paths._checked_root.cache_info().misses == misses + 1
+
+
+def test_full_path_is_to_storage_path():
+    """The transfer layer's catalog paths are ``to_storage_path``'s: the
+    same joins, the same refusals, whether the root was seen before."""
+    from wsfront.catalog.records import User
+    from wsfront.transfer.service import Transfers
+
+    def user(root):
+        return User("u", False, root, frozenset(), None, None, 0, 0, 0.0)
+
+    for root in ("/", "/alice", "/a/b"):
+        for vpath in ("/", "/x", "/x/y"):
+            assert Transfers.full_path(user(root), vpath) == to_storage_path(root, vpath)
+        for bad in ("/..", "/x/../..", "x", "/x/"):
+            with pytest.raises(ValueError):
+                Transfers.full_path(user(root), bad)
+    with pytest.raises(ValueError):
+        Transfers.full_path(user("/alice/../bob"), "/x")
+
+
 def test_virtual_path_strips_the_root_and_refuses_siblings():
     assert to_virtual_path("/alice", "/alice/docs/a.txt") == "/docs/a.txt"
     assert to_virtual_path("/alice", "/alice") == "/"
@@ -251,6 +290,27 @@ def test_resolve_http_never_leaves_the_root(path):
     stored = to_storage_path("/alice", target.path)
     assert stored == "/alice" or stored.startswith("/alice/")
     assert to_virtual_path("/alice", stored) == target.path
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["/", "/alice", "/a/b", "/alice/", "alice", "/a/../b", "/-"]), hostile)
+def test_storage_path_is_the_join_of_both_paths_components(root, path):
+    """Joined as strings, once both are checked, as the components would
+    be: every time (the root's check kept or not), never out of ``root``."""
+
+    def parts(p):
+        return [] if p == "/" else p[1:].split("/")
+
+    for vpath in (path, "/" + path):
+        ok = is_virtual_path(root) and is_virtual_path(vpath)
+        for _ in range(2):
+            if not ok:
+                with pytest.raises(ValueError):
+                    to_storage_path(root, vpath)
+                continue
+            stored = to_storage_path(root, vpath)
+            assert stored == "/" + "/".join(parts(root) + parts(vpath))
+            assert to_virtual_path(root, stored) == vpath
 
 
 @settings(max_examples=200)

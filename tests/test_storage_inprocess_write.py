@@ -74,6 +74,24 @@ async def test_writes_are_in_process_and_a_stopped_server_fails_them(write_stora
     await w.abort()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_running_stream_counts_as_a_write_and_an_active_stream(write_storage):
+    """Health's ``active_streams`` counts an in-process write stream, in
+    ``in_process_writes`` (``in_process_reads`` counts reads only)."""
+    factory = write_storage.servers["s1"].factory
+    c = write_storage.client("s1")
+    w = await c.write(new_id(), 1, 0, {})
+    w.write(b"w" * 1000)
+    assert (factory.in_process_writes, factory.in_process_reads) == (1, 0)
+    assert factory.active_streams == 1 and (await c.health()).active_streams == 1
+    await w.commit()
+    assert (factory.in_process_writes, factory.active_streams) == (0, 0)
+    aborted = await c.write(new_id(), 1, 0, {})
+    assert factory.in_process_writes == 1
+    await aborted.abort()
+    assert factory.in_process_writes == 0
+
+
 def _wire_streams(monkeypatch) -> list[str]:
     """Record the write streams the servers open (over the wire)."""
     opened: list[str] = []
@@ -94,7 +112,7 @@ async def test_a_stream_goes_to_the_store_not_the_socket(write_storage, monkeypa
     blob, data = new_id(), pattern(3 * MiB + 1, 2)
     _, info = await put(c, blob, data, chunk=100_000)
     assert info.size == len(data) and await get(c, blob) == data
-    assert opened == [] and not write_storage.servers["s1"].factory.in_process_reads
+    assert opened == [] and not write_storage.servers["s1"].factory.in_process_writes
 
 
 @pytest_twisted.ensureDeferred
@@ -123,7 +141,7 @@ async def test_closing_the_client_fails_a_running_stream_and_releases_its_blob(w
     await c.close()
     with pytest.raises(NodeUnavailable):
         await failed
-    assert not c.writers and not write_storage.servers["s1"].factory.in_process_reads
+    assert not c.writers and not write_storage.servers["s1"].factory.in_process_writes
     # Released: another writer takes the blob over from its durable length.
     other = write_storage.client("s1")
     w2 = await other.write(blob, 2, 200_000, {})
@@ -172,7 +190,7 @@ async def test_an_abort_or_commit_during_a_commit_waits_for_its_seal(write_stora
     with pytest.raises(BadRequest):
         await again
     assert (await c.stat(blob)).sealed and await get(c, blob) == data
-    assert not c.writers and not write_storage.servers["s1"].factory.in_process_reads
+    assert not c.writers and not write_storage.servers["s1"].factory.in_process_writes
 
 
 @pytest.fixture

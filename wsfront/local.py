@@ -36,6 +36,7 @@ from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_L
 from wsfront.transfer.shares import fair_share
 from wsstorage.inprocess_write import InProcessWriteClient
 from wsstorage.server import StorageServerFactory
+from wsstorage.service import client_endpoint
 
 if TYPE_CHECKING:
     from wsstorage.blobstore import BlobStore
@@ -107,9 +108,10 @@ def remove_stale_socket(path: Path) -> None:
         pass
 
 
-def unix_endpoints(path: Path) -> tuple[str, str]:
-    """Server and client endpoint strings of a UNIX socket at ``path``
-    (quoted: a data folder's name may hold ``:`` or ``\\``).  Mode 0600:
+def unix_listen_endpoint(path: Path) -> str:
+    """The server endpoint string of a UNIX socket at ``path`` (quoted: a
+    data folder's name may hold ``:`` or ``\\``; its clients' string is
+    ``wsstorage.service.client_endpoint`` of the port).  Mode 0600:
     only this user may connect (the protocol's handshake proves the
     cluster secret anyway).  No Twisted lock file: it holds a process id,
     and a wslocal restarted as the same id (PID 1 of a container) would
@@ -117,7 +119,7 @@ def unix_endpoints(path: Path) -> tuple[str, str]:
     in ``BlobStore.open``) already keeps a second wslocal off the same
     data, so a socket found there is a killed one's (``remove_stale_socket``)."""
     quoted = quoteStringArgument(str(path))
-    return f"unix:address={quoted}:mode=600:lockfile=0", f"unix:path={quoted}"
+    return f"unix:address={quoted}:mode=600:lockfile=0"
 
 
 def freeze_start_up_objects(started: object) -> object:
@@ -255,6 +257,20 @@ class LocalClusterService(service.MultiService):
         d.addCallbacks(self.ready.callback, failed)
 
     async def _start(self) -> LocalClusterService:
+        """Start the storage servers, then the front end.  A start that
+        fails part way (a store that cannot open, a socket that cannot
+        bind) closes the stores and ports it opened (``_close_storage``):
+        each store holds its directory's lock and its journal thread, so
+        they would stay held in a process that goes on (a test's, or a
+        caller's that tries again); twistd's shutdown would only close
+        them later."""
+        try:
+            return await self._start_all()
+        except BaseException:
+            await self._close_storage()
+            raise
+
+    async def _start_all(self) -> LocalClusterService:
         from wsstorage.auth import ensure_secret
 
         self.data.mkdir(parents=True, exist_ok=True)
@@ -276,14 +292,12 @@ class LocalClusterService(service.MultiService):
             if sockets is None:
                 listen = "tcp:0:interface=127.0.0.1"
             else:
-                listen, connect = unix_endpoints(sockets / f"{name}.sock")
+                listen = unix_listen_endpoint(sockets / f"{name}.sock")
                 remove_stale_socket(sockets / f"{name}.sock")
             port = await serverFromString(self.reactor, listen).listen(factory)
             self.storage_ports[name] = port
             self.factories[name] = factory
-            if sockets is None:
-                connect = f"tcp:127.0.0.1:{port.getHost().port}"
-            storage.append((name, connect))
+            storage.append((name, client_endpoint(port)))
         catalog_url = f"sqlite:///{self.data / 'catalog.sqlite'}"
         self.login = await self._demo_login(catalog_url)
         config = FrontendConfig(
@@ -426,9 +440,17 @@ class LocalClusterService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         yield defer.maybeDeferred(super().stopService)
-        for port in self.storage_ports.values():
-            yield port.stopListening()
-        for store in self.stores.values():
+        yield defer.ensureDeferred(self._close_storage())
+
+    async def _close_storage(self) -> None:
+        """Stop the storage servers' ports, close their stores and remove
+        the sockets' temporary folder, once: what is closed is forgotten,
+        so a stop after a failed start closes nothing twice."""
+        ports, self.storage_ports = self.storage_ports, {}
+        for port in ports.values():
+            await defer.maybeDeferred(port.stopListening)  # None once stopped
+        stores, self.stores = self.stores, {}
+        for store in stores.values():
             close = getattr(store, "close", None)
             if close is not None:
                 close()

@@ -27,6 +27,7 @@ adapters which reply to send (``ftp_code``, ``http_status``).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from urllib.parse import quote
 
@@ -222,15 +223,33 @@ def resolve_http(raw_path: bytes | str) -> HttpTarget:
     return HttpTarget(_join(parts), trailing)
 
 
+@functools.lru_cache(maxsize=4096)
+def _checked_root(root: str) -> str:
+    """``root`` once it is a normalized virtual path (else ValueError).
+
+    A user's root is a fixed string, valid or not for good, and the same
+    few roots come back with every command of every session: each is
+    checked once (a refused one is not kept, so it is refused each time).
+    """
+    _split_virtual(root)
+    return root
+
+
 def to_storage_path(root: str, vpath: str) -> str:
     """The catalog path of ``vpath`` for a user whose root is ``root``.
 
     ``to_storage_path("/alice", "/docs/a.txt") == "/alice/docs/a.txt"``.
-    Both arguments must be normalized virtual paths, so the result can never
-    leave ``root``.
+    Both arguments must be normalized virtual paths (ValueError), so the
+    result can never leave ``root``; ``vpath`` is checked with every call,
+    ``root`` once (``_checked_root``).  Two normalized paths join as
+    strings: only the root ``/`` and the path ``/`` need care.
     """
-    parts = _split_virtual(root) + _split_virtual(vpath)
-    return _join(parts)
+    root = _checked_root(root)
+    if not is_virtual_path(vpath):
+        raise ValueError(f"not a normalized virtual path: {vpath!r}")
+    if root == "/":
+        return vpath
+    return root if vpath == "/" else root + vpath
 
 
 def to_virtual_path(root: str, storage_path: str) -> str:

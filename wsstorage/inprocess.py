@@ -110,7 +110,7 @@ class InProcessClient:
 
     def read(self, blob_id: str, offset: int, length: int | None, consumer: Any) -> defer.Deferred:
         if self._closed:
-            return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
+            return defer.fail(self._closed_error())
         if failpoints.threshold("storage.read.bytes") is not None:
             return self.wire.read(blob_id, offset, length, consumer)
         try:
@@ -137,21 +137,17 @@ class InProcessClient:
         replicas: that was about a fifth of the reactor's CPU per file).
         Refused with NodeUnavailable once the server stopped serving or
         this client was closed, as over the wire."""
-        if self._closed:
-            return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
-        if not self.factory.numPorts:
-            return defer.fail(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
         if "put" not in self.factory.ops:
             # A server playing an older one: the wire client's fallback.
             return self.wire.put(blob_id, epoch, meta, data)
         try:
-            check_blob_id(blob_id)
-            int_field({"epoch": epoch}, "epoch")
+            meta = _checked(blob_id, meta, epoch=epoch)
             data = bytes(data)
             if len(data) > PUT_MAX:
                 raise BadRequest(f"a put carries at most {PUT_MAX} bytes, not {len(data)}")
-            # As the server sees it: a copy through JSON, checked for size.
-            meta = meta_copy(meta)
         except Exception as e:  # as the wire client's: a failed Deferred, never a raise
             return defer.fail(e)
         start = ProcessCounters.written
@@ -164,6 +160,19 @@ class InProcessClient:
         return d.addErrback(
             lambda f: Failure(_wire_error(f, "put of {blob} to", blob_id, self.factory.name))
         )
+
+    def _closed_error(self) -> NodeUnavailable:
+        return NodeUnavailable(f"client of {self.name} is closed")
+
+    def _refusal(self) -> NodeUnavailable | None:
+        """Why an in-process put or write is refused before it starts, as
+        over the wire: this client is closed, or its server is not serving;
+        None if neither."""
+        if self._closed:
+            return self._closed_error()
+        if not self.factory.numPorts:
+            return not_serving(self.factory)
+        return None
 
     def fence(self, blob_id: str, epoch: int, truncate_to: int) -> defer.Deferred:
         return self.wire.fence(blob_id, epoch, truncate_to)
@@ -189,7 +198,7 @@ class InProcessClient:
         self._closed = True
         ended = []
         for read in list(self._reads):
-            read.abort(NodeUnavailable(f"client of {self.name} is closed"))
+            read.abort(self._closed_error())
             ended.append(read.ended)
         closed = self.wire.close()
         if ended:
@@ -262,7 +271,7 @@ class _LocalRead:
         if not self._serving():
             self._finished = True
             self._forget_once()
-            self.d.errback(self._unavailable())
+            self.d.errback(not_serving(self.factory))
             self._done()
             return self.d
         store, blob_id = self.factory.store, self.blob_id
@@ -277,9 +286,6 @@ class _LocalRead:
 
     def _serving(self) -> bool:
         return bool(self.factory.numPorts)
-
-    def _unavailable(self) -> NodeUnavailable:
-        return NodeUnavailable(f"storage server {self.factory.name} is not serving")
 
     def _opened(self, result: tuple[Any, int, int]) -> None:
         handle, n, _size = result
@@ -378,7 +384,7 @@ class _LocalRead:
                     self._end(None)
                     return
                 if not self._serving():
-                    self._end(self._unavailable())
+                    self._end(not_serving(self.factory))
                     return
                 if written >= TURN_BYTES:
                     self._later = self.factory.reactor.callLater(0, self._next_turn)
@@ -650,6 +656,22 @@ def _put_threads(factory: StorageServerFactory) -> _PutThreads:
     if threads is None:
         threads = _PUTS[factory] = _PutThreads(factory)
     return threads
+
+
+def not_serving(factory: StorageServerFactory) -> NodeUnavailable:
+    """The error of an in-process call to ``factory``'s server once it
+    stopped serving (no listening port): a connection to it would fail."""
+    return NodeUnavailable(f"storage server {factory.name} is not serving")
+
+
+def _checked(blob_id: str, meta: dict[str, Any], **ints: int) -> dict[str, Any]:
+    """Check a put's or a write's arguments as the server checks its
+    request (the blob id, the integer fields ``ints``) and return ``meta``
+    as the server sees it: a copy through JSON, checked for size."""
+    check_blob_id(blob_id)
+    for name, value in ints.items():
+        int_field({name: value}, name)
+    return meta_copy(meta)
 
 
 def _wire_error(f: Failure, what: str, blob_id: str, name: str) -> StorageError:

@@ -43,13 +43,11 @@ from zope.interface import implementer
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
 from wsstorage.counters import ProcessCounters
-from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
+from wsstorage.errors import BadRequest, StorageError
 from wsstorage.failwatch import FailureWatchers
-from wsstorage.fields import int_field
 from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
-from wsstorage.inprocess import InProcessClient, _wire_error
-from wsstorage.records import check_blob_id
-from wsstorage.server import _store_counted, meta_copy
+from wsstorage.inprocess import InProcessClient, _checked, _wire_error, not_serving
+from wsstorage.server import _store_counted
 
 #: Bytes of a stream stored with one ``write_pieces`` at most; a reactor
 #: turn's smaller rest is stored at the end of the turn (as the server's
@@ -76,26 +74,22 @@ class InProcessWriteClient(InProcessClient):
         self.writers: set[InProcessWriter] = set()
 
     def write(self, blob_id: str, epoch: int, offset: int, meta: dict[str, Any]) -> defer.Deferred:
-        if self._closed:
-            return defer.fail(NodeUnavailable(f"client of {self.name} is closed"))
-        if _failpoint_armed():
+        if not self._closed and _failpoint_armed():  # a closed client refuses it below
             return self.wire.write(blob_id, epoch, offset, meta)
-        factory = self.factory
-        if not factory.numPorts:
-            return defer.fail(NodeUnavailable(f"storage server {factory.name} is not serving"))
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
         try:
-            check_blob_id(blob_id)
-            int_field({"epoch": epoch}, "epoch")
-            int_field({"offset": offset}, "offset")
-            meta = meta_copy(meta)
+            meta = _checked(blob_id, meta, epoch=epoch, offset=offset)
         except Exception as e:
             return defer.fail(e)
+        factory = self.factory
         d = factory.run_blocking(factory.store.open_write, blob_id, epoch, offset, meta)
 
         def opened(handle: Any) -> InProcessWriter:
             if self._closed or not factory.numPorts:
                 handle.close()
-                raise NodeUnavailable(f"storage server {factory.name} is not serving")
+                raise not_serving(factory)
             writer = InProcessWriter(self, handle, blob_id, epoch, offset)
             self.writers.add(writer)
             return writer
@@ -108,7 +102,7 @@ class InProcessWriteClient(InProcessClient):
         """The running write streams fail with NodeUnavailable and release
         their handles (as a closed connection's), then as InProcessClient."""
         for writer in list(self.writers):
-            writer.lost(NodeUnavailable(f"client of {self.name} is closed"))
+            writer.lost(self._closed_error())
         return super().close()
 
 
@@ -138,7 +132,7 @@ class InProcessWriter:
         self._resume_call: Any = None
         #: Fires once the running commit is answered (``_after_commit``).
         self._committing: defer.Deferred | None = None
-        self.factory.in_process_reads += 1  # an active stream (health's count)
+        self.factory.in_process_writes += 1  # an active stream (health's count)
 
     # IConsumer
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -195,7 +189,7 @@ class InProcessWriter:
         if not pieces or self.error is not None or self.handle is None:
             return
         if not self.factory.numPorts:
-            self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
+            self._failed(not_serving(self.factory))
             return
         start = ProcessCounters.written
         ProcessCounters.written += size
@@ -234,7 +228,7 @@ class InProcessWriter:
         """Store what is gathered, then raise the stream's error if any."""
         self._store()
         if self.error is None and not self.factory.numPorts:
-            self._failed(NodeUnavailable(f"storage server {self.factory.name} is not serving"))
+            self._failed(not_serving(self.factory))
         if self.error is not None:
             raise self.error
         if self.finished:
@@ -323,6 +317,6 @@ class InProcessWriter:
         self._watchers.forget()
         self.client.writers.discard(self)
         handle, self.handle = self.handle, None
-        self.factory.in_process_reads -= 1
+        self.factory.in_process_writes -= 1
         if handle is not None:
             handle.close()

@@ -281,6 +281,9 @@ class StorageServerFactory(Factory):
         #: Reads of this store by a client in this process, not over the
         #: wire (``wsstorage.inprocess``): counted in ``active_streams``.
         self.in_process_reads = 0
+        #: Write streams into this store by a client in this process
+        #: (``wsstorage.inprocess_write``): counted in ``active_streams``.
+        self.in_process_writes = 0
         #: What this server serves (``OPS``; a test drops some to play an
         #: older server).
         self.ops: tuple[str, ...] = OPS
@@ -330,7 +333,8 @@ class StorageServerFactory(Factory):
 
     @property
     def active_streams(self) -> int:
-        return sum(1 for c in self.connections if c.streaming) + self.in_process_reads
+        in_process = self.in_process_reads + self.in_process_writes
+        return sum(1 for c in self.connections if c.streaming) + in_process
 
 
 class StorageServerProtocol(Protocol):

@@ -29,6 +29,18 @@ from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 log = Logger()
 
 
+def client_endpoint(port: Any) -> str:
+    """A client endpoint string that reaches the server listening on
+    ``port``: TCP, or ``unix:path=...`` (quoted: a path may hold ``:`` or
+    ``\\``) for a UNIX socket (a front end on the same host may reach its
+    storage servers that way)."""
+    addr = port.getHost()
+    if isinstance(addr, UNIXAddress):
+        path = os.fsdecode(addr.name)
+        return f"unix:path={quoteStringArgument(path)}"
+    return f"tcp:{addr.host}:{addr.port}"
+
+
 @attrs.define
 class RunningServer:
     """A storage server listening in this process."""
@@ -39,14 +51,8 @@ class RunningServer:
 
     @property
     def client_endpoint(self) -> str:
-        """A client endpoint string that reaches this server: TCP, or
-        ``unix:path=...`` for a server listening on a UNIX socket (a front
-        end on the same host may reach its storage servers that way)."""
-        addr = self.port.getHost()
-        if isinstance(addr, UNIXAddress):
-            path = os.fsdecode(addr.name)
-            return f"unix:path={quoteStringArgument(path)}"
-        return f"tcp:{addr.host}:{addr.port}"
+        """A client endpoint string that reaches this server (``client_endpoint``)."""
+        return client_endpoint(self.port)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:

@@ -45,13 +45,6 @@ from wsstorage.client import PUT_MAX
 
 log = Logger()
 
-#: User roots ``to_storage_path`` accepted (``TransferService.full_path``);
-#: a root is a fixed string, valid or not for good.  Bounded, in case of
-#: a front end with very many users: past the bound a root is checked
-#: with every call, as all were before.
-_CHECKED_ROOTS: set[str] = set()
-_CHECKED_ROOTS_MAX = 4096
-
 
 @attrs.frozen
 class TransferSettings:
@@ -231,18 +224,9 @@ class Transfers:
 
     @staticmethod
     def full_path(user: User, vpath: str) -> str:
-        """The catalog path of ``vpath`` (``paths.to_storage_path``), with
-        the user's root checked once per root, not once per call: the
-        same few roots come back with every command of every session."""
-        root = user.root
-        if root not in _CHECKED_ROOTS or not paths.is_virtual_path(vpath):
-            full = paths.to_storage_path(root, vpath)  # raises for a bad path
-            if len(_CHECKED_ROOTS) < _CHECKED_ROOTS_MAX:
-                _CHECKED_ROOTS.add(root)
-            return full
-        if root == "/":
-            return vpath
-        return root if vpath == "/" else root + vpath
+        """The catalog path of ``vpath`` in ``user``'s root
+        (``paths.to_storage_path``: the root is checked once per root)."""
+        return paths.to_storage_path(user.root, vpath)
 
     def _info(self, user: User, vpath: str, entry: Entry) -> FileInfo:
         pending = self._pending_info(user, vpath, entry)
