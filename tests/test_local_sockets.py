@@ -187,6 +187,52 @@ async def test_a_start_that_fails_part_way_closes_the_stores_and_sockets_it_open
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_store_that_fails_to_close_after_a_failed_start_does_not_hide_it(
+    tmp_path, monkeypatch
+):
+    """s1's close raises (a journal that cannot checkpoint) during the
+    clean-up of a start whose third store could not open: s2 is closed all
+    the same, and the caller gets the start's own error, not the close's."""
+    from wsstorage.blobstore import BlobStore
+
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    opened: list[BlobStore] = []
+    real_open = LocalClusterService.open_store
+
+    def open_store(self, name):
+        store = real_open(self, name)
+        if name == "s1":
+            real_close = store.close
+
+            def close():
+                real_close()
+                raise OSError(5, "journal checkpoint failed")
+
+            store.close = close
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(LocalClusterService, "open_store", open_store)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        (data / "storage").mkdir()
+        (data / "storage" / "s3").write_text("not a folder")
+        cluster = LocalClusterService(reactor, options(data), out=_Quiet())
+        service.MultiService.startService(cluster)
+        with pytest.raises(OSError) as raised:
+            await cluster._start()
+        assert raised.value.errno != 5, raised.value
+        assert len(opened) == 2
+        BlobStore.open(data / "storage" / "s2").close()  # FormatError if still open
+        assert any("s1 did not close" in formatEvent(e) for e in events)
+        assert list(cluster.stores) == []
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_data_folder_too_long_for_a_socket_path_puts_them_in_a_temporary_folder(
     tmp_path,
 ):

@@ -263,11 +263,18 @@ class LocalClusterService(service.MultiService):
         each store holds its directory's lock and its journal thread, so
         they would stay held in a process that goes on (a test's, or a
         caller's that tries again); twistd's shutdown would only close
-        them later."""
+        them later.  A front end that fails to start is not covered: its
+        service logs the failure and stops the reactor without firing
+        ``ready``, and twistd's shutdown then closes the storage."""
         try:
             return await self._start_all()
-        except BaseException:
-            await self._close_storage()
+        except Exception:
+            # The start's own error is what the operator needs: a failure
+            # while cleaning up is logged, never put in its place.
+            try:
+                await self._close_storage()
+            except Exception:
+                log.failure("wslocal: cleanup after a failed start")
             raise
 
     async def _start_all(self) -> LocalClusterService:
@@ -447,12 +454,21 @@ class LocalClusterService(service.MultiService):
         the sockets' temporary folder, once: what is closed is forgotten,
         so a stop after a failed start closes nothing twice."""
         ports, self.storage_ports = self.storage_ports, {}
-        for port in ports.values():
-            await defer.maybeDeferred(port.stopListening)  # None once stopped
+        for name, port in ports.items():
+            try:
+                await defer.maybeDeferred(port.stopListening)  # None once stopped
+            except Exception:
+                log.failure("wslocal: storage server {name}'s port did not stop", name=name)
         stores, self.stores = self.stores, {}
-        for store in stores.values():
+        for name, store in stores.items():
+            # Every store is closed even if one fails to (a journal that
+            # cannot checkpoint): the others' locks and threads go with them.
             close = getattr(store, "close", None)
-            if close is not None:
+            if close is None:
+                continue
+            try:
                 close()
+            except Exception:
+                log.failure("wslocal: store {name} did not close cleanly", name=name)
         if self.socket_tmp is not None:
             shutil.rmtree(self.socket_tmp, ignore_errors=True)
