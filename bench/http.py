@@ -256,24 +256,24 @@ def cpu_self() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def cpu_threads() -> tuple[float, float]:
+def cpu_threads() -> tuple[float, float, float]:
     """CPU seconds so far of the reactor (main) thread and of the uploads'
     hashing thread (``wsfs-sha256``, 0 before it starts): what the front
-    end's figure is made of, since the hash runs beside the reactor."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    reactor_thread = hashing = 0.0
+    end's figure is made of, since the hash runs beside the reactor; and
+    the reactor thread's system share (its socket copies: the body read
+    from curl, every byte sent once per replica)."""
+    reactor_thread = hashing = reactor_system = 0.0
     for thread in threading.enumerate():
         if thread is threading.main_thread() or thread.name == "wsfs-sha256":
             try:
-                fields = _proc_stat(f"self/task/{thread.native_id}")
+                user, system = _user_system(f"self/task/{thread.native_id}")
             except OSError:
                 continue
-            seconds = (int(fields[11]) + int(fields[12])) / ticks
             if thread is threading.main_thread():
-                reactor_thread = seconds
+                reactor_thread, reactor_system = user + system, system
             else:
-                hashing = seconds
-    return reactor_thread, hashing
+                hashing = user + system
+    return reactor_thread, hashing, reactor_system
 
 
 def cpu_machine() -> float:
@@ -297,11 +297,22 @@ def cpu_children() -> float:
 
 def cpu_pids(pids) -> float:
     """CPU seconds so far of live processes (the storage servers)."""
-    total = 0.0
-    for pid in pids:
-        fields = _proc_stat(pid)
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(sum(_user_system(pid)) for pid in pids)
+
+
+def system_pids(pids) -> float:
+    """System CPU seconds so far of live processes: for a storage server,
+    its socket reads, page-cache writes and syncs (the rest is Python and
+    the block checksums)."""
+    return sum(_user_system(pid)[1] for pid in pids)
+
+
+def _user_system(pid) -> tuple[float, float]:
+    """User and system CPU seconds so far of /proc/``pid`` (a process, or
+    ``self/task/TID``, a thread)."""
+    fields = _proc_stat(pid)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _proc_stat(pid) -> list[str]:
@@ -448,7 +459,9 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     gib = big / (1 << 30)
     cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
     cpu.update({"front end, reactor thread": [], "front end, sha256 thread": []})
-    cpu.update({"storage servers": [], "curl (wsfs)": [], "nginx + curl": []})
+    cpu.update({"reactor thread, system": []})
+    cpu.update({"storage servers": [], "storage servers, system": []})
+    cpu.update({"curl (wsfs)": [], "nginx + curl": []})
     # The storage servers one by one: the busiest, and the others together,
     # to see which replica pays when their sum swings (1.46-3.01 s per GiB
     # PUT from one round to the next in one run, 1.21-1.36 in the next,
@@ -482,10 +495,12 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
     async def put_wsfs() -> float:
         faults_before, writes_before = faults(storage_pids), write_calls(storage_pids)
         before = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        system_before = system_pids(storage_pids)
         each_before = [cpu_pids([pid]) for pid in storage_pids]
         machine_before = cpu_machine()
         _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
         after = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
+        system_after = system_pids(storage_pids)
         each = sorted(
             (cpu_pids([pid]) - b for pid, b in zip(storage_pids, each_before)), reverse=True
         )
@@ -500,6 +515,8 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         cpu["front end, user"].append((after[0][0] - before[0][0]) / gib)
         cpu["front end, reactor thread"].append((after[3][0] - before[3][0]) / gib)
         cpu["front end, sha256 thread"].append((after[3][1] - before[3][1]) / gib)
+        cpu["reactor thread, system"].append((after[3][2] - before[3][2]) / gib)
+        cpu["storage servers, system"].append((system_after - system_before) / gib)
         cpu["storage servers"].append((after[1] - before[1]) / gib)
         cpu["curl (wsfs)"].append((after[2] - before[2]) / gib)
         cpu["machine (wsfs)"].append((machine_after - machine_before) / gib)
