@@ -115,8 +115,17 @@ def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
 
 
 class _Quiet(ProcessProtocol):
+    """A child whose output is dropped but for its end (what a server that
+    fails to start says)."""
+
     def __init__(self) -> None:
         self.ended: defer.Deferred = defer.Deferred()
+        self.err = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self.err = (self.err + data)[-2000:]
+
+    outReceived = errReceived
 
     def processEnded(self, reason) -> None:
         self.ended.callback(None)
@@ -528,7 +537,10 @@ class Wslocal:
         login = self.data / "demo-login.txt"
         for _ in range(1200):
             if self.proto.ended.called:
-                raise RuntimeError(f"wslocal exited at start: see {self.log}")
+                # The log goes with the work folder: show its end.
+                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                err = self.proto.err.decode(errors="replace")
+                raise RuntimeError(f"wslocal exited at start:\n{log}{err}")
             if login.exists():
                 break
             await task.deferLater(reactor, 0.05, lambda: None)
