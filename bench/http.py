@@ -1,20 +1,32 @@
-"""Benchmark wsfront's HTTP site against twisted.web's static.File (and nginx
+"""Benchmark wsfs's HTTP site against twisted.web's static.File (and nginx
 with its dav module for PUT when nginx is installed), in the same run.
 
     python bench/http.py [--size-mib 1024] [--clients 200] [--small 1000]
                          [--workloads put,get,concurrent,small] [--rounds 3]
-                         [--drop-behind-kib N] [--storage-sockets unix|tcp]
+                         [--layout procs,wslocal] [--drop-behind-kib N]
+                         [--storage-sockets unix|tcp]
 
-Storage servers run as ``twistd wsstorage`` subprocesses; the front end (the
-site, the transfer layer, the catalog client) runs in this process, so the
-RSS reported is the front end's own.  They all run on this one host, so the
-front end reaches the storage servers over UNIX sockets, as wslocal does
-(``--storage-sockets tcp``: over loopback TCP, as servers on hosts of their
-own would be reached; that hop cost 0.24 s of CPU per GiB each way against
-0.11 for a UNIX socket).  Clients are curl processes.  Issue 7's
-goals are ratios in the same run: GET >= 0.6 of static.File (single and
-concurrent), small files >= 0.5, PUT >= 0.6 of nginx, RSS < 100 MB during
-the big PUT.
+Two wsfs layouts (``--layout``, comma-separated; default ``procs``, the
+layout of the figures before wslocal's was added), each measured against
+the same references in the same rounds (each round runs every layout's
+pair, the layouts' order reversed every other round):
+
+* ``procs``: storage servers run as ``twistd wsstorage`` subprocesses; the
+  front end (the site, the transfer layer, the catalog client) runs in this
+  process, so the RSS reported is the front end's own and ``--count-calls``
+  can profile it.  They all run on this one host, so the front end reaches
+  the storage servers over UNIX sockets, as wslocal does
+  (``--storage-sockets tcp``: over loopback TCP, as servers on hosts of
+  their own would be reached; that hop cost 0.24 s of CPU per GiB each way
+  against 0.11 for a UNIX socket).
+* ``wslocal``: what users run, ``twistd -n wslocal`` as a subprocess with
+  its own data folder and HTTP port, logged in as its demo user: front
+  end and stores in one process, big uploads and reads going straight into
+  the stores (no socket copies).  Its RSS and CPU are that whole process's.
+
+Clients are curl processes.  Issue 7's goals are ratios in the same run:
+GET >= 0.6 of static.File (single and concurrent), small files >= 0.5,
+PUT >= 0.6 of nginx, RSS < 100 MB during the big PUT.
 
 How the PUT comparison is kept fair.  On a VM with free-page reporting
 the host takes back guest pages that stay free, so a page-cache page that
@@ -29,10 +41,12 @@ recycled ones).  Who gets recycled pages decided the ratio, so:
   servers unlink the blobs (left alone, an overwritten version's blobs stay
   on disk and cached for the GC grace period, an hour: wsfs grew the page
   cache by 2 GiB a round and always paid fresh pages, while nginx reused
-  what its own rmtree freed);
+  what its own rmtree freed); for wslocal this process runs that pass on
+  wslocal's catalog and storage sockets (``Wslocal``);
 * the side that goes first alternates (wsfs in odd rounds, nginx in even
   ones), since whoever runs second reuses what the first just freed; each
-  round's line says who went first.
+  round's line says who went first.  Each layout has its own nginx run
+  beside it, and its ratio is against that one.
 
 wsfs still writes twice the bytes (two replicas on this one machine) and
 makes them durable; nginx writes one copy, never fsyncs, and its rmtree
@@ -84,23 +98,34 @@ from wsfront.http.site import make_site  # noqa: E402
 from wsfront.maintenance.gc import GarbageCollector, GCSettings  # noqa: E402
 from wsfront.transfer.pool import StoragePool  # noqa: E402
 from wsfront.transfer.service import Transfers, TransferSettings  # noqa: E402
+from wsstorage.auth import load_secret  # noqa: E402
 from wsstorage.client import StorageClient  # noqa: E402
 
 MiB = 1 << 20
 PASSWORD = "bench-password"
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
+def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """A process's RSS in MB (``field`` VmHWM: its peak so far)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
 class _Quiet(ProcessProtocol):
+    """A child whose output is dropped but for its end (what a server that
+    fails to start says)."""
+
     def __init__(self) -> None:
         self.ended: defer.Deferred = defer.Deferred()
+        self.err = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self.err = (self.err + data)[-2000:]
+
+    outReceived = errReceived
 
     def processEnded(self, reason) -> None:
         self.ended.callback(None)
@@ -406,41 +431,213 @@ def loadavg() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
+class Procs:
+    """The ``procs`` layout: ``twistd wsstorage`` subprocesses, and the
+    front end (site, transfer layer, catalog client) in this process, which
+    ``--count-calls`` can profile.  Its CPU is this process's (static.File's
+    GETs are timed apart) plus the storage servers'; its RSS is this
+    process's, so the front end's own."""
+
+    name = "procs"
+    in_self = True
+    #: Whose RSS ``rss`` is, whose write calls ``write_calls`` counts.
+    resident, writers = "front end", "storage servers"
+
+    async def start(self, reactor, args, work: Path) -> None:
+        self.root = work / self.name
+        self.root.mkdir()
+        self.procs, self.catalog, self.pool, transfers = await start_cluster(
+            reactor,
+            self.root,
+            args.nodes,
+            args.replicas,
+            args.drop_behind_kib,
+            args.storage_sockets,
+        )
+        self.pids = [transport.pid for transport, _ in self.procs]
+        site = make_site(reactor, transfers, CachingAuthenticator(self.catalog, reactor), None)
+        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.auth = ["-u", f"bench:{PASSWORD}"]
+        self.gc = GarbageCollector(reactor, self.catalog, self.pool, GC_NOW)
+
+    def storage_roots(self) -> list[Path]:
+        return list(self.root.glob("s[0-9]*"))
+
+    def cpu(self) -> float:
+        return sum(cpu_self()) + cpu_pids(self.pids)
+
+    def rss(self) -> float:
+        return rss_mb()
+
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds so far, part by part (``server NAME``: one storage
+        server each, shown as the busiest and the others)."""
+        user, system = cpu_self()
+        reactor_thread, hashing, reactor_system = cpu_threads()
+        parts = {"front end": user + system, "front end, user": user}
+        parts["front end, reactor thread"] = reactor_thread
+        parts["front end, sha256 thread"] = hashing
+        parts["reactor thread, system"] = reactor_system
+        parts["storage servers"] = cpu_pids(self.pids)
+        parts["storage servers, system"] = system_pids(self.pids)
+        for i, pid in enumerate(self.pids):
+            parts[f"server s{i + 1}"] = cpu_pids([pid])
+        return parts
+
+    def faults(self) -> dict[str, int]:
+        mine, theirs = faults(self.pids)
+        return {"front end": mine, "storage servers": theirs}
+
+    def write_calls(self) -> int:
+        return write_calls(self.pids)
+
+    async def stop(self) -> None:
+        if getattr(self, "port", None) is not None:
+            await self.port.stopListening()
+        if getattr(self, "pool", None) is not None:
+            self.pool.stop()
+            await self.catalog.close()
+        for transport, proto in getattr(self, "procs", []):
+            transport.signalProcess("TERM")
+            await proto.ended
+
+
+class Wslocal:
+    """The ``wslocal`` layout: what users run, ``twistd -n wslocal`` as a
+    subprocess (front end and storage stores in one process, uploads and
+    reads going straight into the stores), its own data folder, its demo
+    login.  Its CPU and RSS are that whole process's.  To free an upload at
+    once this process opens wslocal's SQLite catalog and reaches its
+    storage servers on the sockets the catalog lists (DATA/run), with its
+    secret, and runs a GC pass with no grace, as for ``procs`` (wsfs has no
+    command or endpoint for a GC pass of its own)."""
+
+    name = "wslocal"
+    in_self = False
+    resident = writers = "wslocal process"
+
+    async def start(self, reactor, args, work: Path) -> None:
+        self.data = work / self.name
+        port = free_port()
+        self.log = work / "wslocal.log"
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        argv += ["--nodaemon", "--pidfile=", f"--logfile={self.log}", "wslocal"]
+        argv += ["--data", str(self.data), "--http", f"tcp:{port}:interface=127.0.0.1"]
+        argv += ["--ftp", f"tcp:{free_port()}:interface=127.0.0.1"]
+        argv += ["--nodes", str(args.nodes), "--replicas", str(args.replicas)]
+        argv += ["--storage-sockets", args.storage_sockets]
+        if args.drop_behind_kib is not None:
+            argv += ["--drop-behind-kib", str(args.drop_behind_kib)]
+        self.proto = _Quiet()
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.process = reactor.spawnProcess(self.proto, sys.executable, argv, env=env)
+        self.pid = self.process.pid
+        # wslocal writes its login before it listens (bench/ftp.py).
+        login = self.data / "demo-login.txt"
+        for _ in range(1200):
+            if self.proto.ended.called:
+                # The log goes with the work folder: show its end.
+                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                err = self.proto.err.decode(errors="replace")
+                raise RuntimeError(f"wslocal exited at start:\n{log}{err}")
+            if login.exists():
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        await wait_listening(reactor, port)
+        self.url = f"http://127.0.0.1:{port}"
+        self.auth = ["-u", login.read_text().strip()]
+        self.catalog = open_catalog(reactor, f"sqlite:///{self.data / 'catalog.sqlite'}")
+        secret = load_secret(self.data / "secret")
+        self.pool = StoragePool(reactor)
+        for node in await self.catalog.list_nodes():
+            client = StorageClient(reactor, node.name, node.endpoint, secret)
+            self.pool.add(node.name, node.endpoint, client)
+        await self.pool.start()
+        self.gc = GarbageCollector(reactor, self.catalog, self.pool, GC_NOW)
+
+    def storage_roots(self) -> list[Path]:
+        return list((self.data / "storage").glob("s[0-9]*"))
+
+    def cpu(self) -> float:
+        return cpu_pids([self.pid])
+
+    def rss(self) -> float:
+        return rss_mb(self.pid)
+
+    def peak_rss(self) -> float:
+        """The process's peak RSS over the whole run (VmHWM)."""
+        return rss_mb(self.pid, "VmHWM")
+
+    def cpu_parts(self) -> dict[str, float]:
+        user, system = _user_system(self.pid)
+        reactor_thread = sum(_user_system(f"{self.pid}/task/{self.pid}"))
+        parts = {"wslocal process": user + system, "wslocal process, system": system}
+        parts["wslocal, reactor thread"] = reactor_thread
+        # The uploads' hashing thread and the stores' threads.
+        parts["wslocal, other threads"] = user + system - reactor_thread
+        return parts
+
+    def faults(self) -> dict[str, int]:
+        return {"wslocal process": int(_proc_stat(self.pid)[7])}
+
+    def write_calls(self) -> int:
+        return write_calls([self.pid])
+
+    async def stop(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.stop()
+            await self.catalog.close()
+        if getattr(self, "proto", None) is not None and not self.proto.ended.called:
+            self.process.signalProcess("TERM")
+            await self.proto.ended
+
+
+LAYOUTS = {"procs": Procs, "wslocal": Wslocal}
+#: A GC pass that collects what was just deleted (see the module's
+#: docstring: freeing each side's output at once).
+GC_NOW = GCSettings(grace_seconds=0.0, orphan_grace_seconds=0.0)
+
+
 async def main(reactor, args) -> None:
     work = Path(tempfile.mkdtemp(prefix="wsfs-bench-", dir=args.dir))
     files = work / "files"
     files.mkdir()
-    procs, catalog, pool, transfers = await start_cluster(
-        reactor, work, args.nodes, args.replicas, args.drop_behind_kib, args.storage_sockets
-    )
+    layouts = []
     try:
-        storage_pids = [transport.pid for transport, _ in procs]
-        await _measure(reactor, args, work, files, catalog, pool, transfers, storage_pids)
+        for name in args.layout.split(","):
+            layouts.append(LAYOUTS[name]())
+            await layouts[-1].start(reactor, args, work)
+        await _measure(reactor, args, work, files, layouts)
     finally:
-        pool.stop()
-        await catalog.close()
-        for transport, proto in procs:
-            transport.signalProcess("TERM")
-            await proto.ended
+        for layout in reversed(layouts):
+            try:
+                await layout.stop()
+            except Exception as e:
+                print(f"stopping {layout.name}: {e!r}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _measure(reactor, args, work, files, catalog, pool, transfers, storage_pids) -> None:
-    site = make_site(reactor, transfers, CachingAuthenticator(catalog, reactor), None)
-    wsport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+async def _measure(reactor, args, work, files, layouts) -> None:
     stport = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
         server.Site(static.File(str(files)))
     )
-    ws = f"http://127.0.0.1:{wsport.getHost().port}"
-    st = f"http://127.0.0.1:{stport.getHost().port}"
-    auth = ["-u", f"bench:{PASSWORD}"]
+    try:
+        await _rounds(
+            reactor, args, work, files, layouts, f"http://127.0.0.1:{stport.getHost().port}"
+        )
+    finally:
+        await stport.stopListening()
+
+
+async def _rounds(reactor, args, work, files, layouts, st) -> None:
     big, mid, small = args.size_mib * MiB, 10 * MiB, 4096
     wanted = set(args.workloads.split(","))
     write_file(files / "big.bin", big)
     write_file(files / "mid.bin", mid)
     write_file(files / "small.bin", small)
     print(f"load average at start: {loadavg()}", flush=True)
-    print(f"front end to storage servers: {args.storage_sockets} sockets")
+    print(f"layouts: {', '.join(x.name for x in layouts)}; storage: {args.storage_sockets} sockets")
     if args.drop_behind_kib is not None:
         print(f"storage servers: --drop-behind-kib {args.drop_behind_kib}")
     # label -> (wsfs figures, reference figures, unit), one figure per round
@@ -451,111 +648,115 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         row[0].append(ours)
         row[1].append(ref)
 
-    peak = [rss_mb()]
-    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], rss_mb())))
+    def in_turn(round_no: int) -> list:
+        """The layouts in this round's order (reversed every other round,
+        so neither always follows the other)."""
+        return layouts if round_no % 2 else layouts[::-1]
+
+    # Per layout, every RSS sample's peak during the PUTs.
+    put_peaks = {x.name: x.rss() for x in layouts}
+
+    def sample_puts() -> None:
+        for x in layouts:
+            put_peaks[x.name] = max(put_peaks[x.name], x.rss())
+
+    sampler = task.LoopingCall(sample_puts)
     sampler.start(0.05)
-    # CPU seconds per GiB PUT, per round: front end, storage servers, curl;
-    # nginx with its curl.  Much steadier than MB/s on a shared box.
+    # Per layout: CPU seconds per GiB PUT, per round, part by part
+    # (Procs.cpu_parts, Wslocal.cpu_parts), curl's; nginx with its curl.
+    # Much steadier than MB/s on a shared box.  For procs the storage
+    # servers are also shown as the busiest and the others together, to
+    # see which replica pays when their sum swings (1.46-3.01 s per GiB PUT
+    # from one round to the next in one run, 1.21-1.36 in the next): the
+    # one that keeps the blob in its page cache
+    # (wsfront.transfer.cache_hint), writing into fresh pages, or both.
     gib = big / (1 << 30)
-    cpu: dict[str, list[float]] = {"front end": [], "front end, user": []}
-    cpu.update({"front end, reactor thread": [], "front end, sha256 thread": []})
-    cpu.update({"reactor thread, system": []})
-    cpu.update({"storage servers": [], "storage servers, system": []})
-    cpu.update({"curl (wsfs)": [], "nginx + curl": []})
-    # The storage servers one by one: the busiest, and the others together,
-    # to see which replica pays when their sum swings (1.46-3.01 s per GiB
-    # PUT from one round to the next in one run, 1.21-1.36 in the next,
-    # 1.22-1.32 with --drop-behind-kib 1024): the one that keeps the blob in
-    # its page cache (wsfront.transfer.cache_hint), writing into fresh pages,
-    # or both.
-    cpu.update({"storage, busiest server": [], "storage, the others": []})
-    cpu.update({"machine (wsfs)": [], "machine (nginx)": []})
-    # Minor page faults per MiB PUT: front end, storage servers.
-    flt: dict[str, list[float]] = {"front end": [], "storage servers": []}
-    writes: list[float] = []
+    cpu: dict[str, dict[str, list[float]]] = {x.name: {} for x in layouts}
+    # Minor page faults and write calls per MiB PUT.
+    flt: dict[str, dict[str, list[float]]] = {x.name: {} for x in layouts}
+    writes: dict[str, list[float]] = {x.name: [] for x in layouts}
     # Per round: who went first, seconds each side's output took to free,
     # and bytes the storage servers still hold after wsfs's was freed.
-    firsts: list[str] = []
-    freeing: dict[str, list[float]] = {"wsfs": [], "nginx": []}
-    left_on_disk: list[int] = []
-    gc = GarbageCollector(
-        reactor, catalog, pool, GCSettings(grace_seconds=0.0, orphan_grace_seconds=0.0)
-    )
+    firsts: dict[str, list[str]] = {x.name: [] for x in layouts}
+    freeing = {x.name: {"wsfs": [], "nginx": []} for x in layouts}
+    left_on_disk: dict[str, list[int]] = {x.name: [] for x in layouts}
 
-    async def free_wsfs() -> float:
+    def per_gib(figures: dict[str, list[float]], key: str, seconds: float) -> None:
+        figures.setdefault(key, []).append(seconds / gib)
+
+    async def free_wsfs(layout) -> float:
         """Delete big.bin as a user would and collect its blobs at once, so
         the storage servers unlink them (as rmtree unlinks nginx's file)."""
         start = time.perf_counter()
-        await curl(*auth, "-X", "DELETE", f"{ws}/big.bin")
-        stats = await gc.collect()
+        await curl(*layout.auth, "-X", "DELETE", f"{layout.url}/big.bin")
+        stats = await layout.gc.collect()
         if not stats["forgotten"] or stats["waiting"] or stats["left_behind"]:
-            print(f"warning: GC after DELETE left blobs: {stats}", file=sys.stderr)
+            print(f"warning: {layout.name}: GC after DELETE left blobs: {stats}", file=sys.stderr)
         return time.perf_counter() - start
 
-    async def put_wsfs() -> float:
-        faults_before, writes_before = faults(storage_pids), write_calls(storage_pids)
-        before = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
-        system_before = system_pids(storage_pids)
-        each_before = [cpu_pids([pid]) for pid in storage_pids]
-        machine_before = cpu_machine()
-        _, t = await curl(*auth, "-T", str(files / "big.bin"), f"{ws}/big.bin")
-        after = cpu_self(), cpu_pids(storage_pids), cpu_children(), cpu_threads()
-        system_after = system_pids(storage_pids)
-        each = sorted(
-            (cpu_pids([pid]) - b for pid, b in zip(storage_pids, each_before)), reverse=True
-        )
-        cpu["storage, busiest server"].append(each[0] / gib)
-        cpu["storage, the others"].append(sum(each[1:]) / gib)
-        machine_after = cpu_machine()
-        faults_after = faults(storage_pids)
-        writes.append((write_calls(storage_pids) - writes_before) / (big / MiB))
-        for who, a, b in zip(flt, faults_after, faults_before):
-            flt[who].append((a - b) / (big / MiB))
-        cpu["front end"].append((sum(after[0]) - sum(before[0])) / gib)
-        cpu["front end, user"].append((after[0][0] - before[0][0]) / gib)
-        cpu["front end, reactor thread"].append((after[3][0] - before[3][0]) / gib)
-        cpu["front end, sha256 thread"].append((after[3][1] - before[3][1]) / gib)
-        cpu["reactor thread, system"].append((after[3][2] - before[3][2]) / gib)
-        cpu["storage servers, system"].append((system_after - system_before) / gib)
-        cpu["storage servers"].append((after[1] - before[1]) / gib)
-        cpu["curl (wsfs)"].append((after[2] - before[2]) / gib)
-        cpu["machine (wsfs)"].append((machine_after - machine_before) / gib)
-        freeing["wsfs"].append(await free_wsfs())
-        left_on_disk.append(disk_bytes(work.glob("s[0-9]*")))
+    async def put_wsfs(layout) -> float:
+        faults_before, writes_before = layout.faults(), layout.write_calls()
+        parts_before, whole_before = layout.cpu_parts(), layout.cpu()
+        curl_before, machine_before = cpu_children(), cpu_machine()
+        _, t = await curl(*layout.auth, "-T", str(files / "big.bin"), f"{layout.url}/big.bin")
+        whole, curl_cpu = layout.cpu() - whole_before, cpu_children() - curl_before
+        machine = cpu_machine() - machine_before
+        parts = {k: v - parts_before[k] for k, v in layout.cpu_parts().items()}
+        mine = cpu[layout.name]
+        per_gib(mine, "wsfs, all its processes", whole)
+        servers = sorted(parts.pop(k) for k in list(parts) if k.startswith("server "))[::-1]
+        for key, seconds in parts.items():
+            per_gib(mine, key, seconds)
+        if servers:
+            per_gib(mine, "storage, busiest server", servers[0])
+            per_gib(mine, "storage, the others", sum(servers[1:]))
+        per_gib(mine, "curl (wsfs)", curl_cpu)
+        per_gib(mine, "machine (wsfs)", machine)
+        for key, count in layout.faults().items():
+            flt[layout.name].setdefault(key, []).append((count - faults_before[key]) / (big / MiB))
+        writes[layout.name].append((layout.write_calls() - writes_before) / (big / MiB))
+        freeing[layout.name]["wsfs"].append(await free_wsfs(layout))
+        left_on_disk[layout.name].append(disk_bytes(layout.storage_roots()))
         return t
 
-    async def put_nginx() -> float | None:
+    async def put_nginx(layout) -> float | None:
         children_before, machine_before = cpu_children(), cpu_machine()
         t = await nginx_put(work, files / "big.bin")
-        cpu["nginx + curl"].append((cpu_children() - children_before) / gib)
-        cpu["machine (nginx)"].append((cpu_machine() - machine_before) / gib)
+        per_gib(cpu[layout.name], "nginx + curl", cpu_children() - children_before)
+        per_gib(cpu[layout.name], "machine (nginx)", cpu_machine() - machine_before)
         start = time.perf_counter()
         shutil.rmtree(work / "nginx-root", ignore_errors=True)
         shutil.rmtree(work / "nginx-body", ignore_errors=True)
-        freeing["nginx"].append(time.perf_counter() - start)
+        freeing[layout.name]["nginx"].append(time.perf_counter() - start)
         return t
 
-    if "put" in wanted and args.count_calls:
-        await count_put_calls(auth, files / "big.bin", f"{ws}/big.bin", big, args.profile_out)
-        await free_wsfs()
+    profiled = next((x for x in layouts if x.in_self), None)
+    if args.count_calls and profiled is None:
+        print("--count-calls: only the procs layout's front end runs here", file=sys.stderr)
+    if "put" in wanted and args.count_calls and profiled is not None:
+        url = f"{profiled.url}/big.bin"
+        await count_put_calls(profiled.auth, files / "big.bin", url, big, args.profile_out)
+        await free_wsfs(profiled)
     for round_no in range(1, args.rounds + 1 if "put" in wanted else 1):
-        # Whoever goes second reuses the pages the first just freed.
-        if round_no % 2:
-            firsts.append("wsfs")
-            t = await put_wsfs()
-            nginx = await put_nginx()
-        else:
-            firsts.append("nginx")
-            nginx = await put_nginx()
-            t = await put_wsfs()
-        record("PUT big", "nginx dav", "MB/s", big / t / 1e6, nginx and big / nginx / 1e6)
+        for layout in in_turn(round_no):
+            # Whoever goes second reuses the pages the first just freed.
+            if round_no % 2:
+                firsts[layout.name].append("wsfs")
+                t = await put_wsfs(layout)
+                nginx = await put_nginx(layout)
+            else:
+                firsts[layout.name].append("nginx")
+                nginx = await put_nginx(layout)
+                t = await put_wsfs(layout)
+            ref = nginx and big / nginx / 1e6
+            record(f"PUT big, {layout.name}", "nginx dav", "MB/s", big / t / 1e6, ref)
     sampler.stop()
-    put_peak = peak[0]
     # Every PUT's file was deleted: upload what the GET workloads read.
     needs = {"get": "big.bin", "concurrent": "mid.bin", "small": "small.bin"}
-    for workload, path in needs.items():
-        if workload in wanted:
-            await curl(*auth, "-T", str(files / path), f"{ws}/{path}")
+    for layout in layouts:
+        for workload, path in needs.items():
+            if workload in wanted:
+                await curl(*layout.auth, "-T", str(files / path), f"{layout.url}/{path}")
 
     async def timed_get(base, extra, path):
         _, t = await curl(*extra, "-o", "/dev/null", f"{base}/{path}")
@@ -579,76 +780,82 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
         _, t = await curl(*extra, "-K", str(config))
         return t
 
-    if "get" in wanted and args.count_calls:
-        get_args = [*auth, "-o", "/dev/null", f"{ws}/big.bin"]
+    if "get" in wanted and args.count_calls and profiled is not None:
+        get_args = [*profiled.auth, "-o", "/dev/null", f"{profiled.url}/big.bin"]
         await count_calls("GET", get_args, big, args.profile_out and args.profile_out + ".get")
-    before_gets = rss_mb()
-    peak = [before_gets]
-    # Which server the running GETs go to: its peaks (RSS, and bytes left
-    # unsent in this process's TCP transports) are kept apart, since both
-    # sites run in this process.
-    phase = ["wsfs"]
-    peaks = {"wsfs": [0.0, 0], "static.File": [0.0, 0]}
+    before_gets = {x.name: x.rss() for x in layouts}
+    # Which server the running GETs go to, with the RSS of the process that
+    # serves them: its peaks (RSS, and for a site in this process the bytes
+    # left unsent in its TCP transports) are kept apart.
+    static_file = "static.File"
+    phase: list = [None, rss_mb, False]
+    peaks = {name: [0.0, 0] for name in [*before_gets, static_file]}
     # RSS never falls back much once reached (freed heap stays mapped), so a
-    # site's peak can be memory an earlier phase of the other site left: per
+    # site's peak can be memory an earlier phase of another site left: per
     # round, workload and site, the RSS at the phase's start and its peak.
     phases: list[list] = []
 
-    def enter(site: str, workload: str, round_no: int) -> None:
-        phase[0] = site
-        rss = rss_mb()
-        phases.append([round_no, workload, site, rss, rss])
+    def enter(site, workload: str, round_no: int) -> None:
+        """GETs from ``site`` (a layout, or None: static.File) start."""
+        name = static_file if site is None else site.name
+        phase[:] = [name, rss_mb if site is None else site.rss, site is None or site.in_self]
+        rss = phase[1]()
+        phases.append([round_no, workload, name, rss, rss])
 
-    get_cpu: dict[str, list[float]] = {"wsfs": [], "static.File": []}
+    get_cpu: dict[str, list[float]] = {}
 
     def sample():
-        rss = rss_mb()
-        peak[0] = max(peak[0], rss)
+        if phase[0] is None:
+            return
+        rss = phase[1]()
         mine = peaks[phase[0]]
         mine[0] = max(mine[0], rss)
-        mine[1] = max(mine[1], unsent_bytes(reactor))
-        if phases:
-            phases[-1][4] = max(phases[-1][4], rss)
+        if phase[2]:
+            mine[1] = max(mine[1], unsent_bytes(reactor))
+        phases[-1][4] = max(phases[-1][4], rss)
 
     sampler = task.LoopingCall(sample)
     sampler.start(0.05)
     for round_no in range(1, args.rounds + 1):
-        if "get" in wanted:
-            # The front end's CPU per GiB sent (both sites are this
-            # process): steadier than MB/s on a shared machine.
-            enter("wsfs", "get", round_no)
-            before = sum(cpu_self())
-            t_ws = await timed_get(ws, auth, "big.bin")
-            middle = sum(cpu_self())
-            enter("static.File", "get", round_no)
-            t_st = await timed_get(st, [], "big.bin")
-            get_cpu["wsfs"].append((middle - before) / gib)
-            get_cpu["static.File"].append((sum(cpu_self()) - middle) / gib)
-            record("GET big", "static.File", "MB/s", big / t_ws / 1e6, big / t_st / 1e6)
-        if "concurrent" in wanted:
-            enter("wsfs", "concurrent", round_no)
-            t_ws = await concurrent(ws, auth)
-            enter("static.File", "concurrent", round_no)
-            t_st = await concurrent(st, [])
-            n = args.clients * mid / 1e6
-            record(f"{args.clients} x GET 10 MiB", "static.File", "MB/s", n / t_ws, n / t_st)
-        if "small" in wanted:
-            enter("wsfs", "small", round_no)
-            t_ws = await keepalive("wsfs", ws, auth)
-            enter("static.File", "small", round_no)
-            t_st = await keepalive("static", st, [])
-            record(
-                f"{args.small} x GET 4 KiB keep-alive",
-                "static.File",
-                "files/s",
-                args.small / t_ws,
-                args.small / t_st,
-            )
+        for layout in in_turn(round_no):
+            ws, auth, name = layout.url, layout.auth, layout.name
+            if "get" in wanted:
+                # CPU per GiB sent: steadier than MB/s on a shared machine.
+                enter(layout, "get", round_no)
+                before, self_before = layout.cpu(), sum(cpu_self())
+                t_ws = await timed_get(ws, auth, "big.bin")
+                whole, front = layout.cpu() - before, sum(cpu_self()) - self_before
+                enter(None, "get", round_no)
+                middle = sum(cpu_self())
+                t_st = await timed_get(st, [], "big.bin")
+                get_cpu.setdefault(f"{name}, all its processes", []).append(whole / gib)
+                if layout.in_self:
+                    get_cpu.setdefault(f"{name}, front end", []).append(front / gib)
+                key = f"static.File (after {name})"
+                get_cpu.setdefault(key, []).append((sum(cpu_self()) - middle) / gib)
+                record(
+                    f"GET big, {name}", "static.File", "MB/s", big / t_ws / 1e6, big / t_st / 1e6
+                )
+            if "concurrent" in wanted:
+                enter(layout, "concurrent", round_no)
+                t_ws = await concurrent(ws, auth)
+                enter(None, "concurrent", round_no)
+                t_st = await concurrent(st, [])
+                n = args.clients * mid / 1e6
+                label = f"{args.clients} x GET 10 MiB, {name}"
+                record(label, "static.File", "MB/s", n / t_ws, n / t_st)
+            if "small" in wanted:
+                enter(layout, "small", round_no)
+                t_ws = await keepalive(name, ws, auth)
+                enter(None, "small", round_no)
+                t_st = await keepalive("static", st, [])
+                label = f"{args.small} x GET 4 KiB keep-alive, {name}"
+                record(label, "static.File", "files/s", args.small / t_ws, args.small / t_st)
     sampler.stop()
 
     print(f"load average at end: {loadavg()}")
     print(f"rounds: {args.rounds} (wsfs and reference alternate; medians shown)")
-    width = max([len(label) for label in rows] + [44])
+    width = max([len(label) for label in rows] + [50])
     print(f"{'':<{width}}  {'wsfs':>10} {'reference':>10} {'ratio':>6}  (per-round ratios)")
     for label, (ours, ref, unit, ref_name) in rows.items():
         ratios = [a / b for a, b in zip(ours, ref) if a and b]
@@ -661,52 +868,53 @@ async def _measure(reactor, args, work, files, catalog, pool, transfers, storage
             f"{label:<{width}}  {median(ours):10.1f} {shown_ref} {shown_ratio}  "
             f"({each}) {unit} vs {ref_name}"
         )
-    if "put" in wanted:
-        print_put_rounds(rows.get("PUT big"), firsts, cpu, freeing, left_on_disk)
-        print(f"{'front-end peak RSS during PUTs':<{width}}  {put_peak:10.1f} MB")
-        for who, values in cpu.items():
-            each = " ".join(f"{x:.2f}" for x in values)
-            label = f"CPU s per GiB PUT, {who}"
-            print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
-        for who, values in flt.items():
-            each = " ".join(f"{x:.0f}" for x in values)
-            label = f"page faults per MiB PUT, {who}"
-            print(f"{label:<{width}}  {median(values):10.0f}      ({each})")
-        each = " ".join(f"{x:.2f}" for x in writes)
-        label = "write calls per MiB PUT, storage servers"
-        print(f"{label:<{width}}  {median(writes):10.2f}      ({each})")
-    print(f"{'front-end RSS before the GETs':<{width}}  {before_gets:10.1f} MB")
-    print(f"{'front-end peak RSS during GETs':<{width}}  {peak[0]:10.1f} MB")
+
+    def show(label: str, values: list[float], unit: str, digits: int = 2) -> None:
+        each = " ".join(f"{x:.{digits}f}" for x in values)
+        print(f"{label:<{width}}  {median(values):10.{digits}f} {unit:<4} ({each})")
+
+    for layout in layouts if "put" in wanted else []:
+        name = layout.name
+        print(f"PUT, {name}:")
+        print_put_rounds(rows.get(f"PUT big, {name}"), firsts[name], cpu[name], freeing[name],
+                         left_on_disk[name])  # fmt: skip
+        print(f"{f'peak RSS during PUTs, {layout.resident}':<{width}}  {put_peaks[name]:10.1f} MB")
+        for who, values in cpu[name].items():
+            show(f"CPU s per GiB PUT, {who}", values, "s")
+        for who, values in flt[name].items():
+            show(f"page faults per MiB PUT, {who}", values, "", 0)
+        show(f"write calls per MiB PUT, {layout.writers}", writes[name], "")
+    for name, rss in before_gets.items():
+        print(f"{f'RSS before the GETs, {name}':<{width}}  {rss:10.1f} MB")
     for name, (rss, _) in peaks.items():
-        print(f"{'  while GETs from ' + name + ' run':<{width}}  {rss:10.1f} MB")
+        print(f"{'  peak while GETs from ' + name + ' run':<{width}}  {rss:10.1f} MB")
     for round_no, workload, site, start, top in phases:
         label = f"  round {round_no} {workload}, {site}: start, peak"
         print(f"{label:<{width}}  {start:10.1f} {top:10.1f} MB")
+    for layout in layouts:
+        if not layout.in_self:
+            label = f"peak RSS over the run (VmHWM), {layout.resident}"
+            print(f"{label:<{width}}  {layout.peak_rss():10.1f} MB")
     for name, (_, unsent) in peaks.items():
-        label = f"  peak unsent in transports, {name}"
-        print(f"{label:<{width}}  {unsent / MiB:10.1f} MiB")
+        if name in ("static.File", *(x.name for x in layouts if x.in_self)):
+            label = f"  peak unsent in transports, {name}"
+            print(f"{label:<{width}}  {unsent / MiB:10.1f} MiB")
     for name, values in get_cpu.items():
-        if not values:
-            continue
-        each = " ".join(f"{x:.2f}" for x in values)
-        label = f"CPU s per GiB GET big, front end, {name}"
-        print(f"{label:<{width}}  {median(values):10.2f} s    ({each})")
-
-    await wsport.stopListening()
-    await stport.stopListening()
+        show(f"CPU s per GiB GET big, {name}", values, "s")
 
 
 def print_put_rounds(row, firsts, cpu, freeing, left_on_disk) -> None:
-    """One line per PUT round: who went first, both sides' MB/s and CPU per
-    GiB, the machine's CPU per GiB no process of that side was charged for
-    (kernel threads, and other work on a shared box: a noise gauge), how
-    long freeing each side's output took and what wsfs's left on the
-    storage servers' disks; then the median ratio by who went first."""
+    """One line per PUT round of one layout: who went first, both sides'
+    MB/s and CPU per GiB, the machine's CPU per GiB no process of that
+    side was charged for (kernel threads, and other work on a shared box: a
+    noise gauge), how long freeing each side's output took and what wsfs's
+    left on the storage servers' disks; then the median ratio by who went
+    first."""
     if not row:
         return
     ours, ref = row[0], row[1]
     print(
-        "PUT rounds: first  wsfs MB/s  nginx MB/s  ratio  CPU s/GiB: front end  storage"
+        "  round: first  wsfs MB/s  nginx MB/s  ratio  CPU s/GiB: wsfs  curl"
         "  nginx+curl  other wsfs/nginx  free s wsfs/nginx  left on disk MiB"
     )
     by_first: dict[str, list[float]] = {"wsfs": [], "nginx": []}
@@ -716,13 +924,13 @@ def print_put_rounds(row, firsts, cpu, freeing, left_on_disk) -> None:
             by_first[first].append(ratio)
         shown_ref = f"{ref[i]:10.1f}" if ref[i] else f"{'n/a':>10}"
         shown_ratio = f"{ratio:6.2f}" if ratio is not None else f"{'':6}"
-        wsfs_cpu = sum(cpu[k][i] for k in ("front end", "storage servers", "curl (wsfs)"))
-        other_wsfs = cpu["machine (wsfs)"][i] - wsfs_cpu
+        wsfs, wsfs_curl = cpu["wsfs, all its processes"][i], cpu["curl (wsfs)"][i]
+        other_wsfs = cpu["machine (wsfs)"][i] - wsfs - wsfs_curl
         other_nginx = cpu["machine (nginx)"][i] - cpu["nginx + curl"][i]
         print(
             f"  round {i + 1}: {first:<5} {ours[i]:10.1f} {shown_ref} {shown_ratio}"
-            f"  {cpu['front end'][i]:19.2f} {cpu['storage servers'][i]:8.2f}"
-            f" {cpu['nginx + curl'][i]:11.2f} {other_wsfs:10.2f} /{other_nginx:5.2f}"
+            f"  {wsfs:14.2f} {wsfs_curl:5.2f} {cpu['nginx + curl'][i]:11.2f}"
+            f" {other_wsfs:10.2f} /{other_nginx:5.2f}"
             f" {freeing['wsfs'][i]:11.2f} /{freeing['nginx'][i]:5.2f}"
             f" {left_on_disk[i] / MiB:17.1f}"
         )
@@ -757,11 +965,19 @@ def parse(argv=None):
         help="with --count-calls: write that PUT's cProfile stats to this file",
     )
     p.add_argument(
+        "--layout",
+        default="procs",
+        help="wsfs layouts to run, comma-separated, each against the same references in "
+        "the same rounds: procs (storage servers as subprocesses, the front end in this "
+        "process; the default) and wslocal (twistd -n wslocal: one process, what users run)",
+    )
+    p.add_argument(
         "--storage-sockets",
         choices=("unix", "tcp"),
         default="unix",
         help="how the front end reaches the storage servers: UNIX sockets (default, "
-        "as wslocal does) or TCP on 127.0.0.1 (the layout before; hosts of their own)",
+        "as wslocal does) or TCP on 127.0.0.1 (the layout before; hosts of their own); "
+        "wslocal gets --storage-sockets too (its reads and big writes skip the socket)",
     )
     p.add_argument(
         "--drop-behind-kib",
@@ -769,7 +985,11 @@ def parse(argv=None):
         default=None,
         help="pass --drop-behind-kib N to the storage servers (default: theirs, off)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in args.layout.split(","):
+        if name not in LAYOUTS:
+            p.error(f"--layout: {name!r} is not one of {', '.join(LAYOUTS)}")
+    return args
 
 
 if __name__ == "__main__":
