@@ -5,12 +5,23 @@ syscalls per MiB (one big RETR) or per file (many small RETR/STOR).
     python bench/ftp_profile.py small --files 300 --strace   # syscalls per file
     python bench/ftp_profile.py idle --clients 100           # RSS per slow download
     python bench/ftp_profile.py phases --files 300           # where a small STOR's time goes
+    python bench/ftp_profile.py timeline --files 300         # the server's side of it, step by step
 
 ``phases`` times each step of small STORs over one control connection as
 the client sees it (PASV and the data connection, STOR until 150, the
 bytes, their close until 226: medians and p90) and prints the server's
 user and system CPU per STOR, unprofiled; these are timings, noisy on a
 busy machine: compare runs made side by side.
+``timeline`` runs the same STORs with a hook in wslocal that stamps
+(``perf_counter_ns``) the entry and exit of the functions a small STOR
+crosses, in whichever thread runs them: the FTP command, the catalog's
+start and commit (and the SQL ``COMMIT`` in its writer thread), the
+data connection's close, each replica's put thread, its journal append
+and fdatasync, the hand-back to the reactor, the replies; and prints
+the medians of the steps between them (``TIMELINE_STEPS``).  Where
+``phases`` sees "close -> 226" as one number, this splits it: the two
+puts' Python runs one after the other under the GIL, then each flushes,
+then the catalog commits.  The hook costs a few microseconds a stamp.
 ``retr``/``small`` run wslocal under twistd's cProfile (``--strace``: under
 ``strace -c -f`` instead) and print function calls per MiB or per file and
 the top functions by cumulative time.  ``idle`` opens N downloads whose
@@ -52,7 +63,16 @@ def rss_kb(pid: int) -> int:
 
 
 class Local:
-    def __init__(self, workdir: Path, profile: Path | None, strace: Path | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        profile: Path | None,
+        strace: Path | None,
+        env: dict[str, str] | None = None,
+        path: str | None = None,
+    ) -> None:
+        """``env``: more environment for wslocal; ``path``: a directory
+        put before the repository on its PYTHONPATH (``timeline``'s hook)."""
         self.workdir = workdir
         self.port = free_port()
         data = workdir / "wsfs-data"
@@ -65,7 +85,8 @@ class Local:
                  "--http", f"tcp:{free_port()}:interface=127.0.0.1"]  # fmt: skip
         if strace is not None:
             argv = ["strace", "-f", "-c", "-o", str(strace), *argv]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, **(env or {}))
+        env["PYTHONPATH"] = str(REPO) if path is None else f"{path}{os.pathsep}{REPO}"
         self.log = open(workdir / "wslocal.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir
@@ -335,6 +356,148 @@ def stor_phases(server: Local, files: int, kib: int, folder: str = "phases") -> 
     print_thread_cpu(pid, threads0, threads1, files)
 
 
+#: wslocal's ``sitecustomize`` for ``timeline``: wraps each function named
+#: here (module, attribute path, tag) to stamp its entry ("tag+") and exit
+#: ("tag-") with the thread's id, and writes the stamps to
+#: $WSFS_TIMELINE at the reactor's shutdown.  ``reply`` is stamped only for
+#: the replies the steps use, under their code ("r150", "r226").
+TIMELINE_HOOK = """
+import os, threading, time
+_STAMPS = []
+_now, _tid = time.perf_counter_ns, threading.get_ident
+_WRAP = [
+    ("wsfront.ftp.datacmds", "store", "stor"),
+    ("wsfront.catalog.catalog", "SqlCatalog.start_upload", "start"),
+    ("wsfront.catalog.catalog", "SqlCatalog.commit_upload", "commit"),
+    ("wsfront.catalog.sqlite", "SQLiteBackend.commit", "sql"),
+    ("wsfront.ftp.data", "DataChannel.connectionLost", "close"),
+    ("wsstorage.inprocess", "seal_put", "put"),
+    ("wsstorage.fsops", "OsFileSystem.pwrite_all", "append"),
+    ("wsstorage.fsops", "OsFileSystem.fdatasync", "sync"),
+    ("wsstorage.threadwork", "HandBack._run", "back"),
+]
+
+
+def _wrap(owner, name, tag):
+    inner = getattr(owner, name)
+
+    def stamped(*args, **kwargs):
+        _STAMPS.append((_now(), tag + "+", _tid()))
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _STAMPS.append((_now(), tag + "-", _tid()))
+
+    setattr(owner, name, stamped)
+
+
+def _install():
+    import importlib
+
+    for module, path, tag in _WRAP:
+        owner = importlib.import_module(module)
+        *outer, name = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        _wrap(owner, name, tag)
+    from wsfront.ftp.protocol import FTPControl
+
+    reply = FTPControl.reply
+
+    def stamped_reply(self, code, text):
+        if code in (150, 226):
+            _STAMPS.append((_now(), f"r{code}", _tid()))
+        return reply(self, code, text)
+
+    FTPControl.reply = stamped_reply
+    from twisted.internet import reactor
+
+    def dump():
+        with open(os.environ["WSFS_TIMELINE"], "w") as f:
+            f.writelines(f"{t} {tag} {tid}\\n" for t, tag, tid in _STAMPS)
+
+    reactor.addSystemEventTrigger("after", "shutdown", dump)
+
+
+if os.environ.get("WSFS_TIMELINE"):
+    _install()
+"""
+
+#: The steps ``timeline`` prints: (label, from, to), each an event of one
+#: STOR (its stamps from "stor+" to "r226"): a tag, optionally "@n" for
+#: its n-th stamp in the STOR (0 first, -1 last), "put:" for a stamp in a
+#: put thread ("put:append+@1": the second put's append), "writer:" in a
+#: thread neither the reactor's nor a put's (the catalog writer).
+TIMELINE_STEPS = [
+    ("STOR -> catalog start", "stor+", "start+"),
+    ("catalog start (reactor)", "start+", "start-"),
+    ("catalog start -> 150", "start-", "r150"),
+    ("close: reactor's part", "close+", "close-"),
+    ("close -> 1st put runs", "close+", "put:put+@0"),
+    ("1st put: before append", "put:put+@0", "put:append+@0"),
+    ("2nd put runs (from close)", "close+", "put:put+@1"),
+    ("2nd put: before append", "put:put+@1", "put:append+@1"),
+    ("1st put's fdatasync", "put:sync+@0", "put:sync-@0"),
+    ("2nd put's fdatasync", "put:sync+@1", "put:sync-@1"),
+    ("last put done -> reactor", "put:put-@-1", "back+@-1"),
+    ("reactor -> catalog commit", "back+@-1", "commit+"),
+    ("commit -> writer's COMMIT", "commit+", "writer:sql+@-1"),
+    ("writer's COMMIT (+sync)", "writer:sql+@-1", "writer:sql-@-1"),
+    ("COMMIT -> 226", "writer:sql-@-1", "r226"),
+    ("close -> 226", "close+", "r226"),
+    ("STOR -> 226", "stor+", "r226"),
+]
+
+
+def _timeline_event(stamps: list[tuple[int, str, int]], spec: str, reactor: int, puts: set[int]):
+    where, _, rest = spec.rpartition(":")
+    tag, _, nth = rest.partition("@")
+    found = [
+        t
+        for t, g, tid in stamps
+        if g == tag
+        and (
+            (where == "put" and tid in puts)
+            or (where == "writer" and tid != reactor and tid not in puts)
+            or (where == "" and tid == reactor)
+        )
+    ]
+    index = int(nth) if nth else 0
+    return found[index] if -len(found) <= index < len(found) else None
+
+
+def timeline(stamp_file: Path) -> None:
+    """Medians of TIMELINE_STEPS over every STOR in ``stamp_file``."""
+    rows = []
+    for line in stamp_file.read_text().splitlines():
+        t, tag, tid = line.split()
+        rows.append((int(t), tag, int(tid)))
+    stors, current = [], None
+    for row in rows:
+        if row[1] == "stor+":
+            current = [row]
+        elif current is not None:
+            current.append(row)
+            if row[1] == "r226":
+                stors.append(current)
+                current = None
+    steps: dict[str, list[float]] = {label: [] for label, _, _ in TIMELINE_STEPS}
+    for stamps in stors:
+        reactor = stamps[0][2]
+        puts = {tid for _, tag, tid in stamps if tag == "put+"}
+        for label, start, end in TIMELINE_STEPS:
+            a = _timeline_event(stamps, start, reactor, puts)
+            b = _timeline_event(stamps, end, reactor, puts)
+            if a is not None and b is not None:
+                steps[label].append((b - a) / 1e3)
+    print(f"{len(stors)} STORs traced; per step, median and p90 in us (steps overlap):")
+    for label, values in steps.items():
+        if values:
+            values.sort()
+            median, p90 = values[len(values) // 2], values[len(values) * 9 // 10]
+            print(f"  {label:28} {median:8.0f} {p90:8.0f}   ({len(values)} STORs)")
+
+
 def idle_clients(server: Local, clients: int, mib: int) -> None:
     """``clients`` downloads of ``mib`` MiB whose clients read nothing."""
     size = mib << 20
@@ -361,7 +524,7 @@ def idle_clients(server: Local, clients: int, mib: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workload", choices=["retr", "small", "stor", "idle", "phases"])
+    p.add_argument("workload", choices=["retr", "small", "stor", "idle", "phases", "timeline"])
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--files", type=int, default=300)
     p.add_argument("--kib", type=int, default=4)
@@ -378,6 +541,16 @@ def main() -> None:
     try:
         # Set-up runs unprofiled; the measured part then runs in a fresh
         # process under the profiler on the same data.
+        if args.workload == "timeline":
+            hook = workdir / "timeline-hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text(TIMELINE_HOOK)
+            stamps = workdir / "timeline.txt"
+            server = Local(workdir, None, None, {"WSFS_TIMELINE": str(stamps)}, str(hook))
+            stor_phases(server, args.files, args.kib)
+            server.stop()
+            timeline(stamps)
+            return
         server = Local(workdir, None, None)
         if args.workload == "phases":
             stor_phases(server, args.files, args.kib)
