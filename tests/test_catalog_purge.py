@@ -282,3 +282,19 @@ async def test_uploads_finished_before_schema_7_are_purged_after_it(catalog_url,
         )
     finally:
         await new.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_of_more_than_a_statement_holds_deletes_them_all(catalog, clock):
+    """Ids go to the deletes by pieces (``PURGE_PIECE``): a statement takes
+    a bounded number of parameters, whatever batch GC is given."""
+    await catalog.add_user("alice", "pw")
+    count = 2 * _uploads.PURGE_PIECE + 5
+    many_finished_uploads(catalog, count, clock())
+    leave_extents(catalog, f"done{count}", "legacy-blob")
+    live = await start(catalog, "/alice/live", "live-blob")
+    clock.advance(8 * DAY)
+    assert await catalog.purge_uploads(clock() - 7 * DAY) == count
+    assert extents_of(catalog, f"done{count}") == 0
+    [left] = await catalog.list_uploads(states=sorted(UPLOAD_STATES))
+    assert left.upload_id == live.upload_id

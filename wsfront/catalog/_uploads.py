@@ -613,6 +613,10 @@ def expire_uploads(tx: Tx, now: float, limit: int | None = None) -> list[UploadS
     return expired
 
 
+#: Upload ids one statement of ``purge_uploads`` deletes.
+PURGE_PIECE = 1000
+
+
 def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
     """Delete finished uploads (committed, aborted, expired) that finished
     at or before ``before``, with their base extents if any are left, at
@@ -637,10 +641,13 @@ def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
         sql += " LIMIT ?"
         params.append(limit)
     ids = [r["upload_id"] for r in tx.all(sql, *params)]
-    if not ids:
-        return 0
-    marks = ", ".join("?" for _ in ids)
-    tx.execute(f"DELETE FROM upload_extents WHERE upload_id IN ({marks})", *ids)
-    return tx.execute(
-        f"DELETE FROM uploads WHERE upload_id IN ({marks}) AND state IN {FINISHED_SQL}", *ids
-    )
+    purged = 0
+    # By pieces: a statement takes at most 32,766 parameters on SQLite, 65,535 on PostgreSQL.
+    for at in range(0, len(ids), PURGE_PIECE):
+        piece = ids[at : at + PURGE_PIECE]
+        marks = ", ".join("?" for _ in piece)
+        tx.execute(f"DELETE FROM upload_extents WHERE upload_id IN ({marks})", *piece)
+        purged += tx.execute(
+            f"DELETE FROM uploads WHERE upload_id IN ({marks}) AND state IN {FINISHED_SQL}", *piece
+        )
+    return purged
