@@ -50,6 +50,9 @@ class FrontendConfig:
     public_address: str | None = None
     checkpoint_mib: int = 8
     upload_expiry_hours: float = 24.0
+    upload_retention_days: float = 7.0
+    """Days the catalog keeps a finished upload's row (GC purges it then):
+    how long a tus client can still learn by HEAD that an upload completed."""
     drain_seconds: float = 30.0
     https: str | None = None
     tls_cert: str | None = None
@@ -212,6 +215,7 @@ class FrontendOptions(usage.Options):
         ["public-address", None, None, "address advertised in PASV replies"],
         ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
         ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
+        ["upload-retention-days", None, None, "forget finished uploads after (default 7)"],
         ["drain-seconds", None, None, "on SIGUSR1, let transfers finish this long (default 30)"],
         ["https", None, None, "HTTPS endpoint (needs --tls-cert), e.g. tcp:8443"],
         ["tls-cert", None, None, "PEM certificate for FTPS and HTTPS (may hold the key too)"],
@@ -393,6 +397,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         public_address=public_ipv4(get("public-address")) if get("public-address") else None,
         checkpoint_mib=number("checkpoint-mib", 8),
         upload_expiry_hours=number("upload-expiry-hours", 24.0, float, above=0),
+        upload_retention_days=number("upload-retention-days", 7.0, float, above=0),
         drain_seconds=number("drain-seconds", 30.0, float, least=0),
         https=get("https"),
         tls_cert=tls_cert,

@@ -64,7 +64,7 @@ from wsfront.catalog.records import (
     UploadStart,
     Version,
 )
-from wsfront.catalog.schema import LIVE_SQL
+from wsfront.catalog.schema import FINISHED_SQL, LIVE_SQL
 
 
 class _Keep:
@@ -611,3 +611,43 @@ def expire_uploads(tx: Tx, now: float, limit: int | None = None) -> list[UploadS
             end_upload(tx, row, EXPIRED, now)
             expired.append(load_upload(tx, upload_row(tx, upload_id)))
     return expired
+
+
+#: Upload ids one statement of ``purge_uploads`` deletes.
+PURGE_PIECE = 1000
+
+
+def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
+    """Delete finished uploads (committed, aborted, expired) that finished
+    at or before ``before``, with their base extents if any are left, at
+    most ``limit`` of them, those that finished first first; return how
+    many.
+
+    Nothing needs such a row once its retention is over: a finished
+    upload's blob is no reference for GC (``_blobs.REFERENCED`` counts live
+    uploads only), FTP, PUT and takeovers look uploads up by path among the
+    live ones, and only a tus client asks for one by id (HEAD of an upload
+    it completed, to learn it did), answered 404 once it is gone.  A
+    finished row never changes again, so deleting it races with nothing.
+    Found through the index of finished uploads by ``updated_at`` (schema
+    7), which the query names by its predicate; bounded by ``limit`` for
+    the reason ``expire_uploads`` is."""
+    sql = (
+        f"SELECT upload_id FROM uploads WHERE state IN {FINISHED_SQL} "
+        "AND updated_at <= ? ORDER BY updated_at"
+    )
+    params: list[Any] = [before]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    ids = [r["upload_id"] for r in tx.all(sql, *params)]
+    purged = 0
+    # By pieces: a statement takes at most 32,766 parameters on SQLite, 65,535 on PostgreSQL.
+    for at in range(0, len(ids), PURGE_PIECE):
+        piece = ids[at : at + PURGE_PIECE]
+        marks = ", ".join("?" for _ in piece)
+        tx.execute(f"DELETE FROM upload_extents WHERE upload_id IN ({marks})", *piece)
+        purged += tx.execute(
+            f"DELETE FROM uploads WHERE upload_id IN ({marks}) AND state IN {FINISHED_SQL}", *piece
+        )
+    return purged

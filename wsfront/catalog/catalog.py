@@ -282,6 +282,9 @@ class SqlCatalog:
     def expire_uploads(self, now: float | None = None, limit: int | None = None) -> Deferred:
         return self._write(_uploads.expire_uploads, self._now() if now is None else now, limit)
 
+    def purge_uploads(self, before: float, limit: int | None = None) -> Deferred:
+        return self._write(_uploads.purge_uploads, before, limit)
+
     # -- blobs ---------------------------------------------------------------
 
     def get_blob(self, blob_id: str) -> Deferred:

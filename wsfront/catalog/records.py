@@ -32,6 +32,9 @@ COMMITTED = "committed"
 ABORTED = "aborted"
 EXPIRED = "expired"
 LIVE_STATES = frozenset({ACTIVE, INTERRUPTED})
+#: An upload in one of these has ended for good: its row only answers
+#: questions about it (tus HEAD of a completed upload) until it is purged.
+FINISHED_STATES = frozenset({COMMITTED, ABORTED, EXPIRED})
 UPLOAD_STATES = frozenset({ACTIVE, INTERRUPTED, COMMITTED, ABORTED, EXPIRED})
 
 # User permissions.

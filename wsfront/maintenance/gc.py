@@ -1,5 +1,10 @@
 """Garbage collection: delete the bytes nothing references any more.
 
+The pass first expires overdue uploads (their blobs become collectable)
+and purges the catalog rows of uploads finished longer ago than
+``upload_retention_seconds`` (a week; nothing reads them after that: see
+``purge_uploads`` in the catalog and docs/maintenance.md).
+
 Two sources of garbage:
 
 * **collectable blobs** (``catalog.collectable_blobs``): blobs of
@@ -60,11 +65,17 @@ class GCSettings:
     orphan_guard: float = 0.9
     #: ... unless the server holds fewer orphans than this.
     orphan_guard_min: int = 8
-    #: Blobs fetched from the catalog at a time, and uploads expired per
-    #: write transaction.
+    #: Blobs fetched from the catalog at a time, and uploads expired or
+    #: purged per write transaction.
     batch: int = 100
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
+    #: Seconds the catalog keeps the row of a finished (committed, aborted,
+    #: expired) upload before the pass purges it (None: kept for ever).
+    #: Until then a tus client can still learn, by HEAD of its upload's
+    #: URL, that an upload whose last reply it lost did complete; after, the
+    #: URL is 404, as tusd's for an upload its expiry removed.
+    upload_retention_seconds: float | None = 7 * 86400.0
 
 
 @attrs.frozen
@@ -97,11 +108,14 @@ class GarbageCollector:
     async def run_pass(
         self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
     ) -> dict[str, Any]:
-        """Expire uploads, collect collectable blobs, sweep the servers; the
-        sweep is skipped once ``keep_going()`` is false (the lease is lost)."""
-        stats: dict[str, Any] = {"expired_uploads": 0}
+        """Expire uploads, purge old finished ones, collect collectable
+        blobs, sweep the servers; the sweep is skipped once ``keep_going()``
+        is false (the lease is lost)."""
+        stats: dict[str, Any] = {"expired_uploads": 0, "purged_uploads": 0}
         if self.settings.expire_uploads:
             stats["expired_uploads"] = await self._expire_uploads()
+        if self.settings.upload_retention_seconds is not None:
+            stats["purged_uploads"] = await self._purge_uploads(keep_going)
         stats.update(await self.collect())
         if keep_going():
             stats.update(await self.sweep(keep_going=keep_going))
@@ -121,6 +135,29 @@ class GarbageCollector:
             total += len(expired)
             if len(expired) < self.settings.batch:
                 return total
+
+    async def _purge_uploads(self, keep_going: Callable[[], bool]) -> int:
+        """Purge finished uploads past their retention in transactions of
+        ``batch`` (as ``_expire_uploads``), while ``keep_going()``: the
+        first pass on a store that kept every upload may have millions to
+        delete, which can wait for the next pass rather than outlive the
+        lease."""
+        retention = self.settings.upload_retention_seconds
+        assert retention is not None
+        before = self._clock.seconds() - retention
+        total = 0
+        while keep_going():
+            purged = await self._catalog.purge_uploads(before, self.settings.batch)
+            total += purged
+            if purged < self.settings.batch:
+                break
+        if total:
+            log.info(
+                "gc: purged {count} upload(s) finished over {days:g} days ago",
+                count=total,
+                days=retention / 86400,
+            )
+        return total
 
     # -- collectable blobs ------------------------------------------------
 

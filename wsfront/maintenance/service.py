@@ -78,7 +78,8 @@ class MaintenanceSettings:
 
 def maintenance_settings(config) -> MaintenanceSettings:
     """The settings a front end's options (``wsfront.config.FrontendConfig``)
-    choose; the rest keep their defaults.
+    choose (``--upload-retention-days`` GC's purge of finished uploads); the
+    rest keep their defaults.
 
     ``--liveness-lease-seconds`` gives the maintenance lease its life too,
     down to ``MIN_MAINTENANCE_TTL_SECONDS`` (20 s): a renewal must outlast
@@ -87,7 +88,11 @@ def maintenance_settings(config) -> MaintenanceSettings:
     the liveness life: any front end marks them so
     (``interrupt_a_dead_holders_uploads``), not only its successor."""
     ttl = config.liveness_lease_seconds
-    return MaintenanceSettings(lease_ttl=max(ttl, MIN_MAINTENANCE_TTL_SECONDS), liveness_ttl=ttl)
+    return MaintenanceSettings(
+        lease_ttl=max(ttl, MIN_MAINTENANCE_TTL_SECONDS),
+        liveness_ttl=ttl,
+        gc=GCSettings(upload_retention_seconds=config.upload_retention_days * 86400),
+    )
 
 
 class MaintenanceService(Service):

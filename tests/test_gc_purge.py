@@ -1,0 +1,192 @@
+"""GC's pass purges the rows of uploads finished longer ago than the
+retention, after it expired the overdue ones: in transactions of its batch,
+counted in its result and in one log line; with real storage servers, on
+both catalog backends, nothing stored or resumable is lost by it."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
+
+from tests.maintenance_env import blobs_on, full_path, payload
+from tests.transfer_env import Feeder, TransferEnv
+from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import FINISHED_STATES, UPLOAD_STATES
+from wsfront.maintenance.gc import GarbageCollector, GCSettings
+from wsfront.maintenance.inventory import referenced_blob_ids
+
+pytest_plugins = ["tests.catalog_fixtures"]
+
+DAY = 86400.0
+PURGED = "gc: purged {count} upload(s) finished over {days:g} days ago"
+
+
+@pytest.fixture
+def env(tmp_path, catalog_url):
+    from twisted.internet import reactor
+
+    e = TransferEnv(reactor, tmp_path, nodes=3, catalog_url=catalog_url)
+    pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+    yield e
+    pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+@pytest.fixture
+def purge_lines():
+    """The GC purge's log events, as they come."""
+    seen: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_format") == PURGED:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def collector(env, clock, **settings) -> GarbageCollector:
+    settings.setdefault("grace_seconds", 100.0)
+    settings.setdefault("orphan_grace_seconds", 100.0)
+    return GarbageCollector(clock, env.catalog, env.transfers.pool, GCSettings(**settings))
+
+
+def counting_purges(env) -> list[tuple[int | None, int]]:
+    """(limit, purged) of each ``purge_uploads`` call from now on."""
+    calls: list[tuple[int | None, int]] = []
+    purge = env.catalog.purge_uploads
+
+    async def counted(before, limit=None):
+        purged = await purge(before, limit)
+        calls.append((limit, purged))
+        return purged
+
+    env.catalog.purge_uploads = counted
+    return calls
+
+
+async def all_uploads(env) -> list:
+    return await env.catalog.list_uploads(states=sorted(UPLOAD_STATES))
+
+
+async def interrupted(env, vpath: str, data: bytes) -> None:
+    from twisted.internet import reactor
+
+    session = await env.transfers.open_write(env.user, vpath)
+    await Feeder(reactor, session, data).start()
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_expires_then_purges_old_finished_uploads_in_batches(env, purge_lines):
+    from twisted.internet import reactor
+
+    files = {f"/f{i}.bin": payload(20_000 + i) for i in range(4)}
+    for vpath, data in files.items():
+        await env.upload(vpath, data)
+    files["/f0.bin"] = payload(30_000)
+    await env.upload("/f0.bin", files["/f0.bin"])  # a second committed upload of one file
+    whole = payload(9000)
+    await interrupted(env, "/abandoned.bin", payload(5000))
+    await interrupted(env, "/kept.bin", whole[:7000])
+    kept = await env.catalog.find_upload(full_path(env, "/kept.bin"))
+    assert len(await all_uploads(env)) == 7
+    calls = counting_purges(env)
+    clock = task.Clock()
+    # Past the upload expiry and the retention: the abandoned upload expires
+    # in this pass, the committed ones are purged; the one expired now is
+    # kept for the retention from now (its expiry is its end).
+    clock.advance(reactor.seconds() + env.settings.upload_expiry + 8 * DAY)
+    # /kept.bin's client is still around: its upload is kept from expiring.
+    await env.catalog.checkpoint(kept.upload_id, kept.epoch, kept.checkpoint,
+                                 expires_at=clock.seconds() + DAY)  # fmt: skip
+    await env.catalog.interrupt_upload(kept.upload_id, kept.epoch)
+    gc = collector(env, clock, batch=2)
+    result = await gc.run_pass()
+    assert result["expired_uploads"] == 1
+    assert result["purged_uploads"] == 5
+    assert calls == [(2, 2), (2, 2), (2, 1)]
+    assert [(e["count"], e["days"]) for e in purge_lines] == [(5, 7.0)]
+    assert sorted((u.path, u.state) for u in await all_uploads(env)) == [
+        (full_path(env, "/abandoned.bin"), "expired"),
+        (full_path(env, "/kept.bin"), "interrupted"),
+    ]
+    # The files are whole; the interrupted one resumes; after the grace the
+    # blobs stored are exactly those referenced (the abandoned one's freed).
+    for vpath, data in files.items():
+        assert (await env.download(vpath))[0] == data
+    session = await env.transfers.open_write(env.user, "/kept.bin", 7000, resume=True)
+    assert session.upload_id == kept.upload_id
+    await Feeder(reactor, session, whole[7000:]).start()
+    await session.finish()
+    assert (await env.download("/kept.bin"))[0] == whole
+    clock.advance(7 * DAY)
+    later = await gc.run_pass()
+    assert later["purged_uploads"] == 2  # the expired one, and /kept.bin's commit
+    assert await all_uploads(env) == []
+    stored = set()
+    for name in env.nodes:
+        stored |= await blobs_on(env, name)
+    assert stored == await referenced_blob_ids(env.catalog)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_finished_uploads_stay_until_their_retention_is_over(env, purge_lines):
+    from twisted.internet import reactor
+
+    await env.upload("/a.bin", payload(1000))
+    await env.upload("/b.bin", payload(2000))
+    [first, second] = await all_uploads(env)
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 6 * DAY)
+    gc = collector(env, clock)
+    assert (await gc.run_pass())["purged_uploads"] == 0
+    assert len(await all_uploads(env)) == 2
+    clock.advance(1 * DAY + 60)
+    assert (await gc.run_pass())["purged_uploads"] == 2
+    for upload in (first, second):
+        with pytest.raises(catalog_errors.NotFound):
+            await env.catalog.get_upload(upload.upload_id)
+    assert [(e["count"], e["days"]) for e in purge_lines] == [(2, 7.0)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_retention_keeps_every_finished_upload(env):
+    from twisted.internet import reactor
+
+    await env.upload("/a.bin", payload(1000))
+    calls = counting_purges(env)
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 1000 * DAY)
+    result = await collector(env, clock, upload_retention_seconds=None).run_pass()
+    assert result["purged_uploads"] == 0 and calls == []
+    assert [u.state for u in await all_uploads(env)] == ["committed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_that_lost_the_lease_stops_purging_between_batches(env):
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    calls = counting_purges(env)
+    lease = [True]
+    purge = env.catalog.purge_uploads
+
+    async def then_lose_the_lease(before, limit=None):
+        purged = await purge(before, limit)
+        lease[0] = False
+        return purged
+
+    env.catalog.purge_uploads = then_lose_the_lease
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    result = await collector(env, clock, batch=2).run_pass(keep_going=lambda: lease[0])
+    assert result["purged_uploads"] == 2 and calls == [(2, 2)]
+    assert len(await all_uploads(env)) == 3
+    lease[0] = True
+    env.catalog.purge_uploads = purge
+    assert (await collector(env, clock, batch=2).run_pass())["purged_uploads"] == 3
+    assert not [u for u in await all_uploads(env) if u.state in FINISHED_STATES]
