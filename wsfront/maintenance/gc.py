@@ -141,16 +141,20 @@ class GarbageCollector:
         ``batch`` (as ``_expire_uploads``), while ``keep_going()``: the
         first pass on a store that kept every upload may have millions to
         delete, which can wait for the next pass rather than outlive the
-        lease."""
+        lease.  Each batch starts where the previous one ended (the
+        catalog's keyset cursor ``after``), not at the index's oldest end,
+        which PostgreSQL fills with dead entries until VACUUM."""
         retention = self.settings.upload_retention_seconds
         assert retention is not None
         before = self._clock.seconds() - retention
         total = 0
+        after: float | None = None
         while keep_going():
-            purged = await self._catalog.purge_uploads(before, self.settings.batch)
-            total += purged
-            if purged < self.settings.batch:
+            result = await self._catalog.purge_uploads(before, self.settings.batch, after)
+            total += result.count
+            if result.last_updated_at is None or result.count < self.settings.batch:
                 break
+            after = result.last_updated_at
         if total:
             log.info(
                 "gc: purged {count} upload(s) finished over {days:g} days ago",
