@@ -217,3 +217,31 @@ async def test_each_batch_of_a_pass_starts_at_the_previous_ones_last_finish(env)
     assert [after for after, _ in seen] == [None, finishes[1], finishes[3]]
     assert [r.count for _, r in seen] == [2, 2, 1]
     assert await all_uploads(env) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backlog_longer_than_a_pass_may_purge_takes_several_passes(env, purge_lines):
+    """A pass stops purging once ``purge_pass_seconds`` have gone by on its
+    clock (here each batch takes 4 s of it): a backlog that outlasts the
+    bound waits for the next pass instead of holding the maintenance tick;
+    the next pass goes on where this one stopped."""
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    purge = env.catalog.purge_uploads
+
+    async def slow(before, limit=None, after=None):
+        result = await purge(before, limit, after)
+        clock.advance(4.0)
+        return result
+
+    env.catalog.purge_uploads = slow
+    gc = collector(env, clock, batch=1, purge_pass_seconds=10.0)
+    assert (await gc.run_pass())["purged_uploads"] == 3
+    assert len(await all_uploads(env)) == 2
+    assert (await gc.run_pass())["purged_uploads"] == 2
+    assert await all_uploads(env) == []
+    assert [e["count"] for e in purge_lines] == [3, 2]
