@@ -2,7 +2,8 @@
 its retention (``purge_uploads``): 404 for HEAD, PATCH and DELETE, as tusd
 answers for an upload its expiry removed; before the purge, a completed
 upload answers HEAD with its full offset and an expired one 410.  The
-committed file and the uploads still live are untouched."""
+committed file and the uploads still live are untouched.  On both catalog
+backends."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from twisted.internet import defer
 from tests.http_env import payload
 from tests.tus_env import OCTETS, committed, create, sha, start_env, stop_env, tus
 
+pytest_plugins = ["tests.catalog_fixtures"]
+
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, catalog_url):
     from twisted.internet import reactor
 
-    e = pytest_twisted.blockon(defer.ensureDeferred(start_env(reactor, tmp_path)))
+    started = start_env(reactor, tmp_path, catalog_url=catalog_url)
+    e = pytest_twisted.blockon(defer.ensureDeferred(started))
     yield e
     pytest_twisted.blockon(stop_env(e))
 
