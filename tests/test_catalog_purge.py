@@ -99,7 +99,7 @@ async def test_old_finished_uploads_go_in_batches_and_live_and_recent_ones_stay(
     cutoff = clock() - 7 * DAY
     recent = await one_of_each(catalog, "new")
 
-    counts = [await catalog.purge_uploads(cutoff, 2) for _ in range(3)]
+    counts = [(await catalog.purge_uploads(cutoff, 2)).count for _ in range(3)]
     assert counts == [2, 1, 0]
 
     for state in FINISHED_STATES:
@@ -118,7 +118,7 @@ async def test_old_finished_uploads_go_in_batches_and_live_and_recent_ones_stay(
     assert sorted(u.upload_id for u in listed) == sorted(recent[s] for s in FINISHED_STATES)
     # Without a limit, everything finished before the cutoff goes at once.
     clock.advance(8 * DAY)
-    assert await catalog.purge_uploads(clock() - 7 * DAY) == 3
+    assert (await catalog.purge_uploads(clock() - 7 * DAY)).count == 3
     assert sorted(u.state for u in await catalog.list_uploads(states=sorted(UPLOAD_STATES))) == (
         sorted(["active", "active", "active", "interrupted", "interrupted"])
     )
@@ -140,7 +140,7 @@ async def test_the_purge_changes_no_blobs_fate_but_for_extents_left_on_a_finishe
     assert {"old-ba", "old-be"} <= before
     assert not {"old-bc", "old-bi", "old-bx", "legacy-blob"} & before
     clock.advance(8 * DAY)
-    assert await catalog.purge_uploads(clock() - 7 * DAY, 100) == 3
+    assert (await catalog.purge_uploads(clock() - 7 * DAY, 100)).count == 3
     after = {b.blob_id for b in await catalog.collectable_blobs(100)}
     assert after == before | {"legacy-blob"}
     assert (await catalog.stat("/alice/old-c")).version.extents[0].blob_id == "old-bc"
@@ -196,12 +196,14 @@ def many_finished_uploads(cat, count: int, updated_at: float) -> None:
     cat._runner.run_sync(fill)
 
 
-def purge_plans(cat, before: float, limit: int, seqscan: bool) -> list[tuple[str, str]]:
+def purge_plans(
+    cat, before: float, limit: int, seqscan: bool, after: float | None = None
+) -> list[tuple[str, str]]:
     """(statement, plan) of what a purge runs (rolled back)."""
 
     def run(tx: Tx) -> list[tuple[str, str]]:
         recording = RecordingTx(tx)
-        _uploads.purge_uploads(recording, before, limit)
+        _uploads.purge_uploads(recording, before, limit, after)
         plans = []
         for sql, params in recording.statements:
             if tx.backend.name == "postgresql":
@@ -258,7 +260,7 @@ async def test_the_purge_finds_old_finished_rows_through_the_finished_index(cata
                 assert "SCAN" not in text, (sql, text)
             elif not seqscan:
                 assert "Seq Scan" not in text, (sql, text)
-    assert await catalog.purge_uploads(cutoff, 100) == 3
+    assert (await catalog.purge_uploads(cutoff, 100)).count == 3
     assert {u.upload_id for u in await catalog.list_uploads()} == {
         old["interrupted"],
         old["active"],
@@ -276,7 +278,7 @@ async def test_uploads_finished_before_schema_7_are_purged_after_it(catalog_url,
     clock.advance(8 * DAY)
     new = open_catalog(reactor, catalog_url, clock=clock)
     try:
-        assert await new.purge_uploads(clock() - 7 * DAY, 10) == 3
+        assert (await new.purge_uploads(clock() - 7 * DAY, 10)).count == 3
         assert sorted(u.upload_id for u in await new.list_uploads()) == sorted(
             [ids["interrupted"], ids["active"]]
         )
@@ -294,7 +296,86 @@ async def test_a_purge_of_more_than_a_statement_holds_deletes_them_all(catalog, 
     leave_extents(catalog, f"done{count}", "legacy-blob")
     live = await start(catalog, "/alice/live", "live-blob")
     clock.advance(8 * DAY)
-    assert await catalog.purge_uploads(clock() - 7 * DAY) == count
+    assert (await catalog.purge_uploads(clock() - 7 * DAY)).count == count
     assert extents_of(catalog, f"done{count}") == 0
     [left] = await catalog.list_uploads(states=sorted(UPLOAD_STATES))
     assert left.upload_id == live.upload_id
+
+
+def finished_at(cat, tag: str, times: list[float]) -> list[str]:
+    """A committed upload per time in ``times``, finished then: their ids."""
+
+    def fill(tx: Tx) -> None:
+        for i, at in enumerate(times):
+            tx.execute(
+                "INSERT INTO uploads (upload_id, inode, path, username, blob_id, blob_start,"
+                " checkpoint, owner, epoch, state, declared_length, meta, created_at,"
+                " updated_at, expires_at)"
+                " VALUES (?, ?, ?, 'alice', ?, 0, 0, 'fe1', 1, 'committed', NULL, '{}', ?, ?, ?)",
+                f"{tag}{i}", 5000 + i, f"/alice/{tag}{i}", f"{tag}b{i}", at, at, at + DAY,
+            )  # fmt: skip
+
+    cat._runner.run_sync(fill)
+    return [f"{tag}{i}" for i in range(len(times))]
+
+
+async def finished_ids(cat) -> set[str]:
+    return {u.upload_id for u in await cat.list_uploads(states=sorted(FINISHED_STATES))}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cursor_skips_nothing_and_purges_everything_in_order(catalog, clock):
+    """Batches that each start at the previous one's last ``updated_at``
+    (``after``) delete every row up to ``before``, earliest first, though
+    several rows finished at the same instant and a batch ends among them
+    (``>=``); rows after ``before`` stay; a cursor leaves earlier rows
+    alone."""
+    await catalog.add_user("alice", "pw")
+    t = clock() - 30 * DAY
+    times = [t, t, t, t + 1, t + 2, t + 2, t + 2, t + 2, t + 3, t + 5]
+    ids = finished_at(catalog, "u", times)
+    later = finished_at(catalog, "late", [t + 10])
+    before = t + 5
+    after = None
+    batches = []
+    while True:
+        present = await finished_ids(catalog)
+        result = await catalog.purge_uploads(before, 3, after)
+        gone = present - await finished_ids(catalog)
+        assert result.count == len(gone)
+        if not gone:
+            assert result.last_updated_at is None
+            break
+        batches.append(sorted(times[ids.index(i)] for i in gone))
+        assert result.last_updated_at == max(batches[-1])
+        if after is not None:
+            assert min(batches[-1]) >= after
+        after = result.last_updated_at
+    flat = [at for batch in batches for at in batch]
+    assert flat == sorted(times) and len(batches) == 4
+    assert await finished_ids(catalog) == set(later)
+    # The cursor is a bound: rows that finished before it are not taken.
+    early = finished_at(catalog, "e", [t - 2, t - 1, t])
+    result = await catalog.purge_uploads(before, 10, t)
+    assert (result.count, result.last_updated_at) == (1, t)
+    assert await finished_ids(catalog) == {*later, *early[:2]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_from_a_cursor_reads_an_index_range(catalog, clock):
+    """With ``after`` the select is a range of the finished index between
+    both bounds, not a scan from its oldest end."""
+    await catalog.add_user("alice", "pw")
+    many_finished_uploads(catalog, 20_000, clock() - 8 * DAY)
+    cutoff = clock() - 7 * DAY
+    for seqscan in (True, False):
+        [(sql, text), *_] = purge_plans(catalog, cutoff, 100, seqscan, after=cutoff - DAY)
+        assert "updated_at >= ?" in sql, sql
+        if catalog.backend_name == "sqlite":
+            assert (
+                "SEARCH uploads USING INDEX uploads_finished (updated_at>? AND updated_at<?)"
+                in text
+            ), text
+        else:
+            assert "Index Scan using uploads_finished on uploads" in text, text
+            assert "updated_at >=" in text and "updated_at <=" in text, text

@@ -58,9 +58,9 @@ def counting_purges(env) -> list[tuple[int | None, int]]:
     calls: list[tuple[int | None, int]] = []
     purge = env.catalog.purge_uploads
 
-    async def counted(before, limit=None):
-        purged = await purge(before, limit)
-        calls.append((limit, purged))
+    async def counted(before, limit=None, after=None):
+        purged = await purge(before, limit, after)
+        calls.append((limit, purged.count))
         return purged
 
     env.catalog.purge_uploads = counted
@@ -175,8 +175,8 @@ async def test_a_pass_that_lost_the_lease_stops_purging_between_batches(env):
     lease = [True]
     purge = env.catalog.purge_uploads
 
-    async def then_lose_the_lease(before, limit=None):
-        purged = await purge(before, limit)
+    async def then_lose_the_lease(before, limit=None, after=None):
+        purged = await purge(before, limit, after)
         lease[0] = False
         return purged
 
@@ -190,3 +190,58 @@ async def test_a_pass_that_lost_the_lease_stops_purging_between_batches(env):
     env.catalog.purge_uploads = purge
     assert (await collector(env, clock, batch=2).run_pass())["purged_uploads"] == 3
     assert not [u for u in await all_uploads(env) if u.state in FINISHED_STATES]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_batch_of_a_pass_starts_at_the_previous_ones_last_finish(env):
+    """The pass hands the catalog's cursor on (``after``: the latest
+    ``updated_at`` of the previous batch), so no batch rescans from the
+    index's oldest end what earlier ones deleted."""
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    finishes = sorted(u.updated_at for u in await all_uploads(env))
+    seen: list[tuple[float | None, object]] = []
+    purge = env.catalog.purge_uploads
+
+    async def recorded(before, limit=None, after=None):
+        result = await purge(before, limit, after)
+        seen.append((after, result))
+        return result
+
+    env.catalog.purge_uploads = recorded
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    assert (await collector(env, clock, batch=2).run_pass())["purged_uploads"] == 5
+    assert [after for after, _ in seen] == [None, finishes[1], finishes[3]]
+    assert [r.count for _, r in seen] == [2, 2, 1]
+    assert await all_uploads(env) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backlog_longer_than_a_pass_may_purge_takes_several_passes(env, purge_lines):
+    """A pass stops purging once ``purge_pass_seconds`` have gone by on its
+    clock (here each batch takes 4 s of it): a backlog that outlasts the
+    bound waits for the next pass instead of holding the maintenance tick;
+    the next pass goes on where this one stopped."""
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    purge = env.catalog.purge_uploads
+
+    async def slow(before, limit=None, after=None):
+        result = await purge(before, limit, after)
+        clock.advance(4.0)
+        return result
+
+    env.catalog.purge_uploads = slow
+    gc = collector(env, clock, batch=1, purge_pass_seconds=10.0)
+    assert (await gc.run_pass())["purged_uploads"] == 3
+    assert len(await all_uploads(env)) == 2
+    assert (await gc.run_pass())["purged_uploads"] == 2
+    assert await all_uploads(env) == []
+    assert [e["count"] for e in purge_lines] == [3, 2]

@@ -43,9 +43,22 @@ def test_the_option_and_toml_reach_gc(tmp_path, base):
     assert maintenance_settings(wins).gc.upload_retention_seconds == 2 * 86400
 
 
+def test_zero_keeps_finished_uploads_for_ever(base):
+    cfg = parse(*base, "--upload-retention-days", "0")
+    assert cfg.upload_retention_days == 0
+    assert maintenance_settings(cfg).gc.upload_retention_seconds is None
+
+
+def test_an_hour_is_the_shortest_retention(base):
+    hour = parse(*base, "--upload-retention-days", repr(1 / 24))
+    assert maintenance_settings(hour).gc.upload_retention_seconds == pytest.approx(3600)
+    with pytest.raises(usage.UsageError, match=r"at least 0\.04167 \(1 hour\)"):
+        parse(*base, "--upload-retention-days", "0.0001")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("abc", "expected a number"), ("0", "more than 0"), ("-1", "more than 0"),
+    [("abc", "expected a number"), ("-1", "at least 0"), ("0.04", "must be 0 .* or at least"),
      ("inf", "expected a number")],
 )  # fmt: skip
 def test_a_bad_retention_is_refused_in_one_line(base, value, message):

@@ -34,6 +34,11 @@ log = Logger()
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
+#: The shortest retention of finished uploads' rows (an hour) short of 0,
+#: which keeps them for ever (``FrontendConfig.upload_retention_days``).
+MIN_UPLOAD_RETENTION_DAYS = 1 / 24
+
+
 @attrs.frozen
 class FrontendConfig:
     """A front end's settings after the command line and TOML are merged."""
@@ -52,7 +57,10 @@ class FrontendConfig:
     upload_expiry_hours: float = 24.0
     upload_retention_days: float = 7.0
     """Days the catalog keeps a finished upload's row (GC purges it then):
-    how long a tus client can still learn by HEAD that an upload completed."""
+    how long a tus client can still learn by HEAD that an upload completed.
+    0 keeps them for ever; otherwise at least ``MIN_UPLOAD_RETENTION_DAYS``.
+    Whichever front end holds the maintenance lease purges by its own
+    setting, so all front ends should be given the same."""
     drain_seconds: float = 30.0
     https: str | None = None
     tls_cert: str | None = None
@@ -215,7 +223,7 @@ class FrontendOptions(usage.Options):
         ["public-address", None, None, "address advertised in PASV replies"],
         ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
         ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
-        ["upload-retention-days", None, None, "forget finished uploads after (default 7)"],
+        ["upload-retention-days", None, None, "forget finished uploads after (default 7, 0 never)"],
         ["drain-seconds", None, None, "on SIGUSR1, let transfers finish this long (default 30)"],
         ["https", None, None, "HTTPS endpoint (needs --tls-cert), e.g. tcp:8443"],
         ["tls-cert", None, None, "PEM certificate for FTPS and HTTPS (may hold the key too)"],
@@ -331,6 +339,18 @@ def build_config(opts: usage.Options) -> FrontendConfig:
             raise usage.UsageError(f"--{name} must be at least {least}")
         return value
 
+    def retention_days(value: float) -> float:
+        """0 (for ever) or at least an hour: a shorter retention purges an
+        upload while the transfer layer still retries its interruption, or
+        a tus client asks by HEAD whether its last PATCH completed it, and
+        they get NotFound (404) for an upload that did complete."""
+        if 0 < value < MIN_UPLOAD_RETENTION_DAYS:
+            raise usage.UsageError(
+                f"--upload-retention-days {value:g}: must be 0 (keep finished uploads for ever) "
+                f"or at least {MIN_UPLOAD_RETENTION_DAYS:.4g} (1 hour)"
+            )
+        return value
+
     missing = [n for n in ("name", "catalog", "secret-file") if not get(n)]
     if missing:
         raise usage.UsageError("missing options: " + ", ".join("--" + n for n in missing))
@@ -397,7 +417,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         public_address=public_ipv4(get("public-address")) if get("public-address") else None,
         checkpoint_mib=number("checkpoint-mib", 8),
         upload_expiry_hours=number("upload-expiry-hours", 24.0, float, above=0),
-        upload_retention_days=number("upload-retention-days", 7.0, float, above=0),
+        upload_retention_days=retention_days(number("upload-retention-days", 7.0, float, least=0)),
         drain_seconds=number("drain-seconds", 30.0, float, least=0),
         https=get("https"),
         tls_cert=tls_cert,

@@ -187,12 +187,15 @@ class ICatalog(Interface):
         clock) as abort_upload does, state expired, at most ``limit`` of
         them (all when None), oldest id first.  Fires with them."""
 
-    def purge_uploads(before, limit=None):
+    def purge_uploads(before, limit=None, after=None):
         """Delete the rows of finished uploads (committed, aborted, expired)
         whose last change (``updated_at``: when they finished) is at or
-        before ``before``, with any base extents they kept, at most
-        ``limit`` of them (all when None), earliest finished first, in one
-        transaction.  Fires with how many were deleted.  A purged upload is
+        before ``before`` (and at or after ``after`` when given: the keyset
+        cursor of a purge in several calls), with any base extents they
+        kept, at most ``limit`` of them (all when None), earliest finished
+        first, in one transaction.  Fires with a ``PurgedUploads``: how many
+        were deleted and the latest ``updated_at`` among them (None if
+        none), the next call's ``after``.  A purged upload is
         NotFound to ``get_upload`` and absent from ``list_uploads``; live
         uploads are never touched."""
 

@@ -59,6 +59,7 @@ from wsfront.catalog.records import (
     LIVE_STATES,
     REPLICA_OK,
     UPLOAD_STATES,
+    PurgedUploads,
     Replica,
     UploadSession,
     UploadStart,
@@ -617,11 +618,14 @@ def expire_uploads(tx: Tx, now: float, limit: int | None = None) -> list[UploadS
 PURGE_PIECE = 1000
 
 
-def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
+def purge_uploads(
+    tx: Tx, before: float, limit: int | None = None, after: float | None = None
+) -> PurgedUploads:
     """Delete finished uploads (committed, aborted, expired) that finished
-    at or before ``before``, with their base extents if any are left, at
-    most ``limit`` of them, those that finished first first; return how
-    many.
+    at or before ``before`` (and at or after ``after``, when given), with
+    their base extents if any are left, at most ``limit`` of them, those
+    that finished first first; return how many, and the latest
+    ``updated_at`` among them for the next call's ``after``.
 
     Nothing needs such a row once its retention is over: a finished
     upload's blob is no reference for GC (``_blobs.REFERENCED`` counts live
@@ -631,16 +635,30 @@ def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
     finished row never changes again, so deleting it races with nothing.
     Found through the index of finished uploads by ``updated_at`` (schema
     7), which the query names by its predicate; bounded by ``limit`` for
-    the reason ``expire_uploads`` is."""
+    the reason ``expire_uploads`` is.
+
+    ``after`` is a keyset cursor: without it each call starts at the
+    index's oldest end, which on PostgreSQL still holds the entries of the
+    rows earlier calls deleted until VACUUM removes them, so a long purge's
+    batches grow slower as it proceeds (each scans past all the dead
+    entries).  ``>=``, not ``>``: rows that finished at the same instant as
+    the previous call's last one may not all have fit in it; the ones it
+    deleted are gone, so taking the bound again skips nothing and deletes
+    nothing twice."""
     sql = (
-        f"SELECT upload_id FROM uploads WHERE state IN {FINISHED_SQL} "
-        "AND updated_at <= ? ORDER BY updated_at"
+        f"SELECT upload_id, updated_at FROM uploads WHERE state IN {FINISHED_SQL} "
+        "AND updated_at <= ?"
     )
     params: list[Any] = [before]
+    if after is not None:
+        sql += " AND updated_at >= ?"
+        params.append(after)
+    sql += " ORDER BY updated_at"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    ids = [r["upload_id"] for r in tx.all(sql, *params)]
+    rows = tx.all(sql, *params)
+    ids = [r["upload_id"] for r in rows]
     purged = 0
     # By pieces: a statement takes at most 32,766 parameters on SQLite, 65,535 on PostgreSQL.
     for at in range(0, len(ids), PURGE_PIECE):
@@ -650,4 +668,4 @@ def purge_uploads(tx: Tx, before: float, limit: int | None = None) -> int:
         purged += tx.execute(
             f"DELETE FROM uploads WHERE upload_id IN ({marks}) AND state IN {FINISHED_SQL}", *piece
         )
-    return purged
+    return PurgedUploads(purged, rows[-1]["updated_at"] if rows else None)

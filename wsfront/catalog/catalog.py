@@ -282,8 +282,10 @@ class SqlCatalog:
     def expire_uploads(self, now: float | None = None, limit: int | None = None) -> Deferred:
         return self._write(_uploads.expire_uploads, self._now() if now is None else now, limit)
 
-    def purge_uploads(self, before: float, limit: int | None = None) -> Deferred:
-        return self._write(_uploads.purge_uploads, before, limit)
+    def purge_uploads(
+        self, before: float, limit: int | None = None, after: float | None = None
+    ) -> Deferred:
+        return self._write(_uploads.purge_uploads, before, limit, after)
 
     # -- blobs ---------------------------------------------------------------
 

@@ -132,6 +132,16 @@ class UploadStart:
 
 
 @attrs.frozen
+class PurgedUploads:
+    """What one ``purge_uploads`` did: how many rows it deleted, and the
+    latest ``updated_at`` among those it took (None when it found none),
+    which the next call takes as its cursor (``after``)."""
+
+    count: int
+    last_updated_at: float | None
+
+
+@attrs.frozen
 class Entry:
     """A name in the namespace, as ``stat`` and ``list_dir`` see it.
 

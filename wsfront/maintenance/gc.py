@@ -53,6 +53,12 @@ ORPHAN = "orphan"
 STRAY = "stray"
 
 
+def _kept_for_ever_if_zero(seconds: float | None) -> float | None:
+    """A retention of 0 is none at all (keep for ever), never "purge at
+    once": what ``--upload-retention-days 0`` means."""
+    return None if seconds is None or seconds == 0 else seconds
+
+
 @attrs.frozen
 class GCSettings:
     """Knobs of garbage collection."""
@@ -71,11 +77,20 @@ class GCSettings:
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
     #: Seconds the catalog keeps the row of a finished (committed, aborted,
-    #: expired) upload before the pass purges it (None: kept for ever).
-    #: Until then a tus client can still learn, by HEAD of its upload's
-    #: URL, that an upload whose last reply it lost did complete; after, the
-    #: URL is 404, as tusd's for an upload its expiry removed.
-    upload_retention_seconds: float | None = 7 * 86400.0
+    #: expired) upload before the pass purges it (None, or 0 as
+    #: ``--upload-retention-days 0`` gives it: kept for ever).  Until then
+    #: a tus client can still learn, by HEAD of its upload's URL, that an
+    #: upload whose last reply it lost did complete; after, the URL is 404,
+    #: as tusd's for an upload its expiry removed.
+    upload_retention_seconds: float | None = attrs.field(
+        default=7 * 86400.0, converter=_kept_for_ever_if_zero
+    )
+    #: Seconds (on the collector's clock) one pass may spend purging; the
+    #: rest of a backlog waits for the next pass.  The pass runs inside the
+    #: maintenance tick, which admin jobs, the interruption of a crashed
+    #: front end's uploads, repair and SIGTERM wait for: a first pass over
+    #: a million rows kept before the purge existed would hold them minutes.
+    purge_pass_seconds: float = 10.0
 
 
 @attrs.frozen
@@ -138,19 +153,35 @@ class GarbageCollector:
 
     async def _purge_uploads(self, keep_going: Callable[[], bool]) -> int:
         """Purge finished uploads past their retention in transactions of
-        ``batch`` (as ``_expire_uploads``), while ``keep_going()``: the
-        first pass on a store that kept every upload may have millions to
-        delete, which can wait for the next pass rather than outlive the
-        lease."""
+        ``batch`` (as ``_expire_uploads``), while ``keep_going()`` (the
+        lease) and for at most ``purge_pass_seconds``: the first pass on a
+        store that kept every upload may have millions to delete, which
+        several passes share rather than one holding the maintenance tick
+        (and a SIGTERM waiting for it).  A batch is never cut short, so a
+        pass may overrun the bound by one batch.  Each batch starts where
+        the previous one ended (the catalog's keyset cursor ``after``), not
+        at the index's oldest end, which PostgreSQL fills with dead entries
+        until VACUUM."""
         retention = self.settings.upload_retention_seconds
         assert retention is not None
-        before = self._clock.seconds() - retention
+        started = self._clock.seconds()
+        before = started - retention
         total = 0
+        after: float | None = None
         while keep_going():
-            purged = await self._catalog.purge_uploads(before, self.settings.batch)
-            total += purged
-            if purged < self.settings.batch:
+            if self._clock.seconds() - started >= self.settings.purge_pass_seconds:
+                log.info(
+                    "gc: purge paused after {seconds:g} s and {count} upload(s); "
+                    "the next pass goes on",
+                    seconds=self.settings.purge_pass_seconds,
+                    count=total,
+                )
                 break
+            result = await self._catalog.purge_uploads(before, self.settings.batch, after)
+            total += result.count
+            if result.last_updated_at is None or result.count < self.settings.batch:
+                break
+            after = result.last_updated_at
         if total:
             log.info(
                 "gc: purged {count} upload(s) finished over {days:g} days ago",
