@@ -39,8 +39,8 @@ def job_handlers(
     ``gc`` must be the front end's own collector (the scheduled passes'):
     its grace periods count from the first time *it* saw a blob as
     garbage, so a pass run as a job keeps every safety setting and every
-    grace already under way, and a job never collects sooner than the
-    schedule would have."""
+    grace already under way: it runs earlier than the schedule would, never
+    deletes anything sooner than a scheduled pass could."""
 
     def guarded(
         run: Callable[[dict[str, Any], Report, LeaseCheck], Awaitable[dict[str, Any]]],
