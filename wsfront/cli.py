@@ -2,8 +2,8 @@
 
 Every front end and this CLI share the catalog, so user management, status
 and the list of sessions need no running front end.  Work that needs the
-storage tier (``repair``, ``drain``, ``rebalance``, ``fsck``, ``compact``) is queued as a
-job in the catalog; a front end runs it and the CLI follows its progress.
+storage tier (``repair``, ``drain``, ``rebalance``, ``fsck``, ``compact``, ``gc``) is
+queued as a job in the catalog; a front end runs it and the CLI follows its progress.
 ``fsck --rebuild-catalog`` talks to the storage servers itself (the catalog
 it would find them in is the thing being rebuilt).  Tables by default, ``--json`` for
 scripts.
@@ -417,6 +417,24 @@ class Commands:
         if r["mismatch"]:
             raise SystemExit(3)
 
+    async def gc(self) -> None:
+        """A garbage collection pass now rather than at its next turn, with
+        the same grace periods and guards: a blob deleted a minute ago is
+        still kept (a download begun before the delete may be reading it)."""
+        job = await self._job("gc", {})
+        r = job.result
+        text = (
+            f"gc done: {r.get('forgotten', 0)} blobs collected "
+            f"({r.get('waiting', 0)} kept in their grace period, "
+            f"{r.get('left_behind', 0)} copies left on unreachable servers), "
+            f"{r.get('orphans_deleted', 0)} orphan and {r.get('strays_deleted', 0)} stray "
+            f"copies deleted, {r.get('expired_uploads', 0)} uploads expired, "
+            f"{r.get('purged_uploads', 0)} purged"
+        )
+        if r.get("guarded"):
+            text += "; too many unknown blobs, left alone: " + ", ".join(r["guarded"])
+        self.emit(job, text)
+
     async def fsck(self) -> None:
         if self.args.rebuild_catalog:
             await self._rebuild()
@@ -609,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--min-extents", type=_whole(1), default=None, help="files with at least N")
     comp.add_argument("--max-files", type=_whole(1), default=None, help="stop after N files")
+    job_options(
+        sub.add_parser(
+            "gc", help="collect garbage now (deleted files' blobs past their grace period)"
+        )
+    )
     fsck = job_options(sub.add_parser("fsck", help="cross-check catalog and storage servers"))
     fsck.add_argument("--fix", action="store_true", help="repair what is found")
     fsck.add_argument(

@@ -3,7 +3,7 @@
 Job arguments are what ``wsfs`` puts in the queue: ``repair {"now": true}``,
 ``fsck {"fix": bool}``, ``drain {"node": NAME}``, ``rebalance
 {"max_bytes": n}``, ``compact {"min_extents": n, "max_files": n}`` (both
-optional).  Each handler reports progress and fires with the result
+optional), ``gc {}``.  Each handler reports progress and fires with the result
 dict the CLI prints.  Each checks, between its units of work, that its
 runner still holds the maintenance lease (``jobs.LeaseCheck``, one per run)
 and stops with ``JobInterrupted`` once it does not: a second runner of the
@@ -33,8 +33,14 @@ def job_handlers(
     compactor: Compactor,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> dict[str, Handler]:
-    """Handlers for ``repair``, ``fsck``, ``drain``, ``rebalance`` and
-    ``compact``."""
+    """Handlers for ``repair``, ``fsck``, ``drain``, ``rebalance``,
+    ``compact`` and ``gc``.
+
+    ``gc`` must be the front end's own collector (the scheduled passes'):
+    its grace periods count from the first time *it* saw a blob as
+    garbage, so a pass run as a job keeps every safety setting and every
+    grace already under way: it runs earlier than the schedule would, never
+    deletes anything sooner than a scheduled pass could."""
 
     def guarded(
         run: Callable[[dict[str, Any], Report, LeaseCheck], Awaitable[dict[str, Any]]],
@@ -87,10 +93,17 @@ def job_handlers(
             count=True,
         )
 
+    async def gc_job(args: dict[str, Any], report: Report, lease: LeaseCheck) -> dict:
+        # The pass reports once, at its end; say it started, so the CLI
+        # shows more than a silent wait over a long sweep.
+        await report({"phase": "collecting"})
+        return await gc.run_pass(progress=report, keep_going=lease)
+
     return {
         "repair": guarded(repair_job),
         "fsck": guarded(fsck_job),
         "drain": guarded(drain_job),
         "rebalance": guarded(rebalance_job),
         "compact": guarded(compact_job),
+        "gc": guarded(gc_job),
     }

@@ -1,4 +1,4 @@
-"""Running the admin jobs the CLI queues (``repair``, ``fsck``, ``drain``...).
+"""Running the admin jobs the CLI queues (``repair``, ``fsck``, ``drain``, ``gc``...).
 
 The CLI cannot reach the storage tier; it enqueues a job in the catalog and
 polls it.  A front end holding the maintenance lease claims queued jobs of
@@ -31,12 +31,13 @@ Report = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Report], Awaitable[dict[str, Any]]]
 
 #: Job kinds that converge on a state (full replica count, an empty node,
-#: merged files, a checked catalog): running one again just finishes what
+#: merged files, a checked catalog, garbage gone: a GC pass keeps its grace
+#: periods however often it runs): running one again just finishes what
 #: the interrupted run began, so an interrupted job of these kinds is
 #: re-queued (once) and its CLI goes on waiting.  Other kinds are failed:
 #: ``rebalance`` moves up to ``max_bytes`` per run, so a second run would
 #: move more than the operator asked for.
-RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck"})
+RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck", "gc"})
 
 
 class JobInterrupted(Exception):

@@ -3,13 +3,15 @@
 The lead mounts one in every front end (``service.setServiceParent(app)``);
 only the holder of the maintenance lease does any work.  Each tick it runs
 a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``,
-``compact``), then an audit (``fsck.audit``), a repair pass, a GC pass and a
-compaction pass, each when due, and ends what a dead front end left
-behind (jobs it was running, uploads still marked active): every front end
-holds a liveness lease ``front-end:NAME``, and a lapsed one means dead.
-Work never overlaps: repair and GC of the same front end run one
-after the other, which is what makes GC's view of "a copy the catalog does not count" safe
-against a repair copy not yet recorded.
+``compact``, ``gc``), then an audit (``fsck.audit``), a repair pass, a GC
+pass and a compaction pass, each when due, and ends what a dead front end
+left behind (jobs it was running, uploads still marked active): every front
+end holds a liveness lease ``front-end:NAME``, and a lapsed one means dead.
+Work never overlaps: repair and GC of the same front end run one after the
+other (a ``wsfs gc`` job too: it is one more step of the same tick, with
+the same collector), and no step starts without the maintenance lease, held
+by one front end at a time.  That is what makes GC's view of "a copy the
+catalog does not count" safe against a repair copy not yet recorded.
 """
 
 from __future__ import annotations
@@ -190,24 +192,30 @@ class MaintenanceService(Service):
         await self.fail_abandoned_jobs()
         if await self.jobs.run_one() is not None:
             ran.append("job")
+        # A job (a ``wsfs gc`` pass, a long drain) may outlast the lease: no
+        # periodic pass may start without it, or this front end's GC pass
+        # would run beside the new holder's (its own, or the job it
+        # re-runs).  Checked again before each pass, for the same reason.
+        if not self.lease.valid:
+            return ran
         now = self._clock.seconds()
         if now >= self._next_orphans:
             self._next_orphans = now + self.settings.orphan_uploads_every
             await self.interrupt_orphaned_uploads()
-        if now >= self._next_audit:
+        if now >= self._next_audit and self.lease.valid:
             self._next_audit = now + self.settings.audit_every
             if await audit(self.catalog, self.pool, self.gc):
                 self._next_repair = now  # heal at once
             ran.append("audit")
-        if now >= self._next_repair:
+        if now >= self._next_repair and self.lease.valid:
             self._next_repair = now + self.settings.repair_every
             await self.repairer.run_pass(keep_going=lambda: self.lease.valid)
             ran.append("repair")
-        if now >= self._next_gc:
+        if now >= self._next_gc and self.lease.valid:
             self._next_gc = now + self.settings.gc_every
             await self.gc.run_pass(keep_going=lambda: self.lease.valid)
             ran.append("gc")
-        if self._next_compact is not None and now >= self._next_compact:
+        if self._next_compact is not None and now >= self._next_compact and self.lease.valid:
             assert self.settings.compact_every is not None
             self._next_compact = now + self.settings.compact_every
             await self.compactor.run_pass(

@@ -1,0 +1,131 @@
+"""``wsfs gc`` end to end: real ``twistd -n wsstorage`` processes, a front end
+running the maintenance service, and the CLI as a subprocess.  The pass it
+queues keeps the front end's grace periods: what is past them is freed on
+the storage servers, what is not is kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.maintenance_env import ProcessCluster, check_full_strength, full_path, payload
+from tests.test_cli import wsfs
+from wsfront.catalog import errors as catalog_errors
+from wsfront.maintenance.gc import GCSettings
+
+JOB = ("--poll", "0.1", "--timeout", "60")
+
+
+def start_cluster(tmp_path, gc: GCSettings):
+    from twisted.internet import reactor
+
+    c = ProcessCluster(reactor, tmp_path)
+    # The scheduled pass (every 10 minutes) is not due in a test: whatever
+    # is collected, the job collected.
+    pytest_twisted.blockon(defer.ensureDeferred(c.start(gc=gc)))
+    return c
+
+
+@pytest.fixture
+def past_grace(tmp_path):
+    """A front end whose garbage is past its grace as soon as it is seen."""
+    c = start_cluster(tmp_path, GCSettings(grace_seconds=0.0, orphan_grace_seconds=0.0))
+    yield c
+    pytest_twisted.blockon(defer.ensureDeferred(c.stop()))
+
+
+@pytest.fixture
+def in_grace(tmp_path):
+    """A front end with the default grace periods (an hour)."""
+    c = start_cluster(tmp_path, GCSettings())
+    yield c
+    pytest_twisted.blockon(defer.ensureDeferred(c.stop()))
+
+
+async def upload_and_delete(cluster, keep: int = 2) -> tuple[dict[str, bytes], set[str]]:
+    """Upload ``keep`` files and one more, then delete that one; return the
+    kept files and the blob ids of the deleted one."""
+    files = {}
+    for i in range(keep + 1):
+        data = payload(150_000 + 1000 * i)
+        await cluster.upload(f"/f{i}.bin", data)
+        files[f"/f{i}.bin"] = data
+    doomed = f"/f{keep}.bin"
+    entry = await cluster.catalog.stat(full_path(cluster, doomed))
+    await cluster.transfers.delete(cluster.user, doomed)
+    del files[doomed]
+    return files, {extent.blob_id for extent in entry.version.extents}
+
+
+async def stored(cluster) -> set[str]:
+    found = set()
+    for name in cluster.procs:
+        found |= {info.blob_id for info in await cluster.pool.client(name).list_blobs()}
+    return found
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_wsfs_gc_frees_a_deleted_files_blobs_past_their_grace_and_prints_a_summary(
+    past_grace,
+):
+    cluster = past_grace
+    files, doomed = await upload_and_delete(cluster)
+    assert doomed <= await stored(cluster)
+    # A blob the catalog does not know, left on a server (a delete it missed).
+    writer = await cluster.pool.client("s2").write("borphan42", 1, 0, {})
+    writer.write(b"junk")
+    await writer.commit()
+    out, err, code = await cluster.wsfs("gc", *JOB)
+    assert code == 0, err + out
+    summary = out.strip().splitlines()[-1]
+    assert summary == (
+        f"gc done: {len(doomed)} blobs collected (0 kept in their grace period, 0 copies "
+        "left on unreachable servers), 1 orphan and 0 stray copies deleted, 0 uploads "
+        "expired, 0 purged"
+    ), out
+    left = await stored(cluster)
+    assert not doomed & left and "borphan42" not in left
+    for blob_id in doomed:
+        with pytest.raises(catalog_errors.NotFound):
+            await cluster.catalog.get_blob(blob_id)
+    await check_full_strength(cluster, files)
+    # Nothing left to do; --json gives the job and the pass's stats.
+    out, err, code = await cluster.wsfs("--json", "gc", *JOB)
+    assert code == 0, err + out
+    job = json.loads(out)
+    assert job["kind"] == "gc" and job["state"] == "done"
+    assert job["result"]["forgotten"] == 0 and job["result"]["orphans_deleted"] == 0
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_wsfs_gc_keeps_a_deleted_files_blobs_within_their_grace_period(in_grace):
+    cluster = in_grace
+    files, doomed = await upload_and_delete(cluster)
+    out, err, code = await cluster.wsfs("--json", "gc", *JOB)
+    assert code == 0, err + out
+    result = json.loads(out)["result"]
+    assert result["forgotten"] == 0 and result["waiting"] == len(doomed), result
+    assert doomed <= await stored(cluster)
+    for blob_id in doomed:
+        assert (await cluster.catalog.get_blob(blob_id)).blob_id == blob_id
+    out, err, code = await cluster.wsfs("gc", *JOB)
+    assert code == 0, err + out
+    assert f"gc done: 0 blobs collected ({len(doomed)} kept in their grace period" in out
+    assert doomed <= await stored(cluster)
+    await check_full_strength(cluster, files)
+
+
+def test_wsfs_gc_with_no_front_end_says_so_and_the_job_stays_queued(tmp_path):
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")
+    proc = wsfs(catalog, "gc", "--timeout", "5", "--poll", "0.05", "--no-taker-after", "0.5")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert "no front end is running to run the gc job" in lines[0], proc.stderr
+    assert "still queued after" in lines[1] and "no front end has taken it" in lines[1]
+    assert "Traceback" not in proc.stderr
