@@ -124,7 +124,14 @@ async def test_a_gc_job_and_the_scheduled_pass_run_one_after_the_other_never_at_
     assert passes_a.calls == 1
     assert passes_a.gate is not None
     passes_a.gate.callback(None)
-    assert await first == ["job", "gc"]  # the job's pass, then the scheduled one
+    # The job's pass stands for the scheduled one due in the same tick: not
+    # a second sweep of every server right after it.
+    assert await first == ["job"]
+    assert passes_a.calls == 1
+    clock.advance(GC_EVERY - 1)
+    assert await a.tick() == []
+    clock.advance(1)
+    assert await a.tick() == ["gc"]  # and the schedule goes on from the job's
     assert passes_a.calls == 2 and passes_a.peak == 1
     done = await env.catalog.get_job(job.job_id)
     assert done.state == JOB_DONE, done.error
@@ -180,3 +187,28 @@ async def test_a_gc_job_losing_the_lease_is_requeued_and_no_scheduled_pass_follo
     assert done.result["orphans_deleted"] == 1
     assert "borphan42" not in await blobs_on(env, "s2")
     assert not doomed & await stored(env)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_lost_during_the_repair_pass_starts_no_gc_pass_after_it(env):
+    """Each periodic step checks the lease, not only the tick's start: the
+    lease goes to fe-b while fe-a's repair pass runs, and fe-a's GC pass,
+    due in the same tick, does not start beside fe-b's."""
+    clock = task.Clock()
+    a = service(env, clock, "fe-a")
+    assert await a.lease.renew()
+    passes_a = WatchedPasses(a)
+    real_repair = a.repairer.run_pass
+
+    async def repair_losing_the_lease(**kw):
+        result = await real_repair(**kw)
+        clock.advance(TTL + 1)
+        await env.catalog.release_lease(LEASE_NAME, "fe-a")
+        assert await env.catalog.acquire_lease(LEASE_NAME, "fe-b", TTL)
+        return result
+
+    a.repairer.run_pass = repair_losing_the_lease
+    a._next_repair = clock.seconds()  # repair due now, as after an audit that found damage
+    clock.advance(GC_EVERY)  # and the GC pass due in the same tick
+    assert await a.tick() == ["repair"]
+    assert passes_a.calls == 0

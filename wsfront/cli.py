@@ -423,13 +423,15 @@ class Commands:
         still kept (a download begun before the delete may be reading it)."""
         job = await self._job("gc", {})
         r = job.result
+        # A done pass has every key (``GarbageCollector.run_pass``): no
+        # defaults, so a renamed one fails here instead of printing 0.
         text = (
-            f"gc done: {r.get('forgotten', 0)} blobs collected "
-            f"({r.get('waiting', 0)} kept in their grace period, "
-            f"{r.get('left_behind', 0)} copies left on unreachable servers), "
-            f"{r.get('orphans_deleted', 0)} orphan and {r.get('strays_deleted', 0)} stray "
-            f"copies deleted, {r.get('expired_uploads', 0)} uploads expired, "
-            f"{r.get('purged_uploads', 0)} purged"
+            f"gc done: {r['forgotten']} blobs collected "
+            f"({r['waiting']} kept in their grace period, "
+            f"{r['left_behind']} copies left on unreachable servers), "
+            f"{r['orphans_deleted']} orphan and {r['strays_deleted']} stray "
+            f"copies deleted, {r['expired_uploads']} uploads expired, "
+            f"{r['purged_uploads']} purged"
         )
         if r.get("guarded"):
             text += "; too many unknown blobs, left alone: " + ", ".join(r["guarded"])

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wsfront.catalog.records import JOB_DONE
 from wsfront.maintenance.compact import Compactor, CompactSettings
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.fsck import audit
@@ -190,8 +191,13 @@ class MaintenanceService(Service):
             return []
         ran = []
         await self.fail_abandoned_jobs()
-        if await self.jobs.run_one() is not None:
+        job = await self.jobs.run_one()
+        if job is not None:
             ran.append("job")
+            if job.kind == "gc" and job.state == JOB_DONE:
+                # A ``wsfs gc`` pass is this turn's pass: a scheduled one
+                # right after it would list and read every server again.
+                self._next_gc = self._clock.seconds() + self.settings.gc_every
         # A job (a ``wsfs gc`` pass, a long drain) may outlast the lease: no
         # periodic pass may start without it, or this front end's GC pass
         # would run beside the new holder's (its own, or the job it
