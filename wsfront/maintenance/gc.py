@@ -53,12 +53,6 @@ ORPHAN = "orphan"
 STRAY = "stray"
 
 
-def _kept_for_ever_if_zero(seconds: float | None) -> float | None:
-    """A retention of 0 is none at all (keep for ever), never "purge at
-    once": what ``--upload-retention-days 0`` means."""
-    return None if seconds is None or seconds == 0 else seconds
-
-
 @attrs.frozen
 class GCSettings:
     """Knobs of garbage collection."""
@@ -77,14 +71,12 @@ class GCSettings:
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
     #: Seconds the catalog keeps the row of a finished (committed, aborted,
-    #: expired) upload before the pass purges it (None, or 0 as
-    #: ``--upload-retention-days 0`` gives it: kept for ever).  Until then
+    #: expired) upload before the pass purges it (None: kept for ever, as
+    #: ``--upload-retention-days 0`` asks).  Until then
     #: a tus client can still learn, by HEAD of its upload's URL, that an
     #: upload whose last reply it lost did complete; after, the URL is 404,
     #: as tusd's for an upload its expiry removed.
-    upload_retention_seconds: float | None = attrs.field(
-        default=7 * 86400.0, converter=_kept_for_ever_if_zero
-    )
+    upload_retention_seconds: float | None = 7 * 86400.0
     #: Seconds (on the collector's clock) one pass may spend purging; the
     #: rest of a backlog waits for the next pass.  The pass runs inside the
     #: maintenance tick, which admin jobs, the interruption of a crashed

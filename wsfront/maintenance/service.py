@@ -91,10 +91,11 @@ def maintenance_settings(config) -> MaintenanceSettings:
     the liveness life: any front end marks them so
     (``interrupt_a_dead_holders_uploads``), not only its successor."""
     ttl = config.liveness_lease_seconds
+    days = config.upload_retention_days  # 0: kept for ever, never "purged at once"
     return MaintenanceSettings(
         lease_ttl=max(ttl, MIN_MAINTENANCE_TTL_SECONDS),
         liveness_ttl=ttl,
-        gc=GCSettings(upload_retention_seconds=config.upload_retention_days * 86400),
+        gc=GCSettings(upload_retention_seconds=days * 86400 if days else None),
     )
 
 
