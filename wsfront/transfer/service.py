@@ -37,6 +37,7 @@ from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
 from wsfront.transfer.stats import TransferStats
+from wsfront.transfer.upload_log import StartLine
 from wsfront.transfer.write_through import WriteThrough
 from wsfront.transfer.writer import STREAMING, WriteSession
 from wsstorage import errors as storage_errors
@@ -557,8 +558,8 @@ class Transfers:
             )
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
-        self._log_start(upload, user, full, offset, replicas)
-        session = yield self._open_session(user, upload, committed)
+        line = self._start_line(upload, user, full, offset, replicas)
+        session = yield self._open_logged(user, upload, committed, line)
         return session
 
     def _start_write(
@@ -604,26 +605,33 @@ class Transfers:
         except catalog_errors.InvalidOffset as e:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
-        self._log_start(upload, user, full, upload.blob_start, replicas)
+        line = self._start_line(upload, user, full, upload.blob_start, replicas)
         session = self._open_session_at_once(user, upload, started.committed_size)
         if session is None:
-            session = yield self._open_session(user, upload, started.committed_size)
+            session = yield self._open_logged(user, upload, started.committed_size, line)
+        else:
+            session.log_start(line)
         return session
 
-    def _log_start(self, upload, user, full, offset, replicas) -> None:
-        """Log the start a reactor turn later: formatting and writing the
-        line is most of what stands between the catalog's answer and the
-        adapter's start reply (FTP 150), which goes out first this way."""
-        self._clock.callLater(
-            0,
-            log.info,
-            "upload {id} starts: {user} {path} at {offset} on {replicas}",
-            id=upload.upload_id,
-            user=user.name,
-            path=full,
-            offset=offset,
-            replicas=",".join(replicas),
+    def _start_line(self, upload, user, full, offset, replicas) -> StartLine:
+        """The upload's start line, which its session writes once it has
+        run for a checkpoint period, or ends otherwise than by a commit
+        (``upload_log``: a quick upload's commit line says it all)."""
+        return StartLine(
+            upload.upload_id, user.name, full, offset, ",".join(replicas), self._clock.seconds()
         )
+
+    @inlineCallbacks
+    def _open_logged(self, user, upload, replaced_size, line: StartLine):
+        """``_open_session`` with ``line`` handed to the session, or written
+        at once when no session opens (no replica took the upload)."""
+        try:
+            session = yield self._open_session(user, upload, replaced_size)
+        except BaseException:
+            line.write(self._clock.seconds())
+            raise
+        session.log_start(line)
+        return session
 
     def _replica_damaged(self, blob_id: str, node: str) -> None:
         """A read found a bad block: mark that replica stale for repair."""

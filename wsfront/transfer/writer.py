@@ -36,6 +36,7 @@ from wsfront.transfer.errors import (
     UploadIncomplete,
 )
 from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.upload_log import StartLine, committed
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
@@ -290,6 +291,8 @@ class WriteSession:
         self._on_end = on_end
         self._stats = stats
         self._expiry = expiry
+        #: The start line not written yet (``upload_log``).
+        self._start_line: StartLine | None = None
         if stats is not None:
             stats.uploads_started += 1
         for node, writer in self._writers.items():
@@ -300,6 +303,16 @@ class WriteSession:
         self._arm_timer()
 
     # -- what adapters use ------------------------------------------------
+
+    def log_start(self, line: StartLine) -> None:
+        """Keep the upload's start line until its first checkpoint or
+        timer tick, or an end other than a commit (``upload_log``)."""
+        self._start_line = line
+
+    def _write_start_line(self) -> None:
+        line, self._start_line = self._start_line, None
+        if line is not None:
+            line.write(self._clock.seconds())
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -388,6 +401,7 @@ class WriteSession:
         self._timer = None
         if self.state != STREAMING:
             return
+        self._write_start_line()
         if self._since_checkpoint:
             self.checkpoint()
         self._arm_timer()
@@ -401,6 +415,7 @@ class WriteSession:
         """
         if self._checkpointing is not None:
             return self._checkpointing
+        self._write_start_line()
         self._since_checkpoint = 0
         d = self._checkpointing = self._do_checkpoint()
 
@@ -518,14 +533,15 @@ class WriteSession:
             self._stats.uploads_committed += 1
         # A reactor turn later, after the adapter's reply (FTP 226) that
         # waits for this Deferred: the line is not part of the commit.
+        start, self._start_line = self._start_line, None
         self._clock.callLater(
             0,
-            log.info,
-            "upload {id} committed: {size} bytes at epoch {epoch} on {replicas}",
-            id=self.upload_id,
-            size=self.offset,
-            epoch=self.epoch,
-            replicas=",".join(sorted(self._writers)),
+            committed,
+            self.upload_id,
+            self.offset,
+            self.epoch,
+            ",".join(sorted(self._writers)),
+            start,
         )
         failpoints.hit("transfer.after_commit")
         self._ended()
@@ -541,6 +557,7 @@ class WriteSession:
         if self._stats is not None:
             self._stats.uploads_interrupted += 1
         self._cancel_timer()
+        self._write_start_line()
         try:
             if self._checkpointing is not None:
                 yield self._checkpointing
@@ -634,6 +651,7 @@ class WriteSession:
                 self._stats.uploads_failed += 1
         self.error = error
         self._cancel_timer()
+        self._write_start_line()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
         if interrupting and self.left_pending:
