@@ -245,3 +245,12 @@ async def test_a_backlog_longer_than_a_pass_may_purge_takes_several_passes(env, 
     assert (await gc.run_pass())["purged_uploads"] == 2
     assert await all_uploads(env) == []
     assert [e["count"] for e in purge_lines] == [3, 2]
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0, -1.0, float("nan"), float("inf")])
+def test_a_purge_pass_with_no_time_to_purge_is_refused_when_the_settings_are_built(seconds):
+    """0 or less would purge nothing, silently, pass after pass (NaN never
+    compares, inf never stops: neither bounds a pass)."""
+    with pytest.raises(ValueError, match="purge_pass_seconds must be a number of seconds above 0"):
+        GCSettings(purge_pass_seconds=seconds)
+    assert GCSettings(purge_pass_seconds=0.5).purge_pass_seconds == 0.5

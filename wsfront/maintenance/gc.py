@@ -33,6 +33,7 @@ blob the catalog still references is never deleted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,17 @@ class GCSettings:
     #: maintenance tick, which admin jobs, the interruption of a crashed
     #: front end's uploads, repair and SIGTERM wait for: a first pass over
     #: a million rows kept before the purge existed would hold them minutes.
-    purge_pass_seconds: float = 10.0
+    #: More than 0 and finite: a pass with no time to purge would purge
+    #: nothing, silently, for ever.
+    purge_pass_seconds: float = attrs.field(default=10.0)
+
+    @purge_pass_seconds.validator
+    def _check_purge_pass_seconds(self, attribute, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"purge_pass_seconds must be a number of seconds above 0, not {value!r} "
+                "(a pass with no time to purge purges nothing)"
+            )
 
 
 @attrs.frozen
