@@ -254,3 +254,40 @@ def test_a_purge_pass_with_no_time_to_purge_is_refused_when_the_settings_are_bui
     with pytest.raises(ValueError, match="purge_pass_seconds must be a number of seconds above 0"):
         GCSettings(purge_pass_seconds=seconds)
     assert GCSettings(purge_pass_seconds=0.5).purge_pass_seconds == 0.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_that_lost_the_lease_stops_expiring_between_batches(env):
+    """The lease goes during the first transaction of expiries: the pass
+    expires no further batch, and purges and collects nothing after it."""
+    from twisted.internet import reactor
+
+    for i in range(3):
+        await interrupted(env, f"/i{i}.bin", payload(1000 + i))
+    calls = counting_purges(env)
+    lease = [True]
+    expire = env.catalog.expire_uploads
+    batches = []
+
+    async def then_lose_the_lease(now=None, limit=None):
+        expired = await expire(now, limit)
+        batches.append(len(expired))
+        lease[0] = False
+        return expired
+
+    env.catalog.expire_uploads = then_lose_the_lease
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + env.settings.upload_expiry + 8 * DAY)
+    gc = collector(env, clock, batch=1, grace_seconds=0.0)
+    result = await gc.run_pass(keep_going=lambda: lease[0])
+    assert batches == [1] and result["expired_uploads"] == 1
+    assert calls == [] and result["purged_uploads"] == 0
+    assert result["forgotten"] == 0  # the expired upload's blob waits for the next pass
+    assert sorted(u.state for u in await all_uploads(env)) == [
+        "expired",
+        "interrupted",
+        "interrupted",
+    ]
+    lease[0] = True
+    env.catalog.expire_uploads = expire
+    assert (await gc.run_pass())["expired_uploads"] == 2

@@ -127,14 +127,16 @@ class GarbageCollector:
         self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
     ) -> dict[str, Any]:
         """Expire uploads, purge old finished ones, collect collectable
-        blobs, sweep the servers; the sweep is skipped once ``keep_going()``
-        is false (the lease is lost)."""
+        blobs, sweep the servers; each step stops between its units of work
+        (a batch, a blob, a copy) once ``keep_going()`` is false (the lease
+        is lost: the new holder runs its own pass), and the steps after it
+        do not start."""
         stats: dict[str, Any] = {"expired_uploads": 0, "purged_uploads": 0}
         if self.settings.expire_uploads:
-            stats["expired_uploads"] = await self._expire_uploads()
+            stats["expired_uploads"] = await self._expire_uploads(keep_going)
         if self.settings.upload_retention_seconds is not None:
             stats["purged_uploads"] = await self._purge_uploads(keep_going)
-        stats.update(await self.collect())
+        stats.update(await self.collect(keep_going))
         if keep_going():
             stats.update(await self.sweep(keep_going=keep_going))
         if progress is not None:
@@ -143,16 +145,18 @@ class GarbageCollector:
                 await result
         return stats
 
-    async def _expire_uploads(self) -> int:
+    async def _expire_uploads(self, keep_going: Callable[[], bool] = lambda: True) -> int:
         """Expire uploads in transactions of ``batch``, so other writes get
-        the catalog's writer between them."""
+        the catalog's writer between them; none after ``keep_going()`` is
+        false."""
         now = self._clock.seconds()
         total = 0
-        while True:
+        while keep_going():
             expired = await self._catalog.expire_uploads(now, self.settings.batch)
             total += len(expired)
             if len(expired) < self.settings.batch:
-                return total
+                break
+        return total
 
     async def _purge_uploads(self, keep_going: Callable[[], bool]) -> int:
         """Purge finished uploads past their retention in transactions of
@@ -195,21 +199,28 @@ class GarbageCollector:
 
     # -- collectable blobs ------------------------------------------------
 
-    async def collect(self) -> dict[str, Any]:
-        """Delete and forget blobs collectable for longer than the grace."""
+    async def collect(self, keep_going: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+        """Delete and forget blobs collectable for longer than the grace;
+        no further delete once ``keep_going()`` is false (the lease is lost:
+        the new holder's pass deletes the rest, while this one's deletes
+        would run beside it).  A blob being deleted is finished first."""
         now = self._clock.seconds()
         grace = self.settings.grace_seconds
         skip: set[str] = set()
         seen: set[str] = set()
         forgotten = 0
         left_behind = 0
-        while True:
+        complete = False
+        while keep_going():
             limit = self.settings.batch + len(skip)
             batch = await self._catalog.collectable_blobs(limit)
             todo = [b for b in batch if b.blob_id not in skip]
             if not todo:
+                complete = True
                 break
             for blob in todo:
+                if not keep_going():
+                    break
                 seen.add(blob.blob_id)
                 since = self._collectable_since.setdefault(blob.blob_id, now)
                 if now - since < grace:
@@ -227,10 +238,14 @@ class GarbageCollector:
                 self._collectable_since.pop(blob.blob_id, None)
                 forgotten += 1
             if len(batch) < limit:
+                complete = keep_going()
                 break
-        for blob_id in list(self._collectable_since):
-            if blob_id not in seen:
-                del self._collectable_since[blob_id]
+        if complete:
+            # Only a full listing says a blob is no longer collectable: one
+            # cut short would restart the grace of the blobs it did not reach.
+            for blob_id in list(self._collectable_since):
+                if blob_id not in seen:
+                    del self._collectable_since[blob_id]
         return {"forgotten": forgotten, "waiting": len(skip), "left_behind": left_behind}
 
     async def _delete_replicas(self, blob: BlobRecord) -> int:
