@@ -95,6 +95,19 @@ class GCSettings:
                 "(a pass with no time to purge purges nothing)"
             )
 
+    #: Passes one walk of the purge (from the oldest end of the finished
+    #: uploads' index, each pass going on where the previous one stopped)
+    #: may span; the next pass starts again at the oldest end, for rows
+    #: that finished behind the walk's cursor (``_purge_uploads``).  With
+    #: the scheduled pass every 10 minutes, 6 is an hour.  At least 1.
+    purge_restart_passes: int = attrs.field(default=6)
+
+    @purge_restart_passes.validator
+    def _check_purge_restart_passes(self, attribute, value: int) -> None:
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"purge_restart_passes must be a whole number of passes, at least 1, "
+                             f"not {value!r}")  # fmt: skip
+
 
 @attrs.frozen
 class Garbage:
@@ -122,6 +135,11 @@ class GarbageCollector:
         self.settings = settings or GCSettings()
         self._collectable_since: dict[str, float] = {}
         self._garbage_since: dict[tuple[str, str], float] = {}
+        #: The purge's keyset cursor, carried from one pass to the next
+        #: (None: the next pass starts at the oldest end), and how many
+        #: passes the walk it belongs to has run.
+        self._purge_after: float | None = None
+        self._purge_walk_passes = 0
 
     async def run_pass(
         self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
@@ -165,16 +183,43 @@ class GarbageCollector:
         store that kept every upload may have millions to delete, which
         several passes share rather than one holding the maintenance tick
         (and a SIGTERM waiting for it).  A batch is never cut short, so a
-        pass may overrun the bound by one batch.  Each batch starts where
-        the previous one ended (the catalog's keyset cursor ``after``), not
-        at the index's oldest end, which PostgreSQL fills with dead entries
-        until VACUUM."""
+        pass may overrun the bound by one batch.
+
+        Each batch starts where the previous one ended (the catalog's
+        keyset cursor ``after``), and so does a pass where the previous
+        pass stopped (the cursor is kept in the collector), not at the
+        index's oldest end, which PostgreSQL fills with dead entries until
+        VACUUM: a backlog shared by many passes would otherwise be walked
+        again from its start by each.
+
+        Why that skips nothing for long: the walk purged every finished
+        row below its cursor, and the cursor is at most the cutoff
+        (``now - retention``; an hour at least from the command line).  A row finishes
+        once, with ``updated_at`` the finishing front end's clock then,
+        and never changes after; so a row finishing later lands above the
+        cursor, unless that clock is more than the retention behind this
+        one (a skewed front end, a clock stepped back).  Such a row would
+        wait below the cursor; hence a pass starts again at the oldest end
+        when the previous one found nothing more (the walk is over), when
+        the cutoff has moved below the cursor (this clock stepped back:
+        the walk's range is empty), and after ``purge_restart_passes``
+        passes of one walk (a backlog that never drains, the late row
+        still waits at most that many passes).  Starting at the oldest
+        end is only slower on PostgreSQL, never wrong: the cursor is an
+        optimisation, the cutoff the rule."""
         retention = self.settings.upload_retention_seconds
         assert retention is not None
         started = self._clock.seconds()
         before = started - retention
         total = 0
-        after: float | None = None
+        after = self._purge_after
+        if after is not None and (
+            after > before or self._purge_walk_passes >= self.settings.purge_restart_passes
+        ):
+            after = self._purge_after = None
+        if after is None:
+            self._purge_walk_passes = 0
+        self._purge_walk_passes += 1
         while keep_going():
             if self._clock.seconds() - started >= self.settings.purge_pass_seconds:
                 log.info(
@@ -187,8 +232,9 @@ class GarbageCollector:
             result = await self._catalog.purge_uploads(before, self.settings.batch, after)
             total += result.count
             if result.last_updated_at is None or result.count < self.settings.batch:
+                self._purge_after = None  # the walk is over: the next starts anew
                 break
-            after = result.last_updated_at
+            after = self._purge_after = result.last_updated_at
         if total:
             log.info(
                 "gc: purged {count} upload(s) finished over {days:g} days ago",
