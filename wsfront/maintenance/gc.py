@@ -140,6 +140,9 @@ class GarbageCollector:
         #: passes the walk it belongs to has run.
         self._purge_after: float | None = None
         self._purge_walk_passes = 0
+        #: Finished uploads' rows this collector purged, all passes
+        #: together (``/-/metrics``: ``wsfs_gc_purged_uploads_total``).
+        self.purged_uploads_total = 0
 
     async def run_pass(
         self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
@@ -231,6 +234,7 @@ class GarbageCollector:
                 break
             result = await self._catalog.purge_uploads(before, self.settings.batch, after)
             total += result.count
+            self.purged_uploads_total += result.count
             if result.last_updated_at is None or result.count < self.settings.batch:
                 self._purge_after = None  # the walk is over: the next starts anew
                 break
