@@ -84,6 +84,7 @@ async def test_files_deleted_while_a_server_was_down_leave_no_orphans_and_no_liv
     assert orphans and orphans <= victims_blobs
     third = await gc.run_pass()
     assert third["orphans_deleted"] == 0  # first sighting starts the clock
+    assert third["orphans_waiting"] == len(orphans)
     clock.advance(100)
     fourth = await gc.run_pass()
     assert fourth["orphans_deleted"] == len(orphans)

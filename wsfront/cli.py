@@ -430,7 +430,8 @@ class Commands:
             f"({r['waiting']} kept in their grace period, "
             f"{r['left_behind']} copies left on unreachable servers), "
             f"{r['orphans_deleted']} orphan and {r['strays_deleted']} stray "
-            f"copies deleted, {r['expired_uploads']} uploads expired, "
+            f"copies deleted ({r['orphans_waiting'] + r['strays_waiting']} kept in their "
+            f"grace period), {r['expired_uploads']} uploads expired, "
             f"{r['purged_uploads']} purged"
         )
         if r.get("guarded"):

@@ -357,7 +357,14 @@ class GarbageCollector:
         another front end's repair may be making a copy we would judge)."""
         grace = self.settings.orphan_grace_seconds if grace is None else grace
         now = self._clock.seconds()
-        stats: dict[str, Any] = {"orphans_deleted": 0, "strays_deleted": 0, "guarded": []}
+        stats: dict[str, Any] = {
+            "orphans_deleted": 0,
+            "strays_deleted": 0,
+            # Seen, but not yet for ``grace``: deleted by a later pass.
+            "orphans_waiting": 0,
+            "strays_waiting": 0,
+            "guarded": [],
+        }
         found: dict[str, tuple[list[Garbage], int]] = {}
         for node in self._pool.names():
             if not self._pool.is_up(node):
@@ -388,6 +395,7 @@ class GarbageCollector:
                     return stats
                 since = self._garbage_since.setdefault((node, g.blob_id), now)
                 if now - since < grace:
+                    stats["orphans_waiting" if g.kind == ORPHAN else "strays_waiting"] += 1
                     continue
                 if await self._classify(node, g.blob_id) != g.kind:
                     continue  # the catalog changed meanwhile
