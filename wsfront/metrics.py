@@ -1,9 +1,9 @@
 """Prometheus metrics of one front end, served at ``/-/metrics``.
 
-The transfer layer, the FTP factory and the storage pool already keep plain
-counters (``TransferStats``, ``FTPStats``, ``NodeState``, the GC's
-``purged_uploads_total``); this module reads
-them at scrape time through a custom collector instead of hooking
+The transfer layer, the FTP factory, the storage pool and GC already keep
+plain counters (``TransferStats``, ``FTPStats``, ``NodeState``,
+``GarbageCollector.purged_uploads_total``); this module reads them at
+scrape time through a custom collector instead of hooking
 ``prometheus_client`` objects into the hot paths, so a transfer costs the
 same whether anyone scrapes or not.  Each front end gets its own
 ``CollectorRegistry`` (never the global one): several front ends in one

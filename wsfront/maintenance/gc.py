@@ -197,10 +197,10 @@ class GarbageCollector:
 
         Why that skips nothing for long: the walk purged every finished
         row below its cursor, and the cursor is at most the cutoff
-        (``now - retention``; an hour at least from the command line).  A row finishes
-        once, with ``updated_at`` the finishing front end's clock then,
-        and never changes after; so a row finishing later lands above the
-        cursor, unless that clock is more than the retention behind this
+        (``now - retention``; an hour at least from the command line).  A
+        row finishes once, with ``updated_at`` the finishing front end's
+        clock then, and never changes after; so a row finishing later
+        lands above the cursor, unless that clock is more than the retention behind this
         one (a skewed front end, a clock stepped back).  Such a row would
         wait below the cursor; hence a pass starts again at the oldest end
         when the previous one found nothing more (the walk is over), when
