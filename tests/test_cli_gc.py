@@ -144,3 +144,32 @@ def test_wsfs_gc_with_no_front_end_says_so_and_the_job_stays_queued(tmp_path):
     assert "no front end is running to run the gc job" in lines[0], proc.stderr
     assert "still queued after" in lines[1] and "no front end has taken it" in lines[1]
     assert "Traceback" not in proc.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_gc_prints_a_question_mark_for_counts_an_older_lease_holder_did_not_report():
+    """A rolling upgrade: the lease holder still runs a release whose pass
+    has no ``orphans_waiting``/``strays_waiting``; the CLI prints what the
+    pass did, with "?" for them, not a KeyError after the pass ran."""
+    import argparse
+    import io
+    from types import SimpleNamespace
+
+    from wsfront.cli import Commands
+
+    old_result = {
+        "forgotten": 2, "waiting": 1, "left_behind": 0, "orphans_deleted": 3,
+        "strays_deleted": 0, "expired_uploads": 4, "purged_uploads": 5,
+    }  # fmt: skip
+
+    class OlderHolder(Commands):
+        async def _job(self, kind, args):
+            return SimpleNamespace(kind=kind, result=old_result)
+
+    out = io.StringIO()
+    await OlderHolder(None, argparse.Namespace(json=False), out).gc()
+    assert out.getvalue() == (
+        "gc done: 2 blobs collected (1 kept in their grace period, 0 copies left on "
+        "unreachable servers), 3 orphan and 0 stray copies deleted (? kept in their "
+        "grace period), 4 uploads expired, 5 purged\n"
+    )
