@@ -1,8 +1,10 @@
 """An HTTP front end with ``/-/metrics`` and ``/-/status`` mounted, for tests.
 
 ``StatusEnv`` is ``HttpEnv`` (real storage servers, real SQLite catalog,
-user ``alice``) plus an administrator ``root``, the metrics registry of that
-front end and the status endpoint, mounted the way ``FrontendService`` will
+user ``alice``) plus an administrator ``root``, a ``GarbageCollector`` on
+its own ``task.Clock`` (``gc``, ``gc_clock``: a test runs passes when and
+at what time it wants), the metrics registry of that front end and the
+status endpoint, mounted the way ``FrontendService`` will
 mount them.  ``scrape()`` reads ``/-/metrics`` over HTTP and parses it with
 prometheus_client's own parser.
 """
@@ -13,8 +15,10 @@ import base64
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import task
 
 from tests.http_env import HttpEnv
+from wsfront.maintenance.gc import GarbageCollector
 from wsfront.metrics import HttpCounters, make_registry, metrics_endpoint
 from wsfront.metrics_catalog import CatalogSnapshot
 from wsfront.status import status_endpoint
@@ -37,7 +41,11 @@ class StatusEnv(HttpEnv):
         self.snapshot = CatalogSnapshot(self.reactor, self.catalog, ttl=0)
         self.http_counters = HttpCounters(self.reactor)
         self.http_counters.attach(self.site)
-        self.registry = make_registry(self.transfers, self.snapshot, http=self.http_counters)
+        self.gc_clock = task.Clock()
+        self.gc = GarbageCollector(self.gc_clock, self.catalog, self.transfers.pool)
+        self.registry = make_registry(
+            self.transfers, self.snapshot, http=self.http_counters, gc=self.gc
+        )
         self.site.mount("metrics", metrics_endpoint(self.registry, self.snapshot))
         self.status = status_endpoint(self.reactor, self.transfers, self.snapshot)
         self.status.start()

@@ -60,6 +60,13 @@ async def upload_and_delete(cluster, keep: int = 2) -> tuple[dict[str, bytes], s
     return files, {extent.blob_id for extent in entry.version.extents}
 
 
+async def put_orphan(cluster, node: str, blob_id: str) -> None:
+    """A blob no catalog row references on ``node`` (a delete it missed)."""
+    writer = await cluster.pool.client(node).write(blob_id, 1, 0, {})
+    writer.write(b"junk")
+    await writer.commit()
+
+
 async def stored(cluster) -> set[str]:
     found = set()
     for name in cluster.procs:
@@ -75,17 +82,14 @@ async def test_wsfs_gc_frees_a_deleted_files_blobs_past_their_grace_and_prints_a
     cluster = past_grace
     files, doomed = await upload_and_delete(cluster)
     assert doomed <= await stored(cluster)
-    # A blob the catalog does not know, left on a server (a delete it missed).
-    writer = await cluster.pool.client("s2").write("borphan42", 1, 0, {})
-    writer.write(b"junk")
-    await writer.commit()
+    await put_orphan(cluster, "s2", "borphan42")
     out, err, code = await cluster.wsfs("gc", *JOB)
     assert code == 0, err + out
     summary = out.strip().splitlines()[-1]
     assert summary == (
         f"gc done: {len(doomed)} blobs collected (0 kept in their grace period, 0 copies "
-        "left on unreachable servers), 1 orphan and 0 stray copies deleted, 0 uploads "
-        "expired, 0 purged"
+        "left on unreachable servers), 1 orphan and 0 stray copies deleted (0 kept in their "
+        "grace period), 0 uploads expired, 0 purged"
     ), out
     left = await stored(cluster)
     assert not doomed & left and "borphan42" not in left
@@ -103,20 +107,31 @@ async def test_wsfs_gc_frees_a_deleted_files_blobs_past_their_grace_and_prints_a
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_wsfs_gc_keeps_a_deleted_files_blobs_within_their_grace_period(in_grace):
+async def test_wsfs_gc_keeps_a_deleted_files_blobs_and_an_orphan_within_their_grace_period(
+    in_grace,
+):
+    """The deleted file's blobs and a blob no catalog row references (an
+    orphan: a delete a server missed) were first seen by this pass: both
+    are kept, counted as in their grace period, and stay on the servers."""
     cluster = in_grace
     files, doomed = await upload_and_delete(cluster)
+    await put_orphan(cluster, "s2", "borphan42")
     out, err, code = await cluster.wsfs("--json", "gc", *JOB)
     assert code == 0, err + out
     result = json.loads(out)["result"]
     assert result["forgotten"] == 0 and result["waiting"] == len(doomed), result
+    assert result["orphans_deleted"] == 0 and result["orphans_waiting"] == 1, result
+    assert result["guarded"] == [], result
     assert doomed <= await stored(cluster)
+    assert "borphan42" in await stored(cluster)
     for blob_id in doomed:
         assert (await cluster.catalog.get_blob(blob_id)).blob_id == blob_id
     out, err, code = await cluster.wsfs("gc", *JOB)
     assert code == 0, err + out
     assert f"gc done: 0 blobs collected ({len(doomed)} kept in their grace period" in out
+    assert "0 orphan and 0 stray copies deleted (1 kept in their grace period)" in out
     assert doomed <= await stored(cluster)
+    assert "borphan42" in await stored(cluster)
     await check_full_strength(cluster, files)
 
 
@@ -129,3 +144,32 @@ def test_wsfs_gc_with_no_front_end_says_so_and_the_job_stays_queued(tmp_path):
     assert "no front end is running to run the gc job" in lines[0], proc.stderr
     assert "still queued after" in lines[1] and "no front end has taken it" in lines[1]
     assert "Traceback" not in proc.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_gc_prints_a_question_mark_for_counts_an_older_lease_holder_did_not_report():
+    """A rolling upgrade: the lease holder still runs a release whose pass
+    has no ``orphans_waiting``/``strays_waiting``; the CLI prints what the
+    pass did, with "?" for them, not a KeyError after the pass ran."""
+    import argparse
+    import io
+    from types import SimpleNamespace
+
+    from wsfront.cli import Commands
+
+    old_result = {
+        "forgotten": 2, "waiting": 1, "left_behind": 0, "orphans_deleted": 3,
+        "strays_deleted": 0, "expired_uploads": 4, "purged_uploads": 5,
+    }  # fmt: skip
+
+    class OlderHolder(Commands):
+        async def _job(self, kind, args):
+            return SimpleNamespace(kind=kind, result=old_result)
+
+    out = io.StringIO()
+    await OlderHolder(None, argparse.Namespace(json=False), out).gc()
+    assert out.getvalue() == (
+        "gc done: 2 blobs collected (1 kept in their grace period, 0 copies left on "
+        "unreachable servers), 3 orphan and 0 stray copies deleted (? kept in their "
+        "grace period), 4 uploads expired, 5 purged\n"
+    )

@@ -84,6 +84,7 @@ async def test_files_deleted_while_a_server_was_down_leave_no_orphans_and_no_liv
     assert orphans and orphans <= victims_blobs
     third = await gc.run_pass()
     assert third["orphans_deleted"] == 0  # first sighting starts the clock
+    assert third["orphans_waiting"] == len(orphans)
     clock.advance(100)
     fourth = await gc.run_pass()
     assert fourth["orphans_deleted"] == len(orphans)
@@ -208,3 +209,31 @@ async def test_a_catalog_that_knows_nothing_of_a_server_makes_gc_touch_nothing(e
         await empty.close()
     assert {name: await blobs_on(env, name) for name in env.nodes} == stored
     await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collection_cut_short_by_the_lease_keeps_the_grace_of_blobs_it_did_not_reach(env):
+    """A listing cut short says nothing about the blobs it did not reach:
+    their grace goes on counting from when a pass first saw them, and a
+    full pass past it deletes them all."""
+    await populate(env, count=3)
+    doomed = set()
+    for vpath in ("/f0.bin", "/f1.bin"):
+        entry = await env.catalog.stat(full_path(env, vpath))
+        doomed |= {extent.blob_id for extent in entry.version.extents}
+        await env.transfers.delete(env.user, vpath)
+    assert len(doomed) >= 2
+    clock = task.Clock()
+    gc = collector(env, clock)
+    assert (await gc.collect())["waiting"] == len(doomed)  # both seen at 0
+    clock.advance(50)
+    checks = [0]
+
+    def lease_for_one_blob() -> bool:
+        checks[0] += 1
+        return checks[0] <= 2  # the listing and its first blob
+
+    assert (await gc.collect(lease_for_one_blob))["waiting"] == 1
+    clock.advance(50)  # 100 s after the first pass saw both
+    assert (await gc.collect())["forgotten"] == len(doomed)
+    assert not doomed & await stored_blobs(env)

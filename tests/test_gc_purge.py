@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 from tests.maintenance_env import blobs_on, full_path, payload
 from tests.transfer_env import Feeder, TransferEnv
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog import open_catalog
 from wsfront.catalog.records import FINISHED_STATES, UPLOAD_STATES
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.inventory import referenced_blob_ids
@@ -245,3 +246,164 @@ async def test_a_backlog_longer_than_a_pass_may_purge_takes_several_passes(env, 
     assert (await gc.run_pass())["purged_uploads"] == 2
     assert await all_uploads(env) == []
     assert [e["count"] for e in purge_lines] == [3, 2]
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0, -1.0, float("nan"), float("inf")])
+def test_a_purge_pass_with_no_time_to_purge_is_refused_when_the_settings_are_built(seconds):
+    """0 or less would purge nothing, silently, pass after pass (NaN never
+    compares, inf never stops: neither bounds a pass)."""
+    with pytest.raises(ValueError, match="purge_pass_seconds must be a number of seconds above 0"):
+        GCSettings(purge_pass_seconds=seconds)
+    assert GCSettings(purge_pass_seconds=0.5).purge_pass_seconds == 0.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_that_lost_the_lease_stops_expiring_between_batches(env):
+    """The lease goes during the first transaction of expiries: the pass
+    expires no further batch, and purges and collects nothing after it."""
+    from twisted.internet import reactor
+
+    for i in range(3):
+        await interrupted(env, f"/i{i}.bin", payload(1000 + i))
+    calls = counting_purges(env)
+    lease = [True]
+    expire = env.catalog.expire_uploads
+    batches = []
+
+    async def then_lose_the_lease(now=None, limit=None):
+        expired = await expire(now, limit)
+        batches.append(len(expired))
+        lease[0] = False
+        return expired
+
+    env.catalog.expire_uploads = then_lose_the_lease
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + env.settings.upload_expiry + 8 * DAY)
+    gc = collector(env, clock, batch=1, grace_seconds=0.0)
+    result = await gc.run_pass(keep_going=lambda: lease[0])
+    assert batches == [1] and result["expired_uploads"] == 1
+    assert calls == [] and result["purged_uploads"] == 0
+    assert result["forgotten"] == 0  # the expired upload's blob waits for the next pass
+    assert sorted(u.state for u in await all_uploads(env)) == [
+        "expired",
+        "interrupted",
+        "interrupted",
+    ]
+    lease[0] = True
+    env.catalog.expire_uploads = expire
+    assert (await gc.run_pass())["expired_uploads"] == 2
+
+
+def slow_purges(env, clock, seconds: float = 4.0) -> list[float | None]:
+    """Each ``purge_uploads`` call from now on takes ``seconds`` of
+    ``clock``; returns the ``after`` of each call, in order."""
+    afters: list[float | None] = []
+    purge = env.catalog.purge_uploads
+
+    async def slow(before, limit=None, after=None):
+        afters.append(after)
+        result = await purge(before, limit, after)
+        clock.advance(seconds)
+        return result
+
+    env.catalog.purge_uploads = slow
+    return afters
+
+
+async def finished_by_a_late_clock(env, vpath: str, finished_at: float) -> str:
+    """An upload committed by a front end whose clock says ``finished_at``
+    (far behind the collector's); returns its id."""
+    late = open_catalog(env.reactor, env.catalog_url, clock=lambda: finished_at)
+    try:
+        started = await late.start_upload(
+            env.user.name, full_path(env, vpath), offset=0, blob_id="blate" + vpath[1:4],
+            replicas=["s1"], wanted_replicas=1, owner="fe-late", expires_at=finished_at + DAY,
+        )  # fmt: skip
+        await late.commit_upload(started.upload.upload_id, 1, 0)
+    finally:
+        await late.close()
+    return started.upload.upload_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_goes_on_from_the_cursor_where_the_last_one_stopped(env):
+    """The purge's keyset cursor outlives the pass: a backlog several
+    passes share is walked once, not from its oldest end by each pass;
+    once a pass finds nothing more the next starts at the oldest end."""
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    finishes = sorted(u.updated_at for u in await all_uploads(env))
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    afters = slow_purges(env, clock)
+    gc = collector(env, clock, batch=1, purge_pass_seconds=10.0)
+    assert (await gc.run_pass())["purged_uploads"] == 3
+    assert afters == [None, finishes[0], finishes[1]]
+    del afters[:]
+    assert (await gc.run_pass())["purged_uploads"] == 2
+    assert afters == [finishes[2], finishes[3], finishes[4]]  # the last finds nothing more
+    del afters[:]
+    assert (await gc.run_pass())["purged_uploads"] == 0
+    assert afters == [None]
+    assert await all_uploads(env) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_row_finished_behind_the_cursor_is_purged_when_the_walk_starts_again(env):
+    """A front end whose clock is two days behind finishes an upload while
+    a backlog keeps the cursor: the row lands below it.  The walk starts
+    again at the oldest end after ``purge_restart_passes`` passes, even
+    though the backlog is not over, and purges it."""
+    from twisted.internet import reactor
+
+    for i in range(8):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    afters = slow_purges(env, clock)
+    gc = collector(env, clock, batch=1, purge_pass_seconds=10.0, purge_restart_passes=2)
+    assert (await gc.run_pass())["purged_uploads"] == 3
+    late = await finished_by_a_late_clock(env, "/late.bin", reactor.seconds() - 2 * DAY)
+    assert (await gc.run_pass())["purged_uploads"] == 3  # above the cursor: not the late row
+    assert (await env.catalog.get_upload(late)).state == "committed"
+    del afters[:]
+    assert (await gc.run_pass())["purged_uploads"] == 3  # pass 3: the walk starts again
+    assert afters[0] is None
+    with pytest.raises(catalog_errors.NotFound):
+        await env.catalog.get_upload(late)
+    assert (await gc.run_pass())["purged_uploads"] == 0
+    assert await all_uploads(env) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clock_stepped_back_below_the_cursor_starts_the_walk_again(env):
+    """The collector's clock steps back a day and a half: its cutoff is now
+    below the cursor, whose range is empty; the pass starts at the oldest
+    end instead, and purges what is past the new cutoff (a row another
+    front end finished two days behind)."""
+    from twisted.internet import reactor
+
+    for i in range(5):
+        await env.upload(f"/f{i}.bin", payload(100 + i))
+    clock = task.Clock()
+    clock.advance(reactor.seconds() + 8 * DAY)
+    afters = slow_purges(env, clock)
+    gc = collector(env, clock, batch=1, purge_pass_seconds=10.0)
+    assert (await gc.run_pass())["purged_uploads"] == 3
+    late = await finished_by_a_late_clock(env, "/late.bin", reactor.seconds() - 2 * DAY)
+    clock.rightNow -= 1.5 * DAY
+    del afters[:]
+    assert (await gc.run_pass())["purged_uploads"] == 1
+    assert afters[0] is None
+    with pytest.raises(catalog_errors.NotFound):
+        await env.catalog.get_upload(late)
+    assert len(await all_uploads(env)) == 2  # finished after the new cutoff: kept
+
+
+@pytest.mark.parametrize("passes", [0, -1, 1.5])
+def test_a_purge_walk_of_no_pass_is_refused_when_the_settings_are_built(passes):
+    with pytest.raises(ValueError, match="purge_restart_passes must be a whole number"):
+        GCSettings(purge_restart_passes=passes)
+    assert GCSettings(purge_restart_passes=1).purge_restart_passes == 1

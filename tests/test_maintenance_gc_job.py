@@ -144,10 +144,11 @@ async def test_a_gc_job_and_the_scheduled_pass_run_one_after_the_other_never_at_
 
 @pytest_twisted.ensureDeferred
 async def test_a_gc_job_losing_the_lease_is_requeued_and_no_scheduled_pass_follows(env):
-    """The lease goes while the job's pass collects: the pass deletes no
-    orphan after that (its sweep is skipped), the job is re-queued (a GC
-    pass may simply run again), the tick starts no scheduled pass without
-    the lease, and the new holder runs the job to its end."""
+    """The lease goes while the job's pass collects: the pass deletes
+    nothing after that (not the next collectable blob, and no orphan: its
+    sweep is skipped), the job is re-queued (a GC pass may simply run
+    again), the tick starts no scheduled pass without the lease, and the
+    new holder runs the job to its end."""
     await populate(env, count=4, size=64 * 1024)
     doomed = await delete_files(env, ["/f0.bin", "/f3.bin"])
     await put_orphan(env, "s2", "borphan42")
@@ -175,6 +176,11 @@ async def test_a_gc_job_losing_the_lease_is_requeued_and_no_scheduled_pass_follo
     finally:
         del env.catalog.forget_blob
     assert passes_a.calls == 1  # the job's pass only: no scheduled pass without the lease
+    # The blob being deleted when the lease went was finished; no other.
+    assert len(doomed) >= 2 and len(forgotten) == 1
+    for blob_id in doomed - set(forgotten):
+        assert (await env.catalog.get_blob(blob_id)).blob_id == blob_id
+    assert doomed - set(forgotten) <= await stored(env)
     ended = await env.catalog.get_job(job.job_id)
     assert ended.state == JOB_QUEUED, (ended.state, ended.result)
     assert "fe-a lost the maintenance lease" in ended.error

@@ -220,3 +220,24 @@ async def test_a_server_up_but_taking_no_writes_shows_as_not_writable(env):
     assert value(after, "wsfs_storage_writable", node="s1") == 0
     assert value(after, "wsfs_storage_writable", node="s2") == 0
     assert value(after, "wsfs_storage_writable", node="s3") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rows_gc_purges_are_counted_in_the_metrics(env):
+    """``wsfs_gc_purged_uploads_total``: the finished uploads' rows this
+    front end's GC purged, over all its passes; 0 before any."""
+    from twisted.internet import reactor
+
+    for i in range(3):
+        r = await env.request("PUT", f"/p{i}.bin", data=payload(1000 + i))
+        assert r.code == 201, await r.text()
+    before = await env.scrape()
+    assert before[("wsfs_gc_purged_uploads_total", ())] == 0
+    env.gc_clock.advance(reactor.seconds() + 6 * 86400)
+    assert (await env.gc.run_pass())["purged_uploads"] == 0  # within the retention (7 days)
+    assert value(await env.scrape(), "wsfs_gc_purged_uploads_total") == 0
+    env.gc_clock.advance(2 * 86400)
+    assert (await env.gc.run_pass())["purged_uploads"] == 3
+    assert value(await env.scrape(), "wsfs_gc_purged_uploads_total") == 3
+    assert (await env.gc.run_pass())["purged_uploads"] == 0
+    assert value(await env.scrape(), "wsfs_gc_purged_uploads_total") == 3

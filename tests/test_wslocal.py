@@ -78,6 +78,8 @@ def test_wslocal_serves_http_and_ftp_and_keeps_data_and_login_across_restarts(tm
         # The server's own endpoints are mounted under /-/.
         metrics = curl(http + "-/metrics").stdout.decode()
         assert "wsfs_" in metrics
+        # The maintenance service's GC counts what it purges there too.
+        assert "\nwsfs_gc_purged_uploads_total 0.0\n" in metrics
         status = curl("-o", "/dev/null", "-w", "%{http_code}", http + "-/status")
         assert status.stdout == b"200", "the demo user administers the local cluster"
         anonymous = re.sub(r"//[^@]+@", "//", http)

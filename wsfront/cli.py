@@ -424,14 +424,21 @@ class Commands:
         job = await self._job("gc", {})
         r = job.result
         # A done pass has every key (``GarbageCollector.run_pass``): no
-        # defaults, so a renamed one fails here instead of printing 0.
+        # defaults, so a renamed one fails here instead of printing 0; but
+        # the copies kept in their grace are counted since this release,
+        # and a lease holder not yet upgraded (a rolling upgrade) runs the
+        # job without them: "?" then, not a KeyError after the pass ran.
+        if "orphans_waiting" in r and "strays_waiting" in r:
+            kept = str(r["orphans_waiting"] + r["strays_waiting"])
+        else:
+            kept = "?"
         text = (
             f"gc done: {r['forgotten']} blobs collected "
             f"({r['waiting']} kept in their grace period, "
             f"{r['left_behind']} copies left on unreachable servers), "
             f"{r['orphans_deleted']} orphan and {r['strays_deleted']} stray "
-            f"copies deleted, {r['expired_uploads']} uploads expired, "
-            f"{r['purged_uploads']} purged"
+            f"copies deleted ({kept} kept in their grace period), "
+            f"{r['expired_uploads']} uploads expired, {r['purged_uploads']} purged"
         )
         if r.get("guarded"):
             text += "; too many unknown blobs, left alone: " + ", ".join(r["guarded"])

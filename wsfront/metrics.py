@@ -1,8 +1,9 @@
 """Prometheus metrics of one front end, served at ``/-/metrics``.
 
-The transfer layer, the FTP factory and the storage pool already keep plain
-counters (``TransferStats``, ``FTPStats``, ``NodeState``); this module reads
-them at scrape time through a custom collector instead of hooking
+The transfer layer, the FTP factory, the storage pool and GC already keep
+plain counters (``TransferStats``, ``FTPStats``, ``NodeState``,
+``GarbageCollector.purged_uploads_total``); this module reads them at
+scrape time through a custom collector instead of hooking
 ``prometheus_client`` objects into the hot paths, so a transfer costs the
 same whether anyone scrapes or not.  Each front end gets its own
 ``CollectorRegistry`` (never the global one): several front ends in one
@@ -12,7 +13,8 @@ Wiring (``FrontendService``)::
 
     snapshot = CatalogSnapshot(reactor, catalog)
     http = HttpCounters(); http.attach(site)
-    registry = make_registry(transfers, snapshot, ftp=ftp_factory, http=http)
+    registry = make_registry(transfers, snapshot, ftp=ftp_factory, http=http,
+                             gc=maintenance.gc)
     site.mount("metrics", metrics_endpoint(registry, snapshot))
 """
 
@@ -101,7 +103,10 @@ class FrontendCollector(Collector):
     ``ftp`` is the ``FTPFactory`` (or just its ``FTPStats``), ``http`` an
     ``HttpCounters``; either may be None when that protocol is off.
     ``snapshot`` supplies the catalog-wide numbers (under-replicated blobs,
-    live uploads per front end, repair backlog) as last refreshed.
+    live uploads per front end, repair backlog) as last refreshed.  ``gc``
+    is the front end's ``GarbageCollector`` (its maintenance service's),
+    whose counters move only while this front end holds the maintenance
+    lease: sum them over the front ends.
     """
 
     def __init__(
@@ -110,17 +115,21 @@ class FrontendCollector(Collector):
         snapshot: CatalogSnapshot | None = None,
         ftp: Any = None,
         http: HttpCounters | None = None,
+        gc: Any = None,
     ) -> None:
         self.transfers = transfers
         self.snapshot = snapshot
         self.ftp = ftp
         self.http = http
+        self.gc = gc
 
     def collect(self) -> Iterator[Metric]:
         yield from self._frontend()
         yield from self._transfer_layer()
         yield from self._protocols()
         yield from self._storage()
+        if self.gc is not None:
+            yield from self._gc()
         if self.snapshot is not None:
             yield from self._catalog()
 
@@ -284,6 +293,14 @@ class FrontendCollector(Collector):
         yield free
         yield total
 
+    def _gc(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "wsfs_gc_purged_uploads",
+            "Finished uploads' catalog rows this front end's GC purged "
+            "(finished over --upload-retention-days ago).",
+            value=self.gc.purged_uploads_total,
+        )
+
     def _catalog(self) -> Iterator[Metric]:
         snap = self.snapshot
         if snap.under_replicated is not None:
@@ -324,10 +341,11 @@ def make_registry(
     snapshot: CatalogSnapshot | None = None,
     ftp: Any = None,
     http: HttpCounters | None = None,
+    gc: Any = None,
 ) -> CollectorRegistry:
     """A registry of this front end's own (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FrontendCollector(transfers, snapshot, ftp, http))
+    registry.register(FrontendCollector(transfers, snapshot, ftp, http, gc))
     return registry
 
 

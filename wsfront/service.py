@@ -267,7 +267,8 @@ class FrontendService(service.Service):
         snapshot = CatalogSnapshot(self.reactor, self.catalog)
         http = HttpCounters(self.reactor)
         http.attach(site)
-        registry = make_registry(self.transfers, snapshot, ftp=ftp_factory, http=http)
+        gc = self.maintenance.gc if self.maintenance is not None else None
+        registry = make_registry(self.transfers, snapshot, ftp=ftp_factory, http=http, gc=gc)
         site.mount("metrics", metrics_endpoint(registry, snapshot))
         self.status_page = status_endpoint(self.reactor, self.transfers, snapshot)
         self.status_page.start()

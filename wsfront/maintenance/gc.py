@@ -33,6 +33,7 @@ blob the catalog still references is never deleted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,30 @@ class GCSettings:
     #: maintenance tick, which admin jobs, the interruption of a crashed
     #: front end's uploads, repair and SIGTERM wait for: a first pass over
     #: a million rows kept before the purge existed would hold them minutes.
-    purge_pass_seconds: float = 10.0
+    #: More than 0 and finite: a pass with no time to purge would purge
+    #: nothing, silently, for ever.
+    purge_pass_seconds: float = attrs.field(default=10.0)
+
+    @purge_pass_seconds.validator
+    def _check_purge_pass_seconds(self, attribute, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"purge_pass_seconds must be a number of seconds above 0, not {value!r} "
+                "(a pass with no time to purge purges nothing)"
+            )
+
+    #: Passes one walk of the purge (from the oldest end of the finished
+    #: uploads' index, each pass going on where the previous one stopped)
+    #: may span; the next pass starts again at the oldest end, for rows
+    #: that finished behind the walk's cursor (``_purge_uploads``).  With
+    #: the scheduled pass every 10 minutes, 6 is an hour.  At least 1.
+    purge_restart_passes: int = attrs.field(default=6)
+
+    @purge_restart_passes.validator
+    def _check_purge_restart_passes(self, attribute, value: int) -> None:
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"purge_restart_passes must be a whole number of passes, at least 1, "
+                             f"not {value!r}")  # fmt: skip
 
 
 @attrs.frozen
@@ -111,19 +135,29 @@ class GarbageCollector:
         self.settings = settings or GCSettings()
         self._collectable_since: dict[str, float] = {}
         self._garbage_since: dict[tuple[str, str], float] = {}
+        #: The purge's keyset cursor, carried from one pass to the next
+        #: (None: the next pass starts at the oldest end), and how many
+        #: passes the walk it belongs to has run.
+        self._purge_after: float | None = None
+        self._purge_walk_passes = 0
+        #: Finished uploads' rows this collector purged, all passes
+        #: together (``/-/metrics``: ``wsfs_gc_purged_uploads_total``).
+        self.purged_uploads_total = 0
 
     async def run_pass(
         self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
     ) -> dict[str, Any]:
         """Expire uploads, purge old finished ones, collect collectable
-        blobs, sweep the servers; the sweep is skipped once ``keep_going()``
-        is false (the lease is lost)."""
+        blobs, sweep the servers; each step stops between its units of work
+        (a batch, a blob, a copy) once ``keep_going()`` is false (the lease
+        is lost: the new holder runs its own pass), and the steps after it
+        do not start."""
         stats: dict[str, Any] = {"expired_uploads": 0, "purged_uploads": 0}
         if self.settings.expire_uploads:
-            stats["expired_uploads"] = await self._expire_uploads()
+            stats["expired_uploads"] = await self._expire_uploads(keep_going)
         if self.settings.upload_retention_seconds is not None:
             stats["purged_uploads"] = await self._purge_uploads(keep_going)
-        stats.update(await self.collect())
+        stats.update(await self.collect(keep_going))
         if keep_going():
             stats.update(await self.sweep(keep_going=keep_going))
         if progress is not None:
@@ -132,16 +166,18 @@ class GarbageCollector:
                 await result
         return stats
 
-    async def _expire_uploads(self) -> int:
+    async def _expire_uploads(self, keep_going: Callable[[], bool] = lambda: True) -> int:
         """Expire uploads in transactions of ``batch``, so other writes get
-        the catalog's writer between them."""
+        the catalog's writer between them; none after ``keep_going()`` is
+        false."""
         now = self._clock.seconds()
         total = 0
-        while True:
+        while keep_going():
             expired = await self._catalog.expire_uploads(now, self.settings.batch)
             total += len(expired)
             if len(expired) < self.settings.batch:
-                return total
+                break
+        return total
 
     async def _purge_uploads(self, keep_going: Callable[[], bool]) -> int:
         """Purge finished uploads past their retention in transactions of
@@ -150,16 +186,43 @@ class GarbageCollector:
         store that kept every upload may have millions to delete, which
         several passes share rather than one holding the maintenance tick
         (and a SIGTERM waiting for it).  A batch is never cut short, so a
-        pass may overrun the bound by one batch.  Each batch starts where
-        the previous one ended (the catalog's keyset cursor ``after``), not
-        at the index's oldest end, which PostgreSQL fills with dead entries
-        until VACUUM."""
+        pass may overrun the bound by one batch.
+
+        Each batch starts where the previous one ended (the catalog's
+        keyset cursor ``after``), and so does a pass where the previous
+        pass stopped (the cursor is kept in the collector), not at the
+        index's oldest end, which PostgreSQL fills with dead entries until
+        VACUUM: a backlog shared by many passes would otherwise be walked
+        again from its start by each.
+
+        Why that skips nothing for long: the walk purged every finished
+        row below its cursor, and the cursor is at most the cutoff
+        (``now - retention``; an hour at least from the command line).  A
+        row finishes once, with ``updated_at`` the finishing front end's
+        clock then, and never changes after; so a row finishing later
+        lands above the cursor, unless that clock is more than the retention behind this
+        one (a skewed front end, a clock stepped back).  Such a row would
+        wait below the cursor; hence a pass starts again at the oldest end
+        when the previous one found nothing more (the walk is over), when
+        the cutoff has moved below the cursor (this clock stepped back:
+        the walk's range is empty), and after ``purge_restart_passes``
+        passes of one walk (a backlog that never drains, the late row
+        still waits at most that many passes).  Starting at the oldest
+        end is only slower on PostgreSQL, never wrong: the cursor is an
+        optimisation, the cutoff the rule."""
         retention = self.settings.upload_retention_seconds
         assert retention is not None
         started = self._clock.seconds()
         before = started - retention
         total = 0
-        after: float | None = None
+        after = self._purge_after
+        if after is not None and (
+            after > before or self._purge_walk_passes >= self.settings.purge_restart_passes
+        ):
+            after = self._purge_after = None
+        if after is None:
+            self._purge_walk_passes = 0
+        self._purge_walk_passes += 1
         while keep_going():
             if self._clock.seconds() - started >= self.settings.purge_pass_seconds:
                 log.info(
@@ -171,9 +234,11 @@ class GarbageCollector:
                 break
             result = await self._catalog.purge_uploads(before, self.settings.batch, after)
             total += result.count
+            self.purged_uploads_total += result.count
             if result.last_updated_at is None or result.count < self.settings.batch:
+                self._purge_after = None  # the walk is over: the next starts anew
                 break
-            after = result.last_updated_at
+            after = self._purge_after = result.last_updated_at
         if total:
             log.info(
                 "gc: purged {count} upload(s) finished over {days:g} days ago",
@@ -184,21 +249,28 @@ class GarbageCollector:
 
     # -- collectable blobs ------------------------------------------------
 
-    async def collect(self) -> dict[str, Any]:
-        """Delete and forget blobs collectable for longer than the grace."""
+    async def collect(self, keep_going: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+        """Delete and forget blobs collectable for longer than the grace;
+        no further delete once ``keep_going()`` is false (the lease is lost:
+        the new holder's pass deletes the rest, while this one's deletes
+        would run beside it).  A blob being deleted is finished first."""
         now = self._clock.seconds()
         grace = self.settings.grace_seconds
         skip: set[str] = set()
         seen: set[str] = set()
         forgotten = 0
         left_behind = 0
-        while True:
+        complete = False
+        while keep_going():
             limit = self.settings.batch + len(skip)
             batch = await self._catalog.collectable_blobs(limit)
             todo = [b for b in batch if b.blob_id not in skip]
             if not todo:
+                complete = True
                 break
             for blob in todo:
+                if not keep_going():
+                    break
                 seen.add(blob.blob_id)
                 since = self._collectable_since.setdefault(blob.blob_id, now)
                 if now - since < grace:
@@ -216,10 +288,14 @@ class GarbageCollector:
                 self._collectable_since.pop(blob.blob_id, None)
                 forgotten += 1
             if len(batch) < limit:
+                complete = keep_going()
                 break
-        for blob_id in list(self._collectable_since):
-            if blob_id not in seen:
-                del self._collectable_since[blob_id]
+        if complete:
+            # Only a full listing says a blob is no longer collectable: one
+            # cut short would restart the grace of the blobs it did not reach.
+            for blob_id in list(self._collectable_since):
+                if blob_id not in seen:
+                    del self._collectable_since[blob_id]
         return {"forgotten": forgotten, "waiting": len(skip), "left_behind": left_behind}
 
     async def _delete_replicas(self, blob: BlobRecord) -> int:
@@ -281,7 +357,14 @@ class GarbageCollector:
         another front end's repair may be making a copy we would judge)."""
         grace = self.settings.orphan_grace_seconds if grace is None else grace
         now = self._clock.seconds()
-        stats: dict[str, Any] = {"orphans_deleted": 0, "strays_deleted": 0, "guarded": []}
+        stats: dict[str, Any] = {
+            "orphans_deleted": 0,
+            "strays_deleted": 0,
+            # Seen, but not yet for ``grace``: deleted by a later pass.
+            "orphans_waiting": 0,
+            "strays_waiting": 0,
+            "guarded": [],
+        }
         found: dict[str, tuple[list[Garbage], int]] = {}
         for node in self._pool.names():
             if not self._pool.is_up(node):
@@ -312,6 +395,7 @@ class GarbageCollector:
                     return stats
                 since = self._garbage_since.setdefault((node, g.blob_id), now)
                 if now - since < grace:
+                    stats["orphans_waiting" if g.kind == ORPHAN else "strays_waiting"] += 1
                     continue
                 if await self._classify(node, g.blob_id) != g.kind:
                     continue  # the catalog changed meanwhile
