@@ -487,28 +487,32 @@ async def test_a_draining_front_end_takes_no_new_sessions_and_says_so_per_protoc
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_and_commit_are_logged_after_the_caller_has_its_answer(env):
-    """The log lines of an upload's start and commit come a reactor turn
-    after ``open_write`` and ``finish`` fire, so an adapter's reply (FTP
-    150, 226) goes out before they are formatted and written."""
+async def test_a_quick_uploads_one_log_line_comes_after_the_caller_has_its_answer(env):
+    """An upload that commits within its first checkpoint period writes no
+    start line, and its one line (start and commit: ``upload_log``) comes a
+    reactor turn after ``finish`` fires, so an adapter's reply (FTP 226)
+    goes out before it is formatted and written."""
     from twisted.logger import globalLogPublisher
 
-    seen: dict[str, defer.Deferred] = {"starts": defer.Deferred(), "committed": defer.Deferred()}
+    events: list[dict] = []
+    committed: defer.Deferred = defer.Deferred()
 
     def observe(event) -> None:
-        text = event.get("log_format") or ""
-        for word, d in seen.items():
-            if f"upload {{id}} {word}" in text and not d.called:
-                d.callback(event["id"])
+        if event.get("id") is None or "upload {id}" not in (event.get("log_format") or ""):
+            return
+        events.append(event)
+        if "committed" in event["log_format"] and not committed.called:
+            committed.callback(event)
 
     globalLogPublisher.addObserver(observe)
     try:
         session = await env.transfers.open_write(env.user, "/logged", 0)
-        assert not seen["starts"].called
-        assert await seen["starts"] == session.upload_id
         await Feeder(env.reactor, session, b"x" * 4096).start()
         version = await session.finish()
-        assert version.size == 4096 and not seen["committed"].called
-        assert await seen["committed"] == session.upload_id
+        assert version.size == 4096 and not committed.called
+        event = await committed
+        assert (event["id"], event["size"], event["offset"]) == (session.upload_id, 4096, 0)
+        assert event["path"].endswith("/logged") and event["user"] == env.user.name
+        assert [e["id"] for e in events] == [session.upload_id], "one line for the upload"
     finally:
         globalLogPublisher.removeObserver(observe)

@@ -131,3 +131,71 @@ async def test_an_interrupted_upload_writes_its_start_line(env, lines):
     assert lines.of(session.upload_id) == ["upload {id} starts"]
     info = await env.transfers.stat(env.user, "/cut.bin")
     assert info.pending and info.size == 5000
+
+
+class FailedWriter:
+    """A replica writer that failed before its session was built (its
+    connection dropped between the open and the session)."""
+
+    def registerProducer(self, producer, streaming) -> None:
+        pass
+
+    def when_failed(self) -> defer.Deferred:
+        return defer.fail(RuntimeError("replica connection lost"))
+
+    def abort(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+class Interrupts:
+    """The one catalog call a session failing at its start makes."""
+
+    def __init__(self) -> None:
+        self.interrupted: list[tuple[str, int]] = []
+
+    def interrupt_upload(self, upload_id: str, epoch: int) -> defer.Deferred:
+        self.interrupted.append((upload_id, epoch))
+        return defer.succeed(None)
+
+
+def test_a_session_whose_only_replica_failed_before_it_was_built_logs_its_start_then_its_end(
+    lines,
+):
+    """Its writer's failure fires as the session registers for it, inside
+    the constructor: the start line (handed to the constructor) comes
+    first, once, then the end; and the constructor survives the writer
+    dropping out of the dict it walks."""
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from wsfront.catalog.records import UploadSession
+    from wsfront.transfer.upload_log import StartLine
+    from wsfront.transfer.writer import FAILED, WriteSession
+
+    ends: list[dict] = []
+
+    def end_lines(event):
+        if (event.get("log_format") or "").startswith("upload {id} ends"):
+            ends.append(event)
+            lines.events.append(event)  # in order with the start line
+
+    globalLogPublisher.addObserver(end_lines)
+    try:
+        clock = Clock()
+        upload = UploadSession(
+            "u1", 7, "/alice/f", "alice", (), "b" + "0" * 32, 0, (), 2, 0, "fe-a", 1,
+            "active", None, {}, 0.0, 0.0, 60.0,
+        )  # fmt: skip
+        catalog = Interrupts()
+        line = StartLine("u1", "alice", "/alice/f", 0, "s1", clock.seconds())
+        session = WriteSession(
+            clock, None, catalog, upload, {"s1": FailedWriter()}, start_line=line
+        )
+    finally:
+        globalLogPublisher.removeObserver(end_lines)
+    assert session.state == FAILED
+    assert [e["log_format"].split(":")[0] for e in lines.events] == [
+        "upload {id} starts",
+        "upload {id} ends",
+    ]
+    assert catalog.interrupted == [("u1", 1)]

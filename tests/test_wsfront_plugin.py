@@ -63,13 +63,13 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
                 env=python_env(), capture_output=True, text=True,
             )  # fmt: skip
             events = [json.loads(line) for line in fe.log().splitlines() if line]
-            ids = {e["id"] for e in events if "upload {id} starts" in e.get("log_format", "")}
-            [upload_id] = ids
-            assert any(
-                e.get("id") == upload_id and e.get("size") == len(payload)
-                for e in events
-                if "committed" in e.get("log_format", "")
-            ), "one JSON event per session start and end, with its fields"
+            # A 2 MiB PUT commits within its first checkpoint period: one
+            # event for its start and its commit (wsfront.transfer.upload_log).
+            [done] = [e for e in events if "upload {id} committed" in e.get("log_format", "")]
+            assert done["log_namespace"] == "wsfront.transfer.upload_log"
+            assert (done["user"], done["size"], done["offset"]) == (USER, len(payload), 0)
+            assert done["path"].endswith("/p.bin"), done
+            assert not [e for e in events if e.get("id") == done["id"] and e is not done]
             repair = subprocess.run(
                 [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, "--json", "repair",
                  "--timeout", "60"],

@@ -606,11 +606,13 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
-        session = self._open_session_at_once(user, upload, started.committed_size)
+        try:
+            session = self._open_session_at_once(user, upload, started.committed_size, line)
+        except BaseException:
+            line.write(self._clock.seconds())
+            raise
         if session is None:
             session = yield self._open_logged(user, upload, started.committed_size, line)
-        else:
-            session.log_start(line)
         return session
 
     def _start_line(self, upload, user, full, offset, replicas) -> StartLine:
@@ -624,13 +626,13 @@ class Transfers:
     @inlineCallbacks
     def _open_logged(self, user, upload, replaced_size, line: StartLine):
         """``_open_session`` with ``line`` handed to the session, or written
-        at once when no session opens (no replica took the upload)."""
+        when no session opens (no replica took the upload): the start line
+        comes before the failure's own."""
         try:
-            session = yield self._open_session(user, upload, replaced_size)
+            session = yield self._open_session(user, upload, replaced_size, line)
         except BaseException:
             line.write(self._clock.seconds())
             raise
-        session.log_start(line)
         return session
 
     def _replica_damaged(self, blob_id: str, node: str) -> None:
@@ -763,7 +765,11 @@ class Transfers:
             raise NoReplicasAvailable(f"no replica of {upload.blob_id} could be fenced")
 
     def _open_session_at_once(
-        self, user: User, upload: UploadSession, replaced_size: int | None
+        self,
+        user: User,
+        upload: UploadSession,
+        replaced_size: int | None,
+        line: StartLine | None = None,
     ) -> WriteSession | None:
         """``_open_session`` when nothing needs waiting for (every replica
         takes a ``PutOnCommit``, which opens nothing yet): the session, in
@@ -782,7 +788,7 @@ class Transfers:
             n: PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit)
             for n in nodes
         }
-        return self._new_session(user, upload, replaced_size, nodes, writers)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line)
 
     def _blob_meta(self, upload: UploadSession) -> dict[str, Any]:
         """What each replica keeps beside the blob (a lost catalog is
@@ -798,11 +804,17 @@ class Transfers:
         }
 
     @inlineCallbacks
-    def _open_session(self, user: User, upload: UploadSession, replaced_size: int | None):
+    def _open_session(
+        self,
+        user: User,
+        upload: UploadSession,
+        replaced_size: int | None,
+        line: StartLine | None = None,
+    ):
         """Open the replica writers of ``upload``'s current blob: at once
         when each takes a put at commit (``_open_session_at_once``), else a
         write stream on each."""
-        session = self._open_session_at_once(user, upload, replaced_size)
+        session = self._open_session_at_once(user, upload, replaced_size, line)
         if session is not None:
             return session
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
@@ -817,13 +829,18 @@ class Transfers:
             if ok:
                 writers[node] = value
             else:
-                log.warn("replica {node} refused the upload: {err}", node=node, err=value.value)
+                log.warn(
+                    "upload {id}: replica {node} refused it: {err}",
+                    id=upload.upload_id,
+                    node=node,
+                    err=value.value,
+                )
                 if isinstance(value.value, storage_errors.NodeUnavailable):
                     self.pool.mark_down(node, str(value.value))
         if not writers:
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
-        return self._new_session(user, upload, replaced_size, nodes, writers)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line)
 
     def _new_session(
         self,
@@ -832,6 +849,7 @@ class Transfers:
         replaced_size: int | None,
         nodes: list[str],
         writers: dict[str, Any],
+        line: StartLine | None = None,
     ) -> WriteSession:
         """The WriteSession of ``upload`` over the ``writers`` that opened
         (of ``nodes``), registered as running here."""
@@ -858,6 +876,7 @@ class Transfers:
             on_end=self._session_ended,
             stats=self.stats,
             expiry=self.settings.upload_expiry,
+            start_line=line,
         )
         if len(writers) < len(nodes):
             session.checkpoint()

@@ -24,9 +24,11 @@ from twisted.logger import Logger
 log = Logger()
 
 
-@attrs.frozen
+@attrs.define
 class StartLine:
-    """What an upload's start line says, kept until it is written."""
+    """What an upload's start line says, kept until it is written: at most
+    once, by whichever comes first (the session's first checkpoint or
+    timer tick, its end, or the opener when the session failed to open)."""
 
     upload_id: str
     user: str
@@ -34,10 +36,14 @@ class StartLine:
     offset: int
     replicas: str
     started_at: float
+    written: bool = False
 
     def write(self, now: float) -> None:
         """The start line, with how long ago the upload started (it is
-        written up to a checkpoint period late)."""
+        written up to a checkpoint period late); nothing if written."""
+        if self.written:
+            return
+        self.written = True
         log.info(
             "upload {id} starts: {user} {path} at {offset} on {replicas} ({ago:.1f}s ago)",
             id=self.upload_id,
@@ -54,7 +60,7 @@ def committed(
 ) -> None:
     """The commit line; with the start line's fields when ``start`` was
     never written (one line for the whole upload)."""
-    if start is None:
+    if start is None or start.written:
         log.info(
             "upload {id} committed: {size} bytes at epoch {epoch} on {replicas}",
             id=upload_id,
@@ -63,6 +69,7 @@ def committed(
             replicas=replicas,
         )
         return
+    start.written = True
     log.info(
         "upload {id} committed: {user} {path}, {size} bytes from {offset}"
         " at epoch {epoch} on {replicas}",

@@ -250,6 +250,7 @@ class WriteSession:
         on_end: Callable[[WriteSession], None] | None = None,
         stats=None,
         expiry: float | None = None,
+        start_line: StartLine | None = None,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -291,11 +292,14 @@ class WriteSession:
         self._on_end = on_end
         self._stats = stats
         self._expiry = expiry
-        #: The start line not written yet (``upload_log``).
-        self._start_line: StartLine | None = None
+        #: The upload's start line, written at most once (``upload_log``):
+        #: set before anything below can end the session.
+        self._start_line = start_line
         if stats is not None:
             stats.uploads_started += 1
-        for node, writer in self._writers.items():
+        # A copy: a writer that failed already drops out (from the dict)
+        # as soon as its errback is added.
+        for node, writer in list(self._writers.items()):
             writer.registerProducer(
                 ReplicaBackpressure(node, self._replica_paused, self._replica_resumed), True
             )
@@ -304,15 +308,9 @@ class WriteSession:
 
     # -- what adapters use ------------------------------------------------
 
-    def log_start(self, line: StartLine) -> None:
-        """Keep the upload's start line until its first checkpoint or
-        timer tick, or an end other than a commit (``upload_log``)."""
-        self._start_line = line
-
     def _write_start_line(self) -> None:
-        line, self._start_line = self._start_line, None
-        if line is not None:
-            line.write(self._clock.seconds())
+        if self._start_line is not None:
+            self._start_line.write(self._clock.seconds())
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -533,7 +531,7 @@ class WriteSession:
             self._stats.uploads_committed += 1
         # A reactor turn later, after the adapter's reply (FTP 226) that
         # waits for this Deferred: the line is not part of the commit.
-        start, self._start_line = self._start_line, None
+        start = self._start_line
         self._clock.callLater(
             0,
             committed,
