@@ -8,12 +8,15 @@ real (curl, lftp, tuspy) and run against either front end.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +46,70 @@ def wait_until(predicate, what: str, timeout: float = 60.0, proc=None) -> None:
 def process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+class HeldPut:
+    """An HTTP PUT of ``data`` (its whole length declared) whose body is
+    sent in two parts: ``first`` bytes at once, the rest only when the test
+    says (``finish``).
+
+    A failpoint at a checkpoint (``kill@N``, ``stop@N``, N < ``first``)
+    then fires while the upload still streams, whatever the load: the
+    bytes held back keep it open, and the front end checkpoints what it
+    got (at each MiB, and every 2 s).  A client that sends the whole body
+    at a rate (curl ``--limit-rate``) can end it before a slow first
+    checkpoint is recorded (a loaded machine's, outlasting the 0.75 s of
+    12 MiB at 16 MB/s): the upload is committed with no later checkpoint
+    and the failpoint never fires.  curl cannot hold back a body of a
+    declared length (from a pipe it sends it chunked): a socket does.
+
+    The first part is sent by a thread: the front end may freeze or die
+    before it has read all of it."""
+
+    def __init__(self, port: int, path: str, data: bytes, first: int) -> None:
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        head = (
+            f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Basic {token}\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.rest = data[first:]
+        self._sender = threading.Thread(
+            target=self._send, args=(head.encode() + data[:first],), daemon=True
+        )
+        self._sender.start()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass  # the front end died or answered early: ``finish`` reads what it said
+
+    def finish(self) -> int | None:
+        """Send the rest (as much as the server takes before it answers or
+        closes) and return the status of its answer, None if none came."""
+        self._sender.join(120)
+        self._send(self.rest)
+        received = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+        finally:
+            self.close()
+        m = re.match(rb"HTTP/1\.[01] (\d{3}) ", received)
+        return int(m.group(1)) if m else None
+
+    def close(self) -> None:
+        """Drop the connection (a sender still blocked in it returns)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._sender.join(120)
 
 
 class FrontEnd:

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from tests.catalog_fixtures import postgres_schema_url
-from tests.migration_cluster import MigrationCluster, sha256, wait_until
+from tests.migration_cluster import HeldPut, MigrationCluster, sha256, wait_until
 from tests.support import python_env, require_tool
 
 pytestmark = pytest.mark.slow
@@ -107,11 +107,8 @@ def test_frozen_front_end_is_fenced_and_its_client_never_gets_a_success(cluster,
     path, data = payload
     cluster.a.start(f"transfer.after_checkpoint=stop@{2 * MiB}")
     cluster.b.start()
-    client_a = subprocess.Popen(
-        [require_tool("curl"), "-sS", *SLOW, "-T", str(path), "-w", "%{http_code}",
-         f"{cluster.a.http}/f.bin"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # The rest of the body is held until A has frozen (``HeldPut``).
+    client_a = HeldPut(cluster.a.http_port, "/f.bin", data, first=3 * MiB)
     try:
         checkpoint = cluster.a.wait_failpoint("transfer.after_checkpoint")
         cluster.a.wait_stopped()
@@ -122,18 +119,21 @@ def test_frozen_front_end_is_fenced_and_its_client_never_gets_a_success(cluster,
         assert done.stdout in (b"201", b"204"), done
     finally:
         cluster.a.resume()
-    out, _err = client_a.communicate(timeout=120)
-    assert out not in (b"201", b"204"), "A's client must never be told its upload succeeded"
+    status = client_a.finish()
+    assert status not in (201, 204), "A's client must never be told its upload succeeded"
     assert "fenced" in cluster.a.log() or "taken over" in cluster.a.log()
     got = curl(f"{cluster.b.http}/f.bin").stdout
     assert sha256(got) == sha256(data), "the file is B's"
 
 
 def test_restarted_front_end_marks_its_old_sessions_interrupted(cluster, payload):
-    path, _data = payload
+    _path, data = payload
     cluster.a.start(kill_after_checkpoint(2 * MiB))
-    curl(*SLOW, "-T", str(path), f"{cluster.a.http}/r.bin")
-    cluster.a.wait_killed()
+    client = HeldPut(cluster.a.http_port, "/r.bin", data, first=3 * MiB)
+    try:
+        cluster.a.wait_killed()  # the rest of the body held until then (``HeldPut``)
+    finally:
+        client.close()
     [before] = json.loads(cluster.wsfs("--json", "sessions"))
     assert (before["state"], before["owner"]) == ("active", "fe-a")
     cluster.a.start()

@@ -30,7 +30,7 @@ from twisted.python import usage
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import NotFound, RootInUse
 from wsfront.config import FrontendConfig
-from wsfront.service import FrontendService
+from wsfront.service import FrontendService, report_start_failure, stop_process_on_failure
 from wsfront.transfer import reader
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsfront.transfer.shares import fair_share
@@ -247,14 +247,14 @@ class LocalClusterService(service.MultiService):
         d = defer.ensureDeferred(self._start())
 
         def failed(f):
-            log.failure("wslocal could not start", f)
-            # twistd would exit 0 after reactor.stop(): make the failure visible.
-            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-            # Start-up may fail before the reactor runs: stop it once it does.
-            self.reactor.callWhenRunning(self.reactor.stop)
+            # After ``_start``'s clean-up: the reactor stops, and twistd's
+            # shutdown finds the stores closed (``_close_storage``).
+            report_start_failure(f, "wslocal")
+            stop_process_on_failure(self.reactor)
             return f
 
-        d.addCallbacks(self.ready.callback, failed)
+        d.addErrback(failed)
+        d.chainDeferred(self.ready)
 
     async def _start(self) -> LocalClusterService:
         """Start the storage servers, then the front end.  A start that
@@ -263,19 +263,34 @@ class LocalClusterService(service.MultiService):
         each store holds its directory's lock and its journal thread, so
         they would stay held in a process that goes on (a test's, or a
         caller's that tries again); twistd's shutdown would only close
-        them later.  A front end that fails to start is not covered: its
-        service logs the failure and stops the reactor without firing
-        ``ready``, and twistd's shutdown then closes the storage."""
+        them later.  A front end that fails to start (a port already
+        taken) is stopped first: it leaves reporting its failure and
+        stopping the reactor to this service (``owns_process=False``),
+        whose ``ready`` then fails."""
         try:
             return await self._start_all()
         except Exception:
             # The start's own error is what the operator needs: a failure
             # while cleaning up is logged, never put in its place.
+            await self._stop_frontend()
             try:
                 await self._close_storage()
             except Exception:
                 log.failure("wslocal: cleanup after a failed start")
             raise
+
+    async def _stop_frontend(self) -> None:
+        """Stop a front end whose start failed and take it out of this
+        service, so that twistd's shutdown does not stop it again (its
+        catalog closed twice); its pool's clients go before the storage
+        servers they reach."""
+        frontend = self.frontend
+        if frontend is None or frontend.parent is not self:
+            return
+        try:
+            await defer.maybeDeferred(frontend.disownServiceParent)
+        except Exception:
+            log.failure("wslocal: stopping the front end after a failed start")
 
     async def _start_all(self) -> LocalClusterService:
         from wsstorage.auth import ensure_secret
@@ -321,7 +336,9 @@ class LocalClusterService(service.MultiService):
             max_sessions_per_user=1024,
             max_pending_uploads_per_user=self.options["max-pending-uploads-per-user"],
         )
-        self.frontend = FrontendService(self.reactor, config, client_factory=self._storage_client)
+        self.frontend = FrontendService(
+            self.reactor, config, client_factory=self._storage_client, owns_process=False
+        )
         self.frontend.setServiceParent(self)
         await self.frontend.ready
         self._announce()

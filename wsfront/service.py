@@ -57,6 +57,24 @@ def _operator_error(error: BaseException) -> bool:
     return isinstance(error, (BadStorageEndpoint, CannotListenError)) or operator_error(error)
 
 
+def report_start_failure(failure: Failure, what: str) -> None:
+    """Log a failed start of ``what``: one line for the operator's
+    environment (``_operator_error``), a traceback for anything else."""
+    if _operator_error(failure.value):
+        log.error("{what} could not start: {err}", what=what, err=failure.value)
+    else:
+        log.failure("{what} could not start", failure, what=what)
+
+
+def stop_process_on_failure(reactor) -> None:
+    """Stop the reactor after a failed start, and exit 1 once it has shut
+    down: twistd would exit 0 after ``reactor.stop()``, and a supervisor
+    must see the failure.  Start-up may fail before the reactor runs: it
+    is stopped once it does."""
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    reactor.callWhenRunning(reactor.stop)
+
+
 class BadStorageEndpoint(ValueError):
     """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse."""
 
@@ -77,8 +95,15 @@ def transfer_settings(cfg: FrontendConfig) -> TransferSettings:
 class FrontendService(service.Service):
     """One wsfront process (or the front end inside wslocal)."""
 
-    def __init__(self, reactor, config: FrontendConfig, client_factory=None) -> None:
+    def __init__(
+        self, reactor, config: FrontendConfig, client_factory=None, *, owns_process: bool = True
+    ) -> None:
         self.reactor = reactor
+        #: A front end that is the process (``twistd wsfront``) reports a
+        #: failed start and stops the reactor; one inside ``twistd wslocal``
+        #: leaves both to its owner, which first closes what it opened (its
+        #: storage servers) once ``ready`` fails.
+        self.owns_process = owns_process
         self.config = config
         self._client_factory = client_factory or self.storage_client
         self.catalog = None
@@ -116,20 +141,16 @@ class FrontendService(service.Service):
     def startService(self) -> None:
         super().startService()
         d = defer.ensureDeferred(self._start())
+        if self.owns_process:
 
-        def failed(f):
-            if _operator_error(f.value):
-                log.error("wsfront {name} could not start: {err}", name=self.config.name,
-                          err=f.value)  # fmt: skip
-            else:
-                log.failure("wsfront {name} could not start", f, name=self.config.name)
-            # twistd would exit 0 after reactor.stop(): make the failure visible.
-            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-            # Start-up may fail before the reactor runs: stop it once it does.
-            self.reactor.callWhenRunning(self.reactor.stop)
-            return f
+            def failed(f):
+                report_start_failure(f, f"wsfront {self.config.name}")
+                stop_process_on_failure(self.reactor)
+                return f
 
-        d.addCallbacks(self.ready.callback, failed)
+            d.addErrback(failed)
+        # ``ready`` fails as the start did: an owner waiting on it cleans up.
+        d.chainDeferred(self.ready)
 
     async def _start(self) -> FrontendService:
         cfg = self.config

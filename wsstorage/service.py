@@ -33,12 +33,13 @@ def client_endpoint(port: Any) -> str:
     """A client endpoint string that reaches the server listening on
     ``port``: TCP, or ``unix:path=...`` (quoted: a path may hold ``:`` or
     ``\\``) for a UNIX socket (a front end on the same host may reach its
-    storage servers that way)."""
+    storage servers that way).  The TCP host is quoted too: an IPv6
+    address's colons (``::1``) would split it into several arguments."""
     addr = port.getHost()
     if isinstance(addr, UNIXAddress):
         path = os.fsdecode(addr.name)
         return f"unix:path={quoteStringArgument(path)}"
-    return f"tcp:{addr.host}:{addr.port}"
+    return f"tcp:{quoteStringArgument(addr.host)}:{addr.port}"
 
 
 @attrs.define

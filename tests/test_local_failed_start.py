@@ -1,0 +1,109 @@
+"""A ``twistd wslocal`` whose front end cannot start closes its storage
+servers before the reactor stops, and says why once.
+
+Its front end fails after the stores are open (the FTP or HTTP port is
+already taken): the front end leaves reporting that and stopping the
+reactor to wslocal, whose ``ready`` fails once its clean-up has closed the
+stores (each holds its folder's lock and a journal thread) and stopped the
+front end; twistd's shutdown then closes nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from wsfront.local import LocalClusterService, LocalOptions
+from wsstorage.blobstore import BlobStore
+
+
+class _Quiet:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class _ProcessReactor:
+    """The real reactor, except that what a failed start does to the
+    process (stop the reactor, exit 1 at shutdown) is recorded, not done:
+    with the stores still open at each stop asked for."""
+
+    def __init__(self) -> None:
+        self.cluster: LocalClusterService | None = None
+        self.stops: list[list[str]] = []
+        self.exits: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        return getattr(reactor, name)
+
+    def stop(self) -> None:
+        self.stops.append(list(self.cluster.stores))
+
+    def callWhenRunning(self, f, *args, **kw):
+        return f(*args, **kw)  # the reactor runs
+
+    def addSystemEventTrigger(self, phase, event, f, *args, **kw):
+        if f is os._exit:
+            self.exits.append(args)
+            return None
+        return reactor.addSystemEventTrigger(phase, event, f, *args, **kw)
+
+
+def taken_port() -> socket.socket:
+    """A real socket listening on 127.0.0.1, on a port the system picked."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+@pytest.mark.parametrize("proto", ["ftp", "http"])
+@pytest_twisted.ensureDeferred
+async def test_a_front_end_that_cannot_listen_fails_ready_with_the_stores_closed(proto):
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    taken = taken_port()
+    try:
+        port = taken.getsockname()[1]
+        endpoints = {"ftp": "tcp:0:interface=127.0.0.1", "http": "tcp:0:interface=127.0.0.1"}
+        endpoints[proto] = f"tcp:{port}:interface=127.0.0.1"
+        opts = LocalOptions()
+        opts.parseOptions(["--data", str(data), "--ftp", endpoints["ftp"],
+                           "--http", endpoints["http"]])  # fmt: skip
+        fake = _ProcessReactor()
+        cluster = fake.cluster = LocalClusterService(fake, opts, out=_Quiet())
+        cluster.startService()
+        ready = cluster.ready.addTimeout(60, reactor)
+        with pytest.raises(CannotListenError):
+            await ready
+        for name in ("s1", "s2", "s3"):
+            BlobStore.open(data / "storage" / name).close()  # FormatError if still open
+        # Stopped once, by wslocal, after its clean-up: not by the front end
+        # while the stores were open.
+        assert fake.stops == [[]] and fake.exits == [(1,)]
+        errors = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.error]
+        said = [line for line in errors if "could not start" in line]
+        assert len(said) == 1 and said[0].startswith("wslocal could not start"), errors
+        assert str(port) in said[0] and "Traceback" not in said[0], said
+        assert cluster.frontend.running == 0 and list(cluster) == []
+        assert cluster.frontend.catalog is not None  # it had started: it was stopped
+        # twistd's shutdown: the front end is not stopped again (it is out
+        # of the service) and no store is closed twice (none is left).
+        await cluster.stopService()
+        assert cluster.stores == {} and cluster.storage_ports == {}
+    finally:
+        taken.close()
+        globalLogPublisher.removeObserver(events.append)
+        shutil.rmtree(data, ignore_errors=True)
