@@ -152,6 +152,8 @@ def start_slow_upload(cluster, fe, path, name: str, rate: str) -> subprocess.Pop
          "%{http_code}", f"{fe.http}/{name}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    # The upload's start line, written at its first checkpoint (1 MiB in,
+    # ``--checkpoint-mib 1``: wsfront.transfer.upload_log).
     wait_until(lambda: f"/{name} at 0" in fe.log(), f"the upload of {name} to start")
     return client
 
