@@ -158,6 +158,8 @@ class FrontEnd:
         if failpoints:
             extra = {"WSFS_FAILPOINTS": failpoints, "WSFS_FAILPOINT_LOG": str(self.fp_log)}
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self.log_file is not None:
+            self.log_file.close()  # a restart: the previous run's
         self.log_file = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
         try:
             self.proc = subprocess.Popen(

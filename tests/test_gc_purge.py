@@ -407,3 +407,12 @@ def test_a_purge_walk_of_no_pass_is_refused_when_the_settings_are_built(passes):
     with pytest.raises(ValueError, match="purge_restart_passes must be a whole number"):
         GCSettings(purge_restart_passes=passes)
     assert GCSettings(purge_restart_passes=1).purge_restart_passes == 1
+
+
+@pytest.mark.parametrize("batch", [0, -5, 2.0])
+def test_a_gc_batch_of_nothing_is_refused_when_the_settings_are_built(batch):
+    """A batch of 0 never comes back short, so the expiry would loop for
+    ever; refused where the settings are built, with what was given."""
+    with pytest.raises(ValueError, match="batch must be a whole number, at least 1"):
+        GCSettings(batch=batch)
+    assert GCSettings(batch=1).batch == 1

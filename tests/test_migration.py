@@ -117,10 +117,14 @@ def test_frozen_front_end_is_fenced_and_its_client_never_gets_a_success(cluster,
         done = curl("-C", str(offset), "-T", str(path), "-w", "%{http_code}",
                     f"{cluster.b.http}/f.bin")  # fmt: skip
         assert done.stdout in (b"201", b"204"), done
+        assert cluster.b.resumed_at() == [offset]
     finally:
         cluster.a.resume()
-    status = client_a.finish()
-    assert status not in (201, 204), "A's client must never be told its upload succeeded"
+        # Whatever failed above, the held connection and its sender end.
+        status = client_a.finish()
+    # Fenced, A answers 409 (taken over): an error its client sees, never
+    # a success, and not merely no answer at all.
+    assert status == 409, "A's client must be told its upload was taken over"
     assert "fenced" in cluster.a.log() or "taken over" in cluster.a.log()
     got = curl(f"{cluster.b.http}/f.bin").stdout
     assert sha256(got) == sha256(data), "the file is B's"
@@ -148,6 +152,8 @@ def start_slow_upload(cluster, fe, path, name: str, rate: str) -> subprocess.Pop
          "%{http_code}", f"{fe.http}/{name}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    # The upload's start line, written at its first checkpoint (1 MiB in,
+    # ``--checkpoint-mib 1``: wsfront.transfer.upload_log).
     wait_until(lambda: f"/{name} at 0" in fe.log(), f"the upload of {name} to start")
     return client
 

@@ -223,6 +223,12 @@ class LocalOptions(usage.Options):
             raise usage.UsageError("--storage-sockets must be unix or tcp")
 
 
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (RFC 3986),
+    so ``ftp://user:pw@[::1]:2121/`` is a URL a client can use."""
+    return f"[{host}]" if ":" in host else host
+
+
 class LocalClusterService(service.MultiService):
     """Storage servers, then the front end, in one reactor."""
 
@@ -451,10 +457,10 @@ class LocalClusterService(service.MultiService):
                  f"{self.options['replicas']} replicas, data in {self.data}"]  # fmt: skip
         if "ftp" in self.frontend.ports:
             a = self.frontend.address("ftp")
-            lines.append(f"  FTP:  ftp://{name}:{password}@{a.host}:{a.port}/")
+            lines.append(f"  FTP:  ftp://{name}:{password}@{url_host(a.host)}:{a.port}/")
         if "http" in self.frontend.ports:
             a = self.frontend.address("http")
-            lines.append(f"  HTTP: http://{name}:{password}@{a.host}:{a.port}/")
+            lines.append(f"  HTTP: http://{name}:{password}@{url_host(a.host)}:{a.port}/")
         lines.append(f"  login: {name} / {password}   (saved in {self.data / 'demo-login.txt'})")
         # Straight to the terminal: the user needs these lines, whatever the
         # log is configured to do.

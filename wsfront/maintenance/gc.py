@@ -67,8 +67,15 @@ class GCSettings:
     #: ... unless the server holds fewer orphans than this.
     orphan_guard_min: int = 8
     #: Blobs fetched from the catalog at a time, and uploads expired or
-    #: purged per write transaction.
-    batch: int = 100
+    #: purged per write transaction.  At least 1: the expiry loops until a
+    #: batch comes back short, which one of 0 never is.
+    batch: int = attrs.field(default=100)
+
+    @batch.validator
+    def _check_batch(self, attribute, value: int) -> None:
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"batch must be a whole number, at least 1, not {value!r}")
+
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
     #: Seconds the catalog keeps the row of a finished (committed, aborted,
