@@ -19,9 +19,16 @@ from tests.support import python_env, require_tool
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
-#: A client on a modest link (16 MB/s): the upload spans many checkpoints, so
-#: a failpoint at "checkpoint >= N" always fires mid-upload, never after it.
-SLOW = ("--limit-rate", "16M")
+#: A client on a slow link (4 MB/s): the 12 MiB upload lasts 3 s and spans
+#: many checkpoints (one per MiB), so a failpoint at "checkpoint >= N"
+#: (2-3 MiB, reached in under a second) fires mid-upload, never after it.
+#: At 16 MB/s the body ended 0.6 s after the failpoint's offset: a checkpoint
+#: slowed that long by a loaded machine let the upload commit with no later
+#: checkpoint, the failpoint never fired and the test timed out (the two
+#: tests that now hold their body back, ``HeldPut``, did).  The front end
+#: dies at the failpoint, so the slower rate costs each test well under a
+#: second: what follows is never sent.
+SLOW = ("--limit-rate", "4M")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
