@@ -199,3 +199,24 @@ def test_a_session_whose_only_replica_failed_before_it_was_built_logs_its_start_
         "upload {id} ends",
     ]
     assert catalog.interrupted == [("u1", 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_no_replica_takes_writes_its_start_line_before_it_fails(tmp_path, lines):
+    """Write streams (no put at commit), every storage server gone: no
+    session opens, and the start line still says which upload failed."""
+    from twisted.internet import reactor
+
+    from wsfront.transfer.errors import NoReplicasAvailable
+
+    env = await TransferEnv(reactor, tmp_path, put_limit=0).start()
+    try:
+        for name in list(env.nodes):
+            await env.kill(name)
+        with pytest.raises(NoReplicasAvailable):
+            await env.transfers.open_write(env.user, "/nowhere.bin", 0)
+        [start] = lines.events
+        assert start["log_format"].startswith("upload {id} starts")
+        assert start["path"].endswith("/nowhere.bin") and start["user"] == "alice"
+    finally:
+        await env.stop()

@@ -559,7 +559,7 @@ class Transfers:
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
         line = self._start_line(upload, user, full, offset, replicas)
-        session = yield self._open_logged(user, upload, committed, line)
+        session = yield self._open_session(user, upload, committed, line)
         return session
 
     def _start_write(
@@ -606,13 +606,9 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
-        try:
-            session = self._open_session_at_once(user, upload, started.committed_size, line)
-        except BaseException:
-            line.write(self._clock.seconds())
-            raise
+        session = self._open_session_at_once(user, upload, started.committed_size, line)
         if session is None:
-            session = yield self._open_logged(user, upload, started.committed_size, line)
+            session = yield self._open_session(user, upload, started.committed_size, line)
         return session
 
     def _start_line(self, upload, user, full, offset, replicas) -> StartLine:
@@ -622,18 +618,6 @@ class Transfers:
         return StartLine(
             upload.upload_id, user.name, full, offset, ",".join(replicas), self._clock.seconds()
         )
-
-    @inlineCallbacks
-    def _open_logged(self, user, upload, replaced_size, line: StartLine):
-        """``_open_session`` with ``line`` handed to the session, or written
-        when no session opens (no replica took the upload): the start line
-        comes before the failure's own."""
-        try:
-            session = yield self._open_session(user, upload, replaced_size, line)
-        except BaseException:
-            line.write(self._clock.seconds())
-            raise
-        return session
 
     def _replica_damaged(self, blob_id: str, node: str) -> None:
         """A read found a bad block: mark that replica stale for repair."""
@@ -813,7 +797,9 @@ class Transfers:
     ):
         """Open the replica writers of ``upload``'s current blob: at once
         when each takes a put at commit (``_open_session_at_once``), else a
-        write stream on each."""
+        write stream on each.  ``line`` (the upload's start line) goes to
+        the session, which writes it (``upload_log``); if none opens, it is
+        written here, before the failure's own lines."""
         session = self._open_session_at_once(user, upload, replaced_size, line)
         if session is not None:
             return session
@@ -838,6 +824,8 @@ class Transfers:
                 if isinstance(value.value, storage_errors.NodeUnavailable):
                     self.pool.mark_down(node, str(value.value))
         if not writers:
+            if line is not None:
+                line.write(self._clock.seconds())
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
         return self._new_session(user, upload, replaced_size, nodes, writers, line)
