@@ -324,3 +324,29 @@ async def test_a_path_with_colons_is_quoted_in_the_endpoints(tmp_path):
         conn.transport.loseConnection()
     finally:
         await port.stopListening()
+
+
+def test_a_socket_folder_name_someone_else_could_have_taken_is_not_used(tmp_path):
+    """The socket folder's name in the temporary folder is the same at
+    every start on the same data (a killed run's is taken back), so anyone
+    could make it first: a folder others may enter, or a link, is left
+    alone and a fresh private folder is made beside it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    name = local.socket_folder_name(data)
+    assert name == local.socket_folder_name(tmp_path / "." / "data"), "one name per data folder"
+    assert name != local.socket_folder_name(tmp_path / "other")
+    own = tmp_path / name
+    assert local.private_socket_folder(own) == own
+    assert (own.stat().st_mode & 0o777) == 0o700
+    assert local.private_socket_folder(own) == own, "its own folder is taken back"
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir(mode=0o777)
+    open_to_all.chmod(0o777)
+    link = tmp_path / "link"
+    link.symlink_to(own)
+    for taken in (open_to_all, link):
+        got = local.private_socket_folder(taken)
+        assert got != taken and got.parent == tmp_path and got.name.startswith("wslocal-")
+        assert (got.stat().st_mode & 0o777) == 0o700
+    assert (open_to_all.stat().st_mode & 0o777) == 0o777, "what was there is left as it was"

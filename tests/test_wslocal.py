@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.support import LoggedChild, require_tool, sigint_as_ctrl_c, twistd_argv
+from tests.support import LoggedChild, python_env, require_tool, sigint_as_ctrl_c, twistd_argv
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +27,13 @@ class WsLocal:
     it printed both URLs and holds both ports itself.  A start that fails
     stops it, and ``stop`` reaps it whatever happens."""
 
-    def __init__(self, data, log_path):
+    def __init__(self, data, log_path, env=None):
         argv = twistd_argv(
             "wslocal", "--data", str(data),
             "--ftp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
         )  # fmt: skip
         self.child = LoggedChild(
-            "wslocal", argv, log_path, cwd=data.parent, preexec_fn=sigint_as_ctrl_c
+            "wslocal", argv, log_path, env=env, cwd=data.parent, preexec_fn=sigint_as_ctrl_c
         )
         self.urls: dict[str, str] = {}
 
@@ -139,3 +139,36 @@ def test_wslocal_starts_after_the_demo_user_was_deleted_with_its_files_kept(tmp_
 
 def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def test_the_socket_folder_a_killed_wslocal_left_is_taken_back_by_the_next_start(tmp_path):
+    """A data folder whose path is too long for a UNIX socket puts the
+    storage servers' sockets in a private folder of the temporary folder,
+    which a stop removes and a SIGKILL cannot: the next start on the same
+    data takes that folder back (not one more per killed run), serves
+    through it, and removes it at its own stop."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    data = tmp_path / ("d" * 120) / "wsfs-data"
+    data.parent.mkdir()
+    log_path = tmp_path / "wslocal.log"
+    env = python_env({"TMPDIR": str(tmp)})
+    first = WsLocal(data, log_path, env=env).start()
+    try:
+        left = sorted(tmp.glob("wslocal-*"))
+        assert len(left) == 1 and (left[0] / "s1.sock").is_socket(), left
+    finally:
+        assert first.child.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert (left[0] / "s1.sock").is_socket(), "a SIGKILL leaves the folder and its sockets"
+    second = WsLocal(data, log_path, env=env).start()
+    try:
+        assert sorted(tmp.glob("wslocal-*")) == left
+        src = tmp_path / "src.bin"
+        src.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+        put = curl("-T", str(src), "-w", "%{http_code}", second.urls["HTTP"] + "after-kill.bin")
+        assert put.stdout.endswith(b"201"), put
+        got = curl(second.urls["HTTP"] + "after-kill.bin")
+        assert hashlib.sha256(got.stdout).digest() == hashlib.sha256(src.read_bytes()).digest()
+    finally:
+        assert second.stop(), second.child.log()
+    assert not list(tmp.glob("wslocal-*")), "a clean stop removes it"

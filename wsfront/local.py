@@ -12,6 +12,7 @@ re-registered in the catalog at every start.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import secrets
 import shutil
@@ -75,9 +76,11 @@ STORAGE_SOCKETS = ("unix", "tcp")
 def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, bool]:
     """Where the storage servers' UNIX sockets go: ``data/run`` when every
     ``run/NAME.sock`` fits in ``SUN_PATH_MAX`` bytes, else a private
-    directory of the system's temporary folder (``wslocal-XXXX``, mode
-    0700, removed at stop: the second item says so), else None (use TCP).
-    Raises OSError when that private directory cannot be made.
+    directory of the system's temporary folder (``private_socket_folder``,
+    removed at stop: the second item says so), else None (use TCP).
+    Raises OSError when that private directory cannot be made.  Call it
+    with the stores of ``data`` open: their locks keep a second wslocal
+    from taking (and at its stop removing) the first one's folder.
 
     Why UNIX sockets: what of the front end's traffic to the storage
     servers of this process is not served in process (``_storage_client``)
@@ -92,10 +95,36 @@ def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, bool]:
     run = data / "run"
     if fits(run):
         return run, False
-    tmp = Path(tempfile.gettempdir())
-    if fits(tmp / "wslocal-xxxxxxxx"):
-        return Path(tempfile.mkdtemp(prefix="wslocal-", dir=tmp)), True
+    folder = Path(tempfile.gettempdir()) / socket_folder_name(data)
+    if fits(folder):
+        return private_socket_folder(folder), True
     return None, False
+
+
+def socket_folder_name(data: Path) -> str:
+    """The name of ``data``'s socket folder in the temporary folder:
+    ``wslocal-UID-HASH``, the same at every start on the same data, so a
+    wslocal killed before it could remove its folder (SIGKILL) leaves one
+    that the next start on that data takes back, not one more each time."""
+    digest = hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]
+    return f"wslocal-{os.getuid()}-{digest}"
+
+
+def private_socket_folder(folder: Path) -> Path:
+    """``folder``, made with mode 0700, or taken back if a killed wslocal
+    left it: only when it is a directory (not a link) of this user that no
+    one else may enter.  A name in a shared temporary folder can be taken
+    by anyone first, so anything else there is left alone and a fresh
+    ``wslocal-XXXX`` folder is made beside it instead."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        found = os.lstat(folder)
+        private = not found.st_mode & 0o077
+        if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and private:
+            return folder
+        return Path(tempfile.mkdtemp(prefix="wslocal-", dir=folder.parent))
+    return folder
 
 
 def remove_stale_socket(path: Path) -> None:
@@ -305,10 +334,10 @@ class LocalClusterService(service.MultiService):
         secret, _ = ensure_secret(self.data / "secret")
         storage = []
         names = [f"s{i}" for i in range(1, self.options["nodes"] + 1)]
-        sockets = self._socket_dir(names)
         for name in names:
-            store = self.open_store(name)
-            self.stores[name] = store
+            self.stores[name] = self.open_store(name)
+        sockets = self._socket_dir(names)  # with the stores' locks held
+        for name, store in self.stores.items():
             factory = LocalStorageFactory(
                 self.reactor,
                 store,
