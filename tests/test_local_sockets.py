@@ -350,3 +350,32 @@ def test_a_socket_folder_name_someone_else_could_have_taken_is_not_used(tmp_path
         assert got != taken and got.parent == tmp_path and got.name.startswith("wslocal-")
         assert (got.stat().st_mode & 0o777) == 0o700
     assert (open_to_all.stat().st_mode & 0o777) == 0o777, "what was there is left as it was"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_wslocal_on_the_same_data_leaves_the_first_ones_socket_folder(
+    tmp_path, monkeypatch
+):
+    """Both would name the same socket folder; the second fails on the
+    stores' locks before it looks for one, so its stop removes nothing of
+    the first, whose servers go on serving."""
+    short_tmp = Path(tempfile.mkdtemp(prefix="t-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
+    data = tmp_path / ("d" * 120) / "data"
+    first = await started(options(data))
+    try:
+        folder = first.socket_tmp
+        assert folder is not None and folder.parent == short_tmp
+        with pytest.raises(Exception, match=r"(?i)lock|in use"):
+            await started(options(data))
+        assert sorted(p.name for p in folder.iterdir()) == ["s1.sock", "s2.sock", "s3.sock"]
+        login = ":".join(first.login)
+        url = f"http://127.0.0.1:{first.frontend.address('http').port}/after.bin"
+        (tmp_path / "after.bin").write_bytes(os.urandom(3 << 20))
+        await curl("-u", login, "-T", str(tmp_path / "after.bin"), url)
+        got = await curl("-u", login, url)
+        assert got == (tmp_path / "after.bin").read_bytes()
+    finally:
+        await first.stopService()
+        shutil.rmtree(short_tmp, ignore_errors=True)
+    assert not folder.exists()
