@@ -168,6 +168,18 @@ async def test_site_help_chmod_and_unknown(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_site_chmod_takes_the_path_as_sent(ftp):
+    """``lftp mirror -R`` sends ``SITE CHMOD 755 dir`` after each MKD:
+    the path's spaces, at either end, are part of its name."""
+    await ftp.transfers.mkdir(ftp.env.user, "/trail ")
+    await ftp.env.upload("/ lead", b"x")
+    c = await ftp.client()
+    assert (await c.cmd("SITE CHMOD 755 trail "))[0] == 200
+    assert (await c.cmd("SITE CHMOD 644  lead"))[0] == 200
+    assert (await c.cmd("SITE CHMOD 755 trail"))[0] == 550  # another name
+
+
+@pytest_twisted.ensureDeferred
 async def test_acct_is_superfluous(ftp):
     c = await ftp.client(login=False)
     assert (await c.cmd("ACCT billing"))[0] == 202

@@ -715,14 +715,17 @@ class FTPControl(Protocol):
                  "HELP": "(this list)"}  # fmt: skip
 
     async def ftp_SITE(self, argument: str) -> None:
-        sub, _, rest = argument.strip(" ").partition(" ")
+        """SITE HELP and SITE CHMOD.  The path of CHMOD is what follows the
+        mode's space, kept as sent: stripped, ``lftp mirror -R`` of a
+        directory ``trail `` got 550 for the chmod it sends after MKD."""
+        sub, _, rest = argument.lstrip(" ").partition(" ")
         sub = sub.upper()
         if sub == "HELP":
             rows = [f" {verb} {text}" for verb, text in sorted(self.SITE_HELP.items())]
             self.reply_lines(214, ["SITE commands:", *rows, "End"])
             return
         if sub == "CHMOD":
-            mode, _, name = rest.strip(" ").partition(" ")
+            mode, _, name = rest.lstrip(" ").partition(" ")
             if not mode or not name or not all(c in "01234567" for c in mode) or len(mode) > 4:
                 raise Reply(501, "Syntax: SITE CHMOD <octal mode> <path>")
             await self.transfers.stat(self.user, self.path(name))
