@@ -46,6 +46,7 @@ from wsfront.ftp.parsing import (
     Malformed,
     format_time_value,
     names_directory,
+    parse_allo,
     parse_line,
     parse_mfmt,
     parse_offset,
@@ -668,6 +669,9 @@ class FTPControl(Protocol):
         self.reply_lines(214, [first, *(" " + row for row in rows), last])
 
     def ftp_ALLO(self, argument: str) -> None:
+        """202 (RFC 959: superfluous here) for ``ALLO n [R m]``; a size that
+        is no number gets 501, as REST's does, not a 202 that accepts it."""
+        parse_allo(argument)
         self.reply(202, "No storage allocation necessary")
 
     def ftp_ACCT(self, argument: str) -> None:
