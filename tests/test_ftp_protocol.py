@@ -926,3 +926,18 @@ def _within(d: defer.Deferred, seconds: float = 10.0) -> defer.Deferred:
     from twisted.internet import reactor
 
     return d.addTimeout(seconds, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc775_directory_commands_are_their_rfc959_ones(ftp):
+    """RFC 1123 4.1.3.1: accept XMKD, XRMD, XPWD, XCUP and XCWD too.
+    Windows' ftp.exe sends them for mkdir, rmdir and pwd (500 Unknown
+    command left its user no way to make a directory)."""
+    c = await ftp.client()
+    assert await c.cmd("XMKD d") == (257, '"/d" created')
+    assert (await c.cmd("XCWD d"))[0] == 250
+    assert await c.cmd("XPWD") == (257, '"/d" is the current directory')
+    assert (await c.cmd("XCUP"))[0] == 250
+    assert (await c.cmd("XRMD d"))[0] == 250
+    assert (await c.cmd("XCWD d"))[0] == 550  # removed
+    assert (await c.cmd("XMKD"))[0] == 501

@@ -803,6 +803,13 @@ class FTPControl(Protocol):
         self.sizes.pop(source, None)
         self.reply(250, "Rename successful")
 
+    # RFC 775's names of the same commands (``wsfront.ftp.commands``).
+    ftp_XPWD = ftp_PWD
+    ftp_XCWD = ftp_CWD
+    ftp_XCUP = ftp_CDUP
+    ftp_XMKD = ftp_MKD
+    ftp_XRMD = ftp_RMD
+
     # -- file facts ---------------------------------------------------
 
     async def ftp_SIZE(self, argument: str) -> None:
