@@ -45,7 +45,6 @@ async def test_names_that_start_with_a_dash_are_not_taken_for_options(ftp):
     assert len((await c.listing("NLST", "-a -l")).split()) == 6
 
 
-
 async def listed(c, line: str) -> str:
     """What ``line`` (sent exactly: FTPClient.listing strips the end) lists."""
     peer = await c.data_connection(await c.epsv())
