@@ -558,6 +558,33 @@ async def test_appe_resumes_at_the_size_this_connection_got_from_size(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_after_this_connection_renamed_another_file_there_appends_to_it(ftp):
+    """A size SIZE reported is the old file's once RNTO put another one at
+    its path (itself, or inside a renamed directory): APPE resumed at it,
+    cutting the 20-byte file that now stands there to 10 bytes."""
+    c = await ftp.client()
+    await c.stor("/f", b"A" * 10)
+    await c.stor("/g", b"B" * 20)
+    await c.cmd("MKD /d")
+    await c.stor("/d/f", b"C" * 10)
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    assert await c.cmd("SIZE /d/f") == (213, "10")
+    assert (await c.cmd("RNFR /g"))[0] == 350
+    assert (await c.cmd("RNTO /f"))[0] == 250
+    assert (await c.stor("/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"B" * 20 + b"+"
+    await c.cmd("MKD /x")
+    await c.stor("/x/f", b"D" * 30)
+    assert (await c.cmd("RNFR /d"))[0] == 350
+    assert (await c.cmd("RNTO /e"))[0] == 250
+    assert (await c.cmd("RNFR /x"))[0] == 350
+    assert (await c.cmd("RNTO /d"))[0] == 250  # /d/f is /x/f now
+    assert (await c.stor("/d/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/d/f") == b"D" * 30 + b"+"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stou_stores_under_a_fresh_name(ftp):
     c = await ftp.client()
     await c.cmd("TYPE I")

@@ -800,8 +800,18 @@ class FTPControl(Protocol):
         if names_directory(argument):
             datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
         await self.transfers.rename(self.user, source, target)
-        self.sizes.pop(source, None)
+        self._forget_sizes(source, target)
         self.reply(250, "Rename successful")
+
+    def _forget_sizes(self, *moved: str) -> None:
+        """Drop what SIZE reported for ``moved`` and anything under them:
+        another file now stands there (a rename over it, or of a directory
+        that held it), and APPE must not resume it at the old file's size
+        (a 20-byte file renamed over a 10-byte one was cut to 10 bytes by
+        the APPE after it)."""
+        for path in list(self.sizes):
+            if any(path == p or path.startswith(p.rstrip("/") + "/") for p in moved):
+                del self.sizes[path]
 
     # RFC 775's names of the same commands (``wsfront.ftp.commands``).
     ftp_XPWD = ftp_PWD
