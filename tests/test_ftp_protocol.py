@@ -585,6 +585,24 @@ async def test_appe_after_this_connection_renamed_another_file_there_appends_to_
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_after_a_new_login_ignores_sizes_the_last_user_got(ftp):
+    """USER + PASS on the same connection logs another user in: a size
+    the first one got from SIZE named the first one's file, and bob's
+    APPE resumed at it, cutting his 30-byte file to 10 bytes."""
+    await ftp.catalog.add_user("bob", "bob password")
+    c = await ftp.client(login=False)
+    await c.login("bob", "bob password")
+    await c.stor("/f", b"B" * 30)
+    await c.login("alice", PASSWORD)
+    await c.stor("/f", b"A" * 10)
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    await c.login("bob", "bob password")
+    assert (await c.stor("/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"B" * 30 + b"+"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stou_stores_under_a_fresh_name(ftp):
     c = await ftp.client()
     await c.cmd("TYPE I")

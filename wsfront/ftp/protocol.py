@@ -579,6 +579,9 @@ class FTPControl(Protocol):
         self._login_deadline.cancel()
         self.user = user
         self.cwd = "/"
+        # Sizes SIZE reported name another user's files (USER logs one
+        # session out and another in): APPE would resume this user's at them.
+        self.sizes.clear()
         self.stats.logins += 1
         self.reply(230, f"User {user.name} logged in")
 
