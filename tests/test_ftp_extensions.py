@@ -63,6 +63,25 @@ async def test_mfmt_errors_change_nothing(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_mfmt_of_a_committed_file_under_a_pending_upload_says_so(ftp):
+    """The refusal said "no committed version yet" of a file that has one."""
+    await ftp.env.upload("/f", b"committed")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    peer = await c.data_connection(await c.epsv())
+    assert (await c.cmd("STOR f"))[0] == 150
+    peer.transport.write(payload(200_000))
+    await until(
+        lambda: any(s.received >= 200_000 for s in ftp.transfers.sessions.values()), "bytes"
+    )
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+    code, text = await c.cmd("MFMT 20200102030405 f")
+    assert code == 550 and "pending" in text and "no committed" not in text, text
+    assert await c.retr("f") == b"committed"
+
+
+@pytest_twisted.ensureDeferred
 async def test_mfmt_needs_write_permission(ftp):
     await ftp.catalog.add_user("reader", "reader password")
     await ftp.catalog.set_permissions("reader", ["read"])

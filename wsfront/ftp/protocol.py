@@ -855,7 +855,9 @@ class FTPControl(Protocol):
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         if info.pending:
-            raise Reply(550, "File has no committed version yet")
+            # The owner's pending upload, whether or not a committed version
+            # lies under it: its commit will set the time anyway.
+            raise Reply(550, "File has an upload pending: set its time once it is committed")
         full = self.transfers.full_path(self.user, target)
         entry = await self.transfers.catalog.set_mtime(full, mtime)
         self.reply(213, f"Modify={format_time_value(entry.mtime)}; {name}")
