@@ -103,6 +103,16 @@ def test_eprt_family_error_is_522():
     assert info.value.code == 522
 
 
+@pytest.mark.parametrize(
+    "argument", ["||||", "|x|1.2.3.4|21|", "| 1|1.2.3.4|21|", "|\u0661|::1|21|"]
+)
+def test_eprt_without_a_protocol_number_is_a_syntax_error(argument):
+    """501, not 522: 522 tells the client to try another protocol (RFC 2428)."""
+    with pytest.raises(AddressError) as info:
+        parse_eprt(argument)
+    assert info.value.code == 501
+
+
 def test_epsv_arguments():
     assert parse_epsv("") == EpsvRequest()
     assert parse_epsv("all") == EpsvRequest(all=True)

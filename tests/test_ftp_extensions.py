@@ -63,6 +63,25 @@ async def test_mfmt_errors_change_nothing(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_mfmt_of_a_committed_file_under_a_pending_upload_says_so(ftp):
+    """The refusal said "no committed version yet" of a file that has one."""
+    await ftp.env.upload("/f", b"committed")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    peer = await c.data_connection(await c.epsv())
+    assert (await c.cmd("STOR f"))[0] == 150
+    peer.transport.write(payload(200_000))
+    await until(
+        lambda: any(s.received >= 200_000 for s in ftp.transfers.sessions.values()), "bytes"
+    )
+    assert (await c.cmd("ABOR"))[0] == 426
+    assert (await c.reply())[0] == 226
+    code, text = await c.cmd("MFMT 20200102030405 f")
+    assert code == 550 and "pending" in text and "no committed" not in text, text
+    assert await c.retr("f") == b"committed"
+
+
+@pytest_twisted.ensureDeferred
 async def test_mfmt_needs_write_permission(ftp):
     await ftp.catalog.add_user("reader", "reader password")
     await ftp.catalog.set_permissions("reader", ["read"])
@@ -165,6 +184,18 @@ async def test_site_help_chmod_and_unknown(ftp):
     assert code == 504 and "SITE HELP" in text
     assert (await c.cmd("SITE"))[0] == 501
     assert await c.retr("f") == b"x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_site_chmod_takes_the_path_as_sent(ftp):
+    """``lftp mirror -R`` sends ``SITE CHMOD 755 dir`` after each MKD:
+    the path's spaces, at either end, are part of its name."""
+    await ftp.transfers.mkdir(ftp.env.user, "/trail ")
+    await ftp.env.upload("/ lead", b"x")
+    c = await ftp.client()
+    assert (await c.cmd("SITE CHMOD 755 trail "))[0] == 200
+    assert (await c.cmd("SITE CHMOD 644  lead"))[0] == 200
+    assert (await c.cmd("SITE CHMOD 755 trail"))[0] == 550  # another name
 
 
 @pytest_twisted.ensureDeferred

@@ -43,3 +43,31 @@ async def test_names_that_start_with_a_dash_are_not_taken_for_options(ftp):
     listed = await c.listing("LIST", "-la")
     assert all(name in listed for name in ["keep1.txt", "-old1.txt", "-2024-backup"])
     assert len((await c.listing("NLST", "-a -l")).split()) == 6
+
+
+async def listed(c, line: str) -> str:
+    """What ``line`` (sent exactly: FTPClient.listing strips the end) lists."""
+    peer = await c.data_connection(await c.epsv())
+    code, text = await c.cmd(line)
+    assert code == 150, (line, code, text)
+    data = await peer.done
+    assert (await c.reply())[0] == 226
+    return data.decode("utf-8")
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_with_spaces_at_either_end_are_listed_as_sent(ftp):
+    """LIST/NLST take the path as sent, as RETR and MLSD do: stripped,
+    ``trail `` and `` lead`` named nothing (550), so ``ls 'trail '`` in
+    lftp failed on a directory it had just made."""
+    await ftp.transfers.mkdir(ftp.env.user, "/trail ")
+    await ftp.env.upload("/trail /inside.txt", b"x")
+    await ftp.env.upload("/ lead", b"y")
+    c = await ftp.client()
+    assert await listed(c, "NLST trail ") == "inside.txt\r\n"
+    assert "inside.txt" in await listed(c, "LIST trail ")
+    assert "inside.txt" in await listed(c, "LIST -la trail ")
+    assert await listed(c, "NLST  lead") == " lead\r\n"
+    assert (await listed(c, "LIST  lead")).endswith("  lead\r\n")
+    # Spaces alone name no path: the cwd is listed.
+    assert sorted((await listed(c, "NLST   ")).split("\r\n")) == ["", " lead", "trail "]

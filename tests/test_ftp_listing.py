@@ -182,6 +182,10 @@ def test_list_date_has_one_of_two_fixed_widths(mtime, now):
         ("-2024-backup", set(), "-2024-backup"),
         ("-old*", set(), "-old*"),
         ("a -l", set(), "a -l"),
+        (" lead", set(), " lead"),  # names may begin or end with spaces
+        ("trail ", set(), "trail "),
+        ("-la trail ", {"l", "a"}, "trail "),
+        ("  ", set(), "  "),  # no name: the cwd
     ],
 )
 def test_list_argument_splits_ls_options_from_the_path(argument, options, path):

@@ -558,6 +558,51 @@ async def test_appe_resumes_at_the_size_this_connection_got_from_size(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_after_this_connection_renamed_another_file_there_appends_to_it(ftp):
+    """A size SIZE reported is the old file's once RNTO put another one at
+    its path (itself, or inside a renamed directory): APPE resumed at it,
+    cutting the 20-byte file that now stands there to 10 bytes."""
+    c = await ftp.client()
+    await c.stor("/f", b"A" * 10)
+    await c.stor("/g", b"B" * 20)
+    await c.cmd("MKD /d")
+    await c.stor("/d/f", b"C" * 10)
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    assert await c.cmd("SIZE /d/f") == (213, "10")
+    assert (await c.cmd("RNFR /g"))[0] == 350
+    assert (await c.cmd("RNTO /f"))[0] == 250
+    assert (await c.stor("/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"B" * 20 + b"+"
+    await c.cmd("MKD /x")
+    await c.stor("/x/f", b"D" * 30)
+    assert (await c.cmd("RNFR /d"))[0] == 350
+    assert (await c.cmd("RNTO /e"))[0] == 250
+    assert (await c.cmd("RNFR /x"))[0] == 350
+    assert (await c.cmd("RNTO /d"))[0] == 250  # /d/f is /x/f now
+    assert (await c.stor("/d/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/d/f") == b"D" * 30 + b"+"
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_a_new_login_ignores_sizes_the_last_user_got(ftp):
+    """USER + PASS on the same connection logs another user in: a size
+    the first one got from SIZE named the first one's file, and bob's
+    APPE resumed at it, cutting his 30-byte file to 10 bytes."""
+    await ftp.catalog.add_user("bob", "bob password")
+    c = await ftp.client(login=False)
+    await c.login("bob", "bob password")
+    await c.stor("/f", b"B" * 30)
+    await c.login("alice", PASSWORD)
+    await c.stor("/f", b"A" * 10)
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    await c.login("bob", "bob password")
+    assert (await c.stor("/f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"B" * 30 + b"+"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stou_stores_under_a_fresh_name(ftp):
     c = await ftp.client()
     await c.cmd("TYPE I")
@@ -926,3 +971,18 @@ def _within(d: defer.Deferred, seconds: float = 10.0) -> defer.Deferred:
     from twisted.internet import reactor
 
     return d.addTimeout(seconds, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc775_directory_commands_are_their_rfc959_ones(ftp):
+    """RFC 1123 4.1.3.1: accept XMKD, XRMD, XPWD, XCUP and XCWD too.
+    Windows' ftp.exe sends them for mkdir, rmdir and pwd (500 Unknown
+    command left its user no way to make a directory)."""
+    c = await ftp.client()
+    assert await c.cmd("XMKD d") == (257, '"/d" created')
+    assert (await c.cmd("XCWD d"))[0] == 250
+    assert await c.cmd("XPWD") == (257, '"/d" is the current directory')
+    assert (await c.cmd("XCUP"))[0] == 250
+    assert (await c.cmd("XRMD d"))[0] == 250
+    assert (await c.cmd("XCWD d"))[0] == 550  # removed
+    assert (await c.cmd("XMKD"))[0] == 501

@@ -72,6 +72,8 @@ LINES = [
     ("rest-over-2-63", [b"TYPE I", b"REST 99999999999999999999"], [200, 501]),
     ("size-in-ascii-mode", [b"TYPE A", b"SIZE /keep/b.txt"], [200, 501]),
     ("type-garbage", [b"TYPE Q"], [504]),
+    ("allo-not-a-number", [b"ALLO abc", b"ALLO -1", b"ALLO 10 X 5", b"ALLO"], [501] * 4),
+    ("allo-with-record-size", [b"ALLO 1000 R 512"], [202]),
     ("port-bounce-elsewhere", [b"PORT 192,168,1,1,200,10"], [504]),
     ("port-bounce-privileged", [b"PORT 127,0,0,1,0,25"], [504]),
     ("port-malformed", [b"PORT 999,0,0,1,200,10"], [501]),

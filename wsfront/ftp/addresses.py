@@ -108,6 +108,10 @@ def parse_eprt(argument: str) -> HostPort:
     if len(fields) != 5 or fields[0] or fields[4]:
         raise AddressError("expected EPRT |proto|address|port|")
     family, host, port = fields[1:4]
+    if not (family.isascii() and family.isdigit()):
+        # No protocol number at all (``EPRT ||||``) is a syntax error, not
+        # a protocol this server lacks (522 is for those, RFC 2428 2).
+        raise AddressError("expected EPRT |proto|address|port| with a protocol number")
     if family not in _INET_FAMILIES:
         raise UnsupportedFamily("network protocol not supported, use (1,2)")
     try:

@@ -34,7 +34,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "TYPE": _spec(True, True, "A | I"),
     "MODE": _spec(True, True, "S"),
     "STRU": _spec(True, True, "F"),
-    "ALLO": _spec(True, False, "<size> (not needed)"),
+    "ALLO": _spec(True, True, "<size> [R <record size>] (not needed)"),
     "PWD": _spec(True, False, "(current directory)"),
     "CWD": _spec(True, True, "<directory>"),
     "CDUP": _spec(True, False, "(parent directory)"),
@@ -67,6 +67,13 @@ COMMANDS: dict[str, CommandSpec] = {
     "AUTH": _spec(False, True, "TLS"),
     "PBSZ": _spec(False, True, "0"),
     "PROT": _spec(False, True, "C | P"),
+    # RFC 775's names, which RFC 1123 4.1.3.1 asks servers to accept too:
+    # Windows' ftp.exe sends XPWD for pwd, XMKD for mkdir, XRMD for rmdir.
+    "XPWD": _spec(True, False, "(same as PWD)"),
+    "XCWD": _spec(True, True, "<directory> (same as CWD)"),
+    "XCUP": _spec(True, False, "(same as CDUP)"),
+    "XMKD": _spec(True, True, "<directory> (same as MKD)"),
+    "XRMD": _spec(True, True, "<directory> (same as RMD)"),
 }
 
 FEATURES: tuple[str, ...] = (

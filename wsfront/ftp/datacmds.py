@@ -511,7 +511,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
         # ``ls`` options (``-la``) are whole words of letters: ``-old*``,
         # ``-la/`` and ``-2024-backup`` are names (an ``mdelete -old*``
         # must not match every file).
-        _options, argument = listing.parse_list_argument(argument.strip(" "))
+        _options, argument = listing.parse_list_argument(argument)
     target = ctl.path(argument) if argument.strip(" ") else ctl.cwd
     pattern = prefix = None
     # One catalog lookup gives both what the user sees (``info``: their own

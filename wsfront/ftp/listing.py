@@ -210,13 +210,16 @@ def parse_list_argument(argument: str) -> tuple[frozenset[str], str]:
     Leading words of the form ``-letters`` (digits too: ``ls -1``) are
     options; the rest is the path, kept as given.  A file whose name looks
     like options (``-la``) must be named with a path (``./-la``); one with
-    anything else in it (``-old*``, ``-2024-backup``) is a name.
+    anything else in it (``-old*``, ``-2024-backup``) is a name.  Without
+    options the argument is the path exactly as sent, spaces at either end
+    included, as RETR and MLSD take it: ``LIST trail `` lists the directory
+    ``trail `` (stripped, it named nothing, and lftp's ``ls`` of it failed).
     """
     options: set[str] = set()
     rest = argument
     while True:
         word, _, after = rest.lstrip(" ").partition(" ")
         if not _LIST_OPTION.match(word):
-            return frozenset(options), rest.lstrip(" ")
+            return frozenset(options), rest.lstrip(" ") if options else argument
         options.update(word[1:])
         rest = after

@@ -46,6 +46,7 @@ from wsfront.ftp.parsing import (
     Malformed,
     format_time_value,
     names_directory,
+    parse_allo,
     parse_line,
     parse_mfmt,
     parse_offset,
@@ -578,6 +579,9 @@ class FTPControl(Protocol):
         self._login_deadline.cancel()
         self.user = user
         self.cwd = "/"
+        # Sizes SIZE reported name another user's files (USER logs one
+        # session out and another in): APPE would resume this user's at them.
+        self.sizes.clear()
         self.stats.logins += 1
         self.reply(230, f"User {user.name} logged in")
 
@@ -668,6 +672,9 @@ class FTPControl(Protocol):
         self.reply_lines(214, [first, *(" " + row for row in rows), last])
 
     def ftp_ALLO(self, argument: str) -> None:
+        """202 (RFC 959: superfluous here) for ``ALLO n [R m]``; a size that
+        is no number gets 501, as REST's does, not a 202 that accepts it."""
+        parse_allo(argument)
         self.reply(202, "No storage allocation necessary")
 
     def ftp_ACCT(self, argument: str) -> None:
@@ -715,14 +722,17 @@ class FTPControl(Protocol):
                  "HELP": "(this list)"}  # fmt: skip
 
     async def ftp_SITE(self, argument: str) -> None:
-        sub, _, rest = argument.strip(" ").partition(" ")
+        """SITE HELP and SITE CHMOD.  The path of CHMOD is what follows the
+        mode's space, kept as sent: stripped, ``lftp mirror -R`` of a
+        directory ``trail `` got 550 for the chmod it sends after MKD."""
+        sub, _, rest = argument.lstrip(" ").partition(" ")
         sub = sub.upper()
         if sub == "HELP":
             rows = [f" {verb} {text}" for verb, text in sorted(self.SITE_HELP.items())]
             self.reply_lines(214, ["SITE commands:", *rows, "End"])
             return
         if sub == "CHMOD":
-            mode, _, name = rest.strip(" ").partition(" ")
+            mode, _, name = rest.lstrip(" ").partition(" ")
             if not mode or not name or not all(c in "01234567" for c in mode) or len(mode) > 4:
                 raise Reply(501, "Syntax: SITE CHMOD <octal mode> <path>")
             await self.transfers.stat(self.user, self.path(name))
@@ -793,8 +803,25 @@ class FTPControl(Protocol):
         if names_directory(argument):
             datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
         await self.transfers.rename(self.user, source, target)
-        self.sizes.pop(source, None)
+        self._forget_sizes(source, target)
         self.reply(250, "Rename successful")
+
+    def _forget_sizes(self, *moved: str) -> None:
+        """Drop what SIZE reported for ``moved`` and anything under them:
+        another file now stands there (a rename over it, or of a directory
+        that held it), and APPE must not resume it at the old file's size
+        (a 20-byte file renamed over a 10-byte one was cut to 10 bytes by
+        the APPE after it)."""
+        for path in list(self.sizes):
+            if any(path == p or path.startswith(p.rstrip("/") + "/") for p in moved):
+                del self.sizes[path]
+
+    # RFC 775's names of the same commands (``wsfront.ftp.commands``).
+    ftp_XPWD = ftp_PWD
+    ftp_XCWD = ftp_CWD
+    ftp_XCUP = ftp_CDUP
+    ftp_XMKD = ftp_MKD
+    ftp_XRMD = ftp_RMD
 
     # -- file facts ---------------------------------------------------
 
@@ -828,7 +855,9 @@ class FTPControl(Protocol):
         if info.is_dir:
             raise Reply(550, "Not a regular file")
         if info.pending:
-            raise Reply(550, "File has no committed version yet")
+            # The owner's pending upload, whether or not a committed version
+            # lies under it: its commit will set the time anyway.
+            raise Reply(550, "File has an upload pending: set its time once it is committed")
         full = self.transfers.full_path(self.user, target)
         entry = await self.transfers.catalog.set_mtime(full, mtime)
         self.reply(213, f"Modify={format_time_value(entry.mtime)}; {name}")
