@@ -546,15 +546,84 @@ async def test_appe_appends_at_the_size_the_user_sees(ftp):
 
 
 @pytest_twisted.ensureDeferred
-async def test_appe_resumes_at_the_size_this_connection_got_from_size(ftp):
+async def test_appe_resumes_the_pending_upload_at_the_size_this_connection_got_from_size(ftp):
+    """curl -C - -T: SIZE, then APPE with the bytes from that size on.  The
+    owner's pending upload grew behind this connection's back (another of
+    its connections took it over and sent more): the APPE resumes at the
+    size SIZE reported, where the client's bytes start, not at the end."""
+    first, more, rest = payload(200_000), payload(50_000), payload(70_000)
+
+    async def interrupted_stor(c, data, rest_at=None):
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        if rest_at is not None:
+            assert (await c.cmd(f"REST {rest_at}"))[0] == 350
+        assert (await c.cmd("STOR part"))[0] == 150
+        peer.transport.write(data)
+        target = (rest_at or 0) + len(data)
+        await until(
+            lambda: any(s.received >= len(data) for s in ftp.transfers.sessions.values()),
+            "the server to receive the bytes sent before ABOR",
+        )
+        assert (await c.cmd("ABOR"))[0] == 426
+        assert (await c.reply())[0] == 226
+        assert await c.cmd("SIZE part") == (213, str(target))
+
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    await interrupted_stor(c, first)
+    other = await ftp.client()
+    await other.cmd("TYPE I")
+    await interrupted_stor(other, more, rest_at=len(first))  # grows behind c's back
+    assert (await c.stor("part", rest, verb="APPE"))[0] == 226
+    assert sha256(await c.retr("part")) == sha256(first + rest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_a_file_another_client_changed_is_refused(ftp):
+    """SIZE reported a committed file; another client then replaced it, or
+    appended to it: resuming at the old size would cut theirs (an appended
+    log line was lost).  The APPE is refused, 450, the file left as it is;
+    after a new SIZE it appends."""
     c = await ftp.client()
     await c.stor("/f", b"0123456789")
+    await c.stor("/log", b"line1\n")
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /f") == (213, "10")
+    assert await c.cmd("SIZE /log") == (213, "6")
+    other = await ftp.client()
+    await other.stor("/f", b"0123456789ABCDEF")
+    await other.stor("/log", b"line2\n", verb="APPE")
+    for path in ("/f", "/log"):
+        code, text = await c.stor(path, b"+", verb="APPE")
+        assert code == 450 and "send SIZE again" in text, (code, text)
+    assert await c.retr("/f") == b"0123456789ABCDEF"
+    assert await c.retr("/log") == b"line1\nline2\n"
+    assert await c.cmd("SIZE /log") == (213, "12")
+    assert (await c.stor("/log", b"line3\n", verb="APPE"))[0] == 226
+    assert await c.retr("/log") == b"line1\nline2\nline3\n"
+    # Unchanged since its SIZE, a committed file is appended to.
+    assert (await c.stor("/log", b"line4\n", verb="APPE"))[0] == 226
+    assert await c.cmd("SIZE /log") == (213, "24")
+    assert (await c.stor("/log", b"line5\n", verb="APPE"))[0] == 226
+    assert (await c.retr("/log")).endswith(b"line4\nline5\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_a_size_that_failed_does_not_resume_at_an_earlier_one(ftp):
+    """SIZE answered 10, then 550 (the file was deleted): the client was
+    told there is no file, so its APPE appends to the one another client
+    stored since, not at the first SIZE's 10 bytes."""
+    c = await ftp.client()
+    await c.stor("/f", b"Z" * 10)
     await c.cmd("TYPE I")
     assert await c.cmd("SIZE /f") == (213, "10")
     other = await ftp.client()
-    await other.stor("/f", b"0123456789ABCDEF")  # grows behind our back
-    assert (await c.stor("/f", b"abc", verb="APPE"))[0] == 226
-    assert await c.retr("/f") == b"0123456789abc"
+    assert (await other.cmd("DELE /f"))[0] == 250
+    assert (await c.cmd("SIZE /f"))[0] == 550
+    await other.stor("/f", b"Y" * 100)
+    assert (await c.stor("/f", b"+++++", verb="APPE"))[0] == 226
+    assert await c.retr("/f") == b"Y" * 100 + b"+++++"
 
 
 @pytest_twisted.ensureDeferred

@@ -29,6 +29,7 @@ import re
 import secrets
 from collections.abc import Callable
 
+import attrs
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
@@ -42,6 +43,7 @@ from wsfront.ftp.data import DataChannel, connect_active
 from wsfront.ftp.parsing import names_directory
 from wsfront.ftp.replies import Reply
 from wsfront.transfer.errors import SessionFenced, TransferAborted
+from wsfront.transfer.service import FileInfo, PathView
 
 log = Logger()
 
@@ -248,11 +250,59 @@ async def retrieve(ctl, path: str, offset: int) -> None:
 # -- uploads -------------------------------------------------------------------
 
 
+@attrs.frozen
+class SizeReported:
+    """What SIZE (or MLST) last told this connection of a path, where an
+    APPE of it resumes (``curl -C - -T`` sends SIZE, then APPE with the
+    bytes from that size on).
+
+    The owner's pending upload is resumed at ``size`` whatever happened to
+    it since: it may have grown or been committed by the server draining a
+    data connection the client had given up on, and the client's bytes
+    start at ``size``.  A committed file (``etag``) is resumed there only
+    while it is still that version with no pending upload on it: once
+    another client replaced or appended to it, the size names a file
+    that is gone, and resuming there would cut the new one (an APPE
+    appending to another's log lost their line).  The APPE is refused
+    then (450, ask SIZE again), as nothing tells which bytes the client
+    means to send."""
+
+    size: int
+    etag: str | None
+
+    @classmethod
+    def of(cls, info: FileInfo) -> SizeReported:
+        return cls(info.size, None if info.pending else info.etag)
+
+    def check(self, path: str) -> Callable[[PathView], None] | None:
+        """``open_write``'s check of the path as the APPE finds it."""
+        if self.etag is None:
+            return None
+
+        def still_that_file(view: PathView) -> None:
+            committed = view.committed
+            if view.pending is None and committed is not None and committed.etag == self.etag:
+                return
+            raise Reply(
+                450,
+                f"{_name(path)} changed since SIZE reported {self.size} bytes; send SIZE again",
+            )
+
+        return still_that_file
+
+
 async def store(
-    ctl, path: str, offset: int | None, *, append: bool = False, announce: str | None = None
+    ctl,
+    path: str,
+    offset: int | None,
+    *,
+    append: bool = False,
+    announce: str | None = None,
+    check: Callable[[PathView], None] | None = None,
 ) -> None:
     """STOR at ``offset`` (REST), or APPE: at ``offset`` when SIZE told the
-    client a size on this connection, else at the size the user sees."""
+    client a size on this connection (``check``: that it is still the file
+    SIZE described, ``SizeReported``), else at the size the user sees."""
     if path == "/":
         raise catalog_errors.IsADirectory("/")
     need_data_setup(ctl)
@@ -260,7 +310,7 @@ async def store(
     if append and offset is None:
         session = await ctl.transfers.open_write(ctl.user, path, 0, append=True)
     else:
-        session = await ctl.transfers.open_write(ctl.user, path, offset or 0)
+        session = await ctl.transfers.open_write(ctl.user, path, offset or 0, check=check)
 
     async def body(transfer: Transfer) -> None:
         transfer.session = session

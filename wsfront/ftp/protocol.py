@@ -12,7 +12,8 @@ only waits for their outcome.
 State per connection: the logged-in catalog ``User``, a virtual cwd
 (``wsfront.paths``: the transfer layer joins the user's root, so nothing
 here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
-or active address, and the sizes SIZE last reported (APPE resumes there).
+or active address, and the sizes SIZE last reported (APPE resumes there,
+``datacmds.SizeReported``).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class FTPControl(Protocol):
         self.parked: PassiveListener | None = None
         self.active: addresses.HostPort | None = None
         self.epsv_all = False
-        self.sizes: dict[str, int] = {}
+        self.sizes: dict[str, datacmds.SizeReported] = {}
         self.mlst_facts: tuple[str, ...] = listing.MLST_FACTS
         self.hash_algorithm = hashing.DEFAULT
         self.transfer: datacmds.Transfer | None = None
@@ -829,11 +830,14 @@ class FTPControl(Protocol):
         if not self.binary:
             raise Reply(501, "SIZE not allowed in ASCII mode (send TYPE I)")
         target = self.path(argument)
+        # A SIZE that fails told the client there is no such file: an APPE
+        # after it must not resume at what an earlier SIZE said.
+        self.sizes.pop(target, None)
         info = await self.transfers.stat(self.user, target)
         datacmds.check_directory_name(argument, info)
         if info.is_dir:
             raise Reply(550, "Not a regular file")
-        self.sizes[target] = info.size
+        self.sizes[target] = datacmds.SizeReported.of(info)
         self.reply(213, str(info.size))
 
     async def ftp_MDTM(self, argument: str) -> None:
@@ -880,11 +884,12 @@ class FTPControl(Protocol):
 
     async def ftp_MLST(self, argument: str) -> None:
         target = self.path(argument) if argument.strip(" ") else self.cwd
+        self.sizes.pop(target, None)
         info = await self.transfers.stat(self.user, target)
         datacmds.check_directory_name(argument, info)
         entry = datacmds.listing_entry(self.user, paths.basename(target) or "/", info)
         if info.pending:
-            self.sizes[target] = info.size
+            self.sizes[target] = datacmds.SizeReported.of(info)
         facts = listing.mlst_facts(entry, self.mlst_facts, name=target)
         self.reply_lines(250, [f"Listing {target}", " " + facts, "End"])
 
@@ -1012,7 +1017,10 @@ class FTPControl(Protocol):
         self.need_write()
         self.need_protection()
         target = self.file_path(argument)
-        return datacmds.store(self, target, self.sizes.get(target), append=True)
+        seen = self.sizes.get(target)
+        if seen is None:
+            return datacmds.store(self, target, None, append=True)
+        return datacmds.store(self, target, seen.size, append=True, check=seen.check(target))
 
     def ftp_STOU(self, argument: str):
         self.need_write()
