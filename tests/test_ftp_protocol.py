@@ -645,8 +645,9 @@ async def test_appe_after_this_connection_renamed_another_file_there_appends_to_
     assert await c.retr("/f") == b"B" * 20 + b"+"
     await c.cmd("MKD /x")
     await c.stor("/x/f", b"D" * 30)
-    assert (await c.cmd("RNFR /d"))[0] == 350
-    assert (await c.cmd("RNTO /e"))[0] == 250
+    other = await ftp.client()  # /d leaves behind c's back: only the target names it
+    assert (await other.cmd("RNFR /d"))[0] == 350
+    assert (await other.cmd("RNTO /e"))[0] == 250
     assert (await c.cmd("RNFR /x"))[0] == 350
     assert (await c.cmd("RNTO /d"))[0] == 250  # /d/f is /x/f now
     assert (await c.stor("/d/f", b"+", verb="APPE"))[0] == 226
