@@ -557,3 +557,27 @@ async def test_a_checksummed_patch_whose_session_fails_leaves_no_unverified_byte
         assert status == 200 and int(headers["upload-offset"]) <= half
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_answer_carries_tus_resumable_errors_included(env):
+    """tus 1.0.0: Tus-Resumable is on every response but OPTIONS's; a
+    refusal dropped it with the headers of the success it replaced."""
+    _, headers, _ = await create(env, 8, {"filename": "r.bin"})
+    url = headers["location"]
+    refusals = [
+        (409, "PATCH", url, {**OCTETS, "Upload-Offset": "3"}, b"zz", True),
+        (415, "PATCH", url, {"Content-Type": "text/plain", "Upload-Offset": "0"}, b"zz", True),
+        (413, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"123456789", True),
+        (404, "HEAD", "/-/uploads/nosuchupload", {}, None, True),
+        (404, "HEAD", "/-/uploads/a/b", {}, None, True),
+        (405, "GET", url, {}, None, True),
+        (400, "POST", "/-/uploads/", {"Upload-Length": "3"}, None, True),
+        (401, "HEAD", url, {}, None, False),
+    ]
+    for expected, method, path, extra, data, auth in refusals:
+        status, found, _ = await tus(env, method, path, extra, data, auth=auth)
+        assert status == expected, (method, path, extra)
+        assert found.get("tus-resumable") == "1.0.0", (method, path, extra)
+    assert (await env.catalog.get_upload(upload_id(url))).checkpoint == 0
+

@@ -499,6 +499,7 @@ class StreamingRequest(server.Request):
         self._discard_limit: int | None = None
         self._body_waiters: list[Deferred] = []
         self._body_error: BaseException | None = None
+        self._lasting: set[bytes] = set()
 
     # -- channel side ----------------------------------------------------------
 
@@ -658,6 +659,13 @@ class StreamingRequest(server.Request):
         """The client disconnected, or the answer is complete."""
         return bool(self._disconnected or self.finished)
 
+    def set_lasting_header(self, name: bytes, value: bytes) -> None:
+        """Set a header every answer to this request carries, errors included
+        (tus: ``Tus-Resumable`` on every response), where ``respond`` would
+        otherwise drop it with the headers of a success that is not going out."""
+        self._lasting.add(name.lower())
+        self.setHeader(name, value)
+
     def set_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         for name, value in headers:
             self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
@@ -700,10 +708,8 @@ class StreamingRequest(server.Request):
     def _reset_headers(self) -> None:
         """Forget headers set for an answer that is not going out after all
         (an error found after the download's headers were prepared)."""
-        keep = [
-            (name, self.responseHeaders.getRawHeaders(name))
-            for name in (b"Server", b"Date", b"Connection", b"Strict-Transport-Security")
-        ]
+        names = (b"Server", b"Date", b"Connection", b"Strict-Transport-Security", *self._lasting)
+        keep = [(name, self.responseHeaders.getRawHeaders(name)) for name in names]
         self.responseHeaders = Headers()
         for name, values in keep:
             if values:

@@ -75,6 +75,9 @@ class TusEndpoint:
         self._verifying: dict[str, int] = {}
 
     def __call__(self, request: StreamingRequest, context, segments: list[str]):
+        # Every answer but OPTIONS's carries Tus-Resumable (tus 1.0.0,
+        # Tus-Resumable), the errors too: a client checks it on a 409 or 460.
+        request.set_lasting_header(b"Tus-Resumable", TUS_VERSION.encode())
         method = request.method
         override = request.getHeader(b"X-HTTP-Method-Override")
         if method == b"POST" and override:
@@ -89,7 +92,6 @@ class TusEndpoint:
             raise HttpError(404, "no such upload")
         if method == b"OPTIONS":
             return self.options(request)
-        request.setHeader(b"Tus-Resumable", TUS_VERSION.encode())
         handler = self._handler(method, upload_id)
         if handler is None:
             raise HttpError(405, "method not allowed", (("Allow", allowed),))
