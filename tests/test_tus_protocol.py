@@ -581,3 +581,20 @@ async def test_every_answer_carries_tus_resumable_errors_included(env):
         assert found.get("tus-resumable") == "1.0.0", (method, path, extra)
     assert (await env.catalog.get_upload(upload_id(url))).checkpoint == 0
 
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_that_leaves_the_upload_incomplete_says_when_it_expires(env):
+    """tus expiration: Upload-Expires "MUST be included in every PATCH
+    response if the upload is going to expire" (the 204 had only the offset)."""
+    _, headers, _ = await create(env, 8, {"filename": "x.bin"})
+    url = headers["location"]
+    expires = headers["upload-expires"]
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    assert status == 204 and found["upload-offset"] == "4"
+    assert found.get("upload-expires") == expires
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"")
+    assert status == 204 and found.get("upload-expires") == expires
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"5678")
+    assert status == 204 and found["upload-offset"] == "8"
+    assert "upload-expires" not in found  # complete: it will not expire
+    assert await committed(env, "/x.bin") == b"12345678"

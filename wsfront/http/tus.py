@@ -232,15 +232,21 @@ class TusEndpoint:
             return
         self._check_body_fits(request, None if length is None else length - offset)
         complete = length is not None and offset == length
+        # tus expiration: "MUST be included in every PATCH response if the
+        # upload is going to expire", i.e. unless this PATCH completed it.
+        expires = ("Upload-Expires", format_expires(upload.expires_at))
         if request.body_length == 0 and not complete:
-            request.respond(204, headers=(("Upload-Offset", str(offset)),))
+            request.respond(204, headers=(("Upload-Offset", str(offset)), expires))
             return
         vpath = self._vpath(user, upload)
         session = yield context.transfers.open_write(user, vpath, offset, resume=True)
         if new_length is not None and upload.declared_length is None:
             self._learned_lengths[upload_id] = new_length
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
-        request.respond(204, headers=(("Upload-Offset", str(done)),))
+        headers = [("Upload-Offset", str(done))]
+        if length is None or done < length:
+            headers.append(expires)
+        request.respond(204, headers=headers)
 
     @staticmethod
     def _no_body_past_the_end(request: StreamingRequest, offset: int) -> Deferred:
