@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.http_env import HttpEnv
-from tests.http_raw import connect
+from tests.http_raw import connect, head_of
 from tests.test_http_pending_uploads import leave_pending
 from tests.transfer_env import PASSWORD
 from wsfront.http import dav_xml
@@ -372,6 +372,28 @@ async def test_options_announces_dav_class_1_and_propfind(env):
         await r.content()
         assert r.code == 405, method
         assert "PROPFIND" in header(r, "Allow")
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_options_asterisk_describes_the_server(env):
+    """RFC 9110 (9.3.7): ``OPTIONS *`` asks about the server; it was 401
+    without a login and 400 ("must start with '/'") with one."""
+    from twisted.internet import reactor
+
+    token = env.auth_header[b"Authorization"][0]
+    for login in (b"", b"Authorization: " + token + b"\r\n"):
+        client = await connect(reactor, env.port.getHost().port)
+        client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n" + login + b"\r\n")
+        status, headers = head_of(await client.until(b"\r\n\r\n"))
+        client.close()
+        assert status == 204, login
+        assert headers["dav"] == "1" and "PROPFIND" in headers["allow"]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(b"GET * HTTP/1.1\r\nHost: x\r\nAuthorization: " + token + b"\r\n\r\n")
+    status, _ = head_of(await client.until(b"\r\n\r\n"))
+    client.close()
+    assert status == 400
 
 
 class _SlowClientRequest:
