@@ -545,6 +545,11 @@ class StreamingRequest(server.Request):
                 d.callback(self.body_received)
 
     def connectionLost(self, reason) -> None:
+        # Gone first: the body's waiters fail at once, and the handler's
+        # errback (the site's ``_failed``) must see a request nobody is left
+        # to answer, not answer it (a 500 logged with a BodyLost traceback,
+        # then a write to the closed socket).
+        self._disconnected = True
         self._lose_body(BodyLost("the client closed the connection"))
         super().connectionLost(reason)
 
