@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.http_env import payload
-from tests.tus_env import OCTETS, b64, committed, create, sha, start_env, stop_env, tus
+from tests.tus_env import OCTETS, TUS, b64, committed, create, sha, start_env, stop_env, tus
 from wsfront.catalog.errors import NotFound
 
 
@@ -612,3 +612,16 @@ async def test_metadata_naming_a_missing_directory_or_a_bad_path_is_409_or_400(e
     assert (await create(env, 4, {"path": "/nodir/", "filename": "x.bin"}))[0] == 409
     with pytest.raises(NotFound):
         await env.transfers.stat(env.user, "/nodir")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checksum_mismatch_says_so_on_the_status_line(env):
+    """tus names 460 "Checksum Mismatch"; Twisted sent "460 Unknown Status"."""
+    _, created, _ = await create(env, 4, {"filename": "s.bin"})
+    fields = {**TUS, **OCTETS, "Upload-Offset": "0", "Upload-Checksum": digest("sha1", b"else")}
+    headers = {k.encode(): [v.encode()] for k, v in fields.items()}
+    response = await env.tus_http.request(
+        "PATCH", env.url(created["location"]), headers={**headers, **env.auth_header}, data=b"1234"
+    )
+    await response.content()
+    assert (response.code, response.phrase) == (460, b"Checksum Mismatch")

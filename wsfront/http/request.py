@@ -473,6 +473,21 @@ def behind_proxy_protocol(transport) -> bool:
     return False
 
 
+REASONS = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    460: b"Checksum Mismatch",
+    507: b"Insufficient Storage",
+}
+"""Reason phrases of statuses wsfs answers that Twisted's table lacks (429,
+431 and tus's 460 went out as "Unknown Status") or names as RFC 2616 did;
+these are RFC 9110's (RFC 6585's for 429 and 431, tus 1.0's for 460)."""
+
+
 class StreamingRequest(server.Request):
     """A request whose body is streamed to whoever claims it.
 
@@ -500,6 +515,9 @@ class StreamingRequest(server.Request):
         self._body_waiters: list[Deferred] = []
         self._body_error: BaseException | None = None
         self._lasting: set[bytes] = set()
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, message if message is not None else REASONS.get(code))
 
     # -- channel side ----------------------------------------------------------
 
