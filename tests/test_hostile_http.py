@@ -201,6 +201,32 @@ async def test_bad_request_gets_its_status(site, request_bytes, status, closes):
     await _still_fine(site)
 
 
+UNPARSEABLE = {
+    "garbage-request-line": b"malformed request line",
+    "unknown-http-version": b"malformed request line",
+    "two-hundred-headers": b"too many header fields",
+    "negative-content-length": b"Content-Length",
+    "chunked-and-content-length": b"Transfer-Encoding",
+    "bad-chunk-size": b"malformed chunked body",
+}
+
+
+@pytest.mark.parametrize(
+    "request_bytes", [c[1] for c in CASES if c[0] in UNPARSEABLE], ids=list(UNPARSEABLE)
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_twisted_cannot_parse_gets_a_reason(site, request_bytes):
+    """Twisted's own 400 was the bare status line: no reason, no length."""
+    env, _hoard = site
+    received = await _exchange(env, request_bytes, until_closed=True)
+    status, headers = head_of(received)
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert (status, headers["connection"]) == (400, "close")
+    assert int(headers["content-length"]) == len(body)
+    case = next(name for name, data, _, _ in CASES if data == request_bytes)
+    assert UNPARSEABLE[case] in body, body
+    await _still_fine(site)
+
 @pytest.mark.parametrize("target", TRAVERSALS)
 @pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])
 @pytest_twisted.ensureDeferred

@@ -279,7 +279,9 @@ def test_a_chunk_size_beyond_any_file_gets_400_at_once(size_line):
     [request] = seen
     request.stream_body(Recorder())
     channel.dataReceived(size_line)
-    assert transport.value().endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b"\r\n\r\nmalformed chunked body\n")
     assert transport.disconnecting
 
 

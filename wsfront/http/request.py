@@ -434,6 +434,24 @@ class StreamingChannel(http.HTTPChannel):
             )
         return ok
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's answer to a request it cannot parse was a bare
+        ``400 Bad Request`` with no reason and no Content-Length: say what
+        was wrong, as every other refusal does, then drop the rest."""
+        if self._abandoned:
+            return
+        if self._receivedHeaderCount > self.maxHeaders:
+            reason = f"too many header fields (at most {self.maxHeaders})"
+        elif self._receivedHeaderSize > self.totalHeadersSize:
+            reason = f"the request head is too large (at most {self.totalHeadersSize} bytes)"
+        elif not self.line_mode:
+            reason = "malformed chunked body"
+        else:
+            reason = "malformed request line, header field, Content-Length or Transfer-Encoding"
+        self.abandon()
+        self.transport.write(canned(b"400 Bad Request", reason))
+        self.loseConnection()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
         431) and close, instead of LineReceiver's silent close."""
