@@ -18,6 +18,7 @@ from tests.http_env import HttpEnv
 from tests.http_raw import connect, head_of
 from tests.security_support import Hoard
 from tests.transfer_env import PASSWORD, sha256
+from wsfront.http.conditional import parse_http_date
 
 AUTH = b"Authorization: Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()) + b"\r\n"
 HOST = b"Host: 127.0.0.1\r\n"
@@ -226,6 +227,24 @@ async def test_a_request_twisted_cannot_parse_gets_a_reason(site, request_bytes)
     case = next(name for name, data, _, _ in CASES if data == request_bytes)
     assert UNPARSEABLE[case] in body, body
     await _still_fine(site)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /keep/b.txt HTTP/1.1\r\n" + AUTH + b"\r\n",  # no Host
+        get(b"/" + b"a" * 20000),
+        get(b"/keep/b.txt", b"X-Big: " + b"b" * 20000 + b"\r\n"),
+    ],
+    ids=["unparseable", "no-host", "long-request-line", "long-header-line"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_refusal_written_by_the_channel_is_dated(site, request_bytes):
+    """RFC 9110 (6.6.1): Date in every 4xx; the channel's own answers had none."""
+    env, _hoard = site
+    _status, headers = head_of(await _exchange(env, request_bytes, until_closed=True))
+    assert parse_http_date(headers.get("date", "")) is not None, headers
 
 @pytest.mark.parametrize("target", TRAVERSALS)
 @pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])

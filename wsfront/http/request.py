@@ -150,12 +150,15 @@ def _digits_so_far(partial: bytearray) -> int:
 
 def canned(status: bytes, message: str, retry_after: int | None = None) -> bytes:
     """A whole small ``Connection: close`` answer, for errors found before
-    there is a request to answer through (or instead of reading one)."""
+    there is a request to answer through (or instead of reading one).  It is
+    dated like every other answer (RFC 9110, 6.6.1: an origin server with a
+    clock MUST send Date in a 4xx)."""
     body = (message + "\n").encode()
     retry = b"" if retry_after is None else b"Retry-After: %d\r\n" % retry_after
     return (
         b"HTTP/1.1 " + status + b"\r\n"
-        b"Server: wsfs\r\n" + retry + b"Connection: close\r\n"
+        b"Server: wsfs\r\nDate: " + http.datetimeToString() + b"\r\n"
+        + retry + b"Connection: close\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
