@@ -396,6 +396,18 @@ async def test_options_asterisk_describes_the_server(env):
     assert status == 400
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_prop_gets_an_empty_200_propstat(env):
+    """RFC 4918 (14.24): a response is href then status or propstat+; an
+    empty ``<prop/>`` was answered with a bare href, which the DTD forbids."""
+    await put(env, "/e.txt", b"e")
+    asked = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop/></D:propfind>'
+    for depth in ("0", "1"):
+        r, body = await propfind(env, "/e.txt", depth, asked)
+        assert r.code == 207
+        assert responses(body) == {"/e.txt": {"HTTP/1.1 200 OK": {}}}, body
+
 class _SlowClientRequest:
     """Just what ``_stream_children`` uses of a request, recording writes;
     the test pauses and resumes the producer it registers, as a socket
