@@ -266,6 +266,27 @@ def test_http_1_0_without_host_is_accepted():
     assert [r.path for r in seen] == [b"/a"]
 
 
+@pytest.mark.parametrize(
+    "host", [b"a b", b"[::1", b"::1", b"caf\xc3\xa9.example", b"a/b", b"a@b", b"a:b"]
+)
+def test_a_host_that_is_not_host_port_gets_400(host):
+    """RFC 9112 (3.2): 400 for a Host with an invalid value; it was served."""
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert b"not a valid host" in transport.value()
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "host", [b"a", b"127.0.0.1:8080", b"[::1]:8080", b"[fe80::1%25eth0]", b"", b"xn--caf-dma.ex:"]
+)
+def test_a_valid_host_is_accepted(host):
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert [r.path for r in seen] == [b"/"]
+
+
 CHUNKED_PUT = b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 

@@ -33,6 +33,7 @@ protocol-negotiating wrapper.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs
 
@@ -388,6 +389,11 @@ class StreamingChannel(http.HTTPChannel):
             # Host, and for any request with more than one.
             self.refuse(canned(b"400 Bad Request", "a request needs exactly one Host header"))
             return
+        if hosts and not _HOST.fullmatch(hosts[0]):
+            # The same section: 400 for a Host that is not a host[:port]
+            # (a space, a broken IPv6 literal, a byte outside ASCII...).
+            self.refuse(canned(b"400 Bad Request", "the Host header is not a valid host[:port]"))
+            return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
         request.headers_received(self._command, self._path, self._version)
@@ -479,6 +485,13 @@ class StreamingChannel(http.HTTPChannel):
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost()
+
+
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
+"""RFC 9110's Host: uri-host [":" port], the host an IP literal in brackets
+or a reg-name (possibly empty), the port digits."""
 
 
 def behind_proxy_protocol(transport) -> bool:
