@@ -306,6 +306,27 @@ def test_a_chunk_size_beyond_any_file_gets_400_at_once(size_line):
     assert transport.disconnecting
 
 
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"9" * 30])
+def test_a_content_length_beyond_any_file_gets_413_before_100_continue(length):
+    """A chunk size that large was refused at once; a Content-Length that
+    large got 100 Continue and a wait for the bytes."""
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(
+        b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: " + length
+        + b"\r\n\r\n"
+    )  # fmt: skip
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in transport.value()
+    assert seen == []
+
+
+def test_the_largest_file_offset_is_still_a_length():
+    _, channel, transport, seen = channel_for()
+    largest = b"%d" % ((1 << 63) - 1)
+    channel.dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: " + largest + b"\r\n\r\n")
+    assert [r.body_length for r in seen] == [(1 << 63) - 1]
+    assert transport.value() == b""
+
 def test_large_and_zero_padded_chunk_sizes_are_still_read():
     _, channel, transport, seen = channel_for()
     channel.dataReceived(CHUNKED_PUT)

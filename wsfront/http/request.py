@@ -394,6 +394,11 @@ class StreamingChannel(http.HTTPChannel):
             # (a space, a broken IPv6 literal, a byte outside ASCII...).
             self.refuse(canned(b"400 Bad Request", "the Host header is not a valid host[:port]"))
             return
+        if self.length is not None and self.length > MAX_CHUNK_SIZE:
+            # As for a chunk size: no file can take the body, so refuse it
+            # now rather than answer 100 Continue and wait for 10^20 bytes.
+            self.refuse(canned(b"413 Content Too Large", "the body is larger than any file can be"))
+            return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
         request.headers_received(self._command, self._path, self._version)
