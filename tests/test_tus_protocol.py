@@ -622,3 +622,35 @@ async def test_a_checksum_mismatch_says_so_on_the_status_line(env):
     )
     await response.content()
     assert (response.code, response.phrase) == (460, b"Checksum Mismatch")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_cut_short_by_termination_is_410_not_taken_over(env):
+    """A DELETE of the upload while a PATCH streams: the PATCH was told 409
+    "a newer request took this upload over"; the upload is gone (410)."""
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect, head_of
+    from tests.tus_env import SessionWatch
+
+    _, headers, _ = await create(env, 100, {"filename": "gone.bin"})
+    url = headers["location"]
+    watch = SessionWatch(env.transfers)
+    auth = env.auth_header[b"Authorization"][0]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(
+        b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
+        + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
+    )  # fmt: skip
+    session = await watch.next_session()
+    arrived: defer.Deferred = defer.Deferred()
+    session.arrival_waiters.append((10, arrived))
+    await arrived
+    status, _, _ = await tus(env, "DELETE", url)
+    assert status == 204
+    answer = await client.until(b"\r\n\r\n")
+    client.close()
+    status, found = head_of(answer)
+    assert (status, found.get("tus-resumable")) == (410, "1.0.0"), answer
+    assert (await env.catalog.get_upload(upload_id(url))).state == "aborted"

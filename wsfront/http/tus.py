@@ -73,6 +73,7 @@ class TusEndpoint:
         self.settings = settings or TusSettings()
         self._learned_lengths: dict[str, int] = {}
         self._verifying: dict[str, int] = {}
+        self._terminating: set[str] = set()
 
     def __call__(self, request: StreamingRequest, context, segments: list[str]):
         # Every answer but OPTIONS's carries Tus-Resumable (tus 1.0.0,
@@ -286,6 +287,9 @@ class TusEndpoint:
                     yield self._roll_back(context, user, vpath, session, offset)
                 elif session.state == STREAMING:
                     yield session.interrupt()
+                if superseded and upload_id in self._terminating:
+                    # tus termination: the upload is gone, not taken over.
+                    raise HttpError(410, "the upload was terminated") from None
                 if superseded:
                     raise HttpError(409, "a newer request took this upload over") from None
                 raise
@@ -357,12 +361,16 @@ class TusEndpoint:
     @inlineCallbacks
     def _abort(self, context, upload_id: str):
         local = context.transfers.sessions.get(upload_id)
-        if local is not None:
-            yield local.abort()
+        self._terminating.add(upload_id)  # what a PATCH cut short by it answers
         try:
-            yield context.transfers.catalog.abort_upload(upload_id)
-        except catalog_errors.UploadFinished:
-            raise HttpError(410, "the upload has ended") from None
+            if local is not None:
+                yield local.abort()
+            try:
+                yield context.transfers.catalog.abort_upload(upload_id)
+            except catalog_errors.UploadFinished:
+                raise HttpError(410, "the upload has ended") from None
+        finally:
+            self._terminating.discard(upload_id)
         self._learned_lengths.pop(upload_id, None)
 
     # -- helpers ----------------------------------------------------------------------
