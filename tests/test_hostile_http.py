@@ -18,6 +18,7 @@ from tests.http_env import HttpEnv
 from tests.http_raw import connect, head_of
 from tests.security_support import Hoard
 from tests.transfer_env import PASSWORD, sha256
+from wsfront.http.conditional import parse_http_date
 
 AUTH = b"Authorization: Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()) + b"\r\n"
 HOST = b"Host: 127.0.0.1\r\n"
@@ -200,6 +201,50 @@ async def test_bad_request_gets_its_status(site, request_bytes, status, closes):
     assert head_of(received)[0] == status, received[:300]
     await _still_fine(site)
 
+
+UNPARSEABLE = {
+    "garbage-request-line": b"malformed request line",
+    "unknown-http-version": b"malformed request line",
+    "two-hundred-headers": b"too many header fields",
+    "negative-content-length": b"Content-Length",
+    "chunked-and-content-length": b"Transfer-Encoding",
+    "bad-chunk-size": b"malformed chunked body",
+}
+
+
+@pytest.mark.parametrize(
+    "request_bytes", [c[1] for c in CASES if c[0] in UNPARSEABLE], ids=list(UNPARSEABLE)
+)
+@pytest_twisted.ensureDeferred
+async def test_a_request_twisted_cannot_parse_gets_a_reason(site, request_bytes):
+    """Twisted's own 400 was the bare status line: no reason, no length."""
+    env, _hoard = site
+    received = await _exchange(env, request_bytes, until_closed=True)
+    status, headers = head_of(received)
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert (status, headers["connection"]) == (400, "close")
+    assert int(headers["content-length"]) == len(body)
+    case = next(name for name, data, _, _ in CASES if data == request_bytes)
+    assert UNPARSEABLE[case] in body, body
+    await _still_fine(site)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /keep/b.txt HTTP/1.1\r\n" + AUTH + b"\r\n",  # no Host
+        get(b"/" + b"a" * 20000),
+        get(b"/keep/b.txt", b"X-Big: " + b"b" * 20000 + b"\r\n"),
+    ],
+    ids=["unparseable", "no-host", "long-request-line", "long-header-line"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_refusal_written_by_the_channel_is_dated(site, request_bytes):
+    """RFC 9110 (6.6.1): Date in every 4xx; the channel's own answers had none."""
+    env, _hoard = site
+    _status, headers = head_of(await _exchange(env, request_bytes, until_closed=True))
+    assert parse_http_date(headers.get("date", "")) is not None, headers
 
 @pytest.mark.parametrize("target", TRAVERSALS)
 @pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])

@@ -177,6 +177,39 @@ async def test_an_unexpected_error_is_a_500_with_a_traceback(env, events, monkey
     assert mine[0]["log_failure"].check(RuntimeError)
 
 
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PROPFIND"])
+async def test_a_client_gone_before_a_small_body_is_no_500_and_no_traceback(
+    env, events, monkeypatch, method
+):
+    """A body that a GET, DELETE or PROPFIND reads and drops, never sent
+    (the client left after ``100 Continue``): nothing to answer, nothing
+    to log.  It was logged as a 500 with a BodyLost traceback, and the
+    answer then written to the closed socket raised later in the reactor."""
+    original = env.site._failed
+    handled: defer.Deferred = defer.Deferred()
+
+    def failed(failure, request):
+        try:
+            return original(failure, request)
+        finally:
+            handled.callback(None)
+
+    monkeypatch.setattr(env.site, "_failed", failed)
+    token = env.auth_header[b"Authorization"][0]
+    client = await connect(reactor_(), env.port.getHost().port)
+    client.send(
+        method.encode() + b" /nothing HTTP/1.1\r\nHost: x\r\nAuthorization: " + token
+        + b"\r\nDepth: 0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )  # fmt: skip
+    assert (await client.until(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 ")
+    client.close()
+    await handled
+    assert severe(events) == []
+    assert [e for e in site_events(events) if e.get("status") == 500] == []
+
+
 # -- the catalog out of service ----------------------------------------------------------
 
 

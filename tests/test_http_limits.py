@@ -75,6 +75,20 @@ async def test_failures_from_one_address_throttle_every_user_name_there_only(htt
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_throttled_login_is_429_too_many_requests_on_the_status_line(http):
+    """Twisted has no reason phrase for 429: the line read "429 Unknown Status"."""
+    from twisted.internet import reactor
+
+    for i in range(PER_ADDRESS):
+        response, _ = await _get(http, f"guess{i}", "guess")
+        assert response.code == 401
+    c = await connect(reactor, http.port.getHost().port)
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + _basic_line("alice", PASSWORD) + b"\r\n")
+    answer = await c.until(b"\r\n\r\n")
+    c.close()
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 429 Too Many Requests"
+
+@pytest_twisted.ensureDeferred
 async def test_retry_after_counts_down_and_the_throttle_lifts(http):
     clock = task.Clock()
     clock.advance(1000)

@@ -223,3 +223,19 @@ async def test_a_destination_under_a_file_is_409_naming_the_destination(env, des
         r = await env.request("MOVE", "/t1.bin", headers=headers)
         assert (r.code, await r.content()) == (409, f"{named}: not a directory\n".encode())
     assert await body_of(env, "/t1.bin") == (200, b"kept")
+
+
+@pytest_twisted.ensureDeferred
+async def test_mkcol_on_an_existing_name_is_405_with_allow(env):
+    """RFC 9110 (15.5.6): a 405 must say what the resource allows; MKCOL's
+    405 on an existing file, directory or the root had no Allow."""
+    assert await call(env, "PUT", "/afile", b"x") == 201
+    assert await call(env, "MKCOL", "/adir") == 201
+    for path in ("/afile", "/adir", "/adir/", "/"):
+        r = await env.request("MKCOL", path)
+        await r.content()
+        assert r.code == 405, path
+        allow = {m.strip() for m in r.headers.getRawHeaders(b"Allow", [b""])[0].decode().split(",")}
+        assert {"GET", "PUT", "DELETE", "PROPFIND", "OPTIONS"} <= allow, path
+        assert "MKCOL" not in allow, path
+    assert await body_of(env, "/afile") == (200, b"x")

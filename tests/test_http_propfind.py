@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.http_env import HttpEnv
-from tests.http_raw import connect
+from tests.http_raw import connect, head_of
 from tests.test_http_pending_uploads import leave_pending
 from tests.transfer_env import PASSWORD
 from wsfront.http import dav_xml
@@ -373,6 +373,40 @@ async def test_options_announces_dav_class_1_and_propfind(env):
         assert r.code == 405, method
         assert "PROPFIND" in header(r, "Allow")
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_options_asterisk_describes_the_server(env):
+    """RFC 9110 (9.3.7): ``OPTIONS *`` asks about the server; it was 401
+    without a login and 400 ("must start with '/'") with one."""
+    from twisted.internet import reactor
+
+    token = env.auth_header[b"Authorization"][0]
+    for login in (b"", b"Authorization: " + token + b"\r\n"):
+        client = await connect(reactor, env.port.getHost().port)
+        client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n" + login + b"\r\n")
+        status, headers = head_of(await client.until(b"\r\n\r\n"))
+        client.close()
+        assert status == 204, login
+        assert headers["dav"] == "1" and "PROPFIND" in headers["allow"]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(b"GET * HTTP/1.1\r\nHost: x\r\nAuthorization: " + token + b"\r\n\r\n")
+    status, _ = head_of(await client.until(b"\r\n\r\n"))
+    client.close()
+    assert status == 400
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_prop_gets_an_empty_200_propstat(env):
+    """RFC 4918 (14.24): a response is href then status or propstat+; an
+    empty ``<prop/>`` was answered with a bare href, which the DTD forbids."""
+    await put(env, "/e.txt", b"e")
+    asked = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop/></D:propfind>'
+    for depth in ("0", "1"):
+        r, body = await propfind(env, "/e.txt", depth, asked)
+        assert r.code == 207
+        assert responses(body) == {"/e.txt": {"HTTP/1.1 200 OK": {}}}, body
 
 class _SlowClientRequest:
     """Just what ``_stream_children`` uses of a request, recording writes;

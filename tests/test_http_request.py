@@ -266,6 +266,27 @@ def test_http_1_0_without_host_is_accepted():
     assert [r.path for r in seen] == [b"/a"]
 
 
+@pytest.mark.parametrize(
+    "host", [b"a b", b"[::1", b"::1", b"caf\xc3\xa9.example", b"a/b", b"a@b", b"a:b"]
+)
+def test_a_host_that_is_not_host_port_gets_400(host):
+    """RFC 9112 (3.2): 400 for a Host with an invalid value; it was served."""
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert b"not a valid host" in transport.value()
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "host", [b"a", b"127.0.0.1:8080", b"[::1]:8080", b"[fe80::1%25eth0]", b"", b"xn--caf-dma.ex:"]
+)
+def test_a_valid_host_is_accepted(host):
+    _, channel, _, seen = channel_for()
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert [r.path for r in seen] == [b"/"]
+
+
 CHUNKED_PUT = b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -279,9 +300,32 @@ def test_a_chunk_size_beyond_any_file_gets_400_at_once(size_line):
     [request] = seen
     request.stream_body(Recorder())
     channel.dataReceived(size_line)
-    assert transport.value().endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b"\r\n\r\nmalformed chunked body\n")
     assert transport.disconnecting
 
+
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"9" * 30])
+def test_a_content_length_beyond_any_file_gets_413_before_100_continue(length):
+    """A chunk size that large was refused at once; a Content-Length that
+    large got 100 Continue and a wait for the bytes."""
+    _, channel, transport, seen = channel_for()
+    channel.dataReceived(
+        b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: " + length
+        + b"\r\n\r\n"
+    )  # fmt: skip
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in transport.value()
+    assert seen == []
+
+
+def test_the_largest_file_offset_is_still_a_length():
+    _, channel, transport, seen = channel_for()
+    largest = b"%d" % ((1 << 63) - 1)
+    channel.dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: " + largest + b"\r\n\r\n")
+    assert [r.body_length for r in seen] == [(1 << 63) - 1]
+    assert transport.value() == b""
 
 def test_large_and_zero_padded_chunk_sizes_are_still_read():
     _, channel, transport, seen = channel_for()

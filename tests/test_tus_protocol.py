@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.http_env import payload
-from tests.tus_env import OCTETS, b64, committed, create, sha, start_env, stop_env, tus
+from tests.tus_env import OCTETS, TUS, b64, committed, create, sha, start_env, stop_env, tus
 from wsfront.catalog.errors import NotFound
 
 
@@ -557,3 +557,100 @@ async def test_a_checksummed_patch_whose_session_fails_leaves_no_unverified_byte
         assert status == 200 and int(headers["upload-offset"]) <= half
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_answer_carries_tus_resumable_errors_included(env):
+    """tus 1.0.0: Tus-Resumable is on every response but OPTIONS's; a
+    refusal dropped it with the headers of the success it replaced."""
+    _, headers, _ = await create(env, 8, {"filename": "r.bin"})
+    url = headers["location"]
+    refusals = [
+        (409, "PATCH", url, {**OCTETS, "Upload-Offset": "3"}, b"zz", True),
+        (415, "PATCH", url, {"Content-Type": "text/plain", "Upload-Offset": "0"}, b"zz", True),
+        (413, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"123456789", True),
+        (404, "HEAD", "/-/uploads/nosuchupload", {}, None, True),
+        (404, "HEAD", "/-/uploads/a/b", {}, None, True),
+        (405, "GET", url, {}, None, True),
+        (400, "POST", "/-/uploads/", {"Upload-Length": "3"}, None, True),
+        (401, "HEAD", url, {}, None, False),
+    ]
+    for expected, method, path, extra, data, auth in refusals:
+        status, found, _ = await tus(env, method, path, extra, data, auth=auth)
+        assert status == expected, (method, path, extra)
+        assert found.get("tus-resumable") == "1.0.0", (method, path, extra)
+    assert (await env.catalog.get_upload(upload_id(url))).checkpoint == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_that_leaves_the_upload_incomplete_says_when_it_expires(env):
+    """tus expiration: Upload-Expires "MUST be included in every PATCH
+    response if the upload is going to expire" (the 204 had only the offset)."""
+    _, headers, _ = await create(env, 8, {"filename": "x.bin"})
+    url = headers["location"]
+    expires = headers["upload-expires"]
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
+    assert status == 204 and found["upload-offset"] == "4"
+    assert found.get("upload-expires") == expires
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"")
+    assert status == 204 and found.get("upload-expires") == expires
+    status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"5678")
+    assert status == 204 and found["upload-offset"] == "8"
+    assert "upload-expires" not in found  # complete: it will not expire
+    assert await committed(env, "/x.bin") == b"12345678"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_naming_a_missing_directory_is_409(env):
+    """The upload URL exists; the directory the metadata names does not:
+    409, as PUT and MKCOL answer there (it was 404)."""
+    status, found, body = await create(env, 4, {"path": "/nodir/x.bin"})
+    assert (status, found.get("tus-resumable")) == (409, "1.0.0"), body
+    assert (await create(env, 4, {"path": "/nodir/", "filename": "x.bin"}))[0] == 409
+    with pytest.raises(NotFound):
+        await env.transfers.stat(env.user, "/nodir")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checksum_mismatch_says_so_on_the_status_line(env):
+    """tus names 460 "Checksum Mismatch"; Twisted sent "460 Unknown Status"."""
+    _, created, _ = await create(env, 4, {"filename": "s.bin"})
+    fields = {**TUS, **OCTETS, "Upload-Offset": "0", "Upload-Checksum": digest("sha1", b"else")}
+    headers = {k.encode(): [v.encode()] for k, v in fields.items()}
+    response = await env.tus_http.request(
+        "PATCH", env.url(created["location"]), headers={**headers, **env.auth_header}, data=b"1234"
+    )
+    await response.content()
+    assert (response.code, response.phrase) == (460, b"Checksum Mismatch")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_cut_short_by_termination_is_410_not_taken_over(env):
+    """A DELETE of the upload while a PATCH streams: the PATCH was told 409
+    "a newer request took this upload over"; the upload is gone (410)."""
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect, head_of
+    from tests.tus_env import SessionWatch
+
+    _, headers, _ = await create(env, 100, {"filename": "gone.bin"})
+    url = headers["location"]
+    watch = SessionWatch(env.transfers)
+    auth = env.auth_header[b"Authorization"][0]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(
+        b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
+        + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
+    )  # fmt: skip
+    session = await watch.next_session()
+    arrived: defer.Deferred = defer.Deferred()
+    session.arrival_waiters.append((10, arrived))
+    await arrived
+    status, _, _ = await tus(env, "DELETE", url)
+    assert status == 204
+    answer = await client.until(b"\r\n\r\n")
+    client.close()
+    status, found = head_of(answer)
+    assert (status, found.get("tus-resumable")) == (410, "1.0.0"), answer
+    assert (await env.catalog.get_upload(upload_id(url))).state == "aborted"

@@ -216,7 +216,9 @@ def response(resource: Resource, query: PropfindQuery) -> bytes:
         found = [element(n, live[n[1]]) for n in query.names if _is_live(n, live)]
         missing = [element(n, "") for n in query.names if not _is_live(n, live)]
     parts = [f"<D:response><D:href>{text(resource.href)}</D:href>"]
-    if found:
+    if found or not missing:
+        # A response holds a propstat at least (RFC 4918, 14.24): an empty
+        # ``<prop/>`` asked for nothing, found in an empty 200 one.
         parts.append(_propstat(found, "200 OK"))
     if missing:
         parts.append(_propstat(missing, "404 Not Found"))

@@ -19,6 +19,10 @@ from wsfront.http.request import StreamingRequest
 
 ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
 
+ALLOWED_ON_EXISTING = ", ".join(m for m in ALLOWED.split(", ") if m != "MKCOL")
+"""The Allow of MKCOL's 405 on a name that exists (RFC 9110, 15.5.6: a 405
+must list what the resource supports; RFC 4918, 9.3.1: MKCOL there is 405)."""
+
 DAV_CLASSES = "1"
 """WebDAV compliance (RFC 4918, 18): class 1 only; class 2 would promise LOCK."""
 
@@ -152,14 +156,15 @@ def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
 def mkcol(context, request: StreamingRequest, user, target: paths.HttpTarget):
     # RFC 4918 (9.3): a body MKCOL does not understand is 415.
     yield request.require_no_body(HttpError(415, "MKCOL takes no body"))
+    exists = (("Allow", ALLOWED_ON_EXISTING),)
     if target.path == "/":
-        raise HttpError(405, "the root exists")
+        raise HttpError(405, "the root exists", exists)
     try:
         yield context.transfers.mkdir(user, target.path)
     except catalog_errors.Exists:
         if target.trailing_slash and (yield stat_target(context, user, target)) is None:
             raise HttpError(409, "a file has that name") from None
-        raise HttpError(405, "that name exists already") from None
+        raise HttpError(405, "that name exists already", exists) from None
     except catalog_errors.NotFound:
         raise HttpError(409, "the parent directory does not exist") from None
     request.respond(201, headers=(("Location", paths.to_url_path(target.path, directory=True)),))

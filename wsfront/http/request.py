@@ -33,6 +33,7 @@ protocol-negotiating wrapper.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs
 
@@ -150,12 +151,15 @@ def _digits_so_far(partial: bytearray) -> int:
 
 def canned(status: bytes, message: str, retry_after: int | None = None) -> bytes:
     """A whole small ``Connection: close`` answer, for errors found before
-    there is a request to answer through (or instead of reading one)."""
+    there is a request to answer through (or instead of reading one).  It is
+    dated like every other answer (RFC 9110, 6.6.1: an origin server with a
+    clock MUST send Date in a 4xx)."""
     body = (message + "\n").encode()
     retry = b"" if retry_after is None else b"Retry-After: %d\r\n" % retry_after
     return (
         b"HTTP/1.1 " + status + b"\r\n"
-        b"Server: wsfs\r\n" + retry + b"Connection: close\r\n"
+        b"Server: wsfs\r\nDate: " + http.datetimeToString() + b"\r\n"
+        + retry + b"Connection: close\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
@@ -385,6 +389,16 @@ class StreamingChannel(http.HTTPChannel):
             # Host, and for any request with more than one.
             self.refuse(canned(b"400 Bad Request", "a request needs exactly one Host header"))
             return
+        if hosts and not _HOST.fullmatch(hosts[0]):
+            # The same section: 400 for a Host that is not a host[:port]
+            # (a space, a broken IPv6 literal, a byte outside ASCII...).
+            self.refuse(canned(b"400 Bad Request", "the Host header is not a valid host[:port]"))
+            return
+        if self.length is not None and self.length > MAX_CHUNK_SIZE:
+            # As for a chunk size: no file can take the body, so refuse it
+            # now rather than answer 100 Continue and wait for 10^20 bytes.
+            self.refuse(canned(b"413 Content Too Large", "the body is larger than any file can be"))
+            return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
         request.headers_received(self._command, self._path, self._version)
@@ -434,6 +448,24 @@ class StreamingChannel(http.HTTPChannel):
             )
         return ok
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's answer to a request it cannot parse was a bare
+        ``400 Bad Request`` with no reason and no Content-Length: say what
+        was wrong, as every other refusal does, then drop the rest."""
+        if self._abandoned:
+            return
+        if self._receivedHeaderCount > self.maxHeaders:
+            reason = f"too many header fields (at most {self.maxHeaders})"
+        elif self._receivedHeaderSize > self.totalHeadersSize:
+            reason = f"the request head is too large (at most {self.totalHeadersSize} bytes)"
+        elif not self.line_mode:
+            reason = "malformed chunked body"
+        else:
+            reason = "malformed request line, header field, Content-Length or Transfer-Encoding"
+        self.abandon()
+        self.transport.write(canned(b"400 Bad Request", reason))
+        self.loseConnection()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
         431) and close, instead of LineReceiver's silent close."""
@@ -460,6 +492,13 @@ class StreamingChannel(http.HTTPChannel):
             on_lost()
 
 
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
+"""RFC 9110's Host: uri-host [":" port], the host an IP literal in brackets
+or a reg-name (possibly empty), the port digits."""
+
+
 def behind_proxy_protocol(transport) -> bool:
     """Whether ``transport`` (or one it wraps, e.g. TLS over PROXY) reads a
     PROXY-protocol header first: the client's address is known only once
@@ -471,6 +510,21 @@ def behind_proxy_protocol(transport) -> bool:
             return True
         transport = getattr(transport, "transport", None)
     return False
+
+
+REASONS = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    460: b"Checksum Mismatch",
+    507: b"Insufficient Storage",
+}
+"""Reason phrases of statuses wsfs answers that Twisted's table lacks (429,
+431 and tus's 460 went out as "Unknown Status") or names as RFC 2616 did;
+these are RFC 9110's (RFC 6585's for 429 and 431, tus 1.0's for 460)."""
 
 
 class StreamingRequest(server.Request):
@@ -499,6 +553,10 @@ class StreamingRequest(server.Request):
         self._discard_limit: int | None = None
         self._body_waiters: list[Deferred] = []
         self._body_error: BaseException | None = None
+        self._lasting: set[bytes] = set()
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, message if message is not None else REASONS.get(code))
 
     # -- channel side ----------------------------------------------------------
 
@@ -544,6 +602,11 @@ class StreamingRequest(server.Request):
                 d.callback(self.body_received)
 
     def connectionLost(self, reason) -> None:
+        # Gone first: the body's waiters fail at once, and the handler's
+        # errback (the site's ``_failed``) must see a request nobody is left
+        # to answer, not answer it (a 500 logged with a BodyLost traceback,
+        # then a write to the closed socket).
+        self._disconnected = True
         self._lose_body(BodyLost("the client closed the connection"))
         super().connectionLost(reason)
 
@@ -658,6 +721,13 @@ class StreamingRequest(server.Request):
         """The client disconnected, or the answer is complete."""
         return bool(self._disconnected or self.finished)
 
+    def set_lasting_header(self, name: bytes, value: bytes) -> None:
+        """Set a header every answer to this request carries, errors included
+        (tus: ``Tus-Resumable`` on every response), where ``respond`` would
+        otherwise drop it with the headers of a success that is not going out."""
+        self._lasting.add(name.lower())
+        self.setHeader(name, value)
+
     def set_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         for name, value in headers:
             self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
@@ -700,10 +770,8 @@ class StreamingRequest(server.Request):
     def _reset_headers(self) -> None:
         """Forget headers set for an answer that is not going out after all
         (an error found after the download's headers were prepared)."""
-        keep = [
-            (name, self.responseHeaders.getRawHeaders(name))
-            for name in (b"Server", b"Date", b"Connection", b"Strict-Transport-Security")
-        ]
+        names = (b"Server", b"Date", b"Connection", b"Strict-Transport-Security", *self._lasting)
+        keep = [(name, self.responseHeaders.getRawHeaders(name)) for name in names]
         self.responseHeaders = Headers()
         for name, values in keep:
             if values:

@@ -209,6 +209,13 @@ class WsSite(server.Site):
         from wsfront.http import files
 
         raw = target_path(request.path)
+        if raw == b"*":
+            # RFC 9110 (9.3.7): OPTIONS * asks about the server, not a
+            # resource: what any path allows, no login needed (as for
+            # tus's OPTIONS).  '*' is no target for any other method.
+            if request.method != b"OPTIONS":
+                raise HttpError(400, "'*' is a request target for OPTIONS only")
+            return files.options(request)
         if raw == b"/-" or raw.startswith(b"/-/"):
             return self._endpoint(request, raw)
         d = authenticate(self.context, request)

@@ -73,8 +73,12 @@ class TusEndpoint:
         self.settings = settings or TusSettings()
         self._learned_lengths: dict[str, int] = {}
         self._verifying: dict[str, int] = {}
+        self._terminating: set[str] = set()
 
     def __call__(self, request: StreamingRequest, context, segments: list[str]):
+        # Every answer but OPTIONS's carries Tus-Resumable (tus 1.0.0,
+        # Tus-Resumable), the errors too: a client checks it on a 409 or 460.
+        request.set_lasting_header(b"Tus-Resumable", TUS_VERSION.encode())
         method = request.method
         override = request.getHeader(b"X-HTTP-Method-Override")
         if method == b"POST" and override:
@@ -89,7 +93,6 @@ class TusEndpoint:
             raise HttpError(404, "no such upload")
         if method == b"OPTIONS":
             return self.options(request)
-        request.setHeader(b"Tus-Resumable", TUS_VERSION.encode())
         handler = self._handler(method, upload_id)
         if handler is None:
             raise HttpError(405, "method not allowed", (("Allow", allowed),))
@@ -143,9 +146,14 @@ class TusEndpoint:
         # The 201 and its URL acknowledge the upload itself: its start must
         # be durable even if no checkpoint follows (no body, or one whose
         # checkpoint fails).
-        session = yield context.transfers.open_write(
-            user, vpath, 0, declared_length=length, meta=meta, durable_start=True
-        )
+        try:
+            session = yield context.transfers.open_write(
+                user, vpath, 0, declared_length=length, meta=meta, durable_start=True
+            )
+        except catalog_errors.NotFound:
+            # As PUT and MKCOL answer (RFC 4918, 9.7.1): the upload URL
+            # exists, the directory the metadata names does not.
+            raise HttpError(409, "the parent directory does not exist") from None
         upload_id = session.upload_id
         headers = [
             ("Location", upload_url(upload_id)),
@@ -230,15 +238,21 @@ class TusEndpoint:
             return
         self._check_body_fits(request, None if length is None else length - offset)
         complete = length is not None and offset == length
+        # tus expiration: "MUST be included in every PATCH response if the
+        # upload is going to expire", i.e. unless this PATCH completed it.
+        expires = ("Upload-Expires", format_expires(upload.expires_at))
         if request.body_length == 0 and not complete:
-            request.respond(204, headers=(("Upload-Offset", str(offset)),))
+            request.respond(204, headers=(("Upload-Offset", str(offset)), expires))
             return
         vpath = self._vpath(user, upload)
         session = yield context.transfers.open_write(user, vpath, offset, resume=True)
         if new_length is not None and upload.declared_length is None:
             self._learned_lengths[upload_id] = new_length
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
-        request.respond(204, headers=(("Upload-Offset", str(done)),))
+        headers = [("Upload-Offset", str(done))]
+        if length is None or done < length:
+            headers.append(expires)
+        request.respond(204, headers=headers)
 
     @staticmethod
     def _no_body_past_the_end(request: StreamingRequest, offset: int) -> Deferred:
@@ -273,6 +287,9 @@ class TusEndpoint:
                     yield self._roll_back(context, user, vpath, session, offset)
                 elif session.state == STREAMING:
                     yield session.interrupt()
+                if superseded and upload_id in self._terminating:
+                    # tus termination: the upload is gone, not taken over.
+                    raise HttpError(410, "the upload was terminated") from None
                 if superseded:
                     raise HttpError(409, "a newer request took this upload over") from None
                 raise
@@ -344,12 +361,16 @@ class TusEndpoint:
     @inlineCallbacks
     def _abort(self, context, upload_id: str):
         local = context.transfers.sessions.get(upload_id)
-        if local is not None:
-            yield local.abort()
+        self._terminating.add(upload_id)  # what a PATCH cut short by it answers
         try:
-            yield context.transfers.catalog.abort_upload(upload_id)
-        except catalog_errors.UploadFinished:
-            raise HttpError(410, "the upload has ended") from None
+            if local is not None:
+                yield local.abort()
+            try:
+                yield context.transfers.catalog.abort_upload(upload_id)
+            except catalog_errors.UploadFinished:
+                raise HttpError(410, "the upload has ended") from None
+        finally:
+            self._terminating.discard(upload_id)
         self._learned_lengths.pop(upload_id, None)
 
     # -- helpers ----------------------------------------------------------------------
