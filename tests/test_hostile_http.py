@@ -246,6 +246,7 @@ async def test_a_refusal_written_by_the_channel_is_dated(site, request_bytes):
     _status, headers = head_of(await _exchange(env, request_bytes, until_closed=True))
     assert parse_http_date(headers.get("date", "")) is not None, headers
 
+
 @pytest.mark.parametrize("target", TRAVERSALS)
 @pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])
 @pytest_twisted.ensureDeferred

@@ -177,7 +177,6 @@ async def test_an_unexpected_error_is_a_500_with_a_traceback(env, events, monkey
     assert mine[0]["log_failure"].check(RuntimeError)
 
 
-
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PROPFIND"])
 async def test_a_client_gone_before_a_small_body_is_no_500_and_no_traceback(

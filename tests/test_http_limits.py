@@ -88,6 +88,7 @@ async def test_a_throttled_login_is_429_too_many_requests_on_the_status_line(htt
     c.close()
     assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 429 Too Many Requests"
 
+
 @pytest_twisted.ensureDeferred
 async def test_retry_after_counts_down_and_the_throttle_lifts(http):
     clock = task.Clock()

@@ -374,7 +374,6 @@ async def test_options_announces_dav_class_1_and_propfind(env):
         assert "PROPFIND" in header(r, "Allow")
 
 
-
 @pytest_twisted.ensureDeferred
 async def test_options_asterisk_describes_the_server(env):
     """RFC 9110 (9.3.7): ``OPTIONS *`` asks about the server; it was 401
@@ -396,7 +395,6 @@ async def test_options_asterisk_describes_the_server(env):
     assert status == 400
 
 
-
 @pytest_twisted.ensureDeferred
 async def test_an_empty_prop_gets_an_empty_200_propstat(env):
     """RFC 4918 (14.24): a response is href then status or propstat+; an
@@ -407,6 +405,7 @@ async def test_an_empty_prop_gets_an_empty_200_propstat(env):
         r, body = await propfind(env, "/e.txt", depth, asked)
         assert r.code == 207
         assert responses(body) == {"/e.txt": {"HTTP/1.1 200 OK": {}}}, body
+
 
 class _SlowClientRequest:
     """Just what ``_stream_children`` uses of a request, recording writes;

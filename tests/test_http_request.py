@@ -327,6 +327,7 @@ def test_the_largest_file_offset_is_still_a_length():
     assert [r.body_length for r in seen] == [(1 << 63) - 1]
     assert transport.value() == b""
 
+
 def test_large_and_zero_padded_chunk_sizes_are_still_read():
     _, channel, transport, seen = channel_for()
     channel.dataReceived(CHUNKED_PUT)

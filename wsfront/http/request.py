@@ -158,8 +158,11 @@ def canned(status: bytes, message: str, retry_after: int | None = None) -> bytes
     retry = b"" if retry_after is None else b"Retry-After: %d\r\n" % retry_after
     return (
         b"HTTP/1.1 " + status + b"\r\n"
-        b"Server: wsfs\r\nDate: " + http.datetimeToString() + b"\r\n"
-        + retry + b"Connection: close\r\n"
+        b"Server: wsfs\r\nDate: "
+        + http.datetimeToString()
+        + b"\r\n"
+        + retry
+        + b"Connection: close\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
