@@ -434,7 +434,12 @@ def target_path(meta: dict[str, str]) -> str:
         paths.check_name(filename)
     raw = meta.get("path")
     if raw:
-        vpath = paths.resolve("/", raw)
+        try:
+            vpath = paths.resolve("/", raw)
+        except paths.PathError as e:
+            # 400 whatever the kind: the request's URL is fine, its metadata
+            # is not (a reserved '-' is no 404, a long path no 414).
+            raise HttpError(400, f"Upload-Metadata path: {e.message}") from None
         if raw.endswith("/") or vpath == "/":
             if filename is None:
                 raise HttpError(400, "Upload-Metadata path names a directory: add filename")
