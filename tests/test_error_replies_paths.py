@@ -188,7 +188,7 @@ async def test_http_percent_encoded_paths_are_named_decoded(env):
 
 @pytest.mark.parametrize(
     ("where", "status", "body"),
-    [("/nodir/x", 409, "the parent directory does not exist"), ("/file/x", 409, "not a directory")],
+    [("/nodir/x", 404, "no such file or directory"), ("/file/x", 409, "not a directory")],
 )
 @pytest_twisted.ensureDeferred
 async def test_tus_creation_errors_name_no_catalog_path(env, where, status, body):
