@@ -601,20 +601,6 @@ async def test_a_patch_that_leaves_the_upload_incomplete_says_when_it_expires(en
 
 
 @pytest_twisted.ensureDeferred
-async def test_metadata_naming_a_missing_directory_or_a_bad_path_is_409_or_400(env):
-    """The upload URL exists; only the metadata is wrong.  A missing parent
-    was 404 (PUT and MKCOL answer 409 there), a path under the reserved
-    '-' 404 and an overlong one 414, as if the request's own URL were."""
-    status, found, body = await create(env, 4, {"path": "/nodir/x.bin"})
-    assert (status, found.get("tus-resumable")) == (409, "1.0.0"), body
-    assert (await create(env, 4, {"path": "/-/x.bin"}))[0] == 400
-    assert (await create(env, 4, {"path": "/" + "d/" * 2100 + "x.bin"}))[0] == 400
-    assert (await create(env, 4, {"path": "/nodir/", "filename": "x.bin"}))[0] == 409
-    with pytest.raises(NotFound):
-        await env.transfers.stat(env.user, "/nodir")
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_checksum_mismatch_says_so_on_the_status_line(env):
     """tus names 460 "Checksum Mismatch"; Twisted sent "460 Unknown Status"."""
     _, created, _ = await create(env, 4, {"filename": "s.bin"})

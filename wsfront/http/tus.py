@@ -146,14 +146,9 @@ class TusEndpoint:
         # The 201 and its URL acknowledge the upload itself: its start must
         # be durable even if no checkpoint follows (no body, or one whose
         # checkpoint fails).
-        try:
-            session = yield context.transfers.open_write(
-                user, vpath, 0, declared_length=length, meta=meta, durable_start=True
-            )
-        except catalog_errors.NotFound:
-            # As PUT and MKCOL answer (RFC 4918, 9.7.1): the upload URL
-            # exists, the directory the metadata names does not.
-            raise HttpError(409, "the parent directory does not exist") from None
+        session = yield context.transfers.open_write(
+            user, vpath, 0, declared_length=length, meta=meta, durable_start=True
+        )
         upload_id = session.upload_id
         headers = [
             ("Location", upload_url(upload_id)),
@@ -434,12 +429,7 @@ def target_path(meta: dict[str, str]) -> str:
         paths.check_name(filename)
     raw = meta.get("path")
     if raw:
-        try:
-            vpath = paths.resolve("/", raw)
-        except paths.PathError as e:
-            # 400 whatever the kind: the request's URL is fine, its metadata
-            # is not (a reserved '-' is no 404, a long path no 414).
-            raise HttpError(400, f"Upload-Metadata path: {e.message}") from None
+        vpath = paths.resolve("/", raw)
         if raw.endswith("/") or vpath == "/":
             if filename is None:
                 raise HttpError(400, "Upload-Metadata path names a directory: add filename")
