@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -589,11 +590,16 @@ async def test_a_patch_that_leaves_the_upload_incomplete_says_when_it_expires(en
     _, headers, _ = await create(env, 8, {"filename": "x.bin"})
     url = headers["location"]
     expires = headers["upload-expires"]
+    # Activity moves the expiry (here a day further, as if a day had
+    # passed): a PATCH answers the one it set, which HEAD then says too,
+    # not the one from before it.
+    env.transfers.settings = attrs.evolve(env.transfers.settings, upload_expiry=2 * 24 * 3600.0)
     status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "0"}, b"1234")
     assert status == 204 and found["upload-offset"] == "4"
-    assert found.get("upload-expires") == expires
+    _, head, _ = await tus(env, "HEAD", url)
+    assert found.get("upload-expires") == head["upload-expires"] != expires
     status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"")
-    assert status == 204 and found.get("upload-expires") == expires
+    assert status == 204 and found.get("upload-expires") == head["upload-expires"]
     status, found, _ = await tus(env, "PATCH", url, {**OCTETS, "Upload-Offset": "4"}, b"5678")
     assert status == 204 and found["upload-offset"] == "8"
     assert "upload-expires" not in found  # complete: it will not expire

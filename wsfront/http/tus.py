@@ -235,8 +235,8 @@ class TusEndpoint:
         complete = length is not None and offset == length
         # tus expiration: "MUST be included in every PATCH response if the
         # upload is going to expire", i.e. unless this PATCH completed it.
-        expires = ("Upload-Expires", format_expires(upload.expires_at))
         if request.body_length == 0 and not complete:
+            expires = ("Upload-Expires", format_expires(upload.expires_at))
             request.respond(204, headers=(("Upload-Offset", str(offset)), expires))
             return
         vpath = self._vpath(user, upload)
@@ -246,7 +246,9 @@ class TusEndpoint:
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)
         headers = [("Upload-Offset", str(done))]
         if length is None or done < length:
-            headers.append(expires)
+            # As the takeover and the checkpoints moved it, not as it was
+            # before this PATCH.
+            headers.append(("Upload-Expires", format_expires(session.expires_at)))
         request.respond(204, headers=headers)
 
     @staticmethod

@@ -262,6 +262,9 @@ class WriteSession:
         self.blob_start = session.blob_start
         self.offset = session.blob_start
         self.durable = session.checkpoint
+        #: When the upload expires as the catalog last recorded it: the
+        #: start's or takeover's, then each checkpoint's (activity moves it).
+        self.expires_at: float = session.expires_at
         self.state = STREAMING
         self.error: Exception | None = None
         self.received = 0
@@ -449,15 +452,18 @@ class WriteSession:
         if durable <= self.durable and not changed:
             return
         failpoints.hit("transfer.before_checkpoint", durable)
+        expires_at = self._expires_at()
         yield self._catalog.checkpoint(
             self.upload_id,
             self.epoch,
             durable,
             replicas=list(replicas) if changed else None,
-            expires_at=self._expires_at(),
+            expires_at=expires_at,
         )
         self._recorded_replicas = replicas
         self.durable = durable
+        if expires_at is not None:
+            self.expires_at = expires_at
         failpoints.hit("transfer.after_checkpoint", durable)
 
     def _expires_at(self) -> float | None:
