@@ -123,11 +123,12 @@ def test_a_body_on_a_get_beyond_the_discard_limit_is_refused():
     assert failure.value.status == 413
 
 
-def test_oversized_headers_are_refused_with_400():
+def test_oversized_headers_are_refused_with_431():
+    """RFC 6585, 5: 431 for header fields too large in all, as for one."""
     _, channel, transport, seen = channel_for(SiteSettings(max_header_bytes=1024))
     channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 900 + b"\r\n")
     channel.dataReceived(b"X-More: " + b"b" * 900 + b"\r\n\r\n")
-    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert transport.value().startswith(b"HTTP/1.1 431 ")
     assert seen == []
 
 

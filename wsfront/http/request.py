@@ -457,17 +457,20 @@ class StreamingChannel(http.HTTPChannel):
         was wrong, as every other refusal does, then drop the rest."""
         if self._abandoned:
             return
+        # Too many or too large header fields are 431 (RFC 6585, 5), as a
+        # single overlong line is (``lineLengthExceeded``).
+        status = b"431 Request Header Fields Too Large"
         if self._receivedHeaderCount > self.maxHeaders:
             reason = f"too many header fields (at most {self.maxHeaders})"
         elif self._receivedHeaderSize > self.totalHeadersSize:
             reason = f"the request head is too large (at most {self.totalHeadersSize} bytes)"
         elif not self.line_mode:
-            reason = "malformed chunked body"
+            status, reason = b"400 Bad Request", "malformed chunked body"
         else:
+            status = b"400 Bad Request"
             reason = "malformed request line, header field, Content-Length or Transfer-Encoding"
-        self.abandon()
-        self.transport.write(canned(b"400 Bad Request", reason))
-        self.loseConnection()
+        # The short linger of a refusal: what follows is unparseable too.
+        self.refuse(canned(status, reason))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
