@@ -649,3 +649,18 @@ async def test_a_patch_cut_short_by_termination_is_410_not_taken_over(env):
     status, found = head_of(answer)
     assert (status, found.get("tus-resumable")) == (410, "1.0.0"), answer
     assert (await env.catalog.get_upload(upload_id(url))).state == "aborted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_creation_with_upload_says_when_it_expires_only_if_incomplete(env):
+    """A creation whose body completes the upload says no Upload-Expires (it
+    will not expire, as a PATCH that completes one says none); one left
+    incomplete says what HEAD then says."""
+    status, found, _ = await create(env, 4, {"filename": "whole.bin"}, b"1234")
+    assert status == 201 and found["upload-offset"] == "4"
+    assert "upload-expires" not in found
+    assert await committed(env, "/whole.bin") == b"1234"
+    status, found, _ = await create(env, 8, {"filename": "half.bin"}, b"1234")
+    assert status == 201 and found["upload-offset"] == "4"
+    _, head, _ = await tus(env, "HEAD", found["location"])
+    assert found["upload-expires"] == head["upload-expires"]

@@ -150,10 +150,12 @@ class TusEndpoint:
             user, vpath, 0, declared_length=length, meta=meta, durable_start=True
         )
         upload_id = session.upload_id
-        headers = [
-            ("Location", upload_url(upload_id)),
-            ("Upload-Expires", format_expires(session.session.expires_at)),
-        ]
+        location = ("Location", upload_url(upload_id))
+
+        def expires() -> tuple[str, str]:
+            # As the checkpoints of a body left it (activity moves it).
+            return ("Upload-Expires", format_expires(session.expires_at))
+
         log.info(
             "tus upload {id} created for {user}: {path}", id=upload_id, user=user.name, path=vpath
         )
@@ -163,12 +165,16 @@ class TusEndpoint:
                     request, session, context, user, vpath, 0, length, checksum
                 )
             except HttpError as e:
-                raise HttpError(e.status, e.message, (*e.headers, *headers)) from None
-            headers.append(("Upload-Offset", str(offset)))
+                raise HttpError(e.status, e.message, (*e.headers, location, expires())) from None
+            headers = [location, ("Upload-Offset", str(offset))]
+            if length is None or offset < length:
+                headers.append(expires())  # a complete upload will not expire
         elif length == 0:
             yield session.finish()
+            headers = [location]
         else:
             yield session.interrupt()
+            headers = [location, expires()]
         request.respond(201, headers=headers)
 
     @inlineCallbacks
