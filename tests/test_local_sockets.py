@@ -337,16 +337,27 @@ def test_a_socket_folder_name_someone_else_could_have_taken_is_not_used(tmp_path
     assert name == local.socket_folder_name(tmp_path / "." / "data"), "one name per data folder"
     assert name != local.socket_folder_name(tmp_path / "other")
     own = tmp_path / name
-    assert local.private_socket_folder(own) == own
-    assert (own.stat().st_mode & 0o777) == 0o700
-    assert local.private_socket_folder(own) == own, "its own folder is taken back"
+    got, lock = local.private_socket_folder(own)
+    assert got == own and (own.stat().st_mode & 0o777) == 0o700
+    os.close(lock)  # as a killed wslocal's lock goes with it
+    got, lock = local.private_socket_folder(own)
+    assert got == own, "its own folder is taken back"
+    try:
+        # Held by a running wslocal (whose data folder was moved and remade):
+        # not taken, nor removed by the other at its stop.
+        other, other_lock = local.private_socket_folder(own)
+        assert other != own and other.name.startswith("wslocal-")
+        os.close(other_lock)
+    finally:
+        os.close(lock)
     open_to_all = tmp_path / "open"
     open_to_all.mkdir(mode=0o777)
     open_to_all.chmod(0o777)
     link = tmp_path / "link"
     link.symlink_to(own)
     for taken in (open_to_all, link):
-        got = local.private_socket_folder(taken)
+        got, lock = local.private_socket_folder(taken)
+        os.close(lock)
         assert got != taken and got.parent == tmp_path and got.name.startswith("wslocal-")
         assert (got.stat().st_mode & 0o777) == 0o700
     assert (open_to_all.stat().st_mode & 0o777) == 0o777, "what was there is left as it was"
@@ -368,13 +379,47 @@ async def test_a_second_wslocal_on_the_same_data_leaves_the_first_ones_socket_fo
         assert folder is not None and folder.parent == short_tmp
         with pytest.raises(Exception, match=r"(?i)lock|in use"):
             await started(options(data))
-        assert sorted(p.name for p in folder.iterdir()) == ["s1.sock", "s2.sock", "s3.sock"]
+        assert sorted(p.name for p in folder.iterdir()) == ["lock", "s1.sock", "s2.sock", "s3.sock"]
         login = ":".join(first.login)
         url = f"http://127.0.0.1:{first.frontend.address('http').port}/after.bin"
         (tmp_path / "after.bin").write_bytes(os.urandom(3 << 20))
         await curl("-u", login, "-T", str(tmp_path / "after.bin"), url)
         got = await curl("-u", login, url)
         assert got == (tmp_path / "after.bin").read_bytes()
+    finally:
+        await first.stopService()
+        shutil.rmtree(short_tmp, ignore_errors=True)
+    assert not folder.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wslocal_whose_data_folder_was_moved_keeps_its_socket_folder(tmp_path, monkeypatch):
+    """The socket folder is named after the data folder's path, and the
+    stores' locks are the data's own: a running wslocal's data folder
+    moved away and another started on a new one at the same path would
+    have taken its folder (replacing its sockets) and removed it at stop.
+    The folder's own lock keeps them apart."""
+    short_tmp = Path(tempfile.mkdtemp(prefix="t-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
+    data = tmp_path / ("d" * 120) / "data"
+    first = await started(options(data))
+    try:
+        folder = first.socket_tmp
+        data.rename(data.with_name("moved"))
+        second = await started(options(data))
+        try:
+            assert second.socket_tmp is not None and second.socket_tmp != folder
+        finally:
+            await second.stopService()
+        assert sorted(p.name for p in folder.iterdir()) == ["lock", "s1.sock", "s2.sock", "s3.sock"]
+        # Still the first one's servers listening there (the catalog moved
+        # with the data, so this asks the sockets themselves).
+        for name in ("s1", "s2", "s3"):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(folder / f"{name}.sock"))
+            finally:
+                probe.close()
     finally:
         await first.stopService()
         shutil.rmtree(short_tmp, ignore_errors=True)

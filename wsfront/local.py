@@ -11,6 +11,8 @@ re-registered in the catalog at every start.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gc
 import hashlib
 import os
@@ -73,11 +75,12 @@ SUN_PATH_MAX = 103
 STORAGE_SOCKETS = ("unix", "tcp")
 
 
-def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, bool]:
+def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, int | None]:
     """Where the storage servers' UNIX sockets go: ``data/run`` when every
     ``run/NAME.sock`` fits in ``SUN_PATH_MAX`` bytes, else a private
     directory of the system's temporary folder (``private_socket_folder``,
-    removed at stop: the second item says so), else None (use TCP).
+    removed at stop: the second item is then the descriptor of its lock,
+    to be closed after that), else None (use TCP).
     Raises OSError when that private directory cannot be made.  Call it
     with the stores of ``data`` open: their locks keep a second wslocal
     from taking (and at its stop removing) the first one's folder.
@@ -94,11 +97,11 @@ def unix_socket_dir(data: Path, names: list[str]) -> tuple[Path | None, bool]:
 
     run = data / "run"
     if fits(run):
-        return run, False
+        return run, None
     folder = Path(tempfile.gettempdir()) / socket_folder_name(data)
     if fits(folder):
-        return private_socket_folder(folder), True
-    return None, False
+        return private_socket_folder(folder)
+    return None, None
 
 
 def socket_folder_name(data: Path) -> str:
@@ -110,21 +113,43 @@ def socket_folder_name(data: Path) -> str:
     return f"wslocal-{os.getuid()}-{digest}"
 
 
-def private_socket_folder(folder: Path) -> Path:
+def private_socket_folder(folder: Path) -> tuple[Path, int]:
     """``folder``, made with mode 0700, or taken back if a killed wslocal
-    left it: only when it is a directory (not a link) of this user that no
-    one else may enter.  A name in a shared temporary folder can be taken
-    by anyone first, so anything else there is left alone and a fresh
-    ``wslocal-XXXX`` folder is made beside it instead."""
+    left it, with the descriptor of its lock (``hold_folder_lock``), held
+    until the folder is removed.  Taken back only when it is a directory
+    (not a link) of this user that no one else may enter, and that no
+    running wslocal holds: a name in a shared temporary folder can be taken
+    by anyone first, and a running wslocal's data folder may have been
+    moved and another made at its path (the stores' locks, which are the
+    data's, do not see that).  Otherwise a fresh ``wslocal-XXXX`` folder
+    is made beside it, and what was there is left alone."""
     try:
         os.mkdir(folder, 0o700)
     except FileExistsError:
         found = os.lstat(folder)
         private = not found.st_mode & 0o077
-        if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and private:
-            return folder
-        return Path(tempfile.mkdtemp(prefix="wslocal-", dir=folder.parent))
-    return folder
+        if not (stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and private):
+            folder = Path(tempfile.mkdtemp(prefix="wslocal-", dir=folder.parent))
+    lock = hold_folder_lock(folder)
+    if lock is None:
+        folder = Path(tempfile.mkdtemp(prefix="wslocal-", dir=folder.parent))
+        lock = hold_folder_lock(folder)
+        if lock is None:  # a folder just made, that no one else may enter
+            raise OSError(errno.EAGAIN, "cannot lock a new folder", str(folder))
+    return folder, lock
+
+
+def hold_folder_lock(folder: Path) -> int | None:
+    """An exclusive lock on ``folder/lock``, held by the descriptor returned
+    (None: another process holds it).  The kernel lets go of it when the
+    process dies, so a SIGKILLed wslocal's folder is free again."""
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_stale_socket(path: Path) -> None:
@@ -275,6 +300,8 @@ class LocalClusterService(service.MultiService):
         #: A temporary folder holding the sockets (``unix_socket_dir``),
         #: removed at stop; None when they are in ``data/run`` or on TCP.
         self.socket_tmp: Path | None = None
+        #: The descriptor holding that folder's lock, closed after it is removed.
+        self.socket_lock: int | None = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def startService(self) -> None:
@@ -386,7 +413,7 @@ class LocalClusterService(service.MultiService):
         if self.options["storage-sockets"] != "unix":
             return None
         try:
-            folder, temporary = unix_socket_dir(self.data, names)
+            folder, lock = unix_socket_dir(self.data, names)
         except OSError as e:
             # The private folder could not be made (a full or read-only
             # temporary folder): TCP serves as well, if at a higher CPU cost.
@@ -405,8 +432,8 @@ class LocalClusterService(service.MultiService):
                 n=SUN_PATH_MAX,
             )
             return None
-        if temporary:
-            self.socket_tmp = folder
+        if lock is not None:
+            self.socket_tmp, self.socket_lock = folder, lock
             log.info(
                 "wslocal: {data}/run is too long a path for UNIX sockets: they are in {folder}",
                 data=self.data,
@@ -522,5 +549,9 @@ class LocalClusterService(service.MultiService):
                 close()
             except Exception:
                 log.failure("wslocal: store {name} did not close cleanly", name=name)
-        if self.socket_tmp is not None:
-            shutil.rmtree(self.socket_tmp, ignore_errors=True)
+        folder, self.socket_tmp = self.socket_tmp, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        lock, self.socket_lock = self.socket_lock, None
+        if lock is not None:
+            os.close(lock)
