@@ -127,3 +127,5 @@ def test_wsstorage_that_cannot_listen_exits_nonzero_with_a_clear_message(tmp_pat
     # twistd logs stderr's writes to stdout.
     assert "wsstorage: cannot start:" in proc.stdout + proc.stderr
     assert "Address already in use" in proc.stdout + proc.stderr
+    # The operator's environment, not a bug: one line, as wsfront says it.
+    assert "Traceback" not in proc.stdout + proc.stderr

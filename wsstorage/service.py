@@ -18,11 +18,13 @@ from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from wsstorage import allocator, auth
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
+from wsstorage.diskformat import FormatError
 from wsstorage.records import BLOB_ID_RE
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
@@ -206,7 +208,11 @@ class StorageService(Service):
             log.info("wsstorage metrics on {addr}", addr=self.metrics_port.getHost())
 
     def _failed(self, failure: Any) -> None:
-        log.failure("wsstorage could not start", failure)
+        # The operator's environment (a port taken, a data directory that
+        # is missing, in use or of another format) is the one line below,
+        # as wsfront says it; anything else is a bug, worth its traceback.
+        if not failure.check(CannotListenError, OSError, FormatError):
+            log.failure("wsstorage could not start", failure)
         sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
         # twistd exits 0 after reactor.stop(); a supervisor must see a failed
         # start as one (wsfront does the same).
