@@ -29,6 +29,7 @@ from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
+from wsstorage.diskformat import FormatError
 
 log = Logger()
 
@@ -52,9 +53,13 @@ def _node_state(node) -> str:
 
 def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
-    cannot be reached, a port already taken, a bad endpoint): one line says
-    it, as for a bad option.  Anything else is a bug, with its traceback."""
-    return isinstance(error, (BadStorageEndpoint, CannotListenError)) or operator_error(error)
+    cannot be reached, a port already taken, a bad endpoint, wslocal's data
+    directory in use by another wslocal or of another format): one line
+    says it, as for a bad option.  Anything else is a bug, with its
+    traceback."""
+    return isinstance(error, (BadStorageEndpoint, CannotListenError, FormatError)) or (
+        operator_error(error)
+    )
 
 
 def report_start_failure(failure: Failure, what: str) -> None:
