@@ -544,6 +544,10 @@ class StreamingRequest(server.Request):
                 d.callback(self.body_received)
 
     def connectionLost(self, reason) -> None:
+        # Gone before the body's loss resumes the handler: one that ends at
+        # once (its upload already interrupted by the front end's shutdown)
+        # must find nobody to answer, not take BodyLost for a bug (a 500).
+        self._disconnected = True
         self._lose_body(BodyLost("the client closed the connection"))
         super().connectionLost(reason)
 
