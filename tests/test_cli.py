@@ -169,6 +169,26 @@ def test_an_unknown_postgresql_database_is_one_line():
     _one_line_error(wsfs(url, "status"), "cannot use the catalog", "wsfs_no_such_database")
 
 
+@pytest.mark.postgres
+def test_a_postgresql_database_without_a_catalog_is_an_error_not_an_empty_healthy_cluster():
+    """The wrong (existing) database must neither get wsfs's tables nor be
+    reported as an empty, healthy cluster, as for a mistyped SQLite path;
+    ``user add`` still sets a new catalog up there."""
+    import psycopg
+
+    from tests.catalog_fixtures import postgres_schema_url
+
+    for url in postgres_schema_url():  # an empty schema of its own, dropped after
+        for command in (["status"], ["sessions"], ["user", "list"], ["ls", "/"]):
+            _one_line_error(wsfs(url, *command), "no catalog in")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None
+        added = wsfs(url, "user", "add", "ann", stdin="pw-123456\n")
+        assert added.returncode == 0, added.stderr
+        status = wsfs(url, "status")
+        assert status.returncode == 0, status.stderr
+
+
 def test_a_password_that_is_not_utf8_is_refused_in_one_line(tmp_path):
     catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
     proc = subprocess.run(

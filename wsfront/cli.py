@@ -721,7 +721,31 @@ def quiet_broken_pipe() -> None:
     raise SystemExit(EXIT_BROKEN_PIPE)
 
 
+def check_postgresql_catalog(url: str) -> None:
+    """Refuse a PostgreSQL database that holds no wsfs catalog, before
+    opening it would create one: ``wsfs status`` pointed at the wrong
+    database must neither add wsfs's tables to it nor report it as an
+    empty, healthy cluster (what ``check_catalog_url`` refuses for a
+    SQLite path).  Only ``user add`` and ``fsck --rebuild-catalog`` set up
+    a new catalog (``creates_catalog``); a front end does too.  The URL's
+    own settings (``options=-csearch_path=...``) say where to look."""
+    from wsfront.catalog.postgres import PostgresBackend
+
+    conn = PostgresBackend(url).connect()
+    try:
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
+    finally:
+        conn.close()
+    if not row["found"]:
+        raise SystemExit(
+            f"wsfs: no catalog in {url} (no wsfs tables there: a typo? "
+            "`wsfs --catalog URL user add NAME` or a front end creates one)"
+        )
+
+
 async def _run(reactor, args: argparse.Namespace, out) -> None:
+    if catalog_location(args.catalog)[0] == "postgresql" and not creates_catalog(args):
+        check_postgresql_catalog(args.catalog)
     catalog = open_catalog(reactor, args.catalog)
     try:
         commands = Commands(catalog, args, out)
