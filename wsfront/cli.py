@@ -613,7 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/")
 
     def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--timeout", type=_seconds, default=3600.0)
+        parser.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=3600.0,
+            help="seconds to wait for the job to end (default 3600); it is not cancelled then",
+        )
         parser.add_argument("--poll", type=_seconds, default=0.5, help=argparse.SUPPRESS)
         parser.add_argument("--no-taker-after", type=_seconds, default=10.0, help=argparse.SUPPRESS)
         return parser
