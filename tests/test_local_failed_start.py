@@ -138,3 +138,14 @@ async def test_a_data_directory_another_wslocal_holds_is_one_line_not_a_tracebac
         held.close()
         globalLogPublisher.removeObserver(events.append)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("option", "spec"), [("ftp", "tcp:notaport"), ("http", "nosuch:1")])
+def test_a_malformed_endpoint_is_a_usage_error_before_anything_starts(tmp_path, option, spec):
+    """As wsfront says it: not a traceback once the stores are open."""
+    from twisted.python import usage
+
+    opts = LocalOptions()
+    with pytest.raises(usage.UsageError, match=f"--{option} '{spec}': not a server endpoint"):
+        opts.parseOptions(["--data", str(tmp_path / "d"), f"--{option}", spec])
+    assert not (tmp_path / "d").exists()
