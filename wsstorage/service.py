@@ -100,6 +100,19 @@ def start_storage_server(
     return RunningServer(factory, store, port)
 
 
+def endpoint_problem(spec: str) -> str | None:
+    """Why Twisted cannot build the server endpoint ``spec`` (``tcp:notaport``,
+    an unknown type, a missing key file), or None: checked with the options,
+    so a typo is a usage error before the data directory is touched.  Only
+    built, never listened on (``wsfront.config.endpoint_problem`` does the
+    same for the front end; wsstorage runs without wsfront)."""
+    try:
+        serverFromString(object(), spec)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
+        return str(e) or e.__class__.__name__
+    return None
+
+
 class Options(usage.Options):
     synopsis = "--listen EP --data DIR --name NAME --secret-file FILE"
     longdesc = (
@@ -133,6 +146,12 @@ class Options(usage.Options):
         missing = [f"--{k}" for k in ("listen", "data", "name", "secret-file") if not self[k]]
         if missing:
             raise usage.UsageError(f"missing required option(s): {', '.join(missing)}")
+        for option in ("listen", "metrics"):
+            problem = self[option] and endpoint_problem(self[option])
+            if problem:
+                raise usage.UsageError(
+                    f"--{option} {self[option]!r}: not a server endpoint ({problem})"
+                )
         if not BLOB_ID_RE.match(self["name"]):
             raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
         for name in ("scrub-mib-per-second", "scrub-interval-hours"):
