@@ -138,6 +138,8 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
     out, err, code = await cluster.wsfs(*args)
     assert code == 0, err + out
     assert f"rebuilt: {len(files)} files" in out
+    # The hint must work: a plain `user add` refuses a root holding files.
+    assert "wsfs user add NAME --adopt-files" in out
     cluster.catalog = open_catalog(reactor, cluster.catalog_url)
     await cluster.catalog.add_user("alice", PASSWORD, adopt_files=True)
     cluster.user = await cluster.catalog.get_user("alice")

@@ -523,7 +523,7 @@ class Commands:
                 "compaction copies not used (abandoned or of an overwritten version), "
                 f"left for GC: {report['unused_compaction_copies']}"
             )
-        text.append("re-create users with: wsfs user add NAME")
+        text.append("re-create users with: wsfs user add NAME --adopt-files (their files are back)")
         self.emit(report, "\n".join(text))
 
     async def backup(self) -> None:
