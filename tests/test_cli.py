@@ -74,6 +74,17 @@ def test_status_sessions_and_ls_on_an_empty_cluster(catalog):
     assert "carol/" in listing
 
 
+def test_json_may_come_after_the_command_too(catalog):
+    """``wsfs --catalog URL status --json``, where scripts often put it."""
+    wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")
+    after = wsfs(catalog, "status", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["files"] == 0
+    [user] = json.loads(wsfs(catalog, "user", "list", "--json").stdout)
+    assert user["name"] == "carol"
+    assert wsfs(catalog, "user", "list").stdout.startswith("NAME")  # tables without it
+
+
 class _Terminal:
     """A stand-in terminal: records writes, says it is a TTY (or not)."""
 

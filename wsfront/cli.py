@@ -658,7 +658,26 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("--replicas", type=_whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
+    _json_after_the_command(p)
     return p
+
+
+def _json_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Take ``--json`` after the command too (``wsfs --catalog URL status
+    --json``), where scripts often put it, not only before it: every
+    command's own parser accepts it, and leaves the top-level one's value
+    alone when it is not given there (SUPPRESS)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _json_after_the_command(child)
+            return
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON instead of tables",
+    )
 
 
 def creates_catalog(args: argparse.Namespace) -> bool:
