@@ -308,3 +308,41 @@ def test_toml_values_of_the_wrong_type_are_usage_errors_naming_the_file(
     toml.write_text(line + "\n")
     with pytest.raises(usage.UsageError, match=f"--config {re.escape(str(toml))}: {message}"):
         parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storage_endpoint_that_changes_a_registered_one_is_warned_about(tmp_path):
+    """--storage re-registers a server for the whole cluster: a moved
+    server, or a typo on one front end that every other then follows."""
+    from twisted.internet import reactor
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from wsfront.config import FrontendConfig
+    from wsfront.service import FrontendService
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for endpoint in ("tcp:127.0.0.1:7001", "tcp:127.0.0.1:7001", "tcp:127.0.0.1:7999"):
+            config = FrontendConfig(
+                name="fe", catalog=url, storage=(("s1", endpoint),), replicas=1,
+                secret=b"s" * 32, http="tcp:0:interface=127.0.0.1",
+            )  # fmt: skip
+            fe = FrontendService(reactor, config)
+            fe.startService()
+            try:
+                await fe.ready
+            finally:
+                await fe.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [
+        formatEvent(e)
+        for e in events
+        if e.get("log_level") is LogLevel.warn and "was registered at" in formatEvent(e)
+    ]
+    assert said == [
+        "--storage s1=tcp:127.0.0.1:7999: s1 was registered at tcp:127.0.0.1:7001; "
+        "the catalog now says tcp:127.0.0.1:7999 for every front end and the CLI"
+    ]

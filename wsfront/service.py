@@ -166,7 +166,19 @@ class FrontendService(service.Service):
             if problem is not None:
                 raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
         self.catalog = open_catalog(self.reactor, cfg.catalog)
+        registered = {n.name: n.endpoint for n in await self.catalog.list_nodes()}
         for name, endpoint in cfg.storage:
+            before = registered.get(name)
+            if before is not None and before != endpoint:
+                # How a moved server is re-registered, and how a typo in
+                # one front end's options reaches every other: say so.
+                log.warn(
+                    "--storage {name}={endpoint}: {name} was registered at {before}; "
+                    "the catalog now says {endpoint} for every front end and the CLI",
+                    name=name,
+                    endpoint=endpoint,
+                    before=before,
+                )
             await self.catalog.register_node(name, endpoint)
         self.pool = StoragePool(self.reactor)
         for node in await self.catalog.list_nodes():
