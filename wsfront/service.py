@@ -402,6 +402,7 @@ class FrontendService(service.Service):
             yield self._bounded(self.maintenance.stopService(), "stop maintenance")
         if self.pool is not None:
             self.pool.stop()
+            self.pool.closing = True  # downloads still streaming end quietly
             for node in self.pool.nodes():
                 yield self._bounded(node.client.close(), f"close {node.name}")
         if self.catalog is not None:
