@@ -200,6 +200,33 @@ def test_a_postgresql_database_without_a_catalog_is_an_error_not_an_empty_health
         assert status.returncode == 0, status.stderr
 
 
+def test_a_backup_to_a_directory_or_into_a_missing_one_is_one_line_blaming_the_file(
+    catalog, tmp_path
+):
+    """Not "catalog ...: unable to open database file" (the catalog is fine)
+    nor a FILE.tmp left beside a directory."""
+    assert wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n").returncode == 0
+    _one_line_error(wsfs(catalog, "backup", str(tmp_path)), str(tmp_path), "is a directory")
+    missing = tmp_path / "no" / "x.bak"
+    _one_line_error(wsfs(catalog, "backup", str(missing)), "no directory", str(missing.parent))
+    assert not (tmp_path.parent / (tmp_path.name + ".tmp")).exists()
+
+
+@pytest.mark.postgres
+def test_a_failed_pg_dump_is_one_line_with_its_reason(tmp_path):
+    import shutil
+
+    from tests.support import missing, postgres_url
+    from wsfront.maintenance.backup import BackupFailed, backup_postgres
+
+    if shutil.which("pg_dump") is None:
+        missing("pg_dump is not installed")
+    url = urlparse(postgres_url())._replace(path="/wsfs_no_such_database").geturl()
+    with pytest.raises(BackupFailed, match=r"pg_dump failed: .*wsfs_no_such_database"):
+        backup_postgres(url, str(tmp_path / "x.dump"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_password_that_is_not_utf8_is_refused_in_one_line(tmp_path):
     catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
     proc = subprocess.run(
