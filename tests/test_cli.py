@@ -85,6 +85,22 @@ def test_json_may_come_after_the_command_too(catalog):
     assert wsfs(catalog, "user", "list").stdout.startswith("NAME")  # tables without it
 
 
+def test_catalog_may_come_after_the_command_too(catalog):
+    """``wsfs status --catalog URL`` was "required: --catalog", given as it was."""
+    wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")
+    after = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "status", "--catalog", catalog, "--json"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["dirs"] == 2
+    neither = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "status"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert neither.returncode == 2 and "required: --catalog" in neither.stderr
+
+
 class _Terminal:
     """A stand-in terminal: records writes, says it is a TTY (or not)."""
 

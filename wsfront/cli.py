@@ -564,7 +564,8 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsfs", description="administer a wsfs cluster")
-    p.add_argument("--catalog", required=True, help="sqlite:///abs/path or postgresql://...")
+    # Required, but checked in ``parse_args``: it may come after the command too.
+    p.add_argument("--catalog", help="sqlite:///abs/path or postgresql://...")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -658,19 +659,20 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("--replicas", type=_whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
-    _json_after_the_command(p)
+    _global_options_after_the_command(p)
     return p
 
 
-def _json_after_the_command(parser: argparse.ArgumentParser) -> None:
-    """Take ``--json`` after the command too (``wsfs --catalog URL status
-    --json``), where scripts often put it, not only before it: every
-    command's own parser accepts it, and leaves the top-level one's value
-    alone when it is not given there (SUPPRESS)."""
+def _global_options_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Take ``--json`` and ``--catalog`` after the command too (``wsfs
+    --catalog URL status --json``, ``wsfs status --catalog URL``), where
+    scripts and hands often put them, not only before it: every command's
+    own parser accepts them, and leaves the top-level one's value alone
+    when they are not given there (SUPPRESS)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _json_after_the_command(child)
+                _global_options_after_the_command(child)
             return
     parser.add_argument(
         "--json",
@@ -678,6 +680,18 @@ def _json_after_the_command(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="print JSON instead of tables",
     )
+    parser.add_argument(
+        "--catalog", default=argparse.SUPPRESS, help="sqlite:///abs/path or postgresql://..."
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, ``--catalog`` required wherever it was given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.catalog:
+        parser.error("the following arguments are required: --catalog")
+    return args
 
 
 def creates_catalog(args: argparse.Namespace) -> bool:
@@ -783,7 +797,7 @@ async def _run(reactor, args: argparse.Namespace, out) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; every error an operator can fix is one ``wsfs: ...``
     line on stderr and a nonzero exit, never a traceback."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "user" and args.action == "add":
         check_user_name(args.name)
     check_catalog_url(args.catalog, creates_catalog(args))
