@@ -90,16 +90,6 @@ async def test_metadata_path_places_the_file_in_a_directory(env):
 
 
 @pytest_twisted.ensureDeferred
-async def test_metadata_path_in_a_missing_directory_is_a_conflict_not_a_missing_endpoint(env):
-    """404 on the creation POST would tell a tus client its endpoint is
-    wrong; the path's parent is what is missing (409, as PUT answers)."""
-    status, headers, body = await create(env, 4, {"path": "/nodir/n.txt"})
-    assert status == 409, body
-    assert b"/nodir/n.txt" in body and "location" not in headers
-    assert await env.catalog.list_uploads() == []
-
-
-@pytest_twisted.ensureDeferred
 async def test_metadata_that_leaves_the_tree_or_names_nothing_is_refused(env):
     assert (await create(env, 4, {"path": "/../bob/x"}))[0] in (400, 403)
     assert (await create(env, 4, {"filename": "../x"}))[0] == 400

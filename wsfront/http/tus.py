@@ -143,14 +143,9 @@ class TusEndpoint:
         # The 201 and its URL acknowledge the upload itself: its start must
         # be durable even if no checkpoint follows (no body, or one whose
         # checkpoint fails).
-        try:
-            session = yield context.transfers.open_write(
-                user, vpath, 0, declared_length=length, meta=meta, durable_start=True
-            )
-        except catalog_errors.NotFound:
-            # Not 404: to a tus client that says the creation URL is wrong.
-            # PUT answers a missing parent the same way (RFC 4918, 9.7.1).
-            raise HttpError(409, f"the parent directory of {vpath} does not exist") from None
+        session = yield context.transfers.open_write(
+            user, vpath, 0, declared_length=length, meta=meta, durable_start=True
+        )
         upload_id = session.upload_id
         headers = [
             ("Location", upload_url(upload_id)),
