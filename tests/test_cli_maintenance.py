@@ -60,6 +60,12 @@ async def test_wsfs_repair_after_a_storage_process_is_sigkilled_restores_every_f
     assert job["result"]["copied"] > 0 and job["result"]["under_replicated"] == 0
     await check_full_strength(cluster, files, dead=[victim])
     assert all_sha256(files) == before
+    # The table form is a sentence an operator reads, not the result's dict.
+    out, err, code = await cluster.wsfs("repair", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err
+    [done] = [line for line in out.splitlines() if line.startswith("repair done: ")]
+    assert "0 replicas copied" in done and "0 blobs still under-replicated" in done, done
+    assert f"servers lost: {victim}" in done and "{" not in done, done
 
 
 @pytest_twisted.ensureDeferred

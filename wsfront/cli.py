@@ -340,7 +340,21 @@ class Commands:
 
     async def repair(self) -> None:
         job = await self._job("repair", {"now": True})
-        lines = [f"repair done: {job.result}"]
+        r = job.result
+        text = (
+            f"repair done: {r['copied']} replicas copied ({_human(r['bytes'])}) for "
+            f"{r['examined']} under-replicated blobs, {r['failed']} copies failed, "
+            f"{len(r['unrecoverable'])} blobs unrecoverable; "
+            f"{r['under_replicated']} blobs still under-replicated"
+        )
+        if r["lost_nodes"]:
+            text += (
+                f"; servers lost: {', '.join(r['lost_nodes'])} "
+                f"({r['marked_lost']} replicas marked lost)"
+            )
+        lines = [text]
+        for blob in r["unrecoverable"]:
+            lines.append(f"unrecoverable: blob {blob} has no reachable replica")
         for b in job.result.get("no_verified_replica", []):
             where = ", ".join(b.get("paths", [])) or "no file"
             lines.append(
