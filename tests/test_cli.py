@@ -74,6 +74,33 @@ def test_status_sessions_and_ls_on_an_empty_cluster(catalog):
     assert "carol/" in listing
 
 
+def test_json_may_come_after_the_command_too(catalog):
+    """``wsfs --catalog URL status --json``, where scripts often put it."""
+    wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")
+    after = wsfs(catalog, "status", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["files"] == 0
+    [user] = json.loads(wsfs(catalog, "user", "list", "--json").stdout)
+    assert user["name"] == "carol"
+    assert wsfs(catalog, "user", "list").stdout.startswith("NAME")  # tables without it
+
+
+def test_catalog_may_come_after_the_command_too(catalog):
+    """``wsfs status --catalog URL`` was "required: --catalog", given as it was."""
+    wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")
+    after = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "status", "--catalog", catalog, "--json"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["dirs"] == 2
+    neither = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "status"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert neither.returncode == 2 and "required: --catalog" in neither.stderr
+
+
 class _Terminal:
     """A stand-in terminal: records writes, says it is a TTY (or not)."""
 
@@ -167,6 +194,53 @@ def test_an_unknown_postgresql_database_is_one_line():
     parsed = urlparse(postgres_url())
     url = parsed._replace(path="/wsfs_no_such_database").geturl()
     _one_line_error(wsfs(url, "status"), "cannot use the catalog", "wsfs_no_such_database")
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_without_a_catalog_is_an_error_not_an_empty_healthy_cluster():
+    """The wrong (existing) database must neither get wsfs's tables nor be
+    reported as an empty, healthy cluster, as for a mistyped SQLite path;
+    ``user add`` still sets a new catalog up there."""
+    import psycopg
+
+    from tests.catalog_fixtures import postgres_schema_url
+
+    for url in postgres_schema_url():  # an empty schema of its own, dropped after
+        for command in (["status"], ["sessions"], ["user", "list"], ["ls", "/"]):
+            _one_line_error(wsfs(url, *command), "no catalog in")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None
+        added = wsfs(url, "user", "add", "ann", stdin="pw-123456\n")
+        assert added.returncode == 0, added.stderr
+        status = wsfs(url, "status")
+        assert status.returncode == 0, status.stderr
+
+
+def test_a_backup_to_a_directory_or_into_a_missing_one_is_one_line_blaming_the_file(
+    catalog, tmp_path
+):
+    """Not "catalog ...: unable to open database file" (the catalog is fine)
+    nor a FILE.tmp left beside a directory."""
+    assert wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n").returncode == 0
+    _one_line_error(wsfs(catalog, "backup", str(tmp_path)), str(tmp_path), "is a directory")
+    missing = tmp_path / "no" / "x.bak"
+    _one_line_error(wsfs(catalog, "backup", str(missing)), "no directory", str(missing.parent))
+    assert not (tmp_path.parent / (tmp_path.name + ".tmp")).exists()
+
+
+@pytest.mark.postgres
+def test_a_failed_pg_dump_is_one_line_with_its_reason(tmp_path):
+    import shutil
+
+    from tests.support import missing, postgres_url
+    from wsfront.maintenance.backup import BackupFailed, backup_postgres
+
+    if shutil.which("pg_dump") is None:
+        missing("pg_dump is not installed")
+    url = urlparse(postgres_url())._replace(path="/wsfs_no_such_database").geturl()
+    with pytest.raises(BackupFailed, match=r"pg_dump failed: .*wsfs_no_such_database"):
+        backup_postgres(url, str(tmp_path / "x.dump"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_password_that_is_not_utf8_is_refused_in_one_line(tmp_path):

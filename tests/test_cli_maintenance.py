@@ -60,6 +60,12 @@ async def test_wsfs_repair_after_a_storage_process_is_sigkilled_restores_every_f
     assert job["result"]["copied"] > 0 and job["result"]["under_replicated"] == 0
     await check_full_strength(cluster, files, dead=[victim])
     assert all_sha256(files) == before
+    # The table form is a sentence an operator reads, not the result's dict.
+    out, err, code = await cluster.wsfs("repair", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err
+    [done] = [line for line in out.splitlines() if line.startswith("repair done: ")]
+    assert "0 replicas copied" in done and "0 blobs still under-replicated" in done, done
+    assert f"servers lost: {victim}" in done and "{" not in done, done
 
 
 @pytest_twisted.ensureDeferred
@@ -138,6 +144,8 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
     out, err, code = await cluster.wsfs(*args)
     assert code == 0, err + out
     assert f"rebuilt: {len(files)} files" in out
+    # The hint must work: a plain `user add` refuses a root holding files.
+    assert "wsfs user add NAME --adopt-files" in out
     cluster.catalog = open_catalog(reactor, cluster.catalog_url)
     await cluster.catalog.add_user("alice", PASSWORD, adopt_files=True)
     cluster.user = await cluster.catalog.get_user("alice")

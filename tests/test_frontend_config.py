@@ -1,5 +1,7 @@
 """wsfront options: TOML beneath the command line, clear errors."""
 
+import re
+
 import pytest
 import pytest_twisted
 from twisted.python import usage
@@ -281,3 +283,66 @@ def test_require_tls_session_reuse_is_off_unless_given(tmp_path, secret):
     assert parse(*base, "--require-tls-session-reuse").require_tls_session_reuse
     assert not parse(*base).strict_tls_upload_eof
     assert parse(*base, "--strict-tls-upload-eof").strict_tls_upload_eof
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("storage = [1]", "storage = \\[1\\]: expected a string or a list of strings"),
+        ("passive-ports = [30000, 30100]", "passive-ports = .*: expected a string"),
+        ("tls-cert = 5", "tls-cert = 5: expected a string"),
+        ("public-address = 5", "public-address = 5: expected a string"),
+        ("anonymous-root = 5", "anonymous-root = 5: expected a string"),
+        ('anonymous = "yes"', "anonymous = 'yes': expected true or false"),
+        ("max-connections = [1]", "max-connections = \\[1\\]: expected a number"),
+        ('config = "other.toml"', "unknown options: config"),
+    ],
+)
+def test_toml_values_of_the_wrong_type_are_usage_errors_naming_the_file(
+    tmp_path, secret, line, message
+):
+    """A list, number or table where the command line would give a string
+    is refused in one line, not a traceback or a different meaning
+    (``tls-cert = 5`` would read file descriptor 5)."""
+    toml = tmp_path / "fe.toml"
+    toml.write_text(line + "\n")
+    with pytest.raises(usage.UsageError, match=f"--config {re.escape(str(toml))}: {message}"):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storage_endpoint_that_changes_a_registered_one_is_warned_about(tmp_path):
+    """--storage re-registers a server for the whole cluster: a moved
+    server, or a typo on one front end that every other then follows."""
+    from twisted.internet import reactor
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from wsfront.config import FrontendConfig
+    from wsfront.service import FrontendService
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for endpoint in ("tcp:127.0.0.1:7001", "tcp:127.0.0.1:7001", "tcp:127.0.0.1:7999"):
+            config = FrontendConfig(
+                name="fe", catalog=url, storage=(("s1", endpoint),), replicas=1,
+                secret=b"s" * 32, http="tcp:0:interface=127.0.0.1",
+            )  # fmt: skip
+            fe = FrontendService(reactor, config)
+            fe.startService()
+            try:
+                await fe.ready
+            finally:
+                await fe.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [
+        formatEvent(e)
+        for e in events
+        if e.get("log_level") is LogLevel.warn and "was registered at" in formatEvent(e)
+    ]
+    assert said == [
+        "--storage s1=tcp:127.0.0.1:7999: s1 was registered at tcp:127.0.0.1:7001; "
+        "the catalog now says tcp:127.0.0.1:7999 for every front end and the CLI"
+    ]

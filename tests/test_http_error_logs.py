@@ -14,6 +14,7 @@ import base64
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.error import ConnectionClosed
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from tests.catalog_outage import fill, make_writes_wait_briefly, tmpfs, write_locked
@@ -367,4 +368,43 @@ async def test_lost_postgresql_connections_are_replaced_without_a_failed_request
         assert r.code == 201, await body_of(r)
         r = await env.request("GET", "/kept")
         assert (r.code, await body_of(r)) == (200, b"kept")
+    assert severe(events) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_cut_off_by_the_front_ends_shutdown_logs_no_traceback(env, events):
+    """Ctrl-C during an upload: the front end checkpoints and interrupts it
+    (``Transfers.shutdown``), then the reactor drops the connection.  The
+    handler, resumed by the body's loss, finds the session interrupted
+    already and ends at once: the request must count as gone by then, or
+    the site takes the lost body for a bug (a 500 with a traceback)."""
+    reactor = reactor_()
+    requests = []
+    dispatch = env.site.dispatch
+
+    def spy(request):
+        requests.append(request)
+        dispatch(request)
+
+    env.site.dispatch = spy
+    opened: defer.Deferred = defer.Deferred()
+    open_write = env.transfers.open_write
+
+    def opening(*args, **kw):
+        return open_write(*args, **kw).addCallback(lambda s: (opened.callback(s), s)[1])
+
+    env.transfers.open_write = opening
+    client = await connect(reactor, env.port.getHost().port)
+    token = env.auth_header[b"Authorization"][0]
+    client.send(
+        b"PUT /cut HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Length: %d\r\n\r\n"
+        % (token, 8 * MiB)
+    )
+    client.send(payload(MiB))
+    await opened
+    await env.transfers.shutdown()
+    lost = requests[0].notifyFinish()
+    client.close()
+    with pytest.raises(ConnectionClosed):
+        await lost
     assert severe(events) == []

@@ -107,3 +107,45 @@ async def test_a_front_end_that_cannot_listen_fails_ready_with_the_stores_closed
         taken.close()
         globalLogPublisher.removeObserver(events.append)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_data_directory_another_wslocal_holds_is_one_line_not_a_traceback():
+    """A second ``twistd wslocal`` on the same ``--data`` (a new user's
+    likeliest mistake) finds a store locked: the operator's to fix, said in
+    one line as a port in use is."""
+    from wsstorage.diskformat import FormatError
+
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    held = BlobStore.open(data / "storage" / "s2")  # what the other wslocal holds
+    try:
+        opts = LocalOptions()
+        opts.parseOptions(["--data", str(data), "--ftp", "tcp:0:interface=127.0.0.1",
+                           "--http", "tcp:0:interface=127.0.0.1"])  # fmt: skip
+        fake = _ProcessReactor()
+        cluster = fake.cluster = LocalClusterService(fake, opts, out=_Quiet())
+        cluster.startService()
+        with pytest.raises(FormatError):
+            await cluster.ready.addTimeout(60, reactor)
+        assert fake.exits == [(1,)]
+        said = [formatEvent(e) for e in events if "could not start" in formatEvent(e)]
+        assert len(said) == 1 and "in use by another blob store process" in said[0], said
+        assert not [e for e in events if e.get("log_level") is LogLevel.critical], said
+        await cluster.stopService()
+    finally:
+        held.close()
+        globalLogPublisher.removeObserver(events.append)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("option", "spec"), [("ftp", "tcp:notaport"), ("http", "nosuch:1")])
+def test_a_malformed_endpoint_is_a_usage_error_before_anything_starts(tmp_path, option, spec):
+    """As wsfront says it: not a traceback once the stores are open."""
+    from twisted.python import usage
+
+    opts = LocalOptions()
+    with pytest.raises(usage.UsageError, match=f"--{option} '{spec}': not a server endpoint"):
+        opts.parseOptions(["--data", str(tmp_path / "d"), f"--{option}", spec])
+    assert not (tmp_path / "d").exists()

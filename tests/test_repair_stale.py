@@ -106,9 +106,14 @@ async def test_wsfs_repair_prints_each_blob_without_a_verified_replica_with_its_
 
     out = io.StringIO()
     commands = Commands(None, argparse.Namespace(json=False), out)
-    result = {"copied": 0, "no_verified_replica": [
-        {"blob": "b1", "stale": 2, "why": "none of them copies clean", "paths": ["/a/x", "/b/y"]}
-    ]}  # fmt: skip
+    result = {
+        "copied": 0, "bytes": 0, "examined": 1, "failed": 0, "unrecoverable": [],
+        "under_replicated": 1, "lost_nodes": [], "marked_lost": 0,
+        "no_verified_replica": [
+            {"blob": "b1", "stale": 2, "why": "none of them copies clean",
+             "paths": ["/a/x", "/b/y"]}
+        ],
+    }  # fmt: skip
 
     async def job(kind, args):
         return SimpleNamespace(result=result)

@@ -340,7 +340,21 @@ class Commands:
 
     async def repair(self) -> None:
         job = await self._job("repair", {"now": True})
-        lines = [f"repair done: {job.result}"]
+        r = job.result
+        text = (
+            f"repair done: {r['copied']} replicas copied ({_human(r['bytes'])}) for "
+            f"{r['examined']} under-replicated blobs, {r['failed']} copies failed, "
+            f"{len(r['unrecoverable'])} blobs unrecoverable; "
+            f"{r['under_replicated']} blobs still under-replicated"
+        )
+        if r["lost_nodes"]:
+            text += (
+                f"; servers lost: {', '.join(r['lost_nodes'])} "
+                f"({r['marked_lost']} replicas marked lost)"
+            )
+        lines = [text]
+        for blob in r["unrecoverable"]:
+            lines.append(f"unrecoverable: blob {blob} has no reachable replica")
         for b in job.result.get("no_verified_replica", []):
             where = ", ".join(b.get("paths", [])) or "no file"
             lines.append(
@@ -523,7 +537,7 @@ class Commands:
                 "compaction copies not used (abandoned or of an overwritten version), "
                 f"left for GC: {report['unused_compaction_copies']}"
             )
-        text.append("re-create users with: wsfs user add NAME")
+        text.append("re-create users with: wsfs user add NAME --adopt-files (their files are back)")
         self.emit(report, "\n".join(text))
 
     async def backup(self) -> None:
@@ -564,7 +578,8 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsfs", description="administer a wsfs cluster")
-    p.add_argument("--catalog", required=True, help="sqlite:///abs/path or postgresql://...")
+    # Required, but checked in ``parse_args``: it may come after the command too.
+    p.add_argument("--catalog", help="sqlite:///abs/path or postgresql://...")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -613,7 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/")
 
     def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--timeout", type=_seconds, default=3600.0)
+        parser.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=3600.0,
+            help="seconds to wait for the job to end (default 3600); it is not cancelled then",
+        )
         parser.add_argument("--poll", type=_seconds, default=0.5, help=argparse.SUPPRESS)
         parser.add_argument("--no-taker-after", type=_seconds, default=10.0, help=argparse.SUPPRESS)
         return parser
@@ -653,7 +673,39 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("--replicas", type=_whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
+    _global_options_after_the_command(p)
     return p
+
+
+def _global_options_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Take ``--json`` and ``--catalog`` after the command too (``wsfs
+    --catalog URL status --json``, ``wsfs status --catalog URL``), where
+    scripts and hands often put them, not only before it: every command's
+    own parser accepts them, and leaves the top-level one's value alone
+    when they are not given there (SUPPRESS)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _global_options_after_the_command(child)
+            return
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON instead of tables",
+    )
+    parser.add_argument(
+        "--catalog", default=argparse.SUPPRESS, help="sqlite:///abs/path or postgresql://..."
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, ``--catalog`` required wherever it was given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.catalog:
+        parser.error("the following arguments are required: --catalog")
+    return args
 
 
 def creates_catalog(args: argparse.Namespace) -> bool:
@@ -721,7 +773,31 @@ def quiet_broken_pipe() -> None:
     raise SystemExit(EXIT_BROKEN_PIPE)
 
 
+def check_postgresql_catalog(url: str) -> None:
+    """Refuse a PostgreSQL database that holds no wsfs catalog, before
+    opening it would create one: ``wsfs status`` pointed at the wrong
+    database must neither add wsfs's tables to it nor report it as an
+    empty, healthy cluster (what ``check_catalog_url`` refuses for a
+    SQLite path).  Only ``user add`` and ``fsck --rebuild-catalog`` set up
+    a new catalog (``creates_catalog``); a front end does too.  The URL's
+    own settings (``options=-csearch_path=...``) say where to look."""
+    from wsfront.catalog.postgres import PostgresBackend
+
+    conn = PostgresBackend(url).connect()
+    try:
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
+    finally:
+        conn.close()
+    if not row["found"]:
+        raise SystemExit(
+            f"wsfs: no catalog in {url} (no wsfs tables there: a typo? "
+            "`wsfs --catalog URL user add NAME` or a front end creates one)"
+        )
+
+
 async def _run(reactor, args: argparse.Namespace, out) -> None:
+    if catalog_location(args.catalog)[0] == "postgresql" and not creates_catalog(args):
+        check_postgresql_catalog(args.catalog)
     catalog = open_catalog(reactor, args.catalog)
     try:
         commands = Commands(catalog, args, out)
@@ -735,7 +811,7 @@ async def _run(reactor, args: argparse.Namespace, out) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; every error an operator can fix is one ``wsfs: ...``
     line on stderr and a nonzero exit, never a traceback."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "user" and args.action == "add":
         check_user_name(args.name)
     check_catalog_url(args.catalog, creates_catalog(args))

@@ -283,6 +283,40 @@ class FrontendOptions(usage.Options):
         self.config = build_config(self)
 
 
+#: Options ``build_config`` reads with ``number``: a TOML number, or a
+#: string as on the command line (``replicas = "2"``).
+_NUMBER_OPTIONS = frozenset(
+    {
+        "replicas", "checkpoint-mib", "upload-expiry-hours", "upload-retention-days",
+        "drain-seconds", "max-connections-per-address", "max-connections",
+        "max-sessions-per-user", "max-pending-uploads-per-user", "login-failures-per-address",
+        "login-failures-per-user", "login-window-seconds", "http-header-timeout",
+        "http-body-min-rate", "http-body-rate-window", "liveness-lease-seconds",
+    }
+)  # fmt: skip
+
+#: Repeatable options: one string, or a list of them.
+_LIST_OPTIONS = frozenset({"storage", "require-tls-user"})
+
+
+def _toml_type_problem(key: str, value: Any) -> str | None:
+    """What a TOML value of option ``key`` should have been, or None.
+
+    The command line gives every value as a string; TOML can give a number,
+    a list or a table where a string belongs, which would otherwise fail
+    far from the file (a traceback) or mean something else (``tls-cert =
+    5`` opens file descriptor 5, ``public-address = 5`` is 0.0.0.5)."""
+    if key in {f[0] for f in FrontendOptions.optFlags}:
+        return None if isinstance(value, bool) else "true or false"
+    if key in _LIST_OPTIONS:
+        strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if isinstance(value, str) or strings else "a string or a list of strings"
+    if key in _NUMBER_OPTIONS:
+        # true passes here (bool is an int) for ``number`` to refuse by its kind.
+        return None if isinstance(value, int | float | str) else "a number"
+    return None if isinstance(value, str) else "a string"
+
+
 def _from_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -291,14 +325,19 @@ def _from_toml(path: str) -> dict[str, Any]:
         raise usage.UsageError(f"--config {path}: cannot read it: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise usage.UsageError(f"--config {path}: not valid TOML: {e}") from e
+    # ``config`` itself is no option of the file: files do not include files.
     known = (
-        {p[0] for p in FrontendOptions.optParameters}
+        {p[0] for p in FrontendOptions.optParameters if p[0] != "config"}
         | {f[0] for f in FrontendOptions.optFlags}
-        | {"storage", "require-tls-user"}
+        | _LIST_OPTIONS
     )
     unknown = sorted(set(data) - known)
     if unknown:
         raise usage.UsageError(f"--config {path}: unknown options: {', '.join(unknown)}")
+    for key, value in data.items():
+        want = _toml_type_problem(key, value)
+        if want is not None:
+            raise usage.UsageError(f"--config {path}: {key} = {value!r}: expected {want}")
     return data
 
 

@@ -32,7 +32,7 @@ from twisted.python import usage
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import NotFound, RootInUse
-from wsfront.config import FrontendConfig
+from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.service import FrontendService, report_start_failure, stop_process_on_failure
 from wsfront.transfer import reader
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
@@ -275,6 +275,14 @@ class LocalOptions(usage.Options):
             raise usage.UsageError("--replicas must be between 1 and --nodes")
         if self["storage-sockets"] not in STORAGE_SOCKETS:
             raise usage.UsageError("--storage-sockets must be unix or tcp")
+        # As wsfront checks its own: a typo is a usage error, not a
+        # traceback once the storage servers have started.
+        for option in ("ftp", "http"):
+            problem = endpoint_problem(self[option])
+            if problem is not None:
+                raise usage.UsageError(
+                    f"--{option} {self[option]!r}: not a server endpoint ({problem})"
+                )
 
 
 def url_host(host: str) -> str:

@@ -29,6 +29,7 @@ from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
+from wsstorage.diskformat import FormatError
 
 log = Logger()
 
@@ -52,9 +53,13 @@ def _node_state(node) -> str:
 
 def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
-    cannot be reached, a port already taken, a bad endpoint): one line says
-    it, as for a bad option.  Anything else is a bug, with its traceback."""
-    return isinstance(error, (BadStorageEndpoint, CannotListenError)) or operator_error(error)
+    cannot be reached, a port already taken, a bad endpoint, wslocal's data
+    directory in use by another wslocal or of another format): one line
+    says it, as for a bad option.  Anything else is a bug, with its
+    traceback."""
+    return isinstance(error, (BadStorageEndpoint, CannotListenError, FormatError)) or (
+        operator_error(error)
+    )
 
 
 def report_start_failure(failure: Failure, what: str) -> None:
@@ -161,7 +166,19 @@ class FrontendService(service.Service):
             if problem is not None:
                 raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
         self.catalog = open_catalog(self.reactor, cfg.catalog)
+        registered = {n.name: n.endpoint for n in await self.catalog.list_nodes()}
         for name, endpoint in cfg.storage:
+            before = registered.get(name)
+            if before is not None and before != endpoint:
+                # How a moved server is re-registered, and how a typo in
+                # one front end's options reaches every other: say so.
+                log.warn(
+                    "--storage {name}={endpoint}: {name} was registered at {before}; "
+                    "the catalog now says {endpoint} for every front end and the CLI",
+                    name=name,
+                    endpoint=endpoint,
+                    before=before,
+                )
             await self.catalog.register_node(name, endpoint)
         self.pool = StoragePool(self.reactor)
         for node in await self.catalog.list_nodes():
@@ -385,6 +402,7 @@ class FrontendService(service.Service):
             yield self._bounded(self.maintenance.stopService(), "stop maintenance")
         if self.pool is not None:
             self.pool.stop()
+            self.pool.closing = True  # downloads still streaming end quietly
             for node in self.pool.nodes():
                 yield self._bounded(node.client.close(), f"close {node.name}")
         if self.catalog is not None:

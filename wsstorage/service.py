@@ -18,11 +18,13 @@ from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from wsstorage import allocator, auth
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
+from wsstorage.diskformat import FormatError
 from wsstorage.records import BLOB_ID_RE
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
@@ -98,6 +100,19 @@ def start_storage_server(
     return RunningServer(factory, store, port)
 
 
+def endpoint_problem(spec: str) -> str | None:
+    """Why Twisted cannot build the server endpoint ``spec`` (``tcp:notaport``,
+    an unknown type, a missing key file), or None: checked with the options,
+    so a typo is a usage error before the data directory is touched.  Only
+    built, never listened on (``wsfront.config.endpoint_problem`` does the
+    same for the front end; wsstorage runs without wsfront)."""
+    try:
+        serverFromString(object(), spec)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
+        return str(e) or e.__class__.__name__
+    return None
+
+
 class Options(usage.Options):
     synopsis = "--listen EP --data DIR --name NAME --secret-file FILE"
     longdesc = (
@@ -131,6 +146,12 @@ class Options(usage.Options):
         missing = [f"--{k}" for k in ("listen", "data", "name", "secret-file") if not self[k]]
         if missing:
             raise usage.UsageError(f"missing required option(s): {', '.join(missing)}")
+        for option in ("listen", "metrics"):
+            problem = self[option] and endpoint_problem(self[option])
+            if problem:
+                raise usage.UsageError(
+                    f"--{option} {self[option]!r}: not a server endpoint ({problem})"
+                )
         if not BLOB_ID_RE.match(self["name"]):
             raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
         for name in ("scrub-mib-per-second", "scrub-interval-hours"):
@@ -206,7 +227,11 @@ class StorageService(Service):
             log.info("wsstorage metrics on {addr}", addr=self.metrics_port.getHost())
 
     def _failed(self, failure: Any) -> None:
-        log.failure("wsstorage could not start", failure)
+        # The operator's environment (a port taken, a data directory that
+        # is missing, in use or of another format) is the one line below,
+        # as wsfront says it; anything else is a bug, worth its traceback.
+        if not failure.check(CannotListenError, OSError, FormatError):
+            log.failure("wsstorage could not start", failure)
         sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
         # twistd exits 0 after reactor.stop(); a supervisor must see a failed
         # start as one (wsfront does the same).

@@ -189,6 +189,8 @@ class WsSite(server.Site):
     # -- dispatch --------------------------------------------------------------
 
     def dispatch(self, request: StreamingRequest) -> None:
+        # The latency histogram (``metrics.HttpCounters``) measures from here.
+        request.started_at = self.reactor.seconds()
         max_age = self.context.settings.hsts_max_age
         if max_age is not None and request.isSecure():
             request.setHeader(b"Strict-Transport-Security", b"max-age=%d" % max_age)

@@ -16,6 +16,23 @@ import sqlite3
 import subprocess
 from urllib.parse import unquote, urlparse
 
+from wsfront.catalog.errors import CatalogError
+
+
+class BackupFailed(CatalogError):
+    """The backup could not be written (``wsfs`` says why in one line)."""
+
+
+def check_destination(dest: str) -> None:
+    """Refuse, before anything is copied, a FILE the copy could not be
+    renamed to: a directory, or one in a directory that is not there (the
+    SQLite copy would otherwise blame the catalog, pg_dump fail unseen)."""
+    if os.path.isdir(dest):
+        raise BackupFailed(f"{dest} is a directory; give the backup's file name")
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise BackupFailed(f"no directory {directory} for the backup {dest}")
+
 
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
@@ -54,11 +71,16 @@ def backup_postgres(url: str, dest: str) -> int:
     """``pg_dump`` the database at ``url`` into ``dest``; return its size."""
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
-        raise RuntimeError("pg_dump is not installed; it is needed to back up PostgreSQL")
+        raise BackupFailed("pg_dump is not installed; it is needed to back up PostgreSQL")
     tmp = dest + ".tmp"
-    subprocess.run(
-        [pg_dump, "--format=custom", f"--file={tmp}", url], check=True, capture_output=True
+    done = subprocess.run(
+        [pg_dump, "--format=custom", f"--file={tmp}", url], capture_output=True, text=True
     )
+    if done.returncode != 0:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        said = done.stderr.strip().splitlines()
+        raise BackupFailed(f"pg_dump failed: {said[0] if said else f'exit {done.returncode}'}")
     os.replace(tmp, dest)
     _fsync_dir(dest)
     return os.path.getsize(dest)
@@ -66,6 +88,7 @@ def backup_postgres(url: str, dest: str) -> int:
 
 def backup_catalog(url: str, dest: str) -> int:
     """Back up the catalog at ``url`` into the file ``dest``."""
+    check_destination(dest)
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         return backup_sqlite(unquote(parsed.path), dest)

@@ -97,6 +97,11 @@ class StoragePool:
     ) -> None:
         self._clock = clock
         self._nodes: dict[str, NodeState] = {}
+        #: Set by the front end's stop before it closes the clients: a read
+        #: whose connection that cuts ends there (``ReadStream``), rather
+        #: than marking the server down and failing over to other closing
+        #: clients, which would log a healthy cluster as dead at every stop.
+        self.closing = False
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._loop: LoopingCall | None = None

@@ -350,6 +350,8 @@ class ReadStream:
                 got += sink.delivered
                 if self._stopped:
                     raise TransferAborted("consumer stopped the read") from e
+                if getattr(self._pool, "closing", False):  # a test's pool may not say
+                    raise TransferAborted("the front end is stopping") from e
                 reason = f"{node}: {e.__class__.__name__}: {e}"
                 errors.append(reason)
                 if isinstance(e, storage_errors.NodeUnavailable | _Stalled):
