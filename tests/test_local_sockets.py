@@ -424,3 +424,41 @@ async def test_a_wslocal_whose_data_folder_was_moved_keeps_its_socket_folder(tmp
         await first.stopService()
         shutil.rmtree(short_tmp, ignore_errors=True)
     assert not folder.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_on_new_ports_warns_of_no_moved_storage_server(tmp_path):
+    """wslocal's storage servers listen on new ports at each start over TCP
+    (and in a new folder when the temporary one is taken): the warning of a
+    changed --storage endpoint is for an operator's options, not these."""
+    data = tmp_path / "data"
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_level") is LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        for _ in range(2):
+            cluster = await started(options(data, "--storage-sockets", "tcp"))
+            first_ports = endpoints(cluster)
+            await cluster.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert all(e.startswith("tcp:127.0.0.1:") for e in first_ports.values())
+    assert not [w for w in seen if "was registered at" in w], seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_ftp_or_http_endpoint_turns_that_protocol_off(tmp_path):
+    for off, on in (("ftp", "http"), ("http", "ftp")):
+        opts = LocalOptions()
+        opts.parseOptions(
+            ["--data", str(tmp_path / off), f"--{off}", "", f"--{on}", "tcp:0:interface=127.0.0.1"]
+        )
+        cluster = await started(opts)
+        try:
+            assert set(cluster.frontend.ports) == {on}
+        finally:
+            await cluster.stopService()

@@ -278,7 +278,8 @@ class LocalOptions(usage.Options):
         # As wsfront checks its own: a typo is a usage error, not a
         # traceback once the storage servers have started.
         for option in ("ftp", "http"):
-            problem = endpoint_problem(self[option])
+            # An empty one turns that protocol off, as for wsfront.
+            problem = endpoint_problem(self[option]) if self[option] else None
             if problem is not None:
                 raise usage.UsageError(
                     f"--{option} {self[option]!r}: not a server endpoint ({problem})"
@@ -407,7 +408,11 @@ class LocalClusterService(service.MultiService):
             max_pending_uploads_per_user=self.options["max-pending-uploads-per-user"],
         )
         self.frontend = FrontendService(
-            self.reactor, config, client_factory=self._storage_client, owns_process=False
+            self.reactor,
+            config,
+            client_factory=self._storage_client,
+            owns_process=False,
+            storage_by_operator=False,
         )
         self.frontend.setServiceParent(self)
         await self.frontend.ready

@@ -101,9 +101,20 @@ class FrontendService(service.Service):
     """One wsfront process (or the front end inside wslocal)."""
 
     def __init__(
-        self, reactor, config: FrontendConfig, client_factory=None, *, owns_process: bool = True
+        self,
+        reactor,
+        config: FrontendConfig,
+        client_factory=None,
+        *,
+        owns_process: bool = True,
+        storage_by_operator: bool = True,
     ) -> None:
         self.reactor = reactor
+        #: Whether ``config.storage`` is what an operator typed (``--storage``):
+        #: a changed endpoint is then worth a warning (a typo reaches every
+        #: front end).  wslocal's own servers get new ports or socket folders
+        #: at each start, which is no news to anyone.
+        self.storage_by_operator = storage_by_operator
         #: A front end that is the process (``twistd wsfront``) reports a
         #: failed start and stops the reactor; one inside ``twistd wslocal``
         #: leaves both to its owner, which first closes what it opened (its
@@ -169,7 +180,7 @@ class FrontendService(service.Service):
         registered = {n.name: n.endpoint for n in await self.catalog.list_nodes()}
         for name, endpoint in cfg.storage:
             before = registered.get(name)
-            if before is not None and before != endpoint:
+            if before is not None and before != endpoint and self.storage_by_operator:
                 # How a moved server is re-registered, and how a typo in
                 # one front end's options reaches every other: say so.
                 log.warn(
