@@ -210,6 +210,12 @@ def test_a_postgresql_database_without_a_catalog_is_an_error_not_an_empty_health
             _one_line_error(wsfs(url, *command), "no catalog in")
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None
+            # Another tool's table of that name (Flyway's, once) is no catalog.
+            conn.execute("CREATE TABLE schema_version (version integer)")
+        _one_line_error(wsfs(url, "status"), "no catalog in")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('dirents')").fetchone()[0] is None
+            conn.execute("DROP TABLE schema_version")
         added = wsfs(url, "user", "add", "ann", stdin="pw-123456\n")
         assert added.returncode == 0, added.stderr
         status = wsfs(url, "status")

@@ -785,7 +785,12 @@ def check_postgresql_catalog(url: str) -> None:
 
     conn = PostgresBackend(url).connect()
     try:
-        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL AS found").fetchone()
+        # schema_version alone is another tool's name too (Flyway's, once).
+        row = conn.execute(
+            "SELECT to_regclass('schema_version') IS NOT NULL"
+            " AND to_regclass('dirents') IS NOT NULL AND to_regclass('uploads') IS NOT NULL"
+            " AS found"
+        ).fetchone()
     finally:
         conn.close()
     if not row["found"]:

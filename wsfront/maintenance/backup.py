@@ -80,6 +80,8 @@ def backup_postgres(url: str, dest: str) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
         said = done.stderr.strip().splitlines()
+        # Its error, not a warning it printed first.
+        said = [line for line in said if "error:" in line] or said
         raise BackupFailed(f"pg_dump failed: {said[0] if said else f'exit {done.returncode}'}")
     os.replace(tmp, dest)
     _fsync_dir(dest)
