@@ -664,3 +664,38 @@ async def test_a_creation_with_upload_says_when_it_expires_only_if_incomplete(en
     assert status == 201 and found["upload-offset"] == "4"
     _, head, _ = await tus(env, "HEAD", found["location"])
     assert found["upload-expires"] == head["upload-expires"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patch_whose_upload_another_front_end_terminated_is_410(env):
+    """The DELETE reached another front end, which aborted the upload in the
+    catalog: this one finds out at its next checkpoint, or at the commit
+    when the body ends first, and its PATCH was told 409 "the upload was
+    deleted or aborted"; the upload is gone (410), as on one front end."""
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect, head_of
+    from tests.tus_env import SessionWatch
+
+    auth = env.auth_header[b"Authorization"][0]
+    for rest in (b"", b"x" * 90):  # found at the checkpoint timer; at the commit
+        _, headers, _ = await create(env, 100, {"filename": f"gone{len(rest)}.bin"})
+        url = headers["location"]
+        watch = SessionWatch(env.transfers)
+        client = await connect(reactor, env.port.getHost().port)
+        client.send(
+            b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
+            + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
+            b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
+        )  # fmt: skip
+        session = await watch.next_session()
+        arrived: defer.Deferred = defer.Deferred()
+        session.arrival_waiters.append((10, arrived))
+        await arrived
+        await env.catalog.abort_upload(upload_id(url))  # as the other front end's DELETE
+        if rest:
+            client.send(rest)
+        answer = await client.until(b"\r\n\r\n")
+        client.close()
+        status, found = head_of(answer)
+        assert (status, found.get("tus-resumable")) == (410, "1.0.0"), answer

@@ -43,7 +43,7 @@ from wsfront.http.tus_headers import (
     parse_number,
     upload_url,
 )
-from wsfront.transfer.errors import TransferAborted
+from wsfront.transfer.errors import TransferAborted, UploadEnded
 from wsfront.transfer.writer import STREAMING
 
 log = Logger()
@@ -309,6 +309,13 @@ class TusEndpoint:
                 return session.offset
             yield session.interrupt()
             return session.durable
+        except UploadEnded as e:
+            if e.state != "aborted":
+                raise
+            # Terminated through another front end (a DELETE there, of the
+            # upload or of its file), found at a checkpoint or the commit:
+            # gone, as a termination on this one answers.
+            raise HttpError(410, "the upload was terminated") from None
         finally:
             if self._verifying.get(upload_id) == offset:
                 del self._verifying[upload_id]
