@@ -55,3 +55,47 @@ def test_a_stopped_keeper_neither_asks_nor_claims_the_lease():
     renewed = ensureDeferred(keeper.renew())
     assert renewed.called and renewed.result is False
     assert catalog.calls == ["acquire", "release"]  # not asked again
+
+
+class AnsweringCatalog:
+    """acquire_lease answers at once with the next of ``answers``."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = list(answers)
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> Deferred:
+        d: Deferred = Deferred()
+        d.callback(self.answers.pop(0))
+        return d
+
+
+def test_losing_the_lease_and_renewing_it_after_it_lapsed_are_logged():
+    """Found by hand: a front end SIGSTOPped for 40 s (liveness lease 30 s)
+    lost the maintenance lease to the other one, which also marked its
+    uploads interrupted; once continued, its log said nothing of either."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = Clock()
+        catalog = AnsweringCatalog([True, True, True, False])
+        keeper = LeaseKeeper(clock, catalog, "fe-a", ttl_seconds=30)
+        ensureDeferred(keeper.renew())
+        clock.advance(10)
+        ensureDeferred(keeper.renew())  # on time: nothing to say
+        clock.advance(45)  # frozen past the expiry
+        ensureDeferred(keeper.renew())
+        ensureDeferred(keeper.renew())  # another front end has it now
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [
+        e["log_format"].format(**e)
+        for e in events
+        if e.get("log_namespace") == "wsfront.maintenance.lease"
+    ]
+    assert said == [
+        "fe-a holds the maintenance lease",
+        "fe-a renewed the maintenance lease 15.0s after it lapsed",
+        "fe-a no longer holds the maintenance lease",
+    ]

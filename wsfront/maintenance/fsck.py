@@ -2,7 +2,8 @@
 
 For every blob the catalog references (committed versions and live
 uploads), every replica it counts ok must exist on its server, sealed, with
-the catalog's length; a server that is unreachable is reported, not judged
+at least the catalog's length (more when its old writer sealed it past the
+offset a takeover resumed at); a server that is unreachable is reported, not judged
 (it may come back with every blob).  A server that answers but cannot list
 its blobs for a disk error (``DiskError``: its blobs directory was removed)
 is reported as failing, and its replicas as missing: they are gone, and
@@ -136,7 +137,10 @@ async def check(
             if info is None:
                 bad.append((blob_id, replica.node, REPLICA_LOST))
                 report["missing"].append({"blob": blob_id, "node": replica.node})
-            elif not info.sealed or info.size != blob.length:
+            elif not info.sealed or info.size < blob.length:
+                # Longer is sound: an old writer sealed it before a takeover
+                # resumed inside it, and the extents name only its first
+                # ``length`` bytes (``Transfers._fence_current_blob``).
                 bad.append((blob_id, replica.node, REPLICA_STALE))
                 report["wrong"].append(
                     {"blob": blob_id, "node": replica.node, "state": info.state,

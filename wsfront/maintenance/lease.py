@@ -105,6 +105,21 @@ class LeaseKeeper:
             return False
         if held and not self.held:
             log.info("{owner} holds the {name} lease", owner=self.owner, name=self.name)
+        elif self.held and not held:
+            # Said, as taking it is: from here on another front end may run
+            # what this one ran (repair, GC, jobs; or, for a liveness lease,
+            # mark this one's uploads interrupted).
+            log.warn("{owner} no longer holds the {name} lease", owner=self.owner, name=self.name)
+        elif held and asked >= self._expires:
+            # Renewed, but after it had lapsed (a frozen process, a catalog
+            # that did not answer): others took this front end for dead
+            # meanwhile, and the log of a pause should say so.
+            log.warn(
+                "{owner} renewed the {name} lease {late:.1f}s after it lapsed",
+                owner=self.owner,
+                name=self.name,
+                late=asked - self._expires,
+            )
         self.held = bool(held)
         self._expires = asked + self.ttl if held else 0.0
         return self.held

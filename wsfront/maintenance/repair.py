@@ -329,7 +329,10 @@ class Repairer:
                 # it cannot reach as unavailable too): try the next source.
                 self._copy_failed(blob, target, source, e, stats)
                 continue
-            if not info.sealed or info.size != blob.length:
+            if not info.sealed or info.size < blob.length:
+                # Longer is sound (sealed by an old writer past the offset
+                # a takeover resumed at; the extents name the first
+                # ``length`` bytes): only a short or open copy is wrong.
                 log.error(
                     "repair: copy of {blob} from {src} has {size} bytes, catalog says {length}",
                     blob=blob.blob_id,

@@ -674,22 +674,44 @@ class Transfers:
             offset=offset,
         )
         keep = max(0, offset - upload.blob_start)
-        failpoints.hit("transfer.before_fence")
-        yield self._fence_current_blob(upload, keep)
-        failpoints.hit("transfer.after_fence")
-        replicas = self._choose_replicas()
-        upload = yield self.catalog.restart_at(
-            upload.upload_id,
-            upload.epoch,
-            offset,
-            new_blob_id(),
-            list(replicas),
-            self.settings.replicas,
-            expires_at=self._expiry(),
-            declared_length=declared_length,
-        )
+        try:
+            failpoints.hit("transfer.before_fence")
+            yield self._fence_current_blob(upload, keep)
+            failpoints.hit("transfer.after_fence")
+            replicas = self._choose_replicas()
+            upload = yield self.catalog.restart_at(
+                upload.upload_id,
+                upload.epoch,
+                offset,
+                new_blob_id(),
+                list(replicas),
+                self.settings.replicas,
+                expires_at=self._expiry(),
+                declared_length=declared_length,
+            )
+        except Exception:
+            # The catalog says this front end is streaming it now: say it
+            # is interrupted, as it is (`wsfs sessions` showed it active
+            # here, with no transfer anywhere, until this process ended).
+            yield self._interrupt_after_failed_takeover(user, upload)
+            raise
         session = yield self._open_session(user, upload, None)
         return session
+
+    @inlineCallbacks
+    def _interrupt_after_failed_takeover(self, user: User, upload: UploadSession):
+        """Mark ``upload``, taken over here but not resumed, interrupted at
+        its epoch (unless a newer takeover owns it, or it ended)."""
+        try:
+            yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
+        except (catalog_errors.EpochConflict, catalog_errors.UploadFinished):
+            return
+        except Exception as e:
+            log.warn(
+                "upload {id}: could not mark it interrupted: {err}", id=upload.upload_id, err=e
+            )
+            return
+        self.pending_per_user.add(user.name, upload.upload_id)
 
     @inlineCallbacks
     def _fence_current_blob(self, upload: UploadSession, keep: int):
@@ -730,7 +752,7 @@ class Transfers:
             return node
 
         results = yield DeferredList([fence_one(n) for n in nodes], consumeErrors=True)
-        fenced = []
+        fenced, missed = [], []
         for node, (ok, value) in zip(nodes, results):
             if ok:
                 fenced.append(node)
@@ -744,9 +766,15 @@ class Transfers:
                 blob=upload.blob_id,
                 err=value.value,
             )
-            yield self.catalog.mark_replica(upload.blob_id, node, REPLICA_STALE)
+            missed.append(node)
         if keep and not fenced:
+            # None holds the durable bytes for us now, but they are still
+            # there: leave every replica in the set, for the next takeover
+            # (a higher epoch) to fence once one is back.  Marked stale,
+            # they would leave the upload no replica to resume from, ever.
             raise NoReplicasAvailable(f"no replica of {upload.blob_id} could be fenced")
+        for node in missed:
+            yield self.catalog.mark_replica(upload.blob_id, node, REPLICA_STALE)
 
     def _open_session_at_once(
         self,
