@@ -719,7 +719,10 @@ class Transfers:
         with the new epoch and seal it, so the old writer can add nothing.
         A replica the old writer sealed already, at ``keep`` bytes or more,
         counts as fenced.  A replica that misses the fence leaves the
-        replica set."""
+        replica set, unless none was fenced: then they all stay, the upload
+        is left interrupted, and the next takeover fences them at a higher
+        epoch (its current blob is in no extent until one is fenced, so an
+        unfenced replica is never read)."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
 
         @inlineCallbacks
