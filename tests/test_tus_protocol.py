@@ -623,25 +623,11 @@ async def test_a_checksum_mismatch_says_so_on_the_status_line(env):
 async def test_a_patch_cut_short_by_termination_is_410_not_taken_over(env):
     """A DELETE of the upload while a PATCH streams: the PATCH was told 409
     "a newer request took this upload over"; the upload is gone (410)."""
-    from twisted.internet import reactor
-
-    from tests.http_raw import connect, head_of
-    from tests.tus_env import SessionWatch
+    from tests.http_raw import head_of
 
     _, headers, _ = await create(env, 100, {"filename": "gone.bin"})
     url = headers["location"]
-    watch = SessionWatch(env.transfers)
-    auth = env.auth_header[b"Authorization"][0]
-    client = await connect(reactor, env.port.getHost().port)
-    client.send(
-        b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
-        + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
-        b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
-    )  # fmt: skip
-    session = await watch.next_session()
-    arrived: defer.Deferred = defer.Deferred()
-    session.arrival_waiters.append((10, arrived))
-    await arrived
+    client = await _patch_streaming(env, url)
     status, _, _ = await tus(env, "DELETE", url)
     assert status == 204
     answer = await client.until(b"\r\n\r\n")
@@ -672,26 +658,12 @@ async def test_a_patch_whose_upload_another_front_end_terminated_is_410(env):
     catalog: this one finds out at its next checkpoint, or at the commit
     when the body ends first, and its PATCH was told 409 "the upload was
     deleted or aborted"; the upload is gone (410), as on one front end."""
-    from twisted.internet import reactor
+    from tests.http_raw import head_of
 
-    from tests.http_raw import connect, head_of
-    from tests.tus_env import SessionWatch
-
-    auth = env.auth_header[b"Authorization"][0]
     for rest in (b"", b"x" * 90):  # found at the checkpoint timer; at the commit
         _, headers, _ = await create(env, 100, {"filename": f"gone{len(rest)}.bin"})
         url = headers["location"]
-        watch = SessionWatch(env.transfers)
-        client = await connect(reactor, env.port.getHost().port)
-        client.send(
-            b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
-            + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
-            b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
-        )  # fmt: skip
-        session = await watch.next_session()
-        arrived: defer.Deferred = defer.Deferred()
-        session.arrival_waiters.append((10, arrived))
-        await arrived
+        client = await _patch_streaming(env, url)
         await env.catalog.abort_upload(upload_id(url))  # as the other front end's DELETE
         if rest:
             client.send(rest)
@@ -699,3 +671,26 @@ async def test_a_patch_whose_upload_another_front_end_terminated_is_410(env):
         client.close()
         status, found = head_of(answer)
         assert (status, found.get("tus-resumable")) == (410, "1.0.0"), answer
+
+
+async def _patch_streaming(env, url: str):
+    """A raw client whose PATCH of 100 bytes at 0 has sent its first 10,
+    once the server's session has them: the PATCH is streaming."""
+    from twisted.internet import reactor
+
+    from tests.http_raw import connect
+    from tests.tus_env import SessionWatch
+
+    watch = SessionWatch(env.transfers)
+    auth = env.auth_header[b"Authorization"][0]
+    client = await connect(reactor, env.port.getHost().port)
+    client.send(
+        b"PATCH " + url.encode() + b" HTTP/1.1\r\nHost: h\r\nAuthorization: " + auth
+        + b"\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/offset+octet-stream\r\n\r\n0123456789"
+    )  # fmt: skip
+    session = await watch.next_session()
+    arrived: defer.Deferred = defer.Deferred()
+    session.arrival_waiters.append((10, arrived))
+    await arrived
+    return client
