@@ -14,11 +14,9 @@ import math
 import re
 import socket
 import tomllib
-import warnings
 from typing import Any
 
 import attrs
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -27,6 +25,7 @@ from wsfront.ftp.addresses import parse_port_range
 from wsfront.maintenance.lease import DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsstorage.auth import SecretError, load_secret
+from wsstorage.service import endpoint_problem
 
 log = Logger()
 
@@ -144,27 +143,6 @@ def check_certificate(cert_path: str, key_path: str | None) -> None:
     problem = validity_warning(parsed.certificate, datetime.datetime.now(datetime.UTC))
     if problem is not None:
         log.warn("--tls-cert {path}: {problem}", path=cert_path, problem=problem)
-
-
-def endpoint_problem(spec: str, *, client: bool = False) -> str | None:
-    """Why Twisted cannot build the server (or with ``client``, client)
-    endpoint ``spec``, or None: ``tcp:notaport``, an unknown type, a missing
-    key file.  Checked when options are read, so a typo is a usage error
-    rather than a failure after the catalog is opened.
-
-    The endpoint is only built, never listened on or connected; building
-    one stores the reactor it is given without using it.
-    """
-    build = clientFromString if client else serverFromString
-    try:
-        with warnings.catch_warnings():
-            # A ``tls:`` client endpoint warns that this stand-in reactor
-            # resolves no names: true, and beside the point here.
-            warnings.simplefilter("ignore")
-            build(object(), spec)
-    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
-        return str(e) or e.__class__.__name__
-    return None
 
 
 def public_ipv4(text: str) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.internet.address import UNIXAddress
-from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -100,14 +101,23 @@ def start_storage_server(
     return RunningServer(factory, store, port)
 
 
-def endpoint_problem(spec: str) -> str | None:
-    """Why Twisted cannot build the server endpoint ``spec`` (``tcp:notaport``,
-    an unknown type, a missing key file), or None: checked with the options,
-    so a typo is a usage error before the data directory is touched.  Only
-    built, never listened on (``wsfront.config.endpoint_problem`` does the
-    same for the front end; wsstorage runs without wsfront)."""
+def endpoint_problem(spec: str, *, client: bool = False) -> str | None:
+    """Why Twisted cannot build the server (or with ``client``, client)
+    endpoint ``spec``, or None: ``tcp:notaport``, an unknown type, a missing
+    key file.  Checked when options are read (here, and by wsfront and
+    wslocal, which use this one), so a typo is a usage error before
+    anything is touched.
+
+    The endpoint is only built, never listened on or connected; building
+    one stores the reactor it is given without using it.
+    """
+    build = clientFromString if client else serverFromString
     try:
-        serverFromString(object(), spec)
+        with warnings.catch_warnings():
+            # A ``tls:`` client endpoint warns that this stand-in reactor
+            # resolves no names: true, and beside the point here.
+            warnings.simplefilter("ignore")
+            build(object(), spec)
     except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
         return str(e) or e.__class__.__name__
     return None
