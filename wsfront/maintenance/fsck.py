@@ -38,7 +38,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.gc import ORPHAN, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
-from wsfront.maintenance.repair import Progress, Repairer
+from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
 from wsfront.transfer.pool import StoragePool
 from wsstorage.errors import DiskError
 from wsstorage.records import BlobInfo
@@ -137,10 +137,7 @@ async def check(
             if info is None:
                 bad.append((blob_id, replica.node, REPLICA_LOST))
                 report["missing"].append({"blob": blob_id, "node": replica.node})
-            elif not info.sealed or info.size < blob.length:
-                # Longer is sound: an old writer sealed it before a takeover
-                # resumed inside it, and the extents name only its first
-                # ``length`` bytes (``Transfers._fence_current_blob``).
+            elif not holds_the_blob(info, blob.length):
                 bad.append((blob_id, replica.node, REPLICA_STALE))
                 report["wrong"].append(
                     {"blob": blob_id, "node": replica.node, "state": info.state,

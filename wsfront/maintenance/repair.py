@@ -76,6 +76,15 @@ class RepairSettings:
     batch: int = 100
 
 
+def holds_the_blob(info, length: int) -> bool:
+    """Whether a replica (its ``stat``) holds the ``length`` bytes the
+    catalog's extents name: sealed, and at least that long.  Longer is
+    sound: its old writer sealed it past the offset a takeover resumed at
+    (``Transfers._fence_current_blob``), and nothing reads past ``length``.
+    Only a short or open copy is wrong (fsck and repair judge alike)."""
+    return bool(info.sealed) and info.size >= length
+
+
 class Repairer:
     """Repair passes of one front end (the maintenance lease holder)."""
 
@@ -329,10 +338,7 @@ class Repairer:
                 # it cannot reach as unavailable too): try the next source.
                 self._copy_failed(blob, target, source, e, stats)
                 continue
-            if not info.sealed or info.size < blob.length:
-                # Longer is sound (sealed by an old writer past the offset
-                # a takeover resumed at; the extents name the first
-                # ``length`` bytes): only a short or open copy is wrong.
+            if not holds_the_blob(info, blob.length):
                 log.error(
                     "repair: copy of {blob} from {src} has {size} bytes, catalog says {length}",
                     blob=blob.blob_id,
