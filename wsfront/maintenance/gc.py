@@ -54,6 +54,13 @@ ORPHAN = "orphan"
 STRAY = "stray"
 
 
+def _whole_at_least_one(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    """``GCSettings``' validator of counts (a batch, passes) that at 0
+    would make a loop run for ever or a walk never start again."""
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{attribute.name} must be a whole number, at least 1, not {value!r}")
+
+
 @attrs.frozen
 class GCSettings:
     """Knobs of garbage collection."""
@@ -69,12 +76,7 @@ class GCSettings:
     #: Blobs fetched from the catalog at a time, and uploads expired or
     #: purged per write transaction.  At least 1: the expiry loops until a
     #: batch comes back short, which one of 0 never is.
-    batch: int = attrs.field(default=100)
-
-    @batch.validator
-    def _check_batch(self, attribute, value: int) -> None:
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"batch must be a whole number, at least 1, not {value!r}")
+    batch: int = attrs.field(default=100, validator=_whole_at_least_one)
 
     #: Expire overdue uploads first, so their blobs become collectable.
     expire_uploads: bool = True
@@ -107,13 +109,7 @@ class GCSettings:
     #: may span; the next pass starts again at the oldest end, for rows
     #: that finished behind the walk's cursor (``_purge_uploads``).  With
     #: the scheduled pass every 10 minutes, 6 is an hour.  At least 1.
-    purge_restart_passes: int = attrs.field(default=6)
-
-    @purge_restart_passes.validator
-    def _check_purge_restart_passes(self, attribute, value: int) -> None:
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"purge_restart_passes must be a whole number of passes, at least 1, "
-                             f"not {value!r}")  # fmt: skip
+    purge_restart_passes: int = attrs.field(default=6, validator=_whole_at_least_one)
 
 
 @attrs.frozen
