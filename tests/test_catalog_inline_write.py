@@ -244,7 +244,7 @@ async def test_a_write_in_the_reactor_never_reconnects(tmp_path):
 
     try:
         writer, _ = await runner.run(_wrote)
-        runner.backend.connection_lost = lambda conn: lost[0]
+        runner.backend.connection_lost = lambda conn, error=None: lost[0]
         runner._connect = recording_connect
         d = _unsynced(runner, losing)
         assert not d.called

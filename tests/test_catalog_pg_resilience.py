@@ -211,6 +211,35 @@ async def test_a_connection_lost_before_an_unsynced_begin_is_replaced_at_once(pg
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_send_refused_before_the_connection_looks_bad_is_a_lost_connection(pg_url):
+    """libpq can fail a send to a server that has just ended the
+    connection ("sending query failed: terminating connection ...") while
+    the connection still looks sound; the suite hit it once under load.
+    The transaction runs again on a new connection, as for any loss."""
+    cat = open_catalog(reactor, pg_url, threads=1)
+    runner = cat._runner
+    try:
+        first = await runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
+        attempts = []
+
+        def ended_under_us(tx):
+            attempts.append(tx.value("SELECT pg_backend_pid() AS pid"))
+            if len(attempts) == 1:
+                terminate_all(pg_url)
+                # What libpq raised, before psycopg saw the connection end.
+                raise psycopg.OperationalError(
+                    "sending query failed: terminating connection due to administrator command"
+                )
+            return attempts[-1]
+
+        again = await runner.run(ended_under_us)
+        assert attempts[0] == first
+        assert again != first
+    finally:
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_connection_lost_inside_the_commit_is_never_run_again(pg_url):
     cat = open_catalog(reactor, pg_url, threads=1)
     backend = cat._runner.backend

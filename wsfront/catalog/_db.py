@@ -173,8 +173,9 @@ class Backend:
         """Whether ``error`` means the database's disk is full."""
         return False
 
-    def connection_lost(self, conn: Any) -> bool:
-        """Whether ``conn`` is unusable (server restarted, network cut)."""
+    def connection_lost(self, conn: Any, error: BaseException | None = None) -> bool:
+        """Whether ``conn`` is unusable (server restarted, network cut), as
+        the connection shows it or as ``error``, raised on it, says."""
         return False
 
     def lock_rows(self, tx: Tx, table: str, key: str, values: list[Any]) -> None:
@@ -504,7 +505,7 @@ class Runner:
                 self.backend.commit(conn, cursor)
                 return result
             except BaseException as e:
-                if self.backend.connection_lost(conn):
+                if self.backend.connection_lost(conn, e):
                     self._forget(conn)
                     # Lost before the commit was sent: nothing took effect,
                     # so the transaction runs again on a new connection (a
@@ -657,7 +658,7 @@ class Runner:
             committing = True
             self.backend.commit(conn, cursor)
         except Exception as e:
-            if self.backend.connection_lost(conn):
+            if self.backend.connection_lost(conn, e):
                 # The writer thread finds it lost and reconnects, for the
                 # queued write; one whose commit may have reached the
                 # database is never run again.

@@ -87,6 +87,11 @@ def libpq_settings(url: str, environ: Mapping[str, str] | None = None) -> dict[s
     }
 
 
+#: SQLSTATEs of a server ending the connection: admin_shutdown,
+#: crash_shutdown, cannot_connect_now.
+_SERVER_ENDED = frozenset({"57P01", "57P02", "57P03"})
+
+
 class PostgresBackend(Backend):
     name = "postgresql"
     dialect = {
@@ -152,8 +157,19 @@ class PostgresBackend(Backend):
     def is_full(self, error: BaseException) -> bool:
         return isinstance(error, pg_errors.DiskFull)
 
-    def connection_lost(self, conn: psycopg.Connection) -> bool:
-        return conn.closed or conn.broken
+    def connection_lost(self, conn: psycopg.Connection, error: BaseException | None = None) -> bool:
+        # libpq may report a send to a server that has just ended the
+        # connection ("sending query failed: terminating connection due to
+        # administrator command") before it marks the connection bad: the
+        # error says so first.  Such errors come from the client library
+        # (no SQLSTATE), or are connection exceptions (class 08) or the
+        # server going away (57P01-57P03).
+        if conn.closed or conn.broken:
+            return True
+        if not isinstance(error, psycopg.OperationalError):
+            return False
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in _SERVER_ENDED
 
     def lock_rows(self, tx: Tx, table: str, key: str, values: list[Any]) -> None:
         if values:
