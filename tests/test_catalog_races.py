@@ -6,7 +6,7 @@ from twisted.internet import reactor
 
 from tests.catalog_race import blocked_behind, in_tx, race
 from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
-from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists
+from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists, VersionChanged
 
 pytest_plugins = ["tests.catalog_fixtures"]
 NOW = 1_000_000.0
@@ -179,3 +179,50 @@ def test_a_purge_blocked_behind_a_commit_does_not_abort_the_committed_upload(two
     assert outcomes[1].error is None, outcomes[1].error
     assert (outcomes[1].result["files_deleted"], outcomes[1].result["uploads_aborted"]) == (1, 0)
     assert in_tx(a, _uploads.get_upload, up.upload_id)().state == "committed"
+
+
+def test_a_checked_start_blocked_behind_a_commit_finds_the_version_changed(two):
+    """Interleaved: alice's file /alice/f at version v1, her upload replacing
+    it; A commits that upload (v2) and has not committed its transaction;
+    B starts an upload checked against v1 (an If-Match PUT, an APPE after
+    SIZE, judged in an earlier transaction) and waits on the inode's row
+    lock (PostgreSQL).  A commits; B must read the version again under the
+    lock and refuse (VersionChanged), not start on v2 from what it read
+    before waiting."""
+    a, b, url = two
+    up = _alice_overwriting_her_file(a)
+    v1 = in_tx(a, _namespace.stat, "/alice/f")().version.version_id
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 5, None, None),
+        lambda tx: _uploads.begin_upload(
+            tx, NOW, "alice", "/alice/f", 5, "b2", ["s1"], 1, "feB", NOW + 60, None, None,
+            True, v1,
+        ),
+    )  # fmt: skip
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, VersionChanged), outcomes[1].error
+    assert in_tx(a, _uploads.find_upload, "/alice/f")() is None
+
+
+def test_a_checked_start_on_the_version_it_expects_begins(two):
+    """The check passes for the version expected, and for "no file" on a
+    path with none; it refuses a file that appeared meanwhile."""
+    a, _, _ = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+
+    def checked(path, blob, expected):
+        return in_tx(
+            a, _uploads.begin_upload, NOW, "alice", path, 0, blob, ["s1"], 1, "fe0",
+            NOW + 60, None, None, True, expected,
+        )  # fmt: skip
+
+    new = checked("/alice/new", "b0", None)()
+    assert new.path == "/alice/new"
+    in_tx(a, _uploads.commit_upload, NOW, new.upload_id, new.epoch, 3, None, None)()
+    with pytest.raises(VersionChanged):
+        checked("/alice/new", "b1", None)()
+    v = in_tx(a, _namespace.stat, "/alice/new")().version.version_id
+    assert checked("/alice/new", "b2", v)().upload_id

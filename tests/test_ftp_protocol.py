@@ -610,6 +610,35 @@ async def test_appe_after_size_of_a_file_another_client_changed_is_refused(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_whose_file_changes_while_its_upload_starts_is_refused(ftp, monkeypatch):
+    """The APPE's look at the file and its upload's start are two catalog
+    transactions: another client's append that commits between them must
+    not be cut.  The start finds the version changed, the APPE looks again
+    and is refused (450) as if the append had come before it."""
+    c = await ftp.client()
+    await c.stor("/log", b"line1\n")
+    await c.cmd("TYPE I")
+    assert await c.cmd("SIZE /log") == (213, "6")
+    other = await ftp.client()
+    begin = ftp.catalog.begin_upload
+    slipped_in = []
+
+    def begin_after_another_append(*args, **kwargs):
+        if slipped_in:
+            return begin(*args, **kwargs)
+        d = defer.ensureDeferred(other.stor("/log", b"line2\n", verb="APPE"))
+        d.addCallback(slipped_in.append)
+        d.addCallback(lambda _: begin(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(ftp.catalog, "begin_upload", begin_after_another_append)
+    code, text = await c.stor("/log", b"line3\n", verb="APPE")
+    assert slipped_in and slipped_in[0][0] == 226
+    assert code == 450 and "send SIZE again" in text, (code, text)
+    assert await c.retr("/log") == b"line1\nline2\n"
+
+
+@pytest_twisted.ensureDeferred
 async def test_appe_after_a_size_that_failed_does_not_resume_at_an_earlier_one(ftp):
     """SIZE answered 10, then 550 (the file was deleted): the client was
     told there is no file, so its APPE appends to the one another client

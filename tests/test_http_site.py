@@ -237,6 +237,43 @@ async def test_put_preconditions_protect_the_current_version(env):
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("condition", ["If-Match", "If-None-Match"])
+async def test_a_put_whose_precondition_held_loses_to_a_commit_before_its_start(
+    env, monkeypatch, condition
+):
+    """The precondition is judged on one catalog read, the upload started
+    in another transaction: another client's PUT committing in between
+    must not be overwritten (a lost update, or a "create only" PUT
+    replacing a file that appeared).  The start finds the version changed,
+    the precondition is judged again and fails: 412, their bytes kept."""
+    if condition == "If-Match":
+        await put(env, "/race", b"one")
+        r, _ = await get(env, "/race")
+        value = header(r, "ETag")
+    else:
+        value = "*"
+    begin = env.catalog.begin_upload
+    slipped_in = []
+    theirs_started = []
+
+    def begin_after_another_put(*args, **kwargs):
+        if theirs_started:
+            return begin(*args, **kwargs)
+        theirs_started.append(True)
+        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
+        d.addCallback(slipped_in.append)
+        d.addCallback(lambda _: begin(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, "begin_upload", begin_after_another_put)
+    r = await put(env, "/race", b"mine", {condition: value})
+    assert slipped_in and slipped_in[0].code in (201, 204)
+    assert r.code == 412
+    _, body = await get(env, "/race")
+    assert body == b"theirs"
+
+
+@pytest_twisted.ensureDeferred
 async def test_delete_removes_a_file_and_honours_if_match(env):
     await put(env, "/d", b"bye")
     r = await env.request("DELETE", "/d", headers={"If-Match": '"nope"'})

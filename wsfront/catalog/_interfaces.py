@@ -78,6 +78,8 @@ class ICatalog(Interface):
         expires_at,
         declared_length=None,
         meta=None,
+        check_version=False,
+        expected_version_id=None,
     ):
         """Start a pending upload on ``path``, creating the file inode if the
         path has none (parent must exist and be a directory).  The session
@@ -87,6 +89,9 @@ class ICatalog(Interface):
         checkpoint = base_length, state active.  IsADirectory;
         PendingUploadExists while another live upload is on the path (an
         expired one is expired first).  Of two racing, exactly one wins.
+        ``check_version``: VersionChanged unless the path's committed
+        version is still ``expected_version_id`` (``None``: no committed
+        version, or no file), as a caller's earlier look found it.
         Fires with the UploadSession."""
 
     def start_upload(

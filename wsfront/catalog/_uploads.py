@@ -48,6 +48,7 @@ from wsfront.catalog.errors import (
     PendingUploadExists,
     QuotaExceeded,
     UploadFinished,
+    VersionChanged,
 )
 from wsfront.catalog.names import join_path, split_path
 from wsfront.catalog.records import (
@@ -123,10 +124,24 @@ def begin_upload(
     expires_at: float,
     declared_length: int | None,
     meta: dict[str, Any] | None,
+    check_version: bool = False,
+    expected_version_id: int | None = None,
 ) -> UploadSession:
     if base_length < 0 or (declared_length is not None and base_length > declared_length):
         raise InvalidOffset(f"base length {base_length} is out of range")
     parts, parent, row = _resolve_target(tx, path)
+    if check_version:
+        # The caller judged the file (If-Match, APPE after SIZE) in an
+        # earlier transaction: another commit since then is VersionChanged,
+        # checked here under the inode's lock, or two writers could both
+        # pass their check and the second start on the first's file.
+        # Read again under the lock: on PostgreSQL ``row`` was read before
+        # _resolve_target locked it, so a commit it waited for is not in it.
+        found = None
+        if row is not None:
+            found = tx.value("SELECT version_id FROM inodes WHERE inode = ?", row["inode"])
+        if found != expected_version_id:
+            raise VersionChanged(f"{path} is no longer the version its check saw")
     if row is not None:
         live = live_upload_row(tx, row["inode"])
         if live is not None and live["expires_at"] <= now:

@@ -140,6 +140,8 @@ class SqlCatalog:
         expires_at: float,
         declared_length: int | None = None,
         meta: dict[str, Any] | None = None,
+        check_version: bool = False,
+        expected_version_id: int | None = None,
     ) -> Deferred:
         return self._write(
             _uploads.begin_upload,
@@ -154,6 +156,8 @@ class SqlCatalog:
             expires_at,
             declared_length,
             dict(meta or {}),
+            check_version,
+            expected_version_id,
         )
 
     def start_upload(

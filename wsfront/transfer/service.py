@@ -46,6 +46,10 @@ from wsstorage.client import PUT_MAX
 
 log = Logger()
 
+#: Starts of a checked upload (``open_write``'s ``check``) in a row that may
+#: find the file changed since their look; the last such is UploadBusy.
+CHECKED_START_ATTEMPTS = 3
+
 
 @attrs.frozen
 class TransferSettings:
@@ -516,7 +520,28 @@ class Transfers:
         self, user, vpath, offset, append, declared_length, meta, check, durable_start, resume
     ):
         """``open_write`` with an adapter's ``check``: a lookup of its own
-        first, then the upload's start or takeover."""
+        first, then the upload's start or takeover.
+
+        The lookup and the start are two transactions: the start is told
+        which version the check judged, and a commit in between (another
+        client's append, say) is VersionChanged there, nothing started.
+        Then the file is looked at and judged again, as it is now."""
+        for attempt in range(CHECKED_START_ATTEMPTS):
+            try:
+                session = yield self._open_write_checked(
+                    user, vpath, offset, append, declared_length, meta, check, resume
+                )
+            except catalog_errors.VersionChanged as e:
+                if attempt + 1 < CHECKED_START_ATTEMPTS:
+                    continue
+                raise UploadBusy(f"{vpath} changed while its upload started; try again") from e
+            return session
+
+    @inlineCallbacks
+    def _open_write_checked(
+        self, user, vpath, offset, append, declared_length, meta, check, resume
+    ):
+        """One attempt of ``_open_write``."""
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
@@ -555,7 +580,10 @@ class Transfers:
                 expires_at=self._expiry(),
                 declared_length=declared_length,
                 meta=dict(meta or {}),
-            )
+                check_version=True,
+                expected_version_id=None if entry is None or entry.version is None
+                else entry.version.version_id,
+            )  # fmt: skip
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
         line = self._start_line(upload, user, full, offset, replicas)
