@@ -6,7 +6,13 @@ from twisted.internet import reactor
 
 from tests.catalog_race import blocked_behind, in_tx, race
 from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
-from wsfront.catalog.errors import EpochConflict, Exists, PendingUploadExists, VersionChanged
+from wsfront.catalog.errors import (
+    EpochConflict,
+    Exists,
+    NotFound,
+    PendingUploadExists,
+    VersionChanged,
+)
 
 pytest_plugins = ["tests.catalog_fixtures"]
 NOW = 1_000_000.0
@@ -226,3 +232,23 @@ def test_a_checked_start_on_the_version_it_expects_begins(two):
         checked("/alice/new", "b1", None)()
     v = in_tx(a, _namespace.stat, "/alice/new")().version.version_id
     assert checked("/alice/new", "b2", v)().upload_id
+
+
+def test_delete_and_rename_of_a_version_judged_earlier_refuse_a_newer_one(two):
+    """DELETE and MOVE with If-Match name the version they judged: a newer
+    one (a commit since) is VersionChanged and stays; the one named goes."""
+    a, _, _ = two
+    up = _alice_overwriting_her_file(a)
+    v1 = in_tx(a, _namespace.stat, "/alice/f")().version.etag
+    in_tx(a, _uploads.commit_upload, NOW, up.upload_id, up.epoch, 5, None, None)()
+    v2 = in_tx(a, _namespace.stat, "/alice/f")().version.etag
+    assert v1 != v2
+    with pytest.raises(VersionChanged):
+        in_tx(a, _namespace.delete, "/alice/f", False, NOW, "alice", (), v1)()
+    with pytest.raises(VersionChanged):
+        in_tx(a, _namespace.rename, "/alice/f", "/alice/g", False, NOW, "alice", (), v1)()
+    moved = in_tx(a, _namespace.rename, "/alice/f", "/alice/g", False, NOW, "alice", (), v2)()
+    assert moved.path == "/alice/g"
+    in_tx(a, _namespace.delete, "/alice/g", False, NOW, "alice", (), v2)()
+    with pytest.raises(NotFound):
+        in_tx(a, _namespace.stat, "/alice/g")()

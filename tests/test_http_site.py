@@ -274,6 +274,66 @@ async def test_a_put_whose_precondition_held_loses_to_a_commit_before_its_start(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delete_whose_if_match_held_loses_to_a_commit_before_it_runs(env, monkeypatch):
+    """If-Match is judged on one catalog read, the removal runs in another
+    transaction: a PUT committing in between must not be deleted with the
+    version the client meant.  The removal finds the version changed, the
+    precondition is judged again and fails: 412, the new file kept."""
+    await put(env, "/race", b"one")
+    r, _ = await get(env, "/race")
+    etag = header(r, "ETag")
+    delete = env.catalog.delete
+    slipped_in = []
+
+    def delete_after_another_put(*args, **kwargs):
+        if slipped_in:
+            return delete(*args, **kwargs)
+        slipped_in.append(None)
+        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
+        d.addCallback(slipped_in.append)
+        d.addCallback(lambda _: delete(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, "delete", delete_after_another_put)
+    r = await env.request("DELETE", "/race", headers={"If-Match": etag})
+    assert slipped_in[1].code == 204
+    assert r.code == 412
+    _, body = await get(env, "/race")
+    assert body == b"theirs"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_move_whose_if_match_held_loses_to_a_commit_before_it_runs(env, monkeypatch):
+    """As for DELETE: a PUT committing between If-Match's look and the
+    rename is not moved away under the version the client judged: 412,
+    the new file stays where it was."""
+    await put(env, "/race", b"one")
+    r, _ = await get(env, "/race")
+    etag = header(r, "ETag")
+    rename = env.catalog.rename
+    slipped_in = []
+
+    def rename_after_another_put(*args, **kwargs):
+        if slipped_in:
+            return rename(*args, **kwargs)
+        slipped_in.append(None)
+        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
+        d.addCallback(slipped_in.append)
+        d.addCallback(lambda _: rename(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, "rename", rename_after_another_put)
+    headers = {"Destination": "/moved", "If-Match": etag}
+    r = await env.request("MOVE", "/race", headers=headers)
+    assert slipped_in[1].code == 204
+    assert r.code == 412
+    _, body = await get(env, "/race")
+    assert body == b"theirs"
+    r, _ = await get(env, "/moved")
+    assert r.code == 404
+
+
+@pytest_twisted.ensureDeferred
 async def test_delete_removes_a_file_and_honours_if_match(env):
     await put(env, "/d", b"bye")
     r = await env.request("DELETE", "/d", headers={"If-Match": '"nope"'})

@@ -25,25 +25,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._rows import live_upload_row, load_blob, load_version, path_of, write_extents
-from wsfront.catalog.errors import HashMismatch, NotFound, PendingUploadExists, VersionChanged
-from wsfront.catalog.records import FILE, CompactionCandidate, Version
+from wsfront.catalog._rows import (
+    live_upload_row,
+    load_blob,
+    load_version,
+    locked_version,
+    path_of,
+    write_extents,
+)
+from wsfront.catalog.errors import HashMismatch, NotFound, PendingUploadExists
+from wsfront.catalog.records import CompactionCandidate, Version
 from wsfront.catalog.schema import LIVE_SQL
-
-
-def _locked_version(tx: Tx, inode: int, expected_etag: str) -> Version:
-    """The committed version of ``inode`` (its row locked), if it still has
-    ``expected_etag``; VersionChanged otherwise."""
-    tx.lock_rows("inodes", "inode", [inode])
-    row = tx.one("SELECT * FROM inodes WHERE inode = ?", inode)
-    if row is None or row["kind"] != FILE:
-        raise VersionChanged(f"inode {inode} is no longer a file")
-    if row["version_id"] is None:
-        raise VersionChanged(f"inode {inode} has no committed version")
-    version = load_version(tx, row["version_id"])
-    if version.etag != expected_etag:
-        raise VersionChanged(f"inode {inode} is at {version.etag}, not {expected_etag}")
-    return version
 
 
 def _check_hash(version: Version, sha256: str | None) -> None:
@@ -70,7 +62,7 @@ def _span(extent: Any) -> tuple[str, int, int]:
 def replace_extents(
     tx: Tx, inode: int, expected_etag: str, extents: Iterable[Any], sha256: str | None
 ) -> Version:
-    version = _locked_version(tx, inode, expected_etag)
+    version = locked_version(tx, inode, expected_etag)
     if live_upload_row(tx, inode) is not None:
         raise PendingUploadExists(f"an upload is live on inode {inode}")
     _check_hash(version, sha256)
@@ -112,7 +104,7 @@ def replace_extents(
 
 
 def set_sha256(tx: Tx, inode: int, expected_etag: str, sha256: str) -> Version:
-    version = _locked_version(tx, inode, expected_etag)
+    version = locked_version(tx, inode, expected_etag)
     _check_hash(version, sha256)
     if version.sha256 is None:
         tx.execute(

@@ -45,7 +45,7 @@ class ICatalog(Interface):
         NotADirectory, NotFound; the root cannot be removed (InvalidMove),
         nor a user's root (RootBusy)."""
 
-    def delete(path, abort_pending=False, *, user=None, spare=()):
+    def delete(path, abort_pending=False, *, user=None, spare=(), expected_etag=None):
         """Remove a file: its version's blobs become collectable and its
         owner's usage drops.  A live upload on it makes this fail with
         PendingUploadExists unless ``abort_pending``, which aborts the upload
@@ -53,16 +53,20 @@ class ICatalog(Interface):
         sending), which is abandoned (aborted) with the file.  An upload
         whose id is in ``spare`` (held by a session of the caller's front
         end, whatever its row says) is never abandoned so.  IsADirectory,
-        NotFound.  Fires with the id of the upload so abandoned, else None."""
+        NotFound; VersionChanged unless the committed version still has
+        ``expected_etag``, if given.  Fires with the id of the upload so
+        abandoned, else None."""
 
-    def rename(src, dst, replace=False, *, user=None, spare=()):
+    def rename(src, dst, replace=False, *, user=None, spare=(), expected_etag=None):
         """Move one entry (file or directory, no data).  Exists when ``dst``
         exists and not ``replace`` (a replaced file is deleted as by
         ``delete`` with ``user`` and ``spare``: their own interrupted upload
         on it is abandoned, any other pending upload refuses with
         PendingUploadExists; a directory is never replaced); InvalidMove into its own
         subtree; NotFound; NotADirectory; RootBusy for a directory that is
-        a user's root or holds one.  Fires with the new Entry."""
+        a user's root or holds one; VersionChanged unless the file ``src``
+        still has the committed version ``expected_etag``, if given.  Fires
+        with the new Entry."""
 
     # -- upload sessions -----------------------------------------------------
 

@@ -23,6 +23,7 @@ from wsfront.catalog._rows import (
     load_version,
     lock_dirs,
     locked_live_upload_row,
+    locked_version,
     remove_file_inode,
     resolve,
     resolve_existing,
@@ -231,9 +232,12 @@ def delete(
     now: float,
     user: str | None = None,
     spare: Collection[str] = (),
+    expected_etag: str | None = None,
 ) -> str | None:
     """Remove the file at ``path`` for ``user`` (see ``unlink_file``);
-    returns the id of the upload abandoned with it, if any."""
+    returns the id of the upload abandoned with it, if any.
+    ``expected_etag``: only while its committed version still has it
+    (VersionChanged), as a DELETE's If-Match judged it."""
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -242,6 +246,8 @@ def delete(
     if row["kind"] == DIR:
         raise IsADirectory(f"{path} is a directory")
     lock_dirs(tx, parent)
+    if expected_etag is not None:
+        locked_version(tx, row["inode"], expected_etag)
     tx.lock_rows("inodes", "inode", [row["inode"]])
     abandoned = unlink_file(tx, row, abort_pending, now, path, user, spare)
     touch(tx, parent, now)
@@ -256,8 +262,11 @@ def rename(
     now: float,
     user: str | None = None,
     spare: Collection[str] = (),
+    expected_etag: str | None = None,
 ) -> Entry:
     """Move ``src`` to ``dst``; with ``replace``, a file may replace a file.
+    ``expected_etag``: only while the file ``src`` still has that committed
+    version (VersionChanged), as a MOVE's If-Match judged it.
 
     The file replaced goes as a DELETE by ``user`` would take it
     (``unlink_file``): their own interrupted upload on it is abandoned with
@@ -285,6 +294,8 @@ def rename(
     row = child(tx, src_parent, s[-1])
     if row is None:
         raise NotFound(f"{src} was removed meanwhile")
+    if expected_etag is not None:
+        locked_version(tx, row["inode"], expected_etag)
     if row["kind"] == DIR:
         refuse_user_roots(tx, s, "moved")
         ancestor = dst_parent

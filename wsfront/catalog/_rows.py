@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog.errors import NotADirectory, NotFound, QuotaExceeded
+from wsfront.catalog.errors import NotADirectory, NotFound, QuotaExceeded, VersionChanged
 from wsfront.catalog.names import join_path
 from wsfront.catalog.records import (
     DIR,
@@ -362,3 +362,19 @@ def lock_dirs(tx: Tx, *inodes: int) -> None:
 
 def touch(tx: Tx, inode: int, now: float) -> None:
     tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ?", now, inode)
+
+
+def locked_version(tx: Tx, inode: int, expected_etag: str) -> Version:
+    """The committed version of ``inode`` (its row locked), if it still has
+    ``expected_etag``; VersionChanged otherwise: the caller judged the file
+    (a compaction's copy, a DELETE's If-Match) in an earlier transaction."""
+    tx.lock_rows("inodes", "inode", [inode])
+    row = tx.one("SELECT * FROM inodes WHERE inode = ?", inode)
+    if row is None or row["kind"] != FILE:
+        raise VersionChanged(f"inode {inode} is no longer a file")
+    if row["version_id"] is None:
+        raise VersionChanged(f"inode {inode} has no committed version")
+    version = load_version(tx, row["version_id"])
+    if version.etag != expected_etag:
+        raise VersionChanged(f"inode {inode} is at {version.etag}, not {expected_etag}")
+    return version

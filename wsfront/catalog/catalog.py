@@ -107,9 +107,16 @@ class SqlCatalog:
         *,
         user: str | None = None,
         spare: Collection[str] = (),
+        expected_etag: str | None = None,
     ) -> Deferred:
         return self._write(
-            _namespace.delete, path, abort_pending, self._now(), user, frozenset(spare)
+            _namespace.delete,
+            path,
+            abort_pending,
+            self._now(),
+            user,
+            frozenset(spare),
+            expected_etag,
         )
 
     def rename(
@@ -120,9 +127,17 @@ class SqlCatalog:
         *,
         user: str | None = None,
         spare: Collection[str] = (),
+        expected_etag: str | None = None,
     ) -> Deferred:
         return self._write(
-            _namespace.rename, src, dst, replace, self._now(), user, frozenset(spare)
+            _namespace.rename,
+            src,
+            dst,
+            replace,
+            self._now(),
+            user,
+            frozenset(spare),
+            expected_etag,
         )
 
     # -- upload sessions -----------------------------------------------------

@@ -17,6 +17,9 @@ from wsfront.http.destination import destination, destination_error
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
 
+#: Looks at a file whose removal its preconditions were judged on, in a row
+#: (another client may commit in between each time).
+CHECKED_ATTEMPTS = 3
 ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
 
 ALLOWED_ON_EXISTING = ", ".join(m for m in ALLOWED.split(", ") if m != "MKCOL")
@@ -137,18 +140,29 @@ def view_target(context, user, target: paths.HttpTarget):
 
 @inlineCallbacks
 def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
+    """DELETE; with preconditions, of the version they were judged on: a
+    commit between the look and the removal (VersionChanged) means look
+    and judge again, so an If-Match never removes a newer file."""
     yield request.discard_body()
     if target.path == "/":
         raise HttpError(403, "the root cannot be deleted")
-    view = yield view_target(context, user, target)
-    check_write_preconditions(request, view.committed)
-    info = view.committed or view.pending
-    if info is None:
-        raise HttpError(404, "no such file or directory")
-    if info.is_dir:
-        yield context.transfers.rmdir(user, target.path)
-    else:
-        yield context.transfers.delete(user, target.path)
+    for attempt in range(CHECKED_ATTEMPTS):
+        view = yield view_target(context, user, target)
+        check_write_preconditions(request, view.committed)
+        info = view.committed or view.pending
+        if info is None:
+            raise HttpError(404, "no such file or directory")
+        if info.is_dir:
+            yield context.transfers.rmdir(user, target.path)
+            break
+        judged = view.committed.etag if view.committed and has_preconditions(request) else None
+        try:
+            yield context.transfers.delete(user, target.path, expected_etag=judged)
+        except catalog_errors.VersionChanged:
+            if attempt + 1 < CHECKED_ATTEMPTS:
+                continue
+            raise HttpError(409, "the file kept changing while it was deleted") from None
+        break
     request.respond(204)
 
 
@@ -185,6 +199,22 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if target.path == "/" or dest.path == "/":
         raise HttpError(403, "the root cannot be moved")
     overwrite = overwrite_of(request)
+    for attempt in range(CHECKED_ATTEMPTS):
+        try:
+            moved = yield _move_once(context, request, user, target, dest, overwrite)
+        except catalog_errors.VersionChanged:
+            if attempt + 1 < CHECKED_ATTEMPTS:
+                continue
+            raise HttpError(409, "the file kept changing while it was moved") from None
+        request.respond(204 if moved else 201)
+        return
+
+
+@inlineCallbacks
+def _move_once(context, request, user, target, dest, overwrite):
+    """One look, judgement and rename of ``move``; whether it replaced a
+    file.  VersionChanged: the source's version changed after its
+    preconditions were judged (look and judge again)."""
     view = yield view_target(context, user, target)
     check_write_preconditions(request, view.committed)
     info = view.committed or view.pending
@@ -202,8 +232,13 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
         raise HttpError(412, "the destination exists and Overwrite is F")
     if existing is not None and (existing.is_dir or info.is_dir):
         raise HttpError(409, NEVER_REPLACED)
+    judged = None
+    if view.committed is not None and not info.is_dir and has_preconditions(request):
+        judged = view.committed.etag
     try:
-        yield context.transfers.rename(user, target.path, dest.path, replace=overwrite)
+        yield context.transfers.rename(
+            user, target.path, dest.path, replace=overwrite, expected_etag=judged
+        )
     except catalog_errors.Exists:
         # Taken meanwhile: by a directory (Overwrite T), or by anything (F).
         raise HttpError(409 if overwrite else 412, "the destination exists") from None
@@ -213,7 +248,7 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
         raise HttpError(409, "the destination is busy: an upload is pending on it") from None
     except (catalog_errors.NotADirectory, catalog_errors.InvalidName) as e:
         raise destination_error(e, dest) from None
-    request.respond(204 if existing is not None else 201)
+    return existing is not None
 
 
 def overwrite_of(request: StreamingRequest) -> bool:

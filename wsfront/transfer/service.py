@@ -314,16 +314,20 @@ class Transfers:
         self._need(user, "delete")
         return self.catalog.rmdir(self.full_path(user, vpath))
 
-    def delete(self, user: User, vpath: str):
+    def delete(self, user: User, vpath: str, expected_etag: str | None = None):
         """Remove a file; refused (UploadBusy) while another user's pending
         upload is on it, or a live one (a client sending), as
         docs/architecture.md's table says.  The user's own interrupted
         upload there is abandoned with it, for every protocol alike, unless
         a session here still holds it (its row marked interrupted by
-        another front end while this one paused: its client is sending)."""
+        another front end while this one paused: its client is sending).
+        ``expected_etag``: only that version (catalog VersionChanged)."""
         self._need(user, "delete")
         d = self.catalog.delete(
-            self.full_path(user, vpath), user=user.name, spare=frozenset(self.sessions)
+            self.full_path(user, vpath),
+            user=user.name,
+            spare=frozenset(self.sessions),
+            expected_etag=expected_etag,
         )
 
         def deleted(abandoned: str | None) -> None:
@@ -336,13 +340,21 @@ class Transfers:
 
         return d.addCallbacks(deleted, busy)
 
-    def rename(self, user: User, src: str, dst: str, replace: bool = True):
+    def rename(
+        self,
+        user: User,
+        src: str,
+        dst: str,
+        replace: bool = True,
+        expected_etag: str | None = None,
+    ):
         """Move ``src`` to ``dst``; a file replaced there goes as ``delete``
         would take it (the user's own interrupted upload on it is abandoned,
         another's or a live one refuses), FTP RNTO and HTTP MOVE alike.
         (The catalog does not say which upload was abandoned: this front
         end's count of the user's pending uploads drops at its next
-        refresh.)"""
+        refresh.)  ``expected_etag``: only that version of the file ``src``
+        (catalog VersionChanged)."""
         self._need(user, "rename")
         return self.catalog.rename(
             self.full_path(user, src),
@@ -350,6 +362,7 @@ class Transfers:
             replace,
             user=user.name,
             spare=frozenset(self.sessions),
+            expected_etag=expected_etag,
         )
 
     # -- reads ------------------------------------------------------------
