@@ -252,3 +252,62 @@ def test_delete_and_rename_of_a_version_judged_earlier_refuse_a_newer_one(two):
     in_tx(a, _namespace.delete, "/alice/g", False, NOW, "alice", (), v2)()
     with pytest.raises(NotFound):
         in_tx(a, _namespace.stat, "/alice/g")()
+
+
+def _committed(cat, path, blob, length):
+    up = begin_call(cat, path, blob, "fe0")()
+    return in_tx(cat, _uploads.commit_upload, NOW, up.upload_id, up.epoch, length, None, None)()
+
+
+@pytest.mark.parametrize("judged", [False, True])
+def test_a_delete_blocked_behind_a_rename_leaves_the_moved_file(two, judged):
+    """Interleaved: A renames /alice/a to /alice/b and has not committed; B
+    deletes /alice/a (with or without an If-Match etag) and waits on the
+    directory's lock (PostgreSQL).  A commits: B must find /alice/a gone
+    (NotFound), not remove the inode it read before waiting, now /alice/b."""
+    a, b, url = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    etag = _committed(a, "/alice/a", "b0", 5).etag if judged else None
+    if not judged:
+        _committed(a, "/alice/a", "b0", 5)
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _namespace.rename(tx, "/alice/a", "/alice/b", False, NOW, "alice", ()),
+        lambda tx: _namespace.delete(tx, "/alice/a", False, NOW, "alice", (), etag),
+    )
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, NotFound), outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/alice/b")().size == 5
+
+
+@pytest.mark.parametrize("offset", [None, 0])
+def test_an_unchecked_start_blocked_behind_a_commit_sees_the_new_version(two, offset):
+    """Interleaved: A commits alice's append to /alice/log (5 -> 8 bytes)
+    and has not committed; B starts a plain STOR (offset 0) or APPE (None)
+    on it and waits on the inode's lock (PostgreSQL).  A commits: B must
+    start on the version A made (APPE at 8), not on the row it read before
+    waiting (whose version A dropped: a TypeError, or a start at 5)."""
+    a, b, url = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    _committed(a, "/alice/log", "b0", 5)
+    up = in_tx(
+        a, _uploads.begin_upload, NOW, "alice", "/alice/log", 5, "b1", ["s1"], 1, "fe0",
+        NOW + 60, None, None,
+    )()  # fmt: skip
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 8, None, None),
+        lambda tx: _uploads.start_upload(
+            tx, NOW, "alice", "/alice/log", offset, "b2", ["s1"], 1, "feB", NOW + 60, None,
+            None,
+        ),
+    )  # fmt: skip
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    started = outcomes[1].result
+    assert started.committed_size == 8
+    assert started.upload.blob_start == (8 if offset is None else 0)

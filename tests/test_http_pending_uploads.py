@@ -496,3 +496,39 @@ async def test_a_stor_whose_upload_is_aborted_meanwhile_is_told_so(both):
         assert await client.reply() == (451, "Upload ended: the upload was deleted or aborted")
     finally:
         client.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_if_match_put_whose_pending_upload_is_committed_meanwhile_is_judged_again(
+    env, monkeypatch
+):
+    """alice's PUT with If-Match judged her file with her interrupted upload
+    on it; before it takes the upload over, her other client finishes that
+    upload (a new version).  The takeover finds it ended: the PUT looks
+    again and the precondition, about a version now gone, fails (412)
+    rather than a 409 about an upload it never meant to resume."""
+    await put(env, "/f", b"ORIGINAL")
+    etag = etag_of(await env.request("HEAD", "/f"))
+    await leave_pending(env, "/f", b"ne")
+    take_over = env.catalog.take_over
+    finished = []
+
+    def take_over_after_the_upload_ends(*args, **kwargs):
+        if finished:
+            return take_over(*args, **kwargs)
+        finished.append(None)
+
+        async def finish_it():
+            session = await env.transfers.open_write(env.user, "/f", 2, resume=True)
+            session.write(b"w file")
+            await session.finish()
+
+        d = defer.ensureDeferred(finish_it())
+        d.addCallback(lambda _: take_over(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, "take_over", take_over_after_the_upload_ends)
+    r, text = await put(env, "/f", b"mine", **{"If-Match": etag})
+    assert finished
+    assert r.code == 412, text
+    assert await body_of(env, "/f") == (200, b"new file")

@@ -274,6 +274,32 @@ async def test_a_put_whose_precondition_held_loses_to_a_commit_before_its_start(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_plain_put_that_looked_again_answers_for_the_file_it_replaced(env, monkeypatch):
+    """A PUT to a new path whose start found a file created meanwhile looks
+    again and replaces it: 204 (a file was there), not the 201 of its
+    first look."""
+    begin = env.catalog.begin_upload
+    theirs = []
+
+    def begin_after_another_put(*args, **kwargs):
+        if theirs:
+            return begin(*args, **kwargs)
+        theirs.append(None)
+        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
+        d.addCallback(theirs.append)
+        d.addCallback(lambda _: begin(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, "begin_upload", begin_after_another_put)
+    r = await put(env, "/race", b"mine")
+    assert theirs[1].code == 201
+    assert r.code == 204
+    assert header(r, "Location") is None
+    _, body = await get(env, "/race")
+    assert body == b"mine"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_delete_whose_if_match_held_loses_to_a_commit_before_it_runs(env, monkeypatch):
     """If-Match is judged on one catalog read, the removal runs in another
     transaction: a PUT committing in between must not be deleted with the

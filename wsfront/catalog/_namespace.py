@@ -242,10 +242,15 @@ def delete(
     if not parts:
         raise IsADirectory("/ is a directory")
     parent = resolve_parent(tx, parts)
-    row = resolve_existing(tx, parts)
+    lock_dirs(tx, parent)
+    # Read under the parent's lock: one read before it could name an inode
+    # a rename that held the lock has since moved elsewhere, which this
+    # delete would then remove there (PostgreSQL).
+    row = child(tx, parent, parts[-1])
+    if row is None:
+        raise NotFound(f"{join_path(parts)} does not exist")
     if row["kind"] == DIR:
         raise IsADirectory(f"{path} is a directory")
-    lock_dirs(tx, parent)
     if expected_etag is not None:
         locked_version(tx, row["inode"], expected_etag)
     tx.lock_rows("inodes", "inode", [row["inode"]])

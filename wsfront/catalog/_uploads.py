@@ -97,7 +97,8 @@ def _check_quota_ahead(tx: Tx, user: str, grow_bytes: int, new_file: bool) -> No
 
 def _resolve_target(tx: Tx, path: str) -> tuple[tuple[str, ...], int, Any]:
     """The path's parts, its parent directory (locked) and its entry
-    (locked; None if absent).  IsADirectory for / or a directory."""
+    (locked, as it is under the lock; None if absent).  IsADirectory for /
+    or a directory."""
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -108,6 +109,13 @@ def _resolve_target(tx: Tx, path: str) -> tuple[tuple[str, ...], int, Any]:
         raise IsADirectory(f"{path} is a directory")
     if row is not None:
         tx.lock_rows("inodes", "inode", [row["inode"]])
+        if not tx.backend.locks_at_begin:
+            # Read before the lock (PostgreSQL): a commit it waited for
+            # changed the inode's version, which the row above predates
+            # (its old version's size was gone: a TypeError, or a start on
+            # the old size).  The name still holds this inode: renames
+            # need the parent's lock, held since before the read.
+            row = child(tx, parent, parts[-1])
     return parts, parent, row
 
 
@@ -133,13 +141,10 @@ def begin_upload(
     if check_version:
         # The caller judged the file (If-Match, APPE after SIZE) in an
         # earlier transaction: another commit since then is VersionChanged,
-        # checked here under the inode's lock, or two writers could both
-        # pass their check and the second start on the first's file.
-        # Read again under the lock: on PostgreSQL ``row`` was read before
-        # _resolve_target locked it, so a commit it waited for is not in it.
-        found = None
-        if row is not None:
-            found = tx.value("SELECT version_id FROM inodes WHERE inode = ?", row["inode"])
+        # checked on the row read under the inode's lock, or two writers
+        # could both pass their check and the second start on the first's
+        # file.
+        found = row["version_id"] if row is not None else None
         if found != expected_version_id:
             raise VersionChanged(f"{path} is no longer the version its check saw")
     if row is not None:

@@ -105,7 +105,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
         )
     offset = 0 if crange is None else crange.first
     expected = length if crange is None else crange.length
-    seen: list = []  # what check saw: the path's PathView
+    seen: list = []  # what check saw: the path's PathView, at each look (the last counts)
 
     def check(view) -> None:
         """Preconditions on the lookup open_write makes anyway (no trip of
@@ -128,13 +128,13 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             check=check,
         )
     except catalog_errors.NotFound:
-        if seen and seen[0].committed is None and seen[0].pending is None:
+        if seen and seen[-1].committed is None and seen[-1].pending is None:
             # RFC 4918 (9.7.1): a missing intermediate collection is 409, as for MKCOL.
             raise HttpError(409, "the parent directory does not exist") from None
         raise
     except LengthConflict as e:
         raise HttpError(409, f"Content-Range: {e}") from None
-    existed = seen[0].committed is not None  # 201 only for a file that had no version
+    existed = seen[-1].committed is not None  # 201 only for a file that had no version
     session.when_failed().addErrback(lambda f: request.fail_body(f.value))
     sink = _Bounded(request, session, expected)
     restore_reads = wider_reads(request)

@@ -572,7 +572,7 @@ class Transfers:
             length = _length_after_takeover(
                 upload, offset, declared_length, starts_over=not (append or resume)
             )
-            session = yield self._take_over(user, upload, offset, length)
+            session = yield self._take_over(user, upload, offset, length, checked=True)
             return session
         committed = entry.size if entry is not None and entry.version is not None else 0
         if append:
@@ -684,10 +684,18 @@ class Transfers:
 
     @inlineCallbacks
     def _take_over(
-        self, user: User, upload: UploadSession, offset: int, declared_length: int | None
+        self,
+        user: User,
+        upload: UploadSession,
+        offset: int,
+        declared_length: int | None,
+        checked: bool = False,
     ):
         """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob,
-        and ``declared_length`` from now on (see _length_after_takeover)."""
+        and ``declared_length`` from now on (see _length_after_takeover).
+        ``checked``: an adapter's check judged the path with this upload on
+        it; one that ended since (committed, say) is VersionChanged, so the
+        path is looked at and judged again."""
         if offset > upload.checkpoint:
             raise OffsetTooLarge(
                 f"offset {offset} is beyond the durable offset {upload.checkpoint}"
@@ -697,6 +705,10 @@ class Transfers:
             upload = yield self.catalog.take_over(
                 upload.upload_id, upload.epoch, self.name, expires_at=self._expiry()
             )
+        except catalog_errors.UploadFinished as e:
+            if checked:
+                raise catalog_errors.VersionChanged(f"the upload ended meanwhile: {e}") from e
+            raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
         except catalog_errors.EpochConflict as e:
             raise UploadBusy(f"the upload was taken over concurrently: {e}") from e
         self.pending_per_user.discard(upload.upload_id)
