@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +16,7 @@ import attrs
 import pytest
 
 from wsstorage.blobstore import BlobStore, BlobWriteHandle, FormatError
+from wsstorage.diskformat import StoreIdentity
 from wsstorage.errors import (
     BadRequest,
     BlobNotFound,
@@ -21,6 +25,7 @@ from wsstorage.errors import (
     StaleEpoch,
 )
 from wsstorage.fsshims import GatedFsyncFileSystem
+from wsstorage.putjournal import JOURNAL_SIZE
 from wsstorage.records import OPEN, SEALED
 
 BLOCK = 4096
@@ -111,7 +116,83 @@ def test_open_creates_layout_with_format_version(tmp_path):
     assert record == {"format": "wsfs-blobstore", "version": 4, "block_size": 65536}
     assert (tmp_path / "d" / "blobs").is_dir()
     # No put journal: its files are made at the first small put.
-    assert sorted(os.listdir(tmp_path / "d")) == ["FORMAT", "LOCK", "blobs"]
+    assert sorted(os.listdir(tmp_path / "d")) == ["FORMAT", "IDENTITY", "LOCK", "blobs"]
+
+
+def sealed(store: BlobStore, blob_id: str, data: bytes) -> None:
+    handle = write_all(store, blob_id, data)
+    handle.seal()
+    handle.close()
+
+
+def test_a_new_store_gets_an_identity_that_it_keeps(tmp_path):
+    """IDENTITY: a random id and when it was made, written with the store;
+    every later open reads the same one (health reports it, so front ends
+    notice a server back on another data directory)."""
+    before = time.time()
+    store = BlobStore.open(tmp_path / "d")
+    store.close()
+    record = json.loads((tmp_path / "d" / "IDENTITY").read_text())
+    assert sorted(record) == ["created", "store_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", record["store_id"])
+    assert before <= record["created"] <= time.time()
+    assert store.identity == StoreIdentity(record["store_id"], record["created"])
+    again = BlobStore.open(tmp_path / "d")
+    again.close()
+    assert again.identity == store.identity
+    other = BlobStore.open(tmp_path / "other")
+    other.close()
+    assert other.identity.store_id != store.identity.store_id
+
+
+def test_a_wiped_directory_starts_a_store_of_another_identity(tmp_path):
+    store = BlobStore.open(tmp_path / "d")
+    sealed(store, "b", pattern(100))
+    store.close()
+    shutil.rmtree(tmp_path / "d")
+    (tmp_path / "d").mkdir()
+    fresh = BlobStore.open(tmp_path / "d")
+    assert list(fresh.list_blobs()) == []
+    fresh.close()
+    assert fresh.identity.store_id != store.identity.store_id
+
+
+@pytest.mark.parametrize("journal_size", [0, JOURNAL_SIZE])
+def test_a_store_made_before_identities_gets_one_once_and_keeps_its_blobs(tmp_path, journal_size):
+    """A store without IDENTITY (made by older code) gets one when opened,
+    written atomically, and keeps it from then on; its blobs and FORMAT
+    are as they were (no new format version: older code ignores the file,
+    so a version-3 store opened without a journal stays at 3)."""
+    store = BlobStore.open(tmp_path / "d")
+    sealed(store, "b", pattern(3 * BLOCK))
+    store.close()
+    fmt = tmp_path / "d" / "FORMAT"
+    fmt.write_text(json.dumps({"format": "wsfs-blobstore", "version": 3, "block_size": 65536}))
+    os.unlink(tmp_path / "d" / "IDENTITY")
+    upgraded = BlobStore.open(tmp_path / "d", journal_size=journal_size)
+    assert read_all(upgraded, "b") == pattern(3 * BLOCK)
+    upgraded.close()
+    assert json.loads(fmt.read_text())["version"] == (3 if journal_size == 0 else 4)
+    assert not (tmp_path / "d" / "IDENTITY.tmp").exists()
+    given = json.loads((tmp_path / "d" / "IDENTITY").read_text())["store_id"]
+    assert upgraded.identity.store_id == given != store.identity.store_id
+    again = BlobStore.open(tmp_path / "d")
+    again.close()
+    assert again.identity == upgraded.identity
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"{", b'{"store_id": "zz", "created": 1}', b'{"created": 1}']
+)
+def test_a_damaged_identity_is_refused_not_replaced(tmp_path, damage):
+    """A new id would make every front end take the store's blobs for lost:
+    an IDENTITY that does not parse stops the store, and stays as it is."""
+    BlobStore.open(tmp_path / "d").close()
+    ident = tmp_path / "d" / "IDENTITY"
+    ident.write_bytes(damage)
+    with pytest.raises(FormatError, match="IDENTITY"):
+        BlobStore.open(tmp_path / "d")
+    assert ident.read_bytes() == damage
 
 
 @pytest.mark.parametrize("old", [1, 2, 3])

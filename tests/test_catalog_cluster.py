@@ -25,6 +25,30 @@ def test_unknown_url_schemes_are_refused():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_nodes_store_id_is_set_by_compare_and_set(catalog, clock):
+    """The first id is taken once (of two front ends, one wins); a
+    replacement only from the id the registry holds, recording the old
+    id, when and how many replicas were lost; re-registering keeps it."""
+    first, second, third = "a" * 32, "b" * 32, "c" * 32
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    [node] = await catalog.list_nodes()
+    assert node.store_id is None
+    assert await catalog.set_node_store("s1", None, first)
+    assert not await catalog.set_node_store("s1", None, second)  # another took it first
+    [node] = await catalog.list_nodes()
+    assert (node.store_id, node.store_replaced, node.store_replaced_at) == (first, None, None)
+    assert not await catalog.set_node_store("s1", second, third, 1)  # not what it holds
+    clock.advance(7)
+    assert await catalog.set_node_store("s1", first, second, 4)
+    assert not await catalog.set_node_store("s1", first, third, 4)  # already replaced
+    await catalog.register_node("s1", "tcp:127.0.0.1:7009")
+    [node] = await catalog.list_nodes()
+    assert (node.store_id, node.store_replaced, node.store_lost) == (second, first, 4)
+    assert node.store_replaced_at == clock()
+    assert not await catalog.set_node_store("s9", None, first)  # no such server
+
+
+@pytest_twisted.ensureDeferred
 async def test_register_node_upserts_and_health_is_recorded(catalog):
     await catalog.register_node("s1", "tcp:127.0.0.1:7001")
     await catalog.register_node("s2", "tcp:127.0.0.1:7002")

@@ -88,6 +88,35 @@ async def test_storage_servers_registered_before_last_error_existed_keep_their_r
         await new.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_storage_servers_of_schema_7_keep_their_rows_and_have_no_store_id(catalog_url, clock):
+    """Schema 8 adds the store id columns: a server registered before has
+    none (NULL), so the first id it reports is taken as its own, not as a
+    wiped data directory (``maintenance.identity``)."""
+    old = open_catalog(reactor, catalog_url, clock=clock, schema_version=7)
+    try:
+        # As the code of schema 7 registered it (this code reads store_id).
+        old._runner.run_sync(
+            lambda tx: tx.execute(
+                "INSERT INTO nodes (name, endpoint, state, free_bytes, seen_at) "
+                "VALUES ('s1', 'tcp:127.0.0.1:7001', 'up', 5, 3.0)"
+            )
+        )
+    finally:
+        await old.close()
+    new = open_catalog(reactor, catalog_url, clock=clock)
+    try:
+        [node] = await new.list_nodes()
+        assert (node.name, node.state, node.free_bytes, node.seen_at) == ("s1", "up", 5, 3.0)
+        assert (node.store_id, node.store_replaced, node.store_replaced_at, node.store_lost) == (
+            None, None, None, None,
+        )  # fmt: skip
+        assert await new.set_node_store("s1", None, "ab" * 16)
+        assert (await new.list_nodes())[0].store_id == "ab" * 16
+    finally:
+        await new.close()
+
+
 def stored_without_rowid(cat) -> set[str]:
     """The tables SQLite keeps in their primary key's b-tree."""
     rows = cat._runner.run_sync(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from wsstorage.errors import (
     NodeUnavailable,
     StaleEpoch,
 )
+from wsstorage.records import store_identity
 from wsstorage.service import start_storage_server
 
 SECRET = b"tcp-test-secret-0123456789abcdef"
@@ -567,3 +569,28 @@ async def test_connections_dropped_while_the_server_was_stopped_are_no_secret_mi
         await wrong.health()
     await wrong.close()
     await wait_for(lambda: "differs from ours" in storage_process.run_log())
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_names_the_store_the_server_runs_on(tmp_path, client) -> None:
+    """The id and creation time of the data directory's IDENTITY, so that a
+    front end notices a server back on a wiped one."""
+    identity = json.loads((tmp_path / "data" / "IDENTITY").read_text())
+    health = await client.health()
+    assert (health.store_id, health.store_created) == (identity["store_id"], identity["created"])
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({}, (None, None)),  # a server from before identities
+        ({"store_id": "ab" * 16, "store_created": 5}, ("ab" * 16, 5.0)),
+        ({"store_id": "ab" * 16, "store_created": "soon"}, ("ab" * 16, None)),
+        ({"store_id": "../x\n" * 40, "store_created": 5}, (None, None)),
+        ({"store_id": 7, "store_created": 5}, (None, None)),
+    ],
+)
+def test_a_health_answer_without_a_sound_store_id_reads_as_none(body, expected) -> None:
+    """Junk from a server never reaches a front end's catalog."""
+    got = store_identity(body)
+    assert (got["store_id"], got["store_created"]) == expected

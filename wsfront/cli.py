@@ -58,6 +58,10 @@ def _human(n: int | None) -> str:
     return str(n)
 
 
+#: How long ``wsfs status`` notes a server found on a new data directory.
+REPLACED_SHOWN = 86400.0
+
+
 def _ago(seconds: float) -> str:
     """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
     seconds = max(0, int(seconds))
@@ -206,7 +210,8 @@ class Commands:
         """Totals and the storage registry.  A server's state is what a
         front end's probe last recorded: SEEN says how long ago it answered
         one, and a note says when no front end is alive to keep the states
-        current (a server killed since still shows ``up``)."""
+        current (a server killed since still shows ``up``); another, for a
+        day, that a server came back on a wiped data directory."""
         st = await self.catalog.status()
         now = time.time()
         leases = await self.catalog.list_leases(LIVENESS_PREFIX)
@@ -226,6 +231,14 @@ class Commands:
             f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
             + _table(rows, columns)
         )
+        for n in st["nodes"]:
+            if n.store_replaced_at is not None and now - n.store_replaced_at < REPLACED_SHOWN:
+                text += (
+                    f"\n{n.name}: came back on a wiped or replaced data directory "
+                    f"{_ago(now - n.store_replaced_at)} (store {n.store_replaced} -> "
+                    f"{n.store_id}): {n.store_lost} replica(s) there were lost, "
+                    "repair copies them back (see under-replicated)"
+                )
         if not alive and st["nodes"]:
             note = "no front end is alive"
             if leases:

@@ -151,6 +151,8 @@ class IBlobStore(Interface):
 
     # Optional: ``disk_problem()`` -> str | None, why the store cannot take
     # writes now (blocking); a store without it is taken to be writable.
+    # Optional: ``identity``, a ``diskformat.StoreIdentity``: which data
+    # directory this is (health reports it; a store without one, none).
 
 
 class IScrubbedStore(IBlobStore):

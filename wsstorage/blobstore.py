@@ -146,6 +146,7 @@ from wsstorage.diskformat import (
     FAN_OUT,
     FORMAT_FILE,
     FORMAT_VERSION,
+    IDENTITY_FILE,
     INLINE_DATA_MAX,
     INLINE_SUMS_MAX,
     LOCK_FILE,
@@ -158,6 +159,7 @@ from wsstorage.diskformat import (
     BlobPaths,
     FormatError,
     MetaRecord,
+    StoreIdentity,
     check_block_size,
     crc,
     encode_meta,
@@ -1177,10 +1179,15 @@ class BlobStore:
         block_size: int,
         lock_fd: int,
         drop_behind: int = DROP_BEHIND,
+        identity: StoreIdentity | None = None,
     ) -> None:
         self.root = root
         self.fs = fs
         self.block_size = block_size
+        #: Which data directory this is (``IDENTITY``): reported in health
+        #: answers, so front ends notice a server that comes back on a wiped
+        #: or replaced one.  Always set by ``open``.
+        self.identity = identity or StoreIdentity.new()
         #: Least run of synced bytes whose page cache is dropped; 0: never.
         self.drop_behind = drop_behind
         self._lock_fd: int | None = lock_fd
@@ -1287,9 +1294,10 @@ class BlobStore:
             raise FormatError(f"{root} is in use by another blob store process") from e
         try:
             block_size = cls._prepare(root, fs, block_size, journal=journal_size > 0)
+            identity = cls._identify(root, fs)
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
-            store = cls(root, fs, block_size, lock_fd, drop_behind)
+            store = cls(root, fs, block_size, lock_fd, drop_behind, identity)
             # Before the scan: a record a power loss tore is rewritten from
             # its entry, not reported damaged.
             try:
@@ -1361,8 +1369,30 @@ class BlobStore:
         # Before any fan-out directory is made in it (they all are after
         # FORMAT, by ``_fan_out_all`` or a put).
         spread_subdirectories(blobs)
+        # The new store's identity, durable by FORMAT's directory fsync: a
+        # crash before that leaves a store that never served, whose next
+        # open gives it one (``_identify``) as it would an older store.
+        ident = os.path.join(root, IDENTITY_FILE)
+        _publish(fs, _write_temp(fs, ident, StoreIdentity.new().encode(), sync=True), ident)
         _write_atomic(fs, fmt, format_record(block_size), root)
         return block_size
+
+    @staticmethod
+    def _identify(root: str, fs: OsFileSystem) -> StoreIdentity:
+        """The store's identity, from ``IDENTITY``; a store made before
+        identities (or whose creation a crash cut short) gets one now,
+        written atomically.  That is no wipe: the front ends' catalog has
+        no identity for a server that never reported one, and takes the
+        first it hears.  A damaged file is refused (FormatError), never
+        replaced: a new id would make every front end take the store's
+        blobs for lost."""
+        path = os.path.join(root, IDENTITY_FILE)
+        if fs.exists(path):
+            with open(path, "rb") as f:
+                return StoreIdentity.decode(f.read(4096), path)
+        identity = StoreIdentity.new()
+        _write_atomic(fs, path, identity.encode(), root)
+        return identity
 
     def _scan(self) -> None:
         """Clean up after a crash and load every unsealed blob as INCOMPLETE.

@@ -39,7 +39,7 @@ from wsstorage.errors import (
     error_from_code,
 )
 from wsstorage.failwatch import FailureWatchers
-from wsstorage.records import BlobInfo, Health, check_blob_id
+from wsstorage.records import BlobInfo, Health, check_blob_id, store_identity
 from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
@@ -1152,6 +1152,7 @@ class StorageClient:
                 active_streams=b["active_streams"],
                 version=b["version"],
                 problem=b.get("problem") if isinstance(b.get("problem"), str) else None,
+                **store_identity(b),
             )
 
         return self._simple({"op": "health"}).addCallback(record)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import attrs
 import crc32c
 
 from wsstorage.errors import BadRequest, StorageError
+from wsstorage.records import STORE_ID_RE
 
 FORMAT_NAME = "wsfs-blobstore"
 #: Version 2 added checksums kept inside a sealed record (``sums``), with
@@ -48,6 +50,14 @@ MAX_META_BYTES = 64 * 1024
 RECORD_HEAD = 4096
 
 FORMAT_FILE = "FORMAT"
+#: The store's identity (``StoreIdentity``): which data directory this is,
+#: so that front ends notice a server that comes back on another one (a
+#: wiped or replaced disk).  A file of its own, not a field of FORMAT:
+#: code that knows nothing of it neither reads nor rewrites it (an older
+#: version upgrading FORMAT would drop a field it does not know, and so
+#: the identity), and it changes nothing about how blobs are read, so it
+#: needs no new FORMAT version.
+IDENTITY_FILE = "IDENTITY"
 LOCK_FILE = "LOCK"
 BLOBS_DIR = "blobs"
 DATA_SUFFIX = ".data"
@@ -287,6 +297,51 @@ def format_record(block_size: int) -> bytes:
         ).encode()
         + b"\n"
     )
+
+
+#: A store id: 32 lowercase hex digits (128 random bits).
+STORE_ID = STORE_ID_RE
+
+
+@attrs.frozen
+class StoreIdentity:
+    """Which data directory a store is: a random id given when the store
+    was created (or, for a store made before identities, when it was
+    first opened by code that knows them), and that moment.
+
+    Like an HDFS datanode's storage ID or a Ceph OSD's fsid: a server that
+    answers with another id than it had is on another directory, and holds
+    none of the blobs it held before (docs/storage-format.md)."""
+
+    store_id: str
+    #: Unix time (seconds) the id was given.
+    created: float
+
+    @classmethod
+    def new(cls, now: float | None = None) -> StoreIdentity:
+        return cls(os.urandom(16).hex(), time.time() if now is None else now)
+
+    def encode(self) -> bytes:
+        return (
+            json.dumps(
+                {"store_id": self.store_id, "created": self.created}, sort_keys=True
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes, path: str) -> StoreIdentity:
+        """Parse the IDENTITY file; FormatError if it is not one.  Never
+        replaced by a new id silently: a store whose identity changed is
+        taken for a wiped one, and its replicas for lost."""
+        try:
+            d = json.loads(raw)
+            store_id, created = d["store_id"], float(d["created"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{path}: not a wsfs store IDENTITY file ({e})") from e
+        if not isinstance(store_id, str) or not STORE_ID.fullmatch(store_id):
+            raise FormatError(f"{path}: store id {store_id!r} is not 32 hex digits")
+        return cls(store_id, created)
 
 
 def parse_format(raw: bytes, path: str) -> tuple[int, int]:

@@ -60,3 +60,24 @@ class Health:
     #: Why the server takes no new blobs now (its disk is read-only, its
     #: data directory gone...), or None; older servers never say.
     problem: str | None = None
+    #: Which data directory the server runs on (its store's random id,
+    #: ``diskformat.StoreIdentity``) and when that was created (Unix
+    #: time), or None: older servers never say.  A front end that knew
+    #: another id for the server knows its blobs are gone.
+    store_id: str | None = None
+    store_created: float | None = None
+
+
+#: A store id as a health answer carries it (``diskformat.STORE_ID``).
+STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def store_identity(body: dict[str, Any]) -> dict[str, Any]:
+    """``store_id`` and ``store_created`` of a health answer, as ``Health``
+    takes them: None for a server that does not send them (older ones) or
+    sends something else, so that no junk reaches a front end's catalog."""
+    store_id, created = body.get("store_id"), body.get("store_created")
+    if not isinstance(store_id, str) or not STORE_ID_RE.fullmatch(store_id):
+        return {"store_id": None, "store_created": None}
+    ok = isinstance(created, int | float) and not isinstance(created, bool)
+    return {"store_id": store_id, "store_created": float(created) if ok else None}

@@ -731,7 +731,9 @@ class StorageServerProtocol(Protocol):
     def _op_health(self, rid: int, req: dict[str, Any]) -> Any:
         """Space, blob count, load and ``problem``: why the disk takes no
         writes now (``DiskCheck``; None when it does), so front ends place
-        no new blob here while it is set.  A data directory gone under us
+        no new blob here while it is set; and the store's identity
+        (``store_id``, ``store_created``), so they notice a server that
+        comes back on a wiped data directory.  A data directory gone under us
         answers, with no space and its problem, rather than failing."""
         store = self.factory.store
 
@@ -751,6 +753,9 @@ class StorageServerProtocol(Protocol):
             load=list(os.getloadavg()),
             problem=problem,
         )
+        identity = getattr(store, "identity", None)
+        if identity is not None:
+            r.update(store_id=identity.store_id, store_created=identity.created)
         return r
 
     # -- read stream ---------------------------------------------------

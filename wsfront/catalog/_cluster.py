@@ -42,6 +42,10 @@ def _node(row: Any) -> Node:
         total_bytes=row["total_bytes"],
         seen_at=row["seen_at"],
         last_error=row["last_error"],
+        store_id=row["store_id"],
+        store_replaced=row["store_replaced"],
+        store_replaced_at=row["store_replaced_at"],
+        store_lost=row["store_lost"],
     )
 
 
@@ -101,6 +105,38 @@ def set_node_health(
     ):
         raise NotFound(f"no storage node {name!r}")
     return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
+
+
+def set_node_store(
+    tx: Tx, now: float, name: str, expected: str | None, store_id: str, lost: int | None = None
+) -> bool:
+    """Record that ``name`` runs on store ``store_id``, if the registry
+    still says ``expected`` (a compare-and-set: of two front ends that
+    noticed the same change, one records it).  With ``expected`` None the
+    server's first id is taken, nothing more; otherwise it is a
+    replacement: ``expected``, ``now`` and ``lost`` (replicas found gone)
+    are kept for ``wsfs status``.  False if the registry said otherwise
+    (or has no such server)."""
+    if expected is None:
+        return bool(
+            tx.execute(
+                "UPDATE nodes SET store_id = ? WHERE name = ? AND store_id IS NULL",
+                store_id,
+                name,
+            )
+        )
+    return bool(
+        tx.execute(
+            "UPDATE nodes SET store_id = ?, store_replaced = ?, store_replaced_at = ?, "
+            "store_lost = ? WHERE name = ? AND store_id = ?",
+            store_id,
+            expected,
+            now,
+            lost,
+            name,
+            expected,
+        )
+    )
 
 
 def set_node_draining(tx: Tx, name: str, draining: bool) -> Node:

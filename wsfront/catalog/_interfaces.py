@@ -347,6 +347,12 @@ class ICatalog(Interface):
         """Record a health probe's outcome: ``last_error`` is why the server
         is down (None while up), kept as one capped line.  NotFound."""
 
+    def set_node_store(name, expected, store_id, lost=None):
+        """Compare-and-set the store (data directory) id the server runs
+        on, from ``expected`` (None: its first) to ``store_id``; a
+        replacement also records the old id, when, and ``lost`` (replicas
+        found gone there).  Fires with whether it was set."""
+
     def set_node_draining(name, draining):
         """Start or end a drain: the state becomes ``draining``, or from
         ``draining`` ``unknown`` (``set_node_health`` never changes it

@@ -447,6 +447,11 @@ class SqlCatalog:
             _cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at, last_error
         )
 
+    def set_node_store(
+        self, name: str, expected: str | None, store_id: str, lost: int | None = None
+    ) -> Deferred:
+        return self._write(_cluster.set_node_store, self._now(), name, expected, store_id, lost)
+
     def set_node_draining(self, name: str, draining: bool) -> Deferred:
         return self._write(_cluster.set_node_draining, name, draining)
 

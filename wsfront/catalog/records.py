@@ -226,6 +226,16 @@ class Node:
     #: Why the last front end to probe it found it down (one line, at most
     #: ``_cluster.NODE_ERROR_MAX`` characters); None while it is up.
     last_error: str | None = None
+    #: The id of the data directory (store) the server was last found on
+    #: (``wsstorage.diskformat.StoreIdentity``); None until one reported it.
+    store_id: str | None = None
+    #: The last time the server was found on another store than before (its
+    #: data directory wiped or replaced): the id it had, when (catalog
+    #: clock), and how many of the replicas listed there were gone and
+    #: marked lost; all None if never.
+    store_replaced: str | None = None
+    store_replaced_at: float | None = None
+    store_lost: int | None = None
 
 
 @attrs.frozen

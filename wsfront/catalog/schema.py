@@ -293,6 +293,19 @@ MIGRATIONS: list[list[str | Only]] = [
     [
         f"CREATE INDEX uploads_finished ON uploads (updated_at) WHERE state IN {FINISHED_SQL}",
     ],
+    # 8: which data directory each storage server runs on (the random id
+    # of its store, reported in its health answers), so that a server that
+    # comes back on a wiped or replaced one is noticed by whichever front
+    # end holds maintenance then, even one started since; and the last
+    # such replacement, for ``wsfs status``: when, the id it replaced, and
+    # how many replicas listed there were found gone (marked lost).  NULL
+    # for a server that never reported an id (registered before, or older).
+    [
+        "ALTER TABLE nodes ADD COLUMN store_id TEXT",
+        "ALTER TABLE nodes ADD COLUMN store_replaced TEXT",
+        "ALTER TABLE nodes ADD COLUMN store_replaced_at {real}",
+        "ALTER TABLE nodes ADD COLUMN store_lost {int}",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -3,10 +3,12 @@
 The lead mounts one in every front end (``service.setServiceParent(app)``);
 only the holder of the maintenance lease does any work.  Each tick it runs
 a queued admin job (``wsfs repair``, ``fsck``, ``drain``, ``rebalance``,
-``compact``, ``gc``), then an audit (``fsck.audit``), a repair pass, a GC
-pass and a compaction pass, each when due, and ends what a dead front end
-left behind (jobs it was running, uploads still marked active): every front
-end holds a liveness lease ``front-end:NAME``, and a lapsed one means dead.
+``compact``, ``gc``), then a check of the servers' store ids (one back on a
+wiped data directory has its lost replicas marked: ``identity``), an audit
+(``fsck.audit``), a repair pass, a GC pass and a compaction pass, each
+when due, and ends what a dead front end left behind (jobs it was
+running, uploads still marked active): every front end holds a liveness
+lease ``front-end:NAME``, and a lapsed one means dead.
 Work never overlaps: repair and GC of the same front end run one after the
 other (a ``wsfs gc`` job too: it is one more step of the same tick, with
 the same collector), and no step starts without the maintenance lease, held
@@ -31,6 +33,7 @@ from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
+from wsfront.maintenance.identity import StoreWatch
 from wsfront.maintenance.jobs import Handler, JobRunner, end_job
 from wsfront.maintenance.lease import (
     DEFAULT_TTL_SECONDS,
@@ -126,6 +129,8 @@ class MaintenanceService(Service):
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
         self.compactor = Compactor(clock, catalog, pool, self.settings.compact)
+        #: Notices a storage server back on a wiped data directory.
+        self.stores = StoreWatch(catalog, pool)
         handlers = job_handlers(
             self.repairer,
             self.gc,
@@ -206,6 +211,11 @@ class MaintenanceService(Service):
         if not self.lease.valid:
             return ran
         now = self._clock.seconds()
+        if await self.stores.check():
+            # A server came back on a wiped data directory: its replicas
+            # were marked lost, copy them back now.
+            self._next_repair = now
+            ran.append("stores")
         if now >= self._next_orphans:
             self._next_orphans = now + self.settings.orphan_uploads_every
             await self.interrupt_orphaned_uploads()

@@ -47,6 +47,13 @@ class NodeState:
     #: though health answers say none: a server checks its disk only now
     #: and then, so an answer just after the failure may predate it.
     problem_held_until: float = 0.0
+    #: The id of the data directory (store) the server's last health
+    #: answer named, and when that store was created, or None (it never
+    #: answered, or is too old to say).  Kept while it is down: the
+    #: maintenance lease holder compares it with the catalog's
+    #: (``maintenance.identity``) to notice a wiped data directory.
+    store_id: str | None = None
+    store_created: float | None = None
 
     @property
     def takes_new_blobs(self) -> bool:
@@ -255,3 +262,6 @@ class StoragePool:
         node.total_bytes = health.total_bytes
         node.last_seen = self._clock.seconds()
         node.last_error = problem
+        if health.store_id is not None:
+            node.store_id = health.store_id
+            node.store_created = health.store_created
