@@ -126,3 +126,60 @@ async def test_a_new_store_that_cannot_be_listed_is_left_for_the_next_check(env,
     assert set((await blobs_of(env, files, victim)).values()) == {REPLICA_OK}
     node = {n.name: n for n in await env.catalog.list_nodes()}[victim]
     assert (node.store_id, node.store_replaced) == (old, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_store_that_keeps_failing_its_listing_is_tried_ever_more_rarely(
+    env, warnings, monkeypatch
+):
+    """A replacement store that answers health but cannot be listed (down,
+    or EIO on its disk) costs a walk of the catalog per try: the tries
+    thin out (waits of 1, 2, 4 ... checks) and one warning says so, not
+    one per tick.  Once it can be listed, the replacement is handled."""
+    from wsfront.maintenance import identity
+
+    pool = env.transfers.pool
+    files = await populate(env, count=2, size=50_000)
+    await quiet(pool)
+    watch = StoreWatch(env.catalog, pool)
+    await watch.check()
+    victim = "s3"
+    pool._nodes[victim].store_id = NEW
+    walks = []
+    listing_fails = [True]
+    real = identity.missing_replicas
+
+    async def counted(catalog, pool_, node):
+        walks.append(node)
+        if listing_fails[0]:
+            raise OSError("EIO listing blobs/")
+        return await real(catalog, pool_, node)
+
+    monkeypatch.setattr(identity, "missing_replicas", counted)
+    seen = []
+    for _ in range(10):
+        assert await watch.check() == []
+        seen.append(len(walks))
+    # Tries at checks 1, 3 and 6, then 4 skipped (waits of 1, 2, 4).
+    assert seen == [1, 1, 2, 2, 2, 3, 3, 3, 3, 3]
+    assert len([w for w in warnings if "cannot be listed yet" in w]) == 1
+    listing_fails[0] = False
+    assert await watch.check() == [victim]  # the 11th: tried again, handled
+    assert len(walks) == 4
+    assert await blobs_of(env, files, victim)
+
+
+def test_a_creation_time_that_is_not_a_time_is_unknown():
+    """A health answer's store_created of NaN or infinity (a damaged or
+    hostile IDENTITY) is taken as unknown, and never breaks the warning."""
+    from wsfront.maintenance.identity import _when
+    from wsstorage.records import store_identity
+
+    for created in (float("nan"), float("inf"), -float("inf")):
+        assert store_identity({"store_id": NEW, "store_created": created}) == {
+            "store_id": NEW,
+            "store_created": None,
+        }
+        assert _when(created) == "at an unknown time"
+    assert _when(1e300) == "at an unknown time"
+    assert _when(0.0) == "1970-01-01 00:00:00 UTC"

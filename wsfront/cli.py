@@ -236,8 +236,8 @@ class Commands:
                 text += (
                     f"\n{n.name}: came back on a wiped or replaced data directory "
                     f"{_ago(now - n.store_replaced_at)} (store {n.store_replaced} -> "
-                    f"{n.store_id}): {n.store_lost} replica(s) there were lost, "
-                    "repair copies them back (see under-replicated)"
+                    f"{n.store_id}): {n.store_lost} replica(s) there were lost"
+                    + (", repair copies them back (see under-replicated)" if n.store_lost else "")
                 )
         if not alive and st["nodes"]:
             note = "no front end is alive"

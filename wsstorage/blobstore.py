@@ -1370,8 +1370,9 @@ class BlobStore:
         # FORMAT, by ``_fan_out_all`` or a put).
         spread_subdirectories(blobs)
         # The new store's identity, durable by FORMAT's directory fsync: a
-        # crash before that leaves a store that never served, whose next
-        # open gives it one (``_identify``) as it would an older store.
+        # crash before that leaves a store that never served, with no FORMAT
+        # and an empty blobs/, which its next open creates again (a new id
+        # over the old: no front end ever heard that one).
         ident = os.path.join(root, IDENTITY_FILE)
         _publish(fs, _write_temp(fs, ident, StoreIdentity.new().encode(), sync=True), ident)
         _write_atomic(fs, fmt, format_record(block_size), root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import struct
 import time
@@ -341,6 +342,8 @@ class StoreIdentity:
             raise FormatError(f"{path}: not a wsfs store IDENTITY file ({e})") from e
         if not isinstance(store_id, str) or not STORE_ID.fullmatch(store_id):
             raise FormatError(f"{path}: store id {store_id!r} is not 32 hex digits")
+        if not math.isfinite(created):
+            raise FormatError(f"{path}: creation time {created!r} is not a time")
         return cls(store_id, created)
 
 

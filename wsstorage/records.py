@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -79,5 +80,9 @@ def store_identity(body: dict[str, Any]) -> dict[str, Any]:
     store_id, created = body.get("store_id"), body.get("store_created")
     if not isinstance(store_id, str) or not STORE_ID_RE.fullmatch(store_id):
         return {"store_id": None, "store_created": None}
-    ok = isinstance(created, int | float) and not isinstance(created, bool)
+    ok = (
+        isinstance(created, int | float)
+        and not isinstance(created, bool)
+        and math.isfinite(created)
+    )
     return {"store_id": store_id, "store_created": float(created) if ok else None}

@@ -24,6 +24,7 @@ marks again (marks are idempotent) and records it.
 
 from __future__ import annotations
 
+import math
 import time
 
 from twisted.logger import Logger
@@ -35,11 +36,20 @@ from wsfront.transfer.pool import NodeState, StoragePool
 
 log = Logger()
 
+#: Most checks skipped between two tries of a new store whose listing
+#: failed: the waits double from 1 up to this (64 ticks of 2 s: about two
+#: minutes), so a replacement disk that answers health but cannot list
+#: (EIO) does not cost a walk of the whole catalog and a warning per tick.
+RETRY_MAX_CHECKS = 64
+
 
 def _when(created: float | None) -> str:
-    if created is None:
+    if created is None or not math.isfinite(created):
         return "at an unknown time"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created))
+    except (OverflowError, OSError, ValueError):
+        return "at an unknown time"
 
 
 class StoreWatch:
@@ -51,6 +61,18 @@ class StoreWatch:
         #: Server name -> the id this front end last found the registry to
         #: agree with: a server whose probes name it costs no catalog read.
         self._confirmed: dict[str, str] = {}
+        #: Server name -> (the new id whose listing failed, checks still to
+        #: skip, the last wait): see RETRY_MAX_CHECKS.
+        self._retry: dict[str, tuple[str, int, int]] = {}
+
+    def _waiting(self, node: NodeState) -> bool:
+        """Whether ``node``'s new store is left alone this check, its
+        listing having failed lately (one skipped check counted)."""
+        retry = self._retry.get(node.name)
+        if retry is None or retry[0] != node.store_id or retry[1] == 0:
+            return False
+        self._retry[node.name] = (retry[0], retry[1] - 1, retry[2])
+        return True
 
     def _changed(self) -> list[NodeState]:
         return [
@@ -63,7 +85,7 @@ class StoreWatch:
         """Compare what the pool heard with the registry; handle each
         replacement; return the names of the servers found replaced (their
         lost replicas marked: the caller should repair now)."""
-        changed = self._changed()
+        changed = [n for n in self._changed() if not self._waiting(n)]
         if not changed:
             return []
         registry = {n.name: n for n in await self._catalog.list_nodes()}
@@ -92,14 +114,28 @@ class StoreWatch:
                 except catalog_errors.CatalogError:
                     raise
                 except Exception as e:
-                    # Its listing failed (down again): the next check retries.
-                    log.warn(
-                        "storage server {name} answers as another store, but its blobs "
-                        "cannot be listed yet: {err}",
-                        name=node.name,
-                        err=e,
-                    )
+                    self._failed(node.name, reported, e)
+                else:
+                    self._retry.pop(node.name, None)
         return replaced
+
+    def _failed(self, name: str, reported: str, error: Exception) -> None:
+        """The listing of ``name``'s new store failed (down again, a disk
+        error): nothing was marked; try again after a wait that doubles,
+        saying so once per new store."""
+        last = self._retry.get(name)
+        if last is not None and last[0] == reported:
+            wait = min(last[2] * 2, RETRY_MAX_CHECKS)
+        else:
+            wait = 1
+            log.warn(
+                "storage server {name} answers as another store, but its blobs cannot be "
+                "listed yet (tried again after 1, 2, 4 ... up to {most} ticks): {err}",
+                name=name,
+                most=RETRY_MAX_CHECKS,
+                err=error,
+            )
+        self._retry[name] = (reported, wait, wait)
 
     async def _replaced(self, node: NodeState, old: str, new: str) -> bool:
         """``node`` answers as store ``new`` where the registry knows
