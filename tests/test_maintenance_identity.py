@@ -183,3 +183,15 @@ def test_a_creation_time_that_is_not_a_time_is_unknown():
         assert _when(created) == "at an unknown time"
     assert _when(1e300) == "at an unknown time"
     assert _when(0.0) == "1970-01-01 00:00:00 UTC"
+
+
+def test_an_identity_file_whose_creation_time_is_not_a_time_is_refused():
+    """json reads NaN and Infinity: a damaged IDENTITY saying so is refused
+    like any other damage, not given to health answers."""
+    from wsstorage.diskformat import FormatError, StoreIdentity
+
+    for created in ("NaN", "Infinity", "-Infinity"):
+        raw = f'{{"created": {created}, "store_id": "{NEW}"}}'.encode()
+        with pytest.raises(FormatError):
+            StoreIdentity.decode(raw, "IDENTITY")
+    assert StoreIdentity.decode(f'{{"created": 5, "store_id": "{NEW}"}}'.encode(), "I").created == 5
