@@ -474,13 +474,15 @@ class StreamingChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
-        431) and close, instead of LineReceiver's silent close."""
+        431) and close, instead of LineReceiver's silent close.  A refusal
+        like the others (``refuse``): the client's input is drained for a
+        moment, since closing with its body unread would reset the
+        connection under the answer."""
         if getattr(self, "_HTTPChannel__first_line", 1):
             answer = canned(b"414 URI Too Long", "the request line is too long")
         else:
             answer = canned(b"431 Request Header Fields Too Large", "a header line is too long")
-        self.transport.write(answer)
-        self.loseConnection()
+        self.refuse(answer)
 
     def requestDone(self, request) -> None:
         self._body_pauses.clear()
