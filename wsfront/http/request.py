@@ -410,7 +410,7 @@ class StreamingChannel(http.HTTPChannel):
             # nginx's answer, before anything else: a PUT must say how long
             # its body is.  Read as the empty body RFC 9112 (6.3) makes of
             # it, an HTTP/1.0 client sending a file until it closes (curl
-            # -0 -T -) stored an empty file.
+            # -0 -T FILE -H 'Content-Length:') stored an empty file.
             self.refuse(
                 canned(
                     b"411 Length Required",

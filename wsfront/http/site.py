@@ -249,7 +249,7 @@ with the Allow of that resource."""
 def check_method_known(method: bytes) -> None:
     """501 for a method the server does not recognise (RFC 9110, 15.6.2:
     405 is for a known method the target resource does not allow), before
-    anything else about the request is looked at, as Apache answers."""
+    anything else about the request (its login included) is looked at."""
     if method not in KNOWN_METHODS:
         raise HttpError(501, "method not implemented")
 
