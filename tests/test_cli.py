@@ -85,6 +85,21 @@ def test_json_may_come_after_the_command_too(catalog):
     assert wsfs(catalog, "user", "list").stdout.startswith("NAME")  # tables without it
 
 
+def test_json_and_catalog_may_come_between_group_and_command(catalog):
+    """``wsfs user --json list`` was "unrecognized arguments: --json": only
+    the top-level parser and each command's took it, not a group's."""
+    wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")
+    between = wsfs(catalog, "user", "--json", "list")
+    assert between.returncode == 0, between.stderr
+    assert [u["name"] for u in json.loads(between.stdout)] == ["carol"]
+    there = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "user", "--catalog", catalog, "list"],
+        capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert there.returncode == 0, there.stderr
+    assert there.stdout.startswith("NAME")
+
+
 def test_catalog_may_come_after_the_command_too(catalog):
     """``wsfs status --catalog URL`` was "required: --catalog", given as it was."""
     wsfs(catalog, "user", "add", "carol", stdin="pw-123456\n")

@@ -690,17 +690,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _global_options_after_the_command(parser: argparse.ArgumentParser) -> None:
+def _global_options_after_the_command(parser: argparse.ArgumentParser, top: bool = True) -> None:
     """Take ``--json`` and ``--catalog`` after the command too (``wsfs
-    --catalog URL status --json``, ``wsfs status --catalog URL``), where
-    scripts and hands often put them, not only before it: every command's
-    own parser accepts them, and leaves the top-level one's value alone
-    when they are not given there (SUPPRESS)."""
+    --catalog URL status --json``, ``wsfs status --catalog URL``, ``wsfs
+    user --json list``), where scripts and hands often put them, not only
+    before it: every parser below the top-level one, a command group's
+    (``user``) as well as each command's, accepts them, and leaves the
+    top-level one's value alone when they are not given there (SUPPRESS)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _global_options_after_the_command(child)
-            return
+                _global_options_after_the_command(child, top=False)
+    if top:
+        return  # it has its own, with their defaults
     parser.add_argument(
         "--json",
         action="store_true",

@@ -21,7 +21,9 @@ checked *before* the client is told to send the body.  So:
   timeout, which is held while the server itself pauses the body.
 - Framing is stricter than Twisted's: an HTTP/1.1 request needs exactly one
   Host, folded header lines are refused, and a chunk size past any file
-  offset is refused at once (400 each).
+  offset is refused at once (400 each); a PUT with neither Content-Length
+  nor chunked framing is refused (411, as nginx does) rather than read as
+  empty.
 - A client that shuts down its sending side after a complete request
   (TCP half-close) still gets the answer.
 
@@ -404,6 +406,18 @@ class StreamingChannel(http.HTTPChannel):
             return
         self.persistent = self.checkPersistence(request, self._version)
         request.gotLength(self.length)
+        if self._command == b"PUT" and not request.declares_length():
+            # nginx's answer, before anything else: a PUT must say how long
+            # its body is.  Read as the empty body RFC 9112 (6.3) makes of
+            # it, an HTTP/1.0 client sending a file until it closes (curl
+            # -0 -T FILE -H 'Content-Length:') stored an empty file.
+            self.refuse(
+                canned(
+                    b"411 Length Required",
+                    "a PUT needs Content-Length (or Transfer-Encoding: chunked)",
+                )
+            )
+            return
         request.headers_received(self._command, self._path, self._version)
         if self.length != 0 and not self._abandoned and not request.body_complete:
             self._in_body = True
@@ -474,13 +488,15 @@ class StreamingChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line over ``MAX_LENGTH``: say which (414 or
-        431) and close, instead of LineReceiver's silent close."""
+        431) and close, instead of LineReceiver's silent close.  A refusal
+        like the others (``refuse``): the client's input is drained for a
+        moment, since closing with its body unread would reset the
+        connection under the answer."""
         if getattr(self, "_HTTPChannel__first_line", 1):
             answer = canned(b"414 URI Too Long", "the request line is too long")
         else:
             answer = canned(b"431 Request Header Fields Too Large", "a header line is too long")
-        self.transport.write(answer)
-        self.loseConnection()
+        self.refuse(answer)
 
     def requestDone(self, request) -> None:
         self._body_pauses.clear()
@@ -560,6 +576,13 @@ class StreamingRequest(server.Request):
         self._body_waiters: list[Deferred] = []
         self._body_error: BaseException | None = None
         self._lasting: set[bytes] = set()
+
+    def declares_length(self) -> bool:
+        """Whether the request says how long its body is: Content-Length
+        (0 included) or chunked.  Without either, RFC 9112 (6.3) makes its
+        body empty, but a client that means to send one (an HTTP/1.0 client
+        sending until it closes) would see its bytes dropped."""
+        return self.body_length != 0 or self.requestHeaders.hasHeader(b"Content-Length")
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         super().setResponseCode(code, message if message is not None else REASONS.get(code))

@@ -210,6 +210,7 @@ class WsSite(server.Site):
     def _route(self, request: StreamingRequest) -> Deferred | None:
         from wsfront.http import files
 
+        check_method_known(request.method)
         raw = target_path(request.path)
         if raw == b"*":
             # RFC 9110 (9.3.7): OPTIONS * asks about the server, not a
@@ -231,6 +232,26 @@ class WsSite(server.Site):
         if endpoint is None:
             raise HttpError(404, "no such server endpoint")
         return endpoint(request, self.context, segments[1:])
+
+
+KNOWN_METHODS = frozenset(
+    {
+        *(b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE"),
+        b"PATCH",
+        *(b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK"),
+    }
+)
+"""The methods wsfs recognises: RFC 9110's, PATCH (RFC 5789) and WebDAV's
+(RFC 4918).  Where a resource does not allow one of them, it answers 405
+with the Allow of that resource."""
+
+
+def check_method_known(method: bytes) -> None:
+    """501 for a method the server does not recognise (RFC 9110, 15.6.2:
+    405 is for a known method the target resource does not allow), before
+    anything else about the request (its login included) is looked at."""
+    if method not in KNOWN_METHODS:
+        raise HttpError(501, "method not implemented")
 
 
 LOGGED_TEXT_MAX = 500
@@ -256,7 +277,8 @@ def log_error_answer(request: StreamingRequest, failure, status: int) -> None:
     error = failure.value
     reason = error.message if isinstance(error, HttpError) else f"{type(error).__name__}: {error}"
     log.emit(
-        LogLevel.warn if status >= 500 else LogLevel.info,
+        # 501 is the client's unknown method: nothing for the operator.
+        LogLevel.warn if status >= 500 and status != 501 else LogLevel.info,
         "{method} {path}: {outcome} ({reason})",
         method=method,
         path=path,

@@ -28,7 +28,7 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import COMMITTED
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
-from wsfront.http.site import authenticate
+from wsfront.http.site import authenticate, check_method_known
 from wsfront.http.tus_body import ChunkSink
 from wsfront.http.tus_headers import (
     CHECKSUMS,
@@ -83,6 +83,7 @@ class TusEndpoint:
         override = request.getHeader(b"X-HTTP-Method-Override")
         if method == b"POST" and override:
             method = override.strip().upper()
+            check_method_known(method)
         if segments in ([], [""]):
             upload_id = None
             allowed = _COLLECTION_METHODS
