@@ -48,6 +48,15 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def _blobs_and_files(blobs: int, files: int) -> str:
+    """``3 blobs (2 files)``, or ``0``: a count of ``wsfs status`` and the
+    committed files among them (a pending upload's blob is no file's)."""
+    if not blobs:
+        return "0"
+    text = f"{blobs} blob{'s' if blobs != 1 else ''}"
+    return text + f" ({files} file{'s' if files != 1 else ''})" if files else text
+
+
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
@@ -223,9 +232,20 @@ class Commands:
             columns.append("error")  # why a server is down, as its front end saw it
         text = (
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
-            f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
+            f"live uploads: {st['live_uploads']}  under-replicated: "
+            f"{_blobs_and_files(st['under_replicated'], st['under_replicated_files'])}  "
+            f"unavailable: {_blobs_and_files(st['unavailable'], st['unavailable_files'])}\n"
             + _table(rows, columns)
         )
+        if st["unavailable"]:
+            shown = st["unavailable_paths"]
+            more = st["unavailable_files"] - len(shown)
+            text += (
+                "\nunavailable (no replica on a server that is up): "
+                + _blobs_and_files(st["unavailable"], st["unavailable_files"])
+                + (f": {', '.join(shown)}" if shown else "")
+                + (f" and {more} more" if more > 0 else "")
+            )
         if not alive and st["nodes"]:
             note = "no front end is alive"
             if leases:
