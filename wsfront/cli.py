@@ -313,6 +313,12 @@ class Commands:
         sys.stderr.write(f"wsfs: {text}\n")
         sys.stderr.flush()
 
+    def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
+        self._warn(
+            f"{kind} job {job_id} restarted ({why}): it ran again from the start, its "
+            "progress counting from 0; what it did before stayed done"
+        )
+
     async def _job(self, kind: str, args: dict[str, Any]) -> Any:
         """Queue a job for a front end and follow it to the end.
 
@@ -330,9 +336,15 @@ class Commands:
                 "it stays queued until one starts"
             )
         shown = None
+        restart_said = False
         from twisted.internet import reactor
 
         while job.state in ("queued", "running"):
+            if job.error is not None and not restart_said:
+                # Re-queued after its runner died or lost the lease
+                # (``jobs.end_job``): it runs again from the start.
+                restart_said = True
+                self._say_restarted(kind, job.job_id, job.error)
             now = time.monotonic()
             if now > deadline:
                 raise SystemExit(
@@ -354,6 +366,9 @@ class Commands:
             job = await self.catalog.get_job(job.job_id)
         if shown is not None and self.out.isatty():
             self.out.write("\n")
+        restarted = job.result.get("restarted") if isinstance(job.result, dict) else None
+        if restarted and not restart_said:  # re-run between two polls
+            self._say_restarted(kind, job.job_id, restarted["why"])
         if job.state == "failed":
             raise SystemExit(f"wsfs: {kind} failed: {job.error}")
         return job
@@ -392,6 +407,15 @@ class Commands:
                 f"{r['moved']} replicas moved"
             )
         text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
+        restarted = r.get("restarted")
+        if restarted:
+            before = restarted["before"].get("moved", 0)
+            # The first run's last recorded progress is a lower bound: a
+            # move may land after it and before the runner died.
+            text = (
+                f"drain of {self.args.name} done: {r['moved']} replicas moved since the "
+                f"job restarted ({restarted['why']}); its first run had moved at least {before}"
+            )
         if r.get("stuck") or r.get("busy"):
             text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
         self.emit(job, text)
