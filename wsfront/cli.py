@@ -315,8 +315,8 @@ class Commands:
 
     def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
         self._warn(
-            f"{kind} job {job_id} restarted ({why}): it ran again from the start, its "
-            "progress counting from 0; what it did before stayed done"
+            f"{kind} job {job_id} restarted ({why}): it runs again from the start, its "
+            "progress counts from 0; what it did before stays done"
         )
 
     async def _job(self, kind: str, args: dict[str, Any]) -> Any:
