@@ -207,6 +207,38 @@ async def test_status_counts_files_bytes_uploads_and_nodes(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_status_counts_only_replicas_on_servers_not_recorded_down(catalog):
+    """A replica on a server recorded down (a draining one too: it keeps
+    its state and records the error) does not count; a file with no other
+    is unavailable and named.  A server never probed counts."""
+    for name in ("s1", "s2", "s3", "s4"):
+        await catalog.register_node(name, f"tcp:127.0.0.1:700{name[1]}")
+    await catalog.mkdir("/d")
+    for path, blob, replicas in (("/d/a", "b1", ["s1", "s2"]), ("/d/b", "b2", ["s1", "s3"]),
+                                 ("/d/c", "b3", ["s2", "s4"])):  # fmt: skip
+        up = await catalog.begin_upload(
+            "alice", path, base_length=0, blob_id=blob, replicas=replicas,
+            wanted_replicas=2, owner="fe1", expires_at=catalog._clock() + 60,
+        )  # fmt: skip
+        await catalog.commit_upload(up.upload_id, 1, 10)
+    status = await catalog.status()
+    assert (status["under_replicated"], status["unavailable"]) == (0, 0)
+    await catalog.set_node_health("s1", "down", None, None, None, "connection refused")
+    await catalog.set_node_draining("s3", True)
+    await catalog.set_node_health("s3", "down", None, None, None, "connection refused")
+    await catalog.set_node_health("s2", "up", 1, 2, catalog._clock())
+    status = await catalog.status()
+    assert (status["under_replicated"], status["under_replicated_files"]) == (2, 2)
+    assert (status["unavailable"], status["unavailable_files"]) == (1, 1)
+    assert status["unavailable_paths"] == ["/d/b"]
+    await catalog.set_node_health("s3", "up", 1, 2, catalog._clock())  # still draining
+    status = await catalog.status()
+    assert (status["under_replicated"], status["unavailable"], status["unavailable_paths"]) == (
+        2, 0, []
+    )  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_closed_catalog_refuses_work(catalog):
     await catalog.close()
     with pytest.raises(RuntimeError):

@@ -180,3 +180,39 @@ async def test_a_longer_liveness_lease_keeps_a_slow_front_end_alive_that_long(ca
     assert await b.lease.renew()
     assert await b.fail_abandoned_jobs() == 1
     assert (await cat.get_job(repair.job_id)).state == JOB_QUEUED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_run_recorded(
+    cat, tclock
+):
+    """Its counts start from 0 in the second run: the progress and the
+    result carry ``restarted`` (why, the first run's last progress), so
+    ``wsfs`` can say so instead of showing the counts fall back."""
+    from wsfront.maintenance.jobs import JobRunner
+
+    b = front_end(cat, tclock, "fe-b")
+    await alive(b)
+    gc = await running(cat, "fe-a", "gc")  # fe-a never took a liveness lease
+    await cat.update_job(gc.job_id, "fe-a", {"moved": 3})
+    tclock.advance(TTL + 1)
+    await alive(b)
+    assert await b.fail_abandoned_jobs() == 1
+    seen = []
+
+    async def handler(args, report):
+        await report({"moved": 1})
+        seen.append((await cat.get_job(gc.job_id)).progress)
+        return {"moved": 2}
+
+    done = await JobRunner(tclock, cat, "fe-b", {"gc": handler}).run_one()
+    restarted = {"why": "interrupted: front end fe-a stopped; re-queued", "before": {"moved": 3}}
+    assert seen == [{"moved": 1, "restarted": restarted}]
+    assert (done.state, done.error, done.result) == (
+        "done", None, {"moved": 2, "restarted": restarted}
+    )  # fmt: skip
+
+    # A first run says nothing of the kind.
+    fresh = await cat.enqueue_job("gc", {})
+    done = await JobRunner(tclock, cat, "fe-b", {"gc": handler}).run_one()
+    assert done.job_id == fresh.job_id and done.result == {"moved": 2}

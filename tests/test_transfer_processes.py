@@ -59,10 +59,10 @@ class Cluster:
         self.catalogs.append(c)
         return c
 
-    async def front_end(self, name: str, **settings) -> Transfers:
+    async def front_end(self, name: str, idle_timeout: float = 2.0, **settings) -> Transfers:
         pool = StoragePool(self.reactor, probe_interval=0.5)
         for n, proc in self.procs.items():
-            pool.add(n, proc.endpoint, proc.client(self.reactor, idle_timeout=2.0))
+            pool.add(n, proc.endpoint, proc.client(self.reactor, idle_timeout=idle_timeout))
         self.pools.append(pool)
         await pool.start()
         catalog = self.open_catalog()

@@ -48,6 +48,15 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def _blobs_and_files(blobs: int, files: int) -> str:
+    """``3 blobs (2 files)``, or ``0``: a count of ``wsfs status`` and the
+    committed files among them (a pending upload's blob is no file's)."""
+    if not blobs:
+        return "0"
+    text = f"{blobs} blob{'s' if blobs != 1 else ''}"
+    return text + f" ({files} file{'s' if files != 1 else ''})" if files else text
+
+
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
@@ -228,9 +237,20 @@ class Commands:
             columns.append("error")  # why a server is down, as its front end saw it
         text = (
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
-            f"live uploads: {st['live_uploads']}  under-replicated: {st['under_replicated']}\n"
+            f"live uploads: {st['live_uploads']}  under-replicated: "
+            f"{_blobs_and_files(st['under_replicated'], st['under_replicated_files'])}  "
+            f"unavailable: {_blobs_and_files(st['unavailable'], st['unavailable_files'])}\n"
             + _table(rows, columns)
         )
+        if st["unavailable"]:
+            shown = st["unavailable_paths"]
+            more = st["unavailable_files"] - len(shown)
+            text += (
+                "\nunavailable (no replica on a server that is up): "
+                + _blobs_and_files(st["unavailable"], st["unavailable_files"])
+                + (f": {', '.join(shown)}" if shown else "")
+                + (f" and {more} more" if more > 0 else "")
+            )
         for n in st["nodes"]:
             if n.store_replaced_at is not None and now - n.store_replaced_at < REPLACED_SHOWN:
                 text += (
@@ -306,6 +326,12 @@ class Commands:
         sys.stderr.write(f"wsfs: {text}\n")
         sys.stderr.flush()
 
+    def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
+        self._warn(
+            f"{kind} job {job_id} restarted ({why}): it runs again from the start, its "
+            "progress counts from 0; what it did before stays done"
+        )
+
     async def _job(self, kind: str, args: dict[str, Any]) -> Any:
         """Queue a job for a front end and follow it to the end.
 
@@ -323,9 +349,15 @@ class Commands:
                 "it stays queued until one starts"
             )
         shown = None
+        restart_said = False
         from twisted.internet import reactor
 
         while job.state in ("queued", "running"):
+            if job.error is not None and not restart_said:
+                # Re-queued after its runner died or lost the lease
+                # (``jobs.end_job``): it runs again from the start.
+                restart_said = True
+                self._say_restarted(kind, job.job_id, job.error)
             now = time.monotonic()
             if now > deadline:
                 raise SystemExit(
@@ -347,6 +379,9 @@ class Commands:
             job = await self.catalog.get_job(job.job_id)
         if shown is not None and self.out.isatty():
             self.out.write("\n")
+        restarted = job.result.get("restarted") if isinstance(job.result, dict) else None
+        if restarted and not restart_said:  # re-run between two polls
+            self._say_restarted(kind, job.job_id, restarted["why"])
         if job.state == "failed":
             raise SystemExit(f"wsfs: {kind} failed: {job.error}")
         return job
@@ -385,6 +420,15 @@ class Commands:
                 f"{r['moved']} replicas moved"
             )
         text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
+        restarted = r.get("restarted")
+        if restarted:
+            before = restarted["before"].get("moved", 0)
+            # The first run's last recorded progress is a lower bound: a
+            # move may land after it and before the runner died.
+            text = (
+                f"drain of {self.args.name} done: {r['moved']} replicas moved since the "
+                f"job restarted ({restarted['why']}); its first run had moved at least {before}"
+            )
         if r.get("stuck") or r.get("busy"):
             text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
         self.emit(job, text)

@@ -344,11 +344,7 @@ class _ClientProtocol(Protocol):
         if not self.connected:
             return
         if self._waiting():
-            log.warn(
-                "storage server {name} silent for {t}s: dropping the connection",
-                name=self.client.name,
-                t=self.client.idle_timeout,
-            )
+            self.client.went_silent()
             self.fail_connection(
                 NodeUnavailable(
                     f"storage server {self.client.name} did not answer within "
@@ -357,6 +353,13 @@ class _ClientProtocol(Protocol):
             )
         else:
             self._arm()
+
+    def _hear(self) -> None:
+        """Bytes came from the server: it is not silent (or not any more)."""
+        self._heard = True
+        if self.client.silent_since is not None:
+            self.client.answered()
+        self.activity()
 
     def activity(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -367,8 +370,7 @@ class _ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.connected:
             return
-        self._heard = True
-        self.activity()
+        self._hear()
         self._decoder.feed(data)
         self._process()
 
@@ -429,8 +431,7 @@ class _ClientProtocol(Protocol):
             if not data:
                 return main.CONNECTION_DONE
             if not got:
-                self._heard = True
-                self.activity()
+                self._hear()
             got += len(data)
             self._streaming = body
             if body:
@@ -950,6 +951,10 @@ class StorageClient:
         self._idle: list[_ClientProtocol] = []
         self._conns: set[_ClientProtocol] = set()
         self._closing = False
+        #: When a connection first timed out waiting for the server in the
+        #: outage going on (None: it answers), and how many have since.
+        self.silent_since: float | None = None
+        self._silent_drops = 0
 
     def __repr__(self) -> str:
         return f"<StorageClient {self.name}>"
@@ -966,6 +971,39 @@ class StorageClient:
             f"storage server {self.expected_name} at {self._where} is not "
             f"{self.expected_name}: expected {self.expected_name}, got {got} "
             "(check its --storage endpoint)"
+        )
+
+    # -- silence -------------------------------------------------------
+
+    def went_silent(self) -> None:
+        """A connection timed out waiting for the server: said once per
+        outage.  A stopped server (SIGSTOP) leaves every connection made to
+        it (a health probe's each second, a reader's, a writer's) waiting,
+        and each times out on its own: one line each was one every few
+        seconds for as long as the server stayed stopped."""
+        self._silent_drops += 1
+        if self.silent_since is not None:
+            return
+        self.silent_since = self.reactor.seconds()
+        log.warn(
+            "storage server {name} silent for {t}s: dropping the connection",
+            name=self.name,
+            t=self.idle_timeout,
+        )
+
+    def answered(self) -> None:
+        """The server sent bytes again after ``went_silent``: the outage
+        is over, said once."""
+        since, self.silent_since = self.silent_since, None
+        drops, self._silent_drops = self._silent_drops, 0
+        if since is None:
+            return
+        log.info(
+            "storage server {name} answers again after {t:.1f}s of silence "
+            "({n} connections dropped meanwhile)",
+            name=self.name,
+            t=self.reactor.seconds() - since + self.idle_timeout,
+            n=drops,
         )
 
     # -- pool ----------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsfront.catalog._db import Tx
-from wsfront.catalog._rows import insert_blob, load_blob
+from wsfront.catalog._rows import insert_blob, load_blob, path_of
 from wsfront.catalog.errors import Exists, NotFound
 from wsfront.catalog.records import (
     REPLICA_LOST,
@@ -35,6 +35,23 @@ UNDER_REPLICATED = (
     "b.sealed = 1 AND (SELECT COUNT(*) FROM replicas r WHERE r.blob_id = b.blob_id"
     f" AND r.state = 'ok') < b.wanted AND {REFERENCED}"
 )
+
+#: An ok replica on a server not known to be down: the registry's state is
+#: what a front end's probe last recorded (``set_node_health``), and a
+#: draining server keeps its state but records the error of a failed probe.
+#: A server never probed (``unknown``) counts: nothing says it is down.
+LIVE_REPLICA = (
+    "r.state = 'ok' AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = r.node"
+    " AND n.state <> 'down' AND NOT (n.state = 'draining' AND n.last_error IS NOT NULL))"
+)
+_LIVE_COUNT = f"(SELECT COUNT(*) FROM replicas r WHERE r.blob_id = b.blob_id AND {LIVE_REPLICA})"
+#: Sealed referenced blobs with fewer live replicas than wanted (``status``),
+#: and those with none: unreadable until a server holding one is back.
+UNDER_REPLICATED_LIVE = f"b.sealed = 1 AND {_LIVE_COUNT} < b.wanted AND {REFERENCED}"
+UNAVAILABLE = f"b.sealed = 1 AND {_LIVE_COUNT} = 0 AND {REFERENCED}"
+
+#: How many paths of unavailable files ``replica_health`` names.
+UNAVAILABLE_PATHS = 10
 
 
 def _blob(tx: Tx, blob_id: str) -> BlobRecord:
@@ -113,6 +130,39 @@ def under_replicated(tx: Tx, limit: int) -> list[BlobRecord]:
 
 def count_under_replicated(tx: Tx) -> int:
     return int(tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNDER_REPLICATED}"))
+
+
+def _files_where(tx: Tx, condition: str) -> tuple[int, list[int]]:
+    """How many committed files have an extent in a blob meeting
+    ``condition``, and the first ``UNAVAILABLE_PATHS`` of their inodes."""
+    files = (
+        "FROM inodes i JOIN version_extents ve ON ve.version_id = i.version_id"
+        f" JOIN blobs b ON b.blob_id = ve.blob_id WHERE {condition}"
+    )
+    count = int(tx.value(f"SELECT COUNT(DISTINCT i.inode) AS n {files}"))
+    rows = tx.all(f"SELECT DISTINCT i.inode {files} ORDER BY i.inode LIMIT ?", UNAVAILABLE_PATHS)
+    return count, [r["inode"] for r in rows]
+
+
+def replica_health(tx: Tx) -> dict[str, Any]:
+    """What ``wsfs status`` says of the replicas, counting only those on
+    servers that are up (``LIVE_REPLICA``): a file whose replicas are all
+    on stopped servers is unavailable now, whatever the catalog's replica
+    states (repair marks them lost only after its grace period).
+    ``count_under_replicated`` (repair's, the metric's) counts ok replicas
+    wherever they are."""
+    under_files, _ = _files_where(tx, UNDER_REPLICATED_LIVE)
+    unavailable_files, inodes = _files_where(tx, UNAVAILABLE)
+    paths = [p for p in (path_of(tx, inode) for inode in inodes) if p is not None]
+    return {
+        "under_replicated": int(
+            tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNDER_REPLICATED_LIVE}")
+        ),
+        "under_replicated_files": under_files,
+        "unavailable": int(tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNAVAILABLE}")),
+        "unavailable_files": unavailable_files,
+        "unavailable_paths": paths,
+    }
 
 
 def collectable_blobs(tx: Tx, limit: int) -> list[BlobRecord]:

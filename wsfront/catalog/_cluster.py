@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from wsfront.catalog._blobs import count_under_replicated
+from wsfront.catalog._blobs import replica_health
 from wsfront.catalog._db import Tx
 from wsfront.catalog.errors import LeaseHeld, NotFound
 from wsfront.catalog.records import (
@@ -365,6 +365,6 @@ def status(tx: Tx) -> dict[str, Any]:
         "live_uploads": int(
             tx.value(f"SELECT COUNT(*) AS n FROM uploads WHERE state IN {LIVE_SQL}")
         ),
-        "under_replicated": count_under_replicated(tx),
+        **replica_health(tx),
         "nodes": list_nodes(tx),
     }

@@ -410,7 +410,10 @@ class ICatalog(Interface):
 
     def status():
         """Fire with a dict: files, bytes, dirs, live_uploads,
-        under_replicated, nodes (list of Node)."""
+        under_replicated (blobs with fewer replicas on servers not down than
+        wanted), under_replicated_files, unavailable (blobs with none),
+        unavailable_files, unavailable_paths (the first few), nodes (list
+        of Node)."""
 
     def close():
         """Stop the thread pool and close the connections; fires when done.

@@ -42,6 +42,7 @@ from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, DataConnectionFailed, connect_active
 from wsfront.ftp.parsing import names_directory
 from wsfront.ftp.replies import Reply
+from wsfront.text import one_line
 from wsfront.transfer.errors import SessionFenced, TransferAborted
 from wsfront.transfer.service import FileInfo, PathView
 
@@ -246,7 +247,7 @@ async def retrieve(ctl, path: str, offset: int) -> None:
         encode = None if ctl.binary else ToNetwork().feed
         try:
             await handle.stream.start(channel.consumer(encode))
-        except Exception:
+        except Exception as e:
             gone = channel.is_closed
             channel.abort()
             ctl.stats.bytes_sent += channel.sent
@@ -257,6 +258,7 @@ async def retrieve(ctl, path: str, offset: int) -> None:
                 raise Reply(426, STALLED + "; transfer aborted") from None
             if gone:
                 raise Reply(426, "Data connection closed; transfer aborted") from None
+            _log_cut_short(ctl, path, offset, channel.sent, handle.stream.length, e)
             raise
         ctl.stats.bytes_sent += channel.sent
         await _close_cleanly(ctl, channel)
@@ -264,6 +266,29 @@ async def retrieve(ctl, path: str, offset: int) -> None:
         ctl.reply(226, "Transfer complete")
 
     await _run(ctl, "RETR", body)
+
+
+#: The longest path or reason a cut-short RETR's log line shows.
+LOGGED_TEXT_MAX = 500
+
+
+def _log_cut_short(
+    ctl, path: str, offset: int, sent: int, length: int, error: BaseException
+) -> None:
+    """One line for a RETR the server's side ended mid-stream (the storage
+    holding the file gone, no replica left): the client's 451 says only
+    "try again later", so the operator gets the user, the path, how far it
+    got and why, as HTTP logs its GET cut short (``log_error_answer``).
+    A client's own abort or close is not logged."""
+    log.warn(
+        "RETR {path} by {user}: cut short after {sent} of {length} bytes{start} ({reason})",
+        path=one_line(path, LOGGED_TEXT_MAX, controls=True),
+        user=ctl.user.name,
+        sent=sent,
+        length=length,
+        start=f" from offset {offset}" if offset else "",
+        reason=one_line(f"{type(error).__name__}: {error}", LOGGED_TEXT_MAX, controls=True),
+    )
 
 
 # -- uploads -------------------------------------------------------------------

@@ -97,6 +97,21 @@ async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
         return False
 
 
+def restart_of(job: Job) -> dict[str, Any] | None:
+    """For a job claimed again after ``end_job`` re-queued it: why
+    (``end_job``'s note, kept in its error until it finishes) and the
+    progress its first run recorded last (at most ``progress_interval``
+    old: a lower bound of what it did).  None for a first run.
+
+    A handler runs again from the start (jobs converge on a state, so what
+    the first run did is not redone), and its counts start at 0: the
+    progress and the result carry this as ``restarted`` so the CLI can say
+    so rather than show the counts fall back without a word."""
+    if job.error is None:
+        return None
+    return {"why": job.error, "before": dict(job.progress or {})}
+
+
 class JobRunner:
     """Claims and runs one job at a time for front end ``owner``."""
 
@@ -125,13 +140,24 @@ class JobRunner:
         job = await self._catalog.claim_job(self.owner, sorted(self.handlers))
         if job is None:
             return None
-        log.info("job {id} ({kind}) started by {owner}", id=job.job_id, kind=job.kind,
-                 owner=self.owner)  # fmt: skip
+        restarted = restart_of(job)
+        if restarted is None:
+            log.info("job {id} ({kind}) started by {owner}", id=job.job_id, kind=job.kind,
+                     owner=self.owner)  # fmt: skip
+        else:
+            log.warn(
+                "job {id} ({kind}) started again by {owner} ({why}): its progress counts "
+                "from 0, what the first run did stays done (it recorded {before})",
+                id=job.job_id, kind=job.kind, owner=self.owner, why=restarted["why"],
+                before=restarted["before"],
+            )  # fmt: skip
         last = [float("-inf")]
         latest: list[dict[str, Any] | None] = [None]
 
         async def report(progress: dict[str, Any]) -> None:
             # Rate-limited: a pass over many blobs must not flood the catalog.
+            if restarted is not None:
+                progress = {**progress, "restarted": restarted}
             latest[0] = progress
             now = self._clock.seconds()
             if now - last[0] >= self._interval:
@@ -158,5 +184,7 @@ class JobRunner:
             )
         if latest[0] is not None:
             await self._catalog.update_job(job.job_id, self.owner, latest[0])
+        if restarted is not None:
+            result = {**result, "restarted": restarted}
         log.info("job {id} ({kind}) done: {result}", id=job.job_id, kind=job.kind, result=result)
         return await self._catalog.finish_job(job.job_id, self.owner, result=result)

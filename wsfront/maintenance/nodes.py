@@ -27,6 +27,7 @@ from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, draining_nodes
 from wsfront.transfer.pool import StoragePool
+from wsstorage import failpoints
 
 log = Logger()
 
@@ -94,6 +95,8 @@ async def drain(
         else:
             stats["stuck"].append(blob_id)
         await _tell(progress, stats)
+        # A test kills the front end here, mid-drain (count: replicas moved).
+        failpoints.hit("maintenance.drain_move", stats["moved"])
     return stats
 
 

@@ -775,11 +775,18 @@ class Transfers:
         replica set, unless none was fenced: then they all stay, the upload
         is left interrupted, and the next takeover fences them at a higher
         epoch (its current blob is in no extent until one is fenced, so an
-        unfenced replica is never read)."""
+        unfenced replica is never read).
+
+        A replica on a server the pool marks down misses the fence at once,
+        as it would after the storage client's idle timeout (10 s): the
+        resume no longer waits that long for a server known to be frozen
+        or gone."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
 
         @inlineCallbacks
         def fence_one(node: str):
+            if not self.pool.is_up(node):
+                raise storage_errors.NodeUnavailable(f"storage server {node} is marked down")
             client = self.pool.client(node)
             try:
                 try:
