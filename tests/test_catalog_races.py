@@ -9,10 +9,12 @@ from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_cata
 from wsfront.catalog.errors import (
     EpochConflict,
     Exists,
+    NotEmpty,
     NotFound,
     PendingUploadExists,
     VersionChanged,
 )
+from wsfront.catalog.records import DIR
 
 pytest_plugins = ["tests.catalog_fixtures"]
 NOW = 1_000_000.0
@@ -311,3 +313,98 @@ def test_an_unchecked_start_blocked_behind_a_commit_sees_the_new_version(two, of
     started = outcomes[1].result
     assert started.committed_size == 8
     assert started.upload.blob_start == (8 if offset is None else 0)
+
+
+def test_an_rmdir_blocked_behind_a_rename_leaves_the_moved_directory(two):
+    """Interleaved: A renames the directory /alice/d to /alice/e and has not
+    committed; B removes /alice/d and waits on /alice's lock (PostgreSQL).
+    A commits: B must find /alice/d gone (NotFound), not remove the inode
+    it read before waiting, which is /alice/e now."""
+    a, b, url = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    in_tx(a, _namespace.mkdir, "/alice/d", NOW)()
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _namespace.rename(tx, "/alice/d", "/alice/e", False, NOW, "alice", ()),
+        lambda tx: _namespace.rmdir(tx, "/alice/d", NOW),
+    )
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, NotFound), outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/alice/e")().kind == DIR
+
+
+def test_an_mfmt_blocked_behind_a_commit_sets_the_time_of_the_new_version(two):
+    """Interleaved: A commits alice's upload replacing /alice/f and has not
+    committed; B sets /alice/f's mtime (MFMT) and waits on A's rows
+    (PostgreSQL).  A commits: B must set the time of the version A made,
+    which the file shows, not of the one it read before waiting (gone, so
+    the time set nowhere while B answered as if it had)."""
+    a, b, url = two
+    up = _alice_overwriting_her_file(a)
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 5, None, None),
+        lambda tx: _namespace.set_mtime(tx, "/alice/f", 12345.0),
+    )
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result.mtime == 12345.0
+    assert in_tx(a, _namespace.stat, "/alice/f")().mtime == 12345.0
+
+
+def test_an_add_user_blocked_behind_a_mkdir_of_its_root_s_parent_uses_it(two):
+    """Interleaved: A makes /home and has not committed; B adds bob with
+    the root /home/bob, which makes the missing /home too, and waits on
+    /'s lock (PostgreSQL).  A commits: B must make bob's root in A's /home,
+    not insert a second /home (a unique violation: the account not made)."""
+    a, b, url = two
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _namespace.mkdir(tx, "/home", NOW),
+        lambda tx: _accounts.add_user(tx, NOW, "bob", "x", False, "/home/bob", None, None, None),
+    )
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/home/bob")().kind == DIR
+
+
+def test_a_purge_blocked_behind_another_user_s_commit_keeps_their_file(two):
+    """Interleaved: /alice/f is a file no account owns (carol's, disowned
+    when her name was given to a new account); bob's upload replaces it. A
+    commits bob's upload (the file is bob's now) and has not committed; B,
+    ``wsfs user del alice --purge``, lists /alice and waits on the file's
+    lock (PostgreSQL).  A commits: B must judge the file by its owner under
+    the lock and refuse (bob's file is not alice's to lose), not delete it
+    as the unowned file it listed."""
+    a, b, url = two
+
+    def add(name, root=None):
+        in_tx(a, _accounts.add_user, NOW, name, "x", False, root, None, None, None)()
+
+    add("carol")
+    up = in_tx(a, _uploads.begin_upload, NOW, "carol", "/carol/f", 0, "b0", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    in_tx(a, _uploads.commit_upload, NOW, up.upload_id, up.epoch, 5, None, None)()
+    in_tx(a, _accounts.delete_user, NOW, "carol", _accounts.KEEP)()
+    add("carol", "/c2")  # disowns /carol/f
+    add("alice")
+    add("bob")
+    in_tx(a, _namespace.rename, "/carol/f", "/alice/f", False, NOW, None, ())()
+    up = in_tx(a, _uploads.begin_upload, NOW, "bob", "/alice/f", 0, "b1", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 7, None, None),
+        lambda tx: _accounts.delete_user(tx, NOW, "alice", _accounts.PURGE),
+    )
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, NotEmpty), outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/alice/f")().size == 7
