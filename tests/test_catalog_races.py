@@ -1,10 +1,20 @@
 """Races between two catalog instances (two connections) on one database,
 with real threads: exactly one of two racers wins, on both backends."""
 
+import threading
+
 import pytest
 from twisted.internet import reactor
 
-from tests.catalog_race import blocked_behind, in_tx, race
+from tests.catalog_race import (
+    TIMEOUT,
+    Outcome,
+    blocked_behind,
+    in_tx,
+    race,
+    wait_until,
+    waiting_for_a_lock,
+)
 from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import (
     EpochConflict,
@@ -408,3 +418,62 @@ def test_a_purge_blocked_behind_another_user_s_commit_keeps_their_file(two):
     assert outcomes[0].error is None
     assert isinstance(outcomes[1].error, NotEmpty), outcomes[1].error
     assert in_tx(a, _namespace.stat, "/alice/f")().size == 7
+
+
+def test_a_rename_of_a_name_that_became_a_directory_serialises_with_add_user(two, clock):
+    """Interleaved: /alice/x is a file; A deletes it and renames the
+    directory /alice/d to /alice/x, and has not committed; B renames
+    /alice/x to /alice/y, reads a file there before waiting on /alice's
+    lock (PostgreSQL), and after A commits moves the directory.  Bob's
+    account, rooted at /alice/x/bob, is added while B is open: a directory
+    move holds the directory-move lock against that (add_user takes it),
+    so bob's add_user must wait for B and make its root where it says,
+    not make it in the directory B moves away (an account whose root is
+    not there)."""
+    a, b, url = two
+    postgres = url.startswith("postgresql")
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    _committed(a, "/alice/x", "b0", 5)
+    in_tx(a, _namespace.mkdir, "/alice/d", NOW)()
+    c = open_catalog(reactor, url, clock=clock)
+    bob, pids, done = Outcome(), [], threading.Event()
+
+    def add_bob() -> None:
+        def run(tx):
+            if postgres:
+                pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+            return _accounts.add_user(tx, NOW, "bob", "x", False, "/alice/x/bob", None, None, None)
+
+        try:
+            bob.result = c._runner.run_sync(run)
+        except BaseException as e:
+            bob.error = e
+        done.set()
+
+    adder = threading.Thread(target=add_bob)
+
+    def flip(tx):
+        _namespace.delete(tx, "/alice/x", False, NOW, "alice")
+        return _namespace.rename(tx, "/alice/d", "/alice/x", False, NOW, "alice", ())
+
+    def move(tx):
+        moved = _namespace.rename(tx, "/alice/x", "/alice/y", False, NOW, "alice", ())
+        if postgres:  # SQLite: bob's BEGIN IMMEDIATE would wait for this one's
+            adder.start()
+            locked = waiting_for_a_lock(url, pids)
+            wait_until(lambda: done.is_set() or locked(), "bob's add_user to end or wait")
+        return moved
+
+    try:
+        outcomes = blocked_behind(a, b, url, flip, move)
+        if not postgres:
+            adder.start()
+        adder.join(TIMEOUT)
+        assert not adder.is_alive()
+    finally:
+        c.close()
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result.kind == DIR
+    assert bob.error is None, bob.error
+    assert in_tx(a, _namespace.stat, "/alice/x/bob")().kind == DIR

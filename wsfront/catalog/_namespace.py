@@ -311,7 +311,8 @@ def rename(
     if d[: len(s)] == s:
         raise InvalidMove(f"{src} cannot move into its own subtree")
     row = resolve_existing(tx, s)
-    if row["kind"] == DIR:
+    moves_dir = row["kind"] == DIR
+    if moves_dir:
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     src_parent = resolve_parent(tx, s)
     dst_parent = resolve_parent(tx, d)
@@ -319,6 +320,13 @@ def rename(
     row = child(tx, src_parent, s[-1])
     if row is None:
         raise NotFound(f"{src} was removed meanwhile")
+    if row["kind"] == DIR and not moves_dir:
+        # A file when read before the locks (PostgreSQL), a directory
+        # since: its move needs the lock as well (add_user making a root
+        # in it, another move making a cycle).  Taken after the
+        # directories' here, against the usual order, so this can be a
+        # deadlock (retried); the name only changes kind in this window.
+        tx.lock_global(DIRECTORY_MOVE_LOCK)
     if expected_etag is not None:
         locked_version(tx, row["inode"], expected_etag)
     if row["kind"] == DIR:
