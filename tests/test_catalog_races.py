@@ -325,24 +325,32 @@ def test_an_unchecked_start_blocked_behind_a_commit_sees_the_new_version(two, of
     assert started.upload.blob_start == (8 if offset is None else 0)
 
 
-def test_an_rmdir_blocked_behind_a_rename_leaves_the_moved_directory(two):
-    """Interleaved: A renames the directory /alice/d to /alice/e and has not
-    committed; B removes /alice/d and waits on /alice's lock (PostgreSQL).
-    A commits: B must find /alice/d gone (NotFound), not remove the inode
-    it read before waiting, which is /alice/e now."""
+@pytest.mark.parametrize("refilled", [False, True])
+def test_an_rmdir_blocked_behind_a_rename_leaves_the_moved_directory(two, refilled):
+    """Interleaved: A renames the directory /alice/d to /alice/e (and, if
+    ``refilled``, the directory /alice/x holding a file to /alice/d) and
+    has not committed; B removes /alice/d and waits on /alice's lock
+    (PostgreSQL).  A commits: B must judge what the name holds now (gone:
+    NotFound; x: NotEmpty), not remove the inode it read before waiting,
+    which is /alice/e now."""
     a, b, url = two
     in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
     in_tx(a, _namespace.mkdir, "/alice/d", NOW)()
-    outcomes = blocked_behind(
-        a,
-        b,
-        url,
-        lambda tx: _namespace.rename(tx, "/alice/d", "/alice/e", False, NOW, "alice", ()),
-        lambda tx: _namespace.rmdir(tx, "/alice/d", NOW),
-    )
+    in_tx(a, _namespace.mkdir, "/alice/x", NOW)()
+    in_tx(a, _namespace.mkdir, "/alice/x/inner", NOW)()
+
+    def move(tx):
+        _namespace.rename(tx, "/alice/d", "/alice/e", False, NOW, "alice", ())
+        if refilled:
+            _namespace.rename(tx, "/alice/x", "/alice/d", False, NOW, "alice", ())
+
+    outcomes = blocked_behind(a, b, url, move, lambda tx: _namespace.rmdir(tx, "/alice/d", NOW))
     assert outcomes[0].error is None
-    assert isinstance(outcomes[1].error, NotFound), outcomes[1].error
+    wanted = NotEmpty if refilled else NotFound
+    assert isinstance(outcomes[1].error, wanted), outcomes[1].error
     assert in_tx(a, _namespace.stat, "/alice/e")().kind == DIR
+    if refilled:
+        assert in_tx(a, _namespace.stat, "/alice/d/inner")().kind == DIR
 
 
 def test_an_mfmt_blocked_behind_a_commit_sets_the_time_of_the_new_version(two):
