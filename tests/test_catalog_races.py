@@ -1,18 +1,30 @@
 """Races between two catalog instances (two connections) on one database,
 with real threads: exactly one of two racers wins, on both backends."""
 
+import threading
+
 import pytest
 from twisted.internet import reactor
 
-from tests.catalog_race import blocked_behind, in_tx, race
+from tests.catalog_race import (
+    TIMEOUT,
+    Outcome,
+    blocked_behind,
+    in_tx,
+    race,
+    wait_until,
+    waiting_for_a_lock,
+)
 from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import (
     EpochConflict,
     Exists,
+    NotEmpty,
     NotFound,
     PendingUploadExists,
     VersionChanged,
 )
+from wsfront.catalog.records import DIR
 
 pytest_plugins = ["tests.catalog_fixtures"]
 NOW = 1_000_000.0
@@ -311,3 +323,165 @@ def test_an_unchecked_start_blocked_behind_a_commit_sees_the_new_version(two, of
     started = outcomes[1].result
     assert started.committed_size == 8
     assert started.upload.blob_start == (8 if offset is None else 0)
+
+
+@pytest.mark.parametrize("refilled", [False, True])
+def test_an_rmdir_blocked_behind_a_rename_leaves_the_moved_directory(two, refilled):
+    """Interleaved: A renames the directory /alice/d to /alice/e (and, if
+    ``refilled``, the directory /alice/x holding a file to /alice/d) and
+    has not committed; B removes /alice/d and waits on /alice's lock
+    (PostgreSQL).  A commits: B must judge what the name holds now (gone:
+    NotFound; x: NotEmpty), not remove the inode it read before waiting,
+    which is /alice/e now."""
+    a, b, url = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    in_tx(a, _namespace.mkdir, "/alice/d", NOW)()
+    in_tx(a, _namespace.mkdir, "/alice/x", NOW)()
+    in_tx(a, _namespace.mkdir, "/alice/x/inner", NOW)()
+
+    def move(tx):
+        _namespace.rename(tx, "/alice/d", "/alice/e", False, NOW, "alice", ())
+        if refilled:
+            _namespace.rename(tx, "/alice/x", "/alice/d", False, NOW, "alice", ())
+
+    outcomes = blocked_behind(a, b, url, move, lambda tx: _namespace.rmdir(tx, "/alice/d", NOW))
+    assert outcomes[0].error is None
+    wanted = NotEmpty if refilled else NotFound
+    assert isinstance(outcomes[1].error, wanted), outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/alice/e")().kind == DIR
+    if refilled:
+        assert in_tx(a, _namespace.stat, "/alice/d/inner")().kind == DIR
+
+
+def test_an_mfmt_blocked_behind_a_commit_sets_the_time_of_the_new_version(two):
+    """Interleaved: A commits alice's upload replacing /alice/f and has not
+    committed; B sets /alice/f's mtime (MFMT) and waits on A's rows
+    (PostgreSQL).  A commits: B must set the time of the version A made,
+    which the file shows, not of the one it read before waiting (gone, so
+    the time set nowhere while B answered as if it had)."""
+    a, b, url = two
+    up = _alice_overwriting_her_file(a)
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 5, None, None),
+        lambda tx: _namespace.set_mtime(tx, "/alice/f", 12345.0),
+    )
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result.mtime == 12345.0
+    assert in_tx(a, _namespace.stat, "/alice/f")().mtime == 12345.0
+
+
+def test_an_add_user_blocked_behind_a_mkdir_of_its_root_s_parent_uses_it(two):
+    """Interleaved: A makes /home and has not committed; B adds bob with
+    the root /home/bob, which makes the missing /home too, and waits on
+    /'s lock (PostgreSQL).  A commits: B must make bob's root in A's /home,
+    not insert a second /home (a unique violation: the account not made)."""
+    a, b, url = two
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _namespace.mkdir(tx, "/home", NOW),
+        lambda tx: _accounts.add_user(tx, NOW, "bob", "x", False, "/home/bob", None, None, None),
+    )
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/home/bob")().kind == DIR
+
+
+def test_a_purge_blocked_behind_another_user_s_commit_keeps_their_file(two):
+    """Interleaved: /alice/f is a file no account owns (carol's, disowned
+    when her name was given to a new account); bob's upload replaces it. A
+    commits bob's upload (the file is bob's now) and has not committed; B,
+    ``wsfs user del alice --purge``, lists /alice and waits on the file's
+    lock (PostgreSQL).  A commits: B must judge the file by its owner under
+    the lock and refuse (bob's file is not alice's to lose), not delete it
+    as the unowned file it listed."""
+    a, b, url = two
+
+    def add(name, root=None):
+        in_tx(a, _accounts.add_user, NOW, name, "x", False, root, None, None, None)()
+
+    add("carol")
+    up = in_tx(a, _uploads.begin_upload, NOW, "carol", "/carol/f", 0, "b0", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    in_tx(a, _uploads.commit_upload, NOW, up.upload_id, up.epoch, 5, None, None)()
+    in_tx(a, _accounts.delete_user, NOW, "carol", _accounts.KEEP)()
+    add("carol", "/c2")  # disowns /carol/f
+    add("alice")
+    add("bob")
+    in_tx(a, _namespace.rename, "/carol/f", "/alice/f", False, NOW, None, ())()
+    up = in_tx(a, _uploads.begin_upload, NOW, "bob", "/alice/f", 0, "b1", ["s1"], 1, "fe0",
+               NOW + 60, None, None)()  # fmt: skip
+    outcomes = blocked_behind(
+        a,
+        b,
+        url,
+        lambda tx: _uploads.commit_upload(tx, NOW, up.upload_id, up.epoch, 7, None, None),
+        lambda tx: _accounts.delete_user(tx, NOW, "alice", _accounts.PURGE),
+    )
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, NotEmpty), outcomes[1].error
+    assert in_tx(a, _namespace.stat, "/alice/f")().size == 7
+
+
+def test_a_rename_of_a_name_that_became_a_directory_serialises_with_add_user(two, clock):
+    """Interleaved: /alice/x is a file; A deletes it and renames the
+    directory /alice/d to /alice/x, and has not committed; B renames
+    /alice/x to /alice/y, reads a file there before waiting on /alice's
+    lock (PostgreSQL), and after A commits moves the directory.  Bob's
+    account, rooted at /alice/x/bob, is added while B is open: a directory
+    move holds the directory-move lock against that (add_user takes it),
+    so bob's add_user must wait for B and make its root where it says,
+    not make it in the directory B moves away (an account whose root is
+    not there)."""
+    a, b, url = two
+    postgres = url.startswith("postgresql")
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    _committed(a, "/alice/x", "b0", 5)
+    in_tx(a, _namespace.mkdir, "/alice/d", NOW)()
+    c = open_catalog(reactor, url, clock=clock)
+    bob, pids, done = Outcome(), [], threading.Event()
+
+    def add_bob() -> None:
+        def run(tx):
+            if postgres:
+                pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+            return _accounts.add_user(tx, NOW, "bob", "x", False, "/alice/x/bob", None, None, None)
+
+        try:
+            bob.result = c._runner.run_sync(run)
+        except BaseException as e:
+            bob.error = e
+        done.set()
+
+    adder = threading.Thread(target=add_bob)
+
+    def flip(tx):
+        _namespace.delete(tx, "/alice/x", False, NOW, "alice")
+        return _namespace.rename(tx, "/alice/d", "/alice/x", False, NOW, "alice", ())
+
+    def move(tx):
+        moved = _namespace.rename(tx, "/alice/x", "/alice/y", False, NOW, "alice", ())
+        if postgres:  # SQLite: bob's BEGIN IMMEDIATE would wait for this one's
+            adder.start()
+            locked = waiting_for_a_lock(url, pids)
+            wait_until(lambda: done.is_set() or locked(), "bob's add_user to end or wait")
+        return moved
+
+    try:
+        outcomes = blocked_behind(a, b, url, flip, move)
+        if not postgres:
+            adder.start()
+        adder.join(TIMEOUT)
+        assert not adder.is_alive()
+    finally:
+        c.close()
+    assert outcomes[0].error is None
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result.kind == DIR
+    assert bob.error is None, bob.error
+    assert in_tx(a, _namespace.stat, "/alice/x/bob")().kind == DIR

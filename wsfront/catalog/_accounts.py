@@ -320,6 +320,14 @@ def _purge_dir(tx: Tx, name: str, top: int, path: str, now: float) -> int:
                 stack.append((row["inode"], child_path, False))
             else:
                 tx.lock_rows("inodes", "inode", [row["inode"]])
+                if not tx.backend.locks_at_begin:
+                    # Read again under the lock (PostgreSQL): a commit that
+                    # held it made the file its uploader's, whose owner the
+                    # listing above predates.  Gone meanwhile (its pending
+                    # upload ended), it is not counted.
+                    row = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
+                    if row is None:
+                        continue
                 _refuse_others(tx, name, row, child_path, now)
                 unlink_file(tx, row, True, now, child_path)
                 removed += 1

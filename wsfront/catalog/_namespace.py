@@ -15,6 +15,7 @@ from typing import Any
 from wsfront.catalog._db import Tx
 from wsfront.catalog._roots import refuse_user_roots
 from wsfront.catalog._rows import (
+    INODE_COLUMNS,
     ROOT,
     child,
     end_upload,
@@ -141,6 +142,11 @@ def makedirs(tx: Tx, parts: tuple[str, ...], now: float) -> None:
         row = child(tx, parent, name)
         if row is None:
             lock_dirs(tx, parent)
+            if not tx.backend.locks_at_begin:
+                # A mkdir that held the lock may have made it meanwhile
+                # (PostgreSQL): a second one would be a unique violation.
+                row = child(tx, parent, name)
+        if row is None:
             parent = make_dir(tx, parent, name, now)
         elif row["kind"] != DIR:
             raise NotADirectory(f"{join_path(parts[: depth + 1])} is not a directory")
@@ -157,6 +163,20 @@ def rmdir(tx: Tx, path: str, now: float) -> None:
     if row["kind"] != DIR:
         raise NotADirectory(f"{path} is not a directory")
     lock_dirs(tx, parent, row["inode"])
+    if not tx.backend.locks_at_begin:
+        # Read before the locks (PostgreSQL): a rename that held the
+        # parent's may have moved the directory away (removing it would
+        # remove it there) or put another one at the name, locked after
+        # (rare; the parent and the one read first were locked in one
+        # statement, in the order lock_dirs always takes).
+        again = child(tx, parent, parts[-1])
+        if again is None:
+            raise NotFound(f"{path} does not exist")
+        if again["kind"] != DIR:
+            raise NotADirectory(f"{path} is not a directory")
+        if again["inode"] != row["inode"]:
+            lock_dirs(tx, again["inode"])
+            row = again
     refuse_user_roots(tx, parts, "removed")
     if tx.one("SELECT inode FROM dirents WHERE parent = ? LIMIT 1", row["inode"]) is not None:
         raise NotEmpty(f"{path} is not empty")
@@ -291,7 +311,8 @@ def rename(
     if d[: len(s)] == s:
         raise InvalidMove(f"{src} cannot move into its own subtree")
     row = resolve_existing(tx, s)
-    if row["kind"] == DIR:
+    moves_dir = row["kind"] == DIR
+    if moves_dir:
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     src_parent = resolve_parent(tx, s)
     dst_parent = resolve_parent(tx, d)
@@ -299,6 +320,13 @@ def rename(
     row = child(tx, src_parent, s[-1])
     if row is None:
         raise NotFound(f"{src} was removed meanwhile")
+    if row["kind"] == DIR and not moves_dir:
+        # A file when read before the locks (PostgreSQL), a directory
+        # since: its move needs the lock as well (add_user making a root
+        # in it, another move making a cycle).  Taken after the
+        # directories' here, against the usual order, so this can be a
+        # deadlock (retried); the name only changes kind in this window.
+        tx.lock_global(DIRECTORY_MOVE_LOCK)
     if expected_etag is not None:
         locked_version(tx, row["inode"], expected_etag)
     if row["kind"] == DIR:
@@ -337,6 +365,13 @@ def set_mtime(tx: Tx, path: str, mtime: float) -> Entry:
     no committed time to set (NotFound); its upload sets one on commit."""
     parts = split_path(path)
     row = resolve_existing(tx, parts)
+    tx.lock_rows("inodes", "inode", [row["inode"]])
+    if not tx.backend.locks_at_begin:
+        # Read again under the lock (PostgreSQL): a commit that held it
+        # replaced the version read above, whose time would be set nowhere.
+        row = tx.one(f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.inode = ?", row["inode"])
+        if row is None:
+            raise NotFound(f"{path} was removed meanwhile")
     if row["kind"] == DIR:
         tx.execute("UPDATE inodes SET mtime = ? WHERE inode = ?", mtime, row["inode"])
     elif row["version_id"] is None:
