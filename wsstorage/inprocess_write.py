@@ -43,11 +43,11 @@ from zope.interface import implementer
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
 from wsstorage.counters import ProcessCounters
-from wsstorage.errors import BadRequest, StorageError
+from wsstorage.errors import BadRequest, DiskFull, StorageError
 from wsstorage.failwatch import FailureWatchers
 from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
 from wsstorage.inprocess import InProcessClient, _checked, _wire_error, not_serving
-from wsstorage.server import _store_counted
+from wsstorage.server import _store_counted, give_back_space
 
 #: Bytes of a stream stored with one ``write_pieces`` at most; a reactor
 #: turn's smaller rest is stored at the end of the turn (as the server's
@@ -212,6 +212,8 @@ class InProcessWriter:
             return
         self.error = err
         self._pieces, self._bytes = [], 0
+        if isinstance(err, DiskFull) and self.handle is not None:
+            give_back_space(self.factory, self.handle, self.blob_id, self._syncing)
         self._watchers.fail(err)
 
     def drop_cache_behind(self) -> None:

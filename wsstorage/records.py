@@ -60,3 +60,6 @@ class Health:
     #: Why the server takes no new blobs now (its disk is read-only, its
     #: data directory gone...), or None; older servers never say.
     problem: str | None = None
+    #: Free space the server keeps back from new blobs (wsstorage.reserve);
+    #: 0 from older servers.
+    reserve_bytes: int = 0
