@@ -186,13 +186,24 @@ def _discard_logged(handle: Any, blob_id: str) -> None:
         )
 
 
-def give_back_space(factory: Any, handle: Any, blob_id: str, after: defer.Deferred) -> None:
+def give_back_space(
+    factory: Any, handle: Any, blob_id: str, after: defer.Deferred
+) -> defer.Deferred:
     """A write stream into ``blob_id`` failed for a full disk: once
     ``after`` (the stream's last sync) is done, give back in a thread what
     of it nothing can need (``BlobWriteHandle.discard``: a blob never
     reported durable whole, else the bytes past its durable length).
-    Shared by the wire's write streams and the in-process ones."""
-    after.addBoth(lambda _: factory.run_blocking(_discard_logged, handle, blob_id))
+    Fires (never fails) once that is done: the stream's abort is answered
+    then, so a writer that aborted it knows the space is back.  Shared by
+    the wire's write streams and the in-process ones."""
+    done: defer.Deferred = defer.Deferred()
+
+    def run(_: Any) -> None:
+        d = factory.run_blocking(_discard_logged, handle, blob_id)
+        d.addBoth(lambda _: done.callback(None))
+
+    after.addBoth(run)
+    return done
 
 
 def peer_already_gone(transport: Any) -> bool:
@@ -908,14 +919,22 @@ class StorageServerProtocol(Protocol):
         except Exception as e:
             stream.error = storage_error(e)
             self._give_back_space(stream)
-            raise
+            if stream.giving_back is not None:
+                yield stream.giving_back  # the space is back before the refusal
+            raise e
         failpoints.hit("storage.after_commit")
         self._end_write()
         return info_to_wire(info)
 
-    def _op_abort(self, rid: int, req: dict[str, Any]) -> dict[str, Any]:
+    def _op_abort(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        """End the stream; answered once a full disk's partial blob has
+        given its space back (``_give_back_space``), if it failed so."""
+        stream = self._write
+        giving_back = stream.giving_back if stream is not None else None
         self._end_write()
-        return {}
+        if giving_back is None:
+            return defer.succeed({})
+        return giving_back.addCallback(lambda _: {})
 
     def _end_write(self) -> None:
         stream, self._write = self._write, None
@@ -939,10 +958,13 @@ class StorageServerProtocol(Protocol):
         blob's space back now (``give_back_space``), not after the front
         ends' orphan grace.  Any other failure (a dead disk, a fence)
         leaves the blob as it is."""
-        if stream.gave_back or not isinstance(stream.error, DiskFull) or stream.handle is None:
+        if stream.giving_back is not None or stream.handle is None:
             return
-        stream.gave_back = True
-        give_back_space(self.factory, stream.handle, stream.blob_id, stream.syncing)
+        if not isinstance(stream.error, DiskFull):
+            return
+        stream.giving_back = give_back_space(
+            self.factory, stream.handle, stream.blob_id, stream.syncing
+        )
 
     # -- put: a whole small blob in one request ------------------------
 
@@ -1593,8 +1615,9 @@ class _WriteStream:
         self.syncing: defer.Deferred = defer.succeed(None)
         #: The client's ``drop_cache`` hint has been passed to the handle.
         self.dropping_cache = False
-        #: A full disk's partial blob was handed to ``give_back_space``.
-        self.gave_back = False
+        #: Fires once a full disk's partial blob has given its space back
+        #: (``give_back_space``); None unless the stream failed so.
+        self.giving_back: defer.Deferred | None = None
 
     def data(self, proto: StorageServerProtocol, pieces: list[memoryview]) -> None:
         """Store the payloads of consecutive DATA frames (views into the
