@@ -146,3 +146,30 @@ def _paths(root, name: str):
     for directory, _sub, names in os.walk(root):
         if name in names:
             yield os.path.join(directory, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wslocal_in_process_stream_that_fills_the_disk_is_removed(tmp_path):
+    """wslocal writes into its stores in process (``wsstorage.inprocess_write``),
+    not over a socket: the same space comes back there, by the time the
+    writer's abort is answered."""
+    from tests.test_local_sockets import options, started
+    from wsfront.local import InProcessWriteClient
+
+    with tmpfs(tmp_path / "data", "16m") as data:
+        cluster = await started(options(data, "--reserve", "0"))
+        try:
+            client = cluster.frontend.pool.client("s1")
+            assert isinstance(client, InProcessWriteClient)
+            before = free_bytes(data)
+            blob = new_blob_id()
+            writer = await client.write(blob, 1, 0, META)
+            await fill_stream(writer, 24 * MiB)
+            await writer.abort()
+            assert files_of(data, blob) == []
+            # Give or take what the catalog's SQLite wrote meanwhile.
+            assert free_bytes(data) >= before - 64 * KiB
+            with pytest.raises(BlobNotFound):
+                await client.stat(blob)
+        finally:
+            await cluster.stopService()
