@@ -41,6 +41,9 @@ class NodeState:
     #: answer's ``reserve_bytes``): a blob of known size goes only where
     #: ``free_bytes - reserve_bytes`` holds it.
     reserve_bytes: int = 0
+    #: Bytes of blobs of known size placed here since its last health
+    #: answer (``StoragePool.choose``): not free any more for the next.
+    placed_bytes: int = 0
     last_seen: float | None = None
     last_error: str | None = None
     #: Why the server, though it answers, takes no new blobs (its disk is
@@ -62,7 +65,9 @@ class NodeState:
         """Whether ``size`` more bytes leave the server's reserve free, as
         far as its last health answer (less what was placed here since)
         says; a server not heard from yet is given the benefit of the doubt."""
-        return self.last_seen is None or self.free_bytes - self.reserve_bytes >= size
+        if self.last_seen is None:
+            return True
+        return self.free_bytes - self.reserve_bytes - self.placed_bytes >= size
 
 
 #: How long a disk failure a writer saw keeps a server out of ``choose``
@@ -179,10 +184,10 @@ class StoragePool:
         ``size``, when the bytes the new blob will hold are known up front
         (an HTTP Content-Length, a tus Upload-Length, an FTP ALLO), passes
         over the servers that cannot hold them above their reserve
-        (``NodeState.has_room_for``), and takes them off the free space of
-        the servers chosen until their next health answer: uploads placed
-        between two probes do not all land on the server that had room for
-        one.  None: as many bytes as the disk takes (placement by free
+        (``NodeState.has_room_for``), and counts them as taken on the
+        servers chosen until their next health answer (``placed_bytes``):
+        uploads placed between two probes do not all land on the server
+        that had room for one.  None: as many bytes as the disk takes (placement by free
         space alone).
 
         Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
@@ -212,7 +217,7 @@ class StoragePool:
         chosen = (tier[k:] + tier[:k] + rest)[:count]
         if size:
             for n in chosen:
-                n.free_bytes -= size
+                n.placed_bytes += size
         return [n.name for n in chosen]
 
     def out_of_space(self, size: int | None = None, exclude: Iterable[str] = ()) -> bool:
@@ -226,9 +231,7 @@ class StoragePool:
             n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
         ]
         need = 1 if size is None else max(size, 1)
-        return bool(live) and all(
-            n.last_seen is not None and n.free_bytes - n.reserve_bytes < need for n in live
-        )
+        return bool(live) and all(not n.has_room_for(need) for n in live)
 
     def order_for_read(self, replicas: Sequence[str], spread: int = 0) -> list[str]:
         """Replicas known here, healthy ones first; ``spread`` rotates the
@@ -294,5 +297,6 @@ class StoragePool:
         node.free_bytes = health.free_bytes
         node.total_bytes = health.total_bytes
         node.reserve_bytes = health.reserve_bytes
+        node.placed_bytes = 0
         node.last_seen = self._clock.seconds()
         node.last_error = problem
