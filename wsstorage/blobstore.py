@@ -1291,7 +1291,7 @@ class BlobStore:
         self._admitted_bytes = 0
         #: Free space kept back from new blobs (wsstorage.reserve): a blob
         #: is not created while less than this (and its size, when known)
-        #: is free.  None by default; the storage server sets its own.
+        #: is free.  No reserve by default; the storage server sets its own.
         self.reserve: Reserve = NO_RESERVE
 
     @property
@@ -2221,7 +2221,10 @@ class BlobStore:
                 handle.write(data)
                 return handle.seal()
             except DiskFull:
-                handle.discard()
+                try:
+                    handle.discard()  # never acknowledged: its space back now
+                except Exception:
+                    log.failure("giving back the space of {blob} after a full disk", blob=blob_id)
                 raise
             finally:
                 handle.close()
@@ -2568,7 +2571,7 @@ class BlobStore:
 
     def _check_reserve(self, size: int) -> None:
         """DiskFull unless ``size`` more bytes leave the reserve free: a new
-        blob is not created on a disk that nearly full (wsstorage.reserve).
+        blob is not created on a disk that is nearly full (wsstorage.reserve).
         One statvfs (a few microseconds); none without a reserve."""
         if self.reserve == NO_RESERVE:
             return

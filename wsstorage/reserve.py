@@ -8,9 +8,9 @@ answer names the problem (front ends place no new blob there; ``wsfs
 status`` shows it "unwritable") and the store itself refuses to create one
 (DiskFull), in case a front end's view is a probe old.  Streams already
 open go on into the reserve, reads and deletes are unaffected, and a fence
-may still create its empty blob.  Like Swift's ``fallocate_reserve`` and
-MinIO's minimum free space; the default, 1 % of the file system, is
-theirs too.
+may still create its empty blob.  The idea of Swift's object server
+``fallocate_reserve`` (refuse new objects, 507, below a free-space
+floor); the default is 1 % of the file system.
 """
 
 from __future__ import annotations
