@@ -12,6 +12,7 @@ from twisted.internet import defer
 from tests.http_env import payload
 from tests.transfer_env import TransferEnv
 from wsstorage.metrics import listen_metrics, storage_registry
+from wsstorage.reserve import Reserve
 
 
 @pytest.fixture
@@ -48,6 +49,11 @@ async def test_storage_metrics_follow_writes_and_connections(env):
         before = await scrape(url)
         assert before[("wsstorage_server_info", (("name", "s1"),))] == 1
         assert before[("wsstorage_total_bytes", ())] > 0
+        assert before[("wsstorage_reserve_bytes", ())] == 0  # the test store keeps none
+        node.store.reserve = Reserve(fraction=0.01)
+        reserved = await scrape(url)
+        total = reserved[("wsstorage_total_bytes", ())]
+        assert reserved[("wsstorage_reserve_bytes", ())] == int(total * 0.01)
         assert before[("wsstorage_damaged_blobs", ())] == 0
         written = before[("wsstorage_process_bytes_total", (("direction", "write"),))]
         await env.upload("/f", payload(300_000))

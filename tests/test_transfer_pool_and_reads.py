@@ -144,3 +144,40 @@ def test_no_readable_replica_is_a_clear_error(clock, cluster, pool):
     stream = ReadStream(clock, pool, [ReadExtent("b3", 0, 3, ("s1", "s2"))])
     with pytest.raises(NoReplicasAvailable, match="b3"):
         run(clock, stream.start(Collector()))
+
+
+def test_a_blob_of_known_size_goes_where_it_fits_above_the_reserve(clock, cluster, pool):
+    MiB = 1 << 20
+    for node, free in zip(pool.nodes(), (100 * MiB, 100 * MiB, 100 * MiB)):
+        node.free_bytes, node.reserve_bytes = free, 0
+    pool.nodes()[0].reserve_bytes = 95 * MiB  # s1: 5 MiB above its reserve
+    assert pool.choose(2, size=6 * MiB) == ["s2", "s3"]
+    assert sorted(pool.choose(3, size=5 * MiB)) == NAMES
+    # What was placed since the last probe counts as taken: s1 has no room
+    # for the next 5 MiB, and s2 and s3 (16 MiB placed) none for 90.
+    assert sorted(pool.choose(3, size=5 * MiB)) == ["s2", "s3"]
+    assert pool.choose(2, size=90 * MiB) == []
+    assert pool.out_of_space(90 * MiB)
+    assert pool.choose(2, size=80 * MiB) != []
+    assert not pool.out_of_space(None)
+    # Sizes unknown: placement by free space alone, as ever.
+    assert sorted(pool.choose(3)) == NAMES
+    # A health answer says what is free now; what was placed is in it.
+    run(clock, pool.probe_all())
+    assert all(n.placed_bytes == 0 for n in pool.nodes())
+
+
+def test_every_server_below_its_reserve_is_out_of_space_not_down(clock, cluster, pool):
+    cluster.node("s3").kill()
+    run(clock, pool.probe_all())
+    s1, s2, _ = pool.nodes()
+    for node in (s1, s2):
+        node.free_bytes, node.reserve_bytes = 10, 100
+    # s3 is down, not full: the two that are up are.
+    assert pool.out_of_space(None)
+    assert pool.out_of_space(5)
+    s2.free_bytes = 1000
+    assert not pool.out_of_space(None)
+    assert pool.out_of_space(5000)
+    s2.draining = True  # a draining server is not one to wait for either
+    assert pool.out_of_space(None)

@@ -63,3 +63,30 @@ async def test_a_full_replica_and_a_dead_one_is_still_storage_unavailable(env):
         await failed
     assert not isinstance(caught.value, StorageFull)
     assert session.left_pending
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_of_known_size_with_room_nowhere_leaves_the_upload_as_it_was(env):
+    # An upload interrupted at 1 MiB; its client resumes it announcing 8
+    # MiB more, which no server has room for: refused before the takeover
+    # (no epoch bump, no fence), so the upload stays resumable as it was.
+    session = await env.transfers.open_write(env.user, "/big.bin", 0)
+    await Feeder(env.reactor, session, os.urandom(MiB)).start()
+    await session.interrupt()
+    before = await env.catalog.get_upload(session.upload_id)
+    for node in env.cluster.nodes.values():
+        node.capacity = node.used_bytes() + 4 * MiB
+    await env.transfers.pool.probe_all()
+    for check in (None, lambda view: None):  # with an adapter's check (HTTP PUT) or not
+        with pytest.raises(StorageFull):
+            await env.transfers.open_write(
+                env.user, "/big.bin", MiB, expected_size=9 * MiB, check=check
+            )
+    after = await env.catalog.get_upload(session.upload_id)
+    assert (after.epoch, after.state, after.checkpoint) == (before.epoch, INTERRUPTED, MiB)
+    # A resume that fits (or of unknown size) takes it over as before.
+    resumed = await env.transfers.open_write(env.user, "/big.bin", MiB, expected_size=2 * MiB)
+    assert resumed.session.epoch == before.epoch + 1
+    await Feeder(env.reactor, resumed, os.urandom(MiB)).start()
+    version = await resumed.finish()
+    assert version.size == 2 * MiB

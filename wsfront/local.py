@@ -230,7 +230,8 @@ class LocalStorageFactory(StorageServerFactory):
 
 class LocalOptions(usage.Options):
     """``twistd -n wslocal [--data DIR] [--ftp EP] [--http EP] [--nodes 3] [--replicas 2]
-    [--storage-sockets unix] [--drop-behind-kib 0] [--max-pending-uploads-per-user 1000]``"""
+    [--storage-sockets unix] [--drop-behind-kib 0] [--reserve 1%]
+    [--max-pending-uploads-per-user 1000]``"""
 
     optParameters = [
         ["data", None, "./wsfs-data", "folder holding every server's data and the catalog"],
@@ -252,6 +253,13 @@ class LocalOptions(usage.Options):
             "made durable (0: keep it)",
         ],
         [
+            "reserve",
+            None,
+            "1%",  # wsstorage.reserve.DEFAULT_RESERVE
+            "free space each storage server keeps back from new blobs: bytes (512MiB) "
+            "or a percentage of the disk",
+        ],
+        [
             "max-pending-uploads-per-user",
             None,
             str(DEFAULT_PENDING_LIMIT),
@@ -267,6 +275,12 @@ class LocalOptions(usage.Options):
                 raise usage.UsageError(f"--{name} must be a whole number") from e
         if self["drop-behind-kib"] < 0:
             raise usage.UsageError("--drop-behind-kib must not be negative")
+        from wsstorage.reserve import Reserve
+
+        try:
+            self["reserve"] = Reserve.parse(self["reserve"])
+        except ValueError as e:
+            raise usage.UsageError(f"--reserve: {e}") from None
         if self["max-pending-uploads-per-user"] < 1:
             raise usage.UsageError("--max-pending-uploads-per-user must be at least 1")
         if self["nodes"] < 1:
@@ -469,11 +483,18 @@ class LocalClusterService(service.MultiService):
         return InProcessWriteClient(wire, factory)
 
     def open_store(self, name: str) -> BlobStore:
-        """Open storage server ``name``'s blob store, with the options' drop-behind."""
+        """Open storage server ``name``'s blob store, with the options' drop-behind
+        and reserve."""
         from wsstorage.blobstore import BlobStore
+        from wsstorage.reserve import Reserve
 
         drop_behind = self.options["drop-behind-kib"] * 1024
-        return BlobStore.open(self.data / "storage" / name, drop_behind=drop_behind)
+        reserve = self.options["reserve"]
+        if isinstance(reserve, str):  # options filled in without parseOptions
+            reserve = Reserve.parse(reserve)
+        return BlobStore.open(
+            self.data / "storage" / name, drop_behind=drop_behind, reserve=reserve
+        )
 
     async def _demo_login(self, catalog_url: str) -> tuple[str, str]:
         """The demo user's login, created with a random password on first start."""

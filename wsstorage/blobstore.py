@@ -180,6 +180,7 @@ from wsstorage.errors import (
 from wsstorage.fsops import OsFileSystem
 from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
+from wsstorage.reserve import NO_RESERVE, Reserve, below_reserve_problem
 
 log = Logger()
 
@@ -822,6 +823,43 @@ class BlobWriteHandle:
         elif self._blob.generation == self._generation:  # else: not ours to close
             _closer_pool().submit(self._let_go_of_files_locked)
 
+    def discard(self) -> int:
+        """Give back now the disk space of a write that failed for a full
+        disk (DiskFull), not after the front ends' orphan grace (an hour):
+        the bytes nothing can need.  Returns how many were given back.
+
+        - A blob with no record (nothing of it was ever reported durable:
+          no sync, fence or seal answered) is removed whole: no checkpoint
+          can name a byte of it, a takeover would fence it at 0 (which
+          creates it again, empty) and a restart would remove it anyway.
+        - A recorded blob keeps its durable bytes: a checkpoint may name
+          them, and a takeover resume from them (a pending upload's
+          replica must survive its front end).  Only what was written past
+          them is cut off.
+
+        Only while this handle still owns the blob: one another writer, a
+        fence, a seal or a delete took meanwhile is left alone.  The
+        handle is done afterwards (its next call fails).  Blocks."""
+        blob = self._blob
+        store = blob.store
+        with blob.lock:
+            self._closed = True
+            if blob.generation != self._generation or blob.deleted or blob.sealed:
+                return 0
+            blob.generation += 1  # a sync still running for the writer stops
+            if blob.recorded or store._is_resident(blob):
+                keep = blob.durable
+                freed = 0
+                if blob.covered > keep or blob.size > keep:
+                    blob.open_files()
+                    assert blob.data_fd is not None
+                    freed = blob.fs.fstat_size(blob.data_fd) - keep
+                    with _disk_errors():
+                        blob.truncate(keep)
+                blob.close_files()
+                return max(freed, 0)
+            return store._remove_unrecorded(blob)
+
     def _let_go_of_files(self) -> None:
         """Close the blob's files if this handle still owns it (lock held)."""
         blob = self._blob
@@ -884,6 +922,12 @@ class BlobPutHandle:
     def close(self) -> None:
         self._closed = True
         self._buffer = bytearray()
+
+    def discard(self) -> int:
+        """Nothing of a put is on disk before its seal, and a seal that
+        failed left nothing (``put_inline``): nothing to give back."""
+        self.close()
+        return 0
 
 
 class BlobReadHandle:
@@ -1252,6 +1296,10 @@ class BlobStore:
         #: free.  Registry lock.
         self._admitted = 0
         self._admitted_bytes = 0
+        #: Free space kept back from new blobs (wsstorage.reserve): a blob
+        #: is not created while less than this (and its size, when known)
+        #: is free.  No reserve by default; the storage server sets its own.
+        self.reserve: Reserve = NO_RESERVE
 
     @property
     def damaged(self) -> list[str]:
@@ -1271,6 +1319,7 @@ class BlobStore:
         drop_behind: int = DROP_BEHIND,
         journal_size: int = JOURNAL_SIZE,
         checkpoint_after: float | None = CHECKPOINT_AFTER,
+        reserve: Reserve = NO_RESERVE,
     ) -> BlobStore:
         """Open (creating on first use) the store in ``data_dir``.
 
@@ -1280,7 +1329,9 @@ class BlobStore:
         ``journal_size``: bytes of each put journal file (0: no journal,
         every put syncs its own record); ``checkpoint_after``: seconds
         from a journal's first entry to its checkpoint (None: only when
-        half full, before a removal, at close).  Blocks: replays the put
+        half full, before a removal, at close); ``reserve``: the free space
+        kept back from new blobs (wsstorage.reserve; none by default, the
+        storage server's is ``--reserve``).  Blocks: replays the put
         journal, scans and verifies unsealed blobs.  Raises FormatError for
         an unknown format or a directory in use."""
         fs = fs or OsFileSystem()
@@ -1298,6 +1349,7 @@ class BlobStore:
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind, identity)
+            store.reserve = reserve
             # Before the scan: a record a power loss tore is rewritten from
             # its entry, not reported damaged.
             try:
@@ -2116,6 +2168,12 @@ class BlobStore:
                     blob.deleted = True
                     self.forget(blob)
                     raise InvalidOffset(f"blob {blob_id} does not exist; writes start at 0")
+                try:
+                    self._check_reserve(0)
+                except DiskFull:
+                    blob.deleted = True
+                    self.forget(blob)
+                    raise
                 self._create(blob)
                 return BlobWriteHandle(blob, epoch, blob.generation)
             finally:
@@ -2193,8 +2251,21 @@ class BlobStore:
             try:
                 handle.write(data)
                 return handle.seal()
+            except DiskFull:
+                try:
+                    handle.discard()  # never acknowledged: its space back now
+                except Exception:
+                    log.failure("giving back the space of {blob} after a full disk", blob=blob_id)
+                raise
             finally:
                 handle.close()
+        try:
+            self._check_reserve(len(data))
+        except DiskFull:
+            blob.deleted = True
+            self.forget(blob)
+            blob.lock.release()
+            raise
         # Counted from now, as a blob is from its creation (it is listed,
         # unrecorded, while live): exact whether or not it fails.
         with self._registry_lock:
@@ -2404,6 +2475,38 @@ class BlobStore:
                     del self._live[blob_id]
             blob.lock.release()
 
+    def _remove_unrecorded(self, blob: _Blob) -> int:
+        """Remove the files of ``blob``, a blob with no record whose
+        writer failed (``BlobWriteHandle.discard``; its lock held, its
+        generation moved on).  No directory fsync: files without a record
+        are removed at the next start if a crash brings them back.
+        Returns the bytes its data file held."""
+        blob.deleted = True
+        blob.close_files()
+        paths = blob.paths
+        try:
+            freed = os.stat(paths.data).st_size
+        except OSError:
+            freed = 0
+        try:
+            for path in (paths.data, paths.sums):
+                try:
+                    self.fs.unlink(path)
+                except FileNotFoundError:
+                    continue
+                if path == paths.data:
+                    with self._registry_lock:
+                        self._count -= 1
+                        self._files_removed(blob.blob_id)
+        finally:
+            # Forgotten before its lock is released, as a delete does:
+            # whoever waited on it finds it deleted and, looking again,
+            # the id free.
+            with self._registry_lock:
+                if self._live.get(blob.blob_id) is blob:
+                    del self._live[blob.blob_id]
+        return freed
+
     def _delete_damaged(self, blob_id: str) -> bool:
         """Remove the files of a blob whose record does not decode; False
         if by then it does, or is gone, or the id is registered (the caller
@@ -2492,6 +2595,25 @@ class BlobStore:
 
     def free_space(self) -> tuple[int, int]:
         return self.fs.statvfs(self.root)
+
+    def reserve_bytes(self, total: int) -> int:
+        """The reserve (``self.reserve``) on this store's disk of ``total`` bytes."""
+        return self.reserve.bytes_of(total)
+
+    def _check_reserve(self, size: int) -> None:
+        """DiskFull unless ``size`` more bytes leave the reserve free: a new
+        blob is not created on a disk that is nearly full (wsstorage.reserve).
+        One statvfs (a few microseconds); none without a reserve."""
+        if self.reserve == NO_RESERVE:
+            return
+        try:
+            free, total = self.free_space()
+        except OSError:
+            return  # the write itself will say what is wrong
+        reserve = self.reserve_bytes(total)
+        problem = below_reserve_problem(free - size, reserve)
+        if problem is not None:
+            raise DiskFull(f"no new blobs here: {problem}")
 
     def disk_problem(self) -> str | None:
         """Why this store cannot take new blobs now, or None if it can: its

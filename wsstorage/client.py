@@ -1181,6 +1181,9 @@ class StorageClient:
         return self._simple(body).addCallback(info_from_wire)
 
     def health(self) -> defer.Deferred:
+        def _whole(value: Any) -> int:
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
         def record(b: dict[str, Any]) -> Health:
             return Health(
                 name=b["name"],
@@ -1191,6 +1194,7 @@ class StorageClient:
                 version=b["version"],
                 problem=b.get("problem") if isinstance(b.get("problem"), str) else None,
                 **store_identity(b),
+                reserve_bytes=_whole(b.get("reserve_bytes")),
             )
 
         return self._simple({"op": "health"}).addCallback(record)

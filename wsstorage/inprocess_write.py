@@ -43,11 +43,11 @@ from zope.interface import implementer
 from wsstorage import failpoints
 from wsstorage._interfaces import IBlobWriter
 from wsstorage.counters import ProcessCounters
-from wsstorage.errors import BadRequest, StorageError
+from wsstorage.errors import BadRequest, DiskFull, StorageError
 from wsstorage.failwatch import FailureWatchers
 from wsstorage.framing import IOV_MAX, TRANSPORT_BUFFER
 from wsstorage.inprocess import InProcessClient, _checked, _wire_error, not_serving
-from wsstorage.server import _store_counted
+from wsstorage.server import _store_counted, give_back_space
 
 #: Bytes of a stream stored with one ``write_pieces`` at most; a reactor
 #: turn's smaller rest is stored at the end of the turn (as the server's
@@ -132,6 +132,10 @@ class InProcessWriter:
         self._resume_call: Any = None
         #: Fires once the running commit is answered (``_after_commit``).
         self._committing: defer.Deferred | None = None
+        #: Fires once a full disk's partial blob has given its space back
+        #: (``give_back_space``): what ``abort`` answers with, as the
+        #: server's abort does.
+        self._giving_back: defer.Deferred | None = None
         self.factory.in_process_writes += 1  # an active stream (health's count)
 
     # IConsumer
@@ -212,6 +216,10 @@ class InProcessWriter:
             return
         self.error = err
         self._pieces, self._bytes = [], 0
+        if isinstance(err, DiskFull) and self.handle is not None:
+            self._giving_back = give_back_space(
+                self.factory, self.handle, self.blob_id, self._syncing
+            )
         self._watchers.fail(err)
 
     def drop_cache_behind(self) -> None:
@@ -305,6 +313,9 @@ class InProcessWriter:
         self._store()
         self.unregisterProducer()
         self._end()
+        if self._giving_back is not None:
+            giving_back, self._giving_back = self._giving_back, None
+            return giving_back
         return defer.succeed(None)
 
     def when_failed(self) -> defer.Deferred:

@@ -57,6 +57,13 @@ class StorageCollector(Collector):
         if free is not None:
             yield GaugeMetricFamily("wsstorage_free_bytes", "Free space.", value=free)
             yield GaugeMetricFamily("wsstorage_total_bytes", "Size of the disk.", value=total)
+            reserve_of = getattr(store, "reserve_bytes", None)
+            if reserve_of is not None:
+                yield GaugeMetricFamily(
+                    "wsstorage_reserve_bytes",
+                    "Free space kept back from new blobs (--reserve): below it, none is created.",
+                    value=reserve_of(total),
+                )
         yield GaugeMetricFamily(
             "wsstorage_damaged_blobs",
             "Blobs whose record does not parse, at start or since (left on disk, not served).",

@@ -61,6 +61,9 @@ class Health:
     #: Why the server takes no new blobs now (its disk is read-only, its
     #: data directory gone...), or None; older servers never say.
     problem: str | None = None
+    #: Free space the server keeps back from new blobs (wsstorage.reserve);
+    #: 0 from older servers.
+    reserve_bytes: int = 0
     #: Which data directory the server runs on (its store's random id,
     #: ``diskformat.StoreIdentity``) and when that was created (Unix
     #: time), or None: older servers never say.  A front end that knew

@@ -55,6 +55,7 @@ from wsstorage.errors import (
 )
 from wsstorage.fields import int_field as _int_field
 from wsstorage.records import BlobInfo, check_blob_id
+from wsstorage.reserve import below_reserve_problem
 from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
@@ -155,8 +156,54 @@ def seal_put(
         info = handle.seal()
         failpoints.hit("storage.after_commit")
         return info
+    except Exception as e:
+        if isinstance(storage_error(e), DiskFull):
+            # Never acknowledged, so garbage: its space back now, not
+            # after the orphan grace (``BlobWriteHandle.discard``).
+            _discard_logged(handle, blob_id)
+        raise
     finally:
         handle.close()
+
+
+def _discard_logged(handle: Any, blob_id: str) -> None:
+    """``handle.discard()`` (blocking) after a write into ``blob_id``
+    failed for a full disk, logged; a store without it keeps its files
+    for the front ends' garbage collection, as before."""
+    discard = getattr(handle, "discard", None)
+    if discard is None:
+        return
+    try:
+        freed = discard()
+    except Exception:
+        log.failure("giving back the space of {blob} after a full disk", blob=blob_id)
+        return
+    if freed:
+        log.info(
+            "gave back {n} bytes of {blob}, whose write failed on a full disk",
+            n=freed,
+            blob=blob_id,
+        )
+
+
+def give_back_space(
+    factory: Any, handle: Any, blob_id: str, after: defer.Deferred
+) -> defer.Deferred:
+    """A write stream into ``blob_id`` failed for a full disk: once
+    ``after`` (the stream's last sync) is done, give back in a thread what
+    of it nothing can need (``BlobWriteHandle.discard``: a blob never
+    reported durable whole, else the bytes past its durable length).
+    Fires (never fails) once that is done: the stream's abort is answered
+    then, so a writer that aborted it knows the space is back.  Shared by
+    the wire's write streams and the in-process ones."""
+    done: defer.Deferred = defer.Deferred()
+
+    def run(_: Any) -> None:
+        d = factory.run_blocking(_discard_logged, handle, blob_id)
+        d.addBoth(lambda _: done.callback(None))
+
+    after.addBoth(run)
+    return done
 
 
 def peer_already_gone(transport: Any) -> bool:
@@ -734,18 +781,31 @@ class StorageServerProtocol(Protocol):
         no new blob here while it is set; and the store's identity
         (``store_id``, ``store_created``), so they notice a server that
         comes back on a wiped data directory.  A data directory gone under us
-        answers, with no space and its problem, rather than failing."""
+        answers, with no space and its problem, rather than failing.
+        ``reserve_bytes`` is the free space the store keeps back from new
+        blobs (wsstorage.reserve): below it, that is the problem, and a
+        front end places a blob of known size only where its size fits
+        above it."""
         store = self.factory.store
+        reserve_of = getattr(store, "reserve_bytes", None)
 
         def probe() -> dict[str, Any]:
             try:
                 free, total = store.free_space()
             except OSError:
                 free, total = 0, 0
-            return {"free_bytes": free, "total_bytes": total, "blobs": store.count_blobs()}
+            reserve = reserve_of(total) if reserve_of is not None and total else 0
+            return {
+                "free_bytes": free,
+                "total_bytes": total,
+                "reserve_bytes": reserve,
+                "blobs": store.count_blobs(),
+            }
 
         problem = yield self.factory.disk_check.problem()
         r = yield self._blocking(probe)
+        if problem is None and r.get("reserve_bytes"):
+            problem = below_reserve_problem(r["free_bytes"], r["reserve_bytes"])
         r.update(
             name=self.factory.name,
             active_streams=self.factory.active_streams,
@@ -810,6 +870,7 @@ class StorageServerProtocol(Protocol):
             # fsync only, so the seal's own sync could wrongly succeed.
             if isinstance(result, Failure) and stream.error is None:
                 stream.error = storage_error(result.value)
+                self._give_back_space(stream)
             mine.callback(None)
             return result
 
@@ -862,14 +923,23 @@ class StorageServerProtocol(Protocol):
             info = yield self._blocking(handle.seal)
         except Exception as e:
             stream.error = storage_error(e)
-            raise
+            self._give_back_space(stream)
+            if stream.giving_back is not None:
+                yield stream.giving_back  # the space is back before the refusal
+            raise e
         failpoints.hit("storage.after_commit")
         self._end_write()
         return info_to_wire(info)
 
-    def _op_abort(self, rid: int, req: dict[str, Any]) -> dict[str, Any]:
+    def _op_abort(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        """End the stream; answered once a full disk's partial blob has
+        given its space back (``_give_back_space``), if it failed so."""
+        stream = self._write
+        giving_back = stream.giving_back if stream is not None else None
         self._end_write()
-        return {}
+        if giving_back is None:
+            return defer.succeed({})
+        return giving_back.addCallback(lambda _: {})
 
     def _end_write(self) -> None:
         stream, self._write = self._write, None
@@ -886,6 +956,20 @@ class StorageServerProtocol(Protocol):
             err=stream.error.message,
         )
         self._send_error(stream.rid, stream.error)
+        self._give_back_space(stream)
+
+    def _give_back_space(self, stream: _WriteStream) -> None:
+        """Once, for a stream that failed for a full disk: its partial
+        blob's space back now (``give_back_space``), not after the front
+        ends' orphan grace.  Any other failure (a dead disk, a fence)
+        leaves the blob as it is."""
+        if stream.giving_back is not None or stream.handle is None:
+            return
+        if not isinstance(stream.error, DiskFull):
+            return
+        stream.giving_back = give_back_space(
+            self.factory, stream.handle, stream.blob_id, stream.syncing
+        )
 
     # -- put: a whole small blob in one request ------------------------
 
@@ -1536,6 +1620,9 @@ class _WriteStream:
         self.syncing: defer.Deferred = defer.succeed(None)
         #: The client's ``drop_cache`` hint has been passed to the handle.
         self.dropping_cache = False
+        #: Fires once a full disk's partial blob has given its space back
+        #: (``give_back_space``); None unless the stream failed so.
+        self.giving_back: defer.Deferred | None = None
 
     def data(self, proto: StorageServerProtocol, pieces: list[memoryview]) -> None:
         """Store the payloads of consecutive DATA frames (views into the

@@ -27,6 +27,7 @@ from wsstorage import allocator, auth
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.diskformat import FormatError
 from wsstorage.records import BLOB_ID_RE
+from wsstorage.reserve import DEFAULT_RESERVE, Reserve
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
 log = Logger()
@@ -75,16 +76,22 @@ def start_storage_server(
     name: str,
     secret: bytes,
     drop_behind: int = DROP_BEHIND,
+    reserve: Reserve | None = None,
     **factory_kw: Any,
 ) -> Any:
     """Open the store under ``data_dir`` (in a thread) and listen on ``endpoint``
     (a server endpoint string such as ``tcp:0:interface=127.0.0.1``).
-    ``drop_behind`` is the store's (``BlobStore.open``).
+    ``drop_behind`` and ``reserve`` (None: ``DEFAULT_RESERVE``) are the
+    store's (``BlobStore.open``).
 
     Fires with a RunningServer."""
     allocator.tune()
+    if reserve is None:
+        reserve = Reserve.parse(DEFAULT_RESERVE)
     store = yield threads.deferToThreadPool(
-        reactor, reactor.getThreadPool(), BlobStore.open, data_dir, drop_behind=drop_behind
+        reactor,
+        reactor.getThreadPool(),
+        lambda: BlobStore.open(data_dir, drop_behind=drop_behind, reserve=reserve),
     )
     try:
         factory = StorageServerFactory(reactor, store, name, secret, **factory_kw)
@@ -135,6 +142,12 @@ class Options(usage.Options):
         ["name", None, None, "this storage server's name in the cluster"],
         ["secret-file", None, None, "cluster secret (created with a random one if absent)"],
         ["metrics", None, None, "serve Prometheus metrics on this endpoint (off by default)"],
+        [
+            "reserve",
+            None,
+            DEFAULT_RESERVE,
+            "free space kept back from new blobs: bytes (512MiB, 2G) or a percentage of the disk",
+        ],
         ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
         ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
         [
@@ -179,6 +192,10 @@ class Options(usage.Options):
             if self[name] < least:
                 raise usage.UsageError(f"--{name} must be at least {least}")
         try:
+            self["reserve"] = Reserve.parse(self["reserve"])
+        except ValueError as e:
+            raise usage.UsageError(f"--reserve: {e}") from None
+        try:
             self.secret, self.secret_created = auth.ensure_secret(self["secret-file"])
         except auth.SecretError as e:
             raise usage.UsageError(str(e)) from None
@@ -211,6 +228,7 @@ class StorageService(Service):
             opts["name"],
             opts.secret,
             drop_behind=opts["drop-behind-kib"] * 1024,
+            reserve=opts["reserve"],
             read_ahead=opts["read-ahead-kib"] * 1024,
             read_batches=opts["read-batches"],
         )

@@ -34,7 +34,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "TYPE": _spec(True, True, "A | I"),
     "MODE": _spec(True, True, "S"),
     "STRU": _spec(True, True, "F"),
-    "ALLO": _spec(True, True, "<size> [R <record size>] (not needed)"),
+    "ALLO": _spec(True, True, "<size> [R <record size>] (the file's size, for placement)"),
     "PWD": _spec(True, False, "(current directory)"),
     "CWD": _spec(True, True, "<directory>"),
     "CDUP": _spec(True, False, "(parent directory)"),

@@ -343,18 +343,24 @@ async def store(
     append: bool = False,
     announce: str | None = None,
     check: Callable[[PathView], None] | None = None,
+    expected_size: int | None = None,
 ) -> None:
     """STOR at ``offset`` (REST), or APPE: at ``offset`` when SIZE told the
     client a size on this connection (``check``: that it is still the file
-    SIZE described, ``SizeReported``), else at the size the user sees."""
+    SIZE described, ``SizeReported``), else at the size the user sees.
+    ``expected_size``: the file's size the client announced with ALLO."""
     if path == "/":
         raise catalog_errors.IsADirectory("/")
     need_data_setup(ctl)
 
     if append and offset is None:
-        session = await ctl.transfers.open_write(ctl.user, path, 0, append=True)
+        session = await ctl.transfers.open_write(
+            ctl.user, path, 0, append=True, expected_size=expected_size
+        )
     else:
-        session = await ctl.transfers.open_write(ctl.user, path, offset or 0, check=check)
+        session = await ctl.transfers.open_write(
+            ctl.user, path, offset or 0, check=check, expected_size=expected_size
+        )
 
     async def body(transfer: Transfer) -> None:
         transfer.session = session

@@ -89,6 +89,11 @@ belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
 the transfer command).  TYPE A drops the marker itself."""
 
+KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
+"""Commands that leave an ALLO size for the transfer command after them:
+those that leave a REST marker, and REST itself (a client may send ALLO
+before or after REST)."""
+
 
 def socket_host(transport) -> str:
     """The local address of the socket under ``transport``: below the TLS
@@ -191,6 +196,11 @@ class FTPControl(Protocol):
         self.binary = False
         self.rest: int | None = None
         self.restart: int | None = None
+        #: ``ALLO n`` for the next transfer command (``allocation``), and
+        #: the one the command running now took (``allocated``), as REST's
+        #: marker goes.
+        self.allocation: int | None = None
+        self.allocated: int | None = None
         self.rnfr: str | None = None
         self.passive: PassiveListener | None = None
         self.parked: PassiveListener | None = None
@@ -431,8 +441,11 @@ class FTPControl(Protocol):
     def _run(self, parsed) -> Deferred | None:
         """Run one parsed line; a Deferred while the command is still going."""
         self.restart, self.rest = self.rest, None
+        self.allocated, self.allocation = self.allocation, None
         if isinstance(parsed, Command) and parsed.verb in KEEP_RESTART:
             self.rest = self.restart
+        if isinstance(parsed, Command) and parsed.verb in KEEP_ALLOCATION:
+            self.allocation = self.allocated
         if isinstance(parsed, LineTooLong):
             self.reply(500, f"Command line too long ({parsed.length} bytes)")
             return None
@@ -681,8 +694,12 @@ class FTPControl(Protocol):
 
     def ftp_ALLO(self, argument: str) -> None:
         """202 (RFC 959: superfluous here) for ``ALLO n [R m]``; a size that
-        is no number gets 501, as REST's does, not a 202 that accepts it."""
-        parse_allo(argument)
+        is no number gets 501, as REST's does, not a 202 that accepts it.
+        ``n``, the size the file will have, goes with the STOR or APPE that
+        follows: its blob is placed only where that fits, and with no room
+        anywhere the STOR is 452 before its 150 (``Transfers.open_write``'s
+        ``expected_size``)."""
+        self.allocation = parse_allo(argument)
         self.reply(202, "No storage allocation necessary")
 
     def ftp_ACCT(self, argument: str) -> None:
@@ -1018,7 +1035,9 @@ class FTPControl(Protocol):
     def ftp_STOR(self, argument: str):
         self.need_write()
         self.need_protection()
-        return datacmds.store(self, self.file_path(argument), self.take_rest())
+        return datacmds.store(
+            self, self.file_path(argument), self.take_rest(), expected_size=self.allocated
+        )
 
     def ftp_APPE(self, argument: str):
         self.need_write()
@@ -1026,8 +1045,11 @@ class FTPControl(Protocol):
         target = self.file_path(argument)
         seen = self.sizes.get(target)
         if seen is None:
-            return datacmds.store(self, target, None, append=True)
-        return datacmds.store(self, target, seen.size, append=True, check=seen.check(target))
+            return datacmds.store(self, target, None, append=True, expected_size=self.allocated)
+        return datacmds.store(
+            self, target, seen.size, append=True, check=seen.check(target),
+            expected_size=self.allocated,
+        )  # fmt: skip
 
     def ftp_STOU(self, argument: str):
         self.need_write()

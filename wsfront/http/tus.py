@@ -148,8 +148,9 @@ class TusEndpoint:
         # be durable even if no checkpoint follows (no body, or one whose
         # checkpoint fails).
         session = yield context.transfers.open_write(
-            user, vpath, 0, declared_length=length, meta=meta, durable_start=True
-        )
+            user, vpath, 0, declared_length=length, meta=meta, durable_start=True,
+            expected_size=length,
+        )  # fmt: skip
         upload_id = session.upload_id
         location = ("Location", upload_url(upload_id))
 
@@ -247,7 +248,11 @@ class TusEndpoint:
             request.respond(204, headers=(("Upload-Offset", str(offset)), expires))
             return
         vpath = self._vpath(user, upload)
-        session = yield context.transfers.open_write(user, vpath, offset, resume=True)
+        body = request.body_length
+        session = yield context.transfers.open_write(
+            user, vpath, offset, resume=True,
+            expected_size=length if body is None else offset + body,
+        )  # fmt: skip
         if new_length is not None and upload.declared_length is None:
             self._learned_lengths[upload_id] = new_length
         done = yield self._receive(request, session, context, user, vpath, offset, length, checksum)

@@ -126,6 +126,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             offset,
             declared_length=None if crange is None else crange.total,
             check=check,
+            expected_size=None if expected is None else offset + expected,
         )
     except catalog_errors.NotFound:
         if seen and seen[-1].committed is None and seen[-1].pending is None:

@@ -309,8 +309,9 @@ class Repairer:
 
         def fits(name: str) -> bool:
             node = nodes.get(name)
-            # Never probed yet: no report to go by.
-            return node is None or node.last_seen is None or node.free_bytes >= blob.length
+            # Never probed yet: no report to go by (``has_room_for``); a
+            # server below its reserve refuses the copy anyway.
+            return node is None or node.has_room_for(blob.length)
 
         chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
         return sorted(chosen, key=lambda n: (not fits(n), n in known))

@@ -37,6 +37,13 @@ class NodeState:
     draining: bool = False
     free_bytes: int = 0
     total_bytes: int = 0
+    #: Free space the server keeps back from new blobs (its health
+    #: answer's ``reserve_bytes``): a blob of known size goes only where
+    #: ``free_bytes - reserve_bytes`` holds it.
+    reserve_bytes: int = 0
+    #: Bytes of blobs of known size placed here since its last health
+    #: answer (``StoragePool.choose``): not free any more for the next.
+    placed_bytes: int = 0
     last_seen: float | None = None
     last_error: str | None = None
     #: Why the server, though it answers, takes no new blobs (its disk is
@@ -60,6 +67,14 @@ class NodeState:
         """Whether ``choose`` may place a new blob here: up, no disk
         problem, not draining (reads go on regardless)."""
         return self.up and self.problem is None and not self.draining
+
+    def has_room_for(self, size: int) -> bool:
+        """Whether ``size`` more bytes leave the server's reserve free, as
+        far as its last health answer (less what was placed here since)
+        says; a server not heard from yet is given the benefit of the doubt."""
+        if self.last_seen is None:
+            return True
+        return self.free_bytes - self.reserve_bytes - self.placed_bytes >= size
 
 
 #: How long a disk failure a writer saw keeps a server out of ``choose``
@@ -169,9 +184,18 @@ class StoragePool:
             node.last_error = reason
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
 
-    def choose(self, count: int, exclude: Iterable[str] = ()) -> list[str]:
+    def choose(self, count: int, exclude: Iterable[str] = (), size: int | None = None) -> list[str]:
         """Up to ``count`` distinct healthy servers, most free space first;
         a server whose health answer names a disk problem is not one.
+
+        ``size``, when the bytes the new blob will hold are known up front
+        (an HTTP Content-Length, a tus Upload-Length, an FTP ALLO), passes
+        over the servers that cannot hold them above their reserve
+        (``NodeState.has_room_for``), and counts them as taken on the
+        servers chosen until their next health answer (``placed_bytes``):
+        uploads placed between two probes do not all land on the server
+        that had room for one.  None: as many bytes as the disk takes (placement by free
+        space alone).
 
         Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
         most free are taken in turn, not by the bytes that happen to separate
@@ -184,6 +208,8 @@ class StoragePool:
         candidates = [
             n for n in self._nodes.values() if n.takes_new_blobs and n.name not in excluded
         ]
+        if size is not None:
+            candidates = [n for n in candidates if n.has_room_for(size)]
         if not candidates:
             return []
         top = max([n.free_bytes for n in candidates])
@@ -195,7 +221,24 @@ class StoragePool:
             rest.sort(key=lambda n: (-n.free_bytes, n.name))
         k = self._turn % len(tier)
         self._turn += 1
-        return [n.name for n in (tier[k:] + tier[:k] + rest)[:count]]
+        chosen = (tier[k:] + tier[:k] + rest)[:count]
+        if size:
+            for n in chosen:
+                n.placed_bytes += size
+        return [n.name for n in chosen]
+
+    def out_of_space(self, size: int | None = None, exclude: Iterable[str] = ()) -> bool:
+        """Whether ``choose`` (with ``size``) found no server because every
+        one that is up and not draining is out of room: below its reserve
+        (or, with ``size``, without ``size`` bytes above it).  Then waiting
+        will not help, unlike when servers are down (HTTP 507, FTP 452,
+        not 503 and 451)."""
+        excluded = set(exclude)
+        live = [
+            n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
+        ]
+        need = 1 if size is None else max(size, 1)
+        return bool(live) and all(not n.has_room_for(need) for n in live)
 
     def order_for_read(self, replicas: Sequence[str], spread: int = 0) -> list[str]:
         """Replicas known here, healthy ones first; ``spread`` rotates the
@@ -260,6 +303,8 @@ class StoragePool:
         node.problem = problem
         node.free_bytes = health.free_bytes
         node.total_bytes = health.total_bytes
+        node.reserve_bytes = health.reserve_bytes
+        node.placed_bytes = 0
         node.last_seen = self._clock.seconds()
         node.last_error = problem
         if health.store_id is not None:

@@ -28,6 +28,7 @@ from wsfront.transfer.errors import (
     LengthConflict,
     NoReplicasAvailable,
     OffsetTooLarge,
+    StorageFull,
     UploadBusy,
 )
 from wsfront.transfer.extent_cache import ExtentCache
@@ -155,6 +156,12 @@ def _read_extent(extent) -> ReadExtent:
     ok = tuple(r.node for r in extent.replicas if r.state == REPLICA_OK)
     rest = tuple(r.node for r in extent.replicas if r.state != REPLICA_OK)
     return ReadExtent(extent.blob_id, extent.blob_offset, extent.length, ok, rest)
+
+
+def _bytes_past(expected_size: int | None, offset: int) -> int | None:
+    """The bytes an upload that starts at ``offset`` brings to a file of
+    ``expected_size`` (None: unknown), never below 0."""
+    return None if expected_size is None else max(expected_size - offset, 0)
 
 
 def _length_after_takeover(
@@ -440,6 +447,7 @@ class Transfers:
         check: Callable[[PathView], None] | None = None,
         durable_start: bool = False,
         resume: bool = False,
+        expected_size: int | None = None,
     ):
         """Start or resume the path's pending upload at ``offset`` and fire
         with a WriteSession (an IConsumer; ``finish()`` commits).
@@ -466,6 +474,14 @@ class Transfers:
         (tus answers a creation with 201 and the upload's URL before any
         byte is durable), so its catalog commit waits for the disk; else
         the first checkpoint or the commit makes it durable.
+        ``expected_size``: the size the file will have once this upload's
+        bytes are in, when its client said so before sending them (PUT's
+        Content-Length, tus's Upload-Length, FTP's ALLO); the new blob
+        then goes only to servers with room for the bytes past the offset
+        (``StoragePool.choose``), and with none StorageFull is raised
+        before anything changes.  None: placement by free space alone.
+        An APPE (``append``) whose offset only the catalog knows is placed
+        as if its size were unknown.
         """
         self._refuse_if_draining()
         slot = self.per_user.acquire(user.name) if capped else Slot(None, user.name)
@@ -479,12 +495,13 @@ class Transfers:
                 # fewer than through _open_write, for every small STOR),
                 # run inside this one's trampoline (yield from).
                 session = yield from self._start_write(
-                    user, vpath, offset, append, declared_length, meta, durable_start, resume
-                )
+                    user, vpath, offset, append, declared_length, meta, durable_start, resume,
+                    expected_size,
+                )  # fmt: skip
             else:
                 session = yield self._open_write(
                     user, vpath, offset, append, declared_length, meta, check, durable_start,
-                    resume,
+                    resume, expected_size,
                 )  # fmt: skip
         except BaseException:
             slot.release()
@@ -530,8 +547,9 @@ class Transfers:
 
     @inlineCallbacks
     def _open_write(
-        self, user, vpath, offset, append, declared_length, meta, check, durable_start, resume
-    ):
+        self, user, vpath, offset, append, declared_length, meta, check, durable_start, resume,
+        expected_size=None,
+    ):  # fmt: skip
         """``open_write`` with an adapter's ``check``: a lookup of its own
         first, then the upload's start or takeover.
 
@@ -542,8 +560,9 @@ class Transfers:
         for attempt in range(CHECKED_START_ATTEMPTS):
             try:
                 session = yield self._open_write_checked(
-                    user, vpath, offset, append, declared_length, meta, check, resume
-                )
+                    user, vpath, offset, append, declared_length, meta, check, resume,
+                    expected_size,
+                )  # fmt: skip
             except catalog_errors.VersionChanged as e:
                 if attempt + 1 < CHECKED_START_ATTEMPTS:
                     continue
@@ -552,7 +571,7 @@ class Transfers:
 
     @inlineCallbacks
     def _open_write_checked(
-        self, user, vpath, offset, append, declared_length, meta, check, resume
+        self, user, vpath, offset, append, declared_length, meta, check, resume, expected_size
     ):
         """One attempt of ``_open_write``."""
         full = self.full_path(user, vpath)
@@ -572,14 +591,16 @@ class Transfers:
             length = _length_after_takeover(
                 upload, offset, declared_length, starts_over=not (append or resume)
             )
-            session = yield self._take_over(user, upload, offset, length, checked=True)
+            session = yield self._take_over(
+                user, upload, offset, length, _bytes_past(expected_size, offset), checked=True
+            )
             return session
         committed = entry.size if entry is not None and entry.version is not None else 0
         if append:
             offset = committed
         if offset > committed:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {committed}")
-        replicas = self._choose_replicas()
+        replicas = self._choose_replicas(_bytes_past(expected_size, offset))
         blob_id = new_blob_id()
         try:
             upload = yield self.catalog.begin_upload(
@@ -604,8 +625,9 @@ class Transfers:
         return session
 
     def _start_write(
-        self, user, vpath, offset, append, declared_length, meta, durable=False, resume=False
-    ):
+        self, user, vpath, offset, append, declared_length, meta, durable=False, resume=False,
+        expected_size=None,
+    ):  # fmt: skip
         """``_open_write`` without an adapter's check: the lookup and the
         start of a new upload are one catalog transaction (``start_upload``),
         whose commit waits for no disk; a pending upload found instead is
@@ -615,7 +637,7 @@ class Transfers:
         inlineCallbacks: its own trampoline (a Deferred, a context copy, a
         callback chain) cost every small STOR ~15 calls for nothing."""
         full = self.full_path(user, vpath)
-        replicas = self._choose_replicas()
+        replicas = self._choose_replicas(None if append else _bytes_past(expected_size, offset))
         blob_id = new_blob_id()
         try:
             started = yield self.catalog.start_upload(
@@ -641,7 +663,9 @@ class Transfers:
             length = _length_after_takeover(
                 upload, at, declared_length, starts_over=not (append or resume)
             )
-            session = yield self._take_over(user, upload, at, length)
+            session = yield self._take_over(
+                user, upload, at, length, _bytes_past(expected_size, at)
+            )
             return session
         except catalog_errors.InvalidOffset as e:
             raise OffsetTooLarge(str(e)) from e
@@ -676,11 +700,24 @@ class Transfers:
         """When a session left alone from now on expires."""
         return self._clock.seconds() + self.settings.upload_expiry
 
-    def _choose_replicas(self) -> tuple[str, ...]:
-        replicas = tuple(self.pool.choose(self.settings.replicas))
+    def _choose_replicas(self, size: int | None = None) -> tuple[str, ...]:
+        """The servers of a new blob of ``size`` bytes (None: unknown).
+        None to be had is StorageFull when every server that is up is out
+        of room for it (the client is told so: HTTP 507, FTP 452),
+        NoReplicasAvailable otherwise (try again later)."""
+        replicas = tuple(self.pool.choose(self.settings.replicas, size=size))
         if not replicas:
+            self._refuse_if_out_of_space(size)
             raise NoReplicasAvailable("no storage server is available")
         return replicas
+
+    def _refuse_if_out_of_space(self, size: int | None) -> None:
+        """StorageFull if no server that is up has room for a new blob of
+        ``size`` bytes (None: unknown) above its reserve."""
+        if self.pool.out_of_space(size):
+            if size is None:
+                raise StorageFull("every storage server is below its free space reserve")
+            raise StorageFull(f"no storage server has room for {size} more bytes")
 
     @inlineCallbacks
     def _take_over(
@@ -689,10 +726,14 @@ class Transfers:
         upload: UploadSession,
         offset: int,
         declared_length: int | None,
+        size: int | None = None,
         checked: bool = False,
     ):
         """Resume ``upload`` at ``offset`` here: epoch bump, fence, new blob,
         and ``declared_length`` from now on (see _length_after_takeover).
+        ``size``: the bytes the new blob will hold, if known; when no
+        server has room for them, StorageFull before anything changes
+        (the epoch, the fence), so the upload stays as it was.
         ``checked``: an adapter's check judged the path with this upload on
         it; one that ended since (committed, say) is VersionChanged, so the
         path is looked at and judged again."""
@@ -700,6 +741,7 @@ class Transfers:
             raise OffsetTooLarge(
                 f"offset {offset} is beyond the durable offset {upload.checkpoint}"
             )
+        self._refuse_if_out_of_space(size)
         local = self.sessions.get(upload.upload_id)
         try:
             upload = yield self.catalog.take_over(
@@ -731,7 +773,7 @@ class Transfers:
             failpoints.hit("transfer.before_fence")
             yield self._fence_current_blob(upload, keep)
             failpoints.hit("transfer.after_fence")
-            replicas = self._choose_replicas()
+            replicas = self._choose_replicas(size)
             upload = yield self.catalog.restart_at(
                 upload.upload_id,
                 upload.epoch,
