@@ -181,3 +181,20 @@ def test_every_server_below_its_reserve_is_out_of_space_not_down(clock, cluster,
     assert pool.out_of_space(5000)
     s2.draining = True  # a draining server is not one to wait for either
     assert pool.out_of_space(None)
+
+
+def test_a_server_is_silent_only_after_two_probe_rounds_without_an_answer(clock, cluster, pool):
+    """A takeover skips the fence of a silent server (frozen or gone) but
+    waits for one a failed connection or a single slow probe marked down
+    a moment ago: it may answer, and a replica that misses the fence is
+    lost to the upload."""
+    pool.mark_down("s2", "a reader's connection failed")
+    assert not pool.is_up("s2") and not pool.silent("s2")
+    cluster.node("s1").freeze()
+    run(clock, pool.probe_all())
+    assert not pool.is_up("s1") and not pool.silent("s1")  # one slow probe
+    for _ in range(3):  # probe rounds of 1 s (+0.5 s timeout) with no answer
+        clock.advance(1.0)
+        run(clock, pool.probe_all())
+    assert pool.silent("s1")
+    assert not pool.silent("s3") and not pool.silent("nobody")

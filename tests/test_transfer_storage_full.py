@@ -90,3 +90,32 @@ async def test_a_resume_of_known_size_with_room_nowhere_leaves_the_upload_as_it_
     await Feeder(env.reactor, resumed, os.urandom(MiB)).start()
     version = await resumed.finish()
     assert version.size == 2 * MiB
+
+
+async def _interrupted_at_one_mib(env):
+    session = await env.transfers.open_write(env.user, "/big.bin", 0)
+    await Feeder(env.reactor, session, os.urandom(MiB)).start()
+    await session.interrupt()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_without_a_check_is_not_charged_for_its_first_choice(env):
+    """A tus PATCH or an FTP REST+STOR of known size finds the pending
+    upload in start_upload, after choosing servers for a new blob it then
+    does not make: that choice must not hold their room, or the takeover
+    finds the servers full of its own phantom bytes.  Two of three servers
+    have room for the 4 MiB left (the third nearly full): the resume goes
+    on, on both, where it was refused StorageFull (507/452)."""
+    await _interrupted_at_one_mib(env)
+    nodes = list(env.cluster.nodes.values())
+    for node in nodes:
+        node.capacity = node.used_bytes() + 6 * MiB
+    nodes[-1].capacity = nodes[-1].used_bytes() + MiB // 2
+    await env.transfers.pool.probe_all()
+    resumed = await env.transfers.open_write(
+        env.user, "/big.bin", MiB, expected_size=5 * MiB, resume=True
+    )
+    assert sorted(resumed.replicas) == sorted(n.name for n in nodes[:-1])
+    placed = {n.name: n.placed_bytes for n in env.transfers.pool.nodes()}
+    assert placed == {nodes[0].name: 4 * MiB, nodes[1].name: 4 * MiB, nodes[2].name: 0}
+    await resumed.interrupt()

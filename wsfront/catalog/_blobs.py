@@ -45,10 +45,6 @@ LIVE_REPLICA = (
     " AND n.state <> 'down' AND NOT (n.state = 'draining' AND n.last_error IS NOT NULL))"
 )
 _LIVE_COUNT = f"(SELECT COUNT(*) FROM replicas r WHERE r.blob_id = b.blob_id AND {LIVE_REPLICA})"
-#: Sealed referenced blobs with fewer live replicas than wanted (``status``),
-#: and those with none: unreadable until a server holding one is back.
-UNDER_REPLICATED_LIVE = f"b.sealed = 1 AND {_LIVE_COUNT} < b.wanted AND {REFERENCED}"
-UNAVAILABLE = f"b.sealed = 1 AND {_LIVE_COUNT} = 0 AND {REFERENCED}"
 
 #: How many paths of unavailable files ``replica_health`` names.
 UNAVAILABLE_PATHS = 10
@@ -132,35 +128,46 @@ def count_under_replicated(tx: Tx) -> int:
     return int(tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNDER_REPLICATED}"))
 
 
-def _files_where(tx: Tx, condition: str) -> tuple[int, list[int]]:
-    """How many committed files have an extent in a blob meeting
-    ``condition``, and the first ``UNAVAILABLE_PATHS`` of their inodes."""
-    files = (
-        "FROM inodes i JOIN version_extents ve ON ve.version_id = i.version_id"
-        f" JOIN blobs b ON b.blob_id = ve.blob_id WHERE {condition}"
-    )
-    count = int(tx.value(f"SELECT COUNT(DISTINCT i.inode) AS n {files}"))
-    rows = tx.all(f"SELECT DISTINCT i.inode {files} ORDER BY i.inode LIMIT ?", UNAVAILABLE_PATHS)
-    return count, [r["inode"] for r in rows]
-
-
 def replica_health(tx: Tx) -> dict[str, Any]:
     """What ``wsfs status`` says of the replicas, counting only those on
     servers that are up (``LIVE_REPLICA``): a file whose replicas are all
     on stopped servers is unavailable now, whatever the catalog's replica
     states (repair marks them lost only after its grace period).
     ``count_under_replicated`` (repair's, the metric's) counts ok replicas
-    wherever they are."""
-    under_files, _ = _files_where(tx, UNDER_REPLICATED_LIVE)
-    unavailable_files, inodes = _files_where(tx, UNAVAILABLE)
-    paths = [p for p in (path_of(tx, inode) for inode in inodes) if p is not None]
+    wherever they are.
+
+    One pass over the blobs and one over the files' extents (each live
+    count computed once per row), and the paths only when some file is
+    unavailable: five passes took ~10x as long on a large catalog."""
+    live = f"SELECT b.wanted AS wanted, {_LIVE_COUNT} AS live"
+    blobs = tx.one(
+        "SELECT COALESCE(SUM(CASE WHEN live < wanted THEN 1 ELSE 0 END), 0) AS under,"
+        " COALESCE(SUM(CASE WHEN live = 0 THEN 1 ELSE 0 END), 0) AS none"
+        f" FROM ({live} FROM blobs b WHERE b.sealed = 1 AND {REFERENCED}) x"
+    )
+    # A blob reached through a committed version's extent is referenced.
+    files = tx.one(
+        "SELECT COUNT(DISTINCT CASE WHEN live < wanted THEN inode END) AS under,"
+        " COUNT(DISTINCT CASE WHEN live = 0 THEN inode END) AS none"
+        f" FROM ({live}, i.inode AS inode FROM inodes i"
+        " JOIN version_extents ve ON ve.version_id = i.version_id"
+        " JOIN blobs b ON b.blob_id = ve.blob_id WHERE b.sealed = 1) x"
+    )
+    paths: list[str] = []
+    if files["none"]:
+        rows = tx.all(
+            "SELECT DISTINCT i.inode FROM inodes i"
+            " JOIN version_extents ve ON ve.version_id = i.version_id"
+            f" JOIN blobs b ON b.blob_id = ve.blob_id WHERE b.sealed = 1 AND {_LIVE_COUNT} = 0"
+            " ORDER BY i.inode LIMIT ?",
+            UNAVAILABLE_PATHS,
+        )
+        paths = [p for p in (path_of(tx, r["inode"]) for r in rows) if p is not None]
     return {
-        "under_replicated": int(
-            tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNDER_REPLICATED_LIVE}")
-        ),
-        "under_replicated_files": under_files,
-        "unavailable": int(tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNAVAILABLE}")),
-        "unavailable_files": unavailable_files,
+        "under_replicated": int(blobs["under"]),
+        "under_replicated_files": int(files["under"]),
+        "unavailable": int(blobs["none"]),
+        "unavailable_files": int(files["none"]),
         "unavailable_paths": paths,
     }
 

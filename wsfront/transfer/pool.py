@@ -156,6 +156,19 @@ class StoragePool:
         node = self._nodes.get(name)
         return node is not None and node.up
 
+    def silent(self, name: str) -> bool:
+        """Whether ``name`` is down and has answered no health probe for two
+        probe rounds (or never): frozen or gone, not a server that one
+        failed connection or one slow probe marked down a moment ago, which
+        is still worth waiting for (a takeover's fence, say)."""
+        node = self._nodes.get(name)
+        if node is None or node.up:
+            return False
+        if node.last_seen is None:
+            return True
+        quiet_for = self._clock.seconds() - node.last_seen
+        return quiet_for > 2 * (self._probe_interval + self._probe_timeout)
+
     def set_draining(self, name: str, draining: bool) -> None:
         """A draining server (``wsfs drain``) still serves reads, takes no new writes."""
         node = self._nodes.get(name)
@@ -226,6 +239,19 @@ class StoragePool:
             for n in chosen:
                 n.placed_bytes += size
         return [n.name for n in chosen]
+
+    def unplace(self, names: Iterable[str], size: int | None) -> None:
+        """Give back what ``choose`` counted as taken (``size`` bytes on each
+        of ``names``) for a blob that was not made after all: an upload
+        whose start found a pending one to take over instead, or failed.
+        Left counted, a resume would be refused for the space its own first
+        choice held (and each retry would hold more)."""
+        if not size:
+            return
+        for name in names:
+            node = self._nodes.get(name)
+            if node is not None:
+                node.placed_bytes = max(0, node.placed_bytes - size)
 
     def out_of_space(self, size: int | None = None, exclude: Iterable[str] = ()) -> bool:
         """Whether ``choose`` (with ``size``) found no server because every

@@ -600,7 +600,8 @@ class Transfers:
             offset = committed
         if offset > committed:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {committed}")
-        replicas = self._choose_replicas(_bytes_past(expected_size, offset))
+        size = _bytes_past(expected_size, offset)
+        replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
         try:
             upload = yield self.catalog.begin_upload(
@@ -619,7 +620,11 @@ class Transfers:
                 else entry.version.version_id,
             )  # fmt: skip
         except catalog_errors.PendingUploadExists as e:
+            self.pool.unplace(replicas, size)
             raise UploadBusy(str(e)) from e
+        except BaseException:
+            self.pool.unplace(replicas, size)  # VersionChanged (looks again), or failed
+            raise
         line = self._start_line(upload, user, full, offset, replicas)
         session = yield self._open_session(user, upload, committed, line)
         return session
@@ -637,7 +642,8 @@ class Transfers:
         inlineCallbacks: its own trampoline (a Deferred, a context copy, a
         callback chain) cost every small STOR ~15 calls for nothing."""
         full = self.full_path(user, vpath)
-        replicas = self._choose_replicas(None if append else _bytes_past(expected_size, offset))
+        size = None if append else _bytes_past(expected_size, offset)
+        replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
         try:
             started = yield self.catalog.start_upload(
@@ -654,6 +660,9 @@ class Transfers:
                 durable=durable,
             )
         except catalog_errors.PendingUploadExists as e:
+            # No new upload: what choose counted for it is not taken (the
+            # takeover places its own blob, and must not see it as taken).
+            self.pool.unplace(replicas, size)
             upload = e.upload
             if upload is None:
                 raise UploadBusy(str(e)) from e
@@ -668,7 +677,11 @@ class Transfers:
             )
             return session
         except catalog_errors.InvalidOffset as e:
+            self.pool.unplace(replicas, size)
             raise OffsetTooLarge(str(e)) from e
+        except BaseException:
+            self.pool.unplace(replicas, size)
+            raise
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
         session = self._open_session_at_once(user, upload, started.committed_size, line)
@@ -819,16 +832,21 @@ class Transfers:
         epoch (its current blob is in no extent until one is fenced, so an
         unfenced replica is never read).
 
-        A replica on a server the pool marks down misses the fence at once,
-        as it would after the storage client's idle timeout (10 s): the
-        resume no longer waits that long for a server known to be frozen
-        or gone."""
+        A replica on a server the pool has heard nothing from for two probe
+        rounds (``StoragePool.silent``) misses the fence at once, as it
+        would after the storage client's idle timeout (10 s): the resume no
+        longer waits that long for a server known to be frozen or gone.  One
+        marked down a moment ago by a failed connection or a slow probe is
+        still fenced: it may well answer, and a replica that misses the
+        fence is lost to the upload."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
 
         @inlineCallbacks
         def fence_one(node: str):
-            if not self.pool.is_up(node):
-                raise storage_errors.NodeUnavailable(f"storage server {node} is marked down")
+            if self.pool.silent(node):
+                raise storage_errors.NodeUnavailable(
+                    f"storage server {node} is down and has answered no health probe lately"
+                )
             client = self.pool.client(node)
             try:
                 try:
