@@ -236,6 +236,34 @@ async def test_put_preconditions_protect_the_current_version(env):
     assert r.code == 201
 
 
+def another_put_first(env, monkeypatch, method: str) -> list:
+    """Make the catalog's ``method`` (the second transaction of a checked
+    request) first let another client's PUT of b"theirs" to /race commit,
+    once: the race between a request's look and its action, made certain.
+    Returns a list that then holds that PUT's response."""
+    real = getattr(env.catalog, method)
+    theirs: list = []
+    started: list = []
+
+    def after_another_put(*args, **kwargs):
+        if started:
+            return real(*args, **kwargs)
+        started.append(True)
+        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
+        d.addCallback(theirs.append)
+        d.addCallback(lambda _: real(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, method, after_another_put)
+    return theirs
+
+
+async def etag_of_race(env) -> str:
+    await put(env, "/race", b"one")
+    r, _ = await get(env, "/race")
+    return header(r, "ETag")
+
+
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("condition", ["If-Match", "If-None-Match"])
 async def test_a_put_whose_precondition_held_loses_to_a_commit_before_its_start(
@@ -246,28 +274,10 @@ async def test_a_put_whose_precondition_held_loses_to_a_commit_before_its_start(
     must not be overwritten (a lost update, or a "create only" PUT
     replacing a file that appeared).  The start finds the version changed,
     the precondition is judged again and fails: 412, their bytes kept."""
-    if condition == "If-Match":
-        await put(env, "/race", b"one")
-        r, _ = await get(env, "/race")
-        value = header(r, "ETag")
-    else:
-        value = "*"
-    begin = env.catalog.begin_upload
-    slipped_in = []
-    theirs_started = []
-
-    def begin_after_another_put(*args, **kwargs):
-        if theirs_started:
-            return begin(*args, **kwargs)
-        theirs_started.append(True)
-        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
-        d.addCallback(slipped_in.append)
-        d.addCallback(lambda _: begin(*args, **kwargs))
-        return d
-
-    monkeypatch.setattr(env.catalog, "begin_upload", begin_after_another_put)
+    value = await etag_of_race(env) if condition == "If-Match" else "*"
+    theirs = another_put_first(env, monkeypatch, "begin_upload")
     r = await put(env, "/race", b"mine", {condition: value})
-    assert slipped_in and slipped_in[0].code in (201, 204)
+    assert theirs and theirs[0].code in (201, 204)
     assert r.code == 412
     _, body = await get(env, "/race")
     assert body == b"theirs"
@@ -278,21 +288,9 @@ async def test_a_plain_put_that_looked_again_answers_for_the_file_it_replaced(en
     """A PUT to a new path whose start found a file created meanwhile looks
     again and replaces it: 204 (a file was there), not the 201 of its
     first look."""
-    begin = env.catalog.begin_upload
-    theirs = []
-
-    def begin_after_another_put(*args, **kwargs):
-        if theirs:
-            return begin(*args, **kwargs)
-        theirs.append(None)
-        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
-        d.addCallback(theirs.append)
-        d.addCallback(lambda _: begin(*args, **kwargs))
-        return d
-
-    monkeypatch.setattr(env.catalog, "begin_upload", begin_after_another_put)
+    theirs = another_put_first(env, monkeypatch, "begin_upload")
     r = await put(env, "/race", b"mine")
-    assert theirs[1].code == 201
+    assert theirs[0].code == 201
     assert r.code == 204
     assert header(r, "Location") is None
     _, body = await get(env, "/race")
@@ -305,24 +303,10 @@ async def test_a_delete_whose_if_match_held_loses_to_a_commit_before_it_runs(env
     transaction: a PUT committing in between must not be deleted with the
     version the client meant.  The removal finds the version changed, the
     precondition is judged again and fails: 412, the new file kept."""
-    await put(env, "/race", b"one")
-    r, _ = await get(env, "/race")
-    etag = header(r, "ETag")
-    delete = env.catalog.delete
-    slipped_in = []
-
-    def delete_after_another_put(*args, **kwargs):
-        if slipped_in:
-            return delete(*args, **kwargs)
-        slipped_in.append(None)
-        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
-        d.addCallback(slipped_in.append)
-        d.addCallback(lambda _: delete(*args, **kwargs))
-        return d
-
-    monkeypatch.setattr(env.catalog, "delete", delete_after_another_put)
+    etag = await etag_of_race(env)
+    theirs = another_put_first(env, monkeypatch, "delete")
     r = await env.request("DELETE", "/race", headers={"If-Match": etag})
-    assert slipped_in[1].code == 204
+    assert theirs[0].code == 204
     assert r.code == 412
     _, body = await get(env, "/race")
     assert body == b"theirs"
@@ -333,25 +317,10 @@ async def test_a_move_whose_if_match_held_loses_to_a_commit_before_it_runs(env, 
     """As for DELETE: a PUT committing between If-Match's look and the
     rename is not moved away under the version the client judged: 412,
     the new file stays where it was."""
-    await put(env, "/race", b"one")
-    r, _ = await get(env, "/race")
-    etag = header(r, "ETag")
-    rename = env.catalog.rename
-    slipped_in = []
-
-    def rename_after_another_put(*args, **kwargs):
-        if slipped_in:
-            return rename(*args, **kwargs)
-        slipped_in.append(None)
-        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
-        d.addCallback(slipped_in.append)
-        d.addCallback(lambda _: rename(*args, **kwargs))
-        return d
-
-    monkeypatch.setattr(env.catalog, "rename", rename_after_another_put)
-    headers = {"Destination": "/moved", "If-Match": etag}
-    r = await env.request("MOVE", "/race", headers=headers)
-    assert slipped_in[1].code == 204
+    etag = await etag_of_race(env)
+    theirs = another_put_first(env, monkeypatch, "rename")
+    r = await env.request("MOVE", "/race", headers={"Destination": "/moved", "If-Match": etag})
+    assert theirs[0].code == 204
     assert r.code == 412
     _, body = await get(env, "/race")
     assert body == b"theirs"
