@@ -30,6 +30,7 @@ from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
+from wsstorage.reserve import human_bytes
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
@@ -58,13 +59,7 @@ def _blobs_and_files(blobs: int, files: int) -> str:
 
 
 def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    return "-" if n is None else human_bytes(n)
 
 
 #: How long ``wsfs status`` notes a server found on a new data directory.

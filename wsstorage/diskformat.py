@@ -300,10 +300,6 @@ def format_record(block_size: int) -> bytes:
     )
 
 
-#: A store id: 32 lowercase hex digits (128 random bits).
-STORE_ID = STORE_ID_RE
-
-
 @attrs.frozen
 class StoreIdentity:
     """Which data directory a store is: a random id given when the store
@@ -340,7 +336,7 @@ class StoreIdentity:
             store_id, created = d["store_id"], float(d["created"])
         except (ValueError, KeyError, TypeError) as e:
             raise FormatError(f"{path}: not a wsfs store IDENTITY file ({e})") from e
-        if not isinstance(store_id, str) or not STORE_ID.fullmatch(store_id):
+        if not isinstance(store_id, str) or not STORE_ID_RE.fullmatch(store_id):
             raise FormatError(f"{path}: store id {store_id!r} is not 32 hex digits")
         if not math.isfinite(created):
             raise FormatError(f"{path}: creation time {created!r} is not a time")

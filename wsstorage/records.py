@@ -72,7 +72,8 @@ class Health:
     store_created: float | None = None
 
 
-#: A store id as a health answer carries it (``diskformat.STORE_ID``).
+#: A store id (``diskformat.StoreIdentity``): 32 lowercase hex digits, 128
+#: random bits, in the IDENTITY file and in health answers alike.
 STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 

@@ -86,13 +86,14 @@ def below_reserve_problem(free: int, reserve: int) -> str | None:
     reserve of ``reserve`` bytes, or None if it is not below it."""
     if free >= reserve:
         return None
-    return f"free space ({_human(free)}) is below the reserve ({_human(reserve)})"
+    return f"free space ({human_bytes(free)}) is below the reserve ({human_bytes(reserve)})"
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"  # pragma: no cover
+def human_bytes(n: float) -> str:
+    """``512 B``, ``1.5 MiB``, ``2.0 TiB``: a size as operators read it (the
+    reserve's problem text, ``wsfs status``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
