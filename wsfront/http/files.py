@@ -16,10 +16,8 @@ from wsfront.http import conditional
 from wsfront.http.destination import destination, destination_error
 from wsfront.http.errors_map import HttpError
 from wsfront.http.request import StreamingRequest
+from wsfront.transfer.service import judged_on_one_version
 
-#: Looks at a file whose removal its preconditions were judged on, in a row
-#: (another client may commit in between each time).
-CHECKED_ATTEMPTS = 3
 ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
 
 ALLOWED_ON_EXISTING = ", ".join(m for m in ALLOWED.split(", ") if m != "MKCOL")
@@ -141,29 +139,31 @@ def view_target(context, user, target: paths.HttpTarget):
 @inlineCallbacks
 def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
     """DELETE; with preconditions, of the version they were judged on: a
-    commit between the look and the removal (VersionChanged) means look
-    and judge again, so an If-Match never removes a newer file."""
+    commit between the look and the removal means look and judge again
+    (``judged_on_one_version``), so an If-Match never removes a newer file."""
     yield request.discard_body()
     if target.path == "/":
         raise HttpError(403, "the root cannot be deleted")
-    for attempt in range(CHECKED_ATTEMPTS):
-        view = yield view_target(context, user, target)
-        check_write_preconditions(request, view.committed)
-        info = view.committed or view.pending
-        if info is None:
-            raise HttpError(404, "no such file or directory")
-        if info.is_dir:
-            yield context.transfers.rmdir(user, target.path)
-            break
-        judged = view.committed.etag if view.committed and has_preconditions(request) else None
-        try:
-            yield context.transfers.delete(user, target.path, expected_etag=judged)
-        except catalog_errors.VersionChanged:
-            if attempt + 1 < CHECKED_ATTEMPTS:
-                continue
-            raise HttpError(409, "the file kept changing while it was deleted") from None
-        break
+    yield judged_on_one_version(
+        lambda: _delete_once(context, request, user, target),
+        lambda: HttpError(409, "the file kept changing while it was deleted"),
+    )
     request.respond(204)
+
+
+@inlineCallbacks
+def _delete_once(context, request, user, target):
+    """One look, judgement and removal of ``delete``."""
+    view = yield view_target(context, user, target)
+    check_write_preconditions(request, view.committed)
+    info = view.committed or view.pending
+    if info is None:
+        raise HttpError(404, "no such file or directory")
+    if info.is_dir:
+        yield context.transfers.rmdir(user, target.path)
+        return
+    judged = view.committed.etag if view.committed and has_preconditions(request) else None
+    yield context.transfers.delete(user, target.path, expected_etag=judged)
 
 
 @inlineCallbacks
@@ -199,15 +199,11 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
     if target.path == "/" or dest.path == "/":
         raise HttpError(403, "the root cannot be moved")
     overwrite = overwrite_of(request)
-    for attempt in range(CHECKED_ATTEMPTS):
-        try:
-            moved = yield _move_once(context, request, user, target, dest, overwrite)
-        except catalog_errors.VersionChanged:
-            if attempt + 1 < CHECKED_ATTEMPTS:
-                continue
-            raise HttpError(409, "the file kept changing while it was moved") from None
-        request.respond(204 if moved else 201)
-        return
+    moved = yield judged_on_one_version(
+        lambda: _move_once(context, request, user, target, dest, overwrite),
+        lambda: HttpError(409, "the file kept changing while it was moved"),
+    )
+    request.respond(204 if moved else 201)
 
 
 @inlineCallbacks

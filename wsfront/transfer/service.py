@@ -47,9 +47,28 @@ from wsstorage.client import PUT_MAX
 
 log = Logger()
 
-#: Starts of a checked upload (``open_write``'s ``check``) in a row that may
-#: find the file changed since their look; the last such is UploadBusy.
-CHECKED_START_ATTEMPTS = 3
+#: Looks at a path whose action its check judged (an upload's start with
+#: ``open_write``'s ``check``, an HTTP DELETE or MOVE with preconditions)
+#: in a row: another client may commit between each look and its action.
+CHECKED_ATTEMPTS = 3
+
+
+@inlineCallbacks
+def judged_on_one_version(attempt: Callable[[], Any], exhausted: Callable[[], Exception]):
+    """``attempt()``: a look at a path, a judgement of it, and an action that
+    names the version judged, whose catalog transaction raises
+    VersionChanged if another commit came in between, changing nothing.
+    Then the path is looked at and judged again, as it is now; after
+    ``CHECKED_ATTEMPTS`` such, ``exhausted()`` is raised.  Fires with what
+    the attempt that acted fired with."""
+    for n in range(CHECKED_ATTEMPTS):
+        try:
+            result = yield attempt()
+        except catalog_errors.VersionChanged as e:
+            if n + 1 < CHECKED_ATTEMPTS:
+                continue
+            raise exhausted() from e
+        return result
 
 
 @attrs.frozen
@@ -557,17 +576,13 @@ class Transfers:
         which version the check judged, and a commit in between (another
         client's append, say) is VersionChanged there, nothing started.
         Then the file is looked at and judged again, as it is now."""
-        for attempt in range(CHECKED_START_ATTEMPTS):
-            try:
-                session = yield self._open_write_checked(
-                    user, vpath, offset, append, declared_length, meta, check, resume,
-                    expected_size,
-                )  # fmt: skip
-            except catalog_errors.VersionChanged as e:
-                if attempt + 1 < CHECKED_START_ATTEMPTS:
-                    continue
-                raise UploadBusy(f"{vpath} changed while its upload started; try again") from e
-            return session
+        session = yield judged_on_one_version(
+            lambda: self._open_write_checked(
+                user, vpath, offset, append, declared_length, meta, check, resume, expected_size
+            ),
+            lambda: UploadBusy(f"{vpath} changed while its upload started; try again"),
+        )
+        return session
 
     @inlineCallbacks
     def _open_write_checked(
@@ -604,27 +619,27 @@ class Transfers:
         replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
         try:
-            upload = yield self.catalog.begin_upload(
-                user.name,
-                full,
-                base_length=offset,
-                blob_id=blob_id,
-                replicas=list(replicas),
-                wanted_replicas=self.settings.replicas,
-                owner=self.name,
-                expires_at=self._expiry(),
-                declared_length=declared_length,
-                meta=dict(meta or {}),
-                check_version=True,
-                expected_version_id=None if entry is None or entry.version is None
-                else entry.version.version_id,
+            upload = yield self._unplaced_unless_started(
+                self.catalog.begin_upload(
+                    user.name,
+                    full,
+                    base_length=offset,
+                    blob_id=blob_id,
+                    replicas=list(replicas),
+                    wanted_replicas=self.settings.replicas,
+                    owner=self.name,
+                    expires_at=self._expiry(),
+                    declared_length=declared_length,
+                    meta=dict(meta or {}),
+                    check_version=True,
+                    expected_version_id=None if entry is None or entry.version is None
+                    else entry.version.version_id,
+                ),
+                replicas,
+                size,
             )  # fmt: skip
         except catalog_errors.PendingUploadExists as e:
-            self.pool.unplace(replicas, size)
             raise UploadBusy(str(e)) from e
-        except BaseException:
-            self.pool.unplace(replicas, size)  # VersionChanged (looks again), or failed
-            raise
         line = self._start_line(upload, user, full, offset, replicas)
         session = yield self._open_session(user, upload, committed, line)
         return session
@@ -646,23 +661,24 @@ class Transfers:
         replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
         try:
-            started = yield self.catalog.start_upload(
-                user.name,
-                full,
-                offset=None if append else offset,
-                blob_id=blob_id,
-                replicas=list(replicas),
-                wanted_replicas=self.settings.replicas,
-                owner=self.name,
-                expires_at=self._expiry(),
-                declared_length=declared_length,
-                meta=dict(meta or {}),
-                durable=durable,
+            started = yield self._unplaced_unless_started(
+                self.catalog.start_upload(
+                    user.name,
+                    full,
+                    offset=None if append else offset,
+                    blob_id=blob_id,
+                    replicas=list(replicas),
+                    wanted_replicas=self.settings.replicas,
+                    owner=self.name,
+                    expires_at=self._expiry(),
+                    declared_length=declared_length,
+                    meta=dict(meta or {}),
+                    durable=durable,
+                ),
+                replicas,
+                size,
             )
         except catalog_errors.PendingUploadExists as e:
-            # No new upload: what choose counted for it is not taken (the
-            # takeover places its own blob, and must not see it as taken).
-            self.pool.unplace(replicas, size)
             upload = e.upload
             if upload is None:
                 raise UploadBusy(str(e)) from e
@@ -677,11 +693,7 @@ class Transfers:
             )
             return session
         except catalog_errors.InvalidOffset as e:
-            self.pool.unplace(replicas, size)
             raise OffsetTooLarge(str(e)) from e
-        except BaseException:
-            self.pool.unplace(replicas, size)
-            raise
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
         session = self._open_session_at_once(user, upload, started.committed_size, line)
@@ -723,6 +735,22 @@ class Transfers:
             self._refuse_if_out_of_space(size)
             raise NoReplicasAvailable("no storage server is available")
         return replicas
+
+    def _unplaced_unless_started(self, d, replicas: tuple[str, ...], size: int | None):
+        """``d``, a catalog start of a new blob of ``size`` bytes on
+        ``replicas``; if it fails, no blob was made, so what ``choose``
+        counted for it is given back (``StoragePool.unplace``): a resume
+        found instead (PendingUploadExists) places its own blob, a start
+        that finds the version changed chooses again, and neither must
+        see its own first choice as taken."""
+        if size:
+
+            def give_back(failure):
+                self.pool.unplace(replicas, size)
+                return failure
+
+            d.addErrback(give_back)
+        return d
 
     def _refuse_if_out_of_space(self, size: int | None) -> None:
         """StorageFull if no server that is up has room for a new blob of
