@@ -10,6 +10,7 @@ this machine.
     python bench/ftp.py                 # the issue's sizes (1 GiB, 200 x 10 MiB, 1000 x 4 KiB)
     python bench/ftp.py --quick         # small sizes, a smoke run
     python bench/ftp.py --layout procs --workloads clients --rounds 3
+    python bench/ftp.py --layout procs --storage-sockets tcp   # storage as if on other hosts
 
 Two wsfs layouts: ``procs`` runs three ``twistd -n wsstorage`` processes and
 one ``twistd -n wsfront`` alone (so its peak RSS is the front end's own),
@@ -72,6 +73,21 @@ def wait_port(
     raise SystemExit(f"nothing listens on {port}")
 
 
+def wait_socket(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until a UNIX socket at ``path`` accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {path}")
+
+
 def peak_rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
@@ -131,12 +147,29 @@ class WsfsProcs(Server):
 
     name = "wsfs-procs"
 
+    #: How the front end reaches the storage servers: "unix" (UNIX sockets,
+    #: what a front end on the same host uses, as wslocal does and as
+    #: bench/http.py's procs layout does by default) or "tcp" (127.0.0.1,
+    #: the layout before, standing in for servers on hosts of their own).
+    sockets = "unix"
+
     def __init__(self, workdir: Path, replicas: int, nodes: int) -> None:
         super().__init__(workdir)
         self.replicas = str(replicas)
         self.nodes = nodes
         self.fsync = "fsync at checkpoints (8 MiB / 2 s) and before 226"
         self.storage: list[subprocess.Popen] = []
+
+    def _endpoints(self, base: Path, name: str) -> tuple[str, str, int | Path]:
+        """A storage server's listening and client endpoint, and the port or
+        socket path to wait for (TCP when a UNIX path would be too long)."""
+        sock = base / f"{name}.sock"
+        if self.sockets == "unix" and len(os.fsencode(sock)) <= 103:
+            return f"unix:address={sock}:mode=600:lockfile=0", f"unix:path={sock}", sock
+        if self.sockets == "unix":
+            print(f"{sock}: too long a path for a UNIX socket: {name} on TCP", file=sys.stderr)
+        port = free_port()
+        return f"tcp:{port}:interface=127.0.0.1", f"tcp:127.0.0.1:{port}", port
 
     def start(self) -> None:
         base = self.workdir / "procs"
@@ -148,16 +181,20 @@ class WsfsProcs(Server):
                   "--nodaemon", "--pidfile="]  # fmt: skip
         specs = []
         for i in range(1, self.nodes + 1):
-            port, name = free_port(), f"s{i}"
+            name = f"s{i}"
+            listen, connect, where = self._endpoints(base, name)
             with open(base / f"{name}.log", "wb") as log:
                 proc = subprocess.Popen(
-                    [*twistd, "wsstorage", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                    [*twistd, "wsstorage", "--listen", listen,
                      "--data", str(base / name), "--name", name, "--secret-file", str(secret)],
                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd=base,
                 )  # fmt: skip
             self.storage.append(proc)
-            wait_port(port, proc)
-            specs += ["--storage", f"{name}=tcp:127.0.0.1:{port}"]
+            if isinstance(where, Path):
+                wait_socket(where, proc)
+            else:
+                wait_port(where, proc)
+            specs += ["--storage", f"{name}={connect}"]
         catalog = f"sqlite:///{base / 'catalog.sqlite'}"
         self.user, self.password = "bench", "bench-password"
         subprocess.run(
@@ -644,6 +681,14 @@ def main() -> None:
         "front end as separate processes), wslocal (one process)",
     )
     p.add_argument("--workloads", default="big,clients,small", help="subset of big,clients,small")
+    p.add_argument(
+        "--storage-sockets",
+        choices=("unix", "tcp"),
+        default="unix",
+        help="how the procs layout's front end reaches its storage servers: UNIX sockets "
+        "(the default, as a front end on the same host does, and as bench/http.py's) or "
+        "TCP on 127.0.0.1 (standing in for storage servers on hosts of their own)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians shown)")
     p.add_argument(
         "--durable-reference",
@@ -674,10 +719,13 @@ def main() -> None:
     if args.quick:
         args.size_mib, args.clients, args.client_mib, args.small = 64, 20, 2, 200
     workdir = Path(tempfile.mkdtemp(prefix="wsfs-bench-", dir=args.dir))
+    WsfsProcs.sockets = args.storage_sockets
     layouts = {"procs": WsfsProcs, "wslocal": Wsfs}
     kinds = [layouts[name] for name in args.layout.split(",")]
     rounds: dict[str, list[dict]] = {}
     print(f"load average at start: {loadavg()}", flush=True)
+    if "procs" in args.layout.split(","):
+        print(f"procs layout's storage: {args.storage_sockets} sockets", flush=True)
     print(f"file create in {workdir}: {create_cost_ms(workdir):.3f} ms", flush=True)
     try:
         for r in range(args.rounds):
