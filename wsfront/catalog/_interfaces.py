@@ -54,8 +54,9 @@ class ICatalog(Interface):
         whose id is in ``spare`` (held by a session of the caller's front
         end, whatever its row says) is never abandoned so.  IsADirectory,
         NotFound; VersionChanged unless the committed version still has
-        ``expected_etag``, if given.  Fires with the id of the upload so
-        abandoned, else None."""
+        ``expected_etag``, if given (``records.NOTHING_COMMITTED``: unless
+        it still has none).  Fires with the id of the upload so abandoned,
+        else None."""
 
     def rename(src, dst, replace=False, *, user=None, spare=(), expected_etag=None):
         """Move one entry (file or directory, no data).  Exists when ``dst``
@@ -65,7 +66,8 @@ class ICatalog(Interface):
         PendingUploadExists; a directory is never replaced); InvalidMove into its own
         subtree; NotFound; NotADirectory; RootBusy for a directory that is
         a user's root or holds one; VersionChanged unless the file ``src``
-        still has the committed version ``expected_etag``, if given.  Fires
+        still has the committed version ``expected_etag``, if given
+        (``records.NOTHING_COMMITTED``: unless it still has none).  Fires
         with the new Entry."""
 
     # -- upload sessions -----------------------------------------------------
