@@ -102,8 +102,9 @@ class FrontendCollector(Collector):
 
     ``ftp`` is the ``FTPFactory`` (or just its ``FTPStats``), ``http`` an
     ``HttpCounters``; either may be None when that protocol is off.
-    ``snapshot`` supplies the catalog-wide numbers (under-replicated blobs,
-    live uploads per front end, repair backlog) as last refreshed.  ``gc``
+    ``snapshot`` supplies the catalog-wide numbers (under-replicated and
+    unavailable blobs and files as ``wsfs status`` counts them, live
+    uploads per front end, repair backlog) as last refreshed.  ``gc``
     is the front end's ``GarbageCollector`` (its maintenance service's),
     whose counters move only while this front end holds the maintenance
     lease: sum them over the front ends.
@@ -303,12 +304,21 @@ class FrontendCollector(Collector):
 
     def _catalog(self) -> Iterator[Metric]:
         snap = self.snapshot
-        if snap.under_replicated is not None:
-            yield GaugeMetricFamily(
-                "wsfs_under_replicated_blobs",
-                "Sealed, referenced blobs with fewer ok replicas than wanted (repair backlog).",
-                value=snap.under_replicated,
-            )
+        # The counts of ``wsfs status`` (one query, replica_health): a
+        # replica counts only on a server not recorded down.
+        health = (
+            ("wsfs_under_replicated_blobs", snap.under_replicated,
+             "Sealed, referenced blobs with fewer ok replicas on servers not down than wanted."),
+            ("wsfs_under_replicated_files", snap.under_replicated_files,
+             "Files with a blob among wsfs_under_replicated_blobs."),
+            ("wsfs_unavailable_blobs", snap.unavailable,
+             "Sealed, referenced blobs with no ok replica on a server not down (unreadable)."),
+            ("wsfs_unavailable_files", snap.unavailable_files,
+             "Files with a blob among wsfs_unavailable_blobs (unreadable now)."),
+        )  # fmt: skip
+        for name, count, doc in health:
+            if count is not None:
+                yield GaugeMetricFamily(name, doc, value=count)
         live = GaugeMetricFamily(
             "wsfs_live_uploads",
             "Pending uploads in the catalog by owning front end and state.",

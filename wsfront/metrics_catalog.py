@@ -48,8 +48,20 @@ class LatencyHistogram:
         return [(repr(b), c) for b, c in zip(self.buckets, self.counts)] + [("+Inf", self.count)]
 
 
+#: The counts of ``ICatalog.replica_health`` a snapshot keeps: what ``wsfs
+#: status`` shows, by replicas on servers not recorded down.
+HEALTH_COUNTS = ("under_replicated", "under_replicated_files", "unavailable", "unavailable_files")
+
+
 class CatalogSnapshot:
-    """Under-replicated count, live uploads and the repair backlog, cached."""
+    """Replica health, live uploads and the repair backlog, cached.
+
+    The replica counts come from ``replica_health``, the very query of
+    ``wsfs status``: a replica counts only on a server the registry does
+    not record down, so while servers are down the metrics, the status
+    page and ``wsfs status`` say the same (repair's own backlog,
+    ``count_under_replicated``, keeps counting ok replicas wherever they
+    are until its grace period ends)."""
 
     def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0) -> None:
         self._clock = clock
@@ -57,6 +69,9 @@ class CatalogSnapshot:
         self.ttl = ttl
         self.refreshed_at: float | None = None
         self.under_replicated: int | None = None
+        self.under_replicated_files: int | None = None
+        self.unavailable: int | None = None
+        self.unavailable_files: int | None = None
         self.uploads: list = []
         self.jobs: Counter[tuple[str, str]] = Counter()
         self.errors = 0
@@ -83,7 +98,7 @@ class CatalogSnapshot:
     def _query(self) -> None:
         started = time.monotonic()
         queries = [
-            self._catalog.count_under_replicated(),
+            self._catalog.replica_health(),
             self._catalog.list_uploads(),
             self._catalog.list_jobs([JOB_QUEUED, JOB_RUNNING]),
         ]
@@ -92,13 +107,14 @@ class CatalogSnapshot:
 
     def _got(self, results: list[tuple[bool, Any]], started: float) -> None:
         self.latency.observe(time.monotonic() - started)
-        (ok_count, count), (ok_uploads, uploads), (ok_jobs, jobs) = results
+        (ok_health, health), (ok_uploads, uploads), (ok_jobs, jobs) = results
         for ok, value in results:
             if not ok:
                 self.errors += 1
                 log.warn("catalog snapshot query failed: {err}", err=value.value)
-        if ok_count:
-            self.under_replicated = int(count)
+        if ok_health:
+            for name in HEALTH_COUNTS:
+                setattr(self, name, int(health[name]))
         if ok_uploads:
             self.uploads = list(uploads)
         if ok_jobs:

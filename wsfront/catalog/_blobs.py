@@ -132,9 +132,10 @@ def replica_health(tx: Tx) -> dict[str, Any]:
     """What ``wsfs status`` says of the replicas, counting only those on
     servers that are up (``LIVE_REPLICA``): a file whose replicas are all
     on stopped servers is unavailable now, whatever the catalog's replica
-    states (repair marks them lost only after its grace period).
-    ``count_under_replicated`` (repair's, the metric's) counts ok replicas
-    wherever they are.
+    states (repair marks them lost only after its grace period).  The
+    metrics and the status page show these counts too (``replica_health``
+    of the catalog, through their snapshot); ``count_under_replicated``
+    (repair's) counts ok replicas wherever they are.
 
     Each sealed blob's live replicas are counted once per query, and only
     the blobs short of them are looked up further (referenced? in which

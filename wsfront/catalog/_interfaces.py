@@ -237,7 +237,14 @@ class ICatalog(Interface):
         with fewer ok replicas than wanted."""
 
     def count_under_replicated():
-        """Fire with the number of such blobs."""
+        """Fire with the number of such blobs (ok replicas wherever they
+        are: repair's count)."""
+
+    def replica_health():
+        """Fire with the replica counts of ``status`` (under_replicated,
+        under_replicated_files, unavailable, unavailable_files,
+        unavailable_paths), by replicas on servers not recorded down: the
+        one query ``wsfs status``, the metrics and the status page share."""
 
     def collectable_blobs(limit=100):
         """Fire with up to ``limit`` BlobRecords no version and no live upload
