@@ -15,7 +15,7 @@ from twisted.internet import defer
 
 from tests.http_env import MiB, payload
 from tests.status_env import StatusEnv, value
-from tests.support import python_env
+from tests.support import python_env, require_tool
 from tests.transfer_env import Feeder, PausingCollector, sha256
 from wsfront.ftp.factory import FTPStats
 from wsfront.metrics import make_registry
@@ -292,3 +292,42 @@ async def test_metrics_and_the_status_page_count_live_replicas_as_wsfs_status_do
         st["under_replicated"],
         st["unavailable"],
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_methods_are_counted_apart_from_the_servers_5xx_answers(env):
+    """A scanner's junk methods get 501 on the wire (curl, before any
+    login; a tus ``X-HTTP-Method-Override`` too), counted in
+    ``wsfs_http_unknown_methods_total``, not as 5xx answers of
+    ``wsfs_http_requests_total``, which a server-error alert watches; a
+    known method the resource does not allow stays a 405 there."""
+    from wsfront.http.tus import TusEndpoint
+
+    env.site.mount("uploads", TusEndpoint())
+    before = await env.scrape()
+    curl = require_tool("curl")
+    for method in ("BREW", "FROBNICATE"):
+        out, err, code = await env.run(
+            [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, env.url("/f")]
+        )
+        assert (code, out) == (0, b"501"), err
+    r = await env.request(
+        "POST",
+        "/-/uploads/",
+        headers={"X-HTTP-Method-Override": "BREW", "Tus-Resumable": "1.0.0"},
+        auth=False,
+    )
+    await r.content()
+    assert r.code == 501
+    r = await env.request("TRACE", "/f")
+    await r.content()
+    assert r.code == 405
+    after = await env.scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("wsfs_http_unknown_methods_total") == 3
+    assert delta("wsfs_http_requests_total", method="other", code="405") == 1
+    codes = [dict(labels)["code"] for name, labels in after if name == "wsfs_http_requests_total"]
+    assert codes and not [c for c in codes if c.startswith("5")], codes

@@ -55,11 +55,17 @@ class HttpCounters:
     tus PATCH (one chunk); the server's own ``/-/`` pages are requests but
     not transfers.  A request that carries ``started_at`` (reactor seconds
     at dispatch) also lands in the latency histogram.
+
+    A 501 for a method wsfs does not know (``request.unknown_method``) is
+    a client's doing, not a server error: it is counted in
+    ``unknown_methods`` and left out of ``requests``, so an alert on the
+    rate of 5xx answers does not fire for a scanner sending junk methods.
     """
 
     def __init__(self, clock=None) -> None:
         self._clock = clock
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.unknown_methods = 0
         self.bytes_out = 0
         self.bytes_in = 0
         self.downloads = 0
@@ -76,7 +82,10 @@ class HttpCounters:
         if method not in _METHODS:
             method = "other"
         code = int(getattr(request, "code", 0) or 0)
-        self.requests[(method, str(code))] += 1
+        if code == 501 and getattr(request, "unknown_method", False):
+            self.unknown_methods += 1
+        else:
+            self.requests[(method, str(code))] += 1
         self.bytes_out += int(getattr(request, "sentLength", 0) or 0)
         self.bytes_in += int(getattr(request, "body_received", 0) or 0)
         if 200 <= code < 300:
@@ -265,6 +274,12 @@ class FrontendCollector(Collector):
             for (method, code), n in sorted(http.requests.items()):
                 requests.add_metric([method, code], n)
             yield requests
+            yield CounterMetricFamily(
+                "wsfs_http_unknown_methods",
+                "Requests refused 501 for a method wsfs does not know: a client's doing, "
+                "not among wsfs_http_requests_total's 5xx answers.",
+                value=http.unknown_methods,
+            )
             if http.latency.count:
                 yield _histogram(
                     "wsfs_http_request_duration_seconds",
