@@ -269,7 +269,9 @@ class FrontendCollector(Collector):
                 )  # fmt: skip
         if http is not None:
             requests = CounterMetricFamily(
-                "wsfs_http_requests", "Finished HTTP requests.", labels=["method", "code"]
+                "wsfs_http_requests",
+                "Finished HTTP requests (unknown methods' 501s: wsfs_http_unknown_methods).",
+                labels=["method", "code"],
             )
             for (method, code), n in sorted(http.requests.items()):
                 requests.add_metric([method, code], n)
