@@ -355,6 +355,14 @@ class FrontendCollector(Collector):
         yield CounterMetricFamily(
             "wsfs_catalog_snapshot_errors", "Failed catalog queries for metrics.", value=snap.errors
         )
+        age = snap.age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "wsfs_catalog_snapshot_age_seconds",
+                "Age of the catalog numbers shown (replica counts, uploads, jobs): a scrape "
+                "waits at most 1 s for new ones, then shows the last while the query goes on.",
+                value=age,
+            )
         if snap.latency.count:
             yield _histogram(
                 "wsfs_catalog_query_duration_seconds",
@@ -387,7 +395,8 @@ def metrics_endpoint(
     Open by default, as Prometheus scrapers expect (the numbers name no
     user or file); ``require_admin`` asks for an administrator's Basic
     credentials instead.  The catalog snapshot is refreshed (at most once
-    per its ttl) before the registry is rendered.
+    per its ttl, waiting at most its ``wait`` for a slow catalog) before
+    the registry is rendered.
     """
     from wsfront.http.errors_map import HttpError
 

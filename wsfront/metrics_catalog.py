@@ -4,8 +4,9 @@ Prometheus collectors run synchronously at scrape time and the status page
 polls every second; neither may put a catalog query on every request of
 every watcher.  ``CatalogSnapshot`` asks the catalog at most once per
 ``ttl`` seconds (concurrent askers share one query) and keeps the last
-answer, so a slow or unreachable catalog shows as stale numbers, never as a
-hung scrape.  It also times its own queries: the catalog latency histogram
+answer; an asker waits at most ``wait`` seconds for a new one, so a slow or
+unreachable catalog shows as stale numbers (and their age), never as a hung
+scrape.  It also times its own queries: the catalog latency histogram
 costs nothing extra.
 """
 
@@ -63,10 +64,12 @@ class CatalogSnapshot:
     ``count_under_replicated``, keeps counting ok replicas wherever they
     are until its grace period ends)."""
 
-    def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0) -> None:
+    def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0, wait: float = 1.0) -> None:
         self._clock = clock
         self._catalog = catalog
         self.ttl = ttl
+        #: How long a refresh of numbers it already has waits for new ones.
+        self.wait = wait
         self.refreshed_at: float | None = None
         self.under_replicated: int | None = None
         self.under_replicated_files: int | None = None
@@ -79,13 +82,27 @@ class CatalogSnapshot:
         self._querying = False
         self._waiters: list[Deferred] = []
 
+    def age(self) -> float | None:
+        """Seconds since the numbers were read, or None before the first answer."""
+        if self.refreshed_at is None:
+            return None
+        return self._clock.seconds() - self.refreshed_at
+
     def fresh(self) -> bool:
         if self.refreshed_at is None:
             return False
         return self._clock.seconds() - self.refreshed_at < self.ttl
 
     def refresh(self) -> Deferred:
-        """Fire (with self) once the snapshot is at most ``ttl`` old; never fails."""
+        """Fire (with self) once the snapshot is at most ``ttl`` old, or
+        after ``wait`` seconds with the numbers it has, whichever is first;
+        the very first refresh waits for an answer.  Never fails.
+
+        A scrape never waits long on the replica counts: their query reads
+        every blob (0.5 s on a 300k-file SQLite catalog, twice that while a
+        server is down, growing with the catalog), and a scrape that waited
+        for it would time out in exactly the outage it is for.  The query
+        goes on in the background, and the next scrape shows its answer."""
         if self.fresh():
             return succeed(self)
         d: Deferred = Deferred()
@@ -93,12 +110,19 @@ class CatalogSnapshot:
         if not self._querying:
             self._querying = True
             self._query()
+        if not d.called and self.refreshed_at is not None:
+            self._clock.callLater(self.wait, self._give_up_waiting, d)
         return d
+
+    def _give_up_waiting(self, d: Deferred) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+            d.callback(self)
 
     def _query(self) -> None:
         started = time.monotonic()
         queries = [
-            self._catalog.replica_health(),
+            self._catalog.replica_health(with_paths=False),
             self._catalog.list_uploads(),
             self._catalog.list_jobs([JOB_QUEUED, JOB_RUNNING]),
         ]

@@ -327,8 +327,8 @@ class SqlCatalog:
     def count_under_replicated(self) -> Deferred:
         return self._scan(_blobs.count_under_replicated)
 
-    def replica_health(self) -> Deferred:
-        return self._scan(_blobs.replica_health)
+    def replica_health(self, with_paths: bool = True) -> Deferred:
+        return self._scan(_blobs.replica_health, with_paths)
 
     def collectable_blobs(self, limit: int = 100) -> Deferred:
         return self._scan(_blobs.collectable_blobs, limit)
