@@ -13,6 +13,7 @@ import base64
 import os
 
 from treq.client import HTTPClient
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -110,3 +111,30 @@ class HttpEnv:
         if self.port is not None:
             await self.port.stopListening()
         await self.transfer.stop()
+
+
+def another_put_first(env: HttpEnv, monkeypatch, method: str) -> list:
+    """Make the catalog's ``method`` (the second transaction of a checked
+    request) first let another client's PUT of b"theirs" to /race commit,
+    once: the race between a request's look and its action, made certain.
+    Returns a list that then holds that PUT's response."""
+    real = getattr(env.catalog, method)
+    theirs: list = []
+    started: list = []
+
+    async def their_put():
+        r = await env.request("PUT", "/race", data=b"theirs")
+        await r.content()
+        return r
+
+    def after_another_put(*args, **kwargs):
+        if started:
+            return real(*args, **kwargs)
+        started.append(True)
+        d = defer.ensureDeferred(their_put())
+        d.addCallback(theirs.append)
+        d.addCallback(lambda _: real(*args, **kwargs))
+        return d
+
+    monkeypatch.setattr(env.catalog, method, after_another_put)
+    return theirs

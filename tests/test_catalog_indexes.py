@@ -120,6 +120,7 @@ async def test_the_queries_on_uploads_by_state_use_an_index(catalog, clock):
         "collectable_blobs": lambda tx: _blobs.collectable_blobs(tx, 10),
         "under_replicated": lambda tx: _blobs.under_replicated(tx, 10),
         "count_under_replicated": _blobs.count_under_replicated,
+        "replica_health (metrics, status page, wsfs status)": _blobs.replica_health,
     }
     for name, fn in queries.items():
         assert full_scans_of_uploads(catalog, fn) == [], name

@@ -13,8 +13,9 @@ from wsfront.catalog.errors import (
     NotEmpty,
     NotFound,
     PendingUploadExists,
+    VersionChanged,
 )
-from wsfront.catalog.records import DIR, FILE
+from wsfront.catalog.records import DIR, FILE, NOTHING_COMMITTED
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -196,6 +197,40 @@ async def test_delete_with_a_live_upload_is_refused_unless_aborting_it(catalog, 
     await catalog.delete("/f", abort_pending=True)
     assert (await catalog.get_upload(up.upload_id)).state == "aborted"
     assert {b.blob_id for b in await catalog.collectable_blobs()} == {"blob-1", "blob-2"}
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("op", ["delete", "rename"])
+async def test_nothing_committed_holds_only_while_no_version_is(catalog, clock, op):
+    """``expected_etag=NOTHING_COMMITTED`` (an HTTP DELETE or MOVE judged a
+    file with only a pending upload): VersionChanged once a version is
+    committed there, nothing changed; it acts while none is."""
+
+    def act(path):
+        if op == "delete":
+            return catalog.delete(path, abort_pending=True, expected_etag=NOTHING_COMMITTED)
+        return catalog.rename(path, path + ".moved", expected_etag=NOTHING_COMMITTED)
+
+    await write_file(catalog, "/f", 10, "blob-1")
+    with pytest.raises(VersionChanged):
+        await act("/f")
+    assert (await catalog.stat("/f")).size == 10
+    up = await catalog.begin_upload(
+        "alice",
+        "/p",
+        base_length=0,
+        blob_id="blob-2",
+        replicas=["s1"],
+        wanted_replicas=1,
+        owner="fe1",
+        expires_at=clock.now + 60,
+    )
+    await act("/p")
+    with pytest.raises(NotFound):
+        await catalog.stat("/p")
+    if op == "rename":
+        assert (await catalog.get_upload(up.upload_id)).state == "active"
+        assert (await catalog.stat("/p.moved")).version is None
 
 
 @pytest_twisted.ensureDeferred

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 
 from tests.ftp_env import _ClientFactory
-from tests.http_env import HttpEnv
+from tests.http_env import HttpEnv, another_put_first
 from tests.transfer_env import PASSWORD
 from tests.tus_env import OCTETS, create, start_env, tus
 from wsfront.auth import make_portal
@@ -532,3 +532,55 @@ async def test_if_match_put_whose_pending_upload_is_committed_meanwhile_is_judge
     assert finished
     assert r.code == 412, text
     assert await body_of(env, "/f") == (200, b"new file")
+
+
+# -- preconditions on a path with only a pending upload -----------------------
+
+
+def namespace_request(env, method: str, path: str, **headers: str):
+    """A DELETE of ``path``, or a MOVE of it to /moved, with ``headers``."""
+    if method == "MOVE":
+        headers["Destination"] = "/moved"
+    return env.request(method, path, headers=headers)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("method", ["DELETE", "MOVE"])
+async def test_a_pending_upload_alone_is_no_representation_to_preconditions(env, method):
+    """Nothing committed, only alice's interrupted upload: there is no
+    current representation (RFC 9110, 13.1.1-2), as PUT judges it too, so
+    If-Match (``*`` or a tag) fails and leaves the upload be, and
+    ``If-None-Match: *`` holds: the upload is abandoned (DELETE) or moves
+    with its name (MOVE), as without preconditions."""
+    await leave_pending(env, "/p")
+    upload = await upload_of(env, "/p")
+    for value in ("*", '"any"'):
+        r = await namespace_request(env, method, "/p", **{"If-Match": value})
+        assert r.code == 412, await r.text()
+    assert (await env.catalog.get_upload(upload.upload_id)).state == "interrupted"
+    r = await namespace_request(env, method, "/p", **{"If-None-Match": "*"})
+    assert r.code == (204 if method == "DELETE" else 201), await r.text()
+    assert await upload_of(env, "/p") is None
+    if method == "DELETE":
+        assert (await env.catalog.get_upload(upload.upload_id)).state == "aborted"
+    else:
+        moved = await upload_of(env, "/moved")
+        assert (moved.upload_id, moved.state) == (upload.upload_id, "interrupted")
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("method", ["DELETE", "MOVE"])
+async def test_if_none_match_on_a_pending_upload_loses_to_a_commit_before_it_runs(
+    env, monkeypatch, method
+):
+    """``If-None-Match: *`` held on /race with only alice's pending upload
+    there; another of her clients commits a file there before the removal
+    or rename runs.  That is VersionChanged as for an If-Match's etag: the
+    request looks again, the file now exists, 412, and the file stays."""
+    await leave_pending(env, "/race")
+    theirs = another_put_first(env, monkeypatch, "delete" if method == "DELETE" else "rename")
+    r = await namespace_request(env, method, "/race", **{"If-None-Match": "*"})
+    assert theirs and theirs[0].code == 201
+    assert r.code == 412, await r.text()
+    assert await body_of(env, "/race") == (200, b"theirs")
+    assert (await body_of(env, "/moved"))[0] == 404

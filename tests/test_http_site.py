@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.http_env import HttpEnv, MiB, payload
+from tests.http_env import HttpEnv, MiB, another_put_first, payload
 from tests.http_raw import connect, head_of
 from tests.transfer_env import PASSWORD
 
@@ -234,28 +234,6 @@ async def test_put_preconditions_protect_the_current_version(env):
     assert r.code == 204
     r = await put(env, "/new", b"x", {"If-None-Match": "*"})
     assert r.code == 201
-
-
-def another_put_first(env, monkeypatch, method: str) -> list:
-    """Make the catalog's ``method`` (the second transaction of a checked
-    request) first let another client's PUT of b"theirs" to /race commit,
-    once: the race between a request's look and its action, made certain.
-    Returns a list that then holds that PUT's response."""
-    real = getattr(env.catalog, method)
-    theirs: list = []
-    started: list = []
-
-    def after_another_put(*args, **kwargs):
-        if started:
-            return real(*args, **kwargs)
-        started.append(True)
-        d = defer.ensureDeferred(put(env, "/race", b"theirs"))
-        d.addCallback(theirs.append)
-        d.addCallback(lambda _: real(*args, **kwargs))
-        return d
-
-    monkeypatch.setattr(env.catalog, method, after_another_put)
-    return theirs
 
 
 async def etag_of_race(env) -> str:

@@ -4,6 +4,8 @@ prometheus_client's parser), and each front end keeps its own registry."""
 
 from __future__ import annotations
 
+import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ from twisted.internet import defer
 
 from tests.http_env import MiB, payload
 from tests.status_env import StatusEnv, value
+from tests.support import python_env, require_tool
 from tests.transfer_env import Feeder, PausingCollector, sha256
 from wsfront.ftp.factory import FTPStats
 from wsfront.metrics import make_registry
@@ -244,3 +247,87 @@ async def test_the_rows_gc_purges_are_counted_in_the_metrics(env):
     assert value(await env.scrape(), "wsfs_gc_purged_uploads_total") == 3
     assert (await env.gc.run_pass())["purged_uploads"] == 0
     assert value(await env.scrape(), "wsfs_gc_purged_uploads_total") == 3
+
+
+async def wsfs_status(env) -> dict:
+    """``wsfs --json status``, a real ``wsfs`` process on env's catalog."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "wsfront.cli", "--catalog", env.transfer.catalog_url, "--json", "status"],
+        env=python_env(),
+    )
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_and_the_status_page_count_live_replicas_as_wsfs_status_does(env):
+    """Both servers holding /f recorded down (as a front end's probes
+    record them): ``wsfs status`` counts /f under-replicated and
+    unavailable, and so must the metrics and the status page, which used
+    to count the replicas there ok (0) until repair's grace period ended."""
+    await env.upload("/f", b"f" * 1000)
+    await env.upload("/g", b"g" * 1000)
+    entry = await env.catalog.stat("/alice/f")
+    holders = [r.node for r in entry.version.extents[0].replicas]
+    assert len(holders) == 2
+    for name in holders:
+        await env.catalog.set_node_health(name, "down", 0, 0, env.reactor.seconds(), "killed")
+    st = await wsfs_status(env)
+    assert st["unavailable"] == st["unavailable_files"] == 1, st
+    assert st["unavailable_paths"] == ["/alice/f"]
+    # /g shares at least one of the two down servers out of three: short too.
+    assert st["under_replicated"] == st["under_replicated_files"] == 2, st
+    samples = await env.scrape()
+    assert value(samples, "wsfs_under_replicated_blobs") == st["under_replicated"]
+    assert value(samples, "wsfs_under_replicated_files") == st["under_replicated_files"]
+    assert value(samples, "wsfs_unavailable_blobs") == st["unavailable"]
+    assert value(samples, "wsfs_unavailable_files") == st["unavailable_files"]
+    code, _headers, body = await env.get("/-/status/feed.json", env.admin_header)
+    assert code == 200
+    feed = json.loads(body)
+    assert (feed["under_replicated"], feed["unavailable"]) == (
+        st["under_replicated"],
+        st["unavailable"],
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_methods_are_counted_apart_from_the_servers_5xx_answers(env):
+    """A scanner's junk methods get 501 on the wire (curl, before any
+    login; a tus ``X-HTTP-Method-Override`` too), counted in
+    ``wsfs_http_unknown_methods_total``, not as 5xx answers of
+    ``wsfs_http_requests_total``, which a server-error alert watches; a
+    known method the resource does not allow stays a 405 there."""
+    from wsfront.http.tus import TusEndpoint
+
+    env.site.mount("uploads", TusEndpoint())
+    before = await env.scrape()
+    curl = require_tool("curl")
+    for method in ("BREW", "FROBNICATE"):
+        out, err, code = await env.run(
+            [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, env.url("/f")]
+        )
+        assert (code, out) == (0, b"501"), err
+    r = await env.request(
+        "POST",
+        "/-/uploads/",
+        headers={"X-HTTP-Method-Override": "BREW", "Tus-Resumable": "1.0.0"},
+        auth=False,
+    )
+    await r.content()
+    assert r.code == 501
+    r = await env.request("TRACE", "/f")
+    await r.content()
+    assert r.code == 405
+    after = await env.scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("wsfs_http_unknown_methods_total") == 3
+    assert delta("wsfs_http_requests_total", method="other", code="405") == 1
+    codes = [dict(labels)["code"] for name, labels in after if name == "wsfs_http_requests_total"]
+    assert codes and not [c for c in codes if c.startswith("5")], codes

@@ -26,8 +26,9 @@ class SlowCatalog:
         self.asked.append((what, d))
         return d
 
-    def count_under_replicated(self):
-        return self._ask("count")
+    def replica_health(self, with_paths=True):
+        assert not with_paths, "the snapshot never needs the unavailable paths"
+        return self._ask("health")
 
     def list_uploads(self):
         return self._ask("uploads")
@@ -36,10 +37,22 @@ class SlowCatalog:
         return self._ask("jobs")
 
     def answer(self, count: int, uploads: list, jobs: list) -> None:
-        answers = {"count": count, "uploads": uploads, "jobs": jobs}
+        answers = {"health": health(count), "uploads": uploads, "jobs": jobs}
         asked, self.asked = self.asked, []
         for what, d in asked:
             d.callback(answers[what])
+
+
+def health(under: int, unavailable: int = 0) -> dict:
+    """A ``replica_health`` answer: ``under`` blobs (and files) short of
+    live replicas, ``unavailable`` of them with none."""
+    return {
+        "under_replicated": under,
+        "under_replicated_files": under,
+        "unavailable": unavailable,
+        "unavailable_files": unavailable,
+        "unavailable_paths": [],
+    }
 
 
 def upload(owner: str, state: str):
@@ -66,6 +79,25 @@ def test_concurrent_refreshes_share_one_query_and_the_ttl_holds_it():
     assert len(catalog.asked) == 3
 
 
+def test_a_slow_query_gets_the_last_numbers_after_wait_and_goes_on():
+    """A scrape waits at most ``wait`` on the replica counts' query (it
+    reads every blob, and is slowest in an outage): then it gets the last
+    numbers, and their age, while the query goes on for the next one."""
+    clock, catalog = Clock(), SlowCatalog()
+    snap = CatalogSnapshot(clock, catalog, ttl=5.0, wait=1.0)
+    snap.refresh()
+    catalog.answer(4, [], [])
+    clock.advance(7.0)
+    first, second = snap.refresh(), snap.refresh()
+    assert not first.called and len(catalog.asked) == 3
+    clock.advance(1.0)
+    assert first.called and second.called
+    assert snap.under_replicated == 4 and snap.age() == 8.0
+    catalog.answer(9, [], [])
+    assert snap.under_replicated == 9 and snap.age() == 0
+    assert snap.refresh().called and catalog.asked == []
+
+
 def test_a_failing_catalog_keeps_the_last_numbers_and_counts_the_error():
     clock, catalog = Clock(), SlowCatalog()
     snap = CatalogSnapshot(clock, catalog, ttl=0)
@@ -81,13 +113,13 @@ def test_a_failing_catalog_keeps_the_last_numbers_and_counts_the_error():
 def test_an_answer_that_arrives_at_once_does_not_wedge_later_refreshes():
     clock = Clock()
     catalog = SimpleNamespace(
-        count_under_replicated=lambda: succeed(1),
+        replica_health=lambda with_paths: succeed(health(1)),
         list_uploads=lambda: succeed([]),
         list_jobs=lambda states: succeed([]),
     )
     snap = CatalogSnapshot(clock, catalog, ttl=1.0)
     assert snap.refresh().called
-    catalog.count_under_replicated = lambda: succeed(7)
+    catalog.replica_health = lambda with_paths: succeed(health(7, 2))
     clock.advance(1.0)
     assert snap.refresh().called
-    assert snap.under_replicated == 7
+    assert (snap.under_replicated, snap.unavailable, snap.unavailable_files) == (7, 2, 2)

@@ -55,11 +55,17 @@ class HttpCounters:
     tus PATCH (one chunk); the server's own ``/-/`` pages are requests but
     not transfers.  A request that carries ``started_at`` (reactor seconds
     at dispatch) also lands in the latency histogram.
+
+    A 501 for a method wsfs does not know (``request.unknown_method``) is
+    a client's doing, not a server error: it is counted in
+    ``unknown_methods`` and left out of ``requests``, so an alert on the
+    rate of 5xx answers does not fire for a scanner sending junk methods.
     """
 
     def __init__(self, clock=None) -> None:
         self._clock = clock
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.unknown_methods = 0
         self.bytes_out = 0
         self.bytes_in = 0
         self.downloads = 0
@@ -76,7 +82,10 @@ class HttpCounters:
         if method not in _METHODS:
             method = "other"
         code = int(getattr(request, "code", 0) or 0)
-        self.requests[(method, str(code))] += 1
+        if code == 501 and getattr(request, "unknown_method", False):
+            self.unknown_methods += 1
+        else:
+            self.requests[(method, str(code))] += 1
         self.bytes_out += int(getattr(request, "sentLength", 0) or 0)
         self.bytes_in += int(getattr(request, "body_received", 0) or 0)
         if 200 <= code < 300:
@@ -102,8 +111,9 @@ class FrontendCollector(Collector):
 
     ``ftp`` is the ``FTPFactory`` (or just its ``FTPStats``), ``http`` an
     ``HttpCounters``; either may be None when that protocol is off.
-    ``snapshot`` supplies the catalog-wide numbers (under-replicated blobs,
-    live uploads per front end, repair backlog) as last refreshed.  ``gc``
+    ``snapshot`` supplies the catalog-wide numbers (under-replicated and
+    unavailable blobs and files as ``wsfs status`` counts them, live
+    uploads per front end, repair backlog) as last refreshed.  ``gc``
     is the front end's ``GarbageCollector`` (its maintenance service's),
     whose counters move only while this front end holds the maintenance
     lease: sum them over the front ends.
@@ -259,11 +269,19 @@ class FrontendCollector(Collector):
                 )  # fmt: skip
         if http is not None:
             requests = CounterMetricFamily(
-                "wsfs_http_requests", "Finished HTTP requests.", labels=["method", "code"]
+                "wsfs_http_requests",
+                "Finished HTTP requests (unknown methods' 501s: wsfs_http_unknown_methods).",
+                labels=["method", "code"],
             )
             for (method, code), n in sorted(http.requests.items()):
                 requests.add_metric([method, code], n)
             yield requests
+            yield CounterMetricFamily(
+                "wsfs_http_unknown_methods",
+                "Requests refused 501 for a method wsfs does not know: a client's doing, "
+                "not among wsfs_http_requests_total's 5xx answers.",
+                value=http.unknown_methods,
+            )
             if http.latency.count:
                 yield _histogram(
                     "wsfs_http_request_duration_seconds",
@@ -303,12 +321,21 @@ class FrontendCollector(Collector):
 
     def _catalog(self) -> Iterator[Metric]:
         snap = self.snapshot
-        if snap.under_replicated is not None:
-            yield GaugeMetricFamily(
-                "wsfs_under_replicated_blobs",
-                "Sealed, referenced blobs with fewer ok replicas than wanted (repair backlog).",
-                value=snap.under_replicated,
-            )
+        # The counts of ``wsfs status`` (one query, replica_health): a
+        # replica counts only on a server not recorded down.
+        health = (
+            ("wsfs_under_replicated_blobs", snap.under_replicated,
+             "Sealed, referenced blobs with fewer ok replicas on servers not down than wanted."),
+            ("wsfs_under_replicated_files", snap.under_replicated_files,
+             "Files with a blob among wsfs_under_replicated_blobs."),
+            ("wsfs_unavailable_blobs", snap.unavailable,
+             "Sealed, referenced blobs with no ok replica on a server not down (unreadable)."),
+            ("wsfs_unavailable_files", snap.unavailable_files,
+             "Files with a blob among wsfs_unavailable_blobs (unreadable now)."),
+        )  # fmt: skip
+        for name, count, doc in health:
+            if count is not None:
+                yield GaugeMetricFamily(name, doc, value=count)
         live = GaugeMetricFamily(
             "wsfs_live_uploads",
             "Pending uploads in the catalog by owning front end and state.",
@@ -328,6 +355,14 @@ class FrontendCollector(Collector):
         yield CounterMetricFamily(
             "wsfs_catalog_snapshot_errors", "Failed catalog queries for metrics.", value=snap.errors
         )
+        age = snap.age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "wsfs_catalog_snapshot_age_seconds",
+                "Age of the catalog numbers shown (replica counts, uploads, jobs): a scrape "
+                "waits at most 1 s for new ones, then shows the last while the query goes on.",
+                value=age,
+            )
         if snap.latency.count:
             yield _histogram(
                 "wsfs_catalog_query_duration_seconds",
@@ -360,7 +395,8 @@ def metrics_endpoint(
     Open by default, as Prometheus scrapers expect (the numbers name no
     user or file); ``require_admin`` asks for an administrator's Basic
     credentials instead.  The catalog snapshot is refreshed (at most once
-    per its ttl) before the registry is rendered.
+    per its ttl, waiting at most its ``wait`` for a slow catalog) before
+    the registry is rendered.
     """
     from wsfront.http.errors_map import HttpError
 

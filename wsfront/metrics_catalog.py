@@ -4,8 +4,9 @@ Prometheus collectors run synchronously at scrape time and the status page
 polls every second; neither may put a catalog query on every request of
 every watcher.  ``CatalogSnapshot`` asks the catalog at most once per
 ``ttl`` seconds (concurrent askers share one query) and keeps the last
-answer, so a slow or unreachable catalog shows as stale numbers, never as a
-hung scrape.  It also times its own queries: the catalog latency histogram
+answer; an asker waits at most ``wait`` seconds for a new one, so a slow or
+unreachable catalog shows as stale numbers (and their age), never as a hung
+scrape.  It also times its own queries: the catalog latency histogram
 costs nothing extra.
 """
 
@@ -48,15 +49,32 @@ class LatencyHistogram:
         return [(repr(b), c) for b, c in zip(self.buckets, self.counts)] + [("+Inf", self.count)]
 
 
-class CatalogSnapshot:
-    """Under-replicated count, live uploads and the repair backlog, cached."""
+#: The counts of ``ICatalog.replica_health`` a snapshot keeps: what ``wsfs
+#: status`` shows, by replicas on servers not recorded down.
+HEALTH_COUNTS = ("under_replicated", "under_replicated_files", "unavailable", "unavailable_files")
 
-    def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0) -> None:
+
+class CatalogSnapshot:
+    """Replica health, live uploads and the repair backlog, cached.
+
+    The replica counts come from ``replica_health``, the very query of
+    ``wsfs status``: a replica counts only on a server the registry does
+    not record down, so while servers are down the metrics, the status
+    page and ``wsfs status`` say the same (repair's own backlog,
+    ``count_under_replicated``, keeps counting ok replicas wherever they
+    are until its grace period ends)."""
+
+    def __init__(self, clock: IReactorTime, catalog, ttl: float = 5.0, wait: float = 1.0) -> None:
         self._clock = clock
         self._catalog = catalog
         self.ttl = ttl
+        #: How long a refresh of numbers it already has waits for new ones.
+        self.wait = wait
         self.refreshed_at: float | None = None
         self.under_replicated: int | None = None
+        self.under_replicated_files: int | None = None
+        self.unavailable: int | None = None
+        self.unavailable_files: int | None = None
         self.uploads: list = []
         self.jobs: Counter[tuple[str, str]] = Counter()
         self.errors = 0
@@ -64,13 +82,27 @@ class CatalogSnapshot:
         self._querying = False
         self._waiters: list[Deferred] = []
 
+    def age(self) -> float | None:
+        """Seconds since the numbers were read, or None before the first answer."""
+        if self.refreshed_at is None:
+            return None
+        return self._clock.seconds() - self.refreshed_at
+
     def fresh(self) -> bool:
         if self.refreshed_at is None:
             return False
         return self._clock.seconds() - self.refreshed_at < self.ttl
 
     def refresh(self) -> Deferred:
-        """Fire (with self) once the snapshot is at most ``ttl`` old; never fails."""
+        """Fire (with self) once the snapshot is at most ``ttl`` old, or
+        after ``wait`` seconds with the numbers it has, whichever is first;
+        the very first refresh waits for an answer.  Never fails.
+
+        A scrape never waits long on the replica counts: their query reads
+        every blob (0.5 s on a 300k-file SQLite catalog, twice that while a
+        server is down, growing with the catalog), and a scrape that waited
+        for it would time out in exactly the outage it is for.  The query
+        goes on in the background, and the next scrape shows its answer."""
         if self.fresh():
             return succeed(self)
         d: Deferred = Deferred()
@@ -78,12 +110,19 @@ class CatalogSnapshot:
         if not self._querying:
             self._querying = True
             self._query()
+        if not d.called and self.refreshed_at is not None:
+            self._clock.callLater(self.wait, self._give_up_waiting, d)
         return d
+
+    def _give_up_waiting(self, d: Deferred) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+            d.callback(self)
 
     def _query(self) -> None:
         started = time.monotonic()
         queries = [
-            self._catalog.count_under_replicated(),
+            self._catalog.replica_health(with_paths=False),
             self._catalog.list_uploads(),
             self._catalog.list_jobs([JOB_QUEUED, JOB_RUNNING]),
         ]
@@ -92,13 +131,14 @@ class CatalogSnapshot:
 
     def _got(self, results: list[tuple[bool, Any]], started: float) -> None:
         self.latency.observe(time.monotonic() - started)
-        (ok_count, count), (ok_uploads, uploads), (ok_jobs, jobs) = results
+        (ok_health, health), (ok_uploads, uploads), (ok_jobs, jobs) = results
         for ok, value in results:
             if not ok:
                 self.errors += 1
                 log.warn("catalog snapshot query failed: {err}", err=value.value)
-        if ok_count:
-            self.under_replicated = int(count)
+        if ok_health:
+            for name in HEALTH_COUNTS:
+                setattr(self, name, int(health[name]))
         if ok_uploads:
             self.uploads = list(uploads)
         if ok_jobs:

@@ -128,19 +128,21 @@ def count_under_replicated(tx: Tx) -> int:
     return int(tx.value(f"SELECT COUNT(*) AS n FROM blobs b WHERE {UNDER_REPLICATED}"))
 
 
-def replica_health(tx: Tx) -> dict[str, Any]:
+def replica_health(tx: Tx, with_paths: bool = True) -> dict[str, Any]:
     """What ``wsfs status`` says of the replicas, counting only those on
     servers that are up (``LIVE_REPLICA``): a file whose replicas are all
     on stopped servers is unavailable now, whatever the catalog's replica
-    states (repair marks them lost only after its grace period).
-    ``count_under_replicated`` (repair's, the metric's) counts ok replicas
-    wherever they are.
+    states (repair marks them lost only after its grace period).  The
+    metrics and the status page show these counts too (``replica_health``
+    of the catalog, through their snapshot); ``count_under_replicated``
+    (repair's) counts ok replicas wherever they are.
 
     Each sealed blob's live replicas are counted once per query, and only
     the blobs short of them are looked up further (referenced? in which
     files?), the paths only when some file is unavailable: five passes
     over every blob and file took 5.3 s on a catalog of 300k files, this
-    1.9 s."""
+    1.9 s.  ``with_paths`` False skips the paths (a further scan over every
+    file), which only ``wsfs status`` shows."""
     # The sealed blobs with fewer live replicas than wanted, each live count
     # computed once; the costlier tests (referenced? which files?) only for
     # those, through the extents' blob index.
@@ -162,7 +164,7 @@ def replica_health(tx: Tx) -> dict[str, Any]:
         " JOIN inodes i ON i.version_id = ve.version_id"
     )
     paths: list[str] = []
-    if files["none"]:
+    if files["none"] and with_paths:
         rows = tx.all(
             "SELECT DISTINCT i.inode FROM inodes i"
             " JOIN version_extents ve ON ve.version_id = i.version_id"

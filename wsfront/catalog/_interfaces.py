@@ -54,8 +54,9 @@ class ICatalog(Interface):
         whose id is in ``spare`` (held by a session of the caller's front
         end, whatever its row says) is never abandoned so.  IsADirectory,
         NotFound; VersionChanged unless the committed version still has
-        ``expected_etag``, if given.  Fires with the id of the upload so
-        abandoned, else None."""
+        ``expected_etag``, if given (``records.NOTHING_COMMITTED``: unless
+        it still has none).  Fires with the id of the upload so abandoned,
+        else None."""
 
     def rename(src, dst, replace=False, *, user=None, spare=(), expected_etag=None):
         """Move one entry (file or directory, no data).  Exists when ``dst``
@@ -65,7 +66,8 @@ class ICatalog(Interface):
         PendingUploadExists; a directory is never replaced); InvalidMove into its own
         subtree; NotFound; NotADirectory; RootBusy for a directory that is
         a user's root or holds one; VersionChanged unless the file ``src``
-        still has the committed version ``expected_etag``, if given.  Fires
+        still has the committed version ``expected_etag``, if given
+        (``records.NOTHING_COMMITTED``: unless it still has none).  Fires
         with the new Entry."""
 
     # -- upload sessions -----------------------------------------------------
@@ -235,7 +237,14 @@ class ICatalog(Interface):
         with fewer ok replicas than wanted."""
 
     def count_under_replicated():
-        """Fire with the number of such blobs."""
+        """Fire with the number of such blobs (ok replicas wherever they
+        are: repair's count)."""
+
+    def replica_health():
+        """Fire with the replica counts of ``status`` (under_replicated,
+        under_replicated_files, unavailable, unavailable_files,
+        unavailable_paths), by replicas on servers not recorded down: the
+        one query ``wsfs status``, the metrics and the status page share."""
 
     def collectable_blobs(limit=100):
         """Fire with up to ``limit`` BlobRecords no version and no live upload

@@ -19,12 +19,12 @@ from wsfront.catalog._rows import (
     ROOT,
     child,
     end_upload,
+    judged_version,
     live_upload_row,
     load_upload,
     load_version,
     lock_dirs,
     locked_live_upload_row,
-    locked_version,
     remove_file_inode,
     resolve,
     resolve_existing,
@@ -41,7 +41,15 @@ from wsfront.catalog.errors import (
     PendingUploadExists,
 )
 from wsfront.catalog.names import join_path, split_path
-from wsfront.catalog.records import ABORTED, DIR, EXPIRED, FILE, INTERRUPTED, Entry
+from wsfront.catalog.records import (
+    ABORTED,
+    DIR,
+    EXPIRED,
+    FILE,
+    INTERRUPTED,
+    Entry,
+    NothingCommitted,
+)
 
 #: Advisory-lock key taken by directory moves (PostgreSQL).
 DIRECTORY_MOVE_LOCK = 0x77736D76
@@ -252,12 +260,13 @@ def delete(
     now: float,
     user: str | None = None,
     spare: Collection[str] = (),
-    expected_etag: str | None = None,
+    expected_etag: str | NothingCommitted | None = None,
 ) -> str | None:
     """Remove the file at ``path`` for ``user`` (see ``unlink_file``);
     returns the id of the upload abandoned with it, if any.
     ``expected_etag``: only while its committed version still has it
-    (VersionChanged), as a DELETE's If-Match judged it."""
+    (VersionChanged), as a DELETE's If-Match judged it; NOTHING_COMMITTED:
+    only while it still has none (``judged_version``)."""
     parts = split_path(path)
     if not parts:
         raise IsADirectory("/ is a directory")
@@ -272,7 +281,7 @@ def delete(
     if row["kind"] == DIR:
         raise IsADirectory(f"{path} is a directory")
     if expected_etag is not None:
-        locked_version(tx, row["inode"], expected_etag)
+        judged_version(tx, row["inode"], expected_etag)
     tx.lock_rows("inodes", "inode", [row["inode"]])
     abandoned = unlink_file(tx, row, abort_pending, now, path, user, spare)
     touch(tx, parent, now)
@@ -287,11 +296,12 @@ def rename(
     now: float,
     user: str | None = None,
     spare: Collection[str] = (),
-    expected_etag: str | None = None,
+    expected_etag: str | NothingCommitted | None = None,
 ) -> Entry:
     """Move ``src`` to ``dst``; with ``replace``, a file may replace a file.
     ``expected_etag``: only while the file ``src`` still has that committed
-    version (VersionChanged), as a MOVE's If-Match judged it.
+    version (VersionChanged), as a MOVE's If-Match judged it;
+    NOTHING_COMMITTED: only while it still has none (``judged_version``).
 
     The file replaced goes as a DELETE by ``user`` would take it
     (``unlink_file``): their own interrupted upload on it is abandoned with
@@ -328,7 +338,7 @@ def rename(
         # deadlock (retried); the name only changes kind in this window.
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     if expected_etag is not None:
-        locked_version(tx, row["inode"], expected_etag)
+        judged_version(tx, row["inode"], expected_etag)
     if row["kind"] == DIR:
         refuse_user_roots(tx, s, "moved")
         ancestor = dst_parent

@@ -17,9 +17,11 @@ from wsfront.catalog.records import (
     DIR,
     FILE,
     LIVE_STATES,
+    NOTHING_COMMITTED,
     REPLICA_OK,
     BlobRecord,
     Extent,
+    NothingCommitted,
     Replica,
     UploadSession,
     Version,
@@ -378,3 +380,19 @@ def locked_version(tx: Tx, inode: int, expected_etag: str) -> Version:
     if version.etag != expected_etag:
         raise VersionChanged(f"inode {inode} is at {version.etag}, not {expected_etag}")
     return version
+
+
+def judged_version(tx: Tx, inode: int, expected_etag: str | NothingCommitted) -> None:
+    """VersionChanged unless the file ``inode`` is still as a caller's
+    preconditions judged it in an earlier transaction: at the committed
+    version ``expected_etag`` (``locked_version``), or, with
+    ``NOTHING_COMMITTED``, a file with none (a pending upload only)."""
+    if expected_etag is not NOTHING_COMMITTED:
+        locked_version(tx, inode, expected_etag)
+        return
+    tx.lock_rows("inodes", "inode", [inode])
+    row = tx.one("SELECT kind, version_id FROM inodes WHERE inode = ?", inode)
+    if row is None or row["kind"] != FILE:
+        raise VersionChanged(f"inode {inode} is no longer a file")
+    if row["version_id"] is not None:
+        raise VersionChanged(f"inode {inode} has a committed version now")

@@ -21,6 +21,7 @@ from wsfront.catalog._db import Runner
 from wsfront.catalog._interfaces import ICatalog
 from wsfront.catalog.errors import Exists, PendingUploadExists
 from wsfront.catalog.passwords import hash_password
+from wsfront.catalog.records import NothingCommitted
 
 log = Logger()
 
@@ -107,7 +108,7 @@ class SqlCatalog:
         *,
         user: str | None = None,
         spare: Collection[str] = (),
-        expected_etag: str | None = None,
+        expected_etag: str | NothingCommitted | None = None,
     ) -> Deferred:
         return self._write(
             _namespace.delete,
@@ -127,7 +128,7 @@ class SqlCatalog:
         *,
         user: str | None = None,
         spare: Collection[str] = (),
-        expected_etag: str | None = None,
+        expected_etag: str | NothingCommitted | None = None,
     ) -> Deferred:
         return self._write(
             _namespace.rename,
@@ -325,6 +326,9 @@ class SqlCatalog:
 
     def count_under_replicated(self) -> Deferred:
         return self._scan(_blobs.count_under_replicated)
+
+    def replica_health(self, with_paths: bool = True) -> Deferred:
+        return self._scan(_blobs.replica_health, with_paths)
 
     def collectable_blobs(self, limit: int = 100) -> Deferred:
         return self._scan(_blobs.collectable_blobs, limit)

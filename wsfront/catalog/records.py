@@ -25,6 +25,20 @@ REPLICA_LOST = "lost"
 REPLICA_STALE = "stale"
 REPLICA_STATES = frozenset({REPLICA_OK, REPLICA_LOST, REPLICA_STALE})
 
+
+class NothingCommitted:
+    """The type of ``NOTHING_COMMITTED``."""
+
+    def __repr__(self) -> str:
+        return "NOTHING_COMMITTED"
+
+
+#: The ``expected_etag`` of a ``delete`` or ``rename`` whose caller judged
+#: its preconditions on a file with no committed version (only a pending
+#: upload): VersionChanged if one was committed since, as for an etag.
+NOTHING_COMMITTED = NothingCommitted()
+
+
 # Upload session states.
 ACTIVE = "active"
 INTERRUPTED = "interrupted"

@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import NOTHING_COMMITTED
 from wsfront.http import conditional
 from wsfront.http.destination import destination, destination_error
 from wsfront.http.errors_map import HttpError
@@ -136,6 +137,21 @@ def view_target(context, user, target: paths.HttpTarget):
     return view
 
 
+def judged_etag(request: StreamingRequest, view):
+    """The version of the file ``view`` a DELETE or MOVE names to the
+    catalog, so that a commit after its preconditions were judged is
+    VersionChanged (judged again): None without preconditions, the
+    committed version's ETag, or NOTHING_COMMITTED when only the user's
+    pending upload is there.  A pending upload is no representation
+    (RFC 9110, 3.2): If-Match fails on it and ``If-None-Match: *`` holds,
+    as for PUT, and that verdict must not outlive a commit."""
+    if not has_preconditions(request):
+        return None
+    if view.committed is not None:
+        return view.committed.etag
+    return NOTHING_COMMITTED
+
+
 @inlineCallbacks
 def delete(context, request: StreamingRequest, user, target: paths.HttpTarget):
     """DELETE; with preconditions, of the version they were judged on: a
@@ -162,8 +178,7 @@ def _delete_once(context, request, user, target):
     if info.is_dir:
         yield context.transfers.rmdir(user, target.path)
         return
-    judged = view.committed.etag if view.committed and has_preconditions(request) else None
-    yield context.transfers.delete(user, target.path, expected_etag=judged)
+    yield context.transfers.delete(user, target.path, expected_etag=judged_etag(request, view))
 
 
 @inlineCallbacks
@@ -228,9 +243,7 @@ def _move_once(context, request, user, target, dest, overwrite):
         raise HttpError(412, "the destination exists and Overwrite is F")
     if existing is not None and (existing.is_dir or info.is_dir):
         raise HttpError(409, NEVER_REPLACED)
-    judged = None
-    if view.committed is not None and not info.is_dir and has_preconditions(request):
-        judged = view.committed.etag
+    judged = None if info.is_dir else judged_etag(request, view)
     try:
         yield context.transfers.rename(
             user, target.path, dest.path, replace=overwrite, expected_etag=judged

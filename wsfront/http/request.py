@@ -566,6 +566,9 @@ class StreamingRequest(server.Request):
         self.body_length: int | None = 0
         self.body_received = 0
         self.body_complete = False
+        #: Refused 501 for a method wsfs does not know (``check_method_known``):
+        #: the client's doing, which the metrics keep out of the 5xx answers.
+        self.unknown_method = False
         self.expects_continue = False
         self._continue_sent = False
         self._dispatched = False

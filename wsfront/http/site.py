@@ -210,7 +210,7 @@ class WsSite(server.Site):
     def _route(self, request: StreamingRequest) -> Deferred | None:
         from wsfront.http import files
 
-        check_method_known(request.method)
+        check_method_known(request)
         raw = target_path(request.path)
         if raw == b"*":
             # RFC 9110 (9.3.7): OPTIONS * asks about the server, not a
@@ -246,11 +246,15 @@ KNOWN_METHODS = frozenset(
 with the Allow of that resource."""
 
 
-def check_method_known(method: bytes) -> None:
+def check_method_known(request: StreamingRequest, method: bytes | None = None) -> None:
     """501 for a method the server does not recognise (RFC 9110, 15.6.2:
     405 is for a known method the target resource does not allow), before
-    anything else about the request (its login included) is looked at."""
-    if method not in KNOWN_METHODS:
+    anything else about the request (its login included) is looked at.
+    ``method``: the one the request asks for, if not its own (tus's
+    ``X-HTTP-Method-Override``).  The request is marked ``unknown_method``:
+    the metrics count such refusals apart from the server's 5xx errors."""
+    if (request.method if method is None else method) not in KNOWN_METHODS:
+        request.unknown_method = True
         raise HttpError(501, "method not implemented")
 
 

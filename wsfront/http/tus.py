@@ -83,7 +83,7 @@ class TusEndpoint:
         override = request.getHeader(b"X-HTTP-Method-Override")
         if method == b"POST" and override:
             method = override.strip().upper()
-            check_method_known(method)
+            check_method_known(request, method)
         if segments in ([], [""]):
             upload_id = None
             allowed = _COLLECTION_METHODS

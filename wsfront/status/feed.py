@@ -101,7 +101,9 @@ def build_feed(
             "uploads_committed": stats.uploads_committed,
             "reads_completed": stats.reads_completed,
         },
+        # As ``wsfs status`` counts them (snapshot: replica_health).
         "under_replicated": None if snapshot is None else snapshot.under_replicated,
+        "unavailable": None if snapshot is None else snapshot.unavailable,
         "nodes": _nodes(transfers, now),
         "front_ends": _front_ends(transfers, snapshot),
         "sessions": _sessions(transfers, sampler),

@@ -20,7 +20,15 @@ from twisted.logger import Logger
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
-from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE, Entry, UploadSession, User, Version
+from wsfront.catalog.records import (
+    REPLICA_OK,
+    REPLICA_STALE,
+    Entry,
+    NothingCommitted,
+    UploadSession,
+    User,
+    Version,
+)
 from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
 from wsfront.transfer.errors import (
@@ -340,14 +348,15 @@ class Transfers:
         self._need(user, "delete")
         return self.catalog.rmdir(self.full_path(user, vpath))
 
-    def delete(self, user: User, vpath: str, expected_etag: str | None = None):
+    def delete(self, user: User, vpath: str, expected_etag: str | NothingCommitted | None = None):
         """Remove a file; refused (UploadBusy) while another user's pending
         upload is on it, or a live one (a client sending), as
         docs/architecture.md's table says.  The user's own interrupted
         upload there is abandoned with it, for every protocol alike, unless
         a session here still holds it (its row marked interrupted by
         another front end while this one paused: its client is sending).
-        ``expected_etag``: only that version (catalog VersionChanged)."""
+        ``expected_etag``: only that version (catalog VersionChanged), or
+        with ``NOTHING_COMMITTED`` only while none is committed."""
         self._need(user, "delete")
         d = self.catalog.delete(
             self.full_path(user, vpath),
@@ -372,7 +381,7 @@ class Transfers:
         src: str,
         dst: str,
         replace: bool = True,
-        expected_etag: str | None = None,
+        expected_etag: str | NothingCommitted | None = None,
     ):
         """Move ``src`` to ``dst``; a file replaced there goes as ``delete``
         would take it (the user's own interrupted upload on it is abandoned,
@@ -380,7 +389,8 @@ class Transfers:
         (The catalog does not say which upload was abandoned: this front
         end's count of the user's pending uploads drops at its next
         refresh.)  ``expected_etag``: only that version of the file ``src``
-        (catalog VersionChanged)."""
+        (catalog VersionChanged), or with ``NOTHING_COMMITTED`` only while
+        none is committed."""
         self._need(user, "rename")
         return self.catalog.rename(
             self.full_path(user, src),

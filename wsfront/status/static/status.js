@@ -56,6 +56,7 @@
       ["read failovers", t.read_failovers], ["takeovers", t.takeovers],
       ["fenced writes", t.fenced], ["replica drops", t.replica_drops],
       ["under-replicated blobs", feed.under_replicated === null ? "?" : feed.under_replicated],
+      ["unavailable blobs", feed.unavailable === null ? "?" : feed.unavailable],
     ];
     dl.replaceChildren();
     for (const [k, v] of items) { dl.appendChild(el("dt", k)); dl.appendChild(el("dd", v)); }
