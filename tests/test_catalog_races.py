@@ -9,13 +9,14 @@ from twisted.internet import reactor
 from tests.catalog_race import (
     TIMEOUT,
     Outcome,
+    behind_or_beside,
     blocked_behind,
     in_tx,
     race,
     wait_until,
     waiting_for_a_lock,
 )
-from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
+from wsfront.catalog import _accounts, _blobs, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import (
     EpochConflict,
     Exists,
@@ -485,3 +486,53 @@ def test_a_rename_of_a_name_that_became_a_directory_serialises_with_add_user(two
     assert outcomes[1].result.kind == DIR
     assert bob.error is None, bob.error
     assert in_tx(a, _namespace.stat, "/alice/x/bob")().kind == DIR
+
+
+def _replicas_without_blob(cat) -> list:
+    return in_tx(
+        cat,
+        lambda tx: tx.all(
+            "SELECT r.blob_id, r.node FROM replicas r"
+            " WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.blob_id = r.blob_id)"
+        ),
+    )()
+
+
+def test_a_repair_copy_recorded_while_gc_forgets_its_blob_is_refused(two):
+    """Interleaved: A (GC) forgets an unreferenced blob and has not
+    committed; B (repair, its copy to s2 done) records the copy.  B must
+    wait for A on the blob's row and then find the blob gone (NotFound:
+    repair deletes its copy), not insert a replica row A's delete missed,
+    which outlives the blob (PostgreSQL)."""
+    a, b, url = two
+    in_tx(a, _blobs.add_blob, NOW, "bx", ["s1"], 1)()
+    outcomes = behind_or_beside(
+        a,
+        b,
+        url,
+        lambda tx: _blobs.forget_blob(tx, "bx"),
+        lambda tx: _blobs.add_replica(tx, "bx", "s2"),
+    )
+    assert _replicas_without_blob(a) == []
+    assert outcomes[0].error is None and outcomes[0].result == ["s1"]
+    assert isinstance(outcomes[1].error, NotFound), outcomes[1].error
+    assert "forgotten" in str(outcomes[1].error)
+
+
+def test_gc_forgetting_a_blob_while_a_repair_copy_is_recorded_names_that_copy(two):
+    """Interleaved the other way: A records repair's copy on s2 and has not
+    committed; B (GC) forgets the blob.  B must wait for A on the blob's
+    row and remove, and name to GC for deletion, the new replica too."""
+    a, b, url = two
+    in_tx(a, _blobs.add_blob, NOW, "bx", ["s1"], 1)()
+    outcomes = behind_or_beside(
+        a,
+        b,
+        url,
+        lambda tx: _blobs.add_replica(tx, "bx", "s2"),
+        lambda tx: _blobs.forget_blob(tx, "bx"),
+    )
+    assert _replicas_without_blob(a) == []
+    assert outcomes[0].error is None, outcomes[0].error
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result == ["s1", "s2"]

@@ -479,7 +479,8 @@ class Compactor:
         commit leaves behind.  A replica that cannot be deleted now is an
         orphan, which GC's storage sweep removes after its grace."""
         try:
-            await self._catalog.forget_blob(blob_id)
+            # Its rows' nodes too: one a repair copy added meanwhile.
+            targets = sorted(set(targets) | set(await self._catalog.forget_blob(blob_id)))
         except catalog_errors.Exists:
             log.error("compact: {blob} is referenced after all; kept", blob=blob_id)
             return
