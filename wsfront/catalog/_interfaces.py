@@ -379,7 +379,10 @@ class ICatalog(Interface):
         otherwise).  Fires with the Job."""
 
     def finish_job(job_id, owner, result=None, error=None):
-        """End the job: done, or failed when ``error`` is given."""
+        """End the job: done, or failed when ``error`` is given.  LeaseHeld
+        if it is not running under ``owner`` (any more: re-queued, taken
+        by another front end, ended), decided by the change itself, so a
+        runner whose job moved on meanwhile is never told it finished it."""
 
     def cancel_job(job_id, why):
         """Fail a still queued job with ``why``; fires False if it is not
