@@ -110,3 +110,43 @@ def blocked_behind(
         return b._runner.run_sync(run)
 
     return race([lambda: a._runner.run_sync(in_a), in_b])
+
+
+def behind_or_beside(
+    a: Any, b: Any, url: str, first: Callable[[Any], Any], then: Callable[[Any], Any]
+) -> list[Outcome]:
+    """Like ``blocked_behind``, for a pair of transactions that should
+    serialise but might not: A commits once B waits for a lock of A's or
+    has committed beside it (on SQLite, once B started: its BEGIN IMMEDIATE
+    waits).  A test then judges the database, not a timeout, whichever way
+    they ran.  The outcomes of A and B."""
+    a_done, b_started, b_finished = threading.Event(), threading.Event(), threading.Event()
+    postgres = url.startswith("postgresql")
+    b_pids: list[int] = []
+
+    def in_a(tx: Any) -> Any:
+        result = first(tx)
+        a_done.set()
+        assert b_started.wait(TIMEOUT)
+        if postgres:
+            waiting = waiting_for_a_lock(url, b_pids)
+            wait_until(lambda: b_finished.is_set() or waiting(), "B to wait for A or finish")
+        return result
+
+    def in_b() -> Any:
+        assert a_done.wait(TIMEOUT)
+
+        def run(tx: Any) -> Any:
+            if postgres:
+                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+                b_started.set()
+            return then(tx)
+
+        if not postgres:
+            b_started.set()
+        try:
+            return b._runner.run_sync(run)
+        finally:
+            b_finished.set()
+
+    return race([lambda: a._runner.run_sync(in_a), in_b])

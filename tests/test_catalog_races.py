@@ -9,22 +9,24 @@ from twisted.internet import reactor
 from tests.catalog_race import (
     TIMEOUT,
     Outcome,
+    behind_or_beside,
     blocked_behind,
     in_tx,
     race,
     wait_until,
     waiting_for_a_lock,
 )
-from wsfront.catalog import _accounts, _cluster, _namespace, _uploads, open_catalog
+from wsfront.catalog import _accounts, _blobs, _cluster, _namespace, _uploads, open_catalog
 from wsfront.catalog.errors import (
     EpochConflict,
     Exists,
+    LeaseHeld,
     NotEmpty,
     NotFound,
     PendingUploadExists,
     VersionChanged,
 )
-from wsfront.catalog.records import DIR
+from wsfront.catalog.records import DIR, JOB_RUNNING
 
 pytest_plugins = ["tests.catalog_fixtures"]
 NOW = 1_000_000.0
@@ -485,3 +487,103 @@ def test_a_rename_of_a_name_that_became_a_directory_serialises_with_add_user(two
     assert outcomes[1].result.kind == DIR
     assert bob.error is None, bob.error
     assert in_tx(a, _namespace.stat, "/alice/x/bob")().kind == DIR
+
+
+def _replicas_without_blob(cat) -> list:
+    return in_tx(
+        cat,
+        lambda tx: tx.all(
+            "SELECT r.blob_id, r.node FROM replicas r"
+            " WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.blob_id = r.blob_id)"
+        ),
+    )()
+
+
+def test_a_repair_copy_recorded_while_gc_forgets_its_blob_is_refused(two):
+    """Interleaved: A (GC) forgets an unreferenced blob and has not
+    committed; B (repair, its copy to s2 done) records the copy.  B must
+    wait for A on the blob's row and then find the blob gone (NotFound:
+    repair deletes its copy), not insert a replica row A's delete missed,
+    which outlives the blob (PostgreSQL)."""
+    a, b, url = two
+    in_tx(a, _blobs.add_blob, NOW, "bx", ["s1"], 1)()
+    outcomes = behind_or_beside(
+        a,
+        b,
+        url,
+        lambda tx: _blobs.forget_blob(tx, "bx"),
+        lambda tx: _blobs.add_replica(tx, "bx", "s2"),
+    )
+    assert _replicas_without_blob(a) == []
+    assert outcomes[0].error is None and outcomes[0].result == ["s1"]
+    assert isinstance(outcomes[1].error, NotFound), outcomes[1].error
+    assert "forgotten" in str(outcomes[1].error)
+
+
+def test_gc_forgetting_a_blob_while_a_repair_copy_is_recorded_names_that_copy(two):
+    """Interleaved the other way: A records repair's copy on s2 and has not
+    committed; B (GC) forgets the blob.  B must wait for A on the blob's
+    row and remove, and name to GC for deletion, the new replica too."""
+    a, b, url = two
+    in_tx(a, _blobs.add_blob, NOW, "bx", ["s1"], 1)()
+    outcomes = behind_or_beside(
+        a,
+        b,
+        url,
+        lambda tx: _blobs.add_replica(tx, "bx", "s2"),
+        lambda tx: _blobs.forget_blob(tx, "bx"),
+    )
+    assert _replicas_without_blob(a) == []
+    assert outcomes[0].error is None, outcomes[0].error
+    assert outcomes[1].error is None, outcomes[1].error
+    assert outcomes[1].result == ["s1", "s2"]
+
+
+def _requeued_to_b(tx, job_id):
+    _cluster.requeue_job(tx, NOW, job_id, "A", "A lost the lease; re-queued")
+    return _cluster.claim_job(tx, NOW, "B", ["repair"])
+
+
+@pytest.mark.parametrize("change", ["update", "finish", "fail", "requeue"])
+def test_an_old_runner_s_change_behind_a_requeue_to_another_owner_is_refused(two, change):
+    """Interleaved: A's job was re-queued and claimed by B (not yet
+    committed); the old runner A then reports progress, finishes, fails or
+    re-queues the job, and waits on its row (PostgreSQL).  Once B's claim
+    commits, A's change must be refused (LeaseHeld), not reported done
+    while it changed nothing, and B's claim must stand."""
+    a, b, url = two
+    job = in_tx(a, _cluster.enqueue_job, NOW, "repair", {})()
+    assert in_tx(a, _cluster.claim_job, NOW, "A", ["repair"])().job_id == job.job_id
+    old_runner = {
+        "update": lambda tx: _cluster.update_job(tx, NOW, job.job_id, "A", {"n": 1}),
+        "finish": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
+        "fail": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "boom"),
+        "requeue": lambda tx: _cluster.requeue_job(tx, NOW, job.job_id, "A", "again"),
+    }[change]
+    outcomes = behind_or_beside(a, b, url, lambda tx: _requeued_to_b(tx, job.job_id), old_runner)
+    assert outcomes[0].error is None and outcomes[0].result.owner == "B"
+    assert isinstance(outcomes[1].error, LeaseHeld), outcomes[1].error or outcomes[1].result
+    assert "owned by B" in str(outcomes[1].error)
+    final = in_tx(a, _cluster.get_job, job.job_id)()
+    assert (final.state, final.owner, final.progress, final.result) == (JOB_RUNNING, "B", {}, None)
+
+
+def test_an_old_runner_s_finish_behind_another_front_end_failing_its_job_is_refused(two):
+    """Interleaved: the new lease holder fails A's job as a dead front
+    end's (``end_job``: same owner, state failed), not yet committed; A,
+    alive after all, finishes it done and waits on its row (PostgreSQL).
+    A's finish must be refused, not overwrite the failure with done."""
+    a, b, url = two
+    job = in_tx(a, _cluster.enqueue_job, NOW, "fsck", {})()
+    in_tx(a, _cluster.claim_job, NOW, "A", ["fsck"])()
+    outcomes = behind_or_beside(
+        a,
+        b,
+        url,
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "A stopped"),
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
+    )
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, LeaseHeld), outcomes[1].error or outcomes[1].result
+    final = in_tx(a, _cluster.get_job, job.job_id)()
+    assert (final.state, final.error, final.result) == ("failed", "A stopped", None)

@@ -375,3 +375,73 @@ async def test_a_storage_server_dying_mid_compaction_abandons_it_and_loses_nothi
     await env.transfers.pool.probe_all()
     got, _ = await env.download("/f")
     assert got == content
+
+
+async def held_pool(env):
+    """The pool with its probe loop stopped (after a last probe), so the
+    free space a test sets on its servers stands until ``pool.start()``;
+    the servers by name."""
+    pool = env.transfers.pool
+    pool.stop()
+    await pool.probe_all()
+    return pool, {n.name: n for n in pool.nodes()}
+
+
+def room_for(node, size: int) -> None:
+    """Leave ``node`` exactly ``size`` bytes above its reserve."""
+    node.reserve_bytes = node.free_bytes - node.placed_bytes - size
+
+
+@pytest_twisted.ensureDeferred
+async def test_compaction_places_its_blob_only_where_the_file_fits(env):
+    """s1 is by far the most free, but its reserve leaves it a byte short
+    of the file: the new blob goes to the two others, which hold its
+    bytes as taken until their next health answer."""
+    content = await resumed_file(env, "/f", [(0, 40 * KiB), (40 * KiB, 40 * KiB), (80 * KiB, 1)])
+    pool, nodes = await held_pool(env)
+    try:
+        nodes["s1"].free_bytes += 1 << 40
+        room_for(nodes["s1"], len(content) - 1)
+        stats = await compactor(env).run_pass()
+        assert stats[COMPACTED] == 1
+        [extent] = (await version_of(env, "/f")).extents
+        blob = await env.catalog.get_blob(extent.blob_id)
+        assert sorted(r.node for r in blob.replicas) == ["s2", "s3"]
+        assert extent.blob_id not in await blobs_on(env, "s1")
+        assert {name: n.placed_bytes for name, n in nodes.items()} == {
+            "s1": 0, "s2": len(content), "s3": len(content),
+        }  # fmt: skip
+    finally:
+        await pool.start()
+    await check_full_strength(env, {"/f": content})
+
+
+@pytest_twisted.ensureDeferred
+async def test_compaction_without_room_for_its_blob_gives_back_what_it_counted(env):
+    """Only s3 has room for the file, two replicas are wanted: the file is
+    skipped, and s3 is not left charged for a blob never made.  Likewise
+    when the catalog cannot record the new blob."""
+    await resumed_file(env, "/f", [(0, 40 * KiB), (40 * KiB, 40 * KiB), (80 * KiB, 1)])
+    before = await version_of(env, "/f")
+    pool, nodes = await held_pool(env)
+    try:
+        room_for(nodes["s1"], 0)
+        room_for(nodes["s2"], 0)
+        stats = await compactor(env).run_pass()
+        assert (stats["skipped"], stats[COMPACTED]) == (1, 0)
+        assert [n.placed_bytes for n in nodes.values()] == [0, 0, 0]
+        room_for(nodes["s2"], 1 << 30)
+
+        async def refused(*args):
+            raise catalog_errors.CatalogUnavailable("catalog down")
+
+        env.catalog.add_blob = refused
+        try:
+            stats = await compactor(env).run_pass()
+        finally:
+            del env.catalog.add_blob
+        assert (stats[FAILED], stats[COMPACTED]) == (1, 0)
+        assert [n.placed_bytes for n in nodes.values()] == [0, 0, 0]
+    finally:
+        await pool.start()
+    assert (await version_of(env, "/f")).extents == before.extents

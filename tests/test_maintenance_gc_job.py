@@ -160,7 +160,7 @@ async def test_a_gc_job_losing_the_lease_is_requeued_and_no_scheduled_pass_follo
     forgotten = []
 
     async def forget_and_pause(blob_id):
-        await forget_blob(blob_id)
+        removed = await forget_blob(blob_id)
         forgotten.append(blob_id)
         if len(forgotten) == 1:
             # A long pause outlives fe-a's lease (and makes its scheduled
@@ -168,6 +168,7 @@ async def test_a_gc_job_losing_the_lease_is_requeued_and_no_scheduled_pass_follo
             clock.advance(TTL + 1)
             await env.catalog.release_lease(LEASE_NAME, "fe-a")
             assert await env.catalog.acquire_lease(LEASE_NAME, "fe-b", TTL)
+        return removed
 
     env.catalog.forget_blob = forget_and_pause
     try:

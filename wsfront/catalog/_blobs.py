@@ -105,7 +105,20 @@ def mark_replica(tx: Tx, blob_id: str, node: str, state: str) -> BlobRecord:
 
 
 def add_replica(tx: Tx, blob_id: str, node: str) -> BlobRecord:
-    _blob(tx, blob_id)
+    """Record ``node``'s verified copy of ``blob_id`` as ok.  NotFound if
+    the blob is forgotten (GC collected it while the copy was made): the
+    copy is nobody's, and its maker deletes it.
+
+    The blob's row is locked first, as ``forget_blob`` locks it, so the two
+    serialise on PostgreSQL too (SQLite's BEGIN IMMEDIATE already does):
+    a forget that commits first is seen here (the lock, then the re-read,
+    find no row), one that comes after sees this replica's row and deletes
+    it with the others, naming it to its caller.  Without the lock, a
+    forget's ``DELETE FROM replicas`` could miss the row inserted here, and
+    its ``DELETE FROM blobs`` leave it without its blob."""
+    tx.lock_rows("blobs", "blob_id", [blob_id])
+    if tx.one("SELECT 1 AS one FROM blobs WHERE blob_id = ?", blob_id) is None:
+        raise NotFound(f"no blob {blob_id!r} (forgotten): its copy on {node} is not recorded")
     if not tx.execute(
         "UPDATE replicas SET state = 'ok' WHERE blob_id = ? AND node = ?", blob_id, node
     ):
@@ -186,10 +199,19 @@ def collectable_blobs(tx: Tx, limit: int) -> list[BlobRecord]:
     return _blobs_where(tx, f"NOT {REFERENCED}", limit)
 
 
-def forget_blob(tx: Tx, blob_id: str) -> None:
+def forget_blob(tx: Tx, blob_id: str) -> list[str]:
+    """Remove an unreferenced blob's record and its replicas' rows; return
+    the nodes those rows named (sorted), read under the blob's row lock
+    (``add_replica`` takes it too): a copy recorded after its caller listed
+    the blob is among them, so the caller deletes that copy as well."""
     tx.lock_rows("blobs", "blob_id", [blob_id])
     _blob(tx, blob_id)
     if tx.one(f"SELECT 1 AS one FROM blobs b WHERE b.blob_id = ? AND {REFERENCED}", blob_id):
         raise Exists(f"blob {blob_id} is still referenced")
+    nodes = [
+        r["node"]
+        for r in tx.all("SELECT node FROM replicas WHERE blob_id = ? ORDER BY node", blob_id)
+    ]
     tx.execute("DELETE FROM replicas WHERE blob_id = ?", blob_id)
     tx.execute("DELETE FROM blobs WHERE blob_id = ?", blob_id)
+    return nodes

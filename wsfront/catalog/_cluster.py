@@ -256,18 +256,12 @@ def cancel_job(tx: Tx, now: float, job_id: int, why: str) -> bool:
 def requeue_job(tx: Tx, now: float, job_id: int, owner: str, note: str) -> Job:
     """Put a running job of ``owner`` back in the queue (its runner is gone),
     keeping its id so the CLI waiting on it goes on waiting; ``note`` (why)
-    stays in ``error`` until the job finishes."""
-    _owned_running(tx, job_id, owner)
-    tx.execute(
-        "UPDATE jobs SET state = ?, owner = NULL, error = ?, updated_at = ? "
-        "WHERE job_id = ? AND owner = ? AND state = ?",
-        JOB_QUEUED,
-        note,
-        now,
-        job_id,
-        owner,
-        JOB_RUNNING,
-    )
+    stays in ``error`` until the job finishes.  LeaseHeld if it is not
+    running under ``owner``."""
+    _change_owned(
+        tx, job_id, owner, "state = ?, owner = NULL, error = ?, updated_at = ?",
+        JOB_QUEUED, note, now,
+    )  # fmt: skip
     return get_job(tx, job_id)
 
 
@@ -277,15 +271,30 @@ def _owned_running(tx: Tx, job_id: int, owner: str) -> None:
         raise LeaseHeld(f"job {job_id} is {job.state} and owned by {job.owner}")
 
 
-def update_job(tx: Tx, now: float, job_id: int, owner: str, progress: dict[str, Any]) -> Job:
-    _owned_running(tx, job_id, owner)
-    tx.execute(
-        "UPDATE jobs SET progress = ?, updated_at = ? WHERE job_id = ? AND owner = ?",
-        json.dumps(progress),
-        now,
+def _change_owned(tx: Tx, job_id: int, owner: str, assignments: str, *values: Any) -> None:
+    """``UPDATE jobs SET assignments`` of job ``job_id`` if it is running
+    under ``owner``, else LeaseHeld (NotFound for no such job).
+
+    The owner and the state are conditions of the UPDATE itself, and what
+    it changed decides: a check read before it could pass on PostgreSQL
+    (READ COMMITTED) while another front end re-queued and claimed the job
+    (or ended it), the UPDATE, waiting on that row, then changing nothing,
+    or overwriting the other's end, and the old runner being told it
+    succeeded."""
+    if tx.execute(
+        f"UPDATE jobs SET {assignments} WHERE job_id = ? AND owner = ? AND state = ?",
+        *values,
         job_id,
         owner,
-    )
+        JOB_RUNNING,
+    ):
+        return
+    _owned_running(tx, job_id, owner)  # says who has it now
+    raise LeaseHeld(f"job {job_id} is not running under {owner}")
+
+
+def update_job(tx: Tx, now: float, job_id: int, owner: str, progress: dict[str, Any]) -> Job:
+    _change_owned(tx, job_id, owner, "progress = ?, updated_at = ?", json.dumps(progress), now)
     return get_job(tx, job_id)
 
 
@@ -297,17 +306,11 @@ def finish_job(
     result: dict[str, Any] | None,
     error: str | None,
 ) -> Job:
-    _owned_running(tx, job_id, owner)
-    tx.execute(
-        "UPDATE jobs SET state = ?, result = ?, error = ?, updated_at = ? "
-        "WHERE job_id = ? AND owner = ?",
+    _change_owned(
+        tx, job_id, owner, "state = ?, result = ?, error = ?, updated_at = ?",
         JOB_FAILED if error is not None else JOB_DONE,
-        json.dumps(result) if result is not None else None,
-        error,
-        now,
-        job_id,
-        owner,
-    )
+        json.dumps(result) if result is not None else None, error, now,
+    )  # fmt: skip
     return get_job(tx, job_id)
 
 

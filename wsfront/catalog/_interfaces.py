@@ -230,7 +230,10 @@ class ICatalog(Interface):
         copy) makes a replica ok again."""
 
     def add_replica(blob_id, node):
-        """Record a new (or repaired) ok replica of a blob."""
+        """Record a new (or repaired) ok replica of a blob.  NotFound if
+        the blob was forgotten meanwhile (``forget_blob``): the copy is
+        nobody's, its maker deletes it.  Serialised with ``forget_blob``
+        on the blob's row."""
 
     def under_replicated(limit=100):
         """Fire with up to ``limit`` BlobRecords of sealed, referenced blobs
@@ -252,7 +255,10 @@ class ICatalog(Interface):
 
     def forget_blob(blob_id):
         """Remove a collectable blob's record (after its replicas were
-        deleted).  A blob still referenced is refused with Exists."""
+        deleted).  A blob still referenced is refused with Exists.  Fires
+        with the nodes of the replica rows it removed, read under the
+        blob's row lock: one recorded (``add_replica``) after the caller
+        listed the blob is among them, for the caller to delete too."""
 
     # -- compaction and late hashes -----------------------------------------
 
@@ -382,7 +388,10 @@ class ICatalog(Interface):
         otherwise).  Fires with the Job."""
 
     def finish_job(job_id, owner, result=None, error=None):
-        """End the job: done, or failed when ``error`` is given."""
+        """End the job: done, or failed when ``error`` is given.  LeaseHeld
+        if it is not running under ``owner`` (any more: re-queued, taken
+        by another front end, ended), decided by the change itself, so a
+        runner whose job moved on meanwhile is never told it finished it."""
 
     def cancel_job(job_id, why):
         """Fail a still queued job with ``why``; fires False if it is not

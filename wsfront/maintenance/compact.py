@@ -9,7 +9,8 @@ takes ``catalog.compaction_candidates`` (committed files with at least
 ``min_extents`` extents and no live upload) and for each one:
 
 1. records a new blob in the catalog (``add_blob``) before writing a byte
-   of it, as uploads do, so GC's sweep never takes it for an orphan;
+   of it, as uploads do, so GC's sweep never takes it for an orphan, on
+   servers with room for the file's size (``StoragePool.choose``);
 2. streams the file's bytes through the transfer layer's read path
    (``ReadStream``: replica failover, stall detection, checksum-damage
    reports) into writers on ``wanted`` storage servers, hashing sha256 as
@@ -327,12 +328,19 @@ class Compactor:
         wanted = await self._wanted_replicas(version)
         if draining is None:
             draining = await draining_nodes(self._catalog)
-        targets = self._pool.choose(wanted, exclude=draining)
+        # The new blob's size is known: only servers with room for it above
+        # their reserve, and it counts as taken there until their next
+        # health answer (as for an upload of known size), so a pass does
+        # not send every file to the server that had room for one.
+        size = version.size
+        targets = self._pool.choose(wanted, exclude=draining, size=size)
         if len(targets) < wanted:
+            self._pool.unplace(targets, size)  # nothing placed: give the charge back
             log.warn(
-                "compact: {path}: {n} servers free, {w} wanted; later",
+                "compact: {path}: {n} servers with room for {size} bytes, {w} wanted; later",
                 path=candidate.path,
                 n=len(targets),
+                size=size,
                 w=wanted,
             )
             return SKIPPED
@@ -340,6 +348,7 @@ class Compactor:
         try:
             await self._catalog.add_blob(blob_id, targets, wanted)
         except Exception as e:
+            self._pool.unplace(targets, size)  # no blob made
             log.warn("compact: {path}: cannot record a new blob: {err}", path=candidate.path, err=e)
             return FAILED
         try:
@@ -479,7 +488,8 @@ class Compactor:
         commit leaves behind.  A replica that cannot be deleted now is an
         orphan, which GC's storage sweep removes after its grace."""
         try:
-            await self._catalog.forget_blob(blob_id)
+            # Its rows' nodes too: one a repair copy added meanwhile.
+            targets = sorted(set(targets) | set(await self._catalog.forget_blob(blob_id)))
         except catalog_errors.Exists:
             log.error("compact: {blob} is referenced after all; kept", blob=blob_id)
             return

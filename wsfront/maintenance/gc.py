@@ -281,13 +281,20 @@ class GarbageCollector:
                     continue
                 left_behind += await self._delete_replicas(blob)
                 try:
-                    await self._catalog.forget_blob(blob.blob_id)
+                    removed = await self._catalog.forget_blob(blob.blob_id)
                 except catalog_errors.Exists:
                     log.error("gc: blob {blob} is referenced again; kept", blob=blob.blob_id)
                     skip.add(blob.blob_id)
                     continue
                 except catalog_errors.NotFound:
-                    pass
+                    removed = []
+                # A copy recorded since the listing (a repair copy landing
+                # meanwhile): the forget removed its row too, so it is
+                # deleted now, not left for the sweep as an orphan.
+                known = {r.node for r in blob.replicas}
+                late = [n for n in removed if n not in known]
+                if late:
+                    left_behind += await self._delete_replicas(blob, late)
                 self._collectable_since.pop(blob.blob_id, None)
                 forgotten += 1
             if len(batch) < limit:
@@ -301,11 +308,11 @@ class GarbageCollector:
                     del self._collectable_since[blob_id]
         return {"forgotten": forgotten, "waiting": len(skip), "left_behind": left_behind}
 
-    async def _delete_replicas(self, blob: BlobRecord) -> int:
-        """Delete every reachable copy; return how many were unreachable."""
+    async def _delete_replicas(self, blob: BlobRecord, nodes: list[str] | None = None) -> int:
+        """Delete every reachable copy (those on ``nodes``, default: every
+        replica of ``blob``); return how many were unreachable."""
         missed = 0
-        for replica in blob.replicas:
-            node = replica.node
+        for node in [r.node for r in blob.replicas] if nodes is None else nodes:
             if node not in self._pool.names() or not self._pool.is_up(node):
                 missed += 1
                 continue

@@ -13,6 +13,11 @@ work (a file, a blob) through one ``LeaseCheck`` and raises
 ``JobInterrupted`` when it is gone; the runner then ends the job the way the
 new holder ends a dead front end's (``end_job``): re-queued once if its kind
 can simply run again (``RERUNNABLE_JOBS``), else failed.
+
+A runner that learns only from the catalog that its job moved on (its
+progress or its end refused with ``LeaseHeld``: the new holder re-queued
+it, another front end claimed it) stops it at once with one log line and
+changes nothing more (``JobTaken``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wsfront.catalog.errors import LeaseHeld
 from wsfront.catalog.records import Job
 
 log = Logger()
@@ -43,6 +49,13 @@ RERUNNABLE_JOBS = frozenset({"repair", "drain", "compact", "fsck", "gc"})
 class JobInterrupted(Exception):
     """The runner lost the maintenance lease: the job stopped between two
     units of work and is ended as interrupted, not done."""
+
+
+class JobTaken(Exception):
+    """The catalog refused the runner's change of its job (``LeaseHeld``):
+    the job is no longer running under it (another front end re-queued or
+    ended it as a dead one's, and may run it now).  The runner stops it
+    and changes nothing more."""
 
 
 class LeaseCheck:
@@ -162,7 +175,7 @@ class JobRunner:
             now = self._clock.seconds()
             if now - last[0] >= self._interval:
                 last[0] = now
-                await self._catalog.update_job(job.job_id, self.owner, progress)
+                await self._change(self._catalog.update_job, job.job_id, self.owner, progress)
 
         self.current = job.job_id
         try:
@@ -170,6 +183,8 @@ class JobRunner:
                 result = await self.handlers[job.kind](dict(job.args), report)
             finally:
                 self.current = None
+        except JobTaken as e:
+            return await self._taken(job, e)
         except JobInterrupted as e:
             # The new lease holder may run it now: leave it to them (or
             # to the queue), as they would end it had we died.
@@ -179,12 +194,45 @@ class JobRunner:
             return await self._catalog.get_job(job.job_id)
         except Exception as e:
             log.failure("job {id} ({kind}) failed", id=job.job_id, kind=job.kind)
-            return await self._catalog.finish_job(
-                job.job_id, self.owner, error=f"{e.__class__.__name__}: {e}"
-            )
-        if latest[0] is not None:
-            await self._catalog.update_job(job.job_id, self.owner, latest[0])
+            try:
+                return await self._change(
+                    self._catalog.finish_job,
+                    job.job_id,
+                    self.owner,
+                    error=f"{e.__class__.__name__}: {e}",
+                )
+            except JobTaken as taken:
+                return await self._taken(job, taken)
         if restarted is not None:
             result = {**result, "restarted": restarted}
+        try:
+            if latest[0] is not None:
+                await self._change(self._catalog.update_job, job.job_id, self.owner, latest[0])
+            finished = await self._change(
+                self._catalog.finish_job, job.job_id, self.owner, result=result
+            )
+        except JobTaken as e:
+            return await self._taken(job, e)
         log.info("job {id} ({kind}) done: {result}", id=job.job_id, kind=job.kind, result=result)
-        return await self._catalog.finish_job(job.job_id, self.owner, result=result)
+        return finished
+
+    @staticmethod
+    async def _change(change: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``change`` (``update_job``, ``finish_job``) of the running job;
+        JobTaken if the catalog says it is no longer ours."""
+        try:
+            return await change(*args, **kwargs)
+        except LeaseHeld as e:
+            raise JobTaken(str(e)) from e
+
+    async def _taken(self, job: Job, why: JobTaken) -> Job:
+        """Stop ``job``, taken from us: one line, and the job as it is now
+        (another front end's to end or run)."""
+        log.warn(
+            "job {id} ({kind}) stopped: it is no longer {owner}'s ({why})",
+            id=job.job_id,
+            kind=job.kind,
+            owner=self.owner,
+            why=why,
+        )
+        return await self._catalog.get_job(job.job_id)

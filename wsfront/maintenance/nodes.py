@@ -85,10 +85,13 @@ async def drain(
         sources.sort(key=lambda n: n == node)  # spare the draining server
         targets = repairer.targets(blob, exclude=ok | leaving)
         moved = False
-        for target in targets:
-            if await repairer.copy(blob, target, sources, stats):
-                moved = True
-                break
+        try:
+            for target in targets:
+                if await repairer.copy(blob, target, sources, stats):
+                    moved = True
+                    break
+        except catalog_errors.NotFound:
+            continue  # GC collected it meanwhile (the copy is deleted): nothing to move
         if moved:
             await catalog.mark_replica(blob_id, node, REPLICA_STALE)
             stats["moved"] += 1
@@ -158,7 +161,10 @@ async def rebalance(
         chosen = None
         for size, blob_id in candidates:
             tried.add(blob_id)
-            blob = await catalog.get_blob(blob_id)
+            try:
+                blob = await catalog.get_blob(blob_id)
+            except catalog_errors.NotFound:
+                continue  # collected since the listing
             states = {r.node: r.state for r in blob.replicas}
             if states.get(src) != REPLICA_OK or states.get(dst) == REPLICA_OK:
                 continue
@@ -167,7 +173,14 @@ async def rebalance(
         if chosen is None:
             break
         size, blob = chosen
-        if not await repairer.copy(blob, dst, [src], stats):
+        try:
+            copied = await repairer.copy(blob, dst, [src], stats)
+        except catalog_errors.NotFound:
+            # GC collected it meanwhile (the copy is deleted): src holds it no more.
+            movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
+            load[src] -= size
+            continue
+        if not copied:
             break
         await catalog.mark_replica(blob.blob_id, src, REPLICA_STALE)
         movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]

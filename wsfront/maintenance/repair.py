@@ -229,7 +229,16 @@ class Repairer:
     ) -> bool:
         """Copy ``blob`` until it has its wanted ok replicas; False if it
         could not be brought to strength now.  Lost servers are neither
-        source nor target, draining ones only a source."""
+        source nor target, draining ones only a source.  A blob GC forgot
+        meanwhile needs nothing more (True)."""
+        try:
+            return await self._strengthen(blob, lost, draining, stats)
+        except catalog_errors.NotFound:
+            return True
+
+    async def _strengthen(
+        self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
+    ) -> bool:
         ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
@@ -320,7 +329,10 @@ class Repairer:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
         True once recorded with ``add_replica``.  A source found wrong is
         marked stale and removed from ``sources``.  ``stats`` counts
-        ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too."""
+        ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too.
+        NotFound (catalog) if the blob was forgotten meanwhile (GC collected
+        it): the copy just made is deleted first, and there is nothing more
+        to copy."""
         client = self._pool.client(target)
         await self._throttle.reserve(blob.length)
         await self._discard_untrusted(blob, target)
@@ -351,7 +363,19 @@ class Repairer:
                 await self._catalog.mark_replica(blob.blob_id, source, REPLICA_STALE)
                 sources.remove(source)
                 continue
-            await self._catalog.add_replica(blob.blob_id, target)
+            try:
+                await self._catalog.add_replica(blob.blob_id, target)
+            except catalog_errors.NotFound:
+                # GC forgot the blob while it was copied (nothing references
+                # it any more): the copy is nobody's, and would be left for
+                # the storage sweep to find as an orphan.
+                log.info(
+                    "repair: {blob} was collected while copied to {dst}; the copy is deleted",
+                    blob=blob.blob_id,
+                    dst=target,
+                )
+                await self._delete_copy(blob.blob_id, target)
+                raise
             stats["copied"] += 1
             stats["bytes"] += info.size
             log.info(
@@ -392,6 +416,21 @@ class Repairer:
             await self._pool.client(target).delete(blob.blob_id)
         except storage_errors.BlobNotFound:
             pass
+
+    async def _delete_copy(self, blob_id: str, target: str) -> None:
+        """Delete ``target``'s copy of a blob the catalog no longer knows; one
+        that cannot be deleted now is an orphan for GC's storage sweep."""
+        try:
+            await self._pool.client(target).delete(blob_id)
+        except storage_errors.BlobNotFound:
+            pass
+        except Exception as e:
+            log.warn(
+                "repair: delete of {blob} on {node}: {err}; left to GC's sweep",
+                blob=blob_id,
+                node=target,
+                err=e,
+            )
 
     # -- damage reports ----------------------------------------------------
 
