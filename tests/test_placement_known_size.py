@@ -216,3 +216,21 @@ async def test_a_put_placed_a_probe_after_another_that_took_the_room_is_507_befo
         assert all(n.holds == {} for n in pool.nodes())
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wslocal_charges_its_stores_on_one_disk_together(tmp_path, disks):
+    """wslocal's stores share the data folder's file system: its pool
+    charges a placement on one to them all; a store whose folder is a
+    file system of its own is charged alone."""
+    from tests.test_local_sockets import options, started
+
+    disks(**{"data/storage/s3": "16m"})
+    cluster = await started(options(tmp_path / "data", "--nodes", "3"))
+    try:
+        shares = {n.name: n.shares for n in cluster.frontend.pool.nodes()}
+        assert [n.name for n in shares["s1"]] == ["s1", "s2"]
+        assert shares["s2"] is shares["s1"]
+        assert shares["s3"] is None
+    finally:
+        await cluster.stopService()

@@ -235,6 +235,32 @@ def test_a_placement_no_upload_claims_is_given_back(clock, cluster, pool):
     assert pool._placements == {}
 
 
+def test_servers_sharing_a_disk_share_its_room(clock, cluster, pool):
+    """wslocal's stores share one file system, each reporting its free
+    space: a blob placed on one takes room from all, and its two replicas
+    there take it twice."""
+    MiB = 1 << 20
+    for name in NAMES:
+        cluster.node(name).capacity = 10 * MiB
+    run(clock, pool.probe_all())
+    pool.share_disk(NAMES)
+    assert len(pool.choose(2, size=4 * MiB, blob_id="b1")) == 2
+    # 8 of the 10 MiB are taken, on whichever of the three: no room for 4
+    # more, where each server alone would have said 6 or 10.
+    assert pool.choose(2, size=4 * MiB, blob_id="b2") == []
+    assert pool.out_of_space(4 * MiB)
+    pool.release("b1")
+    # Room for one replica of 6 MiB, not two: one server is chosen.
+    assert len(pool.choose(2, size=6 * MiB, blob_id="b3")) == 1
+    pool.release("b3")
+    # Servers on disks of their own are charged alone, as before.
+    pool.share_disk(["s1", "s2"])
+    pool.share_disk(["s3"])
+    assert sorted(pool.choose(3, size=4 * MiB, blob_id="b4")) == NAMES
+    assert pool.choose(1, size=4 * MiB, exclude=["s3"]) == []
+    assert pool.choose(1, size=4 * MiB, exclude=["s1", "s2"]) == ["s3"]
+
+
 def test_every_server_below_its_reserve_is_out_of_space_not_down(clock, cluster, pool):
     cluster.node("s3").kill()
     run(clock, pool.probe_all())

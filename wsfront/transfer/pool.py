@@ -50,6 +50,9 @@ class NodeState:
     #: The placements of the uploads running here (by blob id): each
     #: holds its room until its upload ends (``StoragePool.release``).
     holds: dict[str, Placement] = attrs.Factory(dict)
+    #: The servers whose stores share this one's file system, itself
+    #: included (``StoragePool.share_disk``: wslocal's), or None (its own).
+    shares: list[NodeState] | None = attrs.field(default=None, eq=False, repr=False)
     last_seen: float | None = None
     last_error: str | None = None
     #: Why the server, though it answers, takes no new blobs (its disk is
@@ -81,9 +84,25 @@ class NodeState:
         a server not heard from yet is given the benefit of the doubt."""
         if self.last_seen is None:
             return True
+        if self.shares is not None:
+            return self._disk_has_room_for(size, freeing)
         room = self.free_bytes - self.reserve_bytes - self.placed_bytes
         if freeing is not None:
             held = self.holds.get(freeing)
+            if held is not None:
+                room += held.outstanding()
+        return room >= size
+
+    def _disk_has_room_for(self, size: int, freeing: str | None) -> bool:
+        """``has_room_for`` on a file system shared with other servers:
+        its free space as the one heard from last says (the others' say
+        less about it), less what is placed on any of them."""
+        shares = [n for n in self.shares if n.last_seen is not None]
+        latest = max(shares, key=_LAST_SEEN)
+        room = latest.free_bytes - latest.reserve_bytes
+        for n in shares:
+            room -= n.placed_bytes
+            held = None if freeing is None else n.holds.get(freeing)
             if held is not None:
                 room += held.outstanding()
         return room >= size
@@ -150,6 +169,7 @@ class UnusableClient:
 SIMILAR_FREE = 1 << 30
 
 _NAME = operator.attrgetter("name")
+_LAST_SEEN = operator.attrgetter("last_seen")
 
 
 class StoragePool:
@@ -269,7 +289,8 @@ class StoragePool:
         (placement by free space alone).  ``freeing``: the blob of an
         upload this one takes over (a resume while its old session still
         streams here), whose room is about to be given back: it counts as
-        free.
+        free.  Servers that share a file system (``share_disk``) share its
+        room: two replicas of a blob there take it twice.
 
         Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
         most free are taken in turn, not by the bytes that happen to separate
@@ -295,16 +316,31 @@ class StoragePool:
             rest.sort(key=lambda n: (-n.free_bytes, n.name))
         k = self._turn % len(tier)
         self._turn += 1
-        chosen = (tier[k:] + tier[:k] + rest)[:count]
-        if size:
+        ordered = tier[k:] + tier[:k] + rest
+        if not size:
+            return [n.name for n in ordered[:count]]
+        chosen = []
+        for n in ordered:
+            if n.shares is not None and chosen and not n.has_room_for(size, freeing):
+                continue  # its file system's room went to a replica just chosen
+            n.placed_bytes += size
+            chosen.append(n)
+            if len(chosen) == count:
+                break
+        if blob_id is not None:
+            placement = Placement(size, self._clock.seconds(), chosen)
+            self._placements[blob_id] = placement
             for n in chosen:
-                n.placed_bytes += size
-            if blob_id is not None:
-                placement = Placement(size, self._clock.seconds(), chosen)
-                self._placements[blob_id] = placement
-                for n in chosen:
-                    n.holds[blob_id] = placement
+                n.holds[blob_id] = placement
         return [n.name for n in chosen]
+
+    def share_disk(self, names: Iterable[str]) -> None:
+        """The stores of the servers ``names`` share one file system (wslocal
+        runs its stores in one data folder): a blob placed on one takes room
+        from them all, and two replicas of a blob there take it twice."""
+        group = [self._nodes[name] for name in names if name in self._nodes]
+        for node in group:
+            node.shares = group if len(group) > 1 else None
 
     def claim(self, blob_id: str, nodes: Collection[str], written: Callable[[], int]) -> None:
         """The upload of ``blob_id`` runs, on ``nodes`` (its replicas whose
