@@ -18,6 +18,7 @@ from twisted.internet import threads
 
 from tests.catalog_outage import tmpfs
 from tests.ftp_env import FTPEnv
+from tests.http_clients_support import GatedBody
 from tests.http_env import HttpEnv, payload
 from tests.support import require_tool
 from tests.transfer_env import PASSWORD
@@ -163,3 +164,73 @@ def _bytes_io(data: bytes):
     import io
 
     return io.BytesIO(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_placed_a_probe_after_another_that_took_the_room_is_507_before_its_body(
+    tmp_path, disks
+):
+    """Two PUTs of 8 MiB to servers of 12 MiB, the second started once the
+    first streams and a health probe has answered since: the first holds
+    the room it has still to fill until it ends (not only until that
+    answer), so the second is refused before its body, where it was placed
+    on the same servers and one of the two failed mid-body for space."""
+    from twisted.internet import defer, reactor
+
+    disks(s1="12m", s2="12m")
+    env = await start_env(reactor, tmp_path, nodes=2, replicas=2)
+    try:
+        pool = env.transfers.pool
+        opened: defer.Deferred = defer.Deferred()
+        new_session = env.transfers._new_session
+
+        def new_session_and_tell(*args, **kw):
+            session = new_session(*args, **kw)
+            if not opened.called:
+                opened.callback(session)
+            return session
+
+        env.transfers._new_session = new_session_and_tell
+        first_data = payload(8 * MiB)
+        body = GatedBody(reactor, first_data, gate_at=MiB)
+        first = env.request("PUT", "/first", data=body)
+        await opened
+        await body.reached_gate
+        await pool.probe_all()  # a probe interval later: an answer since
+        src = tmp_path / "second.bin"
+        src.write_bytes(payload(8 * MiB))
+        out, _ = await _curl(
+            env, "-T", str(src), "-o", "/dev/null",
+            "-w", "%{http_code} %{size_upload}", env.url("/second"),
+        )  # fmt: skip
+        assert out.split() == ["507", "0"]
+        body.open_gate()
+        r = await first
+        assert r.code == 201
+        r = await env.request("GET", "/first")
+        assert await r.content() == first_data
+        assert _blobs(env) == {"s1": 1, "s2": 1}
+        # It ended: its room is free again for a placement's purposes,
+        # what it wrote being in the servers' free space from now on.
+        assert pool._placements == {}
+        assert all(n.holds == {} for n in pool.nodes())
+    finally:
+        await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wslocal_charges_its_stores_on_one_disk_together(tmp_path, disks):
+    """wslocal's stores share the data folder's file system: its pool
+    charges a placement on one to them all; a store whose folder is a
+    file system of its own is charged alone."""
+    from tests.test_local_sockets import options, started
+
+    disks(**{"data/storage/s3": "16m"})
+    cluster = await started(options(tmp_path / "data", "--nodes", "3"))
+    try:
+        shares = {n.name: n.shares for n in cluster.frontend.pool.nodes()}
+        assert [n.name for n in shares["s1"]] == ["s1", "s2"]
+        assert shares["s2"] is shares["s1"]
+        assert shares["s3"] is None
+    finally:
+        await cluster.stopService()

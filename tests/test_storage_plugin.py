@@ -145,3 +145,19 @@ def test_wsstorage_that_cannot_listen_exits_nonzero_with_a_clear_message(tmp_pat
     assert "Address already in use" in proc.stdout + proc.stderr
     # The operator's environment, not a bug: one line, as wsfront says it.
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_wsstorage_with_a_reserve_larger_than_its_disk_exits_nonzero_saying_so(tmp_path) -> None:
+    proc = subprocess.run(
+        twistd_argv("wsstorage", *_base(tmp_path), "--reserve", "1048576T"),
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "wsstorage: cannot start:" in out and "is the whole disk or more" in out, out
+    assert "Traceback" not in out

@@ -127,3 +127,28 @@ def test_reserve_of_a_fraction_and_of_bytes():
     assert Reserve.parse("0").bytes_of(1 << 40) == 0
     assert Reserve.parse("64k").bytes_of(0) == 64 * KiB
     assert Reserve.parse("1.5 GiB").bytes_of(0) == 3 << 29
+
+
+def test_a_store_refuses_a_reserve_of_its_whole_disk_or_more(tmp_path) -> None:
+    """``--reserve 20T`` meant as 20G: a store that could never take a new
+    blob, whatever is deleted, is refused when it opens (the storage
+    server does not start), not run refusing every write.  A reserve the
+    disk can hold, or a percentage, opens as ever."""
+    from wsstorage.blobstore import BlobStore
+    from wsstorage.fsops import OsFileSystem
+    from wsstorage.reserve import ReserveTooLarge
+
+    class OneGiBDisk(OsFileSystem):
+        def statvfs(self, path: str) -> tuple[int, int]:
+            return 1 << 29, 1 << 30
+
+    fs = OneGiBDisk()
+    for spec in ("1G", "2G"):
+        with pytest.raises(ReserveTooLarge) as refused:
+            BlobStore.open(tmp_path / "d", fs=fs, reserve=Reserve.parse(spec))
+        message = str(refused.value)
+        assert "--reserve" in message and "1.0 GiB" in message, message
+        assert "whole disk" in message, message
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["LOCK"]  # nothing prepared
+    for spec in ("1023M", "10%", "0"):
+        BlobStore.open(tmp_path / f"d{spec}", fs=fs, reserve=Reserve.parse(spec)).close()

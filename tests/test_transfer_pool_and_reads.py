@@ -167,6 +167,100 @@ def test_a_blob_of_known_size_goes_where_it_fits_above_the_reserve(clock, cluste
     assert all(n.placed_bytes == 0 for n in pool.nodes())
 
 
+def test_a_placement_holds_its_room_across_health_answers_until_its_upload_ends(
+    clock, cluster, pool
+):
+    """Two uploads of 6 MiB placed a probe apart on servers with 10 MiB
+    free: the second finds no room (it would fail mid-body on a full disk),
+    for the first still holds what it has yet to write; what it wrote, the
+    health answers show as used, and are not counted twice."""
+    MiB = 1 << 20
+    for name in NAMES:
+        cluster.node(name).capacity = 10 * MiB
+    run(clock, pool.probe_all())
+    assert sorted(pool.choose(3, size=6 * MiB, blob_id="b1")) == NAMES
+    clock.advance(1.0)
+    run(clock, pool.probe_all())
+    assert pool.choose(3, size=6 * MiB, blob_id="b2") == []
+    assert pool.out_of_space(6 * MiB)
+    # Its upload runs and writes 4 MiB: free space shows them from the next
+    # answer on, and the placement holds only the 2 MiB still to come.
+    written = [0]
+    pool.claim("b1", NAMES, lambda: written[0])
+    store_blob(clock, cluster, NAMES, "b1", b"x" * (4 * MiB))
+    written[0] = 4 * MiB
+    run(clock, pool.probe_all())
+    assert {n.free_bytes for n in pool.nodes()} == {6 * MiB}
+    assert {n.placed_bytes for n in pool.nodes()} == {2 * MiB}
+    assert pool.choose(3, size=5 * MiB, blob_id="b2") == []
+    # A replica that drops out gives back its room on its server alone.
+    pool.release("b1", ["s1"])
+    assert [n.placed_bytes for n in pool.nodes()] == [0, 2 * MiB, 2 * MiB]
+    # It writes 1 MiB more, then ends: what it wrote since the last answer
+    # stays counted until the next one shows it as used.
+    store_blob(clock, cluster, ["s2", "s3"], "b1more", b"x" * MiB)
+    written[0] = 5 * MiB
+    pool.release("b1")
+    assert [n.placed_bytes for n in pool.nodes()] == [0, MiB, MiB]
+    run(clock, pool.probe_all())
+    assert [(n.free_bytes, n.placed_bytes) for n in pool.nodes()] == [
+        (6 * MiB, 0),
+        (5 * MiB, 0),
+        (5 * MiB, 0),
+    ]
+    assert sorted(pool.choose(3, size=5 * MiB, blob_id="b2")) == NAMES
+
+
+def test_a_placement_no_upload_claims_is_given_back(clock, cluster, pool):
+    """A claim gives back the servers whose stream did not open; a
+    placement no upload ever claims (a start that failed without giving
+    it back) holds its room for ``UNCLAIMED_SECONDS`` only."""
+    from wsfront.transfer.pool import UNCLAIMED_SECONDS
+
+    MiB = 1 << 20
+    for name in NAMES:
+        cluster.node(name).capacity = 10 * MiB
+    run(clock, pool.probe_all())
+    assert sorted(pool.choose(3, size=6 * MiB, blob_id="b1")) == NAMES
+    pool.claim("b1", ["s2"], lambda: 0)
+    assert [n.placed_bytes for n in pool.nodes()] == [0, 6 * MiB, 0]
+    pool.release("b1")
+    assert sorted(pool.choose(3, size=6 * MiB, blob_id="lost")) == NAMES
+    clock.advance(UNCLAIMED_SECONDS / 2)
+    run(clock, pool.probe_all())
+    assert {n.placed_bytes for n in pool.nodes()} == {6 * MiB}
+    clock.advance(UNCLAIMED_SECONDS)
+    run(clock, pool.probe_all())
+    assert {n.placed_bytes for n in pool.nodes()} == {0}
+    assert pool._placements == {}
+
+
+def test_servers_sharing_a_disk_share_its_room(clock, cluster, pool):
+    """wslocal's stores share one file system, each reporting its free
+    space: a blob placed on one takes room from all, and its two replicas
+    there take it twice."""
+    MiB = 1 << 20
+    for name in NAMES:
+        cluster.node(name).capacity = 10 * MiB
+    run(clock, pool.probe_all())
+    pool.share_disk(NAMES)
+    assert len(pool.choose(2, size=4 * MiB, blob_id="b1")) == 2
+    # 8 of the 10 MiB are taken, on whichever of the three: no room for 4
+    # more, where each server alone would have said 6 or 10.
+    assert pool.choose(2, size=4 * MiB, blob_id="b2") == []
+    assert pool.out_of_space(4 * MiB)
+    pool.release("b1")
+    # Room for one replica of 6 MiB, not two: one server is chosen.
+    assert len(pool.choose(2, size=6 * MiB, blob_id="b3")) == 1
+    pool.release("b3")
+    # Servers on disks of their own are charged alone, as before.
+    pool.share_disk(["s1", "s2"])
+    pool.share_disk(["s3"])
+    assert sorted(pool.choose(3, size=4 * MiB, blob_id="b4")) == NAMES
+    assert pool.choose(1, size=4 * MiB, exclude=["s3"]) == []
+    assert pool.choose(1, size=4 * MiB, exclude=["s1", "s2"]) == ["s3"]
+
+
 def test_every_server_below_its_reserve_is_out_of_space_not_down(clock, cluster, pool):
     cluster.node("s3").kill()
     run(clock, pool.probe_all())

@@ -119,3 +119,36 @@ async def test_a_resume_without_a_check_is_not_charged_for_its_first_choice(env)
     placed = {n.name: n.placed_bytes for n in env.transfers.pool.nodes()}
     assert placed == {nodes[0].name: 4 * MiB, nodes[1].name: 4 * MiB, nodes[2].name: 0}
     await resumed.interrupt()
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["tus-or-ftp", "http-put"])
+@pytest_twisted.ensureDeferred
+async def test_a_resume_of_an_upload_still_streaming_here_is_not_refused_for_its_own_room(
+    env, checked
+):
+    """A client whose connection dropped unnoticed resumes its upload of
+    known size while its old session still streams here: the room that
+    session holds until it ends (its bytes still to come) is the resume's
+    own, given back by the takeover's fence, not another upload's.  Every
+    server has room for the whole upload once: the resume goes on, where it
+    was refused StorageFull for the bytes it is about to send itself."""
+    nodes = list(env.cluster.nodes.values())
+    for node in nodes:
+        node.capacity = node.used_bytes() + 6 * MiB
+    nodes[-1].capacity = nodes[-1].used_bytes() + MiB // 2
+    await env.transfers.pool.probe_all()
+    old = await env.transfers.open_write(env.user, "/big.bin", 0, expected_size=5 * MiB)
+    assert sorted(old.replicas) == sorted(n.name for n in nodes[:-1])
+    await Feeder(env.reactor, old, os.urandom(MiB)).start()
+    await old.checkpoint()
+    assert old.state == "streaming" and old.durable == MiB
+    resumed = await env.transfers.open_write(
+        env.user, "/big.bin", MiB, expected_size=5 * MiB, resume=True,
+        check=(lambda view: None) if checked else None,
+    )  # fmt: skip
+    assert old.state == "fenced"
+    assert sorted(resumed.replicas) == sorted(n.name for n in nodes[:-1])
+    await Feeder(env.reactor, resumed, os.urandom(4 * MiB)).start()
+    version = await resumed.finish()
+    assert version.size == 5 * MiB
+    assert all(n.holds == {} for n in env.transfers.pool.nodes())

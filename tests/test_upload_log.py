@@ -169,6 +169,7 @@ def test_a_session_whose_only_replica_failed_before_it_was_built_logs_its_start_
     from twisted.logger import globalLogPublisher
 
     from wsfront.catalog.records import UploadSession
+    from wsfront.transfer.pool import StoragePool
     from wsfront.transfer.upload_log import StartLine
     from wsfront.transfer.writer import FAILED, WriteSession
 
@@ -189,7 +190,7 @@ def test_a_session_whose_only_replica_failed_before_it_was_built_logs_its_start_
         catalog = Interrupts()
         line = StartLine("u1", "alice", "/alice/f", 0, "s1", clock.seconds())
         session = WriteSession(
-            clock, None, catalog, upload, {"s1": FailedWriter()}, start_line=line
+            clock, StoragePool(clock), catalog, upload, {"s1": FailedWriter()}, start_line=line
         )
     finally:
         globalLogPublisher.removeObserver(end_lines)

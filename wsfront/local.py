@@ -430,8 +430,24 @@ class LocalClusterService(service.MultiService):
         )
         self.frontend.setServiceParent(self)
         await self.frontend.ready
+        self._share_disks()
         self._announce()
         return self
+
+    def _share_disks(self) -> None:
+        """Tell the front end's pool which stores share a file system (all
+        of them, unless folders under DATA/storage are mounts of their
+        own): each reports that file system's free space as its own, so a
+        blob placed on one takes room from the others too, and a blob's
+        two replicas on it take it twice (``StoragePool.share_disk``);
+        charged to each store alone, uploads of known size placed on a
+        nearly full disk would fail mid-body instead of being refused
+        before it."""
+        by_device: dict[int, list[str]] = {}
+        for name, store in self.stores.items():
+            by_device.setdefault(os.stat(store.root).st_dev, []).append(name)
+        for names in by_device.values():
+            self.frontend.pool.share_disk(names)
 
     def _socket_dir(self, names: list[str]) -> Path | None:
         """The folder of the storage servers' UNIX sockets, made private

@@ -30,6 +30,7 @@ from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.diskformat import FormatError
+from wsstorage.reserve import ReserveTooLarge
 
 log = Logger()
 
@@ -54,12 +55,11 @@ def _node_state(node) -> str:
 def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint, wslocal's data
-    directory in use by another wslocal or of another format): one line
-    says it, as for a bad option.  Anything else is a bug, with its
-    traceback."""
-    return isinstance(error, (BadStorageEndpoint, CannotListenError, FormatError)) or (
-        operator_error(error)
-    )
+    directory in use by another wslocal or of another format, a --reserve
+    the disk cannot hold): one line says it, as for a bad option.
+    Anything else is a bug, with its traceback."""
+    environment = (BadStorageEndpoint, CannotListenError, FormatError, ReserveTooLarge)
+    return isinstance(error, environment) or operator_error(error)
 
 
 def report_start_failure(failure: Failure, what: str) -> None:

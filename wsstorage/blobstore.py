@@ -180,7 +180,7 @@ from wsstorage.errors import (
 from wsstorage.fsops import OsFileSystem
 from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
-from wsstorage.reserve import NO_RESERVE, Reserve, below_reserve_problem
+from wsstorage.reserve import NO_RESERVE, Reserve, ReserveTooLarge, below_reserve_problem
 
 log = Logger()
 
@@ -1344,6 +1344,7 @@ class BlobStore:
             os.close(lock_fd)
             raise FormatError(f"{root} is in use by another blob store process") from e
         try:
+            cls._check_reserve_fits(root, fs, reserve)
             block_size = cls._prepare(root, fs, block_size, journal=journal_size > 0)
             identity = cls._identify(root, fs)
             if drop_behind < 0:
@@ -2595,6 +2596,21 @@ class BlobStore:
 
     def free_space(self) -> tuple[int, int]:
         return self.fs.statvfs(self.root)
+
+    @staticmethod
+    def _check_reserve_fits(root: str, fs: OsFileSystem, reserve: Reserve) -> None:
+        """ReserveTooLarge, before the store is prepared, for a reserve the
+        disk of ``root`` cannot leave free: a typo (``--reserve 20T`` for
+        20G) the store would otherwise run with, refusing every new blob."""
+        if reserve == NO_RESERVE:
+            return
+        try:
+            _free, total = fs.statvfs(root)
+        except OSError:
+            return  # opening the store will say what is wrong
+        problem = reserve.too_large_for(total)
+        if problem is not None:
+            raise ReserveTooLarge(f"{root}: {problem}")
 
     def reserve_bytes(self, total: int) -> int:
         """The reserve (``self.reserve``) on this store's disk of ``total`` bytes."""

@@ -72,8 +72,25 @@ class Reserve:
         """The reserve on a file system of ``total`` bytes."""
         return self.fixed + int(total * self.fraction)
 
+    def too_large_for(self, total: int) -> str | None:
+        """Why this reserve cannot be kept on a file system of ``total``
+        bytes, or None: a size the whole disk cannot leave free (a
+        percentage is below half, so never), with which the store would
+        take no new blob, ever, whatever is deleted."""
+        if not total or self.bytes_of(total) < total:
+            return None
+        return (
+            f"--reserve {human_bytes(self.bytes_of(total))} is the whole disk or more "
+            f"(its file system holds {human_bytes(total)}): no new blob could ever be "
+            "stored; give a smaller size, or a percentage (1%)"
+        )
+
     def __str__(self) -> str:
         return f"{self.fraction * 100:g}%" if self.fraction else f"{self.fixed} bytes"
+
+
+class ReserveTooLarge(ValueError):
+    """A ``--reserve`` the store's disk cannot leave free (``Reserve.too_large_for``)."""
 
 
 #: No reserve at all: a store opened on its own (tests, tools) keeps none

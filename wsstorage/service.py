@@ -27,7 +27,7 @@ from wsstorage import allocator, auth
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.diskformat import FormatError
 from wsstorage.records import BLOB_ID_RE
-from wsstorage.reserve import DEFAULT_RESERVE, Reserve
+from wsstorage.reserve import DEFAULT_RESERVE, Reserve, ReserveTooLarge
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
 log = Logger()
@@ -258,7 +258,7 @@ class StorageService(Service):
         # The operator's environment (a port taken, a data directory that
         # is missing, in use or of another format) is the one line below,
         # as wsfront says it; anything else is a bug, worth its traceback.
-        if not failure.check(CannotListenError, OSError, FormatError):
+        if not failure.check(CannotListenError, OSError, FormatError, ReserveTooLarge):
             log.failure("wsstorage could not start", failure)
         sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
         # twistd exits 0 after reactor.stop(); a supervisor must see a failed

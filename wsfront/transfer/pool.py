@@ -10,7 +10,7 @@ the next probe.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 from twisted.internet import defer
@@ -41,9 +41,18 @@ class NodeState:
     #: answer's ``reserve_bytes``): a blob of known size goes only where
     #: ``free_bytes - reserve_bytes`` holds it.
     reserve_bytes: int = 0
-    #: Bytes of blobs of known size placed here since its last health
-    #: answer (``StoragePool.choose``): not free any more for the next.
+    #: Bytes of blobs of known size placed here that its last health
+    #: answer's ``free_bytes`` does not show as used yet: at that answer,
+    #: what the uploads then running here had still to write (``holds``);
+    #: since, the whole size of each blob placed (``StoragePool.choose``).
+    #: Not free any more for the next blob.
     placed_bytes: int = 0
+    #: The placements of the uploads running here (by blob id): each
+    #: holds its room until its upload ends (``StoragePool.release``).
+    holds: dict[str, Placement] = attrs.Factory(dict)
+    #: The servers whose stores share this one's file system, itself
+    #: included (``StoragePool.share_disk``: wslocal's), or None (its own).
+    shares: list[NodeState] | None = attrs.field(default=None, eq=False, repr=False)
     last_seen: float | None = None
     last_error: str | None = None
     #: Why the server, though it answers, takes no new blobs (its disk is
@@ -68,13 +77,67 @@ class NodeState:
         problem, not draining (reads go on regardless)."""
         return self.up and self.problem is None and not self.draining
 
-    def has_room_for(self, size: int) -> bool:
+    def has_room_for(self, size: int, freeing: str | None = None) -> bool:
         """Whether ``size`` more bytes leave the server's reserve free, as
-        far as its last health answer (less what was placed here since)
-        says; a server not heard from yet is given the benefit of the doubt."""
+        far as its last health answer (less what is placed here and not in
+        it) says, the room the blob ``freeing`` holds here counted as free;
+        a server not heard from yet is given the benefit of the doubt."""
         if self.last_seen is None:
             return True
-        return self.free_bytes - self.reserve_bytes - self.placed_bytes >= size
+        if self.shares is not None:
+            return self._disk_has_room_for(size, freeing)
+        room = self.free_bytes - self.reserve_bytes - self.placed_bytes
+        if freeing is not None:
+            held = self.holds.get(freeing)
+            if held is not None:
+                room += held.outstanding()
+        return room >= size
+
+    def _disk_has_room_for(self, size: int, freeing: str | None) -> bool:
+        """``has_room_for`` on a file system shared with other servers:
+        its free space as the one heard from last says (the others' say
+        less about it), less what is placed on any of them."""
+        shares = [n for n in self.shares if n.last_seen is not None]
+        latest = max(shares, key=_LAST_SEEN)
+        room = latest.free_bytes - latest.reserve_bytes
+        for n in shares:
+            room -= n.placed_bytes
+            held = None if freeing is None else n.holds.get(freeing)
+            if held is not None:
+                room += held.outstanding()
+        return room >= size
+
+
+@attrs.define(eq=False)
+class Placement:
+    """The room a new blob of known size holds on its servers from its
+    placement (``StoragePool.choose``) until its upload ends
+    (``StoragePool.release``): its size, less what its upload has written
+    so far, which a server's free space shows from its next health answer
+    on (the bytes still in flight, a few MiB, are the reserve's to cover)."""
+
+    size: int
+    #: When it was placed (``StoragePool`` gives back one that no upload
+    #: claimed within ``UNCLAIMED_SECONDS``).
+    since: float
+    #: The servers it still holds room on.
+    nodes: list[NodeState] = attrs.field(repr=False)
+    #: The bytes its upload has written so far, once one runs
+    #: (``StoragePool.claim``); None until then.
+    written: Callable[[], int] | None = None
+
+    def outstanding(self) -> int:
+        """The bytes still to come, as far as this front end knows."""
+        if self.written is None:
+            return self.size
+        return max(0, self.size - self.written())
+
+
+#: How long a placement no upload claimed holds its room: a start takes
+#: a catalog transaction and a connection to each replica, not minutes.
+#: Past this, a start that failed without giving it back (a bug) would
+#: otherwise keep its servers "full" until the front end restarts.
+UNCLAIMED_SECONDS = 120.0
 
 
 #: How long a disk failure a writer saw keeps a server out of ``choose``
@@ -106,6 +169,7 @@ class UnusableClient:
 SIMILAR_FREE = 1 << 30
 
 _NAME = operator.attrgetter("name")
+_LAST_SEEN = operator.attrgetter("last_seen")
 
 
 class StoragePool:
@@ -128,6 +192,9 @@ class StoragePool:
         self._probe_timeout = probe_timeout
         self._loop: LoopingCall | None = None
         self._turn = 0
+        #: The placements of blobs of known size whose uploads have not
+        #: ended, by blob id (``choose``, ``release``).
+        self._placements: dict[str, Placement] = {}
 
     def add(self, name: str, endpoint: str, client: IStorageClient) -> None:
         self._nodes[name] = NodeState(name, endpoint, client)
@@ -197,7 +264,14 @@ class StoragePool:
             node.last_error = reason
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
 
-    def choose(self, count: int, exclude: Iterable[str] = (), size: int | None = None) -> list[str]:
+    def choose(
+        self,
+        count: int,
+        exclude: Iterable[str] = (),
+        size: int | None = None,
+        blob_id: str | None = None,
+        freeing: str | None = None,
+    ) -> list[str]:
         """Up to ``count`` distinct healthy servers, most free space first;
         a server whose health answer names a disk problem is not one.
 
@@ -205,10 +279,18 @@ class StoragePool:
         (an HTTP Content-Length, a tus Upload-Length, an FTP ALLO), passes
         over the servers that cannot hold them above their reserve
         (``NodeState.has_room_for``), and counts them as taken on the
-        servers chosen until their next health answer (``placed_bytes``):
-        uploads placed between two probes do not all land on the server
-        that had room for one.  None: as many bytes as the disk takes (placement by free
-        space alone).
+        servers chosen (``placed_bytes``): uploads placed one after the
+        other do not all land on the server that had room for one.  With
+        ``blob_id`` (the new blob's), they stay taken until its upload
+        ends (``claim``, ``release``), less what it has written, which
+        each health answer shows as used: two uploads placed seconds apart
+        do not both go where one fits.  Without, only until the server's
+        next health answer.  None: as many bytes as the disk takes
+        (placement by free space alone).  ``freeing``: the blob of an
+        upload this one takes over (a resume while its old session still
+        streams here), whose room is about to be given back: it counts as
+        free.  Servers that share a file system (``share_disk``) share its
+        room: two replicas of a blob there take it twice.
 
         Servers whose free space is within ``SIMILAR_FREE`` (or 1%) of the
         most free are taken in turn, not by the bytes that happen to separate
@@ -222,7 +304,7 @@ class StoragePool:
             n for n in self._nodes.values() if n.takes_new_blobs and n.name not in excluded
         ]
         if size is not None:
-            candidates = [n for n in candidates if n.has_room_for(size)]
+            candidates = [n for n in candidates if n.has_room_for(size, freeing)]
         if not candidates:
             return []
         top = max([n.free_bytes for n in candidates])
@@ -234,37 +316,85 @@ class StoragePool:
             rest.sort(key=lambda n: (-n.free_bytes, n.name))
         k = self._turn % len(tier)
         self._turn += 1
-        chosen = (tier[k:] + tier[:k] + rest)[:count]
-        if size:
+        ordered = tier[k:] + tier[:k] + rest
+        if not size:
+            return [n.name for n in ordered[:count]]
+        chosen = []
+        for n in ordered:
+            if n.shares is not None and chosen and not n.has_room_for(size, freeing):
+                continue  # its file system's room went to a replica just chosen
+            n.placed_bytes += size
+            chosen.append(n)
+            if len(chosen) == count:
+                break
+        if blob_id is not None:
+            placement = Placement(size, self._clock.seconds(), chosen)
+            self._placements[blob_id] = placement
             for n in chosen:
-                n.placed_bytes += size
+                n.holds[blob_id] = placement
         return [n.name for n in chosen]
 
-    def unplace(self, names: Iterable[str], size: int | None) -> None:
-        """Give back what ``choose`` counted as taken (``size`` bytes on each
-        of ``names``) for a blob that was not made after all: an upload
-        whose start found a pending one to take over instead, or failed.
-        Left counted, a resume would be refused for the space its own first
-        choice held (and each retry would hold more)."""
-        if not size:
-            return
-        for name in names:
-            node = self._nodes.get(name)
-            if node is not None:
-                node.placed_bytes = max(0, node.placed_bytes - size)
+    def share_disk(self, names: Iterable[str]) -> None:
+        """The stores of the servers ``names`` share one file system (wslocal
+        runs its stores in one data folder): a blob placed on one takes room
+        from them all, and two replicas of a blob there take it twice."""
+        group = [self._nodes[name] for name in names if name in self._nodes]
+        for node in group:
+            node.shares = group if len(group) > 1 else None
 
-    def out_of_space(self, size: int | None = None, exclude: Iterable[str] = ()) -> bool:
+    def claim(self, blob_id: str, nodes: Collection[str], written: Callable[[], int]) -> None:
+        """The upload of ``blob_id`` runs, on ``nodes`` (its replicas whose
+        stream opened): ``written()`` says how many bytes it has written,
+        which the servers' health answers show as used from then on.  The
+        servers of its placement not among ``nodes`` get their room back.
+        Nothing if ``blob_id`` holds no placement (its size unknown)."""
+        placement = self._placements.get(blob_id)
+        if placement is None:
+            return
+        placement.written = written
+        gone = [n.name for n in placement.nodes if n.name not in nodes]
+        if gone:
+            self.release(blob_id, gone)
+
+    def release(self, blob_id: str, names: Collection[str] | None = None) -> None:
+        """The upload of ``blob_id`` ended (committed, interrupted, failed,
+        fenced by a takeover), or its blob was never made (its start found
+        a pending upload to take over instead, or failed); with ``names``,
+        only its replicas there failed.  Its room is given back there: the
+        bytes it still had to write.  What it wrote since the server's last
+        health answer stays counted until the next, which shows it as used.
+
+        Left counted, a resume would be refused for the room its own first
+        choice held, and a server would look fuller with every upload."""
+        placement = self._placements.get(blob_id)
+        if placement is None:
+            return
+        give_back = placement.outstanding()
+        keep = []
+        for node in placement.nodes:
+            if names is None or node.name in names:
+                del node.holds[blob_id]
+                node.placed_bytes = max(0, node.placed_bytes - give_back)
+            else:
+                keep.append(node)
+        placement.nodes = keep
+        if not keep:
+            del self._placements[blob_id]
+
+    def out_of_space(
+        self, size: int | None = None, exclude: Iterable[str] = (), freeing: str | None = None
+    ) -> bool:
         """Whether ``choose`` (with ``size``) found no server because every
         one that is up and not draining is out of room: below its reserve
         (or, with ``size``, without ``size`` bytes above it).  Then waiting
         will not help, unlike when servers are down (HTTP 507, FTP 452,
-        not 503 and 451)."""
+        not 503 and 451).  ``freeing``: as for ``choose``."""
         excluded = set(exclude)
         live = [
             n for n in self._nodes.values() if n.up and not n.draining and n.name not in excluded
         ]
         need = 1 if size is None else max(size, 1)
-        return bool(live) and all(not n.has_room_for(need) for n in live)
+        return bool(live) and all(not n.has_room_for(need, freeing) for n in live)
 
     def order_for_read(self, replicas: Sequence[str], spread: int = 0) -> list[str]:
         """Replicas known here, healthy ones first; ``spread`` rotates the
@@ -275,6 +405,26 @@ class StoragePool:
             k = spread % len(healthy)
             healthy = healthy[k:] + healthy[:k]
         return healthy + [r for r in known if not self._nodes[r].up]
+
+    def _still_to_come(self, node: NodeState) -> int:
+        """What the uploads placed on ``node`` have still to write there,
+        at one of its health answers (whose free space shows what they
+        wrote): a placement that no upload claimed in ``UNCLAIMED_SECONDS``
+        is given back first, loudly (a start that failed without)."""
+        if not node.holds:
+            return 0
+        stale = self._clock.seconds() - UNCLAIMED_SECONDS
+        for blob_id, p in list(node.holds.items()):
+            if p.written is None and p.since < stale:
+                log.warn(
+                    "blob {blob}: its placement ({size} bytes) was claimed by no upload "
+                    "in {s:g} s; its room is given back",
+                    blob=blob_id,
+                    size=p.size,
+                    s=UNCLAIMED_SECONDS,
+                )
+                self.release(blob_id)
+        return sum([p.outstanding() for p in node.holds.values()])
 
     # -- health probes -------------------------------------------------
 
@@ -330,7 +480,7 @@ class StoragePool:
         node.free_bytes = health.free_bytes
         node.total_bytes = health.total_bytes
         node.reserve_bytes = health.reserve_bytes
-        node.placed_bytes = 0
+        node.placed_bytes = self._still_to_come(node)
         node.last_seen = self._clock.seconds()
         node.last_error = problem
         if health.store_id is not None:

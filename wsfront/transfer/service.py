@@ -626,8 +626,8 @@ class Transfers:
         if offset > committed:
             raise OffsetTooLarge(f"offset {offset} is beyond the size {committed}")
         size = _bytes_past(expected_size, offset)
-        replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
+        replicas = self._choose_replicas(size, blob_id)
         try:
             upload = yield self._unplaced_unless_started(
                 self.catalog.begin_upload(
@@ -645,8 +645,7 @@ class Transfers:
                     expected_version_id=None if entry is None or entry.version is None
                     else entry.version.version_id,
                 ),
-                replicas,
-                size,
+                blob_id,
             )  # fmt: skip
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
@@ -668,8 +667,8 @@ class Transfers:
         callback chain) cost every small STOR ~15 calls for nothing."""
         full = self.full_path(user, vpath)
         size = None if append else _bytes_past(expected_size, offset)
-        replicas = self._choose_replicas(size)
         blob_id = new_blob_id()
+        replicas = self._choose_replicas(size, blob_id, full)
         try:
             started = yield self._unplaced_unless_started(
                 self.catalog.start_upload(
@@ -685,8 +684,7 @@ class Transfers:
                     meta=dict(meta or {}),
                     durable=durable,
                 ),
-                replicas,
-                size,
+                blob_id,
             )
         except catalog_errors.PendingUploadExists as e:
             upload = e.upload
@@ -735,37 +733,63 @@ class Transfers:
         """When a session left alone from now on expires."""
         return self._clock.seconds() + self.settings.upload_expiry
 
-    def _choose_replicas(self, size: int | None = None) -> tuple[str, ...]:
-        """The servers of a new blob of ``size`` bytes (None: unknown).
-        None to be had is StorageFull when every server that is up is out
-        of room for it (the client is told so: HTTP 507, FTP 452),
-        NoReplicasAvailable otherwise (try again later)."""
-        replicas = tuple(self.pool.choose(self.settings.replicas, size=size))
+    def _choose_replicas(
+        self, size: int | None, blob_id: str, full: str | None = None
+    ) -> tuple[str, ...]:
+        """The servers of the new blob ``blob_id`` of ``size`` bytes (None:
+        unknown), whose room it holds until its upload ends (the session's
+        end gives it back, or ``_unplaced_unless_started`` when no blob is
+        made).  None to be had is StorageFull when every server that is up
+        is out of room for it (the client is told so: HTTP 507, FTP 452),
+        NoReplicasAvailable otherwise (try again later).
+
+        ``full``: the path of a start that may turn out a resume (found by
+        the catalog after this choice); refused for room, it is chosen
+        again with the room of an upload of that path still streaming
+        here counted as free: the resume fences that session, and must
+        not be refused for the bytes it is about to send itself."""
+        replicas = tuple(self.pool.choose(self.settings.replicas, size=size, blob_id=blob_id))
+        if not replicas and size and full is not None:
+            mine = self._streaming_here(full)
+            if mine is not None:
+                replicas = tuple(
+                    self.pool.choose(
+                        self.settings.replicas, size=size, blob_id=blob_id, freeing=mine.blob_id
+                    )
+                )
         if not replicas:
             self._refuse_if_out_of_space(size)
             raise NoReplicasAvailable("no storage server is available")
         return replicas
 
-    def _unplaced_unless_started(self, d, replicas: tuple[str, ...], size: int | None):
-        """``d``, a catalog start of a new blob of ``size`` bytes on
-        ``replicas``; if it fails, no blob was made, so what ``choose``
-        counted for it is given back (``StoragePool.unplace``): a resume
-        found instead (PendingUploadExists) places its own blob, a start
-        that finds the version changed chooses again, and neither must
-        see its own first choice as taken."""
-        if size:
+    def _streaming_here(self, full: str) -> WriteSession | None:
+        """The session of an upload of ``full`` running here, if any (a
+        scan: only a start refused for room asks)."""
+        for session in self.sessions.values():
+            if session.session.path == full:
+                return session
+        return None
 
-            def give_back(failure):
-                self.pool.unplace(replicas, size)
-                return failure
+    def _unplaced_unless_started(self, d, blob_id: str):
+        """``d``, a catalog start of the new blob ``blob_id``; if it fails,
+        no blob was made, so the room ``choose`` set aside for it is given
+        back (``StoragePool.release``): a resume found instead
+        (PendingUploadExists) places its own blob, a start that finds the
+        version changed chooses again, and neither must see its own first
+        choice as taken."""
 
-            d.addErrback(give_back)
+        def give_back(failure):
+            self.pool.release(blob_id)
+            return failure
+
+        d.addErrback(give_back)
         return d
 
-    def _refuse_if_out_of_space(self, size: int | None) -> None:
+    def _refuse_if_out_of_space(self, size: int | None, freeing: str | None = None) -> None:
         """StorageFull if no server that is up has room for a new blob of
-        ``size`` bytes (None: unknown) above its reserve."""
-        if self.pool.out_of_space(size):
+        ``size`` bytes (None: unknown) above its reserve, the room the blob
+        ``freeing`` holds counted as free."""
+        if self.pool.out_of_space(size, freeing=freeing):
             if size is None:
                 raise StorageFull("every storage server is below its free space reserve")
             raise StorageFull(f"no storage server has room for {size} more bytes")
@@ -792,8 +816,10 @@ class Transfers:
             raise OffsetTooLarge(
                 f"offset {offset} is beyond the durable offset {upload.checkpoint}"
             )
-        self._refuse_if_out_of_space(size)
         local = self.sessions.get(upload.upload_id)
+        # A session of it still streaming here (its client's old
+        # connection) is fenced below: the room it holds is this resume's.
+        self._refuse_if_out_of_space(size, None if local is None else local.blob_id)
         try:
             upload = yield self.catalog.take_over(
                 upload.upload_id, upload.epoch, self.name, expires_at=self._expiry()
@@ -820,22 +846,26 @@ class Transfers:
             offset=offset,
         )
         keep = max(0, offset - upload.blob_start)
+        blob_id = None
         try:
             failpoints.hit("transfer.before_fence")
             yield self._fence_current_blob(upload, keep)
             failpoints.hit("transfer.after_fence")
-            replicas = self._choose_replicas(size)
+            blob_id = new_blob_id()
+            replicas = self._choose_replicas(size, blob_id)
             upload = yield self.catalog.restart_at(
                 upload.upload_id,
                 upload.epoch,
                 offset,
-                new_blob_id(),
+                blob_id,
                 list(replicas),
                 self.settings.replicas,
                 expires_at=self._expiry(),
                 declared_length=declared_length,
             )
         except Exception:
+            if blob_id is not None:
+                self.pool.release(blob_id)
             # The catalog says this front end is streaming it now: say it
             # is interrupted, as it is (`wsfs sessions` showed it active
             # here, with no transfer anywhere, until this process ended).
@@ -998,7 +1028,11 @@ class Transfers:
         def open_one(node: str):
             return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
 
-        results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
+        try:
+            results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
+        except BaseException:
+            self.pool.release(upload.blob_id)  # cancelled: no session holds its room
+            raise
         writers = {}
         for node, (ok, value) in zip(nodes, results):
             if ok:
@@ -1013,6 +1047,7 @@ class Transfers:
                 if isinstance(value.value, storage_errors.NodeUnavailable):
                     self.pool.mark_down(node, str(value.value))
         if not writers:
+            self.pool.release(upload.blob_id)
             if line is not None:
                 line.write(self._clock.seconds())
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)

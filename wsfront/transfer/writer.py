@@ -300,6 +300,9 @@ class WriteSession:
         self._start_line = start_line
         if stats is not None:
             stats.uploads_started += 1
+        # The room its placement set aside (a blob of known size) is held
+        # until the session ends (``_ended``), less what it has relayed.
+        pool.claim(self.blob_id, self._writers, self._written)
         # A copy: a writer that failed already drops out (from the dict)
         # as soon as its errback is added.
         for node, writer in list(self._writers.items()):
@@ -318,6 +321,10 @@ class WriteSession:
     @property
     def replicas(self) -> tuple[str, ...]:
         return tuple(self._writers)
+
+    def _written(self) -> int:
+        """The bytes relayed into the blob (its placement's room used)."""
+        return self.received
 
     @property
     def left_pending(self) -> bool:
@@ -611,6 +618,7 @@ class WriteSession:
             return
         writer = self._writers.pop(node)
         self._paused_by.discard(node)
+        self._pool.release(self.blob_id, (node,))
         self._only_full_drops &= isinstance(error, storage_errors.DiskFull)
         if self._stats is not None:
             self._stats.replica_drops += 1
@@ -736,6 +744,7 @@ class WriteSession:
 
     def _ended(self) -> None:
         self._cancel_timer()
+        self._pool.release(self.blob_id)
         if self._sha is not None:
             self._sha.cancelled = True  # chunks still queued need no hashing
         if self._on_end is not None:
