@@ -411,6 +411,8 @@ async def test_compaction_places_its_blob_only_where_the_file_fits(env):
         assert {name: n.placed_bytes for name, n in nodes.items()} == {
             "s1": 0, "s2": len(content), "s3": len(content),
         }  # fmt: skip
+        # Written: nothing more to come, so no server holds room for it.
+        assert [n.holds for n in nodes.values()] == [{}, {}, {}]
     finally:
         await pool.start()
     await check_full_strength(env, {"/f": content})
@@ -442,6 +444,7 @@ async def test_compaction_without_room_for_its_blob_gives_back_what_it_counted(e
             del env.catalog.add_blob
         assert (stats[FAILED], stats[COMPACTED]) == (1, 0)
         assert [n.placed_bytes for n in nodes.values()] == [0, 0, 0]
+        assert [n.holds for n in nodes.values()] == [{}, {}, {}]
     finally:
         await pool.start()
     assert (await version_of(env, "/f")).extents == before.extents

@@ -329,39 +329,43 @@ class Compactor:
         if draining is None:
             draining = await draining_nodes(self._catalog)
         # The new blob's size is known: only servers with room for it above
-        # their reserve, and it counts as taken there until their next
-        # health answer (as for an upload of known size), so a pass does
-        # not send every file to the server that had room for one.
+        # their reserve, and it stays counted as taken there until this
+        # copy ends (as for an upload of known size), so a pass does not
+        # send every file to the server that had room for one.
         size = version.size
-        targets = self._pool.choose(wanted, exclude=draining, size=size)
-        if len(targets) < wanted:
-            self._pool.unplace(targets, size)  # nothing placed: give the charge back
-            log.warn(
-                "compact: {path}: {n} servers with room for {size} bytes, {w} wanted; later",
-                path=candidate.path,
-                n=len(targets),
-                size=size,
-                w=wanted,
-            )
-            return SKIPPED
         blob_id = new_blob_id()
+        targets = self._pool.choose(wanted, exclude=draining, size=size, blob_id=blob_id)
         try:
-            await self._catalog.add_blob(blob_id, targets, wanted)
-        except Exception as e:
-            self._pool.unplace(targets, size)  # no blob made
-            log.warn("compact: {path}: cannot record a new blob: {err}", path=candidate.path, err=e)
-            return FAILED
-        try:
-            meta = self._meta(candidate, version, blob_id, started)
-            outcome = await self._write_and_swap(
-                candidate, version, blob_id, targets, meta, keep_going
-            )
-        except Exception as e:
-            log.warn("compact: {path} failed: {err}", path=candidate.path, err=e)
-            outcome = FAILED
-        if outcome != COMPACTED:
-            await self._abandon(blob_id, targets)
-        return outcome
+            if len(targets) < wanted:
+                log.warn(
+                    "compact: {path}: {n} servers with room for {size} bytes, {w} wanted; later",
+                    path=candidate.path,
+                    n=len(targets),
+                    size=size,
+                    w=wanted,
+                )
+                return SKIPPED
+            try:
+                await self._catalog.add_blob(blob_id, targets, wanted)
+            except Exception as e:
+                log.warn(
+                    "compact: {path}: cannot record a new blob: {err}", path=candidate.path, err=e
+                )
+                return FAILED
+            try:
+                meta = self._meta(candidate, version, blob_id, started)
+                outcome = await self._write_and_swap(
+                    candidate, version, blob_id, targets, meta, keep_going
+                )
+            except Exception as e:
+                log.warn("compact: {path} failed: {err}", path=candidate.path, err=e)
+                outcome = FAILED
+            if outcome != COMPACTED:
+                await self._abandon(blob_id, targets)
+            return outcome
+        finally:
+            # Written or given up: what it still had to write is room again.
+            self._pool.release(blob_id)
 
     async def _wanted_replicas(self, version: Version) -> int:
         wanted = 1
@@ -409,6 +413,8 @@ class Compactor:
             await self._abort_writers(writers)
             return FAILED
         relay = _Relay(self._clock, writers, self._throttle, keep_going)
+        # What it has written shows as used in the servers' health answers.
+        self._pool.claim(blob_id, list(writers), lambda: relay.written)
         stream = ReadStream(
             self._clock,
             self._pool,
