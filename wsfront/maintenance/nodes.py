@@ -139,9 +139,14 @@ async def rebalance(
                 if blob.sealed:
                     movable[node].append((size, blob_id))
     stats["before"] = dict(load)
-    # What each server last reported free (just probed): a blob that would
-    # not fit on the emptiest server is not sent there.
-    free = {n.name: n.free_bytes for n in pool.nodes() if n.last_seen is not None}
+    # The room each server last reported (just probed) above its reserve,
+    # less what is placed there: a blob that would not fit on the emptiest
+    # server is not sent there (``Repairer.copy`` would refuse it).
+    free = {
+        n.name: n.free_bytes - n.reserve_bytes - n.placed_bytes
+        for n in pool.nodes()
+        if n.last_seen is not None
+    }
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
         if not keep_going():

@@ -103,6 +103,7 @@ class Repairer:
         self._throttle = throttle or Throttle(clock, self.settings.bytes_per_second)
         self._down_since: dict[str, float] = {}
         self._marked: set[str] = set()  # lost servers whose replicas are all marked
+        self._holds = 0  # copies that held room (``_hold_room``'s keys)
 
     # -- which servers are lost ------------------------------------------
 
@@ -306,33 +307,81 @@ class Repairer:
         return False
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
-        """Healthy servers to copy ``blob`` to, best first: those whose last
-        reported free space holds it before those where it would not fit
-        (tried last, not left out: the report may be seconds old, and a
-        copy that finds the disk full just fails); then servers without
-        any copy of it (a stale or lost one is replaced, so it is kept
-        while there is a choice); then the pool's order (most free space
-        first, servers of similar free space in turn)."""
+        """Healthy servers to copy ``blob`` to, best first: only those whose
+        last reported free space, less its reserve and the room of the
+        uploads and copies placed there since (``NodeState.has_room_for``:
+        a server never probed yet is given the benefit of the doubt), holds
+        it; servers without any copy of it first (a stale or lost one is
+        replaced, so it is kept while there is a choice); then the pool's
+        order (most free space first, servers of similar free space in
+        turn).  Nothing is counted as taken here: ``copy`` holds the room
+        on the one target it copies to."""
         nodes = {n.name: n for n in self._pool.nodes()}
         known = {r.node for r in blob.replicas}
+        chosen = self._pool.choose(len(nodes), exclude=exclude)
+        fitting = [n for n in chosen if n not in nodes or nodes[n].has_room_for(blob.length)]
+        return sorted(fitting, key=lambda n: n in known)
 
-        def fits(name: str) -> bool:
-            node = nodes.get(name)
-            # Never probed yet: no report to go by (``has_room_for``); a
-            # server below its reserve refuses the copy anyway.
-            return node is None or node.has_room_for(blob.length)
+    def _hold_room(self, blob: BlobRecord, target: str, written: Callable[[], int]) -> str | None:
+        """Count ``blob``'s bytes as taken on ``target`` for the copy about
+        to run (``StoragePool.choose`` with the size, placed on ``target``
+        alone), so copies and uploads placed meanwhile do not count on the
+        same room; the key of the hold, for ``StoragePool.release`` when
+        the copy ends, or None if ``target`` has no room for it now (or
+        takes no new blobs).  The key is this copy's own, not the blob's
+        id: two copies of one blob may run at once (a drain job beside a
+        repair pass), and each gives back only its own.
 
-        chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
-        return sorted(chosen, key=lambda n: (not fits(n), n in known))
+        The hold is claimed at once, as an upload's would be once running:
+        unclaimed, the pool would give it back with a warning after
+        ``UNCLAIMED_SECONDS``, which a large throttled copy outlasts.  The
+        copy runs storage to storage, so this front end does not see its
+        bytes land: ``written()`` says none until the copy is recorded (all
+        of them then), so the whole size stays held while it runs (the
+        server's health answers meanwhile show some of it used too: counted
+        twice, on the safe side, for the length of one copy)."""
+        self._holds += 1
+        key = f"copy-{self._holds}-{blob.blob_id}-{target}"
+        others = [n for n in self._pool.names() if n != target]
+        if self._pool.choose(1, exclude=others, size=blob.length, blob_id=key) != [target]:
+            return None
+        self._pool.claim(key, [target], written)
+        return key
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
         True once recorded with ``add_replica``.  A source found wrong is
         marked stale and removed from ``sources``.  ``stats`` counts
         ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too.
+        The blob's size is held as taken on ``target`` while the copy runs
+        (``_hold_room``) and given back however it ends; False at once if
+        ``target`` has no room for it above its reserve now.
         NotFound (catalog) if the blob was forgotten meanwhile (GC collected
         it): the copy just made is deleted first, and there is nothing more
         to copy."""
+        landed = [0]  # the copy's bytes on the target's disk: all, once recorded
+        hold = self._hold_room(blob, target, lambda: landed[0])
+        if hold is None:
+            log.info(
+                "repair: {dst} has no room for {blob} ({n} bytes) above its reserve now; "
+                "not copied there",
+                blob=blob.blob_id,
+                n=blob.length,
+                dst=target,
+            )
+            return False
+        try:
+            copied = await self._copy(blob, target, sources, stats)
+            if copied:
+                landed[0] = blob.length
+            return copied
+        finally:
+            # Copied, failed or refused, the hold ends: a failed copy's room
+            # is the server's again; a recorded one's stays counted as used
+            # until the server's next health answer shows it so.
+            self._pool.release(hold)
+
+    async def _copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         client = self._pool.client(target)
         await self._throttle.reserve(blob.length)
         await self._discard_untrusted(blob, target)
