@@ -423,7 +423,7 @@ class Repairer:
                     blob=blob.blob_id,
                     dst=target,
                 )
-                await self._delete_copy(blob.blob_id, target)
+                await self.delete_copy(blob.blob_id, target)
                 raise
             stats["copied"] += 1
             stats["bytes"] += info.size
@@ -466,7 +466,7 @@ class Repairer:
         except storage_errors.BlobNotFound:
             pass
 
-    async def _delete_copy(self, blob_id: str, target: str) -> None:
+    async def delete_copy(self, blob_id: str, target: str) -> None:
         """Delete ``target``'s copy of a blob the catalog no longer knows; one
         that cannot be deleted now is an orphan for GC's storage sweep."""
         try:
