@@ -6,6 +6,7 @@ server for the sweep to find, and the job goes on.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -215,3 +216,65 @@ async def test_a_rebalance_whose_blob_gc_forgets_after_its_copy_is_recorded_goes
     assert await held_anywhere(env, gone) == []
     assert await replicas_without_blob(env) == []
     assert await blobs_on(env, "s3") - {gone} != set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_replacing_a_stale_replica_after_gc_deleted_it_is_deleted(env):
+    """GC lists the collectable blob (a stale replica, an ok one) and
+    deletes the stale one's copy; before it deletes the other, a copier
+    that read the blob while it was referenced replaces the stale copy
+    from the ok one and records it, before GC forgets the blob.  The forget
+    names that server, whose row GC listed stale: GC deletes there again,
+    so no copy is left for the sweep.  The ok replica's server, which no
+    copier targets, gets one delete only."""
+    blob_id, holders, _spare = await one_file(env)
+    stale, ok = holders
+    await env.catalog.mark_replica(blob_id, stale, REPLICA_STALE)
+    blob = await env.catalog.get_blob(blob_id)  # the copier's read
+    await env.transfers.delete(env.user, "/f0.bin")
+    listing = env.catalog.collectable_blobs
+
+    async def stale_first(limit=100):
+        # GC deletes in the listing's order of the replicas: the stale
+        # one first here, so the ok one is still there to copy from.
+        return [
+            attrs.evolve(b, replicas=tuple(sorted(b.replicas, key=lambda r: r.node != stale)))
+            for b in await listing(limit)
+        ]
+
+    env.catalog.collectable_blobs = stale_first
+    pool = env.transfers.pool
+    deletes = {stale: 0, ok: 0}
+    copied = []
+
+    def counting(node):
+        client = pool.client(node)
+        real_delete = client.delete
+
+        async def delete(blob_id):
+            deletes[node] += 1
+            try:
+                return await real_delete(blob_id)
+            finally:
+                if node == stale and not copied:
+                    copied.append(None)  # the copier's own delete of the old copy
+                    stats = {"copied": 0, "bytes": 0, "failed": 0}
+                    copied[0] = await repairer(env).copy(blob, stale, [ok], stats)
+
+        client.delete = lambda blob_id: defer.ensureDeferred(delete(blob_id))
+        return client
+
+    clients = [counting(stale), counting(ok)]
+    try:
+        result = await collector(env).collect()
+    finally:
+        del env.catalog.collectable_blobs
+        for client in clients:
+            del client.delete
+    assert copied == [True]
+    assert (result["forgotten"], result["left_behind"]) == (1, 0)
+    assert await held_anywhere(env, blob_id) == []
+    assert await replicas_without_blob(env) == []
+    # The stale server: GC's delete, the copier's of what it replaced
+    # (gone), GC's again; the ok one: GC's alone.
+    assert deletes == {stale: 3, ok: 1}
