@@ -128,11 +128,37 @@ def no_holds(env) -> dict[str, dict]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_repair_copies_to_no_server_whose_reserve_leaves_it_short_of_the_blob(env):
-    """Both servers without a copy are the most free by far, but their
-    reserves leave each a byte short of the blob: no copy is made (the
-    storage servers would have taken it, their disks are not full), the
-    blob stays under-replicated for a later pass, and nothing is held."""
+async def test_a_server_whose_reserve_leaves_it_short_of_the_blob_is_tried_last(env):
+    """Both servers without a copy are the most free by far; one's reserve
+    leaves it a byte short of the blob: the copy goes to the other, which
+    holds its room while it runs and nothing after."""
+    files, blob, kept, spare = await one_blob_missing_a_replica(env)
+    nodes = {n.name: n for n in env.transfers.pool.nodes()}
+    short, roomy = spare
+    room_for(nodes[short], blob.length - 1)
+    room_for(nodes[roomy], blob.length)
+    repairer = Repairer(
+        task.Clock(),
+        env.catalog,
+        env.transfers.pool,
+        RepairSettings(bytes_per_second=None, grace_seconds=0.0),
+    )
+    assert repairer.targets(blob, exclude={kept}) == [roomy, short]
+    stats = await repairer.run_pass()
+    assert (stats["copied"], stats["failed"], stats["under_replicated"]) == (1, 0, 0), stats
+    assert set((await env.catalog.get_blob(blob.blob_id)).ok_replicas) == {kept, roomy}
+    assert blob.blob_id not in await blobs_on(env, short)
+    assert holds(env) == no_holds(env)
+    await check_full_strength(env, files, dead=sorted(set(blob.ok_replicas) - {kept}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_still_copies_where_only_the_reserve_count_says_no_room(env):
+    """Every server without a copy is short of the blob by the pool's count
+    (their reserves), but their disks are not full and a storage server
+    checks its reserve only when a blob is created: the copy is made, on a
+    last-resort target without a hold, rather than leaving the blob one
+    replica short on every pass."""
     files, blob, kept, spare = await one_blob_missing_a_replica(env)
     nodes = {n.name: n for n in env.transfers.pool.nodes()}
     for name in spare:
@@ -144,17 +170,9 @@ async def test_repair_copies_to_no_server_whose_reserve_leaves_it_short_of_the_b
         RepairSettings(bytes_per_second=None, grace_seconds=0.0),
     )
     stats = await repairer.run_pass()
-    assert (stats["copied"], stats["failed"], stats["under_replicated"]) == (0, 0, 1), stats
-    for name in spare:
-        assert blob.blob_id not in await blobs_on(env, name)
+    assert (stats["copied"], stats["failed"], stats["under_replicated"]) == (1, 0, 0), stats
     assert holds(env) == no_holds(env)
     assert [nodes[name].placed_bytes for name in spare] == [0, 0]
-    # Room enough by one byte: the next pass copies it.
-    room_for(nodes[spare[0]], blob.length)
-    stats = await repairer.run_pass()
-    assert (stats["copied"], stats["under_replicated"]) == (1, 0), stats
-    assert set((await env.catalog.get_blob(blob.blob_id)).ok_replicas) == {kept, spare[0]}
-    assert holds(env) == no_holds(env)
     await check_full_strength(env, files, dead=sorted(set(blob.ok_replicas) - {kept}))
 
 
@@ -193,7 +211,8 @@ async def test_a_copy_holds_the_blobs_room_on_its_target_until_it_ends(env):
         assert await repairer.copy(blob, target, [kept], stats)
     finally:
         del client.copy_from
-    assert seen == [(blob.length, blob.length, True, False, [other])]
+    # The target, full by the pool's count now, is tried last by a second copy.
+    assert seen == [(blob.length, blob.length, True, False, [other, target])]
     assert holds(env) == no_holds(env)
     # Its bytes are on the target's disk now: counted as used there until
     # the server's next health answer shows them so.

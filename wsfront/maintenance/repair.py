@@ -307,30 +307,38 @@ class Repairer:
         return False
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
-        """Healthy servers to copy ``blob`` to, best first: only those whose
-        last reported free space, less its reserve and the room of the
-        uploads and copies placed there since (``NodeState.has_room_for``:
-        a server never probed yet is given the benefit of the doubt), holds
-        it; servers without any copy of it first (a stale or lost one is
-        replaced, so it is kept while there is a choice); then the pool's
-        order (most free space first, servers of similar free space in
-        turn).  Nothing is counted as taken here: ``copy`` holds the room
-        on the one target it copies to."""
+        """Healthy servers to copy ``blob`` to, best first: those whose last
+        reported free space, less their reserve and what is placed there
+        since, holds it before those where it would not fit (tried last,
+        not left out: the report may be seconds old, a storage server
+        checks its reserve only when a blob is created, and a stale copy
+        the copy replaces frees its room first; a copy that finds the disk
+        full just fails); then servers without any copy of it (a stale or
+        lost one is replaced, so it is kept while there is a choice); then
+        the pool's order (most free space first, servers of similar free
+        space in turn).  Nothing is counted as taken here: ``copy`` holds
+        the room on the one target it copies to."""
         nodes = {n.name: n for n in self._pool.nodes()}
         known = {r.node for r in blob.replicas}
+
+        def fits(name: str) -> bool:
+            node = nodes.get(name)
+            # Never probed yet: no report to go by (``has_room_for``).
+            return node is None or node.has_room_for(blob.length)
+
         chosen = self._pool.choose(len(nodes), exclude=exclude)
-        fitting = [n for n in chosen if n not in nodes or nodes[n].has_room_for(blob.length)]
-        return sorted(fitting, key=lambda n: n in known)
+        return sorted(chosen, key=lambda n: (not fits(n), n in known))
 
     def _hold_room(self, blob: BlobRecord, target: str, written: Callable[[], int]) -> str | None:
         """Count ``blob``'s bytes as taken on ``target`` for the copy about
         to run (``StoragePool.choose`` with the size, placed on ``target``
         alone), so copies and uploads placed meanwhile do not count on the
         same room; the key of the hold, for ``StoragePool.release`` when
-        the copy ends, or None if ``target`` has no room for it now (or
-        takes no new blobs).  The key is this copy's own, not the blob's
-        id: two copies of one blob may run at once (a drain job beside a
-        repair pass), and each gives back only its own.
+        the copy ends, or None if by the pool's count ``target`` has no room
+        for it now (a last-resort target: the copy runs without a hold).
+        The key is this copy's own, not the blob's id: two copies of one
+        blob may run at once (a drain job beside a repair pass), and each
+        gives back only its own.
 
         The hold is claimed at once, as an upload's would be once running:
         unclaimed, the pool would give it back with a warning after
@@ -354,22 +362,14 @@ class Repairer:
         marked stale and removed from ``sources``.  ``stats`` counts
         ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too.
         The blob's size is held as taken on ``target`` while the copy runs
-        (``_hold_room``) and given back however it ends; False at once if
-        ``target`` has no room for it above its reserve now.
+        (``_hold_room``) and given back however it ends; a target short of
+        room by the pool's count (tried last, ``targets``) is copied to
+        without a hold.
         NotFound (catalog) if the blob was forgotten meanwhile (GC collected
         it): the copy just made is deleted first, and there is nothing more
         to copy."""
         landed = [0]  # the copy's bytes on the target's disk: all, once recorded
         hold = self._hold_room(blob, target, lambda: landed[0])
-        if hold is None:
-            log.info(
-                "repair: {dst} has no room for {blob} ({n} bytes) above its reserve now; "
-                "not copied there",
-                blob=blob.blob_id,
-                n=blob.length,
-                dst=target,
-            )
-            return False
         try:
             copied = await self._copy(blob, target, sources, stats)
             if copied:
@@ -379,7 +379,8 @@ class Repairer:
             # Copied, failed or refused, the hold ends: a failed copy's room
             # is the server's again; a recorded one's stays counted as used
             # until the server's next health answer shows it so.
-            self._pool.release(hold)
+            if hold is not None:
+                self._pool.release(hold)
 
     async def _copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         client = self._pool.client(target)
