@@ -279,7 +279,8 @@ class GarbageCollector:
                 if now - since < grace:
                     skip.add(blob.blob_id)
                     continue
-                left_behind += await self._delete_replicas(blob)
+                missed = await self._delete_replicas(blob)
+                left_behind += len(missed)
                 try:
                     removed = await self._catalog.forget_blob(blob.blob_id)
                 except catalog_errors.Exists:
@@ -288,13 +289,10 @@ class GarbageCollector:
                     continue
                 except catalog_errors.NotFound:
                     removed = []
-                # A copy recorded since the listing (a repair copy landing
-                # meanwhile): the forget removed its row too, so it is
-                # deleted now, not left for the sweep as an orphan.
-                known = {r.node for r in blob.replicas}
-                late = [n for n in removed if n not in known]
-                if late:
-                    left_behind += await self._delete_replicas(blob, late)
+                again = self._made_since(blob, removed, missed)
+                if again:
+                    also = await self._delete_replicas(blob, again, again=True)
+                    left_behind += len(set(also) - set(missed))
                 self._collectable_since.pop(blob.blob_id, None)
                 forgotten += 1
             if len(batch) < limit:
@@ -308,22 +306,58 @@ class GarbageCollector:
                     del self._collectable_since[blob_id]
         return {"forgotten": forgotten, "waiting": len(skip), "left_behind": left_behind}
 
-    async def _delete_replicas(self, blob: BlobRecord, nodes: list[str] | None = None) -> int:
+    @staticmethod
+    def _made_since(blob: BlobRecord, removed: list[str], missed: list[str]) -> list[str]:
+        """The servers of ``removed`` (the replica rows ``forget_blob``
+        removed) that may hold a copy made after GC's listing ``blob`` and
+        its deletes there (a repair, drain or rebalance copy that landed
+        meanwhile): the forget removed its row too, so it is deleted now,
+        not left for the storage sweep as an orphan.
+
+        * a server the listing had no row for (a copy recorded since);
+        * a server whose row the listing did not count ok (stale or lost)
+          and whose copy GC's delete reached (gone since, or never there):
+          a copier never targets a server it counts ok, but does replace a
+          stale or lost copy there, and may have done so after that delete.
+          A server GC could not reach is already counted as left behind.
+
+        Not every server again: a second delete of each replica of each
+        collected blob would double GC's deletes for copies that, but for
+        a stale or lost one, can only be its own.  (A row ok at the listing,
+        marked stale after GC's delete and copied again before the forget
+        is left to the sweep.)"""
+        listed = {r.node: r.state for r in blob.replicas}
+        return [
+            n for n in removed if n not in listed or (listed[n] != REPLICA_OK and n not in missed)
+        ]
+
+    async def _delete_replicas(
+        self, blob: BlobRecord, nodes: list[str] | None = None, again: bool = False
+    ) -> list[str]:
         """Delete every reachable copy (those on ``nodes``, default: every
-        replica of ``blob``); return how many were unreachable."""
-        missed = 0
+        replica of ``blob``); return the servers it could not reach.
+        ``again``: these are copies made after the listing (``_made_since``):
+        one found is logged."""
+        missed = []
         for node in [r.node for r in blob.replicas] if nodes is None else nodes:
             if node not in self._pool.names() or not self._pool.is_up(node):
-                missed += 1
+                missed.append(node)
                 continue
             try:
                 await self._pool.client(node).delete(blob.blob_id)
             except storage_errors.BlobNotFound:
-                pass
+                continue
             except Exception as e:
                 log.warn("gc: delete of {blob} on {node}: {err}", blob=blob.blob_id, node=node,
                          err=e)  # fmt: skip
-                missed += 1
+                missed.append(node)
+                continue
+            if again:
+                log.info(
+                    "gc: {blob} was copied to {node} while collected; that copy is deleted",
+                    blob=blob.blob_id,
+                    node=node,
+                )
         return missed
 
     # -- the storage sweep -------------------------------------------------

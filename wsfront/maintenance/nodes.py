@@ -39,6 +39,38 @@ async def _tell(progress: Progress | None, stats: dict[str, Any]) -> None:
             await result
 
 
+async def _retire(
+    catalog, repairer: Repairer, blob_id: str, source: str, copy: str, job: str
+) -> bool:
+    """Mark ``source``'s replica of ``blob_id`` stale once its copy on
+    ``copy`` is recorded: the move is done (True).  False if GC forgot the
+    blob between the copy's record and this mark (nothing references it
+    any more: there is nothing left to move, and the job goes on): its
+    forget removed the copy's row with the others and named ``copy`` to GC,
+    which deletes that copy; it is deleted here too, so one GC could not
+    reach is not left for the storage sweep (a blob's id is never used
+    again: any copy of a forgotten blob is garbage, and a second delete
+    finds nothing)."""
+    try:
+        await catalog.mark_replica(blob_id, source, REPLICA_STALE)
+        return True
+    except catalog_errors.NotFound:
+        try:
+            await catalog.get_blob(blob_id)
+        except catalog_errors.NotFound:
+            pass
+        else:
+            raise  # the blob is there but the replica row is not: not a collection
+    log.info(
+        "{job}: {blob} was collected once copied to {dst}; nothing to move, the copy is deleted",
+        job=job,
+        blob=blob_id,
+        dst=copy,
+    )
+    await repairer.delete_copy(blob_id, copy)
+    return False
+
+
 async def drain(
     catalog,
     pool: StoragePool,
@@ -93,7 +125,8 @@ async def drain(
         except catalog_errors.NotFound:
             continue  # GC collected it meanwhile (the copy is deleted): nothing to move
         if moved:
-            await catalog.mark_replica(blob_id, node, REPLICA_STALE)
+            if not await _retire(catalog, repairer, blob_id, node, target, "drain"):
+                continue  # collected between its copy and the mark: nothing to move
             stats["moved"] += 1
         else:
             stats["stuck"].append(blob_id)
@@ -139,9 +172,14 @@ async def rebalance(
                 if blob.sealed:
                     movable[node].append((size, blob_id))
     stats["before"] = dict(load)
-    # What each server last reported free (just probed): a blob that would
-    # not fit on the emptiest server is not sent there.
-    free = {n.name: n.free_bytes for n in pool.nodes() if n.last_seen is not None}
+    # The room each server last reported (just probed) above its reserve,
+    # less what is placed there: a blob that would not fit on the emptiest
+    # server is not sent there (``Repairer.copy`` would refuse it).
+    free = {
+        n.name: n.free_bytes - n.reserve_bytes - n.placed_bytes
+        for n in pool.nodes()
+        if n.last_seen is not None
+    }
     tried: set[str] = set()
     while max_bytes is None or stats["bytes"] < max_bytes:
         if not keep_going():
@@ -182,9 +220,11 @@ async def rebalance(
             continue
         if not copied:
             break
-        await catalog.mark_replica(blob.blob_id, src, REPLICA_STALE)
+        retired = await _retire(catalog, repairer, blob.blob_id, src, dst, "rebalance")
         movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
         load[src] -= size
+        if not retired:
+            continue  # collected between its copy and the mark: dst holds it no more
         load[dst] += size
         if room is not None:
             free[dst] = room - size

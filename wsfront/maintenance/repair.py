@@ -103,6 +103,7 @@ class Repairer:
         self._throttle = throttle or Throttle(clock, self.settings.bytes_per_second)
         self._down_since: dict[str, float] = {}
         self._marked: set[str] = set()  # lost servers whose replicas are all marked
+        self._holds = 0  # copies that held room (``_hold_room``'s keys)
 
     # -- which servers are lost ------------------------------------------
 
@@ -307,32 +308,81 @@ class Repairer:
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
         """Healthy servers to copy ``blob`` to, best first: those whose last
-        reported free space holds it before those where it would not fit
-        (tried last, not left out: the report may be seconds old, and a
-        copy that finds the disk full just fails); then servers without
-        any copy of it (a stale or lost one is replaced, so it is kept
-        while there is a choice); then the pool's order (most free space
-        first, servers of similar free space in turn)."""
+        reported free space, less their reserve and what is placed there
+        since, holds it before those where it would not fit (tried last,
+        not left out: the report may be seconds old, a storage server
+        checks its reserve only when a blob is created, and a stale copy
+        the copy replaces frees its room first; a copy that finds the disk
+        full just fails); then servers without any copy of it (a stale or
+        lost one is replaced, so it is kept while there is a choice); then
+        the pool's order (most free space first, servers of similar free
+        space in turn).  Nothing is counted as taken here: ``copy`` holds
+        the room on the one target it copies to."""
         nodes = {n.name: n for n in self._pool.nodes()}
         known = {r.node for r in blob.replicas}
 
         def fits(name: str) -> bool:
             node = nodes.get(name)
-            # Never probed yet: no report to go by (``has_room_for``); a
-            # server below its reserve refuses the copy anyway.
+            # Never probed yet: no report to go by (``has_room_for``).
             return node is None or node.has_room_for(blob.length)
 
-        chosen = self._pool.choose(len(self._pool.names()), exclude=exclude)
+        chosen = self._pool.choose(len(nodes), exclude=exclude)
         return sorted(chosen, key=lambda n: (not fits(n), n in known))
+
+    def _hold_room(self, blob: BlobRecord, target: str, written: Callable[[], int]) -> str | None:
+        """Count ``blob``'s bytes as taken on ``target`` for the copy about
+        to run (``StoragePool.choose`` with the size, placed on ``target``
+        alone), so copies and uploads placed meanwhile do not count on the
+        same room; the key of the hold, for ``StoragePool.release`` when
+        the copy ends, or None if by the pool's count ``target`` has no room
+        for it now (a last-resort target: the copy runs without a hold).
+        The key is this copy's own, not the blob's id: two copies of one
+        blob may run at once (a drain job beside a repair pass), and each
+        gives back only its own.
+
+        The hold is claimed at once, as an upload's would be once running:
+        unclaimed, the pool would give it back with a warning after
+        ``UNCLAIMED_SECONDS``, which a large throttled copy outlasts.  The
+        copy runs storage to storage, so this front end does not see its
+        bytes land: ``written()`` says none until the copy is recorded (all
+        of them then), so the whole size stays held while it runs (the
+        server's health answers meanwhile show some of it used too: counted
+        twice, on the safe side, for the length of one copy)."""
+        self._holds += 1
+        key = f"copy-{self._holds}-{blob.blob_id}-{target}"
+        others = [n for n in self._pool.names() if n != target]
+        if self._pool.choose(1, exclude=others, size=blob.length, blob_id=key) != [target]:
+            return None
+        self._pool.claim(key, [target], written)
+        return key
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
         True once recorded with ``add_replica``.  A source found wrong is
         marked stale and removed from ``sources``.  ``stats`` counts
         ``copied``, ``bytes`` and ``failed``.  Drain and rebalance use it too.
+        The blob's size is held as taken on ``target`` while the copy runs
+        (``_hold_room``) and given back however it ends; a target short of
+        room by the pool's count (tried last, ``targets``) is copied to
+        without a hold.
         NotFound (catalog) if the blob was forgotten meanwhile (GC collected
         it): the copy just made is deleted first, and there is nothing more
         to copy."""
+        landed = [0]  # the copy's bytes on the target's disk: all, once recorded
+        hold = self._hold_room(blob, target, lambda: landed[0])
+        try:
+            copied = await self._copy(blob, target, sources, stats)
+            if copied:
+                landed[0] = blob.length
+            return copied
+        finally:
+            # Copied, failed or refused, the hold ends: a failed copy's room
+            # is the server's again; a recorded one's stays counted as used
+            # until the server's next health answer shows it so.
+            if hold is not None:
+                self._pool.release(hold)
+
+    async def _copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         client = self._pool.client(target)
         await self._throttle.reserve(blob.length)
         await self._discard_untrusted(blob, target)
@@ -374,7 +424,7 @@ class Repairer:
                     blob=blob.blob_id,
                     dst=target,
                 )
-                await self._delete_copy(blob.blob_id, target)
+                await self.delete_copy(blob.blob_id, target)
                 raise
             stats["copied"] += 1
             stats["bytes"] += info.size
@@ -417,7 +467,7 @@ class Repairer:
         except storage_errors.BlobNotFound:
             pass
 
-    async def _delete_copy(self, blob_id: str, target: str) -> None:
+    async def delete_copy(self, blob_id: str, target: str) -> None:
         """Delete ``target``'s copy of a blob the catalog no longer knows; one
         that cannot be deleted now is an orphan for GC's storage sweep."""
         try:
