@@ -303,6 +303,34 @@ def test_an_identity_whose_write_failed_late_is_removed_not_reported(tmp_path, f
         store.close()
 
 
+def test_an_identity_a_stat_cannot_see_is_read_not_replaced(tmp_path):
+    """A sick disk whose ``stat`` of IDENTITY fails (``os.path.exists`` says
+    False for EIO as for ENOENT) while it is also full: the IDENTITY there
+    is read and kept, never removed for the write that failed and then
+    replaced by a new id (which every front end would take for a wiped
+    store, marking all its replicas lost)."""
+
+    class SickAndFull(OsFileSystem):
+        def exists(self, path: str) -> bool:
+            return False if path.endswith("IDENTITY") else super().exists(path)
+
+        def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+            if path.endswith("IDENTITY.tmp"):
+                raise OSError(NO_SPACE_ERRNOS[0], "No space left on device")
+            return super().open(path, flags, mode)
+
+    root = tmp_path / "d"
+    first = BlobStore.open(root)
+    first.close()
+    store = BlobStore.open(root, fs=SickAndFull())
+    try:
+        assert store.identity == first.identity
+        assert store.identify() == first.identity
+    finally:
+        store.close()
+    assert json.loads((root / "IDENTITY").read_text())["store_id"] == first.identity.store_id
+
+
 def test_an_identity_that_cannot_be_written_for_another_cause_still_stops_the_store(tmp_path):
     """Only a full disk is served around: an I/O error writing IDENTITY
     stops the open as before (the disk is failing, not full)."""

@@ -1467,13 +1467,26 @@ class BlobStore:
         but not made durable is removed: no id is reported that a crash
         could take back)."""
         path = os.path.join(root, IDENTITY_FILE)
-        if fs.exists(path):
-            with open(path, "rb") as f:
-                return StoreIdentity.decode(f.read(4096), path)
-        identity = StoreIdentity.new()
         try:
-            _write_atomic(fs, path, identity.encode(), root)
+            with open(path, "rb") as f:
+                data = f.read(4096)
+        except FileNotFoundError:
+            pass  # only a missing file is made anew: any other error stops here
+        else:
+            identity = StoreIdentity.decode(data, path)
+            # A crash between a rename and its directory's fsync leaves a
+            # name a power loss can still take back: made durable before
+            # this id is reported.
+            fs.fsync_dir(root)
+            return identity
+        identity = StoreIdentity.new()
+        _publish(fs, _write_temp(fs, path, identity.encode(), sync=True), path)
+        try:
+            fs.fsync_dir(root)
         except BaseException:
+            # Renamed but not durable: removed, so no id is reported that a
+            # crash could take back.  Never before the rename: the file
+            # there may be a real IDENTITY that could not be read.
             _unlink_quietly(fs, path)
             raise
         return identity
