@@ -18,13 +18,15 @@ import pytest
 from wsstorage.blobstore import BlobStore, BlobWriteHandle, FormatError
 from wsstorage.diskformat import StoreIdentity
 from wsstorage.errors import (
+    NO_SPACE_ERRNOS,
     BadRequest,
     BlobNotFound,
     BlobSealed,
     InvalidOffset,
     StaleEpoch,
 )
-from wsstorage.fsshims import GatedFsyncFileSystem
+from wsstorage.fsops import OsFileSystem
+from wsstorage.fsshims import FullDiskFileSystem, GatedFsyncFileSystem, NoRoomFileSystem
 from wsstorage.putjournal import JOURNAL_SIZE
 from wsstorage.records import OPEN, SEALED
 
@@ -193,6 +195,171 @@ def test_a_damaged_identity_is_refused_not_replaced(tmp_path, damage):
     with pytest.raises(FormatError, match="IDENTITY"):
         BlobStore.open(tmp_path / "d")
     assert ident.read_bytes() == damage
+
+
+class LogEvents:
+    """The formatted text of the store's log events while attached."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __call__(self, event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        if event.get("log_namespace", "").startswith("wsstorage"):
+            self.lines.append((event["log_level"].name, formatEvent(event)))
+
+
+@pytest.fixture
+def store_logs():
+    from twisted.logger import globalLogPublisher
+
+    events = LogEvents()
+    globalLogPublisher.addObserver(events)
+    yield events
+    globalLogPublisher.removeObserver(events)
+
+
+def older_store(root, blobs: dict[str, bytes]) -> None:
+    """A store as code from before identities left it: no IDENTITY."""
+    store = BlobStore.open(root)
+    for blob_id, data in blobs.items():
+        sealed(store, blob_id, data)
+    store.close()
+    os.unlink(root / "IDENTITY")
+
+
+@pytest.mark.parametrize("journal_size", [0, JOURNAL_SIZE])
+def test_an_older_store_on_a_full_disk_serves_without_an_id_until_it_can_write_one(
+    tmp_path, journal_size, store_logs
+):
+    """Its IDENTITY cannot be written (ENOSPC): the store opens anyway, with
+    no identity, says why once, and serves reads and deletes; each
+    ``identify`` (every health answer) tries again, silently while the
+    disk is still full, and once there is room writes it, says so once,
+    and keeps it (the next open reads the same id)."""
+    root = tmp_path / "d"
+    older_store(root, {"a": pattern(3 * BLOCK), "b": pattern(5000, seed=1)})
+    fs = NoRoomFileSystem()
+    fs.full = True
+    store = BlobStore.open(root, fs=fs, journal_size=journal_size)
+    try:
+        assert store.identity is None
+        [(level, line)] = store_logs.lines
+        assert level == "warn"
+        assert "no IDENTITY file yet" in line and "disk is full (No space left" in line
+        assert read_all(store, "a") == pattern(3 * BLOCK)
+        store.delete("b")
+        assert [i.blob_id for i in store.list_blobs()] == ["a"]
+        for _ in range(3):
+            assert store.identify() is None
+        assert not (root / "IDENTITY").exists() and not (root / "IDENTITY.tmp").exists()
+        assert len(store_logs.lines) == 1  # no line per try
+        fs.full = False  # room again (the delete's, an operator's)
+        identity = store.identify()
+        assert identity is not None and store.identity is identity
+        on_disk = json.loads((root / "IDENTITY").read_text())
+        assert identity == StoreIdentity(on_disk["store_id"], on_disk["created"])
+        assert store.identify() is identity
+        assert [level for level, _ in store_logs.lines] == ["warn", "info"]
+        assert identity.store_id in store_logs.lines[1][1]
+    finally:
+        store.close()
+    again = BlobStore.open(root)
+    again.close()
+    assert again.identity == identity
+
+
+@pytest.mark.parametrize("failing", ["fsync_dir", "rename"])
+def test_an_identity_whose_write_failed_late_is_removed_not_reported(tmp_path, failing):
+    """A full disk can fail the rename (a directory block) or the fsync of
+    the directory after it: the IDENTITY it may have renamed is not known
+    durable, so it is removed and no id reported (a crash could otherwise
+    take back an id front ends recorded)."""
+
+    class LateFull(OsFileSystem):
+        full = True
+
+        def fsync_dir(self, path: str) -> None:
+            if self.full and failing == "fsync_dir" and os.path.exists(root / "IDENTITY"):
+                raise OSError(NO_SPACE_ERRNOS[0], "No space left on device")
+            super().fsync_dir(path)
+
+        def rename(self, src: str, dst: str) -> None:
+            if self.full and failing == "rename":
+                raise OSError(NO_SPACE_ERRNOS[0], "No space left on device")
+            super().rename(src, dst)
+
+    root = tmp_path / "d"
+    older_store(root, {"a": pattern(1000)})
+    fs = LateFull()
+    store = BlobStore.open(root, fs=fs)
+    try:
+        assert store.identity is None and store.identify() is None
+        assert sorted(os.listdir(root)) == ["FORMAT", "LOCK", "blobs"]
+        fs.full = False
+        assert store.identify() is not None
+    finally:
+        store.close()
+
+
+def test_an_identity_a_stat_cannot_see_is_read_not_replaced(tmp_path):
+    """A sick disk whose ``stat`` of IDENTITY fails (``os.path.exists`` says
+    False for EIO as for ENOENT) while it is also full: the IDENTITY there
+    is read and kept, never removed for the write that failed and then
+    replaced by a new id (which every front end would take for a wiped
+    store, marking all its replicas lost)."""
+
+    class SickAndFull(OsFileSystem):
+        def exists(self, path: str) -> bool:
+            return False if path.endswith("IDENTITY") else super().exists(path)
+
+        def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+            if path.endswith("IDENTITY.tmp"):
+                raise OSError(NO_SPACE_ERRNOS[0], "No space left on device")
+            return super().open(path, flags, mode)
+
+    root = tmp_path / "d"
+    first = BlobStore.open(root)
+    first.close()
+    store = BlobStore.open(root, fs=SickAndFull())
+    try:
+        assert store.identity == first.identity
+        assert store.identify() == first.identity
+    finally:
+        store.close()
+    assert json.loads((root / "IDENTITY").read_text())["store_id"] == first.identity.store_id
+
+
+def test_an_identity_that_cannot_be_written_for_another_cause_still_stops_the_store(tmp_path):
+    """Only a full disk is served around: an I/O error writing IDENTITY
+    stops the open as before (the disk is failing, not full)."""
+
+    class Broken(OsFileSystem):
+        def fsync(self, fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+    root = tmp_path / "d"
+    older_store(root, {"a": pattern(1000)})
+    with pytest.raises(OSError, match="Input/output error"):
+        BlobStore.open(root, fs=Broken(), journal_size=0)
+    assert not (root / "IDENTITY").exists()
+
+
+def test_a_new_store_on_a_full_disk_still_fails_to_open(tmp_path):
+    """A new store has nothing to serve: no room for its IDENTITY (written
+    before FORMAT) fails its open as before, and leaves no FORMAT, so the
+    next open, with room, creates it whole."""
+    fs = FullDiskFileSystem()
+    fs.full = True
+    with pytest.raises(OSError) as e:
+        BlobStore.open(tmp_path / "d", fs=fs)
+    assert e.value.errno in NO_SPACE_ERRNOS
+    assert not (tmp_path / "d" / "FORMAT").exists()
+    fs.full = False
+    store = BlobStore.open(tmp_path / "d", fs=fs)
+    store.close()
+    assert store.identity is not None
 
 
 @pytest.mark.parametrize("old", [1, 2, 3])

@@ -7,15 +7,22 @@ SQLite catalog: what is marked, what is kept, and what two front ends do.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.maintenance_env import full_path, populate
-from tests.transfer_env import TransferEnv
+from tests.transfer_env import SECRET, Collector, TransferEnv
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK
 from wsfront.maintenance.identity import StoreWatch
+from wsstorage.blobstore import BlobStore
+from wsstorage.fsshims import NoRoomFileSystem
+from wsstorage.server import StorageServerFactory
 
 NEW = "f" * 32
 
@@ -167,6 +174,87 @@ async def test_a_new_store_that_keeps_failing_its_listing_is_tried_ever_more_rar
     assert await watch.check() == [victim]  # the 11th: tried again, handled
     assert len(walks) == 4
     assert await blobs_of(env, files, victim)
+
+
+async def sha256_on(pool, node: str, blob_id: str) -> str:
+    """sha256 of ``node``'s whole copy of ``blob_id``, read from it."""
+    client = pool.client(node)
+    size = (await client.stat(blob_id)).size
+    sink = Collector()
+    await client.read(blob_id, 0, size, sink)
+    assert len(sink.data) == size
+    return hashlib.sha256(sink.data).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_store_on_a_full_disk_serves_and_its_first_id_is_no_replacement(
+    env, warnings
+):
+    """s1 restarts on a store made before identities (no IDENTITY, the
+    catalog knows no id for it) whose disk is full: its IDENTITY cannot be
+    written.  It starts anyway and serves reads and deletes; its health
+    answers name no store, and StoreWatch marks nothing.  Once there is
+    room, the next health answer writes IDENTITY and names it, and
+    StoreWatch takes it as s1's first id: no replacement, nothing lost."""
+    from twisted.internet import reactor
+
+    files = await populate(env, count=3, size=50_000)
+    victim = "s1"
+    node = env.nodes[victim]
+    stray = "a" * 32  # a blob no file refers to, for the delete
+    await env.transfers.pool.client(victim).put(stray, 1, {}, b"x" * 100_000)
+    held = await blobs_of(env, files, victim)
+    assert held
+    registry = {n.name: n for n in await env.catalog.list_nodes()}
+    assert registry[victim].store_id is None  # as from before schema 8
+    port = node.port.getHost().port
+    await node.kill()
+    node.store.close()
+    os.unlink(node.path / "IDENTITY")
+    fs = NoRoomFileSystem()
+    fs.full = True
+    node.store = BlobStore.open(node.path, fs=fs)  # raised ENOSPC before
+    node.factory = StorageServerFactory(reactor, node.store, victim, SECRET)
+    await node.listen(port)
+    assert node.store.identity is None
+    [warning] = warnings
+    assert "no IDENTITY file yet" in warning and "the disk is full" in warning
+
+    # A front end that heard nothing of s1 before (one that had heard the
+    # id this test's removal took away would keep it, as pools do).
+    pool = (await env.front_end("fe-b")).pool
+    await quiet(pool)
+    health = await pool.client(victim).health()
+    assert (health.store_id, health.store_created) == (None, None)
+    nodes = {n.name: n for n in pool.nodes()}
+    assert nodes[victim].up and nodes[victim].store_id is None
+    for blob_id in held:
+        blob = await env.catalog.get_blob(blob_id)
+        other = next(r.node for r in blob.replicas if r.node != victim)
+        assert await sha256_on(pool, victim, blob_id) == await sha256_on(pool, other, blob_id)
+    await pool.client(victim).delete(stray)
+    watch = StoreWatch(env.catalog, pool)
+    for _ in range(3):
+        await pool.probe_all()
+        assert await watch.check() == []
+    assert {n.name: n for n in await env.catalog.list_nodes()}[victim].store_id is None
+    assert set((await blobs_of(env, files, victim)).values()) == {REPLICA_OK}
+    # One line about IDENTITY, not one per health answer (the pool says,
+    # once, that s1 takes no new writes: the disk check finds it full).
+    assert [w for w in warnings if "IDENTITY" in w or "store" in w] == [warning]
+    assert not [w for w in warnings if "another data directory" in w]
+
+    fs.full = False  # the room the delete gave back
+    await pool.probe_all()
+    written = json.loads((node.path / "IDENTITY").read_text())["store_id"]
+    assert {n.name: n for n in pool.nodes()}[victim].store_id == written
+    assert await watch.check() == []
+    row = {n.name: n for n in await env.catalog.list_nodes()}[victim]
+    assert (row.store_id, row.store_replaced, row.store_lost) == (written, None, None)
+    assert set((await blobs_of(env, files, victim)).values()) == {REPLICA_OK}
+    assert await env.catalog.count_under_replicated() == 0
+    assert [w for w in warnings if "IDENTITY" in w or "store" in w] == [warning]
+    assert not [w for w in warnings if "another data directory" in w]
 
 
 def test_a_creation_time_that_is_not_a_time_is_unknown():

@@ -181,3 +181,98 @@ async def test_new_servers_and_stores_older_than_identities_raise_no_alarm(clust
     out, err, code = await cluster.wsfs("status")
     assert code == 0, err
     assert "came back" not in out, out
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_store_on_a_full_disk_serves_and_its_first_id_is_no_replacement(
+    cluster, warnings, tmp_path
+):
+    """s1 is upgraded (restarted by newer code) on a store made before
+    identities (no IDENTITY, none in the catalog) whose disk is full: a
+    real tmpfs filled to the last block (skipped where one cannot be
+    mounted).  The process starts anyway and serves reads and deletes;
+    its health answers name no store; StoreWatch marks nothing.  A delete
+    gives room back: the next health answer writes IDENTITY and names it,
+    and the catalog takes it as s1's first id, no replacement."""
+    from twisted.internet import reactor
+
+    from tests.catalog_outage import fill, tmpfs
+    from tests.storage_procs import read_sha
+    from wsfront.maintenance.identity import StoreWatch
+    from wsfront.transfer.pool import StoragePool
+
+    files = await upload_files(cluster, count=3, size=100_000)
+    before = all_sha256(files)
+    await eventually(lambda: all_known(cluster), "every server's store id in the catalog")
+    proc = cluster.procs["s1"]
+    listed = await ok_replicas_on(cluster, files, "s1")
+    assert listed
+    client = proc.client(reactor)
+    stray = "e" * 32  # a blob no file refers to: the delete that gives room back
+    await client.put(stray, 1, {}, b"z" * 200_000)
+    await client.close()
+    # As from before schema 8 and identities: no id in the catalog, none on disk.
+    cluster.catalog._runner.run_sync(
+        lambda tx: tx.execute("UPDATE nodes SET store_id = NULL WHERE name = 's1'")
+    )
+    port = proc.port
+    proc.stop()
+    saved = tmp_path / "saved-s1"
+    shutil.copytree(proc.data, saved)
+    with tmpfs(proc.data, "16m"):
+        try:
+            shutil.copytree(saved, proc.data, dirs_exist_ok=True)
+            (proc.data / "IDENTITY").unlink()
+            fill(proc.data)
+            proc.start(port=port)  # exited with ENOSPC before
+            assert "no IDENTITY file yet" in proc.run_log()
+            assert "the disk is full (No space left on device)" in proc.run_log()
+            assert not (proc.data / "IDENTITY").exists()
+
+            client = proc.client(reactor)
+            # A front end that never heard an id from s1 (the cluster's own
+            # pool keeps the one this test's removal took away).
+            pool = StoragePool(reactor, probe_interval=0.5, probe_timeout=2.0)
+            for name, p in cluster.procs.items():
+                c = p.client(reactor)
+                cluster.clients.append(c)
+                pool.add(name, p.endpoint, c)
+            await pool.probe_all()
+            watch = StoreWatch(cluster.catalog, pool)
+            try:
+                health = await client.health()
+                assert (health.store_id, health.store_created) == (None, None)
+                for blob_id in listed:
+                    blob = await cluster.catalog.get_blob(blob_id)
+                    other = next(r.node for r in blob.replicas if r.node != "s1")
+                    here = await read_sha(client, blob_id)
+                    assert here == await read_sha(pool.client(other), blob_id)
+                for vpath in files:
+                    got, _ = await cluster.download(vpath)
+                    assert hashlib.sha256(got).hexdigest() == before[vpath], vpath
+                assert await watch.check() == []
+                assert (await registry(cluster))["s1"].store_id is None
+                assert await ok_replicas_on(cluster, files, "s1") == listed
+
+                await client.delete(stray)  # room again
+                health = await client.health()
+                written = identity(cluster, "s1")
+                assert health.store_id == written
+                await pool.probe_all()
+                assert await watch.check() == []
+                node = (await registry(cluster))["s1"]
+                assert (node.store_id, node.store_replaced, node.store_lost) == (
+                    written,
+                    None,
+                    None,
+                )
+                assert await ok_replicas_on(cluster, files, "s1") == listed
+                assert await cluster.catalog.count_under_replicated() == 0
+                assert proc.run_log().count("no IDENTITY file yet") == 1
+                assert f"IDENTITY written, this store is {written}" in proc.run_log()
+                assert not [w for w in warnings if "another data directory" in w], warnings
+            finally:
+                pool.stop()
+                await client.close()
+        finally:
+            proc.stop()  # before the tmpfs goes

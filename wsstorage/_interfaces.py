@@ -152,7 +152,10 @@ class IBlobStore(Interface):
     # Optional: ``disk_problem()`` -> str | None, why the store cannot take
     # writes now (blocking); a store without it is taken to be writable.
     # Optional: ``identity``, a ``diskformat.StoreIdentity``: which data
-    # directory this is (health reports it; a store without one, none).
+    # directory this is (health reports it; a store without one, none);
+    # and ``identify()`` -> that identity or None (blocking), which health
+    # calls instead if present (``BlobStore``: a missing IDENTITY is written
+    # there once there is room).
 
 
 class IScrubbedStore(IBlobStore):

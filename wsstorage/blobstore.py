@@ -1230,8 +1230,14 @@ class BlobStore:
         self.block_size = block_size
         #: Which data directory this is (``IDENTITY``): reported in health
         #: answers, so front ends notice a server that comes back on a wiped
-        #: or replaced one.  Always set by ``open``.
-        self.identity = identity or StoreIdentity.new()
+        #: or replaced one.  None while a store made before identities
+        #: could not be given one for want of space (``open``, ``identify``).
+        self.identity = identity
+        #: Held by a try at writing a missing IDENTITY (``identify``), and
+        #: by ``close`` before it lets go of the directory's lock.
+        self._identity_lock = threading.Lock()
+        #: The last error other than a full disk that such a try logged.
+        self._identity_error: str | None = None
         #: Least run of synced bytes whose page cache is dropped; 0: never.
         self.drop_behind = drop_behind
         self._lock_fd: int | None = lock_fd
@@ -1346,7 +1352,16 @@ class BlobStore:
         try:
             cls._check_reserve_fits(root, fs, reserve)
             block_size = cls._prepare(root, fs, block_size, journal=journal_size > 0)
-            identity = cls._identify(root, fs)
+            no_room: OSError | None = None
+            try:
+                identity: StoreIdentity | None = cls._identify(root, fs)
+            except OSError as e:
+                if e.errno not in NO_SPACE_ERRNOS:
+                    raise
+                # An older store on a full disk serves as it did before
+                # identities, without one, rather than not at all
+                # (``identify`` tries again); said once it is open.
+                identity, no_room = None, e
             if drop_behind < 0:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind, identity)
@@ -1387,6 +1402,15 @@ class BlobStore:
         except BaseException:
             os.close(lock_fd)
             raise
+        if no_room is not None:
+            log.warn(
+                "{root}: this store has no IDENTITY file yet (it was made before store "
+                "identities) and it cannot be written, the disk is full ({err}); the "
+                "store serves without a store id (health answers report none) and "
+                "IDENTITY is written as soon as there is room for it",
+                root=root,
+                err=os.strerror(no_room.errno or 0),
+            )
         return store
 
     @staticmethod
@@ -1439,14 +1463,66 @@ class BlobStore:
         no identity for a server that never reported one, and takes the
         first it hears.  A damaged file is refused (FormatError), never
         replaced: a new id would make every front end take the store's
-        blobs for lost."""
+        blobs for lost.  A write that fails leaves no IDENTITY (one renamed
+        but not made durable is removed: no id is reported that a crash
+        could take back)."""
         path = os.path.join(root, IDENTITY_FILE)
-        if fs.exists(path):
+        try:
             with open(path, "rb") as f:
-                return StoreIdentity.decode(f.read(4096), path)
+                data = f.read(4096)
+        except FileNotFoundError:
+            pass  # only a missing file is made anew: any other error stops here
+        else:
+            identity = StoreIdentity.decode(data, path)
+            # A crash between a rename and its directory's fsync leaves a
+            # name a power loss can still take back: made durable before
+            # this id is reported.
+            fs.fsync_dir(root)
+            return identity
         identity = StoreIdentity.new()
-        _write_atomic(fs, path, identity.encode(), root)
+        _publish(fs, _write_temp(fs, path, identity.encode(), sync=True), path)
+        try:
+            fs.fsync_dir(root)
+        except BaseException:
+            # Renamed but not durable: removed, so no id is reported that a
+            # crash could take back.  Never before the rename: the file
+            # there may be a real IDENTITY that could not be read.
+            _unlink_quietly(fs, path)
+            raise
         return identity
+
+    def identify(self) -> StoreIdentity | None:
+        """The store's identity (what health reports).  If ``open`` could
+        not write an older store's IDENTITY for want of space, it is tried
+        again here, once per call (every health answer) and by one thread
+        at a time, until it is written: then logged once, and reported
+        from then on.  A try that fails for want of space again says
+        nothing (``open`` said why); another error is logged once, and the
+        store goes on without an id.  Blocks (a few file-system calls)."""
+        if self.identity is not None or not self._identity_lock.acquire(blocking=False):
+            return self.identity
+        try:
+            if self.identity is None and not self.closed:
+                self.identity = self._identify(self.root, self.fs)
+                self._identity_error = None
+                log.info(
+                    "{root}: IDENTITY written, this store is {store} from now on",
+                    root=self.root,
+                    store=self.identity.store_id,
+                )
+        except (OSError, FormatError) as e:
+            full = isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS
+            if not full and str(e) != self._identity_error:
+                self._identity_error = str(e)
+                log.warn(
+                    "{root}: cannot give this store its IDENTITY (tried again at each "
+                    "health check): {err}",
+                    root=self.root,
+                    err=e,
+                )
+        finally:
+            self._identity_lock.release()
+        return self.identity
 
     def _scan(self) -> None:
         """Clean up after a crash and load every unsealed blob as INCOMPLETE.
@@ -1619,6 +1695,8 @@ class BlobStore:
         with self._registry_lock:
             self._residents.clear()
             self._admitted = self._admitted_bytes = 0
+        with self._identity_lock:
+            pass  # a try at IDENTITY (``identify``) is done: it saw ``closed``
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -2,7 +2,9 @@
 
 ``RecordingFileSystem`` records the order of writes, fsyncs and renames (to
 check that a commit is durable in the right order); ``FullDiskFileSystem``
-fails writes with ``ENOSPC`` on demand; ``GatedFsyncFileSystem`` holds an
+fails writes with ``ENOSPC`` on demand; ``NoRoomFileSystem`` fails, on
+demand, only the writes a disk with no free block fails (those that make a
+file longer); ``GatedFsyncFileSystem`` holds an
 fsync until the test releases it.  Pass one as ``BlobStore.open(..., fs=)``.
 """
 
@@ -15,7 +17,12 @@ from collections.abc import Sequence
 
 from wsstorage.fsops import OsFileSystem
 
-__all__ = ["FullDiskFileSystem", "GatedFsyncFileSystem", "RecordingFileSystem"]
+__all__ = [
+    "FullDiskFileSystem",
+    "GatedFsyncFileSystem",
+    "NoRoomFileSystem",
+    "RecordingFileSystem",
+]
 
 
 class RecordingFileSystem(OsFileSystem):
@@ -135,6 +142,27 @@ class FullDiskFileSystem(RecordingFileSystem):
                 room -= len(view)
             buffers = kept
             self.allow = room
+        return super().pwritev(fd, buffers, offset)
+
+
+class NoRoomFileSystem(OsFileSystem):
+    """While ``full`` is set, a disk with no free block: a write that would
+    make a file longer fails with ENOSPC, one within the file's size (a
+    preallocated put journal's header) goes through, as on ext4 or xfs."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def _room(self, fd: int, length: int, offset: int) -> None:
+        if self.full and offset + length > self.fstat_size(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def pwrite(self, fd: int, data, offset: int) -> int:
+        self._room(fd, len(data), offset)
+        return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        self._room(fd, sum(len(b) for b in buffers), offset)
         return super().pwritev(fd, buffers, offset)
 
 

@@ -780,14 +780,17 @@ class StorageServerProtocol(Protocol):
         writes now (``DiskCheck``; None when it does), so front ends place
         no new blob here while it is set; and the store's identity
         (``store_id``, ``store_created``), so they notice a server that
-        comes back on a wiped data directory.  A data directory gone under us
-        answers, with no space and its problem, rather than failing.
+        comes back on a wiped data directory (none while an older store
+        has had no room for its IDENTITY: ``BlobStore.identify``).  A data
+        directory gone under us answers, with no space and its problem,
+        rather than failing.
         ``reserve_bytes`` is the free space the store keeps back from new
         blobs (wsstorage.reserve): below it, that is the problem, and a
         front end places a blob of known size only where its size fits
         above it."""
         store = self.factory.store
         reserve_of = getattr(store, "reserve_bytes", None)
+        identify = getattr(store, "identify", None) or (lambda: getattr(store, "identity", None))
 
         def probe() -> dict[str, Any]:
             try:
@@ -800,6 +803,9 @@ class StorageServerProtocol(Protocol):
                 "total_bytes": total,
                 "reserve_bytes": reserve,
                 "blobs": store.count_blobs(),
+                # An older store that had no room for its IDENTITY at open
+                # tries again here: its id is reported once written.
+                "identity": identify(),
             }
 
         problem = yield self.factory.disk_check.problem()
@@ -813,7 +819,7 @@ class StorageServerProtocol(Protocol):
             load=list(os.getloadavg()),
             problem=problem,
         )
-        identity = getattr(store, "identity", None)
+        identity = r.pop("identity", None)
         if identity is not None:
             r.update(store_id=identity.store_id, store_created=identity.created)
         return r
