@@ -6,6 +6,7 @@ The pool's probe loop is stopped so each test can set what the servers
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -272,3 +273,30 @@ async def test_rebalance_sends_only_a_blob_that_fits_above_the_reserve(env):
     assert (stats["moved"], stats["bytes"]) == (1, smallest), stats
     assert holds(env) == no_holds(env)
     await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_leaves_out_a_server_whose_disk_cannot_hold_the_blob(env):
+    """A server whose last report shows less free space than the blob, its
+    reserve spent, is no target: the copy would fill its disk and fail, on
+    every pass.  One whose reserve alone leaves it short is still tried
+    last; one that holds a stale copy of the blob gets that copy's room
+    counted, since the copy deletes it first."""
+    files, blob, kept, spare = await one_blob_missing_a_replica(env)
+    nodes = {n.name: n for n in env.transfers.pool.nodes()}
+    tiny, roomy = spare
+    nodes[tiny].free_bytes = blob.length - 1
+    nodes[tiny].reserve_bytes = 0
+    repairer = Repairer(
+        task.Clock(),
+        env.catalog,
+        env.transfers.pool,
+        RepairSettings(bytes_per_second=None, grace_seconds=0.0),
+    )
+    assert repairer.targets(blob, exclude={kept}) == [roomy]
+    stale = attrs.evolve(blob, replicas=[*blob.replicas, attrs.evolve(blob.replicas[0], node=tiny)])
+    assert repairer.targets(stale, exclude={kept}) == [roomy, tiny]
+    stats = await repairer.run_pass()
+    assert (stats["copied"], stats["failed"], stats["under_replicated"]) == (1, 0, 0), stats
+    assert blob.blob_id not in await blobs_on(env, tiny)
+    await check_full_strength(env, files, dead=sorted(set(blob.ok_replicas) - {kept}))

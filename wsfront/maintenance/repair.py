@@ -316,8 +316,11 @@ class Repairer:
         full just fails); then servers without any copy of it (a stale or
         lost one is replaced, so it is kept while there is a choice); then
         the pool's order (most free space first, servers of similar free
-        space in turn).  Nothing is counted as taken here: ``copy`` holds
-        the room on the one target it copies to."""
+        space in turn).  Left out: a server whose disk, by that report,
+        cannot hold the blob even with its reserve spent and its own copy
+        of it deleted; the copy would fill it and fail (ENOSPC) on every
+        pass, blob after blob.  Nothing is counted as taken here: ``copy``
+        holds the room on the one target it copies to."""
         nodes = {n.name: n for n in self._pool.nodes()}
         known = {r.node for r in blob.replicas}
 
@@ -326,8 +329,17 @@ class Repairer:
             # Never probed yet: no report to go by (``has_room_for``).
             return node is None or node.has_room_for(blob.length)
 
+        def disk_holds(name: str) -> bool:
+            node = nodes.get(name)
+            if node is None or node.last_seen is None:
+                return True
+            room = node.free_bytes - node.placed_bytes
+            if name in known:
+                room += blob.length  # its copy is deleted before the copy is made
+            return room >= blob.length
+
         chosen = self._pool.choose(len(nodes), exclude=exclude)
-        return sorted(chosen, key=lambda n: (not fits(n), n in known))
+        return sorted([n for n in chosen if disk_holds(n)], key=lambda n: (not fits(n), n in known))
 
     def _hold_room(self, blob: BlobRecord, target: str, written: Callable[[], int]) -> str | None:
         """Count ``blob``'s bytes as taken on ``target`` for the copy about
