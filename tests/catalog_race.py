@@ -84,32 +84,7 @@ def blocked_behind(
     backend is seen waiting for a lock (a row of A's), on SQLite at once
     (B's BEGIN IMMEDIATE itself waits for A's write lock).  The outcomes
     of A and B."""
-    a_done, b_started = threading.Event(), threading.Event()
-    postgres = url.startswith("postgresql")
-    b_pids: list[int] = []
-
-    def in_a(tx: Any) -> Any:
-        result = first(tx)
-        a_done.set()
-        assert b_started.wait(TIMEOUT)
-        if postgres:
-            wait_until(waiting_for_a_lock(url, b_pids), "B to wait for A's lock")
-        return result
-
-    def in_b() -> Any:
-        assert a_done.wait(TIMEOUT)
-
-        def run(tx: Any) -> Any:
-            if postgres:
-                b_pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
-                b_started.set()
-            return then(tx)
-
-        if not postgres:
-            b_started.set()
-        return b._runner.run_sync(run)
-
-    return race([lambda: a._runner.run_sync(in_a), in_b])
+    return _a_then_b(a, b, url, first, then, b_may_finish=False)
 
 
 def behind_or_beside(
@@ -120,6 +95,19 @@ def behind_or_beside(
     has committed beside it (on SQLite, once B started: its BEGIN IMMEDIATE
     waits).  A test then judges the database, not a timeout, whichever way
     they ran.  The outcomes of A and B."""
+    return _a_then_b(a, b, url, first, then, b_may_finish=True)
+
+
+def _a_then_b(
+    a: Any,
+    b: Any,
+    url: str,
+    first: Callable[[Any], Any],
+    then: Callable[[Any], Any],
+    b_may_finish: bool,
+) -> list[Outcome]:
+    """``blocked_behind`` and ``behind_or_beside``: with ``b_may_finish``,
+    B committing beside A also lets A commit."""
     a_done, b_started, b_finished = threading.Event(), threading.Event(), threading.Event()
     postgres = url.startswith("postgresql")
     b_pids: list[int] = []
@@ -130,7 +118,10 @@ def behind_or_beside(
         assert b_started.wait(TIMEOUT)
         if postgres:
             waiting = waiting_for_a_lock(url, b_pids)
-            wait_until(lambda: b_finished.is_set() or waiting(), "B to wait for A or finish")
+            if b_may_finish:
+                wait_until(lambda: b_finished.is_set() or waiting(), "B to wait for A or finish")
+            else:
+                wait_until(waiting, "B to wait for A's lock")
         return result
 
     def in_b() -> Any:

@@ -62,13 +62,12 @@ from zope.interface import implementer
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_STALE, CompactionCandidate, Version
-from wsfront.maintenance.repair import Progress, draining_nodes
+from wsfront.maintenance.repair import Progress, delete_unrecorded, draining_nodes
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadStream
 from wsfront.transfer.service import _read_extent, new_blob_id
 from wsfront.transfer.writer import ReplicaBackpressure, Sha256Stream
-from wsstorage import errors as storage_errors
 from wsstorage._interfaces import IBlobWriter
 
 log = Logger()
@@ -507,17 +506,7 @@ class Compactor:
             log.warn("compact: cannot forget {blob}: {err}; left to GC", blob=blob_id, err=e)
             return
         for node in targets:
-            try:
-                await self._pool.client(node).delete(blob_id)
-            except storage_errors.BlobNotFound:
-                pass
-            except Exception as e:
-                log.warn(
-                    "compact: delete of {blob} on {node}: {err}; left to GC's sweep",
-                    blob=blob_id,
-                    node=node,
-                    err=e,
-                )
+            await delete_unrecorded(self._pool, blob_id, node, "compact")
 
     def _replica_damaged(self, blob_id: str, node: str) -> None:
         """The read found a bad block: mark that replica stale for repair."""

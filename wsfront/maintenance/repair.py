@@ -482,17 +482,7 @@ class Repairer:
     async def delete_copy(self, blob_id: str, target: str) -> None:
         """Delete ``target``'s copy of a blob the catalog no longer knows; one
         that cannot be deleted now is an orphan for GC's storage sweep."""
-        try:
-            await self._pool.client(target).delete(blob_id)
-        except storage_errors.BlobNotFound:
-            pass
-        except Exception as e:
-            log.warn(
-                "repair: delete of {blob} on {node}: {err}; left to GC's sweep",
-                blob=blob_id,
-                node=target,
-                err=e,
-            )
+        await delete_unrecorded(self._pool, blob_id, target, "repair")
 
     # -- damage reports ----------------------------------------------------
 
@@ -504,3 +494,24 @@ class Repairer:
         except catalog_errors.NotFound:
             return
         log.warn("repair: replica of {blob} on {node} is damaged", blob=blob_id, node=node)
+
+
+async def delete_unrecorded(pool: StoragePool, blob_id: str, node: str, job: str) -> bool:
+    """Delete ``node``'s copy of a blob no catalog record keeps (a copy
+    the catalog refused, a blob forgotten); False, with one log line
+    naming ``job``, if it cannot be deleted now: an orphan then, for GC's
+    storage sweep.  A copy already gone counts as deleted."""
+    try:
+        await pool.client(node).delete(blob_id)
+    except storage_errors.BlobNotFound:
+        pass
+    except Exception as e:
+        log.warn(
+            "{job}: delete of {blob} on {node}: {err}; left to GC's sweep",
+            job=job,
+            blob=blob_id,
+            node=node,
+            err=e,
+        )
+        return False
+    return True
