@@ -101,11 +101,15 @@ def test_a_fresh_store_is_fanned_out_by_a_thread_and_blobs_fsynced_once(tmp_path
     store.close()
     # Opened again with every directory there: no mkdir, no thread, and one
     # fsync of blobs/ by open (the process that made them may have died
-    # before it fsync'd them into blobs/).
+    # before it fsync'd them into blobs/), after one of the store's folder
+    # (likewise for IDENTITY, before its id is reported).
     fs = ThreadedFileSystem()
     store = BlobStore.open(tmp_path / "d", block_size=BLOCK, fs=fs)
     assert store._fan_out_thread is None
-    assert [c for c in fs.calls if c[0] in ("mkdir", "fsync_dir")] == [("fsync_dir", "blobs")]
+    assert [c for c in fs.calls if c[0] in ("mkdir", "fsync_dir")] == [
+        ("fsync_dir", "d"),
+        ("fsync_dir", "blobs"),
+    ]
     assert read_all(store, "b") == pattern(100)
     store.close()
 
