@@ -152,3 +152,32 @@ async def test_compaction_writes_its_new_blob_on_no_draining_server(env):
     for vpath, content in contents.items():
         got, _ = await env.download(vpath)
         assert got == content
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_copies_a_blob_whose_only_copies_are_lost_before_it_says_done(env):
+    """A file's two replicas were marked lost (their servers down past the
+    grace period, then back with their disks intact), one of them on the
+    server being drained: that copy may be the last one.  The drain makes a
+    verified copy of it elsewhere (not onto the other lost copy's server)
+    before it reports the server empty; it used to skip the blob, say done,
+    and leave the file's only copies behind."""
+    from wsfront.catalog.records import REPLICA_LOST
+
+    files = await populate(env, count=4, size=40 * KiB)
+    entry = await env.catalog.stat(full_path(env, "/f0.bin"))
+    [extent] = entry.version.extents
+    blob = await env.catalog.get_blob(extent.blob_id)
+    leaving, other = sorted(blob.ok_replicas)
+    for node in (leaving, other):
+        await env.catalog.mark_replica(blob.blob_id, node, REPLICA_LOST)
+    await set_draining(env, leaving)
+    stats = await drain(env.catalog, env.transfers.pool, repairer(env), leaving)
+    assert stats["stuck"] == [] and stats["failed"] == 0, stats
+    after = await env.catalog.get_blob(blob.blob_id)
+    [verified] = after.ok_replicas
+    assert verified not in (leaving, other)
+    assert blob.blob_id in await blobs_on(env, verified)
+    await env.catalog.set_node_draining(leaving, False)
+    await repairer(env).run_pass()
+    await check_full_strength(env, files)

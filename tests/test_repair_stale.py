@@ -14,7 +14,7 @@ from tests.catalog_fixtures import postgres_schema_url
 from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
-from wsfront.catalog.records import REPLICA_STALE
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_STALE
 from wsfront.maintenance.repair import Repairer, RepairSettings
 
 
@@ -37,13 +37,14 @@ def env(request, tmp_path):
         pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
 
 
-async def all_stale(env, path: str):
-    """Mark every replica of ``path``'s one blob stale; return the blob."""
+async def all_stale(env, path: str, state: str = REPLICA_STALE):
+    """Mark every replica of ``path``'s one blob stale (or ``state``);
+    return the blob."""
     entry = await env.catalog.stat(full_path(env, path))
     [extent] = entry.version.extents
     blob = await env.catalog.get_blob(extent.blob_id)
     for node in blob.ok_replicas:
-        await env.catalog.mark_replica(blob.blob_id, node, REPLICA_STALE)
+        await env.catalog.mark_replica(blob.blob_id, node, state)
     return blob
 
 
@@ -64,6 +65,27 @@ async def test_a_blob_with_only_stale_replicas_is_repaired_from_one_that_reads_c
     assert stats["unrecoverable"] == [] and stats["no_verified_replica"] == [], stats
     assert stats["from_stale"] == [blob.blob_id]
     assert stats["failed"] == 1  # the copy from the damaged one
+    assert stats["under_replicated"] == 0
+    after = await env.catalog.get_blob(blob.blob_id)
+    assert len(after.ok_replicas) == 2 and spare in after.ok_replicas
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_whose_replicas_were_marked_lost_is_repaired_once_their_servers_are_back(
+    env,
+):
+    """Both servers holding a file were down past the grace period (or
+    ``wsfs repair`` ran while they were), so both replicas were marked
+    lost; they came back with their disks intact.  The file reads, so it is
+    no "unrecoverable" blob: a copy from one of them, checked block by
+    block, becomes its ok replica, and repair brings it back to strength."""
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
+    [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
+    stats = await repairer(env).run_pass(now=True)
+    assert stats["unrecoverable"] == [] and stats["no_verified_replica"] == [], stats
+    assert stats["from_stale"] == [blob.blob_id]
     assert stats["under_replicated"] == 0
     after = await env.catalog.get_blob(blob.blob_id)
     assert len(after.ok_replicas) == 2 and spare in after.ok_replicas

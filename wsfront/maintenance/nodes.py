@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.inventory import referenced_blob_ids
-from wsfront.maintenance.repair import Progress, Repairer, draining_nodes
+from wsfront.maintenance.repair import Progress, Repairer, draining_nodes, unvouched_replicas
 from wsfront.transfer.pool import StoragePool
 from wsstorage import failpoints
 
@@ -90,7 +90,10 @@ async def drain(
     if node not in pool.names():
         raise ValueError(f"unknown storage server {node!r}")
     stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,
-                             "busy": 0, "stuck": [], "cancelled": False}  # fmt: skip
+                             "busy": 0, "stuck": [], "cancelled": False,
+                             # Blobs with no ok replica, only stale or lost ones,
+                             # one here (``copy_from_unvouched``).
+                             "from_stale": [], "no_verified_replica": []}  # fmt: skip
     if node not in await draining_nodes(catalog):
         stats["cancelled"] = True
         return stats
@@ -101,7 +104,8 @@ async def drain(
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
             continue
-        if node not in blob.ok_replicas:
+        unvouched = unvouched_replicas(blob)
+        if node not in blob.ok_replicas and (blob.ok_replicas or node not in unvouched):
             continue
         if not blob.sealed:
             stats["busy"] += 1
@@ -112,6 +116,23 @@ async def drain(
         if node not in leaving:
             stats["cancelled"] = True
             break
+        if not blob.ok_replicas:
+            # Its only copies are stale or lost ones (their servers back
+            # after being marked lost, say), one of them here: the server
+            # may not go before a verified copy of it is made elsewhere,
+            # or this may be the last copy of the file.
+            try:
+                verified = await repairer.copy_from_unvouched(
+                    blob, unvouched, set(), leaving, stats
+                )
+            except catalog_errors.NotFound:
+                continue  # GC collected it meanwhile (the copy is deleted): nothing to move
+            if verified:
+                stats["moved"] += 1
+            else:
+                stats["stuck"].append(blob_id)
+            await _tell(progress, stats)
+            continue
         ok = set(blob.ok_replicas)
         sources = [n for n in pool.order_for_read(sorted(ok)) if pool.is_up(n)]
         sources.sort(key=lambda n: n == node)  # spare the draining server

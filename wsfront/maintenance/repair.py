@@ -16,9 +16,11 @@ Safety rules (docs/maintenance.md):
   catalog does not vouch for (a lost or stale replica, a leftover of an
   earlier attempt) is deleted and replaced, never trusted;
 * a source whose size differs from the catalog's is marked stale, not used;
-* a blob left with stale replicas only is copied from one of them to a
-  server without a copy; the copy checks every block's CRC and the length,
-  so the first that succeeds is a verified replica (``_copy_from_stale``);
+* a blob left with stale or lost replicas only (a lost one's server may be
+  back, its disk intact) is copied from one of them on a server that is up
+  to a server without a copy; the copy checks every block's CRC and the
+  length, so the first that succeeds is a verified replica
+  (``copy_from_unvouched``);
   if none does, the blob is reported under ``no_verified_replica``;
 * copies are throttled (bytes per second) and bounded in number at a time;
 * only sealed blobs are touched: a live upload's current blob belongs to its
@@ -242,9 +244,9 @@ class Repairer:
     ) -> bool:
         ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
-        stale = [r.node for r in blob.replicas if r.state == REPLICA_STALE]
-        if not ok and any(self._usable(n, lost) for n in stale):
-            if not await self._copy_from_stale(blob, stale, lost, draining, stats):
+        unvouched = unvouched_replicas(blob)
+        if not ok and any(self._usable(n, lost) for n in unvouched):
+            if not await self.copy_from_unvouched(blob, unvouched, lost, draining, stats):
                 return False
             blob = await self._catalog.get_blob(blob.blob_id)
             ok = set(blob.ok_replicas)
@@ -271,26 +273,30 @@ class Repairer:
             return False
         return True
 
-    async def _copy_from_stale(
+    async def copy_from_unvouched(
         self, blob: BlobRecord, stale: list[str], lost: set[str], draining: set[str], stats: dict
     ) -> bool:
-        """``blob`` has no ok replica at all, only stale ones, on the
-        servers ``stale`` (each once failed a checksum or a size check; a
-        reader still falls back on them).  The wire protocol has no "verify" operation, but ``copy``
-        is one: the source checks every block's CRC as it reads, the target
-        the length.  So one stale replica after the other is the source of
-        one copy to a server holding no stale copy of it (a failed copy
-        there would first delete one of the last copies); the first copy
-        that succeeds is a verified replica and recorded ok (the rule of
-        ``add_replica``), the rest of the repair copies from it.  True once
-        recorded; else the blob is reported in ``no_verified_replica``."""
+        """``blob`` has no ok replica at all, only stale or lost ones, on the
+        servers ``stale`` (a stale one once failed a checksum or a size
+        check; a lost one was on a server down past the grace period, or
+        marked so by ``wsfs repair``, that may be back with its disk
+        intact; a reader still falls back on both).  The wire protocol has
+        no "verify" operation, but ``copy`` is one: the source checks every
+        block's CRC as it reads, the target the length.  So one such replica
+        after the other, on a server up now, is the source of one copy to a
+        server holding no copy of it (a failed copy there would first
+        delete one of the last copies); the first copy that succeeds is a
+        verified replica and recorded ok (the rule of ``add_replica``), the
+        rest of the repair copies from it.  True once recorded; else the
+        blob is reported in ``no_verified_replica``.  Drain uses it too,
+        for such a blob with a copy on the server it empties."""
         usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
         targets = self.targets(blob, exclude=set(stale) | lost | draining)
         why = "none of them copies clean" if targets else "no server without a copy to copy to"
         for target in targets[:2]:
             if await self.copy(blob, target, list(usable), stats):
                 log.warn(
-                    "repair: blob {blob} had only stale replicas; a copy to {target} "
+                    "repair: blob {blob} had only stale or lost replicas; a copy to {target} "
                     "read back clean and is its ok replica now",
                     blob=blob.blob_id,
                     target=target,
@@ -298,7 +304,7 @@ class Repairer:
                 stats["from_stale"].append(blob.blob_id)
                 return True
         log.error(
-            "repair: blob {blob}: no verified replica: {n} stale, {why}",
+            "repair: blob {blob}: no verified replica: {n} stale or lost, {why}",
             blob=blob.blob_id,
             n=len(stale),
             why=why,
@@ -515,3 +521,10 @@ async def delete_unrecorded(pool: StoragePool, blob_id: str, node: str, job: str
         )
         return False
     return True
+
+
+def unvouched_replicas(blob: BlobRecord) -> list[str]:
+    """The servers holding a replica of ``blob`` the catalog does not vouch
+    for, but that may be intact: stale (it failed a check once) or lost
+    (its server was down past the grace period, and may be back)."""
+    return [r.node for r in blob.replicas if r.state in (REPLICA_STALE, REPLICA_LOST)]
