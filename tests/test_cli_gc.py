@@ -135,6 +135,34 @@ async def test_wsfs_gc_keeps_a_deleted_files_blobs_and_an_orphan_within_their_gr
     await check_full_strength(cluster, files)
 
 
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_wsfs_gc_grace_zero_frees_a_deleted_files_blobs_now(in_grace):
+    """An operator freeing a full cluster: ``--grace 0`` collects the blobs
+    of a file deleted just now, though the front end's grace is an hour;
+    the orphan keeps its own grace (a sweep's, not asked for); the next
+    plain pass keeps the front end's grace again."""
+    cluster = in_grace
+    files, doomed = await upload_and_delete(cluster)
+    await put_orphan(cluster, "s2", "borphan42")
+    out, err, code = await cluster.wsfs("--json", "gc", "--grace", "0", *JOB)
+    assert code == 0, err + out
+    result = json.loads(out)["result"]
+    assert result["forgotten"] == len(doomed) and result["waiting"] == 0, result
+    assert result["orphans_waiting"] == 1, result
+    assert not doomed & await stored(cluster)
+    assert "borphan42" in await stored(cluster)
+    await check_full_strength(cluster, files)
+    _, more = await upload_and_delete(cluster, keep=3)  # f0, f1 overwritten too
+    out, err, code = await cluster.wsfs("--json", "gc", *JOB)
+    assert code == 0, err + out
+    result = json.loads(out)["result"]
+    assert result["forgotten"] == 0 and result["waiting"] == len(more) + 2, result
+    assert more <= await stored(cluster)
+    _, err, code = await cluster.wsfs("gc", "--grace", "-1", *JOB)
+    assert code == 2 and "positive number of seconds" in err
+
+
 def test_wsfs_gc_with_no_front_end_says_so_and_the_job_stays_queued(tmp_path):
     catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     wsfs(catalog, "user", "add", "ann", stdin="pw-123456\n")

@@ -486,8 +486,11 @@ class Commands:
     async def gc(self) -> None:
         """A garbage collection pass now rather than at its next turn, with
         the same grace periods and guards: a blob deleted a minute ago is
-        still kept (a download begun before the delete may be reading it)."""
-        job = await self._job("gc", {})
+        still kept (a download begun before the delete may be reading it),
+        unless ``--grace`` says otherwise for this pass."""
+        grace = getattr(self.args, "grace", None)
+        args = {} if grace is None else {"grace_seconds": grace}
+        job = await self._job("gc", args)
         r = job.result
         # A done pass has every key (``GarbageCollector.run_pass``): no
         # defaults, so a renamed one fails here instead of printing 0; but
@@ -617,6 +620,13 @@ def _whole(least: int):
     return parse
 
 
+def _seconds_or_none(text: str) -> float:
+    """An argparse type: a number of seconds, 0 included."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(text)
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a positive number of seconds."""
     try:
@@ -708,10 +718,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--min-extents", type=_whole(1), default=None, help="files with at least N")
     comp.add_argument("--max-files", type=_whole(1), default=None, help="stop after N files")
-    job_options(
+    gc = job_options(
         sub.add_parser(
             "gc", help="collect garbage now (deleted files' blobs past their grace period)"
         )
+    )
+    gc.add_argument(
+        "--grace",
+        type=_seconds_or_none,
+        default=None,
+        help="for this pass, seconds a deleted file's blobs are kept (default: the front "
+        "end's, 3600); 0 frees a full cluster's space now, cutting short downloads that "
+        "began before the delete and still read them",
     )
     fsck = job_options(sub.add_parser("fsck", help="cross-check catalog and storage servers"))
     fsck.add_argument("--fix", action="store_true", help="repair what is found")

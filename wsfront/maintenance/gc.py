@@ -148,19 +148,24 @@ class GarbageCollector:
         self.purged_uploads_total = 0
 
     async def run_pass(
-        self, progress: Progress | None = None, keep_going: Callable[[], bool] = lambda: True
+        self,
+        progress: Progress | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
+        grace: float | None = None,
     ) -> dict[str, Any]:
         """Expire uploads, purge old finished ones, collect collectable
         blobs, sweep the servers; each step stops between its units of work
         (a batch, a blob, a copy) once ``keep_going()`` is false (the lease
         is lost: the new holder runs its own pass), and the steps after it
-        do not start."""
+        do not start.  ``grace``: for this pass, the seconds a blob stays
+        collectable before its bytes go, instead of ``grace_seconds``
+        (``wsfs gc --grace``: an operator freeing a full cluster now)."""
         stats: dict[str, Any] = {"expired_uploads": 0, "purged_uploads": 0}
         if self.settings.expire_uploads:
             stats["expired_uploads"] = await self._expire_uploads(keep_going)
         if self.settings.upload_retention_seconds is not None:
             stats["purged_uploads"] = await self._purge_uploads(keep_going)
-        stats.update(await self.collect(keep_going))
+        stats.update(await self.collect(keep_going, grace))
         if keep_going():
             stats.update(await self.sweep(keep_going=keep_going))
         if progress is not None:
@@ -252,13 +257,17 @@ class GarbageCollector:
 
     # -- collectable blobs ------------------------------------------------
 
-    async def collect(self, keep_going: Callable[[], bool] = lambda: True) -> dict[str, Any]:
-        """Delete and forget blobs collectable for longer than the grace;
-        no further delete once ``keep_going()`` is false (the lease is lost:
-        the new holder's pass deletes the rest, while this one's deletes
-        would run beside it).  A blob being deleted is finished first."""
+    async def collect(
+        self, keep_going: Callable[[], bool] = lambda: True, grace: float | None = None
+    ) -> dict[str, Any]:
+        """Delete and forget blobs collectable for longer than the grace
+        (``grace``, else ``grace_seconds``); no further delete once
+        ``keep_going()`` is false (the lease is lost: the new holder's pass
+        deletes the rest, while this one's deletes would run beside it).  A
+        blob being deleted is finished first."""
         now = self._clock.seconds()
-        grace = self.settings.grace_seconds
+        if grace is None:
+            grace = self.settings.grace_seconds
         skip: set[str] = set()
         seen: set[str] = set()
         forgotten = 0

@@ -97,7 +97,10 @@ def job_handlers(
         # The pass reports once, at its end; say it started, so the CLI
         # shows more than a silent wait over a long sweep.
         await report({"phase": "collecting"})
-        return await gc.run_pass(progress=report, keep_going=lease)
+        grace = args.get("grace_seconds")
+        return await gc.run_pass(
+            progress=report, keep_going=lease, grace=None if grace is None else float(grace)
+        )
 
     return {
         "repair": guarded(repair_job),
