@@ -211,6 +211,23 @@ def test_a_placement_holds_its_room_across_health_answers_until_its_upload_ends(
     assert sorted(pool.choose(3, size=5 * MiB, blob_id="b2")) == NAMES
 
 
+def test_an_upload_of_unknown_size_goes_where_the_room_is_left_not_where_it_was(
+    clock, cluster, pool
+):
+    """Between two health answers, a known-size upload took most of the two
+    emptiest servers' room: an upload of unknown size (an FTP STOR without
+    ALLO, a chunked PUT) goes to the server with the most room left, not
+    to the two whose last answer said the most free (it would fill them
+    and fail mid-body)."""
+    GiB = 1 << 30
+    for name, capacity in (("s1", 40 * GiB), ("s2", 40 * GiB), ("s3", 30 * GiB)):
+        cluster.node(name).capacity = capacity
+    run(clock, pool.probe_all())
+    assert sorted(pool.choose(2, size=38 * GiB, blob_id="big")) == ["s1", "s2"]
+    assert pool.choose(2)[0] == "s3"
+    assert pool.choose(1) == ["s3"]
+
+
 def test_a_placement_no_upload_claims_is_given_back(clock, cluster, pool):
     """A claim gives back the servers whose stream did not open; a
     placement no upload ever claims (a start that failed without giving

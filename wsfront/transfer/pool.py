@@ -272,8 +272,9 @@ class StoragePool:
         blob_id: str | None = None,
         freeing: str | None = None,
     ) -> list[str]:
-        """Up to ``count`` distinct healthy servers, most free space first;
-        a server whose health answer names a disk problem is not one.
+        """Up to ``count`` distinct healthy servers, most free space first
+        (less what is placed there since its last health answer); a server
+        whose health answer names a disk problem is not one.
 
         ``size``, when the bytes the new blob will hold are known up front
         (an HTTP Content-Length, a tus Upload-Length, an FTP ALLO), passes
@@ -307,13 +308,17 @@ class StoragePool:
             candidates = [n for n in candidates if n.has_room_for(size, freeing)]
         if not candidates:
             return []
-        top = max([n.free_bytes for n in candidates])
+        # By the room a server has left: what its last health answer says
+        # is free, less what was placed on it since (an upload of unknown
+        # size is not sent where this front end's uploads of known size
+        # just took the room).
+        top = max([n.free_bytes - n.placed_bytes for n in candidates])
         floor = top - max(SIMILAR_FREE, top // 100)
-        tier = [n for n in candidates if n.free_bytes >= floor]
+        tier = [n for n in candidates if n.free_bytes - n.placed_bytes >= floor]
         tier.sort(key=_NAME)
-        rest = [n for n in candidates if n.free_bytes < floor]
+        rest = [n for n in candidates if n.free_bytes - n.placed_bytes < floor]
         if rest:
-            rest.sort(key=lambda n: (-n.free_bytes, n.name))
+            rest.sort(key=lambda n: (n.placed_bytes - n.free_bytes, n.name))
         k = self._turn % len(tier)
         self._turn += 1
         ordered = tier[k:] + tier[:k] + rest
