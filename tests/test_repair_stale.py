@@ -93,6 +93,25 @@ async def test_a_blob_whose_replicas_were_marked_lost_is_repaired_once_their_ser
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_blob_whose_lost_replicas_are_gone_too_costs_no_copy_and_says_why(env):
+    """Both servers came back on wiped stores: their replicas were marked
+    lost, and the blob is on neither.  Repair tries no copy (nor spends its
+    throttle on one) and reports the blob as having no copy, not as copies
+    that fail their checks."""
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
+    for node in blob.ok_replicas:
+        await env.transfers.pool.client(node).delete(blob.blob_id)
+    stats = await repairer(env).run_pass(now=True)
+    assert stats["failed"] == 0 and stats["copied"] == 0, stats
+    [report] = stats["no_verified_replica"]
+    assert report["blob"] == blob.blob_id
+    assert report["why"] == "no server that is up holds a whole sealed copy"
+    del files["/f0.bin"]
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_blob_no_stale_replica_of_which_reads_clean_is_reported_and_kept(env):
     files = await populate(env, count=2, size=200 * 1024)
     blob = await all_stale(env, "/f1.bin")

@@ -291,8 +291,17 @@ class Repairer:
         blob is reported in ``no_verified_replica``.  Drain uses it too,
         for such a blob with a copy on the server it empties."""
         usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
+        usable = await self._holding(blob, usable)
         targets = self.targets(blob, exclude=set(stale) | lost | draining)
-        why = "none of them copies clean" if targets else "no server without a copy to copy to"
+        if not usable:
+            # Copies on wiped stores, or servers down: no copy (and no part
+            # of the throttle's budget) is spent on a source that has none.
+            why = "no server that is up holds a whole sealed copy"
+            targets = []
+        elif targets:
+            why = "none of them copies clean"
+        else:
+            why = "no server without a copy to copy to"
         for target in targets[:2]:
             if await self.copy(blob, target, list(usable), stats):
                 log.warn(
@@ -311,6 +320,20 @@ class Repairer:
         )
         stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
         return False
+
+    async def _holding(self, blob: BlobRecord, nodes: list[str]) -> list[str]:
+        """Those of ``nodes`` whose copy of ``blob`` is there, sealed and
+        long enough, by a ``stat`` of each (the catalog does not vouch for
+        them: a lost one may be on a store wiped since)."""
+        holding = []
+        for node in nodes:
+            try:
+                info = await self._pool.client(node).stat(blob.blob_id)
+            except Exception:
+                continue  # not there (BlobNotFound), or the server went away
+            if holds_the_blob(info, blob.length):
+                holding.append(node)
+        return holding
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
         """Healthy servers to copy ``blob`` to, best first: those whose last
