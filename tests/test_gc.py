@@ -237,3 +237,25 @@ async def test_a_collection_cut_short_by_the_lease_keeps_the_grace_of_blobs_it_d
     clock.advance(50)  # 100 s after the first pass saw both
     assert (await gc.collect())["forgotten"] == len(doomed)
     assert not doomed & await stored_blobs(env)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_one_off_grace_spares_an_unsealed_blob_a_compaction_is_still_building(env):
+    """``wsfs gc --grace 0`` frees a deleted file's (sealed) blobs at once,
+    but an unsealed collectable blob, such as a compaction's new blob that
+    its swap has not referenced yet, keeps the usual grace: collected under
+    the compaction, the file would point at bytes that are gone."""
+    files = await populate(env, count=2)
+    doomed = await env.catalog.stat(full_path(env, "/f1.bin"))
+    await env.transfers.delete(env.user, "/f1.bin")
+    del files["/f1.bin"]
+    building = "bcompaction0000000000000000000001"
+    await env.catalog.add_blob(building, ["s1", "s2"], 2)  # as compaction records it
+    gc = collector(env, task.Clock())
+    stats = await gc.run_pass(grace=0)
+    assert stats["forgotten"] == len(doomed.version.extents) and stats["waiting"] == 1, stats
+    assert (await env.catalog.get_blob(building)).blob_id == building
+    for extent in doomed.version.extents:
+        with pytest.raises(catalog_errors.NotFound):
+            await env.catalog.get_blob(extent.blob_id)
+    await check_full_strength(env, files)

@@ -622,8 +622,11 @@ def _whole(least: int):
 
 def _seconds_or_none(text: str) -> float:
     """An argparse type: a number of seconds, 0 included."""
-    if text.strip() in ("0", "0.0"):
-        return 0.0
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
     return _seconds(text)
 
 

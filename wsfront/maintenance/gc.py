@@ -261,13 +261,14 @@ class GarbageCollector:
         self, keep_going: Callable[[], bool] = lambda: True, grace: float | None = None
     ) -> dict[str, Any]:
         """Delete and forget blobs collectable for longer than the grace
-        (``grace``, else ``grace_seconds``); no further delete once
+        (``grace`` for sealed blobs, else ``grace_seconds``); no further delete once
         ``keep_going()`` is false (the lease is lost: the new holder's pass
         deletes the rest, while this one's deletes would run beside it).  A
         blob being deleted is finished first."""
         now = self._clock.seconds()
+        usual = self.settings.grace_seconds
         if grace is None:
-            grace = self.settings.grace_seconds
+            grace = usual
         skip: set[str] = set()
         seen: set[str] = set()
         forgotten = 0
@@ -285,7 +286,10 @@ class GarbageCollector:
                     break
                 seen.add(blob.blob_id)
                 since = self._collectable_since.setdefault(blob.blob_id, now)
-                if now - since < grace:
+                # A one-off grace is for the sealed blobs of deleted and
+                # overwritten files: an unsealed one may be a compaction's
+                # new blob, unreferenced only until its swap commits.
+                if now - since < (grace if blob.sealed else usual):
                     skip.add(blob.blob_id)
                     continue
                 missed = await self._delete_replicas(blob)

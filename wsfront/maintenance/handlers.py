@@ -40,7 +40,9 @@ def job_handlers(
     its grace periods count from the first time *it* saw a blob as
     garbage, so a pass run as a job keeps every safety setting and every
     grace already under way: it runs earlier than the schedule would, never
-    deletes anything sooner than a scheduled pass could."""
+    deletes anything sooner than a scheduled pass could, unless the
+    operator asks for a shorter grace for deleted files' (sealed) blobs
+    (``wsfs gc --grace``)."""
 
     def guarded(
         run: Callable[[dict[str, Any], Report, LeaseCheck], Awaitable[dict[str, Any]]],
@@ -98,9 +100,11 @@ def job_handlers(
         # shows more than a silent wait over a long sweep.
         await report({"phase": "collecting"})
         grace = args.get("grace_seconds")
-        return await gc.run_pass(
-            progress=report, keep_going=lease, grace=None if grace is None else float(grace)
-        )
+        if grace is not None:
+            grace = float(grace)
+            if not 0 <= grace < float("inf"):
+                raise ValueError(f"grace_seconds must be a finite number >= 0, not {grace!r}")
+        return await gc.run_pass(progress=report, keep_going=lease, grace=grace)
 
     return {
         "repair": guarded(repair_job),
