@@ -165,3 +165,44 @@ async def test_wsfs_repair_prints_each_blob_without_a_verified_replica_with_its_
         "no verified replica: 2 stale, none of them copies clean: blob b1 (/a/x, /b/y); "
         "see Repair in docs/maintenance.md"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_whose_stat_never_answers_holds_up_nothing_and_is_named(env):
+    """Both copies were marked lost; one server's copy is gone, the other
+    server answers keepalives but never its ``stat`` (a hung disk): after
+    ``STAT_TIMEOUT`` on repair's clock the pass goes on, copies nothing and
+    names the server that did not answer rather than calling the data
+    gone."""
+    from twisted.internet import reactor
+
+    from wsfront.maintenance.repair import STAT_TIMEOUT
+
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
+    gone, hung = sorted(blob.ok_replicas)
+    await env.transfers.pool.client(gone).delete(blob.blob_id)
+    clock = task.Clock()
+    hung_client, gone_client = (env.transfers.pool.client(n) for n in (hung, gone))
+    real_stat = gone_client.stat
+
+    def answered_then_time_passes(blob_id):
+        # The other server's stat is asked beside it: once that one has
+        # answered (not found), repair's clock passes the timeout.
+        d = real_stat(blob_id)
+        d.addBoth(lambda result: (reactor.callLater(0, clock.advance, STAT_TIMEOUT), result)[1])
+        return d
+
+    hung_client.stat = lambda blob_id: defer.Deferred()
+    gone_client.stat = answered_then_time_passes
+    try:
+        stats = await Repairer(
+            clock, env.catalog, env.transfers.pool, RepairSettings(bytes_per_second=None)
+        ).run_pass(now=True)
+    finally:
+        del hung_client.stat, gone_client.stat
+    assert stats["copied"] == 0 and stats["failed"] == 0, stats
+    [report] = stats["no_verified_replica"]
+    assert report["why"] == f"{hung} did not answer whether it holds a copy (asked again next pass)"
+    del files["/f0.bin"]
+    await check_full_strength(env, files)

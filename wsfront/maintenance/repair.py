@@ -33,7 +33,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -76,6 +82,12 @@ class RepairSettings:
     concurrency: int = 2
     #: Blobs fetched from the catalog at a time.
     batch: int = 100
+
+
+#: Seconds repair waits for a server's ``stat`` of a copy the catalog does
+#: not vouch for (``Repairer._holding``): a store whose disk hangs answers
+#: keepalives but never the request.
+STAT_TIMEOUT = 30.0
 
 
 def holds_the_blob(info, length: int) -> bool:
@@ -291,12 +303,18 @@ class Repairer:
         blob is reported in ``no_verified_replica``.  Drain uses it too,
         for such a blob with a copy on the server it empties."""
         usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
-        usable = await self._holding(blob, usable)
+        usable, unasked = await self._holding(blob, usable)
         targets = self.targets(blob, exclude=set(stale) | lost | draining)
         if not usable:
             # Copies on wiped stores, or servers down: no copy (and no part
             # of the throttle's budget) is spent on a source that has none.
-            why = "no server that is up holds a whole sealed copy"
+            if unasked:
+                why = (
+                    f"{', '.join(unasked)} did not answer whether it holds a copy "
+                    "(asked again next pass)"
+                )
+            else:
+                why = "no server that is up holds a whole sealed copy"
             targets = []
         elif targets:
             why = "none of them copies clean"
@@ -321,19 +339,27 @@ class Repairer:
         stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
         return False
 
-    async def _holding(self, blob: BlobRecord, nodes: list[str]) -> list[str]:
+    async def _holding(self, blob: BlobRecord, nodes: list[str]) -> tuple[list[str], list[str]]:
         """Those of ``nodes`` whose copy of ``blob`` is there, sealed and
-        long enough, by a ``stat`` of each (the catalog does not vouch for
-        them: a lost one may be on a store wiped since)."""
-        holding = []
-        for node in nodes:
-            try:
-                info = await self._pool.client(node).stat(blob.blob_id)
-            except Exception:
-                continue  # not there (BlobNotFound), or the server went away
-            if holds_the_blob(info, blob.length):
-                holding.append(node)
-        return holding
+        long enough, by a ``stat`` of each, all at once and each given
+        ``STAT_TIMEOUT`` (the catalog does not vouch for these copies: a
+        lost one may be on a store wiped since; a disk hung in the middle
+        of I/O must not hold up the pass); and those that did not answer."""
+
+        def ask(node: str) -> Deferred:
+            d = self._pool.client(node).stat(blob.blob_id)
+            d.addTimeout(STAT_TIMEOUT, self._clock)
+            return d
+
+        answers = await DeferredList([ask(n) for n in nodes], consumeErrors=True)
+        holding, unasked = [], []
+        for node, (ok, value) in zip(nodes, answers):
+            if ok:
+                if holds_the_blob(value, blob.length):
+                    holding.append(node)
+            elif not value.check(storage_errors.BlobNotFound):
+                unasked.append(node)
+        return holding, unasked
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
         """Healthy servers to copy ``blob`` to, best first: those whose last
