@@ -25,7 +25,13 @@ from twisted.logger import Logger
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.inventory import referenced_blob_ids
-from wsfront.maintenance.repair import Progress, Repairer, draining_nodes, unvouched_replicas
+from wsfront.maintenance.repair import (
+    Progress,
+    Repairer,
+    delete_unrecorded,
+    draining_nodes,
+    unvouched_replicas,
+)
 from wsfront.transfer.pool import StoragePool
 from wsstorage import failpoints
 
@@ -40,7 +46,7 @@ async def _tell(progress: Progress | None, stats: dict[str, Any]) -> None:
 
 
 async def _retire(
-    catalog, repairer: Repairer, blob_id: str, source: str, copy: str, job: str
+    catalog, pool: StoragePool, blob_id: str, source: str, copy: str, job: str
 ) -> bool:
     """Mark ``source``'s replica of ``blob_id`` stale once its copy on
     ``copy`` is recorded: the move is done (True).  False if GC forgot the
@@ -67,7 +73,7 @@ async def _retire(
         blob=blob_id,
         dst=copy,
     )
-    await repairer.delete_copy(blob_id, copy)
+    await delete_unrecorded(pool, blob_id, copy, job)
     return False
 
 
@@ -146,7 +152,7 @@ async def drain(
         except catalog_errors.NotFound:
             continue  # GC collected it meanwhile (the copy is deleted): nothing to move
         if moved:
-            if not await _retire(catalog, repairer, blob_id, node, target, "drain"):
+            if not await _retire(catalog, pool, blob_id, node, target, "drain"):
                 continue  # collected between its copy and the mark: nothing to move
             stats["moved"] += 1
         else:
@@ -241,7 +247,7 @@ async def rebalance(
             continue
         if not copied:
             break
-        retired = await _retire(catalog, repairer, blob.blob_id, src, dst, "rebalance")
+        retired = await _retire(catalog, pool, blob.blob_id, src, dst, "rebalance")
         movable[src] = [c for c in movable[src] if c[1] != blob.blob_id]
         load[src] -= size
         if not retired:

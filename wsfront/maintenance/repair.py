@@ -398,30 +398,22 @@ class Repairer:
 
     def _hold_room(self, blob: BlobRecord, target: str, written: Callable[[], int]) -> str | None:
         """Count ``blob``'s bytes as taken on ``target`` for the copy about
-        to run (``StoragePool.choose`` with the size, placed on ``target``
-        alone), so copies and uploads placed meanwhile do not count on the
-        same room; the key of the hold, for ``StoragePool.release`` when
-        the copy ends, or None if by the pool's count ``target`` has no room
-        for it now (a last-resort target: the copy runs without a hold).
-        The key is this copy's own, not the blob's id: two copies of one
-        blob may run at once (a drain job beside a repair pass), and each
-        gives back only its own.
+        to run (``StoragePool.hold``), so copies and uploads placed
+        meanwhile do not count on the same room; the key of the hold, for
+        ``StoragePool.release`` when the copy ends, or None if by the pool's
+        count ``target`` has no room for it now (a last-resort target: the
+        copy runs without a hold).  The key is this copy's own, not the
+        blob's id: two copies of one blob may run at once (a drain job
+        beside a repair pass), and each gives back only its own.
 
-        The hold is claimed at once, as an upload's would be once running:
-        unclaimed, the pool would give it back with a warning after
-        ``UNCLAIMED_SECONDS``, which a large throttled copy outlasts.  The
-        copy runs storage to storage, so this front end does not see its
-        bytes land: ``written()`` says none until the copy is recorded (all
-        of them then), so the whole size stays held while it runs (the
+        The copy runs storage to storage, so this front end does not see
+        its bytes land: ``written()`` says none until the copy is recorded
+        (all of them then), so the whole size stays held while it runs (the
         server's health answers meanwhile show some of it used too: counted
         twice, on the safe side, for the length of one copy)."""
         self._holds += 1
         key = f"copy-{self._holds}-{blob.blob_id}-{target}"
-        others = [n for n in self._pool.names() if n != target]
-        if self._pool.choose(1, exclude=others, size=blob.length, blob_id=key) != [target]:
-            return None
-        self._pool.claim(key, [target], written)
-        return key
+        return key if self._pool.hold(key, target, blob.length, written) else None
 
     async def copy(self, blob: BlobRecord, target: str, sources: list[str], stats: dict) -> bool:
         """Have ``target`` pull ``blob`` from one of ``sources`` (throttled);
@@ -491,7 +483,7 @@ class Repairer:
                     blob=blob.blob_id,
                     dst=target,
                 )
-                await self.delete_copy(blob.blob_id, target)
+                await delete_unrecorded(self._pool, blob.blob_id, target, "repair")
                 raise
             stats["copied"] += 1
             stats["bytes"] += info.size
@@ -533,11 +525,6 @@ class Repairer:
             await self._pool.client(target).delete(blob.blob_id)
         except storage_errors.BlobNotFound:
             pass
-
-    async def delete_copy(self, blob_id: str, target: str) -> None:
-        """Delete ``target``'s copy of a blob the catalog no longer knows; one
-        that cannot be deleted now is an orphan for GC's storage sweep."""
-        await delete_unrecorded(self._pool, blob_id, target, "repair")
 
     # -- damage reports ----------------------------------------------------
 

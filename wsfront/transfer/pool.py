@@ -333,11 +333,31 @@ class StoragePool:
             if len(chosen) == count:
                 break
         if blob_id is not None:
-            placement = Placement(size, self._clock.seconds(), chosen)
-            self._placements[blob_id] = placement
-            for n in chosen:
-                n.holds[blob_id] = placement
+            self._record(blob_id, size, chosen)
         return [n.name for n in chosen]
+
+    def hold(self, key: str, name: str, size: int, written: Callable[[], int]) -> bool:
+        """Set ``size`` bytes aside on the server ``name`` for a blob written
+        there now by other means than an upload (a repair copy, storage to
+        storage), as a placement already claimed (``claim``) under ``key``,
+        given back by ``release(key)``; False, and nothing held, if it takes
+        no new blobs or, by this pool's count, has no room for them."""
+        node = self._nodes.get(name)
+        if node is None or not node.takes_new_blobs or not node.has_room_for(size):
+            return False
+        node.placed_bytes += size
+        self._record(key, size, [node]).written = written
+        return True
+
+    def _record(self, key: str, size: int, nodes: list[NodeState]) -> Placement:
+        """Keep the ``size`` bytes just counted as taken on ``nodes`` taken
+        until ``release(key)`` (less what the placement's ``written`` says
+        by then), not only until each server's next health answer."""
+        placement = Placement(size, self._clock.seconds(), nodes)
+        self._placements[key] = placement
+        for n in nodes:
+            n.holds[key] = placement
+        return placement
 
     def share_disk(self, names: Iterable[str]) -> None:
         """The stores of the servers ``names`` share one file system (wslocal
