@@ -201,7 +201,7 @@ async def rebalance(
     stats["before"] = dict(load)
     # The room each server last reported (just probed) above its reserve,
     # less what is placed there: a blob that would not fit on the emptiest
-    # server is not sent there (``Repairer.copy`` would refuse it).
+    # server is not sent there (a rebalance is no reason to eat a reserve).
     free = {
         n.name: n.free_bytes - n.reserve_bytes - n.placed_bytes
         for n in pool.nodes()
