@@ -5,9 +5,11 @@ command runs, so ABOR can't be read during a transfer, and its PASV waits
 for the data connection before answering.  Here the transport keeps reading;
 commands queue and run one at a time in order (their replies must stay in
 order), except ABOR and STAT, which act at once on the running transfer.
-A QUIT that arrives while a transfer still waits for its data connection
-ends that wait (the transfer gets its 425) instead of queueing behind it
-for ``data_timeout``: no transfer is in progress yet (RFC 959, 4.1.1).
+QUIT queues too, so a transfer command before it runs to its own reply
+(226, 426, or 425 once ``data_timeout`` passes without a data connection)
+before the 221: RFC 959 (4.1.1) keeps the connection open for the result
+of a transfer in progress, and a client may send PASV, STOR and QUIT at
+once and connect the data socket after.
 Data transfers run as producer/consumer pairs between the data connection
 and the transfer layer (``wsfront.ftp.datacmds``); the control connection
 only waits for their outcome.
@@ -329,7 +331,6 @@ class FTPControl(Protocol):
             # does not pass its handshakeCompleted on to us.
             self.handshakeCompleted()
         self._arm_idle()
-        quit_queued = False
         for line in self._lines.feed(data):
             if not self.connected_:
                 return
@@ -340,7 +341,6 @@ class FTPControl(Protocol):
             size = len(line) + 2 if isinstance(line, bytes) else 0
             self._queue.append((parsed, size))
             self._queued_bytes += size
-            quit_queued = quit_queued or (isinstance(parsed, Command) and parsed.verb == "QUIT")
             if isinstance(parsed, Command) and self._auth_accepted(parsed):
                 # What follows an AUTH TLS that will start TLS was sent in
                 # plain text: dropped, never run once TLS is up.
@@ -353,8 +353,6 @@ class FTPControl(Protocol):
         ) and not self._paused_reading:
             self._paused_reading = True
             self.transport.pauseProducing()
-        if quit_queued and self.transfer is not None:
-            self.transfer.stop_waiting_for_quit()
         self._pump()
 
     def _auth_accepted(self, command: Command) -> bool:
