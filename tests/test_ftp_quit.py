@@ -131,3 +131,21 @@ async def test_a_quit_sent_with_its_stor_waits_for_the_transfer(ftp):
     assert (await _reply(c))[0] == 221
     await c.closed.addTimeout(PROMPT, reactor)
     assert await _stored(ftp, "/piped.txt") == (b"piped\n", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_of_a_retr_waiting_for_its_data_connection_answers_before_the_queue(ftp):
+    """ABOR's 226 follows the aborted RETR's 426 at once: the NOOP and the
+    QUIT queued behind the RETR are answered after it, not between."""
+    from twisted.internet import reactor
+
+    await ftp.env.upload("/kept.txt", OLD)
+    c = await ftp.client()
+    assert (await c.cmd("TYPE I"))[0] == 200
+    await c.epsv()  # and never connect to it
+    c.send("RETR kept.txt")
+    await until(lambda: _waiting_for_data(ftp), "the RETR to wait for its data connection")
+    c.transport.write(b"NOOP\r\nQUIT\r\nABOR\r\n")
+    codes = [(await _reply(c))[0] for _ in range(4)]
+    assert codes == [426, 226, 200, 221]
+    await c.closed.addTimeout(PROMPT, reactor)

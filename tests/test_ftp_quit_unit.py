@@ -7,7 +7,8 @@ LIST, NLST) and QUIT without waiting for the data connection: the transfer
 still runs when its data connection comes, ends with its own reply, and
 only then QUIT is answered 221 and the connection closed.  The data
 connection's timeout still bounds the wait (425, then 221); a data
-connection cut short still gets its 426 (then 221).
+connection cut short still gets its 426 (then 221); ABOR still aborts,
+answered before the commands queued behind the transfer.
 """
 
 from __future__ import annotations
@@ -124,3 +125,27 @@ def test_quit_waits_for_the_data_connection_no_longer_than_its_timeout(verb):
     assert ftp.closing
     if verb == "STOR":
         assert ftp.transfers.writes[-1].state == "abandoned"
+
+
+def test_abor_after_a_queued_quit_still_aborts_the_waiting_transfer():
+    ftp = _ftp()
+    ftp.send("STOR f.bin")
+    ftp.send("QUIT")
+    ftp.send("ABOR")
+    assert ftp.replies() == [426, 226, 221]
+    assert ftp.closing
+    assert ftp.transfers.writes[-1].state == "abandoned"
+
+
+@pytest.mark.parametrize("verb", ["RETR", "LIST"])
+def test_abor_of_a_download_waiting_for_its_data_connection_answers_before_queued_commands(verb):
+    """Nothing to let go: the aborted transfer ends within ABOR, and the
+    NOOP queued behind it got its 200 before ABOR's 226."""
+    ftp = _ftp()
+    ftp.transfers.files["/f.bin"] = DATA
+    ftp.send(f"{verb} f.bin" if verb == "RETR" else verb)
+    ftp.send("NOOP")
+    ftp.send("QUIT")
+    ftp.send("ABOR")
+    assert ftp.replies() == [426, 226, 200, 221]
+    assert ftp.closing

@@ -1067,16 +1067,22 @@ class FTPControl(Protocol):
         return datacmds.list_dir(self, argument, "MLSD")
 
     def ftp_ABOR(self, argument: str):
+        """426 for the transfer, then 226 for the ABOR, both before the
+        reply of any command queued behind the transfer.  The 226 is tied
+        to the transfer's end before the abort: a transfer still waiting
+        for its data connection ends within ``abort``, and the queue moves
+        on at once (a queued QUIT's 221, or a NOOP's 200, came first)."""
         transfer = self.transfer
         if transfer is None:
             self.reply(225, "No transfer to abort")
             return None
-        transfer.abort()
 
         def answered(_):
             self.reply(226, "ABOR successful")
 
-        return transfer.done_deferred().addCallback(answered)
+        done = transfer.done_deferred().addCallback(answered)
+        transfer.abort()
+        return done
 
     def ftp_STAT(self, argument: str) -> None:
         transfer = self.transfer
