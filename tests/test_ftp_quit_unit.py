@@ -68,8 +68,9 @@ def test_quit_after_a_download_waiting_for_its_data_connection_lets_it_finish(ve
     assert ftp.replies() == [226, 221]
     assert ftp.closing
     sent = data.value()
-    assert sent == (DATA if verb == "RETR" else sent)
-    if verb != "RETR":
+    if verb == "RETR":
+        assert sent == DATA
+    else:
         assert b"f.bin" in sent
 
 
@@ -139,8 +140,9 @@ def test_abor_after_a_queued_quit_still_aborts_the_waiting_transfer():
 
 @pytest.mark.parametrize("verb", ["RETR", "LIST"])
 def test_abor_of_a_download_waiting_for_its_data_connection_answers_before_queued_commands(verb):
-    """Nothing to let go: the aborted transfer ends within ABOR, and the
-    NOOP queued behind it got its 200 before ABOR's 226."""
+    """Nothing to let go: the aborted transfer ends within ABOR, yet ABOR's
+    226 follows its 426 before the queued NOOP's 200 and QUIT's 221 (the
+    226 once came after them)."""
     ftp = _ftp()
     ftp.transfers.files["/f.bin"] = DATA
     ftp.send(f"{verb} f.bin" if verb == "RETR" else verb)
@@ -149,3 +151,40 @@ def test_abor_of_a_download_waiting_for_its_data_connection_answers_before_queue
     ftp.send("ABOR")
     assert ftp.replies() == [426, 226, 200, 221]
     assert ftp.closing
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["same read", "later read"])
+def test_nothing_sent_after_quit_runs(together):
+    """221 is the last reply: commands after QUIT (here TYPE A, which would
+    change the session) are never run, whether read with it or after."""
+    ftp = _ftp()
+    if together:
+        ftp.send("QUIT", "NOOP", "TYPE A")
+    else:
+        ftp.send("QUIT")
+        ftp.send("NOOP", "TYPE A")
+    assert ftp.replies() == [221]
+    assert ftp.closing
+    assert ftp.control.binary
+
+
+def test_quit_jumping_a_flood_drops_the_queued_commands():
+    """Behind ``max_queued_commands`` queued lines QUIT leaves at once (the
+    flood guard), cutting the running transfer; the commands it jumped are
+    dropped, never answered after the 221."""
+    ftp = MemoryFTP(
+        FTPSettings(data_timeout=TIMEOUT, passive_ports=(40000, 40000), max_queued_commands=8)
+    )
+    ftp.send("TYPE I")
+    ftp.send("EPSV")
+    ftp.transfers.files["/f.bin"] = DATA
+    ftp.send("RETR f.bin")
+    channel, _ = ftp.connect_data()
+    assert ftp.replies() == [200, 229, 150]
+    ftp.send(*(["NOOP"] * 20 + ["TYPE A", "QUIT"]))
+    assert ftp.replies() == [221]
+    assert ftp.closing
+    close_data(channel, net_error.ConnectionLost())
+    ftp.transfers.streams[-1].gate.callback(None)
+    assert 200 not in ftp.replies()
+    assert ftp.control.binary

@@ -9,7 +9,9 @@ QUIT queues too, so a transfer command before it runs to its own reply
 (226, 426, or 425 once ``data_timeout`` passes without a data connection)
 before the 221: RFC 959 (4.1.1) keeps the connection open for the result
 of a transfer in progress, and a client may send PASV, STOR and QUIT at
-once and connect the data socket after.
+once and connect the data socket after.  Only behind a flood (a queue of
+``max_queued_commands``) does QUIT jump ahead and leave at once.  Nothing
+sent after a QUIT runs: its 221 is the last reply.
 Data transfers run as producer/consumer pairs between the data connection
 and the transfer layer (``wsfront.ftp.datacmds``); the control connection
 only waits for their outcome.
@@ -66,9 +68,11 @@ OUT_OF_BAND = frozenset({"ABOR", "STAT"})
 """Commands acted on at once while a transfer runs (the rest queue behind it)."""
 
 URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
-"""Commands acted on at once, ahead of the queue, once it holds more than
-``max_queued_commands`` lines: a client that pipelined a flood can still
-abort its transfer, ask for status, or leave."""
+"""Commands acted on at once, ahead of the queue, once it holds
+``max_queued_commands`` lines or more: a client that pipelined a flood can
+still abort its transfer, ask for status, or leave (a QUIT that jumps the
+queue drops the commands still queued and cuts a running transfer: the
+client chose to go now)."""
 
 NOT_IMPLEMENTED = {
     "CCC": "CCC not implemented: the control connection stays protected",
@@ -182,6 +186,8 @@ class FTPControl(Protocol):
         self._idle_call = None
         self._login_deadline = Deadline(self.reactor, self._login_expired)
         self._tls_switching = False
+        # Set by QUIT: nothing read or queued after it runs.
+        self._quitting = False
         self._handshake_deadline = Deadline(self.reactor, self._handshake_expired)
         self._admitted = False
         # A balancer sends its PROXY header at once; a peer that doesn't goes.
@@ -332,7 +338,7 @@ class FTPControl(Protocol):
             self.handshakeCompleted()
         self._arm_idle()
         for line in self._lines.feed(data):
-            if not self.connected_:
+            if not self.connected_ or self._quitting:
                 return
             parsed = line if isinstance(line, LineTooLong) else parse_line(line)
             if isinstance(parsed, Command) and self._urgent(parsed):
@@ -378,7 +384,7 @@ class FTPControl(Protocol):
         return full and command.verb in URGENT_WHEN_FULL
 
     def _pump(self) -> None:
-        while self._queue and not self._busy and self.connected_:
+        while self._queue and not self._busy and self.connected_ and not self._quitting:
             parsed, size = self._queue.popleft()
             self._queued_bytes -= size
             d = self._run(parsed)
@@ -605,6 +611,13 @@ class FTPControl(Protocol):
         self.reply(230, f"User {user.name} logged in")
 
     def ftp_QUIT(self, argument: str) -> None:
+        """221 and close.  The commands still queued (only when this QUIT
+        jumped a flood) or sent after it never run: a reply after the 221,
+        or a DELE run as the connection closes, is nothing the client
+        asked for once it said goodbye."""
+        self._quitting = True
+        self._queue.clear()
+        self._queued_bytes = 0
         self.reply(221, "Goodbye")
         self.close()
 
