@@ -18,6 +18,7 @@ from twisted.internet import error as net_error
 
 from tests.ftp_memory import MemoryFTP, close_data
 from wsfront.ftp.factory import FTPSettings
+from wsfront.ftp.protocol import CLOSE_DEADLINE
 
 TIMEOUT = 30.0
 DATA = bytes(range(256)) * 1000
@@ -186,5 +187,20 @@ def test_quit_jumping_a_flood_drops_the_queued_commands():
     assert ftp.closing
     close_data(channel, net_error.ConnectionLost())
     ftp.transfers.streams[-1].gate.callback(None)
-    assert 200 not in ftp.replies()
+    assert ftp.replies() == []  # neither the NOOPs' 200s nor the RETR's 426
     assert ftp.control.binary
+
+
+def test_no_timer_speaks_after_the_221_and_a_close_never_done_is_aborted():
+    """The idle timer's 421 never follows a 221; a close the peer never
+    completes (under TLS: no close_notify back) is aborted after
+    CLOSE_DEADLINE, so the connection's slot is not held for ever."""
+    ftp = MemoryFTP(FTPSettings(data_timeout=TIMEOUT, idle_timeout=5.0))
+    ftp.send("QUIT")
+    assert ftp.replies() == [221]
+    assert ftp.closing and not ftp.transport.disconnected
+    ftp.reactor.advance(CLOSE_DEADLINE - 0.1)
+    assert ftp.replies() == [] and not ftp.transport.disconnected
+    ftp.reactor.advance(0.2)
+    assert ftp.transport.disconnected  # StringTransport: abortConnection
+    assert ftp.replies() == []

@@ -64,6 +64,12 @@ from wsstorage import framing
 
 log = Logger()
 
+#: Seconds a closing control connection may take to go: past them it is
+#: aborted.  Under TLS, Twisted's loseConnection waits for the client's
+#: close_notify, and a client that never sends one would otherwise keep
+#: the connection (and its slot in the per-address cap) for ever.
+CLOSE_DEADLINE = 10.0
+
 OUT_OF_BAND = frozenset({"ABOR", "STAT"})
 """Commands acted on at once while a transfer runs (the rest queue behind it)."""
 
@@ -186,12 +192,15 @@ class FTPControl(Protocol):
         self._idle_call = None
         self._login_deadline = Deadline(self.reactor, self._login_expired)
         self._tls_switching = False
-        # Set by QUIT: nothing read or queued after it runs.
+        # Set by QUIT: nothing read or queued after it runs, and no reply
+        # follows its 221.
         self._quitting = False
+        self._said_goodbye = False
         self._handshake_deadline = Deadline(self.reactor, self._handshake_expired)
         self._admitted = False
         # A balancer sends its PROXY header at once; a peer that doesn't goes.
         self._header_deadline = Deadline(self.reactor, self._header_expired)
+        self._close_deadline = Deadline(self.reactor, self._close_expired)
         self._started = False
         self.peer_host = ""
         self._hashing = None
@@ -267,6 +276,7 @@ class FTPControl(Protocol):
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
         self._header_deadline.cancel()
+        self._close_deadline.cancel()
         if not self._admitted:
             return
         self._admitted = False
@@ -290,6 +300,13 @@ class FTPControl(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            self._close_deadline.arm(CLOSE_DEADLINE)
+
+    def _close_expired(self) -> None:
+        """A close still not done after ``CLOSE_DEADLINE``: a TLS client
+        that never answered our close_notify.  Nothing more can reach it."""
+        if self.connected_:
+            self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: the TLS layer under this connection (implicit
@@ -338,8 +355,10 @@ class FTPControl(Protocol):
             self.handshakeCompleted()
         self._arm_idle()
         for line in self._lines.feed(data):
-            if not self.connected_ or self._quitting:
+            if not self.connected_:
                 return
+            if self._quitting:
+                break
             parsed = line if isinstance(line, LineTooLong) else parse_line(line)
             if isinstance(parsed, Command) and self._urgent(parsed):
                 self._run(parsed)
@@ -409,14 +428,14 @@ class FTPControl(Protocol):
         client sends nothing until it has the reply, and a transport write
         waits for the reactor's next turn to send it, which a small STOR's
         four replies (TYPE, PASV, 150, 226) paid each."""
-        if self.connected_:
+        if self.connected_ and not self._said_goodbye:
             framing.send_now(self.transport, replies.reply(code, text))
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
         """A reply of several lines; middle lines are sent as given (FEAT's
         and HELP's start with a space), and ``replies`` keeps any from
         looking like the end."""
-        if self.connected_:
+        if self.connected_ and not self._said_goodbye:
             framing.send_now(self.transport, replies.reply(code, lines))
 
     def reply_error(self, error: BaseException) -> None:
@@ -618,7 +637,13 @@ class FTPControl(Protocol):
         self._quitting = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._cancel_idle()
+        self._login_deadline.cancel()
         self.reply(221, "Goodbye")
+        # The 221 is the last reply: a transfer QUIT cut short (it jumped
+        # a flood) or a timer firing before the close completes says
+        # nothing more.
+        self._said_goodbye = True
         self.close()
 
     # -- session settings ---------------------------------------------
