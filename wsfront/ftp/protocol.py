@@ -300,7 +300,8 @@ class FTPControl(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
-            self._close_deadline.arm(CLOSE_DEADLINE)
+            if self.connected_:  # a client gone during a PASS check needs no timer
+                self._close_deadline.arm(CLOSE_DEADLINE)
 
     def _close_expired(self) -> None:
         """A close still not done after ``CLOSE_DEADLINE``: a TLS client
