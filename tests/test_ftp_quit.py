@@ -2,11 +2,13 @@
 
 RFC 959 (4.1.1): QUIT closes the control connection at once "if file
 transfer is not in progress"; if one is, the connection stays open for its
-result reply.  A STOR whose data connection has not come has no transfer
-in progress, yet its QUIT waited behind it for up to ``data_timeout`` (30 s
-by default).  Now the wait ends (the STOR gets its 425, as at the timeout)
-and QUIT is answered 221 at once; the STOR stored nothing.  A transfer that
-is moving data still runs to its 226 before the 221, as before.
+result reply, and the server closes it after.  A client may send STOR and
+QUIT before it connects the data socket: QUIT queues behind the STOR,
+which runs when the data connection comes (or gets 425 once
+``data_timeout`` passes without one, ``test_ftp_quit_unit``), then QUIT is
+answered 221.  A QUIT that came in a read of its own once the STOR waited
+used to end the wait with 425 and lose the upload.  A transfer moving data
+runs to its 226 before the 221 too.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp.factory import FTPSettings
 
 OLD = b"the committed version\n"
+NEW = b"the version sent after QUIT\n"
 LONG_WAIT = 600.0
-"""data_timeout: without the fix, QUIT would wait this long (the test's
-replies time out after ``PROMPT`` instead)."""
+"""data_timeout: far longer than any test waits for a reply (``PROMPT``)."""
 PROMPT = 10.0
 
 
@@ -60,23 +62,33 @@ def _waiting_for_data(ftp) -> bool:
     )
 
 
+def _quit_read(ftp) -> bool:
+    """The server has read the QUIT: it is queued, or it ended the wait."""
+    return any(s._queue for s in ftp.factory.sessions) or not _waiting_for_data(ftp)
+
+
 @pytest_twisted.ensureDeferred
-async def test_quit_while_a_stor_waits_for_its_data_connection_answers_at_once(ftp):
+async def test_quit_while_a_stor_waits_for_its_data_connection_lets_the_upload_finish(ftp):
     from twisted.internet import reactor
 
     await ftp.env.upload("/kept.txt", OLD)
-    for path, before in (("kept.txt", (OLD, False)), ("fresh.txt", (None, False))):
+    for path in ("kept.txt", "fresh.txt"):
         c = await ftp.client()
         assert (await c.cmd("TYPE I"))[0] == 200
-        await c.epsv()  # and never connect to it
+        port = await c.epsv()
         c.send(f"STOR {path}")
         await until(lambda: _waiting_for_data(ftp), "the STOR to wait for its data connection")
         c.send("QUIT")
+        await until(lambda: _quit_read(ftp), "the server to read the QUIT")
+        peer = await c.data_connection(port)
         code, text = await _reply(c)
-        assert code == 425 and "QUIT" in text, text
+        assert code == 150, text
+        peer.transport.write(NEW)
+        peer.transport.loseConnection()
+        assert (await _reply(c))[0] == 226
         assert (await _reply(c))[0] == 221
         await c.closed.addTimeout(PROMPT, reactor)
-        assert await _stored(ftp, "/" + path) == before, path
+        assert await _stored(ftp, "/" + path) == (NEW, False), path
     await until(lambda: not ftp.factory.sessions, "the sessions to end")
     assert not ftp.transfers.sessions
 
@@ -119,3 +131,21 @@ async def test_a_quit_sent_with_its_stor_waits_for_the_transfer(ftp):
     assert (await _reply(c))[0] == 221
     await c.closed.addTimeout(PROMPT, reactor)
     assert await _stored(ftp, "/piped.txt") == (b"piped\n", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_abor_of_a_retr_waiting_for_its_data_connection_answers_before_the_queue(ftp):
+    """ABOR's 226 follows the aborted RETR's 426 at once: the NOOP and the
+    QUIT queued behind the RETR are answered after it, not between."""
+    from twisted.internet import reactor
+
+    await ftp.env.upload("/kept.txt", OLD)
+    c = await ftp.client()
+    assert (await c.cmd("TYPE I"))[0] == 200
+    await c.epsv()  # and never connect to it
+    c.send("RETR kept.txt")
+    await until(lambda: _waiting_for_data(ftp), "the RETR to wait for its data connection")
+    c.transport.write(b"NOOP\r\nQUIT\r\nABOR\r\n")
+    codes = [(await _reply(c))[0] for _ in range(4)]
+    assert codes == [426, 226, 200, 221]
+    await c.closed.addTimeout(PROMPT, reactor)

@@ -23,7 +23,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.ftp_env import PASSWORD, FTPEnv, sha256
+from tests.ftp_env import PASSWORD, FTPEnv, sha256, until
 from tests.support import require_tool
 from tests.tls_support import self_signed
 from wsfront.catalog.errors import NotFound
@@ -716,3 +716,39 @@ async def test_explicit_ftps_behind_a_proxy_protocol_balancer_outlives_the_login
         assert bye.startswith("221")
     finally:
         await env.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_that_never_answers_close_notify_is_cut_after_the_close_deadline(
+    ftps, certificate, monkeypatch
+):
+    """After QUIT over TLS our close waits for the client's close_notify
+    (Twisted's TLS layer); one that never sends it, and never closes,
+    would hold its connection and its per-address slot for ever: the
+    close deadline aborts it."""
+    import wsfront.ftp.protocol as control
+
+    monkeypatch.setattr(control, "CLOSE_DEADLINE", 0.5)
+    context = _context(certificate)
+
+    def quit_and_stay():
+        raw = socket.create_connection(("127.0.0.1", ftps.port), timeout=30)
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"220")
+        raw.sendall(b"AUTH TLS\r\n")
+        assert f.readline().startswith(b"234")
+        tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        g = tls.makefile("rb")
+        for line, code in ((b"USER alice", b"331"), (b"PASS " + PASSWORD.encode(), b"230")):
+            tls.sendall(line + b"\r\n")
+            assert g.readline().startswith(code)
+        tls.sendall(b"QUIT\r\n")
+        assert g.readline().startswith(b"221")
+        return tls  # kept open, no close_notify sent
+
+    tls = await threads.deferToThread(quit_and_stay)
+    try:
+        assert len(ftps.factory.sessions) == 1
+        await until(lambda: not ftps.factory.sessions, "the closing session to be aborted")
+    finally:
+        tls.close()

@@ -331,3 +331,37 @@ async def test_unknown_methods_are_counted_apart_from_the_servers_5xx_answers(en
     assert delta("wsfs_http_requests_total", method="other", code="405") == 1
     codes = [dict(labels)["code"] for name, labels in after if name == "wsfs_http_requests_total"]
     assert codes and not [c for c in codes if c.startswith("5")], codes
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_latency_histogram_leaves_out_unknown_methods_as_the_requests_total_does(env):
+    """``wsfs_http_request_duration_seconds`` counts the requests that
+    ``wsfs_http_requests_total`` counts, and no others: a scanner's junk
+    methods (501, ``wsfs_http_unknown_methods_total``) added samples to
+    the histogram that no request of the total matched, so a latency or
+    rate figure from its ``_count`` disagreed with the requests total."""
+    before = await env.scrape()
+    for method in ("BREW", "FROBNICATE", "BREW"):
+        r = await env.request(method, "/f")
+        await r.content()
+        assert r.code == 501
+    r = await env.request("GET", "/missing")
+    await r.content()
+    assert r.code == 404
+    after = await env.scrape()
+
+    def total(samples) -> float:
+        return sum(v for (name, _), v in samples.items() if name == "wsfs_http_requests_total")
+
+    def count(samples) -> float:
+        return value(samples, "wsfs_http_request_duration_seconds_count")
+
+    assert (
+        value(after, "wsfs_http_unknown_methods_total")
+        - value(before, "wsfs_http_unknown_methods_total")
+        == 3
+    )
+    # The scrape before and the GET, in both; the 501s in neither.
+    assert total(after) - total(before) == 2
+    assert count(after) - count(before) == 2
+    assert count(after) == total(after)

@@ -60,6 +60,9 @@ class HttpCounters:
     a client's doing, not a server error: it is counted in
     ``unknown_methods`` and left out of ``requests``, so an alert on the
     rate of 5xx answers does not fire for a scanner sending junk methods.
+    It stays out of the latency histogram too, whose ``_count`` then
+    equals the requests total (a mean latency or a rate made from one
+    agrees with the other); its bytes still count, as they crossed the wire.
     """
 
     def __init__(self, clock=None) -> None:
@@ -82,7 +85,8 @@ class HttpCounters:
         if method not in _METHODS:
             method = "other"
         code = int(getattr(request, "code", 0) or 0)
-        if code == 501 and getattr(request, "unknown_method", False):
+        unknown = code == 501 and getattr(request, "unknown_method", False)
+        if unknown:
             self.unknown_methods += 1
         else:
             self.requests[(method, str(code))] += 1
@@ -98,7 +102,7 @@ class HttpCounters:
             ):
                 self.uploads += 1
         started = getattr(request, "started_at", None)
-        if started is not None and self._clock is not None:
+        if started is not None and self._clock is not None and not unknown:
             self.latency.observe(max(0.0, self._clock.seconds() - started))
 
 
@@ -285,7 +289,8 @@ class FrontendCollector(Collector):
             if http.latency.count:
                 yield _histogram(
                     "wsfs_http_request_duration_seconds",
-                    "Time from dispatch to the last byte of the answer.",
+                    "Time from dispatch to the last byte of the answer (requests of "
+                    "wsfs_http_requests_total).",
                     http.latency,
                 )
 

@@ -39,7 +39,7 @@ from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
-from wsfront.ftp.data import DataChannel, DataConnectionFailed, connect_active
+from wsfront.ftp.data import DataChannel, connect_active
 from wsfront.ftp.parsing import names_directory
 from wsfront.ftp.replies import Reply
 from wsfront.text import one_line
@@ -62,7 +62,6 @@ class Transfer:
         self._abort_hooks: list = []
         self._done_waiters: list[Deferred] = []
         self.finished = False
-        self.quit_before_data = False
 
     def on_abort(self, hook) -> None:
         self._abort_hooks.append(hook)
@@ -79,20 +78,6 @@ class Transfer:
             self.waiting.cancel()
         if self.channel is not None:
             self.channel.abort()
-
-    def stop_waiting_for_quit(self) -> None:
-        """A QUIT came while this transfer waits: if its data connection
-        has not come, no transfer is in progress (RFC 959, 4.1.1), so stop
-        waiting for it now, as its timeout would (425), instead of holding
-        the QUIT for up to ``data_timeout`` (pyftpdlib drops the wait too).
-        Once the data connection is up, the transfer runs to its end (226)
-        before the QUIT is answered.  A QUIT sent with the transfer command,
-        before its wait began, waits behind it: that client means the
-        transfer to happen."""
-        waiting = self.waiting
-        if waiting is not None and not waiting.called and not self.aborted:
-            self.quit_before_data = True
-            waiting.cancel()
 
     def control_lost(self, clock, grace: float) -> None:
         """The control connection is gone.  A running upload is left to its
@@ -174,10 +159,6 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
     try:
         channel = await d
     except CancelledError:
-        if transfer.quit_before_data:
-            raise DataConnectionFailed(
-                "QUIT before the data connection came; transfer not started"
-            ) from None
         raise TransferAborted("aborted while waiting for the data connection") from None
     finally:
         transfer.waiting = None

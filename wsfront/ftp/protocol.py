@@ -5,9 +5,13 @@ command runs, so ABOR can't be read during a transfer, and its PASV waits
 for the data connection before answering.  Here the transport keeps reading;
 commands queue and run one at a time in order (their replies must stay in
 order), except ABOR and STAT, which act at once on the running transfer.
-A QUIT that arrives while a transfer still waits for its data connection
-ends that wait (the transfer gets its 425) instead of queueing behind it
-for ``data_timeout``: no transfer is in progress yet (RFC 959, 4.1.1).
+QUIT queues too, so a transfer command before it runs to its own reply
+(226, 426, or 425 once ``data_timeout`` passes without a data connection)
+before the 221: RFC 959 (4.1.1) keeps the connection open for the result
+of a transfer in progress, and a client may send PASV, STOR and QUIT at
+once and connect the data socket after.  Only behind a flood (a queue of
+``max_queued_commands``) does QUIT jump ahead and leave at once.  Nothing
+sent after a QUIT runs: its 221 is the last reply.
 Data transfers run as producer/consumer pairs between the data connection
 and the transfer layer (``wsfront.ftp.datacmds``); the control connection
 only waits for their outcome.
@@ -60,13 +64,21 @@ from wsstorage import framing
 
 log = Logger()
 
+#: Seconds a closing control connection may take to go: past them it is
+#: aborted.  Under TLS, Twisted's loseConnection waits for the client's
+#: close_notify, and a client that never sends one would otherwise keep
+#: the connection (and its slot in the per-address cap) for ever.
+CLOSE_DEADLINE = 10.0
+
 OUT_OF_BAND = frozenset({"ABOR", "STAT"})
 """Commands acted on at once while a transfer runs (the rest queue behind it)."""
 
 URGENT_WHEN_FULL = frozenset({"ABOR", "STAT", "QUIT"})
-"""Commands acted on at once, ahead of the queue, once it holds more than
-``max_queued_commands`` lines: a client that pipelined a flood can still
-abort its transfer, ask for status, or leave."""
+"""Commands acted on at once, ahead of the queue, once it holds
+``max_queued_commands`` lines or more: a client that pipelined a flood can
+still abort its transfer, ask for status, or leave (a QUIT that jumps the
+queue drops the commands still queued and cuts a running transfer: the
+client chose to go now)."""
 
 NOT_IMPLEMENTED = {
     "CCC": "CCC not implemented: the control connection stays protected",
@@ -180,10 +192,15 @@ class FTPControl(Protocol):
         self._idle_call = None
         self._login_deadline = Deadline(self.reactor, self._login_expired)
         self._tls_switching = False
+        # Set by QUIT: nothing read or queued after it runs, and no reply
+        # follows its 221.
+        self._quitting = False
+        self._said_goodbye = False
         self._handshake_deadline = Deadline(self.reactor, self._handshake_expired)
         self._admitted = False
         # A balancer sends its PROXY header at once; a peer that doesn't goes.
         self._header_deadline = Deadline(self.reactor, self._header_expired)
+        self._close_deadline = Deadline(self.reactor, self._close_expired)
         self._started = False
         self.peer_host = ""
         self._hashing = None
@@ -259,6 +276,7 @@ class FTPControl(Protocol):
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
         self._header_deadline.cancel()
+        self._close_deadline.cancel()
         if not self._admitted:
             return
         self._admitted = False
@@ -282,6 +300,14 @@ class FTPControl(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            if self.connected_:  # a client gone during a PASS check needs no timer
+                self._close_deadline.arm(CLOSE_DEADLINE)
+
+    def _close_expired(self) -> None:
+        """A close still not done after ``CLOSE_DEADLINE``: a TLS client
+        that never answered our close_notify.  Nothing more can reach it."""
+        if self.connected_:
+            self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: the TLS layer under this connection (implicit
@@ -329,10 +355,11 @@ class FTPControl(Protocol):
             # does not pass its handshakeCompleted on to us.
             self.handshakeCompleted()
         self._arm_idle()
-        quit_queued = False
         for line in self._lines.feed(data):
             if not self.connected_:
                 return
+            if self._quitting:
+                break
             parsed = line if isinstance(line, LineTooLong) else parse_line(line)
             if isinstance(parsed, Command) and self._urgent(parsed):
                 self._run(parsed)
@@ -340,7 +367,6 @@ class FTPControl(Protocol):
             size = len(line) + 2 if isinstance(line, bytes) else 0
             self._queue.append((parsed, size))
             self._queued_bytes += size
-            quit_queued = quit_queued or (isinstance(parsed, Command) and parsed.verb == "QUIT")
             if isinstance(parsed, Command) and self._auth_accepted(parsed):
                 # What follows an AUTH TLS that will start TLS was sent in
                 # plain text: dropped, never run once TLS is up.
@@ -353,8 +379,6 @@ class FTPControl(Protocol):
         ) and not self._paused_reading:
             self._paused_reading = True
             self.transport.pauseProducing()
-        if quit_queued and self.transfer is not None:
-            self.transfer.stop_waiting_for_quit()
         self._pump()
 
     def _auth_accepted(self, command: Command) -> bool:
@@ -380,7 +404,7 @@ class FTPControl(Protocol):
         return full and command.verb in URGENT_WHEN_FULL
 
     def _pump(self) -> None:
-        while self._queue and not self._busy and self.connected_:
+        while self._queue and not self._busy and self.connected_ and not self._quitting:
             parsed, size = self._queue.popleft()
             self._queued_bytes -= size
             d = self._run(parsed)
@@ -405,14 +429,14 @@ class FTPControl(Protocol):
         client sends nothing until it has the reply, and a transport write
         waits for the reactor's next turn to send it, which a small STOR's
         four replies (TYPE, PASV, 150, 226) paid each."""
-        if self.connected_:
+        if self.connected_ and not self._said_goodbye:
             framing.send_now(self.transport, replies.reply(code, text))
 
     def reply_lines(self, code: int, lines: list[str]) -> None:
         """A reply of several lines; middle lines are sent as given (FEAT's
         and HELP's start with a space), and ``replies`` keeps any from
         looking like the end."""
-        if self.connected_:
+        if self.connected_ and not self._said_goodbye:
             framing.send_now(self.transport, replies.reply(code, lines))
 
     def reply_error(self, error: BaseException) -> None:
@@ -607,7 +631,20 @@ class FTPControl(Protocol):
         self.reply(230, f"User {user.name} logged in")
 
     def ftp_QUIT(self, argument: str) -> None:
+        """221 and close.  The commands still queued (only when this QUIT
+        jumped a flood) or sent after it never run: a reply after the 221,
+        or a DELE run as the connection closes, is nothing the client
+        asked for once it said goodbye."""
+        self._quitting = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._cancel_idle()
+        self._login_deadline.cancel()
         self.reply(221, "Goodbye")
+        # The 221 is the last reply: a transfer QUIT cut short (it jumped
+        # a flood) or a timer firing before the close completes says
+        # nothing more.
+        self._said_goodbye = True
         self.close()
 
     # -- session settings ---------------------------------------------
@@ -1069,16 +1106,22 @@ class FTPControl(Protocol):
         return datacmds.list_dir(self, argument, "MLSD")
 
     def ftp_ABOR(self, argument: str):
+        """426 for the transfer, then 226 for the ABOR, both before the
+        reply of any command queued behind the transfer.  The 226 is tied
+        to the transfer's end before the abort: a transfer still waiting
+        for its data connection ends within ``abort``, and the queue moves
+        on at once (a queued QUIT's 221, or a NOOP's 200, came first)."""
         transfer = self.transfer
         if transfer is None:
             self.reply(225, "No transfer to abort")
             return None
-        transfer.abort()
 
         def answered(_):
             self.reply(226, "ABOR successful")
 
-        return transfer.done_deferred().addCallback(answered)
+        done = transfer.done_deferred().addCallback(answered)
+        transfer.abort()
+        return done
 
     def ftp_STAT(self, argument: str) -> None:
         transfer = self.transfer
