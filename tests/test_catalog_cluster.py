@@ -92,21 +92,22 @@ async def test_job_lifecycle_queued_running_done(catalog):
     assert (claimed.job_id, claimed.state, claimed.owner) == (job.job_id, "running", "fe1")
     assert await catalog.claim_job("fe2", ["repair"]) is None
     with pytest.raises(LeaseHeld):
-        await catalog.update_job(job.job_id, "fe2", {"done": 1})
-    assert (await catalog.update_job(job.job_id, "fe1", {"done": 1})).progress == {"done": 1}
-    done = await catalog.finish_job(job.job_id, "fe1", result={"copied": 3})
+        await catalog.update_job(job.job_id, "fe2", claimed.claim, {"done": 1})
+    updated = await catalog.update_job(job.job_id, "fe1", claimed.claim, {"done": 1})
+    assert updated.progress == {"done": 1}
+    done = await catalog.finish_job(job.job_id, "fe1", claimed.claim, result={"copied": 3})
     assert (done.state, done.result) == ("done", {"copied": 3})
     assert (await catalog.get_job(job.job_id)) == done
     with pytest.raises(LeaseHeld):
-        await catalog.finish_job(job.job_id, "fe1")
+        await catalog.finish_job(job.job_id, "fe1", claimed.claim)
 
 
 @pytest_twisted.ensureDeferred
 async def test_failed_jobs_keep_their_error_and_jobs_list_by_state(catalog):
     a = await catalog.enqueue_job("repair", {})
     b = await catalog.enqueue_job("repair", {})
-    await catalog.claim_job("fe1", ["repair"])
-    failed = await catalog.finish_job(a.job_id, "fe1", error="no nodes")
+    claimed = await catalog.claim_job("fe1", ["repair"])
+    failed = await catalog.finish_job(a.job_id, "fe1", claimed.claim, error="no nodes")
     assert (failed.state, failed.error) == ("failed", "no nodes")
     assert [j.job_id for j in await catalog.list_jobs(["queued"])] == [b.job_id]
     assert [j.job_id for j in await catalog.list_jobs()] == [a.job_id, b.job_id]

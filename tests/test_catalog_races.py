@@ -540,7 +540,7 @@ def test_gc_forgetting_a_blob_while_a_repair_copy_is_recorded_names_that_copy(tw
 
 
 def _requeued_to_b(tx, job_id):
-    _cluster.requeue_job(tx, NOW, job_id, "A", "A lost the lease; re-queued")
+    _cluster.requeue_job(tx, NOW, job_id, "A", 1, "A lost the lease; re-queued")
     return _cluster.claim_job(tx, NOW, "B", ["repair"])
 
 
@@ -555,10 +555,10 @@ def test_an_old_runner_s_change_behind_a_requeue_to_another_owner_is_refused(two
     job = in_tx(a, _cluster.enqueue_job, NOW, "repair", {})()
     assert in_tx(a, _cluster.claim_job, NOW, "A", ["repair"])().job_id == job.job_id
     old_runner = {
-        "update": lambda tx: _cluster.update_job(tx, NOW, job.job_id, "A", {"n": 1}),
-        "finish": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
-        "fail": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "boom"),
-        "requeue": lambda tx: _cluster.requeue_job(tx, NOW, job.job_id, "A", "again"),
+        "update": lambda tx: _cluster.update_job(tx, NOW, job.job_id, "A", 1, {"n": 1}),
+        "finish": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, {"n": 1}, None),
+        "fail": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, None, "boom"),
+        "requeue": lambda tx: _cluster.requeue_job(tx, NOW, job.job_id, "A", 1, "again"),
     }[change]
     outcomes = behind_or_beside(a, b, url, lambda tx: _requeued_to_b(tx, job.job_id), old_runner)
     assert outcomes[0].error is None and outcomes[0].result.owner == "B"
@@ -580,8 +580,8 @@ def test_an_old_runner_s_finish_behind_another_front_end_failing_its_job_is_refu
         a,
         b,
         url,
-        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "A stopped"),
-        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, None, "A stopped"),
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, {"n": 1}, None),
     )
     assert outcomes[0].error is None
     assert isinstance(outcomes[1].error, LeaseHeld), outcomes[1].error or outcomes[1].result

@@ -77,7 +77,7 @@ async def test_the_dead_holders_repair_is_requeued_and_its_rebalance_failed(cat,
     # The same job (its CLI waits on its id) runs again, on fe-b.
     again = await cat.claim_job("fe-b", ["repair"])
     assert again.job_id == repair.job_id
-    done = await cat.finish_job(again.job_id, "fe-b", result={"copied": 0})
+    done = await cat.finish_job(again.job_id, "fe-b", again.claim, result={"copied": 0})
     assert done.error is None
 
 
@@ -194,7 +194,7 @@ async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_
     b = front_end(cat, tclock, "fe-b")
     await alive(b)
     gc = await running(cat, "fe-a", "gc")  # fe-a never took a liveness lease
-    await cat.update_job(gc.job_id, "fe-a", {"moved": 3})
+    await cat.update_job(gc.job_id, "fe-a", gc.claim, {"moved": 3})
     tclock.advance(TTL + 1)
     await alive(b)
     assert await b.fail_abandoned_jobs() == 1

@@ -17,7 +17,11 @@ can simply run again (``RERUNNABLE_JOBS``), else failed.
 A runner that learns only from the catalog that its job moved on (its
 progress or its end refused with ``LeaseHeld``: the new holder re-queued
 it, another front end claimed it) stops it at once with one log line and
-changes nothing more (``JobTaken``).
+changes nothing more (``JobTaken``).  A runner names its job's claim (the
+number ``claim_job`` gave this run) with every change, not only its front
+end's name: a restarted front end has the old one's name, and once it
+re-queued the old run's job and claimed it again, the old run (a process
+frozen past its lease, then woken) must be refused like any other.
 """
 
 from __future__ import annotations
@@ -97,12 +101,12 @@ async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
     or took it) or the catalog refused."""
     try:
         if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
-            await catalog.requeue_job(job.job_id, job.owner, f"{why}; re-queued")
+            await catalog.requeue_job(job.job_id, job.owner, job.claim, f"{why}; re-queued")
             log.warn("job {id} ({kind}) {why}; re-queued", id=job.job_id, kind=job.kind, why=why)
             return True
         if job.error is not None:
             why = f"{why} (earlier: {job.error})"
-        await catalog.finish_job(job.job_id, job.owner, error=why)
+        await catalog.finish_job(job.job_id, job.owner, job.claim, error=why)
         log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
         return True
     except Exception as e:
@@ -141,9 +145,10 @@ class JobRunner:
         self.owner = owner
         self.handlers = dict(handlers)
         self._interval = progress_interval
-        #: The id of the job ``run_one`` runs now (None between jobs): any
-        #: other job the catalog shows running under ``owner`` is an orphan.
-        self.current: str | None = None
+        #: The job ``run_one`` runs now, as (job id, claim) (None between
+        #: jobs): any other job the catalog shows running under ``owner``
+        #: is an orphan.
+        self.current: tuple[int, int] | None = None
 
     async def run_one(self) -> Job | None:
         """Claim the oldest queued job we can run and run it to the end;
@@ -175,9 +180,11 @@ class JobRunner:
             now = self._clock.seconds()
             if now - last[0] >= self._interval:
                 last[0] = now
-                await self._change(self._catalog.update_job, job.job_id, self.owner, progress)
+                await self._change(
+                    self._catalog.update_job, job.job_id, self.owner, job.claim, progress
+                )
 
-        self.current = job.job_id
+        self.current = (job.job_id, job.claim)
         try:
             try:
                 result = await self.handlers[job.kind](dict(job.args), report)
@@ -199,6 +206,7 @@ class JobRunner:
                     self._catalog.finish_job,
                     job.job_id,
                     self.owner,
+                    job.claim,
                     error=f"{e.__class__.__name__}: {e}",
                 )
             except JobTaken as taken:
@@ -207,9 +215,11 @@ class JobRunner:
             result = {**result, "restarted": restarted}
         try:
             if latest[0] is not None:
-                await self._change(self._catalog.update_job, job.job_id, self.owner, latest[0])
+                await self._change(
+                    self._catalog.update_job, job.job_id, self.owner, job.claim, latest[0]
+                )
             finished = await self._change(
-                self._catalog.finish_job, job.job_id, self.owner, result=result
+                self._catalog.finish_job, job.job_id, self.owner, job.claim, result=result
             )
         except JobTaken as e:
             return await self._taken(job, e)
@@ -227,12 +237,13 @@ class JobRunner:
 
     async def _taken(self, job: Job, why: JobTaken) -> Job:
         """Stop ``job``, taken from us: one line, and the job as it is now
-        (another front end's to end or run)."""
+        (another front end's, or another run's of this name, to end or run)."""
         log.warn(
-            "job {id} ({kind}) stopped: it is no longer {owner}'s ({why})",
+            "job {id} ({kind}) stopped: it is no longer this run's ({owner}, claim {claim}): {why}",
             id=job.job_id,
             kind=job.kind,
             owner=self.owner,
+            claim=job.claim,
             why=why,
         )
         return await self._catalog.get_job(job.job_id)

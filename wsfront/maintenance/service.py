@@ -280,7 +280,7 @@ class MaintenanceService(Service):
                     continue
                 why, rerun = f"interrupted: front end {job.owner} restarted", True
             elif job.owner == self.front_end:
-                if job.job_id == self.jobs.current:
+                if (job.job_id, job.claim) == self.jobs.current:
                     continue
                 # Ours, yet not running here: its runner lost the lease
                 # and could not end it then (the catalog was down, say).
