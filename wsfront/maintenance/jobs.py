@@ -146,9 +146,15 @@ class JobRunner:
         self.handlers = dict(handlers)
         self._interval = progress_interval
         #: The job ``run_one`` runs now, as (job id, claim) (None between
-        #: jobs): any other job the catalog shows running under ``owner``
-        #: is an orphan.
+        #: jobs): any other claim of ``claimed`` the catalog shows running
+        #: is an orphan of this life.
         self.current: tuple[int, int] | None = None
+        #: Every claim this runner took, as (job id, claim): the jobs of
+        #: this life.  A job running under ``owner`` with a claim not in
+        #: here is another life's of the same name (a restarted front end,
+        #: or the one before it woken from a pause), which this life's
+        #: sweep must not end.  One pair per job run: admin jobs are few.
+        self.claimed: set[tuple[int, int]] = set()
 
     async def run_one(self) -> Job | None:
         """Claim the oldest queued job we can run and run it to the end;
@@ -158,6 +164,7 @@ class JobRunner:
         job = await self._catalog.claim_job(self.owner, sorted(self.handlers))
         if job is None:
             return None
+        self.claimed.add((job.job_id, job.claim))
         restarted = restart_of(job)
         if restarted is None:
             log.info("job {id} ({kind}) started by {owner}", id=job.job_id, kind=job.kind,

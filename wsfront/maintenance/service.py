@@ -259,13 +259,25 @@ class MaintenanceService(Service):
 
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:
         """End running jobs nobody runs any more, so their CLI does not wait
-        for nothing: ours from a previous life (``mine``), another front
-        end's once that front end's liveness lease has lapsed (it was killed
-        or stopped; typically the lease holder that was running it), and
-        any other front end's after ``stale_job_seconds`` without progress.
-        The first two are re-queued if their kind can simply run again
+        for nothing: ours from a previous life (``mine``: every job under
+        our name, at startup, before this life claims any), a claim this
+        life took that it is not running (its runner lost the lease and
+        could not end it), another front end's once that front end's
+        liveness lease has lapsed (it was killed or stopped; typically the
+        lease holder that was running it), and any other front end's after
+        ``stale_job_seconds`` without progress.  The first three are
+        re-queued if their kind can simply run again
         (``jobs.RERUNNABLE_JOBS``), else failed; a stale one is failed (its
-        runner may still be going).  Fires with how many were ended."""
+        runner may still be going).
+
+        A job under our name whose claim this life never took is another
+        life's: the front end restarted under this name and this process
+        is the old life, woken from a pause (the maintenance lease is
+        granted by name, so both may think they hold it), or it is a
+        previous life's that the startup cleanup did not end.  The
+        periodic sweep does not end it as ours: only the stale rule
+        applies to it, as to a live front end's.  Fires with how many
+        were ended."""
         jobs = await self.catalog.list_jobs(["running"])
         others = {}
         for job in jobs:
@@ -279,12 +291,17 @@ class MaintenanceService(Service):
                 if job.owner != self.front_end:
                     continue
                 why, rerun = f"interrupted: front end {job.owner} restarted", True
-            elif job.owner == self.front_end:
+            elif job.owner == self.front_end and (job.job_id, job.claim) in self.jobs.claimed:
                 if (job.job_id, job.claim) == self.jobs.current:
                     continue
                 # Ours, yet not running here: its runner lost the lease
                 # and could not end it then (the catalog was down, say).
                 why, rerun = f"interrupted: front end {job.owner} lost the maintenance lease", True
+            # Under our name, but a claim this life never took: another
+            # life's (the process after a restart, or the one before it
+            # woken from a pause; both renew the maintenance lease, granted
+            # by name).  Not ended as ours, and never in ``dead`` (its
+            # liveness lease is ours too): only the stale rule applies.
             elif job.owner in dead:
                 why, rerun = f"interrupted: front end {job.owner} stopped", True
             elif job.updated_at <= limit:
