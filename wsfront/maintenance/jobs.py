@@ -21,7 +21,17 @@ changes nothing more (``JobTaken``).  A runner names its job's claim (the
 number ``claim_job`` gave this run) with every change, not only its front
 end's name: a restarted front end has the old one's name, and once it
 re-queued the old run's job and claimed it again, the old run (a process
-frozen past its lease, then woken) must be refused like any other.
+frozen past its lease, then woken) must be refused like any other.  The
+runner also remembers every claim it took (``JobRunner.claimed``): the
+sweep ends as its own only those, not another life's of the same name.
+
+Two limits.  The claim protects only once every front end runs this code
+(schema 9): one of the code before, still running, claims without
+bumping the number and changes a job by its name alone.  And the
+maintenance lease is still granted by name: two lives of one name (the
+old one woken beside the restarted one) both believe they hold it and
+both run jobs and the periodic passes, overlapping, until one is stopped;
+the claim keeps their job rows apart, not their work on the store.
 """
 
 from __future__ import annotations
