@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import NotFound
+from wsfront.catalog.errors import CatalogUnavailable, NotFound
 from wsfront.catalog.records import ACTIVE, INTERRUPTED, JOB_FAILED, JOB_QUEUED, JOB_RUNNING
 from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
 
@@ -216,3 +216,34 @@ async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_
     fresh = await cat.enqueue_job("gc", {})
     done = await JobRunner(tclock, cat, "fe-b", {"gc": handler}).run_one()
     assert done.job_id == fresh.job_id and done.result == {"moved": 2}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_startup_cleanup_that_failed_is_tried_again_before_anything_is_claimed(
+    cat, tclock, monkeypatch
+):
+    """The catalog out of reach at startup: the previous life's jobs are
+    re-queued by the retry at the next tick, not left to the stale rule
+    (the periodic sweep leaves another life's claims alone)."""
+    job = await running(cat, "fe-a", "repair")
+    a = front_end(cat, tclock, "fe-a")
+    real = cat.list_jobs
+    calls = []
+
+    def out_of_reach_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            return defer.fail(CatalogUnavailable("the catalog is out of reach"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cat, "list_jobs", out_of_reach_once)
+    monkeypatch.setattr(a.repairer, "observe", lambda: None)  # no storage pool here
+    a.startService()
+    try:
+        assert await a.tick() == []  # nothing claimed before the cleanup is done
+        if a._cleanup is not None:
+            await a._cleanup
+        again = await cat.get_job(job.job_id)
+        assert again.state == JOB_QUEUED and len(calls) == 2
+    finally:
+        await a.stopService()

@@ -155,9 +155,7 @@ class MaintenanceService(Service):
 
     def startService(self) -> Deferred:
         super().startService()
-        self._cleanup = ensureDeferred(self.fail_abandoned_jobs(mine=True)).addErrback(
-            lambda f: log.failure("maintenance: cannot clean up old jobs", f)
-        )
+        self._cleanup = ensureDeferred(self._end_previous_life())
         self.liveness.start()
         self.lease.start()
         self._loop = LoopingCall(self.tick)
@@ -186,9 +184,15 @@ class MaintenanceService(Service):
         self.repairer.observe()
         if self._cleanup is not None:
             # Our jobs from a previous life are ended before this life
-            # claims any (it would re-queue one claimed meanwhile).
+            # claims any (it would re-queue one claimed meanwhile); until
+            # that succeeds, nothing else runs: the periodic sweep leaves
+            # another life's claims to the stale rule, so a cleanup given
+            # up on would fail those jobs 15 min later instead of
+            # re-queueing them now.
             cleanup, self._cleanup = self._cleanup, None
-            await cleanup
+            if not await cleanup:
+                self._cleanup = ensureDeferred(self._end_previous_life())
+                return []
         if not self.lease.valid:
             now = self._clock.seconds()
             if now >= self._next_orphans:
@@ -256,6 +260,20 @@ class MaintenanceService(Service):
             if seen_until <= now:
                 dead.add(owner)
         return dead
+
+    async def _end_previous_life(self) -> bool:
+        """The startup cleanup (``fail_abandoned_jobs(mine=True)``): True
+        once done; False, logged, if the catalog could not be reached, to
+        be tried again at the next tick before this life claims a job."""
+        try:
+            await self.fail_abandoned_jobs(mine=True)
+        except Exception:
+            log.failure(
+                "maintenance: cannot end this front end's jobs of a previous life;"
+                " trying again before claiming any"
+            )
+            return False
+        return True
 
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:
         """End running jobs nobody runs any more, so their CLI does not wait
