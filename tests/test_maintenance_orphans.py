@@ -218,16 +218,18 @@ async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_
     assert done.job_id == fresh.job_id and done.result == {"moved": 2}
 
 
+@pytest.mark.parametrize("failing", ["list_jobs", "requeue_job"])
 @pytest_twisted.ensureDeferred
 async def test_a_startup_cleanup_that_failed_is_tried_again_before_anything_is_claimed(
-    cat, tclock, monkeypatch
+    cat, tclock, monkeypatch, failing
 ):
-    """The catalog out of reach at startup: the previous life's jobs are
-    re-queued by the retry at the next tick, not left to the stale rule
-    (the periodic sweep leaves another life's claims alone)."""
+    """The catalog out of reach at startup, while listing the jobs or while
+    re-queueing one: the previous life's jobs are re-queued by the retry at
+    the next tick, not left to the stale rule (the periodic sweep leaves
+    another life's claims alone)."""
     job = await running(cat, "fe-a", "repair")
     a = front_end(cat, tclock, "fe-a")
-    real = cat.list_jobs
+    real = getattr(cat, failing)
     calls = []
 
     def out_of_reach_once(*args, **kwargs):
@@ -236,11 +238,12 @@ async def test_a_startup_cleanup_that_failed_is_tried_again_before_anything_is_c
             return defer.fail(CatalogUnavailable("the catalog is out of reach"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cat, "list_jobs", out_of_reach_once)
+    monkeypatch.setattr(cat, failing, out_of_reach_once)
     monkeypatch.setattr(a.repairer, "observe", lambda: None)  # no storage pool here
+    monkeypatch.setattr(a.lease, "start", lambda: None)  # no passes: no pool
     a.startService()
     try:
-        assert await a.tick() == []  # nothing claimed before the cleanup is done
+        assert await a.tick() == []
         if a._cleanup is not None:
             await a._cleanup
         again = await cat.get_job(job.job_id)

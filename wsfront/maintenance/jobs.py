@@ -42,7 +42,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wsfront.catalog.errors import LeaseHeld
+from wsfront.catalog.errors import LeaseHeld, NotFound
 from wsfront.catalog.records import Job
 
 log = Logger()
@@ -103,12 +103,14 @@ class LeaseCheck:
             raise JobInterrupted("the maintenance lease was lost")
 
 
-async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
+async def end_job(catalog, job: Job, why: str, rerun: bool, strict: bool = False) -> bool:
     """End a running ``job`` that will not finish under its owner: re-queue
     it (``rerun``, its kind may run again and it was not re-queued before:
     a job that kills its front end must not go round them all) or fail it
     with ``why``.  False if it changed meanwhile (another front end ended
-    or took it) or the catalog refused."""
+    or took it) or the catalog refused; ``strict``: a refusal other than
+    "changed meanwhile" (an outage) is raised instead, for a caller that
+    must try again."""
     try:
         if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
             await catalog.requeue_job(job.job_id, job.owner, job.claim, f"{why}; re-queued")
@@ -119,7 +121,12 @@ async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
         await catalog.finish_job(job.job_id, job.owner, job.claim, error=why)
         log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
         return True
+    except (LeaseHeld, NotFound) as e:
+        log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
+        return False
     except Exception as e:
+        if strict:
+            raise
         log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
         return False
 

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsfront.catalog.records import JOB_DONE
 from wsfront.maintenance.compact import Compactor, CompactSettings
@@ -143,6 +144,9 @@ class MaintenanceService(Service):
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
         self._loop: LoopingCall | None = None
         self._tick_failures = FailureLog(clock, "maintenance tick")
+        self._cleanup_failures = FailureLog(
+            clock, "ending this front end's jobs of a previous life (tried again each tick)"
+        )
         self._running: Deferred | None = None
         self._cleanup: Deferred | None = None
         now = clock.seconds()
@@ -184,15 +188,16 @@ class MaintenanceService(Service):
         self.repairer.observe()
         if self._cleanup is not None:
             # Our jobs from a previous life are ended before this life
-            # claims any (it would re-queue one claimed meanwhile); until
-            # that succeeds, nothing else runs: the periodic sweep leaves
+            # claims any (it would re-queue one claimed meanwhile), and
+            # tried again until that succeeds: the periodic sweep leaves
             # another life's claims to the stale rule, so a cleanup given
             # up on would fail those jobs 15 min later instead of
-            # re-queueing them now.
+            # re-queueing them now.  Meanwhile no job is claimed or swept;
+            # the periodic passes go on.
             cleanup, self._cleanup = self._cleanup, None
-            if not await cleanup:
+            if not await cleanup and self.running:
                 self._cleanup = ensureDeferred(self._end_previous_life())
-                return []
+        cleaned = self._cleanup is None
         if not self.lease.valid:
             now = self._clock.seconds()
             if now >= self._next_orphans:
@@ -200,8 +205,10 @@ class MaintenanceService(Service):
                 await self.interrupt_a_dead_holders_uploads()
             return []
         ran = []
-        await self.fail_abandoned_jobs()
-        job = await self.jobs.run_one()
+        job = None
+        if cleaned:
+            await self.fail_abandoned_jobs()
+            job = await self.jobs.run_one()
         if job is not None:
             ran.append("job")
             if job.kind == "gc" and job.state == JOB_DONE:
@@ -263,16 +270,16 @@ class MaintenanceService(Service):
 
     async def _end_previous_life(self) -> bool:
         """The startup cleanup (``fail_abandoned_jobs(mine=True)``): True
-        once done; False, logged, if the catalog could not be reached, to
-        be tried again at the next tick before this life claims a job."""
+        once done; False if the catalog could not list or end one of them
+        (logged through a ``FailureLog``: once per kind of failure, then a
+        reminder, not a traceback a tick), to be tried again at the next
+        tick before this life claims a job."""
         try:
             await self.fail_abandoned_jobs(mine=True)
         except Exception:
-            log.failure(
-                "maintenance: cannot end this front end's jobs of a previous life;"
-                " trying again before claiming any"
-            )
+            self._cleanup_failures.failed(Failure())
             return False
+        self._cleanup_failures.succeeded()
         return True
 
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:
@@ -326,7 +333,9 @@ class MaintenanceService(Service):
                 why, rerun = f"abandoned: no progress from front end {job.owner}", False
             else:
                 continue
-            if await end_job(self.catalog, job, why, rerun):
+            # At startup an outage is raised, not swallowed: the cleanup
+            # is tried again rather than taken as done.
+            if await end_job(self.catalog, job, why, rerun, strict=mine):
                 ended += 1
         return ended
 
@@ -382,7 +391,9 @@ class MaintenanceService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        for pending in (self._cleanup, self._running):
+        for pending in (self._cleanup, self._running, self._cleanup):
+            # The cleanup again: a tick that was waiting on one may have
+            # started the next try before it saw the service stopping.
             if pending is not None:
                 await pending
         await self.lease.stop()
