@@ -92,21 +92,52 @@ async def test_job_lifecycle_queued_running_done(catalog):
     assert (claimed.job_id, claimed.state, claimed.owner) == (job.job_id, "running", "fe1")
     assert await catalog.claim_job("fe2", ["repair"]) is None
     with pytest.raises(LeaseHeld):
-        await catalog.update_job(job.job_id, "fe2", {"done": 1})
-    assert (await catalog.update_job(job.job_id, "fe1", {"done": 1})).progress == {"done": 1}
-    done = await catalog.finish_job(job.job_id, "fe1", result={"copied": 3})
+        await catalog.update_job(job.job_id, "fe2", claimed.claim, {"done": 1})
+    updated = await catalog.update_job(job.job_id, "fe1", claimed.claim, {"done": 1})
+    assert updated.progress == {"done": 1}
+    done = await catalog.finish_job(job.job_id, "fe1", claimed.claim, result={"copied": 3})
     assert (done.state, done.result) == ("done", {"copied": 3})
     assert (await catalog.get_job(job.job_id)) == done
     with pytest.raises(LeaseHeld):
-        await catalog.finish_job(job.job_id, "fe1")
+        await catalog.finish_job(job.job_id, "fe1", claimed.claim)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_claimed_again_under_the_same_name_refuses_the_earlier_claim(catalog):
+    """A restarted front end has the name of the run before it: once the
+    job was re-queued and claimed again under that name, only the new
+    claim changes it; the old run's progress, end, failure and re-queue
+    are refused (LeaseHeld) and leave the new run's row as it was."""
+    job = await catalog.enqueue_job("repair", {})
+    assert job.claim == 0
+    first = await catalog.claim_job("fe1", ["repair"])
+    await catalog.update_job(job.job_id, "fe1", first.claim, {"run": 1})
+    await catalog.requeue_job(job.job_id, "fe1", first.claim, "fe1 restarted; re-queued")
+    second = await catalog.claim_job("fe1", ["repair"])
+    assert (second.job_id, second.owner) == (job.job_id, "fe1")
+    assert (first.claim, second.claim) == (1, 2)
+    held = await catalog.update_job(job.job_id, "fe1", second.claim, {"run": 2})
+    old_run = [
+        lambda: catalog.update_job(job.job_id, "fe1", first.claim, {"run": 1, "more": 1}),
+        lambda: catalog.finish_job(job.job_id, "fe1", first.claim, result={"run": 1}),
+        lambda: catalog.finish_job(job.job_id, "fe1", first.claim, error="old run failed"),
+        lambda: catalog.requeue_job(job.job_id, "fe1", first.claim, "old run; re-queued"),
+    ]
+    for change in old_run:
+        with pytest.raises(LeaseHeld, match="claimed again by fe1"):
+            await change()
+        assert await catalog.get_job(job.job_id) == held
+    done = await catalog.finish_job(job.job_id, "fe1", second.claim, result={"run": 2})
+    assert (done.state, done.claim, done.error) == ("done", 2, None)
+    assert (done.progress, done.result) == ({"run": 2}, {"run": 2})
 
 
 @pytest_twisted.ensureDeferred
 async def test_failed_jobs_keep_their_error_and_jobs_list_by_state(catalog):
     a = await catalog.enqueue_job("repair", {})
     b = await catalog.enqueue_job("repair", {})
-    await catalog.claim_job("fe1", ["repair"])
-    failed = await catalog.finish_job(a.job_id, "fe1", error="no nodes")
+    claimed = await catalog.claim_job("fe1", ["repair"])
+    failed = await catalog.finish_job(a.job_id, "fe1", claimed.claim, error="no nodes")
     assert (failed.state, failed.error) == ("failed", "no nodes")
     assert [j.job_id for j in await catalog.list_jobs(["queued"])] == [b.job_id]
     assert [j.job_id for j in await catalog.list_jobs()] == [a.job_id, b.job_id]

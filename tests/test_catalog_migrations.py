@@ -11,7 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from wsfront.catalog import open_catalog
 from wsfront.catalog._db import Tx
-from wsfront.catalog.errors import CatalogUnavailable, SchemaTooNew
+from wsfront.catalog.errors import CatalogUnavailable, LeaseHeld, SchemaTooNew
 from wsfront.catalog.schema import LATEST, migrate
 from wsfront.catalog.sqlite import SQLiteBackend
 
@@ -113,6 +113,42 @@ async def test_storage_servers_of_schema_7_keep_their_rows_and_have_no_store_id(
         )  # fmt: skip
         assert await new.set_node_store("s1", None, "ab" * 16)
         assert (await new.list_nodes())[0].store_id == "ab" * 16
+    finally:
+        await new.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_of_schema_8_keep_their_rows_and_their_next_claim_is_1(catalog_url, clock):
+    """Schema 9 numbers the claims of a job: one running across the
+    upgrade has claim 0 (its sweep names that to re-queue it), and the
+    claim after is 1, which an update naming claim 0 no longer matches."""
+    old = open_catalog(reactor, catalog_url, clock=clock, schema_version=8)
+    try:
+        # As the code of schema 8 queued and claimed them (this code reads claim).
+        for state, owner in (("running", "fe-a"), ("queued", None)):
+            old._runner.run_sync(
+                lambda tx, state=state, owner=owner: tx.execute(
+                    "INSERT INTO jobs (kind, args, state, owner, progress, created_at, "
+                    "updated_at) VALUES ('repair', '{}', ?, ?, '{\"n\": 1}', 3.0, 3.0)",
+                    state,
+                    owner,
+                )
+            )
+    finally:
+        await old.close()
+    new = open_catalog(reactor, catalog_url, clock=clock)
+    try:
+        running, queued = await new.list_jobs()
+        assert (running.state, running.owner, running.claim, running.progress) == (
+            "running", "fe-a", 0, {"n": 1},
+        )  # fmt: skip
+        assert (queued.state, queued.owner, queued.claim) == ("queued", None, 0)
+        await new.requeue_job(running.job_id, "fe-a", 0, "fe-a restarted; re-queued")
+        again = await new.claim_job("fe-a", ["repair"])
+        assert (again.job_id, again.claim) == (running.job_id, 1)
+        with pytest.raises(LeaseHeld):
+            await new.update_job(running.job_id, "fe-a", 0, {"n": 2})
+        assert (await new.claim_job("fe-b", ["repair"])).claim == 1  # the other job's first
     finally:
         await new.close()
 

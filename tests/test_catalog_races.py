@@ -539,33 +539,43 @@ def test_gc_forgetting_a_blob_while_a_repair_copy_is_recorded_names_that_copy(tw
     assert outcomes[1].result == ["s1", "s2"]
 
 
-def _requeued_to_b(tx, job_id):
-    _cluster.requeue_job(tx, NOW, job_id, "A", "A lost the lease; re-queued")
-    return _cluster.claim_job(tx, NOW, "B", ["repair"])
+def _requeued_to(tx, job_id, owner):
+    _cluster.requeue_job(tx, NOW, job_id, "A", 1, "A lost the lease; re-queued")
+    return _cluster.claim_job(tx, NOW, owner, ["repair"])
 
 
 @pytest.mark.parametrize("change", ["update", "finish", "fail", "requeue"])
-def test_an_old_runner_s_change_behind_a_requeue_to_another_owner_is_refused(two, change):
-    """Interleaved: A's job was re-queued and claimed by B (not yet
-    committed); the old runner A then reports progress, finishes, fails or
-    re-queues the job, and waits on its row (PostgreSQL).  Once B's claim
-    commits, A's change must be refused (LeaseHeld), not reported done
-    while it changed nothing, and B's claim must stand."""
+@pytest.mark.parametrize(
+    ("new_owner", "refusal"), [("B", "owned by B"), ("A", "claimed again by A")]
+)
+def test_an_old_runner_s_change_behind_a_requeue_and_a_new_claim_is_refused(
+    two, change, new_owner, refusal
+):
+    """Interleaved: A's job was re-queued and claimed by B, or by A again
+    (a restarted front end of the same name), not yet committed; the old
+    runner A then reports progress, finishes, fails or re-queues the job
+    under its claim, and waits on its row (PostgreSQL).  Once the new
+    claim commits, A's change must be refused (LeaseHeld), not reported
+    done while it changed nothing, and the new claim must stand."""
     a, b, url = two
     job = in_tx(a, _cluster.enqueue_job, NOW, "repair", {})()
     assert in_tx(a, _cluster.claim_job, NOW, "A", ["repair"])().job_id == job.job_id
     old_runner = {
-        "update": lambda tx: _cluster.update_job(tx, NOW, job.job_id, "A", {"n": 1}),
-        "finish": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
-        "fail": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "boom"),
-        "requeue": lambda tx: _cluster.requeue_job(tx, NOW, job.job_id, "A", "again"),
+        "update": lambda tx: _cluster.update_job(tx, NOW, job.job_id, "A", 1, {"n": 1}),
+        "finish": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, {"n": 1}, None),
+        "fail": lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, None, "boom"),
+        "requeue": lambda tx: _cluster.requeue_job(tx, NOW, job.job_id, "A", 1, "again"),
     }[change]
-    outcomes = behind_or_beside(a, b, url, lambda tx: _requeued_to_b(tx, job.job_id), old_runner)
-    assert outcomes[0].error is None and outcomes[0].result.owner == "B"
+    outcomes = behind_or_beside(
+        a, b, url, lambda tx: _requeued_to(tx, job.job_id, new_owner), old_runner
+    )
+    assert outcomes[0].error is None and outcomes[0].result.owner == new_owner
     assert isinstance(outcomes[1].error, LeaseHeld), outcomes[1].error or outcomes[1].result
-    assert "owned by B" in str(outcomes[1].error)
+    assert refusal in str(outcomes[1].error)
     final = in_tx(a, _cluster.get_job, job.job_id)()
-    assert (final.state, final.owner, final.progress, final.result) == (JOB_RUNNING, "B", {}, None)
+    assert (final.state, final.owner, final.claim, final.progress, final.result) == (
+        JOB_RUNNING, new_owner, 2, {}, None,
+    )  # fmt: skip
 
 
 def test_an_old_runner_s_finish_behind_another_front_end_failing_its_job_is_refused(two):
@@ -580,8 +590,8 @@ def test_an_old_runner_s_finish_behind_another_front_end_failing_its_job_is_refu
         a,
         b,
         url,
-        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", None, "A stopped"),
-        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", {"n": 1}, None),
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, None, "A stopped"),
+        lambda tx: _cluster.finish_job(tx, NOW, job.job_id, "A", 1, {"n": 1}, None),
     )
     assert outcomes[0].error is None
     assert isinstance(outcomes[1].error, LeaseHeld), outcomes[1].error or outcomes[1].result

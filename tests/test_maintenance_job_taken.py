@@ -32,7 +32,9 @@ def runner_log():
 
 async def taken_by_fe_b(catalog, job_id: int) -> None:
     """What the new lease holder and another front end do meanwhile."""
-    await catalog.requeue_job(job_id, "fe-a", "fe-a lost the maintenance lease; re-queued")
+    job = await catalog.get_job(job_id)
+    why = "fe-a lost the maintenance lease; re-queued"
+    await catalog.requeue_job(job_id, "fe-a", job.claim, why)
     claimed = await catalog.claim_job("fe-b", ["repair"])
     assert claimed.job_id == job_id
 
@@ -61,7 +63,7 @@ async def test_a_runner_whose_job_was_taken_stops_at_its_next_progress_report(ca
     assert now.progress == {"step": 1}  # fe-a's last accepted report
     [line] = warnings_and_worse(runner_log)
     assert line["log_level"] == LogLevel.warn
-    assert "no longer {owner}'s" in line["log_format"] and "owned by fe-b" in str(line["why"])
+    assert "no longer this run's" in line["log_format"] and "owned by fe-b" in str(line["why"])
     assert runner.current is None
 
 
@@ -77,5 +79,5 @@ async def test_a_runner_whose_job_was_taken_cannot_finish_it(catalog, runner_log
     now = await runner.run_one()
     assert (now.state, now.owner, now.result) == (JOB_RUNNING, "fe-b", None)
     [line] = warnings_and_worse(runner_log)
-    assert "no longer {owner}'s" in line["log_format"]
+    assert "no longer this run's" in line["log_format"]
     assert not [e for e in runner_log if "done" in e.get("log_format", "")]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import NotFound
+from wsfront.catalog.errors import CatalogUnavailable, NotFound
 from wsfront.catalog.records import ACTIVE, INTERRUPTED, JOB_FAILED, JOB_QUEUED, JOB_RUNNING
 from wsfront.maintenance.service import MaintenanceService, MaintenanceSettings
 
@@ -77,7 +77,7 @@ async def test_the_dead_holders_repair_is_requeued_and_its_rebalance_failed(cat,
     # The same job (its CLI waits on its id) runs again, on fe-b.
     again = await cat.claim_job("fe-b", ["repair"])
     assert again.job_id == repair.job_id
-    done = await cat.finish_job(again.job_id, "fe-b", result={"copied": 0})
+    done = await cat.finish_job(again.job_id, "fe-b", again.claim, result={"copied": 0})
     assert done.error is None
 
 
@@ -194,7 +194,7 @@ async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_
     b = front_end(cat, tclock, "fe-b")
     await alive(b)
     gc = await running(cat, "fe-a", "gc")  # fe-a never took a liveness lease
-    await cat.update_job(gc.job_id, "fe-a", {"moved": 3})
+    await cat.update_job(gc.job_id, "fe-a", gc.claim, {"moved": 3})
     tclock.advance(TTL + 1)
     await alive(b)
     assert await b.fail_abandoned_jobs() == 1
@@ -216,3 +216,37 @@ async def test_a_requeued_job_runs_again_saying_it_restarted_and_what_the_first_
     fresh = await cat.enqueue_job("gc", {})
     done = await JobRunner(tclock, cat, "fe-b", {"gc": handler}).run_one()
     assert done.job_id == fresh.job_id and done.result == {"moved": 2}
+
+
+@pytest.mark.parametrize("failing", ["list_jobs", "requeue_job"])
+@pytest_twisted.ensureDeferred
+async def test_a_startup_cleanup_that_failed_is_tried_again_before_anything_is_claimed(
+    cat, tclock, monkeypatch, failing
+):
+    """The catalog out of reach at startup, while listing the jobs or while
+    re-queueing one: the previous life's jobs are re-queued by the retry at
+    the next tick, not left to the stale rule (the periodic sweep leaves
+    another life's claims alone)."""
+    job = await running(cat, "fe-a", "repair")
+    a = front_end(cat, tclock, "fe-a")
+    real = getattr(cat, failing)
+    calls = []
+
+    def out_of_reach_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            return defer.fail(CatalogUnavailable("the catalog is out of reach"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cat, failing, out_of_reach_once)
+    monkeypatch.setattr(a.repairer, "observe", lambda: None)  # no storage pool here
+    monkeypatch.setattr(a.lease, "start", lambda: None)  # no passes: no pool
+    a.startService()
+    try:
+        assert await a.tick() == []
+        if a._cleanup is not None:
+            await a._cleanup
+        again = await cat.get_job(job.job_id)
+        assert again.state == JOB_QUEUED and len(calls) == 2
+    finally:
+        await a.stopService()

@@ -164,9 +164,9 @@ async def test_a_drain_job_requeued_after_an_undrain_ends_cancelled_having_moved
     svc = MaintenanceService(clock, env.catalog, env.transfers.pool, "fe-a", settings)
     await svc.lease.renew()
     job = await env.catalog.enqueue_job("drain", {"node": "s1"})
-    await env.catalog.claim_job("fe-b", ["drain"])  # as if fe-b had it, then died
+    claimed = await env.catalog.claim_job("fe-b", ["drain"])  # as if fe-b had it, then died
     await env.catalog.set_node_draining("s1", False)
-    await env.catalog.requeue_job(job.job_id, "fe-b", "fe-b died; re-queued")
+    await env.catalog.requeue_job(job.job_id, "fe-b", claimed.claim, "fe-b died; re-queued")
     assert await svc.tick() == ["job"]
     done = await env.catalog.get_job(job.job_id)
     assert done.state == JOB_DONE and done.result["cancelled"] and done.result["moved"] == 0

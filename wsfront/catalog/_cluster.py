@@ -163,6 +163,7 @@ def _job(row: Any) -> Job:
         args=json.loads(row["args"]),
         state=row["state"],
         owner=row["owner"],
+        claim=row["claim"],
         progress=json.loads(row["progress"]),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         error=row["error"],
@@ -211,7 +212,11 @@ def enqueue_job(tx: Tx, now: float, kind: str, args: dict[str, Any]) -> Job:
 
 def claim_job(tx: Tx, now: float, owner: str, kinds: Iterable[str]) -> Job | None:
     """Take the oldest queued job of ``kinds``; a candidate another claimer
-    took meanwhile (the CAS changed no row) is skipped for the next one."""
+    took meanwhile (the CAS changed no row) is skipped for the next one.
+
+    The claim bumps the job's ``claim``: the Job returned carries the
+    number this run must name to change the job, which no earlier run of
+    it holds, even one under the same owner name (a restarted front end)."""
     wanted = sorted(set(kinds))
     if not wanted:
         return None
@@ -227,7 +232,8 @@ def claim_job(tx: Tx, now: float, owner: str, kinds: Iterable[str]) -> Job | Non
         if candidate is None:
             return None
         if tx.execute(
-            "UPDATE jobs SET state = ?, owner = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+            "UPDATE jobs SET state = ?, owner = ?, claim = claim + 1, updated_at = ? "
+            "WHERE job_id = ? AND state = ?",
             JOB_RUNNING,
             owner,
             now,
@@ -253,48 +259,65 @@ def cancel_job(tx: Tx, now: float, job_id: int, why: str) -> bool:
     )
 
 
-def requeue_job(tx: Tx, now: float, job_id: int, owner: str, note: str) -> Job:
+def requeue_job(tx: Tx, now: float, job_id: int, owner: str, claim: int, note: str) -> Job:
     """Put a running job of ``owner`` back in the queue (its runner is gone),
     keeping its id so the CLI waiting on it goes on waiting; ``note`` (why)
     stays in ``error`` until the job finishes.  LeaseHeld if it is not
-    running under ``owner``."""
+    running under ``owner``'s claim ``claim`` (the one the caller saw)."""
     _change_owned(
-        tx, job_id, owner, "state = ?, owner = NULL, error = ?, updated_at = ?",
+        tx, job_id, owner, claim, "state = ?, owner = NULL, error = ?, updated_at = ?",
         JOB_QUEUED, note, now,
     )  # fmt: skip
     return get_job(tx, job_id)
 
 
-def _owned_running(tx: Tx, job_id: int, owner: str) -> None:
+def _owned_running(tx: Tx, job_id: int, owner: str, claim: int) -> None:
+    """LeaseHeld naming who runs job ``job_id`` now, unless it is still
+    ``owner``'s claim ``claim``."""
     job = get_job(tx, job_id)
     if job.state != JOB_RUNNING or job.owner != owner:
         raise LeaseHeld(f"job {job_id} is {job.state} and owned by {job.owner}")
+    if job.claim != claim:
+        raise LeaseHeld(
+            f"job {job_id} was claimed again by {owner}: it runs under claim {job.claim}, "
+            f"not {claim}"
+        )
 
 
-def _change_owned(tx: Tx, job_id: int, owner: str, assignments: str, *values: Any) -> None:
+def _change_owned(
+    tx: Tx, job_id: int, owner: str, claim: int, assignments: str, *values: Any
+) -> None:
     """``UPDATE jobs SET assignments`` of job ``job_id`` if it is running
-    under ``owner``, else LeaseHeld (NotFound for no such job).
+    under ``owner``'s claim ``claim``, else LeaseHeld (NotFound for no such
+    job).
 
-    The owner and the state are conditions of the UPDATE itself, and what
-    it changed decides: a check read before it could pass on PostgreSQL
-    (READ COMMITTED) while another front end re-queued and claimed the job
-    (or ended it), the UPDATE, waiting on that row, then changing nothing,
-    or overwriting the other's end, and the old runner being told it
-    succeeded."""
+    The owner, the claim and the state are conditions of the UPDATE
+    itself, and what it changed decides: a check read before it could pass
+    on PostgreSQL (READ COMMITTED) while another front end re-queued and
+    claimed the job (or ended it), the UPDATE, waiting on that row, then
+    changing nothing, or overwriting the other's end, and the old runner
+    being told it succeeded.  The owner alone is not enough: a restarted
+    front end has the name of the run before it, whose job it re-queues
+    and may claim again."""
     if tx.execute(
-        f"UPDATE jobs SET {assignments} WHERE job_id = ? AND owner = ? AND state = ?",
+        f"UPDATE jobs SET {assignments} WHERE job_id = ? AND owner = ? AND claim = ? AND state = ?",
         *values,
         job_id,
         owner,
+        claim,
         JOB_RUNNING,
     ):
         return
-    _owned_running(tx, job_id, owner)  # says who has it now
-    raise LeaseHeld(f"job {job_id} is not running under {owner}")
+    _owned_running(tx, job_id, owner, claim)  # says who has it now
+    raise LeaseHeld(f"job {job_id} is not running under {owner}'s claim {claim}")
 
 
-def update_job(tx: Tx, now: float, job_id: int, owner: str, progress: dict[str, Any]) -> Job:
-    _change_owned(tx, job_id, owner, "progress = ?, updated_at = ?", json.dumps(progress), now)
+def update_job(
+    tx: Tx, now: float, job_id: int, owner: str, claim: int, progress: dict[str, Any]
+) -> Job:
+    _change_owned(
+        tx, job_id, owner, claim, "progress = ?, updated_at = ?", json.dumps(progress), now
+    )
     return get_job(tx, job_id)
 
 
@@ -303,11 +326,12 @@ def finish_job(
     now: float,
     job_id: int,
     owner: str,
+    claim: int,
     result: dict[str, Any] | None,
     error: str | None,
 ) -> Job:
     _change_owned(
-        tx, job_id, owner, "state = ?, result = ?, error = ?, updated_at = ?",
+        tx, job_id, owner, claim, "state = ?, result = ?, error = ?, updated_at = ?",
         JOB_FAILED if error is not None else JOB_DONE,
         json.dumps(result) if result is not None else None, error, now,
     )  # fmt: skip

@@ -380,27 +380,30 @@ class ICatalog(Interface):
 
     def claim_job(owner, kinds):
         """Take the oldest queued job of one of ``kinds`` (state running,
-        owner set); of racing claimers exactly one gets it.  Fires with the
-        Job or None."""
+        owner set, ``claim`` bumped: the run's own number, which no earlier
+        run of the job holds, even one under the same owner name); of
+        racing claimers exactly one gets it.  Fires with the Job or None."""
 
-    def update_job(job_id, owner, progress):
-        """Record progress of a running job owned by ``owner`` (LeaseHeld
-        otherwise).  Fires with the Job."""
+    def update_job(job_id, owner, claim, progress):
+        """Record progress of a running job under ``owner``'s claim
+        ``claim`` (LeaseHeld otherwise).  Fires with the Job."""
 
-    def finish_job(job_id, owner, result=None, error=None):
+    def finish_job(job_id, owner, claim, result=None, error=None):
         """End the job: done, or failed when ``error`` is given.  LeaseHeld
-        if it is not running under ``owner`` (any more: re-queued, taken
-        by another front end, ended), decided by the change itself, so a
-        runner whose job moved on meanwhile is never told it finished it."""
+        if it is not running under ``owner``'s claim ``claim`` (any more:
+        re-queued, taken by another front end or claimed again by a
+        restarted one of the same name, ended), decided by the change
+        itself, so a runner whose job moved on meanwhile is never told it
+        finished it."""
 
     def cancel_job(job_id, why):
         """Fail a still queued job with ``why``; fires False if it is not
         queued (a runner has it, or it ended)."""
 
-    def requeue_job(job_id, owner, note):
+    def requeue_job(job_id, owner, claim, note):
         """Put a running job of ``owner`` back in the queue (same id, owner
         cleared, ``note`` in error until it finishes); LeaseHeld if it is
-        not running under ``owner``.  Fires with the Job."""
+        not running under ``owner``'s claim ``claim``.  Fires with the Job."""
 
     def get_job(job_id):
         """Fire with the Job; NotFound."""

@@ -467,23 +467,24 @@ class SqlCatalog:
     def claim_job(self, owner: str, kinds: Iterable[str]) -> Deferred:
         return self._write(_cluster.claim_job, self._now(), owner, list(kinds))
 
-    def update_job(self, job_id: int, owner: str, progress: dict[str, Any]) -> Deferred:
-        return self._write(_cluster.update_job, self._now(), job_id, owner, dict(progress))
+    def update_job(self, job_id: int, owner: str, claim: int, progress: dict[str, Any]) -> Deferred:
+        return self._write(_cluster.update_job, self._now(), job_id, owner, claim, dict(progress))
 
     def finish_job(
         self,
         job_id: int,
         owner: str,
+        claim: int,
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> Deferred:
-        return self._write(_cluster.finish_job, self._now(), job_id, owner, result, error)
+        return self._write(_cluster.finish_job, self._now(), job_id, owner, claim, result, error)
 
     def cancel_job(self, job_id: int, why: str) -> Deferred:
         return self._write(_cluster.cancel_job, self._now(), job_id, why)
 
-    def requeue_job(self, job_id: int, owner: str, note: str) -> Deferred:
-        return self._write(_cluster.requeue_job, self._now(), job_id, owner, note)
+    def requeue_job(self, job_id: int, owner: str, claim: int, note: str) -> Deferred:
+        return self._write(_cluster.requeue_job, self._now(), job_id, owner, claim, note)
 
     def get_job(self, job_id: int) -> Deferred:
         return self._read(_cluster.get_job, job_id)

@@ -261,6 +261,10 @@ class Job:
     args: dict[str, Any]
     state: str
     owner: str | None
+    #: Which claim of the job this is (bumped by every ``claim_job``; 0
+    #: before the first): the run of ``owner`` that holds it names it to
+    #: change the job, so an earlier run under the same name cannot.
+    claim: int
     progress: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None

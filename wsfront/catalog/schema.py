@@ -306,6 +306,23 @@ MIGRATIONS: list[list[str | Only]] = [
         "ALTER TABLE nodes ADD COLUMN store_replaced_at {real}",
         "ALTER TABLE nodes ADD COLUMN store_lost {int}",
     ],
+    # 9: which claim of a job its runner holds.  A job's owner is a front
+    # end's name, which a restarted front end (or a second process given
+    # the same name) shares with the run before it: a job re-queued and
+    # claimed again under that name would still take the old run's
+    # progress and end.  Each claim bumps ``claim``, the runner carries the
+    # number it got, and every change of a running job names it too.  A
+    # job claimed before the upgrade has claim 0, the number its runner,
+    # of the code before, knows nothing of; its next claim makes it 1.
+    # This protects only once every front end runs this code: one of the
+    # code before that is still running (started before the upgrade)
+    # claims without bumping ``claim`` and changes a job by owner alone.
+    # The maintenance lease (``leases``) is still keyed by the front end's
+    # name, so two lives of one name can both hold it and run maintenance
+    # at once (docs/maintenance.md, "A run is its claim").
+    [
+        "ALTER TABLE jobs ADD COLUMN claim {int} NOT NULL DEFAULT 0",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -17,7 +17,21 @@ can simply run again (``RERUNNABLE_JOBS``), else failed.
 A runner that learns only from the catalog that its job moved on (its
 progress or its end refused with ``LeaseHeld``: the new holder re-queued
 it, another front end claimed it) stops it at once with one log line and
-changes nothing more (``JobTaken``).
+changes nothing more (``JobTaken``).  A runner names its job's claim (the
+number ``claim_job`` gave this run) with every change, not only its front
+end's name: a restarted front end has the old one's name, and once it
+re-queued the old run's job and claimed it again, the old run (a process
+frozen past its lease, then woken) must be refused like any other.  The
+runner also remembers every claim it took (``JobRunner.claimed``): the
+sweep ends as its own only those, not another life's of the same name.
+
+Two limits.  The claim protects only once every front end runs this code
+(schema 9): one of the code before, still running, claims without
+bumping the number and changes a job by its name alone.  And the
+maintenance lease is still granted by name: two lives of one name (the
+old one woken beside the restarted one) both believe they hold it and
+both run jobs and the periodic passes, overlapping, until one is stopped;
+the claim keeps their job rows apart, not their work on the store.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wsfront.catalog.errors import LeaseHeld
+from wsfront.catalog.errors import LeaseHeld, NotFound
 from wsfront.catalog.records import Job
 
 log = Logger()
@@ -89,23 +103,30 @@ class LeaseCheck:
             raise JobInterrupted("the maintenance lease was lost")
 
 
-async def end_job(catalog, job: Job, why: str, rerun: bool) -> bool:
+async def end_job(catalog, job: Job, why: str, rerun: bool, strict: bool = False) -> bool:
     """End a running ``job`` that will not finish under its owner: re-queue
     it (``rerun``, its kind may run again and it was not re-queued before:
     a job that kills its front end must not go round them all) or fail it
     with ``why``.  False if it changed meanwhile (another front end ended
-    or took it) or the catalog refused."""
+    or took it) or the catalog refused; ``strict``: a refusal other than
+    "changed meanwhile" (an outage) is raised instead, for a caller that
+    must try again."""
     try:
         if rerun and job.kind in RERUNNABLE_JOBS and job.error is None:
-            await catalog.requeue_job(job.job_id, job.owner, f"{why}; re-queued")
+            await catalog.requeue_job(job.job_id, job.owner, job.claim, f"{why}; re-queued")
             log.warn("job {id} ({kind}) {why}; re-queued", id=job.job_id, kind=job.kind, why=why)
             return True
         if job.error is not None:
             why = f"{why} (earlier: {job.error})"
-        await catalog.finish_job(job.job_id, job.owner, error=why)
+        await catalog.finish_job(job.job_id, job.owner, job.claim, error=why)
         log.warn("job {id} ({kind}) {why}", id=job.job_id, kind=job.kind, why=why)
         return True
+    except (LeaseHeld, NotFound) as e:
+        log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
+        return False
     except Exception as e:
+        if strict:
+            raise
         log.warn("job {id}: cannot end it: {err}", id=job.job_id, err=e)
         return False
 
@@ -141,9 +162,16 @@ class JobRunner:
         self.owner = owner
         self.handlers = dict(handlers)
         self._interval = progress_interval
-        #: The id of the job ``run_one`` runs now (None between jobs): any
-        #: other job the catalog shows running under ``owner`` is an orphan.
-        self.current: str | None = None
+        #: The job ``run_one`` runs now, as (job id, claim) (None between
+        #: jobs): any other claim of ``claimed`` the catalog shows running
+        #: is an orphan of this life.
+        self.current: tuple[int, int] | None = None
+        #: Every claim this runner took, as (job id, claim): the jobs of
+        #: this life.  A job running under ``owner`` with a claim not in
+        #: here is another life's of the same name (a restarted front end,
+        #: or the one before it woken from a pause), which this life's
+        #: sweep must not end.  One pair per job run: admin jobs are few.
+        self.claimed: set[tuple[int, int]] = set()
 
     async def run_one(self) -> Job | None:
         """Claim the oldest queued job we can run and run it to the end;
@@ -153,6 +181,7 @@ class JobRunner:
         job = await self._catalog.claim_job(self.owner, sorted(self.handlers))
         if job is None:
             return None
+        self.claimed.add((job.job_id, job.claim))
         restarted = restart_of(job)
         if restarted is None:
             log.info("job {id} ({kind}) started by {owner}", id=job.job_id, kind=job.kind,
@@ -175,9 +204,11 @@ class JobRunner:
             now = self._clock.seconds()
             if now - last[0] >= self._interval:
                 last[0] = now
-                await self._change(self._catalog.update_job, job.job_id, self.owner, progress)
+                await self._change(
+                    self._catalog.update_job, job.job_id, self.owner, job.claim, progress
+                )
 
-        self.current = job.job_id
+        self.current = (job.job_id, job.claim)
         try:
             try:
                 result = await self.handlers[job.kind](dict(job.args), report)
@@ -199,6 +230,7 @@ class JobRunner:
                     self._catalog.finish_job,
                     job.job_id,
                     self.owner,
+                    job.claim,
                     error=f"{e.__class__.__name__}: {e}",
                 )
             except JobTaken as taken:
@@ -207,9 +239,11 @@ class JobRunner:
             result = {**result, "restarted": restarted}
         try:
             if latest[0] is not None:
-                await self._change(self._catalog.update_job, job.job_id, self.owner, latest[0])
+                await self._change(
+                    self._catalog.update_job, job.job_id, self.owner, job.claim, latest[0]
+                )
             finished = await self._change(
-                self._catalog.finish_job, job.job_id, self.owner, result=result
+                self._catalog.finish_job, job.job_id, self.owner, job.claim, result=result
             )
         except JobTaken as e:
             return await self._taken(job, e)
@@ -227,12 +261,13 @@ class JobRunner:
 
     async def _taken(self, job: Job, why: JobTaken) -> Job:
         """Stop ``job``, taken from us: one line, and the job as it is now
-        (another front end's to end or run)."""
+        (another front end's, or another run's of this name, to end or run)."""
         log.warn(
-            "job {id} ({kind}) stopped: it is no longer {owner}'s ({why})",
+            "job {id} ({kind}) stopped: it is no longer this run's ({owner}, claim {claim}): {why}",
             id=job.job_id,
             kind=job.kind,
             owner=self.owner,
+            claim=job.claim,
             why=why,
         )
         return await self._catalog.get_job(job.job_id)

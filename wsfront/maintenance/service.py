@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsfront.catalog.records import JOB_DONE
 from wsfront.maintenance.compact import Compactor, CompactSettings
@@ -143,6 +144,9 @@ class MaintenanceService(Service):
         self.jobs = JobRunner(clock, catalog, front_end, handlers)
         self._loop: LoopingCall | None = None
         self._tick_failures = FailureLog(clock, "maintenance tick")
+        self._cleanup_failures = FailureLog(
+            clock, "ending this front end's jobs of a previous life (tried again each tick)"
+        )
         self._running: Deferred | None = None
         self._cleanup: Deferred | None = None
         now = clock.seconds()
@@ -155,9 +159,7 @@ class MaintenanceService(Service):
 
     def startService(self) -> Deferred:
         super().startService()
-        self._cleanup = ensureDeferred(self.fail_abandoned_jobs(mine=True)).addErrback(
-            lambda f: log.failure("maintenance: cannot clean up old jobs", f)
-        )
+        self._cleanup = ensureDeferred(self._end_previous_life())
         self.liveness.start()
         self.lease.start()
         self._loop = LoopingCall(self.tick)
@@ -186,9 +188,16 @@ class MaintenanceService(Service):
         self.repairer.observe()
         if self._cleanup is not None:
             # Our jobs from a previous life are ended before this life
-            # claims any (it would re-queue one claimed meanwhile).
+            # claims any (it would re-queue one claimed meanwhile), and
+            # tried again until that succeeds: the periodic sweep leaves
+            # another life's claims to the stale rule, so a cleanup given
+            # up on would fail those jobs 15 min later instead of
+            # re-queueing them now.  Meanwhile no job is claimed or swept;
+            # the periodic passes go on.
             cleanup, self._cleanup = self._cleanup, None
-            await cleanup
+            if not await cleanup and self.running:
+                self._cleanup = ensureDeferred(self._end_previous_life())
+        cleaned = self._cleanup is None
         if not self.lease.valid:
             now = self._clock.seconds()
             if now >= self._next_orphans:
@@ -196,8 +205,10 @@ class MaintenanceService(Service):
                 await self.interrupt_a_dead_holders_uploads()
             return []
         ran = []
-        await self.fail_abandoned_jobs()
-        job = await self.jobs.run_one()
+        job = None
+        if cleaned:
+            await self.fail_abandoned_jobs()
+            job = await self.jobs.run_one()
         if job is not None:
             ran.append("job")
             if job.kind == "gc" and job.state == JOB_DONE:
@@ -257,15 +268,41 @@ class MaintenanceService(Service):
                 dead.add(owner)
         return dead
 
+    async def _end_previous_life(self) -> bool:
+        """The startup cleanup (``fail_abandoned_jobs(mine=True)``): True
+        once done; False if the catalog could not list or end one of them
+        (logged through a ``FailureLog``: once per kind of failure, then a
+        reminder, not a traceback a tick), to be tried again at the next
+        tick before this life claims a job."""
+        try:
+            await self.fail_abandoned_jobs(mine=True)
+        except Exception:
+            self._cleanup_failures.failed(Failure())
+            return False
+        self._cleanup_failures.succeeded()
+        return True
+
     async def fail_abandoned_jobs(self, mine: bool = False) -> int:
         """End running jobs nobody runs any more, so their CLI does not wait
-        for nothing: ours from a previous life (``mine``), another front
-        end's once that front end's liveness lease has lapsed (it was killed
-        or stopped; typically the lease holder that was running it), and
-        any other front end's after ``stale_job_seconds`` without progress.
-        The first two are re-queued if their kind can simply run again
+        for nothing: ours from a previous life (``mine``: every job under
+        our name, at startup, before this life claims any), a claim this
+        life took that it is not running (its runner lost the lease and
+        could not end it), another front end's once that front end's
+        liveness lease has lapsed (it was killed or stopped; typically the
+        lease holder that was running it), and any other front end's after
+        ``stale_job_seconds`` without progress.  The first three are
+        re-queued if their kind can simply run again
         (``jobs.RERUNNABLE_JOBS``), else failed; a stale one is failed (its
-        runner may still be going).  Fires with how many were ended."""
+        runner may still be going).
+
+        A job under our name whose claim this life never took is another
+        life's: the front end restarted under this name and this process
+        is the old life, woken from a pause (the maintenance lease is
+        granted by name, so both may think they hold it), or it is a
+        previous life's that the startup cleanup did not end.  The
+        periodic sweep does not end it as ours: only the stale rule
+        applies to it, as to a live front end's.  Fires with how many
+        were ended."""
         jobs = await self.catalog.list_jobs(["running"])
         others = {}
         for job in jobs:
@@ -279,19 +316,26 @@ class MaintenanceService(Service):
                 if job.owner != self.front_end:
                     continue
                 why, rerun = f"interrupted: front end {job.owner} restarted", True
-            elif job.owner == self.front_end:
-                if job.job_id == self.jobs.current:
+            elif job.owner == self.front_end and (job.job_id, job.claim) in self.jobs.claimed:
+                if (job.job_id, job.claim) == self.jobs.current:
                     continue
                 # Ours, yet not running here: its runner lost the lease
                 # and could not end it then (the catalog was down, say).
                 why, rerun = f"interrupted: front end {job.owner} lost the maintenance lease", True
+            # Under our name, but a claim this life never took: another
+            # life's (the process after a restart, or the one before it
+            # woken from a pause; both renew the maintenance lease, granted
+            # by name).  Not ended as ours, and never in ``dead`` (its
+            # liveness lease is ours too): only the stale rule applies.
             elif job.owner in dead:
                 why, rerun = f"interrupted: front end {job.owner} stopped", True
             elif job.updated_at <= limit:
                 why, rerun = f"abandoned: no progress from front end {job.owner}", False
             else:
                 continue
-            if await end_job(self.catalog, job, why, rerun):
+            # At startup an outage is raised, not swallowed: the cleanup
+            # is tried again rather than taken as done.
+            if await end_job(self.catalog, job, why, rerun, strict=mine):
                 ended += 1
         return ended
 
@@ -347,7 +391,9 @@ class MaintenanceService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        for pending in (self._cleanup, self._running):
+        for pending in (self._cleanup, self._running, self._cleanup):
+            # The cleanup again: a tick that was waiting on one may have
+            # started the next try before it saw the service stopping.
             if pending is not None:
                 await pending
         await self.lease.stop()
