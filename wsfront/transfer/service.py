@@ -588,17 +588,20 @@ class Transfers:
         Then the file is looked at and judged again, as it is now."""
         session = yield judged_on_one_version(
             lambda: self._open_write_checked(
-                user, vpath, offset, append, declared_length, meta, check, resume, expected_size
+                user, vpath, offset, append, declared_length, meta, check, resume, expected_size,
+                new_upload=not durable_start,
             ),
             lambda: UploadBusy(f"{vpath} changed while its upload started; try again"),
-        )
+        )  # fmt: skip
         return session
 
     @inlineCallbacks
     def _open_write_checked(
-        self, user, vpath, offset, append, declared_length, meta, check, resume, expected_size
-    ):
-        """One attempt of ``_open_write``."""
+        self, user, vpath, offset, append, declared_length, meta, check, resume, expected_size,
+        new_upload=True,
+    ):  # fmt: skip
+        """One attempt of ``_open_write``; ``new_upload``: as for
+        ``_new_session``, if it begins one."""
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
@@ -650,7 +653,7 @@ class Transfers:
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
         line = self._start_line(upload, user, full, offset, replicas)
-        session = yield self._open_session(user, upload, committed, line)
+        session = yield self._open_session(user, upload, committed, line, new_upload=new_upload)
         return session
 
     def _start_write(
@@ -704,9 +707,13 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
-        session = self._open_session_at_once(user, upload, started.committed_size, line)
+        # A tus creation (durable) is acknowledged with its URL: never discarded.
+        new = not durable
+        session = self._open_session_at_once(user, upload, started.committed_size, line, new)
         if session is None:
-            session = yield self._open_session(user, upload, started.committed_size, line)
+            session = yield self._open_session(
+                user, upload, started.committed_size, line, new_upload=new
+            )
         return session
 
     def _start_line(self, upload, user, full, offset, replicas) -> StartLine:
@@ -973,6 +980,7 @@ class Transfers:
         upload: UploadSession,
         replaced_size: int | None,
         line: StartLine | None = None,
+        new_upload: bool = False,
     ) -> WriteSession | None:
         """``_open_session`` when nothing needs waiting for (every replica
         takes a ``PutOnCommit``, which opens nothing yet): the session, in
@@ -991,7 +999,7 @@ class Transfers:
             n: PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit)
             for n in nodes
         }
-        return self._new_session(user, upload, replaced_size, nodes, writers, line)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
 
     def _blob_meta(self, upload: UploadSession) -> dict[str, Any]:
         """What each replica keeps beside the blob (a lost catalog is
@@ -1013,13 +1021,14 @@ class Transfers:
         upload: UploadSession,
         replaced_size: int | None,
         line: StartLine | None = None,
+        new_upload: bool = False,
     ):
         """Open the replica writers of ``upload``'s current blob: at once
         when each takes a put at commit (``_open_session_at_once``), else a
         write stream on each.  ``line`` (the upload's start line) goes to
         the session, which writes it (``upload_log``); if none opens, it is
         written here, before the failure's own lines."""
-        session = self._open_session_at_once(user, upload, replaced_size, line)
+        session = self._open_session_at_once(user, upload, replaced_size, line, new_upload)
         if session is not None:
             return session
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
@@ -1052,7 +1061,7 @@ class Transfers:
                 line.write(self._clock.seconds())
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
-        return self._new_session(user, upload, replaced_size, nodes, writers, line)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
 
     def _new_session(
         self,
@@ -1062,9 +1071,14 @@ class Transfers:
         nodes: list[str],
         writers: dict[str, Any],
         line: StartLine | None = None,
+        new_upload: bool = False,
     ) -> WriteSession:
         """The WriteSession of ``upload`` over the ``writers`` that opened
-        (of ``nodes``), registered as running here."""
+        (of ``nodes``), registered as running here.  ``new_upload``: this
+        start began the upload (not a resume or takeover) and its client
+        learns of it only from the final answer (not a tus creation's
+        201): refused for room before any of its bytes is durable, it is
+        discarded (``WriteSession.discarded``), not left pending."""
         if len(writers) > 1:
             advise_drop_behind(upload.blob_id, writers)
         if self.extent_cache.capacity > 0:
@@ -1089,6 +1103,7 @@ class Transfers:
             stats=self.stats,
             expiry=self.settings.upload_expiry,
             start_line=line,
+            new_upload=new_upload,
         )
         if len(writers) < len(nodes):
             session.checkpoint()
