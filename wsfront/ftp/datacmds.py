@@ -412,6 +412,8 @@ async def store(
             raise Reply(426, _cut_short_text(channel) + _KEPT[kept])
         if tag == "failed":
             channel.abort()
+            # Answered once the catalog says what is left of it.
+            await session.when_recorded()
             if isinstance(value, TransferAborted):
                 # Transfers aborts a local session it takes over (same user,
                 # another connection): for this client that is a fence.

@@ -147,6 +147,9 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     except Exception:
         if session.state == "streaming":
             yield session.interrupt()
+        else:
+            # Failed: answered once the catalog says what is left of it.
+            yield session.when_recorded()
         raise
     finally:
         restore_reads()
