@@ -1059,6 +1059,14 @@ class Transfers:
             self.pool.release(upload.blob_id)
             if line is not None:
                 line.write(self._clock.seconds())
+            refusals = [value.value for ok, value in results if not ok]
+            if refusals and all(isinstance(e, storage_errors.DiskFull) for e in refusals):
+                # Refused for room, as a session whose every replica ran out
+                # of it: StorageFull, and a new upload, holding nothing to
+                # resume, is discarded (WriteSession.discarded).
+                end = self.catalog.abort_upload if new_upload else self.catalog.interrupt_upload
+                yield end(upload.upload_id, upload.epoch)
+                raise StorageFull("no storage server has room for the upload")
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
         return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
