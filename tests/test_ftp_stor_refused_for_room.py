@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.ftp_env import FTPEnv, payload, sha256
+from tests.ftp_env import FTPEnv, payload, sha256, until
 from tests.full_disks import fill_all, free_all, small_disks
 from tests.transfer_env import Feeder
 from wsfront.catalog.records import INTERRUPTED
@@ -110,3 +110,27 @@ async def test_a_refused_resume_keeps_its_pending_upload_as_it_was(env, tmp_path
     await free_all(tmp_path, env.transfers.pool)
     assert (await stor(c, "part.bin", rest_of_it, verb, rest))[0] == 226
     assert await c.retr("part.bin") == first + rest_of_it
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_upload_whose_abor_finds_no_room_leaves_no_pending_upload(env, tmp_path):
+    """ABOR after bytes that were only held (within put_limit, no stream
+    open yet): keeping them opens the streams, which the full disks
+    refuse, so nothing of the upload is durable and it is discarded; the
+    426 says no upload is kept."""
+    c = await env.client()
+    fill_all(tmp_path, env.transfers.pool)
+    await c.cmd("TYPE I")
+    peer = await c.data_connection(await c.epsv())
+    assert (await c.cmd("STOR held.bin"))[0] == 150
+    peer.transport.write(payload(32 * KiB))
+    await until(
+        lambda: any(s.received == 32 * KiB for s in env.transfers.sessions.values()),
+        "the bytes reach the upload",
+    )
+    aborted = await c.cmd("ABOR")
+    assert (await c.reply())[0] == 226
+    assert await live_uploads(env) == []
+    assert env.transfers.pending_per_user.count("alice") == 0
+    assert (await c.cmd("SIZE held.bin"))[0] == 550
+    assert aborted == (426, "Transfer aborted; no room to keep what arrived, no upload is kept")
