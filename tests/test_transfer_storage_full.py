@@ -67,6 +67,8 @@ async def test_every_replica_full_before_anything_was_durable_discards_a_new_upl
     upload = await env.catalog.get_upload(session.upload_id)
     assert upload.state == ABORTED
     assert await env.catalog.find_upload("/alice/big.bin") is None
+    # Its blob is left to GC, as any aborted upload's.
+    assert upload.blob_id in [b.blob_id for b in await env.catalog.collectable_blobs()]
     assert env.transfers.pending_per_user.count("alice") == 0
 
 
