@@ -179,6 +179,19 @@ class _Settled(Deferred):
                 log.failure("a canceller raised while cancelling an upload's seal")
 
 
+def _when_settled(d: Deferred) -> Deferred:
+    """A Deferred that fires with None once ``d`` has fired, whatever its
+    result, which stays ``d``'s for its other waiters."""
+    done: Deferred = Deferred()
+
+    def fire(result: object) -> object:
+        done.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return done
+
+
 def settled(ds: list[Deferred]) -> Deferred:
     """Fires, once every one of ``ds`` has, with ``[(ok, result or
     Failure)]`` in their order, their errors consumed: what
@@ -300,6 +313,9 @@ class WriteSession:
         #: or takeover of a pending one) and no client was told it exists:
         #: refused for room with nothing of it durable, it is ``discarded``.
         self._new_upload = new_upload
+        #: Whether it is ``discarded``: decided once (``_decide_end``), as
+        #: the catalog is told how the session ended; None until then.
+        self._discarded: bool | None = None
         #: The upload's start line, written at most once (``upload_log``):
         #: set before anything below can end the session.
         self._start_line = start_line
@@ -355,13 +371,31 @@ class WriteSession:
         and holding its blob until it expired.  Its blob is collected as
         any aborted upload's; a committed version of the path stays.  A
         resume or takeover keeps its upload: what it resumed is still
-        there to resume."""
+        there to resume.
+
+        Decided once (``_decide_end``), when the session's end is recorded:
+        after a checkpoint still in flight when it failed has settled, so
+        bytes that checkpoint made durable keep the upload; never changed
+        after.  False until then: read it once ``interrupt()`` or
+        ``when_recorded()`` has fired."""
+        return bool(self._discarded)
+
+    def _may_be_discarded(self) -> bool:
+        """Whether a failed session is ``discarded`` if nothing more of it
+        is durable than now."""
         return (
             self._new_upload
             and self.state == FAILED
             and isinstance(self.error, StorageFull)
             and self.durable == self.blob_start
         )
+
+    def _decide_end(self) -> bool:
+        """Decide ``discarded``, once: call it when nothing can make more
+        of the upload durable (no checkpoint in flight)."""
+        if self._discarded is None:
+            self._discarded = self._may_be_discarded()
+        return self._discarded
 
     def when_recorded(self) -> Deferred:
         """Fires (never fails) once the catalog has recorded how a failed
@@ -711,17 +745,45 @@ class WriteSession:
         self._write_start_line()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
-        if interrupting and (self.left_pending or self.discarded):
-            self._interrupting = self._record_interrupted()
+        in_flight = self._checkpointing
+        wait = self._may_be_discarded() and in_flight is not None
+        if wait:
+            # A checkpoint in flight may yet record durable bytes, which
+            # keep the upload: decide (and record) its end once it settled.
+            # Its client is told of the failure now, its answer waits
+            # (``when_recorded``); so does the end of the session here.
+            after = _when_settled(in_flight).addCallback(
+                lambda _: self._record_end(interrupting, ended=True)
+            )
+            if interrupting:
+                self._interrupting = after
+        else:
+            self._record_end(interrupting)
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
             d.errback(error)
-        self._ended()
+        if not wait:
+            self._ended()
+
+    def _record_end(self, interrupting: bool, ended: bool = False) -> Deferred | None:
+        """Decide whether the failed session is ``discarded`` and start
+        recording its end in the catalog (unless ``interrupt()``, which
+        waited for any checkpoint in flight, records it); that record's
+        Deferred (``_interrupting``), if any.  ``ended``: end the session
+        here too (it waited for a checkpoint)."""
+        self._decide_end()
+        recording = None
+        if interrupting and (self.left_pending or self.discarded):
+            recording = self._interrupting = self._record_interrupted()
+        if ended:
+            self._ended()
+        return recording
 
     def _end_in_catalog(self) -> tuple[Callable[[str, int], Deferred], str]:
         """The catalog call that records this session's end, and its name:
-        abort a ``discarded`` upload, else mark it interrupted."""
-        if self.discarded:
+        abort a ``discarded`` upload, else mark it interrupted (deciding
+        which, if not yet decided)."""
+        if self._decide_end():
             return self._catalog.abort_upload, "discard"
         return self._catalog.interrupt_upload, "interruption"
 
