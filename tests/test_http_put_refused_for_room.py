@@ -134,3 +134,41 @@ async def test_a_refused_resume_keeps_its_pending_upload_as_it_was(env, tmp_path
     assert code == 201
     response = await env.request("GET", "/part.bin")
     assert await response.content() == first + rest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_partial_put_refused_for_room_is_507_not_202(env, tmp_path):
+    """A PUT of the first part of an upload (a total past its body, within
+    put_limit): its bytes are only held until the body ends, then keeping
+    them opens the streams, which the full disks refuse.  The upload is
+    discarded, and the client told so (507), not 202 Accepted with
+    Upload-Offset: 0 for an upload that no longer exists."""
+    fill_all(tmp_path, env.transfers.pool)
+    first = payload(32 * KiB)
+    code, text = await put(
+        env, "/part.bin", first, headers={"Content-Range": f"bytes 0-{len(first) - 1}/{64 * KiB}"}
+    )
+    assert (code, text) == (507, b"/part.bin: insufficient storage\n")
+    assert await live_uploads(env) == []
+    assert env.transfers.pending_per_user.count("alice") == 0
+    assert await upload_offset(env, "/part.bin") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partial_resume_refused_for_room_is_507_and_keeps_its_upload(env, tmp_path):
+    """The same for a resume that does not reach the total: 507, and its
+    pending upload stays at its durable offset."""
+    first = payload(32 * KiB)
+    code, _ = await put(
+        env, "/part.bin", first, headers={"Content-Range": f"bytes 0-{len(first) - 1}/{96 * KiB}"}
+    )
+    assert code == 202
+    fill_all(tmp_path, env.transfers.pool)
+    more = payload(32 * KiB)
+    code, _ = await put(
+        env, "/part.bin", more, headers={"Content-Range": f"bytes {len(first)}-{64 * KiB - 1}/*"}
+    )
+    assert code == 507
+    [after] = await live_uploads(env)
+    assert (after.state, after.checkpoint) == (INTERRUPTED, len(first))
+    assert await upload_offset(env, "/part.bin") == str(len(first))
