@@ -588,20 +588,17 @@ class Transfers:
         Then the file is looked at and judged again, as it is now."""
         session = yield judged_on_one_version(
             lambda: self._open_write_checked(
-                user, vpath, offset, append, declared_length, meta, check, resume, expected_size,
-                new_upload=not durable_start,
+                user, vpath, offset, append, declared_length, meta, check, resume, expected_size
             ),
             lambda: UploadBusy(f"{vpath} changed while its upload started; try again"),
-        )  # fmt: skip
+        )
         return session
 
     @inlineCallbacks
     def _open_write_checked(
-        self, user, vpath, offset, append, declared_length, meta, check, resume, expected_size,
-        new_upload=True,
-    ):  # fmt: skip
-        """One attempt of ``_open_write``; ``new_upload``: as for
-        ``_new_session``, if it begins one."""
+        self, user, vpath, offset, append, declared_length, meta, check, resume, expected_size
+    ):
+        """One attempt of ``_open_write``."""
         full = self.full_path(user, vpath)
         try:
             entry = yield self.catalog.stat(full)
@@ -653,7 +650,7 @@ class Transfers:
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
         line = self._start_line(upload, user, full, offset, replicas)
-        session = yield self._open_session(user, upload, committed, line, new_upload=new_upload)
+        session = yield self._open_session(user, upload, committed, line, new_upload=True)
         return session
 
     def _start_write(
@@ -707,12 +704,12 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
-        # A tus creation (durable) is acknowledged with its URL: never discarded.
-        new = not durable
-        session = self._open_session_at_once(user, upload, started.committed_size, line, new)
+        # It began the upload: new, a tus creation too (its 201 and URL go
+        # out once its body ended, as a PUT's answer does; see _new_session).
+        session = self._open_session_at_once(user, upload, started.committed_size, line, True)
         if session is None:
             session = yield self._open_session(
-                user, upload, started.committed_size, line, new_upload=new
+                user, upload, started.committed_size, line, new_upload=True
             )
         return session
 
@@ -1083,10 +1080,12 @@ class Transfers:
     ) -> WriteSession:
         """The WriteSession of ``upload`` over the ``writers`` that opened
         (of ``nodes``), registered as running here.  ``new_upload``: this
-        start began the upload (not a resume or takeover) and its client
-        learns of it only from the final answer (not a tus creation's
-        201): refused for room before any of its bytes is durable, it is
-        discarded (``WriteSession.discarded``), not left pending."""
+        start began the upload (not a resume or takeover), so its client
+        learns of it only from the answer to the request that began it
+        (a STOR's, a PUT's, a tus creation's 201 and URL, sent once its
+        body ended): refused for room before any of its bytes is durable,
+        it is discarded (``WriteSession.discarded``), not left pending.  A
+        tus upload whose URL was given is resumed by PATCH (not new)."""
         if len(writers) > 1:
             advise_drop_behind(upload.blob_id, writers)
         if self.extent_cache.capacity > 0:
