@@ -402,7 +402,13 @@ class WriteSession:
         session ended, left interrupted or discarded; at once if nothing
         is being recorded.  An adapter answers a failure after it, so a
         client that asks again (SIZE, HEAD, a new upload) finds what the
-        answer meant, as ``finish`` waits for it before it raises."""
+        answer meant, as ``finish`` waits for it before it raises.
+
+        Best effort: it fires after the first attempt, whatever came of
+        it.  When the catalog was unavailable, the retries
+        (``INTERRUPT_RETRY_DELAYS``, about 15 s in all) go on without the
+        answer waiting for them, and a client that asks at once may find
+        the upload still active (or, for a discarded one, still there)."""
         recording = self._interrupting
         if recording is None or recording.called:
             return succeed(None)
