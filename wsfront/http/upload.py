@@ -15,9 +15,8 @@ that one.  A body that ends before the total is kept as the pending upload
 (202, ``Upload-Offset``), unless keeping it fails (507 when no storage
 server has room for it: a new upload is then discarded); one that does
 not match the length it announced is refused (400) and nothing is
-committed.  A client that disconnects
-leaves the durable part pending, resumable from the offset HEAD reports in
-``Upload-Offset``.
+committed.  A client that disconnects leaves the durable part pending,
+resumable from the offset HEAD reports in ``Upload-Offset``.
 """
 
 from __future__ import annotations

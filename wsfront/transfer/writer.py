@@ -309,8 +309,9 @@ class WriteSession:
         self._on_end = on_end
         self._stats = stats
         self._expiry = expiry
-        #: The upload began with this session (a STOR or PUT, not a resume
-        #: or takeover of a pending one) and no client was told it exists:
+        #: The upload began with this session (a STOR, PUT or tus creation,
+        #: not a resume or takeover of a pending one) and no client was told
+        #: it exists:
         #: refused for room with nothing of it durable, it is ``discarded``.
         self._new_upload = new_upload
         #: Whether it is ``discarded``: decided once (``_decide_end``), as
