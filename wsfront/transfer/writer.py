@@ -646,7 +646,13 @@ class WriteSession:
     @inlineCallbacks
     def interrupt(self):
         """The client went away: keep the durable part, mark the session
-        interrupted so it can be resumed from ``durable`` anywhere."""
+        interrupted so it can be resumed from ``durable`` anywhere.  A
+        session that failed meanwhile is waited for until its end is
+        recorded (``when_recorded``), so ``discarded`` can be read after
+        this, as its docstring says."""
+        if self.state == FAILED:
+            yield self.when_recorded()
+            return
         if self.state != STREAMING:
             return
         self.state = INTERRUPTED
