@@ -1,6 +1,8 @@
 """An upload whose replicas all run out of space: the client is told the
 storage is full (HTTP 507, FTP 452), not to retry later as when they are
-down, and the upload stays pending, resumable once there is room."""
+down, and the upload stays pending, resumable once there is room; a new
+upload with nothing of it durable yet is discarded instead (nothing to
+resume)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.transfer_env import Feeder, TransferEnv
-from wsfront.catalog.records import INTERRUPTED
+from wsfront.catalog.records import ABORTED, INTERRUPTED
 from wsfront.transfer.errors import NoReplicasAvailable, StorageFull
 
 MiB = 1 << 20
@@ -40,14 +42,34 @@ async def _failure(env, session, data: bytes) -> Exception:
 @pytest_twisted.ensureDeferred
 async def test_every_replica_full_is_storage_full_and_the_upload_stays_pending(env):
     session = await env.transfers.open_write(env.user, "/big.bin", 0)
+    await Feeder(env.reactor, session, os.urandom(MiB)).start()
+    await session.checkpoint()
+    for node in session.replicas:
+        env.cluster.nodes[node].capacity = env.cluster.nodes[node].used_bytes() + MiB
+    error = await _failure(env, session, os.urandom(4 * MiB))
+    assert isinstance(error, StorageFull), error
+    assert session.left_pending and not session.discarded
+    await session.when_recorded()  # the catalog update _fail started
+    upload = await env.catalog.get_upload(session.upload_id)
+    assert (upload.state, upload.checkpoint) == (INTERRUPTED, MiB)
+    assert env.transfers.pending_per_user.count("alice") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_replica_full_before_anything_was_durable_discards_a_new_upload(env):
+    session = await env.transfers.open_write(env.user, "/big.bin", 0)
     for node in session.replicas:
         env.cluster.nodes[node].capacity = MiB
     error = await _failure(env, session, os.urandom(4 * MiB))
     assert isinstance(error, StorageFull), error
-    assert session.left_pending
-    await session._interrupting  # the catalog update _fail started
+    assert session.discarded and not session.left_pending
+    await session.when_recorded()  # the catalog update _fail started
     upload = await env.catalog.get_upload(session.upload_id)
-    assert upload.state == INTERRUPTED
+    assert upload.state == ABORTED
+    assert await env.catalog.find_upload("/alice/big.bin") is None
+    # Its blob is left to GC, as any aborted upload's.
+    assert upload.blob_id in [b.blob_id for b in await env.catalog.collectable_blobs()]
+    assert env.transfers.pending_per_user.count("alice") == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -379,20 +379,22 @@ async def store(
             channel.abort()
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, "Transfer aborted" + _KEPT[kept])
+            raise Reply(426, "Transfer aborted" + kept)
         if tag == "stalled":
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, STALLED + _KEPT[kept])
+            raise Reply(426, STALLED + kept)
         if tag == "closed" and channel.reuse_refused:
             await _let_go(ctl, session)
             check_session_reuse(channel)
         if tag == "closed" and upload_cut_short(channel, value, ctl.settings.strict_tls_upload_eof):
             kept = await _let_go(ctl, session)
             ctl.stats.transfers_aborted += 1
-            raise Reply(426, _cut_short_text(channel) + _KEPT[kept])
+            raise Reply(426, _cut_short_text(channel) + kept)
         if tag == "failed":
             channel.abort()
+            # Answered once the catalog says what is left of it.
+            await session.when_recorded()
             if isinstance(value, TransferAborted):
                 # Transfers aborts a local session it takes over (same user,
                 # another connection): for this client that is a fence.
@@ -409,10 +411,10 @@ async def store(
     await _run(ctl, "APPE" if append else "STOR", body)
 
 
-_KEPT = {
-    True: "; the upload is kept, resume it with REST or APPE",
-    False: "; nothing arrived, no upload is kept",
-}
+#: What a 426 adds about the upload it cut short (``_let_go``).
+KEPT = "; the upload is kept, resume it with REST or APPE"
+NOTHING_ARRIVED = "; nothing arrived, no upload is kept"
+NO_ROOM = "; no room to keep what arrived, no upload is kept"
 
 
 def upload_cut_short(channel: DataChannel, reason: BaseException, strict_tls: bool) -> bool:
@@ -445,18 +447,20 @@ def need_data_setup(ctl) -> None:
         raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
 
 
-async def _let_go(ctl, session) -> bool:
-    """End an upload that stops without its client's commit; True if it is
-    kept (interrupted, resumable), False if it was abandoned.
+async def _let_go(ctl, session) -> str:
+    """End an upload that stops without its client's commit; what the 426
+    says of it: kept (interrupted, resumable) or abandoned.
 
     An upload this command began (epoch 1: a resume takes the session over
     and bumps it) that received no byte holds nothing worth resuming, so it
     is abandoned and the path is as it was before the STOR.  One that took
     over an earlier pending upload (REST or APPE) is only interrupted: its
-    durable bytes stay resumable, as they were."""
+    durable bytes stay resumable, as they were.  One whose bytes found no
+    room on any storage server as it was interrupted is discarded
+    (``WriteSession.discarded``)."""
     if session.epoch != 1 or session.received:
         await session.interrupt()
-        return True
+        return NO_ROOM if session.discarded else KEPT
     await session.abort()
     try:
         await ctl.transfers.catalog.abort_upload(session.upload_id, session.epoch)
@@ -464,7 +468,7 @@ async def _let_go(ctl, session) -> bool:
         pass  # taken over or ended meanwhile: no longer this command's
     except Exception as e:
         log.warn("upload {id} could not be abandoned: {err}", id=session.upload_id, err=e)
-    return False
+    return NOTHING_ARRIVED
 
 
 _UNIQUE_SUFFIX_BYTES = 9

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import COMMITTED
-from wsfront.http.errors_map import HttpError
+from wsfront.http.errors_map import HttpError, http_error
 from wsfront.http.request import StreamingRequest
 from wsfront.http.site import authenticate, check_method_known
 from wsfront.http.tus_body import ChunkSink
@@ -44,7 +44,7 @@ from wsfront.http.tus_headers import (
     upload_url,
 )
 from wsfront.transfer.errors import TransferAborted, UploadEnded
-from wsfront.transfer.writer import STREAMING
+from wsfront.transfer.writer import FAILED, STREAMING
 
 log = Logger()
 
@@ -166,8 +166,15 @@ class TusEndpoint:
                 offset = yield self._receive(
                     request, session, context, user, vpath, 0, length, checksum
                 )
-            except HttpError as e:
-                raise HttpError(e.status, e.message, (*e.headers, location, expires())) from None
+            except Exception as e:
+                # The upload's URL goes with the answer when there is an
+                # upload to resume: not when a new one found no room for
+                # any of its bytes and was discarded (507 alone).
+                answer = http_error(e)
+                if session.discarded or answer.status == 500:
+                    raise
+                headers = (*answer.headers, location, expires())
+                raise HttpError(answer.status, answer.message, headers) from None
             headers = [location, ("Upload-Offset", str(offset))]
             if length is None or offset < length:
                 headers.append(expires())  # a complete upload will not expire
@@ -289,6 +296,9 @@ class TusEndpoint:
             try:
                 yield request.stream_body(sink)
             except BaseException:
+                # A failed session is answered once the catalog says what
+                # is left of it, as PUT and STOR are.
+                yield session.when_recorded()
                 superseded = isinstance(session.error, TransferAborted)
                 if checksum is not None and not superseded:
                     # Streaming or failed alike: checkpoints may have made
@@ -314,6 +324,11 @@ class TusEndpoint:
                 self._learned_lengths.pop(upload_id, None)
                 return session.offset
             yield session.interrupt()
+            if session.state == FAILED:
+                # Its bytes could not be kept (held within put_limit, their
+                # flush refused for room): answered as a failure, not with
+                # the offset of an upload that may be gone (discarded).
+                raise session.error
             return session.durable
         except UploadEnded as e:
             if e.state != "aborted":

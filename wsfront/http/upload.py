@@ -12,10 +12,11 @@ sealed the data and the catalog committed it.
 over, free of the total an abandoned client announced.  A total other than
 the one the upload was begun with is 409; ``bytes a-b/*`` continues with
 that one.  A body that ends before the total is kept as the pending upload
-(202, ``Upload-Offset``); one that does not match the length it announced
-is refused (400) and nothing is committed.  A client that disconnects
-leaves the durable part pending, resumable from the offset HEAD reports in
-``Upload-Offset``.
+(202, ``Upload-Offset``), unless keeping it fails (507 when no storage
+server has room for it: a new upload is then discarded); one that does
+not match the length it announced is refused (400) and nothing is
+committed.  A client that disconnects leaves the durable part pending,
+resumable from the offset HEAD reports in ``Upload-Offset``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
 from wsfront.http.request import BodyLost, StreamingRequest, wider_reads
 from wsfront.transfer.errors import LengthConflict
+from wsfront.transfer.writer import FAILED
 
 
 @implementer(IConsumer)
@@ -147,6 +149,9 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     except Exception:
         if session.state == "streaming":
             yield session.interrupt()
+        else:
+            # Failed: answered once the catalog says what is left of it.
+            yield session.when_recorded()
         raise
     finally:
         restore_reads()
@@ -156,6 +161,11 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
     total = session.session.declared_length  # Content-Range's, or the one resumed
     if total is not None and session.offset < total:
         yield session.interrupt()
+        if session.state == FAILED:
+            # Keeping the bytes failed (held within put_limit, their flush
+            # refused for room): a new upload is discarded, a resume stays
+            # at its durable offset; either way these bytes were not kept.
+            raise session.error
         request.respond(202, headers=(("Upload-Offset", str(session.durable)),))
         return
     version = yield session.finish()

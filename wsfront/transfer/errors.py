@@ -21,7 +21,9 @@ class StorageFull(NoReplicasAvailable):
     """Every replica refused the bytes for lack of space (FTP 452, HTTP 507
     "insufficient storage"): unlike a replica that is down, waiting will not
     help until an operator frees space or adds a server.  The upload stays
-    pending, resumable from its durable offset, as for any lost replicas."""
+    pending, resumable from its durable offset, as for any lost replicas;
+    a new upload none of whose bytes was durable is discarded instead
+    (``WriteSession.discarded``: nothing of it to resume)."""
 
 
 class SessionFenced(TransferError):

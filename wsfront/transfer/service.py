@@ -650,7 +650,7 @@ class Transfers:
         except catalog_errors.PendingUploadExists as e:
             raise UploadBusy(str(e)) from e
         line = self._start_line(upload, user, full, offset, replicas)
-        session = yield self._open_session(user, upload, committed, line)
+        session = yield self._open_session(user, upload, committed, line, new_upload=True)
         return session
 
     def _start_write(
@@ -704,9 +704,13 @@ class Transfers:
             raise OffsetTooLarge(str(e)) from e
         upload = started.upload
         line = self._start_line(upload, user, full, upload.blob_start, replicas)
-        session = self._open_session_at_once(user, upload, started.committed_size, line)
+        # It began the upload: new, a tus creation too (its 201 and URL go
+        # out once its body ended, as a PUT's answer does; see _new_session).
+        session = self._open_session_at_once(user, upload, started.committed_size, line, True)
         if session is None:
-            session = yield self._open_session(user, upload, started.committed_size, line)
+            session = yield self._open_session(
+                user, upload, started.committed_size, line, new_upload=True
+            )
         return session
 
     def _start_line(self, upload, user, full, offset, replicas) -> StartLine:
@@ -973,6 +977,7 @@ class Transfers:
         upload: UploadSession,
         replaced_size: int | None,
         line: StartLine | None = None,
+        new_upload: bool = False,
     ) -> WriteSession | None:
         """``_open_session`` when nothing needs waiting for (every replica
         takes a ``PutOnCommit``, which opens nothing yet): the session, in
@@ -991,7 +996,7 @@ class Transfers:
             n: PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit)
             for n in nodes
         }
-        return self._new_session(user, upload, replaced_size, nodes, writers, line)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
 
     def _blob_meta(self, upload: UploadSession) -> dict[str, Any]:
         """What each replica keeps beside the blob (a lost catalog is
@@ -1013,13 +1018,14 @@ class Transfers:
         upload: UploadSession,
         replaced_size: int | None,
         line: StartLine | None = None,
+        new_upload: bool = False,
     ):
         """Open the replica writers of ``upload``'s current blob: at once
         when each takes a put at commit (``_open_session_at_once``), else a
         write stream on each.  ``line`` (the upload's start line) goes to
         the session, which writes it (``upload_log``); if none opens, it is
         written here, before the failure's own lines."""
-        session = self._open_session_at_once(user, upload, replaced_size, line)
+        session = self._open_session_at_once(user, upload, replaced_size, line, new_upload)
         if session is not None:
             return session
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
@@ -1050,9 +1056,17 @@ class Transfers:
             self.pool.release(upload.blob_id)
             if line is not None:
                 line.write(self._clock.seconds())
+            refusals = [value.value for ok, value in results if not ok]
+            if refusals and all(isinstance(e, storage_errors.DiskFull) for e in refusals):
+                # Refused for room, as a session whose every replica ran out
+                # of it: StorageFull, and a new upload, holding nothing to
+                # resume, is discarded (WriteSession.discarded).
+                end = self.catalog.abort_upload if new_upload else self.catalog.interrupt_upload
+                yield end(upload.upload_id, upload.epoch)
+                raise StorageFull("no storage server has room for the upload")
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
-        return self._new_session(user, upload, replaced_size, nodes, writers, line)
+        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
 
     def _new_session(
         self,
@@ -1062,9 +1076,16 @@ class Transfers:
         nodes: list[str],
         writers: dict[str, Any],
         line: StartLine | None = None,
+        new_upload: bool = False,
     ) -> WriteSession:
         """The WriteSession of ``upload`` over the ``writers`` that opened
-        (of ``nodes``), registered as running here."""
+        (of ``nodes``), registered as running here.  ``new_upload``: this
+        start began the upload (not a resume or takeover), so its client
+        learns of it only from the answer to the request that began it
+        (a STOR's, a PUT's, a tus creation's 201 and URL, sent once its
+        body ended): refused for room before any of its bytes is durable,
+        it is discarded (``WriteSession.discarded``), not left pending.  A
+        tus upload whose URL was given is resumed by PATCH (not new)."""
         if len(writers) > 1:
             advise_drop_behind(upload.blob_id, writers)
         if self.extent_cache.capacity > 0:
@@ -1089,6 +1110,7 @@ class Transfers:
             stats=self.stats,
             expiry=self.settings.upload_expiry,
             start_line=line,
+            new_upload=new_upload,
         )
         if len(writers) < len(nodes):
             session.checkpoint()

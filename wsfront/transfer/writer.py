@@ -179,6 +179,19 @@ class _Settled(Deferred):
                 log.failure("a canceller raised while cancelling an upload's seal")
 
 
+def _when_settled(d: Deferred) -> Deferred:
+    """A Deferred that fires with None once ``d`` has fired, whatever its
+    result, which stays ``d``'s for its other waiters."""
+    done: Deferred = Deferred()
+
+    def fire(result: object) -> object:
+        done.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return done
+
+
 def settled(ds: list[Deferred]) -> Deferred:
     """Fires, once every one of ``ds`` has, with ``[(ok, result or
     Failure)]`` in their order, their errors consumed: what
@@ -251,6 +264,7 @@ class WriteSession:
         stats=None,
         expiry: float | None = None,
         start_line: StartLine | None = None,
+        new_upload: bool = False,
     ) -> None:
         self._clock = clock
         self._pool = pool
@@ -295,6 +309,14 @@ class WriteSession:
         self._on_end = on_end
         self._stats = stats
         self._expiry = expiry
+        #: The upload began with this session (a STOR, PUT or tus creation,
+        #: not a resume or takeover of a pending one) and no client was told
+        #: it exists:
+        #: refused for room with nothing of it durable, it is ``discarded``.
+        self._new_upload = new_upload
+        #: Whether it is ``discarded``: decided once (``_decide_end``), as
+        #: the catalog is told how the session ended; None until then.
+        self._discarded: bool | None = None
         #: The upload's start line, written at most once (``upload_log``):
         #: set before anything below can end the session.
         self._start_line = start_line
@@ -332,10 +354,73 @@ class WriteSession:
         it expires: its client went away, or the session failed (every
         replica gone, the quota, a failed commit): never left active with
         no writer.  Not when its adapter gave it up (aborted: the adapter
-        decides its fate) or the catalog ended it already."""
+        decides its fate), the catalog ended it already, or it is
+        ``discarded``."""
         return self.state == INTERRUPTED or (
-            self.state == FAILED and not isinstance(self.error, TransferAborted | UploadEnded)
+            self.state == FAILED
+            and not isinstance(self.error, TransferAborted | UploadEnded)
+            and not self.discarded
         )
+
+    @property
+    def discarded(self) -> bool:
+        """Whether the upload is aborted in the catalog rather than left
+        pending: a new upload refused for room (StorageFull) before any
+        of its bytes was durable.  Kept, it stood as a pending upload at
+        its start with nothing in it to resume, shown to its owner (SIZE,
+        HEAD's Upload-Offset), counted toward the cap on pending uploads
+        and holding its blob until it expired.  Its blob is collected as
+        any aborted upload's; a committed version of the path stays.  A
+        resume or takeover keeps its upload: what it resumed is still
+        there to resume.
+
+        Decided once (``_decide_end``), when the session's end is recorded:
+        after a checkpoint still in flight when it failed has settled, so
+        bytes that checkpoint made durable keep the upload; never changed
+        after.  False until then: read it once ``interrupt()`` or
+        ``when_recorded()`` has fired."""
+        return bool(self._discarded)
+
+    def _may_be_discarded(self) -> bool:
+        """Whether a failed session is ``discarded`` if nothing more of it
+        is durable than now."""
+        return (
+            self._new_upload
+            and self.state == FAILED
+            and isinstance(self.error, StorageFull)
+            and self.durable == self.blob_start
+        )
+
+    def _decide_end(self) -> bool:
+        """Decide ``discarded``, once: call it when nothing can make more
+        of the upload durable (no checkpoint in flight)."""
+        if self._discarded is None:
+            self._discarded = self._may_be_discarded()
+        return self._discarded
+
+    def when_recorded(self) -> Deferred:
+        """Fires (never fails) once the catalog has recorded how a failed
+        session ended, left interrupted or discarded; at once if nothing
+        is being recorded.  An adapter answers a failure after it, so a
+        client that asks again (SIZE, HEAD, a new upload) finds what the
+        answer meant, as ``finish`` waits for it before it raises.
+
+        Best effort: it fires after the first attempt, whatever came of
+        it.  When the catalog was unavailable, the retries
+        (``INTERRUPT_RETRY_DELAYS``, about 15 s in all) go on without the
+        answer waiting for them, and a client that asks at once may find
+        the upload still active (or, for a discarded one, still there)."""
+        recording = self._interrupting
+        if recording is None or recording.called:
+            return succeed(None)
+        done: Deferred = Deferred()
+
+        def fire(result: object) -> object:
+            done.callback(None)
+            return result
+
+        recording.addBoth(fire)
+        return done
 
     def when_failed(self) -> Deferred:
         """Errbacks with the error that ended the session early (fenced,
@@ -561,7 +646,13 @@ class WriteSession:
     @inlineCallbacks
     def interrupt(self):
         """The client went away: keep the durable part, mark the session
-        interrupted so it can be resumed from ``durable`` anywhere."""
+        interrupted so it can be resumed from ``durable`` anywhere.  A
+        session that failed meanwhile is waited for until its end is
+        recorded (``when_recorded``), so ``discarded`` can be read after
+        this, as its docstring says."""
+        if self.state == FAILED:
+            yield self.when_recorded()
+            return
         if self.state != STREAMING:
             return
         self.state = INTERRUPTED
@@ -573,7 +664,8 @@ class WriteSession:
             if self._checkpointing is not None:
                 yield self._checkpointing
             yield self._do_checkpoint()
-            yield self._catalog.interrupt_upload(self.upload_id, self.epoch)
+            end, _ = self._end_in_catalog()  # discarded: its flush was refused for room
+            yield end(self.upload_id, self.epoch)
         except Exception as e:
             log.warn(
                 "upload {id} could not record its interruption: {err}", id=self.upload_id, err=e
@@ -666,30 +758,67 @@ class WriteSession:
         self._write_start_line()
         log.warn("upload {id} ends: {err}", id=self.upload_id, err=error)
         self._release_writers()
-        if interrupting and self.left_pending:
-            self._interrupting = self._record_interrupted()
+        in_flight = self._checkpointing
+        wait = self._may_be_discarded() and in_flight is not None
+        if wait:
+            # A checkpoint in flight may yet record durable bytes, which
+            # keep the upload: decide (and record) its end once it settled.
+            # Its client is told of the failure now, its answer waits
+            # (``when_recorded``); so does the end of the session here.
+            after = _when_settled(in_flight).addCallback(
+                lambda _: self._record_end(interrupting, ended=True)
+            )
+            if interrupting:
+                self._interrupting = after
+        else:
+            self._record_end(interrupting)
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
             d.errback(error)
-        self._ended()
+        if not wait:
+            self._ended()
+
+    def _record_end(self, interrupting: bool, ended: bool = False) -> Deferred | None:
+        """Decide whether the failed session is ``discarded`` and start
+        recording its end in the catalog (unless ``interrupt()``, which
+        waited for any checkpoint in flight, records it); that record's
+        Deferred (``_interrupting``), if any.  ``ended``: end the session
+        here too (it waited for a checkpoint)."""
+        self._decide_end()
+        recording = None
+        if interrupting and (self.left_pending or self.discarded):
+            recording = self._interrupting = self._record_interrupted()
+        if ended:
+            self._ended()
+        return recording
+
+    def _end_in_catalog(self) -> tuple[Callable[[str, int], Deferred], str]:
+        """The catalog call that records this session's end, and its name:
+        abort a ``discarded`` upload, else mark it interrupted (deciding
+        which, if not yet decided)."""
+        if self._decide_end():
+            return self._catalog.abort_upload, "discard"
+        return self._catalog.interrupt_upload, "interruption"
 
     def _record_interrupted(self, attempt: int = 0) -> Deferred:
         """Every replica failed, or the quota refused the next bytes: the
         session cannot go on here.  Mark it interrupted in the catalog, as an
         upload no replica accepted at its start is, so it is not left active
         and owned by this front end until it expires; its client can resume
-        it from ``durable`` (after freeing space, for the quota).
+        it from ``durable`` (after freeing space, for the quota).  A
+        ``discarded`` upload is aborted instead, with the same retries.
 
         The failure was often the catalog's own (a commit refused as
         unavailable), so an unavailable catalog is tried again a few times
         on the reactor (``INTERRUPT_RETRY_DELAYS``); the Deferred returned
         (which ``finish`` waits for) is the first attempt's only."""
-        d = maybeDeferred(self._catalog.interrupt_upload, self.upload_id, self.epoch)
+        end, what = self._end_in_catalog()
+        d = maybeDeferred(end, self.upload_id, self.epoch)
 
         def recorded(_: object) -> None:
             if attempt:
                 log.info(
-                    "upload {id} recorded its interruption at attempt {n}",
+                    "upload {id} recorded its " + what + " at attempt {n}",
                     id=self.upload_id,
                     n=attempt + 1,
                 )
@@ -700,7 +829,7 @@ class WriteSession:
                 # earlier attempt did commit, its answer lost): fenced off,
                 # nothing is left to record.
                 log.info(
-                    "upload {id} needs no interruption recorded: it moved on ({err})",
+                    "upload {id} needs no " + what + " recorded: it moved on ({err})",
                     id=self.upload_id,
                     err=f.value,
                 )
@@ -710,7 +839,7 @@ class WriteSession:
             if f.check(catalog_errors.CatalogUnavailable) and attempt < len(INTERRUPT_RETRY_DELAYS):
                 delay = INTERRUPT_RETRY_DELAYS[attempt]
                 log.info(
-                    "upload {id} could not record its interruption, again in {delay}s: {err}",
+                    "upload {id} could not record its " + what + ", again in {delay}s: {err}",
                     id=self.upload_id,
                     delay=delay,
                     err=f.value,
@@ -724,7 +853,7 @@ class WriteSession:
                 forget = self._catalog.when_closed(self._clock.callLater(delay, again).cancel)
                 return
             log.warn(
-                "upload {id} could not record its interruption: {err}",
+                "upload {id} could not record its " + what + ": {err}",
                 id=self.upload_id,
                 err=f.value,
             )
