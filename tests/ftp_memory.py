@@ -16,7 +16,7 @@ from __future__ import annotations
 import attrs
 from twisted.internet import error as net_error
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -47,6 +47,8 @@ class MemoryWrite:
         self.upload_id = "u1"
         self.received = 0
         self.state = "open"
+        #: Never refused for room here (``WriteSession.discarded``).
+        self.discarded = False
         self._data = bytearray()
 
     def write(self, data: bytes) -> None:
@@ -61,6 +63,9 @@ class MemoryWrite:
 
     def when_failed(self) -> Deferred:
         return Deferred()  # never fails here
+
+    def when_recorded(self) -> Deferred:
+        return succeed(None)  # nothing to record in a catalog here
 
     async def finish(self) -> Version:
         self._files[self.path] = bytes(self._data)
