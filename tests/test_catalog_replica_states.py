@@ -92,3 +92,37 @@ async def test_racing_marks_from_two_front_ends_leave_every_replica_lost(catalog
     finally:
         first.close()
         second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reclaim_makes_only_a_still_lost_replica_ok_again(catalog):
+    """Repair re-marks a lost replica its returned server still holds
+    intact (``reclaim_replica``), conditional on the row being lost as it
+    read it: a stale one (it failed a check) or one already ok again
+    changes nothing, and says so."""
+    await catalog.add_blob("b1", ["s1", "s2", "s3"], 3)
+    await catalog.mark_replica("b1", "s1", REPLICA_LOST)
+    await catalog.mark_replica("b1", "s2", REPLICA_STALE)
+    assert await catalog.reclaim_replica("b1", "s1") is True
+    assert await catalog.reclaim_replica("b1", "s1") is False  # a second repairer's
+    assert await catalog.reclaim_replica("b1", "s2") is False
+    assert await catalog.reclaim_replica("b1", "s3") is False
+    assert await catalog.reclaim_replica("b1", "s9") is False
+    assert await states(catalog, "b1") == {
+        "s1": REPLICA_OK,
+        "s2": REPLICA_STALE,
+        "s3": REPLICA_OK,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_reclaim_of_a_forgotten_blob_records_nothing(catalog):
+    """GC forgot the blob while repair read its lost copy back: NotFound,
+    and no replica row without its blob is left behind."""
+    await catalog.add_blob("b1", ["s1", "s2"], 2)
+    await catalog.mark_replica("b1", "s1", REPLICA_LOST)
+    await catalog.forget_blob("b1")
+    with pytest.raises(NotFound):
+        await catalog.reclaim_replica("b1", "s1")
+    with pytest.raises(NotFound):
+        await catalog.get_blob("b1")

@@ -73,7 +73,8 @@ def add_blob(tx: Tx, now: float, blob_id: str, replicas: list[str], wanted: int)
 #: reader's ChecksumError on a fallback replica against repair declaring its
 #: server lost) end in the same state in either order, and a late ``stale``
 #: never hides that the server was given up on.  Only ``add_replica``, after
-#: a verified copy, makes a replica ok again.
+#: a verified copy, or ``reclaim_replica``, after a lost copy read back equal
+#: to a verified one, makes a replica ok again.
 DISTRUST = {REPLICA_OK: 0, REPLICA_STALE: 1, REPLICA_LOST: 2}
 assert set(DISTRUST) == REPLICA_STATES
 
@@ -124,6 +125,28 @@ def add_replica(tx: Tx, blob_id: str, node: str) -> BlobRecord:
     ):
         tx.execute("INSERT INTO replicas (blob_id, node, state) VALUES (?, ?, 'ok')", blob_id, node)
     return _blob(tx, blob_id)
+
+
+def reclaim_replica(tx: Tx, blob_id: str, node: str) -> bool:
+    """Count ``node``'s lost replica of ``blob_id`` ok again (its server came
+    back and repair read it back equal to a verified copy); True if it did.
+    Only a row still ``lost`` changes: anything that happened to it since
+    repair read it (another repair's copy recorded it ok, a reader or fsck
+    can only leave it lost) leaves it as it is, and False says so.  The
+    blob's row is locked first, as ``add_replica`` does, so this serialises
+    with ``forget_blob``: NotFound if the blob was forgotten meanwhile."""
+    tx.lock_rows("blobs", "blob_id", [blob_id])
+    if tx.one("SELECT 1 AS one FROM blobs WHERE blob_id = ?", blob_id) is None:
+        raise NotFound(f"no blob {blob_id!r} (forgotten): its replica on {node} stays unrecorded")
+    return bool(
+        tx.execute(
+            "UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ? AND state = ?",
+            REPLICA_OK,
+            blob_id,
+            node,
+            REPLICA_LOST,
+        )
+    )
 
 
 def _blobs_where(tx: Tx, condition: str, limit: int) -> list[BlobRecord]:

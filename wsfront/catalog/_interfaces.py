@@ -227,13 +227,21 @@ class ICatalog(Interface):
 
         States rank ok < stale < lost and a mark never lowers one, so racing
         marks end alike in either order; only ``add_replica`` (a verified
-        copy) makes a replica ok again."""
+        copy) or ``reclaim_replica`` (a lost copy read back intact) makes a
+        replica ok again."""
 
     def add_replica(blob_id, node):
         """Record a new (or repaired) ok replica of a blob.  NotFound if
         the blob was forgotten meanwhile (``forget_blob``): the copy is
         nobody's, its maker deletes it.  Serialised with ``forget_blob``
         on the blob's row."""
+
+    def reclaim_replica(blob_id, node):
+        """Count a ``lost`` replica ok again, after repair read its bytes
+        back equal to a verified copy's (its server came back intact), so
+        no copy is made.  Only if the row is still ``lost`` (fires False
+        otherwise: nothing changed); NotFound if the blob was forgotten.
+        Serialised with ``forget_blob`` on the blob's row."""
 
     def under_replicated(limit=100):
         """Fire with up to ``limit`` BlobRecords of sealed, referenced blobs
