@@ -78,17 +78,39 @@ async def test_a_blob_whose_replicas_were_marked_lost_is_repaired_once_their_ser
     """Both servers holding a file were down past the grace period (or
     ``wsfs repair`` ran while they were), so both replicas were marked
     lost; they came back with their disks intact.  The file reads, so it is
-    no "unrecoverable" blob: a copy from one of them, checked block by
-    block, becomes its ok replica, and repair brings it back to strength."""
+    no "unrecoverable" blob, and the two copies, read back whole (every
+    block checked) and equal, vouch for each other: both count ok again,
+    and no copy is made on the third server."""
     files = await populate(env, count=2, size=200 * 1024)
     blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
     [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
     stats = await repairer(env).run_pass(now=True)
     assert stats["unrecoverable"] == [] and stats["no_verified_replica"] == [], stats
-    assert stats["from_stale"] == [blob.blob_id]
+    assert stats["reclaimed"] == 2 and stats["copied"] == 0 and stats["from_stale"] == []
     assert stats["under_replicated"] == 0
     after = await env.catalog.get_blob(blob.blob_id)
-    assert len(after.ok_replicas) == 2 and spare in after.ok_replicas
+    assert sorted(after.ok_replicas) == sorted(blob.ok_replicas)
+    assert blob.blob_id not in await blobs_on(env, spare)
+    await check_full_strength(env, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_lost_copy_back_with_no_ok_replica_is_not_taken_on_its_word(env):
+    """Only one of the two lost copies is back (the other server's store
+    was wiped): with nothing to compare it with, it is not counted ok where
+    it lies.  A copy from it to the third server, checked block by block,
+    is (as before); then it has that copy to agree with, and counts ok
+    again rather than being replaced by a second copy."""
+    files = await populate(env, count=2, size=200 * 1024)
+    blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
+    wiped, back = sorted(blob.ok_replicas)
+    [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
+    await env.transfers.pool.client(wiped).delete(blob.blob_id)
+    stats = await repairer(env).run_pass(now=True)
+    assert stats["from_stale"] == [blob.blob_id] and stats["copied"] == 1, stats
+    assert stats["reclaimed"] == 1
+    after = await env.catalog.get_blob(blob.blob_id)
+    assert sorted(after.ok_replicas) == sorted([back, spare])
     await check_full_strength(env, files)
 
 

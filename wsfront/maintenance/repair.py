@@ -15,6 +15,10 @@ Safety rules (docs/maintenance.md):
 * a target is a live server without an ok replica of the blob; a copy the
   catalog does not vouch for (a lost or stale replica, a leftover of an
   earlier attempt) is deleted and replaced, never trusted;
+* a lost replica on a server that is back is read back first (every block
+  checked by its server) and compared with a verified copy: equal, it counts
+  ok again where it lies, with no copy made (``reclaim``); torn, short,
+  other bytes or no answer, it is replaced by a copy like any other;
 * a source whose size differs from the catalog's is marked stale, not used;
 * a blob left with stale or lost replicas only (a lost one's server may be
   back, its disk intact) is copied from one of them on a server that is up
@@ -52,6 +56,7 @@ from wsfront.catalog.records import (
     BlobRecord,
 )
 from wsfront.maintenance.inventory import referenced_blob_ids, referenced_blobs
+from wsfront.maintenance.reclaim import reclaim_lost
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
@@ -167,6 +172,8 @@ class Repairer:
             "unrecoverable": [],
             "from_stale": [],
             "no_verified_replica": [],
+            # Lost replicas of servers back up that read back intact: ok again, not copied.
+            "reclaimed": 0,
         }
 
         async def report() -> None:
@@ -254,15 +261,30 @@ class Repairer:
     async def _strengthen(
         self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
     ) -> bool:
-        ok = set(blob.ok_replicas)
-        sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         unvouched = unvouched_replicas(blob)
+        back = [n for n in self._pool.order_for_read(sorted(unvouched)) if self._usable(n, lost)]
+        returned = [r.node for r in blob.replicas if r.state == REPLICA_LOST and r.node in back]
+        asked, asked_all = None, not blob.ok_replicas
+        if returned:
+            # With no ok replica, the stale ones are asked too, for
+            # ``copy_from_unvouched`` should none be kept.
+            asked = await self._holding(blob, back if asked_all else returned)
+            blob = await self._keep_returned(blob, asked[0], lost, stats)
+            unvouched = unvouched_replicas(blob)
+        ok = set(blob.ok_replicas)
         if not ok and any(self._usable(n, lost) for n in unvouched):
-            if not await self.copy_from_unvouched(blob, unvouched, lost, draining, stats):
+            verified = await self.copy_from_unvouched(
+                blob, unvouched, lost, draining, stats, asked=asked if asked_all else None
+            )
+            if not verified:
                 return False
             blob = await self._catalog.get_blob(blob.blob_id)
+            if asked is not None:
+                # The copy just verified is the reference the lost copies
+                # it came from, or that disagreed, lacked.
+                blob = await self._keep_returned(blob, asked[0], lost, stats)
             ok = set(blob.ok_replicas)
-            sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
+        sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
             log.error("repair: blob {blob} has no reachable ok replica", blob=blob.blob_id)
             stats["unrecoverable"].append(blob.blob_id)
@@ -285,8 +307,42 @@ class Repairer:
             return False
         return True
 
+    async def _keep_returned(
+        self, blob: BlobRecord, holding: list[str], lost: set[str], stats: dict
+    ) -> BlobRecord:
+        """Count ok again the lost copies among ``holding`` (servers up whose
+        copy is sealed and long enough) that read back equal to a verified
+        one (``reclaim.reclaim_lost``), instead of copying the blob to
+        another server and leaving them as strays; the blob as it is now."""
+        if blob.wanted_replicas <= len(blob.ok_replicas):
+            return blob
+        states = {r.node: r.state for r in blob.replicas}
+        returned = [n for n in holding if states.get(n) == REPLICA_LOST]
+        ok = self._pool.order_for_read(sorted(blob.ok_replicas))
+        references = [n for n in ok if self._usable(n, lost)]
+        kept = await reclaim_lost(
+            self._clock,
+            self._catalog,
+            self._pool,
+            self._throttle,
+            blob,
+            returned,
+            references,
+            STAT_TIMEOUT,
+        )
+        stats["reclaimed"] += len(kept)
+        # Read again even if none was kept here: another repairer may have
+        # recorded one meanwhile (the mark then changed nothing).
+        return await self._catalog.get_blob(blob.blob_id) if returned else blob
+
     async def copy_from_unvouched(
-        self, blob: BlobRecord, stale: list[str], lost: set[str], draining: set[str], stats: dict
+        self,
+        blob: BlobRecord,
+        stale: list[str],
+        lost: set[str],
+        draining: set[str],
+        stats: dict,
+        asked: tuple[list[str], list[str]] | None = None,
     ) -> bool:
         """``blob`` has no ok replica at all, only stale or lost ones, on the
         servers ``stale`` (a stale one once failed a checksum or a size
@@ -301,9 +357,13 @@ class Repairer:
         verified replica and recorded ok (the rule of ``add_replica``), the
         rest of the repair copies from it.  True once recorded; else the
         blob is reported in ``no_verified_replica``.  Drain uses it too,
-        for such a blob with a copy on the server it empties."""
-        usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
-        usable, unasked = await self._holding(blob, usable)
+        for such a blob with a copy on the server it empties.  ``asked``:
+        what ``_holding`` answered of them just now (not asked twice: a
+        hung server would hold up the pass twice as long)."""
+        if asked is None:
+            usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
+            asked = await self._holding(blob, usable)
+        usable, unasked = asked
         targets = self.targets(blob, exclude=set(stale) | lost | draining)
         if not usable:
             # Copies on wiped stores, or servers down: no copy (and no part
