@@ -390,6 +390,11 @@ class Commands:
             f"{len(r['unrecoverable'])} blobs unrecoverable; "
             f"{r['under_replicated']} blobs still under-replicated"
         )
+        if r.get("reclaimed"):  # a result from an older front end has none
+            text += (
+                f"; {r['reclaimed']} lost replicas on servers back up read back intact "
+                "and counted ok again (not copied)"
+            )
         if r["lost_nodes"]:
             text += (
                 f"; servers lost: {', '.join(r['lost_nodes'])} "
