@@ -338,14 +338,14 @@ class Repairer:
     async def copy_from_unvouched(
         self,
         blob: BlobRecord,
-        stale: list[str],
+        unvouched: list[str],
         lost: set[str],
         draining: set[str],
         stats: dict,
         asked: tuple[list[str], list[str]] | None = None,
     ) -> bool:
         """``blob`` has no ok replica at all, only stale or lost ones, on the
-        servers ``stale`` (a stale one once failed a checksum or a size
+        servers ``unvouched`` (a stale one once failed a checksum or a size
         check; a lost one was on a server down past the grace period, or
         marked so by ``wsfs repair``, that may be back with its disk
         intact; a reader still falls back on both).  The wire protocol has
@@ -361,10 +361,10 @@ class Repairer:
         what ``_holding`` answered of them just now (not asked twice: a
         hung server would hold up the pass twice as long)."""
         if asked is None:
-            usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
-            asked = await self._holding(blob, usable)
+            order = self._pool.order_for_read(sorted(unvouched))
+            asked = await self._holding(blob, [n for n in order if self._usable(n, lost)])
         usable, unasked = asked
-        targets = self.targets(blob, exclude=set(stale) | lost | draining)
+        targets = self.targets(blob, exclude=set(unvouched) | lost | draining)
         if not usable:
             # Copies on wiped stores, or servers down: no copy (and no part
             # of the throttle's budget) is spent on a source that has none.
@@ -393,10 +393,12 @@ class Repairer:
         log.error(
             "repair: blob {blob}: no verified replica: {n} stale or lost, {why}",
             blob=blob.blob_id,
-            n=len(stale),
+            n=len(unvouched),
             why=why,
         )
-        stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
+        stats["no_verified_replica"].append(
+            {"blob": blob.blob_id, "stale_or_lost": len(unvouched), "why": why}
+        )
         return False
 
     async def _holding(self, blob: BlobRecord, nodes: list[str]) -> tuple[list[str], list[str]]:
