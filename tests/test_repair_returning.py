@@ -54,10 +54,10 @@ def env3(request, tmp_path):
     yield from make_env(request, tmp_path, nodes=3)
 
 
-def repairer(env, clock=None) -> Repairer:
+def repairer(env, clock=None, concurrency: int = 2) -> Repairer:
     from twisted.internet import reactor
 
-    settings = RepairSettings(bytes_per_second=None)
+    settings = RepairSettings(bytes_per_second=None, concurrency=concurrency)
     return Repairer(clock or reactor, env.catalog, env.transfers.pool, settings)
 
 
@@ -199,29 +199,63 @@ async def test_a_copy_that_differs_from_its_ok_replica_is_not_counted_even_if_wh
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_returned_server_whose_read_never_comes_is_given_up_on_and_copied(env2):
-    """The returned server answers its ``stat`` but its read of the copy
+async def test_a_returned_server_whose_read_never_comes_is_given_up_on_once_a_pass(env2):
+    """The returned server answers its ``stat`` but its read of a copy
     brings no byte (a disk hung mid-read, keepalives still sent): after
     ``STAT_TIMEOUT`` without progress on repair's clock the read is given up
-    on and the blob copied, as before; the pass is not held up."""
+    on and the blob copied, as before; the rest of the pass reads nothing
+    more from that server, so it costs one timeout, not one per blob."""
     from twisted.internet import reactor
 
-    files = await populate(env2, count=1, size=200 * 1024)
+    files = await populate(env2, count=3, size=200 * 1024)
     ports, _ = await lose(env2, ["s1"])
     await come_back(env2, ports)
     clock = task.Clock()
     client = env2.transfers.pool.client("s1")
+    reads = []
 
     def hung_read(blob_id, offset, length, consumer):
+        reads.append(blob_id)
         reactor.callLater(0, clock.advance, STAT_TIMEOUT)
         return defer.Deferred()
 
     client.read = hung_read
     try:
-        stats = await repairer(env2, clock=clock).run_pass()
+        # One blob at a time: the first timeout comes before any other ask.
+        stats = await repairer(env2, clock=clock, concurrency=1).run_pass()
     finally:
         del client.read
-    assert stats["reclaimed"] == 0 and stats["copied"] == 1, stats
+    assert stats["reclaimed"] == 0 and stats["copied"] == 3, stats
+    assert len(reads) == 1
+    await check_full_strength(env2, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_returned_server_whose_stat_never_answers_is_asked_once_a_pass(env2):
+    """Its ``stat`` never answers: after ``STAT_TIMEOUT`` the pass goes on
+    (the blob copied as before) and asks that server of no other blob."""
+    from twisted.internet import reactor
+
+    files = await populate(env2, count=3, size=200 * 1024)
+    ports, _ = await lose(env2, ["s1"])
+    await come_back(env2, ports)
+    clock = task.Clock()
+    client = env2.transfers.pool.client("s1")
+    asked = []
+
+    def hung_stat(blob_id):
+        asked.append(blob_id)
+        reactor.callLater(0, clock.advance, STAT_TIMEOUT)
+        return defer.Deferred()
+
+    client.stat = hung_stat
+    try:
+        # One blob at a time: the first timeout comes before any other ask.
+        stats = await repairer(env2, clock=clock, concurrency=1).run_pass()
+    finally:
+        del client.stat
+    assert stats["reclaimed"] == 0 and stats["copied"] == 3, stats
+    assert len(asked) == 1
     await check_full_strength(env2, files)
 
 

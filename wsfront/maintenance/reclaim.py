@@ -60,8 +60,12 @@ class _Hashing:
 
 
 class ReadFailed(Exception):
-    """A replica could not be read whole: a bad block, a short read, no
-    byte for the stall timeout, its server gone."""
+    """A replica could not be read whole: a bad block, a short read, its
+    server gone."""
+
+
+class ReadStalled(ReadFailed):
+    """No byte of a replica's read came for the stall timeout."""
 
 
 async def replica_digest(
@@ -76,9 +80,11 @@ async def replica_digest(
         return sink.sha.hexdigest()
     d: Deferred = pool.client(node).read(blob.blob_id, 0, blob.length, sink)
     seen = [-1]
+    stalled = [False]
 
     def check() -> None:
         if sink.count == seen[0]:
+            stalled[0] = True
             d.cancel()
         seen[0] = sink.count
 
@@ -88,6 +94,8 @@ async def replica_digest(
     try:
         got = await d
     except Exception as e:
+        if stalled[0]:
+            raise ReadStalled(f"{node}: no byte for {stall_timeout}s") from e
         raise ReadFailed(f"{node}: {e.__class__.__name__}: {e}") from e
     finally:
         watch.stop()
@@ -105,22 +113,29 @@ async def reclaim_lost(
     returned: list[str],
     references: list[str],
     stall_timeout: float,
+    silent: set[str],
 ) -> list[str]:
     """Count ok again those of ``returned`` (servers back up whose lost
     copy of ``blob`` is sealed and long enough, by their ``stat``) whose
     bytes equal a reference's: the first of ``references`` (ok replicas on
     servers up, best first) that reads whole, or with none, one another.
-    At most as many as ``blob`` is short of.  Fires with the servers
+    At most as many as ``blob`` is short of.  A server in ``silent`` is
+    not read; one whose read stalls is added to it (the caller's pass then
+    spends one stall on it, not one per blob).  Fires with the servers
     re-marked; NotFound (catalog) if the blob was forgotten meanwhile."""
     need = blob.wanted_replicas - len(blob.ok_replicas)
     if need <= 0 or not returned or (not references and len(returned) < 2):
         return []  # a lone copy has nothing to agree with: a copy judges it
 
     async def digest(node: str) -> str | None:
+        if node in silent:
+            return None
         await throttle.reserve(blob.length)
         try:
             return await replica_digest(clock, pool, node, blob, stall_timeout)
         except ReadFailed as e:
+            if isinstance(e, ReadStalled):
+                silent.add(node)
             log.warn("repair: {blob} not read back whole: {err}", blob=blob.blob_id, err=e)
             return None
 

@@ -44,6 +44,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     gatherResults,
 )
+from twisted.internet.defer import TimeoutError as StatTimedOut  # addTimeout's
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -123,6 +124,10 @@ class Repairer:
         self._down_since: dict[str, float] = {}
         self._marked: set[str] = set()  # lost servers whose replicas are all marked
         self._holds = 0  # copies that held room (``_hold_room``'s keys)
+        #: During a pass, servers that let a ``stat`` or a read of a copy
+        #: run out of time (a hung disk): not asked again in that pass, so
+        #: one such server costs the pass one timeout, not one per blob.
+        self._silent: set[str] | None = None
 
     # -- which servers are lost ------------------------------------------
 
@@ -158,6 +163,15 @@ class Repairer:
         """One repair pass; fires with a summary dict.  ``now`` counts every
         unreachable server as lost at once (``wsfs repair``).  The pass stops
         between batches once ``keep_going()`` is false (the lease is lost)."""
+        self._silent = set()
+        try:
+            return await self._run_pass(now, progress, keep_going)
+        finally:
+            self._silent = None
+
+    async def _run_pass(
+        self, now: bool, progress: Progress | None, keep_going: Callable[[], bool]
+    ) -> dict:
         if now:
             await self._pool.probe_all()
         lost = self.lost_nodes(now)
@@ -329,6 +343,7 @@ class Repairer:
             returned,
             references,
             STAT_TIMEOUT,
+            self._silent if self._silent is not None else set(),
         )
         stats["reclaimed"] += len(kept)
         # Read again even if none was kept here: another repairer may have
@@ -406,21 +421,26 @@ class Repairer:
         long enough, by a ``stat`` of each, all at once and each given
         ``STAT_TIMEOUT`` (the catalog does not vouch for these copies: a
         lost one may be on a store wiped since; a disk hung in the middle
-        of I/O must not hold up the pass); and those that did not answer."""
+        of I/O must not hold up the pass); and those that did not answer
+        (in a pass, one that timed out is not asked again: ``_silent``)."""
+        silent = self._silent if self._silent is not None else set()
 
         def ask(node: str) -> Deferred:
             d = self._pool.client(node).stat(blob.blob_id)
             d.addTimeout(STAT_TIMEOUT, self._clock)
             return d
 
-        answers = await DeferredList([ask(n) for n in nodes], consumeErrors=True)
-        holding, unasked = [], []
-        for node, (ok, value) in zip(nodes, answers):
+        asking = [n for n in nodes if n not in silent]
+        answers = await DeferredList([ask(n) for n in asking], consumeErrors=True)
+        holding, unasked = [], [n for n in nodes if n in silent]
+        for node, (ok, value) in zip(asking, answers):
             if ok:
                 if holds_the_blob(value, blob.length):
                     holding.append(node)
             elif not value.check(storage_errors.BlobNotFound):
                 unasked.append(node)
+                if value.check(StatTimedOut):
+                    silent.add(node)
         return holding, unasked
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
