@@ -126,3 +126,18 @@ async def test_reclaim_of_a_forgotten_blob_records_nothing(catalog):
         await catalog.reclaim_replica("b1", "s1")
     with pytest.raises(NotFound):
         await catalog.get_blob("b1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_reclaim_refuses_a_replica_on_a_server_being_drained(catalog):
+    """Drain passes over a blob whose copy on the leaving server is lost:
+    counted ok there again, it would leave with the server."""
+    for name in ("s1", "s2"):
+        await catalog.register_node(name, f"127.0.0.1:{name}")
+    await catalog.add_blob("b1", ["s1", "s2"], 2)
+    await catalog.mark_replica("b1", "s1", REPLICA_LOST)
+    await catalog.set_node_draining("s1", True)
+    assert await catalog.reclaim_replica("b1", "s1") is False
+    assert (await states(catalog, "b1"))["s1"] == REPLICA_LOST
+    await catalog.set_node_draining("s1", False)  # wsfs undrain
+    assert await catalog.reclaim_replica("b1", "s1") is True

@@ -19,6 +19,7 @@ from tests.maintenance_env import check_full_strength, full_path, populate
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK
+from wsfront.maintenance.nodes import drain
 from wsfront.maintenance.repair import STAT_TIMEOUT, Repairer, RepairSettings
 
 
@@ -284,3 +285,92 @@ async def test_a_copy_re_marked_meanwhile_is_left_as_it_is(env2):
     after = await catalog.get_blob(blob.blob_id)
     assert {r.node: r.state for r in after.replicas} == {"s1": REPLICA_OK, "s2": REPLICA_OK}
     await check_full_strength(env2, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_copy_on_a_server_being_drained_is_not_counted_ok_again(env3):
+    """The server is being drained: drain passes over a blob whose copy
+    there is lost while an ok replica is elsewhere, so counting that copy
+    ok again would leave the blob at full strength with one replica on a
+    server about to go.  It stays lost; the blob is copied to the third."""
+    files = await populate(env3, count=1, size=200 * 1024)
+    blob = await blob_of(env3, "/f0.bin")
+    leaving, staying = sorted(blob.ok_replicas)
+    [spare] = {"s1", "s2", "s3"} - {leaving, staying}
+    await env3.catalog.mark_replica(blob.blob_id, leaving, REPLICA_LOST)
+    await env3.catalog.set_node_draining(leaving, True)
+    drained = await drain(env3.catalog, env3.transfers.pool, repairer(env3), leaving)
+    assert drained["moved"] == 0 and drained["stuck"] == []  # nothing of it counts there
+    client = env3.transfers.pool.client(leaving)
+    reads = []
+
+    def read(blob_id, *args):
+        reads.append(blob_id)
+        return type(client).read(client, blob_id, *args)
+
+    client.read = read
+    try:
+        stats = await repairer(env3).run_pass()
+    finally:
+        del client.read
+    assert stats["reclaimed"] == 0 and stats["copied"] == 1, stats
+    assert reads == []  # not even read: it could only have been counted
+    after = await env3.catalog.get_blob(blob.blob_id)
+    assert {r.node: r.state for r in after.replicas} == {
+        leaving: REPLICA_LOST,
+        staying: REPLICA_OK,
+        spare: REPLICA_OK,
+    }
+    await check_full_strength(env3, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_copy_on_a_server_being_drained_vouches_but_is_not_counted(env3):
+    """No ok replica: the two lost copies read the same, one of them on a
+    server being drained.  That one vouches for the other (its bytes are
+    no less whole for the server leaving), which counts ok again; it stays
+    lost itself, and the blob's second replica is copied to the third."""
+    files = await populate(env3, count=1, size=200 * 1024)
+    blob = await blob_of(env3, "/f0.bin")
+    leaving, staying = sorted(blob.ok_replicas)
+    [spare] = {"s1", "s2", "s3"} - {leaving, staying}
+    for node in (leaving, staying):
+        await env3.catalog.mark_replica(blob.blob_id, node, REPLICA_LOST)
+    await env3.catalog.set_node_draining(leaving, True)
+    stats = await repairer(env3).run_pass()
+    assert stats["reclaimed"] == 1 and stats["copied"] == 1 and stats["from_stale"] == [], stats
+    after = await env3.catalog.get_blob(blob.blob_id)
+    assert {r.node: r.state for r in after.replicas} == {
+        leaving: REPLICA_LOST,
+        staying: REPLICA_OK,
+        spare: REPLICA_OK,
+    }
+    await check_full_strength(env3, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reclaim_refuses_a_server_whose_drain_began_after_the_pass_read_the_registry(
+    env3,
+):
+    """``wsfs drain`` begins while the pass runs (it read the registry
+    before): the catalog's conditional mark refuses the copy there."""
+    files = await populate(env3, count=1, size=200 * 1024)
+    blob = await blob_of(env3, "/f0.bin")
+    leaving = sorted(blob.ok_replicas)[0]
+    await env3.catalog.mark_replica(blob.blob_id, leaving, REPLICA_LOST)
+    catalog = env3.catalog
+    real = catalog.reclaim_replica
+
+    async def drain_begins(blob_id, node):
+        await catalog.set_node_draining(leaving, True)
+        return await real(blob_id, node)
+
+    catalog.reclaim_replica = drain_begins
+    try:
+        stats = await repairer(env3).run_pass()
+    finally:
+        del catalog.reclaim_replica
+    assert stats["reclaimed"] == 0 and stats["copied"] == 1, stats
+    after = await catalog.get_blob(blob.blob_id)
+    assert {r.node: r.state for r in after.replicas}[leaving] == REPLICA_LOST
+    await check_full_strength(env3, files)

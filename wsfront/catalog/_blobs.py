@@ -13,6 +13,7 @@ from wsfront.catalog._db import Tx
 from wsfront.catalog._rows import insert_blob, load_blob, path_of
 from wsfront.catalog.errors import Exists, NotFound
 from wsfront.catalog.records import (
+    NODE_DRAINING,
     REPLICA_LOST,
     REPLICA_OK,
     REPLICA_STALE,
@@ -132,19 +133,26 @@ def reclaim_replica(tx: Tx, blob_id: str, node: str) -> bool:
     back and repair read it back equal to a verified copy); True if it did.
     Only a row still ``lost`` changes: anything that happened to it since
     repair read it (another repair's copy recorded it ok, a reader or fsck
-    can only leave it lost) leaves it as it is, and False says so.  The
-    blob's row is locked first, as ``add_replica`` does, so this serialises
-    with ``forget_blob``: NotFound if the blob was forgotten meanwhile."""
+    can only leave it lost) leaves it as it is, and False says so.  Nor
+    does a replica on a server being drained (``wsfs drain`` began since
+    repair's pass read the registry): drain passes over a blob whose copy
+    there is lost, so one counted ok there afterwards would leave with the
+    server.  The blob's row is locked first, as ``add_replica`` does, so
+    this serialises with ``forget_blob``: NotFound if the blob was
+    forgotten meanwhile."""
     tx.lock_rows("blobs", "blob_id", [blob_id])
     if tx.one("SELECT 1 AS one FROM blobs WHERE blob_id = ?", blob_id) is None:
         raise NotFound(f"no blob {blob_id!r} (forgotten): its replica on {node} stays unrecorded")
     return bool(
         tx.execute(
-            "UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ? AND state = ?",
+            "UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ? AND state = ?"
+            " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = ? AND n.state = ?)",
             REPLICA_OK,
             blob_id,
             node,
             REPLICA_LOST,
+            node,
+            NODE_DRAINING,
         )
     )
 

@@ -239,8 +239,9 @@ class ICatalog(Interface):
     def reclaim_replica(blob_id, node):
         """Count a ``lost`` replica ok again, after repair read its bytes
         back equal to a verified copy's (its server came back intact), so
-        no copy is made.  Only if the row is still ``lost`` (fires False
-        otherwise: nothing changed); NotFound if the blob was forgotten.
+        no copy is made.  Only if the row is still ``lost`` and its server
+        is not being drained (fires False otherwise: nothing changed);
+        NotFound if the blob was forgotten.
         Serialised with ``forget_blob`` on the blob's row."""
 
     def under_replicated(limit=100):

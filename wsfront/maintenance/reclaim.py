@@ -26,6 +26,7 @@ a copy of the same size.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from twisted.internet import task
@@ -114,6 +115,7 @@ async def reclaim_lost(
     references: list[str],
     stall_timeout: float,
     silent: set[str],
+    leaving: AbstractSet[str] = frozenset(),
 ) -> list[str]:
     """Count ok again those of ``returned`` (servers back up whose lost
     copy of ``blob`` is sealed and long enough, by their ``stat``) whose
@@ -121,10 +123,16 @@ async def reclaim_lost(
     servers up, best first) that reads whole, or with none, one another.
     At most as many as ``blob`` is short of.  A server in ``silent`` is
     not read; one whose read stalls is added to it (the caller's pass then
-    spends one stall on it, not one per blob).  Fires with the servers
-    re-marked; NotFound (catalog) if the blob was forgotten meanwhile."""
+    spends one stall on it, not one per blob).  A server in ``leaving``
+    (being drained) is never counted ok again; with no ok replica, its copy
+    is read to vouch for the others.  Fires with the servers re-marked;
+    NotFound (catalog) if the blob was forgotten meanwhile."""
     need = blob.wanted_replicas - len(blob.ok_replicas)
-    if need <= 0 or not returned or (not references and len(returned) < 2):
+    if references:
+        returned = [n for n in returned if n not in leaving]  # nothing to vouch for
+    if need <= 0 or not [n for n in returned if n not in leaving]:
+        return []
+    if not references and len(returned) < 2:
         return []  # a lone copy has nothing to agree with: a copy judges it
 
     async def digest(node: str) -> str | None:
@@ -166,8 +174,8 @@ async def reclaim_lost(
             )
     if want is None:
         # No ok replica: two copies that read the same vouch for each other.
-        matches = [n for n in found if list(found.values()).count(found[n]) >= 2][:need]
-    return await _record(catalog, blob, matches)
+        matches = [n for n in found if list(found.values()).count(found[n]) >= 2]
+    return await _record(catalog, blob, [n for n in matches if n not in leaving][:need])
 
 
 async def _record(catalog: Any, blob: BlobRecord, nodes: list[str]) -> list[str]:

@@ -279,11 +279,16 @@ class Repairer:
         back = [n for n in self._pool.order_for_read(sorted(unvouched)) if self._usable(n, lost)]
         returned = [r.node for r in blob.replicas if r.state == REPLICA_LOST and r.node in back]
         asked, asked_all = None, not blob.ok_replicas
+        if not asked_all:
+            # A lost copy on a server being drained is never counted ok
+            # again (``reclaim_lost``); with an ok replica to compare with,
+            # it is not even read.
+            returned = [n for n in returned if n not in draining]
         if returned:
             # With no ok replica, the stale ones are asked too, for
             # ``copy_from_unvouched`` should none be kept.
             asked = await self._holding(blob, back if asked_all else returned)
-            blob = await self._keep_returned(blob, asked[0], lost, stats)
+            blob = await self._keep_returned(blob, asked[0], lost, draining, stats)
             unvouched = unvouched_replicas(blob)
         ok = set(blob.ok_replicas)
         if not ok and any(self._usable(n, lost) for n in unvouched):
@@ -296,7 +301,7 @@ class Repairer:
             if asked is not None:
                 # The copy just verified is the reference the lost copies
                 # it came from, or that disagreed, lacked.
-                blob = await self._keep_returned(blob, asked[0], lost, stats)
+                blob = await self._keep_returned(blob, asked[0], lost, draining, stats)
             ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
@@ -322,12 +327,23 @@ class Repairer:
         return True
 
     async def _keep_returned(
-        self, blob: BlobRecord, holding: list[str], lost: set[str], stats: dict
+        self,
+        blob: BlobRecord,
+        holding: list[str],
+        lost: set[str],
+        draining: set[str],
+        stats: dict,
     ) -> BlobRecord:
         """Count ok again the lost copies among ``holding`` (servers up whose
         copy is sealed and long enough) that read back equal to a verified
         one (``reclaim.reclaim_lost``), instead of copying the blob to
-        another server and leaving them as strays; the blob as it is now."""
+        another server and leaving them as strays; the blob as it is now.
+        None on a server in ``draining``: drain passes over a blob whose
+        copy there is lost while an ok replica is elsewhere, so one counted
+        ok there would leave with the server and the blob count full
+        strength without it.  Such a copy may still vouch for another lost
+        copy that reads the same (its bytes are no less whole for the
+        server leaving)."""
         if blob.wanted_replicas <= len(blob.ok_replicas):
             return blob
         states = {r.node: r.state for r in blob.replicas}
@@ -344,6 +360,7 @@ class Repairer:
             references,
             STAT_TIMEOUT,
             self._silent if self._silent is not None else set(),
+            leaving=draining,
         )
         stats["reclaimed"] += len(kept)
         # Read again even if none was kept here: another repairer may have
