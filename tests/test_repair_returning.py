@@ -55,6 +55,11 @@ def env3(request, tmp_path):
     yield from make_env(request, tmp_path, nodes=3)
 
 
+@pytest.fixture(params=BACKENDS)
+def env4(request, tmp_path):
+    yield from make_env(request, tmp_path, nodes=4)
+
+
 def repairer(env, clock=None, concurrency: int = 2) -> Repairer:
     from twisted.internet import reactor
 
@@ -373,4 +378,53 @@ async def test_reclaim_refuses_a_server_whose_drain_began_after_the_pass_read_th
     assert stats["reclaimed"] == 0 and stats["copied"] == 1, stats
     after = await catalog.get_blob(blob.blob_id)
     assert {r.node: r.state for r in after.replicas}[leaving] == REPLICA_LOST
+    await check_full_strength(env3, files)
+
+
+async def lost_copies(env, blob, bytes_on: dict[str, bytes]) -> None:
+    """Sealed copies of ``blob`` holding ``bytes_on[node]`` (each of the
+    catalog's length, CRCs good) on those servers, recorded as replicas;
+    then every replica of the blob is marked lost: no ok replica is left."""
+    for node, data in bytes_on.items():
+        store = env.nodes[node].store
+        handle = store.open_write(blob.blob_id, 1, 0, {})
+        handle.write(data)
+        handle.seal()
+        handle.close()
+        await env.catalog.add_replica(blob.blob_id, node)
+    for node in sorted(set(blob.ok_replicas) | set(bytes_on)):
+        await env.catalog.mark_replica(blob.blob_id, node, REPLICA_LOST)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_copies_in_two_equal_groups_vouch_for_none(env4):
+    """No ok replica; two lost copies read X, two others Y (same length,
+    CRCs good).  Nothing says which is the file: none is counted ok (never
+    one of each, whose bytes differ), and nothing is guessed."""
+    await populate(env4, count=1, size=200 * 1024)
+    blob = await blob_of(env4, "/f0.bin")
+    others = sorted({"s1", "s2", "s3", "s4"} - set(blob.ok_replicas))
+    other = os.urandom(blob.length)
+    await lost_copies(env4, blob, {n: other for n in others})
+    stats = await repairer(env4).run_pass()
+    assert stats["reclaimed"] == 0 and stats["copied"] == 0, stats
+    [report] = stats["no_verified_replica"]
+    assert report["blob"] == blob.blob_id
+    after = await env4.catalog.get_blob(blob.blob_id)
+    assert {r.state for r in after.replicas} == {REPLICA_LOST}
+
+
+@pytest_twisted.ensureDeferred
+async def test_of_lost_copies_that_disagree_the_largest_group_counts(env3):
+    """No ok replica; two lost copies read the file's bytes, a third reads
+    others: the two count ok again, the third stays lost."""
+    files = await populate(env3, count=1, size=200 * 1024)
+    blob = await blob_of(env3, "/f0.bin")
+    [odd] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
+    await lost_copies(env3, blob, {odd: os.urandom(blob.length)})
+    stats = await repairer(env3).run_pass()
+    assert stats["reclaimed"] == 2 and stats["copied"] == 0, stats
+    after = await env3.catalog.get_blob(blob.blob_id)
+    assert sorted(after.ok_replicas) == sorted(blob.ok_replicas)
+    assert {r.node: r.state for r in after.replicas}[odd] == REPLICA_LOST
     await check_full_strength(env3, files)

@@ -15,8 +15,9 @@ already seen by ``stat`` that it is sealed and holds the catalog's length;
 the read of those bytes has the server check every block's CRC32C (a torn
 or damaged block fails it), and their sha256 must equal that of the same
 bytes read from a *reference*: an ok replica (the catalog vouches for it),
-or, for a blob with no ok replica, another lost replica that reads the
-same (two servers' copies agreeing byte for byte).  A lone lost copy with
+or, for a blob with no ok replica, other lost replicas that read the same
+(two servers' copies agreeing byte for byte; of copies that disagree, only
+the largest group, and only if no other is as large).  A lone lost copy with
 nothing to compare to is not re-marked: repair copies from it as before
 (``Repairer.copy_from_unvouched``).  The reads come to the front end (no
 storage server writes a byte) and spend the repair throttle's budget like
@@ -120,7 +121,8 @@ async def reclaim_lost(
     """Count ok again those of ``returned`` (servers back up whose lost
     copy of ``blob`` is sealed and long enough, by their ``stat``) whose
     bytes equal a reference's: the first of ``references`` (ok replicas on
-    servers up, best first) that reads whole, or with none, one another.
+    servers up, best first) that reads whole, or with none, one another
+    (``_agreeing``).
     At most as many as ``blob`` is short of.  A server in ``silent`` is
     not read; one whose read stalls is added to it (the caller's pass then
     spends one stall on it, not one per blob).  A server in ``leaving``
@@ -173,9 +175,32 @@ async def reclaim_lost(
                 blob=blob.blob_id,
             )
     if want is None:
-        # No ok replica: two copies that read the same vouch for each other.
-        matches = [n for n in found if list(found.values()).count(found[n]) >= 2]
+        matches = _agreeing(blob, found)
     return await _record(catalog, blob, [n for n in matches if n not in leaving][:need])
+
+
+def _agreeing(blob: BlobRecord, found: dict[str, str]) -> list[str]:
+    """With no ok replica, the lost copies (``found``: server to sha256 of
+    those read whole) that vouch for each other: the largest group reading
+    the same, if it has two or more and no other group is as large.  Two
+    groups of two (A and B read X, C and D read Y) say nothing about which
+    bytes are the file's: none is kept (a copy judges them), never one of
+    each."""
+    groups: dict[str, list[str]] = {}
+    for node, digest in found.items():
+        groups.setdefault(digest, []).append(node)
+    sizes = sorted((len(g) for g in groups.values()), reverse=True)
+    if len(sizes) > 1:
+        log.warn(
+            "repair: the lost copies of {blob} read back whole hold {n} different contents "
+            "({sizes} copies)",
+            blob=blob.blob_id,
+            n=len(sizes),
+            sizes=sizes,
+        )
+    if not sizes or sizes[0] < 2 or (len(sizes) > 1 and sizes[1] == sizes[0]):
+        return []
+    return max(groups.values(), key=len)
 
 
 async def _record(catalog: Any, blob: BlobRecord, nodes: list[str]) -> list[str]:
