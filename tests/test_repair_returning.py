@@ -18,7 +18,7 @@ from tests.catalog_fixtures import postgres_schema_url
 from tests.maintenance_env import check_full_strength, full_path, populate
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
-from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
 from wsfront.maintenance.nodes import drain
 from wsfront.maintenance.repair import STAT_TIMEOUT, Repairer, RepairSettings
 
@@ -428,3 +428,20 @@ async def test_of_lost_copies_that_disagree_the_largest_group_counts(env3):
     assert sorted(after.ok_replicas) == sorted(blob.ok_replicas)
     assert {r.node: r.state for r in after.replicas}[odd] == REPLICA_LOST
     await check_full_strength(env3, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_that_failed_a_check_while_lost_is_never_counted_ok_again(env2):
+    """While its server was counted lost, a reader (or compaction) got a
+    ChecksumError from that copy and marked it stale: the damage mark
+    sticks, so when the server is back and the copy happens to read back
+    equal, it is still replaced by a copy, not counted ok."""
+    files = await populate(env2, count=2, size=200 * 1024)
+    ports, _ = await lose(env2, ["s1"])
+    damaged = await blob_of(env2, "/f0.bin")
+    await env2.catalog.mark_replica(damaged.blob_id, "s1", REPLICA_STALE)
+    await come_back(env2, ports)
+    stats = await repairer(env2).run_pass()
+    assert stats["reclaimed"] == 1 and stats["copied"] == 1, stats  # /f1.bin kept
+    assert stats["bytes"] == damaged.length
+    await check_full_strength(env2, files)
