@@ -144,6 +144,7 @@ async def test_a_blob_no_stale_replica_of_which_reads_clean_is_reported_and_kept
         {
             "blob": blob.blob_id,
             "stale_or_lost": 2,
+            "stale": 2,  # its old name, for an older wsfs reading the result
             "why": "none of them copies clean",
             "paths": [full_path(env, "/f1.bin")],
         }

@@ -428,8 +428,11 @@ class Repairer:
             n=len(unvouched),
             why=why,
         )
+        # ``stale``: this count's old name, kept for one release: an older
+        # ``wsfs`` (or a --json script) reading this result looks it up.
+        count = len(unvouched)
         stats["no_verified_replica"].append(
-            {"blob": blob.blob_id, "stale_or_lost": len(unvouched), "why": why}
+            {"blob": blob.blob_id, "stale_or_lost": count, "stale": count, "why": why}
         )
         return False
 
