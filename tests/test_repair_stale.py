@@ -95,22 +95,23 @@ async def test_a_blob_whose_replicas_were_marked_lost_is_repaired_once_their_ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lone_lost_copy_back_with_no_ok_replica_is_not_taken_on_its_word(env):
+async def test_a_lone_lost_copy_back_with_no_ok_replica_is_copied_never_counted_ok(env):
     """Only one of the two lost copies is back (the other server's store
     was wiped): with nothing to compare it with, it is not counted ok where
     it lies.  A copy from it to the third server, checked block by block,
-    is (as before); then it has that copy to agree with, and counts ok
-    again rather than being replaced by a second copy."""
+    is (as before); the lone copy is not then compared with that copy (made
+    from it, it would prove nothing): the blob's second replica is a copy
+    too."""
     files = await populate(env, count=2, size=200 * 1024)
     blob = await all_stale(env, "/f0.bin", REPLICA_LOST)
-    wiped, back = sorted(blob.ok_replicas)
+    wiped = sorted(blob.ok_replicas)[0]
     [spare] = {"s1", "s2", "s3"} - set(blob.ok_replicas)
     await env.transfers.pool.client(wiped).delete(blob.blob_id)
     stats = await repairer(env).run_pass(now=True)
-    assert stats["from_stale"] == [blob.blob_id] and stats["copied"] == 1, stats
-    assert stats["reclaimed"] == 1
+    assert stats["from_stale"] == [blob.blob_id] and stats["copied"] == 2, stats
+    assert stats["reclaimed"] == 0 and stats["bytes"] == 2 * blob.length
     after = await env.catalog.get_blob(blob.blob_id)
-    assert sorted(after.ok_replicas) == sorted([back, spare])
+    assert len(after.ok_replicas) == 2 and spare in after.ok_replicas
     await check_full_strength(env, files)
 
 

@@ -297,11 +297,10 @@ class Repairer:
             )
             if not verified:
                 return False
+            # The lost copies are not compared with this copy: made from
+            # one of them, it would prove nothing of that one (at twice its
+            # length in reads), and pick a side among copies that disagreed.
             blob = await self._catalog.get_blob(blob.blob_id)
-            if asked is not None:
-                # The copy just verified is the reference the lost copies
-                # it came from, or that disagreed, lacked.
-                blob = await self._keep_returned(blob, asked[0], lost, draining, stats)
             ok = set(blob.ok_replicas)
         sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
