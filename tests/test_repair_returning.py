@@ -207,9 +207,10 @@ async def test_a_copy_that_differs_from_its_ok_replica_is_not_counted_even_if_wh
 @pytest_twisted.ensureDeferred
 async def test_a_returned_server_whose_read_never_comes_is_given_up_on_once_a_pass(env2):
     """The returned server answers its ``stat`` but its read of a copy
-    brings no byte (a disk hung mid-read, keepalives still sent): after
-    ``STAT_TIMEOUT`` without progress on repair's clock the read is given up
-    on and the blob copied, as before; the rest of the pass reads nothing
+    brings no byte (a disk hung mid-read, keepalives still sent): at the
+    first progress check (one every ``STAT_TIMEOUT`` on repair's clock) to
+    find no byte came since the last, the read is given up on and the blob
+    copied, as before; the rest of the pass reads nothing
     more from that server, so it costs one timeout, not one per blob."""
     from twisted.internet import reactor
 
@@ -445,3 +446,77 @@ async def test_a_copy_that_failed_a_check_while_lost_is_never_counted_ok_again(e
     assert stats["reclaimed"] == 1 and stats["copied"] == 1, stats  # /f1.bin kept
     assert stats["bytes"] == damaged.length
     await check_full_strength(env2, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_copy_whose_read_stalled_is_no_source_of_the_copy(env3):
+    """No ok replica; of the two lost copies, the first in read order
+    brings no byte when read back (a disk hung mid-read) and is given up
+    on.  The other has nothing to agree with, so a copy is made, from it,
+    never from the server known to hang."""
+    from twisted.internet import reactor
+
+    files = await populate(env3, count=1, size=200 * 1024)
+    blob = await all_lost(env3, "/f0.bin")
+    pool = env3.transfers.pool
+    hung, good = pool.order_for_read(sorted(blob.ok_replicas))
+    [spare] = {"s1", "s2", "s3"} - {hung, good}
+    clock = task.Clock()
+    client = pool.client(hung)
+
+    def hung_read(blob_id, offset, length, consumer):
+        reactor.callLater(0, clock.advance, STAT_TIMEOUT)
+        return defer.Deferred()
+
+    sources = []
+    target = pool.client(spare)
+
+    def copy_from(blob_id, source_endpoint):
+        sources.append(source_endpoint)
+        return type(target).copy_from(target, blob_id, source_endpoint)
+
+    client.read = hung_read
+    target.copy_from = copy_from
+    try:
+        stats = await repairer(env3, clock=clock).run_pass()
+    finally:
+        del client.read
+        del target.copy_from
+    assert stats["reclaimed"] == 0 and stats["from_stale"] == [blob.blob_id], stats
+    assert sources == [pool.endpoint(good)]
+    await check_full_strength(env3, files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_every_lost_copy_stalled_the_report_says_so(env3):
+    from twisted.internet import reactor
+
+    await populate(env3, count=1, size=200 * 1024)
+    blob = await all_lost(env3, "/f0.bin")
+    pool = env3.transfers.pool
+    clock = task.Clock()
+    clients = [pool.client(n) for n in sorted(blob.ok_replicas)]
+
+    def hung_read(blob_id, offset, length, consumer):
+        reactor.callLater(0, clock.advance, STAT_TIMEOUT)
+        return defer.Deferred()
+
+    for client in clients:
+        client.read = hung_read
+    try:
+        stats = await repairer(env3, clock=clock).run_pass()
+    finally:
+        for client in clients:
+            del client.read
+    assert stats["copied"] == 0 and stats["reclaimed"] == 0, stats
+    [report] = stats["no_verified_replica"]
+    hung = ", ".join(pool.order_for_read(sorted(blob.ok_replicas)))
+    assert report["why"] == f"{hung} stalled reading its copy (asked again next pass)"
+
+
+async def all_lost(env, vpath: str):
+    """Every replica of the file's blob marked lost, their servers up."""
+    blob = await blob_of(env, vpath)
+    for node in blob.ok_replicas:
+        await env.catalog.mark_replica(blob.blob_id, node, REPLICA_LOST)
+    return blob

@@ -67,7 +67,8 @@ class ReadFailed(Exception):
 
 
 class ReadStalled(ReadFailed):
-    """No byte of a replica's read came for the stall timeout."""
+    """No byte of a replica's read came between two of its progress checks
+    (one every stall timeout)."""
 
 
 async def replica_digest(
@@ -75,7 +76,9 @@ async def replica_digest(
 ) -> str:
     """sha256 of the first ``blob.length`` bytes of ``node``'s copy, read
     with every block checked by the server; ReadFailed otherwise.  A read
-    that brings no byte for ``stall_timeout`` is given up on: a disk hung
+    that stops bringing bytes is given up on at the first of its progress
+    checks, one every ``stall_timeout``, to find none came since the last:
+    ``stall_timeout`` to twice that after its last byte.  A disk hung
     mid-read answers keepalives, so the client's idle timer never fires."""
     sink = _Hashing()
     if blob.length == 0:

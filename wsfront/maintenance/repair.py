@@ -395,15 +395,23 @@ class Repairer:
             order = self._pool.order_for_read(sorted(unvouched))
             asked = await self._holding(blob, [n for n in order if self._usable(n, lost)])
         usable, unasked = asked
+        # A server whose read of its copy stalled in this pass (``_silent``,
+        # after its stat answered: a disk hung mid-read) is no source: a
+        # copy from it would pull from that disk.
+        silent = self._silent if self._silent is not None else set()
+        stalled = [n for n in usable if n in silent]
+        usable = [n for n in usable if n not in silent]
         targets = self.targets(blob, exclude=set(unvouched) | lost | draining)
         if not usable:
             # Copies on wiped stores, or servers down: no copy (and no part
             # of the throttle's budget) is spent on a source that has none.
-            if unasked:
-                why = (
-                    f"{', '.join(unasked)} did not answer whether it holds a copy "
-                    "(asked again next pass)"
-                )
+            if unasked or stalled:
+                hung = []
+                if unasked:
+                    hung.append(f"{', '.join(unasked)} did not answer whether it holds a copy")
+                if stalled:
+                    hung.append(f"{', '.join(stalled)} stalled reading its copy")
+                why = f"{'; '.join(hung)} (asked again next pass)"
             else:
                 why = "no server that is up holds a whole sealed copy"
             targets = []
