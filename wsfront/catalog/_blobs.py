@@ -140,7 +140,9 @@ def reclaim_replica(tx: Tx, blob_id: str, node: str) -> bool:
     back and repair read it back equal to a verified copy); True if it did.
     Only a row still ``lost`` changes: anything that happened to it since
     repair read it (another repair's copy recorded it ok, a reader's or a
-    copy's damage mark made it stale) leaves it as it is, and False says so.  Nor
+    copy's damage mark made it stale) leaves it as it is, and False says so
+    (what happens to the copy itself while its row stays lost is not seen
+    here: docs/maintenance.md, Repair).  Nor
     does a replica on a server being drained (``wsfs drain`` began since
     repair's pass read the registry): drain passes over a blob whose copy
     there is lost, so one counted ok there afterwards would leave with the

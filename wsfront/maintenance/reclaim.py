@@ -7,7 +7,9 @@ another server and leaving the old copy for GC as a stray costs one whole
 copy per blob, and a rack that was away an hour costs a copy of all it
 holds.  So repair first judges such a copy where it lies and, if it is
 whole, counts it ok again (``catalog.reclaim_replica``, only if the row is
-still ``lost``).
+still ``lost``: a change to the row meanwhile is seen, not one to the copy
+while its row stays lost, such as a lease-less second repairer replacing
+it; docs/maintenance.md says what is covered).
 
 The catalog keeps a blob's length but no checksum of it, and the wire
 protocol has no "verify" operation, so the copy is read: the caller has
