@@ -127,8 +127,7 @@ async def reclaim_lost(
     copy of ``blob`` is sealed and long enough, by their ``stat``) whose
     bytes equal a reference's: the first of ``references`` (ok replicas on
     servers up, best first) that reads whole, or with none, one another
-    (``_agreeing``).
-    At most as many as ``blob`` is short of.  A server in ``silent`` is
+    (``_agreeing``).  At most as many as ``blob`` is short of.  A server in ``silent`` is
     not read; one whose read stalls is added to it (the caller's pass then
     spends one stall on it, not one per blob).  A server in ``leaving``
     (being drained) is never counted ok again; with no ok replica, its copy
@@ -189,8 +188,9 @@ def _agreeing(blob: BlobRecord, found: dict[str, str]) -> list[str]:
     those read whole) that vouch for each other: the largest group reading
     the same, if it has two or more and no other group is as large.  Two
     groups of two (A and B read X, C and D read Y) say nothing about which
-    bytes are the file's: none is kept (a copy judges them), never one of
-    each."""
+    bytes are the file's: none is kept, never one of each, and the blob is
+    left to ``copy_from_unvouched`` as on main (which checks CRCs and the
+    length, and so cannot tell the two apart either)."""
     groups: dict[str, list[str]] = {}
     for node, digest in found.items():
         groups.setdefault(digest, []).append(node)
