@@ -147,6 +147,22 @@ async def test_a_dropped_replica_makes_the_committed_blob_under_replicated(catal
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_checkpoint_leaves_a_stale_replica_it_drops_stale(catalog):
+    """A replica marked stale (it missed a fence: its bytes are not the
+    session's) and then left out of the session's set stays stale: lost,
+    repair could count it ok again once it reads back intact."""
+    up = await begin(catalog, "/f", "b1", replicas=["s1", "s2", "s3"], wanted=3)
+    await catalog.mark_replica("b1", "s3", "stale")
+    await catalog.checkpoint(up.upload_id, 1, 100, replicas=["s2"])
+    replicas = (await catalog.get_upload(up.upload_id)).replicas
+    assert {r.node: r.state for r in replicas} == {
+        "s1": REPLICA_LOST,
+        "s2": REPLICA_OK,
+        "s3": "stale",
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_take_over_bumps_the_epoch_and_fences_the_old_owner_out(catalog):
     up = await begin(catalog, "/f", "b1")
     await catalog.interrupt_upload(up.upload_id, 1)

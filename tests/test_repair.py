@@ -133,6 +133,9 @@ async def test_a_stale_leftover_on_the_only_free_target_is_replaced_not_trusted(
         handle = store.open_write(extent.blob_id, 1, 0, {})
         handle.write(b"not the file")
         handle.seal()
+        # holders[0]'s copy is gone (fsck marks such a one lost): one intact
+        # there would be counted ok again instead of copied.
+        await env.transfers.pool.client(holders[0]).delete(extent.blob_id)
         await env.catalog.mark_replica(extent.blob_id, holders[0], REPLICA_LOST)
         result = await repairer(env).run_pass()
         assert result["copied"] == 1
@@ -227,6 +230,9 @@ async def test_repair_now_counts_a_server_no_front_end_knows_as_lost(env):
     entry = await env.catalog.stat(full_path(env, "/f0.bin"))
     [extent] = entry.version.extents
     await env.catalog.add_replica(extent.blob_id, "s-retired")  # a server long gone
+    # Its copy is gone too (as fsck marks one lost): an intact one would be
+    # counted ok again, not copied.
+    await env.transfers.pool.client(extent.replicas[0].node).delete(extent.blob_id)
     await env.catalog.mark_replica(extent.blob_id, extent.replicas[0].node, REPLICA_LOST)
     rep = repairer(env)
     assert (await rep.run_pass())["copied"] == 0  # s-retired still counts ok

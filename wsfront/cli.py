@@ -390,6 +390,11 @@ class Commands:
             f"{len(r['unrecoverable'])} blobs unrecoverable; "
             f"{r['under_replicated']} blobs still under-replicated"
         )
+        if r.get("reclaimed"):  # a result from an older front end has none
+            text += (
+                f"; {r['reclaimed']} lost replicas on servers back up read back intact "
+                "and counted ok again (not copied)"
+            )
         if r["lost_nodes"]:
             text += (
                 f"; servers lost: {', '.join(r['lost_nodes'])} "
@@ -400,8 +405,11 @@ class Commands:
             lines.append(f"unrecoverable: blob {blob} has no reachable replica")
         for b in job.result.get("no_verified_replica", []):
             where = ", ".join(b.get("paths", [])) or "no file"
+            # ``stale``: what older front ends named this count; a job one
+            # of them ran (a cluster being upgraded) is still read.
+            count = b.get("stale_or_lost", b.get("stale"))
             lines.append(
-                f"no verified replica: {b['stale']} stale, {b['why']}: blob {b['blob']} "
+                f"no verified replica: {count} stale or lost, {b['why']}: blob {b['blob']} "
                 f"({where}); see Repair in docs/maintenance.md"
             )
         self.emit(job, "\n".join(lines))

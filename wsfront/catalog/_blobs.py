@@ -13,6 +13,7 @@ from wsfront.catalog._db import Tx
 from wsfront.catalog._rows import insert_blob, load_blob, path_of
 from wsfront.catalog.errors import Exists, NotFound
 from wsfront.catalog.records import (
+    NODE_DRAINING,
     REPLICA_LOST,
     REPLICA_OK,
     REPLICA_STALE,
@@ -66,22 +67,30 @@ def add_blob(tx: Tx, now: float, blob_id: str, replicas: list[str], wanted: int)
     return _blob(tx, blob_id)
 
 
-#: How far each replica state distrusts a copy: ``ok`` counts; ``stale``
-#: is a copy that is there but wrong, damaged or superseded; ``lost`` is a
-#: copy that is gone (its server was declared lost, fsck found it missing).
-#: A mark only ever raises a replica's distrust, so marks that race (a
-#: reader's ChecksumError on a fallback replica against repair declaring its
-#: server lost) end in the same state in either order, and a late ``stale``
-#: never hides that the server was given up on.  Only ``add_replica``, after
-#: a verified copy, makes a replica ok again.
-DISTRUST = {REPLICA_OK: 0, REPLICA_STALE: 1, REPLICA_LOST: 2}
+#: How far each replica state distrusts a copy: ``ok`` counts; ``lost`` is
+#: a copy that is gone or out of reach (its server was declared lost, fsck
+#: found it missing), and may be whole if its server comes back; ``stale``
+#: is a copy that is there but wrong, damaged or superseded (a reader's or
+#: compaction's ChecksumError, a copy's wrong size, a drain's move, a missed
+#: fence).  A mark only ever raises a replica's distrust, so marks that race
+#: (a reader's ChecksumError on a fallback replica against repair declaring
+#: its server lost) end in the same state in either order: ``stale``, for a
+#: damage mark must stick.  Repair counts a ``lost`` copy that reads back
+#: equal to a verified one ok again (``reclaim_replica``), never a
+#: ``stale`` one; ranked below ``lost``, a damage mark on a lost row (its
+#: copy failed a check while its server was counted lost) would be ignored
+#: and the copy reclaimed later.  (Whether a stale copy's server was also
+#: given up on is not kept: both are replaced alike.)  Only ``add_replica``,
+#: after a verified copy, or ``reclaim_replica``, after a lost copy read
+#: back equal to a verified one, makes a replica ok again.
+DISTRUST = {REPLICA_OK: 0, REPLICA_LOST: 1, REPLICA_STALE: 2}
 assert set(DISTRUST) == REPLICA_STATES
 
 
 def mark_replica(tx: Tx, blob_id: str, node: str, state: str) -> BlobRecord:
     """Raise the distrust of ``node``'s replica of ``blob_id`` to ``state``
-    (stale or lost); a replica already at least that distrusted keeps its
-    state.  ValueError for ``ok`` (that is ``add_replica``'s) or an unknown
+    (lost or stale, ``DISTRUST``); a replica already at least that
+    distrusted keeps its state.  ValueError for ``ok`` (that is ``add_replica``'s) or an unknown
     state; NotFound if the blob has no replica on ``node``."""
     if state not in REPLICA_STATES:
         raise ValueError(f"unknown replica state {state!r}")
@@ -124,6 +133,37 @@ def add_replica(tx: Tx, blob_id: str, node: str) -> BlobRecord:
     ):
         tx.execute("INSERT INTO replicas (blob_id, node, state) VALUES (?, ?, 'ok')", blob_id, node)
     return _blob(tx, blob_id)
+
+
+def reclaim_replica(tx: Tx, blob_id: str, node: str) -> bool:
+    """Count ``node``'s lost replica of ``blob_id`` ok again (its server came
+    back and repair read it back equal to a verified copy); True if it did.
+    Only a row still ``lost`` changes: anything that happened to it since
+    repair read it (another repair's copy recorded it ok, a reader's or a
+    copy's damage mark made it stale) leaves it as it is, and False says so
+    (what happens to the copy itself while its row stays lost is not seen
+    here: docs/maintenance.md, Repair).  Nor
+    does a replica on a server being drained (``wsfs drain`` began since
+    repair's pass read the registry): drain passes over a blob whose copy
+    there is lost, so one counted ok there afterwards would leave with the
+    server.  The blob's row is locked first, as ``add_replica`` does, so
+    this serialises with ``forget_blob``: NotFound if the blob was
+    forgotten meanwhile."""
+    tx.lock_rows("blobs", "blob_id", [blob_id])
+    if tx.one("SELECT 1 AS one FROM blobs WHERE blob_id = ?", blob_id) is None:
+        raise NotFound(f"no blob {blob_id!r} (forgotten): its replica on {node} stays unrecorded")
+    return bool(
+        tx.execute(
+            "UPDATE replicas SET state = ? WHERE blob_id = ? AND node = ? AND state = ?"
+            " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = ? AND n.state = ?)",
+            REPLICA_OK,
+            blob_id,
+            node,
+            REPLICA_LOST,
+            node,
+            NODE_DRAINING,
+        )
+    )
 
 
 def _blobs_where(tx: Tx, condition: str, limit: int) -> list[BlobRecord]:

@@ -137,7 +137,8 @@ class ICatalog(Interface):
     def checkpoint(upload_id, epoch, durable_offset, replicas=None, *, expires_at=None):
         """CAS: record ``durable_offset`` (>= the current checkpoint and <= a
         declared length, else InvalidOffset) and, if given, the current
-        blob's replica set (node names; replicas left out are marked lost)
+        blob's replica set (node names; ok replicas left out are marked lost,
+        stale ones stay stale)
         after a replica dropped out, and a later ``expires_at`` (activity
         keeps a session alive).  The state becomes active again if another
         front end had marked it interrupted at this epoch (its writer was
@@ -223,17 +224,28 @@ class ICatalog(Interface):
         BlobRecord; Exists if the id is taken."""
 
     def mark_replica(blob_id, node, state):
-        """Raise one replica's distrust to ``state`` (stale or lost).
+        """Raise one replica's distrust to ``state`` (lost or stale).
 
-        States rank ok < stale < lost and a mark never lowers one, so racing
-        marks end alike in either order; only ``add_replica`` (a verified
-        copy) makes a replica ok again."""
+        States rank ok < lost < stale and a mark never lowers one, so racing
+        marks end alike in either order, and a damage mark (stale) on a lost
+        replica sticks: repair may count a lost copy ok again, never a
+        stale one.  Only ``add_replica`` (a verified copy) or
+        ``reclaim_replica`` (a lost copy read back intact) makes a replica
+        ok again."""
 
     def add_replica(blob_id, node):
         """Record a new (or repaired) ok replica of a blob.  NotFound if
         the blob was forgotten meanwhile (``forget_blob``): the copy is
         nobody's, its maker deletes it.  Serialised with ``forget_blob``
         on the blob's row."""
+
+    def reclaim_replica(blob_id, node):
+        """Count a ``lost`` replica ok again, after repair read its bytes
+        back equal to a verified copy's (its server came back intact), so
+        no copy is made.  Only if the row is still ``lost`` and its server
+        is not being drained (fires False otherwise: nothing changed);
+        NotFound if the blob was forgotten.
+        Serialised with ``forget_blob`` on the blob's row."""
 
     def under_replicated(limit=100):
         """Fire with up to ``limit`` BlobRecords of sealed, referenced blobs

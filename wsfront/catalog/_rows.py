@@ -267,9 +267,12 @@ def insert_blob(tx: Tx, blob_id: str, nodes: Iterable[str], wanted: int, now: fl
 
 
 def set_replicas(tx: Tx, blob_id: str, nodes: Iterable[str]) -> None:
-    """Make the ok replica set of a blob exactly ``nodes``; others become lost."""
+    """Make the ok replica set of a blob exactly ``nodes``; other ok ones
+    become lost, stale ones stay stale (a damage mark sticks: a lost copy
+    may be counted ok again by repair, ``reclaim_replica``, a stale one
+    never)."""
     nodes = list(dict.fromkeys(nodes))
-    tx.execute("UPDATE replicas SET state = 'lost' WHERE blob_id = ?", blob_id)
+    tx.execute("UPDATE replicas SET state = 'lost' WHERE blob_id = ? AND state = 'ok'", blob_id)
     for node in nodes:
         if tx.execute(
             "UPDATE replicas SET state = 'ok' WHERE blob_id = ? AND node = ?", blob_id, node

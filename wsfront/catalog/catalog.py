@@ -321,6 +321,9 @@ class SqlCatalog:
     def add_replica(self, blob_id: str, node: str) -> Deferred:
         return self._write(_blobs.add_replica, blob_id, node)
 
+    def reclaim_replica(self, blob_id: str, node: str) -> Deferred:
+        return self._write(_blobs.reclaim_replica, blob_id, node)
+
     def under_replicated(self, limit: int = 100) -> Deferred:
         return self._scan(_blobs.under_replicated, limit)
 

@@ -15,6 +15,10 @@ Safety rules (docs/maintenance.md):
 * a target is a live server without an ok replica of the blob; a copy the
   catalog does not vouch for (a lost or stale replica, a leftover of an
   earlier attempt) is deleted and replaced, never trusted;
+* a lost replica on a server that is back is read back first (every block
+  checked by its server) and compared with a verified copy: equal, it counts
+  ok again where it lies, with no copy made (``reclaim``); torn, short,
+  other bytes or no answer, it is replaced by a copy like any other;
 * a source whose size differs from the catalog's is marked stale, not used;
 * a blob left with stale or lost replicas only (a lost one's server may be
   back, its disk intact) is copied from one of them on a server that is up
@@ -40,6 +44,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     gatherResults,
 )
+from twisted.internet.defer import TimeoutError as StatTimedOut  # addTimeout's
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -52,6 +57,7 @@ from wsfront.catalog.records import (
     BlobRecord,
 )
 from wsfront.maintenance.inventory import referenced_blob_ids, referenced_blobs
+from wsfront.maintenance.reclaim import reclaim_lost
 from wsfront.maintenance.throttle import Throttle
 from wsfront.transfer.pool import StoragePool
 from wsstorage import errors as storage_errors
@@ -118,6 +124,10 @@ class Repairer:
         self._down_since: dict[str, float] = {}
         self._marked: set[str] = set()  # lost servers whose replicas are all marked
         self._holds = 0  # copies that held room (``_hold_room``'s keys)
+        #: During a pass, servers that let a ``stat`` or a read of a copy
+        #: run out of time (a hung disk): not asked again in that pass, so
+        #: one such server costs the pass one timeout, not one per blob.
+        self._silent: set[str] | None = None
 
     # -- which servers are lost ------------------------------------------
 
@@ -153,6 +163,15 @@ class Repairer:
         """One repair pass; fires with a summary dict.  ``now`` counts every
         unreachable server as lost at once (``wsfs repair``).  The pass stops
         between batches once ``keep_going()`` is false (the lease is lost)."""
+        self._silent = set()
+        try:
+            return await self._run_pass(now, progress, keep_going)
+        finally:
+            self._silent = None
+
+    async def _run_pass(
+        self, now: bool, progress: Progress | None, keep_going: Callable[[], bool]
+    ) -> dict:
         if now:
             await self._pool.probe_all()
         lost = self.lost_nodes(now)
@@ -167,6 +186,8 @@ class Repairer:
             "unrecoverable": [],
             "from_stale": [],
             "no_verified_replica": [],
+            # Lost replicas of servers back up that read back intact: ok again, not copied.
+            "reclaimed": 0,
         }
 
         async def report() -> None:
@@ -254,15 +275,34 @@ class Repairer:
     async def _strengthen(
         self, blob: BlobRecord, lost: set[str], draining: set[str], stats: dict
     ) -> bool:
-        ok = set(blob.ok_replicas)
-        sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         unvouched = unvouched_replicas(blob)
+        back = [n for n in self._pool.order_for_read(sorted(unvouched)) if self._usable(n, lost)]
+        returned = [r.node for r in blob.replicas if r.state == REPLICA_LOST and r.node in back]
+        asked, asked_all = None, not blob.ok_replicas
+        if not asked_all:
+            # A lost copy on a server being drained is never counted ok
+            # again (``reclaim_lost``); with an ok replica to compare with,
+            # it is not even read.
+            returned = [n for n in returned if n not in draining]
+        if returned:
+            # With no ok replica, the stale ones are asked too, for
+            # ``copy_from_unvouched`` should none be kept.
+            asked = await self._holding(blob, back if asked_all else returned)
+            blob = await self._keep_returned(blob, asked[0], lost, draining, stats)
+            unvouched = unvouched_replicas(blob)
+        ok = set(blob.ok_replicas)
         if not ok and any(self._usable(n, lost) for n in unvouched):
-            if not await self.copy_from_unvouched(blob, unvouched, lost, draining, stats):
+            verified = await self.copy_from_unvouched(
+                blob, unvouched, lost, draining, stats, asked=asked if asked_all else None
+            )
+            if not verified:
                 return False
+            # The lost copies are not compared with this copy: made from
+            # one of them, it would prove nothing of that one (at twice its
+            # length in reads), and pick a side among copies that disagreed.
             blob = await self._catalog.get_blob(blob.blob_id)
             ok = set(blob.ok_replicas)
-            sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
+        sources = [n for n in self._pool.order_for_read(sorted(ok)) if self._usable(n, lost)]
         if not sources:
             log.error("repair: blob {blob} has no reachable ok replica", blob=blob.blob_id)
             stats["unrecoverable"].append(blob.blob_id)
@@ -285,11 +325,58 @@ class Repairer:
             return False
         return True
 
+    async def _keep_returned(
+        self,
+        blob: BlobRecord,
+        holding: list[str],
+        lost: set[str],
+        draining: set[str],
+        stats: dict,
+    ) -> BlobRecord:
+        """Count ok again the lost copies among ``holding`` (servers up whose
+        copy is sealed and long enough) that read back equal to a verified
+        one (``reclaim.reclaim_lost``), instead of copying the blob to
+        another server and leaving them as strays; the blob as it is now.
+        None on a server in ``draining``: drain passes over a blob whose
+        copy there is lost while an ok replica is elsewhere, so one counted
+        ok there would leave with the server and the blob count full
+        strength without it.  Such a copy may still vouch for another lost
+        copy that reads the same (its bytes are no less whole for the
+        server leaving)."""
+        if blob.wanted_replicas <= len(blob.ok_replicas):
+            return blob
+        states = {r.node: r.state for r in blob.replicas}
+        returned = [n for n in holding if states.get(n) == REPLICA_LOST]
+        ok = self._pool.order_for_read(sorted(blob.ok_replicas))
+        references = [n for n in ok if self._usable(n, lost)]
+        kept = await reclaim_lost(
+            self._clock,
+            self._catalog,
+            self._pool,
+            self._throttle,
+            blob,
+            returned,
+            references,
+            STAT_TIMEOUT,
+            self._silent if self._silent is not None else set(),
+            leaving=draining,
+        )
+        stats["reclaimed"] += len(kept)
+        # Read again even if none was kept here: another repairer may have
+        # recorded one meanwhile (the mark then changed nothing).
+        return await self._catalog.get_blob(blob.blob_id) if returned else blob
+
     async def copy_from_unvouched(
-        self, blob: BlobRecord, stale: list[str], lost: set[str], draining: set[str], stats: dict
+        self,
+        blob: BlobRecord,
+        unvouched: list[str],
+        lost: set[str],
+        draining: set[str],
+        stats: dict,
+        asked: tuple[list[str], list[str]] | None = None,
     ) -> bool:
         """``blob`` has no ok replica at all, only stale or lost ones, on the
-        servers ``stale`` (a stale one once failed a checksum or a size
+        servers ``unvouched`` (a stale one once failed a checksum or a size
         check; a lost one was on a server down past the grace period, or
         marked so by ``wsfs repair``, that may be back with its disk
         intact; a reader still falls back on both).  The wire protocol has
@@ -301,18 +388,30 @@ class Repairer:
         verified replica and recorded ok (the rule of ``add_replica``), the
         rest of the repair copies from it.  True once recorded; else the
         blob is reported in ``no_verified_replica``.  Drain uses it too,
-        for such a blob with a copy on the server it empties."""
-        usable = [n for n in self._pool.order_for_read(sorted(stale)) if self._usable(n, lost)]
-        usable, unasked = await self._holding(blob, usable)
-        targets = self.targets(blob, exclude=set(stale) | lost | draining)
+        for such a blob with a copy on the server it empties.  ``asked``:
+        what ``_holding`` answered of them just now (not asked twice: a
+        hung server would hold up the pass twice as long)."""
+        if asked is None:
+            order = self._pool.order_for_read(sorted(unvouched))
+            asked = await self._holding(blob, [n for n in order if self._usable(n, lost)])
+        usable, unasked = asked
+        # A server whose read of its copy stalled in this pass (``_silent``,
+        # after its stat answered: a disk hung mid-read) is no source: a
+        # copy from it would pull from that disk.
+        silent = self._silent if self._silent is not None else set()
+        stalled = [n for n in usable if n in silent]
+        usable = [n for n in usable if n not in silent]
+        targets = self.targets(blob, exclude=set(unvouched) | lost | draining)
         if not usable:
             # Copies on wiped stores, or servers down: no copy (and no part
             # of the throttle's budget) is spent on a source that has none.
-            if unasked:
-                why = (
-                    f"{', '.join(unasked)} did not answer whether it holds a copy "
-                    "(asked again next pass)"
-                )
+            if unasked or stalled:
+                hung = []
+                if unasked:
+                    hung.append(f"{', '.join(unasked)} did not answer whether it holds a copy")
+                if stalled:
+                    hung.append(f"{', '.join(stalled)} stalled reading its copy")
+                why = f"{'; '.join(hung)} (asked again next pass)"
             else:
                 why = "no server that is up holds a whole sealed copy"
             targets = []
@@ -333,10 +432,15 @@ class Repairer:
         log.error(
             "repair: blob {blob}: no verified replica: {n} stale or lost, {why}",
             blob=blob.blob_id,
-            n=len(stale),
+            n=len(unvouched),
             why=why,
         )
-        stats["no_verified_replica"].append({"blob": blob.blob_id, "stale": len(stale), "why": why})
+        # ``stale``: this count's old name, kept for one release: an older
+        # ``wsfs`` (or a --json script) reading this result looks it up.
+        count = len(unvouched)
+        stats["no_verified_replica"].append(
+            {"blob": blob.blob_id, "stale_or_lost": count, "stale": count, "why": why}
+        )
         return False
 
     async def _holding(self, blob: BlobRecord, nodes: list[str]) -> tuple[list[str], list[str]]:
@@ -344,21 +448,26 @@ class Repairer:
         long enough, by a ``stat`` of each, all at once and each given
         ``STAT_TIMEOUT`` (the catalog does not vouch for these copies: a
         lost one may be on a store wiped since; a disk hung in the middle
-        of I/O must not hold up the pass); and those that did not answer."""
+        of I/O must not hold up the pass); and those that did not answer
+        (in a pass, one that timed out is not asked again: ``_silent``)."""
+        silent = self._silent if self._silent is not None else set()
 
         def ask(node: str) -> Deferred:
             d = self._pool.client(node).stat(blob.blob_id)
             d.addTimeout(STAT_TIMEOUT, self._clock)
             return d
 
-        answers = await DeferredList([ask(n) for n in nodes], consumeErrors=True)
-        holding, unasked = [], []
-        for node, (ok, value) in zip(nodes, answers):
+        asking = [n for n in nodes if n not in silent]
+        answers = await DeferredList([ask(n) for n in asking], consumeErrors=True)
+        holding, unasked = [], [n for n in nodes if n in silent]
+        for node, (ok, value) in zip(asking, answers):
             if ok:
                 if holds_the_blob(value, blob.length):
                     holding.append(node)
             elif not value.check(storage_errors.BlobNotFound):
                 unasked.append(node)
+                if value.check(StatTimedOut):
+                    silent.add(node)
         return holding, unasked
 
     def targets(self, blob: BlobRecord, exclude: set[str]) -> list[str]:
