@@ -192,6 +192,10 @@ class InProcessClient:
     def health(self) -> defer.Deferred:
         return self.wire.health()
 
+    def bind_cluster(self, cluster_id: str) -> defer.Deferred:
+        """Over the wire, as the deletes that then name the cluster."""
+        return self.wire.bind_cluster(cluster_id)
+
     def close(self) -> defer.Deferred:
         """As the wire client's: the running reads fail with
         NodeUnavailable (fired before this), later ones are refused."""
