@@ -139,6 +139,35 @@ def set_node_store(
     )
 
 
+#: The ``settings`` key of the catalog's cluster id (schema 11).
+CLUSTER_ID_KEY = "cluster_id"
+
+
+def cluster_id(tx: Tx, new_id: str) -> str:
+    """The catalog's cluster id; ``new_id`` becomes it if it has none.
+    Race-free on both backends: of two front ends that start on a catalog
+    without one, the insert of one wins (``ON CONFLICT DO NOTHING`` waits
+    for the other's commit) and both read the winner's."""
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        CLUSTER_ID_KEY,
+        new_id,
+    )
+    return str(tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY))
+
+
+def adopt_cluster_id(tx: Tx, value: str) -> None:
+    """Make ``value`` the catalog's cluster id, whatever it was: for
+    ``fsck --rebuild-catalog``, whose new catalog takes the id its stores
+    are bound to (it refuses a catalog that holds files)."""
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        CLUSTER_ID_KEY,
+        value,
+    )
+
+
 def set_node_draining(tx: Tx, name: str, draining: bool) -> Node:
     """Start (``wsfs drain``) or end (``wsfs undrain``) a drain; an ended
     one leaves the state ``unknown`` until the next probe is recorded."""
