@@ -36,8 +36,8 @@ class Server:
         self.port = None
         self.clients: list[StorageClient] = []
 
-    async def start(self) -> Server:
-        ep = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    async def start(self, port: int = 0) -> Server:
+        ep = serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1")
         self.port = await ep.listen(self.factory)
         return self
 
@@ -46,9 +46,12 @@ class Server:
         self.clients.append(c)
         return c
 
-    async def stop(self) -> None:
-        for c in self.clients:
-            await c.close()
+    async def stop(self, clients: bool = True) -> None:
+        """Stop serving and close the store; ``clients``: close ours too
+        (False: a test's client outlives the restart, as a front end's)."""
+        if clients:
+            for c in self.clients:
+                await c.close()
         await self.port.stopListening()
         for conn in list(self.factory.connections):
             conn.transport.abortConnection()

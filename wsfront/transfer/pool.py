@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsfront.transfer.binding import check_binding
 from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import NodeUnavailable
 
@@ -70,6 +71,17 @@ class NodeState:
     #: (``maintenance.identity``) to notice a wiped data directory.
     store_id: str | None = None
     store_created: float | None = None
+    #: The other cluster the server's store is bound to, or None: such a
+    #: server is down for this front end, and ``StoragePool.client`` gives
+    #: a client that refuses everything (``wsfront.transfer.binding``).
+    foreign: str | None = None
+    #: Whether this pool bound the store to its cluster (or found it so,
+    #: through the ``bind`` op: its client then names the cluster in deletes).
+    bound: bool = False
+    #: The server cannot be bound (it predates binding): said once.
+    unprotected: bool = False
+    #: Why the last bind failed (a full disk), said once; None after one worked.
+    bind_error: str | None = None
 
     @property
     def takes_new_blobs(self) -> bool:
@@ -180,8 +192,13 @@ class StoragePool:
         clock: IReactorTime,
         probe_interval: float = 1.0,
         probe_timeout: float = 2.0,
+        cluster_id: str | None = None,
     ) -> None:
         self._clock = clock
+        #: The catalog's cluster id, to which the pool binds the stores it
+        #: uses (``wsfront.transfer.binding``); None: no binding (tests, the
+        #: rebuild, which binds on its own).
+        self.cluster_id = cluster_id
         self._nodes: dict[str, NodeState] = {}
         #: Set by the front end's stop before it closes the clients: a read
         #: whose connection that cuts ends there (``ReadStream``), rather
@@ -214,7 +231,13 @@ class StoragePool:
         return list(self._nodes.values())
 
     def client(self, name: str) -> IStorageClient:
-        return self._nodes[name].client
+        """The client of ``name``; one that refuses every operation while
+        its store is bound to another cluster (``NodeState.foreign``): the
+        one check every reader, writer, copy and delete goes through."""
+        node = self._nodes[name]
+        if node.foreign is not None:
+            return UnusableClient(node.last_error or f"{name} is bound to another cluster")
+        return node.client
 
     def endpoint(self, name: str) -> str:
         return self._nodes[name].endpoint
@@ -489,6 +512,16 @@ class StoragePool:
             node.up = False
             node.last_error = reason
             return
+        if health.store_id is not None:
+            node.store_id = health.store_id
+            node.store_created = health.store_created
+        if self.cluster_id is not None:
+            foreign = yield check_binding(node, health, self.cluster_id)
+            if foreign is not None:
+                node.up = False
+                node.last_error = foreign
+                node.last_seen = self._clock.seconds()
+                return
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
         problem = health.problem
@@ -508,6 +541,3 @@ class StoragePool:
         node.placed_bytes = self._still_to_come(node)
         node.last_seen = self._clock.seconds()
         node.last_error = problem
-        if health.store_id is not None:
-            node.store_id = health.store_id
-            node.store_created = health.store_created
