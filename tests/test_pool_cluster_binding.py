@@ -149,3 +149,27 @@ async def test_a_store_whose_disk_is_full_is_used_unbound_and_bound_once_there_i
         await client.close()
         await port.stopListening()
         store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_unbound_since_is_bound_again_with_a_warning(tmp_path, logged):
+    from wsstorage.diskformat import CLUSTER_FILE
+
+    server = await Server(tmp_path / "s1").start()
+    port = server.port.getHost().port
+    client = server.client()
+    pool = StoragePool(reactor, cluster_id=OURS)
+    pool.add("s1", "ep", client)
+    try:
+        await pool.probe_all()
+        await server.stop(clients=False)
+        (tmp_path / "s1" / CLUSTER_FILE).unlink()
+        server = await Server(tmp_path / "s1").start(port)
+        assert server.store.cluster_id is None
+        await pool.probe_all()  # finds the pooled connection cut by the restart
+        await pool.probe_all()
+        assert pool.is_up("s1") and server.store.cluster_id == OURS
+        assert any(lvl == "warn" and "was unbound since" in t for lvl, t in logged)
+    finally:
+        await client.close()
+        await server.stop()

@@ -108,6 +108,11 @@ class IStorageClient(Interface):
     def health():
         """Fire with a Health record."""
 
+    # Optional: ``bind_cluster(cluster_id)`` -> Deferred of the id, or None
+    # if the server cannot be bound (older); WrongCluster if its store is
+    # bound to another cluster.  Once bound, the client's deletes name the
+    # cluster (``wsstorage.binding``).  A client without it is used unbound.
+
     def close():
         """Close every connection to the server; fires when they are closed."""
 

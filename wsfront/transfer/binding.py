@@ -77,7 +77,14 @@ def check_binding(node: NodeState, health: Health, ours: str):
     node.bind_error = None
     if got is None:
         return _unprotected(node, "it predates cluster binding")
-    if not node.bound and theirs is None:
+    if theirs is None and node.bound:
+        log.warn(
+            "storage server {name} was unbound since its last answer (its CLUSTER file "
+            "removed, the server restarted?): bound to cluster {ours} again",
+            name=node.name,
+            ours=ours,
+        )
+    elif theirs is None:
         log.info("storage server {name} bound to cluster {ours}", name=node.name, ours=ours)
     node.bound = True
     return _ours(node)
