@@ -29,7 +29,7 @@ from wsfront.maintenance.failure_log import FailureLog
 from wsfront.service import FrontendService
 from wsstorage.diskformat import CLUSTER_FILE
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -70,6 +70,7 @@ async def blobs_on_disk(cluster: ProcessCluster) -> dict[str, set[str]]:
     return out
 
 
+@pytest.mark.postgres
 @pytest_twisted.ensureDeferred
 async def test_a_second_catalog_on_the_same_servers_deletes_nothing(
     first, second_url, tmp_path, errors
