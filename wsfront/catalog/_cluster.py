@@ -156,6 +156,13 @@ def cluster_id(tx: Tx, new_id: str) -> str:
     return str(tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY))
 
 
+def has_replicas_on(tx: Tx, node: str) -> bool:
+    """Whether the catalog records any replica (in any state) on ``node``:
+    a front end binds an unbound store that holds blobs only if so (an
+    upgrade of this cluster's stores), never another cluster's."""
+    return tx.one("SELECT 1 AS one FROM replicas WHERE node = ? LIMIT 1", node) is not None
+
+
 def adopt_cluster_id(tx: Tx, value: str) -> None:
     """Make ``value`` the catalog's cluster id, whatever it was: for
     ``fsck --rebuild-catalog``, whose new catalog takes the id its stores

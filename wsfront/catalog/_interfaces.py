@@ -373,6 +373,11 @@ class ICatalog(Interface):
         race-free, if it has none: the storage servers it uses are bound
         to it (``wsstorage.binding``)."""
 
+    def has_replicas_on(node):
+        """Fire with whether any replica (in any state) is recorded on
+        ``node``: an unbound store holding blobs is bound automatically
+        only if so (``wsfront.transfer.binding``)."""
+
     def adopt_cluster_id(value):
         """Make ``value`` the catalog's cluster id (a rebuilt catalog takes
         its stores')."""

@@ -462,6 +462,10 @@ class SqlCatalog:
         (``_cluster.cluster_id``): storage servers are bound to it."""
         return self._write(_cluster.cluster_id, os.urandom(16).hex())
 
+    def has_replicas_on(self, node: str) -> Deferred:
+        """Whether any replica is recorded on ``node`` (``_cluster.has_replicas_on``)."""
+        return self._read(_cluster.has_replicas_on, node)
+
     def adopt_cluster_id(self, value: str) -> Deferred:
         """Make ``value`` the cluster id (``fsck --rebuild-catalog``)."""
         return self._write(_cluster.adopt_cluster_id, value)
