@@ -143,3 +143,18 @@ async def test_a_server_without_bind_leaves_the_client_unbound(tmp_path) -> None
         assert not os.path.exists(os.path.join(tmp_path / "s1", CLUSTER_FILE))
     finally:
         await server.stop()
+
+
+def test_the_cluster_option_wants_a_cluster_id(tmp_path) -> None:
+    """``wsstorage --cluster ID`` (the deliberate bind, docs/operations.md)."""
+    from twisted.python import usage
+
+    from wsstorage.service import Options
+
+    base = ["--listen", "tcp:0", "--data", str(tmp_path / "d"), "--name", "s1",
+            "--secret-file", str(tmp_path / "secret")]  # fmt: skip
+    with pytest.raises(usage.UsageError, match="--cluster must be 32 lowercase hex digits"):
+        Options().parseOptions([*base, "--cluster", "not-an-id"])
+    opts = Options()
+    opts.parseOptions([*base, "--cluster", OURS])
+    assert opts["cluster"] == OURS

@@ -110,8 +110,10 @@ class IStorageClient(Interface):
 
     # Optional: ``bind_cluster(cluster_id)`` -> Deferred of the id, or None
     # if the server cannot be bound (older); WrongCluster if its store is
-    # bound to another cluster.  Once bound, the client's deletes name the
-    # cluster (``wsstorage.binding``).  A client without it is used unbound.
+    # bound to another cluster.  ``can_bind()`` -> Deferred of whether the
+    # server lists ``bind``.  A ``cluster_id`` attribute, set by the front
+    # end's pool, is named in the client's deletes (``wsstorage.binding``).
+    # A client without them is used unbound.
 
     def close():
         """Close every connection to the server; fires when they are closed."""

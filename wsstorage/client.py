@@ -955,8 +955,10 @@ class StorageClient:
         #: outage going on (None: it answers), and how many have since.
         self.silent_since: float | None = None
         self._silent_drops = 0
-        #: The cluster this client bound the server's store to
-        #: (``bind_cluster``), named in its deletes; None until then.
+        #: The cluster named in this client's deletes (to a server that
+        #: lists ``bind``): set by the front end's pool when it takes the
+        #: client (its catalog's id, whatever any bind's outcome), or by
+        #: ``bind_cluster``; None: deletes name no cluster.
         self.cluster_id: str | None = None
 
     def __repr__(self) -> str:
@@ -1176,6 +1178,14 @@ class StorageClient:
             body["cluster"] = self.cluster_id
         yield self._simple(body, conn=conn)
         return None
+
+    @defer.inlineCallbacks
+    def can_bind(self) -> Any:
+        """Fire with whether the server lists ``bind`` (older ones do not:
+        their stores cannot be bound)."""
+        conn = yield self._acquire()
+        self._release(conn)
+        return conn.ops is not None and "bind" in conn.ops
 
     @defer.inlineCallbacks
     def bind_cluster(self, cluster_id: str) -> Any:
