@@ -197,7 +197,13 @@ class FrontendService(service.Service):
             await self.catalog.register_node(name, endpoint)
         # Every store the pool uses is bound to this catalog's cluster, and
         # one bound to another is used for nothing (wsfront.transfer.binding).
-        self.pool = StoragePool(self.reactor, cluster_id=await self.catalog.cluster_id())
+        # A store holding blobs the catalog knows nothing of is not bound on
+        # its own (another cluster's?): ``knows_node``.
+        self.pool = StoragePool(
+            self.reactor,
+            cluster_id=await self.catalog.cluster_id(),
+            knows_node=self.catalog.has_replicas_on,
+        )
         for node in await self.catalog.list_nodes():
             self._add_node(node.name, node.endpoint)
         settings = transfer_settings(cfg)
