@@ -168,6 +168,10 @@ async def test_a_rebuilt_catalog_adopts_the_stores_cluster_and_can_use_them(
     out, err, code = await rebuilt.wsfs("fsck", "--rebuild-catalog", *specs, *secret)
     assert code == 0, err
     assert "rebuilt: 1 files" in out
+    # The operator is told the old catalog's front ends must stay stopped
+    # and this one's running ones be restarted (the id is shared now).
+    assert "stop every front end of the old catalog for good" in err
+    assert "restart any front end of this catalog" in err
     cat = open_catalog(reactor, url)
     try:
         assert await cat.cluster_id() == ours

@@ -19,6 +19,17 @@ from wsstorage.errors import WrongCluster
 
 log = Logger()
 
+#: What ``fsck --rebuild-catalog`` tells the operator (stderr): the rebuilt
+#: catalog shares the old one's cluster id, so the stores accept both.
+WARNING = (
+    "warning: this catalog now has the cluster id its storage servers are bound to, "
+    "the old catalog's: stop every front end of the old catalog for good (the servers "
+    "accept both, and either catalog's GC and fsck --fix would delete the other's new "
+    "blobs), and restart any front end of this catalog that was running (it sees every "
+    "server as foreign until then); a restored catalog must replace the original, never "
+    "run beside it (docs/operations.md)"
+)
+
 
 async def adopt_cluster(catalog, pool: StoragePool) -> str:
     """Give ``catalog`` the cluster id the stores of ``pool`` are bound to
