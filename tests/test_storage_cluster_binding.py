@@ -158,3 +158,41 @@ def test_the_cluster_option_wants_a_cluster_id(tmp_path) -> None:
     opts = Options()
     opts.parseOptions([*base, "--cluster", OURS])
     assert opts["cluster"] == OURS
+
+
+def test_a_second_bind_while_one_hangs_is_busy_at_once(tmp_path) -> None:
+    """A bind stuck in its fsync (a hung disk) holds one thread; another
+    bind meanwhile (a front end's next probe after its timeout) is Busy at
+    once instead of queueing a thread of its own behind it."""
+    import threading
+
+    from wsstorage.binding import ClusterBond
+    from wsstorage.errors import Busy
+    from wsstorage.fsops import OsFileSystem
+
+    entered, release = threading.Event(), threading.Event()
+
+    class HangingFsync(OsFileSystem):
+        def fsync(self, fd: int) -> None:
+            entered.set()
+            assert release.wait(30)
+            super().fsync(fd)
+
+    bond = ClusterBond(str(tmp_path), HangingFsync(), None)
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(bond.bind(OURS)))
+    first.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(Busy):
+            bond.bind(OURS)
+        with pytest.raises(Busy):
+            bond.bind(THEIRS)
+    finally:
+        release.set()
+        first.join(30)
+    assert bond.cluster_id == OURS and len(results) == 1
+    assert bond.bind(OURS).cluster_id == OURS  # bound: confirmed, never busy
+    with pytest.raises(WrongCluster):
+        bond.bind(THEIRS)
+    assert (tmp_path / CLUSTER_FILE).exists()

@@ -19,7 +19,7 @@ import threading
 import time
 
 from wsstorage.diskformat import CLUSTER_FILE, TMP_SUFFIX, ClusterBinding
-from wsstorage.errors import BadRequest, wrong_cluster
+from wsstorage.errors import BadRequest, Busy, wrong_cluster
 from wsstorage.fsops import OsFileSystem
 from wsstorage.records import STORE_ID_RE
 
@@ -72,9 +72,21 @@ class ClusterBond:
     def bind(self, cluster_id: str) -> ClusterBinding:
         """Bind the store to ``cluster_id`` (temp file, fsync, rename,
         directory fsync: durable before it returns), or confirm it is;
-        ``WrongCluster`` if it is bound to another.  Blocks."""
+        ``WrongCluster`` if it is bound to another.  Blocks.
+
+        One bind at a time: another while one runs is ``Busy`` at once,
+        not queued behind it.  A front end whose bind timed out on a hung
+        disk sends another at its next probe; queued, each would hold a
+        thread of the server's pool (health, reads and deletes run there
+        too) until the disk answered, and a few minutes of them would
+        take the whole server down for every front end."""
         check_cluster_id(cluster_id)
-        with self._lock:
+        if self.binding is not None:
+            self.check(cluster_id)
+            return self.binding
+        if not self._lock.acquire(blocking=False):
+            raise Busy("a bind of this store is already running; ask again later")
+        try:
             if self.binding is not None:
                 self.check(cluster_id)
                 return self.binding
@@ -101,6 +113,8 @@ class ClusterBond:
                 raise
             self.binding = binding
             return binding
+        finally:
+            self._lock.release()
 
 
 def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
