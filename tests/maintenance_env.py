@@ -95,13 +95,30 @@ class ProcessCluster:
     Offers what ``check_full_strength`` needs (catalog, transfers, user,
     download)."""
 
-    def __init__(self, reactor, tmp_path, nodes: int = 3, replicas: int = 2) -> None:
+    def __init__(
+        self,
+        reactor,
+        tmp_path,
+        nodes: int = 3,
+        replicas: int = 2,
+        *,
+        catalog_url: str | None = None,
+        procs: dict | None = None,
+        name: str = "fe-a",
+    ) -> None:
+        """``procs``: the storage processes of another ``ProcessCluster``,
+        shared (started and stopped by it): a second catalog pointed at the
+        same servers.  ``catalog_url``: None for SQLite in ``tmp_path``."""
         from tests.storage_procs import StorageProcess
 
         self.reactor = reactor
         self.tmp = tmp_path
-        self.procs = {f"s{i}": StorageProcess(tmp_path, f"s{i}") for i in range(1, nodes + 1)}
-        self.catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        self.shared = procs is not None
+        self.procs = procs or {
+            f"s{i}": StorageProcess(tmp_path, f"s{i}") for i in range(1, nodes + 1)
+        }
+        self.catalog_url = catalog_url or f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        self.name = name
         self.replicas = replicas
         self.service = None
         self.pool = None
@@ -117,7 +134,8 @@ class ProcessCluster:
         from tests.transfer_env import PASSWORD
         from wsfront.catalog import open_catalog
 
-        start_all(self.procs.values())
+        if not self.shared:
+            start_all(self.procs.values())
         try:
             self.catalog = open_catalog(self.reactor, self.catalog_url)
             for name, proc in self.procs.items():
@@ -135,18 +153,23 @@ class ProcessCluster:
         from wsfront.transfer.pool import StoragePool
         from wsfront.transfer.service import Transfers, TransferSettings
 
-        self.pool = StoragePool(self.reactor, probe_interval=0.5, probe_timeout=2.0)
+        self.pool = StoragePool(
+            self.reactor,
+            probe_interval=0.5,
+            probe_timeout=2.0,
+            cluster_id=await self.catalog.cluster_id(),
+        )
         for name, proc in self.procs.items():
             client = proc.client(self.reactor, idle_timeout=3.0)
             self.clients.append(client)
             self.pool.add(name, proc.endpoint, client)
         await self.pool.start()
         settings = TransferSettings(replicas=self.replicas)
-        self.transfers = Transfers(self.reactor, self.catalog, self.pool, "fe-a", settings)
+        self.transfers = Transfers(self.reactor, self.catalog, self.pool, self.name, settings)
         maintenance.setdefault("tick_seconds", 0.1)
         maintenance.setdefault("repair", RepairSettings(bytes_per_second=None))
         self.service = MaintenanceService(
-            self.reactor, self.catalog, self.pool, "fe-a", MaintenanceSettings(**maintenance)
+            self.reactor, self.catalog, self.pool, self.name, MaintenanceSettings(**maintenance)
         )
         self.service.startService()
 
@@ -192,8 +215,9 @@ class ProcessCluster:
             if self.catalog is not None:
                 await self.catalog.close()
         finally:
-            for proc in self.procs.values():
-                proc.stop()
+            if not self.shared:
+                for proc in self.procs.values():
+                    proc.stop()
 
 
 async def until(condition, what: str, timeout: float = 10.0) -> None:

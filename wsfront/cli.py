@@ -602,6 +602,9 @@ class Commands:
             )
         text.append("re-create users with: wsfs user add NAME --adopt-files (their files are back)")
         self.emit(report, "\n".join(text))
+        from wsfront.maintenance.adopt import WARNING
+
+        print(WARNING, file=sys.stderr)
 
     async def backup(self) -> None:
         from twisted.internet import threads

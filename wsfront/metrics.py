@@ -306,8 +306,15 @@ class FrontendCollector(Collector):
                                  labels=["node"])  # fmt: skip
         total = GaugeMetricFamily("wsfs_storage_total_bytes", "Size of the storage server's disk.",
                                   labels=["node"])  # fmt: skip
+        foreign = GaugeMetricFamily(
+            "wsfs_storage_foreign",
+            "1 if the storage server's store is bound to another cluster (catalog): "
+            "it is used for nothing.",
+            labels=["node"],
+        )
         for node in self.transfers.pool.nodes():
             up.add_metric([node.name], 1 if node.up else 0)
+            foreign.add_metric([node.name], 1 if node.foreign is not None else 0)
             writable.add_metric([node.name], 1 if node.takes_new_blobs else 0)
             free.add_metric([node.name], node.free_bytes)
             total.add_metric([node.name], node.total_bytes)
@@ -315,6 +322,7 @@ class FrontendCollector(Collector):
         yield writable
         yield free
         yield total
+        yield foreign
 
     def _gc(self) -> Iterator[Metric]:
         yield CounterMetricFamily(

@@ -46,7 +46,11 @@ def with_backlog(endpoint: str, backlog: int = 512) -> str:
 
 def _node_state(node) -> str:
     """The registry state of a pool node (``wsfs status``): "unwritable"
-    when it answers but its disk takes no writes (``NodeState.problem``)."""
+    when it answers but its disk takes no writes (``NodeState.problem``),
+    "foreign" when its store is bound to another cluster (used for nothing,
+    ``wsfront.transfer.binding``)."""
+    if node.foreign is not None:
+        return "foreign"
     if not node.up:
         return "down"
     return "unwritable" if node.problem is not None else "up"
@@ -191,7 +195,15 @@ class FrontendService(service.Service):
                     before=before,
                 )
             await self.catalog.register_node(name, endpoint)
-        self.pool = StoragePool(self.reactor)
+        # Every store the pool uses is bound to this catalog's cluster, and
+        # one bound to another is used for nothing (wsfront.transfer.binding).
+        # A store holding blobs the catalog knows nothing of is not bound on
+        # its own (another cluster's?): ``knows_node``.
+        self.pool = StoragePool(
+            self.reactor,
+            cluster_id=await self.catalog.cluster_id(),
+            knows_node=self.catalog.has_replicas_on,
+        )
         for node in await self.catalog.list_nodes():
             self._add_node(node.name, node.endpoint)
         settings = transfer_settings(cfg)

@@ -108,6 +108,13 @@ class IStorageClient(Interface):
     def health():
         """Fire with a Health record."""
 
+    # Optional: ``bind_cluster(cluster_id)`` -> Deferred of the id, or None
+    # if the server cannot be bound (older); WrongCluster if its store is
+    # bound to another cluster.  ``can_bind()`` -> Deferred of whether the
+    # server lists ``bind``.  A ``cluster_id`` attribute, set by the front
+    # end's pool, is named in the client's deletes (``wsstorage.binding``).
+    # A client without them is used unbound.
+
     def close():
         """Close every connection to the server; fires when they are closed."""
 

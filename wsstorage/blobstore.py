@@ -138,6 +138,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsstorage._interfaces import IScrubbedStore
+from wsstorage.binding import ClusterBond
 from wsstorage.diskformat import (
     BLOBS_DIR,
     DATA_SUFFIX,
@@ -157,6 +158,7 @@ from wsstorage.diskformat import (
     SUMS_SUFFIX,
     TMP_SUFFIX,
     BlobPaths,
+    ClusterBinding,
     FormatError,
     MetaRecord,
     StoreIdentity,
@@ -1238,6 +1240,8 @@ class BlobStore:
         self._identity_lock = threading.Lock()
         #: The last error other than a full disk that such a try logged.
         self._identity_error: str | None = None
+        #: The cluster this store is bound to (``CLUSTER``, ``bind_cluster``).
+        self.bond = ClusterBond(root, fs, None)
         #: Least run of synced bytes whose page cache is dropped; 0: never.
         self.drop_behind = drop_behind
         self._lock_fd: int | None = lock_fd
@@ -1366,6 +1370,7 @@ class BlobStore:
                 raise ValueError(f"drop_behind must not be negative, not {drop_behind}")
             store = cls(root, fs, block_size, lock_fd, drop_behind, identity)
             store.reserve = reserve
+            store.bond = ClusterBond.load(root, fs)
             # Before the scan: a record a power loss tore is rewritten from
             # its entry, not reported damaged.
             try:
@@ -1490,6 +1495,20 @@ class BlobStore:
             _unlink_quietly(fs, path)
             raise
         return identity
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The cluster the store is bound to (health reports it), or None."""
+        return self.bond.cluster_id
+
+    def bind_cluster(self, cluster_id: str) -> ClusterBinding:
+        """Bind the store to ``cluster_id`` durably, or confirm it is;
+        ``WrongCluster`` if bound to another (``wsstorage.binding``)."""
+        return self.bond.bind(cluster_id)
+
+    def check_cluster(self, cluster_id: str) -> None:
+        """``WrongCluster`` if the store is bound to another cluster."""
+        self.bond.check(cluster_id)
 
     def identify(self) -> StoreIdentity | None:
         """The store's identity (what health reports).  If ``open`` could

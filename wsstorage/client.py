@@ -39,7 +39,7 @@ from wsstorage.errors import (
     error_from_code,
 )
 from wsstorage.failwatch import FailureWatchers
-from wsstorage.records import BlobInfo, Health, check_blob_id, store_identity
+from wsstorage.records import BlobInfo, Health, check_blob_id, cluster_of, store_identity
 from wsstorage.tlsinfo import describe_loss
 
 log = Logger()
@@ -955,6 +955,11 @@ class StorageClient:
         #: outage going on (None: it answers), and how many have since.
         self.silent_since: float | None = None
         self._silent_drops = 0
+        #: The cluster named in this client's deletes (to a server that
+        #: lists ``bind``): set by the front end's pool when it takes the
+        #: client (its catalog's id, whatever any bind's outcome), or by
+        #: ``bind_cluster``; None: deletes name no cluster.
+        self.cluster_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<StorageClient {self.name}>"
@@ -1160,8 +1165,42 @@ class StorageClient:
         body = {"op": "commit", "blob": blob_id, "epoch": epoch}
         return self._simple(body).addCallback(info_from_wire)
 
-    def delete(self, blob_id: str) -> defer.Deferred:
-        return self._simple({"op": "delete", "blob": blob_id}).addCallback(lambda _: None)
+    @defer.inlineCallbacks
+    def delete(self, blob_id: str) -> Any:
+        """Delete a blob.  Once this client was bound (``bind_cluster``),
+        the request names the cluster, and a server whose store is bound
+        to another refuses it (``WrongCluster``) whatever this front end
+        last heard of it: the check is the store's, at the delete."""
+        check_blob_id(blob_id)
+        conn = yield self._acquire()
+        body: dict[str, Any] = {"op": "delete", "blob": blob_id}
+        if self.cluster_id is not None and conn.ops is not None and "bind" in conn.ops:
+            body["cluster"] = self.cluster_id
+        yield self._simple(body, conn=conn)
+        return None
+
+    @defer.inlineCallbacks
+    def can_bind(self) -> Any:
+        """Fire with whether the server lists ``bind`` (older ones do not:
+        their stores cannot be bound)."""
+        conn = yield self._acquire()
+        self._release(conn)
+        return conn.ops is not None and "bind" in conn.ops
+
+    @defer.inlineCallbacks
+    def bind_cluster(self, cluster_id: str) -> Any:
+        """Bind the server's store to ``cluster_id`` (or confirm it is bound
+        to it); fire with the id, or None if the server predates binding
+        (its store is then unprotected: the caller says so).  Fails with
+        ``WrongCluster`` if the store is bound to another.  From then on
+        this client's deletes name the cluster."""
+        conn = yield self._acquire()
+        if conn.ops is None or "bind" not in conn.ops:
+            self._release(conn)
+            return None
+        result = yield self._simple({"op": "bind", "cluster": cluster_id}, conn=conn)
+        self.cluster_id = cluster_id
+        return result.get("cluster")
 
     @defer.inlineCallbacks
     def list_blobs(self) -> Any:
@@ -1195,6 +1234,7 @@ class StorageClient:
                 problem=b.get("problem") if isinstance(b.get("problem"), str) else None,
                 **store_identity(b),
                 reserve_bytes=_whole(b.get("reserve_bytes")),
+                cluster_id=cluster_of(b),
             )
 
         return self._simple({"op": "health"}).addCallback(record)

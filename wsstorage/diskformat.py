@@ -59,6 +59,12 @@ FORMAT_FILE = "FORMAT"
 #: the identity), and it changes nothing about how blobs are read, so it
 #: needs no new FORMAT version.
 IDENTITY_FILE = "IDENTITY"
+#: The cluster the store is bound to (``ClusterBinding``): a store serves
+#: one catalog only, so that a second catalog pointed at it by mistake
+#: (same secret, other database) never takes its blobs for orphans.  A
+#: file of its own, written once (atomically, durably) by the ``bind`` op,
+#: for the same reason as IDENTITY: older code neither reads nor rewrites it.
+CLUSTER_FILE = "CLUSTER"
 LOCK_FILE = "LOCK"
 BLOBS_DIR = "blobs"
 DATA_SUFFIX = ".data"
@@ -341,6 +347,38 @@ class StoreIdentity:
         if not math.isfinite(created):
             raise FormatError(f"{path}: creation time {created!r} is not a time")
         return cls(store_id, created)
+
+
+@attrs.frozen
+class ClusterBinding:
+    """The cluster (catalog) a store is bound to: the catalog's random id,
+    given by the first front end that used the store (the ``bind`` op), and
+    when.  A front end of another catalog is refused deletes and uses the
+    store for nothing (docs/storage-format.md, docs/maintenance.md)."""
+
+    cluster_id: str
+    #: Unix time (seconds) the store was bound.
+    bound: float
+
+    def encode(self) -> bytes:
+        fields = {"cluster_id": self.cluster_id, "bound": self.bound}
+        return json.dumps(fields, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, raw: bytes, path: str) -> ClusterBinding:
+        """Parse the CLUSTER file; FormatError if it is not one.  Never
+        replaced silently: an unreadable binding taken for none would let
+        any catalog claim the store and sweep its blobs."""
+        try:
+            d = json.loads(raw)
+            cluster_id, bound = d["cluster_id"], float(d["bound"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{path}: not a wsfs store CLUSTER file ({e})") from e
+        if not isinstance(cluster_id, str) or not STORE_ID_RE.fullmatch(cluster_id):
+            raise FormatError(f"{path}: cluster id {cluster_id!r} is not 32 hex digits")
+        if not math.isfinite(bound):
+            raise FormatError(f"{path}: binding time {bound!r} is not a time")
+        return cls(cluster_id, bound)
 
 
 def parse_format(raw: bytes, path: str) -> tuple[int, int]:

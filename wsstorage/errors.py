@@ -9,6 +9,7 @@ write session (it is never a replica failure), a ``ChecksumError`` or a
 from __future__ import annotations
 
 import errno
+import re
 
 
 class StorageError(Exception):
@@ -105,6 +106,25 @@ class Busy(StorageError):
     code = "busy"
 
 
+class WrongCluster(StorageError):
+    """The store is bound to another cluster (catalog) than the request's:
+    its blobs are not this cluster's to delete, nor its room to fill."""
+
+    code = "wrong_cluster"
+
+    @property
+    def bound_to(self) -> str | None:
+        """The cluster id the store is bound to, from the message (the
+        wire carries only code and message); None if it names none."""
+        m = re.search(r"bound to cluster ([0-9a-f]{32})", self.message)
+        return m.group(1) if m else None
+
+
+def wrong_cluster(bound: str, asked: str) -> WrongCluster:
+    """The one spelling of the refusal, so ``bound_to`` can read it back."""
+    return WrongCluster(f"this store is bound to cluster {bound}, not {asked}")
+
+
 ERRORS_BY_CODE: dict[str, type[StorageError]] = {
     cls.code: cls
     for cls in (
@@ -122,6 +142,7 @@ ERRORS_BY_CODE: dict[str, type[StorageError]] = {
         ProtocolError,
         NodeUnavailable,
         Busy,
+        WrongCluster,
     )
 }
 

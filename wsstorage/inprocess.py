@@ -192,6 +192,22 @@ class InProcessClient:
     def health(self) -> defer.Deferred:
         return self.wire.health()
 
+    @property
+    def cluster_id(self) -> str | None:
+        """The wire client's: its deletes name it."""
+        return self.wire.cluster_id
+
+    @cluster_id.setter
+    def cluster_id(self, value: str | None) -> None:
+        self.wire.cluster_id = value
+
+    def can_bind(self) -> defer.Deferred:
+        return self.wire.can_bind()
+
+    def bind_cluster(self, cluster_id: str) -> defer.Deferred:
+        """Over the wire, as the deletes that then name the cluster."""
+        return self.wire.bind_cluster(cluster_id)
+
     def close(self) -> defer.Deferred:
         """As the wire client's: the running reads fail with
         NodeUnavailable (fired before this), later ones are refused."""

@@ -70,11 +70,21 @@ class Health:
     #: another id for the server knows its blobs are gone.
     store_id: str | None = None
     store_created: float | None = None
+    #: The cluster (catalog) the store is bound to (``wsstorage.binding``),
+    #: or None: unbound, or a server too old to bind.
+    cluster_id: str | None = None
 
 
 #: A store id (``diskformat.StoreIdentity``): 32 lowercase hex digits, 128
 #: random bits, in the IDENTITY file and in health answers alike.
 STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def cluster_of(body: dict[str, Any]) -> str | None:
+    """``cluster_id`` of a health answer, or None if it names none (an
+    unbound store, an older server) or something that is not an id."""
+    value = body.get("cluster_id")
+    return value if isinstance(value, str) and STORE_ID_RE.fullmatch(value) else None
 
 
 def store_identity(body: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsstorage import auth, failpoints, framing
+from wsstorage.binding import check_cluster_id
 from wsstorage.counters import ProcessCounters as _ProcessCounters
 from wsstorage.diskcheck import DiskCheck
 from wsstorage.errors import (
@@ -52,6 +53,7 @@ from wsstorage.errors import (
     InvalidOffset,
     ProtocolError,
     StorageError,
+    WrongCluster,
 )
 from wsstorage.fields import int_field as _int_field
 from wsstorage.records import BlobInfo, check_blob_id
@@ -77,7 +79,21 @@ PIPELINED_STREAMS = 1
 #: (``ops``) so that a client can tell what an older server lacks: ``put``
 #: came after version 1's first servers, which answer it ``bad_request``
 #: and then take its DATA for a protocol error.
-OPS = ("commit", "copy", "delete", "fence", "health", "list", "put", "read", "stat", "write")
+#: ``bind`` (a store bound to one cluster, ``wsstorage.binding``) is listed
+#: only by a server whose store can be bound.
+OPS = (
+    "bind",
+    "commit",
+    "copy",
+    "delete",
+    "fence",
+    "health",
+    "list",
+    "put",
+    "read",
+    "stat",
+    "write",
+)
 #: Seconds a reading task waits for room before it gives its thread back.
 READ_IDLE = 0.05
 #: Batches one reading task reads at most before it gives its pool thread
@@ -333,7 +349,9 @@ class StorageServerFactory(Factory):
         self.in_process_writes = 0
         #: What this server serves (``OPS``; a test drops some to play an
         #: older server).
-        self.ops: tuple[str, ...] = OPS
+        self.ops: tuple[str, ...] = (
+            OPS if hasattr(store, "bind_cluster") else tuple(o for o in OPS if o != "bind")
+        )
         self.reactor = reactor
         self.store = store
         self.name = name
@@ -668,6 +686,15 @@ class StorageServerProtocol(Protocol):
                 error=type(err).__name__,
                 why=err.message,
             )
+        elif isinstance(err, WrongCluster):
+            # A front end of another catalog: rare (its pool stops using a
+            # store bound elsewhere), and worth an operator's look.
+            log.warn(
+                "refused {op} from {peer}, a front end of another cluster: {why}",
+                op=(req or {}).get("op"),
+                peer=self.peer,
+                why=err.message,
+            )
         elif isinstance(err, BadRequest):
             log.info(
                 "refused request {rid} from {peer}: {why}",
@@ -694,6 +721,8 @@ class StorageServerProtocol(Protocol):
         elif op not in self.factory.ops:
             self._send_error(rid, BadRequest(f"unknown op {op!r}"))
             return
+        elif "cluster" in req and op != "bind" and not self._of_our_cluster(rid, req):
+            return
         elif op == "put":
             self._begin_put(rid, req)
             return
@@ -708,6 +737,7 @@ class StorageServerProtocol(Protocol):
                 "list": self._op_list,
                 "copy": self._op_copy,
                 "health": self._op_health,
+                "bind": self._op_bind,
             }[op]
         self._run(rid, handler, req)
 
@@ -774,6 +804,29 @@ class StorageServerProtocol(Protocol):
         blob_id = check_blob_id(req.get("blob"))
         return self._blocking(self.factory.store.delete, blob_id).addCallback(lambda _: {})
 
+    def _of_our_cluster(self, rid: int, req: dict[str, Any]) -> bool:
+        """Whether a request that names its front end's cluster (``cluster``:
+        a delete) may run: refused (``wrong_cluster``, answered here) if the
+        store is bound to another.  Checked against the store's binding,
+        not any front end's view of it, so a delete decided on a stale
+        health answer cannot reach a store bound elsewhere since."""
+        check = getattr(self.factory.store, "check_cluster", None)
+        if check is None:
+            return True
+        try:
+            check(check_cluster_id(req["cluster"]))
+        except StorageError as e:
+            self._send_error(rid, e, req)
+            return False
+        return True
+
+    def _op_bind(self, rid: int, req: dict[str, Any]) -> defer.Deferred:
+        """Bind the store to the front end's cluster, or confirm it is
+        bound to it; ``wrong_cluster`` if bound to another."""
+        cluster_id = check_cluster_id(req.get("cluster"))
+        d = self._blocking(self.factory.store.bind_cluster, cluster_id)
+        return d.addCallback(lambda b: {"cluster": b.cluster_id, "bound": b.bound})
+
     @defer.inlineCallbacks
     def _op_health(self, rid: int, req: dict[str, Any]) -> Any:
         """Space, blob count, load and ``problem``: why the disk takes no
@@ -822,6 +875,8 @@ class StorageServerProtocol(Protocol):
         identity = r.pop("identity", None)
         if identity is not None:
             r.update(store_id=identity.store_id, store_created=identity.created)
+        if hasattr(store, "bind_cluster"):
+            r["cluster_id"] = store.cluster_id
         return r
 
     # -- read stream ---------------------------------------------------

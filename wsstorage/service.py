@@ -24,8 +24,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsstorage import allocator, auth
+from wsstorage.binding import check_cluster_id
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.diskformat import FormatError
+from wsstorage.errors import BadRequest, WrongCluster
 from wsstorage.records import BLOB_ID_RE
 from wsstorage.reserve import DEFAULT_RESERVE, Reserve, ReserveTooLarge
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
@@ -77,12 +79,17 @@ def start_storage_server(
     secret: bytes,
     drop_behind: int = DROP_BEHIND,
     reserve: Reserve | None = None,
+    cluster: str | None = None,
     **factory_kw: Any,
 ) -> Any:
     """Open the store under ``data_dir`` (in a thread) and listen on ``endpoint``
     (a server endpoint string such as ``tcp:0:interface=127.0.0.1``).
     ``drop_behind`` and ``reserve`` (None: ``DEFAULT_RESERVE``) are the
-    store's (``BlobStore.open``).
+    store's (``BlobStore.open``).  ``cluster`` (``--cluster``): bind the
+    store to that cluster id before serving, the operator's deliberate
+    bind of a store front ends refuse to bind on their own (it holds
+    blobs their catalog does not know); WrongCluster if it is bound to
+    another.
 
     Fires with a RunningServer."""
     allocator.tune()
@@ -94,6 +101,15 @@ def start_storage_server(
         lambda: BlobStore.open(data_dir, drop_behind=drop_behind, reserve=reserve),
     )
     try:
+        if cluster is not None:
+            bound = store.cluster_id
+            yield threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), store.bind_cluster, cluster
+            )
+            if bound is None:
+                log.warn(
+                    "store {data} bound to cluster {id} (--cluster)", data=data_dir, id=cluster
+                )
         factory = StorageServerFactory(reactor, store, name, secret, **factory_kw)
         port = yield serverFromString(reactor, endpoint).listen(factory)
     except BaseException:
@@ -143,6 +159,13 @@ class Options(usage.Options):
         ["secret-file", None, None, "cluster secret (created with a random one if absent)"],
         ["metrics", None, None, "serve Prometheus metrics on this endpoint (off by default)"],
         [
+            "cluster",
+            None,
+            None,
+            "bind the store to this cluster id (the one a front end's error names) before "
+            "serving; refused if it is bound to another (docs/operations.md)",
+        ],
+        [
             "reserve",
             None,
             DEFAULT_RESERVE,
@@ -175,6 +198,11 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--{option} {self[option]!r}: not a server endpoint ({problem})"
                 )
+        if self["cluster"] is not None:
+            try:
+                check_cluster_id(self["cluster"])
+            except BadRequest:
+                raise usage.UsageError("--cluster must be 32 lowercase hex digits") from None
         if not BLOB_ID_RE.match(self["name"]):
             raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
         for name in ("scrub-mib-per-second", "scrub-interval-hours"):
@@ -229,6 +257,7 @@ class StorageService(Service):
             opts.secret,
             drop_behind=opts["drop-behind-kib"] * 1024,
             reserve=opts["reserve"],
+            cluster=opts["cluster"],
             read_ahead=opts["read-ahead-kib"] * 1024,
             read_batches=opts["read-batches"],
         )
@@ -258,7 +287,9 @@ class StorageService(Service):
         # The operator's environment (a port taken, a data directory that
         # is missing, in use or of another format) is the one line below,
         # as wsfront says it; anything else is a bug, worth its traceback.
-        if not failure.check(CannotListenError, OSError, FormatError, ReserveTooLarge):
+        if not failure.check(
+            CannotListenError, OSError, FormatError, ReserveTooLarge, WrongCluster
+        ):
             log.failure("wsstorage could not start", failure)
         sys.stderr.write(f"wsstorage: cannot start: {failure.getErrorMessage()}\n")
         # twistd exits 0 after reactor.stop(); a supervisor must see a failed

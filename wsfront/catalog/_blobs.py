@@ -41,9 +41,11 @@ UNDER_REPLICATED = (
 #: what a front end's probe last recorded (``set_node_health``), and a
 #: draining server keeps its state but records the error of a failed probe.
 #: A server never probed (``unknown``) counts: nothing says it is down.
+#: One bound to another cluster (``foreign``) is used for nothing, as down.
 LIVE_REPLICA = (
     "r.state = 'ok' AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = r.node"
-    " AND n.state <> 'down' AND NOT (n.state = 'draining' AND n.last_error IS NOT NULL))"
+    " AND n.state NOT IN ('down', 'foreign')"
+    " AND NOT (n.state = 'draining' AND n.last_error IS NOT NULL))"
 )
 _LIVE_COUNT = f"(SELECT COUNT(*) FROM replicas r WHERE r.blob_id = b.blob_id AND {LIVE_REPLICA})"
 

@@ -139,6 +139,42 @@ def set_node_store(
     )
 
 
+#: The ``settings`` key of the catalog's cluster id (schema 10).
+CLUSTER_ID_KEY = "cluster_id"
+
+
+def cluster_id(tx: Tx, new_id: str) -> str:
+    """The catalog's cluster id; ``new_id`` becomes it if it has none.
+    Race-free on both backends: of two front ends that start on a catalog
+    without one, the insert of one wins (``ON CONFLICT DO NOTHING`` waits
+    for the other's commit) and both read the winner's."""
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        CLUSTER_ID_KEY,
+        new_id,
+    )
+    return str(tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY))
+
+
+def has_replicas_on(tx: Tx, node: str) -> bool:
+    """Whether the catalog records any replica (in any state) on ``node``:
+    a front end binds an unbound store that holds blobs only if so (an
+    upgrade of this cluster's stores), never another cluster's."""
+    return tx.one("SELECT 1 AS one FROM replicas WHERE node = ? LIMIT 1", node) is not None
+
+
+def adopt_cluster_id(tx: Tx, value: str) -> None:
+    """Make ``value`` the catalog's cluster id, whatever it was: for
+    ``fsck --rebuild-catalog``, whose new catalog takes the id its stores
+    are bound to (it refuses a catalog that holds files)."""
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        CLUSTER_ID_KEY,
+        value,
+    )
+
+
 def set_node_draining(tx: Tx, name: str, draining: bool) -> Node:
     """Start (``wsfs drain``) or end (``wsfs undrain``) a drain; an ended
     one leaves the state ``unknown`` until the next probe is recorded."""

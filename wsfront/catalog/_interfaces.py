@@ -380,6 +380,20 @@ class ICatalog(Interface):
         replacement also records the old id, when, and ``lost`` (replicas
         found gone there).  Fires with whether it was set."""
 
+    def cluster_id():
+        """Fire with the catalog's cluster id (32 hex digits), made now,
+        race-free, if it has none: the storage servers it uses are bound
+        to it (``wsstorage.binding``)."""
+
+    def has_replicas_on(node):
+        """Fire with whether any replica (in any state) is recorded on
+        ``node``: an unbound store holding blobs is bound automatically
+        only if so (``wsfront.transfer.binding``)."""
+
+    def adopt_cluster_id(value):
+        """Make ``value`` the catalog's cluster id (a rebuilt catalog takes
+        its stores')."""
+
     def set_node_draining(name, draining):
         """Start or end a drain: the state becomes ``draining``, or from
         ``draining`` ``unknown`` (``set_node_health`` never changes it

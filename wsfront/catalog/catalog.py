@@ -8,6 +8,7 @@ clock is injectable so expiry and lease tests need no sleeping.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
@@ -458,6 +459,19 @@ class SqlCatalog:
         self, name: str, expected: str | None, store_id: str, lost: int | None = None
     ) -> Deferred:
         return self._write(_cluster.set_node_store, self._now(), name, expected, store_id, lost)
+
+    def cluster_id(self) -> Deferred:
+        """The catalog's cluster id (32 hex digits), made now if it has none
+        (``_cluster.cluster_id``): storage servers are bound to it."""
+        return self._write(_cluster.cluster_id, os.urandom(16).hex())
+
+    def has_replicas_on(self, node: str) -> Deferred:
+        """Whether any replica is recorded on ``node`` (``_cluster.has_replicas_on``)."""
+        return self._read(_cluster.has_replicas_on, node)
+
+    def adopt_cluster_id(self, value: str) -> Deferred:
+        """Make ``value`` the cluster id (``fsck --rebuild-catalog``)."""
+        return self._write(_cluster.adopt_cluster_id, value)
 
     def set_node_draining(self, name: str, draining: bool) -> Deferred:
         return self._write(_cluster.set_node_draining, name, draining)

@@ -229,7 +229,10 @@ class Login:
 
 @attrs.frozen
 class Node:
-    """A storage server in the registry; ``state`` is up / down / draining."""
+    """A storage server in the registry; ``state`` is up / down / draining /
+    unwritable / foreign (its store is bound to another cluster, or is an
+    unbound store this cluster's front ends refuse to bind on their own:
+    used for nothing, as down) / unknown."""
 
     name: str
     endpoint: str

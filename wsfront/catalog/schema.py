@@ -323,6 +323,18 @@ MIGRATIONS: list[list[str | Only]] = [
     [
         "ALTER TABLE jobs ADD COLUMN claim {int} NOT NULL DEFAULT 0",
     ],
+    # 10: settings of the whole catalog, by key; the first is its cluster
+    # id (``cluster_id``): random, made with the catalog or at first need,
+    # to which the storage servers it uses are bound (wsstorage.binding),
+    # so that a second catalog pointed at them never deletes this one's
+    # blobs.  A table of its own, not a column of schema_version: more
+    # settings may come, each one row.
+    [
+        """CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -426,6 +426,11 @@ class GarbageCollector:
         for node in self._pool.names():
             if not self._pool.is_up(node):
                 continue
+            if not self._pool.of_this_cluster(node):
+                # Its bind pending or failed: another cluster may bind it
+                # yet, and its blobs are not this catalog's to judge.
+                log.info("gc: {node} is not bound to this cluster yet: not swept", node=node)
+                continue
             try:
                 found[node] = await self.find_garbage(node)
             except storage_errors.StorageError as e:

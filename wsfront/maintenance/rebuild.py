@@ -63,6 +63,7 @@ from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog._rows import etag_of
+from wsfront.maintenance.adopt import adopt_cluster
 from wsfront.transfer.pool import StoragePool
 from wsstorage.records import BlobInfo
 
@@ -566,6 +567,8 @@ async def rebuild_catalog(
     down = [n for n in pool.names() if not pool.is_up(n)]
     if down:
         raise ValueError(f"storage servers unreachable: {', '.join(down)}; all are needed")
+    # Before anything is recorded: servers of two clusters are refused.
+    await adopt_cluster(catalog, pool)
     listings = {}
     for node in pool.names():
         listings[node] = await pool.client(node).list_blobs()

@@ -26,6 +26,7 @@ def _nodes(transfers, now: float) -> list[dict[str, Any]]:
                 "name": node.name,
                 "endpoint": node.endpoint,
                 "up": node.up,
+                "foreign": node.foreign,
                 "free_bytes": node.free_bytes,
                 "total_bytes": total,
                 "fill": (total - node.free_bytes) / total if total else None,

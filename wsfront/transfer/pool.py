@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -20,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsfront.transfer import binding
 from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import NodeUnavailable
 
@@ -70,6 +72,29 @@ class NodeState:
     #: (``maintenance.identity``) to notice a wiped data directory.
     store_id: str | None = None
     store_created: float | None = None
+    #: The other cluster the server's store is bound to, or ``"unbound"``
+    #: (``binding.UNBOUND``) for an unbound store this pool refuses to bind
+    #: on its own, or None: such a server is down for this front end, and
+    #: ``StoragePool.client`` gives a client that refuses everything
+    #: (``wsfront.transfer.binding``).
+    foreign: str | None = None
+    #: The other cluster this process last saw the store bound to: never
+    #: bound automatically again (``binding``), whatever it says later.
+    seen_foreign: str | None = None
+    #: Why an unbound store was refused binding (while ``foreign`` is
+    #: ``"unbound"``), said once.
+    last_refusal: str | None = None
+    #: The bind running beside the probes (``binding.settle``), and whether
+    #: it is still finding out whether the store may be bound.
+    binding: Any = None
+    bind_checking: bool = False
+    #: Whether the store is bound to this pool's cluster (the pool bound
+    #: it, or a health answer says so): only then are orphans swept there.
+    bound: bool = False
+    #: The server cannot be bound (it predates binding): said once.
+    unprotected: bool = False
+    #: Why the last bind failed (a full disk), said once; None after one worked.
+    bind_error: str | None = None
 
     @property
     def takes_new_blobs(self) -> bool:
@@ -180,8 +205,19 @@ class StoragePool:
         clock: IReactorTime,
         probe_interval: float = 1.0,
         probe_timeout: float = 2.0,
+        cluster_id: str | None = None,
+        knows_node: Callable[[str], Deferred] | None = None,
     ) -> None:
         self._clock = clock
+        #: The catalog's cluster id, to which the pool binds the stores it
+        #: uses (``wsfront.transfer.binding``) and which every client it
+        #: takes names in its deletes; None: no binding (tests, the
+        #: rebuild, which binds on its own).
+        self.cluster_id = cluster_id
+        #: Fires with whether the catalog records a replica on a server
+        #: (``catalog.has_replicas_on``): an unbound store that holds blobs
+        #: is bound automatically only if so.  None: not asked.
+        self._knows_node = knows_node
         self._nodes: dict[str, NodeState] = {}
         #: Set by the front end's stop before it closes the clients: a read
         #: whose connection that cuts ends there (``ReadStream``), rather
@@ -197,7 +233,21 @@ class StoragePool:
         self._placements: dict[str, Placement] = {}
 
     def add(self, name: str, endpoint: str, client: IStorageClient) -> None:
+        if self.cluster_id is not None and hasattr(client, "cluster_id"):
+            # From the start, whatever any bind's outcome: a store bound by
+            # another cluster meanwhile refuses this client's deletes.
+            client.cluster_id = self.cluster_id
         self._nodes[name] = NodeState(name, endpoint, client)
+
+    def of_this_cluster(self, name: str) -> bool:
+        """Whether ``name``'s store is known bound to this pool's cluster
+        (or cannot be bound: an older server; or the pool binds nothing):
+        GC and fsck sweep orphans only there, not on a store whose bind
+        is pending or failed, which another cluster may yet bind."""
+        node = self._nodes.get(name)
+        if node is None:
+            return False
+        return self.cluster_id is None or node.bound or node.unprotected
 
     def add_unusable(self, name: str, endpoint: str, reason: str) -> None:
         """Register ``name`` as down for good (``UnusableClient``), logged
@@ -214,7 +264,13 @@ class StoragePool:
         return list(self._nodes.values())
 
     def client(self, name: str) -> IStorageClient:
-        return self._nodes[name].client
+        """The client of ``name``; one that refuses every operation while
+        its store is bound to another cluster (``NodeState.foreign``): the
+        one check every reader, writer, copy and delete goes through."""
+        node = self._nodes[name]
+        if node.foreign is not None:
+            return UnusableClient(node.last_error or f"{name} is bound to another cluster")
+        return node.client
 
     def endpoint(self, name: str) -> str:
         return self._nodes[name].endpoint
@@ -489,6 +545,19 @@ class StoragePool:
             node.up = False
             node.last_error = reason
             return
+        if health.store_id is not None:
+            node.store_id = health.store_id
+            node.store_created = health.store_created
+        if self.cluster_id is not None:
+            # At most the probe timeout more (a bind runs on beside).
+            foreign = yield binding.settle(
+                node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
+            )
+            if foreign is not None:
+                node.up = False
+                node.last_error = foreign
+                node.last_seen = self._clock.seconds()
+                return
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
         problem = health.problem
@@ -508,6 +577,3 @@ class StoragePool:
         node.placed_bytes = self._still_to_come(node)
         node.last_seen = self._clock.seconds()
         node.last_error = problem
-        if health.store_id is not None:
-            node.store_id = health.store_id
-            node.store_created = health.store_created

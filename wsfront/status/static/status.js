@@ -66,7 +66,8 @@
     const body = document.querySelector("#nodes tbody");
     body.replaceChildren();
     for (const n of feed.nodes) {
-      const state = el("span", n.up ? "up" : "down", { className: "state", "data-state": n.up ? "up" : "down" });
+      const word = n.foreign ? "foreign" : n.up ? "up" : "down";
+      const state = el("span", word, { className: "state", "data-state": n.up ? "up" : "down" });
       if (!n.up && n.last_error) state.title = n.last_error;
       const fill = el("meter", null, { min: 0, max: 1, value: n.fill === null ? 0 : n.fill, high: 0.85 });
       const percent = n.fill === null ? "?" : (100 * n.fill).toFixed(1) + " %";
