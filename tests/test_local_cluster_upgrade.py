@@ -55,3 +55,41 @@ def test_wslocal_restarted_on_stores_of_before_binding_binds_them_all(tmp_path):
     db = sqlite3.connect(data / "catalog.sqlite")
     assert db.execute("SELECT value FROM settings").fetchall() == [(ids.pop(),)]
     db.close()
+
+
+def test_wslocal_binds_its_stores_even_when_they_hold_only_blobs_its_catalog_forgot(tmp_path):
+    """A store of wslocal's own data directory holding blobs of which the
+    catalog records no replica (files deleted within the collection grace
+    before the upgrade) is still this cluster's: wslocal binds it, where a
+    front end alone would refuse it as possibly another cluster's, and
+    wslocal has no --cluster to say otherwise."""
+    data = tmp_path / "wsfs-data"
+    log_path = tmp_path / "wslocal.log"
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+
+    first = WsLocal(data, log_path).start()
+    try:
+        put = curl("-T", str(src), "-w", "%{http_code}", first.urls["HTTP"] + "gone.bin")
+        assert put.stdout.endswith(b"201"), put
+    finally:
+        assert first.stop(), first.child.log()
+    for path in sorted(data.rglob(CLUSTER_FILE)):
+        path.unlink()
+    db = sqlite3.connect(data / "catalog.sqlite")
+    with db:
+        db.execute("DELETE FROM settings")
+        assert db.execute("DELETE FROM replicas").rowcount >= 2
+    db.close()
+
+    second = WsLocal(data, log_path).start()
+    try:
+        check = curl("-T", str(src), "-w", "%{http_code}", second.urls["HTTP"] + "new.bin")
+        assert check.stdout.endswith(b"201"), check
+    finally:
+        assert second.stop(), second.child.log()
+    log = second.child.log()
+    assert "not bound to this cluster automatically" not in log, log
+    bound = sorted(data.rglob(CLUSTER_FILE))
+    assert len(bound) == 3, bound
+    assert len({json.loads(p.read_bytes())["cluster_id"] for p in bound}) == 1

@@ -407,6 +407,7 @@ class LocalClusterService(service.MultiService):
             storage.append((name, client_endpoint(port)))
         catalog_url = f"sqlite:///{self.data / 'catalog.sqlite'}"
         self.login = await self._demo_login(catalog_url)
+        await self._bind_own_stores(catalog_url)
         config = FrontendConfig(
             name="local",
             catalog=catalog_url,
@@ -536,6 +537,26 @@ class LocalClusterService(service.MultiService):
             return DEMO_USER, password
         finally:
             await catalog.close()
+
+    async def _bind_own_stores(self, catalog_url: str) -> None:
+        """Bind every unbound store to this catalog's cluster before the
+        front end sees them.  They live in this data directory, under its
+        locks, beside the catalog: this cluster's, whatever they hold.  The
+        front end alone would not bind a store that holds blobs its catalog
+        records no replica of (another cluster's, for all it knows), and
+        wslocal has no ``--cluster`` to say otherwise: a store left holding
+        only garbage when it was upgraded (files deleted within the
+        collection grace) would have stayed unusable.  A store bound to
+        another cluster (a catalog replaced by hand) is left as it is: the
+        front end refuses it, and ``fsck --rebuild-catalog`` is the way."""
+        catalog = open_catalog(self.reactor, catalog_url)
+        try:
+            cluster_id = await catalog.cluster_id()
+        finally:
+            await catalog.close()
+        for store in self.stores.values():
+            if store.cluster_id is None:
+                store.bind_cluster(cluster_id)
 
     async def _add_demo_user(self, catalog, password: str) -> None:
         """Add the demo user, an administrator (so the status page at
