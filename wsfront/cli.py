@@ -621,13 +621,19 @@ def _whole(least: int):
 
 
 def _seconds_or_none(text: str) -> float:
-    """An argparse type: a number of seconds, 0 included."""
+    """An argparse type: a number of seconds, 0 included (so its refusal
+    says "0 or more", not "positive", which 0 is not)."""
     try:
-        if float(text) == 0:
-            return 0.0
+        value = float(text)
     except ValueError:
-        pass
-    return _seconds(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value == 0:
+        return 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of seconds: it must be 0 or more (and finite)"
+        )
+    return value
 
 
 def _seconds(text: str) -> float:

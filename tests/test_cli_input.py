@@ -1,0 +1,48 @@
+"""What the ``wsfs`` CLI refuses up front, in one clear line, before it
+touches the catalog: option values out of range, passwords no client could
+send or that cannot be read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import python_env
+
+
+def wsfs(catalog: str, *args: str, stdin: str | bytes = "") -> subprocess.CompletedProcess:
+    """The CLI's exit code, with stdout and stderr decoded (stdin may be bytes)."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, *args],
+        input=data, capture_output=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    )
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    assert wsfs(url, "user", "add", "ann", stdin="pw-123456\n").returncode == 0
+    return url
+
+
+def no_traceback(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """Exit ``code``, no traceback; the last stderr line names ``words``."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, proc.stderr
+    return last
+
+
+@pytest.mark.parametrize("grace", ["-1", "-0.5", "inf", "nan"])
+def test_gc_grace_below_0_says_0_or_more(catalog, grace):
+    """0 is accepted (free now), so "not a positive number" misled."""
+    last = no_traceback(wsfs(catalog, "gc", "--grace", grace), 2, "0 or more")
+    assert "positive" not in last
