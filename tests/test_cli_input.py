@@ -46,3 +46,42 @@ def test_gc_grace_below_0_says_0_or_more(catalog, grace):
     """0 is accepted (free now), so "not a positive number" misled."""
     last = no_traceback(wsfs(catalog, "gc", "--grace", grace), 2, "0 or more")
     assert "positive" not in last
+
+
+def test_a_password_file_that_is_not_utf8_is_one_line(catalog, tmp_path):
+    """As stdin's undecodable bytes already were."""
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"\xff\xfe\n")
+    for command in (["add", "bob"], ["passwd", "ann"]):
+        refused = wsfs(catalog, "user", *command, "--password-file", str(secret))
+        no_traceback(refused, 1, "UTF-8", str(secret))
+
+
+def test_a_password_file_in_utf8_still_works(catalog, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_bytes("pässwört-1\r\n".encode())
+    added = wsfs(catalog, "user", "add", "bob", "--password-file", str(secret))
+    assert added.returncode == 0, added.stderr
+
+
+HUGE = "99999999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["user", "quota", "ann", "--bytes", HUGE],
+        ["user", "quota", "ann", "--files", str(2**63)],
+        ["user", "add", "bob", "--quota-bytes", HUGE],
+        ["rebalance", "--max-bytes", HUGE],
+        ["compact", "--max-files", HUGE],
+    ],
+)
+def test_a_number_past_64_bits_is_refused_up_front(catalog, command):
+    """Not an OverflowError (SQLite) or "bigint out of range" (PostgreSQL)."""
+    no_traceback(wsfs(catalog, *command, stdin="pw-123456\n"), 2, "largest allowed")
+
+
+def test_the_largest_64_bit_quota_is_taken(catalog):
+    done = wsfs(catalog, "--json", "user", "quota", "ann", "--bytes", str(2**63 - 1))
+    assert done.returncode == 0, done.stderr

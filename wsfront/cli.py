@@ -12,7 +12,6 @@ scripts.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sqlite3
@@ -28,6 +27,7 @@ from wsfront.catalog import open_catalog
 from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
 from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
+from wsfront.cli_input import read_password, whole
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 from wsstorage.reserve import human_bytes
@@ -87,26 +87,6 @@ def _record(obj: Any) -> Any:
     return obj
 
 
-def _read_password(args: argparse.Namespace) -> str:
-    if getattr(args, "password_file", None):
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise SystemExit("wsfs: the passwords differ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise SystemExit("wsfs: an empty password is not allowed")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        # stdin decodes undecodable bytes to surrogates; hashing them would fail.
-        raise SystemExit("wsfs: the password is not valid UTF-8") from None
-    return password
-
-
 def check_user_name(name: str) -> str:
     """Refuse at ``user add`` a name no client could log in with.
 
@@ -141,7 +121,7 @@ class Commands:
 
     async def user_add(self) -> None:
         a = self.args
-        password = _read_password(a)
+        password = read_password(a)
         try:
             user = await self.catalog.add_user(
                 a.name, password, admin=a.admin, root=a.root,
@@ -201,7 +181,7 @@ class Commands:
         self.emit({"deleted": a.name, **result}, text)
 
     async def user_passwd(self) -> None:
-        await self.catalog.set_password(self.args.name, _read_password(self.args))
+        await self.catalog.set_password(self.args.name, read_password(self.args))
         self.emit({"changed": self.args.name}, f"password of {self.args.name} changed")
 
     async def user_quota(self) -> None:
@@ -605,21 +585,6 @@ class Commands:
                   f"catalog backed up to {self.args.file} ({_human(size)})")  # fmt: skip
 
 
-def _whole(least: int):
-    """An argparse type: a whole number of at least ``least``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text} is less than {least}")
-        return value
-
-    return parse
-
-
 def _seconds_or_none(text: str) -> float:
     """An argparse type: a number of seconds, 0 included (so its refusal
     says "0 or more", not "positive", which 0 is not)."""
@@ -659,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.add_argument("--root", default=None)
-    add.add_argument("--quota-bytes", type=_whole(0), default=None)
-    add.add_argument("--quota-files", type=_whole(0), default=None)
+    add.add_argument("--quota-bytes", type=whole(0), default=None)
+    add.add_argument("--quota-files", type=whole(0), default=None)
     add.add_argument("--password-file", default=None)
     add.add_argument(
         "--adopt-files",
@@ -690,8 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-file", default=None)
     quota = user.add_parser("quota", help="set a user's quotas")
     quota.add_argument("name")
-    quota.add_argument("--bytes", type=_whole(0), default=None, help="byte quota (omit: unlimited)")
-    quota.add_argument("--files", type=_whole(0), default=None, help="file quota (omit: unlimited)")
+    quota.add_argument("--bytes", type=whole(0), default=None, help="byte quota (omit: unlimited)")
+    quota.add_argument("--files", type=whole(0), default=None, help="file quota (omit: unlimited)")
 
     sub.add_parser("status", help="storage servers, files, under-replicated count")
     sub.add_parser("sessions", help="live and interrupted uploads")
@@ -719,14 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     undrain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
-    reb.add_argument(
-        "--max-bytes", type=_whole(1), default=None, help="stop after moving this much"
-    )
+    reb.add_argument("--max-bytes", type=whole(1), default=None, help="stop after moving this much")
     comp = job_options(
         sub.add_parser("compact", help="merge files of many extents into one blob each")
     )
-    comp.add_argument("--min-extents", type=_whole(1), default=None, help="files with at least N")
-    comp.add_argument("--max-files", type=_whole(1), default=None, help="stop after N files")
+    comp.add_argument("--min-extents", type=whole(1), default=None, help="files with at least N")
+    comp.add_argument("--max-files", type=whole(1), default=None, help="stop after N files")
     gc = job_options(
         sub.add_parser(
             "gc", help="collect garbage now (deleted files' blobs past their grace period)"
@@ -749,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck.add_argument("--storage", action="append", default=[], metavar="NAME=EP")
     fsck.add_argument("--secret-file", default=None)
-    fsck.add_argument("--replicas", type=_whole(1), default=2)
+    fsck.add_argument("--replicas", type=whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
     _global_options_after_the_command(p)
