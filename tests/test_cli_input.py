@@ -48,6 +48,21 @@ def test_gc_grace_below_0_says_0_or_more(catalog, grace):
     assert "positive" not in last
 
 
+@pytest.mark.parametrize(
+    ("typed", "named"),
+    [(b"p\x00w\n", "NUL"), (b"p\rw\n", "CR"), (b"p\x00\rw\r\n", "NUL, CR")],
+)
+def test_a_password_no_ftp_client_could_send_is_refused(catalog, tmp_path, typed, named):
+    """On stdin and in a password file, for ``user add`` and ``passwd``."""
+    no_traceback(wsfs(catalog, "user", "add", "nulpw", stdin=typed), 1, named, "FTP")
+    secret = tmp_path / "pw"
+    secret.write_bytes(typed)
+    for command in (["add", "nulpw"], ["passwd", "ann"]):
+        refused = wsfs(catalog, "user", *command, "--password-file", str(secret))
+        no_traceback(refused, 1, named, "FTP")
+    assert "nulpw" not in wsfs(catalog, "user", "list").stdout
+
+
 def test_a_password_file_that_is_not_utf8_is_one_line(catalog, tmp_path):
     """As stdin's undecodable bytes already were."""
     secret = tmp_path / "pw"

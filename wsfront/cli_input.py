@@ -15,6 +15,10 @@ from collections.abc import Callable
 #: OverflowError (SQLite) or "bigint out of range" (PostgreSQL) later.
 INT64_MAX = 2**63 - 1
 
+#: Characters no FTP client can send in PASS (the command line ends at CR
+#: LF; NUL ends a C string): a password with one could never log in.
+UNSENDABLE = {"\x00": "NUL", "\r": "CR", "\n": "LF"}
+
 
 def _from_file(path: str) -> str:
     """The first line of ``path``, which must be UTF-8 (as stdin's is)."""
@@ -36,6 +40,12 @@ def check_password(password: str) -> str:
     except UnicodeEncodeError:
         # stdin decodes undecodable bytes to surrogates; hashing them would fail.
         raise SystemExit("wsfs: the password is not valid UTF-8") from None
+    found = [name for char, name in UNSENDABLE.items() if char in password]
+    if found:
+        raise SystemExit(
+            f"wsfs: the password contains {', '.join(found)}, which no FTP client can "
+            "send: choose another"
+        )
     return password
 
 
