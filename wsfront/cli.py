@@ -28,6 +28,7 @@ from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
 from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.cli_input import read_password, whole
+from wsfront.cli_output import masked_url, without_password
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 from wsstorage.reserve import human_bytes
@@ -772,7 +773,7 @@ def check_catalog_url(url: str, may_create: bool) -> None:
     try:
         kind, path = catalog_location(url)
     except ValueError as e:
-        raise SystemExit(f"wsfs: --catalog {e}") from None
+        raise SystemExit(without_password(f"wsfs: --catalog {e}", url)) from None
     if kind != "sqlite" or os.path.exists(path):
         return
     if not may_create:
@@ -794,12 +795,13 @@ def explain(failure: Any, url: str) -> str | None:
     if not operator_error(e) or isinstance(e, BrokenPipeError):
         return None
     if isinstance(e, sqlite3.Error):
-        return f"catalog {url}: {e}"
+        return f"catalog {masked_url(url)}: {e}"
     if driver_error(e):
         # The server's reason (refused, unknown database or role) is the
         # first line; psycopg adds hints on the next ones.
         reason = str(e).strip().splitlines()
-        return f"cannot use the catalog {url}: {reason[0] if reason else type(e).__name__}"
+        said = reason[0] if reason else type(e).__name__
+        return f"cannot use the catalog {masked_url(url)}: {said}"
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}"
@@ -839,7 +841,7 @@ def check_postgresql_catalog(url: str) -> None:
         conn.close()
     if not row["found"]:
         raise SystemExit(
-            f"wsfs: no catalog in {url} (no wsfs tables there: a typo? "
+            f"wsfs: no catalog in {masked_url(url)} (no wsfs tables there: a typo? "
             "`wsfs --catalog URL user add NAME` or a front end creates one)"
         )
 
@@ -871,9 +873,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         def report(failure):
             if failure.check(BrokenPipeError):
                 quiet_broken_pipe()
+            if failure.check(SystemExit) and isinstance(failure.value.code, str):
+                raise SystemExit(without_password(failure.value.code, args.catalog))
             message = explain(failure, args.catalog)
             if message is not None:
-                sys.stderr.write(f"wsfs: {message}\n")
+                sys.stderr.write(f"wsfs: {without_password(message, args.catalog)}\n")
                 raise SystemExit(1)
             return failure
 
