@@ -28,7 +28,7 @@ from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
 from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.cli_input import read_password, whole
-from wsfront.cli_output import masked_url, without_password
+from wsfront.cli_output import masked_url, printable, without_password
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 from wsstorage.reserve import human_bytes
@@ -41,7 +41,7 @@ EXIT_BROKEN_PIPE = 128 + 13
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[printable(str(r.get(c, ""))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))
     out = [line.rstrip()]
@@ -118,7 +118,9 @@ class Commands:
             json.dump(_record(data), self.out, indent=2, sort_keys=True, default=str)
             self.out.write("\n")
         else:
-            self.out.write(table + "\n")
+            # Names were escaped in their cells; this is the net for the
+            # ones a sentence quotes (``user NAME added``).
+            self.out.write(printable(table, newlines=True) + "\n")
 
     async def user_add(self) -> None:
         a = self.args
@@ -299,7 +301,7 @@ class Commands:
 
     def _warn(self, text: str) -> None:
         """A note on stderr (stdout may be JSON for a script)."""
-        sys.stderr.write(f"wsfs: {text}\n")
+        sys.stderr.write(f"wsfs: {printable(text, newlines=True)}\n")
         sys.stderr.flush()
 
     def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
@@ -874,10 +876,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             if failure.check(BrokenPipeError):
                 quiet_broken_pipe()
             if failure.check(SystemExit) and isinstance(failure.value.code, str):
-                raise SystemExit(without_password(failure.value.code, args.catalog))
+                said = without_password(failure.value.code, args.catalog)
+                raise SystemExit(printable(said, newlines=True))
             message = explain(failure, args.catalog)
             if message is not None:
-                sys.stderr.write(f"wsfs: {without_password(message, args.catalog)}\n")
+                said = printable(without_password(message, args.catalog), newlines=True)
+                sys.stderr.write(f"wsfs: {said}\n")
                 raise SystemExit(1)
             return failure
 
