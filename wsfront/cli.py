@@ -24,7 +24,7 @@ import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, NotFound, RootInUse
 from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
 from wsfront.cli_input import read_password, whole
@@ -36,6 +36,23 @@ from wsstorage.reserve import human_bytes
 #: Exit status of a CLI the reader of its output went away from (``| head``):
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
 EXIT_BROKEN_PIPE = 128 + 13
+
+#: Exit status of a job that ended but left part of its work undone: a
+#: drain with replicas still on the server, a repair with blobs still
+#: under-replicated, a rebalance stopped by a failed copy.  Not 0, so
+#: ``wsfs drain s1 && retire s1`` stops there.
+EXIT_UNFINISHED = 4
+
+#: Exit status of a job the problems it found are the answer of
+#: (``fsck`` without ``--fix``, ``compact`` with a sha256 mismatch).
+EXIT_PROBLEMS = 3
+
+EXIT_CODES = f"""exit status: 0 done; 1 error (one line on stderr); 2 usage;
+{EXIT_PROBLEMS} fsck found problems, or compact a sha256 mismatch;
+{EXIT_UNFINISHED} the job ended with work left: drain left replicas on the
+server, repair left blobs under-replicated or unrecoverable, rebalance
+stopped at a failed copy; 141 output pipe closed.
+"""
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -388,6 +405,11 @@ class Commands:
                 f"({where}); see Repair in docs/maintenance.md"
             )
         self.emit(job, "\n".join(lines))
+        if r["under_replicated"] or r["unrecoverable"]:
+            self._unfinished(
+                f"{r['under_replicated']} blobs still under-replicated, "
+                f"{len(r['unrecoverable'])} unrecoverable"
+            )
 
     async def drain(self) -> None:
         job = await self._job("drain", {"node": self.args.name})
@@ -407,9 +429,47 @@ class Commands:
                 f"drain of {self.args.name} done: {r['moved']} replicas moved since the "
                 f"job restarted ({restarted['why']}); its first run had moved at least {before}"
             )
-        if r.get("stuck") or r.get("busy"):
-            text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
+        stuck, busy = r.get("stuck") or [], r.get("busy") or 0
+        if stuck:
+            homeless = await self._homeless(self.args.name, stuck)
+            text += f"; {len(stuck)} could not move"
+            if homeless:
+                text += (
+                    f" ({homeless} with no server to go to: every other storage server is "
+                    "draining or holds a copy already; add a server or `wsfs undrain` one, "
+                    "then drain again)"
+                )
+            if homeless < len(stuck):
+                text += " (run again once the servers that could take them are up)"
+        if busy:
+            text += f"; {busy} in live uploads (run again once they end)"
         self.emit(job, text)
+        if stuck or busy:
+            self._unfinished(f"replicas are still on {self.args.name}: it cannot go yet")
+
+    async def _homeless(self, node: str, blob_ids: list[str]) -> int:
+        """How many of ``blob_ids``, replicas a drain of ``node`` could not
+        move, no run again can move: every other registered server is
+        draining too or holds an ok copy already (or there is none), so
+        running the drain again would only find them stuck again."""
+        others = [n.name for n in await self.catalog.list_nodes()
+                  if n.name != node and n.state != NODE_DRAINING]  # fmt: skip
+        homeless = 0
+        for blob_id in blob_ids:
+            try:
+                held = set((await self.catalog.get_blob(blob_id)).ok_replicas)
+            except NotFound:
+                continue  # collected since: nothing left to move
+            if all(name in held for name in others):
+                homeless += 1
+        return homeless
+
+    def _unfinished(self, why: str) -> None:
+        """End with ``EXIT_UNFINISHED``: the job ended with work left, what
+        is left already printed (said again on stderr for ``--json``)."""
+        if self.args.json:
+            self._warn(why)
+        raise SystemExit(EXIT_UNFINISHED)
 
     async def undrain(self) -> None:
         """End a drain (finished or not): the server takes new replicas
@@ -446,7 +506,12 @@ class Commands:
         args = {} if self.args.max_bytes is None else {"max_bytes": self.args.max_bytes}
         job = await self._job("rebalance", args)
         r = job.result
-        self.emit(job, f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})")
+        text = f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})"
+        if r.get("failed"):
+            text += f"; stopped early: {r['failed']} copies failed (run again)"
+        self.emit(job, text)
+        if r.get("failed"):
+            self._unfinished("rebalance stopped early at a failed copy")
 
     async def compact(self) -> None:
         args = {
@@ -464,7 +529,7 @@ class Commands:
             f"sha256 mismatch, {r['skipped']} skipped",
         )
         if r["mismatch"]:
-            raise SystemExit(3)
+            raise SystemExit(EXIT_PROBLEMS)
 
     async def gc(self) -> None:
         """A garbage collection pass now rather than at its next turn, with
@@ -527,7 +592,7 @@ class Commands:
             )
         self.emit(job, "\n".join(lines))
         if not self.args.fix and r["problems"]:
-            raise SystemExit(3)
+            raise SystemExit(EXIT_PROBLEMS)
 
     async def _rebuild(self) -> None:
         from twisted.internet import reactor
@@ -616,7 +681,12 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsfs", description="administer a wsfs cluster")
+    p = argparse.ArgumentParser(
+        prog="wsfs",
+        description="administer a wsfs cluster",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # Required, but checked in ``parse_args``: it may come after the command too.
     p.add_argument("--catalog", help="sqlite:///abs/path or postgresql://...")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -667,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/")
 
     def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.epilog = EXIT_CODES
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.add_argument(
             "--timeout",
             type=_seconds,
