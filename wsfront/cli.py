@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from twisted.internet import defer, task
@@ -43,6 +44,10 @@ EXIT_BROKEN_PIPE = 128 + 13
 #: ``wsfs drain s1 && retire s1`` stops there.
 EXIT_UNFINISHED = 4
 
+#: Exit status after Ctrl-C (SIGINT), as a shell reports for a process it
+#: killed: the CLI stopped waiting for a job, which goes on in the cluster.
+EXIT_INTERRUPTED = 128 + 2
+
 #: Exit status of a job the problems it found are the answer of
 #: (``fsck`` without ``--fix``, ``compact`` with a sha256 mismatch).
 EXIT_PROBLEMS = 3
@@ -51,7 +56,8 @@ EXIT_CODES = f"""exit status: 0 done; 1 error (one line on stderr); 2 usage;
 {EXIT_PROBLEMS} fsck found problems, or compact a sha256 mismatch;
 {EXIT_UNFINISHED} the job ended with work left: drain left replicas on the
 server, repair left blobs under-replicated or unrecoverable, rebalance
-stopped at a failed copy; 141 output pipe closed.
+stopped at a failed copy; 130 interrupted (Ctrl-C) while waiting for a
+job, which goes on in the cluster; 141 output pipe closed.
 """
 
 
@@ -120,6 +126,53 @@ def check_user_name(name: str) -> str:
     except UnicodeEncodeError:
         raise SystemExit("wsfs: the user name is not valid UTF-8") from None
     return name
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) while the CLI follows a job: the waiting stops.
+
+    Twisted's own handler stops the reactor, and ``task.react`` then exits
+    0 with no word: a script took an interrupted ``wsfs drain`` for a done
+    one.  Here the first Ctrl-C cancels the current pause between polls
+    (``CancelledError`` in ``_follow``) and sets ``pressed``; a second one
+    exits at once (the catalog may be what hangs).  The previous handler
+    is back once the job is followed."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._previous: Any = None
+        self._pause: defer.Deferred[None] | None = None
+        self.pressed = False
+
+    def __enter__(self) -> _Interrupt:
+        self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            os.write(2, b"wsfs: interrupted again: exiting now\n")
+            os._exit(EXIT_INTERRUPTED)
+        self.pressed = True
+        self._reactor.callFromThread(self._wake)
+
+    def _wake(self) -> None:
+        if self._pause is not None and not self._pause.called:
+            self._pause.cancel()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; CancelledError once Ctrl-C was pressed."""
+        if self.pressed:
+            raise defer.CancelledError()
+        self._pause = task.deferLater(self._reactor, seconds, lambda: None)
+        try:
+            await self._pause
+        finally:
+            self._pause = None
+        if self.pressed:  # pressed during the poll before: its wake found no pause
+            raise defer.CancelledError()
 
 
 class Commands:
@@ -332,9 +385,51 @@ class Commands:
 
         The operator is told at once when no front end could run it, and
         again when it has waited a while with nobody taking it, rather than
-        waiting silently up to ``--timeout``.
+        waiting silently up to ``--timeout``.  Ctrl-C stops the waiting
+        only (``_interrupted``): the job is the cluster's once queued.
         """
-        job = await self.catalog.enqueue_job(kind, args)
+        from twisted.internet import reactor
+
+        with _Interrupt(reactor) as interrupt:
+            job = await self.catalog.enqueue_job(kind, args)
+            if interrupt.pressed:
+                await self._interrupted(kind, job.job_id, job.state)
+            try:
+                return await self._follow(kind, job, interrupt)
+            except defer.CancelledError:
+                if not interrupt.pressed:
+                    raise
+                await self._interrupted(kind, job.job_id, None)
+
+    async def _interrupted(self, kind: str, job_id: int, state: str | None) -> NoReturn:
+        """After Ctrl-C: say what becomes of the job, exit ``EXIT_INTERRUPTED``.
+
+        The CLI never cancels it: a queued job is run by the next front end
+        that takes it, a running one goes on to its end (a drain until
+        ``wsfs undrain``).  Its state is read once more to say which; a
+        second Ctrl-C meanwhile exits at once."""
+        if self.out.isatty() and not self.args.json:
+            self.out.write("\n")
+        if state is None:
+            try:
+                state = (await self.catalog.get_job(job_id)).state
+            except Exception:  # a hung or failing catalog: say what is known
+                state = None
+        job = f"the {kind} job {job_id}"
+        if state in ("queued", "running"):
+            text = f"{job} is still {state} and goes on in the cluster"
+            text += " (a front end runs it when one takes it)" if state == "queued" else ""
+            if kind == "drain":
+                text += f"; `wsfs undrain {self.args.name}` stops it"
+        elif state is not None:
+            text = f"{job} ended meanwhile ({state})"
+        else:
+            text = f"{job} was queued and, as far as is known, goes on in the cluster"
+        self._warn(f"interrupted: stopped waiting; {text}")
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    async def _follow(self, kind: str, job: Any, interrupt: _Interrupt) -> Any:
+        """Poll ``job`` to its end, showing its progress."""
         started = time.monotonic()
         deadline = started + self.args.timeout
         nag_at: float | None = started + self.args.no_taker_after
@@ -345,8 +440,6 @@ class Commands:
             )
         shown = None
         restart_said = False
-        from twisted.internet import reactor
-
         while job.state in ("queued", "running"):
             if job.error is not None and not restart_said:
                 # Re-queued after its runner died or lost the lease
@@ -370,7 +463,7 @@ class Commands:
             if job.progress != shown and not self.args.json:
                 shown = job.progress
                 self._show_progress(kind, job)
-            await task.deferLater(reactor, self.args.poll, lambda: None)
+            await interrupt.sleep(self.args.poll)
             job = await self.catalog.get_job(job.job_id)
         if shown is not None and self.out.isatty():
             self.out.write("\n")
