@@ -48,7 +48,8 @@ async def test_a_drain_with_nowhere_to_go_exits_4_and_does_not_say_run_again(alo
     out, err, code = await alone.wsfs("drain", "s1", *JOB)
     assert code == EXIT_UNFINISHED, (code, out, err)
     assert "0 replicas moved; 1 could not move" in out, out
-    assert "no server to go to" in out and "run again" not in out, out
+    assert "no server to go to: there is no other storage server" in out, out
+    assert "run again" not in out, out
     out, err, code = await alone.wsfs("--json", "drain", "s1", *JOB)
     assert code == EXIT_UNFINISHED, (code, err)
     assert json.loads(out)["result"]["stuck"]
@@ -65,7 +66,8 @@ async def test_draining_two_of_three_servers_leaves_replicas_and_exits_4(three):
     assert code == 0, (out, err)
     out, err, code = await three.wsfs("drain", "s2", *JOB)
     assert code == EXIT_UNFINISHED, (code, out, err)
-    assert "could not move" in out and "no server to go to" in out, out
+    assert "could not move" in out, out
+    assert "no server to go to: every other storage server is draining" in out, out
     assert "run again" not in out, out
 
 

@@ -524,13 +524,17 @@ class Commands:
             )
         stuck, busy = r.get("stuck") or [], r.get("busy") or 0
         if stuck:
-            homeless = await self._homeless(self.args.name, stuck)
+            homeless, others = await self._homeless(self.args.name, stuck)
             text += f"; {len(stuck)} could not move"
             if homeless:
+                why = (
+                    "every other storage server is draining or holds a copy already"
+                    if others
+                    else "there is no other storage server"
+                )
                 text += (
-                    f" ({homeless} with no server to go to: every other storage server is "
-                    "draining or holds a copy already; add a server or `wsfs undrain` one, "
-                    "then drain again)"
+                    f" ({homeless} with no server to go to: {why}; add a server or "
+                    "`wsfs undrain` one, then drain again)"
                 )
             if homeless < len(stuck):
                 text += " (run again once the servers that could take them are up)"
@@ -540,11 +544,12 @@ class Commands:
         if stuck or busy:
             self._unfinished(f"replicas are still on {self.args.name}: it cannot go yet")
 
-    async def _homeless(self, node: str, blob_ids: list[str]) -> int:
+    async def _homeless(self, node: str, blob_ids: list[str]) -> tuple[int, int]:
         """How many of ``blob_ids``, replicas a drain of ``node`` could not
         move, no run again can move: every other registered server is
         draining too or holds an ok copy already (or there is none), so
-        running the drain again would only find them stuck again."""
+        running the drain again would only find them stuck again; and how
+        many servers are neither ``node`` nor draining."""
         others = [n.name for n in await self.catalog.list_nodes()
                   if n.name != node and n.state != NODE_DRAINING]  # fmt: skip
         homeless = 0
@@ -555,7 +560,7 @@ class Commands:
                 continue  # collected since: nothing left to move
             if all(name in held for name in others):
                 homeless += 1
-        return homeless
+        return homeless, len(others)
 
     def _unfinished(self, why: str) -> None:
         """End with ``EXIT_UNFINISHED``: the job ended with work left, what

@@ -65,7 +65,7 @@ def check_destination(dest: str, catalog_path: str | None = None) -> None:
         for suffix in SQLITE_FILES:
             if _same_file(dest, dest_stat, catalog_path + suffix):
                 raise BackupFailed(
-                    f"{dest} is the catalog's own file {catalog_path + suffix}; "
+                    f"{dest} is the catalog's own file {os.path.realpath(catalog_path + suffix)}; "
                     "the backup must go to another file"
                 )
     if dest_stat is not None and stat.S_ISDIR(dest_stat.st_mode):
