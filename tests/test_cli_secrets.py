@@ -85,3 +85,12 @@ def test_a_failed_backup_is_named_without_the_password(tmp_path):
     url = with_password(postgres_url(), "/wsfs_no_such_db")
     proc = wsfs(url, "backup", str(tmp_path / "x.dump"))
     assert proc.returncode == 1 and SECRET not in proc.stderr, proc.stderr
+
+
+def test_backup_of_an_unknown_scheme_names_it_without_the_password(tmp_path):
+    """The CLI refuses such a URL first; ``backup_catalog`` alone must not leak it either."""
+    from wsfront.maintenance.backup import backup_catalog
+
+    with pytest.raises(ValueError) as refused:
+        backup_catalog(f"mysql://u:{SECRET}@h/db", str(tmp_path / "x"))
+    assert SECRET not in str(refused.value) and "u:***@h" in str(refused.value)

@@ -24,6 +24,7 @@ import tempfile
 from urllib.parse import unquote, urlparse
 
 from wsfront.catalog.errors import CatalogError
+from wsfront.cli_output import masked_url
 
 
 class BackupFailed(CatalogError):
@@ -160,4 +161,4 @@ def backup_catalog(url: str, dest: str) -> int:
     check_destination(dest)
     if parsed.scheme in ("postgresql", "postgres"):
         return backup_postgres(url, dest)
-    raise ValueError(f"{url!r}: not a catalog URL")
+    raise ValueError(f"{masked_url(url)!r}: not a catalog URL")
