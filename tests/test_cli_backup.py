@@ -17,6 +17,14 @@ import pytest
 from tests.support import python_env
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Every wsfs here runs in ``tmp_path``: a relative FILE (or a
+    temporary made beside one, ``.tmp`` for an empty name before it was
+    refused) must never land in the checkout a test was started from."""
+    monkeypatch.chdir(tmp_path)
+
+
 def wsfs(catalog: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, *args],
