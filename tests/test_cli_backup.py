@@ -85,6 +85,24 @@ def test_the_catalogs_side_files_are_refused_even_before_they_exist(live):
         assert side.exists() == existed
 
 
+def test_the_side_files_of_a_catalog_named_through_a_symlink_are_refused(tmp_path):
+    """SQLite keeps the -wal beside the real file, not beside the link
+    --catalog names: the real file's -wal is the live one."""
+    real = tmp_path / "real" / "cat.sqlite"
+    real.parent.mkdir()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(real)
+    url = f"sqlite:///{link}"
+    assert wsfs(url, "user", "add", "ann").returncode == 0
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = Path(str(real) + suffix)
+        existed = side.exists()
+        refused(wsfs(url, "backup", str(side)), "catalog", suffix)
+        assert side.exists() == existed
+        refused(wsfs(url, "backup", str(link) + suffix), "catalog", suffix)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.sqlite", "real"]
+
+
 def test_what_is_not_a_regular_file_is_left_alone(live, tmp_path):
     """A fifo and a socket stand in for a device such as ``/dev/null``."""
     url, _ = live

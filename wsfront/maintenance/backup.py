@@ -63,12 +63,17 @@ def check_destination(dest: str, catalog_path: str | None = None) -> None:
     except (FileNotFoundError, NotADirectoryError):
         dest_stat = None
     if catalog_path is not None:
-        for suffix in SQLITE_FILES:
-            if _same_file(dest, dest_stat, catalog_path + suffix):
-                raise BackupFailed(
-                    f"{dest} is the catalog's own file {os.path.realpath(catalog_path + suffix)}; "
-                    "the backup must go to another file"
-                )
+        # SQLite keeps the side files beside the database's resolved path
+        # (a --catalog through a symlink has its -wal by the real file), a
+        # hard link's beside the name given: both spellings are the catalog's.
+        bases = dict.fromkeys((catalog_path, os.path.realpath(catalog_path)))
+        for base in bases:
+            for suffix in SQLITE_FILES:
+                if _same_file(dest, dest_stat, base + suffix):
+                    raise BackupFailed(
+                        f"{dest} is the catalog's own file {os.path.realpath(base + suffix)}; "
+                        "the backup must go to another file"
+                    )
     if dest_stat is not None and stat.S_ISDIR(dest_stat.st_mode):
         raise BackupFailed(f"{dest} is a directory; give the backup's file name")
     if dest_stat is not None and not stat.S_ISREG(dest_stat.st_mode):
