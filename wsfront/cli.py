@@ -12,13 +12,14 @@ scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -44,8 +45,9 @@ EXIT_BROKEN_PIPE = 128 + 13
 #: ``wsfs drain s1 && retire s1`` stops there.
 EXIT_UNFINISHED = 4
 
-#: Exit status after Ctrl-C (SIGINT), as a shell reports for a process it
-#: killed: the CLI stopped waiting for a job, which goes on in the cluster.
+#: Exit status a shell reports after Ctrl-C (SIGINT): the CLI says one line
+#: and dies by SIGINT (``die_of_sigint``), so a script stops too; a job it
+#: waited for goes on in the cluster.  Only a fallback exits with it.
 EXIT_INTERRUPTED = 128 + 2
 
 #: Exit status of a job the problems it found are the answer of
@@ -56,8 +58,8 @@ EXIT_CODES = f"""exit status: 0 done; 1 error (one line on stderr); 2 usage;
 {EXIT_PROBLEMS} fsck found problems, or compact a sha256 mismatch;
 {EXIT_UNFINISHED} the job ended with work left: drain left replicas on the
 server, repair left blobs under-replicated or unrecoverable, rebalance
-stopped at a failed copy; 130 interrupted (Ctrl-C) while waiting for a
-job, which goes on in the cluster; 141 output pipe closed.
+stopped at a failed copy; 130 (killed by SIGINT) interrupted by Ctrl-C,
+a job waited for goes on in the cluster; 141 output pipe closed.
 """
 
 
@@ -128,45 +130,104 @@ def check_user_name(name: str) -> str:
     return name
 
 
+def die_of_sigint(message: str) -> NoReturn:
+    """Say ``message`` on stderr and die by SIGINT, as a process the
+    shell's Ctrl-C killed (exit status 130 in a shell): a script's ``wsfs
+    drain s1; retire s1`` stops there, as bash stops when a child it waited
+    for died of the SIGINT it got too.  An ``exit(130)`` let it carry on.
+    What was printed is flushed first; a backup's temporary file is
+    removed (its thread dies with the process)."""
+    from wsfront.maintenance.backup import remove_temporaries
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe, a write this handler interrupted
+            pass
+    try:
+        os.write(2, f"wsfs: {printable(message)}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+    remove_temporaries()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    os._exit(EXIT_INTERRUPTED)  # not reached: SIGINT's default action ended the process
+
+
 class _Interrupt:
-    """Ctrl-C (SIGINT) while the CLI follows a job: the waiting stops.
+    """Ctrl-C (SIGINT) for the whole command: one ``wsfs: interrupted``
+    line and death by SIGINT (``die_of_sigint``), never a traceback nor a
+    silent exit 0 (Twisted's own handler stopped the reactor and
+    ``task.react`` exited 0 with no word).
 
-    Twisted's own handler stops the reactor, and ``task.react`` then exits
-    0 with no word: a script took an interrupted ``wsfs drain`` for a done
-    one.  Here the first Ctrl-C cancels the current pause between polls
-    (``CancelledError`` in ``_follow``) and sets ``pressed``; a second one
-    exits at once (the catalog may be what hangs).  The previous handler
-    is back once the job is followed."""
+    While a job is followed (``following``), the first Ctrl-C cancels the
+    current pause between polls (``CancelledError`` in ``_follow``) and
+    ``_job`` says what becomes of the job before dying.  Elsewhere in the
+    reactor the running ``command`` is cancelled (its ``finally`` closes
+    the catalog), at a password prompt KeyboardInterrupt unwinds it (the
+    terminal's echo comes back), before the reactor runs the process dies
+    at once.  A second Ctrl-C dies at once (the catalog may be what hangs).
 
-    def __init__(self, reactor) -> None:
-        self._reactor = reactor
+    A SIGINT ignored when the CLI starts (SIG_IGN: a non-interactive
+    shell's background ``wsfs drain s1 &``, ``nohup``) stays ignored, as
+    whoever started it meant.  The previous handler is back on exit."""
+
+    def __init__(self) -> None:
         self._previous: Any = None
         self._pause: defer.Deferred[None] | None = None
+        self._at_prompt = False
+        self.reactor: Any = None
+        self.command: defer.Deferred[Any] | None = None
+        self.following = False
         self.pressed = False
 
     def __enter__(self) -> _Interrupt:
-        self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.pressed:
-            os.write(2, b"wsfs: interrupted again: exiting now\n")
-            os._exit(EXIT_INTERRUPTED)
+            die_of_sigint("interrupted again: exiting now")
         self.pressed = True
-        self._reactor.callFromThread(self._wake)
+        if self._at_prompt:
+            raise KeyboardInterrupt
+        if self.reactor is None:
+            die_of_sigint("interrupted")
+        self.reactor.callFromThread(self._wake)
 
     def _wake(self) -> None:
-        if self._pause is not None and not self._pause.called:
-            self._pause.cancel()
+        if self.following:
+            if self._pause is not None and not self._pause.called:
+                self._pause.cancel()
+        elif self.command is not None:
+            self.command.cancel()
+
+    @contextlib.contextmanager
+    def prompt(self) -> Iterator[None]:
+        """Around a blocking read of the operator's input (no reactor turn
+        happens in it): Ctrl-C there unwinds it, then dies."""
+        self._at_prompt = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            die_of_sigint("interrupted")
+        finally:
+            self._at_prompt = False
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds``; CancelledError once Ctrl-C was pressed."""
         if self.pressed:
             raise defer.CancelledError()
-        self._pause = task.deferLater(self._reactor, seconds, lambda: None)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self._pause = task.deferLater(reactor, seconds, lambda: None)
         try:
             await self._pause
         finally:
@@ -178,10 +239,14 @@ class _Interrupt:
 class Commands:
     """One method per sub-command; each returns what to print."""
 
-    def __init__(self, catalog, args: argparse.Namespace, out) -> None:
+    def __init__(
+        self, catalog, args: argparse.Namespace, out, interrupt: _Interrupt | None = None
+    ) -> None:
         self.catalog = catalog
         self.args = args
         self.out = out
+        # Not entered here: ``main`` installs it for the whole command.
+        self.interrupt = interrupt if interrupt is not None else _Interrupt()
 
     def emit(self, data: Any, table: str) -> None:
         if self.args.json:
@@ -194,7 +259,8 @@ class Commands:
 
     async def user_add(self) -> None:
         a = self.args
-        password = read_password(a)
+        with self.interrupt.prompt():
+            password = read_password(a)
         try:
             user = await self.catalog.add_user(
                 a.name, password, admin=a.admin, root=a.root,
@@ -254,7 +320,9 @@ class Commands:
         self.emit({"deleted": a.name, **result}, text)
 
     async def user_passwd(self) -> None:
-        await self.catalog.set_password(self.args.name, read_password(self.args))
+        with self.interrupt.prompt():
+            password = read_password(self.args)
+        await self.catalog.set_password(self.args.name, password)
         self.emit({"changed": self.args.name}, f"password of {self.args.name} changed")
 
     async def user_quota(self) -> None:
@@ -388,9 +456,9 @@ class Commands:
         waiting silently up to ``--timeout``.  Ctrl-C stops the waiting
         only (``_interrupted``): the job is the cluster's once queued.
         """
-        from twisted.internet import reactor
-
-        with _Interrupt(reactor) as interrupt:
+        interrupt = self.interrupt
+        interrupt.following = True
+        try:
             job = await self.catalog.enqueue_job(kind, args)
             if interrupt.pressed:
                 await self._interrupted(kind, job.job_id, job.state)
@@ -400,9 +468,11 @@ class Commands:
                 if not interrupt.pressed:
                     raise
                 await self._interrupted(kind, job.job_id, None)
+        finally:
+            interrupt.following = False
 
     async def _interrupted(self, kind: str, job_id: int, state: str | None) -> NoReturn:
-        """After Ctrl-C: say what becomes of the job, exit ``EXIT_INTERRUPTED``.
+        """After Ctrl-C: say what becomes of the job, die by SIGINT.
 
         The CLI never cancels it: a queued job is run by the next front end
         that takes it, a running one goes on to its end (a drain until
@@ -425,8 +495,7 @@ class Commands:
             text = f"{job} ended meanwhile ({state})"
         else:
             text = f"{job} was queued and, as far as is known, goes on in the cluster"
-        self._warn(f"interrupted: stopped waiting; {text}")
-        raise SystemExit(EXIT_INTERRUPTED)
+        die_of_sigint(f"interrupted: stopped waiting; {text}")
 
     async def _follow(self, kind: str, job: Any, interrupt: _Interrupt) -> Any:
         """Poll ``job`` to its end, showing its progress."""
@@ -1018,12 +1087,12 @@ def check_postgresql_catalog(url: str) -> None:
         )
 
 
-async def _run(reactor, args: argparse.Namespace, out) -> None:
+async def _run(reactor, args: argparse.Namespace, out, interrupt: _Interrupt | None = None) -> None:
     if catalog_location(args.catalog)[0] == "postgresql" and not creates_catalog(args):
         check_postgresql_catalog(args.catalog)
     catalog = open_catalog(reactor, args.catalog)
     try:
-        commands = Commands(catalog, args, out)
+        commands = Commands(catalog, args, out, interrupt)
         name = args.command if args.command != "user" else f"user_{args.action}"
         await getattr(commands, name)()
         out.flush()  # a closed pipe shows here, not in the exit's flush
@@ -1033,16 +1102,26 @@ async def _run(reactor, args: argparse.Namespace, out) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; every error an operator can fix is one ``wsfs: ...``
-    line on stderr and a nonzero exit, never a traceback."""
+    line on stderr and a nonzero exit, never a traceback.  Ctrl-C anywhere
+    is one line and death by SIGINT (``_Interrupt``)."""
+    with _Interrupt() as interrupt:
+        _main(argv, interrupt)
+
+
+def _main(argv: Sequence[str] | None, interrupt: _Interrupt) -> None:
     args = parse_args(argv)
     if args.command == "user" and args.action == "add":
         check_user_name(args.name)
     check_catalog_url(args.catalog, creates_catalog(args))
 
     def run(reactor):
-        d = defer.ensureDeferred(_run(reactor, args, sys.stdout))
+        interrupt.reactor = reactor
+        d = defer.ensureDeferred(_run(reactor, args, sys.stdout, interrupt))
+        interrupt.command = d
 
         def report(failure):
+            if interrupt.pressed:  # cancelled by Ctrl-C, or failing since
+                die_of_sigint("interrupted")
             if failure.check(BrokenPipeError):
                 quiet_broken_pipe()
             if failure.check(SystemExit) and isinstance(failure.value.code, str):

@@ -86,6 +86,21 @@ def check_destination(dest: str, catalog_path: str | None = None) -> None:
         raise BackupFailed(f"no directory {directory} for the backup {dest}")
 
 
+#: The temporary copies being written now: a Ctrl-C during a backup ends
+#: the process (``wsfront.cli.die_of_sigint``), which removes them first.
+_TEMPORARIES: set[str] = set()
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary copies being written (the process is dying)."""
+    for tmp in list(_TEMPORARIES):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    _TEMPORARIES.clear()
+
+
 def _new_temporary(dest: str) -> str:
     """A new empty file beside ``dest`` to write the copy into: made here
     (``O_EXCL``), never an existing ``dest + ".tmp"``, which could be
@@ -94,6 +109,7 @@ def _new_temporary(dest: str) -> str:
     directory = os.path.dirname(os.path.abspath(dest))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dest) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
+    _TEMPORARIES.add(tmp)
     return tmp
 
 
@@ -131,6 +147,8 @@ def backup_sqlite(source: str, dest: str) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _TEMPORARIES.discard(tmp)
     _fsync_dir(dest)
     return os.path.getsize(dest)
 
