@@ -94,3 +94,38 @@ def test_backup_of_an_unknown_scheme_names_it_without_the_password(tmp_path):
     with pytest.raises(ValueError) as refused:
         backup_catalog(f"mysql://u:{SECRET}@h/db", str(tmp_path / "x"))
     assert SECRET not in str(refused.value) and "u:***@h" in str(refused.value)
+
+
+#: Passwords ``repr`` escapes (a backslash, quotes): the quoted URL in a
+#: message showed them as ``a\\b``, which no plain search for the URL found.
+ESCAPED = ["a\\b" + SECRET, "a'b\"c" + SECRET, "tab\t" + SECRET]
+
+
+@pytest.mark.parametrize("password", ESCAPED)
+@pytest.mark.parametrize(
+    "form", ["postgresq://postgres:{}@127.0.0.1/x", "sqlite://u:{}@h/x.sqlite"]
+)
+def test_a_password_repr_escapes_is_masked_too(form, password):
+    """A mistyped scheme, a SQLite URL with a host: both quote the URL."""
+    proc = wsfs(form.format(password), "status")
+    assert proc.returncode == 1, proc.stderr
+    for shown in (password, repr(password)[1:-1], SECRET):
+        assert shown not in proc.stderr + proc.stdout, proc.stderr
+    assert ":***@" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("password", ESCAPED)
+def test_the_front_ends_catalog_option_is_named_without_the_password(password, tmp_path):
+    from twisted.python import usage
+
+    from wsfront.config import FrontendOptions
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    opts = FrontendOptions()
+    with pytest.raises(usage.UsageError) as refused:
+        opts.parseOptions(
+            ["--name", "a", "--catalog", f"mysql://u:{password}@h/db", "--ftp", "tcp:1",
+             "--secret-file", str(secret), "--storage", "s1=tcp:127.0.0.1:1"]
+        )  # fmt: skip
+    assert SECRET not in str(refused.value) and "u:***@h" in str(refused.value), refused.value

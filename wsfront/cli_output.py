@@ -8,7 +8,10 @@ output needs neither escape: JSON escapes control characters itself."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from wsfront.urls import MASK, masked_url
+
+__all__ = ["MASK", "masked_url", "printable", "without_password"]
 
 #: C0 controls, DEL and C1 controls: what a terminal may act on.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -26,38 +29,12 @@ def printable(text: str, newlines: bool = False) -> str:
     return (_CONTROL_BUT_NEWLINE if newlines else _CONTROL).sub(_escape, text)
 
 
-#: What a password is shown as.
-MASK = "***"
-
-
-def masked_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: the one in
-    ``user:password@host`` and a ``password=`` query parameter
-    (``postgresql://host/db?password=...``).  A URL that does not parse is
-    shown as ``***`` whole rather than risk echoing a secret."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:{MASK}@{host}"
-    query = parts.query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(key == "password" for key, _ in pairs):
-        query = urlencode(
-            [(k, MASK if k == "password" else v) for k, v in pairs], safe="*", doseq=False
-        )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # nothing to hide (and ``sqlite:////path`` kept as typed)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def without_password(text: str, url: str) -> str:
-    """``text`` with every occurrence of ``url`` masked: the net under all
-    the CLI's messages, whichever way one came to quote the URL."""
+    """``text`` with every occurrence of ``url`` masked, as typed or as
+    ``repr`` escapes it (a ``\\`` or quote in the password): the net under
+    all the CLI's messages, whichever way one came to quote the URL."""
     shown = masked_url(url)
-    return text if shown == url else text.replace(url, shown)
+    if shown == url:
+        return text
+    text = text.replace(url, shown)
+    return text.replace(repr(url)[1:-1], repr(shown)[1:-1])

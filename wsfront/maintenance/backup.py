@@ -24,7 +24,7 @@ import tempfile
 from urllib.parse import unquote, urlparse
 
 from wsfront.catalog.errors import CatalogError
-from wsfront.cli_output import masked_url
+from wsfront.urls import masked_url
 
 
 class BackupFailed(CatalogError):
