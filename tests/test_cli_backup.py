@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,16 @@ def test_a_regular_file_is_still_replaced_and_no_temporary_is_left(live, tmp_pat
     assert dest.read_bytes().startswith(b"SQLite format 3\x00")
     assert (tmp_path / "old.bak.tmp").read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.bak", "old.bak.tmp"]
+
+
+def test_the_backup_is_readable_by_its_owner_only(live, tmp_path):
+    """It holds the users' password hashes: mode 0600, new or replacing
+    an older backup that was world-readable."""
+    url, _ = live
+    new, old = tmp_path / "new.bak", tmp_path / "old.bak"
+    old.write_bytes(b"an older backup")
+    old.chmod(0o644)
+    for dest in (new, old):
+        done = wsfs(url, "backup", str(dest))
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o600, oct(dest.stat().st_mode)

@@ -21,7 +21,7 @@ import sqlite3
 import stat
 import subprocess
 import tempfile
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlparse, urlsplit, urlunsplit
 
 from wsfront.catalog.errors import CatalogError
 from wsfront.urls import masked_url
@@ -153,23 +153,57 @@ def backup_sqlite(source: str, dest: str) -> int:
     return os.path.getsize(dest)
 
 
+def _password_apart(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (None if it has
+    none): in ``user:password@host`` or a ``password=`` parameter, as
+    libpq reads them (the parameter, read last, wins)."""
+    parts = urlsplit(url)
+    netloc, query, password = parts.netloc, parts.query, None
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        password = unquote(password)
+        netloc = f"{user}@{host}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key == "password" for key, _ in pairs):
+        password = [value for key, value in pairs if key == "password"][-1]
+        # libpq decodes %XX only (no "+" for a space): quote, not quote_plus.
+        query = urlencode([(k, v) for k, v in pairs if k != "password"], quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), password
+
+
 def backup_postgres(url: str, dest: str) -> int:
-    """``pg_dump`` the database at ``url`` into ``dest``; return its size."""
+    """``pg_dump`` the database at ``url`` into ``dest``; return its size.
+
+    The password goes to pg_dump in its environment (PGPASSWORD, readable
+    by its user only), never on its command line, which every local user
+    can read (``ps``, ``/proc/PID/cmdline``)."""
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         raise BackupFailed("pg_dump is not installed; it is needed to back up PostgreSQL")
+    bare, password = _password_apart(url)
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
     tmp = _new_temporary(dest)
-    done = subprocess.run(
-        [pg_dump, "--format=custom", f"--file={tmp}", url], capture_output=True, text=True
-    )
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(
+            [pg_dump, "--format=custom", f"--file={tmp}", bare],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        if done.returncode != 0:
+            said = done.stderr.strip().splitlines()
+            # Its error, not a warning it printed first.
+            said = [line for line in said if "error:" in line] or said
+            raise BackupFailed(f"pg_dump failed: {said[0] if said else f'exit {done.returncode}'}")
+        os.replace(tmp, dest)
+    except BaseException:
+        # A failed dump, pg_dump not started, a failed rename: no copy left.
         if os.path.exists(tmp):
             os.unlink(tmp)
-        said = done.stderr.strip().splitlines()
-        # Its error, not a warning it printed first.
-        said = [line for line in said if "error:" in line] or said
-        raise BackupFailed(f"pg_dump failed: {said[0] if said else f'exit {done.returncode}'}")
-    os.replace(tmp, dest)
+        raise
+    finally:
+        _TEMPORARIES.discard(tmp)
     _fsync_dir(dest)
     return os.path.getsize(dest)
 
