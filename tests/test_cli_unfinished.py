@@ -130,3 +130,18 @@ async def test_a_rebalance_stopped_by_a_failed_copy_exits_4():
         else:
             assert code is None
         assert ("stopped early: 1 copies failed" in out.getvalue()) == bool(failed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_fsck_fix_that_leaves_blobs_under_replicated_exits_4_as_repair_does(three):
+    """Status 3 is for what fsck without --fix finds; --fix repairs it, and
+    what the repair cannot do is unfinished work (it exited 0)."""
+    for i in range(3):
+        await three.upload(f"/f{i}.bin", payload(40_000 + i))
+    for name in ("s2", "s3"):
+        proc = three.procs[name].proc
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    out, err, code = await three.wsfs("fsck", "--fix", *JOB)
+    assert code == EXIT_UNFINISHED, (code, out, err)
+    assert "not fixed: 3 blobs still under-replicated" in out, out

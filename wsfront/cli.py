@@ -55,10 +55,10 @@ EXIT_INTERRUPTED = 128 + 2
 EXIT_PROBLEMS = 3
 
 EXIT_CODES = f"""exit status: 0 done; 1 error (one line on stderr); 2 usage;
-{EXIT_PROBLEMS} fsck found problems, or compact a sha256 mismatch;
+{EXIT_PROBLEMS} fsck (without --fix) found problems, or compact a sha256 mismatch;
 {EXIT_UNFINISHED} the job ended with work left: drain left replicas on the
-server, repair left blobs under-replicated or unrecoverable, rebalance
-stopped at a failed copy; 130 (killed by SIGINT) interrupted by Ctrl-C,
+server, repair or fsck --fix left blobs under-replicated or unrecoverable,
+rebalance stopped at a failed copy; 130 (killed by SIGINT) interrupted by Ctrl-C,
 a job waited for goes on in the cluster; 141 output pipe closed.
 """
 
@@ -751,15 +751,26 @@ class Commands:
             lines.append(f"missing: blob {m['blob']} on {m['node']}")
         for w in r["wrong"]:
             lines.append(f"wrong: blob {w['blob']} on {w['node']} ({w['size']} != {w['length']})")
+        left = ""
         if self.args.fix:
             deleted = r["gc"]["orphans_deleted"] + r["gc"]["strays_deleted"]
             lines.append(
                 f"fixed: {r.get('marked', 0)} replicas marked, "
                 f"{r['repair']['copied']} copied, {deleted} deleted"
             )
+            # ``under_replicated`` is counted again after the repair.
+            unrecoverable = len(r["repair"]["unrecoverable"])
+            if r["under_replicated"] or unrecoverable:
+                left = (
+                    f"{r['under_replicated']} blobs still under-replicated, "
+                    f"{unrecoverable} unrecoverable"
+                )
+                lines.append(f"not fixed: {left} (as `wsfs repair` would leave them)")
         self.emit(job, "\n".join(lines))
         if not self.args.fix and r["problems"]:
             raise SystemExit(EXIT_PROBLEMS)
+        if left:  # what repair exits 4 for: the fix is not done
+            self._unfinished(left)
 
     async def _rebuild(self) -> None:
         from twisted.internet import reactor
