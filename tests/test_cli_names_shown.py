@@ -64,3 +64,37 @@ async def test_ls_user_list_and_messages_escape_control_characters(tmp_path):
 
     missing = wsfs(url, "ls", "/ann/" + HOSTILE + "x")
     assert missing.returncode == 1 and SHOWN + "x" in clean(missing.stderr), missing.stderr
+
+
+#: A name holding a line end and what follows it, made to look like a line
+#: of wsfs's own.
+FORGED = "x\nwsfs: all replicas verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_line_end_in_a_name_cannot_forge_a_line(tmp_path):
+    """Messages keep their own line structure, but a LF in a name put into
+    one is escaped like any control character (it was kept).  File and
+    user names cannot hold one (the catalog refuses it); a storage
+    server's name, or one typed on the command line, can."""
+    from twisted.internet import reactor
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    catalog = open_catalog(reactor, url)
+    try:
+        await catalog.add_user("ann", "pw-123456")
+        await catalog.register_node(FORGED, "tcp:127.0.0.1:1")
+        await catalog.set_node_draining(FORGED, True)
+    finally:
+        await catalog.close()
+    shown = "x\\x0awsfs: all replicas verified"
+
+    undrained = wsfs(url, "undrain", FORGED)
+    assert undrained.returncode == 0, undrained.stderr
+    assert undrained.stdout.splitlines() == [
+        f"{shown} is no longer draining: it takes new replicas again"
+    ], undrained.stdout
+
+    unknown = wsfs(url, "undrain", "no" + FORGED)
+    assert unknown.returncode == 1, unknown.stderr
+    assert len(unknown.stderr.splitlines()) == 1, unknown.stderr

@@ -63,6 +63,13 @@ a job waited for goes on in the cluster; 141 output pipe closed.
 """
 
 
+def _shown(value: Any) -> str:
+    """A name (a file's, a user's, a server's) to put in a message: every
+    control character escaped, a line end too, so a name cannot forge a
+    line of the output (the message's own line ends are kept by ``emit``)."""
+    return printable(str(value))
+
+
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
@@ -271,7 +278,7 @@ class Commands:
                 f"wsfs: {e.message}; `wsfs ls` shows them, `user add --adopt-files` gives "
                 "them to the new user, or move them away first"
             ) from None
-        text = f"user {user.name} added (root {user.root})"
+        text = f"user {_shown(user.name)} added (root {_shown(user.root)})"
         if a.adopt_files:
             used = f"{_human(user.used_bytes)} in {user.used_files} files"
             text += f"; usage {used}, adopted included"
@@ -306,30 +313,30 @@ class Commands:
                 "(a later `user add` of the name then needs --adopt-files)"
             )
             raise SystemExit(f"wsfs: {e.message}; {hint}") from None
-        text = f"user {a.name} deleted"
+        text = f"user {_shown(a.name)} deleted"
         if a.purge:
             outside = result["uploads_aborted_outside_root"]
-            moved = f", {outside} of them moved out of {result['root']}" if outside else ""
+            moved = f", {outside} of them moved out of {_shown(result['root'])}" if outside else ""
             text += (
                 f"; {result['files_deleted']} files deleted and {result['uploads_aborted']} "
                 f"pending uploads aborted{moved} (their storage is freed by the garbage "
                 "collector)"
             )
         elif a.keep_files:
-            text += f"; the files under {result['root']} are kept"
+            text += f"; the files under {_shown(result['root'])} are kept"
         self.emit({"deleted": a.name, **result}, text)
 
     async def user_passwd(self) -> None:
         with self.interrupt.prompt():
             password = read_password(self.args)
         await self.catalog.set_password(self.args.name, password)
-        self.emit({"changed": self.args.name}, f"password of {self.args.name} changed")
+        self.emit({"changed": self.args.name}, f"password of {_shown(self.args.name)} changed")
 
     async def user_quota(self) -> None:
         a = self.args
         user = await self.catalog.set_quota(a.name, a.bytes, a.files)
         files = "-" if user.quota_files is None else user.quota_files
-        self.emit(user, f"quota of {user.name}: {_human(user.quota_bytes)}, {files} files")
+        self.emit(user, f"quota of {_shown(user.name)}: {_human(user.quota_bytes)}, {files} files")
 
     async def status(self) -> None:
         """Totals and the storage registry.  A server's state is what a
@@ -364,13 +371,13 @@ class Commands:
             text += (
                 "\nunavailable (no replica on a server that is up): "
                 + _blobs_and_files(st["unavailable"], st["unavailable_files"])
-                + (f": {', '.join(shown)}" if shown else "")
+                + (f": {', '.join(map(_shown, shown))}" if shown else "")
                 + (f" and {more} more" if more > 0 else "")
             )
         for n in st["nodes"]:
             if n.store_replaced_at is not None and now - n.store_replaced_at < REPLACED_SHOWN:
                 text += (
-                    f"\n{n.name}: came back on a wiped or replaced data directory "
+                    f"\n{_shown(n.name)}: came back on a wiped or replaced data directory "
                     f"{_ago(now - n.store_replaced_at)} (store {n.store_replaced} -> "
                     f"{n.store_id}): {n.store_lost} replica(s) there were lost"
                     + (", repair copies them back (see under-replicated)" if n.store_lost else "")
@@ -439,7 +446,7 @@ class Commands:
 
     def _warn(self, text: str) -> None:
         """A note on stderr (stdout may be JSON for a script)."""
-        sys.stderr.write(f"wsfs: {printable(text, newlines=True)}\n")
+        sys.stderr.write(f"wsfs: {printable(text)}\n")
         sys.stderr.flush()
 
     def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
@@ -490,7 +497,7 @@ class Commands:
             text = f"{job} is still {state} and goes on in the cluster"
             text += " (a front end runs it when one takes it)" if state == "queued" else ""
             if kind == "drain":
-                text += f"; `wsfs undrain {self.args.name}` stops it"
+                text += f"; `wsfs undrain {_shown(self.args.name)}` stops it"
         elif state is not None:
             text = f"{job} ended meanwhile ({state})"
         else:
@@ -554,14 +561,14 @@ class Commands:
         )
         if r["lost_nodes"]:
             text += (
-                f"; servers lost: {', '.join(r['lost_nodes'])} "
+                f"; servers lost: {', '.join(map(_shown, r['lost_nodes']))} "
                 f"({r['marked_lost']} replicas marked lost)"
             )
         lines = [text]
         for blob in r["unrecoverable"]:
             lines.append(f"unrecoverable: blob {blob} has no reachable replica")
         for b in job.result.get("no_verified_replica", []):
-            where = ", ".join(b.get("paths", [])) or "no file"
+            where = ", ".join(map(_shown, b.get("paths", []))) or "no file"
             lines.append(
                 f"no verified replica: {b['stale']} stale, {b['why']}: blob {b['blob']} "
                 f"({where}); see Repair in docs/maintenance.md"
@@ -578,17 +585,17 @@ class Commands:
         r = job.result
         if r.get("cancelled"):
             raise SystemExit(
-                f"wsfs: drain of {self.args.name} cancelled (`wsfs undrain`) after "
+                f"wsfs: drain of {_shown(self.args.name)} cancelled (`wsfs undrain`) after "
                 f"{r['moved']} replicas moved"
             )
-        text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
+        text = f"drain of {_shown(self.args.name)} done: {r['moved']} replicas moved"
         restarted = r.get("restarted")
         if restarted:
             before = restarted["before"].get("moved", 0)
             # The first run's last recorded progress is a lower bound: a
             # move may land after it and before the runner died.
             text = (
-                f"drain of {self.args.name} done: {r['moved']} replicas moved since the "
+                f"drain of {_shown(self.args.name)} done: {r['moved']} replicas moved since the "
                 f"job restarted ({restarted['why']}); its first run had moved at least {before}"
             )
         stuck, busy = r.get("stuck") or [], r.get("busy") or 0
@@ -611,7 +618,7 @@ class Commands:
             text += f"; {busy} in live uploads (run again once they end)"
         self.emit(job, text)
         if stuck or busy:
-            self._unfinished(f"replicas are still on {self.args.name}: it cannot go yet")
+            self._unfinished(f"replicas are still on {_shown(self.args.name)}: it cannot go yet")
 
     async def _homeless(self, node: str, blob_ids: list[str]) -> tuple[int, int]:
         """How many of ``blob_ids``, replicas a drain of ``node`` could not
@@ -658,9 +665,9 @@ class Commands:
             else:
                 running.append(job.job_id)
         if before.get(name) != NODE_DRAINING:
-            text = f"{name} was not draining (state {node.state})"
+            text = f"{_shown(name)} was not draining (state {node.state})"
         else:
-            text = f"{name} is no longer draining: it takes new replicas again"
+            text = f"{_shown(name)} is no longer draining: it takes new replicas again"
         if cancelled:
             text += f"; queued drain jobs cancelled: {', '.join(map(str, cancelled))}"
         if running:
@@ -741,16 +748,20 @@ class Commands:
             f"under-replicated: {r['under_replicated']}",
         ]
         if r["unreachable_nodes"]:
-            lines.append("unreachable: " + ", ".join(r["unreachable_nodes"]))
+            lines.append("unreachable: " + ", ".join(map(_shown, r["unreachable_nodes"])))
         for f in r.get("failing_nodes", []):
             # Up, but its disk could not list its blobs: its replicas count as missing.
-            lines.append(f"failing: {f['node']} ({f['why']})")
+            lines.append(f"failing: {_shown(f['node'])} ({_shown(f['why'])})")
         if r["guarded_nodes"]:
-            lines.append("too many unknown blobs (left alone): " + ", ".join(r["guarded_nodes"]))
+            lines.append(
+                "too many unknown blobs (left alone): " + ", ".join(map(_shown, r["guarded_nodes"]))
+            )
         for m in r["missing"]:
-            lines.append(f"missing: blob {m['blob']} on {m['node']}")
+            lines.append(f"missing: blob {m['blob']} on {_shown(m['node'])}")
         for w in r["wrong"]:
-            lines.append(f"wrong: blob {w['blob']} on {w['node']} ({w['size']} != {w['length']})")
+            lines.append(
+                f"wrong: blob {w['blob']} on {_shown(w['node'])} ({w['size']} != {w['length']})"
+            )
         left = ""
         if self.args.fix:
             deleted = r["gc"]["orphans_deleted"] + r["gc"]["strays_deleted"]
@@ -806,7 +817,7 @@ class Commands:
         text = [f"rebuilt: {report['files']} files from {report['blobs']} blobs; "
                 f"under-replicated: {report['under_replicated']}"]  # fmt: skip
         for p in report["problems"]:
-            text.append("problem: " + ", ".join(f"{k}={v}" for k, v in p.items()))
+            text.append("problem: " + ", ".join(f"{k}={_shown(v)}" for k, v in p.items()))
         if report["skipped"]:
             text.append(f"skipped blobs: {report['skipped']}")
         if report.get("replaced_by_compaction"):
@@ -1136,11 +1147,12 @@ def _main(argv: Sequence[str] | None, interrupt: _Interrupt) -> None:
             if failure.check(BrokenPipeError):
                 quiet_broken_pipe()
             if failure.check(SystemExit) and isinstance(failure.value.code, str):
+                # One line each, by design: a LF in a name quoted in it is escaped.
                 said = without_password(failure.value.code, args.catalog)
-                raise SystemExit(printable(said, newlines=True))
+                raise SystemExit(printable(said))
             message = explain(failure, args.catalog)
             if message is not None:
-                said = printable(without_password(message, args.catalog), newlines=True)
+                said = printable(without_password(message, args.catalog))
                 sys.stderr.write(f"wsfs: {said}\n")
                 raise SystemExit(1)
             return failure
