@@ -153,3 +153,21 @@ def test_the_backup_is_readable_by_its_owner_only(live, tmp_path):
         done = wsfs(url, "backup", str(dest))
         assert done.returncode == 0, done.stderr
         assert stat.S_IMODE(dest.stat().st_mode) == 0o600, oct(dest.stat().st_mode)
+
+
+def test_a_dying_backup_removes_its_copy_and_the_copy_s_journal(tmp_path):
+    """SQLite writes a rollback journal beside the copy while it fills it:
+    a Ctrl-C mid-backup (``remove_temporaries`` as the process dies) takes
+    both, not the copy alone."""
+    from wsfront.maintenance import backup
+
+    tmp = tmp_path / "b.sqlite.x1y2.tmp"
+    journal = tmp_path / "b.sqlite.x1y2.tmp-journal"
+    tmp.write_bytes(b"copy")
+    journal.write_bytes(b"journal")
+    backup._TEMPORARIES.add(str(tmp))
+    try:
+        backup.remove_temporaries()
+    finally:
+        backup._TEMPORARIES.discard(str(tmp))
+    assert sorted(tmp_path.iterdir()) == []

@@ -203,6 +203,10 @@ def test_a_failed_pg_dump_rename_or_start_leaves_no_temporary(tmp_path):
         ("postgresql://u@h/db?password=a%20b&options=-csearch_path%3Ds",
          "postgresql://u@h/db?options=-csearch_path%3Ds", "a b"),
         ("postgresql://u@h/db", "postgresql://u@h/db", None),
+        # libpq reads "+" as itself, never as a space, in the password and
+        # in the parameters kept.
+        ("postgresql://u@h/db?password=a+b&application_name=x+y",
+         "postgresql://u@h/db?application_name=x+y", "a+b"),
     ],
 )  # fmt: skip
 def test_the_password_is_taken_out_of_the_url_for_pg_dump(url, bare, password):

@@ -32,6 +32,7 @@ from wsfront.catalog.records import NODE_DRAINING
 from wsfront.cli_input import read_password, whole
 from wsfront.cli_output import masked_url, printable, without_password
 from wsfront.failures import driver_error, operator_error
+from wsfront.maintenance.backup import remove_temporaries
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 from wsstorage.reserve import human_bytes
 
@@ -144,7 +145,6 @@ def die_of_sigint(message: str) -> NoReturn:
     for died of the SIGINT it got too.  An ``exit(130)`` let it carry on.
     What was printed is flushed first; a backup's temporary file is
     removed (its thread dies with the process)."""
-    from wsfront.maintenance.backup import remove_temporaries
 
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -386,7 +386,7 @@ class Commands:
             note = "no front end is alive"
             if leases:
                 owner, expires = max(leases.values(), key=lambda lease: lease[1])
-                note += f" (the last, {owner}, stopped renewing {_ago(now - expires)})"
+                note += f" (the last, {_shown(owner)}, stopped renewing {_ago(now - expires)})"
             text += f"\n{note}: each STATE is as last recorded, SEEN ago, and may be out of date"
         self.emit({**st, "front_ends_alive": alive}, text)
 
@@ -570,7 +570,7 @@ class Commands:
         for b in job.result.get("no_verified_replica", []):
             where = ", ".join(map(_shown, b.get("paths", []))) or "no file"
             lines.append(
-                f"no verified replica: {b['stale']} stale, {b['why']}: blob {b['blob']} "
+                f"no verified replica: {b['stale']} stale, {_shown(b['why'])}: blob {b['blob']} "
                 f"({where}); see Repair in docs/maintenance.md"
             )
         self.emit(job, "\n".join(lines))
@@ -596,7 +596,8 @@ class Commands:
             # move may land after it and before the runner died.
             text = (
                 f"drain of {_shown(self.args.name)} done: {r['moved']} replicas moved since the "
-                f"job restarted ({restarted['why']}); its first run had moved at least {before}"
+                f"job restarted ({_shown(restarted['why'])}); "
+                f"its first run had moved at least {before}"
             )
         stuck, busy = r.get("stuck") or [], r.get("busy") or 0
         if stuck:
@@ -839,7 +840,7 @@ class Commands:
 
         size = await threads.deferToThread(backup_catalog, self.args.catalog, self.args.file)
         self.emit({"file": self.args.file, "bytes": size},
-                  f"catalog backed up to {self.args.file} ({_human(size)})")  # fmt: skip
+                  f"catalog backed up to {_shown(self.args.file)} ({_human(size)})")  # fmt: skip
 
 
 def _seconds_or_none(text: str) -> float:

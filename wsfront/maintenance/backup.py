@@ -21,7 +21,7 @@ import sqlite3
 import stat
 import subprocess
 import tempfile
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlparse, urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from wsfront.catalog.errors import CatalogError
 from wsfront.urls import masked_url
@@ -94,10 +94,12 @@ _TEMPORARIES: set[str] = set()
 def remove_temporaries() -> None:
     """Remove the temporary copies being written (the process is dying)."""
     for tmp in list(_TEMPORARIES):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        # SQLite writes a rollback journal beside the copy while it fills it.
+        for path in (tmp, tmp + "-journal"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     _TEMPORARIES.clear()
 
 
@@ -164,11 +166,12 @@ def _password_apart(url: str) -> tuple[str, str | None]:
         user, _, password = userinfo.partition(":")
         password = unquote(password)
         netloc = f"{user}@{host}"
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(key == "password" for key, _ in pairs):
-        password = [value for key, value in pairs if key == "password"][-1]
-        # libpq decodes %XX only (no "+" for a space): quote, not quote_plus.
-        query = urlencode([(k, v) for k, v in pairs if k != "password"], quote_via=quote)
+    # libpq decodes %XX only, never "+" as a space (parse_qsl would): the
+    # other parameters are kept exactly as typed.
+    pairs = [item.partition("=") for item in query.split("&") if item]
+    if any(key == "password" for key, _, _ in pairs):
+        password = unquote([value for key, _, value in pairs if key == "password"][-1])
+        query = "&".join(k + eq + v for k, eq, v in pairs if k != "password")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), password
 
 
