@@ -168,7 +168,7 @@ async def test_wsfs_repair_prints_each_blob_without_a_verified_replica_with_its_
     import io
     from types import SimpleNamespace
 
-    from wsfront.cli import Commands
+    from wsfront.cli import EXIT_UNFINISHED, Commands
 
     out = io.StringIO()
     commands = Commands(None, argparse.Namespace(json=False), out)
@@ -185,7 +185,9 @@ async def test_wsfs_repair_prints_each_blob_without_a_verified_replica_with_its_
         return SimpleNamespace(result=result)
 
     commands._job = job
-    await commands.repair()
+    with pytest.raises(SystemExit) as ended:  # still under-replicated: not done
+        await commands.repair()
+    assert ended.value.code == EXIT_UNFINISHED
     assert out.getvalue().splitlines()[1] == (
         "no verified replica: 2 stale or lost, none of them copies clean: blob b1 (/a/x, /b/y); "
         "see Repair in docs/maintenance.md"

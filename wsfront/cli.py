@@ -12,23 +12,27 @@ scripts.
 from __future__ import annotations
 
 import argparse
-import getpass
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 import attrs
 from twisted.internet import defer, task
 
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, RootInUse
+from wsfront.catalog.errors import CatalogUnavailable, NotEmpty, NotFound, RootInUse
 from wsfront.catalog.opening import catalog_location
 from wsfront.catalog.records import NODE_DRAINING
+from wsfront.cli_input import read_password, whole
+from wsfront.cli_output import masked_url, printable, without_password
 from wsfront.failures import driver_error, operator_error
+from wsfront.maintenance.backup import remove_temporaries
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
 from wsstorage.reserve import human_bytes
 
@@ -36,11 +40,41 @@ from wsstorage.reserve import human_bytes
 #: what a shell reports for a process killed by SIGPIPE, as ``cat`` would be.
 EXIT_BROKEN_PIPE = 128 + 13
 
+#: Exit status of a job that ended but left part of its work undone: a
+#: drain with replicas still on the server, a repair with blobs still
+#: under-replicated, a rebalance stopped by a failed copy.  Not 0, so
+#: ``wsfs drain s1 && retire s1`` stops there.
+EXIT_UNFINISHED = 4
+
+#: Exit status a shell reports after Ctrl-C (SIGINT): the CLI says one line
+#: and dies by SIGINT (``die_of_sigint``), so a script stops too; a job it
+#: waited for goes on in the cluster.  Only a fallback exits with it.
+EXIT_INTERRUPTED = 128 + 2
+
+#: Exit status of a job the problems it found are the answer of
+#: (``fsck`` without ``--fix``, ``compact`` with a sha256 mismatch).
+EXIT_PROBLEMS = 3
+
+EXIT_CODES = f"""exit status: 0 done; 1 error (one line on stderr); 2 usage;
+{EXIT_PROBLEMS} fsck (without --fix) found problems, or compact a sha256 mismatch;
+{EXIT_UNFINISHED} the job ended with work left: drain left replicas on the
+server, repair or fsck --fix left blobs under-replicated or unrecoverable,
+rebalance stopped at a failed copy; 130 (killed by SIGINT) interrupted by Ctrl-C,
+a job waited for goes on in the cluster; 141 output pipe closed.
+"""
+
+
+def _shown(value: Any) -> str:
+    """A name (a file's, a user's, a server's) to put in a message: every
+    control character escaped, a line end too, so a name cannot forge a
+    line of the output (the message's own line ends are kept by ``emit``)."""
+    return printable(str(value))
+
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[printable(str(r.get(c, ""))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))
     out = [line.rstrip()]
@@ -87,26 +121,6 @@ def _record(obj: Any) -> Any:
     return obj
 
 
-def _read_password(args: argparse.Namespace) -> str:
-    if getattr(args, "password_file", None):
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise SystemExit("wsfs: the passwords differ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise SystemExit("wsfs: an empty password is not allowed")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        # stdin decodes undecodable bytes to surrogates; hashing them would fail.
-        raise SystemExit("wsfs: the password is not valid UTF-8") from None
-    return password
-
-
 def check_user_name(name: str) -> str:
     """Refuse at ``user add`` a name no client could log in with.
 
@@ -124,24 +138,136 @@ def check_user_name(name: str) -> str:
     return name
 
 
+def die_of_sigint(message: str) -> NoReturn:
+    """Say ``message`` on stderr and die by SIGINT, as a process the
+    shell's Ctrl-C killed (exit status 130 in a shell): a script's ``wsfs
+    drain s1; retire s1`` stops there, as bash stops when a child it waited
+    for died of the SIGINT it got too.  An ``exit(130)`` let it carry on.
+    What was printed is flushed first; a backup's temporary file is
+    removed (its thread dies with the process)."""
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe, a write this handler interrupted
+            pass
+    try:
+        os.write(2, f"wsfs: {printable(message)}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+    remove_temporaries()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    os._exit(EXIT_INTERRUPTED)  # not reached: SIGINT's default action ended the process
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) for the whole command: one ``wsfs: interrupted``
+    line and death by SIGINT (``die_of_sigint``), never a traceback nor a
+    silent exit 0 (Twisted's own handler stopped the reactor and
+    ``task.react`` exited 0 with no word).
+
+    While a job is followed (``following``), the first Ctrl-C cancels the
+    current pause between polls (``CancelledError`` in ``_follow``) and
+    ``_job`` says what becomes of the job before dying.  Elsewhere in the
+    reactor the running ``command`` is cancelled (its ``finally`` closes
+    the catalog), at a password prompt KeyboardInterrupt unwinds it (the
+    terminal's echo comes back), before the reactor runs the process dies
+    at once.  A second Ctrl-C dies at once (the catalog may be what hangs).
+
+    A SIGINT ignored when the CLI starts (SIG_IGN: a non-interactive
+    shell's background ``wsfs drain s1 &``, ``nohup``) stays ignored, as
+    whoever started it meant.  The previous handler is back on exit."""
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self._pause: defer.Deferred[None] | None = None
+        self._at_prompt = False
+        self.reactor: Any = None
+        self.command: defer.Deferred[Any] | None = None
+        self.following = False
+        self.pressed = False
+
+    def __enter__(self) -> _Interrupt:
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            die_of_sigint("interrupted again: exiting now")
+        self.pressed = True
+        if self._at_prompt:
+            raise KeyboardInterrupt
+        if self.reactor is None:
+            die_of_sigint("interrupted")
+        self.reactor.callFromThread(self._wake)
+
+    def _wake(self) -> None:
+        if self.following:
+            if self._pause is not None and not self._pause.called:
+                self._pause.cancel()
+        elif self.command is not None:
+            self.command.cancel()
+
+    @contextlib.contextmanager
+    def prompt(self) -> Iterator[None]:
+        """Around a blocking read of the operator's input (no reactor turn
+        happens in it): Ctrl-C there unwinds it, then dies."""
+        self._at_prompt = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            die_of_sigint("interrupted")
+        finally:
+            self._at_prompt = False
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; CancelledError once Ctrl-C was pressed."""
+        if self.pressed:
+            raise defer.CancelledError()
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self._pause = task.deferLater(reactor, seconds, lambda: None)
+        try:
+            await self._pause
+        finally:
+            self._pause = None
+        if self.pressed:  # pressed during the poll before: its wake found no pause
+            raise defer.CancelledError()
+
+
 class Commands:
     """One method per sub-command; each returns what to print."""
 
-    def __init__(self, catalog, args: argparse.Namespace, out) -> None:
+    def __init__(
+        self, catalog, args: argparse.Namespace, out, interrupt: _Interrupt | None = None
+    ) -> None:
         self.catalog = catalog
         self.args = args
         self.out = out
+        # Not entered here: ``main`` installs it for the whole command.
+        self.interrupt = interrupt if interrupt is not None else _Interrupt()
 
     def emit(self, data: Any, table: str) -> None:
         if self.args.json:
             json.dump(_record(data), self.out, indent=2, sort_keys=True, default=str)
             self.out.write("\n")
         else:
-            self.out.write(table + "\n")
+            # Names were escaped in their cells; this is the net for the
+            # ones a sentence quotes (``user NAME added``).
+            self.out.write(printable(table, newlines=True) + "\n")
 
     async def user_add(self) -> None:
         a = self.args
-        password = _read_password(a)
+        with self.interrupt.prompt():
+            password = read_password(a)
         try:
             user = await self.catalog.add_user(
                 a.name, password, admin=a.admin, root=a.root,
@@ -152,7 +278,7 @@ class Commands:
                 f"wsfs: {e.message}; `wsfs ls` shows them, `user add --adopt-files` gives "
                 "them to the new user, or move them away first"
             ) from None
-        text = f"user {user.name} added (root {user.root})"
+        text = f"user {_shown(user.name)} added (root {_shown(user.root)})"
         if a.adopt_files:
             used = f"{_human(user.used_bytes)} in {user.used_files} files"
             text += f"; usage {used}, adopted included"
@@ -187,28 +313,30 @@ class Commands:
                 "(a later `user add` of the name then needs --adopt-files)"
             )
             raise SystemExit(f"wsfs: {e.message}; {hint}") from None
-        text = f"user {a.name} deleted"
+        text = f"user {_shown(a.name)} deleted"
         if a.purge:
             outside = result["uploads_aborted_outside_root"]
-            moved = f", {outside} of them moved out of {result['root']}" if outside else ""
+            moved = f", {outside} of them moved out of {_shown(result['root'])}" if outside else ""
             text += (
                 f"; {result['files_deleted']} files deleted and {result['uploads_aborted']} "
                 f"pending uploads aborted{moved} (their storage is freed by the garbage "
                 "collector)"
             )
         elif a.keep_files:
-            text += f"; the files under {result['root']} are kept"
+            text += f"; the files under {_shown(result['root'])} are kept"
         self.emit({"deleted": a.name, **result}, text)
 
     async def user_passwd(self) -> None:
-        await self.catalog.set_password(self.args.name, _read_password(self.args))
-        self.emit({"changed": self.args.name}, f"password of {self.args.name} changed")
+        with self.interrupt.prompt():
+            password = read_password(self.args)
+        await self.catalog.set_password(self.args.name, password)
+        self.emit({"changed": self.args.name}, f"password of {_shown(self.args.name)} changed")
 
     async def user_quota(self) -> None:
         a = self.args
         user = await self.catalog.set_quota(a.name, a.bytes, a.files)
         files = "-" if user.quota_files is None else user.quota_files
-        self.emit(user, f"quota of {user.name}: {_human(user.quota_bytes)}, {files} files")
+        self.emit(user, f"quota of {_shown(user.name)}: {_human(user.quota_bytes)}, {files} files")
 
     async def status(self) -> None:
         """Totals and the storage registry.  A server's state is what a
@@ -243,13 +371,13 @@ class Commands:
             text += (
                 "\nunavailable (no replica on a server that is up): "
                 + _blobs_and_files(st["unavailable"], st["unavailable_files"])
-                + (f": {', '.join(shown)}" if shown else "")
+                + (f": {', '.join(map(_shown, shown))}" if shown else "")
                 + (f" and {more} more" if more > 0 else "")
             )
         for n in st["nodes"]:
             if n.store_replaced_at is not None and now - n.store_replaced_at < REPLACED_SHOWN:
                 text += (
-                    f"\n{n.name}: came back on a wiped or replaced data directory "
+                    f"\n{_shown(n.name)}: came back on a wiped or replaced data directory "
                     f"{_ago(now - n.store_replaced_at)} (store {n.store_replaced} -> "
                     f"{n.store_id}): {n.store_lost} replica(s) there were lost"
                     + (", repair copies them back (see under-replicated)" if n.store_lost else "")
@@ -258,7 +386,7 @@ class Commands:
             note = "no front end is alive"
             if leases:
                 owner, expires = max(leases.values(), key=lambda lease: lease[1])
-                note += f" (the last, {owner}, stopped renewing {_ago(now - expires)})"
+                note += f" (the last, {_shown(owner)}, stopped renewing {_ago(now - expires)})"
             text += f"\n{note}: each STATE is as last recorded, SEEN ago, and may be out of date"
         self.emit({**st, "front_ends_alive": alive}, text)
 
@@ -318,7 +446,7 @@ class Commands:
 
     def _warn(self, text: str) -> None:
         """A note on stderr (stdout may be JSON for a script)."""
-        sys.stderr.write(f"wsfs: {text}\n")
+        sys.stderr.write(f"wsfs: {printable(text)}\n")
         sys.stderr.flush()
 
     def _say_restarted(self, kind: str, job_id: int, why: str) -> None:
@@ -332,9 +460,52 @@ class Commands:
 
         The operator is told at once when no front end could run it, and
         again when it has waited a while with nobody taking it, rather than
-        waiting silently up to ``--timeout``.
+        waiting silently up to ``--timeout``.  Ctrl-C stops the waiting
+        only (``_interrupted``): the job is the cluster's once queued.
         """
-        job = await self.catalog.enqueue_job(kind, args)
+        interrupt = self.interrupt
+        interrupt.following = True
+        try:
+            job = await self.catalog.enqueue_job(kind, args)
+            if interrupt.pressed:
+                await self._interrupted(kind, job.job_id, job.state)
+            try:
+                return await self._follow(kind, job, interrupt)
+            except defer.CancelledError:
+                if not interrupt.pressed:
+                    raise
+                await self._interrupted(kind, job.job_id, None)
+        finally:
+            interrupt.following = False
+
+    async def _interrupted(self, kind: str, job_id: int, state: str | None) -> NoReturn:
+        """After Ctrl-C: say what becomes of the job, die by SIGINT.
+
+        The CLI never cancels it: a queued job is run by the next front end
+        that takes it, a running one goes on to its end (a drain until
+        ``wsfs undrain``).  Its state is read once more to say which; a
+        second Ctrl-C meanwhile exits at once."""
+        if self.out.isatty() and not self.args.json:
+            self.out.write("\n")
+        if state is None:
+            try:
+                state = (await self.catalog.get_job(job_id)).state
+            except Exception:  # a hung or failing catalog: say what is known
+                state = None
+        job = f"the {kind} job {job_id}"
+        if state in ("queued", "running"):
+            text = f"{job} is still {state} and goes on in the cluster"
+            text += " (a front end runs it when one takes it)" if state == "queued" else ""
+            if kind == "drain":
+                text += f"; `wsfs undrain {_shown(self.args.name)}` stops it"
+        elif state is not None:
+            text = f"{job} ended meanwhile ({state})"
+        else:
+            text = f"{job} was queued and, as far as is known, goes on in the cluster"
+        die_of_sigint(f"interrupted: stopped waiting; {text}")
+
+    async def _follow(self, kind: str, job: Any, interrupt: _Interrupt) -> Any:
+        """Poll ``job`` to its end, showing its progress."""
         started = time.monotonic()
         deadline = started + self.args.timeout
         nag_at: float | None = started + self.args.no_taker_after
@@ -345,8 +516,6 @@ class Commands:
             )
         shown = None
         restart_said = False
-        from twisted.internet import reactor
-
         while job.state in ("queued", "running"):
             if job.error is not None and not restart_said:
                 # Re-queued after its runner died or lost the lease
@@ -370,7 +539,7 @@ class Commands:
             if job.progress != shown and not self.args.json:
                 shown = job.progress
                 self._show_progress(kind, job)
-            await task.deferLater(reactor, self.args.poll, lambda: None)
+            await interrupt.sleep(self.args.poll)
             job = await self.catalog.get_job(job.job_id)
         if shown is not None and self.out.isatty():
             self.out.write("\n")
@@ -397,44 +566,93 @@ class Commands:
             )
         if r["lost_nodes"]:
             text += (
-                f"; servers lost: {', '.join(r['lost_nodes'])} "
+                f"; servers lost: {', '.join(map(_shown, r['lost_nodes']))} "
                 f"({r['marked_lost']} replicas marked lost)"
             )
         lines = [text]
         for blob in r["unrecoverable"]:
             lines.append(f"unrecoverable: blob {blob} has no reachable replica")
         for b in job.result.get("no_verified_replica", []):
-            where = ", ".join(b.get("paths", [])) or "no file"
+            where = ", ".join(map(_shown, b.get("paths", []))) or "no file"
             # ``stale``: what older front ends named this count; a job one
             # of them ran (a cluster being upgraded) is still read.
             count = b.get("stale_or_lost", b.get("stale"))
             lines.append(
-                f"no verified replica: {count} stale or lost, {b['why']}: blob {b['blob']} "
+                f"no verified replica: {count} stale or lost, {_shown(b['why'])}: blob {b['blob']} "
                 f"({where}); see Repair in docs/maintenance.md"
             )
         self.emit(job, "\n".join(lines))
+        if r["under_replicated"] or r["unrecoverable"]:
+            self._unfinished(
+                f"{r['under_replicated']} blobs still under-replicated, "
+                f"{len(r['unrecoverable'])} unrecoverable"
+            )
 
     async def drain(self) -> None:
         job = await self._job("drain", {"node": self.args.name})
         r = job.result
         if r.get("cancelled"):
             raise SystemExit(
-                f"wsfs: drain of {self.args.name} cancelled (`wsfs undrain`) after "
+                f"wsfs: drain of {_shown(self.args.name)} cancelled (`wsfs undrain`) after "
                 f"{r['moved']} replicas moved"
             )
-        text = f"drain of {self.args.name} done: {r['moved']} replicas moved"
+        text = f"drain of {_shown(self.args.name)} done: {r['moved']} replicas moved"
         restarted = r.get("restarted")
         if restarted:
             before = restarted["before"].get("moved", 0)
             # The first run's last recorded progress is a lower bound: a
             # move may land after it and before the runner died.
             text = (
-                f"drain of {self.args.name} done: {r['moved']} replicas moved since the "
-                f"job restarted ({restarted['why']}); its first run had moved at least {before}"
+                f"drain of {_shown(self.args.name)} done: {r['moved']} replicas moved since the "
+                f"job restarted ({_shown(restarted['why'])}); "
+                f"its first run had moved at least {before}"
             )
-        if r.get("stuck") or r.get("busy"):
-            text += f"; {len(r['stuck'])} could not move, {r['busy']} in live uploads (run again)"
+        stuck, busy = r.get("stuck") or [], r.get("busy") or 0
+        if stuck:
+            homeless, others = await self._homeless(self.args.name, stuck)
+            text += f"; {len(stuck)} could not move"
+            if homeless:
+                why = (
+                    "every other storage server is draining or holds a copy already"
+                    if others
+                    else "there is no other storage server"
+                )
+                text += (
+                    f" ({homeless} with no server to go to: {why}; add a server or "
+                    "`wsfs undrain` one, then drain again)"
+                )
+            if homeless < len(stuck):
+                text += " (run again once the servers that could take them are up)"
+        if busy:
+            text += f"; {busy} in live uploads (run again once they end)"
         self.emit(job, text)
+        if stuck or busy:
+            self._unfinished(f"replicas are still on {_shown(self.args.name)}: it cannot go yet")
+
+    async def _homeless(self, node: str, blob_ids: list[str]) -> tuple[int, int]:
+        """How many of ``blob_ids``, replicas a drain of ``node`` could not
+        move, no run again can move: every other registered server is
+        draining too or holds an ok copy already (or there is none), so
+        running the drain again would only find them stuck again; and how
+        many servers are neither ``node`` nor draining."""
+        others = [n.name for n in await self.catalog.list_nodes()
+                  if n.name != node and n.state != NODE_DRAINING]  # fmt: skip
+        homeless = 0
+        for blob_id in blob_ids:
+            try:
+                held = set((await self.catalog.get_blob(blob_id)).ok_replicas)
+            except NotFound:
+                continue  # collected since: nothing left to move
+            if all(name in held for name in others):
+                homeless += 1
+        return homeless, len(others)
+
+    def _unfinished(self, why: str) -> None:
+        """End with ``EXIT_UNFINISHED``: the job ended with work left, what
+        is left already printed (said again on stderr for ``--json``)."""
+        if self.args.json:
+            self._warn(why)
+        raise SystemExit(EXIT_UNFINISHED)
 
     async def undrain(self) -> None:
         """End a drain (finished or not): the server takes new replicas
@@ -456,9 +674,9 @@ class Commands:
             else:
                 running.append(job.job_id)
         if before.get(name) != NODE_DRAINING:
-            text = f"{name} was not draining (state {node.state})"
+            text = f"{_shown(name)} was not draining (state {node.state})"
         else:
-            text = f"{name} is no longer draining: it takes new replicas again"
+            text = f"{_shown(name)} is no longer draining: it takes new replicas again"
         if cancelled:
             text += f"; queued drain jobs cancelled: {', '.join(map(str, cancelled))}"
         if running:
@@ -471,7 +689,12 @@ class Commands:
         args = {} if self.args.max_bytes is None else {"max_bytes": self.args.max_bytes}
         job = await self._job("rebalance", args)
         r = job.result
-        self.emit(job, f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})")
+        text = f"rebalance done: {r['moved']} replicas moved ({_human(r['bytes'])})"
+        if r.get("failed"):
+            text += f"; stopped early: {r['failed']} copies failed (run again)"
+        self.emit(job, text)
+        if r.get("failed"):
+            self._unfinished("rebalance stopped early at a failed copy")
 
     async def compact(self) -> None:
         args = {
@@ -489,7 +712,7 @@ class Commands:
             f"sha256 mismatch, {r['skipped']} skipped",
         )
         if r["mismatch"]:
-            raise SystemExit(3)
+            raise SystemExit(EXIT_PROBLEMS)
 
     async def gc(self) -> None:
         """A garbage collection pass now rather than at its next turn, with
@@ -534,25 +757,40 @@ class Commands:
             f"under-replicated: {r['under_replicated']}",
         ]
         if r["unreachable_nodes"]:
-            lines.append("unreachable: " + ", ".join(r["unreachable_nodes"]))
+            lines.append("unreachable: " + ", ".join(map(_shown, r["unreachable_nodes"])))
         for f in r.get("failing_nodes", []):
             # Up, but its disk could not list its blobs: its replicas count as missing.
-            lines.append(f"failing: {f['node']} ({f['why']})")
+            lines.append(f"failing: {_shown(f['node'])} ({_shown(f['why'])})")
         if r["guarded_nodes"]:
-            lines.append("too many unknown blobs (left alone): " + ", ".join(r["guarded_nodes"]))
+            lines.append(
+                "too many unknown blobs (left alone): " + ", ".join(map(_shown, r["guarded_nodes"]))
+            )
         for m in r["missing"]:
-            lines.append(f"missing: blob {m['blob']} on {m['node']}")
+            lines.append(f"missing: blob {m['blob']} on {_shown(m['node'])}")
         for w in r["wrong"]:
-            lines.append(f"wrong: blob {w['blob']} on {w['node']} ({w['size']} != {w['length']})")
+            lines.append(
+                f"wrong: blob {w['blob']} on {_shown(w['node'])} ({w['size']} != {w['length']})"
+            )
+        left = ""
         if self.args.fix:
             deleted = r["gc"]["orphans_deleted"] + r["gc"]["strays_deleted"]
             lines.append(
                 f"fixed: {r.get('marked', 0)} replicas marked, "
                 f"{r['repair']['copied']} copied, {deleted} deleted"
             )
+            # ``under_replicated`` is counted again after the repair.
+            unrecoverable = len(r["repair"]["unrecoverable"])
+            if r["under_replicated"] or unrecoverable:
+                left = (
+                    f"{r['under_replicated']} blobs still under-replicated, "
+                    f"{unrecoverable} unrecoverable"
+                )
+                lines.append(f"not fixed: {left} (as `wsfs repair` would leave them)")
         self.emit(job, "\n".join(lines))
         if not self.args.fix and r["problems"]:
-            raise SystemExit(3)
+            raise SystemExit(EXIT_PROBLEMS)
+        if left:  # what repair exits 4 for: the fix is not done
+            self._unfinished(left)
 
     async def _rebuild(self) -> None:
         from twisted.internet import reactor
@@ -588,7 +826,7 @@ class Commands:
         text = [f"rebuilt: {report['files']} files from {report['blobs']} blobs; "
                 f"under-replicated: {report['under_replicated']}"]  # fmt: skip
         for p in report["problems"]:
-            text.append("problem: " + ", ".join(f"{k}={v}" for k, v in p.items()))
+            text.append("problem: " + ", ".join(f"{k}={_shown(v)}" for k, v in p.items()))
         if report["skipped"]:
             text.append(f"skipped blobs: {report['skipped']}")
         if report.get("replaced_by_compaction"):
@@ -613,32 +851,23 @@ class Commands:
 
         size = await threads.deferToThread(backup_catalog, self.args.catalog, self.args.file)
         self.emit({"file": self.args.file, "bytes": size},
-                  f"catalog backed up to {self.args.file} ({_human(size)})")  # fmt: skip
-
-
-def _whole(least: int):
-    """An argparse type: a whole number of at least ``least``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text} is less than {least}")
-        return value
-
-    return parse
+                  f"catalog backed up to {_shown(self.args.file)} ({_human(size)})")  # fmt: skip
 
 
 def _seconds_or_none(text: str) -> float:
-    """An argparse type: a number of seconds, 0 included."""
+    """An argparse type: a number of seconds, 0 included (so its refusal
+    says "0 or more", not "positive", which 0 is not)."""
     try:
-        if float(text) == 0:
-            return 0.0
+        value = float(text)
     except ValueError:
-        pass
-    return _seconds(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value == 0:
+        return 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of seconds: it must be 0 or more (and finite)"
+        )
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -653,7 +882,12 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsfs", description="administer a wsfs cluster")
+    p = argparse.ArgumentParser(
+        prog="wsfs",
+        description="administer a wsfs cluster",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # Required, but checked in ``parse_args``: it may come after the command too.
     p.add_argument("--catalog", help="sqlite:///abs/path or postgresql://...")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -664,8 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.add_argument("--root", default=None)
-    add.add_argument("--quota-bytes", type=_whole(0), default=None)
-    add.add_argument("--quota-files", type=_whole(0), default=None)
+    add.add_argument("--quota-bytes", type=whole(0), default=None)
+    add.add_argument("--quota-files", type=whole(0), default=None)
     add.add_argument("--password-file", default=None)
     add.add_argument(
         "--adopt-files",
@@ -695,8 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-file", default=None)
     quota = user.add_parser("quota", help="set a user's quotas")
     quota.add_argument("name")
-    quota.add_argument("--bytes", type=_whole(0), default=None, help="byte quota (omit: unlimited)")
-    quota.add_argument("--files", type=_whole(0), default=None, help="file quota (omit: unlimited)")
+    quota.add_argument("--bytes", type=whole(0), default=None, help="byte quota (omit: unlimited)")
+    quota.add_argument("--files", type=whole(0), default=None, help="file quota (omit: unlimited)")
 
     sub.add_parser("status", help="storage servers, files, under-replicated count")
     sub.add_parser("sessions", help="live and interrupted uploads")
@@ -704,6 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/")
 
     def job_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.epilog = EXIT_CODES
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.add_argument(
             "--timeout",
             type=_seconds,
@@ -724,14 +960,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     undrain.add_argument("name")
     reb = job_options(sub.add_parser("rebalance", help="even out the storage servers' fill"))
-    reb.add_argument(
-        "--max-bytes", type=_whole(1), default=None, help="stop after moving this much"
-    )
+    reb.add_argument("--max-bytes", type=whole(1), default=None, help="stop after moving this much")
     comp = job_options(
         sub.add_parser("compact", help="merge files of many extents into one blob each")
     )
-    comp.add_argument("--min-extents", type=_whole(1), default=None, help="files with at least N")
-    comp.add_argument("--max-files", type=_whole(1), default=None, help="stop after N files")
+    comp.add_argument("--min-extents", type=whole(1), default=None, help="files with at least N")
+    comp.add_argument("--max-files", type=whole(1), default=None, help="stop after N files")
     gc = job_options(
         sub.add_parser(
             "gc", help="collect garbage now (deleted files' blobs past their grace period)"
@@ -754,7 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck.add_argument("--storage", action="append", default=[], metavar="NAME=EP")
     fsck.add_argument("--secret-file", default=None)
-    fsck.add_argument("--replicas", type=_whole(1), default=2)
+    fsck.add_argument("--replicas", type=whole(1), default=2)
     backup = sub.add_parser("backup", help="write a consistent copy of the catalog to FILE")
     backup.add_argument("file")
     _global_options_after_the_command(p)
@@ -814,7 +1048,7 @@ def check_catalog_url(url: str, may_create: bool) -> None:
     try:
         kind, path = catalog_location(url)
     except ValueError as e:
-        raise SystemExit(f"wsfs: --catalog {e}") from None
+        raise SystemExit(without_password(f"wsfs: --catalog {e}", url)) from None
     if kind != "sqlite" or os.path.exists(path):
         return
     if not may_create:
@@ -836,12 +1070,13 @@ def explain(failure: Any, url: str) -> str | None:
     if not operator_error(e) or isinstance(e, BrokenPipeError):
         return None
     if isinstance(e, sqlite3.Error):
-        return f"catalog {url}: {e}"
+        return f"catalog {masked_url(url)}: {e}"
     if driver_error(e):
         # The server's reason (refused, unknown database or role) is the
         # first line; psycopg adds hints on the next ones.
         reason = str(e).strip().splitlines()
-        return f"cannot use the catalog {url}: {reason[0] if reason else type(e).__name__}"
+        said = reason[0] if reason else type(e).__name__
+        return f"cannot use the catalog {masked_url(url)}: {said}"
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}"
@@ -881,17 +1116,17 @@ def check_postgresql_catalog(url: str) -> None:
         conn.close()
     if not row["found"]:
         raise SystemExit(
-            f"wsfs: no catalog in {url} (no wsfs tables there: a typo? "
+            f"wsfs: no catalog in {masked_url(url)} (no wsfs tables there: a typo? "
             "`wsfs --catalog URL user add NAME` or a front end creates one)"
         )
 
 
-async def _run(reactor, args: argparse.Namespace, out) -> None:
+async def _run(reactor, args: argparse.Namespace, out, interrupt: _Interrupt | None = None) -> None:
     if catalog_location(args.catalog)[0] == "postgresql" and not creates_catalog(args):
         check_postgresql_catalog(args.catalog)
     catalog = open_catalog(reactor, args.catalog)
     try:
-        commands = Commands(catalog, args, out)
+        commands = Commands(catalog, args, out, interrupt)
         name = args.command if args.command != "user" else f"user_{args.action}"
         await getattr(commands, name)()
         out.flush()  # a closed pipe shows here, not in the exit's flush
@@ -901,21 +1136,36 @@ async def _run(reactor, args: argparse.Namespace, out) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; every error an operator can fix is one ``wsfs: ...``
-    line on stderr and a nonzero exit, never a traceback."""
+    line on stderr and a nonzero exit, never a traceback.  Ctrl-C anywhere
+    is one line and death by SIGINT (``_Interrupt``)."""
+    with _Interrupt() as interrupt:
+        _main(argv, interrupt)
+
+
+def _main(argv: Sequence[str] | None, interrupt: _Interrupt) -> None:
     args = parse_args(argv)
     if args.command == "user" and args.action == "add":
         check_user_name(args.name)
     check_catalog_url(args.catalog, creates_catalog(args))
 
     def run(reactor):
-        d = defer.ensureDeferred(_run(reactor, args, sys.stdout))
+        interrupt.reactor = reactor
+        d = defer.ensureDeferred(_run(reactor, args, sys.stdout, interrupt))
+        interrupt.command = d
 
         def report(failure):
+            if interrupt.pressed:  # cancelled by Ctrl-C, or failing since
+                die_of_sigint("interrupted")
             if failure.check(BrokenPipeError):
                 quiet_broken_pipe()
+            if failure.check(SystemExit) and isinstance(failure.value.code, str):
+                # One line each, by design: a LF in a name quoted in it is escaped.
+                said = without_password(failure.value.code, args.catalog)
+                raise SystemExit(printable(said))
             message = explain(failure, args.catalog)
             if message is not None:
-                sys.stderr.write(f"wsfs: {message}\n")
+                said = printable(without_password(message, args.catalog))
+                sys.stderr.write(f"wsfs: {said}\n")
                 raise SystemExit(1)
             return failure
 

@@ -24,6 +24,7 @@ from wsfront.certificate import EncryptedKey, NoPrivateKey, PemError, parse_pem,
 from wsfront.ftp.addresses import parse_port_range
 from wsfront.maintenance.lease import DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
+from wsfront.urls import masked_url
 from wsstorage.auth import SecretError, load_secret
 from wsstorage.service import endpoint_problem
 
@@ -414,7 +415,9 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         check_certificate(tls_cert, tls_key)
     catalog = get("catalog")
     if not catalog.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise usage.UsageError(f"--catalog {catalog!r}: expected sqlite:///... or postgresql://...")
+        raise usage.UsageError(
+            f"--catalog {masked_url(catalog)!r}: expected sqlite:///... or postgresql://..."
+        )
     passive = get("passive-ports")
     try:
         ports = parse_port_range(passive) if passive else None

@@ -14,6 +14,7 @@ from wsfront.catalog._db import Backend, Runner, Tx
 from wsfront.catalog.catalog import SqlCatalog
 from wsfront.catalog.errors import CatalogUnavailable
 from wsfront.catalog.schema import LATEST, migrate
+from wsfront.urls import masked_url
 
 log = Logger()
 
@@ -30,11 +31,11 @@ def catalog_location(url: str) -> tuple[str, str]:
     if parsed.scheme in ("postgresql", "postgres"):
         return "postgresql", url
     if parsed.scheme != "sqlite":
-        raise ValueError(f"{url!r}: not a catalog URL; expected {URL_FORMS}")
+        raise ValueError(f"{masked_url(url)!r}: not a catalog URL; expected {URL_FORMS}")
     path = unquote(parsed.path)
     if parsed.netloc or not path.startswith("/"):
         raise ValueError(
-            f"{url!r}: a SQLite catalog needs an absolute path, "
+            f"{masked_url(url)!r}: a SQLite catalog needs an absolute path, "
             "sqlite:///absolute/path/catalog.sqlite (three slashes)"
         )
     return "sqlite", path
