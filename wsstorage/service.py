@@ -232,7 +232,10 @@ class StorageService(Service):
             read_ahead=opts["read-ahead-kib"] * 1024,
             read_batches=opts["read-batches"],
         )
-        d.addCallbacks(self._started, self._failed)
+        # _failed also sees _started's failures: a --metrics port that is
+        # taken is a failed start, not a server running without its metrics.
+        d.addCallback(self._started)
+        d.addErrback(self._failed)
         self._starting = d
 
     @defer.inlineCallbacks
