@@ -346,3 +346,34 @@ async def test_a_storage_endpoint_that_changes_a_registered_one_is_warned_about(
         "--storage s1=tcp:127.0.0.1:7999: s1 was registered at tcp:127.0.0.1:7001; "
         "the catalog now says tcp:127.0.0.1:7999 for every front end and the CLI"
     ]
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("relative", "must start with '/'"),
+        ("/-", "reserved"),
+        ("/../x", "outside your root"),
+        ("/pub/", "write it '/pub'"),
+        ("", "must start with '/'"),
+    ],
+)
+def test_an_anonymous_root_that_is_no_normalized_path_is_refused_at_start(
+    tmp_path, secret, root, message
+):
+    """Every anonymous request joins the root to its path, which refuses
+    anything but a normalized one: such a root started, then answered each
+    anonymous request with a 500 (FTP 451) and a critical traceback."""
+    with pytest.raises(usage.UsageError, match=f"--anonymous-root {re.escape(repr(root))}.*"):
+        parse(*BASE, "--anonymous", "--anonymous-root", root, "--secret-file", secret)
+    toml = tmp_path / "fe.toml"
+    toml.write_text(f'anonymous-root = "{root}"\n')
+    with pytest.raises(usage.UsageError, match=re.escape(message)):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+def test_a_normalized_anonymous_root_is_kept(secret):
+    assert parse(*BASE, "--anonymous-root", "/pub/a b", "--secret-file", secret).anonymous_root == (
+        "/pub/a b"
+    )
+    assert parse(*BASE, "--anonymous-root", "/", "--secret-file", secret).anonymous_root == "/"
