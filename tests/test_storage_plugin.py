@@ -69,7 +69,16 @@ def test_wsstorage_drop_behind_option_is_parsed_and_checked(tmp_path) -> None:
             Options().parseOptions([*_base(tmp_path), "--drop-behind-kib", bad])
 
 
-@pytest.mark.parametrize(("option", "spec"), [("listen", "tcp:notaport"), ("metrics", "nosuch:1")])
+@pytest.mark.parametrize(
+    ("option", "spec"),
+    [
+        ("listen", "tcp:notaport"),
+        ("metrics", "nosuch:1"),
+        # Twisted parses these; the listen failed later, an OverflowError traceback.
+        ("listen", "tcp:99999"),
+        ("metrics", "tcp:65536:interface=127.0.0.1"),
+    ],
+)
 def test_wsstorage_refuses_a_malformed_endpoint_before_touching_the_data(
     tmp_path, option, spec
 ) -> None:

@@ -268,6 +268,10 @@ class LocalOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if not self["data"]:
+            # Path("") is the current directory: wslocal would fill whatever
+            # folder it was started in (wsstorage refuses "" as missing).
+            raise usage.UsageError('--data must name a folder ("" is none)')
         for name in ("nodes", "replicas", "drop-behind-kib", "max-pending-uploads-per-user"):
             try:
                 self[name] = int(self[name])

@@ -29,6 +29,7 @@ from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
+from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
 from wsstorage.reserve import ReserveTooLarge
 
@@ -56,9 +57,12 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint, wslocal's data
     directory in use by another wslocal or of another format, a --reserve
-    the disk cannot hold): one line says it, as for a bad option.
+    the disk cannot hold, a secret file wslocal cannot create or read in
+    its data directory): one line says it, as for a bad option.
     Anything else is a bug, with its traceback."""
-    environment = (BadStorageEndpoint, CannotListenError, FormatError, ReserveTooLarge)
+    environment = (
+        BadStorageEndpoint, CannotListenError, FormatError, ReserveTooLarge, SecretError
+    )  # fmt: skip
     return isinstance(error, environment) or operator_error(error)
 
 
