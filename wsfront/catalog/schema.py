@@ -306,6 +306,23 @@ MIGRATIONS: list[list[str | Only]] = [
         "ALTER TABLE nodes ADD COLUMN store_replaced_at {real}",
         "ALTER TABLE nodes ADD COLUMN store_lost {int}",
     ],
+    # 9: reserved for the jobs.claim migration of another branch (h-jobs),
+    # which fills it at merge; empty here, so that this branch's schema
+    # below is numbered 10 as it will be then.
+    [],
+    # 10: which life of a front end holds a lease (``token``, random per
+    # process), who that is (``holder``: host, pid, start) and the life it
+    # was granted (``ttl_seconds``, how often it is renewed): leases go by
+    # owner name, so a second process started with a front end's --name
+    # renewed the first one's leases as its own.  A renewal now needs the
+    # token too (``_cluster.acquire_lease``); a start watches the name's
+    # liveness lease for a renewal before taking it over
+    # (``wsfront.maintenance.name_claim``).  NULL in rows of older code.
+    [
+        "ALTER TABLE leases ADD COLUMN token TEXT",
+        "ALTER TABLE leases ADD COLUMN holder TEXT",
+        "ALTER TABLE leases ADD COLUMN ttl_seconds {real}",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

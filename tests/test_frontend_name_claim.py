@@ -1,0 +1,121 @@
+"""One live ``twistd wsfront`` per front-end name, on SQLite and PostgreSQL.
+
+Found by a tester: two front ends started with the same --name both held
+"the" maintenance lease (leases went by owner name, so each renewed the
+other's), ran maintenance side by side, and restarting the second marked
+the first one's streaming upload interrupted as its own previous life.
+A start now claims the name (``wsfront.maintenance.name_claim``): refused
+while another process renews the name's liveness lease, taken over once a
+killed one stops renewing it, at once after a clean stop.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.catalog_fixtures import BACKENDS, postgres_schema_url
+from tests.support import LoggedChild, python_env, twistd_argv
+from tests.wsfront_procs import ANY_PORT, SERVES
+
+#: Renewed every 3 s; a start watches a held one for 6 s (``watch_seconds``).
+TTL = "9"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=BACKENDS)
+def catalog_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/catalog.sqlite"
+    else:
+        yield from postgres_schema_url()
+
+
+def _argv(tmp: Path, catalog: str) -> list[str]:
+    secret = tmp / "secret"
+    if not secret.exists():
+        secret.write_text("s" * 32)
+    return twistd_argv(
+        "wsfront", "--name", "fe", "--catalog", catalog, "--secret-file", str(secret),
+        "--storage", "s1=tcp:127.0.0.1:1", "--replicas", "1", "--http", ANY_PORT,
+        "--liveness-lease-seconds", TTL,
+    )  # fmt: skip
+
+
+def _start(tmp: Path, catalog: str, log: str) -> LoggedChild:
+    """A front end named ``fe``, once it serves HTTP."""
+    fe = LoggedChild(log, _argv(tmp, catalog), tmp / f"{log}.log", cwd=tmp).start()
+    fe.wait_ports(SERVES, {"http"})
+    return fe
+
+
+def _stop(fe: LoggedChild) -> None:
+    """SIGTERM: twistd ends by it (status -15) after a clean shutdown."""
+    assert fe.stop() == -signal.SIGTERM, fe.log()[-3000:]
+
+
+def test_a_second_process_with_the_same_name_is_refused_while_the_first_runs(
+    tmp_path, catalog_url
+):
+    first = _start(tmp_path, catalog_url, "first")
+    try:
+        second = subprocess.run(
+            _argv(tmp_path, catalog_url), env=python_env(), cwd=tmp_path,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        out = second.stdout + second.stderr
+        assert second.returncode == 1, out[-3000:]
+        assert "front end name 'fe' is in use by another live process" in out, out[-3000:]
+        assert f"pid {first.proc.pid}," in out and "Traceback" not in out, out[-3000:]
+        assert first.proc.poll() is None  # the first one goes on
+        assert "previous life" not in first.log() and "name over" not in first.log()
+    finally:
+        _stop(first)
+
+
+def test_a_start_after_the_first_was_killed_takes_the_name_over(tmp_path, catalog_url):
+    first = _start(tmp_path, catalog_url, "first")
+    pid = first.proc.pid
+    first.stop(signal.SIGKILL)
+    second = _start(tmp_path, catalog_url, "second")
+    try:
+        log = second.log()
+        assert "watching its lease for a renewal" in log, log[-3000:]
+        assert "its previous life (host " in log and f"pid {pid}," in log, log[-3000:]
+    finally:
+        _stop(second)
+
+
+def test_a_clean_restart_does_not_wait(tmp_path, catalog_url):
+    first = _start(tmp_path, catalog_url, "first")
+    _stop(first)
+    second = _start(tmp_path, catalog_url, "second")
+    try:
+        assert "watching its lease" not in second.log(), second.log()[-3000:]
+    finally:
+        _stop(second)
+
+
+def test_a_frozen_life_whose_name_was_taken_over_stops_when_it_wakes(tmp_path, catalog_url):
+    """SIGSTOP past the watch of a new start: the new one takes the name
+    over; the old one, continued, finds its renewals refused and exits 1,
+    saying why, rather than serve on under a name another process has."""
+    first = _start(tmp_path, catalog_url, "first")
+    try:
+        first.proc.send_signal(signal.SIGSTOP)
+        second = _start(tmp_path, catalog_url, "second")
+        try:
+            first.proc.send_signal(signal.SIGCONT)
+            assert first.proc.wait(timeout=60) == 1, first.log()[-3000:]
+            assert "took this front end's name over" in first.log(), first.log()[-3000:]
+            assert second.proc.poll() is None
+        finally:
+            _stop(second)
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+        first.stop()

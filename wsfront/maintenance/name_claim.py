@@ -1,0 +1,136 @@
+"""One live process per front-end name.
+
+Leases go by owner name, and a front end's name is the owner of its
+liveness lease ``front-end:NAME``, of the maintenance lease when it holds
+it, of its uploads and jobs.  Two processes started with the same --name
+renewed each other's leases as their own: both ran maintenance side by
+side, and one marked the other's streaming uploads interrupted as its own
+"previous life".  So each process life has a random token, recorded with
+its leases (the catalog renews a lease for the same token only), and a
+start first claims the name (``claim_name``):
+
+* the liveness lease is free or lapsed: taken at once (a clean stop
+  releases it, so a normal restart does not wait);
+* it is held under another token: the start watches it for up to
+  ``watch_seconds`` of the holder's life.  Renewed meanwhile, another
+  live process has the name: the start is refused (``NameInUse``, naming
+  that process's host, pid and start).  Not renewed, its life is dead (a
+  crash, a kill): the lease is taken over from it (a compare-and-set on
+  the row as watched, so a renewal landing at the last moment wins), and
+  the start goes on as after any crash (its uploads marked interrupted).
+
+A life that was only frozen past that watch (SIGSTOP, a long pause) finds
+on waking that its renewals are refused: it lost the name
+(``FrontendService._name_lost``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import socket
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from wsfront.catalog.records import LeaseRow
+from wsfront.maintenance.lease import liveness_lease
+
+log = Logger()
+
+#: How often a watching start reads the lease, at most (a read each time).
+POLL_SECONDS = 1.0
+
+
+@attrs.frozen
+class Life:
+    """One process's life under a front-end name: ``token`` tells it from
+    any other life of that name, ``holder`` tells an operator who it is."""
+
+    token: str
+    holder: str
+
+
+def this_life() -> Life:
+    """A new life for this process: a random token, and its host, pid and
+    start time for the message of a start it refuses."""
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    holder = f"host {socket.gethostname()}, pid {os.getpid()}, started {started}"
+    return Life(secrets.token_hex(16), holder)
+
+
+class NameInUse(Exception):
+    """Another live process runs under this front end's name."""
+
+
+def watch_seconds(ttl: float) -> float:
+    """How long a start watches a lease of life ``ttl`` for a renewal: the
+    holder renews every third of its life, and a renewal may be late by a
+    catalog lock wait (``lease.MIN_MAINTENANCE_TTL_SECONDS``), so one
+    renewal interval and as much again.  Taking over a live process's name
+    on a late renewal would stop it (``FrontendService._name_lost``)."""
+    return 2 * ttl / 3
+
+
+def _in_use(name: str, row: LeaseRow) -> NameInUse:
+    who = row.holder or "host, pid and start not recorded (an older wsfs)"
+    return NameInUse(
+        f"front end name {name!r} is in use by another live process ({who}): it renewed "
+        f"the lease {row.name} while this start watched it; stop that process or give "
+        "this one another --name"
+    )
+
+
+async def _watch(clock: IReactorTime, catalog, seen: LeaseRow, ttl: float) -> LeaseRow | None:
+    """Watch the lease ``seen`` until it changes (fires with the new row),
+    is released or lapses (fires with ``seen`` itself: try to take it),
+    or the watch ends unchanged (fires with None: its life is dead)."""
+    end = clock.seconds() + watch_seconds(seen.ttl_seconds or ttl)
+    while True:
+        now = clock.seconds()
+        if now >= seen.expires_at:
+            return seen
+        if now >= end:
+            return None
+        wait = min(POLL_SECONDS, end - now, seen.expires_at - now)
+        await deferLater(clock, wait, lambda: None)
+        row = await catalog.get_lease_row(seen.name)
+        if row is None:
+            return seen
+        if row != seen:
+            return row
+
+
+async def claim_name(
+    clock: IReactorTime, catalog, name: str, ttl: float, life: Life
+) -> LeaseRow | None:
+    """Take the liveness lease of front end ``name`` for ``life`` (its life
+    ``ttl``).  Fires with the row of the dead life it took it over from,
+    or None if the lease was free; fails with NameInUse if another life
+    renewed it meanwhile."""
+    lease = liveness_lease(name)
+    while True:
+        if await catalog.acquire_lease(lease, name, ttl, life.token, life.holder):
+            return None
+        seen = await catalog.get_lease_row(lease)
+        if seen is None:
+            continue  # released since: take it
+        log.info(
+            "front end name {name} is held by another life ({who}): watching its lease "
+            "for a renewal for up to {watch:.1f}s",
+            name=name,
+            who=seen.holder or "not recorded",
+            watch=watch_seconds(seen.ttl_seconds or ttl),
+        )
+        changed = await _watch(clock, catalog, seen, ttl)
+        if changed is seen:
+            continue  # released or lapsed: take it like a free one
+        if changed is not None:
+            raise _in_use(name, changed)
+        if await catalog.take_over_lease(lease, name, ttl, life.token, life.holder, seen):
+            return seen
+        # Changed at the last moment: renewed (a live process), else
+        # released or taken; the next round tells which.
