@@ -59,9 +59,7 @@ def _stop(fe: LoggedChild) -> None:
     assert fe.stop() == -signal.SIGTERM, fe.log()[-3000:]
 
 
-def test_a_second_process_with_the_same_name_is_refused_while_the_first_runs(
-    tmp_path, catalog_url
-):
+def test_a_second_process_with_the_same_name_is_refused_while_the_first_runs(tmp_path, catalog_url):
     first = _start(tmp_path, catalog_url, "first")
     try:
         second = subprocess.run(

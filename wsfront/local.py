@@ -431,6 +431,10 @@ class LocalClusterService(service.MultiService):
             client_factory=self._storage_client,
             owns_process=False,
             storage_by_operator=False,
+            # The stores' locks, taken above, make this the one wslocal on
+            # this data directory and its catalog: a killed one's name is
+            # taken over at once, not after watching its lease.
+            name_locked=True,
         )
         self.frontend.setServiceParent(self)
         await self.frontend.ready

@@ -116,8 +116,14 @@ class FrontendService(service.Service):
         *,
         owns_process: bool = True,
         storage_by_operator: bool = True,
+        name_locked: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: Whether the caller holds a lock that already makes this process
+        #: the only one of its name (wslocal: its data directory's, which
+        #: also holds the catalog): a name held by another life is then a
+        #: dead one's, taken over without watching it (``name_claim``).
+        self.name_locked = name_locked
         #: Whether ``config.storage`` is what an operator typed (``--storage``):
         #: a changed endpoint is then worth a warning (a typo reaches every
         #: front end).  wslocal's own servers get new ports or socket folders
@@ -195,8 +201,9 @@ class FrontendService(service.Service):
         # life's uploads marked interrupted, its jobs re-queued, maintenance
         # run as it): another live process may have the name.
         previous = await claim_name(
-            self.reactor, self.catalog, cfg.name, cfg.liveness_lease_seconds, self.life
-        )
+            self.reactor, self.catalog, cfg.name, cfg.liveness_lease_seconds, self.life,
+            watch=not self.name_locked,
+        )  # fmt: skip
         self._claimed = True
         if previous is not None:
             log.warn(

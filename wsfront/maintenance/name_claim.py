@@ -105,12 +105,14 @@ async def _watch(clock: IReactorTime, catalog, seen: LeaseRow, ttl: float) -> Le
 
 
 async def claim_name(
-    clock: IReactorTime, catalog, name: str, ttl: float, life: Life
+    clock: IReactorTime, catalog, name: str, ttl: float, life: Life, *, watch: bool = True
 ) -> LeaseRow | None:
     """Take the liveness lease of front end ``name`` for ``life`` (its life
     ``ttl``).  Fires with the row of the dead life it took it over from,
     or None if the lease was free; fails with NameInUse if another life
-    renewed it meanwhile."""
+    renewed it meanwhile.  Without ``watch`` the caller knows no other
+    process can have the name (wslocal: its data directory's locks), and
+    a lease held by another life is taken over at once."""
     lease = liveness_lease(name)
     while True:
         if await catalog.acquire_lease(lease, name, ttl, life.token, life.holder):
@@ -118,6 +120,10 @@ async def claim_name(
         seen = await catalog.get_lease_row(lease)
         if seen is None:
             continue  # released since: take it
+        if not watch:
+            if await catalog.take_over_lease(lease, name, ttl, life.token, life.holder, seen):
+                return seen
+            continue
         log.info(
             "front end name {name} is held by another life ({who}): watching its lease "
             "for a renewal for up to {watch:.1f}s",
