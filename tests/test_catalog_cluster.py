@@ -148,6 +148,23 @@ async def test_a_lease_is_renewed_only_by_the_life_that_holds_it(catalog, clock)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_name_claim_never_takes_another_lifes_lease_by_its_expiry(catalog, clock):
+    """``lapsed=False``: "expired" is the caller's clock, which may run
+    ahead of the holder's; only a free lease or the life's own is taken.
+    The default (the maintenance lease between front ends) keeps expiry."""
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1", lapsed=False)
+    clock.advance(31)
+    assert not await catalog.acquire_lease("front-end:a", "a", 30, "life2", "pid 2", lapsed=False)
+    assert (await catalog.get_lease_row("front-end:a")).token == "life1"
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1", lapsed=False)
+    clock.advance(31)
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life2", "pid 2")
+    assert await catalog.acquire_lease("maintenance", "a", 30, "life2", "pid 2")
+    clock.advance(31)
+    assert await catalog.acquire_lease("maintenance", "b", 30, "life3", "pid 3")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_lease_is_taken_over_only_as_it_was_seen(catalog, clock):
     """The compare-and-set of a start that watched a lease for a renewal:
     one that lands meanwhile wins."""

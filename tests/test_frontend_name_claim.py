@@ -22,7 +22,7 @@ from tests.catalog_fixtures import BACKENDS, postgres_schema_url
 from tests.support import LoggedChild, python_env, twistd_argv
 from tests.wsfront_procs import ANY_PORT, SERVES
 
-#: Renewed every 3 s; a start watches a held one for 6 s (``watch_seconds``).
+#: Renewed every 3 s; a start watches a held one for 9 s (``watch_seconds``).
 TTL = "9"
 
 pytestmark = pytest.mark.slow

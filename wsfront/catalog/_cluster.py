@@ -328,12 +328,21 @@ def acquire_lease(
     ttl_seconds: float,
     token: str | None = None,
     holder: str | None = None,
+    lapsed: bool = True,
 ) -> bool:
     """Take the lease if it is free or expired, or renew it if ``owner``
     holds it under the same ``token``: the same owner name under another
     token is another life of that front end (a second process given the
     same --name, or the one that took this one's name over while it was
-    frozen), whose lease this must not renew."""
+    frozen), whose lease this must not renew.
+
+    Without ``lapsed``, a lease another holder let expire is not taken
+    either: "expired" is judged by the caller's clock (``now``), and a
+    host whose clock runs ahead would take a live holder's lease at once.
+    A front end's name claim takes another life's lease only by watching
+    it and a compare-and-set (``take_over_lease``,
+    ``wsfront.maintenance.name_claim``)."""
+    expired = "OR leases.expires_at <= ? " if lapsed else ""
     row = tx.one(
         "INSERT INTO leases (name, owner, expires_at, token, holder, ttl_seconds) "
         "VALUES (?, ?, ?, ?, ?, ?) "
@@ -341,7 +350,7 @@ def acquire_lease(
         "expires_at = excluded.expires_at, token = excluded.token, "
         "holder = excluded.holder, ttl_seconds = excluded.ttl_seconds "
         f"WHERE (leases.owner = excluded.owner AND {_SAME_LIFE}) "
-        "OR leases.expires_at <= ? RETURNING owner",
+        f"{expired}RETURNING owner",
         name,
         owner,
         now + ttl_seconds,
@@ -349,7 +358,7 @@ def acquire_lease(
         holder,
         ttl_seconds,
         token,
-        now,
+        *([now] if lapsed else []),
     )
     return row is not None
 

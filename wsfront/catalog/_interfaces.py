@@ -408,11 +408,13 @@ class ICatalog(Interface):
     def list_jobs(states=None):
         """Fire with the Jobs in ``states`` (default all), oldest first."""
 
-    def acquire_lease(name, owner, ttl_seconds, token=None, holder=None):
+    def acquire_lease(name, owner, ttl_seconds, token=None, holder=None, lapsed=True):
         """Take or renew the named lease; fires True if ``owner`` holds it
         until now + ttl, False if another owner, or another life of this
         one (another ``token``), holds an unexpired one.  ``holder`` says
-        who the life is (host, pid, start), for whoever is refused."""
+        who the life is (host, pid, start), for whoever is refused.
+        Without ``lapsed``, another holder's expired lease (by this host's
+        clock) is not taken either: only a free one, or this life's own."""
 
     def take_over_lease(name, owner, ttl_seconds, token, holder, seen):
         """Take the lease whose row was ``seen`` (a ``LeaseRow``) if it is

@@ -498,9 +498,10 @@ class SqlCatalog:
         ttl_seconds: float,
         token: str | None = None,
         holder: str | None = None,
+        lapsed: bool = True,
     ) -> Deferred:
         return self._write(
-            _cluster.acquire_lease, self._now(), name, owner, ttl_seconds, token, holder
+            _cluster.acquire_lease, self._now(), name, owner, ttl_seconds, token, holder, lapsed
         )
 
     def take_over_lease(

@@ -9,10 +9,11 @@ side, and one marked the other's streaming uploads interrupted as its own
 its leases (the catalog renews a lease for the same token only), and a
 start first claims the name (``claim_name``):
 
-* the liveness lease is free or lapsed: taken at once (a clean stop
-  releases it, so a normal restart does not wait);
-* it is held under another token: the start watches it for up to
-  ``watch_seconds`` of the holder's life.  Renewed meanwhile, another
+* the liveness lease is free: taken at once (a clean stop releases it,
+  so a normal restart does not wait);
+* it is held under another token, lapsed or not by this host's clock
+  (which may run ahead of the holder's): the start watches it for a full
+  ttl of its holder (``watch_seconds``).  Renewed meanwhile, another
   live process has the name: the start is refused (``NameInUse``, naming
   that process's host, pid and start).  Not renewed, its life is dead (a
   crash, a kill): the lease is taken over from it (a compare-and-set on
@@ -66,13 +67,28 @@ class NameInUse(Exception):
     """Another live process runs under this front end's name."""
 
 
-def watch_seconds(ttl: float) -> float:
-    """How long a start watches a lease of life ``ttl`` for a renewal: the
-    holder renews every third of its life, and a renewal may be late by a
-    catalog lock wait (``lease.MIN_MAINTENANCE_TTL_SECONDS``), so one
-    renewal interval and as much again.  Taking over a live process's name
-    on a late renewal would stop it (``FrontendService._name_lost``)."""
-    return 2 * ttl / 3
+#: A row of older code records no ttl: it is watched until its expiry as
+#: seen plus this much (a renewal late by one catalog lock wait,
+#: ``lease.MIN_MAINTENANCE_TTL_SECONDS``), and never less than the
+#: starter's own ttl (the expiry was written by another host's clock).
+OLD_ROW_MARGIN_SECONDS = 10.0
+
+
+def watch_seconds(seen: LeaseRow, ttl: float, now: float) -> float:
+    """How long a start watches the lease ``seen`` for a renewal: a full
+    ttl of its holder.  The holder renews every third of its ttl and must
+    land a renewal within its ttl or lose the lease anyway (to another
+    front end's expiry rule, its uploads to the orphan sweep), so a live
+    one, even late by catalog lock waits, is seen renewing; a shorter
+    watch took over a loaded but live process's name, which then exits
+    (``FrontendService._name_lost``).  A row of older code (no ttl
+    recorded): ``max(ttl, its expiry as seen - now + margin)``, ``ttl``
+    being the starter's own.  The watch is timed by this host's clock
+    alone and never ends on the expiry the row says (another host's
+    clock): a skew between the two hosts does not shorten it."""
+    if seen.ttl_seconds is not None:
+        return seen.ttl_seconds
+    return max(ttl, seen.expires_at - now + OLD_ROW_MARGIN_SECONDS)
 
 
 def _in_use(name: str, row: LeaseRow) -> NameInUse:
@@ -84,22 +100,17 @@ def _in_use(name: str, row: LeaseRow) -> NameInUse:
     )
 
 
-async def _watch(clock: IReactorTime, catalog, seen: LeaseRow, ttl: float) -> LeaseRow | None:
-    """Watch the lease ``seen`` until it changes (fires with the new row),
-    is released or lapses (fires with ``seen`` itself: try to take it),
-    or the watch ends unchanged (fires with None: its life is dead)."""
-    end = clock.seconds() + watch_seconds(seen.ttl_seconds or ttl)
+async def _watch(clock: IReactorTime, catalog, seen: LeaseRow, seconds: float) -> LeaseRow | None:
+    """Watch the lease ``seen`` for ``seconds``: fires with its row as soon
+    as that changes (None: released), else with ``seen`` at the end.  Its
+    expiry as seen is not looked at: that is another host's clock."""
+    end = clock.seconds() + seconds
     while True:
         now = clock.seconds()
-        if now >= seen.expires_at:
-            return seen
         if now >= end:
-            return None
-        wait = min(POLL_SECONDS, end - now, seen.expires_at - now)
-        await deferLater(clock, wait, lambda: None)
-        row = await catalog.get_lease_row(seen.name)
-        if row is None:
             return seen
+        await deferLater(clock, min(POLL_SECONDS, end - now), lambda: None)
+        row = await catalog.get_lease_row(seen.name)
         if row != seen:
             return row
 
@@ -110,32 +121,33 @@ async def claim_name(
     """Take the liveness lease of front end ``name`` for ``life`` (its life
     ``ttl``).  Fires with the row of the dead life it took it over from,
     or None if the lease was free; fails with NameInUse if another life
-    renewed it meanwhile.  Without ``watch`` the caller knows no other
-    process can have the name (wslocal: its data directory's locks), and
-    a lease held by another life is taken over at once."""
+    renewed it meanwhile.  A lease another life holds is never taken by
+    its expiry (``lapsed=False``: this host's clock may run ahead of the
+    holder's), only by a compare-and-set on the row as watched.  Without
+    ``watch`` the caller knows no other process can have the name
+    (wslocal: its data directory's locks), and a lease held by another
+    life is taken over at once."""
     lease = liveness_lease(name)
     while True:
-        if await catalog.acquire_lease(lease, name, ttl, life.token, life.holder):
+        if await catalog.acquire_lease(lease, name, ttl, life.token, life.holder, lapsed=False):
             return None
         seen = await catalog.get_lease_row(lease)
         if seen is None:
             continue  # released since: take it
-        if not watch:
-            if await catalog.take_over_lease(lease, name, ttl, life.token, life.holder, seen):
-                return seen
-            continue
-        log.info(
-            "front end name {name} is held by another life ({who}): watching its lease "
-            "for a renewal for up to {watch:.1f}s",
-            name=name,
-            who=seen.holder or "not recorded",
-            watch=watch_seconds(seen.ttl_seconds or ttl),
-        )
-        changed = await _watch(clock, catalog, seen, ttl)
-        if changed is seen:
-            continue  # released or lapsed: take it like a free one
-        if changed is not None:
-            raise _in_use(name, changed)
+        if watch:
+            seconds = watch_seconds(seen, ttl, clock.seconds())
+            log.info(
+                "front end name {name} is held by another life ({who}): watching its lease "
+                "for a renewal for {watch:.1f}s",
+                name=name,
+                who=seen.holder or "not recorded",
+                watch=seconds,
+            )
+            row = await _watch(clock, catalog, seen, seconds)
+            if row is None:
+                continue  # released: take it like a free one
+            if row != seen:
+                raise _in_use(name, row)
         if await catalog.take_over_lease(lease, name, ttl, life.token, life.holder, seen):
             return seen
         # Changed at the last moment: renewed (a live process), else
