@@ -172,3 +172,31 @@ async def test_a_free_name_or_a_clean_stop_is_taken_at_once(catalogs, clock):
     assert await starter.release_lease(LEASE, "fe", STARTER.token)
     assert await claim_name(clock, starter, "fe", 30, HOLDER) is None
     assert clock.seconds() == 1_000_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_front_ends_life_is_that_of_the_process_that_starts_it(tmp_path, monkeypatch):
+    """twistd builds the service, then daemonizes (a fork: another pid),
+    then starts it: the life recorded with the lease (and named by a start
+    it refuses) must carry the pid of the process that runs."""
+    import os
+
+    from wsfront.config import FrontendConfig
+    from wsfront.maintenance import name_claim
+    from wsfront.service import FrontendService
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    config = FrontendConfig(
+        name="fe", catalog=url, storage=(), replicas=1, secret=b"s" * 32,
+        http="tcp:0:interface=127.0.0.1",
+    )  # fmt: skip
+    fe = FrontendService(reactor, config)
+    daemon = os.getpid() + 1
+    monkeypatch.setattr(name_claim.os, "getpid", lambda: daemon)
+    fe.startService()
+    try:
+        await fe.ready
+        row = await fe.catalog.get_lease_row(LEASE)
+        assert f"pid {daemon}," in row.holder and row.token == fe.life.token
+    finally:
+        await fe.stopService()

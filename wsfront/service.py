@@ -28,7 +28,7 @@ from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.lease import liveness_lease
-from wsfront.maintenance.name_claim import NameInUse, claim_name, this_life
+from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.auth import SecretError
@@ -147,10 +147,12 @@ class FrontendService(service.Service):
         self._health: LoopingCall | None = None
         self.status_page = None
         self.maintenance = None
-        #: This process's life under ``config.name`` (``name_claim``), and
-        #: whether it claimed the name; a maintenance service stopped when
-        #: another life took the name over (``_name_lost``).
-        self.life = this_life()
+        #: This process's life under ``config.name`` (``name_claim``), made
+        #: by startService (twistd builds the service before it daemonizes:
+        #: a pid taken here is the parent's, which a refused start would
+        #: name), and whether it claimed the name; a maintenance service
+        #: stopped when another life took the name over (``_name_lost``).
+        self.life: Life | None = None
         self._claimed = False
         self._lost_name: defer.Deferred | None = None
         self.ready: defer.Deferred = defer.Deferred()
@@ -176,6 +178,7 @@ class FrontendService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.life = this_life()
         d = defer.ensureDeferred(self._start())
         if self.owns_process:
 
