@@ -11,16 +11,20 @@ killed one stops renewing it, at once after a clean stop.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.catalog_fixtures import BACKENDS, postgres_schema_url
-from tests.support import LoggedChild, python_env, twistd_argv
-from tests.wsfront_procs import ANY_PORT, SERVES
+from tests.migration_cluster import wait_until
+from tests.storage_procs import StorageProcess
+from tests.support import LoggedChild, python_env, require_tool, start_all, twistd_argv
+from tests.wsfront_procs import ANY_PORT, PASSWORD, SERVES, USER
 
 #: Renewed every 3 s; a start watches a held one for 9 s (``watch_seconds``).
 TTL = "9"
@@ -36,22 +40,36 @@ def catalog_url(request, tmp_path) -> Iterator[str]:
         yield from postgres_schema_url()
 
 
-def _argv(tmp: Path, catalog: str) -> list[str]:
+def _argv(tmp: Path, catalog: str, storage: str = "tcp:127.0.0.1:1") -> list[str]:
     secret = tmp / "secret"
     if not secret.exists():
         secret.write_text("s" * 32)
     return twistd_argv(
         "wsfront", "--name", "fe", "--catalog", catalog, "--secret-file", str(secret),
-        "--storage", "s1=tcp:127.0.0.1:1", "--replicas", "1", "--http", ANY_PORT,
+        "--storage", f"s1={storage}", "--replicas", "1", "--http", ANY_PORT,
         "--liveness-lease-seconds", TTL,
     )  # fmt: skip
 
 
-def _start(tmp: Path, catalog: str, log: str) -> LoggedChild:
+def _start(tmp: Path, catalog: str, log: str, storage: str = "tcp:127.0.0.1:1") -> LoggedChild:
     """A front end named ``fe``, once it serves HTTP."""
-    fe = LoggedChild(log, _argv(tmp, catalog), tmp / f"{log}.log", cwd=tmp).start()
+    fe = LoggedChild(log, _argv(tmp, catalog, storage), tmp / f"{log}.log", cwd=tmp).start()
     fe.wait_ports(SERVES, {"http"})
     return fe
+
+
+def _wsfs(catalog: str, *args: str, stdin: str = "") -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "wsfront.cli", "--catalog", catalog, *args],
+        input=stdin, capture_output=True, text=True, env=python_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _sessions(catalog: str) -> list[tuple[str, int]]:
+    """The state and checkpoint of each upload session (``wsfs sessions``)."""
+    return [(u["state"], u["checkpoint"]) for u in json.loads(_wsfs(catalog, "--json", "sessions"))]
 
 
 def _stop(fe: LoggedChild) -> None:
@@ -60,20 +78,55 @@ def _stop(fe: LoggedChild) -> None:
 
 
 def test_a_second_process_with_the_same_name_is_refused_while_the_first_runs(tmp_path, catalog_url):
-    first = _start(tmp_path, catalog_url, "first")
+    """And the first one's streaming upload goes on unharmed: the refused
+    start did nothing in the name (not marked interrupted as its "previous
+    life"'s, as a second process with the same --name once did)."""
+    (tmp_path / "secret").write_text("s" * 32)
+    [storage] = start_all([StorageProcess(tmp_path, "s1")])
+    upload = None
     try:
-        second = subprocess.run(
-            _argv(tmp_path, catalog_url), env=python_env(), cwd=tmp_path,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        out = second.stdout + second.stderr
-        assert second.returncode == 1, out[-3000:]
-        assert "front end name 'fe' is in use by another live process" in out, out[-3000:]
-        assert f"pid {first.proc.pid}," in out and "Traceback" not in out, out[-3000:]
-        assert first.proc.poll() is None  # the first one goes on
-        assert "previous life" not in first.log() and "name over" not in first.log()
+        _wsfs(catalog_url, "user", "add", USER, stdin=PASSWORD)
+        first = _start(tmp_path, catalog_url, "first", storage.endpoint)
+        try:
+            port = first.wait_ports(SERVES, {"http"})["http"]
+            # Streaming (curl sends stdin chunked) while the second one starts.
+            upload = subprocess.Popen(
+                [require_tool("curl"), "-sS", "-f", "-T", "-",
+                 f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/streaming.bin"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            upload.stdin.write(b"x" * 65536)
+            upload.stdin.flush()
+            wait_until(
+                lambda: _sessions(catalog_url) == [("active", 65536)], "the upload checkpointed"
+            )
+            [before] = json.loads(_wsfs(catalog_url, "--json", "sessions"))
+            second = subprocess.run(
+                _argv(tmp_path, catalog_url, storage.endpoint), env=python_env(), cwd=tmp_path,
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            out = second.stdout + second.stderr
+            assert second.returncode == 1, out[-3000:]
+            assert "front end name 'fe' is in use by another live process" in out, out[-3000:]
+            assert f"pid {first.proc.pid}," in out and "Traceback" not in out, out[-3000:]
+            assert first.proc.poll() is None  # the first one goes on
+            # Not marked interrupted, even for a moment: the mark, or the
+            # live writer's checkpoint setting it active again, would show.
+            assert json.loads(_wsfs(catalog_url, "--json", "sessions")) == [before]
+            assert upload.poll() is None, upload.stderr.read()
+            upload.stdin.write(b"y" * 65536)
+            upload.stdin.close()
+            assert upload.wait(timeout=60) == 0, upload.stderr.read()
+            url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/streaming.bin"
+            got = subprocess.run([require_tool("curl"), "-sS", "-f", url], capture_output=True)
+            assert got.stdout == b"x" * 65536 + b"y" * 65536, got.stderr
+        finally:
+            _stop(first)
     finally:
-        _stop(first)
+        if upload is not None and upload.poll() is None:
+            upload.kill()
+            upload.wait()
+        storage.stop()
 
 
 def test_a_start_after_the_first_was_killed_takes_the_name_over(tmp_path, catalog_url):
