@@ -200,3 +200,29 @@ async def test_a_front_ends_life_is_that_of_the_process_that_starts_it(tmp_path,
         assert f"pid {daemon}," in row.holder and row.token == fe.life.token
     finally:
         await fe.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_life_frozen_on_a_host_ahead_does_not_take_its_name_back(catalogs, clock):
+    """The name was taken over while this life was frozen; its host's clock
+    runs 25 s ahead, so the successor's lease looks lapsed to it: its
+    liveness renewal (``MaintenanceService.liveness``) is refused all the
+    same (it lost the name), and the successor keeps it."""
+    from wsfront.maintenance.lease import LeaseKeeper
+    from wsfront.maintenance.service import MaintenanceService
+
+    successor, frozen = catalogs(), catalogs(25.0)
+    assert await successor.acquire_lease(LEASE, "fe", 30, STARTER.token, STARTER.holder)
+    clock.advance(6)
+    lost: list[bool] = []
+    maintenance = MaintenanceService(
+        clock, frozen, None, "fe", life=HOLDER, on_name_lost=lambda: lost.append(True)
+    )
+    keeper: LeaseKeeper = maintenance.liveness
+    assert not await keeper.renew()
+    assert lost == [True]
+    assert (await successor.get_lease_row(LEASE)).token == STARTER.token
+    # The maintenance lease between front ends keeps its expiry rule.
+    assert maintenance.lease.ttl and await successor.acquire_lease("maintenance", "fe-b", 30)
+    clock.advance(31)
+    assert await maintenance.lease.renew()

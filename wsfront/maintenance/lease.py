@@ -67,6 +67,7 @@ class LeaseKeeper:
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         life: Life | None = None,
         on_refused: Callable[[], object] | None = None,
+        lapsed: bool = True,
     ) -> None:
         self._clock = clock
         self._catalog = catalog
@@ -78,6 +79,14 @@ class LeaseKeeper:
         #: name (a second one given the same --name, or the one that took
         #: this one's name over while it was frozen) is not renewed for.
         self._life = {} if life is None else {"token": life.token, "holder": life.holder}
+        if not lapsed:
+            # Never take another holder's lease because it looks expired
+            # by this host's clock (the liveness lease of a front end's
+            # name: a life frozen on a host whose clock runs ahead would
+            # take its successor's lease back on waking, and the successor
+            # exit at its next renewal); only renew this life's own, or
+            # take a free one (``name_claim``).
+            self._life["lapsed"] = False
         #: Called each time the catalog answers a renewal with no (not a
         #: failure to answer): for the liveness lease, another life has
         #: this front end's name (``FrontendService._name_lost``).

@@ -141,6 +141,7 @@ class MaintenanceService(Service):
             self.settings.liveness_ttl,
             life=life,
             on_refused=on_name_lost,
+            lapsed=life is None,
         )
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
