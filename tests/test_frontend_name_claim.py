@@ -15,6 +15,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,45 @@ def _argv(tmp: Path, catalog: str, storage: str = "tcp:127.0.0.1:1") -> list[str
         "--storage", f"s1={storage}", "--replicas", "1", "--http", ANY_PORT,
         "--liveness-lease-seconds", TTL,
     )  # fmt: skip
+
+
+def _catalog_writable(catalog: str) -> bool:
+    """Whether another process can write the catalog's leases now: not if
+    the frozen front end holds SQLite's write lock, or a PostgreSQL row
+    lock on its lease, frozen mid-renewal."""
+    if catalog.startswith("sqlite:///"):
+        import sqlite3
+
+        db = sqlite3.connect(catalog[len("sqlite:///") :], timeout=0, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            db.close()
+    import psycopg
+
+    with psycopg.connect(catalog) as conn:
+        try:
+            conn.execute("SELECT 1 FROM leases FOR UPDATE NOWAIT")
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+
+
+def _freeze_outside_a_transaction(fe: LoggedChild, catalog: str) -> None:
+    """SIGSTOP ``fe`` at a moment it holds no catalog lock: frozen within a
+    renewal's transaction it would hold the next start's writes too (a
+    real hazard of freezing a process, not what this test is about)."""
+    for _ in range(100):
+        fe.proc.send_signal(signal.SIGSTOP)
+        if _catalog_writable(catalog):
+            return
+        fe.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)  # let it finish its transaction: a retry's pause
+    raise AssertionError("the front end held a catalog lock at every try")
 
 
 def _start(tmp: Path, catalog: str, log: str, storage: str = "tcp:127.0.0.1:1") -> LoggedChild:
@@ -158,7 +198,7 @@ def test_a_frozen_life_whose_name_was_taken_over_stops_when_it_wakes(tmp_path, c
     saying why, rather than serve on under a name another process has."""
     first = _start(tmp_path, catalog_url, "first")
     try:
-        first.proc.send_signal(signal.SIGSTOP)
+        _freeze_outside_a_transaction(first, catalog_url)
         second = _start(tmp_path, catalog_url, "second")
         try:
             first.proc.send_signal(signal.SIGCONT)
