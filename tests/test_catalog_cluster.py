@@ -158,6 +158,60 @@ async def test_a_lease_has_one_holder_until_released_or_expired(catalog, clock):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lease_is_renewed_only_by_the_life_that_holds_it(catalog, clock):
+    """Leases went by owner name alone: a second process given a front
+    end's --name renewed the first one's leases as its own."""
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "host h pid 1")
+    assert not await catalog.acquire_lease("front-end:a", "a", 30, "life2", "host h pid 2")
+    assert not await catalog.acquire_lease("front-end:a", "a", 30)  # no token: no life's
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "host h pid 1")
+    row = await catalog.get_lease_row("front-end:a")
+    assert (row.owner, row.token, row.holder) == ("a", "life1", "host h pid 1")
+    assert (row.expires_at, row.ttl_seconds) == (clock.now + 30, 30)
+    # Another life cannot give it back for the holder.
+    assert not await catalog.release_lease("front-end:a", "a", "life2")
+    clock.advance(31)
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life2", "host h pid 2")
+    # The first life, back from a freeze, finds it lost the name.
+    assert not await catalog.acquire_lease("front-end:a", "a", 30, "life1", "host h pid 1")
+    assert await catalog.release_lease("front-end:a", "a", "life2")
+    assert await catalog.get_lease_row("front-end:a") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_claim_never_takes_another_lifes_lease_by_its_expiry(catalog, clock):
+    """``lapsed=False``: "expired" is the caller's clock, which may run
+    ahead of the holder's; only a free lease or the life's own is taken.
+    The default (the maintenance lease between front ends) keeps expiry."""
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1", lapsed=False)
+    clock.advance(31)
+    assert not await catalog.acquire_lease("front-end:a", "a", 30, "life2", "pid 2", lapsed=False)
+    assert (await catalog.get_lease_row("front-end:a")).token == "life1"
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1", lapsed=False)
+    clock.advance(31)
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life2", "pid 2")
+    assert await catalog.acquire_lease("maintenance", "a", 30, "life2", "pid 2")
+    clock.advance(31)
+    assert await catalog.acquire_lease("maintenance", "b", 30, "life3", "pid 3")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_is_taken_over_only_as_it_was_seen(catalog, clock):
+    """The compare-and-set of a start that watched a lease for a renewal:
+    one that lands meanwhile wins."""
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1")
+    seen = await catalog.get_lease_row("front-end:a")
+    clock.advance(1)
+    assert await catalog.acquire_lease("front-end:a", "a", 30, "life1", "pid 1")  # renewed
+    assert not await catalog.take_over_lease("front-end:a", "a", 30, "life2", "pid 2", seen)
+    seen = await catalog.get_lease_row("front-end:a")
+    assert await catalog.take_over_lease("front-end:a", "a", 9, "life2", "pid 2", seen)
+    row = await catalog.get_lease_row("front-end:a")
+    assert (row.token, row.holder, row.expires_at) == ("life2", "pid 2", clock.now + 9)
+    assert not await catalog.take_over_lease("front-end:a", "a", 9, "life3", "pid 3", seen)
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_lease_reads_the_holder_and_expiry_and_changes_nothing(catalog, clock):
     assert await catalog.get_lease("maintenance") is None
     assert await catalog.acquire_lease("maintenance", "fe1", 30)

@@ -143,6 +143,10 @@ BASE = ["--name", "a", "--catalog", "sqlite:///x", "--ftp", "tcp:1"]
         ("http", "tcp:notaport", "not a server endpoint"),
         ("ftps", "nonsense:1", "not a server endpoint"),
         ("storage", "s1=garbage:x", "--storage s1=garbage:x: bad endpoint"),
+        ("http", "tcp:99999", "port 99999 is not in 0-65535"),
+        ("https", "tcp:-1", "port -1 is not in 0-65535"),
+        ("storage", "s1=tcp:h:70000", "port 70000 is not in 0-65535"),
+        ("storage", "s1=tls:h:70000", "port 70000 is not in 0-65535"),
         ("max-pending-uploads-per-user", "0", "at least 1"),
         ("max-pending-uploads-per-user", "-5", "at least 1"),
         ("max-pending-uploads-per-user", "2.5", "whole number"),
@@ -346,3 +350,34 @@ async def test_a_storage_endpoint_that_changes_a_registered_one_is_warned_about(
         "--storage s1=tcp:127.0.0.1:7999: s1 was registered at tcp:127.0.0.1:7001; "
         "the catalog now says tcp:127.0.0.1:7999 for every front end and the CLI"
     ]
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("relative", "must start with '/'"),
+        ("/-", "reserved"),
+        ("/../x", "outside your root"),
+        ("/pub/", "write it '/pub'"),
+        ("", "must start with '/'"),
+    ],
+)
+def test_an_anonymous_root_that_is_no_normalized_path_is_refused_at_start(
+    tmp_path, secret, root, message
+):
+    """Every anonymous request joins the root to its path, which refuses
+    anything but a normalized one: such a root started, then answered each
+    anonymous request with a 500 (FTP 451) and a critical traceback."""
+    with pytest.raises(usage.UsageError, match=f"--anonymous-root {re.escape(repr(root))}.*"):
+        parse(*BASE, "--anonymous", "--anonymous-root", root, "--secret-file", secret)
+    toml = tmp_path / "fe.toml"
+    toml.write_text(f'anonymous-root = "{root}"\n')
+    with pytest.raises(usage.UsageError, match=re.escape(message)):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)
+
+
+def test_a_normalized_anonymous_root_is_kept(secret):
+    assert parse(*BASE, "--anonymous-root", "/pub/a b", "--secret-file", secret).anonymous_root == (
+        "/pub/a b"
+    )
+    assert parse(*BASE, "--anonymous-root", "/", "--secret-file", secret).anonymous_root == "/"

@@ -99,3 +99,54 @@ def test_losing_the_lease_and_renewing_it_after_it_lapsed_are_logged():
         "fe-a renewed the maintenance lease 15.0s after it lapsed",
         "fe-a no longer holds the maintenance lease",
     ]
+
+
+class LifeCatalog:
+    """acquire_lease answers with the next of ``answers`` (an exception is
+    raised: the catalog did not answer); records the token asked under."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers = list(answers)
+        self.tokens: list[str | None] = []
+        self.released: list[str | None] = []
+
+    def acquire_lease(self, name, owner, ttl, token=None, holder=None) -> Deferred:
+        self.tokens.append(token)
+        answer = self.answers.pop(0)
+        d: Deferred = Deferred()
+        if isinstance(answer, Exception):
+            d.errback(answer)
+        else:
+            d.callback(answer)
+        return d
+
+    def release_lease(self, name, owner, token=None) -> Deferred:
+        self.released.append(token)
+        d: Deferred = Deferred()
+        d.callback(True)
+        return d
+
+
+def test_a_life_renews_under_its_token_and_hears_of_a_refusal_not_of_an_outage():
+    """A refused renewal of the liveness lease means another life has the
+    front end's name (``FrontendService._name_lost``); a catalog that did
+    not answer means nothing of the kind."""
+    from wsfront.maintenance.name_claim import Life
+
+    refused: list[bool] = []
+    catalog = LifeCatalog([True, ConnectionError("catalog down"), True, False])
+    keeper = LeaseKeeper(
+        Clock(), catalog, "fe-a", "front-end:fe-a", 30,
+        life=Life("t1", "host h, pid 1"), on_refused=lambda: refused.append(True),
+    )  # fmt: skip
+    for _ in range(3):
+        ensureDeferred(keeper.renew())
+    assert refused == [] and keeper.held
+    ensureDeferred(keeper.renew())
+    assert refused == [True] and not keeper.held
+    assert catalog.tokens == ["t1"] * 4
+    keeper = LeaseKeeper(Clock(), catalog, "fe-a", life=Life("t2", "h"))
+    catalog.answers = [True]
+    keeper.start()
+    keeper.stop()
+    assert catalog.released == ["t2"]  # given back under its own token only

@@ -140,7 +140,16 @@ async def test_a_data_directory_another_wslocal_holds_is_one_line_not_a_tracebac
         shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.mark.parametrize(("option", "spec"), [("ftp", "tcp:notaport"), ("http", "nosuch:1")])
+@pytest.mark.parametrize(
+    ("option", "spec"),
+    [
+        ("ftp", "tcp:notaport"),
+        ("http", "nosuch:1"),
+        # Twisted parses these; the listen failed later, an OverflowError traceback.
+        ("ftp", "tcp:99999"),
+        ("http", "tcp6:70000"),
+    ],
+)
 def test_a_malformed_endpoint_is_a_usage_error_before_anything_starts(tmp_path, option, spec):
     """As wsfront says it: not a traceback once the stores are open."""
     from twisted.python import usage
@@ -149,3 +158,48 @@ def test_a_malformed_endpoint_is_a_usage_error_before_anything_starts(tmp_path, 
     with pytest.raises(usage.UsageError, match=f"--{option} '{spec}': not a server endpoint"):
         opts.parseOptions(["--data", str(tmp_path / "d"), f"--{option}", spec])
     assert not (tmp_path / "d").exists()
+
+
+def test_an_empty_data_option_is_a_usage_error(tmp_path, monkeypatch):
+    """Path("") is the current directory: wslocal filled the folder it was
+    started in, where wsstorage refuses "" as missing."""
+    from twisted.python import usage
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(usage.UsageError, match="--data must name a folder"):
+        LocalOptions().parseOptions(["--data", ""])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_data_directory_where_no_secret_can_be_made_is_one_line_not_a_traceback():
+    """An immutable (``chattr +i``) or otherwise unwritable data directory:
+    the operator's to fix, said in one line, as a directory in use is."""
+    import subprocess
+
+    from wsstorage.auth import SecretError
+
+    data = Path(tempfile.mkdtemp(prefix="wsl-"))
+    if subprocess.run(["chattr", "+i", str(data)], capture_output=True).returncode != 0:
+        shutil.rmtree(data)
+        pytest.skip("chattr +i needs root and a file system that has it")
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        opts = LocalOptions()
+        opts.parseOptions(["--data", str(data), "--ftp", "tcp:0:interface=127.0.0.1",
+                           "--http", "tcp:0:interface=127.0.0.1"])  # fmt: skip
+        fake = _ProcessReactor()
+        cluster = fake.cluster = LocalClusterService(fake, opts, out=_Quiet())
+        cluster.startService()
+        with pytest.raises(SecretError):
+            await cluster.ready.addTimeout(60, reactor)
+        assert fake.exits == [(1,)]
+        said = [formatEvent(e) for e in events if "could not start" in formatEvent(e)]
+        assert len(said) == 1 and "cannot create secret file" in said[0], said
+        assert not [e for e in events if e.get("log_level") is LogLevel.critical], said
+        await cluster.stopService()
+    finally:
+        subprocess.run(["chattr", "-i", str(data)], check=True)
+        globalLogPublisher.removeObserver(events.append)
+        shutil.rmtree(data, ignore_errors=True)

@@ -69,7 +69,16 @@ def test_wsstorage_drop_behind_option_is_parsed_and_checked(tmp_path) -> None:
             Options().parseOptions([*_base(tmp_path), "--drop-behind-kib", bad])
 
 
-@pytest.mark.parametrize(("option", "spec"), [("listen", "tcp:notaport"), ("metrics", "nosuch:1")])
+@pytest.mark.parametrize(
+    ("option", "spec"),
+    [
+        ("listen", "tcp:notaport"),
+        ("metrics", "nosuch:1"),
+        # Twisted parses these; the listen failed later, an OverflowError traceback.
+        ("listen", "tcp:99999"),
+        ("metrics", "tcp:65536:interface=127.0.0.1"),
+    ],
+)
 def test_wsstorage_refuses_a_malformed_endpoint_before_touching_the_data(
     tmp_path, option, spec
 ) -> None:
@@ -160,4 +169,29 @@ def test_wsstorage_with_a_reserve_larger_than_its_disk_exits_nonzero_saying_so(t
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "wsstorage: cannot start:" in out and "is the whole disk or more" in out, out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_wsstorage_whose_metrics_port_is_taken_exits_nonzero_saying_so(tmp_path) -> None:
+    """--metrics on a taken port was a silent start without metrics: a
+    supervisor (and whoever scrapes it) must see it as a failed start, as
+    a taken --listen port is."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            twistd_argv(
+                "wsstorage", *_base(tmp_path), "--metrics", f"tcp:{port}:interface=127.0.0.1"
+            ),
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "wsstorage: cannot start:" in out and "Address already in use" in out, out
     assert "Traceback" not in out

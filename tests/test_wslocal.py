@@ -162,6 +162,10 @@ def test_the_socket_folder_a_killed_wslocal_left_is_taken_back_by_the_next_start
     assert (left[0] / "s1.sock").is_socket(), "a SIGKILL leaves the folder and its sockets"
     second = WsLocal(data, log_path, env=env).start()
     try:
+        # Its data directory's locks make it the only wslocal of its
+        # name: the killed one's is taken over without watching its lease.
+        said = second.child.log()
+        assert "watching its lease" not in said and "its previous life (host " in said, said
         assert sorted(tmp.glob("wslocal-*")) == left
         src = tmp_path / "src.bin"
         src.write_bytes(os.urandom(2 * 1024 * 1024 + 5))

@@ -23,6 +23,7 @@ from twisted.python import usage
 from wsfront.certificate import EncryptedKey, NoPrivateKey, PemError, parse_pem, validity_warning
 from wsfront.ftp.addresses import parse_port_range
 from wsfront.maintenance.lease import DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS
+from wsfront.paths import PathError, is_virtual_path, resolve
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsfront.urls import masked_url
 from wsstorage.auth import SecretError, load_secret
@@ -320,6 +321,25 @@ def _from_toml(path: str) -> dict[str, Any]:
     return data
 
 
+def checked_anonymous_root(root: str) -> str:
+    """``root`` if it is a normalized virtual path (``/pub``), else a usage
+    error saying why.  Every anonymous request joins it to the client's path
+    (``paths.to_storage_path``), which refuses anything else: a front end
+    that started with ``relative``, ``/-`` or ``/../x`` answered every
+    anonymous request with HTTP 500 / FTP 451 and a critical traceback."""
+    if is_virtual_path(root):
+        return root
+    try:
+        normal = resolve("/", root)
+    except PathError as e:
+        why = str(e)
+    else:
+        why = f"write it {normal!r}" if root.startswith("/") else "it must start with '/'"
+    raise usage.UsageError(
+        f"--anonymous-root {root!r}: not a normalized absolute path such as /pub ({why})"
+    )
+
+
 def build_config(opts: usage.Options) -> FrontendConfig:
     """Merge the TOML file under the command line and check the result."""
     file = _from_toml(opts["config"]) if opts["config"] else {}
@@ -447,7 +467,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         require_tls_session_reuse=flag("require-tls-session-reuse"),
         strict_tls_upload_eof=flag("strict-tls-upload-eof"),
         anonymous=flag("anonymous"),
-        anonymous_root=get("anonymous-root", "/pub"),
+        anonymous_root=checked_anonymous_root(get("anonymous-root", "/pub")),
         max_connections_per_address=number("max-connections-per-address", 256),
         max_connections=number("max-connections", 4096),
         max_sessions_per_user=number("max-sessions-per-user", 64),

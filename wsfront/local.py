@@ -268,6 +268,10 @@ class LocalOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if not self["data"]:
+            # Path("") is the current directory: wslocal would fill whatever
+            # folder it was started in (wsstorage refuses "" as missing).
+            raise usage.UsageError('--data must name a folder ("" is none)')
         for name in ("nodes", "replicas", "drop-behind-kib", "max-pending-uploads-per-user"):
             try:
                 self[name] = int(self[name])
@@ -428,6 +432,10 @@ class LocalClusterService(service.MultiService):
             client_factory=self._storage_client,
             owns_process=False,
             storage_by_operator=False,
+            # The stores' locks, taken above, make this the one wslocal on
+            # this data directory and its catalog: a killed one's name is
+            # taken over at once, not after watching its lease.
+            name_locked=True,
         )
         self.frontend.setServiceParent(self)
         await self.frontend.ready

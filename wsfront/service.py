@@ -27,8 +27,11 @@ from wsfront.catalog.records import NODE_DRAINING
 from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
+from wsfront.maintenance.lease import liveness_lease
+from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
+from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
 from wsstorage.reserve import ReserveTooLarge
 
@@ -60,9 +63,14 @@ def _operator_error(error: BaseException) -> bool:
     """Whether a failed start is the operator's environment (a catalog that
     cannot be reached, a port already taken, a bad endpoint, wslocal's data
     directory in use by another wslocal or of another format, a --reserve
-    the disk cannot hold): one line says it, as for a bad option.
+    the disk cannot hold, a secret file wslocal cannot create or read in
+    its data directory, a --name another live process has): one line
+    says it, as for a bad option.
     Anything else is a bug, with its traceback."""
-    environment = (BadStorageEndpoint, CannotListenError, FormatError, ReserveTooLarge)
+    environment = (
+        BadStorageEndpoint, CannotListenError, FormatError, NameInUse, ReserveTooLarge,
+        SecretError,
+    )  # fmt: skip
     return isinstance(error, environment) or operator_error(error)
 
 
@@ -112,8 +120,14 @@ class FrontendService(service.Service):
         *,
         owns_process: bool = True,
         storage_by_operator: bool = True,
+        name_locked: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: Whether the caller holds a lock that already makes this process
+        #: the only one of its name (wslocal: its data directory's, which
+        #: also holds the catalog): a name held by another life is then a
+        #: dead one's, taken over without watching it (``name_claim``).
+        self.name_locked = name_locked
         #: Whether ``config.storage`` is what an operator typed (``--storage``):
         #: a changed endpoint is then worth a warning (a typo reaches every
         #: front end).  wslocal's own servers get new ports or socket folders
@@ -137,6 +151,14 @@ class FrontendService(service.Service):
         self._health: LoopingCall | None = None
         self.status_page = None
         self.maintenance = None
+        #: This process's life under ``config.name`` (``name_claim``), made
+        #: by startService (twistd builds the service before it daemonizes:
+        #: a pid taken here is the parent's, which a refused start would
+        #: name), and whether it claimed the name; a maintenance service
+        #: stopped when another life took the name over (``_name_lost``).
+        self.life: Life | None = None
+        self._claimed = False
+        self._lost_name: defer.Deferred | None = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def storage_client(self, name: str, endpoint: str):
@@ -160,6 +182,7 @@ class FrontendService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.life = this_life()
         d = defer.ensureDeferred(self._start())
         if self.owns_process:
 
@@ -181,6 +204,21 @@ class FrontendService(service.Service):
             if problem is not None:
                 raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")
         self.catalog = open_catalog(self.reactor, cfg.catalog)
+        # Before anything is done in this front end's name (its previous
+        # life's uploads marked interrupted, its jobs re-queued, maintenance
+        # run as it): another live process may have the name.
+        previous = await claim_name(
+            self.reactor, self.catalog, cfg.name, cfg.liveness_lease_seconds, self.life,
+            watch=not self.name_locked,
+        )  # fmt: skip
+        self._claimed = True
+        if previous is not None:
+            log.warn(
+                "front end name {name}: its previous life ({who}) stopped renewing its "
+                "liveness lease; this one takes the name over",
+                name=cfg.name,
+                who=previous.holder or "not recorded",
+            )
         registered = {n.name: n.endpoint for n in await self.catalog.list_nodes()}
         for name, endpoint in cfg.storage:
             before = registered.get(name)
@@ -218,7 +256,13 @@ class FrontendService(service.Service):
         from wsfront.maintenance.service import MaintenanceService, maintenance_settings
 
         self.maintenance = MaintenanceService(
-            self.reactor, self.catalog, self.pool, cfg.name, maintenance_settings(cfg)
+            self.reactor,
+            self.catalog,
+            self.pool,
+            cfg.name,
+            maintenance_settings(cfg),
+            life=self.life,
+            on_name_lost=self._name_lost,
         )
         self.maintenance.startService()
         self._expiry = LoopingCall(self.transfers.expire)
@@ -298,6 +342,34 @@ class FrontendService(service.Service):
             log.info("wsfront {name} serves {proto} on {addr}", name=cfg.name, proto=proto,
                      addr=port.getHost())  # fmt: skip
         return self
+
+    def _name_lost(self) -> None:
+        """Another life renewed this front end's liveness lease: this
+        process was frozen (or its catalog out of reach) past the watch of
+        a start under the same name, which took the name over, marked this
+        one's uploads interrupted and re-queued its jobs.  Its work is no
+        longer this process's: maintenance stops at once (the maintenance
+        lease first, so a job step in flight sees it gone); a front end
+        that is the process stops too, exit status 1 (its ports close, its
+        uploads are checkpointed for their clients to resume on the life
+        that has the name); one inside wslocal leaves that to its owner."""
+        if self._lost_name is not None:
+            return
+        log.critical(
+            "front end {name}: another process took this front end's name over (its "
+            "liveness lease {lease} is renewed by another life); this one stops its "
+            "maintenance{also}",
+            name=self.config.name,
+            lease=liveness_lease(self.config.name),
+            also=" and exits" if self.owns_process else "",
+        )
+        maintenance = self.maintenance
+        d = defer.maybeDeferred(maintenance.lease.stop)
+        d.addCallback(lambda _: maintenance.stopService())
+        d.addErrback(lambda f: log.failure("stopping maintenance after the name was lost", f))
+        self._lost_name = d
+        if self.owns_process:
+            stop_process_on_failure(self.reactor)
 
     def _add_node(self, name: str, endpoint: str) -> None:
         """Put registered server ``name`` in the pool; one whose endpoint
@@ -421,8 +493,17 @@ class FrontendService(service.Service):
                 loop.stop()
         if self.transfers is not None:
             yield self._bounded(self.transfers.shutdown(), "checkpoint running uploads")
-        if self.maintenance is not None:
+        if self._lost_name is not None:
+            yield self._bounded(self._lost_name, "stop maintenance")
+        elif self.maintenance is not None:
             yield self._bounded(self.maintenance.stopService(), "stop maintenance")
+        elif self._claimed:
+            # A start that failed after claiming the name: give it back, so
+            # the next start need not watch it lapse.
+            release = self.catalog.release_lease(
+                liveness_lease(self.config.name), self.config.name, self.life.token
+            )
+            yield self._bounded(release, "release the front end's name")
         if self.pool is not None:
             self.pool.stop()
             self.pool.closing = True  # downloads still streaming end quietly

@@ -140,9 +140,26 @@ def endpoint_problem(spec: str, *, client: bool = False) -> str | None:
             # A ``tls:`` client endpoint warns that this stand-in reactor
             # resolves no names: true, and beside the point here.
             warnings.simplefilter("ignore")
-            build(object(), spec)
+            endpoint = build(object(), spec)
     except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError...
         return str(e) or e.__class__.__name__
+    return _port_problem(endpoint)
+
+
+def _port_problem(endpoint: object) -> str | None:
+    """Why the port of a built endpoint is out of range, or None.
+
+    Twisted parses ``tcp:99999`` without a word, and the listen (or the
+    connect) fails later with an OverflowError traceback.  The TCP, SSL and
+    host-name endpoints keep their port in ``_port`` (a wrapper such as
+    ``tls:`` keeps the endpoint it wraps in ``_wrappedEndpoint``); an
+    endpoint with neither (``unix:``) has no port to check.
+    """
+    while (inner := getattr(endpoint, "_wrappedEndpoint", None)) is not None:
+        endpoint = inner
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is not in 0-65535"
     return None
 
 
@@ -261,7 +278,10 @@ class StorageService(Service):
             read_ahead=opts["read-ahead-kib"] * 1024,
             read_batches=opts["read-batches"],
         )
-        d.addCallbacks(self._started, self._failed)
+        # _failed also sees _started's failures: a --metrics port that is
+        # taken is a failed start, not a server running without its metrics.
+        d.addCallback(self._started)
+        d.addErrback(self._failed)
         self._starting = d
 
     @defer.inlineCallbacks

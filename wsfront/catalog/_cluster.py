@@ -22,6 +22,7 @@ from wsfront.catalog.records import (
     JOB_RUNNING,
     NODE_DRAINING,
     Job,
+    LeaseRow,
     Node,
 )
 from wsfront.catalog.schema import LIVE_SQL
@@ -374,22 +375,88 @@ def finish_job(
     return get_job(tx, job_id)
 
 
-def acquire_lease(tx: Tx, now: float, name: str, owner: str, ttl_seconds: float) -> bool:
+#: Whether the row's life is the caller's: its token, NULL alike (a row of
+#: older code, or a caller that gives none, as the CLI's tests do).
+_SAME_LIFE = "COALESCE(leases.token, '') = COALESCE(?, '')"
+
+
+def acquire_lease(
+    tx: Tx,
+    now: float,
+    name: str,
+    owner: str,
+    ttl_seconds: float,
+    token: str | None = None,
+    holder: str | None = None,
+    lapsed: bool = True,
+) -> bool:
+    """Take the lease if it is free or expired, or renew it if ``owner``
+    holds it under the same ``token``: the same owner name under another
+    token is another life of that front end (a second process given the
+    same --name, or the one that took this one's name over while it was
+    frozen), whose lease this must not renew.
+
+    Without ``lapsed``, a lease another holder let expire is not taken
+    either: "expired" is judged by the caller's clock (``now``), and a
+    host whose clock runs ahead would take a live holder's lease at once.
+    A front end's name claim takes another life's lease only by watching
+    it and a compare-and-set (``take_over_lease``,
+    ``wsfront.maintenance.name_claim``)."""
+    expired = "OR leases.expires_at <= ? " if lapsed else ""
     row = tx.one(
-        "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
+        "INSERT INTO leases (name, owner, expires_at, token, holder, ttl_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-        "expires_at = excluded.expires_at "
-        "WHERE leases.owner = excluded.owner OR leases.expires_at <= ? RETURNING owner",
+        "expires_at = excluded.expires_at, token = excluded.token, "
+        "holder = excluded.holder, ttl_seconds = excluded.ttl_seconds "
+        f"WHERE (leases.owner = excluded.owner AND {_SAME_LIFE}) "
+        f"{expired}RETURNING owner",
         name,
         owner,
         now + ttl_seconds,
-        now,
+        token,
+        holder,
+        ttl_seconds,
+        token,
+        *([now] if lapsed else []),
     )
     return row is not None
 
 
-def release_lease(tx: Tx, name: str, owner: str) -> bool:
-    return bool(tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner))
+def take_over_lease(
+    tx: Tx,
+    now: float,
+    name: str,
+    owner: str,
+    ttl_seconds: float,
+    token: str,
+    holder: str | None,
+    seen: LeaseRow,
+) -> bool:
+    """Take the lease from the life ``seen`` held, if the row is still
+    exactly as seen (that life did not renew it since, nobody else took
+    it): a compare-and-set, so a renewal that lands meanwhile wins."""
+    row = tx.one(
+        "UPDATE leases SET owner = ?, expires_at = ?, token = ?, holder = ?, ttl_seconds = ? "
+        f"WHERE name = ? AND owner = ? AND expires_at = ? AND {_SAME_LIFE} RETURNING name",
+        owner,
+        now + ttl_seconds,
+        token,
+        holder,
+        ttl_seconds,
+        name,
+        seen.owner,
+        seen.expires_at,
+        seen.token,
+    )
+    return row is not None
+
+
+def release_lease(tx: Tx, name: str, owner: str, token: str | None = None) -> bool:
+    """Give the lease up if ``owner`` holds it under ``token`` (a life that
+    lost its name must not delete its successor's lease)."""
+    sql = f"DELETE FROM leases WHERE name = ? AND owner = ? AND {_SAME_LIFE}"
+    return bool(tx.execute(sql, name, owner, token))
 
 
 def get_lease(tx: Tx, name: str) -> tuple[str, float] | None:
@@ -397,6 +464,21 @@ def get_lease(tx: Tx, name: str) -> tuple[str, float] | None:
     so asking who holds a lease never changes who does."""
     row = tx.one("SELECT owner, expires_at FROM leases WHERE name = ?", name)
     return None if row is None else (row["owner"], float(row["expires_at"]))
+
+
+def get_lease_row(tx: Tx, name: str) -> LeaseRow | None:
+    """The whole row of the lease (``LeaseRow``), expired or not, or None."""
+    row = tx.one(
+        "SELECT name, owner, expires_at, token, holder, ttl_seconds FROM leases WHERE name = ?",
+        name,
+    )
+    if row is None:
+        return None
+    ttl = row["ttl_seconds"]
+    return LeaseRow(
+        row["name"], row["owner"], float(row["expires_at"]), row["token"], row["holder"],
+        None if ttl is None else float(ttl),
+    )  # fmt: skip
 
 
 def list_leases(tx: Tx, prefix: str) -> dict[str, tuple[str, float]]:

@@ -437,12 +437,23 @@ class ICatalog(Interface):
     def list_jobs(states=None):
         """Fire with the Jobs in ``states`` (default all), oldest first."""
 
-    def acquire_lease(name, owner, ttl_seconds):
+    def acquire_lease(name, owner, ttl_seconds, token=None, holder=None, lapsed=True):
         """Take or renew the named lease; fires True if ``owner`` holds it
-        until now + ttl, False if another owner holds an unexpired one."""
+        until now + ttl, False if another owner, or another life of this
+        one (another ``token``), holds an unexpired one.  ``holder`` says
+        who the life is (host, pid, start), for whoever is refused.
+        Without ``lapsed``, another holder's expired lease (by this host's
+        clock) is not taken either: only a free one, or this life's own."""
 
-    def release_lease(name, owner):
-        """Give the lease up if ``owner`` holds it."""
+    def take_over_lease(name, owner, ttl_seconds, token, holder, seen):
+        """Take the lease whose row was ``seen`` (a ``LeaseRow``) if it is
+        unchanged since (not renewed, not taken); fires True if taken."""
+
+    def release_lease(name, owner, token=None):
+        """Give the lease up if ``owner`` holds it under ``token``."""
+
+    def get_lease_row(name):
+        """Fire with the named lease's ``LeaseRow``, expired or not, or None."""
 
     def get_lease(name):
         """Fire with the named lease's (owner, expires_at), expired or not,

@@ -22,7 +22,7 @@ from wsfront.catalog._db import Runner
 from wsfront.catalog._interfaces import ICatalog
 from wsfront.catalog.errors import Exists, PendingUploadExists
 from wsfront.catalog.passwords import hash_password
-from wsfront.catalog.records import NothingCommitted
+from wsfront.catalog.records import LeaseRow, NothingCommitted
 
 log = Logger()
 
@@ -509,14 +509,40 @@ class SqlCatalog:
     def list_jobs(self, states: Iterable[str] | None = None) -> Deferred:
         return self._read(_cluster.list_jobs, list(states) if states else None)
 
-    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Deferred:
-        return self._write(_cluster.acquire_lease, self._now(), name, owner, ttl_seconds)
+    def acquire_lease(
+        self,
+        name: str,
+        owner: str,
+        ttl_seconds: float,
+        token: str | None = None,
+        holder: str | None = None,
+        lapsed: bool = True,
+    ) -> Deferred:
+        return self._write(
+            _cluster.acquire_lease, self._now(), name, owner, ttl_seconds, token, holder, lapsed
+        )
 
-    def release_lease(self, name: str, owner: str) -> Deferred:
-        return self._write(_cluster.release_lease, name, owner)
+    def take_over_lease(
+        self,
+        name: str,
+        owner: str,
+        ttl_seconds: float,
+        token: str,
+        holder: str | None,
+        seen: LeaseRow,
+    ) -> Deferred:
+        return self._write(
+            _cluster.take_over_lease, self._now(), name, owner, ttl_seconds, token, holder, seen
+        )
+
+    def release_lease(self, name: str, owner: str, token: str | None = None) -> Deferred:
+        return self._write(_cluster.release_lease, name, owner, token)
 
     def get_lease(self, name: str) -> Deferred:
         return self._read(_cluster.get_lease, name)
+
+    def get_lease_row(self, name: str) -> Deferred:
+        return self._read(_cluster.get_lease_row, name)
 
     def list_leases(self, prefix: str = "") -> Deferred:
         return self._read(_cluster.list_leases, prefix)

@@ -288,3 +288,19 @@ class CompactionCandidate:
     etag: str
     sha256: str | None
     extents: int
+
+
+@attrs.frozen
+class LeaseRow:
+    """A named lease as the catalog holds it, expired or not.  ``token``
+    tells one life of the owner from another (a front end's random token
+    per process), ``holder`` says who that life is (host, pid, start) and
+    ``ttl_seconds`` the life it was granted: it is renewed every third of
+    it.  The last three are None in a row older code wrote."""
+
+    name: str
+    owner: str
+    expires_at: float
+    token: str | None = None
+    holder: str | None = None
+    ttl_seconds: float | None = None

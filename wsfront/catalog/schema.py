@@ -317,9 +317,8 @@ MIGRATIONS: list[list[str | Only]] = [
     # This protects only once every front end runs this code: one of the
     # code before that is still running (started before the upgrade)
     # claims without bumping ``claim`` and changes a job by owner alone.
-    # The maintenance lease (``leases``) is still keyed by the front end's
-    # name, so two lives of one name can both hold it and run maintenance
-    # at once (docs/maintenance.md, "A run is its claim").
+    # Two lives of one name could also both hold the maintenance lease,
+    # keyed by name alone until schema 11 gave each life a token.
     [
         "ALTER TABLE jobs ADD COLUMN claim {int} NOT NULL DEFAULT 0",
     ],
@@ -334,6 +333,19 @@ MIGRATIONS: list[list[str | Only]] = [
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
         )""",
+    ],
+    # 11: which life of a front end holds a lease (``token``, random per
+    # process), who that is (``holder``: host, pid, start) and the life it
+    # was granted (``ttl_seconds``, how often it is renewed): leases go by
+    # owner name, so a second process started with a front end's --name
+    # renewed the first one's leases as its own.  A renewal now needs the
+    # token too (``_cluster.acquire_lease``); a start watches the name's
+    # liveness lease for a renewal before taking it over
+    # (``wsfront.maintenance.name_claim``).  NULL in rows of older code.
+    [
+        "ALTER TABLE leases ADD COLUMN token TEXT",
+        "ALTER TABLE leases ADD COLUMN holder TEXT",
+        "ALTER TABLE leases ADD COLUMN ttl_seconds {real}",
     ],
 ]
 

@@ -9,6 +9,9 @@ over once it expires.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -16,6 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsfront.maintenance.failure_log import FailureLog
+
+if TYPE_CHECKING:
+    from wsfront.maintenance.name_claim import Life
 
 log = Logger()
 
@@ -59,12 +65,32 @@ class LeaseKeeper:
         owner: str,
         name: str = LEASE_NAME,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        life: Life | None = None,
+        on_refused: Callable[[], object] | None = None,
+        lapsed: bool = True,
     ) -> None:
         self._clock = clock
         self._catalog = catalog
         self.owner = owner
         self.name = name
         self.ttl = ttl_seconds
+        #: This process's life (``name_claim.Life``): the lease is renewed
+        #: under its token only, so another process with the same owner
+        #: name (a second one given the same --name, or the one that took
+        #: this one's name over while it was frozen) is not renewed for.
+        self._life = {} if life is None else {"token": life.token, "holder": life.holder}
+        if not lapsed:
+            # Never take another holder's lease because it looks expired
+            # by this host's clock (the liveness lease of a front end's
+            # name: a life frozen on a host whose clock runs ahead would
+            # take its successor's lease back on waking, and the successor
+            # exit at its next renewal); only renew this life's own, or
+            # take a free one (``name_claim``).
+            self._life["lapsed"] = False
+        #: Called each time the catalog answers a renewal with no (not a
+        #: failure to answer): for the liveness lease, another life has
+        #: this front end's name (``FrontendService._name_lost``).
+        self._on_refused = on_refused
         self.held = False
         self._expires = 0.0
         self._loop: LoopingCall | None = None
@@ -88,8 +114,9 @@ class LeaseKeeper:
         if self._stopped:
             return False
         asked = self._clock.seconds()
-        d = self._catalog.acquire_lease(self.name, self.owner, self.ttl)
+        d = self._catalog.acquire_lease(self.name, self.owner, self.ttl, **self._life)
         self._asking.add(d)
+        refused = False
         try:
             held = await d
         except Exception:
@@ -97,6 +124,7 @@ class LeaseKeeper:
             held = False
         else:
             self._failures.succeeded()
+            refused = not held
         finally:
             self._asking.discard(d)
         if self._stopped:
@@ -122,6 +150,8 @@ class LeaseKeeper:
             )
         self.held = bool(held)
         self._expires = asked + self.ttl if held else 0.0
+        if refused and self._on_refused is not None:
+            self._on_refused()
         return self.held
 
     def start(self) -> Deferred:
@@ -148,4 +178,8 @@ class LeaseKeeper:
         if not self.held:
             return
         self.held = False
-        await self._catalog.release_lease(self.name, self.owner)
+        token = self._life.get("token")
+        if token is None:
+            await self._catalog.release_lease(self.name, self.owner)
+        else:
+            await self._catalog.release_lease(self.name, self.owner, token)

@@ -18,7 +18,7 @@ catalog does not count" safe against a repair copy not yet recorded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -44,6 +44,7 @@ from wsfront.maintenance.lease import (
     LeaseKeeper,
     liveness_lease,
 )
+from wsfront.maintenance.name_claim import Life
 from wsfront.maintenance.repair import Repairer, RepairSettings
 from wsfront.transfer.pool import StoragePool
 
@@ -116,16 +117,32 @@ class MaintenanceService(Service):
         front_end: str,
         settings: MaintenanceSettings | None = None,
         extra_handlers: Mapping[str, Handler] | None = None,
+        life: Life | None = None,
+        on_name_lost: Callable[[], object] | None = None,
     ) -> None:
         self._clock = clock
         self.catalog = catalog
         self.pool = pool
         self.front_end = front_end
         self.settings = settings or MaintenanceSettings()
-        self.lease = LeaseKeeper(clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl)
-        #: Held by every front end while it runs (not only the lease holder).
+        #: Both leases are renewed under this process's ``life`` (the one
+        #: that claimed the name, ``name_claim.claim_name``): another life
+        #: of the same name neither renews them nor gives them back.
+        self.lease = LeaseKeeper(
+            clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl, life=life
+        )
+        #: Held by every front end while it runs (not only the lease
+        #: holder); a renewal refused means another life took the name
+        #: (``on_name_lost``).
         self.liveness = LeaseKeeper(
-            clock, catalog, front_end, liveness_lease(front_end), self.settings.liveness_ttl
+            clock,
+            catalog,
+            front_end,
+            liveness_lease(front_end),
+            self.settings.liveness_ttl,
+            life=life,
+            on_refused=on_name_lost,
+            lapsed=life is None,
         )
         self.repairer = Repairer(clock, catalog, pool, self.settings.repair)
         self.gc = GarbageCollector(clock, catalog, pool, self.settings.gc)
