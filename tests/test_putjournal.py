@@ -67,8 +67,18 @@ def crash_copy(store: BlobStore, tmp_path: Path, name: str = "copy") -> Path:
     """The data directory as a crash would leave it (page cache written
     back): a copy, without the lock."""
     target = tmp_path / name
-    shutil.copytree(store.root, target)
-    return target
+    for _ in range(20):
+        try:
+            shutil.copytree(store.root, target)
+            return target
+        except shutil.Error as e:
+            # A checkpoint still running in the background renamed or
+            # removed a file between the listing and its copy: take the
+            # picture again (only a vanished file is retried).
+            if not all("No such file or directory" in str(err[2]) for err in e.args[0]):
+                raise
+            shutil.rmtree(target)
+    raise AssertionError("the store's files kept changing under the copy")
 
 
 def meta(root: Path | str, blob_id: str) -> Path:
