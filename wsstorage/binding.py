@@ -18,9 +18,9 @@ import os
 import threading
 import time
 
-from wsstorage.diskformat import CLUSTER_FILE, TMP_SUFFIX, ClusterBinding
+from wsstorage.diskformat import CLUSTER_FILE, ClusterBinding
 from wsstorage.errors import BadRequest, Busy, wrong_cluster
-from wsstorage.fsops import OsFileSystem
+from wsstorage.fsops import OsFileSystem, create_durably
 from wsstorage.records import STORE_ID_RE
 
 
@@ -91,34 +91,8 @@ class ClusterBond:
                 self.check(cluster_id)
                 return self.binding
             binding = ClusterBinding(cluster_id, time.time())
-            path = os.path.join(self._root, CLUSTER_FILE)
-            tmp = path + TMP_SUFFIX
-            fd = self._fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                try:
-                    self._fs.pwrite_all(fd, binding.encode(), 0)
-                    self._fs.fsync(fd)
-                finally:
-                    self._fs.close(fd)
-                self._fs.rename(tmp, path)
-            except BaseException:
-                _unlink_quietly(self._fs, tmp)
-                raise
-            try:
-                self._fs.fsync_dir(self._root)
-            except BaseException:
-                # Renamed but not durable: removed, so no binding is
-                # reported that a crash could take back.
-                _unlink_quietly(self._fs, path)
-                raise
+            create_durably(self._fs, self._root, CLUSTER_FILE, binding.encode())
             self.binding = binding
             return binding
         finally:
             self._lock.release()
-
-
-def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
-    try:
-        fs.unlink(path)
-    except OSError:
-        pass

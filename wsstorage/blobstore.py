@@ -179,7 +179,7 @@ from wsstorage.errors import (
     StaleEpoch,
     StorageError,
 )
-from wsstorage.fsops import OsFileSystem
+from wsstorage.fsops import OsFileSystem, create_durably
 from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
 from wsstorage.reserve import NO_RESERVE, Reserve, ReserveTooLarge, below_reserve_problem
@@ -1485,15 +1485,7 @@ class BlobStore:
             fs.fsync_dir(root)
             return identity
         identity = StoreIdentity.new()
-        _publish(fs, _write_temp(fs, path, identity.encode(), sync=True), path)
-        try:
-            fs.fsync_dir(root)
-        except BaseException:
-            # Renamed but not durable: removed, so no id is reported that a
-            # crash could take back.  Never before the rename: the file
-            # there may be a real IDENTITY that could not be read.
-            _unlink_quietly(fs, path)
-            raise
+        create_durably(fs, root, IDENTITY_FILE, identity.encode())
         return identity
 
     @property

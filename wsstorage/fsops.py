@@ -17,6 +17,8 @@ import errno
 import os
 from collections.abc import Iterator, Sequence
 
+from wsstorage.diskformat import TMP_SUFFIX
+
 #: What ``room`` reports as free inodes where the file system counts none.
 UNCOUNTED_INODES = 1 << 62
 #: Most buffers one ``pwritev`` takes (POSIX ``IOV_MAX``; 1024 on Linux).
@@ -204,3 +206,38 @@ def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
             call.restype = ctypes.c_int
         _syncfs.append(call)
     return _syncfs[0]  # type: ignore[return-value]
+
+
+def create_durably(fs: OsFileSystem, directory: str, name: str, data: bytes) -> None:
+    """Give ``directory`` a small file ``name`` holding ``data``, durable
+    once this returns: a temp file written and fsync'd, renamed, the
+    directory fsync'd.  A failure leaves no temp file, and a rename whose
+    directory fsync failed is undone (the file removed), so nothing is
+    reported that a crash could take back.  A store's once-written files
+    (``IDENTITY``, ``CLUSTER``)."""
+    path = os.path.join(directory, name)
+    tmp = path + TMP_SUFFIX
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        try:
+            fs.pwrite_all(fd, data, 0)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(fs, tmp)
+        raise
+    try:
+        fs.fsync_dir(directory)
+    except BaseException:
+        # Never before the rename: a file already there may be a real one.
+        _unlink_quietly(fs, path)
+        raise
+
+
+def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
+    try:
+        fs.unlink(path)
+    except OSError:
+        pass
