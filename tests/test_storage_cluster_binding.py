@@ -196,3 +196,32 @@ def test_a_second_bind_while_one_hangs_is_busy_at_once(tmp_path) -> None:
     with pytest.raises(WrongCluster):
         bond.bind(THEIRS)
     assert (tmp_path / CLUSTER_FILE).exists()
+
+
+def test_a_binding_read_at_open_is_made_durable_first(tmp_path) -> None:
+    """A CLUSTER file found at open may be one a bind renamed just before a
+    crash, its directory never synced: the directory is synced before the
+    binding is reported, as IDENTITY's is, so a power cut cannot take back
+    a binding the front ends were told of."""
+    from wsstorage.binding import ClusterBond
+    from wsstorage.fsops import OsFileSystem
+
+    class Recording(OsFileSystem):
+        def __init__(self) -> None:
+            self.synced: list[str] = []
+
+        def fsync_dir(self, path: str) -> None:
+            self.synced.append(path)
+            super().fsync_dir(path)
+
+    ClusterBond(str(tmp_path), OsFileSystem(), None).bind(OURS)
+    fs = Recording()
+    bond = ClusterBond.load(str(tmp_path), fs)
+    assert bond.cluster_id == OURS
+    assert fs.synced == [str(tmp_path)]
+    # No CLUSTER file: nothing to make durable, nothing synced.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fs = Recording()
+    assert ClusterBond.load(str(empty), fs).cluster_id is None
+    assert fs.synced == []

@@ -56,7 +56,12 @@ class ClusterBond:
                 raw = f.read(4096)
         except FileNotFoundError:
             return cls(root, fs, None)
-        return cls(root, fs, ClusterBinding.decode(raw, path))
+        binding = ClusterBinding.decode(raw, path)
+        # As for IDENTITY: a bind that crashed between its rename and its
+        # directory's fsync leaves a name a power loss can still take back;
+        # made durable before the binding is reported or relied on.
+        fs.fsync_dir(root)
+        return cls(root, fs, binding)
 
     @property
     def cluster_id(self) -> str | None:
