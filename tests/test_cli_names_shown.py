@@ -98,3 +98,35 @@ async def test_a_line_end_in_a_name_cannot_forge_a_line(tmp_path):
     unknown = wsfs(url, "undrain", "no" + FORGED)
     assert unknown.returncode == 1, unknown.stderr
     assert len(unknown.stderr.splitlines()) == 1, unknown.stderr
+
+
+#: "evil", a right-to-left override, "txt.exe", a line separator, "x":
+#: shown raw, it reads as "evilexe.txt" and breaks the line in two.
+SPOOFING = "evil\u202etxt.exe\u2028x\u2066y\u2069\u200f"
+SPOOFING_SHOWN = "evil\\u202etxt.exe\\u2028x\\u2066y\\u2069\\u200f"
+
+
+@pytest_twisted.ensureDeferred
+async def test_ls_escapes_bidirectional_controls_and_line_separators(tmp_path):
+    """A name can read as another (a right-to-left override turns
+    "evil<RLO>txt.exe" into "evilexe.txt" on screen) or break a line (the
+    Unicode line separator): both are shown escaped, as ``\\uNNNN``, and
+    given unchanged in ``--json``; other non-ASCII letters stay as they are."""
+    from twisted.internet import reactor
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    catalog = open_catalog(reactor, url)
+    try:
+        await catalog.add_user("ann", "pw-123456")
+        await catalog.mkdir("/ann/" + SPOOFING)
+        await catalog.mkdir("/ann/été-日本")
+    finally:
+        await catalog.close()
+
+    listing = wsfs(url, "ls", "/ann")
+    assert listing.returncode == 0, listing.stderr
+    assert SPOOFING_SHOWN + "/" in listing.stdout
+    assert "été-日本/" in listing.stdout
+    assert not re.search("[\u202a-\u202e\u2066-\u2069\u2028\u2029\u200e\u200f]", listing.stdout)
+    names = {entry["name"] for entry in json.loads(wsfs(url, "--json", "ls", "/ann").stdout)}
+    assert names == {SPOOFING, "été-日本"}
