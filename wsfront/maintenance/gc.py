@@ -398,6 +398,19 @@ class GarbageCollector:
             return STRAY
         return None  # maybe the last copy: repair decides, not GC
 
+    def sweep_after(self, g: Garbage) -> float | None:
+        """When the storage sweep may delete ``g`` (its grace,
+        ``orphan_grace_seconds``, over), or None if it may already.  The
+        grace counts from the first time this collector saw ``g`` as
+        garbage; one not seen before is seen now, so a caller (fsck) that
+        finds it first starts its grace as a sweep would, and the time it
+        reports is the one the sweep keeps.  Whether a sweep ever deletes
+        it is the guard's call (``guarded``), not this."""
+        now = self._clock.seconds()
+        since = self._garbage_since.setdefault((g.node, g.blob_id), now)
+        ends = since + self.settings.orphan_grace_seconds
+        return ends if now - since < self.settings.orphan_grace_seconds else None
+
     def guarded(self, garbage: list[Garbage], total: int) -> bool:
         """True if the server looks too orphaned to trust the catalog."""
         orphans = sum(1 for g in garbage if g.kind == ORPHAN)
