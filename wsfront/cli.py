@@ -371,7 +371,11 @@ class Commands:
         columns = ["name", "endpoint", "state", "seen", "free", "total"]
         if any(n.last_error for n in st["nodes"]):
             columns.append("error")  # why a server is down, as its front end saw it
+        # Which cluster this catalog is: the id its storage servers' CLUSTER
+        # files must name (a store of another shows ``foreign``).
+        cluster = st["cluster_id"] or "none yet (the first front end's start makes it)"
         text = (
+            f"cluster: {cluster}\n"
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
             f"live uploads: {st['live_uploads']}  under-replicated: "
             f"{_blobs_and_files(st['under_replicated'], st['under_replicated_files'])}  "
