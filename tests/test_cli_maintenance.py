@@ -217,6 +217,31 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
 
 
 @pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_rebuild_catalog_with_the_wrong_secret_says_it_was_refused(cluster):
+    """A wrong --secret-file is an authentication failure the servers
+    answered, not servers that are "unreachable" (that sends an operator
+    to the network); each is named, and a server that is really gone is
+    still called unreachable beside them.  Nothing is rebuilt."""
+    await populate(cluster, count=1)
+    gone = "s3"
+    cluster.procs[gone].stop()
+    wrong = cluster.tmp / "wrong-secret"
+    wrong.write_bytes(b"not-the-cluster-secret-at-all-000000")
+    fresh = cluster.tmp / "fresh.sqlite"
+    args = ["--catalog", f"sqlite:///{fresh}", "fsck", "--rebuild-catalog"]
+    args += ["--secret-file", str(wrong)]
+    for name, proc in cluster.procs.items():
+        args += ["--storage", f"{name}={proc.endpoint}"]
+    out, err, code = await cluster.wsfs(*args)
+    assert code == 1, err + out
+    [line] = err.splitlines()
+    assert line.startswith("wsfs: storage servers s1, s2 refused the secret (authentication "
+                           "failed): is --secret-file the cluster's secret?"), line  # fmt: skip
+    assert line.endswith(f"; unreachable: {gone}; all are needed"), line
+    assert "unreachable: s1" not in line and "s2;" not in line, line
+
+
+@pytest_twisted.ensureDeferred
 async def test_wsfs_compact_merges_resumed_files_and_a_rebuilt_catalog_reads_them_back(cluster):
     from twisted.internet import reactor
 
