@@ -195,3 +195,60 @@ def test_wsstorage_whose_metrics_port_is_taken_exits_nonzero_saying_so(tmp_path)
     assert proc.returncode == 1, out
     assert "wsstorage: cannot start:" in out and "Address already in use" in out, out
     assert "Traceback" not in out
+
+
+def test_wsstorage_refuses_a_scrub_interval_of_0_and_names_the_switch_that_turns_scrub_off(
+    tmp_path,
+) -> None:
+    """``--scrub-interval-hours 0`` turned scrubbing off without a word (0
+    reads as "all the time" too): a usage error naming the one switch,
+    ``--scrub-mib-per-second 0``, before the data directory is made; a
+    real ``twistd -n wsstorage`` so refused exits 1 and says it."""
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(usage.UsageError, match="--scrub-interval-hours must"):
+            Options().parseOptions([*_base(tmp_path), "--scrub-interval-hours", bad])
+    with pytest.raises(usage.UsageError, match="use --scrub-mib-per-second 0"):
+        Options().parseOptions([*_base(tmp_path), "--scrub-interval-hours", "0"])
+    assert list(tmp_path.iterdir()) == []
+    opts = Options()
+    opts.parseOptions([*_base(tmp_path), "--scrub-interval-hours", "0.5"])
+    assert opts["scrub-interval-hours"] == 0.5
+    run = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "wsstorage", *_base(tmp_path), "--scrub-interval-hours",
+         "0"],
+        env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    # twistd prints a plugin's usage error on stdout.
+    said = run.stdout + run.stderr
+    assert "--scrub-interval-hours must be more than 0; to turn scrubbing off, use " in said
+    assert not (tmp_path / "d").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsstorage_says_at_start_whether_it_scrubs_and_how_often(tmp_path) -> None:
+    """An operator reading the log knows whether damage is looked for."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    said = {}
+    for pace, expected in (
+        ("0", "scrub is off (--scrub-mib-per-second 0): no background checksum passes"),
+        ("8", "scrub: a checksum pass now and every 12 h, at 8 MiB/s"),
+    ):
+        events: list[dict] = []
+        (tmp_path / pace).mkdir()
+        opts = Options()
+        opts.parseOptions([*_base(tmp_path / pace), "--scrub-mib-per-second", pace,
+                           "--scrub-interval-hours", "12"])  # fmt: skip
+        service = StorageService(reactor, opts)
+        globalLogPublisher.addObserver(events.append)
+        try:
+            service.startService()
+            await service._starting
+            scrubbing = service.scrubber is not None
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+            await service.stopService()
+        said[pace] = [formatEvent(e) for e in events if "scrub" in formatEvent(e)]
+        assert said[pace] == [expected], said
+        assert scrubbing == (pace != "0")

@@ -9,6 +9,7 @@ finds every blob already recovered.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -189,7 +190,13 @@ class Options(usage.Options):
             "free space kept back from new blobs: bytes (512MiB, 2G) or a percentage of the disk",
         ],
         ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
-        ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
+        [
+            "scrub-interval-hours",
+            None,
+            "24",
+            "start a scrub pass this often (more than 0; turn scrubbing off with "
+            "--scrub-mib-per-second 0)",
+        ],
         [
             "read-ahead-kib",
             None,
@@ -227,8 +234,17 @@ class Options(usage.Options):
                 self[name] = float(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number") from None
+            if not math.isfinite(self[name]):
+                raise usage.UsageError(f"--{name} must be a finite number")
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
+        if self["scrub-interval-hours"] == 0:
+            # It used to turn scrubbing off without a word: 0 reads as
+            # "scrub all the time" as well as "never".  One switch turns it off.
+            raise usage.UsageError(
+                "--scrub-interval-hours must be more than 0; to turn scrubbing off, "
+                "use --scrub-mib-per-second 0"
+            )
         for name, least in (("read-ahead-kib", 4), ("read-batches", 1), ("drop-behind-kib", 0)):
             try:
                 self[name] = int(self[name])
@@ -288,13 +304,21 @@ class StorageService(Service):
     def _started(self, server: RunningServer):
         self.running_server = server
         opts = self.options
-        if opts["scrub-mib-per-second"] > 0 and opts["scrub-interval-hours"] > 0:
+        if opts["scrub-mib-per-second"] > 0:
             from wsstorage.scrub import Scrubber
 
             self.scrubber = Scrubber(
                 self.reactor, server.store, bytes_per_second=opts["scrub-mib-per-second"] * 2**20
             )
             self.scrubber.start(opts["scrub-interval-hours"] * 3600)
+            log.info(
+                "scrub: a checksum pass now and every {hours:g} h, at {pace:g} MiB/s",
+                hours=opts["scrub-interval-hours"],
+                pace=opts["scrub-mib-per-second"],
+            )
+        else:
+            # Damage on this disk is then found only when a reader trips on it.
+            log.warn("scrub is off (--scrub-mib-per-second 0): no background checksum passes")
         if opts["metrics"]:
             from wsstorage.metrics import listen_metrics, storage_registry
 
