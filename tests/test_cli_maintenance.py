@@ -235,8 +235,8 @@ async def test_wsfs_fsck_rebuild_catalog_with_the_wrong_secret_says_it_was_refus
     out, err, code = await cluster.wsfs(*args)
     assert code == 1, err + out
     [line] = err.splitlines()
-    assert line.startswith("wsfs: storage servers s1, s2 refused the secret (authentication "
-                           "failed): is --secret-file the cluster's secret?"), line  # fmt: skip
+    assert line.startswith("wsfs: storage servers s1, s2 refused the secret of --secret-file "
+                           "(authentication failed: is it the cluster's?)"), line  # fmt: skip
     assert line.endswith(f"; unreachable: {gone}; all are needed"), line
     assert "unreachable: s1" not in line and "s2;" not in line, line
 

@@ -561,8 +561,8 @@ def _why_down(pool: StoragePool, down: list[str]) -> str:
     parts = []
     if refused:
         parts.append(
-            f"storage servers {', '.join(refused)} refused the secret (authentication "
-            "failed): is --secret-file the cluster's secret?"
+            f"storage servers {', '.join(refused)} refused the secret of --secret-file "
+            "(authentication failed: is it the cluster's?)"
         )
     if unreachable:
         what = "unreachable" if refused else "storage servers unreachable"
