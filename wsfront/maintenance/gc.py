@@ -24,7 +24,8 @@ Two sources of garbage:
 Safety rules (docs/maintenance.md): the catalog records a blob before any
 byte of it is written, so a blob being written is never an orphan; grace
 periods are counted from the first time *this* collector saw the blob as
-garbage (a restarted front end starts counting again, never sooner); a
+garbage (an fsck's sighting of a stray included: ``sweep_after``; a
+restarted front end starts counting again, never sooner); a
 server where more than ``orphan_guard`` of the blobs look orphaned, or every
 server when that holds over the whole cluster, is left alone (a catalog
 that lost data, or the wrong catalog, must not empty the storage tier); a
