@@ -8,8 +8,9 @@ from twisted.internet import defer, task
 
 from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
 from tests.transfer_env import TransferEnv, disk_problem
+from wsfront.catalog.records import REPLICA_STALE
 from wsfront.maintenance.fsck import fsck
-from wsfront.maintenance.gc import GarbageCollector
+from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.repair import Repairer, RepairSettings
 
 
@@ -147,3 +148,56 @@ async def test_an_unreachable_server_is_reported_and_its_replicas_are_not_judged
     report = await run(env)
     assert report["unreachable_nodes"] == [victim]
     assert report["failing_nodes"] == [] and report["missing"] == []
+
+
+#: The strays' grace in the fake-clock tests below.
+GRACE = 100.0
+
+
+def collector(env, clock: task.Clock, **settings) -> GarbageCollector:
+    settings.setdefault("orphan_grace_seconds", GRACE)
+    return GarbageCollector(clock, env.catalog, env.transfers.pool, GCSettings(**settings))
+
+
+async def check_with(env, gc: GarbageCollector) -> dict:
+    """An fsck (no fix) judged by ``gc`` (its clock is the test's)."""
+    pool = env.transfers.pool
+    repairer = Repairer(task.Clock(), env.catalog, pool, RepairSettings(bytes_per_second=None))
+    return await fsck(env.catalog, pool, repairer, gc)
+
+
+async def make_stray(env, vpath: str = "/f0.bin") -> tuple[str, str, list[str]]:
+    """Leave a stray copy of ``vpath``'s blob as a drain does: a copy on
+    the spare server, counted ok, and the first holder's marked stale.
+    Fire with the blob id, the stray's server and the ok replicas' ones."""
+    entry = await env.catalog.stat(full_path(env, vpath))
+    [extent] = entry.version.extents
+    holders = [r.node for r in extent.replicas]
+    [spare] = set(env.nodes) - set(holders)
+    pool = env.transfers.pool
+    await pool.client(spare).copy_from(extent.blob_id, pool.endpoint(holders[0]))
+    await env.catalog.add_replica(extent.blob_id, spare)
+    await env.catalog.mark_replica(extent.blob_id, holders[0], REPLICA_STALE)
+    return extent.blob_id, holders[0], [holders[1], spare]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stray_whose_blob_lost_another_copy_is_a_problem_and_gets_no_grace(env):
+    """A stray of a blob whose counted-ok copy this check found missing is
+    the surplus copy only as far as the catalog knows: counted waiting, its
+    grace started by the check, a sweep at the grace's end took it and left
+    one copy of two.  It is a problem, and the sweep's grace starts later."""
+    await populate(env, count=1)
+    blob_id, stray, [lost, _] = await make_stray(env)
+    env.nodes[lost].store.delete(blob_id)  # behind the catalog's back
+    clock = task.Clock()
+    gc = collector(env, clock)
+    report = await check_with(env, gc)
+    assert report["missing"] == [{"blob": blob_id, "node": lost}]
+    assert (report["strays"], report["strays_waiting"]) == (1, 0), report
+    assert report["strays_collected_after"] is None
+    assert report["problems"] == 2  # the missing copy and the stray
+    clock.advance(GRACE)
+    swept = await gc.sweep()
+    assert (swept["strays_deleted"], swept["strays_waiting"]) == (0, 1), swept
+    assert blob_id in await blobs_on(env, stray)

@@ -92,7 +92,10 @@ async def _listing(pool: StoragePool) -> _Listing:
 
 
 def _garbage(
-    pool: StoragePool, gc: GarbageCollector, found: dict[str, tuple[list[Garbage], int]]
+    pool: StoragePool,
+    gc: GarbageCollector,
+    found: dict[str, tuple[list[Garbage], int]],
+    bad: set[str],
 ) -> dict[str, Any]:
     """The report's garbage counts from each server's ``find_garbage``.
 
@@ -103,7 +106,12 @@ def _garbage(
     for an hour, so not problems.  A stray past its grace is one (the
     sweep is not keeping up); so is one the sweep would not touch: on a
     guarded server, cluster-wide too, as ``GarbageCollector.sweep`` judges,
-    or on one not yet bound to this cluster."""
+    or on one not yet bound to this cluster.  So is a stray of a blob in
+    ``bad`` (this check found another of its copies missing or wrong): the
+    catalog still counts that copy ok, so the sweep would take the stray as
+    surplus and leave fewer copies than wanted; its grace is not started
+    either (the audit or ``--fix`` marks the bad copy, after which the
+    stray is no longer surplus)."""
     everything = [g for garbage, _ in found.values() for g in garbage]
     whole = gc.guarded(everything, sum(total for _, total in found.values()))
     counts: dict[str, Any] = {
@@ -122,7 +130,9 @@ def _garbage(
         if guarded or whole or not pool.of_this_cluster(node):
             continue  # the sweep deletes nothing here: no grace runs out
         for g in garbage:
-            after = None if g.kind == ORPHAN else gc.sweep_after(g)
+            if g.kind == ORPHAN or g.blob_id in bad:
+                continue
+            after = gc.sweep_after(g)
             if after is not None:
                 counts["strays_waiting"] += 1
                 latest = counts["strays_collected_after"]
@@ -188,7 +198,7 @@ async def check(
         if not keep_going():
             break
         found[node] = await gc.find_garbage(node)
-    report.update(_garbage(pool, gc, found))
+    report.update(_garbage(pool, gc, found, {blob_id for blob_id, _, _ in bad}))
     report["under_replicated"] = await catalog.count_under_replicated()
     report["problems"] = (
         len(report["missing"])
