@@ -288,3 +288,28 @@ async def test_a_stray_under_the_cluster_wide_guard_is_a_problem_not_waiting(env
     assert report["problems"] == orphans + 1
     swept = await gc.sweep(grace=0)
     assert stray in swept["guarded"] and swept["strays_deleted"] == 0, swept
+
+
+@pytest_twisted.ensureDeferred
+async def test_orphans_on_a_server_not_bound_to_the_cluster_do_not_stop_the_strays_grace(
+    env, monkeypatch
+):
+    """The sweep leaves a server not bound to this cluster out, its blobs
+    out of the cluster-wide guard's count too; so does fsck, or it would
+    call a stray the sweep is about to delete a problem."""
+    await populate(env, count=4)
+    blob_id, stray, _ = await make_stray(env)
+    unbound = min(set(env.nodes) - {stray})
+    held = {n: len(await blobs_on(env, n)) for n in env.nodes}
+    write_orphans(env, unbound, sum(held.values()) + 1)  # enough for the cluster-wide guard
+    pool = env.transfers.pool
+    monkeypatch.setattr(pool, "of_this_cluster", lambda name: name != unbound)
+    clock = task.Clock()
+    gc = collector(env, clock, **GUARD)
+    report = await check_with(env, gc)
+    assert (report["strays"], report["strays_waiting"]) == (1, 1), report
+    assert report["strays_collected_after"] == GRACE
+    clock.advance(GRACE)
+    swept = await gc.sweep()
+    assert (swept["strays_deleted"], swept["orphans_deleted"]) == (1, 0), swept
+    assert blob_id not in await blobs_on(env, stray)

@@ -92,7 +92,6 @@ async def _listing(pool: StoragePool) -> _Listing:
 
 
 def _garbage(
-    pool: StoragePool,
     gc: GarbageCollector,
     found: dict[str, tuple[list[Garbage], int]],
     bad: set[str],
@@ -105,15 +104,14 @@ def _garbage(
     none): the old copies a drain, a rebalance or a repair left, expected
     for an hour, so not problems.  A stray past its grace is one (the
     sweep is not keeping up); so is one the sweep would not touch: on a
-    guarded server, cluster-wide too, as ``GarbageCollector.sweep`` judges,
-    or on one not yet bound to this cluster.  So is a stray of a blob in
-    ``bad`` (this check found another of its copies missing or wrong): the
-    catalog still counts that copy ok, so the sweep would take the stray as
-    surplus and leave fewer copies than wanted; its grace is not started
-    either (the audit or ``--fix`` marks the bad copy, after which the
-    stray is no longer surplus)."""
-    everything = [g for garbage, _ in found.values() for g in garbage]
-    whole = gc.guarded(everything, sum(total for _, total in found.values()))
+    guarded server, cluster-wide too, or on one not yet bound to this
+    cluster (``GarbageCollector.spared``, the sweep's own decision).  So
+    is a stray of a blob in ``bad`` (this check found another of its
+    copies missing or wrong): the catalog still counts that copy ok, so
+    the sweep would take the stray as surplus and leave fewer copies than
+    wanted; its grace is not started either (the audit or ``--fix`` marks
+    the bad copy, after which the stray is no longer surplus)."""
+    spared = gc.spared(found)
     counts: dict[str, Any] = {
         "orphans": 0,
         "strays": 0,
@@ -124,10 +122,9 @@ def _garbage(
     for node, (garbage, total) in found.items():
         counts["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
         counts["strays"] += sum(1 for g in garbage if g.kind != ORPHAN)
-        guarded = gc.guarded(garbage, total)
-        if guarded:
+        if gc.guarded(garbage, total):
             counts["guarded_nodes"].append(node)
-        if guarded or whole or not pool.of_this_cluster(node):
+        if node in spared:
             continue  # the sweep deletes nothing here: no grace runs out
         for g in garbage:
             if g.kind == ORPHAN or g.blob_id in bad:
@@ -198,7 +195,7 @@ async def check(
         if not keep_going():
             break
         found[node] = await gc.find_garbage(node)
-    report.update(_garbage(pool, gc, found, {blob_id for blob_id, _, _ in bad}))
+    report.update(_garbage(gc, found, {blob_id for blob_id, _, _ in bad}))
     report["under_replicated"] = await catalog.count_under_replicated()
     report["problems"] = (
         len(report["missing"])

@@ -54,6 +54,11 @@ log = Logger()
 ORPHAN = "orphan"
 STRAY = "stray"
 
+#: Why the sweep deletes nothing on a server (``GarbageCollector.spared``).
+UNBOUND = "not bound to this cluster"
+CLUSTER_WIDE = "too many unknown blobs cluster-wide"
+GUARDED = "too many unknown blobs"
+
 
 def _whole_at_least_one(instance: object, attribute: attrs.Attribute, value: int) -> None:
     """``GCSettings``' validator of counts (a batch, passes) that at 0
@@ -419,6 +424,29 @@ class GarbageCollector:
             self.settings.orphan_guard * total
         )
 
+    def spared(self, found: dict[str, tuple[list[Garbage], int]]) -> dict[str, str]:
+        """The servers of ``found`` (server -> its ``find_garbage``) the
+        sweep deletes nothing on, each with why: ``UNBOUND`` (not bound to
+        this cluster: its blobs are not this catalog's to judge),
+        ``CLUSTER_WIDE`` (too many orphans over all the bound servers
+        together: every server is left alone) or ``GUARDED`` (too many on
+        this one, ``guarded``).  The cluster-wide count is over the bound
+        servers only, the ones the sweep lists.  One decision for the
+        sweep and for fsck, which calls a stray waiting only where the
+        sweep will delete it when its grace is over."""
+        bound = {n: v for n, v in found.items() if self._pool.of_this_cluster(n)}
+        everything = [g for garbage, _ in bound.values() for g in garbage]
+        whole = self.guarded(everything, sum(total for _, total in bound.values()))
+        spared = {}
+        for node, (garbage, total) in found.items():
+            if node not in bound:
+                spared[node] = UNBOUND
+            elif whole:
+                spared[node] = CLUSTER_WIDE
+            elif self.guarded(garbage, total):
+                spared[node] = GUARDED
+        return spared
+
     async def sweep(
         self, grace: float | None = None, keep_going: Callable[[], bool] = lambda: True
     ) -> dict[str, Any]:
@@ -449,20 +477,21 @@ class GarbageCollector:
                 found[node] = await self.find_garbage(node)
             except storage_errors.StorageError as e:
                 log.warn("gc: cannot list {node}: {err}", node=node, err=e)
-        everything = [g for garbage, _ in found.values() for g in garbage]
-        whole = self.guarded(everything, sum(total for _, total in found.values()))
+        spared = self.spared(found)
         for node, (garbage, total) in found.items():
             current = {(node, g.blob_id) for g in garbage}
             for key in [k for k in self._garbage_since if k[0] == node and k not in current]:
                 del self._garbage_since[key]
-            if whole or self.guarded(garbage, total):
+            if spared.get(node) == UNBOUND:
+                continue  # its bind was undone since the check above
+            if node in spared:
                 log.error(
                     "gc: {n} of {total} blobs on {node} are unknown to the catalog "
                     "(cluster-wide: {all}); refusing to delete any (wrong or damaged catalog?)",
                     n=sum(1 for g in garbage if g.kind == ORPHAN),
                     total=total,
                     node=node,
-                    all="too many" if whole else "ok",
+                    all="too many" if spared[node] == CLUSTER_WIDE else "ok",
                 )
                 stats["guarded"].append(node)
                 continue
