@@ -145,6 +145,17 @@ async def test_wsfs_fsck_right_after_a_drain_exits_0_and_names_the_strays_in_the
 
 
 @pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_fix_after_a_drain_deletes_the_strays_and_says_none_wait(cluster):
+    """``--fix`` sweeps with no grace: the drain's strays are deleted, and
+    no line says they still wait out their grace."""
+    _, held = await drain_one(cluster)
+    out, err, code = await cluster.wsfs("fsck", "--fix", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    assert f"strays: {held} " in out and f", {held} deleted" in out, out
+    assert "waiting out" not in out, out
+
+
+@pytest_twisted.ensureDeferred
 async def test_wsfs_fsck_counts_strays_past_their_grace_as_problems(tmp_path):
     """With a grace of 0 the drain's strays are overdue at once (GC's sweep
     has not run: its turn is 10 minutes away): problems, exit 3."""

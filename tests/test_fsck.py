@@ -313,3 +313,19 @@ async def test_orphans_on_a_server_not_bound_to_the_cluster_do_not_stop_the_stra
     swept = await gc.sweep()
     assert (swept["strays_deleted"], swept["orphans_deleted"]) == (1, 0), swept
     assert blob_id not in await blobs_on(env, stray)
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_fix_no_stray_is_said_to_wait(env):
+    """``--fix`` sweeps with no grace: the strays the check counted
+    waiting are deleted, and the report no longer says they wait."""
+    files = await populate(env, count=1)
+    blob_id, stray, _ = await make_stray(env)
+    pool = env.transfers.pool
+    repairer = Repairer(task.Clock(), env.catalog, pool, RepairSettings(bytes_per_second=None))
+    fixed = await fsck(env.catalog, pool, repairer, collector(env, task.Clock()), fix=True)
+    assert fixed["gc"]["strays_deleted"] == 1
+    assert (fixed["strays"], fixed["strays_waiting"]) == (1, 0), fixed
+    assert fixed["strays_collected_after"] is None
+    assert blob_id not in await blobs_on(env, stray)
+    await check_full_strength(env, files)

@@ -252,6 +252,11 @@ async def fsck(
         return found
     await report({"phase": "collecting"})
     found["gc"] = await gc.sweep(grace=0.0, keep_going=keep_going)
+    if keep_going():
+        # That sweep had no grace: no stray waits out one now (the ones
+        # the check counted waiting are deleted, ``gc.strays_deleted``).
+        found["strays_waiting"] = 0
+        found["strays_collected_after"] = None
     found["under_replicated"] = await catalog.count_under_replicated()
     return found
 
