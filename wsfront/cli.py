@@ -371,17 +371,20 @@ class Commands:
         columns = ["name", "endpoint", "state", "seen", "free", "total"]
         if any(n.last_error for n in st["nodes"]):
             columns.append("error")  # why a server is down, as its front end saw it
-        # Which cluster this catalog is: the id its storage servers' CLUSTER
-        # files must name (a store of another shows ``foreign``).
-        cluster = st["cluster_id"] or "none yet (the first front end's start makes it)"
         text = (
-            f"cluster: {cluster}\n"
             f"files: {st['files']}  bytes: {_human(st['bytes'])}  dirs: {st['dirs']}  "
             f"live uploads: {st['live_uploads']}  under-replicated: "
             f"{_blobs_and_files(st['under_replicated'], st['under_replicated_files'])}  "
             f"unavailable: {_blobs_and_files(st['unavailable'], st['unavailable_files'])}\n"
             + _table(rows, columns)
         )
+        # Which cluster this catalog is: the id its storage servers' CLUSTER
+        # files must name (a store of another shows ``foreign``).  After the
+        # totals and the table, before the notes, so the lines scripts read
+        # by place keep theirs: the totals first, the table's header second,
+        # a note (no front end alive) last.
+        cluster = st["cluster_id"] or "none yet (the first front end's start makes it)"
+        text += f"\ncluster: {cluster}"
         if st["unavailable"]:
             shown = st["unavailable_paths"]
             more = st["unavailable_files"] - len(shown)
