@@ -6,9 +6,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from tests.maintenance_env import blobs_on, check_full_strength, full_path, populate
+from tests.maintenance_env import blobs_on, check_full_strength, full_path, make_stray, populate
 from tests.transfer_env import TransferEnv, disk_problem
-from wsfront.catalog.records import REPLICA_STALE
 from wsfront.maintenance.fsck import fsck
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.repair import Repairer, RepairSettings
@@ -164,21 +163,6 @@ async def check_with(env, gc: GarbageCollector) -> dict:
     pool = env.transfers.pool
     repairer = Repairer(task.Clock(), env.catalog, pool, RepairSettings(bytes_per_second=None))
     return await fsck(env.catalog, pool, repairer, gc)
-
-
-async def make_stray(env, vpath: str = "/f0.bin") -> tuple[str, str, list[str]]:
-    """Leave a stray copy of ``vpath``'s blob as a drain does: a copy on
-    the spare server, counted ok, and the first holder's marked stale.
-    Fire with the blob id, the stray's server and the ok replicas' ones."""
-    entry = await env.catalog.stat(full_path(env, vpath))
-    [extent] = entry.version.extents
-    holders = [r.node for r in extent.replicas]
-    [spare] = set(env.nodes) - set(holders)
-    pool = env.transfers.pool
-    await pool.client(spare).copy_from(extent.blob_id, pool.endpoint(holders[0]))
-    await env.catalog.add_replica(extent.blob_id, spare)
-    await env.catalog.mark_replica(extent.blob_id, holders[0], REPLICA_STALE)
-    return extent.blob_id, holders[0], [holders[1], spare]
 
 
 @pytest_twisted.ensureDeferred

@@ -24,8 +24,10 @@ Two sources of garbage:
 Safety rules (docs/maintenance.md): the catalog records a blob before any
 byte of it is written, so a blob being written is never an orphan; grace
 periods are counted from the first time *this* collector saw the blob as
-garbage (an fsck's sighting of a stray included: ``sweep_after``; a
-restarted front end starts counting again, never sooner); a
+garbage while its front end held the maintenance lease (an fsck's
+sighting of a stray included: ``sweep_after``; a restarted front end, or
+one that took the lease again, starts counting again, never sooner:
+``forget_sightings``); a
 server where more than ``orphan_guard`` of the blobs look orphaned, or every
 server when that holds over the whole cluster, is left alone (a catalog
 that lost data, or the wrong catalog, must not empty the storage tier); a
@@ -403,6 +405,17 @@ class GarbageCollector:
         if len(others) >= blob.wanted_replicas:
             return STRAY
         return None  # maybe the last copy: repair decides, not GC
+
+    def forget_sightings(self) -> None:
+        """Forget when each garbage blob and copy was first seen: the
+        maintenance lease was (re)taken (``LeaseKeeper``'s
+        ``on_acquired``).  While another front end held it, a stray
+        sighted before may have been counted ok again and become a stray
+        anew (or a collectable blob referenced again); an old first
+        sighting would give it no grace at all.  Counting starts again,
+        as on a restart: later, never sooner."""
+        self._garbage_since.clear()
+        self._collectable_since.clear()
 
     def sweep_after(self, g: Garbage) -> float | None:
         """When the storage sweep may delete ``g`` (its grace,
