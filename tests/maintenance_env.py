@@ -12,7 +12,7 @@ import hashlib
 import os
 
 from tests.transfer_env import Collector
-from wsfront.catalog.records import REPLICA_OK
+from wsfront.catalog.records import REPLICA_OK, REPLICA_STALE
 
 MiB = 1 << 20
 
@@ -82,6 +82,21 @@ async def check_full_strength(env, files: dict[str, bytes], dead=()) -> None:
 
 async def blobs_on(env, node: str) -> set[str]:
     return {info.blob_id for info in await env.transfers.pool.client(node).list_blobs()}
+
+
+async def make_stray(env, vpath: str = "/f0.bin") -> tuple[str, str, list[str]]:
+    """Leave a stray copy of ``vpath``'s blob as a drain does: a copy on
+    the spare server, counted ok, and the first holder's marked stale.
+    Fire with the blob id, the stray's server and the ok replicas' ones."""
+    entry = await env.catalog.stat(full_path(env, vpath))
+    [extent] = entry.version.extents
+    holders = [r.node for r in extent.replicas]
+    [spare] = set(env.nodes) - set(holders)
+    pool = env.transfers.pool
+    await pool.client(spare).copy_from(extent.blob_id, pool.endpoint(holders[0]))
+    await env.catalog.add_replica(extent.blob_id, spare)
+    await env.catalog.mark_replica(extent.blob_id, holders[0], REPLICA_STALE)
+    return extent.blob_id, holders[0], [holders[1], spare]
 
 
 def all_sha256(files: dict[str, bytes]) -> dict[str, str]:

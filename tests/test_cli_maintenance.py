@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 import pytest_twisted
@@ -105,6 +106,77 @@ async def test_wsfs_drain_empties_a_server_that_can_then_go(cluster):
     await check_full_strength(cluster, files, dead=[leaving])
 
 
+async def drain_one(cluster) -> tuple[str, int]:
+    """Drain a server holding a replica; fire with its name and how many
+    copies it held (each now a stray, its replica marked stale)."""
+    await populate(cluster, count=4)
+    entry = await cluster.catalog.stat(full_path(cluster, "/f1.bin"))
+    leaving = entry.version.extents[0].replicas[0].node
+    held = len(await cluster.pool.client(leaving).list_blobs())
+    out, err, code = await cluster.wsfs("drain", leaving, "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    return leaving, held
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_right_after_a_drain_exits_0_and_names_the_strays_in_their_grace(cluster):
+    """``wsfs drain s1 && wsfs fsck``: the copies the drain moved off wait
+    out GC's grace as strays; that is the expected state of a healthy
+    cluster, said on its own line with when GC collects them, not exit 3."""
+    _, held = await drain_one(cluster)
+    before = time.time()
+    out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    assert f"strays: {held} " in out, out
+    [line] = [line for line in out.splitlines() if "waiting out their grace" in line]
+    assert line.startswith(f"{held} stray copies waiting out their grace period, collected by GC "
+                           "after "), line  # fmt: skip
+    out, err, code = await cluster.wsfs("--json", "fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    r = json.loads(out)["result"]
+    assert (r["strays"], r["strays_waiting"], r["problems"]) == (held, held, 0), r
+    # The grace counts from the first fsck's sighting (GC's own clock), an hour.
+    assert before < r["strays_collected_after"] <= time.time() + 3600
+    # Once the sweep takes them, nothing is left to wait for.
+    await cluster.service.gc.sweep(grace=0)
+    out, err, code = await cluster.wsfs("--json", "fsck", "--poll", "0.1", "--timeout", "60")
+    r = json.loads(out)["result"]
+    assert (code, r["strays"], r["strays_waiting"], r["strays_collected_after"]) == (0, 0, 0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_fix_after_a_drain_deletes_the_strays_and_says_none_wait(cluster):
+    """``--fix`` sweeps with no grace: the drain's strays are deleted, and
+    no line says they still wait out their grace."""
+    _, held = await drain_one(cluster)
+    out, err, code = await cluster.wsfs("fsck", "--fix", "--poll", "0.1", "--timeout", "60")
+    assert code == 0, err + out
+    assert f"strays: {held} " in out and f", {held} deleted" in out, out
+    assert "waiting out" not in out, out
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_counts_strays_past_their_grace_as_problems(tmp_path):
+    """With a grace of 0 the drain's strays are overdue at once (GC's sweep
+    has not run: its turn is 10 minutes away): problems, exit 3."""
+    from twisted.internet import reactor
+
+    from wsfront.maintenance.gc import GCSettings
+
+    cluster = ProcessCluster(reactor, tmp_path)
+    await cluster.start(gc=GCSettings(orphan_grace_seconds=0.0))
+    try:
+        _, held = await drain_one(cluster)
+        out, err, code = await cluster.wsfs("--json", "fsck", "--poll", "0.1", "--timeout", "60")
+        assert code == 3, err + out
+        r = json.loads(out)["result"]
+        assert (r["strays"], r["strays_waiting"], r["problems"]) == (held, 0, held), r
+        out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+        assert code == 3 and f"strays: {held} " in out and "waiting out" not in out, err + out
+    finally:
+        await cluster.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_wsfs_backup_writes_a_catalog_that_opens_with_every_file(cluster, tmp_path):
     from twisted.internet import reactor
@@ -153,6 +225,31 @@ async def test_wsfs_fsck_rebuild_catalog_after_the_sqlite_file_is_deleted(cluste
     for vpath, data in files.items():
         got, _ = await cluster.download(vpath)
         assert sha256(got) == sha256(data), vpath
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_rebuild_catalog_with_the_wrong_secret_says_it_was_refused(cluster):
+    """A wrong --secret-file is an authentication failure the servers
+    answered, not servers that are "unreachable" (that sends an operator
+    to the network); each is named, and a server that is really gone is
+    still called unreachable beside them.  Nothing is rebuilt."""
+    await populate(cluster, count=1)
+    gone = "s3"
+    cluster.procs[gone].stop()
+    wrong = cluster.tmp / "wrong-secret"
+    wrong.write_bytes(b"not-the-cluster-secret-at-all-000000")
+    fresh = cluster.tmp / "fresh.sqlite"
+    args = ["--catalog", f"sqlite:///{fresh}", "fsck", "--rebuild-catalog"]
+    args += ["--secret-file", str(wrong)]
+    for name, proc in cluster.procs.items():
+        args += ["--storage", f"{name}={proc.endpoint}"]
+    out, err, code = await cluster.wsfs(*args)
+    assert code == 1, err + out
+    [line] = err.splitlines()
+    assert line.startswith("wsfs: storage servers s1, s2 refused the secret of --secret-file "
+                           "(authentication failed: is it the cluster's?)"), line  # fmt: skip
+    assert line.endswith(f"; unreachable: {gone}; all are needed"), line
+    assert "unreachable: s1" not in line and "s2;" not in line, line
 
 
 @pytest_twisted.ensureDeferred

@@ -71,3 +71,32 @@ async def test_status_shows_each_state_s_age_and_whether_a_front_end_keeps_them(
         assert status["front_ends_alive"] == ["fe-b"]
     finally:
         await catalog.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_names_the_cluster_id_its_stores_are_bound_to(catalog_url):
+    """The id a store's CLUSTER file must hold (a store of another is
+    ``foreign``): on the line after the table (the totals stay first, the
+    table's header second and a note last, where scripts read them; the
+    tests that read them there are unchanged) and in ``--json``; before any front
+    end made one, ``none yet`` and null, and ``status`` makes none."""
+    from twisted.internet import reactor
+
+    catalog = open_catalog(reactor, catalog_url)
+    try:
+        out, err, code = await wsfs(catalog_url, "status")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].startswith("files: ") and lines[1] == "(none)", out  # no server yet
+        assert lines[2:] == ["cluster: none yet (the first front end's start makes it)"], out
+        status = json.loads((await wsfs(catalog_url, "--json", "status"))[0])
+        assert status["cluster_id"] is None
+
+        cluster = await catalog.cluster_id()  # what a front end's start does
+        out, err, code = await wsfs(catalog_url, "status")
+        assert code == 0, err
+        assert out.splitlines()[2:] == [f"cluster: {cluster}"], out
+        status = json.loads((await wsfs(catalog_url, "--json", "status"))[0])
+        assert status["cluster_id"] == cluster
+    finally:
+        await catalog.close()

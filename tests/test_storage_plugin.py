@@ -195,3 +195,93 @@ def test_wsstorage_whose_metrics_port_is_taken_exits_nonzero_saying_so(tmp_path)
     assert proc.returncode == 1, out
     assert "wsstorage: cannot start:" in out and "Address already in use" in out, out
     assert "Traceback" not in out
+
+
+def test_wsstorage_refuses_a_negative_or_non_finite_scrub_interval(tmp_path) -> None:
+    """A negative, infinite or NaN interval is a usage error, before the
+    data directory is made; a real ``twistd -n wsstorage`` so refused
+    exits 1 and says it.  (0 is accepted, deprecated: see below.)"""
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(usage.UsageError, match="--scrub-interval-hours must"):
+            Options().parseOptions([*_base(tmp_path), "--scrub-interval-hours", bad])
+    assert list(tmp_path.iterdir()) == []
+    opts = Options()
+    opts.parseOptions([*_base(tmp_path), "--scrub-interval-hours", "0.5"])
+    assert opts["scrub-interval-hours"] == 0.5
+    run = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "wsstorage", *_base(tmp_path), "--scrub-interval-hours",
+         "-1"],
+        env=python_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    # twistd prints a plugin's usage error on stdout.
+    said = run.stdout + run.stderr
+    assert "--scrub-interval-hours must not be negative" in said
+    assert not (tmp_path / "d").exists()
+
+
+async def _scrub_said(tmp_path, *args: str) -> tuple[list[str], bool]:
+    """Start a storage service with ``args``; fire with what it logged of
+    scrub, and whether it scrubs."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    opts = Options()
+    opts.parseOptions([*_base(tmp_path), *args])
+    service = StorageService(reactor, opts)
+    globalLogPublisher.addObserver(events.append)
+    try:
+        service.startService()
+        await service._starting
+        scrubbing = service.scrubber is not None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await service.stopService()
+    said = [formatEvent(e).replace(str(tmp_path), "<tmp>") for e in events]
+    return [line for line in said if "scrub" in line], scrubbing
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scrub_interval_of_0_still_turns_scrub_off_with_a_deprecation_warning(
+    tmp_path,
+) -> None:
+    """``--scrub-interval-hours 0`` turned scrubbing off; deployments that
+    used it must still start in a rolling upgrade (it was briefly refused),
+    told loudly that the supported switch is ``--scrub-mib-per-second 0``."""
+    said, scrubbing = await _scrub_said(tmp_path, "--scrub-interval-hours", "0")
+    assert not scrubbing
+    assert said == [
+        "DEPRECATED: --scrub-interval-hours 0 turns scrubbing off for now, but a later release "
+        "will refuse it; use --scrub-mib-per-second 0, the supported switch, to turn "
+        "scrubbing off",
+        "scrub is off (--scrub-interval-hours 0): no background checksum passes",
+    ], said
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsstorage_says_at_start_whether_it_scrubs_and_how_often(tmp_path) -> None:
+    """An operator reading the log knows whether damage is looked for."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    said = {}
+    for pace, expected in (
+        ("0", "scrub is off (--scrub-mib-per-second 0): no background checksum passes"),
+        ("8", "scrub: a checksum pass now and every 12 h, at 8 MiB/s"),
+    ):
+        events: list[dict] = []
+        (tmp_path / pace).mkdir()
+        opts = Options()
+        opts.parseOptions([*_base(tmp_path / pace), "--scrub-mib-per-second", pace,
+                           "--scrub-interval-hours", "12"])  # fmt: skip
+        service = StorageService(reactor, opts)
+        globalLogPublisher.addObserver(events.append)
+        try:
+            service.startService()
+            await service._starting
+            scrubbing = service.scrubber is not None
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+            await service.stopService()
+        said[pace] = [formatEvent(e) for e in events if "scrub" in formatEvent(e)]
+        assert said[pace] == [expected], said
+        assert scrubbing == (pace != "0")

@@ -109,6 +109,19 @@ def _ago(seconds: float) -> str:
     return f"{seconds}s ago"
 
 
+def _strays_waiting(count: int, after: float) -> str:
+    """fsck's line for the stray copies still in their grace: the old
+    copies a drain or rebalance left, which GC deletes once it is over.
+    Expected, not a problem (they do not make fsck exit 3): said so, with
+    when, so ``wsfs drain s1 && wsfs fsck`` reads as the healthy cluster
+    it is."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(after))
+    return (
+        f"{count} stray copies waiting out their grace period, collected by GC after "
+        f"{when} (left by a drain, rebalance or repair: not a problem)"
+    )
+
+
 def _record(obj: Any) -> Any:
     if attrs.has(type(obj)):
         return {k: _record(v) for k, v in attrs.asdict(obj, recurse=False).items()}
@@ -365,6 +378,13 @@ class Commands:
             f"unavailable: {_blobs_and_files(st['unavailable'], st['unavailable_files'])}\n"
             + _table(rows, columns)
         )
+        # Which cluster this catalog is: the id its storage servers' CLUSTER
+        # files must name (a store of another shows ``foreign``).  After the
+        # totals and the table, before the notes, so the lines scripts read
+        # by place keep theirs: the totals first, the table's header second,
+        # a note (no front end alive) last.
+        cluster = st["cluster_id"] or "none yet (the first front end's start makes it)"
+        text += f"\ncluster: {cluster}"
         if st["unavailable"]:
             shown = st["unavailable_paths"]
             more = st["unavailable_files"] - len(shown)
@@ -756,6 +776,8 @@ class Commands:
             f"orphans: {r['orphans']}  strays: {r['strays']}  "
             f"under-replicated: {r['under_replicated']}",
         ]
+        if r.get("strays_waiting"):  # absent from a front end not yet upgraded
+            lines.append(_strays_waiting(r["strays_waiting"], r["strays_collected_after"]))
         if r["unreachable_nodes"]:
             lines.append("unreachable: " + ", ".join(map(_shown, r["unreachable_nodes"])))
         for f in r.get("failing_nodes", []):

@@ -9,6 +9,7 @@ finds every blob already recovered.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -189,7 +190,13 @@ class Options(usage.Options):
             "free space kept back from new blobs: bytes (512MiB, 2G) or a percentage of the disk",
         ],
         ["scrub-mib-per-second", None, "16", "pace of the background checksum scrub (0: off)"],
-        ["scrub-interval-hours", None, "24", "start a scrub pass this often"],
+        [
+            "scrub-interval-hours",
+            None,
+            "24",
+            "start a scrub pass this often (0 turns scrubbing off but is deprecated: "
+            "turn it off with --scrub-mib-per-second 0)",
+        ],
         [
             "read-ahead-kib",
             None,
@@ -227,8 +234,15 @@ class Options(usage.Options):
                 self[name] = float(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number") from None
+            if not math.isfinite(self[name]):
+                raise usage.UsageError(f"--{name} must be a finite number")
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
+        # ``--scrub-interval-hours 0`` still turns scrubbing off (deployments
+        # use it: refusing it would stop their servers restarting in a
+        # rolling upgrade), with a deprecation warning at start
+        # (``StorageService._scrub``): 0 reads as "all the time" as well
+        # as "never", and ``--scrub-mib-per-second 0`` is the one switch.
         for name, least in (("read-ahead-kib", 4), ("read-batches", 1), ("drop-behind-kib", 0)):
             try:
                 self[name] = int(self[name])
@@ -288,13 +302,7 @@ class StorageService(Service):
     def _started(self, server: RunningServer):
         self.running_server = server
         opts = self.options
-        if opts["scrub-mib-per-second"] > 0 and opts["scrub-interval-hours"] > 0:
-            from wsstorage.scrub import Scrubber
-
-            self.scrubber = Scrubber(
-                self.reactor, server.store, bytes_per_second=opts["scrub-mib-per-second"] * 2**20
-            )
-            self.scrubber.start(opts["scrub-interval-hours"] * 3600)
+        self._scrub(server)
         if opts["metrics"]:
             from wsstorage.metrics import listen_metrics, storage_registry
 
@@ -302,6 +310,33 @@ class StorageService(Service):
                 self.reactor, opts["metrics"], storage_registry(server.factory)
             )
             log.info("wsstorage metrics on {addr}", addr=self.metrics_port.getHost())
+
+    def _scrub(self, server: RunningServer) -> None:
+        """Start the background scrub and log its schedule, or warn that
+        it is off (damage on this disk is then found only when a reader
+        trips on it), and, loudly, that ``--scrub-interval-hours 0``,
+        which turns it off as it always did, is deprecated."""
+        opts = self.options
+        hours, pace = opts["scrub-interval-hours"], opts["scrub-mib-per-second"]
+        if hours == 0:
+            log.error(
+                "DEPRECATED: --scrub-interval-hours 0 turns scrubbing off for now, but a "
+                "later release will refuse it; use --scrub-mib-per-second 0, the supported "
+                "switch, to turn scrubbing off"
+            )
+        if pace > 0 and hours > 0:
+            from wsstorage.scrub import Scrubber
+
+            self.scrubber = Scrubber(self.reactor, server.store, bytes_per_second=pace * 2**20)
+            self.scrubber.start(hours * 3600)
+            log.info(
+                "scrub: a checksum pass now and every {hours:g} h, at {pace:g} MiB/s",
+                hours=hours,
+                pace=pace,
+            )
+        else:
+            why = "--scrub-mib-per-second 0" if pace == 0 else "--scrub-interval-hours 0"
+            log.warn("scrub is off ({why}): no background checksum passes", why=why)
 
     def _failed(self, failure: Any) -> None:
         # The operator's environment (a port taken, a data directory that

@@ -499,11 +499,16 @@ def list_leases(tx: Tx, prefix: str) -> dict[str, tuple[str, float]]:
 
 
 def status(tx: Tx) -> dict[str, Any]:
+    """Totals, replica health, the storage registry and the cluster id
+    (None until the first front end's start makes it: read, never made,
+    here; ``wsfs status`` is no front end)."""
     files = tx.one(
         "SELECT COUNT(*) AS files, COALESCE(SUM(v.size), 0) AS bytes "
         "FROM inodes i JOIN versions v ON v.version_id = i.version_id"
     )
+    cluster = tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY)
     return {
+        "cluster_id": None if cluster is None else str(cluster),
         "files": int(files["files"]),
         "bytes": int(files["bytes"]),
         "dirs": int(tx.value("SELECT COUNT(*) AS n FROM inodes WHERE kind = 'dir'")),

@@ -471,7 +471,7 @@ class ICatalog(Interface):
         under_replicated (blobs with fewer replicas on servers not down than
         wanted), under_replicated_files, unavailable (blobs with none),
         unavailable_files, unavailable_paths (the first few), nodes (list
-        of Node)."""
+        of Node), cluster_id (None until ``cluster_id()`` made one)."""
 
     def close():
         """Stop the thread pool and close the connections; fires when done.

@@ -9,8 +9,12 @@ its blobs for a disk error (``DiskError``: its blobs directory was removed)
 is reported as failing, and its replicas as missing: they are gone, and
 repair must replace them.
 Every blob a server holds must be known to the catalog and counted (else it
-is an orphan or a stray copy, see ``gc``).  The report is a plain dict (it
-becomes the result of the ``fsck`` job that ``wsfs fsck`` waits for).
+is an orphan or a stray copy, see ``gc``).  A stray still in GC's grace
+(the old copy a drain, rebalance or repair left) is expected, counted
+apart (``strays_waiting``) and not a problem: ``wsfs drain s1 && wsfs
+fsck`` must pass on a healthy cluster; one past its grace is a problem.
+The report is a plain dict (it becomes the result of the ``fsck`` job that
+``wsfs fsck`` waits for).
 
 With ``fix``: replicas found missing are marked lost and replicas with the
 wrong size or state stale, then a repair pass (``now``) re-copies them from
@@ -36,7 +40,7 @@ from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
-from wsfront.maintenance.gc import ORPHAN, GarbageCollector
+from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
 from wsfront.transfer.pool import StoragePool
@@ -87,6 +91,52 @@ async def _listing(pool: StoragePool) -> _Listing:
     return _Listing(held, sorted(unreachable), failing)
 
 
+def _garbage(
+    gc: GarbageCollector,
+    found: dict[str, tuple[list[Garbage], int]],
+    bad: set[str],
+) -> dict[str, Any]:
+    """The report's garbage counts from each server's ``find_garbage``.
+
+    ``strays`` counts every stray copy; ``strays_waiting`` those of them
+    still in their grace that GC's sweep will delete once it is over (at
+    ``strays_collected_after`` at the latest, epoch seconds, None if
+    none): the old copies a drain, a rebalance or a repair left, expected
+    for an hour, so not problems.  A stray past its grace is one (the
+    sweep is not keeping up); so is one the sweep would not touch: on a
+    guarded server, cluster-wide too, or on one not yet bound to this
+    cluster (``GarbageCollector.spared``, the sweep's own decision).  So
+    is a stray of a blob in ``bad`` (this check found another of its
+    copies missing or wrong): the catalog still counts that copy ok, so
+    the sweep would take the stray as surplus and leave fewer copies than
+    wanted; its grace is not started either (the audit or ``--fix`` marks
+    the bad copy, after which the stray is no longer surplus)."""
+    spared = gc.spared(found)
+    counts: dict[str, Any] = {
+        "orphans": 0,
+        "strays": 0,
+        "strays_waiting": 0,
+        "strays_collected_after": None,
+        "guarded_nodes": [],
+    }
+    for node, (garbage, total) in found.items():
+        counts["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
+        counts["strays"] += sum(1 for g in garbage if g.kind != ORPHAN)
+        if gc.guarded(garbage, total):
+            counts["guarded_nodes"].append(node)
+        if node in spared:
+            continue  # the sweep deletes nothing here: no grace runs out
+        for g in garbage:
+            if g.kind == ORPHAN or g.blob_id in bad:
+                continue
+            after = gc.sweep_after(g)
+            if after is not None:
+                counts["strays_waiting"] += 1
+                latest = counts["strays_collected_after"]
+                counts["strays_collected_after"] = after if latest is None else max(latest, after)
+    return counts
+
+
 async def check(
     catalog,
     pool: StoragePool,
@@ -106,9 +156,6 @@ async def check(
         "wrong": [],
         "unreachable_nodes": listing.unreachable,
         "failing_nodes": [{"node": n, "why": failing[n]} for n in sorted(failing)],
-        "orphans": 0,
-        "strays": 0,
-        "guarded_nodes": [],
     }
     bad: list[tuple[str, str, str]] = []
     for blob_id in sorted(await referenced_blob_ids(catalog)):
@@ -143,20 +190,19 @@ async def check(
                     {"blob": blob_id, "node": replica.node, "state": info.state,
                      "size": info.size, "length": blob.length}
                 )  # fmt: skip
+    found: dict[str, tuple[list[Garbage], int]] = {}
     for node in held:
         if not keep_going():
             break
-        garbage, total = await gc.find_garbage(node)
-        report["orphans"] += sum(1 for g in garbage if g.kind == ORPHAN)
-        report["strays"] += sum(1 for g in garbage if g.kind != ORPHAN)
-        if gc.guarded(garbage, total):
-            report["guarded_nodes"].append(node)
+        found[node] = await gc.find_garbage(node)
+    report.update(_garbage(gc, found, {blob_id for blob_id, _, _ in bad}))
     report["under_replicated"] = await catalog.count_under_replicated()
     report["problems"] = (
         len(report["missing"])
         + len(report["wrong"])
         + report["orphans"]
         + report["strays"]
+        - report["strays_waiting"]
         + report["under_replicated"]
     )
     for key in ("missing", "wrong"):
@@ -206,6 +252,11 @@ async def fsck(
         return found
     await report({"phase": "collecting"})
     found["gc"] = await gc.sweep(grace=0.0, keep_going=keep_going)
+    if keep_going():
+        # That sweep had no grace: no stray waits out one now (the ones
+        # the check counted waiting are deleted, ``gc.strays_deleted``).
+        found["strays_waiting"] = 0
+        found["strays_collected_after"] = None
     found["under_replicated"] = await catalog.count_under_replicated()
     return found
 

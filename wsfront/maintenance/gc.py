@@ -24,7 +24,10 @@ Two sources of garbage:
 Safety rules (docs/maintenance.md): the catalog records a blob before any
 byte of it is written, so a blob being written is never an orphan; grace
 periods are counted from the first time *this* collector saw the blob as
-garbage (a restarted front end starts counting again, never sooner); a
+garbage while its front end held the maintenance lease (an fsck's
+sighting of a stray included: ``sweep_after``; a restarted front end, or
+one that took the lease again, starts counting again, never sooner:
+``forget_sightings``); a
 server where more than ``orphan_guard`` of the blobs look orphaned, or every
 server when that holds over the whole cluster, is left alone (a catalog
 that lost data, or the wrong catalog, must not empty the storage tier); a
@@ -52,6 +55,11 @@ log = Logger()
 
 ORPHAN = "orphan"
 STRAY = "stray"
+
+#: Why the sweep deletes nothing on a server (``GarbageCollector.spared``).
+UNBOUND = "not bound to this cluster"
+CLUSTER_WIDE = "too many unknown blobs cluster-wide"
+GUARDED = "too many unknown blobs"
 
 
 def _whole_at_least_one(instance: object, attribute: attrs.Attribute, value: int) -> None:
@@ -398,12 +406,59 @@ class GarbageCollector:
             return STRAY
         return None  # maybe the last copy: repair decides, not GC
 
+    def forget_sightings(self) -> None:
+        """Forget when each garbage blob and copy was first seen: the
+        maintenance lease was (re)taken (``LeaseKeeper``'s
+        ``on_acquired``).  While another front end held it, a stray
+        sighted before may have been counted ok again and become a stray
+        anew (or a collectable blob referenced again); an old first
+        sighting would give it no grace at all.  Counting starts again,
+        as on a restart: later, never sooner."""
+        self._garbage_since.clear()
+        self._collectable_since.clear()
+
+    def sweep_after(self, g: Garbage) -> float | None:
+        """When the storage sweep may delete ``g`` (its grace,
+        ``orphan_grace_seconds``, over), or None if it may already.  The
+        grace counts from the first time this collector saw ``g`` as
+        garbage; one not seen before is seen now, so a caller (fsck) that
+        finds it first starts its grace as a sweep would, and the time it
+        reports is the one the sweep keeps.  Whether a sweep ever deletes
+        it is the guard's call (``guarded``), not this."""
+        now = self._clock.seconds()
+        since = self._garbage_since.setdefault((g.node, g.blob_id), now)
+        ends = since + self.settings.orphan_grace_seconds
+        return ends if now - since < self.settings.orphan_grace_seconds else None
+
     def guarded(self, garbage: list[Garbage], total: int) -> bool:
         """True if the server looks too orphaned to trust the catalog."""
         orphans = sum(1 for g in garbage if g.kind == ORPHAN)
         return orphans >= self.settings.orphan_guard_min and orphans > (
             self.settings.orphan_guard * total
         )
+
+    def spared(self, found: dict[str, tuple[list[Garbage], int]]) -> dict[str, str]:
+        """The servers of ``found`` (server -> its ``find_garbage``) the
+        sweep deletes nothing on, each with why: ``UNBOUND`` (not bound to
+        this cluster: its blobs are not this catalog's to judge),
+        ``CLUSTER_WIDE`` (too many orphans over all the bound servers
+        together: every server is left alone) or ``GUARDED`` (too many on
+        this one, ``guarded``).  The cluster-wide count is over the bound
+        servers only, the ones the sweep lists.  One decision for the
+        sweep and for fsck, which calls a stray waiting only where the
+        sweep will delete it when its grace is over."""
+        bound = {n: v for n, v in found.items() if self._pool.of_this_cluster(n)}
+        everything = [g for garbage, _ in bound.values() for g in garbage]
+        whole = self.guarded(everything, sum(total for _, total in bound.values()))
+        spared = {}
+        for node, (garbage, total) in found.items():
+            if node not in bound:
+                spared[node] = UNBOUND
+            elif whole:
+                spared[node] = CLUSTER_WIDE
+            elif self.guarded(garbage, total):
+                spared[node] = GUARDED
+        return spared
 
     async def sweep(
         self, grace: float | None = None, keep_going: Callable[[], bool] = lambda: True
@@ -435,20 +490,21 @@ class GarbageCollector:
                 found[node] = await self.find_garbage(node)
             except storage_errors.StorageError as e:
                 log.warn("gc: cannot list {node}: {err}", node=node, err=e)
-        everything = [g for garbage, _ in found.values() for g in garbage]
-        whole = self.guarded(everything, sum(total for _, total in found.values()))
+        spared = self.spared(found)
         for node, (garbage, total) in found.items():
             current = {(node, g.blob_id) for g in garbage}
             for key in [k for k in self._garbage_since if k[0] == node and k not in current]:
                 del self._garbage_since[key]
-            if whole or self.guarded(garbage, total):
+            if spared.get(node) == UNBOUND:
+                continue  # its bind was undone since the check above
+            if node in spared:
                 log.error(
                     "gc: {n} of {total} blobs on {node} are unknown to the catalog "
                     "(cluster-wide: {all}); refusing to delete any (wrong or damaged catalog?)",
                     n=sum(1 for g in garbage if g.kind == ORPHAN),
                     total=total,
                     node=node,
-                    all="too many" if whole else "ok",
+                    all="too many" if spared[node] == CLUSTER_WIDE else "ok",
                 )
                 stats["guarded"].append(node)
                 continue

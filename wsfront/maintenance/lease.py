@@ -68,6 +68,7 @@ class LeaseKeeper:
         life: Life | None = None,
         on_refused: Callable[[], object] | None = None,
         lapsed: bool = True,
+        on_acquired: Callable[[], object] | None = None,
     ) -> None:
         self._clock = clock
         self._catalog = catalog
@@ -91,6 +92,12 @@ class LeaseKeeper:
         #: failure to answer): for the liveness lease, another life has
         #: this front end's name (``FrontendService._name_lost``).
         self._on_refused = on_refused
+        #: Called each time this keeper takes the lease: first taken, taken
+        #: back after losing it, or renewed after it lapsed (others may
+        #: have held it meanwhile).  What the holder remembered of the
+        #: cluster from before may be out of date (GC's first sightings:
+        #: ``GarbageCollector.forget_sightings``).
+        self._on_acquired = on_acquired
         self.held = False
         self._expires = 0.0
         self._loop: LoopingCall | None = None
@@ -148,8 +155,11 @@ class LeaseKeeper:
                 name=self.name,
                 late=asked - self._expires,
             )
+        acquired = bool(held) and (not self.held or asked >= self._expires)
         self.held = bool(held)
         self._expires = asked + self.ttl if held else 0.0
+        if acquired and self._on_acquired is not None:
+            self._on_acquired()
         if refused and self._on_refused is not None:
             self._on_refused()
         return self.held

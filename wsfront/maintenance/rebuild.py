@@ -551,6 +551,25 @@ async def _replay_one(catalog, path: str, up: Upload, replicas: int, now: float)
     await catalog.commit_upload(uid, epoch, up.end)
 
 
+def _why_down(pool: StoragePool, down: list[str]) -> str:
+    """Why ``rebuild_catalog`` cannot start: the servers that refused the
+    secret (an authentication failure: a wrong ``--secret-file``, which
+    "unreachable" would send an operator to the network for), then the
+    servers that did not answer."""
+    refused = [n for n in down if pool.secret_refused(n)]
+    unreachable = [n for n in down if n not in refused]
+    parts = []
+    if refused:
+        parts.append(
+            f"storage servers {', '.join(refused)} refused the secret of --secret-file "
+            "(authentication failed: is it the cluster's?)"
+        )
+    if unreachable:
+        what = "unreachable" if refused else "storage servers unreachable"
+        parts.append(f"{what}: {', '.join(unreachable)}")
+    return "; ".join(parts) + "; all are needed"
+
+
 async def rebuild_catalog(
     catalog,
     pool: StoragePool,
@@ -566,7 +585,7 @@ async def rebuild_catalog(
     await pool.probe_all()
     down = [n for n in pool.names() if not pool.is_up(n)]
     if down:
-        raise ValueError(f"storage servers unreachable: {', '.join(down)}; all are needed")
+        raise ValueError(_why_down(pool, down))
     # Before anything is recorded: servers of two clusters are refused.
     await adopt_cluster(catalog, pool)
     listings = {}

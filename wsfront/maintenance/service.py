@@ -128,8 +128,15 @@ class MaintenanceService(Service):
         #: Both leases are renewed under this process's ``life`` (the one
         #: that claimed the name, ``name_claim.claim_name``): another life
         #: of the same name neither renews them nor gives them back.
+        #: Each time it is taken, GC forgets its first sightings: another
+        #: holder may have run meanwhile (``forget_sightings``).
         self.lease = LeaseKeeper(
-            clock, catalog, front_end, ttl_seconds=self.settings.lease_ttl, life=life
+            clock,
+            catalog,
+            front_end,
+            ttl_seconds=self.settings.lease_ttl,
+            life=life,
+            on_acquired=lambda: self.gc.forget_sightings(),
         )
         #: Held by every front end while it runs (not only the lease
         #: holder); a renewal refused means another life took the name

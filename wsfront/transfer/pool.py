@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from wsfront.transfer import binding
 from wsstorage._interfaces import IStorageClient
-from wsstorage.errors import NodeUnavailable
+from wsstorage.errors import AuthenticationFailed, NodeUnavailable
 
 log = Logger()
 
@@ -57,6 +57,10 @@ class NodeState:
     shares: list[NodeState] | None = attrs.field(default=None, eq=False, repr=False)
     last_seen: float | None = None
     last_error: str | None = None
+    #: Whether the last health probe failed on the secret
+    #: (``AuthenticationFailed``: the server refused ours, or could not
+    #: prove it knows it): down for a configuration error, not the network.
+    secret_refused: bool = False
     #: Why the server, though it answers, takes no new blobs (its disk is
     #: read-only, its data directory gone: its health answer says), or
     #: None.  It still serves reads; ``choose`` passes it over.
@@ -278,6 +282,13 @@ class StoragePool:
     def is_up(self, name: str) -> bool:
         node = self._nodes.get(name)
         return node is not None and node.up
+
+    def secret_refused(self, name: str) -> bool:
+        """Whether ``name`` is down because its last health probe failed
+        authentication (``NodeState.secret_refused``): what ``fsck
+        --rebuild-catalog`` tells apart from an unreachable server."""
+        node = self._nodes.get(name)
+        return node is not None and not node.up and node.secret_refused
 
     def silent(self, name: str) -> bool:
         """Whether ``name`` is down and has answered no health probe for two
@@ -544,7 +555,9 @@ class StoragePool:
                 log.warn("storage server {name} is still down: {err}", name=node.name, err=reason)
             node.up = False
             node.last_error = reason
+            node.secret_refused = isinstance(e, AuthenticationFailed)
             return
+        node.secret_refused = False
         if health.store_id is not None:
             node.store_id = health.store_id
             node.store_created = health.store_created
