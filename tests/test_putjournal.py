@@ -40,6 +40,7 @@ from wsstorage.putjournal import (
     decode_header,
     encode_entry,
     encode_header,
+    readable_after,
     scan,
 )
 from wsstorage.records import SEALED
@@ -93,6 +94,12 @@ def journal_entries(root: Path | str) -> list[Entry]:
         assert generation is not None
         out += scan(raw, generation)[0]
     return out
+
+
+def journal_entries_of(path: Path) -> list[Entry]:
+    raw = path.read_bytes()
+    generation = decode_header(raw, path.name)
+    return [] if generation is None else scan(raw, generation)[0]
 
 
 # -- entries -------------------------------------------------------------
@@ -162,6 +169,71 @@ def test_a_header_of_a_newer_version_is_refused_and_a_torn_one_is_no_header():
     newer = HEADER.pack(HEADER_MAGIC, 2, 3, 8192)
     with pytest.raises(FormatError, match="put journal version 2"):
         decode_header(newer + HEADER_CRC.pack(__import__("crc32c").crc32c(newer)), "j")
+
+
+def test_whole_entries_past_a_damaged_one_are_counted_not_past_a_torn_tail():
+    """A scan stops at a damaged entry as at a torn one; what lies past it
+    tells them apart: whole entries of the same generation (acknowledged
+    puts the replay cannot bring back) or nothing of it (zeros, or an
+    older generation's stale entries)."""
+    entries = [encode_entry(7, f"b{i}", pattern(500, seed=i)) for i in range(5)]
+    raw = journal_image(entries)
+    second = HEADER_SIZE + len(entries[0])
+    raw[second + 200] ^= 1
+    found, stop = scan(raw, 7)
+    assert [e.blob_id for e in found] == ["b0"] and stop == second
+    assert readable_after(raw, 7, stop) == (3, second + len(entries[1]))
+    # Damage in an entry's header, its magic included: the same.
+    raw[second + 200] ^= 1
+    raw[second] ^= 0xFF
+    assert readable_after(raw, 7, scan(raw, 7)[1]) == (3, second + len(entries[1]))
+
+    torn = journal_image(entries)
+    tail = HEADER_SIZE + sum(len(e) for e in entries[:4])
+    torn[tail + len(entries[4]) - 10 : tail + len(entries[4])] = bytes(10)
+    assert readable_after(torn, 7, scan(torn, 7)[1]) == (0, -1)
+
+    stale = journal_image([encode_entry(6, f"old{i}", pattern(500, seed=i)) for i in range(4)])
+    new = encode_entry(7, "new", pattern(500, seed=9))
+    stale[HEADER_SIZE : HEADER_SIZE + len(new)] = new
+    assert readable_after(stale, 7, scan(stale, 7)[1]) == (0, -1)
+
+
+def test_a_replay_that_stops_at_a_damaged_entry_says_what_it_could_not_replay(tmp_path):
+    """A chaos run damaged entries in the middle of a crashed server's
+    journals: the store opened saying nothing, and fsck later found 24
+    acknowledged blobs missing on it.  The replay still stops at the
+    damage, and now warns with the count of whole entries past it."""
+    from twisted.logger import globalLogPublisher
+
+    store = open_store(tmp_path / "d")
+    for i in range(6):
+        put(store, f"b{i}", pattern(3000, seed=i))
+    copy = crash_copy(store, tmp_path)
+    store.close()
+    entries = journal_entries(copy)
+    assert len(entries) == 6
+    # Damage the second entry of whichever file holds it (its record).
+    victim = entries[1]
+    [path] = [copy / n for n in JOURNAL_FILES if victim in journal_entries_of(copy / n)]
+    raw = bytearray(path.read_bytes())
+    raw[victim.offset + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert victim not in journal_entries_of(path)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        replayed = open_store(copy)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    try:
+        warned = [e for e in events if "damaged" in e.get("log_format", "")]
+        assert len(warned) == 1
+        assert warned[0]["lost"] >= 1 and warned[0]["stop"] == victim.offset
+        assert "wsfs fsck" in warned[0]["log_format"]
+        assert replayed.count_blobs() == 6 - 1 - warned[0]["lost"]
+    finally:
+        replayed.close()
 
 
 # -- the store -------------------------------------------------------------

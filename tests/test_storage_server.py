@@ -547,6 +547,27 @@ def test_unknown_op_and_bad_fields_get_an_error_and_keep_the_connection(rig, log
     assert rig.store.blobs == {}
 
 
+def test_an_abort_of_a_stream_already_over_is_answered_not_refused(rig: Rig, logged) -> None:
+    """A front end aborts every replica stream of an upload that failed,
+    whichever of them the server had ended already (sealed by a commit
+    before the catalog refused the upload, or ended by the server): the
+    abort finds no stream and is answered, not refused as an unknown op
+    (an operator's false alarm in the log each time), and what the stream
+    sealed stays as it was."""
+    w = rig.client.write("b1", 1, 0, {"inode": 1, "owner": "u"})
+    w = rig.result(w)
+    w.write(b"sealed")
+    rig.result(w.commit())
+    rig.result(w.abort())
+    assert "refused request" not in log_text(logged)
+    assert read_all(rig, "b1") == b"sealed"
+    raw = RawPeer(rig)
+    raw.login()
+    [(ftype, rid, body)] = raw.send(framing.encode_control(framing.REQUEST, 7, {"op": "abort"}))
+    assert (ftype, rid, body) == (framing.REPLY, 7, {})
+    assert not raw.closed
+
+
 def test_connection_without_a_handshake_is_dropped_after_the_timeout(rig: Rig, logged) -> None:
     raw = RawPeer(rig)
     rig.clock.advance(rig.factory.handshake_timeout + 1)

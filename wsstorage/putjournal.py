@@ -233,6 +233,31 @@ def scan(
     return entries, offset
 
 
+def readable_after(raw: bytes | memoryview, generation: int, start: int) -> tuple[int, int]:
+    """How many whole entries of ``generation`` lie past ``start``, where a
+    scan stopped, and the offset of the first: (0, -1) if none.
+
+    A scan stops at the first entry it cannot read, and rightly replays
+    nothing after it.  Past a torn append there is nothing of the same
+    generation but, at most, entries whose fdatasync never returned (not
+    acknowledged); past a damaged entry (a bad sector, a stray write) lie
+    puts that were acknowledged and that this replay cannot bring back,
+    the other replicas' copies must.  Finding whole entries past the stop
+    tells an operator so, where silence looked like a clean replay."""
+    view = bytes(raw)
+    count, first = 0, -1
+    at = view.find(ENTRY_MAGIC, start + 1)
+    while at != -1:
+        found, end = scan(view, generation, at)
+        if found:
+            count += len(found)
+            first = at if first == -1 else first
+            at = view.find(ENTRY_MAGIC, end)
+        else:
+            at = view.find(ENTRY_MAGIC, at + 1)
+    return count, first
+
+
 class _Side:
     """One journal file and what this process knows of it."""
 
@@ -313,7 +338,20 @@ def replay(
                 continue
             generation, said = header
             found.append(_Side(path, fd, file_size, generation))
-            logs.append((generation, scan(raw, generation)[0]))
+            valid, stop = scan(raw, generation)
+            logs.append((generation, valid))
+            lost, at = readable_after(raw, generation, stop)
+            if lost:
+                log.warn(
+                    "put journal: {path}: the entry at offset {stop} is damaged; "
+                    "{lost} later entries (from offset {at}) are whole but cannot be "
+                    "replayed: puts acknowledged by this server may be missing here; "
+                    "run `wsfs fsck` to find them and `wsfs repair` to copy them back",
+                    path=path,
+                    stop=stop,
+                    lost=lost,
+                    at=at,
+                )
             if keep and file_size == said and file_size >= 2 * HEADER_SIZE:
                 whole.add(path)
             else:
