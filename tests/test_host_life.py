@@ -40,6 +40,8 @@ def _ticks(pid: int) -> int:
 
 @pytest.fixture
 def me() -> ProcessMark:
+    if "NSpid:" not in Path("/proc/self/status").read_text():
+        pytest.skip("this kernel's /proc/PID/status has no NSpid line (Linux < 4.1)")
     mark = this_process()
     assert mark is not None, "this test host's /proc gives no process mark"
     return mark
@@ -92,8 +94,9 @@ def test_our_pid_with_another_start_is_dead(me):
 
 
 @pytest.mark.parametrize(
-    "other", [{"hostname": "elsewhere"}, {"boot_id": "0" * 36}, {"pid_ns": 1}],
-    ids=["hostname", "boot id", "pid namespace"],
+    "other",
+    [{"hostname": "elsewhere"}, {"boot_id": "0" * 36}, {"pid_ns": 1}, {"time_ns": 1}],
+    ids=["hostname", "boot id", "pid namespace", "time namespace"],
 )  # fmt: skip
 def test_a_dead_pid_of_another_host_boot_or_container_proves_nothing(child, other):
     proc, mark = child
@@ -108,7 +111,10 @@ def test_a_dead_pid_of_another_host_boot_or_container_proves_nothing(child, othe
 @pytest.mark.parametrize(
     "holder",
     [None, "", "host vm, pid 1, started then", f"host vm, pid 1, started {STARTED}",
-     f"host vm, pid x, started {STARTED} (boot b, pid ns 1, start ticks 5)"],
+     f"host vm, pid x, started {STARTED} (boot b, pid ns 1, start ticks 5)",
+     f"host vm, pid 1, started {STARTED} (boot b, pid ns 1, start ticks 5)",
+     f"host vm, pid 99999999999, started {STARTED} (boot b, pid ns 1, time ns 2, start ticks 5)",
+     f"host vm, pid 0, started {STARTED} (boot b, pid ns 1, time ns 2, start ticks 5)"],
 )  # fmt: skip
 def test_a_holder_of_older_code_or_unparsable_proves_nothing(holder):
     assert parse_holder(holder) is None
@@ -124,6 +130,7 @@ def _fake_proc(tmp_path: Path, nspid: str) -> Path:
     shutil.copy("/proc/sys/kernel/random/boot_id", proc / "sys/kernel/random/boot_id")
     (proc / "self/ns").mkdir(parents=True)
     (proc / "self/ns/pid").symlink_to("/proc/self/ns/pid")
+    (proc / "self/ns/time").symlink_to("/proc/self/ns/time")
     (proc / "self/status").write_text(f"Name:\tpython\nNSpid:\t{nspid}\n")
     return proc
 
@@ -151,3 +158,28 @@ def test_a_live_holder_whose_start_is_unreadable_is_not_dead(child, tmp_path):
     assert this_host(hidden) == mark.host
     verdict = holder_verdict(_holder(mark), proc=hidden)
     assert not verdict.dead and "unreadable" in verdict.why, verdict.why
+
+
+def test_a_live_holder_is_alive_to_a_reader_in_another_time_namespace(me):
+    """Start ticks in /proc/PID/stat are shifted by the reader's boot-time
+    offset: read from a time namespace with one (``unshare --time``), a
+    live process's start looked like another process's, and its name was
+    taken from it at once.  The time namespace is part of the host
+    identity, so such a reader proves nothing and watches."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is not installed")
+    code = (
+        "import sys; from wsfront.maintenance.host_life import holder_verdict; "
+        "v = holder_verdict(sys.argv[1]); print(v.dead, v.why)"
+    )
+    done = subprocess.run(
+        [unshare, "--time", "--boottime", "1000", "--fork",
+         sys.executable, "-c", code, _holder(me)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0 and "Operation not permitted" in done.stderr:
+        pytest.skip(f"no time namespace may be made here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    dead, _, why = done.stdout.strip().partition(" ")
+    assert dead == "False" and "time namespace" in why, done.stdout

@@ -106,8 +106,11 @@ async def test_a_dead_life_is_watched_a_full_ttl_then_taken_over(catalogs, clock
 async def _settled(clock: Clock, claim: Deferred) -> None:
     """Wait (on the real reactor) until the claim is done or waits on the
     fake clock (a watch), without moving the clock."""
-    while not claim.called and not clock.getDelayedCalls():
+    for _ in range(100_000):
+        if claim.called or clock.getDelayedCalls():
+            return
         await deferLater(reactor, 0, lambda: None)
+    raise AssertionError("the claim neither finished nor waited on the clock")
 
 
 def _a_reaped_childs_holder() -> str:
