@@ -6,7 +6,8 @@ other's), ran maintenance side by side, and restarting the second marked
 the first one's streaming upload interrupted as its own previous life.
 A start now claims the name (``wsfront.maintenance.name_claim``): refused
 while another process renews the name's liveness lease, taken over once a
-killed one stops renewing it, at once after a clean stop.
+frozen one stops renewing it, at once after a clean stop or when the
+previous process is provably gone from this host (killed).
 """
 
 from __future__ import annotations
@@ -169,14 +170,19 @@ def test_a_second_process_with_the_same_name_is_refused_while_the_first_runs(tmp
         storage.stop()
 
 
-def test_a_start_after_the_first_was_killed_takes_the_name_over(tmp_path, catalog_url):
+def test_a_start_after_the_first_was_killed_takes_the_name_over_at_once(tmp_path, catalog_url):
+    """The killed one ran on this host (same boot and pid namespace): its
+    pid is gone, so its lease is taken over without the ttl's watch (a
+    restart after a crash, as by systemd, waited 30 s for nothing)."""
     first = _start(tmp_path, catalog_url, "first")
     pid = first.proc.pid
     first.stop(signal.SIGKILL)
     second = _start(tmp_path, catalog_url, "second")
     try:
         log = second.log()
-        assert "watching its lease for a renewal" in log, log[-3000:]
+        assert "watching its lease" not in log, log[-3000:]
+        assert "that is dead on this host (" in log, log[-3000:]
+        assert "taking its lease over at once" in log, log[-3000:]
         assert "its previous life (host " in log and f"pid {pid}," in log, log[-3000:]
     finally:
         _stop(second)
@@ -201,6 +207,10 @@ def test_a_frozen_life_whose_name_was_taken_over_stops_when_it_wakes(tmp_path, c
         _freeze_outside_a_transaction(first, catalog_url)
         second = _start(tmp_path, catalog_url, "second")
         try:
+            # Frozen is not dead: its pid still runs, so it was watched.
+            said = second.log()
+            assert "watching its lease for a renewal" in said, said[-3000:]
+            assert f"not provably dead: pid {first.proc.pid} still runs" in said, said[-3000:]
             first.proc.send_signal(signal.SIGCONT)
             assert first.proc.wait(timeout=60) == 1, first.log()[-3000:]
             assert "took this front end's name over" in first.log(), first.log()[-3000:]

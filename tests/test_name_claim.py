@@ -5,6 +5,8 @@ live holder nor a clock skew between the hosts lets it take the name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -12,7 +14,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock, deferLater
 
 from wsfront.catalog import open_catalog
-from wsfront.maintenance.name_claim import Life, NameInUse, claim_name
+from wsfront.maintenance.host_life import ProcessMark, holder_text, this_process
+from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -98,6 +101,65 @@ async def test_a_dead_life_is_watched_a_full_ttl_then_taken_over(catalogs, clock
     assert not await holder.acquire_lease(
         LEASE, "fe", 30, HOLDER.token, HOLDER.holder, lapsed=False
     )
+
+
+async def _settled(clock: Clock, claim: Deferred) -> None:
+    """Wait (on the real reactor) until the claim is done or waits on the
+    fake clock (a watch), without moving the clock."""
+    for _ in range(100_000):
+        if claim.called or clock.getDelayedCalls():
+            return
+        await deferLater(reactor, 0, lambda: None)
+    raise AssertionError("the claim neither finished nor waited on the clock")
+
+
+def _a_reaped_childs_holder() -> str:
+    """The holder a life of a process of this host that is gone records."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        mark = ProcessMark(this_process().host, child.pid, ticks)
+    finally:
+        child.stdin.close()
+        child.wait()
+    return holder_text(child.pid, "then", mark)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_life_dead_on_this_host_is_taken_over_at_once(catalogs, clock):
+    """Its process is gone from this host (same host, boot and pid
+    namespace): nothing could renew the lease, so no watch (it made every
+    restart after a crash wait a full ttl)."""
+    dead = Life("life1", _a_reaped_childs_holder())
+    holder, starter = catalogs(), catalogs()
+    assert await holder.acquire_lease(LEASE, "fe", 30, dead.token, dead.holder)
+    seen = await holder.get_lease_row(LEASE)
+    claim = ensureDeferred(claim_name(clock, starter, "fe", 30, STARTER))
+    await _settled(clock, claim)
+    assert claim.called, "watched the lease of a process gone from this host"
+    assert await claim == seen and clock.seconds() == 1_000_000
+    assert (await starter.get_lease_row(LEASE)).token == STARTER.token
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_life_of_a_process_running_on_this_host_is_still_watched(catalogs, clock):
+    """Its process runs (here: this one, a life of the same pid and start):
+    watched its full ttl as before, refused if it renews."""
+    alive = Life("life1", this_life().holder)
+    holder, starter = catalogs(), catalogs()
+    assert await holder.acquire_lease(LEASE, "fe", 30, alive.token, alive.holder)
+    claim = ensureDeferred(claim_name(clock, starter, "fe", 30, STARTER))
+    await _settled(clock, claim)
+    assert not claim.called, "took the name of a live process"
+    await _advance_to(clock, 10, claim)
+    assert await holder.acquire_lease(LEASE, "fe", 30, alive.token, alive.holder)
+    await _advance_to(clock, 31, claim)
+    assert isinstance(await _outcome(claim), NameInUse)
 
 
 @pytest_twisted.ensureDeferred

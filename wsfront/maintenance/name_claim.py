@@ -11,14 +11,21 @@ start first claims the name (``claim_name``):
 
 * the liveness lease is free: taken at once (a clean stop releases it,
   so a normal restart does not wait);
-* it is held under another token, lapsed or not by this host's clock
-  (which may run ahead of the holder's): the start watches it for a full
-  ttl of its holder (``watch_seconds``).  Renewed meanwhile, another
-  live process has the name: the start is refused (``NameInUse``, naming
-  that process's host, pid and start).  Not renewed, its life is dead (a
-  crash, a kill): the lease is taken over from it (a compare-and-set on
-  the row as watched, so a renewal landing at the last moment wins), and
-  the start goes on as after any crash (its uploads marked interrupted).
+* it is held under another life whose process is provably dead on this
+  host (same host, boot and pid namespace, and its pid gone or another
+  process's: ``host_life.holder_verdict``): taken over at once, by the
+  same compare-and-set as after a watch (a crash or kill followed by a
+  restart on the same host, as systemd does, need not wait);
+* it is held under another token otherwise (another host, a live or
+  frozen process, an older wsfs's holder, /proc unreadable), lapsed or
+  not by this host's clock (which may run ahead of the holder's): the
+  start watches it for a full ttl of its holder (``watch_seconds``).
+  Renewed meanwhile, another live process has the name: the start is
+  refused (``NameInUse``, naming that process's host, pid and start).
+  Not renewed, its life is dead (a crash, a kill): the lease is taken
+  over from it (a compare-and-set on the row as watched, so a renewal
+  landing at the last moment wins), and the start goes on as after any
+  crash (its uploads marked interrupted).
 
 A life that was only frozen past that watch (SIGSTOP, a long pause) finds
 on waking that its renewals are refused: it lost the name
@@ -30,7 +37,6 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
-import socket
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -38,6 +44,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wsfront.catalog.records import LeaseRow
+from wsfront.maintenance.host_life import holder_text, holder_verdict, this_process
 from wsfront.maintenance.lease import liveness_lease
 
 log = Logger()
@@ -57,10 +64,10 @@ class Life:
 
 def this_life() -> Life:
     """A new life for this process: a random token, and its host, pid and
-    start time for the message of a start it refuses."""
+    start time for the message of a start it refuses, with the marks that
+    let a later start on this host tell it is dead (``host_life``)."""
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    holder = f"host {socket.gethostname()}, pid {os.getpid()}, started {started}"
-    return Life(secrets.token_hex(16), holder)
+    return Life(secrets.token_hex(16), holder_text(os.getpid(), started, this_process()))
 
 
 class NameInUse(Exception):
@@ -123,10 +130,12 @@ async def claim_name(
     or None if the lease was free; fails with NameInUse if another life
     renewed it meanwhile.  A lease another life holds is never taken by
     its expiry (``lapsed=False``: this host's clock may run ahead of the
-    holder's), only by a compare-and-set on the row as watched.  Without
-    ``watch`` the caller knows no other process can have the name
-    (wslocal: its data directory's locks), and a lease held by another
-    life is taken over at once."""
+    holder's), only by a compare-and-set on the row as watched, or as
+    seen if its holder is provably dead on this host (no watch: a restart
+    after a crash takes its name at once).  Without ``watch`` the caller
+    knows no other process can have the name (wslocal: its data
+    directory's locks), and a lease held by another life is taken over at
+    once."""
     lease = liveness_lease(name)
     while True:
         if await catalog.acquire_lease(lease, name, ttl, life.token, life.holder, lapsed=False):
@@ -134,14 +143,24 @@ async def claim_name(
         seen = await catalog.get_lease_row(lease)
         if seen is None:
             continue  # released since: take it
-        if watch:
+        verdict = holder_verdict(seen.holder) if watch else None
+        if verdict is not None and verdict.dead:
+            log.info(
+                "front end name {name} is held by another life ({who}) that is dead on this "
+                "host ({why}): taking its lease over at once, without watching it",
+                name=name,
+                who=seen.holder,
+                why=verdict.why,
+            )
+        elif verdict is not None:
             seconds = watch_seconds(seen, ttl, clock.seconds())
             log.info(
                 "front end name {name} is held by another life ({who}): watching its lease "
-                "for a renewal for {watch:.1f}s",
+                "for a renewal for {watch:.1f}s (not provably dead: {why})",
                 name=name,
                 who=seen.holder or "not recorded",
                 watch=seconds,
+                why=verdict.why,
             )
             row = await _watch(clock, catalog, seen, seconds)
             if row is None:
