@@ -16,7 +16,9 @@ Data transfers run as producer/consumer pairs between the data connection
 and the transfer layer (``wsfront.ftp.datacmds``); the control connection
 only waits for their outcome.
 
-State per connection: the logged-in catalog ``User``, a virtual cwd
+State per connection: the logged-in catalog ``User`` and the login's
+``Grant`` (``wsfront.auth``: confirmed with the catalog once per login-cache
+TTL before a command touches files, ``SESSION_ONLY``), a virtual cwd
 (``wsfront.paths``: the transfer layer joins the user's root, so nothing
 here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
 or active address, and the sizes SIZE last reported (APPE resumes there,
