@@ -160,3 +160,50 @@ def test_a_transfer_waits_for_the_confirmation_and_keeps_its_rest_marker():
     close_data(channel)
     assert offsets == [3]
     assert ftp.replies() == [150, 226] + [200] * queued
+
+
+def test_nothing_runs_after_a_quit_that_jumped_the_queue_during_the_check():
+    """A stale login's DELE waits for the catalog; a full queue lets QUIT
+    jump ahead (221, the last reply): when the read answers, the DELE must
+    not run on a session that said goodbye."""
+    ftp, accounts = _ftp()
+    deleted: list[str] = []
+
+    async def recording_delete(user, path: str, **_kw):
+        deleted.append(path)
+
+    ftp.transfers.delete = recording_delete
+    ftp.reactor.advance(TTL)
+    accounts.pending = Deferred()
+    ftp.send("DELE f.bin")
+    assert accounts.reads == 1
+    queued = ftp.control.settings.max_queued_commands
+    ftp.send(*["NOOP"] * queued, "QUIT")
+    assert ftp.replies() == [221]
+    accounts.pending.callback(accounts.stored)
+    assert deleted == []
+    assert ftp.replies() == []
+
+
+def test_rnto_keeps_its_rnfr_when_an_urgent_command_runs_during_the_check():
+    """RNFR then RNTO on a stale login: RNTO waits for the catalog, and a
+    ABOR run meanwhile (jumping a full queue) clears the session's RNFR:
+    the RNTO still renames what its RNFR named."""
+    ftp, accounts = _ftp()
+    renamed: list[tuple[str, str]] = []
+
+    async def recording_rename(user, source: str, target: str, **_kw):
+        renamed.append((source, target))
+
+    ftp.transfers.rename = recording_rename
+    ftp.send("RNFR f.bin")
+    assert ftp.replies() == [350]
+    ftp.reactor.advance(TTL)
+    accounts.pending = Deferred()
+    ftp.send("RNTO g.bin")
+    assert accounts.reads == 1
+    queued = ftp.control.settings.max_queued_commands
+    ftp.send(*["NOOP"] * queued, "ABOR")
+    assert ftp.replies() == [225]
+    accounts.pending.callback(accounts.stored)
+    assert renamed == [("/f.bin", "/g.bin")]

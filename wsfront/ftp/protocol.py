@@ -533,7 +533,7 @@ class FTPControl(Protocol):
     def _login_fresh(self) -> bool:
         """Whether the login may act without asking the catalog: its account
         was seen unchanged within the TTL (a clock read, no query)."""
-        return self.grant is None or self.grant.fresh()
+        return self.grant is not None and self.grant.fresh()
 
     def _confirm_then(self, verb: str, argument: str) -> Deferred:
         """Confirm the login with the catalog (one read, no scrypt), then
@@ -541,19 +541,21 @@ class FTPControl(Protocol):
         permissions).  An account that changed logs the session out (530,
         ``_account_changed``); a catalog that could not tell refuses this
         command only (its outage reply), and the next one asks again.
-        The REST marker and ALLO size the command took are kept for it:
-        an urgent command run meanwhile would take them."""
-        grant, restart, allocated = self.grant, self.restart, self.allocated
+        The REST marker, ALLO size and RNFR source the command took are
+        kept for it: an urgent command run meanwhile (STAT, ABOR) would
+        take them.  Nothing runs once QUIT was read (it may have jumped
+        the queue while the read was out): its 221 was the last word."""
+        grant, restart, allocated, rnfr = self.grant, self.restart, self.allocated, self.rnfr
 
         def confirmed(renewed) -> Deferred | None:
-            if not self.connected_ or self.grant is not grant:
+            if not self.connected_ or self._quitting or self.grant is not grant:
                 return None
             self.grant, self.user = renewed, renewed.user
-            self.restart, self.allocated = restart, allocated
+            self.restart, self.allocated, self.rnfr = restart, allocated, rnfr
             return self._dispatch(verb, argument)
 
         def refused(failure: Failure) -> None:
-            if not self.connected_ or self.grant is not grant:
+            if not self.connected_ or self._quitting or self.grant is not grant:
                 return
             if failure.check(AccountChanged):
                 self._account_changed(failure.value)
