@@ -22,6 +22,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsfront.auth import Grant
 from wsfront.catalog.records import PERMISSIONS, User
 from wsfront.ftp.data import DataChannel
 from wsfront.ftp.factory import FTPFactory, FTPSettings
@@ -167,7 +168,9 @@ class MemoryFTP:
         self.control = factory.buildProtocol(None)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", CLIENT, 40000))
         self.control.makeConnection(self.transport)
-        self.control.user = User("alice", False, "/alice", PERMISSIONS, None, None, 0, 0, 0.0)
+        user = User("alice", False, "/alice", PERMISSIONS, None, None, 0, 0, 0.0)
+        # Logged in as PASS does it, with nothing in a catalog to confirm.
+        self.control.grant, self.control.user = Grant.unchecked(user), user
         self.replies()  # the greeting
 
     def send(self, *lines: str) -> None:

@@ -5,7 +5,10 @@ password is shared but never cached, and ``forget`` keeps a check that was
 running from being cached.  An expired entry is renewed with one read of the
 account and no scrypt while the stored password hash is the one the password
 was verified against; a password changed or an account deleted elsewhere
-(another front end: no ``forget`` here) is refused once the entry expires."""
+(another front end: no ``forget`` here) is refused once the entry expires.
+The grant an FTP session keeps is as old as the entry it came from, and its
+confirmation (one read, no scrypt) refuses an account deleted, added again
+under the same name, or whose password changed."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from wsfront.auth import CachingAuthenticator
+from wsfront.auth import AccountChanged, CachingAuthenticator, Grant
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog import open_catalog, passwords
 
@@ -228,3 +231,60 @@ async def test_a_forgotten_login_is_checked_in_full_not_renewed(catalog, scrypts
     auth.forget("alice")
     assert (await auth.authenticate("alice", "right password")).name == "alice"
     assert (catalog.checks, catalog.reads, len(scrypts)) == (2, 0, 2)
+
+
+# -- the grants FTP sessions keep (wsfront.auth.Grant) -------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grant_from_the_cache_is_as_old_as_the_entry(catalog, scrypts):
+    """A session that logs in on a 25 s old cache entry confirms its login
+    5 s later, not 30: the account was last read when the entry was."""
+    auth, clock = await _logged_in(catalog, scrypts)
+    clock.advance(25)
+    grant = await auth.grant("alice", "right password")
+    assert catalog.checks == 1 and grant.fresh()
+    clock.advance(4.9)
+    assert grant.fresh()
+    clock.advance(0.1)
+    assert not grant.fresh()
+    renewed = await grant.confirm()
+    assert renewed.fresh() and renewed.user.name == "alice"
+    assert (catalog.checks, catalog.reads, len(scrypts)) == (1, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grant_is_refused_once_its_account_changed(catalog, scrypts):
+    """Deleted; deleted and added again (the same name and even the same
+    password: a new salt, another account); password changed: each is
+    AccountChanged, with one read and no scrypt.  An unchanged account's
+    grant is renewed with the fresh User."""
+    auth, _clock = await _logged_in(catalog, scrypts)
+    grant = await auth.grant("alice", "right password")
+    await catalog.set_quota("alice", 1000, 7)
+    renewed = await grant.confirm()
+    assert renewed.user.quota_bytes == 1000 and renewed.stamp == grant.stamp
+
+    await catalog.set_password("alice", "new password")
+    with pytest.raises(AccountChanged, match="password was changed"):
+        await grant.confirm()
+    after_passwd = await auth.grant("alice", "new password")
+    await catalog.delete_user("alice")
+    with pytest.raises(AccountChanged, match="was deleted"):
+        await after_passwd.confirm()
+    await catalog.add_user("alice", "new password")
+    with pytest.raises(AccountChanged, match="deleted and created again"):
+        await after_passwd.confirm()
+    assert catalog.checks == 2  # the grant after the passwd; confirmations read only
+
+
+def test_a_grant_is_stale_once_the_clock_went_back():
+    """A wall clock set back must not keep a login fresh for longer."""
+    clock = Clock()
+    clock.advance(1000)
+    auth = CachingAuthenticator(None, clock, ttl=TTL)
+    grant = Grant(None, b"", clock.seconds(), auth)
+    assert grant.fresh()
+    clock.rightNow -= 1
+    assert not grant.fresh()
+    assert Grant.unchecked(None).fresh()  # anonymous: nothing to confirm

@@ -24,6 +24,19 @@ User (quota, usage, permissions).  In a steady GET workload that outlasts
 the TTL (bench/http.py --workloads small --small 40000) the scrypt check at
 each expiry had raised the front end's peak RSS from 71 to 87 MB; renewed,
 it stays at 71.
+
+An FTP session logs in once, at PASS, and then acts for its account for
+hours: it holds a ``Grant`` (the twisted.cred avatar), which names the
+account by the stored password hash its password was verified against
+(the same keyed ``stamp``), not by its name.  Past the TTL after that
+verification, the session has its grant confirmed (``Grant.confirm``: one
+read, no scrypt) before it touches files again: a deleted account, or a
+name deleted and created again for someone else (a new hash, a new salt),
+or a password changed, no longer matches, and the session is logged out.
+So the login cache's promise holds for FTP too: an account change is
+noticed within the TTL.  Like Django's session auth hash, a password
+change ends the sessions made with the old password: it is how an
+administrator locks out someone who learnt it.
 """
 
 from __future__ import annotations
@@ -45,7 +58,13 @@ from wsfront.catalog.records import Login, User
 
 
 class IUser(Interface):
-    """The avatar interface: the avatar is the catalog's ``User`` record."""
+    """The avatar interface: the avatar is a ``Grant``, the catalog's
+    ``User`` record and the credentials it was verified with."""
+
+
+class AccountChanged(AuthFailed):
+    """A session's account is gone, or is no longer the one it logged in
+    to: deleted, deleted and created again, or its password changed."""
 
 
 def anonymous_user(root: str) -> User:
@@ -77,6 +96,42 @@ class _Entry:
     stamp: bytes
 
 
+@attrs.frozen
+class Grant:
+    """A login a session holds: the account's ``User`` as of ``verified_at``
+    and ``stamp``, the keyed digest of the stored password hash the
+    password was verified against.  The stamp is the account's identity
+    for the session: a name deleted and created again has a new hash (a
+    new salt), and so does a changed password.
+
+    ``fresh()`` is true for the TTL after ``verified_at``; past it,
+    ``confirm()`` reads the account once and fires with a renewed Grant
+    (the fresh User: quota, permissions) or fails with AccountChanged.
+    ``authority`` None is a login with nothing in the catalog to confirm
+    (the built-in anonymous account): always fresh."""
+
+    user: User
+    stamp: bytes = attrs.field(repr=False)
+    verified_at: float
+    authority: CachingAuthenticator | None = attrs.field(default=None, repr=False, eq=False)
+
+    @classmethod
+    def unchecked(cls, user: User) -> Grant:
+        """A login of an account that is not in the catalog (anonymous)."""
+        return cls(user, b"", 0.0, None)
+
+    def fresh(self) -> bool:
+        """Whether the account was seen unchanged within the TTL (no query)."""
+        return self.authority is None or self.authority.is_fresh(self)
+
+    def confirm(self) -> Deferred:
+        """Fire with this login renewed, or fail with AccountChanged (or
+        the catalog's error, when it could not tell)."""
+        if self.authority is None:
+            return succeed(self)
+        return self.authority.confirm(self)
+
+
 class CachingAuthenticator:
     """``authenticate(name, password) -> Deferred[User]`` with a short cache."""
 
@@ -103,6 +158,25 @@ class CachingAuthenticator:
         hit = self._cache.get(key)
         if hit is not None and hit.expires > self._clock.seconds():
             return succeed(hit.user)
+        return self._login(name, password, key, hit).addCallback(lambda grant: grant.user)
+
+    def grant(self, name: str, password: str) -> Deferred:
+        """``authenticate``, firing with the ``Grant`` a session keeps: a
+        cached login's grant was verified when the entry was, so a
+        session's first confirmation comes at most a TTL after the
+        account was last read, whatever the entry's age."""
+        key = self._fingerprint(name, password)
+        hit = self._cache.get(key)
+        if hit is not None and hit.expires > self._clock.seconds():
+            return succeed(self._grant(hit.user, hit.stamp, hit.expires - self._ttl))
+        return self._login(name, password, key, hit)
+
+    def _grant(self, user: User, stamp: bytes, verified_at: float) -> Grant:
+        return Grant(user, stamp, verified_at, self)
+
+    def _login(self, name: str, password: str, key: tuple[str, bytes], hit) -> Deferred:
+        """The check (or renewal) behind a cache miss, shared with the
+        callers that ask for the same login meanwhile; fires with a Grant."""
         d: Deferred = Deferred()
         waiting = self._running.get(key)
         if waiting is not None:
@@ -146,6 +220,10 @@ class CachingAuthenticator:
         cache a success unless ``forget`` dropped the check meanwhile (a
         refusal drops the expired entry the check may have renewed)."""
         failed = isinstance(result, Failure)
+        if not failed:
+            grant = self._grant(
+                result.user, self._stamp(result.password_hash), self._clock.seconds()
+            )
         if self._running.get(key) is waiting:
             del self._running[key]
             if not failed:
@@ -158,7 +236,7 @@ class CachingAuthenticator:
             if failed:
                 d.errback(result)
             else:
-                d.callback(result.user)
+                d.callback(grant)
 
     def _remember(self, key: tuple[str, bytes], login: Login) -> None:
         now = self._clock.seconds()
@@ -167,6 +245,33 @@ class CachingAuthenticator:
             if len(self._cache) >= self._max:
                 self._cache.clear()
         self._cache[key] = _Entry(now + self._ttl, login.user, self._stamp(login.password_hash))
+
+    def is_fresh(self, grant: Grant) -> bool:
+        """Whether ``grant`` was verified less than the TTL ago (a clock
+        that went back since counts as stale: confirmed, not trusted)."""
+        age = self._clock.seconds() - grant.verified_at
+        return 0.0 <= age < self._ttl
+
+    def confirm(self, grant: Grant) -> Deferred:
+        """Read the account of ``grant`` once (no scrypt): fire with a
+        renewed Grant while its stored hash is the one the session's
+        password was verified against, or fail with AccountChanged."""
+        name = grant.user.name
+
+        def read(login: Login) -> Grant:
+            if not hmac.compare_digest(self._stamp(login.password_hash), grant.stamp):
+                raise AccountChanged(
+                    f"the account {name!r} changed: its password was changed, "
+                    "or it was deleted and created again"
+                )
+            return self._grant(login.user, grant.stamp, now)
+
+        def gone(failure: Failure) -> None:
+            failure.trap(NotFound)
+            raise AccountChanged(f"the account {name!r} was deleted")
+
+        now = self._clock.seconds()
+        return maybeDeferred(self._catalog.get_login, name).addCallbacks(read, gone)
 
     def forget(self, name: str) -> None:
         """Drop cached logins of ``name`` (password changed, user deleted),
@@ -196,18 +301,19 @@ class CatalogChecker:
             if isinstance(creds.password, bytes)
             else creds.password
         )
-        d = self._auth.authenticate(name, password)
+        d = self._auth.grant(name, password)
 
         def refused(failure):
             failure.trap(AuthFailed)
             raise error.UnauthorizedLogin("login incorrect")
 
-        return d.addCallbacks(lambda user: user, refused)
+        return d.addCallbacks(lambda grant: grant, refused)
 
 
 @implementer(portal.IRealm)
 class CatalogRealm:
-    """The avatar id handed over by ``CatalogChecker`` is already the User."""
+    """The avatar id handed over by ``CatalogChecker`` is already the
+    avatar: the ``Grant``."""
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         if IUser not in interfaces:
@@ -217,5 +323,5 @@ class CatalogRealm:
 
 def make_portal(authenticator: CachingAuthenticator) -> portal.Portal:
     """A Portal whose ``login(UsernamePassword(...), None, IUser)`` fires
-    with ``(IUser, User, logout)`` or fails with UnauthorizedLogin."""
+    with ``(IUser, Grant, logout)`` or fails with UnauthorizedLogin."""
     return portal.Portal(CatalogRealm(), [CatalogChecker(authenticator)])

@@ -19,7 +19,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ServerFactory
 
-from wsfront.auth import IUser, anonymous_user
+from wsfront.auth import Grant, IUser, anonymous_user
 from wsfront.catalog.errors import AuthFailed
 from wsfront.catalog.records import User
 from wsfront.limits import ConnectionLimits, LoginThrottle
@@ -150,14 +150,16 @@ class FTPFactory(ServerFactory):
         return protocol
 
     def login(self, name: str, password: str) -> Deferred:
-        """Fire with the catalog ``User`` of (name, password), or fail with
-        AuthFailed (or the catalog's error, when it could not tell: an
-        outage is no wrong password).  Anonymous names get the read-only anonymous user when
-        anonymous access is on."""
+        """Fire with the ``Grant`` of (name, password): the catalog ``User``
+        and what the session confirms it by later (``wsfront.auth``), or
+        fail with AuthFailed (or the catalog's error, when it could not
+        tell: an outage is no wrong password).  Anonymous names get the
+        read-only anonymous user, with nothing to confirm, when anonymous
+        access is on."""
         if name.lower() in ANONYMOUS_NAMES:
             if not self.settings.anonymous:
                 return fail(AuthFailed("anonymous access is off"))
-            return succeed(self.anonymous_user())
+            return succeed(Grant.unchecked(self.anonymous_user()))
         if self.portal is None:
             return fail(AuthFailed("no authentication configured"))
         creds = credentials.UsernamePassword(
@@ -165,9 +167,9 @@ class FTPFactory(ServerFactory):
         )
         d = self.portal.login(creds, None, IUser)
 
-        def avatar(result):
-            _interface, user, _logout = result
-            return user
+        def avatar(result) -> Grant:
+            _interface, grant, _logout = result
+            return grant
 
         def refused(failure):
             # Only a refused login: a catalog outage stays itself (FTP 451,

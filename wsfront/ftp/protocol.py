@@ -16,7 +16,9 @@ Data transfers run as producer/consumer pairs between the data connection
 and the transfer layer (``wsfront.ftp.datacmds``); the control connection
 only waits for their outcome.
 
-State per connection: the logged-in catalog ``User``, a virtual cwd
+State per connection: the logged-in catalog ``User`` and the login's
+``Grant`` (``wsfront.auth``: confirmed with the catalog once per login-cache
+TTL before a command touches files, ``SESSION_ONLY``), a virtual cwd
 (``wsfront.paths``: the transfer layer joins the user's root, so nothing
 here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
 or active address, and the sizes SIZE last reported (APPE resumes there,
@@ -41,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront import paths
+from wsfront.auth import AccountChanged
 from wsfront.catalog.errors import AuthFailed
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
@@ -100,6 +103,19 @@ else.  The data connection setup, TYPE I and ALLO are let through: they
 belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
 the transfer command).  TYPE A drops the marker itself."""
+
+SESSION_ONLY = frozenset(
+    {"TYPE", "MODE", "STRU", "ALLO", "PWD", "XPWD", "PASV", "EPSV", "PORT", "EPRT", "REST"}
+    | {"ABOR", "STAT"}
+)
+"""Logged-in commands that touch neither files nor the namespace: they run
+on the login as it is.  Every other logged-in command (a file, a
+directory, a listing, a transfer) first has the session's login confirmed
+with the catalog once it is older than the login cache's TTL
+(``_confirm_then``): an account deleted, created again for someone else
+under the same name, or whose password changed, is noticed within the TTL,
+as over HTTP.  ABOR and STAT act on the session's own transfer, and must
+stay immediate."""
 
 KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
 """Commands that leave an ALLO size for the transfer command after them:
@@ -207,6 +223,10 @@ class FTPControl(Protocol):
         self.connected_ = False
         # Session state.
         self.user = None
+        #: What the login holds of its account (``wsfront.auth.Grant``),
+        #: confirmed past the TTL; None with no login (or a user set
+        #: directly, as protocol unit tests do).
+        self.grant = None
         self._login_name: str | None = None
         self._login_failures = 0
         self.cwd = "/"
@@ -491,9 +511,15 @@ class FTPControl(Protocol):
             return None
         if parsed.verb not in ("RNFR", "RNTO"):
             self.rnfr = None  # RNTO must follow RNFR directly
-        handler = getattr(self, "ftp_" + parsed.verb)
+        if spec.login and parsed.verb not in SESSION_ONLY and not self._login_fresh():
+            return self._confirm_then(parsed.verb, parsed.argument)
+        return self._dispatch(parsed.verb, parsed.argument)
+
+    def _dispatch(self, verb: str, argument: str) -> Deferred | None:
+        """Run the handler of ``verb``; a Deferred while it is still going."""
+        handler = getattr(self, "ftp_" + verb)
         try:
-            result = handler(parsed.argument)
+            result = handler(argument)
         except Exception as e:
             self.reply_error(e)
             return None
@@ -501,6 +527,55 @@ class FTPControl(Protocol):
             d = Deferred.fromCoroutine(result)
             return d.addErrback(lambda f: self.reply_error(f.value))
         return None
+
+    # -- the login's account ------------------------------------------
+
+    def _login_fresh(self) -> bool:
+        """Whether the login may act without asking the catalog: its account
+        was seen unchanged within the TTL (a clock read, no query)."""
+        return self.grant is not None and self.grant.fresh()
+
+    def _confirm_then(self, verb: str, argument: str) -> Deferred:
+        """Confirm the login with the catalog (one read, no scrypt), then
+        run the command on the renewed login (its User fresh: quota,
+        permissions).  An account that changed logs the session out (530,
+        ``_account_changed``); a catalog that could not tell refuses this
+        command only (its outage reply), and the next one asks again.
+        The REST marker, ALLO size and RNFR source the command took are
+        kept for it: an urgent command run meanwhile (STAT, ABOR) would
+        take them.  Nothing runs once QUIT was read (it may have jumped
+        the queue while the read was out): its 221 was the last word."""
+        grant, restart, allocated, rnfr = self.grant, self.restart, self.allocated, self.rnfr
+
+        def confirmed(renewed) -> Deferred | None:
+            if not self.connected_ or self._quitting or self.grant is not grant:
+                return None
+            self.grant, self.user = renewed, renewed.user
+            self.restart, self.allocated, self.rnfr = restart, allocated, rnfr
+            return self._dispatch(verb, argument)
+
+        def refused(failure: Failure) -> None:
+            if not self.connected_ or self._quitting or self.grant is not grant:
+                return
+            if failure.check(AccountChanged):
+                self._account_changed(failure.value)
+                return
+            self.reply_error(failure.value)
+
+        return grant.confirm().addCallbacks(confirmed, refused)
+
+    def _account_changed(self, error: AccountChanged) -> None:
+        """The session's account is gone or is another's now: log out (530),
+        and leave the connection to a new USER/PASS within the login
+        timeout, as USER does.  A transfer started before is not this
+        check's to cut (docs: it was confirmed at its start)."""
+        log.info("FTP session from {peer} logged out: {why}", peer=self.peer_host, why=str(error))
+        self.user = None
+        self.grant = None
+        self.cwd = "/"
+        self.sizes.clear()
+        self._arm_login_timer()
+        self.reply(530, "Login no longer valid (account deleted or password changed); log in again")
 
     # -- idle timeout -------------------------------------------------
 
@@ -586,6 +661,7 @@ class FTPControl(Protocol):
         if self.user is not None:
             self._arm_login_timer()  # logged out: log in again in time
         self.user = None
+        self.grant = None
         self._login_name = None
         if self.tls_required(argument):
             raise Reply(530, "TLS required: send AUTH TLS before logging in")
@@ -608,7 +684,7 @@ class FTPControl(Protocol):
             self.close()
             return
         try:
-            user = await self.factory.login(name, argument)
+            grant = await self.factory.login(name, argument)
         except AuthFailed:
             throttle.failed(name, self.peer_host)
             self._login_failures += 1
@@ -622,7 +698,8 @@ class FTPControl(Protocol):
             raise
         throttle.succeeded(name, self.peer_host)
         self._login_deadline.cancel()
-        self.user = user
+        self.grant = grant
+        self.user = user = grant.user
         self.cwd = "/"
         # Sizes SIZE reported name another user's files (USER logs one
         # session out and another in): APPE would resume this user's at them.
@@ -755,6 +832,7 @@ class FTPControl(Protocol):
         self._login_name = None
         if self.user is not None:
             self.user = None
+            self.grant = None
             self.cwd = "/"
             self._arm_login_timer()
         self.reply(234, f"AUTH {argument.strip(' ').upper()} ok, start the TLS handshake")
