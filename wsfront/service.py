@@ -282,6 +282,7 @@ class FrontendService(service.Service):
             pem = cfg.tls_pem()
             ftp_settings = FTPSettings(
                 passive_ports=cfg.passive_ports,
+                passive_ports_per_address=cfg.passive_ports_per_address,
                 public_address=cfg.public_address,
                 anonymous=cfg.anonymous,
                 anonymous_root=cfg.anonymous_root,
