@@ -157,6 +157,7 @@ def test_one_address_holds_at_most_its_share_of_the_range_and_others_still_get_p
     logged = [e for e in seen if "refused PASV/EPSV" in e.get("log_format", "")]
     assert len(logged) == 1 and logged[0]["host"] == CLIENT  # once, not per PASV
     assert share.held(CLIENT) == 2
+    assert first.factory.stats.passive_ports_refused == 4
     # Another address still gets the rest of the range.
     others = [MemoryFTP(factory=first.factory, client=OTHER) for _ in range(3)]
     for ftp in others[:2]:

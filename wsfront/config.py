@@ -281,6 +281,7 @@ _NUMBER_OPTIONS = frozenset(
         "max-sessions-per-user", "max-pending-uploads-per-user", "login-failures-per-address",
         "login-failures-per-user", "login-window-seconds", "http-header-timeout",
         "http-body-min-rate", "http-body-rate-window", "liveness-lease-seconds",
+        "passive-ports-per-address",
     }
 )  # fmt: skip
 

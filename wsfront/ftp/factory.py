@@ -102,6 +102,31 @@ class FTPSettings:
     max_connections: int | None = 4096
 
 
+def settings_of(cfg) -> FTPSettings:
+    """The FTP settings of a front end's ``wsfront.config.FrontendConfig``
+    (the FTP and implicit FTPS listeners share them)."""
+    from wsfront.ftp.security import server_tls_options
+
+    pem = cfg.tls_pem()
+    return FTPSettings(
+        passive_ports=cfg.passive_ports,
+        passive_ports_per_address=cfg.passive_ports_per_address,
+        public_address=cfg.public_address,
+        anonymous=cfg.anonymous,
+        anonymous_root=cfg.anonymous_root,
+        tls=server_tls_options(pem) if pem else None,
+        require_tls=cfg.require_tls,
+        require_tls_users=frozenset(cfg.require_tls_users),
+        require_tls_session_reuse=cfg.require_tls_session_reuse,
+        strict_tls_upload_eof=cfg.strict_tls_upload_eof,
+        login_failures_per_address=cfg.login_failures_per_address,
+        login_failures_per_user=cfg.login_failures_per_user,
+        login_window=cfg.login_window_seconds,
+        max_connections_per_address=cfg.max_connections_per_address,
+        max_connections=cfg.max_connections,
+    )
+
+
 @attrs.define
 class FTPStats:
     """Counters of one factory, for tests, the benchmark and metrics."""
@@ -116,6 +141,8 @@ class FTPStats:
     refused_data_connections: int = 0
     #: Passive ports closed because no data connection reached them in time.
     passive_ports_unreached: int = 0
+    #: PASV/EPSV refused because the address held its share of the range.
+    passive_ports_refused: int = 0
 
 
 class FTPFactory(ServerFactory):

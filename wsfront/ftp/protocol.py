@@ -1009,6 +1009,7 @@ class FTPControl(Protocol):
         if share is not None:
             refusal = share.refusal(self.peer_host)
             if refusal is not None:
+                self.stats.passive_ports_refused += 1
                 raise Reply(425, refusal)
         listener = open_passive(
             self.reactor, self.local_host, self.peer_host, self.settings.passive_ports
