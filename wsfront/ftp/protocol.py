@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront import paths
-from wsfront.catalog.errors import AuthFailed
+from wsfront.catalog.errors import AuthFailed, NotADirectory
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
@@ -867,7 +867,15 @@ class FTPControl(Protocol):
             raise Reply(553, "Cannot rename onto the root directory")
         if names_directory(argument):
             datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
-        await self.transfers.rename(self.user, source, target)
+        try:
+            await self.transfers.rename(self.user, source, target)
+        except NotADirectory:
+            if target.startswith(source.rstrip("/") + "/"):
+                # RNFR k1.bin, RNTO k1.bin/x: the file RNFR named would be
+                # the destination's directory.  The user's own path, never
+                # the catalog's (which names the user's root).
+                raise Reply(550, f"{source} is not a directory") from None
+            raise
         self._forget_sizes(source, target)
         self.reply(250, "Rename successful")
 
