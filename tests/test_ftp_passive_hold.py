@@ -16,6 +16,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from tests.ftp_memory import CLIENT, MemoryFTP, close_data
+from wsfront.catalog.errors import NotFound
 from wsfront.ftp.factory import FTPSettings
 
 TIMEOUT = 30.0
@@ -94,6 +95,49 @@ def test_a_transfer_waiting_for_its_data_connection_keeps_the_data_timeout():
     ftp.reactor.advance(1)
     [(code, text)] = ftp.reply_texts()
     assert (code, text) == (425, "the data connection did not arrive in time")
+    assert ftp.factory.passive_share.held(CLIENT) == 0
+
+
+def test_a_transfer_command_in_time_is_not_failed_by_slow_catalog_work():
+    """RETR sent before the port's time is up, whose catalog work (the
+    open) outlasts it: the port is not closed under it; once the open
+    answers, the client still connects and gets the file.  A port whose
+    command failed (no such file) is closed a deadline later, as ever."""
+    from twisted.internet.defer import Deferred
+
+    ftp = _ftp()
+    ftp.transfers.files["/f.bin"] = b"payload"
+    gate: Deferred = Deferred()
+    open_read = ftp.transfers.open_read
+
+    async def slow_open_read(user, path: str, offset: int):
+        await gate
+        return await open_read(user, path, offset)
+
+    ftp.transfers.open_read = slow_open_read
+    ftp.send("PASV")
+    ftp.reactor.advance(TIMEOUT - 0.5)
+    ftp.send("RETR f.bin")
+    assert ftp.replies() == [227]
+    ftp.reactor.advance(5)  # past the port's deadline, the open still out
+    listener = ftp.control.passive
+    assert listener is not None and listener.port is not None
+    assert ftp.factory.stats.passive_ports_unreached == 0
+    gate.callback(None)
+    channel, _transport = ftp.connect_data()
+    [stream] = ftp.transfers.streams
+    stream.gate.callback(None)
+    close_data(channel)
+    assert ftp.replies() == [150, 226]
+
+    async def missing(user, path: str, offset: int):
+        raise NotFound(f"no such file: {path}")
+
+    ftp.transfers.open_read = missing
+    ftp.send("PASV", "RETR missing.bin")
+    assert ftp.replies() == [227, 550]
+    ftp.reactor.advance(TIMEOUT)
+    assert ftp.factory.stats.passive_ports_unreached == 1
     assert ftp.factory.passive_share.held(CLIENT) == 0
 
 

@@ -559,6 +559,11 @@ class PassiveListener:
         self._expecting = False
         self._accept_call = None
         self._unreached: Callable[[PassiveListener], None] | None = None
+        #: Whether a command of the control connection is running (a
+        #: transfer command's catalog work comes before its ``wait``).
+        self._held: Callable[[], bool] | None = None
+        self._accept_clock = None
+        self._accept_seconds = 0.0
 
     def _accept(self, addr) -> Protocol:
         host = getattr(addr, "host", "")
@@ -598,7 +603,13 @@ class PassiveListener:
 
         return d.addErrback(timed_out)
 
-    def expect(self, clock, seconds: float, unreached: Callable[[PassiveListener], None]) -> None:
+    def expect(
+        self,
+        clock,
+        seconds: float,
+        unreached: Callable[[PassiveListener], None],
+        held: Callable[[], bool] | None = None,
+    ) -> None:
         """Close the port if, ``seconds`` from now, no connection reached it
         and no transfer is waiting for one, then call ``unreached(self)``
         (vsftpd's ``accept_timeout``).  Called at each PASV/EPSV that hands
@@ -609,11 +620,19 @@ class PassiveListener:
         One timer per listener: a later deadline moves it (cheap in
         Twisted), and a timer that finds the port in use does nothing, so a
         client of many small files reusing one port (``rearm``) pays no
-        callLater and cancel per file."""
+        callLater and cancel per file.
+
+        ``held()`` true when the time is up (a command of the control
+        connection is still running: a RETR whose catalog work is slow has
+        not reached its ``wait`` yet) puts the deadline off by ``seconds``:
+        a transfer command that arrived in time is not told its port
+        timed out.  A command ends, so a port is never held for good."""
         if seconds <= 0 or self.port is None or self.channel is not None:
             return
         self._expecting = True
         self._unreached = unreached
+        self._held = held
+        self._accept_clock, self._accept_seconds = clock, seconds
         call = self._accept_call
         if call is not None and call.active():
             call.reset(seconds)
@@ -623,6 +642,11 @@ class PassiveListener:
     def _accept_expired(self) -> None:
         self._accept_call = None
         if not self._expecting or self.channel is not None or self._waiters:
+            return
+        if self._held is not None and self._held():
+            self._accept_call = self._accept_clock.callLater(
+                self._accept_seconds, self._accept_expired
+            )
             return
         self._expecting = False
         unreached, self._unreached = self._unreached, None

@@ -1003,7 +1003,7 @@ class FTPControl(Protocol):
         current = self.passive
         if current is not None and current.port is not None and current.channel is None:
             self.active = None
-            current.expect(self.reactor, self.settings.data_timeout, self._unreached)
+            current.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
             return current
         parked, self.parked = self.parked, None
         self._close_data_setup()
@@ -1011,7 +1011,7 @@ class FTPControl(Protocol):
             self.stats.refused_data_connections += parked.refused  # while parked
         if parked is not None and parked.rearm():
             self.passive = parked
-            parked.expect(self.reactor, self.settings.data_timeout, self._unreached)
+            parked.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
             return parked
         share = self.factory.passive_share
         if share is not None:
@@ -1025,8 +1025,13 @@ class FTPControl(Protocol):
         if share is not None:
             listener.on_closed = share.hold(self.peer_host)
         self.passive = listener
-        listener.expect(self.reactor, self.settings.data_timeout, self._unreached)
+        listener.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
         return listener
+
+    def _running(self) -> bool:
+        """Whether a command is running (its passive port's deadline waits
+        for it: ``PassiveListener.expect``)."""
+        return self._busy
 
     def _unreached(self, listener: PassiveListener) -> None:
         """``listener``'s port closed: no data connection reached it within
