@@ -7,8 +7,9 @@ files in a dict.  Data connections are the real ``DataChannel`` of the
 passive port the control connection opened (``reactor.tcpServers``), each
 on its own ``StringTransport``; the test decides when bytes arrive, when a
 connection closes and when time passes (``clock.advance``), so every
-ordering of QUIT, data and timeouts can be played exactly.  Settings need a
-``passive_ports`` range: the memory reactor's ports answer port 0 otherwise.
+ordering of QUIT, data and timeouts can be played exactly.  Without a
+``passive_ports`` range, the reactor hands out ports from 50000 up for port
+0, as the system would hand out ephemeral ones.
 """
 
 from __future__ import annotations
@@ -158,15 +159,41 @@ class MemoryTransfers:
         ][:limit]
 
 
-class MemoryFTP:
-    """One logged-in control connection and its data connections."""
+class PortsReactor(MemoryReactorClock):
+    """A memory reactor whose ``listenTCP`` on port 0 gets a port of its own."""
 
-    def __init__(self, settings: FTPSettings | None = None) -> None:
-        self.reactor = MemoryReactorClock()
-        self.transfers = MemoryTransfers()
-        factory = FTPFactory(self.reactor, self.transfers, None, settings or FTPSettings())
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_port = 50000
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == 0:
+            port, self._next_port = self._next_port, self._next_port + 1
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class MemoryFTP:
+    """One logged-in control connection and its data connections.
+
+    ``factory``: another MemoryFTP's (``.factory``), for a second control
+    connection to the same server (its reactor, files and limits);
+    ``client``: the address this one comes from."""
+
+    def __init__(
+        self,
+        settings: FTPSettings | None = None,
+        *,
+        factory: FTPFactory | None = None,
+        client: str = CLIENT,
+    ) -> None:
+        if factory is None:
+            factory = FTPFactory(PortsReactor(), MemoryTransfers(), None, settings or FTPSettings())
+        self.factory = factory
+        self.reactor = factory.reactor
+        self.transfers = factory.transfers
+        self.client = client
         self.control = factory.buildProtocol(None)
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", CLIENT, 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
         self.control.makeConnection(self.transport)
         user = User("alice", False, "/alice", PERMISSIONS, None, None, 0, 0, 0.0)
         # Logged in as PASS does it, with nothing in a catalog to confirm.
@@ -179,18 +206,25 @@ class MemoryFTP:
 
     def replies(self) -> list[int]:
         """The codes of the replies sent since the last call."""
+        return [code for code, _text in self.reply_texts()]
+
+    def reply_texts(self) -> list[tuple[int, str]]:
+        """The (code, text) of the replies sent since the last call."""
         out = self.transport.value().decode()
         self.transport.clear()
-        return [int(line[:3]) for line in out.split("\r\n") if line[3:4] == " "]
+        return [(int(line[:3]), line[4:]) for line in out.split("\r\n") if line[3:4] == " "]
 
     @property
     def closing(self) -> bool:
         return self.transport.disconnecting
 
     def connect_data(self) -> tuple[DataChannel, StringTransport]:
-        """The client connects to the last passive port opened."""
-        _port, factory, _backlog, _interface = self.reactor.tcpServers[-1]
-        channel = factory.buildProtocol(IPv4Address("TCP", CLIENT, 50000))
+        """The client connects to this connection's passive port (the last
+        one opened, when it has none now)."""
+        servers = self.reactor.tcpServers
+        mine = [f for _p, f, _b, _i in servers if f._listener is self.control.passive]
+        factory = mine[-1] if mine else servers[-1][1]
+        channel = factory.buildProtocol(IPv4Address("TCP", self.client, 50000))
         transport = StringTransport()
         channel.makeConnection(transport)
         return channel, transport

@@ -105,6 +105,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_range(count: int) -> tuple[int, int]:
+    """``count`` consecutive TCP ports on 127.0.0.1, all free a moment ago,
+    as an inclusive (low, high) range (an FTP ``passive_ports``); picked
+    below the ephemeral range, as ``free_port`` picks one."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        first = random.randrange(max(1024, low - 16384), low - count)
+        held = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return first, first + count - 1
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
+
+
 def _ephemeral_low() -> int:
     """The first port of the ephemeral range (Linux; 32768 elsewhere)."""
     try:

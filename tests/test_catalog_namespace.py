@@ -260,6 +260,12 @@ async def test_rename_refuses_moving_into_its_own_subtree(catalog):
         await catalog.rename("/a", "/a/b/c")
     with pytest.raises(InvalidMove):
         await catalog.rename("/", "/x")
+    # A file has no subtree: under it, the destination's parent is a file.
+    await write_file(catalog, "/a/f", 1, "blob-1")
+    for dst in ("/a/f/x", "/a/f/x/y"):
+        with pytest.raises(NotADirectory):
+            await catalog.rename("/a/f", dst)
+    assert (await catalog.stat("/a/f")).size == 1
 
 
 @pytest_twisted.ensureDeferred

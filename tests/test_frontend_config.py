@@ -381,3 +381,28 @@ def test_a_normalized_anonymous_root_is_kept(secret):
         "/pub/a b"
     )
     assert parse(*BASE, "--anonymous-root", "/", "--secret-file", secret).anonymous_root == "/"
+
+
+def test_passive_ports_per_address_defaults_to_half_the_range_and_reaches_the_ftp_share(
+    tmp_path, secret
+):
+    from wsfront.ftp.factory import FTPFactory, settings_of
+
+    base = [*BASE, "--secret-file", secret, "--passive-ports", "32100-32150"]
+    cfg = parse(*base)
+    assert cfg.passive_ports_per_address is None
+    share = FTPFactory(None, None, None, settings_of(cfg)).passive_share
+    assert (share.size, share.per_address) == (51, 25)
+    cfg = parse(*base, "--passive-ports-per-address", "4")
+    share = FTPFactory(None, None, None, settings_of(cfg)).passive_share
+    assert share.per_address == 4
+    toml = tmp_path / "fe.toml"
+    toml.write_text("passive-ports-per-address = 7\n")
+    assert parse(*base, "--config", str(toml)).passive_ports_per_address == 7
+    with pytest.raises(usage.UsageError, match="passive-ports-per-address must be at least 1"):
+        parse(*base, "--passive-ports-per-address", "0")
+    with pytest.raises(usage.UsageError, match="needs --passive-ports"):
+        parse(*BASE, "--secret-file", secret, "--passive-ports-per-address", "4")
+    # No range: any free port, and no share to keep.
+    cfg = parse(*BASE, "--secret-file", secret)
+    assert FTPFactory(None, None, None, settings_of(cfg)).passive_share is None

@@ -276,6 +276,27 @@ async def test_rnto_never_replaces_a_file_with_a_directory_nor_the_reverse(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rnto_under_the_file_rnfr_named_says_it_is_not_a_directory(ftp):
+    """RNFR k1.bin, RNTO k1.bin/x was "553 Cannot move a directory into
+    itself", of a file; a directory into itself still says that."""
+    await ftp.env.upload("/k1.bin", b"keep me")
+    c = await ftp.client()
+    assert (await c.cmd("MKD sub"))[0] == 257
+    assert (await c.cmd("CWD sub"))[0] == 250
+    for source, target, name in (
+        ("/k1.bin", "/k1.bin/x", "/k1.bin"),
+        ("../k1.bin", "../k1.bin/x/y", "/k1.bin"),
+    ):
+        assert (await c.cmd(f"RNFR {source}"))[0] == 350
+        assert await c.cmd(f"RNTO {target}") == (550, f"{name} is not a directory")
+    assert (await c.cmd("CWD /"))[0] == 250
+    assert (await c.cmd("RNFR sub"))[0] == 350
+    assert await c.cmd("RNTO sub/inner") == (553, "Cannot move a directory into itself")
+    data, _ = await ftp.env.download("/k1.bin")
+    assert data == b"keep me"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_name_ending_in_slash_must_be_a_directory(ftp):
     """POSIX (ENOTDIR): ``f/`` never names the file ``f``, so nothing
     destructive or informative happens to it; ``d/`` is fine for a directory."""

@@ -184,6 +184,27 @@ async def test_move_onto_itself_is_forbidden(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_move_to_or_of_the_root_says_which_it_is(env):
+    """``MOVE /d1/`` to ``/`` was "the root cannot be moved", of a source
+    that is not the root; the destination is what cannot be replaced."""
+    assert await call(env, "MKCOL", "/d1") == 201
+    r = await env.request("MOVE", "/d1/", headers={"Destination": "/"})
+    body = await r.content()
+    assert (r.code, body) == (403, b"the destination is the root, which cannot be replaced\n")
+    r = await env.request("MOVE", "/", headers={"Destination": "/d2/"})
+    assert (r.code, await r.content()) == (403, b"the root cannot be moved\n")
+    assert (await body_of(env, "/d1/"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_moved_under_itself_is_409_not_a_directory(env):
+    assert await call(env, "PUT", "/k1.bin", b"kept") == 201
+    r = await env.request("MOVE", "/k1.bin", headers={"Destination": "/k1.bin/x"})
+    assert (r.code, await r.content()) == (409, b"/k1.bin/x: not a directory\n")
+    assert await body_of(env, "/k1.bin") == (200, b"kept")
+
+
+@pytest_twisted.ensureDeferred
 async def test_mkcol_with_a_body_is_415(env):
     from twisted.internet import reactor
 

@@ -143,6 +143,10 @@ def test_ftp_counters_are_read_from_ftp_stats_at_scrape_time():
     assert 'wsfs_protocol_bytes_total{direction="out",protocol="ftp"} 300.0' in text
     assert 'wsfs_protocol_bytes_total{direction="in",protocol="ftp"} 20.0' in text
     assert 'wsfs_protocol_transfers_total{direction="download",protocol="ftp"} 2.0' in text
+    ftp.passive_ports_refused, ftp.passive_ports_unreached = 4, 7
+    text = generate_latest(registry).decode()
+    assert "wsfs_ftp_passive_ports_refused_total 4.0" in text
+    assert "wsfs_ftp_passive_ports_unreached_total 7.0" in text
     assert b"wsfs_" not in generate_latest(REGISTRY), "the global registry stays clean"
 
 

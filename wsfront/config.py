@@ -53,6 +53,9 @@ class FrontendConfig:
     ftps: str | None = None
     http: str | None = None
     passive_ports: tuple[int, int] | None = None
+    passive_ports_per_address: int | None = None
+    """Ports of the ``passive_ports`` range one client address may hold at
+    once (None: half the range, at least one); no share without a range."""
     public_address: str | None = None
     checkpoint_mib: int = 8
     upload_expiry_hours: float = 24.0
@@ -200,6 +203,12 @@ class FrontendOptions(usage.Options):
         ["replicas", None, None, "replicas of every file (default 2)"],
         ["secret-file", None, None, "file holding the cluster secret"],
         ["passive-ports", None, None, "passive FTP data ports LO-HI"],
+        [
+            "passive-ports-per-address",
+            None,
+            None,
+            "ports of that range one client address may hold (default half of it)",
+        ],
         ["public-address", None, None, "address advertised in PASV replies"],
         ["checkpoint-mib", None, None, "checkpoint every so many MiB (default 8)"],
         ["upload-expiry-hours", None, None, "drop interrupted uploads after (default 24)"],
@@ -272,6 +281,7 @@ _NUMBER_OPTIONS = frozenset(
         "max-sessions-per-user", "max-pending-uploads-per-user", "login-failures-per-address",
         "login-failures-per-user", "login-window-seconds", "http-header-timeout",
         "http-body-min-rate", "http-body-rate-window", "liveness-lease-seconds",
+        "passive-ports-per-address",
     }
 )  # fmt: skip
 
@@ -444,6 +454,14 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         passive_ports = (ports.start, ports.stop - 1) if ports else None
     except ValueError as e:
         raise usage.UsageError(f"--passive-ports {passive!r}: {e}") from e
+    per_address = None
+    if get("passive-ports-per-address") is not None:
+        if passive_ports is None:
+            raise usage.UsageError(
+                "--passive-ports-per-address needs --passive-ports (without a range "
+                "any free port is used, and there is no share to keep)"
+            )
+        per_address = number("passive-ports-per-address", None)
     return FrontendConfig(
         name=get("name"),
         catalog=catalog,
@@ -454,6 +472,7 @@ def build_config(opts: usage.Options) -> FrontendConfig:
         ftps=get("ftps"),
         http=get("http"),
         passive_ports=passive_ports,
+        passive_ports_per_address=per_address,
         public_address=public_ipv4(get("public-address")) if get("public-address") else None,
         checkpoint_mib=number("checkpoint-mib", 8),
         upload_expiry_hours=number("upload-expiry-hours", 24.0, float, above=0),

@@ -265,6 +265,16 @@ class FrontendCollector(Collector):
             yield CounterMetricFamily(
                 "wsfs_ftp_aborted_transfers", "FTP transfers aborted.", value=ftp.transfers_aborted
             )
+            yield CounterMetricFamily(
+                "wsfs_ftp_passive_ports_refused",
+                "PASV/EPSV refused 425: the client address held its share of the passive range.",
+                value=ftp.passive_ports_refused,
+            )
+            yield CounterMetricFamily(
+                "wsfs_ftp_passive_ports_unreached",
+                "Passive ports closed because no data connection reached them in time.",
+                value=ftp.passive_ports_unreached,
+            )
             sessions = getattr(self.ftp, "sessions", None)
             if sessions is not None:
                 yield GaugeMetricFamily(

@@ -276,26 +276,10 @@ class FrontendService(service.Service):
         if cfg.ftp or cfg.ftps:
             import attrs
 
-            from wsfront.ftp.factory import FTPFactory, FTPSettings
-            from wsfront.ftp.security import implicit_tls_factory, server_tls_options
+            from wsfront.ftp.factory import FTPFactory, settings_of
+            from wsfront.ftp.security import implicit_tls_factory
 
-            pem = cfg.tls_pem()
-            ftp_settings = FTPSettings(
-                passive_ports=cfg.passive_ports,
-                public_address=cfg.public_address,
-                anonymous=cfg.anonymous,
-                anonymous_root=cfg.anonymous_root,
-                tls=server_tls_options(pem) if pem else None,
-                require_tls=cfg.require_tls,
-                require_tls_users=frozenset(cfg.require_tls_users),
-                require_tls_session_reuse=cfg.require_tls_session_reuse,
-                strict_tls_upload_eof=cfg.strict_tls_upload_eof,
-                login_failures_per_address=cfg.login_failures_per_address,
-                login_failures_per_user=cfg.login_failures_per_user,
-                login_window=cfg.login_window_seconds,
-                max_connections_per_address=cfg.max_connections_per_address,
-                max_connections=cfg.max_connections,
-            )
+            ftp_settings = settings_of(cfg)
             portal = make_portal(authenticator)
             if cfg.ftp:
                 ftp_factory = FTPFactory(self.reactor, self.transfers, portal, ftp_settings)

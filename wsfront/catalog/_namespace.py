@@ -311,17 +311,23 @@ def rename(
     Nothing else is ever replaced, so a rename never deletes more than the
     one file its destination names: a directory destination is ``Exists``
     (replacing it would drop its subtree), a directory onto a file is
-    ``NotADirectory`` (as POSIX rename(2) answers ENOTDIR).
+    ``NotADirectory`` (as POSIX rename(2) answers ENOTDIR).  A directory
+    into its own subtree is InvalidMove; a file to a path under itself
+    (``f`` to ``f/x``) is NotADirectory, as rename(2) answers ENOTDIR.
     """
     s, d = split_path(src), split_path(dst)
     if not s or not d:
         raise InvalidMove("the root cannot be moved or replaced")
     if s == d:
         return stat(tx, dst)
-    if d[: len(s)] == s:
-        raise InvalidMove(f"{src} cannot move into its own subtree")
     row = resolve_existing(tx, s)
     moves_dir = row["kind"] == DIR
+    if d[: len(s)] == s:
+        if moves_dir:
+            raise InvalidMove(f"{src} cannot move into its own subtree")
+        # ``f`` to ``f/x``: a file has no subtree; the destination's parent
+        # is a file (a directory into itself was the misleading answer).
+        raise NotADirectory(f"{src} is not a directory")
     if moves_dir:
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     src_parent = resolve_parent(tx, s)

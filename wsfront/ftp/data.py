@@ -7,7 +7,11 @@ connection, and only from the control connection's peer: anything else is
 dropped on arrival, so a third party can neither steal a transfer nor use the
 server to bounce data (RFC 2577).  Nothing here blocks the control
 connection: opening a passive port answers at once, and the transfer that
-needs the connection waits for it with a timeout.
+needs the connection waits for it with a timeout.  A passive port that no
+connection reaches and no transfer waits on is closed after the same
+timeout (``PassiveListener.expect``, vsftpd's ``accept_timeout``): a client
+that sends PASV and nothing else does not hold a port of the range for as
+long as its control connection lives.
 """
 
 from __future__ import annotations
@@ -531,6 +535,9 @@ class PassiveListener:
     socket, bind, listen and close (and no port log lines) per file.
     Without it (a configured ``--passive-ports`` range, where every port
     held counts) the port closes at once, as before.
+
+    ``on_closed`` is called once, when the port stops listening (the
+    per-address share of the range counts ports held, ``passive_share``).
     """
 
     def __init__(self, peer_host: str, keep_open: bool = False) -> None:
@@ -547,6 +554,16 @@ class PassiveListener:
         #: The listening port's number, noted once when it is bound (a
         #: client of many small files sends a PASV/EPSV for each).
         self.port_number = 0
+        self.on_closed: Callable[[], None] | None = None
+        #: Armed by ``expect``: no connection and no waiting transfer yet.
+        self._expecting = False
+        self._accept_call = None
+        self._unreached: Callable[[PassiveListener], None] | None = None
+        #: Whether a command of the control connection is running (a
+        #: transfer command's catalog work comes before its ``wait``).
+        self._held: Callable[[], bool] | None = None
+        self._accept_clock = None
+        self._accept_seconds = 0.0
 
     def _accept(self, addr) -> Protocol:
         host = getattr(addr, "host", "")
@@ -558,6 +575,7 @@ class PassiveListener:
                 peer=self.peer_host,
             )
             return _Refused()
+        self._expecting = False
         self.channel = DataChannel(self._connected)
         if not self.keep_open:
             self.stop_listening()
@@ -574,6 +592,7 @@ class PassiveListener:
         if it already has); DataConnectionFailed after ``timeout``."""
         if self.connected is not None:
             return succeed(self.connected)
+        self._expecting = False  # the transfer's own timeout bounds the wait now
         d: Deferred = Deferred(lambda _: self._waiters.remove(d) if d in self._waiters else None)
         self._waiters.append(d)
         d.addTimeout(timeout, clock)
@@ -583,6 +602,57 @@ class PassiveListener:
             raise DataConnectionFailed("the data connection did not arrive in time")
 
         return d.addErrback(timed_out)
+
+    def expect(
+        self,
+        clock,
+        seconds: float,
+        unreached: Callable[[PassiveListener], None],
+        held: Callable[[], bool] | None = None,
+    ) -> None:
+        """Close the port if, ``seconds`` from now, no connection reached it
+        and no transfer is waiting for one, then call ``unreached(self)``
+        (vsftpd's ``accept_timeout``).  Called at each PASV/EPSV that hands
+        the port out, so each gets the whole time to connect.  A connection
+        (``_accept``) or a transfer's ``wait`` disarms it: the transfer's
+        own timeout takes over.
+
+        One timer per listener: a later deadline moves it (cheap in
+        Twisted), and a timer that finds the port in use does nothing, so a
+        client of many small files reusing one port (``rearm``) pays no
+        callLater and cancel per file.
+
+        ``held()`` true when the time is up (a command of the control
+        connection is still running: a RETR whose catalog work is slow has
+        not reached its ``wait`` yet) puts the deadline off by ``seconds``:
+        a transfer command that arrived in time is not told its port
+        timed out.  A command ends, so a port is never held for good."""
+        if seconds <= 0 or self.port is None or self.channel is not None:
+            return
+        self._expecting = True
+        self._unreached = unreached
+        self._held = held
+        self._accept_clock, self._accept_seconds = clock, seconds
+        call = self._accept_call
+        if call is not None and call.active():
+            call.reset(seconds)
+        else:
+            self._accept_call = clock.callLater(seconds, self._accept_expired)
+
+    def _accept_expired(self) -> None:
+        self._accept_call = None
+        if not self._expecting or self.channel is not None or self._waiters:
+            return
+        if self._held is not None and self._held():
+            self._accept_call = self._accept_clock.callLater(
+                self._accept_seconds, self._accept_expired
+            )
+            return
+        self._expecting = False
+        unreached, self._unreached = self._unreached, None
+        self.stop_listening()
+        if unreached is not None:
+            unreached(self)
 
     def park(self, clock, seconds: float) -> bool:
         """Keep the port, refusing connections, for a ``rearm`` within
@@ -625,9 +695,16 @@ class PassiveListener:
 
     def stop_listening(self) -> None:
         self._cancel_park()
+        self._expecting = False
+        call, self._accept_call = self._accept_call, None
+        if call is not None and call.active():
+            call.cancel()
         port, self.port = self.port, None
         if port is not None:
             port.stopListening()
+            closed, self.on_closed = self.on_closed, None
+            if closed is not None:
+                closed()
 
     def close(self) -> None:
         """Stop listening, drop a connection nobody claimed, cancel waiters."""

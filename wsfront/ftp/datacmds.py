@@ -154,7 +154,7 @@ async def _data_channel(ctl, transfer: Transfer) -> DataChannel:
         target, ctl.active = ctl.active, None
         d = connect_active(ctl.reactor, target.host, target.port, timeout)
     else:
-        raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        raise no_data_setup(ctl)
     transfer.waiting = d
     try:
         channel = await d
@@ -444,7 +444,20 @@ def need_data_setup(ctl) -> None:
     data connection: refused after ``open_write``, the path would be left
     a pending upload of nothing."""
     if ctl.passive is None and ctl.active is None:
-        raise Reply(425, "Use PASV, EPSV, PORT or EPRT first")
+        raise no_data_setup(ctl)
+
+
+def no_data_setup(ctl) -> Reply:
+    """The 425 of a transfer command with no data connection prepared:
+    none was asked for, or the last PASV/EPSV's port was closed because no
+    connection reached it in time (say so: the client did send PASV)."""
+    if ctl.passive_unreached:
+        return Reply(
+            425,
+            "Data connection timed out: nothing connected to the passive port within "
+            f"{ctl.settings.data_timeout:g} s; send PASV or EPSV again",
+        )
+    return Reply(425, "Use PASV, EPSV, PORT or EPRT first")
 
 
 async def _let_go(ctl, session) -> str:

@@ -22,6 +22,7 @@ from twisted.internet.protocol import ServerFactory
 from wsfront.auth import Grant, IUser, anonymous_user
 from wsfront.catalog.errors import AuthFailed
 from wsfront.catalog.records import User
+from wsfront.ftp.passive_share import PassivePortShare
 from wsfront.limits import ConnectionLimits, LoginThrottle
 from wsfront.transfer.service import Transfers
 
@@ -35,6 +36,11 @@ class FTPSettings:
     ``passive_ports`` is an inclusive (low, high) range (None: any free
     port); ``public_address`` is the IPv4 address PASV advertises (None: the
     address the client connected to, right on a LAN, wrong behind NAT).
+    With a range, one client address may hold at most
+    ``passive_ports_per_address`` of its ports at once (None: half the
+    range, at least one; ``wsfront.ftp.passive_share``); without one there
+    is no such share.  A passive port no data connection reaches within
+    ``data_timeout`` seconds (and no transfer waits on) is closed.
     ``anonymous_root`` is the catalog directory anonymous users see,
     read-only, when ``anonymous`` is on.
 
@@ -60,7 +66,9 @@ class FTPSettings:
     connection (421); one not logged in within ``login_timeout`` seconds of
     its greeting is closed too, however chatty (ProFTPD's TimeoutLogin):
     a connection that never logs in holds a connection slot for nothing.
-    0 turns either off.
+    0 turns either off.  ``data_timeout`` bounds the wait for a data
+    connection (425), a data connection on which nothing moves (426), and
+    how long a passive port nobody connects to stays open.
 
     Limits (``wsfront.limits``, one of each per factory): failed logins per
     address and per user within ``login_window`` seconds, then 421 before
@@ -68,6 +76,7 @@ class FTPSettings:
     """
 
     passive_ports: tuple[int, int] | None = None
+    passive_ports_per_address: int | None = None
     public_address: str | None = None
     anonymous: bool = False
     anonymous_root: str = "/pub"
@@ -93,6 +102,31 @@ class FTPSettings:
     max_connections: int | None = 4096
 
 
+def settings_of(cfg) -> FTPSettings:
+    """The FTP settings of a front end's ``wsfront.config.FrontendConfig``
+    (the FTP and implicit FTPS listeners share them)."""
+    from wsfront.ftp.security import server_tls_options
+
+    pem = cfg.tls_pem()
+    return FTPSettings(
+        passive_ports=cfg.passive_ports,
+        passive_ports_per_address=cfg.passive_ports_per_address,
+        public_address=cfg.public_address,
+        anonymous=cfg.anonymous,
+        anonymous_root=cfg.anonymous_root,
+        tls=server_tls_options(pem) if pem else None,
+        require_tls=cfg.require_tls,
+        require_tls_users=frozenset(cfg.require_tls_users),
+        require_tls_session_reuse=cfg.require_tls_session_reuse,
+        strict_tls_upload_eof=cfg.strict_tls_upload_eof,
+        login_failures_per_address=cfg.login_failures_per_address,
+        login_failures_per_user=cfg.login_failures_per_user,
+        login_window=cfg.login_window_seconds,
+        max_connections_per_address=cfg.max_connections_per_address,
+        max_connections=cfg.max_connections,
+    )
+
+
 @attrs.define
 class FTPStats:
     """Counters of one factory, for tests, the benchmark and metrics."""
@@ -105,6 +139,10 @@ class FTPStats:
     downloads_completed: int = 0
     transfers_aborted: int = 0
     refused_data_connections: int = 0
+    #: Passive ports closed because no data connection reached them in time.
+    passive_ports_unreached: int = 0
+    #: PASV/EPSV refused because the address held its share of the range.
+    passive_ports_refused: int = 0
 
 
 class FTPFactory(ServerFactory):
@@ -122,7 +160,8 @@ class FTPFactory(ServerFactory):
         """``share_limits_with``: another factory of the same front end (the
         implicit FTPS port beside the FTP port) whose login throttle and
         connection counts this one uses too, so a second port doubles
-        neither the guesses nor the connections an address gets."""
+        neither the guesses nor the connections an address gets (nor the
+        passive ports of the range both use)."""
         self.reactor = reactor
         self.transfers = transfers
         self.portal = portal
@@ -132,8 +171,12 @@ class FTPFactory(ServerFactory):
         if share_limits_with is not None:
             self.throttle = share_limits_with.throttle
             self.connections = share_limits_with.connections
+            self.passive_share = share_limits_with.passive_share
             return
         s = self.settings
+        self.passive_share: PassivePortShare | None = None
+        if s.passive_ports is not None:
+            self.passive_share = PassivePortShare(s.passive_ports, s.passive_ports_per_address)
         self.throttle = LoginThrottle(
             reactor,
             per_address=s.login_failures_per_address,

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from wsfront import paths
 from wsfront.auth import AccountChanged
-from wsfront.catalog.errors import AuthFailed
+from wsfront.catalog.errors import AuthFailed, NotADirectory
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
@@ -242,6 +242,9 @@ class FTPControl(Protocol):
         self.passive: PassiveListener | None = None
         self.parked: PassiveListener | None = None
         self.active: addresses.HostPort | None = None
+        #: The last PASV/EPSV's port was closed unreached (``_unreached``):
+        #: a transfer command before the next one says so in its 425.
+        self.passive_unreached = False
         self.epsv_all = False
         self.sizes: dict[str, datacmds.SizeReported] = {}
         self.mlst_facts: tuple[str, ...] = listing.MLST_FACTS
@@ -942,7 +945,15 @@ class FTPControl(Protocol):
             raise Reply(553, "Cannot rename onto the root directory")
         if names_directory(argument):
             datacmds.check_directory_name(argument, await self.transfers.stat(self.user, source))
-        await self.transfers.rename(self.user, source, target)
+        try:
+            await self.transfers.rename(self.user, source, target)
+        except NotADirectory:
+            if target.startswith(source.rstrip("/") + "/"):
+                # RNFR k1.bin, RNTO k1.bin/x: the file RNFR named would be
+                # the destination's directory.  The user's own path, never
+                # the catalog's (which names the user's root).
+                raise Reply(550, f"{source} is not a directory") from None
+            raise
         self._forget_sizes(source, target)
         self.reply(250, "Rename successful")
 
@@ -1063,10 +1074,14 @@ class FTPControl(Protocol):
     def _open_passive(self) -> PassiveListener:
         """A listener for the next transfer.  An unused one from an earlier
         PASV/EPSV is kept: a PASV flood then holds one port, not a range.
-        The port of the last transfer is reused when it is still open."""
+        The port of the last transfer is reused when it is still open.
+        Whichever it is, no data connection within ``data_timeout`` closes
+        it (``PassiveListener.expect``)."""
+        self.passive_unreached = False
         current = self.passive
         if current is not None and current.port is not None and current.channel is None:
             self.active = None
+            current.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
             return current
         parked, self.parked = self.parked, None
         self._close_data_setup()
@@ -1074,12 +1089,35 @@ class FTPControl(Protocol):
             self.stats.refused_data_connections += parked.refused  # while parked
         if parked is not None and parked.rearm():
             self.passive = parked
+            parked.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
             return parked
+        share = self.factory.passive_share
+        if share is not None:
+            refusal = share.refusal(self.peer_host)
+            if refusal is not None:
+                self.stats.passive_ports_refused += 1
+                raise Reply(425, refusal)
         listener = open_passive(
             self.reactor, self.local_host, self.peer_host, self.settings.passive_ports
         )
+        if share is not None:
+            listener.on_closed = share.hold(self.peer_host)
         self.passive = listener
+        listener.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
         return listener
+
+    def _running(self) -> bool:
+        """Whether a command is running (its passive port's deadline waits
+        for it: ``PassiveListener.expect``)."""
+        return self._busy
+
+    def _unreached(self, listener: PassiveListener) -> None:
+        """``listener``'s port closed: no data connection reached it within
+        ``data_timeout`` of the PASV/EPSV that handed it out."""
+        self.stats.passive_ports_unreached += 1
+        if self.passive is listener:
+            self.passive = None
+            self.passive_unreached = True
 
     def ftp_PASV(self, argument: str) -> None:
         if self.epsv_all:
@@ -1120,6 +1158,7 @@ class FTPControl(Protocol):
             raise Reply(503, "Only EPSV is allowed after EPSV ALL")
         addresses.check_active_target(target, self.peer_host)
         self._close_data_setup()
+        self.passive_unreached = False
         self.active = target
 
     def ftp_PORT(self, argument: str) -> None:

@@ -211,8 +211,10 @@ def move(context, request: StreamingRequest, user, target: paths.HttpTarget):
     """
     yield request.discard_body()
     dest = destination(request)
-    if target.path == "/" or dest.path == "/":
+    if target.path == "/":
         raise HttpError(403, "the root cannot be moved")
+    if dest.path == "/":
+        raise HttpError(403, "the destination is the root, which cannot be replaced")
     overwrite = overwrite_of(request)
     moved = yield judged_on_one_version(
         lambda: _move_once(context, request, user, target, dest, overwrite),
