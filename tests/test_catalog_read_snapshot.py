@@ -1,0 +1,162 @@
+"""A catalog read made of several statements sees one state of the
+database, whatever commits between its statements, on both backends.
+
+A RETR's ``stat`` reads the inode, then its version, then the version's
+extents; a resuming client's ``find_upload`` the upload's row, then its
+base extents.  Another front end replacing the file (or committing the
+upload) between two of them deletes the rows the next statement reads: at
+PostgreSQL's READ COMMITTED each statement saw the newest commit, so the
+reader got a missing row (a TypeError: HTTP 500) or the old size with no
+extents (an empty file served as a success).  Here the commit runs, on a
+second catalog's connection, exactly between two statements of the read
+(``PausingTx``), and the reader must see the whole old state or the whole
+new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+
+from tests.catalog_race import in_tx
+from wsfront.catalog import _accounts, _namespace, _uploads, open_catalog
+from wsfront.catalog._db import Tx
+
+pytest_plugins = ["tests.catalog_fixtures"]
+NOW = 1_000_000.0
+PATH = "/alice/f"
+
+
+class PausingTx(Tx):
+    """A transaction that runs ``meanwhile`` once, just before its first
+    statement containing ``marker``: a failpoint between two statements."""
+
+    def __init__(self, tx: Tx, marker: str, meanwhile: Callable[[], Any]) -> None:
+        super().__init__(tx.backend, tx._cursor)
+        self._marker = marker
+        self._meanwhile: Callable[[], Any] | None = meanwhile
+        self.paused = False
+
+    def _before(self, sql: str) -> None:
+        if self._meanwhile is not None and self._marker in sql:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+            self.paused = True
+
+    def execute(self, sql: str, *params: Any) -> int:
+        self._before(sql)
+        return super().execute(sql, *params)
+
+    def all(self, sql: str, *params: Any) -> list[Any]:
+        self._before(sql)
+        return super().all(sql, *params)
+
+    def one(self, sql: str, *params: Any) -> Any | None:
+        self._before(sql)
+        return super().one(sql, *params)
+
+
+@pytest.fixture
+def two(catalog_url, clock):
+    a = open_catalog(reactor, catalog_url, clock=clock)
+    b = open_catalog(reactor, catalog_url, clock=clock)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def begin(cat, blob: str, base: int = 0):
+    return in_tx(
+        cat, _uploads.begin_upload, NOW, "alice", PATH, base, blob, ["s1"], 1, "fe0",
+        NOW + 60, None, None,
+    )()  # fmt: skip
+
+
+def commit_call(cat, up, length: int) -> Callable[[], Any]:
+    return in_tx(cat, _uploads.commit_upload, NOW, up.upload_id, up.epoch, length, None, None)
+
+
+def read_paused(cat, fn: Callable[[Tx], Any], marker: str, meanwhile: Callable[[], Any]) -> Any:
+    """``fn`` as one read transaction of ``cat`` (as the catalog runs its
+    reads), ``meanwhile`` run just before its first statement with
+    ``marker``."""
+    paused: list[PausingTx] = []
+
+    def read(tx: Tx) -> Any:
+        paused.append(PausingTx(tx, marker, meanwhile))
+        return fn(paused[0])
+
+    result = cat._runner.run_sync(read, write=False)
+    assert paused[0].paused, f"no statement of the read has {marker!r}"
+    return result
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "FROM versions",  # after the inode's row: its version_id is the old one
+        "FROM version_extents",  # after the version's row: its size is the old one
+        "FROM uploads",  # after the version and its extents
+    ],
+)
+def test_a_stat_racing_an_overwrite_sees_the_old_file_or_the_new_one_whole(two, marker):
+    """Another front end replaces /alice/f (2000 bytes of blob old) with
+    1000 bytes of blob new between two statements of a stat: the entry is
+    the old file whole (2000 bytes of old in its extents) or the new one,
+    never an error nor a size its extents do not cover."""
+    a, b = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    commit_call(a, begin(a, "old"), 2000)()
+    replacing = begin(b, "new")
+    committed = []
+
+    entry = read_paused(
+        a,
+        lambda tx: _namespace.stat(tx, PATH),
+        marker,
+        lambda: committed.append(commit_call(b, replacing, 1000)()),
+    )
+
+    assert committed, "the overwrite did not commit"
+    version = entry.version
+    assert version is not None and not entry.pending
+    assert (entry.size, version.size) in ((2000, 2000), (1000, 1000))
+    blob = "old" if entry.size == 2000 else "new"
+    assert [(e.blob_id, e.file_offset, e.length) for e in version.extents] == [
+        (blob, 0, entry.size)
+    ]
+    assert all(e.replicas for e in version.extents)
+    # The overwrite is what the next read sees.
+    assert a._runner.run_sync(lambda tx: _namespace.stat(tx, PATH), write=False).size == 1000
+
+
+@pytest.mark.parametrize("marker", ["FROM replicas", "FROM upload_extents"])
+def test_a_resume_lookup_racing_the_upload_s_commit_sees_its_base_extents(two, marker):
+    """An append to /alice/f (its first 2000 bytes kept, as upload
+    extents) is committed by its front end between two statements of
+    another's lookup of the pending upload: the lookup finds it live with
+    its whole base, or (had it seen the commit) nothing, never a live
+    upload whose base lost its extents."""
+    a, b = two
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    commit_call(a, begin(a, "old"), 2000)()
+    appending = begin(b, "more", base=2000)
+    committed = []
+
+    found = read_paused(
+        a,
+        lambda tx: _uploads.find_upload(tx, PATH),
+        marker,
+        lambda: committed.append(commit_call(b, appending, 2500)()),
+    )
+
+    assert committed, "the append did not commit"
+    if found is not None:
+        assert found.upload_id == appending.upload_id
+        assert [(e.blob_id, e.file_offset, e.length) for e in found.base_extents] == [
+            ("old", 0, 2000)
+        ]
+    assert a._runner.run_sync(lambda tx: _namespace.stat(tx, PATH), write=False).size == 2500
