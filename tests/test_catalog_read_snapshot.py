@@ -15,13 +15,14 @@ new one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
 
-from tests.catalog_race import in_tx
+from tests.catalog_race import TIMEOUT, Outcome, in_tx, wait_until, waiting_for_a_lock
 from wsfront.catalog import _accounts, _namespace, _uploads, open_catalog
 from wsfront.catalog._db import Tx
 
@@ -160,3 +161,65 @@ def test_a_resume_lookup_racing_the_upload_s_commit_sees_its_base_extents(two, m
             ("old", 0, 2000)
         ]
     assert a._runner.run_sync(lambda tx: _namespace.stat(tx, PATH), write=False).size == 2500
+
+
+@pytest.mark.parametrize("marker", ["FROM versions", "FROM version_extents"])
+def test_a_rename_racing_a_commit_of_the_moved_file_answers_it_whole(two, catalog_url, marker):
+    """A rename answers the entry it moved, read at the end of its write
+    transaction (READ COMMITTED on PostgreSQL).  The file's overwrite is
+    committed by another front end between two statements of that read:
+    the rename waits for it or it waits for the rename (the moved file's
+    row is locked), and the rename's entry is the old file or the new one
+    whole, never a failed rename (TypeError) nor a size without extents."""
+    a, b = two
+    postgres = catalog_url.startswith("postgresql")
+    in_tx(a, _accounts.add_user, NOW, "alice", "x", False, None, None, None, None)()
+    commit_call(a, begin(a, "old"), 2000)()
+    replacing = begin(b, "new")
+    pids: list[int] = []
+    committing = Outcome()
+
+    def commit(tx: Tx) -> Any:
+        if postgres:
+            pids.append(tx.value("SELECT pg_backend_pid() AS pid"))
+        return _uploads.commit_upload(
+            tx, NOW, replacing.upload_id, replacing.epoch, 1000, None, None
+        )
+
+    def commit_beside() -> None:
+        try:
+            committing.result = b._runner.run_sync(commit)
+        except BaseException as e:
+            committing.error = e
+
+    beside = threading.Thread(target=commit_beside)
+
+    def meanwhile() -> None:
+        beside.start()
+        if postgres:
+            waiting = waiting_for_a_lock(catalog_url, pids)
+            wait_until(lambda: not beside.is_alive() or waiting(), "the commit to end or wait")
+        # SQLite: the commit's BEGIN IMMEDIATE waits for the rename's lock.
+
+    paused: list[PausingTx] = []
+
+    def rename(tx: Tx) -> Any:
+        paused.append(PausingTx(tx, marker, meanwhile))
+        return _namespace.rename(paused[0], PATH, "/alice/g", False, NOW, "alice")
+
+    try:
+        entry = a._runner.run_sync(rename, write=True)
+    finally:
+        if paused and paused[0].paused:
+            beside.join(TIMEOUT)
+    assert paused[0].paused and not beside.is_alive()
+    assert committing.error is None, committing.error
+    assert entry.path == "/alice/g"
+    version = entry.version
+    assert version is not None and version.size == entry.size in (2000, 1000)
+    blob = "old" if entry.size == 2000 else "new"
+    assert [(e.blob_id, e.file_offset, e.length) for e in version.extents] == [
+        (blob, 0, entry.size)
+    ]
+    after = a._runner.run_sync(lambda tx: _namespace.stat(tx, "/alice/g"), write=False)
+    assert after.size == 1000

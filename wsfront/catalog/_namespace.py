@@ -339,6 +339,12 @@ def rename(
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     if expected_etag is not None:
         judged_version(tx, row["inode"], expected_etag)
+    elif row["kind"] == FILE:
+        # The entry answered at the end reads the file's version, then its
+        # extents: under the file's lock no commit replaces them between
+        # the two (PostgreSQL, where each statement sees the newest commit:
+        # a missing version, or its size with no extents).
+        tx.lock_rows("inodes", "inode", [row["inode"]])
     if row["kind"] == DIR:
         refuse_user_roots(tx, s, "moved")
         ancestor = dst_parent
