@@ -163,8 +163,11 @@ def test_a_resume_lookup_racing_the_upload_s_commit_sees_its_base_extents(two, m
     assert a._runner.run_sync(lambda tx: _namespace.stat(tx, PATH), write=False).size == 2500
 
 
+@pytest.mark.parametrize("target", ["/alice/g", PATH], ids=["elsewhere", "onto itself"])
 @pytest.mark.parametrize("marker", ["FROM versions", "FROM version_extents"])
-def test_a_rename_racing_a_commit_of_the_moved_file_answers_it_whole(two, catalog_url, marker):
+def test_a_rename_racing_a_commit_of_the_moved_file_answers_it_whole(
+    two, catalog_url, marker, target
+):
     """A rename answers the entry it moved, read at the end of its write
     transaction (READ COMMITTED on PostgreSQL).  The file's overwrite is
     committed by another front end between two statements of that read:
@@ -205,7 +208,7 @@ def test_a_rename_racing_a_commit_of_the_moved_file_answers_it_whole(two, catalo
 
     def rename(tx: Tx) -> Any:
         paused.append(PausingTx(tx, marker, meanwhile))
-        return _namespace.rename(paused[0], PATH, "/alice/g", False, NOW, "alice")
+        return _namespace.rename(paused[0], PATH, target, False, NOW, "alice")
 
     try:
         entry = a._runner.run_sync(rename, write=True)
@@ -214,12 +217,12 @@ def test_a_rename_racing_a_commit_of_the_moved_file_answers_it_whole(two, catalo
             beside.join(TIMEOUT)
     assert paused[0].paused and not beside.is_alive()
     assert committing.error is None, committing.error
-    assert entry.path == "/alice/g"
+    assert entry.path == target
     version = entry.version
     assert version is not None and version.size == entry.size in (2000, 1000)
     blob = "old" if entry.size == 2000 else "new"
     assert [(e.blob_id, e.file_offset, e.length) for e in version.extents] == [
         (blob, 0, entry.size)
     ]
-    after = a._runner.run_sync(lambda tx: _namespace.stat(tx, "/alice/g"), write=False)
+    after = a._runner.run_sync(lambda tx: _namespace.stat(tx, target), write=False)
     assert after.size == 1000

@@ -317,7 +317,14 @@ def rename(
     if not s or not d:
         raise InvalidMove("the root cannot be moved or replaced")
     if s == d:
-        return stat(tx, dst)
+        row = resolve_existing(tx, s)
+        if row["kind"] == FILE:
+            # Read whole, as a move's answer is (below): under the file's
+            # lock, then its row again (a commit may have replaced its
+            # version before the lock).
+            tx.lock_rows("inodes", "inode", [row["inode"]])
+            row = resolve_existing(tx, s)
+        return full_entry(tx, s, row)
     if d[: len(s)] == s:
         raise InvalidMove(f"{src} cannot move into its own subtree")
     row = resolve_existing(tx, s)
