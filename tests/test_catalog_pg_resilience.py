@@ -264,6 +264,45 @@ async def test_a_connection_lost_inside_the_commit_is_never_run_again(pg_url):
         cat.close()
 
 
+@pytest.mark.parametrize("write", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_connection_lost_inside_the_rollback_is_unavailable_and_replaced(pg_url, write):
+    """A transaction that failed (here: its path does not exist) rolls
+    back; a connection the server ended meanwhile fails that ROLLBACK
+    ("consuming input failed: server closed the connection"), which was
+    raised as it was (HTTP 500).  It is an unavailable catalog (503, 451)
+    and the dead connection is dropped: the next transaction runs on a new
+    one."""
+    cat = open_catalog(reactor, pg_url, threads=1)
+    backend = cat._runner.backend
+    rollback = backend.rollback
+    ended = []
+
+    def lost_rollback(conn, cursor):
+        if not ended:
+            pid = conn.info.backend_pid
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                # With a timeout: returns once the backend has exited.
+                admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+            ended.append(pid)
+        rollback(conn, cursor)
+
+    try:
+        await cat.mkdir("/d")
+        backend.rollback = lost_rollback
+        with pytest.raises(CatalogUnavailable):
+            await (cat.rmdir("/d/missing") if write else cat.stat("/d/missing"))
+        assert ended
+        backend.rollback = rollback
+        pid = await cat._runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
+        assert pid != ended[0]
+        await cat.mkdir("/after")
+        assert [e.name for e in await cat.list_dir("/")] == ["after", "d"]
+    finally:
+        backend.rollback = rollback
+        cat.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_connection_that_keeps_dying_fails_after_a_few_new_ones(pg_url):
     cat = open_catalog(reactor, pg_url, threads=1)

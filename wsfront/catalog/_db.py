@@ -517,13 +517,29 @@ class Runner:
                     reconnects += 1
                     conn = self._connect()
                     continue
-                self.backend.rollback(conn, cursor)
+                self._roll_back(conn, cursor)
                 if retries + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
                     retries += 1
                     continue
                 if self.backend.is_busy(e) or self.backend.is_full(e):
                     raise self._unusable(e) from e
                 raise
+
+    def _roll_back(self, conn: Any, cursor: Any) -> None:
+        """Roll back the failed transaction on ``conn``.  The server may
+        end the connection meanwhile (a restart, ``pg_terminate_backend``):
+        the ROLLBACK then fails ("consuming input failed: server closed
+        the connection").  Nothing of the transaction took effect, but its
+        connection is dead: it is dropped (the next transaction of this
+        thread opens a new one) and the catalog is unavailable for this
+        one (CatalogUnavailable: HTTP 503, FTP 451), not a server error."""
+        try:
+            self.backend.rollback(conn, cursor)
+        except Exception as e:
+            if not self.backend.connection_lost(conn, e):
+                raise
+            self._forget(conn)
+            raise self._unusable(e) from e
 
     def _unusable(self, error: BaseException) -> CatalogFull | CatalogUnavailable:
         """The catalog error a client is answered for a database that could

@@ -319,7 +319,14 @@ def rename(
     if not s or not d:
         raise InvalidMove("the root cannot be moved or replaced")
     if s == d:
-        return stat(tx, dst)
+        row = resolve_existing(tx, s)
+        if row["kind"] == FILE:
+            # Read whole, as a move's answer is (below): under the file's
+            # lock, then its row again (a commit may have replaced its
+            # version before the lock).
+            tx.lock_rows("inodes", "inode", [row["inode"]])
+            row = resolve_existing(tx, s)
+        return full_entry(tx, s, row)
     row = resolve_existing(tx, s)
     moves_dir = row["kind"] == DIR
     if d[: len(s)] == s:
@@ -345,6 +352,12 @@ def rename(
         tx.lock_global(DIRECTORY_MOVE_LOCK)
     if expected_etag is not None:
         judged_version(tx, row["inode"], expected_etag)
+    elif row["kind"] == FILE:
+        # The entry answered at the end reads the file's version, then its
+        # extents: under the file's lock no commit replaces them between
+        # the two (PostgreSQL, where each statement sees the newest commit:
+        # a missing version, or its size with no extents).
+        tx.lock_rows("inodes", "inode", [row["inode"]])
     if row["kind"] == DIR:
         refuse_user_roots(tx, s, "moved")
         ancestor = dst_parent

@@ -1,12 +1,15 @@
 """The PostgreSQL backend: one catalog for front ends on many hosts.
 
-Transactions run at READ COMMITTED with explicit row locks
-(``SELECT ... FOR UPDATE``) on the rows a compare-and-set decides on: the
-session row for epoch changes, the parent directories for namespace changes.
-A statement that waits for such a lock re-reads the row once it is free, so
-the loser of a race sees the winner's result.  Directory moves also take one
-advisory lock so two moves cannot build a cycle.  Deadlocks and
-serialisation failures retry the whole transaction.
+Read transactions run at REPEATABLE READ, READ ONLY: every statement of a
+lookup (an inode, its version, the version's extents) sees one snapshot,
+whatever other front ends commit meanwhile.  Write transactions run at
+READ COMMITTED with explicit row locks (``SELECT ... FOR UPDATE``) on the
+rows a compare-and-set decides on: the session row for epoch changes, the
+parent directories for namespace changes.  A statement that waits for
+such a lock re-reads the row once it is free, so the loser of a race sees
+the winner's result.  Directory moves also take one advisory lock so two
+moves cannot build a cycle.  Deadlocks and serialisation failures retry
+the whole transaction.
 
 Every connection is bounded in time (``SESSION_DEFAULTS``, ``LIBPQ_DEFAULTS``),
 so a front end frozen inside a transaction (SIGSTOP, a VM pause) or a dead
@@ -87,6 +90,9 @@ def libpq_settings(url: str, environ: Mapping[str, str] | None = None) -> dict[s
     }
 
 
+#: The isolation level of read transactions (``PostgresBackend.begin``).
+_READ_LEVEL = psycopg.IsolationLevel.REPEATABLE_READ
+
 #: SQLSTATEs of a server ending the connection: admin_shutdown,
 #: crash_shutdown, cannot_connect_now.
 _SERVER_ENDED = frozenset({"57P01", "57P02", "57P03"})
@@ -127,6 +133,21 @@ class PostgresBackend(Backend):
         return conn
 
     def begin(self, conn: psycopg.Connection, write: bool, durable: bool = True) -> Any:
+        # A read is one snapshot (REPEATABLE READ): its statements (an
+        # inode, then its version, then the version's extents) all see the
+        # database as it was at its first one.  At READ COMMITTED each saw
+        # the newest commit, and an overwrite committed between two of them
+        # had deleted the rows the next one read: a missing version (a
+        # TypeError) or the old size with no extents (an empty file served
+        # as a success).  READ ONLY: such a transaction is never refused
+        # for a serialisation failure, and it cannot write by mistake.
+        # Both only change the BEGIN psycopg sends with the first statement
+        # (no round trip); writes keep the server's default level.
+        level, read_only = (None, None) if write else (_READ_LEVEL, True)
+        if conn.isolation_level != level:
+            conn.isolation_level = level
+        if conn.read_only != read_only:
+            conn.read_only = read_only
         cursor = conn.cursor()
         if not durable:
             # Commit without waiting for the WAL flush; WAL is flushed in
