@@ -1,5 +1,6 @@
 """wsfront options: TOML beneath the command line, clear errors."""
 
+import json
 import re
 
 import pytest
@@ -406,3 +407,40 @@ def test_passive_ports_per_address_defaults_to_half_the_range_and_reaches_the_ft
     # No range: any free port, and no share to keep.
     cfg = parse(*BASE, "--secret-file", secret)
     assert FTPFactory(None, None, None, settings_of(cfg)).passive_share is None
+
+
+#: Names ``wsstorage --name`` refuses (and one it takes), with the trailing
+#: line end its old ``re.match`` let through.
+STORAGE_NAMES = [
+    ("s 1", False), ("s/1", False), ("-s1", False), ("_s1", False), ("s1\n", False),
+    ("s\u00e91", False), ("s" * 129, False), ("", False), ("s1", True), ("S-1_b", True),
+    ("s" * 128, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "valid"), STORAGE_NAMES)
+def test_wsfront_takes_exactly_the_storage_names_wsstorage_takes(tmp_path, secret, name, valid):
+    """A name one accepts and the other refuses is a registry entry no
+    server can ever answer to (its handshake announces its --name)."""
+    from wsstorage.service import Options as StorageOptions
+
+    storage = ["--listen", "tcp:0", "--data", str(tmp_path / "d"), "--name", name]
+    storage += ["--secret-file", str(tmp_path / "secret")]
+    spec = f"{name}=tcp:127.0.0.1:7001"
+    if valid:
+        StorageOptions().parseOptions(storage)
+        assert parse(*BASE, "--storage", spec, "--secret-file", secret).storage == (
+            (name, "tcp:127.0.0.1:7001"),
+        )
+        return
+    with pytest.raises(usage.UsageError, match="--name"):
+        StorageOptions().parseOptions(storage)
+    if not name:
+        return  # "=EP" is refused as no NAME=ENDPOINT at all
+    message = re.escape(f"{name!r} is not a storage server name: use letters, digits")
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*BASE, "--storage", spec, "--secret-file", secret)
+    toml = tmp_path / "fe.toml"
+    toml.write_text(f"storage = [{json.dumps(spec)}]\n")
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*BASE, "--config", str(toml), "--secret-file", secret)

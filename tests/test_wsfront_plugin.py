@@ -94,6 +94,10 @@ def test_wsfront_from_a_toml_file_serves_files_on_three_storage_processes(tmp_pa
           "--http", "tcp:1", "--upload-expiry-hours", "abc"], "--upload-expiry-hours 'abc'"),
         (["--name", "a", "--catalog", "sqlite:///x.sqlite", "--secret-file", "{secret}",
           "--http", "tcp:1", "--public-address", "not_an_ip"], "not an IPv4 address"),
+        # A name wsstorage --name refuses: no server could ever answer to it.
+        (["--name", "a", "--catalog", "sqlite:///x.sqlite", "--secret-file", "{secret}",
+          "--http", "tcp:1", "--storage", "s 1=tcp:127.0.0.1:7001"],
+         "'s 1' is not a storage server name"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
@@ -107,6 +111,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path, args, message):
     assert proc.returncode == 1
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "x.sqlite").exists(), "refused before the catalog was opened"
 
 
 def test_unreachable_catalog_stops_wsfront_with_an_error_exit(tmp_path):

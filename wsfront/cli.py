@@ -34,6 +34,7 @@ from wsfront.cli_output import masked_url, printable, without_password
 from wsfront.failures import driver_error, operator_error
 from wsfront.maintenance.backup import remove_temporaries
 from wsfront.maintenance.lease import LEASE_NAME, LIVENESS_PREFIX
+from wsstorage.names import storage_name_problem
 from wsstorage.reserve import human_bytes
 
 #: Exit status of a CLI the reader of its output went away from (``| head``):
@@ -832,6 +833,9 @@ class Commands:
             name, sep, endpoint = spec.partition("=")
             if not sep or not name or not endpoint:
                 raise SystemExit(f"wsfs: --storage wants NAME=ENDPOINT, not {spec!r}")
+            problem = storage_name_problem(name)
+            if problem is not None:
+                raise SystemExit(f"wsfs: --storage {spec!r}: not a storage server name: {problem}")
             # A mistyped endpoint reaching another server would rebuild its
             # blobs under this name: the server must announce ``name``.
             client = StorageClient(reactor, name, endpoint, secret, expected_name=name)

@@ -27,6 +27,7 @@ from wsfront.paths import PathError, is_virtual_path, resolve
 from wsfront.transfer.pending_per_user import DEFAULT_LIMIT as DEFAULT_PENDING_LIMIT
 from wsfront.urls import masked_url
 from wsstorage.auth import SecretError, load_secret
+from wsstorage.names import storage_name_problem
 from wsstorage.service import endpoint_problem
 
 log = Logger()
@@ -182,6 +183,13 @@ def parse_storage(spec: str) -> tuple[str, str]:
     name, sep, endpoint = spec.partition("=")
     if not sep or not name or not endpoint:
         raise usage.UsageError(f"--storage {spec!r}: expected NAME=ENDPOINT")
+    # The name wsstorage --name takes: a server can only answer to that.
+    problem = storage_name_problem(name)
+    if problem is not None:
+        raise usage.UsageError(
+            f"--storage {spec!r}: {name!r} is not a storage server name: {problem} "
+            "(as wsstorage --name)"
+        )
     # Before the catalog: it would keep a bad endpoint for every later front end.
     problem = endpoint_problem(endpoint, client=True)
     if problem is not None:

@@ -33,6 +33,7 @@ from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
+from wsstorage.names import storage_name_problem
 from wsstorage.reserve import ReserveTooLarge
 
 log = Logger()
@@ -93,7 +94,8 @@ def stop_process_on_failure(reactor) -> None:
 
 
 class BadStorageEndpoint(ValueError):
-    """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse."""
+    """A ``--storage NAME=ENDPOINT`` whose endpoint does not parse, or
+    whose name no storage server could have (``wsstorage.names``)."""
 
 
 def transfer_settings(cfg: FrontendConfig) -> TransferSettings:
@@ -200,6 +202,9 @@ class FrontendService(service.Service):
         for name, endpoint in cfg.storage:
             # Options were checked when read, but a config built in code was
             # not; once in the catalog a bad endpoint is every front end's.
+            problem = storage_name_problem(name)
+            if problem is not None:
+                raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad name: {problem}")
             problem = endpoint_problem(endpoint, client=True)
             if problem is not None:
                 raise BadStorageEndpoint(f"--storage {name}={endpoint}: bad endpoint: {problem}")

@@ -29,7 +29,7 @@ from wsstorage.binding import check_cluster_id
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.diskformat import FormatError
 from wsstorage.errors import BadRequest, WrongCluster
-from wsstorage.records import BLOB_ID_RE
+from wsstorage.names import storage_name_problem
 from wsstorage.reserve import DEFAULT_RESERVE, Reserve, ReserveTooLarge
 from wsstorage.server import READ_AHEAD, READ_BATCHES, StorageServerFactory
 
@@ -227,8 +227,9 @@ class Options(usage.Options):
                 check_cluster_id(self["cluster"])
             except BadRequest:
                 raise usage.UsageError("--cluster must be 32 lowercase hex digits") from None
-        if not BLOB_ID_RE.match(self["name"]):
-            raise usage.UsageError(f"--name {self['name']!r}: use letters, digits, '-' and '_'")
+        problem = storage_name_problem(self["name"])
+        if problem is not None:
+            raise usage.UsageError(f"--name {self['name']!r}: {problem}")
         for name in ("scrub-mib-per-second", "scrub-interval-hours"):
             try:
                 self[name] = float(self[name])
