@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.catalog_fixtures import postgres_schema_url
 from wsfront.catalog import open_catalog
-from wsfront.catalog.errors import CatalogUnavailable
+from wsfront.catalog.errors import CatalogUnavailable, NotFound
 from wsfront.catalog.postgres import LIBPQ_DEFAULTS, PostgresBackend, libpq_settings
 
 pytestmark = pytest.mark.postgres
@@ -266,13 +266,15 @@ async def test_a_connection_lost_inside_the_commit_is_never_run_again(pg_url):
 
 @pytest.mark.parametrize("write", [True, False])
 @pytest_twisted.ensureDeferred
-async def test_a_connection_lost_inside_the_rollback_is_unavailable_and_replaced(pg_url, write):
+async def test_a_connection_lost_inside_the_rollback_is_replaced_and_the_transaction_rerun(
+    pg_url, write
+):
     """A transaction that failed (here: its path does not exist) rolls
     back; a connection the server ended meanwhile fails that ROLLBACK
     ("consuming input failed: server closed the connection"), which was
-    raised as it was (HTTP 500).  It is an unavailable catalog (503, 451)
-    and the dead connection is dropped: the next transaction runs on a new
-    one."""
+    raised as it was (HTTP 500).  Nothing took effect: the dead connection
+    is dropped and the transaction runs again on a new one, so the client
+    gets its own answer (NotFound: 404 / 550), not an outage."""
     cat = open_catalog(reactor, pg_url, threads=1)
     backend = cat._runner.backend
     rollback = backend.rollback
@@ -290,14 +292,43 @@ async def test_a_connection_lost_inside_the_rollback_is_unavailable_and_replaced
     try:
         await cat.mkdir("/d")
         backend.rollback = lost_rollback
-        with pytest.raises(CatalogUnavailable):
+        with pytest.raises(NotFound):
             await (cat.rmdir("/d/missing") if write else cat.stat("/d/missing"))
-        assert ended
+        assert len(ended) == 1
         backend.rollback = rollback
         pid = await cat._runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
         assert pid != ended[0]
         await cat.mkdir("/after")
         assert [e.name for e in await cat.list_dir("/")] == ["after", "d"]
+    finally:
+        backend.rollback = rollback
+        cat.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rollbacks_that_keep_losing_their_connection_are_unavailable(pg_url):
+    """Each run's ROLLBACK finds its connection ended: after the first
+    connection and two new ones, the catalog is unavailable (503 / 451)."""
+    cat = open_catalog(reactor, pg_url, threads=1)
+    backend = cat._runner.backend
+    rollback = backend.rollback
+    ended = []
+
+    def lost_rollback(conn, cursor):
+        pid = conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+        ended.append(pid)
+        rollback(conn, cursor)
+
+    try:
+        await cat.mkdir("/d")
+        backend.rollback = lost_rollback
+        with pytest.raises(CatalogUnavailable):
+            await cat.stat("/d/missing")
+        assert len(set(ended)) == 3  # the first connection and two new ones
+        backend.rollback = rollback
+        await cat.mkdir("/after")
     finally:
         backend.rollback = rollback
         cat.close()

@@ -517,7 +517,16 @@ class Runner:
                     reconnects += 1
                     conn = self._connect()
                     continue
-                self._roll_back(conn, cursor)
+                if not self._rolled_back(conn, cursor):
+                    # The server ended the connection during the ROLLBACK:
+                    # nothing took effect, so the transaction runs again on
+                    # a new one, and its own answer (a 404, a retried
+                    # deadlock) is given, not an outage's.
+                    if reconnects >= MAX_RECONNECTS:
+                        raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
+                    reconnects += 1
+                    conn = self._connect()
+                    continue
                 if retries + 1 < MAX_ATTEMPTS and self.backend.is_retryable(e):
                     retries += 1
                     continue
@@ -525,21 +534,22 @@ class Runner:
                     raise self._unusable(e) from e
                 raise
 
-    def _roll_back(self, conn: Any, cursor: Any) -> None:
-        """Roll back the failed transaction on ``conn``.  The server may
-        end the connection meanwhile (a restart, ``pg_terminate_backend``):
-        the ROLLBACK then fails ("consuming input failed: server closed
-        the connection").  Nothing of the transaction took effect, but its
-        connection is dead: it is dropped (the next transaction of this
-        thread opens a new one) and the catalog is unavailable for this
-        one (CatalogUnavailable: HTTP 503, FTP 451), not a server error."""
+    def _rolled_back(self, conn: Any, cursor: Any) -> bool:
+        """Roll back the failed transaction on ``conn``; False if the
+        server ended the connection meanwhile (a restart,
+        ``pg_terminate_backend``): the ROLLBACK then fails ("consuming
+        input failed: server closed the connection"), which was raised as
+        it was (HTTP 500).  Nothing of the transaction took effect, but its
+        connection is dead: it is dropped, and the caller runs the
+        transaction again on a new one."""
         try:
             self.backend.rollback(conn, cursor)
         except Exception as e:
             if not self.backend.connection_lost(conn, e):
                 raise
             self._forget(conn)
-            raise self._unusable(e) from e
+            return False
+        return True
 
     def _unusable(self, error: BaseException) -> CatalogFull | CatalogUnavailable:
         """The catalog error a client is answered for a database that could
