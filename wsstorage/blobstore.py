@@ -179,7 +179,7 @@ from wsstorage.errors import (
     StaleEpoch,
     StorageError,
 )
-from wsstorage.fsops import OsFileSystem, create_durably
+from wsstorage.fsops import OsFileSystem, create_durably, unlink_quietly
 from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
 from wsstorage.reserve import NO_RESERVE, Reserve, ReserveTooLarge, below_reserve_problem
@@ -2821,7 +2821,7 @@ def _write_temp(
         finally:
             fs.close(fd)
     except BaseException:
-        _unlink_quietly(fs, tmp)
+        unlink_quietly(fs, tmp)
         raise
     return tmp
 
@@ -2833,15 +2833,8 @@ def _publish(fs: OsFileSystem, tmp: str, path: str) -> None:
     try:
         fs.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(fs, tmp)
+        unlink_quietly(fs, tmp)
         raise
-
-
-def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
-    try:
-        fs.unlink(path)
-    except OSError:
-        pass
 
 
 def _read_whole(fs: OsFileSystem, path: str) -> bytes | None:

@@ -226,17 +226,19 @@ def create_durably(fs: OsFileSystem, directory: str, name: str, data: bytes) -> 
             fs.close(fd)
         fs.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(fs, tmp)
+        unlink_quietly(fs, tmp)
         raise
     try:
         fs.fsync_dir(directory)
     except BaseException:
         # Never before the rename: a file already there may be a real one.
-        _unlink_quietly(fs, path)
+        unlink_quietly(fs, path)
         raise
 
 
-def _unlink_quietly(fs: OsFileSystem, path: str) -> None:
+def unlink_quietly(fs: OsFileSystem, path: str) -> None:
+    """Remove ``path`` if it can be: a clean-up after a failure, whose own
+    failure must not hide the first one."""
     try:
         fs.unlink(path)
     except OSError:
