@@ -505,24 +505,19 @@ class Runner:
                 self.backend.commit(conn, cursor)
                 return result
             except BaseException as e:
-                if self.backend.connection_lost(conn, e):
+                lost = self.backend.connection_lost(conn, e)
+                if lost:
                     self._forget(conn)
-                    # Lost before the commit was sent: nothing took effect,
-                    # so the transaction runs again on a new connection (a
-                    # pooled connection outlived a server restart, or the
-                    # server ended it).  Lost in the commit: it may have
-                    # reached the server, so it is never run again.
-                    if committing or reconnects >= MAX_RECONNECTS:
-                        raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
-                    reconnects += 1
-                    conn = self._connect()
-                    continue
-                if not self._rolled_back(conn, cursor):
-                    # The server ended the connection during the ROLLBACK:
-                    # nothing took effect, so the transaction runs again on
-                    # a new one, and its own answer (a 404, a retried
-                    # deadlock) is given, not an outage's.
-                    if reconnects >= MAX_RECONNECTS:
+                # Lost before the commit was sent, or by the ROLLBACK of a
+                # failed transaction (the server ended it meanwhile):
+                # nothing took effect, so the transaction runs again on a
+                # new connection (a pooled connection outlived a server
+                # restart, or the server ended it), and its own answer (a
+                # 404, a retried deadlock) is given, not an outage's.  Lost
+                # in the commit: it may have reached the server, so it is
+                # never run again.
+                if lost or not self._rolled_back(conn, cursor):
+                    if (lost and committing) or reconnects >= MAX_RECONNECTS:
                         raise CatalogUnavailable(f"{self.backend.name}: {e}") from e
                     reconnects += 1
                     conn = self._connect()
