@@ -154,7 +154,13 @@ def cluster_id(tx: Tx, new_id: str) -> str:
         CLUSTER_ID_KEY,
         new_id,
     )
-    return str(tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY))
+    return str(_stored_cluster_id(tx))
+
+
+def _stored_cluster_id(tx: Tx) -> str | None:
+    """The cluster id the catalog holds, None if no front end made one."""
+    value = tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY)
+    return None if value is None else str(value)
 
 
 def has_replicas_on(tx: Tx, node: str) -> bool:
@@ -462,8 +468,8 @@ def release_lease(tx: Tx, name: str, owner: str, token: str | None = None) -> bo
 def get_lease(tx: Tx, name: str) -> tuple[str, float] | None:
     """The lease's (owner, expires_at), expired or not, or None: a read,
     so asking who holds a lease never changes who does."""
-    row = tx.one("SELECT owner, expires_at FROM leases WHERE name = ?", name)
-    return None if row is None else (row["owner"], float(row["expires_at"]))
+    row = get_lease_row(tx, name)
+    return None if row is None else (row.owner, row.expires_at)
 
 
 def get_lease_row(tx: Tx, name: str) -> LeaseRow | None:
@@ -506,9 +512,8 @@ def status(tx: Tx) -> dict[str, Any]:
         "SELECT COUNT(*) AS files, COALESCE(SUM(v.size), 0) AS bytes "
         "FROM inodes i JOIN versions v ON v.version_id = i.version_id"
     )
-    cluster = tx.value("SELECT value FROM settings WHERE key = ?", CLUSTER_ID_KEY)
     return {
-        "cluster_id": None if cluster is None else str(cluster),
+        "cluster_id": _stored_cluster_id(tx),
         "files": int(files["files"]),
         "bytes": int(files["bytes"]),
         "dirs": int(tx.value("SELECT COUNT(*) AS n FROM inodes WHERE kind = 'dir'")),

@@ -322,10 +322,11 @@ def rename(
         row = resolve_existing(tx, s)
         if row["kind"] == FILE:
             # Read whole, as a move's answer is (below): under the file's
-            # lock, then its row again (a commit may have replaced its
-            # version before the lock).
+            # lock, then its row again where the lock came after the read
+            # (PostgreSQL: a commit may have replaced its version before).
             tx.lock_rows("inodes", "inode", [row["inode"]])
-            row = resolve_existing(tx, s)
+            if not tx.backend.locks_at_begin:
+                row = resolve_existing(tx, s)
         return full_entry(tx, s, row)
     row = resolve_existing(tx, s)
     moves_dir = row["kind"] == DIR
