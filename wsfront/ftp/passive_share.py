@@ -47,7 +47,6 @@ class PassivePortShare:
         #: Addresses refused since they last dropped under their share: one
         #: log line per episode, not one per PASV of a flood.
         self._logged: set[str] = set()
-        self.refused = 0
 
     def held(self, host: str) -> int:
         """Ports of the range ``host``'s address holds now."""
@@ -60,7 +59,6 @@ class PassivePortShare:
         held = self._held.get(key, 0)
         if held < self.per_address:
             return None
-        self.refused += 1
         if key not in self._logged:
             self._logged.add(key)
             log.warn(

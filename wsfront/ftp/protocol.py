@@ -1081,16 +1081,14 @@ class FTPControl(Protocol):
         current = self.passive
         if current is not None and current.port is not None and current.channel is None:
             self.active = None
-            current.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
-            return current
+            return self._handed_out(current)
         parked, self.parked = self.parked, None
         self._close_data_setup()
         if parked is not None:
             self.stats.refused_data_connections += parked.refused  # while parked
         if parked is not None and parked.rearm():
             self.passive = parked
-            parked.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
-            return parked
+            return self._handed_out(parked)
         share = self.factory.passive_share
         if share is not None:
             refusal = share.refusal(self.peer_host)
@@ -1103,6 +1101,11 @@ class FTPControl(Protocol):
         if share is not None:
             listener.on_closed = share.hold(self.peer_host)
         self.passive = listener
+        return self._handed_out(listener)
+
+    def _handed_out(self, listener: PassiveListener) -> PassiveListener:
+        """``listener``, handed out again: closed if no data connection
+        reaches it within ``data_timeout`` while no command runs."""
         listener.expect(self.reactor, self.settings.data_timeout, self._unreached, self._running)
         return listener
 
