@@ -227,7 +227,7 @@ class CachingAuthenticator:
         if self._running.get(key) is waiting:
             del self._running[key]
             if not failed:
-                self._remember(key, result)
+                self._remember(key, grant)
             elif result.check(AuthFailed):
                 self._cache.pop(key, None)
         for d in waiting:
@@ -238,13 +238,13 @@ class CachingAuthenticator:
             else:
                 d.callback(grant)
 
-    def _remember(self, key: tuple[str, bytes], login: Login) -> None:
-        now = self._clock.seconds()
+    def _remember(self, key: tuple[str, bytes], grant: Grant) -> None:
+        now = grant.verified_at
         if len(self._cache) >= self._max:
             self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
             if len(self._cache) >= self._max:
                 self._cache.clear()
-        self._cache[key] = _Entry(now + self._ttl, login.user, self._stamp(login.password_hash))
+        self._cache[key] = _Entry(now + self._ttl, grant.user, grant.stamp)
 
     def is_fresh(self, grant: Grant) -> bool:
         """Whether ``grant`` was verified less than the TTL ago (a clock
