@@ -425,10 +425,16 @@ class GarbageCollector:
         finds it first starts its grace as a sweep would, and the time it
         reports is the one the sweep keeps.  Whether a sweep ever deletes
         it is the guard's call (``guarded``), not this."""
-        now = self._clock.seconds()
-        since = self._garbage_since.setdefault((g.node, g.blob_id), now)
-        ends = since + self.settings.orphan_grace_seconds
-        return ends if now - since < self.settings.orphan_grace_seconds else None
+        return self._grace_ends(
+            g.node, g.blob_id, self._clock.seconds(), self.settings.orphan_grace_seconds
+        )
+
+    def _grace_ends(self, node: str, blob_id: str, now: float, grace: float) -> float | None:
+        """When the grace of ``blob_id``'s copy on ``node`` ends (counted
+        from its first sighting, which is now if it was never seen), or
+        None if it is over: the sweep's rule and fsck's report, one."""
+        since = self._garbage_since.setdefault((node, blob_id), now)
+        return since + grace if now - since < grace else None
 
     def guarded(self, garbage: list[Garbage], total: int) -> bool:
         """True if the server looks too orphaned to trust the catalog."""
@@ -511,8 +517,7 @@ class GarbageCollector:
             for g in garbage:
                 if not keep_going():
                     return stats
-                since = self._garbage_since.setdefault((node, g.blob_id), now)
-                if now - since < grace:
+                if self._grace_ends(node, g.blob_id, now, grace) is not None:
                     stats["orphans_waiting" if g.kind == ORPHAN else "strays_waiting"] += 1
                     continue
                 if await self._classify(node, g.blob_id) != g.kind:
