@@ -62,7 +62,6 @@ def _ftp() -> tuple[MemoryFTP, Accounts]:
     grants: list[Grant] = []
     d.addCallback(grants.append)
     ftp.control.grant = grants[0]
-    ftp.control.user = grants[0].user
     ftp.transfers.files["/f.bin"] = b"0123456789"
     return ftp, accounts
 

@@ -45,6 +45,7 @@ from zope.interface import implementer
 from wsfront import paths
 from wsfront.auth import AccountChanged
 from wsfront.catalog.errors import AuthFailed, NotADirectory
+from wsfront.catalog.records import User
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
@@ -222,10 +223,8 @@ class FTPControl(Protocol):
         self._hashing = None
         self.connected_ = False
         # Session state.
-        self.user = None
         #: What the login holds of its account (``wsfront.auth.Grant``),
-        #: confirmed past the TTL; None with no login (or a user set
-        #: directly, as protocol unit tests do).
+        #: confirmed past the TTL; None with no login.  ``user`` is its User.
         self.grant = None
         self._login_name: str | None = None
         self._login_failures = 0
@@ -533,6 +532,12 @@ class FTPControl(Protocol):
 
     # -- the login's account ------------------------------------------
 
+    @property
+    def user(self) -> User | None:
+        """The logged-in account (the grant's, renewed with it); None
+        before a login."""
+        return self.grant.user if self.grant is not None else None
+
     def _login_fresh(self) -> bool:
         """Whether the login may act without asking the catalog: its account
         was seen unchanged within the TTL (a clock read, no query)."""
@@ -553,7 +558,7 @@ class FTPControl(Protocol):
         def confirmed(renewed) -> Deferred | None:
             if not self.connected_ or self._quitting or self.grant is not grant:
                 return None
-            self.grant, self.user = renewed, renewed.user
+            self.grant = renewed
             self.restart, self.allocated, self.rnfr = restart, allocated, rnfr
             return self._dispatch(verb, argument)
 
@@ -573,7 +578,6 @@ class FTPControl(Protocol):
         timeout, as USER does.  A transfer started before is not this
         check's to cut (docs: it was confirmed at its start)."""
         log.info("FTP session from {peer} logged out: {why}", peer=self.peer_host, why=str(error))
-        self.user = None
         self.grant = None
         self.cwd = "/"
         self.sizes.clear()
@@ -663,7 +667,6 @@ class FTPControl(Protocol):
     def ftp_USER(self, argument: str) -> None:
         if self.user is not None:
             self._arm_login_timer()  # logged out: log in again in time
-        self.user = None
         self.grant = None
         self._login_name = None
         if self.tls_required(argument):
@@ -702,7 +705,7 @@ class FTPControl(Protocol):
         throttle.succeeded(name, self.peer_host)
         self._login_deadline.cancel()
         self.grant = grant
-        self.user = user = grant.user
+        user = grant.user
         self.cwd = "/"
         # Sizes SIZE reported name another user's files (USER logs one
         # session out and another in): APPE would resume this user's at them.
@@ -834,7 +837,6 @@ class FTPControl(Protocol):
         # count after it, and a login in clear neither: log in again.
         self._login_name = None
         if self.user is not None:
-            self.user = None
             self.grant = None
             self.cwd = "/"
             self._arm_login_timer()
