@@ -18,7 +18,7 @@ only waits for their outcome.
 
 State per connection: the logged-in catalog ``User`` and the login's
 ``Grant`` (``wsfront.auth``: confirmed with the catalog once per login-cache
-TTL before a command touches files, ``SESSION_ONLY``), a virtual cwd
+TTL before a command touches files, ``CommandSpec.touches_files``), a virtual cwd
 (``wsfront.paths``: the transfer layer joins the user's root, so nothing
 here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
 or active address, and the sizes SIZE last reported (APPE resumes there,
@@ -104,19 +104,6 @@ else.  The data connection setup, TYPE I and ALLO are let through: they
 belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
 the transfer command).  TYPE A drops the marker itself."""
-
-SESSION_ONLY = frozenset(
-    {"TYPE", "MODE", "STRU", "ALLO", "PWD", "XPWD", "PASV", "EPSV", "PORT", "EPRT", "REST"}
-    | {"ABOR", "STAT"}
-)
-"""Logged-in commands that touch neither files nor the namespace: they run
-on the login as it is.  Every other logged-in command (a file, a
-directory, a listing, a transfer) first has the session's login confirmed
-with the catalog once it is older than the login cache's TTL
-(``_confirm_then``): an account deleted, created again for someone else
-under the same name, or whose password changed, is noticed within the TTL,
-as over HTTP.  ABOR and STAT act on the session's own transfer, and must
-stay immediate."""
 
 KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
 """Commands that leave an ALLO size for the transfer command after them:
@@ -513,7 +500,7 @@ class FTPControl(Protocol):
             return None
         if parsed.verb not in ("RNFR", "RNTO"):
             self.rnfr = None  # RNTO must follow RNFR directly
-        if spec.login and parsed.verb not in SESSION_ONLY and not self._login_fresh():
+        if spec.login and spec.touches_files and not self._login_fresh():
             return self._confirm_then(parsed.verb, parsed.argument)
         return self._dispatch(parsed.verb, parsed.argument)
 
