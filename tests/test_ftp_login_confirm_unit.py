@@ -237,3 +237,16 @@ def test_a_stale_login_is_confirmed_exactly_before_the_commands_that_touch_files
     assert accounts.reads == (1 if touches_files else 0)
     assert watched.used == []
     assert (ftp.transport.value() == b"") == touches_files  # an answer only if it ran
+
+
+def test_only_session_commands_skip_the_login_confirmation():
+    """The commands that never wait for a stale login's confirmation are
+    pinned by name: a command dropped from this set waits for the catalog
+    (ABOR and STAT must stay immediate), and one added to it would act on
+    files for an account that may be gone (the security direction; the
+    test above cannot see it for commands that fail a precondition first)."""
+    session_only = {v for v, spec in COMMANDS.items() if spec.login and not spec.touches_files}
+    assert session_only == {
+        "TYPE", "MODE", "STRU", "ALLO", "PWD", "XPWD", "PASV", "EPSV",
+        "PORT", "EPRT", "REST", "ABOR", "STAT",
+    }  # fmt: skip
