@@ -280,7 +280,9 @@ _pools_lock = threading.Lock()
 
 
 def thread_pool(name: str, workers: int) -> ThreadPoolExecutor:
-    """The process's ``blobstore-<name>`` threads, started on first use."""
+    """The process's ``blobstore-<name>`` threads, started on first use:
+    one pool per name for the whole process, so ``workers`` counts only on
+    the first call for a name (later callers share that pool)."""
     with _pools_lock:
         pool = _pools.get(name)
         if pool is None:
