@@ -197,7 +197,7 @@ class MemoryFTP:
         self.control.makeConnection(self.transport)
         user = User("alice", False, "/alice", PERMISSIONS, None, None, 0, 0, 0.0)
         # Logged in as PASS does it, with nothing in a catalog to confirm.
-        self.control.grant, self.control.user = Grant.unchecked(user), user
+        self.control.grant = Grant.unchecked(user)
         self.replies()  # the greeting
 
     def send(self, *lines: str) -> None:

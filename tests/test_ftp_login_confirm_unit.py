@@ -21,6 +21,7 @@ from tests.ftp_memory import MemoryFTP, close_data
 from wsfront.auth import CachingAuthenticator, Grant
 from wsfront.catalog.errors import CatalogUnavailable, NotFound
 from wsfront.catalog.records import PERMISSIONS, Login, User
+from wsfront.ftp.commands import COMMANDS
 from wsfront.ftp.factory import FTPSettings
 
 TTL = 30.0
@@ -62,7 +63,6 @@ def _ftp() -> tuple[MemoryFTP, Accounts]:
     grants: list[Grant] = []
     d.addCallback(grants.append)
     ftp.control.grant = grants[0]
-    ftp.control.user = grants[0].user
     ftp.transfers.files["/f.bin"] = b"0123456789"
     return ftp, accounts
 
@@ -207,3 +207,46 @@ def test_rnto_keeps_its_rnfr_when_an_urgent_command_runs_during_the_check():
     assert ftp.replies() == [225]
     accounts.pending.callback(accounts.stored)
     assert renamed == [("/f.bin", "/g.bin")]
+
+
+class WatchedTransfers:
+    """The memory transfer layer, noting each of its names the session
+    uses (a file, a directory, a listing, a transfer)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.used: list[str] = []
+
+    def __getattr__(self, name: str):
+        self.used.append(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("verb", sorted(v for v, spec in COMMANDS.items() if spec.login))
+def test_a_stale_login_is_confirmed_exactly_before_the_commands_that_touch_files(verb):
+    """The command table's ``touches_files`` is what the session does: a
+    command marked so waits for the catalog's read (never answered here)
+    and nothing of it runs; any other runs at once, asks the catalog
+    nothing and touches no file (the transfer layer is not used)."""
+    ftp, accounts = _ftp()
+    watched = ftp.control.transfers = WatchedTransfers(ftp.transfers)
+    ftp.reactor.advance(TTL)
+    accounts.pending = Deferred()
+    ftp.send(f"{verb} f.bin" if COMMANDS[verb].needs_arg else verb)
+    touches_files = COMMANDS[verb].touches_files
+    assert accounts.reads == (1 if touches_files else 0)
+    assert watched.used == []
+    assert (ftp.transport.value() == b"") == touches_files  # an answer only if it ran
+
+
+def test_only_session_commands_skip_the_login_confirmation():
+    """The commands that never wait for a stale login's confirmation are
+    pinned by name: a command dropped from this set waits for the catalog
+    (ABOR and STAT must stay immediate), and one added to it would act on
+    files for an account that may be gone (the security direction; the
+    test above cannot see it for commands that fail a precondition first)."""
+    session_only = {v for v, spec in COMMANDS.items() if spec.login and not spec.touches_files}
+    assert session_only == {
+        "TYPE", "MODE", "STRU", "ALLO", "PWD", "XPWD", "PASV", "EPSV",
+        "PORT", "EPRT", "REST", "ABOR", "STAT",
+    }  # fmt: skip

@@ -44,6 +44,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.cred import credentials, error, portal
@@ -203,15 +205,29 @@ class CachingAuthenticator:
         right, on whichever front end it was (or was not) changed.  The
         User read is fresh (quota, usage, permissions).  A changed hash
         means a full check; a deleted account is refused."""
+        return self._read_login(
+            name,
+            stamp,
+            changed=lambda login: self._check(name, password),
+            deleted=AuthFailed("unknown user or wrong password"),
+        )
+
+    def _read_login(
+        self, name: str, stamp: bytes, changed: Callable[[Login], Any], deleted: Exception
+    ) -> Deferred:
+        """Read the account ``name`` once (no scrypt) and fire with its
+        Login while its stored hash is the one ``stamp`` stands for; else
+        with what ``changed(login)`` returns (or fail with what it raises).
+        An account that is gone fails with ``deleted``."""
 
         def read(login: Login) -> Login | Deferred:
             if hmac.compare_digest(self._stamp(login.password_hash), stamp):
                 return login
-            return self._check(name, password)
+            return changed(login)
 
         def gone(failure: Failure) -> None:
             failure.trap(NotFound)
-            raise AuthFailed("unknown user or wrong password")
+            raise deleted
 
         return maybeDeferred(self._catalog.get_login, name).addCallbacks(read, gone)
 
@@ -258,20 +274,17 @@ class CachingAuthenticator:
         password was verified against, or fail with AccountChanged."""
         name = grant.user.name
 
-        def read(login: Login) -> Grant:
-            if not hmac.compare_digest(self._stamp(login.password_hash), grant.stamp):
-                raise AccountChanged(
-                    f"the account {name!r} changed: its password was changed, "
-                    "or it was deleted and created again"
-                )
-            return self._grant(login.user, grant.stamp, now)
-
-        def gone(failure: Failure) -> None:
-            failure.trap(NotFound)
-            raise AccountChanged(f"the account {name!r} was deleted")
+        def changed(login: Login) -> None:
+            raise AccountChanged(
+                f"the account {name!r} changed: its password was changed, "
+                "or it was deleted and created again"
+            )
 
         now = self._clock.seconds()
-        return maybeDeferred(self._catalog.get_login, name).addCallbacks(read, gone)
+        read = self._read_login(
+            name, grant.stamp, changed, AccountChanged(f"the account {name!r} was deleted")
+        )
+        return read.addCallback(lambda login: self._grant(login.user, grant.stamp, now))
 
     def forget(self, name: str) -> None:
         """Drop cached logins of ``name`` (password changed, user deleted),

@@ -18,7 +18,8 @@ Shared by FTP and HTTP, so both protocols count the same way:
     past the limit while the password checks run.
 
 ``ConnectionLimits``
-    Open connections per client address and in total, for one listener.
+    Open connections per client address (``AddressCounts``) and in total,
+    for one listener.
 
 ``RateFloor``
     The least average rate at which a client must send what the server is
@@ -252,6 +253,34 @@ class LoginThrottle:
             self._trusted.add(("pair", user, address))
 
 
+class AddressCounts:
+    """How many of something each client address holds now, its addresses
+    grouped by ``address_key``: a listener's connections
+    (``ConnectionLimits``), the ports of an FTP passive range
+    (``wsfront.ftp.passive_share``).  Only addresses holding some are kept."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def count(self, host: str) -> int:
+        return self._counts.get(address_key(host) or host, 0)
+
+    def add(self, host: str) -> None:
+        key = address_key(host) or host
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def remove(self, host: str) -> int:
+        """One fewer for ``host``'s address (never below none); returns how
+        many it holds still."""
+        key = address_key(host) or host
+        left = self._counts.get(key, 0) - 1
+        if left > 0:
+            self._counts[key] = left
+        else:
+            self._counts.pop(key, None)
+        return max(left, 0)
+
+
 class ConnectionLimits:
     """Admission of connections to one listener: ``admit(host)`` returns None
     (admitted; call ``release(host)`` when the connection ends) or the reason
@@ -261,34 +290,28 @@ class ConnectionLimits:
         self.per_address = per_address
         self.total = total
         self.open = 0
-        self._by_address: dict[str, int] = {}
+        self._by_address = AddressCounts()
         self.refused = 0
 
     def admit(self, host: str | None) -> str | None:
-        host = address_key(host)
         if self.total is not None and self.open >= self.total:
             self.refused += 1
             return "in total"
         if host is not None and self.per_address is not None:
-            if self._by_address.get(host, 0) >= self.per_address:
+            if self._by_address.count(host) >= self.per_address:
                 self.refused += 1
                 return "from your address"
-            self._by_address[host] = self._by_address.get(host, 0) + 1
+            self._by_address.add(host)
         self.open += 1
         return None
 
     def release(self, host: str | None) -> None:
-        host = address_key(host)
         self.open = max(self.open - 1, 0)
-        if host is not None and host in self._by_address:
-            left = self._by_address[host] - 1
-            if left > 0:
-                self._by_address[host] = left
-            else:
-                del self._by_address[host]
+        if host is not None:
+            self._by_address.remove(host)
 
     def count(self, host: str) -> int:
-        return self._by_address.get(address_key(host) or host, 0)
+        return self._by_address.count(host)
 
 
 class RateFloor:

@@ -179,7 +179,13 @@ from wsstorage.errors import (
     StaleEpoch,
     StorageError,
 )
-from wsstorage.fsops import OsFileSystem, create_durably, unlink_quietly
+from wsstorage.fsops import (
+    OsFileSystem,
+    create_durably,
+    publish,
+    thread_pool,
+    write_temp,
+)
 from wsstorage.putjournal import CHECKPOINT_AFTER, JOURNAL_SIZE, Entry, PutJournal
 from wsstorage.records import INCOMPLETE, OPEN, SEALED, BlobInfo, check_blob_id
 from wsstorage.reserve import NO_RESERVE, Reserve, ReserveTooLarge, below_reserve_problem
@@ -1456,7 +1462,7 @@ class BlobStore:
         # and an empty blobs/, which its next open creates again (a new id
         # over the old: no front end ever heard that one).
         ident = os.path.join(root, IDENTITY_FILE)
-        _publish(fs, _write_temp(fs, ident, StoreIdentity.new().encode(), sync=True), ident)
+        publish(fs, write_temp(fs, ident, StoreIdentity.new().encode(), sync=True), ident)
         _write_atomic(fs, fmt, format_record(block_size), root)
         return block_size
 
@@ -1854,8 +1860,8 @@ class BlobStore:
 
     def _write_record_file(self, paths: BlobPaths, raw: bytes) -> None:
         """A resident's record file, unsynced (``_materialize``)."""
-        tmp = self._in_fan_out(paths.directory, lambda: _write_temp(self.fs, paths.meta, raw))
-        _publish(self.fs, tmp, paths.meta)
+        tmp = self._in_fan_out(paths.directory, lambda: write_temp(self.fs, paths.meta, raw))
+        publish(self.fs, tmp, paths.meta)
 
     def _settle(self, blob_id: str) -> None:
         """Before a blob's files are removed: checkpoint the put journal if
@@ -1934,7 +1940,7 @@ class BlobStore:
             if force:
                 _write_atomic(self.fs, paths.meta, entry.record, paths.directory)
             else:
-                _publish(self.fs, _write_temp(self.fs, paths.meta, entry.record), paths.meta)
+                publish(self.fs, write_temp(self.fs, paths.meta, entry.record), paths.meta)
             if current != entry.record:
                 log.info("put journal: restored the record of {id}", id=entry.blob_id)
 
@@ -2745,43 +2751,10 @@ class BlobStore:
         return None
 
 
-_pools: dict[str, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool(name: str, workers: int) -> ThreadPoolExecutor:
-    """The process's ``blobstore-<name>`` threads, started on first use."""
-    with _pools_lock:
-        pool = _pools.get(name)
-        if pool is None:
-            pool = _pools[name] = ThreadPoolExecutor(workers, f"blobstore-{name}")
-        return pool
-
-
-def _helper_pool() -> ThreadPoolExecutor:
-    """The store's few helper threads (a second fsync run alongside)."""
-    return _pool("sync", 8)
-
-
 def _closer_pool() -> ThreadPoolExecutor:
     """A thread for closes that wait on a busy blob lock: not the helper
-    pool, whose threads a lock holder's fsyncs may be waiting for."""
-    return _pool("close", 1)
-
-
-def _in_parallel(here: Callable[[], None], there: Callable[[], None]) -> None:
-    """Run ``there`` in a helper thread while this one runs ``here``; return
-    once both are done, raising the first one's error (or else the other's).
-
-    Two fsyncs of one file system started together share its journal
-    commit (ext4, XFS), where one after the other pays two."""
-    future = _helper_pool().submit(there)
-    try:
-        here()
-    finally:
-        error = future.exception()
-    if error is not None:
-        raise error
+    pool (``fsops``), whose threads a lock holder's fsyncs may be waiting for."""
+    return thread_pool("close", 1)
 
 
 def _epoch_of(raw: bytes) -> int:
@@ -2798,43 +2771,8 @@ def _write_atomic(
 ) -> None:
     """Write ``data`` to a temp file, fsync it (and, at the same time,
     fdatasync ``alongside``), rename it to ``path``, fsync ``directory``."""
-    _publish(fs, _write_temp(fs, path, data, sync=True, alongside=alongside), path)
+    publish(fs, write_temp(fs, path, data, sync=True, alongside=alongside), path)
     fs.fsync_dir(directory)
-
-
-def _write_temp(
-    fs: OsFileSystem, path: str, data: bytes, sync: bool = False, alongside: int | None = None
-) -> str:
-    """Write ``data`` to ``path``'s temp file; return its name.  Unsynced
-    unless ``sync`` (the put journal's records: their entry is what is
-    synced); with ``sync`` it is fsync'd, and ``alongside`` (a blob's data
-    file) fdatasync'd at the same time.  A failure leaves no temp file."""
-    tmp = path + TMP_SUFFIX
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        try:
-            fs.pwrite_all(fd, data, 0)
-            if sync and alongside is None:
-                fs.fsync(fd)
-            elif sync:
-                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
-        finally:
-            fs.close(fd)
-    except BaseException:
-        unlink_quietly(fs, tmp)
-        raise
-    return tmp
-
-
-def _publish(fs: OsFileSystem, tmp: str, path: str) -> None:
-    """Give a temp file (``_write_temp``) its final name; a failure removes
-    it.  The name is durable only once the caller fsyncs the directory
-    (``_write_atomic``) or a journal checkpoint does."""
-    try:
-        fs.rename(tmp, path)
-    except BaseException:
-        unlink_quietly(fs, tmp)
-        raise
 
 
 def _read_whole(fs: OsFileSystem, path: str) -> bytes | None:

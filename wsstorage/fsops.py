@@ -8,6 +8,9 @@ fails a call (``ENOSPC`` on the n-th byte) without filling a real disk.
 Every method is a thin wrapper over the ``os`` function of the same name;
 ``pwrite_all`` and ``pwritev_all`` loop over short writes and ``fsync_dir`` opens a directory just
 to fsync it (which is how a rename or a new file is made durable on Linux).
+The module's functions are the write-a-temp-file-then-rename sequence
+(``write_temp``, ``publish``, ``create_durably``), here rather than in the
+blob store so the cluster binding (which the blob store imports) uses it too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from wsstorage.diskformat import TMP_SUFFIX
 
@@ -216,23 +221,48 @@ def create_durably(fs: OsFileSystem, directory: str, name: str, data: bytes) -> 
     reported that a crash could take back.  A store's once-written files
     (``IDENTITY``, ``CLUSTER``)."""
     path = os.path.join(directory, name)
-    tmp = path + TMP_SUFFIX
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        try:
-            fs.pwrite_all(fd, data, 0)
-            fs.fsync(fd)
-        finally:
-            fs.close(fd)
-        fs.rename(tmp, path)
-    except BaseException:
-        unlink_quietly(fs, tmp)
-        raise
+    publish(fs, write_temp(fs, path, data, sync=True), path)
     try:
         fs.fsync_dir(directory)
     except BaseException:
         # Never before the rename: a file already there may be a real one.
         unlink_quietly(fs, path)
+        raise
+
+
+def write_temp(
+    fs: OsFileSystem, path: str, data: bytes, sync: bool = False, alongside: int | None = None
+) -> str:
+    """Write ``data`` to ``path``'s temp file; return its name.  Unsynced
+    unless ``sync`` (the put journal's records: their entry is what is
+    synced); with ``sync`` it is fsync'd, and ``alongside`` (a blob's data
+    file) fdatasync'd at the same time.  A failure leaves no temp file."""
+    tmp = path + TMP_SUFFIX
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        try:
+            fs.pwrite_all(fd, data, 0)
+            if sync and alongside is None:
+                fs.fsync(fd)
+            elif sync:
+                _in_parallel(lambda: fs.fsync(fd), lambda: fs.fdatasync(alongside))
+        finally:
+            fs.close(fd)
+    except BaseException:
+        unlink_quietly(fs, tmp)
+        raise
+    return tmp
+
+
+def publish(fs: OsFileSystem, tmp: str, path: str) -> None:
+    """Give a temp file (``write_temp``) its final name; a failure removes
+    it.  The name is durable only once the caller fsyncs the directory
+    (``create_durably``, the blob store's ``_write_atomic``) or a journal
+    checkpoint does."""
+    try:
+        fs.rename(tmp, path)
+    except BaseException:
+        unlink_quietly(fs, tmp)
         raise
 
 
@@ -243,3 +273,34 @@ def unlink_quietly(fs: OsFileSystem, path: str) -> None:
         fs.unlink(path)
     except OSError:
         pass
+
+
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def thread_pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """The process's ``blobstore-<name>`` threads, started on first use:
+    one pool per name for the whole process, so ``workers`` counts only on
+    the first call for a name (later callers share that pool)."""
+    with _pools_lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(workers, f"blobstore-{name}")
+        return pool
+
+
+def _in_parallel(here: Callable[[], None], there: Callable[[], None]) -> None:
+    """Run ``there`` in a helper thread (the ``sync`` pool) while this one
+    runs ``here``; return once both are done, raising the first one's error
+    (or else the other's).
+
+    Two fsyncs of one file system started together share its journal
+    commit (ext4, XFS), where one after the other pays two."""
+    future = thread_pool("sync", 8).submit(there)
+    try:
+        here()
+    finally:
+        error = future.exception()
+    if error is not None:
+        raise error

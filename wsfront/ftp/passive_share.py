@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from wsfront.limits import address_key
+from wsfront.limits import AddressCounts, address_key
 
 log = Logger()
 
@@ -43,22 +43,22 @@ class PassivePortShare:
         self.per_address = (
             per_address if per_address is not None else default_per_address(self.size)
         )
-        self._held: dict[str, int] = {}
+        self._held = AddressCounts()
         #: Addresses refused since they last dropped under their share: one
         #: log line per episode, not one per PASV of a flood.
         self._logged: set[str] = set()
 
     def held(self, host: str) -> int:
         """Ports of the range ``host``'s address holds now."""
-        return self._held.get(address_key(host) or host, 0)
+        return self._held.count(host)
 
     def refusal(self, host: str) -> str | None:
         """The 425 text if ``host``'s address holds its whole share; None if
         it may open one more port."""
-        key = address_key(host) or host
-        held = self._held.get(key, 0)
+        held = self._held.count(host)
         if held < self.per_address:
             return None
+        key = address_key(host) or host
         if key not in self._logged:
             self._logged.add(key)
             log.warn(
@@ -77,16 +77,10 @@ class PassivePortShare:
     def hold(self, host: str):
         """Count one more port for ``host``'s address; returns the callable
         that gives it back (call it exactly once)."""
-        key = address_key(host) or host
-        self._held[key] = self._held.get(key, 0) + 1
+        self._held.add(host)
 
         def give_back() -> None:
-            left = self._held.get(key, 0) - 1
-            if left > 0:
-                self._held[key] = left
-            else:
-                self._held.pop(key, None)
-            if left < self.per_address:
-                self._logged.discard(key)
+            if self._held.remove(host) < self.per_address:
+                self._logged.discard(address_key(host) or host)
 
         return give_back

@@ -18,7 +18,7 @@ only waits for their outcome.
 
 State per connection: the logged-in catalog ``User`` and the login's
 ``Grant`` (``wsfront.auth``: confirmed with the catalog once per login-cache
-TTL before a command touches files, ``SESSION_ONLY``), a virtual cwd
+TTL before a command touches files, ``CommandSpec.touches_files``), a virtual cwd
 (``wsfront.paths``: the transfer layer joins the user's root, so nothing
 here can leave it), TYPE, a pending REST offset, RNFR, the passive listener
 or active address, and the sizes SIZE last reported (APPE resumes there,
@@ -45,6 +45,7 @@ from zope.interface import implementer
 from wsfront import paths
 from wsfront.auth import AccountChanged
 from wsfront.catalog.errors import AuthFailed, NotADirectory
+from wsfront.catalog.records import User
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
 from wsfront.ftp.data import DataConnectionFailed, PassiveListener, open_passive
@@ -103,19 +104,6 @@ else.  The data connection setup, TYPE I and ALLO are let through: they
 belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
 the transfer command).  TYPE A drops the marker itself."""
-
-SESSION_ONLY = frozenset(
-    {"TYPE", "MODE", "STRU", "ALLO", "PWD", "XPWD", "PASV", "EPSV", "PORT", "EPRT", "REST"}
-    | {"ABOR", "STAT"}
-)
-"""Logged-in commands that touch neither files nor the namespace: they run
-on the login as it is.  Every other logged-in command (a file, a
-directory, a listing, a transfer) first has the session's login confirmed
-with the catalog once it is older than the login cache's TTL
-(``_confirm_then``): an account deleted, created again for someone else
-under the same name, or whose password changed, is noticed within the TTL,
-as over HTTP.  ABOR and STAT act on the session's own transfer, and must
-stay immediate."""
 
 KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
 """Commands that leave an ALLO size for the transfer command after them:
@@ -222,10 +210,8 @@ class FTPControl(Protocol):
         self._hashing = None
         self.connected_ = False
         # Session state.
-        self.user = None
         #: What the login holds of its account (``wsfront.auth.Grant``),
-        #: confirmed past the TTL; None with no login (or a user set
-        #: directly, as protocol unit tests do).
+        #: confirmed past the TTL; None with no login.  ``user`` is its User.
         self.grant = None
         self._login_name: str | None = None
         self._login_failures = 0
@@ -514,7 +500,7 @@ class FTPControl(Protocol):
             return None
         if parsed.verb not in ("RNFR", "RNTO"):
             self.rnfr = None  # RNTO must follow RNFR directly
-        if spec.login and parsed.verb not in SESSION_ONLY and not self._login_fresh():
+        if spec.login and spec.touches_files and not self._login_fresh():
             return self._confirm_then(parsed.verb, parsed.argument)
         return self._dispatch(parsed.verb, parsed.argument)
 
@@ -532,6 +518,12 @@ class FTPControl(Protocol):
         return None
 
     # -- the login's account ------------------------------------------
+
+    @property
+    def user(self) -> User | None:
+        """The logged-in account (the grant's, renewed with it); None
+        before a login."""
+        return self.grant.user if self.grant is not None else None
 
     def _login_fresh(self) -> bool:
         """Whether the login may act without asking the catalog: its account
@@ -553,7 +545,7 @@ class FTPControl(Protocol):
         def confirmed(renewed) -> Deferred | None:
             if not self.connected_ or self._quitting or self.grant is not grant:
                 return None
-            self.grant, self.user = renewed, renewed.user
+            self.grant = renewed
             self.restart, self.allocated, self.rnfr = restart, allocated, rnfr
             return self._dispatch(verb, argument)
 
@@ -573,7 +565,6 @@ class FTPControl(Protocol):
         timeout, as USER does.  A transfer started before is not this
         check's to cut (docs: it was confirmed at its start)."""
         log.info("FTP session from {peer} logged out: {why}", peer=self.peer_host, why=str(error))
-        self.user = None
         self.grant = None
         self.cwd = "/"
         self.sizes.clear()
@@ -663,7 +654,6 @@ class FTPControl(Protocol):
     def ftp_USER(self, argument: str) -> None:
         if self.user is not None:
             self._arm_login_timer()  # logged out: log in again in time
-        self.user = None
         self.grant = None
         self._login_name = None
         if self.tls_required(argument):
@@ -702,7 +692,7 @@ class FTPControl(Protocol):
         throttle.succeeded(name, self.peer_host)
         self._login_deadline.cancel()
         self.grant = grant
-        self.user = user = grant.user
+        user = grant.user
         self.cwd = "/"
         # Sizes SIZE reported name another user's files (USER logs one
         # session out and another in): APPE would resume this user's at them.
@@ -834,7 +824,6 @@ class FTPControl(Protocol):
         # count after it, and a login in clear neither: log in again.
         self._login_name = None
         if self.user is not None:
-            self.user = None
             self.grant = None
             self.cwd = "/"
             self._arm_login_timer()
