@@ -1035,8 +1035,34 @@ class StorageClient:
         except Exception as e:
             raise NodeUnavailable(f"could not connect to storage server {self.name}: {e}") from None
         self._conns.add(conn)
-        yield conn.ready
+        conn = yield self._ready(conn)
         return conn
+
+    def _ready(self, conn: _ClientProtocol) -> defer.Deferred:
+        """Fire with ``conn`` once its handshake is done, for one acquirer.
+
+        Cancelling the wait (a reader's stall check, a departing client, a
+        timeout on the operation) leaves the handshake to finish on its
+        own: the connection then goes to the idle pool like any released
+        one (closed if the pool is full or the client closing), and a
+        handshake that fails has already closed and forgotten it.  Waiting
+        on ``conn.ready`` itself, the cancel failed that Deferred and the
+        server's late READY was dropped: the connection stayed open,
+        authenticated, in no pool and used by no one, until the process
+        ended (each SIGSTOP of a server during reads left some more)."""
+        waiter: defer.Deferred = defer.Deferred()
+
+        def settle(result: Any) -> None:
+            if not waiter.called:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            elif not isinstance(result, Failure):
+                self._release(result)  # the acquirer gave up on it
+
+        conn.ready.addBoth(settle)
+        return waiter
 
     def _release(self, conn: _ClientProtocol) -> None:
         """Give back a connection whose operation ended cleanly."""
