@@ -596,6 +596,23 @@ def test_slow_request_sends_keepalives_while_it_runs(rig: Rig) -> None:
     assert frames[0][0] == framing.REPLY and frames[0][2]["free_bytes"] == 1
 
 
+def test_blob_info_goes_on_the_wire_as_attrs_made_it() -> None:
+    """``info_to_wire`` builds a reply's body by hand: the same keys, in
+    the same order, as ``attrs.asdict``, meta a copy, and the client
+    reads it back to the same BlobInfo."""
+    import attrs
+
+    from wsstorage.client import info_from_wire
+    from wsstorage.records import BlobInfo
+
+    meta = {"inode": 7, "owner": "u", "extents": {"0": 1}}
+    info = BlobInfo(blob_id="b1", size=3, durable=3, state=SEALED, epoch=2, meta=meta)
+    wire = server.info_to_wire(info)
+    assert list(wire.items()) == list(attrs.asdict(info).items())
+    assert wire["meta"] is not meta
+    assert info_from_wire(wire) == info
+
+
 def test_frames_sent_while_a_request_runs_wait_and_stop_the_reading(rig: Rig) -> None:
     """A request runs with frames held, but the socket is not stopped for
     it (two epoll_ctl per request): only once bytes come meanwhile does
