@@ -5,15 +5,17 @@ time; a read or write is a stream that occupies the connection until it
 ends.  Clients keep a small pool of connections per server for concurrency.
 Flow control is TCP's own: a read stream is an IPushProducer on the
 transport (paused when the send buffer fills), and while the server cannot
-take a client's bytes (an fsync in a thread) it stops reading the socket and
-leaves unprocessed frames in the decoder.  Memory per connection is one
+take a client's bytes (an fsync in a thread) it leaves unprocessed frames in
+the decoder and, once any come, stops reading the socket.  Memory per
+connection is one
 socket read, one frame and a read stream's few 1 MiB batches, whatever the
 blob size.
 
 Disk work that may block for long (open, fsync, seal, fence, commit, list,
 delete) and a read stream's read-ahead (pread, CRC, framing) run through
-``run_blocking`` (a thread pool by default); single chunk writes run in the
-reactor thread.  Over plain TCP a read batch is sent with one ``sendmsg`` of
+``run_blocking`` (a thread pool by default), a small ``put`` through the
+server's own put threads (``wsstorage.putthreads``); single chunk writes
+run in the reactor thread.  Over plain TCP a read batch is sent with one ``sendmsg`` of
 headers and views of the bytes read, bypassing the transport's buffer while
 it is empty, so the bytes are copied once on their way out (by the kernel).
 """
