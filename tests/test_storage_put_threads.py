@@ -64,3 +64,27 @@ async def test_concurrent_wire_puts_are_each_answered_once_sealed(served):
     )
     assert [(i.size, i.state) for i in infos] == [(len(b), "sealed") for b in blobs]
     assert all(server.store.stat(b).state == "sealed" for b in blobs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_server_ends_its_put_threads_before_the_store_closes(tmp_path):
+    """The store closes after every put that reached a put thread, and no
+    put thread outlives the server (they would idle on for PUT_IDLE)."""
+    server = await start_storage_server(
+        reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "s1"), "s1", SECRET
+    )
+    client = StorageClient(reactor, "s1", server.client_endpoint, SECRET, idle_timeout=10)
+    await client.put("blob-a", 1, {}, b"hello")
+    threads = list(putthreads.put_threads(server.factory)._threads)
+    assert threads and all(t.is_alive() for t in threads)
+    closed_with: list[list[bool]] = []
+    real_close = server.store.close
+
+    def close():
+        closed_with.append([t.is_alive() for t in threads])
+        return real_close()
+
+    server.store.close = close
+    await client.close()
+    await server.stop()
+    assert closed_with == [[False] * len(threads)]

@@ -127,3 +127,9 @@ def put_threads(factory: Any) -> PutThreads:
     if threads is None:
         threads = _PUTS[factory] = PutThreads(factory)
     return threads
+
+
+def made_put_threads(factory: Any) -> PutThreads | None:
+    """``factory``'s put threads if a put made them, else None (asked at
+    stop, which must not start threads only to end them)."""
+    return _PUTS.get(factory)

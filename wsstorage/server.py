@@ -6,10 +6,9 @@ ends.  Clients keep a small pool of connections per server for concurrency.
 Flow control is TCP's own: a read stream is an IPushProducer on the
 transport (paused when the send buffer fills), and while the server cannot
 take a client's bytes (an fsync in a thread) it leaves unprocessed frames in
-the decoder and, once any come, stops reading the socket.  Memory per
-connection is one
-socket read, one frame and a read stream's few 1 MiB batches, whatever the
-blob size.
+the decoder and, once any come, stops reading the socket until none of them
+waits.  Memory per connection is at most two socket reads, one frame and a
+read stream's few 1 MiB batches, whatever the blob size.
 
 Disk work that may block for long (open, fsync, seal, fence, commit, list,
 delete) and a read stream's read-ahead (pread, CRC, framing) run through
@@ -609,13 +608,17 @@ class StorageServerProtocol(Protocol):
         self._held = True
 
     def _release(self) -> None:
+        """Take the frames that waited, then read the socket again only
+        if none of them started another request: resuming first let each
+        pipelined request add a socket read to the decoder while using up
+        one small frame (a peer could grow it without bound)."""
         self._held = False
         if self._state == "closed":
             return
-        if self._stopped_reading:
+        self._process()
+        if self._stopped_reading and not self._held and self._state != "closed":
             self._stopped_reading = False
             self.transport.resumeProducing()
-        self._process()
 
     def _frame(self, ftype: int, rid: int, body: Any) -> None:
         if self._state == "hello":
