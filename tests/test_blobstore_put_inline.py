@@ -390,3 +390,23 @@ def test_a_put_that_fails_keeps_the_count_exact(tmp_path, when):
     assert listed == (["b"] if when == "fsync_dir" else [])
     assert store.count_blobs() == len(listed)
     store.close()
+
+
+def test_a_puts_record_file_is_sorted_json_then_its_bytes(tmp_path):
+    """The record a checkpoint writes for a put is, byte for byte, the
+    format's: its JSON line as ``json.dumps(..., sort_keys=True)`` writes
+    it (the store encodes with one encoder made once), then the data."""
+    store = BlobStore.open(tmp_path / "d", block_size=BLOCK, checkpoint_after=None)
+    data = pattern(BLOCK + 3)
+    handle = store.open_put(
+        "a", 4, {"owner": "u", "inode": 9, "x": [1, {"b": 2, "a": 1}]}, len(data)
+    )
+    handle.write(data)
+    handle.seal()
+    store.checkpoint()
+    raw = Path(BlobPaths.of(store.root, "a").meta).read_bytes()
+    header, trailer = record_of(store, "a")
+    assert header["meta"] == {"inode": 9, "owner": "u", "x": [1, {"a": 1, "b": 2}]}
+    assert raw == json.dumps(header, sort_keys=True).encode() + b"\n" + data
+    assert trailer == data
+    store.close()

@@ -33,6 +33,16 @@ def test_every_control_frame_type_round_trips(ftype: int) -> None:
     assert decode_all(frame) == [(ftype, 7, {"op": "stat", "blob": "b1"})]
 
 
+@given(control_bodies)
+def test_a_control_body_is_encoded_as_compact_json_for_older_peers(body) -> None:
+    """The wire's bytes stay what they were (``json.dumps`` with compact
+    separators) now that one encoder is made once for every frame."""
+    import json
+
+    payload = framing.encode_control(framing.REPLY, 3, body)[framing.HEADER_SIZE :]
+    assert payload == json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
 def test_data_frames_cut_large_chunks_at_the_cap() -> None:
     data = bytes(range(256)) * ((framing.MAX_DATA * 2 + 1000) // 256)
     wire = b"".join(bytes(p) for p in framing.data_frames(3, data))

@@ -37,7 +37,7 @@ from tests.test_storage_contract_real import SECRET, RealStorage
 from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
-from wsstorage import failpoints, server
+from wsstorage import failpoints, putthreads, server
 from wsstorage.blobstore import BlobReadHandle, BlobStore
 from wsstorage.client import StorageClient
 from wsstorage.errors import (
@@ -843,21 +843,19 @@ async def test_an_idle_put_thread_ends_and_a_later_put_starts_another(
     outlive its use), and the next put still runs, in a new thread."""
     from twisted.internet import threads
 
-    from wsstorage import inprocess
-
-    monkeypatch.setattr(inprocess, "PUT_IDLE", 0.2)
+    monkeypatch.setattr(putthreads, "PUT_IDLE", 0.2)
     client = inprocess_storage.client("s1")
     factory = inprocess_storage.servers["s1"].factory
     first = new_id()
     await client.put(first, 1, {}, b"one")
-    [thread] = inprocess._put_threads(factory)._threads
+    [thread] = putthreads.put_threads(factory)._threads
     await threads.deferToThread(thread.join, 20)
     assert not thread.is_alive()
     second = new_id()
     await client.put(second, 1, {}, b"two")
     # Checked in the reactor turn the put came back in: the new thread can
     # only be told to end in a later one (its idle time is short here).
-    assert [t.is_alive() for t in inprocess._put_threads(factory)._threads] == [True]
+    assert [t.is_alive() for t in putthreads.put_threads(factory)._threads] == [True]
     assert [await get(client, b) for b in (first, second)] == [b"one", b"two"]
 
 
@@ -902,11 +900,9 @@ async def test_a_put_whose_thread_cannot_start_fails_and_leaves_no_count_behind(
     failing its Deferred, with its counts already raised for good (so its
     threads never retired again).  Now the put fails, and the next one,
     with threads allowed again, is stored and answered."""
-    from wsstorage import inprocess
-
     client = inprocess_storage.client("s1")
     factory = inprocess_storage.servers["s1"].factory
-    puts = inprocess._put_threads(factory)
+    puts = putthreads.put_threads(factory)
     real_start = threading.Thread.start
 
     def refuse(thread):

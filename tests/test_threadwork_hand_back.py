@@ -11,7 +11,7 @@ import weakref
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
-from wsstorage import inprocess
+from wsstorage import putthreads
 from wsstorage.threadwork import HandBack, QueueRunner
 
 
@@ -123,8 +123,8 @@ def test_a_result_given_while_the_reactor_refuses_is_not_lost():
 
 def test_the_process_hand_back_does_not_keep_its_reactor_alive():
     fake = Holding()
-    hand_back = inprocess._hand_back(fake)
-    assert inprocess._hand_back(fake) is hand_back
+    hand_back = putthreads.hand_back(fake)
+    assert putthreads.hand_back(fake) is hand_back
     gone = weakref.ref(fake)
     del fake, hand_back
     gc.collect()
@@ -141,7 +141,7 @@ def test_every_storage_server_puts_hand_back_through_one_hand_back():
             self.name = name
             self.run_blocking = None
 
-    threads = [inprocess._put_threads(Factory(n)) for n in ("s1", "s2")]
+    threads = [putthreads.put_threads(Factory(n)) for n in ("s1", "s2")]
     try:
         assert threads[0]._hand_back is threads[1]._hand_back
         assert isinstance(threads[0]._hand_back, HandBack)

@@ -268,12 +268,15 @@ class _Blob:
     write handle.
     """
 
-    def __init__(self, store: BlobStore, blob_id: str, record: MetaRecord) -> None:
+    def __init__(
+        self, store: BlobStore, blob_id: str, record: MetaRecord, paths: BlobPaths | None = None
+    ) -> None:
         self.lock = threading.RLock()
         self.store = store
         self.fs = store.fs
         self.blob_id = blob_id
-        self.paths = BlobPaths.of(store.root, blob_id)
+        #: ``paths``: the caller's, when it made them already (``_get``).
+        self.paths = paths or BlobPaths.of(store.root, blob_id)
         self.block_size = record.block_size
         self.epoch = record.epoch
         self.meta = record.meta
@@ -1988,8 +1991,9 @@ class BlobStore:
             blob = self._live.get(blob_id)
             if blob is not None:
                 return blob, False
+            paths = BlobPaths.of(self.root, blob_id)
             try:
-                record = self._read_record(BlobPaths.of(self.root, blob_id))
+                record = self._read_record(paths)
             except FormatError:
                 self._note_damaged(blob_id)
                 raise
@@ -1997,10 +2001,10 @@ class BlobStore:
                 self._note_undamaged(blob_id, record)
             if record is not None:
                 if record.state == STATE_SEALED:
-                    return _Blob(self, blob_id, record), False
+                    return _Blob(self, blob_id, record, paths), False
                 blob = self._recover(record)
             elif create is not None:
-                blob = _Blob(self, blob_id, create)
+                blob = _Blob(self, blob_id, create, paths)
                 blob.tail_known = True
                 blob.lock.acquire()
             else:

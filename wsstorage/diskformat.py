@@ -102,6 +102,12 @@ def crc(data: bytes | memoryview, value: int = 0) -> int:
 FAN_OUT = 256
 
 
+#: ``json.dumps(value, sort_keys=True)`` with one encoder made once:
+#: ``dumps`` with an option builds a new one per call, and every small
+#: put encodes its meta and its record.
+_sorted_json = json.JSONEncoder(sort_keys=True).encode
+
+
 def prefix_dir(blob_id: str) -> str:
     """The fan-out directory of a blob: two hex digits of a hash of its id.
 
@@ -202,7 +208,7 @@ class MetaRecord:
             fields["sums"] = base64.b64encode(self.sums).decode()
         if self.data is not None:
             fields["data_size"] = len(self.data)
-        header = json.dumps(fields, sort_keys=True).encode() + b"\n"
+        header = _sorted_json(fields).encode() + b"\n"
         return header if self.data is None else header + self.data
 
     @classmethod
@@ -288,7 +294,7 @@ def encode_meta(meta: object) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise BadRequest("meta must be a JSON object")
     try:
-        raw = json.dumps(meta, sort_keys=True)
+        raw = _sorted_json(meta)
     except (TypeError, ValueError) as e:
         raise BadRequest(f"meta is not JSON-able: {e}") from e
     if len(raw) > MAX_META_BYTES:

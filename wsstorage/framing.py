@@ -76,11 +76,17 @@ def encode_header(frame_type: int, request_id: int, length: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, frame_type, request_id, length)
 
 
+#: ``json.dumps(body, separators=(",", ":"))`` with one encoder made once:
+#: ``dumps`` with any option builds a new one per call (2 us of every
+#: request and reply, on both ends).
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_control(frame_type: int, request_id: int, body: dict[str, Any]) -> bytes:
     """One control frame; raises ProtocolError if the body is over the cap."""
     if frame_type not in CONTROL_TYPES:
         raise ProtocolError(f"frame type {frame_type} is not a control frame")
-    payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    payload = _encode_json(body).encode("utf-8")
     if len(payload) > MAX_CONTROL:
         raise ProtocolError(f"control frame of {len(payload)} bytes exceeds {MAX_CONTROL}")
     return encode_header(frame_type, request_id, len(payload)) + payload

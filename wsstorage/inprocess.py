@@ -16,7 +16,7 @@ while the ``storage.read.bytes`` failpoint is armed (it cuts the server's
 stream at an exact byte), goes over the wire through the ``StorageClient``
 it wraps, so write streams, health probes and ``wsfs status`` are
 unchanged; but ``put`` (a small blob in one request) runs the server's
-``seal_put`` here too, in threads of its own (see ``put``).  A
+``seal_put`` here too, in threads of its own (``wsstorage.putthreads``), as the server does.  A
 server that stopped listening serves no in-process read either: the read
 fails with NodeUnavailable, as a connection to it would, and the reader
 fails over.  So does a read whose consumer raised (over the wire the
@@ -42,8 +42,6 @@ HASH digest) does not hold the reactor for a whole file.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +56,7 @@ from wsstorage._interfaces import IStorageClient
 from wsstorage.counters import ProcessCounters
 from wsstorage.errors import BadRequest, NodeUnavailable, StorageError
 from wsstorage.fields import int_field
+from wsstorage.putthreads import put_threads
 from wsstorage.records import check_blob_id
 from wsstorage.server import (
     PUT_MAX,
@@ -68,7 +67,6 @@ from wsstorage.server import (
     seal_put,
     storage_error,
 )
-from wsstorage.threadwork import HandBack, QueueRunner
 
 log = Logger()
 
@@ -82,13 +80,6 @@ log = Logger()
 #: their consumers rarely pause within it, and each turn given up is
 #: another pass of the reactor over 200 connections.
 TURN_BYTES = 4 << 20
-
-#: Threads at most that run the in-process puts of one storage server at
-#: once (``_PutThreads``): the reactor thread pool's default maximum, which
-#: ran them before.
-PUT_THREADS = 10
-#: Seconds a put thread waits for work before it ends (``_PutThreads``).
-PUT_IDLE = 10.0
 
 
 @implementer(IStorageClient)
@@ -131,7 +122,7 @@ class InProcessClient:
 
     def put(self, blob_id: str, epoch: int, meta: dict[str, Any], data: bytes) -> defer.Deferred:
         """The server's ``put`` run here: the same checks, byte count,
-        failpoints and ``seal_put`` in a thread (``_PutThreads``; an inline
+        failpoints and ``seal_put`` in a thread (``putthreads``; an inline
         ``run_blocking`` runs it there), without framing the request and
         the reply through two loopback sockets (a small FTP STOR stores two
         replicas: that was about a fifth of the reactor's CPU per file).
@@ -155,7 +146,7 @@ class InProcessClient:
         store = self.factory.store
         factory = self.factory
         # An inline stand-in for run_blocking (unit tests) runs it at once.
-        run = _put_threads(factory).run if factory.threaded else factory.run_blocking
+        run = put_threads(factory).run if factory.threaded else factory.run_blocking
         d = run(seal_put, store, blob_id, epoch, meta, [data], start)
         return d.addErrback(
             lambda f: Failure(_wire_error(f, "put of {blob} to", blob_id, self.factory.name))
@@ -576,102 +567,6 @@ class _LocalRead:
             self._finished = True
             self._release()
         self._done()
-
-
-class _PutThreads(QueueRunner):
-    """The threads that run one storage server's in-process puts.
-
-    Queue-fed threads (``wsstorage.threadwork``), as the catalog's single
-    writer, not the reactor's ThreadPool (``run_blocking``), whose work
-    for each call is Python run on both sides under the GIL: a small FTP
-    STOR waits for one put per replica.  Up to PUT_THREADS threads,
-    started as the puts running at once outnumber them; a thread left
-    idle for PUT_IDLE seconds ends (when no put is running), so a
-    server's threads do not outlive its use.  Stopped when the reactor
-    shuts down, as its pool is: each thread first ends the put it runs; a
-    put asked for after that goes to ``run_blocking``.
-    """
-
-    def __init__(self, factory: StorageServerFactory) -> None:
-        super().__init__(factory.reactor, "in-process put", _hand_back(factory.reactor))
-        self._fallback = factory.run_blocking
-        self._name = factory.name
-        #: The threads started (for ``stop`` to join), pruned as they end.
-        self._threads: list[threading.Thread] = []
-        #: Threads that take puts: started and not yet told to end (each
-        #: ``end_one`` ends whichever thread takes it).
-        self._workers = 0
-        #: Puts given and not yet answered.  All three counts are the
-        #: reactor thread's own.
-        self._running = 0
-        self._stopped = False
-        self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """Fire with ``fn(*args)``, run in one of the threads."""
-        if self._stopped:
-            return self._fallback(fn, *args)
-        if self._workers < min(self._running + 1, PUT_THREADS):
-            thread = threading.Thread(
-                target=self.work,
-                args=(PUT_IDLE, self._retire_one),
-                name=f"put-{self._name}",
-                daemon=True,
-            )
-            try:
-                thread.start()
-            except RuntimeError as e:  # "can't start new thread"
-                if self._workers == 0:
-                    return defer.fail(e)  # as the wire client's: never a raise
-                # The threads already running take it in turn.
-            else:
-                self._workers += 1
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-        self._running += 1
-        return QueueRunner.run(self, fn, *args).addBoth(self._answered)
-
-    def _answered(self, result: Any) -> Any:
-        self._running -= 1
-        return result
-
-    def _retire_one(self) -> None:
-        """A thread was idle for PUT_IDLE: one thread ends, unless a put
-        runs or waits (the end goes after any put queued later, and
-        ``run`` starts a thread for that put: ``_workers`` counts only
-        the threads not told to end)."""
-        if not self._stopped and self._running == 0 and self._workers > 0:
-            self._workers -= 1
-            self.end_one()
-
-    def stop(self) -> None:
-        """End every thread once the puts given to it are done."""
-        self._stopped = True
-        for _ in self._threads:
-            self.end_one()
-        for thread in self._threads:
-            thread.join()
-
-
-_PUTS: weakref.WeakKeyDictionary[StorageServerFactory, _PutThreads] = weakref.WeakKeyDictionary()
-#: One HandBack per reactor, shared by every server's put threads: the
-#: replicas of one upload are on different servers.
-_HAND_BACKS: weakref.WeakKeyDictionary[Any, HandBack] = weakref.WeakKeyDictionary()
-
-
-def _hand_back(reactor: Any) -> HandBack:
-    hand_back = _HAND_BACKS.get(reactor)
-    if hand_back is None:
-        hand_back = _HAND_BACKS[reactor] = HandBack(reactor)
-    return hand_back
-
-
-def _put_threads(factory: StorageServerFactory) -> _PutThreads:
-    """``factory``'s put threads, made at its first in-process put."""
-    threads = _PUTS.get(factory)
-    if threads is None:
-        threads = _PUTS[factory] = _PutThreads(factory)
-    return threads
 
 
 def not_serving(factory: StorageServerFactory) -> NodeUnavailable:

@@ -24,7 +24,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsstorage import allocator, auth
+from wsstorage import allocator, auth, putthreads
 from wsstorage.binding import check_cluster_id
 from wsstorage.blobstore import DROP_BEHIND, BlobStore
 from wsstorage.diskformat import FormatError
@@ -64,10 +64,16 @@ class RunningServer:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Stop listening, drop connections, close the store (in a thread)."""
+        """Stop listening, drop connections, end the put threads once the
+        puts queued to them are done, then close the store (in a thread):
+        the store is closed after every put that started, as when puts ran
+        in the reactor's thread pool ahead of the close."""
         yield defer.maybeDeferred(self.port.stopListening)
         for conn in list(self.factory.connections):
             conn.transport.abortConnection()
+        puts = putthreads.made_put_threads(self.factory)
+        if puts is not None:
+            yield self.factory.run_blocking(puts.stop)
         yield self.factory.run_blocking(self.store.close)
 
 

@@ -5,7 +5,7 @@ The reactor's ThreadPool (``deferToThread``) does, for each call, Python
 work on both sides under the GIL (its team's coordinator, a log context,
 the hand-off to a worker and back).  Where a call is on the path of every
 small file (the catalog's single writer, a storage server's in-process
-puts: ``wsfront.catalog._db.WriterThread``, ``wsstorage.inprocess``), a
+puts: ``wsfront.catalog._db.WriterThread``, ``wsstorage.putthreads``), a
 queue and ``callFromThread`` do the same for about half the cost: a round
 trip through an idle pool took about 90 us, through a queue 40.
 
@@ -106,7 +106,7 @@ class HandBack:
 
     def __init__(self, reactor: Any) -> None:
         # Weakly: a HandBack is kept per reactor in a WeakKeyDictionary
-        # (``wsstorage.inprocess``), whose key a strong reference here
+        # (``wsstorage.putthreads``), whose key a strong reference here
         # would keep alive for ever.  Its users hold the reactor anyway.
         self._reactor = weakref.ref(reactor)
         self._lock = threading.Lock()
