@@ -32,12 +32,21 @@ ROOT = 1
 _CHUNK = 500
 
 INODE_COLUMNS = "i.inode, i.kind, i.version_id, i.owner, i.mtime"
+#: What ``resolve`` needs of the root to walk below it.
+_ROOT_ROW = {"inode": ROOT, "kind": DIR}
 
 
 def resolve(tx: Tx, parts: tuple[str, ...]) -> Any | None:
     """The inode row at ``parts``, or None if the last component is missing.
-    NotFound / NotADirectory for a missing or non-directory ancestor."""
-    row = tx.one(f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.inode = ?", ROOT)
+    NotFound / NotADirectory for a missing or non-directory ancestor.
+
+    The root's own row is read only for ``/`` itself: below it, the walk
+    needs only what every catalog's root is (inode ``ROOT``, a directory,
+    made so by the first migration and never removed, since a root of
+    ``/`` is never purged), a statement fewer for every path looked up."""
+    if not parts:
+        return tx.one(f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.inode = ?", ROOT)
+    row: Any = _ROOT_ROW
     for depth, name in enumerate(parts):
         if row["kind"] != DIR:
             raise NotADirectory(f"{join_path(parts[:depth])} is not a directory")
