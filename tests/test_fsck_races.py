@@ -10,6 +10,8 @@ on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -253,3 +255,38 @@ async def test_a_server_that_dies_after_its_listing_is_reported_unreachable_not_
     assert report["unreachable_nodes"] == died, report
     assert (report["missing"], report["wrong"]) == ([], []), report
     await all_ok(env, ["/f0.bin", "/f1.bin", "/late.bin"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_whose_record_is_damaged_is_missing_and_its_server_still_judged(env):
+    """A record that no longer decodes leaves its blob out of the server's
+    listing and makes its ``stat`` fail with the server's own error (not a
+    lost connection): that copy is missing, and the server's other copies
+    are still judged; taking such an answer for a server away hid every
+    problem of that server behind "unreachable" (fsck passed)."""
+    await populate(env, count=4)
+    ids = [(await blob_ids(env, f"/f{i}.bin"))[0] for i in range(4)]
+    pairs = [(a, b) for a in ids for b in ids if a < b]
+    for damaged, gone in pairs:
+        common = set(await replica_states(env, damaged)) & set(await replica_states(env, gone))
+        if common:
+            node = sorted(common)[0]
+            break
+    else:
+        raise AssertionError("4 blobs on 2 of 3 servers each: two must share one")
+    store = env.nodes[node].store
+    [record] = [
+        os.path.join(root, name)
+        for root, _dirs, names in os.walk(env.nodes[node].path)
+        for name in names
+        if name == damaged + ".meta"
+    ]
+    with open(record, "wb") as f:
+        f.write(b"not a record\n")
+    store.delete(gone)
+
+    report = await run(env)
+    assert report["unreachable_nodes"] == [], report
+    missing = {(m["blob"], m["node"]) for m in report["missing"]}
+    assert missing == {(damaged, node), (gone, node)}, report
+    assert report["problems"] >= 2

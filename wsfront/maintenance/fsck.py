@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import CancelledError, DeferredList
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
@@ -54,7 +54,13 @@ from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
 from wsfront.transfer.pool import StoragePool
-from wsstorage.errors import BlobNotFound, DiskError
+from wsstorage.errors import (
+    AuthenticationFailed,
+    DiskError,
+    NodeUnavailable,
+    ProtocolError,
+    WrongCluster,
+)
 from wsstorage.records import BlobInfo
 
 log = Logger()
@@ -101,6 +107,19 @@ async def _listing(pool: StoragePool) -> _Listing:
     return _Listing(held, sorted(unreachable), failing)
 
 
+#: Failures of a ``stat`` that mean the server did not answer it (it is
+#: away, or not one this front end may use), not that it lacks the copy.
+_UNANSWERED = (
+    NodeUnavailable,
+    ProtocolError,
+    AuthenticationFailed,
+    DiskError,
+    WrongCluster,
+    CancelledError,
+    TimeoutError,
+)
+
+
 async def _confirm(
     catalog,
     pool: StoragePool,
@@ -132,12 +151,15 @@ async def _confirm(
     for node, (ok, value) in zip(nodes, answers):
         if ok:
             found[node] = value
-        elif value.check(BlobNotFound, DiskError):
-            found[node] = None  # gone, or its disk cannot give it (as ``_listing``)
-        else:
+        elif value.check(*_UNANSWERED):
             log.warn("fsck: cannot stat {blob} on {node}: {err}", blob=blob.blob_id, node=node,
                      err=value.value)  # fmt: skip
             silent.add(node)
+        else:
+            # The server answered and cannot give the copy: gone, its disk
+            # failing (as ``_listing``), or a record it cannot read (left
+            # out of its listing too): a copy lost, not a server away.
+            found[node] = None
     if all(info is not None and holds_the_blob(info, blob.length) for info in found.values()):
         return {}
     try:
