@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.transfer import binding
@@ -57,6 +58,10 @@ class NodeState:
     shares: list[NodeState] | None = attrs.field(default=None, eq=False, repr=False)
     last_seen: float | None = None
     last_error: str | None = None
+    #: Whether a health probe of its current endpoint has ended (answered
+    #: or failed) since the pool took it in or it moved (``move``): until
+    #: then the pool knows nothing of it worth recording in the registry.
+    probed: bool = False
     #: Whether the last health probe failed on the secret
     #: (``AuthenticationFailed``: the server refused ours, or could not
     #: prove it knows it): down for a configuration error, not the network.
@@ -211,8 +216,16 @@ class StoragePool:
         probe_timeout: float = 2.0,
         cluster_id: str | None = None,
         knows_node: Callable[[str], Deferred] | None = None,
+        refresh: Callable[[], Deferred] | None = None,
     ) -> None:
         self._clock = clock
+        #: Reads the catalog's storage registry and brings the pool up to
+        #: date with it (the front end's ``refresh_registry``): ``lookup``
+        #: calls it for a replica on a server the pool does not know yet
+        #: (registered since the last refresh).  None: not looked up.
+        self._refresh = refresh
+        self._refreshing: list[Deferred] | None = None
+        self._looked_up_at: float | None = None
         #: The catalog's cluster id, to which the pool binds the stores it
         #: uses (``wsfront.transfer.binding``) and which every client it
         #: takes names in its deletes; None: no binding (tests, the
@@ -242,6 +255,88 @@ class StoragePool:
             # another cluster meanwhile refuses this client's deletes.
             client.cluster_id = self.cluster_id
         self._nodes[name] = NodeState(name, endpoint, client)
+        self._probe_now(self._nodes[name])
+
+    def move(
+        self, name: str, endpoint: str, client: IStorageClient, unusable: str | None = None
+    ) -> IStorageClient:
+        """``name`` was registered at ``endpoint`` since the pool took it in
+        (its server moved, re-registered by another front end or the CLI):
+        new connections go there, through ``client`` (an ``UnusableClient``
+        with ``unusable``, the reason, if that endpoint cannot be used).
+        What the pool knew of the old address (health, binding, store) is
+        forgotten until the new one answers a probe; the node keeps its
+        place and the room uploads hold on it.  Returns the old client,
+        which reads and writes still running hold: the caller closes it
+        once they no longer matter (at stop), not now, which would cut them
+        instead of letting them finish or fail over as for any server."""
+        node = self._nodes[name]
+        old = node.client
+        if self.cluster_id is not None and hasattr(client, "cluster_id"):
+            client.cluster_id = self.cluster_id
+        node.endpoint = endpoint
+        node.client = client
+        node.up = unusable is None
+        node.last_error = unusable
+        node.last_seen = None
+        node.probed = False
+        node.secret_refused = False
+        node.problem = None
+        node.problem_held_until = 0.0
+        node.store_id = None
+        node.store_created = None
+        node.foreign = None
+        node.last_refusal = None
+        node.bound = False
+        node.unprotected = False
+        node.bind_error = None
+        if unusable is None:
+            self._probe_now(node)
+        else:
+            log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
+        return old
+
+    def _probe_now(self, node: NodeState) -> None:
+        """Probe a server just taken in (or moved) at once once the pool
+        probes (``start``), not at the next round: a read of a file stored
+        only there should not find it "down" for a second."""
+        if self._loop is None:
+            return
+        self._probe(node).addErrback(
+            lambda f: log.failure("probing storage server {name}", f, name=node.name)
+        )
+
+    def lookup(self, names: Iterable[str]) -> Deferred | None:
+        """None if the pool knows every server of ``names``; else a Deferred
+        that fires (with None, never failing) once the catalog's registry
+        was read again (``refresh``) for the ones it does not know: a
+        replica on a server registered after the pool's last refresh (by
+        another front end or the CLI).  One read at a time serves every
+        caller, and one at most per probe interval: a replica on a server
+        the registry does not have either costs no query per read."""
+        if self._refresh is None or all(n in self._nodes for n in names):
+            return None
+        if self._refreshing is None:
+            now = self._clock.seconds()
+            if self._looked_up_at is not None and now - self._looked_up_at < self._probe_interval:
+                return None
+            self._looked_up_at = now
+            self._refreshing = []
+            d = defer.maybeDeferred(self._refresh)
+
+            def done(result: Any) -> None:
+                if isinstance(result, Failure):
+                    log.warn("reading the storage registry failed: {err}", err=result.value)
+                waiters, self._refreshing = self._refreshing, None
+                for w in waiters:
+                    w.callback(None)
+
+            d.addBoth(done)
+            if self._refreshing is None:
+                return succeed(None)  # it answered at once
+        waiter: Deferred = Deferred()
+        self._refreshing.append(waiter)
+        return waiter
 
     def of_this_cluster(self, name: str) -> bool:
         """Whether ``name``'s store is known bound to this pool's cluster
@@ -271,7 +366,15 @@ class StoragePool:
         """The client of ``name``; one that refuses every operation while
         its store is bound to another cluster (``NodeState.foreign``): the
         one check every reader, writer, copy and delete goes through."""
-        node = self._nodes[name]
+        node = self._nodes.get(name)
+        if node is None:
+            # A replica on a server registered after this front end last
+            # read the registry, or no longer there: failed with a reason
+            # like a down server's, never a bare KeyError ("'s4'").
+            return UnusableClient(
+                f"storage server {name} is not in this front end's storage pool "
+                "(not in the catalog's registry when it last read it)"
+            )
         if node.foreign is not None:
             return UnusableClient(node.last_error or f"{name} is bound to another cluster")
         return node.client
@@ -537,11 +640,14 @@ class StoragePool:
 
     @inlineCallbacks
     def _probe(self, node: NodeState):
-        d = node.client.health()
+        client = node.client
+        d = client.health()
         d.addTimeout(self._probe_timeout, self._clock)
         try:
             health = yield d
         except Exception as e:
+            if node.client is not client:
+                return  # it moved meanwhile: the old address's news
             if isinstance(e, defer.TimeoutError):
                 # Its own text is the bare tuple "(2.0, 'Deferred')".
                 reason = f"no answer to a health probe within {self._probe_timeout:g} s"
@@ -556,7 +662,10 @@ class StoragePool:
             node.up = False
             node.last_error = reason
             node.secret_refused = isinstance(e, AuthenticationFailed)
+            node.probed = True
             return
+        if node.client is not client:
+            return  # it moved meanwhile: the old address's news
         node.secret_refused = False
         if health.store_id is not None:
             node.store_id = health.store_id
@@ -566,10 +675,13 @@ class StoragePool:
             foreign = yield binding.settle(
                 node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
             )
+            if node.client is not client:
+                return  # it moved while its bind ran
             if foreign is not None:
                 node.up = False
                 node.last_error = foreign
                 node.last_seen = self._clock.seconds()
+                node.probed = True
                 return
         if not node.up:
             log.info("storage server {name} is up again", name=node.name)
@@ -590,3 +702,4 @@ class StoragePool:
         node.placed_bytes = self._still_to_come(node)
         node.last_seen = self._clock.seconds()
         node.last_error = problem
+        node.probed = True

@@ -286,6 +286,11 @@ class ReadStream:
     def _read_extent_from_replicas(self, extent: ReadExtent, skip: int, want: int):
         """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
         blob_id = extent.blob_id
+        # A replica on a server registered since the pool last read the
+        # registry (another front end's --storage): read it again first.
+        looked_up = self._pool.lookup(extent.replicas + extent.fallback)
+        if looked_up is not None:
+            yield looked_up
         order = self._replica_order(extent)
         _reading[blob_id] = _reading.get(blob_id, 0) + 1
         try:

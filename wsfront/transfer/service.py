@@ -912,6 +912,9 @@ class Transfers:
         still fenced: it may well answer, and a replica that misses the
         fence is lost to the upload."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
+        looked_up = self.pool.lookup(nodes)
+        if looked_up is not None:
+            yield looked_up  # a replica on a server registered since the pool last looked
 
         @inlineCallbacks
         def fence_one(node: str):
