@@ -68,9 +68,7 @@ def wait_down(cluster: MigrationCluster, *names: str) -> None:
     )
 
 
-def test_a_server_registered_by_another_front_end_serves_reads_through_this_one(
-    cluster, tmp_path
-):
+def test_a_server_registered_by_another_front_end_serves_reads_through_this_one(cluster, tmp_path):
     a, b = cluster.a, cluster.b
     a.start()  # knows s1..s3 only
     s4 = StorageProcess(tmp_path, "s4").start()

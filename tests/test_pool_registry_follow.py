@@ -1,0 +1,119 @@
+"""The storage pool takes in servers registered and moved after it was
+built (``StoragePool.move``, ``StoragePool.lookup``), on the fake storage
+tier driven by a Clock; the front end's side, with real processes, is in
+``test_registry_follow_procs``."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
+
+from tests.test_transfer_pool_and_reads import run, store_blob
+from tests.transfer_env import Collector
+from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsstorage.errors import NodeUnavailable
+from wsstorage.testing import FakeStorageCluster
+
+
+@pytest.fixture
+def clock():
+    return task.Clock()
+
+
+@pytest.fixture
+def cluster(clock):
+    return FakeStorageCluster(clock, ["s1", "s2", "s4"])
+
+
+class Registry:
+    """Stands for the front end's ``refresh_registry``: what the catalog
+    lists now, taken into the pool; counts the reads."""
+
+    def __init__(self, cluster: FakeStorageCluster) -> None:
+        self.cluster = cluster
+        self.pool: StoragePool | None = None
+        self.listed = {"s1": cluster.endpoint("s1"), "s2": cluster.endpoint("s2")}
+        self.reads = 0
+        self.answer: Deferred | None = None  # held until the test fires it
+
+    def refresh(self) -> Deferred:
+        self.reads += 1
+        d = self.answer if self.answer is not None else succeed(None)
+
+        def follow(_):
+            for name, endpoint in self.listed.items():
+                if name not in self.pool.names():
+                    self.pool.add(name, endpoint, self.cluster.client_factory(name, endpoint))
+
+        return d.addCallback(follow)
+
+
+@pytest.fixture
+def registry(cluster):
+    return Registry(cluster)
+
+
+@pytest.fixture
+def pool(clock, cluster, registry):
+    p = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, refresh=registry.refresh)
+    registry.pool = p
+    for name, endpoint in registry.listed.items():
+        p.add(name, endpoint, cluster.client_factory(name, endpoint))
+    run(clock, p.start())
+    yield p
+    p.stop()
+
+
+def test_a_replica_on_a_server_registered_since_is_looked_up_once_for_concurrent_reads(
+    clock, cluster, registry, pool
+):
+    data = b"on s4 only" * 1000
+    store_blob(clock, cluster, ["s4"], "b4", data)
+    registry.listed["s4"] = cluster.endpoint("s4")  # another front end's --storage
+    registry.answer = Deferred()
+    extent = [ReadExtent("b4", 0, len(data), ("s4",))]
+    sinks = [Collector(), Collector()]
+    reads = [ReadStream(clock, pool, extent).start(s) for s in sinks]
+    clock.advance(0)
+    assert registry.reads == 1  # both wait for one read of the registry
+    registry.answer.callback(None)
+    assert [run(clock, d) for d in reads] == [len(data), len(data)]
+    assert [s.data for s in sinks] == [data, data]
+    assert pool.is_up("s4")
+
+
+def test_a_replica_on_a_server_no_registry_lists_fails_with_a_reason_not_a_key_error(
+    clock, registry, pool
+):
+    client = pool.client("s9")
+    with pytest.raises(NodeUnavailable, match="s9 is not in this front end's storage pool"):
+        run(clock, client.stat("b9"))
+    assert pool.lookup(["s9"]) is not None and registry.reads == 1
+    assert pool.lookup(["s9"]) is None and registry.reads == 1  # not again this probe interval
+    clock.advance(1.0)
+    assert pool.lookup(["s9"]) is not None and registry.reads == 2
+    assert pool.lookup(["s1", "s2"]) is None  # all known: no read at all
+
+
+def test_a_moved_server_is_reached_at_its_new_endpoint_and_the_old_ones_probe_is_ignored(
+    clock, cluster, pool
+):
+    new = cluster.add_node("s2-moved")
+    cluster.node("s2").freeze()
+    late = pool.probe_all()  # s2's probe now hangs at the old address
+    old = pool.move("s2", cluster.endpoint("s2-moved"), new.client())
+    assert old is not pool.client("s2")
+    assert pool.endpoint("s2") == cluster.endpoint("s2-moved")
+    run(clock, late)  # the old address's probe times out: not s2's news any more
+    assert pool.is_up("s2")
+    [s2] = [n for n in pool.nodes() if n.name == "s2"]
+    assert s2.probed and s2.last_error is None  # the new address answered
+    data = b"moved" * 100
+    store_blob(clock, cluster, ["s2-moved"], "b2", data)
+    sink = Collector()
+    assert run(
+        clock, ReadStream(clock, pool, [ReadExtent("b2", 0, len(data), ("s2",))]).start(sink)
+    )
+    assert sink.data == data
