@@ -8,12 +8,13 @@ re-registered at a new port was still probed at its old one, while the two
 front ends took turns writing "up" and "down" for it into the registry.
 
 Real processes: four ``twistd -n wsstorage``, two ``twistd -n wsfront`` on
-one SQLite catalog, ``curl`` and ``wsfs``.
+one SQLite or PostgreSQL catalog, ``curl`` and ``wsfs``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -21,18 +22,25 @@ import time
 
 import pytest
 
-from tests.migration_cluster import MigrationCluster, wait_until
+from tests.catalog_fixtures import postgres_schema_url
+from tests.migration_cluster import MigrationCluster, sha256, wait_until
 from tests.storage_procs import StorageProcess
 from tests.support import require_tool
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = MigrationCluster(tmp_path, f"sqlite:///{tmp_path / 'catalog.sqlite'}").start()
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def cluster(request, tmp_path):
+    if request.param == "sqlite":
+        urls = iter([f"sqlite:///{tmp_path / 'catalog.sqlite'}"])
+    else:
+        urls = postgres_schema_url()
+    c = MigrationCluster(tmp_path, next(urls)).start()
     yield c
     c.stop()
+    for _ in urls:  # drops the PostgreSQL schema
+        pass
 
 
 def node_states(cluster: MigrationCluster) -> dict[str, dict]:
@@ -42,13 +50,19 @@ def node_states(cluster: MigrationCluster) -> dict[str, dict]:
 
 def ok_replicas(cluster: MigrationCluster, name: str) -> set[str]:
     """The servers holding an ok replica of top-level file ``name``."""
-    with sqlite3.connect(cluster.tmp / "catalog.sqlite") as db:
-        rows = db.execute(
-            "SELECT DISTINCT r.node FROM dirents d JOIN versions v ON v.inode = d.inode "
-            "JOIN version_extents e ON e.version_id = v.version_id "
-            "JOIN replicas r ON r.blob_id = e.blob_id WHERE d.name = ? AND r.state = 'ok'",
-            (name,),
-        ).fetchall()
+    query = (
+        "SELECT DISTINCT r.node FROM dirents d JOIN versions v ON v.inode = d.inode "
+        "JOIN version_extents e ON e.version_id = v.version_id "
+        "JOIN replicas r ON r.blob_id = e.blob_id WHERE d.name = {} AND r.state = 'ok'"
+    )
+    if cluster.catalog_url.startswith("sqlite:"):
+        with sqlite3.connect(cluster.tmp / "catalog.sqlite") as db:
+            rows = db.execute(query.format("?"), (name,)).fetchall()
+    else:
+        import psycopg
+
+        with psycopg.connect(cluster.catalog_url) as db:
+            rows = db.execute(query.format("%s"), (name,)).fetchall()
     return {node for (node,) in rows}
 
 
@@ -129,3 +143,41 @@ def test_a_moved_server_is_followed_and_its_health_does_not_flap(cluster, tmp_pa
         row = node_states(cluster)["s3"]
         seen.append((row["state"], row.get("last_error")))
     assert seen and all(state == "up" for state, _ in seen), seen
+
+
+def test_an_upload_resumes_on_this_front_end_from_a_server_registered_by_another(cluster, tmp_path):
+    """Its current blob's only reachable replica is on s4, which fe-b
+    registered after fe-a started: fe-a's takeover fences it there (it
+    failed with a bare "'s4'" and a 503)."""
+    a, b = cluster.a, cluster.b
+    a.start()
+    cluster.storage.append(StorageProcess(tmp_path, "s4").start())
+    b.start(f"transfer.after_checkpoint=kill@{3 << 20}")  # registers s4
+    for s in cluster.storage[:2]:
+        s.stop()
+    wait_down(cluster, "s1", "s2")
+    curl = require_tool("curl")
+    data = os.urandom((12 << 20) + 321)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    # A slow client (4 MB/s): the front end dies mid-upload, at a checkpoint.
+    first = subprocess.run(
+        [curl, "-sS", "--limit-rate", "4M", "-T", str(src), f"{b.http}/big.bin"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert first.returncode != 0, "the client saw its front end die"
+    b.wait_killed()
+    checkpoint = b.wait_failpoint("transfer.after_checkpoint")
+    cluster.storage[2].stop()  # s3: the blob's other replica
+    head = subprocess.run([curl, "-sS", "-I", f"{a.http}/big.bin"], capture_output=True, timeout=60)
+    offset = int(re.search(rb"(?im)^upload-offset:\s*(\d+)", head.stdout).group(1))
+    assert offset == checkpoint >= 3 << 20
+    second = subprocess.run(
+        [curl, "-sS", "-C", str(offset), "-T", str(src), "-w", "%{http_code}",
+         f"{a.http}/big.bin"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert second.stdout.decode() in ("201", "204"), (second, a.run_log()[-3000:])
+    assert "missed the fence: 's4'" not in a.log()
+    code, got = get(curl, f"{a.http}/big.bin")
+    assert code == 200 and sha256(got) == sha256(data)
