@@ -306,15 +306,16 @@ class StoragePool:
             lambda f: log.failure("probing storage server {name}", f, name=node.name)
         )
 
-    def lookup(self, names: Iterable[str]) -> Deferred | None:
-        """None if the pool knows every server of ``names``; else a Deferred
+    def lookup(self, *groups: Iterable[str]) -> Deferred | None:
+        """None if the pool knows every server named in ``groups``; else a Deferred
         that fires (with None, never failing) once the catalog's registry
         was read again (``refresh``) for the ones it does not know: a
         replica on a server registered after the pool's last refresh (by
         another front end or the CLI).  One read at a time serves every
         caller, and one at most per probe interval: a replica on a server
         the registry does not have either costs no query per read."""
-        if self._refresh is None or all(n in self._nodes for n in names):
+        nodes = self._nodes
+        if self._refresh is None or all([n in nodes for names in groups for n in names]):
             return None
         if self._refreshing is None:
             now = self._clock.seconds()

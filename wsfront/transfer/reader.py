@@ -288,7 +288,7 @@ class ReadStream:
         blob_id = extent.blob_id
         # A replica on a server registered since the pool last read the
         # registry (another front end's --storage): read it again first.
-        looked_up = self._pool.lookup(extent.replicas + extent.fallback)
+        looked_up = self._pool.lookup(extent.replicas, extent.fallback)
         if looked_up is not None:
             yield looked_up
         order = self._replica_order(extent)
