@@ -306,6 +306,16 @@ class StoragePool:
             lambda f: log.failure("probing storage server {name}", f, name=node.name)
         )
 
+    def _unknown(self, groups: tuple[Iterable[str], ...]) -> bool:
+        """Whether a server named in ``groups`` is not in the pool (every
+        read of an extent asks: a loop, no generator)."""
+        nodes = self._nodes
+        for names in groups:
+            for n in names:
+                if n not in nodes:
+                    return True
+        return False
+
     def lookup(self, *groups: Iterable[str]) -> Deferred | None:
         """None if the pool knows every server named in ``groups``; else a Deferred
         that fires (with None, never failing) once the catalog's registry
@@ -314,8 +324,7 @@ class StoragePool:
         another front end or the CLI).  One read at a time serves every
         caller, and one at most per probe interval: a replica on a server
         the registry does not have either costs no query per read."""
-        nodes = self._nodes
-        if self._refresh is None or all([n in nodes for names in groups for n in names]):
+        if self._refresh is None or not self._unknown(groups):
             return None
         if self._refreshing is None:
             now = self._clock.seconds()
