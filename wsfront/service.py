@@ -375,6 +375,8 @@ class FrontendService(service.Service):
         A server the registry no longer lists stays in the pool (the
         catalog has no way to remove one; a drain empties it and leaves it
         registered): replicas recorded there can still be read."""
+        if self.pool.closing:
+            return  # stopping: a client made now would never be closed
         for node in registry:
             if node.name not in self.pool.names():
                 started = self._health is not None  # not the start's own
@@ -390,7 +392,7 @@ class FrontendService(service.Service):
                 self._move_node(node.name, node.endpoint)
             self.pool.set_draining(node.name, node.state == NODE_DRAINING)
 
-    def _new_client(self, name: str, endpoint: str):
+    def _new_client(self, name: str, endpoint: str) -> tuple[object | None, str | None]:
         """The client of ``name`` at ``endpoint``, or (None, the reason) if
         that endpoint cannot be used (registered by an older version that
         did not check): the server is then down with the reason, and the
