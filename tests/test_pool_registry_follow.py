@@ -14,6 +14,7 @@ from tests.transfer_env import Collector
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import NodeUnavailable
+from wsstorage.records import Health
 from wsstorage.testing import FakeStorageCluster
 
 
@@ -117,3 +118,57 @@ def test_a_moved_server_is_reached_at_its_new_endpoint_and_the_old_ones_probe_is
         clock, ReadStream(clock, pool, [ReadExtent("b2", 0, len(data), ("s2",))]).start(sink)
     )
     assert sink.data == data
+
+
+OURS = "c" * 32
+
+
+class BindingStore:
+    """A store's client whose binds answer when the test says: an
+    unbound store holding ``blobs`` blobs."""
+
+    def __init__(self, name: str, blobs: int = 0) -> None:
+        self.name = name
+        self.cluster_id: str | None = None
+        self.blobs = blobs
+        self.binds: list[Deferred] = []
+        self.health_answers: Deferred | None = None  # None: at once
+
+    def health(self) -> Deferred:
+        if self.health_answers is not None:
+            return self.health_answers
+        return succeed(Health(self.name, 10**12, 10**12, self.blobs, 0, 1))
+
+    def can_bind(self) -> Deferred:
+        return succeed(True)
+
+    def bind_cluster(self, cluster_id: str) -> Deferred:
+        d: Deferred = Deferred()
+        self.binds.append(d)
+        return d
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def test_a_bind_the_old_address_answers_after_a_move_does_not_bind_the_new_store(clock):
+    pool = StoragePool(
+        clock, probe_timeout=0.5, cluster_id=OURS, knows_node=lambda name: succeed(False)
+    )
+    old = BindingStore("s1")
+    pool.add("s1", "tcp:old:1", old)
+    pool.probe_all()
+    clock.advance(1.0)  # the old store's bind does not answer: not waited for
+    assert len(old.binds) == 1
+    # Moved to a store holding blobs this catalog records none of (another
+    # cluster's, unbound): never to be bound automatically.
+    new = BindingStore("s1", blobs=5)
+    pool.move("s1", "tcp:new:2", new)
+    [node] = pool.nodes()
+    assert node.binding is None
+    old.binds[0].callback(OURS)  # the OLD store is bound now, not the new one
+    assert not node.bound and not pool.of_this_cluster("s1")
+    pool.probe_all()
+    clock.advance(1.0)
+    assert new.binds == [] and node.foreign == "unbound"
+    assert not pool.is_up("s1") and pool.choose(1) == []

@@ -287,6 +287,10 @@ class StoragePool:
         node.store_created = None
         node.foreign = None
         node.last_refusal = None
+        # A bind the old address's store has not answered yet binds that
+        # store, not this one: the new one's first answer starts its own.
+        node.binding = None
+        node.bind_checking = False
         node.bound = False
         node.unprotected = False
         node.bind_error = None
