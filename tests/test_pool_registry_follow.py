@@ -172,3 +172,22 @@ def test_a_bind_the_old_address_answers_after_a_move_does_not_bind_the_new_store
     clock.advance(1.0)
     assert new.binds == [] and node.foreign == "unbound"
     assert not pool.is_up("s1") and pool.choose(1) == []
+
+
+def test_a_server_taken_in_or_moved_while_running_takes_no_writes_before_its_first_probe(
+    clock, cluster, pool
+):
+    # Its probe hangs (a store of another cluster, a typo'd endpoint that
+    # accepts the connection): nothing may be placed there meanwhile.
+    cluster.node("s4").freeze()
+    pool.add("s4", cluster.endpoint("s4"), cluster.client_factory("s4", cluster.endpoint("s4")))
+    moved = cluster.add_node("s2-moved")
+    moved.freeze()
+    pool.move("s2", cluster.endpoint("s2-moved"), moved.client())
+    for _ in range(4):
+        assert pool.choose(3) == ["s1"]
+    assert not pool.is_up("s4") and not pool.is_up("s2")
+    cluster.node("s4").thaw()
+    moved.thaw()
+    run(clock, pool.probe_all())
+    assert sorted(pool.choose(3)) == ["s1", "s2", "s4"]

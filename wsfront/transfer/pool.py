@@ -28,6 +28,10 @@ from wsstorage.errors import AuthenticationFailed, NodeUnavailable
 
 log = Logger()
 
+#: Why a server taken in or moved while the pool runs is down until its
+#: first probe ends (``StoragePool.add``, ``StoragePool.move``).
+NOT_PROBED = "not probed yet"
+
 
 @attrs.define
 class NodeState:
@@ -254,8 +258,17 @@ class StoragePool:
             # From the start, whatever any bind's outcome: a store bound by
             # another cluster meanwhile refuses this client's deletes.
             client.cluster_id = self.cluster_id
-        self._nodes[name] = NodeState(name, endpoint, client)
-        self._probe_now(self._nodes[name])
+        node = NodeState(name, endpoint, client)
+        if self._loop is not None:
+            # Taken in while running (registered since): no write goes
+            # there before a probe found it answering with our secret and
+            # its store this cluster's (it may be another cluster's, or an
+            # operator's typo): ``_probe`` sets it up.  Reads of replicas
+            # only there still try it (down servers come last).
+            node.up = False
+            node.last_error = NOT_PROBED
+        self._nodes[name] = node
+        self._probe_now(node)
 
     def move(
         self, name: str, endpoint: str, client: IStorageClient, unusable: str | None = None
@@ -263,7 +276,9 @@ class StoragePool:
         """``name`` was registered at ``endpoint`` since the pool took it in
         (its server moved, re-registered by another front end or the CLI):
         new connections go there, through ``client`` (an ``UnusableClient``
-        with ``unusable``, the reason, if that endpoint cannot be used).
+        with ``unusable``, the reason, if that endpoint cannot be used);
+        it is down (reads try it last, no writes) until a probe of the new
+        endpoint proves it.
         What the pool knew of the old address (health, binding, store) is
         forgotten until the new one answers a probe; the node keeps its
         place and the room uploads hold on it.  Returns the old client,
@@ -276,8 +291,10 @@ class StoragePool:
             client.cluster_id = self.cluster_id
         node.endpoint = endpoint
         node.client = client
-        node.up = unusable is None
-        node.last_error = unusable
+        # No write goes to the new endpoint before a probe proved it (as
+        # for a server taken in while running: ``add``).
+        node.up = False
+        node.last_error = unusable or NOT_PROBED
         node.last_seen = None
         node.probed = False
         node.secret_refused = False
@@ -667,7 +684,7 @@ class StoragePool:
                 reason = f"no answer to a health probe within {self._probe_timeout:g} s"
             else:
                 reason = str(e) or e.__class__.__name__
-            if node.up:
+            if node.up or node.last_error == NOT_PROBED:
                 log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
             elif reason != node.last_error and not isinstance(node.client, UnusableClient):
                 # Still down, for another reason: the one that matters now
@@ -698,7 +715,8 @@ class StoragePool:
                 node.probed = True
                 return
         if not node.up:
-            log.info("storage server {name} is up again", name=node.name)
+            again = "" if node.last_seen is None else " again"
+            log.info("storage server {name} is up{again}", name=node.name, again=again)
         problem = health.problem
         if problem is None and self._clock.seconds() < node.problem_held_until:
             problem = node.problem  # a writer's failure outranks an older check
