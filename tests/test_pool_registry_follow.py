@@ -191,3 +191,21 @@ def test_a_server_taken_in_or_moved_while_running_takes_no_writes_before_its_fir
     moved.thaw()
     run(clock, pool.probe_all())
     assert sorted(pool.choose(3)) == ["s1", "s2", "s4"]
+
+
+def test_a_read_failing_at_the_old_address_does_not_mark_the_moved_server_down(
+    clock, cluster, pool
+):
+    data = b"both" * 100
+    moved = cluster.add_node("s2-moved")
+    store_blob(clock, cluster, ["s2", "s2-moved"], "b2", data)
+    cluster.node("s2").freeze()
+    sink = Collector()
+    reading = ReadStream(clock, pool, [ReadExtent("b2", 0, len(data), ("s2",))]).start(sink)
+    pool.move("s2", cluster.endpoint("s2-moved"), moved.client())
+    run(clock, pool.probe_all())
+    assert pool.is_up("s2")
+    cluster.node("s2").kill()  # the read held at the old address fails
+    assert run(clock, reading)
+    assert sink.data == data
+    assert pool.is_up("s2")  # the old address failed, not the new one

@@ -183,6 +183,14 @@ UNCLAIMED_SECONDS = 120.0
 WRITER_PROBLEM_HOLD_SECONDS = 10.0
 
 
+def _stale(node: NodeState, client: IStorageClient | None) -> bool:
+    """Whether a failure report through ``client`` is about an address
+    ``node`` no longer has (it moved since the client was handed out).
+    A foreign store's refusing client (``StoragePool.client``) is not
+    ``node.client`` either, but that store is down already."""
+    return client is not None and client is not node.client and node.foreign is None
+
+
 @implementer(IStorageClient)
 class UnusableClient:
     """Stands for a storage server the front end cannot even try to reach
@@ -443,13 +451,15 @@ class StoragePool:
         if node is not None:
             node.draining = draining
 
-    def mark_unwritable(self, name: str, reason: str) -> None:
+    def mark_unwritable(self, name: str, reason: str, client: IStorageClient | None = None) -> None:
         """A writer's blob failed on ``name`` for its disk (read-only, files
         gone): choose it for no new blob now, not at the next health
         answer that says so, and for ``WRITER_PROBLEM_HOLD_SECONDS`` even if
-        an answer says otherwise.  It still serves reads."""
+        an answer says otherwise.  It still serves reads.  ``client``: the
+        one that failed; if the server moved since (``move``), that was
+        the old address's disk, and the report is ignored."""
         node = self._nodes.get(name)
-        if node is None:
+        if node is None or _stale(node, client):
             return
         if node.problem is None:
             log.warn("storage server {name} takes no new writes: {why}", name=name, why=reason)
@@ -457,10 +467,13 @@ class StoragePool:
         node.last_error = reason
         node.problem_held_until = self._clock.seconds() + WRITER_PROBLEM_HOLD_SECONDS
 
-    def mark_down(self, name: str, reason: str) -> None:
-        """A reader or writer saw ``name`` fail: stop choosing it now."""
+    def mark_down(self, name: str, reason: str, client: IStorageClient | None = None) -> None:
+        """A reader or writer saw ``name`` fail: stop choosing it now.
+        ``client``: the one that failed; if the server moved since
+        (``move``), the old address failed, not the new, and the report is
+        ignored."""
         node = self._nodes.get(name)
-        if node is not None and node.up:
+        if node is not None and node.up and not _stale(node, client):
             node.up = False
             node.last_error = reason
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
