@@ -154,6 +154,11 @@ class FrontendService(service.Service):
         self._health: LoopingCall | None = None
         #: The clients of servers that moved (``_move_node``), closed at stop.
         self._retired_clients: list = []
+        #: Registry reads started, and the number of the last one followed
+        #: (``refresh_registry``): two at once (a record round's and a
+        #: read's lookup) may answer out of order.
+        self._registry_reads = 0
+        self._registry_followed = 0
         self.status_page = None
         self.maintenance = None
         #: This process's life under ``config.name`` (``name_claim``), made
@@ -436,9 +441,16 @@ class FrontendService(service.Service):
         """Read the catalog's storage registry (one query) and follow it
         (``_follow_registry``); fires with it by name.  Run with every
         health record, and by the pool for a replica on a server it does
-        not know yet (``StoragePool.lookup``)."""
+        not know yet (``StoragePool.lookup``).  Of two reads at once, one
+        answering after a later-started one was followed is not: its
+        snapshot may be the older, and would move a server back to the
+        address it just left."""
+        self._registry_reads += 1
+        number = self._registry_reads
         registry = yield self.catalog.list_nodes()
-        self._follow_registry(registry)
+        if number > self._registry_followed:
+            self._registry_followed = number
+            self._follow_registry(registry)
         return {n.name: n for n in registry}
 
     def _mount_endpoints(self, site, ftp_factory) -> None:
