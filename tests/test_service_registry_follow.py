@@ -101,3 +101,36 @@ async def test_a_probe_of_an_address_moved_since_the_registry_was_read_is_not_re
     await recording
     [s1] = await catalog.list_nodes()
     assert (s1.endpoint, s1.state, s1.last_error, s1.seen_at) == (NEW, "up", None, 9.0)
+
+
+class Retirable(Client):
+    def __init__(self) -> None:
+        self.retired = False
+        self.closed = 0
+
+    def retire(self) -> None:
+        self.retired = True
+
+    def close(self) -> Deferred:
+        self.closed += 1
+        return succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_moved_twice_keeps_one_retired_client(catalog):
+    """Each move retires the old client (no idle connection kept); the one
+    before it is closed: a server moving again and again does not pile up
+    clients, and sockets, until the front end stops."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    first = Retirable()
+    fe.pool.add("s1", OLD, first)
+    for i, endpoint in enumerate((NEW, "tcp:127.0.0.1:7201")):
+        await catalog.register_node("s1", endpoint)
+        reading = fe.refresh_registry()
+        await fe.catalog.read(i)
+        fe.catalog.release(i)
+        await reading
+        assert fe.pool.endpoint("s1") == endpoint
+    assert first.retired and first.closed == 1
+    assert list(fe._retired_clients) == ["s1"]

@@ -152,8 +152,9 @@ class FrontendService(service.Service):
         self.ports: dict[str, object] = {}
         self._expiry: LoopingCall | None = None
         self._health: LoopingCall | None = None
-        #: The clients of servers that moved (``_move_node``), closed at stop.
-        self._retired_clients: list = []
+        #: The old client of each server that moved (``_move_node``), by
+        #: name: closed at stop, or at the server's next move.
+        self._retired_clients: dict[str, object] = {}
         #: Registry reads started, and the number of the last one followed
         #: (``refresh_registry``): two at once (a record round's and a
         #: read's lookup) may answer out of order.
@@ -427,7 +428,8 @@ class FrontendService(service.Service):
         client, unusable = self._new_client(name, endpoint)
         if client is None:
             client = UnusableClient(unusable)
-        self._retired_clients.append(self.pool.move(name, endpoint, client, unusable))
+        old = self.pool.move(name, endpoint, client, unusable)
+        self._retire(name, old)
         log.info(
             "storage server {name} was registered at {endpoint} (was {was}): "
             "new connections go there",
@@ -435,6 +437,23 @@ class FrontendService(service.Service):
             endpoint=endpoint,
             was=was,
         )
+
+    def _retire(self, name: str, old) -> None:
+        """Keep ``old``, the client ``name`` had before it moved, for the
+        reads and writes still running on it, holding no idle connection
+        (``StorageClient.retire``); one at most per server: the one before
+        it (moved twice) is closed now, cutting what still runs on an
+        address two moves old, rather than kept, with its sockets, until
+        the front end stops."""
+        retire = getattr(old, "retire", None)
+        if retire is not None:
+            retire()
+        previous = self._retired_clients.pop(name, None)
+        self._retired_clients[name] = old
+        if previous is not None:
+            defer.maybeDeferred(previous.close).addErrback(
+                lambda f: log.failure("closing {name}'s client of two moves ago", f, name=name)
+            )
 
     @defer.inlineCallbacks
     def refresh_registry(self):
@@ -584,7 +603,7 @@ class FrontendService(service.Service):
             self.pool.closing = True  # downloads still streaming end quietly
             for node in self.pool.nodes():
                 yield self._bounded(node.client.close(), f"close {node.name}")
-            for client in self._retired_clients:
+            for client in self._retired_clients.values():
                 yield self._bounded(client.close(), "close a moved server's old client")
         if self.catalog is not None:
             yield self._bounded(self.catalog.close(), "close the catalog")
