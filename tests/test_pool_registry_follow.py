@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
+from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import NodeUnavailable
@@ -209,3 +210,27 @@ def test_a_read_failing_at_the_old_address_does_not_mark_the_moved_server_down(
     assert run(clock, reading)
     assert sink.data == data
     assert pool.is_up("s2")  # the old address failed, not the new one
+
+
+def test_a_read_waits_for_no_registry_read_while_a_known_replica_is_up(
+    clock, cluster, registry, pool
+):
+    data = b"on s1" * 100
+    store_blob(clock, cluster, ["s1"], "b1", data)
+    registry.answer = Deferred()  # the catalog does not answer
+    sink = Collector()
+    # Only the fallback names a server this front end does not know.
+    extent = ReadExtent("b1", 0, len(data), ("s1",), fallback=("s9",))
+    assert run(clock, ReadStream(clock, pool, [extent]).start(sink)) == len(data)
+    assert sink.data == data and registry.reads == 0
+
+
+def test_a_read_waits_for_a_hung_registry_read_no_longer_than_the_probe_timeout(
+    clock, cluster, registry, pool
+):
+    registry.answer = Deferred()  # the catalog does not answer
+    reading = ReadStream(clock, pool, [ReadExtent("b9", 0, 10, ("s9",))]).start(Collector())
+    clock.advance(0.5)  # the probe timeout
+    assert registry.reads == 1
+    with pytest.raises(NoReplicasAvailable, match="blob b9"):
+        run(clock, reading, limit=10)

@@ -377,6 +377,32 @@ class StoragePool:
         self._refreshing.append(waiter)
         return waiter
 
+    def lookup_for_read(self, *groups: Iterable[str]) -> Deferred | None:
+        """``lookup`` for a read of a replica on one of ``groups``' servers:
+        None, no catalog query, while one of them is known and up (the
+        read starts there; an unknown one, if ever, is only failed over
+        to); else ``lookup``'s Deferred, waited for at most the probe
+        timeout: a slow catalog delays no read longer than a slow server."""
+        nodes = self._nodes
+        for names in groups:
+            for n in names:
+                node = nodes.get(n)
+                if node is not None and node.up and node.foreign is None:
+                    return None
+        looked_up = self.lookup(*groups)
+        if looked_up is None:
+            return None
+        out: Deferred = Deferred()
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                out.callback(None)
+
+        timer = self._clock.callLater(self._probe_timeout, out.callback, None)
+        looked_up.addBoth(done)
+        return out
+
     def of_this_cluster(self, name: str) -> bool:
         """Whether ``name``'s store is known bound to this pool's cluster
         (or cannot be bound: an older server; or the pool binds nothing):

@@ -287,8 +287,9 @@ class ReadStream:
         """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
         blob_id = extent.blob_id
         # A replica on a server registered since the pool last read the
-        # registry (another front end's --storage): read it again first.
-        looked_up = self._pool.lookup(extent.replicas, extent.fallback)
+        # registry (another front end's --storage): read it again first,
+        # unless a known one is up.
+        looked_up = self._pool.lookup_for_read(extent.replicas, extent.fallback)
         if looked_up is not None:
             yield looked_up
         order = self._replica_order(extent)
