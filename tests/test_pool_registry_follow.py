@@ -188,6 +188,8 @@ def test_a_server_taken_in_or_moved_while_running_takes_no_writes_before_its_fir
     for _ in range(4):
         assert pool.choose(3) == ["s1"]
     assert not pool.is_up("s4") and not pool.is_up("s2")
+    # Not known frozen or gone either: a resume's fence still waits for it.
+    assert not pool.silent("s4") and not pool.silent("s2")
     cluster.node("s4").thaw()
     moved.thaw()
     run(clock, pool.probe_all())

@@ -462,9 +462,12 @@ class StoragePool:
         """Whether ``name`` is down and has answered no health probe for two
         probe rounds (or never): frozen or gone, not a server that one
         failed connection or one slow probe marked down a moment ago, which
-        is still worth waiting for (a takeover's fence, say)."""
+        is still worth waiting for (a takeover's fence, say).  Nor one whose
+        first probe since it was taken in or moved has not ended: down only
+        until then (``add``), and perhaps the one server holding a resumed
+        upload's replica."""
         node = self._nodes.get(name)
-        if node is None or node.up:
+        if node is None or node.up or not node.probed:
             return False
         if node.last_seen is None:
             return True
