@@ -65,6 +65,26 @@ async def test_register_node_upserts_and_health_is_recorded(catalog):
 
 
 @pytest_twisted.ensureDeferred
+async def test_health_of_an_endpoint_no_longer_registered_is_not_recorded(catalog):
+    """A front end that has not caught up with a move records nothing of
+    the old address over what the registry says of the new one (``wsfs
+    status`` flapped between the two front ends' views)."""
+    await catalog.register_node("s1", "tcp:127.0.0.1:7001")
+    await catalog.set_node_health("s1", "up", 10, 100, 5.0, None, "tcp:127.0.0.1:7001")
+    await catalog.register_node("s1", "tcp:127.0.0.1:7101")  # moved, by another front end
+    stale = await catalog.set_node_health(
+        "s1", "down", None, None, None, "connection refused", "tcp:127.0.0.1:7001"
+    )
+    assert stale is None
+    [node] = await catalog.list_nodes()
+    assert (node.state, node.seen_at, node.last_error) == ("up", 5.0, None)
+    fresh = await catalog.set_node_health("s1", "up", 20, 100, 9.0, None, "tcp:127.0.0.1:7101")
+    assert (fresh.state, fresh.free_bytes, fresh.seen_at) == ("up", 20, 9.0)
+    with pytest.raises(NotFound):
+        await catalog.set_node_health("s9", "up", 1, 1, 1.0, None, "tcp:127.0.0.1:7001")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_down_node_keeps_why_as_one_short_line_until_it_is_up(catalog):
     from wsfront.catalog._cluster import NODE_ERROR_MAX
 

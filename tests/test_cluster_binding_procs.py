@@ -115,10 +115,15 @@ async def test_a_second_catalog_on_the_same_servers_deletes_nothing(
         # What a front end records of its probes (FrontendService's own
         # method, on the second cluster's catalog and pool): wsfs status
         # shows each server foreign, and why, naming both ids.
+        # Its pool already holds every registered server: following the
+        # registry reads it and changes nothing.
         recorder = types.SimpleNamespace(
             catalog=second.catalog,
             pool=second.pool,
             _registry_failures=FailureLog(reactor, "storage registry update"),
+            refresh_registry=lambda: second.catalog.list_nodes().addCallback(
+                lambda nodes: {n.name: n for n in nodes}
+            ),
         )
         await FrontendService.record_node_health(recorder)
         out, err, code = await second.wsfs("status", "--json")

@@ -51,6 +51,11 @@ class _Silent:
 
 
 class _Pool:
+    def lookup(self, *groups):
+        return None  # knows every server
+
+    lookup_for_read = lookup
+
     def order_for_read(self, replicas, spread=0):
         return list(replicas)
 

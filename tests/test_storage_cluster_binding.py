@@ -225,3 +225,24 @@ def test_a_binding_read_at_open_is_made_durable_first(tmp_path) -> None:
     fs = Recording()
     assert ClusterBond.load(str(empty), fs).cluster_id is None
     assert fs.synced == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retired_client_keeps_no_connection_once_its_operations_end(tmp_path) -> None:
+    """A moved server's old client (``StorageClient.retire``): its idle
+    connection is closed at once, and one an operation opens afterwards
+    once that operation ends; the operation itself works."""
+    server = await Server(tmp_path / "s1").start()
+    try:
+        client = server.client()
+        await client.health()
+        [idle] = list(client._conns)
+        client.retire()
+        await idle.lost.addTimeout(5, reactor)  # bounded: without retire it never comes
+        assert client.connections == 0
+        assert (await client.health()).name == "s1"
+        for conn in list(client._conns):
+            await conn.lost.addTimeout(5, reactor)
+        assert client.connections == 0
+    finally:
+        await server.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -23,13 +24,13 @@ from twisted.python.failure import Failure
 
 from wsfront.auth import CachingAuthenticator, make_portal
 from wsfront.catalog import open_catalog
-from wsfront.catalog.records import NODE_DRAINING
+from wsfront.catalog.records import NODE_DRAINING, Node
 from wsfront.config import FrontendConfig, endpoint_problem
 from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.lease import liveness_lease
 from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
-from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.pool import StoragePool, UnusableClient
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
@@ -151,6 +152,14 @@ class FrontendService(service.Service):
         self.ports: dict[str, object] = {}
         self._expiry: LoopingCall | None = None
         self._health: LoopingCall | None = None
+        #: The old client of each server that moved (``_move_node``), by
+        #: name: closed at stop, or at the server's next move.
+        self._retired_clients: dict[str, object] = {}
+        #: Registry reads started, and the number of the last one followed
+        #: (``refresh_registry``): two at once (a record round's and a
+        #: read's lookup) may answer out of order.
+        self._registry_reads = 0
+        self._registry_followed = 0
         self.status_page = None
         self.maintenance = None
         #: This process's life under ``config.name`` (``name_claim``), made
@@ -246,9 +255,9 @@ class FrontendService(service.Service):
             self.reactor,
             cluster_id=await self.catalog.cluster_id(),
             knows_node=self.catalog.has_replicas_on,
+            refresh=self.refresh_registry,
         )
-        for node in await self.catalog.list_nodes():
-            self._add_node(node.name, node.endpoint)
+        self._follow_registry(await self.catalog.list_nodes())
         settings = transfer_settings(cfg)
         self.transfers = Transfers(self.reactor, self.catalog, self.pool, cfg.name, settings)
         interrupted = await self.transfers.recover()
@@ -360,22 +369,108 @@ class FrontendService(service.Service):
         if self.owns_process:
             stop_process_on_failure(self.reactor)
 
-    def _add_node(self, name: str, endpoint: str) -> None:
-        """Put registered server ``name`` in the pool; one whose endpoint
-        cannot be used (registered by an older version that did not check)
-        is down with the reason, and the front end starts without it."""
+    def _follow_registry(self, registry: Iterable[Node]) -> None:
+        """Bring the pool up to date with the catalog's storage registry:
+        take in a server registered since (by another front end's
+        ``--storage``), follow one registered at a new endpoint (its server
+        moved), and mark draining the ones the registry says are.  Every
+        server the pool takes in gets a client of this front end's secret
+        and is bound to the catalog's cluster at its first health answer,
+        as one named at the start is (``wsfront.transfer.binding``).
+
+        A server the registry no longer lists stays in the pool (the
+        catalog has no way to remove one; a drain empties it and leaves it
+        registered): replicas recorded there can still be read."""
+        if self.pool.closing:
+            return  # stopping: a client made now would never be closed
+        for node in registry:
+            if node.name not in self.pool.names():
+                started = self._health is not None  # not the start's own
+                self._add_node(node.name, node.endpoint)
+                if started:
+                    log.info(
+                        "storage server {name} was registered at {endpoint}: "
+                        "this front end uses it from now on",
+                        name=node.name,
+                        endpoint=node.endpoint,
+                    )
+            elif self.pool.endpoint(node.name) != node.endpoint:
+                self._move_node(node.name, node.endpoint)
+            self.pool.set_draining(node.name, node.state == NODE_DRAINING)
+
+    def _new_client(self, name: str, endpoint: str) -> tuple[object | None, str | None]:
+        """The client of ``name`` at ``endpoint``, or (None, the reason) if
+        that endpoint cannot be used (registered by an older version that
+        did not check): the server is then down with the reason, and the
+        front end runs without it."""
         try:
-            client = self._client_factory(name, endpoint)  # parses the endpoint
+            return self._client_factory(name, endpoint), None  # parses the endpoint
         except Exception as e:
             problem = str(e) or e.__class__.__name__
-            self.pool.add_unusable(
-                name,
-                endpoint,
+            return None, (
                 f"registered endpoint {endpoint!r} is unusable: {problem} "
-                f"(register a good one with --storage {name}=ENDPOINT)",
+                f"(register a good one with --storage {name}=ENDPOINT)"
             )
+
+    def _add_node(self, name: str, endpoint: str) -> None:
+        """Put registered server ``name`` in the pool."""
+        client, unusable = self._new_client(name, endpoint)
+        if client is None:
+            self.pool.add_unusable(name, endpoint, unusable)
         else:
             self.pool.add(name, endpoint, client)
+
+    def _move_node(self, name: str, endpoint: str) -> None:
+        """``name`` was registered at a new ``endpoint``: new connections go
+        there.  The old client is closed at stop, not now: reads and writes
+        on it finish, or fail over as from any server that went away."""
+        was = self.pool.endpoint(name)
+        client, unusable = self._new_client(name, endpoint)
+        if client is None:
+            client = UnusableClient(unusable)
+        old = self.pool.move(name, endpoint, client, unusable)
+        self._retire(name, old)
+        log.info(
+            "storage server {name} was registered at {endpoint} (was {was}): "
+            "new connections go there",
+            name=name,
+            endpoint=endpoint,
+            was=was,
+        )
+
+    def _retire(self, name: str, old) -> None:
+        """Keep ``old``, the client ``name`` had before it moved, for the
+        reads and writes still running on it, holding no idle connection
+        (``StorageClient.retire``); one at most per server: the one before
+        it (moved twice) is closed now, cutting what still runs on an
+        address two moves old, rather than kept, with its sockets, until
+        the front end stops."""
+        retire = getattr(old, "retire", None)
+        if retire is not None:
+            retire()
+        previous = self._retired_clients.pop(name, None)
+        self._retired_clients[name] = old
+        if previous is not None:
+            defer.maybeDeferred(previous.close).addErrback(
+                lambda f: log.failure("closing {name}'s client of two moves ago", f, name=name)
+            )
+
+    @defer.inlineCallbacks
+    def refresh_registry(self):
+        """Read the catalog's storage registry (one query) and follow it
+        (``_follow_registry``); fires with it by name.  Run with every
+        health record, and by the pool for a replica on a server it does
+        not know yet (``StoragePool.lookup``).  Of two reads at once, one
+        answering after a later-started one was followed is not: its
+        snapshot may be the older, and would move a server back to the
+        address it just left."""
+        self._registry_reads += 1
+        number = self._registry_reads
+        registry = yield self.catalog.list_nodes()
+        if number > self._registry_followed:
+            self._registry_followed = number
+            self._follow_registry(registry)
+        return {n.name: n for n in registry}
 
     def _mount_endpoints(self, site, ftp_factory) -> None:
         """The server's own endpoints under ``/-/``: tus uploads, Prometheus
@@ -398,18 +493,27 @@ class FrontendService(service.Service):
 
     @defer.inlineCallbacks
     def record_node_health(self):
-        """Write what the pool's probes saw into the catalog's registry, so
-        ``wsfs status`` and other front ends see it."""
+        """Follow the catalog's registry (``refresh_registry``: servers
+        registered or moved since), then write what the pool's probes saw
+        into it, so ``wsfs status`` and other front ends see it.
+
+        Only what a probe of the endpoint the registry names found: nothing
+        for a server not probed since it was taken in or moved (this front
+        end knows nothing of it yet), and nothing if it moved again
+        meanwhile (``set_node_health``'s ``endpoint``).  Two front ends that
+        disagree on a server's address would otherwise take turns writing
+        "down" and "up" (``wsfs status`` flapping on every call)."""
         try:
-            registry = {n.name: n for n in (yield self.catalog.list_nodes())}
+            registry = yield self.refresh_registry()
         except Exception:
             self._registry_failures.failed(Failure())
             return
         failed = False
         for node in self.pool.nodes():
             known = registry.get(node.name)
-            draining = known is not None and known.state == NODE_DRAINING
-            self.pool.set_draining(node.name, draining)
+            if known is None or known.endpoint != node.endpoint or not node.probed:
+                continue
+            draining = known.state == NODE_DRAINING
             try:
                 yield self.catalog.set_node_health(
                     node.name,
@@ -418,6 +522,7 @@ class FrontendService(service.Service):
                     node.total_bytes if node.last_seen is not None else None,
                     node.last_seen,
                     None if node.up else node.last_error,
+                    node.endpoint,
                 )
             except Exception:
                 if not failed:  # a catalog outage fails every node alike
@@ -498,6 +603,8 @@ class FrontendService(service.Service):
             self.pool.closing = True  # downloads still streaming end quietly
             for node in self.pool.nodes():
                 yield self._bounded(node.client.close(), f"close {node.name}")
+            for client in self._retired_clients.values():
+                yield self._bounded(client.close(), "close a moved server's old client")
         if self.catalog is not None:
             yield self._bounded(self.catalog.close(), "close the catalog")
 

@@ -951,6 +951,8 @@ class StorageClient:
         self._idle: list[_ClientProtocol] = []
         self._conns: set[_ClientProtocol] = set()
         self._closing = False
+        #: Set by ``retire``: no connection is kept idle any more.
+        self._retired = False
         #: When a connection first timed out waiting for the server in the
         #: outage going on (None: it answers), and how many have since.
         self.silent_since: float | None = None
@@ -1068,7 +1070,7 @@ class StorageClient:
         """Give back a connection whose operation ended cleanly."""
         if not conn.connected:
             return
-        if self._closing or len(self._idle) >= self.pool_size or conn._pending:
+        if self._closing or self._retired or len(self._idle) >= self.pool_size or conn._pending:
             conn.transport.loseConnection()
         else:
             self._idle.append(conn)
@@ -1264,6 +1266,23 @@ class StorageClient:
             )
 
         return self._simple({"op": "health"}).addCallback(record)
+
+    def retire(self) -> None:
+        """The server moved (a front end's pool took another client for it):
+        close the idle connections now, and each other one as its operation
+        ends, so that the client holds no socket once the reads and writes
+        still running on it are done.  Unlike ``close``, cuts nothing, and
+        an operation still started on it works (a PUT held for a commit)."""
+        self._retired = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            if conn.connected:
+                conn.transport.loseConnection()
+
+    @property
+    def connections(self) -> int:
+        """How many connections the client has open (idle or busy)."""
+        return len(self._conns)
 
     def close(self) -> defer.Deferred:
         self._closing = True

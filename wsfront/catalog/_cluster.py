@@ -86,24 +86,36 @@ def set_node_health(
     total_bytes: int | None,
     seen_at: float | None,
     last_error: str | None = None,
-) -> Node:
+    endpoint: str | None = None,
+) -> Node | None:
     """Record a probe.  A ``draining`` state is neither set nor cleared
     here (that is ``set_node_draining``'s): a front end writes what it read
-    a moment before, which must not undo a drain or an undrain meanwhile."""
+    a moment before, which must not undo a drain or an undrain meanwhile.
+
+    With ``endpoint`` (the one the probe went to), only if the registry
+    still names that endpoint: None, nothing recorded, if the server was
+    re-registered elsewhere meanwhile.  A front end that has not caught up
+    with a move would otherwise write the old address's "down" over what
+    the others see at the new one, and ``wsfs status`` would flap."""
     if state == NODE_DRAINING:
         state_sql, params = "state", []
     else:
         state_sql, params = "CASE WHEN state = ? THEN state ELSE ? END", [NODE_DRAINING, state]
+    where, where_params = "name = ?", [name]
+    if endpoint is not None:
+        where, where_params = "name = ? AND endpoint = ?", [name, endpoint]
     if not tx.execute(
         f"UPDATE nodes SET state = {state_sql}, free_bytes = ?, total_bytes = ?, seen_at = ?, "
-        "last_error = ? WHERE name = ?",
+        f"last_error = ? WHERE {where}",
         *params,
         free_bytes,
         total_bytes,
         seen_at,
         short_error(last_error),
-        name,
+        *where_params,
     ):
+        if endpoint is not None and tx.one("SELECT 1 AS one FROM nodes WHERE name = ?", name):
+            return None  # moved: the probe was of an address no longer its
         raise NotFound(f"no storage node {name!r}")
     return _node(tx.one("SELECT * FROM nodes WHERE name = ?", name))
 

@@ -370,9 +370,13 @@ class ICatalog(Interface):
     def list_nodes():
         """Fire with every Node, by name."""
 
-    def set_node_health(name, state, free_bytes, total_bytes, seen_at, last_error=None):
+    def set_node_health(
+        name, state, free_bytes, total_bytes, seen_at, last_error=None, endpoint=None
+    ):
         """Record a health probe's outcome: ``last_error`` is why the server
-        is down (None while up), kept as one capped line.  NotFound."""
+        is down (None while up), kept as one capped line.  NotFound.  With
+        ``endpoint`` (where the probe went), fires with None and records
+        nothing if the registry names another endpoint for it now."""
 
     def set_node_store(name, expected, store_id, lost=None):
         """Compare-and-set the store (data directory) id the server runs

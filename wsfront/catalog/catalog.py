@@ -450,9 +450,17 @@ class SqlCatalog:
         total_bytes: int | None,
         seen_at: float | None,
         last_error: str | None = None,
+        endpoint: str | None = None,
     ) -> Deferred:
         return self._write(
-            _cluster.set_node_health, name, state, free_bytes, total_bytes, seen_at, last_error
+            _cluster.set_node_health,
+            name,
+            state,
+            free_bytes,
+            total_bytes,
+            seen_at,
+            last_error,
+            endpoint,
         )
 
     def set_node_store(

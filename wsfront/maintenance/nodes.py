@@ -93,6 +93,9 @@ async def drain(
     before its next move and reports ``cancelled``: the mark, not the job,
     says whether the server is leaving, so a drain job queued again after
     its runner died does not bring a drain the operator ended back."""
+    looked_up = pool.lookup([node])
+    if looked_up is not None:
+        await looked_up  # registered since this front end last read the registry
     if node not in pool.names():
         raise ValueError(f"unknown storage server {node!r}")
     stats: dict[str, Any] = {"node": node, "moved": 0, "copied": 0, "bytes": 0, "failed": 0,

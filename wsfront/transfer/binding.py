@@ -104,9 +104,14 @@ def settle(
     if node.binding is not None:
         # Started by an earlier probe: not waited for again.
         return defer.succeed(_pending(node))
+    client = node.client
     task = defer.ensureDeferred(_bind(node, health, ours, clock, knows_node))
 
     def done(result: Any) -> Any:
+        if node.client is not client:
+            # It moved while the old address's store bound: nothing of
+            # that says anything of the new store (``StoragePool.move``).
+            return None
         node.binding = None
         if result is not None:
             node.up = False  # refused or foreign after the probe stopped waiting
@@ -164,10 +169,12 @@ async def _bind(
     clock: IReactorTime,
     knows_node: Callable[[str], Any] | None,
 ) -> str | None:
+    client = node.client
     try:
         return await _bind_unbound(node, health, ours, clock, knows_node)
     finally:
-        node.bind_checking = False
+        if node.client is client:
+            node.bind_checking = False
 
 
 async def _bind_unbound(
@@ -181,7 +188,9 @@ async def _bind_unbound(
     take another cluster's store; the reason it is not used, or None.
     Never fails: a failed bind (a disk error, a timeout, a lost
     connection) leaves the store used, unbound, and is tried again at the
-    next answer."""
+    next answer.  Once the server moved (``node.client`` another one),
+    whatever the old address's store answers changes nothing: that store
+    was bound or refused, not the new one, which its own probes check."""
     client = node.client
     bind = getattr(client, "bind_cluster", None)
     can_bind = getattr(client, "can_bind", None)
@@ -189,8 +198,12 @@ async def _bind_unbound(
     try:
         if bind is None:
             return _unprotected(node, "its client cannot bind")
-        if can_bind is not None and not await can_bind():
-            return _unprotected(node, "it predates cluster binding")
+        if can_bind is not None:
+            can = await can_bind()
+            if node.client is not client:
+                return None
+            if not can:
+                return _unprotected(node, "it predates cluster binding")
         if node.seen_foreign is not None:
             return _refuse(
                 node,
@@ -199,7 +212,12 @@ async def _bind_unbound(
                 "last saw it bound, and is now unbound (its CLUSTER file deleted, its data "
                 "restored from an old copy?)",
             )
-        if health.blobs and knows_node is not None and not await knows_node(node.name):
+        known = True
+        if health.blobs and knows_node is not None:
+            known = await knows_node(node.name)
+            if node.client is not client:
+                return None
+        if not known:
             return _refuse(
                 node,
                 ours,
@@ -211,9 +229,13 @@ async def _bind_unbound(
         d.addTimeout(BIND_TIMEOUT, clock)
         got = await d
     except WrongCluster as e:
+        if node.client is not client:
+            return None
         # Bound by another cluster's front end since its answer.
         return _foreign(node, e.bound_to or "unknown", ours)
     except Exception as e:
+        if node.client is not client:
+            return None
         if node.bind_checking:  # the catalog could not be asked: tried again later
             log.warn(
                 "storage server {name}: cannot tell whether its unbound store is this "
@@ -235,6 +257,8 @@ async def _bind_unbound(
             )
         node.bind_error = str(e)
         return _ours(node)
+    if node.client is not client:
+        return None
     node.bind_error = None
     if got is None:
         return _unprotected(node, "it predates cluster binding")

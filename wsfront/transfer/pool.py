@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsfront.transfer import binding
@@ -26,6 +27,10 @@ from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import AuthenticationFailed, NodeUnavailable
 
 log = Logger()
+
+#: Why a server taken in or moved while the pool runs is down until its
+#: first probe ends (``StoragePool.add``, ``StoragePool.move``).
+NOT_PROBED = "not probed yet"
 
 
 @attrs.define
@@ -57,6 +62,10 @@ class NodeState:
     shares: list[NodeState] | None = attrs.field(default=None, eq=False, repr=False)
     last_seen: float | None = None
     last_error: str | None = None
+    #: Whether a health probe of its current endpoint has ended (answered
+    #: or failed) since the pool took it in or it moved (``move``): until
+    #: then the pool knows nothing of it worth recording in the registry.
+    probed: bool = False
     #: Whether the last health probe failed on the secret
     #: (``AuthenticationFailed``: the server refused ours, or could not
     #: prove it knows it): down for a configuration error, not the network.
@@ -174,6 +183,14 @@ UNCLAIMED_SECONDS = 120.0
 WRITER_PROBLEM_HOLD_SECONDS = 10.0
 
 
+def _stale(node: NodeState, client: IStorageClient | None) -> bool:
+    """Whether a failure report through ``client`` is about an address
+    ``node`` no longer has (it moved since the client was handed out).
+    A foreign store's refusing client (``StoragePool.client``) is not
+    ``node.client`` either, but that store is down already."""
+    return client is not None and client is not node.client and node.foreign is None
+
+
 @implementer(IStorageClient)
 class UnusableClient:
     """Stands for a storage server the front end cannot even try to reach
@@ -211,8 +228,16 @@ class StoragePool:
         probe_timeout: float = 2.0,
         cluster_id: str | None = None,
         knows_node: Callable[[str], Deferred] | None = None,
+        refresh: Callable[[], Deferred] | None = None,
     ) -> None:
         self._clock = clock
+        #: Reads the catalog's storage registry and brings the pool up to
+        #: date with it (the front end's ``refresh_registry``): ``lookup``
+        #: calls it for a replica on a server the pool does not know yet
+        #: (registered since the last refresh).  None: not looked up.
+        self._refresh = refresh
+        self._refreshing: list[Deferred] | None = None
+        self._looked_up_at: float | None = None
         #: The catalog's cluster id, to which the pool binds the stores it
         #: uses (``wsfront.transfer.binding``) and which every client it
         #: takes names in its deletes; None: no binding (tests, the
@@ -241,7 +266,142 @@ class StoragePool:
             # From the start, whatever any bind's outcome: a store bound by
             # another cluster meanwhile refuses this client's deletes.
             client.cluster_id = self.cluster_id
-        self._nodes[name] = NodeState(name, endpoint, client)
+        node = NodeState(name, endpoint, client)
+        if self._loop is not None:
+            # Taken in while running (registered since): no write goes
+            # there before a probe found it answering with our secret and
+            # its store this cluster's (it may be another cluster's, or an
+            # operator's typo): ``_probe`` sets it up.  Reads of replicas
+            # only there still try it (down servers come last).
+            node.up = False
+            node.last_error = NOT_PROBED
+        self._nodes[name] = node
+        self._probe_now(node)
+
+    def move(
+        self, name: str, endpoint: str, client: IStorageClient, unusable: str | None = None
+    ) -> IStorageClient:
+        """``name`` was registered at ``endpoint`` since the pool took it in
+        (its server moved, re-registered by another front end or the CLI):
+        new connections go there, through ``client`` (an ``UnusableClient``
+        with ``unusable``, the reason, if that endpoint cannot be used);
+        it is down (reads try it last, no writes) until a probe of the new
+        endpoint proves it.
+        What the pool knew of the old address (health, binding, store) is
+        forgotten until the new one answers a probe; the node keeps its
+        place and the room uploads hold on it.  Returns the old client,
+        which reads and writes still running hold: the caller closes it
+        once they no longer matter (at stop), not now, which would cut them
+        instead of letting them finish or fail over as for any server."""
+        node = self._nodes[name]
+        old = node.client
+        if self.cluster_id is not None and hasattr(client, "cluster_id"):
+            client.cluster_id = self.cluster_id
+        node.endpoint = endpoint
+        node.client = client
+        # No write goes to the new endpoint before a probe proved it (as
+        # for a server taken in while running: ``add``).
+        node.up = False
+        node.last_error = unusable or NOT_PROBED
+        node.last_seen = None
+        node.probed = False
+        node.secret_refused = False
+        node.problem = None
+        node.problem_held_until = 0.0
+        node.store_id = None
+        node.store_created = None
+        node.foreign = None
+        node.last_refusal = None
+        # A bind the old address's store has not answered yet binds that
+        # store, not this one: the new one's first answer starts its own.
+        node.binding = None
+        node.bind_checking = False
+        node.bound = False
+        node.unprotected = False
+        node.bind_error = None
+        if unusable is None:
+            self._probe_now(node)
+        else:
+            log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
+        return old
+
+    def _probe_now(self, node: NodeState) -> None:
+        """Probe a server just taken in (or moved) at once once the pool
+        probes (``start``), not at the next round: a read of a file stored
+        only there should not find it "down" for a second."""
+        if self._loop is None:
+            return
+        self._probe(node).addErrback(
+            lambda f: log.failure("probing storage server {name}", f, name=node.name)
+        )
+
+    def _unknown(self, groups: tuple[Iterable[str], ...]) -> bool:
+        """Whether a server named in ``groups`` is not in the pool (every
+        read of an extent asks: a loop, no generator)."""
+        nodes = self._nodes
+        for names in groups:
+            for n in names:
+                if n not in nodes:
+                    return True
+        return False
+
+    def lookup(self, *groups: Iterable[str]) -> Deferred | None:
+        """None if the pool knows every server named in ``groups``; else a Deferred
+        that fires (with None, never failing) once the catalog's registry
+        was read again (``refresh``) for the ones it does not know: a
+        replica on a server registered after the pool's last refresh (by
+        another front end or the CLI).  One read at a time serves every
+        caller, and one at most per probe interval: a replica on a server
+        the registry does not have either costs no query per read."""
+        if self._refresh is None or not self._unknown(groups):
+            return None
+        if self._refreshing is None:
+            now = self._clock.seconds()
+            if self._looked_up_at is not None and now - self._looked_up_at < self._probe_interval:
+                return None
+            self._looked_up_at = now
+            self._refreshing = []
+            d = defer.maybeDeferred(self._refresh)
+
+            def done(result: Any) -> None:
+                if isinstance(result, Failure):
+                    log.warn("reading the storage registry failed: {err}", err=result.value)
+                waiters, self._refreshing = self._refreshing, None
+                for w in waiters:
+                    w.callback(None)
+
+            d.addBoth(done)
+            if self._refreshing is None:
+                return succeed(None)  # it answered at once
+        waiter: Deferred = Deferred()
+        self._refreshing.append(waiter)
+        return waiter
+
+    def lookup_for_read(self, *groups: Iterable[str]) -> Deferred | None:
+        """``lookup`` for a read of a replica on one of ``groups``' servers:
+        None, no catalog query, while one of them is known and up (the
+        read starts there; an unknown one, if ever, is only failed over
+        to); else ``lookup``'s Deferred, waited for at most the probe
+        timeout: a slow catalog delays no read longer than a slow server."""
+        nodes = self._nodes
+        for names in groups:
+            for n in names:
+                node = nodes.get(n)
+                if node is not None and node.up and node.foreign is None:
+                    return None
+        looked_up = self.lookup(*groups)
+        if looked_up is None:
+            return None
+        out: Deferred = Deferred()
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                out.callback(None)
+
+        timer = self._clock.callLater(self._probe_timeout, out.callback, None)
+        looked_up.addBoth(done)
+        return out
 
     def of_this_cluster(self, name: str) -> bool:
         """Whether ``name``'s store is known bound to this pool's cluster
@@ -271,7 +431,15 @@ class StoragePool:
         """The client of ``name``; one that refuses every operation while
         its store is bound to another cluster (``NodeState.foreign``): the
         one check every reader, writer, copy and delete goes through."""
-        node = self._nodes[name]
+        node = self._nodes.get(name)
+        if node is None:
+            # A replica on a server registered after this front end last
+            # read the registry, or no longer there: failed with a reason
+            # like a down server's, never a bare KeyError ("'s4'").
+            return UnusableClient(
+                f"storage server {name} is not in this front end's storage pool "
+                "(not in the catalog's registry when it last read it)"
+            )
         if node.foreign is not None:
             return UnusableClient(node.last_error or f"{name} is bound to another cluster")
         return node.client
@@ -294,9 +462,12 @@ class StoragePool:
         """Whether ``name`` is down and has answered no health probe for two
         probe rounds (or never): frozen or gone, not a server that one
         failed connection or one slow probe marked down a moment ago, which
-        is still worth waiting for (a takeover's fence, say)."""
+        is still worth waiting for (a takeover's fence, say).  Nor one whose
+        first probe since it was taken in or moved has not ended: down only
+        until then (``add``), and perhaps the one server holding a resumed
+        upload's replica."""
         node = self._nodes.get(name)
-        if node is None or node.up:
+        if node is None or node.up or not node.probed:
             return False
         if node.last_seen is None:
             return True
@@ -309,13 +480,15 @@ class StoragePool:
         if node is not None:
             node.draining = draining
 
-    def mark_unwritable(self, name: str, reason: str) -> None:
+    def mark_unwritable(self, name: str, reason: str, client: IStorageClient | None = None) -> None:
         """A writer's blob failed on ``name`` for its disk (read-only, files
         gone): choose it for no new blob now, not at the next health
         answer that says so, and for ``WRITER_PROBLEM_HOLD_SECONDS`` even if
-        an answer says otherwise.  It still serves reads."""
+        an answer says otherwise.  It still serves reads.  ``client``: the
+        one that failed; if the server moved since (``move``), that was
+        the old address's disk, and the report is ignored."""
         node = self._nodes.get(name)
-        if node is None:
+        if node is None or _stale(node, client):
             return
         if node.problem is None:
             log.warn("storage server {name} takes no new writes: {why}", name=name, why=reason)
@@ -323,10 +496,13 @@ class StoragePool:
         node.last_error = reason
         node.problem_held_until = self._clock.seconds() + WRITER_PROBLEM_HOLD_SECONDS
 
-    def mark_down(self, name: str, reason: str) -> None:
-        """A reader or writer saw ``name`` fail: stop choosing it now."""
+    def mark_down(self, name: str, reason: str, client: IStorageClient | None = None) -> None:
+        """A reader or writer saw ``name`` fail: stop choosing it now.
+        ``client``: the one that failed; if the server moved since
+        (``move``), the old address failed, not the new, and the report is
+        ignored."""
         node = self._nodes.get(name)
-        if node is not None and node.up:
+        if node is not None and node.up and not _stale(node, client):
             node.up = False
             node.last_error = reason
             log.warn("storage server {name} marked down: {reason}", name=name, reason=reason)
@@ -537,17 +713,20 @@ class StoragePool:
 
     @inlineCallbacks
     def _probe(self, node: NodeState):
-        d = node.client.health()
+        client = node.client
+        d = client.health()
         d.addTimeout(self._probe_timeout, self._clock)
         try:
             health = yield d
         except Exception as e:
+            if node.client is not client:
+                return  # it moved meanwhile: the old address's news
             if isinstance(e, defer.TimeoutError):
                 # Its own text is the bare tuple "(2.0, 'Deferred')".
                 reason = f"no answer to a health probe within {self._probe_timeout:g} s"
             else:
                 reason = str(e) or e.__class__.__name__
-            if node.up:
+            if node.up or node.last_error == NOT_PROBED:
                 log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
             elif reason != node.last_error and not isinstance(node.client, UnusableClient):
                 # Still down, for another reason: the one that matters now
@@ -556,7 +735,10 @@ class StoragePool:
             node.up = False
             node.last_error = reason
             node.secret_refused = isinstance(e, AuthenticationFailed)
+            node.probed = True
             return
+        if node.client is not client:
+            return  # it moved meanwhile: the old address's news
         node.secret_refused = False
         if health.store_id is not None:
             node.store_id = health.store_id
@@ -566,13 +748,17 @@ class StoragePool:
             foreign = yield binding.settle(
                 node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
             )
+            if node.client is not client:
+                return  # it moved while its bind ran
             if foreign is not None:
                 node.up = False
                 node.last_error = foreign
                 node.last_seen = self._clock.seconds()
+                node.probed = True
                 return
         if not node.up:
-            log.info("storage server {name} is up again", name=node.name)
+            again = "" if node.last_seen is None else " again"
+            log.info("storage server {name} is up{again}", name=node.name, again=again)
         problem = health.problem
         if problem is None and self._clock.seconds() < node.problem_held_until:
             problem = node.problem  # a writer's failure outranks an older check
@@ -590,3 +776,4 @@ class StoragePool:
         node.placed_bytes = self._still_to_come(node)
         node.last_seen = self._clock.seconds()
         node.last_error = problem
+        node.probed = True

@@ -286,6 +286,12 @@ class ReadStream:
     def _read_extent_from_replicas(self, extent: ReadExtent, skip: int, want: int):
         """Read ``want`` bytes of ``extent`` from ``skip``, failing over."""
         blob_id = extent.blob_id
+        # A replica on a server registered since the pool last read the
+        # registry (another front end's --storage): read it again first,
+        # unless a known one is up.
+        looked_up = self._pool.lookup_for_read(extent.replicas, extent.fallback)
+        if looked_up is not None:
+            yield looked_up
         order = self._replica_order(extent)
         _reading[blob_id] = _reading.get(blob_id, 0) + 1
         try:
@@ -343,7 +349,8 @@ class ReadStream:
             sink = _ExtentSink(self, want - got)
             self._sink = sink
             try:
-                yield self._read_from(node, extent, skip + got, want - got, sink)
+                client = self._pool.client(node)
+                yield self._read_from(node, extent, skip + got, want - got, sink, client)
             except Exception as e:
                 sink.closed = True
                 sink._restore()
@@ -355,7 +362,7 @@ class ReadStream:
                 reason = f"{node}: {e.__class__.__name__}: {e}"
                 errors.append(reason)
                 if isinstance(e, storage_errors.NodeUnavailable | _Stalled):
-                    self._pool.mark_down(node, reason)
+                    self._pool.mark_down(node, reason, client)
                 elif isinstance(e, storage_errors.ChecksumError) and self._on_damage is not None:
                     # Repair replaces a damaged replica; don't wait for scrub.
                     self._on_damage(extent.blob_id, node)
@@ -370,8 +377,7 @@ class ReadStream:
             f"no replica of blob {extent.blob_id} could be read: " + "; ".join(errors)
         )
 
-    def _read_from(self, node, extent, skip, count, sink) -> Deferred:
-        client = self._pool.client(node)
+    def _read_from(self, node, extent, skip, count, sink, client) -> Deferred:
         d = client.read(extent.blob_id, extent.blob_offset + skip, count, sink)
         self._current = d
         self._arm_stall(d, sink)

@@ -912,6 +912,9 @@ class Transfers:
         still fenced: it may well answer, and a replica that misses the
         fence is lost to the upload."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
+        looked_up = self.pool.lookup(nodes)
+        if looked_up is not None:
+            yield looked_up  # a replica on a server registered since the pool last looked
 
         @inlineCallbacks
         def fence_one(node: str):
@@ -992,11 +995,13 @@ class Transfers:
         if not nodes:
             return None  # _open_session interrupts the upload, as it always did
         meta = self._blob_meta(upload)
+        clients = {n: self.pool.client(n) for n in nodes}
         writers = {
-            n: PutOnCommit(self.pool.client(n), upload.blob_id, upload.epoch, meta, limit)
-            for n in nodes
+            n: PutOnCommit(clients[n], upload.blob_id, upload.epoch, meta, limit) for n in nodes
         }
-        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
+        return self._new_session(
+            user, upload, replaced_size, nodes, writers, line, new_upload, clients
+        )
 
     def _blob_meta(self, upload: UploadSession) -> dict[str, Any]:
         """What each replica keeps beside the blob (a lost catalog is
@@ -1031,8 +1036,10 @@ class Transfers:
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
         meta = self._blob_meta(upload)
 
+        clients = {n: self.pool.client(n) for n in nodes}
+
         def open_one(node: str):
-            return self.pool.client(node).write(upload.blob_id, upload.epoch, 0, meta)
+            return clients[node].write(upload.blob_id, upload.epoch, 0, meta)
 
         try:
             results = yield DeferredList([open_one(n) for n in nodes], consumeErrors=True)
@@ -1051,7 +1058,7 @@ class Transfers:
                     err=value.value,
                 )
                 if isinstance(value.value, storage_errors.NodeUnavailable):
-                    self.pool.mark_down(node, str(value.value))
+                    self.pool.mark_down(node, str(value.value), clients[node])
         if not writers:
             self.pool.release(upload.blob_id)
             if line is not None:
@@ -1066,7 +1073,9 @@ class Transfers:
                 raise StorageFull("no storage server has room for the upload")
             yield self.catalog.interrupt_upload(upload.upload_id, upload.epoch)
             raise NoReplicasAvailable("no storage server accepted the upload")
-        return self._new_session(user, upload, replaced_size, nodes, writers, line, new_upload)
+        return self._new_session(
+            user, upload, replaced_size, nodes, writers, line, new_upload, clients
+        )
 
     def _new_session(
         self,
@@ -1077,6 +1086,7 @@ class Transfers:
         writers: dict[str, Any],
         line: StartLine | None = None,
         new_upload: bool = False,
+        clients: dict[str, Any] | None = None,
     ) -> WriteSession:
         """The WriteSession of ``upload`` over the ``writers`` that opened
         (of ``nodes``), registered as running here.  ``new_upload``: this
@@ -1111,6 +1121,7 @@ class Transfers:
             expiry=self.settings.upload_expiry,
             start_line=line,
             new_upload=new_upload,
+            clients=clients,
         )
         if len(writers) < len(nodes):
             session.checkpoint()

@@ -39,7 +39,7 @@ from wsfront.transfer.pool import StoragePool
 from wsfront.transfer.upload_log import StartLine, committed
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
-from wsstorage._interfaces import IBlobWriter
+from wsstorage._interfaces import IBlobWriter, IStorageClient
 
 log = Logger()
 
@@ -265,9 +265,14 @@ class WriteSession:
         expiry: float | None = None,
         start_line: StartLine | None = None,
         new_upload: bool = False,
+        clients: dict[str, IStorageClient] | None = None,
     ) -> None:
         self._clock = clock
         self._pool = pool
+        #: The client each replica's writer was opened through: a failure
+        #: reported through one the pool no longer uses (the server moved)
+        #: does not mark the new address down (``StoragePool.mark_down``).
+        self._clients = clients or {}
         self._catalog = catalog
         self.session = session
         self.upload_id = session.upload_id
@@ -725,12 +730,12 @@ class WriteSession:
             err=error,
         )
         if isinstance(error, storage_errors.NodeUnavailable):
-            self._pool.mark_down(node, str(error))
+            self._pool.mark_down(node, str(error), self._clients.get(node))
         elif isinstance(error, storage_errors.DiskError):
             # Read-only, files gone: no blob will do better there.  Not
             # DiskFull: a smaller blob may still fit, and placement already
             # puts the emptiest servers first.
-            self._pool.mark_unwritable(node, str(error))
+            self._pool.mark_unwritable(node, str(error), self._clients.get(node))
         try:
             writer.abort()
         except Exception:
