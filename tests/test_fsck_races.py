@@ -290,3 +290,30 @@ async def test_a_copy_whose_record_is_damaged_is_missing_and_its_server_still_ju
     missing = {(m["blob"], m["node"]) for m in report["missing"]}
     assert missing == {(damaged, node), (gone, node)}, report
     assert report["problems"] >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_audit_whose_lease_is_lost_after_its_check_marks_nothing(env, monkeypatch):
+    """The audit's marks are the lease holder's to make: one that lost the
+    lease during its check leaves a really missing copy to the new
+    holder's audit (whose repair may be copying it already)."""
+    await populate(env, count=2)
+    [blob] = await blob_ids(env, "/f0.bin")
+    node = sorted(await replica_states(env, blob))[0]
+    env.nodes[node].store.delete(blob)
+    lease = [True]
+    real_check = fsck_module.check
+
+    async def check_then_lose(*args, **kwargs):
+        found = await real_check(*args, **kwargs)
+        lease[0] = False
+        return found
+
+    monkeypatch.setattr(fsck_module, "check", check_then_lose)
+    pool = env.transfers.pool
+    assert await audit(env.catalog, pool, collector(env), lambda: lease[0]) == 0
+    assert (await replica_states(env, blob))[node] == REPLICA_OK
+    monkeypatch.undo()
+    lease[0] = True  # the same audit with the lease held marks it
+    assert await audit(env.catalog, pool, collector(env), lambda: lease[0]) == 1
+    assert (await replica_states(env, blob))[node] == "lost"

@@ -359,14 +359,28 @@ async def fsck(
     return found
 
 
-async def audit(catalog, pool: StoragePool, gc: GarbageCollector) -> int:
+async def audit(
+    catalog,
+    pool: StoragePool,
+    gc: GarbageCollector,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> int:
     """The periodic part of fsck: mark replicas that are missing (a scrub
     quarantined them, a disk was replaced) or wrong, so the next repair pass
-    re-copies them.  Deletes nothing.  Returns how many were marked."""
-    found = await check(catalog, pool, gc)
-    bad = found["_bad"]
-    for blob_id, node, state in bad:
+    re-copies them.  Deletes nothing.  Returns how many were marked.
+
+    ``keep_going`` (the maintenance lease, latched by the caller) is asked
+    through the check and before each mark: a front end that lost the
+    lease meanwhile marks nothing more, as fsck's ``--fix`` does, since the
+    new holder's repair may be copying those very blobs."""
+    found = await check(catalog, pool, gc, keep_going)
+    marked = 0
+    for blob_id, node, state in found["_bad"]:
+        if not keep_going():
+            log.info("audit: stopped, the maintenance lease was lost ({n} marked)", n=marked)
+            break
         await catalog.mark_replica(blob_id, node, state)
-    if bad:
-        log.warn("audit: {n} replicas missing or wrong, marked for repair", n=len(bad))
-    return len(bad)
+        marked += 1
+    if marked:
+        log.warn("audit: {n} replicas missing or wrong, marked for repair", n=marked)
+    return marked

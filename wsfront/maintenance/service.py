@@ -35,7 +35,7 @@ from wsfront.maintenance.fsck import audit
 from wsfront.maintenance.gc import GarbageCollector, GCSettings
 from wsfront.maintenance.handlers import job_handlers
 from wsfront.maintenance.identity import StoreWatch
-from wsfront.maintenance.jobs import Handler, JobRunner, end_job
+from wsfront.maintenance.jobs import Handler, JobRunner, LeaseCheck, end_job
 from wsfront.maintenance.lease import (
     DEFAULT_TTL_SECONDS,
     LEASE_NAME,
@@ -256,7 +256,7 @@ class MaintenanceService(Service):
             await self.interrupt_orphaned_uploads()
         if now >= self._next_audit and self.lease.valid:
             self._next_audit = now + self.settings.audit_every
-            if await audit(self.catalog, self.pool, self.gc):
+            if await audit(self.catalog, self.pool, self.gc, LeaseCheck(lambda: self.lease.valid)):
                 self._next_repair = now  # heal at once
             ran.append("audit")
         if now >= self._next_repair and self.lease.valid:
