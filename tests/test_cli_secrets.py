@@ -162,10 +162,24 @@ def test_pg_dump_gets_the_password_in_its_environment_and_a_failure_is_named_wit
         assert "pg_dump failed" in err and SECRET not in out + err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == []
 
-        done = wsfs(url, "backup", str(dest))
+        # Another schema of the same database is not the catalog's: the
+        # dump holds the catalog's schema alone.
+        decoy = "wsfs_decoy_" + schema_url.rsplit("wsfs_test_", 1)[1]
+        with psycopg.connect(schema_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {decoy}")
+            conn.execute(f"CREATE TABLE {decoy}.other_app (x int)")
+        try:
+            done = wsfs(url, "backup", str(dest))
+        finally:
+            with psycopg.connect(schema_url, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {decoy} CASCADE")
         assert done.returncode == 0, done.stderr
         assert dest.read_bytes().startswith(b"PGDMP")
         assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+        listing = subprocess.run(
+            ["pg_restore", "--list", str(dest)], capture_output=True, text=True, check=True
+        ).stdout
+        assert " users " in listing and "other_app" not in listing, listing
 
 
 @pytest.mark.postgres

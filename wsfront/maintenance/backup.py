@@ -155,6 +155,27 @@ def backup_sqlite(source: str, dest: str) -> int:
     return os.path.getsize(dest)
 
 
+def _catalog_schema(url: str) -> str | None:
+    """The schema the catalog at ``url`` lives in when the URL names one
+    (``options=-csearch_path=NAME``, the first of the path: where its
+    tables were created), else None (the whole database is the catalog's).
+
+    A catalog sharing a database with others is dumped alone: the whole
+    database held other people's data, and a dump of it failed whenever
+    another schema was dropped while pg_dump ran ("schema ... does not
+    exist", seen with two test suites on one server)."""
+    for key, _, value in (item.partition("=") for item in urlsplit(url).query.split("&")):
+        if key != "options":
+            continue
+        for option in unquote(value).replace("-c ", "-c").split():
+            name, _, path = option.removeprefix("-c").partition("=")
+            if name.strip() == "search_path" and option.startswith("-c"):
+                first = path.split(",")[0].strip()
+                if first and first != '"$user"':
+                    return first
+    return None
+
+
 def _password_apart(url: str) -> tuple[str, str | None]:
     """``url`` without its password, and the password (None if it has
     none): in ``user:password@host`` or a ``password=`` parameter, as
@@ -190,8 +211,10 @@ def backup_postgres(url: str, dest: str) -> int:
         env["PGPASSWORD"] = password
     tmp = _new_temporary(dest)
     try:
+        schema = _catalog_schema(bare)
+        only = [f"--schema={schema}"] if schema is not None else []
         done = subprocess.run(
-            [pg_dump, "--format=custom", f"--file={tmp}", bare],
+            [pg_dump, "--format=custom", f"--file={tmp}", *only, bare],
             capture_output=True, text=True, env=env,
         )  # fmt: skip
         if done.returncode != 0:
