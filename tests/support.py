@@ -136,19 +136,15 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports on which process ``pid`` itself holds a listening socket.
-
-    A connect to a port only proves that *someone* listens there; a child
-    that lost its port to another process would pass such a check.  This
-    matches the socket inodes among ``pid``'s descriptors against the
-    kernel's LISTEN sockets (Linux ``/proc``).  Empty once ``pid`` is gone.
-    """
+def tcp_sockets(pid: int) -> list[list[str]]:
+    """The kernel's TCP socket lines (``/proc/PID/net/tcp``, ``tcp6``, split
+    into fields) of the sockets process ``pid`` holds a descriptor of
+    (Linux ``/proc``).  Empty once ``pid`` is gone."""
     inodes = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, ProcessLookupError):
-        return set()
+        return []
     for fd in fds:
         try:
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -156,17 +152,29 @@ def listening_ports(pid: int) -> set[int]:
             continue  # closed meanwhile
         if link.startswith("socket:["):
             inodes.add(link[len("socket:[") : -1])
-    ports = set()
+    held = []
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+        held += [fields for fields in map(str.split, lines) if fields[9] in inodes]
+    return held
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports on which process ``pid`` itself holds a listening socket.
+
+    A connect to a port only proves that *someone* listens there; a child
+    that lost its port to another process would pass such a check.  This
+    matches the socket inodes among ``pid``'s descriptors against the
+    kernel's LISTEN sockets (``tcp_sockets``).  Empty once ``pid`` is gone.
+    """
+    return {
+        int(fields[1].rsplit(":", 1)[1], 16)
+        for fields in tcp_sockets(pid)
+        if fields[3] == "0A"  # 0A: TCP_LISTEN
+    }
 
 
 #: Harness children (objects with ``stop()``: StorageProcess, FrontEnd,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from tests.storage_procs import DrainConsumer, StorageProcess, pattern
+from tests.support import tcp_sockets
 
 POOL = 2
 READS = 6
@@ -49,26 +49,11 @@ async def wait_for(condition, what: str, timeout: float = 15.0) -> None:
 def sockets(pid: int, port: int, *, remote: bool) -> int:
     """TCP sockets process ``pid`` holds a descriptor of whose remote (or,
     with ``remote=False``, local) port is ``port``, listening ones aside."""
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return 0
-    for fd in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:[") : -1])
-    count = 0
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            address = fields[2] if remote else fields[1]
-            if fields[3] != "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                count += int(address.rsplit(":", 1)[1], 16) == port
-    return count
+    return sum(
+        int((fields[2] if remote else fields[1]).rsplit(":", 1)[1], 16) == port
+        for fields in tcp_sockets(pid)
+        if fields[3] != "0A"  # 0A: TCP_LISTEN
+    )
 
 
 @pytest_twisted.ensureDeferred
