@@ -37,7 +37,7 @@ import time  # noqa: E402
 
 from twisted.internet import defer, task  # noqa: E402
 
-from tests.support import twistd_argv  # noqa: E402
+from bench._common import start_storage  # noqa: E402
 from wsstorage.client import StorageClient  # noqa: E402
 
 
@@ -55,37 +55,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
         except (OSError, ValueError, IndexError):
             continue
     return out
-
-
-def start(workdir: Path, name: str, repo: Path) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ)
-    env.pop("WSFS_FAILPOINTS", None)
-    env["PYTHONPATH"] = str(repo)
-    sock = workdir / f"{name}.sock"
-    with open(workdir / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                *twistd_argv("wsstorage"),
-                "--listen",
-                f"unix:address={sock}:mode=600:lockfile=0",
-                "--data",
-                str(workdir / f"data-{name}"),
-                "--name",
-                name,
-                "--secret-file",
-                str(workdir / "secret"),
-            ],
-            env=env,
-            cwd=repo,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit((workdir / f"{name}.log").read_text())
-        time.sleep(0.02)
-    return proc, f"unix:path={sock}"
 
 
 async def puts(client: StorageClient, prefix: str, count: int, size: int, conc: int) -> float:
@@ -123,7 +92,14 @@ def main() -> None:
     try:
         endpoints = {}
         for name, repo in repos.items():
-            procs[name], endpoints[name] = start(workdir, name, repo)
+            procs[name], endpoints[name] = start_storage(
+                workdir / f"data-{name}",
+                name,
+                workdir / "secret",
+                unix=workdir / f"{name}.sock",
+                repo=repo,
+                log=workdir / f"{name}.log",
+            )
         secret = (workdir / "secret").read_bytes().strip()
 
         async def run(reactor) -> None:

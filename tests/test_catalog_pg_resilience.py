@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import psycopg
@@ -50,6 +52,33 @@ def terminate_all(url: str) -> int:
             (application(url),),
         ).fetchall()
     return len(rows)
+
+
+@contextmanager
+def connection_lost_in(cat, step: str, url: str, times: int | None = None) -> Iterator[list[int]]:
+    """While inside, the catalog backend's ``step`` (``"commit"`` or
+    ``"rollback"``) first ends its connection's server process and waits
+    for it to exit, the first ``times`` times (every time by default);
+    yields the list of the ended backends' pids, and puts the step back
+    on leaving."""
+    backend = cat._runner.backend
+    real = getattr(backend, step)
+    ended: list[int] = []
+
+    def lost(conn, cursor):
+        if times is None or len(ended) < times:
+            pid = conn.info.backend_pid
+            with psycopg.connect(url, autocommit=True) as admin:
+                # With a timeout: returns once the backend has exited.
+                admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+            ended.append(pid)
+        return real(conn, cursor)
+
+    setattr(backend, step, lost)
+    try:
+        yield ended
+    finally:
+        setattr(backend, step, real)
 
 
 def with_options(url: str, options: str) -> str:
@@ -242,25 +271,14 @@ async def test_a_send_refused_before_the_connection_looks_bad_is_a_lost_connecti
 @pytest_twisted.ensureDeferred
 async def test_a_connection_lost_inside_the_commit_is_never_run_again(pg_url):
     cat = open_catalog(reactor, pg_url, threads=1)
-    backend = cat._runner.backend
     runs = []
-    commit = backend.commit
-
-    def lost_commit(conn, cursor):
-        with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        commit(conn, cursor)
-
     try:
-        backend.commit = lost_commit
-        with pytest.raises(CatalogUnavailable):
+        with connection_lost_in(cat, "commit", pg_url), pytest.raises(CatalogUnavailable):
             await cat._runner.run(lambda tx: runs.append(tx.execute("SELECT 1")))
         assert len(runs) == 1
-        backend.commit = commit
         await cat.mkdir("/after")
         assert [e.name for e in await cat.list_dir("/")] == ["after"]
     finally:
-        backend.commit = commit
         cat.close()
 
 
@@ -276,32 +294,17 @@ async def test_a_connection_lost_inside_the_rollback_is_replaced_and_the_transac
     is dropped and the transaction runs again on a new one, so the client
     gets its own answer (NotFound: 404 / 550), not an outage."""
     cat = open_catalog(reactor, pg_url, threads=1)
-    backend = cat._runner.backend
-    rollback = backend.rollback
-    ended = []
-
-    def lost_rollback(conn, cursor):
-        if not ended:
-            pid = conn.info.backend_pid
-            with psycopg.connect(pg_url, autocommit=True) as admin:
-                # With a timeout: returns once the backend has exited.
-                admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
-            ended.append(pid)
-        rollback(conn, cursor)
-
     try:
         await cat.mkdir("/d")
-        backend.rollback = lost_rollback
-        with pytest.raises(NotFound):
+        lost = connection_lost_in(cat, "rollback", pg_url, times=1)
+        with lost as ended, pytest.raises(NotFound):
             await (cat.rmdir("/d/missing") if write else cat.stat("/d/missing"))
         assert len(ended) == 1
-        backend.rollback = rollback
         pid = await cat._runner.run(lambda tx: tx.value("SELECT pg_backend_pid() AS pid"))
         assert pid != ended[0]
         await cat.mkdir("/after")
         assert [e.name for e in await cat.list_dir("/")] == ["after", "d"]
     finally:
-        backend.rollback = rollback
         cat.close()
 
 
@@ -310,27 +313,16 @@ async def test_rollbacks_that_keep_losing_their_connection_are_unavailable(pg_ur
     """Each run's ROLLBACK finds its connection ended: after the first
     connection and two new ones, the catalog is unavailable (503 / 451)."""
     cat = open_catalog(reactor, pg_url, threads=1)
-    backend = cat._runner.backend
-    rollback = backend.rollback
-    ended = []
-
-    def lost_rollback(conn, cursor):
-        pid = conn.info.backend_pid
-        with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
-        ended.append(pid)
-        rollback(conn, cursor)
-
     try:
         await cat.mkdir("/d")
-        backend.rollback = lost_rollback
-        with pytest.raises(CatalogUnavailable):
+        with (
+            connection_lost_in(cat, "rollback", pg_url) as ended,
+            pytest.raises(CatalogUnavailable),
+        ):
             await cat.stat("/d/missing")
         assert len(set(ended)) == 3  # the first connection and two new ones
-        backend.rollback = rollback
         await cat.mkdir("/after")
     finally:
-        backend.rollback = rollback
         cat.close()
 
 

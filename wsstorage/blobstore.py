@@ -276,7 +276,7 @@ class _Blob:
         self.fs = store.fs
         self.blob_id = blob_id
         #: ``paths``: the caller's, when it made them already (``_get``).
-        self.paths = paths or BlobPaths.of(store.root, blob_id)
+        self.paths = paths if paths is not None else BlobPaths.of(store.root, blob_id)
         self.block_size = record.block_size
         self.epoch = record.epoch
         self.meta = record.meta

@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.internet import defer, main
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -916,9 +916,14 @@ class StorageClient:
     """Talks to one storage server; see the module docstring.
 
     ``endpoint`` is a Twisted client endpoint string (``tcp:127.0.0.1:7001``)
-    or an IStreamClientEndpoint.  ``connect_timeout`` bounds connecting plus
-    the handshake; ``idle_timeout`` is how long the server may stay silent
-    while we wait for it; ``pool_size`` is how many idle connections are kept.
+    or an IStreamClientEndpoint.  ``connect_timeout`` bounds making the
+    connection (the TCP or UNIX connect; NodeUnavailable after it); the
+    handshake after it (TLS, then HELLO to READY) is bounded like any wait
+    for the server, by ``idle_timeout``: how long the server may stay
+    silent while we wait for it.  An operation cancelled while its
+    connection is being made fails with CancelledError, not
+    NodeUnavailable: the caller gave up, the server did not fail.
+    ``pool_size`` is how many idle connections are kept.
     ``expected_name``, when given, is the name the server must announce in
     the handshake; another name fails every connection with WrongServer.
     """
@@ -1024,18 +1029,44 @@ class StorageClient:
             if conn.connected:
                 return conn
         factory = _ClientFactory(self)
+        # Our own timer, not ``addTimeout``: a TCP or UNIX endpoint fails
+        # its cancelled connect with ConnectingCancelledError, not
+        # CancelledError, whichever side cancelled it, so ``addTimeout``
+        # never saw its timeout (the error named only the address) and a
+        # caller's cancel could not be told from a server that failed.
+        timed_out = False
+        timer = None
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            connecting.cancel()
+
         try:
-            d = self.endpoint.connect(factory)
-            d.addTimeout(self.connect_timeout, self.reactor)
-            conn = yield d
-        except defer.TimeoutError:
-            raise NodeUnavailable(
-                f"could not connect to storage server {self.name} within {self.connect_timeout}s"
-            ) from None
+            connecting = self.endpoint.connect(factory)
+            timer = self.reactor.callLater(self.connect_timeout, time_out)
+            conn = yield connecting
         except StorageError:
             raise
         except Exception as e:
+            if timed_out:
+                raise NodeUnavailable(
+                    f"could not connect to storage server {self.name} "
+                    f"within {self.connect_timeout}s"
+                ) from None
+            if isinstance(e, defer.CancelledError | ConnectingCancelledError):
+                # The caller gave up on its operation while we connected
+                # (its Deferred was cancelled): a cancellation, as for any
+                # cancelled Deferred, and nothing the server did; as
+                # NodeUnavailable it read as the server failing, which
+                # marks a server down (``StoragePool.mark_down``).
+                raise defer.CancelledError(
+                    f"connecting to storage server {self.name} was cancelled"
+                ) from None
             raise NodeUnavailable(f"could not connect to storage server {self.name}: {e}") from None
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
         self._conns.add(conn)
         conn = yield self._ready(conn)
         return conn

@@ -129,8 +129,12 @@ _INFO_FIELDS = tuple(f.name for f in attrs.fields(BlobInfo))
 def info_to_wire(info: BlobInfo) -> dict[str, Any]:
     """``info`` as a reply's body, as ``attrs.asdict`` makes it but
     without its generic recursion: that took 10 us of the reactor's time
-    per put, this well under one.  ``meta`` is copied one level deep
-    (the body is encoded at once, never kept)."""
+    per put, this well under one.  Unlike ``asdict`` it copies ``meta``
+    one level only: the values inside are ``info``'s own.  Sharing them is
+    safe because none is changed in place: a store replaces a blob's meta
+    whole (``encode_meta`` makes each one afresh), and the server only
+    encodes a body, though not always at once: a ``list`` page holds its
+    items until it is full, across reads in the pool."""
     wire = {name: getattr(info, name) for name in _INFO_FIELDS}
     wire["meta"] = dict(wire["meta"])
     return wire
