@@ -5,6 +5,7 @@ tier driven by a Clock; the front end's side, with real processes, is in
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
@@ -12,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
 from wsfront.transfer.errors import NoReplicasAvailable
-from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.pool import NOT_PROBED, SURVIVES_MOVE, NodeState, StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import NodeUnavailable
 from wsstorage.records import Health
@@ -236,3 +237,29 @@ def test_a_read_waits_for_a_hung_registry_read_no_longer_than_the_probe_timeout(
     assert registry.reads == 1
     with pytest.raises(NoReplicasAvailable, match="blob b9"):
         run(clock, reading, limit=10)
+
+
+def test_a_move_resets_every_field_of_the_old_endpoint_and_keeps_the_rest_in_place(clock):
+    """Field by field, so that a field added to ``NodeState`` later is
+    reset by a move unless named in ``SURVIVES_MOVE`` (it was reset by
+    hand, one assignment per field)."""
+    pool = StoragePool(clock)
+    pool.add("s1", "tcp:old:1", BindingStore("s1"))
+    [node] = pool.nodes()
+    assert {f.name for f in attrs.fields(NodeState)} >= SURVIVES_MOVE
+    before = {}
+    for i, field in enumerate(attrs.fields(NodeState)):
+        if field.name not in ("name", "endpoint", "client"):
+            value = object() if field.name not in SURVIVES_MOVE else f"kept {i}"
+            setattr(node, field.name, value)
+            before[field.name] = value
+    new = BindingStore("s1")
+    pool.move("s1", "tcp:new:2", new)
+    [moved] = pool.nodes()
+    assert moved is node
+    fresh = NodeState("s1", "tcp:new:2", new, up=False, last_error=NOT_PROBED)
+    for field in attrs.fields(NodeState):
+        if field.name in SURVIVES_MOVE - {"name"}:
+            assert getattr(node, field.name) is before[field.name], field.name
+        else:
+            assert getattr(node, field.name) == getattr(fresh, field.name), field.name

@@ -191,6 +191,48 @@ def _stale(node: NodeState, client: IStorageClient | None) -> bool:
     return client is not None and client is not node.client and node.foreign is None
 
 
+#: What a server's ``NodeState`` keeps when it moves to another endpoint
+#: (``StoragePool.move``): what this front end did there (placements and
+#: the room they hold, the drain the registry says), which servers share
+#: its disk, the cluster it was once seen bound to (never bound
+#: automatically again), and the last free space it reported (its data
+#: directory moves with it; nothing chooses it before the new endpoint's
+#: answer replaces them).  Everything else is of the old endpoint (health,
+#: binding, store): reset to a fresh state's, a field added later too.
+SURVIVES_MOVE = frozenset(
+    {
+        "name",
+        "draining",
+        "free_bytes",
+        "total_bytes",
+        "reserve_bytes",
+        "placed_bytes",
+        "holds",
+        "shares",
+        "seen_foreign",
+    }
+)
+
+
+def _take_over(node: NodeState, fresh: NodeState) -> None:
+    """Make ``node`` ``fresh`` but for the fields that survive a move
+    (``SURVIVES_MOVE``), in place: placements and shared-disk groups hold
+    a reference to it."""
+    for field in attrs.fields(NodeState):
+        if field.name not in SURVIVES_MOVE:
+            setattr(node, field.name, getattr(fresh, field.name))
+
+
+def _absent(node: NodeState | None) -> bool:
+    """A server the pool does not know (``StoragePool.lookup``)."""
+    return node is None
+
+
+def _serves(node: NodeState | None) -> bool:
+    """A server a read can start on (``StoragePool.lookup_for_read``)."""
+    return node is not None and node.up and node.foreign is None
+
+
 @implementer(IStorageClient)
 class UnusableClient:
     """Stands for a storage server the front end cannot even try to reach
@@ -289,7 +331,8 @@ class StoragePool:
         endpoint proves it.
         What the pool knew of the old address (health, binding, store) is
         forgotten until the new one answers a probe; the node keeps its
-        place and the room uploads hold on it.  Returns the old client,
+        place (the same object) and what survives a move
+        (``SURVIVES_MOVE``: the room uploads hold on it, say).  Returns the old client,
         which reads and writes still running hold: the caller closes it
         once they no longer matter (at stop), not now, which would cut them
         instead of letting them finish or fail over as for any server."""
@@ -297,28 +340,12 @@ class StoragePool:
         old = node.client
         if self.cluster_id is not None and hasattr(client, "cluster_id"):
             client.cluster_id = self.cluster_id
-        node.endpoint = endpoint
-        node.client = client
         # No write goes to the new endpoint before a probe proved it (as
-        # for a server taken in while running: ``add``).
-        node.up = False
-        node.last_error = unusable or NOT_PROBED
-        node.last_seen = None
-        node.probed = False
-        node.secret_refused = False
-        node.problem = None
-        node.problem_held_until = 0.0
-        node.store_id = None
-        node.store_created = None
-        node.foreign = None
-        node.last_refusal = None
-        # A bind the old address's store has not answered yet binds that
-        # store, not this one: the new one's first answer starts its own.
-        node.binding = None
-        node.bind_checking = False
-        node.bound = False
-        node.unprotected = False
-        node.bind_error = None
+        # for a server taken in while running: ``add``).  A bind the old
+        # address's store has not answered yet binds that store, not this
+        # one: the new one's first answer starts its own.
+        fresh = NodeState(name, endpoint, client, up=False, last_error=unusable or NOT_PROBED)
+        _take_over(node, fresh)
         if unusable is None:
             self._probe_now(node)
         else:
@@ -335,13 +362,16 @@ class StoragePool:
             lambda f: log.failure("probing storage server {name}", f, name=node.name)
         )
 
-    def _unknown(self, groups: tuple[Iterable[str], ...]) -> bool:
-        """Whether a server named in ``groups`` is not in the pool (every
-        read of an extent asks: a loop, no generator)."""
+    def _any(
+        self, groups: tuple[Iterable[str], ...], test: Callable[[NodeState | None], bool]
+    ) -> bool:
+        """Whether ``test`` holds for the state of a server named in
+        ``groups`` (None: not in the pool).  Every read of an extent asks:
+        a loop, no generator."""
         nodes = self._nodes
         for names in groups:
             for n in names:
-                if n not in nodes:
+                if test(nodes.get(n)):
                     return True
         return False
 
@@ -353,7 +383,7 @@ class StoragePool:
         another front end or the CLI).  One read at a time serves every
         caller, and one at most per probe interval: a replica on a server
         the registry does not have either costs no query per read."""
-        if self._refresh is None or not self._unknown(groups):
+        if self._refresh is None or not self._any(groups, _absent):
             return None
         if self._refreshing is None:
             now = self._clock.seconds()
@@ -383,12 +413,8 @@ class StoragePool:
         read starts there; an unknown one, if ever, is only failed over
         to); else ``lookup``'s Deferred, waited for at most the probe
         timeout: a slow catalog delays no read longer than a slow server."""
-        nodes = self._nodes
-        for names in groups:
-            for n in names:
-                node = nodes.get(n)
-                if node is not None and node.up and node.foreign is None:
-                    return None
+        if self._any(groups, _serves):
+            return None
         looked_up = self.lookup(*groups)
         if looked_up is None:
             return None
