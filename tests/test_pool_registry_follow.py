@@ -106,10 +106,11 @@ def test_a_moved_server_is_reached_at_its_new_endpoint_and_the_old_ones_probe_is
     new = cluster.add_node("s2-moved")
     cluster.node("s2").freeze()
     late = pool.probe_all()  # s2's probe now hangs at the old address
-    old = pool.move("s2", cluster.endpoint("s2-moved"), new.client())
+    old = pool.client("s2")
+    pool.move("s2", cluster.endpoint("s2-moved"), new.client())
+    run(clock, late)  # the old address's probe times out: not s2's news any more
     assert old is not pool.client("s2")
     assert pool.endpoint("s2") == cluster.endpoint("s2-moved")
-    run(clock, late)  # the old address's probe times out: not s2's news any more
     assert pool.is_up("s2")
     [s2] = [n for n in pool.nodes() if n.name == "s2"]
     assert s2.probed and s2.last_error is None  # the new address answered
@@ -176,23 +177,21 @@ def test_a_bind_the_old_address_answers_after_a_move_does_not_bind_the_new_store
     assert not pool.is_up("s1") and pool.choose(1) == []
 
 
-def test_a_server_taken_in_or_moved_while_running_takes_no_writes_before_its_first_probe(
+def test_a_server_taken_in_while_running_takes_no_writes_before_its_first_probe(
     clock, cluster, pool
 ):
     # Its probe hangs (a store of another cluster, a typo'd endpoint that
     # accepts the connection): nothing may be placed there meanwhile.
+    # (A server moved while running goes on at its old endpoint until the
+    # new one's probe passes: ``test_pool_pending_endpoint``.)
     cluster.node("s4").freeze()
     pool.add("s4", cluster.endpoint("s4"), cluster.client_factory("s4", cluster.endpoint("s4")))
-    moved = cluster.add_node("s2-moved")
-    moved.freeze()
-    pool.move("s2", cluster.endpoint("s2-moved"), moved.client())
     for _ in range(4):
-        assert pool.choose(3) == ["s1"]
-    assert not pool.is_up("s4") and not pool.is_up("s2")
+        assert sorted(pool.choose(3)) == ["s1", "s2"]
+    assert not pool.is_up("s4")
     # Not known frozen or gone either: a resume's fence still waits for it.
-    assert not pool.silent("s4") and not pool.silent("s2")
+    assert not pool.silent("s4")
     cluster.node("s4").thaw()
-    moved.thaw()
     run(clock, pool.probe_all())
     assert sorted(pool.choose(3)) == ["s1", "s2", "s4"]
 
@@ -249,7 +248,8 @@ def test_a_move_resets_every_field_of_the_old_endpoint_and_keeps_the_rest_in_pla
     assert {f.name for f in attrs.fields(NodeState)} >= SURVIVES_MOVE
     before = {}
     for i, field in enumerate(attrs.fields(NodeState)):
-        if field.name not in ("name", "endpoint", "client"):
+        # (A pending endpoint is dropped, its client closed: a real one.)
+        if field.name not in ("name", "endpoint", "client", "pending"):
             value = object() if field.name not in SURVIVES_MOVE else f"kept {i}"
             setattr(node, field.name, value)
             before[field.name] = value

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from wsfront.transfer import binding
 from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import AuthenticationFailed, NodeUnavailable
+from wsstorage.records import Health
 
 log = Logger()
 
@@ -108,6 +109,13 @@ class NodeState:
     unprotected: bool = False
     #: Why the last bind failed (a full disk), said once; None after one worked.
     bind_error: str | None = None
+    #: The endpoint the registry moved the server to, while no probe of it
+    #: has passed (``StoragePool.move``): its own state (health, binding,
+    #: store), probed beside this one, whose place it takes once a probe
+    #: passes (``StoragePool._switch``).  Reads and writes stay on
+    #: ``client`` meanwhile: a wrong endpoint (a typo in one front end's
+    #: ``--storage``) costs nothing while the current one works.
+    pending: NodeState | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def takes_new_blobs(self) -> bool:
@@ -271,8 +279,15 @@ class StoragePool:
         cluster_id: str | None = None,
         knows_node: Callable[[str], Deferred] | None = None,
         refresh: Callable[[], Deferred] | None = None,
+        on_switch: Callable[[str, IStorageClient], None] | None = None,
     ) -> None:
         self._clock = clock
+        #: Called with a server's name and its old client once the pool
+        #: took the endpoint it moved to (``move``): reads and writes still
+        #: running hold that client, which the owner closes once they no
+        #: longer matter (the front end: ``_retire``), not now, which would
+        #: cut them instead of letting them finish or fail over.
+        self._on_switch = on_switch
         #: Reads the catalog's storage registry and brings the pool up to
         #: date with it (the front end's ``refresh_registry``): ``lookup``
         #: calls it for a replica on a server the pool does not know yet
@@ -322,40 +337,102 @@ class StoragePool:
 
     def move(
         self, name: str, endpoint: str, client: IStorageClient, unusable: str | None = None
-    ) -> IStorageClient:
+    ) -> None:
         """``name`` was registered at ``endpoint`` since the pool took it in
-        (its server moved, re-registered by another front end or the CLI):
-        new connections go there, through ``client`` (an ``UnusableClient``
-        with ``unusable``, the reason, if that endpoint cannot be used);
-        it is down (reads try it last, no writes) until a probe of the new
-        endpoint proves it.
-        What the pool knew of the old address (health, binding, store) is
-        forgotten until the new one answers a probe; the node keeps its
-        place (the same object) and what survives a move
-        (``SURVIVES_MOVE``: the room uploads hold on it, say).  Returns the old client,
-        which reads and writes still running hold: the caller closes it
-        once they no longer matter (at stop), not now, which would cut them
-        instead of letting them finish or fail over as for any server."""
+        (its server moved, re-registered by another front end or the CLI),
+        reached through ``client`` (an ``UnusableClient`` with ``unusable``,
+        the reason, if that endpoint cannot be used).
+
+        While the pool probes (``start``), the new endpoint is *pending*
+        (``NodeState.pending``): probed beside the current one, which goes
+        on serving reads and writes with its health as it is, and taken
+        (``_switch``) only once a probe of it passes as ``_probe`` would
+        have it (it answers, accepts our secret, its store is this
+        cluster's); never, if it is wrong (a typo in one front end's
+        ``--storage`` re-registers the server at a wrong address for
+        every front end).  A pending endpoint the registry replaced is
+        dropped, its client closed (``unpend`` if it went back to the
+        current one).  Before ``start`` nothing was proven of either
+        endpoint: the new one is taken at once."""
         node = self._nodes[name]
-        old = node.client
         if self.cluster_id is not None and hasattr(client, "cluster_id"):
             client.cluster_id = self.cluster_id
-        # No write goes to the new endpoint before a probe proved it (as
-        # for a server taken in while running: ``add``).  A bind the old
-        # address's store has not answered yet binds that store, not this
-        # one: the new one's first answer starts its own.
-        fresh = NodeState(name, endpoint, client, up=False, last_error=unusable or NOT_PROBED)
+        self._drop_pending(node)
+        if self._loop is None:
+            fresh = NodeState(name, endpoint, client, up=False, last_error=unusable or NOT_PROBED)
+            self._switch(node, fresh)
+            if unusable is not None:
+                log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
+            return
+        pending = NodeState(
+            name,
+            endpoint,
+            client,
+            up=False,
+            last_error=NOT_PROBED,
+            # The cluster its store was once seen bound to is the server's:
+            # the new endpoint's unbound store is not bound automatically.
+            seen_foreign=node.seen_foreign,
+        )
+        node.pending = pending
+        if unusable is not None:
+            log.error(
+                "storage server {name}: its registered endpoint is unusable: {reason}; "
+                "reads and writes stay on {current}",
+                name=name,
+                reason=unusable,
+                current=node.endpoint,
+            )
+        self._probe_pending(node, pending).addErrback(
+            lambda f: log.failure("probing storage server {name}'s new endpoint", f, name=name)
+        )
+
+    def unpend(self, name: str) -> None:
+        """The registry names ``name``'s current endpoint again: the
+        pending one (``move``) is dropped, its client closed."""
+        node = self._nodes[name]
+        if node.pending is not None:
+            log.info(
+                "storage server {name} is registered at {endpoint} again: "
+                "{pending} is no longer tried",
+                name=name,
+                endpoint=node.endpoint,
+                pending=node.pending.endpoint,
+            )
+            self._drop_pending(node)
+
+    def registered(self, name: str) -> str:
+        """The endpoint of ``name`` the pool last took from the registry:
+        the pending one while a probe of it has not passed (``move``),
+        else the one in use (``endpoint``)."""
+        node = self._nodes[name]
+        return node.endpoint if node.pending is None else node.pending.endpoint
+
+    def _drop_pending(self, node: NodeState) -> None:
+        """Forget ``node``'s pending endpoint, closing its client (nothing
+        but its probes used it; one still running is ignored)."""
+        pending, node.pending = node.pending, None
+        if pending is not None:
+            defer.maybeDeferred(pending.client.close).addErrback(
+                lambda f: log.failure(
+                    "closing {name}'s client of {endpoint}", f, name=node.name,
+                    endpoint=pending.endpoint,
+                )
+            )  # fmt: skip
+
+    def _switch(self, node: NodeState, fresh: NodeState) -> None:
+        """Make ``fresh`` (the state of the endpoint ``node`` moved to)
+        ``node``'s, but for what survives a move (``SURVIVES_MOVE``): new
+        connections go there.  The old client goes to ``on_switch``."""
+        old = node.client
         _take_over(node, fresh)
-        if unusable is None:
-            self._probe_now(node)
-        else:
-            log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
-        return old
+        if self._on_switch is not None:
+            self._on_switch(node.name, old)
 
     def _probe_now(self, node: NodeState) -> None:
-        """Probe a server just taken in (or moved) at once once the pool
-        probes (``start``), not at the next round: a read of a file stored
-        only there should not find it "down" for a second."""
+        """Probe a server just taken in at once once the pool probes
+        (``start``), not at the next round: a read of a file stored only
+        there should not find it "down" for a second."""
         if self._loop is None:
             return
         self._probe(node).addErrback(
@@ -735,7 +812,17 @@ class StoragePool:
         self._loop = None
 
     def probe_all(self) -> Deferred:
-        return DeferredList([self._probe(n) for n in self._nodes.values()], consumeErrors=True)
+        nodes = list(self._nodes.values())
+        probes = [self._probe(n) for n in nodes]
+        probes += [self._probe_pending(n, n.pending) for n in nodes if n.pending is not None]
+        return DeferredList(probes, consumeErrors=True)
+
+    def _failure(self, e: BaseException) -> str:
+        """Why a health probe failed, in words."""
+        if isinstance(e, defer.TimeoutError):
+            # Its own text is the bare tuple "(2.0, 'Deferred')".
+            return f"no answer to a health probe within {self._probe_timeout:g} s"
+        return str(e) or e.__class__.__name__
 
     @inlineCallbacks
     def _probe(self, node: NodeState):
@@ -747,11 +834,7 @@ class StoragePool:
         except Exception as e:
             if node.client is not client:
                 return  # it moved meanwhile: the old address's news
-            if isinstance(e, defer.TimeoutError):
-                # Its own text is the bare tuple "(2.0, 'Deferred')".
-                reason = f"no answer to a health probe within {self._probe_timeout:g} s"
-            else:
-                reason = str(e) or e.__class__.__name__
+            reason = self._failure(e)
             if node.up or node.last_error == NOT_PROBED:
                 log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
             elif reason != node.last_error and not isinstance(node.client, UnusableClient):
@@ -765,26 +848,38 @@ class StoragePool:
             return
         if node.client is not client:
             return  # it moved meanwhile: the old address's news
+        foreign = yield self._settle(node, health)
+        if node.client is not client:
+            return  # it moved while its bind ran
+        if foreign is not None:
+            node.up = False
+            node.last_error = foreign
+            node.last_seen = self._clock.seconds()
+            node.probed = True
+            return
+        if not node.up:
+            again = "" if node.last_seen is None else " again"
+            log.info("storage server {name} is up{again}", name=node.name, again=again)
+        self._answered(node, health)
+
+    def _settle(self, node: NodeState, health: Health) -> Deferred:
+        """After a health answer of ``node``: what it says of its store,
+        and its binding (``binding.settle``: at most the probe timeout
+        more, a bind runs on beside); fires with why the store is not used,
+        or None."""
         node.secret_refused = False
         if health.store_id is not None:
             node.store_id = health.store_id
             node.store_created = health.store_created
-        if self.cluster_id is not None:
-            # At most the probe timeout more (a bind runs on beside).
-            foreign = yield binding.settle(
-                node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
-            )
-            if node.client is not client:
-                return  # it moved while its bind ran
-            if foreign is not None:
-                node.up = False
-                node.last_error = foreign
-                node.last_seen = self._clock.seconds()
-                node.probed = True
-                return
-        if not node.up:
-            again = "" if node.last_seen is None else " again"
-            log.info("storage server {name} is up{again}", name=node.name, again=again)
+        if self.cluster_id is None:
+            return succeed(None)
+        return binding.settle(
+            node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
+        )
+
+    def _answered(self, node: NodeState, health: Health) -> None:
+        """``node`` answered a probe, its store usable: up, with the
+        problem, space and room its answer says."""
         problem = health.problem
         if problem is None and self._clock.seconds() < node.problem_held_until:
             problem = node.problem  # a writer's failure outranks an older check
@@ -803,3 +898,66 @@ class StoragePool:
         node.last_seen = self._clock.seconds()
         node.last_error = problem
         node.probed = True
+
+    @inlineCallbacks
+    def _probe_pending(self, node: NodeState, pending: NodeState):
+        """Probe the endpoint ``node`` moved to (``move``) as ``_probe``
+        would, on its own state: if it passes, it becomes ``node``'s
+        (``_switch``); if not, ``node`` goes on as it was, and why is said
+        once per reason.  The outcome of a pending endpoint replaced
+        meanwhile is nobody's."""
+        d = pending.client.health()
+        d.addTimeout(self._probe_timeout, self._clock)
+        try:
+            health = yield d
+        except Exception as e:
+            if node.pending is pending:
+                pending.secret_refused = isinstance(e, AuthenticationFailed)
+                self._pending_failed(node, pending, self._failure(e), None)
+            return
+        if node.pending is not pending:
+            return
+        foreign = yield self._settle(pending, health)
+        if node.pending is not pending:
+            return
+        if foreign is None and pending.binding is not None:
+            # Its bind runs on: its outcome is for the state it started
+            # on, so the switch waits for it (a later probe's).
+            foreign = "binding its store to this cluster takes longer than a probe"
+        if foreign is not None:
+            self._pending_failed(node, pending, foreign, self._clock.seconds())
+            return
+        if self.closing:
+            return  # stopping: its client is being closed
+        was = node.endpoint
+        node.pending = None
+        self._switch(node, pending)
+        log.info(
+            "storage server {name} answers at {endpoint}: reads and writes go there "
+            "from now on (was {was})",
+            name=node.name,
+            endpoint=node.endpoint,
+            was=was,
+        )
+        self._answered(node, health)
+
+    def _pending_failed(
+        self, node: NodeState, pending: NodeState, reason: str, seen: float | None
+    ) -> None:
+        """A probe of ``node``'s pending endpoint did not pass, for
+        ``reason``: it is not taken; said once per reason."""
+        if reason != pending.last_error:
+            log.warn(
+                "storage server {name}: the endpoint it is registered at, {endpoint}, "
+                "is not taken: {err}; reads and writes stay on {current}{state}",
+                name=node.name,
+                endpoint=pending.endpoint,
+                err=reason,
+                current=node.endpoint,
+                state="" if node.up else " (down too)",
+            )
+        pending.up = False
+        pending.last_error = reason
+        if seen is not None:
+            pending.last_seen = seen
+        pending.probed = True

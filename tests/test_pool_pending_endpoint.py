@@ -1,0 +1,256 @@
+"""A server the registry moves while the pool runs goes on at its old
+endpoint until a probe of the new one passes (``StoragePool.move``: the
+new one is *pending*), on the fake storage tier driven by a Clock.
+
+Before, a move took the new endpoint at once and the server was down
+until it answered: one front end's typo in ``--storage`` (which
+re-registers the server for every front end) stopped writes to a working
+server on every running front end.  Real processes:
+``test_registry_follow_procs``."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
+
+from tests.test_transfer_pool_and_reads import run, store_blob
+from tests.transfer_env import Collector
+from wsfront.transfer.pool import NOT_PROBED, StoragePool
+from wsfront.transfer.reader import ReadExtent, ReadStream
+from wsstorage.errors import AuthenticationFailed
+from wsstorage.records import Health
+from wsstorage.testing import FakeStorageCluster
+
+
+@pytest.fixture
+def clock():
+    return task.Clock()
+
+
+@pytest.fixture
+def cluster(clock):
+    return FakeStorageCluster(clock, ["s1", "s2"])
+
+
+@pytest.fixture
+def switched():
+    """What the pool handed its owner at each switch: (name, old client)."""
+    return []
+
+
+@pytest.fixture
+def pool(clock, cluster, switched):
+    p = StoragePool(
+        clock,
+        probe_interval=1.0,
+        probe_timeout=0.5,
+        on_switch=lambda name, old: switched.append((name, old)),
+    )
+    for name in ("s1", "s2"):
+        p.add(name, cluster.endpoint(name), cluster.client_factory(name, cluster.endpoint(name)))
+    run(clock, p.start())
+    yield p
+    p.stop()
+
+
+def node_of(pool: StoragePool, name: str):
+    [node] = [n for n in pool.nodes() if n.name == name]
+    return node
+
+
+def probe_round(clock: task.Clock, pool: StoragePool) -> None:
+    clock.advance(1.0)  # the probe interval: the looping probe runs
+    run(clock, pool.probe_all())
+
+
+def test_a_pending_endpoint_that_proves_is_switched_to(clock, cluster, pool, switched):
+    old = pool.client("s2")
+    moved = cluster.add_node("s2-moved")
+    moved.freeze()  # its first probe hangs
+    pool.move("s2", moved.endpoint, moved.client())
+    assert pool.client("s2") is old and pool.endpoint("s2") == cluster.endpoint("s2")
+    assert pool.registered("s2") == moved.endpoint
+    assert pool.is_up("s2") and sorted(pool.choose(2)) == ["s1", "s2"]
+    moved.thaw()
+    probe_round(clock, pool)
+    assert pool.endpoint("s2") == moved.endpoint and pool.client("s2") is not old
+    assert pool.registered("s2") == moved.endpoint
+    assert pool.is_up("s2") and node_of(pool, "s2").pending is None
+    assert node_of(pool, "s2").free_bytes == moved.capacity  # its answer's
+    assert switched == [("s2", old)]  # the old client, for the reads still on it
+    data = b"at the new endpoint" * 50
+    store_blob(clock, cluster, ["s2-moved"], "b2", data)
+    sink = Collector()
+    extent = [ReadExtent("b2", 0, len(data), ("s2",))]
+    assert run(clock, ReadStream(clock, pool, extent).start(sink)) == len(data)
+    assert sink.data == data
+
+
+def test_a_pending_endpoint_that_never_proves_leaves_the_old_one_serving_writes(
+    clock, cluster, pool, switched
+):
+    old = pool.client("s2")
+    typo = cluster.add_node("s2-typo")
+    typo.kill()  # nothing answers there
+    pool.move("s2", typo.endpoint, typo.client())
+    for _ in range(3):
+        probe_round(clock, pool)
+        assert pool.is_up("s2") and pool.client("s2") is old
+        assert sorted(pool.choose(2)) == ["s1", "s2"]
+    node = node_of(pool, "s2")
+    assert node.last_error is None and node.endpoint == cluster.endpoint("s2")
+    assert node.pending.probed and not node.pending.up
+    assert "down" in node.pending.last_error
+    assert switched == []
+    # A write placed there goes to the old endpoint's store.
+    writer = run(clock, pool.client("s2").write("w2", 1, 0, {}))
+    writer.write(b"still written")
+    run(clock, writer.commit())
+    assert cluster.node("s2").blob_bytes("w2") == b"still written"
+
+
+class Refusing:
+    """A server at the new endpoint that refuses this front end's secret."""
+
+    def health(self) -> Deferred:
+        d: Deferred = Deferred()
+        d.errback(AuthenticationFailed("the server refused our secret"))
+        return d
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def test_a_pending_endpoint_refusing_our_secret_is_not_taken(clock, cluster, pool):
+    pool.move("s2", "tcp:127.0.0.1:9", Refusing())
+    probe_round(clock, pool)
+    node = node_of(pool, "s2")
+    assert pool.is_up("s2") and node.endpoint == cluster.endpoint("s2")
+    assert node.pending.secret_refused and "secret" in node.pending.last_error
+    assert not pool.secret_refused("s2")  # the server in use accepts it
+
+
+def test_a_move_while_pending_replaces_the_pending_endpoint(clock, cluster, pool, switched):
+    old = pool.client("s2")
+    first = cluster.add_node("s2-first")
+    first.freeze()
+    first_client = first.client()
+    pool.move("s2", first.endpoint, first_client)
+    second = cluster.add_node("s2-second")
+    pool.move("s2", second.endpoint, second.client())
+    clock.advance(0)
+    assert first_client._closed  # the superseded pending client is closed
+    assert pool.registered("s2") == second.endpoint
+    probe_round(clock, pool)
+    assert pool.endpoint("s2") == second.endpoint and switched == [("s2", old)]
+    first.thaw()  # its probe, still held, answers now: nobody's news
+    probe_round(clock, pool)
+    assert pool.endpoint("s2") == second.endpoint and pool.is_up("s2")
+
+
+def test_the_registry_naming_the_current_endpoint_again_drops_the_pending_one(
+    clock, cluster, pool, switched
+):
+    typo = cluster.add_node("s2-typo")
+    typo.freeze()
+    typo_client = typo.client()
+    pool.move("s2", typo.endpoint, typo_client)
+    pool.unpend("s2")
+    clock.advance(0)
+    assert typo_client._closed and node_of(pool, "s2").pending is None
+    assert pool.registered("s2") == cluster.endpoint("s2")
+    typo.thaw()
+    probe_round(clock, pool)
+    assert pool.endpoint("s2") == cluster.endpoint("s2") and switched == []
+
+
+def test_an_old_endpoint_down_and_a_new_one_that_proves_switches(clock, cluster, pool, switched):
+    cluster.node("s2").kill()  # its server moved: nothing at the old address
+    probe_round(clock, pool)
+    assert not pool.is_up("s2")
+    moved = cluster.add_node("s2-moved")
+    moved.kill()  # registered before its server listens there
+    pool.move("s2", moved.endpoint, moved.client())
+    probe_round(clock, pool)
+    node = node_of(pool, "s2")
+    assert not pool.is_up("s2") and node.pending is not None and node.pending.probed
+    moved.revive()
+    probe_round(clock, pool)
+    assert pool.is_up("s2") and pool.endpoint("s2") == moved.endpoint
+    assert sorted(pool.choose(2)) == ["s1", "s2"] and len(switched) == 1
+
+
+OURS = "c" * 32
+THEIRS = "d" * 32
+
+
+class Store:
+    """A store's client answering health at once, bound to ``bound``."""
+
+    def __init__(self, name: str, bound: str | None) -> None:
+        self.name = name
+        self.bound = bound
+        self.cluster_id: str | None = None
+
+    def health(self) -> Deferred:
+        return succeed(Health(self.name, 10**12, 10**12, 0, 0, 1, cluster_id=self.bound))
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def test_a_pending_endpoint_whose_store_is_another_clusters_is_not_taken(clock):
+    pool = StoragePool(clock, probe_timeout=0.5, cluster_id=OURS)
+    old = Store("s1", OURS)
+    pool.add("s1", "tcp:old:1", old)
+    run(clock, pool.start())
+    pool.move("s1", "tcp:new:2", Store("s1", THEIRS))
+    clock.advance(0)
+    [node] = pool.nodes()
+    assert pool.is_up("s1") and pool.client("s1") is old and node.foreign is None
+    assert node.pending.foreign == THEIRS and "another cluster" in node.pending.last_error
+    assert node.last_error is None and node.pending.last_error != NOT_PROBED
+    pool.stop()
+
+
+class Unbound(Store):
+    """An unbound store whose bind answers when the test says."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None)
+        self.binds: list[Deferred] = []
+
+    def can_bind(self) -> Deferred:
+        return succeed(True)
+
+    def bind_cluster(self, cluster_id: str) -> Deferred:
+        d: Deferred = Deferred()
+
+        def bound(result):
+            self.bound = result
+            return result
+
+        self.binds.append(d.addCallback(bound))
+        return d
+
+
+def test_a_pending_endpoint_is_taken_only_once_its_stores_bind_ended(clock):
+    """A bind still running is for the state it started on: the switch
+    waits for it, not to lose its outcome on a state no longer used."""
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
+    old = Store("s1", OURS)
+    pool.add("s1", "tcp:old:1", old)
+    run(clock, pool.start())
+    new = Unbound("s1")
+    pool.move("s1", "tcp:new:2", new)
+    clock.advance(0.5)  # the probe waits for the bind no longer
+    [node] = pool.nodes()
+    assert len(new.binds) == 1 and pool.client("s1") is old and node.pending is not None
+    new.binds[0].callback(OURS)
+    assert pool.client("s1") is old  # taken at the next probe
+    clock.advance(0.5)
+    run(clock, pool.probe_all())
+    assert pool.client("s1") is new and node.bound and node.binding is None
+    assert pool.of_this_cluster("s1") and pool.is_up("s1")
+    pool.stop()
