@@ -8,10 +8,11 @@ from __future__ import annotations
 import attrs
 import pytest
 from twisted.internet import task
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
+from wsfront.maintenance.nodes import drain
 from wsfront.transfer.errors import NoReplicasAvailable
 from wsfront.transfer.pool import NOT_PROBED, SURVIVES_MOVE, NodeState, StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
@@ -263,3 +264,31 @@ def test_a_move_resets_every_field_of_the_old_endpoint_and_keeps_the_rest_in_pla
             assert getattr(node, field.name) is before[field.name], field.name
         else:
             assert getattr(node, field.name) == getattr(fresh, field.name), field.name
+
+
+def test_every_lookup_waits_for_a_hung_registry_read_no_longer_than_the_probe_timeout(
+    clock, cluster, registry, pool
+):
+    """A drain or a resume's fence looks a server up as a read does; they
+    waited for the registry's answer, for ever on a hung catalog."""
+    registry.answer = Deferred()  # the catalog does not answer
+    first = pool.lookup(["s9"])  # a resume's fence, say
+    clock.advance(0.3)
+    second = pool.lookup(["s9"])  # a drain, sharing the read
+    assert registry.reads == 1 and not first.called and not second.called
+    clock.advance(0.2)  # the probe timeout, for the first
+    assert first.called and not second.called
+    clock.advance(0.3)
+    assert second.called
+    registry.answer.callback(None)  # it answers at last: nobody left waiting
+    assert pool.lookup(["s9"]) is None  # not read again within the probe interval
+
+
+def test_a_drain_of_a_server_unknown_here_fails_within_the_probe_timeout_on_a_hung_registry(
+    clock, registry, pool
+):
+    registry.answer = Deferred()  # the catalog does not answer
+    draining = ensureDeferred(drain(None, pool, None, "s9"))
+    clock.advance(0.5)
+    with pytest.raises(ValueError, match="unknown storage server 's9'"):
+        run(clock, draining, limit=1)

@@ -241,6 +241,19 @@ def _serves(node: NodeState | None) -> bool:
     return node is not None and node.up and node.foreign is None
 
 
+def _fire(waiter: Deferred) -> None:
+    """End a wait on the registry (``StoragePool.lookup``): its read
+    answered, or the caller waited long enough (whichever comes first)."""
+    if not waiter.called:
+        waiter.callback(None)
+
+
+def _cancel(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
 @implementer(IStorageClient)
 class UnusableClient:
     """Stands for a storage server the front end cannot even try to reach
@@ -459,7 +472,12 @@ class StoragePool:
         replica on a server registered after the pool's last refresh (by
         another front end or the CLI).  One read at a time serves every
         caller, and one at most per probe interval: a replica on a server
-        the registry does not have either costs no query per read."""
+        the registry does not have either costs no query per read.
+
+        Each caller waits at most the probe timeout (the read goes on for
+        the others and the next): a hung catalog delays a read, a drain or
+        a resume's fence no longer than a slow server would, and they go
+        on as for a server the registry does not list."""
         if self._refresh is None or not self._any(groups, _absent):
             return None
         if self._refreshing is None:
@@ -475,12 +493,14 @@ class StoragePool:
                     log.warn("reading the storage registry failed: {err}", err=result.value)
                 waiters, self._refreshing = self._refreshing, None
                 for w in waiters:
-                    w.callback(None)
+                    _fire(w)
 
             d.addBoth(done)
             if self._refreshing is None:
                 return succeed(None)  # it answered at once
         waiter: Deferred = Deferred()
+        timer = self._clock.callLater(self._probe_timeout, _fire, waiter)
+        waiter.addBoth(_cancel, timer)
         self._refreshing.append(waiter)
         return waiter
 
@@ -488,23 +508,10 @@ class StoragePool:
         """``lookup`` for a read of a replica on one of ``groups``' servers:
         None, no catalog query, while one of them is known and up (the
         read starts there; an unknown one, if ever, is only failed over
-        to); else ``lookup``'s Deferred, waited for at most the probe
-        timeout: a slow catalog delays no read longer than a slow server."""
+        to); else ``lookup``'s Deferred."""
         if self._any(groups, _serves):
             return None
-        looked_up = self.lookup(*groups)
-        if looked_up is None:
-            return None
-        out: Deferred = Deferred()
-
-        def done(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-                out.callback(None)
-
-        timer = self._clock.callLater(self._probe_timeout, out.callback, None)
-        looked_up.addBoth(done)
-        return out
+        return self.lookup(*groups)
 
     def of_this_cluster(self, name: str) -> bool:
         """Whether ``name``'s store is known bound to this pool's cluster
