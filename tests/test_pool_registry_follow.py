@@ -292,3 +292,21 @@ def test_a_drain_of_a_server_unknown_here_fails_within_the_probe_timeout_on_a_hu
     clock.advance(0.5)
     with pytest.raises(ValueError, match="unknown storage server 's9'"):
         run(clock, draining, limit=1)
+
+
+def test_a_read_whose_only_replica_is_on_a_server_unknown_here_names_it_in_its_error(
+    clock, registry, pool
+):
+    """The registry does not list s9 either: the read fails saying why
+    (its error's reason was empty: "could be read: ")."""
+    extent = [ReadExtent("b9", 0, 10, ("s9",), fallback=("s8",))]
+    with pytest.raises(NoReplicasAvailable) as failed:
+        run(clock, ReadStream(clock, pool, extent).start(Collector()))
+    assert registry.reads == 1
+    assert str(failed.value) == (
+        "no replica of blob b9 could be read: "
+        "s9: not in this front end's storage pool "
+        "(not in the catalog's registry when it last read it); "
+        "s8: not in this front end's storage pool "
+        "(not in the catalog's registry when it last read it)"
+    )

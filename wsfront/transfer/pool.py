@@ -33,6 +33,11 @@ log = Logger()
 #: first probe ends (``StoragePool.add``, ``StoragePool.move``).
 NOT_PROBED = "not probed yet"
 
+#: Why a server named by the catalog (a replica's) cannot be used here.
+NOT_IN_POOL = (
+    "not in this front end's storage pool (not in the catalog's registry when it last read it)"
+)
+
 
 @attrs.define
 class NodeState:
@@ -546,10 +551,7 @@ class StoragePool:
             # A replica on a server registered after this front end last
             # read the registry, or no longer there: failed with a reason
             # like a down server's, never a bare KeyError ("'s4'").
-            return UnusableClient(
-                f"storage server {name} is not in this front end's storage pool "
-                "(not in the catalog's registry when it last read it)"
-            )
+            return UnusableClient(f"storage server {name} is {NOT_IN_POOL}")
         if node.foreign is not None:
             return UnusableClient(node.last_error or f"{name} is bound to another cluster")
         return node.client
