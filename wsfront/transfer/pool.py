@@ -29,8 +29,9 @@ from wsstorage.records import Health
 
 log = Logger()
 
-#: Why a server taken in or moved while the pool runs is down until its
-#: first probe ends (``StoragePool.add``, ``StoragePool.move``).
+#: Why a server taken in while the pool runs is down until its first probe
+#: ends (``StoragePool.add``), and a pending endpoint not taken until then
+#: (``StoragePool.move``).
 NOT_PROBED = "not probed yet"
 
 #: Why a server named by the catalog (a replica's) cannot be used here.
