@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
+from wsfront.transfer.binding import BIND_TIMEOUT
 from wsfront.transfer.pool import NOT_PROBED, StoragePool
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import AuthenticationFailed
@@ -235,9 +236,9 @@ class Unbound(Store):
         return d
 
 
-def test_a_pending_endpoint_is_taken_only_once_its_stores_bind_ended(clock):
-    """A bind still running is for the state it started on: the switch
-    waits for it, not to lose its outcome on a state no longer used."""
+def test_a_pending_endpoint_is_taken_once_its_stores_bind_is_sent(clock):
+    """A bind still running is sent: the store is used unbound meanwhile,
+    as at a probe of the endpoint in use; its outcome is the next probe's."""
     pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
     old = Store("s1", OURS)
     pool.add("s1", "tcp:old:1", old)
@@ -246,11 +247,50 @@ def test_a_pending_endpoint_is_taken_only_once_its_stores_bind_ended(clock):
     pool.move("s1", "tcp:new:2", new)
     clock.advance(0.5)  # the probe waits for the bind no longer
     [node] = pool.nodes()
-    assert len(new.binds) == 1 and pool.client("s1") is old and node.pending is not None
+    assert len(new.binds) == 1 and pool.client("s1") is new and node.pending is None
+    assert node.binding is None and not node.bound  # the bind's outcome is not known yet
     new.binds[0].callback(OURS)
-    assert pool.client("s1") is old  # taken at the next probe
+    assert not node.bound  # its outcome went to the discarded pending state
     clock.advance(0.5)
     run(clock, pool.probe_all())
     assert pool.client("s1") is new and node.bound and node.binding is None
-    assert pool.of_this_cluster("s1") and pool.is_up("s1")
+    assert pool.of_this_cluster("s1") and pool.is_up("s1") and len(new.binds) == 1
+    pool.stop()
+
+
+class Dead:
+    """A store's client at an address nothing answers at any more."""
+
+    def health(self) -> Deferred:
+        d: Deferred = Deferred()
+        d.errback(ConnectionRefusedError("connection refused"))
+        return d
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def test_a_server_whose_new_stores_bind_hangs_comes_up_at_its_new_endpoint(clock):
+    """Its old address dead and the new store's bind hanging (an fsync
+    stuck past BIND_TIMEOUT): before, every probe of the new endpoint
+    failed ("binding ... takes longer than a probe"), each bind timed out
+    and the next probe started another: the server stayed down for good."""
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
+    pool.add("s1", "tcp:old:1", Dead())
+    run(clock, pool.start())
+    assert not pool.is_up("s1")
+    new = Unbound("s1")
+    pool.move("s1", "tcp:new:2", new)
+    clock.advance(0.5)
+    [node] = pool.nodes()
+    assert pool.client("s1") is new and pool.is_up("s1") and node.pending is None
+    for _ in range(int(BIND_TIMEOUT) + 5):  # past the bind's timeout, and the next one's start
+        probe_round(clock, pool)
+        assert pool.is_up("s1") and pool.endpoint("s1") == "tcp:new:2"
+        assert pool.choose(1) == ["s1"]
+    # The pending state's bind, the node's own at its first probe, and
+    # the node's again once that one timed out: each tried in turn.
+    assert len(new.binds) == 3 and not node.bound
+    new.binds[-1].callback(OURS)
+    assert node.bound and node.binding is None
     pool.stop()

@@ -445,6 +445,11 @@ class StoragePool:
         connections go there.  The old client goes to ``on_switch``."""
         old = node.client
         _take_over(node, fresh)
+        # A bind ``fresh``'s probe started (sent: ``_probe_pending``) ends
+        # on ``fresh`` (``binding.settle`` holds it), which nothing reads
+        # any more: the node's next probe starts its own.
+        node.binding = None
+        node.bind_checking = False
         if self._on_switch is not None:
             self._on_switch(node.name, old)
 
@@ -930,10 +935,13 @@ class StoragePool:
         foreign = yield self._settle(pending, health)
         if node.pending is not pending:
             return
-        if foreign is None and pending.binding is not None:
-            # Its bind runs on: its outcome is for the state it started
-            # on, so the switch waits for it (a later probe's).
-            foreign = "binding its store to this cluster takes longer than a probe"
+        # A bind still running here has been sent (while it is still
+        # finding out whether the store may be bound, ``foreign`` says so):
+        # the store is used unbound meanwhile, as ``_probe`` would have it,
+        # and the switch does not wait for it: a bind hanging on the new
+        # store's disk must not keep a server whose old address is dead
+        # down for good.  Its outcome goes to ``pending`` only, discarded
+        # at the switch (``_switch``); the node's next probe binds again.
         if foreign is not None:
             self._pending_failed(node, pending, foreign, self._clock.seconds())
             return
