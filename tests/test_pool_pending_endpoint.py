@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
@@ -293,4 +294,42 @@ def test_a_server_whose_new_stores_bind_hangs_comes_up_at_its_new_endpoint(clock
     assert len(new.binds) == 3 and not node.bound
     new.binds[-1].callback(OURS)
     assert node.bound and node.binding is None
+    pool.stop()
+
+
+@pytest.fixture
+def logged():
+    seen: list[tuple[str, str]] = []
+
+    def observe(event) -> None:
+        level = event.get("log_level")
+        if level is not None:
+            seen.append((level.name, formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_an_on_switch_hook_that_fails_leaves_the_server_up_at_its_new_endpoint(clock, logged):
+    """The hook is the owner's (it keeps the old client for the reads on
+    it): run last, its failure logged.  Before, it ran before the answer
+    was recorded, and a failure left the server down with a stale error,
+    swallowed by ``probe_all``'s DeferredList without a word."""
+
+    def broken(name, old):
+        raise RuntimeError("the owner's hook broke")
+
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, on_switch=broken)
+    pool.add("s1", "tcp:old:1", Dead())
+    run(clock, pool.start())
+    new = Store("s1", None)
+    pool.move("s1", "tcp:new:2", new)
+    [node] = pool.nodes()
+    assert pool.client("s1") is new and pool.is_up("s1") and node.last_error is None
+    assert node.free_bytes == 10**12 and pool.choose(1) == ["s1"]
+    assert any(
+        level == "critical" and "handing storage server s1's old client over" in text
+        for level, text in logged
+    )
     pool.stop()

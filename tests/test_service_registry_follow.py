@@ -180,3 +180,28 @@ async def test_a_registered_endpoint_that_is_not_taken_is_recorded_down_naming_t
         assert (s1.endpoint, s1.state, s1.free_bytes, s1.last_error) == (OLD, "up", 7 << 30, None)
     finally:
         fe.pool.stop()
+
+
+class RetireFails(Retirable):
+    def retire(self) -> None:
+        raise RuntimeError("retire broke")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_client_whose_retire_fails_is_still_closed_at_stop(catalog):
+    """``_retire`` keeps the old client before anything that may fail:
+    the server is up at its new endpoint, and the old client closed at
+    stop, not left open."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    fe.catalog = catalog
+    fe._client_factory = lambda name, endpoint: Answering()
+    old = RetireFails()
+    fe.pool.add("s1", OLD, old)
+    await fe.pool.start()
+    await catalog.register_node("s1", NEW)
+    await fe.refresh_registry()
+    assert fe.pool.endpoint("s1") == NEW and fe.pool.is_up("s1")
+    fe.catalog = None  # the fixture's, closed by it
+    await fe.stopService()
+    assert old.closed == 1

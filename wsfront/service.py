@@ -448,16 +448,17 @@ class FrontendService(service.Service):
         (``StorageClient.retire``); one at most per server: the one before
         it (moved twice) is closed now, cutting what still runs on an
         address two moves old, rather than kept, with its sockets, until
-        the front end stops."""
-        retire = getattr(old, "retire", None)
-        if retire is not None:
-            retire()
+        the front end stops.  Kept first: closed at stop whatever fails
+        after."""
         previous = self._retired_clients.pop(name, None)
         self._retired_clients[name] = old
         if previous is not None:
             defer.maybeDeferred(previous.close).addErrback(
                 lambda f: log.failure("closing {name}'s client of two moves ago", f, name=name)
             )
+        retire = getattr(old, "retire", None)
+        if retire is not None:
+            retire()
 
     @defer.inlineCallbacks
     def refresh_registry(self):

@@ -379,7 +379,7 @@ class StoragePool:
         self._drop_pending(node)
         if self._loop is None:
             fresh = NodeState(name, endpoint, client, up=False, last_error=unusable or NOT_PROBED)
-            self._switch(node, fresh)
+            self._hand_over(name, self._switch(node, fresh))
             if unusable is not None:
                 log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
             return
@@ -439,10 +439,11 @@ class StoragePool:
                 )
             )  # fmt: skip
 
-    def _switch(self, node: NodeState, fresh: NodeState) -> None:
+    def _switch(self, node: NodeState, fresh: NodeState) -> IStorageClient:
         """Make ``fresh`` (the state of the endpoint ``node`` moved to)
         ``node``'s, but for what survives a move (``SURVIVES_MOVE``): new
-        connections go there.  The old client goes to ``on_switch``."""
+        connections go there.  Returns the old client, for ``_hand_over``
+        once ``node`` is as it should be."""
         old = node.client
         _take_over(node, fresh)
         # A bind ``fresh``'s probe started (sent: ``_probe_pending``) ends
@@ -450,8 +451,19 @@ class StoragePool:
         # any more: the node's next probe starts its own.
         node.binding = None
         node.bind_checking = False
-        if self._on_switch is not None:
-            self._on_switch(node.name, old)
+        return old
+
+    def _hand_over(self, name: str, old: IStorageClient) -> None:
+        """Give ``old``, the client ``name`` had before its switch, to
+        ``on_switch``, last: a hook that fails is logged, and leaves the
+        server as the switch made it (up, at its new endpoint), not down
+        with a stale error and no word of why."""
+        if self._on_switch is None:
+            return
+        try:
+            self._on_switch(name, old)
+        except Exception:
+            log.failure("handing storage server {name}'s old client over", name=name)
 
     def _probe_now(self, node: NodeState) -> None:
         """Probe a server just taken in at once once the pool probes
@@ -949,7 +961,7 @@ class StoragePool:
             return  # stopping: its client is being closed
         was = node.endpoint
         node.pending = None
-        self._switch(node, pending)
+        old = self._switch(node, pending)
         log.info(
             "storage server {name} answers at {endpoint}: reads and writes go there "
             "from now on (was {was})",
@@ -958,6 +970,7 @@ class StoragePool:
             was=was,
         )
         self._answered(node, health)
+        self._hand_over(node.name, old)
 
     def _pending_failed(
         self, node: NodeState, pending: NodeState, reason: str, seen: float | None
