@@ -14,7 +14,13 @@ from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
 from wsfront.maintenance.nodes import drain
 from wsfront.transfer.errors import NoReplicasAvailable
-from wsfront.transfer.pool import NOT_PROBED, SURVIVES_MOVE, NodeState, StoragePool
+from wsfront.transfer.pool import (
+    NOT_PROBED,
+    STORAGE_IDLE_TIMEOUT,
+    SURVIVES_MOVE,
+    NodeState,
+    StoragePool,
+)
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import NodeUnavailable
 from wsstorage.records import Health
@@ -310,3 +316,45 @@ def test_a_read_whose_only_replica_is_on_a_server_unknown_here_names_it_in_its_e
         "s8: not in this front end's storage pool "
         "(not in the catalog's registry when it last read it)"
     )
+
+
+def test_lookups_that_gave_up_on_a_hung_registry_read_are_not_kept(clock, registry, pool):
+    """Each waiter is forgotten at its timeout: a thousand reads of a
+    replica on an unknown server during a hung catalog read held a
+    thousand waiters until the read ended (if ever)."""
+    registry.answer = Deferred()  # the catalog does not answer
+    waits = [pool.lookup(["s9"]) for _ in range(1000)]
+    assert registry.reads == 1 and len(pool._refreshing) == 1000
+    clock.advance(0.5)  # the probe timeout
+    assert all(w.called for w in waits)
+    assert pool._refreshing == []  # the read still runs, nobody waits for it
+
+
+def test_a_hung_registry_read_is_given_up_and_a_later_lookup_reads_again(
+    clock, cluster, registry, pool
+):
+    """Before, no lookup started a read while one hung: a server
+    registered since stayed unknown to reads until the catalog answered."""
+    registry.answer = Deferred()  # the catalog does not answer
+    hung = registry.answer
+    pool.lookup(["s4"])
+    clock.advance(9.0)
+    registry.answer = None  # the catalog answers again
+    registry.listed["s4"] = cluster.endpoint("s4")
+    assert pool.lookup(["s4"]) is not None and registry.reads == 1  # still the hung one's
+    clock.advance(1.0)  # its bound (STORAGE_IDLE_TIMEOUT, the longest a lookup waits)
+    assert hung.called  # given up: cancelled
+    assert pool.lookup(["s4"]).called and registry.reads == 2  # a fresh read, answered
+    assert "s4" in pool.names()
+
+
+def test_a_lookup_waits_as_long_as_it_asks(clock, registry, pool):
+    """A resume's fence waits for the registry read as long as a slow
+    server's (``STORAGE_IDLE_TIMEOUT``), a read the probe timeout."""
+    registry.answer = Deferred()  # the catalog does not answer
+    fence = pool.lookup(["s9"], wait=STORAGE_IDLE_TIMEOUT)
+    read = pool.lookup(["s9"])
+    clock.advance(0.5)
+    assert read.called and not fence.called
+    clock.advance(STORAGE_IDLE_TIMEOUT - 0.5)
+    assert fence.called

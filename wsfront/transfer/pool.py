@@ -280,6 +280,20 @@ class UnusableClient:
         return succeed(None)
 
 
+#: How long a storage client may hear nothing from its server before it
+#: drops the connection and the operation fails (the front end's
+#: clients': a busy server still sends keepalives every second, so only
+#: ten silent seconds mean it is gone).  A resume's fence waits as long
+#: for the registry read that looks up a server it does not know
+#: (``StoragePool.lookup``'s ``wait``) as for a server that is slow.
+STORAGE_IDLE_TIMEOUT = 10.0
+
+#: A registry read for ``StoragePool.lookup`` is given up after this many
+#: probe timeouts (and never before ``STORAGE_IDLE_TIMEOUT``, the longest
+#: a caller waits): a hung one would otherwise keep every later lookup
+#: from starting a fresh read.
+REFRESH_PROBE_TIMEOUTS = 5
+
 #: Free space closer than this to the most free server's counts as equal.
 SIMILAR_FREE = 1 << 30
 
@@ -488,7 +502,7 @@ class StoragePool:
                     return True
         return False
 
-    def lookup(self, *groups: Iterable[str]) -> Deferred | None:
+    def lookup(self, *groups: Iterable[str], wait: float | None = None) -> Deferred | None:
         """None if the pool knows every server named in ``groups``; else a Deferred
         that fires (with None, never failing) once the catalog's registry
         was read again (``refresh``) for the ones it does not know: a
@@ -497,10 +511,14 @@ class StoragePool:
         caller, and one at most per probe interval: a replica on a server
         the registry does not have either costs no query per read.
 
-        Each caller waits at most the probe timeout (the read goes on for
-        the others and the next): a hung catalog delays a read, a drain or
-        a resume's fence no longer than a slow server would, and they go
-        on as for a server the registry does not list."""
+        Each caller waits at most ``wait`` seconds (the probe timeout by
+        default; a resume's fence: ``STORAGE_IDLE_TIMEOUT``), and is
+        forgotten then (the read goes on for the others): a hung catalog
+        delays a read, a drain or a resume's fence no longer than a slow
+        server would, and they go on as for a server the registry does
+        not list.  The read itself is given up after
+        ``REFRESH_PROBE_TIMEOUTS`` probe timeouts: the next lookup starts
+        a fresh one."""
         if self._refresh is None or not self._any(groups, _absent):
             return None
         if self._refreshing is None:
@@ -508,23 +526,36 @@ class StoragePool:
             if self._looked_up_at is not None and now - self._looked_up_at < self._probe_interval:
                 return None
             self._looked_up_at = now
-            self._refreshing = []
+            self._refreshing = waiters = []
             d = defer.maybeDeferred(self._refresh)
+            d.addTimeout(
+                max(REFRESH_PROBE_TIMEOUTS * self._probe_timeout, STORAGE_IDLE_TIMEOUT),
+                self._clock,
+            )
 
             def done(result: Any) -> None:
                 if isinstance(result, Failure):
-                    log.warn("reading the storage registry failed: {err}", err=result.value)
-                waiters, self._refreshing = self._refreshing, None
+                    err = result.value
+                    if isinstance(err, defer.TimeoutError):
+                        err = "no answer within its timeout; the next lookup reads it again"
+                    log.warn("reading the storage registry failed: {err}", err=err)
+                self._refreshing = None
                 for w in waiters:
                     _fire(w)
 
             d.addBoth(done)
             if self._refreshing is None:
                 return succeed(None)  # it answered at once
+        waiters = self._refreshing
         waiter: Deferred = Deferred()
-        timer = self._clock.callLater(self._probe_timeout, _fire, waiter)
+
+        def give_up() -> None:
+            waiters.remove(waiter)  # not kept until a hung read ends
+            _fire(waiter)
+
+        timer = self._clock.callLater(self._probe_timeout if wait is None else wait, give_up)
         waiter.addBoth(_cancel, timer)
-        self._refreshing.append(waiter)
+        waiters.append(waiter)
         return waiter
 
     def lookup_for_read(self, *groups: Iterable[str]) -> Deferred | None:
