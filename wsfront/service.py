@@ -30,7 +30,7 @@ from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.lease import liveness_lease
 from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
-from wsfront.transfer.pool import StoragePool, UnusableClient
+from wsfront.transfer.pool import STORAGE_IDLE_TIMEOUT, StoragePool, UnusableClient
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
@@ -178,7 +178,8 @@ class FrontendService(service.Service):
         from wsstorage.client import StorageClient
 
         # A busy storage server still sends keepalives every second; only ten
-        # silent seconds mean it is gone (reads also fail over on a stall).
+        # silent seconds mean it is gone (reads also fail over on a stall):
+        # ``STORAGE_IDLE_TIMEOUT``.
         # expected_name: a mistyped endpoint that reaches another server of
         # the cluster must not be taken for ``name`` (blobs would be
         # recorded on a server that does not hold them).
@@ -187,7 +188,7 @@ class FrontendService(service.Service):
             name,
             endpoint,
             self.config.secret,
-            idle_timeout=10.0,
+            idle_timeout=STORAGE_IDLE_TIMEOUT,
             expected_name=name,
         )
 
