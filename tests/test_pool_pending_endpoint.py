@@ -333,3 +333,27 @@ def test_an_on_switch_hook_that_fails_leaves_the_server_up_at_its_new_endpoint(c
         for level, text in logged
     )
     pool.stop()
+
+
+def test_a_cluster_the_pending_stores_was_seen_bound_to_is_kept_at_the_switch(clock):
+    """Its probes saw the new store bound to another cluster; the operator
+    bound it to this one (``--cluster``), and it was taken.  Found unbound
+    later (its CLUSTER file deleted), it is not bound automatically: what
+    the pending state learned is the server's.  It was dropped at the
+    switch, and the store bound again on its own."""
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
+    pool.add("s1", "tcp:old:1", Store("s1", OURS))
+    run(clock, pool.start())
+    new = Unbound("s1")
+    new.bound = THEIRS
+    pool.move("s1", "tcp:new:2", new)
+    clock.advance(0)
+    [node] = pool.nodes()
+    assert node.pending.seen_foreign == THEIRS and node.seen_foreign is None
+    new.bound = OURS  # bound to this cluster on purpose
+    probe_round(clock, pool)
+    assert pool.client("s1") is new and pool.is_up("s1") and node.seen_foreign == THEIRS
+    new.bound = None  # its CLUSTER file deleted
+    probe_round(clock, pool)
+    assert new.binds == [] and not pool.is_up("s1") and node.foreign == "unbound"
+    pool.stop()

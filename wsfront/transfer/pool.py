@@ -460,6 +460,10 @@ class StoragePool:
         once ``node`` is as it should be."""
         old = node.client
         _take_over(node, fresh)
+        if fresh.seen_foreign is not None:
+            # Learned by its probes while pending (it started with the
+            # node's): the store now used was seen bound to another cluster.
+            node.seen_foreign = fresh.seen_foreign
         # A bind ``fresh``'s probe started (sent: ``_probe_pending``) ends
         # on ``fresh`` (``binding.settle`` holds it), which nothing reads
         # any more: the node's next probe starts its own.
