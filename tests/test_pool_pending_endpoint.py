@@ -18,7 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
 from wsfront.transfer.binding import BIND_TIMEOUT
-from wsfront.transfer.pool import NOT_PROBED, StoragePool
+from wsfront.transfer.pool import NOT_PROBED, StoragePool, UnusableClient
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import AuthenticationFailed
 from wsstorage.records import Health
@@ -357,3 +357,16 @@ def test_a_cluster_the_pending_stores_was_seen_bound_to_is_kept_at_the_switch(cl
     probe_round(clock, pool)
     assert new.binds == [] and not pool.is_up("s1") and node.foreign == "unbound"
     pool.stop()
+
+
+def test_a_move_to_an_unusable_endpoint_is_logged_once(clock, cluster, pool, logged):
+    """Before, once as an error by the move and again as a warning by its
+    first probe's failure, for the same reason."""
+    reason = "bad endpoint 'tcp:nowhere': no port"
+    pool.move("s2", "tcp:nowhere", UnusableClient(reason), reason)
+    for _ in range(3):
+        probe_round(clock, pool)
+    said = [(level, text) for level, text in logged if reason in text]
+    assert len(said) == 1 and said[0][0] == "error", said
+    node = node_of(pool, "s2")
+    assert pool.is_up("s2") and node.pending.last_error == reason and node.pending.probed

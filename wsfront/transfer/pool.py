@@ -402,7 +402,9 @@ class StoragePool:
             endpoint,
             client,
             up=False,
-            last_error=NOT_PROBED,
+            # Unusable: said below, not again by its probe's failure
+            # (``_pending_failed`` says each reason once).
+            last_error=unusable or NOT_PROBED,
             # The cluster its store was once seen bound to is the server's:
             # the new endpoint's unbound store is not bound automatically.
             seen_foreign=node.seen_foreign,
