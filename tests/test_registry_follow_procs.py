@@ -197,8 +197,8 @@ class Typo:
 def test_a_typo_in_one_front_ends_storage_does_not_stop_writes_through_another(cluster, tmp_path):
     """fe-b starts with s3 mistyped, which re-registers s3 at a dead port
     for every front end: fe-a, running, goes on writing to s3 at the
-    endpoint that works (it took the new one at once, and s3 was down for
-    its writes until the typo was mended).  A correct move that follows is
+    endpoint that works (before, it took the new one at once, and s3 was
+    down for its writes until the typo was mended).  A correct move that follows is
     taken as soon as the new endpoint answers."""
     a, b = cluster.a, cluster.b
     a.start()
