@@ -140,15 +140,17 @@ def test_a_move_while_pending_replaces_the_pending_endpoint(clock, cluster, pool
     first_client = first.client()
     pool.move("s2", first.endpoint, first_client)
     second = cluster.add_node("s2-second")
+    second.freeze()
     pool.move("s2", second.endpoint, second.client())
-    clock.advance(0)
+    first.thaw()
+    clock.advance(0)  # first's probe, still held, answers now: nobody's news
     assert first_client._closed  # the superseded pending client is closed
     assert pool.registered("s2") == second.endpoint
+    assert pool.client("s2") is old and switched == []
+    second.thaw()
     probe_round(clock, pool)
     assert pool.endpoint("s2") == second.endpoint and switched == [("s2", old)]
-    first.thaw()  # its probe, still held, answers now: nobody's news
-    probe_round(clock, pool)
-    assert pool.endpoint("s2") == second.endpoint and pool.is_up("s2")
+    assert pool.is_up("s2")
 
 
 def test_the_registry_naming_the_current_endpoint_again_drops_the_pending_one(
@@ -370,3 +372,92 @@ def test_a_move_to_an_unusable_endpoint_is_logged_once(clock, cluster, pool, log
     assert len(said) == 1 and said[0][0] == "error", said
     node = node_of(pool, "s2")
     assert pool.is_up("s2") and node.pending.last_error == reason and node.pending.probed
+
+
+def test_a_pending_probe_answering_while_the_pool_closes_switches_nothing(
+    clock, cluster, pool, switched
+):
+    """The front end's stop closes every client, the pending ones too: a
+    probe answering meanwhile must not make a closing client the one in
+    use (nor hand the old one over, to be retired after its close)."""
+    old = pool.client("s2")
+    moved = cluster.add_node("s2-moved")
+    moved.freeze()
+    pool.move("s2", moved.endpoint, moved.client())
+    pool.closing = True  # stopping
+    moved.thaw()
+    clock.advance(0)
+    assert pool.client("s2") is old and switched == []
+
+
+class Held(Store):
+    """A store whose health answers when the test says."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None)
+        self.answers: list[Deferred] = []
+        self.binds: list[Deferred] = []
+
+    def health(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.answers.append(d)
+        return d
+
+    def can_bind(self) -> Deferred:
+        return succeed(True)
+
+    def bind_cluster(self, cluster_id: str) -> Deferred:
+        d: Deferred = Deferred()
+        self.binds.append(d)
+        return d
+
+
+def moved_twice(clock, first) -> tuple[StoragePool, Store]:
+    """A pool bound to OURS whose s1 moved to ``first``, then, before that
+    was taken, to an endpoint where nothing answers."""
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
+    old = Store("s1", OURS)
+    pool.add("s1", "tcp:old:1", old)
+    run(clock, pool.start())
+    pool.move("s1", "tcp:first:2", first)
+    pool.move("s1", "tcp:second:3", Dead())
+    return pool, old
+
+
+def test_a_replaced_pending_endpoints_late_answer_binds_nothing(clock):
+    """Its store is no longer the server's (a typo, say): bound to this
+    cluster on the strength of a dropped probe, it would be another's."""
+    first = Held("s1")
+    pool, old = moved_twice(clock, first)
+    health = Health("s1", 10**12, 10**12, 0, 0, 1, cluster_id=None)
+    first.answers[0].callback(health)
+    clock.advance(0.5)
+    assert first.binds == [] and pool.client("s1") is old
+    pool.stop()
+
+
+def test_a_replaced_pending_endpoint_whose_bind_ends_is_not_switched_to(clock):
+    """Its probe was waiting for its store's bind when the registry moved
+    the server again: the bind's end must not make it the one in use."""
+    first = Unbound("s1")
+    pool = StoragePool(clock, probe_interval=1.0, probe_timeout=0.5, cluster_id=OURS)
+    old = Store("s1", OURS)
+    pool.add("s1", "tcp:old:1", old)
+    run(clock, pool.start())
+    pool.move("s1", "tcp:first:2", first)
+    assert len(first.binds) == 1  # the probe waits for it (at most the probe timeout)
+    pool.move("s1", "tcp:second:3", Dead())
+    first.binds[0].callback(OURS)
+    [node] = pool.nodes()
+    assert pool.client("s1") is old and pool.registered("s1") == "tcp:second:3"
+    assert node.pending.endpoint == "tcp:second:3"
+    pool.stop()
+
+
+def test_a_replaced_pending_endpoints_late_failure_is_not_reported(clock, logged):
+    first = Held("s1")
+    pool, old = moved_twice(clock, first)
+    first.answers[0].errback(ConnectionRefusedError("connection refused"))
+    assert not [text for _level, text in logged if "tcp:first:2" in text]
+    assert pool.client("s1") is old and pool.is_up("s1")
+    pool.stop()

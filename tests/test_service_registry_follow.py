@@ -205,3 +205,32 @@ async def test_an_old_client_whose_retire_fails_is_still_closed_at_stop(catalog)
     fe.catalog = None  # the fixture's, closed by it
     await fe.stopService()
     assert old.closed == 1
+
+
+class RefusingCounted(Refusing):
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> Deferred:
+        self.closed += 1
+        return succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pending_endpoints_client_is_closed_at_stop(catalog):
+    """An endpoint the registry names that was never taken (a typo) has a
+    client of its own, opened for its probes: the stop closes it too."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    fe.catalog = catalog
+    typo = RefusingCounted()
+    fe._client_factory = lambda name, endpoint: typo
+    used = Retirable()
+    fe.pool.add("s1", OLD, used)
+    await fe.pool.start()
+    await catalog.register_node("s1", NEW)
+    await fe.refresh_registry()
+    assert fe.pool.endpoint("s1") == OLD and fe.pool.registered("s1") == NEW
+    fe.catalog = None  # the fixture's, closed by it
+    await fe.stopService()
+    assert (used.closed, typo.closed) == (1, 1)
