@@ -5,14 +5,22 @@ tier driven by a Clock; the front end's side, with real processes, is in
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from twisted.internet import task
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 
 from tests.test_transfer_pool_and_reads import run, store_blob
 from tests.transfer_env import Collector
+from wsfront.maintenance.nodes import drain
 from wsfront.transfer.errors import NoReplicasAvailable
-from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.pool import (
+    NOT_PROBED,
+    STORAGE_IDLE_TIMEOUT,
+    SURVIVES_MOVE,
+    NodeState,
+    StoragePool,
+)
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsstorage.errors import NodeUnavailable
 from wsstorage.records import Health
@@ -105,10 +113,11 @@ def test_a_moved_server_is_reached_at_its_new_endpoint_and_the_old_ones_probe_is
     new = cluster.add_node("s2-moved")
     cluster.node("s2").freeze()
     late = pool.probe_all()  # s2's probe now hangs at the old address
-    old = pool.move("s2", cluster.endpoint("s2-moved"), new.client())
+    old = pool.client("s2")
+    pool.move("s2", cluster.endpoint("s2-moved"), new.client())
+    run(clock, late)  # the old address's probe times out: not s2's news any more
     assert old is not pool.client("s2")
     assert pool.endpoint("s2") == cluster.endpoint("s2-moved")
-    run(clock, late)  # the old address's probe times out: not s2's news any more
     assert pool.is_up("s2")
     [s2] = [n for n in pool.nodes() if n.name == "s2"]
     assert s2.probed and s2.last_error is None  # the new address answered
@@ -175,23 +184,21 @@ def test_a_bind_the_old_address_answers_after_a_move_does_not_bind_the_new_store
     assert not pool.is_up("s1") and pool.choose(1) == []
 
 
-def test_a_server_taken_in_or_moved_while_running_takes_no_writes_before_its_first_probe(
+def test_a_server_taken_in_while_running_takes_no_writes_before_its_first_probe(
     clock, cluster, pool
 ):
     # Its probe hangs (a store of another cluster, a typo'd endpoint that
     # accepts the connection): nothing may be placed there meanwhile.
+    # (A server moved while running goes on at its old endpoint until the
+    # new one's probe passes: ``test_pool_pending_endpoint``.)
     cluster.node("s4").freeze()
     pool.add("s4", cluster.endpoint("s4"), cluster.client_factory("s4", cluster.endpoint("s4")))
-    moved = cluster.add_node("s2-moved")
-    moved.freeze()
-    pool.move("s2", cluster.endpoint("s2-moved"), moved.client())
     for _ in range(4):
-        assert pool.choose(3) == ["s1"]
-    assert not pool.is_up("s4") and not pool.is_up("s2")
+        assert sorted(pool.choose(3)) == ["s1", "s2"]
+    assert not pool.is_up("s4")
     # Not known frozen or gone either: a resume's fence still waits for it.
-    assert not pool.silent("s4") and not pool.silent("s2")
+    assert not pool.silent("s4")
     cluster.node("s4").thaw()
-    moved.thaw()
     run(clock, pool.probe_all())
     assert sorted(pool.choose(3)) == ["s1", "s2", "s4"]
 
@@ -236,3 +243,118 @@ def test_a_read_waits_for_a_hung_registry_read_no_longer_than_the_probe_timeout(
     assert registry.reads == 1
     with pytest.raises(NoReplicasAvailable, match="blob b9"):
         run(clock, reading, limit=10)
+
+
+def test_a_move_resets_every_field_of_the_old_endpoint_and_keeps_the_rest_in_place(clock):
+    """Field by field, so that a field added to ``NodeState`` later is
+    reset by a move unless named in ``SURVIVES_MOVE`` (it was reset by
+    hand, one assignment per field)."""
+    pool = StoragePool(clock)
+    pool.add("s1", "tcp:old:1", BindingStore("s1"))
+    [node] = pool.nodes()
+    assert {f.name for f in attrs.fields(NodeState)} >= SURVIVES_MOVE
+    before = {}
+    for i, field in enumerate(attrs.fields(NodeState)):
+        # (A pending endpoint is dropped, its client closed: a real one.)
+        if field.name not in ("name", "endpoint", "client", "pending"):
+            value = object() if field.name not in SURVIVES_MOVE else f"kept {i}"
+            setattr(node, field.name, value)
+            before[field.name] = value
+    new = BindingStore("s1")
+    pool.move("s1", "tcp:new:2", new)
+    [moved] = pool.nodes()
+    assert moved is node
+    fresh = NodeState("s1", "tcp:new:2", new, up=False, last_error=NOT_PROBED)
+    for field in attrs.fields(NodeState):
+        if field.name in SURVIVES_MOVE - {"name"}:
+            assert getattr(node, field.name) is before[field.name], field.name
+        else:
+            assert getattr(node, field.name) == getattr(fresh, field.name), field.name
+
+
+def test_every_lookup_waits_for_a_hung_registry_read_no_longer_than_the_probe_timeout(
+    clock, cluster, registry, pool
+):
+    """A drain or a resume's fence looks a server up as a read does; they
+    waited for the registry's answer, for ever on a hung catalog."""
+    registry.answer = Deferred()  # the catalog does not answer
+    first = pool.lookup(["s9"])  # a resume's fence, say
+    clock.advance(0.3)
+    second = pool.lookup(["s9"])  # a drain, sharing the read
+    assert registry.reads == 1 and not first.called and not second.called
+    clock.advance(0.2)  # the probe timeout, for the first
+    assert first.called and not second.called
+    clock.advance(0.3)
+    assert second.called
+    registry.answer.callback(None)  # it answers at last: nobody left waiting
+    assert pool.lookup(["s9"]) is None  # not read again within the probe interval
+
+
+def test_a_drain_of_a_server_unknown_here_fails_within_the_probe_timeout_on_a_hung_registry(
+    clock, registry, pool
+):
+    registry.answer = Deferred()  # the catalog does not answer
+    draining = ensureDeferred(drain(None, pool, None, "s9"))
+    clock.advance(0.5)
+    with pytest.raises(ValueError, match="unknown storage server 's9'"):
+        run(clock, draining, limit=1)
+
+
+def test_a_read_whose_only_replica_is_on_a_server_unknown_here_names_it_in_its_error(
+    clock, registry, pool
+):
+    """The registry does not list s9 either: the read fails saying why
+    (its error's reason was empty: "could be read: ")."""
+    extent = [ReadExtent("b9", 0, 10, ("s9",), fallback=("s8",))]
+    with pytest.raises(NoReplicasAvailable) as failed:
+        run(clock, ReadStream(clock, pool, extent).start(Collector()))
+    assert registry.reads == 1
+    assert str(failed.value) == (
+        "no replica of blob b9 could be read: "
+        "s9: not in this front end's storage pool "
+        "(not in the catalog's registry when it last read it); "
+        "s8: not in this front end's storage pool "
+        "(not in the catalog's registry when it last read it)"
+    )
+
+
+def test_lookups_that_gave_up_on_a_hung_registry_read_are_not_kept(clock, registry, pool):
+    """Each waiter is forgotten at its timeout: a thousand reads of a
+    replica on an unknown server during a hung catalog read held a
+    thousand waiters until the read ended (if ever)."""
+    registry.answer = Deferred()  # the catalog does not answer
+    waits = [pool.lookup(["s9"]) for _ in range(1000)]
+    assert registry.reads == 1 and len(pool._refreshing) == 1000
+    clock.advance(0.5)  # the probe timeout
+    assert all(w.called for w in waits)
+    assert pool._refreshing == []  # the read still runs, nobody waits for it
+
+
+def test_a_hung_registry_read_is_given_up_and_a_later_lookup_reads_again(
+    clock, cluster, registry, pool
+):
+    """Before, no lookup started a read while one hung: a server
+    registered since stayed unknown to reads until the catalog answered."""
+    registry.answer = Deferred()  # the catalog does not answer
+    hung = registry.answer
+    pool.lookup(["s4"])
+    clock.advance(9.0)
+    registry.answer = None  # the catalog answers again
+    registry.listed["s4"] = cluster.endpoint("s4")
+    assert pool.lookup(["s4"]) is not None and registry.reads == 1  # still the hung one's
+    clock.advance(1.0)  # its bound (STORAGE_IDLE_TIMEOUT, the longest a lookup waits)
+    assert hung.called  # given up: cancelled
+    assert pool.lookup(["s4"]).called and registry.reads == 2  # a fresh read, answered
+    assert "s4" in pool.names()
+
+
+def test_a_lookup_waits_as_long_as_it_asks(clock, registry, pool):
+    """A resume's fence waits for the registry read as long as a slow
+    server's (``STORAGE_IDLE_TIMEOUT``), a read the probe timeout."""
+    registry.answer = Deferred()  # the catalog does not answer
+    fence = pool.lookup(["s9"], wait=STORAGE_IDLE_TIMEOUT)
+    read = pool.lookup(["s9"])
+    clock.advance(0.5)
+    assert read.called and not fence.called
+    clock.advance(STORAGE_IDLE_TIMEOUT - 0.5)
+    assert fence.called

@@ -25,7 +25,7 @@ import pytest
 from tests.catalog_fixtures import postgres_schema_url
 from tests.migration_cluster import MigrationCluster, sha256, wait_until
 from tests.storage_procs import StorageProcess
-from tests.support import require_tool
+from tests.support import free_port, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +130,8 @@ def test_a_moved_server_is_followed_and_its_health_does_not_flap(cluster, tmp_pa
     b.start()  # re-registers s3 at its new endpoint; fe-a is not restarted
     moved = f"storage server s3 was registered at {s3.endpoint} (was {old})"
     wait_until(lambda: moved in a.run_log(), "fe-a following s3's move", proc=a.proc)
+    taken = f"storage server s3 answers at {s3.endpoint}: reads and writes go there"
+    wait_until(lambda: taken in a.run_log(), "fe-a taking s3's new endpoint", proc=a.proc)
     # Through fe-a, with the file's other replica gone: read from s3's new port.
     for s in cluster.storage[:2]:
         if s.name in ok_replicas(cluster, name):
@@ -181,3 +183,65 @@ def test_an_upload_resumes_on_this_front_end_from_a_server_registered_by_another
     assert "missed the fence: 's4'" not in a.log()
     code, got = get(curl, f"{a.http}/big.bin")
     assert code == 200 and sha256(got) == sha256(data)
+
+
+class Typo:
+    """A ``--storage`` entry an operator mistyped: its server's name, a
+    port nothing listens on."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.endpoint = f"tcp:127.0.0.1:{free_port()}"
+
+
+def test_a_typo_in_one_front_ends_storage_does_not_stop_writes_through_another(cluster, tmp_path):
+    """fe-b starts with s3 mistyped, which re-registers s3 at a dead port
+    for every front end: fe-a, running, goes on writing to s3 at the
+    endpoint that works (before, it took the new one at once, and s3 was
+    down for its writes until the typo was mended).  A correct move that follows is
+    taken as soon as the new endpoint answers."""
+    a, b = cluster.a, cluster.b
+    a.start()
+    curl = require_tool("curl")
+    s1, s2, s3 = cluster.storage
+    typo = Typo("s3")
+    cluster.storage = [s1, s2, typo]
+    try:
+        b.start()
+    finally:
+        cluster.storage = [s1, s2, s3]
+    assert node_states(cluster)["s3"]["endpoint"] == typo.endpoint
+    moved = f"storage server s3 was registered at {typo.endpoint}"
+    wait_until(lambda: moved in a.run_log(), "fe-a following the typo", proc=a.proc)
+    s1.stop()
+    wait_until(lambda: "storage server s1 is down" in a.run_log(), "fe-a seeing s1 down")
+    data = b"typo " * 4000
+    src = tmp_path / "t.bin"
+    src.write_bytes(data)
+    for i in range(3):
+        subprocess.run([curl, "-sSf", "-T", str(src), f"{a.http}/t{i}"], check=True, timeout=60)
+        assert ok_replicas(cluster, f"t{i}") == {"s2", "s3"}, a.run_log()[-3000:]
+    pending = f"storage server s3: the endpoint it is registered at, {typo.endpoint}, is not taken"
+    assert pending in a.run_log()
+    # What the registry shows: the typo's endpoint, down (both front ends
+    # record the probe of the endpoint it names).
+    wait_down(cluster, "s3")
+    # The server really moves (a new port, the same data directory), and
+    # fe-b is restarted with the right endpoint: fe-a follows.
+    old = s3.endpoint
+    s3.stop()
+    s3.start()
+    assert s3.endpoint != old
+    b.stop()
+    b.start()
+    taken = f"storage server s3 answers at {s3.endpoint}: reads and writes go there"
+    wait_until(lambda: taken in a.run_log(), "fe-a taking s3's new endpoint", proc=a.proc)
+    s2.stop()  # t0's only other replica
+    assert get(curl, f"{a.http}/t0") == (200, data), a.run_log()[-3000:]
+    wait_until(
+        lambda: (
+            node_states(cluster)["s3"]["state"] == "up"
+            and node_states(cluster)["s3"]["endpoint"] == s3.endpoint
+        ),
+        "s3 recorded up at its new endpoint",
+    )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 from wsfront.config import FrontendConfig
 from wsfront.service import FrontendService
 from wsfront.transfer.pool import StoragePool
+from wsstorage.errors import NodeUnavailable
+from wsstorage.records import Health
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -61,7 +63,7 @@ def front_end(catalog) -> FrontendService:
     )
     fe = FrontendService(reactor, config, client_factory=lambda name, endpoint: Client())
     fe.catalog = HeldReads(catalog)
-    fe.pool = StoragePool(reactor)
+    fe.pool = StoragePool(reactor, on_switch=fe._retire)
     return fe
 
 
@@ -134,3 +136,101 @@ async def test_a_server_moved_twice_keeps_one_retired_client(catalog):
         assert fe.pool.endpoint("s1") == endpoint
     assert first.retired and first.closed == 1
     assert list(fe._retired_clients) == ["s1"]
+
+
+class Answering(Client):
+    """A server that answers health probes."""
+
+    def health(self) -> Deferred:
+        return succeed(Health("s1", 7 << 30, 10 << 30, 0, 0, 1))
+
+
+class Refusing(Client):
+    """Nothing answers at this endpoint (a typo)."""
+
+    def health(self) -> Deferred:
+        return fail(NodeUnavailable("Connection refused"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registered_endpoint_that_is_not_taken_is_recorded_down_naming_the_one_used(
+    catalog,
+):
+    """Another front end's typo moved s1 to an endpoint where nothing
+    answers: this front end goes on using OLD, and records the probe of
+    the endpoint the registry names (``wsfs status`` shows it), saying
+    which one it still uses; once the registry names OLD again, OLD's."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    fe.catalog = catalog
+    fe._client_factory = lambda name, endpoint: Refusing()
+    fe.pool.add("s1", OLD, Answering())
+    await fe.pool.start()
+    try:
+        await catalog.register_node("s1", NEW)
+        await fe.record_node_health()
+        assert fe.pool.endpoint("s1") == OLD and fe.pool.is_up("s1")
+        [s1] = await catalog.list_nodes()
+        assert (s1.endpoint, s1.state, s1.free_bytes) == (NEW, "down", None)
+        assert s1.last_error == f"Connection refused (not taken: this front end still uses {OLD})"
+        await catalog.register_node("s1", OLD)  # the typo mended
+        await fe.record_node_health()
+        assert fe.pool.registered("s1") == OLD
+        [s1] = await catalog.list_nodes()
+        assert (s1.endpoint, s1.state, s1.free_bytes, s1.last_error) == (OLD, "up", 7 << 30, None)
+    finally:
+        fe.pool.stop()
+
+
+class RetireFails(Retirable):
+    def retire(self) -> None:
+        raise RuntimeError("retire broke")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_client_whose_retire_fails_is_still_closed_at_stop(catalog):
+    """``_retire`` keeps the old client before anything that may fail:
+    the server is up at its new endpoint, and the old client closed at
+    stop, not left open."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    fe.catalog = catalog
+    fe._client_factory = lambda name, endpoint: Answering()
+    old = RetireFails()
+    fe.pool.add("s1", OLD, old)
+    await fe.pool.start()
+    await catalog.register_node("s1", NEW)
+    await fe.refresh_registry()
+    assert fe.pool.endpoint("s1") == NEW and fe.pool.is_up("s1")
+    fe.catalog = None  # the fixture's, closed by it
+    await fe.stopService()
+    assert old.closed == 1
+
+
+class RefusingCounted(Refusing):
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> Deferred:
+        self.closed += 1
+        return succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pending_endpoints_client_is_closed_at_stop(catalog):
+    """An endpoint the registry names that was never taken (a typo) has a
+    client of its own, opened for its probes: the stop closes it too."""
+    await catalog.register_node("s1", OLD)
+    fe = front_end(catalog)
+    fe.catalog = catalog
+    typo = RefusingCounted()
+    fe._client_factory = lambda name, endpoint: typo
+    used = Retirable()
+    fe.pool.add("s1", OLD, used)
+    await fe.pool.start()
+    await catalog.register_node("s1", NEW)
+    await fe.refresh_registry()
+    assert fe.pool.endpoint("s1") == OLD and fe.pool.registered("s1") == NEW
+    fe.catalog = None  # the fixture's, closed by it
+    await fe.stopService()
+    assert (used.closed, typo.closed) == (1, 1)

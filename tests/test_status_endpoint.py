@@ -15,8 +15,11 @@ from twisted.internet import defer
 
 from tests.http_env import MiB, payload
 from tests.status_env import StatusEnv, basic
-from tests.transfer_env import PASSWORD, Feeder
+from tests.support import free_port
+from tests.transfer_env import PASSWORD, SECRET, Feeder
 from wsfront.http.site import SiteSettings
+from wsfront.transfer.pool import NOT_PROBED
+from wsstorage.client import StorageClient
 
 
 @pytest.fixture
@@ -145,3 +148,25 @@ async def test_repair_action_needs_the_csrf_token_from_the_feed(env):
     )
     assert r.code == 403
     await r.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_feed_shows_a_pending_endpoint_and_why_it_is_not_taken(env):
+    """A server the registry moved to an endpoint where nothing listens (a
+    typo): the feed shows the endpoint in use, and the pending one with
+    its probe's error; no pending endpoint elsewhere."""
+    pool = env.transfers.pool
+    typo = f"tcp:127.0.0.1:{free_port()}"
+    pool.move("s3", typo, StorageClient(env.reactor, "s3", typo, SECRET, idle_timeout=3.0))
+    await pool.probe_all()
+    nodes = {
+        n["name"]: n
+        for n in json.loads((await env.get("/-/status/feed.json", env.admin_header))[2])["nodes"]
+    }
+    s3 = nodes["s3"]
+    assert s3["up"] and s3["endpoint"] == pool.endpoint("s3") != typo
+    assert s3["pending_endpoint"] == typo
+    assert s3["pending_error"] and s3["pending_error"] != NOT_PROBED
+    assert "refused" in s3["pending_error"].lower()
+    assert (nodes["s1"]["pending_endpoint"], nodes["s1"]["pending_error"]) == (None, None)
+    pool.unpend("s3")  # closes its client

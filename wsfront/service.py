@@ -30,7 +30,7 @@ from wsfront.failures import operator_error
 from wsfront.maintenance.failure_log import FailureLog
 from wsfront.maintenance.lease import liveness_lease
 from wsfront.maintenance.name_claim import Life, NameInUse, claim_name, this_life
-from wsfront.transfer.pool import StoragePool, UnusableClient
+from wsfront.transfer.pool import STORAGE_IDLE_TIMEOUT, StoragePool, UnusableClient
 from wsfront.transfer.service import Transfers, TransferSettings
 from wsstorage.auth import SecretError
 from wsstorage.diskformat import FormatError
@@ -178,7 +178,8 @@ class FrontendService(service.Service):
         from wsstorage.client import StorageClient
 
         # A busy storage server still sends keepalives every second; only ten
-        # silent seconds mean it is gone (reads also fail over on a stall).
+        # silent seconds mean it is gone (reads also fail over on a stall):
+        # ``STORAGE_IDLE_TIMEOUT``.
         # expected_name: a mistyped endpoint that reaches another server of
         # the cluster must not be taken for ``name`` (blobs would be
         # recorded on a server that does not hold them).
@@ -187,7 +188,7 @@ class FrontendService(service.Service):
             name,
             endpoint,
             self.config.secret,
-            idle_timeout=10.0,
+            idle_timeout=STORAGE_IDLE_TIMEOUT,
             expected_name=name,
         )
 
@@ -256,6 +257,7 @@ class FrontendService(service.Service):
             cluster_id=await self.catalog.cluster_id(),
             knows_node=self.catalog.has_replicas_on,
             refresh=self.refresh_registry,
+            on_switch=self._retire,
         )
         self._follow_registry(await self.catalog.list_nodes())
         settings = transfer_settings(cfg)
@@ -394,8 +396,11 @@ class FrontendService(service.Service):
                         name=node.name,
                         endpoint=node.endpoint,
                     )
-            elif self.pool.endpoint(node.name) != node.endpoint:
-                self._move_node(node.name, node.endpoint)
+            elif self.pool.registered(node.name) != node.endpoint:
+                if self.pool.endpoint(node.name) == node.endpoint:
+                    self.pool.unpend(node.name)  # back where it is served
+                else:
+                    self._move_node(node.name, node.endpoint)
             self.pool.set_draining(node.name, node.state == NODE_DRAINING)
 
     def _new_client(self, name: str, endpoint: str) -> tuple[object | None, str | None]:
@@ -422,38 +427,39 @@ class FrontendService(service.Service):
 
     def _move_node(self, name: str, endpoint: str) -> None:
         """``name`` was registered at a new ``endpoint``: new connections go
-        there.  The old client is closed at stop, not now: reads and writes
-        on it finish, or fail over as from any server that went away."""
+        there once a probe of it passes (``StoragePool.move``), and the
+        old client is retired then (``_retire``)."""
         was = self.pool.endpoint(name)
         client, unusable = self._new_client(name, endpoint)
         if client is None:
             client = UnusableClient(unusable)
-        old = self.pool.move(name, endpoint, client, unusable)
-        self._retire(name, old)
+        self.pool.move(name, endpoint, client, unusable)
         log.info(
-            "storage server {name} was registered at {endpoint} (was {was}): "
-            "new connections go there",
+            "storage server {name} was registered at {endpoint} (was {was}): new "
+            "connections go there once a probe of it passes, to {was} until then",
             name=name,
             endpoint=endpoint,
             was=was,
         )
 
     def _retire(self, name: str, old) -> None:
-        """Keep ``old``, the client ``name`` had before it moved, for the
+        """Keep ``old``, the client ``name`` had before it moved (the
+        pool's ``on_switch``: a probe of the new endpoint passed), for the
         reads and writes still running on it, holding no idle connection
         (``StorageClient.retire``); one at most per server: the one before
         it (moved twice) is closed now, cutting what still runs on an
         address two moves old, rather than kept, with its sockets, until
-        the front end stops."""
-        retire = getattr(old, "retire", None)
-        if retire is not None:
-            retire()
+        the front end stops.  Kept first: closed at stop whatever fails
+        after."""
         previous = self._retired_clients.pop(name, None)
         self._retired_clients[name] = old
         if previous is not None:
             defer.maybeDeferred(previous.close).addErrback(
                 lambda f: log.failure("closing {name}'s client of two moves ago", f, name=name)
             )
+        retire = getattr(old, "retire", None)
+        if retire is not None:
+            retire()
 
     @defer.inlineCallbacks
     def refresh_registry(self):
@@ -502,7 +508,14 @@ class FrontendService(service.Service):
         end knows nothing of it yet), and nothing if it moved again
         meanwhile (``set_node_health``'s ``endpoint``).  Two front ends that
         disagree on a server's address would otherwise take turns writing
-        "down" and "up" (``wsfs status`` flapping on every call)."""
+        "down" and "up" (``wsfs status`` flapping on every call).
+
+        So while a server's registered endpoint is pending here (no probe
+        of it passed: ``StoragePool.move``), what is recorded is that
+        endpoint's probe, not the one this front end still uses: ``down``
+        (or ``foreign``), its error saying which endpoint is still used.
+        Every front end that follows the registry then records the same
+        state for the same endpoint, the one ``wsfs status`` shows."""
         try:
             registry = yield self.refresh_registry()
         except Exception:
@@ -511,18 +524,26 @@ class FrontendService(service.Service):
         failed = False
         for node in self.pool.nodes():
             known = registry.get(node.name)
-            if known is None or known.endpoint != node.endpoint or not node.probed:
+            if known is None:
                 continue
+            probed = node if known.endpoint == node.endpoint else node.pending
+            if probed is None or probed.endpoint != known.endpoint or not probed.probed:
+                continue
+            error = None if probed.up else probed.last_error
+            measured = probed.last_seen is not None
+            if probed is not node:  # never up: it would have been taken
+                error = f"{error} (not taken: this front end still uses {node.endpoint})"
+                measured = False  # a store that is not used has no space to show
             draining = known.state == NODE_DRAINING
             try:
                 yield self.catalog.set_node_health(
                     node.name,
-                    NODE_DRAINING if draining else _node_state(node),
-                    node.free_bytes if node.last_seen is not None else None,
-                    node.total_bytes if node.last_seen is not None else None,
-                    node.last_seen,
-                    None if node.up else node.last_error,
-                    node.endpoint,
+                    NODE_DRAINING if draining else _node_state(probed),
+                    probed.free_bytes if measured else None,
+                    probed.total_bytes if measured else None,
+                    probed.last_seen,
+                    error,
+                    probed.endpoint,
                 )
             except Exception:
                 if not failed:  # a catalog outage fails every node alike
@@ -603,6 +624,8 @@ class FrontendService(service.Service):
             self.pool.closing = True  # downloads still streaming end quietly
             for node in self.pool.nodes():
                 yield self._bounded(node.client.close(), f"close {node.name}")
+                if node.pending is not None:  # a moved-to endpoint not taken
+                    yield self._bounded(node.pending.client.close(), f"close {node.name}'s")
             for client in self._retired_clients.values():
                 yield self._bounded(client.close(), "close a moved server's old client")
         if self.catalog is not None:

@@ -32,6 +32,10 @@ def _nodes(transfers, now: float) -> list[dict[str, Any]]:
                 "fill": (total - node.free_bytes) / total if total else None,
                 "seen_ago": None if node.last_seen is None else max(0.0, now - node.last_seen),
                 "last_error": node.last_error,
+                # The endpoint the registry moved it to, not taken while no
+                # probe of it passed (``StoragePool.move``), and why.
+                "pending_endpoint": None if node.pending is None else node.pending.endpoint,
+                "pending_error": None if node.pending is None else node.pending.last_error,
             }
         )
     return out

@@ -25,12 +25,19 @@ from zope.interface import implementer
 from wsfront.transfer import binding
 from wsstorage._interfaces import IStorageClient
 from wsstorage.errors import AuthenticationFailed, NodeUnavailable
+from wsstorage.records import Health
 
 log = Logger()
 
-#: Why a server taken in or moved while the pool runs is down until its
-#: first probe ends (``StoragePool.add``, ``StoragePool.move``).
+#: Why a server taken in while the pool runs is down until its first probe
+#: ends (``StoragePool.add``), and a pending endpoint not taken until then
+#: (``StoragePool.move``).
 NOT_PROBED = "not probed yet"
+
+#: Why a server named by the catalog (a replica's) cannot be used here.
+NOT_IN_POOL = (
+    "not in this front end's storage pool (not in the catalog's registry when it last read it)"
+)
 
 
 @attrs.define
@@ -108,6 +115,13 @@ class NodeState:
     unprotected: bool = False
     #: Why the last bind failed (a full disk), said once; None after one worked.
     bind_error: str | None = None
+    #: The endpoint the registry moved the server to, while no probe of it
+    #: has passed (``StoragePool.move``): its own state (health, binding,
+    #: store), probed beside this one, whose place it takes once a probe
+    #: passes (``StoragePool._switch``).  Reads and writes stay on
+    #: ``client`` meanwhile: a wrong endpoint (a typo in one front end's
+    #: ``--storage``) costs nothing while the current one works.
+    pending: NodeState | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def takes_new_blobs(self) -> bool:
@@ -191,6 +205,61 @@ def _stale(node: NodeState, client: IStorageClient | None) -> bool:
     return client is not None and client is not node.client and node.foreign is None
 
 
+#: What a server's ``NodeState`` keeps when it moves to another endpoint
+#: (``StoragePool.move``): what this front end did there (placements and
+#: the room they hold, the drain the registry says), which servers share
+#: its disk, the cluster it was once seen bound to (never bound
+#: automatically again), and the last free space it reported (its data
+#: directory moves with it; nothing chooses it before the new endpoint's
+#: answer replaces them).  Everything else is of the old endpoint (health,
+#: binding, store): reset to a fresh state's, a field added later too.
+SURVIVES_MOVE = frozenset(
+    {
+        "name",
+        "draining",
+        "free_bytes",
+        "total_bytes",
+        "reserve_bytes",
+        "placed_bytes",
+        "holds",
+        "shares",
+        "seen_foreign",
+    }
+)
+
+
+def _take_over(node: NodeState, fresh: NodeState) -> None:
+    """Make ``node`` ``fresh`` but for the fields that survive a move
+    (``SURVIVES_MOVE``), in place: placements and shared-disk groups hold
+    a reference to it."""
+    for field in attrs.fields(NodeState):
+        if field.name not in SURVIVES_MOVE:
+            setattr(node, field.name, getattr(fresh, field.name))
+
+
+def _absent(node: NodeState | None) -> bool:
+    """A server the pool does not know (``StoragePool.lookup``)."""
+    return node is None
+
+
+def _serves(node: NodeState | None) -> bool:
+    """A server a read can start on (``StoragePool.lookup_for_read``)."""
+    return node is not None and node.up and node.foreign is None
+
+
+def _fire(waiter: Deferred) -> None:
+    """End a wait on the registry (``StoragePool.lookup``): its read
+    answered, or the caller waited long enough (whichever comes first)."""
+    if not waiter.called:
+        waiter.callback(None)
+
+
+def _cancel(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
 @implementer(IStorageClient)
 class UnusableClient:
     """Stands for a storage server the front end cannot even try to reach
@@ -211,6 +280,20 @@ class UnusableClient:
         return succeed(None)
 
 
+#: How long a storage client may hear nothing from its server before it
+#: drops the connection and the operation fails (the front end's
+#: clients': a busy server still sends keepalives every second, so only
+#: ten silent seconds mean it is gone).  A resume's fence waits as long
+#: for the registry read that looks up a server it does not know
+#: (``StoragePool.lookup``'s ``wait``) as for a server that is slow.
+STORAGE_IDLE_TIMEOUT = 10.0
+
+#: A registry read for ``StoragePool.lookup`` is given up after this many
+#: probe timeouts (and never before ``STORAGE_IDLE_TIMEOUT``, the longest
+#: a caller waits): a hung one would otherwise keep every later lookup
+#: from starting a fresh read.
+REFRESH_PROBE_TIMEOUTS = 5
+
 #: Free space closer than this to the most free server's counts as equal.
 SIMILAR_FREE = 1 << 30
 
@@ -229,8 +312,15 @@ class StoragePool:
         cluster_id: str | None = None,
         knows_node: Callable[[str], Deferred] | None = None,
         refresh: Callable[[], Deferred] | None = None,
+        on_switch: Callable[[str, IStorageClient], None] | None = None,
     ) -> None:
         self._clock = clock
+        #: Called with a server's name and its old client once the pool
+        #: took the endpoint it moved to (``move``): reads and writes still
+        #: running hold that client, which the owner closes once they no
+        #: longer matter (the front end: ``_retire``), not now, which would
+        #: cut them instead of letting them finish or fail over.
+        self._on_switch = on_switch
         #: Reads the catalog's storage registry and brings the pool up to
         #: date with it (the front end's ``refresh_registry``): ``lookup``
         #: calls it for a replica on a server the pool does not know yet
@@ -280,128 +370,208 @@ class StoragePool:
 
     def move(
         self, name: str, endpoint: str, client: IStorageClient, unusable: str | None = None
-    ) -> IStorageClient:
+    ) -> None:
         """``name`` was registered at ``endpoint`` since the pool took it in
-        (its server moved, re-registered by another front end or the CLI):
-        new connections go there, through ``client`` (an ``UnusableClient``
-        with ``unusable``, the reason, if that endpoint cannot be used);
-        it is down (reads try it last, no writes) until a probe of the new
-        endpoint proves it.
-        What the pool knew of the old address (health, binding, store) is
-        forgotten until the new one answers a probe; the node keeps its
-        place and the room uploads hold on it.  Returns the old client,
-        which reads and writes still running hold: the caller closes it
-        once they no longer matter (at stop), not now, which would cut them
-        instead of letting them finish or fail over as for any server."""
+        (its server moved, re-registered by another front end or the CLI),
+        reached through ``client`` (an ``UnusableClient`` with ``unusable``,
+        the reason, if that endpoint cannot be used).
+
+        While the pool probes (``start``), the new endpoint is *pending*
+        (``NodeState.pending``): probed beside the current one, which goes
+        on serving reads and writes with its health as it is, and taken
+        (``_switch``) only once a probe of it passes as ``_probe`` would
+        have it (it answers, accepts our secret, its store is this
+        cluster's); never, if it is wrong (a typo in one front end's
+        ``--storage`` re-registers the server at a wrong address for
+        every front end).  A pending endpoint the registry replaced is
+        dropped, its client closed (``unpend`` if it went back to the
+        current one).  Before ``start`` nothing was proven of either
+        endpoint: the new one is taken at once."""
         node = self._nodes[name]
-        old = node.client
         if self.cluster_id is not None and hasattr(client, "cluster_id"):
             client.cluster_id = self.cluster_id
-        node.endpoint = endpoint
-        node.client = client
-        # No write goes to the new endpoint before a probe proved it (as
-        # for a server taken in while running: ``add``).
-        node.up = False
-        node.last_error = unusable or NOT_PROBED
-        node.last_seen = None
-        node.probed = False
-        node.secret_refused = False
-        node.problem = None
-        node.problem_held_until = 0.0
-        node.store_id = None
-        node.store_created = None
-        node.foreign = None
-        node.last_refusal = None
-        # A bind the old address's store has not answered yet binds that
-        # store, not this one: the new one's first answer starts its own.
+        self._drop_pending(node)
+        if self._loop is None:
+            fresh = NodeState(name, endpoint, client, up=False, last_error=unusable or NOT_PROBED)
+            self._hand_over(name, self._switch(node, fresh))
+            if unusable is not None:
+                log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
+            return
+        pending = NodeState(
+            name,
+            endpoint,
+            client,
+            up=False,
+            # Unusable: said below, not again by its probe's failure
+            # (``_pending_failed`` says each reason once).
+            last_error=unusable or NOT_PROBED,
+            # The cluster its store was once seen bound to is the server's:
+            # the new endpoint's unbound store is not bound automatically.
+            seen_foreign=node.seen_foreign,
+        )
+        node.pending = pending
+        if unusable is not None:
+            log.error(
+                "storage server {name}: its registered endpoint is unusable: {reason}; "
+                "reads and writes stay on {current}",
+                name=name,
+                reason=unusable,
+                current=node.endpoint,
+            )
+        self._probe_pending(node, pending).addErrback(
+            lambda f: log.failure("probing storage server {name}'s new endpoint", f, name=name)
+        )
+
+    def unpend(self, name: str) -> None:
+        """The registry names ``name``'s current endpoint again: the
+        pending one (``move``) is dropped, its client closed."""
+        node = self._nodes[name]
+        if node.pending is not None:
+            log.info(
+                "storage server {name} is registered at {endpoint} again: "
+                "{pending} is no longer tried",
+                name=name,
+                endpoint=node.endpoint,
+                pending=node.pending.endpoint,
+            )
+            self._drop_pending(node)
+
+    def registered(self, name: str) -> str:
+        """The endpoint of ``name`` the pool last took from the registry:
+        the pending one while a probe of it has not passed (``move``),
+        else the one in use (``endpoint``)."""
+        node = self._nodes[name]
+        return node.endpoint if node.pending is None else node.pending.endpoint
+
+    def _drop_pending(self, node: NodeState) -> None:
+        """Forget ``node``'s pending endpoint, closing its client (nothing
+        but its probes used it; one still running is ignored)."""
+        pending, node.pending = node.pending, None
+        if pending is not None:
+            defer.maybeDeferred(pending.client.close).addErrback(
+                lambda f: log.failure(
+                    "closing {name}'s client of {endpoint}", f, name=node.name,
+                    endpoint=pending.endpoint,
+                )
+            )  # fmt: skip
+
+    def _switch(self, node: NodeState, fresh: NodeState) -> IStorageClient:
+        """Make ``fresh`` (the state of the endpoint ``node`` moved to)
+        ``node``'s, but for what survives a move (``SURVIVES_MOVE``): new
+        connections go there.  Returns the old client, for ``_hand_over``
+        once ``node`` is as it should be."""
+        old = node.client
+        _take_over(node, fresh)
+        if fresh.seen_foreign is not None:
+            # Learned by its probes while pending (it started with the
+            # node's): the store now used was seen bound to another cluster.
+            node.seen_foreign = fresh.seen_foreign
+        # A bind ``fresh``'s probe started (sent: ``_probe_pending``) ends
+        # on ``fresh`` (``binding.settle`` holds it), which nothing reads
+        # any more: the node's next probe starts its own.
         node.binding = None
         node.bind_checking = False
-        node.bound = False
-        node.unprotected = False
-        node.bind_error = None
-        if unusable is None:
-            self._probe_now(node)
-        else:
-            log.error("storage server {name} is unusable: {reason}", name=name, reason=unusable)
         return old
 
+    def _hand_over(self, name: str, old: IStorageClient) -> None:
+        """Give ``old``, the client ``name`` had before its switch, to
+        ``on_switch``, last: a hook that fails is logged, and leaves the
+        server as the switch made it (up, at its new endpoint), not down
+        with a stale error and no word of why."""
+        if self._on_switch is None:
+            return
+        try:
+            self._on_switch(name, old)
+        except Exception:
+            log.failure("handing storage server {name}'s old client over", name=name)
+
     def _probe_now(self, node: NodeState) -> None:
-        """Probe a server just taken in (or moved) at once once the pool
-        probes (``start``), not at the next round: a read of a file stored
-        only there should not find it "down" for a second."""
+        """Probe a server just taken in at once once the pool probes
+        (``start``), not at the next round: a read of a file stored only
+        there should not find it "down" for a second."""
         if self._loop is None:
             return
         self._probe(node).addErrback(
             lambda f: log.failure("probing storage server {name}", f, name=node.name)
         )
 
-    def _unknown(self, groups: tuple[Iterable[str], ...]) -> bool:
-        """Whether a server named in ``groups`` is not in the pool (every
-        read of an extent asks: a loop, no generator)."""
+    def _any(
+        self, groups: tuple[Iterable[str], ...], test: Callable[[NodeState | None], bool]
+    ) -> bool:
+        """Whether ``test`` holds for the state of a server named in
+        ``groups`` (None: not in the pool).  Every read of an extent asks:
+        a loop, no generator."""
         nodes = self._nodes
         for names in groups:
             for n in names:
-                if n not in nodes:
+                if test(nodes.get(n)):
                     return True
         return False
 
-    def lookup(self, *groups: Iterable[str]) -> Deferred | None:
+    def lookup(self, *groups: Iterable[str], wait: float | None = None) -> Deferred | None:
         """None if the pool knows every server named in ``groups``; else a Deferred
         that fires (with None, never failing) once the catalog's registry
         was read again (``refresh``) for the ones it does not know: a
         replica on a server registered after the pool's last refresh (by
         another front end or the CLI).  One read at a time serves every
         caller, and one at most per probe interval: a replica on a server
-        the registry does not have either costs no query per read."""
-        if self._refresh is None or not self._unknown(groups):
+        the registry does not have either costs no query per read.
+
+        Each caller waits at most ``wait`` seconds (the probe timeout by
+        default; a resume's fence: ``STORAGE_IDLE_TIMEOUT``), and is
+        forgotten then (the read goes on for the others): a hung catalog
+        delays a read, a drain or a resume's fence no longer than a slow
+        server would, and they go on as for a server the registry does
+        not list.  The read itself is given up after
+        ``REFRESH_PROBE_TIMEOUTS`` probe timeouts: the next lookup starts
+        a fresh one."""
+        if self._refresh is None or not self._any(groups, _absent):
             return None
         if self._refreshing is None:
             now = self._clock.seconds()
             if self._looked_up_at is not None and now - self._looked_up_at < self._probe_interval:
                 return None
             self._looked_up_at = now
-            self._refreshing = []
+            self._refreshing = waiters = []
             d = defer.maybeDeferred(self._refresh)
+            d.addTimeout(
+                max(REFRESH_PROBE_TIMEOUTS * self._probe_timeout, STORAGE_IDLE_TIMEOUT),
+                self._clock,
+            )
 
             def done(result: Any) -> None:
                 if isinstance(result, Failure):
-                    log.warn("reading the storage registry failed: {err}", err=result.value)
-                waiters, self._refreshing = self._refreshing, None
+                    err = result.value
+                    if isinstance(err, defer.TimeoutError):
+                        err = "no answer within its timeout; the next lookup reads it again"
+                    log.warn("reading the storage registry failed: {err}", err=err)
+                self._refreshing = None
                 for w in waiters:
-                    w.callback(None)
+                    _fire(w)
 
             d.addBoth(done)
             if self._refreshing is None:
                 return succeed(None)  # it answered at once
+        waiters = self._refreshing
         waiter: Deferred = Deferred()
-        self._refreshing.append(waiter)
+
+        def give_up() -> None:
+            waiters.remove(waiter)  # not kept until a hung read ends
+            _fire(waiter)
+
+        timer = self._clock.callLater(self._probe_timeout if wait is None else wait, give_up)
+        waiter.addBoth(_cancel, timer)
+        waiters.append(waiter)
         return waiter
 
     def lookup_for_read(self, *groups: Iterable[str]) -> Deferred | None:
         """``lookup`` for a read of a replica on one of ``groups``' servers:
         None, no catalog query, while one of them is known and up (the
         read starts there; an unknown one, if ever, is only failed over
-        to); else ``lookup``'s Deferred, waited for at most the probe
-        timeout: a slow catalog delays no read longer than a slow server."""
-        nodes = self._nodes
-        for names in groups:
-            for n in names:
-                node = nodes.get(n)
-                if node is not None and node.up and node.foreign is None:
-                    return None
-        looked_up = self.lookup(*groups)
-        if looked_up is None:
+        to); else ``lookup``'s Deferred."""
+        if self._any(groups, _serves):
             return None
-        out: Deferred = Deferred()
-
-        def done(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-                out.callback(None)
-
-        timer = self._clock.callLater(self._probe_timeout, out.callback, None)
-        looked_up.addBoth(done)
-        return out
+        return self.lookup(*groups)
 
     def of_this_cluster(self, name: str) -> bool:
         """Whether ``name``'s store is known bound to this pool's cluster
@@ -436,10 +606,7 @@ class StoragePool:
             # A replica on a server registered after this front end last
             # read the registry, or no longer there: failed with a reason
             # like a down server's, never a bare KeyError ("'s4'").
-            return UnusableClient(
-                f"storage server {name} is not in this front end's storage pool "
-                "(not in the catalog's registry when it last read it)"
-            )
+            return UnusableClient(f"storage server {name} is {NOT_IN_POOL}")
         if node.foreign is not None:
             return UnusableClient(node.last_error or f"{name} is bound to another cluster")
         return node.client
@@ -709,7 +876,17 @@ class StoragePool:
         self._loop = None
 
     def probe_all(self) -> Deferred:
-        return DeferredList([self._probe(n) for n in self._nodes.values()], consumeErrors=True)
+        nodes = list(self._nodes.values())
+        probes = [self._probe(n) for n in nodes]
+        probes += [self._probe_pending(n, n.pending) for n in nodes if n.pending is not None]
+        return DeferredList(probes, consumeErrors=True)
+
+    def _failure(self, e: BaseException) -> str:
+        """Why a health probe failed, in words."""
+        if isinstance(e, defer.TimeoutError):
+            # Its own text is the bare tuple "(2.0, 'Deferred')".
+            return f"no answer to a health probe within {self._probe_timeout:g} s"
+        return str(e) or e.__class__.__name__
 
     @inlineCallbacks
     def _probe(self, node: NodeState):
@@ -721,11 +898,7 @@ class StoragePool:
         except Exception as e:
             if node.client is not client:
                 return  # it moved meanwhile: the old address's news
-            if isinstance(e, defer.TimeoutError):
-                # Its own text is the bare tuple "(2.0, 'Deferred')".
-                reason = f"no answer to a health probe within {self._probe_timeout:g} s"
-            else:
-                reason = str(e) or e.__class__.__name__
+            reason = self._failure(e)
             if node.up or node.last_error == NOT_PROBED:
                 log.warn("storage server {name} is down: {err}", name=node.name, err=reason)
             elif reason != node.last_error and not isinstance(node.client, UnusableClient):
@@ -739,26 +912,38 @@ class StoragePool:
             return
         if node.client is not client:
             return  # it moved meanwhile: the old address's news
+        foreign = yield self._settle(node, health)
+        if node.client is not client:
+            return  # it moved while its bind ran
+        if foreign is not None:
+            node.up = False
+            node.last_error = foreign
+            node.last_seen = self._clock.seconds()
+            node.probed = True
+            return
+        if not node.up:
+            again = "" if node.last_seen is None else " again"
+            log.info("storage server {name} is up{again}", name=node.name, again=again)
+        self._answered(node, health)
+
+    def _settle(self, node: NodeState, health: Health) -> Deferred:
+        """After a health answer of ``node``: what it says of its store,
+        and its binding (``binding.settle``: at most the probe timeout
+        more, a bind runs on beside); fires with why the store is not used,
+        or None."""
         node.secret_refused = False
         if health.store_id is not None:
             node.store_id = health.store_id
             node.store_created = health.store_created
-        if self.cluster_id is not None:
-            # At most the probe timeout more (a bind runs on beside).
-            foreign = yield binding.settle(
-                node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
-            )
-            if node.client is not client:
-                return  # it moved while its bind ran
-            if foreign is not None:
-                node.up = False
-                node.last_error = foreign
-                node.last_seen = self._clock.seconds()
-                node.probed = True
-                return
-        if not node.up:
-            again = "" if node.last_seen is None else " again"
-            log.info("storage server {name} is up{again}", name=node.name, again=again)
+        if self.cluster_id is None:
+            return succeed(None)
+        return binding.settle(
+            node, health, self.cluster_id, self._clock, self._probe_timeout, self._knows_node
+        )
+
+    def _answered(self, node: NodeState, health: Health) -> None:
+        """``node`` answered a probe, its store usable: up, with the
+        problem, space and room its answer says."""
         problem = health.problem
         if problem is None and self._clock.seconds() < node.problem_held_until:
             problem = node.problem  # a writer's failure outranks an older check
@@ -777,3 +962,70 @@ class StoragePool:
         node.last_seen = self._clock.seconds()
         node.last_error = problem
         node.probed = True
+
+    @inlineCallbacks
+    def _probe_pending(self, node: NodeState, pending: NodeState):
+        """Probe the endpoint ``node`` moved to (``move``) as ``_probe``
+        would, on its own state: if it passes, it becomes ``node``'s
+        (``_switch``); if not, ``node`` goes on as it was, and why is said
+        once per reason.  The outcome of a pending endpoint replaced
+        meanwhile is nobody's."""
+        d = pending.client.health()
+        d.addTimeout(self._probe_timeout, self._clock)
+        try:
+            health = yield d
+        except Exception as e:
+            if node.pending is pending:
+                pending.secret_refused = isinstance(e, AuthenticationFailed)
+                self._pending_failed(node, pending, self._failure(e), None)
+            return
+        if node.pending is not pending:
+            return
+        foreign = yield self._settle(pending, health)
+        if node.pending is not pending:
+            return
+        # A bind still running here has been sent (while it is still
+        # finding out whether the store may be bound, ``foreign`` says so):
+        # the store is used unbound meanwhile, as ``_probe`` would have it,
+        # and the switch does not wait for it: a bind hanging on the new
+        # store's disk must not keep a server whose old address is dead
+        # down for good.  Its outcome goes to ``pending`` only, discarded
+        # at the switch (``_switch``); the node's next probe binds again.
+        if foreign is not None:
+            self._pending_failed(node, pending, foreign, self._clock.seconds())
+            return
+        if self.closing:
+            return  # stopping: its client is being closed
+        was = node.endpoint
+        node.pending = None
+        old = self._switch(node, pending)
+        log.info(
+            "storage server {name} answers at {endpoint}: reads and writes go there "
+            "from now on (was {was})",
+            name=node.name,
+            endpoint=node.endpoint,
+            was=was,
+        )
+        self._answered(node, health)
+        self._hand_over(node.name, old)
+
+    def _pending_failed(
+        self, node: NodeState, pending: NodeState, reason: str, seen: float | None
+    ) -> None:
+        """A probe of ``node``'s pending endpoint did not pass, for
+        ``reason``: it is not taken; said once per reason."""
+        if reason != pending.last_error:
+            log.warn(
+                "storage server {name}: the endpoint it is registered at, {endpoint}, "
+                "is not taken: {err}; reads and writes stay on {current}{state}",
+                name=node.name,
+                endpoint=pending.endpoint,
+                err=reason,
+                current=node.endpoint,
+                state="" if node.up else " (down too)",
+            )
+        pending.up = False
+        pending.last_error = reason
+        if seen is not None:
+            pending.last_seen = seen
+        pending.probed = True

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from wsfront.transfer.cache_hint import cached_replica
 from wsfront.transfer.errors import NoReplicasAvailable, TransferAborted
 from wsfront.transfer.extent_cache import ExtentCache
-from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.pool import NOT_IN_POOL, StoragePool
 from wsfront.transfer.shares import fair_share
 from wsstorage import errors as storage_errors
 from wsstorage import failpoints
@@ -373,6 +373,11 @@ class ReadStream:
             if got >= want:
                 return
             errors.append(f"{node}: short read ({got} of {want})")
+        # The replicas the pool does not know were not tried (``order``):
+        # say so, or a replica only there failed with no reason at all.
+        for node in dict.fromkeys((*extent.replicas, *extent.fallback)):
+            if node not in order:
+                errors.append(f"{node}: {NOT_IN_POOL}")
         raise NoReplicasAvailable(
             f"no replica of blob {extent.blob_id} could be read: " + "; ".join(errors)
         )

@@ -41,7 +41,7 @@ from wsfront.transfer.errors import (
 )
 from wsfront.transfer.extent_cache import ExtentCache
 from wsfront.transfer.pending_per_user import PendingPerUser
-from wsfront.transfer.pool import StoragePool
+from wsfront.transfer.pool import STORAGE_IDLE_TIMEOUT, StoragePool
 from wsfront.transfer.put_on_commit import PUT_LIMIT, PutOnCommit
 from wsfront.transfer.reader import ReadExtent, ReadStream
 from wsfront.transfer.sessions_per_user import SessionsPerUser, Slot
@@ -912,9 +912,12 @@ class Transfers:
         still fenced: it may well answer, and a replica that misses the
         fence is lost to the upload."""
         nodes = [r.node for r in upload.replicas if r.state == REPLICA_OK]
-        looked_up = self.pool.lookup(nodes)
+        # A replica on a server registered since the pool last looked: the
+        # registry read is waited for as long as a slow server's fence
+        # would be (a replica that misses the fence is lost to the upload).
+        looked_up = self.pool.lookup(nodes, wait=STORAGE_IDLE_TIMEOUT)
         if looked_up is not None:
-            yield looked_up  # a replica on a server registered since the pool last looked
+            yield looked_up
 
         @inlineCallbacks
         def fence_one(node: str):
