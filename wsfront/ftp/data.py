@@ -123,10 +123,17 @@ class DataChannel(Protocol):
         self.reuse_refused = False
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
+        # Reads stay paused until a transfer claims the connection.  One
+        # already waiting for it (the STOR or RETR a client sends before it
+        # connects, as clients of many small files do) claims it here, in
+        # ``on_connect``: pausing first only had it resumed at once, two
+        # epoll changes and a reactor round of Python per transfer.  Nothing
+        # is read before the reactor's next turn either way.
         if self._on_connect is not None:
             on_connect, self._on_connect = self._on_connect, None
             on_connect(self)
+        if not self.claimed:
+            self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self._sink is not None:
@@ -205,7 +212,9 @@ class DataChannel(Protocol):
     def start_tls(self, options) -> None:
         """Protect this connection (PROT P): we are the TLS server even when
         we opened the TCP connection (active mode).  Bytes the client sent
-        first wait in the socket, since reads are still paused."""
+        first wait in the socket, since nothing was read yet: reads are
+        paused, or this runs in ``connectionMade`` (``on_connect``), before
+        the reactor's first read."""
         self._handshake = Deferred()
         self.tls = True
         self.transport.startTLS(options, not self.outgoing)
