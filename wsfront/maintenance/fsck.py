@@ -12,9 +12,9 @@ The listings are taken before the catalog is read, so a blob uploaded (or a
 copy recorded) in between is counted ok and yet absent or open in them: a
 replica a listing shows missing or wrong is only a suspect, asked for
 directly (``stat``) and judged only if that answer agrees and the blob's
-record, read again, still counts it ok (``_confirm``); so neither the
-report nor ``--fix`` nor the audit acts on a copy that came after its
-server was listed.
+record, read again, still counts it ok (``fsck_confirm``, several blobs
+at a time); so neither the report nor ``--fix`` nor the audit acts on a
+copy that came after its server was listed.
 Every blob a server holds must be known to the catalog and counted (else it
 is an orphan or a stray copy, see ``gc``): each server is listed again for
 that, and each blob it lists looked up in the catalog after, so a blob
@@ -45,22 +45,16 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, DeferredList
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
-from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
+from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY, Confirmations, Judged
 from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
 from wsfront.transfer.pool import StoragePool
-from wsstorage.errors import (
-    AuthenticationFailed,
-    DiskError,
-    NodeUnavailable,
-    ProtocolError,
-    WrongCluster,
-)
+from wsstorage.errors import DiskError
 from wsstorage.records import BlobInfo
 
 log = Logger()
@@ -105,73 +99,6 @@ async def _listing(pool: StoragePool) -> _Listing:
             continue
         held[node] = {i.blob_id: i for i in infos}
     return _Listing(held, sorted(unreachable), failing)
-
-
-#: Failures of a ``stat`` that mean the server did not answer it (it is
-#: away, or not one this front end may use), not that it lacks the copy.
-_UNANSWERED = (
-    NodeUnavailable,
-    ProtocolError,
-    AuthenticationFailed,
-    DiskError,
-    WrongCluster,
-    CancelledError,
-    TimeoutError,
-)
-
-
-async def _confirm(
-    catalog,
-    pool: StoragePool,
-    blob: BlobRecord,
-    nodes: list[str],
-    silent: set[str],
-) -> dict[str, tuple[BlobInfo | None, int]] | None:
-    """Of ``nodes``, whose listing lacked ``blob`` or showed it open or
-    short, those whose copy is missing (None) or wrong (its ``stat``) now,
-    each with the length it was judged against; None if the catalog forgot
-    the blob meanwhile.
-
-    A listing is a snapshot taken before the catalog is read: a blob
-    uploaded, or a copy recorded, after a server was listed is referenced
-    and counted ok by the time it is looked up, yet absent (or open) in
-    that listing.  So each suspect copy is asked for directly (``stat``,
-    all at once), and only then is the blob's record read again: a copy
-    found whole is no problem; one still missing or wrong is judged only
-    if the record still counts it ok (a mark since is someone else's
-    judgement) and still exists (GC forgets a blob after deleting its
-    copies: its deletes must not read as missing copies).  A server whose
-    disk fails the ``stat`` has lost that copy, as a failed listing says
-    (``_listing``); one that does not answer it joins ``silent``: reported
-    unreachable, none of its copies judged from then on."""
-    answers = await DeferredList(
-        [pool.client(node).stat(blob.blob_id) for node in nodes], consumeErrors=True
-    )
-    found: dict[str, BlobInfo | None] = {}
-    for node, (ok, value) in zip(nodes, answers):
-        if ok:
-            found[node] = value
-        elif value.check(*_UNANSWERED):
-            log.warn("fsck: cannot stat {blob} on {node}: {err}", blob=blob.blob_id, node=node,
-                     err=value.value)  # fmt: skip
-            silent.add(node)
-        else:
-            # The server answered and cannot give the copy: gone, its disk
-            # failing (as ``_listing``), or a record it cannot read (left
-            # out of its listing too): a copy lost, not a server away.
-            found[node] = None
-    if all(info is not None and holds_the_blob(info, blob.length) for info in found.values()):
-        return {}
-    try:
-        now = await catalog.get_blob(blob.blob_id)
-    except catalog_errors.NotFound:
-        return None
-    still_ok = {r.node for r in now.replicas if r.state == REPLICA_OK}
-    return {
-        node: (info, now.length)
-        for node, info in found.items()
-        if node in still_ok and (info is None or not holds_the_blob(info, now.length))
-    }
 
 
 def _garbage(
@@ -220,15 +147,34 @@ def _garbage(
     return counts
 
 
+def _findings(blob_id: str, judged: Judged) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """What ``confirm`` judged of ``blob_id``'s copies, as the report's
+    (list, mark, entry) of each: missing copies to mark lost, wrong ones
+    stale; none if it was forgotten meanwhile (GC collected it)."""
+    findings: list[tuple[str, str | None, dict[str, Any]]] = []
+    for node, (info, length) in (judged or {}).items():
+        if info is None:
+            findings.append(("missing", REPLICA_LOST, {"blob": blob_id, "node": node}))
+        else:
+            findings.append(
+                ("wrong", REPLICA_STALE, {"blob": blob_id, "node": node, "state": info.state,
+                                          "size": info.size, "length": length})
+            )  # fmt: skip
+    return findings
+
+
 async def check(
     catalog,
     pool: StoragePool,
     gc: GarbageCollector,
     keep_going: Callable[[], bool] = lambda: True,
+    confirm_concurrency: int = CONFIRM_CONCURRENCY,
 ) -> dict[str, Any]:
     """Compare catalog and servers; return the report (and the raw findings
     under ``_bad``, which ``fsck`` uses to fix and drops from the result).
-    A check cut short by ``keep_going`` is partial."""
+    A check cut short by ``keep_going`` is partial.  Suspect copies are
+    confirmed ``confirm_concurrency`` blobs at a time (``fsck_confirm``);
+    the report and ``_bad`` list the blobs in id order all the same."""
     await pool.probe_all()
     listing = await _listing(pool)
     held, failing = listing.held, listing.failing
@@ -242,13 +188,18 @@ async def check(
     }
     bad: list[tuple[str, str, str]] = []
     silent: set[str] = set()
+    confirmations = Confirmations(catalog, pool, silent, confirm_concurrency)
+    #: Blob id -> its findings known without asking again (no record, a
+    #: server failing its listing), reported with the confirmed ones.
+    known: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {}
     for blob_id in sorted(await referenced_blob_ids(catalog)):
-        if not keep_going():
+        if not keep_going() or confirmations.failed:
             break
         try:
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
-            report["missing"].append({"blob": blob_id, "node": None, "why": "no blob record"})
+            known[blob_id] = [("missing", None, {"blob": blob_id, "node": None,
+                                                 "why": "no blob record"})]  # fmt: skip
             continue
         report["blobs_checked"] += 1
         if not blob.sealed:
@@ -259,8 +210,10 @@ async def check(
                 continue
             if replica.node in failing:
                 report["replicas_checked"] += 1
-                bad.append((blob_id, replica.node, REPLICA_LOST))
-                report["missing"].append({"blob": blob_id, "node": replica.node, "why": FAILING})
+                known.setdefault(blob_id, []).append(
+                    ("missing", REPLICA_LOST, {"blob": blob_id, "node": replica.node,
+                                               "why": FAILING})
+                )  # fmt: skip
                 continue
             if replica.node not in held or replica.node in silent:
                 continue
@@ -268,21 +221,15 @@ async def check(
             info = held[replica.node].get(blob_id)
             if info is None or not holds_the_blob(info, blob.length):
                 suspects.append(replica.node)
-        if not suspects:
-            continue
-        judged = await _confirm(catalog, pool, blob, suspects, silent)
-        if judged is None:
-            continue  # forgotten meanwhile (GC collected it): nothing to judge
-        for node, (info, length) in judged.items():
-            if info is None:
-                bad.append((blob_id, node, REPLICA_LOST))
-                report["missing"].append({"blob": blob_id, "node": node})
-            else:
-                bad.append((blob_id, node, REPLICA_STALE))
-                report["wrong"].append(
-                    {"blob": blob_id, "node": node, "state": info.state,
-                     "size": info.size, "length": length}
-                )  # fmt: skip
+        if suspects:
+            await confirmations.add(blob, suspects)
+    judged = await confirmations.finish()
+    for blob_id in sorted(known.keys() | judged.keys()):
+        findings = known.get(blob_id, []) + _findings(blob_id, judged.get(blob_id))
+        for kind, state, entry in findings:
+            report[kind].append(entry)
+            if state is not None:
+                bad.append((blob_id, entry["node"], state))
     if silent:
         # Listed, then silent when a copy was confirmed: reported, not judged.
         report["unreachable_nodes"] = sorted(set(listing.unreachable) | silent)

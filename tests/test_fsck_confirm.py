@@ -1,0 +1,152 @@
+"""fsck's confirmations of suspect copies run several blobs at a time
+(``fsck_confirm.Confirmations``): the judgements and the report must be
+those of one blob at a time, in the same order, and a check whose lease
+goes while confirmations are in flight must mark nothing.  On SQLite and
+on PostgreSQL, against real in-process storage servers."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.catalog_fixtures import BACKENDS, postgres_schema_url
+from tests.maintenance_env import payload, populate
+from tests.test_fsck_races import after_each_listing, blob_ids, replica_states
+from tests.test_maintenance_postgres import PostgresTransferEnv
+from tests.transfer_env import TransferEnv
+from wsfront.catalog.records import REPLICA_OK
+from wsfront.maintenance.fsck import audit, check, fsck
+from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY
+from wsfront.maintenance.gc import GarbageCollector
+from wsfront.maintenance.jobs import LeaseCheck
+from wsfront.maintenance.repair import Repairer, RepairSettings
+
+#: Files of the tests: enough blobs that more suspects than
+#: ``CONFIRM_CONCURRENCY`` are confirmed at once on every server.
+FILES = 48
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request, tmp_path):
+    from twisted.internet import reactor
+
+    urls = iter([None]) if request.param == "sqlite" else postgres_schema_url()
+    for url in urls:
+        if url is None:
+            e = TransferEnv(reactor, tmp_path, nodes=3)
+        else:
+            e = PostgresTransferEnv(reactor, tmp_path, url, nodes=3)
+        pytest_twisted.blockon(defer.ensureDeferred(e.start()))
+        yield e
+        pytest_twisted.blockon(defer.ensureDeferred(e.stop()))
+
+
+def collector(env) -> GarbageCollector:
+    return GarbageCollector(task.Clock(), env.catalog, env.transfers.pool)
+
+
+async def spoil(env, count: int, short_every: int = 4) -> tuple[set, set]:
+    """Of the first ``count`` files' blobs, delete one copy (each blob's
+    n-th replica, going round the servers), or every ``short_every``-th
+    make it short: the (blob, server) copies missing and wrong."""
+    missing, wrong = set(), set()
+    for i in range(count):
+        [blob] = await blob_ids(env, f"/f{i}.bin")
+        node = sorted(await replica_states(env, blob))[i % 2]
+        store = env.nodes[node].store
+        store.delete(blob)
+        if i % short_every == 0:
+            handle = store.open_write(blob, 1, 0, {})
+            handle.write(b"short")
+            handle.seal()
+            wrong.add((blob, node))
+        else:
+            missing.add((blob, node))
+    return missing, wrong
+
+
+@pytest_twisted.ensureDeferred
+async def test_confirmations_at_once_judge_and_report_as_one_at_a_time(env, monkeypatch):
+    """Copies gone and short on every server, and a file committed after
+    each listing (its copies suspects that must not be judged): the
+    concurrent check reports exactly what the one-blob-at-a-time check
+    does, in blob order, and marks the same copies."""
+    await populate(env, count=FILES, size=8 * 1024)
+    missing, wrong = await spoil(env, count=40)
+    assert len({node for _, node in missing | wrong}) == 3
+    late: list[str] = []
+
+    async def commit_late():
+        late.append(f"/late{len(late)}.bin")
+        await env.upload(late[-1], payload(4096 + len(late)))
+
+    after_each_listing(monkeypatch, commit_late)
+    pool = env.transfers.pool
+    at_once = await check(env.catalog, pool, collector(env))
+    one_by_one = await check(env.catalog, pool, collector(env), confirm_concurrency=1)
+
+    assert {(m["blob"], m["node"]) for m in at_once["missing"]} == missing
+    assert {(w["blob"], w["node"]) for w in at_once["wrong"]} == wrong
+    assert [m["blob"] for m in at_once["missing"]] == sorted(m["blob"] for m in at_once["missing"])
+    # The second check saw one more file (committed after the first's listing).
+    assert one_by_one.pop("blobs_checked") == at_once.pop("blobs_checked") + 1
+    assert one_by_one.pop("replicas_checked") == at_once.pop("replicas_checked") + 2
+    assert one_by_one == at_once
+    assert len(at_once["_bad"]) == len(missing | wrong)
+
+    assert await audit(env.catalog, pool, collector(env)) == len(missing | wrong)
+    for blob, node in missing | wrong:
+        assert (await replica_states(env, blob))[node] != REPLICA_OK
+    for vpath in late:
+        for blob in await blob_ids(env, vpath):
+            assert set((await replica_states(env, blob)).values()) == {REPLICA_OK}
+
+
+@pytest.mark.parametrize("how", ["fsck --fix", "audit"])
+@pytest_twisted.ensureDeferred
+async def test_a_lease_lost_while_confirmations_are_in_flight_marks_nothing(env, how):
+    """The lease goes while the third suspect copy is asked for, others in
+    flight beside it: none of the copies judged missing is marked (the new
+    holder's repair may be copying them), and no confirmation starts after
+    the blobs in flight."""
+    await populate(env, count=FILES, size=8 * 1024)
+    victim = "s1"
+    gone = []
+    for i in range(FILES):
+        [blob] = await blob_ids(env, f"/f{i}.bin")
+        if victim in await replica_states(env, blob):
+            env.nodes[victim].store.delete(blob)
+            gone.append(blob)
+    assert len(gone) > CONFIRM_CONCURRENCY + 3
+    client = env.transfers.pool.client(victim)
+    real_stat = client.stat
+    asked: list[str] = []
+    lease = [True]
+
+    def stat_then_lose(blob_id):
+        asked.append(blob_id)
+        if len(asked) == 3:
+            lease[0] = False
+        return real_stat(blob_id)
+
+    client.stat = stat_then_lose
+    keep_going = LeaseCheck(lambda: lease[0])
+    pool = env.transfers.pool
+    try:
+        if how == "audit":
+            assert await audit(env.catalog, pool, collector(env), keep_going) == 0
+        else:
+            repairer = Repairer(
+                task.Clock(), env.catalog, pool, RepairSettings(bytes_per_second=None)
+            )
+            found = await fsck(
+                env.catalog, pool, repairer, collector(env), fix=True, keep_going=keep_going
+            )
+            assert found.get("marked", 0) == 0 and "repair" not in found, found
+    finally:
+        del client.stat
+    assert keep_going.lost
+    assert 3 <= len(asked) <= 3 + CONFIRM_CONCURRENCY, asked
+    for blob in gone:
+        assert (await replica_states(env, blob))[victim] == REPLICA_OK
