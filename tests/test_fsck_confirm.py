@@ -1,10 +1,15 @@
 """fsck's confirmations of suspect copies run several blobs at a time
 (``fsck_confirm.Confirmations``): the judgements and the report must be
 those of one blob at a time, in the same order, and a check whose lease
-goes while confirmations are in flight must mark nothing.  On SQLite and
-on PostgreSQL, against real in-process storage servers."""
+goes while confirmations are in flight must mark nothing.  A server
+whose listing failed for a disk error has its copies asked for the same
+way (``check``), not all judged lost.  On SQLite and on PostgreSQL,
+against real in-process storage servers."""
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import pytest
 import pytest_twisted
@@ -16,6 +21,7 @@ from tests.test_fsck_races import after_each_listing, blob_ids, replica_states
 from tests.test_maintenance_postgres import PostgresTransferEnv
 from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import REPLICA_OK
+from wsfront.maintenance import fsck as fsck_module
 from wsfront.maintenance.fsck import audit, check, fsck
 from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY
 from wsfront.maintenance.gc import GarbageCollector
@@ -150,3 +156,106 @@ async def test_a_lease_lost_while_confirmations_are_in_flight_marks_nothing(env,
     assert 3 <= len(asked) <= 3 + CONFIRM_CONCURRENCY, asked
     for blob in gone:
         assert (await replica_states(env, blob))[victim] == REPLICA_OK
+
+
+async def failing_listing(env, monkeypatch, victim: str, then) -> None:
+    """Each check's listing finds ``victim``'s blobs directory gone (a
+    disk error: it answers, but cannot list), then ``then(blobs, away)``
+    runs before the catalog is read."""
+    assert env.nodes[victim].store.wait_fanned_out(30)  # no mkdir racing the rename
+    blobs = env.nodes[victim].path / "blobs"
+    away = env.nodes[victim].path / "blobs.away"
+    real = fsck_module._listing
+
+    async def listing_while_gone(pool):
+        os.rename(blobs, away)
+        try:
+            return await real(pool)
+        finally:
+            then(blobs, away)
+
+    monkeypatch.setattr(fsck_module, "_listing", listing_while_gone)
+
+
+async def held_by(env, victim: str) -> list[str]:
+    found = []
+    for i in range(FILES):
+        [blob] = await blob_ids(env, f"/f{i}.bin")
+        if victim in await replica_states(env, blob):
+            found.append(blob)
+    return found
+
+
+@pytest.mark.parametrize("how", ["fsck --fix", "audit"])
+@pytest_twisted.ensureDeferred
+async def test_a_server_whose_listing_failed_for_a_moment_keeps_its_good_copies(
+    env, monkeypatch, how
+):
+    """Its listing failed with a disk error (its blobs directory away, as
+    under a remount) and the disk is back before its copies are judged:
+    each copy is asked for, and only the one really gone is missing and
+    marked.  Judged lost unasked, every copy of the server was marked
+    and re-copied, and a blob whose other copy was out of reach too had
+    none left counted."""
+    await populate(env, count=FILES, size=8 * 1024)
+    victim = "s1"
+    held = await held_by(env, victim)
+    gone = held[0]
+    env.nodes[victim].store.delete(gone)
+    await failing_listing(env, monkeypatch, victim, lambda blobs, away: os.rename(away, blobs))
+    pool = env.transfers.pool
+
+    report = await check(env.catalog, pool, collector(env))
+    assert [f["node"] for f in report["failing_nodes"]] == [victim], report
+    assert [(m["blob"], m["node"]) for m in report["missing"]] == [(gone, victim)], report
+    assert report["unreachable_nodes"] == [] and report["problems"] >= 2, report
+
+    if how == "audit":
+        assert await audit(env.catalog, pool, collector(env)) == 1
+    else:
+        repairer = Repairer(task.Clock(), env.catalog, pool, RepairSettings(bytes_per_second=None))
+        found = await fsck(env.catalog, pool, repairer, collector(env), fix=True)
+        assert found["marked"] == 1, found
+    for blob in held[1:]:
+        assert (await replica_states(env, blob))[victim] == REPLICA_OK
+
+
+@contextlib.contextmanager
+def blobs_dir_a_file(env, victim: str):
+    """``victim``'s blobs directory replaced by a file (every listing and
+    stat fails with a disk error: ENOTDIR), put back after."""
+    assert env.nodes[victim].store.wait_fanned_out(30)  # no mkdir racing the rename
+    blobs = env.nodes[victim].path / "blobs"
+    away = env.nodes[victim].path / "blobs.away"
+    os.rename(blobs, away)
+    blobs.write_bytes(b"not a directory\n")
+    try:
+        yield
+    finally:
+        blobs.unlink()
+        os.rename(away, blobs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_copies_on_a_server_whose_disk_fails_their_stat_too_are_unknown_not_lost(env):
+    """The disk stays broken (the listing and every stat fail with a disk
+    error): the server is reported failing, a problem, and none of its
+    copies is judged or marked (as for a server out of reach: its disk
+    may come back with them); the other servers' problems are still
+    found and marked."""
+    await populate(env, count=FILES, size=8 * 1024)
+    victim, other = "s1", "s2"
+    held = await held_by(env, victim)
+    gone = next(b for b in await held_by(env, other) if b not in held)
+    env.nodes[other].store.delete(gone)
+    pool = env.transfers.pool
+    with blobs_dir_a_file(env, victim):
+        report = await check(env.catalog, pool, collector(env))
+        assert [f["node"] for f in report["failing_nodes"]] == [victim], report
+        assert [(m["blob"], m["node"]) for m in report["missing"]] == [(gone, other)], report
+        assert report["unreachable_nodes"] == [], report
+        assert report["problems"] >= 2, report
+        assert await audit(env.catalog, pool, collector(env)) == 1
+    for blob in held:
+        assert (await replica_states(env, blob))[victim] == REPLICA_OK
+    assert (await replica_states(env, gone))[other] == "lost"

@@ -782,7 +782,8 @@ class Commands:
         if r["unreachable_nodes"]:
             lines.append("unreachable: " + ", ".join(map(_shown, r["unreachable_nodes"])))
         for f in r.get("failing_nodes", []):
-            # Up, but its disk could not list its blobs: its replicas count as missing.
+            # Up, but its disk could not list its blobs: its copies were asked
+            # for one by one (missing if it said so, else unknown).
             lines.append(f"failing: {_shown(f['node'])} ({_shown(f['why'])})")
         if r["guarded_nodes"]:
             lines.append(

@@ -6,8 +6,13 @@ at least the catalog's length (more when its old writer sealed it past the
 offset a takeover resumed at); a server that is unreachable is reported, not judged
 (it may come back with every blob).  A server that answers but cannot list
 its blobs for a disk error (``DiskError``: its blobs directory was removed)
-is reported as failing, and its replicas as missing: they are gone, and
-repair must replace them.
+is reported as failing (a problem), and each of its replicas asked for
+as a suspect below: one it answers it has not (its blobs directory gone)
+is missing, and repair replaces it; one whose ``stat`` its disk fails too
+is unknown, not judged, as on a server out of reach.  Judged lost
+unasked, every copy of a server whose listing failed for a moment (a
+remount, a directory put back) was marked and re-copied, and a blob
+whose other copy was out of reach had none left counted.
 The listings are taken before the catalog is read, so a blob uploaded (or a
 copy recorded) in between is counted ok and yet absent or open in them: a
 replica a listing shows missing or wrong is only a suspect, asked for
@@ -61,7 +66,7 @@ log = Logger()
 
 #: Problems listed by blob id in the report are capped at this many each.
 LIST_CAP = 100
-#: Why a replica on a server that cannot list its blobs is missing.
+#: Said of a copy missing on a server that cannot list its blobs.
 FAILING = "its server cannot list its blobs"
 
 
@@ -147,14 +152,20 @@ def _garbage(
     return counts
 
 
-def _findings(blob_id: str, judged: Judged) -> list[tuple[str, str | None, dict[str, Any]]]:
+def _findings(
+    blob_id: str, judged: Judged, failing: dict[str, str]
+) -> list[tuple[str, str, dict[str, Any]]]:
     """What ``confirm`` judged of ``blob_id``'s copies, as the report's
     (list, mark, entry) of each: missing copies to mark lost, wrong ones
-    stale; none if it was forgotten meanwhile (GC collected it)."""
-    findings: list[tuple[str, str | None, dict[str, Any]]] = []
+    stale; none if it was forgotten meanwhile (GC collected it).  A copy
+    missing on a server that cannot list says so (``FAILING``)."""
+    findings: list[tuple[str, str, dict[str, Any]]] = []
     for node, (info, length) in (judged or {}).items():
         if info is None:
-            findings.append(("missing", REPLICA_LOST, {"blob": blob_id, "node": node}))
+            entry = {"blob": blob_id, "node": node}
+            if node in failing:
+                entry["why"] = FAILING
+            findings.append(("missing", REPLICA_LOST, entry))
         else:
             findings.append(
                 ("wrong", REPLICA_STALE, {"blob": blob_id, "node": node, "state": info.state,
@@ -189,50 +200,45 @@ async def check(
     bad: list[tuple[str, str, str]] = []
     silent: set[str] = set()
     confirmations = Confirmations(catalog, pool, silent, confirm_concurrency)
-    #: Blob id -> its findings known without asking again (no record, a
-    #: server failing its listing), reported with the confirmed ones.
-    known: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {}
+    no_record: list[str] = []
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going() or confirmations.failed:
             break
         try:
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
-            known[blob_id] = [("missing", None, {"blob": blob_id, "node": None,
-                                                 "why": "no blob record"})]  # fmt: skip
+            no_record.append(blob_id)
             continue
         report["blobs_checked"] += 1
         if not blob.sealed:
             continue  # a live upload's current blob: its session is the authority
         suspects = []
         for replica in blob.replicas:
-            if replica.state != REPLICA_OK:
+            if replica.state != REPLICA_OK or replica.node in silent:
                 continue
             if replica.node in failing:
-                report["replicas_checked"] += 1
-                known.setdefault(blob_id, []).append(
-                    ("missing", REPLICA_LOST, {"blob": blob_id, "node": replica.node,
-                                               "why": FAILING})
-                )  # fmt: skip
-                continue
-            if replica.node not in held or replica.node in silent:
-                continue
+                info = None  # not listed: asked for, as a copy a listing lacks
+            elif replica.node in held:
+                info = held[replica.node].get(blob_id)
+            else:
+                continue  # unreachable: not judged
             report["replicas_checked"] += 1
-            info = held[replica.node].get(blob_id)
             if info is None or not holds_the_blob(info, blob.length):
                 suspects.append(replica.node)
         if suspects:
             await confirmations.add(blob, suspects)
     judged = await confirmations.finish()
-    for blob_id in sorted(known.keys() | judged.keys()):
-        findings = known.get(blob_id, []) + _findings(blob_id, judged.get(blob_id))
-        for kind, state, entry in findings:
+    for blob_id in sorted(set(no_record) | judged.keys()):
+        if blob_id not in judged:
+            report["missing"].append({"blob": blob_id, "node": None, "why": "no blob record"})
+            continue
+        for kind, state, entry in _findings(blob_id, judged[blob_id], failing):
             report[kind].append(entry)
-            if state is not None:
-                bad.append((blob_id, entry["node"], state))
-    if silent:
+            bad.append((blob_id, entry["node"], state))
+    if silent.difference(failing):
         # Listed, then silent when a copy was confirmed: reported, not judged.
-        report["unreachable_nodes"] = sorted(set(listing.unreachable) | silent)
+        # (A failing server silent so is reported failing: its copies unknown.)
+        report["unreachable_nodes"] = sorted(set(listing.unreachable) | silent.difference(failing))
     found: dict[str, tuple[list[Garbage], int]] = {}
     for node in held:
         if not keep_going():
@@ -249,6 +255,7 @@ async def check(
         + report["strays"]
         - report["strays_waiting"]
         + report["under_replicated"]
+        + len(failing)
     )
     for key in ("missing", "wrong"):
         report[key] = report[key][:LIST_CAP]
