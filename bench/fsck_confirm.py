@@ -18,7 +18,12 @@ timed too, so the per-copy cost of the confirmations can be read apart
 from the rest of the check; and one listing of s1, the cost a fresh
 listing would have instead of the stats.
 
-    flock /tmp/wsfs-bench.lock python bench/fsck_confirm.py --dir /work/bench-fsck [--postgres]
+With ``--latency-ms`` each storage server is reached through a proxy
+process that delays every byte that long each way (``_delay_proxy``):
+servers across a network rather than on this host.
+
+    flock /tmp/wsfs-bench.lock python bench/fsck_confirm.py --dir /work/bench-fsck \
+        [--postgres] [--latency-ms 0.5]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -41,6 +47,7 @@ from twisted.internet import defer, task  # noqa: E402
 
 from bench._common import start_storage  # noqa: E402
 from tests.catalog_fixtures import postgres_schema_url  # noqa: E402
+from tests.support import free_port  # noqa: E402
 from tests.transfer_env import Feeder  # noqa: E402
 from wsfront.catalog import open_catalog  # noqa: E402
 from wsfront.maintenance.fsck import check  # noqa: E402
@@ -61,12 +68,28 @@ async def run(reactor, args) -> None:
             proc, ep = start_storage(top / f"s{i}", f"s{i}", secret)
             procs.append(proc)
             endpoints[f"s{i}"] = ep
+            if args.latency_ms:
+                proc, ep = delayed(ep, args.latency_ms)
+                procs.append(proc)
+                endpoints[f"s{i}"] = ep
         await measure(reactor, args, top, secret, endpoints)
     finally:
         for p in procs:
             p.terminate()
             p.wait()
         shutil.rmtree(top)
+
+
+def delayed(endpoint: str, one_way_ms: float) -> tuple[subprocess.Popen, str]:
+    """A ``_delay_proxy`` process in front of ``endpoint``, and its endpoint."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_delay_proxy.py")), str(port),
+         endpoint.rsplit(":", 1)[1], str(one_way_ms)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc, f"tcp:127.0.0.1:{port}"
 
 
 async def measure(reactor, args, top: Path, secret: Path, endpoints: dict[str, str]) -> None:
@@ -160,7 +183,8 @@ async def timings(reactor, args, catalog, pool: StoragePool) -> None:
     concurrent_s = statistics.median(times["concurrent"])
     print(
         f"fsck check: {n} files, replicas 2, 3 wsstorage processes + front end in this "
-        f"process, catalog {'PostgreSQL' if args.postgres else 'SQLite'}, {args.missing} "
+        f"process, catalog {'PostgreSQL' if args.postgres else 'SQLite'}, "
+        f"{args.latency_ms} ms added each way to the storage servers, {args.missing} "
         f"copies missing on s1; median of {args.rounds} alternating runs each"
     )
     print(f"{'what':40s} {'seconds':>8s} {'ms per missing copy':>20s} {'CPU s here':>10s}")
@@ -190,6 +214,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="bytes per file")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to make the work directory")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="each way, to every storage server (a _delay_proxy process in front of each)",
+    )
     p.add_argument(
         "--postgres", action="store_true", help="catalog on PostgreSQL (WSFS_TEST_POSTGRES)"
     )
