@@ -54,7 +54,12 @@ from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
-from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY, Confirmations, Judged
+from wsfront.maintenance.fsck_confirm import (
+    CONFIRM_CONCURRENCY,
+    NO_RECORD,
+    Confirmations,
+    Judged,
+)
 from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
@@ -198,16 +203,31 @@ async def check(
         "failing_nodes": [{"node": n, "why": failing[n]} for n in sorted(failing)],
     }
     bad: list[tuple[str, str, str]] = []
+    counts = {"missing": 0, "wrong": 0}
+
+    def listed(kind: str, entry: dict[str, Any]) -> None:
+        # Counted all, listed up to the cap as they come (in blob order).
+        counts[kind] += 1
+        if len(report[kind]) < LIST_CAP:
+            report[kind].append(entry)
+
+    def verdict(blob_id: str, judged: Judged | str) -> None:
+        if judged == NO_RECORD:
+            listed("missing", {"blob": blob_id, "node": None, "why": NO_RECORD})
+            return
+        for kind, state, entry in _findings(blob_id, judged, failing):
+            listed(kind, entry)
+            bad.append((blob_id, entry["node"], state))
+
     silent: set[str] = set()
-    confirmations = Confirmations(catalog, pool, silent, confirm_concurrency)
-    no_record: list[str] = []
+    confirmations = Confirmations(catalog, pool, silent, verdict, confirm_concurrency)
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going() or confirmations.failed:
             break
         try:
             blob = await catalog.get_blob(blob_id)
         except catalog_errors.NotFound:
-            no_record.append(blob_id)
+            await confirmations.put(blob_id, NO_RECORD)
             continue
         report["blobs_checked"] += 1
         if not blob.sealed:
@@ -227,14 +247,7 @@ async def check(
                 suspects.append(replica.node)
         if suspects:
             await confirmations.add(blob, suspects)
-    judged = await confirmations.finish()
-    for blob_id in sorted(set(no_record) | judged.keys()):
-        if blob_id not in judged:
-            report["missing"].append({"blob": blob_id, "node": None, "why": "no blob record"})
-            continue
-        for kind, state, entry in _findings(blob_id, judged[blob_id], failing):
-            report[kind].append(entry)
-            bad.append((blob_id, entry["node"], state))
+    await confirmations.finish()
     if silent.difference(failing):
         # Listed, then silent when a copy was confirmed: reported, not judged.
         # (A failing server silent so is reported failing: its copies unknown.)
@@ -249,16 +262,14 @@ async def check(
     report.update(_garbage(gc, found, {blob_id for blob_id, _, _ in bad}))
     report["under_replicated"] = await catalog.count_under_replicated()
     report["problems"] = (
-        len(report["missing"])
-        + len(report["wrong"])
+        counts["missing"]
+        + counts["wrong"]
         + report["orphans"]
         + report["strays"]
         - report["strays_waiting"]
         + report["under_replicated"]
         + len(failing)
     )
-    for key in ("missing", "wrong"):
-        report[key] = report[key][:LIST_CAP]
     report["_bad"] = bad
     return report
 

@@ -15,6 +15,7 @@ order).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,16 @@ CONFIRM_CONCURRENCY = 16
 #: goes on a connection at a time, so more would open connections that
 #: are closed again after one answer each.
 STATS_PER_SERVER = 4
+
+#: How many blobs' worth of confirmations, in multiples of the ones under
+#: way at once, may be started ahead of the earliest one not yet
+#: answered: its answers wait in order to be handed on.  Enough that one
+#: slow blob (a stat waiting out a timeout) does not stop the others at
+#: once; bounded, so the waiting answers are few.
+WINDOW = 4
+
+#: A blob under way in ``Confirmations``' reorder buffer.
+PENDING = object()
 
 #: Failures of a ``stat`` that mean the server did not answer it (it is
 #: away, or not one this front end may use), not that it lacks the copy.
@@ -136,17 +147,34 @@ async def confirm(
     }
 
 
-class Confirmations:
-    """``confirm`` for many blobs, at most ``limit`` at a time.
+#: What ``Confirmations`` hands on of a blob whose record was gone
+#: before its copies could be looked at (``put``): reported apart.
+NO_RECORD = "no blob record"
 
-    ``add`` waits for a free slot and starts one; ``finish`` waits for all
-    and returns blob id -> what ``confirm`` judged.  A confirmation that
-    fails (the catalog out of reach) sets ``failed``: the caller starts no
-    more, and ``finish`` raises that failure once the others are done
-    (none is left running behind the check)."""
+
+class Confirmations:
+    """``confirm`` for many blobs, at most ``limit`` at a time, each
+    blob's verdict handed to ``verdict(blob_id, judged)`` in the order the
+    blobs were added (``add``, ``put``), as they come in: none kept past
+    its turn, and one with nothing to say (every copy whole, the blob
+    forgotten) not kept at all.  An answer that comes before an earlier
+    blob's waits in a reorder buffer, at most ``WINDOW`` times ``limit``
+    blobs long (``add`` waits for room), so a check's memory does not
+    grow with the number of suspects (a server that lost 10M copies).
+
+    ``add`` waits for a free slot and starts one, unless ``keep_going()``
+    turned false or a confirmation failed (the catalog out of reach)
+    meanwhile: that sets ``failed``, the caller starts no more, and
+    ``finish`` raises that failure once the others are done (none is left
+    running behind the check)."""
 
     def __init__(
-        self, catalog: Any, pool: StoragePool, silent: set[str], limit: int = CONFIRM_CONCURRENCY
+        self,
+        catalog: Any,
+        pool: StoragePool,
+        silent: set[str],
+        verdict: Callable[[str, Judged | str], None],
+        limit: int = CONFIRM_CONCURRENCY,
     ) -> None:
         if limit < 1:
             raise ValueError(f"confirmations at once must be at least 1, not {limit}")
@@ -154,10 +182,15 @@ class Confirmations:
         self._pool = pool
         self._per_server: dict[str, DeferredSemaphore] = {}
         self._silent = silent
+        self._verdict = verdict
         self._slots = DeferredSemaphore(limit)
+        self._room = DeferredSemaphore(WINDOW * limit)
         self._running: set[Deferred] = set()
         self._failure: Failure | None = None
-        self._judged: dict[str, Judged] = {}
+        #: In the order added: each blob under way (PENDING), or answered
+        #: with something to report and waiting for the blobs before it.
+        self._order: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+        self._next = 0
 
     @property
     def failed(self) -> bool:
@@ -165,7 +198,9 @@ class Confirmations:
 
     async def add(self, blob: BlobRecord, nodes: list[str]) -> None:
         """Start confirming ``nodes``' copies of ``blob`` once a slot is free."""
+        await self._room.acquire()
         await self._slots.acquire()
+        seq = self._enter(blob.blob_id)
         d = ensureDeferred(confirm(self._catalog, self._stat, blob, nodes, self._silent))
         self._running.add(d)
 
@@ -175,10 +210,41 @@ class Confirmations:
             if isinstance(result, Failure):
                 if self._failure is None:
                     self._failure = result
-            else:
-                self._judged[blob.blob_id] = result
+                result = None
+            self._answered(seq, result)
 
         d.addBoth(done)
+
+    async def put(self, blob_id: str, verdict: str) -> None:
+        """Hand on ``verdict`` (``NO_RECORD``) of ``blob_id`` in its turn."""
+        await self._room.acquire()
+        self._answered(self._enter(blob_id), verdict)
+
+    def _enter(self, blob_id: str) -> int:
+        seq = self._next
+        self._next += 1
+        self._order[seq] = (blob_id, PENDING)
+        return seq
+
+    def _answered(self, seq: int, result: Judged | str) -> None:
+        """Record ``seq``'s answer (dropped if it has nothing to say), then
+        hand on every answer whose turn has come."""
+        if not result:  # whole ({}), forgotten (None), or failed
+            del self._order[seq]
+            self._room.release()
+        else:
+            self._order[seq] = (self._order[seq][0], result)
+        while self._order:
+            seq, (blob_id, result) = next(iter(self._order.items()))
+            if result is PENDING:
+                return
+            del self._order[seq]
+            self._room.release()
+            try:
+                self._verdict(blob_id, result)
+            except Exception:
+                if self._failure is None:
+                    self._failure = Failure()
 
     def _stat(self, node: str, blob_id: str) -> Deferred:
         """``node``'s ``stat`` of ``blob_id``, ``STATS_PER_SERVER`` at most
@@ -203,10 +269,10 @@ class Confirmations:
 
         return slots.run(ask)
 
-    async def finish(self) -> dict[str, Judged]:
-        """Wait for every confirmation started; raise the first failure."""
+    async def finish(self) -> None:
+        """Wait for every confirmation started (every verdict handed on);
+        raise the first failure."""
         if self._running:
             await DeferredList(list(self._running))
         if self._failure is not None:
             self._failure.raiseException()
-        return self._judged
