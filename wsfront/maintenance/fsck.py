@@ -220,7 +220,7 @@ async def check(
             bad.append((blob_id, entry["node"], state))
 
     silent: set[str] = set()
-    confirmations = Confirmations(catalog, pool, silent, verdict, confirm_concurrency)
+    confirmations = Confirmations(catalog, pool, silent, verdict, confirm_concurrency, keep_going)
     for blob_id in sorted(await referenced_blob_ids(catalog)):
         if not keep_going() or confirmations.failed:
             break
@@ -245,8 +245,8 @@ async def check(
             report["replicas_checked"] += 1
             if info is None or not holds_the_blob(info, blob.length):
                 suspects.append(replica.node)
-        if suspects:
-            await confirmations.add(blob, suspects)
+        if suspects and not await confirmations.add(blob, suspects):
+            break
     await confirmations.finish()
     if silent.difference(failing):
         # Listed, then silent when a copy was confirmed: reported, not judged.

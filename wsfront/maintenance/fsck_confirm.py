@@ -175,6 +175,7 @@ class Confirmations:
         silent: set[str],
         verdict: Callable[[str, Judged | str], None],
         limit: int = CONFIRM_CONCURRENCY,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
         if limit < 1:
             raise ValueError(f"confirmations at once must be at least 1, not {limit}")
@@ -183,6 +184,7 @@ class Confirmations:
         self._per_server: dict[str, DeferredSemaphore] = {}
         self._silent = silent
         self._verdict = verdict
+        self._keep_going = keep_going
         self._slots = DeferredSemaphore(limit)
         self._room = DeferredSemaphore(WINDOW * limit)
         self._running: set[Deferred] = set()
@@ -196,24 +198,33 @@ class Confirmations:
     def failed(self) -> bool:
         return self._failure is not None
 
-    async def add(self, blob: BlobRecord, nodes: list[str]) -> None:
-        """Start confirming ``nodes``' copies of ``blob`` once a slot is free."""
+    async def add(self, blob: BlobRecord, nodes: list[str]) -> bool:
+        """Start confirming ``nodes``' copies of ``blob`` once a slot is
+        free; False if none was started: the lease was lost or a
+        confirmation failed while it waited (asked again once the slot is
+        had, or one more would start after it)."""
         await self._room.acquire()
         await self._slots.acquire()
+        if self.failed or not self._keep_going():
+            self._slots.release()
+            self._room.release()
+            return False
         seq = self._enter(blob.blob_id)
         d = ensureDeferred(confirm(self._catalog, self._stat, blob, nodes, self._silent))
         self._running.add(d)
 
         def done(result: Any) -> None:
             self._running.discard(d)
-            self._slots.release()
             if isinstance(result, Failure):
                 if self._failure is None:
                     self._failure = result
                 result = None
+            # Failed first: the ``add`` the slot goes to must see it.
+            self._slots.release()
             self._answered(seq, result)
 
         d.addBoth(done)
+        return True
 
     async def put(self, blob_id: str, verdict: str) -> None:
         """Hand on ``verdict`` (``NO_RECORD``) of ``blob_id`` in its turn."""
