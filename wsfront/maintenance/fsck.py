@@ -53,7 +53,7 @@ import attrs
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
-from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE
+from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
 from wsfront.maintenance.fsck_confirm import (
     CONFIRM_CONCURRENCY,
     NO_RECORD,
@@ -179,6 +179,43 @@ def _findings(
     return findings
 
 
+def _suspects(
+    blob: BlobRecord,
+    held: dict[str, dict[str, BlobInfo]],
+    failing: dict[str, str],
+    silent: set[str],
+) -> tuple[int, list[str]]:
+    """How many of ``blob``'s counted-ok copies the listings let be
+    checked, and the servers of those that are suspects: absent from
+    their server's listing (every copy of a failing server) or shown
+    open or short there."""
+    checked, suspects = 0, []
+    for replica in blob.replicas:
+        if replica.state != REPLICA_OK or replica.node in silent:
+            continue
+        if replica.node in failing:
+            info = None  # not listed: asked for, as a copy a listing lacks
+        elif replica.node in held:
+            info = held[replica.node].get(blob.blob_id)
+        else:
+            continue  # unreachable: not judged
+        checked += 1
+        if info is None or not holds_the_blob(info, blob.length):
+            suspects.append(replica.node)
+    return checked, suspects
+
+
+async def _wind_down(confirmations: Confirmations) -> None:
+    """Wait for the confirmations under way behind a check that failed
+    (the catalog out of reach, ``keep_going`` raising): none is left
+    asking servers and reading records after the check has ended.  One
+    failing too is logged: the check's own failure is the one raised."""
+    try:
+        await confirmations.finish()
+    except Exception:
+        log.failure("fsck: a confirmation failed too, behind the check's failure")
+
+
 async def check(
     catalog,
     pool: StoragePool,
@@ -221,32 +258,25 @@ async def check(
 
     silent: set[str] = set()
     confirmations = Confirmations(catalog, pool, silent, verdict, confirm_concurrency, keep_going)
-    for blob_id in sorted(await referenced_blob_ids(catalog)):
-        if not keep_going() or confirmations.failed:
-            break
-        try:
-            blob = await catalog.get_blob(blob_id)
-        except catalog_errors.NotFound:
-            await confirmations.put(blob_id, NO_RECORD)
-            continue
-        report["blobs_checked"] += 1
-        if not blob.sealed:
-            continue  # a live upload's current blob: its session is the authority
-        suspects = []
-        for replica in blob.replicas:
-            if replica.state != REPLICA_OK or replica.node in silent:
+    try:
+        for blob_id in sorted(await referenced_blob_ids(catalog)):
+            if not keep_going() or confirmations.failed:
+                break
+            try:
+                blob = await catalog.get_blob(blob_id)
+            except catalog_errors.NotFound:
+                await confirmations.put(blob_id, NO_RECORD)
                 continue
-            if replica.node in failing:
-                info = None  # not listed: asked for, as a copy a listing lacks
-            elif replica.node in held:
-                info = held[replica.node].get(blob_id)
-            else:
-                continue  # unreachable: not judged
-            report["replicas_checked"] += 1
-            if info is None or not holds_the_blob(info, blob.length):
-                suspects.append(replica.node)
-        if suspects and not await confirmations.add(blob, suspects):
-            break
+            report["blobs_checked"] += 1
+            if not blob.sealed:
+                continue  # a live upload's current blob: its session is the authority
+            checked, suspects = _suspects(blob, held, failing, silent)
+            report["replicas_checked"] += checked
+            if suspects and not await confirmations.add(blob, suspects):
+                break
+    except Exception:
+        await _wind_down(confirmations)
+        raise
     await confirmations.finish()
     if silent.difference(failing):
         # Listed, then silent when a copy was confirmed: reported, not judged.
