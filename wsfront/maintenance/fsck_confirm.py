@@ -34,8 +34,10 @@ from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_OK, BlobRecord
 from wsfront.maintenance.repair import holds_the_blob
 from wsfront.transfer.pool import StoragePool
+from wsstorage.diskformat import FormatError
 from wsstorage.errors import (
     AuthenticationFailed,
+    BlobNotFound,
     DiskError,
     NodeUnavailable,
     ProtocolError,
@@ -80,6 +82,13 @@ UNANSWERED = (
 )
 
 
+def lost(error: BaseException) -> bool:
+    """Whether a ``stat``'s error is its server saying it has no such
+    copy: not found, or a record it cannot decode (``format``, an error
+    code the client keeps without a class of its own)."""
+    return isinstance(error, BlobNotFound) or getattr(error, "code", None) == FormatError.code
+
+
 class Skipped(Exception):
     """A ``stat`` not sent: its server went silent while it waited its turn."""
 
@@ -115,7 +124,8 @@ async def confirm(
     does not answer the ``stat`` (away, or its disk failing the request:
     the copy may be whole) joins ``silent``: reported, none of its copies
     asked for or judged from then on.  One that answers without the copy
-    (not found, a record it cannot read) has lost it."""
+    (not found, a record it cannot decode) has lost it; any other error
+    it answers with leaves that copy unjudged (logged)."""
     nodes = [node for node in nodes if node not in silent]
     answers = await DeferredList([stat(node, blob.blob_id) for node in nodes], consumeErrors=True)
     found: dict[str, BlobInfo | None] = {}
@@ -128,11 +138,17 @@ async def confirm(
             log.warn("fsck: cannot stat {blob} on {node}: {err}", blob=blob.blob_id, node=node,
                      err=value.value)  # fmt: skip
             silent.add(node)
-        else:
-            # The server answered and cannot give the copy: gone, or a
-            # record it cannot read (left out of its listing too): a copy
-            # lost, not a server away.
+        elif lost(value.value):
+            # The server answered without the copy: gone, or a record it
+            # cannot decode (left out of its listing too): a copy lost,
+            # not a server away.
             found[node] = None
+        else:
+            # Any other error it answered with (EIO reading the record,
+            # its store closing, a bug of its own) says nothing of the
+            # copy, which may be whole: not judged.
+            log.warn("fsck: {node} failed the stat of {blob}: {err}; that copy is not judged",
+                     node=node, blob=blob.blob_id, err=value.value)  # fmt: skip
     if all(info is not None and holds_the_blob(info, blob.length) for info in found.values()):
         return {}
     try:
