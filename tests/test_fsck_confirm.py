@@ -254,6 +254,10 @@ async def test_copies_on_a_server_whose_disk_fails_their_stat_too_are_unknown_no
         assert [f["node"] for f in report["failing_nodes"]] == [victim], report
         assert [(m["blob"], m["node"]) for m in report["missing"]] == [(gone, other)], report
         assert report["unreachable_nodes"] == [], report
+        # Its copies not judged (bar any its store answers from memory),
+        # and not counted checked: the two add up to every copy counted ok.
+        assert 0 < report["unknown"] <= len(held), report
+        assert report["unknown"] + report["replicas_checked"] == 2 * FILES, report
         assert report["problems"] >= 2, report
         assert await audit(env.catalog, pool, collector(env)) == 1
     for blob in held:

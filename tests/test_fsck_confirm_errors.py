@@ -53,6 +53,9 @@ async def test_copies_whose_stat_fails_with_eio_are_not_judged_lost(env, monkeyp
     assert [f["node"] for f in report["failing_nodes"]] == [victim], report
     assert [m for m in report["missing"] if m["node"] == victim] == [], report
     assert report["unreachable_nodes"] == [], report
+    # Each copy a stat failed is unknown, and a problem (its server erred).
+    assert 0 < report["unknown"] <= len(held), report
+    assert report["problems"] >= 1 + report["unknown"], report
     assert await audit(env.catalog, pool, collector(env)) == 0
     for blob in held:
         assert (await replica_states(env, blob))[victim] == REPLICA_OK

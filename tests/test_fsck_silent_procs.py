@@ -84,6 +84,7 @@ async def test_a_server_frozen_after_its_listing_costs_one_timeout_not_one_per_c
     assert frozen["copies"] > CONFIRM_CONCURRENCY, frozen  # more than asked for at once
     assert report["unreachable_nodes"] == [frozen["victim"]], report
     assert (report["missing"], report["wrong"], report["_bad"]) == ([], [], []), report
+    assert report["unknown"] >= frozen["copies"], (report, frozen)  # none judged
     # One round of timeouts (the stats in flight when it froze), not one
     # per copy nor per batch of stats; room left for a loaded machine.
     assert took < 2 * IDLE_TIMEOUT, (took, frozen)

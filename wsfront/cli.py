@@ -777,6 +777,11 @@ class Commands:
             f"orphans: {r['orphans']}  strays: {r['strays']}  "
             f"under-replicated: {r['under_replicated']}",
         ]
+        if r.get("unknown"):  # absent from a front end not yet upgraded
+            lines.append(
+                f"not judged: {r['unknown']} replicas (their server did not answer their "
+                "stat, or failed it: see the lease holder's log)"
+            )
         if r.get("strays_waiting"):  # absent from a front end not yet upgraded
             lines.append(_strays_waiting(r["strays_waiting"], r["strays_collected_after"]))
         if r["unreachable_nodes"]:

@@ -58,7 +58,7 @@ from wsfront.maintenance.fsck_confirm import (
     CONFIRM_CONCURRENCY,
     NO_RECORD,
     Confirmations,
-    Judged,
+    Verdict,
 )
 from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
@@ -158,14 +158,14 @@ def _garbage(
 
 
 def _findings(
-    blob_id: str, judged: Judged, failing: dict[str, str]
+    blob_id: str, judged: Verdict, failing: dict[str, str]
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """What ``confirm`` judged of ``blob_id``'s copies, as the report's
     (list, mark, entry) of each: missing copies to mark lost, wrong ones
-    stale; none if it was forgotten meanwhile (GC collected it).  A copy
+    stale.  A copy
     missing on a server that cannot list says so (``FAILING``)."""
     findings: list[tuple[str, str, dict[str, Any]]] = []
-    for node, (info, length) in (judged or {}).items():
+    for node, (info, length) in judged.bad.items():
         if info is None:
             entry = {"blob": blob_id, "node": node}
             if node in failing:
@@ -184,14 +184,18 @@ def _suspects(
     held: dict[str, dict[str, BlobInfo]],
     failing: dict[str, str],
     silent: set[str],
-) -> tuple[int, list[str]]:
+) -> tuple[int, int, list[str]]:
     """How many of ``blob``'s counted-ok copies the listings let be
-    checked, and the servers of those that are suspects: absent from
-    their server's listing (every copy of a failing server) or shown
-    open or short there."""
-    checked, suspects = 0, []
+    checked, how many not (their server, listed, went silent since), and
+    the servers of the checked that are suspects: absent from their
+    server's listing (every copy of a failing server) or shown open or
+    short there."""
+    checked, unknown, suspects = 0, 0, []
     for replica in blob.replicas:
-        if replica.state != REPLICA_OK or replica.node in silent:
+        if replica.state != REPLICA_OK:
+            continue
+        if replica.node in silent:
+            unknown += 1
             continue
         if replica.node in failing:
             info = None  # not listed: asked for, as a copy a listing lacks
@@ -202,7 +206,7 @@ def _suspects(
         checked += 1
         if info is None or not holds_the_blob(info, blob.length):
             suspects.append(replica.node)
-    return checked, suspects
+    return checked, unknown, suspects
 
 
 async def _wind_down(confirmations: Confirmations) -> None:
@@ -240,7 +244,8 @@ async def check(
         "failing_nodes": [{"node": n, "why": failing[n]} for n in sorted(failing)],
     }
     bad: list[tuple[str, str, str]] = []
-    counts = {"missing": 0, "wrong": 0}
+    counts = {"missing": 0, "wrong": 0, "erred": 0}
+    report["unknown"] = 0
 
     def listed(kind: str, entry: dict[str, Any]) -> None:
         # Counted all, listed up to the cap as they come (in blob order).
@@ -248,10 +253,14 @@ async def check(
         if len(report[kind]) < LIST_CAP:
             report[kind].append(entry)
 
-    def verdict(blob_id: str, judged: Judged | str) -> None:
-        if judged == NO_RECORD:
+    def verdict(blob_id: str, judged: Verdict | str) -> None:
+        if isinstance(judged, str):  # NO_RECORD
             listed("missing", {"blob": blob_id, "node": None, "why": NO_RECORD})
             return
+        # Counted checked when found suspect, not judged after all.
+        report["replicas_checked"] -= judged.unknown
+        report["unknown"] += judged.unknown
+        counts["erred"] += judged.erred
         for kind, state, entry in _findings(blob_id, judged, failing):
             listed(kind, entry)
             bad.append((blob_id, entry["node"], state))
@@ -270,8 +279,9 @@ async def check(
             report["blobs_checked"] += 1
             if not blob.sealed:
                 continue  # a live upload's current blob: its session is the authority
-            checked, suspects = _suspects(blob, held, failing, silent)
+            checked, unknown, suspects = _suspects(blob, held, failing, silent)
             report["replicas_checked"] += checked
+            report["unknown"] += unknown
             if suspects and not await confirmations.add(blob, suspects):
                 break
     except Exception:
@@ -299,6 +309,7 @@ async def check(
         - report["strays_waiting"]
         + report["under_replicated"]
         + len(failing)
+        + counts["erred"]
     )
     report["_bad"] = bad
     return report

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -93,10 +94,25 @@ class Skipped(Exception):
     """A ``stat`` not sent: its server went silent while it waited its turn."""
 
 
-#: What ``confirm`` judged: node -> (its ``stat``, None if the copy is
-#: gone; the length it was judged against); None if the catalog forgot
-#: the blob meanwhile.
-Judged = dict[str, tuple[BlobInfo | None, int]] | None
+@attrs.frozen
+class Verdict:
+    """What ``confirm`` found of a blob's suspect copies: ``bad``, node ->
+    (its ``stat``, None if the copy is gone; the length it was judged
+    against), the copies missing or wrong; ``unknown``, how many were not
+    judged (their server did not answer, or answered with an error that
+    says nothing of the copy), of which ``erred`` answered with an error."""
+
+    bad: dict[str, tuple[BlobInfo | None, int]] = attrs.Factory(dict)
+    unknown: int = 0
+    erred: int = 0
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to report."""
+        return bool(self.bad) or self.unknown > 0
+
+
+#: What ``confirm`` judged: None if the catalog forgot the blob meanwhile.
+Judged = Verdict | None
 
 
 async def confirm(
@@ -107,10 +123,10 @@ async def confirm(
     silent: set[str],
 ) -> Judged:
     """Of ``nodes``, whose listing lacked ``blob`` or showed it open or
-    short, those whose copy is missing (None)
-    or wrong (its ``stat``) now, each with the length it was judged
-    against; None if the catalog forgot the blob meanwhile.  ``stat(node,
-    blob_id)`` asks a server.
+    short, those whose copy is missing (None) or wrong (its ``stat``)
+    now, each with the length it was judged against, and how many could
+    not be judged (``Verdict``); None if the catalog forgot the blob
+    meanwhile.  ``stat(node, blob_id)`` asks a server.
 
     A listing is a snapshot taken before the catalog is read: a blob
     uploaded, or a copy recorded, after a server was listed is referenced
@@ -126,6 +142,8 @@ async def confirm(
     asked for or judged from then on.  One that answers without the copy
     (not found, a record it cannot decode) has lost it; any other error
     it answers with leaves that copy unjudged (logged)."""
+    unknown = len(nodes)  # less each one found or judged lost
+    erred = 0
     nodes = [node for node in nodes if node not in silent]
     answers = await DeferredList([stat(node, blob.blob_id) for node in nodes], consumeErrors=True)
     found: dict[str, BlobInfo | None] = {}
@@ -149,18 +167,21 @@ async def confirm(
             # copy, which may be whole: not judged.
             log.warn("fsck: {node} failed the stat of {blob}: {err}; that copy is not judged",
                      node=node, blob=blob.blob_id, err=value.value)  # fmt: skip
+            erred += 1
+    unknown -= len(found)
     if all(info is not None and holds_the_blob(info, blob.length) for info in found.values()):
-        return {}
+        return Verdict(unknown=unknown, erred=erred)
     try:
         now = await catalog.get_blob(blob.blob_id)
     except catalog_errors.NotFound:
         return None
     still_ok = {r.node for r in now.replicas if r.state == REPLICA_OK}
-    return {
+    bad = {
         node: (info, now.length)
         for node, info in found.items()
         if node in still_ok and (info is None or not holds_the_blob(info, now.length))
     }
+    return Verdict(bad, unknown, erred)
 
 
 #: What ``Confirmations`` hands on of a blob whose record was gone
@@ -189,7 +210,7 @@ class Confirmations:
         catalog: Any,
         pool: StoragePool,
         silent: set[str],
-        verdict: Callable[[str, Judged | str], None],
+        verdict: Callable[[str, Verdict | str], None],
         limit: int = CONFIRM_CONCURRENCY,
         keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -256,7 +277,7 @@ class Confirmations:
     def _answered(self, seq: int, result: Judged | str) -> None:
         """Record ``seq``'s answer (dropped if it has nothing to say), then
         hand on every answer whose turn has come."""
-        if not result:  # whole ({}), forgotten (None), or failed
+        if not result:  # all whole, forgotten (None), or failed
             del self._order[seq]
             self._room.release()
         else:
