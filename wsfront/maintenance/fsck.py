@@ -12,7 +12,10 @@ is missing, and repair replaces it; one whose ``stat`` its disk fails too
 is unknown, not judged, as on a server out of reach.  Judged lost
 unasked, every copy of a server whose listing failed for a moment (a
 remount, a directory put back) was marked and re-copied, and a blob
-whose other copy was out of reach had none left counted.
+whose other copy was out of reach had none left counted.  This spares
+them only if the directory is back when they are asked for: while it is
+away the server answers not found, as one wiped (``rm -rf blobs``),
+which must be repaired, and the two cannot be told apart.
 The listings are taken before the catalog is read, so a blob uploaded (or a
 copy recorded) in between is counted ok and yet absent or open in them: a
 replica a listing shows missing or wrong is only a suspect, asked for
@@ -79,7 +82,8 @@ FAILING = "its server cannot list its blobs"
 class _Listing:
     """What the servers hold (``held``), which could not be asked
     (``unreachable``: not judged), and which answered that their disk
-    cannot list (``failing``: node -> why; what they held is lost)."""
+    cannot list (``failing``: node -> why; each copy counted there is
+    then asked for, as a suspect: ``check``)."""
 
     held: dict[str, dict[str, BlobInfo]]
     unreachable: list[str]
