@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.catalog_fixtures import BACKENDS, postgres_schema_url
+from tests.fsck_flight import InFlight
 from tests.maintenance_env import payload, populate
 from tests.test_fsck_races import after_each_listing, blob_ids, replica_states
 from tests.test_maintenance_postgres import PostgresTransferEnv
@@ -23,7 +24,7 @@ from tests.transfer_env import TransferEnv
 from wsfront.catalog.records import REPLICA_OK
 from wsfront.maintenance import fsck as fsck_module
 from wsfront.maintenance.fsck import audit, check, fsck
-from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY
+from wsfront.maintenance.fsck_confirm import CONFIRM_CONCURRENCY, STATS_PER_SERVER
 from wsfront.maintenance.gc import GarbageCollector
 from wsfront.maintenance.jobs import LeaseCheck
 from wsfront.maintenance.repair import Repairer, RepairSettings
@@ -89,7 +90,12 @@ async def test_confirmations_at_once_judge_and_report_as_one_at_a_time(env, monk
 
     after_each_listing(monkeypatch, commit_late)
     pool = env.transfers.pool
-    at_once = await check(env.catalog, pool, collector(env))
+    with monkeypatch.context() as patched:
+        flight = InFlight(env, patched)
+        at_once = await check(env.catalog, pool, collector(env))
+    # Stats went to a server several at a time, never more than its share.
+    assert max(flight.peak.values()) > 1, flight.peak
+    assert max(flight.peak.values()) <= STATS_PER_SERVER, flight.peak
     one_by_one = await check(env.catalog, pool, collector(env), confirm_concurrency=1)
 
     assert {(m["blob"], m["node"]) for m in at_once["missing"]} == missing
