@@ -4,8 +4,9 @@ storage server "across a network" for the benchmarks, on one host.
     python bench/_delay_proxy.py LISTEN_PORT TARGET_PORT ONE_WAY_MS
 
 Runs in its own process (its work is not the front end's), on
-127.0.0.1; order is kept (each direction is one queue).  It prints
-``ready`` once it listens.
+127.0.0.1; order is kept (each direction is one queue), and an EOF
+one way is passed on as a half-close, the other way open till its own.
+It prints ``ready`` once it listens.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ async def pipe(reader, writer, delay: float) -> None:
             if wait > 0:
                 await asyncio.sleep(wait)
             if not data:
-                writer.close()
+                # EOF passed on as a half-close: the other direction
+                # carries on until its own EOF (a peer that shuts down
+                # its sending side still reads the answers).
+                if writer.can_write_eof():
+                    writer.write_eof()
                 return
             writer.write(data)
             await writer.drain()
@@ -51,11 +56,16 @@ async def main(listen: int, target: int, delay: float) -> None:
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(
-            pipe(client_reader, server_writer, delay),
-            pipe(server_reader, client_writer, delay),
-            return_exceptions=True,
-        )
+        try:
+            await asyncio.gather(
+                pipe(client_reader, server_writer, delay),
+                pipe(server_reader, client_writer, delay),
+                return_exceptions=True,
+            )
+        finally:
+            # Both directions ended (EOF each way, or an error).
+            client_writer.close()
+            server_writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen)
     print("ready", flush=True)

@@ -69,9 +69,7 @@ async def run(reactor, args) -> None:
             procs.append(proc)
             endpoints[f"s{i}"] = ep
             if args.latency_ms:
-                proc, ep = delayed(ep, args.latency_ms)
-                procs.append(proc)
-                endpoints[f"s{i}"] = ep
+                endpoints[f"s{i}"] = delayed(ep, args.latency_ms, procs)
         await measure(reactor, args, top, secret, endpoints)
     finally:
         for p in procs:
@@ -80,16 +78,21 @@ async def run(reactor, args) -> None:
         shutil.rmtree(top)
 
 
-def delayed(endpoint: str, one_way_ms: float) -> tuple[subprocess.Popen, str]:
-    """A ``_delay_proxy`` process in front of ``endpoint``, and its endpoint."""
+def delayed(endpoint: str, one_way_ms: float, procs: list[subprocess.Popen]) -> str:
+    """The endpoint of a ``_delay_proxy`` process in front of ``endpoint``,
+    added to ``procs`` (to be ended) before it is waited for: one that
+    fails to start is ended too."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("_delay_proxy.py")), str(port),
          endpoint.rsplit(":", 1)[1], str(one_way_ms)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-    return proc, f"tcp:127.0.0.1:{port}"
+    procs.append(proc)
+    ready = proc.stdout.readline() if proc.stdout is not None else b""
+    if ready != b"ready\n":
+        raise RuntimeError(f"the delay proxy did not start (said {ready!r})")
+    return f"tcp:127.0.0.1:{port}"
 
 
 async def measure(reactor, args, top: Path, secret: Path, endpoints: dict[str, str]) -> None:
