@@ -116,3 +116,23 @@ async def test_no_confirmation_starts_after_its_slot_if_meanwhile(monkeypatch, h
     else:
         with pytest.raises(RuntimeError, match="catalog away"):
             await c.finish()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_let_in_by_an_answer_is_handed_on_after_it(monkeypatch):
+    """The reorder buffer full, the check waits to add one more; the
+    earliest blob's answer frees the room, and the check, resumed at
+    once, adds a blob already answered: it is handed on after the ones
+    the answer let through, not before."""
+    gated = Gated(monkeypatch)
+    handed: list[str] = []
+    c = Confirmations(None, None, set(), lambda b, v: handed.append(b), 1)
+    assert await c.add(blob(0), ["s1"])
+    for i in range(1, WINDOW):
+        await c.put(blob(i).blob_id, NO_RECORD)
+    adding = ensureDeferred(c.put(blob(WINDOW).blob_id, NO_RECORD))
+    assert not adding.called  # no room
+    gated.end("b0000", missing("s1"))
+    await adding
+    await c.finish()
+    assert handed == [blob(i).blob_id for i in range(WINDOW + 1)]

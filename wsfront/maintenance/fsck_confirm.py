@@ -277,22 +277,27 @@ class Confirmations:
     def _answered(self, seq: int, result: Judged | str) -> None:
         """Record ``seq``'s answer (dropped if it has nothing to say), then
         hand on every answer whose turn has come."""
+        freed = 0
         if not result:  # all whole, forgotten (None), or failed
             del self._order[seq]
-            self._room.release()
+            freed += 1
         else:
             self._order[seq] = (self._order[seq][0], result)
         while self._order:
             seq, (blob_id, result) = next(iter(self._order.items()))
             if result is PENDING:
-                return
+                break
             del self._order[seq]
-            self._room.release()
+            freed += 1
             try:
                 self._verdict(blob_id, result)
             except Exception:
                 if self._failure is None:
                     self._failure = Failure()
+        # Room given back only now: it may resume the check's ``add`` or
+        # ``put`` at once, whose own hand-on must not overtake these.
+        for _ in range(freed):
+            self._room.release()
 
     def _stat(self, node: str, blob_id: str) -> Deferred:
         """``node``'s ``stat`` of ``blob_id``, ``STATS_PER_SERVER`` at most
