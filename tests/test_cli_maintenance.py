@@ -328,3 +328,23 @@ async def test_wsfs_fsck_names_a_server_that_answers_but_cannot_list_its_blobs(c
     failing = [line for line in out.splitlines() if line.startswith("failing: ")]
     assert len(failing) == 1 and failing[0].startswith(f"failing: {victim} ("), out
     assert str(cluster.procs[victim].data) not in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_wsfs_fsck_says_how_many_replicas_it_could_not_judge(cluster):
+    """A server whose blobs directory is a file (its listing and every
+    stat fail with a disk error): fsck's summary names it failing and
+    says how many replicas it did not judge, none of them missing."""
+    import shutil
+
+    await populate(cluster, count=3)
+    victim = "s2"
+    blobs = cluster.procs[victim].data / "blobs"
+    shutil.rmtree(blobs)
+    blobs.write_bytes(b"not a directory\n")
+    out, err, code = await cluster.wsfs("fsck", "--poll", "0.1", "--timeout", "60")
+    assert code == 3, err + out
+    assert f"failing: {victim} (" in out, out
+    [line] = [line for line in out.splitlines() if line.startswith("not judged: ")]
+    assert int(line.split()[2]) > 0, out
+    assert "missing: blob" not in out, out

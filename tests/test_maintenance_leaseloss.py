@@ -170,7 +170,7 @@ async def test_an_fsck_stops_at_the_blob_in_flight_when_the_lease_is_lost(env):
     finally:
         del env.catalog.get_blob
     # No blob after the one in flight (whose record a missing copy's
-    # confirmation reads once more: fsck._confirm).
+    # confirmation reads once more: fsck_confirm.confirm).
     assert len(set(seen)) == 1, seen
     ended = await env.catalog.get_job(job.job_id)
     assert ended.state == JOB_QUEUED, (ended.state, ended.result)

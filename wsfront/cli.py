@@ -777,12 +777,18 @@ class Commands:
             f"orphans: {r['orphans']}  strays: {r['strays']}  "
             f"under-replicated: {r['under_replicated']}",
         ]
+        if r.get("unknown"):  # absent from a front end not yet upgraded
+            lines.append(
+                f"not judged: {r['unknown']} replicas (their server did not answer their "
+                "stat, or failed it: see the lease holder's log)"
+            )
         if r.get("strays_waiting"):  # absent from a front end not yet upgraded
             lines.append(_strays_waiting(r["strays_waiting"], r["strays_collected_after"]))
         if r["unreachable_nodes"]:
             lines.append("unreachable: " + ", ".join(map(_shown, r["unreachable_nodes"])))
         for f in r.get("failing_nodes", []):
-            # Up, but its disk could not list its blobs: its replicas count as missing.
+            # Up, but its disk could not list its blobs: its copies were asked
+            # for one by one (missing if it said so, else unknown).
             lines.append(f"failing: {_shown(f['node'])} ({_shown(f['why'])})")
         if r["guarded_nodes"]:
             lines.append(

@@ -148,5 +148,13 @@ ERRORS_BY_CODE: dict[str, type[StorageError]] = {
 
 
 def error_from_code(code: str, message: str) -> StorageError:
-    """Rebuild the error a peer reported; unknown codes become StorageError."""
-    return ERRORS_BY_CODE.get(code, StorageError)(message)
+    """Rebuild the error a peer reported; an unknown code becomes a
+    StorageError that keeps it as its ``code``: ``format`` (a record the
+    server cannot decode, ``diskformat.FormatError``, which this module
+    cannot import) is one a client tells apart from ``error``."""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    err = StorageError(message)
+    err.code = code
+    return err

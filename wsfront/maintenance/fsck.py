@@ -6,15 +6,23 @@ at least the catalog's length (more when its old writer sealed it past the
 offset a takeover resumed at); a server that is unreachable is reported, not judged
 (it may come back with every blob).  A server that answers but cannot list
 its blobs for a disk error (``DiskError``: its blobs directory was removed)
-is reported as failing, and its replicas as missing: they are gone, and
-repair must replace them.
+is reported as failing (a problem), and each of its replicas asked for
+as a suspect below: one it answers it has not (its blobs directory gone)
+is missing, and repair replaces it; one whose ``stat`` its disk fails too
+is unknown, not judged, as on a server out of reach.  Judged lost
+unasked, every copy of a server whose listing failed for a moment (a
+remount, a directory put back) was marked and re-copied, and a blob
+whose other copy was out of reach had none left counted.  This spares
+them only if the directory is back when they are asked for: while it is
+away the server answers not found, as one wiped (``rm -rf blobs``),
+which must be repaired, and the two cannot be told apart.
 The listings are taken before the catalog is read, so a blob uploaded (or a
 copy recorded) in between is counted ok and yet absent or open in them: a
 replica a listing shows missing or wrong is only a suspect, asked for
 directly (``stat``) and judged only if that answer agrees and the blob's
-record, read again, still counts it ok (``_confirm``); so neither the
-report nor ``--fix`` nor the audit acts on a copy that came after its
-server was listed.
+record, read again, still counts it ok (``fsck_confirm``, several blobs
+at a time); so neither the report nor ``--fix`` nor the audit acts on a
+copy that came after its server was listed.
 Every blob a server holds must be known to the catalog and counted (else it
 is an orphan or a stray copy, see ``gc``): each server is listed again for
 that, and each blob it lists looked up in the catalog after, so a blob
@@ -45,29 +53,28 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, DeferredList
 from twisted.logger import Logger
 
 from wsfront.catalog import errors as catalog_errors
 from wsfront.catalog.records import REPLICA_LOST, REPLICA_OK, REPLICA_STALE, BlobRecord
+from wsfront.maintenance.fsck_confirm import (
+    CONFIRM_CONCURRENCY,
+    NO_RECORD,
+    Confirmations,
+    Verdict,
+)
 from wsfront.maintenance.gc import ORPHAN, Garbage, GarbageCollector
 from wsfront.maintenance.inventory import referenced_blob_ids
 from wsfront.maintenance.repair import Progress, Repairer, holds_the_blob
 from wsfront.transfer.pool import StoragePool
-from wsstorage.errors import (
-    AuthenticationFailed,
-    DiskError,
-    NodeUnavailable,
-    ProtocolError,
-    WrongCluster,
-)
+from wsstorage.errors import DiskError
 from wsstorage.records import BlobInfo
 
 log = Logger()
 
 #: Problems listed by blob id in the report are capped at this many each.
 LIST_CAP = 100
-#: Why a replica on a server that cannot list its blobs is missing.
+#: Said of a copy missing on a server that cannot list its blobs.
 FAILING = "its server cannot list its blobs"
 
 
@@ -75,7 +82,8 @@ FAILING = "its server cannot list its blobs"
 class _Listing:
     """What the servers hold (``held``), which could not be asked
     (``unreachable``: not judged), and which answered that their disk
-    cannot list (``failing``: node -> why; what they held is lost)."""
+    cannot list (``failing``: node -> why; each copy counted there is
+    then asked for, as a suspect: ``check``)."""
 
     held: dict[str, dict[str, BlobInfo]]
     unreachable: list[str]
@@ -105,73 +113,6 @@ async def _listing(pool: StoragePool) -> _Listing:
             continue
         held[node] = {i.blob_id: i for i in infos}
     return _Listing(held, sorted(unreachable), failing)
-
-
-#: Failures of a ``stat`` that mean the server did not answer it (it is
-#: away, or not one this front end may use), not that it lacks the copy.
-_UNANSWERED = (
-    NodeUnavailable,
-    ProtocolError,
-    AuthenticationFailed,
-    DiskError,
-    WrongCluster,
-    CancelledError,
-    TimeoutError,
-)
-
-
-async def _confirm(
-    catalog,
-    pool: StoragePool,
-    blob: BlobRecord,
-    nodes: list[str],
-    silent: set[str],
-) -> dict[str, tuple[BlobInfo | None, int]] | None:
-    """Of ``nodes``, whose listing lacked ``blob`` or showed it open or
-    short, those whose copy is missing (None) or wrong (its ``stat``) now,
-    each with the length it was judged against; None if the catalog forgot
-    the blob meanwhile.
-
-    A listing is a snapshot taken before the catalog is read: a blob
-    uploaded, or a copy recorded, after a server was listed is referenced
-    and counted ok by the time it is looked up, yet absent (or open) in
-    that listing.  So each suspect copy is asked for directly (``stat``,
-    all at once), and only then is the blob's record read again: a copy
-    found whole is no problem; one still missing or wrong is judged only
-    if the record still counts it ok (a mark since is someone else's
-    judgement) and still exists (GC forgets a blob after deleting its
-    copies: its deletes must not read as missing copies).  A server whose
-    disk fails the ``stat`` has lost that copy, as a failed listing says
-    (``_listing``); one that does not answer it joins ``silent``: reported
-    unreachable, none of its copies judged from then on."""
-    answers = await DeferredList(
-        [pool.client(node).stat(blob.blob_id) for node in nodes], consumeErrors=True
-    )
-    found: dict[str, BlobInfo | None] = {}
-    for node, (ok, value) in zip(nodes, answers):
-        if ok:
-            found[node] = value
-        elif value.check(*_UNANSWERED):
-            log.warn("fsck: cannot stat {blob} on {node}: {err}", blob=blob.blob_id, node=node,
-                     err=value.value)  # fmt: skip
-            silent.add(node)
-        else:
-            # The server answered and cannot give the copy: gone, its disk
-            # failing (as ``_listing``), or a record it cannot read (left
-            # out of its listing too): a copy lost, not a server away.
-            found[node] = None
-    if all(info is not None and holds_the_blob(info, blob.length) for info in found.values()):
-        return {}
-    try:
-        now = await catalog.get_blob(blob.blob_id)
-    except catalog_errors.NotFound:
-        return None
-    still_ok = {r.node for r in now.replicas if r.state == REPLICA_OK}
-    return {
-        node: (info, now.length)
-        for node, info in found.items()
-        if node in still_ok and (info is None or not holds_the_blob(info, now.length))
-    }
 
 
 def _garbage(
@@ -220,15 +161,81 @@ def _garbage(
     return counts
 
 
+def _findings(
+    blob_id: str, judged: Verdict, failing: dict[str, str]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """What ``confirm`` judged of ``blob_id``'s copies, as the report's
+    (list, mark, entry) of each: missing copies to mark lost, wrong ones
+    stale.  A copy
+    missing on a server that cannot list says so (``FAILING``)."""
+    findings: list[tuple[str, str, dict[str, Any]]] = []
+    for node, (info, length) in judged.bad.items():
+        if info is None:
+            entry = {"blob": blob_id, "node": node}
+            if node in failing:
+                entry["why"] = FAILING
+            findings.append(("missing", REPLICA_LOST, entry))
+        else:
+            findings.append(
+                ("wrong", REPLICA_STALE, {"blob": blob_id, "node": node, "state": info.state,
+                                          "size": info.size, "length": length})
+            )  # fmt: skip
+    return findings
+
+
+def _suspects(
+    blob: BlobRecord,
+    held: dict[str, dict[str, BlobInfo]],
+    failing: dict[str, str],
+    silent: set[str],
+) -> tuple[int, int, list[str]]:
+    """How many of ``blob``'s counted-ok copies the listings let be
+    checked, how many not (their server, listed, went silent since), and
+    the servers of the checked that are suspects: absent from their
+    server's listing (every copy of a failing server) or shown open or
+    short there."""
+    checked, unknown, suspects = 0, 0, []
+    for replica in blob.replicas:
+        if replica.state != REPLICA_OK:
+            continue
+        if replica.node in silent:
+            unknown += 1
+            continue
+        if replica.node in failing:
+            info = None  # not listed: asked for, as a copy a listing lacks
+        elif replica.node in held:
+            info = held[replica.node].get(blob.blob_id)
+        else:
+            continue  # unreachable: not judged
+        checked += 1
+        if info is None or not holds_the_blob(info, blob.length):
+            suspects.append(replica.node)
+    return checked, unknown, suspects
+
+
+async def _wind_down(confirmations: Confirmations) -> None:
+    """Wait for the confirmations under way behind a check that failed
+    (the catalog out of reach, ``keep_going`` raising): none is left
+    asking servers and reading records after the check has ended.  One
+    failing too is logged: the check's own failure is the one raised."""
+    try:
+        await confirmations.finish()
+    except Exception:
+        log.failure("fsck: a confirmation failed too, behind the check's failure")
+
+
 async def check(
     catalog,
     pool: StoragePool,
     gc: GarbageCollector,
     keep_going: Callable[[], bool] = lambda: True,
+    confirm_concurrency: int = CONFIRM_CONCURRENCY,
 ) -> dict[str, Any]:
     """Compare catalog and servers; return the report (and the raw findings
     under ``_bad``, which ``fsck`` uses to fix and drops from the result).
-    A check cut short by ``keep_going`` is partial."""
+    A check cut short by ``keep_going`` is partial.  Suspect copies are
+    confirmed ``confirm_concurrency`` blobs at a time (``fsck_confirm``);
+    the report and ``_bad`` list the blobs in id order all the same."""
     await pool.probe_all()
     listing = await _listing(pool)
     held, failing = listing.held, listing.failing
@@ -241,51 +248,54 @@ async def check(
         "failing_nodes": [{"node": n, "why": failing[n]} for n in sorted(failing)],
     }
     bad: list[tuple[str, str, str]] = []
+    counts = {"missing": 0, "wrong": 0, "erred": 0}
+    report["unknown"] = 0
+
+    def listed(kind: str, entry: dict[str, Any]) -> None:
+        # Counted all, listed up to the cap as they come (in blob order).
+        counts[kind] += 1
+        if len(report[kind]) < LIST_CAP:
+            report[kind].append(entry)
+
+    def verdict(blob_id: str, judged: Verdict | str) -> None:
+        if isinstance(judged, str):  # NO_RECORD
+            listed("missing", {"blob": blob_id, "node": None, "why": NO_RECORD})
+            return
+        # Counted checked when found suspect, not judged after all.
+        report["replicas_checked"] -= judged.unknown
+        report["unknown"] += judged.unknown
+        counts["erred"] += judged.erred
+        for kind, state, entry in _findings(blob_id, judged, failing):
+            listed(kind, entry)
+            bad.append((blob_id, entry["node"], state))
+
     silent: set[str] = set()
-    for blob_id in sorted(await referenced_blob_ids(catalog)):
-        if not keep_going():
-            break
-        try:
-            blob = await catalog.get_blob(blob_id)
-        except catalog_errors.NotFound:
-            report["missing"].append({"blob": blob_id, "node": None, "why": "no blob record"})
-            continue
-        report["blobs_checked"] += 1
-        if not blob.sealed:
-            continue  # a live upload's current blob: its session is the authority
-        suspects = []
-        for replica in blob.replicas:
-            if replica.state != REPLICA_OK:
+    confirmations = Confirmations(catalog, pool, silent, verdict, confirm_concurrency, keep_going)
+    try:
+        for blob_id in sorted(await referenced_blob_ids(catalog)):
+            if not keep_going() or confirmations.failed:
+                break
+            try:
+                blob = await catalog.get_blob(blob_id)
+            except catalog_errors.NotFound:
+                await confirmations.put(blob_id, NO_RECORD)
                 continue
-            if replica.node in failing:
-                report["replicas_checked"] += 1
-                bad.append((blob_id, replica.node, REPLICA_LOST))
-                report["missing"].append({"blob": blob_id, "node": replica.node, "why": FAILING})
-                continue
-            if replica.node not in held or replica.node in silent:
-                continue
-            report["replicas_checked"] += 1
-            info = held[replica.node].get(blob_id)
-            if info is None or not holds_the_blob(info, blob.length):
-                suspects.append(replica.node)
-        if not suspects:
-            continue
-        judged = await _confirm(catalog, pool, blob, suspects, silent)
-        if judged is None:
-            continue  # forgotten meanwhile (GC collected it): nothing to judge
-        for node, (info, length) in judged.items():
-            if info is None:
-                bad.append((blob_id, node, REPLICA_LOST))
-                report["missing"].append({"blob": blob_id, "node": node})
-            else:
-                bad.append((blob_id, node, REPLICA_STALE))
-                report["wrong"].append(
-                    {"blob": blob_id, "node": node, "state": info.state,
-                     "size": info.size, "length": length}
-                )  # fmt: skip
-    if silent:
+            report["blobs_checked"] += 1
+            if not blob.sealed:
+                continue  # a live upload's current blob: its session is the authority
+            checked, unknown, suspects = _suspects(blob, held, failing, silent)
+            report["replicas_checked"] += checked
+            report["unknown"] += unknown
+            if suspects and not await confirmations.add(blob, suspects):
+                break
+    except Exception:
+        await _wind_down(confirmations)
+        raise
+    await confirmations.finish()
+    if silent.difference(failing):
         # Listed, then silent when a copy was confirmed: reported, not judged.
-        report["unreachable_nodes"] = sorted(set(listing.unreachable) | silent)
+        # (A failing server silent so is reported failing: its copies unknown.)
+        report["unreachable_nodes"] = sorted(set(listing.unreachable) | silent.difference(failing))
     found: dict[str, tuple[list[Garbage], int]] = {}
     for node in held:
         if not keep_going():
@@ -296,15 +306,15 @@ async def check(
     report.update(_garbage(gc, found, {blob_id for blob_id, _, _ in bad}))
     report["under_replicated"] = await catalog.count_under_replicated()
     report["problems"] = (
-        len(report["missing"])
-        + len(report["wrong"])
+        counts["missing"]
+        + counts["wrong"]
         + report["orphans"]
         + report["strays"]
         - report["strays_waiting"]
         + report["under_replicated"]
+        + len(failing)
+        + counts["erred"]
     )
-    for key in ("missing", "wrong"):
-        report[key] = report[key][:LIST_CAP]
     report["_bad"] = bad
     return report
 
