@@ -20,9 +20,10 @@ from tests.ftp_memory import MemoryWrite
 from wsfront.transfer.writer import WriteSession
 
 #: Names the FTP code uses on other objects only, that happen to be members
-#: of WriteSession too: ``log.error(...)`` and ``transfer.session`` (the
-#: data command's own transfer record).
-NOT_ON_SESSIONS = {"error", "session"}
+#: of WriteSession too: ``log.error(...)``, ``transfer.session`` (the
+#: data command's own transfer record) and a pending upload's
+#: ``FileInfo.blob_id`` (what SIZE reported: ``SizeReported``).
+NOT_ON_SESSIONS = {"error", "session", "blob_id"}
 
 
 def _session_members() -> set[str]:

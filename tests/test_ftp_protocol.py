@@ -601,6 +601,81 @@ async def test_appe_resumes_the_pending_upload_at_the_size_this_connection_got_f
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_a_pending_upload_that_started_over_is_refused(ftp):
+    """SIZE reported the owner's pending upload (500 bytes); another of the
+    owner's connections then stored the file from byte 0 (its STOR took the
+    upload over and committed 3,000 bytes), or started it over and left it
+    pending, or deleted it and began another upload there.  The APPE
+    resumed at 500 all the same, cutting a file the client never saw to
+    510 bytes: it is refused (450, as for a committed file), the file left
+    as the other connection made it."""
+    first, other_data = payload(500), payload(3000)
+    c = await ftp.client()
+    other = await ftp.client()
+    for case in ("stored from 0", "started over", "deleted and begun again"):
+        path = "/" + case.replace(" ", "_")
+        await _interrupted_stor(ftp, c, path, first)
+        assert await c.cmd(f"SIZE {path}") == (213, "500")
+        if case == "stored from 0":
+            assert (await other.stor(path, other_data))[0] == 226
+        elif case == "started over":
+            await _interrupted_stor(ftp, other, path, other_data[:800])
+        else:
+            assert (await other.cmd(f"DELE {path}"))[0] == 250
+            await _interrupted_stor(ftp, other, path, other_data[:800])
+        code, text = await c.stor(path, b"+" * 10, verb="APPE")
+        assert code == 450 and "send SIZE again" in text, (case, code, text)
+        if case == "stored from 0":
+            assert sha256(await c.retr(path)) == sha256(other_data)
+        else:
+            assert await other.cmd(f"SIZE {path}") == (213, "800"), case
+            # Asked again, SIZE tells the upload as it is, and APPE resumes it.
+            assert await c.cmd(f"SIZE {path}") == (213, "800")
+            assert (await c.stor(path, other_data[800:], verb="APPE"))[0] == 226
+            assert sha256(await c.retr(path)) == sha256(other_data), case
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_an_upload_committed_since_resumes_only_that_version(tmp_path):
+    """SIZE reported an upload still streaming on another connection (the
+    client's own, given up on), which then committed: the file is the
+    version that upload made, and APPE resumes at the size SIZE reported,
+    where the client's bytes start.  Once another client appended to that
+    version, the APPE would cut their bytes: refused (450)."""
+    ftp = await _astart(tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        data, mine = payload(300_000), payload(1000)
+        for case in ("committed", "committed, then appended to"):
+            path = "/" + case.replace(" ", "_").replace(",", "")
+            c, sender = await ftp.client(), await ftp.client()
+            await sender.cmd("TYPE I")
+            peer = await sender.data_connection(await sender.epsv())
+            assert (await sender.cmd(f"STOR {path}"))[0] == 150
+            peer.transport.write(data[:200_000])
+            await until(
+                lambda: any(s.durable >= 64 * 1024 for s in ftp.transfers.sessions.values()),
+                "a checkpoint of the upload",
+            )
+            await c.cmd("TYPE I")
+            code, text = await c.cmd(f"SIZE {path}")
+            assert code == 213 and 0 < int(text) <= 200_000, (code, text)
+            size = int(text)
+            peer.transport.write(data[200_000:])
+            peer.transport.loseConnection()
+            assert (await sender.reply())[0] == 226
+            if case == "committed":
+                assert (await c.stor(path, mine, verb="APPE"))[0] == 226
+                assert sha256(await c.retr(path)) == sha256(data[:size] + mine)
+            else:
+                assert (await sender.stor(path, b"theirs", verb="APPE"))[0] == 226
+                code, text = await c.stor(path, mine, verb="APPE")
+                assert code == 450 and "send SIZE again" in text, (code, text)
+                assert sha256(await c.retr(path)) == sha256(data + b"theirs")
+    finally:
+        await ftp.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_appe_after_size_of_a_file_another_client_changed_is_refused(ftp):
     """SIZE reported a committed file; another client then replaced it, or
     appended to it: resuming at the old size would cut theirs (an appended
