@@ -539,10 +539,33 @@ async def test_rest_survives_data_setup_and_type_and_is_used_once(ftp):
     assert (await c.reply())[0] == 226
     assert await c.retr("f") == data[:600] + b"tail"
     assert await c.retr("f") == data[:600] + b"tail"  # the marker was used up
-    await c.cmd("REST 2")
-    await c.cmd("TYPE A")  # drops it too (no REST in ASCII mode)
-    await c.cmd("TYPE I")
-    assert await c.retr("f") == data[:600] + b"tail"
+    assert (await c.cmd("REST 2"))[0] == 350
+    assert (await c.cmd("TYPE A"))[0] == 200  # kept, as TYPE I keeps it
+    assert (await c.cmd("TYPE I"))[0] == 200
+    assert await c.retr("f") == (data[:600] + b"tail")[2:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transfer_in_ascii_mode_with_a_restart_marker_is_refused(ftp):
+    """REST 4 (350), then TYPE A: the marker was dropped silently, and the
+    STOR replaced the file from byte 0, the RETR sent it whole, each with
+    226, to a client told 350 that believed it resumed.  The transfer is
+    refused (503, REST is not valid in ASCII mode) and the marker dropped:
+    the next transfer starts at 0, as asked."""
+    await ftp.env.upload("/f", b"0123456789")
+    c = await ftp.client()
+    for verb in ("STOR", "RETR"):
+        await c.cmd("TYPE I")
+        assert (await c.cmd("REST 4"))[0] == 350
+        assert (await c.cmd("TYPE A"))[0] == 200
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        code, text = await c.cmd(f"{verb} f")
+        assert code == 503 and "REST is not valid in ASCII mode" in text, (verb, code, text)
+        peer.transport.loseConnection()
+        assert await c.retr("f") == b"0123456789"  # the marker is gone
+    assert (await c.stor("f", b"new"))[0] == 226
+    assert await c.retr("f") == b"new"
 
 
 @pytest_twisted.ensureDeferred

@@ -103,7 +103,10 @@ does not resume, and truncate the file, at an offset meant for something
 else.  The data connection setup, TYPE I and ALLO are let through: they
 belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
-the transfer command).  TYPE A drops the marker itself."""
+the transfer command).  TYPE A keeps it too, as TYPE I does: the transfer
+command after it refuses the marker (``take_rest``), since dropping it made
+the STOR replace the file from byte 0 and the RETR send it whole, each
+with 226, to a client that had been told 350 and believed it resumed."""
 
 KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
 """Commands that leave an ALLO size for the transfer command after them:
@@ -636,8 +639,18 @@ class FTPControl(Protocol):
     def take_rest(self) -> int:
         """The REST offset for the command running now: the marker that
         ``_run`` took (every command but those of ``KEEP_RESTART`` drops
-        it, whether it succeeds or not), 0 if none."""
-        return self.restart or 0
+        it, whether it succeeds or not), 0 if none.  In ASCII mode a marker
+        is refused (503), and so dropped: an offset counts bytes of the
+        file, which ASCII mode's line endings don't map to (REST itself is
+        refused there, but TYPE A may come between it and the transfer)."""
+        restart = self.restart or 0
+        if restart and not self.binary:
+            raise Reply(
+                503,
+                f"REST is not valid in ASCII mode: the marker ({restart}) is dropped; "
+                "send TYPE I, then REST again",
+            )
+        return restart
 
     def need_write(self) -> None:
         if "write" not in self.user.permissions:
@@ -732,7 +745,6 @@ class FTPControl(Protocol):
             self.reply(200, "Type set to I")
         elif words in (["A"], ["A", "N"]):
             self.binary = False
-            self.rest = None
             self.reply(200, "Type set to A")
         else:
             raise Reply(504, f"TYPE {argument} not supported")
