@@ -850,6 +850,23 @@ async def _stou(c, argument: str, data: bytes) -> tuple[int, str]:
     return code, text
 
 
+@pytest_twisted.ensureDeferred
+async def test_stou_after_rest_is_refused_and_the_marker_dropped(ftp):
+    """REST 5 then STOU: a new file has nothing to resume, and STOU stored
+    it whole with 226 to a client that believed it resumed.  Refused (503,
+    as ProFTPD refuses it), nothing stored, the marker dropped."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 5"))[0] == 350
+    code, text = await _stou(c, "", b"0123456789")
+    assert code == 503 and "STOU is not valid after REST" in text, (code, text)
+    assert (await c.listing("NLST")).strip() == ""
+    code, text = await _stou(c, "", b"0123456789")
+    assert code == 150, (code, text)
+    name = (await c.listing("NLST")).strip()
+    assert await c.retr(name) == b"0123456789"
+
+
 def _stou_name(text: str, prefix: str, stem: str) -> str:
     assert text.startswith(f"FILE: {prefix}{stem}."), text
     name = text[len("FILE: ") :]
