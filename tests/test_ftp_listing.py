@@ -56,12 +56,17 @@ def test_list_line_is_what_ls_parsers_expect():
         (NOW - 60, "Nov 26 23:59"),
         (NOW - SIX_MONTHS + 60, "May 28 09:06"),
         (NOW - SIX_MONTHS - 86400, "May 27  2026"),
-        (NOW + 3600, "Nov 27 01:00"),
+        (NOW, "Nov 27 00:00"),
+        # The future shows its year, however near (GNU ls): without one a
+        # client reads "Nov 27 01:00" as last year's.
+        (NOW + 1, "Nov 27  2026"),
+        (NOW + 3600, "Nov 27  2026"),
+        (NOW + SIX_MONTHS - 86400, "May 27  2027"),
         (NOW + SIX_MONTHS + 86400, "May 29  2027"),
         (0, "Jan  1  1970"),
     ],
 )
-def test_list_date_shows_the_time_within_six_months_and_the_year_otherwise(mtime, expected):
+def test_list_date_shows_the_time_in_the_last_six_months_and_the_year_otherwise(mtime, expected):
     assert list_date(mtime, NOW) == expected
 
 
