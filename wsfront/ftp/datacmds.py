@@ -613,15 +613,16 @@ def _catalog_entry(user, entry, prefix: str | None = None) -> listing.Entry:
     )
 
 
-def _committed_entry(user, target: str, view) -> listing.Entry:
+def _committed_entry(user, target: str, view, name: str | None = None) -> listing.Entry:
     """The listing entry of file ``target``: its committed version, which
     LIST and NLST show to everyone (DESIGN.md, Files), as a directory
     listing does, even to the owner of a pending upload on it (whose SIZE
     and MLST report that upload, to resume from).  ``view`` is the path's
-    PathView; a file with only a pending upload is not listed (NotFound)."""
+    PathView; a file with only a pending upload is not listed (NotFound).
+    ``name`` is the name shown (the path's last component if None)."""
     if view.committed is None:
         raise catalog_errors.NotFound(f"{target} has no committed version yet")
-    return listing_entry(user, paths.basename(target), view.committed)
+    return listing_entry(user, name or paths.basename(target), view.committed)
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -662,7 +663,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
     lists the matching entries of its directory (``mget *.bin``); a name
     that exists is listed as itself, so a file called ``*`` still is.  NLST
     gives the matches with the directory part as sent, for the client to
-    RETR them by those names."""
+    RETR them by those names, and a file named by a path as that path."""
     if verb != "MLSD":
         # ``ls`` options (``-la``) are whole words of letters: ``-old*``,
         # ``-la/`` and ``-2024-backup`` are names (an ``mdelete -old*``
@@ -697,7 +698,12 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
             return b"".join(listing.nlst_lines(entries))
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
 
-    one = None if info.is_dir else _committed_entry(ctl.user, target, view)
+    # NLST of a file gives the path as sent (relative as sent), as a
+    # pattern's matches come with their directory part: the name the
+    # client RETRs (``mget d/f``); its last component alone named nothing
+    # from the cwd.  LIST shows the name, as it does for a pattern.
+    shown = argument if verb == "NLST" else None
+    one = None if info.is_dir else _committed_entry(ctl.user, target, view, shown)
     matches = None if pattern is None else _glob_matcher(pattern)
 
     async def body(transfer: Transfer) -> None:
