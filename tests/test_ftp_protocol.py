@@ -975,6 +975,22 @@ async def test_list_and_nlst_of_a_file_show_its_committed_version_to_its_uploade
 
 
 @pytest_twisted.ensureDeferred
+async def test_rmd_of_a_directory_holding_only_an_upload_in_progress_says_so(ftp):
+    """LIST shows a directory holding only a pending upload as empty, and
+    RMD answered a bare "Directory not empty": it says why now."""
+    c = await ftp.client()
+    await c.cmd("MKD up")
+    await c.cmd("MKD full")
+    await ftp.env.upload("/full/f", b"x")
+    await _interrupted_stor(ftp, c, "up/part", payload(1000))
+    assert await c.listing("LIST", "up") == ""
+    code, text = await c.cmd("RMD up")
+    assert code == 550 and "an upload in progress is in it" in text, (code, text)
+    code, text = await c.cmd("RMD full")
+    assert (code, text) == (550, "Directory not empty")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_pattern_never_lists_outside_the_users_root(ftp):
     await ftp.env.upload("/mine.bin", b"m")
     c = await ftp.client()

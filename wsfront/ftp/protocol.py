@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from wsfront import paths
 from wsfront.auth import AccountChanged
-from wsfront.catalog.errors import AuthFailed, NotADirectory
+from wsfront.catalog.errors import AuthFailed, NotADirectory, NotEmpty
 from wsfront.catalog.records import User
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
@@ -915,8 +915,28 @@ class FTPControl(Protocol):
         target = self.path(argument)
         if target == "/" or target == self.cwd:
             raise Reply(550, "Cannot remove the current or root directory")
-        await self.transfers.rmdir(self.user, target)
+        try:
+            await self.transfers.rmdir(self.user, target)
+        except NotEmpty:
+            if await self._holds_uploads_only(target):
+                raise Reply(
+                    550,
+                    "Directory not empty: an upload in progress is in it "
+                    "(listed once it is committed)",
+                ) from None
+            raise
         self.reply(250, "Directory removed")
+
+    async def _holds_uploads_only(self, directory: str) -> bool:
+        """Whether ``directory``, found not empty, lists nothing: what is in
+        it are pending uploads (LIST shows committed files only), and a bare
+        "Directory not empty" contradicted the empty LIST the client just
+        saw.  Asked only once RMD was refused; a listing that fails says
+        nothing (False)."""
+        try:
+            return not await self.transfers.list_dir(self.user, directory, None, 1)
+        except Exception:
+            return False
 
     async def ftp_DELE(self, argument: str) -> None:
         target = self.path(argument)
