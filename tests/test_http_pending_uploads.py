@@ -256,7 +256,11 @@ async def test_an_ftp_resume_past_the_declared_length_keeps_what_fits_pending(bo
     # meanwhile.
     recorded = called(both.catalog, "interrupt_upload")
     code, text = await ftp_stor(both, "ra.bin", b"x" * 20, rest=2)
-    assert code == 552, text
+    # 552, as for a quota, but it is no quota of the account's: said so.
+    assert (code, text) == (
+        552,
+        "Upload passed its declared length: the upload was declared 10 bytes long",
+    )
     await recorded
     upload = await upload_of(both, "/ra.bin")
     assert (upload.state, upload.declared_length) == ("interrupted", 10)
