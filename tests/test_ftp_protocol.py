@@ -361,6 +361,52 @@ async def test_stor_then_retr_is_identical_and_counted(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_half_closes_the_data_connection_still_gets_the_download(ftp):
+    """A client that shuts down its sending side (shutdown(SHUT_WR)) after
+    RETR or LIST has said nothing but that it will send nothing: the file
+    and the listing still come, then 226.  The FIN closed the connection:
+    0 bytes and 426."""
+    data = payload(3 * MiB + 17)
+    await ftp.env.upload("/big.bin", data)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for line in ("RETR big.bin", "LIST", "NLST"):
+        peer = await c.data_connection(await c.epsv())
+        peer.transport.loseWriteConnection()  # before the command, or after its 150
+        code, text = await c.cmd(line)
+        assert code == 150, (line, code, text)
+        got = await peer.done
+        done = "Transfer complete" if line[0] == "R" else "Directory send OK"
+        assert await c.reply() == (226, done)
+        if line[0] == "R":
+            assert sha256(got) == sha256(data)
+        else:
+            assert b"big.bin" in got
+    peer = await c.data_connection(await c.epsv())
+    assert (await c.cmd("RETR big.bin"))[0] == 150
+    peer.transport.loseWriteConnection()
+    assert sha256(await peer.done) == sha256(data)
+    assert (await c.reply())[0] == 226
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_ends_at_the_clients_half_close_as_at_its_close(ftp):
+    """An upload's client that shuts down its sending side (not the whole
+    socket) has ended the upload, as a close would: committed, 226, and
+    the server closes the data connection."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for data in (b"", b"small", payload(2 * MiB + 5)):
+        peer = await c.data_connection(await c.epsv())
+        assert (await c.cmd("STOR up.bin"))[0] == 150
+        peer.transport.write(data)
+        peer.transport.loseWriteConnection()
+        assert await peer.done == b""  # closed by the server
+        assert await c.reply() == (226, f"Transfer complete, {len(data)} bytes stored")
+        assert sha256(await c.retr("up.bin")) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
 async def test_rest_then_retr_streams_from_the_offset(ftp):
     data = payload(MiB)
     await ftp.env.upload("/f", data)
