@@ -1283,3 +1283,50 @@ async def test_rfc775_directory_commands_are_their_rfc959_ones(ftp):
     assert (await c.cmd("XRMD d"))[0] == 250
     assert (await c.cmd("XCWD d"))[0] == 550  # removed
     assert (await c.cmd("XMKD"))[0] == 501
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_an_upload_committed_then_compacted_resumes_it(tmp_path):
+    """SIZE reported an upload resumed at the end of a file stored in
+    pieces; the upload committed, then compaction (hourly, on files of many
+    extents: those resumed many times) copied the version into one blob,
+    its ETag kept.  APPE resumes at the size SIZE reported: the file is
+    still the version that upload committed.  Compared by extents, it was
+    refused (450) and ``curl -C - -T`` gave up (exit 25)."""
+    from twisted.internet import reactor
+
+    from wsfront.maintenance.compact import COMPACTED, Compactor, CompactSettings
+
+    ftp = await _astart(tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        head = payload(50_000)
+        await ftp.env.upload("/f", head[:20_000])
+        await ftp.env.upload("/f", head[20_000:], offset=20_000)  # two extents
+        data, mine = payload(300_000), payload(1000)
+        c, sender = await ftp.client(), await ftp.client()
+        await sender.cmd("TYPE I")
+        peer = await sender.data_connection(await sender.epsv())
+        assert (await sender.cmd("REST 50000"))[0] == 350
+        assert (await sender.cmd("STOR /f"))[0] == 150
+        peer.transport.write(data[:200_000])
+        await until(
+            lambda: any(s.durable >= 64 * 1024 for s in ftp.transfers.sessions.values()),
+            "a checkpoint of the upload",
+        )
+        await c.cmd("TYPE I")
+        code, text = await c.cmd("SIZE /f")
+        assert code == 213 and 50_000 < int(text) <= 250_000, (code, text)
+        size = int(text)
+        peer.transport.write(data[200_000:])
+        peer.transport.loseConnection()
+        assert (await sender.reply())[0] == 226
+        before = (await ftp.transfers.view(ftp.env.user, "/f")).committed
+        settings = CompactSettings(bytes_per_second=None, min_extents=3)
+        compactor = Compactor(reactor, ftp.catalog, ftp.transfers.pool, settings, None)
+        assert (await compactor.run_pass())[COMPACTED] == 1
+        after = (await ftp.transfers.view(ftp.env.user, "/f")).committed
+        assert after.etag == before.etag and len(after.extents) == 1
+        assert (await c.stor("/f", mine, verb="APPE"))[0] == 226
+        assert sha256(await c.retr("/f")) == sha256((head + data)[:size] + mine)
+    finally:
+        await ftp.stop()

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog._rows import etag_of
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
@@ -301,20 +302,43 @@ class SizeReported:
     ``size`` only while it is the version that upload committed: the
     counted prefix, then bytes of the upload's own blob (``blob_id``)
     alone.  Any other version, another client's append after that commit
-    included, is refused: those bytes are not this client's to cut."""
+    included, is refused: those bytes are not this client's to cut.  That
+    version is told by its ETag, not its extents: the upload's base extents
+    (``base``, below ``blob_start``) then its blob from 0, the identity the
+    catalog's commit gives it (``etag_of``); compaction later swaps a
+    version's extents for one blob but keeps that ETag, and files resumed
+    many times are the ones it compacts."""
 
     size: int
     etag: str | None
     upload_id: str | None = None
     prefix: tuple[tuple[int, int, str | None, int], ...] | None = None
     blob_id: str | None = None
+    base: tuple[tuple[str, int, int], ...] = ()
+    blob_start: int = 0
 
     @classmethod
     def of(cls, info: FileInfo) -> SizeReported:
         if not info.pending:
             return cls(info.size, info.etag)
-        prefix = None if info.extents is None else spans(info.extents, 0, info.size)
-        return cls(info.size, None, info.upload_id, prefix, info.blob_id)
+        if info.extents is None or info.blob_start is None:
+            return cls(info.size, None, info.upload_id)
+        start = info.blob_start
+        base = tuple(
+            (e.blob_id, e.blob_offset, e.length) for e in info.extents if e.file_offset < start
+        )
+        prefix = spans(info.extents, 0, info.size)
+        return cls(info.size, None, info.upload_id, prefix, info.blob_id, base, start)
+
+    def _committed_etag(self, size: int) -> str:
+        """The ETag of the version the upload SIZE saw makes if committed
+        at ``size`` bytes (``commit_upload``'s extents)."""
+        rows = [{"blob_id": b, "blob_offset": o, "length": n} for b, o, n in self.base]
+        if size > self.blob_start:
+            rows.append(
+                {"blob_id": self.blob_id, "blob_offset": 0, "length": size - self.blob_start}
+            )
+        return etag_of(rows)
 
     def check(self, path: str) -> Callable[[PathView], None] | None:
         """``open_write``'s check of the path as the APPE finds it."""
@@ -340,12 +364,9 @@ class SizeReported:
                 and pending.extents is not None
                 and spans(pending.extents, 0, self.size) == self.prefix
             )
-        if committed is None or committed.extents is None or committed.size < self.size:
+        if committed is None or committed.size < self.size:
             return False
-        tail = spans(committed.extents, self.size, committed.size)
-        return spans(committed.extents, 0, self.size) == self.prefix and all(
-            blob == self.blob_id for _, _, blob, _ in tail
-        )
+        return committed.etag == self._committed_etag(committed.size)
 
 
 def spans(extents, start: int, end: int) -> tuple[tuple[int, int, str | None, int], ...]:

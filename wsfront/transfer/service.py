@@ -138,6 +138,9 @@ class FileInfo:
     blob_id: str | None = None
     """A pending upload's current blob, where its next bytes go (every
     takeover begins a new one)."""
+    blob_start: int | None = None
+    """A pending upload's file offset of ``blob_id``'s first byte: what the
+    upload commits is its extents below it, then that blob from 0."""
 
 
 @attrs.frozen
@@ -315,6 +318,7 @@ class Transfers:
             declared_length=upload.declared_length,
             extents=_durable_extents(upload),
             blob_id=upload.blob_id,
+            blob_start=upload.blob_start,
         )
 
     @staticmethod
