@@ -345,8 +345,12 @@ class DataChannel(Protocol):
     # -- downloads -----------------------------------------------------
 
     def watch_for_close(self) -> None:
-        """Read (and drop) what the client sends during a download, so a
-        client that closes early is noticed at once."""
+        """Read (and drop) what the client sends during a download or a
+        listing: a reset from the client ends the transfer at once.  Its FIN
+        alone does not (``readConnectionLost``: a client may half-close and
+        still read); a client that closed its socket whole is noticed at the
+        next write, which its host answers with a reset, or by the stall
+        watch while nothing is written."""
         self._sink = _drop
         self.claimed = True
         self.transport.resumeProducing()
