@@ -714,7 +714,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
 
     def render(entries) -> bytes:
         if verb == "LIST":
-            return b"".join(listing.list_lines(entries, now))
+            return b"".join(listing.list_lines(entries, now, clock=ctl.reactor.seconds))
         if verb == "NLST":
             return b"".join(listing.nlst_lines(entries))
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))

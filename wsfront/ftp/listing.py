@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from attrs import field, frozen
 
@@ -92,10 +92,22 @@ def _encode(line: str) -> bytes:
 
 
 def list_lines(
-    entries: Iterable[Entry], now: float, *, owner: str = "wsfs", group: str = "wsfs"
+    entries: Iterable[Entry],
+    now: float,
+    *,
+    owner: str = "wsfs",
+    group: str = "wsfs",
+    clock: Callable[[], float] | None = None,
 ) -> Iterator[bytes]:
-    """LIST output: one CRLF-terminated UTF-8 line per entry, lazily."""
+    """LIST output: one CRLF-terminated UTF-8 line per entry, lazily.
+
+    ``now`` is read once per listing; an entry that looks newer than it
+    (written while the listing ran) makes ``clock`` read again before it
+    is called the future, as GNU ls does: else a file written a moment ago
+    showed its year, not its time."""
     for entry in entries:
+        if clock is not None and entry.mtime > now:
+            now = max(now, clock())
         yield _encode(list_line(entry, now, owner=owner, group=group))
 
 
