@@ -897,6 +897,33 @@ async def _stou(c, argument: str, data: bytes) -> tuple[int, str]:
 
 
 @pytest_twisted.ensureDeferred
+async def test_appe_after_rest_acts_as_stor_at_the_marker(ftp):
+    """REST 4 then APPE: RFC 3659 5.3 has an APPE that completes a restart
+    act identically to STOR, the bytes placed at the marker.  It ignored
+    the marker and appended at the end, with 226 to a client told 350.
+    REST 0 sets no restart: APPE appends.  REST 4, TYPE A, APPE: refused
+    (503) as STOR is, the file left as it was and the marker dropped."""
+    await ftp.env.upload("/f", b"0123456789")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    code, text = await c.cmd("REST 4")
+    assert code == 350 and "APPE" in text, (code, text)
+    assert (await c.stor("f", b"abc", verb="APPE"))[0] == 226
+    assert await c.retr("f") == b"0123abc"
+    assert (await c.cmd("REST 0"))[0] == 350
+    assert (await c.stor("f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("f") == b"0123abc+"
+    assert (await c.cmd("REST 4"))[0] == 350
+    assert (await c.cmd("TYPE A"))[0] == 200
+    peer = await c.data_connection(await c.epsv())
+    code, text = await c.cmd("APPE f")
+    assert code == 503 and "REST is not valid in ASCII mode" in text, (code, text)
+    peer.transport.loseConnection()
+    assert (await c.stor("f", b"!", verb="APPE"))[0] == 226  # the marker is gone
+    assert await c.retr("f") == b"0123abc+!"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stou_after_rest_is_refused_and_the_marker_dropped(ftp):
     """REST 5 then STOU: a new file has nothing to resume, and STOU stored
     it whole with 226 to a client that believed it resumed.  Refused (503,

@@ -1202,7 +1202,7 @@ class FTPControl(Protocol):
         if not self.binary and offset:
             raise Reply(501, "REST not allowed in ASCII mode (send TYPE I)")
         self.rest = offset
-        self.reply(350, f"Restarting at {offset}; send STOR or RETR")
+        self.reply(350, f"Restarting at {offset}; send STOR, APPE or RETR")
 
     # -- transfers (wsfront.ftp.datacmds) -----------------------------
 
@@ -1218,9 +1218,18 @@ class FTPControl(Protocol):
         )
 
     def ftp_APPE(self, argument: str):
+        """APPE: at the size SIZE last told this connection, else at the
+        end.  After REST n (n > 0) it acts as STOR at n, as RFC 3659 5.3
+        requires of a server that lets APPE complete a restart: the client
+        resumes at the marker it set.  It ignored the marker and appended
+        at the end, with 226 to a client told 350 (and did so after TYPE A
+        too, where ``take_rest`` refuses the marker, 503)."""
         self.need_write()
         self.need_protection()
         target = self.file_path(argument)
+        restart = self.take_rest()
+        if restart:
+            return datacmds.store(self, target, restart, expected_size=self.allocated)
         seen = self.sizes.get(target)
         if seen is None:
             return datacmds.store(self, target, None, append=True, expected_size=self.allocated)
