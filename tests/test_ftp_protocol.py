@@ -948,6 +948,21 @@ def _stou_name(text: str, prefix: str, stem: str) -> str:
 
 
 @pytest_twisted.ensureDeferred
+async def test_stou_after_rest_by_a_user_who_may_not_write_is_refused_for_that(ftp):
+    """A read-only user's REST then STOU: 550 (no write permission), as
+    STOU alone gets, not 503 for the marker, which suggested that STOU
+    without REST would do."""
+    await ftp.catalog.add_user("reader", "reader password")
+    await ftp.catalog.set_permissions("reader", ["read"])
+    c = await ftp.client(login=False)
+    await c.login("reader", "reader password")
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 5"))[0] == 350
+    code, text = await _stou(c, "", b"0123456789")
+    assert (code, text) == (550, "Permission denied")
+
+
+@pytest_twisted.ensureDeferred
 async def test_stou_names_the_stored_file_as_the_client_named_its_place(ftp):
     """RFC 1123 4.1.2.9: '150 FILE: pppp' is the pathname written.  It was
     the bare name for 'STOU d2/x', and 'STOU d2/' stored '/d2.xxxx' at the

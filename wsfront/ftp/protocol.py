@@ -1242,17 +1242,19 @@ class FTPControl(Protocol):
         """STOU (``datacmds.store_unique``).  A REST marker before it is
         refused (503), as ProFTPD refuses it ("STOU incompatible with
         REST"): a new file has no bytes to resume after, and RFC 3659 5.3
-        has REST precede RETR, STOR or APPE only.  STOU ignored it, so a
-        client that meant to resume was told 226 for a file stored whole
-        under a new name.  The marker is dropped either way (``_run``)."""
+        leaves STOU after REST undefined.  STOU ignored it, so a client
+        that meant to resume was told 226 for a file stored whole under a
+        new name.  The marker is dropped either way (``_run``).  Checked
+        after the user's rights and the protection level: a user who may
+        not write gets 550 whatever came before."""
+        self.need_write()
+        self.need_protection()
         if self.restart:
             raise Reply(
                 503,
                 "STOU is not valid after REST: a new file has nothing to resume; "
                 f"the marker ({self.restart}) is dropped",
             )
-        self.need_write()
-        self.need_protection()
         return datacmds.store_unique(self, argument)
 
     def ftp_LIST(self, argument: str):
