@@ -723,8 +723,8 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
     # pattern's matches come with their directory part: the name the
     # client RETRs (``mget d/f``); its last component alone named nothing
     # from the cwd.  LIST shows the name, as it does for a pattern.
-    shown = argument if verb == "NLST" else None
-    one = None if info.is_dir else _committed_entry(ctl.user, target, view, shown)
+    name = argument if verb == "NLST" else None
+    one = None if info.is_dir else _committed_entry(ctl.user, target, view, name)
     matches = None if pattern is None else _glob_matcher(pattern)
 
     async def body(transfer: Transfer) -> None:
