@@ -177,7 +177,8 @@ async def test_ftplib_abort_during_stor_keeps_what_arrived_resumable(ftp):
 @pytest_twisted.ensureDeferred
 async def test_ftplib_mget_style_nlst_expands_a_pattern(ftp):
     """Classic ``ftp mget *.bin`` sends ``NLST *.bin`` and RETRs each name
-    it gets back; a name with a literal ``*`` is still listed as itself."""
+    it gets back; a name with a literal ``*`` is still listed as itself,
+    and ``mget sub/d.bin`` gets ``sub/d.bin`` back, to RETR."""
     files = {"a.bin": b"A", "b.bin": b"BB", "c.txt": b"C", ".h.bin": b"H", "sub/d.bin": b"D"}
     await ftp.transfers.mkdir(ftp.env.user, "/sub")
     for name, data in files.items():
@@ -192,6 +193,10 @@ async def test_ftplib_mget_style_nlst_expands_a_pattern(ftp):
             c.retrbinary(f"RETR {name}", buf.write)
             got[name] = buf.getvalue()
         sub = c.nlst("sub/?.bin")
+        named = c.nlst("sub/d.bin")  # mget sub/d.bin: NLST, then RETR what it gave
+        buf = io.BytesIO()
+        c.retrbinary(f"RETR {named[0]}", buf.write)
+        got[named[0]] = buf.getvalue()
         classes = c.nlst("[ab].bin")
         star = c.nlst("star*")
         lines: list[str] = []
@@ -202,11 +207,14 @@ async def test_ftplib_mget_style_nlst_expands_a_pattern(ftp):
         except ftplib.error_perm as e:
             missing = str(e)
         c.quit()
-        return got, sub, classes, star, lines, missing
+        return got, sub, named, classes, star, lines, missing
 
-    got, sub, classes, star, lines, missing = await threads.deferToThread(session)
-    assert got == {"a.bin": b"A", "b.bin": b"BB"}
+    got, sub, named, classes, star, lines, missing = await threads.deferToThread(session)
+    assert got == {"a.bin": b"A", "b.bin": b"BB", "sub/d.bin": b"D"}
     assert sub == ["sub/d.bin"]
+    # A file named by its path is listed as that path, as a pattern's
+    # matches are: its name alone ("d.bin") named nothing to RETR.
+    assert named == ["sub/d.bin"]
     assert classes == ["a.bin", "b.bin"]
     assert star == ["star*"]
     assert len(lines) == 1 and lines[0].endswith(" c.txt")

@@ -56,12 +56,17 @@ def test_list_line_is_what_ls_parsers_expect():
         (NOW - 60, "Nov 26 23:59"),
         (NOW - SIX_MONTHS + 60, "May 28 09:06"),
         (NOW - SIX_MONTHS - 86400, "May 27  2026"),
-        (NOW + 3600, "Nov 27 01:00"),
+        (NOW, "Nov 27 00:00"),
+        # The future shows its year, however near (GNU ls): without one a
+        # client reads "Nov 27 01:00" as last year's.
+        (NOW + 1, "Nov 27  2026"),
+        (NOW + 3600, "Nov 27  2026"),
+        (NOW + SIX_MONTHS - 86400, "May 27  2027"),
         (NOW + SIX_MONTHS + 86400, "May 29  2027"),
         (0, "Jan  1  1970"),
     ],
 )
-def test_list_date_shows_the_time_within_six_months_and_the_year_otherwise(mtime, expected):
+def test_list_date_shows_the_time_in_the_last_six_months_and_the_year_otherwise(mtime, expected):
     assert list_date(mtime, NOW) == expected
 
 
@@ -100,6 +105,30 @@ def test_opts_mlst_selects_known_facts_in_canonical_order():
     assert opts_mlst_reply_text(("type", "size")) == "MLST OPTS type;size;"
     assert opts_mlst_reply_text(()) == "MLST OPTS "
     assert feat_mlst_line(("type", "modify")) == "MLST type*;size;modify*;perm;unique;"
+
+
+def test_a_file_newer_than_the_listings_clock_reading_reads_the_clock_again():
+    """``now`` is read once per listing: a file written while it ran looks
+    newer and showed its year as if in the future.  Its time is shown once
+    the clock, read again (as GNU ls does), has passed it; still ahead of
+    the clock, it keeps its year.  The clock is read only then."""
+    readings = iter([NOW + 30, NOW + 30])
+    calls = []
+
+    def clock() -> float:
+        calls.append(1)
+        return next(readings)
+
+    entries = [
+        Entry("old", False, 1, NOW - 60, 1),
+        Entry("just-written", False, 1, NOW + 20, 2),
+        Entry("ahead", False, 1, NOW + 3600, 3),
+    ]
+    lines = [line.decode() for line in list_lines(entries, NOW, clock=clock)]
+    assert "Nov 26 23:59 old" in lines[0]
+    assert "Nov 27 00:00 just-written" in lines[1]
+    assert "Nov 27  2026 ahead" in lines[2]
+    assert len(calls) == 2
 
 
 def test_lines_are_utf8_with_crlf():

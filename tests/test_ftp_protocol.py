@@ -361,6 +361,52 @@ async def test_stor_then_retr_is_identical_and_counted(ftp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_half_closes_the_data_connection_still_gets_the_download(ftp):
+    """A client that shuts down its sending side (shutdown(SHUT_WR)) after
+    RETR or LIST has said nothing but that it will send nothing: the file
+    and the listing still come, then 226.  The FIN closed the connection:
+    0 bytes and 426."""
+    data = payload(3 * MiB + 17)
+    await ftp.env.upload("/big.bin", data)
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for line in ("RETR big.bin", "LIST", "NLST"):
+        peer = await c.data_connection(await c.epsv())
+        peer.transport.loseWriteConnection()  # before the command, or after its 150
+        code, text = await c.cmd(line)
+        assert code == 150, (line, code, text)
+        got = await peer.done
+        done = "Transfer complete" if line[0] == "R" else "Directory send OK"
+        assert await c.reply() == (226, done)
+        if line[0] == "R":
+            assert sha256(got) == sha256(data)
+        else:
+            assert b"big.bin" in got
+    peer = await c.data_connection(await c.epsv())
+    assert (await c.cmd("RETR big.bin"))[0] == 150
+    peer.transport.loseWriteConnection()
+    assert sha256(await peer.done) == sha256(data)
+    assert (await c.reply())[0] == 226
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_ends_at_the_clients_half_close_as_at_its_close(ftp):
+    """An upload's client that shuts down its sending side (not the whole
+    socket) has ended the upload, as a close would: committed, 226, and
+    the server closes the data connection."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    for data in (b"", b"small", payload(2 * MiB + 5)):
+        peer = await c.data_connection(await c.epsv())
+        assert (await c.cmd("STOR up.bin"))[0] == 150
+        peer.transport.write(data)
+        peer.transport.loseWriteConnection()
+        assert await peer.done == b""  # closed by the server
+        assert await c.reply() == (226, f"Transfer complete, {len(data)} bytes stored")
+        assert sha256(await c.retr("up.bin")) == sha256(data)
+
+
+@pytest_twisted.ensureDeferred
 async def test_rest_then_retr_streams_from_the_offset(ftp):
     data = payload(MiB)
     await ftp.env.upload("/f", data)
@@ -539,10 +585,33 @@ async def test_rest_survives_data_setup_and_type_and_is_used_once(ftp):
     assert (await c.reply())[0] == 226
     assert await c.retr("f") == data[:600] + b"tail"
     assert await c.retr("f") == data[:600] + b"tail"  # the marker was used up
-    await c.cmd("REST 2")
-    await c.cmd("TYPE A")  # drops it too (no REST in ASCII mode)
-    await c.cmd("TYPE I")
-    assert await c.retr("f") == data[:600] + b"tail"
+    assert (await c.cmd("REST 2"))[0] == 350
+    assert (await c.cmd("TYPE A"))[0] == 200  # kept, as TYPE I keeps it
+    assert (await c.cmd("TYPE I"))[0] == 200
+    assert await c.retr("f") == (data[:600] + b"tail")[2:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transfer_in_ascii_mode_with_a_restart_marker_is_refused(ftp):
+    """REST 4 (350), then TYPE A: the marker was dropped silently, and the
+    STOR replaced the file from byte 0, the RETR sent it whole, each with
+    226, to a client told 350 that believed it resumed.  The transfer is
+    refused (503, REST is not valid in ASCII mode) and the marker dropped:
+    the next transfer starts at 0, as asked."""
+    await ftp.env.upload("/f", b"0123456789")
+    c = await ftp.client()
+    for verb in ("STOR", "RETR"):
+        await c.cmd("TYPE I")
+        assert (await c.cmd("REST 4"))[0] == 350
+        assert (await c.cmd("TYPE A"))[0] == 200
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        code, text = await c.cmd(f"{verb} f")
+        assert code == 503 and "REST is not valid in ASCII mode" in text, (verb, code, text)
+        peer.transport.loseConnection()
+        assert await c.retr("f") == b"0123456789"  # the marker is gone
+    assert (await c.stor("f", b"new"))[0] == 226
+    assert await c.retr("f") == b"new"
 
 
 @pytest_twisted.ensureDeferred
@@ -598,6 +667,81 @@ async def test_appe_resumes_the_pending_upload_at_the_size_this_connection_got_f
     await interrupted_stor(other, more, rest_at=len(first))  # grows behind c's back
     assert (await c.stor("part", rest, verb="APPE"))[0] == 226
     assert sha256(await c.retr("part")) == sha256(first + rest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_a_pending_upload_that_started_over_is_refused(ftp):
+    """SIZE reported the owner's pending upload (500 bytes); another of the
+    owner's connections then stored the file from byte 0 (its STOR took the
+    upload over and committed 3,000 bytes), or started it over and left it
+    pending, or deleted it and began another upload there.  The APPE
+    resumed at 500 all the same, cutting a file the client never saw to
+    510 bytes: it is refused (450, as for a committed file), the file left
+    as the other connection made it."""
+    first, other_data = payload(500), payload(3000)
+    c = await ftp.client()
+    other = await ftp.client()
+    for case in ("stored from 0", "started over", "deleted and begun again"):
+        path = "/" + case.replace(" ", "_")
+        await _interrupted_stor(ftp, c, path, first)
+        assert await c.cmd(f"SIZE {path}") == (213, "500")
+        if case == "stored from 0":
+            assert (await other.stor(path, other_data))[0] == 226
+        elif case == "started over":
+            await _interrupted_stor(ftp, other, path, other_data[:800])
+        else:
+            assert (await other.cmd(f"DELE {path}"))[0] == 250
+            await _interrupted_stor(ftp, other, path, other_data[:800])
+        code, text = await c.stor(path, b"+" * 10, verb="APPE")
+        assert code == 450 and "send SIZE again" in text, (case, code, text)
+        if case == "stored from 0":
+            assert sha256(await c.retr(path)) == sha256(other_data)
+        else:
+            assert await other.cmd(f"SIZE {path}") == (213, "800"), case
+            # Asked again, SIZE tells the upload as it is, and APPE resumes it.
+            assert await c.cmd(f"SIZE {path}") == (213, "800")
+            assert (await c.stor(path, other_data[800:], verb="APPE"))[0] == 226
+            assert sha256(await c.retr(path)) == sha256(other_data), case
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_an_upload_committed_since_resumes_only_that_version(tmp_path):
+    """SIZE reported an upload still streaming on another connection (the
+    client's own, given up on), which then committed: the file is the
+    version that upload made, and APPE resumes at the size SIZE reported,
+    where the client's bytes start.  Once another client appended to that
+    version, the APPE would cut their bytes: refused (450)."""
+    ftp = await _astart(tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        data, mine = payload(300_000), payload(1000)
+        for case in ("committed", "committed, then appended to"):
+            path = "/" + case.replace(" ", "_").replace(",", "")
+            c, sender = await ftp.client(), await ftp.client()
+            await sender.cmd("TYPE I")
+            peer = await sender.data_connection(await sender.epsv())
+            assert (await sender.cmd(f"STOR {path}"))[0] == 150
+            peer.transport.write(data[:200_000])
+            await until(
+                lambda: any(s.durable >= 64 * 1024 for s in ftp.transfers.sessions.values()),
+                "a checkpoint of the upload",
+            )
+            await c.cmd("TYPE I")
+            code, text = await c.cmd(f"SIZE {path}")
+            assert code == 213 and 0 < int(text) <= 200_000, (code, text)
+            size = int(text)
+            peer.transport.write(data[200_000:])
+            peer.transport.loseConnection()
+            assert (await sender.reply())[0] == 226
+            if case == "committed":
+                assert (await c.stor(path, mine, verb="APPE"))[0] == 226
+                assert sha256(await c.retr(path)) == sha256(data[:size] + mine)
+            else:
+                assert (await sender.stor(path, b"theirs", verb="APPE"))[0] == 226
+                code, text = await c.stor(path, mine, verb="APPE")
+                assert code == 450 and "send SIZE again" in text, (code, text)
+                assert sha256(await c.retr(path)) == sha256(data + b"theirs")
+    finally:
+        await ftp.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -752,11 +896,70 @@ async def _stou(c, argument: str, data: bytes) -> tuple[int, str]:
     return code, text
 
 
+@pytest_twisted.ensureDeferred
+async def test_appe_after_rest_acts_as_stor_at_the_marker(ftp):
+    """REST 4 then APPE: RFC 3659 5.3 has an APPE that completes a restart
+    act identically to STOR, the bytes placed at the marker.  It ignored
+    the marker and appended at the end, with 226 to a client told 350.
+    REST 0 sets no restart: APPE appends.  REST 4, TYPE A, APPE: refused
+    (503) as STOR is, the file left as it was and the marker dropped."""
+    await ftp.env.upload("/f", b"0123456789")
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    code, text = await c.cmd("REST 4")
+    assert code == 350 and "APPE" in text, (code, text)
+    assert (await c.stor("f", b"abc", verb="APPE"))[0] == 226
+    assert await c.retr("f") == b"0123abc"
+    assert (await c.cmd("REST 0"))[0] == 350
+    assert (await c.stor("f", b"+", verb="APPE"))[0] == 226
+    assert await c.retr("f") == b"0123abc+"
+    assert (await c.cmd("REST 4"))[0] == 350
+    assert (await c.cmd("TYPE A"))[0] == 200
+    peer = await c.data_connection(await c.epsv())
+    code, text = await c.cmd("APPE f")
+    assert code == 503 and "REST is not valid in ASCII mode" in text, (code, text)
+    peer.transport.loseConnection()
+    assert (await c.stor("f", b"!", verb="APPE"))[0] == 226  # the marker is gone
+    assert await c.retr("f") == b"0123abc+!"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stou_after_rest_is_refused_and_the_marker_dropped(ftp):
+    """REST 5 then STOU: a new file has nothing to resume, and STOU stored
+    it whole with 226 to a client that believed it resumed.  Refused (503,
+    as ProFTPD refuses it), nothing stored, the marker dropped."""
+    c = await ftp.client()
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 5"))[0] == 350
+    code, text = await _stou(c, "", b"0123456789")
+    assert code == 503 and "STOU is not valid after REST" in text, (code, text)
+    assert (await c.listing("NLST")).strip() == ""
+    code, text = await _stou(c, "", b"0123456789")
+    assert code == 150, (code, text)
+    name = (await c.listing("NLST")).strip()
+    assert await c.retr(name) == b"0123456789"
+
+
 def _stou_name(text: str, prefix: str, stem: str) -> str:
     assert text.startswith(f"FILE: {prefix}{stem}."), text
     name = text[len("FILE: ") :]
     assert re.fullmatch(r"[0-9a-f]{8}", name[len(prefix + stem) + 1 :]), text
     return name
+
+
+@pytest_twisted.ensureDeferred
+async def test_stou_after_rest_by_a_user_who_may_not_write_is_refused_for_that(ftp):
+    """A read-only user's REST then STOU: 550 (no write permission), as
+    STOU alone gets, not 503 for the marker, which suggested that STOU
+    without REST would do."""
+    await ftp.catalog.add_user("reader", "reader password")
+    await ftp.catalog.set_permissions("reader", ["read"])
+    c = await ftp.client(login=False)
+    await c.login("reader", "reader password")
+    await c.cmd("TYPE I")
+    assert (await c.cmd("REST 5"))[0] == 350
+    code, text = await _stou(c, "", b"0123456789")
+    assert (code, text) == (550, "Permission denied")
 
 
 @pytest_twisted.ensureDeferred
@@ -857,6 +1060,22 @@ async def test_list_and_nlst_of_a_file_show_its_committed_version_to_its_uploade
     await c.data_connection(port)
     assert (await c.cmd("LIST only-pending"))[0] == 550
     assert "only-pending" not in await c.listing("NLST")
+
+
+@pytest_twisted.ensureDeferred
+async def test_rmd_of_a_directory_holding_only_an_upload_in_progress_says_so(ftp):
+    """LIST shows a directory holding only a pending upload as empty, and
+    RMD answered a bare "Directory not empty": it says why now."""
+    c = await ftp.client()
+    await c.cmd("MKD up")
+    await c.cmd("MKD full")
+    await ftp.env.upload("/full/f", b"x")
+    await _interrupted_stor(ftp, c, "up/part", payload(1000))
+    assert await c.listing("LIST", "up") == ""
+    code, text = await c.cmd("RMD up")
+    assert code == 550 and "an upload in progress is in it" in text, (code, text)
+    code, text = await c.cmd("RMD full")
+    assert (code, text) == (550, "Directory not empty")
 
 
 @pytest_twisted.ensureDeferred
@@ -1106,3 +1325,50 @@ async def test_rfc775_directory_commands_are_their_rfc959_ones(ftp):
     assert (await c.cmd("XRMD d"))[0] == 250
     assert (await c.cmd("XCWD d"))[0] == 550  # removed
     assert (await c.cmd("XMKD"))[0] == 501
+
+
+@pytest_twisted.ensureDeferred
+async def test_appe_after_size_of_an_upload_committed_then_compacted_resumes_it(tmp_path):
+    """SIZE reported an upload resumed at the end of a file stored in
+    pieces; the upload committed, then compaction (hourly, on files of many
+    extents: those resumed many times) copied the version into one blob,
+    its ETag kept.  APPE resumes at the size SIZE reported: the file is
+    still the version that upload committed.  Compared by extents, it was
+    refused (450) and ``curl -C - -T`` gave up (exit 25)."""
+    from twisted.internet import reactor
+
+    from wsfront.maintenance.compact import COMPACTED, Compactor, CompactSettings
+
+    ftp = await _astart(tmp_path, checkpoint_bytes=64 * 1024)
+    try:
+        head = payload(50_000)
+        await ftp.env.upload("/f", head[:20_000])
+        await ftp.env.upload("/f", head[20_000:], offset=20_000)  # two extents
+        data, mine = payload(300_000), payload(1000)
+        c, sender = await ftp.client(), await ftp.client()
+        await sender.cmd("TYPE I")
+        peer = await sender.data_connection(await sender.epsv())
+        assert (await sender.cmd("REST 50000"))[0] == 350
+        assert (await sender.cmd("STOR /f"))[0] == 150
+        peer.transport.write(data[:200_000])
+        await until(
+            lambda: any(s.durable >= 64 * 1024 for s in ftp.transfers.sessions.values()),
+            "a checkpoint of the upload",
+        )
+        await c.cmd("TYPE I")
+        code, text = await c.cmd("SIZE /f")
+        assert code == 213 and 50_000 < int(text) <= 250_000, (code, text)
+        size = int(text)
+        peer.transport.write(data[200_000:])
+        peer.transport.loseConnection()
+        assert (await sender.reply())[0] == 226
+        before = (await ftp.transfers.view(ftp.env.user, "/f")).committed
+        settings = CompactSettings(bytes_per_second=None, min_extents=3)
+        compactor = Compactor(reactor, ftp.catalog, ftp.transfers.pool, settings, None)
+        assert (await compactor.run_pass())[COMPACTED] == 1
+        after = (await ftp.transfers.view(ftp.env.user, "/f")).committed
+        assert after.etag == before.etag and len(after.extents) == 1
+        assert (await c.stor("/f", mine, verb="APPE"))[0] == 226
+        assert sha256(await c.retr("/f")) == sha256((head + data)[:size] + mine)
+    finally:
+        await ftp.stop()

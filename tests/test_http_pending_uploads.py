@@ -9,6 +9,8 @@ upload, and who may delete the file.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -256,7 +258,11 @@ async def test_an_ftp_resume_past_the_declared_length_keeps_what_fits_pending(bo
     # meanwhile.
     recorded = called(both.catalog, "interrupt_upload")
     code, text = await ftp_stor(both, "ra.bin", b"x" * 20, rest=2)
-    assert code == 552, text
+    # 552, as for a quota, but it is no quota of the account's: said so.
+    assert (code, text) == (
+        552,
+        "Upload passed its declared length: the upload was declared 10 bytes long",
+    )
     await recorded
     upload = await upload_of(both, "/ra.bin")
     assert (upload.state, upload.declared_length) == ("interrupted", 10)
@@ -264,6 +270,38 @@ async def test_an_ftp_resume_past_the_declared_length_keeps_what_fits_pending(bo
     code, text = await ftp_stor(both, "ra.bin", b"23456789", rest=2)
     assert code == 226, text
     assert await body_of(both, "/ra.bin") == (200, b"0123456789")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ftp_appe_after_size_of_an_http_segment_replaced_since_is_refused(both):
+    """A PUT of bytes 0-499/1000 left a pending upload; an FTP client's
+    SIZE said 500.  Another client then stored the file whole (a STOR from
+    0 takes the upload over and commits: ``curl -T``), or deleted it and
+    PUT another segment: the APPE resumed at 500 and cut the 3 MB file to
+    510 bytes.  It is refused (450), the file left as it is."""
+    big = os.urandom(3_000_000)
+    for case in ("stored whole", "deleted and put again"):
+        path = "/" + case.replace(" ", "_")
+        await leave_segment(both, path, b"s" * 500, total=1000)
+        c = await ftp_client(both)
+        await c.cmd("TYPE I")
+        assert await c.cmd(f"SIZE {path}") == (213, "500")
+        if case == "stored whole":
+            assert (await ftp_stor(both, path, big))[0] == 226
+        else:
+            r = await both.request("DELETE", path)
+            assert r.code == 204
+            await leave_segment(both, path, b"t" * 500, total=1000)
+        port = await c.epsv()
+        peer = await c.data_connection(port)
+        code, text = await c.cmd(f"APPE {path}")
+        peer.transport.loseConnection()
+        assert code == 450 and "send SIZE again" in text, (case, code, text)
+        if case == "stored whole":
+            assert await body_of(both, path) == (200, big)
+        else:
+            upload = await upload_of(both, path)
+            assert (upload.state, upload.checkpoint) == ("interrupted", 500)
 
 
 @pytest_twisted.ensureDeferred

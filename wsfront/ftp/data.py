@@ -23,7 +23,12 @@ from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IConsumer, IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+)
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -67,7 +72,7 @@ class DataConnectionFailed(Exception):
     """No data connection could be made (FTP 425)."""
 
 
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IPushProducer, IHandshakeListener, IHalfCloseableProtocol)
 class DataChannel(Protocol):
     """One data connection.  Reads stay paused until a transfer claims it:
     ``receive_into`` (uploads), ``send_from`` / ``write`` (downloads, listings).
@@ -140,6 +145,23 @@ class DataChannel(Protocol):
             self.received += len(data)
             self.activity()
             self._sink(data)
+
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side (``shutdown(SHUT_WR)``, a
+        FIN) on plain TCP; under TLS the TLS layer is the socket's protocol
+        and a FIN ends the connection as before.  During a download or a
+        listing nothing was to come from the client: the transfer goes on,
+        and ``close`` ends the connection once all is sent (Twisted closed
+        it at once, and a client that half-closes after RETR got 0 bytes
+        and a 426).  Anything else, an upload above all, ends as the FIN
+        ended it before: the end of the upload (stream mode), the
+        connection closed and ``closed`` fired with ConnectionDone."""
+        if self._sink is _drop:
+            return
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Not asked for: this side always closes whole (``close``)."""
 
     def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:
         self.is_closed = True
@@ -332,8 +354,12 @@ class DataChannel(Protocol):
     # -- downloads -----------------------------------------------------
 
     def watch_for_close(self) -> None:
-        """Read (and drop) what the client sends during a download, so a
-        client that closes early is noticed at once."""
+        """Read (and drop) what the client sends during a download or a
+        listing: a reset from the client ends the transfer at once.  Its FIN
+        alone does not (``readConnectionLost``: a client may half-close and
+        still read); a client that closed its socket whole is noticed at the
+        next write, which its host answers with a reset, or by the stall
+        watch while nothing is written."""
         self._sink = _drop
         self.claimed = True
         self.transport.resumeProducing()

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog._rows import etag_of
 from wsfront.ftp import listing
 from wsfront.ftp.asciimode import FromNetwork, ToNetwork
 from wsfront.ftp.data import DataChannel, connect_active
@@ -281,39 +282,117 @@ class SizeReported:
     APPE of it resumes (``curl -C - -T`` sends SIZE, then APPE with the
     bytes from that size on).
 
-    The owner's pending upload is resumed at ``size`` whatever happened to
-    it since: it may have grown or been committed by the server draining a
-    data connection the client had given up on, and the client's bytes
-    start at ``size``.  A committed file (``etag``) is resumed there only
-    while it is still that version with no pending upload on it: once
-    another client replaced or appended to it, the size names a file
-    that is gone, and resuming there would cut the new one (an APPE
-    appending to another's log lost their line).  The APPE is refused
-    then (450, ask SIZE again), as nothing tells which bytes the client
-    means to send."""
+    A committed file (``etag``) is resumed there only while it is still
+    that version with no pending upload on it: once another client
+    replaced or appended to it, the size names a file that is gone, and
+    resuming there would cut the new one (an APPE appending to another's
+    log lost their line).  The APPE is refused then (450, ask SIZE again),
+    as nothing tells which bytes the client means to send.
+
+    The owner's pending upload (``upload_id``) is resumed at ``size`` while
+    it is still that upload and its first ``size`` bytes are still the
+    ones SIZE counted (``prefix``, their extents): it may have grown since,
+    or been taken over and resumed at or past ``size`` by another of the
+    owner's connections, and the client's bytes start at ``size``.  One
+    that started over (a STOR from 0 takes the upload over), or another
+    upload begun after a DELETE, is refused: resuming would cut a file the
+    client never saw (a 3 MB file was cut to 510 bytes).  If the upload
+    was committed meanwhile (the server drains a data connection the
+    client gave up on, and commits what arrived), the file is resumed at
+    ``size`` only while it is the version that upload committed: the
+    counted prefix, then bytes of the upload's own blob (``blob_id``)
+    alone.  Any other version, another client's append after that commit
+    included, is refused: those bytes are not this client's to cut.  That
+    version is told by its ETag, not its extents: the upload's base extents
+    (``base``, below ``blob_start``) then its blob from 0, the identity the
+    catalog's commit gives it (``etag_of``); compaction later swaps a
+    version's extents for one blob but keeps that ETag, and files resumed
+    many times are the ones it compacts."""
 
     size: int
     etag: str | None
+    upload_id: str | None = None
+    prefix: tuple[tuple[int, int, str | None, int], ...] | None = None
+    blob_id: str | None = None
+    base: tuple[tuple[str, int, int], ...] = ()
+    blob_start: int = 0
 
     @classmethod
     def of(cls, info: FileInfo) -> SizeReported:
-        return cls(info.size, None if info.pending else info.etag)
+        if not info.pending:
+            return cls(info.size, info.etag)
+        if info.extents is None or info.blob_start is None:
+            return cls(info.size, None, info.upload_id)
+        start = info.blob_start
+        base = tuple(
+            (e.blob_id, e.blob_offset, e.length) for e in info.extents if e.file_offset < start
+        )
+        prefix = spans(info.extents, 0, info.size)
+        return cls(info.size, None, info.upload_id, prefix, info.blob_id, base, start)
+
+    def _committed_etag(self, size: int) -> str:
+        """The ETag of the version the upload SIZE saw makes if committed
+        at ``size`` bytes (``commit_upload``'s extents)."""
+        rows = [{"blob_id": b, "blob_offset": o, "length": n} for b, o, n in self.base]
+        if size > self.blob_start:
+            rows.append(
+                {"blob_id": self.blob_id, "blob_offset": 0, "length": size - self.blob_start}
+            )
+        return etag_of(rows)
 
     def check(self, path: str) -> Callable[[PathView], None] | None:
         """``open_write``'s check of the path as the APPE finds it."""
-        if self.etag is None:
-            return None
+        if self.etag is None and self.prefix is None:
+            return None  # a transfer layer that tells no extents (tests' stand-ins)
 
         def still_that_file(view: PathView) -> None:
-            committed = view.committed
-            if view.pending is None and committed is not None and committed.etag == self.etag:
-                return
-            raise Reply(
-                450,
-                f"{_name(path)} changed since SIZE reported {self.size} bytes; send SIZE again",
-            )
+            if not self._still_there(view):
+                raise Reply(
+                    450,
+                    f"{_name(path)} changed since SIZE reported {self.size} bytes; send SIZE again",
+                )
 
         return still_that_file
+
+    def _still_there(self, view: PathView) -> bool:
+        committed, pending = view.committed, view.pending
+        if self.etag is not None:
+            return pending is None and committed is not None and committed.etag == self.etag
+        if pending is not None:
+            return (
+                pending.upload_id == self.upload_id
+                and pending.extents is not None
+                and spans(pending.extents, 0, self.size) == self.prefix
+            )
+        if committed is None or committed.size < self.size:
+            return False
+        return committed.etag == self._committed_etag(committed.size)
+
+
+def spans(extents, start: int, end: int) -> tuple[tuple[int, int, str | None, int], ...]:
+    """The bytes ``start`` to ``end`` of a file made of ``extents``, as
+    (file offset, length, blob id, blob offset), cut to that range and with
+    contiguous pieces of one blob joined: the same bytes give the same
+    spans however the catalog split them.  A hole (bytes no extent covers)
+    ends the spans there, so a shorter file never matches a longer one."""
+    out: list[list] = []
+    at = start
+    for e in sorted(extents, key=lambda e: e.file_offset):
+        lo, hi = max(e.file_offset, start), min(e.file_offset + e.length, end)
+        if hi <= lo:
+            continue
+        if lo != at:
+            break
+        blob_offset = e.blob_offset + (lo - e.file_offset)
+        last = out[-1] if out else None
+        if last is not None and last[2] == e.blob_id and last[3] + last[1] == blob_offset:
+            last[1] += hi - lo
+        else:
+            out.append([lo, hi - lo, e.blob_id, blob_offset])
+        at = hi
+    if at < end:
+        out.append([at, end - at, None, 0])  # not there: matches no file that has them
+    return tuple(tuple(s) for s in out)
 
 
 async def store(
@@ -555,15 +634,16 @@ def _catalog_entry(user, entry, prefix: str | None = None) -> listing.Entry:
     )
 
 
-def _committed_entry(user, target: str, view) -> listing.Entry:
+def _committed_entry(user, target: str, view, name: str | None = None) -> listing.Entry:
     """The listing entry of file ``target``: its committed version, which
     LIST and NLST show to everyone (DESIGN.md, Files), as a directory
     listing does, even to the owner of a pending upload on it (whose SIZE
     and MLST report that upload, to resume from).  ``view`` is the path's
-    PathView; a file with only a pending upload is not listed (NotFound)."""
+    PathView; a file with only a pending upload is not listed (NotFound).
+    ``name`` is the name shown (the path's last component if None)."""
     if view.committed is None:
         raise catalog_errors.NotFound(f"{target} has no committed version yet")
-    return listing_entry(user, paths.basename(target), view.committed)
+    return listing_entry(user, name or paths.basename(target), view.committed)
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -604,7 +684,7 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
     lists the matching entries of its directory (``mget *.bin``); a name
     that exists is listed as itself, so a file called ``*`` still is.  NLST
     gives the matches with the directory part as sent, for the client to
-    RETR them by those names."""
+    RETR them by those names, and a file named by a path as that path."""
     if verb != "MLSD":
         # ``ls`` options (``-la``) are whole words of letters: ``-old*``,
         # ``-la/`` and ``-2024-backup`` are names (an ``mdelete -old*``
@@ -634,12 +714,17 @@ async def list_dir(ctl, argument: str, verb: str) -> None:
 
     def render(entries) -> bytes:
         if verb == "LIST":
-            return b"".join(listing.list_lines(entries, now))
+            return b"".join(listing.list_lines(entries, now, clock=ctl.reactor.seconds))
         if verb == "NLST":
             return b"".join(listing.nlst_lines(entries))
         return b"".join(listing.mlsd_lines(entries, ctl.mlst_facts))
 
-    one = None if info.is_dir else _committed_entry(ctl.user, target, view)
+    # NLST of a file gives the path as sent (relative as sent), as a
+    # pattern's matches come with their directory part: the name the
+    # client RETRs (``mget d/f``); its last component alone named nothing
+    # from the cwd.  LIST shows the name, as it does for a pattern.
+    name = argument if verb == "NLST" else None
+    one = None if info.is_dir else _committed_entry(ctl.user, target, view, name)
     matches = None if pattern is None else _glob_matcher(pattern)
 
     async def body(transfer: Transfer) -> None:

@@ -17,6 +17,9 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     # Transfer layer (checked first: some subclass catalog errors).
     (transfer_errors.UploadBusy, 450, "File busy: another upload is pending on it"),
     (transfer_errors.OffsetTooLarge, 554, "Restart offset beyond the end of the file"),
+    # Before QuotaExceeded, its base: a quota on this one upload, not on the
+    # account ("Quota exceeded" sent users looking at their quota).
+    (transfer_errors.LengthExceeded, 552, "Upload passed its declared length"),
     (transfer_errors.QuotaExceeded, 552, "Quota exceeded"),
     (transfer_errors.UploadEnded, 451, "Upload ended"),
     (transfer_errors.SessionFenced, 451, "Upload taken over by another session"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from attrs import field, frozen
 
@@ -26,7 +26,7 @@ ALL_PERMS = frozenset({"read", "write", "delete", "rename", "mkdir"})
 
 SIX_MONTHS = 15778476
 """Half a Gregorian year in seconds: GNU ls shows the time of files this recent,
-the year of older (or future) ones."""
+the year of older (and of future) ones."""
 
 MLST_FACTS = ("type", "size", "modify", "perm", "unique")
 """The facts wsfs supports, in the order they are written."""
@@ -65,10 +65,15 @@ def mode_string(entry: Entry) -> str:
 
 
 def list_date(mtime: float, now: float) -> str:
-    """``Mon dd HH:MM`` within six months of ``now``, else ``Mon dd  YYYY`` (UTC)."""
+    """``Mon dd HH:MM`` for a time in the six months up to ``now``, else
+    ``Mon dd  YYYY`` (UTC), as GNU ls: a time in the future shows its year,
+    however near (ls allows no skew).  Shown without one, a date up to six
+    months ahead read as the past year's: a client has no year but the
+    current or last to put on ``Mon dd HH:MM`` (wget set local files a
+    year early)."""
     t = time.gmtime(int(mtime // 1))
     head = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d}"
-    if abs(now - mtime) < SIX_MONTHS:
+    if now - SIX_MONTHS < mtime <= now:
         return f"{head} {t.tm_hour:02d}:{t.tm_min:02d}"
     return f"{head}  {t.tm_year}"
 
@@ -87,10 +92,22 @@ def _encode(line: str) -> bytes:
 
 
 def list_lines(
-    entries: Iterable[Entry], now: float, *, owner: str = "wsfs", group: str = "wsfs"
+    entries: Iterable[Entry],
+    now: float,
+    *,
+    owner: str = "wsfs",
+    group: str = "wsfs",
+    clock: Callable[[], float] | None = None,
 ) -> Iterator[bytes]:
-    """LIST output: one CRLF-terminated UTF-8 line per entry, lazily."""
+    """LIST output: one CRLF-terminated UTF-8 line per entry, lazily.
+
+    ``now`` is read once per listing; an entry that looks newer than it
+    (written while the listing ran) makes ``clock`` read again before it
+    is called the future, as GNU ls does: else a file written a moment ago
+    showed its year, not its time."""
     for entry in entries:
+        if clock is not None and entry.mtime > now:
+            now = max(now, clock())
         yield _encode(list_line(entry, now, owner=owner, group=group))
 
 

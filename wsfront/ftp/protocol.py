@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from wsfront import paths
 from wsfront.auth import AccountChanged
-from wsfront.catalog.errors import AuthFailed, NotADirectory
+from wsfront.catalog.errors import AuthFailed, NotADirectory, NotEmpty
 from wsfront.catalog.records import User
 from wsfront.ftp import addresses, datacmds, hashing, listing, replies, security
 from wsfront.ftp.commands import COMMANDS, FEATURES, help_lines
@@ -103,7 +103,10 @@ does not resume, and truncate the file, at an offset meant for something
 else.  The data connection setup, TYPE I and ALLO are let through: they
 belong to the same transfer, and clients may send them after REST
 (FileZilla, lftp, wget, curl and ftplib send TYPE, PASV/PORT, REST, then
-the transfer command).  TYPE A drops the marker itself."""
+the transfer command).  TYPE A keeps it too, as TYPE I does: the transfer
+command after it refuses the marker (``take_rest``), since dropping it made
+the STOR replace the file from byte 0 and the RETR send it whole, each
+with 226, to a client that had been told 350 and believed it resumed."""
 
 KEEP_ALLOCATION = KEEP_RESTART | {"REST"}
 """Commands that leave an ALLO size for the transfer command after them:
@@ -636,8 +639,18 @@ class FTPControl(Protocol):
     def take_rest(self) -> int:
         """The REST offset for the command running now: the marker that
         ``_run`` took (every command but those of ``KEEP_RESTART`` drops
-        it, whether it succeeds or not), 0 if none."""
-        return self.restart or 0
+        it, whether it succeeds or not), 0 if none.  In ASCII mode a marker
+        is refused (503), and so dropped: an offset counts bytes of the
+        file, which ASCII mode's line endings don't map to (REST itself is
+        refused there, but TYPE A may come between it and the transfer)."""
+        restart = self.restart or 0
+        if restart and not self.binary:
+            raise Reply(
+                503,
+                f"REST is not valid in ASCII mode: the marker ({restart}) is dropped; "
+                "send TYPE I, then REST again",
+            )
+        return restart
 
     def need_write(self) -> None:
         if "write" not in self.user.permissions:
@@ -732,7 +745,6 @@ class FTPControl(Protocol):
             self.reply(200, "Type set to I")
         elif words in (["A"], ["A", "N"]):
             self.binary = False
-            self.rest = None
             self.reply(200, "Type set to A")
         else:
             raise Reply(504, f"TYPE {argument} not supported")
@@ -903,8 +915,28 @@ class FTPControl(Protocol):
         target = self.path(argument)
         if target == "/" or target == self.cwd:
             raise Reply(550, "Cannot remove the current or root directory")
-        await self.transfers.rmdir(self.user, target)
+        try:
+            await self.transfers.rmdir(self.user, target)
+        except NotEmpty:
+            if await self._holds_uploads_only(target):
+                raise Reply(
+                    550,
+                    "Directory not empty: an upload in progress is in it "
+                    "(listed once it is committed)",
+                ) from None
+            raise
         self.reply(250, "Directory removed")
+
+    async def _holds_uploads_only(self, directory: str) -> bool:
+        """Whether ``directory``, found not empty, lists nothing: what is in
+        it are pending uploads (LIST shows committed files only), and a bare
+        "Directory not empty" contradicted the empty LIST the client just
+        saw.  Asked only once RMD was refused; a listing that fails says
+        nothing (False)."""
+        try:
+            return not await self.transfers.list_dir(self.user, directory, None, 1)
+        except Exception:
+            return False
 
     async def ftp_DELE(self, argument: str) -> None:
         target = self.path(argument)
@@ -1170,7 +1202,7 @@ class FTPControl(Protocol):
         if not self.binary and offset:
             raise Reply(501, "REST not allowed in ASCII mode (send TYPE I)")
         self.rest = offset
-        self.reply(350, f"Restarting at {offset}; send STOR or RETR")
+        self.reply(350, f"Restarting at {offset}; send STOR, APPE or RETR")
 
     # -- transfers (wsfront.ftp.datacmds) -----------------------------
 
@@ -1186,9 +1218,18 @@ class FTPControl(Protocol):
         )
 
     def ftp_APPE(self, argument: str):
+        """APPE: at the size SIZE last told this connection, else at the
+        end.  After REST n (n > 0) it acts as STOR at n, as RFC 3659 5.3
+        requires of a server that lets APPE complete a restart: the client
+        resumes at the marker it set.  It ignored the marker and appended
+        at the end, with 226 to a client told 350 (and did so after TYPE A
+        too, where ``take_rest`` refuses the marker, 503)."""
         self.need_write()
         self.need_protection()
         target = self.file_path(argument)
+        restart = self.take_rest()
+        if restart:
+            return datacmds.store(self, target, restart, expected_size=self.allocated)
         seen = self.sizes.get(target)
         if seen is None:
             return datacmds.store(self, target, None, append=True, expected_size=self.allocated)
@@ -1198,8 +1239,22 @@ class FTPControl(Protocol):
         )  # fmt: skip
 
     def ftp_STOU(self, argument: str):
+        """STOU (``datacmds.store_unique``).  A REST marker before it is
+        refused (503), as ProFTPD refuses it ("STOU incompatible with
+        REST"): a new file has no bytes to resume after, and RFC 3659 5.3
+        leaves STOU after REST undefined.  STOU ignored it, so a client
+        that meant to resume was told 226 for a file stored whole under a
+        new name.  The marker is dropped either way (``_run``).  Checked
+        after the user's rights and the protection level: a user who may
+        not write gets 550 whatever came before."""
         self.need_write()
         self.need_protection()
+        if self.restart:
+            raise Reply(
+                503,
+                "STOU is not valid after REST: a new file has nothing to resume; "
+                f"the marker ({self.restart}) is dropped",
+            )
         return datacmds.store_unique(self, argument)
 
     def ftp_LIST(self, argument: str):

@@ -24,6 +24,7 @@ from wsfront.catalog.records import (
     REPLICA_OK,
     REPLICA_STALE,
     Entry,
+    Extent,
     NothingCommitted,
     UploadSession,
     User,
@@ -127,6 +128,19 @@ class FileInfo:
     sha256: str | None = None
     declared_length: int | None = None
     """A pending upload's announced total length (None: not announced)."""
+    extents: tuple[Extent, ...] | None = None
+    """Where its bytes are (None: not looked up, as in listings): a
+    committed version's extents, or a pending upload's durable ones (its
+    kept prefix, then its current blob up to the checkpoint).  Durable blob
+    bytes never change and blob ids are never reused, so equal extents are
+    the same bytes: what tells an FTP APPE whether the file SIZE described
+    is still there (``wsfront.ftp.datacmds.SizeReported``)."""
+    blob_id: str | None = None
+    """A pending upload's current blob, where its next bytes go (every
+    takeover begins a new one)."""
+    blob_start: int | None = None
+    """A pending upload's file offset of ``blob_id``'s first byte: what the
+    upload commits is its extents below it, then that blob from 0."""
 
 
 @attrs.frozen
@@ -183,6 +197,16 @@ def _read_extent(extent) -> ReadExtent:
     ok = tuple(r.node for r in extent.replicas if r.state == REPLICA_OK)
     rest = tuple(r.node for r in extent.replicas if r.state != REPLICA_OK)
     return ReadExtent(extent.blob_id, extent.blob_offset, extent.length, ok, rest)
+
+
+def _durable_extents(upload: UploadSession) -> tuple[Extent, ...]:
+    """The extents of ``upload``'s durable bytes: its kept prefix, then its
+    current blob (from blob offset 0, as the catalog commits it) up to the
+    checkpoint."""
+    segment = upload.checkpoint - upload.blob_start
+    if segment <= 0:
+        return tuple(upload.base_extents)
+    return (*upload.base_extents, Extent(upload.blob_id, 0, segment, upload.blob_start))
 
 
 def _bytes_past(expected_size: int | None, offset: int) -> int | None:
@@ -292,6 +316,9 @@ class Transfers:
             pending=True,
             upload_id=upload.upload_id,
             declared_length=upload.declared_length,
+            extents=_durable_extents(upload),
+            blob_id=upload.blob_id,
+            blob_start=upload.blob_start,
         )
 
     @staticmethod
@@ -308,6 +335,7 @@ class Transfers:
             etag=entry.etag if version is None else version.etag,
             inode=entry.inode,
             sha256=None if version is None else version.sha256,
+            extents=None if version is None else version.extents,
         )
 
     # -- namespace --------------------------------------------------------
