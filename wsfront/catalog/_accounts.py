@@ -28,7 +28,7 @@ from wsfront.catalog.errors import (
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
 from wsfront.catalog.records import ABORTED, DIR, FILE, PERMISSIONS, Login, User
-from wsfront.catalog.schema import LIVE_SQL
+from wsfront.catalog.schema import LIVE_SQL, PENDING_OF_USER_SQL
 
 #: What ``delete_user`` does with the account's files and pending uploads.
 REFUSE, PURGE, KEEP = "refuse", "purge", "keep"
@@ -53,6 +53,7 @@ def user_from_row(row: Any) -> User:
         used_bytes=row["used_bytes"],
         used_files=row["used_files"],
         created_at=row["created_at"],
+        pending_bytes=row["pending_bytes"],
     )
 
 
@@ -93,7 +94,9 @@ def add_user(
     that no account owns (a deleted user's, a rebuilt catalog's) become
     its own, and files its name still owns elsewhere count too; without,
     files a former account of the name owns are disowned, as the new
-    person must be neither charged nor refunded for them.
+    person must be neither charged nor refunded for them.  Pending bytes
+    start at what the live uploads made under the name hold (kept by a
+    ``files=keep`` deletion): their end gives it back to this account.
     """
     check_name(name)
     if name == "-":
@@ -144,6 +147,15 @@ def add_user(
         password_hash,
         now,
     )
+    # Uploads of an earlier account of the name, kept live (``files=keep``),
+    # charge and refund this one when they end: count them from the start.
+    tx.execute(
+        "UPDATE users SET pending_bytes = "
+        + PENDING_OF_USER_SQL.format(user="?")
+        + " WHERE name = ?",
+        name,
+        name,
+    )
     return get_user(tx, name)
 
 
@@ -151,7 +163,9 @@ def _adopt(tx: Tx, name: str, top: int | None) -> None:
     """Make ``name`` the owner of the committed files under the directory
     ``top`` that no account owns.  A file another account owns stays
     theirs (and charged to them): a root inside a shared folder.  A
-    pending upload's file is not counted: usage is charged at commit."""
+    pending upload's file is not adopted: its bytes are its uploader's
+    pending charge (``pending_bytes``, by the upload's user name) until it
+    commits."""
     if top is None:
         return
     tx.execute(

@@ -211,6 +211,24 @@ class User:
     used_bytes: int
     used_files: int
     created_at: float
+    #: What the user's pending uploads hold past the files they replace
+    #: (``_rows.pending_charge``), charged toward ``quota_bytes`` beside
+    #: ``used_bytes`` until they commit, are discarded or expire.
+    pending_bytes: int = 0
+
+    def file_room(self, replaced: int = 0, own_pending: int = 0) -> int | None:
+        """How large one file of this user may grow (None: no byte quota):
+        the quota less what their committed files and their other pending
+        uploads hold, plus the committed size the file replaces.
+        ``own_pending``: what the file's own pending upload, being resumed,
+        is charged already (``_rows.pending_charge``), not counted twice
+        (at most ``pending_bytes``: this User may predate that upload).
+        A front end's early refusal, on a User read at the login; the
+        catalog checks again at each checkpoint and at the commit."""
+        if self.quota_bytes is None:
+            return None
+        others = self.pending_bytes - min(max(own_pending, 0), self.pending_bytes)
+        return self.quota_bytes - self.used_bytes - others + replaced
 
 
 @attrs.frozen
