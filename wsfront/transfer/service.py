@@ -1101,11 +1101,13 @@ class Transfers:
         if self.extent_cache.capacity > 0:
             first = next(iter(writers))
             writers[first] = WriteThrough(writers[first], self.extent_cache)
-        quota = None
-        if user.quota_bytes is not None:
-            # The old committed bytes are released when the new version replaces them.
-            quota = user.quota_bytes - user.used_bytes + (replaced_size or 0) - upload.blob_start
-            quota = max(0, quota)
+        # The old committed bytes are released when the new version
+        # replaces them; the user's other pending uploads hold theirs.  A
+        # takeover (``replaced_size`` None) resumes an upload charged its
+        # checkpoint already (at most: past the size it replaces).
+        own = 0 if replaced_size is not None else upload.checkpoint
+        room = user.file_room(replaced_size or 0, own)
+        quota = None if room is None else max(0, room - upload.blob_start)
         session = WriteSession(
             self._clock,
             self.pool,
