@@ -303,10 +303,12 @@ class Commands:
         rows = [
             {"name": u.name, "admin": "yes" if u.admin else "", "root": u.root,
              "used": _human(u.used_bytes), "files": u.used_files,
-             "quota": _human(u.quota_bytes)}
+             "pending": _human(u.pending_bytes), "quota": _human(u.quota_bytes)}
             for u in users
         ]  # fmt: skip
-        self.emit(users, _table(rows, ["name", "admin", "root", "used", "files", "quota"]))
+        # PENDING: what their pending uploads hold, charged toward the quota too.
+        columns = ["name", "admin", "root", "used", "files", "pending", "quota"]
+        self.emit(users, _table(rows, columns))
 
     async def user_del(self) -> None:
         """Delete an account; its files and pending uploads only as asked.
