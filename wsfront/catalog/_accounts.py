@@ -118,6 +118,15 @@ def add_user(
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:
         raise Exists(f"user {name!r} exists")
+    # The live uploads kept under the name (``files=keep``) are counted
+    # into pending_bytes below.  The users row does not exist yet, so one
+    # ending meanwhile (expiry, abort, checkpoint) would charge no row and
+    # the count would read it as it was: lock them (before the root's
+    # directory rows, in the order upload then inode that ending one takes)
+    # so the count comes after any such change, or the change after the
+    # row exists.
+    live = tx.all(f"SELECT upload_id FROM uploads WHERE username = ? AND state IN {LIVE_SQL}", name)
+    tx.lock_rows("uploads", "upload_id", [r["upload_id"] for r in live])
     if not adopt_files and _entries(tx, root_parts):
         raise RootInUse(
             f"the root {join_path(root_parts)} of the new user {name!r} already holds files "
