@@ -101,3 +101,21 @@ async def test_an_interruption_past_the_quota_is_recorded_at_the_checkpoint_befo
     upload = await env.catalog.get_upload(second.upload_id)
     assert (upload.state, upload.checkpoint) == ("interrupted", 0)
     assert await usage(env) == (0, 60_000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumed_overwrite_has_the_room_of_the_file_it_replaces(env):
+    """An 80k file overwritten, the overwrite interrupted at 90k (charged
+    10k pending: its bytes past the 80k it replaces), resumed at 90k with
+    the last 10k: the commit fits the quota exactly.  The takeover's room
+    counts the replaced 80k, and the upload's own charge (10k) once."""
+    session = await env.transfers.open_write(await env.refresh_user(), "/g", 0)
+    await Feeder(env.reactor, session, b"x" * 80_000).start()
+    await session.finish()
+    await leave_pending(env, "/g", 90_000)
+    assert await usage(env) == (80_000, 10_000)
+    session = await env.transfers.open_write(await env.refresh_user(), "/g", 90_000)
+    await Feeder(env.reactor, session, b"z" * 10_000).start()
+    version = await session.finish()
+    assert version.size == QUOTA
+    assert await usage(env) == (QUOTA, 0)

@@ -170,6 +170,21 @@ class ICatalog(Interface):
         least ``offset``, else InvalidOffset).  Fires with the
         UploadSession."""
 
+    def resume_at(
+        upload_id,
+        epoch,
+        offset,
+        blob_id,
+        replicas,
+        wanted_replicas,
+        *,
+        expires_at=None,
+        declared_length=KEEP,
+    ):
+        """``restart_at``, firing with an UploadStart: the session and the
+        committed size of the file it will replace (a takeover's room
+        for the byte quota counts it)."""
+
     def commit_upload(upload_id, epoch, length, sha256=None, mtime=None):
         """CAS: the session's extents (base + current blob up to ``length``)
         become the file's committed version, replacing the old one; usage is

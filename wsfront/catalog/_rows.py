@@ -25,6 +25,7 @@ from wsfront.catalog.records import (
     Replica,
     UploadSession,
     Version,
+    pending_charge,
 )
 from wsfront.catalog.schema import LIVE_SQL
 
@@ -317,19 +318,6 @@ def charge(
         raise QuotaExceeded(f"{user} would use {held}{pending} of {row['quota_bytes']} bytes")
     if dfiles > 0 and row["quota_files"] is not None and row["used_files"] > row["quota_files"]:
         raise QuotaExceeded(f"{user} would have {row['used_files']} of {row['quota_files']} files")
-
-
-def pending_charge(checkpoint: int, committed_size: int) -> int:
-    """What a live upload is charged toward its user's byte quota while it
-    is pending: the bytes of its file (its checkpoint) past the committed
-    version it will replace, which the commit charges (an overwrite's
-    bytes up to the size it replaces are that version's, charged already;
-    a resume at n keeps the committed bytes below n).  The committed
-    version cannot change while the upload is live (one live upload per
-    file, whose commit is the only way to replace it; a delete or rename
-    ends or refuses the upload first), so the charge recorded at each
-    checkpoint is the one given back when the upload ends."""
-    return max(0, checkpoint - committed_size)
 
 
 def committed_size(tx: Tx, inode: int) -> int:

@@ -510,6 +510,29 @@ def restart_at(
     return load_upload(tx, upload_row(tx, upload_id))
 
 
+def resume_at(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    epoch: int,
+    offset: int,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    expires_at: float | None,
+    declared_length: int | None = KEEP,
+) -> UploadStart:
+    """``restart_at``, with the committed size of the file the upload will
+    replace: a takeover's room for the quota counts it (released at the
+    commit) and the upload's own pending charge, ``pending_charge(offset,
+    size)``, once (it cannot change while the upload is live)."""
+    upload = restart_at(
+        tx, now, upload_id, epoch, offset, blob_id, replicas, wanted_replicas,
+        expires_at, declared_length,
+    )  # fmt: skip
+    return UploadStart(upload, committed_size(tx, upload.inode))
+
+
 def commit_upload(
     tx: Tx,
     now: float,

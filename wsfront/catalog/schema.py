@@ -26,7 +26,7 @@ LIVE_SQL = "('active', 'interrupted')"
 #: that index only if it says ``state IN FINISHED_SQL`` itself.
 FINISHED_SQL = "('aborted', 'committed', 'expired')"
 
-#: What a user's live uploads are charged (``_rows.pending_charge``, summed):
+#: What a user's live uploads are charged (``records.pending_charge``, summed):
 #: each the bytes of its file past the committed size it will replace, as
 #: its commit would charge them; for the user named by the SQL ``{user}``.
 PENDING_OF_USER_SQL = (
@@ -359,7 +359,7 @@ MIGRATIONS: list[list[str | Only]] = [
         "ALTER TABLE leases ADD COLUMN ttl_seconds {real}",
     ],
     # 12: the bytes each user's pending uploads hold, charged toward the
-    # byte quota beside ``used_bytes`` (``_rows.pending_charge``): counted
+    # byte quota beside ``used_bytes`` (``records.pending_charge``): counted
     # only once committed, a user could keep up to the cap of pending
     # uploads (1000 per front end), each as large as the quota still free.
     # Kept by the transactions that move an upload's checkpoint (checkpoint,

@@ -28,6 +28,7 @@ from wsfront.catalog.records import (
     UploadSession,
     User,
     Version,
+    pending_charge,
 )
 from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
@@ -857,7 +858,7 @@ class Transfers:
             failpoints.hit("transfer.after_fence")
             blob_id = new_blob_id()
             replicas = self._choose_replicas(size, blob_id)
-            upload = yield self.catalog.restart_at(
+            resumed = yield self.catalog.resume_at(
                 upload.upload_id,
                 upload.epoch,
                 offset,
@@ -875,7 +876,8 @@ class Transfers:
             # here, with no transfer anywhere, until this process ended).
             yield self._interrupt_after_failed_takeover(user, upload)
             raise
-        session = yield self._open_session(user, upload, None)
+        upload = resumed.upload
+        session = yield self._open_session(user, upload, resumed.committed_size)
         return session
 
     @inlineCallbacks
@@ -978,7 +980,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         line: StartLine | None = None,
         new_upload: bool = False,
     ) -> WriteSession | None:
@@ -1021,7 +1023,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         line: StartLine | None = None,
         new_upload: bool = False,
     ):
@@ -1081,7 +1083,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         nodes: list[str],
         writers: dict[str, Any],
         line: StartLine | None = None,
@@ -1102,11 +1104,11 @@ class Transfers:
             first = next(iter(writers))
             writers[first] = WriteThrough(writers[first], self.extent_cache)
         # The old committed bytes are released when the new version
-        # replaces them; the user's other pending uploads hold theirs.  A
-        # takeover (``replaced_size`` None) resumes an upload charged its
-        # checkpoint already (at most: past the size it replaces).
-        own = 0 if replaced_size is not None else upload.checkpoint
-        room = user.file_room(replaced_size or 0, own)
+        # replaces them; the user's other pending uploads hold theirs.  The
+        # upload itself is charged its checkpoint past them already (a
+        # takeover's: a new upload's starts at or below the committed size).
+        own = pending_charge(upload.checkpoint, replaced_size)
+        room = user.file_room(replaced_size, own)
         quota = None if room is None else max(0, room - upload.blob_start)
         session = WriteSession(
             self._clock,
