@@ -364,7 +364,10 @@ MIGRATIONS: list[list[str | Only]] = [
     # uploads (1000 per front end), each as large as the quota still free.
     # Kept by the transactions that move an upload's checkpoint (checkpoint,
     # restart_at, commit, abort, expiry), and started here from the live
-    # uploads as they are.
+    # uploads as they are.  Only the new code keeps it: a front end of the
+    # older code still running commits, aborts and expires without giving
+    # the charge back and checkpoints without charging, so every front end
+    # must be stopped before upgrading (docs/catalog.md, Schema).
     [
         "ALTER TABLE users ADD COLUMN pending_bytes {int} NOT NULL DEFAULT 0",
         "UPDATE users SET pending_bytes = " + PENDING_OF_USER_SQL.format(user="users.name"),
