@@ -200,3 +200,21 @@ async def test_a_small_stor_asks_nothing_more_of_the_catalog(catalog, clock):
         assert [s.split(" SET ")[0] for s in commit if "users" in s] == ["UPDATE users"]
         assert not [s for s in start + commit if "SUM(" in s]
     assert await usage(catalog) == (30, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_growing_checkpoint_locks_its_users_row_last(catalog, clock):
+    """The users row a growing checkpoint charges serialises the user's
+    checkpoints and commits until its transaction ends: it is the last row
+    the checkpoint writes (after the upload's, its blob's, its replicas'),
+    so it is held no longer than the rest of the transaction needs."""
+    await catalog.add_user("alice", "pw", quota_bytes=100)
+    up = await begin(catalog, "/alice/f", "b1")
+    _, statements = _statements(
+        catalog,
+        lambda tx: _uploads.checkpoint(tx, clock(), up.upload_id, 1, 60, ["s1"], None),
+    )
+    writes = [s for s in statements if s.split()[0] in ("UPDATE", "INSERT", "DELETE")]
+    assert writes[-1].startswith("UPDATE users SET")
+    assert len([s for s in writes if "users" in s]) == 1
+    assert await usage(catalog) == (0, 60)

@@ -393,12 +393,6 @@ def checkpoint(
         raise InvalidOffset(f"checkpoint {durable_offset} is below {row['checkpoint']}")
     if row["declared_length"] is not None and durable_offset > row["declared_length"]:
         raise InvalidOffset(f"checkpoint {durable_offset} is past the declared length")
-    if durable_offset > row["checkpoint"]:
-        # The bytes it holds grow: charged to its user, and refused past
-        # the quota (QuotaExceeded: nothing changes, the checkpoint stays).
-        size = committed_size(tx, row["inode"])
-        grown = pending_charge(durable_offset, size) - pending_charge(row["checkpoint"], size)
-        charge(tx, row["username"], 0, 0, check=True, dpending=grown)
     # A row another front end marked interrupted (our liveness lease had
     # lapsed: a long pause, not a crash) is active again once we record
     # progress at its epoch: a client is sending, so a DELETE must not take
@@ -419,6 +413,15 @@ def checkpoint(
     )
     if replicas is not None:
         set_replicas(tx, row["blob_id"], replicas)
+    if durable_offset > row["checkpoint"]:
+        # The bytes it holds grow: charged to its user, and refused past
+        # the quota (QuotaExceeded: the transaction rolls back, the
+        # checkpoint stays).  Last of the writes: the users row it locks
+        # serialises every growing checkpoint and commit of the user until
+        # this transaction ends, so it is held no longer than needed.
+        size = committed_size(tx, row["inode"])
+        grown = pending_charge(durable_offset, size) - pending_charge(row["checkpoint"], size)
+        charge(tx, row["username"], 0, 0, check=True, dpending=grown)
     return load_upload(tx, upload_row(tx, upload_id))
 
 
