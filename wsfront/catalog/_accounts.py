@@ -97,6 +97,8 @@ def add_user(
     person must be neither charged nor refunded for them.  Pending bytes
     start at what the live uploads made under the name hold (kept by a
     ``files=keep`` deletion): their end gives it back to this account.
+    They are charged to the new account even without ``adopt_files``
+    (an upload belongs to a user name, and its end refunds this account).
     """
     check_name(name)
     if name == "-":
