@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from tests.catalog_fixtures import with_current_columns, without_current_columns
 from tests.test_catalog_indexes import RecordingTx
 from wsfront.catalog import _uploads, open_catalog
-from wsfront.catalog.errors import QuotaExceeded
+from wsfront.catalog.errors import NotFound, QuotaExceeded
 
 pytest_plugins = ["tests.catalog_fixtures"]
 
@@ -232,3 +232,23 @@ async def test_a_growing_checkpoint_locks_its_users_row_last(catalog, clock):
     assert writes[-1].startswith("UPDATE users SET")
     assert len([s for s in writes if "users" in s]) == 1
     assert await usage(catalog) == (0, 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recount_sets_the_pending_bytes_to_what_the_live_uploads_hold(catalog):
+    """``recount_pending``: a count left wrong (a front end of the code
+    before schema 12 beside a newer one) is counted again from the live
+    uploads, as migration 12 started it; the count it replaced is told."""
+    await catalog.add_user("alice", "pw", quota_bytes=100)
+    up = await begin(catalog, "/alice/f", "b1")
+    await catalog.checkpoint(up.upload_id, 1, 60)
+    catalog._runner.run_sync(
+        lambda tx: tx.execute("UPDATE users SET pending_bytes = 999 WHERE name = 'alice'")
+    )
+    user, before = await catalog.recount_pending("alice")
+    assert (user.pending_bytes, before) == (60, 999)
+    assert await usage(catalog) == (0, 60)
+    await catalog.abort_upload(up.upload_id)
+    assert await usage(catalog) == (0, 0)
+    with pytest.raises(NotFound):
+        await catalog.recount_pending("nobody")

@@ -127,8 +127,7 @@ def add_user(
     # directory rows, in the order upload then inode that ending one takes)
     # so the count comes after any such change, or the change after the
     # row exists.
-    live = tx.all(f"SELECT upload_id FROM uploads WHERE username = ? AND state IN {LIVE_SQL}", name)
-    tx.lock_rows("uploads", "upload_id", [r["upload_id"] for r in live])
+    _lock_live_uploads(tx, name)
     if not adopt_files and _entries(tx, root_parts):
         raise RootInUse(
             f"the root {join_path(root_parts)} of the new user {name!r} already holds files "
@@ -478,6 +477,42 @@ def touch_dir(tx: Tx, inode: int, now: float) -> None:
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:
     if not tx.execute("UPDATE users SET password_hash = ? WHERE name = ?", password_hash, name):
         raise NotFound(f"no user {name!r}")
+
+
+def _lock_live_uploads(tx: Tx, name: str) -> None:
+    """Lock the live uploads of the user name ``name`` (PostgreSQL): a
+    count of their pending bytes in a later statement then sees every
+    change to them committed, and none is made until this transaction
+    ends."""
+    live = tx.all(f"SELECT upload_id FROM uploads WHERE username = ? AND state IN {LIVE_SQL}", name)
+    tx.lock_rows("uploads", "upload_id", [r["upload_id"] for r in live])
+
+
+def recount_pending(tx: Tx, name: str) -> tuple[User, int]:
+    """Set ``name``'s pending_bytes to what their live uploads hold (as
+    migration 12 started it); return the user and the count it replaced.
+    For a count that drifted (a front end of the code before schema 12
+    that ran beside a newer one: docs/catalog.md, Schema).
+
+    The user's live uploads are locked first, then the users row, then
+    counted: a transaction that changed the charge has committed by then
+    (visible to the count), and one on an upload begun since waits for the
+    users row and adds its change on top, as the count still has it at its
+    old checkpoint.  The same order (upload, then user) as a checkpoint's,
+    so the two cannot deadlock."""
+    _lock_live_uploads(tx, name)
+    tx.lock_rows("users", "name", [name])
+    before = tx.value("SELECT pending_bytes FROM users WHERE name = ?", name)
+    if before is None:
+        raise NotFound(f"no user {name!r}")
+    tx.execute(
+        "UPDATE users SET pending_bytes = "
+        + PENDING_OF_USER_SQL.format(user="?")
+        + " WHERE name = ?",
+        name,
+        name,
+    )
+    return get_user(tx, name), int(before)
 
 
 def set_quota(tx: Tx, name: str, quota_bytes: int | None, quota_files: int | None) -> User:

@@ -361,6 +361,11 @@ class ICatalog(Interface):
     def set_quota(name, quota_bytes, quota_files):
         """Set both quotas (None: unlimited).  Fires with the User."""
 
+    def recount_pending(name):
+        """Count ``name``'s pending_bytes again from their live uploads
+        (after a front end of the code before schema 12 ran beside a newer
+        one).  Fires with (the User, the count it replaced)."""
+
     def set_permissions(name, permissions):
         """Set the permission set (subset of records.PERMISSIONS)."""
 

@@ -447,6 +447,9 @@ class SqlCatalog:
     def set_quota(self, name: str, quota_bytes: int | None, quota_files: int | None) -> Deferred:
         return self._write(_accounts.set_quota, name, quota_bytes, quota_files)
 
+    def recount_pending(self, name: str) -> Deferred:
+        return self._write(_accounts.recount_pending, name)
+
     def set_permissions(self, name: str, permissions: Iterable[str]) -> Deferred:
         return self._write(_accounts.set_permissions, name, list(permissions))
 
