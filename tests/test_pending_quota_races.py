@@ -122,3 +122,73 @@ async def test_a_kept_upload_ending_while_its_name_is_added_again_is_not_charged
     finally:
         await a.close()
         await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recount_beside_a_growing_checkpoint_keeps_its_charge(pg_url):
+    """``recount_pending`` while a checkpoint that charged 60 has not yet
+    committed: the recount locks the users row first, so it waits for the
+    checkpoint and counts the 60 after (unlocked, its UPDATE waited for
+    the row, then wrote the count its statement's snapshot saw from before
+    the checkpoint: 0, the 60 lost while the upload holds it)."""
+    clock = FakeClock()
+    a = open_catalog(reactor, pg_url, clock=clock)
+    b = open_catalog(reactor, pg_url, clock=clock)
+    try:
+        await a.add_user("alice", "pw", quota_bytes=1000)
+        up = await a.begin_upload(
+            "alice", "/alice/f", base_length=0, blob_id="b1", replicas=["s1"],
+            wanted_replicas=1, owner="fe1", expires_at=clock() + 600,
+        )  # fmt: skip
+        charged, let_commit, recounted = threading.Event(), threading.Event(), threading.Event()
+        pids: dict[str, int] = {}
+        outcome: dict[str, object] = {}
+
+        def grow(tx):
+            _uploads.checkpoint(tx, clock(), up.upload_id, 1, 60, None, None)
+            charged.set()
+            assert let_commit.wait(30)
+
+        def recount(tx):
+            pids["recount"] = tx.value("SELECT pg_backend_pid()")
+            return _accounts.recount_pending(tx, "alice")
+
+        def run_grow():
+            try:
+                a._runner.run_sync(grow)
+            finally:
+                charged.set()
+
+        def run_recount():
+            try:
+                outcome["recount"] = b._runner.run_sync(recount)
+            finally:
+                recounted.set()
+
+        watcher = psycopg.connect(postgres_url(), autocommit=True)
+
+        def recount_waits_on_a_lock() -> bool:
+            pid = pids.get("recount")
+            if pid is None:
+                return False
+            row = watcher.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            return row is not None and row[0] == "Lock"
+
+        t_grow = threading.Thread(target=run_grow)
+        t_grow.start()
+        assert charged.wait(30)
+        t_recount = threading.Thread(target=run_recount)
+        t_recount.start()
+        _wait_until(recounted, recount_waits_on_a_lock)
+        let_commit.set()
+        t_grow.join(30)
+        t_recount.join(30)
+        watcher.close()
+        user, before = outcome["recount"]
+        assert (user.pending_bytes, before) == (60, 60)
+        assert (await a.get_user("alice")).pending_bytes == 60
+    finally:
+        await a.close()
+        await b.close()

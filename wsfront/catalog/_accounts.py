@@ -494,13 +494,13 @@ def recount_pending(tx: Tx, name: str) -> tuple[User, int]:
     For a count that drifted (a front end of the code before schema 12
     that ran beside a newer one: docs/catalog.md, Schema).
 
-    The user's live uploads are locked first, then the users row, then
-    counted: a transaction that changed the charge has committed by then
-    (visible to the count), and one on an upload begun since waits for the
-    users row and adds its change on top, as the count still has it at its
-    old checkpoint.  The same order (upload, then user) as a checkpoint's,
-    so the two cannot deadlock."""
-    _lock_live_uploads(tx, name)
+    The users row is locked first, then counted in the next statement:
+    every change to the charge updates that row in the transaction that
+    moves the upload, so one that updated it has committed by the count
+    (which sees both), and one that has not yet waits for the row and adds
+    its change on top of a count that still has its upload as it was.
+    Unlocked, the UPDATE waited for such a row, then wrote what its
+    statement's snapshot, taken before, counted: that change lost."""
     tx.lock_rows("users", "name", [name])
     before = tx.value("SELECT pending_bytes FROM users WHERE name = ?", name)
     if before is None:
