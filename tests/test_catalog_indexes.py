@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from tests.catalog_fixtures import with_current_columns, without_current_columns
 from wsfront.catalog import _accounts, _blobs, _uploads, open_catalog
 from wsfront.catalog._db import Tx
 from wsfront.catalog.errors import Exists, NotFound
@@ -138,9 +139,11 @@ async def test_listing_finished_uploads_still_finds_them(catalog):
 @pytest_twisted.ensureDeferred
 async def test_uploads_begun_before_schema_5_are_found_by_state_after_it(catalog_url, clock):
     old = open_catalog(reactor, catalog_url, clock=clock, schema_version=4)
+    with_current_columns(old)
     try:
         await some_uploads(old)
     finally:
+        without_current_columns(old)
         await old.close()
     new = open_catalog(reactor, catalog_url, clock=clock)
     try:

@@ -9,6 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from tests.catalog_fixtures import with_current_columns, without_current_columns
 from wsfront.catalog import open_catalog
 from wsfront.catalog._db import Tx
 from wsfront.catalog.errors import CatalogUnavailable, LeaseHeld, SchemaTooNew
@@ -164,6 +165,7 @@ def stored_without_rowid(cat) -> set[str]:
 @pytest_twisted.ensureDeferred
 async def test_files_and_uploads_of_schema_5_are_kept_by_schema_6(catalog_url, clock):
     old = open_catalog(reactor, catalog_url, clock=clock, schema_version=5)
+    with_current_columns(old)
     try:
         await old.add_user("alice", "pw")
         started = await old.start_upload(
@@ -177,6 +179,7 @@ async def test_files_and_uploads_of_schema_5_are_kept_by_schema_6(catalog_url, c
         )  # fmt: skip
         await old.mkdir("/alice/d")
     finally:
+        without_current_columns(old)
         await old.close()
     new = open_catalog(reactor, catalog_url, clock=clock)
     try:

@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from tests.catalog_fixtures import with_current_columns, without_current_columns
 from tests.test_catalog_indexes import RecordingTx, plan
 from wsfront.catalog import _uploads, open_catalog
 from wsfront.catalog._db import Tx
@@ -270,10 +271,12 @@ async def test_the_purge_finds_old_finished_rows_through_the_finished_index(cata
 @pytest_twisted.ensureDeferred
 async def test_uploads_finished_before_schema_7_are_purged_after_it(catalog_url, clock):
     old = open_catalog(reactor, catalog_url, clock=clock, schema_version=6)
+    with_current_columns(old)
     try:
         await old.add_user("alice", "pw")
         ids = await one_of_each(old, "old")
     finally:
+        without_current_columns(old)
         await old.close()
     clock.advance(8 * DAY)
     new = open_catalog(reactor, catalog_url, clock=clock)

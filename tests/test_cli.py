@@ -41,6 +41,8 @@ def test_user_add_list_and_delete(catalog):
     table = wsfs(catalog, "user", "list").stdout.splitlines()
     assert table[0].split()[:3] == ["NAME", "ADMIN", "ROOT"]
     assert table[1].split()[:3] == ["alice", "yes", "/alice"]
+    assert table[0].split()[-3:] == ["FILES", "PENDING", "QUOTA"]
+    assert user["pending_bytes"] == 0
     assert wsfs(catalog, "user", "del", "alice").returncode == 0
     assert json.loads(wsfs(catalog, "--json", "user", "list").stdout) == []
 

@@ -131,6 +131,34 @@ async def test_quota_is_checked_before_the_body_is_accepted(env):
     assert b"100 Continue" not in got
 
 
+async def _put_head(env, head: bytes) -> int:
+    """The status a PUT with ``head`` (and Expect: 100-continue) is first
+    answered with, its body not sent: 100 if it is asked for."""
+    client = await connect(reactor_(), env.port.getHost().port)
+    client.send(head + b"Expect: 100-continue\r\n" + basic() + b"\r\n")
+    got = await client.until(b"\r\n\r\n")
+    client.close()
+    return int(got.split(b" ", 2)[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_quota_before_the_body_counts_pending_uploads_but_a_resumes_own_once(env):
+    from tests.transfer_env import Feeder
+
+    await env.catalog.set_quota("alice", 1000, None)
+    user = await env.catalog.get_user("alice")
+    session = await env.transfer.transfers.open_write(user, "/held", 0)
+    await Feeder(reactor_(), session, b"h" * 600).start()
+    await session.interrupt()  # pending, holding 600 of the 1000
+    env.authenticator.forget("alice")
+    assert await _put_head(env, b"PUT /other HTTP/1.1\r\nHost: x\r\nContent-Length: 600\r\n") == 507
+    resume = (
+        b"PUT /held HTTP/1.1\r\nHost: x\r\nContent-Range: bytes 600-999/1000\r\n"
+        b"Content-Length: 400\r\n"
+    )
+    assert await _put_head(env, resume) == 100
+
+
 def arrived(session, count: int) -> defer.Deferred:
     """Fires once ``session`` was given ``count`` bytes in all."""
     d: defer.Deferred = defer.Deferred()

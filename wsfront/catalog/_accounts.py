@@ -28,7 +28,7 @@ from wsfront.catalog.errors import (
 from wsfront.catalog.names import check_name, join_path, split_path
 from wsfront.catalog.passwords import dummy_hash, hash_password, verify_password
 from wsfront.catalog.records import ABORTED, DIR, FILE, PERMISSIONS, Login, User
-from wsfront.catalog.schema import LIVE_SQL
+from wsfront.catalog.schema import LIVE_SQL, PENDING_OF_USER_SQL
 
 #: What ``delete_user`` does with the account's files and pending uploads.
 REFUSE, PURGE, KEEP = "refuse", "purge", "keep"
@@ -53,6 +53,7 @@ def user_from_row(row: Any) -> User:
         used_bytes=row["used_bytes"],
         used_files=row["used_files"],
         created_at=row["created_at"],
+        pending_bytes=row["pending_bytes"],
     )
 
 
@@ -93,7 +94,11 @@ def add_user(
     that no account owns (a deleted user's, a rebuilt catalog's) become
     its own, and files its name still owns elsewhere count too; without,
     files a former account of the name owns are disowned, as the new
-    person must be neither charged nor refunded for them.
+    person must be neither charged nor refunded for them.  Pending bytes
+    start at what the live uploads made under the name hold (kept by a
+    ``files=keep`` deletion): their end gives it back to this account.
+    They are charged to the new account even without ``adopt_files``
+    (an upload belongs to a user name, and its end refunds this account).
     """
     check_name(name)
     if name == "-":
@@ -115,6 +120,14 @@ def add_user(
     tx.lock_rows("users", "name", [name])
     if tx.one("SELECT name FROM users WHERE name = ?", name) is not None:
         raise Exists(f"user {name!r} exists")
+    # The live uploads kept under the name (``files=keep``) are counted
+    # into pending_bytes below.  The users row does not exist yet, so one
+    # ending meanwhile (expiry, abort, checkpoint) would charge no row and
+    # the count would read it as it was: lock them (before the root's
+    # directory rows, in the order upload then inode that ending one takes)
+    # so the count comes after any such change, or the change after the
+    # row exists.
+    _lock_live_uploads(tx, name)
     if not adopt_files and _entries(tx, root_parts):
         raise RootInUse(
             f"the root {join_path(root_parts)} of the new user {name!r} already holds files "
@@ -144,6 +157,15 @@ def add_user(
         password_hash,
         now,
     )
+    # Uploads of an earlier account of the name, kept live (``files=keep``),
+    # charge and refund this one when they end: count them from the start.
+    tx.execute(
+        "UPDATE users SET pending_bytes = "
+        + PENDING_OF_USER_SQL.format(user="?")
+        + " WHERE name = ?",
+        name,
+        name,
+    )
     return get_user(tx, name)
 
 
@@ -151,7 +173,9 @@ def _adopt(tx: Tx, name: str, top: int | None) -> None:
     """Make ``name`` the owner of the committed files under the directory
     ``top`` that no account owns.  A file another account owns stays
     theirs (and charged to them): a root inside a shared folder.  A
-    pending upload's file is not counted: usage is charged at commit."""
+    pending upload's file is not adopted: its bytes are its uploader's
+    pending charge (``pending_bytes``, by the upload's user name) until it
+    commits."""
     if top is None:
         return
     tx.execute(
@@ -453,6 +477,42 @@ def touch_dir(tx: Tx, inode: int, now: float) -> None:
 def set_password_hash(tx: Tx, name: str, password_hash: str) -> None:
     if not tx.execute("UPDATE users SET password_hash = ? WHERE name = ?", password_hash, name):
         raise NotFound(f"no user {name!r}")
+
+
+def _lock_live_uploads(tx: Tx, name: str) -> None:
+    """Lock the live uploads of the user name ``name`` (PostgreSQL): a
+    count of their pending bytes in a later statement then sees every
+    change to them committed, and none is made until this transaction
+    ends."""
+    live = tx.all(f"SELECT upload_id FROM uploads WHERE username = ? AND state IN {LIVE_SQL}", name)
+    tx.lock_rows("uploads", "upload_id", [r["upload_id"] for r in live])
+
+
+def recount_pending(tx: Tx, name: str) -> tuple[User, int]:
+    """Set ``name``'s pending_bytes to what their live uploads hold (as
+    migration 12 started it); return the user and the count it replaced.
+    For a count that drifted (a front end of the code before schema 12
+    that ran beside a newer one: docs/catalog.md, Schema).
+
+    The users row is locked first, then counted in the next statement:
+    every change to the charge updates that row in the transaction that
+    moves the upload, so one that updated it has committed by the count
+    (which sees both), and one that has not yet waits for the row and adds
+    its change on top of a count that still has its upload as it was.
+    Unlocked, the UPDATE waited for such a row, then wrote what its
+    statement's snapshot, taken before, counted: that change lost."""
+    tx.lock_rows("users", "name", [name])
+    before = tx.value("SELECT pending_bytes FROM users WHERE name = ?", name)
+    if before is None:
+        raise NotFound(f"no user {name!r}")
+    tx.execute(
+        "UPDATE users SET pending_bytes = "
+        + PENDING_OF_USER_SQL.format(user="?")
+        + " WHERE name = ?",
+        name,
+        name,
+    )
+    return get_user(tx, name), int(before)
 
 
 def set_quota(tx: Tx, name: str, quota_bytes: int | None, quota_files: int | None) -> User:

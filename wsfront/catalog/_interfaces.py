@@ -170,6 +170,21 @@ class ICatalog(Interface):
         least ``offset``, else InvalidOffset).  Fires with the
         UploadSession."""
 
+    def resume_at(
+        upload_id,
+        epoch,
+        offset,
+        blob_id,
+        replicas,
+        wanted_replicas,
+        *,
+        expires_at=None,
+        declared_length=KEEP,
+    ):
+        """``restart_at``, firing with an UploadStart: the session and the
+        committed size of the file it will replace (a takeover's room
+        for the byte quota counts it)."""
+
     def commit_upload(upload_id, epoch, length, sha256=None, mtime=None):
         """CAS: the session's extents (base + current blob up to ``length``)
         become the file's committed version, replacing the old one; usage is
@@ -345,6 +360,11 @@ class ICatalog(Interface):
 
     def set_quota(name, quota_bytes, quota_files):
         """Set both quotas (None: unlimited).  Fires with the User."""
+
+    def recount_pending(name):
+        """Count ``name``'s pending_bytes again from their live uploads
+        (after a front end of the code before schema 12 ran beside a newer
+        one).  Fires with (the User, the count it replaced)."""
 
     def set_permissions(name, permissions):
         """Set the permission set (subset of records.PERMISSIONS)."""

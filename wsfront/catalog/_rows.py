@@ -25,6 +25,7 @@ from wsfront.catalog.records import (
     Replica,
     UploadSession,
     Version,
+    pending_charge,
 )
 from wsfront.catalog.schema import LIVE_SQL
 
@@ -290,24 +291,43 @@ def set_replicas(tx: Tx, blob_id: str, nodes: Iterable[str]) -> None:
         tx.execute("INSERT INTO replicas (blob_id, node, state) VALUES (?, ?, 'ok')", blob_id, node)
 
 
-def charge(tx: Tx, user: str | None, dbytes: int, dfiles: int, check: bool) -> None:
-    """Add to a user's usage; with ``check``, QuotaExceeded when a growth
-    passes a quota (the caller's transaction then rolls back)."""
-    if user is None or (dbytes == 0 and dfiles == 0):
+def charge(
+    tx: Tx, user: str | None, dbytes: int, dfiles: int, check: bool, dpending: int = 0
+) -> None:
+    """Add to a user's usage (``dbytes`` and ``dfiles`` committed, and
+    ``dpending`` to what their pending uploads hold), in one statement;
+    with ``check``, QuotaExceeded when a growth passes a quota: the bytes
+    grow when committed and pending together do, and must then fit, both
+    counted (the caller's transaction then rolls back)."""
+    if user is None or (dbytes == 0 and dfiles == 0 and dpending == 0):
         return
     row = tx.one(
-        "UPDATE users SET used_bytes = used_bytes + ?, used_files = used_files + ? "
-        "WHERE name = ? RETURNING used_bytes, used_files, quota_bytes, quota_files",
+        "UPDATE users SET used_bytes = used_bytes + ?, used_files = used_files + ?, "
+        "pending_bytes = pending_bytes + ? WHERE name = ? "
+        "RETURNING used_bytes, used_files, pending_bytes, quota_bytes, quota_files",
         dbytes,
         dfiles,
+        dpending,
         user,
     )
     if row is None or not check:
         return
-    if dbytes > 0 and row["quota_bytes"] is not None and row["used_bytes"] > row["quota_bytes"]:
-        raise QuotaExceeded(f"{user} would use {row['used_bytes']} of {row['quota_bytes']} bytes")
+    held = row["used_bytes"] + row["pending_bytes"]
+    if dbytes + dpending > 0 and row["quota_bytes"] is not None and held > row["quota_bytes"]:
+        pending = f" ({row['pending_bytes']} of them pending)" if row["pending_bytes"] else ""
+        raise QuotaExceeded(f"{user} would use {held}{pending} of {row['quota_bytes']} bytes")
     if dfiles > 0 and row["quota_files"] is not None and row["used_files"] > row["quota_files"]:
         raise QuotaExceeded(f"{user} would have {row['used_files']} of {row['quota_files']} files")
+
+
+def committed_size(tx: Tx, inode: int) -> int:
+    """The size of the committed version of the file ``inode`` (0: none)."""
+    size = tx.value(
+        "SELECT v.size FROM inodes i JOIN versions v ON v.version_id = i.version_id "
+        "WHERE i.inode = ?",
+        inode,
+    )
+    return int(size or 0)
 
 
 def drop_version(tx: Tx, inode_row: Any, refund: bool = True) -> None:
@@ -335,7 +355,7 @@ def end_upload(tx: Tx, row: Any, state: str, now: float) -> None:
     """Move a live upload, its row locked and read under the lock by the
     caller, to a final state (committed uploads go through commit instead).
     Its blobs lose their references; a file with only this pending upload
-    disappears."""
+    disappears.  Its pending charge is given back to its user."""
     tx.execute(
         "UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ?",
         state,
@@ -344,6 +364,12 @@ def end_upload(tx: Tx, row: Any, state: str, now: float) -> None:
     )
     tx.execute("DELETE FROM upload_extents WHERE upload_id = ?", row["upload_id"])
     inode = tx.one("SELECT * FROM inodes WHERE inode = ?", row["inode"])
+    if row["checkpoint"] > 0:
+        size = 0
+        if inode is not None and inode["version_id"] is not None:
+            size = tx.value("SELECT size FROM versions WHERE version_id = ?", inode["version_id"])
+        held = pending_charge(row["checkpoint"], int(size or 0))
+        charge(tx, row["username"], 0, 0, check=False, dpending=-held)
     if inode is not None and inode["kind"] == FILE and inode["version_id"] is None:
         remove_file_inode(tx, inode)
 

@@ -19,6 +19,7 @@ from wsfront.catalog._db import Tx
 from wsfront.catalog._rows import (
     charge,
     child,
+    committed_size,
     drop_version,
     end_upload,
     etag_of,
@@ -30,6 +31,7 @@ from wsfront.catalog._rows import (
     load_version,
     lock_dirs,
     locked_live_upload_row,
+    pending_charge,
     resolve,
     resolve_parent,
     set_replicas,
@@ -84,12 +86,14 @@ def new_upload_id() -> str:
 
 
 def _check_quota_ahead(tx: Tx, user: str, grow_bytes: int, new_file: bool) -> None:
-    """Refuse early when a declared length cannot fit (commit checks again)."""
+    """Refuse early when a declared length cannot fit beside what the user's
+    files and pending uploads hold (checkpoints and the commit check again)."""
     row = tx.one("SELECT * FROM users WHERE name = ?", user)
     if row is None:
         return
     quota = row["quota_bytes"]
-    if grow_bytes > 0 and quota is not None and row["used_bytes"] + grow_bytes > quota:
+    held = row["used_bytes"] + row["pending_bytes"]
+    if grow_bytes > 0 and quota is not None and held + grow_bytes > quota:
         raise QuotaExceeded(f"{user} has no room for {grow_bytes} more bytes")
     if new_file and row["quota_files"] is not None and row["used_files"] + 1 > row["quota_files"]:
         raise QuotaExceeded(f"{user} has reached the file quota")
@@ -409,6 +413,15 @@ def checkpoint(
     )
     if replicas is not None:
         set_replicas(tx, row["blob_id"], replicas)
+    if durable_offset > row["checkpoint"]:
+        # The bytes it holds grow: charged to its user, and refused past
+        # the quota (QuotaExceeded: the transaction rolls back, the
+        # checkpoint stays).  Last of the writes: the users row it locks
+        # serialises every growing checkpoint and commit of the user until
+        # this transaction ends, so it is held no longer than needed.
+        size = committed_size(tx, row["inode"])
+        grown = pending_charge(durable_offset, size) - pending_charge(row["checkpoint"], size)
+        charge(tx, row["username"], 0, 0, check=True, dpending=grown)
     return load_upload(tx, upload_row(tx, upload_id))
 
 
@@ -452,6 +465,11 @@ def restart_at(
     row = _locked_live(tx, upload_id, epoch)
     if offset < 0 or offset > row["checkpoint"]:
         raise InvalidOffset(f"offset {offset} is above the durable checkpoint {row['checkpoint']}")
+    if offset < row["checkpoint"]:
+        # Cut back: the bytes past ``offset`` are no longer the upload's.
+        size = committed_size(tx, row["inode"])
+        cut = pending_charge(row["checkpoint"], size) - pending_charge(offset, size)
+        charge(tx, row["username"], 0, 0, check=False, dpending=-cut)
     length_set = ""
     length_params: tuple[Any, ...] = ()
     if declared_length is not KEEP:
@@ -495,6 +513,29 @@ def restart_at(
     return load_upload(tx, upload_row(tx, upload_id))
 
 
+def resume_at(
+    tx: Tx,
+    now: float,
+    upload_id: str,
+    epoch: int,
+    offset: int,
+    blob_id: str,
+    replicas: Iterable[str],
+    wanted_replicas: int,
+    expires_at: float | None,
+    declared_length: int | None = KEEP,
+) -> UploadStart:
+    """``restart_at``, with the committed size of the file the upload will
+    replace: a takeover's room for the quota counts it (released at the
+    commit) and the upload's own pending charge, ``pending_charge(offset,
+    size)``, once (it cannot change while the upload is live)."""
+    upload = restart_at(
+        tx, now, upload_id, epoch, offset, blob_id, replicas, wanted_replicas,
+        expires_at, declared_length,
+    )  # fmt: skip
+    return UploadStart(upload, committed_size(tx, upload.inode))
+
+
 def commit_upload(
     tx: Tx,
     now: float,
@@ -528,10 +569,12 @@ def commit_upload(
         old_size = tx.value("SELECT size FROM versions WHERE version_id = ?", inode["version_id"])
     same_owner = inode["owner"] == user
     drop_version(tx, inode, refund=not same_owner)
+    # What the upload was charged while pending becomes the file's size.
+    held = pending_charge(row["checkpoint"], old_size or 0)
     if same_owner and old_size is not None:
-        charge(tx, user, length - old_size, 0, check=True)
+        charge(tx, user, length - old_size, 0, check=True, dpending=-held)
     else:
-        charge(tx, user, length, 1, check=True)
+        charge(tx, user, length, 1, check=True, dpending=-held)
     when = mtime if mtime is not None else now
     etag = etag_of(extents)
     version_id = tx.value(

@@ -276,6 +276,31 @@ class SqlCatalog:
             declared_length,
         )
 
+    def resume_at(
+        self,
+        upload_id: str,
+        epoch: int,
+        offset: int,
+        blob_id: str,
+        replicas: Iterable[str],
+        wanted_replicas: int,
+        *,
+        expires_at: float | None = None,
+        declared_length: int | None = _uploads.KEEP,
+    ) -> Deferred:
+        return self._write(
+            _uploads.resume_at,
+            self._now(),
+            upload_id,
+            epoch,
+            offset,
+            blob_id,
+            list(replicas),
+            wanted_replicas,
+            expires_at,
+            declared_length,
+        )
+
     def commit_upload(
         self,
         upload_id: str,
@@ -421,6 +446,9 @@ class SqlCatalog:
 
     def set_quota(self, name: str, quota_bytes: int | None, quota_files: int | None) -> Deferred:
         return self._write(_accounts.set_quota, name, quota_bytes, quota_files)
+
+    def recount_pending(self, name: str) -> Deferred:
+        return self._write(_accounts.recount_pending, name)
 
     def set_permissions(self, name: str, permissions: Iterable[str]) -> Deferred:
         return self._write(_accounts.set_permissions, name, list(permissions))

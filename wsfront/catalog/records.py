@@ -136,6 +136,19 @@ class UploadSession:
         return self.state in LIVE_STATES
 
 
+def pending_charge(checkpoint: int, committed_size: int) -> int:
+    """What a live upload is charged toward its user's byte quota while it
+    is pending: the bytes of its file (its checkpoint) past the committed
+    version it will replace, which the commit charges (an overwrite's
+    bytes up to the size it replaces are that version's, charged already;
+    a resume at n keeps the committed bytes below n).  The committed
+    version cannot change while the upload is live (one live upload per
+    file, whose commit is the only way to replace it; a delete or rename
+    ends or refuses the upload first), so the charge recorded at each
+    checkpoint is the one given back when the upload ends."""
+    return max(0, checkpoint - committed_size)
+
+
 @attrs.frozen
 class UploadStart:
     """What ``start_upload`` began: the new session, and the committed size
@@ -211,6 +224,24 @@ class User:
     used_bytes: int
     used_files: int
     created_at: float
+    #: What the user's pending uploads hold past the files they replace
+    #: (``records.pending_charge``), charged toward ``quota_bytes`` beside
+    #: ``used_bytes`` until they commit, are discarded or expire.
+    pending_bytes: int = 0
+
+    def file_room(self, replaced: int = 0, own_pending: int = 0) -> int | None:
+        """How large one file of this user may grow (None: no byte quota):
+        the quota less what their committed files and their other pending
+        uploads hold, plus the committed size the file replaces.
+        ``own_pending``: what the file's own pending upload, being resumed,
+        is charged already (``records.pending_charge``), not counted twice
+        (at most ``pending_bytes``: this User may predate that upload).
+        A front end's early refusal, on a User read at the login; the
+        catalog checks again at each checkpoint and at the commit."""
+        if self.quota_bytes is None:
+            return None
+        others = self.pending_bytes - min(max(own_pending, 0), self.pending_bytes)
+        return self.quota_bytes - self.used_bytes - others + replaced
 
 
 @attrs.frozen

@@ -26,6 +26,17 @@ LIVE_SQL = "('active', 'interrupted')"
 #: that index only if it says ``state IN FINISHED_SQL`` itself.
 FINISHED_SQL = "('aborted', 'committed', 'expired')"
 
+#: What a user's live uploads are charged (``records.pending_charge``, summed):
+#: each the bytes of its file past the committed size it will replace, as
+#: its commit would charge them; for the user named by the SQL ``{user}``.
+PENDING_OF_USER_SQL = (
+    "(SELECT COALESCE(SUM(CASE WHEN u.checkpoint > COALESCE(v.size, 0) "
+    "THEN u.checkpoint - COALESCE(v.size, 0) ELSE 0 END), 0) "
+    "FROM uploads u JOIN inodes i ON i.inode = u.inode "
+    "LEFT JOIN versions v ON v.version_id = i.version_id "
+    f"WHERE u.username = {{user}} AND u.state IN {LIVE_SQL})"
+)
+
 
 @dataclass(frozen=True)
 class Only:
@@ -346,6 +357,20 @@ MIGRATIONS: list[list[str | Only]] = [
         "ALTER TABLE leases ADD COLUMN token TEXT",
         "ALTER TABLE leases ADD COLUMN holder TEXT",
         "ALTER TABLE leases ADD COLUMN ttl_seconds {real}",
+    ],
+    # 12: the bytes each user's pending uploads hold, charged toward the
+    # byte quota beside ``used_bytes`` (``records.pending_charge``): counted
+    # only once committed, a user could keep up to the cap of pending
+    # uploads (1000 per front end), each as large as the quota still free.
+    # Kept by the transactions that move an upload's checkpoint (checkpoint,
+    # restart_at, commit, abort, expiry), and started here from the live
+    # uploads as they are.  Only the new code keeps it: a front end of the
+    # older code still running commits, aborts and expires without giving
+    # the charge back and checkpoints without charging, so every front end
+    # must be stopped before upgrading (docs/catalog.md, Schema).
+    [
+        "ALTER TABLE users ADD COLUMN pending_bytes {int} NOT NULL DEFAULT 0",
+        "UPDATE users SET pending_bytes = " + PENDING_OF_USER_SQL.format(user="users.name"),
     ],
 ]
 

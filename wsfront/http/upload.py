@@ -72,13 +72,17 @@ def _content_range(request: StreamingRequest) -> ranges.RequestContentRange | No
         raise HttpError(400, str(e)) from None
 
 
-def _check_quota(user, committed, offset: int, length: int | None) -> None:
+def _check_quota(user, view, offset: int, length: int | None) -> None:
     """507 before the body is sent when its announced length cannot fit
-    (the committed version ``committed``, if any, is replaced)."""
+    beside what the user's files and other pending uploads hold (the
+    committed version, if any, is replaced; the user's own pending upload
+    on the path, resumed, is not counted twice)."""
     if user.quota_bytes is None or length is None:
         return
-    replaced = 0 if committed is None else committed.size
-    if offset + length - replaced > user.quota_bytes - user.used_bytes:
+    replaced = 0 if view.committed is None else view.committed.size
+    own = 0 if view.pending is None else max(0, view.pending.size - replaced)
+    room = user.file_room(replaced, own)
+    if room is not None and offset + length > room:
         raise HttpError(507, "the upload would exceed your quota")
 
 
@@ -118,7 +122,7 @@ def put(context, request: StreamingRequest, user, target: paths.HttpTarget):
             raise HttpError(409, "a directory has that name")
         seen.append(view)
         check_write_preconditions(request, committed)
-        _check_quota(user, committed, offset, expected)
+        _check_quota(user, view, offset, expected)
         _check_fits_the_pending_total(crange, view.pending)
 
     try:

@@ -29,6 +29,7 @@ from wsfront.catalog.records import (
     UploadSession,
     User,
     Version,
+    pending_charge,
 )
 from wsfront.transfer import pending_per_user
 from wsfront.transfer.cache_hint import advise_drop_behind
@@ -885,7 +886,7 @@ class Transfers:
             failpoints.hit("transfer.after_fence")
             blob_id = new_blob_id()
             replicas = self._choose_replicas(size, blob_id)
-            upload = yield self.catalog.restart_at(
+            resumed = yield self.catalog.resume_at(
                 upload.upload_id,
                 upload.epoch,
                 offset,
@@ -903,7 +904,8 @@ class Transfers:
             # here, with no transfer anywhere, until this process ended).
             yield self._interrupt_after_failed_takeover(user, upload)
             raise
-        session = yield self._open_session(user, upload, None)
+        upload = resumed.upload
+        session = yield self._open_session(user, upload, resumed.committed_size)
         return session
 
     @inlineCallbacks
@@ -1009,7 +1011,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         line: StartLine | None = None,
         new_upload: bool = False,
     ) -> WriteSession | None:
@@ -1052,7 +1054,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         line: StartLine | None = None,
         new_upload: bool = False,
     ):
@@ -1112,7 +1114,7 @@ class Transfers:
         self,
         user: User,
         upload: UploadSession,
-        replaced_size: int | None,
+        replaced_size: int,
         nodes: list[str],
         writers: dict[str, Any],
         line: StartLine | None = None,
@@ -1132,11 +1134,13 @@ class Transfers:
         if self.extent_cache.capacity > 0:
             first = next(iter(writers))
             writers[first] = WriteThrough(writers[first], self.extent_cache)
-        quota = None
-        if user.quota_bytes is not None:
-            # The old committed bytes are released when the new version replaces them.
-            quota = user.quota_bytes - user.used_bytes + (replaced_size or 0) - upload.blob_start
-            quota = max(0, quota)
+        # The old committed bytes are released when the new version
+        # replaces them; the user's other pending uploads hold theirs.  The
+        # upload itself is charged its checkpoint past them already (a
+        # takeover's: a new upload's starts at or below the committed size).
+        own = pending_charge(upload.checkpoint, replaced_size)
+        room = user.file_room(replaced_size, own)
+        quota = None if room is None else max(0, room - upload.blob_start)
         session = WriteSession(
             self._clock,
             self.pool,

@@ -668,7 +668,13 @@ class WriteSession:
         try:
             if self._checkpointing is not None:
                 yield self._checkpointing
-            yield self._do_checkpoint()
+            try:
+                yield self._do_checkpoint()
+            except catalog_errors.QuotaExceeded as e:
+                # The user's quota has no room for the last bytes (other
+                # uploads of theirs took it meanwhile): the upload stays
+                # pending at the checkpoint recorded before them.
+                log.info("upload {id} keeps its last checkpoint: {err}", id=self.upload_id, err=e)
             end, _ = self._end_in_catalog()  # discarded: its flush was refused for room
             yield end(self.upload_id, self.epoch)
         except Exception as e:
