@@ -159,13 +159,7 @@ def add_user(
     )
     # Uploads of an earlier account of the name, kept live (``files=keep``),
     # charge and refund this one when they end: count them from the start.
-    tx.execute(
-        "UPDATE users SET pending_bytes = "
-        + PENDING_OF_USER_SQL.format(user="?")
-        + " WHERE name = ?",
-        name,
-        name,
-    )
+    _recount_pending(tx, name)
     return get_user(tx, name)
 
 
@@ -505,13 +499,7 @@ def recount_pending(tx: Tx, name: str) -> tuple[User, int]:
     before = tx.value("SELECT pending_bytes FROM users WHERE name = ?", name)
     if before is None:
         raise NotFound(f"no user {name!r}")
-    tx.execute(
-        "UPDATE users SET pending_bytes = "
-        + PENDING_OF_USER_SQL.format(user="?")
-        + " WHERE name = ?",
-        name,
-        name,
-    )
+    _recount_pending(tx, name)
     return get_user(tx, name), int(before)
 
 
@@ -557,3 +545,15 @@ def authenticate(tx: Tx, name: str, password: str) -> User:
 
 
 __all__ = ["add_user", "authenticate", "check_login", "get_login", "hash_password"]
+
+
+def _recount_pending(tx: Tx, name: str) -> None:
+    """Set ``name``'s pending charge from their live uploads as they are
+    (``add_user`` and ``recount_pending``; the caller holds the locks)."""
+    tx.execute(
+        "UPDATE users SET pending_bytes = "
+        + PENDING_OF_USER_SQL.format(user="?")
+        + " WHERE name = ?",
+        name,
+        name,
+    )

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from wsfront import paths
 from wsfront.catalog import errors as catalog_errors
+from wsfront.catalog.records import pending_charge
 from wsfront.http import ranges
 from wsfront.http.errors_map import HttpError
 from wsfront.http.files import check_write_preconditions, quote_etag
@@ -80,7 +81,7 @@ def _check_quota(user, view, offset: int, length: int | None) -> None:
     if user.quota_bytes is None or length is None:
         return
     replaced = 0 if view.committed is None else view.committed.size
-    own = 0 if view.pending is None else max(0, view.pending.size - replaced)
+    own = 0 if view.pending is None else pending_charge(view.pending.size, replaced)
     room = user.file_room(replaced, own)
     if room is not None and offset + length > room:
         raise HttpError(507, "the upload would exceed your quota")
